@@ -1,0 +1,108 @@
+"""``LUVCConfig``: every LUVC choice behind a named option (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+from luvc.errors import critical
+
+SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")
+OIM_AXES = ("W", "H")
+OIM_POSITION_MODES = ("compact", "mean")
+
+SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LUVCConfig:
+    """What LUVC does to a model. Every field defaults to ``None``, resolved by :meth:`resolve`.
+
+    Attributes:
+        oim_layers: encoder blocks *after which* one OIM merge step runs. ``()`` disables OIM.
+            Default: one step after block ``depth // 2 - 1`` (the middle of the encoder).
+        oim_first_axis: axis of the first merge step, ``"W"`` or ``"H"``; later steps alternate. Default ``"W"``.
+        oim_positions: encoder rotary ids after a merge: ``"compact"`` (coordinates of the new grid, default)
+            or ``"mean"`` (size-weighted mean of the merged coordinates).
+        spu_variant: ``"spectral-residual"`` (default), ``"channel-spectrum"``, or ``"none"`` (no pruning).
+        rho: low-pass fraction: the lowest ``ceil(rho * n)`` frequencies are kept by the filter. Default 0.25.
+        spu_start: first decoder layer whose input is pruned by the default schedule. Default 2.
+        spu_every: the default schedule prunes every ``spu_every`` layers. Default 1.
+        budgets: explicit visual-token budgets entering each decoder layer (non-increasing). A list shorter
+            than the layer count is continued with its last value. Default: linear decay (see budgets.py).
+        final_zero: the last decoder layer sees no visual token. Default ``True``.
+    """
+
+    oim_layers: tuple[int, ...] | None = None
+    oim_first_axis: str | None = None
+    oim_positions: str | None = None
+    spu_variant: str | None = None
+    rho: float | None = None
+    spu_start: int | None = None
+    spu_every: int | None = None
+    budgets: tuple[int, ...] | None = None
+    final_zero: bool | None = None
+
+    @classmethod
+    def off(cls) -> LUVCConfig:
+        """A config that changes nothing: no merge, no pruning (the baseline through the same code path)."""
+        return cls(oim_layers=(), spu_variant="none")
+
+    @property
+    def is_off(self) -> bool:
+        return self.oim_layers == () and self.spu_variant == "none"
+
+    def resolve(self, vision_depth: int, num_layers: int) -> LUVCConfig:
+        """Fill defaults for a model with ``vision_depth`` encoder blocks and ``num_layers`` decoder layers,
+        and validate everything that does not depend on the image size."""
+        oim_layers = self.oim_layers
+        if oim_layers is None:
+            oim_layers = (max(vision_depth // 2 - 1, 0),)
+        oim_layers = tuple(int(i) for i in oim_layers)
+        bad = [i for i in oim_layers if not 0 <= i < vision_depth]
+        if bad:
+            critical(
+                f"oim_layers {list(bad)} are outside the encoder's blocks 0..{vision_depth - 1}; "
+                f"choose block indices below {vision_depth} (CLI: --oim-layers)."
+            )
+        if len(set(oim_layers)) != len(oim_layers):
+            critical(f"oim_layers {list(oim_layers)} repeats a block; each block merges at most once.")
+        resolved = dataclasses.replace(
+            self,
+            oim_layers=tuple(sorted(oim_layers)),
+            oim_first_axis=_choice("oim_first_axis", self.oim_first_axis, OIM_AXES, "W"),
+            oim_positions=_choice("oim_positions", self.oim_positions, OIM_POSITION_MODES, "compact"),
+            spu_variant=_choice("spu_variant", self.spu_variant, SPU_VARIANTS, "spectral-residual"),
+            rho=0.25 if self.rho is None else float(self.rho),
+            spu_start=2 if self.spu_start is None else int(self.spu_start),
+            spu_every=1 if self.spu_every is None else int(self.spu_every),
+            budgets=None if self.budgets is None else tuple(int(b) for b in self.budgets),
+            final_zero=True if self.final_zero is None else bool(self.final_zero),
+        )
+        if not 0.0 < resolved.rho < 1.0:
+            critical(f"rho must be in (0, 1), got {resolved.rho} (CLI: --option rho=0.25).")
+        if not 0 <= resolved.spu_start < num_layers:
+            critical(
+                f"spu_start={resolved.spu_start} does not fit a model with {num_layers} decoder layers; "
+                f"use 0..{num_layers - 1} (CLI: --option spu_start=2)."
+            )
+        if resolved.spu_every < 1:
+            critical(f"spu_every must be >= 1, got {resolved.spu_every} (CLI: --option spu_every=1).")
+        return resolved
+
+    def oim_axes(self) -> tuple[str, ...]:
+        """The axis of each merge step, alternating from ``oim_first_axis`` (config must be resolved)."""
+        first = OIM_AXES.index(self.oim_first_axis or "W")
+        return tuple(OIM_AXES[(first + i) % 2] for i in range(len(self.oim_layers or ())))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: str | None, allowed: Sequence[str], default: str) -> str:
+    if value is None:
+        return default
+    if value not in allowed:
+        critical(f"{name}={value!r} is not one of {list(allowed)}.")
+    return value

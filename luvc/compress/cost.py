@@ -1,0 +1,148 @@
+"""Cost model (DESIGN.md section 2.3): tokens, FLOPs and KV-cache bytes, with and without LUVC.
+
+FLOPs count multiply-adds as two. Linear layers cost ``2 * tokens * in * out``; attention costs
+``4 * head_dim * heads`` per (query, key) pair: every pair inside an encoder segment, the causal half
+``n (n + 1) / 2`` in a decoder prefill. Norms, activations and the rotary embedding are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from luvc.compress.budgets import BudgetPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSpec:
+    """Encoder shape. ``tokens_per_unit``: tokens a merge unit holds (4 for Qwen-VL's 2x2 groups, 1 for CLIP)."""
+
+    embed: int
+    mlp: int
+    tokens_per_unit: int
+    patch_flops_per_token: int  # patch embedding
+    projector_flops_per_unit: int  # patch merger / multimodal projector per LLM token
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmSpec:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+    def linear_flops_per_token(self) -> int:
+        attention = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        return 2 * (attention + 3 * self.hidden * self.intermediate)
+
+
+@dataclasses.dataclass(frozen=True)
+class CostReport:
+    """Per request (batch 1). ``*_baseline`` fields are the uncompressed model's."""
+
+    encoder_tokens: tuple[int, ...]
+    encoder_tokens_baseline: tuple[int, ...]
+    decoder_tokens: tuple[int, ...]
+    decoder_tokens_baseline: tuple[int, ...]
+    encoder_flops: int
+    encoder_flops_baseline: int
+    llm_prefill_flops: int
+    llm_prefill_flops_baseline: int
+    spu_flops: int
+    kv_cache_bytes: int
+    kv_cache_bytes_baseline: int
+
+    @property
+    def encoder_speedup(self) -> float:
+        return self.encoder_flops_baseline / self.encoder_flops
+
+    @property
+    def llm_prefill_speedup(self) -> float:
+        return self.llm_prefill_flops_baseline / self.llm_prefill_flops
+
+    @property
+    def kv_cache_reduction(self) -> float:
+        return self.kv_cache_bytes_baseline / self.kv_cache_bytes
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(
+            encoder_speedup=self.encoder_speedup,
+            llm_prefill_speedup=self.llm_prefill_speedup,
+            kv_cache_reduction=self.kv_cache_reduction,
+        )
+        return data
+
+
+def encoder_flops(spec: VisionSpec, block_segments: Sequence[Sequence[int]], llm_tokens: int) -> int:
+    """Encoder FLOPs for blocks whose attention runs over ``block_segments`` (token counts per segment)."""
+    first_tokens = sum(block_segments[0]) if block_segments else 0
+    total = spec.patch_flops_per_token * first_tokens + spec.projector_flops_per_unit * llm_tokens
+    for segments in block_segments:
+        tokens = sum(segments)
+        total += 2 * tokens * (4 * spec.embed * spec.embed + 2 * spec.embed * spec.mlp)
+        total += 4 * spec.embed * sum(s * s for s in segments)
+    return total
+
+
+def decoder_tokens(plan: BudgetPlan, text_tokens: int) -> tuple[int, ...]:
+    return tuple(text_tokens + k for k in plan.total)
+
+
+def spu_flops(plan: BudgetPlan, hidden: int, variant: str, rho: float) -> int:
+    """Scoring cost of every pruning step (two products with a ``ceil(rho n) x n`` basis, or one rDFT)."""
+    total = 0
+    for layer in plan.prune_layers():
+        entering = plan.per_image[layer - 1] if layer > 0 else plan.tokens_per_image
+        for n in entering:
+            if variant == "channel-spectrum":
+                total += 2 * 2 * n * hidden * (hidden // 2 + 1)
+            else:
+                total += 2 * 2 * math.ceil(rho * n) * n * hidden
+    return total
+
+
+def llm_prefill_flops(spec: LlmSpec, tokens_per_layer: Sequence[int]) -> int:
+    """Decoder prefill FLOPs with ``tokens_per_layer`` tokens in each layer, plus the last token's LM head."""
+    total = 2 * spec.hidden * spec.vocab
+    for n in tokens_per_layer:
+        total += spec.linear_flops_per_token() * n + 4 * spec.heads * spec.head_dim * n * (n + 1) // 2
+    return total
+
+
+def kv_cache_bytes(spec: LlmSpec, tokens_per_layer: Sequence[int], bytes_per_element: int) -> int:
+    return sum(2 * n * spec.kv_heads * spec.head_dim * bytes_per_element for n in tokens_per_layer)
+
+
+def estimate_cost(
+    vision: VisionSpec,
+    llm: LlmSpec,
+    compressed: tuple[Sequence[Sequence[int]], BudgetPlan],
+    baseline: tuple[Sequence[Sequence[int]], BudgetPlan],
+    text_tokens: int,
+    spu_variant: str,
+    rho: float,
+    kv_bytes_per_element: int = 2,
+) -> CostReport:
+    """Cost of one request under LUVC (``compressed``) and without (``baseline``): each is the encoder's
+    attention segments per block and the decoder's budget plan."""
+    (segments, plan), (segments_base, plan_base) = compressed, baseline
+    tokens, tokens_base = decoder_tokens(plan, text_tokens), decoder_tokens(plan_base, text_tokens)
+    scoring = spu_flops(plan, llm.hidden, spu_variant, rho) if spu_variant != "none" else 0
+    return CostReport(
+        encoder_tokens=tuple(sum(s) for s in segments),
+        encoder_tokens_baseline=tuple(sum(s) for s in segments_base),
+        decoder_tokens=tokens,
+        decoder_tokens_baseline=tokens_base,
+        encoder_flops=encoder_flops(vision, segments, plan.num_visual_tokens),
+        encoder_flops_baseline=encoder_flops(vision, segments_base, plan_base.num_visual_tokens),
+        llm_prefill_flops=llm_prefill_flops(llm, tokens) + scoring,
+        llm_prefill_flops_baseline=llm_prefill_flops(llm, tokens_base),
+        spu_flops=scoring,
+        kv_cache_bytes=kv_cache_bytes(llm, tokens, kv_bytes_per_element),
+        kv_cache_bytes_baseline=kv_cache_bytes(llm, tokens_base, kv_bytes_per_element),
+    )

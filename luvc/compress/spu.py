@@ -1,0 +1,85 @@
+"""Spectrum Pruning Unit (DESIGN.md section 2.2), as model-agnostic pure functions.
+
+Scores need no attention probabilities and no similarity matrix: each variant is a product with constant
+matrices (no FFT op), computed in float32 whatever the input dtype.
+
+- ``spectral-residual``: low-pass the visual tokens along the token axis with the lowest ``ceil(rho * n)`` DCT-II
+  frequencies; a token's score is its residual (high-frequency) energy. Tokens the low-pass explains well are
+  redundant and are pruned first.
+- ``channel-spectrum``: each token's spectrum over the hidden dimension; its score is the share of energy in the
+  lowest ``ceil(rho * (D // 2 + 1))`` frequencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@functools.lru_cache(maxsize=256)
+def dct_basis(n: int, num_frequencies: int) -> torch.Tensor:
+    """The first ``num_frequencies`` rows of the orthonormal DCT-II matrix of size ``n``: ``(m, n)`` float32."""
+    k = torch.arange(num_frequencies, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    basis = torch.cos(math.pi * (i + 0.5) * k / n) * math.sqrt(2.0 / n)
+    basis[0] = math.sqrt(1.0 / n)
+    return basis.to(torch.float32)
+
+
+def lowpass_basis(n: int, rho: float) -> torch.Tensor:
+    """``C_m`` with ``m = ceil(rho * n)``: the low-pass filter is ``P_n = C_m^T C_m``."""
+    return dct_basis(n, max(1, min(n, math.ceil(rho * n))))
+
+
+def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
+    """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 high-frequency energy ``||V_i - (P_n V)_i||^2``."""
+    values = tokens.float()
+    basis = lowpass_basis(values.shape[-2], rho).to(values.device)
+    lowpassed = basis.transpose(0, 1) @ (basis @ values)
+    return (values - lowpassed).square().sum(dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def real_dft_basis(dim: int, num_frequencies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine matrices ``(dim, num_frequencies)`` of the real DFT over ``dim`` samples."""
+    f = torch.arange(num_frequencies, dtype=torch.float64)[None, :]
+    d = torch.arange(dim, dtype=torch.float64)[:, None]
+    angle = 2.0 * math.pi * d * f / dim
+    return torch.cos(angle).to(torch.float32), torch.sin(angle).to(torch.float32)
+
+
+def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
+    """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 share of each token's energy in its lowest channel
+    frequencies (an rFFT over the hidden dimension written as two matrix products)."""
+    values = tokens.float()
+    num_frequencies = values.shape[-1] // 2 + 1
+    cosine, sine = (m.to(values.device) for m in real_dft_basis(values.shape[-1], num_frequencies))
+    energy = (values @ cosine).square() + (values @ sine).square()
+    low = max(1, math.ceil(rho * num_frequencies))
+    return energy[..., :low].sum(dim=-1) / energy.sum(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def get_scorer(variant: str, rho: float) -> Scorer:
+    """The scoring function of an SPU ``variant``, with ``rho`` bound."""
+    if variant == "spectral-residual":
+        return functools.partial(spectral_residual_scores, rho=rho)
+    if variant == "channel-spectrum":
+        return functools.partial(channel_spectrum_scores, rho=rho)
+    raise ValueError(f"SPU variant {variant!r} has no scorer; use 'spectral-residual' or 'channel-spectrum'.")
+
+
+def select_tokens(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Indices of the ``budget`` highest-scoring tokens, in ascending (causal) order: ``(B, n)`` -> ``(B, budget)``.
+
+    A budget of ``n`` (nothing to prune) returns ``arange(n)``, so callers never branch.
+    """
+    batch, n = scores.shape
+    if budget >= n:
+        return torch.arange(n, device=scores.device).expand(batch, n)
+    kept = torch.topk(scores, budget, dim=-1, sorted=False).indices
+    return torch.sort(kept, dim=-1).values

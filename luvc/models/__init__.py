@@ -1,0 +1,75 @@
+"""Family adapters (one file per VLM family), the tiny-model registry and checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from luvc.compress.config import LUVCConfig
+from luvc.errors import critical
+from luvc.models.base import VLMAdapter
+from luvc.models.llava import LlavaAdapter
+from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.tiny import TINY_BUILDERS, build_tiny
+
+ADAPTERS: dict[str, type[VLMAdapter]] = {
+    adapter.architecture: adapter for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, LlavaAdapter)
+}
+TINY_MODELS = tuple(TINY_BUILDERS)
+
+
+def adapter_class(architecture: str | None) -> type[VLMAdapter]:
+    """The adapter registered for ``architecture`` (``config.architectures[0]``)."""
+    if architecture not in ADAPTERS:
+        critical(
+            f"Architecture {architecture!r} is not a supported VLM family; supported: {sorted(ADAPTERS)}."
+        )
+    return ADAPTERS[architecture]
+
+
+def _architecture_of(model: nn.Module) -> str | None:
+    for cls in type(model).__mro__:
+        if cls.__name__ in ADAPTERS:
+            return cls.__name__
+    return (getattr(model.config, "architectures", None) or [None])[0]
+
+
+def apply_luvc(model: nn.Module, config: LUVCConfig | None = None) -> nn.Module:
+    """Patch a ``transformers`` VLM in place for LUVC ``config`` (``None``: the defaults) and return it."""
+    adapter = adapter_class(_architecture_of(model))(model, tokenizer=None, image_processor=None)
+    return adapter.apply_luvc(config)
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed: int | None = None) -> VLMAdapter:
+    """A built-in tiny model by name, or a local checkpoint folder (config.json, safetensors, tokenizer and
+    preprocessor files). Nothing is downloaded."""
+    name = str(name_or_path)
+    if name in TINY_BUILDERS:
+        model, tokenizer, processor = build_tiny(name, seed=0 if seed is None else seed)
+        return ADAPTERS[type(model).__name__](model.to(dtype or torch.float32), tokenizer, processor, name=name)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        critical(f"{name!r} is neither a built-in model {list(TINY_MODELS)} nor a folder; pass a checkpoint folder.")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        critical(f"{path} has no config.json; point --model at a Hugging Face checkpoint folder.")
+    architecture = (json.loads(config_file.read_text()).get("architectures") or [None])[0]
+    adapter_cls = adapter_class(architecture)
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        critical(f"{path} has no weight files (*.safetensors); copy the checkpoint's weights into the folder.")
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        critical(f"{path} lacks tokenizer or preprocessor files ({error}); copy them from the original checkpoint.")
+    return adapter_cls(model, tokenizer, processor, name=str(path))
+
+
+__all__ = ["ADAPTERS", "TINY_MODELS", "VLMAdapter", "adapter_class", "apply_luvc", "load_model"]

@@ -1,0 +1,163 @@
+"""``VLMAdapter``: what every family adapter provides, and the shared LUVC wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from luvc.compress.budgets import BudgetPlan, plan_budgets
+from luvc.compress.config import LUVCConfig
+from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
+from luvc.errors import critical
+
+
+@dataclasses.dataclass
+class VisionTrace:
+    """Per-request facts from the vision side that the cost model and the CLI table need."""
+
+    block_segments: tuple[tuple[int, ...], ...]  # attention segment lengths of every encoder block
+    tokens_per_image: tuple[int, ...]  # visual tokens per image entering the LLM
+
+
+def swap_class(module: nn.Module, luvc_cls: type) -> None:
+    """Give ``module`` the LUVC subclass of its class (ToMe-style); parameters and state_dict keys stay."""
+    if not isinstance(module, luvc_cls):
+        if not issubclass(luvc_cls, type(module)):
+            raise TypeError(f"{luvc_cls.__name__} does not extend {type(module).__name__}")
+        module.__class__ = luvc_cls
+
+
+class VLMAdapter:
+    """Where LUVC hooks into one VLM family. One subclass per family, registered by architecture name.
+
+    An adapter holds the model, its tokenizer and image processor, and the resolved ``LUVCConfig``.
+    """
+
+    architecture: ClassVar[str]
+    vision_block_cls: ClassVar[type]
+    decoder_layer_cls: ClassVar[type]
+    merger_cls: ClassVar[type]
+    image_placeholder: ClassVar[str]
+    prompt_template: ClassVar[str]  # with {image} and {prompt}
+
+    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.name = name or type(model).__name__
+        self.luvc_config = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    @property
+    def vision_depth(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.text_config.num_hidden_layers
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    # -- LUVC -----------------------------------------------------------------------------------------------
+    def apply_luvc(self, config: LUVCConfig | None = None) -> nn.Module:
+        """Patch the model for ``config`` (``None``: defaults; ``LUVCConfig.off()``: the baseline path)."""
+        self.luvc_config = (config or LUVCConfig()).resolve(self.vision_depth, self.num_layers)
+        self._patch(self.luvc_config)
+        return self.model
+
+    def _patch(self, config: LUVCConfig) -> None:
+        raise NotImplementedError
+
+    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
+        """Encoder segments per block and LLM visual tokens per image for ``inputs`` under ``config``."""
+        raise NotImplementedError
+
+    def budget_plan(self, inputs: dict, config: LUVCConfig | None = None) -> BudgetPlan:
+        config = self._resolved(config)
+        return plan_budgets(self.num_layers, self.vision_trace(inputs, config).tokens_per_image, config)
+
+    def _resolved(self, config: LUVCConfig | None) -> LUVCConfig:
+        return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def preprocess_images(self, images: Sequence[Image.Image]) -> dict:
+        """Pixel tensors (and grid metadata) exactly as the family's ``transformers`` image processor makes them."""
+        raise NotImplementedError
+
+    def prepare_inputs(
+        self, images: Sequence[Image.Image], prompts: str | Sequence[str], config: LUVCConfig | None = None
+    ) -> dict:
+        """Model inputs for one prompt per image (a batch), with as many image placeholders as the LLM will
+        receive after OIM under ``config`` (default: the applied config)."""
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
+        pixels = self.preprocess_images(images)
+        per_row = self.vision_trace(pixels, config).tokens_per_image
+        placeholder = self.image_placeholder
+        texts = [
+            self.prompt_template.format(image=placeholder * count, prompt=prompt)
+            for count, prompt in zip(per_row, prompts)
+        ]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=False, add_special_tokens=False)
+        lengths = {len(ids) for ids in encoded["input_ids"]}
+        if len(lengths) > 1:
+            critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")
+        inputs = dict(pixels)
+        inputs["input_ids"] = encoded["input_ids"]
+        inputs["attention_mask"] = encoded["attention_mask"]
+        return inputs
+
+    # -- cost -----------------------------------------------------------------------------------------------
+    def vision_spec(self) -> VisionSpec:
+        raise NotImplementedError
+
+    def llm_spec(self) -> LlmSpec:
+        text = self.model.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return LlmSpec(
+            hidden=text.hidden_size,
+            layers=text.num_hidden_layers,
+            heads=text.num_attention_heads,
+            kv_heads=text.num_key_value_heads,
+            head_dim=head_dim,
+            intermediate=text.intermediate_size,
+            vocab=text.vocab_size,
+        )
+
+    def cost(self, inputs: dict, config: LUVCConfig | None = None, kv_bytes_per_element: int = 2) -> CostReport:
+        """Cost model (DESIGN.md 2.3) for ``inputs`` under ``config`` against the uncompressed model."""
+        config = self._resolved(config)
+        baseline = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
+        text_tokens = int(inputs["input_ids"].shape[1]) - sum(self.vision_trace(inputs).tokens_per_image)
+        traces = [self.vision_trace(inputs, c) for c in (config, baseline)]
+        plans = [plan_budgets(self.num_layers, t.tokens_per_image, c) for t, c in zip(traces, (config, baseline))]
+        return estimate_cost(
+            self.vision_spec(),
+            self.llm_spec(),
+            compressed=(traces[0].block_segments, plans[0]),
+            baseline=(traces[1].block_segments, plans[1]),
+            text_tokens=text_tokens,
+            spu_variant=config.spu_variant,
+            rho=config.rho,
+            kv_bytes_per_element=kv_bytes_per_element,
+        )

@@ -1,0 +1,181 @@
+"""The decoder loop with the Spectrum Pruning Unit, shared by every family's language model.
+
+``SpuDecoderMixin.forward`` replaces the upstream text-model forward. Before each layer whose budget is lower
+than what arrives, it scores each image's visual tokens (no attention, see ``luvc.compress.spu``), keeps the
+top-k per image in ascending original order, and gathers the hidden states and the rotary cos/sin (which carry
+the original position ids, so text RoPE is unchanged). Text tokens are never pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from luvc.compress.budgets import BudgetPlan
+from luvc.compress.config import LUVCConfig
+from luvc.compress.spu import Scorer, get_scorer, select_tokens
+from luvc.errors import critical
+from luvc.models.cache import LuvcCache
+
+Span = tuple[int, int]  # (start, length) of one image's visual tokens in the current sequence
+
+
+@dataclasses.dataclass
+class LuvcDecoderOutput(BaseModelOutputWithPast):
+    """``kept_visual_indices[l]``: ``(B, k_l)`` indices (into the LLM's visual tokens, all images concatenated)
+    of the tokens that entered layer ``l``, for every layer where SPU pruned. ``image_hidden_states``: the
+    visual embeddings after OIM and the projector, as scattered into the prompt (multimodal models only)."""
+
+    kept_visual_indices: dict[int, torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> tuple[Span, ...]:
+    """Contiguous ``(start, length)`` spans of each image's tokens, identical for every batch row."""
+    if visual_mask.shape[0] > 1 and not bool((visual_mask == visual_mask[:1]).all()):
+        critical(
+            "Batch rows place their image tokens differently; LUVC batches need the same prompt layout and the "
+            "same image size in every row. Run such requests one at a time."
+        )
+    positions = torch.nonzero(visual_mask[0]).flatten().tolist()
+    spans, cursor = [], 0
+    for count in tokens_per_image:
+        chunk = positions[cursor : cursor + count]
+        if len(chunk) != count or (count and chunk[-1] - chunk[0] != count - 1):
+            critical(
+                f"Image {len(spans)} should have {count} contiguous placeholder tokens in the prompt; build the "
+                "inputs with the adapter's prepare_inputs() so the placeholder count matches the compressed grid."
+            )
+        spans.append((chunk[0] if chunk else 0, count))
+        cursor += count
+    return tuple(spans)
+
+
+def spu_gather_index(
+    hidden: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
+) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor]:
+    """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
+    ``(B, k)`` kept positions within the current visual tokens (all images concatenated)."""
+    batch, length = hidden.shape[:2]
+    device = hidden.device
+    pieces, kept, new_spans, cursor, removed, visual_offset = [], [], [], 0, 0, 0
+    for (start, count), budget in zip(spans, budgets):
+        pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
+        keep = select_tokens(scorer(hidden[:, start : start + count]), budget)
+        pieces.append(keep + start)
+        kept.append(keep + visual_offset)
+        new_spans.append((start - removed, budget))
+        removed += count - budget
+        cursor, visual_offset = start + count, visual_offset + count
+    pieces.append(torch.arange(cursor, length, device=device).expand(batch, -1))
+    return torch.cat(pieces, dim=1), tuple(new_spans), torch.cat(kept, dim=1)
+
+
+def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b]]`` for a ``(B, S, ...)`` tensor and a ``(B, S_new)`` index."""
+    expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
+    return torch.gather(tensor, 1, expanded)
+
+
+def causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive ``(B, 1, S, S)`` causal mask for attention implementations that need one (eager)."""
+    blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+    mask = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
+    return mask.expand(batch, 1, length, length)
+
+
+class SpuDecoderMixin:
+    """Modifications (mixed into a family's text model, before the upstream class):
+
+    - the forward prunes visual tokens before layers whose budget drops (``budget_plan``), keeping them in
+      causal order with their original rotary positions;
+    - each layer caches only the tokens it processed (``LuvcCache``); positions continue from the original
+      prompt length;
+    - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout).
+    """
+
+    luvc_config: LUVCConfig
+
+    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Family hook: the position ids the rotary embedding takes, from what the caller passed."""
+        return position_ids
+
+    def luvc_default_positions(self, batch: int, length: int, start: int, device: torch.device) -> torch.Tensor:
+        """Family hook: positions of ``length`` new tokens after ``start`` when the caller gave none."""
+        return (torch.arange(length, device=device) + start).expand(batch, length)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LuvcCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        visual_spans: Sequence[Span] = (),
+        budget_plan: BudgetPlan | None = None,
+        **kwargs,
+    ) -> LuvcDecoderOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length = hidden.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LuvcCache()
+        start = getattr(past_key_values, "num_positions", 0) if past_key_values is not None else 0
+        if attention_mask is not None and not bool(attention_mask.all()):
+            critical(
+                "Padded batches are not supported by the LUVC decoder: every row must have the same prompt "
+                "length. Pad nothing, or run the rows one at a time."
+            )
+        if past_key_values is not None and past_key_values.get_seq_length() > 0 and length > 1:
+            critical(
+                "The LUVC decoder takes the prompt in one prefill and then one token per step; got "
+                f"{length} tokens with a non-empty cache."
+            )
+        if position_ids is None:
+            position_ids = self.luvc_default_positions(batch, length, start, hidden.device)
+        cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
+
+        prune_at = set(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else set()
+        scorer = get_scorer(self.luvc_config.spu_variant, self.luvc_config.rho) if prune_at else None
+        spans = tuple(visual_spans)
+        visual_ids = torch.arange(sum(c for _, c in spans), device=hidden.device).expand(batch, -1)
+        kept_visual_indices: dict[int, torch.Tensor] = {}
+        eager = self.config._attn_implementation == "eager"
+        for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if layer_index in prune_at:
+                index, spans, kept = spu_gather_index(hidden, spans, budget_plan.per_image[layer_index], scorer)
+                hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
+                visual_ids = torch.gather(visual_ids, 1, kept)
+                kept_visual_indices[layer_index] = visual_ids
+            mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager and length > 1 else None
+            hidden = decoder_layer(
+                hidden,
+                attention_mask=mask,
+                position_embeddings=(cos, sin),
+                position_ids=None,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        hidden = self.norm(hidden)
+        if isinstance(past_key_values, LuvcCache):
+            past_key_values.num_positions = start + length
+        return LuvcDecoderOutput(
+            last_hidden_state=hidden, past_key_values=past_key_values, kept_visual_indices=kept_visual_indices
+        )
+
+    def extra_repr(self) -> str:
+        config = self.luvc_config
+        if config.spu_variant == "none":
+            return "luvc_spu=off"
+        budgets = "linear" if config.budgets is None else list(config.budgets)
+        return (
+            f"luvc_spu={config.spu_variant}, rho={config.rho}, spu_start={config.spu_start}, "
+            f"spu_every={config.spu_every}, budgets={budgets}, final_zero={config.final_zero}"
+        )

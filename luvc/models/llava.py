@@ -1,0 +1,199 @@
+"""LUVC for LLaVA (CLIP vision tower + Llama).
+
+Order follows upstream ``modeling_llava.py``: vision hook (OIM inside the CLIP encoder layers; a merge unit is one
+patch token and the CLS token is never merged) -> projector (unchanged) -> LLM layers (SPU). CLIP adds absolute
+position embeddings before the first layer, so no rotary ids need recomputing; LLaVA's LLM positions are 1D.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
+from transformers.models.llava.modeling_llava import LlavaModel, LlavaMultiModalProjector
+
+from luvc.compress.budgets import plan_budgets
+from luvc.compress.config import LUVCConfig
+from luvc.compress.cost import VisionSpec
+from luvc.compress.oim import OIMStep, merge_units, plan_oim
+from luvc.errors import critical
+from luvc.models.base import VisionTrace, VLMAdapter, swap_class
+from luvc.models.cache import LuvcCache
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, visual_spans
+
+
+class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
+    """Modifications:
+
+    - when ``luvc_step`` is set, the patch tokens (all but CLS) leaving this layer go through one OIM step,
+      planned once for the configured image size.
+    """
+
+    luvc_step: OIMStep | None = None
+    luvc_units_in: int = 0
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        hidden_states = super().forward(hidden_states, attention_mask, **kwargs)
+        if self.luvc_step is None:
+            return hidden_states
+        if hidden_states.shape[1] - 1 != self.luvc_units_in:
+            critical(
+                f"This CLIP layer expects {self.luvc_units_in} patch tokens (the vision config's image size) but got "
+                f"{hidden_states.shape[1] - 1}; resize images to the processor's crop size."
+            )
+        patches = merge_units(hidden_states[:, 1:], self.luvc_step, dim=1)
+        return torch.cat([hidden_states[:, :1], patches], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"luvc_oim_axis={self.luvc_step.axis}" if self.luvc_step is not None else ""
+
+
+class LuvcLlamaModel(SpuDecoderMixin, LlamaModel):
+    """Modifications: see ``SpuDecoderMixin`` (1D positions)."""
+
+
+class LuvcLlavaModel(LlavaModel):
+    """Modifications (the multimodal model's forward):
+
+    - image features come from the LUVC vision tower; the prompt must hold as many ``<image>`` placeholders as
+      the merged grid yields (``VLMAdapter.prepare_inputs`` builds it);
+    - passes each image's visual span and the budget plan to the SPU decoder; positions continue from the
+      original prompt length (``LuvcCache``).
+    """
+
+    luvc_config: LUVCConfig
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LuvcCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LuvcDecoderOutput:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LuvcCache()
+        spans, plan = (), None
+        if pixel_values is not None:
+            features = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=self.config.vision_feature_layer,
+                vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+                return_dict=True,
+            ).pooler_output
+            image_features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_mask = input_ids == self.config.image_token_id
+            if int(image_mask.sum()) != image_features.shape[0]:
+                critical(
+                    f"The prompt holds {int(image_mask.sum())} <image> placeholder tokens but the LUVC vision tower "
+                    f"yields {image_features.shape[0]} visual tokens; build inputs with prepare_inputs() for the "
+                    "applied LUVCConfig."
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_features)
+            per_row = [feature.shape[0] for feature in features][: len(features) // inputs_embeds.shape[0]]
+            spans = visual_spans(image_mask, per_row)
+            plan = plan_budgets(self.config.text_config.num_hidden_layers, per_row, self.luvc_config)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            visual_spans=spans,
+            budget_plan=plan,
+        )
+        outputs.image_hidden_states = image_features if plan is not None else None
+        return outputs
+
+
+class LlavaAdapter(VLMAdapter):
+    architecture = "LlavaForConditionalGeneration"
+    vision_block_cls = CLIPEncoderLayer
+    decoder_layer_cls = LlamaDecoderLayer
+    merger_cls = LlavaMultiModalProjector
+    image_placeholder = "<image>"
+    prompt_template = "USER: {image}\n{prompt} ASSISTANT:"
+
+    @property
+    def vision_blocks(self):
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    @property
+    def vision_depth(self) -> int:
+        return self.model.config.vision_config.num_hidden_layers
+
+    @property
+    def grid_side(self) -> int:
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    def feature_blocks(self) -> list[int]:
+        """Indices of the encoder blocks whose output feeds the projector."""
+        layers = self.model.config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        return [(layer if layer >= 0 else self.vision_depth + 1 + layer) - 1 for layer in layers]
+
+    def _patch(self, config: LUVCConfig) -> None:
+        first_feature = min(self.feature_blocks())
+        late = [block for block in config.oim_layers if block >= first_feature]
+        if late:
+            critical(
+                f"oim_layers {late} merge after block {first_feature}, whose output LLaVA already takes as image "
+                f"features (vision_feature_layer={self.model.config.vision_feature_layer}); use blocks below "
+                f"{first_feature} (CLI: --oim-layers)."
+            )
+        steps = dict(zip(config.oim_layers, plan_oim([(1, self.grid_side, self.grid_side)], config.oim_axes())))
+        units = self.grid_side**2
+        for index, layer in enumerate(self.vision_blocks):
+            swap_class(layer, LuvcCLIPEncoderLayer)
+            layer.luvc_step, layer.luvc_units_in = steps.get(index), units
+            if index in steps:
+                units = int(steps[index].index_a.numel())
+        inner = self.model.model
+        for module, cls in ((inner.language_model, LuvcLlamaModel), (inner, LuvcLlavaModel)):
+            swap_class(module, cls)
+            module.luvc_config = config
+
+    def preprocess_images(self, images) -> dict:
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        vision = self.model.config.vision_config
+        if tuple(pixels.shape[-2:]) != (vision.image_size, vision.image_size):
+            critical(
+                f"The image processor made {tuple(pixels.shape[-2:])} pixels but the vision tower takes "
+                f"{vision.image_size}x{vision.image_size}; fix crop_size in preprocessor_config.json."
+            )
+        return {"pixel_values": pixels}
+
+    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
+        config = self._resolved(config)
+        steps = dict(zip(config.oim_layers, plan_oim([(1, self.grid_side, self.grid_side)], config.oim_axes())))
+        units, segments, at_features = self.grid_side**2, [], None
+        first_feature = min(self.feature_blocks())
+        for block in range(self.vision_depth):
+            segments.append(1 + units)
+            if block in steps:
+                units = int(steps[block].index_a.numel())
+            if block == first_feature:
+                at_features = units
+        images = int(inputs["pixel_values"].shape[0])
+        strategy_extra = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
+        block_segments = tuple((s,) * images for s in segments)
+        return VisionTrace(block_segments, (at_features + strategy_extra,) * images)
+
+    def vision_spec(self) -> VisionSpec:
+        vision, text = self.model.config.vision_config, self.model.config.text_config
+        patch = vision.num_channels * vision.patch_size**2
+        return VisionSpec(
+            embed=vision.hidden_size,
+            mlp=vision.intermediate_size,
+            tokens_per_unit=1,
+            patch_flops_per_token=2 * patch * vision.hidden_size,
+            projector_flops_per_unit=2 * vision.hidden_size * text.hidden_size + 2 * text.hidden_size**2,
+        )

@@ -1,0 +1,58 @@
+"""LUVC for Qwen2.5-VL: the Qwen2-VL machinery plus window attention.
+
+The encoder stores tokens in window order; each OIM step is planned in raster order and re-expressed on window
+order (``_in_token_order``), and the windows are recomputed for the merged grid. The window size stays in merge
+units, so a window covers more of the image after a merge.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionTransformerPretrainedModel,
+    Qwen2_5_VLDecoderLayer,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLPatchMerger,
+    Qwen2_5_VLTextModel,
+    Qwen2_5_VLVisionBlock,
+)
+
+from luvc.models.decoder import SpuDecoderMixin
+from luvc.models.qwen2_vl import (
+    LuvcQwen2VisionTransformer,
+    Qwen2VLAdapter,
+    QwenVLModelMixin,
+    mrope_rotary_ids,
+    run_qwen_vision,
+)
+
+
+class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
+    """Modifications: as ``LuvcQwen2VisionTransformer``, plus window indices recomputed after every merge."""
+
+    luvc_windowed = True
+    luvc_plan = LuvcQwen2VisionTransformer.luvc_plan
+    extra_repr = LuvcQwen2VisionTransformer.extra_repr
+
+    def forward(self, hidden_states, grid_thw, luvc_plan=None, **kwargs):
+        return run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
+
+
+class LuvcQwen2_5_VLTextModel(SpuDecoderMixin, Qwen2_5_VLTextModel):
+    """Modifications: see ``SpuDecoderMixin``; M-RoPE position ids as in Qwen2-VL."""
+
+    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return mrope_rotary_ids(position_ids)
+
+
+class LuvcQwen2_5_VLModel(QwenVLModelMixin, Qwen2_5_VLModel):
+    __doc__ = QwenVLModelMixin.__doc__
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    architecture = "Qwen2_5_VLForConditionalGeneration"
+    vision_block_cls = Qwen2_5_VLVisionBlock
+    decoder_layer_cls = Qwen2_5_VLDecoderLayer
+    merger_cls = Qwen2_5_VLPatchMerger
+    luvc_classes = (LuvcQwen2_5_VisionTransformer, LuvcQwen2_5_VLTextModel, LuvcQwen2_5_VLModel)
+    windowed = True

@@ -1,0 +1,349 @@
+"""LUVC for Qwen2-VL (and the shared Qwen-VL machinery Qwen2.5-VL reuses).
+
+Order follows upstream ``modeling_qwen2_vl.py``: vision hook (OIM between blocks) -> patch merger (unchanged:
+a merge unit is the 2x2 patch group it concatenates) -> LLM layers (SPU) -> rope index (M-RoPE on the compressed
+grid). All data-dependent metadata (rotary ids, ``cu_seqlens``, window indices, merge indices) is planned on the
+host by :func:`plan_qwen_vision`; the encoder forward only gathers and adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    PatchMerger,
+    Qwen2VisionTransformerPretrainedModel,
+    Qwen2VLDecoderLayer,
+    Qwen2VLModel,
+    Qwen2VLTextModel,
+    Qwen2VLVisionBlock,
+)
+from transformers.utils.generic import get_max_seqlen
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+from luvc.compress.budgets import plan_budgets
+from luvc.compress.config import LUVCConfig
+from luvc.compress.cost import VisionSpec
+from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
+from luvc.errors import critical
+from luvc.models.base import VisionTrace, VLMAdapter, swap_class
+from luvc.models.cache import LuvcCache
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, visual_spans
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenVisionStage:
+    """Encoder metadata between two merge steps. Tensors are in token order (window order when windowed)."""
+
+    grid_thw: torch.Tensor  # (num_images, 3) patch grid
+    rotary_ids: torch.Tensor  # (N, 2) (h, w) per patch token; float when oim_positions="mean"
+    cu_seqlens: torch.Tensor
+    max_seqlen: int | None
+    cu_window_seqlens: torch.Tensor | None
+    max_window_seqlen: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenVisionPlan:
+    stages: tuple[QwenVisionStage, ...]
+    merges: dict[int, OIMStep]  # block index -> step, indices in token order
+    window_index: torch.Tensor | None  # raster -> token order of the first stage (merge units)
+    reverse_index: torch.Tensor | None  # token -> raster order of the last stage (merge units)
+    full_attention_blocks: frozenset[int]
+
+    @property
+    def output_grid_thw(self) -> torch.Tensor:
+        return self.stages[-1].grid_thw
+
+    def stage_of_block(self, block: int) -> QwenVisionStage:
+        return self.stages[sum(1 for b in self.merges if b < block)]
+
+    def block_segments(self, depth: int) -> tuple[tuple[int, ...], ...]:
+        """Attention segment lengths of every block (for the cost model)."""
+        segments = []
+        for block in range(depth):
+            stage = self.stage_of_block(block)
+            windowed = stage.cu_window_seqlens is not None and block not in self.full_attention_blocks
+            cu = stage.cu_window_seqlens if windowed else stage.cu_seqlens
+            segments.append(tuple((cu[1:] - cu[:-1]).tolist()))
+        return tuple(segments)
+
+
+def _window(grid_thw: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    return get_vision_window_index(
+        grid_thw, spatial_merge_size=config.spatial_merge_size, window_size=config.window_size,
+        patch_size=config.patch_size,
+    )
+
+
+def _stage(grid_thw: torch.Tensor, raster_ids: torch.Tensor, window_index, cu_window, config) -> QwenVisionStage:
+    unit = config.spatial_merge_size**2
+    rotary_ids = raster_ids
+    if window_index is not None:
+        rotary_ids = raster_ids.view(-1, unit, 2)[window_index].reshape(-1, 2)
+    cu_seqlens = get_vision_cu_seqlens(grid_thw)
+    return QwenVisionStage(
+        grid_thw=grid_thw,
+        rotary_ids=rotary_ids,
+        cu_seqlens=cu_seqlens,
+        max_seqlen=get_max_seqlen(cu_seqlens, config),
+        cu_window_seqlens=cu_window,
+        max_window_seqlen=None if cu_window is None else get_max_seqlen(cu_window, config),
+    )
+
+
+def _in_token_order(step: OIMStep, previous_window, window) -> OIMStep:
+    """Re-express a raster-order merge step on tokens stored in window order (Qwen2.5-VL)."""
+    if previous_window is None:
+        return step
+    to_token = torch.argsort(previous_window)
+    return dataclasses.replace(
+        step,
+        index_a=to_token[step.index_a[window]],
+        index_b=to_token[step.index_b[window]],
+        weight_a=step.weight_a[window],
+        weight_b=step.weight_b[window],
+    )
+
+
+def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed: bool) -> QwenVisionPlan:
+    """Host-side plan of the encoder under ``luvc`` (resolved) for images with patch grid ``grid_thw``."""
+    grid_thw = grid_thw.detach().cpu().long()
+    merge = config.spatial_merge_size
+    if bool(((grid_thw[:, 1:] % merge) != 0).any()):
+        critical(f"Image grid {grid_thw.tolist()} is not a multiple of spatial_merge_size={merge}.")
+    unit_grids = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()]
+    raster_ids = get_vision_position_ids(grid_thw, merge)
+    window_index, cu_window = _window(grid_thw, config) if windowed else (None, None)
+    first_window = window_index
+    stages = [_stage(grid_thw, raster_ids, window_index, cu_window, config)]
+    merges, sizes = {}, None
+    for block, axis in zip(luvc.oim_layers, luvc.oim_axes()):
+        step = plan_oim_step(unit_grids, sizes, axis)
+        unit_grids, sizes = step.grids, step.sizes
+        grid_thw = torch.tensor([(t, h * merge, w * merge) for t, h, w in unit_grids], dtype=torch.long)
+        if luvc.oim_positions == "mean":
+            raster_ids = merge_units(raster_ids.float().view(-1, merge * merge, 2), step).reshape(-1, 2)
+        else:
+            raster_ids = get_vision_position_ids(grid_thw, merge)
+        previous_window = window_index
+        window_index, cu_window = _window(grid_thw, config) if windowed else (None, None)
+        merges[block] = _in_token_order(step, previous_window, window_index)
+        stages.append(_stage(grid_thw, raster_ids, window_index, cu_window, config))
+    return QwenVisionPlan(
+        stages=tuple(stages),
+        merges=merges,
+        window_index=first_window,
+        reverse_index=None if window_index is None else torch.argsort(window_index),
+        full_attention_blocks=frozenset(getattr(config, "fullatt_block_indexes", None) or ()),
+    )
+
+
+def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -> BaseModelOutputWithPooling:
+    """The encoder forward under ``plan``: blocks, OIM steps between them, patch merger."""
+    unit = encoder.spatial_merge_size**2
+    hidden = encoder.patch_embed(pixel_values)
+    dim = hidden.shape[-1]
+    if plan.window_index is not None:
+        hidden = hidden.view(-1, unit, dim)[plan.window_index.to(hidden.device)].reshape(-1, dim)
+    stage = plan.stages[0]
+    position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
+    for index, block in enumerate(encoder.blocks):
+        windowed = stage.cu_window_seqlens is not None and index not in plan.full_attention_blocks
+        hidden = block(
+            hidden,
+            cu_seqlens=(stage.cu_window_seqlens if windowed else stage.cu_seqlens).to(hidden.device),
+            max_seqlen=stage.max_window_seqlen if windowed else stage.max_seqlen,
+            position_embeddings=position_embeddings,
+        )
+        if index in plan.merges:
+            hidden = merge_units(hidden.view(-1, unit, dim), plan.merges[index]).reshape(-1, dim)
+            stage = plan.stage_of_block(index + 1)
+            position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
+    merged = encoder.merger(hidden)
+    if plan.reverse_index is not None:
+        merged = merged[plan.reverse_index.to(merged.device)]
+    return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=merged)
+
+
+class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
+    """Modifications:
+
+    - OIM merge steps run after the blocks in ``luvc_config.oim_layers``, alternating W and H;
+    - rotary ids and ``cu_seqlens`` are recomputed for the merged grid (planned on the host);
+    - accepts a precomputed ``luvc_plan`` so callers plan once.
+    """
+
+    luvc_config: LUVCConfig
+    luvc_windowed = False
+
+    def luvc_plan(self, grid_thw: torch.Tensor) -> QwenVisionPlan:
+        return plan_qwen_vision(grid_thw, self.config, self.luvc_config, self.luvc_windowed)
+
+    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, luvc_plan=None, **kwargs):
+        return run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
+
+    def extra_repr(self) -> str:
+        return f"luvc_oim_layers={list(self.luvc_config.oim_layers)}, axes={list(self.luvc_config.oim_axes())}"
+
+
+def mrope_rotary_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """``(3, B, S)`` M-RoPE ids from ``(B, S)``, ``(3, B, S)`` or ``(4, B, S)`` (leading text row dropped)."""
+    if position_ids.dim() == 2:
+        return position_ids[None].expand(3, -1, -1)
+    return position_ids[1:] if position_ids.shape[0] == 4 else position_ids
+
+
+class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
+    """Modifications: see ``SpuDecoderMixin``; position ids are M-RoPE ``(3, B, S)`` (a leading text row is
+    dropped, a ``(B, S)`` tensor is broadcast to the three rows)."""
+
+    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return mrope_rotary_ids(position_ids)
+
+
+class QwenVLModelMixin:
+    """Modifications (the multimodal model's forward):
+
+    - image features come from the LUVC encoder; the prompt must hold as many placeholders as the compressed
+      grid yields (``VLMAdapter.prepare_inputs`` builds it);
+    - M-RoPE ids come from the compressed grid; decode positions continue from the original prompt length
+      using the request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model);
+    - passes each image's visual span and the budget plan to the SPU decoder. Images only (no video).
+    """
+
+    luvc_config: LUVCConfig
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LuvcCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        **kwargs,
+    ) -> LuvcDecoderOutput:
+        if pixel_values_videos is not None or video_grid_thw is not None or mm_encoder_outputs:
+            critical("The LUVC model path takes images only; video inputs and mm_encoder_outputs are not supported.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LuvcCache()
+        batch, length = inputs_embeds.shape[:2]
+        spans, plan, llm_grid = (), None, None
+        if pixel_values is not None:
+            vision_plan = self.visual.luvc_plan(image_grid_thw)
+            image_embeds = self.visual(pixel_values.type(self.visual.dtype), image_grid_thw, luvc_plan=vision_plan)
+            image_embeds = image_embeds.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            llm_grid = vision_plan.output_grid_thw
+            per_image = (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+            image_mask = input_ids == self.config.image_token_id
+            if int(image_mask.sum()) != image_embeds.shape[0]:
+                critical(
+                    f"The prompt holds {int(image_mask.sum())} image placeholder tokens but the LUVC encoder yields "
+                    f"{image_embeds.shape[0]} visual tokens (grid {llm_grid.tolist()}); build inputs with "
+                    "prepare_inputs() for the applied LUVCConfig."
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_embeds)
+            per_row = per_image[: len(per_image) // batch]
+            spans = visual_spans(image_mask, per_row)
+            plan = plan_budgets(self.config.text_config.num_hidden_layers, per_row, self.luvc_config)
+        if position_ids is None:
+            position_ids = self._luvc_positions(input_ids, image_mask if llm_grid is not None else None,
+                                                llm_grid, mm_token_type_ids, past_key_values, batch, length)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            visual_spans=spans,
+            budget_plan=plan,
+        )
+        outputs.image_hidden_states = image_embeds if plan is not None else None
+        return outputs
+
+    def _luvc_positions(self, input_ids, image_mask, llm_grid, mm_token_type_ids, cache, batch, length):
+        """M-RoPE ids for a prefill with images (from the compressed grid), else continued positions."""
+        if llm_grid is not None:
+            token_types = mm_token_type_ids if mm_token_type_ids is not None else image_mask.int()
+            position_ids, deltas = self.get_rope_index(input_ids, token_types, image_grid_thw=llm_grid)
+            if cache is not None:
+                cache.rope_deltas = deltas
+            return position_ids
+        start = cache.num_positions if cache is not None else 0
+        deltas = cache.rope_deltas if cache is not None and cache.rope_deltas is not None else 0
+        device = self.get_input_embeddings().weight.device
+        positions = (torch.arange(length, device=device) + start).expand(batch, length) + deltas
+        return positions[None].expand(3, -1, -1)
+
+
+class LuvcQwen2VLModel(QwenVLModelMixin, Qwen2VLModel):
+    __doc__ = QwenVLModelMixin.__doc__
+
+
+class Qwen2VLAdapter(VLMAdapter):
+    architecture = "Qwen2VLForConditionalGeneration"
+    vision_block_cls = Qwen2VLVisionBlock
+    decoder_layer_cls = Qwen2VLDecoderLayer
+    merger_cls = PatchMerger
+    image_placeholder = "<|image_pad|>"
+    prompt_template = (
+        "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
+    windowed = False
+
+    @property
+    def vision_depth(self) -> int:
+        return self.model.config.vision_config.depth
+
+    @property
+    def vision_blocks(self):
+        return self.model.model.visual.blocks
+
+    def _patch(self, config: LUVCConfig) -> None:
+        vision_cls, text_cls, model_cls = self.luvc_classes
+        inner = self.model.model
+        for module, cls in ((inner.visual, vision_cls), (inner.language_model, text_cls), (inner, model_cls)):
+            swap_class(module, cls)
+            module.luvc_config = config
+
+    def preprocess_images(self, images) -> dict:
+        return dict(self.image_processor(images=list(images), return_tensors="pt"))
+
+    def vision_plan(self, inputs: dict, config: LUVCConfig | None = None) -> QwenVisionPlan:
+        return plan_qwen_vision(
+            inputs["image_grid_thw"], self.model.config.vision_config, self._resolved(config), self.windowed
+        )
+
+    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
+        plan = self.vision_plan(inputs, config)
+        merge = self.model.config.vision_config.spatial_merge_size
+        per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
+        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image))
+
+    def vision_spec(self) -> VisionSpec:
+        vision = self.model.config.vision_config
+        embed = getattr(vision, "embed_dim", None) or vision.hidden_size
+        mlp = getattr(vision, "intermediate_size", None) or int(embed * vision.mlp_ratio)
+        unit = vision.spatial_merge_size**2
+        patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        out = getattr(vision, "out_hidden_size", None) or vision.hidden_size
+        return VisionSpec(
+            embed=embed,
+            mlp=mlp * (3 if self.windowed else 2) // 2,  # Qwen2.5-VL's vision MLP is gated (three matrices)
+            tokens_per_unit=unit,
+            patch_flops_per_token=2 * patch * embed,
+            projector_flops_per_unit=2 * (unit * embed) ** 2 + 2 * unit * embed * out,
+        )

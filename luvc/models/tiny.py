@@ -1,0 +1,132 @@
+"""Built-in tiny random-weight VLMs (seeded, no downloads) and their byte-level tokenizer.
+
+Shapes follow STYLE.md's test registry (hidden 32, vision depth 2-3), with 4 decoder layers so that the default
+SPU schedule shows a cascade (full, full, half, zero). Weights are random: generated text is gibberish, but it is
+the same gibberish on every machine, which is what parity tests need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>", "<image>", "<pad>",
+)
+VOCAB_SIZE = 272  # 256 bytes + specials, rounded up
+TINY_IMAGE_SIZE = 224
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (every byte is a token, no merges) with the Qwen-VL and LLaVA special tokens."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: index for index, symbol in enumerate(alphabet)}
+    vocab.update({token: len(alphabet) + index for index, token in enumerate(SPECIAL_TOKENS)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=list(SPECIAL_TOKENS),
+    )
+
+
+def _ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(token) for token in tokens]
+
+
+def _qwen_text_config(tokenizer) -> dict:
+    eos, pad = _ids(tokenizer, "<|im_end|>", "<pad>")
+    return dict(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=eos, pad_token_id=pad, bos_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+    )
+
+
+def _qwen_image_processor() -> Qwen2VLImageProcessorPil:
+    return Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56, max_pixels=448 * 448
+    )
+
+
+def _qwen_token_ids(tokenizer) -> dict:
+    image, video, start, end = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    return dict(image_token_id=image, video_token_id=video, vision_start_token_id=start, vision_end_token_id=end)
+
+
+def tiny_qwen2_vl(tokenizer):
+    config = Qwen2VLConfig(
+        text_config=_qwen_text_config(tokenizer),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        **_qwen_token_ids(tokenizer),
+    )
+    return Qwen2VLForConditionalGeneration(config), _qwen_image_processor()
+
+
+def tiny_qwen2_5_vl(tokenizer):
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text_config(tokenizer),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=32, num_heads=4,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[1]),
+        **_qwen_token_ids(tokenizer),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config), _qwen_image_processor()
+
+
+def tiny_llava(tokenizer):
+    eos, pad, image = _ids(tokenizer, "<|im_end|>", "<pad>", "<image>")
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=4, image_size=TINY_IMAGE_SIZE, patch_size=14,
+                                       projection_dim=32),
+        text_config=LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                eos_token_id=eos, pad_token_id=pad, bos_token_id=None),
+        image_token_index=image,
+        image_seq_length=(TINY_IMAGE_SIZE // 14) ** 2,
+    )
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+TINY_BUILDERS: dict[str, Callable] = {
+    "tiny-qwen2-vl": tiny_qwen2_vl,
+    "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+    "tiny-llava": tiny_llava,
+}
+
+
+def build_tiny(name: str, seed: int = 0):
+    """``(model, tokenizer, image_processor)`` of the built-in tiny model ``name``, weights seeded by ``seed``."""
+    tokenizer = tiny_tokenizer()
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model, processor = TINY_BUILDERS[name](tokenizer)
+    finally:
+        torch.random.set_rng_state(state)
+    model.config.architectures = [type(model).__name__]
+    return model.eval(), tokenizer, processor
