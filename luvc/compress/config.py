@@ -82,7 +82,8 @@ class LUVCConfig:
         )
         if not 0.0 < resolved.rho < 1.0:
             critical(f"rho must be in (0, 1), got {resolved.rho} (CLI: --option rho=0.25).")
-        if not 0 <= resolved.spu_start < num_layers:
+        uses_schedule = resolved.spu_variant != "none" and resolved.budgets is None
+        if uses_schedule and not 0 <= resolved.spu_start < num_layers:
             critical(
                 f"spu_start={resolved.spu_start} does not fit a model with {num_layers} decoder layers; "
                 f"use 0..{num_layers - 1} (CLI: --option spu_start=2)."

@@ -42,8 +42,10 @@ class LlmSpec:
 
 @dataclasses.dataclass(frozen=True)
 class CostReport:
-    """Per request (batch 1). ``*_baseline`` fields are the uncompressed model's."""
+    """Per request (batch 1). ``*_baseline`` fields are the uncompressed model's; ``decoder_tokens`` count text
+    and visual tokens entering each layer."""
 
+    text_tokens: int
     encoder_tokens: tuple[int, ...]
     encoder_tokens_baseline: tuple[int, ...]
     decoder_tokens: tuple[int, ...]
@@ -134,6 +136,7 @@ def estimate_cost(
     tokens, tokens_base = decoder_tokens(plan, text_tokens), decoder_tokens(plan_base, text_tokens)
     scoring = spu_flops(plan, llm.hidden, spu_variant, rho) if spu_variant != "none" else 0
     return CostReport(
+        text_tokens=text_tokens,
         encoder_tokens=tuple(sum(s) for s in segments),
         encoder_tokens_baseline=tuple(sum(s) for s in segments_base),
         decoder_tokens=tokens,

@@ -25,9 +25,7 @@ TINY_MODELS = tuple(TINY_BUILDERS)
 def adapter_class(architecture: str | None) -> type[VLMAdapter]:
     """The adapter registered for ``architecture`` (``config.architectures[0]``)."""
     if architecture not in ADAPTERS:
-        critical(
-            f"Architecture {architecture!r} is not a supported VLM family; supported: {sorted(ADAPTERS)}."
-        )
+        critical(f"Architecture {architecture!r} is not a supported VLM family; supported: {sorted(ADAPTERS)}.")
     return ADAPTERS[architecture]
 
 

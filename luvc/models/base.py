@@ -118,13 +118,12 @@ class VLMAdapter:
             self.prompt_template.format(image=placeholder * count, prompt=prompt)
             for count, prompt in zip(per_row, prompts)
         ]
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=False, add_special_tokens=False)
-        lengths = {len(ids) for ids in encoded["input_ids"]}
-        if len(lengths) > 1:
+        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")
         inputs = dict(pixels)
-        inputs["input_ids"] = encoded["input_ids"]
-        inputs["attention_mask"] = encoded["attention_mask"]
+        inputs["input_ids"] = torch.tensor(token_ids, dtype=torch.long)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return inputs
 
     # -- cost -----------------------------------------------------------------------------------------------

@@ -81,6 +81,12 @@ class LuvcLlavaModel(LlavaModel):
             past_key_values = LuvcCache()
         spans, plan = (), None
         if pixel_values is not None:
+            size = self.config.vision_config.image_size
+            if tuple(pixel_values.shape[-2:]) != (size, size):
+                critical(
+                    f"Images are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} pixels but this vision tower takes "
+                    f"{size}x{size}; preprocess with the model's image processor (prepare_inputs())."
+                )
             features = self.get_image_features(
                 pixel_values=pixel_values,
                 vision_feature_layer=self.config.vision_feature_layer,
@@ -140,6 +146,11 @@ class LlavaAdapter(VLMAdapter):
         layers = [layers] if isinstance(layers, int) else list(layers)
         return [(layer if layer >= 0 else self.vision_depth + 1 + layer) - 1 for layer in layers]
 
+    def oim_steps(self, config: LUVCConfig) -> dict[int, OIMStep]:
+        """Block index -> the merge step after it, for the configured (square) patch grid."""
+        grid = (1, self.grid_side, self.grid_side)
+        return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
+
     def _patch(self, config: LUVCConfig) -> None:
         first_feature = min(self.feature_blocks())
         late = [block for block in config.oim_layers if block >= first_feature]
@@ -149,7 +160,7 @@ class LlavaAdapter(VLMAdapter):
                 f"features (vision_feature_layer={self.model.config.vision_feature_layer}); use blocks below "
                 f"{first_feature} (CLI: --oim-layers)."
             )
-        steps = dict(zip(config.oim_layers, plan_oim([(1, self.grid_side, self.grid_side)], config.oim_axes())))
+        steps = self.oim_steps(config)
         units = self.grid_side**2
         for index, layer in enumerate(self.vision_blocks):
             swap_class(layer, LuvcCLIPEncoderLayer)
@@ -173,7 +184,7 @@ class LlavaAdapter(VLMAdapter):
 
     def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
         config = self._resolved(config)
-        steps = dict(zip(config.oim_layers, plan_oim([(1, self.grid_side, self.grid_side)], config.oim_axes())))
+        steps = self.oim_steps(config)
         units, segments, at_features = self.grid_side**2, [], None
         first_feature = min(self.feature_blocks())
         for block in range(self.vision_depth):

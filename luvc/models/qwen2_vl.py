@@ -73,7 +73,9 @@ class QwenVisionPlan:
 
 def _window(grid_thw: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
     return get_vision_window_index(
-        grid_thw, spatial_merge_size=config.spatial_merge_size, window_size=config.window_size,
+        grid_thw,
+        spatial_merge_size=config.spatial_merge_size,
+        window_size=config.window_size,
         patch_size=config.patch_size,
     )
 
@@ -259,8 +261,15 @@ class QwenVLModelMixin:
             spans = visual_spans(image_mask, per_row)
             plan = plan_budgets(self.config.text_config.num_hidden_layers, per_row, self.luvc_config)
         if position_ids is None:
-            position_ids = self._luvc_positions(input_ids, image_mask if llm_grid is not None else None,
-                                                llm_grid, mm_token_type_ids, past_key_values, batch, length)
+            position_ids = self._luvc_positions(
+                input_ids,
+                image_mask if llm_grid is not None else None,
+                llm_grid,
+                mm_token_type_ids,
+                past_key_values,
+                batch,
+                length,
+            )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -26,8 +26,15 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-    "<|video_pad|>", "<image>", "<pad>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<image>",
+    "<pad>",
 )
 VOCAB_SIZE = 272  # 256 bytes + specials, rounded up
 TINY_IMAGE_SIZE = 224
@@ -56,8 +63,16 @@ def _ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
 def _qwen_text_config(tokenizer) -> dict:
     eos, pad = _ids(tokenizer, "<|im_end|>", "<pad>")
     return dict(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=eos, pad_token_id=pad, bos_token_id=None,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
     )
 
@@ -76,8 +91,16 @@ def _qwen_token_ids(tokenizer) -> dict:
 def tiny_qwen2_vl(tokenizer):
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
         **_qwen_token_ids(tokenizer),
     )
     return Qwen2VLForConditionalGeneration(config), _qwen_image_processor()
@@ -86,9 +109,18 @@ def tiny_qwen2_vl(tokenizer):
 def tiny_qwen2_5_vl(tokenizer):
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tokenizer),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=32, num_heads=4,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[1]),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=32,
+            num_heads=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
         **_qwen_token_ids(tokenizer),
     )
     return Qwen2_5_VLForConditionalGeneration(config), _qwen_image_processor()
@@ -97,12 +129,27 @@ def tiny_qwen2_5_vl(tokenizer):
 def tiny_llava(tokenizer):
     eos, pad, image = _ids(tokenizer, "<|im_end|>", "<pad>", "<image>")
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=TINY_IMAGE_SIZE, patch_size=14,
-                                       projection_dim=32),
-        text_config=LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                eos_token_id=eos, pad_token_id=pad, bos_token_id=None),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=14,
+            projection_dim=32,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            bos_token_id=None,
+        ),
         image_token_index=image,
         image_seq_length=(TINY_IMAGE_SIZE // 14) ** 2,
     )

@@ -1,0 +1,7 @@
+"""Argument groups: each defines ``add_parser_args`` and ``parse``; subcommands list the groups they use."""
+
+from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.budget import LuvcArgs
+from luvc.cli.args.model import ModelArgs
+
+__all__ = ["BaseArgs", "LuvcArgs", "ModelArgs"]

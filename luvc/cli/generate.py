@@ -1,0 +1,82 @@
+"""``luvc-export generate``: run a (compressed) VLM in PyTorch, print the text and where the tokens went."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from luvc.cli.args import LuvcArgs, ModelArgs
+from luvc.compress.cost import CostReport
+from luvc.generation import greedy_generate
+from luvc.images import load_image, synthetic_image
+
+
+class Generate:
+    """Generate text for an image and a prompt; print token counts per block/layer and the cost model."""
+
+    name = "generate"
+    subscriptions = (ModelArgs, LuvcArgs)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Generation")
+        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
+        group.add_argument("--prompt", required=True, help="the user prompt")
+        group.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        console = Console()
+        with console.status(f"Loading {args.model}"):
+            adapter = groups[ModelArgs].load()
+        adapter.apply_luvc(groups[LuvcArgs].config)
+        image = load_image(args.image) if args.image else synthetic_image()
+        inputs = adapter.prepare_inputs([image], args.prompt)
+        with console.status("Generating"):
+            tokens = greedy_generate(
+                adapter.model, inputs, args.max_new_tokens, eos_token_id=adapter.tokenizer.eos_token_id
+            )
+        console.print(f"[bold]{adapter.name}[/] ({'LUVC off' if adapter.luvc_config.is_off else 'LUVC'})")
+        console.print(f"[bold]Output:[/] {adapter.tokenizer.decode(tokens[0], skip_special_tokens=True)!r}")
+        report = adapter.cost(inputs)
+        console.print(token_table(report))
+        console.print(cost_table(report))
+        return 0
+
+
+def token_table(report: CostReport) -> Table:
+    """Visual tokens per encoder block and per decoder layer, LUVC vs uncompressed."""
+    table = Table(title="Visual tokens per stage")
+    for column in ("stage", "LUVC", "uncompressed"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for block, (ours, base) in enumerate(zip(report.encoder_tokens, report.encoder_tokens_baseline)):
+        table.add_row(f"encoder block {block}", str(ours), str(base))
+    for layer, (ours, base) in enumerate(zip(report.decoder_tokens, report.decoder_tokens_baseline)):
+        table.add_row(f"decoder layer {layer}", str(ours - report.text_tokens), str(base - report.text_tokens))
+    return table
+
+
+def cost_table(report: CostReport) -> Table:
+    """FLOPs, KV bytes and the theoretical speedups of the cost model."""
+    table = Table(title="Cost model (per request)")
+    for column in ("quantity", "LUVC", "uncompressed", "speedup"):
+        table.add_column(column, justify="right" if column != "quantity" else "left")
+    table.add_row(
+        "encoder GFLOPs",
+        f"{report.encoder_flops / 1e9:.3f}",
+        f"{report.encoder_flops_baseline / 1e9:.3f}",
+        f"{report.encoder_speedup:.2f}x",
+    )
+    table.add_row(
+        "LLM prefill GFLOPs",
+        f"{report.llm_prefill_flops / 1e9:.3f}",
+        f"{report.llm_prefill_flops_baseline / 1e9:.3f}",
+        f"{report.llm_prefill_speedup:.2f}x",
+    )
+    table.add_row(
+        "KV cache KiB (fp16)",
+        f"{report.kv_cache_bytes / 1024:.1f}",
+        f"{report.kv_cache_bytes_baseline / 1024:.1f}",
+        f"{report.kv_cache_reduction:.2f}x",
+    )
+    return table

@@ -1,0 +1,82 @@
+import pytest
+
+from luvc import LUVCConfig, LuvcError
+from luvc.compress.budgets import default_schedule, parse_budget, plan_budgets
+
+
+def resolved(**kwargs) -> LUVCConfig:
+    return LUVCConfig(**kwargs).resolve(vision_depth=4, num_layers=4)
+
+
+def test_default_schedule_is_full_then_linear_to_zero():
+    # 4 layers, spu_start 2: layer 2 keeps (4-1-2)/(4-2) = half, the last layer none.
+    assert default_schedule(4, 64, resolved()) == (64, 64, 32, 0)
+
+
+def test_default_schedule_every_two_layers():
+    config = LUVCConfig(spu_start=1, spu_every=2).resolve(4, 7)
+    # prunes at layers 1, 3, 5 and (final zero) 6: floor(60 * (6 - l) / 6)
+    assert default_schedule(7, 60, config) == (60, 50, 50, 30, 30, 10, 0)
+
+
+def test_default_schedule_without_final_zero_ends_above_zero():
+    config = resolved(final_zero=False)
+    assert default_schedule(4, 60, config) == (60, 60, 40, 20)
+
+
+def test_explicit_list_is_continued_with_its_last_value():
+    assert parse_budget(6, "64,40,0") == (64, 40, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("64,80,0", "must not increase"),
+        ("64,-1", "negative"),
+        ("64,64,32,16,0", "4 decoder layers"),
+        ("64,x", "comma-separated"),
+    ],
+)
+def test_bad_explicit_lists_are_rejected(spec, message):
+    with pytest.raises(LuvcError, match=message):
+        parse_budget(4, spec)
+
+
+def test_budget_over_the_visual_token_count_is_rejected():
+    with pytest.raises(LuvcError, match="more than the 50 visual tokens"):
+        plan_budgets(4, [50], resolved(budgets=(64, 32, 16, 0)))
+
+
+def test_final_zero_requires_a_zero_last_budget():
+    with pytest.raises(LuvcError, match="final_zero"):
+        plan_budgets(4, [64], resolved(budgets=(64, 32, 16, 8)))
+    assert plan_budgets(4, [64], resolved(budgets=(64, 32, 16, 8), final_zero=False)).total == (64, 32, 16, 8)
+
+
+def test_split_per_image_is_proportional_and_non_increasing():
+    plan = plan_budgets(4, [30, 10], resolved(budgets=(40, 20, 7, 0)))
+    assert plan.per_image[1] == (15, 5)
+    assert sum(plan.per_image[2]) == 7
+    for layer in range(1, 4):
+        assert all(now <= before for now, before in zip(plan.per_image[layer], plan.per_image[layer - 1]))
+    assert plan.prune_layers() == (1, 2, 3)
+
+
+def test_spu_none_keeps_everything():
+    plan = plan_budgets(4, [64], resolved(spu_variant="none"))
+    assert plan.total == (64,) * 4 and plan.prune_layers() == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"oim_layers": (4,)}, "outside the encoder"),
+        ({"spu_start": 4}, "does not fit"),
+        ({"rho": 1.5}, "rho"),
+        ({"spu_variant": "fft"}, "not one of"),
+        ({"spu_every": 0}, "spu_every"),
+    ],
+)
+def test_bad_configs_are_rejected(kwargs, message):
+    with pytest.raises(LuvcError, match=message):
+        resolved(**kwargs)

@@ -1,0 +1,27 @@
+from luvc import LUVCConfig
+from luvc.compress.budgets import plan_budgets
+from luvc.compress.cost import LlmSpec, VisionSpec, encoder_flops, estimate_cost, llm_prefill_flops
+
+LLM = LlmSpec(hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=10)
+VISION = VisionSpec(embed=4, mlp=8, tokens_per_unit=1, patch_flops_per_token=0, projector_flops_per_unit=0)
+
+
+def test_llm_prefill_flops_by_hand():
+    # per token: q,o = 2 * 8*8; k,v = 2 * 8*4; mlp = 3 * 8*16 -> 128 + 64 + 384 = 576 MACs = 1152 FLOPs
+    # attention for 3 tokens: 4 * heads*head_dim * 3*4/2 = 4 * 8 * 6 = 192; LM head: 2 * 8 * 10 = 160
+    assert llm_prefill_flops(LLM, [3]) == 1152 * 3 + 192 + 160
+
+
+def test_encoder_flops_by_hand():
+    # one block, two segments of 2 tokens: linear 2 * 4 * (4*16 + 2*4*8) = 1024; attention 4*4*(4+4) = 128
+    assert encoder_flops(VISION, [(2, 2)], llm_tokens=4) == 1024 + 128
+
+
+def test_estimate_cost_counts_text_plus_budget_per_layer():
+    config = LUVCConfig(spu_start=0).resolve(2, 2)
+    plan, base = plan_budgets(2, [10], config), plan_budgets(2, [10], LUVCConfig.off().resolve(2, 2))
+    report = estimate_cost(VISION, LLM, ([(11,)], plan), ([(11,)], base), 5, config.spu_variant, config.rho)
+    assert report.decoder_tokens == (5 + plan.total[0], 5 + plan.total[1])
+    assert report.decoder_tokens_baseline == (15, 15)
+    assert report.kv_cache_bytes_baseline == 2 * (15 + 15) * 1 * 4 * 2
+    assert report.llm_prefill_speedup > 1.0 and report.spu_flops > 0

@@ -1,0 +1,154 @@
+"""LUVC paths against the stock transformers models, for every tiny family."""
+
+import pytest
+import torch
+
+from luvc import LUVCConfig
+from tests.conftest import stock_inputs
+
+PROMPT = "Describe the image."
+
+
+@torch.no_grad()
+def test_luvc_off_matches_stock_logits(adapter, stock, image):
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    expected = stock(**stock_inputs(adapter, inputs)).logits
+    assert torch.equal(adapter.model(**inputs).logits, expected)
+
+
+@torch.no_grad()
+def test_spu_with_full_budgets_matches_stock_logits(adapter, stock, image):
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    visual = adapter.budget_plan(inputs).num_visual_tokens
+    adapter.apply_luvc(LUVCConfig(oim_layers=(), budgets=(visual,), final_zero=False))
+    assert adapter.budget_plan(inputs).total == (visual,) * adapter.num_layers
+    expected = stock(**stock_inputs(adapter, inputs)).logits
+    assert torch.equal(adapter.model(**inputs).logits, expected)
+
+
+@torch.no_grad()
+def test_default_luvc_changes_logits_but_keeps_state_dict_keys(adapter, stock, image):
+    keys = set(adapter.model.state_dict())
+    adapter.apply_luvc()
+    assert set(adapter.model.state_dict()) == keys
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    logits = adapter.model(**inputs).logits
+    assert torch.isfinite(logits).all()
+    assert "luvc_spu=spectral-residual" in repr(adapter.model)
+
+
+def _count_tokens(modules, sequence_dim: int) -> tuple[list[int], list]:
+    counts, handles = [], []
+    for module in modules:
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, args, kwargs: counts.append(
+                    (args[0] if args else kwargs["hidden_states"]).shape[sequence_dim]
+                ),
+                with_kwargs=True,
+            )
+        )
+    return counts, handles
+
+
+@torch.no_grad()
+def test_layers_process_exactly_their_budgets(adapter, image):
+    adapter.apply_luvc()
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    plan, report = adapter.budget_plan(inputs), adapter.cost(inputs)
+    decoder_counts, handles = _count_tokens(adapter.decoder_layers, sequence_dim=1)
+    encoder_dim = 1 if adapter.architecture.startswith("Llava") else 0
+    encoder_counts, more = _count_tokens(adapter.vision_blocks, sequence_dim=encoder_dim)
+    adapter.model(**inputs)
+    for handle in handles + more:
+        handle.remove()
+    text = inputs["input_ids"].shape[1] - plan.num_visual_tokens
+    visual = [count - text for count in decoder_counts]
+    assert visual == list(plan.total)
+    assert visual[-1] == 0 and visual[0] == plan.num_visual_tokens
+    assert len(set(visual)) > 2  # a real cascade: full, partial, zero
+    assert decoder_counts == list(report.decoder_tokens)
+    assert encoder_counts == list(report.encoder_tokens)
+    assert encoder_counts[-1] < encoder_counts[0]  # OIM merged inside the encoder
+
+
+@torch.no_grad()
+def test_kept_tokens_carry_their_original_positions(adapter, image):
+    adapter.apply_luvc()
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    plan = adapter.budget_plan(inputs)
+    layer = next(index for index in plan.prune_layers() if plan.total[index] > 0)
+    captured = {}
+    hook = adapter.decoder_layers[layer].register_forward_pre_hook(
+        lambda _m, _a, kwargs: captured.update(cos=kwargs["position_embeddings"][0]), with_kwargs=True
+    )
+    outputs = adapter.model.model(**inputs)
+    hook.remove()
+    kept = outputs.kept_visual_indices[layer][0]
+    assert torch.equal(kept, kept.sort().values)
+    # The rotary cos of the full sequence, indexed at the kept visual tokens' original positions.
+    full_ids = inputs["input_ids"]
+    start = int((full_ids[0] == adapter.image_token_id).nonzero()[0])
+    capture_full = {}
+    hook = adapter.decoder_layers[0].register_forward_pre_hook(
+        lambda _m, _a, kwargs: capture_full.update(cos=kwargs["position_embeddings"][0]), with_kwargs=True
+    )
+    adapter.model.model(**inputs)
+    hook.remove()
+    expected = capture_full["cos"][0, start + kept]
+    assert torch.equal(captured["cos"][0, start : start + len(kept)], expected)
+    assert torch.equal(captured["cos"][0, :start], capture_full["cos"][0, :start])  # prefix text unchanged
+
+
+@pytest.mark.parametrize("config", [LUVCConfig(), LUVCConfig(spu_start=0)], ids=["default", "prune-layer-0"])
+@torch.no_grad()
+def test_cached_greedy_equals_full_prefill_every_step(adapter, image, config):
+    from luvc.generation import greedy_generate
+
+    adapter.apply_luvc(config)
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    cached, cached_logits = greedy_generate(adapter.model, inputs, 16, return_logits=True)
+    uncached, uncached_logits = greedy_generate(adapter.model, inputs, 16, use_cache=False, return_logits=True)
+    assert cached.shape == (1, 16)
+    assert torch.equal(cached, uncached)
+    torch.testing.assert_close(cached_logits, uncached_logits, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_per_layer_cache_lengths(adapter, image):
+    from luvc.models.cache import LuvcCache
+
+    adapter.apply_luvc()
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    cache = LuvcCache()
+    adapter.model(**inputs, past_key_values=cache, use_cache=True)
+    plan = adapter.budget_plan(inputs)
+    text = inputs["input_ids"].shape[1] - plan.num_visual_tokens
+    assert cache.layer_lengths() == [text + k for k in plan.total]
+    assert cache.num_positions == inputs["input_ids"].shape[1]
+    assert cache.nbytes() == adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes
+
+
+@torch.no_grad()
+def test_batch_of_two_same_size_images_matches_single_runs(adapter, image):
+    from luvc.images import synthetic_image
+
+    adapter.apply_luvc()
+    images = [image, synthetic_image(seed=7)]
+    batched = adapter.model(**adapter.prepare_inputs(images, PROMPT)).logits
+    for row, single in enumerate(images):
+        alone = adapter.model(**adapter.prepare_inputs([single], PROMPT)).logits[0]
+        torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_channel_spectrum_variant_prunes_differently(adapter, image):
+    kept = {}
+    for variant in ("spectral-residual", "channel-spectrum"):
+        adapter.apply_luvc(LUVCConfig(spu_variant=variant, spu_start=0))
+        outputs = adapter.model.model(**adapter.prepare_inputs([image], PROMPT))
+        kept[variant] = outputs.kept_visual_indices[0]
+    assert kept["spectral-residual"].shape == kept["channel-spectrum"].shape
+    assert not torch.equal(kept["spectral-residual"], kept["channel-spectrum"])
