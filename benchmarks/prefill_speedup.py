@@ -1,0 +1,145 @@
+"""PyTorch CPU prefill: uncompressed vs LUVC on a random-weight Qwen2-VL of realistic LLM shape, in one run.
+
+LLM like Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936); one 896x896 image
+(64x64 patches -> 1024 visual tokens) and 64 text tokens. The vision encoder is reduced (8 blocks, width 640)
+so that the run fits a 2-core CPU in a few minutes; it still shows the encoder speedup from OIM.
+
+Prints measured speedups of the vision encoder and the LLM prefill, the cost model's predictions and
+measured/predicted. Last line: ``prefill_speedup=<x>`` (LLM prefill). Usage:
+    python benchmarks/prefill_speedup.py [--repeats 3] [--budgets ...] [--oim-layers ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from luvc import LUVCConfig
+from luvc.images import synthetic_image
+from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.tiny import _qwen_token_ids, tiny_tokenizer
+
+IMAGE_SIDE = 896
+TEXT_TOKENS = 64
+
+
+def realistic_adapter() -> Qwen2VLAdapter:
+    tokenizer = tiny_tokenizer()
+    token_ids = _qwen_token_ids(tokenizer)
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+        ),
+        vision_config=dict(
+            depth=8,
+            embed_dim=640,
+            hidden_size=896,
+            num_heads=10,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        tie_word_embeddings=True,
+        **token_ids,
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
+    return Qwen2VLAdapter(model, tokenizer, processor, name="realistic-qwen2-vl")
+
+
+class StageTimer:
+    """Wall time of a module's forward, measured with hooks inside a full model forward."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        module.register_forward_pre_hook(self._start)
+        module.register_forward_hook(self._stop)
+
+    def _start(self, *_):
+        self._began = time.perf_counter()
+
+    def _stop(self, *_):
+        self.seconds = time.perf_counter() - self._began
+
+
+def prompt_for(adapter: Qwen2VLAdapter, text_tokens: int) -> str:
+    """A prompt that makes the templated text exactly ``text_tokens`` tokens (byte-level tokenizer)."""
+    template = adapter.prompt_template.format(image="", prompt="")
+    return "x" * (text_tokens - len(adapter.tokenizer(template, add_special_tokens=False)["input_ids"]))
+
+
+def measure(adapter: Qwen2VLAdapter, configs: dict[str, LUVCConfig], repeats: int) -> dict[str, dict]:
+    """Median vision and LLM seconds per config; configs alternate inside every repeat so drift cancels."""
+    image, prompt = synthetic_image(IMAGE_SIDE, IMAGE_SIDE), prompt_for(adapter, TEXT_TOKENS)
+    vision, llm = StageTimer(adapter.model.model.visual), StageTimer(adapter.model.model.language_model)
+    results = {}
+    for name, config in configs.items():
+        adapter.apply_luvc(config)
+        inputs = adapter.prepare_inputs([image], prompt)
+        results[name] = dict(config=config, inputs=inputs, plan=adapter.budget_plan(inputs), vision=[], llm=[])
+    with torch.inference_mode():
+        for repeat in range(repeats + 1):  # the first round warms up
+            for result in results.values():
+                adapter.apply_luvc(result["config"])
+                adapter.model(**result["inputs"], use_cache=False, logits_to_keep=1)
+                if repeat:
+                    result["vision"].append(vision.seconds)
+                    result["llm"].append(llm.seconds)
+    for result in results.values():
+        result["vision"], result["llm"] = statistics.median(result["vision"]), statistics.median(result["llm"])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
+    parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
+    args = parser.parse_args()
+    oim = None if args.oim_layers is None else tuple(int(v) for v in args.oim_layers.split(","))
+    budgets = None if args.budgets is None else tuple(int(v) for v in args.budgets.split(","))
+    config = LUVCConfig(oim_layers=oim, budgets=budgets)
+
+    adapter = realistic_adapter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)")
+    results = measure(adapter, {"base": LUVCConfig.off(), "luvc": config}, args.repeats)
+    base, luvc = results["base"], results["luvc"]
+    adapter.apply_luvc(config)
+    report = adapter.cost(luvc["inputs"])
+    print(
+        f"visual tokens into the LLM: {base['plan'].num_visual_tokens} uncompressed, "
+        f"{luvc['plan'].num_visual_tokens} after OIM; text tokens: {report.text_tokens}"
+    )
+    print(f"decoder visual tokens per layer (LUVC): {list(luvc['plan'].total)}")
+    print(f"vision encoder: {base['vision'] * 1e3:8.1f} ms -> {luvc['vision'] * 1e3:8.1f} ms")
+    print(f"LLM prefill:    {base['llm'] * 1e3:8.1f} ms -> {luvc['llm'] * 1e3:8.1f} ms")
+    vision_speedup, llm_speedup = base["vision"] / luvc["vision"], base["llm"] / luvc["llm"]
+    print(
+        f"vision_speedup measured={vision_speedup:.2f}x predicted={report.encoder_speedup:.2f}x "
+        f"measured/predicted={vision_speedup / report.encoder_speedup:.2f}"
+    )
+    print(
+        f"llm_prefill_speedup measured={llm_speedup:.2f}x predicted={report.llm_prefill_speedup:.2f}x "
+        f"measured/predicted={llm_speedup / report.llm_prefill_speedup:.2f}"
+    )
+    print(f"kv_cache_reduction predicted={report.kv_cache_reduction:.2f}x")
+    print(f"prefill_speedup={llm_speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
