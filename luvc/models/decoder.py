@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from luvc.compress.budgets import BudgetPlan
+from luvc.compress.budgets import BudgetPlan, plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.spu import Scorer, get_scorer, select_tokens
 from luvc.errors import critical
@@ -52,6 +52,29 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
         spans.append((chunk[0] if chunk else 0, count))
         cursor += count
     return tuple(spans)
+
+
+def scatter_image_features(
+    input_ids: torch.Tensor,
+    inputs_embeds: torch.Tensor,
+    image_features: torch.Tensor,
+    tokens_per_image: Sequence[int],
+    image_token_id: int,
+    num_layers: int,
+    config: LUVCConfig,
+) -> tuple[torch.Tensor, tuple[Span, ...], BudgetPlan]:
+    """Put the LUVC visual tokens into the prompt's placeholders; return the embeddings, each image's span and
+    the budget plan for one batch row (rows share a layout)."""
+    image_mask = input_ids == image_token_id
+    if int(image_mask.sum()) != image_features.shape[0]:
+        critical(
+            f"The prompt holds {int(image_mask.sum())} image placeholder tokens but the LUVC vision side yields "
+            f"{image_features.shape[0]} visual tokens; build inputs with prepare_inputs() for the applied LUVCConfig."
+        )
+    features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+    inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], features)
+    per_row = list(tokens_per_image)[: len(tokens_per_image) // inputs_embeds.shape[0]]
+    return inputs_embeds, visual_spans(image_mask, per_row), plan_budgets(num_layers, per_row, config)
 
 
 def spu_gather_index(

@@ -12,14 +12,13 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaMultiModalProjector
 
-from luvc.compress.budgets import plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
 from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, visual_spans
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, scatter_image_features
 
 
 class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
@@ -93,18 +92,16 @@ class LuvcLlavaModel(LlavaModel):
                 vision_feature_select_strategy=self.config.vision_feature_select_strategy,
                 return_dict=True,
             ).pooler_output
-            image_features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-            image_mask = input_ids == self.config.image_token_id
-            if int(image_mask.sum()) != image_features.shape[0]:
-                critical(
-                    f"The prompt holds {int(image_mask.sum())} <image> placeholder tokens but the LUVC vision tower "
-                    f"yields {image_features.shape[0]} visual tokens; build inputs with prepare_inputs() for the "
-                    "applied LUVCConfig."
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_features)
-            per_row = [feature.shape[0] for feature in features][: len(features) // inputs_embeds.shape[0]]
-            spans = visual_spans(image_mask, per_row)
-            plan = plan_budgets(self.config.text_config.num_hidden_layers, per_row, self.luvc_config)
+            image_features = torch.cat(list(features), dim=0)
+            inputs_embeds, spans, plan = scatter_image_features(
+                input_ids,
+                inputs_embeds,
+                image_features,
+                [feature.shape[0] for feature in features],
+                self.config.image_token_id,
+                self.config.text_config.num_hidden_layers,
+                self.luvc_config,
+            )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

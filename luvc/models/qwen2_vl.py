@@ -23,14 +23,13 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from luvc.compress.budgets import plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
 from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, visual_spans
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, scatter_image_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,24 +245,20 @@ class QwenVLModelMixin:
         if pixel_values is not None:
             vision_plan = self.visual.luvc_plan(image_grid_thw)
             image_embeds = self.visual(pixel_values.type(self.visual.dtype), image_grid_thw, luvc_plan=vision_plan)
-            image_embeds = image_embeds.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_embeds = image_embeds.pooler_output
             llm_grid = vision_plan.output_grid_thw
-            per_image = (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist()
-            image_mask = input_ids == self.config.image_token_id
-            if int(image_mask.sum()) != image_embeds.shape[0]:
-                critical(
-                    f"The prompt holds {int(image_mask.sum())} image placeholder tokens but the LUVC encoder yields "
-                    f"{image_embeds.shape[0]} visual tokens (grid {llm_grid.tolist()}); build inputs with "
-                    "prepare_inputs() for the applied LUVCConfig."
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], image_embeds)
-            per_row = per_image[: len(per_image) // batch]
-            spans = visual_spans(image_mask, per_row)
-            plan = plan_budgets(self.config.text_config.num_hidden_layers, per_row, self.luvc_config)
+            inputs_embeds, spans, plan = scatter_image_features(
+                input_ids,
+                inputs_embeds,
+                image_embeds,
+                (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist(),
+                self.config.image_token_id,
+                self.config.text_config.num_hidden_layers,
+                self.luvc_config,
+            )
         if position_ids is None:
             position_ids = self._luvc_positions(
                 input_ids,
-                image_mask if llm_grid is not None else None,
                 llm_grid,
                 mm_token_type_ids,
                 past_key_values,
@@ -282,9 +277,10 @@ class QwenVLModelMixin:
         outputs.image_hidden_states = image_embeds if plan is not None else None
         return outputs
 
-    def _luvc_positions(self, input_ids, image_mask, llm_grid, mm_token_type_ids, cache, batch, length):
+    def _luvc_positions(self, input_ids, llm_grid, mm_token_type_ids, cache, batch, length):
         """M-RoPE ids for a prefill with images (from the compressed grid), else continued positions."""
         if llm_grid is not None:
+            image_mask = input_ids == self.config.image_token_id
             token_types = mm_token_type_ids if mm_token_type_ids is not None else image_mask.int()
             position_ids, deltas = self.get_rope_index(input_ids, token_types, image_grid_thw=llm_grid)
             if cache is not None:

@@ -60,7 +60,8 @@ def _ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(token) for token in tokens]
 
 
-def _qwen_text_config(tokenizer) -> dict:
+def _text_dims(tokenizer) -> dict:
+    """Decoder shape shared by every tiny family."""
     eos, pad = _ids(tokenizer, "<|im_end|>", "<pad>")
     return dict(
         vocab_size=VOCAB_SIZE,
@@ -73,8 +74,12 @@ def _qwen_text_config(tokenizer) -> dict:
         eos_token_id=eos,
         pad_token_id=pad,
         bos_token_id=None,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
     )
+
+
+def _qwen_text_config(tokenizer) -> dict:
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+    return dict(_text_dims(tokenizer), rope_parameters=rope)
 
 
 def _qwen_image_processor() -> Qwen2VLImageProcessorPil:
@@ -127,7 +132,7 @@ def tiny_qwen2_5_vl(tokenizer):
 
 
 def tiny_llava(tokenizer):
-    eos, pad, image = _ids(tokenizer, "<|im_end|>", "<pad>", "<image>")
+    (image,) = _ids(tokenizer, "<image>")
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=32,
@@ -138,18 +143,7 @@ def tiny_llava(tokenizer):
             patch_size=14,
             projection_dim=32,
         ),
-        text_config=LlamaConfig(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            bos_token_id=None,
-        ),
+        text_config=LlamaConfig(**_text_dims(tokenizer)),
         image_token_index=image,
         image_seq_length=(TINY_IMAGE_SIZE // 14) ** 2,
     )
