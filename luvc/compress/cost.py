@@ -16,11 +16,10 @@ from luvc.compress.budgets import BudgetPlan
 
 @dataclasses.dataclass(frozen=True)
 class VisionSpec:
-    """Encoder shape. ``tokens_per_unit``: tokens a merge unit holds (4 for Qwen-VL's 2x2 groups, 1 for CLIP)."""
+    """Encoder shape: width, MLP width, and the per-token cost of the patch embedding and projector."""
 
     embed: int
     mlp: int
-    tokens_per_unit: int
     patch_flops_per_token: int  # patch embedding
     projector_flops_per_unit: int  # patch merger / multimodal projector per LLM token
 

@@ -201,7 +201,6 @@ class LlavaAdapter(VLMAdapter):
         return VisionSpec(
             embed=vision.hidden_size,
             mlp=vision.intermediate_size,
-            tokens_per_unit=1,
             patch_flops_per_token=2 * patch * vision.hidden_size,
             projector_flops_per_unit=2 * vision.hidden_size * text.hidden_size + 2 * text.hidden_size**2,
         )

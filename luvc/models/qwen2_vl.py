@@ -348,7 +348,6 @@ class Qwen2VLAdapter(VLMAdapter):
         return VisionSpec(
             embed=embed,
             mlp=mlp * (3 if self.windowed else 2) // 2,  # Qwen2.5-VL's vision MLP is gated (three matrices)
-            tokens_per_unit=unit,
             patch_flops_per_token=2 * patch * embed,
             projector_flops_per_unit=2 * (unit * embed) ** 2 + 2 * unit * embed * out,
         )

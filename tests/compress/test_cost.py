@@ -3,7 +3,7 @@ from luvc.compress.budgets import plan_budgets
 from luvc.compress.cost import LlmSpec, VisionSpec, encoder_flops, estimate_cost, llm_prefill_flops
 
 LLM = LlmSpec(hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=10)
-VISION = VisionSpec(embed=4, mlp=8, tokens_per_unit=1, patch_flops_per_token=0, projector_flops_per_unit=0)
+VISION = VisionSpec(embed=4, mlp=8, patch_flops_per_token=0, projector_flops_per_unit=0)
 
 
 def test_llm_prefill_flops_by_hand():
