@@ -16,19 +16,29 @@ import functools
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 @functools.lru_cache(maxsize=256)
+def _dct_rows(n: int, num_frequencies: int) -> np.ndarray:
+    k = np.arange(num_frequencies, dtype=np.float64)[:, None]
+    i = np.arange(n, dtype=np.float64)[None, :]
+    basis = np.cos(np.pi * (i + 0.5) * k / n) * np.sqrt(2.0 / n)
+    basis[0] = np.sqrt(1.0 / n)
+    basis = basis.astype(np.float32)
+    basis.flags.writeable = False
+    return basis
+
+
 def dct_basis(n: int, num_frequencies: int) -> torch.Tensor:
-    """The first ``num_frequencies`` rows of the orthonormal DCT-II matrix of size ``n``: ``(m, n)`` float32."""
-    k = torch.arange(num_frequencies, dtype=torch.float64)[:, None]
-    i = torch.arange(n, dtype=torch.float64)[None, :]
-    basis = torch.cos(math.pi * (i + 0.5) * k / n) * math.sqrt(2.0 / n)
-    basis[0] = math.sqrt(1.0 / n)
-    return basis.to(torch.float32)
+    """The first ``num_frequencies`` rows of the orthonormal DCT-II matrix of size ``n``: ``(m, n)`` float32.
+
+    The cache holds NumPy arrays, never tensors: a tensor cached while ``torch.export`` traces would be a fake one.
+    """
+    return torch.tensor(_dct_rows(n, num_frequencies))
 
 
 def lowpass_basis(n: int, rho: float) -> torch.Tensor:
@@ -39,18 +49,21 @@ def lowpass_basis(n: int, rho: float) -> torch.Tensor:
 def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 high-frequency energy ``||V_i - (P_n V)_i||^2``."""
     values = tokens.float()
-    basis = lowpass_basis(values.shape[-2], rho).to(values.device)
-    lowpassed = basis.transpose(0, 1) @ (basis @ values)
+    # bmm with a batched (B, m, n) basis: a broadcast matmul makes traced graphs specialise on the batch size
+    basis = lowpass_basis(values.shape[-2], rho).to(values.device).expand(values.shape[0], -1, -1)
+    lowpassed = torch.bmm(basis.transpose(1, 2), torch.bmm(basis, values))
     return (values - lowpassed).square().sum(dim=-1)
 
 
 @functools.lru_cache(maxsize=64)
+def _real_dft_matrices(dim: int, num_frequencies: int) -> tuple[np.ndarray, np.ndarray]:
+    angle = 2.0 * np.pi * np.arange(dim, dtype=np.float64)[:, None] * np.arange(num_frequencies)[None, :] / dim
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
 def real_dft_basis(dim: int, num_frequencies: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine and sine matrices ``(dim, num_frequencies)`` of the real DFT over ``dim`` samples."""
-    f = torch.arange(num_frequencies, dtype=torch.float64)[None, :]
-    d = torch.arange(dim, dtype=torch.float64)[:, None]
-    angle = 2.0 * math.pi * d * f / dim
-    return torch.cos(angle).to(torch.float32), torch.sin(angle).to(torch.float32)
+    return tuple(torch.tensor(matrix) for matrix in _real_dft_matrices(dim, num_frequencies))
 
 
 def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
@@ -82,4 +95,5 @@ def select_tokens(scores: torch.Tensor, budget: int) -> torch.Tensor:
     if budget >= n:
         return torch.arange(n, device=scores.device).expand(batch, n)
     kept = torch.topk(scores, budget, dim=-1, sorted=False).indices
-    return torch.sort(kept, dim=-1).values
+    # ascending order by a second TopK with the same constant k (a Sort would export with a shape-derived k)
+    return torch.topk(kept, budget, dim=-1, largest=False, sorted=True).values

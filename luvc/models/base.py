@@ -44,6 +44,7 @@ class VLMAdapter:
     merger_cls: ClassVar[type]
     image_placeholder: ClassVar[str]
     prompt_template: ClassVar[str]  # with {image} and {prompt}
+    position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
         self.model = model.eval()
@@ -125,6 +126,17 @@ class VLMAdapter:
         inputs["input_ids"] = torch.tensor(token_ids, dtype=torch.long)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return inputs
+
+    # -- export ---------------------------------------------------------------------------------------------
+    def vision_graph(self, pixels: dict) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The vision side (encoder with OIM, projector) for ``pixels`` of one image-size bucket as an exportable
+        module returning ``image_embeds (images, n, D)``, and its feeds: ``pixel_values`` first, then any
+        host-planned metadata, named as the graph inputs."""
+        raise NotImplementedError
+
+    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        """``(R, B, S)`` LLM position ids of the prompt in ``inputs`` (R = 3 M-RoPE rows, or 1)."""
+        raise NotImplementedError
 
     # -- cost -----------------------------------------------------------------------------------------------
     def vision_spec(self) -> VisionSpec:

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from luvc.compress.budgets import BudgetPlan, plan_budgets
@@ -19,6 +20,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.spu import Scorer, get_scorer, select_tokens
 from luvc.errors import critical
 from luvc.models.cache import LuvcCache
+from luvc.models.scope import scopes
 
 Span = tuple[int, int]  # (start, length) of one image's visual tokens in the current sequence
 
@@ -79,28 +81,53 @@ def scatter_image_features(
 
 def spu_gather_index(
     hidden: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
-) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor]:
+) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
     """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
-    ``(B, k)`` kept positions within the current visual tokens (all images concatenated)."""
+    ``(B, k)`` kept positions within the current visual tokens (all images concatenated; ``None`` when nothing is
+    kept). A zero budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
     batch, length = hidden.shape[:2]
     device = hidden.device
     pieces, kept, new_spans, cursor, removed, visual_offset = [], [], [], 0, 0, 0
     for (start, count), budget in zip(spans, budgets):
         pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
-        keep = select_tokens(scorer(hidden[:, start : start + count]), budget)
-        pieces.append(keep + start)
-        kept.append(keep + visual_offset)
+        if budget:
+            keep = select_tokens(scorer(hidden[:, start : start + count]), budget)
+            pieces.append(keep + start)
+            kept.append(keep + visual_offset)
         new_spans.append((start - removed, budget))
         removed += count - budget
         cursor, visual_offset = start + count, visual_offset + count
     pieces.append(torch.arange(cursor, length, device=device).expand(batch, -1))
-    return torch.cat(pieces, dim=1), tuple(new_spans), torch.cat(kept, dim=1)
+    return torch.cat(pieces, dim=1), tuple(new_spans), torch.cat(kept, dim=1) if kept else None
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[b, index[b]]`` for a ``(B, S, ...)`` tensor and a ``(B, S_new)`` index."""
     expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
     return torch.gather(tensor, 1, expanded)
+
+
+def spu_prune(
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    visual_ids: torch.Tensor,
+    spans: Sequence[Span],
+    budgets: Sequence[int],
+    scorer: Scorer,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Span, ...]]:
+    """One SPU unit: score, select and gather the hidden states and rotary cos/sin with one index. Returns the
+    pruned tensors, the ``(B, k)`` original visual indices still kept, and the new spans."""
+    index, spans, kept = spu_gather_index(hidden, spans, budgets, scorer)
+    hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
+    visual_ids = visual_ids[:, :0] if kept is None else torch.gather(visual_ids, 1, kept)
+    return hidden, cos, sin, visual_ids, spans
+
+
+def install_spu_scopes(text_model: nn.Module) -> None:
+    """Give a patched text model one ``Scope(spu_prune)`` per decoder layer (named ``luvc_spu.{layer}``)."""
+    if not isinstance(getattr(text_model, "luvc_spu", None), nn.ModuleList):
+        text_model.luvc_spu = scopes(spu_prune, text_model.config.num_hidden_layers)
 
 
 def causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -121,6 +148,7 @@ class SpuDecoderMixin:
     """
 
     luvc_config: LUVCConfig
+    luvc_spu: nn.ModuleList  # one Scope(spu_prune) per layer, see install_spu_scopes
 
     def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
         """Family hook: the position ids the rotary embedding takes, from what the caller passed."""
@@ -172,9 +200,9 @@ class SpuDecoderMixin:
         eager = self.config._attn_implementation == "eager"
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in prune_at:
-                index, spans, kept = spu_gather_index(hidden, spans, budget_plan.per_image[layer_index], scorer)
-                hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
-                visual_ids = torch.gather(visual_ids, 1, kept)
+                hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
+                    hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer
+                )
                 kept_visual_indices[layer_index] = visual_ids
             mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager and length > 1 else None
             hidden = decoder_layer(

@@ -18,7 +18,8 @@ from luvc.compress.oim import OIMStep, merge_units, plan_oim
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
 from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, scatter_image_features
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, install_spu_scopes, scatter_image_features
+from luvc.models.scope import Scope
 
 
 class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
@@ -30,6 +31,7 @@ class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
 
     luvc_step: OIMStep | None = None
     luvc_units_in: int = 0
+    luvc_oim: Scope  # Scope(merge_units), so traced graphs name the merge
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, attention_mask, **kwargs)
@@ -40,7 +42,7 @@ class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
                 f"This CLIP layer expects {self.luvc_units_in} patch tokens (the vision config's image size) but got "
                 f"{hidden_states.shape[1] - 1}; resize images to the processor's crop size."
             )
-        patches = merge_units(hidden_states[:, 1:], self.luvc_step, dim=1)
+        patches = self.luvc_oim(hidden_states[:, 1:], self.luvc_step, 1)
         return torch.cat([hidden_states[:, :1], patches], dim=1)
 
     def extra_repr(self) -> str:
@@ -115,6 +117,26 @@ class LuvcLlavaModel(LlavaModel):
         return outputs
 
 
+class LlavaVisionGraph(torch.nn.Module):
+    """The vision tower (with OIM) and the projector, as an exportable module:
+    ``pixel_values (B, 3, H, W)`` -> ``image_embeds (B, n, D)``."""
+
+    def __init__(self, model: LlavaModel) -> None:
+        super().__init__()
+        self.model = model
+
+    # Adapted from transformers.models.llava.modeling_llava.LlavaModel.get_image_features (transformers==5.23),
+    # which returns a per-image list: iterating the batch would make torch.export specialise its size.
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        config = self.model.config
+        hidden_states = self.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        layers = config.vision_feature_layer
+        selected = [hidden_states[layer] for layer in ([layers] if isinstance(layers, int) else layers)]
+        if config.vision_feature_select_strategy == "default":
+            selected = [features[:, 1:] for features in selected]
+        return self.model.multi_modal_projector(torch.cat(selected, dim=-1))
+
+
 class LlavaAdapter(VLMAdapter):
     architecture = "LlavaForConditionalGeneration"
     vision_block_cls = CLIPEncoderLayer
@@ -162,12 +184,15 @@ class LlavaAdapter(VLMAdapter):
         for index, layer in enumerate(self.vision_blocks):
             swap_class(layer, LuvcCLIPEncoderLayer)
             layer.luvc_step, layer.luvc_units_in = steps.get(index), units
+            if not hasattr(layer, "luvc_oim"):
+                layer.luvc_oim = Scope(merge_units)
             if index in steps:
                 units = int(steps[index].index_a.numel())
         inner = self.model.model
         for module, cls in ((inner.language_model, LuvcLlamaModel), (inner, LuvcLlavaModel)):
             swap_class(module, cls)
             module.luvc_config = config
+        install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -194,6 +219,13 @@ class LlavaAdapter(VLMAdapter):
         strategy_extra = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
         block_segments = tuple((s,) * images for s in segments)
         return VisionTrace(block_segments, (at_features + strategy_extra,) * images)
+
+    def vision_graph(self, pixels: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        return LlavaVisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}
+
+    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        batch, length = inputs["input_ids"].shape
+        return torch.arange(length).expand(1, batch, length)
 
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config

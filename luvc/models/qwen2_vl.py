@@ -29,7 +29,8 @@ from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
 from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, scatter_image_features
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, install_spu_scopes, scatter_image_features
+from luvc.models.scope import scopes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,10 @@ def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed:
     )
 
 
+def _to(cu_seqlens, device):
+    return cu_seqlens.to(device) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
+
+
 def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -> BaseModelOutputWithPooling:
     """The encoder forward under ``plan``: blocks, OIM steps between them, patch merger."""
     unit = encoder.spatial_merge_size**2
@@ -155,18 +160,60 @@ def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -
         windowed = stage.cu_window_seqlens is not None and index not in plan.full_attention_blocks
         hidden = block(
             hidden,
-            cu_seqlens=(stage.cu_window_seqlens if windowed else stage.cu_seqlens).to(hidden.device),
+            cu_seqlens=_to(stage.cu_window_seqlens if windowed else stage.cu_seqlens, hidden.device),
             max_seqlen=stage.max_window_seqlen if windowed else stage.max_seqlen,
             position_embeddings=position_embeddings,
         )
         if index in plan.merges:
-            hidden = merge_units(hidden.view(-1, unit, dim), plan.merges[index]).reshape(-1, dim)
+            hidden = encoder.luvc_oim[index](hidden.view(-1, unit, dim), plan.merges[index]).reshape(-1, dim)
             stage = plan.stage_of_block(index + 1)
             position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
     merged = encoder.merger(hidden)
     if plan.reverse_index is not None:
         merged = merged[plan.reverse_index.to(merged.device)]
     return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=merged)
+
+
+class QwenVisionGraph(torch.nn.Module):
+    """The encoder for one image-size bucket, as an exportable module.
+
+    Inputs: ``pixel_values`` then the host-planned metadata: ``rotary_ids.{stage}`` (one per stage, the stage
+    after each merge), and for windowed encoders ``window_index`` and ``reverse_index``. Merge indices and attention
+    segments (``cu_seqlens``) are constants of the bucket: as inputs they would make shapes data-dependent.
+    Output: ``image_embeds (1, n, D)``.
+    """
+
+    def __init__(self, encoder, plan: QwenVisionPlan) -> None:
+        super().__init__()
+        self.encoder = encoder
+        # Segment boundaries as NumPy arrays: upstream attention splits by ``(cu[1:] - cu[:-1]).tolist()``, which on
+        # a tensor becomes data-dependent under torch.export; on NumPy it yields the bucket's constant split sizes.
+        stages = tuple(
+            dataclasses.replace(
+                stage,
+                cu_seqlens=stage.cu_seqlens.numpy(),
+                cu_window_seqlens=None if stage.cu_window_seqlens is None else stage.cu_window_seqlens.numpy(),
+            )
+            for stage in plan.stages
+        )
+        self.plan = dataclasses.replace(plan, stages=stages)
+
+    def forward(self, pixel_values: torch.Tensor, *metadata: torch.Tensor) -> torch.Tensor:
+        stages = tuple(dataclasses.replace(stage, rotary_ids=ids) for stage, ids in zip(self.plan.stages, metadata))
+        plan = dataclasses.replace(self.plan, stages=stages)
+        if self.plan.window_index is not None:
+            window_index, reverse_index = metadata[len(stages) :]
+            plan = dataclasses.replace(plan, window_index=window_index, reverse_index=reverse_index)
+        return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
+
+
+def qwen_vision_feeds(pixel_values: torch.Tensor, plan: QwenVisionPlan) -> dict[str, torch.Tensor]:
+    """The vision graph's inputs for one image: pixels, then the plan's host metadata."""
+    feeds = {"pixel_values": pixel_values}
+    feeds.update({f"rotary_ids.{index}": stage.rotary_ids for index, stage in enumerate(plan.stages)})
+    if plan.window_index is not None:
+        feeds["window_index"], feeds["reverse_index"] = plan.window_index, plan.reverse_index
+    return feeds
 
 
 class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
@@ -179,6 +226,7 @@ class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
 
     luvc_config: LUVCConfig
     luvc_windowed = False
+    luvc_oim: torch.nn.ModuleList  # one Scope(merge_units) per block: the merge after that block
 
     def luvc_plan(self, grid_thw: torch.Tensor) -> QwenVisionPlan:
         return plan_qwen_vision(grid_thw, self.config, self.luvc_config, self.luvc_windowed)
@@ -308,6 +356,7 @@ class Qwen2VLAdapter(VLMAdapter):
     )
     luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
     windowed = False
+    position_rows = 3
 
     @property
     def vision_depth(self) -> int:
@@ -323,6 +372,9 @@ class Qwen2VLAdapter(VLMAdapter):
         for module, cls in ((inner.visual, vision_cls), (inner.language_model, text_cls), (inner, model_cls)):
             swap_class(module, cls)
             module.luvc_config = config
+        if not hasattr(inner.visual, "luvc_oim"):
+            inner.visual.luvc_oim = scopes(merge_units, self.vision_depth)
+        install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:
         return dict(self.image_processor(images=list(images), return_tensors="pt"))
@@ -337,6 +389,17 @@ class Qwen2VLAdapter(VLMAdapter):
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
         return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image))
+
+    def vision_graph(self, pixels: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        if pixels["image_grid_thw"].shape[0] != 1:
+            critical("A Qwen-VL vision graph takes one image per call; pass the pixels of a single image.")
+        plan = self.vision_plan(pixels)
+        return QwenVisionGraph(self.model.model.visual, plan), qwen_vision_feeds(pixels["pixel_values"], plan)
+
+    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+        llm_grid = self.vision_plan(inputs).output_grid_thw
+        batch, length = inputs["input_ids"].shape
+        return self.model.model._luvc_positions(inputs["input_ids"], llm_grid, None, None, batch, length)
 
     def vision_spec(self) -> VisionSpec:
         vision = self.model.config.vision_config

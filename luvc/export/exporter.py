@@ -1,0 +1,320 @@
+"""torch -> ONNX for LUVC-compressed VLMs: per-graph loader, and the export of a whole model into a folder.
+
+``OnnxFromGraphSpec`` traces one ``GraphSpec`` with ``torch.export`` (non-strict, dynamic axes as declared) and
+converts it with the ONNX exporter; node names and dimension names are then made readable, and fp16 graphs get
+their FP32 islands. ``OnnxFromCompressedModel`` writes every graph of every bucket into a temporary folder, lints
+them, writes host metadata and ``manifest.json``, and renames the folder when everything is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import luvc
+from luvc.compress.config import LUVCConfig
+from luvc.errors import critical
+from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
+from luvc.export.lint import check_graph
+from luvc.export.llm import kept_index_layers
+from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
+from luvc.export.naming import name_nodes, rename_dims
+from luvc.export.passes import keep_fp32_islands
+from luvc.export.profile import Bucket, ExportProfile, plan_bucket
+from luvc.models.base import VLMAdapter
+
+AUTO_EXTERNAL_BYTES = 1 << 30
+STEPS_PER_GRAPH = 4  # trace, convert, lint, save
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's own progress prints and warnings; errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class OnnxFromGraphSpec:
+    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` (weights in memory), named and with FP32 islands if fp16."""
+
+    def __init__(self, spec: GraphSpec, opset: int, on_step=None) -> None:
+        self.spec = spec
+        self.opset = opset
+        self.on_step = on_step or (lambda: None)
+
+    def __call__(self) -> onnx.ModelProto:
+        return self.call_impl()
+
+    def call_impl(self) -> onnx.ModelProto:
+        spec = self.spec
+        args = tuple(spec.feeds.values())
+        with _quiet_exporter(), torch.no_grad():
+            try:
+                program = torch.export.export(
+                    spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
+                )
+            except Exception as error:  # torch.export raises many types; say which graph and why
+                critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
+            self.on_step()
+            onnx_program = torch.onnx.export(
+                program,
+                args,
+                input_names=list(spec.feeds),
+                output_names=spec.output_names,
+                opset_version=self.opset,
+                dynamo=True,
+                verbose=False,
+                optimize=True,
+            )
+            with tempfile.TemporaryDirectory() as scratch:  # via a file: works above protobuf's 2 GiB limit
+                path = Path(scratch) / "graph.onnx"
+                onnx_program.save(str(path), external_data=True)
+                model = onnx.load(str(path))
+        symbols = {}
+        inputs = {info.name: info for info in model.graph.input}
+        for (name, axis), dim_name in spec.dim_names().items():
+            symbol = inputs[name].type.tensor_type.shape.dim[axis].dim_param
+            if symbol:
+                symbols[symbol] = dim_name
+        rename_dims(model, symbols)
+        name_nodes(model, root=spec.kind)
+        if any(t.dtype == torch.float16 for t in args):
+            model = gs.export_onnx(keep_fp32_islands(gs.import_onnx(model)))
+        self.on_step()
+        return model
+
+
+def save_model(model: onnx.ModelProto, path: Path, external_data: str) -> list[str]:
+    """Write ``model`` to ``path`` (weights beside it in ``{name}.data`` when asked or large); return its files."""
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    external = external_data == "always" or (external_data == "auto" and weights > AUTO_EXTERNAL_BYTES)
+    partial = path.with_name(path.name + ".partial")
+    if external:
+        location = f"{path.name}.data"
+        onnx.save_model(model, str(partial), save_as_external_data=True, location=location, size_threshold=0)
+    else:
+        onnx.save_model(model, str(partial))
+    partial.replace(path)
+    return [path.name, *external_data_files(onnx.load(str(path), load_external_data=False))]
+
+
+def _config_hash(adapter: VLMAdapter) -> str:
+    text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnxscript
+    import transformers
+
+    return {
+        "luvc_export": luvc.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "exporter": "torch.export (non-strict) + torch.onnx.export(dynamo=True)",
+    }
+
+
+def _node_prefixes(model: onnx.ModelProto) -> list[str]:
+    """The LUVC node prefixes of a graph: ``/vision/blocks.{i}/oim`` and ``/llm/layers.{i}/spu``."""
+    prefixes = set()
+    for node in model.graph.node:
+        parts = node.name.split("/")
+        if len(parts) > 3 and parts[3] in ("oim", "spu"):
+            prefixes.add("/".join(parts[:4]))
+    return sorted(prefixes, key=lambda p: (p.split("/")[1], int(p.split("/")[2].split(".")[1])))
+
+
+def _host_metadata(spec: GraphSpec, bucket: Bucket) -> dict[str, np.ndarray]:
+    arrays = {name: tensor.numpy() for name, tensor in spec.feeds.items() if name != "pixel_values"}
+    arrays["prompt_position_ids"] = bucket.prompt_position_ids.numpy()
+    arrays["next_position"] = np.array(bucket.next_position, dtype=np.int64)
+    return arrays
+
+
+def _bucket_entry(bucket: Bucket, num_layers: int) -> dict:
+    plan = bucket.budget_plan
+    return {
+        "image_size": list(bucket.image_size),
+        "tokens_per_image": bucket.tokens_per_image,
+        "visual_start": bucket.visual_start,
+        "min_text_tokens": bucket.min_text_tokens,
+        "budgets": list(plan.total),
+        "prune_layers": list(plan.prune_layers()),
+        "kept_index_layers": kept_index_layers(plan),
+        "next_position": bucket.next_position,
+        "kv_lengths": [f"{bucket.visual_start + plan.total[layer]} + text_tokens" for layer in range(num_layers)],
+        "vision": f"vision_{bucket.name}",
+        "prefill": f"prefill_{bucket.name}",
+        "host": f"host_{bucket.name}.npz",
+    }
+
+
+class OnnxFromCompressedModel:
+    """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
+
+    Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket, ``embed`` and ``decode`` once.
+    ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
+    same code path. The model is cast in place to the profile's precision. Nothing appears at ``out`` until every
+    file is written and linted.
+    """
+
+    def __init__(
+        self,
+        adapter: VLMAdapter,
+        out: str | Path,
+        profile: ExportProfile | None = None,
+        config: LUVCConfig | None = None,
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ) -> None:
+        self.adapter = adapter
+        self.out = Path(out)
+        self.profile = profile
+        self.config = config
+        self.overwrite = overwrite
+        self.show_progress = show_progress
+
+    def __call__(self) -> Path:
+        return self.call_impl()
+
+    def call_impl(self) -> Path:
+        adapter = self.adapter
+        if self.out.exists() and not self.overwrite:
+            critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
+        adapter.apply_luvc(self.config)
+        profile = (self.profile or ExportProfile()).resolve(adapter)
+        if adapter.model.dtype != profile.dtype:
+            adapter.model.to(profile.dtype)
+        buckets = [plan_bucket(adapter, size) for size in profile.image_sizes]
+        specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
+        for bucket in buckets:
+            specs += [(vision_spec(adapter, bucket, profile), bucket), (prefill_spec(adapter, bucket, profile), bucket)]
+        specs.append((decode_spec(adapter, profile), None))
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
+            for spec, bucket in specs:
+                if spec.kind == "vision":
+                    host = staging / f"host_{bucket.name}.npz"
+                    np.savez(host, **_host_metadata(spec, bucket))
+                    files.append(host.name)
+                    bucket_entries[bucket.name] = _bucket_entry(bucket, adapter.num_layers)
+            manifest = ExportManifest(
+                model={
+                    "id": adapter.name,
+                    "architecture": adapter.architecture,
+                    "config_sha256": _config_hash(adapter),
+                },
+                luvc=adapter.luvc_config.to_dict(),
+                precision=profile.precision,
+                opset=profile.opset,
+                versions=_versions(),
+                profile=profile.to_dict(),
+                prompt=self._prompt_entry(),
+                buckets=bucket_entries,
+                graphs=graphs,
+                files={name: sha256_file(staging / name) for name in sorted(files)},
+            )
+            manifest.save(staging)
+            self._publish(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.out
+
+    def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
+        graphs, files, buckets = {}, [], {}
+        columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
+        with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
+            for spec, bucket in specs:
+                task = progress.add_task(spec.name, total=STEPS_PER_GRAPH, step="tracing")
+
+                def advance(step: str, task=task) -> None:
+                    progress.update(task, advance=1, step=step)
+
+                model = OnnxFromGraphSpec(spec, profile.opset, on_step=lambda: advance("converting"))()
+                advance("linting")
+                check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
+                advance("saving")
+                path = staging / f"{spec.name}.onnx"
+                written = save_model(model, path, profile.external_data)
+                files += written
+                graphs[spec.name] = {
+                    "file": path.name,
+                    "kind": spec.kind,
+                    "bucket": spec.bucket,
+                    "external_data": written[1:],
+                    "inputs": io_entries(model.graph.input),
+                    "outputs": io_entries(model.graph.output),
+                    "node_prefixes": _node_prefixes(model),
+                    "num_nodes": len(model.graph.node),
+                }
+                progress.update(task, completed=STEPS_PER_GRAPH, step="done")
+        return graphs, files, buckets
+
+    def _prompt_entry(self) -> dict:
+        adapter = self.adapter
+        text = adapter.language_model.config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        eos = adapter.model.generation_config.eos_token_id if adapter.model.generation_config else None
+        return {
+            "template": adapter.prompt_template,
+            "image_placeholder": adapter.image_placeholder,
+            "image_token_id": adapter.image_token_id,
+            "eos_token_id": eos if eos is not None else text.eos_token_id,
+            "position_rows": adapter.position_rows,
+            "hidden_size": text.hidden_size,
+            "num_layers": adapter.num_layers,
+            "num_key_value_heads": text.num_key_value_heads,
+            "head_dim": head_dim,
+            "vocab_size": text.vocab_size,
+        }
+
+    def _publish(self, staging: Path) -> None:
+        """Move the finished folder into place (replacing an old export only with ``overwrite``)."""
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            self.out.rename(old)
+        staging.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    adapter: VLMAdapter,
+    out: str | Path,
+    profile: ExportProfile | None = None,
+    config: LUVCConfig | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Export ``adapter``'s model to the folder ``out`` (see ``OnnxFromCompressedModel``)."""
+    return OnnxFromCompressedModel(adapter, out, profile, config, overwrite, show_progress)()

@@ -1,0 +1,129 @@
+"""``GraphSpec``: one graph to export (module, example feeds, names, dynamic axes), and the specs of a model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, kept_index_layers, kv_names
+from luvc.export.profile import Bucket, ExportProfile
+from luvc.models.base import VLMAdapter
+
+EXAMPLE_BATCH = 2  # traced with two rows: an example size of 1 would make torch.export specialise the batch axis
+
+
+@dataclasses.dataclass
+class GraphSpec:
+    """One exportable graph. ``dims[input][axis]`` names a dynamic axis; everything else is static."""
+
+    name: str
+    kind: str  # vision | embed | prefill | decode
+    module: nn.Module
+    feeds: dict[str, torch.Tensor]
+    output_names: list[str]
+    dims: dict[str, dict[int, Dim]]
+    bucket: str | None = None
+
+    def dynamic_shapes(self) -> tuple | None:
+        """``torch.export`` form: one entry per ``forward`` argument (variadic past KV as a nested tuple)."""
+        if not self.dims:
+            return None
+        shapes = [self.dims.get(name) for name in self.feeds]
+        if self.kind == "decode":
+            return (*shapes[:2], tuple(shapes[2:]))
+        return tuple(shapes)
+
+    def dim_names(self) -> dict[tuple[str, int], str]:
+        return {(name, axis): dim.__name__ for name, axes in self.dims.items() for axis, dim in axes.items()}
+
+
+def _rows(tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Repeat a one-row example to ``EXAMPLE_BATCH`` rows along ``axis``."""
+    sizes = [1] * tensor.dim()
+    sizes[axis] = EXAMPLE_BATCH
+    return tensor.repeat(*sizes).contiguous()
+
+
+def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> GraphSpec:
+    module, feeds = adapter.vision_graph(bucket.pixels)
+    feeds = dict(feeds)
+    feeds["pixel_values"] = feeds["pixel_values"].to(profile.dtype)
+    dims = {}
+    if feeds["pixel_values"].dim() == 4:  # (B, C, H, W): images batch along axis 0
+        feeds["pixel_values"] = _rows(feeds["pixel_values"])
+        dims["pixel_values"] = {0: Dim("images", min=1, max=max(2, profile.max_batch))}
+    return GraphSpec(f"vision_{bucket.name}", "vision", module, feeds, ["image_embeds"], dims, bucket.name)
+
+
+def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Family position ids for a ``(R, S)`` example: ``(3, B, S)`` M-RoPE or ``(B, S)``; and the batch axis."""
+    if positions.shape[0] == 1:
+        return _rows(positions), 0
+    return _rows(positions[:, None], axis=1), 1
+
+
+def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> GraphSpec:
+    hidden = adapter.language_model.config.hidden_size
+    prompt = bucket.visual_start + bucket.tokens_per_image
+    text = bucket.min_text_tokens + 1
+    positions = torch.cat(
+        [
+            bucket.prompt_position_ids,
+            bucket.next_position + torch.arange(text).expand(bucket.prompt_position_ids.shape[0], -1),
+        ],
+        dim=1,
+    )
+    position_ids, batch_axis = _position_feed(positions)
+    batch = Dim("batch", min=1, max=max(2, profile.max_batch))
+    length = Dim(
+        "sequence_length",
+        min=prompt + bucket.min_text_tokens,
+        max=prompt + max(profile.max_text_tokens, bucket.min_text_tokens + 1),
+    )
+    feeds = {
+        "inputs_embeds": torch.randn(EXAMPLE_BATCH, prompt + text, hidden, dtype=profile.dtype),
+        "position_ids": position_ids,
+    }
+    dims = {"inputs_embeds": {0: batch, 1: length}, "position_ids": {batch_axis: batch, batch_axis + 1: length}}
+    plan = bucket.budget_plan
+    outputs = [
+        "logits",
+        *kv_names("present", adapter.num_layers),
+        *(f"kept_visual_indices.{layer}" for layer in kept_index_layers(plan)),
+    ]
+    module = PrefillGraph(adapter, bucket.visual_start, plan)
+    return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name)
+
+
+def decode_spec(adapter: VLMAdapter, profile: ExportProfile) -> GraphSpec:
+    config = adapter.language_model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    batch = Dim("batch", min=1, max=max(2, profile.max_batch))
+    position_ids, batch_axis = _position_feed(torch.full((adapter.position_rows, 1), 40))
+    feeds = {
+        "inputs_embeds": torch.randn(EXAMPLE_BATCH, 1, config.hidden_size, dtype=profile.dtype),
+        "position_ids": position_ids,
+    }
+    dims = {"inputs_embeds": {0: batch}, "position_ids": {batch_axis: batch}}
+    names = kv_names("past_key_values", adapter.num_layers)
+    for layer in range(adapter.num_layers):
+        past = Dim(f"past_sequence_length_{layer}", min=1, max=1 << 16)
+        for name in names[2 * layer : 2 * layer + 2]:
+            # distinct example lengths per layer, so torch.export keeps one axis per layer
+            shape = (EXAMPLE_BATCH, config.num_key_value_heads, 8 + layer, head_dim)
+            feeds[name] = torch.randn(*shape, dtype=profile.dtype)
+            dims[name] = {0: batch, 2: past}
+    outputs = ["logits", *kv_names("present", adapter.num_layers)]
+    return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims)
+
+
+def embed_spec(adapter: VLMAdapter, profile: ExportProfile) -> GraphSpec:
+    batch = Dim("batch", min=1, max=max(2, profile.max_batch))
+    length = Dim("sequence_length", min=1, max=1 << 16)
+    feeds = {"input_ids": torch.zeros(EXAMPLE_BATCH, 8, dtype=torch.long)}
+    return GraphSpec(
+        "embed", "embed", EmbedGraph(adapter), feeds, ["inputs_embeds"], {"input_ids": {0: batch, 1: length}}
+    )

@@ -1,0 +1,128 @@
+"""Export lint: what TensorRT cannot take, or takes badly, in an exported graph (DESIGN.md section 4).
+
+Runs after every export; ``check_graph`` fails with every finding and its fix. Rules:
+
+- ``op``: DFT/STFT (not in TensorRT), NonZero, Unique, Compress (data-dependent shapes), Loop and Scan;
+- ``dynamic-shape``: a dimension the exporter could only describe by an unbacked symbol (``u0``), i.e. a shape that
+  depends on tensor values with no bound;
+- ``topk``: TopK whose k is not a constant, or is above TensorRT's limit of 3840;
+- ``dense-mask``: a boolean or ``*mask*`` graph input, or a boolean or large-negative constant, whose last two axes
+  are equal and at least the image-token count (or the same dynamic axis): a mask quadratic in the image tokens;
+- ``fp16-norm``: norm statistics computed in float16 (a norm op, or ReduceMean over a square, on float16 data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from luvc.errors import critical
+
+TOPK_LIMIT = 3840
+FORBIDDEN_OPS = {
+    "DFT": "TensorRT has no DFT; write spectra as products with constant cos/sin matrices (luvc.compress.spu)",
+    "STFT": "TensorRT has no STFT; use constant matrices",
+    "NonZero": "data-dependent output shape; use TopK with a constant k and Gather",
+    "Unique": "data-dependent output shape; keep shapes static",
+    "Compress": "data-dependent output shape; use Gather with static indices",
+    "Loop": "loops are slow or fail in TensorRT; unroll with static trip counts",
+    "Scan": "loops are slow or fail in TensorRT; unroll with static trip counts",
+}
+NORM_OPS = frozenset({"LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization"})
+UNBACKED = re.compile(r"\bu\d+\b")
+FLOAT16 = onnx.TensorProto.FLOAT16
+MASK_TYPES = frozenset({onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16})
+
+
+@dataclasses.dataclass(frozen=True)
+class LintIssue:
+    rule: str
+    node: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.node}: {self.message}"
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Constant tensors by name (initializers and ``Constant`` nodes), unconverted: weights stay protos."""
+    values = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = node.attribute[0].t
+    return values
+
+
+def _types(graph: onnx.GraphProto) -> dict[str, int]:
+    types = {info.name: info.type.tensor_type.elem_type for info in (*graph.input, *graph.value_info, *graph.output)}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    return types
+
+
+def _dims(info: onnx.ValueInfoProto) -> list[int | str | None]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim]
+
+
+def _quadratic(dims, image_tokens: int | None) -> bool:
+    if len(dims) < 2:
+        return False
+    a, b = dims[-2:]
+    if a != b or a is None:
+        return False
+    return isinstance(a, str) or (image_tokens is not None and a >= image_tokens)
+
+
+def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None) -> list[LintIssue]:
+    """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count."""
+    graph = model.graph
+    constants, types = _constants(graph), _types(graph)
+    producers = {output: node for node in graph.node for output in node.output}
+    issues = []
+    for node in graph.node:
+        name = node.name or node.op_type
+        if node.op_type in FORBIDDEN_OPS:
+            issues.append(LintIssue("op", name, f"{node.op_type}: {FORBIDDEN_OPS[node.op_type]}"))
+        elif node.op_type == "TopK":
+            k = constants.get(node.input[1]) if len(node.input) > 1 else None
+            k = None if k is None else numpy_helper.to_array(k)
+            if k is None:
+                issues.append(LintIssue("topk", name, "k is computed at run time; budgets must be constants"))
+            elif int(np.max(k)) > TOPK_LIMIT:
+                issues.append(
+                    LintIssue("topk", name, f"k={int(np.max(k))} exceeds TensorRT's TopK limit of {TOPK_LIMIT}")
+                )
+        elif node.op_type in NORM_OPS and types.get(node.input[0]) == FLOAT16:
+            issues.append(LintIssue("fp16-norm", name, f"{node.op_type} statistics in float16; cast to float32"))
+        elif node.op_type == "ReduceMean" and types.get(node.input[0]) == FLOAT16:
+            source = producers.get(node.input[0])
+            squares = source is not None and (
+                source.op_type == "Pow" or (source.op_type == "Mul" and source.input[0] == source.input[1])
+            )
+            if squares:
+                issues.append(LintIssue("fp16-norm", name, "mean of squares in float16 (RMSNorm); cast to float32"))
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        unbacked = [d for d in _dims(info) if isinstance(d, str) and UNBACKED.search(d)]
+        if unbacked:
+            issues.append(LintIssue("dynamic-shape", info.name, f"data-dependent dimension {unbacked[0]!r}"))
+    for info in graph.input:
+        maskish = info.type.tensor_type.elem_type == onnx.TensorProto.BOOL or "mask" in info.name.lower()
+        if maskish and _quadratic(_dims(info), image_tokens):
+            issues.append(LintIssue("dense-mask", info.name, f"input of shape {_dims(info)} is quadratic"))
+    for tensor_name, proto in constants.items():
+        if proto.data_type in MASK_TYPES and _quadratic(list(proto.dims), image_tokens):
+            value = numpy_helper.to_array(proto)
+            if value.dtype == bool or bool(np.isneginf(value).any()) or bool((value <= -1e4).any()):
+                issues.append(LintIssue("dense-mask", tensor_name, f"constant mask of shape {list(value.shape)}"))
+    return issues
+
+
+def check_graph(model: onnx.ModelProto, graph_name: str, image_tokens: int | None = None) -> None:
+    """Raise with every lint finding of ``model`` (named ``graph_name``), or return quietly."""
+    issues = lint_graph(model, image_tokens)
+    if issues:
+        listing = "\n  ".join(str(issue) for issue in issues)
+        critical(f"Export lint failed for {graph_name} ({len(issues)} findings):\n  {listing}")

@@ -1,0 +1,112 @@
+"""The language-model graphs as exportable modules: token embedding, prefill (with SPU) and one decode step.
+
+They call the patched model's own modules, so an exported graph runs exactly the PyTorch LUVC code path. KV
+caches are plain tensors in and out, one key and one value per layer; each layer's length is its own (text plus
+that layer's visual budget), so a dynamic axis per layer carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from luvc.compress.budgets import BudgetPlan
+from luvc.models.base import VLMAdapter
+from luvc.models.cache import LuvcCache
+
+
+class GraphCache(LuvcCache):
+    """A ``LuvcCache`` that starts from given past tensors and records each layer's present key and value."""
+
+    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        super().__init__()
+        self.past = list(past)
+        self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx < len(self.past):
+            past_key, past_value = self.past[layer_idx]
+            key_states = torch.cat([past_key, key_states], dim=-2)
+            value_states = torch.cat([past_value, value_states], dim=-2)
+        self.present[layer_idx] = (key_states, value_states)
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.past[layer_idx][0].shape[-2] if layer_idx < len(self.past) else 0
+
+    def flat_present(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for layer in sorted(self.present) for t in self.present[layer])
+
+
+def kv_names(prefix: str, num_layers: int) -> list[str]:
+    """``{prefix}.{layer}.key`` and ``.value`` for every layer, keys first within a layer."""
+    return [f"{prefix}.{layer}.{kind}" for layer in range(num_layers) for kind in ("key", "value")]
+
+
+def kept_index_layers(plan: BudgetPlan) -> list[int]:
+    """Layers whose kept visual indices the prefill graph outputs: every SPU layer that keeps at least one token
+    (a layer that keeps none would output an empty tensor)."""
+    return [layer for layer in plan.prune_layers() if plan.total[layer] > 0]
+
+
+class EmbedGraph(nn.Module):
+    """``input_ids (B, S)`` -> ``inputs_embeds (B, S, D)``: the token embedding table alone, shared by prefill and
+    decode (the image features replace the placeholder rows on the host)."""
+
+    def __init__(self, adapter: VLMAdapter) -> None:
+        super().__init__()
+        self.embed_tokens = adapter.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+
+class PrefillGraph(nn.Module):
+    """``inputs_embeds (B, S, D)``, ``position_ids`` -> last-token ``logits (B, V)`` (float32), every layer's
+    present key/value, and the kept visual indices of every layer where SPU prunes.
+
+    Image tokens sit at the static span ``[visual_start, visual_start + n)``; the text after them has any length.
+    Budgets are the frozen integers of ``budget_plan`` (one image per row)."""
+
+    def __init__(self, adapter: VLMAdapter, visual_start: int, budget_plan: BudgetPlan) -> None:
+        super().__init__()
+        self.language_model = adapter.language_model
+        self.lm_head = adapter.model.lm_head
+        self.spans = ((visual_start, budget_plan.num_visual_tokens),)
+        self.budget_plan = budget_plan
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = GraphCache()
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            visual_spans=self.spans,
+            budget_plan=self.budget_plan,
+        )
+        logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
+        kept = tuple(outputs.kept_visual_indices[layer] for layer in kept_index_layers(self.budget_plan))
+        return (logits, *cache.flat_present(), *kept)
+
+
+class DecodeGraph(nn.Module):
+    """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, every layer's past key/value (own lengths) ->
+    ``logits (B, V)`` (float32) and every layer's present key/value (one longer)."""
+
+    def __init__(self, adapter: VLMAdapter) -> None:
+        super().__init__()
+        self.language_model = adapter.language_model
+        self.lm_head = adapter.model.lm_head
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        cache = GraphCache(list(zip(past[0::2], past[1::2])))
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
+        )
+        logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
+        return (logits, *cache.flat_present())

@@ -1,0 +1,130 @@
+"""Export profiles: what is static in the graphs (image-size buckets, budgets) and the ranges of what is dynamic."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import torch
+
+from luvc.compress.budgets import BudgetPlan
+from luvc.errors import critical
+from luvc.images import synthetic_image
+from luvc.models.base import VLMAdapter
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportProfile:
+    """What an export covers. ``None`` fields take the defaults in ``resolve``.
+
+    - ``image_sizes``: processed image sizes ``(H, W)`` in pixels, one bucket each (graphs are static per bucket);
+    - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
+    - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
+      engine profiles and checked by the runtime;
+    - ``external_data``: ``auto`` (weights in a side file above 1 GiB), ``always`` or ``never``.
+    """
+
+    image_sizes: tuple[tuple[int, int], ...] | None = None
+    precision: str | None = None
+    max_batch: int | None = None
+    max_text_tokens: int | None = None
+    max_new_tokens: int | None = None
+    opset: int | None = None
+    external_data: str | None = None
+
+    def resolve(self, adapter: VLMAdapter) -> ExportProfile:
+        precision = self.precision or "fp32"
+        if precision not in PRECISIONS:
+            critical(f"Precision {precision!r} is not supported; use one of {sorted(PRECISIONS)} (--precision).")
+        external = self.external_data or "auto"
+        if external not in ("auto", "always", "never"):
+            critical(f"external_data={external!r}: use auto, always or never (--external-data).")
+        sizes = tuple(tuple(size) for size in (self.image_sizes or (default_image_size(adapter),)))
+        if len(set(sizes)) != len(sizes):
+            critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
+        limits = dict(max_batch=self.max_batch or 4, max_text_tokens=self.max_text_tokens or 512)
+        limits["max_new_tokens"] = self.max_new_tokens or 256
+        for key, value in limits.items():
+            if value < 1:
+                critical(f"{key}={value} must be at least 1.")
+        return ExportProfile(sizes, precision, opset=self.opset or 18, external_data=external, **limits)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"image_sizes": [list(size) for size in self.image_sizes]}
+
+
+@dataclasses.dataclass
+class Bucket:
+    """One image-size bucket: the sample pixels it was traced with and what is static in its graphs."""
+
+    image_size: tuple[int, int]
+    pixels: dict  # processor output for one sample image of this size
+    tokens_per_image: int  # visual tokens entering the LLM
+    visual_start: int  # index of the first image token in the prompt
+    min_text_tokens: int  # tokens after the image in the shortest prompt the template makes
+    budget_plan: BudgetPlan
+    prompt_position_ids: torch.Tensor  # (R, visual_start + tokens_per_image) positions before the text
+    next_position: int  # position of the first text token after the image
+
+    @property
+    def name(self) -> str:
+        return f"{self.image_size[0]}x{self.image_size[1]}"
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"448x448"`` -> ``(448, 448)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        critical(f"Image size {text!r} is not HxW, e.g. 448x448 (--image-size).")
+    return int(match.group(1)), int(match.group(2))
+
+
+def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:
+    vision = adapter.model.config.vision_config
+    if hasattr(vision, "image_size"):
+        return (vision.image_size, vision.image_size)
+    return DEFAULT_QWEN_IMAGE_SIZE
+
+
+def processed_size(adapter: VLMAdapter, pixels: dict) -> tuple[int, int]:
+    """The pixel size the model sees after its image processor."""
+    if "image_grid_thw" in pixels:
+        _, grid_h, grid_w = pixels["image_grid_thw"][0].tolist()
+        patch = adapter.model.config.vision_config.patch_size
+        return grid_h * patch, grid_w * patch
+    return tuple(pixels["pixel_values"].shape[-2:])
+
+
+def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
+    """Trace one synthetic image of ``image_size`` through the processor and the LUVC plan of ``adapter``."""
+    height, width = image_size
+    pixels = adapter.preprocess_images([synthetic_image(height, width)])
+    seen = processed_size(adapter, pixels)
+    if seen != (height, width):
+        critical(
+            f"The image processor turns a {height}x{width} image into {seen[0]}x{seen[1]} pixels, so {height}x{width} "
+            f"cannot be a bucket; use --image-size {seen[0]}x{seen[1]} (buckets are processed sizes)."
+        )
+    inputs = adapter.prepare_inputs([synthetic_image(height, width)], "")
+    ids = inputs["input_ids"][0].tolist()
+    tokens = adapter.vision_trace(pixels).tokens_per_image[0]
+    start = ids.index(adapter.image_token_id)
+    positions = adapter.prompt_position_ids(inputs)[:, 0]
+    return Bucket(
+        image_size=(height, width),
+        pixels=pixels,
+        tokens_per_image=tokens,
+        visual_start=start,
+        min_text_tokens=max(2, len(ids) - start - tokens),
+        budget_plan=adapter.budget_plan(pixels),
+        prompt_position_ids=positions[:, : start + tokens],
+        next_position=int(positions[0, start + tokens]),
+    )

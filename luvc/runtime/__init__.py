@@ -1,0 +1,1 @@
+"""Running exported LUVC graphs."""
