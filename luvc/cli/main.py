@@ -9,10 +9,11 @@ import sys
 from rich.console import Console
 
 from luvc import __version__
+from luvc.cli.export import Export
 from luvc.cli.generate import Generate
 from luvc.errors import LuvcError
 
-TOOLS = (Generate,)
+TOOLS = (Generate, Export)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

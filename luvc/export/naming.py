@@ -16,16 +16,16 @@ import onnx
 
 # module path of the export wrappers (luvc.export.llm, the adapters' vision graphs) -> graph path; first match wins
 MODULE_RULES: tuple[tuple[str, str], ...] = (
-    (r"^_empty_nn_module_stack", ""),
+    (r"^_\w*metadata_hook", ""),  # nodes the exporter adds outside any module
     (r"^language_model\.luvc_spu\.(\d+)", r"llm/layers.\1/spu"),
     (r"^language_model\b\.?", "llm/"),
     (r"^lm_head", "llm/lm_head"),
     (r"^embed_tokens", "embed/embed_tokens"),
     (r"^encoder\.luvc_oim\.(\d+)", r"vision/blocks.\1/oim"),
     (r"^encoder\b\.?", "vision/"),
-    (r"^model\.vision_tower\.vision_model\.encoder\.layers\.(\d+)\.luvc_oim", r"vision/blocks.\1/oim"),
-    (r"^model\.vision_tower\.vision_model\.encoder\.layers\.", "vision/blocks."),
-    (r"^model\.vision_tower\.vision_model\.", "vision/"),
+    (r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\.luvc_oim", r"vision/blocks.\1/oim"),
+    (r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers\.", "vision/blocks."),
+    (r"^model\.vision_tower\.(?:vision_model\.)?", "vision/"),
     (r"^model\.multi_modal_projector", "vision/projector"),
 )
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"

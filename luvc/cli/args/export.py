@@ -1,0 +1,54 @@
+"""Export options: image-size buckets, precision, dynamic ranges, output folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from luvc.cli.args.base import BaseArgs
+from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size
+
+
+class ExportArgs(BaseArgs):
+    """Export: what the ONNX graphs fix (image-size buckets, precision) and the ranges of dynamic axes.
+
+    Depends on: Model, LUVC (the budgets are frozen per bucket).
+    """
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Export", "What the ONNX graphs fix and what stays dynamic")
+        group.add_argument("--out", required=True, help="export folder to create")
+        group.add_argument(
+            "--image-size",
+            action="append",
+            default=None,
+            metavar="HxW",
+            help="processed image size of a bucket (repeat for more buckets); default 448x448 for Qwen-VL, the "
+            "vision tower's size for LLaVA",
+        )
+        group.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="graph precision (fp32)")
+        group.add_argument("--max-batch", type=int, default=None, help="largest batch for engine profiles (4)")
+        group.add_argument(
+            "--max-text-tokens", type=int, default=None, help="longest prompt text after the image (512)"
+        )
+        group.add_argument("--max-new-tokens", type=int, default=None, help="longest generation (256)")
+        group.add_argument(
+            "--external-data",
+            choices=("auto", "always", "never"),
+            default=None,
+            help="weights in a .data file beside each graph: auto (above 1 GiB), always or never",
+        )
+        group.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
+    def parse(self, args: argparse.Namespace) -> None:
+        self.out = Path(args.out)
+        self.overwrite = args.overwrite
+        sizes = tuple(parse_image_size(text) for text in args.image_size) if args.image_size else None
+        self.profile = ExportProfile(
+            image_sizes=sizes,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            max_text_tokens=args.max_text_tokens,
+            max_new_tokens=args.max_new_tokens,
+            external_data=args.external_data,
+        )

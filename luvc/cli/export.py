@@ -1,0 +1,55 @@
+"""``luvc-export export``: trace a (compressed) VLM into ONNX graphs with a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from luvc.cli.args import ExportArgs, LuvcArgs, ModelArgs
+from luvc.export.exporter import export_model
+from luvc.export.manifest import ExportManifest
+
+
+class Export:
+    """Export vision, embed, prefill and decode ONNX graphs (budgets frozen per image-size bucket), lint them and
+    write manifest.json."""
+
+    name = "export"
+    subscriptions = (ModelArgs, LuvcArgs, ExportArgs)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        console = Console()
+        export = groups[ExportArgs]
+        model_args = groups[ModelArgs]
+        if export.profile.precision == "fp16":
+            model_args.dtype = torch.float16  # load in the graph precision: no fp32 copy is kept
+        with console.status(f"Loading {args.model}"):
+            adapter = model_args.load()
+        out = export_model(adapter, export.out, export.profile, groups[LuvcArgs].config, overwrite=export.overwrite)
+        console.print(summary_table(ExportManifest.load(out, verify=False)))
+        console.print(f"[bold green]Exported[/] {adapter.name} to {out}")
+        return 0
+
+
+def summary_table(manifest: ExportManifest) -> Table:
+    """One row per graph: its file, inputs and node count; one row per bucket with its budgets."""
+    table = Table(title=f"{manifest.model['id']} ({manifest.precision}, opset {manifest.opset})")
+    table.add_column("graph")
+    table.add_column("inputs")
+    table.add_column("nodes", justify="right")
+    table.add_column("LUVC prefixes")
+    for name, graph in manifest.graphs.items():
+        inputs = ", ".join(entry["name"] for entry in graph["inputs"][:3])
+        inputs += ", ..." if len(graph["inputs"]) > 3 else ""
+        table.add_row(name, inputs, str(graph["num_nodes"]), str(len(graph["node_prefixes"])))
+    for name, bucket in manifest.buckets.items():
+        table.add_row(
+            f"bucket {name}", f"{bucket['tokens_per_image']} visual tokens", "", f"budgets {bucket['budgets']}"
+        )
+    return table

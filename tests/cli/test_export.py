@@ -1,0 +1,42 @@
+import numpy as np
+import torch
+
+from luvc.cli.main import main
+from luvc.compress.config import LUVCConfig
+from luvc.export.manifest import ExportManifest
+from luvc.generation import greedy_generate
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.runtime.ort_graphs import OrtGraphs
+
+
+def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
+    out = tmp_path / "baseline"
+    argv = ["export", "--model", "tiny-qwen2.5-vl", "--out", str(out), "--image-size", "224x224", "--no-luvc"]
+    assert main(argv) == 0
+    assert "Exported tiny-qwen2.5-vl" in capsys.readouterr().out
+    manifest = ExportManifest.load(out)
+    bucket = manifest.buckets["224x224"]
+    assert manifest.luvc["spu_variant"] == "none" and manifest.luvc["oim_layers"] == []
+    assert bucket["budgets"] == [bucket["tokens_per_image"]] * 4 and bucket["prune_layers"] == []
+    assert all(graph["node_prefixes"] == [] for graph in manifest.graphs.values())
+
+    adapter = load_model("tiny-qwen2.5-vl")
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe it.")
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 8)
+    tokens, _ = OrtGraphs(out).greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
+    np.testing.assert_array_equal(tokens, expected.numpy())
+
+
+def test_export_rejects_an_image_size_that_is_not_a_bucket(tmp_path, capsys):
+    out = tmp_path / "bad"
+    assert main(["export", "--model", "tiny-qwen2-vl", "--out", str(out), "--image-size", "230x230"]) == 2
+    assert "use --image-size 224x224" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_rejects_a_malformed_image_size(tmp_path, capsys):
+    assert main(["export", "--model", "tiny-llava", "--out", str(tmp_path / "x"), "--image-size", "224"]) == 2
+    assert "is not HxW" in capsys.readouterr().err

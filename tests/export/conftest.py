@@ -1,0 +1,79 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
+from luvc.generation import greedy_generate
+from luvc.images import synthetic_image
+from luvc.models import load_model
+
+QWEN_BUCKETS = ((224, 224), (168, 252))  # two buckets: the second is exercised by test_buckets.py
+PROMPT = "What is in this picture?"
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected|: the export tests' relative error."""
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.abs(np.asarray(actual, dtype=np.float64) - expected).max() / np.abs(expected).max())
+
+
+@dataclasses.dataclass
+class Reference:
+    """PyTorch LUVC outputs (fp32, default LUVC config) for a batch of two images."""
+
+    inputs: dict
+    image_embeds: np.ndarray  # (B, n, D)
+    logits: np.ndarray  # (B, V) last prompt token
+    kept: dict[int, np.ndarray]
+    keys: list[np.ndarray]
+    tokens: np.ndarray  # (B, 16) greedy
+    step_logits: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """``exports(family, precision)``: the folder of a default-LUVC export, made once per session."""
+    made = {}
+
+    def get(family: str, precision: str = "fp32"):
+        if (family, precision) not in made:
+            sizes = QWEN_BUCKETS if (family, precision) == ("tiny-qwen2-vl", "fp32") else ((224, 224),)
+            external = "always" if (family, precision) == ("tiny-llava", "fp32") else None
+            profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
+            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}"
+            made[(family, precision)] = export_model(load_model(family), out, profile, show_progress=False)
+        return made[(family, precision)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def references():
+    made = {}
+
+    def get(family: str, height: int = 224, width: int = 224) -> Reference:
+        if (family, height, width) not in made:
+            adapter = load_model(family)
+            adapter.apply_luvc()
+            images = [synthetic_image(height, width, seed) for seed in (3, 5)]
+            inputs = adapter.prepare_inputs(images, PROMPT)
+            with torch.no_grad():
+                outputs = adapter.model.model(**inputs, use_cache=True)
+                logits = adapter.model.lm_head(outputs.last_hidden_state[:, -1])
+                tokens, step_logits = greedy_generate(adapter.model, inputs, 16, return_logits=True)
+            cache = outputs.past_key_values
+            made[(family, height, width)] = Reference(
+                inputs=inputs,
+                image_embeds=outputs.image_hidden_states.reshape(2, -1, outputs.image_hidden_states.shape[-1]).numpy(),
+                logits=logits.numpy(),
+                kept={layer: kept.numpy() for layer, kept in outputs.kept_visual_indices.items()},
+                keys=[layer.keys.numpy() for layer in cache.layers],
+                tokens=tokens.numpy(),
+                step_logits=step_logits.numpy(),
+            )
+        return made[(family, height, width)]
+
+    return get

@@ -1,0 +1,43 @@
+"""Image-size buckets: a second size inside the profile runs, a size outside it gets a clear error."""
+
+import numpy as np
+import pytest
+
+from luvc.errors import LuvcError
+from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.models import load_model
+from luvc.runtime.ort_graphs import OrtGraphs
+from tests.export.conftest import QWEN_BUCKETS, relative_error
+
+
+def test_second_bucket_matches_pytorch(exports, references):
+    height, width = QWEN_BUCKETS[1]
+    reference = references("tiny-qwen2-vl", height, width)
+    graphs = OrtGraphs(exports("tiny-qwen2-vl"))
+    assert sorted(graphs.manifest.buckets) == sorted(f"{h}x{w}" for h, w in QWEN_BUCKETS)
+    tokens, step_logits = graphs.greedy(
+        reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (height, width), 16
+    )
+    np.testing.assert_array_equal(tokens, reference.tokens)
+    assert relative_error(step_logits, reference.step_logits) <= 1e-4
+
+
+def test_size_outside_profile_is_refused(exports, references):
+    graphs = OrtGraphs(exports("tiny-qwen2-vl"))
+    with pytest.raises(LuvcError, match=r"448x448 is outside this export's profile.*--image-size 448x448"):
+        graphs.manifest.bucket_for((448, 448))
+
+
+def test_bucket_must_be_a_processed_size():
+    adapter = load_model("tiny-qwen2-vl")
+    adapter.apply_luvc()
+    with pytest.raises(LuvcError, match="use --image-size 224x224"):
+        plan_bucket(adapter, (230, 230))
+
+
+def test_llava_bucket_is_the_vision_tower_size():
+    adapter = load_model("tiny-llava")
+    adapter.apply_luvc()
+    assert ExportProfile().resolve(adapter).image_sizes == ((224, 224),)
+    with pytest.raises(LuvcError, match="cannot be a bucket"):
+        plan_bucket(adapter, (336, 336))

@@ -1,0 +1,94 @@
+"""manifest.json: hashes, I/O, budgets; missing external data; nothing half-written after an interruption."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+import luvc.export.exporter as exporter
+from luvc.errors import LuvcError
+from luvc.export.manifest import MANIFEST_NAME, ExportManifest, load_graph, sha256_file
+from luvc.export.profile import ExportProfile
+from luvc.models import load_model
+from luvc.runtime.ort_graphs import OrtGraphs
+
+
+def test_manifest_hashes_match_every_file(exports):
+    folder = exports("tiny-llava")
+    manifest = ExportManifest.load(folder)
+    on_disk = {path.name for path in folder.iterdir()} - {MANIFEST_NAME}
+    assert set(manifest.files) == on_disk
+    assert any(name.endswith(".onnx.data") for name in manifest.files)  # exported with external data
+    for name, digest in manifest.files.items():
+        assert sha256_file(folder / name) == digest
+
+
+def test_manifest_describes_graphs_and_budgets(exports):
+    folder = exports("tiny-qwen2-vl")
+    manifest = ExportManifest.load(folder)
+    assert manifest.model["architecture"] == "Qwen2VLForConditionalGeneration" and manifest.opset == 18
+    assert {"torch", "transformers", "onnx", "exporter"} <= set(manifest.versions)
+    bucket = manifest.buckets["224x224"]
+    assert bucket["budgets"][0] == bucket["tokens_per_image"] and bucket["budgets"][-1] == 0
+    prefill = manifest.graphs["prefill_224x224"]
+    shapes = {entry["name"]: entry["shape"] for entry in prefill["outputs"]}
+    assert shapes["present.0.key"][0] == "batch" and "sequence_length" in str(shapes["present.3.key"][2])
+    decode_inputs = {entry["name"]: entry for entry in manifest.graphs["decode"]["inputs"]}
+    assert decode_inputs["past_key_values.2.value"]["shape"][2] == "past_sequence_length_2"
+    assert decode_inputs["inputs_embeds"]["dtype"] == "float"
+    assert [f"/llm/layers.{layer}/spu" for layer in bucket["prune_layers"]] == prefill["node_prefixes"]
+    assert manifest.graphs["vision_224x224"]["node_prefixes"] == ["/vision/blocks.0/oim"]
+    model = onnx.load(folder / prefill["file"], load_external_data=False)
+    assert [i.name for i in model.graph.input] == [entry["name"] for entry in prefill["inputs"]]
+
+
+def test_changed_file_fails_verification(exports, tmp_path):
+    folder = shutil.copytree(exports("tiny-qwen2-vl"), tmp_path / "copy")
+    with open(folder / "decode.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(LuvcError, match="decode.onnx does not match its sha256"):
+        ExportManifest.load(folder)
+
+
+def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
+    folder = shutil.copytree(exports("tiny-llava"), tmp_path / "copy")
+    (folder / "prefill_224x224.onnx.data").unlink()
+    with pytest.raises(LuvcError, match="prefill_224x224.onnx.data is listed in manifest.json but missing"):
+        ExportManifest.load(folder)
+    with pytest.raises(LuvcError, match=r"external-data file 'prefill_224x224.onnx.data', which is missing"):
+        load_graph(folder, "prefill_224x224")
+    with pytest.raises(LuvcError, match="which is missing"):
+        OrtGraphs(folder, verify=False).session("prefill_224x224")
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    real_save = exporter.save_model
+
+    def save_then_interrupt(model, path, external_data):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C during the second graph does
+        return real_save(model, path, external_data)
+
+    monkeypatch.setattr(exporter, "save_model", save_then_interrupt)
+    out = tmp_path / "export"
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export_model(
+            load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((224, 224),)), show_progress=False
+        )
+    assert calls == ["embed.onnx", "vision_224x224.onnx"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_needs_overwrite(tmp_path):
+    (tmp_path / "export").mkdir()
+    with pytest.raises(LuvcError, match="already exists; choose another --out or pass --overwrite"):
+        exporter.export_model(load_model("tiny-llava"), tmp_path / "export", show_progress=False)
+
+
+def test_manifest_from_another_format_is_refused(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "something-else", "format_version": 7}))
+    with pytest.raises(LuvcError, match="re-export with this version"):
+        ExportManifest.load(tmp_path)

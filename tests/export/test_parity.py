@@ -1,0 +1,62 @@
+"""Exported graphs against PyTorch LUVC, on ONNX Runtime CPU (real graphs, a batch of two images)."""
+
+import numpy as np
+import pytest
+
+from luvc.models import TINY_MODELS
+from luvc.runtime.ort_graphs import OrtGraphs
+from tests.export.conftest import relative_error
+
+FAMILIES = list(TINY_MODELS)
+# fp16 graphs against the fp32 PyTorch model (FP32 islands for norms, softmax and SPU scores): README "fp16 tolerances"
+FP16_RELATIVE = 1e-2
+FP16_KEPT_OVERLAP = 0.9
+
+
+def _run_graphs(folder, reference):
+    graphs = OrtGraphs(folder)
+    bucket = graphs.manifest.bucket_for((224, 224))
+    pixels = reference.inputs["pixel_values"].numpy()
+    embeds = graphs.image_embeds(pixels, bucket)
+    prefill = graphs.prefill(reference.inputs["input_ids"].numpy(), embeds, bucket)
+    return graphs, bucket, embeds, prefill
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_graphs_match_pytorch_luvc(family, exports, references):
+    reference = references(family)
+    graphs, bucket, embeds, prefill = _run_graphs(exports(family), reference)
+    assert relative_error(embeds, reference.image_embeds) <= 1e-4
+    assert relative_error(prefill["logits"], reference.logits) <= 1e-4
+    assert bucket["kept_index_layers"], "the default schedule prunes with a non-zero budget somewhere"
+    for layer in bucket["kept_index_layers"]:
+        np.testing.assert_array_equal(prefill[f"kept_visual_indices.{layer}"], reference.kept[layer])
+    for layer, keys in enumerate(reference.keys):
+        present = prefill[f"present.{layer}.key"]
+        assert present.shape == keys.shape  # each layer its own length: text + that layer's budget
+        assert relative_error(present, keys) <= 1e-4
+    assert len({prefill[f"present.{layer}.key"].shape[2] for layer in range(len(reference.keys))}) > 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_through_three_graphs_equals_pytorch(family, exports, references):
+    reference = references(family)
+    graphs = OrtGraphs(exports(family))
+    tokens, step_logits = graphs.greedy(
+        reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (224, 224), 16
+    )
+    np.testing.assert_array_equal(tokens, reference.tokens)
+    assert relative_error(step_logits, reference.step_logits) <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16_graphs_within_documented_tolerance(family, exports, references):
+    reference = references(family)
+    graphs, bucket, embeds, prefill = _run_graphs(exports(family, "fp16"), reference)
+    assert embeds.dtype == np.float16 and prefill["logits"].dtype == np.float32
+    assert relative_error(embeds, reference.image_embeds) <= FP16_RELATIVE
+    assert relative_error(prefill["logits"], reference.logits) <= FP16_RELATIVE
+    for layer in bucket["kept_index_layers"]:
+        for kept, expected in zip(prefill[f"kept_visual_indices.{layer}"], reference.kept[layer]):
+            overlap = len(set(kept) & set(expected)) / len(set(kept) | set(expected))
+            assert overlap >= FP16_KEPT_OVERLAP
