@@ -112,7 +112,7 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: str) -> list[s
     partial = path.with_name(path.name + ".partial")
     if external:
         location = f"{path.name}.data"
-        onnx.save_model(model, str(partial), save_as_external_data=True, location=location, size_threshold=0)
+        onnx.save_model(model, str(partial), save_as_external_data=True, location=location, size_threshold=1024)
     else:
         onnx.save_model(model, str(partial))
     partial.replace(path)

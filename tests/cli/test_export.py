@@ -11,17 +11,21 @@ from luvc.runtime.ort_graphs import OrtGraphs
 
 
 def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"  # a local checkpoint folder, as users pass it
+    tiny = load_model("tiny-qwen2.5-vl")
+    for part in (tiny.model, tiny.tokenizer, tiny.image_processor):
+        part.save_pretrained(checkpoint)
     out = tmp_path / "baseline"
-    argv = ["export", "--model", "tiny-qwen2.5-vl", "--out", str(out), "--image-size", "224x224", "--no-luvc"]
+    argv = ["export", "--model", str(checkpoint), "--out", str(out), "--image-size", "224x224", "--no-luvc"]
     assert main(argv) == 0
-    assert "Exported tiny-qwen2.5-vl" in capsys.readouterr().out
+    assert f"Exported {checkpoint}" in capsys.readouterr().out.replace("\n", "")
     manifest = ExportManifest.load(out)
     bucket = manifest.buckets["224x224"]
     assert manifest.luvc["spu_variant"] == "none" and manifest.luvc["oim_layers"] == []
     assert bucket["budgets"] == [bucket["tokens_per_image"]] * 4 and bucket["prune_layers"] == []
     assert all(graph["node_prefixes"] == [] for graph in manifest.graphs.values())
 
-    adapter = load_model("tiny-qwen2.5-vl")
+    adapter = load_model(checkpoint)
     adapter.apply_luvc(LUVCConfig.off())
     inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe it.")
     with torch.no_grad():

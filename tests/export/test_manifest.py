@@ -43,6 +43,16 @@ def test_manifest_describes_graphs_and_budgets(exports):
     assert [i.name for i in model.graph.input] == [entry["name"] for entry in prefill["inputs"]]
 
 
+def test_external_data_graph_opens_by_path_in_onnxruntime(exports):
+    import numpy as np
+    import onnxruntime as ort
+
+    folder = exports("tiny-llava")
+    session = ort.InferenceSession(str(folder / "embed.onnx"), providers=["CPUExecutionProvider"])
+    (embeds,) = session.run(None, {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)})
+    assert embeds.shape == (1, 3, 32)
+
+
 def test_changed_file_fails_verification(exports, tmp_path):
     folder = shutil.copytree(exports("tiny-qwen2-vl"), tmp_path / "copy")
     with open(folder / "decode.onnx", "ab") as handle:

@@ -1,0 +1,97 @@
+"""ONNX Runtime CPU prefill: the uncompressed export vs the LUVC export of the realistic Qwen2-VL, in one run.
+
+Same model and input as ``prefill_speedup.py`` (Qwen2-0.5B-shaped LLM, one 896x896 image = 1024 visual tokens,
+64 text tokens). Both prefill graphs go through the exporter (``prefill_spec`` -> ``OnnxFromGraphSpec`` -> lint),
+the baseline with ``LUVCConfig.off()`` (full budgets, same code path). Runs alternate between the two sessions so
+CPU drift cancels; medians are compared with the cost model. Last line: ``ort_prefill_speedup=<x>``. Usage:
+    python benchmarks/ort_prefill_speedup.py [--repeats 5] [--budgets ...] [--oim-layers ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, prompt_for, realistic_adapter
+
+from luvc import LUVCConfig
+from luvc.export.exporter import OnnxFromGraphSpec, save_model
+from luvc.export.graphs import prefill_spec
+from luvc.export.lint import check_graph
+from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.images import synthetic_image
+
+
+def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tuple[Path, dict]:
+    """Export the prefill graph of the 896x896 bucket under ``config``; return its path and example feeds."""
+    adapter.apply_luvc(config)
+    profile = ExportProfile(image_sizes=((IMAGE_SIDE, IMAGE_SIDE),), max_batch=1).resolve(adapter)
+    bucket = plan_bucket(adapter, (IMAGE_SIDE, IMAGE_SIDE))
+    spec = prefill_spec(adapter, bucket, profile)
+    model = OnnxFromGraphSpec(spec, profile.opset)()
+    check_graph(model, spec.name, bucket.tokens_per_image)
+    path = folder / f"{name}.onnx"
+    save_model(model, path, "always")
+    inputs = adapter.prepare_inputs([synthetic_image(IMAGE_SIDE, IMAGE_SIDE)], prompt_for(adapter, TEXT_TOKENS))
+    with torch.no_grad():
+        embeds = adapter.model.get_input_embeddings()(inputs["input_ids"]).numpy()
+    positions = adapter.prompt_position_ids(inputs).numpy()
+    feeds = {"inputs_embeds": embeds, "position_ids": positions if positions.shape[0] == 3 else positions[0]}
+    return path, {"feeds": feeds, "inputs": inputs, "bucket": bucket}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
+    parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
+    args = parser.parse_args()
+    oim = None if args.oim_layers is None else tuple(int(v) for v in args.oim_layers.split(","))
+    budgets = None if args.budgets is None else tuple(int(v) for v in args.budgets.split(","))
+    config = LUVCConfig(oim_layers=oim, budgets=budgets)
+
+    adapter = realistic_adapter()
+    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.repeats} repeats (median)")
+    with tempfile.TemporaryDirectory() as scratch:
+        runs = {}
+        for name, run_config in (("base", LUVCConfig.off()), ("luvc", config)):
+            began = time.perf_counter()
+            path, run = export_prefill(adapter, run_config, Path(scratch), name)
+            print(f"exported {name} prefill in {time.perf_counter() - began:.0f} s")
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            run["session"] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            run["seconds"] = []
+            runs[name] = run
+        for repeat in range(args.repeats + 1):  # the first round warms up
+            for run in runs.values():
+                began = time.perf_counter()
+                run["session"].run(["logits"], run["feeds"])
+                if repeat:
+                    run["seconds"].append(time.perf_counter() - began)
+    base, luvc = (statistics.median(runs[name]["seconds"]) for name in ("base", "luvc"))
+    adapter.apply_luvc(config)
+    report = adapter.cost(runs["luvc"]["inputs"])
+    plan = runs["luvc"]["bucket"].budget_plan
+    print(
+        f"visual tokens into the LLM: {runs['base']['bucket'].tokens_per_image} uncompressed, "
+        f"{plan.num_visual_tokens} after OIM; decoder visual tokens per layer (LUVC): {list(plan.total)}"
+    )
+    print(f"ORT prefill: {base * 1e3:8.1f} ms -> {luvc * 1e3:8.1f} ms")
+    measured = base / luvc
+    predicted = report.llm_prefill_speedup
+    print(
+        f"ort_prefill measured={measured:.2f}x predicted={predicted:.2f}x measured/predicted={measured / predicted:.2f}"
+    )
+    print(f"ort_prefill_speedup={measured:.2f}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
