@@ -7,6 +7,7 @@ each layer's KV cache is passed back to the decode graph with its own length.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,13 @@ class OrtGraphs:
     def session(self, name: str):
         """The ``onnxruntime.InferenceSession`` of graph ``name`` (created on first use)."""
         if name not in self._sessions:
-            import onnxruntime as ort
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                critical(
+                    f"ONNX Runtime is not installed; run `{sys.executable} -m pip install onnxruntime` "
+                    "(or onnxruntime-gpu for CUDA; not both)."
+                )
 
             model = load_graph(self.folder, name, self.manifest)  # clear error on missing external data
             options = ort.SessionOptions()
