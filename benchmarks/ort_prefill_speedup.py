@@ -9,16 +9,14 @@ CPU drift cancels; medians are compared with the cost model. Last line: ``ort_pr
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
-from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, prompt_for, realistic_adapter
+from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, parse_benchmark_args, prompt_for, realistic_adapter
 
 from luvc import LUVCConfig
 from luvc.export.exporter import OnnxFromGraphSpec, save_model
@@ -47,14 +45,7 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
-    parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
-    args = parser.parse_args()
-    oim = None if args.oim_layers is None else tuple(int(v) for v in args.oim_layers.split(","))
-    budgets = None if args.budgets is None else tuple(int(v) for v in args.budgets.split(","))
-    config = LUVCConfig(oim_layers=oim, budgets=budgets)
+    args, config = parse_benchmark_args(__doc__)
 
     adapter = realistic_adapter()
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.repeats} repeats (median)")
@@ -93,5 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -105,15 +105,20 @@ def measure(adapter: Qwen2VLAdapter, configs: dict[str, LUVCConfig], repeats: in
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_benchmark_args(doc: str) -> tuple[argparse.Namespace, LUVCConfig]:
+    """The options both prefill benchmarks take: repeats, and the LUVC config to compare with the baseline."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
     parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
     args = parser.parse_args()
     oim = None if args.oim_layers is None else tuple(int(v) for v in args.oim_layers.split(","))
     budgets = None if args.budgets is None else tuple(int(v) for v in args.budgets.split(","))
-    config = LUVCConfig(oim_layers=oim, budgets=budgets)
+    return args, LUVCConfig(oim_layers=oim, budgets=budgets)
+
+
+def main() -> None:
+    args, config = parse_benchmark_args(__doc__)
 
     adapter = realistic_adapter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)")
