@@ -2,10 +2,13 @@ import copy
 
 import pytest
 
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
 
 FAMILIES = list(TINY_MODELS)
+QWEN_BUCKETS = ((224, 224), (168, 252))  # two buckets: the second is exercised by tests/export/test_buckets.py
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,20 @@ def stock_inputs(adapter, inputs: dict) -> dict:
     if "image_grid_thw" in inputs:
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == adapter.image_token_id).int()
     return inputs
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """``exports(family, precision)``: the folder of a default-LUVC export, made once per session."""
+    made = {}
+
+    def get(family: str, precision: str = "fp32"):
+        if (family, precision) not in made:
+            sizes = QWEN_BUCKETS if (family, precision) == ("tiny-qwen2-vl", "fp32") else ((224, 224),)
+            external = "always" if (family, precision) == ("tiny-llava", "fp32") else None
+            profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
+            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}"
+            made[(family, precision)] = export_model(load_model(family), out, profile, show_progress=False)
+        return made[(family, precision)]
+
+    return get

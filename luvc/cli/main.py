@@ -9,11 +9,12 @@ import sys
 from rich.console import Console
 
 from luvc import __version__
+from luvc.cli.build import Build
 from luvc.cli.export import Export
 from luvc.cli.generate import Generate
 from luvc.errors import LuvcError
 
-TOOLS = (Generate, Export)
+TOOLS = (Generate, Export, Build)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             group.parse(args)
         return tool.run(args, groups)
     except LuvcError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
 
 

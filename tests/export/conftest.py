@@ -4,13 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from luvc.export.exporter import export_model
-from luvc.export.profile import ExportProfile
 from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
 from luvc.models import load_model
 
-QWEN_BUCKETS = ((224, 224), (168, 252))  # two buckets: the second is exercised by test_buckets.py
 PROMPT = "What is in this picture?"
 
 
@@ -31,23 +28,6 @@ class Reference:
     keys: list[np.ndarray]
     tokens: np.ndarray  # (B, 16) greedy
     step_logits: np.ndarray
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory):
-    """``exports(family, precision)``: the folder of a default-LUVC export, made once per session."""
-    made = {}
-
-    def get(family: str, precision: str = "fp32"):
-        if (family, precision) not in made:
-            sizes = QWEN_BUCKETS if (family, precision) == ("tiny-qwen2-vl", "fp32") else ((224, 224),)
-            external = "always" if (family, precision) == ("tiny-llava", "fp32") else None
-            profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
-            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}"
-            made[(family, precision)] = export_model(load_model(family), out, profile, show_progress=False)
-        return made[(family, precision)]
-
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ from luvc.errors import LuvcError
 from luvc.export.profile import ExportProfile, plan_bucket
 from luvc.models import load_model
 from luvc.runtime.ort_graphs import OrtGraphs
-from tests.export.conftest import QWEN_BUCKETS, relative_error
+from tests.conftest import QWEN_BUCKETS
+from tests.export.conftest import relative_error
 
 
 def test_second_bucket_matches_pytorch(exports, references):

@@ -2,7 +2,8 @@
 
 from luvc.cli.args.base import BaseArgs
 from luvc.cli.args.budget import LuvcArgs
+from luvc.cli.args.build import BuildArgs
 from luvc.cli.args.export import ExportArgs
 from luvc.cli.args.model import ModelArgs
 
-__all__ = ["BaseArgs", "ExportArgs", "LuvcArgs", "ModelArgs"]
+__all__ = ["BaseArgs", "BuildArgs", "ExportArgs", "LuvcArgs", "ModelArgs"]

@@ -1,0 +1,37 @@
+"""``luvc-export build``: TensorRT engines for every graph of an export folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from luvc.cli.args import BuildArgs
+from luvc.engines.builder import build_engines
+from luvc.engines.manifest import EngineManifest
+
+
+class Build:
+    """Build one TensorRT engine per exported graph for a target (profiles from the export manifest) and write
+    the engine manifest."""
+
+    name = "build"
+    subscriptions = (BuildArgs,)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        build = groups[BuildArgs]
+        out = build_engines(build.export_dir, build.target, build.out, **build.options)
+        manifest = EngineManifest.load(out)
+        table = Table(title=f"{manifest.tensorrt['module']} {manifest.tensorrt['version']}, target {build.target}")
+        for column in ("engine", "MB", "profile (min / opt / max of the first dynamic input)"):
+            table.add_column(column)
+        for name, engine in manifest.engines.items():
+            dynamic = next((shapes for shapes in engine["profile"].values() if shapes[0] != shapes[2]), None)
+            table.add_row(name, f"{engine['bytes'] / 1e6:.1f}", " / ".join(map(str, dynamic)) if dynamic else "static")
+        Console().print(table)
+        Console().print(f"[bold green]Built[/] {len(manifest.engines)} engines in {out}")
+        return 0

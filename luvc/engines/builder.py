@@ -1,0 +1,297 @@
+"""Build TensorRT engines from an export folder, with ``tensorrt`` (10.x, 11.x) or ``tensorrt_rtx``.
+
+``EngineFromOnnx`` parses one graph and builds one serialized engine for a target: strongly typed networks on
+TensorRT 11 and TensorRT-RTX (precision comes from the ONNX dtypes and Q/DQ), builder flags on TensorRT 10
+(JetPack 6). Profiles come from the export manifest (``luvc.engines.profiles``). ``EnginesFromExport`` builds
+every graph into a staging folder, writes the engine manifest and renames the folder when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from luvc.engines.manifest import EngineManifest
+from luvc.engines.profiles import input_profile
+from luvc.engines.targets import Target, get_target
+from luvc.engines.trt_module import TensorRT, import_tensorrt
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest, sha256_file
+
+DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
+    "FLOAT": "float",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "FP8": "float8e4m3fn",
+}
+
+
+def _io(tensors) -> list[dict]:
+    return [
+        {"name": t.name, "dtype": DTYPE_NAMES.get(t.dtype.name, t.dtype.name.lower()), "shape": list(t.shape)}
+        for t in tensors
+    ]
+
+
+def device_capability() -> tuple[int, int] | None:
+    """Compute capability of the current CUDA device, or ``None`` without one."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+
+
+def rtx_compute_capabilities(target: Target, tensorrt: TensorRT) -> list[str]:
+    """TensorRT-RTX ``ComputeCapability`` names of ``target``; an error when RTX cannot build for it."""
+    names = [f"SM{major}{minor}" for major, minor in target.compute_capabilities]
+    missing = [name for name in names if not hasattr(tensorrt.module.ComputeCapability, name)]
+    if missing:
+        known = [n for n in tensorrt.module.ComputeCapability.__members__ if n.startswith("SM")]
+        critical(
+            f"{tensorrt.describe()} cannot build for target {target.name} ({', '.join(missing)}): it targets "
+            f"RTX-class GPUs {known}. Build {target.name} engines with full TensorRT."
+        )
+    return names
+
+
+class EngineFromOnnx:
+    """Loader: ONNX file -> ``(serialized engine bytes, network inputs, network outputs)``."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        profile: dict[str, tuple[list[int], list[int], list[int]]],
+        target: Target,
+        tensorrt: TensorRT,
+        precision: str,
+        timing_cache: bytes | None = None,
+        hardware_compatible: bool = False,
+        dla_core: int | None = None,
+        on_phase=None,
+    ) -> None:
+        self.onnx_path = onnx_path
+        self.profile = profile
+        self.target = target
+        self.tensorrt = tensorrt
+        self.precision = precision
+        self.timing_cache = timing_cache
+        self.hardware_compatible = hardware_compatible
+        self.dla_core = dla_core
+        self.on_phase = on_phase
+        self.timing_cache_out: bytes | None = None
+
+    def __call__(self):
+        return self.call_impl()
+
+    def call_impl(self):
+        trt = self.tensorrt.module
+        logger = trt.Logger(trt.Logger.ERROR)
+        builder = trt.Builder(logger)
+        strongly_typed = self.tensorrt.strongly_typed
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(self.onnx_path)):
+            errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+            critical(f"{self.tensorrt.describe()} could not parse {self.onnx_path.name}: {errors}")
+        config = builder.create_builder_config()
+        self._configure(trt, builder, config, strongly_typed)
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            critical(
+                f"{self.tensorrt.describe()} failed to build {self.onnx_path.name} for target {self.target.name}; "
+                "run again with the TensorRT log (luvc-export build --verbose) to see why."
+            )
+        if self.timing_cache is not None and not self.tensorrt.is_rtx:
+            self.timing_cache_out = bytes(config.get_timing_cache().serialize())
+        inputs = [network.get_input(i) for i in range(network.num_inputs)]
+        outputs = [network.get_output(i) for i in range(network.num_outputs)]
+        return bytes(engine), _io(inputs), _io(outputs)
+
+    def _configure(self, trt, builder, config, strongly_typed: bool) -> None:
+        target = self.target
+        config.builder_optimization_level = target.optimization_level
+        if target.workspace_bytes is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_bytes)
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in self.profile.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+        if not strongly_typed:  # TensorRT 10: precision through builder flags
+            if self.precision in ("fp16", "int8"):
+                config.set_flag(trt.BuilderFlag.FP16)
+            if self.precision == "int8":
+                config.set_flag(trt.BuilderFlag.INT8)
+        if self.tensorrt.is_rtx:
+            names = rtx_compute_capabilities(target, self.tensorrt)
+            config.num_compute_capabilities = len(names)
+            for index, name in enumerate(names):
+                config.set_compute_capability(getattr(trt.ComputeCapability, name), index)
+        elif self.timing_cache is not None:
+            cache = config.create_timing_cache(self.timing_cache)
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        if self.hardware_compatible:
+            config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        if self.dla_core is not None:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = self.dla_core
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        if self.on_phase is not None and hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = _progress_monitor(trt, self.on_phase)
+
+
+def _progress_monitor(trt, on_phase):
+    class PhaseMonitor(trt.IProgressMonitor):
+        """Reports the current build phase name to ``on_phase``; never cancels."""
+
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            on_phase(phase_name)
+
+        def step_complete(self, phase_name, step):
+            return True
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return PhaseMonitor()
+
+
+class EnginesFromExport:
+    """Loader: export folder -> engine folder (one engine per graph) for ``target``; returns the folder."""
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        target: str,
+        out: str | Path,
+        timing_cache: str | Path | None = None,
+        hardware_compatible: bool = False,
+        dla_core: int | None = None,
+        module: str | None = None,
+        overwrite: bool = False,
+        show_progress: bool = True,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.target = target
+        self.out = Path(out)
+        self.timing_cache = None if timing_cache is None else Path(timing_cache)
+        self.hardware_compatible = hardware_compatible
+        self.dla_core = dla_core
+        self.module = module
+        self.overwrite = overwrite
+        self.show_progress = show_progress
+
+    def __call__(self) -> Path:
+        return self.call_impl()
+
+    def _check_options(self, target: Target, tensorrt: TensorRT, precision: str) -> None:
+        target.check_precision(precision)
+        if tensorrt.is_rtx:
+            rtx_compute_capabilities(target, tensorrt)
+        if self.hardware_compatible and not target.supports_hardware_compatibility:
+            critical(f"Target {target.name} has no hardware-compatible engines; drop --hardware-compatible.")
+        if self.dla_core is not None and (not target.supports_dla or tensorrt.is_rtx):
+            critical(f"DLA needs target orin and JetPack's TensorRT; target {target.name} with {tensorrt.describe()}.")
+        capability = device_capability()
+        if not tensorrt.is_rtx and capability is not None and not self.hardware_compatible:
+            if capability not in target.compute_capabilities:
+                critical(
+                    f"This GPU is SM {capability[0]}.{capability[1]} but target {target.name} is "
+                    f"{target.description}; TensorRT builds for the GPU it runs on. Build on a {target.name} GPU "
+                    "(Jetson engines on the Jetson) or pass --hardware-compatible."
+                )
+
+    def call_impl(self) -> Path:
+        export = ExportManifest.load(self.export_dir)
+        target = get_target(self.target)
+        tensorrt = import_tensorrt(self.module)
+        self._check_options(target, tensorrt, export.precision)
+        if self.out.exists() and not self.overwrite:
+            critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
+        cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            engines = self._build_all(export, target, tensorrt, staging, cache)
+            manifest = EngineManifest(
+                tensorrt={"module": tensorrt.name, "version": tensorrt.version},
+                target=target.to_dict(),
+                precision=export.precision,
+                strongly_typed=tensorrt.strongly_typed,
+                hardware_compatible=self.hardware_compatible,
+                dla_core=self.dla_core,
+                export={
+                    "model": export.model,
+                    "luvc": export.luvc,
+                    "budgets": {name: bucket["budgets"] for name, bucket in export.buckets.items()},
+                    "manifest_sha256": sha256_file(self.export_dir / "manifest.json"),
+                },
+                engines=engines,
+            )
+            manifest.save(staging)
+            if self.out.exists():
+                shutil.rmtree(self.out)
+            staging.rename(self.out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.out
+
+    def _build_all(self, export: ExportManifest, target: Target, tensorrt: TensorRT, staging: Path, cache: bytes):
+        engines = {}
+        columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[phase]}"))
+        with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress) as progress:
+            for name, graph in export.graphs.items():
+                task = progress.add_task(name, total=1, phase="parsing")
+                profile = input_profile(export, name)
+                loader = EngineFromOnnx(
+                    self.export_dir / graph["file"],
+                    profile,
+                    target,
+                    tensorrt,
+                    export.precision,
+                    timing_cache=cache if self.timing_cache else None,
+                    hardware_compatible=self.hardware_compatible,
+                    dla_core=self.dla_core,
+                    on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
+                )
+                engine, inputs, outputs = loader()
+                if loader.timing_cache_out is not None:
+                    cache = loader.timing_cache_out
+                path = staging / f"{name}.engine"
+                partial = path.with_name(path.name + ".partial")
+                partial.write_bytes(engine)
+                partial.replace(path)
+                engines[name] = {
+                    "file": path.name,
+                    "bytes": len(engine),
+                    "sha256": sha256_file(path),
+                    "source": {"file": graph["file"], "sha256": export.files[graph["file"]]},
+                    "inputs": inputs,
+                    "outputs": outputs,
+                    "profile": {key: [list(shape) for shape in shapes] for key, shapes in profile.items()},
+                }
+                progress.update(task, completed=1, phase=f"done, {len(engine) / 1e6:.1f} MB")
+        if self.timing_cache is not None and not tensorrt.is_rtx:
+            partial = self.timing_cache.with_name(self.timing_cache.name + ".partial")
+            partial.write_bytes(cache)
+            partial.replace(self.timing_cache)
+        return engines
+
+
+def build_engines(export_dir: str | Path, target: str, out: str | Path, **options) -> Path:
+    """Build every graph of ``export_dir`` for ``target`` into the folder ``out`` (see ``EnginesFromExport``)."""
+    return EnginesFromExport(export_dir, target, out, **options)()

@@ -1,0 +1,104 @@
+"""The engine folder's ``manifest.json``, and the checks made before an engine is used.
+
+``EngineManifest.check_engine`` refuses, each with its own message: an engine file that is missing, truncated or
+changed; an engine built by another TensorRT module or version; a GPU whose compute capability the engine was not
+built for; an engine built from a different export than the one at hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from luvc.engines.trt_module import TensorRT
+from luvc.errors import critical
+from luvc.export.manifest import MANIFEST_NAME, ExportManifest, sha256_file
+
+FORMAT = "luvc-export/engines"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class EngineManifest:
+    """``engines[graph]`` holds ``file``, ``bytes``, ``sha256``, ``source`` (ONNX file and sha256), ``inputs``,
+    ``outputs`` (as the network was built) and ``profile`` (``{input: [min, opt, max]}``)."""
+
+    tensorrt: dict[str, str]
+    target: dict[str, Any]
+    precision: str
+    strongly_typed: bool
+    hardware_compatible: bool
+    dla_core: int | None
+    export: dict[str, Any]
+    engines: dict[str, dict[str, Any]]
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EngineManifest:
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            critical(f"{folder} has no {MANIFEST_NAME}; it is not a finished engine folder (run `luvc-export build`).")
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+            critical(
+                f"{path} is {data.get('format')!r} v{data.get('format_version')}, not an engine manifest "
+                f"{FORMAT!r} v{FORMAT_VERSION}; point at a folder made by `luvc-export build`."
+            )
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def supports(self, capability: tuple[int, int]) -> bool:
+        """Whether an engine of this folder may run on a GPU of compute ``capability``."""
+        if self.hardware_compatible:
+            return capability >= (8, 0)
+        return f"{capability[0]}.{capability[1]}" in self.target["compute_capabilities"]
+
+    def check_engine(
+        self,
+        folder: str | Path,
+        name: str,
+        tensorrt: TensorRT,
+        device_capability: tuple[int, int] | None = None,
+        export: ExportManifest | None = None,
+    ) -> bytes:
+        """The bytes of engine ``name`` after every check (see the module docstring)."""
+        if name not in self.engines:
+            critical(f"The engine folder has no engine {name!r}; it has {sorted(self.engines)}.")
+        entry = self.engines[name]
+        path = Path(folder) / entry["file"]
+        if not path.is_file():
+            critical(f"{path} is missing; copy the whole engine folder (see {MANIFEST_NAME}).")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            critical(f"{path} is truncated or padded: {size} bytes, the manifest says {entry['bytes']}; rebuild it.")
+        if sha256_file(path) != entry["sha256"]:
+            critical(f"{path} does not match its sha256 in {MANIFEST_NAME}; the file changed, rebuild it.")
+        built = self.tensorrt
+        if (built["module"], built["version"]) != (tensorrt.name, tensorrt.version):
+            critical(
+                f"{path.name} was built by {built['module']} {built['version']} but this process has "
+                f"{tensorrt.describe()}; engines only load in the TensorRT that built them. Rebuild with "
+                "`luvc-export build` here (on a Jetson, with JetPack's TensorRT)."
+            )
+        if device_capability is not None and not self.supports(device_capability):
+            critical(
+                f"{path.name} was built for target {self.target['name']} (SM {self.target['compute_capabilities']}) "
+                f"but this GPU is SM {device_capability[0]}.{device_capability[1]}; rebuild with the matching "
+                "--target (or --hardware-compatible on Ampere and newer)."
+            )
+        if export is not None:
+            source = entry["source"]
+            if export.files.get(source["file"]) != source["sha256"]:
+                critical(
+                    f"{path.name} was built from another export: {source['file']} has a different sha256 in the "
+                    "export manifest. Rebuild the engines from this export folder."
+                )
+        return path.read_bytes()

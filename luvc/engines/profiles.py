@@ -1,0 +1,70 @@
+"""Optimization profiles from an export manifest: every symbolic dimension gets ``(min, opt, max)``.
+
+Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_new_tokens``) and the buckets
+(image span, minimum text, per-layer budgets), so an engine accepts exactly what the export promised:
+
+- ``batch``, ``images``: 1 .. max_batch (opt 1);
+- prefill ``sequence_length``: the bucket's prompt (prefix + image tokens + shortest text) .. + max_text_tokens;
+- embed ``sequence_length``: 1 .. the longest context (any prompt, or one decode token);
+- decode ``past_sequence_length_{l}``: layer ``l``'s cache from the shortest prompt of any bucket to the longest
+  context of any bucket (its budget, the text and every generated token but the last).
+"""
+
+from __future__ import annotations
+
+import re
+
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest
+
+Range = tuple[int, int, int]
+PAST = re.compile(r"past_sequence_length_(\d+)")
+
+
+def _prompt(bucket: dict, layer_budget: int | None = None) -> int:
+    """Prompt tokens before the text: the template prefix and the image tokens (or a layer's budget of them)."""
+    return bucket["visual_start"] + (bucket["tokens_per_image"] if layer_budget is None else layer_budget)
+
+
+def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
+    """``(min, opt, max)`` of every symbolic dimension name used by ``graph``'s inputs."""
+    profile, buckets = manifest.profile, manifest.buckets
+    entry = manifest.graphs[graph]
+    max_batch, max_text, max_new = profile["max_batch"], profile["max_text_tokens"], profile["max_new_tokens"]
+    ranges: dict[str, Range] = {"batch": (1, 1, max_batch), "images": (1, 1, max_batch)}
+    if entry["kind"] == "prefill":
+        bucket = buckets[entry["bucket"]]
+        shortest = _prompt(bucket) + bucket["min_text_tokens"]
+        longest = _prompt(bucket) + max(max_text, bucket["min_text_tokens"])
+        ranges["sequence_length"] = (shortest, min(longest, shortest + 64), longest)
+    elif entry["kind"] == "embed":
+        longest = max(_prompt(b) + max_text + max_new for b in buckets.values())
+        ranges["sequence_length"] = (1, min(longest, max(_prompt(b) for b in buckets.values()) + 64), longest)
+    elif entry["kind"] == "decode":
+        for layer in range(manifest.prompt["num_layers"]):
+            lows = [_prompt(b, b["budgets"][layer]) + b["min_text_tokens"] for b in buckets.values()]
+            highs = [_prompt(b, b["budgets"][layer]) + max_text + max_new - 1 for b in buckets.values()]
+            low, high = min(lows), max(max(highs), min(lows))
+            ranges[f"past_sequence_length_{layer}"] = (low, min(high, low + 64), high)
+    return ranges
+
+
+def input_profile(manifest: ExportManifest, graph: str) -> dict[str, tuple[list[int], list[int], list[int]]]:
+    """``{input: (min shape, opt shape, max shape)}`` for ``graph``; static inputs have min = opt = max."""
+    ranges = dimension_ranges(manifest, graph)
+    shapes = {}
+    for entry in manifest.graphs[graph]["inputs"]:
+        low, opt, high = [], [], []
+        for dim in entry["shape"]:
+            if isinstance(dim, int):
+                low.append(dim), opt.append(dim), high.append(dim)
+                continue
+            if dim not in ranges:
+                critical(
+                    f"Input {entry['name']} of {graph} has dimension {dim!r} that no profile rule covers; "
+                    "re-export with this version of luvc-export."
+                )
+            for shape, value in zip((low, opt, high), ranges[dim]):
+                shape.append(value)
+        shapes[entry["name"]] = (low, opt, high)
+    return shapes

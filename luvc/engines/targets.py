@@ -1,0 +1,100 @@
+"""Target presets: which GPUs an engine is for, which precisions they run, and builder limits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from luvc.errors import critical
+
+GiB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A deployment target. ``compute_capabilities``: the SM versions it covers; ``jetson``: built on the device."""
+
+    name: str
+    description: str
+    compute_capabilities: tuple[tuple[int, int], ...]
+    precisions: frozenset[str]
+    optimization_level: int = 3
+    workspace_bytes: int | None = None  # None: TensorRT's default (the device memory)
+    jetson: bool = False
+    supports_dla: bool = False
+    supports_hardware_compatibility: bool = False
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            critical(
+                f"Target {self.name} ({self.description}) cannot run {precision} engines; it runs "
+                f"{sorted(self.precisions)}. Re-export with --precision fp16 (or calibrate to int8)."
+            )
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["precisions"] = sorted(self.precisions)
+        data["compute_capabilities"] = [f"{major}.{minor}" for major, minor in self.compute_capabilities]
+        return data
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target(
+            "orin",
+            "Jetson AGX/NX Orin, SM 8.7, JetPack 6 (TensorRT 10)",
+            ((8, 7),),
+            frozenset({"fp16", "int8"}),
+            optimization_level=3,
+            workspace_bytes=1 * GiB,
+            jetson=True,
+            supports_dla=True,
+        ),
+        Target(
+            "thor",
+            "Jetson Thor, SM 11.0, JetPack 7",
+            ((11, 0),),
+            frozenset({"fp16", "int8", "fp8"}),
+            workspace_bytes=4 * GiB,
+            jetson=True,
+        ),
+        Target(
+            "ampere",
+            "A100/A10/A30/RTX 30xx, SM 8.0/8.6",
+            ((8, 0), (8, 6)),
+            frozenset({"fp32", "fp16", "int8"}),
+            supports_hardware_compatibility=True,
+        ),
+        Target(
+            "ada",
+            "L4/L40S/RTX 40xx, SM 8.9",
+            ((8, 9),),
+            frozenset({"fp32", "fp16", "int8", "fp8"}),
+            supports_hardware_compatibility=True,
+        ),
+        Target(
+            "hopper",
+            "H100/H200, SM 9.0",
+            ((9, 0),),
+            frozenset({"fp32", "fp16", "int8", "fp8"}),
+            optimization_level=4,
+            supports_hardware_compatibility=True,
+        ),
+        Target(
+            "blackwell",
+            "B200/GB200 SM 10.0, RTX 50xx SM 12.0",
+            ((10, 0), (12, 0)),
+            frozenset({"fp32", "fp16", "int8", "fp8"}),
+            optimization_level=4,
+            supports_hardware_compatibility=True,
+        ),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    """The preset called ``name``; an error listing the presets otherwise."""
+    if name not in TARGETS:
+        listing = "; ".join(f"{t.name} ({t.description})" for t in TARGETS.values())
+        critical(f"Unknown target {name!r}. Targets: {listing}.")
+    return TARGETS[name]

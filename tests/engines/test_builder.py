@@ -1,0 +1,144 @@
+"""Real engines built by TensorRT-RTX without a GPU; manifest checks; engine loading on a GPU machine."""
+
+import json
+import shutil
+
+import pytest
+
+from luvc.cli.main import main
+from luvc.engines.builder import build_engines
+from luvc.engines.manifest import EngineManifest
+from luvc.engines.profiles import input_profile
+from luvc.engines.trt_module import import_tensorrt
+from luvc.errors import LuvcError
+from luvc.export.manifest import ExportManifest
+
+trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+
+
+@pytest.fixture(scope="module")
+def engines(exports, tmp_path_factory):
+    export = exports("tiny-qwen2-vl")
+    out = tmp_path_factory.mktemp("engines") / "ampere"
+    return export, build_engines(export, "ampere", out, module="tensorrt_rtx", show_progress=False)
+
+
+def _static(shape):
+    return [dim if isinstance(dim, int) else -1 for dim in shape]
+
+
+def test_engines_match_the_export_manifest(engines):
+    export_dir, engine_dir = engines
+    export, manifest = ExportManifest.load(export_dir), EngineManifest.load(engine_dir)
+    assert manifest.tensorrt == {"module": "tensorrt_rtx", "version": trt_rtx.__version__}
+    assert manifest.target["compute_capabilities"] == ["8.0", "8.6"] and manifest.strongly_typed
+    assert (
+        set(manifest.engines)
+        == set(export.graphs)
+        == {"embed", "vision_224x224", "vision_168x252", "prefill_224x224", "prefill_168x252", "decode"}
+    )
+    for name, graph in export.graphs.items():
+        engine = manifest.engines[name]
+        assert (engine_dir / engine["file"]).stat().st_size == engine["bytes"] > 0
+        for kind in ("inputs", "outputs"):
+            expected = [(io["name"], io["dtype"]) for io in graph[kind]]
+            assert [(io["name"], io["dtype"]) for io in engine[kind]] == expected
+        for built, exported in zip(engine["inputs"], graph["inputs"]):
+            assert built["shape"] == _static(exported["shape"])
+        expected_profile = {key: [list(s) for s in shapes] for key, shapes in input_profile(export, name).items()}
+        assert engine["profile"] == expected_profile
+        assert engine["source"]["sha256"] == export.files[graph["file"]]
+    assert manifest.export["budgets"]["224x224"] == export.buckets["224x224"]["budgets"]
+
+
+def test_fp16_export_builds_strongly_typed_fp16_engines(exports, tmp_path):
+    out = build_engines(exports("tiny-llava", "fp16"), "ada", tmp_path / "ada", show_progress=False)
+    manifest = EngineManifest.load(out)
+    assert manifest.precision == "fp16"
+    assert {io["dtype"] for io in manifest.engines["prefill_224x224"]["inputs"]} == {"float16", "int64"}
+    assert manifest.engines["prefill_224x224"]["outputs"][0] == {"name": "logits", "dtype": "float", "shape": [-1, 272]}
+
+
+def test_wrong_version_is_refused(engines, tmp_path):
+    folder = shutil.copytree(engines[1], tmp_path / "engines")
+    data = json.loads((folder / "manifest.json").read_text())
+    data["tensorrt"]["version"] = "10.3.0"
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(LuvcError, match=r"built by tensorrt_rtx 10.3.0 but this process has tensorrt_rtx"):
+        EngineManifest.load(folder).check_engine(folder, "decode", import_tensorrt("tensorrt_rtx"))
+
+
+def test_wrong_compute_capability_is_refused(engines):
+    manifest = EngineManifest.load(engines[1])
+    tensorrt = import_tensorrt("tensorrt_rtx")
+    assert manifest.check_engine(engines[1], "embed", tensorrt, device_capability=(8, 6))
+    with pytest.raises(LuvcError, match=r"built for target ampere .* this GPU is SM 9.0"):
+        manifest.check_engine(engines[1], "embed", tensorrt, device_capability=(9, 0))
+
+
+def test_truncated_engine_is_refused(engines, tmp_path):
+    folder = shutil.copytree(engines[1], tmp_path / "engines")
+    path = folder / "prefill_224x224.engine"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(LuvcError, match="truncated or padded: 1000 bytes"):
+        EngineManifest.load(folder).check_engine(folder, "prefill_224x224", import_tensorrt("tensorrt_rtx"))
+
+
+def test_engine_from_another_export_is_refused(engines, exports):
+    other = ExportManifest.load(exports("tiny-llava"))
+    with pytest.raises(LuvcError, match="built from another export"):
+        EngineManifest.load(engines[1]).check_engine(
+            engines[1], "decode", import_tensorrt("tensorrt_rtx"), export=other
+        )
+
+
+def test_build_cli_refuses_what_the_target_cannot_run(exports, tmp_path, capsys):
+    export = str(exports("tiny-qwen2-vl"))
+    assert main(["build", export, "--target", "orin", "--out", str(tmp_path / "orin")]) == 2
+    assert "cannot run fp32 engines" in capsys.readouterr().err
+    assert (
+        main(["build", export, "--target", "hopper", "--out", str(tmp_path / "h"), "--tensorrt-module", "tensorrt_rtx"])
+        == 2
+    )
+    assert "Build hopper engines with full TensorRT" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_cli_writes_engines_and_a_timing_cache_option(exports, tmp_path, capsys):
+    out = tmp_path / "engines"
+    argv = [
+        "build",
+        str(exports("tiny-llava")),
+        "--target",
+        "ampere",
+        "--out",
+        str(out),
+        "--timing-cache",
+        str(tmp_path / "timing.cache"),
+    ]
+    assert main(argv) == 0
+    assert "Built 4 engines" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "embed.engine", "vision_224x224.engine", "prefill_224x224.engine", "decode.engine"]
+    )
+
+
+@pytest.mark.gpu
+def test_engines_deserialize_with_the_recorded_io_and_profiles(engines):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("running a TensorRT engine needs an NVIDIA GPU; none here")
+    export_dir, engine_dir = engines
+    tensorrt = import_tensorrt("tensorrt_rtx")
+    manifest = EngineManifest.load(engine_dir)
+    runtime = tensorrt.module.Runtime(tensorrt.module.Logger(tensorrt.module.Logger.ERROR))
+    capability = tuple(torch.cuda.get_device_capability())
+    for name, entry in manifest.engines.items():
+        if not manifest.supports(capability):
+            pytest.skip(f"engines are for {manifest.target['name']}, this GPU is SM {capability}")
+        engine = runtime.deserialize_cuda_engine(manifest.check_engine(engine_dir, name, tensorrt, capability))
+        assert engine is not None
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        assert names == [io["name"] for io in entry["inputs"] + entry["outputs"]]
+        for io_name, shapes in entry["profile"].items():
+            assert [list(s) for s in engine.get_tensor_profile_shape(io_name, 0)] == shapes
