@@ -12,9 +12,10 @@ from luvc import __version__
 from luvc.cli.build import Build
 from luvc.cli.export import Export
 from luvc.cli.generate import Generate
+from luvc.cli.run import Run
 from luvc.errors import LuvcError
 
-TOOLS = (Generate, Export, Build)
+TOOLS = (Generate, Export, Build, Run)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

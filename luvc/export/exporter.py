@@ -220,6 +220,7 @@ class OnnxFromCompressedModel:
         staging.mkdir()
         try:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
+            files += self._save_preprocessing(staging)
             for spec, bucket in specs:
                 if spec.kind == "vision":
                     host = staging / f"host_{bucket.name}.npz"
@@ -279,6 +280,17 @@ class OnnxFromCompressedModel:
                 progress.update(task, completed=STEPS_PER_GRAPH, step="done")
         return graphs, files, buckets
 
+    def _save_preprocessing(self, staging: Path) -> list[str]:
+        """The tokenizer and the image processor, so the runtime preprocesses exactly as the model does."""
+        adapter = self.adapter
+        if adapter.tokenizer is None or adapter.image_processor is None:
+            critical(
+                "The adapter has no tokenizer or image processor to ship with the export; load it with load_model."
+            )
+        adapter.tokenizer.save_pretrained(staging / "tokenizer")
+        adapter.image_processor.save_pretrained(staging / "processor")
+        return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
+
     def _prompt_entry(self) -> dict:
         adapter = self.adapter
         text = adapter.language_model.config
@@ -295,6 +307,7 @@ class OnnxFromCompressedModel:
             "num_key_value_heads": text.num_key_value_heads,
             "head_dim": head_dim,
             "vocab_size": text.vocab_size,
+            "patch_size": adapter.model.config.vision_config.patch_size,
         }
 
     def _publish(self, staging: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 from luvc.errors import LuvcError
 from luvc.export.profile import ExportProfile, plan_bucket
 from luvc.models import load_model
-from luvc.runtime.ort_graphs import OrtGraphs
+from luvc.runtime.pipeline import Pipeline
 from tests.conftest import QWEN_BUCKETS
 from tests.export.conftest import relative_error
 
@@ -14,7 +14,7 @@ from tests.export.conftest import relative_error
 def test_second_bucket_matches_pytorch(exports, references):
     height, width = QWEN_BUCKETS[1]
     reference = references("tiny-qwen2-vl", height, width)
-    graphs = OrtGraphs(exports("tiny-qwen2-vl"))
+    graphs = Pipeline(exports("tiny-qwen2-vl"))
     assert sorted(graphs.manifest.buckets) == sorted(f"{h}x{w}" for h, w in QWEN_BUCKETS)
     tokens, step_logits = graphs.greedy(
         reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (height, width), 16
@@ -24,7 +24,7 @@ def test_second_bucket_matches_pytorch(exports, references):
 
 
 def test_size_outside_profile_is_refused(exports, references):
-    graphs = OrtGraphs(exports("tiny-qwen2-vl"))
+    graphs = Pipeline(exports("tiny-qwen2-vl"))
     with pytest.raises(LuvcError, match=r"448x448 is outside this export's profile.*--image-size 448x448"):
         graphs.manifest.bucket_for((448, 448))
 

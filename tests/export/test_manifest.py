@@ -11,13 +11,14 @@ from luvc.errors import LuvcError
 from luvc.export.manifest import MANIFEST_NAME, ExportManifest, load_graph, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
-from luvc.runtime.ort_graphs import OrtGraphs
+from luvc.runtime.pipeline import Pipeline
 
 
 def test_manifest_hashes_match_every_file(exports):
     folder = exports("tiny-llava")
     manifest = ExportManifest.load(folder)
-    on_disk = {path.name for path in folder.iterdir()} - {MANIFEST_NAME}
+    on_disk = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()} - {MANIFEST_NAME}
+    assert "tokenizer/tokenizer.json" in on_disk and any(name.startswith("processor/") for name in on_disk)
     assert set(manifest.files) == on_disk
     assert any(name.endswith(".onnx.data") for name in manifest.files)  # exported with external data
     for name, digest in manifest.files.items():
@@ -69,7 +70,7 @@ def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
     with pytest.raises(LuvcError, match=r"external-data file 'prefill_224x224.onnx.data', which is missing"):
         load_graph(folder, "prefill_224x224")
     with pytest.raises(LuvcError, match="which is missing"):
-        OrtGraphs(folder, verify=False).session("prefill_224x224")
+        Pipeline(folder, verify=False).session("prefill_224x224")
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from luvc.models import TINY_MODELS
-from luvc.runtime.ort_graphs import OrtGraphs
+from luvc.runtime.pipeline import Pipeline
 from tests.export.conftest import relative_error
 
 FAMILIES = list(TINY_MODELS)
@@ -14,7 +14,7 @@ FP16_KEPT_OVERLAP = 0.9
 
 
 def _run_graphs(folder, reference):
-    graphs = OrtGraphs(folder)
+    graphs = Pipeline(folder)
     bucket = graphs.manifest.bucket_for((224, 224))
     pixels = reference.inputs["pixel_values"].numpy()
     embeds = graphs.image_embeds(pixels, bucket)
@@ -41,7 +41,7 @@ def test_fp32_graphs_match_pytorch_luvc(family, exports, references):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_through_three_graphs_equals_pytorch(family, exports, references):
     reference = references(family)
-    graphs = OrtGraphs(exports(family))
+    graphs = Pipeline(exports(family))
     tokens, step_logits = graphs.greedy(
         reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (224, 224), 16
     )

@@ -5,5 +5,6 @@ from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.build import BuildArgs
 from luvc.cli.args.export import ExportArgs
 from luvc.cli.args.model import ModelArgs
+from luvc.cli.args.runtime import RuntimeArgs
 
-__all__ = ["BaseArgs", "BuildArgs", "ExportArgs", "LuvcArgs", "ModelArgs"]
+__all__ = ["BaseArgs", "BuildArgs", "ExportArgs", "LuvcArgs", "ModelArgs", "RuntimeArgs"]

@@ -1,0 +1,105 @@
+"""Runtime overhead: ``Pipeline`` wall time against the bare ONNX Runtime session runs it makes, on CPU.
+
+Model: the realistic Qwen2-VL of ``prefill_speedup.py`` (Qwen2-0.5B widths, vocab 151936) with ``--layers``
+decoder layers (default 8, to keep the export short), one 448x448 image, default LUVC, exported to fp32 ONNX.
+Each repeat generates ``--new-tokens`` greedy tokens with ``Pipeline.generate_tokens`` (inputs already
+preprocessed; preprocessing is timed apart), recording every feed; the same feeds then run through plain
+``InferenceSession.run`` calls. Overhead = (pipeline wall time - bare session time) / pipeline wall time: the host
+work between graphs (embedding merge, positions, KV-cache handling, feed checks, sampling).
+Last line: ``runtime_overhead=<fraction>`` (target <= 0.05). Usage:
+    python benchmarks/runtime_overhead.py [--repeats 5] [--layers 8] [--new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from prefill_speedup import realistic_adapter
+
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
+from luvc.images import synthetic_image
+from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.session import BaseSession
+
+IMAGE_SIDE = 448
+PROMPT = "Describe the image in detail, please."
+
+
+def recorded_feeds(pipeline: Pipeline, request: tuple) -> tuple[float, list[tuple[str, dict]]]:
+    """Wall seconds of one generation and the (graph file, feeds) of every session run it made."""
+    calls, original = [], BaseSession.infer
+
+    def recording(session, feeds, targets=None):
+        calls.append((session.path, {name: np.array(value) for name, value in feeds.items()}))
+        return original(session, feeds, targets)
+
+    BaseSession.infer = recording
+    try:
+        began = time.perf_counter()
+        for _ in pipeline.generate_tokens(*request):
+            pass
+        return time.perf_counter() - began, calls
+    finally:
+        BaseSession.infer = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import prefill_speedup
+
+    prefill_speedup.IMAGE_SIDE = IMAGE_SIDE
+    adapter = realistic_adapter()
+    adapter.model.config.text_config.num_hidden_layers = args.layers
+    adapter.model.model.language_model.layers = adapter.model.model.language_model.layers[: args.layers]
+    with tempfile.TemporaryDirectory() as scratch:
+        began = time.perf_counter()
+        profile = ExportProfile(image_sizes=((IMAGE_SIDE, IMAGE_SIDE),), max_batch=1, max_new_tokens=args.new_tokens)
+        folder = export_model(adapter, Path(scratch) / "export", profile)
+        print(f"exported in {time.perf_counter() - began:.0f} s")
+        pipeline = Pipeline(folder)
+        image = synthetic_image(IMAGE_SIDE, IMAGE_SIDE)
+        began = time.perf_counter()
+        pixels, size = pipeline.preprocess([image])
+        input_ids = pipeline.prompt_ids([PROMPT], pipeline.manifest.bucket_for(size))
+        preprocess = time.perf_counter() - began
+        pipeline.load(size)
+        bare_sessions = {}
+        for graph in pipeline.manifest.graphs.values():
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            bare_sessions[folder / graph["file"]] = ort.InferenceSession(str(folder / graph["file"]), options)
+        request = (input_ids, pixels, size, args.new_tokens)
+        walls, bares = [], []
+        for repeat in range(args.repeats + 1):  # the first round warms up
+            wall, calls = recorded_feeds(pipeline, request)
+            began = time.perf_counter()
+            for path, feeds in calls:
+                bare_sessions[path].run(None, feeds)
+            bare = time.perf_counter() - began
+            if repeat:
+                walls.append(wall)
+                bares.append(bare)
+    wall, bare = statistics.median(walls), statistics.median(bares)
+    print(
+        f"{args.layers} decoder layers, {IMAGE_SIDE}x{IMAGE_SIDE} image, {input_ids.shape[1]} prompt tokens, "
+        f"{args.new_tokens} new tokens, {len(calls)} session runs per request; median of {args.repeats}"
+    )
+    print(f"preprocessing (image processor + tokenizer, not in the ratio): {preprocess * 1e3:.1f} ms")
+    print(f"pipeline wall: {wall * 1e3:.1f} ms; bare session runs: {bare * 1e3:.1f} ms")
+    print(f"runtime_overhead={(wall - bare) / wall:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Runtime options: backend, engines, generation length and sampling."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from luvc.cli.args.base import BaseArgs
+from luvc.runtime.pipeline import BACKENDS
+from luvc.runtime.sampling import SamplingConfig
+
+
+class RuntimeArgs(BaseArgs):
+    """Runtime: which backend runs the artifacts (ONNX Runtime or TensorRT engines) and how tokens are chosen.
+
+    Depends on: nothing (the export folder's manifest describes the graphs).
+    """
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Runtime", "Backend and generation")
+        group.add_argument("artifact_dir", help="export folder (from `luvc-export export`)")
+        group.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (default) or trt")
+        group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
+        group.add_argument(
+            "--providers",
+            default=None,
+            help="ONNX Runtime execution providers, comma-separated (default CPUExecutionProvider)",
+        )
+        group.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+        group.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+        group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+        group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+        group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+    def parse(self, args: argparse.Namespace) -> None:
+        self.artifact_dir = Path(args.artifact_dir)
+        self.backend, self.engines = args.backend, args.engines
+        self.providers = args.providers.split(",") if args.providers else None
+        self.max_new_tokens = args.max_new_tokens
+        self.sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)

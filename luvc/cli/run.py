@@ -1,0 +1,68 @@
+"""``luvc-export run``: generate text for an image and a prompt from an export (ONNX Runtime) or its engines."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from luvc.cli.args import RuntimeArgs
+from luvc.images import load_image, synthetic_image
+from luvc.runtime.pipeline import Pipeline, Timings
+
+
+class Run:
+    """Run the exported graphs (or engines) on an image and a prompt; print the text and a timing breakdown."""
+
+    name = "run"
+    subscriptions = (RuntimeArgs,)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Request")
+        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
+        group.add_argument("--prompt", required=True, help="the user prompt")
+        group.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        options = groups[RuntimeArgs]
+        console = Console()
+        image = load_image(args.image) if args.image else None
+        pipeline = Pipeline(options.artifact_dir, options.backend, options.engines, options.providers)
+        if image is None:
+            height, width = next(iter(pipeline.manifest.buckets.values()))["image_size"]
+            image = synthetic_image(height, width)
+        with console.status("Loading sessions"):
+            pipeline.load(pipeline.preprocess([image])[1])
+        timings = Timings()
+        if args.stream:
+            for piece in pipeline.stream(image, args.prompt, options.max_new_tokens, options.sampling, timings=timings):
+                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            console.print()
+        else:
+            generation = pipeline.generate(image, args.prompt, options.max_new_tokens, options.sampling)
+            timings = generation.timings
+            console.print(f"[bold]Output:[/] {generation.texts[0]!r}")
+        console.print(timing_table(pipeline, timings))
+        return 0
+
+
+def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
+    backend = pipeline.backend
+    if backend == "ort":
+        providers = sorted({p for s in pipeline._sessions.values() for p in getattr(s, "providers", [])})
+        backend += f" ({', '.join(providers)})"
+    table = Table(title=f"{pipeline.manifest.model['id']} on {backend}")
+    table.add_column("stage")
+    table.add_column("value", justify="right")
+    rows = (
+        ("preprocess", f"{timings.preprocess_ms:.1f} ms"),
+        ("vision", f"{timings.vision_ms:.1f} ms"),
+        ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms"),
+        ("time to first token", f"{timings.preprocess_ms + timings.first_token_ms:.1f} ms"),
+        ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
+        ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
+    )
+    for stage, value in rows:
+        table.add_row(stage, value)
+    return table

@@ -1,0 +1,73 @@
+"""Bad input to the runtime gets a clear error naming the fix."""
+
+import sys
+
+import pytest
+
+from luvc.cli.main import main
+from luvc.engines.builder import build_engines
+from luvc.errors import LuvcError
+from luvc.images import load_image, synthetic_image
+from luvc.runtime.pipeline import Pipeline
+
+
+def test_missing_and_unreadable_image_files(tmp_path, exports, capsys):
+    with pytest.raises(LuvcError, match="does not exist; pass an existing file to --image"):
+        load_image(tmp_path / "missing.png")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(LuvcError, match="Cannot read .*garbage.png as an image"):
+        load_image(garbage)
+    assert main(["run", str(exports("tiny-llava")), "--image", str(garbage), "--prompt", "hi"]) == 2
+    assert "garbage.png as an image" in capsys.readouterr().err
+
+
+def test_prompt_longer_than_the_export_profile(exports):
+    pipeline = Pipeline(exports("tiny-llava"))
+    with pytest.raises(LuvcError, match=r"allows 512; shorten it or re-export with --max-text-tokens 6\d\d"):
+        pipeline.generate(synthetic_image(224, 224), "x" * 600, max_new_tokens=2)
+
+
+def test_engines_from_another_model_are_refused(exports, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    engines = build_engines(exports("tiny-llava"), "ampere", tmp_path / "llava-engines", show_progress=False)
+    pipeline = Pipeline(exports("tiny-qwen2-vl"), backend="trt", engines_dir=engines)
+    with pytest.raises(LuvcError, match="built from another export"):
+        pipeline.session("decode")
+
+
+def test_backend_not_installed(exports, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the package were absent
+    with pytest.raises(LuvcError, match=r"ONNX Runtime is not installed; run `.* -m pip install onnxruntime`"):
+        Pipeline(exports("tiny-llava")).session("embed")
+    from luvc.engines.trt_module import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(LuvcError, match="No TensorRT Python module .* pip install tensorrt-rtx"):
+        import_tensorrt()
+
+
+def test_trt_backend_needs_its_engine_folder(exports):
+    with pytest.raises(LuvcError, match="pass --engines ENGINE_DIR"):
+        Pipeline(exports("tiny-llava"), backend="trt")
+
+
+def test_image_outside_the_buckets(exports):
+    with pytest.raises(LuvcError, match="outside this export's profile"):
+        Pipeline(exports("tiny-qwen2-vl")).generate(synthetic_image(448, 448), "hi", max_new_tokens=2)
+
+
+@pytest.mark.gpu
+def test_trt_backend_matches_ort(exports, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("the TensorRT backend runs engines, which needs an NVIDIA GPU; none here")
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    engines = build_engines(
+        exports("tiny-llava"), "ampere", tmp_path / "engines", show_progress=False, hardware_compatible=False
+    )
+    image = synthetic_image(224, 224, 3)
+    expected = Pipeline(exports("tiny-llava")).generate(image, "hi", max_new_tokens=8).tokens
+    got = Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines).generate(image, "hi", 8).tokens
+    assert (got == expected).all()
