@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cli.args import BuildArgs
+from luvc.cli.args.build import BuildArgs
 from luvc.engines.builder import build_engines
 from luvc.engines.manifest import EngineManifest
 

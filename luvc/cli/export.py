@@ -8,7 +8,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cli.args import ExportArgs, LuvcArgs, ModelArgs
+from luvc.cli.args.budget import LuvcArgs
+from luvc.cli.args.export import ExportArgs
+from luvc.cli.args.model import ModelArgs
 from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 

@@ -7,7 +7,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cli.args import LuvcArgs, ModelArgs
+from luvc.cli.args.budget import LuvcArgs
+from luvc.cli.args.model import ModelArgs
 from luvc.compress.cost import CostReport
 from luvc.generation import greedy_generate
 from luvc.images import load_image, synthetic_image

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from rich.console import Console
 
 from luvc import __version__
-from luvc.cli.build import Build
-from luvc.cli.export import Export
-from luvc.cli.generate import Generate
-from luvc.cli.run import Run
 from luvc.errors import LuvcError
 
-TOOLS = (Generate, Export, Build, Run)
+# subcommand -> "module:class"; only the subcommand being run is imported (``build`` needs no PyTorch)
+TOOLS = {
+    "generate": "luvc.cli.generate:Generate",
+    "export": "luvc.cli.export:Export",
+    "build": "luvc.cli.build:Build",
+    "run": "luvc.cli.run:Run",
+}
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def _tool_class(name: str) -> type:
+    module, cls = TOOLS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="luvc-export", description=__doc__)
     parser.add_argument("--version", action="version", version=f"luvc-export {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     tools = {}
-    for tool_cls in TOOLS:
+    for tool_cls in (_tool_class(name) for name in (names or TOOLS)):
         tool = tool_cls()
         sub = subparsers.add_parser(tool.name, help=tool_cls.__doc__, description=tool_cls.__doc__)
         groups = {group_cls: group_cls() for group_cls in tool.subscriptions}
@@ -36,7 +44,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.CRITICAL)  # errors reach the user through the console below
-    parser, tools = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, tools = build_parser([argv[0]] if argv and argv[0] in TOOLS else None)
     args = parser.parse_args(argv)
     tool, groups = tools[args.command]
     try:

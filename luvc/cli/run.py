@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cli.args import RuntimeArgs
+from luvc.cli.args.runtime import RuntimeArgs
 from luvc.images import load_image, synthetic_image
 from luvc.runtime.pipeline import Pipeline, Timings
 

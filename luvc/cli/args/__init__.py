@@ -1,10 +1,28 @@
-"""Argument groups: each defines ``add_parser_args`` and ``parse``; subcommands list the groups they use."""
+"""Argument groups: each defines ``add_parser_args`` and ``parse``; subcommands list the groups they use.
 
-from luvc.cli.args.base import BaseArgs
-from luvc.cli.args.budget import LuvcArgs
-from luvc.cli.args.build import BuildArgs
-from luvc.cli.args.export import ExportArgs
-from luvc.cli.args.model import ModelArgs
-from luvc.cli.args.runtime import RuntimeArgs
+Groups load on first use, so a subcommand imports only what it needs (``build`` runs without PyTorch).
+"""
 
-__all__ = ["BaseArgs", "BuildArgs", "ExportArgs", "LuvcArgs", "ModelArgs", "RuntimeArgs"]
+from __future__ import annotations
+
+import importlib
+
+GROUPS = {
+    "BaseArgs": "luvc.cli.args.base",
+    "BuildArgs": "luvc.cli.args.build",
+    "ExportArgs": "luvc.cli.args.export",
+    "LuvcArgs": "luvc.cli.args.budget",
+    "ModelArgs": "luvc.cli.args.model",
+    "RuntimeArgs": "luvc.cli.args.runtime",
+}
+__all__ = list(GROUPS)
+
+
+def __getattr__(name: str):
+    if name not in GROUPS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(GROUPS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *GROUPS])

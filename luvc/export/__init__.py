@@ -1,0 +1,1 @@
+"""torch -> ONNX for LUVC-compressed VLMs: graph modules, exporter, naming, lint, manifest, graph passes."""
