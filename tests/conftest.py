@@ -44,16 +44,17 @@ def stock_inputs(adapter, inputs: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """``exports(family, precision)``: the folder of a default-LUVC export, made once per session."""
+    """``exports(family, precision, passes)``: the folder of a default-LUVC export, made once per session."""
     made = {}
 
-    def get(family: str, precision: str = "fp32"):
-        if (family, precision) not in made:
-            sizes = QWEN_BUCKETS if (family, precision) == ("tiny-qwen2-vl", "fp32") else ((224, 224),)
-            external = "always" if (family, precision) == ("tiny-llava", "fp32") else None
+    def get(family: str, precision: str = "fp32", passes: bool = True):
+        key = (family, precision, passes)
+        if key not in made:
+            sizes = QWEN_BUCKETS if key == ("tiny-qwen2-vl", "fp32", True) else ((224, 224),)
+            external = "always" if key == ("tiny-llava", "fp32", True) else None
             profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
-            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}"
-            made[(family, precision)] = export_model(load_model(family), out, profile, show_progress=False)
-        return made[(family, precision)]
+            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}-{'passes' if passes else 'raw'}"
+            made[key] = export_model(load_model(family), out, profile, show_progress=False, passes=passes)
+        return made[key]
 
     return get

@@ -33,7 +33,15 @@ class Export:
             model_args.dtype = torch.float16  # load in the graph precision: no fp32 copy is kept
         with console.status(f"Loading {args.model}"):
             adapter = model_args.load()
-        out = export_model(adapter, export.out, export.profile, groups[LuvcArgs].config, overwrite=export.overwrite)
+        out = export_model(
+            adapter,
+            export.out,
+            export.profile,
+            groups[LuvcArgs].config,
+            overwrite=export.overwrite,
+            passes=export.passes,
+            plugin_nodes=export.plugin_nodes,
+        )
         console.print(summary_table(ExportManifest.load(out, verify=False)))
         console.print(f"[bold green]Exported[/] {adapter.name} to {out}")
         return 0

@@ -18,6 +18,7 @@ TOOLS = {
     "export": "luvc.cli.export:Export",
     "build": "luvc.cli.build:Build",
     "run": "luvc.cli.run:Run",
+    "inspect": "luvc.cli.inspect:Inspect",
 }
 
 

@@ -33,12 +33,12 @@ from luvc.export.lint import check_graph
 from luvc.export.llm import kept_index_layers
 from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
 from luvc.export.naming import name_nodes, rename_dims
-from luvc.export.passes import keep_fp32_islands
+from luvc.export.passes import keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, plan_bucket
 from luvc.models.base import VLMAdapter
 
 AUTO_EXTERNAL_BYTES = 1 << 30
-STEPS_PER_GRAPH = 4  # trace, convert, lint, save
+STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 
 
 @contextlib.contextmanager
@@ -178,8 +178,9 @@ class OnnxFromCompressedModel:
 
     Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket, ``embed`` and ``decode`` once.
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
-    same code path. The model is cast in place to the profile's precision. Nothing appears at ``out`` until every
-    file is written and linted.
+    same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
+    on every graph unless ``passes=False``; ``plugin_nodes`` collapses OIM/SPU into plugin nodes (for engines with
+    the LUVC plugin library only). Nothing appears at ``out`` until every file is written and linted.
     """
 
     def __init__(
@@ -190,8 +191,12 @@ class OnnxFromCompressedModel:
         config: LUVCConfig | None = None,
         overwrite: bool = False,
         show_progress: bool = True,
+        passes: bool = True,
+        plugin_nodes: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.passes = passes
+        self.plugin_nodes = plugin_nodes
         self.out = Path(out)
         self.profile = profile
         self.config = config
@@ -239,6 +244,7 @@ class OnnxFromCompressedModel:
                 versions=_versions(),
                 profile=profile.to_dict(),
                 prompt=self._prompt_entry(),
+                passes={"enabled": self.passes, "plugin_nodes": self.plugin_nodes},
                 buckets=bucket_entries,
                 graphs=graphs,
                 files={name: sha256_file(staging / name) for name in sorted(files)},
@@ -255,15 +261,19 @@ class OnnxFromCompressedModel:
         columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
         with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
             for spec, bucket in specs:
-                task = progress.add_task(spec.name, total=STEPS_PER_GRAPH, step="tracing")
+                task = progress.add_task(spec.name, total=len(STEPS) + 1, step="tracing")
+                labels = iter(STEPS)
 
-                def advance(step: str, task=task) -> None:
-                    progress.update(task, advance=1, step=step)
+                def advance(task=task, labels=labels) -> None:
+                    progress.update(task, advance=1, step=next(labels))
 
-                model = OnnxFromGraphSpec(spec, profile.opset, on_step=lambda: advance("converting"))()
-                advance("linting")
+                model = OnnxFromGraphSpec(spec, profile.opset, on_step=advance)()
+                pass_stats = []
+                if self.passes:
+                    model, pass_stats = run_passes(model, plugin=self.plugin_nodes)
+                advance()
                 check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
-                advance("saving")
+                advance()
                 path = staging / f"{spec.name}.onnx"
                 written = save_model(model, path, profile.external_data)
                 files += written
@@ -276,8 +286,9 @@ class OnnxFromCompressedModel:
                     "outputs": io_entries(model.graph.output),
                     "node_prefixes": _node_prefixes(model),
                     "num_nodes": len(model.graph.node),
+                    "passes": [stat.to_dict() for stat in pass_stats],
                 }
-                progress.update(task, completed=STEPS_PER_GRAPH, step="done")
+                progress.update(task, completed=len(STEPS) + 1, step="done")
         return graphs, files, buckets
 
     def _save_preprocessing(self, staging: Path) -> list[str]:
@@ -328,6 +339,8 @@ def export_model(
     config: LUVCConfig | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    passes: bool = True,
+    plugin_nodes: bool = False,
 ) -> Path:
     """Export ``adapter``'s model to the folder ``out`` (see ``OnnxFromCompressedModel``)."""
-    return OnnxFromCompressedModel(adapter, out, profile, config, overwrite, show_progress)()
+    return OnnxFromCompressedModel(adapter, out, profile, config, overwrite, show_progress, passes, plugin_nodes)()

@@ -67,6 +67,7 @@ class ExportManifest:
     buckets: dict[str, dict[str, Any]]
     graphs: dict[str, dict[str, Any]]
     files: dict[str, str]
+    passes: dict[str, Any] = dataclasses.field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

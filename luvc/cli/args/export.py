@@ -39,10 +39,18 @@ class ExportArgs(BaseArgs):
             help="weights in a .data file beside each graph: auto (above 1 GiB), always or never",
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+        group.add_argument("--no-passes", action="store_true", help="skip the graph passes (fusion, cleanup)")
+        group.add_argument(
+            "--plugin-nodes",
+            action="store_true",
+            help="collapse OIM/SPU into luvc::OrthoMerge / luvc::SpectrumPrune nodes (needs the plugin library; "
+            "ONNX Runtime cannot run them)",
+        )
 
     def parse(self, args: argparse.Namespace) -> None:
         self.out = Path(args.out)
         self.overwrite = args.overwrite
+        self.passes, self.plugin_nodes = not args.no_passes, args.plugin_nodes
         sizes = tuple(parse_image_size(text) for text in args.image_size) if args.image_size else None
         self.profile = ExportProfile(
             image_sizes=sizes,

@@ -1,0 +1,68 @@
+"""``luvc-export inspect``: what an export folder holds, graph by graph."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from luvc.engines.profiles import dimension_ranges
+from luvc.export.inspect import matmul_flops, op_histogram
+from luvc.export.lint import lint_graph
+from luvc.export.manifest import ExportManifest, load_graph
+
+
+class Inspect:
+    """Show an export's I/O, op histogram, per-layer budgets, estimated FLOPs, TensorRT-hostile ops and the
+    graph-pass statistics recorded in its manifest."""
+
+    name = "inspect"
+    subscriptions = ()
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("export_dir", help="export folder (from `luvc-export export`)")
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        console = Console()
+        manifest = ExportManifest.load(args.export_dir)
+        console.print(
+            f"[bold]{manifest.model['id']}[/] ({manifest.model['architecture']}), {manifest.precision}, opset "
+            f"{manifest.opset}; LUVC spu={manifest.luvc['spu_variant']} oim_layers={manifest.luvc['oim_layers']}"
+        )
+        for name, bucket in manifest.buckets.items():
+            console.print(
+                f"bucket {name}: {bucket['tokens_per_image']} visual tokens at index {bucket['visual_start']}; "
+                f"budgets per layer {bucket['budgets']}; SPU before layers {bucket['prune_layers']}"
+            )
+        for name, graph in manifest.graphs.items():
+            model = load_graph(args.export_dir, name, manifest)
+            values = {dim: opt for dim, (_, opt, _) in dimension_ranges(manifest, name).items()}
+            flops, unknown = matmul_flops(model, values)
+            table = Table(title=f"{name} ({graph['file']}, {graph['num_nodes']} nodes)", title_justify="left")
+            table.add_column("")
+            table.add_column("")
+            for io in graph["inputs"] + graph["outputs"]:
+                kind = "input" if io in graph["inputs"] else "output"
+                table.add_row(f"{kind} {io['name']}", f"{io['dtype']} {io['shape']}")
+            ops = ", ".join(f"{op} {count}" for op, count in op_histogram(model).most_common(10))
+            table.add_row("ops (top 10)", ops)
+            at = ", ".join(
+                f"{dim}={value}"
+                for dim, value in values.items()
+                if any(dim in str(io["shape"]) for io in graph["inputs"])
+            )
+            table.add_row(
+                "MatMul GFLOPs",
+                f"{flops / 1e9:.4f} at {at or 'static shapes'}" + (f" ({unknown} MatMuls unknown)" if unknown else ""),
+            )
+            findings = lint_graph(
+                model, manifest.buckets[graph["bucket"]]["tokens_per_image"] if graph["bucket"] else None
+            )
+            table.add_row("TensorRT-hostile", "none" if not findings else "; ".join(map(str, findings)))
+            table.add_row("LUVC prefixes", ", ".join(graph["node_prefixes"]) or "none")
+            for stat in graph.get("passes", []):
+                if stat["delta"]:
+                    table.add_row(f"pass {stat['pass']}", f"{stat['before']} -> {stat['after']} nodes {stat['ops']}")
+            console.print(table)
+        return 0

@@ -1,0 +1,71 @@
+"""What is inside an exported graph: op histogram and an estimate of its matrix-multiply FLOPs."""
+
+from __future__ import annotations
+
+import ast
+import collections
+import operator
+
+import onnx
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def evaluate_dim(dim: int | str, values: dict[str, int]) -> int | None:
+    """A dimension (an int, a name, or an expression like ``sequence_length - 16``) at ``values``; ``None`` if
+    it names something unknown."""
+    if isinstance(dim, int):
+        return dim
+
+    def walk(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in values:
+            return values[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = walk(node.left), walk(node.right)
+            return None if left is None or right is None else _OPS[type(node.op)](left, right)
+        return None
+
+    try:
+        return walk(ast.parse(dim, mode="eval").body)
+    except SyntaxError:
+        return None
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    shapes = {}
+    for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        shapes[info.name] = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim
+        ]
+    shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
+    return shapes
+
+
+def op_histogram(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def matmul_flops(model: onnx.ModelProto, values: dict[str, int]) -> tuple[int, int]:
+    """``(FLOPs, MatMul/Gemm nodes whose shapes could not be evaluated)``: 2 * (output elements) * (inner size)."""
+    shapes, total, unknown = _shapes(model), 0, 0
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        left, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not left or not out:
+            unknown += 1
+            continue
+        inner = (
+            left[0] if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute) else left[-1]
+        )
+        dims = [evaluate_dim(d, values) if d is not None else None for d in (*out, inner)]
+        if any(d is None for d in dims):
+            unknown += 1
+            continue
+        count = 1
+        for dim in dims[:-1]:
+            count *= dim
+        total += 2 * count * dims[-1]
+    return total, unknown

@@ -1,0 +1,94 @@
+"""Graph passes on the real exported graphs: same ONNX Runtime outputs, idempotent, smaller, parse in TensorRT-RTX."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from luvc.engines.profiles import dimension_ranges
+from luvc.export.manifest import ExportManifest, load_graph
+from luvc.export.passes import PASSES, run_passes
+from luvc.models import TINY_MODELS
+
+FAMILIES = list(TINY_MODELS)
+
+
+def random_feeds(folder, manifest: ExportManifest, graph: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of ``graph`` at the middle of its profile; host metadata from the bucket's npz."""
+    rng = np.random.default_rng(seed)
+    entry = manifest.graphs[graph]
+    sizes = {name: (low + high) // 2 for name, (low, _, high) in dimension_ranges(manifest, graph).items()}
+    sizes.update(batch=2, images=2)
+    host = np.load(folder / manifest.buckets[entry["bucket"]]["host"]) if entry["bucket"] else {}
+    feeds = {}
+    for io in entry["inputs"]:
+        if io["name"] in host:
+            feeds[io["name"]] = host[io["name"]]
+            continue
+        shape = [dim if isinstance(dim, int) else sizes[dim] for dim in io["shape"]]
+        if io["dtype"] == "int64":
+            feeds[io["name"]] = rng.integers(0, 200, size=shape, dtype=np.int64)
+        else:
+            feeds[io["name"]] = rng.normal(size=shape).astype(np.float32)
+    return feeds
+
+
+def _run(model: onnx.ModelProto, feeds):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _graphs(exports, family):
+    folder = exports(family, passes=False)  # the exporter's own output, before any pass
+    manifest = ExportManifest.load(folder)
+    return folder, manifest, [name for name in manifest.graphs if name != "embed"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_pass_keeps_outputs_equal(family, exports):
+    folder, manifest, names = _graphs(exports, family)
+    for name in names:
+        model = load_graph(folder, name, manifest)
+        feeds = random_feeds(folder, manifest, name)
+        expected = _run(model, feeds)
+        current = model
+        for graph_pass in PASSES:
+            current, _ = run_passes(current, [graph_pass])
+            for got, want in zip(_run(current, feeds), expected):
+                if np.issubdtype(want.dtype, np.integer):
+                    np.testing.assert_array_equal(got, want, err_msg=f"{name} after {graph_pass.__name__}")
+                else:
+                    assert np.abs(got - want).max() <= 1e-6, f"{name} after {graph_pass.__name__}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_passes_are_idempotent_and_shrink_oim_and_spu(family, exports):
+    folder, manifest, names = _graphs(exports, family)
+    for name in names:
+        model = load_graph(folder, name, manifest)
+        once, stats = run_passes(model)
+        twice, again = run_passes(once)
+        assert [node.op_type for node in twice.graph.node] == [node.op_type for node in once.graph.node]
+        assert all(stat.delta == 0 for stat in again)
+        for kind in ("oim", "spu"):
+            before = sum(f"/{kind}/" in node.name for node in model.graph.node)
+            after = sum(f"/{kind}/" in node.name for node in once.graph.node)
+            assert after <= before
+            regular = family != "tiny-qwen2.5-vl" and name.endswith("224x224")  # odd or window-order grids: gathers
+            if before and (kind == "spu" or regular):
+                assert after < before, (name, kind, before, after)
+
+
+def test_fused_graphs_parse_in_tensorrt_rtx(exports):
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    for family in FAMILIES:
+        folder, manifest, names = _graphs(exports, family)
+        for name in names:
+            fused, _ = run_passes(load_graph(folder, name, manifest))
+            logger = trt.Logger(trt.Logger.ERROR)
+            builder = trt.Builder(logger)  # the builder owns the network: keep it alive while parsing
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            assert parser.parse(fused.SerializeToString()), [
+                parser.get_error(i).desc() for i in range(parser.num_errors)
+            ]
