@@ -8,8 +8,6 @@ every graph into a staging folder, writes the engine manifest and renames the fo
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,6 +18,7 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, sha256_file
+from luvc.staging import staged_folder
 
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
     "FLOAT": "float",
@@ -221,10 +220,7 @@ class EnginesFromExport:
         if self.out.exists() and not self.overwrite:
             critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with staged_folder(self.out, self.overwrite) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
             manifest = EngineManifest(
                 tensorrt={"module": tensorrt.name, "version": tensorrt.version},
@@ -242,12 +238,6 @@ class EnginesFromExport:
                 engines=engines,
             )
             manifest.save(staging)
-            if self.out.exists():
-                shutil.rmtree(self.out)
-            staging.rename(self.out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return self.out
 
     def _build_all(self, export: ExportManifest, target: Target, tensorrt: TensorRT, staging: Path, cache: bytes):

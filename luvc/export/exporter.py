@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from luvc.export.naming import name_nodes, rename_dims
 from luvc.export.passes import keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, plan_bucket
 from luvc.models.base import VLMAdapter
+from luvc.staging import staged_folder
 
 AUTO_EXTERNAL_BYTES = 1 << 30
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
@@ -208,7 +207,7 @@ class OnnxFromCompressedModel:
 
     def call_impl(self) -> Path:
         adapter = self.adapter
-        if self.out.exists() and not self.overwrite:
+        if self.out.exists() and not self.overwrite:  # fail before loading anything (staged_folder checks again)
             critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
         adapter.apply_luvc(self.config)
         profile = (self.profile or ExportProfile()).resolve(adapter)
@@ -220,10 +219,7 @@ class OnnxFromCompressedModel:
             specs += [(vision_spec(adapter, bucket, profile), bucket), (prefill_spec(adapter, bucket, profile), bucket)]
         specs.append((decode_spec(adapter, profile), None))
 
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with staged_folder(self.out, self.overwrite) as staging:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
             files += self._save_preprocessing(staging)
             for spec, bucket in specs:
@@ -250,10 +246,6 @@ class OnnxFromCompressedModel:
                 files={name: sha256_file(staging / name) for name in sorted(files)},
             )
             manifest.save(staging)
-            self._publish(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return self.out
 
     def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
@@ -320,16 +312,6 @@ class OnnxFromCompressedModel:
             "vocab_size": text.vocab_size,
             "patch_size": adapter.model.config.vision_config.patch_size,
         }
-
-    def _publish(self, staging: Path) -> None:
-        """Move the finished folder into place (replacing an old export only with ``overwrite``)."""
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            self.out.rename(old)
-        staging.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(
