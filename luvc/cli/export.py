@@ -53,13 +53,17 @@ def summary_table(manifest: ExportManifest) -> Table:
     table.add_column("graph")
     table.add_column("inputs")
     table.add_column("nodes", justify="right")
+    table.add_column("after passes", justify="right")
     table.add_column("LUVC prefixes")
     for name, graph in manifest.graphs.items():
         inputs = ", ".join(entry["name"] for entry in graph["inputs"][:3])
         inputs += ", ..." if len(graph["inputs"]) > 3 else ""
-        table.add_row(name, inputs, str(graph["num_nodes"]), str(len(graph["node_prefixes"])))
+        passes = graph.get("passes") or []
+        before = str(passes[0]["before"]) if passes else str(graph["num_nodes"])
+        after = f"{graph['num_nodes']} ({graph['num_nodes'] - int(before):+d})" if passes else "no passes"
+        table.add_row(name, inputs, before, after, str(len(graph["node_prefixes"])))
     for name, bucket in manifest.buckets.items():
         table.add_row(
-            f"bucket {name}", f"{bucket['tokens_per_image']} visual tokens", "", f"budgets {bucket['budgets']}"
+            f"bucket {name}", f"{bucket['tokens_per_image']} visual tokens", "", "", f"budgets {bucket['budgets']}"
         )
     return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 
 import onnx
@@ -22,6 +23,7 @@ from luvc.export.passes.fuse_spu import fuse_spu_gathers
 from luvc.export.passes.plugins import collapse_to_plugins
 from luvc.export.passes.split_topk import split_large_topk
 
+LOGGER = logging.getLogger("luvc.passes")
 Pass = Callable[[gs.Graph], gs.Graph]
 SIMPLIFY: tuple[Pass, ...] = (fold_constants, remove_identity, cancel_inverse_pairs)
 PASSES: tuple[Pass, ...] = (*SIMPLIFY, fuse_oim_merge, fuse_spu_gathers, split_large_topk, keep_fp32_islands)
@@ -75,6 +77,7 @@ def run_passes(
             if len(graph.nodes) == count:
                 break
         stats.append(PassStats(graph_pass.__name__, before, len(graph.nodes), before_ops, _ops(graph)))
+        LOGGER.info("%s", stats[-1])  # pass | nodes before | after | delta
     result = gs.export_onnx(graph)
     extra = [entry for entry in result.opset_import if entry.domain not in {op.domain for op in model.opset_import}]
     del result.opset_import[:]
