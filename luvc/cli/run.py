@@ -50,8 +50,7 @@ class Run:
 def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
-        providers = sorted({p for s in pipeline._sessions.values() for p in getattr(s, "providers", [])})
-        backend += f" ({', '.join(providers)})"
+        backend += f" ({', '.join(pipeline.providers())})"
     table = Table(title=f"{pipeline.manifest.model['id']} on {backend}")
     table.add_column("stage")
     table.add_column("value", justify="right")

@@ -8,6 +8,7 @@ every graph into a staging folder, writes the engine manifest and renames the fo
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -268,7 +269,7 @@ class EnginesFromExport:
                 engines[name] = {
                     "file": path.name,
                     "bytes": len(engine),
-                    "sha256": sha256_file(path),
+                    "sha256": hashlib.sha256(engine).hexdigest(),
                     "source": {"file": graph["file"], "sha256": export.files[graph["file"]]},
                     "inputs": inputs,
                     "outputs": outputs,

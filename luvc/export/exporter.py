@@ -1,9 +1,9 @@
 """torch -> ONNX for LUVC-compressed VLMs: per-graph loader, and the export of a whole model into a folder.
 
 ``OnnxFromGraphSpec`` traces one ``GraphSpec`` with ``torch.export`` (non-strict, dynamic axes as declared) and
-converts it with the ONNX exporter; node names and dimension names are then made readable, and fp16 graphs get
-their FP32 islands. ``OnnxFromCompressedModel`` writes every graph of every bucket into a temporary folder, lints
-them, writes host metadata and ``manifest.json``, and renames the folder when everything is complete.
+converts it with the ONNX exporter; node names and dimension names are then made readable.
+``OnnxFromCompressedModel`` runs the graph passes on every graph of every bucket, lints them, writes them with
+host metadata and ``manifest.json`` into a temporary folder, and renames the folder when everything is complete.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,7 +30,7 @@ from luvc.export.lint import check_graph
 from luvc.export.llm import kept_index_layers
 from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
 from luvc.export.naming import name_nodes, rename_dims
-from luvc.export.passes import keep_fp32_islands, run_passes
+from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, plan_bucket
 from luvc.models.base import VLMAdapter
 from luvc.staging import staged_folder
@@ -55,7 +54,7 @@ def _quiet_exporter():
 
 
 class OnnxFromGraphSpec:
-    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` (weights in memory), named and with FP32 islands if fp16."""
+    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` (weights in memory), with readable node and dimension names."""
 
     def __init__(self, spec: GraphSpec, opset: int, on_step=None) -> None:
         self.spec = spec
@@ -98,8 +97,6 @@ class OnnxFromGraphSpec:
                 symbols[symbol] = dim_name
         rename_dims(model, symbols)
         name_nodes(model, root=spec.kind)
-        if any(t.dtype == torch.float16 for t in args):
-            model = gs.export_onnx(keep_fp32_islands(gs.import_onnx(model)))
         self.on_step()
         return model
 
@@ -260,9 +257,9 @@ class OnnxFromCompressedModel:
                     progress.update(task, advance=1, step=next(labels))
 
                 model = OnnxFromGraphSpec(spec, profile.opset, on_step=advance)()
-                pass_stats = []
-                if self.passes:
-                    model, pass_stats = run_passes(model, plugin=self.plugin_nodes)
+                # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
+                passes = PASSES if self.passes else (keep_fp32_islands,)
+                model, pass_stats = run_passes(model, passes, plugin=self.plugin_nodes)
                 advance()
                 check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
                 advance()

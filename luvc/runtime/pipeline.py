@@ -129,6 +129,10 @@ class Pipeline:
             self.session(name)
         return self
 
+    def providers(self) -> list[str]:
+        """The ONNX Runtime execution providers the open sessions really got (empty for TensorRT)."""
+        return sorted({name for session in self._sessions.values() for name in getattr(session, "providers", [])})
+
     def session_seconds(self) -> float:
         return sum(session.total_inference_seconds for session in self._sessions.values())
 
