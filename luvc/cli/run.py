@@ -50,7 +50,7 @@ class Run:
 def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
-        backend += f" ({', '.join(pipeline.providers())})"
+        backend += f" ({', '.join(pipeline.session_providers())})"
     table = Table(title=f"{pipeline.manifest.model['id']} on {backend}")
     table.add_column("stage")
     table.add_column("value", justify="right")

@@ -129,7 +129,7 @@ class Pipeline:
             self.session(name)
         return self
 
-    def providers(self) -> list[str]:
+    def session_providers(self) -> list[str]:
         """The ONNX Runtime execution providers the open sessions really got (empty for TensorRT)."""
         return sorted({name for session in self._sessions.values() for name in getattr(session, "providers", [])})
 
