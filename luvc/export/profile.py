@@ -106,14 +106,14 @@ def processed_size(adapter: VLMAdapter, pixels: dict) -> tuple[int, int]:
 def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
     """Trace one synthetic image of ``image_size`` through the processor and the LUVC plan of ``adapter``."""
     height, width = image_size
-    pixels = adapter.preprocess_images([synthetic_image(height, width)])
+    inputs = adapter.prepare_inputs([synthetic_image(height, width)], "")
+    pixels = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
     seen = processed_size(adapter, pixels)
     if seen != (height, width):
         critical(
             f"The image processor turns a {height}x{width} image into {seen[0]}x{seen[1]} pixels, so {height}x{width} "
             f"cannot be a bucket; use --image-size {seen[0]}x{seen[1]} (buckets are processed sizes)."
         )
-    inputs = adapter.prepare_inputs([synthetic_image(height, width)], "")
     ids = inputs["input_ids"][0].tolist()
     tokens = adapter.vision_trace(pixels).tokens_per_image[0]
     start = ids.index(adapter.image_token_id)

@@ -66,7 +66,3 @@ class KVCache:
         """Bytes of keys and values held now (what the cost model counts)."""
         batch, heads, head_dim = self.shape
         return 2 * sum(self.lengths) * batch * heads * head_dim * self.dtype.itemsize
-
-    def capacity_bytes(self) -> int:
-        """Bytes allocated (two buffers per tensor, at each layer's longest length)."""
-        return sum(buffer.nbytes for layer in self.buffers for kind in layer for buffer in kind)
