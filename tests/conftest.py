@@ -1,8 +1,14 @@
 import copy
+import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from luvc.export.exporter import export_model
+from luvc.export.manifest import sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
@@ -58,3 +64,32 @@ def exports(tmp_path_factory):
         return made[key]
 
     return get
+
+
+@pytest.fixture
+def copied_export(exports, tmp_path):
+    def copy(family: str, precision: str = "fp32") -> Path:
+        target = tmp_path / f"{family}-{precision}"
+        shutil.copytree(exports(family, precision), target)
+        return target
+
+    return copy
+
+
+def perturb_weight(folder: Path, graph_file: str, node_name: str, scale: float = 0.5) -> str:
+    """Add seeded noise to the weight input of ``node_name`` in ``graph_file`` and re-hash it in the manifest (an
+    export that is internally consistent but numerically wrong). Returns the initializer's name."""
+    path = folder / graph_file
+    model = onnx.load(str(path))
+    node = next(n for n in model.graph.node if n.name == node_name)
+    initializers = {init.name: init for init in model.graph.initializer}
+    name = next(i for i in node.input if i in initializers)
+    weight = onnx.numpy_helper.to_array(initializers[name])
+    noise = np.random.default_rng(0).normal(0.0, scale * float(weight.std()), weight.shape).astype(weight.dtype)
+    initializers[name].CopyFrom(onnx.numpy_helper.from_array(weight + noise, name))
+    onnx.save(model, str(path))
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][graph_file] = sha256_file(path)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return name

@@ -19,6 +19,7 @@ TOOLS = {
     "build": "luvc.cli.build:Build",
     "run": "luvc.cli.run:Run",
     "inspect": "luvc.cli.inspect:Inspect",
+    "parity": "luvc.cli.parity:Parity",
 }
 
 

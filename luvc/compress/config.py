@@ -100,6 +100,12 @@ class LUVCConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> LUVCConfig:
+        """The config of ``to_dict`` (as a manifest stores it: lists for tuples)."""
+        tuples = {"oim_layers", "budgets"}
+        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
 
 def _choice(name: str, value: str | None, allowed: Sequence[str], default: str) -> str:
     if value is None:

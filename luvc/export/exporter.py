@@ -115,7 +115,8 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: str) -> list[s
     return [path.name, *external_data_files(onnx.load(str(path), load_external_data=False))]
 
 
-def _config_hash(adapter: VLMAdapter) -> str:
+def config_hash(adapter: VLMAdapter) -> str:
+    """sha256 of the model config (the manifest's ``model.config_sha256``): which model an export came from."""
     text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -229,7 +230,7 @@ class OnnxFromCompressedModel:
                 model={
                     "id": adapter.name,
                     "architecture": adapter.architecture,
-                    "config_sha256": _config_hash(adapter),
+                    "config_sha256": config_hash(adapter),
                 },
                 luvc=adapter.luvc_config.to_dict(),
                 precision=profile.precision,

@@ -150,14 +150,14 @@ class Pipeline:
         values = np.asarray(pixels["pixel_values"])
         return values, tuple(values.shape[-2:])
 
-    def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> np.ndarray:
-        """``(images, n, D)`` visual embeddings. Qwen-VL pixels ``(images * N, C)`` run one image per call."""
+    def vision_feeds(self, pixel_values: np.ndarray, bucket: dict) -> list[dict[str, np.ndarray]]:
+        """The feeds of the vision graph's calls for ``pixel_values``: one call for a ``(B, C, H, W)`` batch; one
+        per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's host-planned metadata."""
         inputs = self.manifest.graphs[bucket["vision"]]["inputs"]
         dtype = np.float16 if inputs[0]["dtype"] == "float16" else np.float32
         pixel_values = pixel_values.astype(dtype)
-        session = self.session(bucket["vision"])
         if len(inputs[0]["shape"]) == 4:  # (B, C, H, W) with a dynamic batch
-            return session.infer({"pixel_values": pixel_values})["image_embeds"]
+            return [{"pixel_values": pixel_values}]
         per_image = inputs[0]["shape"][0]
         if pixel_values.ndim != 2 or pixel_values.shape[0] % per_image:
             critical(
@@ -166,8 +166,14 @@ class Pipeline:
             )
         host = self.host(bucket)
         metadata = {entry["name"]: host[entry["name"]] for entry in inputs[1:]}
-        chunks = np.split(pixel_values, pixel_values.shape[0] // per_image)
-        return np.concatenate([session.infer({"pixel_values": c, **metadata})["image_embeds"] for c in chunks])
+        return [{"pixel_values": c, **metadata} for c in np.split(pixel_values, pixel_values.shape[0] // per_image)]
+
+    def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> np.ndarray:
+        """``(images, n, D)`` visual embeddings."""
+        session = self.session(bucket["vision"])
+        return np.concatenate(
+            [session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)]
+        )
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
         return self.session("embed").infer({"input_ids": input_ids.astype(np.int64)})["inputs_embeds"]
@@ -182,8 +188,8 @@ class Pipeline:
         rows = np.broadcast_to(rows[:, None, :], (rows.shape[0], batch, length)).astype(np.int64)
         return rows if rows.shape[0] == 3 else rows[0]
 
-    def prefill(self, input_ids: np.ndarray, image_embeds: np.ndarray, bucket: dict) -> dict[str, np.ndarray]:
-        """Prefill outputs for prompts ``input_ids (B, S)`` whose image span takes ``image_embeds (B, n, D)``."""
+    def prefill_feeds(self, input_ids: np.ndarray, image_embeds: np.ndarray, bucket: dict) -> dict[str, np.ndarray]:
+        """Prefill feeds for prompts ``input_ids (B, S)`` whose image span takes ``image_embeds (B, n, D)``."""
         start, count = bucket["visual_start"], bucket["tokens_per_image"]
         batch, length = input_ids.shape
         image_token = self.manifest.prompt["image_token_id"]
@@ -197,8 +203,11 @@ class Pipeline:
             )
         embeds = self.embed(input_ids)
         embeds[:, start : start + count] = image_embeds.astype(embeds.dtype)
-        positions = self.positions(bucket, batch, 0, length)
-        return self.session(bucket["prefill"]).infer({"inputs_embeds": embeds, "position_ids": positions})
+        return {"inputs_embeds": embeds, "position_ids": self.positions(bucket, batch, 0, length)}
+
+    def prefill(self, input_ids: np.ndarray, image_embeds: np.ndarray, bucket: dict) -> dict[str, np.ndarray]:
+        """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
+        return self.session(bucket["prefill"]).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
 
     def prompt_ids(self, prompts: Sequence[str], bucket: dict) -> np.ndarray:
         """Token ids of the export's prompt template around each prompt; rows must tokenize to one length."""

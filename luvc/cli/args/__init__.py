@@ -10,9 +10,11 @@ import importlib
 GROUPS = {
     "BaseArgs": "luvc.cli.args.base",
     "BuildArgs": "luvc.cli.args.build",
+    "DataArgs": "luvc.cli.args.data",
     "ExportArgs": "luvc.cli.args.export",
     "LuvcArgs": "luvc.cli.args.budget",
     "ModelArgs": "luvc.cli.args.model",
+    "ParityArgs": "luvc.cli.args.parity",
     "RuntimeArgs": "luvc.cli.args.runtime",
 }
 __all__ = list(GROUPS)

@@ -1,0 +1,46 @@
+"""Sample options: a folder of images and prompts, or the built-in synthetic set."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from luvc.cli.args.base import BaseArgs
+from luvc.samples import Sample, folder_samples, synthetic_samples
+
+
+class DataArgs(BaseArgs):
+    """Data: the images and prompts a check or calibration runs (a folder, or seeded synthetic scenes).
+
+    Depends on: nothing (image sizes come from the export's buckets).
+    """
+
+    def __init__(self, default_count: int = 4) -> None:
+        self.default_count = default_count
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Data", "Images and prompts to run")
+        group.add_argument(
+            "--data", default=None, help="folder of images (+ optional prompts.txt); default: synthetic scenes"
+        )
+        group.add_argument("--prompts", default=None, help="text file with one prompt per line (overrides prompts.txt)")
+        group.add_argument(
+            "--num-samples",
+            type=int,
+            default=None,
+            help=f"how many samples (default: all images, or {self.default_count} synthetic)",
+        )
+        group.add_argument("--seed", type=int, default=None, help="seed of the synthetic scenes (default 0)")
+
+    def parse(self, args: argparse.Namespace) -> None:
+        self.folder = None if args.data is None else Path(args.data)
+        self.prompts = args.prompts
+        self.count = args.num_samples
+        self.seed = args.seed
+
+    def samples(self, image_sizes: Sequence[tuple[int, int]]) -> list[Sample]:
+        """The samples, each at one of ``image_sizes`` (the export's buckets)."""
+        if self.folder is None:
+            return synthetic_samples(image_sizes, self.count or self.default_count, self.seed)
+        return folder_samples(self.folder, image_sizes, self.prompts, self.count)

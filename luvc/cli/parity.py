@@ -1,0 +1,41 @@
+"""``luvc-export parity``: PyTorch LUVC against the exported graphs (and engines); non-zero exit on failure."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from luvc.cli.args import DataArgs, ParityArgs
+from luvc.export.manifest import ExportManifest
+from luvc.parity import ParityFromExport, write_report
+
+
+class Parity:
+    """Check an export (and optionally its engines) against PyTorch LUVC on four levels: output tensors, kept
+    tokens, first-token logits and generated text; write parity.json and report.md with plots. Exits 1 when a
+    tolerance fails and names the first diverging layer."""
+
+    name = "parity"
+    subscriptions = (ParityArgs, DataArgs)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        options, data = groups[ParityArgs], groups[DataArgs]
+        manifest = ExportManifest.load(options.artifact_dir)
+        samples = data.samples([tuple(bucket["image_size"]) for bucket in manifest.buckets.values()])
+        results = ParityFromExport(
+            options.artifact_dir,
+            engines_dir=options.engines,
+            samples=samples,
+            model=options.model,
+            max_new_tokens=options.max_new_tokens,
+            show_progress=True,
+        )()
+        out = write_report(results, options.out, options.overwrite)
+        console = Console(soft_wrap=True)
+        console.print(str(results), highlight=False)
+        console.print(f"report: {out / 'report.md'}", highlight=False)
+        return 0 if results else 1

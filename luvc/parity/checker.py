@@ -1,0 +1,229 @@
+"""``ParityFromExport``: run PyTorch LUVC and the exported graphs (and engines) on the same samples and measure
+the four parity levels, plus what compression itself costs in PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest
+from luvc.parity import metrics
+from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
+from luvc.parity.reference import TorchReference, TorchRun
+from luvc.parity.results import BackendResult, Check, ParityResults
+from luvc.parity.tolerances import Tolerances, tolerances_for
+from luvc.samples import Sample, synthetic_samples
+
+
+class _BackendRun:
+    """One backend's outputs for one sample, through the runtime ``Pipeline``."""
+
+    def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray, max_new_tokens: int) -> None:
+        self.pixels, image_size = pipeline.preprocess([sample.image])
+        self.bucket = pipeline.manifest.bucket_for(image_size)
+        self.input_ids = pipeline.prompt_ids([sample.prompt], self.bucket)
+        if not np.array_equal(self.input_ids, expected_ids):
+            critical(
+                f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
+                "(manifest prompt.template); re-export with this luvc-export version."
+            )
+        self.image_embeds = pipeline.image_embeds(self.pixels, self.bucket)
+        self.outputs = pipeline.prefill(self.input_ids, self.image_embeds, self.bucket)
+        self.tokens, self.step_logits = pipeline.greedy(self.input_ids, self.pixels, image_size, max_new_tokens)
+
+
+class ParityFromExport:
+    """Parity of an export folder (ONNX Runtime) and optionally its engines (TensorRT) against PyTorch LUVC.
+
+    ``samples`` default to the synthetic set (one per bucket size, four in all); ``model`` overrides the
+    checkpoint recorded in the manifest; ``tolerances`` default to those of the export's precision.
+    """
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        engines_dir: str | Path | None = None,
+        samples: Sequence[Sample] | None = None,
+        model: str | None = None,
+        max_new_tokens: int | None = None,
+        tolerances: Tolerances | None = None,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.engines_dir = engines_dir
+        self.samples = samples
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.tolerances = tolerances
+        self.show_progress = show_progress
+
+    def __call__(self) -> ParityResults:
+        return self.call_impl()
+
+    def call_impl(self) -> ParityResults:
+        from luvc.runtime.pipeline import Pipeline
+
+        manifest = ExportManifest.load(self.export_dir, verify=True)
+        tolerances = self.tolerances or tolerances_for(manifest.precision)
+        max_new_tokens = 8 if self.max_new_tokens is None else self.max_new_tokens
+        limit = manifest.profile["max_new_tokens"]
+        if not 1 <= max_new_tokens <= limit:
+            critical(f"--max-new-tokens {max_new_tokens} must be between 1 and the export profile's {limit}.")
+        sizes = [tuple(bucket["image_size"]) for bucket in manifest.buckets.values()]
+        samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
+        if not samples:
+            critical("No parity samples; pass a data folder with images or leave out --data.")
+        pipelines = {"ort": Pipeline(self.export_dir)}
+        if self.engines_dir is not None:
+            pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir)
+        reference = TorchReference.from_manifest(manifest, self.model)
+
+        steps = len(samples) * (2 + len(pipelines)) + 1
+        with _progress(self.show_progress, steps) as advance:
+            torch_runs, inputs = [], []
+            for sample in samples:
+                inputs.append(reference.adapter.prepare_inputs([sample.image], sample.prompt))
+                torch_runs.append(reference.run(inputs[-1], max_new_tokens))
+                advance(f"PyTorch LUVC: {sample.name}")
+            backends = []
+            for name, pipeline in pipelines.items():
+                runs = []
+                for sample, sample_inputs in zip(samples, inputs):
+                    runs.append(_BackendRun(pipeline, sample, sample_inputs["input_ids"].numpy(), max_new_tokens))
+                    advance(f"{name}: {sample.name}")
+                backends.append(_backend_result(name, torch_runs, runs))
+                if name == "ort":
+                    _localise(backends[-1], pipeline, torch_runs[0], runs[0])
+                    advance("localised layer errors")
+            baseline = reference.baseline(samples, max_new_tokens)
+            advance(f"PyTorch uncompressed: {len(samples)} samples")
+        return ParityResults(
+            export_dir=str(self.export_dir),
+            model=manifest.model["id"],
+            precision=manifest.precision,
+            tolerances=tolerances,
+            samples=[sample.name for sample in samples],
+            backends=backends,
+            near_ties=_near_ties(torch_runs, tolerances.tensor_relative),
+            compression=_compression_cost(torch_runs, baseline),
+        )
+
+
+def check_parity(export_dir: str | Path, **kwargs) -> ParityResults:
+    """Function spelling of ``ParityFromExport(export_dir, **kwargs)()``."""
+    return ParityFromExport(export_dir, **kwargs)()
+
+
+def _tensor_checks(name: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[Check]:
+    """Level 1: worst relative error (max abs difference over max abs reference) and cosine of ``(candidate,
+    reference)`` pairs over the samples."""
+    differences = metrics.max_abs_differences({str(i): pair for i, pair in enumerate(pairs)})
+    scales = [float(np.abs(np.asarray(b, dtype=np.float64)).max(initial=0.0)) for _, b in pairs]
+    relative = [d / s if s > 0 else (0.0 if d == 0 else np.inf) for d, s in zip(differences.values(), scales)]
+    return [
+        Check(1, name, "relative_error", float(max(relative))),
+        Check(1, name, "cosine", min(metrics.cosine(a, b) for a, b in pairs)),
+    ]
+
+
+def _backend_result(backend: str, torch_runs: list[TorchRun], runs: list[_BackendRun]) -> BackendResult:
+    result = BackendResult(backend)
+    pairs = list(zip(runs, torch_runs))
+    result.checks += _tensor_checks("vision.image_embeds", [(r.image_embeds, t.image_embeds) for r, t in pairs])
+    result.checks += _tensor_checks("prefill.logits", [(r.outputs["logits"], t.logits) for r, t in pairs])
+    for kind in ("key", "value"):
+        result.checks += _tensor_checks(
+            f"prefill.present.*.{kind}",
+            [(r.outputs[name], t.presents[name]) for r, t in pairs for name in t.presents if name.endswith(kind)],
+        )
+    decode = []  # steps after the first whose prefixes still agree (step 0 is the prefill's logits)
+    for r, t in pairs:
+        agree = metrics.agreeing_steps(r.tokens, t.tokens)
+        decode += [(r.step_logits[:, step], t.step_logits[:, step]) for step in range(1, agree)]
+    if decode:
+        result.checks += _tensor_checks("decode.logits", decode)
+    # level 2: selection
+    for layer in sorted(layer for layer, kept in torch_runs[0].kept.items() if kept.size):  # zero budgets: no cut
+        overlap = min(
+            metrics.jaccard(a, b)
+            for r, t in pairs
+            for a, b in zip(r.outputs.get(f"kept_visual_indices.{layer}", t.kept[layer][:, :0]), t.kept[layer])
+        )
+        result.kept_overlap[layer] = overlap
+        result.checks.append(Check(2, f"kept_visual_indices.{layer}", "kept_jaccard", overlap))
+    embed_cosine = min(float(metrics.row_cosines(r.image_embeds, t.image_embeds).min()) for r, t in pairs)
+    result.checks.append(Check(2, "OIM-merged image embeddings (per token)", "embed_cosine", embed_cosine))
+    # level 3: first token
+    top1 = np.mean([(r.outputs["logits"].argmax(-1) == t.logits.argmax(-1)).mean() for r, t in pairs])
+    kl = max(float(metrics.kl_divergence(r.outputs["logits"], t.logits).max()) for r, t in pairs)
+    result.checks += [
+        Check(3, "first-token top-1 agreement", "top1_agreement", float(top1)),
+        Check(3, "first-token KL divergence from PyTorch", "kl_divergence", kl),
+    ]
+    # level 4: generated text
+    exact = np.mean([np.array_equal(r.tokens, t.tokens) for r, t in pairs])
+    agreement = np.mean([metrics.token_agreement(r.tokens, t.tokens) for r, t in pairs])
+    result.checks += [
+        Check(4, "generated text exact match", "exact_match", float(exact)),
+        Check(4, "generated token agreement", "token_agreement", float(agreement)),
+    ]
+    return result
+
+
+def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _BackendRun) -> None:
+    """Per-layer errors of the first sample's vision and prefill graphs on ONNX Runtime."""
+    references = torch_run.layer_outputs
+    graphs = [
+        (run.bucket["vision"], pipeline.vision_feeds(run.pixels, run.bucket)[0], "vision."),
+        (run.bucket["prefill"], pipeline.prefill_feeds(run.input_ids, run.image_embeds, run.bucket), "llm."),
+    ]
+    import onnx
+
+    for graph_name, feeds, family in graphs:
+        path = pipeline.folder / pipeline.manifest.graphs[graph_name]["file"]
+        layers = [name for name in references if name.startswith(family)]
+        candidates = layer_candidates(onnx.load(str(path), load_external_data=False), layers)
+        names = [name for found in candidates.values() for name in found]
+        values = run_with_outputs(path, names, feeds)
+        result.layer_errors += layer_errors({k: references[k] for k in layers}, candidates, values)
+    result.localised = True
+
+
+def _near_ties(torch_runs: list[TorchRun], margin: float) -> dict[int, float]:
+    """Mean share of near-tie tokens around each SPU layer's cut, over samples and images."""
+    shares: dict[int, list[float]] = {}
+    for run in torch_runs:
+        for layer, spans in run.scores.items():
+            cuts = [(s, budget) for s, budget in spans if 0 < budget < s.shape[-1]]  # a zero budget has no cut
+            if cuts:
+                shares.setdefault(layer, []).extend(metrics.near_tie_share(s, budget, margin) for s, budget in cuts)
+    return {layer: float(np.mean(values)) for layer, values in sorted(shares.items())}
+
+
+def _compression_cost(torch_runs: list[TorchRun], baseline: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """LUVC against the uncompressed model, both in PyTorch: first-token and generated-text agreement."""
+    pairs = list(zip(torch_runs, baseline))
+    return {
+        "top1_agreement": float(np.mean([(t.logits.argmax(-1) == b[0].argmax(-1)).mean() for t, b in pairs])),
+        "kl_divergence": float(np.mean([metrics.kl_divergence(t.logits, b[0]).mean() for t, b in pairs])),
+        "exact_match": float(np.mean([np.array_equal(t.tokens, b[1]) for t, b in pairs])),
+        "token_agreement": float(np.mean([metrics.token_agreement(t.tokens, b[1]) for t, b in pairs])),
+    }
+
+
+@contextlib.contextmanager
+def _progress(show: bool | None, total: int):
+    """A rich progress bar; yields ``advance(description)``."""
+    if show is False:
+        yield lambda description: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("parity", total=total)
+        yield lambda description: progress.update(task, advance=1, description=description)

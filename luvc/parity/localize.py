@@ -1,0 +1,76 @@
+"""Localisation: expose each layer's output in an exported graph and find the first layer that diverges.
+
+A layer's output is the last tensor produced by the nodes of its name prefix (``/vision/blocks.{i}/``,
+``/llm/layers.{i}/``, LUVC units excluded) that is consumed outside it and has the shape PyTorch's layer output
+has. The graph is loaded with those tensors added as outputs (in memory; external data is read from the export
+folder) and run on ONNX Runtime with the feeds the pipeline made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from luvc.parity.metrics import cosine, relative_error
+from luvc.parity.results import LayerError
+
+# layer-name template -> (node-name prefix template, LUVC unit excluded from the layer)
+LAYER_PREFIXES = {
+    "vision.blocks.{i}": ("/vision/blocks.{i}/", "/oim/"),
+    "llm.layers.{i}": ("/llm/layers.{i}/", "/spu/"),
+}
+
+
+def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
+    """For each layer name (``vision.blocks.0`` ...), the tensors its nodes produce that nodes outside it consume,
+    in topological order."""
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    candidates = {}
+    for layer in layers:
+        family, index = layer.rsplit(".", 1)
+        prefix, unit = LAYER_PREFIXES[f"{family}.{{i}}"]
+        prefix = prefix.format(i=index)
+
+        def inside(node_name: str) -> bool:
+            return node_name.startswith(prefix) and unit not in node_name  # noqa: B023
+
+        found = []
+        for node in model.graph.node:
+            if inside(node.name):
+                found += [out for out in node.output if any(not inside(c) for c in consumers.get(out, []))]
+        if found:
+            candidates[layer] = found
+    return candidates
+
+
+def run_with_outputs(graph_path: Path, outputs: Sequence[str], feeds: dict, providers: list[str] | None = None) -> dict:
+    """Run ``graph_path`` on ONNX Runtime with ``outputs`` added as graph outputs; returns those tensors."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    known = {output.name for output in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in known)
+    options = ort.SessionOptions()
+    # external data still resolves in the export folder: the edited graph is never written to disk
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"])
+    return dict(zip(outputs, session.run(list(outputs), feeds)))
+
+
+def layer_errors(
+    references: dict[str, np.ndarray], candidates: dict[str, list[str]], values: dict[str, np.ndarray]
+) -> list[LayerError]:
+    """Each layer's error: its last candidate tensor whose shape equals the reference activation's."""
+    errors = []
+    for layer, reference in references.items():
+        matching = [values[name] for name in candidates.get(layer, []) if values[name].shape == reference.shape]
+        if matching:
+            actual = matching[-1]
+            errors.append(LayerError(layer, relative_error(actual, reference), cosine(actual, reference)))
+    return errors

@@ -1,0 +1,125 @@
+"""PyTorch LUVC as the parity reference: outputs, per-layer activations and SPU scores of one sample at a time.
+
+The reference runs the patched ``transformers`` model in fp32 with the export's LUVC config, on the same
+preprocessed pixels and prompt ids as the backend, so any difference is what the export costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from luvc.compress.config import LUVCConfig
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest
+from luvc.generation import greedy_generate
+from luvc.models import VLMAdapter, load_model
+from luvc.samples import Sample
+
+
+@dataclasses.dataclass
+class TorchRun:
+    """PyTorch outputs for one sample (batch of one)."""
+
+    image_embeds: np.ndarray  # (1, n, D) after OIM and the projector
+    logits: np.ndarray  # (1, V) first token
+    presents: dict[str, np.ndarray]  # present.{l}.key / .value
+    kept: dict[int, np.ndarray]  # SPU layer -> (1, k) kept visual indices
+    scores: dict[int, list[tuple[np.ndarray, int]]]  # SPU layer -> [(scores (1, n), budget)] per image span
+    layer_outputs: dict[str, np.ndarray]  # vision.blocks.{i} / llm.layers.{i} -> output activation
+    tokens: np.ndarray  # (1, T) greedy
+    step_logits: np.ndarray  # (1, T, V)
+
+
+def _first_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class TorchReference:
+    """Runs PyTorch LUVC (and, for the compression question, the same model with LUVC off)."""
+
+    def __init__(self, adapter: VLMAdapter, config: LUVCConfig) -> None:
+        self.adapter = adapter
+        self.config = config
+        adapter.apply_luvc(config)
+
+    @classmethod
+    def from_manifest(cls, manifest: ExportManifest, model: str | None = None) -> TorchReference:
+        """Load the model an export came from (``model``: a checkpoint folder, when it has moved since)."""
+        from luvc.export.exporter import config_hash
+
+        source = model or manifest.model["id"]
+        adapter = load_model(source)
+        if config_hash(adapter) != manifest.model["config_sha256"]:
+            critical(
+                f"The model at {source!r} has another config than the one this export was made from "
+                f"({manifest.model['id']!r}); pass --model with the checkpoint folder used for the export."
+            )
+        return cls(adapter, LUVCConfig.from_dict(manifest.luvc))
+
+    def _hooks(self, activations: dict, scores: dict) -> list:
+        def keep(name):
+            return lambda module, args, output: activations.__setitem__(name, _first_tensor(output).detach().numpy())
+
+        def score(layer):
+            def hook(module, args):
+                hidden, _, _, _, spans, budgets, scorer = args
+                scores[layer] = [
+                    (scorer(hidden[:, start : start + count]).detach().numpy(), budget)
+                    for (start, count), budget in zip(spans, budgets)
+                ]
+
+            return hook
+
+        hooks = [b.register_forward_hook(keep(f"vision.blocks.{i}")) for i, b in enumerate(self.adapter.vision_blocks)]
+        hooks += [
+            layer.register_forward_hook(keep(f"llm.layers.{i}")) for i, layer in enumerate(self.adapter.decoder_layers)
+        ]
+        spu = getattr(self.adapter.language_model, "luvc_spu", None) or []
+        hooks += [unit.register_forward_pre_hook(score(i)) for i, unit in enumerate(spu)]
+        return hooks
+
+    @torch.no_grad()
+    def run(self, inputs: dict, max_new_tokens: int) -> TorchRun:
+        """Outputs for model ``inputs`` of one sample (``adapter.prepare_inputs``)."""
+        activations, scores = {}, {}
+        hooks = self._hooks(activations, scores)
+        try:
+            outputs = self.adapter.model.model(**inputs, use_cache=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        logits = self.adapter.model.lm_head(outputs.last_hidden_state[:, -1])
+        tokens, step_logits = greedy_generate(self.adapter.model, inputs, max_new_tokens, return_logits=True)
+        embeds = outputs.image_hidden_states
+        presents = {}
+        for layer, cached in enumerate(outputs.past_key_values.layers):
+            presents[f"present.{layer}.key"] = cached.keys.numpy()
+            presents[f"present.{layer}.value"] = cached.values.numpy()
+        return TorchRun(
+            image_embeds=embeds.reshape(1, -1, embeds.shape[-1]).numpy(),
+            logits=logits.numpy(),
+            presents=presents,
+            kept={layer: kept.numpy() for layer, kept in outputs.kept_visual_indices.items()},
+            scores=scores,
+            layer_outputs=activations,
+            tokens=tokens.numpy(),
+            step_logits=step_logits.numpy(),
+        )
+
+    @torch.no_grad()
+    def baseline(self, samples: Sequence[Sample], max_new_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(first-token logits (1, V), greedy tokens (1, T))`` per sample with LUVC off (the uncompressed model)."""
+        self.adapter.apply_luvc(LUVCConfig.off())
+        try:
+            runs = []
+            for sample in samples:
+                inputs = self.adapter.prepare_inputs([sample.image], sample.prompt)
+                tokens, logits = greedy_generate(self.adapter.model, inputs, max_new_tokens, return_logits=True)
+                runs.append((logits[:, 0].numpy(), tokens.numpy()))
+            return runs
+        finally:
+            self.adapter.apply_luvc(self.config)

@@ -1,0 +1,119 @@
+"""Parity report: ``parity.json`` (reloadable), ``report.md`` and PNG plots, written atomically to one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from luvc.parity.results import LEVELS, ParityResults
+from luvc.parity.tolerances import METRICS
+from luvc.staging import staged_folder
+
+PLOTS = {"layer_error": "layer_error.png", "kept_overlap": "kept_overlap.png"}
+
+
+def plot_layer_errors(results: ParityResults, path: Path) -> None:
+    """Relative error of each layer's output (log scale) with the tolerance line, one series per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for backend in results.backends:
+        if backend.layer_errors:
+            names = [layer.name for layer in backend.layer_errors]
+            values = [max(layer.relative_error, 1e-12) for layer in backend.layer_errors]
+            axes.plot(range(len(names)), values, marker="o", label=backend.backend)
+            axes.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    axes.axhline(results.tolerances.tensor_relative, color="red", linestyle="--", label="tolerance")
+    axes.set_yscale("log")
+    axes.set_ylabel("relative error vs PyTorch")
+    axes.set_title("Per-layer output error (first sample)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_kept_overlap(results: ParityResults, path: Path) -> None:
+    """Minimum Jaccard overlap of kept visual indices per SPU layer, and the near-tie share around each cut."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    width = 0.8 / (len(results.backends) + 1)
+    for offset, backend in enumerate(results.backends):
+        layers = sorted(backend.kept_overlap)
+        axes.bar(
+            [layer + offset * width for layer in layers],
+            [backend.kept_overlap[x] for x in layers],
+            width,
+            label=f"{backend.backend} Jaccard",
+        )
+    ties = sorted(results.near_ties)
+    axes.bar(
+        [layer + len(results.backends) * width for layer in ties],
+        [results.near_ties[x] for x in ties],
+        width,
+        label="near-tie share",
+        color="gray",
+    )
+    axes.axhline(results.tolerances.kept_jaccard, color="red", linestyle="--", label="Jaccard tolerance")
+    layers = sorted({*results.near_ties, *(x for b in results.backends for x in b.kept_overlap)})
+    axes.set_xticks([layer + 0.4 - width / 2 for layer in layers], [str(layer) for layer in layers])
+    axes.set_xlabel("SPU layer")
+    axes.set_ylim(0, 1.05)
+    axes.set_title("Kept-token overlap per SPU layer")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def markdown(results: ParityResults) -> str:
+    """The report text: verdict, export cost per backend and level, localisation, compression cost."""
+    tolerances = results.tolerances
+    lines = [
+        f"# Parity: {results.model} ({results.precision})",
+        "",
+        f"Export: `{results.export_dir}`; samples: {', '.join(results.samples)}.",
+        f"Verdict: **{'PASSED' if results else 'FAILED'}** under the {results.precision} tolerances.",
+        "",
+        "## What export costs (PyTorch LUVC vs backend)",
+        "",
+        "| backend | level | check | metric | value | limit | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend in results.backends:
+        for check in backend.checks:
+            verdict = "pass" if tolerances.passes(check.metric, check.value) else "**FAIL**"
+            bound = ">=" if METRICS[check.metric][1] else "<="
+            lines.append(
+                f"| {backend.backend} | {check.level} {LEVELS[check.level]} | {check.name} | {check.metric} | "
+                f"{check.value:.4g} | {bound} {tolerances.limit(check.metric):g} | {verdict} |"
+            )
+    lines += ["", "## Localisation", ""]
+    for backend in results.backends:
+        if not backend.localised:
+            lines.append(f"- {backend.backend}: not localised (layer outputs are exposed on ONNX Runtime only).")
+            continue
+        layer = backend.first_diverging_layer(tolerances)
+        lines.append(f"- {backend.backend}: first diverging layer: **{layer or 'none'}**")
+    lines += ["", f"![per-layer error]({PLOTS['layer_error']})", "", f"![kept overlap]({PLOTS['kept_overlap']})", ""]
+    lines += ["Near-tie share per SPU layer (tokens within the relative tolerance of the cut):", ""]
+    lines += [f"- layer {layer}: {share:.3f}" for layer, share in results.near_ties.items()]
+    lines += ["", "## What compression costs (uncompressed vs LUVC, both PyTorch; reported, not judged)", ""]
+    lines += [f"- {metric}: {value:.4g}" for metric, value in results.compression.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: ParityResults, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``parity.json``, ``report.md`` and the PNG plots to ``out`` (complete or not at all)."""
+    with staged_folder(Path(out), overwrite) as folder:
+        results.save(folder / "parity.json")
+        plot_layer_errors(results, folder / PLOTS["layer_error"])
+        plot_kept_overlap(results, folder / PLOTS["kept_overlap"])
+        (folder / "report.md").write_text(markdown(results))
+    return Path(out)

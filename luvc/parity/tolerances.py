@@ -1,0 +1,57 @@
+"""Parity tolerances per export precision, and the metric each one bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# metric -> (tolerance field, True when larger values are better)
+METRICS = {
+    "relative_error": ("tensor_relative", False),
+    "cosine": ("tensor_cosine", True),
+    "kept_jaccard": ("kept_jaccard", True),
+    "embed_cosine": ("embed_cosine", True),
+    "top1_agreement": ("top1_agreement", True),
+    "kl_divergence": ("kl_divergence", False),
+    "exact_match": ("exact_match", True),
+    "token_agreement": ("token_agreement", True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """Bounds for one precision. Relative error is ``max |a - b| / max |b|`` against PyTorch LUVC in fp32."""
+
+    tensor_relative: float  # level 1: per output tensor (and per layer when localising)
+    tensor_cosine: float  # level 1: minimum cosine similarity
+    kept_jaccard: float  # level 2: minimum Jaccard overlap of kept visual indices, per SPU layer
+    embed_cosine: float  # level 2: minimum cosine of the OIM-merged image embeddings
+    top1_agreement: float  # level 3: share of samples whose first token agrees
+    kl_divergence: float  # level 3: maximum KL(reference || candidate) of first-token distributions
+    exact_match: float  # level 4: share of samples whose generated text is identical
+    token_agreement: float  # level 4: share of generated tokens identical position by position
+
+    def limit(self, metric: str) -> float:
+        return getattr(self, METRICS[metric][0])
+
+    def passes(self, metric: str, value: float) -> bool:
+        """Whether ``value`` of ``metric`` is within this precision's bound."""
+        limit = self.limit(metric)
+        return value >= limit if METRICS[metric][1] else value <= limit
+
+
+# Documented in README "Parity"; fp16 graphs keep FP32 islands for norms, softmax and SPU scores.
+TOLERANCES = {
+    "fp32": Tolerances(1e-4, 0.99999, 1.0, 0.99999, 1.0, 1e-6, 1.0, 1.0),
+    "fp16": Tolerances(1e-2, 0.999, 0.9, 0.999, 1.0, 1e-3, 0.75, 0.9),
+    "int8": Tolerances(1e-1, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.5, 0.75),
+    "fp8": Tolerances(1e-1, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.5, 0.75),
+}
+
+
+def tolerances_for(precision: str) -> Tolerances:
+    """The tolerances of an export ``precision`` (``fp32``, ``fp16``, ``int8``, ``fp8``)."""
+    from luvc.errors import critical
+
+    if precision not in TOLERANCES:
+        critical(f"No parity tolerances for precision {precision!r}; known: {list(TOLERANCES)}.")
+    return TOLERANCES[precision]

@@ -1,0 +1,104 @@
+"""Image + prompt samples for parity checks and calibration: a seeded synthetic set, or a folder of images.
+
+A folder holds images (``*.png``, ``*.jpg``, ``*.jpeg``, ``*.bmp``, ``*.webp``, read in name order) and optionally
+``prompts.txt`` with one prompt per line, used in turn (or a prompts file given separately). Each image is resized
+to the export bucket closest to its aspect ratio, so every sample runs through a graph that exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from luvc.errors import critical
+from luvc.images import synthetic_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEFAULT_PROMPTS = (
+    "Describe this image.",
+    "What is in this picture?",
+    "What colors do you see?",
+    "Where is the brightest region?",
+)
+
+
+@dataclasses.dataclass
+class Sample:
+    """One request: an RGB image already at a bucket's size, a prompt, and a name for reports."""
+
+    name: str
+    image: Image.Image
+    prompt: str
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.image.height, self.image.width
+
+
+def synthetic_samples(
+    image_sizes: Sequence[tuple[int, int]], count: int | None = None, seed: int | None = None
+) -> list[Sample]:
+    """``count`` (default 4) seeded synthetic scenes, cycling over ``image_sizes`` and the default prompts."""
+    count = 4 if count is None else count
+    seed = 0 if seed is None else seed
+    if count < 1:
+        critical(f"Asked for {count} synthetic samples; ask for at least 1 (--num-samples).")
+    samples = []
+    for index in range(count):
+        height, width = image_sizes[index % len(image_sizes)]
+        image = synthetic_image(height, width, seed=seed + index)
+        samples.append(Sample(f"synthetic-{index}", image, DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)]))
+    return samples
+
+
+def closest_size(size: tuple[int, int], image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket size whose aspect ratio is closest to ``size`` (ties: the one with the closest area)."""
+    height, width = size
+    return min(image_sizes, key=lambda s: (abs(s[1] / s[0] - width / height), abs(s[0] * s[1] - height * width)))
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Non-empty lines of a prompts file."""
+    if not path.is_file():
+        critical(f"Prompts file {path} does not exist; pass a text file with one prompt per line.")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        critical(f"Prompts file {path} holds no prompt; write one prompt per line.")
+    return prompts
+
+
+def folder_samples(
+    folder: str | Path,
+    image_sizes: Sequence[tuple[int, int]],
+    prompts_file: str | Path | None = None,
+    count: int | None = None,
+) -> list[Sample]:
+    """Samples from the images of ``folder`` (at most ``count``), each resized to its closest bucket size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        critical(f"Data folder {folder} does not exist; pass a folder of images (--data).")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        critical(
+            f"Data folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or leave out --data "
+            "to use the built-in synthetic set."
+        )
+    if count is not None:
+        paths = paths[:count]
+    prompts_path = Path(prompts_file) if prompts_file is not None else folder / "prompts.txt"
+    prompts = read_prompts(prompts_path) if prompts_file is not None or prompts_path.is_file() else DEFAULT_PROMPTS
+    samples = []
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            critical(f"Cannot read {path} as an image ({error}); remove it from {folder} or replace it.")
+        height, width = closest_size((image.height, image.width), image_sizes)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
+        samples.append(Sample(path.name, image, prompts[index % len(prompts)]))
+    return samples
