@@ -20,6 +20,7 @@ TOOLS = {
     "run": "luvc.cli.run:Run",
     "inspect": "luvc.cli.inspect:Inspect",
     "parity": "luvc.cli.parity:Parity",
+    "calibrate": "luvc.cli.calibrate:Calibrate",
 }
 
 

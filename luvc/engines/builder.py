@@ -127,10 +127,12 @@ class EngineFromOnnx:
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if not strongly_typed:  # TensorRT 10: precision through builder flags
-            if self.precision in ("fp16", "int8"):
+            if self.precision in ("fp16", "int8", "fp8"):
                 config.set_flag(trt.BuilderFlag.FP16)
-            if self.precision == "int8":
+            if self.precision == "int8":  # explicit Q/DQ from `luvc-export calibrate`
                 config.set_flag(trt.BuilderFlag.INT8)
+            if self.precision == "fp8" and hasattr(trt.BuilderFlag, "FP8"):
+                config.set_flag(trt.BuilderFlag.FP8)
         if self.tensorrt.is_rtx:
             names = rtx_compute_capabilities(target, self.tensorrt)
             config.num_compute_capabilities = len(names)

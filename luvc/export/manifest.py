@@ -68,6 +68,7 @@ class ExportManifest:
     graphs: dict[str, dict[str, Any]]
     files: dict[str, str]
     passes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # set by `luvc-export calibrate`
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

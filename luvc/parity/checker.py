@@ -3,7 +3,6 @@ the four parity levels, plus what compression itself costs in PyTorch."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from luvc.parity.localize import layer_candidates, layer_errors, run_with_output
 from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
 from luvc.parity.tolerances import Tolerances, tolerances_for
+from luvc.progress import progress_steps
 from luvc.samples import Sample, synthetic_samples
 
 
@@ -83,7 +83,7 @@ class ParityFromExport:
         reference = TorchReference.from_manifest(manifest, self.model)
 
         steps = len(samples) * (2 + len(pipelines)) + 1
-        with _progress(self.show_progress, steps) as advance:
+        with progress_steps(self.show_progress, steps, "parity") as advance:
             torch_runs, inputs = [], []
             for sample in samples:
                 inputs.append(reference.adapter.prepare_inputs([sample.image], sample.prompt))
@@ -188,7 +188,7 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
         layers = [name for name in references if name.startswith(family)]
         candidates = layer_candidates(onnx.load(str(path), load_external_data=False), layers)
         names = [name for found in candidates.values() for name in found]
-        values = run_with_outputs(path, names, feeds)
+        values = run_with_outputs(path, names, feeds, basic_optimizations=pipeline.manifest.precision == "fp8")
         result.layer_errors += layer_errors({k: references[k] for k in layers}, candidates, values)
     result.localised = True
 
@@ -213,17 +213,3 @@ def _compression_cost(torch_runs: list[TorchRun], baseline: list[tuple[np.ndarra
         "exact_match": float(np.mean([np.array_equal(t.tokens, b[1]) for t, b in pairs])),
         "token_agreement": float(np.mean([metrics.token_agreement(t.tokens, b[1]) for t, b in pairs])),
     }
-
-
-@contextlib.contextmanager
-def _progress(show: bool | None, total: int):
-    """A rich progress bar; yields ``advance(description)``."""
-    if show is False:
-        yield lambda description: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task("parity", total=total)
-        yield lambda description: progress.update(task, advance=1, description=description)

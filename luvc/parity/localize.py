@@ -49,8 +49,9 @@ def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
     return candidates
 
 
-def run_with_outputs(graph_path: Path, outputs: Sequence[str], feeds: dict, providers: list[str] | None = None) -> dict:
-    """Run ``graph_path`` on ONNX Runtime with ``outputs`` added as graph outputs; returns those tensors."""
+def run_with_outputs(graph_path: Path, outputs: Sequence[str], feeds: dict, basic_optimizations: bool = False) -> dict:
+    """Run ``graph_path`` on ONNX Runtime CPU with ``outputs`` added as graph outputs; returns those tensors.
+    ``basic_optimizations``: as the runtime's ``OrtSession`` for FP8 Q/DQ graphs."""
     import onnxruntime as ort
 
     model = onnx.load(str(graph_path), load_external_data=False)
@@ -59,7 +60,9 @@ def run_with_outputs(graph_path: Path, outputs: Sequence[str], feeds: dict, prov
     options = ort.SessionOptions()
     # external data still resolves in the export folder: the edited graph is never written to disk
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"])
+    if basic_optimizations:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return dict(zip(outputs, session.run(list(outputs), feeds)))
 
 

@@ -43,8 +43,10 @@ class Tolerances:
 TOLERANCES = {
     "fp32": Tolerances(1e-4, 0.99999, 1.0, 0.99999, 1.0, 1e-6, 1.0, 1.0),
     "fp16": Tolerances(1e-2, 0.999, 0.9, 0.999, 1.0, 1e-3, 0.75, 0.9),
-    "int8": Tolerances(1e-1, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.5, 0.75),
-    "fp8": Tolerances(1e-1, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.5, 0.75),
+    # Q/DQ graphs: the worst element moves by a quantization step, so cosine is the sharper tensor check; greedy
+    # text is bounded loosely, as near-flat logits (tiny random models) flip argmaxes at KL ~1e-6
+    "int8": Tolerances(0.25, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.25, 0.6),
+    "fp8": Tolerances(0.35, 0.99, 0.75, 0.98, 0.5, 5e-2, 0.25, 0.5),
 }
 
 

@@ -83,7 +83,13 @@ class Pipeline:
             graph = self.manifest.graphs[name]
             if self.backend == "ort":
                 load_graph(self.folder, name, self.manifest)  # clear error on missing external data
-                session = OrtSession(self.folder / graph["file"], graph["inputs"], graph["outputs"], self.providers)
+                session = OrtSession(
+                    self.folder / graph["file"],
+                    graph["inputs"],
+                    graph["outputs"],
+                    self.providers,
+                    basic_optimizations=self.manifest.precision == "fp8",
+                )
             else:
                 session = self._trt_session(name, graph)
             self._sessions[name] = session.activate()
@@ -237,8 +243,10 @@ class Pipeline:
         stop_token_ids: Sequence[int] = (),
         timings: Timings | None = None,
         logits_out: list | None = None,
+        decode_feeds_out: list | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield ``(B,)`` token ids step by step. Rows that hit a stop token repeat it; all stop -> done."""
+        """Yield ``(B,)`` token ids step by step. Rows that hit a stop token repeat it; all stop -> done.
+        ``logits_out`` collects each step's logits, ``decode_feeds_out`` a copy of each decode call's feeds."""
         sampling = sampling or SamplingConfig()
         timings = timings if timings is not None else Timings()
         rng = np.random.default_rng(sampling.seed)
@@ -287,6 +295,8 @@ class Pipeline:
                 "position_ids": self.positions(bucket, batch, length + step, 1),
                 **cache.past(),
             }
+            if decode_feeds_out is not None:  # copies: the cache buffers are written in place by the next step
+                decode_feeds_out.append({name: np.array(value) for name, value in feeds.items()})
             logits = self.session("decode").infer(feeds, targets=cache.present_targets())["logits"]
             cache.advance()
         if decode_began is not None:

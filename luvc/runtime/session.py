@@ -103,10 +103,21 @@ class BaseSession:
 class OrtSession(BaseSession):
     """An exported graph in ONNX Runtime. ``providers`` after activation lists what the session really got."""
 
-    def __init__(self, path: Path, inputs, outputs, providers: list[str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        inputs,
+        outputs,
+        providers: list[str] | None = None,
+        name: str | None = None,
+        basic_optimizations: bool | None = None,
+    ):
         super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs)
         self.path = Path(path)
         self.requested_providers = providers or ["CPUExecutionProvider"]
+        # FP8 Q/DQ graphs: ONNX Runtime's extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has
+        # no float8 kernel; basic optimizations keep the Q/DQ nodes
+        self.basic_optimizations = bool(basic_optimizations)
         self.providers: list[str] = []
         self.session = None
 
@@ -120,6 +131,8 @@ class OrtSession(BaseSession):
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if self.basic_optimizations:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
         self.providers = self.session.get_providers()
 

@@ -10,6 +10,7 @@ import importlib
 GROUPS = {
     "BaseArgs": "luvc.cli.args.base",
     "BuildArgs": "luvc.cli.args.build",
+    "CalibrateArgs": "luvc.cli.args.calibrate",
     "DataArgs": "luvc.cli.args.data",
     "ExportArgs": "luvc.cli.args.export",
     "LuvcArgs": "luvc.cli.args.budget",

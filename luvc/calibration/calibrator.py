@@ -1,0 +1,233 @@
+"""``CalibratedExportFromExport``: an fp32 export -> an INT8/FP8 Q/DQ export, calibrated with compression in the loop.
+
+Calibration feeds come from running the fp32 export's own ``Pipeline`` over the samples: the vision graph sees
+real pixels, the prefill graph the merged image embeddings and prompt, and the decode graph a few greedy steps over
+the per-layer KV cache. So every activation range is measured after OIM merging and SPU pruning. The result is an
+ordinary export folder (same graphs, I/O and buckets; ``precision`` int8 or fp8; a ``quantization`` manifest
+section) that ``build``, ``run`` and ``parity`` take, plus INT8 calibration caches for TensorRT 10 and a report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from luvc.calibration.cache import write_calibration_cache
+from luvc.calibration.quantize import QUANTIZED_OPS, activation_ranges, check_method, excluded_nodes, quantize_graph
+from luvc.calibration.report import write_report
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest, sha256_file
+from luvc.progress import progress_steps
+from luvc.samples import Sample, synthetic_samples
+from luvc.staging import staged_folder
+
+QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: copied as it is
+CACHE_FOLDER = "calibration"
+
+
+def collect_feeds(pipeline, samples: Sequence[Sample], decode_steps: int, advance) -> dict[str, list[dict]]:
+    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name."""
+    feeds: dict[str, list[dict]] = {}
+    for sample in samples:
+        pixels, image_size = pipeline.preprocess([sample.image])
+        bucket = pipeline.manifest.bucket_for(image_size)
+        input_ids = pipeline.prompt_ids([sample.prompt], bucket)
+        feeds.setdefault(bucket["vision"], []).extend(pipeline.vision_feeds(pixels, bucket))
+        embeds = pipeline.image_embeds(pixels, bucket)
+        feeds.setdefault(bucket["prefill"], []).append(pipeline.prefill_feeds(input_ids, embeds, bucket))
+        decode = feeds.setdefault("decode", [])
+        steps = pipeline.generate_tokens(input_ids, pixels, image_size, decode_steps + 1, decode_feeds_out=decode)
+        for _ in steps:
+            pass
+        advance(f"calibration feeds: {sample.name}")
+    return feeds
+
+
+def first_token_agreement(source, quantized, samples: Sequence[Sample]) -> dict[str, float]:
+    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source."""
+    top1, cosines = [], []
+    for sample in samples:
+        logits = []
+        for pipeline in (source, quantized):
+            pixels, image_size = pipeline.preprocess([sample.image])
+            bucket = pipeline.manifest.bucket_for(image_size)
+            input_ids = pipeline.prompt_ids([sample.prompt], bucket)
+            logits.append(pipeline.prefill(input_ids, pipeline.image_embeds(pixels, bucket), bucket)["logits"])
+        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in logits)
+        top1.append(float(reference.argmax() == candidate.argmax()))
+        cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
+    return {
+        "top1_agreement": float(np.mean(top1)),
+        "logits_cosine_min": float(np.min(cosines)),
+        "logits_cosine_mean": float(np.mean(cosines)),
+    }
+
+
+class CalibratedExportFromExport:
+    """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
+
+    ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``) or ``fp8`` (``distribution``, ONNX
+    Runtime's float8 calibrator). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps``
+    (default 4) greedy steps per sample calibrate the decode graph.
+    """
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        out: str | Path,
+        precision: str | None = None,
+        method: str | None = None,
+        samples: Sequence[Sample] | None = None,
+        seed: int | None = None,
+        decode_steps: int | None = None,
+        overwrite: bool | None = None,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        self.out = Path(out)
+        self.precision = precision or "int8"
+        self.method = method or ("distribution" if self.precision == "fp8" else "entropy")
+        self.samples = samples
+        self.seed = seed
+        self.decode_steps = 4 if decode_steps is None else decode_steps
+        self.overwrite = bool(overwrite)
+        self.show_progress = show_progress
+
+    def __call__(self) -> Path:
+        return self.call_impl()
+
+    def _source(self) -> ExportManifest:
+        check_method(self.precision, self.method)
+        manifest = ExportManifest.load(self.export_dir, verify=True)
+        if manifest.precision != "fp32":
+            critical(
+                f"{self.export_dir} is a {manifest.precision} export; calibration reads an fp32 export. Re-export with "
+                "--precision fp32 and calibrate that."
+            )
+        if manifest.passes.get("plugin_nodes"):
+            critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
+        if self.out.resolve() == self.export_dir.resolve():
+            critical("--out must differ from the export folder: calibration writes a new export.")
+        return manifest
+
+    def call_impl(self) -> Path:
+        from luvc.runtime.pipeline import Pipeline
+
+        manifest = self._source()
+        sizes = [tuple(bucket["image_size"]) for bucket in manifest.buckets.values()]
+        samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
+        if not samples:
+            critical("No calibration samples; pass a data folder with images or leave out --data.")
+        source = Pipeline(self.export_dir)
+        graphs = [name for name, graph in manifest.graphs.items() if graph["kind"] in QUANTIZED_KINDS]
+        with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
+            feeds = collect_feeds(source, samples, self.decode_steps, advance)
+            with staged_folder(self.out, self.overwrite) as staging:
+                entries, ranges, excluded = self._quantize(manifest, graphs, feeds, staging, advance)
+                files = self._copy_rest(manifest, graphs, staging)
+                files += [entry["file"] for entry in entries.values()]
+                files += [f for entry in entries.values() for f in entry["external_data"]]
+                caches = self._write_caches(ranges, staging)
+                (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
+                files += [*caches, "ranges.json"]
+                manifest_data = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
+                (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
+                agreement = first_token_agreement(source, Pipeline(staging), samples)
+                manifest_data["quantization"]["agreement_with_fp32"] = agreement
+                (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
+                write_report(staging, ranges, excluded, agreement, self.precision, self.method, len(samples))
+                advance("agreement with fp32")
+        return self.out
+
+    def _quantize(self, manifest, graphs, feeds, staging, advance):
+        from luvc.export.exporter import save_model
+
+        entries, ranges, excluded = {}, {}, {}
+        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
+            for name in graphs:
+                graph = manifest.graphs[name]
+                source = self.export_dir / graph["file"]
+                if name not in feeds:
+                    critical(f"No calibration sample reached graph {name}; add images of bucket {graph['bucket']}.")
+                skip = excluded_nodes(onnx.load(str(source), load_external_data=False))
+                quantized = quantize_graph(
+                    source,
+                    Path(scratch) / graph["file"],
+                    feeds[name],
+                    self.precision,
+                    self.method,
+                    list(skip),
+                    external_data=bool(graph["external_data"]),
+                )
+                external = "always" if graph["external_data"] else "never"
+                written = save_model(quantized, staging / graph["file"], external)
+                entry = dict(graph, external_data=written[1:], num_nodes=len(quantized.graph.node))
+                entry["opset"] = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
+                entries[name] = entry
+                ranges[name] = activation_ranges(quantized, self.precision)
+                excluded[name] = skip
+                advance(f"quantized {name}")
+        return entries, ranges, excluded
+
+    def _copy_rest(self, manifest, graphs, staging) -> list[str]:
+        """Copy every file the quantized graphs do not replace (embed graph, host plans, tokenizer, processor)."""
+        replaced = {manifest.graphs[name]["file"] for name in graphs}
+        replaced |= {f for name in graphs for f in manifest.graphs[name]["external_data"]}
+        copied = []
+        for name in manifest.files:
+            if name not in replaced:
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.export_dir / name, target)
+                copied.append(name)
+        return copied
+
+    def _write_caches(self, ranges, staging) -> list[str]:
+        """INT8 only: one TensorRT calibration cache per graph, keyed by the fp32 graph's tensor names."""
+        if self.precision != "int8":
+            return []
+        (staging / CACHE_FOLDER).mkdir()
+        names = []
+        for graph, tensors in ranges.items():
+            path = staging / CACHE_FOLDER / f"{graph}.cache"
+            write_calibration_cache(path, {tensor: r["scale"] for tensor, r in tensors.items()})
+            names.append(f"{CACHE_FOLDER}/{path.name}")
+        return names
+
+    def _manifest(self, manifest, entries, files, staging, samples, excluded, caches) -> dict:
+        import onnxruntime
+
+        data = json.loads(manifest.to_json())
+        data["precision"] = self.precision
+        data["graphs"].update(entries)
+        data["opset"] = max([data["opset"], *(entry["opset"] for entry in entries.values())])  # fp8 needs 19
+        data["files"] = {name: sha256_file(staging / name) for name in sorted(set(files))}
+        data["versions"]["onnxruntime"] = onnxruntime.__version__
+        data["quantization"] = {
+            "precision": self.precision,
+            "method": self.method,
+            "library": f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+            "source": {
+                "export": str(self.export_dir),
+                "manifest_sha256": sha256_file(self.export_dir / "manifest.json"),
+            },
+            "calibration": {"samples": [s.name for s in samples], "decode_steps": self.decode_steps},
+            "quantized_ops": list(QUANTIZED_OPS),
+            "activations": "symmetric per tensor",
+            "weights": "symmetric per channel" if self.precision == "int8" else "symmetric per tensor",
+            "excluded_nodes": excluded,
+            "ranges_file": "ranges.json",
+            "tensorrt10_calibration_caches": caches,
+        }
+        return data
+
+
+def calibrate_export(export_dir: str | Path, out: str | Path, **kwargs) -> Path:
+    """Function spelling of ``CalibratedExportFromExport(export_dir, out, **kwargs)()``."""
+    return CalibratedExportFromExport(export_dir, out, **kwargs)()

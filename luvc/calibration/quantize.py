@@ -1,0 +1,130 @@
+"""Explicit quantization of one exported graph with ONNX Runtime's static Q/DQ quantizer.
+
+Only weight GEMMs (MatMul, Gemm, Conv with an initializer input) are quantized, symmetrically, per tensor for
+activations and per channel for weights. What stays in floating point is chosen by node name and recorded:
+SPU scoring and selection, OIM merging, norm statistics, attention products of two activations, and the LM head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from luvc.errors import critical
+
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+# precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
+PRECISIONS = {"int8": ("QInt8", 127.0), "fp8": ("QFLOAT8E4M3FN", 448.0)}
+# method -> ONNX Runtime CalibrationMethod name, and the precisions it calibrates
+METHODS = {
+    "minmax": ("MinMax", ("int8",)),
+    "entropy": ("Entropy", ("int8",)),
+    "percentile": ("Percentile", ("int8",)),
+    "distribution": ("Distribution", ("fp8",)),
+}
+# node-name fragment -> why the node stays in floating point
+KEEP_FLOAT = {
+    "/spu/": "SPU scoring and selection",
+    "/oim/": "OIM merge",
+    "norm": "norm statistics",
+    "/lm_head/": "logits",
+}
+
+
+def check_method(precision: str, method: str) -> None:
+    """Refuse a precision/method pair ONNX Runtime's quantizer cannot calibrate, naming the ones it can."""
+    if precision not in PRECISIONS:
+        critical(f"Cannot calibrate to {precision!r}; choose --precision from {sorted(PRECISIONS)}.")
+    if method not in METHODS:
+        critical(f"Unknown calibration method {method!r}; choose --method from {sorted(METHODS)}.")
+    if precision not in METHODS[method][1]:
+        allowed = sorted(name for name, (_, precisions) in METHODS.items() if precision in precisions)
+        critical(
+            f"--method {method} does not calibrate {precision}: ONNX Runtime's quantizer calibrates {precision} with "
+            f"{allowed}; pass --method {allowed[0]}."
+        )
+
+
+def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """Nodes kept in floating point, with the reason: LUVC units, norms, the LM head, and activation-by-activation
+    MatMuls (attention scores and context)."""
+    weights = {init.name for init in model.graph.initializer}
+    weights |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    excluded = {}
+    for node in model.graph.node:
+        reason = next((why for fragment, why in KEEP_FLOAT.items() if fragment in node.name.lower()), None)
+        if reason is None and node.op_type in QUANTIZED_OPS and not any(name in weights for name in node.input[:2]):
+            reason = "attention product of two activations"
+        if reason is not None:
+            excluded[node.name] = reason
+    return excluded
+
+
+class FeedReader:
+    """ONNX Runtime ``CalibrationDataReader`` over a list of feed dicts, with the ``set_range`` its strided
+    calibration uses."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.index, self.end = 0, len(feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.index, self.end = start_index, min(end_index, len(self.feeds))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= self.end:
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+
+def quantize_graph(
+    source: Path,
+    out: Path,
+    feeds: list[dict[str, np.ndarray]],
+    precision: str,
+    method: str,
+    excluded: list[str],
+    external_data: bool = False,
+) -> onnx.ModelProto:
+    """Calibrate ``source`` on ``feeds`` and write its Q/DQ version to ``out`` (weights beside it with
+    ``external_data``, as graphs over 2 GB need); return it with its weights loaded."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    check_method(precision, method)
+    quant_type = getattr(QuantType, PRECISIONS[precision][0])
+    quantize_static(
+        str(source),
+        str(out),
+        FeedReader(feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+        nodes_to_exclude=list(excluded),
+        per_channel=precision == "int8",
+        activation_type=quant_type,
+        weight_type=quant_type,
+        calibrate_method=getattr(CalibrationMethod, METHODS[method][0]),
+        # one run per collection (a stride of 1): prompts and KV caches differ in length from sample to sample,
+        # and the histogram calibrators stack the outputs of one collection into one array
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+        use_external_data_format=external_data,
+    )
+    return onnx.load(str(out))
+
+
+def activation_ranges(model: onnx.ModelProto, precision: str) -> dict[str, dict[str, float]]:
+    """Per activation tensor quantized in ``model``: its scale and the range it covers (``amax = scale * qmax``)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    qmax = PRECISIONS[precision][1]
+    ranges = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in initializers:
+            continue
+        scale = float(onnx.numpy_helper.to_array(initializers[node.input[1]]).reshape(-1)[0])
+        ranges[node.input[0]] = {"scale": scale, "amax": scale * qmax}
+    return dict(sorted(ranges.items()))

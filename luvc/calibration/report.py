@@ -1,0 +1,77 @@
+"""Calibration report: ``report.md`` with per-tensor ranges, excluded nodes and agreement with fp32, and
+``ranges.png`` (the distribution of activation ranges per graph)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+RANGES_PLOT = "ranges.png"
+
+
+def plot_ranges(ranges: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """Calibrated ``amax`` of every quantized activation, in graph order, one series per graph (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for graph, tensors in ranges.items():
+        values = [max(entry["amax"], 1e-12) for entry in tensors.values()]
+        axes.plot(range(len(values)), values, marker=".", linestyle="-", label=graph)
+    axes.set_yscale("log")
+    axes.set_xlabel("quantized activation (sorted by name)")
+    axes.set_ylabel("calibrated amax")
+    axes.set_title("Activation ranges after OIM and SPU")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(
+    folder: Path,
+    ranges: dict[str, dict[str, dict[str, float]]],
+    excluded: dict[str, dict[str, str]],
+    agreement: dict[str, float],
+    precision: str,
+    method: str,
+    num_samples: int,
+) -> None:
+    """Write ``report.md`` and ``ranges.png`` into ``folder``."""
+    plot_ranges(ranges, folder / RANGES_PLOT)
+    lines = [
+        f"# Calibration: {precision}, {method}",
+        "",
+        f"{num_samples} samples through the LUVC-compressed fp32 export (ranges after merging and pruning).",
+        "",
+        "## Agreement with the fp32 export (first token, ONNX Runtime)",
+        "",
+        *(f"- {name}: {value:.4f}" for name, value in agreement.items()),
+        "",
+        f"Run `luvc-export parity` on this folder for the four parity levels under the {precision} tolerances.",
+        "",
+        "## Kept in floating point",
+        "",
+        "| graph | reason | nodes |",
+        "|---|---|---|",
+    ]
+    for graph, nodes in excluded.items():
+        for reason, count in sorted(Counter(nodes.values()).items()):
+            lines.append(f"| {graph} | {reason} | {count} |")
+    lines += ["", "The node names are in `manifest.json` (`quantization.excluded_nodes`).", ""]
+    lines += ["## Activation ranges", "", f"![ranges]({RANGES_PLOT})", ""]
+    for graph, tensors in ranges.items():
+        amax = np.array([entry["amax"] for entry in tensors.values()] or [0.0])
+        lines += [
+            f"### {graph}: {len(tensors)} tensors, amax {amax.min():.4g} .. {amax.max():.4g}",
+            "",
+            "| tensor | amax | scale |",
+            "|---|---|---|",
+            *(f"| `{name}` | {entry['amax']:.6g} | {entry['scale']:.6g} |" for name, entry in tensors.items()),
+            "",
+        ]
+    (folder / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,50 @@
+"""``luvc-export calibrate``: an fp32 export -> an INT8/FP8 Q/DQ export calibrated with compression in the loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+
+from luvc.cli.args import CalibrateArgs, DataArgs
+from luvc.export.manifest import ExportManifest
+
+
+class Calibrate:
+    """Calibrate an fp32 export on images and prompts run through its LUVC-compressed graphs, and write a Q/DQ
+    export (INT8 or FP8) that build, run and parity take, with TensorRT 10 calibration caches and a report."""
+
+    name = "calibrate"
+    subscriptions = (CalibrateArgs, DataArgs)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.calibration import CalibratedExportFromExport
+
+        options, data = groups[CalibrateArgs], groups[DataArgs]
+        manifest = ExportManifest.load(options.export_dir)
+        samples = data.samples([tuple(bucket["image_size"]) for bucket in manifest.buckets.values()])
+        out = CalibratedExportFromExport(
+            options.export_dir,
+            options.out,
+            precision=options.precision,
+            method=options.method,
+            samples=samples,
+            decode_steps=options.decode_steps,
+            overwrite=options.overwrite,
+            show_progress=True,
+        )()
+        quantization = json.loads((out / "manifest.json").read_text())["quantization"]
+        console = Console(soft_wrap=True)
+        console.print(
+            f"Calibrated {quantization['precision']} ({quantization['method']}) on "
+            f"{len(quantization['calibration']['samples'])} samples -> {out}",
+            highlight=False,
+        )
+        for name, value in quantization["agreement_with_fp32"].items():
+            console.print(f"  {name} vs fp32: {value:.4f}", highlight=False)
+        console.print(f"report: {out / 'report.md'}", highlight=False)
+        return 0

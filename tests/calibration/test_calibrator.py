@@ -1,0 +1,97 @@
+"""Calibrated Q/DQ exports on ONNX Runtime CPU: within the documented bounds of fp32, excluded nodes kept float,
+accepted by run, parity and build; seeded ranges repeat."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from luvc.calibration import calibrate_export, read_calibration_cache
+from luvc.export.manifest import ExportManifest
+from luvc.images import synthetic_image
+from luvc.models import TINY_MODELS
+from luvc.parity import TOLERANCES, check_parity
+from luvc.runtime.pipeline import Pipeline
+
+# README "Calibration": first-token agreement of the quantized export with its fp32 source, on the tiny models
+BOUNDS = {"int8": {"top1_agreement": 0.75, "logits_cosine_min": 0.99}, "fp8": {"logits_cosine_min": 0.99}}
+
+
+def _consumers_of_dequantized(model: onnx.ModelProto) -> set[str]:
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return {node.name for node in model.graph.node if dequantized & set(node.input)}
+
+
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, calibrated):
+    folder = calibrated(family)
+    manifest = ExportManifest.load(folder)
+    assert manifest.precision == "int8"
+    agreement = manifest.quantization["agreement_with_fp32"]
+    assert agreement["top1_agreement"] >= BOUNDS["int8"]["top1_agreement"]
+    assert agreement["logits_cosine_min"] >= BOUNDS["int8"]["logits_cosine_min"]
+    excluded = manifest.quantization["excluded_nodes"]
+    for name, graph in manifest.graphs.items():
+        if graph["kind"] == "embed":
+            continue
+        model = onnx.load(str(folder / graph["file"]))
+        ops = [node.op_type for node in model.graph.node]
+        assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, name
+        quantized_consumers = _consumers_of_dequantized(model)
+        assert not quantized_consumers & set(excluded[name]), f"{name}: an excluded node reads quantized data"
+        if graph["kind"] == "prefill":
+            reasons = set(excluded[name].values())
+            assert {"SPU scoring and selection", "norm statistics", "logits"} <= reasons
+            assert all("/spu/" not in node for node in quantized_consumers)
+
+
+def test_int8_export_runs_and_passes_parity_under_int8_tolerances(calibrated):
+    folder = calibrated("tiny-qwen2-vl")
+    generation = Pipeline(folder).generate([synthetic_image()], "Describe it.", 4)
+    assert generation.tokens.shape == (1, 4)
+    results = check_parity(folder, show_progress=False)
+    assert results.tolerances == TOLERANCES["int8"]
+    assert results, str(results)
+    assert not results.judge(TOLERANCES["fp32"])  # and quantization is visible: fp32 bounds fail
+
+
+def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
+    folder = calibrated("tiny-qwen2-vl", "fp8")
+    manifest = ExportManifest.load(folder)
+    assert manifest.precision == "fp8" and manifest.opset >= 19
+    assert manifest.quantization["method"] == "distribution"
+    assert manifest.quantization["agreement_with_fp32"]["logits_cosine_min"] >= BOUNDS["fp8"]["logits_cosine_min"]
+    prefill = onnx.load(str(folder / manifest.graphs["prefill_224x224"]["file"]))
+    types = {init.data_type for init in prefill.graph.initializer}
+    assert onnx.TensorProto.FLOAT8E4M3FN in types
+    assert not manifest.quantization["tensorrt10_calibration_caches"]  # the legacy path is INT8 only
+
+
+def test_fixed_seed_gives_identical_ranges_and_another_seed_does_not(exports, tmp_path):
+    source = exports("tiny-qwen2-vl")
+    runs = [
+        calibrate_export(source, tmp_path / f"run{i}", seed=seed, show_progress=False)
+        for i, seed in enumerate((11, 11, 12))
+    ]
+    ranges = [json.loads((run / "ranges.json").read_text()) for run in runs]
+    assert ranges[0] == ranges[1]
+    assert ranges[0] != ranges[2]
+    cache = "calibration/prefill_224x224.cache"
+    assert (runs[0] / cache).read_bytes() == (runs[1] / cache).read_bytes()
+
+
+def test_calibration_caches_hold_the_q_dq_scales(calibrated):
+    folder = calibrated("tiny-qwen2-vl")
+    ranges = json.loads((folder / "ranges.json").read_text())
+    for graph, tensors in ranges.items():
+        header, scales = read_calibration_cache(folder / "calibration" / f"{graph}.cache")
+        assert header.startswith("TRT-") and header.endswith("-EntropyCalibration2")
+        assert set(scales) == set(tensors)
+        expected = np.float32([tensors[name]["scale"] for name in sorted(tensors)])
+        np.testing.assert_array_equal(np.float32([scales[name] for name in sorted(tensors)]), expected)
+    # and the tensors are the fp32 graph's: TensorRT 10 looks them up by name in the unquantized network
+    source = onnx.load(str(Path(ExportManifest.load(folder).quantization["source"]["export"]) / "prefill_224x224.onnx"))
+    produced = {out for node in source.graph.node for out in node.output} | {i.name for i in source.graph.input}
+    assert set(ranges["prefill_224x224"]) <= produced

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+from PIL import Image
+
+from luvc.cli.main import main
+from luvc.engines.manifest import EngineManifest
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_calibrate_from_a_folder_then_build(exports, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(2):
+        Image.new("RGB", (300, 280), (60 * index, 120, 200)).save(data / f"img{index}.png")
+    out = tmp_path / "int8"
+    argv = ["calibrate", str(exports("tiny-llava")), "--data", str(data), "--method", "percentile", "--out", str(out)]
+    assert main(argv) == 0
+    assert "top1_agreement vs fp32" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["calibration"]["samples"] == ["img0.png", "img1.png"]
+    assert manifest["quantization"]["method"] == "percentile"
+    assert {"report.md", "ranges.png", "ranges.json", "calibration"} <= set(_entries(out))
+    engines = tmp_path / "engines"
+    assert main(["build", str(out), "--target", "ada", "--out", str(engines)]) == 0
+    assert EngineManifest.load(engines).precision == "int8"
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("empty", [], "holds no image"),
+        ("unreadable", [], "Cannot read"),
+        ("empty", ["--precision", "fp8", "--method", "entropy"], "pass --method distribution"),
+    ],
+)
+def test_bad_calibration_input_is_named_and_leaves_nothing(exports, tmp_path, capsys, setup, extra, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if setup == "unreadable":
+        (data / "photo.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "out"
+    argv = ["calibrate", str(exports("tiny-qwen2-vl")), "--data", str(data), "--out", str(out), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert _entries(tmp_path) == ["data"]
+
+
+def test_calibrate_refuses_an_fp16_export(exports, tmp_path, capsys):
+    assert main(["calibrate", str(exports("tiny-qwen2-vl", "fp16")), "--out", str(tmp_path / "out")]) == 2
+    assert "--precision fp32" in capsys.readouterr().err
+
+
+def test_a_failure_mid_calibration_leaves_nothing_half_written(exports, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("luvc.calibration.calibrator.write_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(tmp_path / "out")])
+    assert _entries(tmp_path) == []
