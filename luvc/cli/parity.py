@@ -24,7 +24,7 @@ class Parity:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         options, data = groups[ParityArgs], groups[DataArgs]
-        manifest = ExportManifest.load(options.artifact_dir)
+        manifest = ExportManifest.load(options.artifact_dir, verify=False)  # the checker verifies the hashes
         samples = data.samples([tuple(bucket["image_size"]) for bucket in manifest.buckets.values()])
         results = ParityFromExport(
             options.artifact_dir,

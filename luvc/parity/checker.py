@@ -82,7 +82,7 @@ class ParityFromExport:
             pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir)
         reference = TorchReference.from_manifest(manifest, self.model)
 
-        steps = len(samples) * (2 + len(pipelines)) + 1
+        steps = len(samples) * (1 + len(pipelines)) + 2  # PyTorch and each backend per sample; localise; baseline
         with progress_steps(self.show_progress, steps, "parity") as advance:
             torch_runs, inputs = [], []
             for sample in samples:
