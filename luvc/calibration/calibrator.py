@@ -25,7 +25,7 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, sha256_file
 from luvc.progress import progress_steps
 from luvc.samples import Sample, synthetic_samples
-from luvc.staging import staged_folder
+from luvc.staging import refuse_existing, staged_folder
 
 QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: copied as it is
 CACHE_FOLDER = "calibration"
@@ -114,6 +114,7 @@ class CalibratedExportFromExport:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
         if self.out.resolve() == self.export_dir.resolve():
             critical("--out must differ from the export folder: calibration writes a new export.")
+        refuse_existing(self.out, self.overwrite)  # before the calibration runs (staged_folder checks again)
         return manifest
 
     def call_impl(self) -> Path:

@@ -19,7 +19,7 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, sha256_file
-from luvc.staging import staged_folder
+from luvc.staging import refuse_existing, staged_folder
 
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
     "FLOAT": "float",
@@ -220,8 +220,7 @@ class EnginesFromExport:
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export.precision)
-        if self.out.exists() and not self.overwrite:
-            critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
+        refuse_existing(self.out, self.overwrite)  # before building anything (staged_folder checks again)
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
         with staged_folder(self.out, self.overwrite) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)

@@ -33,7 +33,7 @@ from luvc.export.naming import name_nodes, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, plan_bucket
 from luvc.models.base import VLMAdapter
-from luvc.staging import staged_folder
+from luvc.staging import refuse_existing, staged_folder
 
 AUTO_EXTERNAL_BYTES = 1 << 30
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
@@ -205,8 +205,7 @@ class OnnxFromCompressedModel:
 
     def call_impl(self) -> Path:
         adapter = self.adapter
-        if self.out.exists() and not self.overwrite:  # fail before loading anything (staged_folder checks again)
-            critical(f"{self.out} already exists; choose another --out or pass --overwrite.")
+        refuse_existing(self.out, self.overwrite)  # before tracing anything (staged_folder checks again)
         adapter.apply_luvc(self.config)
         profile = (self.profile or ExportProfile()).resolve(adapter)
         if adapter.model.dtype != profile.dtype:

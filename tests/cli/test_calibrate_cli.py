@@ -62,3 +62,16 @@ def test_a_failure_mid_calibration_leaves_nothing_half_written(exports, tmp_path
     with pytest.raises(RuntimeError, match="disk full"):
         main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(tmp_path / "out")])
     assert _entries(tmp_path) == []
+
+
+def test_calibrate_refuses_a_taken_output_folder_before_calibrating(exports, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "int8"
+    out.mkdir()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("calibration ran although the output folder was taken")
+
+    monkeypatch.setattr("luvc.calibration.calibrator.collect_feeds", must_not_run)
+    assert main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(out)]) == 2
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert _entries(out) == []

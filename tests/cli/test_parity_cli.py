@@ -33,3 +33,17 @@ def test_parity_names_an_empty_data_folder_and_writes_nothing(exports, tmp_path,
     assert main(["parity", str(exports("tiny-qwen2-vl")), "--data", str(empty), "--out", str(out)]) == 2
     assert "holds no image" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_parity_refuses_a_taken_report_folder_before_checking(exports, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "parity.json").write_text("{}")
+
+    def must_not_run(self):
+        raise AssertionError("parity ran although the report folder was taken")
+
+    monkeypatch.setattr("luvc.parity.checker.ParityFromExport.call_impl", must_not_run)
+    assert main(["parity", str(exports("tiny-qwen2-vl")), "--out", str(out)]) == 2
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert (out / "parity.json").read_text() == "{}"
