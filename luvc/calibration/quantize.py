@@ -7,6 +7,8 @@ SPU scoring and selection, OIM merging, norm statistics, attention products of t
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -98,22 +100,24 @@ def quantize_graph(
 
     check_method(precision, method)
     quant_type = getattr(QuantType, PRECISIONS[precision][0])
-    quantize_static(
-        str(source),
-        str(out),
-        FeedReader(feeds),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=list(excluded),
-        per_channel=precision == "int8",
-        activation_type=quant_type,
-        weight_type=quant_type,
-        calibrate_method=getattr(CalibrationMethod, METHODS[method][0]),
-        # one run per collection (a stride of 1): prompts and KV caches differ in length from sample to sample,
-        # and the histogram calibrators stack the outputs of one collection into one array
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
-        use_external_data_format=external_data,
-    )
+    # the histogram calibrators print their progress; the calibrate progress bar reports it instead
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(source),
+            str(out),
+            FeedReader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_exclude=list(excluded),
+            per_channel=precision == "int8",
+            activation_type=quant_type,
+            weight_type=quant_type,
+            calibrate_method=getattr(CalibrationMethod, METHODS[method][0]),
+            # one run per collection (a stride of 1): prompts and KV caches differ in length from sample to sample,
+            # and the histogram calibrators stack the outputs of one collection into one array
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+            use_external_data_format=external_data,
+        )
     return onnx.load(str(out))
 
 
