@@ -34,6 +34,7 @@ class Parity:
             samples=samples,
             model=options.model,
             max_new_tokens=options.max_new_tokens,
+            baseline_dir=options.baseline,
             show_progress=True,
         )()
         out = write_report(results, options.out, options.overwrite)

@@ -20,13 +20,14 @@ from luvc.samples import Sample, synthetic_samples
 
 
 class _BackendRun:
-    """One backend's outputs for one sample, through the runtime ``Pipeline``."""
+    """One backend's outputs for one sample, through the runtime ``Pipeline``; ``expected_ids`` (PyTorch's prompt
+    ids) are checked when given."""
 
-    def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray, max_new_tokens: int) -> None:
+    def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray | None, max_new_tokens: int) -> None:
         self.pixels, image_size = pipeline.preprocess([sample.image])
         self.bucket = pipeline.manifest.bucket_for(image_size)
         self.input_ids = pipeline.prompt_ids([sample.prompt], self.bucket)
-        if not np.array_equal(self.input_ids, expected_ids):
+        if expected_ids is not None and not np.array_equal(self.input_ids, expected_ids):
             critical(
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
                 "(manifest prompt.template); re-export with this luvc-export version."
@@ -40,7 +41,9 @@ class ParityFromExport:
     """Parity of an export folder (ONNX Runtime) and optionally its engines (TensorRT) against PyTorch LUVC.
 
     ``samples`` default to the synthetic set (one per bucket size, four in all); ``model`` overrides the
-    checkpoint recorded in the manifest; ``tolerances`` default to those of the export's precision.
+    checkpoint recorded in the manifest; ``tolerances`` default to those of the export's precision. ``baseline_dir``,
+    an uncompressed export of the same model (``--no-luvc``), adds what compression costs on ONNX Runtime to what it
+    costs in PyTorch.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class ParityFromExport:
         model: str | None = None,
         max_new_tokens: int | None = None,
         tolerances: Tolerances | None = None,
+        baseline_dir: str | Path | None = None,
         show_progress: bool | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
@@ -59,6 +63,7 @@ class ParityFromExport:
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.tolerances = tolerances
+        self.baseline_dir = None if baseline_dir is None else Path(baseline_dir)
         self.show_progress = show_progress
 
     def __call__(self) -> ParityResults:
@@ -80,18 +85,22 @@ class ParityFromExport:
         pipelines = {"ort": Pipeline(self.export_dir)}
         if self.engines_dir is not None:
             pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir)
+        baseline = None if self.baseline_dir is None else Pipeline(self.baseline_dir)
+        if baseline is not None:
+            check_baseline(manifest, baseline.manifest, self.baseline_dir, {sample.image_size for sample in samples})
         reference = TorchReference.from_manifest(manifest, self.model)
 
-        steps = len(samples) * (1 + len(pipelines)) + 2  # PyTorch and each backend per sample; localise; baseline
+        # PyTorch and each backend per sample; localisation; the PyTorch baseline; the ONNX Runtime baseline
+        steps = len(samples) * (1 + len(pipelines)) + 2 + (baseline is not None)
         with progress_steps(self.show_progress, steps, "parity") as advance:
             torch_runs, inputs = [], []
             for sample in samples:
                 inputs.append(reference.adapter.prepare_inputs([sample.image], sample.prompt))
                 torch_runs.append(reference.run(inputs[-1], max_new_tokens))
                 advance(f"PyTorch LUVC: {sample.name}")
-            backends = []
+            backends, backend_runs = [], {}
             for name, pipeline in pipelines.items():
-                runs = []
+                runs = backend_runs[name] = []
                 for sample, sample_inputs in zip(samples, inputs):
                     runs.append(_BackendRun(pipeline, sample, sample_inputs["input_ids"].numpy(), max_new_tokens))
                     advance(f"{name}: {sample.name}")
@@ -99,8 +108,16 @@ class ParityFromExport:
                 if name == "ort":
                     _localise(backends[-1], pipeline, torch_runs[0], runs[0])
                     advance("localised layer errors")
-            baseline = reference.baseline(samples, max_new_tokens)
+            compressed = [(run.logits, run.tokens) for run in torch_runs]
+            compression = {"pytorch": _compression_cost(compressed, reference.baseline(samples, max_new_tokens))}
             advance(f"PyTorch uncompressed: {len(samples)} samples")
+            if baseline is not None:
+                uncompressed = [_BackendRun(baseline, sample, None, max_new_tokens) for sample in samples]
+                compressed = [(run.outputs["logits"], run.tokens) for run in backend_runs["ort"]]
+                compression["ort"] = _compression_cost(
+                    compressed, [(run.outputs["logits"], run.tokens) for run in uncompressed]
+                )
+                advance(f"ort uncompressed ({self.baseline_dir}): {len(samples)} samples")
         return ParityResults(
             export_dir=str(self.export_dir),
             model=manifest.model["id"],
@@ -109,8 +126,29 @@ class ParityFromExport:
             samples=[sample.name for sample in samples],
             backends=backends,
             near_ties=_near_ties(torch_runs, tolerances.tensor_relative),
-            compression=_compression_cost(torch_runs, baseline),
+            compression=compression,
         )
+
+
+def check_baseline(
+    manifest: ExportManifest, baseline: ExportManifest, folder: Path, image_sizes: set[tuple[int, int]]
+) -> None:
+    """Refuse a baseline export that is of another model, compressed, or without a bucket for one of the samples'
+    ``image_sizes``."""
+    from luvc.compress.config import LUVCConfig
+
+    if baseline.model["config_sha256"] != manifest.model["config_sha256"]:
+        critical(
+            f"Baseline {folder} was exported from {baseline.model['id']!r}, not from this export's model "
+            f"({manifest.model['id']!r}); export the same checkpoint with --no-luvc."
+        )
+    if not LUVCConfig.from_dict(baseline.luvc).is_off:
+        critical(f"Baseline {folder} is LUVC-compressed; export the uncompressed baseline with --no-luvc.")
+    buckets = {tuple(bucket["image_size"]) for bucket in baseline.buckets.values()}
+    missing = sorted(image_sizes - buckets)
+    if missing:
+        flags = " ".join(f"--image-size {h}x{w}" for h, w in missing)
+        critical(f"Baseline {folder} has no bucket for the image sizes {missing}; re-export it with {flags} --no-luvc.")
 
 
 def check_parity(export_dir: str | Path, **kwargs) -> ParityResults:
@@ -204,12 +242,20 @@ def _near_ties(torch_runs: list[TorchRun], margin: float) -> dict[int, float]:
     return {layer: float(np.mean(values)) for layer, values in sorted(shares.items())}
 
 
-def _compression_cost(torch_runs: list[TorchRun], baseline: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """LUVC against the uncompressed model, both in PyTorch: first-token and generated-text agreement."""
-    pairs = list(zip(torch_runs, baseline))
+def _compression_cost(
+    compressed: list[tuple[np.ndarray, np.ndarray]], uncompressed: list[tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    """LUVC against the uncompressed model on one backend, from ``(first-token logits, greedy tokens)`` per sample:
+    first-token and generated-text agreement."""
+    top1, kl, exact, agreement = [], [], [], []
+    for (logits, tokens), (base_logits, base_tokens) in zip(compressed, uncompressed):
+        top1.append((logits.argmax(-1) == base_logits.argmax(-1)).mean())
+        kl.append(metrics.kl_divergence(logits, base_logits).mean())
+        exact.append(np.array_equal(tokens, base_tokens))
+        agreement.append(metrics.token_agreement(tokens, base_tokens))
     return {
-        "top1_agreement": float(np.mean([(t.logits.argmax(-1) == b[0].argmax(-1)).mean() for t, b in pairs])),
-        "kl_divergence": float(np.mean([metrics.kl_divergence(t.logits, b[0]).mean() for t, b in pairs])),
-        "exact_match": float(np.mean([np.array_equal(t.tokens, b[1]) for t, b in pairs])),
-        "token_agreement": float(np.mean([metrics.token_agreement(t.tokens, b[1]) for t, b in pairs])),
+        "top1_agreement": float(np.mean(top1)),
+        "kl_divergence": float(np.mean(kl)),
+        "exact_match": float(np.mean(exact)),
+        "token_agreement": float(np.mean(agreement)),
     }

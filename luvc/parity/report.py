@@ -104,8 +104,11 @@ def markdown(results: ParityResults) -> str:
     lines += ["", f"![per-layer error]({PLOTS['layer_error']})", "", f"![kept overlap]({PLOTS['kept_overlap']})", ""]
     lines += ["Near-tie share per SPU layer (tokens within the relative tolerance of the cut):", ""]
     lines += [f"- layer {layer}: {share:.3f}" for layer, share in results.near_ties.items()]
-    lines += ["", "## What compression costs (uncompressed vs LUVC, both PyTorch; reported, not judged)", ""]
-    lines += [f"- {metric}: {value:.4g}" for metric, value in results.compression.items()]
+    lines += ["", "## What compression costs (uncompressed vs LUVC on the same backend; reported, not judged)", ""]
+    metrics = list(next(iter(results.compression.values()), {}))
+    lines += ["| backend | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for backend, values in results.compression.items():
+        lines.append(f"| {backend} | " + " | ".join(f"{values[metric]:.4g}" for metric in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,7 +66,9 @@ class ParityResults:
     samples: list[str]
     backends: list[BackendResult]
     near_ties: dict[int, float]  # share of near-tie tokens around each SPU cut (PyTorch scores)
-    compression: dict[str, float]  # what compression costs: LUVC against the uncompressed model, in PyTorch
+    # what compression costs: LUVC against the uncompressed model on one backend ("pytorch"; "ort" with a baseline
+    # export), backend -> metric -> value
+    compression: dict[str, dict[str, float]]
 
     def __bool__(self) -> bool:
         return all(not backend.failures(self.tolerances) for backend in self.backends)
@@ -88,6 +90,9 @@ class ParityResults:
             layer = backend.first_diverging_layer(self.tolerances)
             if layer:
                 lines.append(f"  {backend.backend}: first diverging layer: {layer}")
+        for backend, values in self.compression.items():
+            measured = ", ".join(f"{metric} {value:.4g}" for metric, value in values.items())
+            lines.append(f"  compression cost on {backend} (LUVC vs uncompressed; reported, not judged): {measured}")
         lines.append("PASSED" if self else "FAILED")
         return "\n".join(lines)
 

@@ -59,7 +59,9 @@ def test_fp16_export_is_judged_against_fp16_tolerances(parity_of):
 
 def test_compression_cost_is_reported_separately(parity_of):
     results = parity_of("tiny-qwen2-vl")
-    assert set(results.compression) == {"top1_agreement", "kl_divergence", "exact_match", "token_agreement"}
-    assert 0.0 <= results.compression["token_agreement"] <= 1.0
-    assert results.compression["kl_divergence"] > 0  # random tiny weights: compression changes the distribution
+    assert set(results.compression) == {"pytorch"}  # ONNX Runtime too with a baseline export (test_baseline.py)
+    pytorch = results.compression["pytorch"]
+    assert set(pytorch) == {"top1_agreement", "kl_divergence", "exact_match", "token_agreement"}
+    assert 0.0 <= pytorch["token_agreement"] <= 1.0
+    assert pytorch["kl_divergence"] > 0  # random tiny weights: compression changes the distribution
     assert set(results.near_ties) == {2}  # the default schedule cuts before layer 2 (layer 3 keeps nothing)

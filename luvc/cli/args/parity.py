@@ -21,6 +21,12 @@ class ParityArgs(BaseArgs):
         group.add_argument(
             "--model", default=None, help="reference checkpoint folder (default: the one in the export's manifest)"
         )
+        group.add_argument(
+            "--baseline",
+            default=None,
+            help="uncompressed export of the same model (export --no-luvc): also measure what compression costs on "
+            "ONNX Runtime",
+        )
         group.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens per sample (default 8)")
         group.add_argument("--out", default=None, help="report folder (default: ARTIFACT_DIR-parity beside it)")
         group.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -29,6 +35,7 @@ class ParityArgs(BaseArgs):
         self.artifact_dir = Path(args.artifact_dir)
         self.engines = None if args.engines is None else Path(args.engines)
         self.model = args.model
+        self.baseline = None if args.baseline is None else Path(args.baseline)
         self.max_new_tokens = args.max_new_tokens
         folder = self.artifact_dir.resolve()
         self.out = Path(args.out) if args.out else folder.parent / f"{folder.name}-parity"
