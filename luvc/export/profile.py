@@ -103,16 +103,37 @@ def processed_size(adapter: VLMAdapter, pixels: dict) -> tuple[int, int]:
     return tuple(pixels["pixel_values"].shape[-2:])
 
 
+def _image_inputs(adapter: VLMAdapter, size: Sequence[int]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Model inputs for one synthetic image of ``size`` and an empty prompt, and the processor's part of them."""
+    inputs = adapter.prepare_inputs([synthetic_image(*size)], "")
+    return inputs, {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+
+
+def _kept_size(adapter: VLMAdapter, size: tuple[int, int], tries: int = 4) -> tuple[int, int] | None:
+    """The size the processor leaves unchanged that ``size`` leads to when processed again and again, if any."""
+    for _ in range(tries):
+        seen = processed_size(adapter, _image_inputs(adapter, size)[1])
+        if seen == size:
+            return size
+        size = seen
+    return None
+
+
 def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
     """Trace one synthetic image of ``image_size`` through the processor and the LUVC plan of ``adapter``."""
     height, width = image_size
-    inputs = adapter.prepare_inputs([synthetic_image(height, width)], "")
-    pixels = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    inputs, pixels = _image_inputs(adapter, (height, width))
     seen = processed_size(adapter, pixels)
     if seen != (height, width):
+        kept = _kept_size(adapter, seen)
+        fix = (
+            f"use --image-size {kept[0]}x{kept[1]}, a size it keeps"
+            if kept
+            else "no nearby size is kept as it is; set the processor's min_pixels/max_pixels to admit the size"
+        )
         critical(
             f"The image processor turns a {height}x{width} image into {seen[0]}x{seen[1]} pixels, so {height}x{width} "
-            f"cannot be a bucket; use --image-size {seen[0]}x{seen[1]} (buckets are processed sizes)."
+            f"cannot be a bucket (buckets are processed sizes); {fix}."
         )
     ids = inputs["input_ids"][0].tolist()
     tokens = adapter.vision_trace(pixels).tokens_per_image[0]

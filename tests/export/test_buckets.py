@@ -36,6 +36,18 @@ def test_bucket_must_be_a_processed_size():
         plan_bucket(adapter, (230, 230))
 
 
+def test_a_processor_that_keeps_no_nearby_size_is_named_instead_of_a_wrong_size():
+    from transformers import Qwen2VLImageProcessorPil
+
+    adapter = load_model("tiny-qwen2-vl")
+    adapter.apply_luvc()
+    # a pinned pixel count: non-square sizes alternate between 168x252 and 196x280, neither is kept
+    adapter.image_processor = Qwen2VLImageProcessorPil(min_pixels=224 * 224, max_pixels=224 * 224)
+    with pytest.raises(LuvcError, match="into 196x280 pixels.*no nearby size is kept as it is; set the processor's"):
+        plan_bucket(adapter, (168, 252))
+    assert plan_bucket(adapter, (224, 224)).image_size == (224, 224)
+
+
 def test_llava_bucket_is_the_vision_tower_size():
     adapter = load_model("tiny-llava")
     adapter.apply_luvc()
