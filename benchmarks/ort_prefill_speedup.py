@@ -23,6 +23,7 @@ from luvc.export.exporter import OnnxFromGraphSpec, save_model
 from luvc.export.graphs import prefill_spec
 from luvc.export.lint import check_graph
 from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.export.weights import SharedWeights
 from luvc.images import synthetic_image
 
 
@@ -35,7 +36,7 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
     model = OnnxFromGraphSpec(spec, profile.opset)()
     check_graph(model, spec.name, bucket.tokens_per_image)
     path = folder / f"{name}.onnx"
-    save_model(model, path, "always")
+    save_model(model, path, "always", SharedWeights(folder, f"{name}.onnx.data"))  # a file per graph
     inputs = adapter.prepare_inputs([synthetic_image(IMAGE_SIDE, IMAGE_SIDE)], prompt_for(adapter, TEXT_TOKENS))
     with torch.no_grad():
         embeds = adapter.model.get_input_embeddings()(inputs["input_ids"]).numpy()

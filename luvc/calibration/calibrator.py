@@ -22,7 +22,8 @@ from luvc.calibration.cache import write_calibration_cache
 from luvc.calibration.quantize import QUANTIZED_OPS, activation_ranges, check_method, excluded_nodes, quantize_graph
 from luvc.calibration.report import write_report
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, sha256_file
+from luvc.export.manifest import ExportManifest, load_graph, sha256_file
+from luvc.export.weights import SharedWeights
 from luvc.progress import progress_steps
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import refuse_existing, staged_folder
@@ -130,8 +131,8 @@ class CalibratedExportFromExport:
         with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
             feeds = collect_feeds(source, samples, self.decode_steps, advance)
             with staged_folder(self.out, self.overwrite) as staging:
-                entries, ranges, excluded = self._quantize(manifest, graphs, feeds, staging, advance)
-                files = self._copy_rest(manifest, graphs, staging)
+                entries, ranges, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
+                files = self._copy_rest(manifest, staging)
                 files += [entry["file"] for entry in entries.values()]
                 files += [f for entry in entries.values() for f in entry["external_data"]]
                 caches = self._write_caches(ranges, staging)
@@ -146,13 +147,21 @@ class CalibratedExportFromExport:
                 advance("agreement with fp32")
         return self.out
 
-    def _quantize(self, manifest, graphs, feeds, staging, advance):
+    def _write_graphs(self, manifest, graphs, feeds, staging, advance):
+        """Quantize ``graphs`` and save them with the other graphs (embed, as they are) into the calibrated export,
+        all of them through one shared weights file, so prefill and decode store their INT8/FP8 weights once."""
         from luvc.export.exporter import save_model
 
         entries, ranges, excluded = {}, {}, {}
+        weights = SharedWeights(staging)
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
-            for name in graphs:
-                graph = manifest.graphs[name]
+            for name, graph in manifest.graphs.items():
+                external = "always" if graph["external_data"] else "never"
+                if name not in graphs:
+                    model = load_graph(self.export_dir, name, manifest)
+                    written = save_model(model, staging / graph["file"], external, weights)
+                    entries[name] = dict(graph, external_data=written[1:])
+                    continue
                 source = self.export_dir / graph["file"]
                 if name not in feeds:
                     critical(f"No calibration sample reached graph {name}; add images of bucket {graph['bucket']}.")
@@ -166,23 +175,22 @@ class CalibratedExportFromExport:
                     list(skip),
                     external_data=bool(graph["external_data"]),
                 )
-                external = "always" if graph["external_data"] else "never"
-                written = save_model(quantized, staging / graph["file"], external)
+                ranges[name] = activation_ranges(quantized, self.precision)
+                written = save_model(quantized, staging / graph["file"], external, weights)
                 entry = dict(graph, external_data=written[1:], num_nodes=len(quantized.graph.node))
                 entry["opset"] = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
                 entries[name] = entry
-                ranges[name] = activation_ranges(quantized, self.precision)
                 excluded[name] = skip
                 advance(f"quantized {name}")
         return entries, ranges, excluded
 
-    def _copy_rest(self, manifest, graphs, staging) -> list[str]:
-        """Copy every file the quantized graphs do not replace (embed graph, host plans, tokenizer, processor)."""
-        replaced = {manifest.graphs[name]["file"] for name in graphs}
-        replaced |= {f for name in graphs for f in manifest.graphs[name]["external_data"]}
+    def _copy_rest(self, manifest, staging) -> list[str]:
+        """Copy every file that is not a graph or its weights (host plans, tokenizer, processor)."""
+        graph_files = {graph["file"] for graph in manifest.graphs.values()}
+        graph_files |= {f for graph in manifest.graphs.values() for f in graph["external_data"]}
         copied = []
         for name in manifest.files:
-            if name not in replaced:
+            if name not in graph_files:
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(self.export_dir / name, target)
@@ -207,7 +215,8 @@ class CalibratedExportFromExport:
         data = json.loads(manifest.to_json())
         data["precision"] = self.precision
         data["graphs"].update(entries)
-        data["opset"] = max([data["opset"], *(entry["opset"] for entry in entries.values())])  # fp8 needs 19
+        quantized_opsets = [entry["opset"] for entry in entries.values() if "opset" in entry]
+        data["opset"] = max([data["opset"], *quantized_opsets])  # fp8 needs 19
         data["files"] = {name: sha256_file(staging / name) for name in sorted(set(files))}
         data["versions"]["onnxruntime"] = onnxruntime.__version__
         data["quantization"] = {

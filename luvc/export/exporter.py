@@ -32,6 +32,7 @@ from luvc.export.manifest import ExportManifest, external_data_files, io_entries
 from luvc.export.naming import name_nodes, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, plan_bucket
+from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter
 from luvc.staging import refuse_existing, staged_folder
 
@@ -101,18 +102,16 @@ class OnnxFromGraphSpec:
         return model
 
 
-def save_model(model: onnx.ModelProto, path: Path, external_data: str) -> list[str]:
-    """Write ``model`` to ``path`` (weights beside it in ``{name}.data`` when asked or large); return its files."""
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    external = external_data == "always" or (external_data == "auto" and weights > AUTO_EXTERNAL_BYTES)
+def save_model(model: onnx.ModelProto, path: Path, external_data: str, weights: SharedWeights) -> list[str]:
+    """Write ``model`` to ``path``, its weights into the export's shared ``weights`` file when asked or large;
+    return its files (the graph, then the external-data file it reads)."""
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if external_data == "always" or (external_data == "auto" and size > AUTO_EXTERNAL_BYTES):
+        weights.externalize(model)
     partial = path.with_name(path.name + ".partial")
-    if external:
-        location = f"{path.name}.data"
-        onnx.save_model(model, str(partial), save_as_external_data=True, location=location, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(partial))
+    onnx.save_model(model, str(partial))
     partial.replace(path)
-    return [path.name, *external_data_files(onnx.load(str(path), load_external_data=False))]
+    return [path.name, *external_data_files(model)]
 
 
 def config_hash(adapter: VLMAdapter) -> str:
@@ -247,6 +246,7 @@ class OnnxFromCompressedModel:
 
     def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
         graphs, files, buckets = {}, [], {}
+        weights = SharedWeights(staging)
         columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
         with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
             for spec, bucket in specs:
@@ -264,7 +264,7 @@ class OnnxFromCompressedModel:
                 check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
                 advance()
                 path = staging / f"{spec.name}.onnx"
-                written = save_model(model, path, profile.external_data)
+                written = save_model(model, path, profile.external_data, weights)
                 files += written
                 graphs[spec.name] = {
                     "file": path.name,

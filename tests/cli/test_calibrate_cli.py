@@ -24,6 +24,9 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capsys):
     assert manifest["quantization"]["calibration"]["samples"] == ["img0.png", "img1.png"]
     assert manifest["quantization"]["method"] == "percentile"
     assert {"report.md", "ranges.png", "ranges.json", "calibration"} <= set(_entries(out))
+    # the llava export keeps its weights outside the graphs: the calibrated graphs share one file, embed included
+    assert [p.name for p in out.glob("*.data")] == ["weights.data"]
+    assert all(graph["external_data"] == ["weights.data"] for graph in manifest["graphs"].values())
     engines = tmp_path / "engines"
     assert main(["build", str(out), "--target", "ada", "--out", str(engines)]) == 0
     assert EngineManifest.load(engines).precision == "int8"

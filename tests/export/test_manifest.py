@@ -20,7 +20,7 @@ def test_manifest_hashes_match_every_file(exports):
     on_disk = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()} - {MANIFEST_NAME}
     assert "tokenizer/tokenizer.json" in on_disk and any(name.startswith("processor/") for name in on_disk)
     assert set(manifest.files) == on_disk
-    assert any(name.endswith(".onnx.data") for name in manifest.files)  # exported with external data
+    assert "weights.data" in manifest.files  # exported with external data, shared by the graphs
     for name, digest in manifest.files.items():
         assert sha256_file(folder / name) == digest
 
@@ -64,10 +64,10 @@ def test_changed_file_fails_verification(exports, tmp_path):
 
 def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
     folder = shutil.copytree(exports("tiny-llava"), tmp_path / "copy")
-    (folder / "prefill_224x224.onnx.data").unlink()
-    with pytest.raises(LuvcError, match="prefill_224x224.onnx.data is listed in manifest.json but missing"):
+    (folder / "weights.data").unlink()
+    with pytest.raises(LuvcError, match="weights.data is listed in manifest.json but missing"):
         ExportManifest.load(folder)
-    with pytest.raises(LuvcError, match=r"external-data file 'prefill_224x224.onnx.data', which is missing"):
+    with pytest.raises(LuvcError, match=r"external-data file 'weights.data', which is missing"):
         load_graph(folder, "prefill_224x224")
     with pytest.raises(LuvcError, match="which is missing"):
         Pipeline(folder, verify=False).session("prefill_224x224")
@@ -77,11 +77,11 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     calls = []
     real_save = exporter.save_model
 
-    def save_then_interrupt(model, path, external_data):
+    def save_then_interrupt(model, path, external_data, weights):
         calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt  # what Ctrl-C during the second graph does
-        return real_save(model, path, external_data)
+        return real_save(model, path, external_data, weights)
 
     monkeypatch.setattr(exporter, "save_model", save_then_interrupt)
     out = tmp_path / "export"

@@ -1,0 +1,62 @@
+"""One shared weights file per export: the LLM weights of prefill and decode are stored once, and every graph still
+runs by path in ONNX Runtime with the same outputs as a graph whose weights are inline."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from luvc.export.exporter import save_model
+from luvc.export.manifest import ExportManifest, load_graph
+from luvc.export.weights import ALIGNMENT, WEIGHTS_FILE, SharedWeights
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> dict[str, bytes]:
+    return {init.name: onnx.numpy_helper.to_array(init).tobytes() for init in model.graph.initializer}
+
+
+def test_export_stores_shared_llm_weights_once(exports):
+    folder = exports("tiny-llava")  # exported with external data "always"
+    manifest = ExportManifest.load(folder)
+    assert [f for f in manifest.files if f.endswith(".data")] == [WEIGHTS_FILE]
+    assert all(graph["external_data"] == [WEIGHTS_FILE] for graph in manifest.graphs.values())
+    graphs = {name: load_graph(folder, name, manifest) for name in manifest.graphs}
+    # what the graphs reference, counted per graph, against what the file holds
+    referenced = sum(len(b) for model in graphs.values() for b in _tensor_bytes(model).values() if len(b) >= 1024)
+    distinct = {b for model in graphs.values() for b in _tensor_bytes(model).values() if len(b) >= 1024}
+    stored = (folder / WEIGHTS_FILE).stat().st_size
+    assert sum(len(b) for b in distinct) <= stored < sum(len(b) for b in distinct) + len(distinct) * ALIGNMENT
+    prefill, decode = _tensor_bytes(graphs["prefill_224x224"]), _tensor_bytes(graphs["decode"])
+    shared = set(prefill.values()) & set(decode.values())
+    assert sum(len(b) for b in shared) > 0.9 * sum(len(b) for b in decode.values() if len(b) >= 1024)
+    assert stored < 0.75 * referenced  # without sharing the file would hold every graph's copy
+
+
+def test_a_shared_graph_computes_what_the_inline_graph_computes(exports, tmp_path):
+    source = exports("tiny-qwen2-vl")
+    inline = load_graph(source, "decode")  # the qwen export keeps its weights inline
+    weights = SharedWeights(tmp_path)
+    files = save_model(load_graph(source, "decode"), tmp_path / "decode.onnx", "always", weights)
+    assert files == ["decode.onnx", WEIGHTS_FILE]
+    again = save_model(load_graph(source, "decode"), tmp_path / "decode2.onnx", "always", weights)
+    assert again == ["decode2.onnx", WEIGHTS_FILE] and weights.written_bytes * 2 == weights.referenced_bytes
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for info in inline.graph.input:
+        dims = [d.dim_value or 3 for d in info.type.tensor_type.shape.dim]
+        if info.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            feeds[info.name] = np.arange(np.prod(dims), dtype=np.int64).reshape(dims) % 5
+        else:
+            feeds[info.name] = rng.standard_normal(dims).astype(np.float32)
+    expected = ort.InferenceSession(inline.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for name in ("decode.onnx", "decode2.onnx"):
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        for actual, wanted in zip(session.run(None, feeds), expected):
+            np.testing.assert_array_equal(actual, wanted)
+
+
+@pytest.mark.parametrize("external", ["never", "auto"])
+def test_small_graphs_keep_their_weights_inline(exports, tmp_path, external):
+    weights = SharedWeights(tmp_path)
+    files = save_model(load_graph(exports("tiny-qwen2-vl"), "embed"), tmp_path / "embed.onnx", external, weights)
+    assert files == ["embed.onnx"] and not (tmp_path / WEIGHTS_FILE).exists()
