@@ -95,3 +95,18 @@ def test_calibration_caches_hold_the_q_dq_scales(calibrated):
     source = onnx.load(str(Path(ExportManifest.load(folder).quantization["source"]["export"]) / "prefill_224x224.onnx"))
     produced = {out for node in source.graph.node for out in node.output} | {i.name for i in source.graph.input}
     assert set(ranges["prefill_224x224"]) <= produced
+
+
+def test_methods_reach_the_quantizer_minmax_covers_what_entropy_and_percentile_clip(calibrated):
+    ranges = {
+        method: json.loads((calibrated("tiny-qwen2-vl", method=method) / "ranges.json").read_text())
+        for method in ("minmax", "entropy", "percentile")
+    }
+    clipped = 0
+    for graph, tensors in ranges["minmax"].items():
+        for method in ("entropy", "percentile"):
+            assert set(ranges[method][graph]) == set(tensors)
+            for name, entry in tensors.items():
+                assert entry["amax"] >= ranges[method][graph][name]["amax"] * (1 - 1e-6), (method, graph, name)
+        clipped += sum(entry["amax"] > 1.01 * ranges["entropy"][graph][name]["amax"] for name, entry in tensors.items())
+    assert clipped > 0  # entropy clips outliers that min-max keeps: the method is not ignored
