@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +31,13 @@ class Inspect:
             f"[bold]{manifest.model['id']}[/] ({manifest.model['architecture']}), {manifest.precision}, opset "
             f"{manifest.opset}; LUVC spu={manifest.luvc['spu_variant']} oim_layers={manifest.luvc['oim_layers']}"
         )
+        quantization = manifest.quantization
+        if quantization:
+            agreement = quantization.get("agreement_with_fp32", {})
+            console.print(
+                f"quantized: {quantization['precision']} ({quantization['method']}, {quantization['library']}); "
+                + ", ".join(f"{metric} vs fp32 {value:.4f}" for metric, value in agreement.items())
+            )
         for name, bucket in manifest.buckets.items():
             console.print(
                 f"bucket {name}: {bucket['tokens_per_image']} visual tokens at index {bucket['visual_start']}; "
@@ -61,6 +69,9 @@ class Inspect:
             )
             table.add_row("TensorRT-hostile", "none" if not findings else "; ".join(map(str, findings)))
             table.add_row("LUVC prefixes", ", ".join(graph["node_prefixes"]) or "none")
+            kept_float = collections.Counter((quantization or {}).get("excluded_nodes", {}).get(name, {}).values())
+            if kept_float:
+                table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
             for stat in graph.get("passes", []):
                 if stat["delta"]:
                     table.add_row(f"pass {stat['pass']}", f"{stat['before']} -> {stat['after']} nodes {stat['ops']}")

@@ -27,6 +27,10 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capsys):
     # the llava export keeps its weights outside the graphs: the calibrated graphs share one file, embed included
     assert [p.name for p in out.glob("*.data")] == ["weights.data"]
     assert all(graph["external_data"] == ["weights.data"] for graph in manifest["graphs"].values())
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "quantized: int8 (percentile" in shown and "top1_agreement vs fp32" in shown
+    assert "kept in float" in shown and "SPU scoring and selection" in shown
     engines = tmp_path / "engines"
     assert main(["build", str(out), "--target", "ada", "--out", str(engines)]) == 0
     assert EngineManifest.load(engines).precision == "int8"
