@@ -28,7 +28,7 @@ from luvc.progress import progress_steps
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import refuse_existing, staged_folder
 
-QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: copied as it is
+QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: saved as it is
 CACHE_FOLDER = "calibration"
 
 

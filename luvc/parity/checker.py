@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.parity import metrics
@@ -135,8 +136,6 @@ def check_baseline(
 ) -> None:
     """Refuse a baseline export that is of another model, compressed, or without a bucket for one of the samples'
     ``image_sizes``."""
-    from luvc.compress.config import LUVCConfig
-
     if baseline.model["config_sha256"] != manifest.model["config_sha256"]:
         critical(
             f"Baseline {folder} was exported from {baseline.model['id']!r}, not from this export's model "
