@@ -40,12 +40,14 @@ def collect_feeds(pipeline, samples: Sequence[Sample], decode_steps: int, advanc
         bucket = pipeline.manifest.bucket_for(image_size)
         input_ids = pipeline.prompt_ids([sample.prompt], bucket)
         feeds.setdefault(bucket["vision"], []).extend(pipeline.vision_feeds(pixels, bucket))
-        embeds = pipeline.image_embeds(pixels, bucket)
-        feeds.setdefault(bucket["prefill"], []).append(pipeline.prefill_feeds(input_ids, embeds, bucket))
-        decode = feeds.setdefault("decode", [])
-        steps = pipeline.generate_tokens(input_ids, pixels, image_size, decode_steps + 1, decode_feeds_out=decode)
+        decode, prefill = feeds.setdefault("decode", []), {}
+        steps = pipeline.generate_tokens(
+            input_ids, pixels, image_size, decode_steps + 1, decode_feeds_out=decode, prefill_out=prefill
+        )
         for _ in steps:
             pass
+        embeds = prefill["image_embeds"]  # the vision graph ran once, inside the generation
+        feeds.setdefault(bucket["prefill"], []).append(pipeline.prefill_feeds(input_ids, embeds, bucket))
         advance(f"calibration feeds: {sample.name}")
     return feeds
 

@@ -33,9 +33,12 @@ class _BackendRun:
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
                 "(manifest prompt.template); re-export with this luvc-export version."
             )
-        self.image_embeds = pipeline.image_embeds(self.pixels, self.bucket)
-        self.outputs = pipeline.prefill(self.input_ids, self.image_embeds, self.bucket)
-        self.tokens, self.step_logits = pipeline.greedy(self.input_ids, self.pixels, image_size, max_new_tokens)
+        prefill: dict = {}  # one vision and prefill run serves the tensor checks and the generation
+        self.tokens, self.step_logits = pipeline.greedy(
+            self.input_ids, self.pixels, image_size, max_new_tokens, prefill
+        )
+        self.image_embeds = prefill.pop("image_embeds")
+        self.outputs = prefill
 
 
 class ParityFromExport:

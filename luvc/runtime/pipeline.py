@@ -244,9 +244,11 @@ class Pipeline:
         timings: Timings | None = None,
         logits_out: list | None = None,
         decode_feeds_out: list | None = None,
+        prefill_out: dict | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield ``(B,)`` token ids step by step. Rows that hit a stop token repeat it; all stop -> done.
-        ``logits_out`` collects each step's logits, ``decode_feeds_out`` a copy of each decode call's feeds."""
+        ``logits_out`` collects each step's logits, ``decode_feeds_out`` a copy of each decode call's feeds,
+        ``prefill_out`` the image embeddings (``image_embeds``) and the prefill outputs."""
         sampling = sampling or SamplingConfig()
         timings = timings if timings is not None else Timings()
         rng = np.random.default_rng(sampling.seed)
@@ -262,6 +264,8 @@ class Pipeline:
         timings.vision_ms = (time.perf_counter() - began) * 1e3
         outputs = self.prefill(input_ids, embeds, bucket)
         timings.prefill_ms = (time.perf_counter() - began) * 1e3 - timings.vision_ms
+        if prefill_out is not None:
+            prefill_out.update(outputs, image_embeds=embeds)
         prompt = self.manifest.prompt
         batch, length = input_ids.shape
         presents = {k: v for k, v in outputs.items() if k.startswith("present.")}
@@ -304,11 +308,20 @@ class Pipeline:
         timings.session_ms = (self.session_seconds() - sessions_before) * 1e3
 
     def greedy(
-        self, input_ids: np.ndarray, pixel_values: np.ndarray, image_size: tuple[int, int], max_new_tokens: int
+        self,
+        input_ids: np.ndarray,
+        pixel_values: np.ndarray,
+        image_size: tuple[int, int],
+        max_new_tokens: int,
+        prefill_out: dict | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, max_new_tokens)`` greedy tokens and ``(B, steps, V)`` logits (no stop tokens)."""
+        """``(B, max_new_tokens)`` greedy tokens and ``(B, steps, V)`` logits (no stop tokens); ``prefill_out`` as
+        in ``generate_tokens``."""
         logits: list = []
-        tokens = list(self.generate_tokens(input_ids, pixel_values, image_size, max_new_tokens, logits_out=logits))
+        steps = self.generate_tokens(
+            input_ids, pixel_values, image_size, max_new_tokens, logits_out=logits, prefill_out=prefill_out
+        )
+        tokens = list(steps)
         return np.stack(tokens, axis=1), np.stack(logits, axis=1)
 
     def _request(self, images, prompts):
