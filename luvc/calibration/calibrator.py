@@ -32,9 +32,13 @@ QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: sa
 CACHE_FOLDER = "calibration"
 
 
-def collect_feeds(pipeline, samples: Sequence[Sample], decode_steps: int, advance) -> dict[str, list[dict]]:
-    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name."""
+def collect_feeds(
+    pipeline, samples: Sequence[Sample], decode_steps: int, advance
+) -> tuple[dict[str, list[dict]], list[np.ndarray]]:
+    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name, and
+    each sample's first-token logits (the reference the quantized export is compared with)."""
     feeds: dict[str, list[dict]] = {}
+    first_logits = []
     for sample in samples:
         pixels, image_size = pipeline.preprocess([sample.image])
         bucket = pipeline.manifest.bucket_for(image_size)
@@ -48,21 +52,21 @@ def collect_feeds(pipeline, samples: Sequence[Sample], decode_steps: int, advanc
             pass
         embeds = prefill["image_embeds"]  # the vision graph ran once, inside the generation
         feeds.setdefault(bucket["prefill"], []).append(pipeline.prefill_feeds(input_ids, embeds, bucket))
+        first_logits.append(prefill["logits"])
         advance(f"calibration feeds: {sample.name}")
-    return feeds
+    return feeds, first_logits
 
 
-def first_token_agreement(source, quantized, samples: Sequence[Sample]) -> dict[str, float]:
-    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source."""
+def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, samples: Sequence[Sample]) -> dict:
+    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source's
+    ``reference_logits`` (one per sample)."""
     top1, cosines = [], []
-    for sample in samples:
-        logits = []
-        for pipeline in (source, quantized):
-            pixels, image_size = pipeline.preprocess([sample.image])
-            bucket = pipeline.manifest.bucket_for(image_size)
-            input_ids = pipeline.prompt_ids([sample.prompt], bucket)
-            logits.append(pipeline.prefill(input_ids, pipeline.image_embeds(pixels, bucket), bucket)["logits"])
-        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in logits)
+    for sample, reference in zip(samples, reference_logits):
+        pixels, image_size = quantized.preprocess([sample.image])
+        bucket = quantized.manifest.bucket_for(image_size)
+        input_ids = quantized.prompt_ids([sample.prompt], bucket)
+        candidate = quantized.prefill(input_ids, quantized.image_embeds(pixels, bucket), bucket)["logits"]
+        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
     return {
@@ -131,7 +135,7 @@ class CalibratedExportFromExport:
         source = Pipeline(self.export_dir)
         graphs = [name for name, graph in manifest.graphs.items() if graph["kind"] in QUANTIZED_KINDS]
         with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
-            feeds = collect_feeds(source, samples, self.decode_steps, advance)
+            feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
             with staged_folder(self.out, self.overwrite) as staging:
                 entries, ranges, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
                 files = self._copy_rest(manifest, staging)
@@ -142,7 +146,7 @@ class CalibratedExportFromExport:
                 files += [*caches, "ranges.json"]
                 manifest_data = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
                 (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
-                agreement = first_token_agreement(source, Pipeline(staging), samples)
+                agreement = first_token_agreement(source_logits, Pipeline(staging), samples)
                 manifest_data["quantization"]["agreement_with_fp32"] = agreement
                 (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
                 write_report(staging, ranges, excluded, agreement, self.precision, self.method, len(samples))
