@@ -26,8 +26,12 @@ class SharedWeights:
     def __init__(self, folder: Path, name: str | None = None) -> None:
         self.path = Path(folder) / (name or WEIGHTS_FILE)
         self.offsets: dict[bytes, tuple[int, int]] = {}  # digest of the bytes -> (offset, length)
-        self.written_bytes = 0  # what the file holds
         self.referenced_bytes = 0  # what the graphs reference (with repeats): the size without sharing
+
+    @property
+    def written_bytes(self) -> int:
+        """The tensor bytes the file holds (without alignment padding): each distinct tensor once."""
+        return sum(length for _, length in self.offsets.values())
 
     def externalize(self, model: onnx.ModelProto) -> None:
         """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place)."""
@@ -46,7 +50,6 @@ class SharedWeights:
                     file.write(b"\0" * (offset - file.tell()))
                     file.write(data)
                     self.offsets[digest] = (offset, len(data))
-                    self.written_bytes += len(data)
                 self.referenced_bytes += len(data)
                 offset, length = self.offsets[digest]
                 set_external_data(tensor, self.path.name, offset, length)
