@@ -2,11 +2,12 @@
 
 Model: the realistic Qwen2-VL of ``prefill_speedup.py`` (Qwen2-0.5B widths, vocab 151936) with ``--layers``
 decoder layers (default 8, to keep the export short), one 448x448 image, default LUVC, exported to fp32 ONNX.
-Each repeat generates ``--new-tokens`` greedy tokens with ``Pipeline.generate_tokens`` (inputs already
+Each repeat generates ``--new-tokens`` greedy tokens with a ``Pipeline.request`` (inputs already
 preprocessed; preprocessing is timed apart), recording every feed; the same feeds then run through plain
 ``InferenceSession.run`` calls. Overhead = (pipeline wall time - bare session time) / pipeline wall time: the host
 work between graphs (embedding merge, positions, KV-cache handling, feed checks, sampling). It can be negative: the
-bare runs allocate every output, the pipeline's decode writes the KV cache in place (IO binding). The time inside
+bare runs allocate every output (and copy each layer's cache in the decode graph), the pipeline's decode
+writes the KV cache in place (IO binding). The time inside
 the pipeline's own session runs is printed too, as a second measure.
 Last line: ``runtime_overhead=<fraction>`` (target <= 0.05). Usage:
     python benchmarks/runtime_overhead.py [--repeats 5] [--layers 8] [--new-tokens 32]
@@ -47,7 +48,7 @@ def recorded_feeds(pipeline: Pipeline, request: tuple) -> tuple[float, float, li
     timings = Timings()
     try:
         began = time.perf_counter()
-        for _ in pipeline.generate_tokens(*request, timings=timings):
+        for _ in pipeline.request(*request, timings=timings):
             pass
         return time.perf_counter() - began, timings.session_ms / 1e3, calls
     finally:

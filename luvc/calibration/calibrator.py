@@ -25,6 +25,7 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, load_graph, sha256_file
 from luvc.export.weights import SharedWeights
 from luvc.progress import progress_steps
+from luvc.runtime.pipeline import host_arrays
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import refuse_existing, staged_folder
 
@@ -35,24 +36,21 @@ CACHE_FOLDER = "calibration"
 def collect_feeds(
     pipeline, samples: Sequence[Sample], decode_steps: int, advance
 ) -> tuple[dict[str, list[dict]], list[np.ndarray]]:
-    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name, and
-    each sample's first-token logits (the reference the quantized export is compared with)."""
+    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name (host
+    copies, as ONNX Runtime's calibration reader takes them), and each sample's first-token logits (the reference
+    the quantized export is compared with)."""
     feeds: dict[str, list[dict]] = {}
     first_logits = []
     for sample in samples:
         pixels, image_size = pipeline.preprocess([sample.image])
         bucket = pipeline.manifest.bucket_for(image_size)
         input_ids = pipeline.prompt_ids([sample.prompt], bucket)
-        feeds.setdefault(bucket["vision"], []).extend(pipeline.vision_feeds(pixels, bucket))
-        decode, prefill = feeds.setdefault("decode", []), {}
-        steps = pipeline.generate_tokens(
-            input_ids, pixels, image_size, decode_steps + 1, decode_feeds_out=decode, prefill_out=prefill
-        )
-        for _ in steps:
-            pass
-        embeds = prefill["image_embeds"]  # the vision graph ran once, inside the generation
-        feeds.setdefault(bucket["prefill"], []).append(pipeline.prefill_feeds(input_ids, embeds, bucket))
-        first_logits.append(prefill["logits"])
+        feeds.setdefault(bucket["vision"], []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
+        request = pipeline.request(input_ids, pixels, image_size, decode_steps + 1, keep_decode_feeds=True)
+        steps = list(request)
+        feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
+        feeds.setdefault(bucket["prefill"], []).append(host_arrays(request.prefill_feeds))
+        first_logits.append(request.prefill_outputs["logits"].cpu().numpy())
         advance(f"calibration feeds: {sample.name}")
     return feeds, first_logits
 
@@ -66,7 +64,7 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
         bucket = quantized.manifest.bucket_for(image_size)
         input_ids = quantized.prompt_ids([sample.prompt], bucket)
         candidate = quantized.prefill(input_ids, quantized.image_embeds(pixels, bucket), bucket)["logits"]
-        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate))
+        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate.cpu()))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
     return {

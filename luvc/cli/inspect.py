@@ -43,6 +43,8 @@ class Inspect:
                 f"bucket {name}: {bucket['tokens_per_image']} visual tokens at index {bucket['visual_start']}; "
                 f"budgets per layer {bucket['budgets']}; SPU before layers {bucket['prune_layers']}"
             )
+        kv = manifest.kv_cache
+        console.print(f"decode KV cache: {kv['update']} update in place, capacity per layer {kv['capacity']}")
         for name, graph in manifest.graphs.items():
             model = load_graph(args.export_dir, name, manifest)
             values = {dim: opt for dim, (_, opt, _) in dimension_ranges(manifest, name).items()}

@@ -28,7 +28,9 @@ class Run:
         options = groups[RuntimeArgs]
         console = Console()
         image = load_image(args.image) if args.image else None
-        pipeline = Pipeline(options.artifact_dir, options.backend, options.engines, options.providers)
+        pipeline = Pipeline(
+            options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
+        )
         if image is None:
             height, width = next(iter(pipeline.manifest.buckets.values()))["image_size"]
             image = synthetic_image(height, width)
@@ -51,7 +53,7 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
         backend += f" ({', '.join(pipeline.session_providers())})"
-    table = Table(title=f"{pipeline.manifest.model['id']} on {backend}")
+    table = Table(title=f"{pipeline.manifest.model['id']} on {backend}, {pipeline.device}")
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = (

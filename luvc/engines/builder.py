@@ -198,8 +198,13 @@ class EnginesFromExport:
     def __call__(self) -> Path:
         return self.call_impl()
 
-    def _check_options(self, target: Target, tensorrt: TensorRT, precision: str) -> None:
-        target.check_precision(precision)
+    def _check_options(self, target: Target, tensorrt: TensorRT, export: ExportManifest) -> None:
+        target.check_precision(export.precision)
+        if export.kv_cache.get("update") == "tensor-scatter" and not tensorrt.parses_tensor_scatter:
+            critical(
+                f"{tensorrt.describe()} cannot parse the decode graph's TensorScatter KV update (TensorRT >= 10.15 "
+                "or TensorRT-RTX can); re-export with --kv-update scatter-elements for this TensorRT."
+            )
         if tensorrt.is_rtx:
             rtx_compute_capabilities(target, tensorrt)
         if self.hardware_compatible and not target.supports_hardware_compatibility:
@@ -219,7 +224,7 @@ class EnginesFromExport:
         export = ExportManifest.load(self.export_dir)
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
-        self._check_options(target, tensorrt, export.precision)
+        self._check_options(target, tensorrt, export)
         refuse_existing(self.out, self.overwrite)  # before building anything (staged_folder checks again)
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
         with staged_folder(self.out, self.overwrite) as staging:

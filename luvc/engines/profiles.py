@@ -6,24 +6,21 @@ Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_n
 - ``batch``, ``images``: 1 .. max_batch (opt 1);
 - prefill ``sequence_length``: the bucket's prompt (prefix + image tokens + shortest text) .. + max_text_tokens;
 - embed ``sequence_length``: 1 .. the longest context (any prompt, or one decode token);
-- decode ``past_sequence_length_{l}``: layer ``l``'s cache from the shortest prompt of any bucket to the longest
-  context of any bucket (its budget, the text and every generated token but the last).
+- decode: only ``batch``; each layer's KV cache has its fixed capacity (manifest ``kv_cache.capacity``), as
+  TensorRT's KV-cache update layer requires.
 """
 
 from __future__ import annotations
-
-import re
 
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 
 Range = tuple[int, int, int]
-PAST = re.compile(r"past_sequence_length_(\d+)")
 
 
-def _prompt(bucket: dict, layer_budget: int | None = None) -> int:
-    """Prompt tokens before the text: the template prefix and the image tokens (or a layer's budget of them)."""
-    return bucket["visual_start"] + (bucket["tokens_per_image"] if layer_budget is None else layer_budget)
+def _prompt(bucket: dict) -> int:
+    """Prompt tokens before the text: the template prefix and the image tokens."""
+    return bucket["visual_start"] + bucket["tokens_per_image"]
 
 
 def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
@@ -40,12 +37,6 @@ def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
     elif entry["kind"] == "embed":
         longest = max(_prompt(b) + max_text + max_new for b in buckets.values())
         ranges["sequence_length"] = (1, min(longest, max(_prompt(b) for b in buckets.values()) + 64), longest)
-    elif entry["kind"] == "decode":
-        for layer in range(manifest.prompt["num_layers"]):
-            lows = [_prompt(b, b["budgets"][layer]) + b["min_text_tokens"] for b in buckets.values()]
-            highs = [_prompt(b, b["budgets"][layer]) + max_text + max_new - 1 for b in buckets.values()]
-            low, high = min(lows), max(max(highs), min(lows))
-            ranges[f"past_sequence_length_{layer}"] = (low, min(high, low + 64), high)
     return ranges
 
 

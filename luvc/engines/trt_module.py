@@ -34,6 +34,12 @@ class TensorRT:
         """TensorRT 11 and TensorRT-RTX take precision from the ONNX (casts, Q/DQ); TensorRT 10 uses builder flags."""
         return self.is_rtx or self.major >= 11
 
+    @property
+    def parses_tensor_scatter(self) -> bool:
+        """The ONNX parser maps opset 24 ``TensorScatter`` to the KV-cache update layer (TensorRT >= 10.15, RTX)."""
+        major, minor = (int(part) for part in self.version.split(".")[:2])
+        return self.is_rtx or (major, minor) >= (10, 15)
+
     def describe(self) -> str:
         return f"{self.name} {self.version}"
 

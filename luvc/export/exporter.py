@@ -26,12 +26,13 @@ import luvc
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
+from luvc.export.kv_update import DEFAULT_KV_UPDATE, mark_opset, translation_table
 from luvc.export.lint import check_graph
 from luvc.export.llm import kept_index_layers
 from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
 from luvc.export.naming import name_nodes, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
-from luvc.export.profile import Bucket, ExportProfile, plan_bucket
+from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter
 from luvc.staging import refuse_existing, staged_folder
@@ -57,9 +58,10 @@ def _quiet_exporter():
 class OnnxFromGraphSpec:
     """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` (weights in memory), with readable node and dimension names."""
 
-    def __init__(self, spec: GraphSpec, opset: int, on_step=None) -> None:
+    def __init__(self, spec: GraphSpec, opset: int, on_step=None, kv_update: str | None = None) -> None:
         self.spec = spec
         self.opset = opset
+        self.kv_update = kv_update or DEFAULT_KV_UPDATE
         self.on_step = on_step or (lambda: None)
 
     def __call__(self) -> onnx.ModelProto:
@@ -85,11 +87,13 @@ class OnnxFromGraphSpec:
                 dynamo=True,
                 verbose=False,
                 optimize=True,
+                custom_translation_table=translation_table(self.kv_update),
             )
             with tempfile.TemporaryDirectory() as scratch:  # via a file: works above protobuf's 2 GiB limit
                 path = Path(scratch) / "graph.onnx"
                 onnx_program.save(str(path), external_data=True)
                 model = onnx.load(str(path))
+        mark_opset(model)
         symbols = {}
         inputs = {info.name: info for info in model.graph.input}
         for (name, axis), dim_name in spec.dim_names().items():
@@ -213,7 +217,8 @@ class OnnxFromCompressedModel:
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
         for bucket in buckets:
             specs += [(vision_spec(adapter, bucket, profile), bucket), (prefill_spec(adapter, bucket, profile), bucket)]
-        specs.append((decode_spec(adapter, profile), None))
+        capacities = kv_capacities(buckets, profile)
+        specs.append((decode_spec(adapter, profile, capacities), None))
 
         with staged_folder(self.out, self.overwrite) as staging:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
@@ -237,6 +242,7 @@ class OnnxFromCompressedModel:
                 profile=profile.to_dict(),
                 prompt=self._prompt_entry(),
                 passes={"enabled": self.passes, "plugin_nodes": self.plugin_nodes},
+                kv_cache={"update": profile.kv_update, "capacity": capacities},
                 buckets=bucket_entries,
                 graphs=graphs,
                 files={name: sha256_file(staging / name) for name in sorted(files)},
@@ -256,7 +262,7 @@ class OnnxFromCompressedModel:
                 def advance(task=task, labels=labels) -> None:
                     progress.update(task, advance=1, step=next(labels))
 
-                model = OnnxFromGraphSpec(spec, profile.opset, on_step=advance)()
+                model = OnnxFromGraphSpec(spec, profile.opset, on_step=advance, kv_update=profile.kv_update)()
                 # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
                 passes = PASSES if self.passes else (keep_fp32_islands,)
                 model, pass_stats = run_passes(model, passes, plugin=self.plugin_nodes)
@@ -294,7 +300,6 @@ class OnnxFromCompressedModel:
     def _prompt_entry(self) -> dict:
         adapter = self.adapter
         text = adapter.language_model.config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         eos = adapter.model.generation_config.eos_token_id if adapter.model.generation_config else None
         return {
             "template": adapter.prompt_template,
@@ -305,7 +310,7 @@ class OnnxFromCompressedModel:
             "hidden_size": text.hidden_size,
             "num_layers": adapter.num_layers,
             "num_key_value_heads": text.num_key_value_heads,
-            "head_dim": head_dim,
+            "head_dim": adapter.head_dim,
             "vocab_size": text.vocab_size,
             "patch_size": adapter.model.config.vision_config.patch_size,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class GraphSpec:
             return None
         shapes = [self.dims.get(name) for name in self.feeds]
         if self.kind == "decode":
-            return (*shapes[:2], tuple(shapes[2:]))
+            return (*shapes[:3], tuple(shapes[3:]))
         return tuple(shapes)
 
     def dim_names(self) -> dict[tuple[str, int], str]:
@@ -98,24 +99,23 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
     return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name)
 
 
-def decode_spec(adapter: VLMAdapter, profile: ExportProfile) -> GraphSpec:
+def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequence[int]) -> GraphSpec:
+    """One decode step over caches of the fixed per-layer ``capacities`` (``kv_capacities``)."""
     config = adapter.language_model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     position_ids, batch_axis = _position_feed(torch.full((adapter.position_rows, 1), 40))
     feeds = {
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, 1, config.hidden_size, dtype=profile.dtype),
         "position_ids": position_ids,
+        "kv_write_index": torch.tensor([capacity // 2 for capacity in capacities], dtype=torch.long),
     }
     dims = {"inputs_embeds": {0: batch}, "position_ids": {batch_axis: batch}}
     names = kv_names("past_key_values", adapter.num_layers)
-    for layer in range(adapter.num_layers):
-        past = Dim(f"past_sequence_length_{layer}", min=1, max=1 << 16)
+    for layer, capacity in enumerate(capacities):
         for name in names[2 * layer : 2 * layer + 2]:
-            # distinct example lengths per layer, so torch.export keeps one axis per layer
-            shape = (EXAMPLE_BATCH, config.num_key_value_heads, 8 + layer, head_dim)
+            shape = (EXAMPLE_BATCH, config.num_key_value_heads, capacity, adapter.head_dim)
             feeds[name] = torch.randn(*shape, dtype=profile.dtype)
-            dims[name] = {0: batch, 2: past}
+            dims[name] = {0: batch}
     outputs = ["logits", *kv_names("present", adapter.num_layers)]
     return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims)
 

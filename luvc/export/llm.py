@@ -1,8 +1,9 @@
 """The language-model graphs as exportable modules: token embedding, prefill (with SPU) and one decode step.
 
-They call the patched model's own modules, so an exported graph runs exactly the PyTorch LUVC code path. KV
-caches are plain tensors in and out, one key and one value per layer; each layer's length is its own (text plus
-that layer's visual budget), so a dynamic axis per layer carries it.
+They call the patched model's own modules, so an exported graph runs exactly the PyTorch LUVC code path. The
+prefill outputs one key and one value per layer, each of its own length (text plus that layer's visual budget). The
+decode step takes every layer's cache at a fixed capacity, writes its key/value in place at the layer's write index
+(``luvc.export.kv_update``) and attends only to the valid prefix.
 """
 
 from __future__ import annotations
@@ -13,31 +14,55 @@ import torch
 from torch import nn
 
 from luvc.compress.budgets import BudgetPlan
+from luvc.export.kv_update import kv_cache_update
 from luvc.models.base import VLMAdapter
 from luvc.models.cache import LuvcCache
 
 
 class GraphCache(LuvcCache):
-    """A ``LuvcCache`` that starts from given past tensors and records each layer's present key and value."""
+    """A ``LuvcCache`` for the prefill graph: starts empty and records each layer's present key and value."""
 
-    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.past = list(past)
         self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx < len(self.past):
-            past_key, past_value = self.past[layer_idx]
-            key_states = torch.cat([past_key, key_states], dim=-2)
-            value_states = torch.cat([past_value, value_states], dim=-2)
         self.present[layer_idx] = (key_states, value_states)
         return key_states, value_states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.past[layer_idx][0].shape[-2] if layer_idx < len(self.past) else 0
+        return 0
 
     def flat_present(self) -> tuple[torch.Tensor, ...]:
         return tuple(t for layer in sorted(self.present) for t in self.present[layer])
+
+
+class InPlaceGraphCache(GraphCache):
+    """A ``LuvcCache`` for the decode graph: each layer's fixed-capacity ``(B, H, C_l, D)`` cache gets the step's
+    key/value written at ``write_index[l]`` (``kv_cache_update``), and attention sees only the valid prefix."""
+
+    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor) -> None:
+        super().__init__()
+        self.past = list(past)
+        self.write_index = write_index
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        past_key, past_value = self.past[layer_idx]
+        rows = self.write_index[layer_idx].expand(key_states.shape[0])
+        present = (kv_cache_update(past_key, key_states, rows), kv_cache_update(past_value, value_states, rows))
+        self.present[layer_idx] = present
+        return present
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.past[layer_idx][0].shape[-2]
+
+    def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Additive ``(B, 1, 1, C_l)`` mask: 0 for the cached tokens and the one just written, -inf-like after."""
+        capacity = self.past[layer_idx][0].shape[-2]
+        valid = torch.arange(capacity, device=hidden.device) <= self.write_index[layer_idx]
+        blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        mask = torch.where(valid, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
+        return mask.view(1, 1, 1, capacity).expand(hidden.shape[0], 1, 1, capacity)
 
 
 def kv_names(prefix: str, num_layers: int) -> list[str]:
@@ -93,8 +118,9 @@ class PrefillGraph(nn.Module):
 
 
 class DecodeGraph(nn.Module):
-    """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, every layer's past key/value (own lengths) ->
-    ``logits (B, V)`` (float32) and every layer's present key/value (one longer)."""
+    """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L,)`` (tokens each layer's cache
+    holds before the step) and every layer's cache at its fixed capacity -> ``logits (B, V)`` (float32) and every
+    layer's cache with the step's key/value written at its write index (bind it to the input's buffer)."""
 
     def __init__(self, adapter: VLMAdapter) -> None:
         super().__init__()
@@ -102,9 +128,9 @@ class DecodeGraph(nn.Module):
         self.lm_head = adapter.model.lm_head
 
     def forward(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, kv_write_index: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        cache = GraphCache(list(zip(past[0::2], past[1::2])))
+        cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
         )

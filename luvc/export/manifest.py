@@ -19,7 +19,7 @@ from luvc.errors import critical
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fixed-capacity decode graph with in-place KV update (kv_cache section)
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
 
@@ -68,6 +68,7 @@ class ExportManifest:
     graphs: dict[str, dict[str, Any]]
     files: dict[str, str]
     passes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kv_cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # decode graph: update form, capacity per layer
     quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # set by `luvc-export calibrate`
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

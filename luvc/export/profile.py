@@ -10,6 +10,7 @@ import torch
 
 from luvc.compress.budgets import BudgetPlan
 from luvc.errors import critical
+from luvc.export.kv_update import DEFAULT_KV_UPDATE, KV_UPDATE_FORMS
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 
@@ -25,7 +26,9 @@ class ExportProfile:
     - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
     - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
       engine profiles and checked by the runtime;
-    - ``external_data``: ``auto`` (weights in a side file above 1 GiB), ``always`` or ``never``.
+    - ``external_data``: ``auto`` (weights in a side file above 1 GiB), ``always`` or ``never``;
+    - ``kv_update``: the ONNX form of the decode graph's in-place KV-cache write (``luvc.export.kv_update``):
+      ``tensor-scatter`` (TensorRT >= 10.15, TensorRT-RTX, ONNX Runtime) or ``scatter-elements`` (TensorRT 10.3).
     """
 
     image_sizes: tuple[tuple[int, int], ...] | None = None
@@ -35,6 +38,7 @@ class ExportProfile:
     max_new_tokens: int | None = None
     opset: int | None = None
     external_data: str | None = None
+    kv_update: str | None = None
 
     def resolve(self, adapter: VLMAdapter) -> ExportProfile:
         precision = self.precision or "fp32"
@@ -43,6 +47,9 @@ class ExportProfile:
         external = self.external_data or "auto"
         if external not in ("auto", "always", "never"):
             critical(f"external_data={external!r}: use auto, always or never (--external-data).")
+        kv_update = self.kv_update or DEFAULT_KV_UPDATE
+        if kv_update not in KV_UPDATE_FORMS:
+            critical(f"kv_update={kv_update!r}: use one of {list(KV_UPDATE_FORMS)} (--kv-update).")
         sizes = tuple(tuple(size) for size in (self.image_sizes or (default_image_size(adapter),)))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
@@ -51,7 +58,9 @@ class ExportProfile:
         for key, value in limits.items():
             if value < 1:
                 critical(f"{key}={value} must be at least 1.")
-        return ExportProfile(sizes, precision, opset=self.opset or 18, external_data=external, **limits)
+        return ExportProfile(
+            sizes, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,3 +158,19 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
         prompt_position_ids=positions[:, : start + tokens],
         next_position=int(positions[0, start + tokens]),
     )
+
+
+def kv_capacities(buckets: Sequence[Bucket], profile: ExportProfile) -> list[int]:
+    """Each decoder layer's fixed KV-cache capacity in the decode graph: the longest prompt that layer holds in
+    any bucket (prefix, its budget of visual tokens, the longest text) plus every generated token but the last
+    (which is never fed back)."""
+    num_layers = len(buckets[0].budget_plan.total)
+    return [
+        max(
+            b.visual_start + b.budget_plan.total[layer] + max(profile.max_text_tokens, b.min_text_tokens + 1)
+            for b in buckets
+        )
+        + profile.max_new_tokens
+        - 1
+        for layer in range(num_layers)
+    ]

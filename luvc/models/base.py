@@ -63,6 +63,12 @@ class VLMAdapter:
         return self.model.config.text_config.num_hidden_layers
 
     @property
+    def head_dim(self) -> int:
+        """Width of one attention head of the language model."""
+        text = self.model.config.text_config
+        return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+    @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
@@ -144,13 +150,12 @@ class VLMAdapter:
 
     def llm_spec(self) -> LlmSpec:
         text = self.model.config.text_config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         return LlmSpec(
             hidden=text.hidden_size,
             layers=text.num_hidden_layers,
             heads=text.num_attention_heads,
             kv_heads=text.num_key_value_heads,
-            head_dim=head_dim,
+            head_dim=self.head_dim,
             intermediate=text.intermediate_size,
             vocab=text.vocab_size,
         )

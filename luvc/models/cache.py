@@ -32,3 +32,8 @@ class LuvcCache(DynamicCache):
                 if isinstance(tensor, torch.Tensor):
                     total += tensor.numel() * tensor.element_size()
         return total
+
+    def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Additive mask layer ``layer_idx`` attends with in a one-token step, or ``None`` when every cached token
+        is valid (caches that hold a fixed capacity return one)."""
+        return None

@@ -198,13 +198,17 @@ class SpuDecoderMixin:
         visual_ids = torch.arange(sum(c for _, c in spans), device=hidden.device).expand(batch, -1)
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
+        has_masks = isinstance(past_key_values, LuvcCache)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in prune_at:
                 hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
                     hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer
                 )
                 kept_visual_indices[layer_index] = visual_ids
-            mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager and length > 1 else None
+            if length > 1:
+                mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
+            else:
+                mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None
             hidden = decoder_layer(
                 hidden,
                 attention_mask=mask,

@@ -17,12 +17,13 @@ from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
 from luvc.parity.tolerances import Tolerances, tolerances_for
 from luvc.progress import progress_steps
+from luvc.runtime.pipeline import host_arrays
 from luvc.samples import Sample, synthetic_samples
 
 
 class _BackendRun:
-    """One backend's outputs for one sample, through the runtime ``Pipeline``; ``expected_ids`` (PyTorch's prompt
-    ids) are checked when given."""
+    """One backend's outputs for one sample, through one runtime ``Request``; ``expected_ids`` (PyTorch's prompt
+    ids) are checked when given. Tensors are host copies."""
 
     def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray | None, max_new_tokens: int) -> None:
         self.pixels, image_size = pipeline.preprocess([sample.image])
@@ -33,12 +34,13 @@ class _BackendRun:
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
                 "(manifest prompt.template); re-export with this luvc-export version."
             )
-        prefill: dict = {}  # one vision and prefill run serves the tensor checks and the generation
-        self.tokens, self.step_logits = pipeline.greedy(
-            self.input_ids, self.pixels, image_size, max_new_tokens, prefill
+        # one vision and prefill run serves the tensor checks, the localisation and the generation
+        self.tokens, self.step_logits, request = pipeline.greedy(
+            self.input_ids, self.pixels, image_size, max_new_tokens
         )
-        self.image_embeds = prefill.pop("image_embeds")
-        self.outputs = prefill
+        self.image_embeds = request.image_embeds.cpu().numpy()
+        self.prefill_feeds = host_arrays(request.prefill_feeds)
+        self.outputs = host_arrays(request.prefill_outputs)
 
 
 class ParityFromExport:
@@ -218,8 +220,8 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     """Per-layer errors of the first sample's vision and prefill graphs on ONNX Runtime."""
     references = torch_run.layer_outputs
     graphs = [
-        (run.bucket["vision"], pipeline.vision_feeds(run.pixels, run.bucket)[0], "vision."),
-        (run.bucket["prefill"], pipeline.prefill_feeds(run.input_ids, run.image_embeds, run.bucket), "llm."),
+        (run.bucket["vision"], host_arrays(pipeline.vision_feeds(run.pixels, run.bucket)[0]), "vision."),
+        (run.bucket["prefill"], run.prefill_feeds, "llm."),
     ]
     import onnx
 

@@ -1,68 +1,101 @@
-"""Per-layer KV caches of different lengths, preallocated once per request.
+"""Per-layer KV caches of fixed capacities on the pipeline's device, updated in place by the decode graph.
 
-Each layer's key and value live in two flat buffers sized for the longest length that layer reaches in the request
-(its prompt length plus every new token). A decode step reads the past from one buffer and writes the present into
-the other (ping-pong), so nothing is allocated per step: a ``(B, H, n, D)`` tensor is the contiguous prefix of a
-flat buffer.
+Layer ``l`` keeps its keys and values in two ``(B, H, capacity[l], D)`` tensors, allocated once per batch size and
+reused by every request. The prefill's ``present`` tensors are copied into their prefix (the only copy of a
+request); each decode step binds the same tensors as the graph's ``past`` inputs and ``present`` outputs, so the
+graph writes the step's key/value at ``write_index[l]`` in place and nothing else moves. ``write_index`` lives on
+the device and is advanced there.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+
+import torch
+
+from luvc.errors import critical
 
 
 class KVCache:
-    """Keys and values of ``num_layers`` layers; ``lengths[l]`` tokens are held by layer ``l``."""
+    """Keys and values of ``len(capacities)`` layers; ``lengths[l]`` tokens are held by layer ``l``."""
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, max_lengths: list[int], dtype) -> None:
-        self.shape = (batch, kv_heads, head_dim)
-        self.max_lengths = list(max_lengths)
-        self.dtype = np.dtype(dtype)
-        row = batch * kv_heads * head_dim
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        capacities: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.batch = batch
+        self.capacities = list(capacities)
         self.buffers = [
-            [[np.empty(row * length, self.dtype) for _ in range(2)] for _kind in ("key", "value")]
-            for length in self.max_lengths
+            tuple(torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(2))
+            for capacity in self.capacities
         ]
-        self.lengths = [0] * len(self.max_lengths)
-        self.current = 0
+        self.write_index = torch.zeros(len(self.capacities), dtype=torch.int64, device=device)
+        self.lengths = [0] * len(self.capacities)
 
-    def _view(self, layer: int, kind: int, side: int, length: int) -> np.ndarray:
-        batch, heads, head_dim = self.shape
-        flat = self.buffers[layer][kind][side]
-        return flat[: batch * heads * length * head_dim].reshape(batch, heads, length, head_dim)
-
-    def load(self, presents: dict[str, np.ndarray]) -> None:
-        """Copy the prefill's ``present.{l}.key/value`` in (the only copy of a request)."""
-        for layer in range(len(self.lengths)):
+    def load(self, presents: dict[str, torch.Tensor]) -> None:
+        """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix."""
+        lengths = []
+        for layer, (key, value) in enumerate(self.buffers):
             length = presents[f"present.{layer}.key"].shape[2]
-            if length > self.max_lengths[layer]:
-                raise ValueError(f"layer {layer} holds {length} tokens, more than its {self.max_lengths[layer]}")
-            for kind, name in enumerate(("key", "value")):
-                self._view(layer, kind, self.current, length)[...] = presents[f"present.{layer}.{name}"]
-            self.lengths[layer] = length
+            if length > self.capacities[layer]:
+                critical(
+                    f"Layer {layer}'s prompt holds {length} tokens, more than its KV capacity "
+                    f"{self.capacities[layer]}; shorten the prompt or re-export with a larger --max-text-tokens."
+                )
+            key[:, :, :length].copy_(presents[f"present.{layer}.key"])
+            value[:, :, :length].copy_(presents[f"present.{layer}.value"])
+            lengths.append(length)
+        self.lengths = lengths
+        self.write_index.copy_(torch.tensor(lengths, dtype=torch.int64))
 
-    def past(self) -> dict[str, np.ndarray]:
-        """``past_key_values.{l}.key/value`` views of what each layer holds."""
-        return {
-            f"past_key_values.{layer}.{name}": self._view(layer, kind, self.current, self.lengths[layer])
-            for layer in range(len(self.lengths))
-            for kind, name in enumerate(("key", "value"))
-        }
+    def bindings(self) -> dict[str, torch.Tensor]:
+        """Every layer's buffers under the decode graph's input names and output names (the same tensors)."""
+        names = {}
+        for layer, (key, value) in enumerate(self.buffers):
+            for kind, tensor in (("key", key), ("value", value)):
+                names[f"past_key_values.{layer}.{kind}"] = tensor
+                names[f"present.{layer}.{kind}"] = tensor
+        return names
 
-    def present_targets(self) -> dict[str, np.ndarray]:
-        """``present.{l}.key/value`` views, one token longer, in the other buffer: where a decode step writes."""
-        return {
-            f"present.{layer}.{name}": self._view(layer, kind, 1 - self.current, self.lengths[layer] + 1)
-            for layer in range(len(self.lengths))
-            for kind, name in enumerate(("key", "value"))
-        }
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The decode graph's cache inputs: the write index and every layer's ``past`` buffers."""
+        past = {name: t for name, t in self.bindings().items() if name.startswith("past_key_values.")}
+        return {"kv_write_index": self.write_index, **past}
+
+    def targets(self) -> dict[str, torch.Tensor]:
+        """The decode graph's ``present`` outputs: the very buffers fed as ``past``."""
+        return {name: t for name, t in self.bindings().items() if name.startswith("present.")}
+
+    def check_room(self) -> None:
+        """Refuse a step that would write past a layer's capacity (it would overwrite the last token)."""
+        full = [layer for layer, (length, cap) in enumerate(zip(self.lengths, self.capacities)) if length >= cap]
+        if full:
+            critical(
+                f"The KV cache of layer {full[0]} is full ({self.capacities[full[0]]} tokens); one more token does "
+                "not fit. Generate fewer tokens or re-export with a larger --max-new-tokens."
+            )
 
     def advance(self) -> None:
-        """The decode step wrote the present: it becomes the past."""
-        self.current = 1 - self.current
+        """A decode step wrote one token into every layer."""
         self.lengths = [length + 1 for length in self.lengths]
+        self.write_index += 1
+
+    def valid(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s cached keys and values, ``(B, H, lengths[layer], D)`` views."""
+        key, value = self.buffers[layer]
+        return key[:, :, : self.lengths[layer]], value[:, :, : self.lengths[layer]]
 
     def nbytes(self) -> int:
-        """Bytes of keys and values held now (what the cost model counts)."""
-        batch, heads, head_dim = self.shape
-        return 2 * sum(self.lengths) * batch * heads * head_dim * self.dtype.itemsize
+        """Bytes of the keys and values held now (what the cost model counts)."""
+        key = self.buffers[0][0]
+        per_token = 2 * key.shape[0] * key.shape[1] * key.shape[3] * key.element_size()
+        return per_token * sum(self.lengths)
+
+    def capacity_bytes(self) -> int:
+        """Bytes the buffers take on the device."""
+        return sum(t.numel() * t.element_size() for pair in self.buffers for t in pair)

@@ -2,25 +2,31 @@
 
 Preprocessing is the model's own ``transformers`` image processor and tokenizer, saved in the export folder. The
 host work between the graphs (README, "Artifacts"): image features overwrite the prompt's image span (static per
-bucket) in the token embeddings; position ids come from the bucket's ``host_*.npz`` plus a running offset; every
-layer's KV cache keeps its own length in a ``KVCache`` preallocated for the request.
+bucket) in the token embeddings; position ids come from the bucket's ``host_*.npz`` plus a running offset.
+
+Everything between the graphs stays on the pipeline's device (``cpu`` or ``cuda:N``) as torch tensors: image and
+prompt embeddings, logits, and the per-layer ``KVCache`` of fixed capacities that the decode graph updates in
+place. A generation is a ``Request`` (its buffers, positions and sampling state) that yields one ``Step`` per
+token; per decode step only the sampled token ids cross to the host (and the logits, when a request keeps them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, load_graph
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
-from luvc.runtime.session import BaseSession, OrtSession, TrtSession
+from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
 
 BACKENDS = ("ort", "trt")
 
@@ -51,29 +57,72 @@ class Generation:
     timings: Timings
 
 
+@dataclasses.dataclass
+class Step:
+    """What one generation step produced: ``tokens (B,)`` on the host, which rows have stopped, and (when the
+    request keeps them) the ``(B, V)`` logits the tokens were chosen from and the decode graph's feeds."""
+
+    index: int
+    tokens: np.ndarray
+    finished: np.ndarray
+    logits: np.ndarray | None = None
+    decode_feeds: dict[str, np.ndarray] | None = None
+
+
+def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """NumPy copies of device tensors (for reports, calibration and parity, never in the decode loop)."""
+    return {name: tensor.detach().to("cpu", copy=True).numpy() for name, tensor in tensors.items()}
+
+
+def resolve_device(backend: str, providers: Sequence | None, device: str | None) -> torch.device:
+    """The pipeline's device: as given; else CUDA for TensorRT or a CUDA execution provider, else the CPU."""
+    if device is not None:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            critical(f"Device {device!r} is not a torch device; use cpu or cuda:N (--device).")
+        if resolved.type not in ("cpu", "cuda"):
+            critical(f"Device {device!r} is not supported; use cpu or cuda:N (--device).")
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            critical(f"Device {device} needs CUDA, which this PyTorch does not see; use --device cpu.")
+        if backend == "trt" and resolved.type != "cuda":
+            critical("TensorRT engines run on a CUDA device; use --device cuda:N or --backend ort.")
+        return resolved
+    names = [p[0] if isinstance(p, tuple) else p for p in providers or ()]
+    return torch.device("cuda", 0) if backend == "trt" or "CUDAExecutionProvider" in names else torch.device("cpu")
+
+
 class Pipeline:
-    """Generation over an export folder. ``backend="trt"`` runs the engines of ``engines_dir`` (built from this
-    export by ``luvc-export build``); ``providers`` picks ONNX Runtime execution providers."""
+    """Generation over an export folder on one device. ``backend="trt"`` runs the engines of ``engines_dir`` (built
+    from this export by ``luvc-export build``); ``providers`` overrides the ONNX Runtime execution providers that
+    ``device`` implies (``cpu``: the CPU EP; ``cuda:N``: the CUDA EP of onnxruntime-gpu)."""
 
     def __init__(
         self,
         export_dir: str | Path,
         backend: str = "ort",
         engines_dir: str | Path | None = None,
-        providers: list[str] | None = None,
+        providers: list | None = None,
         verify: bool = True,
+        device: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             critical(f"Backend {backend!r} is not one of {list(BACKENDS)}.")
         self.folder = Path(export_dir)
         self.manifest = ExportManifest.load(self.folder, verify=verify)
         self.backend = backend
-        self.providers = providers
         self.engines_dir = None if engines_dir is None else Path(engines_dir)
         if backend == "trt" and self.engines_dir is None:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
+        self.device = resolve_device(backend, providers, device)
+        # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
+        on_gpu = self.device.type == "cuda" and torch.cuda.is_available()
+        self.cuda_stream = torch.cuda.Stream(self.device) if on_gpu else None
+        self.providers = providers or ort_providers(self.device, self.cuda_stream and self.cuda_stream.cuda_stream)
+        self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._sessions: dict[str, BaseSession] = {}
         self._host: dict[str, dict[str, np.ndarray]] = {}
+        self._caches: dict[int, KVCache] = {}
         self._tokenizer = self._processor = None
 
     # -- sessions and files ---------------------------------------------------------------------------------
@@ -89,6 +138,7 @@ class Pipeline:
                     graph["outputs"],
                     self.providers,
                     basic_optimizations=self.manifest.precision == "fp8",
+                    device=self.device,
                 )
             else:
                 session = self._trt_session(name, graph)
@@ -104,7 +154,9 @@ class Pipeline:
         tensorrt = import_tensorrt(engines.tensorrt["module"])
         engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
         profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name]["profile"].items()}
-        return TrtSession(engine, graph["inputs"], graph["outputs"], profile, tensorrt, name=f"trt:{name}")
+        return TrtSession(
+            engine, graph["inputs"], graph["outputs"], profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
+        )
 
     def host(self, bucket: dict) -> dict[str, np.ndarray]:
         if bucket["host"] not in self._host:
@@ -142,6 +194,40 @@ class Pipeline:
     def session_seconds(self) -> float:
         return sum(session.total_inference_seconds for session in self._sessions.values())
 
+    def transfer_stats(self) -> TransferStats:
+        """Host <-> device bytes and allocations so far: the pipeline's own and every session's."""
+        total = self.stats
+        for session in self._sessions.values():
+            total = total + session.stats
+        return total
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the pipeline's device (counted)."""
+        self.stats.host_to_device_bytes += array.nbytes
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def to_host(self, tensor: torch.Tensor) -> np.ndarray:
+        """A copy of a device tensor on the host (counted; waits for the device)."""
+        self.stats.device_to_host_bytes += tensor.numel() * tensor.element_size()
+        return tensor.detach().to("cpu", copy=True).numpy()
+
+    def synchronize(self) -> None:
+        """Wait for the pipeline's device work (only to time stages; the decode loop waits on token ids alone)."""
+        if self.cuda_stream is not None:
+            self.cuda_stream.synchronize()
+
+    def kv_cache(self, batch: int) -> KVCache:
+        """The fixed-capacity KV cache for ``batch`` rows, allocated on first use and reused by every request."""
+        if batch not in self._caches:
+            prompt, kv = self.manifest.prompt, self.manifest.kv_cache
+            dtype = TORCH_DTYPES[self.manifest.graphs["decode"]["inputs"][-1]["dtype"]]
+            self._caches = {  # one batch size at a time: a new size frees the old buffers
+                batch: KVCache(
+                    batch, prompt["num_key_value_heads"], prompt["head_dim"], kv["capacity"], dtype, self.device
+                )
+            }
+        return self._caches[batch]
+
     # -- stages ---------------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, tuple[int, int]]:
         """Pixels for the vision graph, exactly as the model's image processor makes them, and the bucket size."""
@@ -156,33 +242,33 @@ class Pipeline:
         values = np.asarray(pixels["pixel_values"])
         return values, tuple(values.shape[-2:])
 
-    def vision_feeds(self, pixel_values: np.ndarray, bucket: dict) -> list[dict[str, np.ndarray]]:
-        """The feeds of the vision graph's calls for ``pixel_values``: one call for a ``(B, C, H, W)`` batch; one
-        per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's host-planned metadata."""
+    def vision_feeds(self, pixel_values: np.ndarray, bucket: dict) -> list[dict[str, torch.Tensor]]:
+        """The feeds of the vision graph's calls for ``pixel_values``, on the device: one call for a
+        ``(B, C, H, W)`` batch; one per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's
+        host-planned metadata."""
         inputs = self.manifest.graphs[bucket["vision"]]["inputs"]
-        dtype = np.float16 if inputs[0]["dtype"] == "float16" else np.float32
-        pixel_values = pixel_values.astype(dtype)
+        pixels = self.to_device(pixel_values).to(TORCH_DTYPES[inputs[0]["dtype"]])
         if len(inputs[0]["shape"]) == 4:  # (B, C, H, W) with a dynamic batch
-            return [{"pixel_values": pixel_values}]
+            return [{"pixel_values": pixels}]
         per_image = inputs[0]["shape"][0]
-        if pixel_values.ndim != 2 or pixel_values.shape[0] % per_image:
+        if pixels.dim() != 2 or pixels.shape[0] % per_image:
             critical(
-                f"{bucket['vision']} takes {per_image} patches per image; got pixels of shape {pixel_values.shape}. "
-                "Preprocess with the model's image processor."
+                f"{bucket['vision']} takes {per_image} patches per image; got pixels of shape "
+                f"{tuple(pixels.shape)}. Preprocess with the model's image processor."
             )
         host = self.host(bucket)
-        metadata = {entry["name"]: host[entry["name"]] for entry in inputs[1:]}
-        return [{"pixel_values": c, **metadata} for c in np.split(pixel_values, pixel_values.shape[0] // per_image)]
+        metadata = {entry["name"]: self.to_device(host[entry["name"]]) for entry in inputs[1:]}
+        return [{"pixel_values": chunk, **metadata} for chunk in torch.split(pixels, per_image)]
 
-    def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> np.ndarray:
-        """``(images, n, D)`` visual embeddings."""
+    def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> torch.Tensor:
+        """``(images, n, D)`` visual embeddings on the device."""
         session = self.session(bucket["vision"])
-        return np.concatenate(
-            [session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)]
-        )
+        return torch.cat([session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)])
 
-    def embed(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.session("embed").infer({"input_ids": input_ids.astype(np.int64)})["inputs_embeds"]
+    def embed(self, input_ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings of device ``input_ids (B, S)``, into ``out`` when given."""
+        targets = None if out is None else {"inputs_embeds": out}
+        return self.session("embed").infer({"input_ids": input_ids}, targets)["inputs_embeds"]
 
     def positions(self, bucket: dict, batch: int, start: int, length: int) -> np.ndarray:
         """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``."""
@@ -194,7 +280,7 @@ class Pipeline:
         rows = np.broadcast_to(rows[:, None, :], (rows.shape[0], batch, length)).astype(np.int64)
         return rows if rows.shape[0] == 3 else rows[0]
 
-    def prefill_feeds(self, input_ids: np.ndarray, image_embeds: np.ndarray, bucket: dict) -> dict[str, np.ndarray]:
+    def prefill_feeds(self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: dict) -> dict[str, torch.Tensor]:
         """Prefill feeds for prompts ``input_ids (B, S)`` whose image span takes ``image_embeds (B, n, D)``."""
         start, count = bucket["visual_start"], bucket["tokens_per_image"]
         batch, length = input_ids.shape
@@ -207,11 +293,11 @@ class Pipeline:
                 f"Prompts must hold {count} image tokens at index {start} followed by the text (the export's prompt "
                 "template); build them with prompt_ids() for the same bucket."
             )
-        embeds = self.embed(input_ids)
-        embeds[:, start : start + count] = image_embeds.astype(embeds.dtype)
-        return {"inputs_embeds": embeds, "position_ids": self.positions(bucket, batch, 0, length)}
+        embeds = self.embed(self.to_device(input_ids.astype(np.int64)))
+        embeds[:, start : start + count] = image_embeds.to(embeds.dtype)
+        return {"inputs_embeds": embeds, "position_ids": self.to_device(self.positions(bucket, batch, 0, length))}
 
-    def prefill(self, input_ids: np.ndarray, image_embeds: np.ndarray, bucket: dict) -> dict[str, np.ndarray]:
+    def prefill(self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: dict) -> dict[str, torch.Tensor]:
         """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
         return self.session(bucket["prefill"]).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
 
@@ -233,7 +319,7 @@ class Pipeline:
         return np.asarray(rows, dtype=np.int64)
 
     # -- generation -----------------------------------------------------------------------------------------
-    def generate_tokens(
+    def request(
         self,
         input_ids: np.ndarray,
         pixel_values: np.ndarray,
@@ -242,87 +328,38 @@ class Pipeline:
         sampling: SamplingConfig | None = None,
         stop_token_ids: Sequence[int] = (),
         timings: Timings | None = None,
-        logits_out: list | None = None,
-        decode_feeds_out: list | None = None,
-        prefill_out: dict | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Yield ``(B,)`` token ids step by step. Rows that hit a stop token repeat it; all stop -> done.
-        ``logits_out`` collects each step's logits, ``decode_feeds_out`` a copy of each decode call's feeds,
-        ``prefill_out`` the image embeddings (``image_embeds``) and the prefill outputs."""
-        sampling = sampling or SamplingConfig()
-        timings = timings if timings is not None else Timings()
-        rng = np.random.default_rng(sampling.seed)
-        bucket = self.manifest.bucket_for(image_size)
+        keep_logits: bool = False,
+        keep_decode_feeds: bool = False,
+    ) -> Request:
+        """A generation of up to ``max_new_tokens`` tokens for prompts ``input_ids (B, S)`` and their images;
+        iterate it for ``Step``s."""
         limit = self.manifest.profile["max_new_tokens"]
-        if max_new_tokens > limit:
+        if not 1 <= max_new_tokens <= limit:
             critical(
-                f"max_new_tokens={max_new_tokens} exceeds the export profile's {limit}; re-export with a larger "
-                "--max-new-tokens."
+                f"max_new_tokens={max_new_tokens} must be between 1 and the export profile's {limit}; re-export "
+                "with a larger --max-new-tokens for more."
             )
-        began, sessions_before = time.perf_counter(), self.session_seconds()
-        embeds = self.image_embeds(pixel_values, bucket)
-        timings.vision_ms = (time.perf_counter() - began) * 1e3
-        outputs = self.prefill(input_ids, embeds, bucket)
-        timings.prefill_ms = (time.perf_counter() - began) * 1e3 - timings.vision_ms
-        if prefill_out is not None:
-            prefill_out.update(outputs, image_embeds=embeds)
-        prompt = self.manifest.prompt
-        batch, length = input_ids.shape
-        presents = {k: v for k, v in outputs.items() if k.startswith("present.")}
-        max_lengths = [
-            presents[f"present.{layer}.key"].shape[2] + max_new_tokens for layer in range(prompt["num_layers"])
-        ]
-        dtype = presents["present.0.key"].dtype
-        cache = KVCache(batch, prompt["num_key_value_heads"], prompt["head_dim"], max_lengths, dtype)
-        cache.load(presents)
-        timings.kv_cache_bytes = cache.nbytes()
-        stops = np.asarray(list(stop_token_ids), dtype=np.int64)
-        finished = np.zeros(batch, dtype=bool)
-        logits = outputs["logits"]
-        decode_began = None
-        for step in range(max_new_tokens):
-            if logits_out is not None:
-                logits_out.append(logits)
-            token = next_tokens(logits, sampling, rng)
-            if stops.size:
-                token = np.where(finished, stops[0], token)
-                finished |= np.isin(token, stops)
-            if step == 0:
-                timings.first_token_ms = (time.perf_counter() - began) * 1e3
-                decode_began = time.perf_counter()
-            timings.new_tokens = step + 1
-            yield token
-            if step == max_new_tokens - 1 or (stops.size and finished.all()):
-                break
-            feeds = {
-                "inputs_embeds": self.embed(token[:, None]),
-                "position_ids": self.positions(bucket, batch, length + step, 1),
-                **cache.past(),
-            }
-            if decode_feeds_out is not None:  # copies: the cache buffers are written in place by the next step
-                decode_feeds_out.append({name: np.array(value) for name, value in feeds.items()})
-            logits = self.session("decode").infer(feeds, targets=cache.present_targets())["logits"]
-            cache.advance()
-        if decode_began is not None:
-            timings.decode_ms = (time.perf_counter() - decode_began) * 1e3
-        timings.session_ms = (self.session_seconds() - sessions_before) * 1e3
+        return Request(
+            self,
+            input_ids,
+            pixel_values,
+            image_size,
+            max_new_tokens,
+            sampling or SamplingConfig(),
+            stop_token_ids,
+            timings if timings is not None else Timings(),
+            keep_logits,
+            keep_decode_feeds,
+        )
 
     def greedy(
-        self,
-        input_ids: np.ndarray,
-        pixel_values: np.ndarray,
-        image_size: tuple[int, int],
-        max_new_tokens: int,
-        prefill_out: dict | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, max_new_tokens)`` greedy tokens and ``(B, steps, V)`` logits (no stop tokens); ``prefill_out`` as
-        in ``generate_tokens``."""
-        logits: list = []
-        steps = self.generate_tokens(
-            input_ids, pixel_values, image_size, max_new_tokens, logits_out=logits, prefill_out=prefill_out
-        )
-        tokens = list(steps)
-        return np.stack(tokens, axis=1), np.stack(logits, axis=1)
+        self, input_ids: np.ndarray, pixel_values: np.ndarray, image_size: tuple[int, int], max_new_tokens: int
+    ) -> tuple[np.ndarray, np.ndarray, Request]:
+        """``(B, max_new_tokens)`` greedy tokens, ``(B, steps, V)`` logits (no stop tokens), and the finished
+        request (its image embeddings and prefill outputs)."""
+        request = self.request(input_ids, pixel_values, image_size, max_new_tokens, keep_logits=True)
+        steps = list(request)
+        return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
 
     def _request(self, images, prompts):
         began = time.perf_counter()
@@ -352,10 +389,8 @@ class Pipeline:
         input_ids, pixel_values, image_size, preprocess_ms = self._request(images, prompts)
         timings = Timings(preprocess_ms=preprocess_ms)
         stops = self._stop_ids(stop_token_ids)
-        steps = list(
-            self.generate_tokens(input_ids, pixel_values, image_size, max_new_tokens, sampling, stops, timings)
-        )
-        tokens = np.stack(steps, axis=1)
+        request = self.request(input_ids, pixel_values, image_size, max_new_tokens, sampling, stops, timings)
+        tokens = np.stack([step.tokens for step in request], axis=1)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
         return Generation(texts, tokens, timings)
 
@@ -372,11 +407,10 @@ class Pipeline:
         input_ids, pixel_values, image_size, preprocess_ms = self._request([image], [prompt])
         timings = timings if timings is not None else Timings()
         timings.preprocess_ms = preprocess_ms
+        stops = self._stop_ids(stop_token_ids)
         tokens, shown = [], ""
-        for token in self.generate_tokens(
-            input_ids, pixel_values, image_size, max_new_tokens, sampling, self._stop_ids(stop_token_ids), timings
-        ):
-            tokens.append(int(token[0]))
+        for step in self.request(input_ids, pixel_values, image_size, max_new_tokens, sampling, stops, timings):
+            tokens.append(int(step.tokens[0]))
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole UTF-8 characters
                 yield text[len(shown) :]
@@ -384,3 +418,115 @@ class Pipeline:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if text != shown:
             yield text[len(shown) :]
+
+
+class Request:
+    """One generation over a batch of same-size images, created by ``Pipeline.request``.
+
+    It holds its device buffers (image embeddings, prefill outputs, the token ids, the step's embeddings and
+    logits, the positions) and its sampling state, and uses the pipeline's KV cache. Iterating runs the vision and
+    prefill graphs for the first ``Step``, then one decode step per further token, until ``max_new_tokens`` or every
+    row has produced a stop token (rows that stopped repeat their stop token)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        input_ids: np.ndarray,
+        pixel_values: np.ndarray,
+        image_size: tuple[int, int],
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        stop_token_ids: Sequence[int],
+        timings: Timings,
+        keep_logits: bool,
+        keep_decode_feeds: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.input_ids = input_ids
+        self.pixel_values = pixel_values
+        self.bucket = pipeline.manifest.bucket_for(image_size)
+        self.max_new_tokens = max_new_tokens
+        self.sampling = sampling
+        self.timings = timings
+        self.keep_logits = keep_logits
+        self.keep_decode_feeds = keep_decode_feeds
+        self.stop_token_ids = list(stop_token_ids)
+        self.image_embeds: torch.Tensor | None = None
+        self.prefill_feeds: dict[str, torch.Tensor] = {}
+        self.prefill_outputs: dict[str, torch.Tensor] = {}
+        self.steps_done = 0
+        self.done = False
+        self._began = self._decode_began = self._sessions_before = 0.0
+
+    def __iter__(self) -> Iterator[Step]:
+        while not self.done:
+            yield self.step()
+
+    def step(self) -> Step:
+        """The next token: the first runs vision and prefill, each further one a decode step."""
+        if self.done:
+            critical("This request has finished; start a new one with Pipeline.request().")
+        step = self._start() if self.steps_done == 0 else self._decode()
+        self.steps_done += 1
+        self.timings.new_tokens = self.steps_done
+        self.done = self.steps_done == self.max_new_tokens or bool(self.stop_token_ids and step.finished.all())
+        now = time.perf_counter()
+        if self.steps_done == 1:
+            self.timings.first_token_ms = (now - self._began) * 1e3
+            self._decode_began = now
+        self.timings.decode_ms = (now - self._decode_began) * 1e3
+        self.timings.session_ms = (self.pipeline.session_seconds() - self._sessions_before) * 1e3
+        return step
+
+    def _start(self) -> Step:
+        pipeline, bucket, timings = self.pipeline, self.bucket, self.timings
+        self._began, self._sessions_before = time.perf_counter(), pipeline.session_seconds()
+        with _on_stream(pipeline.cuda_stream):
+            self.image_embeds = pipeline.image_embeds(self.pixel_values, bucket)
+            pipeline.synchronize()
+            timings.vision_ms = (time.perf_counter() - self._began) * 1e3
+            self.prefill_feeds = pipeline.prefill_feeds(self.input_ids, self.image_embeds, bucket)
+            self.prefill_outputs = pipeline.session(bucket["prefill"]).infer(self.prefill_feeds)
+            pipeline.synchronize()
+            timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms
+            batch, length = self.input_ids.shape
+            self.cache = pipeline.kv_cache(batch)
+            self.cache.load(self.prefill_outputs)
+            timings.kv_cache_bytes = self.cache.nbytes()
+            device, hidden = pipeline.device, pipeline.manifest.prompt["hidden_size"]
+            self.position = pipeline.to_device(pipeline.positions(bucket, batch, length, 1))
+            self.token = torch.empty(batch, dtype=torch.int64, device=device)
+            self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)
+            self.logits = torch.empty_like(self.prefill_outputs["logits"])
+            self.generator = self.sampling.generator(device)
+            self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
+            self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+            return self._choose(self.prefill_outputs["logits"], None)
+
+    def _decode(self) -> Step:
+        pipeline, cache = self.pipeline, self.cache
+        cache.check_room()
+        with _on_stream(pipeline.cuda_stream):
+            pipeline.embed(self.token[:, None], out=self.embeds)
+            feeds = {"inputs_embeds": self.embeds, "position_ids": self.position, **cache.inputs()}
+            recorded = host_arrays(feeds) if self.keep_decode_feeds else None
+            pipeline.session("decode").infer(feeds, targets={"logits": self.logits, **cache.targets()})
+            cache.advance()
+            self.position += 1
+            return self._choose(self.logits, recorded)
+
+    def _choose(self, logits: torch.Tensor, decode_feeds: dict | None) -> Step:
+        """Sample the next tokens on the device; rows that stopped repeat their stop token."""
+        token = next_tokens(logits, self.sampling, self.generator, self.token)
+        if self.stop_token_ids:
+            token.copy_(torch.where(self.finished, self.stops[0], token))
+            self.finished |= torch.isin(token, self.stops)
+        tokens = self.pipeline.to_host(token)  # the one copy to the host per step
+        finished = np.isin(tokens, self.stop_token_ids)  # a stopped row repeats a stop token
+        kept = self.pipeline.to_host(logits) if self.keep_logits else None
+        return Step(self.steps_done, tokens, finished, kept, decode_feeds)
+
+
+def _on_stream(stream):
+    """Run torch work on the pipeline's CUDA stream (no-op on the CPU)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()

@@ -1,10 +1,11 @@
-"""Next-token choice: greedy, or sampling with temperature, top-k and top-p (nucleus) from a seeded generator."""
+"""Next-token choice on the logits' device: greedy, or sampling with temperature, top-k and top-p (nucleus) from a
+seeded generator."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
+import torch
 
 from luvc.errors import critical
 
@@ -25,21 +26,37 @@ class SamplingConfig:
                 f" top_k={self.top_k}, top_p={self.top_p}."
             )
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
-def next_tokens(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """``(B, V)`` logits -> ``(B,)`` token ids."""
-    if config.temperature == 0:
-        return logits.argmax(-1)
-    scaled = logits.astype(np.float64) / config.temperature
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The request's random generator on ``device`` (``None`` for greedy decoding)."""
+        if self.greedy:
+            return None
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return generator
+
+
+def next_tokens(
+    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None, out: torch.Tensor
+) -> torch.Tensor:
+    """``(B, V)`` logits -> ``(B,)`` token ids written into ``out`` (int64, on the logits' device)."""
+    if config.greedy:
+        return torch.argmax(logits, dim=-1, out=out)
+    scaled = logits.double() / config.temperature
     if config.top_k:
-        kth = np.sort(scaled, axis=-1)[:, -min(config.top_k, scaled.shape[-1])][:, None]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+        kth = torch.topk(scaled, min(config.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if config.top_p < 1:
-        order = np.argsort(-probs, axis=-1)
-        sorted_probs = np.take_along_axis(probs, order, -1)
-        outside = np.cumsum(sorted_probs, -1) - sorted_probs >= config.top_p  # keep the smallest set reaching top_p
-        np.put_along_axis(probs, order, np.where(outside, 0.0, sorted_probs), -1)
-        probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs])
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        outside = torch.cumsum(sorted_probs, -1) - sorted_probs >= config.top_p  # keep the smallest set reaching top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    out.copy_(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
+    return out

@@ -1,35 +1,77 @@
-"""One session interface over ONNX Runtime and TensorRT (Polygraphy ``BaseRunner`` style).
+"""One session interface over ONNX Runtime and TensorRT (Polygraphy ``BaseRunner`` style), on device tensors.
 
-``BaseSession`` does the checks: feeds are validated against the stage manifest's I/O names, dtypes and shapes
-(symbolic dimensions must agree across inputs, and stay inside the engine profile for TensorRT) before
-``infer_impl`` runs. ``OrtSession`` and ``TrtSession`` implement only ``activate_impl``/``infer_impl``/
+Sessions take and return torch tensors on their device (``cpu`` or ``cuda:N``). ``BaseSession`` does the checks:
+feeds are validated against the stage manifest's I/O names, dtypes and shapes (symbolic dimensions must agree across
+inputs, and stay inside the engine profile for TensorRT), and outputs are placed into caller-given ``targets``
+(e.g. a KV cache bound as both input and output, updated in place) or into tensors it allocates on the device from
+the manifest's output shapes. ``OrtSession`` and ``TrtSession`` implement only ``activate_impl``/``infer_impl``/
 ``deactivate_impl``. Every error message starts with the session name.
+
+``TransferStats`` counts what a session moved between host and device and what it allocated, so tests and the
+runtime's report can hold a decode step to "no KV bytes across the bus, no allocation".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from luvc.errors import critical
+from luvc.export.inspect import evaluate_dim
 
-NUMPY_DTYPES = {"float": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+TORCH_DTYPES = {
+    "float": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+@dataclasses.dataclass
+class TransferStats:
+    """Bytes a session moved host -> device (feeds not already on its device) and device -> host, and the output
+    tensors it allocated (outputs without a caller-given target)."""
+
+    calls: int = 0
+    host_to_device_bytes: int = 0
+    device_to_host_bytes: int = 0
+    allocations: int = 0
+
+    def since(self, earlier: TransferStats) -> TransferStats:
+        return TransferStats(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(earlier))))
+
+    def __add__(self, other: TransferStats) -> TransferStats:
+        return TransferStats(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
 
 class BaseSession:
-    """A graph or engine with named inputs and outputs. Use as a context manager, or call ``activate`` first."""
+    """A graph or engine with named inputs and outputs on ``device``. Use as a context manager, or call
+    ``activate`` first."""
 
-    def __init__(self, name: str, inputs: list[dict], outputs: list[dict], profile: dict | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: list[dict],
+        outputs: list[dict],
+        profile: dict | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
         self.profile = profile or {}
+        self.device = torch.device(device or "cpu")
         self.is_active = False
         self.last_inference_seconds = 0.0
         self.total_inference_seconds = 0.0
+        self.stats = TransferStats()
 
     def activate(self) -> BaseSession:
         if not self.is_active:
@@ -49,33 +91,68 @@ class BaseSession:
         self.deactivate()
 
     def infer(
-        self, feeds: dict[str, np.ndarray], targets: dict[str, np.ndarray] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Validate ``feeds`` and run; returns every output by name. Outputs named in ``targets`` are written into
-        those preallocated, C-contiguous arrays of the right shape (no allocation for them)."""
+        self, feeds: dict[str, torch.Tensor | np.ndarray], targets: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Validate ``feeds`` and run; returns every output by name as a tensor on the session's device. Outputs
+        named in ``targets`` are written into those contiguous device tensors of the right shape (which may be the
+        very tensors fed as inputs: an in-place update); the others are allocated."""
         if not self.is_active:
             self.activate()
-        self.check_feeds(feeds)
+        feeds = {name: self._on_device(name, value) for name, value in feeds.items()}
+        symbols = self.check_feeds(feeds)
+        outputs = self._outputs(symbols, targets or {})
         began = time.perf_counter()
-        outputs = self.infer_impl(feeds, targets or {})
+        self.infer_impl(feeds, outputs)
         self.last_inference_seconds = time.perf_counter() - began
         self.total_inference_seconds += self.last_inference_seconds
+        self.stats.calls += 1
         return outputs
 
-    def check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+    def _on_device(self, name: str, value: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A feed as a contiguous tensor on the session's device; a host array or a tensor elsewhere is copied
+        (and counted)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+        if isinstance(value, np.ndarray) or tensor.device != self.device:
+            self.stats.host_to_device_bytes += tensor.numel() * tensor.element_size()
+            tensor = tensor.to(self.device)
+        return tensor.contiguous()
+
+    def _outputs(self, symbols: dict[str, int], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = {}
+        for entry in self.outputs:
+            name = entry["name"]
+            shape = [evaluate_dim(dim, symbols) for dim in entry["shape"]]
+            if None in shape:
+                critical(f"{self.name}: output {name} has shape {entry['shape']}, which the inputs do not bind.")
+            target = targets.get(name)
+            if target is None:
+                outputs[name] = torch.empty(shape, dtype=TORCH_DTYPES[entry["dtype"]], device=self.device)
+                self.stats.allocations += 1
+                continue
+            if list(target.shape) != shape or not target.is_contiguous() or target.device != self.device:
+                critical(
+                    f"{self.name}: target for output {name} must be a contiguous {shape} tensor on {self.device}; "
+                    f"got {list(target.shape)} on {target.device}."
+                )
+            outputs[name] = target
+        return outputs
+
+    def check_feeds(self, feeds: dict[str, torch.Tensor]) -> dict[str, int]:
+        """Check names, dtypes, ranks, static sizes, agreeing symbolic sizes and the engine profile; return the
+        symbolic dimensions the feeds bind."""
         expected = {entry["name"]: entry for entry in self.inputs}
         missing, unexpected = sorted(set(expected) - set(feeds)), sorted(set(feeds) - set(expected))
         if missing or unexpected:
             critical(f"{self.name}: missing inputs {missing}, unexpected inputs {unexpected}.")
         symbols: dict[str, tuple[int, str]] = {}
         for name, entry in expected.items():
-            array = feeds[name]
-            dtype = NUMPY_DTYPES.get(entry["dtype"])
-            if dtype is not None and array.dtype != dtype:
-                critical(f"{self.name}: input {name} must be {np.dtype(dtype).name}, got {array.dtype}.")
-            if array.ndim != len(entry["shape"]):
-                critical(f"{self.name}: input {name} must have shape {entry['shape']}, got {list(array.shape)}.")
-            for axis, (want, got) in enumerate(zip(entry["shape"], array.shape)):
+            tensor = feeds[name]
+            dtype = TORCH_DTYPES.get(entry["dtype"])
+            if dtype is not None and tensor.dtype != dtype:
+                critical(f"{self.name}: input {name} must be {entry['dtype']}, got {str(tensor.dtype)[6:]}.")
+            if tensor.dim() != len(entry["shape"]):
+                critical(f"{self.name}: input {name} must have shape {entry['shape']}, got {list(tensor.shape)}.")
+            for axis, (want, got) in enumerate(zip(entry["shape"], tensor.shape)):
                 if isinstance(want, int) and want != got:
                     critical(f"{self.name}: input {name} axis {axis} must be {want}, got {got} ({entry['shape']}).")
                 if isinstance(want, str):
@@ -84,42 +161,62 @@ class BaseSession:
                         critical(f"{self.name}: dimension {want} is {seen[0]} in {seen[1]} but {got} in {name}.")
             if name in self.profile:
                 low, _, high = self.profile[name]
-                if any(g < lo or g > hi for g, lo, hi in zip(array.shape, low, high)):
+                if any(g < lo or g > hi for g, lo, hi in zip(tensor.shape, low, high)):
                     critical(
-                        f"{self.name}: input {name} of shape {list(array.shape)} is outside the engine profile "
+                        f"{self.name}: input {name} of shape {list(tensor.shape)} is outside the engine profile "
                         f"{low} .. {high}; re-export with larger --max-batch/--max-text-tokens/--max-new-tokens."
                     )
+        return {symbol: size for symbol, (size, _) in symbols.items()}
 
     def activate_impl(self) -> None:
         raise NotImplementedError
 
-    def infer_impl(self, feeds: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Run with ``feeds``, writing every output into the given device tensor of ``outputs``."""
         raise NotImplementedError
 
     def deactivate_impl(self) -> None:
         pass
 
 
+def ort_providers(device: torch.device, stream: int | None = None) -> list:
+    """ONNX Runtime providers for ``device``: the CUDA EP on that GPU (on the pipeline's stream, no per-run
+    synchronisation beyond the stream's own order), or the CPU EP."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    options = {
+        "device_id": device.index or 0,
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": "0",
+    }
+    if stream is not None:
+        options["user_compute_stream"] = str(stream)
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
 class OrtSession(BaseSession):
-    """An exported graph in ONNX Runtime. ``providers`` after activation lists what the session really got."""
+    """An exported graph in ONNX Runtime, with inputs and outputs bound to device tensors (IO binding).
+    ``providers`` after activation lists what the session really got."""
 
     def __init__(
         self,
         path: Path,
         inputs,
         outputs,
-        providers: list[str] | None = None,
+        providers: list | None = None,
         name: str | None = None,
         basic_optimizations: bool | None = None,
+        device: torch.device | str | None = None,
     ):
-        super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs)
+        super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=device)
         self.path = Path(path)
-        self.requested_providers = providers or ["CPUExecutionProvider"]
+        self.requested_providers = providers or ort_providers(self.device)
         # FP8 Q/DQ graphs: ONNX Runtime's extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has
         # no float8 kernel; basic optimizations keep the Q/DQ nodes
         self.basic_optimizations = bool(basic_optimizations)
         self.providers: list[str] = []
-        self.session = None
+        self.session = self.binding = self.run_options = None
 
     def activate_impl(self) -> None:
         try:
@@ -135,42 +232,50 @@ class OrtSession(BaseSession):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
         self.providers = self.session.get_providers()
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            critical(
+                f"{self.name}: asked for {self.device} but ONNX Runtime gave {self.providers}; install the GPU "
+                f"package instead of the CPU one: `{sys.executable} -m pip uninstall -y onnxruntime && "
+                f"{sys.executable} -m pip install onnxruntime-gpu`, or run with --device cpu."
+            )
+        self.binding = self.session.io_binding()
+        self.run_options = ort.RunOptions()
+        if self.device.type == "cuda":  # ordered by the stream; the host waits only when it reads a result
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
-    def infer_impl(self, feeds, targets):
-        if not targets:
-            values = self.session.run(None, feeds)
-            return dict(zip((output.name for output in self.session.get_outputs()), values))
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        names = [output.name for output in self.session.get_outputs()]
-        for name in names:
-            if name in targets:
-                target = targets[name]
-                element_type = target.dtype.type
-                binding.bind_output(name, "cpu", 0, element_type, list(target.shape), target.ctypes.data)
-            else:
-                binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        return {name: targets[name] if name in targets else value.numpy() for name, value in zip(names, values)}
+    def infer_impl(self, feeds, outputs):
+        binding, device_type, device_id = self.binding, self.device.type, self.device.index or 0
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, tensor in feeds.items():
+            element = _numpy_type(tensor.dtype)
+            binding.bind_input(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
+        for name, tensor in outputs.items():
+            element = _numpy_type(tensor.dtype)
+            binding.bind_output(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
+        self.session.run_with_iobinding(binding, self.run_options)
 
     def deactivate_impl(self) -> None:
-        self.session = None
+        self.session = self.binding = None
+
+
+def _numpy_type(dtype: torch.dtype) -> type:
+    return torch.empty(0, dtype=dtype).numpy().dtype.type
 
 
 class TrtSession(BaseSession):
-    """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) with device buffers as torch CUDA tensors."""
+    """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on a CUDA device and the pipeline's CUDA stream.
+    Input shapes and tensor addresses are set only when they change; nothing is synchronised here."""
 
-    def __init__(self, engine: bytes, inputs, outputs, profile, tensorrt, name: str):
-        super().__init__(name, inputs, outputs, profile)
+    def __init__(self, engine: bytes, inputs, outputs, profile, tensorrt, name: str, device=None, stream=None):
+        super().__init__(name, inputs, outputs, profile, device=device or "cuda")
         self.engine_bytes = engine
         self.tensorrt = tensorrt
+        self.stream = stream
         self.engine = self.context = None
+        self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
 
     def activate_impl(self) -> None:
-        import torch
-
         if not torch.cuda.is_available():
             critical(f"{self.name}: running a TensorRT engine needs an NVIDIA GPU with CUDA; use --backend ort here.")
         trt = self.tensorrt.module
@@ -179,35 +284,25 @@ class TrtSession(BaseSession):
         if self.engine is None:
             critical(f"{self.name}: {self.tensorrt.describe()} could not deserialize the engine; rebuild it here.")
         self.context = self.engine.create_execution_context()
+        self.bound = {}
 
-    def infer_impl(self, feeds, targets):
-        import torch
-
-        trt = self.tensorrt.module
-        keep = []
-        for name, array in feeds.items():
-            tensor = torch.from_numpy(np.ascontiguousarray(array)).cuda()
-            keep.append(tensor)
-            self.context.set_input_shape(name, tuple(array.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        outputs = {}
-        for entry in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(entry["name"]))
-            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(entry["name"])))).dtype
-            outputs[entry["name"]] = torch.empty(shape, dtype=dtype, device="cuda")
-            self.context.set_tensor_address(entry["name"], outputs[entry["name"]].data_ptr())
-        stream = torch.cuda.current_stream()
+    def infer_impl(self, feeds, outputs):
+        for name, tensor in feeds.items():
+            shape, address = tuple(tensor.shape), tensor.data_ptr()
+            last = self.bound.get(name, (None, None))
+            if last[0] != shape:
+                self.context.set_input_shape(name, shape)
+            if last[1] != address:
+                self.context.set_tensor_address(name, address)
+            self.bound[name] = (shape, address)
+        for name, tensor in outputs.items():
+            if self.bound.get(name, (None, None))[1] != tensor.data_ptr():
+                self.context.set_tensor_address(name, tensor.data_ptr())
+                self.bound[name] = (None, tensor.data_ptr())
+        stream = self.stream if self.stream is not None else torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             critical(f"{self.name}: TensorRT execution failed.")
-        stream.synchronize()
-        results = {}
-        for name, tensor in outputs.items():
-            if name in targets:
-                targets[name][...] = tensor.cpu().numpy()
-                results[name] = targets[name]
-            else:
-                results[name] = tensor.cpu().numpy()
-        return results
 
     def deactivate_impl(self) -> None:
         self.context = self.engine = None
+        self.bound = {}

@@ -30,7 +30,7 @@ def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
     inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe it.")
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 8)
-    tokens, _ = Pipeline(out).greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
+    tokens, *_ = Pipeline(out).greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
     np.testing.assert_array_equal(tokens, expected.numpy())
 
 

@@ -17,7 +17,8 @@ def test_inspect_shows_io_budgets_flops_lint_and_passes(exports, capsys):
         "/vision/blocks.0/oim",
         "pass fuse_oim_merge",
         "pass fuse_spu_gathers",
-        "past_sequence_length_3",
+        "kv_write_index",
+        "decode KV cache: tensor-scatter update in place, capacity per layer [",
     ):
         assert text in out, text
 

@@ -16,7 +16,7 @@ def test_second_bucket_matches_pytorch(exports, references):
     reference = references("tiny-qwen2-vl", height, width)
     graphs = Pipeline(exports("tiny-qwen2-vl"))
     assert sorted(graphs.manifest.buckets) == sorted(f"{h}x{w}" for h, w in QWEN_BUCKETS)
-    tokens, step_logits = graphs.greedy(
+    tokens, step_logits, _ = graphs.greedy(
         reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (height, width), 16
     )
     np.testing.assert_array_equal(tokens, reference.tokens)

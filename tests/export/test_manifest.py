@@ -36,7 +36,10 @@ def test_manifest_describes_graphs_and_budgets(exports):
     shapes = {entry["name"]: entry["shape"] for entry in prefill["outputs"]}
     assert shapes["present.0.key"][0] == "batch" and "sequence_length" in str(shapes["present.3.key"][2])
     decode_inputs = {entry["name"]: entry for entry in manifest.graphs["decode"]["inputs"]}
-    assert decode_inputs["past_key_values.2.value"]["shape"][2] == "past_sequence_length_2"
+    capacity = manifest.kv_cache["capacity"]
+    assert decode_inputs["past_key_values.2.value"]["shape"] == ["batch", 2, capacity[2], 8]
+    assert decode_inputs["kv_write_index"] == {"name": "kv_write_index", "dtype": "int64", "shape": [4]}
+    assert manifest.kv_cache["update"] == "tensor-scatter"
     assert decode_inputs["inputs_embeds"]["dtype"] == "float"
     assert [f"/llm/layers.{layer}/spu" for layer in bucket["prune_layers"]] == prefill["node_prefixes"]
     assert manifest.graphs["vision_224x224"]["node_prefixes"] == ["/vision/blocks.0/oim"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from luvc.models import TINY_MODELS
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import Pipeline, host_arrays
 from tests.export.conftest import relative_error
 
 FAMILIES = list(TINY_MODELS)
@@ -18,8 +18,8 @@ def _run_graphs(folder, reference):
     bucket = graphs.manifest.bucket_for((224, 224))
     pixels = reference.inputs["pixel_values"].numpy()
     embeds = graphs.image_embeds(pixels, bucket)
-    prefill = graphs.prefill(reference.inputs["input_ids"].numpy(), embeds, bucket)
-    return graphs, bucket, embeds, prefill
+    prefill = host_arrays(graphs.prefill(reference.inputs["input_ids"].numpy(), embeds, bucket))
+    return graphs, bucket, embeds.numpy(), prefill
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -42,7 +42,7 @@ def test_fp32_graphs_match_pytorch_luvc(family, exports, references):
 def test_greedy_through_three_graphs_equals_pytorch(family, exports, references):
     reference = references(family)
     graphs = Pipeline(exports(family))
-    tokens, step_logits = graphs.greedy(
+    tokens, step_logits, _ = graphs.greedy(
         reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (224, 224), 16
     )
     np.testing.assert_array_equal(tokens, reference.tokens)

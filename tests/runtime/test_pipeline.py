@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 import torch
 
+from luvc.errors import LuvcError
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
 from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
-from luvc.runtime.kv_cache import KVCache
+from luvc.parity import metrics
+from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
 
 PROMPT = "What is in this picture?"
+FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # README "Parity": fp16 graphs vs fp32 PyTorch
 
 
 @pytest.mark.parametrize("family", list(TINY_MODELS))
@@ -50,31 +55,6 @@ def test_reported_kv_bytes_equal_the_cost_model(family, exports):
     assert generation.timings.kv_cache_bytes < adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes_baseline
 
 
-def test_kv_cache_is_preallocated_and_ping_pongs():
-    cache = KVCache(batch=1, kv_heads=2, head_dim=4, max_lengths=[6, 3], dtype=np.float32)
-    buffers = [id(buffer) for layer in cache.buffers for kind in layer for buffer in kind]
-    presents = {
-        f"present.{layer}.{kind}": np.full((1, 2, length, 4), layer, np.float32)
-        for layer, length in ((0, 4), (1, 1))
-        for kind in ("key", "value")
-    }
-    cache.load(presents)
-    for step in range(2):
-        targets = cache.present_targets()
-        past = cache.past()
-        for name, target in targets.items():
-            layer = int(name.split(".")[1])
-            assert target.shape[2] == cache.lengths[layer] + 1 and target.flags["C_CONTIGUOUS"]
-            assert any(np.shares_memory(target, buffer) for buffer in cache.buffers[layer][0 if "key" in name else 1])
-            target[:, :, :-1] = past[name.replace("present", "past_key_values")]
-            target[:, :, -1] = 10 + step
-        cache.advance()
-    assert cache.lengths == [6, 3]
-    assert [id(buffer) for layer in cache.buffers for kind in layer for buffer in kind] == buffers
-    np.testing.assert_array_equal(cache.past()["past_key_values.1.value"][0, 0, :, 0], [1, 10, 11])
-    assert cache.nbytes() == 2 * (6 + 3) * 2 * 4 * 4
-
-
 def test_sampling_is_seeded_and_top_k_one_is_greedy(exports):
     pipeline = Pipeline(exports("tiny-llava"))
     image = synthetic_image(224, 224, 6)
@@ -82,3 +62,93 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(exports):
     assert np.array_equal(pipeline.generate(image, PROMPT, 8, SamplingConfig(1.0, top_k=1, seed=1)).tokens, greedy)
     sampled = [pipeline.generate(image, PROMPT, 8, SamplingConfig(1.5, top_p=0.95, seed=5)).tokens for _ in range(2)]
     assert np.array_equal(*sampled) and not np.array_equal(sampled[0], greedy)
+
+
+def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
+    input_ids, pixels, size, _ = pipeline._request(images, [PROMPT] * 2)
+    request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
+    request.step()  # vision + prefill: uploads pixels and the prompt once
+    cache = request.cache
+    addresses = [t.data_ptr() for pair in cache.buffers for t in pair]
+    for _ in range(5):
+        before, lengths = pipeline.transfer_stats(), list(cache.lengths)
+        request.step()
+        moved = pipeline.transfer_stats().since(before)
+        assert moved.host_to_device_bytes == 0 and moved.allocations == 0
+        assert moved.device_to_host_bytes == 2 * 8  # the two sampled token ids
+        assert moved.calls == 2  # embed and decode
+        assert cache.lengths == [length + 1 for length in lengths]
+    assert [t.data_ptr() for pair in cache.buffers for t in pair] == addresses
+    assert request.done
+
+
+def _fill_capacity_export(family, kv_update, tmp_path):
+    """An export whose profile admits exactly the test prompt's text and six new tokens, and PyTorch's tokens."""
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    image = synthetic_image(224, 224, 5)
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    ids = inputs["input_ids"][0].tolist()
+    start = ids.index(adapter.image_token_id)
+    text_tokens = len(ids) - start - ids.count(adapter.image_token_id)
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 6).numpy()
+    profile = ExportProfile(
+        image_sizes=((224, 224),), max_text_tokens=text_tokens, max_new_tokens=6, kv_update=kv_update
+    )
+    folder = export_model(load_model(family), tmp_path / family, profile, show_progress=False)
+    return folder, image, expected
+
+
+@pytest.mark.parametrize(
+    ("family", "kv_update"), [("tiny-qwen2.5-vl", "tensor-scatter"), ("tiny-llava", "scatter-elements")]
+)
+def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_update, tmp_path):
+    folder, image, expected = _fill_capacity_export(family, kv_update, tmp_path)
+    pipeline = Pipeline(folder)
+    assert pipeline.manifest.kv_cache["update"] == kv_update
+    input_ids, pixels, size, _ = pipeline._request([image], [PROMPT])
+    request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
+    tokens = np.stack([step.tokens for step in request], axis=1)
+    np.testing.assert_array_equal(tokens, expected)
+    assert request.cache.lengths == pipeline.manifest.kv_cache["capacity"]  # every layer full
+    with pytest.raises(LuvcError, match="KV cache of layer 0 is full"):
+        request.cache.check_room()
+    with pytest.raises(LuvcError, match="This request has finished"):
+        request.step()
+    with pytest.raises(LuvcError, match="must be between 1 and the export profile's 6"):
+        pipeline.request(input_ids, pixels, size, max_new_tokens=7)
+
+
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_fp16_in_place_decode_within_the_fp16_tolerance(family, exports):
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    image = synthetic_image(224, 224, 3)
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 8).numpy()
+    pipeline = Pipeline(exports(family, "fp16"))
+    assert pipeline.kv_cache(1).buffers[0][0].dtype == torch.float16
+    tokens, _, _ = pipeline.greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
+    assert metrics.token_agreement(tokens, expected) >= FP16_TOKEN_AGREEMENT
+
+
+@pytest.mark.gpu
+def test_cuda_pipeline_keeps_the_decode_loop_on_the_gpu(exports):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA; none here")
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (CUDAExecutionProvider); the CPU package is installed")
+    image = synthetic_image(224, 224, 4)
+    expected = Pipeline(exports("tiny-qwen2-vl")).generate(image, PROMPT, max_new_tokens=8).tokens
+    pipeline = Pipeline(exports("tiny-qwen2-vl"), device="cuda:0")
+    before = pipeline.transfer_stats()
+    generation = pipeline.generate(image, PROMPT, max_new_tokens=8)
+    np.testing.assert_array_equal(generation.tokens, expected)
+    assert "CUDAExecutionProvider" in pipeline.session_providers()
+    moved = pipeline.transfer_stats().since(before)
+    assert moved.device_to_host_bytes == 8 * generation.tokens.shape[1]  # token ids alone

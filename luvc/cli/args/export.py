@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
+from luvc.export.kv_update import KV_UPDATE_FORMS
 from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size
 
 
@@ -38,6 +39,13 @@ class ExportArgs(BaseArgs):
             default=None,
             help="weights in a .data file beside each graph: auto (above 1 GiB), always or never",
         )
+        group.add_argument(
+            "--kv-update",
+            choices=KV_UPDATE_FORMS,
+            default=None,
+            help="ONNX form of the decode graph's in-place KV-cache write: tensor-scatter (default; TensorRT >= 10.15, "
+            "TensorRT-RTX, ONNX Runtime) or scatter-elements (TensorRT 10.3 on JetPack 6)",
+        )
         group.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
         group.add_argument("--no-passes", action="store_true", help="skip the graph passes (fusion, cleanup)")
         group.add_argument(
@@ -59,4 +67,5 @@ class ExportArgs(BaseArgs):
             max_text_tokens=args.max_text_tokens,
             max_new_tokens=args.max_new_tokens,
             external_data=args.external_data,
+            kv_update=args.kv_update,
         )

@@ -22,9 +22,15 @@ class RuntimeArgs(BaseArgs):
         group.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (default) or trt")
         group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
         group.add_argument(
+            "--device",
+            default=None,
+            help="where tensors and KV caches live: cpu or cuda:N (default: cuda:0 for --backend trt or a CUDA "
+            "provider, else cpu); ONNX Runtime uses the CUDA EP of onnxruntime-gpu on cuda:N",
+        )
+        group.add_argument(
             "--providers",
             default=None,
-            help="ONNX Runtime execution providers, comma-separated (default CPUExecutionProvider)",
+            help="ONNX Runtime execution providers, comma-separated, instead of those --device implies",
         )
         group.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
         group.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -36,5 +42,6 @@ class RuntimeArgs(BaseArgs):
         self.artifact_dir = Path(args.artifact_dir)
         self.backend, self.engines = args.backend, args.engines
         self.providers = args.providers.split(",") if args.providers else None
+        self.device = args.device
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)

@@ -1,0 +1,45 @@
+"""The fixed-capacity KV cache: one buffer per layer and kind, bound as the decode graph's past and present."""
+
+import pytest
+import torch
+
+from luvc.errors import LuvcError
+from luvc.runtime.kv_cache import KVCache
+
+
+def _presents(lengths):
+    return {
+        f"present.{layer}.{kind}": torch.full((1, 2, length, 4), float(layer + 1))
+        for layer, length in enumerate(lengths)
+        for kind in ("key", "value")
+    }
+
+
+def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
+    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 3], dtype=torch.float32)
+    addresses = [t.data_ptr() for pair in cache.buffers for t in pair]
+    cache.load(_presents([4, 1]))
+    assert cache.lengths == [4, 1] and cache.write_index.tolist() == [4, 1]
+    key, _ = cache.valid(0)
+    assert key.shape == (1, 2, 4, 4) and bool((key == 1).all())
+    assert float(cache.buffers[0][0][:, :, 4:].abs().sum()) == 0  # past the prompt: untouched
+    inputs, targets = cache.inputs(), cache.targets()
+    for layer in range(2):
+        for kind in ("key", "value"):
+            assert inputs[f"past_key_values.{layer}.{kind}"] is targets[f"present.{layer}.{kind}"]
+    cache.advance()
+    cache.advance()
+    assert cache.lengths == [6, 3] and cache.write_index.tolist() == [6, 3]
+    assert [t.data_ptr() for pair in cache.buffers for t in pair] == addresses
+    assert cache.nbytes() == 2 * (6 + 3) * 2 * 4 * 4 and cache.capacity_bytes() == cache.nbytes()
+
+
+def test_a_full_layer_refuses_another_token_and_a_long_prompt_is_refused():
+    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 2], dtype=torch.float32)
+    cache.load(_presents([4, 1]))
+    cache.check_room()
+    cache.advance()
+    with pytest.raises(LuvcError, match=r"KV cache of layer 1 is full \(2 tokens\).*--max-new-tokens"):
+        cache.check_room()
+    with pytest.raises(LuvcError, match="Layer 0's prompt holds 7 tokens, more than its KV capacity 6"):
+        cache.load(_presents([7, 1]))
