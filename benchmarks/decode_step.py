@@ -134,10 +134,10 @@ class Stepper:
                     self.outputs[f"present.{layer}.{kind}"] = np.empty((1, heads, past + 1, head_dim), np.float32)
         if in_place:
             self.feeds["kv_write_index"] = np.full(layers, past, dtype=np.int64)
-        for name, array in self.feeds.items():
-            self.binding.bind_cpu_input(name, array)
-        for name, array in self.outputs.items():
-            self.binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
+        for name, array in {**self.feeds, **self.outputs}.items():
+            kind = "input" if name in self.feeds else "output"
+            bind = self.binding.bind_input if kind == "input" else self.binding.bind_output
+            bind(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
 
     def step(self) -> float:
         began = time.perf_counter()

@@ -5,6 +5,10 @@ reused by every request. The prefill's ``present`` tensors are copied into their
 request); each decode step binds the same tensors as the graph's ``past`` inputs and ``present`` outputs, so the
 graph writes the step's key/value at ``write_index[l]`` in place and nothing else moves. ``write_index`` lives on
 the device and is advanced there.
+
+``aliased=False`` keeps a second set of buffers instead and alternates between them (``present`` written into the
+other set): for a TensorRT 10.3 engine of the ``scatter-elements`` form, whose output may not share memory with its
+input. The graph then copies the cache on the device each step; nothing crosses to the host either way.
 """
 
 from __future__ import annotations
@@ -27,15 +31,25 @@ class KVCache:
         capacities: Sequence[int],
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
+        aliased: bool = True,
     ) -> None:
         self.batch = batch
         self.capacities = list(capacities)
-        self.buffers = [
-            tuple(torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(2))
-            for capacity in self.capacities
+        self.sets = [
+            [
+                tuple(torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(2))
+                for capacity in self.capacities
+            ]
+            for _ in range(1 if aliased else 2)
         ]
+        self.current = 0
         self.write_index = torch.zeros(len(self.capacities), dtype=torch.int64, device=device)
         self.lengths = [0] * len(self.capacities)
+
+    @property
+    def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's ``(key, value)`` buffers that hold the cache now."""
+        return self.sets[self.current]
 
     def load(self, presents: dict[str, torch.Tensor]) -> None:
         """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix."""
@@ -53,23 +67,21 @@ class KVCache:
         self.lengths = lengths
         self.write_index.copy_(torch.tensor(lengths, dtype=torch.int64))
 
-    def bindings(self) -> dict[str, torch.Tensor]:
-        """Every layer's buffers under the decode graph's input names and output names (the same tensors)."""
-        names = {}
-        for layer, (key, value) in enumerate(self.buffers):
-            for kind, tensor in (("key", key), ("value", value)):
-                names[f"past_key_values.{layer}.{kind}"] = tensor
-                names[f"present.{layer}.{kind}"] = tensor
-        return names
+    @staticmethod
+    def _names(prefix: str, buffers) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.{layer}.{kind}": tensor
+            for layer, pair in enumerate(buffers)
+            for kind, tensor in zip(("key", "value"), pair)
+        }
 
     def inputs(self) -> dict[str, torch.Tensor]:
         """The decode graph's cache inputs: the write index and every layer's ``past`` buffers."""
-        past = {name: t for name, t in self.bindings().items() if name.startswith("past_key_values.")}
-        return {"kv_write_index": self.write_index, **past}
+        return {"kv_write_index": self.write_index, **self._names("past_key_values", self.buffers)}
 
     def targets(self) -> dict[str, torch.Tensor]:
-        """The decode graph's ``present`` outputs: the very buffers fed as ``past``."""
-        return {name: t for name, t in self.bindings().items() if name.startswith("present.")}
+        """The decode graph's ``present`` outputs: the very buffers fed as ``past`` (or the other set)."""
+        return self._names("present", self.sets[(self.current + 1) % len(self.sets)])
 
     def check_room(self) -> None:
         """Refuse a step that would write past a layer's capacity (it would overwrite the last token)."""
@@ -81,9 +93,10 @@ class KVCache:
             )
 
     def advance(self) -> None:
-        """A decode step wrote one token into every layer."""
+        """A decode step wrote one token into every layer (and, unaliased, the whole cache into the other set)."""
         self.lengths = [length + 1 for length in self.lengths]
         self.write_index += 1
+        self.current = (self.current + 1) % len(self.sets)
 
     def valid(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s cached keys and values, ``(B, H, lengths[layer], D)`` views."""
@@ -98,4 +111,4 @@ class KVCache:
 
     def capacity_bytes(self) -> int:
         """Bytes the buffers take on the device."""
-        return sum(t.numel() * t.element_size() for pair in self.buffers for t in pair)
+        return sum(t.numel() * t.element_size() for buffers in self.sets for pair in buffers for t in pair)

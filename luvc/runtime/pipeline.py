@@ -221,9 +221,18 @@ class Pipeline:
         if batch not in self._caches:
             prompt, kv = self.manifest.prompt, self.manifest.kv_cache
             dtype = TORCH_DTYPES[self.manifest.graphs["decode"]["inputs"][-1]["dtype"]]
+            # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
+            # share memory with the input, so that form alternates between two sets of buffers on TensorRT
+            aliased = self.backend == "ort" or kv["update"] == "tensor-scatter"
             self._caches = {  # one batch size at a time: a new size frees the old buffers
                 batch: KVCache(
-                    batch, prompt["num_key_value_heads"], prompt["head_dim"], kv["capacity"], dtype, self.device
+                    batch,
+                    prompt["num_key_value_heads"],
+                    prompt["head_dim"],
+                    kv["capacity"],
+                    dtype,
+                    self.device,
+                    aliased,
                 )
             }
         return self._caches[batch]
@@ -501,6 +510,7 @@ class Request:
             self.generator = self.sampling.generator(device)
             self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
             self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+            self.hit = torch.zeros(batch, dtype=torch.bool, device=device)
             return self._choose(self.prefill_outputs["logits"], None)
 
     def _decode(self) -> Step:
@@ -519,8 +529,8 @@ class Request:
         """Sample the next tokens on the device; rows that stopped repeat their stop token."""
         token = next_tokens(logits, self.sampling, self.generator, self.token)
         if self.stop_token_ids:
-            token.copy_(torch.where(self.finished, self.stops[0], token))
-            self.finished |= torch.isin(token, self.stops)
+            token.masked_fill_(self.finished, self.stop_token_ids[0])
+            self.finished |= torch.isin(token, self.stops, out=self.hit)
         tokens = self.pipeline.to_host(token)  # the one copy to the host per step
         finished = np.isin(tokens, self.stop_token_ids)  # a stopped row repeats a stop token
         kept = self.pipeline.to_host(logits) if self.keep_logits else None

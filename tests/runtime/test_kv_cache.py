@@ -43,3 +43,17 @@ def test_a_full_layer_refuses_another_token_and_a_long_prompt_is_refused():
         cache.check_room()
     with pytest.raises(LuvcError, match="Layer 0's prompt holds 7 tokens, more than its KV capacity 6"):
         cache.load(_presents([7, 1]))
+
+
+def test_unaliased_cache_alternates_between_two_sets():
+    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[5, 3], dtype=torch.float32, aliased=False)
+    cache.load(_presents([2, 1]))
+    past, present = cache.inputs()["past_key_values.0.key"], cache.targets()["present.0.key"]
+    assert past.data_ptr() != present.data_ptr()
+    present[:, :, :2] = past[:, :, :2]  # what the graph does: copy the cache and write the step's token
+    present[:, :, 2] = 1
+    cache.advance()
+    assert cache.inputs()["past_key_values.0.key"] is present and cache.targets()["present.0.key"] is past
+    key, _ = cache.valid(0)
+    assert key.shape[2] == 3 and bool((key == 1).all()) and float(past.abs().sum()) == 2 * 2 * 4
+    assert cache.capacity_bytes() == 2 * 2 * (5 + 3) * 2 * 4 * 4

@@ -19,11 +19,12 @@ PROMPT = "What is in this picture?"
 FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # README "Parity": fp16 graphs vs fp32 PyTorch
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("family", list(TINY_MODELS))
-def test_greedy_text_equals_pytorch_luvc(family, exports):
+def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     adapter = load_model(family)
     adapter.apply_luvc()
-    images = [synthetic_image(224, 224, seed) for seed in (7, 8)]
+    images = [synthetic_image(224, 224, seed) for seed in (7, 8)[:batch]]
     inputs = adapter.prepare_inputs(images, PROMPT)
     eos = adapter.tokenizer.eos_token_id
     with torch.no_grad():
