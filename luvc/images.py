@@ -25,6 +25,8 @@ def synthetic_image(height: int = 224, width: int = 224, seed: int = 0) -> Image
 def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` as RGB, with an error naming the file when it is missing or not an image."""
     path = Path(path)
+    if path.is_dir():
+        critical(f"{path} is a folder, not an image; pass an image file to --image (PNG or JPEG).")
     if not path.is_file():
         critical(f"Image file {path} does not exist; pass an existing file to --image.")
     try:

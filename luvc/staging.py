@@ -1,42 +1,119 @@
-"""``staged_folder``: write an artifact folder under a hidden temporary name and rename it when complete."""
+"""Artifact folders: one writer per output folder, written under a hidden temporary name and renamed when complete.
+
+``output_claim`` refuses a taken folder and holds the folder's writer lock (``flock`` on a hidden ``.NAME.lock``
+file beside it) before a stage's slow work; the kernel drops the lock when its process ends, ``kill -9`` included,
+so a dead run never blocks the next one. ``staged_folder`` writes into ``.NAME.partial-PID-XXXX``, removes partial
+folders that earlier runs left behind (the lock proves their owners are gone), checks again that the folder is not
+taken just before the rename.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from luvc.errors import critical
 
+_held: dict[Path, list] = {}  # output folder -> [the open lock file this process holds, how many claims hold it]
+
 
 def refuse_existing(out: Path, overwrite: bool | None) -> None:
-    """Fail, naming the fix, when ``out`` exists and ``overwrite`` is not set; stages call it before their slow work
-    so that a taken output folder is reported before minutes of exporting, checking or calibrating."""
+    """Fail, naming the fix, when ``out`` exists and ``overwrite`` is not set."""
     if Path(out).exists() and not overwrite:
         critical(f"{out} already exists; choose another --out or pass --overwrite.")
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+@contextlib.contextmanager
+def output_claim(out: Path, overwrite: bool | None) -> Iterator[None]:
+    """Refuse a taken ``out`` and hold its writer lock for the block; stages wrap their whole work in it, so a taken
+    or busy folder is reported before minutes of work. Re-entrant within a process (``staged_folder`` claims too)."""
+    out = Path(out).absolute()
+    refuse_existing(out, overwrite)
+    if out not in _held:
+        _held[out] = [_lock(out), 0]
+    _held[out][1] += 1
+    try:
+        yield
+    finally:
+        _held[out][1] -= 1
+        if _held[out][1] == 0:
+            handle = _held.pop(out)[0]
+            _lock_path(out).unlink(missing_ok=True)  # while still locked: a waiting opener re-checks the inode
+            handle.close()
+
+
+def _lock(out: Path) -> IO:
+    """The open, ``flock``-ed lock file of ``out``; an error naming the holder when another process has it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = _lock_path(out)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            critical(
+                f"{out} is being written by another luvc-export run (pid {holder}); wait for it to finish or "
+                "choose another --out."
+            )
+        try:  # the lock file may have been removed and re-created between open and flock: lock the live one
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the partial folders of ``out`` left by runs that died (call with the writer lock held); returns them."""
+    out = Path(out)
+    stale = sorted(out.parent.glob(f".{out.name}.partial-*")) if out.parent.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+        owner = folder.name.rsplit(".partial-", 1)[1].split("-")[0]
+        print(f"removed {folder}, a partial folder left by an interrupted run (pid {owner})", file=sys.stderr)
+    return stale
 
 
 @contextlib.contextmanager
 def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out``; it becomes ``out`` only when the block completes, and is
-    removed on any exception (Ctrl-C included), so nothing half-written looks finished. An existing ``out`` is
-    replaced only with ``overwrite``, and only once the new folder is complete."""
+    removed on any exception (Ctrl-C and SIGTERM included), so nothing half-written looks finished. An existing
+    ``out`` is replaced only with ``overwrite``, and only once the new folder is complete."""
     out = Path(out)
-    refuse_existing(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with output_claim(out, overwrite):
+        remove_stale_partials(out)
+        staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            yield staging
+            refuse_existing(out, overwrite)  # taken meanwhile (by a run that held the lock before this one)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        staging.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

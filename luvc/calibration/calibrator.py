@@ -27,7 +27,7 @@ from luvc.export.weights import SharedWeights
 from luvc.progress import progress_steps
 from luvc.runtime.pipeline import host_arrays
 from luvc.samples import Sample, synthetic_samples
-from luvc.staging import refuse_existing, staged_folder
+from luvc.staging import output_claim, staged_folder
 
 QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: saved as it is
 CACHE_FOLDER = "calibration"
@@ -119,13 +119,16 @@ class CalibratedExportFromExport:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
         if self.out.resolve() == self.export_dir.resolve():
             critical("--out must differ from the export folder: calibration writes a new export.")
-        refuse_existing(self.out, self.overwrite)  # before the calibration runs (staged_folder checks again)
         return manifest
 
     def call_impl(self) -> Path:
+        manifest = self._source()
+        with output_claim(self.out, self.overwrite):  # before the calibration runs (staged_folder checks again)
+            return self._calibrate(manifest)
+
+    def _calibrate(self, manifest: ExportManifest) -> Path:
         from luvc.runtime.pipeline import Pipeline
 
-        manifest = self._source()
         sizes = [tuple(bucket["image_size"]) for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
         if not samples:

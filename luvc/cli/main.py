@@ -5,38 +5,52 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-
-from rich.console import Console
+import threading
 
 from luvc import __version__
 from luvc.errors import LuvcError
 
-# subcommand -> "module:class"; only the subcommand being run is imported (``build`` needs no PyTorch)
+DESCRIPTION = (
+    "Compress a vision-language model's visual tokens with LUVC and ship it: PyTorch generation, ONNX export, "
+    "TensorRT engines, a runtime, parity checks and INT8/FP8 calibration."
+)
+# subcommand -> ("module:class", one-line summary); only the subcommand being run is imported (``build`` needs no
+# PyTorch, and the top-level help imports none of them)
 TOOLS = {
-    "generate": "luvc.cli.generate:Generate",
-    "export": "luvc.cli.export:Export",
-    "build": "luvc.cli.build:Build",
-    "run": "luvc.cli.run:Run",
-    "inspect": "luvc.cli.inspect:Inspect",
-    "parity": "luvc.cli.parity:Parity",
-    "calibrate": "luvc.cli.calibrate:Calibrate",
+    "generate": ("luvc.cli.generate:Generate", "run the LUVC-compressed model in PyTorch on an image and a prompt"),
+    "export": ("luvc.cli.export:Export", "export the compressed model to ONNX graphs and a manifest"),
+    "inspect": ("luvc.cli.inspect:Inspect", "show an export's graphs, budgets, FLOPs and lint findings"),
+    "build": ("luvc.cli.build:Build", "build TensorRT engines from an export for a target GPU"),
+    "run": ("luvc.cli.run:Run", "generate text from an export (ONNX Runtime) or its engines (TensorRT)"),
+    "parity": ("luvc.cli.parity:Parity", "check an export (and engines) against PyTorch LUVC"),
+    "calibrate": (
+        "luvc.cli.calibrate:Calibrate",
+        "quantize an fp32 export to INT8 or FP8, compression in the loop",
+    ),
 }
+INTERRUPTED = 130
 
 
 def _tool_class(name: str) -> type:
-    module, cls = TOOLS[name].split(":")
+    module, cls = TOOLS[name][0].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="luvc-export", description=__doc__)
+    """The parser with the subcommands ``names`` (default: all) fully defined; the others are listed by summary."""
+    parser = argparse.ArgumentParser(prog="luvc-export", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"luvc-export {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tools = {}
-    for tool_cls in (_tool_class(name) for name in (names or TOOLS)):
+    for name, (_, summary) in TOOLS.items():
+        if names is not None and name not in names:
+            subparsers.add_parser(name, help=summary)
+            continue
+        tool_cls = _tool_class(name)
         tool = tool_cls()
-        sub = subparsers.add_parser(tool.name, help=tool_cls.__doc__, description=tool_cls.__doc__)
+        sub = subparsers.add_parser(tool.name, help=summary, description=tool_cls.__doc__)
         groups = {group_cls: group_cls() for group_cls in tool.subscriptions}
         for group in groups.values():
             group.add_parser_args(sub)
@@ -45,19 +59,42 @@ def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParse
     return parser, tools
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM ends a run like Ctrl-C: staging folders are removed on the way out."""
+    raise KeyboardInterrupt
+
+
+def _error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.CRITICAL)  # errors reach the user through the console below
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, tools = build_parser([argv[0]] if argv and argv[0] in TOOLS else None)
+    parser, tools = build_parser([argv[0]] if argv and argv[0] in TOOLS else [])
     args = parser.parse_args(argv)
+    if args.command not in tools:  # only reachable when argv[0] was not the subcommand (e.g. after an option)
+        parser, tools = build_parser([args.command])
+        args = parser.parse_args(argv)
     tool, groups = tools[args.command]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         for group in groups.values():
             group.parse(args)
         return tool.run(args, groups)
     except LuvcError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        _error(f"[bold red]error:[/] {error}")
         return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        _error("interrupted" + (f"; nothing was written to {out}" if out else ""))
+        return INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

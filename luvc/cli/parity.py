@@ -9,7 +9,7 @@ from rich.console import Console
 from luvc.cli.args import DataArgs, ParityArgs
 from luvc.export.manifest import ExportManifest
 from luvc.parity import ParityFromExport, write_report
-from luvc.staging import refuse_existing
+from luvc.staging import output_claim
 
 
 class Parity:
@@ -25,7 +25,10 @@ class Parity:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         options, data = groups[ParityArgs], groups[DataArgs]
-        refuse_existing(options.out, options.overwrite)  # before the checks run (write_report checks again)
+        with output_claim(options.out, options.overwrite):  # before the checks run (write_report checks again)
+            return self._check(options, data)
+
+    def _check(self, options: ParityArgs, data: DataArgs) -> int:
         manifest = ExportManifest.load(options.artifact_dir, verify=False)  # the checker verifies the hashes
         samples = data.samples([tuple(bucket["image_size"]) for bucket in manifest.buckets.values()])
         results = ParityFromExport(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -37,14 +38,16 @@ class Run:
         with console.status("Loading sessions"):
             pipeline.load(pipeline.preprocess([image])[1])
         timings = Timings()
-        if args.stream:
+        if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
+            sys.stdout.write("Output: ")
             for piece in pipeline.stream(image, args.prompt, options.max_new_tokens, options.sampling, timings=timings):
-                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
-            console.print()
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
         else:
             generation = pipeline.generate(image, args.prompt, options.max_new_tokens, options.sampling)
             timings = generation.timings
-            console.print(f"[bold]Output:[/] {generation.texts[0]!r}")
+            sys.stdout.write(f"Output: {generation.texts[0]}\n")
         console.print(timing_table(pipeline, timings))
         return 0
 

@@ -19,7 +19,7 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, sha256_file
-from luvc.staging import refuse_existing, staged_folder
+from luvc.staging import output_claim, staged_folder
 
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
     "FLOAT": "float",
@@ -77,6 +77,7 @@ class EngineFromOnnx:
         hardware_compatible: bool = False,
         dla_core: int | None = None,
         on_phase=None,
+        verbose: bool = False,
     ) -> None:
         self.onnx_path = onnx_path
         self.profile = profile
@@ -87,6 +88,7 @@ class EngineFromOnnx:
         self.hardware_compatible = hardware_compatible
         self.dla_core = dla_core
         self.on_phase = on_phase
+        self.verbose = verbose
         self.timing_cache_out: bytes | None = None
 
     def __call__(self):
@@ -94,7 +96,7 @@ class EngineFromOnnx:
 
     def call_impl(self):
         trt = self.tensorrt.module
-        logger = trt.Logger(trt.Logger.ERROR)
+        logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.ERROR)
         builder = trt.Builder(logger)
         strongly_typed = self.tensorrt.strongly_typed
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
@@ -109,7 +111,7 @@ class EngineFromOnnx:
         if engine is None:
             critical(
                 f"{self.tensorrt.describe()} failed to build {self.onnx_path.name} for target {self.target.name}; "
-                "run again with the TensorRT log (luvc-export build --verbose) to see why."
+                "run again with --verbose to see TensorRT's log of the build."
             )
         if self.timing_cache is not None and not self.tensorrt.is_rtx:
             self.timing_cache_out = bytes(config.get_timing_cache().serialize())
@@ -184,6 +186,7 @@ class EnginesFromExport:
         module: str | None = None,
         overwrite: bool = False,
         show_progress: bool = True,
+        verbose: bool = False,
     ) -> None:
         self.export_dir = Path(export_dir)
         self.target = target
@@ -194,6 +197,7 @@ class EnginesFromExport:
         self.module = module
         self.overwrite = overwrite
         self.show_progress = show_progress
+        self.verbose = verbose
 
     def __call__(self) -> Path:
         return self.call_impl()
@@ -225,7 +229,10 @@ class EnginesFromExport:
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export)
-        refuse_existing(self.out, self.overwrite)  # before building anything (staged_folder checks again)
+        with output_claim(self.out, self.overwrite):  # before building anything (staged_folder checks again)
+            return self._build(export, target, tensorrt)
+
+    def _build(self, export: ExportManifest, target: Target, tensorrt: TensorRT) -> Path:
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
         with staged_folder(self.out, self.overwrite) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
@@ -264,6 +271,7 @@ class EnginesFromExport:
                     hardware_compatible=self.hardware_compatible,
                     dla_core=self.dla_core,
                     on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
+                    verbose=self.verbose,
                 )
                 engine, inputs, outputs = loader()
                 if loader.timing_cache_out is not None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
-from luvc.export.manifest import MANIFEST_NAME, ExportManifest, sha256_file
+from luvc.export.manifest import ENGINE_FORMAT, MANIFEST_NAME, ExportManifest, sha256_file
 
-FORMAT = "luvc-export/engines"
+FORMAT = ENGINE_FORMAT
 FORMAT_VERSION = 1
 
 

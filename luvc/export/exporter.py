@@ -35,7 +35,7 @@ from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter
-from luvc.staging import refuse_existing, staged_folder
+from luvc.staging import output_claim, staged_folder
 
 AUTO_EXTERNAL_BYTES = 1 << 30
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
@@ -207,8 +207,11 @@ class OnnxFromCompressedModel:
         return self.call_impl()
 
     def call_impl(self) -> Path:
+        with output_claim(self.out, self.overwrite):  # before tracing anything (staged_folder checks again)
+            return self._export()
+
+    def _export(self) -> Path:
         adapter = self.adapter
-        refuse_existing(self.out, self.overwrite)  # before tracing anything (staged_folder checks again)
         adapter.apply_luvc(self.config)
         profile = (self.profile or ExportProfile()).resolve(adapter)
         if adapter.model.dtype != profile.dtype:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import functools
 import operator
 
 import onnx
@@ -27,8 +28,15 @@ def evaluate_dim(dim: int | str, values: dict[str, int]) -> int | None:
             return None if left is None or right is None else _OPS[type(node.op)](left, right)
         return None
 
+    tree = _parse_dim(dim)
+    return None if tree is None else walk(tree)
+
+
+@functools.cache
+def _parse_dim(dim: str) -> ast.AST | None:
+    """The expression tree of a symbolic dimension (parsed once: the runtime evaluates shapes on every call)."""
     try:
-        return walk(ast.parse(dim, mode="eval").body)
+        return ast.parse(dim, mode="eval").body
     except SyntaxError:
         return None
 

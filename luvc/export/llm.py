@@ -8,10 +8,12 @@ decode step takes every layer's cache at a fixed capacity, writes its key/value 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
 
 from luvc.compress.budgets import BudgetPlan
 from luvc.export.kv_update import kv_cache_update
@@ -117,10 +119,55 @@ class PrefillGraph(nn.Module):
         return (logits, *cache.flat_present(), *kept)
 
 
+CACHED_ATTENTION = "luvc_cached"
+
+
+def cached_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a decode step over a fixed-capacity cache, the KV heads not repeated: ``query (B, H, L, D)``
+    against ``key``/``value (B, H_kv, C, D)`` with the additive ``(B, 1, 1, C)`` mask -> ``(B, L, H, D)``.
+
+    Grouped-query models share each KV head among ``H / H_kv`` query heads; the stock paths repeat the cache to
+    ``H`` heads (a copy of the whole cache, times the group size, per layer and step) whenever a mask is given. Here
+    the query heads of a group are stacked along the sequence axis instead, so the cache is only read."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads * length, dim)  # head h uses KV head h // groups
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * (dim**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(probs, value).reshape(batch, heads, length, dim)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(CACHED_ATTENTION, cached_attention)
+
+
+@contextlib.contextmanager
+def attention_implementation(config, name: str) -> Iterator[None]:
+    """Run the language model with attention implementation ``name`` (while tracing a graph)."""
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
 class DecodeGraph(nn.Module):
     """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L,)`` (tokens each layer's cache
     holds before the step) and every layer's cache at its fixed capacity -> ``logits (B, V)`` (float32) and every
-    layer's cache with the step's key/value written at its write index (bind it to the input's buffer)."""
+    layer's cache with the step's key/value written at its write index (bind it to the input's buffer). Attention
+    reads the cache without repeating its KV heads (``cached_attention``)."""
 
     def __init__(self, adapter: VLMAdapter) -> None:
         super().__init__()
@@ -131,8 +178,9 @@ class DecodeGraph(nn.Module):
         self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, kv_write_index: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index)
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
-        )
+        with attention_implementation(self.language_model.config, CACHED_ATTENTION):
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
+            )
         logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
         return (logits, *cache.flat_present())

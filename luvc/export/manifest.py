@@ -19,6 +19,7 @@ from luvc.errors import critical
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
+ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
 FORMAT_VERSION = 2  # 2: fixed-capacity decode graph with in-place KV update (kv_cache section)
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
@@ -92,6 +93,11 @@ class ExportManifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             critical(f"{path} is not valid JSON ({error}); re-run the export.")
+        if data.get("format") == ENGINE_FORMAT:
+            critical(
+                f"{folder} is an engine folder (made by `luvc-export build`), not an export; pass the export folder "
+                f"it was built from and add --backend trt --engines {folder}."
+            )
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             critical(
                 f"{path} is format {data.get('format')!r} v{data.get('format_version')}, this luvc-export reads "

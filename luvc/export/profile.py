@@ -16,6 +16,7 @@ from luvc.models.base import VLMAdapter
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 28, 8192  # a processed bucket: at least one 2x2 merge unit, at most 8K pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +54,17 @@ class ExportProfile:
         sizes = tuple(tuple(size) for size in (self.image_sizes or (default_image_size(adapter),)))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
-        limits = dict(max_batch=self.max_batch or 4, max_text_tokens=self.max_text_tokens or 512)
-        limits["max_new_tokens"] = self.max_new_tokens or 256
+        limits = {
+            key: default if value is None else value
+            for key, value, default in (
+                ("max_batch", self.max_batch, 4),
+                ("max_text_tokens", self.max_text_tokens, 512),
+                ("max_new_tokens", self.max_new_tokens, 256),
+            )
+        }
         for key, value in limits.items():
             if value < 1:
-                critical(f"{key}={value} must be at least 1.")
+                critical(f"{key}={value} must be at least 1 (--{key.replace('_', '-')}).")
         return ExportProfile(
             sizes, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
         )
@@ -93,7 +100,13 @@ def parse_image_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match:
         critical(f"Image size {text!r} is not HxW, e.g. 448x448 (--image-size).")
-    return int(match.group(1)), int(match.group(2))
+    height, width = int(match.group(1)), int(match.group(2))
+    if not (MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE):
+        critical(
+            f"Image size {text!r}: each side must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels "
+            "(--image-size), e.g. 448x448."
+        )
+    return height, width
 
 
 def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:

@@ -55,13 +55,26 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     config_file = path / "config.json"
     if not config_file.is_file():
         critical(f"{path} has no config.json; point --model at a Hugging Face checkpoint folder.")
-    architecture = (json.loads(config_file.read_text()).get("architectures") or [None])[0]
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        critical(f"{config_file} is not valid JSON ({error}); copy config.json from the original checkpoint.")
+    if not isinstance(config, dict):
+        critical(f"{config_file} does not hold a JSON object; copy config.json from the original checkpoint.")
+    architecture = (config.get("architectures") or [None])[0]
     adapter_cls = adapter_class(architecture)
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         critical(f"{path} has no weight files (*.safetensors); copy the checkpoint's weights into the folder.")
-    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:  # e.g. a truncated *.safetensors file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        critical(
+            f"Cannot load the weights of {path} ({first_line}); a weight file is truncated or does not match "
+            "config.json: copy the checkpoint's *.safetensors files again."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)

@@ -120,6 +120,7 @@ class Pipeline:
         self.cuda_stream = torch.cuda.Stream(self.device) if on_gpu else None
         self.providers = providers or ort_providers(self.device, self.cuda_stream and self.cuda_stream.cuda_stream)
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
+        self._engines = self._checked_engines() if backend == "trt" else {}
         self._sessions: dict[str, BaseSession] = {}
         self._host: dict[str, dict[str, np.ndarray]] = {}
         self._caches: dict[int, KVCache] = {}
@@ -145,15 +146,24 @@ class Pipeline:
             self._sessions[name] = session.activate()
         return self._sessions[name]
 
-    def _trt_session(self, name: str, graph: dict) -> TrtSession:
+    def _checked_engines(self) -> dict[str, tuple]:
+        """Every engine's bytes, TensorRT module and profile after the engine-manifest checks, up front: a truncated
+        or foreign engine is named before anything runs."""
         from luvc.engines.builder import device_capability
         from luvc.engines.manifest import EngineManifest
         from luvc.engines.trt_module import import_tensorrt
 
         engines = EngineManifest.load(self.engines_dir)
         tensorrt = import_tensorrt(engines.tensorrt["module"])
-        engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
-        profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name]["profile"].items()}
+        checked = {}
+        for name in self.manifest.graphs:
+            engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
+            profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name]["profile"].items()}
+            checked[name] = (engine, tensorrt, profile)
+        return checked
+
+    def _trt_session(self, name: str, graph: dict) -> TrtSession:
+        engine, tensorrt, profile = self._engines.pop(name)
         return TrtSession(
             engine, graph["inputs"], graph["outputs"], profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
         )

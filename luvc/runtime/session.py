@@ -14,6 +14,7 @@ runtime's report can hold a decode step to "no KV bytes across the bus, no alloc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -239,8 +240,8 @@ class OrtSession(BaseSession):
                 f"{sys.executable} -m pip install onnxruntime-gpu`, or run with --device cpu."
             )
         self.binding = self.session.io_binding()
-        self.run_options = ort.RunOptions()
         if self.device.type == "cuda":  # ordered by the stream; the host waits only when it reads a result
+            self.run_options = ort.RunOptions()
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def infer_impl(self, feeds, outputs):
@@ -259,6 +260,7 @@ class OrtSession(BaseSession):
         self.session = self.binding = None
 
 
+@functools.cache
 def _numpy_type(dtype: torch.dtype) -> type:
     return torch.empty(0, dtype=dtype).numpy().dtype.type
 

@@ -1,4 +1,6 @@
 from luvc.cli.main import main
+from luvc.images import synthetic_image
+from luvc.runtime.pipeline import Pipeline
 
 
 def test_run_prints_text_and_timings(exports, capsys):
@@ -16,7 +18,13 @@ def test_run_prints_text_and_timings(exports, capsys):
         assert label in out
 
 
-def test_run_streams(exports, capsys):
-    argv = ["run", str(exports("tiny-llava")), "--prompt", "hi", "--stream", "--max-new-tokens", "4", "--seed", "1"]
+def test_run_streams_the_text_that_generate_returns(exports, capsys):
+    folder = exports("tiny-llava")
+    argv = ["run", str(folder), "--prompt", "hi", "--max-new-tokens", "6"]
     assert main(argv) == 0
-    assert "time to first token" in capsys.readouterr().out
+    plain = capsys.readouterr().out
+    assert main([*argv, "--stream"]) == 0
+    streamed = capsys.readouterr().out
+    expected = Pipeline(folder).generate(synthetic_image(224, 224), "hi", max_new_tokens=6).texts[0]
+    assert plain.startswith(f"Output: {expected}\n") and streamed.startswith(f"Output: {expected}\n")
+    assert "\r" not in streamed and "time to first token" in streamed

@@ -50,6 +50,13 @@ class LuvcArgs(BaseArgs):
 
     def parse(self, args: argparse.Namespace) -> None:
         if args.no_luvc:
+            given = [
+                flag
+                for flag, value in (("--budgets", args.budgets), ("--oim-layers", args.oim_layers), ("--spu", args.spu))
+                if value is not None
+            ] + (["--option"] if args.option else [])
+            if given:
+                critical(f"--no-luvc runs the uncompressed model, so {', '.join(given)} would be ignored; drop one.")
             self.config = LUVCConfig.off()
             return
         options = {}

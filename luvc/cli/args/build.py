@@ -30,6 +30,7 @@ class BuildArgs(BaseArgs):
             "--tensorrt-module", choices=MODULE_NAMES, default=None, help="default: tensorrt, else tensorrt_rtx"
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
+        group.add_argument("--verbose", action="store_true", help="print TensorRT's own log of the build")
 
     def parse(self, args: argparse.Namespace) -> None:
         self.export_dir = Path(args.export_dir)
@@ -39,5 +40,6 @@ class BuildArgs(BaseArgs):
             dla_core=args.dla_core,
             module=args.tensorrt_module,
             overwrite=args.overwrite,
+            verbose=args.verbose,
         )
         self.target, self.out = args.target, Path(args.out)

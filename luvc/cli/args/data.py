@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
+from luvc.errors import critical
 from luvc.samples import Sample, folder_samples, synthetic_samples
 
 
@@ -34,6 +35,11 @@ class DataArgs(BaseArgs):
         group.add_argument("--seed", type=int, default=None, help="seed of the synthetic scenes (default 0)")
 
     def parse(self, args: argparse.Namespace) -> None:
+        if args.prompts is not None and args.data is None:
+            critical(
+                "--prompts pairs prompts with the images of --data; pass --data FOLDER too (the synthetic scenes "
+                "have prompts of their own)."
+            )
         self.folder = None if args.data is None else Path(args.data)
         self.prompts = args.prompts
         self.count = args.num_samples

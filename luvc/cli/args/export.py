@@ -37,7 +37,8 @@ class ExportArgs(BaseArgs):
             "--external-data",
             choices=("auto", "always", "never"),
             default=None,
-            help="weights in a .data file beside each graph: auto (above 1 GiB), always or never",
+            help="weights in the export's one shared weights.data file (each tensor once): auto (graphs above 1 GiB), "
+            "always or never",
         )
         group.add_argument(
             "--kv-update",
