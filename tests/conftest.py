@@ -14,6 +14,16 @@ from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
 
 FAMILIES = list(TINY_MODELS)
+# tests that need an exported model are the slow tier; `pytest -m "not slow"` runs the rest (README "Tests")
+SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 QWEN_BUCKETS = ((224, 224), (168, 252))  # two buckets: the second is exercised by tests/export/test_buckets.py
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
 from luvc.compress.cost import CostReport
+from luvc.errors import critical
 from luvc.generation import greedy_generate
 from luvc.images import load_image, synthetic_image
 
@@ -27,6 +28,8 @@ class Generate:
         group.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        if args.max_new_tokens < 1:
+            critical(f"--max-new-tokens {args.max_new_tokens}: generate at least 1 token.")
         console = Console()
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()

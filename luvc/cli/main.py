@@ -33,6 +33,13 @@ TOOLS = {
 INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where the options are listed, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def _tool_class(name: str) -> type:
     module, cls = TOOLS[name][0].split(":")
     return getattr(importlib.import_module(module), cls)
@@ -40,7 +47,7 @@ def _tool_class(name: str) -> type:
 
 def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
     """The parser with the subcommands ``names`` (default: all) fully defined; the others are listed by summary."""
-    parser = argparse.ArgumentParser(prog="luvc-export", description=DESCRIPTION)
+    parser = _Parser(prog="luvc-export", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"luvc-export {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tools = {}
@@ -59,9 +66,14 @@ def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParse
     return parser, tools
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM ends a run like Ctrl-C: staging folders are removed on the way out."""
-    raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM. A subclass: CPython marks a plain ``KeyboardInterrupt`` that passes through code it runs
+    for a library (``PyRun_*``) as unhandled and then ends the process by SIGINT, even after ``main`` handled it."""
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGINT and SIGTERM end a run alike: staging folders are removed on the way out."""
+    raise Interrupted
 
 
 def _error(message: str) -> None:
@@ -80,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     tool, groups = tools[args.command]
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+    previous = {signum: signal.signal(signum, _interrupt) for signum in signals}
     try:
         for group in groups.values():
             group.parse(args)
@@ -93,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted" + (f"; nothing was written to {out}" if out else ""))
         return INTERRUPTED
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

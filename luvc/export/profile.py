@@ -16,6 +16,7 @@ from luvc.models.base import VLMAdapter
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
+PROFILE_LIMITS = {"max_batch": 256, "max_text_tokens": 32768, "max_new_tokens": 32768}  # graphs' axes stay < 2^16
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 28, 8192  # a processed bucket: at least one 2x2 merge unit, at most 8K pixels
 
 
@@ -63,8 +64,8 @@ class ExportProfile:
             )
         }
         for key, value in limits.items():
-            if value < 1:
-                critical(f"{key}={value} must be at least 1 (--{key.replace('_', '-')}).")
+            if not 1 <= value <= PROFILE_LIMITS[key]:
+                critical(f"{key}={value} must be between 1 and {PROFILE_LIMITS[key]} (--{key.replace('_', '-')}).")
         return ExportProfile(
             sizes, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
         )

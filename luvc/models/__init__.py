@@ -63,13 +63,14 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
         critical(f"{config_file} does not hold a JSON object; copy config.json from the original checkpoint.")
     architecture = (config.get("architectures") or [None])[0]
     adapter_cls = adapter_class(architecture)
+    from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         critical(f"{path} has no weight files (*.safetensors); copy the checkpoint's weights into the folder.")
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:  # e.g. a truncated *.safetensors file
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:  # e.g. a truncated file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         critical(
             f"Cannot load the weights of {path} ({first_line}); a weight file is truncated or does not match "

@@ -227,6 +227,13 @@ class OrtSession(BaseSession):
                 f"{self.name}: ONNX Runtime is not installed; run `{sys.executable} -m pip install onnxruntime` "
                 "(or onnxruntime-gpu for CUDA; not both)."
             )
+        names = [p[0] if isinstance(p, tuple) else p for p in self.requested_providers]
+        unknown = sorted(set(names) - set(ort.get_available_providers()))
+        if unknown:
+            critical(
+                f"{self.name}: ONNX Runtime here has no {unknown}; it has {ort.get_available_providers()} "
+                "(--providers). CUDA needs onnxruntime-gpu instead of onnxruntime."
+            )
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.basic_optimizations:

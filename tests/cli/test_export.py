@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from luvc.cli.main import main
@@ -10,6 +11,7 @@ from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
 
 
+@pytest.mark.slow
 def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
     checkpoint = tmp_path / "checkpoint"  # a local checkpoint folder, as users pass it
     tiny = load_model("tiny-qwen2.5-vl")

@@ -70,3 +70,12 @@ def test_trt_backend_matches_ort(exports, tmp_path):
     expected = Pipeline(exports("tiny-llava")).generate(image, "hi", max_new_tokens=8).tokens
     got = Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines).generate(image, "hi", 8).tokens
     assert (got == expected).all()
+
+
+def test_a_truncated_engine_is_named_before_anything_runs(exports, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    engines = build_engines(exports("tiny-llava"), "ampere", tmp_path / "engines", show_progress=False)
+    decode = engines / "decode.engine"  # not the first engine the pipeline would open
+    decode.write_bytes(decode.read_bytes()[:-100])
+    with pytest.raises(LuvcError, match=r"decode.engine is truncated or padded: .* rebuild it"):
+        Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines)

@@ -103,6 +103,7 @@ def _fill_capacity_export(family, kv_update, tmp_path):
     return folder, image, expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "kv_update"), [("tiny-qwen2.5-vl", "tensor-scatter"), ("tiny-llava", "scatter-elements")]
 )

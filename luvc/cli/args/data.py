@@ -42,11 +42,13 @@ class DataArgs(BaseArgs):
             )
         self.folder = None if args.data is None else Path(args.data)
         self.prompts = args.prompts
+        if args.num_samples is not None and args.num_samples < 1:
+            critical(f"--num-samples {args.num_samples}: ask for at least 1 sample.")
         self.count = args.num_samples
         self.seed = args.seed
 
     def samples(self, image_sizes: Sequence[tuple[int, int]]) -> list[Sample]:
         """The samples, each at one of ``image_sizes`` (the export's buckets)."""
         if self.folder is None:
-            return synthetic_samples(image_sizes, self.count or self.default_count, self.seed)
+            return synthetic_samples(image_sizes, self.default_count if self.count is None else self.count, self.seed)
         return folder_samples(self.folder, image_sizes, self.prompts, self.count)
