@@ -282,7 +282,8 @@ class Pipeline:
     def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> torch.Tensor:
         """``(images, n, D)`` visual embeddings on the device."""
         session = self.session(bucket["vision"])
-        return torch.cat([session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)])
+        embeds = [session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)]
+        return embeds[0] if len(embeds) == 1 else torch.cat(embeds)
 
     def embed(self, input_ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings of device ``input_ids (B, S)``, into ``out`` when given."""

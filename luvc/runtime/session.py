@@ -73,6 +73,7 @@ class BaseSession:
         self.last_inference_seconds = 0.0
         self.total_inference_seconds = 0.0
         self.stats = TransferStats()
+        self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
 
     def activate(self) -> BaseSession:
         if not self.is_active:
@@ -118,16 +119,28 @@ class BaseSession:
             tensor = tensor.to(self.device)
         return tensor.contiguous()
 
+    def output_shapes(self, symbols: dict[str, int]) -> dict[str, list[int]]:
+        """Every output's shape for the symbolic sizes the feeds bind (worked out once per set of sizes)."""
+        key = tuple(sorted(symbols.items()))
+        if key not in self._output_shapes:
+            shapes = {}
+            for entry in self.outputs:
+                shape = [evaluate_dim(dim, symbols) for dim in entry["shape"]]
+                if None in shape:
+                    critical(
+                        f"{self.name}: output {entry['name']} has shape {entry['shape']}, which the inputs do not bind."
+                    )
+                shapes[entry["name"]] = shape
+            self._output_shapes[key] = shapes
+        return self._output_shapes[key]
+
     def _outputs(self, symbols: dict[str, int], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = {}
-        for entry in self.outputs:
-            name = entry["name"]
-            shape = [evaluate_dim(dim, symbols) for dim in entry["shape"]]
-            if None in shape:
-                critical(f"{self.name}: output {name} has shape {entry['shape']}, which the inputs do not bind.")
+        dtypes = {entry["name"]: entry["dtype"] for entry in self.outputs}
+        for name, shape in self.output_shapes(symbols).items():
             target = targets.get(name)
             if target is None:
-                outputs[name] = torch.empty(shape, dtype=TORCH_DTYPES[entry["dtype"]], device=self.device)
+                outputs[name] = torch.empty(shape, dtype=TORCH_DTYPES[dtypes[name]], device=self.device)
                 self.stats.allocations += 1
                 continue
             if list(target.shape) != shape or not target.is_contiguous() or target.device != self.device:
@@ -236,6 +249,8 @@ class OrtSession(BaseSession):
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # the pipeline does host work between runs: idle ORT threads that spin would take its cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.basic_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
