@@ -138,6 +138,8 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("run EXPORT --prompt hi --providers Bogus", "ONNX Runtime here has no ['Bogus']"),
     ("calibrate EXPORT --prompts PROMPTS --out OUT", "--prompts pairs prompts with the images of --data"),
     ("build EXPORT --target ampere --out OUT --bogus", "unrecognized arguments: --bogus"),
+    ("build ENGINES --target ampere --out OUT", "is an engine folder (made by `luvc-export build`), not an export"),
+    ("inspect FOLDER", "has no manifest.json; it is not a finished export"),
 ]
 
 
