@@ -45,6 +45,7 @@ class KVCache:
         self.current = 0
         self.write_index = torch.zeros(len(self.capacities), dtype=torch.int64, device=device)
         self.lengths = [0] * len(self.capacities)
+        self.owner: object | None = None  # the request whose tokens the cache holds now
 
     @property
     def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -230,7 +230,8 @@ class Pipeline:
         """The fixed-capacity KV cache for ``batch`` rows, allocated on first use and reused by every request."""
         if batch not in self._caches:
             prompt, kv = self.manifest.prompt, self.manifest.kv_cache
-            dtype = TORCH_DTYPES[self.manifest.graphs["decode"]["inputs"][-1]["dtype"]]
+            past = next(e for e in self.manifest.graphs["decode"]["inputs"] if e["name"] == "past_key_values.0.key")
+            dtype = TORCH_DTYPES[past["dtype"]]
             # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
             # share memory with the input, so that form alternates between two sets of buffers on TensorRT
             aliased = self.backend == "ort" or kv["update"] == "tensor-scatter"
@@ -511,6 +512,7 @@ class Request:
             timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms
             batch, length = self.input_ids.shape
             self.cache = pipeline.kv_cache(batch)
+            self.cache.owner = self  # one request at a time uses a pipeline's cache
             self.cache.load(self.prefill_outputs)
             timings.kv_cache_bytes = self.cache.nbytes()
             device, hidden = pipeline.device, pipeline.manifest.prompt["hidden_size"]
@@ -526,6 +528,11 @@ class Request:
 
     def _decode(self) -> Step:
         pipeline, cache = self.pipeline, self.cache
+        if cache.owner is not self:
+            critical(
+                "Another request on this pipeline has taken its KV cache since this one started; finish one request "
+                "before starting the next, or give each concurrent request its own Pipeline."
+            )
         cache.check_room()
         with _on_stream(pipeline.cuda_stream):
             pipeline.embed(self.token[:, None], out=self.embeds)

@@ -154,3 +154,14 @@ def test_cuda_pipeline_keeps_the_decode_loop_on_the_gpu(exports):
     assert "CUDAExecutionProvider" in pipeline.session_providers()
     moved = pipeline.transfer_stats().since(before)
     assert moved.device_to_host_bytes == 8 * generation.tokens.shape[1]  # token ids alone
+
+
+def test_a_request_whose_cache_another_request_took_is_refused(exports):
+    pipeline = Pipeline(exports("tiny-llava"))
+    input_ids, pixels, size, _ = pipeline._request([synthetic_image(224, 224, 1)], [PROMPT])
+    first = pipeline.request(input_ids, pixels, size, max_new_tokens=4)
+    first.step()
+    second = pipeline.request(input_ids, pixels, size, max_new_tokens=4)
+    assert len(list(second)) == 4
+    with pytest.raises(LuvcError, match="Another request on this pipeline has taken its KV cache"):
+        first.step()
