@@ -87,7 +87,8 @@ def resolve_device(backend: str, providers: Sequence | None, device: str | None)
             critical(f"Device {device} needs CUDA, which this PyTorch does not see; use --device cpu.")
         if backend == "trt" and resolved.type != "cuda":
             critical("TensorRT engines run on a CUDA device; use --device cuda:N or --backend ort.")
-        return resolved
+        # tensors report cuda:N; a bare "cuda" would never compare equal to their device
+        return torch.device("cuda", torch.cuda.current_device()) if resolved == torch.device("cuda") else resolved
     names = [p[0] if isinstance(p, tuple) else p for p in providers or ()]
     return torch.device("cuda", 0) if backend == "trt" or "CUDAExecutionProvider" in names else torch.device("cpu")
 
