@@ -77,7 +77,7 @@ def name_nodes(model: onnx.ModelProto, root: str) -> None:
 
 
 def rename_dims(model: onnx.ModelProto, names: Mapping[str, str]) -> None:
-    """Replace exporter symbols (``s81``) by dimension names (``past_sequence_length_0``) in every shape, including
+    """Replace exporter symbols (``s81``) by dimension names (``sequence_length``) in every shape, including
     expressions such as ``s81 + 1``."""
     if not names:
         return
