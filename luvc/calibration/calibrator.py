@@ -50,7 +50,7 @@ def collect_feeds(
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket["prefill"], []).append(host_arrays(request.prefill_feeds))
-        first_logits.append(request.prefill_outputs["logits"].cpu().numpy())
+        first_logits.append(pipeline.to_host(request.prefill_outputs["logits"]))
         advance(f"calibration feeds: {sample.name}")
     return feeds, first_logits
 

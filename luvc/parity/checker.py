@@ -38,7 +38,7 @@ class _BackendRun:
         self.tokens, self.step_logits, request = pipeline.greedy(
             self.input_ids, self.pixels, image_size, max_new_tokens
         )
-        self.image_embeds = request.image_embeds.cpu().numpy()
+        self.image_embeds = pipeline.to_host(request.image_embeds)
         self.prefill_feeds = host_arrays(request.prefill_feeds)
         self.outputs = host_arrays(request.prefill_outputs)
 

@@ -33,7 +33,6 @@ class KVCache:
         device: torch.device | str = "cpu",
         aliased: bool = True,
     ) -> None:
-        self.batch = batch
         self.capacities = list(capacities)
         self.sets = [
             [

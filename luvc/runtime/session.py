@@ -74,6 +74,7 @@ class BaseSession:
         self.total_inference_seconds = 0.0
         self.stats = TransferStats()
         self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
+        self._output_dtypes = {entry["name"]: TORCH_DTYPES[entry["dtype"]] for entry in outputs}
 
     def activate(self) -> BaseSession:
         if not self.is_active:
@@ -136,11 +137,10 @@ class BaseSession:
 
     def _outputs(self, symbols: dict[str, int], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = {}
-        dtypes = {entry["name"]: entry["dtype"] for entry in self.outputs}
         for name, shape in self.output_shapes(symbols).items():
             target = targets.get(name)
             if target is None:
-                outputs[name] = torch.empty(shape, dtype=TORCH_DTYPES[dtypes[name]], device=self.device)
+                outputs[name] = torch.empty(shape, dtype=self._output_dtypes[name], device=self.device)
                 self.stats.allocations += 1
                 continue
             if list(target.shape) != shape or not target.is_contiguous() or target.device != self.device:
