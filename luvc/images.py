@@ -1,7 +1,8 @@
-"""Images for runs without a user image: a seeded synthetic scene, and loading with clear errors."""
+"""Images for runs without a user image: a seeded synthetic scene, and loading (files or bytes) with clear errors."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,18 @@ def load_image(path: str | Path) -> Image.Image:
         critical(f"{path} is a folder, not an image; pass an image file to --image (PNG or JPEG).")
     if not path.is_file():
         critical(f"Image file {path} does not exist; pass an existing file to --image.")
+    return _open(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, ...) received as bytes; ``name`` says where it came from in errors."""
+    return _open(io.BytesIO(data), name)
+
+
+def _open(source, name: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        critical(f"Cannot read {path} as an image ({error}); use a PNG or JPEG file.")
+        reason = "not a known image format" if isinstance(error, UnidentifiedImageError) else str(error)
+        critical(f"Cannot read {name} as an image ({reason}); use a PNG or JPEG file.")

@@ -29,6 +29,7 @@ TOOLS = {
         "luvc.cli.calibrate:Calibrate",
         "quantize an fp32 export to INT8 or FP8, compression in the loop",
     ),
+    "serve": ("luvc.cli.serve:Serve", "serve an export over an OpenAI-compatible HTTP API"),
 }
 INTERRUPTED = 130
 

@@ -27,6 +27,7 @@ from luvc.export.manifest import ExportManifest, load_graph
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
+from luvc.runtime.text import TextStream
 
 BACKENDS = ("ort", "trt")
 
@@ -55,6 +56,17 @@ class Generation:
     texts: list[str]
     tokens: np.ndarray  # (B, new tokens)
     timings: Timings
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template, the image processor's
+    pixels, the processed image size (its bucket) and the preprocessing time."""
+
+    input_ids: np.ndarray
+    pixel_values: np.ndarray
+    image_size: tuple[int, int]
+    preprocess_ms: float = 0.0
 
 
 @dataclasses.dataclass
@@ -355,12 +367,7 @@ class Pipeline:
     ) -> Request:
         """A generation of up to ``max_new_tokens`` tokens for prompts ``input_ids (B, S)`` and their images;
         iterate it for ``Step``s."""
-        limit = self.manifest.profile["max_new_tokens"]
-        if not 1 <= max_new_tokens <= limit:
-            critical(
-                f"max_new_tokens={max_new_tokens} must be between 1 and the export profile's {limit}; re-export "
-                "with a larger --max-new-tokens for more."
-            )
+        self.check_max_new_tokens(max_new_tokens)
         return Request(
             self,
             input_ids,
@@ -383,7 +390,9 @@ class Pipeline:
         steps = list(request)
         return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
 
-    def _request(self, images, prompts):
+    def prepare(self, images, prompts) -> Prepared:
+        """Preprocess one image per prompt (a batch of same-size images; a single image and prompt are a batch of
+        one) and build the prompt ids in the export's template; errors name what does not fit the export."""
         began = time.perf_counter()
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
@@ -391,9 +400,19 @@ class Pipeline:
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixel_values, image_size = self.preprocess(images)
         input_ids = self.prompt_ids(prompts, self.manifest.bucket_for(image_size))
-        return input_ids, pixel_values, image_size, (time.perf_counter() - began) * 1e3
+        return Prepared(input_ids, pixel_values, image_size, (time.perf_counter() - began) * 1e3)
 
-    def _stop_ids(self, stop_token_ids):
+    def check_max_new_tokens(self, max_new_tokens: int) -> None:
+        """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""
+        limit = self.manifest.profile["max_new_tokens"]
+        if not 1 <= max_new_tokens <= limit:
+            critical(
+                f"max_new_tokens={max_new_tokens} must be between 1 and the export profile's {limit}; re-export "
+                "with a larger --max-new-tokens for more."
+            )
+
+    def stop_token_ids(self, stop_token_ids: Sequence[int] | None = None) -> list[int]:
+        """``stop_token_ids`` as given, else the model's end-of-sequence ids from the manifest."""
         if stop_token_ids is not None:
             return list(stop_token_ids)
         eos = self.manifest.prompt["eos_token_id"]
@@ -408,10 +427,12 @@ class Pipeline:
         stop_token_ids: Sequence[int] | None = None,
     ) -> Generation:
         """Text for one prompt per image (a batch of same-size images)."""
-        input_ids, pixel_values, image_size, preprocess_ms = self._request(images, prompts)
-        timings = Timings(preprocess_ms=preprocess_ms)
-        stops = self._stop_ids(stop_token_ids)
-        request = self.request(input_ids, pixel_values, image_size, max_new_tokens, sampling, stops, timings)
+        prepared = self.prepare(images, prompts)
+        timings = Timings(preprocess_ms=prepared.preprocess_ms)
+        stops = self.stop_token_ids(stop_token_ids)
+        request = self.request(
+            prepared.input_ids, prepared.pixel_values, prepared.image_size, max_new_tokens, sampling, stops, timings
+        )
         tokens = np.stack([step.tokens for step in request], axis=1)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
         return Generation(texts, tokens, timings)
@@ -426,20 +447,19 @@ class Pipeline:
         timings: Timings | None = None,
     ) -> Iterator[str]:
         """Yield the text of one request piece by piece as tokens arrive; the pieces join to ``generate``'s text."""
-        input_ids, pixel_values, image_size, preprocess_ms = self._request([image], [prompt])
+        prepared = self.prepare([image], [prompt])
         timings = timings if timings is not None else Timings()
-        timings.preprocess_ms = preprocess_ms
-        stops = self._stop_ids(stop_token_ids)
-        tokens, shown = [], ""
-        for step in self.request(input_ids, pixel_values, image_size, max_new_tokens, sampling, stops, timings):
-            tokens.append(int(step.tokens[0]))
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):  # wait for whole UTF-8 characters
-                yield text[len(shown) :]
-                shown = text
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        if text != shown:
-            yield text[len(shown) :]
+        timings.preprocess_ms = prepared.preprocess_ms
+        stops = self.stop_token_ids(stop_token_ids)
+        text = TextStream(self.tokenizer)
+        request = self.request(
+            prepared.input_ids, prepared.pixel_values, prepared.image_size, max_new_tokens, sampling, stops, timings
+        )
+        for step in request:
+            if piece := text.add(step.tokens[0]):
+                yield piece
+        if piece := text.flush():
+            yield piece
 
 
 class Request:

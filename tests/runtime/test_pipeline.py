@@ -68,7 +68,8 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(exports):
 def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
     pipeline = Pipeline(exports("tiny-qwen2-vl"))
     images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
-    input_ids, pixels, size, _ = pipeline._request(images, [PROMPT] * 2)
+    prepared = pipeline.prepare(images, [PROMPT] * 2)
+    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
     request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
     request.step()  # vision + prefill: uploads pixels and the prompt once
     cache = request.cache
@@ -111,7 +112,8 @@ def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_u
     folder, image, expected = _fill_capacity_export(family, kv_update, tmp_path)
     pipeline = Pipeline(folder)
     assert pipeline.manifest.kv_cache["update"] == kv_update
-    input_ids, pixels, size, _ = pipeline._request([image], [PROMPT])
+    prepared = pipeline.prepare([image], [PROMPT])
+    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
     request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
     tokens = np.stack([step.tokens for step in request], axis=1)
     np.testing.assert_array_equal(tokens, expected)
@@ -158,7 +160,8 @@ def test_cuda_pipeline_keeps_the_decode_loop_on_the_gpu(exports):
 
 def test_a_request_whose_cache_another_request_took_is_refused(exports):
     pipeline = Pipeline(exports("tiny-llava"))
-    input_ids, pixels, size, _ = pipeline._request([synthetic_image(224, 224, 1)], [PROMPT])
+    prepared = pipeline.prepare([synthetic_image(224, 224, 1)], [PROMPT])
+    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
     first = pipeline.request(input_ids, pixels, size, max_new_tokens=4)
     first.step()
     second = pipeline.request(input_ids, pixels, size, max_new_tokens=4)

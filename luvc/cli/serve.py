@@ -1,0 +1,104 @@
+"""``luvc-export serve``: an OpenAI-compatible HTTP server over an export (ONNX Runtime) or its engines (TensorRT)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from luvc.cli.args.runtime import RuntimeArgs
+from luvc.errors import critical
+
+SERVING_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
+
+
+class Serve:
+    """Serve an export at /v1/chat/completions (OpenAI-compatible, with streaming), /v1/models, /health and
+    /metrics (Prometheus). The generation options below are the defaults for what a request leaves out."""
+
+    name = "serve"
+    subscriptions = (RuntimeArgs,)
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Server")
+        group.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+        group.add_argument("--model-name", default=None, help="model id clients use (default: the export's model)")
+        group.add_argument(
+            "--allow-local-images",
+            default=None,
+            metavar="FOLDER",
+            help="also accept image_url paths (or file:// URLs) inside FOLDER; off by default (data URLs only)",
+        )
+        group.add_argument(
+            "--max-queue", type=int, default=64, help="requests waiting behind the running batch; more get HTTP 429"
+        )
+        group.add_argument(
+            "--max-batch", type=int, default=None, help="requests per batch (default: the export's --max-batch)"
+        )
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        missing = [name for name in SERVING_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            critical(f"Serving needs {', '.join(missing)}; run `{sys.executable} -m pip install 'luvc-export[serve]'`.")
+        options = groups[RuntimeArgs]
+        image_folder = _image_folder(args.allow_local_images)
+        if args.max_queue < 1:
+            critical(f"--max-queue {args.max_queue}: let at least 1 request wait.")
+        listener = _listen(args.host, args.port)
+
+        import uvicorn
+
+        from luvc.runtime.pipeline import Pipeline
+        from luvc.serving.app import create_app
+        from luvc.serving.batching import GenerationParams
+        from luvc.serving.service import GenerationService
+
+        pipeline = Pipeline(
+            options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
+        )
+        max_batch = pipeline.manifest.profile["max_batch"]
+        if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
+            critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
+        defaults = GenerationParams(options.max_new_tokens, options.sampling)
+        pipeline.check_max_new_tokens(defaults.max_tokens)
+        service = GenerationService(pipeline, defaults, args.max_queue, args.max_batch, image_folder)
+        model_name = args.model_name or pipeline.manifest.model["id"]
+        host, port = listener.getsockname()[:2]
+        Console(soft_wrap=True).print(
+            f"Serving {model_name} ({pipeline.backend} on {pipeline.device}, buckets "
+            f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; Ctrl-C stops.",
+            highlight=False,
+        )
+        config = uvicorn.Config(create_app(service, model_name), log_level="warning", timeout_graceful_shutdown=10)
+        try:
+            uvicorn.Server(config).run(sockets=[listener])
+        except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it
+            pass
+        Console().print("Server stopped.")
+        return 0
+
+
+def _image_folder(folder: str | None) -> Path | None:
+    if folder is None:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        critical(f"--allow-local-images {folder}: not a folder; pass the folder clients' image paths are in.")
+    return path
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound socket for ``host:port``, or one line saying why not (checked before the sessions load)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except (OSError, OverflowError) as error:
+        critical(f"Cannot listen on {host}:{port} ({error}); pick another --port or --host.")
+    return listener

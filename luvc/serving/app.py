@@ -1,0 +1,138 @@
+"""The HTTP app of ``luvc-export serve`` (FastAPI): OpenAI-compatible ``/v1/chat/completions`` (plain and
+server-sent events) and ``/v1/models``, ``/health`` and Prometheus ``/metrics``.
+
+Status codes: 400 for a request the client can fix (the message is the one the CLI prints for the same problem),
+404 for another model name, 429 when the wait queue is full, 500 for an internal error, 503 while not serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from luvc.errors import LuvcError
+from luvc.serving import openai_api
+from luvc.serving.batching import Delta, Event, Failed, Finished, Job, QueueFull
+from luvc.serving.service import GenerationService
+
+
+def create_app(service: GenerationService, model_name: str) -> FastAPI:
+    """An app serving ``service`` under ``model_name``; the service starts and stops with the app."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(title="luvc-export", lifespan=lifespan)
+    created = int(time.time())
+
+    def refuse(status: int, message: str, outcome: str, kind: str = "invalid_request_error") -> JSONResponse:
+        service.metrics.requests.labels(outcome).inc()
+        return JSONResponse(openai_api.error_body(message, kind), status_code=status)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if service.healthy:
+            return JSONResponse({"status": "ok", "model": model_name, "waiting": len(service.queue)})
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        model = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
+        return {"object": "list", "data": [model]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: Request) -> Response:
+        try:
+            body = await http.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return refuse(400, "The request body is not JSON; send a chat completion request as JSON.", "bad_request")
+        try:
+            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
+            if request.model not in (None, "", model_name):
+                return refuse(
+                    404,
+                    f"The model {request.model!r} does not exist here; this server serves {model_name!r}.",
+                    "bad_request",
+                    "model_not_found",
+                )
+            params = openai_api.generation_params(request, service.defaults)
+            image, prompt = await run_in_threadpool(openai_api.image_and_prompt, request, service.image_folder)
+            prepared = await run_in_threadpool(service.prepare, image, prompt, params)
+        except LuvcError as error:
+            return refuse(400, str(error), "bad_request")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        try:
+            job = service.submit(prepared, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        except QueueFull as error:
+            return refuse(429, str(error), "overloaded", "rate_limit_exceeded")
+        request_id = openai_api.completion_id()
+        if request.stream:
+            return StreamingResponse(_sse(job, events, request_id, model_name, service), media_type="text/event-stream")
+        try:
+            while not isinstance(event := await events.get(), Finished | Failed):
+                pass
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        if isinstance(event, Failed):
+            service.metrics.requests.labels("failed").inc()
+            status = 400 if event.user_error else 500
+            kind = "invalid_request_error" if event.user_error else "server_error"
+            return JSONResponse(openai_api.error_body(event.message, kind), status_code=status)
+        service.metrics.requests.labels("ok").inc()
+        return JSONResponse(
+            openai_api.completion_body(
+                request_id, model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
+            )
+        )
+
+    return app
+
+
+async def _sse(
+    job: Job, events: asyncio.Queue, request_id: str, model: str, service: GenerationService
+) -> AsyncIterator[str]:
+    """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, ``[DONE]``; a
+    failure after the stream began is sent as an ``error`` event. A client that goes away cancels its job."""
+
+    def data(body: dict) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+    outcome = "cancelled"  # until the stream ends one way or the other
+    try:
+        yield data(openai_api.chunk_body(request_id, model, {"role": "assistant", "content": ""}))
+        while True:
+            event = await events.get()
+            if isinstance(event, Delta):
+                yield data(openai_api.chunk_body(request_id, model, {"content": event.text}))
+            elif isinstance(event, Finished):
+                yield data(openai_api.chunk_body(request_id, model, {}, event.finish_reason))
+                outcome = "ok"
+                break
+            else:
+                kind = "invalid_request_error" if event.user_error else "server_error"
+                yield data(openai_api.error_body(event.message, kind))
+                outcome = "failed"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if outcome != "ok":
+            job.cancel()
+        service.metrics.requests.labels(outcome).inc()

@@ -1,0 +1,203 @@
+"""Generation jobs for servers: a bounded wait queue, grouping of jobs that can share a batch, and the loop that
+runs one group through a ``Pipeline`` and reports each job's text as it arrives.
+
+Shared by the HTTP server (``luvc.serving.app``) and the Triton model (``luvc.serving.triton_model``). A
+``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
+
+Batching: a pipeline batch needs one image size (bucket) and one prompt length (no padding), and rows share the
+sampling settings. Greedy jobs with the same bucket and prompt length batch together, as do sampled jobs without a
+seed and with the same temperature and top-p; a seeded job runs alone so that its seed reproduces its answer.
+Rows are independent in every graph, so a batched job's tokens equal the job's own run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from luvc.errors import LuvcError
+from luvc.runtime.pipeline import Pipeline, Prepared
+from luvc.runtime.sampling import SamplingConfig
+from luvc.runtime.text import TextStream
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+    """What a client asks for besides the image and prompt."""
+
+    max_tokens: int
+    sampling: SamplingConfig = SamplingConfig()
+    stop: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Delta:
+    """New text of one job."""
+
+    text: str
+
+
+@dataclasses.dataclass
+class Finished:
+    """The end of one job: its whole text, why it ended (``stop``: a stop token or string; ``length``:
+    ``max_tokens``), token counts, and the time from submission to the first token."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float
+    decode_s: float  # from the first token to the last
+
+
+@dataclasses.dataclass
+class Failed:
+    """A job that could not run; ``message`` says why. ``user_error``: a ``LuvcError`` (the request can be fixed),
+    else an internal error."""
+
+    message: str
+    user_error: bool = True
+
+
+Event = Delta | Finished | Failed
+
+
+@dataclasses.dataclass(eq=False)  # a job is itself: compared by identity
+class Job:
+    """One prompt and image, prepared by ``Pipeline.prepare`` (a batch of one), with a callback for its events.
+    ``cancel()`` (e.g. a client that went away) drops it from its batch at the next token."""
+
+    prepared: Prepared
+    params: GenerationParams
+    emit: Callable[[Event], None]
+    submitted: float = dataclasses.field(default_factory=time.perf_counter)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys can share a batch; ``None`` (a seeded sampled job) never shares."""
+        sampling = self.params.sampling
+        if not sampling.greedy and sampling.seed is not None:
+            return None
+        sampling_key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)
+        return (tuple(self.prepared.image_size), self.prepared.input_ids.shape[1], sampling_key)
+
+
+class QueueFull(Exception):
+    """The wait queue is at its bound; the caller should refuse the job (HTTP 429)."""
+
+
+class JobQueue:
+    """A bounded FIFO of waiting jobs from which a worker takes the oldest job and the waiting jobs that can share
+    its batch."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: Job) -> None:
+        """Queue ``job``; ``QueueFull`` when ``max_waiting`` jobs already wait."""
+        with self._ready:
+            if len(self._jobs) >= self.max_waiting:
+                raise QueueFull(f"{len(self._jobs)} requests are waiting (the server's --max-queue); retry later.")
+            self._jobs.append(job)
+            self._ready.notify()
+
+    def take(self, max_batch: int, timeout: float | None = None) -> list[Job]:
+        """The oldest waiting job and up to ``max_batch - 1`` later ones with its batch key (in arrival order);
+        ``[]`` after ``timeout`` seconds or once closed. Cancelled jobs are dropped."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._jobs or self._closed, timeout):
+                return []
+            if not self._jobs:
+                return []
+            first = self._jobs.popleft()
+            group = [first]
+            key = first.batch_key
+            if key is not None:
+                for job in list(self._jobs):
+                    if len(group) == max_batch:
+                        break
+                    if job.batch_key == key:
+                        self._jobs.remove(job)
+                        group.append(job)
+        return [job for job in group if not job.cancelled.is_set()]
+
+    def close(self) -> list[Job]:
+        """Stop taking jobs; returns those still waiting (to be failed by the caller)."""
+        with self._ready:
+            self._closed = True
+            left, self._jobs = list(self._jobs), collections.deque()
+            self._ready.notify_all()
+        return left
+
+
+def run_batch(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
+    """Generate for ``jobs`` (equal batch keys) as one pipeline request, emitting each job's ``Delta``s and its
+    ``Finished``; a job ends at its own ``max_tokens``, a stop token or a stop string, and the request ends when every
+    job has. A ``LuvcError`` or an internal error fails every job of the batch."""
+    try:
+        _run(pipeline, jobs)
+    except LuvcError as error:
+        _fail(jobs, Failed(str(error)))
+    except Exception as error:  # noqa: BLE001 - a server reports the error to its clients and keeps serving
+        _fail(jobs, Failed(f"internal error: {type(error).__name__}: {error}", user_error=False))
+
+
+def _fail(jobs: Sequence[Job], failure: Failed) -> None:
+    for job in jobs:
+        job.emit(failure)
+
+
+def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
+    input_ids = np.concatenate([job.prepared.input_ids for job in jobs])
+    pixel_values = np.concatenate([job.prepared.pixel_values for job in jobs])
+    streams = [TextStream(pipeline.tokenizer, job.params.stop) for job in jobs]
+    stop_ids = pipeline.stop_token_ids()
+    request = pipeline.request(
+        input_ids,
+        pixel_values,
+        jobs[0].prepared.image_size,
+        max(job.params.max_tokens for job in jobs),
+        jobs[0].params.sampling,
+        stop_ids,
+    )
+    open_rows = set(range(len(jobs)))
+    first_token_at = 0.0
+    for step in request:
+        now = time.perf_counter()
+        first_token_at = first_token_at or now
+        for row in sorted(open_rows):
+            job, stream = jobs[row], streams[row]
+            if job.cancelled.is_set():
+                open_rows.discard(row)
+                continue
+            token = int(step.tokens[row])
+            stop_token = token in stop_ids
+            if not stop_token and (piece := stream.add(token)):
+                job.emit(Delta(piece))
+            length = step.index + 1 == job.params.max_tokens
+            if stop_token or stream.stopped or length:
+                if piece := stream.flush():
+                    job.emit(Delta(piece))
+                reason = "length" if length and not (stop_token or stream.stopped) else "stop"
+                completion = len(stream.tokens) + stop_token
+                prompt_tokens = job.prepared.input_ids.shape[1]
+                ttft, decode = first_token_at - job.submitted, now - first_token_at
+                job.emit(Finished(stream.text, reason, prompt_tokens, completion, ttft, decode))
+                open_rows.discard(row)
+        if not open_rows:
+            break

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one server (its own registry, so several servers in one process never mix counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()  # the *_created series only add noise to a scrape
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class ServerMetrics:
+    """Requests by outcome, time to first token, generated tokens and decode rate, batch sizes, queue depth, and the
+    visual tokens kept per image: entering the LLM (after OIM) and summed over the decoder layers (after SPU)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "luvc_requests", "Chat completion requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "luvc_time_to_first_token_seconds",
+            "From a request's arrival to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter("luvc_generated_tokens", "Completion tokens", registry=self.registry)
+        self.decode_tokens_per_second = Histogram(
+            "luvc_decode_tokens_per_second",
+            "Completion tokens after the first, per second of decoding, per request",
+            buckets=RATE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "luvc_batch_size", "Requests per pipeline batch", buckets=(1, 2, 3, 4, 6, 8, 16), registry=self.registry
+        )
+        self.queue_depth = Gauge("luvc_queue_depth", "Requests waiting for the worker", registry=self.registry)
+        self.visual_tokens = Counter(
+            "luvc_visual_tokens",
+            "Visual tokens kept per image: 'llm_input' after OIM, 'llm_layers' summed over decoder layers after SPU",
+            ["stage"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)

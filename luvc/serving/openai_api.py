@@ -1,0 +1,175 @@
+"""The OpenAI chat-completions wire format: request validation, the image and prompt a request carries, and the
+response and stream-chunk bodies.
+
+An export's prompt template holds one user turn with one image (README, "Serving"), so a request carries exactly
+one user message with one image and its text; other roles are refused rather than dropped. Images come as data
+URLs, or as local paths when the server allows a folder (``--allow-local-images``); the server fetches nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from luvc.errors import critical
+from luvc.images import decode_image, load_image
+from luvc.runtime.sampling import SamplingConfig
+from luvc.serving.batching import GenerationParams
+
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class Message(BaseModel):
+    role: str
+    content: str | list[ContentPart]
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
+    would change the answer's form (``n`` > 1, ``logprobs``) are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
+    logprobs: bool | None = None
+
+
+def parse_request(body: dict) -> ChatCompletionRequest:
+    """Validate a request body; one line naming the first problem otherwise."""
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        critical(f"Invalid request: {where}: {first['msg']}.")
+    if request.n != 1:
+        critical(f"n={request.n}: this server returns one choice per request; send n=1 (or leave it out).")
+    if request.logprobs:
+        critical("logprobs are not returned by this server; leave logprobs out.")
+    return request
+
+
+def generation_params(request: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
+    """Generation length, sampling and stop strings of ``request``; what it leaves out comes from ``defaults`` (the
+    server's ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p`` and ``--seed``)."""
+    max_tokens = next(
+        (n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), defaults.max_tokens
+    )
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or defaults.stop)
+    if len(stop) > MAX_STOP_STRINGS:
+        critical(f"stop has {len(stop)} strings; give at most {MAX_STOP_STRINGS}.")
+    base = defaults.sampling
+    sampling = SamplingConfig(
+        temperature=base.temperature if request.temperature is None else request.temperature,
+        top_k=base.top_k,
+        top_p=base.top_p if request.top_p is None else request.top_p,
+        seed=base.seed if request.seed is None else request.seed,
+    )
+    return GenerationParams(max_tokens, sampling, tuple(stop))
+
+
+def image_and_prompt(request: ChatCompletionRequest, image_folder: Path | None) -> tuple[Image.Image, str]:
+    """The one image and the user text of ``request``; local paths only inside ``image_folder``."""
+    if len(request.messages) != 1 or request.messages[0].role != "user":
+        roles = [message.role for message in request.messages]
+        critical(
+            f"Got messages with roles {roles}; this export's prompt template holds one user turn, so send one "
+            "user message with one image and the text."
+        )
+    content = request.messages[0].content
+    parts = [ContentPart(type="text", text=content)] if isinstance(content, str) else content
+    images = [part.image_url for part in parts if part.type == "image_url"]
+    if len(images) != 1 or images[0] is None:
+        critical(f"The user message has {len(images)} images; this export takes exactly one image per request.")
+    text = "\n".join(part.text for part in parts if part.type == "text" and part.text)
+    return load_request_image(images[0].url, image_folder), text
+
+
+def load_request_image(url: str, image_folder: Path | None) -> Image.Image:
+    """An ``image_url``: a base64 data URL, or (when the server allows a folder) a path or ``file://`` URL in it."""
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if not header.endswith(";base64"):
+            critical("The image data URL is not base64; send data:image/png;base64,<data>.")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            critical("The image data URL holds invalid base64; send data:image/png;base64,<data>.")
+        return decode_image(data, "the image_url data")
+    if url.startswith(("http://", "https://")):
+        critical("This server fetches no URLs; send the image as a base64 data URL (data:image/png;base64,...).")
+    if image_folder is None:
+        critical(
+            "Local image paths are off; send the image as a base64 data URL, or start the server with "
+            "--allow-local-images FOLDER."
+        )
+    path = Path(url.removeprefix("file://")).resolve()
+    if not path.is_relative_to(image_folder.resolve()):
+        critical(f"Image path {path} is outside the folder the server allows ({image_folder}).")
+    return load_image(path)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(
+    request_id: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict:
+    """A ``chat.completion`` response."""
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason},
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def chunk_body(request_id: str, model: str, delta: dict, finish_reason: str | None = None) -> dict:
+    """A ``chat.completion.chunk`` of a streamed response."""
+    return {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def error_body(message: str, kind: str = "invalid_request_error") -> dict:
+    """OpenAI's error shape; the official client shows ``message``."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}

@@ -1,0 +1,94 @@
+"""``GenerationService``: one ``Pipeline`` behind a bounded queue, driven by one worker thread that batches jobs
+sharing a bucket (``luvc.serving.batching``). The HTTP app submits jobs and reads their events."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from luvc.runtime.pipeline import Pipeline, Prepared
+from luvc.serving.batching import Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.serving.metrics import ServerMetrics
+
+
+class GenerationService:
+    """Owns ``pipeline`` (opened with every bucket's sessions by ``start``) and a worker thread.
+
+    ``max_queue`` bounds the jobs waiting behind the running batch (more get ``QueueFull``); ``max_batch`` (default:
+    the export profile's) bounds the jobs per batch; ``defaults`` fill what a request leaves out; local image paths
+    are read only inside ``image_folder``."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        defaults: GenerationParams,
+        max_queue: int = 64,
+        max_batch: int | None = None,
+        image_folder: Path | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.defaults = defaults
+        self.max_batch = max_batch or pipeline.manifest.profile["max_batch"]
+        self.image_folder = image_folder
+        self.queue = JobQueue(max_queue)
+        self.metrics = ServerMetrics()
+        self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def start(self) -> GenerationService:
+        """Open every session (so the first request pays no load time) and start the worker."""
+        self.pipeline.load()
+        self._worker = threading.Thread(target=self._work, name="luvc-generation", daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish the running batch, fail the jobs still waiting, and join the worker."""
+        self._stopping.set()
+        for job in self.queue.close():
+            job.emit(Failed("The server is shutting down; retry on another instance.", user_error=False))
+        if self._worker is not None:
+            self._worker.join()
+
+    def prepare(self, image: Image.Image, prompt: str, params: GenerationParams) -> Prepared:
+        """Preprocess and tokenize one request, and check its length against the export (errors: ``LuvcError``)."""
+        self.pipeline.check_max_new_tokens(params.max_tokens)
+        with self._prepare_lock:
+            return self.pipeline.prepare([image], [prompt])
+
+    def submit(self, prepared: Prepared, params: GenerationParams, emit: Callable[[Event], None]) -> Job:
+        """Queue a prepared request; ``emit`` receives its events on the worker thread. ``QueueFull`` when full."""
+        job = Job(prepared, params, self._observed(emit))
+        self.queue.put(job)
+        self.metrics.queue_depth.set(len(self.queue))
+        bucket = self.pipeline.manifest.bucket_for(prepared.image_size)
+        self.metrics.visual_tokens.labels("llm_input").inc(bucket["tokens_per_image"])
+        self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket["budgets"]))
+        return job
+
+    def _observed(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
+        def observe(event: Event) -> None:
+            if isinstance(event, Finished):
+                self.metrics.time_to_first_token.observe(event.time_to_first_token_s)
+                self.metrics.generated_tokens.inc(event.completion_tokens)
+                if event.decode_s > 0 and event.completion_tokens > 1:
+                    self.metrics.decode_tokens_per_second.observe((event.completion_tokens - 1) / event.decode_s)
+            emit(event)
+
+        return observe
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            jobs = self.queue.take(self.max_batch, timeout=0.1)
+            self.metrics.queue_depth.set(len(self.queue))
+            if jobs:
+                self.metrics.batch_size.observe(len(jobs))
+                run_batch(self.pipeline, jobs)

@@ -1,0 +1,66 @@
+"""``luvc-export serve`` as a user runs it: a real process that serves, stops cleanly on SIGTERM, and refuses bad
+options with one line and exit code 2."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from luvc.cli.main import main
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_answers_health_and_stops_on_sigterm(exports):
+    port = free_port()
+    command = [sys.executable, "-m", "luvc.cli.main", "serve", str(exports("tiny-llava")), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith(f"Serving tiny-llava (ort on cpu, buckets 224x224) at http://127.0.0.1:{port}/v1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    assert json.loads(response.read())["status"] == "ok"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /health"
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_2(exports, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(exports("tiny-llava")), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Cannot listen on 127.0.0.1:{port} (") and "pick another --port" in err
+    assert err.count("\n") == 1
+
+
+def test_bad_serve_options_are_refused(tmp_path, capsys):
+    cases = [
+        (["--allow-local-images", str(tmp_path / "none")], "--allow-local-images"),
+        (["--max-queue", "0"], "--max-queue 0: let at least 1 request wait."),
+        ([], f"{tmp_path} has no manifest.json"),
+    ]
+    for options, message in cases:
+        assert main(["serve", str(tmp_path), "--port", str(free_port()), *options]) == 2
+        assert message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # nothing written

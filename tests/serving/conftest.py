@@ -1,0 +1,55 @@
+import base64
+import contextlib
+import io
+import socket
+import threading
+import time
+
+import pytest
+
+from luvc.runtime.pipeline import Pipeline
+from luvc.serving.batching import GenerationParams
+from luvc.serving.service import GenerationService
+
+MODEL = "tiny-qwen2-vl"
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+
+
+@contextlib.contextmanager
+def running_server(export_dir, max_queue: int = 64, max_batch: int | None = None, image_folder=None):
+    """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process."""
+    import uvicorn
+
+    from luvc.serving.app import create_app
+
+    service = GenerationService(Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service, MODEL), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", service
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    with running_server(exports(MODEL)) as running:
+        yield running

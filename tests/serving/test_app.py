@@ -1,0 +1,214 @@
+"""``luvc-export serve``'s app on loopback, queried with the official ``openai`` client: answers equal
+``Pipeline.generate``, streaming, batching of concurrent clients, 400/404/429 with the CLI's messages, metrics."""
+
+import concurrent.futures
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from luvc.cli.main import main
+from luvc.images import synthetic_image
+from luvc.runtime.pipeline import Pipeline
+from luvc.serving.batching import GenerationParams
+from tests.serving.conftest import MODEL, data_url, running_server
+
+PROMPT = "What is in this picture?"
+
+
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def messages(image, prompt: str = PROMPT) -> list[dict]:
+    content = [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": prompt}]
+    return [{"role": "user", "content": content}]
+
+
+def expected_text(export_dir, image, max_new_tokens: int = 16) -> str:
+    return Pipeline(export_dir).generate(image, PROMPT, max_new_tokens=max_new_tokens).texts[0]
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """The message ``luvc-export`` prints for ``argv`` (after ``error: ``), and its exit code must be 2."""
+    assert main(argv) == 2
+    return capsys.readouterr().err.strip().removeprefix("error: ")
+
+
+@contextlib.contextmanager
+def blocked_worker(service):
+    """Hold the worker inside a real one-token job until the block ends, so that requests wait in the queue."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(event) -> None:
+        entered.set()
+        release.wait(60)
+
+    params = GenerationParams(1)
+    service.submit(service.prepare(synthetic_image(224, 224, 99), "hold", params), params, hold)
+    assert entered.wait(60)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def wait_for_queue(service, length: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(service.queue) < length:
+        assert time.monotonic() < deadline, f"{len(service.queue)} requests queued, expected {length}"
+        time.sleep(0.01)
+
+
+def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """Status and body of a GET (or a POST of ``body``) with the standard library's HTTP client."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    text = get(f"{base_url}/metrics")[1].decode()
+    return {
+        sample.name + str(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_completion_equals_pipeline_generate(server, exports):
+    base_url, _ = server
+    image = synthetic_image(224, 224, 3)
+    response = client(base_url).chat.completions.create(model=MODEL, messages=messages(image), max_tokens=16)
+    assert response.choices[0].message.content == expected_text(exports(MODEL), image)
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 16 and response.model == MODEL
+
+
+def test_a_streamed_completion_joins_to_the_same_text(server, exports):
+    base_url, _ = server
+    image = synthetic_image(224, 224, 4)
+    chunks = list(
+        client(base_url).chat.completions.create(model=MODEL, messages=messages(image), max_tokens=16, stream=True)
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chunks]
+    assert sum(bool(piece) for piece in pieces) > 1
+    assert "".join(pieces) == expected_text(exports(MODEL), image)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_answer_before_it(server, exports):
+    base_url, _ = server
+    image = synthetic_image(224, 224, 5)
+    full = expected_text(exports(MODEL), image, 32)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    response = client(base_url).chat.completions.create(model=MODEL, messages=messages(image), max_tokens=32, stop=stop)
+    assert response.choices[0].message.content == full[: full.find(stop)]
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exports):
+    base_url, service = server
+    images = [synthetic_image(224, 224, seed) for seed in (11, 12, 13)]
+    batches_before = scrape(base_url)["luvc_batch_size_sum[]"]
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
+        with blocked_worker(service):
+            futures = [
+                pool.submit(client(base_url).chat.completions.create, model=MODEL, messages=messages(i), max_tokens=16)
+                for i in images
+            ]
+            wait_for_queue(service, len(images))
+        answers = [future.result().choices[0].message.content for future in futures]
+    assert answers == [expected_text(exports(MODEL), image) for image in images]
+    metrics = scrape(base_url)
+    assert metrics["luvc_batch_size_sum[]"] - batches_before == 1 + len(images)  # the holding job, then one batch
+    assert metrics["luvc_batch_size_bucket[('le', '2.0')]"] < metrics["luvc_batch_size_bucket[('le', '3.0')]"]
+
+
+def test_overload_gets_429_and_the_queued_request_still_completes(exports):
+    with running_server(exports(MODEL), max_queue=1) as (base_url, service):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with blocked_worker(service):
+                queued = pool.submit(
+                    client(base_url).chat.completions.create,
+                    model=MODEL,
+                    messages=messages(synthetic_image()),
+                    max_tokens=4,
+                )
+                wait_for_queue(service, 1)
+                with pytest.raises(openai.RateLimitError, match=r"1 requests are waiting \(the server's --max-queue\)"):
+                    client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()))
+            assert queued.result().choices[0].finish_reason == "length"
+        assert scrape(base_url)["luvc_requests_total[('outcome', 'overloaded')]"] == 1
+
+
+def test_bad_requests_get_400_with_the_message_the_cli_prints(server, exports, tmp_path, capsys):
+    base_url, _ = server
+    folder = str(exports(MODEL))
+    long_prompt = "word " * 600
+    cases = [
+        ({"messages": messages(synthetic_image(), long_prompt)}, ["run", folder, "--prompt", long_prompt]),
+        ({"temperature": -1.0}, ["run", folder, "--prompt", PROMPT, "--temperature", "-1"]),
+        ({"max_tokens": 1000}, ["run", folder, "--prompt", PROMPT, "--max-new-tokens", "1000"]),
+    ]
+    for fields, argv in cases:
+        request = {"model": MODEL, "messages": messages(synthetic_image()), **fields}
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(base_url).chat.completions.create(**request)
+        assert raised.value.body["message"] == cli_error(argv, capsys)
+
+
+def test_an_unreadable_local_image_gets_the_cli_message(exports, tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with running_server(exports(MODEL), image_folder=tmp_path) as (base_url, _):
+        content = [
+            {"type": "image_url", "image_url": {"url": str(tmp_path / "broken.png")}},
+            {"type": "text", "text": "hi"},
+        ]
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(base_url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    expected = cli_error(
+        ["run", str(exports(MODEL)), "--prompt", "hi", "--image", str(tmp_path / "broken.png")], capsys
+    )
+    assert raised.value.body["message"] == expected
+    assert expected.startswith(f"Cannot read {tmp_path / 'broken.png'} as an image")
+
+
+def test_a_data_url_that_is_no_image_and_another_model_name_are_refused(server):
+    base_url, _ = server
+    content = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]
+    with pytest.raises(openai.BadRequestError, match="Cannot read the image_url data as an image"):
+        client(base_url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    with pytest.raises(openai.NotFoundError, match="this server serves 'tiny-qwen2-vl'"):
+        client(base_url).chat.completions.create(model="gpt-4o", messages=messages(synthetic_image()))
+    status, body = get(f"{base_url}/v1/chat/completions", b"{not json")
+    assert status == 400 and "not JSON" in json.loads(body)["error"]["message"]
+
+
+def test_models_health_and_metrics(server):
+    base_url, _ = server
+    assert [model.id for model in client(base_url).models.list()] == [MODEL]
+    status, body = get(f"{base_url}/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    before = scrape(base_url)
+    client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()), max_tokens=5)
+    after = scrape(base_url)
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert grew("luvc_requests_total[('outcome', 'ok')]") == 1
+    assert grew("luvc_generated_tokens_total[]") == 5
+    assert grew("luvc_time_to_first_token_seconds_count[]") == 1
+    assert grew("luvc_decode_tokens_per_second_count[]") == 1
+    # 224x224 on tiny Qwen2-VL: 8x8 merge units, halved by the one OIM step; SPU budgets per layer 32, 32, 16, 0
+    assert grew("luvc_visual_tokens_total[('stage', 'llm_input')]") == 32
+    assert grew("luvc_visual_tokens_total[('stage', 'llm_layers')]") == 32 + 32 + 16 + 0

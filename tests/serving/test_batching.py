@@ -1,0 +1,75 @@
+"""``JobQueue``: the bound, and which waiting jobs share a batch."""
+
+import numpy as np
+import pytest
+
+from luvc.runtime.pipeline import Prepared
+from luvc.runtime.sampling import SamplingConfig
+from luvc.serving.batching import GenerationParams, Job, JobQueue, QueueFull
+
+GREEDY = GenerationParams(8)
+
+
+def job(size=(224, 224), length=20, params=GREEDY) -> Job:
+    prepared = Prepared(np.zeros((1, length), np.int64), np.zeros((1, 3), np.float32), size)
+    return Job(prepared, params, lambda event: None)
+
+
+def test_a_full_queue_refuses_the_next_job():
+    queue = JobQueue(max_waiting=2)
+    queue.put(job())
+    queue.put(job())
+    with pytest.raises(QueueFull, match="2 requests are waiting"):
+        queue.put(job())
+    assert len(queue) == 2
+
+
+def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_length_and_sampling_in_order():
+    queue = JobQueue(16)
+    first, other_size, same, other_length, sampled, same_again = (
+        job(),
+        job(size=(168, 252)),
+        job(),
+        job(length=21),
+        job(params=GenerationParams(8, SamplingConfig(temperature=0.7))),
+        job(),
+    )
+    for item in (first, other_size, same, other_length, sampled, same_again):
+        queue.put(item)
+    assert queue.take(max_batch=4) == [first, same, same_again]
+    assert queue.take(max_batch=4) == [other_size]
+    assert queue.take(max_batch=4) == [other_length]
+    assert queue.take(max_batch=4) == [sampled]
+    assert queue.take(max_batch=4, timeout=0.01) == []
+
+
+def test_take_stops_at_max_batch():
+    queue = JobQueue(16)
+    jobs = [job() for _ in range(5)]
+    for item in jobs:
+        queue.put(item)
+    assert queue.take(max_batch=2) == jobs[:2]
+    assert queue.take(max_batch=2) == jobs[2:4]
+
+
+def test_seeded_sampling_jobs_never_share_a_batch_but_greedy_ones_ignore_the_seed():
+    seeded = GenerationParams(8, SamplingConfig(temperature=0.7, seed=1))
+    queue = JobQueue(16)
+    a, b = job(params=seeded), job(params=seeded)
+    c, d = job(params=GenerationParams(8, SamplingConfig(seed=1))), job()
+    for item in (a, b, c, d):
+        queue.put(item)
+    assert queue.take(4) == [a]
+    assert queue.take(4) == [b]
+    assert queue.take(4) == [c, d]
+
+
+def test_cancelled_jobs_are_dropped_and_close_returns_the_waiting_ones():
+    queue = JobQueue(16)
+    cancelled, kept, waiting = job(), job(), job(size=(168, 252))
+    for item in (cancelled, kept, waiting):
+        queue.put(item)
+    cancelled.cancel()
+    assert queue.take(4) == [kept]
+    assert queue.close() == [waiting]
+    assert queue.take(4, timeout=1.0) == []  # closed: returns at once

@@ -1,0 +1,106 @@
+"""Request validation of the OpenAI wire format: what is refused, with which message, and the defaults."""
+
+import base64
+import io
+
+import pytest
+
+from luvc.errors import LuvcError
+from luvc.images import synthetic_image
+from luvc.runtime.sampling import SamplingConfig
+from luvc.serving.batching import GenerationParams
+from luvc.serving.openai_api import generation_params, image_and_prompt, parse_request
+
+DEFAULTS = GenerationParams(32, SamplingConfig(temperature=0.0, top_k=5, top_p=0.9, seed=None), ("END",))
+
+
+def png_url(image=None) -> str:
+    buffer = io.BytesIO()
+    (image or synthetic_image(56, 56)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def body(*parts, role="user", **fields) -> dict:
+    return {"messages": [{"role": role, "content": list(parts)}], **fields}
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def test_a_data_url_image_and_text_parts_make_the_request():
+    image, prompt = image_and_prompt(
+        parse_request(body(text_part("Describe"), image_part(png_url()), text_part("it."))), None
+    )
+    assert image.size == (56, 56) and image.mode == "RGB"
+    assert prompt == "Describe\nit."
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        ({"messages": []}, "Invalid request: messages: List should have at least 1 item"),
+        (body(text_part("hi"), n=2), "n=2: this server returns one choice per request"),
+        (body(text_part("hi"), logprobs=True), "logprobs are not returned"),
+        (body(text_part("hi"), max_tokens="many"), "Invalid request: max_tokens: Input should be a valid integer"),
+    ],
+)
+def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
+    with pytest.raises(LuvcError, match=message):
+        parse_request(request_body)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        (body(text_part("no image")), "The user message has 0 images"),
+        (body(image_part(png_url()), image_part(png_url())), "The user message has 2 images"),
+        (
+            {"messages": [{"role": "system", "content": "Be brief."}, body(image_part(png_url()))["messages"][0]]},
+            r"roles \['system', 'user'\]; this export's prompt template holds one user turn",
+        ),
+        (body(image_part("https://example.com/cat.png")), "This server fetches no URLs"),
+        (body(image_part("data:image/png,rawbytes")), "The image data URL is not base64"),
+        (body(image_part("data:image/png;base64,@@@")), "The image data URL holds invalid base64"),
+        (
+            body(image_part("data:image/png;base64," + base64.b64encode(b"not an image").decode())),
+            r"Cannot read the image_url data as an image \(not a known image format\); use a PNG or JPEG file.",
+        ),
+        (body(image_part("/tmp/cat.png")), "Local image paths are off"),
+    ],
+)
+def test_requests_the_export_cannot_take_are_refused_with_the_fix(request_body, message):
+    with pytest.raises(LuvcError, match=message):
+        image_and_prompt(parse_request(request_body), None)
+
+
+def test_local_paths_are_read_only_inside_the_allowed_folder(tmp_path):
+    allowed, outside = tmp_path / "images", tmp_path / "other"
+    allowed.mkdir()
+    outside.mkdir()
+    synthetic_image(56, 84).save(allowed / "a.png")
+    synthetic_image(56, 84).save(outside / "b.png")
+    image, _ = image_and_prompt(parse_request(body(image_part(f"file://{allowed / 'a.png'}"))), allowed)
+    assert image.size == (84, 56)
+    with pytest.raises(LuvcError, match="is outside the folder the server allows"):
+        image_and_prompt(parse_request(body(image_part(str(allowed / ".." / "other" / "b.png")))), allowed)
+
+
+def test_unset_fields_take_the_server_defaults_and_set_ones_override_them():
+    assert generation_params(parse_request(body(text_part("hi"))), DEFAULTS) == DEFAULTS
+    params = generation_params(
+        parse_request(body(text_part("hi"), max_tokens=4, temperature=0.5, top_p=0.5, seed=3, stop="x")), DEFAULTS
+    )
+    assert params == GenerationParams(4, SamplingConfig(temperature=0.5, top_k=5, top_p=0.5, seed=3), ("x",))
+    assert generation_params(parse_request(body(text_part("hi"), max_completion_tokens=0)), DEFAULTS).max_tokens == 0
+
+
+def test_bad_sampling_values_get_the_cli_message_and_too_many_stops_are_refused():
+    with pytest.raises(LuvcError, match=r"Sampling needs temperature >= 0.*got temperature=-1"):
+        generation_params(parse_request(body(text_part("hi"), temperature=-1)), DEFAULTS)
+    with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
+        generation_params(parse_request(body(text_part("hi"), stop=list("abcde"))), DEFAULTS)
