@@ -30,6 +30,7 @@ TOOLS = {
         "quantize an fp32 export to INT8 or FP8, compression in the loop",
     ),
     "serve": ("luvc.cli.serve:Serve", "serve an export over an OpenAI-compatible HTTP API"),
+    "triton": ("luvc.cli.triton:Triton", "write a Triton Inference Server model repository for an export"),
 }
 INTERRUPTED = 130
 

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from luvc.cli.main import main
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.sampling import SamplingConfig
 from luvc.serving.batching import GenerationParams
 from tests.serving.conftest import MODEL, data_url, running_server
 
@@ -212,3 +213,31 @@ def test_models_health_and_metrics(server):
     # 224x224 on tiny Qwen2-VL: 8x8 merge units, halved by the one OIM step; SPU budgets per layer 32, 32, 16, 0
     assert grew("luvc_visual_tokens_total[('stage', 'llm_input')]") == 32
     assert grew("luvc_visual_tokens_total[('stage', 'llm_layers')]") == 32 + 32 + 16 + 0
+
+
+def test_a_seeded_sampled_completion_equals_pipeline_generate_with_that_seed(server, exports):
+    base_url, _ = server
+    image = synthetic_image(224, 224, 6)
+    sampling = SamplingConfig(temperature=0.8, top_p=0.9, seed=5)
+    expected = Pipeline(exports(MODEL)).generate(image, PROMPT, max_new_tokens=12, sampling=sampling).texts[0]
+    response = client(base_url).chat.completions.create(
+        model=MODEL, messages=messages(image), max_tokens=12, temperature=0.8, top_p=0.9, seed=5
+    )
+    assert response.choices[0].message.content == expected
+    assert expected != expected_text(exports(MODEL), image, 12)  # sampling changed the answer
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_request(server):
+    base_url, service = server
+    before = scrape(base_url).get("luvc_requests_total[('outcome', 'cancelled')]", 0.0)
+    stream = client(base_url).chat.completions.create(
+        model=MODEL, messages=messages(synthetic_image()), max_tokens=256, stream=True
+    )
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 30
+    while scrape(base_url).get("luvc_requests_total[('outcome', 'cancelled')]", 0.0) == before:
+        assert time.monotonic() < deadline, "the abandoned stream was not cancelled"
+        time.sleep(0.05)
+    status, body = get(f"{base_url}/health")  # the worker goes on serving
+    assert status == 200 and json.loads(body)["waiting"] == 0

@@ -1,0 +1,181 @@
+"""``luvc-export triton``: the repository's config parses as Triton's ModelConfig, and a real ``tritonserver``
+serving it answers like ``Pipeline.generate``, plain and streamed, queried with ``tritonclient``."""
+
+import os
+import queue
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from luvc.cli.main import main
+from luvc.images import synthetic_image
+from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.sampling import SamplingConfig
+from luvc.serving.batching import GenerationParams
+from luvc.serving.triton import params_from_inputs
+from tests.serving.conftest import png_bytes
+from tests.serving.tritonserver import RunningServer, find_server
+
+PROMPT = "What is in this picture?"
+
+
+def read_config(repository) -> model_config_pb2.ModelConfig:
+    return text_format.Parse((repository / "luvc" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_the_repository_config_is_a_valid_triton_model_config(exports, tmp_path):
+    export = exports("tiny-llava")
+    out = tmp_path / "repo"
+    assert (
+        main(["triton", str(export), "--out", str(out), "--gpus", "0,1", "--instances", "2", "--max-batch", "2"]) == 0
+    )
+    config = read_config(out)
+    assert config.backend == "python" and config.max_batch_size == 2
+    assert config.model_transaction_policy.decoupled
+    assert [(group.count, group.kind, list(group.gpus)) for group in config.instance_group] == [
+        (2, model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])
+    ]
+    assert [(i.name, i.optional) for i in config.input][:3] == [
+        ("prompt", False),
+        ("image", False),
+        ("max_tokens", True),
+    ]
+    assert config.parameters["export_dir"].string_value == str(export.resolve())
+    assert (out / "luvc" / "1" / "model.py").is_file()
+
+
+def test_copy_makes_a_self_contained_repository(exports, tmp_path):
+    out = tmp_path / "repo"
+    assert main(["triton", str(exports("tiny-llava")), "--out", str(out), "--copy"]) == 0
+    assert read_config(out).parameters["export_dir"].string_value == "export"
+    assert (out / "luvc" / "1" / "export" / "manifest.json").is_file()
+
+
+def test_bad_repository_options_are_one_line_and_write_nothing(exports, tmp_path, capsys):
+    export = str(exports("tiny-llava"))
+    out = tmp_path / "repo"
+    cases = [
+        (["--backend", "trt"], "--backend trt needs the engine folder"),
+        (["--backend", "trt", "--engines", str(tmp_path)], "TensorRT engines run on GPUs; pass --gpus"),
+        (["--max-batch", "9"], "--max-batch 9 must be between 1 and the export profile's 4"),
+        (["--gpus", "zero"], "--gpus zero: give GPU ids separated by commas"),
+        (["--instances", "0"], "--instances 0: run at least 1 model instance"),
+    ]
+    for options, message in cases:
+        assert main(["triton", export, "--out", str(out), *options]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    assert main(["triton", export, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_request_inputs_override_the_defaults():
+    defaults = GenerationParams(32, SamplingConfig(top_k=3))
+    assert params_from_inputs({}, defaults) == (defaults, False)
+    inputs = {
+        "max_tokens": np.array([[8]], np.int32),
+        "temperature": np.array([[0.5]], np.float32),
+        "seed": np.array([[7]], np.int64),
+        "stop": np.array([[b"END", b"\n\n"]], np.object_),
+        "stream": np.array([[True]]),
+    }
+    params, stream = params_from_inputs(inputs, defaults)
+    assert params == GenerationParams(8, SamplingConfig(temperature=0.5, top_k=3, seed=7), ("END", "\n\n"))
+    assert stream
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    sockets = [socket.socket() for _ in range(count)]
+    for probe in sockets:
+        probe.bind(("127.0.0.1", 0))
+    ports = tuple(probe.getsockname()[1] for probe in sockets)
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def triton(exports, tmp_path_factory):
+    """``(grpc url, export folder)`` of a real tritonserver serving the repository of the tiny Qwen2-VL export."""
+    workdir = tmp_path_factory.mktemp("triton")
+    found = find_server(workdir)
+    if isinstance(found, str):
+        if os.environ.get("CI") and found.startswith("no tritonserver"):
+            pytest.fail(f"CI installs tritonserver (.ci/run), but {found}")
+        pytest.skip(found)
+    export = exports("tiny-qwen2-vl")
+    # written by the Python the server's model runs in, as a user would (its python_paths point there)
+    command = [found.python, "-m", "luvc.cli.main", "triton", str(export), "--out", str(workdir / "repo")]
+    subprocess.run([*command, "--max-new-tokens", "16"], check=True, capture_output=True)
+    server = RunningServer(found, workdir / "repo", free_ports(3), workdir / "tritonserver.log")
+    try:
+        if not server.wait_ready():
+            log = server.log.read_text(errors="replace")
+            if "error while loading shared libraries" in log or server.process.poll() is not None and "luvc" not in log:
+                pytest.skip(f"tritonserver cannot start here: {log.strip().splitlines()[-1]}")
+            pytest.fail(f"tritonserver did not become ready:\n{log[-4000:]}")
+        yield f"127.0.0.1:{server.grpc}", export
+    finally:
+        server.stop()
+
+
+def infer(url: str, image_bytes: bytes, prompt: str, stream: bool, **optional) -> list:
+    """Every response (text, finish_reason) or the error of one request over gRPC streaming (decoupled model)."""
+    import tritonclient.grpc as grpcclient
+
+    def tensor(name, array, datatype):
+        value = grpcclient.InferInput(name, list(array.shape), datatype)
+        value.set_data_from_numpy(array)
+        return value
+
+    inputs = [
+        tensor("prompt", np.array([[prompt.encode()]], np.object_), "BYTES"),
+        tensor("image", np.array([[image_bytes]], np.object_), "BYTES"),
+        tensor("stream", np.array([[stream]], np.bool_), "BOOL"),
+    ]
+    if "max_tokens" in optional:
+        inputs.append(tensor("max_tokens", np.array([[optional["max_tokens"]]], np.int32), "INT32"))
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("luvc", inputs, enable_empty_final_response=True)
+        responses = []
+        while True:
+            result, error = results.get(timeout=120)
+            if error is not None:
+                return [error]
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            text = result.as_numpy("text")
+            if text is not None:
+                responses.append(
+                    (text.reshape(-1)[0].decode(), result.as_numpy("finish_reason").reshape(-1)[0].decode())
+                )
+            if final:
+                return responses
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_tritonserver_answers_like_pipeline_generate(triton):
+    url, export = triton
+    image = synthetic_image(224, 224, 21)
+    expected = Pipeline(export).generate(image, PROMPT, max_new_tokens=16).texts[0]
+    assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]  # the repository default: 16
+    streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
+    assert len(streamed) > 2 and streamed[-1] == ("", "length")
+    assert "".join(text for text, _ in streamed) == expected
+
+
+def test_tritonserver_returns_the_error_of_a_bad_request(triton):
+    url, export = triton
+    [error] = infer(url, b"not an image", PROMPT, stream=False)
+    assert "Cannot read the image input as an image (not a known image format); use a PNG or JPEG file." in str(error)
+    [error] = infer(url, png_bytes(synthetic_image()), PROMPT, stream=False, max_tokens=1000)
+    assert "max_new_tokens=1000 must be between 1 and the export profile's 256" in str(error)
