@@ -86,7 +86,7 @@ class LUVCConfig:
         if uses_schedule and not 0 <= resolved.spu_start < num_layers:
             critical(
                 f"spu_start={resolved.spu_start} does not fit a model with {num_layers} decoder layers; "
-                f"use 0..{num_layers - 1} (CLI: --option spu_start=2)."
+                f"use 0..{num_layers - 1} (CLI: --option spu_start={min(2, num_layers - 1)})."
             )
         if resolved.spu_every < 1:
             critical(f"spu_every must be >= 1, got {resolved.spu_every} (CLI: --option spu_every=1).")

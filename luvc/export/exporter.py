@@ -305,7 +305,9 @@ class OnnxFromCompressedModel:
         text = adapter.language_model.config
         eos = adapter.model.generation_config.eos_token_id if adapter.model.generation_config else None
         return {
-            "template": adapter.prompt_template,
+            "template": adapter.template.text,
+            "bos": adapter.template.bos,
+            "template_source": adapter.template.source,
             "image_placeholder": adapter.image_placeholder,
             "image_token_id": adapter.image_token_id,
             "eos_token_id": eos if eos is not None else text.eos_token_id,

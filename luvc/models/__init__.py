@@ -15,6 +15,7 @@ from luvc.models.llava import LlavaAdapter
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.tiny import TINY_BUILDERS, build_tiny
+from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     adapter.architecture: adapter for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, LlavaAdapter)
@@ -81,6 +82,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         critical(f"{path} lacks tokenizer or preprocessor files ({error}); copy them from the original checkpoint.")
+    if tokenizer.chat_template is None:  # a processor's chat_template.jinja / .json: prompts use it (luvc.prompt)
+        tokenizer.chat_template = chat_template_of(tokenizer, path)
     return adapter_cls(model, tokenizer, processor, name=str(path))
 
 

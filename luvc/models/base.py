@@ -14,6 +14,8 @@ from luvc.compress.budgets import BudgetPlan, plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.errors import critical
+from luvc.models.hf_generate import luvc_generation_class
+from luvc.prompt import PromptTemplate, chat_template_of, template_for
 
 
 @dataclasses.dataclass
@@ -43,7 +45,7 @@ class VLMAdapter:
     decoder_layer_cls: ClassVar[type]
     merger_cls: ClassVar[type]
     image_placeholder: ClassVar[str]
-    prompt_template: ClassVar[str]  # with {image} and {prompt}
+    builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
@@ -52,6 +54,7 @@ class VLMAdapter:
         self.image_processor = image_processor
         self.name = name or type(model).__name__
         self.luvc_config = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
+        self._template: PromptTemplate | None = None
 
     # -- geometry -------------------------------------------------------------------------------------------
     @property
@@ -89,6 +92,7 @@ class VLMAdapter:
         """Patch the model for ``config`` (``None``: defaults; ``LUVCConfig.off()``: the baseline path)."""
         self.luvc_config = (config or LUVCConfig()).resolve(self.vision_depth, self.num_layers)
         self._patch(self.luvc_config)
+        swap_class(self.model, luvc_generation_class(type(self.model)))  # model.generate() runs LUVC too
         return self.model
 
     def _patch(self, config: LUVCConfig) -> None:
@@ -106,6 +110,14 @@ class VLMAdapter:
         return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
 
     # -- inputs ---------------------------------------------------------------------------------------------
+    @property
+    def template(self) -> PromptTemplate:
+        """The prompt template: the checkpoint's chat template when its tokenizer has one, else the family's."""
+        if self._template is None:
+            chat_template = chat_template_of(self.tokenizer) if self.tokenizer is not None else None
+            self._template = template_for(self.tokenizer, self.image_placeholder, self.builtin_template, chat_template)
+        return self._template
+
     def preprocess_images(self, images: Sequence[Image.Image]) -> dict:
         """Pixel tensors (and grid metadata) exactly as the family's ``transformers`` image processor makes them."""
         raise NotImplementedError
@@ -113,18 +125,14 @@ class VLMAdapter:
     def prepare_inputs(
         self, images: Sequence[Image.Image], prompts: str | Sequence[str], config: LUVCConfig | None = None
     ) -> dict:
-        """Model inputs for one prompt per image (a batch), with as many image placeholders as the LLM will
-        receive after OIM under ``config`` (default: the applied config)."""
+        """Model inputs for one prompt per image (a batch) in the prompt template, with as many image placeholders
+        as the LLM will receive after OIM under ``config`` (default: the applied config)."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixels = self.preprocess_images(images)
         per_row = self.vision_trace(pixels, config).tokens_per_image
-        placeholder = self.image_placeholder
-        texts = [
-            self.prompt_template.format(image=placeholder * count, prompt=prompt)
-            for count, prompt in zip(per_row, prompts)
-        ]
+        texts = [self.template.render(prompt, count) for count, prompt in zip(per_row, prompts)]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")

@@ -143,7 +143,7 @@ class LlavaAdapter(VLMAdapter):
     decoder_layer_cls = LlamaDecoderLayer
     merger_cls = LlavaMultiModalProjector
     image_placeholder = "<image>"
-    prompt_template = "USER: {image}\n{prompt} ASSISTANT:"
+    builtin_template = "USER: {image}\n{prompt} ASSISTANT:"
 
     @property
     def vision_blocks(self):

@@ -351,7 +351,7 @@ class Qwen2VLAdapter(VLMAdapter):
     decoder_layer_cls = Qwen2VLDecoderLayer
     merger_cls = PatchMerger
     image_placeholder = "<|image_pad|>"
-    prompt_template = (
+    builtin_template = (
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
     )
     luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)

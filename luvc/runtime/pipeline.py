@@ -24,6 +24,7 @@ from PIL import Image
 
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, load_graph
+from luvc.prompt import PromptTemplate
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
@@ -336,10 +337,11 @@ class Pipeline:
         return self.session(bucket["prefill"]).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
 
     def prompt_ids(self, prompts: Sequence[str], bucket: dict) -> np.ndarray:
-        """Token ids of the export's prompt template around each prompt; rows must tokenize to one length."""
+        """Token ids of the export's prompt template around each prompt (a prompt that holds the image placeholder is
+        taken as already templated); rows must tokenize to one length."""
         prompt = self.manifest.prompt
-        image = prompt["image_placeholder"] * bucket["tokens_per_image"]
-        texts = [prompt["template"].format(image=image, prompt=text) for text in prompts]
+        template = PromptTemplate(prompt["template"], prompt["image_placeholder"], prompt.get("bos", ""))
+        texts = [template.render(text, bucket["tokens_per_image"]) for text in prompts]
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(row) for row in rows}) > 1:
             critical("Batched prompts tokenize to different lengths; batch rows need prompts of equal length.")
