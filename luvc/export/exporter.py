@@ -34,7 +34,7 @@ from luvc.export.naming import name_nodes, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
-from luvc.models.base import VLMAdapter
+from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.staging import output_claim, staged_folder
 
 AUTO_EXTERNAL_BYTES = 1 << 30
@@ -119,9 +119,16 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: str, weights: 
 
 
 def config_hash(adapter: VLMAdapter) -> str:
-    """sha256 of the model config (the manifest's ``model.config_sha256``): which model an export came from."""
-    text = json.dumps(adapter.model.config.to_dict(), sort_keys=True, default=str)
+    """sha256 of the model config (the manifest's ``model.config_sha256``): which model an export came from. The
+    dtype the weights were loaded in is left out (an fp16 export and an fp32 parity run use the same model)."""
+    text = json.dumps(_without_dtypes(adapter.model.config.to_dict()), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_dtypes(value):
+    if isinstance(value, dict):
+        return {key: _without_dtypes(item) for key, item in value.items() if key not in ("dtype", "torch_dtype")}
+    return value
 
 
 def _versions() -> dict[str, str]:
@@ -215,7 +222,9 @@ class OnnxFromCompressedModel:
         adapter.apply_luvc(self.config)
         profile = (self.profile or ExportProfile()).resolve(adapter)
         if adapter.model.dtype != profile.dtype:
+            origin = str(adapter.model.dtype).removeprefix("torch.")
             adapter.model.to(profile.dtype)
+            check_fp16_range(adapter.model, origin)
         buckets = [plan_bucket(adapter, size) for size in profile.image_sizes]
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
         for bucket in buckets:

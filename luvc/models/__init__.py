@@ -10,7 +10,7 @@ from torch import nn
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.models.base import VLMAdapter
+from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.llava import LlavaAdapter
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
@@ -82,6 +82,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         critical(f"{path} lacks tokenizer or preprocessor files ({error}); copy them from the original checkpoint.")
+    if model.dtype == torch.float16:
+        check_fp16_range(model, f"the checkpoint's {config.get('torch_dtype') or config.get('dtype') or 'dtype'}")
     if tokenizer.chat_template is None:  # a processor's chat_template.jinja / .json: prompts use it (luvc.prompt)
         tokenizer.chat_template = chat_template_of(tokenizer, path)
     return adapter_cls(model, tokenizer, processor, name=str(path))

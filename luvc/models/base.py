@@ -26,6 +26,20 @@ class VisionTrace:
     tokens_per_image: tuple[int, ...]  # visual tokens per image entering the LLM
 
 
+FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def check_fp16_range(model: nn.Module, origin: str) -> None:
+    """Refuse a model whose weights do not fit float16 (a bf16 or fp32 checkpoint cast to fp16 overflows to inf),
+    naming the first such tensor; ``origin`` says what the weights were cast from."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.dtype == torch.float16 and not bool(torch.isfinite(tensor).all()):
+            critical(
+                f"Weight {name} does not fit float16 (|x| > {FP16_MAX:.0f} after the cast from {origin}); export "
+                "with --precision fp32 (fp16 graphs cannot hold it)."
+            )
+
+
 def swap_class(module: nn.Module, luvc_cls: type) -> None:
     """Give ``module`` the LUVC subclass of its class (ToMe-style); parameters and state_dict keys stay."""
     if not isinstance(module, luvc_cls):
