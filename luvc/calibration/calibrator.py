@@ -163,7 +163,7 @@ class CalibratedExportFromExport:
         weights = SharedWeights(staging)
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
             for name, graph in manifest.graphs.items():
-                external = "always" if graph["external_data"] else "never"
+                external = bool(graph["external_data"])
                 if name not in graphs:
                     model = load_graph(self.export_dir, name, manifest)
                     written = save_model(model, staging / graph["file"], external, weights)

@@ -106,11 +106,17 @@ class OnnxFromGraphSpec:
         return model
 
 
-def save_model(model: onnx.ModelProto, path: Path, external_data: str, weights: SharedWeights) -> list[str]:
-    """Write ``model`` to ``path``, its weights into the export's shared ``weights`` file when asked or large;
-    return its files (the graph, then the external-data file it reads)."""
-    size = sum(len(t.raw_data) for t in model.graph.initializer)
-    if external_data == "always" or (external_data == "auto" and size > AUTO_EXTERNAL_BYTES):
+def uses_external_data(setting: str, weight_bytes: int) -> bool:
+    """Whether an export's graphs keep their weights in the shared ``weights.data``: ``always``; ``never``; ``auto``
+    when the model's weights pass ``AUTO_EXTERNAL_BYTES``. One answer for every graph of an export, so tensors that
+    graphs share (a tied embedding and LM head; the LLM of the prefill and decode graphs) are on disk once."""
+    return setting == "always" or (setting == "auto" and weight_bytes > AUTO_EXTERNAL_BYTES)
+
+
+def save_model(model: onnx.ModelProto, path: Path, external: bool, weights: SharedWeights) -> list[str]:
+    """Write ``model`` to ``path``, its weights into the export's shared ``weights`` file when ``external``; return
+    its files (the graph, then the external-data file it reads)."""
+    if external:
         weights.externalize(model)
     partial = path.with_name(path.name + ".partial")
     onnx.save_model(model, str(partial))
@@ -265,6 +271,8 @@ class OnnxFromCompressedModel:
     def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
         graphs, files, buckets = {}, [], {}
         weights = SharedWeights(staging)
+        model_bytes = sum(p.numel() * p.element_size() for p in self.adapter.model.parameters())
+        external = uses_external_data(profile.external_data, model_bytes)
         columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
         with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
             for spec, bucket in specs:
@@ -282,7 +290,7 @@ class OnnxFromCompressedModel:
                 check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
                 advance()
                 path = staging / f"{spec.name}.onnx"
-                written = save_model(model, path, profile.external_data, weights)
+                written = save_model(model, path, external, weights)
                 files += written
                 graphs[spec.name] = {
                     "file": path.name,

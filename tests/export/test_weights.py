@@ -6,9 +6,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from luvc.export.exporter import save_model
+from luvc.export.exporter import export_model, save_model, uses_external_data
 from luvc.export.manifest import ExportManifest, load_graph
+from luvc.export.profile import ExportProfile
 from luvc.export.weights import ALIGNMENT, WEIGHTS_FILE, SharedWeights
+from luvc.models import load_model
 
 
 def _tensor_bytes(model: onnx.ModelProto) -> dict[str, bytes]:
@@ -50,9 +52,9 @@ def test_a_shared_graph_computes_what_the_inline_graph_computes(exports, tmp_pat
     source = exports("tiny-qwen2-vl")
     inline = load_graph(source, "decode")  # the qwen export keeps its weights inline
     weights = SharedWeights(tmp_path)
-    files = save_model(load_graph(source, "decode"), tmp_path / "decode.onnx", "always", weights)
+    files = save_model(load_graph(source, "decode"), tmp_path / "decode.onnx", True, weights)
     assert files == ["decode.onnx", WEIGHTS_FILE]
-    again = save_model(load_graph(source, "decode"), tmp_path / "decode2.onnx", "always", weights)
+    again = save_model(load_graph(source, "decode"), tmp_path / "decode2.onnx", True, weights)
     assert again == ["decode2.onnx", WEIGHTS_FILE] and weights.written_bytes * 2 == weights.referenced_bytes
     rng = np.random.default_rng(0)
     feeds = {}
@@ -69,8 +71,42 @@ def test_a_shared_graph_computes_what_the_inline_graph_computes(exports, tmp_pat
             np.testing.assert_array_equal(actual, wanted)
 
 
-@pytest.mark.parametrize("external", ["never", "auto"])
-def test_small_graphs_keep_their_weights_inline(exports, tmp_path, external):
+def test_small_graphs_keep_their_weights_inline(exports, tmp_path):
     weights = SharedWeights(tmp_path)
-    files = save_model(load_graph(exports("tiny-qwen2-vl"), "embed"), tmp_path / "embed.onnx", external, weights)
+    files = save_model(load_graph(exports("tiny-qwen2-vl"), "embed"), tmp_path / "embed.onnx", False, weights)
     assert files == ["embed.onnx"] and not (tmp_path / WEIGHTS_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "weight_bytes", "external"),
+    [("auto", 2 << 30, True), ("auto", 100 << 20, False), ("always", 0, True), ("never", 8 << 30, False)],
+)
+def test_one_external_data_answer_per_export_from_the_model_size(setting, weight_bytes, external):
+    assert uses_external_data(setting, weight_bytes) is external
+
+
+def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkeypatch):
+    adapter = load_model("tiny-qwen2-vl")
+    adapter.model.lm_head.weight = adapter.model.get_input_embeddings().weight  # tied, as Qwen2-VL-2B's are
+    # "auto" with a threshold between the embed graph's weights (35 kB) and the model's, as a 2B model sits between
+    # its 467 MB embedding table and 1 GiB: the small embed graph must go to weights.data with the others
+    monkeypatch.setattr("luvc.export.exporter.AUTO_EXTERNAL_BYTES", 100_000)
+    profile = ExportProfile(image_sizes=((224, 224),), external_data="auto")
+    export = export_model(adapter, tmp_path / "export", profile, show_progress=False)
+    table = adapter.model.get_input_embeddings().weight.detach().numpy()
+
+    def locations(graph: str) -> set[tuple[str, str]]:
+        model = onnx.load(str(export / f"{graph}.onnx"), load_external_data=False)
+        found = set()
+        for tensor in model.graph.initializer:
+            if tuple(tensor.dims) == table.shape:
+                info = {entry.key: entry.value for entry in tensor.external_data}
+                found.add((info["offset"], info["length"]))
+        return found
+
+    embed, decode = locations("embed"), locations("decode")
+    assert len(embed) == 1 and embed == decode  # the LM head reads the embedding table's bytes
+    with open(export / WEIGHTS_FILE, "rb") as file:
+        ((offset, length),) = embed
+        file.seek(int(offset))
+        np.testing.assert_array_equal(np.frombuffer(file.read(int(length)), np.float32).reshape(table.shape), table)
