@@ -23,6 +23,7 @@ TOOLS = {
     "export": ("luvc.cli.export:Export", "export the compressed model to ONNX graphs and a manifest"),
     "inspect": ("luvc.cli.inspect:Inspect", "show an export's graphs, budgets, FLOPs and lint findings"),
     "build": ("luvc.cli.build:Build", "build TensorRT engines from an export for a target GPU"),
+    "plan": ("luvc.cli.plan:Plan", "estimate an export's device memory on a target (Jetson or GiB)"),
     "run": ("luvc.cli.run:Run", "generate text from an export (ONNX Runtime) or its engines (TensorRT)"),
     "parity": ("luvc.cli.parity:Parity", "check an export (and engines) against PyTorch LUVC"),
     "calibrate": (

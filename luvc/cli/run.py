@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
@@ -52,6 +53,15 @@ class Run:
         return 0
 
 
+def _resident() -> str:
+    """This process's resident memory (Linux), or 'n/a'."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return "n/a"
+    return f"{pages * os.sysconf('SC_PAGE_SIZE') / (1 << 30):.2f} GiB"
+
+
 def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
@@ -66,6 +76,8 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
         ("time to first token", f"{timings.preprocess_ms + timings.first_token_ms:.1f} ms"),
         ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
         ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
+        ("KV cache buffers (capacity, as `plan`)", f"{pipeline.kv_buffer_bytes():,} bytes"),
+        ("process memory (RSS, sessions loaded)", _resident()),
     )
     for stage, value in rows:
         table.add_row(stage, value)

@@ -37,7 +37,7 @@ from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.staging import output_claim, staged_folder
 
-AUTO_EXTERNAL_BYTES = 1 << 30
+AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 
 
@@ -173,6 +173,7 @@ def _bucket_entry(bucket: Bucket, num_layers: int) -> dict:
     return {
         "image_size": list(bucket.image_size),
         "tokens_per_image": bucket.tokens_per_image,
+        "uncompressed_tokens_per_image": bucket.uncompressed_tokens_per_image,
         "visual_start": bucket.visual_start,
         "min_text_tokens": bucket.min_text_tokens,
         "budgets": list(plan.total),

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from luvc.compress.budgets import BudgetPlan
+from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, KV_UPDATE_FORMS
 from luvc.images import synthetic_image
@@ -85,6 +86,7 @@ class Bucket:
     image_size: tuple[int, int]
     pixels: dict  # processor output for one sample image of this size
     tokens_per_image: int  # visual tokens entering the LLM
+    uncompressed_tokens_per_image: int  # what the image would bring without OIM (the baseline's KV cache)
     visual_start: int  # index of the first image token in the prompt
     min_text_tokens: int  # tokens after the image in the shortest prompt the template makes
     budget_plan: BudgetPlan
@@ -166,6 +168,7 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
         image_size=(height, width),
         pixels=pixels,
         tokens_per_image=tokens,
+        uncompressed_tokens_per_image=adapter.vision_trace(pixels, LUVCConfig.off()).tokens_per_image[0],
         visual_start=start,
         min_text_tokens=max(2, len(ids) - start - tokens),
         budget_plan=adapter.budget_plan(pixels),
@@ -174,17 +177,27 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
     )
 
 
+def layer_capacity(
+    visual_start: int, visual_tokens: int, min_text_tokens: int, max_text_tokens: int, max_new_tokens: int
+) -> int:
+    """KV entries one decoder layer needs for one bucket: the longest prompt it holds (prefix, its visual tokens, the
+    longest text) plus every generated token but the last (which is never fed back)."""
+    return visual_start + visual_tokens + max(max_text_tokens, min_text_tokens + 1) + max_new_tokens - 1
+
+
 def kv_capacities(buckets: Sequence[Bucket], profile: ExportProfile) -> list[int]:
-    """Each decoder layer's fixed KV-cache capacity in the decode graph: the longest prompt that layer holds in
-    any bucket (prefix, its budget of visual tokens, the longest text) plus every generated token but the last
-    (which is never fed back)."""
+    """Each decoder layer's fixed KV-cache capacity in the decode graph: the most any bucket needs there."""
     num_layers = len(buckets[0].budget_plan.total)
     return [
         max(
-            b.visual_start + b.budget_plan.total[layer] + max(profile.max_text_tokens, b.min_text_tokens + 1)
+            layer_capacity(
+                b.visual_start,
+                b.budget_plan.total[layer],
+                b.min_text_tokens,
+                profile.max_text_tokens,
+                profile.max_new_tokens,
+            )
             for b in buckets
         )
-        + profile.max_new_tokens
-        - 1
         for layer in range(num_layers)
     ]

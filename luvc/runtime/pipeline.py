@@ -262,6 +262,10 @@ class Pipeline:
             }
         return self._caches[batch]
 
+    def kv_buffer_bytes(self) -> int:
+        """Device bytes of the KV-cache buffers allocated now (what ``luvc-export plan`` counts per batch size)."""
+        return sum(cache.capacity_bytes() for cache in self._caches.values())
+
     # -- stages ---------------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, tuple[int, int]]:
         """Pixels for the vision graph, exactly as the model's image processor makes them, and the bucket size."""

@@ -1,0 +1,111 @@
+"""Peak host memory of ``export`` and ``parity`` on a real-width checkpoint, against its weight bytes.
+
+Builds a random-weight checkpoint with Qwen2-VL-2B's widths (LLM hidden 1536, MLP 8960, 12 heads, 2 KV heads,
+vocabulary 151936, tied embedding; encoder 1280 wide, 16 heads; merger to 1536) and ``--layers`` decoder layers and
+``--vision-blocks`` encoder blocks (fewer than the real 28 and 32, so it runs in minutes), saved with
+``save_pretrained`` in ``--dtype`` (bf16, as current checkpoints ship). Then runs, each in a child process whose
+peak RSS the kernel reports (``wait4``): ``luvc-export export --precision fp16`` at one 448x448 bucket, and
+``luvc-export parity`` on that export (one sample, 4 tokens). Ratios are peak RSS / the checkpoint's weight bytes.
+Last line: ``export_peak_rss_ratio=<x>`` (target <= 1.5, plus a fixed allowance); the line before it
+``parity_peak_rss_ratio=<x>`` (target <= 2.0). Usage:
+    python benchmarks/export_memory.py [--layers 4] [--vision-blocks 4] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from prefill_speedup import _qwen_token_ids
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from luvc.models.tiny import tiny_tokenizer
+
+IMAGE_SIDE = 448
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def save_checkpoint(folder: Path, layers: int, vision_blocks: int, dtype: torch.dtype) -> int:
+    """Write the checkpoint; return its weight bytes (the safetensors files)."""
+    tokenizer = tiny_tokenizer()
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=layers,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        ),
+        vision_config=dict(
+            depth=vision_blocks,
+            embed_dim=1280,
+            hidden_size=1536,
+            num_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        tie_word_embeddings=True,
+        **_qwen_token_ids(tokenizer),
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).to(dtype).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2).save_pretrained(folder)
+    del model
+    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+
+
+def peak_rss(argv: list[str]) -> tuple[int, float]:
+    """(peak RSS in bytes, seconds) of ``luvc-export argv`` in a child process; exits if it fails."""
+    began = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "luvc.cli.main", *argv], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0, 1):  # parity exits 1 when a tolerance fails: still a measurement
+        raise SystemExit(f"luvc-export {argv[0]} failed with exit code {process.returncode}")
+    return usage.ru_maxrss * 1024, time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vision-blocks", type=int, default=4)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="luvc-export-memory-") as tmp:
+        checkpoint, export = Path(tmp) / "checkpoint", Path(tmp) / "export"
+        weight_bytes = save_checkpoint(checkpoint, args.layers, args.vision_blocks, DTYPES[args.dtype])
+        size = f"{IMAGE_SIDE}x{IMAGE_SIDE}"
+        export_rss, export_s = peak_rss(
+            ["export", "--model", str(checkpoint), "--out", str(export), "--image-size", size, "--precision", "fp16"]
+        )
+        export_bytes = sum(p.stat().st_size for p in export.rglob("*") if p.is_file())
+        parity_args = ["parity", str(export), "--num-samples", "1", "--max-new-tokens", "4", "--out", f"{tmp}/p"]
+        parity_rss, parity_s = peak_rss(parity_args)
+    gib = 1 << 30
+    print(
+        f"Qwen2-VL-2B widths, {args.layers} decoder layers, {args.vision_blocks} encoder blocks, {args.dtype} "
+        f"checkpoint: {weight_bytes / gib:.2f} GiB of weights; export folder {export_bytes / gib:.2f} GiB"
+    )
+    print(f"export: peak RSS {export_rss / gib:.2f} GiB in {export_s:.0f} s")
+    print(f"parity: peak RSS {parity_rss / gib:.2f} GiB in {parity_s:.0f} s")
+    print(f"parity_peak_rss_ratio={parity_rss / weight_bytes:.2f}")
+    print(f"export_peak_rss_ratio={export_rss / weight_bytes:.2f}")
+
+
+if __name__ == "__main__":
+    main()

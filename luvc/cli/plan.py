@@ -1,0 +1,59 @@
+"""``luvc-export plan``: does an export fit a target device, and what to lower when it does not."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from luvc.engines.memory import DEVICES, GiB, MemoryPlan, plan_memory
+
+
+class Plan:
+    """Estimate device memory for an export (and its engines) at its profile's maxima: engine weights, the KV cache
+    (LUVC's per-layer capacities vs the uncompressed model), activations and the system reserve, against a target's
+    memory; the build's host memory; and which --max-* to lower when it does not fit. Exits 1 when it does not fit."""
+
+    name = "plan"
+    subscriptions = ()
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("artifact_dir", help="export folder (from `luvc-export export`)")
+        parser.add_argument(
+            "--target",
+            required=True,
+            help=f"a device ({', '.join(DEVICES)}) or a GPU's memory in GiB (e.g. 80)",
+        )
+        parser.add_argument("--engines", default=None, help="engine folder built from this export (its sizes)")
+
+    def run(self, args: argparse.Namespace, groups: dict) -> int:
+        plan = plan_memory(args.artifact_dir, args.target, args.engines)
+        console = Console(soft_wrap=True)
+        console.print(memory_table(plan))
+        for line in plan.advice():
+            console.print(line, highlight=False)
+        return 0 if plan.fits else 1
+
+
+def memory_table(plan: MemoryPlan) -> Table:
+    def gib(value: int) -> str:
+        return f"{value / GiB:.2f} GiB" if value >= GiB // 10 else f"{value / (1 << 20):.1f} MiB"
+
+    device = plan.device
+    table = Table(title=f"Memory plan on {device.name} ({device.total_bytes / GiB:.0f} GiB)")
+    table.add_column("item")
+    table.add_column("device memory", justify="right")
+    for name, weight in plan.engine_weights.items():
+        table.add_row(f"{name} weights ({plan.weights_source})", gib(weight))
+    kv = f"KV cache, batch {plan.max_batch} (LUVC per-layer capacities)"
+    table.add_row(kv, gib(plan.kv_bytes))
+    if plan.kv_bytes_uncompressed is not None:
+        table.add_row("  uncompressed model, same profile", gib(plan.kv_bytes_uncompressed))
+    table.add_row("activations (builder workspace limit)", gib(plan.activation_bytes))
+    table.add_row("reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")"), gib(device.reserved_bytes))
+    verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
+    table.add_row(f"total: {verdict}", gib(plan.total_bytes))
+    where = "on the device: Jetsons build there" if device.jetson else "on the build machine"
+    table.add_row(f"engine build, host memory ({where}; estimate)", gib(plan.build_host_bytes))
+    return table

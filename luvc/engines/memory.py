@@ -1,0 +1,194 @@
+"""Memory plan of an export on a target device: what the engines, the KV cache and the activations need against
+the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc-export plan``).
+
+- **Weights**, per engine: the engine files' sizes when an engine folder is given, else the ONNX graphs' weights.
+  Every engine holds its own copy: the LLM is on the device once per prefill bucket plus once for decode (the
+  export's ``weights.data`` shares them on disk, TensorRT engines do not).
+- **KV cache**: the runtime's fixed-capacity buffers at the profile's ``max_batch`` (per layer: the capacity the
+  decode graph was exported with, ``kv_cache.capacity``), the figure ``luvc-export run`` reports; beside it the same
+  for the uncompressed model (every layer holds every visual token of the image, before OIM).
+- **Activations**: the builder's workspace limit of the target preset (an upper bound TensorRT may use for tactics
+  and activations), 2 GiB where the preset sets none.
+- **Reserved**: the CUDA context, libraries and (on a Jetson, whose CPU and GPU share the memory) the OS.
+- **Build host memory** (an estimate): twice the largest graph's weights (the parsed network and the serialized
+  engine) plus 1 GiB; on a Jetson, engines are built on the device, so this shares its memory too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import onnx
+
+from luvc.engines.targets import get_target
+from luvc.errors import critical
+from luvc.export.manifest import ONNX_DTYPES, ExportManifest
+from luvc.export.profile import layer_capacity
+
+GiB = 1 << 30
+DEFAULT_ACTIVATION_BYTES = 2 * GiB
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per element of a manifest dtype name (``float``, ``float16``, ...)."""
+    return onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(name.upper())).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """A target's memory: ``total_bytes`` and what the system keeps (``reserved_bytes``)."""
+
+    name: str
+    total_bytes: int
+    reserved_bytes: int
+    preset: str  # the engines target preset (its builder workspace sizes the activation allowance)
+
+    @property
+    def jetson(self) -> bool:
+        return self.preset in ("orin", "thor")
+
+
+DEVICES = {
+    "orin-8gb": Device("Jetson Orin Nano/NX 8 GB", 8 * GiB, 2 * GiB, "orin"),
+    "orin-16gb": Device("Jetson Orin NX 16 GB", 16 * GiB, 2 * GiB, "orin"),
+    "orin-32gb": Device("Jetson AGX Orin 32 GB", 32 * GiB, 3 * GiB, "orin"),
+    "orin-64gb": Device("Jetson AGX Orin 64 GB", 64 * GiB, 3 * GiB, "orin"),
+    "thor": Device("Jetson AGX Thor 128 GB", 128 * GiB, 4 * GiB, "thor"),
+}
+
+
+def device(target: str) -> Device:
+    """A device preset, or a GPU of ``target`` GiB (a discrete GPU: 1 GiB reserved for the CUDA context)."""
+    if target in DEVICES:
+        return DEVICES[target]
+    try:
+        size = float(target.removesuffix("GiB").removesuffix("gib"))
+    except ValueError:
+        size = 0.0
+    if size <= 0:
+        critical(f"Target {target!r} is neither a device ({', '.join(DEVICES)}) nor a size in GiB (e.g. 80).")
+    return Device(f"GPU with {size:g} GiB", int(size * GiB), GiB, "hopper")
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Bytes per item on ``device`` for an export at its profile's maxima (see the module docstring)."""
+
+    device: Device
+    engine_weights: dict[str, int]
+    weights_source: str  # "engines" or "onnx"
+    kv_bytes: int
+    kv_bytes_uncompressed: int | None
+    kv_bytes_per_row: int
+    max_batch: int
+    activation_bytes: int
+    build_host_bytes: int
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.engine_weights.values())
+
+    @property
+    def total_bytes(self) -> int:
+        """What the deployment needs on the device, with the reserve."""
+        return self.weight_bytes + self.kv_bytes + self.activation_bytes + self.device.reserved_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.device.total_bytes
+
+    def advice(self) -> list[str]:
+        """What to change when the plan does not fit (empty when it fits)."""
+        if self.fits:
+            return []
+        over = self.total_bytes - self.device.total_bytes
+        lines = [f"{over / GiB:.2f} GiB over the {self.device.total_bytes / GiB:.0f} GiB of {self.device.name}."]
+        room = self.device.total_bytes - (self.total_bytes - self.kv_bytes)
+        rows = room // self.kv_bytes_per_row if self.kv_bytes_per_row and room > 0 else 0
+        if 1 <= rows < self.max_batch:
+            lines.append(
+                f"Re-export with --max-batch {rows}: the KV cache takes {self.kv_bytes_per_row / GiB:.2f} GiB per "
+                "batch row."
+            )
+        elif rows < 1:
+            lines.append(
+                "Even one batch row does not fit: re-export with a smaller --max-new-tokens or --max-text-tokens "
+                f"(KV cache {self.kv_bytes_per_row / GiB:.2f} GiB per row) and fewer buckets or smaller weights."
+            )
+        prefills = sorted(name for name in self.engine_weights if name.startswith("prefill_"))
+        if len(prefills) > 1:
+            lines.append(
+                f"Export fewer --image-size buckets: each prefill engine holds the LLM weights again "
+                f"({self.engine_weights[prefills[-1]] / GiB:.2f} GiB for {prefills[-1]})."
+            )
+        lines.append("INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights.")
+        return lines
+
+
+def graph_weight_bytes(path: Path) -> int:
+    """Bytes of a graph's initializers (external ones from their recorded lengths), without loading them."""
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({entry.key: entry.value for entry in tensor.external_data}["length"])
+        else:
+            count = 1
+            for dim in tensor.dims:
+                count *= dim
+            total += count * dtype_bytes(ONNX_DTYPES[tensor.data_type])
+    return total
+
+
+def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -> int | None:
+    """Bytes of the KV-cache buffers for ``batch`` rows: the decode graph's capacities, or (``uncompressed``) the
+    capacities the uncompressed model would need (``None`` for an export that does not record its token counts)."""
+    prompt, profile = manifest.prompt, manifest.profile
+    past = next(e for e in manifest.graphs["decode"]["inputs"] if e["name"] == "past_key_values.0.key")
+    per_entry = 2 * batch * prompt["num_key_value_heads"] * prompt["head_dim"] * dtype_bytes(past["dtype"])
+    if not uncompressed:
+        return per_entry * sum(manifest.kv_cache["capacity"])
+    buckets = manifest.buckets.values()
+    if any("uncompressed_tokens_per_image" not in bucket for bucket in buckets):
+        return None
+    capacity = max(
+        layer_capacity(
+            bucket["visual_start"],
+            bucket["uncompressed_tokens_per_image"],
+            bucket["min_text_tokens"],
+            profile["max_text_tokens"],
+            profile["max_new_tokens"],
+        )
+        for bucket in buckets
+    )
+    return per_entry * capacity * prompt["num_layers"]
+
+
+def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | None = None) -> MemoryPlan:
+    """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
+    dev = device(target)
+    manifest = ExportManifest.load(export_dir, verify=False)
+    if engines_dir is not None:
+        from luvc.engines.manifest import EngineManifest
+
+        engines = EngineManifest.load(engines_dir)
+        weights = {name: int(entry["bytes"]) for name, entry in engines.engines.items()}
+        source = "engines"
+    else:
+        weights = {name: graph_weight_bytes(Path(export_dir) / g["file"]) for name, g in manifest.graphs.items()}
+        source = "onnx"
+    max_batch = manifest.profile["max_batch"]
+    workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
+    graph_weights = [graph_weight_bytes(Path(export_dir) / g["file"]) for g in manifest.graphs.values()]
+    return MemoryPlan(
+        device=dev,
+        engine_weights=weights,
+        weights_source=source,
+        kv_bytes=kv_bytes(manifest, max_batch),
+        kv_bytes_uncompressed=kv_bytes(manifest, max_batch, uncompressed=True),
+        kv_bytes_per_row=kv_bytes(manifest, 1),
+        max_batch=max_batch,
+        activation_bytes=workspace,
+        build_host_bytes=2 * max(graph_weights) + GiB,
+    )

@@ -1,0 +1,59 @@
+"""``luvc-export plan``: the KV figure is the runtime's, weights are the graphs', the verdict and the advice."""
+
+import numpy as np
+import onnx
+import pytest
+
+from luvc.cli.main import main
+from luvc.engines.memory import GiB, graph_weight_bytes, plan_memory
+from luvc.export.manifest import ExportManifest, load_graph
+from luvc.runtime.pipeline import Pipeline
+
+
+def test_the_kv_figure_is_what_the_runtime_allocates(exports):
+    export = exports("tiny-qwen2-vl")
+    plan = plan_memory(export, "orin-8gb")
+    pipeline = Pipeline(export)
+    assert plan.kv_bytes_per_row == pipeline.kv_cache(1).capacity_bytes()
+    assert plan.kv_bytes == pipeline.kv_cache(plan.max_batch).capacity_bytes() == pipeline.kv_buffer_bytes()
+    assert plan.kv_bytes_uncompressed > plan.kv_bytes  # every layer holds every visual token before OIM
+
+
+def test_graph_weights_are_the_initializer_bytes(exports):
+    export = exports("tiny-llava")  # keeps its weights in weights.data
+    manifest = ExportManifest.load(export, verify=False)
+    for name, graph in manifest.graphs.items():
+        model = load_graph(export, name, manifest)
+        expected = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        assert graph_weight_bytes(export / graph["file"]) == expected
+
+
+def test_a_plan_that_fits_and_one_that_needs_a_smaller_batch(exports, capsys):
+    export = exports("tiny-qwen2-vl")
+    assert main(["plan", str(export), "--target", "80"]) == 0
+    assert "fits" in capsys.readouterr().out
+    plan = plan_memory(export, "80")
+    fixed = plan.total_bytes - plan.kv_bytes
+    target = (fixed + 2.5 * plan.kv_bytes_per_row) / GiB  # room for two and a half batch rows of KV cache
+    assert main(["plan", str(export), "--target", f"{target:.9f}"]) == 1
+    out = capsys.readouterr().out
+    assert "does not fit" in out and "Re-export with --max-batch 2" in out
+
+
+@pytest.mark.parametrize("target", ["orin-4gb", "-3"])
+def test_an_unknown_target_is_one_line(exports, capsys, target):
+    assert main(["plan", str(exports("tiny-qwen2-vl")), "--target", target]) == 2
+    err = capsys.readouterr().err
+    assert f"Target {target!r} is neither a device (orin-8gb" in err and err.count("\n") == 1
+
+
+def test_weights_from_engines_are_the_engine_sizes(exports, tmp_path):
+    from luvc.engines.builder import build_engines
+    from luvc.engines.manifest import EngineManifest
+
+    export = exports("tiny-llava", "fp16")
+    engines = build_engines(export, "ampere", tmp_path / "engines")
+    plan = plan_memory(export, "orin-16gb", engines)
+    sizes = {name: entry["bytes"] for name, entry in EngineManifest.load(engines).engines.items()}
+    assert plan.engine_weights == sizes and plan.weights_source == "engines"
+    assert np.isclose(plan.weight_bytes, sum(sizes.values()))
