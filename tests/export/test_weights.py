@@ -79,7 +79,13 @@ def test_small_graphs_keep_their_weights_inline(exports, tmp_path):
 
 @pytest.mark.parametrize(
     ("setting", "weight_bytes", "external"),
-    [("auto", 2 << 30, True), ("auto", 300 << 20, True), ("auto", 100 << 20, False), ("always", 0, True), ("never", 8 << 30, False)],
+    [
+        ("auto", 2 << 30, True),
+        ("auto", 300 << 20, True),
+        ("auto", 100 << 20, False),
+        ("always", 0, True),
+        ("never", 8 << 30, False),
+    ],
 )
 def test_one_external_data_answer_per_export_from_the_model_size(setting, weight_bytes, external):
     assert uses_external_data(setting, weight_bytes) is external
