@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import luvc
@@ -38,6 +39,7 @@ from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.staging import output_claim, staged_folder
 
 AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
+INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 
 
@@ -56,13 +58,20 @@ def _quiet_exporter():
 
 
 class OnnxFromGraphSpec:
-    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` (weights in memory), with readable node and dimension names."""
+    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` with readable node and dimension names.
 
-    def __init__(self, spec: GraphSpec, opset: int, on_step=None, kv_update: str | None = None) -> None:
+    With ``scratch`` (a folder the caller owns and removes), the weights stay in ``scratch/{name}.onnx.data`` and the
+    model references them (tensors under ``INLINE_BYTES`` are loaded, so passes and lint read constants): a graph's
+    weights are never held as protobuf bytes. Without it the weights are loaded into the model."""
+
+    def __init__(
+        self, spec: GraphSpec, opset: int, on_step=None, kv_update: str | None = None, scratch: Path | None = None
+    ) -> None:
         self.spec = spec
         self.opset = opset
         self.kv_update = kv_update or DEFAULT_KV_UPDATE
         self.on_step = on_step or (lambda: None)
+        self.scratch = scratch
 
     def __call__(self) -> onnx.ModelProto:
         return self.call_impl()
@@ -89,10 +98,17 @@ class OnnxFromGraphSpec:
                 optimize=True,
                 custom_translation_table=translation_table(self.kv_update),
             )
-            with tempfile.TemporaryDirectory() as scratch:  # via a file: works above protobuf's 2 GiB limit
-                path = Path(scratch) / "graph.onnx"
+            if self.scratch is not None:
+                path = Path(self.scratch) / f"{spec.name}.onnx"
                 onnx_program.save(str(path), external_data=True)
-                model = onnx.load(str(path))
+                del onnx_program, program  # the torch-side copies of folded constants
+                model = onnx.load(str(path), load_external_data=False)
+                load_small_tensors(model, path.parent)
+            else:
+                with tempfile.TemporaryDirectory() as scratch:  # via a file: works above protobuf's 2 GiB limit
+                    path = Path(scratch) / "graph.onnx"
+                    onnx_program.save(str(path), external_data=True)
+                    model = onnx.load(str(path))
         mark_opset(model)
         symbols = {}
         inputs = {info.name: info for info in model.graph.input}
@@ -106,18 +122,34 @@ class OnnxFromGraphSpec:
         return model
 
 
-def uses_external_data(setting: str, weight_bytes: int) -> bool:
+def load_small_tensors(model: onnx.ModelProto, folder: Path) -> None:
+    """Load the external data of ``model``'s tensors under ``INLINE_BYTES`` into the model (in place)."""
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            length = int({entry.key: entry.value for entry in tensor.external_data}.get("length", INLINE_BYTES))
+            if length < INLINE_BYTES:
+                load_external_data_for_tensor(tensor, str(folder))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+
+
+def graphs_use_weights_file(setting: str, weight_bytes: int) -> bool:
     """Whether an export's graphs keep their weights in the shared ``weights.data``: ``always``; ``never``; ``auto``
     when the model's weights pass ``AUTO_EXTERNAL_BYTES``. One answer for every graph of an export, so tensors that
     graphs share (a tied embedding and LM head; the LLM of the prefill and decode graphs) are on disk once."""
     return setting == "always" or (setting == "auto" and weight_bytes > AUTO_EXTERNAL_BYTES)
 
 
-def save_model(model: onnx.ModelProto, path: Path, external: bool, weights: SharedWeights) -> list[str]:
+def save_model(
+    model: onnx.ModelProto, path: Path, external: bool, weights: SharedWeights, source: Path | None = None
+) -> list[str]:
     """Write ``model`` to ``path``, its weights into the export's shared ``weights`` file when ``external``; return
-    its files (the graph, then the external-data file it reads)."""
+    its files (the graph, then the external-data file it reads). ``source``: the folder of the external data the
+    model references now (a scratch folder), read tensor by tensor."""
     if external:
-        weights.externalize(model)
+        weights.externalize(model, source)
+    elif source is not None:
+        onnx.load_external_data_for_model(model, str(source))
     partial = path.with_name(path.name + ".partial")
     onnx.save_model(model, str(partial))
     partial.replace(path)
@@ -273,8 +305,10 @@ class OnnxFromCompressedModel:
         graphs, files, buckets = {}, [], {}
         weights = SharedWeights(staging)
         model_bytes = sum(p.numel() * p.element_size() for p in self.adapter.model.parameters())
-        external = uses_external_data(profile.external_data, model_bytes)
+        external = graphs_use_weights_file(profile.external_data, model_bytes)
         columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
+        scratch = staging / ".scratch"  # the traced graphs' weights until they are saved (inside the staging folder)
+        scratch.mkdir()
         with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
             for spec, bucket in specs:
                 task = progress.add_task(spec.name, total=len(STEPS) + 1, step="tracing")
@@ -283,15 +317,19 @@ class OnnxFromCompressedModel:
                 def advance(task=task, labels=labels) -> None:
                     progress.update(task, advance=1, step=next(labels))
 
-                model = OnnxFromGraphSpec(spec, profile.opset, on_step=advance, kv_update=profile.kv_update)()
+                model = OnnxFromGraphSpec(
+                    spec, profile.opset, on_step=advance, kv_update=profile.kv_update, scratch=scratch
+                )()
                 # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
                 passes = PASSES if self.passes else (keep_fp32_islands,)
                 model, pass_stats = run_passes(model, passes, plugin=self.plugin_nodes)
                 advance()
-                check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None)
+                check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, scratch)
                 advance()
                 path = staging / f"{spec.name}.onnx"
-                written = save_model(model, path, external, weights)
+                written = save_model(model, path, external, weights, source=scratch)
+                for leftover in scratch.iterdir():
+                    leftover.unlink()
                 files += written
                 graphs[spec.name] = {
                     "file": path.name,
@@ -305,6 +343,7 @@ class OnnxFromCompressedModel:
                     "passes": [stat.to_dict() for stat in pass_stats],
                 }
                 progress.update(task, completed=len(STEPS) + 1, step="done")
+        scratch.rmdir()
         return graphs, files, buckets
 
     def _save_preprocessing(self, staging: Path) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -76,8 +77,11 @@ def _quadratic(dims, image_tokens: int | None) -> bool:
     return isinstance(a, str) or (image_tokens is not None and a >= image_tokens)
 
 
-def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None) -> list[LintIssue]:
-    """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count."""
+def lint_graph(
+    model: onnx.ModelProto, image_tokens: int | None = None, base_dir: str | Path = ""
+) -> list[LintIssue]:
+    """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count; ``base_dir``: the
+    folder of the external data of a model whose weights are not loaded (constants are then read one at a time)."""
     graph = model.graph
     constants, types = _constants(graph), _types(graph)
     producers = {output: node for node in graph.node for output in node.output}
@@ -114,15 +118,17 @@ def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None) -> list[
             issues.append(LintIssue("dense-mask", info.name, f"input of shape {_dims(info)} is quadratic"))
     for tensor_name, proto in constants.items():
         if proto.data_type in MASK_TYPES and _quadratic(list(proto.dims), image_tokens):
-            value = numpy_helper.to_array(proto)
+            value = numpy_helper.to_array(proto, str(base_dir))
             if value.dtype == bool or bool(np.isneginf(value).any()) or bool((value <= -1e4).any()):
                 issues.append(LintIssue("dense-mask", tensor_name, f"constant mask of shape {list(value.shape)}"))
     return issues
 
 
-def check_graph(model: onnx.ModelProto, graph_name: str, image_tokens: int | None = None) -> None:
+def check_graph(
+    model: onnx.ModelProto, graph_name: str, image_tokens: int | None = None, base_dir: str | Path = ""
+) -> None:
     """Raise with every lint finding of ``model`` (named ``graph_name``), or return quietly."""
-    issues = lint_graph(model, image_tokens)
+    issues = lint_graph(model, image_tokens, base_dir)
     if issues:
         listing = "\n  ".join(str(issue) for issue in issues)
         critical(f"Export lint failed for {graph_name} ({len(issues)} findings):\n  {listing}")

@@ -13,11 +13,12 @@ import hashlib
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import _get_all_tensors, set_external_data
+from onnx.external_data_helper import _get_all_tensors
 
 WEIGHTS_FILE = "weights.data"
 ALIGNMENT = 4096  # tensors start on page boundaries, so readers can memory-map them
 SIZE_THRESHOLD = 1024  # smaller tensors (shapes, scalars) stay inside the graph, which then opens without its folder
+CHUNK_BYTES = 16 << 20  # tensors copied from another external file move in chunks of this size
 
 
 class SharedWeights:
@@ -33,25 +34,63 @@ class SharedWeights:
         """The tensor bytes the file holds (without alignment padding): each distinct tensor once."""
         return sum(length for _, length in self.offsets.values())
 
-    def externalize(self, model: onnx.ModelProto) -> None:
-        """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place)."""
+    def externalize(self, model: onnx.ModelProto, source: Path | None = None) -> None:
+        """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place). Tensors
+        whose data is in another external file are read from ``source`` (their folder) one at a time; without
+        ``source`` they are left where they are."""
         with self.path.open("ab") as file:
             for tensor in _get_all_tensors(model):
-                if not tensor.HasField("raw_data"):  # typed fields (float_data ...): raw bytes first
-                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    if source is None:
                         continue
-                    tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
-                data = tensor.raw_data
-                if len(data) < SIZE_THRESHOLD:
-                    continue
-                digest = hashlib.blake2b(data, digest_size=32).digest()
-                if digest not in self.offsets:
-                    offset = -(-file.tell() // ALIGNMENT) * ALIGNMENT
-                    file.write(b"\0" * (offset - file.tell()))
-                    file.write(data)
-                    self.offsets[digest] = (offset, len(data))
-                self.referenced_bytes += len(data)
-                offset, length = self.offsets[digest]
-                set_external_data(tensor, self.path.name, offset, length)
+                    offset, length = self._append_external(file, tensor, Path(source))
+                else:
+                    if not tensor.HasField("raw_data"):  # typed fields (float_data ...): raw bytes first
+                        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
+                    data = tensor.raw_data
+                    if len(data) < SIZE_THRESHOLD:
+                        continue
+                    digest = hashlib.blake2b(data, digest_size=32).digest()
+                    if digest not in self.offsets:
+                        start = _pad(file)
+                        file.write(data)
+                        self.offsets[digest] = (start, len(data))
+                    offset, length = self.offsets[digest]
+                self.referenced_bytes += length
+                del tensor.external_data[:]
+                for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
                 tensor.data_location = onnx.TensorProto.EXTERNAL
                 tensor.ClearField("raw_data")
+
+    def _append_external(self, file, tensor: onnx.TensorProto, folder: Path) -> tuple[int, int]:
+        """Copy an external tensor's bytes from ``folder`` in chunks, hashing as it goes; a tensor already in the
+        file is cut off again and referenced at its first offset. Returns ``(offset, length)``."""
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        before = file.tell()
+        start, hasher = _pad(file), hashlib.blake2b(digest_size=32)
+        with open(folder / info["location"], "rb") as handle:
+            handle.seek(int(info.get("offset", 0)))
+            remaining = int(info["length"])
+            while remaining:
+                chunk = handle.read(min(CHUNK_BYTES, remaining))
+                if not chunk:
+                    raise OSError(f"{info['location']} ends before tensor {tensor.name}'s data")
+                hasher.update(chunk)
+                file.write(chunk)
+                remaining -= len(chunk)
+        digest = hasher.digest()
+        if digest in self.offsets:
+            file.truncate(before)
+            file.seek(before)  # truncate leaves the buffered position where the write ended
+            return self.offsets[digest]
+        self.offsets[digest] = (start, int(info["length"]))
+        return self.offsets[digest]
+
+
+def _pad(file) -> int:
+    """Pad ``file`` to the next ``ALIGNMENT`` boundary; returns that offset."""
+    offset = -(-file.tell() // ALIGNMENT) * ALIGNMENT
+    file.write(b"\0" * (offset - file.tell()))
+    return offset

@@ -15,6 +15,7 @@ from luvc.models.llava import LlavaAdapter
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.tiny import TINY_BUILDERS, build_tiny
+from luvc.models.weights import cast_in_place, checkpoint_dtype
 from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
@@ -69,8 +70,10 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
 
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         critical(f"{path} has no weight files (*.safetensors); copy the checkpoint's weights into the folder.")
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    stored = checkpoint_dtype(config)
+    try:  # in the file's dtype the weights stay memory-mapped; cast_in_place then converts without a second copy
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=stored or dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:  # e.g. a truncated file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         critical(
@@ -82,6 +85,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
         critical(f"{path} lacks tokenizer or preprocessor files ({error}); copy them from the original checkpoint.")
+    cast_in_place(model, dtype)
     if model.dtype == torch.float16:
         check_fp16_range(model, f"the checkpoint's {config.get('torch_dtype') or config.get('dtype') or 'dtype'}")
     if tokenizer.chat_template is None:  # a processor's chat_template.jinja / .json: prompts use it (luvc.prompt)

@@ -33,7 +33,9 @@ def check_fp16_range(model: nn.Module, origin: str) -> None:
     """Refuse a model whose weights do not fit float16 (a bf16 or fp32 checkpoint cast to fp16 overflows to inf),
     naming the first such tensor; ``origin`` says what the weights were cast from."""
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.dtype == torch.float16 and not bool(torch.isfinite(tensor).all()):
+        # in chunks: the check works in float32, and a whole embedding table at float32 is a second model's worth
+        chunks = tensor.detach().reshape(-1).split(1 << 22) if tensor.dtype == torch.float16 else ()
+        if not all(bool(torch.isfinite(chunk).all()) for chunk in chunks):
             critical(
                 f"Weight {name} does not fit float16 (|x| > {FP16_MAX:.0f} after the cast from {origin}); export "
                 "with --precision fp32 (fp16 graphs cannot hold it)."

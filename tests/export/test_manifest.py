@@ -80,11 +80,11 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     calls = []
     real_save = exporter.save_model
 
-    def save_then_interrupt(model, path, external_data, weights):
+    def save_then_interrupt(model, path, external_data, weights, source=None):
         calls.append(path.name)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # what Ctrl-C during the second graph does
-        return real_save(model, path, external_data, weights)
+            raise KeyboardInterrupt  # what Ctrl-C during the second graph does (with its weights in scratch)
+        return real_save(model, path, external_data, weights, source)
 
     monkeypatch.setattr(exporter, "save_model", save_then_interrupt)
     out = tmp_path / "export"

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from luvc.export.exporter import export_model, save_model, uses_external_data
+from luvc.export.exporter import export_model, graphs_use_weights_file, save_model
 from luvc.export.manifest import ExportManifest, load_graph
 from luvc.export.profile import ExportProfile
 from luvc.export.weights import ALIGNMENT, WEIGHTS_FILE, SharedWeights
@@ -88,7 +88,7 @@ def test_small_graphs_keep_their_weights_inline(exports, tmp_path):
     ],
 )
 def test_one_external_data_answer_per_export_from_the_model_size(setting, weight_bytes, external):
-    assert uses_external_data(setting, weight_bytes) is external
+    assert graphs_use_weights_file(setting, weight_bytes) is external
 
 
 def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkeypatch):
@@ -97,6 +97,8 @@ def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkey
     # "auto" with a threshold between the embed graph's weights (35 kB) and the model's, as a 2B model sits between
     # its 467 MB embedding table and 1 GiB: the small embed graph must go to weights.data with the others
     monkeypatch.setattr("luvc.export.exporter.AUTO_EXTERNAL_BYTES", 100_000)
+    # and weights streamed from the tracing scratch file tensor by tensor, as a real-size model's are
+    monkeypatch.setattr("luvc.export.exporter.INLINE_BYTES", 1024)
     profile = ExportProfile(image_sizes=((224, 224),), external_data="auto")
     export = export_model(adapter, tmp_path / "export", profile, show_progress=False)
     table = adapter.model.get_input_embeddings().weight.detach().numpy()
@@ -110,9 +112,40 @@ def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkey
                 found.add((info["offset"], info["length"]))
         return found
 
+    inline = export_model(
+        load_model("tiny-qwen2-vl"),
+        tmp_path / "inline",
+        ExportProfile(image_sizes=((224, 224),), external_data="never"),
+        show_progress=False,
+    )
+    for graph in ExportManifest.load(export).graphs:  # every streamed tensor reads back as traced
+        shared = {t.name: onnx.numpy_helper.to_array(t) for t in load_graph(export, graph).graph.initializer}
+        for tensor in load_graph(inline, graph).graph.initializer:
+            if tensor.name in shared and tensor.name != "lm_head.weight":  # untied in the inline export
+                np.testing.assert_array_equal(shared[tensor.name], onnx.numpy_helper.to_array(tensor), tensor.name)
     embed, decode = locations("embed"), locations("decode")
     assert len(embed) == 1 and embed == decode  # the LM head reads the embedding table's bytes
     with open(export / WEIGHTS_FILE, "rb") as file:
         ((offset, length),) = embed
         file.seek(int(offset))
         np.testing.assert_array_equal(np.frombuffer(file.read(int(length)), np.float32).reshape(table.shape), table)
+
+
+def test_streamed_tensors_after_a_duplicate_land_where_their_references_point(tmp_path):
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    scratch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 7)).astype(np.float32), rng.standard_normal((500, 3)).astype(np.float32)
+    tensors = [onnx.numpy_helper.from_array(v, n) for v, n in ((a, "a"), (a, "a_again"), (b, "b"), (a, "a_third"))]
+    graph = onnx.helper.make_graph([], "g", [], [], initializer=tensors)
+    model = onnx.helper.make_model(graph)
+    onnx.save_model(model, str(scratch / "g.onnx"), save_as_external_data=True, size_threshold=0)
+    model = onnx.load(str(scratch / "g.onnx"), load_external_data=False)
+    weights = SharedWeights(out)
+    weights.externalize(model, scratch)
+    onnx.save_model(model, str(out / "g.onnx"))
+    loaded = {t.name: onnx.numpy_helper.to_array(t, str(out)) for t in onnx.load(str(out / "g.onnx")).graph.initializer}
+    for name, expected in (("a", a), ("a_again", a), ("b", b), ("a_third", a)):
+        np.testing.assert_array_equal(loaded[name], expected, name)
+    assert (out / WEIGHTS_FILE).stat().st_size == -(-a.nbytes // ALIGNMENT) * ALIGNMENT + b.nbytes

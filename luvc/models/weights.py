@@ -1,0 +1,81 @@
+"""Loading a checkpoint in another dtype without holding it twice.
+
+``transformers`` memory-maps safetensors files: loaded in the file's own dtype, the parameters are views of the
+mapping and cost no memory until read. Loaded in another dtype, every tensor is converted while the whole mapping
+stays resident, so a bf16 checkpoint loaded as fp16 peaks at twice its size. ``cast_in_place`` converts one tensor
+at a time instead and gives each converted tensor's file pages back to the kernel (``madvise(MADV_DONTNEED)``, only
+inside private safetensors file mappings), so the peak is the converted model plus one tensor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MADV_DONTNEED = 4
+
+
+def checkpoint_dtype(config: dict) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are stored in, from its ``config.json`` (``None`` when not recorded)."""
+    name = config.get("dtype") or config.get("torch_dtype")
+    return DTYPES.get(str(name).removeprefix("torch.")) if name else None
+
+
+def _safetensors_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's private safetensors file mappings (Linux; empty elsewhere). Their pages are
+    the file's until written to; nothing writes to weights being converted, so dropping them loses nothing (a later
+    read would fault them in from the file again)."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].endswith(".safetensors") and fields[1].endswith("p"):
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def _release(tensor: torch.Tensor, mappings: list[tuple[int, int]], libc) -> None:
+    """Drop the resident file pages under ``tensor`` when it lies in a safetensors mapping."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    for low, high in mappings:
+        if low <= start and end <= high:
+            first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+            last = end // mmap.PAGESIZE * mmap.PAGESIZE
+            if last > first:
+                libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
+            return
+
+
+@torch.no_grad()
+def cast_in_place(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Convert ``model``'s floating-point parameters and buffers to ``dtype`` one tensor at a time (tied
+    parameters once), releasing file pages of memory-mapped sources as it goes."""
+    mappings = _safetensors_mappings()
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if mappings else None
+    seen: set[int] = set()
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for name, tensor in tensors.items():
+                if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                source = tensor.data
+                converted = source.to(dtype)
+                if isinstance(tensor, nn.Parameter):
+                    tensor.data = converted
+                else:
+                    tensors[name] = converted
+                if libc is not None:
+                    _release(source, mappings, libc)
+                del source
+    return model
