@@ -54,7 +54,11 @@ class LuvcGenerationMixin:
 
 @functools.cache
 def luvc_generation_class(cls: type) -> type:
-    """The LUVC subclass of a ``...ForConditionalGeneration`` class (itself when it already is one)."""
+    """The LUVC subclass of a ``...ForConditionalGeneration`` class (itself when it already is one). It keeps the
+    class's ``__name__``, which ``save_pretrained`` writes as the architecture, so a saved patched model loads as
+    its family (``__qualname__`` says LUVC)."""
     if issubclass(cls, LuvcGenerationMixin):
         return cls
-    return type(f"Luvc{cls.__name__}", (LuvcGenerationMixin, cls), {"__doc__": LuvcGenerationMixin.__doc__})
+    patched = type(cls.__name__, (LuvcGenerationMixin, cls), {"__doc__": LuvcGenerationMixin.__doc__})
+    patched.__qualname__ = f"Luvc{cls.__name__}"
+    return patched

@@ -2,6 +2,7 @@
 exactly stock transformers' ``generate()``; options it cannot honour are refused."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -78,3 +79,11 @@ def test_options_luvc_cannot_honour_are_refused(_pristine, options, message):
     inputs = adapter.prepare_inputs(IMAGES[:1], "hi")
     with pytest.raises(LuvcError, match=message):
         adapter.model.generate(**inputs, max_new_tokens=2, **options)
+
+
+def test_a_saved_patched_model_keeps_its_architecture(_pristine, tmp_path):
+    pristine = _pristine["tiny-qwen2-vl"]
+    adapter = type(pristine)(copy.deepcopy(pristine.model), pristine.tokenizer, pristine.image_processor)
+    adapter.apply_luvc()
+    adapter.model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
