@@ -156,10 +156,12 @@ def save_model(
     return [path.name, *external_data_files(model)]
 
 
-def config_hash(adapter: VLMAdapter) -> str:
+def config_hash(adapter: VLMAdapter, with_dtype: bool = False) -> str:
     """sha256 of the model config (the manifest's ``model.config_sha256``): which model an export came from. The
-    dtype the weights were loaded in is left out (an fp16 export and an fp32 parity run use the same model)."""
-    text = json.dumps(_without_dtypes(adapter.model.config.to_dict()), sort_keys=True, default=str)
+    dtype the weights were loaded in is left out (an fp16 export and an fp32 parity run use the same model);
+    ``with_dtype`` gives the hash exports of earlier versions recorded, which kept it."""
+    config = adapter.model.config.to_dict()
+    text = json.dumps(config if with_dtype else _without_dtypes(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -53,7 +53,8 @@ class TorchReference:
 
         source = model or manifest.model["id"]
         adapter = load_model(source)
-        if config_hash(adapter) != manifest.model["config_sha256"]:
+        identities = {config_hash(adapter), config_hash(adapter, with_dtype=True)}  # this version's, and earlier ones'
+        if manifest.model["config_sha256"] not in identities:
             critical(
                 f"The model at {source!r} has another config than the one this export was made from "
                 f"({manifest.model['id']!r}); pass --model with the checkpoint folder used for the export."
