@@ -3,6 +3,7 @@ the four parity levels, plus what compression itself costs in PyTorch."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,29 +97,36 @@ class ParityFromExport:
             check_baseline(manifest, baseline.manifest, self.baseline_dir, {sample.image_size for sample in samples})
         reference = TorchReference.from_manifest(manifest, self.model)
 
-        # PyTorch and each backend per sample; localisation; the PyTorch baseline; the ONNX Runtime baseline
+        # stage by stage, so that the PyTorch model and the backend sessions are never in memory together: PyTorch
+        # (LUVC, then uncompressed) per sample; each backend per sample, its sessions closed before the localisation
+        # opens its own; the ONNX Runtime baseline last
         steps = len(samples) * (1 + len(pipelines)) + 2 + (baseline is not None)
         with progress_steps(self.show_progress, steps, "parity") as advance:
-            torch_runs, inputs = [], []
+            torch_runs, prompt_ids = [], []
             for sample in samples:
-                inputs.append(reference.adapter.prepare_inputs([sample.image], sample.prompt))
-                torch_runs.append(reference.run(inputs[-1], max_new_tokens))
+                inputs = reference.adapter.prepare_inputs([sample.image], sample.prompt)
+                prompt_ids.append(inputs["input_ids"].numpy())
+                torch_runs.append(reference.run(inputs, max_new_tokens))
                 advance(f"PyTorch LUVC: {sample.name}")
+            compressed = [(run.logits, run.tokens) for run in torch_runs]
+            compression = {"pytorch": _compression_cost(compressed, reference.baseline(samples, max_new_tokens))}
+            advance(f"PyTorch uncompressed: {len(samples)} samples")
+            del reference
+            gc.collect()
             backends, backend_runs = [], {}
             for name, pipeline in pipelines.items():
                 runs = backend_runs[name] = []
-                for sample, sample_inputs in zip(samples, inputs):
-                    runs.append(_BackendRun(pipeline, sample, sample_inputs["input_ids"].numpy(), max_new_tokens))
+                for sample, ids in zip(samples, prompt_ids):
+                    runs.append(_BackendRun(pipeline, sample, ids, max_new_tokens))
                     advance(f"{name}: {sample.name}")
+                pipeline.release()
                 backends.append(_backend_result(name, torch_runs, runs))
                 if name == "ort":
                     _localise(backends[-1], pipeline, torch_runs[0], runs[0])
                     advance("localised layer errors")
-            compressed = [(run.logits, run.tokens) for run in torch_runs]
-            compression = {"pytorch": _compression_cost(compressed, reference.baseline(samples, max_new_tokens))}
-            advance(f"PyTorch uncompressed: {len(samples)} samples")
             if baseline is not None:
                 uncompressed = [_BackendRun(baseline, sample, None, max_new_tokens) for sample in samples]
+                baseline.release()
                 compressed = [(run.outputs["logits"], run.tokens) for run in backend_runs["ort"]]
                 compression["ort"] = _compression_cost(
                     compressed, [(run.outputs["logits"], run.tokens) for run in uncompressed]

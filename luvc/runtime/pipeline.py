@@ -262,6 +262,13 @@ class Pipeline:
             }
         return self._caches[batch]
 
+    def release(self) -> None:
+        """Close every session and free the KV caches (a later request opens what it needs again)."""
+        for session in self._sessions.values():
+            session.deactivate()
+        self._sessions.clear()
+        self._caches.clear()
+
     def kv_buffer_bytes(self) -> int:
         """Device bytes of the KV-cache buffers allocated now (what ``luvc-export plan`` counts per batch size)."""
         return sum(cache.capacity_bytes() for cache in self._caches.values())
