@@ -168,3 +168,13 @@ def test_a_request_whose_cache_another_request_took_is_refused(exports):
     assert len(list(second)) == 4
     with pytest.raises(LuvcError, match="Another request on this pipeline has taken its KV cache"):
         first.step()
+
+
+def test_release_closes_the_sessions_and_a_later_request_reopens_them(exports):
+    pipeline = Pipeline(exports("tiny-llava"))
+    image = synthetic_image(224, 224, 5)
+    first = pipeline.generate(image, PROMPT, max_new_tokens=4)
+    assert pipeline.kv_buffer_bytes() > 0 and pipeline.session_providers()
+    pipeline.release()
+    assert pipeline.kv_buffer_bytes() == 0 and pipeline.session_providers() == []
+    np.testing.assert_array_equal(pipeline.generate(image, PROMPT, max_new_tokens=4).tokens, first.tokens)
