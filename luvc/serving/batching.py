@@ -34,6 +34,25 @@ class GenerationParams:
     sampling: SamplingConfig = SamplingConfig()
     stop: tuple[str, ...] = ()
 
+    def with_overrides(
+        self,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> GenerationParams:
+        """These settings (a server's defaults) with the values a request sets; ``None`` keeps the default."""
+        base = self.sampling
+        sampling = SamplingConfig(
+            temperature=base.temperature if temperature is None else float(temperature),
+            top_k=base.top_k,
+            top_p=base.top_p if top_p is None else float(top_p),
+            seed=base.seed if seed is None else int(seed),
+        )
+        length = self.max_tokens if max_tokens is None else int(max_tokens)
+        return GenerationParams(length, sampling, self.stop if stop is None else tuple(stop))
+
 
 @dataclasses.dataclass
 class Delta:

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from luvc.errors import critical
 from luvc.images import decode_image, load_image
-from luvc.runtime.sampling import SamplingConfig
 from luvc.serving.batching import GenerationParams
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
@@ -78,20 +77,12 @@ def parse_request(body: dict) -> ChatCompletionRequest:
 def generation_params(request: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
     """Generation length, sampling and stop strings of ``request``; what it leaves out comes from ``defaults`` (the
     server's ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p`` and ``--seed``)."""
-    max_tokens = next(
-        (n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), defaults.max_tokens
-    )
-    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or defaults.stop)
-    if len(stop) > MAX_STOP_STRINGS:
-        critical(f"stop has {len(stop)} strings; give at most {MAX_STOP_STRINGS}.")
-    base = defaults.sampling
-    sampling = SamplingConfig(
-        temperature=base.temperature if request.temperature is None else request.temperature,
-        top_k=base.top_k,
-        top_p=base.top_p if request.top_p is None else request.top_p,
-        seed=base.seed if request.seed is None else request.seed,
-    )
-    return GenerationParams(max_tokens, sampling, tuple(stop))
+    max_tokens = next((n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), None)
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    params = defaults.with_overrides(max_tokens, request.temperature, request.top_p, request.seed, stop or None)
+    if len(params.stop) > MAX_STOP_STRINGS:
+        critical(f"stop has {len(params.stop)} strings; give at most {MAX_STOP_STRINGS}.")
+    return params
 
 
 def image_and_prompt(request: ChatCompletionRequest, image_folder: Path | None) -> tuple[Image.Image, str]:

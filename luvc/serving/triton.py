@@ -25,7 +25,6 @@ import numpy as np
 from luvc.errors import LuvcError, critical
 from luvc.export.manifest import ExportManifest
 from luvc.images import decode_image
-from luvc.runtime.sampling import SamplingConfig
 from luvc.serving.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.staging import output_claim, staged_folder
 
@@ -143,17 +142,8 @@ def params_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationParams
     def scalar(name: str):
         return inputs[name].reshape(-1)[0].item() if name in inputs else None
 
-    base = defaults.sampling
-    temperature, top_p, seed = scalar("temperature"), scalar("top_p"), scalar("seed")
-    sampling = SamplingConfig(
-        temperature=base.temperature if temperature is None else float(temperature),
-        top_k=base.top_k,
-        top_p=base.top_p if top_p is None else float(top_p),
-        seed=base.seed if seed is None else int(seed),
-    )
-    max_tokens = scalar("max_tokens")
-    stop = tuple(_text(value) for value in inputs["stop"].reshape(-1)) if "stop" in inputs else defaults.stop
-    params = GenerationParams(defaults.max_tokens if max_tokens is None else int(max_tokens), sampling, stop)
+    stop = [_text(value) for value in inputs["stop"].reshape(-1)] if "stop" in inputs else None
+    params = defaults.with_overrides(scalar("max_tokens"), scalar("temperature"), scalar("top_p"), scalar("seed"), stop)
     return params, bool(scalar("stream"))
 
 
