@@ -169,6 +169,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
     """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False)
+    graph_weights = {name: graph_weight_bytes(Path(export_dir) / g["file"]) for name, g in manifest.graphs.items()}
     if engines_dir is not None:
         from luvc.engines.manifest import EngineManifest
 
@@ -176,11 +177,9 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         weights = {name: int(entry["bytes"]) for name, entry in engines.engines.items()}
         source = "engines"
     else:
-        weights = {name: graph_weight_bytes(Path(export_dir) / g["file"]) for name, g in manifest.graphs.items()}
-        source = "onnx"
+        weights, source = graph_weights, "onnx"
     max_batch = manifest.profile["max_batch"]
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
-    graph_weights = [graph_weight_bytes(Path(export_dir) / g["file"]) for g in manifest.graphs.values()]
     return MemoryPlan(
         device=dev,
         engine_weights=weights,
@@ -190,5 +189,5 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         kv_bytes_per_row=kv_bytes(manifest, 1),
         max_batch=max_batch,
         activation_bytes=workspace,
-        build_host_bytes=2 * max(graph_weights) + GiB,
+        build_host_bytes=2 * max(graph_weights.values()) + GiB,
     )
