@@ -62,6 +62,17 @@ def _resident() -> str:
     return f"{pages * os.sysconf('SC_PAGE_SIZE') / (1 << 30):.2f} GiB"
 
 
+def _weights(pipeline: Pipeline) -> str:
+    """What the pipeline's sessions share: file-mapped tensors and float32 conversions (ONNX Runtime on the CPU)."""
+    weights = pipeline.weights
+    if weights is None:
+        return "held by each session"
+    parts = [f"{weights.mapped_bytes / (1 << 30):.2f} GiB file-mapped"]
+    if weights.converted_bytes:
+        parts.append(f"{weights.converted_bytes / (1 << 30):.2f} GiB float32")
+    return " + ".join(parts)
+
+
 def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
@@ -77,6 +88,7 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
         ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
         ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
         ("KV cache buffers (capacity, as `plan`)", f"{pipeline.kv_buffer_bytes():,} bytes"),
+        ("weights (shared by the sessions)", _weights(pipeline)),
         ("process memory (RSS, sessions loaded)", _resident()),
     )
     for stage, value in rows:

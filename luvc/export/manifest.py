@@ -134,18 +134,24 @@ class ExportManifest:
         return self.buckets[name]
 
 
-def load_graph(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> onnx.ModelProto:
-    """The ONNX model of graph ``name`` with its weights; a clear error when its external-data file is missing."""
+def checked_graph_path(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> Path:
+    """The path of graph ``name``, after checking that it and its external-data files are there (nothing loaded)."""
     manifest = manifest or ExportManifest.load(folder, verify=False)
     path = manifest.graph_path(folder, name)
     if not path.is_file():
         critical(f"{path} is missing; copy the whole export folder (see {MANIFEST_NAME}).")
-    model = onnx.load(str(path), load_external_data=False)
-    for location in external_data_files(model):
+    for location in external_data_files(onnx.load(str(path), load_external_data=False)):
         if not (path.parent / location).is_file():
             critical(
                 f"{path.name} keeps its weights in the external-data file {location!r}, which is missing from "
                 f"{path.parent}; copy it next to {path.name} (every file is listed in {MANIFEST_NAME})."
             )
+    return path
+
+
+def load_graph(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> onnx.ModelProto:
+    """The ONNX model of graph ``name`` with its weights; a clear error when its external-data file is missing."""
+    path = checked_graph_path(folder, name, manifest)
+    model = onnx.load(str(path), load_external_data=False)
     onnx.load_external_data_for_model(model, str(path.parent))
     return model

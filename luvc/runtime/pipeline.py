@@ -23,12 +23,13 @@ import torch
 from PIL import Image
 
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, load_graph
+from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.prompt import PromptTemplate
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
 from luvc.runtime.text import TextStream
+from luvc.runtime.weights import MappedWeights
 
 BACKENDS = ("ort", "trt")
 
@@ -135,6 +136,10 @@ class Pipeline:
         self.providers = providers or ort_providers(self.device, self.cuda_stream and self.cuda_stream.cuda_stream)
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._engines = self._checked_engines() if backend == "trt" else {}
+        # ONNX Runtime on the CPU: one copy of the weights for all sessions (an fp16 export computes in float32 there)
+        self.weights = None
+        if backend == "ort" and self.device.type == "cpu":
+            self.weights = MappedWeights(self.folder, float32=self.manifest.precision == "fp16")
         self._sessions: dict[str, BaseSession] = {}
         self._host: dict[str, dict[str, np.ndarray]] = {}
         self._caches: dict[int, KVCache] = {}
@@ -146,14 +151,14 @@ class Pipeline:
         if name not in self._sessions:
             graph = self.manifest.graphs[name]
             if self.backend == "ort":
-                load_graph(self.folder, name, self.manifest)  # clear error on missing external data
                 session = OrtSession(
-                    self.folder / graph["file"],
+                    checked_graph_path(self.folder, name, self.manifest),
                     graph["inputs"],
                     graph["outputs"],
                     self.providers,
                     basic_optimizations=self.manifest.precision == "fp8",
                     device=self.device,
+                    weights=self.weights,
                 )
             else:
                 session = self._trt_session(name, graph)
@@ -268,6 +273,8 @@ class Pipeline:
             session.deactivate()
         self._sessions.clear()
         self._caches.clear()
+        if self.weights is not None:
+            self.weights.close()
 
     def kv_buffer_bytes(self) -> int:
         """Device bytes of the KV-cache buffers allocated now (what ``luvc-export plan`` counts per batch size)."""

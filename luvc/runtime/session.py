@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from luvc.errors import critical
 from luvc.export.inspect import evaluate_dim
+from luvc.runtime.weights import MappedWeights
 
 TORCH_DTYPES = {
     "float": torch.float32,
@@ -222,9 +224,12 @@ class OrtSession(BaseSession):
         name: str | None = None,
         basic_optimizations: bool | None = None,
         device: torch.device | str | None = None,
+        weights: MappedWeights | None = None,
     ):
         super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=device)
         self.path = Path(path)
+        self.weights = weights  # external initializers shared with the pipeline's other sessions
+        self._shared_values: list = []  # the OrtValues of those, alive as long as the session
         self.requested_providers = providers or ort_providers(self.device)
         # FP8 Q/DQ graphs: ONNX Runtime's extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has
         # no float8 kernel; basic optimizations keep the Q/DQ nodes
@@ -253,7 +258,11 @@ class OrtSession(BaseSession):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.basic_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        self.session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
+        model: str | bytes = str(self.path)
+        if self.weights is not None:
+            graph = onnx.load(str(self.path), load_external_data=False)
+            model, self._shared_values = self.weights.session_model(graph, self.path.parent, options)
+        self.session = ort.InferenceSession(model, options, providers=self.requested_providers)
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             critical(
@@ -280,6 +289,7 @@ class OrtSession(BaseSession):
 
     def deactivate_impl(self) -> None:
         self.session = self.binding = None
+        self._shared_values = []
 
 
 @functools.cache

@@ -1,0 +1,231 @@
+"""The weights of an export held once per pipeline by its ONNX Runtime CPU sessions.
+
+Every LLM graph of an export (a prefill graph per bucket, and decode) points into the same ``weights.data``. Given
+the graph paths, ONNX Runtime reads each graph's initializers into buffers of its own, so the LLM is in memory once
+per session; on the CPU EP an fp16 graph is worse, since ONNX Runtime has float32 kernels only for most ops and
+converts every float16 weight to float32 inside each session.
+
+``MappedWeights`` memory-maps each external-data file once and hands every session the same arrays as shared
+initializers (``SessionOptions.add_initializer``):
+
+- float32 weights are views of the file: held once, as on disk, paged in from the file cache as they are read;
+- an fp16 graph is rewritten to compute in float32 (``float32_compute``), as ONNX Runtime's CPU EP computes it
+  anyway, and each float16 tensor is converted once per pipeline.
+
+Sessions given shared weights turn ONNX Runtime's weight prepacking off, since packed copies are per session again,
+and its CPU memory arena, which keeps each session's peak activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+# ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
+# op type -> index of the input holding the values written
+IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalTensor:
+    """Where an initializer's bytes are in an external-data file."""
+
+    name: str
+    location: str
+    offset: int
+    length: int
+    data_type: int
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tensor: onnx.TensorProto) -> ExternalTensor:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        return cls(
+            tensor.name,
+            info["location"],
+            int(info.get("offset", 0)),
+            int(info["length"]),
+            tensor.data_type,
+            tuple(tensor.dims),
+        )
+
+
+def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
+    """The initializers of ``model``'s main graph whose data is in an external file (read without loading it)."""
+    return [
+        ExternalTensor.of(tensor)
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+    ]
+
+
+class MappedWeights:
+    """The external-data files of the export in ``folder``, memory-mapped read-only, and the float32 conversions
+    made from them; each tensor (by file, offset and length) is handed out as one array however many graphs use it.
+    With ``float32`` set, float16 graphs are rewritten to compute in float32 and get float32 weights."""
+
+    def __init__(self, folder: str | Path, float32: bool = False) -> None:
+        self.folder = Path(folder)
+        self.float32 = float32
+        self._files: dict[str, np.memmap] = {}
+        self._arrays: dict[tuple[str, int, int], np.ndarray] = {}
+
+    def session_model(self, model: onnx.ModelProto, folder: Path, options) -> tuple[bytes, list]:
+        """Prepare ``model`` (a graph of ``folder``, loaded without its external data) for an ONNX Runtime session
+        made with ``options``: rewritten to float32 compute if so set, its external initializers given as the shared
+        arrays, prepacking off (packed copies would be per session), and no CPU memory arena (an arena keeps each
+        session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width export, at the same speed). Returns the
+        serialized model and the OrtValues of the shared arrays, which must outlive the session."""
+        import onnxruntime as ort
+
+        tensors = external_tensors(model)
+        if self.float32 and _has_float16(model):
+            model = float32_compute(model)
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_cpu_mem_arena = False
+        # a graph given as bytes resolves its external-data references from here (each is given, none is read)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        values = []
+        for tensor in tensors:
+            values.append(ort.OrtValue.ortvalue_from_numpy(self.array(tensor)))
+            options.add_initializer(tensor.name, values[-1])
+        return model.SerializeToString(), values
+
+    def array(self, tensor: ExternalTensor) -> np.ndarray:
+        """``tensor``'s data: a read-only view of its file, or (float16 with ``float32`` set) its float32 copy, read
+        from the file without mapping it (the float16 bytes are not kept)."""
+        key = (tensor.location, tensor.offset, tensor.length)
+        convert = self.float32 and tensor.data_type == FLOAT16
+        if key not in self._arrays or (convert and self._arrays[key].dtype != np.float32):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            if convert:
+                count = tensor.length // dtype.itemsize
+                data = np.fromfile(self.folder / tensor.location, dtype, count, offset=tensor.offset)
+                self._arrays[key] = data.reshape(tensor.shape).astype(np.float32)
+            else:
+                data = self._file(tensor.location)[tensor.offset : tensor.offset + tensor.length]
+                self._arrays[key] = data.view(dtype).reshape(tensor.shape)
+        return self._arrays[key]
+
+    def _file(self, location: str) -> np.memmap:
+        if location not in self._files:
+            self._files[location] = np.memmap(self.folder / location, dtype=np.uint8, mode="r")
+        return self._files[location]
+
+    @property
+    def converted_bytes(self) -> int:
+        """Bytes of the float32 copies made (anonymous memory; the mapped file's pages are the page cache's)."""
+        return sum(array.nbytes for array in self._arrays.values() if array.flags.owndata)
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of the tensors handed out as views of their files."""
+        return sum(array.nbytes for array in self._arrays.values() if not array.flags.owndata)
+
+    def close(self) -> None:
+        self._arrays.clear()
+        self._files.clear()
+
+
+def _has_float16(model: onnx.ModelProto) -> bool:
+    values = itertools.chain(model.graph.input, model.graph.output)
+    return any(value.type.tensor_type.elem_type == FLOAT16 for value in values) or any(
+        tensor.data_type == FLOAT16 for tensor in model.graph.initializer
+    )
+
+
+def float32_compute(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` that computes in float32 where it computed in float16, with the same inputs and outputs:
+    float16 inputs are cast on entry and float16 outputs on exit, in-place cache updates (``IN_PLACE_UPDATES``) stay
+    float16 on their cache, float16 initializers and constants become float32 (external ones keep their reference
+    and must be given as float32 shared initializers). Value infos are dropped; ONNX Runtime infers them again."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    float16_inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type == FLOAT16}
+    float16_outputs = {value.name for value in graph.output if value.type.tensor_type.elem_type == FLOAT16}
+    names = _UniqueNames(graph)
+    renamed: dict[str, str] = {}  # a float16 tensor -> its float32 cast, for the nodes after the cast
+    computed: dict[str, str] = {}  # a float16 graph output -> the float32 tensor its producer now writes
+    nodes: list[onnx.NodeProto] = []
+
+    def cast(source: str, to: int) -> str:
+        target = names.new(f"{source}/{'float32' if to == FLOAT else 'float16'}")
+        nodes.append(onnx.helper.make_node("Cast", [source], [target], to=to, name=names.new(f"{target}/Cast")))
+        return target
+
+    for name in sorted(float16_inputs):
+        renamed[name] = cast(name, FLOAT)
+    for node in graph.node:
+        _attributes_to_float32(node)
+        updates = IN_PLACE_UPDATES.get(node.op_type)
+        in_place = updates is not None and node.input[0] in float16_inputs
+        for index, name in enumerate(node.input):
+            if in_place and index == 0:
+                continue  # the float16 cache itself
+            if name in renamed:
+                node.input[index] = renamed[name]
+        if in_place:
+            node.input[updates] = cast(node.input[updates], FLOAT16)
+        nodes.append(node)
+        if in_place:  # the updated cache stays float16 (a graph output, read in place); the nodes after read a cast
+            for output in node.output:
+                renamed[output] = cast(output, FLOAT)
+        for output in node.output:
+            if output in float16_outputs and not in_place:
+                computed[output] = renamed[output] = names.new(f"{output}/float32")
+                node.output[list(node.output).index(output)] = computed[output]
+    for name, source in computed.items():
+        nodes.append(onnx.helper.make_node("Cast", [source], [name], to=FLOAT16, name=names.new(f"{name}/Cast")))
+    for tensor in graph.initializer:
+        _tensor_to_float32(tensor)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return model
+
+
+def _attributes_to_float32(node: onnx.NodeProto) -> None:
+    for attribute in node.attribute:
+        if node.op_type == "Cast" and attribute.name == "to" and attribute.i == FLOAT16:
+            attribute.i = FLOAT
+        elif attribute.type == onnx.AttributeProto.TENSOR:
+            _tensor_to_float32(attribute.t)
+        elif attribute.type == onnx.AttributeProto.TENSORS:
+            for tensor in attribute.tensors:
+                _tensor_to_float32(tensor)
+
+
+def _tensor_to_float32(tensor: onnx.TensorProto) -> None:
+    """Retype a float16 tensor to float32 in place: inline data is converted, external data keeps its reference."""
+    if tensor.data_type != FLOAT16:
+        return
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        tensor.data_type = FLOAT
+        return
+    converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
+    tensor.CopyFrom(converted)
+
+
+class _UniqueNames:
+    """Names not used by any value or node of ``graph``."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.used = {value.name for value in itertools.chain(graph.input, graph.output, graph.initializer)}
+        for node in graph.node:
+            self.used.update(node.input)
+            self.used.update(node.output)
+            self.used.add(node.name)
+
+    def new(self, base: str) -> str:
+        name, suffix = base, 1
+        while name in self.used:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        self.used.add(name)
+        return name

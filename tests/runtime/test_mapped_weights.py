@@ -1,0 +1,111 @@
+"""Weights held once per pipeline on ONNX Runtime's CPU EP: shared views of ``weights.data``, fp16 graphs computing in
+float32 with each weight converted once, and the same results as ONNX Runtime's own handling."""
+
+import numpy as np
+import onnx
+import pytest
+
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.weights import float32_compute
+
+PROMPT = "What is in this picture?"
+
+
+@pytest.fixture(scope="module")
+def fp16_external_export(tmp_path_factory):
+    """A tiny Qwen2.5-VL fp16 export whose weights are all in ``weights.data``."""
+    profile = ExportProfile(image_sizes=((224, 224),), precision="fp16", external_data="always")
+    out = tmp_path_factory.mktemp("weights") / "qwen25-fp16-external"
+    return export_model(load_model("tiny-qwen2.5-vl"), out, profile, show_progress=False)
+
+
+def _distinct_external_tensors(folder) -> dict[tuple[int, int], int]:
+    """(offset, length) -> data type of every external tensor the export's graphs reference."""
+    found = {}
+    for path in sorted(folder.glob("*.onnx")):
+        for tensor in onnx.load(str(path), load_external_data=False).graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {entry.key: entry.value for entry in tensor.external_data}
+                found[(int(info["offset"]), int(info["length"]))] = tensor.data_type
+    return found
+
+
+def _file_mappings(path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps ``path`` (Linux ``/proc/self/maps``)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].strip() == str(path.resolve()):
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def _shared_pointers(session) -> set[int]:
+    return {value.data_ptr() for value in session._shared_values}
+
+
+def test_prefill_and_decode_use_one_copy_of_a_float32_export(exports):
+    folder = exports("tiny-llava")  # fp32, weights in weights.data
+    pipeline = Pipeline(folder)
+    generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, max_new_tokens=2)
+    assert generation.tokens.shape == (1, 2)
+    prefill = next(s for n, s in pipeline._sessions.items() if n.startswith("prefill"))
+    decode = pipeline._sessions["decode"]
+    shared = _shared_pointers(prefill) & _shared_pointers(decode)
+    assert len(shared) >= 4  # every decoder weight and the LM head
+    mapped = _file_mappings(folder / "weights.data")
+    assert all(any(start <= pointer < end for start, end in mapped) for pointer in shared)  # the file, not copies
+    assert pipeline.weights.converted_bytes == 0
+    assert pipeline.weights.mapped_bytes == sum(length for _, length in _distinct_external_tensors(folder))
+
+
+@pytest.mark.slow
+def test_fp16_export_converts_each_weight_once_and_matches_onnx_runtime(fp16_external_export):
+    image = synthetic_image(224, 224, 5)
+    shared = Pipeline(fp16_external_export)
+    prepared = shared.prepare([image], [PROMPT])
+    tokens, logits, _ = shared.greedy(prepared.input_ids, prepared.pixel_values, prepared.image_size, 4)
+    distinct = _distinct_external_tensors(fp16_external_export)
+    half = sum(length for (_, length), kind in distinct.items() if kind == onnx.TensorProto.FLOAT16)
+    assert half > 0.9 * sum(length for _, length in distinct)
+    assert shared.weights.converted_bytes == 2 * half  # float32, once each
+    assert shared.weights.mapped_bytes == sum(length for _, length in distinct) - half  # the rest: file views
+
+    native = Pipeline(fp16_external_export)
+    native.weights = None  # ONNX Runtime reads each graph's own fp16 weights
+    expected_tokens, expected_logits, _ = native.greedy(
+        prepared.input_ids, prepared.pixel_values, prepared.image_size, 4
+    )
+    np.testing.assert_array_equal(tokens, expected_tokens)
+    np.testing.assert_allclose(logits, expected_logits, atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_float32_compute_keeps_the_in_place_cache_update_float16(fp16_external_export):
+    model = onnx.load(str(fp16_external_export / "decode.onnx"), load_external_data=False)
+    rewritten = float32_compute(model)
+    float16 = onnx.TensorProto.FLOAT16
+    assert [(v.name, v.type.tensor_type.elem_type) for v in rewritten.graph.input] == [
+        (v.name, v.type.tensor_type.elem_type) for v in model.graph.input
+    ]
+    assert [(v.name, v.type.tensor_type.elem_type) for v in rewritten.graph.output] == [
+        (v.name, v.type.tensor_type.elem_type) for v in model.graph.output
+    ]
+    scatters = [node for node in rewritten.graph.node if node.op_type == "TensorScatter"]
+    assert scatters
+    inputs = {value.name for value in rewritten.graph.input}
+    outputs = {value.name for value in rewritten.graph.output}
+    for node in scatters:  # reads the fed cache and writes the returned one: the runtime's aliasing still holds
+        assert node.input[0] in inputs and node.output[0] in outputs
+    inferred = onnx.shape_inference.infer_shapes(rewritten, strict_mode=True)
+    types = {value.name: value.type.tensor_type.elem_type for value in inferred.graph.value_info}
+    float16_inside = sorted(name for name, kind in types.items() if kind == float16)
+    # the only float16 values inside: what the cache updates write, cast down just before them
+    scatter_updates = {node.input[1] for node in scatters}
+    assert set(float16_inside) == scatter_updates
+    assert all(tensor.data_type != float16 for tensor in rewritten.graph.initializer)
