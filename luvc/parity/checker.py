@@ -19,6 +19,7 @@ from luvc.parity.results import BackendResult, Check, ParityResults
 from luvc.parity.tolerances import Tolerances, tolerances_for
 from luvc.progress import progress_steps
 from luvc.runtime.pipeline import host_arrays
+from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample, synthetic_samples
 
 
@@ -233,13 +234,16 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     ]
     import onnx
 
+    precision = pipeline.manifest.precision
+    weights = MappedWeights(pipeline.folder, float32=precision == "fp16")  # as the pipeline's CPU sessions
     for graph_name, feeds, family in graphs:
         path = pipeline.folder / pipeline.manifest.graphs[graph_name]["file"]
         layers = [name for name in references if name.startswith(family)]
         candidates = layer_candidates(onnx.load(str(path), load_external_data=False), layers)
         names = [name for found in candidates.values() for name in found]
-        values = run_with_outputs(path, names, feeds, basic_optimizations=pipeline.manifest.precision == "fp8")
+        values = run_with_outputs(path, names, feeds, basic_optimizations=precision == "fp8", weights=weights)
         result.layer_errors += layer_errors({k: references[k] for k in layers}, candidates, values)
+    weights.close()
     result.localised = True
 
 

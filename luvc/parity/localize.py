@@ -16,6 +16,7 @@ import onnx
 
 from luvc.parity.metrics import cosine, relative_error
 from luvc.parity.results import LayerError
+from luvc.runtime.weights import MappedWeights
 
 # layer-name template -> (node-name prefix template, LUVC unit excluded from the layer)
 LAYER_PREFIXES = {
@@ -49,21 +50,53 @@ def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
     return candidates
 
 
-def run_with_outputs(graph_path: Path, outputs: Sequence[str], feeds: dict, basic_optimizations: bool = False) -> dict:
+def run_with_outputs(
+    graph_path: Path,
+    outputs: Sequence[str],
+    feeds: dict,
+    basic_optimizations: bool = False,
+    weights: MappedWeights | None = None,
+) -> dict:
     """Run ``graph_path`` on ONNX Runtime CPU with ``outputs`` added as graph outputs; returns those tensors.
-    ``basic_optimizations``: as the runtime's ``OrtSession`` for FP8 Q/DQ graphs."""
+    ``basic_optimizations``: as the runtime's ``OrtSession`` for FP8 Q/DQ graphs; ``weights``: the external weights
+    as the runtime's CPU sessions get them (held once across calls, fp16 graphs computed in float32)."""
     import onnxruntime as ort
 
-    model = onnx.load(str(graph_path), load_external_data=False)
-    known = {output.name for output in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in known)
+    model = only_outputs(onnx.load(str(graph_path), load_external_data=False), outputs)
     options = ort.SessionOptions()
     # external data still resolves in the export folder: the edited graph is never written to disk
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
     if basic_optimizations:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return dict(zip(outputs, session.run(list(outputs), feeds)))
+    serialized, shared = model.SerializeToString(), []
+    if weights is not None:
+        serialized, shared = weights.session_model(model, graph_path.parent, options)
+    session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    values = dict(zip(outputs, session.run(list(outputs), feeds)))
+    del session, shared  # the session first: it uses the shared values
+    return values
+
+
+def only_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """``model`` (in place) with ``outputs`` as its only outputs, without the nodes and initializers they do not need
+    (e.g. the LM head, when only layer outputs are asked for); every input stays, so the same feeds apply."""
+    graph = model.graph
+    producers = {name: node for node in graph.node for name in node.output}
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        if name in producers:
+            stack.extend(source for source in producers[name].input if source)
+    nodes = [node for node in graph.node if any(name in needed for name in node.output)]
+    initializers = [tensor for tensor in graph.initializer if tensor.name in needed]
+    del graph.node[:], graph.initializer[:], graph.output[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return model
 
 
 def layer_errors(
