@@ -31,6 +31,7 @@ from luvc.models.base import VisionTrace, VLMAdapter, swap_class
 from luvc.models.cache import LuvcCache
 from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, install_spu_scopes, scatter_image_features
 from luvc.models.scope import scopes
+from luvc.models.window_attention import WindowLayout, batched_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class QwenVisionStage:
     rotary_ids: torch.Tensor  # (N, 2) (h, w) per patch token; float when oim_positions="mean"
     cu_seqlens: torch.Tensor
     max_seqlen: int | None
-    cu_window_seqlens: torch.Tensor | None
+    cu_window_seqlens: torch.Tensor | WindowLayout | None  # a WindowLayout in the export graph
     max_window_seqlen: int | None
 
 
@@ -188,11 +189,14 @@ class QwenVisionGraph(torch.nn.Module):
         self.encoder = encoder
         # Segment boundaries as NumPy arrays: upstream attention splits by ``(cu[1:] - cu[:-1]).tolist()``, which on
         # a tensor becomes data-dependent under torch.export; on NumPy it yields the bucket's constant split sizes.
+        # Windows become a static layout attended as one batch (``batched_windows``), not one attention each.
         stages = tuple(
             dataclasses.replace(
                 stage,
                 cu_seqlens=stage.cu_seqlens.numpy(),
-                cu_window_seqlens=None if stage.cu_window_seqlens is None else stage.cu_window_seqlens.numpy(),
+                cu_window_seqlens=None
+                if stage.cu_window_seqlens is None
+                else WindowLayout.from_cu_seqlens(stage.cu_window_seqlens.numpy()),
             )
             for stage in plan.stages
         )
@@ -201,10 +205,12 @@ class QwenVisionGraph(torch.nn.Module):
     def forward(self, pixel_values: torch.Tensor, *metadata: torch.Tensor) -> torch.Tensor:
         stages = tuple(dataclasses.replace(stage, rotary_ids=ids) for stage, ids in zip(self.plan.stages, metadata))
         plan = dataclasses.replace(self.plan, stages=stages)
-        if self.plan.window_index is not None:
-            window_index, reverse_index = metadata[len(stages) :]
-            plan = dataclasses.replace(plan, window_index=window_index, reverse_index=reverse_index)
-        return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
+        if self.plan.window_index is None:
+            return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
+        window_index, reverse_index = metadata[len(stages) :]
+        plan = dataclasses.replace(plan, window_index=window_index, reverse_index=reverse_index)
+        with batched_windows(self.encoder):
+            return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
 
 
 def qwen_vision_feeds(pixel_values: torch.Tensor, plan: QwenVisionPlan) -> dict[str, torch.Tensor]:
