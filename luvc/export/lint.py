@@ -77,9 +77,7 @@ def _quadratic(dims, image_tokens: int | None) -> bool:
     return isinstance(a, str) or (image_tokens is not None and a >= image_tokens)
 
 
-def lint_graph(
-    model: onnx.ModelProto, image_tokens: int | None = None, base_dir: str | Path = ""
-) -> list[LintIssue]:
+def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None, base_dir: str | Path = "") -> list[LintIssue]:
     """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count; ``base_dir``: the
     folder of the external data of a model whose weights are not loaded (constants are then read one at a time)."""
     graph = model.graph
