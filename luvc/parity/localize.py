@@ -64,13 +64,13 @@ def run_with_outputs(
 
     model = only_outputs(onnx.load(str(graph_path), load_external_data=False), outputs)
     options = ort.SessionOptions()
-    # external data still resolves in the export folder: the edited graph is never written to disk
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
     if basic_optimizations:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    serialized, shared = model.SerializeToString(), []
     if weights is not None:
         serialized, shared = weights.session_model(model, graph_path.parent, options)
+    else:  # external data still resolves in the export folder: the edited graph is never written to disk
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
+        serialized, shared = model.SerializeToString(), []
     session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     values = dict(zip(outputs, session.run(list(outputs), feeds)))
     del session, shared  # the session first: it uses the shared values
