@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from luvc.errors import critical
+from luvc.export.naming import place_of
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 # precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
@@ -26,10 +27,10 @@ METHODS = {
     "percentile": ("Percentile", ("int8",)),
     "distribution": ("Distribution", ("fp8",)),
 }
+# LUVC unit -> why its nodes stay in floating point
+KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
 # node-name fragment -> why the node stays in floating point
 KEEP_FLOAT = {
-    "/spu/": "SPU scoring and selection",
-    "/oim/": "OIM merge",
     "norm": "norm statistics",
     "/lm_head/": "logits",
 }
@@ -56,7 +57,9 @@ def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
     weights |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     excluded = {}
     for node in model.graph.node:
-        reason = next((why for fragment, why in KEEP_FLOAT.items() if fragment in node.name.lower()), None)
+        place = place_of(node.name)
+        reason = KEEP_UNITS_FLOAT.get(place.unit) if place is not None and place.unit else None
+        reason = reason or next((why for fragment, why in KEEP_FLOAT.items() if fragment in node.name.lower()), None)
         if reason is None and node.op_type in QUANTIZED_OPS and not any(name in weights for name in node.input[:2]):
             reason = "attention product of two activations"
         if reason is not None:

@@ -31,7 +31,7 @@ from luvc.export.kv_update import DEFAULT_KV_UPDATE, mark_opset, translation_tab
 from luvc.export.lint import check_graph
 from luvc.export.llm import kept_index_layers
 from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
-from luvc.export.naming import name_nodes, rename_dims
+from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
@@ -186,13 +186,9 @@ def _versions() -> dict[str, str]:
 
 
 def _node_prefixes(model: onnx.ModelProto) -> list[str]:
-    """The LUVC node prefixes of a graph: ``/vision/blocks.{i}/oim`` and ``/llm/layers.{i}/spu``."""
-    prefixes = set()
-    for node in model.graph.node:
-        parts = node.name.split("/")
-        if len(parts) > 3 and parts[3] in ("oim", "spu"):
-            prefixes.add("/".join(parts[:4]))
-    return sorted(prefixes, key=lambda p: (p.split("/")[1], int(p.split("/")[2].split(".")[1])))
+    """The LUVC node prefixes of a graph (``/vision/blocks.{i}/oim``, ``/llm/layers.{i}/spu``), in layer order."""
+    units = {place for node in model.graph.node if (place := place_of(node.name)) is not None and place.unit}
+    return [place.unit_prefix for place in sorted(units, key=lambda place: (place.stack, place.index))]
 
 
 def _host_metadata(spec: GraphSpec, bucket: Bucket) -> dict[str, np.ndarray]:

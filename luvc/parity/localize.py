@@ -14,15 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from luvc.export.naming import place_of, place_of_layer
 from luvc.parity.metrics import cosine, relative_error
 from luvc.parity.results import LayerError
 from luvc.runtime.weights import MappedWeights
-
-# layer-name template -> (node-name prefix template, LUVC unit excluded from the layer)
-LAYER_PREFIXES = {
-    "vision.blocks.{i}": ("/vision/blocks.{i}/", "/oim/"),
-    "llm.layers.{i}": ("/llm/layers.{i}/", "/spu/"),
-}
 
 
 def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str, list[str]]:
@@ -34,12 +29,10 @@ def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
             consumers.setdefault(name, []).append(node.name)
     candidates = {}
     for layer in layers:
-        family, index = layer.rsplit(".", 1)
-        prefix, unit = LAYER_PREFIXES[f"{family}.{{i}}"]
-        prefix = prefix.format(i=index)
+        wanted = place_of_layer(layer)
 
         def inside(node_name: str) -> bool:
-            return node_name.startswith(prefix) and unit not in node_name  # noqa: B023
+            return place_of(node_name) == wanted  # noqa: B023 (the layer's own nodes, its LUVC unit excluded)
 
         found = []
         for node in model.graph.node:

@@ -15,6 +15,7 @@ import torch
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
+from luvc.export.naming import layer_name
 from luvc.generation import greedy_generate
 from luvc.models import VLMAdapter, load_model
 from luvc.samples import Sample
@@ -75,9 +76,12 @@ class TorchReference:
 
             return hook
 
-        hooks = [b.register_forward_hook(keep(f"vision.blocks.{i}")) for i, b in enumerate(self.adapter.vision_blocks)]
+        hooks = [
+            b.register_forward_hook(keep(layer_name("vision", i))) for i, b in enumerate(self.adapter.vision_blocks)
+        ]
         hooks += [
-            layer.register_forward_hook(keep(f"llm.layers.{i}")) for i, layer in enumerate(self.adapter.decoder_layers)
+            layer.register_forward_hook(keep(layer_name("llm", i)))
+            for i, layer in enumerate(self.adapter.decoder_layers)
         ]
         spu = getattr(self.adapter.language_model, "luvc_spu", None) or []
         hooks += [unit.register_forward_pre_hook(score(i)) for i, unit in enumerate(spu)]

@@ -9,12 +9,12 @@ trailing unit, Qwen2.5-VL window order) keep the gather form. The result is bit-
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-OIM_PREFIX = re.compile(r"^/vision/blocks\.\d+/oim/")
+from luvc.export.naming import in_unit
 
 
 def _int64(name: str, values) -> gs.Constant:
@@ -25,9 +25,22 @@ def _constant(tensor) -> np.ndarray | None:
     return tensor.values if isinstance(tensor, gs.Constant) else None
 
 
-def match_oim_merge(add: gs.Node) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class OimMerge:
+    """One OIM merge step in a graph: ``out = weight_a * x[index_a] + weight_b * x[index_b]`` along ``axis``."""
+
+    x: gs.Tensor
+    axis: int
+    index_a: np.ndarray
+    index_b: np.ndarray
+    weight_a: np.ndarray
+    weight_b: np.ndarray
+    out: gs.Tensor
+
+
+def match_oim_merge(add: gs.Node) -> OimMerge | None:
     """The parts of one merge ending at ``add``, or ``None`` when ``add`` is not one."""
-    if add.op != "Add" or not OIM_PREFIX.match(add.name or ""):
+    if add.op != "Add" or not in_unit(add.name, "oim"):
         return None
     parts = []
     for operand in add.inputs:
@@ -43,7 +56,7 @@ def match_oim_merge(add: gs.Node) -> dict | None:
     axis = gather_a.attrs.get("axis", 0)
     if gather_a.inputs[0] is not gather_b.inputs[0] or gather_b.attrs.get("axis", 0) != axis:
         return None
-    return dict(x=gather_a.inputs[0], axis=axis, a=index_a, b=index_b, weights=(weight_a, weight_b), out=add.outputs[0])
+    return OimMerge(gather_a.inputs[0], axis, index_a, index_b, weight_a, weight_b, add.outputs[0])
 
 
 def _regular_stride(a: np.ndarray, b: np.ndarray, units: int) -> int | None:
@@ -61,14 +74,14 @@ def fuse_oim_merge(graph: gs.Graph) -> gs.Graph:
     """Rewrite every regular OIM merge as ``Reshape -> ReduceMean -> Reshape`` (see the module docstring)."""
     for add in [node for node in graph.nodes if node.op == "Add"]:
         match = match_oim_merge(add)
-        if match is None or match["x"].shape is None:
+        if match is None or match.x.shape is None:
             continue
-        x, axis, out = match["x"], match["axis"], match["out"]
+        x, axis, out = match.x, match.axis, match.out
         shape = list(x.shape)
         axis = axis % len(shape)
         units = shape[axis]
-        weights_half = all(np.all(np.asarray(w) == 0.5) for w in match["weights"])
-        stride = _regular_stride(match["a"], match["b"], units) if isinstance(units, int) else None
+        weights_half = all(np.all(np.asarray(w) == 0.5) for w in (match.weight_a, match.weight_b))
+        stride = _regular_stride(match.index_a, match.index_b, units) if isinstance(units, int) else None
         unknown = [i for i, dim in enumerate(shape) if not isinstance(dim, int)]
         if not weights_half or stride is None or len(unknown) > 1:
             continue

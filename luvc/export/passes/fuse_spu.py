@@ -9,16 +9,24 @@ index sort are left as they are: they are already the canonical small form.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 import onnx_graphsurgeon as gs
 
-SPU_PREFIX = re.compile(r"^/llm/layers\.\d+/spu/")
+from luvc.export.naming import in_unit
 
 
-def match_spu_gather(node: gs.Node) -> tuple[gs.Tensor, gs.Tensor] | None:
-    """``(data, shared index)`` of an SPU ``GatherElements`` over an expanded ``(B, S_new, 1)`` index."""
-    if node.op != "GatherElements" or not SPU_PREFIX.match(node.name or "") or node.attrs.get("axis") != 1:
+@dataclasses.dataclass(frozen=True)
+class SpuGather:
+    """One SPU gather: ``data`` rows picked by the layer's ``(B, S_new, 1)`` ``index``, expanded for this gather."""
+
+    data: gs.Tensor
+    index: gs.Tensor
+
+
+def match_spu_gather(node: gs.Node) -> SpuGather | None:
+    """The data and shared index of an SPU ``GatherElements`` over an expanded ``(B, S_new, 1)`` index."""
+    if node.op != "GatherElements" or not in_unit(node.name, "spu") or node.attrs.get("axis") != 1:
         return None
     data, expanded = node.inputs
     if len(expanded.inputs) != 1 or expanded.inputs[0].op != "Expand":
@@ -27,7 +35,7 @@ def match_spu_gather(node: gs.Node) -> tuple[gs.Tensor, gs.Tensor] | None:
     shape = index.shape
     if shape is None or len(shape) != 3 or shape[2] != 1 or data.shape is None or len(data.shape) != 3:
         return None
-    return data, index
+    return SpuGather(data, index)
 
 
 def fuse_spu_gathers(graph: gs.Graph) -> gs.Graph:
@@ -36,9 +44,8 @@ def fuse_spu_gathers(graph: gs.Graph) -> gs.Graph:
         match = match_spu_gather(node)
         if match is None:
             continue
-        data, index = match
         node.op = "GatherND"
         node.attrs = {"batch_dims": 1}
-        node.inputs = [data, index]
+        node.inputs = [match.data, match.index]
         node.name = node.name.replace("GatherElements", "GatherND")
     return graph.cleanup().toposort()

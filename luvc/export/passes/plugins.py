@@ -9,23 +9,23 @@ with the LUVC plugin library: ONNX Runtime cannot run these nodes.
 from __future__ import annotations
 
 import collections
-import re
 
 import onnx_graphsurgeon as gs
 
+from luvc.export.naming import NodePlace, place_of
+
 PLUGIN_OPS = {"oim": "OrthoMerge", "spu": "SpectrumPrune"}
-PREFIX = re.compile(r"^(/(?:vision/blocks|llm/layers)\.\d+/(oim|spu))/")
 DOMAIN = "luvc"
 
 
 def collapse_to_plugins(graph: gs.Graph) -> gs.Graph:
     """Replace every OIM/SPU prefix subgraph by one plugin node (see the module docstring)."""
-    groups: dict[str, list[gs.Node]] = collections.defaultdict(list)
+    groups: dict[NodePlace, list[gs.Node]] = collections.defaultdict(list)
     for node in graph.nodes:
-        match = PREFIX.match(node.name or "")
-        if match and node.domain != DOMAIN:
-            groups[match.group(1)].append(node)
-    for prefix, nodes in groups.items():
+        place = place_of(node.name)
+        if place is not None and place.unit and node.domain != DOMAIN:
+            groups[place].append(node)
+    for place, nodes in groups.items():
         members = set(map(id, nodes))
         produced = {id(t) for node in nodes for t in node.outputs}
         inputs, constants, outputs = [], {}, []
@@ -41,8 +41,6 @@ def collapse_to_plugins(graph: gs.Graph) -> gs.Graph:
                     outputs.append(tensor)
         for node in nodes:
             node.outputs = []
-        kind = PREFIX.match(prefix + "/").group(2)
-        graph.nodes.append(
-            gs.Node(PLUGIN_OPS[kind], f"{prefix}/{PLUGIN_OPS[kind]}", dict(constants), inputs, outputs, domain=DOMAIN)
-        )
+        op = PLUGIN_OPS[place.unit]
+        graph.nodes.append(gs.Node(op, f"{place.unit_prefix}/{op}", dict(constants), inputs, outputs, domain=DOMAIN))
     return graph.cleanup().toposort()
