@@ -41,12 +41,16 @@ def _parse_dim(dim: str) -> ast.AST | None:
         return None
 
 
+def value_dims(info: onnx.ValueInfoProto, unknown: str | None = None) -> list[int | str | None]:
+    """A value's dimensions: sizes, symbolic names, and ``unknown`` where it has neither."""
+    dims = info.type.tensor_type.shape.dim
+    return [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or unknown) for dim in dims]
+
+
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     shapes = {}
     for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
-        shapes[info.name] = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim
-        ]
+        shapes[info.name] = value_dims(info)
     shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
     return shapes
 

@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from luvc.errors import critical
+from luvc.export.inspect import value_dims
 
 TOPK_LIMIT = 3840
 FORBIDDEN_OPS = {
@@ -64,10 +65,6 @@ def _types(graph: onnx.GraphProto) -> dict[str, int]:
     return types
 
 
-def _dims(info: onnx.ValueInfoProto) -> list[int | str | None]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in info.type.tensor_type.shape.dim]
-
-
 def _quadratic(dims, image_tokens: int | None) -> bool:
     if len(dims) < 2:
         return False
@@ -107,13 +104,13 @@ def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None, base_dir
             if squares:
                 issues.append(LintIssue("fp16-norm", name, "mean of squares in float16 (RMSNorm); cast to float32"))
     for info in (*graph.input, *graph.output, *graph.value_info):
-        unbacked = [d for d in _dims(info) if isinstance(d, str) and UNBACKED.search(d)]
+        unbacked = [d for d in value_dims(info) if isinstance(d, str) and UNBACKED.search(d)]
         if unbacked:
             issues.append(LintIssue("dynamic-shape", info.name, f"data-dependent dimension {unbacked[0]!r}"))
     for info in graph.input:
         maskish = info.type.tensor_type.elem_type == onnx.TensorProto.BOOL or "mask" in info.name.lower()
-        if maskish and _quadratic(_dims(info), image_tokens):
-            issues.append(LintIssue("dense-mask", info.name, f"input of shape {_dims(info)} is quadratic"))
+        if maskish and _quadratic(value_dims(info), image_tokens):
+            issues.append(LintIssue("dense-mask", info.name, f"input of shape {value_dims(info)} is quadratic"))
     for tensor_name, proto in constants.items():
         if proto.data_type in MASK_TYPES and _quadratic(list(proto.dims), image_tokens):
             value = numpy_helper.to_array(proto, str(base_dir))

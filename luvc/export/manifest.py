@@ -16,6 +16,7 @@ import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from luvc.errors import critical
+from luvc.export.inspect import value_dims
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
@@ -36,9 +37,7 @@ def io_entries(values) -> list[dict]:
     """``[{name, dtype, shape}]`` with symbolic dimensions as strings."""
     entries = []
     for info in values:
-        dims = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim
-        ]
+        dims = value_dims(info, unknown="?")
         entries.append({"name": info.name, "dtype": ONNX_DTYPES[info.type.tensor_type.elem_type], "shape": dims})
     return entries
 
