@@ -33,18 +33,25 @@ class BudgetPlan:
         return tuple(layer for layer, (k, before) in enumerate(zip(self.total, previous)) if k < before)
 
 
+def budget_values(spec: str | None) -> tuple[int, ...] | None:
+    """The integers of a budget string (``"576,576,300,0"``); ``None`` for ``None``, ``""`` or ``"auto"`` (the
+    default schedule). Only the syntax: ``parse_budget`` checks the values against the model."""
+    if spec is None or spec.strip().lower() in ("", "auto"):
+        return None
+    try:
+        return tuple(int(part) for part in spec.replace(" ", "").split(",") if part)
+    except ValueError:
+        critical(f"--budgets {spec!r} is not a comma-separated list of integers, e.g. '576,576,288,0'.")
+
+
 def parse_budget(num_layers: int, spec: str | Sequence[int] | None) -> tuple[int, ...] | None:
     """Read an explicit budget list: ``None``/``"auto"`` (default schedule), ``"576,576,300,0"`` or a sequence
     of ints. A list shorter than ``num_layers`` is continued with its last value; a longer one is rejected."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto")):
-        return None
-    if isinstance(spec, str):
-        try:
-            values = [int(part) for part in spec.replace(" ", "").split(",") if part]
-        except ValueError:
-            critical(f"--budgets {spec!r} is not a comma-separated list of integers, e.g. '576,576,288,0'.")
-    else:
-        values = [int(v) for v in spec]
+    if spec is None or isinstance(spec, str):
+        spec = budget_values(spec)
+        if spec is None:
+            return None
+    values = [int(v) for v in spec]
     if not values:
         critical("The budget list is empty; give one integer per decoder layer, or 'auto'.")
     if len(values) > num_layers:

@@ -1,7 +1,7 @@
 import pytest
 
 from luvc import LUVCConfig, LuvcError
-from luvc.compress.budgets import default_schedule, parse_budget, plan_budgets
+from luvc.compress.budgets import budget_values, default_schedule, parse_budget, plan_budgets
 
 
 def resolved(**kwargs) -> LUVCConfig:
@@ -80,3 +80,13 @@ def test_spu_none_keeps_everything():
 def test_bad_configs_are_rejected(kwargs, message):
     with pytest.raises(LuvcError, match=message):
         resolved(**kwargs)
+
+
+@pytest.mark.parametrize("spec, expected", [(None, None), ("", None), (" AUTO ", None), ("576, 288,0", (576, 288, 0))])
+def test_budget_values_reads_the_syntax_only(spec, expected):
+    assert budget_values(spec) == expected
+
+
+def test_budget_values_refuses_non_integers():
+    with pytest.raises(LuvcError, match="not a comma-separated list of integers"):
+        budget_values("256,half")

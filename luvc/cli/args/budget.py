@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from luvc.cli.args.base import BaseArgs
+from luvc.compress.budgets import budget_values
 from luvc.compress.config import SPU_VARIANTS, LUVCConfig
 from luvc.errors import critical
 
@@ -72,12 +73,7 @@ class LuvcArgs(BaseArgs):
                 oim_layers = () if text in ("none", "") else tuple(int(v) for v in text.split(","))
             except ValueError:
                 critical(f"--oim-layers {args.oim_layers!r} is not a comma-separated list of block indices or 'none'.")
-        budgets = None
-        if args.budgets is not None and args.budgets.strip().lower() != "auto":
-            try:
-                budgets = tuple(int(v) for v in args.budgets.split(",") if v.strip())
-            except ValueError:
-                critical(f"--budgets {args.budgets!r} is not a comma-separated list of integers, e.g. '256,128,0'.")
+        budgets = budget_values(args.budgets)
         self.config = dataclasses.replace(
             LUVCConfig(oim_layers=oim_layers, spu_variant=args.spu, budgets=budgets), **options
         )
