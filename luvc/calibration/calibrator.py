@@ -19,7 +19,14 @@ import numpy as np
 import onnx
 
 from luvc.calibration.cache import write_calibration_cache
-from luvc.calibration.quantize import QUANTIZED_OPS, activation_ranges, check_method, excluded_nodes, quantize_graph
+from luvc.calibration.quantize import (
+    DEFAULT_METHODS,
+    QUANTIZED_OPS,
+    activation_ranges,
+    check_method,
+    excluded_nodes,
+    quantize_graph,
+)
 from luvc.calibration.report import write_report
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, load_graph, sha256_file
@@ -97,7 +104,7 @@ class CalibratedExportFromExport:
         self.export_dir = Path(export_dir)
         self.out = Path(out)
         self.precision = precision or "int8"
-        self.method = method or ("distribution" if self.precision == "fp8" else "entropy")
+        self.method = method or DEFAULT_METHODS.get(self.precision, "")
         self.samples = samples
         self.seed = seed
         self.decode_steps = 4 if decode_steps is None else decode_steps

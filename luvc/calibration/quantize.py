@@ -36,6 +36,10 @@ KEEP_FLOAT = {
 }
 
 
+# precision -> the calibration method used when none is given
+DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution"}
+
+
 def check_method(precision: str, method: str) -> None:
     """Refuse a precision/method pair ONNX Runtime's quantizer cannot calibrate, naming the ones it can."""
     if precision not in PRECISIONS:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luvc.calibration.quantize import check_method
+from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_method
 from luvc.cli.args.base import BaseArgs
-
-PRECISIONS = ("int8", "fp8")
-METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
 class CalibrateArgs(BaseArgs):
@@ -21,13 +18,13 @@ class CalibrateArgs(BaseArgs):
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Calibrate", "Explicit INT8/FP8 quantization of an fp32 export")
         group.add_argument("export_dir", help="fp32 export folder (from `luvc-export export`)")
-        group.add_argument("--precision", choices=PRECISIONS, default="int8", help="default int8")
-        group.add_argument(
-            "--method",
-            choices=METHODS,
-            default=None,
-            help="int8: minmax, entropy (default) or percentile; fp8: distribution (ONNX Runtime's float8 calibrator)",
+        group.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="default int8")
+        methods = "; ".join(
+            f"{precision}: {', '.join(name for name, (_, allowed) in METHODS.items() if precision in allowed)} "
+            f"(default {DEFAULT_METHODS[precision]})"
+            for precision in PRECISIONS
         )
+        group.add_argument("--method", choices=list(METHODS), default=None, help=f"ONNX Runtime calibrator: {methods}")
         group.add_argument("--decode-steps", type=int, default=None, help="greedy steps per sample for decode (4)")
         group.add_argument("--out", required=True, help="calibrated export folder to create")
         group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -35,7 +32,7 @@ class CalibrateArgs(BaseArgs):
     def parse(self, args: argparse.Namespace) -> None:
         self.export_dir = Path(args.export_dir)
         self.precision = args.precision
-        self.method = args.method or ("distribution" if args.precision == "fp8" else "entropy")
+        self.method = args.method or DEFAULT_METHODS[args.precision]
         check_method(self.precision, self.method)  # before any sample is read
         self.decode_steps = args.decode_steps
         self.out = Path(args.out)
