@@ -1,5 +1,5 @@
-"""``progress_steps``: a rich progress bar over a known number of steps, plain lines when not on a terminal, or
-nothing."""
+"""Progress display: ``progress_steps`` (one bar over a known number of steps, plain lines when not on a terminal,
+or nothing) and ``graph_progress`` (one row per graph with its current phase, for export and build)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def progress_steps(show: bool | None, total: int, label: str) -> Iterator[Callab
     with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(label, total=total)
         yield lambda description: progress.update(task, advance=1, description=description)
+
+
+def graph_progress(show: bool, field: str):
+    """A rich ``Progress`` with one task per graph: name, bar, the task's ``field`` (its current phase) and the time
+    elapsed; ``show=False`` disables it. Tasks are added with ``field=...`` and updated as the work moves on."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn(f"{{task.fields[{field}]}}"))
+    return Progress(*columns, TimeElapsedColumn(), disable=not show, transient=False)

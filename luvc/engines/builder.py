@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from luvc.engines.manifest import EngineManifest
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, sha256_file
+from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
@@ -256,8 +255,7 @@ class EnginesFromExport:
 
     def _build_all(self, export: ExportManifest, target: Target, tensorrt: TensorRT, staging: Path, cache: bytes):
         engines = {}
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[phase]}"))
-        with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress) as progress:
+        with graph_progress(bool(self.show_progress), "phase") as progress:
             for name, graph in export.graphs.items():
                 task = progress.add_task(name, total=1, phase="parsing")
                 profile = input_profile(export, name)

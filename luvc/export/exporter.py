@@ -21,7 +21,6 @@ import numpy as np
 import onnx
 import torch
 from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import luvc
 from luvc.compress.config import LUVCConfig
@@ -36,6 +35,7 @@ from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
+from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
 AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
@@ -304,10 +304,9 @@ class OnnxFromCompressedModel:
         weights = SharedWeights(staging)
         model_bytes = sum(p.numel() * p.element_size() for p in self.adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
-        columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[step]}"))
         scratch = staging / ".scratch"  # the traced graphs' weights until they are saved (inside the staging folder)
         scratch.mkdir()
-        with Progress(*columns, TimeElapsedColumn(), disable=not self.show_progress, transient=False) as progress:
+        with graph_progress(bool(self.show_progress), "step") as progress:
             for spec, bucket in specs:
                 task = progress.add_task(spec.name, total=len(STEPS) + 1, step="tracing")
                 labels = iter(STEPS)
