@@ -11,8 +11,8 @@ from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
 from luvc.compress.cost import CostReport
 from luvc.errors import critical
-from luvc.generation import greedy_generate
 from luvc.images import load_image, synthetic_image
+from luvc.models.generation import greedy_generate
 
 
 class Generate:

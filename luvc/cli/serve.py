@@ -54,9 +54,9 @@ class Serve:
         import uvicorn
 
         from luvc.runtime.pipeline import Pipeline
-        from luvc.serving.app import create_app
-        from luvc.serving.batching import GenerationParams
-        from luvc.serving.service import GenerationService
+        from luvc.serve.app import create_app
+        from luvc.serve.batching import GenerationParams
+        from luvc.serve.service import GenerationService
 
         pipeline = Pipeline(
             options.artifact_dir, options.backend, options.engines, options.providers, device=options.device

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from luvc.errors import critical
 from luvc.runtime.pipeline import BACKENDS
-from luvc.serving.triton import RepositoryOptions, write_repository
+from luvc.serve.triton import RepositoryOptions, write_repository
 
 
 class Triton:

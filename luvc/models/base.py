@@ -15,7 +15,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.errors import critical
 from luvc.models.hf_generate import luvc_generation_class
-from luvc.prompt import PromptTemplate, chat_template_of, template_for
+from luvc.models.prompt import PromptTemplate, chat_template_of, template_for
 
 
 @dataclasses.dataclass

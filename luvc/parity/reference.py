@@ -16,8 +16,8 @@ from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.naming import layer_name
-from luvc.generation import greedy_generate
 from luvc.models import VLMAdapter, load_model
+from luvc.models.generation import greedy_generate
 from luvc.samples import Sample
 
 

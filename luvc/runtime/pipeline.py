@@ -24,7 +24,7 @@ from PIL import Image
 
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
-from luvc.prompt import PromptTemplate
+from luvc.models.prompt import PromptTemplate
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers

@@ -5,9 +5,9 @@ import torch
 from luvc.cli.main import main
 from luvc.compress.config import LUVCConfig
 from luvc.export.manifest import ExportManifest
-from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.models.generation import greedy_generate
 from luvc.runtime.pipeline import Pipeline
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.models.generation import greedy_generate
 
 PROMPT = "What is in this picture?"
 

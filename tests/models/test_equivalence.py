@@ -105,7 +105,7 @@ def test_kept_tokens_carry_their_original_positions(adapter, image):
 @pytest.mark.parametrize("config", [LUVCConfig(), LUVCConfig(spu_start=0)], ids=["default", "prune-layer-0"])
 @torch.no_grad()
 def test_cached_greedy_equals_full_prefill_every_step(adapter, image, config):
-    from luvc.generation import greedy_generate
+    from luvc.models.generation import greedy_generate
 
     adapter.apply_luvc(config)
     inputs = adapter.prepare_inputs([image], PROMPT)

@@ -9,8 +9,8 @@ import torch
 from transformers import DynamicCache
 
 from luvc import LUVCConfig, LuvcError
-from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
+from luvc.models.generation import greedy_generate
 from tests.conftest import stock_inputs
 
 IMAGES = [synthetic_image(224, 224, 1), synthetic_image(224, 224, 2)]  # a batch of two same-size images

@@ -7,9 +7,9 @@ import torch
 from luvc.errors import LuvcError
 from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
-from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
+from luvc.models.generation import greedy_generate
 from luvc.parity import metrics
 from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import Pipeline

@@ -1,5 +1,5 @@
 """``GenerationService``: one ``Pipeline`` behind a bounded queue, driven by one worker thread that batches jobs
-sharing a bucket (``luvc.serving.batching``). The HTTP app submits jobs and reads their events."""
+sharing a bucket (``luvc.serve.batching``). The HTTP app submits jobs and reads their events."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from PIL import Image
 
 from luvc.runtime.pipeline import Pipeline, Prepared
-from luvc.serving.batching import Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
-from luvc.serving.metrics import ServerMetrics
+from luvc.serve.batching import Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.serve.metrics import ServerMetrics
 
 
 class GenerationService:

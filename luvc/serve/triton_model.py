@@ -4,7 +4,7 @@ Triton's Python backend runs this file in its own interpreter, which may not see
 installed in, and imports its own utilities (which need NumPy) right after this module. So, on import, this module
 puts the site folders of the ``python_paths`` parameter of ``../config.pbtxt`` (the Python that wrote the
 repository; edit it when the server runs another environment) ahead of the interpreter's own; ``initialize`` then
-hands the work to ``luvc.serving.triton.TritonModel``.
+hands the work to ``luvc.serve.triton.TritonModel``.
 """
 
 import json
@@ -33,7 +33,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         try:
-            from luvc.serving.triton import TritonModel
+            from luvc.serve.triton import TritonModel
         except ImportError as error:
             raise RuntimeError(
                 f"luvc-export cannot be imported by Triton's Python backend ({error}); install luvc-export into the "

@@ -17,8 +17,8 @@ from luvc.cli.main import main
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serving.batching import GenerationParams
-from tests.serving.conftest import MODEL, data_url, running_server
+from luvc.serve.batching import GenerationParams
+from tests.serve.conftest import MODEL, data_url, running_server
 
 PROMPT = "What is in this picture?"
 

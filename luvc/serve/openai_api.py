@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from luvc.errors import critical
 from luvc.images import decode_image, load_image
-from luvc.serving.batching import GenerationParams
+from luvc.serve.batching import GenerationParams
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 

@@ -2,7 +2,7 @@
 Python-backend model runs inside the server.
 
 The repository holds one model: ``config.pbtxt`` (a decoupled Python-backend model, so one request can stream
-many responses; dynamic batching; one instance group) and ``1/model.py`` (``luvc/serving/triton_model.py``, which
+many responses; dynamic batching; one instance group) and ``1/model.py`` (``luvc/serve/triton_model.py``, which
 imports this module). Each model instance opens its own ``Pipeline`` on its device, so instances scale like any
 Triton model: ``count`` per GPU, several GPUs, several servers behind a load balancer (README, "Serving").
 
@@ -25,7 +25,7 @@ import numpy as np
 from luvc.errors import LuvcError, critical
 from luvc.export.manifest import ExportManifest
 from luvc.images import decode_image
-from luvc.serving.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.staging import output_claim, staged_folder
 
 MODEL_FILE = Path(__file__).with_name("triton_model.py")
@@ -153,7 +153,7 @@ def _text(value) -> str:
 
 class TritonModel:
     """What one Triton model instance runs: a ``Pipeline`` on the instance's device and the batching loop of
-    ``luvc.serving.batching`` over the requests Triton hands to ``execute``."""
+    ``luvc.serve.batching`` over the requests Triton hands to ``execute``."""
 
     def __init__(self, args: dict, parameters: dict[str, str]) -> None:
         from luvc.runtime.pipeline import Pipeline

@@ -1,7 +1,7 @@
 """Generation jobs for servers: a bounded wait queue, grouping of jobs that can share a batch, and the loop that
 runs one group through a ``Pipeline`` and reports each job's text as it arrives.
 
-Shared by the HTTP server (``luvc.serving.app``) and the Triton model (``luvc.serving.triton_model``). A
+Shared by the HTTP server (``luvc.serve.app``) and the Triton model (``luvc.serve.triton_model``). A
 ``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
 
 Batching: a pipeline batch needs one image size (bucket) and one prompt length (no padding), and rows share the

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from luvc.runtime.pipeline import Pipeline
-from luvc.serving.batching import GenerationParams
-from luvc.serving.service import GenerationService
+from luvc.serve.batching import GenerationParams
+from luvc.serve.service import GenerationService
 
 MODEL = "tiny-qwen2-vl"
 
@@ -29,7 +29,7 @@ def running_server(export_dir, max_queue: int = 64, max_batch: int | None = None
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process."""
     import uvicorn
 
-    from luvc.serving.app import create_app
+    from luvc.serve.app import create_app
 
     service = GenerationService(Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder)
     listener = socket.socket()

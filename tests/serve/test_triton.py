@@ -15,10 +15,10 @@ from luvc.cli.main import main
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serving.batching import GenerationParams
-from luvc.serving.triton import params_from_inputs
-from tests.serving.conftest import png_bytes
-from tests.serving.tritonserver import RunningServer, find_server
+from luvc.serve.batching import GenerationParams
+from luvc.serve.triton import params_from_inputs
+from tests.serve.conftest import png_bytes
+from tests.serve.tritonserver import RunningServer, find_server
 
 PROMPT = "What is in this picture?"
 

@@ -5,7 +5,7 @@ import pytest
 
 from luvc.runtime.pipeline import Prepared
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serving.batching import GenerationParams, Job, JobQueue, QueueFull
+from luvc.serve.batching import GenerationParams, Job, JobQueue, QueueFull
 
 GREEDY = GenerationParams(8)
 

@@ -8,8 +8,8 @@ import pytest
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serving.batching import GenerationParams
-from luvc.serving.openai_api import generation_params, image_and_prompt, parse_request
+from luvc.serve.batching import GenerationParams
+from luvc.serve.openai_api import generation_params, image_and_prompt, parse_request
 
 DEFAULTS = GenerationParams(32, SamplingConfig(temperature=0.0, top_k=5, top_p=0.9, seed=None), ("END",))
 

@@ -47,7 +47,7 @@ def find_server(workdir: Path) -> TritonInstall | str:
     wheels = sorted(TRITON_ENV.glob("lib/python3*/site-packages/pytriton/tritonserver"))
     if not python.is_file() or not wheels:
         return f"no tritonserver: set LUVC_TRITONSERVER, put tritonserver on PATH, or make {TRITON_ENV} ({SETUP})"
-    check = subprocess.run([str(python), "-c", "import luvc.serving.triton"], capture_output=True, text=True)
+    check = subprocess.run([str(python), "-c", "import luvc.serve.triton"], capture_output=True, text=True)
     if check.returncode:
         return f"{TRITON_ENV} cannot import luvc-export ({check.stderr.strip().splitlines()[-1]}); {SETUP}"
     wheel = wheels[0]

@@ -9,9 +9,9 @@ from transformers import LlavaProcessor, Qwen2VLProcessor
 
 from luvc import LuvcError, load_model
 from luvc.compress.config import LUVCConfig
-from luvc.generation import greedy_generate
 from luvc.images import synthetic_image
-from luvc.prompt import PromptTemplate
+from luvc.models.generation import greedy_generate
+from luvc.models.prompt import PromptTemplate
 from tests.chat_templates import LLAVA_1_5, QWEN2_VL
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]

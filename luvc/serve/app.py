@@ -18,9 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from luvc.errors import LuvcError
-from luvc.serving import openai_api
-from luvc.serving.batching import Delta, Event, Failed, Finished, Job, QueueFull
-from luvc.serving.service import GenerationService
+from luvc.serve import openai_api
+from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull
+from luvc.serve.service import GenerationService
 
 
 def create_app(service: GenerationService, model_name: str) -> FastAPI:
