@@ -1,0 +1,68 @@
+"""Golden results of each tiny family, pinned: the visual tokens each SPU layer keeps and the first greedy tokens, in
+PyTorch and from the fp32 export on ONNX Runtime.
+
+The other tests compare the export with PyTorch, so a change that moves both the same way (a scoring or merge
+change, a template change, a new default) passes them; these catch it. The values were recorded from the tiny
+models (seeded random weights) on the synthetic image below. Margins at the time of recording, so that a change of
+CPU does not flip them: the smallest top-1/top-2 logit gap over the 8 steps is 1.4e-3 (LLaVA) to 2.0e-2 (Qwen2-VL);
+the smallest score gap at an SPU cut is 0.6% of the score (LLaVA) to 9.9% (Qwen2.5-VL). A deliberate change of
+results updates them here, with the reason in the commit.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.models.generation import greedy_generate
+from luvc.runtime.pipeline import Pipeline
+
+PROMPT = "What is in this picture?"
+IMAGE_SEED = 11
+STEPS = 8
+
+GOLDEN = {
+    "tiny-qwen2-vl": {
+        "kept": {2: [0, 3, 4, 5, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], 3: []},
+        "tokens": [35, 57, 158, 158, 158, 158, 158, 158],
+    },
+    "tiny-qwen2.5-vl": {
+        "kept": {2: [1, 4, 8, 12, 14, 15, 17, 18, 19, 20, 21, 23, 24, 27, 28, 30], 3: []},
+        "tokens": [211, 159, 59, 236, 68, 57, 153, 168],
+    },
+    "tiny-llava": {
+        "kept": {
+            2: [2, 4, 9, 10, 11, 12, 17, 18, 19, 20, 21, 23, 25, 27, 28, 31, 33, 35, 36, 39, 41, 43, 44, 46, 47, 49]
+            + [51, 52, 54, 55, 59, 60, 62, 63, 64, 67, 68, 70, 71, 72, 73, 78, 79, 80, 81, 82, 83, 86, 87, 88, 90]
+            + [92, 94, 96, 99, 100, 101, 104, 105, 107, 109, 113, 120, 124],
+            3: [],
+        },
+        "tokens": [224, 6, 151, 10, 254, 268, 140, 252],
+    },
+}
+
+
+@pytest.mark.parametrize("family", list(GOLDEN))
+def test_pytorch_luvc_keeps_and_generates_the_golden_results(family):
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    inputs = adapter.prepare_inputs([synthetic_image(224, 224, IMAGE_SEED)], PROMPT)
+    with torch.no_grad():
+        outputs = adapter.model.model(**inputs, use_cache=True)
+        tokens = greedy_generate(adapter.model, inputs, STEPS)
+    kept = {layer: indices[0].tolist() for layer, indices in outputs.kept_visual_indices.items()}
+    assert kept == GOLDEN[family]["kept"]
+    assert tokens[0].tolist() == GOLDEN[family]["tokens"]
+
+
+@pytest.mark.parametrize("family", list(GOLDEN))
+def test_export_keeps_and_generates_the_golden_results(family, exports):
+    pipeline = Pipeline(exports(family))
+    prepared = pipeline.prepare([synthetic_image(224, 224, IMAGE_SEED)], [PROMPT])
+    tokens, _, request = pipeline.greedy(prepared.input_ids, prepared.pixel_values, prepared.image_size, STEPS)
+    assert tokens[0].tolist() == GOLDEN[family]["tokens"]
+    for layer, expected in GOLDEN[family]["kept"].items():
+        if expected:  # a layer that keeps nothing has no output
+            kept = request.prefill_outputs[f"kept_visual_indices.{layer}"]
+            np.testing.assert_array_equal(kept.cpu().numpy()[0], expected)
