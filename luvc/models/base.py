@@ -57,9 +57,6 @@ class VLMAdapter:
     """
 
     architecture: ClassVar[str]
-    vision_block_cls: ClassVar[type]
-    decoder_layer_cls: ClassVar[type]
-    merger_cls: ClassVar[type]
     image_placeholder: ClassVar[str]
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE

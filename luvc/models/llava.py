@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
-from transformers.models.llava.modeling_llava import LlavaModel, LlavaMultiModalProjector
+from transformers.models.llama.modeling_llama import LlamaModel
+from transformers.models.llava.modeling_llava import LlavaModel
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
@@ -139,9 +139,6 @@ class LlavaVisionGraph(torch.nn.Module):
 
 class LlavaAdapter(VLMAdapter):
     architecture = "LlavaForConditionalGeneration"
-    vision_block_cls = CLIPEncoderLayer
-    decoder_layer_cls = LlamaDecoderLayer
-    merger_cls = LlavaMultiModalProjector
     image_placeholder = "<image>"
     builtin_template = "USER: {image}\n{prompt} ASSISTANT:"
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionTransformerPretrainedModel,
-    Qwen2_5_VLDecoderLayer,
     Qwen2_5_VLModel,
-    Qwen2_5_VLPatchMerger,
     Qwen2_5_VLTextModel,
-    Qwen2_5_VLVisionBlock,
 )
 
 from luvc.models.decoder import SpuDecoderMixin
@@ -51,8 +48,5 @@ class LuvcQwen2_5_VLModel(QwenVLModelMixin, Qwen2_5_VLModel):
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     architecture = "Qwen2_5_VLForConditionalGeneration"
-    vision_block_cls = Qwen2_5_VLVisionBlock
-    decoder_layer_cls = Qwen2_5_VLDecoderLayer
-    merger_cls = Qwen2_5_VLPatchMerger
     luvc_classes = (LuvcQwen2_5_VisionTransformer, LuvcQwen2_5_VLTextModel, LuvcQwen2_5_VLModel)
-    windowed = True
+    gated_vision_mlp = True

@@ -13,12 +13,9 @@ import dataclasses
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
-    PatchMerger,
     Qwen2VisionTransformerPretrainedModel,
-    Qwen2VLDecoderLayer,
     Qwen2VLModel,
     Qwen2VLTextModel,
-    Qwen2VLVisionBlock,
 )
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
@@ -353,15 +350,18 @@ class LuvcQwen2VLModel(QwenVLModelMixin, Qwen2VLModel):
 
 class Qwen2VLAdapter(VLMAdapter):
     architecture = "Qwen2VLForConditionalGeneration"
-    vision_block_cls = Qwen2VLVisionBlock
-    decoder_layer_cls = Qwen2VLDecoderLayer
-    merger_cls = PatchMerger
     image_placeholder = "<|image_pad|>"
     builtin_template = (
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
     )
     luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
-    windowed = False
+    gated_vision_mlp = False  # Qwen2.5-VL's vision MLP has three matrices (gate, up, down), Qwen2-VL's two
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the encoder attends within windows (its LUVC class says so: Qwen2.5-VL)."""
+        return self.luvc_classes[0].luvc_windowed
+
     position_rows = 3
 
     @property
@@ -416,7 +416,7 @@ class Qwen2VLAdapter(VLMAdapter):
         out = getattr(vision, "out_hidden_size", None) or vision.hidden_size
         return VisionSpec(
             embed=embed,
-            mlp=mlp * (3 if self.windowed else 2) // 2,  # Qwen2.5-VL's vision MLP is gated (three matrices)
+            mlp=mlp * (3 if self.gated_vision_mlp else 2) // 2,
             patch_flops_per_token=2 * patch * embed,
             projector_flops_per_unit=2 * (unit * embed) ** 2 + 2 * unit * embed * out,
         )
