@@ -49,11 +49,12 @@ def collect_feeds(
     feeds: dict[str, list[dict]] = {}
     first_logits = []
     for sample in samples:
-        pixels, image_size = pipeline.preprocess([sample.image])
-        bucket = pipeline.manifest.bucket_for(image_size)
-        input_ids = pipeline.prompt_ids([sample.prompt], bucket)
+        prepared = pipeline.prepare([sample.image], [sample.prompt])
+        pixels, bucket = prepared.pixel_values, prepared.bucket
         feeds.setdefault(bucket["vision"], []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
-        request = pipeline.request(input_ids, pixels, image_size, decode_steps + 1, keep_decode_feeds=True)
+        request = pipeline.request(
+            prepared.input_ids, pixels, prepared.image_size, decode_steps + 1, keep_decode_feeds=True
+        )
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket["prefill"], []).append(host_arrays(request.prefill_feeds))
@@ -67,10 +68,9 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
     ``reference_logits`` (one per sample)."""
     top1, cosines = [], []
     for sample, reference in zip(samples, reference_logits):
-        pixels, image_size = quantized.preprocess([sample.image])
-        bucket = quantized.manifest.bucket_for(image_size)
-        input_ids = quantized.prompt_ids([sample.prompt], bucket)
-        candidate = quantized.prefill(input_ids, quantized.image_embeds(pixels, bucket), bucket)["logits"]
+        prepared = quantized.prepare([sample.image], [sample.prompt])
+        embeds = quantized.image_embeds(prepared.pixel_values, prepared.bucket)
+        candidate = quantized.prefill(prepared.input_ids, embeds, prepared.bucket)["logits"]
         reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate.cpu()))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))

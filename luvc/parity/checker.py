@@ -28,9 +28,8 @@ class _BackendRun:
     ids) are checked when given. Tensors are host copies."""
 
     def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray | None, max_new_tokens: int) -> None:
-        self.pixels, image_size = pipeline.preprocess([sample.image])
-        self.bucket = pipeline.manifest.bucket_for(image_size)
-        self.input_ids = pipeline.prompt_ids([sample.prompt], self.bucket)
+        prepared = pipeline.prepare([sample.image], [sample.prompt])
+        self.pixels, self.bucket, self.input_ids = prepared.pixel_values, prepared.bucket, prepared.input_ids
         if expected_ids is not None and not np.array_equal(self.input_ids, expected_ids):
             critical(
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
@@ -38,7 +37,7 @@ class _BackendRun:
             )
         # one vision and prefill run serves the tensor checks, the localisation and the generation
         self.tokens, self.step_logits, request = pipeline.greedy(
-            self.input_ids, self.pixels, image_size, max_new_tokens
+            self.input_ids, self.pixels, prepared.image_size, max_new_tokens
         )
         self.image_embeds = pipeline.to_host(request.image_embeds)
         self.prefill_feeds = host_arrays(request.prefill_feeds)

@@ -63,11 +63,12 @@ class Generation:
 @dataclasses.dataclass
 class Prepared:
     """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template, the image processor's
-    pixels, the processed image size (its bucket) and the preprocessing time."""
+    pixels, the processed image size, its bucket's manifest entry and the preprocessing time."""
 
     input_ids: np.ndarray
     pixel_values: np.ndarray
     image_size: tuple[int, int]
+    bucket: dict
     preprocess_ms: float = 0.0
 
 
@@ -419,8 +420,9 @@ class Pipeline:
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixel_values, image_size = self.preprocess(images)
-        input_ids = self.prompt_ids(prompts, self.manifest.bucket_for(image_size))
-        return Prepared(input_ids, pixel_values, image_size, (time.perf_counter() - began) * 1e3)
+        bucket = self.manifest.bucket_for(image_size)
+        input_ids = self.prompt_ids(prompts, bucket)
+        return Prepared(input_ids, pixel_values, image_size, bucket, (time.perf_counter() - began) * 1e3)
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""

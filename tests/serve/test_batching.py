@@ -11,7 +11,7 @@ GREEDY = GenerationParams(8)
 
 
 def job(size=(224, 224), length=20, params=GREEDY) -> Job:
-    prepared = Prepared(np.zeros((1, length), np.int64), np.zeros((1, 3), np.float32), size)
+    prepared = Prepared(np.zeros((1, length), np.int64), np.zeros((1, 3), np.float32), size, {})
     return Job(prepared, params, lambda event: None)
 
 
