@@ -4,7 +4,8 @@ Model: the realistic Qwen2-VL of ``prefill_speedup.py`` (Qwen2-0.5B widths, voca
 decoder layers (default 8, to keep the export short), one 448x448 image, default LUVC, exported to fp32 ONNX.
 Each repeat generates ``--new-tokens`` greedy tokens with a ``Pipeline.request`` (inputs already preprocessed;
 preprocessing is timed apart). The feeds of every session run are recorded once beforehand, in an untimed generation
-(greedy: each repeat makes the same runs), and replayed through plain ``InferenceSession.run`` calls. Overhead =
+(greedy: each repeat makes the same runs), and replayed through plain ``InferenceSession.run`` calls on sessions
+configured as the pipeline's (weights shared through ``MappedWeights``, prepacking off). Overhead =
 (pipeline wall time - bare session time) / pipeline wall time: the host work between graphs (embedding merge,
 positions, KV-cache handling, feed checks, sampling). It can be negative: the bare runs allocate every output (and
 the decode graph copies each layer's cache), while the pipeline's decode writes the KV cache in place (IO binding).
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from prefill_speedup import realistic_adapter
 
@@ -30,6 +32,7 @@ from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline, Timings
 from luvc.runtime.session import BaseSession
+from luvc.runtime.weights import MappedWeights
 
 IMAGE_SIDE = 448
 PROMPT = "Describe the image in detail, please."
@@ -86,11 +89,16 @@ def main() -> None:
         input_ids = pipeline.prompt_ids([PROMPT], pipeline.manifest.bucket_for(size))
         preprocess = time.perf_counter() - began
         pipeline.load(size)
-        bare_sessions = {}
+        bare_sessions, kept_alive = {}, []
+        shared = MappedWeights(folder)  # the pipeline's session configuration: one copy of the weights
         for graph in pipeline.manifest.graphs.values():
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            bare_sessions[folder / graph["file"]] = ort.InferenceSession(str(folder / graph["file"]), options)
+            model, values = shared.session_model(
+                onnx.load(str(folder / graph.file), load_external_data=False), folder, options
+            )
+            bare_sessions[folder / graph.file] = ort.InferenceSession(model, options)
+            kept_alive.append(values)
         request = (input_ids, pixels, size, args.new_tokens)
         calls = recorded_feeds(pipeline, request)  # greedy: every generation makes these same runs
         walls, bares, insides = [], [], []

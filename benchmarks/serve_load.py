@@ -115,11 +115,11 @@ def main() -> None:
             profile = ExportProfile(image_sizes=((224, 224),))
             export = export_model(load_model("tiny-qwen2-vl"), Path(tmp) / "export", profile, show_progress=False)
         pipeline = Pipeline(export)
-        height, width = next(iter(pipeline.manifest.buckets.values()))["image_size"]
+        height, width = next(iter(pipeline.manifest.buckets.values())).image_size
         images = [synthetic_image(height, width, seed) for seed in range(DISTINCT_IMAGES)]
         expected = [pipeline.generate(image, PROMPT, args.max_tokens).texts[0] for image in images]
         urls = [data_url(image) for image in images]
-        model = pipeline.manifest.model["id"]
+        model = pipeline.manifest.model.id
         process, base_url = start_server(export, max_queue=max(64, args.clients))
         try:
             load(base_url, model, 1, 2, urls, args.max_tokens)  # warm-up

@@ -9,6 +9,7 @@ section) that ``build``, ``run`` and ``parity`` take, plus INT8 calibration cach
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -51,13 +52,13 @@ def collect_feeds(
     for sample in samples:
         prepared = pipeline.prepare([sample.image], [sample.prompt])
         pixels, bucket = prepared.pixel_values, prepared.bucket
-        feeds.setdefault(bucket["vision"], []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
+        feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
         request = pipeline.request(
             prepared.input_ids, pixels, prepared.image_size, decode_steps + 1, keep_decode_feeds=True
         )
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
-        feeds.setdefault(bucket["prefill"], []).append(host_arrays(request.prefill_feeds))
+        feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
         first_logits.append(pipeline.to_host(request.prefill_outputs["logits"]))
         advance(f"calibration feeds: {sample.name}")
     return feeds, first_logits
@@ -122,7 +123,7 @@ class CalibratedExportFromExport:
                 f"{self.export_dir} is a {manifest.precision} export; calibration reads an fp32 export. Re-export with "
                 "--precision fp32 and calibrate that."
             )
-        if manifest.passes.get("plugin_nodes"):
+        if manifest.passes.plugin_nodes:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
         if self.out.resolve() == self.export_dir.resolve():
             critical("--out must differ from the export folder: calibration writes a new export.")
@@ -136,27 +137,27 @@ class CalibratedExportFromExport:
     def _calibrate(self, manifest: ExportManifest) -> Path:
         from luvc.runtime.pipeline import Pipeline
 
-        sizes = [tuple(bucket["image_size"]) for bucket in manifest.buckets.values()]
+        sizes = [tuple(bucket.image_size) for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
         if not samples:
             critical("No calibration samples; pass a data folder with images or leave out --data.")
         source = Pipeline(self.export_dir)
-        graphs = [name for name, graph in manifest.graphs.items() if graph["kind"] in QUANTIZED_KINDS]
+        graphs = [name for name, graph in manifest.graphs.items() if graph.kind in QUANTIZED_KINDS]
         with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
             feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
             with staged_folder(self.out, self.overwrite) as staging:
                 entries, ranges, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
                 files = self._copy_rest(manifest, staging)
-                files += [entry["file"] for entry in entries.values()]
-                files += [f for entry in entries.values() for f in entry["external_data"]]
+                files += [entry.file for entry in entries.values()]
+                files += [f for entry in entries.values() for f in entry.external_data]
                 caches = self._write_caches(ranges, staging)
                 (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
                 files += [*caches, "ranges.json"]
-                manifest_data = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
-                (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
+                calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
+                calibrated.save(staging)  # the quantized pipeline below reads it
                 agreement = first_token_agreement(source_logits, Pipeline(staging), samples)
-                manifest_data["quantization"]["agreement_with_fp32"] = agreement
-                (staging / "manifest.json").write_text(json.dumps(manifest_data, indent=2) + "\n")
+                quantization = {**calibrated.quantization, "agreement_with_fp32": agreement}
+                dataclasses.replace(calibrated, quantization=quantization).save(staging)
                 write_report(staging, ranges, excluded, agreement, self.precision, self.method, len(samples))
                 advance("agreement with fp32")
         return self.out
@@ -170,38 +171,41 @@ class CalibratedExportFromExport:
         weights = SharedWeights(staging)
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
             for name, graph in manifest.graphs.items():
-                external = bool(graph["external_data"])
+                external = bool(graph.external_data)
                 if name not in graphs:
                     model = load_graph(self.export_dir, name, manifest)
-                    written = save_model(model, staging / graph["file"], external, weights)
-                    entries[name] = dict(graph, external_data=written[1:])
+                    written = save_model(model, staging / graph.file, external, weights)
+                    entries[name] = dataclasses.replace(graph, external_data=tuple(written[1:]))
                     continue
-                source = self.export_dir / graph["file"]
+                source = self.export_dir / graph.file
                 if name not in feeds:
-                    critical(f"No calibration sample reached graph {name}; add images of bucket {graph['bucket']}.")
+                    critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
                 skip = excluded_nodes(onnx.load(str(source), load_external_data=False))
                 quantized = quantize_graph(
                     source,
-                    Path(scratch) / graph["file"],
+                    Path(scratch) / graph.file,
                     feeds[name],
                     self.precision,
                     self.method,
                     list(skip),
-                    external_data=bool(graph["external_data"]),
+                    external_data=bool(graph.external_data),
                 )
                 ranges[name] = activation_ranges(quantized, self.precision)
-                written = save_model(quantized, staging / graph["file"], external, weights)
-                entry = dict(graph, external_data=written[1:], num_nodes=len(quantized.graph.node))
-                entry["opset"] = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
-                entries[name] = entry
+                written = save_model(quantized, staging / graph.file, external, weights)
+                entries[name] = dataclasses.replace(
+                    graph,
+                    external_data=tuple(written[1:]),
+                    num_nodes=len(quantized.graph.node),
+                    opset=next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")),
+                )
                 excluded[name] = skip
                 advance(f"quantized {name}")
         return entries, ranges, excluded
 
     def _copy_rest(self, manifest, staging) -> list[str]:
         """Copy every file that is not a graph or its weights (host plans, tokenizer, processor)."""
-        graph_files = {graph["file"] for graph in manifest.graphs.values()}
-        graph_files |= {f for graph in manifest.graphs.values() for f in graph["external_data"]}
+        graph_files = {graph.file for graph in manifest.graphs.values()}
+        graph_files |= {f for graph in manifest.graphs.values() for f in graph.external_data}
         copied = []
         for name in manifest.files:
             if name not in graph_files:
@@ -223,17 +227,12 @@ class CalibratedExportFromExport:
             names.append(f"{CACHE_FOLDER}/{path.name}")
         return names
 
-    def _manifest(self, manifest, entries, files, staging, samples, excluded, caches) -> dict:
+    def _manifest(self, manifest, entries, files, staging, samples, excluded, caches) -> ExportManifest:
+        """The calibrated export's manifest: the source's, with the quantized graphs, files and what was done."""
         import onnxruntime
 
-        data = json.loads(manifest.to_json())
-        data["precision"] = self.precision
-        data["graphs"].update(entries)
-        quantized_opsets = [entry["opset"] for entry in entries.values() if "opset" in entry]
-        data["opset"] = max([data["opset"], *quantized_opsets])  # fp8 needs 19
-        data["files"] = {name: sha256_file(staging / name) for name in sorted(set(files))}
-        data["versions"]["onnxruntime"] = onnxruntime.__version__
-        data["quantization"] = {
+        quantized_opsets = [entry.opset for entry in entries.values() if entry.opset is not None]
+        quantization = {
             "precision": self.precision,
             "method": self.method,
             "library": f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
@@ -249,7 +248,15 @@ class CalibratedExportFromExport:
             "ranges_file": "ranges.json",
             "tensorrt10_calibration_caches": caches,
         }
-        return data
+        return dataclasses.replace(
+            manifest,
+            precision=self.precision,
+            graphs={**manifest.graphs, **entries},
+            opset=max([manifest.opset, *quantized_opsets]),  # fp8 needs 19
+            files={name: sha256_file(staging / name) for name in sorted(set(files))},
+            versions={**manifest.versions, "onnxruntime": onnxruntime.__version__},
+            quantization=quantization,
+        )
 
 
 def calibrate_export(export_dir: str | Path, out: str | Path, **kwargs) -> Path:

@@ -49,21 +49,21 @@ class Export:
 
 def summary_table(manifest: ExportManifest) -> Table:
     """One row per graph: its file, inputs and node count; one row per bucket with its budgets."""
-    table = Table(title=f"{manifest.model['id']} ({manifest.precision}, opset {manifest.opset})")
+    table = Table(title=f"{manifest.model.id} ({manifest.precision}, opset {manifest.opset})")
     table.add_column("graph")
     table.add_column("inputs")
     table.add_column("nodes", justify="right")
     table.add_column("after passes", justify="right")
     table.add_column("LUVC prefixes")
     for name, graph in manifest.graphs.items():
-        inputs = ", ".join(entry["name"] for entry in graph["inputs"][:3])
-        inputs += ", ..." if len(graph["inputs"]) > 3 else ""
-        passes = graph.get("passes") or []
-        before = str(passes[0]["before"]) if passes else str(graph["num_nodes"])
-        after = f"{graph['num_nodes']} ({graph['num_nodes'] - int(before):+d})" if passes else "no passes"
-        table.add_row(name, inputs, before, after, str(len(graph["node_prefixes"])))
+        inputs = ", ".join(entry.name for entry in graph.inputs[:3])
+        inputs += ", ..." if len(graph.inputs) > 3 else ""
+        passes = graph.passes
+        before = str(passes[0]["before"]) if passes else str(graph.num_nodes)
+        after = f"{graph.num_nodes} ({graph.num_nodes - int(before):+d})" if passes else "no passes"
+        table.add_row(name, inputs, before, after, str(len(graph.node_prefixes)))
     for name, bucket in manifest.buckets.items():
         table.add_row(
-            f"bucket {name}", f"{bucket['tokens_per_image']} visual tokens", "", "", f"budgets {bucket['budgets']}"
+            f"bucket {name}", f"{bucket.tokens_per_image} visual tokens", "", "", f"budgets {list(bucket.budgets)}"
         )
     return table

@@ -28,7 +28,7 @@ class Inspect:
         console = Console()
         manifest = ExportManifest.load(args.export_dir)
         console.print(
-            f"[bold]{manifest.model['id']}[/] ({manifest.model['architecture']}), {manifest.precision}, opset "
+            f"[bold]{manifest.model.id}[/] ({manifest.model.architecture}), {manifest.precision}, opset "
             f"{manifest.opset}; LUVC spu={manifest.luvc['spu_variant']} oim_layers={manifest.luvc['oim_layers']}"
         )
         quantization = manifest.quantization
@@ -40,41 +40,37 @@ class Inspect:
             )
         for name, bucket in manifest.buckets.items():
             console.print(
-                f"bucket {name}: {bucket['tokens_per_image']} visual tokens at index {bucket['visual_start']}; "
-                f"budgets per layer {bucket['budgets']}; SPU before layers {bucket['prune_layers']}"
+                f"bucket {name}: {bucket.tokens_per_image} visual tokens at index {bucket.visual_start}; "
+                f"budgets per layer {list(bucket.budgets)}; SPU before layers {list(bucket.prune_layers)}"
             )
         kv = manifest.kv_cache
-        console.print(f"decode KV cache: {kv['update']} update in place, capacity per layer {kv['capacity']}")
+        console.print(f"decode KV cache: {kv.update} update in place, capacity per layer {list(kv.capacity)}")
         for name, graph in manifest.graphs.items():
             model = load_graph(args.export_dir, name, manifest)
             values = {dim: opt for dim, (_, opt, _) in dimension_ranges(manifest, name).items()}
             flops, unknown = matmul_flops(model, values)
-            table = Table(title=f"{name} ({graph['file']}, {graph['num_nodes']} nodes)", title_justify="left")
+            table = Table(title=f"{name} ({graph.file}, {graph.num_nodes} nodes)", title_justify="left")
             table.add_column("")
             table.add_column("")
-            for io in graph["inputs"] + graph["outputs"]:
-                kind = "input" if io in graph["inputs"] else "output"
-                table.add_row(f"{kind} {io['name']}", f"{io['dtype']} {io['shape']}")
+            for io in graph.inputs + graph.outputs:
+                kind = "input" if io in graph.inputs else "output"
+                table.add_row(f"{kind} {io.name}", f"{io.dtype} {list(io.shape)}")
             ops = ", ".join(f"{op} {count}" for op, count in op_histogram(model).most_common(10))
             table.add_row("ops (top 10)", ops)
             at = ", ".join(
-                f"{dim}={value}"
-                for dim, value in values.items()
-                if any(dim in str(io["shape"]) for io in graph["inputs"])
+                f"{dim}={value}" for dim, value in values.items() if any(dim in str(io.shape) for io in graph.inputs)
             )
             table.add_row(
                 "MatMul GFLOPs",
                 f"{flops / 1e9:.4f} at {at or 'static shapes'}" + (f" ({unknown} MatMuls unknown)" if unknown else ""),
             )
-            findings = lint_graph(
-                model, manifest.buckets[graph["bucket"]]["tokens_per_image"] if graph["bucket"] else None
-            )
+            findings = lint_graph(model, manifest.buckets[graph.bucket].tokens_per_image if graph.bucket else None)
             table.add_row("TensorRT-hostile", "none" if not findings else "; ".join(map(str, findings)))
-            table.add_row("LUVC prefixes", ", ".join(graph["node_prefixes"]) or "none")
+            table.add_row("LUVC prefixes", ", ".join(graph.node_prefixes) or "none")
             kept_float = collections.Counter((quantization or {}).get("excluded_nodes", {}).get(name, {}).values())
             if kept_float:
                 table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
-            for stat in graph.get("passes", []):
+            for stat in graph.passes:
                 if stat["delta"]:
                     table.add_row(f"pass {stat['pass']}", f"{stat['before']} -> {stat['after']} nodes {stat['ops']}")
             console.print(table)

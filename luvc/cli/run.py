@@ -34,7 +34,7 @@ class Run:
             options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
         )
         if image is None:
-            height, width = next(iter(pipeline.manifest.buckets.values()))["image_size"]
+            height, width = next(iter(pipeline.manifest.buckets.values())).image_size
             image = synthetic_image(height, width)
         with console.status("Loading sessions"):
             pipeline.load(pipeline.preprocess([image])[1])
@@ -77,7 +77,7 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     backend = pipeline.backend
     if backend == "ort":
         backend += f" ({', '.join(pipeline.session_providers())})"
-    table = Table(title=f"{pipeline.manifest.model['id']} on {backend}, {pipeline.device}")
+    table = Table(title=f"{pipeline.manifest.model.id} on {backend}, {pipeline.device}")
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = (

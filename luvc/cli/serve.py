@@ -61,13 +61,13 @@ class Serve:
         pipeline = Pipeline(
             options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
         )
-        max_batch = pipeline.manifest.profile["max_batch"]
+        max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
             critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
         defaults = GenerationParams(options.max_new_tokens, options.sampling)
         pipeline.check_max_new_tokens(defaults.max_tokens)
         service = GenerationService(pipeline, defaults, args.max_queue, args.max_batch, image_folder)
-        model_name = args.model_name or pipeline.manifest.model["id"]
+        model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         Console(soft_wrap=True).print(
             f"Serving {model_name} ({pipeline.backend} on {pipeline.device}, buckets "

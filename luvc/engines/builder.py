@@ -203,7 +203,7 @@ class EnginesFromExport:
 
     def _check_options(self, target: Target, tensorrt: TensorRT, export: ExportManifest) -> None:
         target.check_precision(export.precision)
-        if export.kv_cache.get("update") == "tensor-scatter" and not tensorrt.parses_tensor_scatter:
+        if export.kv_cache.update == "tensor-scatter" and not tensorrt.parses_tensor_scatter:
             critical(
                 f"{tensorrt.describe()} cannot parse the decode graph's TensorScatter KV update (TensorRT >= 10.15 "
                 "or TensorRT-RTX can); re-export with --kv-update scatter-elements for this TensorRT."
@@ -245,7 +245,7 @@ class EnginesFromExport:
                 export={
                     "model": export.model,
                     "luvc": export.luvc,
-                    "budgets": {name: bucket["budgets"] for name, bucket in export.buckets.items()},
+                    "budgets": {name: list(bucket.budgets) for name, bucket in export.buckets.items()},
                     "manifest_sha256": sha256_file(self.export_dir / "manifest.json"),
                 },
                 engines=engines,
@@ -260,7 +260,7 @@ class EnginesFromExport:
                 task = progress.add_task(name, total=1, phase="parsing")
                 profile = input_profile(export, name)
                 loader = EngineFromOnnx(
-                    self.export_dir / graph["file"],
+                    self.export_dir / graph.file,
                     profile,
                     target,
                     tensorrt,
@@ -282,7 +282,7 @@ class EnginesFromExport:
                     "file": path.name,
                     "bytes": len(engine),
                     "sha256": hashlib.sha256(engine).hexdigest(),
-                    "source": {"file": graph["file"], "sha256": export.files[graph["file"]]},
+                    "source": {"file": graph.file, "sha256": export.files[graph.file]},
                     "inputs": inputs,
                     "outputs": outputs,
                     "profile": {key: [list(shape) for shape in shapes] for key, shapes in profile.items()},

@@ -144,32 +144,30 @@ def graph_weight_bytes(path: Path) -> int:
 def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -> int | None:
     """Bytes of the KV-cache buffers for ``batch`` rows: the decode graph's capacities, or (``uncompressed``) the
     capacities the uncompressed model would need (``None`` for an export that does not record its token counts)."""
-    prompt, profile = manifest.prompt, manifest.profile
-    past = next(e for e in manifest.graphs["decode"]["inputs"] if e["name"] == "past_key_values.0.key")
-    per_entry = 2 * batch * prompt["num_key_value_heads"] * prompt["head_dim"] * dtype_bytes(past["dtype"])
+    geometry, profile = manifest.geometry, manifest.profile
+    past = manifest.graphs["decode"].input("past_key_values.0.key")
+    per_entry = 2 * batch * geometry.num_key_value_heads * geometry.head_dim * dtype_bytes(past.dtype)
     if not uncompressed:
-        return per_entry * sum(manifest.kv_cache["capacity"])
+        return per_entry * sum(manifest.kv_cache.capacity)
     buckets = manifest.buckets.values()
-    if any("uncompressed_tokens_per_image" not in bucket for bucket in buckets):
-        return None
     capacity = max(
         layer_capacity(
-            bucket["visual_start"],
-            bucket["uncompressed_tokens_per_image"],
-            bucket["min_text_tokens"],
-            profile["max_text_tokens"],
-            profile["max_new_tokens"],
+            bucket.visual_start,
+            bucket.uncompressed_tokens_per_image,
+            bucket.min_text_tokens,
+            profile.max_text_tokens,
+            profile.max_new_tokens,
         )
         for bucket in buckets
     )
-    return per_entry * capacity * prompt["num_layers"]
+    return per_entry * capacity * geometry.num_layers
 
 
 def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | None = None) -> MemoryPlan:
     """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False)
-    graph_weights = {name: graph_weight_bytes(Path(export_dir) / g["file"]) for name, g in manifest.graphs.items()}
+    graph_weights = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}
     if engines_dir is not None:
         from luvc.engines.manifest import EngineManifest
 
@@ -178,7 +176,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         source = "engines"
     else:
         weights, source = graph_weights, "onnx"
-    max_batch = manifest.profile["max_batch"]
+    max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
     return MemoryPlan(
         device=dev,

@@ -20,21 +20,21 @@ Range = tuple[int, int, int]
 
 def _prompt(bucket: dict) -> int:
     """Prompt tokens before the text: the template prefix and the image tokens."""
-    return bucket["visual_start"] + bucket["tokens_per_image"]
+    return bucket.visual_start + bucket.tokens_per_image
 
 
 def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
     """``(min, opt, max)`` of every symbolic dimension name used by ``graph``'s inputs."""
     profile, buckets = manifest.profile, manifest.buckets
     entry = manifest.graphs[graph]
-    max_batch, max_text, max_new = profile["max_batch"], profile["max_text_tokens"], profile["max_new_tokens"]
+    max_batch, max_text, max_new = profile.max_batch, profile.max_text_tokens, profile.max_new_tokens
     ranges: dict[str, Range] = {"batch": (1, 1, max_batch), "images": (1, 1, max_batch)}
-    if entry["kind"] == "prefill":
-        bucket = buckets[entry["bucket"]]
-        shortest = _prompt(bucket) + bucket["min_text_tokens"]
-        longest = _prompt(bucket) + max(max_text, bucket["min_text_tokens"])
+    if entry.kind == "prefill":
+        bucket = buckets[entry.bucket]
+        shortest = _prompt(bucket) + bucket.min_text_tokens
+        longest = _prompt(bucket) + max(max_text, bucket.min_text_tokens)
         ranges["sequence_length"] = (shortest, min(longest, shortest + 64), longest)
-    elif entry["kind"] == "embed":
+    elif entry.kind == "embed":
         longest = max(_prompt(b) + max_text + max_new for b in buckets.values())
         ranges["sequence_length"] = (1, min(longest, max(_prompt(b) for b in buckets.values()) + 64), longest)
     return ranges
@@ -44,18 +44,18 @@ def input_profile(manifest: ExportManifest, graph: str) -> dict[str, tuple[list[
     """``{input: (min shape, opt shape, max shape)}`` for ``graph``; static inputs have min = opt = max."""
     ranges = dimension_ranges(manifest, graph)
     shapes = {}
-    for entry in manifest.graphs[graph]["inputs"]:
+    for entry in manifest.graphs[graph].inputs:
         low, opt, high = [], [], []
-        for dim in entry["shape"]:
+        for dim in entry.shape:
             if isinstance(dim, int):
                 low.append(dim), opt.append(dim), high.append(dim)
                 continue
             if dim not in ranges:
                 critical(
-                    f"Input {entry['name']} of {graph} has dimension {dim!r} that no profile rule covers; "
+                    f"Input {entry.name} of {graph} has dimension {dim!r} that no profile rule covers; "
                     "re-export with this version of luvc-export."
                 )
             for shape, value in zip((low, opt, high), ranges[dim]):
                 shape.append(value)
-        shapes[entry["name"]] = (low, opt, high)
+        shapes[entry.name] = (low, opt, high)
     return shapes

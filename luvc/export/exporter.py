@@ -28,8 +28,20 @@ from luvc.errors import critical
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, mark_opset, translation_table
 from luvc.export.lint import check_graph
-from luvc.export.llm import kept_index_layers
-from luvc.export.manifest import ExportManifest, external_data_files, io_entries, sha256_file
+from luvc.export.manifest import (
+    ExportManifest,
+    GraphEntry,
+    KVCacheEntry,
+    ModelEntry,
+    PassesEntry,
+    bucket_entry,
+    external_data_files,
+    geometry_entry,
+    io_entries,
+    profile_entry,
+    sha256_file,
+    template_entry,
+)
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
@@ -198,25 +210,6 @@ def _host_metadata(spec: GraphSpec, bucket: Bucket) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _bucket_entry(bucket: Bucket, num_layers: int) -> dict:
-    plan = bucket.budget_plan
-    return {
-        "image_size": list(bucket.image_size),
-        "tokens_per_image": bucket.tokens_per_image,
-        "uncompressed_tokens_per_image": bucket.uncompressed_tokens_per_image,
-        "visual_start": bucket.visual_start,
-        "min_text_tokens": bucket.min_text_tokens,
-        "budgets": list(plan.total),
-        "prune_layers": list(plan.prune_layers()),
-        "kept_index_layers": kept_index_layers(plan),
-        "next_position": bucket.next_position,
-        "kv_lengths": [f"{bucket.visual_start + plan.total[layer]} + text_tokens" for layer in range(num_layers)],
-        "vision": f"vision_{bucket.name}",
-        "prefill": f"prefill_{bucket.name}",
-        "host": f"host_{bucket.name}.npz",
-    }
-
-
 class OnnxFromCompressedModel:
     """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
 
@@ -277,21 +270,18 @@ class OnnxFromCompressedModel:
                     host = staging / f"host_{bucket.name}.npz"
                     np.savez(host, **_host_metadata(spec, bucket))
                     files.append(host.name)
-                    bucket_entries[bucket.name] = _bucket_entry(bucket, adapter.num_layers)
+                    bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
             manifest = ExportManifest(
-                model={
-                    "id": adapter.name,
-                    "architecture": adapter.architecture,
-                    "config_sha256": config_hash(adapter),
-                },
+                model=ModelEntry(adapter.name, adapter.architecture, config_hash(adapter)),
                 luvc=adapter.luvc_config.to_dict(),
                 precision=profile.precision,
                 opset=profile.opset,
                 versions=_versions(),
-                profile=profile.to_dict(),
-                prompt=self._prompt_entry(),
-                passes={"enabled": self.passes, "plugin_nodes": self.plugin_nodes},
-                kv_cache={"update": profile.kv_update, "capacity": capacities},
+                profile=profile_entry(profile),
+                template=template_entry(adapter),
+                geometry=geometry_entry(adapter),
+                passes=PassesEntry(self.passes, self.plugin_nodes),
+                kv_cache=KVCacheEntry(profile.kv_update, tuple(capacities)),
                 buckets=bucket_entries,
                 graphs=graphs,
                 files={name: sha256_file(staging / name) for name in sorted(files)},
@@ -328,17 +318,17 @@ class OnnxFromCompressedModel:
                 for leftover in scratch.iterdir():
                     leftover.unlink()
                 files += written
-                graphs[spec.name] = {
-                    "file": path.name,
-                    "kind": spec.kind,
-                    "bucket": spec.bucket,
-                    "external_data": written[1:],
-                    "inputs": io_entries(model.graph.input),
-                    "outputs": io_entries(model.graph.output),
-                    "node_prefixes": _node_prefixes(model),
-                    "num_nodes": len(model.graph.node),
-                    "passes": [stat.to_dict() for stat in pass_stats],
-                }
+                graphs[spec.name] = GraphEntry(
+                    file=path.name,
+                    kind=spec.kind,
+                    bucket=spec.bucket,
+                    inputs=tuple(io_entries(model.graph.input)),
+                    outputs=tuple(io_entries(model.graph.output)),
+                    node_prefixes=tuple(_node_prefixes(model)),
+                    num_nodes=len(model.graph.node),
+                    external_data=tuple(written[1:]),
+                    passes=tuple(stat.to_dict() for stat in pass_stats),
+                )
                 progress.update(task, completed=len(STEPS) + 1, step="done")
         scratch.rmdir()
         return graphs, files, buckets
@@ -353,26 +343,6 @@ class OnnxFromCompressedModel:
         adapter.tokenizer.save_pretrained(staging / "tokenizer")
         adapter.image_processor.save_pretrained(staging / "processor")
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
-
-    def _prompt_entry(self) -> dict:
-        adapter = self.adapter
-        text = adapter.language_model.config
-        eos = adapter.model.generation_config.eos_token_id if adapter.model.generation_config else None
-        return {
-            "template": adapter.template.text,
-            "bos": adapter.template.bos,
-            "template_source": adapter.template.source,
-            "image_placeholder": adapter.image_placeholder,
-            "image_token_id": adapter.image_token_id,
-            "eos_token_id": eos if eos is not None else text.eos_token_id,
-            "position_rows": adapter.position_rows,
-            "hidden_size": text.hidden_size,
-            "num_layers": adapter.num_layers,
-            "num_key_value_heads": text.num_key_value_heads,
-            "head_dim": adapter.head_dim,
-            "vocab_size": text.vocab_size,
-            "patch_size": adapter.model.config.vision_config.patch_size,
-        }
 
 
 def export_model(

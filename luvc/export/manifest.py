@@ -1,7 +1,11 @@
 """``manifest.json`` of an export folder: what made it, what is static, every graph's I/O and every file's hash.
 
-The next stages (engines, runtime, parity) read this file instead of guessing. ``ExportManifest.load`` checks that
-every listed file is present and unchanged; ``load_graph`` refuses a graph whose external-data file is missing.
+The next stages (engines, runtime, parity) read this file instead of guessing, through typed entries: ``ModelEntry``
+(what made it), ``TemplateEntry`` (the prompt the export expects), ``ModelGeometry`` (the LLM's and encoder's sizes),
+``ProfileEntry`` (the export limits), ``BucketEntry`` (the static facts of one image size), ``GraphEntry`` with
+``TensorEntry`` I/O, ``KVCacheEntry`` (the decode graph's cache). ``ExportManifest.load`` validates the format version
+and the fields, and checks that every listed file is present and unchanged; ``load_graph`` refuses a graph whose
+external-data file is missing.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -18,10 +22,14 @@ from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from luvc.errors import critical
 from luvc.export.inspect import value_dims
 
+if TYPE_CHECKING:
+    from luvc.export.profile import Bucket, ExportProfile
+    from luvc.models.base import VLMAdapter
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
-FORMAT_VERSION = 2  # 2: fixed-capacity decode graph with in-place KV update (kv_cache section)
+FORMAT_VERSION = 3  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry)
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
 
@@ -33,13 +41,135 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def io_entries(values) -> list[dict]:
-    """``[{name, dtype, shape}]`` with symbolic dimensions as strings."""
-    entries = []
-    for info in values:
-        dims = value_dims(info, unknown="?")
-        entries.append({"name": info.name, "dtype": ONNX_DTYPES[info.type.tensor_type.elem_type], "shape": dims})
-    return entries
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    """A graph input or output: name, ONNX dtype name (``float``, ``float16``, ``int64``) and shape, with symbolic
+    dimensions as strings (``batch``, ``sequence_length``, ``135 + text_tokens``)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+def io_entries(values) -> list[TensorEntry]:
+    """The ``TensorEntry`` of each ONNX value info."""
+    return [
+        TensorEntry(info.name, ONNX_DTYPES[info.type.tensor_type.elem_type], tuple(value_dims(info, unknown="?")))
+        for info in values
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphEntry:
+    """One graph file: its kind (``embed``, ``vision``, ``prefill``, ``decode``), the bucket it belongs to (vision
+    and prefill), its external-data files, I/O, LUVC node prefixes, node count and what each graph pass did."""
+
+    file: str
+    kind: str
+    bucket: str | None
+    inputs: tuple[TensorEntry, ...]
+    outputs: tuple[TensorEntry, ...]
+    node_prefixes: tuple[str, ...] = ()
+    num_nodes: int = 0
+    external_data: tuple[str, ...] = ()
+    passes: tuple[dict[str, Any], ...] = ()
+    opset: int | None = None  # a quantized graph's own opset (FP8 Q/DQ needs 19)
+
+    def input(self, name: str) -> TensorEntry:
+        return next(entry for entry in self.inputs if entry.name == name)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketEntry:
+    """The static facts of one image-size bucket: tokens per image (after OIM; and without it), where the image
+    tokens start in the prompt, the shortest text after them, the per-layer budgets, the layers SPU runs before (and
+    those whose kept indices the prefill graph outputs), the first position after the image, each layer's KV length,
+    and the names of its vision and prefill graphs and host-metadata file."""
+
+    image_size: tuple[int, int]
+    tokens_per_image: int
+    uncompressed_tokens_per_image: int
+    visual_start: int
+    min_text_tokens: int
+    budgets: tuple[int, ...]
+    prune_layers: tuple[int, ...]
+    kept_index_layers: tuple[int, ...]
+    next_position: int
+    kv_lengths: tuple[str, ...]
+    vision: str
+    prefill: str
+    host: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.image_size[0]}x{self.image_size[1]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """What the export was made from: the checkpoint (or built-in name), its architecture and config hash."""
+
+    id: str
+    architecture: str
+    config_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateEntry:
+    """The prompt the graphs expect: the template (``{image}``, ``{prompt}``), the BOS text it starts with, where it
+    came from, the image placeholder and its token id, and the end-of-sequence id(s)."""
+
+    text: str
+    bos: str
+    source: str
+    image_placeholder: str
+    image_token_id: int
+    eos_token_id: int | list[int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelGeometry:
+    """Sizes the runtime allocates with: LLM hidden size, layers, KV heads, head size, vocabulary, rows of position
+    ids (3 for M-RoPE), and the encoder's patch size."""
+
+    hidden_size: int
+    num_layers: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    position_rows: int
+    patch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileEntry:
+    """The export limits: image sizes, precision, batch, text and generation lengths, opset, where weights live and
+    the KV-update form."""
+
+    image_sizes: tuple[tuple[int, int], ...]
+    precision: str
+    max_batch: int
+    max_text_tokens: int
+    max_new_tokens: int
+    opset: int
+    external_data: str
+    kv_update: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCacheEntry:
+    """The decode graph's KV cache: the update form and every layer's capacity."""
+
+    update: str
+    capacity: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PassesEntry:
+    """Whether the graph passes ran, and whether LUVC units were collapsed into plugin nodes."""
+
+    enabled: bool
+    plugin_nodes: bool = False
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
@@ -51,27 +181,55 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     return sorted(locations)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExportManifest:
-    """The parsed ``manifest.json``. ``graphs[name]`` holds ``file``, ``kind``, ``bucket``, ``inputs``, ``outputs``
-    and ``node_prefixes``; ``buckets[name]`` the static facts of one image size; ``files`` maps every file of the
-    folder (external data included) to its sha256."""
+    """The parsed ``manifest.json``: typed sections (see the module docstring); ``luvc`` is the ``LUVCConfig`` as a
+    dict, ``files`` maps every file of the folder (external data included) to its sha256, ``quantization`` is set by
+    ``luvc-export calibrate``."""
 
-    model: dict[str, Any]
+    model: ModelEntry
     luvc: dict[str, Any]
     precision: str
     opset: int
     versions: dict[str, str]
-    profile: dict[str, Any]
-    prompt: dict[str, Any]
-    buckets: dict[str, dict[str, Any]]
-    graphs: dict[str, dict[str, Any]]
+    profile: ProfileEntry
+    template: TemplateEntry
+    geometry: ModelGeometry
+    buckets: dict[str, BucketEntry]
+    graphs: dict[str, GraphEntry]
     files: dict[str, str]
-    passes: dict[str, Any] = dataclasses.field(default_factory=dict)
-    kv_cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # decode graph: update form, capacity per layer
-    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)  # set by `luvc-export calibrate`
+    kv_cache: KVCacheEntry
+    passes: PassesEntry = PassesEntry(enabled=True)
+    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> ExportManifest:
+        """The manifest of a parsed ``manifest.json``; a missing or unknown field is one clear error."""
+        try:
+            return cls(
+                model=ModelEntry(**data["model"]),
+                luvc=data["luvc"],
+                precision=data["precision"],
+                opset=data["opset"],
+                versions=data["versions"],
+                profile=ProfileEntry(
+                    **{**data["profile"], "image_sizes": tuple(map(tuple, data["profile"]["image_sizes"]))}
+                ),
+                template=TemplateEntry(**data["template"]),
+                geometry=ModelGeometry(**data["geometry"]),
+                buckets={name: _bucket(entry) for name, entry in data["buckets"].items()},
+                graphs={name: _graph(entry) for name, entry in data["graphs"].items()},
+                files=data["files"],
+                passes=PassesEntry(**data.get("passes", {"enabled": True})),
+                kv_cache=KVCacheEntry(data["kv_cache"]["update"], tuple(data["kv_cache"]["capacity"])),
+                quantization=data.get("quantization", {}),
+                format=data["format"],
+                format_version=data["format_version"],
+            )
+        except (KeyError, TypeError) as error:
+            critical(f"{source} does not have the fields this luvc-export reads ({error}); re-export with it.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
@@ -102,8 +260,7 @@ class ExportManifest:
                 f"{path} is format {data.get('format')!r} v{data.get('format_version')}, this luvc-export reads "
                 f"{FORMAT!r} v{FORMAT_VERSION}; re-export with this version."
             )
-        known = {field.name for field in dataclasses.fields(cls)}
-        manifest = cls(**{key: value for key, value in data.items() if key in known})
+        manifest = cls.from_dict(data, str(path))
         if verify:
             manifest.verify(folder)
         return manifest
@@ -120,9 +277,9 @@ class ExportManifest:
     def graph_path(self, folder: str | Path, name: str) -> Path:
         if name not in self.graphs:
             critical(f"The export has no graph {name!r}; it has {sorted(self.graphs)}.")
-        return Path(folder) / self.graphs[name]["file"]
+        return Path(folder) / self.graphs[name].file
 
-    def bucket_for(self, image_size: tuple[int, int]) -> dict[str, Any]:
+    def bucket_for(self, image_size: tuple[int, int]) -> BucketEntry:
         """The bucket of a processed image size, or an error listing the exported sizes."""
         name = f"{image_size[0]}x{image_size[1]}"
         if name not in self.buckets:
@@ -131,6 +288,75 @@ class ExportManifest:
                 f"resize the image to a bucket, or re-export with --image-size {name}."
             )
         return self.buckets[name]
+
+
+def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
+    """The manifest entry of a planned bucket."""
+    from luvc.export.llm import kept_index_layers
+
+    plan = bucket.budget_plan
+    return BucketEntry(
+        image_size=tuple(bucket.image_size),
+        tokens_per_image=bucket.tokens_per_image,
+        uncompressed_tokens_per_image=bucket.uncompressed_tokens_per_image,
+        visual_start=bucket.visual_start,
+        min_text_tokens=bucket.min_text_tokens,
+        budgets=tuple(plan.total),
+        prune_layers=tuple(plan.prune_layers()),
+        kept_index_layers=tuple(kept_index_layers(plan)),
+        next_position=bucket.next_position,
+        kv_lengths=tuple(f"{bucket.visual_start + plan.total[layer]} + text_tokens" for layer in range(num_layers)),
+        vision=f"vision_{bucket.name}",
+        prefill=f"prefill_{bucket.name}",
+        host=f"host_{bucket.name}.npz",
+    )
+
+
+def profile_entry(profile: ExportProfile) -> ProfileEntry:
+    """The manifest entry of a resolved export profile."""
+    return ProfileEntry(**{**dataclasses.asdict(profile), "image_sizes": tuple(map(tuple, profile.image_sizes))})
+
+
+def template_entry(adapter: VLMAdapter) -> TemplateEntry:
+    """The prompt an adapter's graphs expect (its chat template or the family's), with its special token ids."""
+    generation = adapter.model.generation_config
+    eos = generation.eos_token_id if generation else None
+    return TemplateEntry(
+        text=adapter.template.text,
+        bos=adapter.template.bos,
+        source=adapter.template.source,
+        image_placeholder=adapter.image_placeholder,
+        image_token_id=adapter.image_token_id,
+        eos_token_id=eos if eos is not None else adapter.language_model.config.eos_token_id,
+    )
+
+
+def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
+    """The sizes of an adapter's LLM and encoder the runtime allocates with."""
+    text = adapter.language_model.config
+    return ModelGeometry(
+        hidden_size=text.hidden_size,
+        num_layers=adapter.num_layers,
+        num_key_value_heads=text.num_key_value_heads,
+        head_dim=adapter.head_dim,
+        vocab_size=text.vocab_size,
+        position_rows=adapter.position_rows,
+        patch_size=adapter.model.config.vision_config.patch_size,
+    )
+
+
+def _bucket(entry: dict[str, Any]) -> BucketEntry:
+    lists = ("budgets", "prune_layers", "kept_index_layers", "kv_lengths")
+    return BucketEntry(**{**entry, "image_size": tuple(entry["image_size"]), **{k: tuple(entry[k]) for k in lists}})
+
+
+def _graph(entry: dict[str, Any]) -> GraphEntry:
+    tensors = {
+        key: tuple(TensorEntry(e["name"], e["dtype"], tuple(e["shape"])) for e in entry[key])
+        for key in ("inputs", "outputs")
+    }
+    lists = {key: tuple(entry.get(key, ())) for key in ("node_prefixes", "external_data", "passes")}
+    return GraphEntry(**{**entry, **tensors, **lists})
 
 
 def checked_graph_path(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> Path:

@@ -75,9 +75,6 @@ class ExportProfile:
     def dtype(self) -> torch.dtype:
         return PRECISIONS[self.precision]
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"image_sizes": [list(size) for size in self.image_sizes]}
-
 
 @dataclasses.dataclass
 class Bucket:

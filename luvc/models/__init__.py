@@ -88,9 +88,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     cast_in_place(model, dtype)
     if model.dtype == torch.float16:
         check_fp16_range(model, f"the checkpoint's {str(stored).removeprefix('torch.') if stored else 'dtype'}")
-    if (
-        tokenizer.chat_template is None
-    ):  # a processor's chat_template.jinja / .json: prompts use it (luvc.models.prompt)
+    # a processor's chat_template.jinja / .json: prompts use it (luvc.models.prompt)
+    if tokenizer.chat_template is None:
         tokenizer.chat_template = chat_template_of(tokenizer, path)
     return adapter_cls(model, tokenizer, processor, name=str(path))
 

@@ -4,7 +4,7 @@ A checkpoint with a chat template gets its own: the template is rendered once fo
 and a marker text, with the generation prompt), and the rendered text becomes the template, so the family's default
 system turn and any special tokens come along. Without one, the family's built-in template is used. The tokenizer's
 BOS token is prepended when the tokenizer adds one (as the family's processor, which tokenizes with special tokens,
-does). The export stores the template (manifest ``prompt``) and the runtime renders prompts from it.
+does). The export stores the template (manifest ``template``) and the runtime renders prompts from it.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class _BackendRun:
         if expected_ids is not None and not np.array_equal(self.input_ids, expected_ids):
             critical(
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
-                "(manifest prompt.template); re-export with this luvc-export version."
+                "(manifest template.text); re-export with this luvc-export version."
             )
         # one vision and prefill run serves the tensor checks, the localisation and the generation
         self.tokens, self.step_logits, request = pipeline.greedy(
@@ -82,10 +82,10 @@ class ParityFromExport:
         manifest = ExportManifest.load(self.export_dir, verify=True)
         tolerances = self.tolerances or tolerances_for(manifest.precision)
         max_new_tokens = 8 if self.max_new_tokens is None else self.max_new_tokens
-        limit = manifest.profile["max_new_tokens"]
+        limit = manifest.profile.max_new_tokens
         if not 1 <= max_new_tokens <= limit:
             critical(f"--max-new-tokens {max_new_tokens} must be between 1 and the export profile's {limit}.")
-        sizes = [tuple(bucket["image_size"]) for bucket in manifest.buckets.values()]
+        sizes = [tuple(bucket.image_size) for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:
             critical("No parity samples; pass a data folder with images or leave out --data.")
@@ -134,7 +134,7 @@ class ParityFromExport:
                 advance(f"ort uncompressed ({self.baseline_dir}): {len(samples)} samples")
         return ParityResults(
             export_dir=str(self.export_dir),
-            model=manifest.model["id"],
+            model=manifest.model.id,
             precision=manifest.precision,
             tolerances=tolerances,
             samples=[sample.name for sample in samples],
@@ -149,14 +149,14 @@ def check_baseline(
 ) -> None:
     """Refuse a baseline export that is of another model, compressed, or without a bucket for one of the samples'
     ``image_sizes``."""
-    if baseline.model["config_sha256"] != manifest.model["config_sha256"]:
+    if baseline.model.config_sha256 != manifest.model.config_sha256:
         critical(
-            f"Baseline {folder} was exported from {baseline.model['id']!r}, not from this export's model "
-            f"({manifest.model['id']!r}); export the same checkpoint with --no-luvc."
+            f"Baseline {folder} was exported from {baseline.model.id!r}, not from this export's model "
+            f"({manifest.model.id!r}); export the same checkpoint with --no-luvc."
         )
     if not LUVCConfig.from_dict(baseline.luvc).is_off:
         critical(f"Baseline {folder} is LUVC-compressed; export the uncompressed baseline with --no-luvc.")
-    buckets = {tuple(bucket["image_size"]) for bucket in baseline.buckets.values()}
+    buckets = {tuple(bucket.image_size) for bucket in baseline.buckets.values()}
     missing = sorted(image_sizes - buckets)
     if missing:
         flags = " ".join(f"--image-size {h}x{w}" for h, w in missing)
@@ -228,15 +228,15 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     """Per-layer errors of the first sample's vision and prefill graphs on ONNX Runtime."""
     references = torch_run.layer_outputs
     graphs = [
-        (run.bucket["vision"], host_arrays(pipeline.vision_feeds(run.pixels, run.bucket)[0]), "vision."),
-        (run.bucket["prefill"], run.prefill_feeds, "llm."),
+        (run.bucket.vision, host_arrays(pipeline.vision_feeds(run.pixels, run.bucket)[0]), "vision."),
+        (run.bucket.prefill, run.prefill_feeds, "llm."),
     ]
     import onnx
 
     precision = pipeline.manifest.precision
     weights = MappedWeights(pipeline.folder, float32=precision == "fp16")  # as the pipeline's CPU sessions
     for graph_name, feeds, family in graphs:
-        path = pipeline.folder / pipeline.manifest.graphs[graph_name]["file"]
+        path = pipeline.folder / pipeline.manifest.graphs[graph_name].file
         layers = [name for name in references if name.startswith(family)]
         candidates = layer_candidates(onnx.load(str(path), load_external_data=False), layers)
         names = [name for found in candidates.values() for name in found]

@@ -52,13 +52,13 @@ class TorchReference:
         """Load the model an export came from (``model``: a checkpoint folder, when it has moved since)."""
         from luvc.export.exporter import config_hash
 
-        source = model or manifest.model["id"]
+        source = model or manifest.model.id
         adapter = load_model(source)
         identities = {config_hash(adapter), config_hash(adapter, with_dtype=True)}  # this version's, and earlier ones'
-        if manifest.model["config_sha256"] not in identities:
+        if manifest.model.config_sha256 not in identities:
             critical(
                 f"The model at {source!r} has another config than the one this export was made from "
-                f"({manifest.model['id']!r}); pass --model with the checkpoint folder used for the export."
+                f"({manifest.model.id!r}); pass --model with the checkpoint folder used for the export."
             )
         return cls(adapter, LUVCConfig.from_dict(manifest.luvc))
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, checked_graph_path
+from luvc.export.manifest import BucketEntry, ExportManifest, checked_graph_path
 from luvc.models.prompt import PromptTemplate
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
@@ -68,7 +68,7 @@ class Prepared:
     input_ids: np.ndarray
     pixel_values: np.ndarray
     image_size: tuple[int, int]
-    bucket: dict
+    bucket: BucketEntry
     preprocess_ms: float = 0.0
 
 
@@ -154,8 +154,8 @@ class Pipeline:
             if self.backend == "ort":
                 session = OrtSession(
                     checked_graph_path(self.folder, name, self.manifest),
-                    graph["inputs"],
-                    graph["outputs"],
+                    graph.inputs,
+                    graph.outputs,
                     self.providers,
                     basic_optimizations=self.manifest.precision == "fp8",
                     device=self.device,
@@ -185,14 +185,14 @@ class Pipeline:
     def _trt_session(self, name: str, graph: dict) -> TrtSession:
         engine, tensorrt, profile = self._engines.pop(name)
         return TrtSession(
-            engine, graph["inputs"], graph["outputs"], profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
+            engine, graph.inputs, graph.outputs, profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
         )
 
-    def host(self, bucket: dict) -> dict[str, np.ndarray]:
-        if bucket["host"] not in self._host:
-            with np.load(self.folder / bucket["host"]) as data:
-                self._host[bucket["host"]] = {key: data[key] for key in data.files}
-        return self._host[bucket["host"]]
+    def host(self, bucket: BucketEntry) -> dict[str, np.ndarray]:
+        if bucket.host not in self._host:
+            with np.load(self.folder / bucket.host) as data:
+                self._host[bucket.host] = {key: data[key] for key in data.files}
+        return self._host[bucket.host]
 
     @property
     def tokenizer(self):
@@ -213,7 +213,7 @@ class Pipeline:
     def load(self, image_size: tuple[int, int] | None = None) -> Pipeline:
         """Create the sessions a request of ``image_size`` (default: every bucket) needs, so timings exclude it."""
         buckets = [self.manifest.bucket_for(image_size)] if image_size else list(self.manifest.buckets.values())
-        for name in ("embed", "decode", *(b[key] for b in buckets for key in ("vision", "prefill"))):
+        for name in ("embed", "decode", *(graph for bucket in buckets for graph in (bucket.vision, bucket.prefill))):
             self.session(name)
         return self
 
@@ -249,18 +249,17 @@ class Pipeline:
     def kv_cache(self, batch: int) -> KVCache:
         """The fixed-capacity KV cache for ``batch`` rows, allocated on first use and reused by every request."""
         if batch not in self._caches:
-            prompt, kv = self.manifest.prompt, self.manifest.kv_cache
-            past = next(e for e in self.manifest.graphs["decode"]["inputs"] if e["name"] == "past_key_values.0.key")
-            dtype = TORCH_DTYPES[past["dtype"]]
+            geometry, kv = self.manifest.geometry, self.manifest.kv_cache
+            dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input("past_key_values.0.key").dtype]
             # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
             # share memory with the input, so that form alternates between two sets of buffers on TensorRT
-            aliased = self.backend == "ort" or kv["update"] == "tensor-scatter"
+            aliased = self.backend == "ort" or kv.update == "tensor-scatter"
             self._caches = {  # one batch size at a time: a new size frees the old buffers
                 batch: KVCache(
                     batch,
-                    prompt["num_key_value_heads"],
-                    prompt["head_dim"],
-                    kv["capacity"],
+                    geometry.num_key_value_heads,
+                    geometry.head_dim,
+                    kv.capacity,
                     dtype,
                     self.device,
                     aliased,
@@ -290,32 +289,32 @@ class Pipeline:
             if len(grids) > 1:
                 critical(f"Images of one batch must share a size after preprocessing; got grids {sorted(grids)}.")
             _, height, width = grids.pop()
-            patch = self.manifest.prompt["patch_size"]
+            patch = self.manifest.geometry.patch_size
             return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
         values = np.asarray(pixels["pixel_values"])
         return values, tuple(values.shape[-2:])
 
-    def vision_feeds(self, pixel_values: np.ndarray, bucket: dict) -> list[dict[str, torch.Tensor]]:
+    def vision_feeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:
         """The feeds of the vision graph's calls for ``pixel_values``, on the device: one call for a
         ``(B, C, H, W)`` batch; one per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's
         host-planned metadata."""
-        inputs = self.manifest.graphs[bucket["vision"]]["inputs"]
-        pixels = self.to_device(pixel_values).to(TORCH_DTYPES[inputs[0]["dtype"]])
-        if len(inputs[0]["shape"]) == 4:  # (B, C, H, W) with a dynamic batch
+        inputs = self.manifest.graphs[bucket.vision].inputs
+        pixels = self.to_device(pixel_values).to(TORCH_DTYPES[inputs[0].dtype])
+        if len(inputs[0].shape) == 4:  # (B, C, H, W) with a dynamic batch
             return [{"pixel_values": pixels}]
-        per_image = inputs[0]["shape"][0]
+        per_image = inputs[0].shape[0]
         if pixels.dim() != 2 or pixels.shape[0] % per_image:
             critical(
-                f"{bucket['vision']} takes {per_image} patches per image; got pixels of shape "
+                f"{bucket.vision} takes {per_image} patches per image; got pixels of shape "
                 f"{tuple(pixels.shape)}. Preprocess with the model's image processor."
             )
         host = self.host(bucket)
-        metadata = {entry["name"]: self.to_device(host[entry["name"]]) for entry in inputs[1:]}
+        metadata = {entry.name: self.to_device(host[entry.name]) for entry in inputs[1:]}
         return [{"pixel_values": chunk, **metadata} for chunk in torch.split(pixels, per_image)]
 
-    def image_embeds(self, pixel_values: np.ndarray, bucket: dict) -> torch.Tensor:
+    def image_embeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> torch.Tensor:
         """``(images, n, D)`` visual embeddings on the device."""
-        session = self.session(bucket["vision"])
+        session = self.session(bucket.vision)
         embeds = [session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)]
         return embeds[0] if len(embeds) == 1 else torch.cat(embeds)
 
@@ -324,7 +323,7 @@ class Pipeline:
         targets = None if out is None else {"inputs_embeds": out}
         return self.session("embed").infer({"input_ids": input_ids}, targets)["inputs_embeds"]
 
-    def positions(self, bucket: dict, batch: int, start: int, length: int) -> np.ndarray:
+    def positions(self, bucket: BucketEntry, batch: int, start: int, length: int) -> np.ndarray:
         """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``."""
         host = self.host(bucket)
         prompt = host["prompt_position_ids"]
@@ -334,13 +333,15 @@ class Pipeline:
         rows = np.broadcast_to(rows[:, None, :], (rows.shape[0], batch, length)).astype(np.int64)
         return rows if rows.shape[0] == 3 else rows[0]
 
-    def prefill_feeds(self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: dict) -> dict[str, torch.Tensor]:
+    def prefill_feeds(
+        self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: BucketEntry
+    ) -> dict[str, torch.Tensor]:
         """Prefill feeds for prompts ``input_ids (B, S)`` whose image span takes ``image_embeds (B, n, D)``."""
-        start, count = bucket["visual_start"], bucket["tokens_per_image"]
+        start, count = bucket.visual_start, bucket.tokens_per_image
         batch, length = input_ids.shape
-        image_token = self.manifest.prompt["image_token_id"]
+        image_token = self.manifest.template.image_token_id
         if (
-            length < start + count + bucket["min_text_tokens"]
+            length < start + count + bucket.min_text_tokens
             or not (input_ids[:, start : start + count] == image_token).all()
         ):
             critical(
@@ -351,21 +352,23 @@ class Pipeline:
         embeds[:, start : start + count] = image_embeds.to(embeds.dtype)
         return {"inputs_embeds": embeds, "position_ids": self.to_device(self.positions(bucket, batch, 0, length))}
 
-    def prefill(self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: dict) -> dict[str, torch.Tensor]:
+    def prefill(
+        self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: BucketEntry
+    ) -> dict[str, torch.Tensor]:
         """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
-        return self.session(bucket["prefill"]).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
+        return self.session(bucket.prefill).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
 
-    def prompt_ids(self, prompts: Sequence[str], bucket: dict) -> np.ndarray:
+    def prompt_ids(self, prompts: Sequence[str], bucket: BucketEntry) -> np.ndarray:
         """Token ids of the export's prompt template around each prompt (a prompt that holds the image placeholder is
         taken as already templated); rows must tokenize to one length."""
-        prompt = self.manifest.prompt
-        template = PromptTemplate(prompt["template"], prompt["image_placeholder"], prompt.get("bos", ""))
-        texts = [template.render(text, bucket["tokens_per_image"]) for text in prompts]
+        entry = self.manifest.template
+        template = PromptTemplate(entry.text, entry.image_placeholder, entry.bos)
+        texts = [template.render(text, bucket.tokens_per_image) for text in prompts]
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(row) for row in rows}) > 1:
             critical("Batched prompts tokenize to different lengths; batch rows need prompts of equal length.")
-        text_tokens = len(rows[0]) - bucket["visual_start"] - bucket["tokens_per_image"]
-        limit = self.manifest.profile["max_text_tokens"]
+        text_tokens = len(rows[0]) - bucket.visual_start - bucket.tokens_per_image
+        limit = self.manifest.profile.max_text_tokens
         if text_tokens > limit:
             critical(
                 f"The prompt has {text_tokens} text tokens after the image but the export profile allows "
@@ -426,7 +429,7 @@ class Pipeline:
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""
-        limit = self.manifest.profile["max_new_tokens"]
+        limit = self.manifest.profile.max_new_tokens
         if not 1 <= max_new_tokens <= limit:
             critical(
                 f"max_new_tokens={max_new_tokens} must be between 1 and the export profile's {limit}; re-export "
@@ -437,7 +440,7 @@ class Pipeline:
         """``stop_token_ids`` as given, else the model's end-of-sequence ids from the manifest."""
         if stop_token_ids is not None:
             return list(stop_token_ids)
-        eos = self.manifest.prompt["eos_token_id"]
+        eos = self.manifest.template.eos_token_id
         return [eos] if isinstance(eos, int) else list(eos or [])
 
     def generate(
@@ -550,7 +553,7 @@ class Request:
             pipeline.synchronize()
             timings.vision_ms = (time.perf_counter() - self._began) * 1e3
             self.prefill_feeds = pipeline.prefill_feeds(self.input_ids, self.image_embeds, bucket)
-            self.prefill_outputs = pipeline.session(bucket["prefill"]).infer(self.prefill_feeds)
+            self.prefill_outputs = pipeline.session(bucket.prefill).infer(self.prefill_feeds)
             pipeline.synchronize()
             timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms
             batch, length = self.input_ids.shape
@@ -558,7 +561,7 @@ class Request:
             self.cache.owner = self  # one request at a time uses a pipeline's cache
             self.cache.load(self.prefill_outputs)
             timings.kv_cache_bytes = self.cache.nbytes()
-            device, hidden = pipeline.device, pipeline.manifest.prompt["hidden_size"]
+            device, hidden = pipeline.device, pipeline.manifest.geometry.hidden_size
             self.position = pipeline.to_device(pipeline.positions(bucket, batch, length, 1))
             self.token = torch.empty(batch, dtype=torch.int64, device=device)
             self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 
 from luvc.errors import critical
 from luvc.export.inspect import evaluate_dim
+from luvc.export.manifest import TensorEntry
 from luvc.runtime.weights import MappedWeights
 
 TORCH_DTYPES = {
@@ -61,8 +63,8 @@ class BaseSession:
     def __init__(
         self,
         name: str,
-        inputs: list[dict],
-        outputs: list[dict],
+        inputs: Sequence[TensorEntry],
+        outputs: Sequence[TensorEntry],
         profile: dict | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -76,7 +78,7 @@ class BaseSession:
         self.total_inference_seconds = 0.0
         self.stats = TransferStats()
         self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
-        self._output_dtypes = {entry["name"]: TORCH_DTYPES[entry["dtype"]] for entry in outputs}
+        self._output_dtypes = {entry.name: TORCH_DTYPES[entry.dtype] for entry in outputs}
 
     def activate(self) -> BaseSession:
         if not self.is_active:
@@ -128,12 +130,12 @@ class BaseSession:
         if key not in self._output_shapes:
             shapes = {}
             for entry in self.outputs:
-                shape = [evaluate_dim(dim, symbols) for dim in entry["shape"]]
+                shape = [evaluate_dim(dim, symbols) for dim in entry.shape]
                 if None in shape:
                     critical(
-                        f"{self.name}: output {entry['name']} has shape {entry['shape']}, which the inputs do not bind."
+                        f"{self.name}: output {entry.name} has shape {list(entry.shape)}, which the inputs do not bind."
                     )
-                shapes[entry["name"]] = shape
+                shapes[entry.name] = shape
             self._output_shapes[key] = shapes
         return self._output_shapes[key]
 
@@ -156,21 +158,21 @@ class BaseSession:
     def check_feeds(self, feeds: dict[str, torch.Tensor]) -> dict[str, int]:
         """Check names, dtypes, ranks, static sizes, agreeing symbolic sizes and the engine profile; return the
         symbolic dimensions the feeds bind."""
-        expected = {entry["name"]: entry for entry in self.inputs}
+        expected = {entry.name: entry for entry in self.inputs}
         missing, unexpected = sorted(set(expected) - set(feeds)), sorted(set(feeds) - set(expected))
         if missing or unexpected:
             critical(f"{self.name}: missing inputs {missing}, unexpected inputs {unexpected}.")
         symbols: dict[str, tuple[int, str]] = {}
         for name, entry in expected.items():
             tensor = feeds[name]
-            dtype = TORCH_DTYPES.get(entry["dtype"])
+            dtype = TORCH_DTYPES.get(entry.dtype)
             if dtype is not None and tensor.dtype != dtype:
-                critical(f"{self.name}: input {name} must be {entry['dtype']}, got {str(tensor.dtype)[6:]}.")
-            if tensor.dim() != len(entry["shape"]):
-                critical(f"{self.name}: input {name} must have shape {entry['shape']}, got {list(tensor.shape)}.")
-            for axis, (want, got) in enumerate(zip(entry["shape"], tensor.shape)):
+                critical(f"{self.name}: input {name} must be {entry.dtype}, got {str(tensor.dtype)[6:]}.")
+            if tensor.dim() != len(entry.shape):
+                critical(f"{self.name}: input {name} must have shape {list(entry.shape)}, got {list(tensor.shape)}.")
+            for axis, (want, got) in enumerate(zip(entry.shape, tensor.shape)):
                 if isinstance(want, int) and want != got:
-                    critical(f"{self.name}: input {name} axis {axis} must be {want}, got {got} ({entry['shape']}).")
+                    critical(f"{self.name}: input {name} axis {axis} must be {want}, got {got} ({list(entry.shape)}).")
                 if isinstance(want, str):
                     seen = symbols.setdefault(want, (got, name))
                     if seen[0] != got:

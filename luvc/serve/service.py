@@ -31,7 +31,7 @@ class GenerationService:
     ) -> None:
         self.pipeline = pipeline
         self.defaults = defaults
-        self.max_batch = max_batch or pipeline.manifest.profile["max_batch"]
+        self.max_batch = max_batch or pipeline.manifest.profile.max_batch
         self.image_folder = image_folder
         self.queue = JobQueue(max_queue)
         self.metrics = ServerMetrics()
@@ -70,8 +70,8 @@ class GenerationService:
         self.queue.put(job)
         self.metrics.queue_depth.set(len(self.queue))
         bucket = self.pipeline.manifest.bucket_for(prepared.image_size)
-        self.metrics.visual_tokens.labels("llm_input").inc(bucket["tokens_per_image"])
-        self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket["budgets"]))
+        self.metrics.visual_tokens.labels("llm_input").inc(bucket.tokens_per_image)
+        self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket.budgets))
         return job
 
     def _observed(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:

@@ -34,14 +34,14 @@ def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, cali
     assert agreement["logits_cosine_min"] >= BOUNDS["int8"]["logits_cosine_min"]
     excluded = manifest.quantization["excluded_nodes"]
     for name, graph in manifest.graphs.items():
-        if graph["kind"] == "embed":
+        if graph.kind == "embed":
             continue
-        model = onnx.load(str(folder / graph["file"]))
+        model = onnx.load(str(folder / graph.file))
         ops = [node.op_type for node in model.graph.node]
         assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, name
         quantized_consumers = _consumers_of_dequantized(model)
         assert not quantized_consumers & set(excluded[name]), f"{name}: an excluded node reads quantized data"
-        if graph["kind"] == "prefill":
+        if graph.kind == "prefill":
             reasons = set(excluded[name].values())
             assert {"SPU scoring and selection", "norm statistics", "logits"} <= reasons
             assert all("/spu/" not in node for node in quantized_consumers)
@@ -63,7 +63,7 @@ def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
     assert manifest.precision == "fp8" and manifest.opset >= 19
     assert manifest.quantization["method"] == "distribution"
     assert manifest.quantization["agreement_with_fp32"]["logits_cosine_min"] >= BOUNDS["fp8"]["logits_cosine_min"]
-    prefill = onnx.load(str(folder / manifest.graphs["prefill_224x224"]["file"]))
+    prefill = onnx.load(str(folder / manifest.graphs["prefill_224x224"].file))
     types = {init.data_type for init in prefill.graph.initializer}
     assert onnx.TensorProto.FLOAT8E4M3FN in types
     assert not manifest.quantization["tensorrt10_calibration_caches"]  # the legacy path is INT8 only

@@ -24,8 +24,8 @@ def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
     manifest = ExportManifest.load(out)
     bucket = manifest.buckets["224x224"]
     assert manifest.luvc["spu_variant"] == "none" and manifest.luvc["oim_layers"] == []
-    assert bucket["budgets"] == [bucket["tokens_per_image"]] * 4 and bucket["prune_layers"] == []
-    assert all(graph["node_prefixes"] == [] for graph in manifest.graphs.values())
+    assert bucket.budgets == (bucket.tokens_per_image,) * 4 and bucket.prune_layers == ()
+    assert all(graph.node_prefixes == () for graph in manifest.graphs.values())
 
     adapter = load_model(checkpoint)
     adapter.apply_luvc(LUVCConfig.off())

@@ -41,14 +41,14 @@ def test_engines_match_the_export_manifest(engines):
         engine = manifest.engines[name]
         assert (engine_dir / engine["file"]).stat().st_size == engine["bytes"] > 0
         for kind in ("inputs", "outputs"):
-            expected = [(io["name"], io["dtype"]) for io in graph[kind]]
+            expected = [(io.name, io.dtype) for io in getattr(graph, kind)]
             assert [(io["name"], io["dtype"]) for io in engine[kind]] == expected
-        for built, exported in zip(engine["inputs"], graph["inputs"]):
-            assert built["shape"] == _static(exported["shape"])
+        for built, exported in zip(engine["inputs"], graph.inputs):
+            assert built["shape"] == _static(exported.shape)
         expected_profile = {key: [list(s) for s in shapes] for key, shapes in input_profile(export, name).items()}
         assert engine["profile"] == expected_profile
-        assert engine["source"]["sha256"] == export.files[graph["file"]]
-    assert manifest.export["budgets"]["224x224"] == export.buckets["224x224"]["budgets"]
+        assert engine["source"]["sha256"] == export.files[graph.file]
+    assert manifest.export["budgets"]["224x224"] == list(export.buckets["224x224"].budgets)
 
 
 def test_fp16_export_builds_strongly_typed_fp16_engines(exports, tmp_path):

@@ -25,7 +25,7 @@ def test_graph_weights_are_the_initializer_bytes(exports):
     for name, graph in manifest.graphs.items():
         model = load_graph(export, name, manifest)
         expected = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-        assert graph_weight_bytes(export / graph["file"]) == expected
+        assert graph_weight_bytes(export / graph.file) == expected
 
 
 def test_a_plan_that_fits_and_one_that_needs_a_smaller_batch(exports, capsys):

@@ -8,14 +8,14 @@ def test_profiles_follow_buckets_budgets_and_limits(exports):
     limits = manifest.profile
     for height, width in QWEN_BUCKETS:
         bucket = manifest.buckets[f"{height}x{width}"]
-        prompt = bucket["visual_start"] + bucket["tokens_per_image"]
-        low, opt, high = dimension_ranges(manifest, bucket["prefill"])["sequence_length"]
-        assert (low, high) == (prompt + bucket["min_text_tokens"], prompt + limits["max_text_tokens"])
+        prompt = bucket.visual_start + bucket.tokens_per_image
+        low, opt, high = dimension_ranges(manifest, bucket.prefill)["sequence_length"]
+        assert (low, high) == (prompt + bucket.min_text_tokens, prompt + limits.max_text_tokens)
         assert low <= opt <= high
-        shapes = input_profile(manifest, bucket["prefill"])
-        assert shapes["position_ids"] == ([3, 1, low], [3, 1, opt], [3, limits["max_batch"], high])
+        shapes = input_profile(manifest, bucket.prefill)
+        assert shapes["position_ids"] == ([3, 1, low], [3, 1, opt], [3, limits.max_batch, high])
     decode = input_profile(manifest, "decode")  # fixed KV capacities: only the batch varies
-    capacity = manifest.kv_cache["capacity"]
+    capacity = manifest.kv_cache.capacity
     assert decode["past_key_values.0.key"] == ([1, 2, capacity[0], 8], [1, 2, capacity[0], 8], [4, 2, capacity[0], 8])
     assert set(dimension_ranges(manifest, "decode")) == {"batch", "images"}
     vision = input_profile(manifest, "vision_224x224")

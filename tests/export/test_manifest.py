@@ -8,7 +8,7 @@ import pytest
 
 import luvc.export.exporter as exporter
 from luvc.errors import LuvcError
-from luvc.export.manifest import MANIFEST_NAME, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest import MANIFEST_NAME, ExportManifest, TensorEntry, load_graph, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
@@ -28,23 +28,23 @@ def test_manifest_hashes_match_every_file(exports):
 def test_manifest_describes_graphs_and_budgets(exports):
     folder = exports("tiny-qwen2-vl")
     manifest = ExportManifest.load(folder)
-    assert manifest.model["architecture"] == "Qwen2VLForConditionalGeneration" and manifest.opset == 18
+    assert manifest.model.architecture == "Qwen2VLForConditionalGeneration" and manifest.opset == 18
     assert {"torch", "transformers", "onnx", "exporter"} <= set(manifest.versions)
     bucket = manifest.buckets["224x224"]
-    assert bucket["budgets"][0] == bucket["tokens_per_image"] and bucket["budgets"][-1] == 0
+    assert bucket.budgets[0] == bucket.tokens_per_image and bucket.budgets[-1] == 0
     prefill = manifest.graphs["prefill_224x224"]
-    shapes = {entry["name"]: entry["shape"] for entry in prefill["outputs"]}
+    shapes = {entry.name: entry.shape for entry in prefill.outputs}
     assert shapes["present.0.key"][0] == "batch" and "sequence_length" in str(shapes["present.3.key"][2])
-    decode_inputs = {entry["name"]: entry for entry in manifest.graphs["decode"]["inputs"]}
-    capacity = manifest.kv_cache["capacity"]
-    assert decode_inputs["past_key_values.2.value"]["shape"] == ["batch", 2, capacity[2], 8]
-    assert decode_inputs["kv_write_index"] == {"name": "kv_write_index", "dtype": "int64", "shape": [4]}
-    assert manifest.kv_cache["update"] == "tensor-scatter"
-    assert decode_inputs["inputs_embeds"]["dtype"] == "float"
-    assert [f"/llm/layers.{layer}/spu" for layer in bucket["prune_layers"]] == prefill["node_prefixes"]
-    assert manifest.graphs["vision_224x224"]["node_prefixes"] == ["/vision/blocks.0/oim"]
-    model = onnx.load(folder / prefill["file"], load_external_data=False)
-    assert [i.name for i in model.graph.input] == [entry["name"] for entry in prefill["inputs"]]
+    decode_inputs = {entry.name: entry for entry in manifest.graphs["decode"].inputs}
+    capacity = manifest.kv_cache.capacity
+    assert decode_inputs["past_key_values.2.value"].shape == ("batch", 2, capacity[2], 8)
+    assert decode_inputs["kv_write_index"] == TensorEntry("kv_write_index", "int64", (4,))
+    assert manifest.kv_cache.update == "tensor-scatter"
+    assert decode_inputs["inputs_embeds"].dtype == "float"
+    assert tuple(f"/llm/layers.{layer}/spu" for layer in bucket.prune_layers) == prefill.node_prefixes
+    assert manifest.graphs["vision_224x224"].node_prefixes == ("/vision/blocks.0/oim",)
+    model = onnx.load(folder / prefill.file, load_external_data=False)
+    assert [i.name for i in model.graph.input] == [entry.name for entry in prefill.inputs]
 
 
 def test_external_data_graph_opens_by_path_in_onnxruntime(exports):
@@ -106,3 +106,31 @@ def test_manifest_from_another_format_is_refused(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "something-else", "format_version": 7}))
     with pytest.raises(LuvcError, match="re-export with this version"):
         ExportManifest.load(tmp_path)
+
+
+def test_manifest_of_an_older_version_names_both_versions(exports, tmp_path):
+    data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
+    data["format_version"] = 2
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v3; re-export"):
+        ExportManifest.load(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize("section, field", [("template", "text"), ("buckets", "224x224"), ("kv_cache", "capacity")])
+def test_manifest_missing_a_field_is_one_clear_error(exports, tmp_path, section, field):
+    data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
+    if section == "buckets":
+        del data[section][field]["visual_start"]
+    else:
+        del data[section][field]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(LuvcError, match="does not have the fields this luvc-export reads"):
+        ExportManifest.load(tmp_path, verify=False)
+
+
+def test_manifest_round_trips_through_json(exports, tmp_path):
+    manifest = ExportManifest.load(exports("tiny-qwen2-vl"))
+    manifest.save(tmp_path)
+    again = ExportManifest.load(tmp_path, verify=False)
+    assert again == manifest
+    assert again.graphs["decode"].input("kv_write_index").shape == (4,)

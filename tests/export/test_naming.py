@@ -54,7 +54,7 @@ def test_exported_unit_nodes_sit_at_the_manifest_prefixes(exports):
     folder = exports("tiny-llava")
     manifest = ExportManifest.load(folder)
     for name, graph in manifest.graphs.items():
-        model = onnx.load(str(folder / graph["file"]), load_external_data=False)
+        model = onnx.load(str(folder / graph.file), load_external_data=False)
         units = {place.unit_prefix for node in model.graph.node if (place := place_of(node.name)) and place.unit}
-        assert sorted(units) == sorted(graph["node_prefixes"]), name
-    assert manifest.graphs["vision_224x224"]["node_prefixes"] == [unit_prefix("vision", 0)]
+        assert sorted(units) == sorted(graph.node_prefixes), name
+    assert manifest.graphs["vision_224x224"].node_prefixes == (unit_prefix("vision", 0),)

@@ -28,8 +28,8 @@ def test_fp32_graphs_match_pytorch_luvc(family, exports, references):
     graphs, bucket, embeds, prefill = _run_graphs(exports(family), reference)
     assert relative_error(embeds, reference.image_embeds) <= 1e-4
     assert relative_error(prefill["logits"], reference.logits) <= 1e-4
-    assert bucket["kept_index_layers"], "the default schedule prunes with a non-zero budget somewhere"
-    for layer in bucket["kept_index_layers"]:
+    assert bucket.kept_index_layers, "the default schedule prunes with a non-zero budget somewhere"
+    for layer in bucket.kept_index_layers:
         np.testing.assert_array_equal(prefill[f"kept_visual_indices.{layer}"], reference.kept[layer])
     for layer, keys in enumerate(reference.keys):
         present = prefill[f"present.{layer}.key"]
@@ -56,7 +56,7 @@ def test_fp16_graphs_within_documented_tolerance(family, exports, references):
     assert embeds.dtype == np.float16 and prefill["logits"].dtype == np.float32
     assert relative_error(embeds, reference.image_embeds) <= FP16_RELATIVE
     assert relative_error(prefill["logits"], reference.logits) <= FP16_RELATIVE
-    for layer in bucket["kept_index_layers"]:
+    for layer in bucket.kept_index_layers:
         for kept, expected in zip(prefill[f"kept_visual_indices.{layer}"], reference.kept[layer]):
             overlap = len(set(kept) & set(expected)) / len(set(kept) | set(expected))
             assert overlap >= FP16_KEPT_OVERLAP

@@ -32,7 +32,7 @@ def test_export_stores_shared_llm_weights_once(exports):
     folder = exports("tiny-llava")  # exported with external data "always"
     manifest = ExportManifest.load(folder)
     assert [f for f in manifest.files if f.endswith(".data")] == [WEIGHTS_FILE]
-    assert all(graph["external_data"] == [WEIGHTS_FILE] for graph in manifest.graphs.values())
+    assert all(graph.external_data == (WEIGHTS_FILE,) for graph in manifest.graphs.values())
     graphs = {name: load_graph(folder, name, manifest) for name in manifest.graphs}
     # what the graphs reference, counted per graph, against what the file holds
     distinct = {b for model in graphs.values() for b in _tensor_bytes(model).values() if len(b) >= 1024}

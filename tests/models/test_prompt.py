@@ -126,7 +126,7 @@ def test_onnx_runtime_reproduces_pytorch_on_chat_template_prompts(qwen_checkpoin
     image = synthetic_image(224, 224, 3)
     inputs = adapter.prepare_inputs([image], PROMPT)
     pipeline = Pipeline(export)
-    assert pipeline.manifest.prompt["template_source"] == "chat template"
+    assert pipeline.manifest.template.source == "chat template"
     np.testing.assert_array_equal(pipeline.prepare([image], [PROMPT]).input_ids, inputs["input_ids"].numpy())
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 8).numpy()

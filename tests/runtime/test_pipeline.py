@@ -111,13 +111,13 @@ def _fill_capacity_export(family, kv_update, tmp_path):
 def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_update, tmp_path):
     folder, image, expected = _fill_capacity_export(family, kv_update, tmp_path)
     pipeline = Pipeline(folder)
-    assert pipeline.manifest.kv_cache["update"] == kv_update
+    assert pipeline.manifest.kv_cache.update == kv_update
     prepared = pipeline.prepare([image], [PROMPT])
     input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
     request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
     tokens = np.stack([step.tokens for step in request], axis=1)
     np.testing.assert_array_equal(tokens, expected)
-    assert request.cache.lengths == pipeline.manifest.kv_cache["capacity"]  # every layer full
+    assert request.cache.lengths == list(pipeline.manifest.kv_cache.capacity)  # every layer full
     with pytest.raises(LuvcError, match="KV cache of layer 0 is full"):
         request.cache.check_room()
     with pytest.raises(LuvcError, match="This request has finished"):

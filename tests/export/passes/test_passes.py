@@ -19,17 +19,17 @@ def random_feeds(folder, manifest: ExportManifest, graph: str, seed: int = 0) ->
     entry = manifest.graphs[graph]
     sizes = {name: (low + high) // 2 for name, (low, _, high) in dimension_ranges(manifest, graph).items()}
     sizes.update(batch=2, images=2)
-    host = np.load(folder / manifest.buckets[entry["bucket"]]["host"]) if entry["bucket"] else {}
+    host = np.load(folder / manifest.buckets[entry.bucket].host) if entry.bucket else {}
     feeds = {}
-    for io in entry["inputs"]:
-        if io["name"] in host:
-            feeds[io["name"]] = host[io["name"]]
+    for io in entry.inputs:
+        if io.name in host:
+            feeds[io.name] = host[io.name]
             continue
-        shape = [dim if isinstance(dim, int) else sizes[dim] for dim in io["shape"]]
-        if io["dtype"] == "int64":
-            feeds[io["name"]] = rng.integers(0, 200, size=shape, dtype=np.int64)
+        shape = [dim if isinstance(dim, int) else sizes[dim] for dim in io.shape]
+        if io.dtype == "int64":
+            feeds[io.name] = rng.integers(0, 200, size=shape, dtype=np.int64)
         else:
-            feeds[io["name"]] = rng.normal(size=shape).astype(np.float32)
+            feeds[io.name] = rng.normal(size=shape).astype(np.float32)
     return feeds
 
 
