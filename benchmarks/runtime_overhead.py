@@ -94,9 +94,8 @@ def main() -> None:
         for graph in pipeline.manifest.graphs.values():
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            model, values = shared.session_model(
-                onnx.load(str(folder / graph.file), load_external_data=False), folder, options
-            )
+            graph_proto = onnx.load(str(folder / graph.file), load_external_data=False)
+            model, values = shared.session_model(graph_proto, options)
             bare_sessions[folder / graph.file] = ort.InferenceSession(model, options)
             kept_alive.append(values)
         request = (input_ids, pixels, size, args.new_tokens)

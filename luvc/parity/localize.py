@@ -60,7 +60,7 @@ def run_with_outputs(
     if basic_optimizations:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if weights is not None:
-        serialized, shared = weights.session_model(model, graph_path.parent, options)
+        serialized, shared = weights.session_model(model, options)
     else:  # external data still resolves in the export folder: the edited graph is never written to disk
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
         serialized, shared = model.SerializeToString(), []

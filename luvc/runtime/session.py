@@ -263,7 +263,7 @@ class OrtSession(BaseSession):
         model: str | bytes = str(self.path)
         if self.weights is not None:
             graph = onnx.load(str(self.path), load_external_data=False)
-            model, self._shared_values = self.weights.session_model(graph, self.path.parent, options)
+            model, self._shared_values = self.weights.session_model(graph, options)
         self.session = ort.InferenceSession(model, options, providers=self.requested_providers)
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:

@@ -74,23 +74,25 @@ class MappedWeights:
         self.folder = Path(folder)
         self.float32 = float32
         self._files: dict[str, np.memmap] = {}
-        self._arrays: dict[tuple[str, int, int], np.ndarray] = {}
+        self._arrays: dict[ExternalTensor, np.ndarray] = {}  # by file, offset, length, type and shape
 
-    def session_model(self, model: onnx.ModelProto, folder: Path, options) -> tuple[bytes, list]:
-        """Prepare ``model`` (a graph of ``folder``, loaded without its external data) for an ONNX Runtime session
-        made with ``options``: rewritten to float32 compute if so set, its external initializers given as the shared
-        arrays, prepacking off (packed copies would be per session), and no CPU memory arena (an arena keeps each
-        session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width export, at the same speed). Returns the
-        serialized model and the OrtValues of the shared arrays, which must outlive the session."""
+    def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
+        """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
+        made with ``options``: rewritten to float32 compute if so set, and, when it has external weights, those given
+        as the shared arrays with prepacking off (packed copies would be per session) and no CPU memory arena (an
+        arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width export, at the same
+        speed). Returns the serialized model and the OrtValues of the shared arrays, which must outlive the
+        session."""
         import onnxruntime as ort
 
         tensors = external_tensors(model)
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
-        options.add_session_config_entry("session.disable_prepacking", "1")
-        options.enable_cpu_mem_arena = False
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
+        if tensors:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            options.enable_cpu_mem_arena = False
         values = []
         for tensor in tensors:
             values.append(ort.OrtValue.ortvalue_from_numpy(self.array(tensor)))
@@ -100,9 +102,9 @@ class MappedWeights:
     def array(self, tensor: ExternalTensor) -> np.ndarray:
         """``tensor``'s data: a read-only view of its file, or (float16 with ``float32`` set) its float32 copy, read
         from the file without mapping it (the float16 bytes are not kept)."""
-        key = (tensor.location, tensor.offset, tensor.length)
-        convert = self.float32 and tensor.data_type == FLOAT16
-        if key not in self._arrays or (convert and self._arrays[key].dtype != np.float32):
+        key = dataclasses.replace(tensor, name="")  # tensors stored once in the file share their array
+        if key not in self._arrays:
+            convert = self.float32 and tensor.data_type == FLOAT16
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             if convert:
                 count = tensor.length // dtype.itemsize
