@@ -26,12 +26,12 @@ class Build:
         build = groups[BuildArgs]
         out = build_engines(build.export_dir, build.target, build.out, **build.options)
         manifest = EngineManifest.load(out)
-        table = Table(title=f"{manifest.tensorrt['module']} {manifest.tensorrt['version']}, target {build.target}")
+        table = Table(title=f"{manifest.tensorrt.module} {manifest.tensorrt.version}, target {build.target}")
         for column in ("engine", "MB", "profile (min / opt / max of the first dynamic input)"):
             table.add_column(column)
         for name, engine in manifest.engines.items():
-            dynamic = next((shapes for shapes in engine["profile"].values() if shapes[0] != shapes[2]), None)
-            table.add_row(name, f"{engine['bytes'] / 1e6:.1f}", " / ".join(map(str, dynamic)) if dynamic else "static")
+            dynamic = next((shapes for shapes in engine.profile.values() if shapes[0] != shapes[2]), None)
+            table.add_row(name, f"{engine.bytes / 1e6:.1f}", " / ".join(map(str, dynamic)) if dynamic else "static")
         Console().print(table)
         Console().print(f"[bold green]Built[/] {len(manifest.engines)} engines in {out}")
         return 0

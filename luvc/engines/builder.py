@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from luvc.engines.manifest import EngineManifest
+from luvc.engines.manifest import BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, sha256_file
+from luvc.export.manifest import ExportManifest, TensorEntry, sha256_file
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
@@ -33,11 +33,11 @@ DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype na
 }
 
 
-def _io(tensors) -> list[dict]:
-    return [
-        {"name": t.name, "dtype": DTYPE_NAMES.get(t.dtype.name, t.dtype.name.lower()), "shape": list(t.shape)}
-        for t in tensors
-    ]
+def _io(tensors) -> tuple[TensorEntry, ...]:
+    """The network's I/O as manifest entries (dynamic dimensions are -1)."""
+    return tuple(
+        TensorEntry(t.name, DTYPE_NAMES.get(t.dtype.name, t.dtype.name.lower()), tuple(t.shape)) for t in tensors
+    )
 
 
 def device_capability() -> tuple[int, int] | None:
@@ -236,18 +236,18 @@ class EnginesFromExport:
         with staged_folder(self.out, self.overwrite) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
             manifest = EngineManifest(
-                tensorrt={"module": tensorrt.name, "version": tensorrt.version},
+                tensorrt=BuiltBy(tensorrt.name, tensorrt.version),
                 target=target.to_dict(),
                 precision=export.precision,
                 strongly_typed=tensorrt.strongly_typed,
                 hardware_compatible=self.hardware_compatible,
                 dla_core=self.dla_core,
-                export={
-                    "model": export.model,
-                    "luvc": export.luvc,
-                    "budgets": {name: list(bucket.budgets) for name, bucket in export.buckets.items()},
-                    "manifest_sha256": sha256_file(self.export_dir / "manifest.json"),
-                },
+                export=ExportReference(
+                    model=export.model,
+                    luvc=export.luvc,
+                    budgets={name: list(bucket.budgets) for name, bucket in export.buckets.items()},
+                    manifest_sha256=sha256_file(self.export_dir / "manifest.json"),
+                ),
                 engines=engines,
             )
             manifest.save(staging)
@@ -278,15 +278,15 @@ class EnginesFromExport:
                 partial = path.with_name(path.name + ".partial")
                 partial.write_bytes(engine)
                 partial.replace(path)
-                engines[name] = {
-                    "file": path.name,
-                    "bytes": len(engine),
-                    "sha256": hashlib.sha256(engine).hexdigest(),
-                    "source": {"file": graph.file, "sha256": export.files[graph.file]},
-                    "inputs": inputs,
-                    "outputs": outputs,
-                    "profile": {key: [list(shape) for shape in shapes] for key, shapes in profile.items()},
-                }
+                engines[name] = EngineEntry(
+                    file=path.name,
+                    bytes=len(engine),
+                    sha256=hashlib.sha256(engine).hexdigest(),
+                    source=SourceGraph(graph.file, export.files[graph.file]),
+                    inputs=inputs,
+                    outputs=outputs,
+                    profile={key: [list(shape) for shape in shapes] for key, shapes in profile.items()},
+                )
                 progress.update(task, completed=1, phase=f"done, {len(engine) / 1e6:.1f} MB")
         if self.timing_cache is not None and not tensorrt.is_rtx:
             partial = self.timing_cache.with_name(self.timing_cache.name + ".partial")

@@ -14,27 +14,94 @@ from typing import Any
 
 from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
-from luvc.export.manifest import ENGINE_FORMAT, MANIFEST_NAME, ExportManifest, sha256_file
+from luvc.export.manifest import (
+    ENGINE_FORMAT,
+    MANIFEST_NAME,
+    ExportManifest,
+    ModelEntry,
+    TensorEntry,
+    sha256_file,
+)
 
 FORMAT = ENGINE_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: typed entries (as the export manifest's v3)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class BuiltBy:
+    """The TensorRT module and version that built the engines (they load only in the same)."""
+
+    module: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceGraph:
+    """The ONNX graph an engine was built from, by file name and sha256 in the export."""
+
+    file: str
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineEntry:
+    """One engine file: its size and sha256, its source graph, its I/O as the network was built, and its
+    optimization profile (``{input: [min, opt, max]}``)."""
+
+    file: str
+    bytes: int
+    sha256: str
+    source: SourceGraph
+    inputs: tuple[TensorEntry, ...]
+    outputs: tuple[TensorEntry, ...]
+    profile: dict[str, list[list[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReference:
+    """The export the engines were built from: its model, LUVC config, per-bucket budgets and manifest sha256."""
+
+    model: ModelEntry
+    luvc: dict[str, Any]
+    budgets: dict[str, list[int]]
+    manifest_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineManifest:
-    """``engines[graph]`` holds ``file``, ``bytes``, ``sha256``, ``source`` (ONNX file and sha256), ``inputs``,
-    ``outputs`` (as the network was built) and ``profile`` (``{input: [min, opt, max]}``)."""
+    """The engine folder's manifest: who built it for which target (``Target.to_dict``), how, from which export,
+    and one ``EngineEntry`` per graph."""
 
-    tensorrt: dict[str, str]
+    tensorrt: BuiltBy
     target: dict[str, Any]
     precision: str
     strongly_typed: bool
     hardware_compatible: bool
     dla_core: int | None
-    export: dict[str, Any]
-    engines: dict[str, dict[str, Any]]
+    export: ExportReference
+    engines: dict[str, EngineEntry]
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> EngineManifest:
+        """The manifest of a parsed engine ``manifest.json``; a missing field is one clear error."""
+        try:
+            export = data["export"]
+            return cls(
+                tensorrt=BuiltBy(**data["tensorrt"]),
+                target=data["target"],
+                precision=data["precision"],
+                strongly_typed=data["strongly_typed"],
+                hardware_compatible=data["hardware_compatible"],
+                dla_core=data["dla_core"],
+                export=ExportReference(**{**export, "model": ModelEntry(**export["model"])}),
+                engines={name: _engine(entry) for name, entry in data["engines"].items()},
+                format=data["format"],
+                format_version=data["format_version"],
+            )
+        except (KeyError, TypeError) as error:
+            critical(f"{source} does not have the fields this luvc-export reads ({error}); rebuild the engines.")
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_NAME
@@ -52,8 +119,7 @@ class EngineManifest:
                 f"{path} is {data.get('format')!r} v{data.get('format_version')}, not an engine manifest "
                 f"{FORMAT!r} v{FORMAT_VERSION}; point at a folder made by `luvc-export build`."
             )
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls.from_dict(data, str(path))
 
     def supports(self, capability: tuple[int, int]) -> bool:
         """Whether an engine of this folder may run on a GPU of compute ``capability``."""
@@ -73,18 +139,18 @@ class EngineManifest:
         if name not in self.engines:
             critical(f"The engine folder has no engine {name!r}; it has {sorted(self.engines)}.")
         entry = self.engines[name]
-        path = Path(folder) / entry["file"]
+        path = Path(folder) / entry.file
         if not path.is_file():
             critical(f"{path} is missing; copy the whole engine folder (see {MANIFEST_NAME}).")
         size = path.stat().st_size
-        if size != entry["bytes"]:
-            critical(f"{path} is truncated or padded: {size} bytes, the manifest says {entry['bytes']}; rebuild it.")
-        if sha256_file(path) != entry["sha256"]:
+        if size != entry.bytes:
+            critical(f"{path} is truncated or padded: {size} bytes, the manifest says {entry.bytes}; rebuild it.")
+        if sha256_file(path) != entry.sha256:
             critical(f"{path} does not match its sha256 in {MANIFEST_NAME}; the file changed, rebuild it.")
         built = self.tensorrt
-        if (built["module"], built["version"]) != (tensorrt.name, tensorrt.version):
+        if (built.module, built.version) != (tensorrt.name, tensorrt.version):
             critical(
-                f"{path.name} was built by {built['module']} {built['version']} but this process has "
+                f"{path.name} was built by {built.module} {built.version} but this process has "
                 f"{tensorrt.describe()}; engines only load in the TensorRT that built them. Rebuild with "
                 "`luvc-export build` here (on a Jetson, with JetPack's TensorRT)."
             )
@@ -95,10 +161,18 @@ class EngineManifest:
                 "--target (or --hardware-compatible on Ampere and newer)."
             )
         if export is not None:
-            source = entry["source"]
-            if export.files.get(source["file"]) != source["sha256"]:
+            source = entry.source
+            if export.files.get(source.file) != source.sha256:
                 critical(
-                    f"{path.name} was built from another export: {source['file']} has a different sha256 in the "
+                    f"{path.name} was built from another export: {source.file} has a different sha256 in the "
                     "export manifest. Rebuild the engines from this export folder."
                 )
         return path.read_bytes()
+
+
+def _engine(entry: dict[str, Any]) -> EngineEntry:
+    tensors = {
+        key: tuple(TensorEntry(e["name"], e["dtype"], tuple(e["shape"])) for e in entry[key])
+        for key in ("inputs", "outputs")
+    }
+    return EngineEntry(**{**entry, **tensors, "source": SourceGraph(**entry["source"])})

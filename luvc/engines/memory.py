@@ -172,7 +172,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         from luvc.engines.manifest import EngineManifest
 
         engines = EngineManifest.load(engines_dir)
-        weights = {name: int(entry["bytes"]) for name, entry in engines.engines.items()}
+        weights = {name: entry.bytes for name, entry in engines.engines.items()}
         source = "engines"
     else:
         weights, source = graph_weights, "onnx"

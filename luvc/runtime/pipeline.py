@@ -174,11 +174,11 @@ class Pipeline:
         from luvc.engines.trt_module import import_tensorrt
 
         engines = EngineManifest.load(self.engines_dir)
-        tensorrt = import_tensorrt(engines.tensorrt["module"])
+        tensorrt = import_tensorrt(engines.tensorrt.module)
         checked = {}
         for name in self.manifest.graphs:
             engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
-            profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name]["profile"].items()}
+            profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name].profile.items()}
             checked[name] = (engine, tensorrt, profile)
         return checked
 

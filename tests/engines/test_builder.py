@@ -7,11 +7,11 @@ import pytest
 
 from luvc.cli.main import main
 from luvc.engines.builder import build_engines
-from luvc.engines.manifest import EngineManifest
+from luvc.engines.manifest import BuiltBy, EngineManifest
 from luvc.engines.profiles import input_profile
 from luvc.engines.trt_module import import_tensorrt
 from luvc.errors import LuvcError
-from luvc.export.manifest import ExportManifest
+from luvc.export.manifest import ExportManifest, TensorEntry
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
 
@@ -24,13 +24,13 @@ def engines(exports, tmp_path_factory):
 
 
 def _static(shape):
-    return [dim if isinstance(dim, int) else -1 for dim in shape]
+    return tuple(dim if isinstance(dim, int) else -1 for dim in shape)
 
 
 def test_engines_match_the_export_manifest(engines):
     export_dir, engine_dir = engines
     export, manifest = ExportManifest.load(export_dir), EngineManifest.load(engine_dir)
-    assert manifest.tensorrt == {"module": "tensorrt_rtx", "version": trt_rtx.__version__}
+    assert manifest.tensorrt == BuiltBy("tensorrt_rtx", trt_rtx.__version__)
     assert manifest.target["compute_capabilities"] == ["8.0", "8.6"] and manifest.strongly_typed
     assert (
         set(manifest.engines)
@@ -39,24 +39,24 @@ def test_engines_match_the_export_manifest(engines):
     )
     for name, graph in export.graphs.items():
         engine = manifest.engines[name]
-        assert (engine_dir / engine["file"]).stat().st_size == engine["bytes"] > 0
+        assert (engine_dir / engine.file).stat().st_size == engine.bytes > 0
         for kind in ("inputs", "outputs"):
             expected = [(io.name, io.dtype) for io in getattr(graph, kind)]
-            assert [(io["name"], io["dtype"]) for io in engine[kind]] == expected
-        for built, exported in zip(engine["inputs"], graph.inputs):
-            assert built["shape"] == _static(exported.shape)
+            assert [(io.name, io.dtype) for io in getattr(engine, kind)] == expected
+        for built, exported in zip(engine.inputs, graph.inputs):
+            assert built.shape == _static(exported.shape)
         expected_profile = {key: [list(s) for s in shapes] for key, shapes in input_profile(export, name).items()}
-        assert engine["profile"] == expected_profile
-        assert engine["source"]["sha256"] == export.files[graph.file]
-    assert manifest.export["budgets"]["224x224"] == list(export.buckets["224x224"].budgets)
+        assert engine.profile == expected_profile
+        assert engine.source.sha256 == export.files[graph.file]
+    assert manifest.export.budgets["224x224"] == list(export.buckets["224x224"].budgets)
 
 
 def test_fp16_export_builds_strongly_typed_fp16_engines(exports, tmp_path):
     out = build_engines(exports("tiny-llava", "fp16"), "ada", tmp_path / "ada", show_progress=False)
     manifest = EngineManifest.load(out)
     assert manifest.precision == "fp16"
-    assert {io["dtype"] for io in manifest.engines["prefill_224x224"]["inputs"]} == {"float16", "int64"}
-    assert manifest.engines["prefill_224x224"]["outputs"][0] == {"name": "logits", "dtype": "float", "shape": [-1, 272]}
+    assert {io.dtype for io in manifest.engines["prefill_224x224"].inputs} == {"float16", "int64"}
+    assert manifest.engines["prefill_224x224"].outputs[0] == TensorEntry("logits", "float", (-1, 272))
 
 
 def test_wrong_version_is_refused(engines, tmp_path):
@@ -139,6 +139,6 @@ def test_engines_deserialize_with_the_recorded_io_and_profiles(engines):
         engine = runtime.deserialize_cuda_engine(manifest.check_engine(engine_dir, name, tensorrt, capability))
         assert engine is not None
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        assert names == [io["name"] for io in entry["inputs"] + entry["outputs"]]
-        for io_name, shapes in entry["profile"].items():
+        assert names == [io.name for io in entry.inputs + entry.outputs]
+        for io_name, shapes in entry.profile.items():
             assert [list(s) for s in engine.get_tensor_profile_shape(io_name, 0)] == shapes

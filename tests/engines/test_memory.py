@@ -54,6 +54,6 @@ def test_weights_from_engines_are_the_engine_sizes(exports, tmp_path):
     export = exports("tiny-llava", "fp16")
     engines = build_engines(export, "ampere", tmp_path / "engines")
     plan = plan_memory(export, "orin-16gb", engines)
-    sizes = {name: entry["bytes"] for name, entry in EngineManifest.load(engines).engines.items()}
+    sizes = {name: entry.bytes for name, entry in EngineManifest.load(engines).engines.items()}
     assert plan.engine_weights == sizes and plan.weights_source == "engines"
     assert np.isclose(plan.weight_bytes, sum(sizes.values()))
