@@ -13,12 +13,12 @@ Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_n
 from __future__ import annotations
 
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest
+from luvc.export.manifest import BucketEntry, ExportManifest
 
 Range = tuple[int, int, int]
 
 
-def _prompt(bucket: dict) -> int:
+def _prompt(bucket: BucketEntry) -> int:
     """Prompt tokens before the text: the template prefix and the image tokens."""
     return bucket.visual_start + bucket.tokens_per_image
 

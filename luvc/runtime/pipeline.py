@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from luvc.errors import critical
-from luvc.export.manifest import BucketEntry, ExportManifest, checked_graph_path
+from luvc.export.manifest import BucketEntry, ExportManifest, GraphEntry, checked_graph_path
 from luvc.models.prompt import PromptTemplate
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
@@ -182,7 +182,7 @@ class Pipeline:
             checked[name] = (engine, tensorrt, profile)
         return checked
 
-    def _trt_session(self, name: str, graph: dict) -> TrtSession:
+    def _trt_session(self, name: str, graph: GraphEntry) -> TrtSession:
         engine, tensorrt, profile = self._engines.pop(name)
         return TrtSession(
             engine, graph.inputs, graph.outputs, profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
