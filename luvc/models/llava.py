@@ -17,8 +17,8 @@ from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
-from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, install_spu_scopes, scatter_image_features
+from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
+from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.scope import Scope
 
 
@@ -53,68 +53,24 @@ class LuvcLlamaModel(SpuDecoderMixin, LlamaModel):
     """Modifications: see ``SpuDecoderMixin`` (1D positions)."""
 
 
-class LuvcLlavaModel(LlavaModel):
-    """Modifications (the multimodal model's forward):
+class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
+    """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for LLaVA: image features from the
+    LUVC vision tower (OIM inside the CLIP layers) and the projector; 1-D positions continued by the decoder."""
 
-    - image features come from the LUVC vision tower; the prompt must hold as many ``<image>`` placeholders as
-      the merged grid yields (``VLMAdapter.prepare_inputs`` builds it);
-    - passes each image's visual span and the budget plan to the SPU decoder; positions continue from the
-      original prompt length (``LuvcCache``).
-    """
-
-    luvc_config: LUVCConfig
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: LuvcCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ) -> LuvcDecoderOutput:
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = LuvcCache()
-        spans, plan = (), None
-        if pixel_values is not None:
-            size = self.config.vision_config.image_size
-            if tuple(pixel_values.shape[-2:]) != (size, size):
-                critical(
-                    f"Images are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} pixels but this vision tower takes "
-                    f"{size}x{size}; preprocess with the model's image processor (prepare_inputs())."
-                )
-            features = self.get_image_features(
-                pixel_values=pixel_values,
-                vision_feature_layer=self.config.vision_feature_layer,
-                vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-                return_dict=True,
-            ).pooler_output
-            image_features = torch.cat(list(features), dim=0)
-            inputs_embeds, spans, plan = scatter_image_features(
-                input_ids,
-                inputs_embeds,
-                image_features,
-                [feature.shape[0] for feature in features],
-                self.config.image_token_id,
-                self.config.text_config.num_hidden_layers,
-                self.luvc_config,
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+        size = self.config.vision_config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            critical(
+                f"Images are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} pixels but this vision tower takes "
+                f"{size}x{size}; preprocess with the model's image processor (prepare_inputs())."
             )
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            visual_spans=spans,
-            budget_plan=plan,
-        )
-        outputs.image_hidden_states = image_features if plan is not None else None
-        return outputs
+        features = self.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=self.config.vision_feature_layer,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+            return_dict=True,
+        ).pooler_output
+        return ImageFeatures(torch.cat(list(features), dim=0), [feature.shape[0] for feature in features])
 
 
 class LlavaVisionGraph(torch.nn.Module):

@@ -25,8 +25,8 @@ from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
 from luvc.errors import critical
 from luvc.models.base import VisionTrace, VLMAdapter, swap_class
-from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin, install_spu_scopes, scatter_image_features
+from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
+from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
 
@@ -256,77 +256,29 @@ class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
         return mrope_rotary_ids(position_ids)
 
 
-class QwenVLModelMixin:
-    """Modifications (the multimodal model's forward):
+class QwenVLModelMixin(LuvcMultimodalMixin):
+    """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for Qwen-VL:
 
-    - image features come from the LUVC encoder; the prompt must hold as many placeholders as the compressed
-      grid yields (``VLMAdapter.prepare_inputs`` builds it);
-    - M-RoPE ids come from the compressed grid; decode positions continue from the original prompt length
-      using the request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model);
-    - passes each image's visual span and the budget plan to the SPU decoder. Images only (no video).
+    - image features from the LUVC encoder under its vision plan (images only, no video);
+    - M-RoPE ids from the compressed grid; decode positions continue from the original prompt length using the
+      request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model).
     """
 
-    luvc_config: LUVCConfig
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: LuvcCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
-        image_grid_thw: torch.LongTensor | None = None,
-        video_grid_thw: torch.LongTensor | None = None,
-        mm_token_type_ids: torch.IntTensor | None = None,
-        mm_encoder_outputs: dict | None = None,
-        **kwargs,
-    ) -> LuvcDecoderOutput:
-        if pixel_values_videos is not None or video_grid_thw is not None or mm_encoder_outputs:
+    def luvc_check_inputs(self, inputs: dict) -> None:
+        video = inputs.get("pixel_values_videos") is not None or inputs.get("video_grid_thw") is not None
+        if video or inputs.get("mm_encoder_outputs"):
             critical("The LUVC model path takes images only; video inputs and mm_encoder_outputs are not supported.")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = LuvcCache()
-        batch, length = inputs_embeds.shape[:2]
-        spans, plan, llm_grid = (), None, None
-        if pixel_values is not None:
-            vision_plan = self.visual.luvc_plan(image_grid_thw)
-            image_embeds = self.visual(pixel_values.type(self.visual.dtype), image_grid_thw, luvc_plan=vision_plan)
-            image_embeds = image_embeds.pooler_output
-            llm_grid = vision_plan.output_grid_thw
-            inputs_embeds, spans, plan = scatter_image_features(
-                input_ids,
-                inputs_embeds,
-                image_embeds,
-                (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist(),
-                self.config.image_token_id,
-                self.config.text_config.num_hidden_layers,
-                self.luvc_config,
-            )
-        if position_ids is None:
-            position_ids = self._luvc_positions(
-                input_ids,
-                llm_grid,
-                mm_token_type_ids,
-                past_key_values,
-                batch,
-                length,
-            )
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            visual_spans=spans,
-            budget_plan=plan,
-        )
-        outputs.image_hidden_states = image_embeds if plan is not None else None
-        return outputs
+
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+        grid_thw = inputs["image_grid_thw"]
+        vision_plan = self.visual.luvc_plan(grid_thw)
+        embeds = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan).pooler_output
+        llm_grid = vision_plan.output_grid_thw
+        return ImageFeatures(embeds, (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist(), llm_grid)
+
+    def luvc_position_ids(self, input_ids, features, cache, batch, length, inputs) -> torch.Tensor:
+        grid = features.grid if features is not None else None
+        return self._luvc_positions(input_ids, grid, inputs.get("mm_token_type_ids"), cache, batch, length)
 
     def _luvc_positions(self, input_ids, llm_grid, mm_token_type_ids, cache, batch, length):
         """M-RoPE ids for a prefill with images (from the compressed grid), else continued positions."""

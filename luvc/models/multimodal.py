@@ -1,0 +1,97 @@
+"""The multimodal model's forward under LUVC, one for every family, with per-family hooks.
+
+``LuvcMultimodalMixin.forward`` replaces the upstream multimodal forward: image features come from the LUVC
+encoder (``luvc_image_features``: OIM inside, one feature row per kept merge unit), overwrite the prompt's image
+placeholders (the prompt holds as many as the compressed grid yields; ``VLMAdapter.prepare_inputs`` builds it),
+positions come from the family (``luvc_position_ids``: M-RoPE from the compressed grid, or ``None`` for the
+decoder's own), and each image's visual span and the budget plan go to the SPU decoder (``SpuDecoderMixin``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from luvc.compress.config import LUVCConfig
+from luvc.models.cache import LuvcCache
+from luvc.models.decoder import LuvcDecoderOutput, scatter_image_features
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFeatures:
+    """The LLM-ready features of a batch's images, rows of all images concatenated: ``embeds (n, D)``, how many rows
+    each image has, and (Qwen-VL) the compressed patch grid ``(images, 3)`` positions follow."""
+
+    embeds: torch.Tensor
+    tokens_per_image: list[int]
+    grid: torch.Tensor | None = None
+
+
+class LuvcMultimodalMixin:
+    """Modifications (the multimodal model's forward): see the module docstring. A family implements
+    ``luvc_image_features`` and may override ``luvc_check_inputs`` and ``luvc_position_ids``."""
+
+    luvc_config: LUVCConfig
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: LuvcCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LuvcDecoderOutput:
+        self.luvc_check_inputs(kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LuvcCache()
+        features, spans, plan = None, (), None
+        if pixel_values is not None:
+            features = self.luvc_image_features(pixel_values, kwargs)
+            inputs_embeds, spans, plan = scatter_image_features(
+                input_ids,
+                inputs_embeds,
+                features.embeds,
+                features.tokens_per_image,
+                self.config.image_token_id,
+                self.config.text_config.num_hidden_layers,
+                self.luvc_config,
+            )
+        if position_ids is None:
+            batch, length = inputs_embeds.shape[:2]
+            position_ids = self.luvc_position_ids(input_ids, features, past_key_values, batch, length, kwargs)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            visual_spans=spans,
+            budget_plan=plan,
+        )
+        outputs.image_hidden_states = features.embeds if plan is not None else None
+        return outputs
+
+    def luvc_check_inputs(self, inputs: dict) -> None:
+        """Refuse what the LUVC path does not take (the forward's other keyword arguments are in ``inputs``)."""
+
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+        raise NotImplementedError
+
+    def luvc_position_ids(
+        self,
+        input_ids: torch.Tensor | None,
+        features: ImageFeatures | None,
+        cache: LuvcCache | None,
+        batch: int,
+        length: int,
+        inputs: dict,
+    ) -> torch.Tensor | None:
+        """Position ids of this call, or ``None`` for the decoder's own (1-D, continued from the cache)."""
+        return None
