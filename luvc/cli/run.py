@@ -65,12 +65,12 @@ def _resident() -> str:
 def _weights(pipeline: Pipeline) -> str:
     """What the pipeline's sessions share: file-mapped tensors and float32 conversions (ONNX Runtime on the CPU)."""
     weights = pipeline.weights
-    if weights is None:
-        return "held by each session"
+    if weights is None or not (weights.mapped_bytes or weights.converted_bytes):
+        return "each session its own"  # on CUDA, or weights inside the graphs (exports under 256 MiB)
     parts = [f"{weights.mapped_bytes / (1 << 30):.2f} GiB file-mapped"]
     if weights.converted_bytes:
         parts.append(f"{weights.converted_bytes / (1 << 30):.2f} GiB float32")
-    return " + ".join(parts)
+    return "one copy for all sessions: " + " + ".join(parts)
 
 
 def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
@@ -88,7 +88,7 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
         ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
         ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
         ("KV cache buffers (capacity, as `plan`)", f"{pipeline.kv_buffer_bytes():,} bytes"),
-        ("weights (shared by the sessions)", _weights(pipeline)),
+        ("weights in memory", _weights(pipeline)),
         ("process memory (RSS, sessions loaded)", _resident()),
     )
     for stage, value in rows:

@@ -93,9 +93,18 @@ class MappedWeights:
         if tensors:
             options.add_session_config_entry("session.disable_prepacking", "1")
             options.enable_cpu_mem_arena = False
+        # ONNX Runtime's graph transformers read some weights from the graph itself (Conv weights they reorder, small
+        # constants they fuse): a converted one must be inline, since its file still holds the float16 bytes
+        read_by_transformers = _read_by_transformers(model)
+        converted = {tensor.name for tensor in tensors if self.float32 and tensor.data_type == FLOAT16}
+        initializers = {tensor.name: tensor for tensor in model.graph.initializer}
         values = []
         for tensor in tensors:
-            values.append(ort.OrtValue.ortvalue_from_numpy(self.array(tensor)))
+            array = self.array(tensor)
+            if tensor.name in converted and tensor.name in read_by_transformers:
+                initializers[tensor.name].CopyFrom(numpy_helper.from_array(array, tensor.name))
+                continue
+            values.append(ort.OrtValue.ortvalue_from_numpy(array))
             options.add_initializer(tensor.name, values[-1])
         return model.SerializeToString(), values
 
@@ -133,6 +142,18 @@ class MappedWeights:
     def close(self) -> None:
         self._arrays.clear()
         self._files.clear()
+
+
+SMALL_BYTES = 1 << 20  # constants below this may be read by ONNX Runtime's fusions
+
+
+def _read_by_transformers(model: onnx.ModelProto) -> set[str]:
+    """Initializers ONNX Runtime's graph transformers may read from the graph: Conv weights and small tensors."""
+    names = {node.input[1] for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")}
+    for tensor in external_tensors(model):
+        if tensor.length < SMALL_BYTES:
+            names.add(tensor.name)
+    return names
 
 
 def _has_float16(model: onnx.ModelProto) -> bool:

@@ -15,12 +15,13 @@ from luvc.runtime.weights import float32_compute
 PROMPT = "What is in this picture?"
 
 
-@pytest.fixture(scope="module")
-def fp16_external_export(tmp_path_factory):
-    """A tiny Qwen2.5-VL fp16 export whose weights are all in ``weights.data``."""
+@pytest.fixture(scope="module", params=["tiny-qwen2.5-vl", "tiny-llava"])
+def fp16_external_export(request, tmp_path_factory):
+    """A tiny fp16 export whose weights are all in ``weights.data`` (LLaVA's CLIP patch embedding is a Conv, whose
+    weight ONNX Runtime reads from the graph itself)."""
     profile = ExportProfile(image_sizes=((224, 224),), precision="fp16", external_data="always")
-    out = tmp_path_factory.mktemp("weights") / "qwen25-fp16-external"
-    return export_model(load_model("tiny-qwen2.5-vl"), out, profile, show_progress=False)
+    out = tmp_path_factory.mktemp("weights") / f"{request.param}-fp16-external"
+    return export_model(load_model(request.param), out, profile, show_progress=False)
 
 
 def _distinct_external_tensors(folder) -> dict[tuple[int, int], int]:
@@ -72,9 +73,11 @@ def test_fp16_export_converts_each_weight_once_and_matches_onnx_runtime(fp16_ext
     tokens, logits, _ = shared.greedy(prepared.input_ids, prepared.pixel_values, prepared.image_size, 4)
     distinct = _distinct_external_tensors(fp16_external_export)
     half = sum(length for (_, length), kind in distinct.items() if kind == onnx.TensorProto.FLOAT16)
-    assert half > 0.9 * sum(length for _, length in distinct)
+    assert half > 0.75 * sum(length for _, length in distinct)  # the weights; the rest are small integer constants
     assert shared.weights.converted_bytes == 2 * half  # float32, once each
     assert shared.weights.mapped_bytes == sum(length for _, length in distinct) - half  # the rest: file views
+    shared_values = {value.data_ptr() for session in shared._sessions.values() for value in session._shared_values}
+    assert len(shared_values) >= 4  # the large weights are shared, not inlined
 
     native = Pipeline(fp16_external_export)
     native.weights = None  # ONNX Runtime reads each graph's own fp16 weights
