@@ -171,8 +171,5 @@ class EngineManifest:
 
 
 def _engine(entry: dict[str, Any]) -> EngineEntry:
-    tensors = {
-        key: tuple(TensorEntry(e["name"], e["dtype"], tuple(e["shape"])) for e in entry[key])
-        for key in ("inputs", "outputs")
-    }
+    tensors = {key: TensorEntry.all_of(entry[key]) for key in ("inputs", "outputs")}
     return EngineEntry(**{**entry, **tensors, "source": SourceGraph(**entry["source"])})

@@ -23,7 +23,7 @@ import onnx
 
 from luvc.engines.targets import get_target
 from luvc.errors import critical
-from luvc.export.manifest import ONNX_DTYPES, ExportManifest
+from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
 
 GiB = 1 << 30
@@ -132,7 +132,7 @@ def graph_weight_bytes(path: Path) -> int:
     total = 0
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            total += int({entry.key: entry.value for entry in tensor.external_data}["length"])
+            total += ExternalTensor.of(tensor).length
         else:
             count = 1
             for dim in tensor.dims:

@@ -42,6 +42,39 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExternalTensor:
+    """Where an initializer's bytes are in an external-data file."""
+
+    name: str
+    location: str
+    offset: int
+    length: int
+    data_type: int
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tensor: onnx.TensorProto) -> ExternalTensor:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        return cls(
+            tensor.name,
+            info["location"],
+            int(info.get("offset", 0)),
+            int(info["length"]),
+            tensor.data_type,
+            tuple(tensor.dims),
+        )
+
+
+def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
+    """The initializers of ``model``'s main graph whose data is in an external file (read without loading it)."""
+    return [
+        ExternalTensor.of(tensor)
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorEntry:
     """A graph input or output: name, ONNX dtype name (``float``, ``float16``, ``int64``) and shape, with symbolic
     dimensions as strings (``batch``, ``sequence_length``, ``135 + text_tokens``)."""
@@ -49,6 +82,11 @@ class TensorEntry:
     name: str
     dtype: str
     shape: tuple[int | str, ...]
+
+    @classmethod
+    def all_of(cls, entries: list[dict[str, Any]]) -> tuple[TensorEntry, ...]:
+        """The entries of a manifest's I/O list, as JSON holds them."""
+        return tuple(cls(entry["name"], entry["dtype"], tuple(entry["shape"])) for entry in entries)
 
 
 def io_entries(values) -> list[TensorEntry]:
@@ -351,10 +389,7 @@ def _bucket(entry: dict[str, Any]) -> BucketEntry:
 
 
 def _graph(entry: dict[str, Any]) -> GraphEntry:
-    tensors = {
-        key: tuple(TensorEntry(e["name"], e["dtype"], tuple(e["shape"])) for e in entry[key])
-        for key in ("inputs", "outputs")
-    }
+    tensors = {key: TensorEntry.all_of(entry[key]) for key in ("inputs", "outputs")}
     lists = {key: tuple(entry.get(key, ())) for key in ("node_prefixes", "external_data", "passes")}
     return GraphEntry(**{**entry, **tensors, **lists})
 

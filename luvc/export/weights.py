@@ -15,6 +15,8 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import _get_all_tensors
 
+from luvc.export.manifest import ExternalTensor
+
 WEIGHTS_FILE = "weights.data"
 ALIGNMENT = 4096  # tensors start on page boundaries, so readers can memory-map them
 SIZE_THRESHOLD = 1024  # smaller tensors (shapes, scalars) stay inside the graph, which then opens without its folder
@@ -67,16 +69,16 @@ class SharedWeights:
     def _append_external(self, file, tensor: onnx.TensorProto, folder: Path) -> tuple[int, int]:
         """Copy an external tensor's bytes from ``folder`` in chunks, hashing as it goes; a tensor already in the
         file is cut off again and referenced at its first offset. Returns ``(offset, length)``."""
-        info = {entry.key: entry.value for entry in tensor.external_data}
+        source = ExternalTensor.of(tensor)
         before = file.tell()
         start, hasher = _pad(file), hashlib.blake2b(digest_size=32)
-        with open(folder / info["location"], "rb") as handle:
-            handle.seek(int(info.get("offset", 0)))
-            remaining = int(info["length"])
+        with open(folder / source.location, "rb") as handle:
+            handle.seek(source.offset)
+            remaining = source.length
             while remaining:
                 chunk = handle.read(min(CHUNK_BYTES, remaining))
                 if not chunk:
-                    raise OSError(f"{info['location']} ends before tensor {tensor.name}'s data")
+                    raise OSError(f"{source.location} ends before tensor {tensor.name}'s data")
                 hasher.update(chunk)
                 file.write(chunk)
                 remaining -= len(chunk)
@@ -85,7 +87,7 @@ class SharedWeights:
             file.truncate(before)
             file.seek(before)  # truncate leaves the buffered position where the write ended
             return self.offsets[digest]
-        self.offsets[digest] = (start, int(info["length"]))
+        self.offsets[digest] = (start, source.length)
         return self.offsets[digest]
 
 

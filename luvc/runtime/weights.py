@@ -26,43 +26,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from luvc.export.manifest import ExternalTensor, external_tensors
+
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
 IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExternalTensor:
-    """Where an initializer's bytes are in an external-data file."""
-
-    name: str
-    location: str
-    offset: int
-    length: int
-    data_type: int
-    shape: tuple[int, ...]
-
-    @classmethod
-    def of(cls, tensor: onnx.TensorProto) -> ExternalTensor:
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        return cls(
-            tensor.name,
-            info["location"],
-            int(info.get("offset", 0)),
-            int(info["length"]),
-            tensor.data_type,
-            tuple(tensor.dims),
-        )
-
-
-def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
-    """The initializers of ``model``'s main graph whose data is in an external file (read without loading it)."""
-    return [
-        ExternalTensor.of(tensor)
-        for tensor in model.graph.initializer
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-    ]
 
 
 class MappedWeights:
@@ -95,7 +64,7 @@ class MappedWeights:
             options.enable_cpu_mem_arena = False
         # ONNX Runtime's graph transformers read some weights from the graph itself (Conv weights they reorder, small
         # constants they fuse): a converted one must be inline, since its file still holds the float16 bytes
-        read_by_transformers = _read_by_transformers(model)
+        read_by_transformers = _read_by_transformers(model, tensors)
         converted = {tensor.name for tensor in tensors if self.float32 and tensor.data_type == FLOAT16}
         initializers = {tensor.name: tensor for tensor in model.graph.initializer}
         values = []
@@ -147,13 +116,10 @@ class MappedWeights:
 SMALL_BYTES = 1 << 20  # constants below this may be read by ONNX Runtime's fusions
 
 
-def _read_by_transformers(model: onnx.ModelProto) -> set[str]:
+def _read_by_transformers(model: onnx.ModelProto, tensors: list[ExternalTensor]) -> set[str]:
     """Initializers ONNX Runtime's graph transformers may read from the graph: Conv weights and small tensors."""
     names = {node.input[1] for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")}
-    for tensor in external_tensors(model):
-        if tensor.length < SMALL_BYTES:
-            names.add(tensor.name)
-    return names
+    return names | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
 
 
 def _has_float16(model: onnx.ModelProto) -> bool:
