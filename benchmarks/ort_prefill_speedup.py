@@ -40,7 +40,7 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
     inputs = adapter.prepare_inputs([synthetic_image(IMAGE_SIDE, IMAGE_SIDE)], prompt_for(adapter, TEXT_TOKENS))
     with torch.no_grad():
         embeds = adapter.model.get_input_embeddings()(inputs["input_ids"]).numpy()
-    positions = adapter.prompt_position_ids(inputs).numpy()
+    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs)).numpy()
     feeds = {"inputs_embeds": embeds, "position_ids": positions if positions.shape[0] == 3 else positions[0]}
     return path, {"feeds": feeds, "inputs": inputs, "bucket": bucket}
 

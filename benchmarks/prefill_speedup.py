@@ -91,7 +91,7 @@ def measure(adapter: Qwen2VLAdapter, configs: dict[str, LUVCConfig], repeats: in
     for name, config in configs.items():
         adapter.apply_luvc(config)
         inputs = adapter.prepare_inputs([image], prompt)
-        results[name] = dict(config=config, inputs=inputs, plan=adapter.budget_plan(inputs), vision=[], llm=[])
+        results[name] = dict(config=config, inputs=inputs, plan=adapter.plan(inputs).budget_plan, vision=[], llm=[])
     with torch.inference_mode():
         for repeat in range(repeats + 1):  # the first round warms up
             for result in results.values():

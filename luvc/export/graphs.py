@@ -49,7 +49,7 @@ def _rows(tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
 
 
 def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> GraphSpec:
-    module, feeds = adapter.vision_graph(bucket.pixels)
+    module, feeds = adapter.vision_graph(bucket.pixels, bucket.plan)
     feeds = dict(feeds)
     feeds["pixel_values"] = feeds["pixel_values"].to(profile.dtype)
     dims = {}

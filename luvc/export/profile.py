@@ -14,6 +14,7 @@ from luvc.errors import critical
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, KV_UPDATE_FORMS
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
+from luvc.models.plan import RequestPlan
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
@@ -78,21 +79,30 @@ class ExportProfile:
 
 @dataclasses.dataclass
 class Bucket:
-    """One image-size bucket: the sample pixels it was traced with and what is static in its graphs."""
+    """One image-size bucket: the sample pixels it was traced with, its LUVC plan (shared by its vision and prefill
+    graphs) and what is static in its graphs."""
 
     image_size: tuple[int, int]
     pixels: dict  # processor output for one sample image of this size
-    tokens_per_image: int  # visual tokens entering the LLM
+    plan: RequestPlan  # of the sample image under the export's config
     uncompressed_tokens_per_image: int  # what the image would bring without OIM (the baseline's KV cache)
     visual_start: int  # index of the first image token in the prompt
     min_text_tokens: int  # tokens after the image in the shortest prompt the template makes
-    budget_plan: BudgetPlan
     prompt_position_ids: torch.Tensor  # (R, visual_start + tokens_per_image) positions before the text
     next_position: int  # position of the first text token after the image
 
     @property
     def name(self) -> str:
         return f"{self.image_size[0]}x{self.image_size[1]}"
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens entering the LLM."""
+        return self.plan.tokens_per_image[0]
+
+    @property
+    def budget_plan(self) -> BudgetPlan:
+        return self.plan.budget_plan
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -158,17 +168,17 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
             f"cannot be a bucket (buckets are processed sizes); {fix}."
         )
     ids = inputs["input_ids"][0].tolist()
-    tokens = adapter.vision_trace(pixels).tokens_per_image[0]
+    plan = adapter.plan(pixels)  # the one prepare_inputs made
+    tokens = plan.tokens_per_image[0]
     start = ids.index(adapter.image_token_id)
-    positions = adapter.prompt_position_ids(inputs)[:, 0]
+    positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return Bucket(
         image_size=(height, width),
         pixels=pixels,
-        tokens_per_image=tokens,
-        uncompressed_tokens_per_image=adapter.vision_trace(pixels, LUVCConfig.off()).tokens_per_image[0],
+        plan=plan,
+        uncompressed_tokens_per_image=adapter.plan(pixels, LUVCConfig.off()).tokens_per_image[0],
         visual_start=start,
         min_text_tokens=max(2, len(ids) - start - tokens),
-        budget_plan=adapter.budget_plan(pixels),
         prompt_position_ids=positions[:, : start + tokens],
         next_position=int(positions[0, start + tokens]),
     )

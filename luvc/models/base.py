@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
 
-from luvc.compress.budgets import BudgetPlan, plan_budgets
+from luvc.compress.budgets import plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.errors import critical
 from luvc.models.hf_generate import luvc_generation_class
+from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.prompt import PromptTemplate, chat_template_of, template_for
-
-
-@dataclasses.dataclass
-class VisionTrace:
-    """Per-request facts from the vision side that the cost model and the CLI table need."""
-
-    block_segments: tuple[tuple[int, ...], ...]  # attention segment lengths of every encoder block
-    tokens_per_image: tuple[int, ...]  # visual tokens per image entering the LLM
-
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -68,6 +59,7 @@ class VLMAdapter:
         self.name = name or type(model).__name__
         self.luvc_config = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
         self._template: PromptTemplate | None = None
+        self._plans: PlanCache[RequestPlan] = PlanCache()
 
     # -- geometry -------------------------------------------------------------------------------------------
     @property
@@ -111,13 +103,24 @@ class VLMAdapter:
     def _patch(self, config: LUVCConfig) -> None:
         raise NotImplementedError
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
-        """Encoder segments per block and LLM visual tokens per image for ``inputs`` under ``config``."""
+    def plan(self, inputs: dict, config: LUVCConfig | None = None) -> RequestPlan:
+        """The LUVC plan of the images in ``inputs`` (processor output) under ``config`` (default: the applied one),
+        worked out once per image grid and config and shared (``luvc.models.plan``)."""
+        config = self._resolved(config)
+
+        def make() -> RequestPlan:
+            vision = self.vision_trace(inputs, config)
+            return RequestPlan(config, vision, plan_budgets(self.num_layers, vision.tokens_per_image, config))
+
+        return self._plans.get((self.images_key(inputs), config), make)
+
+    def images_key(self, inputs: dict) -> Hashable:
+        """What the plan of ``inputs`` depends on besides the config (the image grids)."""
         raise NotImplementedError
 
-    def budget_plan(self, inputs: dict, config: LUVCConfig | None = None) -> BudgetPlan:
-        config = self._resolved(config)
-        return plan_budgets(self.num_layers, self.vision_trace(inputs, config).tokens_per_image, config)
+    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+        """The vision side of ``plan`` (``config`` resolved): encoder plan, segments per block, tokens per image."""
+        raise NotImplementedError
 
     def _resolved(self, config: LUVCConfig | None) -> LUVCConfig:
         return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
@@ -144,7 +147,7 @@ class VLMAdapter:
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixels = self.preprocess_images(images)
-        per_row = self.vision_trace(pixels, config).tokens_per_image
+        per_row = self.plan(pixels, config).tokens_per_image
         texts = [self.template.render(prompt, count) for count, prompt in zip(per_row, prompts)]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
@@ -155,14 +158,15 @@ class VLMAdapter:
         return inputs
 
     # -- export ---------------------------------------------------------------------------------------------
-    def vision_graph(self, pixels: dict) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """The vision side (encoder with OIM, projector) for ``pixels`` of one image-size bucket as an exportable
-        module returning ``image_embeds (images, n, D)``, and its feeds: ``pixel_values`` first, then any
-        host-planned metadata, named as the graph inputs."""
+    def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The vision side (encoder with OIM, projector) for ``pixels`` of one image-size bucket under their
+        ``plan``, as an exportable module returning ``image_embeds (images, n, D)``, and its feeds: ``pixel_values``
+        first, then any host-planned metadata, named as the graph inputs."""
         raise NotImplementedError
 
-    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
-        """``(R, B, S)`` LLM position ids of the prompt in ``inputs`` (R = 3 M-RoPE rows, or 1)."""
+    def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
+        """``(R, B, S)`` LLM position ids of the prompt in ``inputs`` under its images' ``plan`` (R = 3 M-RoPE rows,
+        or 1)."""
         raise NotImplementedError
 
     # -- cost -----------------------------------------------------------------------------------------------
@@ -183,16 +187,14 @@ class VLMAdapter:
 
     def cost(self, inputs: dict, config: LUVCConfig | None = None, kv_bytes_per_element: int = 2) -> CostReport:
         """Cost model (DESIGN.md 2.3) for ``inputs`` under ``config`` against the uncompressed model."""
-        config = self._resolved(config)
-        baseline = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
-        text_tokens = int(inputs["input_ids"].shape[1]) - sum(self.vision_trace(inputs).tokens_per_image)
-        traces = [self.vision_trace(inputs, c) for c in (config, baseline)]
-        plans = [plan_budgets(self.num_layers, t.tokens_per_image, c) for t, c in zip(traces, (config, baseline))]
+        config, baseline = self._resolved(config), LUVCConfig.off()
+        text_tokens = int(inputs["input_ids"].shape[1]) - sum(self.plan(inputs).tokens_per_image)
+        compressed, uncompressed = self.plan(inputs, config), self.plan(inputs, baseline)
         return estimate_cost(
             self.vision_spec(),
             self.llm_spec(),
-            compressed=(traces[0].block_segments, plans[0]),
-            baseline=(traces[1].block_segments, plans[1]),
+            compressed=(compressed.block_segments, compressed.budget_plan),
+            baseline=(uncompressed.block_segments, uncompressed.budget_plan),
             text_tokens=text_tokens,
             spu_variant=config.spu_variant,
             rho=config.rho,

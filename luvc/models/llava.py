@@ -16,9 +16,10 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim
 from luvc.errors import critical
-from luvc.models.base import VisionTrace, VLMAdapter, swap_class
+from luvc.models.base import VLMAdapter, swap_class
 from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
+from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
 
 
@@ -157,8 +158,10 @@ class LlavaAdapter(VLMAdapter):
             )
         return {"pixel_values": pixels}
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
-        config = self._resolved(config)
+    def images_key(self, inputs: dict) -> int:
+        return int(inputs["pixel_values"].shape[0])  # every image has the tower's size
+
+    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
         steps = self.oim_steps(config)
         units, segments, at_features = self.grid_side**2, [], None
         first_feature = min(self.feature_blocks())
@@ -173,10 +176,10 @@ class LlavaAdapter(VLMAdapter):
         block_segments = tuple((s,) * images for s in segments)
         return VisionTrace(block_segments, (at_features + strategy_extra,) * images)
 
-    def vision_graph(self, pixels: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         return LlavaVisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}
 
-    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
+    def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         batch, length = inputs["input_ids"].shape
         return torch.arange(length).expand(1, batch, length)
 

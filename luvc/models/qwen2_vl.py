@@ -24,9 +24,10 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
 from luvc.errors import critical
-from luvc.models.base import VisionTrace, VLMAdapter, swap_class
+from luvc.models.base import VLMAdapter, swap_class
 from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
+from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
 
@@ -141,6 +142,14 @@ def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed:
     )
 
 
+def planned_qwen_vision(
+    plans: PlanCache[QwenVisionPlan], grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed: bool
+) -> QwenVisionPlan:
+    """``plan_qwen_vision``, once per grid and config: kept in ``plans`` (the encoder's ``luvc_plans``)."""
+    key = (tuple(map(tuple, grid_thw.tolist())), luvc)
+    return plans.get(key, lambda: plan_qwen_vision(grid_thw, config, luvc, windowed))
+
+
 def _to(cu_seqlens, device):
     return cu_seqlens.to(device) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
 
@@ -224,15 +233,20 @@ class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
 
     - OIM merge steps run after the blocks in ``luvc_config.oim_layers``, alternating W and H;
     - rotary ids and ``cu_seqlens`` are recomputed for the merged grid (planned on the host);
-    - accepts a precomputed ``luvc_plan`` so callers plan once.
+    - each grid is planned once (``luvc_plan``, kept in ``luvc_plans``) and the plan shared with the adapter.
     """
 
     luvc_config: LUVCConfig
     luvc_windowed = False
     luvc_oim: torch.nn.ModuleList  # one Scope(merge_units) per block: the merge after that block
+    luvc_plans: PlanCache[QwenVisionPlan]
 
-    def luvc_plan(self, grid_thw: torch.Tensor) -> QwenVisionPlan:
-        return plan_qwen_vision(grid_thw, self.config, self.luvc_config, self.luvc_windowed)
+    def luvc_plan(self, grid_thw: torch.Tensor, config: LUVCConfig | None = None) -> QwenVisionPlan:
+        """The encoder plan of images with patch grid ``grid_thw`` under ``config`` (resolved; default: the
+        applied one), planned on first use of that grid and config."""
+        return planned_qwen_vision(
+            self.luvc_plans, grid_thw, self.config, config or self.luvc_config, self.luvc_windowed
+        )
 
     def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, luvc_plan=None, **kwargs):
         return run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
@@ -332,30 +346,39 @@ class Qwen2VLAdapter(VLMAdapter):
             module.luvc_config = config
         if not hasattr(inner.visual, "luvc_oim"):
             inner.visual.luvc_oim = scopes(merge_units, self.vision_depth)
+        inner.visual.luvc_plans = self.encoder_plans  # shared with the forward
         install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:
         return dict(self.image_processor(images=list(images), return_tensors="pt"))
 
-    def vision_plan(self, inputs: dict, config: LUVCConfig | None = None) -> QwenVisionPlan:
-        return plan_qwen_vision(
-            inputs["image_grid_thw"], self.model.config.vision_config, self._resolved(config), self.windowed
-        )
+    @property
+    def encoder_plans(self) -> PlanCache[QwenVisionPlan]:
+        """The encoder's plans, kept on the encoder (``luvc_plans``) so its forward and this adapter share them."""
+        visual = self.model.model.visual
+        if not hasattr(visual, "luvc_plans"):
+            visual.luvc_plans = PlanCache()
+        return visual.luvc_plans
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig | None = None) -> VisionTrace:
-        plan = self.vision_plan(inputs, config)
+    def images_key(self, inputs: dict) -> tuple:
+        return tuple(map(tuple, inputs["image_grid_thw"].tolist()))
+
+    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+        vision = self.model.config.vision_config
+        plan = planned_qwen_vision(self.encoder_plans, inputs["image_grid_thw"], vision, config, self.windowed)
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
-        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image))
+        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan)
 
-    def vision_graph(self, pixels: dict) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         if pixels["image_grid_thw"].shape[0] != 1:
             critical("A Qwen-VL vision graph takes one image per call; pass the pixels of a single image.")
-        plan = self.vision_plan(pixels)
-        return QwenVisionGraph(self.model.model.visual, plan), qwen_vision_feeds(pixels["pixel_values"], plan)
+        encoder_plan = plan.vision.encoder
+        graph = QwenVisionGraph(self.model.model.visual, encoder_plan)
+        return graph, qwen_vision_feeds(pixels["pixel_values"], encoder_plan)
 
-    def prompt_position_ids(self, inputs: dict) -> torch.Tensor:
-        llm_grid = self.vision_plan(inputs).output_grid_thw
+    def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
+        llm_grid = plan.vision.encoder.output_grid_thw
         batch, length = inputs["input_ids"].shape
         return self.model.model._luvc_positions(inputs["input_ids"], llm_grid, None, None, batch, length)
 

@@ -21,9 +21,9 @@ def test_luvc_off_matches_stock_logits(adapter, stock, image):
 def test_spu_with_full_budgets_matches_stock_logits(adapter, stock, image):
     adapter.apply_luvc(LUVCConfig.off())
     inputs = adapter.prepare_inputs([image], PROMPT)
-    visual = adapter.budget_plan(inputs).num_visual_tokens
+    visual = adapter.plan(inputs).budget_plan.num_visual_tokens
     adapter.apply_luvc(LUVCConfig(oim_layers=(), budgets=(visual,), final_zero=False))
-    assert adapter.budget_plan(inputs).total == (visual,) * adapter.num_layers
+    assert adapter.plan(inputs).budget_plan.total == (visual,) * adapter.num_layers
     expected = stock(**stock_inputs(adapter, inputs)).logits
     assert torch.equal(adapter.model(**inputs).logits, expected)
 
@@ -57,7 +57,7 @@ def _count_tokens(modules, sequence_dim: int) -> tuple[list[int], list]:
 def test_layers_process_exactly_their_budgets(adapter, image):
     adapter.apply_luvc()
     inputs = adapter.prepare_inputs([image], PROMPT)
-    plan, report = adapter.budget_plan(inputs), adapter.cost(inputs)
+    plan, report = adapter.plan(inputs).budget_plan, adapter.cost(inputs)
     decoder_counts, handles = _count_tokens(adapter.decoder_layers, sequence_dim=1)
     encoder_dim = 1 if adapter.architecture.startswith("Llava") else 0
     encoder_counts, more = _count_tokens(adapter.vision_blocks, sequence_dim=encoder_dim)
@@ -78,7 +78,7 @@ def test_layers_process_exactly_their_budgets(adapter, image):
 def test_kept_tokens_carry_their_original_positions(adapter, image):
     adapter.apply_luvc()
     inputs = adapter.prepare_inputs([image], PROMPT)
-    plan = adapter.budget_plan(inputs)
+    plan = adapter.plan(inputs).budget_plan
     layer = next(index for index in plan.prune_layers() if plan.total[index] > 0)
     captured = {}
     hook = adapter.decoder_layers[layer].register_forward_pre_hook(
@@ -124,7 +124,7 @@ def test_per_layer_cache_lengths(adapter, image):
     inputs = adapter.prepare_inputs([image], PROMPT)
     cache = LuvcCache()
     adapter.model(**inputs, past_key_values=cache, use_cache=True)
-    plan = adapter.budget_plan(inputs)
+    plan = adapter.plan(inputs).budget_plan
     text = inputs["input_ids"].shape[1] - plan.num_visual_tokens
     assert cache.layer_lengths() == [text + k for k in plan.total]
     assert cache.num_positions == inputs["input_ids"].shape[1]

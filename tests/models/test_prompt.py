@@ -88,7 +88,7 @@ def test_qwen_prompt_ids_equal_the_qwen2_vl_processor_apart_from_the_image_count
     theirs, their_count = collapse(theirs, adapter.image_token_id)
     assert ours == theirs
     assert adapter.tokenizer.decode(ours).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
-    assert our_count == adapter.vision_trace(adapter.preprocess_images([image])).tokens_per_image[0] == their_count // 2
+    assert our_count == adapter.plan(adapter.preprocess_images([image])).tokens_per_image[0] == their_count // 2
 
 
 def test_llava_prompt_ids_equal_the_llava_processor_with_bos_apart_from_the_image_count(tmp_path):
@@ -109,7 +109,7 @@ def test_llava_prompt_ids_equal_the_llava_processor_with_bos_apart_from_the_imag
     ours, our_count = collapse(ours, adapter.image_token_id)
     theirs, their_count = collapse(theirs, adapter.image_token_id)
     assert ours == theirs and ours[0] == adapter.tokenizer.bos_token_id
-    assert our_count == adapter.vision_trace(adapter.preprocess_images([image])).tokens_per_image[0] < their_count
+    assert our_count == adapter.plan(adapter.preprocess_images([image])).tokens_per_image[0] < their_count
     templated = adapter.prepare_inputs([image], f"USER: <image>\n{PROMPT} ASSISTANT:")["input_ids"]
     assert torch.equal(templated, adapter.prepare_inputs([image], PROMPT)["input_ids"])  # not wrapped twice
 

@@ -1,0 +1,66 @@
+"""``RequestPlan``: what LUVC decides for one batch of images under one config, worked out once on the host.
+
+Everything data-dependent about a request (the encoder's merge steps, rotary ids and attention segments; the visual
+tokens each image brings to the LLM; the per-layer budgets) follows from the image grid and the config alone. It is
+planned once per distinct (grid, config) and the same object is shared by ``VLMAdapter.prepare_inputs`` (how many
+placeholders), the cost model, the model's forward, the export bucket and its vision and prefill graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+from luvc.compress.budgets import BudgetPlan
+from luvc.compress.config import LUVCConfig
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionTrace:
+    """The vision side of a plan: the family's encoder plan and the facts the LLM side and the cost model read."""
+
+    block_segments: tuple[tuple[int, ...], ...]  # attention segment lengths of every encoder block
+    tokens_per_image: tuple[int, ...]  # visual tokens per image entering the LLM
+    encoder: Any = None  # the family's encoder plan (Qwen-VL: QwenVisionPlan); None where it is fixed (LLaVA)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestPlan:
+    """One request's LUVC plan under a resolved ``config`` (``VLMAdapter.plan``)."""
+
+    config: LUVCConfig
+    vision: VisionTrace
+    budget_plan: BudgetPlan
+
+    @property
+    def tokens_per_image(self) -> tuple[int, ...]:
+        return self.vision.tokens_per_image
+
+    @property
+    def block_segments(self) -> tuple[tuple[int, ...], ...]:
+        return self.vision.block_segments
+
+
+class PlanCache(Generic[T]):
+    """The most recent ``size`` plans by key, so a request planned once is never planned again (a serving process
+    sees a handful of image sizes, each planned on first sight). Plans are shared: callers must not modify them."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._plans: OrderedDict[Hashable, T] = OrderedDict()
+        self.misses = 0  # plans worked out (not found)
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The plan stored under ``key``, made by ``make()`` on first use."""
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        plan = self._plans[key] = make()
+        self.misses += 1
+        if len(self._plans) > self.size:
+            self._plans.popitem(last=False)
+        return plan
