@@ -178,3 +178,14 @@ def test_release_closes_the_sessions_and_a_later_request_reopens_them(exports):
     pipeline.release()
     assert pipeline.kv_buffer_bytes() == 0 and pipeline.session_providers() == []
     np.testing.assert_array_equal(pipeline.generate(image, PROMPT, max_new_tokens=4).tokens, first.tokens)
+
+
+def test_prompt_longer_than_the_export_profile(exports):
+    pipeline = Pipeline(exports("tiny-llava"))
+    with pytest.raises(LuvcError, match=r"allows 512; shorten it or re-export with --max-text-tokens 6\d\d"):
+        pipeline.generate(synthetic_image(224, 224), "x" * 600, max_new_tokens=2)
+
+
+def test_image_outside_the_buckets(exports):
+    with pytest.raises(LuvcError, match="outside this export's profile"):
+        Pipeline(exports("tiny-qwen2-vl")).generate(synthetic_image(448, 448), "hi", max_new_tokens=2)

@@ -1,0 +1,53 @@
+"""``LUVCConfig``: defaults, refusals that name the option, axis alternation, and the manifest round trip."""
+
+import pytest
+
+from luvc.compress.config import LUVCConfig
+from luvc.errors import LuvcError
+
+
+def test_defaults_for_a_model():
+    config = LUVCConfig().resolve(vision_depth=32, num_layers=28)
+    assert config.oim_layers == (15,)  # one step in the middle of the encoder
+    assert (config.oim_first_axis, config.oim_positions, config.spu_variant) == ("W", "compact", "spectral-residual")
+    assert (config.rho, config.spu_start, config.spu_every, config.final_zero) == (0.25, 2, 1, True)
+    assert config.resolve(32, 28) == config  # resolving twice changes nothing
+
+
+def test_off_changes_nothing():
+    config = LUVCConfig.off().resolve(4, 4)
+    assert config.is_off and config.oim_layers == () and config.oim_axes() == ()
+    assert not LUVCConfig().resolve(4, 4).is_off
+
+
+def test_axes_alternate_from_the_first():
+    assert LUVCConfig(oim_layers=(5, 1, 3)).resolve(8, 4).oim_axes() == ("W", "H", "W")
+    assert LUVCConfig(oim_layers=(1, 3), oim_first_axis="H").resolve(8, 4).oim_layers == (1, 3)
+    assert LUVCConfig(oim_layers=(1, 3), oim_first_axis="H").resolve(8, 4).oim_axes() == ("H", "W")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (LUVCConfig(oim_layers=(4,)), r"outside the encoder's blocks 0\.\.3.*--oim-layers"),
+        (LUVCConfig(oim_layers=(1, 1)), "repeats a block"),
+        (LUVCConfig(rho=1.0), r"rho must be in \(0, 1\)"),
+        (LUVCConfig(spu_start=4), "spu_start=4 does not fit a model with 4 decoder layers; use 0..3"),
+        (LUVCConfig(spu_every=0), "spu_every must be >= 1"),
+        (LUVCConfig(spu_variant="fourier"), "spu_variant='fourier' is not one of"),
+        (LUVCConfig(oim_first_axis="T"), "oim_first_axis='T' is not one of"),
+    ],
+)
+def test_bad_choices_are_named(config, message):
+    with pytest.raises(LuvcError, match=message):
+        config.resolve(vision_depth=4, num_layers=4)
+
+
+def test_spu_start_is_free_with_explicit_budgets():
+    assert LUVCConfig(spu_start=9, budgets=(8, 4)).resolve(4, 4).budgets == (8, 4)
+
+
+def test_manifest_round_trip():
+    config = LUVCConfig(oim_layers=(1, 2), budgets=(16, 8, 0), rho=0.5).resolve(4, 4)
+    assert LUVCConfig.from_dict(config.to_dict()) == config
+    assert hash(LUVCConfig.from_dict(config.to_dict())) == hash(config)  # plans are cached by config

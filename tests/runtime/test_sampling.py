@@ -1,0 +1,48 @@
+"""Next-token choice: greedy is the argmax, filters keep what they promise, and a seed reproduces a draw."""
+
+import pytest
+import torch
+
+from luvc.errors import LuvcError
+from luvc.runtime.sampling import SamplingConfig, next_tokens
+
+
+def _draw(logits: torch.Tensor, config: SamplingConfig, draws: int = 200) -> set[int]:
+    generator, out = config.generator(logits.device), torch.empty(logits.shape[0], dtype=torch.long)
+    return {int(next_tokens(logits, config, generator, out)[0]) for _ in range(draws)}
+
+
+LOGITS = torch.tensor([[0.0, 3.0, 2.9, 1.0, -4.0]])
+
+
+def test_greedy_is_the_argmax_written_into_out():
+    out = torch.empty(2, dtype=torch.long)
+    logits = torch.tensor([[0.1, 0.9, 0.3], [2.0, -1.0, 1.5]])
+    assert next_tokens(logits, SamplingConfig(), None, out) is out
+    assert out.tolist() == [1, 0]
+    assert SamplingConfig().generator(torch.device("cpu")) is None
+
+
+def test_top_k_and_top_p_keep_only_their_tokens():
+    assert _draw(LOGITS, SamplingConfig(temperature=1.0, top_k=2, seed=0)) == {1, 2}
+    # probabilities at temperature 1: 0.47, 0.43, 0.06, ... -> the smallest set reaching 0.5 is the first two
+    assert _draw(LOGITS, SamplingConfig(temperature=1.0, top_p=0.5, seed=0)) == {1, 2}
+    assert _draw(LOGITS, SamplingConfig(temperature=1.0, top_p=0.3, seed=0)) == {1}
+
+
+def test_a_seed_reproduces_the_sequence():
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(3))
+
+    def sequence(seed: int) -> list[int]:
+        config = SamplingConfig(temperature=1.5, seed=seed)
+        generator, out = config.generator(logits.device), torch.empty(1, dtype=torch.long)
+        return [int(next_tokens(logits, config, generator, out)[0]) for _ in range(30)]
+
+    assert sequence(1) == sequence(1)
+    assert sequence(1) != sequence(2)
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(LuvcError, match="Sampling needs temperature >= 0"):
+        SamplingConfig(**kwargs)
