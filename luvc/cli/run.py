@@ -31,7 +31,12 @@ class Run:
         console = Console()
         image = load_image(args.image) if args.image else None
         pipeline = Pipeline(
-            options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
+            options.artifact_dir,
+            options.backend,
+            options.engines,
+            options.providers,
+            device=options.device,
+            plugin_library=options.plugin_library,
         )
         if image is None:
             height, width = next(iter(pipeline.manifest.buckets.values())).image_size

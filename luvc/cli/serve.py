@@ -59,7 +59,12 @@ class Serve:
         from luvc.serve.service import GenerationService
 
         pipeline = Pipeline(
-            options.artifact_dir, options.backend, options.engines, options.providers, device=options.device
+            options.artifact_dir,
+            options.backend,
+            options.engines,
+            options.providers,
+            device=options.device,
+            plugin_library=options.plugin_library,
         )
         max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:

@@ -41,9 +41,17 @@ def dct_basis(n: int, num_frequencies: int) -> torch.Tensor:
     return torch.tensor(_dct_rows(n, num_frequencies))
 
 
+def low_frequency_count(variant: str, rho: float, tokens: int, dim: int) -> int:
+    """How many low frequencies a ``variant`` score keeps for ``tokens`` visual tokens of width ``dim``: the DCT rows
+    of the token-axis low-pass (``spectral-residual``) or the lowest channel frequencies (``channel-spectrum``)."""
+    if variant == "spectral-residual":
+        return max(1, min(tokens, math.ceil(rho * tokens)))
+    return max(1, math.ceil(rho * (dim // 2 + 1)))
+
+
 def lowpass_basis(n: int, rho: float) -> torch.Tensor:
     """``C_m`` with ``m = ceil(rho * n)``: the low-pass filter is ``P_n = C_m^T C_m``."""
-    return dct_basis(n, max(1, min(n, math.ceil(rho * n))))
+    return dct_basis(n, low_frequency_count("spectral-residual", rho, n, 0))
 
 
 def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
@@ -73,7 +81,7 @@ def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     num_frequencies = values.shape[-1] // 2 + 1
     cosine, sine = (m.to(values.device) for m in real_dft_basis(values.shape[-1], num_frequencies))
     energy = (values @ cosine).square() + (values @ sine).square()
-    low = max(1, math.ceil(rho * num_frequencies))
+    low = low_frequency_count("channel-spectrum", rho, values.shape[-2], values.shape[-1])
     return energy[..., :low].sum(dim=-1) / energy.sum(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
 
 

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from luvc.engines.manifest import BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
+from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
@@ -186,8 +187,10 @@ class EnginesFromExport:
         overwrite: bool = False,
         show_progress: bool = True,
         verbose: bool = False,
+        plugin_library: str | Path | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
+        self.plugin_library = plugin_library
         self.target = target
         self.out = Path(out)
         self.timing_cache = None if timing_cache is None else Path(timing_cache)
@@ -228,10 +231,13 @@ class EnginesFromExport:
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export)
+        plugins = plugin_library_for_build(export, tensorrt, self.plugin_library)
         with output_claim(self.out, self.overwrite):  # before building anything (staged_folder checks again)
-            return self._build(export, target, tensorrt)
+            if plugins is not None:
+                plugins.load(tensorrt)  # before any graph is parsed
+            return self._build(export, target, tensorrt, plugins)
 
-    def _build(self, export: ExportManifest, target: Target, tensorrt: TensorRT) -> Path:
+    def _build(self, export: ExportManifest, target: Target, tensorrt: TensorRT, plugins: PluginLibrary | None) -> Path:
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
         with staged_folder(self.out, self.overwrite) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
@@ -249,6 +255,7 @@ class EnginesFromExport:
                     manifest_sha256=sha256_file(self.export_dir / "manifest.json"),
                 ),
                 engines=engines,
+                plugin_library=plugins,
             )
             manifest.save(staging)
         return self.out

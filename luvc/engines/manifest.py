@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from luvc.engines.plugin_library import PluginLibrary
 from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
 from luvc.export.manifest import (
@@ -80,6 +81,7 @@ class EngineManifest:
     dla_core: int | None
     export: ExportReference
     engines: dict[str, EngineEntry]
+    plugin_library: PluginLibrary | None = None  # loaded before the engines deserialize (plugin-node exports)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -97,6 +99,7 @@ class EngineManifest:
                 dla_core=data["dla_core"],
                 export=ExportReference(**{**export, "model": ModelEntry(**export["model"])}),
                 engines={name: _engine(entry) for name, entry in data["engines"].items()},
+                plugin_library=PluginLibrary(**data["plugin_library"]) if data.get("plugin_library") else None,
                 format=data["format"],
                 format_version=data["format_version"],
             )

@@ -44,6 +44,7 @@ from luvc.export.manifest import (
 )
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
+from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
@@ -77,9 +78,16 @@ class OnnxFromGraphSpec:
     weights are never held as protobuf bytes. Without it the weights are loaded into the model."""
 
     def __init__(
-        self, spec: GraphSpec, opset: int, on_step=None, kv_update: str | None = None, scratch: Path | None = None
+        self,
+        spec: GraphSpec,
+        opset: int,
+        on_step=None,
+        kv_update: str | None = None,
+        scratch: Path | None = None,
+        plugin_config: LUVCConfig | None = None,
     ) -> None:
         self.spec = spec
+        self.plugin_config = plugin_config
         self.opset = opset
         self.kv_update = kv_update or DEFAULT_KV_UPDATE
         self.on_step = on_step or (lambda: None)
@@ -91,7 +99,12 @@ class OnnxFromGraphSpec:
     def call_impl(self) -> onnx.ModelProto:
         spec = self.spec
         args = tuple(spec.feeds.values())
-        with _quiet_exporter(), torch.no_grad():
+        translations = translation_table(self.kv_update)
+        units = contextlib.nullcontext()
+        if self.plugin_config is not None:  # OIM/SPU units as luvc::OrthoMerge / luvc::SpectrumPrune nodes
+            translations.update(plugin_translations())
+            units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
+        with _quiet_exporter(), torch.no_grad(), units:
             try:
                 program = torch.export.export(
                     spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
@@ -108,7 +121,7 @@ class OnnxFromGraphSpec:
                 dynamo=True,
                 verbose=False,
                 optimize=True,
-                custom_translation_table=translation_table(self.kv_update),
+                custom_translation_table=translations,
             )
             if self.scratch is not None:
                 path = Path(self.scratch) / f"{spec.name}.onnx"
@@ -216,8 +229,9 @@ class OnnxFromCompressedModel:
     Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket, ``embed`` and ``decode`` once.
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
     same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
-    on every graph unless ``passes=False``; ``plugin_nodes`` collapses OIM/SPU into plugin nodes (for engines with
-    the LUVC plugin library only). Nothing appears at ``out`` until every file is written and linted.
+    on every graph unless ``passes=False``; ``plugin_nodes`` traces each OIM/SPU unit as one plugin node
+    (``luvc.export.plugin_ops``; for engines built with the LUVC plugin library only). Nothing appears at ``out``
+    until every file is written and linted.
     """
 
     def __init__(
@@ -305,11 +319,16 @@ class OnnxFromCompressedModel:
                     progress.update(task, advance=1, step=next(labels))
 
                 model = OnnxFromGraphSpec(
-                    spec, profile.opset, on_step=advance, kv_update=profile.kv_update, scratch=scratch
+                    spec,
+                    profile.opset,
+                    on_step=advance,
+                    kv_update=profile.kv_update,
+                    scratch=scratch,
+                    plugin_config=self.adapter.luvc_config if self.plugin_nodes else None,
                 )()
                 # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
                 passes = PASSES if self.passes else (keep_fp32_islands,)
-                model, pass_stats = run_passes(model, passes, plugin=self.plugin_nodes)
+                model, pass_stats = run_passes(model, passes)
                 advance()
                 check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, scratch)
                 advance()

@@ -204,7 +204,7 @@ class KVCacheEntry:
 
 @dataclasses.dataclass(frozen=True)
 class PassesEntry:
-    """Whether the graph passes ran, and whether LUVC units were collapsed into plugin nodes."""
+    """Whether the graph passes ran, and whether LUVC units were traced as plugin nodes (``--plugin-nodes``)."""
 
     enabled: bool
     plugin_nodes: bool = False

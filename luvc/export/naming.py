@@ -22,6 +22,9 @@ import onnx
 # decoder layer)
 STACKS = {"vision": "vision/blocks", "llm": "llm/layers"}
 UNITS = {"vision": "oim", "llm": "spu"}
+PLUGIN_DOMAIN = "luvc"  # ONNX domain and TensorRT plugin namespace of the plugin nodes (luvc.export.plugin_ops)
+PLUGIN_VERSION = "1"
+PLUGIN_OPS = {"oim": "OrthoMerge", "spu": "SpectrumPrune"}  # unit -> plugin node op type
 _PLACE = re.compile(r"^/(vision|llm)/(?:blocks|layers)\.(\d+)/(?:(oim|spu)/)?")
 
 

@@ -121,6 +121,7 @@ class Pipeline:
         providers: list | None = None,
         verify: bool = True,
         device: str | None = None,
+        plugin_library: str | Path | None = None,
     ) -> None:
         if backend not in BACKENDS:
             critical(f"Backend {backend!r} is not one of {list(BACKENDS)}.")
@@ -128,6 +129,12 @@ class Pipeline:
         self.manifest = ExportManifest.load(self.folder, verify=verify)
         self.backend = backend
         self.engines_dir = None if engines_dir is None else Path(engines_dir)
+        self.plugin_library = plugin_library
+        if backend == "ort" and self.manifest.passes.plugin_nodes:
+            critical(
+                f"{self.folder} holds luvc plugin nodes, which ONNX Runtime cannot run; run its TensorRT engines "
+                "(--backend trt --engines DIR) or re-export without --plugin-nodes."
+            )
         if backend == "trt" and self.engines_dir is None:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
         self.device = resolve_device(backend, providers, device)
@@ -171,15 +178,19 @@ class Pipeline:
         or foreign engine is named before anything runs."""
         from luvc.engines.builder import device_capability
         from luvc.engines.manifest import EngineManifest
+        from luvc.engines.plugin_library import plugin_library_for_run
         from luvc.engines.trt_module import import_tensorrt
 
         engines = EngineManifest.load(self.engines_dir)
         tensorrt = import_tensorrt(engines.tensorrt.module)
+        plugins = plugin_library_for_run(engines.plugin_library, self.plugin_library)
         checked = {}
         for name in self.manifest.graphs:
             engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
             profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name].profile.items()}
             checked[name] = (engine, tensorrt, profile)
+        if plugins is not None:
+            plugins.load(tensorrt)  # before any engine deserializes
         return checked
 
     def _trt_session(self, name: str, graph: GraphEntry) -> TrtSession:

@@ -31,6 +31,12 @@ class BuildArgs(BaseArgs):
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
         group.add_argument("--verbose", action="store_true", help="print TensorRT's own log of the build")
+        group.add_argument(
+            "--plugin-library",
+            default=None,
+            help="the LUVC plugin library (built by the root CMakeLists.txt), loaded before parsing; needed for "
+            "--plugin-nodes exports, which build with full TensorRT only",
+        )
 
     def parse(self, args: argparse.Namespace) -> None:
         self.export_dir = Path(args.export_dir)
@@ -41,5 +47,6 @@ class BuildArgs(BaseArgs):
             module=args.tensorrt_module,
             overwrite=args.overwrite,
             verbose=args.verbose,
+            plugin_library=args.plugin_library,
         )
         self.target, self.out = args.target, Path(args.out)

@@ -52,8 +52,8 @@ class ExportArgs(BaseArgs):
         group.add_argument(
             "--plugin-nodes",
             action="store_true",
-            help="collapse OIM/SPU into luvc::OrthoMerge / luvc::SpectrumPrune nodes (needs the plugin library; "
-            "ONNX Runtime cannot run them)",
+            help="trace each OIM step and SPU layer as one luvc::OrthoMerge / luvc::SpectrumPrune node (engines need "
+            "the plugin library and full TensorRT; ONNX Runtime cannot run them)",
         )
 
     def parse(self, args: argparse.Namespace) -> None:

@@ -22,6 +22,12 @@ class RuntimeArgs(BaseArgs):
         group.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (default) or trt")
         group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
         group.add_argument(
+            "--plugin-library",
+            default=None,
+            help="where the LUVC plugin library the engines were built with is now (default: the path `build` "
+            "recorded); only for engines of --plugin-nodes exports",
+        )
+        group.add_argument(
             "--device",
             default=None,
             help="where tensors and KV caches live: cpu or cuda:N (default: cuda:0 for --backend trt or a CUDA "
@@ -41,6 +47,7 @@ class RuntimeArgs(BaseArgs):
     def parse(self, args: argparse.Namespace) -> None:
         self.artifact_dir = Path(args.artifact_dir)
         self.backend, self.engines = args.backend, args.engines
+        self.plugin_library = args.plugin_library
         self.providers = args.providers.split(",") if args.providers else None
         self.device = args.device
         self.max_new_tokens = args.max_new_tokens

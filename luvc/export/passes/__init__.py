@@ -2,8 +2,8 @@
 
 Each pass is a plain function ``(graph: gs.Graph) -> gs.Graph`` that rewires and ends with
 ``graph.cleanup().toposort()``. ``PASSES`` is the default order; simplifying passes repeat until the node count
-stops changing. ``plugin=True`` adds ``collapse_to_plugins`` (one ``luvc::OrthoMerge`` / ``luvc::SpectrumPrune``
-node per OIM/SPU prefix) for when the plugin library exists.
+stops changing. Graphs exported with plugin nodes (``luvc.export.plugin_ops``) hold no OIM/SPU subgraphs for the
+fusing passes to find.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from luvc.export.passes.cleanup import cancel_inverse_pairs, fold_constants, rem
 from luvc.export.passes.fp32_islands import keep_fp32_islands
 from luvc.export.passes.fuse_oim import fuse_oim_merge
 from luvc.export.passes.fuse_spu import fuse_spu_gathers
-from luvc.export.passes.plugins import collapse_to_plugins
 from luvc.export.passes.split_topk import split_large_topk
 
 LOGGER = logging.getLogger("luvc.passes")
@@ -57,15 +56,9 @@ def _ops(graph: gs.Graph) -> dict[str, int]:
     return dict(collections.Counter(node.op for node in graph.nodes))
 
 
-def run_passes(
-    model: onnx.ModelProto, passes: Sequence[Pass] | None = None, plugin: bool = False
-) -> tuple[onnx.ModelProto, list[PassStats]]:
+def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | None = None) -> tuple[onnx.ModelProto, list[PassStats]]:
     """Apply ``passes`` (default ``PASSES``) to a copy of ``model``; return the new model and per-pass stats."""
     passes = list(PASSES if passes is None else passes)
-    if plugin:
-        passes.insert(
-            passes.index(keep_fp32_islands) if keep_fp32_islands in passes else len(passes), collapse_to_plugins
-        )
     graph = gs.import_onnx(model)
     stats = []
     for graph_pass in passes:
@@ -90,7 +83,6 @@ __all__ = [
     "PASSES",
     "PassStats",
     "cancel_inverse_pairs",
-    "collapse_to_plugins",
     "fold_constants",
     "fuse_oim_merge",
     "fuse_spu_gathers",
