@@ -48,7 +48,7 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
 def main() -> None:
     args, config = parse_benchmark_args(__doc__)
 
-    adapter = realistic_adapter()
+    adapter = realistic_adapter(args.family, args.layers)
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.repeats} repeats (median)")
     with tempfile.TemporaryDirectory() as scratch:
         runs = {}

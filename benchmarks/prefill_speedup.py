@@ -1,12 +1,15 @@
-"""PyTorch CPU prefill: uncompressed vs LUVC on a random-weight Qwen2-VL of realistic LLM shape, in one run.
+"""PyTorch CPU prefill: uncompressed vs LUVC on a random-weight VLM of realistic LLM shape, in one run.
 
-LLM like Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936); one 896x896 image
-(64x64 patches -> 1024 visual tokens) and 64 text tokens. The vision encoder is reduced (8 blocks, width 640)
-so that the run fits a 2-core CPU in a few minutes; it still shows the encoder speedup from OIM.
+``--family qwen2-vl`` (default): LLM like Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab
+151936); one 896x896 image (64x64 patches -> 1024 visual tokens). ``--family qwen3-vl``: LLM like Qwen3-VL-2B's
+(hidden 2048, 16 heads, 8 KV heads, head_dim 128, MLP 6144, interleaved M-RoPE, DeepStack into the first 3 layers)
+with 8 of its 28 layers (``--layers``); one 896x896 image (56x56 patches of 16 px -> 784 visual tokens). Both with
+64 text tokens. The vision encoders are reduced (8 blocks, width 640) so that the run fits a 2-core CPU in a few
+minutes; they still show the encoder speedup from OIM.
 
 Prints measured speedups of the vision encoder and the LLM prefill, the cost model's predictions and
 measured/predicted. Last line: ``prefill_speedup=<x>`` (LLM prefill). Usage:
-    python benchmarks/prefill_speedup.py [--repeats 3] [--budgets ...] [--oim-layers ...]
+    python benchmarks/prefill_speedup.py [--family qwen3-vl] [--layers N] [--repeats 3] [--budgets ...]
 """
 
 from __future__ import annotations
@@ -16,27 +19,75 @@ import statistics
 import time
 
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import (
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from luvc import LUVCConfig
 from luvc.images import synthetic_image
+from luvc.models.base import VLMAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import _qwen_token_ids, tiny_tokenizer
 
 IMAGE_SIDE = 896
 TEXT_TOKENS = 64
+FAMILIES = ("qwen2-vl", "qwen3-vl")
 
 
-def realistic_adapter() -> Qwen2VLAdapter:
+def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None) -> VLMAdapter:
+    """The benchmark model of ``family`` with random weights; ``layers`` decoder layers (default: 24 for Qwen2-VL,
+    8 of Qwen3-VL-2B's 28)."""
     tokenizer = tiny_tokenizer()
     token_ids = _qwen_token_ids(tokenizer)
+    torch.manual_seed(0)
+    if family == "qwen3-vl":
+        config = Qwen3VLConfig(
+            text_config=dict(
+                vocab_size=151936,
+                hidden_size=2048,
+                intermediate_size=6144,
+                num_hidden_layers=layers or 8,
+                num_attention_heads=16,
+                num_key_value_heads=8,
+                head_dim=128,
+                max_position_embeddings=32768,
+                tie_word_embeddings=True,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 5000000.0,
+                    "mrope_section": [24, 20, 20],
+                    "mrope_interleaved": True,
+                },
+            ),
+            vision_config=dict(
+                depth=8,
+                hidden_size=640,
+                intermediate_size=2560,
+                num_heads=10,
+                patch_size=16,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                out_hidden_size=2048,
+                num_position_embeddings=2304,
+                deepstack_visual_indexes=[1, 3, 5],
+            ),
+            tie_word_embeddings=True,
+            **token_ids,
+        )
+        model = Qwen3VLForConditionalGeneration(config).eval()
+        processor = Qwen2VLImageProcessorPil(patch_size=16, min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
+        return Qwen3VLAdapter(model, tokenizer, processor, name="realistic-qwen3-vl")
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=151936,
             hidden_size=896,
             intermediate_size=4864,
-            num_hidden_layers=24,
+            num_hidden_layers=layers or 24,
             num_attention_heads=14,
             num_key_value_heads=2,
             max_position_embeddings=32768,
@@ -56,7 +107,6 @@ def realistic_adapter() -> Qwen2VLAdapter:
         tie_word_embeddings=True,
         **token_ids,
     )
-    torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
     processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
     return Qwen2VLAdapter(model, tokenizer, processor, name="realistic-qwen2-vl")
@@ -77,13 +127,13 @@ class StageTimer:
         self.seconds = time.perf_counter() - self._began
 
 
-def prompt_for(adapter: Qwen2VLAdapter, text_tokens: int) -> str:
+def prompt_for(adapter: VLMAdapter, text_tokens: int) -> str:
     """A prompt that makes the templated text exactly ``text_tokens`` tokens (byte-level tokenizer)."""
-    template = adapter.prompt_template.format(image="", prompt="")
+    template = adapter.template.render("", 0)
     return "x" * (text_tokens - len(adapter.tokenizer(template, add_special_tokens=False)["input_ids"]))
 
 
-def measure(adapter: Qwen2VLAdapter, configs: dict[str, LUVCConfig], repeats: int) -> dict[str, dict]:
+def measure(adapter: VLMAdapter, configs: dict[str, LUVCConfig], repeats: int) -> dict[str, dict]:
     """Median vision and LLM seconds per config; configs alternate inside every repeat so drift cancels."""
     image, prompt = synthetic_image(IMAGE_SIDE, IMAGE_SIDE), prompt_for(adapter, TEXT_TOKENS)
     vision, llm = StageTimer(adapter.model.model.visual), StageTimer(adapter.model.model.language_model)
@@ -109,6 +159,8 @@ def parse_benchmark_args(doc: str) -> tuple[argparse.Namespace, LUVCConfig]:
     """The options both prefill benchmarks take: repeats, and the LUVC config to compare with the baseline."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--family", choices=FAMILIES, default="qwen2-vl", help="the benchmark model (see above)")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: see above)")
     parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
     parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
     args = parser.parse_args()
@@ -120,8 +172,11 @@ def parse_benchmark_args(doc: str) -> tuple[argparse.Namespace, LUVCConfig]:
 def main() -> None:
     args, config = parse_benchmark_args(__doc__)
 
-    adapter = realistic_adapter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)")
+    adapter = realistic_adapter(args.family, args.layers)
+    print(
+        f"{adapter.name} ({adapter.num_layers} decoder layers): torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats (median)"
+    )
     results = measure(adapter, {"base": LUVCConfig.off(), "luvc": config}, args.repeats)
     base, luvc = results["base"], results["luvc"]
     adapter.apply_luvc(config)

@@ -5,7 +5,8 @@ The other tests compare the export with PyTorch, so a change that moves both the
 change, a template change, a new default) passes them; these catch it. The values were recorded from the tiny
 models (seeded random weights) on the synthetic image below. Margins at the time of recording, so that a change of
 CPU does not flip them: the smallest top-1/top-2 logit gap over the 8 steps is 1.4e-3 (LLaVA) to 2.0e-2 (Qwen2-VL);
-the smallest score gap at an SPU cut is 0.6% of the score (LLaVA) to 9.9% (Qwen2.5-VL). A deliberate change of
+the smallest score gap at an SPU cut is 0.6% of the score (LLaVA) to 9.9% (Qwen2.5-VL); Qwen3-VL (added later):
+5.9e-3 and 3.3%. A deliberate change of
 results updates them here, with the reason in the commit.
 """
 
@@ -30,6 +31,10 @@ GOLDEN = {
     "tiny-qwen2.5-vl": {
         "kept": {2: [1, 4, 8, 12, 14, 15, 17, 18, 19, 20, 21, 23, 24, 27, 28, 30], 3: []},
         "tokens": [211, 159, 59, 236, 68, 57, 153, 168],
+    },
+    "tiny-qwen3-vl": {
+        "kept": {2: [3, 4, 5, 8, 9, 11, 12, 13, 15, 16, 18, 19, 20, 24], 3: []},
+        "tokens": [2, 171, 244, 146, 263, 21, 95, 166],
     },
     "tiny-llava": {
         "kept": {

@@ -70,8 +70,8 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
     top1, cosines = [], []
     for sample, reference in zip(samples, reference_logits):
         prepared = quantized.prepare([sample.image], [sample.prompt])
-        embeds = quantized.image_embeds(prepared.pixel_values, prepared.bucket)
-        candidate = quantized.prefill(prepared.input_ids, embeds, prepared.bucket)["logits"]
+        features = quantized.image_features(prepared.pixel_values, prepared.bucket)
+        candidate = quantized.prefill(prepared.input_ids, features, prepared.bucket)["logits"]
         reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate.cpu()))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))

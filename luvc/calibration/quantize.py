@@ -61,14 +61,25 @@ def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
     weights |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     excluded = {}
     for node in model.graph.node:
-        place = place_of(node.name)
-        reason = KEEP_UNITS_FLOAT.get(place.unit) if place is not None and place.unit else None
+        unit = _unit_of(node)
+        reason = KEEP_UNITS_FLOAT.get(unit) if unit else None
         reason = reason or next((why for fragment, why in KEEP_FLOAT.items() if fragment in node.name.lower()), None)
         if reason is None and node.op_type in QUANTIZED_OPS and not any(name in weights for name in node.input[:2]):
             reason = "attention product of two activations"
         if reason is not None:
             excluded[node.name] = reason
+    # ONNX Runtime quantizes a Gemm's output too: a Gemm whose output a LUVC unit reads (Qwen3-VL's DeepStack
+    # mergers feed the OIM merge) stays float, so the unit never reads quantized data
+    unit_inputs = {name for node in model.graph.node if _unit_of(node) for name in node.input}
+    for node in model.graph.node:
+        if node.op_type == "Gemm" and node.name not in excluded and unit_inputs & set(node.output):
+            excluded[node.name] = "feeds a LUVC unit"
     return excluded
+
+
+def _unit_of(node: onnx.NodeProto) -> str | None:
+    place = place_of(node.name)
+    return place.unit if place is not None else None
 
 
 class FeedReader:

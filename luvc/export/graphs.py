@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, kept_index_layers, kv_names
+from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_names, kept_index_layers, kv_names
 from luvc.export.profile import Bucket, ExportProfile
 from luvc.models.base import VLMAdapter
 
@@ -33,8 +33,9 @@ class GraphSpec:
         if not self.dims:
             return None
         shapes = [self.dims.get(name) for name in self.feeds]
-        if self.kind == "decode":
-            return (*shapes[:3], tuple(shapes[3:]))
+        fixed = {"decode": 3, "prefill": 2}.get(self.kind)  # then a variadic argument: past KV, DeepStack planes
+        if fixed is not None and len(shapes) > fixed:
+            return (*shapes[:fixed], tuple(shapes[fixed:]))
         return tuple(shapes)
 
     def dim_names(self) -> dict[tuple[str, int], str]:
@@ -56,7 +57,8 @@ def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> 
     if feeds["pixel_values"].dim() == 4:  # (B, C, H, W): images batch along axis 0
         feeds["pixel_values"] = _rows(feeds["pixel_values"])
         dims["pixel_values"] = {0: Dim("images", min=1, max=max(2, profile.max_batch))}
-    return GraphSpec(f"vision_{bucket.name}", "vision", module, feeds, ["image_embeds"], dims, bucket.name)
+    outputs = ["image_embeds", *deepstack_names(adapter.deepstack_planes)]
+    return GraphSpec(f"vision_{bucket.name}", "vision", module, feeds, outputs, dims, bucket.name)
 
 
 def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -89,6 +91,9 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
         "position_ids": position_ids,
     }
     dims = {"inputs_embeds": {0: batch, 1: length}, "position_ids": {batch_axis: batch, batch_axis + 1: length}}
+    for name in deepstack_names(adapter.deepstack_planes):  # one row per visual token of the image
+        feeds[name] = torch.randn(EXAMPLE_BATCH, bucket.tokens_per_image, hidden, dtype=profile.dtype)
+        dims[name] = {0: batch}
     plan = bucket.budget_plan
     outputs = [
         "logits",

@@ -13,6 +13,7 @@ Runs after every export; ``check_graph`` fails with every finding and its fix. R
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from pathlib import Path
@@ -81,6 +82,8 @@ def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None, base_dir
     constants, types = _constants(graph), _types(graph)
     producers = {output: node for node in graph.node for output in node.output}
     issues = []
+    seen = collections.Counter(node.name for node in graph.node if node.name)
+    issues += [LintIssue("name", name, f"{count} nodes share this name") for name, count in seen.items() if count > 1]
     for node in graph.node:
         name = node.name or node.op_type
         if node.op_type in FORBIDDEN_OPS:

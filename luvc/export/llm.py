@@ -90,9 +90,15 @@ class EmbedGraph(nn.Module):
         return self.embed_tokens(input_ids)
 
 
+def deepstack_names(count: int) -> list[str]:
+    """Names of the DeepStack planes (Qwen3-VL): vision-graph outputs and prefill-graph inputs."""
+    return [f"deepstack.{index}" for index in range(count)]
+
+
 class PrefillGraph(nn.Module):
-    """``inputs_embeds (B, S, D)``, ``position_ids`` -> last-token ``logits (B, V)`` (float32), every layer's
-    present key/value, and the kept visual indices of every layer where SPU prunes.
+    """``inputs_embeds (B, S, D)``, ``position_ids`` (and Qwen3-VL's ``deepstack.{k} (B, n, D)``) -> last-token
+    ``logits (B, V)`` (float32), every layer's present key/value, and the kept visual indices of every layer where
+    SPU prunes.
 
     Image tokens sit at the static span ``[visual_start, visual_start + n)``; the text after them has any length.
     Budgets are the frozen integers of ``budget_plan`` (one image per row)."""
@@ -104,7 +110,9 @@ class PrefillGraph(nn.Module):
         self.spans = ((visual_start, budget_plan.num_visual_tokens),)
         self.budget_plan = budget_plan
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *deepstack: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         cache = GraphCache()
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -113,6 +121,7 @@ class PrefillGraph(nn.Module):
             use_cache=True,
             visual_spans=self.spans,
             budget_plan=self.budget_plan,
+            deepstack=deepstack,
         )
         logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
         kept = tuple(outputs.kept_visual_indices[layer] for layer in kept_index_layers(self.budget_plan))

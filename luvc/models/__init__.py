@@ -15,11 +15,12 @@ from luvc.models.llava import LlavaAdapter
 from luvc.models.prompt import chat_template_of
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import TINY_BUILDERS, build_tiny
 from luvc.models.weights import cast_in_place, checkpoint_dtype
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
-    adapter.architecture: adapter for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, LlavaAdapter)
+    adapter.architecture: adapter for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, LlavaAdapter)
 }
 TINY_MODELS = tuple(TINY_BUILDERS)
 

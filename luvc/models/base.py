@@ -77,6 +77,11 @@ class VLMAdapter:
         return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
     @property
+    def deepstack_planes(self) -> int:
+        """DeepStack planes the vision side hands the first decoder layers (Qwen3-VL); 0 for other families."""
+        return 0
+
+    @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 

@@ -124,6 +124,20 @@ def spu_prune(
     return hidden, cos, sin, visual_ids, spans
 
 
+def add_visual_plane(
+    hidden: torch.Tensor, spans: Sequence[Span], visual_ids: torch.Tensor, plane: torch.Tensor
+) -> torch.Tensor:
+    """DeepStack (Qwen3-VL): ``hidden`` with the rows of ``plane (B, N, D)`` (one per original visual token) of the
+    visual tokens still in the sequence (``visual_ids``, after any pruning) added at their ``spans``."""
+    rows = gather_tokens(plane.to(hidden.dtype), visual_ids)
+    pieces, cursor, offset = [], 0, 0
+    for start, count in spans:
+        pieces += [hidden[:, cursor:start], hidden[:, start : start + count] + rows[:, offset : offset + count]]
+        cursor, offset = start + count, offset + count
+    pieces.append(hidden[:, cursor:])
+    return torch.cat(pieces, dim=1)
+
+
 def install_spu_scopes(text_model: nn.Module) -> None:
     """Give a patched text model one ``Scope(spu_prune)`` per decoder layer (named ``luvc_spu.{layer}``)."""
     if not isinstance(getattr(text_model, "luvc_spu", None), nn.ModuleList):
@@ -144,7 +158,8 @@ class SpuDecoderMixin:
       causal order with their original rotary positions;
     - each layer caches only the tokens it processed (``LuvcCache``); positions continue from the original
       prompt length;
-    - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout).
+    - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout);
+    - DeepStack planes (Qwen3-VL) are added after the first layers to the visual tokens those layers kept.
     """
 
     luvc_config: LUVCConfig
@@ -168,6 +183,7 @@ class SpuDecoderMixin:
         use_cache: bool | None = None,
         visual_spans: Sequence[Span] = (),
         budget_plan: BudgetPlan | None = None,
+        deepstack: Sequence[torch.Tensor] = (),
         **kwargs,
     ) -> LuvcDecoderOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -218,6 +234,8 @@ class SpuDecoderMixin:
                 use_cache=use_cache,
                 **kwargs,
             )
+            if layer_index < len(deepstack):
+                hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index])
         hidden = self.norm(hidden)
         if isinstance(past_key_values, LuvcCache):
             past_key_values.num_positions = start + length

@@ -21,11 +21,13 @@ from luvc.models.decoder import LuvcDecoderOutput, scatter_image_features
 @dataclasses.dataclass(frozen=True)
 class ImageFeatures:
     """The LLM-ready features of a batch's images, rows of all images concatenated: ``embeds (n, D)``, how many rows
-    each image has, and (Qwen-VL) the compressed patch grid ``(images, 3)`` positions follow."""
+    each image has, (Qwen-VL) the compressed patch grid ``(images, 3)`` positions follow, and (Qwen3-VL) the
+    DeepStack planes ``(n, D)`` added after the first decoder layers."""
 
     embeds: torch.Tensor
     tokens_per_image: list[int]
     grid: torch.Tensor | None = None
+    deepstack: tuple[torch.Tensor, ...] = ()
 
 
 class LuvcMultimodalMixin:
@@ -51,7 +53,7 @@ class LuvcMultimodalMixin:
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
-        features, spans, plan = None, (), None
+        features, spans, plan, planes = None, (), None, ()
         if pixel_values is not None:
             features = self.luvc_image_features(pixel_values, kwargs)
             inputs_embeds, spans, plan = scatter_image_features(
@@ -63,6 +65,8 @@ class LuvcMultimodalMixin:
                 self.config.text_config.num_hidden_layers,
                 self.luvc_config,
             )
+            rows = inputs_embeds.shape[0]  # each row's visual tokens, in row order
+            planes = tuple(plane.reshape(rows, -1, plane.shape[-1]) for plane in features.deepstack)
         if position_ids is None:
             batch, length = inputs_embeds.shape[:2]
             position_ids = self.luvc_position_ids(input_ids, features, past_key_values, batch, length, kwargs)
@@ -74,6 +78,7 @@ class LuvcMultimodalMixin:
             use_cache=use_cache,
             visual_spans=spans,
             budget_plan=plan,
+            deepstack=planes,
         )
         outputs.image_hidden_states = features.embeds if plan is not None else None
         return outputs

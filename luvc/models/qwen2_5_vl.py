@@ -20,7 +20,6 @@ from luvc.models.qwen2_vl import (
     Qwen2VLAdapter,
     QwenVLModelMixin,
     mrope_rotary_ids,
-    run_qwen_vision,
 )
 
 
@@ -29,10 +28,8 @@ class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
 
     luvc_windowed = True
     luvc_plan = LuvcQwen2VisionTransformer.luvc_plan
+    forward = LuvcQwen2VisionTransformer.forward
     extra_repr = LuvcQwen2VisionTransformer.extra_repr
-
-    def forward(self, hidden_states, grid_thw, luvc_plan=None, **kwargs):
-        return run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
 
 
 class LuvcQwen2_5_VLTextModel(SpuDecoderMixin, Qwen2_5_VLTextModel):

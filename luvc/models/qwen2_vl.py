@@ -8,6 +8,7 @@ host by :func:`plan_qwen_vision`; the encoder forward only gathers and adds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -18,7 +19,12 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VLTextModel,
 )
 from transformers.utils.generic import get_max_seqlen
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+from transformers.vision_utils import (
+    get_vision_cu_seqlens,
+    get_vision_interpolation_indices_and_weights,
+    get_vision_position_ids,
+    get_vision_window_index,
+)
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
@@ -51,6 +57,8 @@ class QwenVisionPlan:
     window_index: torch.Tensor | None  # raster -> token order of the first stage (merge units)
     reverse_index: torch.Tensor | None  # token -> raster order of the last stage (merge units)
     full_attention_blocks: frozenset[int]
+    # Qwen3-VL: the learned position table resampled to the (first stage's) grid, (N, taps) indices and weights
+    position_taps: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def output_grid_thw(self) -> torch.Tensor:
@@ -109,6 +117,20 @@ def _in_token_order(step: OIMStep, previous_window, window) -> OIMStep:
     )
 
 
+def _position_taps(grid_thw: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Qwen3-VL's learned position embeddings resampled to ``grid_thw`` (bilinear, corners aligned, in merge-unit
+    order, as upstream's encoder does): gather indices and weights. ``None`` for encoders without the table."""
+    if not getattr(config, "num_position_embeddings", None):
+        return None
+    return get_vision_interpolation_indices_and_weights(
+        grid_thw,
+        num_grid_per_side=int(config.num_position_embeddings**0.5),
+        mode="bilinear",
+        align_corners=True,
+        spatial_merge_size=config.spatial_merge_size,
+    )
+
+
 def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed: bool) -> QwenVisionPlan:
     """Host-side plan of the encoder under ``luvc`` (resolved) for images with patch grid ``grid_thw``."""
     grid_thw = grid_thw.detach().cpu().long()
@@ -139,6 +161,7 @@ def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed:
         window_index=first_window,
         reverse_index=None if window_index is None else torch.argsort(window_index),
         full_attention_blocks=frozenset(getattr(config, "fullatt_block_indexes", None) or ()),
+        position_taps=_position_taps(stages[0].grid_thw, config),
     )
 
 
@@ -154,11 +177,27 @@ def _to(cu_seqlens, device):
     return cu_seqlens.to(device) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
 
 
-def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -> BaseModelOutputWithPooling:
-    """The encoder forward under ``plan``: blocks, OIM steps between them, patch merger."""
+@dataclasses.dataclass(frozen=True)
+class QwenVisionOutput:
+    """What a Qwen-VL encoder gives under LUVC: the last hidden states, the merged features ``(units, D)`` and
+    (Qwen3-VL) the DeepStack features, each taken after its block and merged by every OIM step from that block on."""
+
+    hidden: torch.Tensor
+    merged: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...] = ()
+
+
+def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -> QwenVisionOutput:
+    """The encoder forward under ``plan``: patch and position embeddings, blocks, OIM steps between them, DeepStack
+    mergers (Qwen3-VL), patch merger."""
     unit = encoder.spatial_merge_size**2
     hidden = encoder.patch_embed(pixel_values)
     dim = hidden.shape[-1]
+    if plan.position_taps is not None:
+        indices, weights = (tensor.to(hidden.device) for tensor in plan.position_taps)
+        hidden = hidden + (encoder.pos_embed(indices) * weights[:, :, None]).sum(1).to(hidden.dtype)
+    deepstack_blocks = list(getattr(encoder, "deepstack_visual_indexes", None) or ())
+    deepstack = []
     if plan.window_index is not None:
         hidden = hidden.view(-1, unit, dim)[plan.window_index.to(hidden.device)].reshape(-1, dim)
     stage = plan.stages[0]
@@ -171,23 +210,29 @@ def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -
             max_seqlen=stage.max_window_seqlen if windowed else stage.max_seqlen,
             position_embeddings=position_embeddings,
         )
+        if index in deepstack_blocks:  # one row per merge unit, like the merger's output
+            deepstack.append(encoder.deepstack_merger_list[deepstack_blocks.index(index)](hidden))
         if index in plan.merges:
-            hidden = encoder.luvc_oim[index](hidden.view(-1, unit, dim), plan.merges[index]).reshape(-1, dim)
+            step = plan.merges[index]
+            hidden = encoder.luvc_oim[index](hidden.view(-1, unit, dim), step).reshape(-1, dim)
+            deepstack = [encoder.luvc_oim[index](feature, step) for feature in deepstack]
             stage = plan.stage_of_block(index + 1)
             position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
     merged = encoder.merger(hidden)
     if plan.reverse_index is not None:
-        merged = merged[plan.reverse_index.to(merged.device)]
-    return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=merged)
+        reverse = plan.reverse_index.to(merged.device)
+        merged, deepstack = merged[reverse], [feature[reverse] for feature in deepstack]
+    return QwenVisionOutput(hidden, merged, tuple(deepstack))
 
 
 class QwenVisionGraph(torch.nn.Module):
     """The encoder for one image-size bucket, as an exportable module.
 
-    Inputs: ``pixel_values`` then the host-planned metadata: ``rotary_ids.{stage}`` (one per stage, the stage
-    after each merge), and for windowed encoders ``window_index`` and ``reverse_index``. Merge indices and attention
+    Inputs: ``pixel_values`` then the host-planned metadata (``qwen_vision_feeds``): ``rotary_ids.{stage}`` (one
+    per stage, the stage after each merge); for windowed encoders ``window_index`` and ``reverse_index``; for
+    Qwen3-VL the position-table taps ``position_indices`` and ``position_weights``. Merge indices and attention
     segments (``cu_seqlens``) are constants of the bucket: as inputs they would make shapes data-dependent.
-    Output: ``image_embeds (1, n, D)``.
+    Outputs: ``image_embeds (1, n, D)``, then (Qwen3-VL) one ``deepstack.{k} (1, n, D)`` per DeepStack feature.
     """
 
     def __init__(self, encoder, plan: QwenVisionPlan) -> None:
@@ -207,16 +252,24 @@ class QwenVisionGraph(torch.nn.Module):
             for stage in plan.stages
         )
         self.plan = dataclasses.replace(plan, stages=stages)
+        self.feed_names = list(qwen_vision_feeds(torch.empty(0), plan))[1:]
 
-    def forward(self, pixel_values: torch.Tensor, *metadata: torch.Tensor) -> torch.Tensor:
-        stages = tuple(dataclasses.replace(stage, rotary_ids=ids) for stage, ids in zip(self.plan.stages, metadata))
+    def forward(self, pixel_values: torch.Tensor, *metadata: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feeds = dict(zip(self.feed_names, metadata))
+        stages = tuple(
+            dataclasses.replace(stage, rotary_ids=feeds[f"rotary_ids.{index}"])
+            for index, stage in enumerate(self.plan.stages)
+        )
         plan = dataclasses.replace(self.plan, stages=stages)
-        if self.plan.window_index is None:
-            return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
-        window_index, reverse_index = metadata[len(stages) :]
-        plan = dataclasses.replace(plan, window_index=window_index, reverse_index=reverse_index)
-        with batched_windows(self.encoder):
-            return run_qwen_vision(self.encoder, pixel_values, plan).pooler_output[None]
+        if "position_indices" in feeds:
+            plan = dataclasses.replace(plan, position_taps=(feeds["position_indices"], feeds["position_weights"]))
+        windows = contextlib.nullcontext()
+        if self.plan.window_index is not None:
+            plan = dataclasses.replace(plan, window_index=feeds["window_index"], reverse_index=feeds["reverse_index"])
+            windows = batched_windows(self.encoder)
+        with windows:
+            output = run_qwen_vision(self.encoder, pixel_values, plan)
+        return (output.merged[None], *(feature[None] for feature in output.deepstack))
 
 
 def qwen_vision_feeds(pixel_values: torch.Tensor, plan: QwenVisionPlan) -> dict[str, torch.Tensor]:
@@ -225,6 +278,8 @@ def qwen_vision_feeds(pixel_values: torch.Tensor, plan: QwenVisionPlan) -> dict[
     feeds.update({f"rotary_ids.{index}": stage.rotary_ids for index, stage in enumerate(plan.stages)})
     if plan.window_index is not None:
         feeds["window_index"], feeds["reverse_index"] = plan.window_index, plan.reverse_index
+    if plan.position_taps is not None:
+        feeds["position_indices"], feeds["position_weights"] = plan.position_taps
     return feeds
 
 
@@ -249,7 +304,8 @@ class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
         )
 
     def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, luvc_plan=None, **kwargs):
-        return run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
+        output = run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
+        return BaseModelOutputWithPooling(last_hidden_state=output.hidden, pooler_output=output.merged)
 
     def extra_repr(self) -> str:
         return f"luvc_oim_layers={list(self.luvc_config.oim_layers)}, axes={list(self.luvc_config.oim_axes())}"

@@ -21,6 +21,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -82,9 +84,10 @@ def _qwen_text_config(tokenizer) -> dict:
     return dict(_text_dims(tokenizer), rope_parameters=rope)
 
 
-def _qwen_image_processor() -> Qwen2VLImageProcessorPil:
+def _qwen_image_processor(patch: int = 14) -> Qwen2VLImageProcessorPil:
+    side = 2 * patch  # one merge unit
     return Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56, max_pixels=448 * 448
+        patch_size=patch, merge_size=2, temporal_patch_size=2, min_pixels=(2 * side) ** 2, max_pixels=(16 * side) ** 2
     )
 
 
@@ -131,6 +134,27 @@ def tiny_qwen2_5_vl(tokenizer):
     return Qwen2_5_VLForConditionalGeneration(config), _qwen_image_processor()
 
 
+def tiny_qwen3_vl(tokenizer):
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=dict(_text_dims(tokenizer), head_dim=8, rope_parameters=rope),
+        vision_config=dict(
+            depth=3,
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=32,
+            num_heads=4,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,  # an 8 x 8 table, resampled to each grid
+            deepstack_visual_indexes=[0, 1],  # block 0's feature is taken before the default OIM step (after block 0)
+        ),
+        **_qwen_token_ids(tokenizer),
+    )
+    return Qwen3VLForConditionalGeneration(config), _qwen_image_processor(patch=16)
+
+
 def tiny_llava(tokenizer):
     (image,) = _ids(tokenizer, "<image>")
     config = LlavaConfig(
@@ -156,6 +180,7 @@ def tiny_llava(tokenizer):
 TINY_BUILDERS: dict[str, Callable] = {
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+    "tiny-qwen3-vl": tiny_qwen3_vl,
     "tiny-llava": tiny_llava,
 }
 

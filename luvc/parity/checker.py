@@ -39,7 +39,7 @@ class _BackendRun:
         self.tokens, self.step_logits, request = pipeline.greedy(
             self.input_ids, self.pixels, prepared.image_size, max_new_tokens
         )
-        self.image_embeds = pipeline.to_host(request.image_embeds)
+        self.image_embeds = pipeline.to_host(request.image_features["image_embeds"])
         self.prefill_feeds = host_arrays(request.prefill_feeds)
         self.outputs = host_arrays(request.prefill_outputs)
 

@@ -323,11 +323,14 @@ class Pipeline:
         metadata = {entry.name: self.to_device(host[entry.name]) for entry in inputs[1:]}
         return [{"pixel_values": chunk, **metadata} for chunk in torch.split(pixels, per_image)]
 
-    def image_embeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> torch.Tensor:
-        """``(images, n, D)`` visual embeddings on the device."""
+    def image_features(self, pixel_values: np.ndarray, bucket: BucketEntry) -> dict[str, torch.Tensor]:
+        """The vision graph's outputs for ``pixel_values`` on the device, images along axis 0: ``image_embeds
+        (images, n, D)`` and (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape."""
         session = self.session(bucket.vision)
-        embeds = [session.infer(feeds)["image_embeds"] for feeds in self.vision_feeds(pixel_values, bucket)]
-        return embeds[0] if len(embeds) == 1 else torch.cat(embeds)
+        calls = [session.infer(feeds) for feeds in self.vision_feeds(pixel_values, bucket)]
+        if len(calls) == 1:
+            return calls[0]
+        return {name: torch.cat([outputs[name] for outputs in calls]) for name in calls[0]}
 
     def embed(self, input_ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings of device ``input_ids (B, S)``, into ``out`` when given."""
@@ -345,9 +348,11 @@ class Pipeline:
         return rows if rows.shape[0] == 3 else rows[0]
 
     def prefill_feeds(
-        self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: BucketEntry
+        self, input_ids: np.ndarray, features: dict[str, torch.Tensor], bucket: BucketEntry
     ) -> dict[str, torch.Tensor]:
-        """Prefill feeds for prompts ``input_ids (B, S)`` whose image span takes ``image_embeds (B, n, D)``."""
+        """Prefill feeds for prompts ``input_ids (B, S)`` and their images' ``features`` (``image_features``): the
+        image span takes ``image_embeds (B, n, D)``; the features the prefill graph also takes (DeepStack planes)
+        are fed as they are."""
         start, count = bucket.visual_start, bucket.tokens_per_image
         batch, length = input_ids.shape
         image_token = self.manifest.template.image_token_id
@@ -360,14 +365,18 @@ class Pipeline:
                 "template); build them with prompt_ids() for the same bucket."
             )
         embeds = self.embed(self.to_device(input_ids.astype(np.int64)))
-        embeds[:, start : start + count] = image_embeds.to(embeds.dtype)
-        return {"inputs_embeds": embeds, "position_ids": self.to_device(self.positions(bucket, batch, 0, length))}
+        embeds[:, start : start + count] = features["image_embeds"].to(embeds.dtype)
+        feeds = {"inputs_embeds": embeds, "position_ids": self.to_device(self.positions(bucket, batch, 0, length))}
+        for entry in self.manifest.graphs[bucket.prefill].inputs:
+            if entry.name in features:
+                feeds[entry.name] = features[entry.name]
+        return feeds
 
     def prefill(
-        self, input_ids: np.ndarray, image_embeds: torch.Tensor, bucket: BucketEntry
+        self, input_ids: np.ndarray, features: dict[str, torch.Tensor], bucket: BucketEntry
     ) -> dict[str, torch.Tensor]:
         """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
-        return self.session(bucket.prefill).infer(self.prefill_feeds(input_ids, image_embeds, bucket))
+        return self.session(bucket.prefill).infer(self.prefill_feeds(input_ids, features, bucket))
 
     def prompt_ids(self, prompts: Sequence[str], bucket: BucketEntry) -> np.ndarray:
         """Token ids of the export's prompt template around each prompt (a prompt that holds the image placeholder is
@@ -529,7 +538,7 @@ class Request:
         self.keep_logits = keep_logits
         self.keep_decode_feeds = keep_decode_feeds
         self.stop_token_ids = list(stop_token_ids)
-        self.image_embeds: torch.Tensor | None = None
+        self.image_features: dict[str, torch.Tensor] = {}
         self.prefill_feeds: dict[str, torch.Tensor] = {}
         self.prefill_outputs: dict[str, torch.Tensor] = {}
         self.steps_done = 0
@@ -560,10 +569,10 @@ class Request:
         pipeline, bucket, timings = self.pipeline, self.bucket, self.timings
         self._began, self._sessions_before = time.perf_counter(), pipeline.session_seconds()
         with _on_stream(pipeline.cuda_stream):
-            self.image_embeds = pipeline.image_embeds(self.pixel_values, bucket)
+            self.image_features = pipeline.image_features(self.pixel_values, bucket)
             pipeline.synchronize()
             timings.vision_ms = (time.perf_counter() - self._began) * 1e3
-            self.prefill_feeds = pipeline.prefill_feeds(self.input_ids, self.image_embeds, bucket)
+            self.prefill_feeds = pipeline.prefill_feeds(self.input_ids, self.image_features, bucket)
             self.prefill_outputs = pipeline.session(bucket.prefill).infer(self.prefill_feeds)
             pipeline.synchronize()
             timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms

@@ -17,9 +17,9 @@ def _run_graphs(folder, reference):
     graphs = Pipeline(folder)
     bucket = graphs.manifest.bucket_for((224, 224))
     pixels = reference.inputs["pixel_values"].numpy()
-    embeds = graphs.image_embeds(pixels, bucket)
-    prefill = host_arrays(graphs.prefill(reference.inputs["input_ids"].numpy(), embeds, bucket))
-    return graphs, bucket, embeds.numpy(), prefill
+    features = graphs.image_features(pixels, bucket)
+    prefill = host_arrays(graphs.prefill(reference.inputs["input_ids"].numpy(), features, bucket))
+    return graphs, bucket, features["image_embeds"].numpy(), prefill
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -85,7 +85,7 @@ def fuse_oim_merge(graph: gs.Graph) -> gs.Graph:
         unknown = [i for i, dim in enumerate(shape) if not isinstance(dim, int)]
         if not weights_half or stride is None or len(unknown) > 1:
             continue
-        prefix = add.name.rsplit("/", 1)[0]
+        prefix = add.name  # unique: a unit may merge several tensors (Qwen3-VL's DeepStack features)
         static = [-1 if not isinstance(dim, int) else dim for dim in shape]
         split = static[:axis] + [units // (2 * stride), 2, stride] + static[axis + 1 :]
         merged = static[:axis] + [units // 2] + static[axis + 1 :]

@@ -1,0 +1,86 @@
+"""LUVC for Qwen3-VL: the Qwen-VL machinery plus learned position embeddings and DeepStack.
+
+- The encoder (patch 16) adds its learned position table resampled to each image's grid; the resampling taps are
+  planned on the host with the rest of the vision plan (``position_taps``), since they depend on the grid.
+- DeepStack: features taken after some encoder blocks (``deepstack_visual_indexes``) go through every OIM step
+  from their block on, like the main path (``run_qwen_vision``), and are added to the hidden states of the first
+  decoder layers at the visual tokens those layers kept after SPU (``add_visual_plane``).
+- M-RoPE is interleaved (inside upstream's rotary embedding) over the compressed grid; decode positions as Qwen2-VL.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    BaseModelOutputWithDeepstackFeatures,
+    Qwen3VLModel,
+    Qwen3VLTextModel,
+    Qwen3VLVisionModel,
+)
+
+from luvc.compress.cost import VisionSpec
+from luvc.models.decoder import SpuDecoderMixin
+from luvc.models.multimodal import ImageFeatures
+from luvc.models.qwen2_vl import (
+    LuvcQwen2VisionTransformer,
+    Qwen2VLAdapter,
+    QwenVLModelMixin,
+    mrope_rotary_ids,
+    run_qwen_vision,
+)
+
+
+class LuvcQwen3VisionModel(Qwen3VLVisionModel):
+    """Modifications: as ``LuvcQwen2VisionTransformer`` (OIM between blocks, rotary ids of the merged grid), plus
+    the position-table taps in the plan and the DeepStack features merged by the later OIM steps."""
+
+    luvc_windowed = False
+    luvc_plan = LuvcQwen2VisionTransformer.luvc_plan
+    extra_repr = LuvcQwen2VisionTransformer.extra_repr
+
+    def forward(self, hidden_states, grid_thw, luvc_plan=None, **kwargs):
+        output = run_qwen_vision(self, hidden_states, luvc_plan or self.luvc_plan(grid_thw))
+        return BaseModelOutputWithDeepstackFeatures(
+            last_hidden_state=output.hidden, pooler_output=output.merged, deepstack_features=list(output.deepstack)
+        )
+
+
+class LuvcQwen3VLTextModel(SpuDecoderMixin, Qwen3VLTextModel):
+    """Modifications: see ``SpuDecoderMixin`` (DeepStack planes included); M-RoPE position ids as in Qwen2-VL, the
+    interleaving is upstream's rotary embedding's."""
+
+    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return mrope_rotary_ids(position_ids)
+
+
+class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
+    __doc__ = QwenVLModelMixin.__doc__
+
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+        grid_thw = inputs["image_grid_thw"]
+        vision_plan = self.visual.luvc_plan(grid_thw)
+        output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
+        llm_grid = vision_plan.output_grid_thw
+        counts = (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+        return ImageFeatures(output.pooler_output, counts, llm_grid, tuple(output.deepstack_features))
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    architecture = "Qwen3VLForConditionalGeneration"
+    luvc_classes = (LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)
+
+    @property
+    def deepstack_planes(self) -> int:
+        return len(self.model.config.vision_config.deepstack_visual_indexes or ())
+
+    def vision_spec(self) -> VisionSpec:
+        vision = self.model.config.vision_config
+        spec = super().vision_spec()
+        unit = vision.spatial_merge_size**2
+        merger = 2 * (unit * vision.hidden_size) ** 2 + 2 * unit * vision.hidden_size * vision.out_hidden_size
+        return VisionSpec(  # the DeepStack mergers run once per feature, like the main merger
+            embed=spec.embed,
+            mlp=spec.mlp,
+            patch_flops_per_token=spec.patch_flops_per_token,
+            projector_flops_per_unit=spec.projector_flops_per_unit + self.deepstack_planes * merger,
+        )
