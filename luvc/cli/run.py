@@ -30,14 +30,7 @@ class Run:
         options = groups[RuntimeArgs]
         console = Console()
         image = load_image(args.image) if args.image else None
-        pipeline = Pipeline(
-            options.artifact_dir,
-            options.backend,
-            options.engines,
-            options.providers,
-            device=options.device,
-            plugin_library=options.plugin_library,
-        )
+        pipeline = options.pipeline()
         if image is None:
             height, width = next(iter(pipeline.manifest.buckets.values())).image_size
             image = synthetic_image(height, width)

@@ -53,19 +53,11 @@ class Serve:
 
         import uvicorn
 
-        from luvc.runtime.pipeline import Pipeline
         from luvc.serve.app import create_app
         from luvc.serve.batching import GenerationParams
         from luvc.serve.service import GenerationService
 
-        pipeline = Pipeline(
-            options.artifact_dir,
-            options.backend,
-            options.engines,
-            options.providers,
-            device=options.device,
-            plugin_library=options.plugin_library,
-        )
+        pipeline = options.pipeline()
         max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
             critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
-from luvc.runtime.pipeline import BACKENDS
+from luvc.runtime.pipeline import BACKENDS, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 
 
@@ -52,3 +52,14 @@ class RuntimeArgs(BaseArgs):
         self.device = args.device
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+
+    def pipeline(self) -> Pipeline:
+        """The pipeline these options describe (artifacts, backend, engines, device, plugin library)."""
+        return Pipeline(
+            self.artifact_dir,
+            self.backend,
+            self.engines,
+            self.providers,
+            device=self.device,
+            plugin_library=self.plugin_library,
+        )
