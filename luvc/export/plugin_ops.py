@@ -7,7 +7,8 @@ names, same meaning). The PyTorch implementations below are the reference: they 
 
 ``OrthoMerge``: ``y = weight_a * x[index_a] + weight_b * x[index_b]`` along ``axis`` of ``x`` (any rank), with
 ``index_a, index_b`` (INTS) and ``weight_a, weight_b`` (FLOATS) of length M; ``y`` is ``x`` with M entries on
-``axis``. Computed in float32, stored in ``x``'s type.
+``axis``. The plugin computes in float32 and stores in ``x``'s type; the reference (like the native graph) computes
+in ``x``'s type, so fp16 results may differ by a float16 rounding.
 
 ``SpectrumPrune``: inputs ``hidden (B, S, D)``, ``cos (B, S, R)``, ``sin (B, S, R)`` (float32 or float16) and
 ``visual_ids (B, N)`` (int64: original index of each visual token still in the sequence). Attributes: the visual
