@@ -23,16 +23,16 @@ from luvc.samples import Sample
 
 @dataclasses.dataclass
 class TorchRun:
-    """PyTorch outputs for one sample (batch of one)."""
+    """PyTorch outputs for one sample (parity runs a batch of one; B rows for a batch of same-size images)."""
 
-    image_embeds: np.ndarray  # (1, n, D) after OIM and the projector
-    logits: np.ndarray  # (1, V) first token
+    image_embeds: np.ndarray  # (B, n, D) after OIM and the projector
+    logits: np.ndarray  # (B, V) first token
     presents: dict[str, np.ndarray]  # present.{l}.key / .value
-    kept: dict[int, np.ndarray]  # SPU layer -> (1, k) kept visual indices
-    scores: dict[int, list[tuple[np.ndarray, int]]]  # SPU layer -> [(scores (1, n), budget)] per image span
+    kept: dict[int, np.ndarray]  # SPU layer -> (B, k) kept visual indices
+    scores: dict[int, list[tuple[np.ndarray, int]]]  # SPU layer -> [(scores (B, n), budget)] per image span
     layer_outputs: dict[str, np.ndarray]  # vision.blocks.{i} / llm.layers.{i} -> output activation
-    tokens: np.ndarray  # (1, T) greedy
-    step_logits: np.ndarray  # (1, T, V)
+    tokens: np.ndarray  # (B, T) greedy
+    step_logits: np.ndarray  # (B, T, V)
 
 
 def _first_tensor(output) -> torch.Tensor:
@@ -89,7 +89,7 @@ class TorchReference:
 
     @torch.no_grad()
     def run(self, inputs: dict, max_new_tokens: int) -> TorchRun:
-        """Outputs for model ``inputs`` of one sample (``adapter.prepare_inputs``)."""
+        """Outputs for model ``inputs`` (``adapter.prepare_inputs``; one sample, or a batch)."""
         activations, scores = {}, {}
         hooks = self._hooks(activations, scores)
         try:
@@ -105,7 +105,7 @@ class TorchReference:
             presents[f"present.{layer}.key"] = cached.keys.numpy()
             presents[f"present.{layer}.value"] = cached.values.numpy()
         return TorchRun(
-            image_embeds=embeds.reshape(1, -1, embeds.shape[-1]).numpy(),
+            image_embeds=embeds.reshape(inputs["input_ids"].shape[0], -1, embeds.shape[-1]).numpy(),
             logits=logits.numpy(),
             presents=presents,
             kept={layer: kept.numpy() for layer, kept in outputs.kept_visual_indices.items()},

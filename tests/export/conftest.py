@@ -2,11 +2,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
+from luvc.compress.config import LUVCConfig
 from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.models.generation import greedy_generate
+from luvc.parity.reference import TorchReference
 
 PROMPT = "What is in this picture?"
 
@@ -19,7 +19,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class Reference:
-    """PyTorch LUVC outputs (fp32, default LUVC config) for a batch of two images."""
+    """PyTorch LUVC outputs (fp32, default LUVC config) for a batch of two images, from parity's reference."""
 
     inputs: dict
     image_embeds: np.ndarray  # (B, n, D)
@@ -37,22 +37,18 @@ def references():
     def get(family: str, height: int = 224, width: int = 224) -> Reference:
         if (family, height, width) not in made:
             adapter = load_model(family)
-            adapter.apply_luvc()
+            reference = TorchReference(adapter, LUVCConfig())
             images = [synthetic_image(height, width, seed) for seed in (3, 5)]
             inputs = adapter.prepare_inputs(images, PROMPT)
-            with torch.no_grad():
-                outputs = adapter.model.model(**inputs, use_cache=True)
-                logits = adapter.model.lm_head(outputs.last_hidden_state[:, -1])
-                tokens, step_logits = greedy_generate(adapter.model, inputs, 16, return_logits=True)
-            cache = outputs.past_key_values
+            run = reference.run(inputs, 16)
             made[(family, height, width)] = Reference(
                 inputs=inputs,
-                image_embeds=outputs.image_hidden_states.reshape(2, -1, outputs.image_hidden_states.shape[-1]).numpy(),
-                logits=logits.numpy(),
-                kept={layer: kept.numpy() for layer, kept in outputs.kept_visual_indices.items()},
-                keys=[layer.keys.numpy() for layer in cache.layers],
-                tokens=tokens.numpy(),
-                step_logits=step_logits.numpy(),
+                image_embeds=run.image_embeds,
+                logits=run.logits,
+                kept=run.kept,
+                keys=[run.presents[f"present.{layer}.key"] for layer in range(adapter.num_layers)],
+                tokens=run.tokens,
+                step_logits=run.step_logits,
             )
         return made[(family, height, width)]
 
