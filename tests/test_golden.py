@@ -6,7 +6,7 @@ change, a template change, a new default) passes them; these catch it. The value
 models (seeded random weights) on the synthetic image below. Margins at the time of recording, so that a change of
 CPU does not flip them: the smallest top-1/top-2 logit gap over the 8 steps is 1.4e-3 (LLaVA) to 2.0e-2 (Qwen2-VL);
 the smallest score gap at an SPU cut is 0.6% of the score (LLaVA) to 9.9% (Qwen2.5-VL); Qwen3-VL (added later):
-5.9e-3 and 3.3%. A deliberate change of
+5.9e-3 and 3.3%; InternVL (5 tiles of 8 tokens): 0.29 and 1.7%. A deliberate change of
 results updates them here, with the reason in the commit.
 """
 
@@ -35,6 +35,10 @@ GOLDEN = {
     "tiny-qwen3-vl": {
         "kept": {2: [3, 4, 5, 8, 9, 11, 12, 13, 15, 16, 18, 19, 20, 24], 3: []},
         "tokens": [2, 171, 244, 146, 263, 21, 95, 166],
+    },
+    "tiny-internvl": {
+        "kept": {2: [1, 2, 3, 4, 5, 6, 7, 10, 15, 16, 17, 18, 19, 25, 28, 31, 32, 35, 36, 37], 3: []},
+        "tokens": [198, 198, 198, 198, 198, 198, 198, 198],
     },
     "tiny-llava": {
         "kept": {

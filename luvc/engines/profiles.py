@@ -13,6 +13,7 @@ Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_n
 from __future__ import annotations
 
 from luvc.errors import critical
+from luvc.export.inspect import evaluate_dim
 from luvc.export.manifest import BucketEntry, ExportManifest
 
 Range = tuple[int, int, int]
@@ -47,15 +48,13 @@ def input_profile(manifest: ExportManifest, graph: str) -> dict[str, tuple[list[
     for entry in manifest.graphs[graph].inputs:
         low, opt, high = [], [], []
         for dim in entry.shape:
-            if isinstance(dim, int):
-                low.append(dim), opt.append(dim), high.append(dim)
-                continue
-            if dim not in ranges:
+            values = [evaluate_dim(dim, {name: bounds[i] for name, bounds in ranges.items()}) for i in range(3)]
+            if None in values:
                 critical(
                     f"Input {entry.name} of {graph} has dimension {dim!r} that no profile rule covers; "
                     "re-export with this version of luvc-export."
                 )
-            for shape, value in zip((low, opt, high), ranges[dim]):
+            for shape, value in zip((low, opt, high), values):
                 shape.append(value)
         shapes[entry.name] = (low, opt, high)
     return shapes

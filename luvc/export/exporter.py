@@ -26,6 +26,7 @@ import luvc
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
+from luvc.export.inspect import root_of
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, mark_opset, translation_table
 from luvc.export.lint import check_graph
 from luvc.export.manifest import (
@@ -140,6 +141,9 @@ class OnnxFromGraphSpec:
         for (name, axis), dim_name in spec.dim_names().items():
             symbol = inputs[name].type.tensor_type.shape.dim[axis].dim_param
             if symbol:
+                derived = root_of(symbol)  # "7*s92" for a derived axis: name its root (outputs use the root)
+                if derived is not None:
+                    symbol, dim_name = derived[1], root_of(dim_name)[1]
                 symbols[symbol] = dim_name
         rename_dims(model, symbols)
         name_nodes(model, root=spec.kind)

@@ -54,9 +54,11 @@ def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> 
     feeds = dict(feeds)
     feeds["pixel_values"] = feeds["pixel_values"].to(profile.dtype)
     dims = {}
-    if feeds["pixel_values"].dim() == 4:  # (B, C, H, W): images batch along axis 0
+    if feeds["pixel_values"].dim() == 4:  # (B, C, H, W): images (InternVL: each image's tiles) along axis 0
         feeds["pixel_values"] = _rows(feeds["pixel_values"])
-        dims["pixel_values"] = {0: Dim("images", min=1, max=max(2, profile.max_batch))}
+        images = Dim("images", min=1, max=max(2, profile.max_batch))
+        rows = adapter.pixel_rows_per_image(bucket.pixels)
+        dims["pixel_values"] = {0: images if rows == 1 else rows * images}
     outputs = ["image_embeds", *deepstack_names(adapter.deepstack_planes)]
     return GraphSpec(f"vision_{bucket.name}", "vision", module, feeds, outputs, dims, bucket.name)
 

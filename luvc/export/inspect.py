@@ -6,6 +6,7 @@ import ast
 import collections
 import functools
 import operator
+import re
 
 import onnx
 
@@ -30,6 +31,15 @@ def evaluate_dim(dim: int | str, values: dict[str, int]) -> int | None:
 
     tree = _parse_dim(dim)
     return None if tree is None else walk(tree)
+
+
+_MULTIPLE = re.compile(r"(\d+)\*(\w+)")  # a derived axis: k times a named one (InternVL's tiles x images)
+
+
+def root_of(dim: str) -> tuple[int, str] | None:
+    """``(k, name)`` of a dimension ``k*name``, else ``None``."""
+    match = _MULTIPLE.fullmatch(dim.replace(" ", ""))
+    return None if match is None else (int(match.group(1)), match.group(2))
 
 
 @functools.cache

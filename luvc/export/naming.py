@@ -94,10 +94,10 @@ MODULE_RULES: tuple[tuple[str, str], ...] = (
     (r"^encoder\.luvc_oim\.(\d+)", rf"{STACKS['vision']}.\1/{UNITS['vision']}"),
     (r"^encoder\b\.?", "vision/"),
     (
-        r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers\.(\d+)\.luvc_oim",
+        r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers?\.(\d+)\.luvc_oim",  # CLIP layers, InternViT layer
         rf"{STACKS['vision']}.\1/{UNITS['vision']}",
     ),
-    (r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers\.", f"{STACKS['vision']}."),
+    (r"^model\.vision_tower\.(?:vision_model\.)?encoder\.layers?\.", f"{STACKS['vision']}."),
     (r"^model\.vision_tower\.(?:vision_model\.)?", "vision/"),
     (r"^model\.multi_modal_projector", "vision/projector"),
 )

@@ -121,18 +121,10 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:
     vision = adapter.model.config.vision_config
-    if hasattr(vision, "image_size"):
-        return (vision.image_size, vision.image_size)
+    if hasattr(vision, "image_size"):  # one tile (InternVL) or the tower's size (LLaVA)
+        size = vision.image_size
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     return DEFAULT_QWEN_IMAGE_SIZE
-
-
-def processed_size(adapter: VLMAdapter, pixels: dict) -> tuple[int, int]:
-    """The pixel size the model sees after its image processor."""
-    if "image_grid_thw" in pixels:
-        _, grid_h, grid_w = pixels["image_grid_thw"][0].tolist()
-        patch = adapter.model.config.vision_config.patch_size
-        return grid_h * patch, grid_w * patch
-    return tuple(pixels["pixel_values"].shape[-2:])
 
 
 def _image_inputs(adapter: VLMAdapter, size: Sequence[int]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -144,7 +136,7 @@ def _image_inputs(adapter: VLMAdapter, size: Sequence[int]) -> tuple[dict, dict[
 def _kept_size(adapter: VLMAdapter, size: tuple[int, int], tries: int = 4) -> tuple[int, int] | None:
     """The size the processor leaves unchanged that ``size`` leads to when processed again and again, if any."""
     for _ in range(tries):
-        seen = processed_size(adapter, _image_inputs(adapter, size)[1])
+        seen = adapter.processed_size(size, _image_inputs(adapter, size)[1])
         if seen == size:
             return size
         size = seen
@@ -155,7 +147,7 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
     """Trace one synthetic image of ``image_size`` through the processor and the LUVC plan of ``adapter``."""
     height, width = image_size
     inputs, pixels = _image_inputs(adapter, (height, width))
-    seen = processed_size(adapter, pixels)
+    seen = adapter.processed_size((height, width), pixels)
     if seen != (height, width):
         kept = _kept_size(adapter, seen)
         fix = (

@@ -11,6 +11,7 @@ from torch import nn
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, check_fp16_range
+from luvc.models.internvl import InternVLAdapter
 from luvc.models.llava import LlavaAdapter
 from luvc.models.prompt import chat_template_of
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -20,7 +21,8 @@ from luvc.models.tiny import TINY_BUILDERS, build_tiny
 from luvc.models.weights import cast_in_place, checkpoint_dtype
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
-    adapter.architecture: adapter for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, LlavaAdapter)
+    adapter.architecture: adapter
+    for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, InternVLAdapter, LlavaAdapter)
 }
 TINY_MODELS = tuple(TINY_BUILDERS)
 

@@ -51,6 +51,7 @@ class VLMAdapter:
     image_placeholder: ClassVar[str]
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
+    processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
         self.model = model.eval()
@@ -157,7 +158,7 @@ class VLMAdapter:
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")
-        inputs = dict(pixels)
+        inputs = {key: value for key, value in pixels.items() if key not in self.processor_only_keys}
         inputs["input_ids"] = torch.tensor(token_ids, dtype=torch.long)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
         return inputs
@@ -168,6 +169,19 @@ class VLMAdapter:
         ``plan``, as an exportable module returning ``image_embeds (images, n, D)``, and its feeds: ``pixel_values``
         first, then any host-planned metadata, named as the graph inputs."""
         raise NotImplementedError
+
+    def processed_size(self, image_size: Sequence[int], pixels: dict) -> tuple[int, int]:
+        """The size an image of ``image_size`` has after the image processor made ``pixels`` of it: the bucket it
+        belongs to (Qwen-VL: the patch grid in pixels; InternVL: the tile canvas; else the pixel tensor's size)."""
+        if "image_grid_thw" in pixels:
+            _, grid_h, grid_w = pixels["image_grid_thw"][0].tolist()
+            patch = self.model.config.vision_config.patch_size
+            return grid_h * patch, grid_w * patch
+        return tuple(pixels["pixel_values"].shape[-2:])
+
+    def pixel_rows_per_image(self, pixels: dict) -> int:
+        """Rows of a ``(rows, C, H, W)`` pixel batch per image: 1, or InternVL's tiles."""
+        return 1
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         """``(R, B, S)`` LLM position ids of the prompt in ``inputs`` under its images' ``plan`` (R = 3 M-RoPE rows,

@@ -58,7 +58,7 @@ class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
     """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for LLaVA: image features from the
     LUVC vision tower (OIM inside the CLIP layers) and the projector; 1-D positions continued by the decoder."""
 
-    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         size = self.config.vision_config.image_size
         if tuple(pixel_values.shape[-2:]) != (size, size):
             critical(

@@ -55,7 +55,7 @@ class LuvcMultimodalMixin:
             past_key_values = LuvcCache()
         features, spans, plan, planes = None, (), None, ()
         if pixel_values is not None:
-            features = self.luvc_image_features(pixel_values, kwargs)
+            features = self.luvc_image_features(pixel_values, kwargs, inputs_embeds.shape[0])
             inputs_embeds, spans, plan = scatter_image_features(
                 input_ids,
                 inputs_embeds,
@@ -86,7 +86,8 @@ class LuvcMultimodalMixin:
     def luvc_check_inputs(self, inputs: dict) -> None:
         """Refuse what the LUVC path does not take (the forward's other keyword arguments are in ``inputs``)."""
 
-    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
+        """The batch's image features (``rows``: prompt rows; ``inputs``: the forward's other keyword arguments)."""
         raise NotImplementedError
 
     def luvc_position_ids(

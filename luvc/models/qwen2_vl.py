@@ -339,7 +339,7 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
         if video or inputs.get("mm_encoder_outputs"):
             critical("The LUVC model path takes images only; video inputs and mm_encoder_outputs are not supported.")
 
-    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         grid_thw = inputs["image_grid_thw"]
         vision_plan = self.visual.luvc_plan(grid_thw)
         embeds = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan).pooler_output

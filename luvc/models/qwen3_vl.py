@@ -56,7 +56,7 @@ class LuvcQwen3VLTextModel(SpuDecoderMixin, Qwen3VLTextModel):
 class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
     __doc__ = QwenVLModelMixin.__doc__
 
-    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict) -> ImageFeatures:
+    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         grid_thw = inputs["image_grid_thw"]
         vision_plan = self.visual.luvc_plan(grid_thw)
         output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)

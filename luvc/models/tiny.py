@@ -13,18 +13,22 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 SPECIAL_TOKENS = (
@@ -37,9 +41,13 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
     "<image>",
     "<pad>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
 )
 VOCAB_SIZE = 272  # 256 bytes + specials, rounded up
 TINY_IMAGE_SIZE = 224
+INTERNVL_TILE = 112  # 8 x 8 patches of 14 px: 16 LLM tokens a tile after the pixel shuffle
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -155,6 +163,27 @@ def tiny_qwen3_vl(tokenizer):
     return Qwen3VLForConditionalGeneration(config), _qwen_image_processor(patch=16)
 
 
+def tiny_internvl(tokenizer):
+    (image,) = _ids(tokenizer, "<IMG_CONTEXT>")
+    config = InternVLConfig(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=[INTERNVL_TILE, INTERNVL_TILE],
+            patch_size=[14, 14],
+        ),
+        text_config=Qwen2Config(**_text_dims(tokenizer)).to_dict(),
+        image_token_id=image,
+        image_seq_length=(INTERNVL_TILE // 28) ** 2,
+    )
+    processor = GotOcr2ImageProcessorPil(
+        size={"height": INTERNVL_TILE, "width": INTERNVL_TILE}, crop_to_patches=True, min_patches=1, max_patches=6
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
 def tiny_llava(tokenizer):
     (image,) = _ids(tokenizer, "<image>")
     config = LlavaConfig(
@@ -181,6 +210,7 @@ TINY_BUILDERS: dict[str, Callable] = {
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
     "tiny-qwen3-vl": tiny_qwen3_vl,
+    "tiny-internvl": tiny_internvl,
     "tiny-llava": tiny_llava,
 }
 

@@ -303,6 +303,13 @@ class Pipeline:
             patch = self.manifest.geometry.patch_size
             return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
         values = np.asarray(pixels["pixel_values"])
+        if "num_patches" in pixels:  # InternVL: each image's tiles; its bucket is the canvas the tiles were cut from
+            from luvc.models.internvl import tile_canvas
+
+            canvases = {tile_canvas((image.height, image.width), self.processor) for image in images}
+            if len(canvases) > 1:
+                critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
+            return values, canvases.pop()
         return values, tuple(values.shape[-2:])
 
     def vision_feeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:

@@ -25,7 +25,7 @@ import onnx
 import torch
 
 from luvc.errors import critical
-from luvc.export.inspect import evaluate_dim
+from luvc.export.inspect import evaluate_dim, root_of
 from luvc.export.manifest import TensorEntry
 from luvc.runtime.weights import MappedWeights
 
@@ -184,7 +184,16 @@ class BaseSession:
                         f"{self.name}: input {name} of shape {list(tensor.shape)} is outside the engine profile "
                         f"{low} .. {high}; re-export with larger --max-batch/--max-text-tokens/--max-new-tokens."
                     )
-        return {symbol: size for symbol, (size, _) in symbols.items()}
+        bound = {symbol: size for symbol, (size, _) in symbols.items()}
+        for symbol, (size, name) in symbols.items():
+            derived = root_of(symbol)
+            if derived is not None:  # k*name: the root axis is size / k
+                if size % derived[0]:
+                    critical(
+                        f"{self.name}: dimension {symbol} of {name} must be a multiple of {derived[0]}, got {size}."
+                    )
+                bound[derived[1]] = size // derived[0]
+        return bound
 
     def activate_impl(self) -> None:
         raise NotImplementedError

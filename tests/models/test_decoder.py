@@ -39,14 +39,17 @@ def test_default_luvc_changes_logits_but_keeps_state_dict_keys(adapter, stock, i
     assert "luvc_spu=spectral-residual" in repr(adapter.model)
 
 
-def _count_tokens(modules, sequence_dim: int) -> tuple[list[int], list]:
+def _count_tokens(modules, sequence_dim: int | None) -> tuple[list[int], list]:
+    """Tokens entering each module: along ``sequence_dim``, or (``None``) every row of every image or tile."""
+
+    def count(hidden: torch.Tensor) -> int:
+        return hidden.shape[:-1].numel() if sequence_dim is None else hidden.shape[sequence_dim]
+
     counts, handles = [], []
     for module in modules:
         handles.append(
             module.register_forward_pre_hook(
-                lambda _m, args, kwargs: counts.append(
-                    (args[0] if args else kwargs["hidden_states"]).shape[sequence_dim]
-                ),
+                lambda _m, args, kwargs: counts.append(count(args[0] if args else kwargs["hidden_states"])),
                 with_kwargs=True,
             )
         )
@@ -59,8 +62,7 @@ def test_layers_process_exactly_their_budgets(adapter, image):
     inputs = adapter.prepare_inputs([image], PROMPT)
     plan, report = adapter.plan(inputs).budget_plan, adapter.cost(inputs)
     decoder_counts, handles = _count_tokens(adapter.decoder_layers, sequence_dim=1)
-    encoder_dim = 1 if adapter.architecture.startswith("Llava") else 0
-    encoder_counts, more = _count_tokens(adapter.vision_blocks, sequence_dim=encoder_dim)
+    encoder_counts, more = _count_tokens(adapter.vision_blocks, sequence_dim=None)
     adapter.model(**inputs)
     for handle in handles + more:
         handle.remove()

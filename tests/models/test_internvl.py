@@ -1,0 +1,57 @@
+"""InternVL3 under LUVC: merge units that keep the pixel shuffle valid, every tile compressed, tile-layout buckets."""
+
+import pytest
+import torch
+from transformers.models.internvl.modeling_internvl import InternVLModel
+
+from luvc.compress.config import LUVCConfig
+from luvc.errors import LuvcError
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.models.internvl import tile_canvas, unit_order
+from luvc.runtime.pipeline import Pipeline
+
+
+@pytest.mark.parametrize("side", [4, 8, 32])
+def test_unit_order_then_a_reshape_is_upstreams_pixel_shuffle(side):
+    tokens = torch.randn(3, side * side, 5)
+    upstream = InternVLModel.pixel_shuffle(None, tokens.reshape(3, side, side, 5), 0.5).reshape(3, -1, 20)
+    assert torch.equal(tokens[:, unit_order(side)].reshape(3, -1, 20), upstream)
+
+
+def test_every_tile_and_the_thumbnail_are_compressed():
+    internvl = load_model("tiny-internvl")
+    internvl.apply_luvc()
+    image = synthetic_image(224, 336, 1)  # a 2 x 3 tile grid and the thumbnail
+    assert tile_canvas((224, 336), internvl.image_processor) == (224, 336)
+    inputs = internvl.prepare_inputs([image], "Describe.")
+    assert "num_patches" not in inputs and inputs["pixel_values"].shape[0] == 7
+    uncompressed = internvl.plan(inputs, LUVCConfig.off()).tokens_per_image
+    assert uncompressed == (7 * 16,)  # 8 x 8 patches a tile -> 16 tokens after the pixel shuffle
+    assert internvl.plan(inputs).tokens_per_image == (7 * 8,)  # one OIM step on every tile
+    with torch.no_grad():
+        outputs = internvl.model.model(**inputs)
+    assert outputs.image_hidden_states.shape[0] == 7 * 8
+    assert list(outputs.kept_visual_indices) == [2, 3] and outputs.kept_visual_indices[3].shape[1] == 0
+
+
+def test_oim_after_the_feature_layer_is_refused():
+    internvl = load_model("tiny-internvl")
+    with pytest.raises(LuvcError, match=r"merge at or after block 2, whose output InternVL takes as image features"):
+        internvl.apply_luvc(LUVCConfig(oim_layers=(2,)))
+
+
+@pytest.mark.slow
+def test_an_image_of_another_tile_layout_names_the_buckets_and_the_flag(tmp_path):
+    internvl = load_model("tiny-internvl")
+    profile = ExportProfile(image_sizes=((224, 336),))
+    out = export_model(internvl, tmp_path / "export", profile, show_progress=False)
+    pipeline = Pipeline(out)
+    pixels, canvas = pipeline.preprocess([synthetic_image(400, 120, 2)])  # a tall image: a 3 x 1 grid
+    assert canvas == (336, 112) and pixels.shape[0] == 4
+    with pytest.raises(LuvcError, match=r"buckets: \['224x336'\].*re-export with --image-size 336x112"):
+        pipeline.manifest.bucket_for(canvas)
+    result = pipeline.generate([synthetic_image(224, 336, 3)], "Describe.", max_new_tokens=4)
+    assert len(result.texts) == 1
