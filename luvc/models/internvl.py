@@ -112,8 +112,8 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
 
     def luvc_tile_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(tiles, n, D)`` LLM-ready features of a batch of tiles."""
-        outputs = self.vision_tower(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
         layer = self.config.vision_feature_layer
+        outputs = self.vision_tower(pixel_values=pixel_values.to(self.dtype), output_hidden_states=layer != -1)
         features = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]

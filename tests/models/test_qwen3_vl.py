@@ -25,7 +25,7 @@ def test_deepstack_feature_taken_before_a_merge_gets_that_merge(qwen3):
     after_block = {}
     hook = visual.blocks[0].register_forward_hook(lambda module, args, output: after_block.setdefault(0, output))
     with torch.no_grad():
-        features = qwen3.model.model.luvc_image_features(inputs["pixel_values"], inputs)
+        features = qwen3.model.model.luvc_image_features(inputs["pixel_values"], inputs, 1)
         hook.remove()
         plan = visual.luvc_plan(inputs["image_grid_thw"])
         by_hand = merge_units(visual.deepstack_merger_list[0](after_block[0]), plan.merges[0])
@@ -43,7 +43,7 @@ def test_planes_reach_the_first_layers_at_the_kept_tokens(qwen3):
     hooks += [layers[i].register_forward_pre_hook(lambda m, a, i=i: inputs_of.setdefault(i, a[0])) for i in (1, 2)]
     with torch.no_grad():
         result = model(**inputs)
-        features = model.luvc_image_features(inputs["pixel_values"], inputs)
+        features = model.luvc_image_features(inputs["pixel_values"], inputs, 1)
     for hook in hooks:
         hook.remove()
     start = inputs["input_ids"][0].tolist().index(qwen3.image_token_id)
