@@ -98,3 +98,19 @@ def test_engines_deserialize_with_the_recorded_io_and_profiles(engines):
         assert names == [io.name for io in entry.inputs + entry.outputs]
         for io_name, shapes in entry.profile.items():
             assert [list(s) for s in engine.get_tensor_profile_shape(io_name, 0)] == shapes
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen3-vl", "tiny-internvl"])
+def test_the_newer_families_build_with_their_own_inputs(family, exports, tmp_path):
+    export = exports(family)
+    engines = EngineManifest.load(build_engines(export, "ampere", tmp_path / "engines", show_progress=False))
+    manifest = ExportManifest.load(export)
+    (bucket,) = manifest.buckets.values()
+    vision, prefill = engines.engines[bucket.vision], engines.engines[bucket.prefill]
+    if family == "tiny-qwen3-vl":  # the DeepStack planes leave the vision engine and enter the prefill engine
+        planes = {"deepstack.0", "deepstack.1"}
+        assert planes <= {entry.name for entry in vision.outputs}
+        assert planes <= {entry.name for entry in prefill.inputs}
+    else:  # 224x224 is a 2 x 2 tile grid and the thumbnail: the vision engine takes tiles in fives
+        low, _, high = vision.profile["pixel_values"]
+        assert (low[0], high[0]) == (5, 5 * manifest.profile.max_batch)

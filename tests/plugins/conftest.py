@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADERS = Path(os.environ.get("LUVC_TENSORRT_HEADERS", ROOT.parent / "shared" / "third_party" / "tensorrt-headers"))
+# TensorRT's public headers (10.3 and 11.1, build-time only, never part of the project): LUVC_TENSORRT_HEADERS, else
+# beside the checkout (../shared/third_party/tensorrt-headers, as CI provides them), else the workspace's copy
+HEADER_PLACES = [
+    Path(os.environ["LUVC_TENSORRT_HEADERS"]) if os.environ.get("LUVC_TENSORRT_HEADERS") else None,
+    ROOT.parent / "shared" / "third_party" / "tensorrt-headers",
+    Path("/work/shared/third_party/tensorrt-headers"),
+]
+HEADERS = next((place for place in HEADER_PLACES if place is not None and place.is_dir()), HEADER_PLACES[1])
 NVCC = shutil.which("nvcc") or "/usr/local/bin/nvcc"
 BUILDS = {"10.3": "orin", "11.1": "thor"}  # header version -> the GPU preset its build uses here
 LIBRARY = "libluvc_trt_plugins.so"
