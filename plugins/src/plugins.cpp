@@ -133,8 +133,12 @@ bool OrthoMergePlugin::supportsFormatCombination(
 int32_t OrthoMergePlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) noexcept
 {
+    if (nbInputs != 1 || mRunner.params().axis >= in[0].desc.dims.nbDims)
+    {
+        return failed("OrthoMerge takes one input with the merge axis inside its rank");
+    }
     int64_t const units = in[0].desc.dims.d[mRunner.params().axis];
-    if (nbInputs != 1 || (units >= 0 && units <= mRunner.params().largestIndex()))
+    if (units >= 0 && units <= mRunner.params().largestIndex())
     {
         return failed("OrthoMerge: the input has " + std::to_string(units) + " units on axis "
             + std::to_string(mRunner.params().axis) + " but the merge reads unit "
