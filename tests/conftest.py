@@ -50,6 +50,11 @@ def stock(adapter):
     return copy.deepcopy(adapter.model)
 
 
+def leftovers(folder: Path) -> list[str]:
+    """Leftovers of a run beside its output: lock files and partial folders."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
 def stock_inputs(adapter, inputs: dict) -> dict:
     """What the stock transformers forward needs besides our inputs (Qwen-VL wants mm_token_type_ids)."""
     inputs = dict(inputs)

@@ -4,17 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from luvc.errors import LuvcError
 from luvc.staging import output_claim, staged_folder
-
-
-def _hidden(folder: Path) -> list[str]:
-    """Leftovers of a run beside its output: lock files and partial folders."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+from tests.conftest import leftovers
 
 
 def test_overwrite_replaces_only_after_success(tmp_path):
@@ -56,4 +51,4 @@ def test_a_lock_held_by_a_live_process_refuses_and_a_dead_ones_does_not(tmp_path
     holder.wait(timeout=30)
     with output_claim(out, False):  # the kernel dropped the dead process's lock
         pass
-    assert _hidden(tmp_path) == []
+    assert leftovers(tmp_path) == []

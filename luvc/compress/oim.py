@@ -9,7 +9,7 @@ the grid only, never on the token values, so a step is two gathers and a weighte
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -95,6 +95,17 @@ def merge_units(units: torch.Tensor, step: OIMStep, dim: int = 0) -> torch.Tenso
     first = units.index_select(dim, step.index_a.to(units.device))
     second = units.index_select(dim, step.index_b.to(units.device))
     return first * weight_a + second * weight_b
+
+
+def units_per_block(units: int, steps: Mapping[int, OIMStep], depth: int) -> list[int]:
+    """Merge units of one image entering each of ``depth`` encoder blocks, then leaving the last, for ``units``
+    before OIM and ``steps`` (block -> the step after it)."""
+    counts = [units]
+    for block in range(depth):
+        if block in steps:
+            units = int(steps[block].index_a.numel())
+        counts.append(units)
+    return counts
 
 
 def plan_oim(grids: Sequence[Grid], axes: Sequence[str]) -> list[OIMStep]:

@@ -379,7 +379,7 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
         head_dim=adapter.head_dim,
         vocab_size=text.vocab_size,
         position_rows=adapter.position_rows,
-        patch_size=adapter.model.config.vision_config.patch_size,
+        patch_size=adapter.patch_size,
     )
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from luvc.compress.oim import OIMStep, merge_units
 from luvc.compress.spu import get_scorer, low_frequency_count
 from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
-from luvc.models.decoder import Span, spu_prune
+from luvc.models.decoder import Span, pruned_spans, spu_prune
 from luvc.models.scope import Scope
 
 SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
@@ -231,11 +231,7 @@ def _spectrum_prune_unit(
     hidden, cos, sin, visual_ids = spectrum_prune(
         hidden, cos, sin, visual_ids, starts, counts, list(budgets), variant, rho, low
     )
-    new_spans, removed = [], 0
-    for (start, count), budget in zip(spans, budgets):
-        new_spans.append((start - removed, budget))
-        removed += count - budget
-    return hidden, cos, sin, visual_ids, tuple(new_spans)
+    return hidden, cos, sin, visual_ids, pruned_spans(spans, budgets)
 
 
 @contextlib.contextmanager

@@ -78,6 +78,11 @@ class VLMAdapter:
         return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
     @property
+    def patch_size(self) -> int:
+        """Side of one encoder patch in pixels."""
+        return self.model.config.vision_config.patch_size
+
+    @property
     def deepstack_planes(self) -> int:
         """DeepStack planes the vision side hands the first decoder layers (Qwen3-VL); 0 for other families."""
         return 0
@@ -175,8 +180,7 @@ class VLMAdapter:
         belongs to (Qwen-VL: the patch grid in pixels; InternVL: the tile canvas; else the pixel tensor's size)."""
         if "image_grid_thw" in pixels:
             _, grid_h, grid_w = pixels["image_grid_thw"][0].tolist()
-            patch = self.model.config.vision_config.patch_size
-            return grid_h * patch, grid_w * patch
+            return grid_h * self.patch_size, grid_w * self.patch_size
         return tuple(pixels["pixel_values"].shape[-2:])
 
     def pixel_rows_per_image(self, pixels: dict) -> int:

@@ -79,6 +79,15 @@ def scatter_image_features(
     return inputs_embeds, visual_spans(image_mask, per_row), plan_budgets(num_layers, per_row, config)
 
 
+def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:
+    """The visual spans after each image keeps its budget: starts move up by the tokens pruned before them."""
+    new_spans, removed = [], 0
+    for (start, count), budget in zip(spans, budgets):
+        new_spans.append((start - removed, budget))
+        removed += count - budget
+    return tuple(new_spans)
+
+
 def spu_gather_index(
     hidden: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
 ) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
@@ -87,18 +96,16 @@ def spu_gather_index(
     kept). A zero budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
     batch, length = hidden.shape[:2]
     device = hidden.device
-    pieces, kept, new_spans, cursor, removed, visual_offset = [], [], [], 0, 0, 0
+    pieces, kept, cursor, visual_offset = [], [], 0, 0
     for (start, count), budget in zip(spans, budgets):
         pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
         if budget:
             keep = select_tokens(scorer(hidden[:, start : start + count]), budget)
             pieces.append(keep + start)
             kept.append(keep + visual_offset)
-        new_spans.append((start - removed, budget))
-        removed += count - budget
         cursor, visual_offset = start + count, visual_offset + count
     pieces.append(torch.arange(cursor, length, device=device).expand(batch, -1))
-    return torch.cat(pieces, dim=1), tuple(new_spans), torch.cat(kept, dim=1) if kept else None
+    return torch.cat(pieces, dim=1), pruned_spans(spans, budgets), torch.cat(kept, dim=1) if kept else None
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
-from luvc.compress.oim import OIMStep, merge_units, plan_oim
+from luvc.compress.oim import OIMStep, merge_units, plan_oim, units_per_block
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, swap_class
 from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
@@ -55,12 +55,6 @@ def tile_canvas(image_size: Sequence[int], processor) -> tuple[int, int]:
         return tile
     cols, rows = get_optimal_tiled_canvas(tuple(image_size), tile, processor.min_patches, processor.max_patches)
     return rows * tile[0], cols * tile[1]
-
-
-def tiles_of(canvas: Sequence[int], processor) -> int:
-    """Tiles the processor makes for a ``canvas``: the grid, plus a thumbnail when the grid has more than one."""
-    grid = (canvas[0] // processor.size["height"]) * (canvas[1] // processor.size["width"])
-    return grid + (1 if grid > 1 and getattr(processor, "crop_to_patches", False) else 0)
 
 
 class LuvcInternVLVisionLayer(InternVLVisionLayer):
@@ -167,10 +161,13 @@ class InternVLAdapter(VLMAdapter):
         return self.model.model.vision_tower.encoder.layer
 
     @property
+    def patch_size(self) -> int:
+        return self.model.config.vision_config.patch_size[0]  # (height, width), square
+
+    @property
     def patch_side(self) -> int:
         """Patches along one side of a tile."""
-        vision = self.model.config.vision_config
-        return vision.image_size[0] // vision.patch_size[0]
+        return self.model.config.vision_config.image_size[0] // self.patch_size
 
     def feature_block(self) -> int:
         """Index of the encoder block whose output feeds the pixel shuffle."""
@@ -224,14 +221,9 @@ class InternVLAdapter(VLMAdapter):
         return (inputs["pixel_values"].shape[0] // rows,) * rows
 
     def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
-        steps = self.oim_steps(config)
-        units, segments, at_features = (self.patch_side // 2) ** 2, [], None
-        for block in range(self.vision_depth):
-            segments.append(1 + UNIT * units)  # CLS and the patch tokens
-            if block in steps:
-                units = int(steps[block].index_a.numel())
-            if block == self.feature_block():
-                at_features = units
+        units = units_per_block((self.patch_side // 2) ** 2, self.oim_steps(config), self.vision_depth)
+        segments = [1 + UNIT * count for count in units[:-1]]  # the CLS token and the patches
+        at_features = units[self.feature_block() + 1]
         tiles = self.images_key(inputs)
         block_segments = tuple(tuple(s for tile in tiles for s in (segment,) * tile) for segment in segments)
         return VisionTrace(block_segments, tuple(t * at_features for t in tiles))
@@ -253,7 +245,7 @@ class InternVLAdapter(VLMAdapter):
 
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config
-        patch = vision.num_channels * vision.patch_size[0] * vision.patch_size[1]
+        patch = vision.num_channels * self.patch_size**2
         shuffled = UNIT * vision.hidden_size
         return VisionSpec(
             embed=vision.hidden_size,

@@ -14,7 +14,7 @@ from transformers.models.llava.modeling_llava import LlavaModel
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
-from luvc.compress.oim import OIMStep, merge_units, plan_oim
+from luvc.compress.oim import OIMStep, merge_units, plan_oim, units_per_block
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, swap_class
 from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
@@ -162,15 +162,9 @@ class LlavaAdapter(VLMAdapter):
         return int(inputs["pixel_values"].shape[0])  # every image has the tower's size
 
     def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
-        steps = self.oim_steps(config)
-        units, segments, at_features = self.grid_side**2, [], None
-        first_feature = min(self.feature_blocks())
-        for block in range(self.vision_depth):
-            segments.append(1 + units)
-            if block in steps:
-                units = int(steps[block].index_a.numel())
-            if block == first_feature:
-                at_features = units
+        units = units_per_block(self.grid_side**2, self.oim_steps(config), self.vision_depth)
+        segments = [1 + count for count in units[:-1]]  # the CLS token and the patches
+        at_features = units[min(self.feature_blocks()) + 1]
         images = int(inputs["pixel_values"].shape[0])
         strategy_extra = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
         block_segments = tuple((s,) * images for s in segments)

@@ -12,13 +12,9 @@ import pytest
 from luvc.cli.main import main
 from luvc.export.manifest import ExportManifest
 from luvc.models import load_model
+from tests.conftest import leftovers
 
 CLI = [sys.executable, "-m", "luvc.cli.main"]
-
-
-def _hidden(folder: Path) -> list[str]:
-    """Leftovers of a run beside its output: lock files and partial folders."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def _wait_for(predicate, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -51,7 +47,7 @@ def test_two_exports_to_one_folder_one_wins_and_the_export_is_intact(tmp_path):
     assert f"{out} is being written by another luvc-export run (pid {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr
     ExportManifest.load(out, verify=True)  # every file present with its hash
-    assert _hidden(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -66,7 +62,7 @@ def test_a_killed_export_leaves_a_partial_folder_that_the_next_run_removes(tmp_p
     assert main(_export_argv(out)) == 0
     assert f"removed {stale}, a partial folder left by an interrupted run (pid {run.pid})" in capsys.readouterr().err
     ExportManifest.load(out, verify=True)
-    assert _hidden(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -80,7 +76,7 @@ def test_sigterm_and_ctrl_c_leave_nothing_and_say_so_in_one_line(signum, tmp_pat
     assert run.returncode == 130, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"interrupted; nothing was written to {out}"
-    assert not out.exists() and _hidden(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +150,7 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(command, message, bad
     assert code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert message in err
-    assert not out.exists() and _hidden(tmp_path) == []
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_cuda_device_without_cuda_is_named(bad_inputs, capsys):
