@@ -9,7 +9,7 @@ from typing import Literal
 from luvc.errors import critical
 
 SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")
-OIM_AXES = ("W", "H")
+OIM_AXES = ("W", "H")  # spatial axes; "T" (adjacent temporal slices of a video) joins them with oim_temporal
 OIM_POSITION_MODES = ("compact", "mean")
 
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
@@ -22,7 +22,11 @@ class LUVCConfig:
     Attributes:
         oim_layers: encoder blocks *after which* one OIM merge step runs. ``()`` disables OIM.
             Default: one step after block ``depth // 2 - 1`` (the middle of the encoder).
-        oim_first_axis: axis of the first merge step, ``"W"`` or ``"H"``; later steps alternate. Default ``"W"``.
+        oim_first_axis: axis of the first merge step, ``"W"`` or ``"H"`` (or ``"T"`` with ``oim_temporal``); later
+            steps alternate. Default ``"W"``.
+        oim_temporal: also merge adjacent temporal slices of a video: the steps cycle through W, H and T from
+            ``oim_first_axis`` (which may then be ``"T"``). Images have one slice: a T step leaves them as they are.
+            Default off.
         oim_positions: encoder rotary ids after a merge: ``"compact"`` (coordinates of the new grid, default)
             or ``"mean"`` (size-weighted mean of the merged coordinates).
         spu_variant: ``"spectral-residual"`` (default), ``"channel-spectrum"``, or ``"none"`` (no pruning).
@@ -36,6 +40,7 @@ class LUVCConfig:
 
     oim_layers: tuple[int, ...] | None = None
     oim_first_axis: str | None = None
+    oim_temporal: bool | None = None
     oim_positions: str | None = None
     spu_variant: str | None = None
     rho: float | None = None
@@ -71,7 +76,10 @@ class LUVCConfig:
         resolved = dataclasses.replace(
             self,
             oim_layers=tuple(sorted(oim_layers)),
-            oim_first_axis=_choice("oim_first_axis", self.oim_first_axis, OIM_AXES, "W"),
+            oim_first_axis=_choice(
+                "oim_first_axis", self.oim_first_axis, (*OIM_AXES, "T") if self.oim_temporal else OIM_AXES, "W"
+            ),
+            oim_temporal=bool(self.oim_temporal),
             oim_positions=_choice("oim_positions", self.oim_positions, OIM_POSITION_MODES, "compact"),
             spu_variant=_choice("spu_variant", self.spu_variant, SPU_VARIANTS, "spectral-residual"),
             rho=0.25 if self.rho is None else float(self.rho),
@@ -93,9 +101,11 @@ class LUVCConfig:
         return resolved
 
     def oim_axes(self) -> tuple[str, ...]:
-        """The axis of each merge step, alternating from ``oim_first_axis`` (config must be resolved)."""
-        first = OIM_AXES.index(self.oim_first_axis or "W")
-        return tuple(OIM_AXES[(first + i) % 2] for i in range(len(self.oim_layers or ())))
+        """The axis of each merge step (config must be resolved): W and H alternate from ``oim_first_axis``; with
+        ``oim_temporal`` the steps cycle through W, H, T from it."""
+        cycle = (*OIM_AXES, "T") if self.oim_temporal else OIM_AXES
+        first = cycle.index(self.oim_first_axis or "W")
+        return tuple(cycle[(first + i) % len(cycle)] for i in range(len(self.oim_layers or ())))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,9 +1,10 @@
 """Orthogonal Iterative Merger (DESIGN.md section 2.1), as model-agnostic pure functions.
 
-Tokens are *merge units* laid out per image as a (T, H, W) grid in raster order. One step merges adjacent units
-``(2i, 2i + 1)`` along one axis into their size-weighted mean; an odd trailing unit is carried over unmerged, so
-an axis of length ``n`` becomes ``ceil(n / 2)``. Steps alternate axes. The merge pattern is static: it depends on
-the grid only, never on the token values, so a step is two gathers and a weighted sum.
+Tokens are *merge units* laid out per image (or video) as a (T, H, W) grid in raster order. One step merges adjacent
+units ``(2i, 2i + 1)`` along one axis (W, H, or T: two temporal slices of a video) into their size-weighted mean; an
+odd trailing unit is carried over unmerged, so an axis of length ``n`` becomes ``ceil(n / 2)``. Steps alternate axes.
+The merge pattern is static: it depends on the grid only, never on the token values, so a step is two gathers and a
+weighted sum.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ class OIMStep:
     sizes: torch.Tensor
 
 
+MERGE_AXES = {"T": 0, "H": 1, "W": 2}  # axis name -> its dimension in a (T, H, W) grid
+
+
 def merged_grid(grid: Grid, axis: str) -> Grid:
     """Unit grid ``(t, h, w)`` after one merge step along ``axis``."""
-    t, h, w = grid
-    return (t, h, (w + 1) // 2) if axis == "W" else (t, (h + 1) // 2, w)
+    merged = list(grid)
+    merged[MERGE_AXES[axis]] = (merged[MERGE_AXES[axis]] + 1) // 2
+    return tuple(merged)
 
 
 def grid_after_steps(grid: Grid, axes: Sequence[str]) -> Grid:
@@ -50,22 +55,20 @@ def grid_after_steps(grid: Grid, axes: Sequence[str]) -> Grid:
 
 
 def plan_oim_step(grids: Sequence[Grid], sizes: torch.Tensor | None, axis: str) -> OIMStep:
-    """Plan one merge step along ``axis`` (``"W"`` or ``"H"``) for images with unit ``grids`` laid out one after
-    another. ``sizes`` is ``(N,)`` units covered by each input unit (``None``: all ones, a fresh grid)."""
-    if axis not in ("W", "H"):
-        raise ValueError(f"axis must be 'W' or 'H', got {axis!r}")
+    """Plan one merge step along ``axis`` (``"W"``, ``"H"`` or ``"T"``) for images or videos with unit ``grids`` laid
+    out one after another. ``sizes`` is ``(N,)`` units covered by each input unit (``None``: all ones, a fresh grid)."""
+    if axis not in MERGE_AXES:
+        raise ValueError(f"axis must be one of {list(MERGE_AXES)}, got {axis!r}")
+    dim = MERGE_AXES[axis]
     total = sum(t * h * w for t, h, w in grids)
     sizes = torch.ones(total, dtype=torch.float32) if sizes is None else sizes.to(torch.float32)
     firsts, seconds, offset = [], [], 0
     for t, h, w in grids:
-        index = torch.arange(t * h * w).view(t, h, w) + offset
-        if axis == "H":
-            index = index.transpose(1, 2)  # merge along the last dim, then put the axes back
+        index = (torch.arange(t * h * w).view(t, h, w) + offset).movedim(dim, -1)  # merge along the last dim
         first, second = index[..., 0::2], index[..., 1::2]
         if first.shape[-1] > second.shape[-1]:
             second = torch.cat([second, first[..., -1:]], dim=-1)
-        if axis == "H":
-            first, second = first.transpose(1, 2), second.transpose(1, 2)
+        first, second = first.movedim(-1, dim), second.movedim(-1, dim)  # back to raster order
         firsts.append(first.reshape(-1))
         seconds.append(second.reshape(-1))
         offset += t * h * w

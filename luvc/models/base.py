@@ -16,6 +16,7 @@ from luvc.errors import critical
 from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.prompt import PromptTemplate, chat_template_of, template_for
+from luvc.videos import Video
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -49,6 +50,8 @@ class VLMAdapter:
 
     architecture: ClassVar[str]
     image_placeholder: ClassVar[str]
+    video_placeholder: ClassVar[str | None] = None  # families that take videos (Qwen-VL)
+    video_unsupported: ClassVar[str] = "LUVC takes videos for the Qwen2-VL and Qwen2.5-VL families only."
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
@@ -90,6 +93,15 @@ class VLMAdapter:
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
+
+    @property
+    def takes_video(self) -> bool:
+        """Whether LUVC runs this family on videos."""
+        return self.video_placeholder is not None and self.video_unsupported == VLMAdapter.video_unsupported
+
+    @property
+    def video_token_id(self) -> int | None:
+        return getattr(self.model.config, "video_token_id", None) if self.takes_video else None
 
     @property
     def language_model(self) -> nn.Module:
@@ -149,17 +161,32 @@ class VLMAdapter:
         """Pixel tensors (and grid metadata) exactly as the family's ``transformers`` image processor makes them."""
         raise NotImplementedError
 
+    def preprocess_videos(self, videos: Sequence[Video]) -> dict:
+        """Pixel tensors and grid metadata of ``videos`` (families that take videos)."""
+        critical(self.video_unsupported)
+
+    def preprocess(self, visuals: Sequence[Image.Image | Video]) -> dict:
+        """``preprocess_images`` or ``preprocess_videos``: a batch holds images or videos, not both."""
+        videos = sum(isinstance(visual, Video) for visual in visuals)
+        if videos and videos != len(visuals):
+            critical("A batch holds images or videos, not both; send the images and the videos as separate requests.")
+        if videos and not self.takes_video:
+            critical(self.video_unsupported)
+        return self.preprocess_videos(visuals) if videos else self.preprocess_images(visuals)
+
     def prepare_inputs(
-        self, images: Sequence[Image.Image], prompts: str | Sequence[str], config: LUVCConfig | None = None
+        self, images: Sequence[Image.Image | Video], prompts: str | Sequence[str], config: LUVCConfig | None = None
     ) -> dict:
-        """Model inputs for one prompt per image (a batch) in the prompt template, with as many image placeholders
+        """Model inputs for one prompt per image or video (a batch) in the prompt template, with as many placeholders
         as the LLM will receive after OIM under ``config`` (default: the applied config)."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
-        pixels = self.preprocess_images(images)
+        pixels = self.preprocess(images)
         per_row = self.plan(pixels, config).tokens_per_image
-        texts = [self.template.render(prompt, count) for count, prompt in zip(per_row, prompts)]
+        video = isinstance(images[0], Video) if len(images) else False
+        placeholder = self.video_placeholder if video else None
+        texts = [self.template.render(prompt, count, placeholder) for count, prompt in zip(per_row, prompts)]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")

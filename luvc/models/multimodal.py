@@ -20,14 +20,17 @@ from luvc.models.decoder import LuvcDecoderOutput, scatter_image_features
 
 @dataclasses.dataclass(frozen=True)
 class ImageFeatures:
-    """The LLM-ready features of a batch's images, rows of all images concatenated: ``embeds (n, D)``, how many rows
-    each image has, (Qwen-VL) the compressed patch grid ``(images, 3)`` positions follow, and (Qwen3-VL) the
-    DeepStack planes ``(n, D)`` added after the first decoder layers."""
+    """The LLM-ready features of a batch's images (or videos), rows of all concatenated: ``embeds (n, D)``, how many
+    rows each has, (Qwen-VL) what the rotary index takes about the compressed grids (``rope_grids``:
+    ``image_grid_thw`` or ``video_grid_thw``, and Qwen2.5-VL's ``second_per_grid_ts``), (Qwen3-VL) the DeepStack
+    planes ``(n, D)`` added after the first decoder layers, and the placeholder token they replace (``None``: the
+    image token)."""
 
     embeds: torch.Tensor
     tokens_per_image: list[int]
-    grid: torch.Tensor | None = None
+    rope_grids: dict[str, torch.Tensor] | None = None
     deepstack: tuple[torch.Tensor, ...] = ()
+    token_id: int | None = None
 
 
 class LuvcMultimodalMixin:
@@ -54,6 +57,8 @@ class LuvcMultimodalMixin:
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
         features, spans, plan, planes = None, (), None, ()
+        if pixel_values is None:
+            pixel_values = kwargs.get("pixel_values_videos")  # a video's frames (Qwen-VL)
         if pixel_values is not None:
             features = self.luvc_image_features(pixel_values, kwargs, inputs_embeds.shape[0])
             inputs_embeds, spans, plan = scatter_image_features(
@@ -61,7 +66,7 @@ class LuvcMultimodalMixin:
                 inputs_embeds,
                 features.embeds,
                 features.tokens_per_image,
-                self.config.image_token_id,
+                self.config.image_token_id if features.token_id is None else features.token_id,
                 self.config.text_config.num_hidden_layers,
                 self.luvc_config,
             )
@@ -87,7 +92,8 @@ class LuvcMultimodalMixin:
         """Refuse what the LUVC path does not take (the forward's other keyword arguments are in ``inputs``)."""
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        """The batch's image features (``rows``: prompt rows; ``inputs``: the forward's other keyword arguments)."""
+        """The batch's image (or video) features (``rows``: prompt rows; ``inputs``: the forward's other keyword
+        arguments, where a family that takes videos finds which it got)."""
         raise NotImplementedError
 
     def luvc_position_ids(

@@ -36,17 +36,19 @@ class PromptTemplate:
         if self.text.count(IMAGE) != 1 or self.text.count(PROMPT) != 1:
             critical(f"A prompt template needs {IMAGE} and {PROMPT} once each; got {self.text!r}.")
 
-    def render(self, prompt: str, image_tokens: int) -> str:
-        """The full prompt for one image of ``image_tokens`` tokens. A prompt that already holds the image
-        placeholder was written in the template: only its placeholder is expanded (it is not wrapped twice)."""
-        image = self.image_placeholder * image_tokens
-        if self.image_placeholder in prompt:
-            if prompt.count(self.image_placeholder) != 1:
+    def render(self, prompt: str, image_tokens: int, placeholder: str | None = None) -> str:
+        """The full prompt for one image of ``image_tokens`` tokens (a video: ``placeholder`` is the video's token,
+        which takes the image's place in the template). A prompt that already holds the placeholder was written in
+        the template: only its placeholder is expanded (it is not wrapped twice)."""
+        placeholder = placeholder or self.image_placeholder
+        image = placeholder * image_tokens
+        if placeholder in prompt:
+            if prompt.count(placeholder) != 1:
                 critical(
-                    f"The prompt holds {prompt.count(self.image_placeholder)} image placeholders "
-                    f"{self.image_placeholder!r}; give one (one image per prompt), or none to use the template."
+                    f"The prompt holds {prompt.count(placeholder)} image or video placeholders {placeholder!r}; give "
+                    "one (one image or video per prompt), or none to use the template."
                 )
-            text = prompt.replace(self.image_placeholder, image)
+            text = prompt.replace(placeholder, image)
         else:
             before, after = self.text.split(PROMPT)
             text = before.replace(IMAGE, image) + prompt + after.replace(IMAGE, image)

@@ -22,6 +22,8 @@ from luvc.models.qwen2_vl import (
     mrope_rotary_ids,
 )
 
+DEFAULT_SAMPLED_FPS = 2.0  # the Qwen2.5-VL processor's fps when it is not told
+
 
 class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
     """Modifications: as ``LuvcQwen2VisionTransformer``, plus window indices recomputed after every merge."""
@@ -47,3 +49,13 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     architecture = "Qwen2_5_VLForConditionalGeneration"
     luvc_classes = (LuvcQwen2_5_VisionTransformer, LuvcQwen2_5_VLTextModel, LuvcQwen2_5_VLModel)
     gated_vision_mlp = True
+
+    def preprocess_videos(self, videos) -> dict:
+        """As Qwen2-VL's, plus ``second_per_grid_ts``: the seconds one temporal slice spans (the frame spacing of
+        each video times the temporal patch; the video processor's default of 2 sampled frames a second when the
+        frame rate is unknown), which the time axis of M-RoPE counts in."""
+        inputs = super().preprocess_videos(videos)
+        temporal = self.model.config.vision_config.temporal_patch_size
+        spacing = [video.seconds_per_frame or 1 / DEFAULT_SAMPLED_FPS for video in videos]
+        inputs["second_per_grid_ts"] = torch.tensor([temporal * seconds for seconds in spacing], dtype=torch.float32)
+        return inputs

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
@@ -36,6 +38,7 @@ from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
+from luvc.videos import Video, qwen_video_pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,11 @@ class QwenVisionPlan:
     @property
     def output_grid_thw(self) -> torch.Tensor:
         return self.stages[-1].grid_thw
+
+    @property
+    def temporal_merges(self) -> int:
+        """OIM steps that merged temporal slices (each doubles the time a slice of a video spans)."""
+        return sum(step.axis == "T" for step in self.merges.values())
 
     def stage_of_block(self, block: int) -> QwenVisionStage:
         return self.stages[sum(1 for b in self.merges if b < block)]
@@ -171,6 +179,27 @@ def planned_qwen_vision(
     """``plan_qwen_vision``, once per grid and config: kept in ``plans`` (the encoder's ``luvc_plans``)."""
     key = (tuple(map(tuple, grid_thw.tolist())), luvc)
     return plans.get(key, lambda: plan_qwen_vision(grid_thw, config, luvc, windowed))
+
+
+def qwen_visual_grid(inputs: dict) -> tuple[torch.Tensor, bool]:
+    """The patch grids ``(n, 3)`` of a request's videos, or else of its images, and whether they are videos."""
+    if inputs.get("video_grid_thw") is not None:
+        return inputs["video_grid_thw"], True
+    return inputs["image_grid_thw"], False
+
+
+def rope_grids(plan: QwenVisionPlan, inputs: dict) -> dict[str, torch.Tensor]:
+    """What ``get_rope_index`` takes about the compressed grids of the request in ``inputs``: M-RoPE positions follow
+    the merged grid. For a video, Qwen2.5-VL's ``second_per_grid_ts`` (its time axis counts seconds) doubles with
+    each temporal merge, so a merged slice sits at the time of the first slice it covers."""
+    _, video = qwen_visual_grid(inputs)
+    if not video:
+        return {"image_grid_thw": plan.output_grid_thw}
+    grids = {"video_grid_thw": plan.output_grid_thw}
+    seconds = inputs.get("second_per_grid_ts")
+    if seconds is not None:
+        grids["second_per_grid_ts"] = torch.as_tensor(seconds, dtype=torch.float32) * 2**plan.temporal_merges
+    return grids
 
 
 def _to(cu_seqlens, device):
@@ -329,33 +358,41 @@ class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
 class QwenVLModelMixin(LuvcMultimodalMixin):
     """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for Qwen-VL:
 
-    - image features from the LUVC encoder under its vision plan (images only, no video);
-    - M-RoPE ids from the compressed grid; decode positions continue from the original prompt length using the
-      request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model).
+    - image or video features from the LUVC encoder under its vision plan (a request holds images or videos);
+    - M-RoPE ids from the compressed grid (``rope_grids``); decode positions continue from the original prompt length
+      using the request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model).
     """
 
     def luvc_check_inputs(self, inputs: dict) -> None:
-        video = inputs.get("pixel_values_videos") is not None or inputs.get("video_grid_thw") is not None
-        if video or inputs.get("mm_encoder_outputs"):
-            critical("The LUVC model path takes images only; video inputs and mm_encoder_outputs are not supported.")
+        if inputs.get("mm_encoder_outputs"):
+            critical("The LUVC model path takes pixels; mm_encoder_outputs is not supported.")
+        if inputs.get("image_grid_thw") is not None and inputs.get("video_grid_thw") is not None:
+            critical("A LUVC request holds images or videos, not both; send the image and the video separately.")
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        grid_thw = inputs["image_grid_thw"]
+        grid_thw, _ = qwen_visual_grid(inputs)
         vision_plan = self.visual.luvc_plan(grid_thw)
-        embeds = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan).pooler_output
-        llm_grid = vision_plan.output_grid_thw
-        return ImageFeatures(embeds, (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist(), llm_grid)
+        output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
+        return self.luvc_features(output.pooler_output, vision_plan, inputs)
+
+    def luvc_features(self, embeds, vision_plan: QwenVisionPlan, inputs: dict, deepstack=()) -> ImageFeatures:
+        """``ImageFeatures`` of the encoder's merged output ``embeds`` under ``vision_plan``."""
+        counts = (vision_plan.output_grid_thw.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+        _, video = qwen_visual_grid(inputs)
+        token = self.config.video_token_id if video else None
+        return ImageFeatures(embeds, counts, rope_grids(vision_plan, inputs), tuple(deepstack), token)
 
     def luvc_position_ids(self, input_ids, features, cache, batch, length, inputs) -> torch.Tensor:
-        grid = features.grid if features is not None else None
-        return self._luvc_positions(input_ids, grid, inputs.get("mm_token_type_ids"), cache, batch, length)
+        grids = features.rope_grids if features is not None else None
+        return self._luvc_positions(input_ids, grids, cache, batch, length)
 
-    def _luvc_positions(self, input_ids, llm_grid, mm_token_type_ids, cache, batch, length):
-        """M-RoPE ids for a prefill with images (from the compressed grid), else continued positions."""
-        if llm_grid is not None:
-            image_mask = input_ids == self.config.image_token_id
-            token_types = mm_token_type_ids if mm_token_type_ids is not None else image_mask.int()
-            position_ids, deltas = self.get_rope_index(input_ids, token_types, image_grid_thw=llm_grid)
+    def _luvc_positions(self, input_ids, grids, cache, batch, length):
+        """M-RoPE ids for a prefill with images or videos (``rope_grids``: from the compressed grid), else continued
+        positions. Token types are the processor's: 1 at image placeholders, 2 at video placeholders."""
+        if grids is not None:
+            config = self.config
+            token_types = (input_ids == config.image_token_id).int() + 2 * (input_ids == config.video_token_id).int()
+            position_ids, deltas = self.get_rope_index(input_ids, token_types, **grids)
             if cache is not None:
                 cache.rope_deltas = deltas
             return position_ids
@@ -373,6 +410,7 @@ class LuvcQwen2VLModel(QwenVLModelMixin, Qwen2VLModel):
 class Qwen2VLAdapter(VLMAdapter):
     architecture = "Qwen2VLForConditionalGeneration"
     image_placeholder = "<|image_pad|>"
+    video_placeholder = "<|video_pad|>"
     builtin_template = (
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
     )
@@ -408,6 +446,21 @@ class Qwen2VLAdapter(VLMAdapter):
     def preprocess_images(self, images) -> dict:
         return dict(self.image_processor(images=list(images), return_tensors="pt"))
 
+    def preprocess_videos(self, videos: Sequence[Video]) -> dict:
+        pixels, grids = zip(*(self.video_pixels(video) for video in videos))
+        if len({tuple(grid[0]) for grid in grids}) > 1:
+            critical(f"Videos of one batch must share a frame count and size; got grids {sorted(map(tuple, grids))}.")
+        return {
+            "pixel_values_videos": torch.from_numpy(np.concatenate(pixels)),
+            "video_grid_thw": torch.from_numpy(np.concatenate(grids)),
+        }
+
+    def video_pixels(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
+        """One video's ``pixel_values_videos`` and ``video_grid_thw`` (``luvc.videos.qwen_video_pixels``)."""
+        return qwen_video_pixels(
+            video.frames, self.image_processor, self.model.config.vision_config.temporal_patch_size
+        )
+
     @property
     def encoder_plans(self) -> PlanCache[QwenVisionPlan]:
         """The encoder's plans, kept on the encoder (``luvc_plans``) so its forward and this adapter share them."""
@@ -417,26 +470,29 @@ class Qwen2VLAdapter(VLMAdapter):
         return visual.luvc_plans
 
     def images_key(self, inputs: dict) -> tuple:
-        return tuple(map(tuple, inputs["image_grid_thw"].tolist()))
+        grid, video = qwen_visual_grid(inputs)
+        return video, tuple(map(tuple, grid.tolist()))
 
     def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
         vision = self.model.config.vision_config
-        plan = planned_qwen_vision(self.encoder_plans, inputs["image_grid_thw"], vision, config, self.windowed)
+        grid, _ = qwen_visual_grid(inputs)
+        plan = planned_qwen_vision(self.encoder_plans, grid, vision, config, self.windowed)
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
         return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-        if pixels["image_grid_thw"].shape[0] != 1:
-            critical("A Qwen-VL vision graph takes one image per call; pass the pixels of a single image.")
+        grid, video = qwen_visual_grid(pixels)
+        if grid.shape[0] != 1:
+            critical("A Qwen-VL vision graph takes one image or video per call; pass the pixels of a single one.")
         encoder_plan = plan.vision.encoder
         graph = QwenVisionGraph(self.model.model.visual, encoder_plan)
-        return graph, qwen_vision_feeds(pixels["pixel_values"], encoder_plan)
+        return graph, qwen_vision_feeds(pixels["pixel_values_videos" if video else "pixel_values"], encoder_plan)
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
-        llm_grid = plan.vision.encoder.output_grid_thw
         batch, length = inputs["input_ids"].shape
-        return self.model.model._luvc_positions(inputs["input_ids"], llm_grid, None, None, batch, length)
+        grids = rope_grids(plan.vision.encoder, inputs)
+        return self.model.model._luvc_positions(inputs["input_ids"], grids, None, batch, length)
 
     def vision_spec(self) -> VisionSpec:
         vision = self.model.config.vision_config

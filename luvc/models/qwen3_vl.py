@@ -19,6 +19,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 )
 
 from luvc.compress.cost import VisionSpec
+from luvc.errors import critical
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures
 from luvc.models.qwen2_vl import (
@@ -56,17 +57,27 @@ class LuvcQwen3VLTextModel(SpuDecoderMixin, Qwen3VLTextModel):
 class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
     __doc__ = QwenVLModelMixin.__doc__
 
+    def luvc_check_inputs(self, inputs: dict) -> None:
+        super().luvc_check_inputs(inputs)
+        if inputs.get("video_grid_thw") is not None:
+            critical(QWEN3_VIDEO)
+
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         grid_thw = inputs["image_grid_thw"]
         vision_plan = self.visual.luvc_plan(grid_thw)
         output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
-        llm_grid = vision_plan.output_grid_thw
-        counts = (llm_grid.prod(-1) // self.visual.spatial_merge_size**2).tolist()
-        return ImageFeatures(output.pooler_output, counts, llm_grid, tuple(output.deepstack_features))
+        return self.luvc_features(output.pooler_output, vision_plan, inputs, output.deepstack_features)
+
+
+QWEN3_VIDEO = (
+    "LUVC does not take Qwen3-VL videos yet: its prompt puts each frame in a block of its own after a timestamp "
+    "text, which the one-span-per-video prompt and export buckets do not hold; use a Qwen2-VL or Qwen2.5-VL model."
+)
 
 
 class Qwen3VLAdapter(Qwen2VLAdapter):
     architecture = "Qwen3VLForConditionalGeneration"
+    video_unsupported = QWEN3_VIDEO
     luvc_classes = (LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)
 
     @property

@@ -26,6 +26,15 @@ def test_axes_alternate_from_the_first():
     assert LUVCConfig(oim_layers=(1, 3), oim_first_axis="H").resolve(8, 4).oim_axes() == ("H", "W")
 
 
+def test_temporal_merging_joins_the_cycle():
+    assert LUVCConfig(oim_layers=(0, 1, 2, 3), oim_temporal=True).resolve(8, 4).oim_axes() == ("W", "H", "T", "W")
+    assert LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T").resolve(8, 4).oim_axes() == (
+        "T",
+        "W",
+    )
+    assert LUVCConfig(oim_layers=(0, 1, 2)).resolve(8, 4).oim_axes() == ("W", "H", "W")  # off by default
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -54,6 +54,15 @@ def test_images_and_frames_are_merged_separately():
     assert merged.flatten().tolist() == [2.0, 20.0, 200.0]
 
 
+def test_t_step_merges_adjacent_temporal_slices_and_carries_an_odd_last_one():
+    # Three slices of a 1x2 grid: slices 0 and 1 merge unit by unit; slice 2 is carried; an image (t=1) is unchanged.
+    tokens = torch.tensor([1.0, 2.0, 3.0, 4.0, 50.0, 60.0, 7.0])[:, None]
+    step = plan_oim_step([(3, 1, 2), (1, 1, 1)], None, "T")
+    assert step.grids == ((2, 1, 2), (1, 1, 1))
+    assert merge_units(tokens, step).flatten().tolist() == [2.0, 3.0, 50.0, 60.0, 7.0]
+    assert step.sizes.tolist() == [2, 2, 1, 1, 1]
+
+
 def test_units_with_several_tokens_merge_position_by_position():
     # Qwen-VL units hold the 4 patches of a 2x2 group: patch p of the merged unit is the mean of patch p.
     units = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)

@@ -36,7 +36,7 @@ def test_a_prompt_written_in_the_template_is_not_wrapped_twice():
     template = PromptTemplate("USER: {image}\n{prompt} ASSISTANT:", "<image>", bos="<s>")
     assert template.render("USER: <image>\nHi? ASSISTANT:", 2) == "<s>USER: <image><image>\nHi? ASSISTANT:"
     assert template.render("<s>USER: <image>\nHi? ASSISTANT:", 2) == "<s>USER: <image><image>\nHi? ASSISTANT:"
-    with pytest.raises(LuvcError, match="holds 2 image placeholders"):
+    with pytest.raises(LuvcError, match="holds 2 image or video placeholders"):
         template.render("<image> and <image>", 2)
 
 

@@ -1,17 +1,102 @@
-"""Qwen2-VL under LUVC: what the Qwen-VL forward refuses."""
+"""Qwen2-VL under LUVC: videos (stock equality, token counts, M-RoPE time), and what the forward refuses."""
+
+import copy
 
 import pytest
+import torch
 
-from luvc import LuvcError
+from luvc import LUVCConfig, LuvcError
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.videos import synthetic_video
+
+VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
 PROMPT = "Describe."
 
 
-def test_qwen_refuses_video_inputs():
+def test_qwen_refuses_an_image_and_a_video_in_one_request():
     adapter = load_model("tiny-qwen2-vl")
     adapter.apply_luvc()
     inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], PROMPT)
-    with pytest.raises(LuvcError, match="takes images only; video inputs"):
+    with pytest.raises(LuvcError, match="holds images or videos, not both"):
         adapter.model.model(**inputs, video_grid_thw=inputs["image_grid_thw"])
+    with pytest.raises(LuvcError, match="holds images or videos, not both"):
+        adapter.prepare_inputs([synthetic_image(224, 224, 1), synthetic_video(4, 112, 112)], PROMPT)
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen3-vl", "tiny-internvl", "tiny-llava"])
+def test_families_without_video_say_so(family):
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    with pytest.raises(LuvcError, match="Qwen2-VL .*Qwen2.5-VL"):
+        adapter.prepare_inputs([synthetic_video(4, 112, 112)], PROMPT)
+
+
+@pytest.fixture(params=VIDEO_FAMILIES)
+def video_adapter(request):
+    return load_model(request.param)
+
+
+@torch.no_grad()
+def test_luvc_off_matches_stock_logits_on_a_video(video_adapter):
+    stock = copy.deepcopy(video_adapter.model)
+    video_adapter.apply_luvc(LUVCConfig.off())
+    inputs = video_adapter.prepare_inputs([synthetic_video(8, 112, 168)], PROMPT)
+    assert inputs["video_grid_thw"].tolist() == [[4, 8, 12]]
+    assert "pixel_values" not in inputs and int((inputs["input_ids"] == video_adapter.video_token_id).sum()) == 96
+    types = 2 * (inputs["input_ids"] == video_adapter.video_token_id).int()  # the processor's token types
+    expected = stock(**inputs, mm_token_type_ids=types).logits
+    assert torch.equal(video_adapter.model(**inputs).logits, expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("temporal", [False, True])
+def test_video_tokens_per_block_and_layer_match_the_cost_model(video_adapter, temporal):
+    config = LUVCConfig(oim_layers=(0, 1), oim_temporal=temporal, oim_first_axis="T" if temporal else None)
+    video_adapter.apply_luvc(config)
+    inputs = video_adapter.prepare_inputs([synthetic_video(8, 112, 168)], PROMPT)
+    plan, report = video_adapter.plan(inputs), video_adapter.cost(inputs)
+    counts = {"encoder": [], "decoder": []}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _m, args, kwargs, key=key, dim=dim: counts[key].append(
+                (args[0] if args else kwargs["hidden_states"]).shape[dim]
+            ),
+            with_kwargs=True,
+        )
+        for key, modules, dim in (
+            ("encoder", video_adapter.vision_blocks, 0),
+            ("decoder", video_adapter.decoder_layers, 1),
+        )
+        for module in modules
+    ]
+    video_adapter.model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    # 4 slices of 4 x 6 merge units (4 patches each): W then H halves the units, T then W halves the slices too
+    assert counts["encoder"] == [384, 192] == list(report.encoder_tokens)
+    assert plan.vision.encoder.output_grid_thw.tolist() == ([[2, 8, 6]] if temporal else [[4, 4, 6]])
+    text = inputs["input_ids"].shape[1] - plan.budget_plan.num_visual_tokens
+    assert [count - text for count in counts["decoder"]] == list(plan.budget_plan.total)
+    assert counts["decoder"] == list(report.decoder_tokens)
+    assert plan.budget_plan.total[0] == 24 and plan.budget_plan.total[-1] == 0
+
+
+@torch.no_grad()
+def test_temporal_merges_move_the_time_axis_by_slices():
+    # Qwen2.5-VL counts time in seconds: a merged slice spans two, so second_per_grid_ts doubles and the merged
+    # slice 1 sits where the original slice 2 sat (the rows for h and w follow the compact merged grid).
+    adapter = load_model("tiny-qwen2.5-vl")
+    video = synthetic_video(8, 112, 112)
+    adapter.apply_luvc(LUVCConfig(oim_layers=(0,), spu_variant="none"))
+    inputs = adapter.prepare_inputs([video], PROMPT)
+    spatial = adapter.prompt_position_ids(inputs, adapter.plan(inputs))[0, 0]
+    adapter.apply_luvc(LUVCConfig(oim_layers=(0,), oim_temporal=True, oim_first_axis="T", spu_variant="none"))
+    merged_inputs = adapter.prepare_inputs([video], PROMPT)
+    merged = adapter.prompt_position_ids(merged_inputs, adapter.plan(merged_inputs))[0, 0]
+    start = int((inputs["input_ids"][0] == adapter.video_token_id).nonzero()[0])
+    per_slice = 4 * 2  # units of one slice after the W merge (4 x 4 before)
+    times = spatial[start : start + 4 * per_slice : per_slice].tolist()  # slices 0..3 of the W-merged grid
+    merged_times = merged[start : start + 2 * 16 : 16].tolist()  # slices 0..1 of the T-merged grid
+    assert merged_times == [times[0], times[2]]

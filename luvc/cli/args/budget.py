@@ -16,6 +16,7 @@ OPTION_TYPES = {
     "spu_every": int,
     "final_zero": bool,
     "oim_first_axis": str,
+    "oim_temporal": bool,
     "oim_positions": str,
 }
 

@@ -1,0 +1,134 @@
+"""Videos: loading (a file through PyAV, or a folder of frames) with frame sampling, a seeded synthetic clip, and the
+Qwen-VL video pixels made from the frames.
+
+Frame sampling follows ``transformers.video_utils`` (uniform over the clip, by frame count or frames per second).
+The pixels are the family's image processor's, frame by frame, stacked along time the way Qwen-VL's video processor
+lays out a temporal patch (``(t * h * w, C * temporal_patch * p * p)``, ``C`` outermost): the video processors of
+``transformers`` need torchvision, which the image processors do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from luvc.errors import critical
+from luvc.images import load_image, synthetic_image
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Video:
+    """Sampled frames of one clip (RGB, one size), the indices they had in the source and its frame rate (``None``:
+    unknown, e.g. a folder of frames)."""
+
+    frames: tuple[Image.Image, ...]
+    frame_indices: tuple[int, ...]
+    fps: float | None = None
+    source: str = "synthetic"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the frames."""
+        return self.frames[0].height, self.frames[0].width
+
+    @property
+    def seconds_per_frame(self) -> float | None:
+        """Seconds between two sampled frames (``None`` when the source frame rate is unknown)."""
+        if self.fps is None or len(self.frame_indices) < 2:
+            return None
+        return (self.frame_indices[-1] - self.frame_indices[0]) / (len(self.frame_indices) - 1) / self.fps
+
+
+def sample_indices(total: int, num_frames: int | None = None, fps: float | None = None, source_fps=None) -> list[int]:
+    """Indices of the frames to keep out of ``total``: ``num_frames`` spread evenly, or ``fps`` per second of a source
+    at ``source_fps``, or all of them (``transformers.video_utils.default_sample_indices_fn``)."""
+    from transformers.video_utils import VideoMetadata, default_sample_indices_fn
+
+    if num_frames is not None and fps is not None:
+        critical("Give either a frame count (--video-frames) or a frame rate (--video-fps), not both.")
+    if num_frames is not None and not 1 <= num_frames <= total:
+        critical(f"--video-frames {num_frames}: the video has {total} frames; sample between 1 and {total}.")
+    if fps is not None and source_fps is None:
+        critical("A folder of frames has no frame rate to sample by; use --video-frames N instead of --video-fps.")
+    if fps is not None and fps <= 0:
+        critical(f"--video-fps {fps}: sample a positive number of frames per second, e.g. 2.")
+    metadata = VideoMetadata(total_num_frames=total, fps=source_fps)
+    indices = [int(index) for index in default_sample_indices_fn(metadata, num_frames=num_frames, fps=fps)]
+    if not indices:
+        critical(f"Sampling {fps} frames per second keeps no frame of a {total}-frame video; raise --video-fps.")
+    return indices
+
+
+def load_video(path: str | Path, num_frames: int | None = None, fps: float | None = None) -> Video:
+    """Read a video file (any format PyAV decodes) or a folder of frame images (sorted by name), keeping the sampled
+    frames; errors name the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        critical(f"Video {path} does not exist; pass a video file or a folder of frames to --video.")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            critical(f"{path} holds no frames ({', '.join(FRAME_SUFFIXES)}); put the video's frames there as images.")
+        indices = sample_indices(len(files), num_frames, fps)
+        frames = tuple(load_image(files[index]) for index in indices)
+        sizes = {frame.size for frame in frames}
+        if len(sizes) > 1:
+            critical(f"The frames in {path} have different sizes {sorted(sizes)}; a video's frames share one size.")
+        return Video(frames, tuple(indices), None, str(path))
+    return _decode(path, num_frames, fps)
+
+
+def _decode(path: Path, num_frames: int | None, fps: float | None) -> Video:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            if stream is None:
+                critical(f"{path} has no video stream; pass a video file (MP4, MKV, WebM, ...).")
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            source_fps = float(stream.average_rate) if stream.average_rate else None
+    except av.error.FFmpegError as error:
+        critical(f"Cannot read {path} as a video ({error.strerror or error}); pass a video file PyAV decodes.")
+    if not frames:
+        critical(f"{path} holds no frames; pass a video with at least one frame.")
+    indices = sample_indices(len(frames), num_frames, fps, source_fps)
+    return Video(tuple(Image.fromarray(frames[index]) for index in indices), tuple(indices), source_fps, str(path))
+
+
+def synthetic_video(frames: int, height: int = 224, width: int = 224, seed: int = 0, fps: float = 2.0) -> Video:
+    """A deterministic clip: the synthetic scene of ``seed`` drifting one pixel column per frame (neighbouring frames
+    are nearly equal, as in real video)."""
+    scene = np.asarray(synthetic_image(height, width + frames, seed))
+    clip = tuple(Image.fromarray(np.ascontiguousarray(scene[:, index : index + width])) for index in range(frames))
+    return Video(clip, tuple(range(frames)), fps)
+
+
+def qwen_video_pixels(
+    frames: Sequence[Image.Image], image_processor, temporal_patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pixel_values_videos (t * h * w, C * T * p * p)`` and ``video_grid_thw (1, 3)`` of one clip, ``T`` =
+    ``temporal_patch_size``: each frame processed by the image processor (which repeats an image over ``T``), then
+    frame ``j * T + k`` fills temporal position ``k`` of slice ``j``. A frame count that is not a multiple of ``T``
+    repeats the last frame, as the video processor does."""
+    frames = list(frames)
+    if not frames:
+        critical("The video has no frames; pass a video with at least one frame.")
+    frames += [frames[-1]] * (-len(frames) % temporal_patch_size)
+    processed = image_processor(images=frames, return_tensors="np")
+    grids = np.asarray(processed["image_grid_thw"])
+    if len({tuple(grid) for grid in grids.tolist()}) > 1:
+        critical("The frames of a video must share one size; resize them to the first frame's size.")
+    units, pp = int(np.prod(grids[0])), image_processor.patch_size**2
+    flat = np.asarray(processed["pixel_values"]).reshape(len(frames), units, -1, temporal_patch_size, pp)
+    first = flat[:, :, :, 0]  # (F, N, C, p * p): the image processor repeated each frame over T
+    slices = first.reshape(-1, temporal_patch_size, *first.shape[1:]).transpose(0, 2, 3, 1, 4)  # (t, N, C, T, pp)
+    t = len(frames) // temporal_patch_size
+    grid = np.array([[t, int(grids[0][1]), int(grids[0][2])]], dtype=np.int64)
+    return np.ascontiguousarray(slices.reshape(t * units, -1)), grid
