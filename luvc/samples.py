@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from luvc.errors import critical
 from luvc.images import synthetic_image
+from luvc.videos import Video, synthetic_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_PROMPTS = (
@@ -27,29 +28,37 @@ DEFAULT_PROMPTS = (
 
 @dataclasses.dataclass
 class Sample:
-    """One request: an RGB image already at a bucket's size, a prompt, and a name for reports."""
+    """One request: an RGB image (or a video) already at a bucket's size, a prompt, and a name for reports."""
 
     name: str
-    image: Image.Image
+    image: Image.Image | Video
     prompt: str
 
     @property
-    def image_size(self) -> tuple[int, int]:
+    def image_size(self) -> tuple[int, ...]:
+        """``(H, W)``, or a video's ``(frames, H, W)``."""
+        if isinstance(self.image, Video):
+            return (len(self.image.frames), *self.image.size)
         return self.image.height, self.image.width
 
 
 def synthetic_samples(
-    image_sizes: Sequence[tuple[int, int]], count: int | None = None, seed: int | None = None
+    image_sizes: Sequence[tuple[int, ...]], count: int | None = None, seed: int | None = None
 ) -> list[Sample]:
-    """``count`` (default 4) seeded synthetic scenes, cycling over ``image_sizes`` and the default prompts."""
+    """``count`` (default 4) seeded synthetic scenes, cycling over ``image_sizes`` (a video bucket's
+    ``(frames, H, W)`` gives a drifting synthetic clip) and the default prompts."""
     count = 4 if count is None else count
     seed = 0 if seed is None else seed
     if count < 1:
         critical(f"Asked for {count} synthetic samples; ask for at least 1 (--num-samples).")
     samples = []
     for index in range(count):
-        height, width = image_sizes[index % len(image_sizes)]
-        image = synthetic_image(height, width, seed=seed + index)
+        *frames, height, width = image_sizes[index % len(image_sizes)]
+        image = (
+            synthetic_video(frames[0], height, width, seed=seed + index)
+            if frames
+            else synthetic_image(height, width, seed=seed + index)
+        )
         samples.append(Sample(f"synthetic-{index}", image, DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)]))
     return samples
 

@@ -20,6 +20,7 @@ from luvc.errors import critical
 from luvc.images import load_image, synthetic_image
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEFAULT_SAMPLED_FPS = 2.0  # Qwen-VL video processors' sampling rate when they are not told
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,20 @@ class Video:
         if self.fps is None or len(self.frame_indices) < 2:
             return None
         return (self.frame_indices[-1] - self.frame_indices[0]) / (len(self.frame_indices) - 1) / self.fps
+
+
+def seconds_per_slice(video: Video, temporal_patch_size: int) -> float:
+    """Seconds one temporal patch of ``video`` spans (Qwen2.5-VL's ``second_per_grid_ts``): the frame spacing times
+    the patch, at the processors' default of 2 sampled frames a second when the source rate is unknown."""
+    return temporal_patch_size * (video.seconds_per_frame or 1 / DEFAULT_SAMPLED_FPS)
+
+
+def video_time_positions(start: int, slices: np.ndarray, scale: float, seconds: float) -> np.ndarray:
+    """The M-RoPE time row of a video's tokens as Qwen2.5-VL computes it: ``start + floor(slice * interval)`` with
+    ``interval = scale * seconds`` in float32 (``scale``: tokens per second times the temporal merges' factor;
+    ``seconds``: ``seconds_per_slice``), exactly as ``get_rope_index`` rounds."""
+    interval = np.float32(scale) * np.float32(seconds)
+    return start + (slices.astype(np.float32) * interval).astype(np.int64)
 
 
 def sample_indices(total: int, num_frames: int | None = None, fps: float | None = None, source_fps=None) -> list[int]:

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
+from luvc.compress.config import LUVCConfig
 from luvc.export.exporter import export_model
 from luvc.export.manifest import sha256_file
 from luvc.export.profile import ExportProfile
@@ -15,7 +16,7 @@ from luvc.models import TINY_MODELS, load_model
 
 FAMILIES = list(TINY_MODELS)
 # tests that need an exported model are the slow tier; `pytest -m "not slow"` runs the rest (README "Tests")
-SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs"})
+SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs", "video_exports"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,6 +51,21 @@ def stock(adapter):
     return copy.deepcopy(adapter.model)
 
 
+def write_clip(path: Path, frames: int = 25, fps: int = 10, size=(64, 96)) -> Path:
+    """An MPEG-4 clip whose frame ``i`` is flat grey level ``10 * i % 250`` (written with PyAV)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), 10 * index % 250, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def leftovers(folder: Path) -> list[str]:
     """Leftovers of a run beside its output: lock files and partial folders."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
@@ -77,6 +93,26 @@ def exports(tmp_path_factory):
             out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}-{'passes' if passes else 'raw'}"
             made[key] = export_model(load_model(family), out, profile, show_progress=False, passes=passes)
         return made[key]
+
+    return get
+
+
+VIDEO_BUCKET = (8, 112, 168)  # frames, H, W: 4 temporal slices of 8 x 12 patches
+VIDEO_LUVC = LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T")  # a T merge, then a W merge
+
+
+@pytest.fixture(scope="session")
+def video_exports(tmp_path_factory):
+    """``video_exports(family)``: an export with one video bucket (``VIDEO_BUCKET``) under ``VIDEO_LUVC`` and the
+    default image bucket, made once per session."""
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            out = tmp_path_factory.mktemp("video-exports") / family
+            profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(VIDEO_BUCKET,))
+            made[family] = export_model(load_model(family), out, profile, VIDEO_LUVC, show_progress=False)
+        return made[family]
 
     return get
 

@@ -1,6 +1,5 @@
 """Videos: reading files and frame folders with sampling, clear errors, and the Qwen-VL pixel layout."""
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,19 +7,7 @@ from PIL import Image
 from luvc import LuvcError
 from luvc.models import load_model
 from luvc.videos import load_video, qwen_video_pixels, synthetic_video
-
-
-def write_clip(path, frames: int = 25, fps: int = 10, size=(64, 96)):
-    """An MPEG-4 clip whose frame ``i`` is flat grey level ``10 * i``."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), 10 * index, np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+from tests.conftest import write_clip
 
 
 def test_a_file_is_sampled_by_count_or_by_rate(tmp_path):

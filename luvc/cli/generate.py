@@ -9,21 +9,21 @@ from rich.table import Table
 
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
+from luvc.cli.args.request import RequestArgs
 from luvc.compress.cost import CostReport
 from luvc.errors import critical
-from luvc.images import load_image, synthetic_image
 from luvc.models.generation import greedy_generate
 
 
 class Generate:
-    """Generate text for an image and a prompt; print token counts per block/layer and the cost model."""
+    """Generate text for an image (or a video) and a prompt; print token counts per block/layer and the cost
+    model."""
 
     name = "generate"
-    subscriptions = (ModelArgs, LuvcArgs)
+    subscriptions = (ModelArgs, LuvcArgs, RequestArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Generation")
-        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
         group.add_argument("--prompt", required=True, help="the user prompt")
         group.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
 
@@ -34,8 +34,7 @@ class Generate:
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()
         adapter.apply_luvc(groups[LuvcArgs].config)
-        image = load_image(args.image) if args.image else synthetic_image()
-        inputs = adapter.prepare_inputs([image], args.prompt)
+        inputs = adapter.prepare_inputs([groups[RequestArgs].load()], args.prompt)
         with console.status("Generating"):
             tokens = greedy_generate(
                 adapter.model, inputs, args.max_new_tokens, eos_token_id=adapter.tokenizer.eos_token_id

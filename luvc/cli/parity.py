@@ -30,7 +30,7 @@ class Parity:
 
     def _check(self, options: ParityArgs, data: DataArgs) -> int:
         manifest = ExportManifest.load(options.artifact_dir, verify=False)  # the checker verifies the hashes
-        samples = data.samples([tuple(bucket.image_size) for bucket in manifest.buckets.values()])
+        samples = data.samples([bucket.size for bucket in manifest.buckets.values()])
         results = ParityFromExport(
             options.artifact_dir,
             engines_dir=options.engines,

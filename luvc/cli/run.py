@@ -9,31 +9,28 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
-from luvc.images import load_image, synthetic_image
 from luvc.runtime.pipeline import Pipeline, Timings
 
 
 class Run:
-    """Run the exported graphs (or engines) on an image and a prompt; print the text and a timing breakdown."""
+    """Run the exported graphs (or engines) on an image (or a video) and a prompt; print the text and a timing
+    breakdown."""
 
     name = "run"
-    subscriptions = (RuntimeArgs,)
+    subscriptions = (RuntimeArgs, RequestArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Request")
-        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
         group.add_argument("--prompt", required=True, help="the user prompt")
         group.add_argument("--stream", action="store_true", help="print tokens as they are generated")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         options = groups[RuntimeArgs]
         console = Console()
-        image = load_image(args.image) if args.image else None
         pipeline = options.pipeline()
-        if image is None:
-            height, width = next(iter(pipeline.manifest.buckets.values())).image_size
-            image = synthetic_image(height, width)
+        image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
         with console.status("Loading sessions"):
             pipeline.load(pipeline.preprocess([image])[1])
         timings = Timings()

@@ -224,13 +224,15 @@ def _host_metadata(spec: GraphSpec, bucket: Bucket) -> dict[str, np.ndarray]:
     arrays = {name: tensor.numpy() for name, tensor in spec.feeds.items() if name != "pixel_values"}
     arrays["prompt_position_ids"] = bucket.prompt_position_ids.numpy()
     arrays["next_position"] = np.array(bucket.next_position, dtype=np.int64)
+    arrays.update(bucket.host_arrays)
     return arrays
 
 
 class OnnxFromCompressedModel:
     """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
 
-    Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket, ``embed`` and ``decode`` once.
+    Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket (``..._{F}x{H}x{W}`` per video
+    bucket), ``embed`` and ``decode`` once.
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
     same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
     on every graph unless ``passes=False``; ``plugin_nodes`` traces each OIM/SPU unit as one plugin node
@@ -274,6 +276,7 @@ class OnnxFromCompressedModel:
             adapter.model.to(profile.dtype)
             check_fp16_range(adapter.model, origin)
         buckets = [plan_bucket(adapter, size) for size in profile.image_sizes]
+        buckets += [plan_bucket(adapter, size, frames) for frames, *size in profile.video_sizes]
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
         for bucket in buckets:
             specs += [(vision_spec(adapter, bucket, profile), bucket), (prefill_spec(adapter, bucket, profile), bucket)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,11 @@ class GraphEntry:
         return next(entry for entry in self.inputs if entry.name == name)
 
 
+def bucket_name(image_size: Sequence[int], frames: int = 0) -> str:
+    """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames."""
+    return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
+
+
 @dataclasses.dataclass(frozen=True)
 class BucketEntry:
     """The static facts of one image-size bucket: tokens per image (after OIM; and without it), where the image
@@ -137,10 +143,16 @@ class BucketEntry:
     vision: str
     prefill: str
     host: str
+    frames: int = 0  # a video bucket's frames (0: an image bucket)
 
     @property
     def name(self) -> str:
-        return f"{self.image_size[0]}x{self.image_size[1]}"
+        return bucket_name(self.image_size, self.frames)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """``(H, W)``, or ``(frames, H, W)`` for a video bucket: what ``ExportManifest.bucket_for`` takes."""
+        return ((self.frames,) if self.frames else ()) + tuple(self.image_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +167,8 @@ class ModelEntry:
 @dataclasses.dataclass(frozen=True)
 class TemplateEntry:
     """The prompt the graphs expect: the template (``{image}``, ``{prompt}``), the BOS text it starts with, where it
-    came from, the image placeholder and its token id, and the end-of-sequence id(s)."""
+    came from, the image placeholder and its token id, the end-of-sequence id(s), and for families that take videos
+    the video placeholder (which takes the image's place in the template) and its token id."""
 
     text: str
     bos: str
@@ -163,6 +176,14 @@ class TemplateEntry:
     image_placeholder: str
     image_token_id: int
     eos_token_id: int | list[int] | None
+    video_placeholder: str | None = None
+    video_token_id: int | None = None
+
+    def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
+        """The placeholder text and token id of ``bucket``'s image or video tokens."""
+        if bucket.frames:
+            return self.video_placeholder, self.video_token_id
+        return self.image_placeholder, self.image_token_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +198,7 @@ class ModelGeometry:
     vocab_size: int
     position_rows: int
     patch_size: int
+    temporal_patch_size: int | None = None  # frames in one temporal patch (families that take videos)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +214,7 @@ class ProfileEntry:
     opset: int
     external_data: str
     kv_update: str
+    video_sizes: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +276,11 @@ class ExportManifest:
                 opset=data["opset"],
                 versions=data["versions"],
                 profile=ProfileEntry(
-                    **{**data["profile"], "image_sizes": tuple(map(tuple, data["profile"]["image_sizes"]))}
+                    **{
+                        **data["profile"],
+                        "image_sizes": tuple(map(tuple, data["profile"]["image_sizes"])),
+                        "video_sizes": tuple(map(tuple, data["profile"].get("video_sizes", ()))),
+                    }
                 ),
                 template=TemplateEntry(**data["template"]),
                 geometry=ModelGeometry(**data["geometry"]),
@@ -317,13 +344,16 @@ class ExportManifest:
             critical(f"The export has no graph {name!r}; it has {sorted(self.graphs)}.")
         return Path(folder) / self.graphs[name].file
 
-    def bucket_for(self, image_size: tuple[int, int]) -> BucketEntry:
-        """The bucket of a processed image size, or an error listing the exported sizes."""
-        name = f"{image_size[0]}x{image_size[1]}"
+    def bucket_for(self, size: tuple[int, ...]) -> BucketEntry:
+        """The bucket of a processed image size ``(H, W)`` or video ``(frames, H, W)``, or an error listing the
+        exported ones."""
+        name = bucket_name(size[-2:], size[0] if len(size) == 3 else 0)
         if name not in self.buckets:
+            option = "--video-size" if len(size) == 3 else "--image-size"
+            what = "video (frames x height x width)" if len(size) == 3 else "image size"
             critical(
-                f"Processed image size {name} is outside this export's profile (buckets: {sorted(self.buckets)}); "
-                f"resize the image to a bucket, or re-export with --image-size {name}."
+                f"Processed {what} {name} is outside this export's profile (buckets: {sorted(self.buckets)}); "
+                f"{'sample' if len(size) == 3 else 'resize'} it to a bucket, or re-export with {option} {name}."
             )
         return self.buckets[name]
 
@@ -343,6 +373,7 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
         prune_layers=tuple(plan.prune_layers()),
         kept_index_layers=tuple(kept_index_layers(plan)),
         next_position=bucket.next_position,
+        frames=bucket.frames,
         kv_lengths=tuple(f"{bucket.visual_start + plan.total[layer]} + text_tokens" for layer in range(num_layers)),
         vision=f"vision_{bucket.name}",
         prefill=f"prefill_{bucket.name}",
@@ -352,7 +383,13 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
 
 def profile_entry(profile: ExportProfile) -> ProfileEntry:
     """The manifest entry of a resolved export profile."""
-    return ProfileEntry(**{**dataclasses.asdict(profile), "image_sizes": tuple(map(tuple, profile.image_sizes))})
+    return ProfileEntry(
+        **{
+            **dataclasses.asdict(profile),
+            "image_sizes": tuple(map(tuple, profile.image_sizes)),
+            "video_sizes": tuple(map(tuple, profile.video_sizes)),
+        }
+    )
 
 
 def template_entry(adapter: VLMAdapter) -> TemplateEntry:
@@ -366,6 +403,8 @@ def template_entry(adapter: VLMAdapter) -> TemplateEntry:
         image_placeholder=adapter.image_placeholder,
         image_token_id=adapter.image_token_id,
         eos_token_id=eos if eos is not None else adapter.language_model.config.eos_token_id,
+        video_placeholder=adapter.video_placeholder if adapter.takes_video else None,
+        video_token_id=adapter.video_token_id,
     )
 
 
@@ -380,6 +419,7 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
         vocab_size=text.vocab_size,
         position_rows=adapter.position_rows,
         patch_size=adapter.patch_size,
+        temporal_patch_size=getattr(adapter.model.config.vision_config, "temporal_patch_size", None),
     )
 
 

@@ -1,4 +1,5 @@
-"""Export profiles: what is static in the graphs (image-size buckets, budgets) and the ranges of what is dynamic."""
+"""Export profiles: what is static in the graphs (image-size and video buckets, budgets) and the ranges of what is
+dynamic."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, KV_UPDATE_FORMS
+from luvc.export.manifest import bucket_name
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
+from luvc.videos import synthetic_video
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
 PROFILE_LIMITS = {"max_batch": 256, "max_text_tokens": 32768, "max_new_tokens": 32768}  # graphs' axes stay < 2^16
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 28, 8192  # a processed bucket: at least one 2x2 merge unit, at most 8K pixels
+MAX_VIDEO_FRAMES = 768  # Qwen-VL's video processors sample at most 768 frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,8 @@ class ExportProfile:
     """What an export covers. ``None`` fields take the defaults in ``resolve``.
 
     - ``image_sizes``: processed image sizes ``(H, W)`` in pixels, one bucket each (graphs are static per bucket);
+    - ``video_sizes``: processed videos ``(frames, H, W)``, one bucket each (Qwen2-VL, Qwen2.5-VL); with video sizes
+      alone the export has no image bucket;
     - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
     - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
       engine profiles and checked by the runtime;
@@ -36,6 +42,7 @@ class ExportProfile:
     """
 
     image_sizes: tuple[tuple[int, int], ...] | None = None
+    video_sizes: tuple[tuple[int, int, int], ...] = ()
     precision: str | None = None
     max_batch: int | None = None
     max_text_tokens: int | None = None
@@ -54,7 +61,12 @@ class ExportProfile:
         kv_update = self.kv_update or DEFAULT_KV_UPDATE
         if kv_update not in KV_UPDATE_FORMS:
             critical(f"kv_update={kv_update!r}: use one of {list(KV_UPDATE_FORMS)} (--kv-update).")
-        sizes = tuple(tuple(size) for size in (self.image_sizes or (default_image_size(adapter),)))
+        videos = tuple(tuple(size) for size in self.video_sizes)
+        if videos and not adapter.takes_video:
+            critical(adapter.video_unsupported + " Leave out --video-size.")
+        if len(set(videos)) != len(videos):
+            critical(f"Video sizes {list(videos)} repeat a bucket; give each --video-size once.")
+        sizes = tuple(tuple(size) for size in (self.image_sizes or (() if videos else (default_image_size(adapter),))))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
         limits = {
@@ -69,7 +81,7 @@ class ExportProfile:
             if not 1 <= value <= PROFILE_LIMITS[key]:
                 critical(f"{key}={value} must be between 1 and {PROFILE_LIMITS[key]} (--{key.replace('_', '-')}).")
         return ExportProfile(
-            sizes, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
+            sizes, videos, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
         )
 
     @property
@@ -79,10 +91,10 @@ class ExportProfile:
 
 @dataclasses.dataclass
 class Bucket:
-    """One image-size bucket: the sample pixels it was traced with, its LUVC plan (shared by its vision and prefill
-    graphs) and what is static in its graphs."""
+    """One image-size or video bucket: the sample pixels it was traced with, its LUVC plan (shared by its vision and
+    prefill graphs) and what is static in its graphs. ``frames`` is 0 for images."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, int]  # of the image, or of each frame
     pixels: dict  # processor output for one sample image of this size
     plan: RequestPlan  # of the sample image under the export's config
     uncompressed_tokens_per_image: int  # what the image would bring without OIM (the baseline's KV cache)
@@ -90,10 +102,12 @@ class Bucket:
     min_text_tokens: int  # tokens after the image in the shortest prompt the template makes
     prompt_position_ids: torch.Tensor  # (R, visual_start + tokens_per_image) positions before the text
     next_position: int  # position of the first text token after the image
+    frames: int = 0  # a video's frames (after the processor's padding to whole temporal patches); 0: an image
+    host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
 
     @property
     def name(self) -> str:
-        return f"{self.image_size[0]}x{self.image_size[1]}"
+        return bucket_name(self.image_size, self.frames)
 
     @property
     def tokens_per_image(self) -> int:
@@ -105,16 +119,27 @@ class Bucket:
         return self.plan.budget_plan
 
 
-def parse_image_size(text: str) -> tuple[int, int]:
+def parse_video_size(text: str) -> tuple[int, int, int]:
+    """``"8x448x448"`` -> ``(8, 448, 448)``: frames, then the processed frame size."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+\s*[xX]\s*\d+)\s*", text)
+    if not match:
+        critical(f"Video size {text!r} is not FRAMESxHxW, e.g. 16x448x448 (--video-size).")
+    frames = int(match.group(1))
+    if not 1 <= frames <= MAX_VIDEO_FRAMES:
+        critical(f"Video size {text!r}: the frame count must be between 1 and {MAX_VIDEO_FRAMES} (--video-size).")
+    return (frames, *parse_image_size(match.group(2), "--video-size"))
+
+
+def parse_image_size(text: str, option: str = "--image-size") -> tuple[int, int]:
     """``"448x448"`` -> ``(448, 448)``."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match:
-        critical(f"Image size {text!r} is not HxW, e.g. 448x448 (--image-size).")
+        critical(f"Image size {text!r} is not HxW, e.g. 448x448 ({option}).")
     height, width = int(match.group(1)), int(match.group(2))
     if not (MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE):
         critical(
             f"Image size {text!r}: each side must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels "
-            "(--image-size), e.g. 448x448."
+            f"({option}), e.g. 448x448."
         )
     return height, width
 
@@ -127,31 +152,35 @@ def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:
     return DEFAULT_QWEN_IMAGE_SIZE
 
 
-def _image_inputs(adapter: VLMAdapter, size: Sequence[int]) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Model inputs for one synthetic image of ``size`` and an empty prompt, and the processor's part of them."""
-    inputs = adapter.prepare_inputs([synthetic_image(*size)], "")
+def _sample_inputs(adapter: VLMAdapter, size: Sequence[int], frames: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Model inputs for one synthetic image of ``size`` (or a video of ``frames`` such frames) and an empty prompt,
+    and the processor's part of them."""
+    visual = synthetic_video(frames, *size) if frames else synthetic_image(*size)
+    inputs = adapter.prepare_inputs([visual], "")
     return inputs, {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
 
 
 def _kept_size(adapter: VLMAdapter, size: tuple[int, int], tries: int = 4) -> tuple[int, int] | None:
     """The size the processor leaves unchanged that ``size`` leads to when processed again and again, if any."""
     for _ in range(tries):
-        seen = adapter.processed_size(size, _image_inputs(adapter, size)[1])
+        seen = adapter.processed_size(size, _sample_inputs(adapter, size)[1])
         if seen == size:
             return size
         size = seen
     return None
 
 
-def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
-    """Trace one synthetic image of ``image_size`` through the processor and the LUVC plan of ``adapter``."""
+def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0) -> Bucket:
+    """Trace one synthetic image of ``image_size`` (or a video of ``frames`` such frames) through the processor and
+    the LUVC plan of ``adapter``."""
     height, width = image_size
-    inputs, pixels = _image_inputs(adapter, (height, width))
+    inputs, pixels = _sample_inputs(adapter, (height, width), frames)
     seen = adapter.processed_size((height, width), pixels)
     if seen != (height, width):
         kept = _kept_size(adapter, seen)
+        option = f"--video-size {frames}x" if frames else "--image-size "
         fix = (
-            f"use --image-size {kept[0]}x{kept[1]}, a size it keeps"
+            f"use {option}{kept[0]}x{kept[1]}, a size it keeps"
             if kept
             else "no nearby size is kept as it is; set the processor's min_pixels/max_pixels to admit the size"
         )
@@ -159,10 +188,16 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
             f"The image processor turns a {height}x{width} image into {seen[0]}x{seen[1]} pixels, so {height}x{width} "
             f"cannot be a bucket (buckets are processed sizes); {fix}."
         )
+    if frames and adapter.processed_frames(pixels) != frames:
+        kept = adapter.processed_frames(pixels)
+        critical(
+            f"A {frames}-frame video becomes {kept} frames (whole temporal patches), so {frames} cannot be a bucket's "
+            f"frame count; use --video-size {kept}x{height}x{width}."
+        )
     ids = inputs["input_ids"][0].tolist()
     plan = adapter.plan(pixels)  # the one prepare_inputs made
     tokens = plan.tokens_per_image[0]
-    start = ids.index(adapter.image_token_id)
+    start = ids.index(adapter.video_token_id if frames else adapter.image_token_id)
     positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return Bucket(
         image_size=(height, width),
@@ -173,6 +208,8 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int]) -> Bucket:
         min_text_tokens=max(2, len(ids) - start - tokens),
         prompt_position_ids=positions[:, : start + tokens],
         next_position=int(positions[0, start + tokens]),
+        frames=frames,
+        host_arrays=adapter.video_time_arrays(plan) if frames else {},
     )
 
 

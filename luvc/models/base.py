@@ -205,10 +205,19 @@ class VLMAdapter:
     def processed_size(self, image_size: Sequence[int], pixels: dict) -> tuple[int, int]:
         """The size an image of ``image_size`` has after the image processor made ``pixels`` of it: the bucket it
         belongs to (Qwen-VL: the patch grid in pixels; InternVL: the tile canvas; else the pixel tensor's size)."""
-        if "image_grid_thw" in pixels:
-            _, grid_h, grid_w = pixels["image_grid_thw"][0].tolist()
+        grids = pixels.get("video_grid_thw", pixels.get("image_grid_thw"))
+        if grids is not None:
+            _, grid_h, grid_w = grids[0].tolist()
             return grid_h * self.patch_size, grid_w * self.patch_size
         return tuple(pixels["pixel_values"].shape[-2:])
+
+    def processed_frames(self, pixels: dict) -> int:
+        """Frames of the video the processor made ``pixels`` of, padded to whole temporal patches (0: images)."""
+        return 0
+
+    def video_time_arrays(self, plan: RequestPlan) -> dict:
+        """Host arrays a video bucket needs when its positions depend on the video's frame rate (Qwen2.5-VL)."""
+        return {}
 
     def pixel_rows_per_image(self, pixels: dict) -> int:
         """Rows of a ``(rows, C, H, W)`` pixel batch per image: 1, or InternVL's tiles."""

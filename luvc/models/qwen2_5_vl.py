@@ -7,6 +7,7 @@ units, so a window covers more of the image after a merge.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionTransformerPretrainedModel,
@@ -15,14 +16,14 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 )
 
 from luvc.models.decoder import SpuDecoderMixin
+from luvc.models.plan import RequestPlan
 from luvc.models.qwen2_vl import (
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
     QwenVLModelMixin,
     mrope_rotary_ids,
 )
-
-DEFAULT_SAMPLED_FPS = 2.0  # the Qwen2.5-VL processor's fps when it is not told
+from luvc.videos import seconds_per_slice
 
 
 class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
@@ -51,11 +52,21 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     gated_vision_mlp = True
 
     def preprocess_videos(self, videos) -> dict:
-        """As Qwen2-VL's, plus ``second_per_grid_ts``: the seconds one temporal slice spans (the frame spacing of
-        each video times the temporal patch; the video processor's default of 2 sampled frames a second when the
-        frame rate is unknown), which the time axis of M-RoPE counts in."""
+        """As Qwen2-VL's, plus ``second_per_grid_ts`` (``seconds_per_slice``), which the time axis of M-RoPE counts
+        in."""
         inputs = super().preprocess_videos(videos)
         temporal = self.model.config.vision_config.temporal_patch_size
-        spacing = [video.seconds_per_frame or 1 / DEFAULT_SAMPLED_FPS for video in videos]
-        inputs["second_per_grid_ts"] = torch.tensor([temporal * seconds for seconds in spacing], dtype=torch.float32)
+        seconds = [seconds_per_slice(video, temporal) for video in videos]
+        inputs["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
         return inputs
+
+    def video_time_arrays(self, plan: RequestPlan) -> dict[str, np.ndarray]:
+        """The time row of a video's M-RoPE ids depends on its frame rate: the runtime recomputes it
+        (``video_time_positions``) from the slice of each visual token and the scale (tokens per second, doubled by
+        each temporal merge)."""
+        encoder = plan.vision.encoder
+        t, h, w = encoder.output_grid_thw[0].tolist()
+        merge = self.model.config.vision_config.spatial_merge_size
+        slices = np.repeat(np.arange(t, dtype=np.int64), h * w // merge**2)
+        scale = self.model.config.vision_config.tokens_per_second * 2**encoder.temporal_merges
+        return {"video_time_slices": slices, "video_time_scale": np.array(scale, dtype=np.float32)}

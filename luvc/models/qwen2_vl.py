@@ -455,6 +455,10 @@ class Qwen2VLAdapter(VLMAdapter):
             "video_grid_thw": torch.from_numpy(np.concatenate(grids)),
         }
 
+    def processed_frames(self, pixels: dict) -> int:
+        grids = pixels.get("video_grid_thw")
+        return 0 if grids is None else int(grids[0][0]) * self.model.config.vision_config.temporal_patch_size
+
     def video_pixels(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
         """One video's ``pixel_values_videos`` and ``video_grid_thw`` (``luvc.videos.qwen_video_pixels``)."""
         return qwen_video_pixels(

@@ -37,7 +37,7 @@ class _BackendRun:
             )
         # one vision and prefill run serves the tensor checks, the localisation and the generation
         self.tokens, self.step_logits, request = pipeline.greedy(
-            self.input_ids, self.pixels, prepared.image_size, max_new_tokens
+            self.input_ids, self.pixels, prepared.image_size, max_new_tokens, prepared.seconds_per_slice
         )
         self.image_embeds = pipeline.to_host(request.image_features["image_embeds"])
         self.prefill_feeds = host_arrays(request.prefill_feeds)
@@ -85,7 +85,7 @@ class ParityFromExport:
         limit = manifest.profile.max_new_tokens
         if not 1 <= max_new_tokens <= limit:
             critical(f"--max-new-tokens {max_new_tokens} must be between 1 and the export profile's {limit}.")
-        sizes = [tuple(bucket.image_size) for bucket in manifest.buckets.values()]
+        sizes = [bucket.size for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:
             critical("No parity samples; pass a data folder with images or leave out --data.")
@@ -145,10 +145,10 @@ class ParityFromExport:
 
 
 def check_baseline(
-    manifest: ExportManifest, baseline: ExportManifest, folder: Path, image_sizes: set[tuple[int, int]]
+    manifest: ExportManifest, baseline: ExportManifest, folder: Path, image_sizes: set[tuple[int, ...]]
 ) -> None:
     """Refuse a baseline export that is of another model, compressed, or without a bucket for one of the samples'
-    ``image_sizes``."""
+    ``image_sizes`` (a video's ``(frames, H, W)``)."""
     if baseline.model.config_sha256 != manifest.model.config_sha256:
         critical(
             f"Baseline {folder} was exported from {baseline.model.id!r}, not from this export's model "
@@ -156,10 +156,12 @@ def check_baseline(
         )
     if not LUVCConfig.from_dict(baseline.luvc).is_off:
         critical(f"Baseline {folder} is LUVC-compressed; export the uncompressed baseline with --no-luvc.")
-    buckets = {tuple(bucket.image_size) for bucket in baseline.buckets.values()}
+    buckets = {bucket.size for bucket in baseline.buckets.values()}
     missing = sorted(image_sizes - buckets)
     if missing:
-        flags = " ".join(f"--image-size {h}x{w}" for h, w in missing)
+        flags = " ".join(
+            f"--{'video' if len(size) == 3 else 'image'}-size {'x'.join(map(str, size))}" for size in missing
+        )
         critical(f"Baseline {folder} has no bucket for the image sizes {missing}; re-export it with {flags} --no-luvc.")
 
 

@@ -1,6 +1,7 @@
-"""``Pipeline``: image + prompt -> text over the exported graphs (ONNX Runtime) or their engines (TensorRT).
+"""``Pipeline``: image (or video) + prompt -> text over the exported graphs (ONNX Runtime) or their engines (TensorRT).
 
-Preprocessing is the model's own ``transformers`` image processor and tokenizer, saved in the export folder. The
+Preprocessing is the model's own ``transformers`` image processor and tokenizer, saved in the export folder (a
+video's frames go through the image processor one by one, ``luvc.videos``). The
 host work between the graphs (README, "Artifacts"): image features overwrite the prompt's image span (static per
 bucket) in the token embeddings; position ids come from the bucket's ``host_*.npz`` plus a running offset.
 
@@ -30,6 +31,7 @@ from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
 from luvc.runtime.text import TextStream
 from luvc.runtime.weights import MappedWeights
+from luvc.videos import DEFAULT_SAMPLED_FPS, Video, qwen_video_pixels, seconds_per_slice, video_time_positions
 
 BACKENDS = ("ort", "trt")
 
@@ -63,13 +65,15 @@ class Generation:
 @dataclasses.dataclass
 class Prepared:
     """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template, the image processor's
-    pixels, the processed image size, its bucket's manifest entry and the preprocessing time."""
+    pixels, the processed image size (a video's ``(frames, H, W)``), its bucket's manifest entry, the preprocessing
+    time, and for videos the seconds one temporal patch spans (``luvc.videos.seconds_per_slice``)."""
 
     input_ids: np.ndarray
     pixel_values: np.ndarray
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]
     bucket: BucketEntry
     preprocess_ms: float = 0.0
+    seconds_per_slice: float | None = None
 
 
 @dataclasses.dataclass
@@ -221,8 +225,9 @@ class Pipeline:
             self._processor = AutoImageProcessor.from_pretrained(self.folder / "processor", local_files_only=True)
         return self._processor
 
-    def load(self, image_size: tuple[int, int] | None = None) -> Pipeline:
-        """Create the sessions a request of ``image_size`` (default: every bucket) needs, so timings exclude it."""
+    def load(self, image_size: tuple[int, ...] | None = None) -> Pipeline:
+        """Create the sessions a request of ``image_size`` (a video's ``(frames, H, W)``; default: every bucket)
+        needs, so timings exclude it."""
         buckets = [self.manifest.bucket_for(image_size)] if image_size else list(self.manifest.buckets.values())
         for name in ("embed", "decode", *(graph for bucket in buckets for graph in (bucket.vision, bucket.prefill))):
             self.session(name)
@@ -292,8 +297,12 @@ class Pipeline:
         return sum(cache.capacity_bytes() for cache in self._caches.values())
 
     # -- stages ---------------------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, tuple[int, int]]:
-        """Pixels for the vision graph, exactly as the model's image processor makes them, and the bucket size."""
+    def preprocess(self, images: Sequence[Image.Image | Video]) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Pixels for the vision graph, exactly as the model's image processor makes them, and the bucket size (a
+        video's: ``(frames, H, W)``)."""
+        videos = sum(isinstance(image, Video) for image in images)
+        if videos:
+            return self._preprocess_videos(images, videos)
         pixels = self.processor(images=list(images), return_tensors="np")
         if "image_grid_thw" in pixels:
             grids = {tuple(grid) for grid in np.asarray(pixels["image_grid_thw"]).tolist()}
@@ -311,6 +320,32 @@ class Pipeline:
                 critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
             return values, canvases.pop()
         return values, tuple(values.shape[-2:])
+
+    def _preprocess_videos(self, videos: Sequence[Video], count: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+        temporal = self.manifest.geometry.temporal_patch_size
+        if count != len(videos):
+            critical("A batch holds images or videos, not both; send the images and the videos as separate requests.")
+        if temporal is None or self.manifest.template.video_token_id is None:
+            critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
+        pixels, grids = zip(*(qwen_video_pixels(video.frames, self.processor, temporal) for video in videos))
+        shapes = {tuple(grid[0]) for grid in grids}
+        if len(shapes) > 1:
+            critical(f"Videos of one batch must share a frame count and size; got grids {sorted(shapes)}.")
+        t, height, width = shapes.pop()
+        patch = self.manifest.geometry.patch_size
+        return np.concatenate(pixels), (t * temporal, height * patch, width * patch)
+
+    def seconds_per_slice(self, videos: Sequence[Video]) -> float | None:
+        """The seconds one temporal patch of the batch's videos spans (``None`` for images); rows share it."""
+        if not videos or not isinstance(videos[0], Video):
+            return None
+        seconds = {seconds_per_slice(video, self.manifest.geometry.temporal_patch_size) for video in videos}
+        if len(seconds) > 1:
+            critical(
+                f"Videos of one batch must be sampled at one rate; got {sorted(seconds)} seconds per temporal patch "
+                "(sample them with the same --video-fps)."
+            )
+        return seconds.pop()
 
     def vision_feeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:
         """The feeds of the vision graph's calls for ``pixel_values``, on the device: one call for a
@@ -344,10 +379,20 @@ class Pipeline:
         targets = None if out is None else {"inputs_embeds": out}
         return self.session("embed").infer({"input_ids": input_ids}, targets)["inputs_embeds"]
 
-    def positions(self, bucket: BucketEntry, batch: int, start: int, length: int) -> np.ndarray:
-        """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``."""
+    def positions(
+        self, bucket: BucketEntry, batch: int, start: int, length: int, seconds_per_slice: float | None = None
+    ) -> np.ndarray:
+        """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``. A video
+        bucket whose time positions follow the frame rate (Qwen2.5-VL) takes its videos' ``seconds_per_slice``
+        (``None``: the processors' default rate)."""
         host = self.host(bucket)
         prompt = host["prompt_position_ids"]
+        if "video_time_slices" in host:
+            seconds = seconds_per_slice or self.manifest.geometry.temporal_patch_size / DEFAULT_SAMPLED_FPS
+            prompt, start_index = prompt.copy(), bucket.visual_start
+            slices = host["video_time_slices"]
+            time = video_time_positions(int(prompt[0, start_index]), slices, float(host["video_time_scale"]), seconds)
+            prompt[0, start_index : start_index + len(slices)] = time
         text_offset = int(host["next_position"]) - prompt.shape[1]  # text positions minus their index
         index = np.arange(start, start + length)
         rows = np.where(index < prompt.shape[1], prompt[:, np.minimum(index, prompt.shape[1] - 1)], index + text_offset)
@@ -355,25 +400,31 @@ class Pipeline:
         return rows if rows.shape[0] == 3 else rows[0]
 
     def prefill_feeds(
-        self, input_ids: np.ndarray, features: dict[str, torch.Tensor], bucket: BucketEntry
+        self,
+        input_ids: np.ndarray,
+        features: dict[str, torch.Tensor],
+        bucket: BucketEntry,
+        seconds_per_slice: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Prefill feeds for prompts ``input_ids (B, S)`` and their images' ``features`` (``image_features``): the
-        image span takes ``image_embeds (B, n, D)``; the features the prefill graph also takes (DeepStack planes)
-        are fed as they are."""
+        """Prefill feeds for prompts ``input_ids (B, S)`` and their images' (or videos') ``features``
+        (``image_features``): the visual span takes ``image_embeds (B, n, D)``; the features the prefill graph also
+        takes (DeepStack planes) are fed as they are. ``seconds_per_slice``: see ``positions``."""
         start, count = bucket.visual_start, bucket.tokens_per_image
         batch, length = input_ids.shape
-        image_token = self.manifest.template.image_token_id
+        _, visual_token = self.manifest.template.placeholder_of(bucket)
+        kind = "video" if bucket.frames else "image"
         if (
             length < start + count + bucket.min_text_tokens
-            or not (input_ids[:, start : start + count] == image_token).all()
+            or not (input_ids[:, start : start + count] == visual_token).all()
         ):
             critical(
-                f"Prompts must hold {count} image tokens at index {start} followed by the text (the export's prompt "
+                f"Prompts must hold {count} {kind} tokens at index {start} followed by the text (the export's prompt "
                 "template); build them with prompt_ids() for the same bucket."
             )
         embeds = self.embed(self.to_device(input_ids.astype(np.int64)))
         embeds[:, start : start + count] = features["image_embeds"].to(embeds.dtype)
-        feeds = {"inputs_embeds": embeds, "position_ids": self.to_device(self.positions(bucket, batch, 0, length))}
+        positions = self.positions(bucket, batch, 0, length, seconds_per_slice)
+        feeds = {"inputs_embeds": embeds, "position_ids": self.to_device(positions)}
         for entry in self.manifest.graphs[bucket.prefill].inputs:
             if entry.name in features:
                 feeds[entry.name] = features[entry.name]
@@ -390,7 +441,8 @@ class Pipeline:
         taken as already templated); rows must tokenize to one length."""
         entry = self.manifest.template
         template = PromptTemplate(entry.text, entry.image_placeholder, entry.bos)
-        texts = [template.render(text, bucket.tokens_per_image) for text in prompts]
+        placeholder, _ = entry.placeholder_of(bucket)
+        texts = [template.render(text, bucket.tokens_per_image, placeholder) for text in prompts]
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(row) for row in rows}) > 1:
             critical("Batched prompts tokenize to different lengths; batch rows need prompts of equal length.")
@@ -408,16 +460,17 @@ class Pipeline:
         self,
         input_ids: np.ndarray,
         pixel_values: np.ndarray,
-        image_size: tuple[int, int],
+        image_size: tuple[int, ...],
         max_new_tokens: int,
         sampling: SamplingConfig | None = None,
         stop_token_ids: Sequence[int] = (),
         timings: Timings | None = None,
         keep_logits: bool = False,
         keep_decode_feeds: bool = False,
+        seconds_per_slice: float | None = None,
     ) -> Request:
-        """A generation of up to ``max_new_tokens`` tokens for prompts ``input_ids (B, S)`` and their images;
-        iterate it for ``Step``s."""
+        """A generation of up to ``max_new_tokens`` tokens for prompts ``input_ids (B, S)`` and their images (or
+        videos: ``image_size`` is ``(frames, H, W)``, ``seconds_per_slice`` their rate); iterate it for ``Step``s."""
         self.check_max_new_tokens(max_new_tokens)
         return Request(
             self,
@@ -430,20 +483,29 @@ class Pipeline:
             timings if timings is not None else Timings(),
             keep_logits,
             keep_decode_feeds,
+            seconds_per_slice,
         )
 
     def greedy(
-        self, input_ids: np.ndarray, pixel_values: np.ndarray, image_size: tuple[int, int], max_new_tokens: int
+        self,
+        input_ids: np.ndarray,
+        pixel_values: np.ndarray,
+        image_size: tuple[int, ...],
+        max_new_tokens: int,
+        seconds_per_slice: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Request]:
         """``(B, max_new_tokens)`` greedy tokens, ``(B, steps, V)`` logits (no stop tokens), and the finished
         request (its image embeddings and prefill outputs)."""
-        request = self.request(input_ids, pixel_values, image_size, max_new_tokens, keep_logits=True)
+        request = self.request(
+            input_ids, pixel_values, image_size, max_new_tokens, keep_logits=True, seconds_per_slice=seconds_per_slice
+        )
         steps = list(request)
         return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
 
     def prepare(self, images, prompts) -> Prepared:
-        """Preprocess one image per prompt (a batch of same-size images; a single image and prompt are a batch of
-        one) and build the prompt ids in the export's template; errors name what does not fit the export."""
+        """Preprocess one image (or ``Video``) per prompt (a batch of same-size images; a single image and prompt are
+        a batch of one) and build the prompt ids in the export's template; errors name what does not fit the
+        export."""
         began = time.perf_counter()
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
@@ -452,7 +514,8 @@ class Pipeline:
         pixel_values, image_size = self.preprocess(images)
         bucket = self.manifest.bucket_for(image_size)
         input_ids = self.prompt_ids(prompts, bucket)
-        return Prepared(input_ids, pixel_values, image_size, bucket, (time.perf_counter() - began) * 1e3)
+        elapsed = (time.perf_counter() - began) * 1e3
+        return Prepared(input_ids, pixel_values, image_size, bucket, elapsed, self.seconds_per_slice(images))
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""
@@ -483,7 +546,14 @@ class Pipeline:
         timings = Timings(preprocess_ms=prepared.preprocess_ms)
         stops = self.stop_token_ids(stop_token_ids)
         request = self.request(
-            prepared.input_ids, prepared.pixel_values, prepared.image_size, max_new_tokens, sampling, stops, timings
+            prepared.input_ids,
+            prepared.pixel_values,
+            prepared.image_size,
+            max_new_tokens,
+            sampling,
+            stops,
+            timings,
+            seconds_per_slice=prepared.seconds_per_slice,
         )
         tokens = np.stack([step.tokens for step in request], axis=1)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
@@ -505,7 +575,14 @@ class Pipeline:
         stops = self.stop_token_ids(stop_token_ids)
         text = TextStream(self.tokenizer)
         request = self.request(
-            prepared.input_ids, prepared.pixel_values, prepared.image_size, max_new_tokens, sampling, stops, timings
+            prepared.input_ids,
+            prepared.pixel_values,
+            prepared.image_size,
+            max_new_tokens,
+            sampling,
+            stops,
+            timings,
+            seconds_per_slice=prepared.seconds_per_slice,
         )
         for step in request:
             if piece := text.add(step.tokens[0]):
@@ -527,13 +604,14 @@ class Request:
         pipeline: Pipeline,
         input_ids: np.ndarray,
         pixel_values: np.ndarray,
-        image_size: tuple[int, int],
+        image_size: tuple[int, ...],
         max_new_tokens: int,
         sampling: SamplingConfig,
         stop_token_ids: Sequence[int],
         timings: Timings,
         keep_logits: bool,
         keep_decode_feeds: bool,
+        seconds_per_slice: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.input_ids = input_ids
@@ -544,6 +622,7 @@ class Request:
         self.timings = timings
         self.keep_logits = keep_logits
         self.keep_decode_feeds = keep_decode_feeds
+        self.seconds_per_slice = seconds_per_slice
         self.stop_token_ids = list(stop_token_ids)
         self.image_features: dict[str, torch.Tensor] = {}
         self.prefill_feeds: dict[str, torch.Tensor] = {}
@@ -579,7 +658,9 @@ class Request:
             self.image_features = pipeline.image_features(self.pixel_values, bucket)
             pipeline.synchronize()
             timings.vision_ms = (time.perf_counter() - self._began) * 1e3
-            self.prefill_feeds = pipeline.prefill_feeds(self.input_ids, self.image_features, bucket)
+            self.prefill_feeds = pipeline.prefill_feeds(
+                self.input_ids, self.image_features, bucket, self.seconds_per_slice
+            )
             self.prefill_outputs = pipeline.session(bucket.prefill).infer(self.prefill_feeds)
             pipeline.synchronize()
             timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms

@@ -6,6 +6,7 @@ import pytest
 from luvc.cli import args as args_module
 from luvc.cli.args.base import BaseArgs
 from luvc.cli.main import main
+from tests.conftest import write_clip
 
 
 def test_generate_prints_text_and_token_tables(capsys):
@@ -35,6 +36,40 @@ def test_generate_without_luvc_keeps_every_token(capsys):
 def test_generate_errors_name_the_fix(capsys, extra, message):
     assert main(["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", *extra]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_generate_on_a_video_file_merges_in_time(capsys, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=20, size=(112, 168))
+    argv = ["generate", "--model", "tiny-qwen2.5-vl", "--prompt", "What moves?", "--video", str(clip)]
+    options = ["--video-frames", "8", "--oim-layers", "0", "--option", "oim_temporal=true", "--option"]
+    assert main([*argv, *options, "oim_first_axis=T", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    # 8 frames: 4 temporal slices of 8 x 12 patches; the T merge after block 0 halves the slices
+    assert re.search(r"encoder block 1\s*│\s*192\s*│\s*384", out), out
+    assert re.search(r"decoder layer 0\s*│\s*48\s*│\s*96", out), out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--video-frames", "4"], "pass --video PATH too"),
+        (["--video", "/nonexistent.mp4"], "does not exist"),
+        (["--video", "CLIP", "--image", "CLIP"], "--image and --video both given"),
+        (["--video", "CLIP", "--video-frames", "400"], "the video has 20 frames; sample between 1 and 20"),
+    ],
+)
+def test_video_errors_name_the_fix(capsys, tmp_path, extra, message):
+    clip = str(write_clip(tmp_path / "clip.mp4", frames=20))
+    argv = ["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", *(clip if a == "CLIP" else a for a in extra)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and len(err.strip().splitlines()) == 1
+
+
+def test_qwen3_vl_video_is_refused_with_the_reason(capsys, tmp_path):
+    clip = str(write_clip(tmp_path / "clip.mp4", frames=8))
+    assert main(["generate", "--model", "tiny-qwen3-vl", "--prompt", "hi", "--video", clip]) == 2
+    assert "timestamp" in capsys.readouterr().err
 
 
 def test_unreadable_image(capsys, tmp_path):

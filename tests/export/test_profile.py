@@ -1,10 +1,10 @@
-"""Image-size buckets: a second size inside the profile runs, a size outside it gets a clear error."""
+"""Image-size and video buckets: a second size inside the profile runs, a size outside it gets a clear error."""
 
 import numpy as np
 import pytest
 
 from luvc.errors import LuvcError
-from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.export.profile import ExportProfile, parse_video_size, plan_bucket
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
 from tests.conftest import QWEN_BUCKETS
@@ -46,6 +46,30 @@ def test_a_processor_that_keeps_no_nearby_size_is_named_instead_of_a_wrong_size(
     with pytest.raises(LuvcError, match="into 196x280 pixels.*no nearby size is kept as it is; set the processor's"):
         plan_bucket(adapter, (168, 252))
     assert plan_bucket(adapter, (224, 224)).image_size == (224, 224)
+
+
+def test_video_buckets_are_processed_frame_counts_and_sizes():
+    adapter = load_model("tiny-qwen2-vl")
+    adapter.apply_luvc()
+    bucket = plan_bucket(adapter, (112, 168), frames=8)
+    assert (bucket.name, bucket.frames, bucket.tokens_per_image) == ("8x112x168", 8, 48)  # 4 slices of 4x6 units
+    assert bucket.uncompressed_tokens_per_image == 96
+    with pytest.raises(LuvcError, match="A 5-frame video becomes 6 frames .* use --video-size 6x112x168"):
+        plan_bucket(adapter, (112, 168), frames=5)
+    with pytest.raises(LuvcError, match="use --video-size 8x224x224"):
+        plan_bucket(adapter, (230, 230), frames=8)
+    assert ExportProfile(video_sizes=((8, 112, 168),)).resolve(adapter).image_sizes == ()  # videos only
+    with pytest.raises(LuvcError, match="Qwen2-VL and Qwen2.5-VL families only. Leave out --video-size"):
+        ExportProfile(video_sizes=((8, 224, 224),)).resolve(load_model("tiny-llava"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("8x224", "is not FRAMESxHxW"), ("0x224x224", "between 1 and 768"), ("8x10x224", "between 28 and 8192")],
+)
+def test_bad_video_sizes_are_named(text, message):
+    with pytest.raises(LuvcError, match=message):
+        parse_video_size(text)
 
 
 def test_llava_bucket_is_the_vision_tower_size():

@@ -65,3 +65,11 @@ def test_compression_cost_is_reported_separately(parity_of):
     assert 0.0 <= pytorch["token_agreement"] <= 1.0
     assert pytorch["kl_divergence"] > 0  # random tiny weights: compression changes the distribution
     assert set(results.near_ties) == {2}  # the default schedule cuts before layer 2 (layer 3 keeps nothing)
+
+
+def test_a_video_export_passes_on_synthetic_clips_and_images(video_exports):
+    results = check_parity(video_exports("tiny-qwen2.5-vl"), show_progress=False)
+    assert results, str(results)
+    assert len(results.samples) == 4  # alternating over the image bucket and the video bucket
+    (ort,) = results.backends
+    assert ort.first_diverging_layer(results.tolerances) is None

@@ -14,6 +14,8 @@ from luvc.parity import metrics
 from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
+from luvc.videos import synthetic_video
+from tests.conftest import VIDEO_BUCKET, VIDEO_LUVC
 
 PROMPT = "What is in this picture?"
 FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # README "Parity": fp16 graphs vs fp32 PyTorch
@@ -35,6 +37,42 @@ def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     generation = pipeline.generate(images, PROMPT, max_new_tokens=16)
     np.testing.assert_array_equal(generation.tokens, expected)
     assert generation.texts == [adapter.tokenizer.decode(row, skip_special_tokens=True) for row in expected]
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_exports):
+    # a clip sampled at 6 frames a second (the bucket was traced at 2): Qwen2.5-VL's time positions move with it
+    adapter = load_model(family)
+    adapter.apply_luvc(VIDEO_LUVC)
+    clips = [synthetic_video(*VIDEO_BUCKET, seed=seed, fps=6.0) for seed in (3, 4)]
+    inputs = adapter.prepare_inputs(clips, PROMPT)
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
+    pipeline = Pipeline(video_exports(family))
+    prepared = pipeline.prepare(clips, [PROMPT, PROMPT])
+    assert prepared.bucket.name == "8x112x168" and prepared.bucket.frames == 8
+    np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
+    np.testing.assert_array_equal(prepared.pixel_values, inputs["pixel_values_videos"].numpy())
+    tokens, _, request = pipeline.greedy(
+        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
+    )
+    np.testing.assert_array_equal(tokens, expected)
+    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
+    np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
+
+
+def test_a_video_outside_the_buckets_names_them(video_exports, exports):
+    pipeline = Pipeline(video_exports("tiny-qwen2-vl"))
+    with pytest.raises(
+        LuvcError,
+        match=r"video \(frames x height x width\) 12x112x168 is outside .*8x112x168.*"
+        r"--video-size 12x112x168",
+    ):
+        pipeline.prepare([synthetic_video(12, 112, 168)], PROMPT)
+    with pytest.raises(LuvcError, match="images or videos, not both"):
+        pipeline.prepare([synthetic_video(8, 112, 168), synthetic_image(224, 224)], [PROMPT, PROMPT])
+    with pytest.raises(LuvcError, match="was exported without video support"):
+        Pipeline(exports("tiny-llava")).prepare([synthetic_video(8, 112, 168)], PROMPT)
 
 
 def test_stream_yields_the_generated_text(exports):

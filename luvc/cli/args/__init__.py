@@ -16,6 +16,7 @@ GROUPS = {
     "LuvcArgs": "luvc.cli.args.budget",
     "ModelArgs": "luvc.cli.args.model",
     "ParityArgs": "luvc.cli.args.parity",
+    "RequestArgs": "luvc.cli.args.request",
     "RuntimeArgs": "luvc.cli.args.runtime",
 }
 __all__ = list(GROUPS)

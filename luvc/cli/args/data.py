@@ -47,8 +47,15 @@ class DataArgs(BaseArgs):
         self.count = args.num_samples
         self.seed = args.seed
 
-    def samples(self, image_sizes: Sequence[tuple[int, int]]) -> list[Sample]:
-        """The samples, each at one of ``image_sizes`` (the export's buckets)."""
+    def samples(self, image_sizes: Sequence[tuple[int, ...]]) -> list[Sample]:
+        """The samples, each at one of ``image_sizes`` (the export's buckets; a video bucket's ``(frames, H, W)``
+        gets synthetic clips; a data folder's images go to the image buckets)."""
         if self.folder is None:
             return synthetic_samples(image_sizes, self.default_count if self.count is None else self.count, self.seed)
-        return folder_samples(self.folder, image_sizes, self.prompts, self.count)
+        images = [size for size in image_sizes if len(size) == 2]
+        if not images:
+            critical(
+                f"--data {self.folder} holds images but this export has video buckets only; leave out --data to check "
+                "it on synthetic clips."
+            )
+        return folder_samples(self.folder, images, self.prompts, self.count)

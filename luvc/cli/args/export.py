@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
 from luvc.export.kv_update import KV_UPDATE_FORMS
-from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size
+from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size, parse_video_size
 
 
 class ExportArgs(BaseArgs):
@@ -26,6 +26,14 @@ class ExportArgs(BaseArgs):
             metavar="HxW",
             help="processed image size of a bucket (repeat for more buckets); default 448x448 for Qwen-VL, the "
             "vision tower's size for LLaVA",
+        )
+        group.add_argument(
+            "--video-size",
+            action="append",
+            default=None,
+            metavar="FxHxW",
+            help="a video bucket: frames and processed frame size, e.g. 16x448x448 (repeat for more; Qwen2-VL and "
+            "Qwen2.5-VL); with video sizes alone the export has no image bucket",
         )
         group.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="graph precision (fp32)")
         group.add_argument("--max-batch", type=int, default=None, help="largest batch for engine profiles (4)")
@@ -61,8 +69,10 @@ class ExportArgs(BaseArgs):
         self.overwrite = args.overwrite
         self.passes, self.plugin_nodes = not args.no_passes, args.plugin_nodes
         sizes = tuple(parse_image_size(text) for text in args.image_size) if args.image_size else None
+        videos = tuple(parse_video_size(text) for text in args.video_size or ())
         self.profile = ExportProfile(
             image_sizes=sizes,
+            video_sizes=videos,
             precision=args.precision,
             max_batch=args.max_batch,
             max_text_tokens=args.max_text_tokens,

@@ -1,0 +1,61 @@
+"""Request input: an image or a video file (or folder of frames) with its frame sampling."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from luvc.cli.args.base import BaseArgs
+from luvc.errors import critical
+from luvc.images import load_image, synthetic_image
+from luvc.videos import DEFAULT_SAMPLED_FPS, Video, load_video, synthetic_video
+
+
+class RequestArgs(BaseArgs):
+    """Request input: the image or video a request is about (default: a built-in synthetic image).
+
+    Depends on: nothing (the default's size comes from the caller: a bucket, or the model's default).
+    """
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Request input", "The image or video of the request")
+        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
+        group.add_argument(
+            "--video",
+            default=None,
+            help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen2-VL, Qwen2.5-VL)",
+        )
+        group.add_argument(
+            "--video-frames", type=int, default=None, help="frames to sample evenly from --video (default: by rate)"
+        )
+        group.add_argument(
+            "--video-fps",
+            type=float,
+            default=None,
+            help="frames per second to sample from a --video file (default 2, as Qwen-VL's video processors)",
+        )
+
+    def parse(self, args: argparse.Namespace) -> None:
+        if args.image and args.video:
+            critical("--image and --video both given; a request holds one image or one video.")
+        if args.video is None and (args.video_frames is not None or args.video_fps is not None):
+            critical("--video-frames and --video-fps sample a --video; pass --video PATH too.")
+        self.image, self.video = args.image, args.video
+        self.frames, self.fps = args.video_frames, args.video_fps
+
+    def load(self, default_size: Sequence[int] = (224, 224)) -> Image.Image | Video:
+        """The request's image or video; without one, a synthetic image of ``default_size`` ``(H, W)`` or a
+        synthetic clip of ``(frames, H, W)``."""
+        if self.video is not None:
+            fps = self.fps
+            if fps is None and self.frames is None and not Path(self.video).is_dir():
+                fps = DEFAULT_SAMPLED_FPS
+            return load_video(self.video, num_frames=self.frames, fps=fps)
+        if self.image is not None:
+            return load_image(self.image)
+        if len(default_size) == 3:
+            return synthetic_video(*default_size)
+        return synthetic_image(*default_size)
