@@ -47,6 +47,8 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
 
 def main() -> None:
     args, config = parse_benchmark_args(__doc__)
+    if args.video:
+        raise SystemExit("--video: this benchmark exports the image prefill; run prefill_speedup.py --video")
 
     adapter = realistic_adapter(args.family, args.layers)
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {args.repeats} repeats (median)")

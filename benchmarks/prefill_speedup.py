@@ -5,11 +5,14 @@
 (hidden 2048, 16 heads, 8 KV heads, head_dim 128, MLP 6144, interleaved M-RoPE, DeepStack into the first 3 layers)
 with 8 of its 28 layers (``--layers``); one 896x896 image (56x56 patches of 16 px -> 784 visual tokens). Both with
 64 text tokens. The vision encoders are reduced (8 blocks, width 640) so that the run fits a 2-core CPU in a few
-minutes; they still show the encoder speedup from OIM.
+minutes; they still show the encoder speedup from OIM. ``--video FRAMES`` (Qwen2-VL): a synthetic clip of FRAMES
+448x448 frames instead of the image (16 frames: 8 temporal slices of 32x32 patches -> 2048 visual tokens);
+``--oim-temporal`` adds temporal merges to the LUVC config (``--oim-first-axis T`` merges time first).
 
 Prints measured speedups of the vision encoder and the LLM prefill, the cost model's predictions and
 measured/predicted. Last line: ``prefill_speedup=<x>`` (LLM prefill). Usage:
     python benchmarks/prefill_speedup.py [--family qwen3-vl] [--layers N] [--repeats 3] [--budgets ...]
+    python benchmarks/prefill_speedup.py --video 16 --oim-layers 3 --oim-temporal --oim-first-axis T
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ from luvc.models.base import VLMAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import _qwen_token_ids, tiny_tokenizer
+from luvc.videos import synthetic_video
 
 IMAGE_SIDE = 896
+VIDEO_SIDE = 448
 TEXT_TOKENS = 64
 FAMILIES = ("qwen2-vl", "qwen3-vl")
 
 
-def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None) -> VLMAdapter:
+def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video: bool = False) -> VLMAdapter:
     """The benchmark model of ``family`` with random weights; ``layers`` decoder layers (default: 24 for Qwen2-VL,
-    8 of Qwen3-VL-2B's 28)."""
+    8 of Qwen3-VL-2B's 28); ``video``: its processor keeps 448x448 frames."""
     tokenizer = tiny_tokenizer()
     token_ids = _qwen_token_ids(tokenizer)
     torch.manual_seed(0)
@@ -108,7 +113,8 @@ def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None) -> VL
         **token_ids,
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
-    processor = Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
+    side = VIDEO_SIDE if video else IMAGE_SIDE
+    processor = Qwen2VLImageProcessorPil(min_pixels=side**2, max_pixels=side**2)
     return Qwen2VLAdapter(model, tokenizer, processor, name="realistic-qwen2-vl")
 
 
@@ -133,9 +139,11 @@ def prompt_for(adapter: VLMAdapter, text_tokens: int) -> str:
     return "x" * (text_tokens - len(adapter.tokenizer(template, add_special_tokens=False)["input_ids"]))
 
 
-def measure(adapter: VLMAdapter, configs: dict[str, LUVCConfig], repeats: int) -> dict[str, dict]:
-    """Median vision and LLM seconds per config; configs alternate inside every repeat so drift cancels."""
-    image, prompt = synthetic_image(IMAGE_SIDE, IMAGE_SIDE), prompt_for(adapter, TEXT_TOKENS)
+def measure(adapter: VLMAdapter, configs: dict[str, LUVCConfig], repeats: int, frames: int = 0) -> dict[str, dict]:
+    """Median vision and LLM seconds per config; configs alternate inside every repeat so drift cancels. ``frames``:
+    a synthetic clip of that many 448x448 frames instead of the image."""
+    image = synthetic_video(frames, VIDEO_SIDE, VIDEO_SIDE) if frames else synthetic_image(IMAGE_SIDE, IMAGE_SIDE)
+    prompt = prompt_for(adapter, TEXT_TOKENS)
     vision, llm = StageTimer(adapter.model.model.visual), StageTimer(adapter.model.model.language_model)
     results = {}
     for name, config in configs.items():
@@ -163,21 +171,29 @@ def parse_benchmark_args(doc: str) -> tuple[argparse.Namespace, LUVCConfig]:
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: see above)")
     parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")
     parser.add_argument("--oim-layers", default=None, help="e.g. '3' or '2,5'; default: the config default")
+    parser.add_argument("--video", type=int, default=0, metavar="FRAMES", help="a clip of FRAMES 448x448 frames")
+    parser.add_argument("--oim-temporal", action="store_true", help="merge temporal slices too (oim_temporal)")
+    parser.add_argument("--oim-first-axis", choices=("W", "H", "T"), default=None, help="axis of the first merge")
     args = parser.parse_args()
     oim = None if args.oim_layers is None else tuple(int(v) for v in args.oim_layers.split(","))
     budgets = None if args.budgets is None else tuple(int(v) for v in args.budgets.split(","))
-    return args, LUVCConfig(oim_layers=oim, budgets=budgets)
+    if args.video and args.family != "qwen2-vl":
+        parser.error("--video runs on the Qwen2-VL benchmark model (--family qwen2-vl)")
+    config = LUVCConfig(
+        oim_layers=oim, budgets=budgets, oim_temporal=args.oim_temporal or None, oim_first_axis=args.oim_first_axis
+    )
+    return args, config
 
 
 def main() -> None:
     args, config = parse_benchmark_args(__doc__)
 
-    adapter = realistic_adapter(args.family, args.layers)
+    adapter = realistic_adapter(args.family, args.layers, video=bool(args.video))
     print(
         f"{adapter.name} ({adapter.num_layers} decoder layers): torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {args.repeats} repeats (median)"
     )
-    results = measure(adapter, {"base": LUVCConfig.off(), "luvc": config}, args.repeats)
+    results = measure(adapter, {"base": LUVCConfig.off(), "luvc": config}, args.repeats, args.video)
     base, luvc = results["base"], results["luvc"]
     adapter.apply_luvc(config)
     report = adapter.cost(luvc["inputs"])
@@ -185,6 +201,10 @@ def main() -> None:
         f"visual tokens into the LLM: {base['plan'].num_visual_tokens} uncompressed, "
         f"{luvc['plan'].num_visual_tokens} after OIM; text tokens: {report.text_tokens}"
     )
+    if args.video:
+        grid = luvc["inputs"]["video_grid_thw"][0].tolist()
+        axes = list(adapter.luvc_config.oim_axes())
+        print(f"video: {args.video} frames of {VIDEO_SIDE}x{VIDEO_SIDE}, patch grid (t, h, w) {grid}; OIM axes {axes}")
     print(f"decoder visual tokens per layer (LUVC): {list(luvc['plan'].total)}")
     print(f"vision encoder: {base['vision'] * 1e3:8.1f} ms -> {luvc['vision'] * 1e3:8.1f} ms")
     print(f"LLM prefill:    {base['llm'] * 1e3:8.1f} ms -> {luvc['llm'] * 1e3:8.1f} ms")
@@ -196,6 +216,10 @@ def main() -> None:
     print(
         f"llm_prefill_speedup measured={llm_speedup:.2f}x predicted={report.llm_prefill_speedup:.2f}x "
         f"measured/predicted={llm_speedup / report.llm_prefill_speedup:.2f}"
+    )
+    print(
+        f"kv_cache_bytes (fp16) predicted: {report.kv_cache_bytes_baseline / 2**20:.1f} MiB -> "
+        f"{report.kv_cache_bytes / 2**20:.1f} MiB"
     )
     print(f"kv_cache_reduction predicted={report.kv_cache_reduction:.2f}x")
     print(f"prefill_speedup={llm_speedup:.2f}")
