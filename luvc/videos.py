@@ -21,6 +21,7 @@ from luvc.images import load_image, synthetic_image
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_SAMPLED_FPS = 2.0  # Qwen-VL video processors' sampling rate when they are not told
+QWEN3_UNKNOWN_FPS = 24.0  # the frame rate Qwen3-VL's processor assumes for timestamps when a clip has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,17 @@ def seconds_per_slice(video: Video, temporal_patch_size: int) -> float:
     """Seconds one temporal patch of ``video`` spans (Qwen2.5-VL's ``second_per_grid_ts``): the frame spacing times
     the patch, at the processors' default of 2 sampled frames a second when the source rate is unknown."""
     return temporal_patch_size * (video.seconds_per_frame or 1 / DEFAULT_SAMPLED_FPS)
+
+
+def slice_timestamps(video: Video, temporal_patch_size: int, slices: int) -> list[float]:
+    """Seconds of each of ``slices`` equal groups of ``video``'s frames (temporal slices, merged or not): the mean of
+    the first and last frame time of the group, as Qwen3-VL's processor times a temporal patch (frames padded with
+    the last one to whole patches; 24 frames a second when the rate is unknown, as the processor assumes)."""
+    fps = video.fps or QWEN3_UNKNOWN_FPS
+    indices = list(video.frame_indices)
+    indices += [indices[-1]] * (-len(indices) % temporal_patch_size)
+    per_slice = len(indices) // slices
+    return [(indices[i * per_slice] / fps + indices[(i + 1) * per_slice - 1] / fps) / 2 for i in range(slices)]
 
 
 def video_time_positions(start: int, slices: np.ndarray, scale: float, seconds: float) -> np.ndarray:

@@ -97,20 +97,22 @@ def exports(tmp_path_factory):
     return get
 
 
-VIDEO_BUCKET = (8, 112, 168)  # frames, H, W: 4 temporal slices of 8 x 12 patches
+VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
+# frames, H, W: 4 temporal slices of 8 x 12 patches (14 px; Qwen3-VL 16 px)
+VIDEO_BUCKETS = {"tiny-qwen2-vl": (8, 112, 168), "tiny-qwen2.5-vl": (8, 112, 168), "tiny-qwen3-vl": (8, 128, 192)}
 VIDEO_LUVC = LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T")  # a T merge, then a W merge
 
 
 @pytest.fixture(scope="session")
 def video_exports(tmp_path_factory):
-    """``video_exports(family)``: an export with one video bucket (``VIDEO_BUCKET``) under ``VIDEO_LUVC`` and the
+    """``video_exports(family)``: an export with one video bucket (``VIDEO_BUCKETS``) under ``VIDEO_LUVC`` and the
     default image bucket, made once per session."""
     made = {}
 
     def get(family: str):
         if family not in made:
             out = tmp_path_factory.mktemp("video-exports") / family
-            profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(VIDEO_BUCKET,))
+            profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(VIDEO_BUCKETS[family],))
             made[family] = export_model(load_model(family), out, profile, VIDEO_LUVC, show_progress=False)
         return made[family]
 

@@ -40,7 +40,8 @@ class Inspect:
             )
         for name, bucket in manifest.buckets.items():
             console.print(
-                f"bucket {name}: {bucket.tokens_per_image} visual tokens at index {bucket.visual_start}; "
+                f"bucket {name}: {bucket.tokens_per_image} visual tokens at index {bucket.visual_start}"
+                f"{f' in {len(bucket.visual_spans)} spans' if bucket.spans else ''}; "
                 f"budgets per layer {list(bucket.budgets)}; SPU before layers {list(bucket.prune_layers)}"
             )
         kv = manifest.kv_cache

@@ -152,7 +152,7 @@ def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -
     buckets = manifest.buckets.values()
     capacity = max(
         layer_capacity(
-            bucket.visual_start,
+            bucket.visual_end - bucket.tokens_per_image,
             bucket.uncompressed_tokens_per_image,
             bucket.min_text_tokens,
             profile.max_text_tokens,

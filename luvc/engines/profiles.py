@@ -21,7 +21,7 @@ Range = tuple[int, int, int]
 
 def _prompt(bucket: BucketEntry) -> int:
     """Prompt tokens before the text: the template prefix and the image tokens."""
-    return bucket.visual_start + bucket.tokens_per_image
+    return bucket.visual_end
 
 
 def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:

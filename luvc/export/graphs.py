@@ -72,7 +72,7 @@ def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> GraphSpec:
     hidden = adapter.language_model.config.hidden_size
-    prompt = bucket.visual_start + bucket.tokens_per_image
+    prompt = bucket.visual_end
     text = bucket.min_text_tokens + 1
     positions = torch.cat(
         [
@@ -102,7 +102,7 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
         *kv_names("present", adapter.num_layers),
         *(f"kept_visual_indices.{layer}" for layer in kept_index_layers(plan)),
     ]
-    module = PrefillGraph(adapter, bucket.visual_start, plan)
+    module = PrefillGraph(adapter, bucket.visual_spans, plan)
     return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name)
 
 

@@ -100,14 +100,15 @@ class PrefillGraph(nn.Module):
     ``logits (B, V)`` (float32), every layer's present key/value, and the kept visual indices of every layer where
     SPU prunes.
 
-    Image tokens sit at the static span ``[visual_start, visual_start + n)``; the text after them has any length.
-    Budgets are the frozen integers of ``budget_plan`` (one image per row)."""
+    Image tokens sit at static ``spans`` (``(start, tokens)``: one per image, or per temporal slice of a Qwen3-VL
+    video); the text after them has any length. Budgets are the frozen integers of ``budget_plan`` (one image or
+    video per row)."""
 
-    def __init__(self, adapter: VLMAdapter, visual_start: int, budget_plan: BudgetPlan) -> None:
+    def __init__(self, adapter: VLMAdapter, spans: Sequence[tuple[int, int]], budget_plan: BudgetPlan) -> None:
         super().__init__()
         self.language_model = adapter.language_model
         self.lm_head = adapter.model.lm_head
-        self.spans = ((visual_start, budget_plan.num_visual_tokens),)
+        self.spans = tuple(spans)
         self.budget_plan = budget_plan
 
     def forward(

@@ -144,6 +144,18 @@ class BucketEntry:
     prefill: str
     host: str
     frames: int = 0  # a video bucket's frames (0: an image bucket)
+    spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each visual span when there are several
+
+    @property
+    def visual_spans(self) -> tuple[tuple[int, int], ...]:
+        """``(start, tokens)`` of each run of visual tokens in the prompt (a Qwen3-VL video: one per slice)."""
+        return self.spans or ((self.visual_start, self.tokens_per_image),)
+
+    @property
+    def visual_end(self) -> int:
+        """Index after the last visual token: where the prompt's text begins."""
+        start, count = self.visual_spans[-1]
+        return start + count
 
     @property
     def name(self) -> str:
@@ -178,6 +190,7 @@ class TemplateEntry:
     eos_token_id: int | list[int] | None
     video_placeholder: str | None = None
     video_token_id: int | None = None
+    video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.models.prompt.video_text)
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
         """The placeholder text and token id of ``bucket``'s image or video tokens."""
@@ -374,7 +387,11 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
         kept_index_layers=tuple(kept_index_layers(plan)),
         next_position=bucket.next_position,
         frames=bucket.frames,
-        kv_lengths=tuple(f"{bucket.visual_start + plan.total[layer]} + text_tokens" for layer in range(num_layers)),
+        spans=tuple(bucket.spans),
+        kv_lengths=tuple(
+            f"{bucket.visual_end - bucket.tokens_per_image + plan.total[layer]} + text_tokens"
+            for layer in range(num_layers)
+        ),
         vision=f"vision_{bucket.name}",
         prefill=f"prefill_{bucket.name}",
         host=f"host_{bucket.name}.npz",
@@ -404,6 +421,7 @@ def template_entry(adapter: VLMAdapter) -> TemplateEntry:
         image_token_id=adapter.image_token_id,
         eos_token_id=eos if eos is not None else adapter.language_model.config.eos_token_id,
         video_placeholder=adapter.video_placeholder if adapter.takes_video else None,
+        video_frame_template=adapter.video_frame_template if adapter.takes_video else None,
         video_token_id=adapter.video_token_id,
     )
 
@@ -425,7 +443,10 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
 
 def _bucket(entry: dict[str, Any]) -> BucketEntry:
     lists = ("budgets", "prune_layers", "kept_index_layers", "kv_lengths")
-    return BucketEntry(**{**entry, "image_size": tuple(entry["image_size"]), **{k: tuple(entry[k]) for k in lists}})
+    spans = tuple(map(tuple, entry.get("spans", ())))
+    return BucketEntry(
+        **{**entry, "image_size": tuple(entry["image_size"]), "spans": spans, **{k: tuple(entry[k]) for k in lists}}
+    )
 
 
 def _graph(entry: dict[str, Any]) -> GraphEntry:

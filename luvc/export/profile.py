@@ -17,6 +17,7 @@ from luvc.export.manifest import bucket_name
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
+from luvc.models.prompt import token_runs
 from luvc.videos import synthetic_video
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -31,7 +32,7 @@ class ExportProfile:
     """What an export covers. ``None`` fields take the defaults in ``resolve``.
 
     - ``image_sizes``: processed image sizes ``(H, W)`` in pixels, one bucket each (graphs are static per bucket);
-    - ``video_sizes``: processed videos ``(frames, H, W)``, one bucket each (Qwen2-VL, Qwen2.5-VL); with video sizes
+    - ``video_sizes``: processed videos ``(frames, H, W)``, one bucket each (Qwen-VL families); with video sizes
       alone the export has no image bucket;
     - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
     - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
@@ -100,10 +101,22 @@ class Bucket:
     uncompressed_tokens_per_image: int  # what the image would bring without OIM (the baseline's KV cache)
     visual_start: int  # index of the first image token in the prompt
     min_text_tokens: int  # tokens after the image in the shortest prompt the template makes
-    prompt_position_ids: torch.Tensor  # (R, visual_start + tokens_per_image) positions before the text
+    prompt_position_ids: torch.Tensor  # (R, visual_end) positions before the text
     next_position: int  # position of the first text token after the image
     frames: int = 0  # a video's frames (after the processor's padding to whole temporal patches); 0: an image
     host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
+    spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each visual span; () = one at visual_start
+
+    @property
+    def visual_spans(self) -> tuple[tuple[int, int], ...]:
+        """``(start, tokens)`` of each run of visual tokens in the prompt (a Qwen3-VL video: one per slice)."""
+        return self.spans or ((self.visual_start, self.tokens_per_image),)
+
+    @property
+    def visual_end(self) -> int:
+        """Index after the last visual token: where the prompt's text begins."""
+        start, count = self.visual_spans[-1]
+        return start + count
 
     @property
     def name(self) -> str:
@@ -194,31 +207,33 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
             f"A {frames}-frame video becomes {kept} frames (whole temporal patches), so {frames} cannot be a bucket's "
             f"frame count; use --video-size {kept}x{height}x{width}."
         )
-    ids = inputs["input_ids"][0].tolist()
+    ids = inputs["input_ids"][0]
     plan = adapter.plan(pixels)  # the one prepare_inputs made
-    tokens = plan.tokens_per_image[0]
-    start = ids.index(adapter.video_token_id if frames else adapter.image_token_id)
+    spans = token_runs(ids.tolist(), adapter.video_token_id if frames else adapter.image_token_id)
+    end = spans[-1][0] + spans[-1][1]
     positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return Bucket(
         image_size=(height, width),
         pixels=pixels,
         plan=plan,
         uncompressed_tokens_per_image=adapter.plan(pixels, LUVCConfig.off()).tokens_per_image[0],
-        visual_start=start,
-        min_text_tokens=max(2, len(ids) - start - tokens),
-        prompt_position_ids=positions[:, : start + tokens],
-        next_position=int(positions[0, start + tokens]),
+        visual_start=spans[0][0],
+        min_text_tokens=max(2, len(ids) - end),
+        prompt_position_ids=positions[:, :end],
+        next_position=int(positions[0, end]),
         frames=frames,
         host_arrays=adapter.video_time_arrays(plan) if frames else {},
+        spans=spans if len(spans) > 1 else (),
     )
 
 
 def layer_capacity(
-    visual_start: int, visual_tokens: int, min_text_tokens: int, max_text_tokens: int, max_new_tokens: int
+    prefix_tokens: int, visual_tokens: int, min_text_tokens: int, max_text_tokens: int, max_new_tokens: int
 ) -> int:
-    """KV entries one decoder layer needs for one bucket: the longest prompt it holds (prefix, its visual tokens, the
-    longest text) plus every generated token but the last (which is never fed back)."""
-    return visual_start + visual_tokens + max(max_text_tokens, min_text_tokens + 1) + max_new_tokens - 1
+    """KV entries one decoder layer needs for one bucket: the longest prompt it holds (the text before and between
+    the visual spans, its visual tokens, the longest text) plus every generated token but the last (which is never
+    fed back)."""
+    return prefix_tokens + visual_tokens + max(max_text_tokens, min_text_tokens + 1) + max_new_tokens - 1
 
 
 def kv_capacities(buckets: Sequence[Bucket], profile: ExportProfile) -> list[int]:
@@ -227,7 +242,7 @@ def kv_capacities(buckets: Sequence[Bucket], profile: ExportProfile) -> list[int
     return [
         max(
             layer_capacity(
-                b.visual_start,
+                b.visual_end - b.tokens_per_image,
                 b.budget_plan.total[layer],
                 b.min_text_tokens,
                 profile.max_text_tokens,

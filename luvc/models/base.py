@@ -51,7 +51,10 @@ class VLMAdapter:
     architecture: ClassVar[str]
     image_placeholder: ClassVar[str]
     video_placeholder: ClassVar[str | None] = None  # families that take videos (Qwen-VL)
-    video_unsupported: ClassVar[str] = "LUVC takes videos for the Qwen2-VL and Qwen2.5-VL families only."
+    video_frame_template: ClassVar[str | None] = None  # a video's text per temporal slice (``video_text``)
+    video_unsupported: ClassVar[str] = (
+        "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."
+    )
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
@@ -97,7 +100,7 @@ class VLMAdapter:
     @property
     def takes_video(self) -> bool:
         """Whether LUVC runs this family on videos."""
-        return self.video_placeholder is not None and self.video_unsupported == VLMAdapter.video_unsupported
+        return self.video_placeholder is not None
 
     @property
     def video_token_id(self) -> int | None:
@@ -133,7 +136,7 @@ class VLMAdapter:
 
         def make() -> RequestPlan:
             vision = self.vision_trace(inputs, config)
-            return RequestPlan(config, vision, plan_budgets(self.num_layers, vision.tokens_per_image, config))
+            return RequestPlan(config, vision, plan_budgets(self.num_layers, vision.span_tokens, config))
 
         return self._plans.get((self.images_key(inputs), config), make)
 
@@ -165,6 +168,15 @@ class VLMAdapter:
         """Pixel tensors and grid metadata of ``videos`` (families that take videos)."""
         critical(self.video_unsupported)
 
+    def placeholder_of(self, visual: Image.Image | Video) -> str:
+        """The placeholder token of an image, or of a video."""
+        return self.video_placeholder if isinstance(visual, Video) else self.image_placeholder
+
+    def visual_text(self, visual: Image.Image | Video, tokens: int, plan: RequestPlan) -> str:
+        """What takes the template's ``{image}`` for ``visual`` of ``tokens`` LLM tokens under ``plan``: its
+        placeholder token repeated (a Qwen3-VL video: one timestamped block per temporal slice)."""
+        return self.placeholder_of(visual) * tokens
+
     def preprocess(self, visuals: Sequence[Image.Image | Video]) -> dict:
         """``preprocess_images`` or ``preprocess_videos``: a batch holds images or videos, not both."""
         videos = sum(isinstance(visual, Video) for visual in visuals)
@@ -184,9 +196,11 @@ class VLMAdapter:
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixels = self.preprocess(images)
         per_row = self.plan(pixels, config).tokens_per_image
-        video = isinstance(images[0], Video) if len(images) else False
-        placeholder = self.video_placeholder if video else None
-        texts = [self.template.render(prompt, count, placeholder) for count, prompt in zip(per_row, prompts)]
+        plan = self.plan(pixels, config)
+        texts = [
+            self.template.render(prompt, count, self.placeholder_of(visual), self.visual_text(visual, count, plan))
+            for visual, count, prompt in zip(images, per_row, prompts)
+        ]
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")

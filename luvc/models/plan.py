@@ -24,8 +24,16 @@ class VisionTrace:
     """The vision side of a plan: the family's encoder plan and the facts the LLM side and the cost model read."""
 
     block_segments: tuple[tuple[int, ...], ...]  # attention segment lengths of every encoder block
-    tokens_per_image: tuple[int, ...]  # visual tokens per image entering the LLM
+    tokens_per_image: tuple[int, ...]  # visual tokens per image (or video) entering the LLM
     encoder: Any = None  # the family's encoder plan (Qwen-VL: QwenVisionPlan); None where it is fixed (LLaVA)
+    spans_per_image: int = 1  # prompt spans each brings (a Qwen3-VL video: one per temporal slice), equal in size
+
+    @property
+    def span_tokens(self) -> tuple[int, ...]:
+        """Visual tokens of every prompt span, the spans of all images in order: what SPU prunes one by one."""
+        return tuple(
+            count // self.spans_per_image for count in self.tokens_per_image for _ in range(self.spans_per_image)
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from luvc.errors import critical
 
 logger = logging.getLogger("luvc")
 IMAGE, PROMPT = "{image}", "{prompt}"
+VIDEO_FRAME_SECONDS = "{seconds}"  # in a frame template: the timestamp of the frame's temporal slice
+VIDEO_FRAME_TOKENS = "{frame}"  # in a frame template: where the slice's placeholder tokens go
 MARKER = "\ue000luvc-prompt\ue001"  # private-use characters no chat template rewrites
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
@@ -36,12 +39,13 @@ class PromptTemplate:
         if self.text.count(IMAGE) != 1 or self.text.count(PROMPT) != 1:
             critical(f"A prompt template needs {IMAGE} and {PROMPT} once each; got {self.text!r}.")
 
-    def render(self, prompt: str, image_tokens: int, placeholder: str | None = None) -> str:
-        """The full prompt for one image of ``image_tokens`` tokens (a video: ``placeholder`` is the video's token,
-        which takes the image's place in the template). A prompt that already holds the placeholder was written in
-        the template: only its placeholder is expanded (it is not wrapped twice)."""
+    def render(self, prompt: str, image_tokens: int, placeholder: str | None = None, visual: str | None = None) -> str:
+        """The full prompt for one image of ``image_tokens`` tokens. For a video, ``placeholder`` is its token and
+        ``visual`` the text that takes the template's ``{image}`` (default: the placeholder repeated; a Qwen3-VL
+        video: ``video_text``). A prompt that already holds the placeholder was written in the template: only its
+        placeholder is expanded (it is not wrapped twice)."""
         placeholder = placeholder or self.image_placeholder
-        image = placeholder * image_tokens
+        image = placeholder * image_tokens if visual is None else visual
         if placeholder in prompt:
             if prompt.count(placeholder) != 1:
                 critical(
@@ -53,6 +57,35 @@ class PromptTemplate:
             before, after = self.text.split(PROMPT)
             text = before.replace(IMAGE, image) + prompt + after.replace(IMAGE, image)
         return text if not self.bos or text.startswith(self.bos) else self.bos + text
+
+
+def video_text(placeholder: str, tokens: int, frame_template: str | None = None, seconds=()) -> str:
+    """The text of a video of ``tokens`` LLM tokens: ``placeholder`` repeated, or (``frame_template``, Qwen3-VL) one
+    block per temporal slice, the template's ``{seconds}`` taking that slice's timestamp (one decimal) and its
+    ``{frame}`` the slice's share of the placeholders."""
+    if frame_template is None:
+        return placeholder * tokens
+    per_slice = tokens // len(seconds)
+    return "".join(
+        frame_template.replace(VIDEO_FRAME_SECONDS, f"{moment:.1f}").replace(
+            VIDEO_FRAME_TOKENS, placeholder * per_slice
+        )
+        for moment in seconds
+    )
+
+
+def token_runs(ids: Sequence[int], token_id: int) -> tuple[tuple[int, int], ...]:
+    """``(start, length)`` of every run of ``token_id`` in prompt ``ids``: where its images' (or video slices')
+    placeholders sit."""
+    runs: list[list[int]] = []
+    for position, token in enumerate(ids):
+        if token != token_id:
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == position:
+            runs[-1][1] += 1
+        else:
+            runs.append([position, 1])
+    return tuple((start, length) for start, length in runs)
 
 
 def chat_template_of(tokenizer, folder: str | Path | None = None) -> str | None:

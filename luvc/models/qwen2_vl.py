@@ -355,6 +355,15 @@ class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
         return mrope_rotary_ids(position_ids)
 
 
+def visual_span_tokens(plan: QwenVisionPlan, merge: int, frame_spans: bool) -> list[int]:
+    """LLM tokens of every prompt span under ``plan``: one span per image or video, or (``frame_spans``) one per
+    temporal slice."""
+    grids = plan.output_grid_thw.tolist()
+    if frame_spans:
+        return [h * w // merge**2 for t, h, w in grids for _ in range(t)]
+    return [t * h * w // merge**2 for t, h, w in grids]
+
+
 class QwenVLModelMixin(LuvcMultimodalMixin):
     """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for Qwen-VL:
 
@@ -362,6 +371,8 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
     - M-RoPE ids from the compressed grid (``rope_grids``); decode positions continue from the original prompt length
       using the request's ``rope_deltas`` kept in ``LuvcCache`` (not on the model).
     """
+
+    luvc_frame_spans = False  # a video's slices are separate prompt spans (Qwen3-VL: timestamps between them)
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         if inputs.get("mm_encoder_outputs"):
@@ -376,9 +387,10 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
         return self.luvc_features(output.pooler_output, vision_plan, inputs)
 
     def luvc_features(self, embeds, vision_plan: QwenVisionPlan, inputs: dict, deepstack=()) -> ImageFeatures:
-        """``ImageFeatures`` of the encoder's merged output ``embeds`` under ``vision_plan``."""
-        counts = (vision_plan.output_grid_thw.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+        """``ImageFeatures`` of the encoder's merged output ``embeds`` under ``vision_plan``: one span per image or
+        video (``luvc_frame_spans``: one per temporal slice of a video)."""
         _, video = qwen_visual_grid(inputs)
+        counts = visual_span_tokens(vision_plan, self.visual.spatial_merge_size, video and self.luvc_frame_spans)
         token = self.config.video_token_id if video else None
         return ImageFeatures(embeds, counts, rope_grids(vision_plan, inputs), tuple(deepstack), token)
 
@@ -483,7 +495,9 @@ class Qwen2VLAdapter(VLMAdapter):
         plan = planned_qwen_vision(self.encoder_plans, grid, vision, config, self.windowed)
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
-        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan)
+        _, video = qwen_visual_grid(inputs)
+        spans = int(plan.output_grid_thw[0, 0]) if video and self.luvc_classes[2].luvc_frame_spans else 1
+        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan, spans)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         grid, video = qwen_visual_grid(pixels)

@@ -19,16 +19,19 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 )
 
 from luvc.compress.cost import VisionSpec
-from luvc.errors import critical
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures
+from luvc.models.plan import RequestPlan
+from luvc.models.prompt import video_text
 from luvc.models.qwen2_vl import (
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
     QwenVLModelMixin,
     mrope_rotary_ids,
+    qwen_visual_grid,
     run_qwen_vision,
 )
+from luvc.videos import Video, slice_timestamps
 
 
 class LuvcQwen3VisionModel(Qwen3VLVisionModel):
@@ -57,27 +60,27 @@ class LuvcQwen3VLTextModel(SpuDecoderMixin, Qwen3VLTextModel):
 class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
     __doc__ = QwenVLModelMixin.__doc__
 
-    def luvc_check_inputs(self, inputs: dict) -> None:
-        super().luvc_check_inputs(inputs)
-        if inputs.get("video_grid_thw") is not None:
-            critical(QWEN3_VIDEO)
+    luvc_frame_spans = True
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        grid_thw = inputs["image_grid_thw"]
+        grid_thw, _ = qwen_visual_grid(inputs)
         vision_plan = self.visual.luvc_plan(grid_thw)
         output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
         return self.luvc_features(output.pooler_output, vision_plan, inputs, output.deepstack_features)
 
 
-QWEN3_VIDEO = (
-    "LUVC does not take Qwen3-VL videos yet: its prompt puts each frame in a block of its own after a timestamp "
-    "text, which the one-span-per-video prompt and export buckets do not hold; use a Qwen2-VL or Qwen2.5-VL model."
-)
-
-
 class Qwen3VLAdapter(Qwen2VLAdapter):
     architecture = "Qwen3VLForConditionalGeneration"
-    video_unsupported = QWEN3_VIDEO
+    # each temporal slice of a video is a block of its own after its timestamp (Qwen3-VL's processor)
+    video_frame_template = "<{seconds} seconds><|vision_start|>{frame}<|vision_end|>"
+
+    def visual_text(self, visual, tokens: int, plan: RequestPlan) -> str:
+        if not isinstance(visual, Video):
+            return super().visual_text(visual, tokens, plan)
+        temporal = self.model.config.vision_config.temporal_patch_size
+        seconds = slice_timestamps(visual, temporal, plan.vision.spans_per_image)
+        return video_text(self.video_placeholder, tokens, self.video_frame_template, seconds)
+
     luvc_classes = (LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,13 +26,20 @@ from PIL import Image
 
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest, GraphEntry, checked_graph_path
-from luvc.models.prompt import PromptTemplate
+from luvc.models.prompt import PromptTemplate, token_runs, video_text
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
 from luvc.runtime.text import TextStream
 from luvc.runtime.weights import MappedWeights
-from luvc.videos import DEFAULT_SAMPLED_FPS, Video, qwen_video_pixels, seconds_per_slice, video_time_positions
+from luvc.videos import (
+    DEFAULT_SAMPLED_FPS,
+    Video,
+    qwen_video_pixels,
+    seconds_per_slice,
+    slice_timestamps,
+    video_time_positions,
+)
 
 BACKENDS = ("ort", "trt")
 
@@ -335,6 +343,15 @@ class Pipeline:
         patch = self.manifest.geometry.patch_size
         return np.concatenate(pixels), (t * temporal, height * patch, width * patch)
 
+    def _video_text(self, bucket: BucketEntry, video: Video | None) -> str | None:
+        """The text of ``video`` in the prompt when the export writes its timestamps (Qwen3-VL), else ``None``."""
+        entry = self.manifest.template
+        if video is None or not entry.video_frame_template:
+            return None
+        temporal = self.manifest.geometry.temporal_patch_size
+        seconds = slice_timestamps(video, temporal, len(bucket.visual_spans))
+        return video_text(entry.video_placeholder, bucket.tokens_per_image, entry.video_frame_template, seconds)
+
     def seconds_per_slice(self, videos: Sequence[Video]) -> float | None:
         """The seconds one temporal patch of the batch's videos spans (``None`` for images); rows share it."""
         if not videos or not isinstance(videos[0], Video):
@@ -409,20 +426,23 @@ class Pipeline:
         """Prefill feeds for prompts ``input_ids (B, S)`` and their images' (or videos') ``features``
         (``image_features``): the visual span takes ``image_embeds (B, n, D)``; the features the prefill graph also
         takes (DeepStack planes) are fed as they are. ``seconds_per_slice``: see ``positions``."""
-        start, count = bucket.visual_start, bucket.tokens_per_image
         batch, length = input_ids.shape
         _, visual_token = self.manifest.template.placeholder_of(bucket)
-        kind = "video" if bucket.frames else "image"
-        if (
-            length < start + count + bucket.min_text_tokens
-            or not (input_ids[:, start : start + count] == visual_token).all()
+        spans = bucket.visual_spans
+        if length < bucket.visual_end + bucket.min_text_tokens or any(
+            not (input_ids[:, start : start + count] == visual_token).all() for start, count in spans
         ):
             critical(
-                f"Prompts must hold {count} {kind} tokens at index {start} followed by the text (the export's prompt "
-                "template); build them with prompt_ids() for the same bucket."
+                f"Prompts must hold {bucket.tokens_per_image} {'video' if bucket.frames else 'image'} tokens at "
+                f"{', '.join(f'{count} at index {start}' for start, count in spans)}, followed by the text (the "
+                "export's prompt template); build them with prompt_ids() for the same bucket."
             )
         embeds = self.embed(self.to_device(input_ids.astype(np.int64)))
-        embeds[:, start : start + count] = features["image_embeds"].to(embeds.dtype)
+        rows = features["image_embeds"].to(embeds.dtype)
+        offset = 0
+        for start, count in spans:
+            embeds[:, start : start + count] = rows[:, offset : offset + count]
+            offset += count
         positions = self.positions(bucket, batch, 0, length, seconds_per_slice)
         feeds = {"inputs_embeds": embeds, "position_ids": self.to_device(positions)}
         for entry in self.manifest.graphs[bucket.prefill].inputs:
@@ -436,17 +456,29 @@ class Pipeline:
         """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
         return self.session(bucket.prefill).infer(self.prefill_feeds(input_ids, features, bucket))
 
-    def prompt_ids(self, prompts: Sequence[str], bucket: BucketEntry) -> np.ndarray:
+    def prompt_ids(self, prompts: Sequence[str], bucket: BucketEntry, videos: Sequence[Video] = ()) -> np.ndarray:
         """Token ids of the export's prompt template around each prompt (a prompt that holds the image placeholder is
-        taken as already templated); rows must tokenize to one length."""
+        taken as already templated); rows must tokenize to one length. ``videos``: each row's clip, for a bucket
+        whose prompt holds the clip's timestamps (Qwen3-VL)."""
         entry = self.manifest.template
         template = PromptTemplate(entry.text, entry.image_placeholder, entry.bos)
-        placeholder, _ = entry.placeholder_of(bucket)
-        texts = [template.render(text, bucket.tokens_per_image, placeholder) for text in prompts]
+        placeholder, token = entry.placeholder_of(bucket)
+        texts = [
+            template.render(text, bucket.tokens_per_image, placeholder, self._video_text(bucket, video))
+            for text, video in itertools.zip_longest(prompts, videos[: len(prompts)])
+        ]
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(row) for row in rows}) > 1:
             critical("Batched prompts tokenize to different lengths; batch rows need prompts of equal length.")
-        text_tokens = len(rows[0]) - bucket.visual_start - bucket.tokens_per_image
+        if entry.video_frame_template and bucket.frames and token_runs(rows[0], token) != bucket.visual_spans:
+            seconds = slice_timestamps(videos[0], self.manifest.geometry.temporal_patch_size, len(bucket.visual_spans))
+            critical(
+                f"The clip's slice timestamps ({', '.join(f'{s:.1f}' for s in seconds)} s) take other token counts in "
+                f"the prompt than bucket {bucket.name}'s, which was traced with a clip from 0 s at "
+                f"{DEFAULT_SAMPLED_FPS:g} frames a second (this family writes each slice's time into the prompt); "
+                "sample the clip so its timestamps have as many digits (e.g. --video-fps 2 on a clip under 10 s)."
+            )
+        text_tokens = len(rows[0]) - bucket.visual_end
         limit = self.manifest.profile.max_text_tokens
         if text_tokens > limit:
             critical(
@@ -513,7 +545,7 @@ class Pipeline:
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
         pixel_values, image_size = self.preprocess(images)
         bucket = self.manifest.bucket_for(image_size)
-        input_ids = self.prompt_ids(prompts, bucket)
+        input_ids = self.prompt_ids(prompts, bucket, [image for image in images if isinstance(image, Video)])
         elapsed = (time.perf_counter() - began) * 1e3
         return Prepared(input_ids, pixel_values, image_size, bucket, elapsed, self.seconds_per_slice(images))
 

@@ -66,10 +66,11 @@ def test_video_errors_name_the_fix(capsys, tmp_path, extra, message):
     assert message in err.replace("\n", " ") and len(err.strip().splitlines()) == 1
 
 
-def test_qwen3_vl_video_is_refused_with_the_reason(capsys, tmp_path):
-    clip = str(write_clip(tmp_path / "clip.mp4", frames=8))
-    assert main(["generate", "--model", "tiny-qwen3-vl", "--prompt", "hi", "--video", clip]) == 2
-    assert "timestamp" in capsys.readouterr().err
+def test_generate_on_a_qwen3_vl_video(capsys, tmp_path):
+    clip = str(write_clip(tmp_path / "clip.mp4", frames=8))  # 64x96: 4 slices of 4 x 6 patches of 16 px
+    assert main(["generate", "--model", "tiny-qwen3-vl", "--prompt", "hi", "--video", clip, "--video-frames", "8"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"decoder layer 0\s*│\s*16\s*│\s*24", out), out  # W merge: 4 slices of 2 x 2 units
 
 
 def test_unreadable_image(capsys, tmp_path):

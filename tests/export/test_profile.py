@@ -59,7 +59,8 @@ def test_video_buckets_are_processed_frame_counts_and_sizes():
     with pytest.raises(LuvcError, match="use --video-size 8x224x224"):
         plan_bucket(adapter, (230, 230), frames=8)
     assert ExportProfile(video_sizes=((8, 112, 168),)).resolve(adapter).image_sizes == ()  # videos only
-    with pytest.raises(LuvcError, match="Qwen2-VL and Qwen2.5-VL families only. Leave out --video-size"):
+    families = r"Qwen-VL families only \(Qwen2-VL, Qwen2.5-VL, Qwen3-VL\)"
+    with pytest.raises(LuvcError, match=families + ". Leave out --video-size"):
         ExportProfile(video_sizes=((8, 224, 224),)).resolve(load_model("tiny-llava"))
 
 

@@ -1,6 +1,8 @@
 """Qwen3-VL under LUVC: DeepStack features go through the OIM steps after their block, and the planes reach the
 first decoder layers at the visual tokens SPU kept (checked against the kept indices applied by hand)."""
 
+import re
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.oim import merge_units
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.videos import synthetic_video
 
 PROMPT = "Describe the picture."
 
@@ -63,3 +66,28 @@ def test_planes_reach_the_first_layers_at_the_kept_tokens(qwen3):
     assert torch.equal(inputs_of[2], by_hand)
     # a plane row of a pruned token never reaches the sequence: adding all of them would differ
     assert not torch.equal(planes[1][:, kept[0]], planes[1][:, :14])
+
+
+def test_a_video_gets_one_timestamped_block_and_one_spu_span_per_slice():
+    # Qwen3-VL's processor writes "<t seconds><|vision_start|>...<|vision_end|>" per temporal patch, the time the
+    # mean of the patch's first and last frame; after a T merge a slice covers two patches (four frames)
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    adapter = load_model("tiny-qwen3-vl")
+    clip = synthetic_video(8, 128, 192, fps=4.0)
+    adapter.apply_luvc(LUVCConfig(oim_layers=(), spu_variant="none"))
+    text = adapter.tokenizer.decode(adapter.prepare_inputs([clip], "Hi")["input_ids"][0])
+    upstream = Qwen3VLProcessor._calculate_timestamps(None, list(clip.frame_indices), clip.fps, 2)
+    assert upstream == [0.125, 0.625, 1.125, 1.625]
+    blocks = re.findall(r"<([\d.]+) seconds><\|vision_start\|>((?:<\|video_pad\|>)+)<\|vision_end\|>", text)
+    assert [(seconds, len(pads) // len("<|video_pad|>")) for seconds, pads in blocks] == [
+        (f"{moment:.1f}", 24) for moment in upstream
+    ]
+    adapter.apply_luvc(LUVCConfig(oim_layers=(0,), oim_temporal=True, oim_first_axis="T", budgets=(48, 48, 20, 0)))
+    inputs = adapter.prepare_inputs([clip], "Hi")
+    text = adapter.tokenizer.decode(inputs["input_ids"][0])
+    assert re.findall(r"<([\d.]+) seconds>", text) == ["0.4", "1.4"]  # (0 + 0.75) / 2, (1 + 1.75) / 2
+    plan = adapter.plan(inputs).budget_plan
+    assert plan.tokens_per_image == (24, 24) and plan.per_image[2] == (10, 10)  # each slice pruned as a span
+    output = adapter.model.model(**inputs)
+    assert output.kept_visual_indices[2].shape == (1, 20)

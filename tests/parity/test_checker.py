@@ -67,8 +67,9 @@ def test_compression_cost_is_reported_separately(parity_of):
     assert set(results.near_ties) == {2}  # the default schedule cuts before layer 2 (layer 3 keeps nothing)
 
 
-def test_a_video_export_passes_on_synthetic_clips_and_images(video_exports):
-    results = check_parity(video_exports("tiny-qwen2.5-vl"), show_progress=False)
+@pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_a_video_export_passes_on_synthetic_clips_and_images(family, video_exports):
+    results = check_parity(video_exports(family), show_progress=False)
     assert results, str(results)
     assert len(results.samples) == 4  # alternating over the image bucket and the video bucket
     (ort,) = results.backends

@@ -15,7 +15,7 @@ from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import synthetic_video
-from tests.conftest import VIDEO_BUCKET, VIDEO_LUVC
+from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, VIDEO_LUVC
 
 PROMPT = "What is in this picture?"
 FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # README "Parity": fp16 graphs vs fp32 PyTorch
@@ -39,18 +39,21 @@ def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     assert generation.texts == [adapter.tokenizer.decode(row, skip_special_tokens=True) for row in expected]
 
 
-@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_exports):
-    # a clip sampled at 6 frames a second (the bucket was traced at 2): Qwen2.5-VL's time positions move with it
+    # clips sampled at 6 frames a second (the bucket was traced at 2): Qwen2.5-VL's time positions move with the
+    # rate, Qwen3-VL's timestamps in the prompt too
     adapter = load_model(family)
     adapter.apply_luvc(VIDEO_LUVC)
-    clips = [synthetic_video(*VIDEO_BUCKET, seed=seed, fps=6.0) for seed in (3, 4)]
+    bucket = VIDEO_BUCKETS[family]
+    clips = [synthetic_video(*bucket, seed=seed, fps=6.0) for seed in (3, 4)]
     inputs = adapter.prepare_inputs(clips, PROMPT)
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
     pipeline = Pipeline(video_exports(family))
     prepared = pipeline.prepare(clips, [PROMPT, PROMPT])
-    assert prepared.bucket.name == "8x112x168" and prepared.bucket.frames == 8
+    assert prepared.bucket.name == "x".join(map(str, bucket)) and prepared.bucket.frames == 8
+    assert len(prepared.bucket.visual_spans) == (2 if family == "tiny-qwen3-vl" else 1)  # Qwen3: a span a slice
     np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
     np.testing.assert_array_equal(prepared.pixel_values, inputs["pixel_values_videos"].numpy())
     tokens, _, request = pipeline.greedy(
@@ -73,6 +76,10 @@ def test_a_video_outside_the_buckets_names_them(video_exports, exports):
         pipeline.prepare([synthetic_video(8, 112, 168), synthetic_image(224, 224)], [PROMPT, PROMPT])
     with pytest.raises(LuvcError, match="was exported without video support"):
         Pipeline(exports("tiny-llava")).prepare([synthetic_video(8, 112, 168)], PROMPT)
+    # Qwen3-VL: a clip whose timestamps reach 10 s takes more prompt tokens than the bucket's (traced from 0 s)
+    qwen3 = Pipeline(video_exports("tiny-qwen3-vl"))
+    with pytest.raises(LuvcError, match=r"timestamps \(3.0, 11.0 s\) take other token counts .* under 10 s"):
+        qwen3.prepare([synthetic_video(8, 128, 192, fps=0.5)], PROMPT)
 
 
 def test_stream_yields_the_generated_text(exports):

@@ -26,7 +26,7 @@ class RequestArgs(BaseArgs):
         group.add_argument(
             "--video",
             default=None,
-            help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen2-VL, Qwen2.5-VL)",
+            help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen-VL families)",
         )
         group.add_argument(
             "--video-frames", type=int, default=None, help="frames to sample evenly from --video (default: by rate)"
