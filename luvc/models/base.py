@@ -52,6 +52,9 @@ class VLMAdapter:
     image_placeholder: ClassVar[str]
     video_placeholder: ClassVar[str | None] = None  # families that take videos (Qwen-VL)
     video_frame_template: ClassVar[str | None] = None  # a video's text per temporal slice (``video_text``)
+    visual_separator: ClassVar[str | None] = (
+        None  # between two images or videos of one prompt (families that take several)
+    )
     video_unsupported: ClassVar[str] = (
         "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."
     )
@@ -172,9 +175,9 @@ class VLMAdapter:
         """The placeholder token of an image, or of a video."""
         return self.video_placeholder if isinstance(visual, Video) else self.image_placeholder
 
-    def visual_text(self, visual: Image.Image | Video, tokens: int, plan: RequestPlan) -> str:
-        """What takes the template's ``{image}`` for ``visual`` of ``tokens`` LLM tokens under ``plan``: its
-        placeholder token repeated (a Qwen3-VL video: one timestamped block per temporal slice)."""
+    def visual_text(self, visual: Image.Image | Video, tokens: int, spans: int = 1) -> str:
+        """What takes the template's ``{image}`` for ``visual`` of ``tokens`` LLM tokens in ``spans`` prompt spans:
+        its placeholder token repeated (a Qwen3-VL video: one timestamped block per temporal slice)."""
         return self.placeholder_of(visual) * tokens
 
     def preprocess(self, visuals: Sequence[Image.Image | Video]) -> dict:
@@ -194,13 +197,43 @@ class VLMAdapter:
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
+        if any(isinstance(visual, (tuple, list)) for visual in images):
+            return self._prepare_several(images, prompts, config)
         pixels = self.preprocess(images)
-        per_row = self.plan(pixels, config).tokens_per_image
-        plan = self.plan(pixels, config)
+        plan = self.plan(pixels, config).vision
         texts = [
-            self.template.render(prompt, count, self.placeholder_of(visual), self.visual_text(visual, count, plan))
-            for visual, count, prompt in zip(images, per_row, prompts)
+            self.template.render(prompt, count, self.placeholder_of(visual), self.visual_text(visual, count, spans))
+            for visual, count, spans, prompt in zip(images, plan.tokens_per_image, plan.spans_per_image, prompts)
         ]
+        return self._tokenized(pixels, texts)
+
+    def _prepare_several(self, rows: Sequence, prompts: Sequence[str], config: LUVCConfig | None) -> dict:
+        """One prompt with several images and videos (the images first, then the videos, as one row)."""
+        if self.visual_separator is None:
+            critical(f"{self.name} takes one image per prompt; send one image (or video) with each prompt.")
+        if len(rows) != 1:
+            critical("A prompt with several images or videos runs alone; send one prompt and its images and videos.")
+        visuals = list(rows[0])
+        images = [visual for visual in visuals if not isinstance(visual, Video)]
+        videos = [visual for visual in visuals if isinstance(visual, Video)]
+        if videos and not self.takes_video:
+            critical(self.video_unsupported)
+        if any(token in prompts[0] for token in (self.image_placeholder, self.video_placeholder) if token):
+            critical("A prompt with several images or videos is written without placeholders; the template adds them.")
+        pixels = {
+            **(self.preprocess_images(images) if images else {}),
+            **(self.preprocess_videos(videos) if videos else {}),
+        }
+        plan = self.plan(pixels, config).vision
+        parts = [
+            self.visual_text(visual, count, spans)
+            for visual, count, spans in zip(images + videos, plan.tokens_per_image, plan.spans_per_image)
+        ]
+        text = self.template.render(prompts[0], 0, self.image_placeholder, self.visual_separator.join(parts))
+        return self._tokenized(pixels, [text])
+
+    def _tokenized(self, pixels: dict, texts: Sequence[str]) -> dict:
+        """Model inputs: the processor's ``pixels`` and the token ids of ``texts`` (one row each)."""
         token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(ids) for ids in token_ids}) > 1:
             critical("Batched prompts tokenize to different lengths; LUVC batches need prompts of equal length.")

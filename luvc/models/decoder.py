@@ -56,27 +56,43 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
     return tuple(spans)
 
 
-def scatter_image_features(
+def scatter_visual_features(
     input_ids: torch.Tensor,
     inputs_embeds: torch.Tensor,
-    image_features: torch.Tensor,
-    tokens_per_image: Sequence[int],
+    groups: Sequence,
     image_token_id: int,
     num_layers: int,
     config: LUVCConfig,
-) -> tuple[torch.Tensor, tuple[Span, ...], BudgetPlan]:
-    """Put the LUVC visual tokens into the prompt's placeholders; return the embeddings, each image's span and
-    the budget plan for one batch row (rows share a layout)."""
-    image_mask = input_ids == image_token_id
-    if int(image_mask.sum()) != image_features.shape[0]:
-        critical(
-            f"The prompt holds {int(image_mask.sum())} image placeholder tokens but the LUVC vision side yields "
-            f"{image_features.shape[0]} visual tokens; build inputs with prepare_inputs() for the applied LUVCConfig."
+) -> tuple[torch.Tensor, tuple[Span, ...], BudgetPlan, tuple[torch.Tensor, ...]]:
+    """Put the LUVC visual tokens of every feature group (``ImageFeatures``: images, videos) into their placeholders
+    (a group's ``token_id``, else ``image_token_id``); return the embeddings, the spans of one batch row in prompt
+    order (rows share a layout), their budget plan, and the DeepStack planes ``(B, N, D)`` in the spans' order."""
+    rows = inputs_embeds.shape[0]
+    placed = []  # (span, group, offset of the span in the group's row)
+    for index, group in enumerate(groups):
+        mask = input_ids == (image_token_id if group.token_id is None else group.token_id)
+        if int(mask.sum()) != group.embeds.shape[0]:
+            critical(
+                f"The prompt holds {int(mask.sum())} placeholder tokens but the LUVC vision side yields "
+                f"{group.embeds.shape[0]} visual tokens; build inputs with prepare_inputs() for the applied LUVCConfig."
+            )
+        inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], group.embeds.to(inputs_embeds))
+        per_row = list(group.tokens_per_image)[: len(group.tokens_per_image) // rows]
+        offsets = [sum(per_row[:k]) for k in range(len(per_row))]
+        placed += [(span, index, offset) for span, offset in zip(visual_spans(mask, per_row), offsets)]
+    placed.sort(key=lambda entry: entry[0][0])
+    spans = tuple(span for span, _, _ in placed)
+    planes = tuple(
+        torch.cat(
+            [
+                group_planes[index].reshape(rows, -1, group_planes[index].shape[-1])[:, offset : offset + count]
+                for (_, count), index, offset in placed
+            ],
+            dim=1,
         )
-    features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-    inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None], features)
-    per_row = list(tokens_per_image)[: len(tokens_per_image) // inputs_embeds.shape[0]]
-    return inputs_embeds, visual_spans(image_mask, per_row), plan_budgets(num_layers, per_row, config)
+        for group_planes in zip(*(group.deepstack for group in groups))
+    )
+    return inputs_embeds, spans, plan_budgets(num_layers, [count for _, count in spans], config), planes
 
 
 def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:

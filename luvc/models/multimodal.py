@@ -15,7 +15,7 @@ import torch
 
 from luvc.compress.config import LUVCConfig
 from luvc.models.cache import LuvcCache
-from luvc.models.decoder import LuvcDecoderOutput, scatter_image_features
+from luvc.models.decoder import LuvcDecoderOutput, scatter_visual_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,25 +56,20 @@ class LuvcMultimodalMixin:
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
-        features, spans, plan, planes = None, (), None, ()
-        if pixel_values is None:
-            pixel_values = kwargs.get("pixel_values_videos")  # a video's frames (Qwen-VL)
-        if pixel_values is not None:
-            features = self.luvc_image_features(pixel_values, kwargs, inputs_embeds.shape[0])
-            inputs_embeds, spans, plan = scatter_image_features(
+        spans, plan, planes = (), None, ()
+        groups = self.luvc_visual_features(pixel_values, kwargs, inputs_embeds.shape[0])
+        if groups:
+            inputs_embeds, spans, plan, planes = scatter_visual_features(
                 input_ids,
                 inputs_embeds,
-                features.embeds,
-                features.tokens_per_image,
-                self.config.image_token_id if features.token_id is None else features.token_id,
+                groups,
+                self.config.image_token_id,
                 self.config.text_config.num_hidden_layers,
                 self.luvc_config,
             )
-            rows = inputs_embeds.shape[0]  # each row's visual tokens, in row order
-            planes = tuple(plane.reshape(rows, -1, plane.shape[-1]) for plane in features.deepstack)
         if position_ids is None:
             batch, length = inputs_embeds.shape[:2]
-            position_ids = self.luvc_position_ids(input_ids, features, past_key_values, batch, length, kwargs)
+            position_ids = self.luvc_position_ids(input_ids, groups, past_key_values, batch, length, kwargs)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -85,11 +80,16 @@ class LuvcMultimodalMixin:
             budget_plan=plan,
             deepstack=planes,
         )
-        outputs.image_hidden_states = features.embeds if plan is not None else None
+        outputs.image_hidden_states = torch.cat([group.embeds for group in groups]) if groups else None
         return outputs
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         """Refuse what the LUVC path does not take (the forward's other keyword arguments are in ``inputs``)."""
+
+    def luvc_visual_features(self, pixel_values: torch.Tensor | None, inputs: dict, rows: int) -> list[ImageFeatures]:
+        """The request's feature groups: its images' (``luvc_image_features``), and for a family that takes videos
+        its videos' too."""
+        return [] if pixel_values is None else [self.luvc_image_features(pixel_values, inputs, rows)]
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         """The batch's image (or video) features (``rows``: prompt rows; ``inputs``: the forward's other keyword
@@ -99,7 +99,7 @@ class LuvcMultimodalMixin:
     def luvc_position_ids(
         self,
         input_ids: torch.Tensor | None,
-        features: ImageFeatures | None,
+        groups: list[ImageFeatures],
         cache: LuvcCache | None,
         batch: int,
         length: int,

@@ -26,13 +26,18 @@ class VisionTrace:
     block_segments: tuple[tuple[int, ...], ...]  # attention segment lengths of every encoder block
     tokens_per_image: tuple[int, ...]  # visual tokens per image (or video) entering the LLM
     encoder: Any = None  # the family's encoder plan (Qwen-VL: QwenVisionPlan); None where it is fixed (LLaVA)
-    spans_per_image: int = 1  # prompt spans each brings (a Qwen3-VL video: one per temporal slice), equal in size
+    spans: tuple[int, ...] = ()  # prompt spans of each (a Qwen3-VL video: one per temporal slice); () = one each
+
+    @property
+    def spans_per_image(self) -> tuple[int, ...]:
+        """How many equal prompt spans each image (or video) brings."""
+        return self.spans or (1,) * len(self.tokens_per_image)
 
     @property
     def span_tokens(self) -> tuple[int, ...]:
         """Visual tokens of every prompt span, the spans of all images in order: what SPU prunes one by one."""
         return tuple(
-            count // self.spans_per_image for count in self.tokens_per_image for _ in range(self.spans_per_image)
+            count // spans for count, spans in zip(self.tokens_per_image, self.spans_per_image) for _ in range(spans)
         )
 
 

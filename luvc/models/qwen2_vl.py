@@ -181,6 +181,20 @@ def planned_qwen_vision(
     return plans.get(key, lambda: plan_qwen_vision(grid_thw, config, luvc, windowed))
 
 
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def without_keys(inputs: dict, keys: Sequence[str]) -> dict:
+    """``inputs`` without ``keys``: one modality's part of a request that holds images and videos."""
+    return {key: value for key, value in inputs.items() if key not in keys}
+
+
+def is_mixed(inputs: dict) -> bool:
+    """Whether a request holds images and videos."""
+    return inputs.get("image_grid_thw") is not None and inputs.get("video_grid_thw") is not None
+
+
 def qwen_visual_grid(inputs: dict) -> tuple[torch.Tensor, bool]:
     """The patch grids ``(n, 3)`` of a request's videos, or else of its images, and whether they are videos."""
     if inputs.get("video_grid_thw") is not None:
@@ -377,8 +391,16 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
     def luvc_check_inputs(self, inputs: dict) -> None:
         if inputs.get("mm_encoder_outputs"):
             critical("The LUVC model path takes pixels; mm_encoder_outputs is not supported.")
-        if inputs.get("image_grid_thw") is not None and inputs.get("video_grid_thw") is not None:
-            critical("A LUVC request holds images or videos, not both; send the image and the video separately.")
+
+    def luvc_visual_features(self, pixel_values, inputs: dict, rows: int) -> list[ImageFeatures]:
+        """The images' features, then the videos' (``pixel_values_videos``): one encoder run each, as upstream."""
+        groups = []
+        if pixel_values is not None:
+            groups.append(self.luvc_image_features(pixel_values, without_keys(inputs, VIDEO_KEYS), rows))
+        if inputs.get("pixel_values_videos") is not None:
+            videos = without_keys(inputs, IMAGE_KEYS)
+            groups.append(self.luvc_image_features(inputs["pixel_values_videos"], videos, rows))
+        return groups
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         grid_thw, _ = qwen_visual_grid(inputs)
@@ -394,8 +416,8 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
         token = self.config.video_token_id if video else None
         return ImageFeatures(embeds, counts, rope_grids(vision_plan, inputs), tuple(deepstack), token)
 
-    def luvc_position_ids(self, input_ids, features, cache, batch, length, inputs) -> torch.Tensor:
-        grids = features.rope_grids if features is not None else None
+    def luvc_position_ids(self, input_ids, groups, cache, batch, length, inputs) -> torch.Tensor:
+        grids = {key: value for group in groups for key, value in group.rope_grids.items()} if groups else None
         return self._luvc_positions(input_ids, grids, cache, batch, length)
 
     def _luvc_positions(self, input_ids, grids, cache, batch, length):
@@ -423,6 +445,7 @@ class Qwen2VLAdapter(VLMAdapter):
     architecture = "Qwen2VLForConditionalGeneration"
     image_placeholder = "<|image_pad|>"
     video_placeholder = "<|video_pad|>"
+    visual_separator = "<|vision_end|><|vision_start|>"
     builtin_template = (
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
     )
@@ -486,17 +509,28 @@ class Qwen2VLAdapter(VLMAdapter):
         return visual.luvc_plans
 
     def images_key(self, inputs: dict) -> tuple:
+        if is_mixed(inputs):
+            return tuple(self.images_key(without_keys(inputs, keys)) for keys in (VIDEO_KEYS, IMAGE_KEYS))
         grid, video = qwen_visual_grid(inputs)
         return video, tuple(map(tuple, grid.tolist()))
 
     def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+        if is_mixed(inputs):  # two encoder runs, as upstream: the images', then the videos'
+            image, video = (self.vision_trace(without_keys(inputs, keys), config) for keys in (VIDEO_KEYS, IMAGE_KEYS))
+            return VisionTrace(
+                tuple(a + b for a, b in zip(image.block_segments, video.block_segments)),
+                image.tokens_per_image + video.tokens_per_image,
+                None,
+                image.spans_per_image + video.spans_per_image,
+            )
         vision = self.model.config.vision_config
         grid, _ = qwen_visual_grid(inputs)
         plan = planned_qwen_vision(self.encoder_plans, grid, vision, config, self.windowed)
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
-        _, video = qwen_visual_grid(inputs)
-        spans = int(plan.output_grid_thw[0, 0]) if video and self.luvc_classes[2].luvc_frame_spans else 1
+        spans = ()
+        if self.luvc_classes[2].luvc_frame_spans and qwen_visual_grid(inputs)[1]:
+            spans = tuple(plan.output_grid_thw[:, 0].tolist())  # one span per temporal slice
         return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan, spans)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

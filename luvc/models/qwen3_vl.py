@@ -21,7 +21,6 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 from luvc.compress.cost import VisionSpec
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures
-from luvc.models.plan import RequestPlan
 from luvc.models.prompt import video_text
 from luvc.models.qwen2_vl import (
     LuvcQwen2VisionTransformer,
@@ -74,11 +73,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     # each temporal slice of a video is a block of its own after its timestamp (Qwen3-VL's processor)
     video_frame_template = "<{seconds} seconds><|vision_start|>{frame}<|vision_end|>"
 
-    def visual_text(self, visual, tokens: int, plan: RequestPlan) -> str:
+    def visual_text(self, visual, tokens: int, spans: int) -> str:
         if not isinstance(visual, Video):
-            return super().visual_text(visual, tokens, plan)
+            return super().visual_text(visual, tokens, spans)
         temporal = self.model.config.vision_config.temporal_patch_size
-        seconds = slice_timestamps(visual, temporal, plan.vision.spans_per_image)
+        seconds = slice_timestamps(visual, temporal, spans)
         return video_text(self.video_placeholder, tokens, self.video_frame_template, seconds)
 
     luvc_classes = (LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)

@@ -540,6 +540,11 @@ class Pipeline:
         export."""
         began = time.perf_counter()
         images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if any(isinstance(image, (list, tuple)) for image in images):
+            critical(
+                "An export runs one image or one video per prompt; run a prompt with several (an image and a video) "
+                "in PyTorch: luvc-export generate --image IMAGE --video VIDEO."
+            )
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")

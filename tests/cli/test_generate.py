@@ -6,6 +6,7 @@ import pytest
 from luvc.cli import args as args_module
 from luvc.cli.args.base import BaseArgs
 from luvc.cli.main import main
+from luvc.images import synthetic_image
 from tests.conftest import write_clip
 
 
@@ -54,7 +55,7 @@ def test_generate_on_a_video_file_merges_in_time(capsys, tmp_path):
     [
         (["--video-frames", "4"], "pass --video PATH too"),
         (["--video", "/nonexistent.mp4"], "does not exist"),
-        (["--video", "CLIP", "--image", "CLIP"], "--image and --video both given"),
+        (["--video", "CLIP", "--image", "CLIP"], "Cannot read"),  # a clip is no image
         (["--video", "CLIP", "--video-frames", "400"], "the video has 20 frames; sample between 1 and 20"),
     ],
 )
@@ -64,6 +65,16 @@ def test_video_errors_name_the_fix(capsys, tmp_path, extra, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err.replace("\n", " ") and len(err.strip().splitlines()) == 1
+
+
+def test_generate_on_an_image_and_a_video_in_one_prompt(capsys, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=8, size=(112, 168))
+    image = tmp_path / "image.png"
+    synthetic_image(224, 224).save(image)
+    argv = ["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", "--image", str(image), "--video", str(clip)]
+    assert main([*argv, "--video-frames", "8", "--no-luvc", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out  # 64 image tokens and 96 video tokens reach the LLM
+    assert re.search(r"decoder layer 0\s*│\s*160\s*│\s*160", out), out
 
 
 def test_generate_on_a_qwen3_vl_video(capsys, tmp_path):

@@ -14,14 +14,44 @@ from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES
 PROMPT = "Describe."
 
 
-def test_qwen_refuses_an_image_and_a_video_in_one_request():
+@torch.no_grad()
+def test_an_image_and_a_video_in_one_prompt(video_adapter):
+    # LUVC off: exactly stock transformers (both encoder runs, both grids in M-RoPE); LUVC on: one SPU span per
+    # image and per video (Qwen3-VL: per slice) in prompt order, budgets split over them, tokens as the cost model
+    stock = copy.deepcopy(video_adapter.model)
+    visuals = (synthetic_image(224, 224, 1), clip_of(video_adapter))
+    video_adapter.apply_luvc(LUVCConfig.off())
+    inputs = video_adapter.prepare_inputs([visuals], PROMPT)
+    ids = inputs["input_ids"]
+    types = (ids == video_adapter.image_token_id).int() + 2 * (ids == video_adapter.video_token_id).int()
+    assert torch.equal(video_adapter.model(**inputs).logits, stock(**inputs, mm_token_type_ids=types).logits)
+    assert int(types.nonzero()[0, 1]) < int((types == 2).nonzero()[0, 1])  # the image first
+    video_adapter.apply_luvc(LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T"))
+    inputs = video_adapter.prepare_inputs([visuals], PROMPT)
+    plan = video_adapter.plan(inputs)
+    image_tokens = int((inputs["input_ids"] == video_adapter.image_token_id).sum())
+    assert plan.tokens_per_image == (image_tokens, 24)  # 2 slices of 4 x 3 units after T and W merges
+    spans = (24,) if video_adapter.name != "tiny-qwen3-vl" else (12, 12)
+    assert plan.budget_plan.tokens_per_image == (image_tokens, *spans)
+    output = video_adapter.model.model(**inputs)
+    assert output.kept_visual_indices[2].shape[1] == plan.budget_plan.total[2]
+    report = video_adapter.cost(inputs)
+    text = inputs["input_ids"].shape[1] - image_tokens - 24
+    assert report.decoder_tokens == tuple(text + total for total in plan.budget_plan.total)
+
+
+def test_several_images_or_videos_in_one_prompt_are_refused_where_they_cannot_run():
     adapter = load_model("tiny-qwen2-vl")
     adapter.apply_luvc()
-    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], PROMPT)
+    image, clip = synthetic_image(224, 224, 1), synthetic_video(4, 112, 112)
+    with pytest.raises(LuvcError, match="runs alone; send one prompt"):
+        adapter.prepare_inputs([(image, clip), (image, clip)], [PROMPT, PROMPT])
+    with pytest.raises(LuvcError, match="written without placeholders"):
+        adapter.prepare_inputs([(image, clip)], "<|image_pad|> and the video?")
+    with pytest.raises(LuvcError, match="takes one image per prompt"):
+        load_model("tiny-llava").prepare_inputs([(image, image)], PROMPT)
     with pytest.raises(LuvcError, match="holds images or videos, not both"):
-        adapter.model.model(**inputs, video_grid_thw=inputs["image_grid_thw"])
-    with pytest.raises(LuvcError, match="holds images or videos, not both"):
-        adapter.prepare_inputs([synthetic_image(224, 224, 1), synthetic_video(4, 112, 112)], PROMPT)
+        adapter.prepare_inputs([image, clip], [PROMPT, PROMPT])  # a batch of two rows of different kinds
 
 
 @pytest.mark.parametrize("family", ["tiny-internvl", "tiny-llava"])

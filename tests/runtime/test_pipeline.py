@@ -74,6 +74,8 @@ def test_a_video_outside_the_buckets_names_them(video_exports, exports):
         pipeline.prepare([synthetic_video(12, 112, 168)], PROMPT)
     with pytest.raises(LuvcError, match="images or videos, not both"):
         pipeline.prepare([synthetic_video(8, 112, 168), synthetic_image(224, 224)], [PROMPT, PROMPT])
+    with pytest.raises(LuvcError, match="run a prompt with several .* in PyTorch: luvc-export generate --image"):
+        pipeline.prepare([(synthetic_image(224, 224), synthetic_video(8, 112, 168))], PROMPT)
     with pytest.raises(LuvcError, match="was exported without video support"):
         Pipeline(exports("tiny-llava")).prepare([synthetic_video(8, 112, 168)], PROMPT)
     # Qwen3-VL: a clip whose timestamps reach 10 s takes more prompt tokens than the bucket's (traced from 0 s)

@@ -15,7 +15,7 @@ from luvc.videos import DEFAULT_SAMPLED_FPS, Video, load_video, synthetic_video
 
 
 class RequestArgs(BaseArgs):
-    """Request input: the image or video a request is about (default: a built-in synthetic image).
+    """Request input: the image or video a request is about, or both in one prompt (default: a synthetic image).
 
     Depends on: nothing (the default's size comes from the caller: a bucket, or the model's default).
     """
@@ -26,7 +26,8 @@ class RequestArgs(BaseArgs):
         group.add_argument(
             "--video",
             default=None,
-            help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen-VL families)",
+            help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen-VL families); "
+            "with --image too, both go in one prompt (the image first; PyTorch only)",
         )
         group.add_argument(
             "--video-frames", type=int, default=None, help="frames to sample evenly from --video (default: by rate)"
@@ -39,23 +40,25 @@ class RequestArgs(BaseArgs):
         )
 
     def parse(self, args: argparse.Namespace) -> None:
-        if args.image and args.video:
-            critical("--image and --video both given; a request holds one image or one video.")
         if args.video is None and (args.video_frames is not None or args.video_fps is not None):
             critical("--video-frames and --video-fps sample a --video; pass --video PATH too.")
         self.image, self.video = args.image, args.video
         self.frames, self.fps = args.video_frames, args.video_fps
 
-    def load(self, default_size: Sequence[int] = (224, 224)) -> Image.Image | Video:
-        """The request's image or video; without one, a synthetic image of ``default_size`` ``(H, W)`` or a
-        synthetic clip of ``(frames, H, W)``."""
+    def load(self, default_size: Sequence[int] = (224, 224)) -> Image.Image | Video | tuple[Image.Image, Video]:
+        """The request's image or video (both: an ``(image, video)`` pair for one prompt); without one, a synthetic
+        image of ``default_size`` ``(H, W)`` or a synthetic clip of ``(frames, H, W)``."""
+        video = None
         if self.video is not None:
             fps = self.fps
             if fps is None and self.frames is None and not Path(self.video).is_dir():
                 fps = DEFAULT_SAMPLED_FPS
-            return load_video(self.video, num_frames=self.frames, fps=fps)
-        if self.image is not None:
-            return load_image(self.image)
+            video = load_video(self.video, num_frames=self.frames, fps=fps)
+        image = load_image(self.image) if self.image is not None else None
+        if image is not None and video is not None:
+            return image, video
+        if image is not None or video is not None:
+            return image or video
         if len(default_size) == 3:
             return synthetic_video(*default_size)
         return synthetic_image(*default_size)
