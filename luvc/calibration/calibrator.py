@@ -54,7 +54,12 @@ def collect_feeds(
         pixels, bucket = prepared.pixel_values, prepared.bucket
         feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
         request = pipeline.request(
-            prepared.input_ids, pixels, prepared.image_size, decode_steps + 1, keep_decode_feeds=True
+            prepared.input_ids,
+            pixels,
+            prepared.image_size,
+            decode_steps + 1,
+            keep_decode_feeds=True,
+            seconds_per_slice=prepared.seconds_per_slice,
         )
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
@@ -71,7 +76,9 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
     for sample, reference in zip(samples, reference_logits):
         prepared = quantized.prepare([sample.image], [sample.prompt])
         features = quantized.image_features(prepared.pixel_values, prepared.bucket)
-        candidate = quantized.prefill(prepared.input_ids, features, prepared.bucket)["logits"]
+        candidate = quantized.prefill(prepared.input_ids, features, prepared.bucket, prepared.seconds_per_slice)[
+            "logits"
+        ]
         reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate.cpu()))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
@@ -137,7 +144,7 @@ class CalibratedExportFromExport:
     def _calibrate(self, manifest: ExportManifest) -> Path:
         from luvc.runtime.pipeline import Pipeline
 
-        sizes = [tuple(bucket.image_size) for bucket in manifest.buckets.values()]
+        sizes = [bucket.size for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
         if not samples:
             critical("No calibration samples; pass a data folder with images or leave out --data.")

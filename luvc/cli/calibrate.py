@@ -26,7 +26,7 @@ class Calibrate:
 
         options, data = groups[CalibrateArgs], groups[DataArgs]
         manifest = ExportManifest.load(options.export_dir, verify=False)  # calibration verifies the hashes
-        samples = data.samples([tuple(bucket.image_size) for bucket in manifest.buckets.values()])
+        samples = data.samples([bucket.size for bucket in manifest.buckets.values()])
         out = CalibratedExportFromExport(
             options.export_dir,
             options.out,

@@ -451,10 +451,15 @@ class Pipeline:
         return feeds
 
     def prefill(
-        self, input_ids: np.ndarray, features: dict[str, torch.Tensor], bucket: BucketEntry
+        self,
+        input_ids: np.ndarray,
+        features: dict[str, torch.Tensor],
+        bucket: BucketEntry,
+        seconds_per_slice: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Prefill outputs (last-token logits, every layer's KV, kept visual indices) for ``prefill_feeds``."""
-        return self.session(bucket.prefill).infer(self.prefill_feeds(input_ids, features, bucket))
+        feeds = self.prefill_feeds(input_ids, features, bucket, seconds_per_slice)
+        return self.session(bucket.prefill).infer(feeds)
 
     def prompt_ids(self, prompts: Sequence[str], bucket: BucketEntry, videos: Sequence[Video] = ()) -> np.ndarray:
         """Token ids of the export's prompt template around each prompt (a prompt that holds the image placeholder is

@@ -110,3 +110,13 @@ def test_methods_reach_the_quantizer_minmax_covers_what_entropy_and_percentile_c
                 assert entry["amax"] >= ranges[method][graph][name]["amax"] * (1 - 1e-6), (method, graph, name)
         clipped += sum(entry["amax"] > 1.01 * ranges["entropy"][graph][name]["amax"] for name, entry in tensors.items())
     assert clipped > 0  # entropy clips outliers that min-max keeps: the method is not ignored
+
+
+def test_a_video_export_calibrates_on_synthetic_clips(video_exports, tmp_path):
+    # the samples cycle over the image bucket and the video bucket (Qwen2.5-VL: time positions at the clip's rate)
+    folder = calibrate_export(video_exports("tiny-qwen2.5-vl"), tmp_path / "int8", show_progress=False)
+    manifest = ExportManifest.load(folder)
+    agreement = manifest.quantization["agreement_with_fp32"]
+    assert agreement["top1_agreement"] >= BOUNDS["int8"]["top1_agreement"]
+    video = manifest.buckets["8x112x168"]
+    assert any("QuantizeLinear" == node.op_type for node in onnx.load(str(folder / f"{video.prefill}.onnx")).graph.node)

@@ -114,3 +114,14 @@ def test_the_newer_families_build_with_their_own_inputs(family, exports, tmp_pat
     else:  # 224x224 is a 2 x 2 tile grid and the thumbnail: the vision engine takes tiles in fives
         low, _, high = vision.profile["pixel_values"]
         assert (low[0], high[0]) == (5, 5 * manifest.profile.max_batch)
+
+
+def test_a_video_export_builds_its_video_bucket(video_exports, tmp_path):
+    # Qwen3-VL: the video bucket's prefill graph takes one span per temporal slice (timestamps between them)
+    export = video_exports("tiny-qwen3-vl")
+    engines = EngineManifest.load(build_engines(export, "ampere", tmp_path / "engines", show_progress=False))
+    bucket = ExportManifest.load(export).buckets["8x128x192"]
+    assert len(bucket.visual_spans) == 2 and bucket.frames == 8
+    low, _, high = engines.engines[bucket.prefill].profile["inputs_embeds"]
+    assert low[1] == bucket.visual_end + bucket.min_text_tokens  # the shortest prompt: through the last span
+    assert {bucket.vision, bucket.prefill} <= set(engines.engines)
