@@ -118,6 +118,12 @@ class GraphEntry:
         return next(entry for entry in self.inputs if entry.name == name)
 
 
+def spans_end(spans: Sequence[tuple[int, int]]) -> int:
+    """Index after the last of ``(start, tokens)`` spans."""
+    start, count = spans[-1]
+    return start + count
+
+
 def bucket_name(image_size: Sequence[int], frames: int = 0) -> str:
     """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames."""
     return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
@@ -154,8 +160,7 @@ class BucketEntry:
     @property
     def visual_end(self) -> int:
         """Index after the last visual token: where the prompt's text begins."""
-        start, count = self.visual_spans[-1]
-        return start + count
+        return spans_end(self.visual_spans)
 
     @property
     def name(self) -> str:
@@ -387,7 +392,7 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
         kept_index_layers=tuple(kept_index_layers(plan)),
         next_position=bucket.next_position,
         frames=bucket.frames,
-        spans=tuple(bucket.spans),
+        spans=tuple(bucket.visual_spans) if len(bucket.visual_spans) > 1 else (),
         kv_lengths=tuple(
             f"{bucket.visual_end - bucket.tokens_per_image + plan.total[layer]} + text_tokens"
             for layer in range(num_layers)

@@ -13,7 +13,7 @@ from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.kv_update import DEFAULT_KV_UPDATE, KV_UPDATE_FORMS
-from luvc.export.manifest import bucket_name
+from luvc.export.manifest import bucket_name, spans_end
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
@@ -105,18 +105,12 @@ class Bucket:
     next_position: int  # position of the first text token after the image
     frames: int = 0  # a video's frames (after the processor's padding to whole temporal patches); 0: an image
     host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
-    spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each visual span; () = one at visual_start
-
-    @property
-    def visual_spans(self) -> tuple[tuple[int, int], ...]:
-        """``(start, tokens)`` of each run of visual tokens in the prompt (a Qwen3-VL video: one per slice)."""
-        return self.spans or ((self.visual_start, self.tokens_per_image),)
+    visual_spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each run of visual tokens in the prompt
 
     @property
     def visual_end(self) -> int:
         """Index after the last visual token: where the prompt's text begins."""
-        start, count = self.visual_spans[-1]
-        return start + count
+        return spans_end(self.visual_spans)
 
     @property
     def name(self) -> str:
@@ -223,7 +217,7 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
         next_position=int(positions[0, end]),
         frames=frames,
         host_arrays=adapter.video_time_arrays(plan) if frames else {},
-        spans=spans if len(spans) > 1 else (),
+        visual_spans=spans,
     )
 
 

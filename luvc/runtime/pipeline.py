@@ -523,6 +523,26 @@ class Pipeline:
             seconds_per_slice,
         )
 
+    def request_for(
+        self,
+        prepared: Prepared,
+        max_new_tokens: int,
+        sampling: SamplingConfig | None = None,
+        stop_token_ids: Sequence[int] = (),
+        timings: Timings | None = None,
+    ) -> Request:
+        """``request`` for a ``Prepared`` batch."""
+        return self.request(
+            prepared.input_ids,
+            prepared.pixel_values,
+            prepared.image_size,
+            max_new_tokens,
+            sampling,
+            stop_token_ids,
+            timings,
+            seconds_per_slice=prepared.seconds_per_slice,
+        )
+
     def greedy(
         self,
         input_ids: np.ndarray,
@@ -587,16 +607,7 @@ class Pipeline:
         prepared = self.prepare(images, prompts)
         timings = Timings(preprocess_ms=prepared.preprocess_ms)
         stops = self.stop_token_ids(stop_token_ids)
-        request = self.request(
-            prepared.input_ids,
-            prepared.pixel_values,
-            prepared.image_size,
-            max_new_tokens,
-            sampling,
-            stops,
-            timings,
-            seconds_per_slice=prepared.seconds_per_slice,
-        )
+        request = self.request_for(prepared, max_new_tokens, sampling, stops, timings)
         tokens = np.stack([step.tokens for step in request], axis=1)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
         return Generation(texts, tokens, timings)
@@ -616,16 +627,7 @@ class Pipeline:
         timings.preprocess_ms = prepared.preprocess_ms
         stops = self.stop_token_ids(stop_token_ids)
         text = TextStream(self.tokenizer)
-        request = self.request(
-            prepared.input_ids,
-            prepared.pixel_values,
-            prepared.image_size,
-            max_new_tokens,
-            sampling,
-            stops,
-            timings,
-            seconds_per_slice=prepared.seconds_per_slice,
-        )
+        request = self.request_for(prepared, max_new_tokens, sampling, stops, timings)
         for step in request:
             if piece := text.add(step.tokens[0]):
                 yield piece
