@@ -52,9 +52,7 @@ class VLMAdapter:
     image_placeholder: ClassVar[str]
     video_placeholder: ClassVar[str | None] = None  # families that take videos (Qwen-VL)
     video_frame_template: ClassVar[str | None] = None  # a video's text per temporal slice (``video_text``)
-    visual_separator: ClassVar[str | None] = (
-        None  # between two images or videos of one prompt (families that take several)
-    )
+    visual_separator: ClassVar[str | None] = None  # between two images or videos of one prompt (Qwen-VL)
     video_unsupported: ClassVar[str] = (
         "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."
     )
