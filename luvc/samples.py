@@ -31,12 +31,14 @@ class Sample:
     """One request: an RGB image (or a video) already at a bucket's size, a prompt, and a name for reports."""
 
     name: str
-    image: Image.Image | Video
+    image: Image.Image | Video | tuple[Image.Image, Video]
     prompt: str
 
     @property
-    def image_size(self) -> tuple[int, ...]:
-        """``(H, W)``, or a video's ``(frames, H, W)``."""
+    def image_size(self) -> tuple:
+        """``(H, W)``, a video's ``(frames, H, W)``, or an image and a video's ``((H, W), (frames, H, W))``."""
+        if isinstance(self.image, tuple):
+            return tuple(Sample(self.name, part, self.prompt).image_size for part in self.image)
         if isinstance(self.image, Video):
             return (len(self.image.frames), *self.image.size)
         return self.image.height, self.image.width
@@ -53,14 +55,17 @@ def synthetic_samples(
         critical(f"Asked for {count} synthetic samples; ask for at least 1 (--num-samples).")
     samples = []
     for index in range(count):
-        *frames, height, width = image_sizes[index % len(image_sizes)]
-        image = (
-            synthetic_video(frames[0], height, width, seed=seed + index)
-            if frames
-            else synthetic_image(height, width, seed=seed + index)
-        )
+        image = synthetic_visual(image_sizes[index % len(image_sizes)], seed + index)
         samples.append(Sample(f"synthetic-{index}", image, DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)]))
     return samples
+
+
+def synthetic_visual(size: tuple, seed: int) -> Image.Image | Video | tuple[Image.Image, Video]:
+    """A seeded synthetic image of ``(H, W)``, clip of ``(frames, H, W)``, or image and clip of a mixed size."""
+    if isinstance(size[0], tuple):
+        return tuple(synthetic_visual(part, seed) for part in size)
+    *frames, height, width = size
+    return synthetic_video(frames[0], height, width, seed=seed) if frames else synthetic_image(height, width, seed=seed)
 
 
 def closest_size(size: tuple[int, int], image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:

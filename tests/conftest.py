@@ -105,14 +105,15 @@ VIDEO_LUVC = LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T"
 
 @pytest.fixture(scope="session")
 def video_exports(tmp_path_factory):
-    """``video_exports(family)``: an export with one video bucket (``VIDEO_BUCKETS``) under ``VIDEO_LUVC`` and the
-    default image bucket, made once per session."""
+    """``video_exports(family)``: an export under ``VIDEO_LUVC`` with an image bucket (224x224), a video bucket
+    (``VIDEO_BUCKETS``) and the mixed bucket of both (one prompt, the image then the video), made once per session."""
     made = {}
 
     def get(family: str):
         if family not in made:
             out = tmp_path_factory.mktemp("video-exports") / family
-            profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(VIDEO_BUCKETS[family],))
+            video = VIDEO_BUCKETS[family]
+            profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(video,), mixed_sizes=(((224, 224), video),))
             made[family] = export_model(load_model(family), out, profile, VIDEO_LUVC, show_progress=False)
         return made[family]
 

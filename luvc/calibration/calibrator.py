@@ -52,7 +52,8 @@ def collect_feeds(
     for sample in samples:
         prepared = pipeline.prepare([sample.image], [sample.prompt])
         pixels, bucket = prepared.pixel_values, prepared.bucket
-        feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
+        if not bucket.parts:  # a mixed bucket's vision graphs calibrate on their own buckets' samples
+            feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
         request = pipeline.request(
             prepared.input_ids,
             pixels,

@@ -32,7 +32,7 @@ class Run:
         pipeline = options.pipeline()
         image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
         with console.status("Loading sessions"):
-            pipeline.load(pipeline.preprocess([image])[1])
+            pipeline.load(pipeline.prepare([image], [args.prompt]).image_size)
         timings = Timings()
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
@@ -41,7 +41,7 @@ class Run:
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            generation = pipeline.generate(image, args.prompt, options.max_new_tokens, options.sampling)
+            generation = pipeline.generate([image], [args.prompt], options.max_new_tokens, options.sampling)
             timings = generation.timings
             sys.stdout.write(f"Output: {generation.texts[0]}\n")
         console.print(timing_table(pipeline, timings))

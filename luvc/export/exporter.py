@@ -36,6 +36,7 @@ from luvc.export.manifest import (
     ModelEntry,
     PassesEntry,
     bucket_entry,
+    bucket_name,
     external_data_files,
     geometry_entry,
     io_entries,
@@ -46,7 +47,7 @@ from luvc.export.manifest import (
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import plugin_translations, plugin_units
-from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket
+from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.progress import graph_progress
@@ -220,8 +221,11 @@ def _node_prefixes(model: onnx.ModelProto) -> list[str]:
     return [place.unit_prefix for place in sorted(units, key=lambda place: (place.stack, place.index))]
 
 
-def _host_metadata(spec: GraphSpec, bucket: Bucket) -> dict[str, np.ndarray]:
-    arrays = {name: tensor.numpy() for name, tensor in spec.feeds.items() if name != "pixel_values"}
+def _host_metadata(vision: GraphSpec | None, bucket: Bucket) -> dict[str, np.ndarray]:
+    """A bucket's host arrays: its vision graph's metadata inputs (a mixed bucket has none of its own), the prompt
+    positions and what the family adds (``Bucket.host_arrays``)."""
+    feeds = vision.feeds if vision is not None else {}
+    arrays = {name: tensor.numpy() for name, tensor in feeds.items() if name != "pixel_values"}
     arrays["prompt_position_ids"] = bucket.prompt_position_ids.numpy()
     arrays["next_position"] = np.array(bucket.next_position, dtype=np.int64)
     arrays.update(bucket.host_arrays)
@@ -277,21 +281,27 @@ class OnnxFromCompressedModel:
             check_fp16_range(adapter.model, origin)
         buckets = [plan_bucket(adapter, size) for size in profile.image_sizes]
         buckets += [plan_bucket(adapter, size, frames) for frames, *size in profile.video_sizes]
+        named = {bucket.name: bucket for bucket in buckets}
+        buckets += [
+            plan_mixed_bucket(adapter, named[bucket_name(image)], named[bucket_name(video[1:], video[0])])
+            for image, video in profile.mixed_sizes
+        ]
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
-        for bucket in buckets:
-            specs += [(vision_spec(adapter, bucket, profile), bucket), (prefill_spec(adapter, bucket, profile), bucket)]
+        for bucket in buckets:  # a mixed bucket runs its parts' vision graphs
+            vision = () if bucket.parts else ((vision_spec(adapter, bucket, profile), bucket),)
+            specs += [*vision, (prefill_spec(adapter, bucket, profile), bucket)]
         capacities = kv_capacities(buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
 
         with staged_folder(self.out, self.overwrite) as staging:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
             files += self._save_preprocessing(staging)
-            for spec, bucket in specs:
-                if spec.kind == "vision":
-                    host = staging / f"host_{bucket.name}.npz"
-                    np.savez(host, **_host_metadata(spec, bucket))
-                    files.append(host.name)
-                    bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
+            vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}
+            for bucket in buckets:
+                host = staging / f"host_{bucket.name}.npz"
+                np.savez(host, **_host_metadata(vision_specs.get(bucket.name), bucket))
+                files.append(host.name)
+                bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
             manifest = ExportManifest(
                 model=ModelEntry(adapter.name, adapter.architecture, config_hash(adapter)),
                 luvc=adapter.luvc_config.to_dict(),

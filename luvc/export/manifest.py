@@ -129,6 +129,20 @@ def bucket_name(image_size: Sequence[int], frames: int = 0) -> str:
     return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
 
 
+def size_option(size: tuple) -> str:
+    """The export option that adds a bucket of ``size`` (``BucketEntry.size``)."""
+    if size and isinstance(size[0], tuple):
+        return "--mixed-size"
+    return "--video-size" if len(size) == 3 else "--image-size"
+
+
+def size_name(size: tuple) -> str:
+    """The bucket name of a ``BucketEntry.size``: ``HxW``, ``FxHxW``, or ``HxW+FxHxW`` for an image and a video."""
+    if size and isinstance(size[0], tuple):
+        return "+".join(size_name(part) for part in size)
+    return "x".join(str(side) for side in size)
+
+
 @dataclasses.dataclass(frozen=True)
 class BucketEntry:
     """The static facts of one image-size bucket: tokens per image (after OIM; and without it), where the image
@@ -151,6 +165,7 @@ class BucketEntry:
     host: str
     frames: int = 0  # a video bucket's frames (0: an image bucket)
     spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each visual span when there are several
+    parts: tuple[str, ...] = ()  # a mixed bucket's image and video buckets, whose vision graphs it runs
 
     @property
     def visual_spans(self) -> tuple[tuple[int, int], ...]:
@@ -164,11 +179,14 @@ class BucketEntry:
 
     @property
     def name(self) -> str:
-        return bucket_name(self.image_size, self.frames)
+        return "+".join(self.parts) if self.parts else bucket_name(self.image_size, self.frames)
 
     @property
-    def size(self) -> tuple[int, ...]:
-        """``(H, W)``, or ``(frames, H, W)`` for a video bucket: what ``ExportManifest.bucket_for`` takes."""
+    def size(self) -> tuple:
+        """``(H, W)``, ``(frames, H, W)`` for a video bucket, ``((H, W), (frames, H', W'))`` for a mixed one: what
+        ``ExportManifest.bucket_for`` takes."""
+        if self.parts:
+            return tuple(tuple(int(side) for side in part.split("x")) for part in self.parts)
         return ((self.frames,) if self.frames else ()) + tuple(self.image_size)
 
 
@@ -196,6 +214,7 @@ class TemplateEntry:
     video_placeholder: str | None = None
     video_token_id: int | None = None
     video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.models.prompt.video_text)
+    visual_separator: str | None = None  # between the image and the video of a mixed bucket's prompt
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
         """The placeholder text and token id of ``bucket``'s image or video tokens."""
@@ -233,6 +252,7 @@ class ProfileEntry:
     external_data: str
     kv_update: str
     video_sizes: tuple[tuple[int, int, int], ...] = ()
+    mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +318,9 @@ class ExportManifest:
                         **data["profile"],
                         "image_sizes": tuple(map(tuple, data["profile"]["image_sizes"])),
                         "video_sizes": tuple(map(tuple, data["profile"].get("video_sizes", ()))),
+                        "mixed_sizes": tuple(
+                            (tuple(image), tuple(video)) for image, video in data["profile"].get("mixed_sizes", ())
+                        ),
                     }
                 ),
                 template=TemplateEntry(**data["template"]),
@@ -365,13 +388,14 @@ class ExportManifest:
     def bucket_for(self, size: tuple[int, ...]) -> BucketEntry:
         """The bucket of a processed image size ``(H, W)`` or video ``(frames, H, W)``, or an error listing the
         exported ones."""
-        name = bucket_name(size[-2:], size[0] if len(size) == 3 else 0)
+        name = size_name(size)
         if name not in self.buckets:
-            option = "--video-size" if len(size) == 3 else "--image-size"
-            what = "video (frames x height x width)" if len(size) == 3 else "image size"
+            mixed, option = isinstance(size[0], tuple), size_option(size)
+            what = "image and video" if mixed else "video (frames x height x width)" if len(size) == 3 else "image size"
             critical(
                 f"Processed {what} {name} is outside this export's profile (buckets: {sorted(self.buckets)}); "
-                f"{'sample' if len(size) == 3 else 'resize'} it to a bucket, or re-export with {option} {name}."
+                f"{'fit them' if mixed else 'sample it' if len(size) == 3 else 'resize it'} to a bucket, or re-export "
+                f"with {option} {name}."
             )
         return self.buckets[name]
 
@@ -397,9 +421,10 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
             f"{bucket.visual_end - bucket.tokens_per_image + plan.total[layer]} + text_tokens"
             for layer in range(num_layers)
         ),
-        vision=f"vision_{bucket.name}",
+        vision="" if bucket.parts else f"vision_{bucket.name}",
         prefill=f"prefill_{bucket.name}",
         host=f"host_{bucket.name}.npz",
+        parts=tuple(bucket.parts),
     )
 
 
@@ -410,6 +435,7 @@ def profile_entry(profile: ExportProfile) -> ProfileEntry:
             **dataclasses.asdict(profile),
             "image_sizes": tuple(map(tuple, profile.image_sizes)),
             "video_sizes": tuple(map(tuple, profile.video_sizes)),
+            "mixed_sizes": tuple((tuple(image), tuple(video)) for image, video in profile.mixed_sizes),
         }
     )
 
@@ -427,6 +453,7 @@ def template_entry(adapter: VLMAdapter) -> TemplateEntry:
         eos_token_id=eos if eos is not None else adapter.language_model.config.eos_token_id,
         video_placeholder=adapter.video_placeholder if adapter.takes_video else None,
         video_frame_template=adapter.video_frame_template if adapter.takes_video else None,
+        visual_separator=adapter.visual_separator,
         video_token_id=adapter.video_token_id,
     )
 
@@ -449,9 +476,8 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
 def _bucket(entry: dict[str, Any]) -> BucketEntry:
     lists = ("budgets", "prune_layers", "kept_index_layers", "kv_lengths")
     spans = tuple(map(tuple, entry.get("spans", ())))
-    return BucketEntry(
-        **{**entry, "image_size": tuple(entry["image_size"]), "spans": spans, **{k: tuple(entry[k]) for k in lists}}
-    )
+    fields = {"image_size": tuple(entry["image_size"]), "spans": spans, "parts": tuple(entry.get("parts", ()))}
+    return BucketEntry(**{**entry, **fields, **{k: tuple(entry[k]) for k in lists}})
 
 
 def _graph(entry: dict[str, Any]) -> GraphEntry:

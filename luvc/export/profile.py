@@ -7,6 +7,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from luvc.compress.budgets import BudgetPlan
@@ -34,6 +35,8 @@ class ExportProfile:
     - ``image_sizes``: processed image sizes ``(H, W)`` in pixels, one bucket each (graphs are static per bucket);
     - ``video_sizes``: processed videos ``(frames, H, W)``, one bucket each (Qwen-VL families); with video sizes
       alone the export has no image bucket;
+    - ``mixed_sizes``: ``((H, W), (frames, H', W'))`` pairs, one bucket each for a prompt with that image and that
+      video (Qwen-VL families); its parts are buckets too, whose vision graphs it runs;
     - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
     - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
       engine profiles and checked by the runtime;
@@ -44,6 +47,7 @@ class ExportProfile:
 
     image_sizes: tuple[tuple[int, int], ...] | None = None
     video_sizes: tuple[tuple[int, int, int], ...] = ()
+    mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
     precision: str | None = None
     max_batch: int | None = None
     max_text_tokens: int | None = None
@@ -63,13 +67,21 @@ class ExportProfile:
         if kv_update not in KV_UPDATE_FORMS:
             critical(f"kv_update={kv_update!r}: use one of {list(KV_UPDATE_FORMS)} (--kv-update).")
         videos = tuple(tuple(size) for size in self.video_sizes)
-        if videos and not adapter.takes_video:
-            critical(adapter.video_unsupported + " Leave out --video-size.")
+        mixed = tuple((tuple(image), tuple(video)) for image, video in self.mixed_sizes)
+        if (videos or mixed) and not adapter.takes_video:
+            critical(adapter.video_unsupported + f" Leave out {'--mixed-size' if mixed else '--video-size'}.")
         if len(set(videos)) != len(videos):
             critical(f"Video sizes {list(videos)} repeat a bucket; give each --video-size once.")
-        sizes = tuple(tuple(size) for size in (self.image_sizes or (() if videos else (default_image_size(adapter),))))
+        if len(set(mixed)) != len(mixed):
+            critical(f"Mixed sizes {list(mixed)} repeat a bucket; give each --mixed-size once.")
+        sizes = tuple(tuple(size) for size in (self.image_sizes or ()))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
+        if not (sizes or videos or mixed):
+            sizes = (default_image_size(adapter),)
+        # a mixed bucket runs the vision graphs of its parts: they are buckets too
+        sizes += tuple(dict.fromkeys(image for image, _ in mixed if image not in sizes))
+        videos += tuple(dict.fromkeys(video for _, video in mixed if video not in videos))
         limits = {
             key: default if value is None else value
             for key, value, default in (
@@ -82,7 +94,14 @@ class ExportProfile:
             if not 1 <= value <= PROFILE_LIMITS[key]:
                 critical(f"{key}={value} must be between 1 and {PROFILE_LIMITS[key]} (--{key.replace('_', '-')}).")
         return ExportProfile(
-            sizes, videos, precision, opset=self.opset or 18, external_data=external, kv_update=kv_update, **limits
+            sizes,
+            videos,
+            mixed,
+            precision,
+            opset=self.opset or 18,
+            external_data=external,
+            kv_update=kv_update,
+            **limits,
         )
 
     @property
@@ -104,6 +123,7 @@ class Bucket:
     prompt_position_ids: torch.Tensor  # (R, visual_end) positions before the text
     next_position: int  # position of the first text token after the image
     frames: int = 0  # a video's frames (after the processor's padding to whole temporal patches); 0: an image
+    parts: tuple[str, ...] = ()  # a mixed bucket's image and video buckets (whose vision graphs it runs)
     host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
     visual_spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each run of visual tokens in the prompt
 
@@ -114,16 +134,24 @@ class Bucket:
 
     @property
     def name(self) -> str:
-        return bucket_name(self.image_size, self.frames)
+        return "+".join(self.parts) if self.parts else bucket_name(self.image_size, self.frames)
 
     @property
     def tokens_per_image(self) -> int:
-        """Visual tokens entering the LLM."""
-        return self.plan.tokens_per_image[0]
+        """Visual tokens entering the LLM (a mixed bucket: its image's and its video's)."""
+        return sum(self.plan.tokens_per_image)
 
     @property
     def budget_plan(self) -> BudgetPlan:
         return self.plan.budget_plan
+
+
+def parse_mixed_size(text: str) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """``"448x448+16x448x448"`` -> ``((448, 448), (16, 448, 448))``: an image, then a video, in one prompt."""
+    image, plus, video = text.partition("+")
+    if not plus:
+        critical(f"Mixed size {text!r} is not HxW+FRAMESxHxW, e.g. 448x448+16x448x448 (--mixed-size).")
+    return parse_image_size(image, "--mixed-size"), parse_video_size(video)
 
 
 def parse_video_size(text: str) -> tuple[int, int, int]:
@@ -218,6 +246,37 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
         frames=frames,
         host_arrays=adapter.video_time_arrays(plan) if frames else {},
         visual_spans=spans,
+    )
+
+
+def plan_mixed_bucket(adapter: VLMAdapter, image: Bucket, video: Bucket) -> Bucket:
+    """The bucket of a prompt with the image of bucket ``image``, then the video of bucket ``video`` (their vision
+    graphs serve it; its own graph is the prefill)."""
+    visuals = (synthetic_image(*image.image_size), synthetic_video(video.frames, *video.image_size))
+    inputs = adapter.prepare_inputs([visuals], "")
+    pixels = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    plan = adapter.plan(pixels)  # the one prepare_inputs made
+    ids = inputs["input_ids"][0].tolist()
+    video_spans = token_runs(ids, adapter.video_token_id)
+    spans = tuple(sorted(token_runs(ids, adapter.image_token_id) + video_spans))
+    end = spans_end(spans)
+    positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
+    host = dict(video.host_arrays)
+    if host:  # the video's time positions start at its first span
+        host["video_time_start"] = np.array(video_spans[0][0], dtype=np.int64)
+    return Bucket(
+        image_size=image.image_size,
+        pixels=pixels,
+        plan=plan,
+        uncompressed_tokens_per_image=image.uncompressed_tokens_per_image + video.uncompressed_tokens_per_image,
+        visual_start=spans[0][0],
+        min_text_tokens=max(2, len(ids) - end),
+        prompt_position_ids=positions[:, :end],
+        next_position=int(positions[0, end]),
+        frames=video.frames,
+        host_arrays=host,
+        visual_spans=spans,
+        parts=(image.name, video.name),
     )
 
 

@@ -543,7 +543,10 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         batch, length = inputs["input_ids"].shape
-        grids = rope_grids(plan.vision.encoder, inputs)
+        parts = [without_keys(inputs, keys) for keys in (VIDEO_KEYS, IMAGE_KEYS)] if is_mixed(inputs) else [inputs]
+        grids = {}
+        for part in parts:  # a mixed request: the images' grids and the videos'
+            grids.update(rope_grids(self.plan(part, plan.config).vision.encoder, part))
         return self.model.model._luvc_positions(inputs["input_ids"], grids, None, batch, length)
 
     def vision_spec(self) -> VisionSpec:

@@ -11,7 +11,7 @@ import numpy as np
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest
+from luvc.export.manifest import ExportManifest, size_name, size_option
 from luvc.parity import metrics
 from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
 from luvc.parity.reference import TorchReference, TorchRun
@@ -159,9 +159,7 @@ def check_baseline(
     buckets = {bucket.size for bucket in baseline.buckets.values()}
     missing = sorted(image_sizes - buckets)
     if missing:
-        flags = " ".join(
-            f"--{'video' if len(size) == 3 else 'image'}-size {'x'.join(map(str, size))}" for size in missing
-        )
+        flags = " ".join(f"{size_option(size)} {size_name(size)}" for size in missing)
         critical(f"Baseline {folder} has no bucket for the image sizes {missing}; re-export it with {flags} --no-luvc.")
 
 

@@ -237,8 +237,11 @@ class Pipeline:
         """Create the sessions a request of ``image_size`` (a video's ``(frames, H, W)``; default: every bucket)
         needs, so timings exclude it."""
         buckets = [self.manifest.bucket_for(image_size)] if image_size else list(self.manifest.buckets.values())
+        for bucket in list(buckets):  # a mixed bucket runs its parts' vision graphs
+            buckets += [self.manifest.buckets[part] for part in bucket.parts]
         for name in ("embed", "decode", *(graph for bucket in buckets for graph in (bucket.vision, bucket.prefill))):
-            self.session(name)
+            if name:
+                self.session(name)
         return self
 
     def session_providers(self) -> list[str]:
@@ -343,9 +346,14 @@ class Pipeline:
         patch = self.manifest.geometry.patch_size
         return np.concatenate(pixels), (t * temporal, height * patch, width * patch)
 
-    def _video_text(self, bucket: BucketEntry, video: Video | None) -> str | None:
-        """The text of ``video`` in the prompt when the export writes its timestamps (Qwen3-VL), else ``None``."""
+    def _visual_text(self, bucket: BucketEntry, video: Video | None) -> str | None:
+        """What takes the template's ``{image}`` when it is not the bucket's placeholder repeated (``None``): a
+        mixed bucket's image and video, or a video whose timestamps the prompt holds (Qwen3-VL)."""
         entry = self.manifest.template
+        if bucket.parts:
+            image, clip = (self.manifest.buckets[part] for part in bucket.parts)
+            text = self._visual_text(clip, video) or entry.video_placeholder * clip.tokens_per_image
+            return entry.image_placeholder * image.tokens_per_image + entry.visual_separator + text
         if video is None or not entry.video_frame_template:
             return None
         temporal = self.manifest.geometry.temporal_patch_size
@@ -385,6 +393,12 @@ class Pipeline:
     def image_features(self, pixel_values: np.ndarray, bucket: BucketEntry) -> dict[str, torch.Tensor]:
         """The vision graph's outputs for ``pixel_values`` on the device, images along axis 0: ``image_embeds
         (images, n, D)`` and (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape."""
+        if bucket.parts:  # a mixed bucket: its image's features, then its video's, along the token axis
+            parts = [
+                self.image_features(pixels, self.manifest.buckets[part])
+                for pixels, part in zip(pixel_values, bucket.parts)
+            ]
+            return {name: torch.cat([part[name] for part in parts], dim=1) for name in parts[0]}
         session = self.session(bucket.vision)
         calls = [session.infer(feeds) for feeds in self.vision_feeds(pixel_values, bucket)]
         if len(calls) == 1:
@@ -406,7 +420,8 @@ class Pipeline:
         prompt = host["prompt_position_ids"]
         if "video_time_slices" in host:
             seconds = seconds_per_slice or self.manifest.geometry.temporal_patch_size / DEFAULT_SAMPLED_FPS
-            prompt, start_index = prompt.copy(), bucket.visual_start
+            prompt = prompt.copy()
+            start_index = int(host["video_time_start"]) if "video_time_start" in host else bucket.visual_start
             slices = host["video_time_slices"]
             time = video_time_positions(int(prompt[0, start_index]), slices, float(host["video_time_scale"]), seconds)
             prompt[0, start_index : start_index + len(slices)] = time
@@ -427,14 +442,16 @@ class Pipeline:
         (``image_features``): the visual span takes ``image_embeds (B, n, D)``; the features the prefill graph also
         takes (DeepStack planes) are fed as they are. ``seconds_per_slice``: see ``positions``."""
         batch, length = input_ids.shape
-        _, visual_token = self.manifest.template.placeholder_of(bucket)
+        template = self.manifest.template
+        tokens = [template.placeholder_of(bucket)[1], *([template.image_token_id] if bucket.parts else [])]
         spans = bucket.visual_spans
         if length < bucket.visual_end + bucket.min_text_tokens or any(
-            not (input_ids[:, start : start + count] == visual_token).all() for start, count in spans
+            not np.isin(input_ids[:, start : start + count], tokens).all() for start, count in spans
         ):
+            kind = "image and video" if bucket.parts else "video" if bucket.frames else "image"
             critical(
-                f"Prompts must hold {bucket.tokens_per_image} {'video' if bucket.frames else 'image'} tokens at "
-                f"{', '.join(f'{count} at index {start}' for start, count in spans)}, followed by the text (the "
+                f"Prompts must hold {bucket.tokens_per_image} {kind} tokens ("
+                f"{', '.join(f'{count} at index {start}' for start, count in spans)}), followed by the text (the "
                 "export's prompt template); build them with prompt_ids() for the same bucket."
             )
         embeds = self.embed(self.to_device(input_ids.astype(np.int64)))
@@ -469,13 +486,20 @@ class Pipeline:
         template = PromptTemplate(entry.text, entry.image_placeholder, entry.bos)
         placeholder, token = entry.placeholder_of(bucket)
         texts = [
-            template.render(text, bucket.tokens_per_image, placeholder, self._video_text(bucket, video))
+            template.render(text, bucket.tokens_per_image, placeholder, self._visual_text(bucket, video))
             for text, video in itertools.zip_longest(prompts, videos[: len(prompts)])
         ]
         rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if len({len(row) for row in rows}) > 1:
             critical("Batched prompts tokenize to different lengths; batch rows need prompts of equal length.")
-        if entry.video_frame_template and bucket.frames and token_runs(rows[0], token) != bucket.visual_spans:
+        if bucket.parts:
+            spans = tuple(sorted(token_runs(rows[0], entry.image_token_id) + token_runs(rows[0], token)))
+            if spans != bucket.visual_spans:
+                critical(
+                    f"The prompt's image and video tokens do not sit where bucket {bucket.name} has them; write the "
+                    "prompt without placeholders (the template adds them)."
+                )
+        elif entry.video_frame_template and bucket.frames and token_runs(rows[0], token) != bucket.visual_spans:
             seconds = slice_timestamps(videos[0], self.manifest.geometry.temporal_patch_size, len(bucket.visual_spans))
             critical(
                 f"The clip's slice timestamps ({', '.join(f'{s:.1f}' for s in seconds)} s) take other token counts in "
@@ -566,10 +590,7 @@ class Pipeline:
         began = time.perf_counter()
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if any(isinstance(image, (list, tuple)) for image in images):
-            critical(
-                "An export runs one image or one video per prompt; run a prompt with several (an image and a video) "
-                "in PyTorch: luvc-export generate --image IMAGE --video VIDEO."
-            )
+            return self._prepare_mixed(images, prompts, began)
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
@@ -578,6 +599,24 @@ class Pipeline:
         input_ids = self.prompt_ids(prompts, bucket, [image for image in images if isinstance(image, Video)])
         elapsed = (time.perf_counter() - began) * 1e3
         return Prepared(input_ids, pixel_values, image_size, bucket, elapsed, self.seconds_per_slice(images))
+
+    def _prepare_mixed(self, rows: Sequence, prompts, began: float) -> Prepared:
+        """One prompt with an image, then a video: a mixed bucket (``--mixed-size``) of the export."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        visuals = list(rows[0])
+        kinds = [isinstance(visual, Video) for visual in visuals]
+        if len(rows) != 1 or len(prompts) != 1 or kinds != [False, True]:
+            critical(
+                "An export takes one image or one video per prompt, or one prompt with one image and then one video "
+                "(a mixed bucket, --mixed-size); send such a prompt alone."
+            )
+        image, video = visuals
+        (image_pixels, image_size), (video_pixels, video_size) = self.preprocess([image]), self.preprocess([video])
+        bucket = self.manifest.bucket_for((image_size, video_size))
+        input_ids = self.prompt_ids(prompts, bucket, [video])
+        elapsed = (time.perf_counter() - began) * 1e3
+        seconds = self.seconds_per_slice([video])
+        return Prepared(input_ids, (image_pixels, video_pixels), (image_size, video_size), bucket, elapsed, seconds)
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""

@@ -130,6 +130,8 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("export --model tiny-qwen2-vl --out OUT --video-size 8x224", "is not FRAMESxHxW, e.g. 16x448x448"),
     ("export --model tiny-llava --out OUT --video-size 8x224x224", "Leave out --video-size"),
     ("export --model tiny-qwen2-vl --out OUT --video-size 5x224x224", "use --video-size 6x224x224"),
+    ("export --model tiny-qwen2-vl --out OUT --mixed-size 224x224", "is not HxW+FRAMESxHxW"),
+    ("export --model tiny-llava --out OUT --mixed-size 224x224+8x224x224", "Leave out --mixed-size"),
     ("run EXPORT --prompt hi --device tpu", "is not a torch device; use cpu or cuda:N (--device)"),
     ("run EXPORT --prompt hi --device meta", "is not supported; use cpu or cuda:N (--device)"),
     ("parity EXPORT --prompts PROMPTS --out OUT", "--prompts pairs prompts with the images of --data"),

@@ -41,6 +41,12 @@ def test_run_on_a_video_file(video_exports, capsys, tmp_path):
         == 0
     )
     assert "Output: " in capsys.readouterr().out
+    image = tmp_path / "image.png"
+    synthetic_image(224, 224).save(image)
+    argv = ["run", export, "--prompt", "Same scene?", "--max-new-tokens", "3", "--image", str(image), "--video", clip]
+    assert main([*argv, "--video-frames", "8"]) == 0  # the mixed bucket 224x224+8x112x168
+    assert "Output: " in capsys.readouterr().out
     # 2 frames a second of a 3-second clip: 6 frames, not a bucket
     assert main(["run", export, "--prompt", "What moves?", "--video", clip]) == 2
-    assert "6x112x168 is outside this export's profile (buckets: ['224x224', '8x112x168'])" in capsys.readouterr().err
+    buckets = "['224x224', '224x224+8x112x168', '8x112x168']"
+    assert f"6x112x168 is outside this export's profile (buckets: {buckets})" in capsys.readouterr().err

@@ -125,3 +125,5 @@ def test_a_video_export_builds_its_video_bucket(video_exports, tmp_path):
     low, _, high = engines.engines[bucket.prefill].profile["inputs_embeds"]
     assert low[1] == bucket.visual_end + bucket.min_text_tokens  # the shortest prompt: through the last span
     assert {bucket.vision, bucket.prefill} <= set(engines.engines)
+    mixed = ExportManifest.load(export).buckets["224x224+8x128x192"]  # its own prefill engine, its parts' vision
+    assert mixed.vision == "" and mixed.prefill in engines.engines and len(mixed.visual_spans) == 3

@@ -71,6 +71,6 @@ def test_compression_cost_is_reported_separately(parity_of):
 def test_a_video_export_passes_on_synthetic_clips_and_images(family, video_exports):
     results = check_parity(video_exports(family), show_progress=False)
     assert results, str(results)
-    assert len(results.samples) == 4  # alternating over the image bucket and the video bucket
+    assert len(results.samples) == 4  # cycling over the image, video and mixed buckets
     (ort,) = results.backends
     assert ort.first_diverging_layer(results.tolerances) is None

@@ -64,6 +64,27 @@ def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_expo
     np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
 
 
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_an_image_and_a_video_in_one_prompt_equal_pytorch_luvc(family, video_exports):
+    # the mixed bucket runs the image bucket's and the video bucket's vision graphs, then its own prefill graph
+    adapter = load_model(family)
+    adapter.apply_luvc(VIDEO_LUVC)
+    pair = (synthetic_image(224, 224, 5), synthetic_video(*VIDEO_BUCKETS[family], seed=3, fps=6.0))
+    inputs = adapter.prepare_inputs([pair], PROMPT)
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
+    pipeline = Pipeline(video_exports(family))
+    prepared = pipeline.prepare([pair], PROMPT)
+    assert prepared.bucket.parts == ("224x224", "x".join(map(str, VIDEO_BUCKETS[family])))
+    np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
+    tokens, _, request = pipeline.greedy(
+        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
+    )
+    np.testing.assert_array_equal(tokens, expected)
+    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
+    np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
+
+
 def test_a_video_outside_the_buckets_names_them(video_exports, exports):
     pipeline = Pipeline(video_exports("tiny-qwen2-vl"))
     with pytest.raises(
@@ -74,8 +95,10 @@ def test_a_video_outside_the_buckets_names_them(video_exports, exports):
         pipeline.prepare([synthetic_video(12, 112, 168)], PROMPT)
     with pytest.raises(LuvcError, match="images or videos, not both"):
         pipeline.prepare([synthetic_video(8, 112, 168), synthetic_image(224, 224)], [PROMPT, PROMPT])
-    with pytest.raises(LuvcError, match="run a prompt with several .* in PyTorch: luvc-export generate --image"):
-        pipeline.prepare([(synthetic_image(224, 224), synthetic_video(8, 112, 168))], PROMPT)
+    with pytest.raises(LuvcError, match=r"image and video 336x336\+8x112x168 is outside .*--mixed-size 336x336"):
+        pipeline.prepare([(synthetic_image(336, 336), synthetic_video(8, 112, 168))], PROMPT)
+    with pytest.raises(LuvcError, match="one prompt with one image and then one video"):
+        pipeline.prepare([(synthetic_video(8, 112, 168), synthetic_image(224, 224))], PROMPT)
     with pytest.raises(LuvcError, match="was exported without video support"):
         Pipeline(exports("tiny-llava")).prepare([synthetic_video(8, 112, 168)], PROMPT)
     # Qwen3-VL: a clip whose timestamps reach 10 s takes more prompt tokens than the bucket's (traced from 0 s)

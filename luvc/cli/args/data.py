@@ -52,7 +52,7 @@ class DataArgs(BaseArgs):
         gets synthetic clips; a data folder's images go to the image buckets)."""
         if self.folder is None:
             return synthetic_samples(image_sizes, self.default_count if self.count is None else self.count, self.seed)
-        images = [size for size in image_sizes if len(size) == 2]
+        images = [size for size in image_sizes if len(size) == 2 and isinstance(size[0], int)]
         if not images:
             critical(
                 f"--data {self.folder} holds images but this export has video buckets only; leave out --data to check "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
 from luvc.export.kv_update import KV_UPDATE_FORMS
-from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size, parse_video_size
+from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size, parse_mixed_size, parse_video_size
 
 
 class ExportArgs(BaseArgs):
@@ -34,6 +34,14 @@ class ExportArgs(BaseArgs):
             metavar="FxHxW",
             help="a video bucket: frames and processed frame size, e.g. 16x448x448 (repeat for more; Qwen2-VL and "
             "Qwen2.5-VL); with video sizes alone the export has no image bucket",
+        )
+        group.add_argument(
+            "--mixed-size",
+            action="append",
+            default=None,
+            metavar="HxW+FxHxW",
+            help="a bucket for one prompt with an image and then a video, e.g. 448x448+16x448x448 (repeat for more; "
+            "Qwen-VL families); its image and video sizes become buckets too",
         )
         group.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="graph precision (fp32)")
         group.add_argument("--max-batch", type=int, default=None, help="largest batch for engine profiles (4)")
@@ -70,9 +78,11 @@ class ExportArgs(BaseArgs):
         self.passes, self.plugin_nodes = not args.no_passes, args.plugin_nodes
         sizes = tuple(parse_image_size(text) for text in args.image_size) if args.image_size else None
         videos = tuple(parse_video_size(text) for text in args.video_size or ())
+        mixed = tuple(parse_mixed_size(text) for text in args.mixed_size or ())
         self.profile = ExportProfile(
             image_sizes=sizes,
             video_sizes=videos,
+            mixed_sizes=mixed,
             precision=args.precision,
             max_batch=args.max_batch,
             max_text_tokens=args.max_text_tokens,

@@ -27,7 +27,7 @@ class RequestArgs(BaseArgs):
             "--video",
             default=None,
             help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen-VL families); "
-            "with --image too, both go in one prompt (the image first; PyTorch only)",
+            "with --image too, both go in one prompt (the image first; an export needs a --mixed-size bucket)",
         )
         group.add_argument(
             "--video-frames", type=int, default=None, help="frames to sample evenly from --video (default: by rate)"
@@ -59,6 +59,8 @@ class RequestArgs(BaseArgs):
             return image, video
         if image is not None or video is not None:
             return image or video
+        if isinstance(default_size[0], tuple):  # a mixed bucket's image and video
+            return synthetic_image(*default_size[0]), synthetic_video(*default_size[1])
         if len(default_size) == 3:
             return synthetic_video(*default_size)
         return synthetic_image(*default_size)
