@@ -74,11 +74,12 @@ class Generation:
 class Prepared:
     """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template, the image processor's
     pixels, the processed image size (a video's ``(frames, H, W)``), its bucket's manifest entry, the preprocessing
-    time, and for videos the seconds one temporal patch spans (``luvc.videos.seconds_per_slice``)."""
+    time, and for videos the seconds one temporal patch spans (``luvc.videos.seconds_per_slice``). A prompt with an
+    image and a video (a mixed bucket) has a pair of pixel arrays and a pair of sizes."""
 
     input_ids: np.ndarray
-    pixel_values: np.ndarray
-    image_size: tuple[int, ...]
+    pixel_values: np.ndarray | tuple[np.ndarray, np.ndarray]
+    image_size: tuple
     bucket: BucketEntry
     preprocess_ms: float = 0.0
     seconds_per_slice: float | None = None
@@ -390,9 +391,10 @@ class Pipeline:
         metadata = {entry.name: self.to_device(host[entry.name]) for entry in inputs[1:]}
         return [{"pixel_values": chunk, **metadata} for chunk in torch.split(pixels, per_image)]
 
-    def image_features(self, pixel_values: np.ndarray, bucket: BucketEntry) -> dict[str, torch.Tensor]:
+    def image_features(self, pixel_values, bucket: BucketEntry) -> dict[str, torch.Tensor]:
         """The vision graph's outputs for ``pixel_values`` on the device, images along axis 0: ``image_embeds
-        (images, n, D)`` and (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape."""
+        (images, n, D)`` and (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape. A mixed bucket
+        takes a pair (image, video) and runs its parts' graphs."""
         if bucket.parts:  # a mixed bucket: its image's features, then its video's, along the token axis
             parts = [
                 self.image_features(pixels, self.manifest.buckets[part])
