@@ -10,8 +10,10 @@ from transformers import DynamicCache
 
 from luvc import LUVCConfig, LuvcError
 from luvc.images import synthetic_image
+from luvc.models import load_model
 from luvc.models.generation import greedy_generate
-from tests.conftest import stock_inputs
+from luvc.videos import synthetic_video
+from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, stock_inputs
 
 IMAGES = [synthetic_image(224, 224, 1), synthetic_image(224, 224, 2)]  # a batch of two same-size images
 
@@ -87,3 +89,15 @@ def test_a_saved_patched_model_keeps_its_architecture(_pristine, tmp_path):
     adapter.apply_luvc()
     adapter.model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_generate_takes_a_video_and_an_image_with_a_video(family):
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    clip = synthetic_video(*VIDEO_BUCKETS[family])
+    for visuals in ([clip], [(synthetic_image(224, 224, 1), clip)]):
+        inputs = adapter.prepare_inputs(visuals, "What happens?")
+        tokens, _ = hf_generate(adapter.model, inputs, 6, do_sample=False)
+        assert torch.equal(tokens, greedy_generate(adapter.model, inputs, 6))
