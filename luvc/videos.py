@@ -72,7 +72,9 @@ def video_time_positions(start: int, slices: np.ndarray, scale: float, seconds: 
     return start + (slices.astype(np.float32) * interval).astype(np.int64)
 
 
-def sample_indices(total: int, num_frames: int | None = None, fps: float | None = None, source_fps=None) -> list[int]:
+def sample_indices(
+    total: int, num_frames: int | None = None, fps: float | None = None, source_fps: float | None = None
+) -> list[int]:
     """Indices of the frames to keep out of ``total``: ``num_frames`` spread evenly, or ``fps`` per second of a source
     at ``source_fps``, or all of them (``transformers.video_utils.default_sample_indices_fn``)."""
     from transformers.video_utils import VideoMetadata, default_sample_indices_fn
@@ -112,6 +114,8 @@ def load_video(path: str | Path, num_frames: int | None = None, fps: float | Non
 
 
 def _decode(path: Path, num_frames: int | None, fps: float | None) -> Video:
+    """Count the frames (demuxing packets, no decoding), sample, then decode once keeping only the sampled frames as
+    images: a long clip never sits in memory whole."""
     import av
 
     try:
@@ -119,14 +123,24 @@ def _decode(path: Path, num_frames: int | None, fps: float | None) -> Video:
             stream = container.streams.video[0] if container.streams.video else None
             if stream is None:
                 critical(f"{path} has no video stream; pass a video file (MP4, MKV, WebM, ...).")
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            total = sum(1 for packet in container.demux(stream) if packet.size)
             source_fps = float(stream.average_rate) if stream.average_rate else None
+        if not total:
+            critical(f"{path} holds no frames; pass a video with at least one frame.")
+        indices = sample_indices(total, num_frames, fps, source_fps)
+        wanted, frames = set(indices), {}
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                if index in wanted:
+                    frames[index] = frame.to_image()
+                if index >= indices[-1]:
+                    break
     except av.error.FFmpegError as error:
         critical(f"Cannot read {path} as a video ({error.strerror or error}); pass a video file PyAV decodes.")
-    if not frames:
-        critical(f"{path} holds no frames; pass a video with at least one frame.")
-    indices = sample_indices(len(frames), num_frames, fps, source_fps)
-    return Video(tuple(Image.fromarray(frames[index]) for index in indices), tuple(indices), source_fps, str(path))
+    missing = [index for index in indices if index not in frames]
+    if missing:
+        critical(f"{path} decodes to fewer frames than its packets ({missing[0]} of {total}); re-encode the video.")
+    return Video(tuple(frames[index] for index in indices), tuple(indices), source_fps, str(path))
 
 
 def synthetic_video(frames: int, height: int = 224, width: int = 224, seed: int = 0, fps: float = 2.0) -> Video:
