@@ -232,7 +232,7 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
     ids = inputs["input_ids"][0]
     plan = adapter.plan(pixels)  # the one prepare_inputs made
     spans = token_runs(ids.tolist(), adapter.video_token_id if frames else adapter.image_token_id)
-    end = spans[-1][0] + spans[-1][1]
+    end = spans_end(spans)
     positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return Bucket(
         image_size=(height, width),
