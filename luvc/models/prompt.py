@@ -59,7 +59,7 @@ class PromptTemplate:
         return text if not self.bos or text.startswith(self.bos) else self.bos + text
 
 
-def video_text(placeholder: str, tokens: int, frame_template: str | None = None, seconds=()) -> str:
+def video_text(placeholder: str, tokens: int, frame_template: str | None = None, seconds: Sequence[float] = ()) -> str:
     """The text of a video of ``tokens`` LLM tokens: ``placeholder`` repeated, or (``frame_template``, Qwen3-VL) one
     block per temporal slice, the template's ``{seconds}`` taking that slice's timestamp (one decimal) and its
     ``{frame}`` the slice's share of the placeholders."""
