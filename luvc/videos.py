@@ -173,3 +173,15 @@ def qwen_video_pixels(
     t = len(frames) // temporal_patch_size
     grid = np.array([[t, int(grids[0][1]), int(grids[0][2])]], dtype=np.int64)
     return np.ascontiguousarray(slices.reshape(t * units, -1)), grid
+
+
+def qwen_videos_pixels(
+    videos: Sequence[Video], image_processor, temporal_patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's ``pixel_values_videos`` (the videos one after another) and ``video_grid_thw (videos, 3)``
+    (``qwen_video_pixels`` of each); the videos of a batch share one grid."""
+    pixels, grids = zip(*(qwen_video_pixels(video.frames, image_processor, temporal_patch_size) for video in videos))
+    shapes = sorted({tuple(grid[0].tolist()) for grid in grids})
+    if len(shapes) > 1:
+        critical(f"Videos of one batch must share a frame count and size; got grids {shapes}.")
+    return np.concatenate(pixels), np.concatenate(grids)

@@ -54,14 +54,7 @@ def collect_feeds(
         pixels, bucket = prepared.pixel_values, prepared.bucket
         if not bucket.parts:  # a mixed bucket's vision graphs calibrate on their own buckets' samples
             feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
-        request = pipeline.request(
-            prepared.input_ids,
-            pixels,
-            prepared.image_size,
-            decode_steps + 1,
-            keep_decode_feeds=True,
-            seconds_per_slice=prepared.seconds_per_slice,
-        )
+        request = pipeline.request_for(prepared, decode_steps + 1, keep_decode_feeds=True)
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))

@@ -124,8 +124,11 @@ def spans_end(spans: Sequence[tuple[int, int]]) -> int:
     return start + count
 
 
-def bucket_name(image_size: Sequence[int], frames: int = 0) -> str:
-    """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames."""
+def bucket_name(image_size: Sequence[int], frames: int = 0, parts: Sequence[str] = ()) -> str:
+    """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames, the ``parts`` joined by ``+``
+    for a mixed bucket."""
+    if parts:
+        return "+".join(parts)
     return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
 
 
@@ -179,7 +182,7 @@ class BucketEntry:
 
     @property
     def name(self) -> str:
-        return "+".join(self.parts) if self.parts else bucket_name(self.image_size, self.frames)
+        return bucket_name(self.image_size, self.frames, self.parts)
 
     @property
     def size(self) -> tuple:

@@ -134,7 +134,7 @@ class Bucket:
 
     @property
     def name(self) -> str:
-        return "+".join(self.parts) if self.parts else bucket_name(self.image_size, self.frames)
+        return bucket_name(self.image_size, self.frames, self.parts)
 
     @property
     def tokens_per_image(self) -> int:
@@ -187,10 +187,13 @@ def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:
     return DEFAULT_QWEN_IMAGE_SIZE
 
 
-def _sample_inputs(adapter: VLMAdapter, size: Sequence[int], frames: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Model inputs for one synthetic image of ``size`` (or a video of ``frames`` such frames) and an empty prompt,
-    and the processor's part of them."""
-    visual = synthetic_video(frames, *size) if frames else synthetic_image(*size)
+def _synthetic(size: Sequence[int], frames: int = 0):
+    """A synthetic image of ``size``, or a clip of ``frames`` such frames."""
+    return synthetic_video(frames, *size) if frames else synthetic_image(*size)
+
+
+def _sample_inputs(adapter: VLMAdapter, visual) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Model inputs for one image, video or (image, video) pair and an empty prompt, and the processor's part."""
     inputs = adapter.prepare_inputs([visual], "")
     return inputs, {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
 
@@ -198,18 +201,39 @@ def _sample_inputs(adapter: VLMAdapter, size: Sequence[int], frames: int = 0) ->
 def _kept_size(adapter: VLMAdapter, size: tuple[int, int], tries: int = 4) -> tuple[int, int] | None:
     """The size the processor leaves unchanged that ``size`` leads to when processed again and again, if any."""
     for _ in range(tries):
-        seen = adapter.processed_size(size, _sample_inputs(adapter, size)[1])
+        seen = adapter.processed_size(size, _sample_inputs(adapter, _synthetic(size))[1])
         if seen == size:
             return size
         size = seen
     return None
 
 
+def _traced_prompt(adapter: VLMAdapter, visual) -> dict:
+    """The ``Bucket`` fields that follow from tracing ``visual`` through the processor and the template: pixels,
+    plan, the visual spans (image and video placeholders in prompt order) and the positions before the text."""
+    inputs, pixels = _sample_inputs(adapter, visual)
+    plan = adapter.plan(pixels)  # the one prepare_inputs made
+    ids = inputs["input_ids"][0].tolist()
+    spans = tuple(sorted(token_runs(ids, adapter.image_token_id) + token_runs(ids, adapter.video_token_id)))
+    end = spans_end(spans)
+    positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
+    return dict(
+        pixels=pixels,
+        plan=plan,
+        visual_start=spans[0][0],
+        min_text_tokens=max(2, len(ids) - end),
+        prompt_position_ids=positions[:, :end],
+        next_position=int(positions[0, end]),
+        visual_spans=spans,
+    )
+
+
 def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0) -> Bucket:
     """Trace one synthetic image of ``image_size`` (or a video of ``frames`` such frames) through the processor and
     the LUVC plan of ``adapter``."""
     height, width = image_size
-    inputs, pixels = _sample_inputs(adapter, (height, width), frames)
+    traced = _traced_prompt(adapter, _synthetic((height, width), frames))
+    pixels = traced["pixels"]
     seen = adapter.processed_size((height, width), pixels)
     if seen != (height, width):
         kept = _kept_size(adapter, seen)
@@ -229,54 +253,29 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
             f"A {frames}-frame video becomes {kept} frames (whole temporal patches), so {frames} cannot be a bucket's "
             f"frame count; use --video-size {kept}x{height}x{width}."
         )
-    ids = inputs["input_ids"][0]
-    plan = adapter.plan(pixels)  # the one prepare_inputs made
-    spans = token_runs(ids.tolist(), adapter.video_token_id if frames else adapter.image_token_id)
-    end = spans_end(spans)
-    positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return Bucket(
         image_size=(height, width),
-        pixels=pixels,
-        plan=plan,
         uncompressed_tokens_per_image=adapter.plan(pixels, LUVCConfig.off()).tokens_per_image[0],
-        visual_start=spans[0][0],
-        min_text_tokens=max(2, len(ids) - end),
-        prompt_position_ids=positions[:, :end],
-        next_position=int(positions[0, end]),
         frames=frames,
-        host_arrays=adapter.video_time_arrays(plan) if frames else {},
-        visual_spans=spans,
+        host_arrays=adapter.video_time_arrays(traced["plan"]) if frames else {},
+        **traced,
     )
 
 
 def plan_mixed_bucket(adapter: VLMAdapter, image: Bucket, video: Bucket) -> Bucket:
     """The bucket of a prompt with the image of bucket ``image``, then the video of bucket ``video`` (their vision
     graphs serve it; its own graph is the prefill)."""
-    visuals = (synthetic_image(*image.image_size), synthetic_video(video.frames, *video.image_size))
-    inputs = adapter.prepare_inputs([visuals], "")
-    pixels = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
-    plan = adapter.plan(pixels)  # the one prepare_inputs made
-    ids = inputs["input_ids"][0].tolist()
-    video_spans = token_runs(ids, adapter.video_token_id)
-    spans = tuple(sorted(token_runs(ids, adapter.image_token_id) + video_spans))
-    end = spans_end(spans)
-    positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
+    traced = _traced_prompt(adapter, (_synthetic(image.image_size), _synthetic(video.image_size, video.frames)))
     host = dict(video.host_arrays)
     if host:  # the video's time positions start at its first span
-        host["video_time_start"] = np.array(video_spans[0][0], dtype=np.int64)
+        host["video_time_start"] = np.array(traced["visual_spans"][1][0], dtype=np.int64)  # after the image span
     return Bucket(
         image_size=image.image_size,
-        pixels=pixels,
-        plan=plan,
         uncompressed_tokens_per_image=image.uncompressed_tokens_per_image + video.uncompressed_tokens_per_image,
-        visual_start=spans[0][0],
-        min_text_tokens=max(2, len(ids) - end),
-        prompt_position_ids=positions[:, :end],
-        next_position=int(positions[0, end]),
         frames=video.frames,
         host_arrays=host,
-        visual_spans=spans,
         parts=(image.name, video.name),
+        **traced,
     )
 
 

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
@@ -38,7 +37,7 @@ from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
-from luvc.videos import Video, qwen_video_pixels
+from luvc.videos import Video, qwen_videos_pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +187,14 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 def without_keys(inputs: dict, keys: Sequence[str]) -> dict:
     """``inputs`` without ``keys``: one modality's part of a request that holds images and videos."""
     return {key: value for key, value in inputs.items() if key not in keys}
+
+
+def modality_parts(inputs: dict) -> list[dict]:
+    """A request's parts by modality: its images', then its videos' (each without the other's keys), for a request
+    that holds both; else the request itself."""
+    if not is_mixed(inputs):
+        return [inputs]
+    return [without_keys(inputs, VIDEO_KEYS), without_keys(inputs, IMAGE_KEYS)]
 
 
 def is_mixed(inputs: dict) -> bool:
@@ -482,23 +489,13 @@ class Qwen2VLAdapter(VLMAdapter):
         return dict(self.image_processor(images=list(images), return_tensors="pt"))
 
     def preprocess_videos(self, videos: Sequence[Video]) -> dict:
-        pixels, grids = zip(*(self.video_pixels(video) for video in videos))
-        if len({tuple(grid[0]) for grid in grids}) > 1:
-            critical(f"Videos of one batch must share a frame count and size; got grids {sorted(map(tuple, grids))}.")
-        return {
-            "pixel_values_videos": torch.from_numpy(np.concatenate(pixels)),
-            "video_grid_thw": torch.from_numpy(np.concatenate(grids)),
-        }
+        temporal = self.model.config.vision_config.temporal_patch_size
+        pixels, grids = qwen_videos_pixels(videos, self.image_processor, temporal)
+        return {"pixel_values_videos": torch.from_numpy(pixels), "video_grid_thw": torch.from_numpy(grids)}
 
     def processed_frames(self, pixels: dict) -> int:
         grids = pixels.get("video_grid_thw")
         return 0 if grids is None else int(grids[0][0]) * self.model.config.vision_config.temporal_patch_size
-
-    def video_pixels(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
-        """One video's ``pixel_values_videos`` and ``video_grid_thw`` (``luvc.videos.qwen_video_pixels``)."""
-        return qwen_video_pixels(
-            video.frames, self.image_processor, self.model.config.vision_config.temporal_patch_size
-        )
 
     @property
     def encoder_plans(self) -> PlanCache[QwenVisionPlan]:
@@ -510,13 +507,13 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def images_key(self, inputs: dict) -> tuple:
         if is_mixed(inputs):
-            return tuple(self.images_key(without_keys(inputs, keys)) for keys in (VIDEO_KEYS, IMAGE_KEYS))
+            return tuple(self.images_key(part) for part in modality_parts(inputs))
         grid, video = qwen_visual_grid(inputs)
         return video, tuple(map(tuple, grid.tolist()))
 
     def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
         if is_mixed(inputs):  # two encoder runs, as upstream: the images', then the videos'
-            image, video = (self.vision_trace(without_keys(inputs, keys), config) for keys in (VIDEO_KEYS, IMAGE_KEYS))
+            image, video = (self.vision_trace(part, config) for part in modality_parts(inputs))
             return VisionTrace(
                 tuple(a + b for a, b in zip(image.block_segments, video.block_segments)),
                 image.tokens_per_image + video.tokens_per_image,
@@ -543,9 +540,8 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         batch, length = inputs["input_ids"].shape
-        parts = [without_keys(inputs, keys) for keys in (VIDEO_KEYS, IMAGE_KEYS)] if is_mixed(inputs) else [inputs]
         grids = {}
-        for part in parts:  # a mixed request: the images' grids and the videos'
+        for part in modality_parts(inputs):  # a mixed request: the images' grids and the videos'
             grids.update(rope_grids(self.plan(part, plan.config).vision.encoder, part))
         return self.model.model._luvc_positions(inputs["input_ids"], grids, None, batch, length)
 

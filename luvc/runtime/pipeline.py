@@ -35,7 +35,7 @@ from luvc.runtime.weights import MappedWeights
 from luvc.videos import (
     DEFAULT_SAMPLED_FPS,
     Video,
-    qwen_video_pixels,
+    qwen_videos_pixels,
     seconds_per_slice,
     slice_timestamps,
     video_time_positions,
@@ -339,13 +339,10 @@ class Pipeline:
             critical("A batch holds images or videos, not both; send the images and the videos as separate requests.")
         if temporal is None or self.manifest.template.video_token_id is None:
             critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
-        pixels, grids = zip(*(qwen_video_pixels(video.frames, self.processor, temporal) for video in videos))
-        shapes = {tuple(grid[0]) for grid in grids}
-        if len(shapes) > 1:
-            critical(f"Videos of one batch must share a frame count and size; got grids {sorted(shapes)}.")
-        t, height, width = shapes.pop()
+        pixels, grids = qwen_videos_pixels(videos, self.processor, temporal)
+        t, height, width = grids[0].tolist()
         patch = self.manifest.geometry.patch_size
-        return np.concatenate(pixels), (t * temporal, height * patch, width * patch)
+        return pixels, (t * temporal, height * patch, width * patch)
 
     def _visual_text(self, bucket: BucketEntry, video: Video | None) -> str | None:
         """What takes the template's ``{image}`` when it is not the bucket's placeholder repeated (``None``): a
@@ -522,8 +519,8 @@ class Pipeline:
     def request(
         self,
         input_ids: np.ndarray,
-        pixel_values: np.ndarray,
-        image_size: tuple[int, ...],
+        pixel_values: np.ndarray | tuple[np.ndarray, np.ndarray],
+        image_size: tuple,
         max_new_tokens: int,
         sampling: SamplingConfig | None = None,
         stop_token_ids: Sequence[int] = (),
@@ -556,6 +553,8 @@ class Pipeline:
         sampling: SamplingConfig | None = None,
         stop_token_ids: Sequence[int] = (),
         timings: Timings | None = None,
+        keep_logits: bool = False,
+        keep_decode_feeds: bool = False,
     ) -> Request:
         """``request`` for a ``Prepared`` batch."""
         return self.request(
@@ -566,14 +565,16 @@ class Pipeline:
             sampling,
             stop_token_ids,
             timings,
-            seconds_per_slice=prepared.seconds_per_slice,
+            keep_logits,
+            keep_decode_feeds,
+            prepared.seconds_per_slice,
         )
 
     def greedy(
         self,
         input_ids: np.ndarray,
-        pixel_values: np.ndarray,
-        image_size: tuple[int, ...],
+        pixel_values: np.ndarray | tuple[np.ndarray, np.ndarray],
+        image_size: tuple,
         max_new_tokens: int,
         seconds_per_slice: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, Request]:
@@ -688,8 +689,8 @@ class Request:
         self,
         pipeline: Pipeline,
         input_ids: np.ndarray,
-        pixel_values: np.ndarray,
-        image_size: tuple[int, ...],
+        pixel_values: np.ndarray | tuple[np.ndarray, np.ndarray],
+        image_size: tuple,
         max_new_tokens: int,
         sampling: SamplingConfig,
         stop_token_ids: Sequence[int],

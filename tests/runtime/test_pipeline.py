@@ -39,6 +39,23 @@ def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     assert generation.texts == [adapter.tokenizer.decode(row, skip_special_tokens=True) for row in expected]
 
 
+def _greedy_equals_pytorch(adapter, pipeline: Pipeline, visuals: list, prompts: list[str]):
+    """Greedy tokens and prefill position ids of ``pipeline`` equal PyTorch LUVC's for ``visuals`` (one per prompt);
+    returns the prepared batch."""
+    inputs = adapter.prepare_inputs(visuals, prompts)
+    with torch.no_grad():
+        expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
+    prepared = pipeline.prepare(visuals, prompts)
+    np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
+    tokens, _, request = pipeline.greedy(
+        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
+    )
+    np.testing.assert_array_equal(tokens, expected)
+    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
+    np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
+    return prepared, inputs
+
+
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_exports):
     # clips sampled at 6 frames a second (the bucket was traced at 2): Qwen2.5-VL's time positions move with the
@@ -47,21 +64,10 @@ def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_expo
     adapter.apply_luvc(VIDEO_LUVC)
     bucket = VIDEO_BUCKETS[family]
     clips = [synthetic_video(*bucket, seed=seed, fps=6.0) for seed in (3, 4)]
-    inputs = adapter.prepare_inputs(clips, PROMPT)
-    with torch.no_grad():
-        expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
-    pipeline = Pipeline(video_exports(family))
-    prepared = pipeline.prepare(clips, [PROMPT, PROMPT])
+    prepared, inputs = _greedy_equals_pytorch(adapter, Pipeline(video_exports(family)), clips, [PROMPT, PROMPT])
     assert prepared.bucket.name == "x".join(map(str, bucket)) and prepared.bucket.frames == 8
     assert len(prepared.bucket.visual_spans) == (2 if family == "tiny-qwen3-vl" else 1)  # Qwen3: a span a slice
-    np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
     np.testing.assert_array_equal(prepared.pixel_values, inputs["pixel_values_videos"].numpy())
-    tokens, _, request = pipeline.greedy(
-        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
-    )
-    np.testing.assert_array_equal(tokens, expected)
-    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
-    np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
@@ -70,19 +76,8 @@ def test_an_image_and_a_video_in_one_prompt_equal_pytorch_luvc(family, video_exp
     adapter = load_model(family)
     adapter.apply_luvc(VIDEO_LUVC)
     pair = (synthetic_image(224, 224, 5), synthetic_video(*VIDEO_BUCKETS[family], seed=3, fps=6.0))
-    inputs = adapter.prepare_inputs([pair], PROMPT)
-    with torch.no_grad():
-        expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
-    pipeline = Pipeline(video_exports(family))
-    prepared = pipeline.prepare([pair], PROMPT)
+    prepared, _ = _greedy_equals_pytorch(adapter, Pipeline(video_exports(family)), [pair], [PROMPT])
     assert prepared.bucket.parts == ("224x224", "x".join(map(str, VIDEO_BUCKETS[family])))
-    np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
-    tokens, _, request = pipeline.greedy(
-        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
-    )
-    np.testing.assert_array_equal(tokens, expected)
-    positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
-    np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
 
 
 def test_a_video_outside_the_buckets_names_them(video_exports, exports):
