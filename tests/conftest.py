@@ -66,6 +66,21 @@ def write_clip(path: Path, frames: int = 25, fps: int = 10, size=(64, 96)) -> Pa
     return path
 
 
+def one_line_error(argv: list[str], capsys) -> str:
+    """Run ``luvc-export argv``, which must fail on bad input: exit code 2 and one line on stderr with no traceback;
+    returns that line."""
+    from luvc.cli.main import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def leftovers(folder: Path) -> list[str]:
     """Leftovers of a run beside its output: lock files and partial folders."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))

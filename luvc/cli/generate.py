@@ -10,7 +10,9 @@ from rich.table import Table
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
 from luvc.cli.args.request import RequestArgs
+from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport
+from luvc.compress.methods import method_of
 from luvc.errors import critical
 from luvc.models.generation import greedy_generate
 
@@ -39,12 +41,18 @@ class Generate:
             tokens = greedy_generate(
                 adapter.model, inputs, args.max_new_tokens, eos_token_id=adapter.tokenizer.eos_token_id
             )
-        console.print(f"[bold]{adapter.name}[/] ({'LUVC off' if adapter.luvc_config.is_off else 'LUVC'})")
+        console.print(f"[bold]{adapter.name}[/] ({method_label(adapter.luvc_config)})")
         console.print(f"[bold]Output:[/] {adapter.tokenizer.decode(tokens[0], skip_special_tokens=True)!r}")
         report = adapter.cost(inputs)
         console.print(token_table(report))
         console.print(cost_table(report))
         return 0
+
+
+def method_label(config: LUVCConfig) -> str:
+    """How a run's config reads in a table title: ``LUVC off``, ``LUVC``, or the method it is."""
+    name = method_of(config)
+    return {"none": "LUVC off", "luvc": "LUVC"}.get(name, f"method {name or config.spu_variant}")
 
 
 def token_table(report: CostReport) -> Table:

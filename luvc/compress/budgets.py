@@ -89,6 +89,16 @@ def default_schedule(num_layers: int, num_visual_tokens: int, config: LUVCConfig
     return tuple(budgets)
 
 
+def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config: LUVCConfig) -> tuple[int, ...]:
+    """Budgets that give the LLM ``ratio`` of ``num_visual_tokens`` (the uncompressed model's visual tokens), then
+    follow the default schedule's shape from there: held until ``spu_start``, then a linear decay (to zero at the last
+    layer when ``final_zero``). Every method of a comparison at ``ratio`` gets these same budgets. ``config`` must be
+    resolved."""
+    if not 0.0 < ratio <= 1.0:
+        critical(f"Ratio {ratio} is not in (0, 1]; a ratio is the share of the visual tokens the LLM receives.")
+    return default_schedule(num_layers, math.floor(ratio * num_visual_tokens), config)
+
+
 def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: LUVCConfig) -> BudgetPlan:
     """Budgets for a request with ``tokens_per_image`` visual tokens per image entering the LLM.
 

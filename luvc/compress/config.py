@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
+from luvc.compress.criteria import CRITERIA, ranks_in_encoder
 from luvc.errors import critical
 
-SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")
+SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")  # SPU's own scores (CLI --spu), or no pruning
+PRUNING_CRITERIA = (*CRITERIA, "none")  # every value spu_variant takes: SPU's and the baselines' (criteria.py)
 OIM_AXES = ("W", "H")  # spatial axes; "T" (adjacent temporal slices of a video) joins them with oim_temporal
 OIM_POSITION_MODES = ("compact", "mean")
 
@@ -29,13 +31,17 @@ class LUVCConfig:
             Default off.
         oim_positions: encoder rotary ids after a merge: ``"compact"`` (coordinates of the new grid, default)
             or ``"mean"`` (size-weighted mean of the merged coordinates).
-        spu_variant: ``"spectral-residual"`` (default), ``"channel-spectrum"``, or ``"none"`` (no pruning).
+        spu_variant: the pruning unit's criterion: ``"spectral-residual"`` (default), ``"channel-spectrum"``, ``"none"``
+            (no pruning), or a baseline criterion for comparisons (``luvc.compress.criteria``: ``"random"``,
+            ``"l2-norm"``, ``"dart"``, ``"fastv"``, ``"visionzip"``).
         rho: low-pass fraction: the lowest ``ceil(rho * n)`` frequencies are kept by the filter. Default 0.25.
         spu_start: first decoder layer whose input is pruned by the default schedule. Default 2.
         spu_every: the default schedule prunes every ``spu_every`` layers. Default 1.
         budgets: explicit visual-token budgets entering each decoder layer (non-increasing). A list shorter
             than the layer count is continued with its last value. Default: linear decay (see budgets.py).
         final_zero: the last decoder layer sees no visual token. Default ``True``.
+        seed: seed of the ``"random"`` criterion. Default 0.
+        dart_pivots: pivot tokens of the ``"dart"`` criterion (per image). Default 8.
     """
 
     oim_layers: tuple[int, ...] | None = None
@@ -48,6 +54,8 @@ class LUVCConfig:
     spu_every: int | None = None
     budgets: tuple[int, ...] | None = None
     final_zero: bool | None = None
+    seed: int | None = None
+    dart_pivots: int | None = None
 
     @classmethod
     def off(cls) -> LUVCConfig:
@@ -62,8 +70,8 @@ class LUVCConfig:
         """Fill defaults for a model with ``vision_depth`` encoder blocks and ``num_layers`` decoder layers,
         and validate everything that does not depend on the image size."""
         oim_layers = self.oim_layers
-        if oim_layers is None:
-            oim_layers = (max(vision_depth // 2 - 1, 0),)
+        if oim_layers is None:  # a criterion that selects at the encoder output replaces the merge
+            oim_layers = () if ranks_in_encoder(self.spu_variant) else (max(vision_depth // 2 - 1, 0),)
         oim_layers = tuple(int(i) for i in oim_layers)
         bad = [i for i in oim_layers if not 0 <= i < vision_depth]
         if bad:
@@ -81,12 +89,14 @@ class LUVCConfig:
             ),
             oim_temporal=bool(self.oim_temporal),
             oim_positions=_choice("oim_positions", self.oim_positions, OIM_POSITION_MODES, "compact"),
-            spu_variant=_choice("spu_variant", self.spu_variant, SPU_VARIANTS, "spectral-residual"),
+            spu_variant=_choice("spu_variant", self.spu_variant, PRUNING_CRITERIA, "spectral-residual"),
             rho=0.25 if self.rho is None else float(self.rho),
             spu_start=2 if self.spu_start is None else int(self.spu_start),
             spu_every=1 if self.spu_every is None else int(self.spu_every),
             budgets=None if self.budgets is None else tuple(int(b) for b in self.budgets),
             final_zero=True if self.final_zero is None else bool(self.final_zero),
+            seed=0 if self.seed is None else int(self.seed),
+            dart_pivots=8 if self.dart_pivots is None else int(self.dart_pivots),
         )
         if not 0.0 < resolved.rho < 1.0:
             critical(f"rho must be in (0, 1), got {resolved.rho} (CLI: --option rho=0.25).")
@@ -95,6 +105,13 @@ class LUVCConfig:
             critical(
                 f"spu_start={resolved.spu_start} does not fit a model with {num_layers} decoder layers; "
                 f"use 0..{num_layers - 1} (CLI: --option spu_start={min(2, num_layers - 1)})."
+            )
+        if resolved.dart_pivots < 1:
+            critical(f"dart_pivots must be >= 1, got {resolved.dart_pivots} (CLI: --option dart_pivots=8).")
+        if ranks_in_encoder(resolved.spu_variant) and resolved.oim_layers:
+            critical(
+                f"{resolved.spu_variant} selects tokens at the encoder output instead of merging them; it takes no OIM "
+                "steps (CLI: --oim-layers none, or --method visionzip)."
             )
         if resolved.spu_every < 1:
             critical(f"spu_every must be >= 1, got {resolved.spu_every} (CLI: --option spu_every=1).")

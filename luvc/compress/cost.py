@@ -45,6 +45,7 @@ class CostReport:
     and visual tokens entering each layer."""
 
     text_tokens: int
+    llm_visual_tokens: int  # visual tokens the LLM receives (after OIM), before any pruning
     encoder_tokens: tuple[int, ...]
     encoder_tokens_baseline: tuple[int, ...]
     decoder_tokens: tuple[int, ...]
@@ -53,7 +54,7 @@ class CostReport:
     encoder_flops_baseline: int
     llm_prefill_flops: int
     llm_prefill_flops_baseline: int
-    spu_flops: int
+    selection_flops: int  # scoring by the pruning criterion (included in llm_prefill_flops)
     kv_cache_bytes: int
     kv_cache_bytes_baseline: int
 
@@ -94,16 +95,31 @@ def decoder_tokens(plan: BudgetPlan, text_tokens: int) -> tuple[int, ...]:
     return tuple(text_tokens + k for k in plan.total)
 
 
-def spu_flops(plan: BudgetPlan, hidden: int, variant: str, rho: float) -> int:
-    """Scoring cost of every pruning step (two products with a ``ceil(rho n) x n`` basis, or one rDFT)."""
+def selection_flops(
+    plan: BudgetPlan, hidden: int, variant: str, rho: float, dart_pivots: int = 8, text_tokens: int = 0
+) -> int:
+    """Scoring cost of the pruning criterion ``variant`` over every cut: SPU's products with a ``ceil(rho n) x n``
+    basis or one rDFT; a norm (``l2-norm``); norms and similarities to the pivots (``dart``); one row of attention
+    logits, once, for the last prompt token (``fastv``). ``random`` and ``visionzip`` look their scores up (VisionZip's
+    attention is the encoder's own)."""
+    layers = plan.prune_layers()
+    if variant == "fastv":
+        if not layers:
+            return 0
+        first = layers[0]
+        return 2 * hidden * (text_tokens + (plan.total[first - 1] if first else plan.num_visual_tokens))
     total = 0
-    for layer in plan.prune_layers():
+    for layer in layers:
         entering = plan.per_image[layer - 1] if layer > 0 else plan.tokens_per_image
         for n in entering:
             if variant == "channel-spectrum":
                 total += 2 * 2 * n * hidden * (hidden // 2 + 1)
-            else:
+            elif variant == "spectral-residual":
                 total += 2 * 2 * math.ceil(rho * n) * n * hidden
+            elif variant == "l2-norm":
+                total += 2 * n * hidden
+            elif variant == "dart":
+                total += 2 * n * hidden * (min(dart_pivots, n) + 2)
     return total
 
 
@@ -128,14 +144,16 @@ def estimate_cost(
     spu_variant: str,
     rho: float,
     kv_bytes_per_element: int = 2,
+    dart_pivots: int = 8,
 ) -> CostReport:
     """Cost of one request under LUVC (``compressed``) and without (``baseline``): each is the encoder's
-    attention segments per block and the decoder's budget plan."""
+    attention segments per block and the decoder's budget plan; ``spu_variant`` is the pruning criterion."""
     (segments, plan), (segments_base, plan_base) = compressed, baseline
     tokens, tokens_base = decoder_tokens(plan, text_tokens), decoder_tokens(plan_base, text_tokens)
-    scoring = spu_flops(plan, llm.hidden, spu_variant, rho) if spu_variant != "none" else 0
+    scoring = selection_flops(plan, llm.hidden, spu_variant, rho, dart_pivots, text_tokens)
     return CostReport(
         text_tokens=text_tokens,
+        llm_visual_tokens=plan.num_visual_tokens,
         encoder_tokens=tuple(sum(s) for s in segments),
         encoder_tokens_baseline=tuple(sum(s) for s in segments_base),
         decoder_tokens=tokens,
@@ -144,7 +162,7 @@ def estimate_cost(
         encoder_flops_baseline=encoder_flops(vision, segments_base, plan_base.num_visual_tokens),
         llm_prefill_flops=llm_prefill_flops(llm, tokens) + scoring,
         llm_prefill_flops_baseline=llm_prefill_flops(llm, tokens_base),
-        spu_flops=scoring,
+        selection_flops=scoring,
         kv_cache_bytes=kv_cache_bytes(llm, tokens, kv_bytes_per_element),
         kv_cache_bytes_baseline=kv_cache_bytes(llm, tokens_base, kv_bytes_per_element),
     )

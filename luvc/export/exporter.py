@@ -24,6 +24,7 @@ from onnx.external_data_helper import _get_all_tensors, load_external_data_for_t
 
 import luvc
 from luvc.compress.config import LUVCConfig
+from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
 from luvc.export.inspect import root_of
@@ -46,6 +47,7 @@ from luvc.export.manifest import (
 )
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
+from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
 from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.weights import SharedWeights
@@ -195,6 +197,22 @@ def config_hash(adapter: VLMAdapter, with_dtype: bool = False) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def export_source_model(manifest: ExportManifest, model: str | None = None) -> VLMAdapter:
+    """The model an export came from, loaded in float32: the manifest's checkpoint, or ``model`` (a checkpoint folder,
+    when it has moved since), whose config must hash to the manifest's."""
+    from luvc.models import load_model
+
+    source = model or manifest.model.id
+    adapter = load_model(source)
+    identities = {config_hash(adapter), config_hash(adapter, with_dtype=True)}  # this version's, and earlier ones'
+    if manifest.model.config_sha256 not in identities:
+        critical(
+            f"The model at {source!r} has another config than the one this export was made from "
+            f"({manifest.model.id!r}); pass --model with the checkpoint folder used for the export."
+        )
+    return adapter
+
+
 def _without_dtypes(value):
     if isinstance(value, dict):
         return {key: _without_dtypes(item) for key, item in value.items() if key not in ("dtype", "torch_dtype")}
@@ -230,6 +248,21 @@ def _host_metadata(vision: GraphSpec | None, bucket: Bucket) -> dict[str, np.nda
     arrays["next_position"] = np.array(bucket.next_position, dtype=np.int64)
     arrays.update(bucket.host_arrays)
     return arrays
+
+
+def check_exportable(config: LUVCConfig, plugin_nodes: bool) -> None:
+    """Refuse a pruning criterion the graphs cannot hold (one that ranks by attention probabilities), and, for plugin
+    nodes, one the ``SpectrumPrune`` plugin does not score by."""
+    variant = config.spu_variant
+    refusal = CRITERIA[variant].export_refusal if variant in CRITERIA else None
+    if refusal:
+        critical(f"{refusal}; export another method.")
+    if plugin_nodes and variant != "none" and variant not in PLUGIN_SPU_VARIANTS:
+        critical(
+            f"--plugin-nodes traces each SPU layer as a SpectrumPrune node, which scores by "
+            f"{list(PLUGIN_SPU_VARIANTS)} "
+            f"only; export {variant} without --plugin-nodes."
+        )
 
 
 class OnnxFromCompressedModel:
@@ -274,6 +307,7 @@ class OnnxFromCompressedModel:
     def _export(self) -> Path:
         adapter = self.adapter
         adapter.apply_luvc(self.config)
+        check_exportable(adapter.luvc_config, self.plugin_nodes)
         profile = (self.profile or ExportProfile()).resolve(adapter)
         if adapter.model.dtype != profile.dtype:
             origin = str(adapter.model.dtype).removeprefix("torch.")

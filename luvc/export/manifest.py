@@ -445,15 +445,14 @@ def profile_entry(profile: ExportProfile) -> ProfileEntry:
 
 def template_entry(adapter: VLMAdapter) -> TemplateEntry:
     """The prompt an adapter's graphs expect (its chat template or the family's), with its special token ids."""
-    generation = adapter.model.generation_config
-    eos = generation.eos_token_id if generation else None
+    stops = adapter.stop_token_ids
     return TemplateEntry(
         text=adapter.template.text,
         bos=adapter.template.bos,
         source=adapter.template.source,
         image_placeholder=adapter.image_placeholder,
         image_token_id=adapter.image_token_id,
-        eos_token_id=eos if eos is not None else adapter.language_model.config.eos_token_id,
+        eos_token_id=stops[0] if len(stops) == 1 else (stops or None),
         video_placeholder=adapter.video_placeholder if adapter.takes_video else None,
         video_frame_template=adapter.video_frame_template if adapter.takes_video else None,
         visual_separator=adapter.visual_separator,

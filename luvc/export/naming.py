@@ -14,7 +14,7 @@ import ast
 import collections
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import onnx
 
@@ -147,6 +147,17 @@ def name_nodes(model: onnx.ModelProto, root: str) -> None:
         node.output[:] = [renamed.get(name, name) for name in node.output]
     for info in graph.value_info:
         info.name = renamed.get(info.name, info.name)
+
+
+def renamed_for_op(node_name: str, op: str, taken: Collection[str]) -> str:
+    """The name a node takes when a pass changes its op: ``/{path}/{op}`` with the first ``_k`` suffix no name in
+    ``taken`` has (another node of the unit may already carry the plain name)."""
+    base = f"{node_name.rsplit('/', 1)[0]}/{op}"
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name
 
 
 def rename_dims(model: onnx.ModelProto, names: Mapping[str, str]) -> None:

@@ -35,7 +35,8 @@ from onnxscript import values
 from torch import nn
 
 from luvc.compress.oim import OIMStep, merge_units
-from luvc.compress.spu import get_scorer, low_frequency_count
+from luvc.compress.scorers import spu_scorer
+from luvc.compress.spu import low_frequency_count
 from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
 from luvc.models.decoder import Span, pruned_spans, spu_prune
 from luvc.models.scope import Scope
@@ -152,7 +153,7 @@ def spectrum_prune(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One SPU unit (the reference of the ``SpectrumPrune`` plugin; ``low_frequencies`` follow from ``rho``)."""
     spans = tuple(zip(span_starts, span_counts))
-    hidden, cos, sin, visual_ids, _ = spu_prune(hidden, cos, sin, visual_ids, spans, budgets, get_scorer(variant, rho))
+    hidden, cos, sin, visual_ids, _ = spu_prune(hidden, cos, sin, visual_ids, spans, budgets, spu_scorer(variant, rho))
     return hidden, cos, sin, visual_ids.clone()  # a custom op's outputs may not alias its inputs (an empty view)
 
 

@@ -99,6 +99,14 @@ class VLMAdapter:
         return self.model.config.image_token_id
 
     @property
+    def stop_token_ids(self) -> list[int]:
+        """The end-of-sequence id(s) generation stops at: the generation config's, else the language model's."""
+        generation = self.model.generation_config
+        eos = generation.eos_token_id if generation is not None else None
+        eos = eos if eos is not None else self.language_model.config.eos_token_id
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    @property
     def takes_video(self) -> bool:
         """Whether LUVC runs this family on videos."""
         return self.video_placeholder is not None
@@ -303,4 +311,5 @@ class VLMAdapter:
             spu_variant=config.spu_variant,
             rho=config.rho,
             kv_bytes_per_element=kv_bytes_per_element,
+            dart_pivots=config.dart_pivots,
         )

@@ -8,6 +8,7 @@ the original position ids, so text RoPE is unchanged). Text tokens are never pru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -17,8 +18,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from luvc.compress.budgets import BudgetPlan, plan_budgets
 from luvc.compress.config import LUVCConfig
-from luvc.compress.spu import Scorer, get_scorer, select_tokens
+from luvc.compress.criteria import LLM_ATTENTION, criterion
+from luvc.compress.scorers import Scorer, make_scorer
+from luvc.compress.spu import select_tokens
 from luvc.errors import critical
+from luvc.models.attention_probe import attention_probe
 from luvc.models.cache import LuvcCache
 from luvc.models.scope import scopes
 
@@ -56,6 +60,19 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
     return tuple(spans)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlacedVisuals:
+    """A prompt with its visual tokens in place (``scatter_visual_features``): the embeddings, the spans of one batch
+    row in prompt order (rows share a layout), their budget plan, and in the spans' order the DeepStack planes
+    ``(B, N, D)`` and the vision side's ranking ``(B, N)`` (VisionZip; ``None`` for other criteria)."""
+
+    inputs_embeds: torch.Tensor
+    spans: tuple[Span, ...]
+    budget_plan: BudgetPlan
+    deepstack: tuple[torch.Tensor, ...]
+    ranking: torch.Tensor | None
+
+
 def scatter_visual_features(
     input_ids: torch.Tensor,
     inputs_embeds: torch.Tensor,
@@ -63,10 +80,9 @@ def scatter_visual_features(
     image_token_id: int,
     num_layers: int,
     config: LUVCConfig,
-) -> tuple[torch.Tensor, tuple[Span, ...], BudgetPlan, tuple[torch.Tensor, ...]]:
+) -> PlacedVisuals:
     """Put the LUVC visual tokens of every feature group (``ImageFeatures``: images, videos) into their placeholders
-    (a group's ``token_id``, else ``image_token_id``); return the embeddings, the spans of one batch row in prompt
-    order (rows share a layout), their budget plan, and the DeepStack planes ``(B, N, D)`` in the spans' order."""
+    (a group's ``token_id``, else ``image_token_id``)."""
     rows = inputs_embeds.shape[0]
     placed = []  # (span, group, offset of the span in the group's row)
     for index, group in enumerate(groups):
@@ -81,18 +97,23 @@ def scatter_visual_features(
         offsets = [sum(per_row[:k]) for k in range(len(per_row))]
         placed += [(span, index, offset) for span, offset in zip(visual_spans(mask, per_row), offsets)]
     placed.sort(key=lambda entry: entry[0][0])
-    spans = tuple(span for span, _, _ in placed)
-    planes = tuple(
-        torch.cat(
+
+    def in_span_order(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(B, N, ...)`` from each group's rows ``(B x n, ...)``, cut into the spans and put in prompt order."""
+        return torch.cat(
             [
-                group_planes[index].reshape(rows, -1, group_planes[index].shape[-1])[:, offset : offset + count]
+                values[index].reshape(rows, -1, *values[index].shape[1:])[:, offset : offset + count]
                 for (_, count), index, offset in placed
             ],
             dim=1,
         )
-        for group_planes in zip(*(group.deepstack for group in groups))
-    )
-    return inputs_embeds, spans, plan_budgets(num_layers, [count for _, count in spans], config), planes
+
+    spans = tuple(span for span, _, _ in placed)
+    planes = tuple(in_span_order(group_planes) for group_planes in zip(*(group.deepstack for group in groups)))
+    rankings = [group.ranking for group in groups]
+    ranking = in_span_order(rankings) if groups and all(r is not None for r in rankings) else None
+    plan = plan_budgets(num_layers, [count for _, count in spans], config)
+    return PlacedVisuals(inputs_embeds, spans, plan, planes, ranking)
 
 
 def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:
@@ -105,18 +126,20 @@ def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, .
 
 
 def spu_gather_index(
-    hidden: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
+    hidden: torch.Tensor, visual_ids: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
 ) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
     """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
     ``(B, k)`` kept positions within the current visual tokens (all images concatenated; ``None`` when nothing is
-    kept). A zero budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
+    kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes. A
+    zero budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
     batch, length = hidden.shape[:2]
     device = hidden.device
     pieces, kept, cursor, visual_offset = [], [], 0, 0
     for (start, count), budget in zip(spans, budgets):
         pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
         if budget:
-            keep = select_tokens(scorer(hidden[:, start : start + count]), budget)
+            ids = visual_ids[:, visual_offset : visual_offset + count]
+            keep = select_tokens(scorer(hidden[:, start : start + count], ids), budget)
             pieces.append(keep + start)
             kept.append(keep + visual_offset)
         cursor, visual_offset = start + count, visual_offset + count
@@ -141,7 +164,7 @@ def spu_prune(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Span, ...]]:
     """One SPU unit: score, select and gather the hidden states and rotary cos/sin with one index. Returns the
     pruned tensors, the ``(B, k)`` original visual indices still kept, and the new spans."""
-    index, spans, kept = spu_gather_index(hidden, spans, budgets, scorer)
+    index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer)
     hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
     visual_ids = visual_ids[:, :0] if kept is None else torch.gather(visual_ids, 1, kept)
     return hidden, cos, sin, visual_ids, spans
@@ -159,6 +182,20 @@ def add_visual_plane(
         cursor, offset = start + count, offset + count
     pieces.append(hidden[:, cursor:])
     return torch.cat(pieces, dim=1)
+
+
+def visual_columns(values: torch.Tensor, spans: Sequence[Span]) -> torch.Tensor:
+    """``(B, N)``: the columns of ``values (B, S)`` at the visual ``spans``, in span order."""
+    return torch.cat([values[:, start : start + count] for start, count in spans], dim=1)
+
+
+def last_token_attention(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``(B, S)``: the attention probabilities (mean over heads) that the last token of ``hidden`` gives every token
+    in ``layer``'s self-attention, computed from the layer's input (the output is discarded)."""
+    with attention_probe(layer.self_attn, "last-query") as record:
+        normed = layer.input_layernorm(hidden)
+        layer.self_attn(hidden_states=normed, position_embeddings=(cos, sin), attention_mask=None)
+    return record.concatenated()
 
 
 def install_spu_scopes(text_model: nn.Module) -> None:
@@ -182,7 +219,10 @@ class SpuDecoderMixin:
     - each layer caches only the tokens it processed (``LuvcCache``); positions continue from the original
       prompt length;
     - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout);
-    - DeepStack planes (Qwen3-VL) are added after the first layers to the visual tokens those layers kept.
+    - DeepStack planes (Qwen3-VL) are added after the first layers to the visual tokens those layers kept;
+    - a criterion that ranks by a decoder layer's attention (FastV) measures it once: in the layer before the first
+      cut (that layer's attention is probed), or, for a cut before layer 0, from layer 0's attention on its input;
+      a ranking from the vision side (``visual_ranking``, VisionZip) is used as it comes.
     """
 
     luvc_config: LUVCConfig
@@ -207,6 +247,7 @@ class SpuDecoderMixin:
         visual_spans: Sequence[Span] = (),
         budget_plan: BudgetPlan | None = None,
         deepstack: Sequence[torch.Tensor] = (),
+        visual_ranking: torch.Tensor | None = None,
         **kwargs,
     ) -> LuvcDecoderOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -231,15 +272,24 @@ class SpuDecoderMixin:
             position_ids = self.luvc_default_positions(batch, length, start, hidden.device)
         cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
 
+        config = self.luvc_config
         prune_at = set(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else set()
-        scorer = get_scorer(self.luvc_config.spu_variant, self.luvc_config.rho) if prune_at else None
+        first_cut = min(prune_at, default=None)
+        ranks_by_layer = first_cut is not None and criterion(config.spu_variant).ranking == LLM_ATTENTION
         spans = tuple(visual_spans)
         visual_ids = torch.arange(sum(c for _, c in spans), device=hidden.device).expand(batch, -1)
+        ranking, scorer = visual_ranking, None
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
         has_masks = isinstance(past_key_values, LuvcCache)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in prune_at:
+                if ranks_by_layer and ranking is None:  # a cut before layer 0: layer 0's attention on its input
+                    ranking = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
+                if scorer is None:
+                    scorer = make_scorer(
+                        config.spu_variant, config.rho, config.seed, config.dart_pivots, visual_ids.shape[1], ranking
+                    )
                 hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
                     hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer
                 )
@@ -248,15 +298,20 @@ class SpuDecoderMixin:
                 mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
             else:
                 mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None
-            hidden = decoder_layer(
-                hidden,
-                attention_mask=mask,
-                position_embeddings=(cos, sin),
-                position_ids=None,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
-            )
+            probing = ranks_by_layer and ranking is None and layer_index + 1 == first_cut
+            probe = attention_probe(decoder_layer.self_attn, "last-query") if probing else contextlib.nullcontext()
+            with probe as record:
+                hidden = decoder_layer(
+                    hidden,
+                    attention_mask=mask,
+                    position_embeddings=(cos, sin),
+                    position_ids=None,
+                    past_key_values=past_key_values,
+                    use_cache=use_cache,
+                    **kwargs,
+                )
+            if record is not None:  # the layer before the first cut: FastV's ranking
+                ranking = visual_columns(record.concatenated(), spans)
             if layer_index < len(deepstack):
                 hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index])
         hidden = self.norm(hidden)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -13,17 +16,19 @@ def greedy_generate(
     model: nn.Module,
     inputs: dict,
     max_new_tokens: int,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     use_cache: bool = True,
     return_logits: bool = False,
+    step_times: list[float] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``(B, max_new_tokens)`` greedy tokens after the prompt in ``inputs`` (rows that emit ``eos_token_id``
-    repeat it), and with ``return_logits`` the ``(B, steps, vocab)`` logits of each step. With
+    """``(B, max_new_tokens)`` greedy tokens after the prompt in ``inputs`` (rows that emit an ``eos_token_id`` (one
+    id or several) repeat the first), and with ``return_logits`` the ``(B, steps, vocab)`` logits of each step. With
     ``use_cache=False`` every step re-runs the whole compressed prefill: the slow reference that the cached path
-    must equal."""
+    must equal. ``step_times`` receives ``time.perf_counter()`` as each step's tokens are chosen."""
     prompt = inputs["input_ids"]
     generated = torch.empty(prompt.shape[0], 0, dtype=prompt.dtype, device=prompt.device)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    stops = None if eos_token_id is None else torch.tensor(eos_token_id, device=prompt.device).reshape(-1)
     cache = LuvcCache() if use_cache else None
     step_inputs, step_logits = dict(inputs), []
     for _ in range(max_new_tokens):
@@ -35,10 +40,12 @@ def greedy_generate(
         logits = model(**step_inputs, past_key_values=cache, use_cache=use_cache, logits_to_keep=1).logits[:, -1]
         step_logits.append(logits)
         token = logits.argmax(dim=-1)
-        if eos_token_id is not None:
-            token = torch.where(finished, torch.full_like(token, eos_token_id), token)
-            finished |= token == eos_token_id
+        if stops is not None:
+            token = torch.where(finished, stops[0], token)
+            finished |= torch.isin(token, stops)
         generated = torch.cat([generated, token[:, None]], dim=1)
-        if eos_token_id is not None and bool(finished.all()):
+        if step_times is not None:
+            step_times.append(time.perf_counter())
+        if stops is not None and bool(finished.all()):
             break
     return (generated, torch.stack(step_logits, dim=1)) if return_logits else generated

@@ -57,6 +57,14 @@ def tile_canvas(image_size: Sequence[int], processor) -> tuple[int, int]:
     return rows * tile[0], cols * tile[1]
 
 
+def shuffled_ranking(patch_scores: torch.Tensor) -> torch.Tensor:
+    """``(tiles, side x side)`` raster patch scores -> ``(tiles x units,)``: summed over the 2x2 block of each token
+    the pixel shuffle makes, in its (raster) order."""
+    tiles, patches = patch_scores.shape
+    half = int(patches**0.5) // 2
+    return patch_scores.reshape(tiles, half, 2, half, 2).sum(dim=(2, 4)).reshape(-1)
+
+
 class LuvcInternVLVisionLayer(InternVLVisionLayer):
     """Modifications:
 
@@ -99,6 +107,7 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
     order) and the projector; each image's tiles form one visual span; 1-D positions continued by the decoder."""
 
     luvc_merged: bool = False  # whether OIM put the patch tokens in unit order
+    luvc_feature_block: int = -1  # the encoder block whose output the pixel shuffle takes (set by the adapter)
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         if inputs.get("mm_encoder_outputs"):
@@ -121,7 +130,11 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
         return self.multi_modal_projector(features)
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        tile_features = self.luvc_tile_features(pixel_values)
+        """Each image's tiles as one span; (VisionZip) ranked by the attention the CLS token gives each patch in the
+        feature layer, summed over the 2x2 block each shuffled token holds."""
+        attention = self.vision_tower.encoder.layer[self.luvc_feature_block].attention
+        with self.luvc_encoder_probe(attention, "first-query") as record:
+            tile_features = self.luvc_tile_features(pixel_values)
         tiles, rest = divmod(tile_features.shape[0], rows)
         if rest:
             critical(
@@ -129,7 +142,8 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
                 "one tile layout (the same canvas)."
             )
         per_image = tiles * tile_features.shape[1]
-        return ImageFeatures(tile_features.reshape(-1, tile_features.shape[-1]), [per_image] * rows)
+        ranking = None if record is None else shuffled_ranking(record.concatenated()[:, 1:])
+        return ImageFeatures(tile_features.reshape(-1, tile_features.shape[-1]), [per_image] * rows, ranking=ranking)
 
 
 class InternVLVisionGraph(torch.nn.Module):
@@ -205,6 +219,7 @@ class InternVLAdapter(VLMAdapter):
             swap_class(module, cls)
             module.luvc_config = config
         inner.luvc_merged = bool(steps)
+        inner.luvc_feature_block = self.feature_block()
         install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:

@@ -58,6 +58,8 @@ class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
     """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for LLaVA: image features from the
     LUVC vision tower (OIM inside the CLIP layers) and the projector; 1-D positions continued by the decoder."""
 
+    luvc_feature_block: int = -1  # the encoder block whose output the projector takes (set by the adapter)
+
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         size = self.config.vision_config.image_size
         if tuple(pixel_values.shape[-2:]) != (size, size):
@@ -65,13 +67,25 @@ class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
                 f"Images are {pixel_values.shape[-2]}x{pixel_values.shape[-1]} pixels but this vision tower takes "
                 f"{size}x{size}; preprocess with the model's image processor (prepare_inputs())."
             )
-        features = self.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=self.config.vision_feature_layer,
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            return_dict=True,
-        ).pooler_output
-        return ImageFeatures(torch.cat(list(features), dim=0), [feature.shape[0] for feature in features])
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        attention = tower.encoder.layers[self.luvc_feature_block].self_attn
+        with self.luvc_encoder_probe(attention, "first-query") as record:
+            features = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=self.config.vision_feature_layer,
+                vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+                return_dict=True,
+            ).pooler_output
+        ranking = None
+        if record is not None:  # VisionZip: the attention the CLS token gives each patch in the feature layer
+            cls_row = record.concatenated()  # (images, 1 + patches): the CLS token's own column first
+            if self.config.vision_feature_select_strategy == "default":
+                ranking = cls_row[:, 1:].reshape(-1)
+            else:  # the CLS feature is an LLM token too: it ranks first (a probability is at most 1)
+                ranking = torch.cat([torch.full_like(cls_row[:, :1], 2.0), cls_row[:, 1:]], dim=1).reshape(-1)
+        return ImageFeatures(
+            torch.cat(list(features), dim=0), [feature.shape[0] for feature in features], ranking=ranking
+        )
 
 
 class LlavaVisionGraph(torch.nn.Module):
@@ -146,6 +160,7 @@ class LlavaAdapter(VLMAdapter):
         for module, cls in ((inner.language_model, LuvcLlamaModel), (inner, LuvcLlavaModel)):
             swap_class(module, cls)
             module.luvc_config = config
+        inner.luvc_feature_block = max(self.feature_blocks())
         install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:

@@ -9,11 +9,15 @@ decoder's own), and each image's visual span and the budget plan go to the SPU d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
+from torch import nn
 
 from luvc.compress.config import LUVCConfig
+from luvc.compress.criteria import ranks_in_encoder
+from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache
 from luvc.models.decoder import LuvcDecoderOutput, scatter_visual_features
 
@@ -23,14 +27,15 @@ class ImageFeatures:
     """The LLM-ready features of a batch's images (or videos), rows of all concatenated: ``embeds (n, D)``, how many
     rows each has, (Qwen-VL) what the rotary index takes about the compressed grids (``rope_grids``:
     ``image_grid_thw`` or ``video_grid_thw``, and Qwen2.5-VL's ``second_per_grid_ts``), (Qwen3-VL) the DeepStack
-    planes ``(n, D)`` added after the first decoder layers, and the placeholder token they replace (``None``: the
-    image token)."""
+    planes ``(n, D)`` added after the first decoder layers, the placeholder token they replace (``None``: the
+    image token), and (VisionZip) the encoder's ranking ``(n,)`` of the rows."""
 
     embeds: torch.Tensor
     tokens_per_image: list[int]
     rope_grids: dict[str, torch.Tensor] | None = None
     deepstack: tuple[torch.Tensor, ...] = ()
     token_id: int | None = None
+    ranking: torch.Tensor | None = None
 
 
 class LuvcMultimodalMixin:
@@ -56,10 +61,10 @@ class LuvcMultimodalMixin:
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
-        spans, plan, planes = (), None, ()
+        placed = None
         groups = self.luvc_visual_features(pixel_values, kwargs, inputs_embeds.shape[0])
         if groups:
-            inputs_embeds, spans, plan, planes = scatter_visual_features(
+            placed = scatter_visual_features(
                 input_ids,
                 inputs_embeds,
                 groups,
@@ -67,6 +72,7 @@ class LuvcMultimodalMixin:
                 self.config.text_config.num_hidden_layers,
                 self.luvc_config,
             )
+            inputs_embeds = placed.inputs_embeds
         if position_ids is None:
             batch, length = inputs_embeds.shape[:2]
             position_ids = self.luvc_position_ids(input_ids, groups, past_key_values, batch, length, kwargs)
@@ -76,12 +82,23 @@ class LuvcMultimodalMixin:
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            visual_spans=spans,
-            budget_plan=plan,
-            deepstack=planes,
+            visual_spans=placed.spans if placed else (),
+            budget_plan=placed.budget_plan if placed else None,
+            deepstack=placed.deepstack if placed else (),
+            visual_ranking=placed.ranking if placed else None,
         )
         outputs.image_hidden_states = torch.cat([group.embeds for group in groups]) if groups else None
         return outputs
+
+    @property
+    def luvc_ranks_in_encoder(self) -> bool:
+        """Whether the vision side measures a ranking of its tokens (``ImageFeatures.ranking``, VisionZip)."""
+        return ranks_in_encoder(self.luvc_config.spu_variant)
+
+    def luvc_encoder_probe(self, attention: nn.Module, reduction: Reduction) -> contextlib.AbstractContextManager:
+        """A probe on the encoder's feature-layer ``attention`` when the criterion ranks there (VisionZip), yielding
+        its ``AttentionRecord``; else a context that does nothing and yields ``None``."""
+        return attention_probe(attention, reduction) if self.luvc_ranks_in_encoder else contextlib.nullcontext()
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         """Refuse what the LUVC path does not take (the forward's other keyword arguments are in ``inputs``)."""

@@ -385,6 +385,13 @@ def visual_span_tokens(plan: QwenVisionPlan, merge: int, frame_spans: bool) -> l
     return [t * h * w // merge**2 for t, h, w in grids]
 
 
+def merged_ranking(received: torch.Tensor, unit: int, plan: QwenVisionPlan) -> torch.Tensor:
+    """The ranking of the merger's output rows (VisionZip): ``received (patches,)``, what each patch token receives in
+    the last block (in token order), summed over each merge unit and put in the merged rows' (raster) order."""
+    ranking = received.reshape(-1, unit).sum(dim=-1)
+    return ranking if plan.reverse_index is None else ranking[plan.reverse_index.to(ranking.device)]
+
+
 class QwenVLModelMixin(LuvcMultimodalMixin):
     """Modifications (the multimodal model's forward, ``LuvcMultimodalMixin``), for Qwen-VL:
 
@@ -410,18 +417,18 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
         return groups
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        grid_thw, _ = qwen_visual_grid(inputs)
+        """The encoder's merged output under its vision plan, one span per image or video (``luvc_frame_spans``: one
+        per temporal slice of a video), with (Qwen3-VL) the DeepStack features and (VisionZip) the ranking."""
+        grid_thw, video = qwen_visual_grid(inputs)
         vision_plan = self.visual.luvc_plan(grid_thw)
-        output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
-        return self.luvc_features(output.pooler_output, vision_plan, inputs)
-
-    def luvc_features(self, embeds, vision_plan: QwenVisionPlan, inputs: dict, deepstack=()) -> ImageFeatures:
-        """``ImageFeatures`` of the encoder's merged output ``embeds`` under ``vision_plan``: one span per image or
-        video (``luvc_frame_spans``: one per temporal slice of a video)."""
-        _, video = qwen_visual_grid(inputs)
-        counts = visual_span_tokens(vision_plan, self.visual.spatial_merge_size, video and self.luvc_frame_spans)
+        with self.luvc_encoder_probe(self.visual.blocks[-1].attn, "received") as record:
+            output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
+        merge = self.visual.spatial_merge_size
+        counts = visual_span_tokens(vision_plan, merge, video and self.luvc_frame_spans)
         token = self.config.video_token_id if video else None
-        return ImageFeatures(embeds, counts, rope_grids(vision_plan, inputs), tuple(deepstack), token)
+        deepstack = tuple(getattr(output, "deepstack_features", None) or ())
+        ranking = None if record is None else merged_ranking(record.concatenated()[0], merge**2, vision_plan)
+        return ImageFeatures(output.pooler_output, counts, rope_grids(vision_plan, inputs), deepstack, token, ranking)
 
     def luvc_position_ids(self, input_ids, groups, cache, batch, length, inputs) -> torch.Tensor:
         grids = {key: value for group in groups for key, value in group.rope_grids.items()} if groups else None

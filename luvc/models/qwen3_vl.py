@@ -20,14 +20,12 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 
 from luvc.compress.cost import VisionSpec
 from luvc.models.decoder import SpuDecoderMixin
-from luvc.models.multimodal import ImageFeatures
 from luvc.models.prompt import video_text
 from luvc.models.qwen2_vl import (
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
     QwenVLModelMixin,
     mrope_rotary_ids,
-    qwen_visual_grid,
     run_qwen_vision,
 )
 from luvc.videos import Video, slice_timestamps
@@ -60,12 +58,6 @@ class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
     __doc__ = QwenVLModelMixin.__doc__
 
     luvc_frame_spans = True
-
-    def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
-        grid_thw, _ = qwen_visual_grid(inputs)
-        vision_plan = self.visual.luvc_plan(grid_thw)
-        output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
-        return self.luvc_features(output.pooler_output, vision_plan, inputs, output.deepstack_features)
 
 
 class Qwen3VLAdapter(Qwen2VLAdapter):

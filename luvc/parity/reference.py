@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from luvc.compress.config import LUVCConfig
-from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.naming import layer_name
-from luvc.models import VLMAdapter, load_model
+from luvc.models import VLMAdapter
 from luvc.models.generation import greedy_generate
 from luvc.samples import Sample
 
@@ -50,17 +49,9 @@ class TorchReference:
     @classmethod
     def from_manifest(cls, manifest: ExportManifest, model: str | None = None) -> TorchReference:
         """Load the model an export came from (``model``: a checkpoint folder, when it has moved since)."""
-        from luvc.export.exporter import config_hash
+        from luvc.export.exporter import export_source_model
 
-        source = model or manifest.model.id
-        adapter = load_model(source)
-        identities = {config_hash(adapter), config_hash(adapter, with_dtype=True)}  # this version's, and earlier ones'
-        if manifest.model.config_sha256 not in identities:
-            critical(
-                f"The model at {source!r} has another config than the one this export was made from "
-                f"({manifest.model.id!r}); pass --model with the checkpoint folder used for the export."
-            )
-        return cls(adapter, LUVCConfig.from_dict(manifest.luvc))
+        return cls(export_source_model(manifest, model), LUVCConfig.from_dict(manifest.luvc))
 
     def _hooks(self, activations: dict, scores: dict) -> list:
         def keep(name):
@@ -68,10 +59,11 @@ class TorchReference:
 
         def score(layer):
             def hook(module, args):
-                hidden, _, _, _, spans, budgets, scorer = args
+                hidden, _, _, visual_ids, spans, budgets, scorer = args
+                offsets = [sum(count for _, count in spans[:index]) for index in range(len(spans))]
                 scores[layer] = [
-                    (scorer(hidden[:, start : start + count]).detach().numpy(), budget)
-                    for (start, count), budget in zip(spans, budgets)
+                    (scorer(hidden[:, start : start + count], visual_ids[:, offset : offset + count]).numpy(), budget)
+                    for (start, count), budget, offset in zip(spans, budgets, offsets)
                 ]
 
             return hook

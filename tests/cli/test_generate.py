@@ -18,6 +18,17 @@ def test_generate_prints_text_and_token_tables(capsys):
     assert row and int(row.group(1)) == 0 and int(row.group(2)) > 0
 
 
+@pytest.mark.parametrize("method", ["fastv", "visionzip", "oim-only"])
+def test_generate_runs_another_method_and_names_it(capsys, method):
+    argv = ["generate", "--model", "tiny-internvl", "--prompt", "hi", "--method", method, "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"(method {method})" in out
+    rows = re.findall(r"decoder layer (\d)\s*│\s*(\d+)\s*│\s*(\d+)", out)
+    visual = [int(kept) for _, kept, _ in rows]
+    assert visual[-1] == (visual[0] if method == "oim-only" else 0)  # only oim-only keeps tokens to the last layer
+
+
 def test_generate_without_luvc_keeps_every_token(capsys):
     assert main(["generate", "--model", "tiny-llava", "--prompt", "hi", "--no-luvc", "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 import pytest
 
 from luvc import LUVCConfig, LuvcError
-from luvc.compress.budgets import budget_values, default_schedule, parse_budget, plan_budgets
+from luvc.compress.budgets import budget_values, default_schedule, parse_budget, plan_budgets, ratio_schedule
 
 
 def resolved(**kwargs) -> LUVCConfig:
@@ -90,3 +90,18 @@ def test_budget_values_reads_the_syntax_only(spec, expected):
 def test_budget_values_refuses_non_integers():
     with pytest.raises(LuvcError, match="not a comma-separated list of integers"):
         budget_values("256,half")
+
+
+def test_ratio_schedule_gives_the_llm_its_share_then_decays_to_zero():
+    config = LUVCConfig().resolve(4, 8)
+    schedule = ratio_schedule(8, 100, 0.25, config)
+    assert schedule[:2] == (25, 25)  # held until spu_start
+    assert schedule[-1] == 0 and list(schedule) == sorted(schedule, reverse=True)
+    assert schedule == default_schedule(8, 25, config)  # the default shape, from 25 tokens
+    assert ratio_schedule(8, 100, 1.0, config)[0] == 100
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5])
+def test_ratio_outside_unit_interval_is_refused(ratio):
+    with pytest.raises(LuvcError, match=r"is not in \(0, 1\]"):
+        ratio_schedule(8, 100, ratio, LUVCConfig().resolve(4, 8))

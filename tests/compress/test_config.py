@@ -60,3 +60,16 @@ def test_manifest_round_trip():
     config = LUVCConfig(oim_layers=(1, 2), budgets=(16, 8, 0), rho=0.5).resolve(4, 4)
     assert LUVCConfig.from_dict(config.to_dict()) == config
     assert hash(LUVCConfig.from_dict(config.to_dict())) == hash(config)  # plans are cached by config
+
+
+def test_baseline_criteria_and_their_knobs():
+    config = LUVCConfig(spu_variant="dart").resolve(4, 4)
+    assert (config.seed, config.dart_pivots, config.oim_layers) == (0, 8, (1,))
+    # VisionZip selects at the encoder output: no OIM by default, and an explicit merge is refused
+    assert LUVCConfig(spu_variant="visionzip").resolve(4, 4).oim_layers == ()
+    with pytest.raises(LuvcError, match="visionzip selects tokens at the encoder output"):
+        LUVCConfig(spu_variant="visionzip", oim_layers=(1,)).resolve(4, 4)
+    with pytest.raises(LuvcError, match="dart_pivots must be >= 1"):
+        LUVCConfig(spu_variant="dart", dart_pivots=0).resolve(4, 4)
+    with pytest.raises(LuvcError, match="spu_variant='median' is not one of"):
+        LUVCConfig(spu_variant="median").resolve(4, 4)

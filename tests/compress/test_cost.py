@@ -24,4 +24,4 @@ def test_estimate_cost_counts_text_plus_budget_per_layer():
     assert report.decoder_tokens == (5 + plan.total[0], 5 + plan.total[1])
     assert report.decoder_tokens_baseline == (15, 15)
     assert report.kv_cache_bytes_baseline == 2 * (15 + 15) * 1 * 4 * 2
-    assert report.llm_prefill_speedup > 1.0 and report.spu_flops > 0
+    assert report.llm_prefill_speedup > 1.0 and report.selection_flops > 0

@@ -60,3 +60,27 @@ def test_fp16_graphs_within_documented_tolerance(family, exports, references):
         for kept, expected in zip(prefill[f"kept_visual_indices.{layer}"], reference.kept[layer]):
             overlap = len(set(kept) & set(expected)) / len(set(kept) | set(expected))
             assert overlap >= FP16_KEPT_OVERLAP
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["random", "l2-norm", "dart"])
+def test_baseline_criteria_export_like_spu(criterion, tmp_path):
+    """The criteria whose scores follow from the tokens export with static budgets, and the graphs keep exactly the
+    tokens PyTorch keeps (parity's kept-index and generated-text levels, fp32)."""
+    from luvc.compress.methods import METHODS
+    from luvc.export.exporter import export_model
+    from luvc.export.manifest import ExportManifest
+    from luvc.export.profile import ExportProfile
+    from luvc.models import load_model
+    from luvc.parity import ParityFromExport
+
+    profile = ExportProfile(image_sizes=((224, 224),))
+    config = METHODS[criterion].config()
+    out = export_model(load_model("tiny-qwen2-vl"), tmp_path / criterion, profile, config, show_progress=False)
+    manifest = ExportManifest.load(out)
+    assert (manifest.luvc["spu_variant"], manifest.luvc["oim_layers"]) == (criterion, [])
+    assert manifest.buckets["224x224"].budgets == (64, 64, 32, 0)
+    results = ParityFromExport(out, max_new_tokens=4, show_progress=False)()
+    assert results, str(results)
+    checks = {check.name: check.value for check in results.backends[0].checks}
+    assert checks["kept_visual_indices.2"] == 1.0 and checks["generated text exact match"] == 1.0

@@ -154,3 +154,81 @@ def test_channel_spectrum_variant_prunes_differently(adapter, image):
         kept[variant] = outputs.kept_visual_indices[0]
     assert kept["spectral-residual"].shape == kept["channel-spectrum"].shape
     assert not torch.equal(kept["spectral-residual"], kept["channel-spectrum"])
+
+
+CRITERIA_UNDER_TEST = ("spectral-residual", "random", "l2-norm", "dart", "fastv", "visionzip")
+
+
+def _ratio_config(adapter, image, criterion: str, ratio: float = 0.25) -> LUVCConfig:
+    """``criterion`` without OIM at the budgets that give the LLM ``ratio`` of the image's visual tokens."""
+    from luvc.compress.budgets import ratio_schedule
+
+    adapter.apply_luvc(LUVCConfig.off())
+    visual = adapter.plan(adapter.preprocess([image])).budget_plan.num_visual_tokens
+    budgets = ratio_schedule(adapter.num_layers, visual, ratio, LUVCConfig().resolve(4, adapter.num_layers))
+    return LUVCConfig(oim_layers=(), spu_variant=criterion, budgets=budgets)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA_UNDER_TEST)
+@torch.no_grad()
+def test_every_criterion_keeps_exactly_its_budgets_and_every_text_token(adapter, image, criterion):
+    config = _ratio_config(adapter, image, criterion)
+    adapter.apply_luvc(config)
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    text = int((inputs["input_ids"] != adapter.image_token_id).sum())
+    counts, handles = _count_tokens(adapter.decoder_layers, sequence_dim=1)
+    outputs = adapter.model.model(**inputs)
+    for handle in handles:
+        handle.remove()
+    assert counts == [text + k for k in config.budgets]  # every text token, exactly the budget of visual ones
+    for layer, kept in outputs.kept_visual_indices.items():
+        assert kept.shape == (1, config.budgets[layer])
+        assert torch.equal(kept, kept.unique(sorted=True)[None])  # distinct, in ascending (causal) order
+    assert torch.isfinite(adapter.model.lm_head(outputs.last_hidden_state[:, -1])).all()
+
+
+def _attention_weights(module, into: list):
+    """A forward hook that keeps the attention weights an eager attention module returns."""
+    return module.register_forward_hook(lambda _m, _a, output: into.append(output[1]))
+
+
+@pytest.mark.parametrize("first_cut", [2, 0], ids=["probe-layer-1", "cut-before-layer-0"])
+@torch.no_grad()
+def test_fastv_keeps_what_the_last_prompt_token_attends_to(image, first_cut):
+    """FastV's ranking is the last prompt token's attention (mean over heads) in the layer before the first cut, or
+    layer 0's own on the full prompt for a cut before layer 0 (checked against eager attention's weights); every
+    later cut keeps the best-ranked survivors."""
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-llava")
+    adapter.model.set_attn_implementation("eager")
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    visual = inputs["input_ids"][0] == adapter.image_token_id
+    n = int(visual.sum())
+    budgets = (n, n, n // 4, n // 8) if first_cut == 2 else (n // 2, n // 2, n // 4, n // 8)
+    probed = adapter.decoder_layers[max(first_cut - 1, 0)].self_attn
+    weights: list = []
+    hook = _attention_weights(probed, weights)
+    if first_cut == 0:  # layer 0 on the full prompt: the uncompressed model's first layer
+        adapter.model.model(**inputs)
+    adapter.apply_luvc(LUVCConfig(oim_layers=(), spu_variant="fastv", budgets=budgets, final_zero=False))
+    outputs = adapter.model.model(**adapter.prepare_inputs([image], PROMPT))
+    hook.remove()
+    ranking = weights[0][0, :, -1].mean(dim=0)[visual]
+    for layer in outputs.kept_visual_indices:
+        expected = ranking.topk(budgets[layer]).indices.sort().values
+        assert outputs.kept_visual_indices[layer][0].tolist() == expected.tolist(), layer
+
+
+@torch.no_grad()
+def test_random_criterion_is_seeded(image):
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-qwen2-vl")
+
+    def kept(seed: int) -> list[int]:
+        adapter.apply_luvc(LUVCConfig(oim_layers=(), spu_variant="random", seed=seed))
+        return adapter.model.model(**adapter.prepare_inputs([image], PROMPT)).kept_visual_indices[2][0].tolist()
+
+    assert kept(0) == kept(0) != kept(1)

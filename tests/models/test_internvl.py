@@ -55,3 +55,30 @@ def test_an_image_of_another_tile_layout_names_the_buckets_and_the_flag(tmp_path
         pipeline.manifest.bucket_for(canvas)
     result = pipeline.generate([synthetic_image(224, 336, 3)], "Describe.", max_new_tokens=4)
     assert len(result.texts) == 1
+
+
+def test_shuffled_ranking_sums_the_patches_of_each_pixel_shuffled_token():
+    from luvc.models.internvl import shuffled_ranking
+
+    scores = torch.rand(2, 64)
+    shuffled = InternVLModel.pixel_shuffle(None, scores.reshape(2, 8, 8, 1), 0.5)  # (2, 4, 4, 4): the 4 patches
+    assert torch.allclose(shuffled_ranking(scores), shuffled.sum(-1).reshape(-1))
+
+
+@torch.no_grad()
+def test_visionzip_ranks_each_tiles_tokens_by_the_cls_attention_in_the_feature_layer():
+    internvl = load_model("tiny-internvl")
+    internvl.model.set_attn_implementation("eager")
+    layer = internvl.vision_blocks[internvl.feature_block()]
+    weights = []
+    hook = layer.attention.register_forward_hook(lambda _m, _a, output: weights.append(output[1]))
+    internvl.apply_luvc(LUVCConfig(spu_variant="visionzip", budgets=(30, 30, 10, 0)))
+    inputs = internvl.prepare_inputs([synthetic_image(224, 336, 1)], "Describe.")  # 6 tiles and the thumbnail
+    outputs = internvl.model.model(**inputs)
+    hook.remove()
+    cls_row = weights[0][:, :, 0, 1:].mean(dim=1)  # (tiles, patches)
+    side = int(cls_row.shape[1] ** 0.5)
+    ranking = InternVLModel.pixel_shuffle(None, cls_row.reshape(-1, side, side, 1), 0.5).sum(-1).reshape(-1)
+    for layer_index, kept in outputs.kept_visual_indices.items():
+        expected = ranking.topk(kept.shape[1]).indices.sort().values
+        assert kept[0].tolist() == expected.tolist(), layer_index

@@ -1,4 +1,4 @@
-"""LUVC options: OIM layers, SPU variant, budgets."""
+"""LUVC options: OIM layers, SPU variant, budgets, or another token-reduction method."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 from luvc.cli.args.base import BaseArgs
 from luvc.compress.budgets import budget_values
 from luvc.compress.config import SPU_VARIANTS, LUVCConfig
+from luvc.compress.methods import METHODS, SPU
 from luvc.errors import critical
 
 OPTION_TYPES = {
@@ -18,11 +19,14 @@ OPTION_TYPES = {
     "oim_first_axis": str,
     "oim_temporal": bool,
     "oim_positions": str,
+    "seed": int,
+    "dart_pivots": int,
 }
 
 
 class LuvcArgs(BaseArgs):
-    """LUVC: how the model is compressed (OIM merge layers, SPU variant and budgets); rare knobs via --option.
+    """LUVC: how the model is compressed (OIM merge layers, SPU variant and budgets, or another token-reduction
+    method); rare knobs via --option.
 
     Depends on: Model (budgets are checked against its layer count).
     """
@@ -36,48 +40,84 @@ class LuvcArgs(BaseArgs):
             help="visual tokens entering each decoder layer, e.g. '256,256,128,0' (shorter lists repeat the last "
             "value); default: full until spu_start, then linear decay to 0",
         )
-        group.add_argument(
-            "--oim-layers",
-            default=None,
-            help="encoder blocks after which OIM merges, e.g. '7,15'; 'none' disables OIM; default: middle block",
-        )
+        add_oim_layers_arg(group)
         group.add_argument("--spu", choices=SPU_VARIANTS, default=None, help="SPU scoring (default spectral-residual)")
         group.add_argument(
-            "--option",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help=f"rare knobs: {', '.join(OPTION_TYPES)}",
+            "--method",
+            choices=list(METHODS),
+            default=None,
+            help="a token-reduction method instead of LUVC (luvc-export eval compares them): "
+            + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()),
         )
+        add_option_arg(group)
 
     def parse(self, args: argparse.Namespace) -> None:
-        if args.no_luvc:
+        if args.no_luvc and args.method is not None:
+            critical("--no-luvc and --method both choose the method; drop one (--method none is --no-luvc).")
+        if args.no_luvc or args.method == "none":
+            flag = "--no-luvc" if args.no_luvc else "--method none"
             given = [
-                flag
-                for flag, value in (("--budgets", args.budgets), ("--oim-layers", args.oim_layers), ("--spu", args.spu))
+                name
+                for name, value in (("--budgets", args.budgets), ("--oim-layers", args.oim_layers), ("--spu", args.spu))
                 if value is not None
             ] + (["--option"] if args.option else [])
             if given:
-                critical(f"--no-luvc runs the uncompressed model, so {', '.join(given)} would be ignored; drop one.")
+                critical(f"{flag} runs the uncompressed model, so {', '.join(given)} would be ignored; drop one.")
             self.config = LUVCConfig.off()
             return
-        options = {}
-        for item in args.option:
-            key, sep, value = item.partition("=")
-            if not sep or key not in OPTION_TYPES:
-                critical(f"--option {item!r} is not KEY=VALUE with KEY in {list(OPTION_TYPES)}.")
-            options[key] = _convert(key, value)
-        oim_layers = None
-        if args.oim_layers is not None:
-            text = args.oim_layers.strip().lower()
-            try:
-                oim_layers = () if text in ("none", "") else tuple(int(v) for v in text.split(","))
-            except ValueError:
-                critical(f"--oim-layers {args.oim_layers!r} is not a comma-separated list of block indices or 'none'.")
-        budgets = budget_values(args.budgets)
-        self.config = dataclasses.replace(
-            LUVCConfig(oim_layers=oim_layers, spu_variant=args.spu, budgets=budgets), **options
+        oim_layers, budgets = parse_oim_layers(args.oim_layers), budget_values(args.budgets)
+        base = dataclasses.replace(
+            LUVCConfig(oim_layers=oim_layers, spu_variant=args.spu, budgets=budgets), **parse_options(args.option)
         )
+        if args.method is None:
+            self.config = base
+            return
+        chosen = METHODS[args.method]
+        if args.spu is not None and chosen.criterion != SPU:
+            critical(f"--method {chosen.name} does not prune with SPU; drop --spu.")
+        if oim_layers is not None and not chosen.merges:
+            critical(f"--method {chosen.name} does not merge in the encoder; drop --oim-layers.")
+        if budgets is not None and not chosen.follows_budgets:
+            critical(f"--method {chosen.name} prunes nothing in the LLM; drop --budgets.")
+        self.config = chosen.config(base, budgets)
+
+
+def add_oim_layers_arg(group) -> None:
+    """``--oim-layers``: the encoder blocks after which OIM merges."""
+    group.add_argument(
+        "--oim-layers",
+        default=None,
+        help="encoder blocks after which OIM merges, e.g. '7,15'; 'none' disables OIM; default: middle block",
+    )
+
+
+def add_option_arg(group) -> None:
+    """``--option KEY=VALUE`` (repeatable): the rare LUVC knobs of ``OPTION_TYPES``."""
+    group.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help=f"rare knobs: {', '.join(OPTION_TYPES)}"
+    )
+
+
+def parse_oim_layers(text: str | None) -> tuple[int, ...] | None:
+    """``--oim-layers``: block indices, ``()`` for 'none', ``None`` when not given (the default)."""
+    if text is None:
+        return None
+    cleaned = text.strip().lower()
+    try:
+        return () if cleaned in ("none", "") else tuple(int(v) for v in cleaned.split(","))
+    except ValueError:
+        critical(f"--oim-layers {text!r} is not a comma-separated list of block indices or 'none'.")
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--option KEY=VALUE`` items as ``LUVCConfig`` fields."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in OPTION_TYPES:
+            critical(f"--option {item!r} is not KEY=VALUE with KEY in {list(OPTION_TYPES)}.")
+        options[key] = _convert(key, value)
+    return options
 
 
 def _convert(key: str, value: str):

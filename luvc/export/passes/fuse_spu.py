@@ -13,7 +13,7 @@ import dataclasses
 
 import onnx_graphsurgeon as gs
 
-from luvc.export.naming import in_unit
+from luvc.export.naming import in_unit, renamed_for_op
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ def match_spu_gather(node: gs.Node) -> SpuGather | None:
 
 def fuse_spu_gathers(graph: gs.Graph) -> gs.Graph:
     """Rewrite every matched SPU gather as ``GatherND(data, index, batch_dims=1)`` (see the module docstring)."""
+    names = {node.name for node in graph.nodes}
     for node in [n for n in graph.nodes if n.op == "GatherElements"]:
         match = match_spu_gather(node)
         if match is None:
@@ -47,5 +48,7 @@ def fuse_spu_gathers(graph: gs.Graph) -> gs.Graph:
         node.op = "GatherND"
         node.attrs = {"batch_dims": 1}
         node.inputs = [match.data, match.index]
-        node.name = node.name.replace("GatherElements", "GatherND")
+        names.discard(node.name)
+        node.name = renamed_for_op(node.name, "GatherND", names)
+        names.add(node.name)
     return graph.cleanup().toposort()

@@ -39,3 +39,26 @@ def test_flags_and_options_make_one_config():
 def test_bad_flags_are_named(argv, message):
     with pytest.raises(LuvcError, match=message):
         _parse(*argv)
+
+
+def test_method_sets_merging_and_criterion():
+    dart = _parse("--method", "dart", "--budgets", "32,16,0", "--option", "dart_pivots=4")
+    assert dart == LUVCConfig(oim_layers=(), spu_variant="dart", budgets=(32, 16, 0), dart_pivots=4)
+    assert _parse("--method", "oim-only", "--oim-layers", "0") == LUVCConfig(oim_layers=(0,), spu_variant="none")
+    assert _parse("--method", "luvc", "--spu", "channel-spectrum").spu_variant == "channel-spectrum"
+    assert _parse("--method", "none").is_off
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--method", "fastv", "--spu", "channel-spectrum"), "--method fastv does not prune with SPU; drop --spu"),
+        (("--method", "spu-only", "--oim-layers", "1"), "does not merge in the encoder; drop --oim-layers"),
+        (("--method", "oim-only", "--budgets", "8,0"), "prunes nothing in the LLM; drop --budgets"),
+        (("--method", "luvc", "--no-luvc"), "--no-luvc and --method both choose the method"),
+        (("--method", "none", "--budgets", "8"), "--method none runs the uncompressed model, so --budgets"),
+    ],
+)
+def test_method_contradictions_are_named(argv, message):
+    with pytest.raises(LuvcError, match=message):
+        _parse(*argv)
