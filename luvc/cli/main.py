@@ -30,6 +30,10 @@ TOOLS = {
         "luvc.cli.calibrate:Calibrate",
         "quantize an fp32 export to INT8 or FP8, compression in the loop",
     ),
+    "eval": (
+        "luvc.cli.eval:Eval",
+        "accuracy against speed on your questions: LUVC beside other methods at equal budgets, or an export",
+    ),
     "serve": ("luvc.cli.serve:Serve", "serve an export over an OpenAI-compatible HTTP API"),
     "triton": ("luvc.cli.triton:Triton", "write a Triton Inference Server model repository for an export"),
 }

@@ -12,6 +12,7 @@ GROUPS = {
     "BuildArgs": "luvc.cli.args.build",
     "CalibrateArgs": "luvc.cli.args.calibrate",
     "DataArgs": "luvc.cli.args.data",
+    "EvalArgs": "luvc.cli.args.eval",
     "ExportArgs": "luvc.cli.args.export",
     "LuvcArgs": "luvc.cli.args.budget",
     "ModelArgs": "luvc.cli.args.model",

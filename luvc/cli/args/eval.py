@@ -1,0 +1,153 @@
+"""Eval options: the question set, the methods and budget points to compare, or an export to evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.budget import add_oim_layers_arg, add_option_arg, parse_oim_layers, parse_options
+from luvc.compress.budgets import budget_values
+from luvc.compress.config import SPU_VARIANTS, LUVCConfig
+from luvc.compress.methods import METHODS
+from luvc.errors import critical
+from luvc.eval.runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
+from luvc.runtime.pipeline import BACKENDS
+
+
+class EvalArgs(BaseArgs):
+    """Eval: a question set, the token-reduction methods to compare at equal per-layer budgets (or an export to
+    evaluate on a backend), and where the report goes.
+
+    Depends on: nothing (budgets are checked against the model and every question's image before anything runs).
+    """
+
+    def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("Eval", "Questions, methods, budget points and the report")
+        group.add_argument(
+            "--data",
+            required=True,
+            help="a folder with questions.jsonl and its images or videos, or a .jsonl file (format: README 'Eval')",
+        )
+        group.add_argument(
+            "--model",
+            default=None,
+            help="built-in tiny model or checkpoint folder (with --export: default the export's checkpoint)",
+        )
+        group.add_argument(
+            "--methods",
+            default=None,
+            help=f"comma-separated, from {', '.join(METHODS)} (default: all; none, the reference, always runs)",
+        )
+        group.add_argument(
+            "--ratios",
+            default=None,
+            help="comma-separated budget points: the share of the visual tokens the LLM receives, then a linear "
+            f"decay to zero at the last layer (default {','.join(f'{r:g}' for r in DEFAULT_RATIOS)})",
+        )
+        group.add_argument(
+            "--budgets",
+            action="append",
+            default=[],
+            help="a budget point as explicit per-layer budgets, e.g. '64,64,32,0' (repeat for more; instead of "
+            "--ratios; every question must have at least the first budget's visual tokens)",
+        )
+        add_oim_layers_arg(group)
+        group.add_argument("--spu", choices=SPU_VARIANTS[:-1], default=None, help="SPU variant of luvc and spu-only")
+        add_option_arg(group)
+        group.add_argument("--export", default=None, help="evaluate this export folder (its method and budgets)")
+        group.add_argument("--backend", choices=BACKENDS, default=None, help="with --export: ort (default) or trt")
+        group.add_argument("--engines", default=None, help="engine folder built from the export (--backend trt)")
+        group.add_argument(
+            "--max-new-tokens",
+            type=int,
+            default=None,
+            help=f"tokens generated per answer (default {DEFAULT_MAX_NEW_TOKENS})",
+        )
+        group.add_argument("--num-samples", type=int, default=None, help="the first N questions only")
+        group.add_argument("--out", default=None, help="report folder (default: beside the data or the export)")
+        group.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+
+    def parse(self, args: argparse.Namespace) -> None:
+        self.data, self.model = args.data, args.model
+        self.export = None if args.export is None else Path(args.export)
+        if self.export is not None:
+            given = [
+                flag
+                for flag, value in (
+                    ("--methods", args.methods),
+                    ("--ratios", args.ratios),
+                    ("--budgets", args.budgets),
+                    ("--oim-layers", args.oim_layers),
+                    ("--spu", args.spu),
+                    ("--option", args.option),
+                )
+                if value
+            ]
+            if given:
+                critical(
+                    f"--export evaluates the export's own method and budgets, so {', '.join(given)} would be ignored; "
+                    "drop them (or leave out --export to compare methods in PyTorch)."
+                )
+        elif args.backend is not None or args.engines is not None:
+            critical("--backend and --engines choose how an export runs; pass --export EXPORT_DIR too.")
+        if args.engines is not None and args.backend not in (None, "trt"):
+            critical("--engines are TensorRT engines; use --backend trt with them (or drop --engines).")
+        self.backend = "trt" if args.engines is not None else args.backend or "ort"
+        if self.backend == "trt" and args.engines is None:
+            critical("--backend trt runs the engines built from the export; pass --engines ENGINE_DIR.")
+        self.engines = args.engines
+        self.methods = _methods(args.methods)
+        self.points = _points(args.ratios, args.budgets)
+        self.base = dataclasses.replace(
+            LUVCConfig(oim_layers=parse_oim_layers(args.oim_layers), spu_variant=args.spu),
+            **parse_options(args.option),
+        )
+        for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--num-samples", args.num_samples)):
+            if value is not None and value < 1:
+                critical(f"{flag} {value}: ask for at least 1.")
+        self.max_new_tokens, self.limit = args.max_new_tokens, args.num_samples
+        self.overwrite = args.overwrite
+        self.out = Path(args.out) if args.out else self._default_out()
+
+    def _default_out(self) -> Path:
+        if self.export is not None:
+            folder = self.export.resolve()
+            return folder.parent / f"{folder.name}-eval"
+        data = Path(self.data).resolve()
+        folder = data if data.is_dir() else data.parent
+        model = Path(self.model).name if self.model else "model"
+        return folder.parent / f"{folder.name}-eval-{model}"
+
+
+def _methods(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        critical(f"--methods {text!r}: {unknown or 'nothing'} is not among {list(METHODS)}.")
+    return names
+
+
+def _points(ratios: str | None, budgets: list[str]) -> list[BudgetPoint] | None:
+    if ratios is not None and budgets:
+        critical("--ratios and --budgets both give budget points; use one of them.")
+    if budgets:
+        points = [BudgetPoint(budgets=budget_values(spec)) for spec in budgets]
+        if any(point.budgets is None for point in points):
+            critical("--budgets takes explicit per-layer budgets, e.g. '64,64,32,0' (use --ratios for shares).")
+        return points
+    if ratios is None:
+        return None
+    points = []
+    for part in ratios.split(","):
+        try:
+            ratio = float(part)
+        except ValueError:
+            critical(f"--ratios {ratios!r} is not a comma-separated list of numbers in (0, 1], e.g. '0.5,0.25'.")
+        if not 0.0 < ratio <= 1.0:
+            critical(f"--ratios: {ratio:g} is not in (0, 1]; a ratio is the share of the visual tokens the LLM gets.")
+        points.append(BudgetPoint(ratio=ratio))
+    return points

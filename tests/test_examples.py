@@ -1,0 +1,41 @@
+"""Every example's README commands run as written (in a copy of its folder) and produce what they say."""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def readme_commands(folder: Path) -> list[list[str]]:
+    """The commands of the first ```bash block of ``folder``'s README, with python and luvc-export as this Python's."""
+    block = re.search(r"```bash\n(.*?)```", (folder / "README.md").read_text(), re.DOTALL).group(1)
+    commands = []
+    for line in block.strip().splitlines():
+        words = shlex.split(line)
+        if words[0] == "python":
+            words = [sys.executable, *words[1:]]
+        elif words[0] == "luvc-export":
+            words = [sys.executable, "-m", "luvc.cli.main", *words[1:]]
+        commands.append(words)
+    return commands
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir()))
+def test_readme_commands_run(name, tmp_path):
+    folder = shutil.copytree(EXAMPLES / name, tmp_path / name)
+    for command in readme_commands(folder):
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{command}: {result.stderr[-2000:]}"
+    if name == "01_eval_pope":
+        questions = [json.loads(line) for line in (folder / "out/pope-eval/questions.jsonl").read_text().splitlines()]
+        assert len(questions) == 6 and {q["type"] for q in questions} == {"yes-no"}
+        assert (folder / "out/pope-eval" / questions[0]["image"]).resolve().is_file()
+        report = (folder / "out/pope-report/report.md").read_text()
+        assert "## Yes/no questions (POPE metrics" in report and "fastv @ ratio 0.25 (pytorch)" in report
