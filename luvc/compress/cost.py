@@ -16,12 +16,14 @@ from luvc.compress.budgets import BudgetPlan
 
 @dataclasses.dataclass(frozen=True)
 class VisionSpec:
-    """Encoder shape: width, MLP width, and the per-token cost of the patch embedding and projector."""
+    """Encoder shape: width, MLP width, the per-token cost of the patch embedding and projector, and whether it has
+    a CLS token (VisionZip ranks by that token's attention row, else by the attention every token receives)."""
 
     embed: int
     mlp: int
     patch_flops_per_token: int  # patch embedding
     projector_flops_per_unit: int  # patch merger / multimodal projector per LLM token
+    cls_token: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +36,23 @@ class LlmSpec:
     intermediate: int
     vocab: int
 
+    def attention_projection_flops_per_token(self) -> int:
+        """The query, key, value and output projections of one token."""
+        return 2 * (self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2)
+
     def linear_flops_per_token(self) -> int:
-        attention = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
-        return 2 * (attention + 3 * self.hidden * self.intermediate)
+        return self.attention_projection_flops_per_token() + 2 * 3 * self.hidden * self.intermediate
+
+    def causal_attention_flops(self, tokens: int) -> int:
+        """Query-key products and the weighted sum of values over the causal half of ``tokens`` x ``tokens``."""
+        return 4 * self.heads * self.head_dim * tokens * (tokens + 1) // 2
 
 
 @dataclasses.dataclass(frozen=True)
 class CostReport:
     """Per request (batch 1). ``*_baseline`` fields are the uncompressed model's; ``decoder_tokens`` count text
-    and visual tokens entering each layer."""
+    and visual tokens entering each layer; ``encoder_flops`` include the attention probabilities an encoder-side
+    criterion computes (VisionZip)."""
 
     text_tokens: int
     llm_visual_tokens: int  # visual tokens the LLM receives (after OIM), before any pruning
@@ -54,7 +64,7 @@ class CostReport:
     encoder_flops_baseline: int
     llm_prefill_flops: int
     llm_prefill_flops_baseline: int
-    selection_flops: int  # scoring by the pruning criterion (included in llm_prefill_flops)
+    selection_flops: int  # scoring by the pruning criterion in the LLM (included in llm_prefill_flops)
     kv_cache_bytes: int
     kv_cache_bytes_baseline: int
 
@@ -96,18 +106,20 @@ def decoder_tokens(plan: BudgetPlan, text_tokens: int) -> tuple[int, ...]:
 
 
 def selection_flops(
-    plan: BudgetPlan, hidden: int, variant: str, rho: float, dart_pivots: int = 8, text_tokens: int = 0
+    plan: BudgetPlan, llm: LlmSpec, variant: str, rho: float, dart_pivots: int = 8, text_tokens: int = 0
 ) -> int:
-    """Scoring cost of the pruning criterion ``variant`` over every cut: SPU's products with a ``ceil(rho n) x n``
-    basis or one rDFT; a norm (``l2-norm``); norms and similarities to the pivots (``dart``); one row of attention
-    logits, once, for the last prompt token (``fastv``). ``random`` and ``visionzip`` look their scores up (VisionZip's
-    attention is the encoder's own)."""
-    layers = plan.prune_layers()
+    """Scoring cost in the LLM of the pruning criterion ``variant`` over every cut: SPU's products with a
+    ``ceil(rho n) x n`` basis or one rDFT; a norm (``l2-norm``); norms and similarities to the pivots (``dart``); for
+    ``fastv``, once, the last prompt token's attention row in the layer before the first cut, or for a cut before
+    layer 0 the extra attention pass of layer 0 that measures it. ``random`` and ``visionzip`` look their scores up."""
+    layers, hidden = plan.prune_layers(), llm.hidden
     if variant == "fastv":
         if not layers:
             return 0
-        first = layers[0]
-        return 2 * hidden * (text_tokens + (plan.total[first - 1] if first else plan.num_visual_tokens))
+        if layers[0] == 0:
+            sequence = text_tokens + plan.num_visual_tokens
+            return llm.attention_projection_flops_per_token() * sequence + llm.causal_attention_flops(sequence)
+        return 2 * llm.heads * llm.head_dim * (text_tokens + plan.total[layers[0] - 1])
     total = 0
     for layer in layers:
         entering = plan.per_image[layer - 1] if layer > 0 else plan.tokens_per_image
@@ -123,11 +135,21 @@ def selection_flops(
     return total
 
 
+def encoder_ranking_flops(spec: VisionSpec, block_segments: Sequence[Sequence[int]], variant: str) -> int:
+    """Cost of the attention probabilities an encoder-side criterion (``visionzip``) computes in the feature layer,
+    which fused attention does not give: the CLS token's query against every key, or every query-key product of
+    each segment (the layers share segments: such a criterion does not merge)."""
+    if variant != "visionzip" or not block_segments:
+        return 0
+    segments = block_segments[-1]
+    return 2 * spec.embed * (sum(segments) if spec.cls_token else sum(s * s for s in segments))
+
+
 def llm_prefill_flops(spec: LlmSpec, tokens_per_layer: Sequence[int]) -> int:
     """Decoder prefill FLOPs with ``tokens_per_layer`` tokens in each layer, plus the last token's LM head."""
     total = 2 * spec.hidden * spec.vocab
     for n in tokens_per_layer:
-        total += spec.linear_flops_per_token() * n + 4 * spec.heads * spec.head_dim * n * (n + 1) // 2
+        total += spec.linear_flops_per_token() * n + spec.causal_attention_flops(n)
     return total
 
 
@@ -150,7 +172,7 @@ def estimate_cost(
     attention segments per block and the decoder's budget plan; ``spu_variant`` is the pruning criterion."""
     (segments, plan), (segments_base, plan_base) = compressed, baseline
     tokens, tokens_base = decoder_tokens(plan, text_tokens), decoder_tokens(plan_base, text_tokens)
-    scoring = selection_flops(plan, llm.hidden, spu_variant, rho, dart_pivots, text_tokens)
+    scoring = selection_flops(plan, llm, spu_variant, rho, dart_pivots, text_tokens)
     return CostReport(
         text_tokens=text_tokens,
         llm_visual_tokens=plan.num_visual_tokens,
@@ -158,7 +180,8 @@ def estimate_cost(
         encoder_tokens_baseline=tuple(sum(s) for s in segments_base),
         decoder_tokens=tokens,
         decoder_tokens_baseline=tokens_base,
-        encoder_flops=encoder_flops(vision, segments, plan.num_visual_tokens),
+        encoder_flops=encoder_flops(vision, segments, plan.num_visual_tokens)
+        + encoder_ranking_flops(vision, segments, spu_variant),
         encoder_flops_baseline=encoder_flops(vision, segments_base, plan_base.num_visual_tokens),
         llm_prefill_flops=llm_prefill_flops(llm, tokens) + scoring,
         llm_prefill_flops_baseline=llm_prefill_flops(llm, tokens_base),

@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from luvc.errors import critical
 from luvc.eval.scoring import YesNoMetrics, yes_no_metrics
 
 FORMAT_VERSION = 1
@@ -179,7 +180,9 @@ class EvalResults:
         """Reload an ``eval.json`` (summaries are recomputed from the answers)."""
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path} is eval format {data.get('format')}, this version reads {FORMAT_VERSION}")
+            critical(
+                f"{path} is eval format {data.get('format')}, this version reads {FORMAT_VERSION}; run the eval again."
+            )
         runs = [
             Run(r["method"], r["point"], r["backend"], r["config"], [Answer(**a) for a in r["answers"]])
             for r in data["runs"]

@@ -267,4 +267,5 @@ class InternVLAdapter(VLMAdapter):
             mlp=vision.intermediate_size,
             patch_flops_per_token=2 * patch * vision.hidden_size,
             projector_flops_per_unit=2 * shuffled * text.hidden_size + 2 * text.hidden_size**2,
+            cls_token=True,
         )

@@ -200,4 +200,5 @@ class LlavaAdapter(VLMAdapter):
             mlp=vision.intermediate_size,
             patch_flops_per_token=2 * patch * vision.hidden_size,
             projector_flops_per_unit=2 * vision.hidden_size * text.hidden_size + 2 * text.hidden_size**2,
+            cls_token=True,
         )

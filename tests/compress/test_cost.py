@@ -25,3 +25,28 @@ def test_estimate_cost_counts_text_plus_budget_per_layer():
     assert report.decoder_tokens_baseline == (15, 15)
     assert report.kv_cache_bytes_baseline == 2 * (15 + 15) * 1 * 4 * 2
     assert report.llm_prefill_speedup > 1.0 and report.selection_flops > 0
+
+
+def test_criteria_scoring_by_hand():
+    from luvc.compress.cost import selection_flops
+
+    cut_at_1 = plan_budgets(2, [10], LUVCConfig(budgets=(10, 4), final_zero=False).resolve(2, 2))
+    cut_at_0 = plan_budgets(2, [10], LUVCConfig(budgets=(6, 4), final_zero=False).resolve(2, 2))
+    # the cut before layer 1 scores 10 tokens of width 8
+    assert selection_flops(cut_at_1, LLM, "l2-norm", 0.25) == 2 * 10 * 8
+    assert selection_flops(cut_at_1, LLM, "dart", 0.25, dart_pivots=3) == 2 * 10 * 8 * (3 + 2)
+    assert selection_flops(cut_at_1, LLM, "random", 0.25) == selection_flops(cut_at_1, LLM, "visionzip", 0.25) == 0
+    # fastv, probing layer 0's forward: one attention row over 5 text + 10 visual tokens, 2 heads of 4
+    assert selection_flops(cut_at_1, LLM, "fastv", 0.25, text_tokens=5) == 2 * 8 * 15
+    # fastv, cut before layer 0: an extra attention pass of layer 0 (q, k, v, o: 192 multiply-adds a token; pairs)
+    assert selection_flops(cut_at_0, LLM, "fastv", 0.25, text_tokens=5) == 2 * 192 * 15 + 4 * 8 * 15 * 16 // 2
+
+
+def test_visionzip_pays_for_the_encoder_probabilities():
+    from luvc.compress.cost import encoder_ranking_flops
+
+    segments = [(9, 9), (9, 9)]  # two images of 9 tokens, two blocks
+    assert encoder_ranking_flops(VISION, segments, "visionzip") == 2 * 4 * (81 + 81)  # every query-key product
+    with_cls = VisionSpec(embed=4, mlp=8, patch_flops_per_token=0, projector_flops_per_unit=0, cls_token=True)
+    assert encoder_ranking_flops(with_cls, segments, "visionzip") == 2 * 4 * (9 + 9)  # the CLS row only
+    assert encoder_ranking_flops(VISION, segments, "fastv") == 0

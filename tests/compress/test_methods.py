@@ -57,3 +57,4 @@ def test_equal_budgets_give_equal_decoder_cost_across_methods(adapter, image):
         assert report.kv_cache_bytes == reports["random"].kv_cache_bytes, name
     assert reports["random"].selection_flops == 0 and reports["dart"].selection_flops > 0
     assert reports["luvc"].encoder_flops < reports["spu-only"].encoder_flops == reports["random"].encoder_flops
+    assert reports["visionzip"].encoder_flops > reports["random"].encoder_flops  # its attention probabilities
