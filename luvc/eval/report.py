@@ -12,32 +12,33 @@ from luvc.staging import staged_folder
 PARETO = "pareto.png"
 
 
-def _series(results: EvalResults) -> dict[str, list[RunSummary]]:
+def _series(results: EvalResults) -> dict[tuple[str, str], list[RunSummary]]:
     """Each method's runs per backend (one plotted line each), in run order."""
-    lines: dict[str, list[RunSummary]] = {}
+    lines: dict[tuple[str, str], list[RunSummary]] = {}
     for run in results.runs:
-        name = run.method if run.backend == "pytorch" else f"{run.method} ({run.backend})"
-        lines.setdefault(name, []).append(results.summary(run))
+        lines.setdefault((run.method, run.backend), []).append(results.summary(run))
     return lines
 
 
 def plot_pareto(results: EvalResults, path: Path) -> None:
     """Accuracy against median time to first token and against FLOPs per request (encoder + LLM prefill), one line
-    per method through its budget points; the uncompressed model is a star."""
+    per method (and backend) through its budget points; the uncompressed model is a star, an export's backend runs
+    are squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     figure, (by_time, by_flops) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for name, summaries in _series(results).items():
+    for (method, backend), summaries in _series(results).items():
+        label = method if backend == "pytorch" else f"{method} ({backend})"
         for axes, x_of in ((by_time, lambda s: s.ttft_ms), (by_flops, lambda s: s.total_gflops)):
             points = sorted((x_of(summary), summary.accuracy) for summary in summaries)
             xs, ys = [x for x, _ in points], [y for _, y in points]
-            if name == "none":
-                axes.scatter(xs, ys, marker="*", s=160, color="black", label=name, zorder=3)
+            if method == "none":
+                axes.scatter(xs, ys, marker="*", s=160, color="black", label=label, zorder=3)
             else:
-                axes.plot(xs, ys, marker="o" if "(" not in name else "s", linestyle="-", label=name)
+                axes.plot(xs, ys, marker="o" if backend == "pytorch" else "s", linestyle="-", label=label)
     by_time.set_xlabel("time to first token, median (ms)")
     by_flops.set_xlabel("GFLOPs per request (encoder + LLM prefill, cost model)")
     by_time.set_ylabel("accuracy")
