@@ -279,7 +279,9 @@ def _check_reachable(
         )
 
 
-def _answer(adapter: VLMAdapter, config: LUVCConfig, question: Question, visual, max_new_tokens: int):
+def _answer(
+    adapter: VLMAdapter, config: LUVCConfig, question: Question, visual, max_new_tokens: int
+) -> tuple[Answer, CostReport]:
     """One run's answer to ``question`` in PyTorch, and the request's cost."""
     adapter.apply_luvc(config)
     inputs = adapter.prepare_inputs([visual], question.prompt)
@@ -295,6 +297,7 @@ def _answer(adapter: VLMAdapter, config: LUVCConfig, question: Question, visual,
 
 
 def _record(question: Question, text: str, ttft_ms: float, cost: CostReport) -> Answer:
+    """``text`` scored against ``question``, with its time to first token and the request's cost."""
     graded = score(question, text)
     return Answer(
         question=question.id,
@@ -317,7 +320,7 @@ def _unchanged(visual):
 
 def _bucket_fitter(sizes: Sequence[tuple]) -> Callable:
     """A function that fits an image to the image bucket closest to its aspect ratio, and a clip to the closest video
-    bucket (its frames resampled to the bucket's count is left to loading: see ``_fit_video``)."""
+    bucket (``_fit_video``)."""
     images = [size for size in sizes if len(size) == 2 and isinstance(size[0], int)]
     videos = [size for size in sizes if len(size) == 3]
 

@@ -108,3 +108,21 @@ def test_eval_of_the_onnx_runtime_export_equals_pytorch(exports, tmp_path):
     assert [a.text for a in direct.run("luvc", BudgetPoint(budgets=tuple(budgets)).label).answers] == [
         a.text for a in ort.answers
     ]
+
+
+def test_video_questions_through_a_video_export(video_exports, tmp_path):
+    """A clip of another frame count and size is fitted to the export's video bucket (frames resampled evenly, each
+    resized), and the export answers as PyTorch does for its config."""
+    from tests.conftest import write_clip
+
+    folder = write_questions(
+        tmp_path, [{"video": "clip.mp4", "question": "Moving?", "answer": "yes", "type": "yes-no", "frames": 12}]
+    )
+    write_clip(folder / "clip.mp4", frames=20, size=(96, 128))
+    results = EvalFromModel(
+        load_eval_set(folder), export_dir=video_exports("tiny-qwen2-vl"), max_new_tokens=6, show_progress=False
+    )()
+    pytorch, ort = results.run("luvc", "export"), results.run("luvc", "export", "ort")
+    assert ort.answers[0].text == pytorch.answers[0].text
+    # 8 frames of 112 x 168: 4 slices of 4 x 6 merge units = 96 tokens; a T merge and a W merge leave 24
+    assert results.reference.answers[0].llm_input_tokens == 96 and pytorch.answers[0].llm_input_tokens == 24
