@@ -91,6 +91,7 @@ def test_one_external_data_answer_per_export_from_the_model_size(setting, weight
     assert graphs_use_weights_file(setting, weight_bytes) is external
 
 
+@pytest.mark.slow  # it makes an export of its own
 def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkeypatch):
     adapter = load_model("tiny-qwen2-vl")
     adapter.model.lm_head.weight = adapter.model.get_input_embeddings().weight  # tied, as Qwen2-VL-2B's are
