@@ -228,13 +228,12 @@ def _pytorch_runs(
     runs = [Run(spec.method, spec.point_label, "pytorch", {}) for spec in specs]
     for run, config in zip(runs, planned[0].configs):
         run.config = {key: value for key, value in config.to_dict().items() if key != "budgets"}
-    first = planned[0]
-    visual = fit(first.question.load_visual())
-    for config in first.configs:
-        _answer(adapter, config, first.question, visual, 1)
     costs = {}
-    for plan in planned:
+    for index, plan in enumerate(planned):
         visual = fit(plan.question.load_visual())
+        if index == 0:  # one untimed warm-up of each run
+            for config in plan.configs:
+                _answer(adapter, config, plan.question, visual, 1)
         for run, config in zip(runs, plan.configs):
             answer, costs[plan.question.id] = _answer(adapter, config, plan.question, visual, max_new_tokens)
             run.answers.append(answer)

@@ -6,12 +6,12 @@ import pytest
 
 from luvc.cli.main import main
 from tests.conftest import leftovers, one_line_error
-from tests.eval.conftest import MIXED, question_set, write_questions  # noqa: F401 (fixture)
+from tests.eval.conftest import MIXED, write_questions
 
 
-def test_eval_writes_the_report_and_prints_the_table(question_set, tmp_path, capsys):  # noqa: F811
-    out = tmp_path / "report"
-    argv = ["eval", "--model", "tiny-llava", "--data", str(question_set), "--methods", "luvc,dart,visionzip"]
+def test_eval_writes_the_report_and_prints_the_table(tmp_path, capsys):
+    out, data = tmp_path / "report", write_questions(tmp_path / "data", MIXED)
+    argv = ["eval", "--model", "tiny-llava", "--data", str(data), "--methods", "luvc,dart,visionzip"]
     assert main([*argv, "--ratios", "0.5,0.25", "--max-new-tokens", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "dart @ ratio 0.25 (pytorch)" in printed and str(out / "report.md") in printed

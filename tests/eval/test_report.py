@@ -3,10 +3,9 @@
 from PIL import Image
 
 from luvc.eval.results import EvalResults
-from tests.eval.test_results import results  # noqa: F401 (fixture)
 
 
-def test_report_files(results, tmp_path):  # noqa: F811
+def test_report_files(results, tmp_path):
     from luvc.eval.report import write_report
 
     out = write_report(results, tmp_path / "report")

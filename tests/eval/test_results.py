@@ -2,38 +2,7 @@
 
 import pytest
 
-from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
-
-
-def _answer(question: str, read: str, score: float, ttft: float, tokens: list[int]) -> Answer:
-    return Answer(question, read, read, score, ttft, tokens, tokens[0], 100, 40, 4, 2048)
-
-
-@pytest.fixture
-def results() -> EvalResults:
-    questions = [
-        QuestionEntry("a", "yes-no", ["yes"]),
-        QuestionEntry("b", "yes-no", ["no"]),
-        QuestionEntry("c", "exact", ["red"]),
-    ]
-    reads = {"none": ("yes", "yes", "red"), "luvc": ("yes", "no", "blue")}
-    scores = {"none": (1.0, 0.0, 1.0), "luvc": (1.0, 1.0, 0.0)}
-    ttfts = {"none": (10.0, 12.0, 11.0), "luvc": (5.0, 7.0, 6.0)}
-    tokens = {"none": ([8, 8], [8, 8], [8, 8]), "luvc": ([4, 0], [4, 0], [4, 2])}
-    runs = [
-        Run(
-            name,
-            point,
-            "pytorch",
-            {},
-            [
-                _answer(q.id, *values)
-                for q, *values in zip(questions, reads[name], scores[name], ttfts[name], tokens[name])
-            ],
-        )
-        for name, point in (("none", ""), ("luvc", "ratio 0.5"))
-    ]
-    return EvalResults("tiny", "q.jsonl", questions, runs, max_new_tokens=4)
+from luvc.eval.results import EvalResults
 
 
 def test_summary_by_hand(results):
