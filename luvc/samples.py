@@ -74,6 +74,12 @@ def closest_size(size: tuple[int, int], image_sizes: Sequence[tuple[int, int]]) 
     return min(image_sizes, key=lambda s: (abs(s[1] / s[0] - width / height), abs(s[0] * s[1] - height * width)))
 
 
+def fit_image(image: Image.Image, image_sizes: Sequence[tuple[int, int]]) -> Image.Image:
+    """``image`` resized (bicubic) to the bucket size closest to its aspect ratio (as it is when it already fits)."""
+    height, width = closest_size((image.height, image.width), image_sizes)
+    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BICUBIC)
+
+
 def read_prompts(path: Path) -> list[str]:
     """Non-empty lines of a prompts file."""
     if not path.is_file():
@@ -111,8 +117,5 @@ def folder_samples(
                 image = opened.convert("RGB")
         except (UnidentifiedImageError, OSError) as error:
             critical(f"Cannot read {path} as an image ({error}); remove it from {folder} or replace it.")
-        height, width = closest_size((image.height, image.width), image_sizes)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
-        samples.append(Sample(path.name, image, prompts[index % len(prompts)]))
+        samples.append(Sample(path.name, fit_image(image, image_sizes), prompts[index % len(prompts)]))
     return samples

@@ -113,6 +113,14 @@ def load_video(path: str | Path, num_frames: int | None = None, fps: float | Non
     return _decode(path, num_frames, fps)
 
 
+def load_sampled_video(path: str | Path, num_frames: int | None = None, fps: float | None = None) -> Video:
+    """``load_video`` as requests sample: ``num_frames`` evenly, or ``fps`` frames a second; with neither, a file at
+    Qwen-VL's default rate (``DEFAULT_SAMPLED_FPS``) and a folder of frames whole (it has no rate)."""
+    if fps is None and num_frames is None and not Path(path).is_dir():
+        fps = DEFAULT_SAMPLED_FPS
+    return load_video(path, num_frames=num_frames, fps=fps)
+
+
 def _decode(path: Path, num_frames: int | None, fps: float | None) -> Video:
     """Count the frames (demuxing packets, no decoding), sample, then decode once keeping only the sampled frames as
     images: a long clip never sits in memory whole."""

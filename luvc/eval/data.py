@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from luvc.errors import critical
 from luvc.images import load_image
-from luvc.videos import DEFAULT_SAMPLED_FPS, Video, load_video
+from luvc.videos import Video, load_sampled_video
 
 QUESTIONS_FILE = "questions.jsonl"
 # the instruction after each type's question: LLaVA-1.5's evaluation prompts (VQAv2/TextVQA/POPE, MMBench)
@@ -72,10 +72,7 @@ class Question:
         """The question's image, or its video sampled as asked (default: 2 frames a second of a file)."""
         if not self.is_video:
             return load_image(self.media)
-        fps = self.fps
-        if fps is None and self.frames is None and not self.media.is_dir():
-            fps = DEFAULT_SAMPLED_FPS
-        return load_video(self.media, num_frames=self.frames, fps=fps)
+        return load_sampled_video(self.media, num_frames=self.frames, fps=self.fps)
 
 
 @dataclasses.dataclass(frozen=True)

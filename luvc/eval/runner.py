@@ -29,7 +29,7 @@ from luvc.export.manifest import ExportManifest
 from luvc.models import VLMAdapter, load_model
 from luvc.models.generation import greedy_generate
 from luvc.progress import progress_steps
-from luvc.samples import closest_size
+from luvc.samples import fit_image
 from luvc.videos import Video
 
 DEFAULT_RATIOS = (0.5, 0.25, 0.125)
@@ -168,9 +168,7 @@ class EvalFromModel:
         from luvc.export.exporter import export_source_model
 
         manifest = ExportManifest.load(self.export_dir, verify=True)
-        limit = manifest.profile.max_new_tokens
-        if not 1 <= max_new_tokens <= limit:
-            critical(f"--max-new-tokens {max_new_tokens} must be between 1 and the export profile's {limit}.")
+        manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
         if isinstance(self.model, VLMAdapter):
             critical("With an export, pass its checkpoint folder as the model (its config is checked), not an adapter.")
         adapter = export_source_model(manifest, self.model)
@@ -328,8 +326,7 @@ def _bucket_fitter(sizes: Sequence[tuple]) -> Callable:
             return _fit_video(visual, videos)
         if not images:
             critical(f"This export has no image bucket (buckets: {sizes}); its questions must be videos.")
-        height, width = closest_size((visual.height, visual.width), images)
-        return visual if visual.size == (width, height) else visual.resize((width, height), Image.Resampling.BICUBIC)
+        return fit_image(visual, images)
 
     return fit
 

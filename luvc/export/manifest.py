@@ -257,6 +257,15 @@ class ProfileEntry:
     video_sizes: tuple[tuple[int, int, int], ...] = ()
     mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
 
+    def check_max_new_tokens(self, max_new_tokens: int, label: str | None = None) -> None:
+        """Refuse a generation length outside 1 .. the profile's ``max_new_tokens``; ``label`` names the value in the
+        error (default ``max_new_tokens=N``; a CLI flag, e.g. ``--max-new-tokens N``)."""
+        if not 1 <= max_new_tokens <= self.max_new_tokens:
+            critical(
+                f"{label or f'max_new_tokens={max_new_tokens}'} must be between 1 and the export profile's "
+                f"{self.max_new_tokens}; re-export with a larger --max-new-tokens for more."
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class KVCacheEntry:

@@ -82,9 +82,7 @@ class ParityFromExport:
         manifest = ExportManifest.load(self.export_dir, verify=True)
         tolerances = self.tolerances or tolerances_for(manifest.precision)
         max_new_tokens = 8 if self.max_new_tokens is None else self.max_new_tokens
-        limit = manifest.profile.max_new_tokens
-        if not 1 <= max_new_tokens <= limit:
-            critical(f"--max-new-tokens {max_new_tokens} must be between 1 and the export profile's {limit}.")
+        manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
         sizes = [bucket.size for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:

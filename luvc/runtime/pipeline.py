@@ -623,12 +623,7 @@ class Pipeline:
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""
-        limit = self.manifest.profile.max_new_tokens
-        if not 1 <= max_new_tokens <= limit:
-            critical(
-                f"max_new_tokens={max_new_tokens} must be between 1 and the export profile's {limit}; re-export "
-                "with a larger --max-new-tokens for more."
-            )
+        self.manifest.profile.check_max_new_tokens(max_new_tokens)
 
     def stop_token_ids(self, stop_token_ids: Sequence[int] | None = None) -> list[int]:
         """``stop_token_ids`` as given, else the model's end-of-sequence ids from the manifest."""

@@ -65,11 +65,7 @@ def write_repository(export_dir: Path, out: Path, options: RepositoryOptions, ov
     limit = manifest.profile.max_batch
     if options.max_batch is not None and not 1 <= options.max_batch <= limit:
         critical(f"--max-batch {options.max_batch} must be between 1 and the export profile's {limit}.")
-    if not 1 <= options.max_new_tokens <= manifest.profile.max_new_tokens:
-        critical(
-            f"--max-new-tokens {options.max_new_tokens} must be between 1 and the export profile's "
-            f"{manifest.profile.max_new_tokens}."
-        )
+    manifest.profile.check_max_new_tokens(options.max_new_tokens, f"--max-new-tokens {options.max_new_tokens}")
     if options.instances < 1:
         critical(f"--instances {options.instances}: run at least 1 model instance.")
     if options.backend == "trt":

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from PIL import Image
 
 from luvc.cli.args.base import BaseArgs
 from luvc.errors import critical
 from luvc.images import load_image, synthetic_image
-from luvc.videos import DEFAULT_SAMPLED_FPS, Video, load_video, synthetic_video
+from luvc.videos import Video, load_sampled_video, synthetic_video
 
 
 class RequestArgs(BaseArgs):
@@ -50,10 +49,7 @@ class RequestArgs(BaseArgs):
         image of ``default_size`` ``(H, W)`` or a synthetic clip of ``(frames, H, W)``."""
         video = None
         if self.video is not None:
-            fps = self.fps
-            if fps is None and self.frames is None and not Path(self.video).is_dir():
-                fps = DEFAULT_SAMPLED_FPS
-            video = load_video(self.video, num_frames=self.frames, fps=fps)
+            video = load_sampled_video(self.video, num_frames=self.frames, fps=self.fps)
         image = load_image(self.image) if self.image is not None else None
         if image is not None and video is not None:
             return image, video
