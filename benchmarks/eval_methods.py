@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prefill_speedup import IMAGE_SIDE, realistic_adapter  # noqa: E402
 
 from luvc.eval.data import load_eval_set  # noqa: E402
-from luvc.eval.runner import BudgetPoint, EvalFromModel  # noqa: E402
+from luvc.eval.points import BudgetPoint  # noqa: E402
+from luvc.eval.runner import EvalFromModel  # noqa: E402
 from luvc.images import synthetic_image  # noqa: E402
 
 LLM_ONLY = ("spu-only", "random", "l2-norm", "dart", "fastv", "visionzip")  # no OIM: same encoder, same layer budgets

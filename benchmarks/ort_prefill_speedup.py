@@ -19,10 +19,11 @@ import torch
 from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, parse_benchmark_args, prompt_for, realistic_adapter
 
 from luvc import LUVCConfig
+from luvc.export.bucket_plan import plan_bucket
 from luvc.export.exporter import OnnxFromGraphSpec, save_model
 from luvc.export.graphs import prefill_spec
 from luvc.export.lint import check_graph
-from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.export.profile import ExportProfile
 from luvc.export.weights import SharedWeights
 from luvc.images import synthetic_image
 

@@ -5,17 +5,22 @@ file beside it) before a stage's slow work; the kernel drops the lock when its p
 so a dead run never blocks the next one. ``staged_folder`` writes into ``.NAME.partial-PID-XXXX``, removes partial
 folders that earlier runs left behind (the lock proves their owners are gone), checks again that the folder is not
 taken just before the rename.
+
+``--overwrite`` replaces only a folder of the stage's own :class:`OutputKind` (an export replaces an export, never a
+folder that is not ours), and no stage writes over, into or around its own inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -24,10 +29,53 @@ from luvc.errors import critical
 _held: dict[Path, list] = {}  # output folder -> [the open lock file this process holds, how many claims hold it]
 
 
-def refuse_existing(out: Path, overwrite: bool | None) -> None:
-    """Fail, naming the fix, when ``out`` exists and ``overwrite`` is not set."""
-    if Path(out).exists() and not overwrite:
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+    """What a stage writes, recognised by a file only its folders hold: ``--overwrite`` replaces nothing else."""
+
+    label: str  # how messages name it, e.g. "an export"
+    marker: str  # the file inside the folder, e.g. "manifest.json"
+    format: str | int | None = None  # the marker's JSON "format" value; None: the file's presence is enough
+
+    def holds(self, folder: Path) -> bool:
+        """Whether ``folder`` is an output of this kind."""
+        path = Path(folder) / self.marker
+        if not path.is_file():
+            return False
+        if self.format is None:
+            return True
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("format") == self.format
+
+
+def refuse_existing(out: Path, overwrite: bool | None, kind: OutputKind) -> None:
+    """Fail, naming the fix, when ``out`` exists and ``overwrite`` is not set, or when it is set but ``out`` is not
+    an output of ``kind`` (``--overwrite`` never deletes a folder that is not ours)."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
         critical(f"{out} already exists; choose another --out or pass --overwrite.")
+    if out.is_symlink() or not out.is_dir() or not kind.holds(out):
+        critical(
+            f"{out} is not {kind.label} (no luvc-export {kind.marker} in it), so --overwrite will not replace it; "
+            "choose another --out, or remove it yourself."
+        )
+
+
+def refuse_overlap(out: Path, inputs: Sequence[Path | str | None]) -> None:
+    """Fail when ``out`` is one of this command's ``inputs``, holds one, or lies inside one: writing there would
+    replace or alter what the command reads."""
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            critical(f"--out {out} overlaps this command's input {given}; choose an --out outside it.")
 
 
 def _lock_path(out: Path) -> Path:
@@ -35,11 +83,15 @@ def _lock_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_claim(out: Path, overwrite: bool | None) -> Iterator[None]:
-    """Refuse a taken ``out`` and hold its writer lock for the block; stages wrap their whole work in it, so a taken
-    or busy folder is reported before minutes of work. Re-entrant within a process (``staged_folder`` claims too)."""
+def output_claim(
+    out: Path, overwrite: bool | None, kind: OutputKind, inputs: Sequence[Path | str | None] = ()
+) -> Iterator[None]:
+    """Refuse a taken ``out`` (or one that overlaps the command's ``inputs``) and hold its writer lock for the block;
+    stages wrap their whole work in it, so a taken or busy folder is reported before minutes of work. Re-entrant
+    within a process (``staged_folder`` claims too)."""
     out = Path(out).absolute()
-    refuse_existing(out, overwrite)
+    refuse_overlap(out, inputs)
+    refuse_existing(out, overwrite, kind)
     if out not in _held:
         _held[out] = [_lock(out), 0]
     _held[out][1] += 1
@@ -95,18 +147,21 @@ def remove_stale_partials(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+def staged_folder(
+    out: Path, overwrite: bool | None, kind: OutputKind, inputs: Sequence[Path | str | None] = ()
+) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out``; it becomes ``out`` only when the block completes, and is
     removed on any exception (Ctrl-C and SIGTERM included), so nothing half-written looks finished. An existing
-    ``out`` is replaced only with ``overwrite``, and only once the new folder is complete."""
+    ``out`` is replaced only with ``overwrite``, only when it is an output of ``kind``, and only once the new folder
+    is complete."""
     out = Path(out)
-    with output_claim(out, overwrite):
+    with output_claim(out, overwrite, kind, inputs):
         remove_stale_partials(out)
         staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
             yield staging
-            refuse_existing(out, overwrite)  # taken meanwhile (by a run that held the lock before this one)
+            refuse_existing(out, overwrite, kind)  # taken meanwhile (by a run that held the lock before this one)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -1,19 +1,19 @@
 """Calibration and explicit quantization (INT8/FP8 Q/DQ) of an fp32 export, with LUVC compression in the loop;
-TensorRT 10 calibration caches for the legacy implicit-INT8 path."""
+TensorRT 10 calibration caches for the legacy implicit-INT8 path. Names load on first use."""
 
-from luvc.calibration.cache import format_calibration_cache, read_calibration_cache, write_calibration_cache
-from luvc.calibration.calibrator import CalibratedExportFromExport, calibrate_export, collect_feeds
-from luvc.calibration.quantize import METHODS, PRECISIONS, activation_ranges, excluded_nodes
+from luvc.lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "PRECISIONS",
-    "CalibratedExportFromExport",
-    "activation_ranges",
-    "calibrate_export",
-    "collect_feeds",
-    "excluded_nodes",
-    "format_calibration_cache",
-    "read_calibration_cache",
-    "write_calibration_cache",
-]
+_EXPORTS = {
+    "METHODS": "luvc.calibration.quantize",
+    "PRECISIONS": "luvc.calibration.quantize",
+    "CalibratedExportFromExport": "luvc.calibration.calibrator",
+    "activation_ranges": "luvc.calibration.quantize",
+    "calibrate_export": "luvc.calibration.calibrator",
+    "collect_feeds": "luvc.calibration.calibrator",
+    "excluded_nodes": "luvc.calibration.quantize",
+    "format_calibration_cache": "luvc.calibration.cache",
+    "read_calibration_cache": "luvc.calibration.cache",
+    "write_calibration_cache": "luvc.calibration.cache",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

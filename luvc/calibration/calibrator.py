@@ -30,7 +30,7 @@ from luvc.calibration.quantize import (
 )
 from luvc.calibration.report import write_report
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, load_graph, sha256_file
+from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
 from luvc.export.weights import SharedWeights
 from luvc.progress import progress_steps
 from luvc.runtime.pipeline import host_arrays
@@ -126,13 +126,11 @@ class CalibratedExportFromExport:
             )
         if manifest.passes.plugin_nodes:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
-        if self.out.resolve() == self.export_dir.resolve():
-            critical("--out must differ from the export folder: calibration writes a new export.")
         return manifest
 
     def call_impl(self) -> Path:
         manifest = self._source()
-        with output_claim(self.out, self.overwrite):  # before the calibration runs (staged_folder checks again)
+        with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)):  # before the calibration
             return self._calibrate(manifest)
 
     def _calibrate(self, manifest: ExportManifest) -> Path:
@@ -146,7 +144,7 @@ class CalibratedExportFromExport:
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in QUANTIZED_KINDS]
         with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
             feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
-            with staged_folder(self.out, self.overwrite) as staging:
+            with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
                 entries, ranges, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
                 files = self._copy_rest(manifest, staging)
                 files += [entry.file for entry in entries.values()]

@@ -8,8 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 from luvc.cli.args.build import BuildArgs
-from luvc.engines.builder import build_engines
-from luvc.engines.manifest import EngineManifest
 
 
 class Build:
@@ -23,6 +21,9 @@ class Build:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.engines.builder import build_engines
+        from luvc.engines.manifest import EngineManifest
+
         build = groups[BuildArgs]
         out = build_engines(build.export_dir, build.target, build.out, **build.options)
         manifest = EngineManifest.load(out)

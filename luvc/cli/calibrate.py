@@ -8,7 +8,6 @@ import json
 from rich.console import Console
 
 from luvc.cli.args import CalibrateArgs, DataArgs
-from luvc.export.manifest import ExportManifest
 
 
 class Calibrate:
@@ -23,6 +22,7 @@ class Calibrate:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.calibration import CalibratedExportFromExport
+        from luvc.export.manifest import ExportManifest
 
         options, data = groups[CalibrateArgs], groups[DataArgs]
         manifest = ExportManifest.load(options.export_dir, verify=False)  # calibration verifies the hashes

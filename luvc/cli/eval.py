@@ -8,9 +8,6 @@ import argparse
 from rich.console import Console
 
 from luvc.cli.args.eval import EvalArgs
-from luvc.eval.data import load_eval_set
-from luvc.eval.report import write_report
-from luvc.eval.runner import EvalFromModel
 from luvc.staging import output_claim
 
 
@@ -26,8 +23,13 @@ class Eval:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.eval.data import load_eval_set
+        from luvc.eval.report import EVAL_OUTPUT, write_report
+        from luvc.eval.runner import EvalFromModel
+
         options = groups[EvalArgs]
-        with output_claim(options.out, options.overwrite):  # before any model loads (write_report checks again)
+        inputs = (options.data, options.export, options.engines, options.model)
+        with output_claim(options.out, options.overwrite, EVAL_OUTPUT, inputs):  # before any model loads
             data = load_eval_set(options.data, options.limit)
             results = EvalFromModel(
                 data,

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.export import ExportArgs
 from luvc.cli.args.model import ModelArgs
-from luvc.export.exporter import export_model
-from luvc.export.manifest import ExportManifest
+
+if TYPE_CHECKING:
+    from luvc.export.manifest import ExportManifest
 
 
 class Export:
@@ -26,6 +27,11 @@ class Export:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        import torch
+
+        from luvc.export.exporter import export_model
+        from luvc.export.manifest import ExportManifest
+
         console = Console()
         export = groups[ExportArgs]
         model_args = groups[ModelArgs]

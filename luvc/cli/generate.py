@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+from luvc.cli.args.base import int_in
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
 from luvc.cli.args.request import RequestArgs
 from luvc.compress.config import LUVCConfig
-from luvc.compress.cost import CostReport
 from luvc.compress.methods import method_of
-from luvc.errors import critical
-from luvc.models.generation import greedy_generate
+
+if TYPE_CHECKING:
+    from luvc.compress.cost import CostReport
 
 
 class Generate:
@@ -27,11 +29,11 @@ class Generate:
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Generation")
         group.add_argument("--prompt", required=True, help="the user prompt")
-        group.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate (default 16)")
+        group.add_argument("--max-new-tokens", type=int_in(1), default=16, help="tokens to generate (default 16)")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        if args.max_new_tokens < 1:
-            critical(f"--max-new-tokens {args.max_new_tokens}: generate at least 1 token.")
+        from luvc.models.generation import greedy_generate
+
         console = Console()
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()

@@ -8,11 +8,6 @@ import collections
 from rich.console import Console
 from rich.table import Table
 
-from luvc.engines.profiles import dimension_ranges
-from luvc.export.inspect import matmul_flops, op_histogram
-from luvc.export.lint import lint_graph
-from luvc.export.manifest import ExportManifest, load_graph
-
 
 class Inspect:
     """Show an export's I/O, op histogram, per-layer budgets, estimated FLOPs, TensorRT-hostile ops and the
@@ -25,6 +20,11 @@ class Inspect:
         parser.add_argument("export_dir", help="export folder (from `luvc-export export`)")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.engines.profiles import dimension_ranges
+        from luvc.export.inspect import matmul_flops, op_histogram
+        from luvc.export.lint import lint_graph
+        from luvc.export.manifest import ExportManifest, load_graph
+
         console = Console()
         manifest = ExportManifest.load(args.export_dir)
         console.print(

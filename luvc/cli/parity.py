@@ -7,8 +7,6 @@ import argparse
 from rich.console import Console
 
 from luvc.cli.args import DataArgs, ParityArgs
-from luvc.export.manifest import ExportManifest
-from luvc.parity import ParityFromExport, write_report
 from luvc.staging import output_claim
 
 
@@ -24,11 +22,17 @@ class Parity:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.parity.report import PARITY_OUTPUT
+
         options, data = groups[ParityArgs], groups[DataArgs]
-        with output_claim(options.out, options.overwrite):  # before the checks run (write_report checks again)
+        inputs = (options.artifact_dir, options.engines, options.baseline, options.model, data.folder)
+        with output_claim(options.out, options.overwrite, PARITY_OUTPUT, inputs):  # before the checks run
             return self._check(options, data)
 
     def _check(self, options: ParityArgs, data: DataArgs) -> int:
+        from luvc.export.manifest import ExportManifest
+        from luvc.parity import ParityFromExport, write_report
+
         manifest = ExportManifest.load(options.artifact_dir, verify=False)  # the checker verifies the hashes
         samples = data.samples([bucket.size for bucket in manifest.buckets.values()])
         results = ParityFromExport(

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.engines.memory import DEVICES, GiB, MemoryPlan, plan_memory
+from luvc.engines.memory import DEVICES, GiB, MemoryPlan
 
 
 class Plan:
@@ -28,6 +28,8 @@ class Plan:
         parser.add_argument("--engines", default=None, help="engine folder built from this export (its sizes)")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.engines.memory import plan_memory
+
         plan = plan_memory(args.artifact_dir, args.target, args.engines)
         console = Console(soft_wrap=True)
         console.print(memory_table(plan))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
-from luvc.runtime.pipeline import Pipeline, Timings
+
+if TYPE_CHECKING:
+    from luvc.runtime.pipeline import Pipeline, Timings
 
 
 class Run:
@@ -27,6 +30,8 @@ class Run:
         group.add_argument("--stream", action="store_true", help="print tokens as they are generated")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.runtime.pipeline import Timings
+
         options = groups[RuntimeArgs]
         console = Console()
         pipeline = options.pipeline()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from luvc.cli.args.base import int_in
 from luvc.errors import critical
-from luvc.runtime.pipeline import BACKENDS
-from luvc.serve.triton import RepositoryOptions, write_repository
+from luvc.runtime import BACKENDS
 
 
 class Triton:
@@ -31,10 +31,12 @@ class Triton:
             default=None,
             help="comma-separated GPU ids to place instances on (default: CPU instances; --backend trt needs GPUs)",
         )
-        group.add_argument("--instances", type=int, default=1, help="model instances per GPU (or on the CPU)")
-        group.add_argument("--max-batch", type=int, default=None, help="requests per batch (default: the export's)")
+        group.add_argument("--instances", type=int_in(1), default=1, help="model instances per GPU (or on the CPU)")
         group.add_argument(
-            "--max-new-tokens", type=int, default=64, help="generation length when a request sets none (64)"
+            "--max-batch", type=int_in(1), default=None, help="requests per batch (default: the export's)"
+        )
+        group.add_argument(
+            "--max-new-tokens", type=int_in(1), default=64, help="generation length when a request sets none (64)"
         )
         group.add_argument(
             "--copy",
@@ -45,6 +47,8 @@ class Triton:
         group.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.serve.repository import RepositoryOptions, write_repository
+
         try:
             gpus = tuple(int(gpu) for gpu in args.gpus.split(",")) if args.gpus else ()
         except ValueError:

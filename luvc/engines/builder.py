@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from luvc.engines.manifest import BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
+from luvc.engines.manifest import ENGINES_OUTPUT, BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
 from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
@@ -232,14 +232,14 @@ class EnginesFromExport:
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export)
         plugins = plugin_library_for_build(export, tensorrt, self.plugin_library)
-        with output_claim(self.out, self.overwrite):  # before building anything (staged_folder checks again)
+        with output_claim(self.out, self.overwrite, ENGINES_OUTPUT, (self.export_dir,)):  # before building anything
             if plugins is not None:
                 plugins.load(tensorrt)  # before any graph is parsed
             return self._build(export, target, tensorrt, plugins)
 
     def _build(self, export: ExportManifest, target: Target, tensorrt: TensorRT, plugins: PluginLibrary | None) -> Path:
         cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
-        with staged_folder(self.out, self.overwrite) as staging:
+        with staged_folder(self.out, self.overwrite, ENGINES_OUTPUT, (self.export_dir,)) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
             manifest = EngineManifest(
                 tensorrt=BuiltBy(tensorrt.name, tensorrt.version),

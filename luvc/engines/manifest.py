@@ -23,8 +23,10 @@ from luvc.export.manifest import (
     TensorEntry,
     sha256_file,
 )
+from luvc.staging import OutputKind
 
 FORMAT = ENGINE_FORMAT
+ENGINES_OUTPUT = OutputKind("an engine folder", MANIFEST_NAME, FORMAT)
 FORMAT_VERSION = 2  # 2: typed entries (as the export manifest's v3)
 
 
@@ -130,15 +132,11 @@ class EngineManifest:
             return capability >= (8, 0)
         return f"{capability[0]}.{capability[1]}" in self.target["compute_capabilities"]
 
-    def check_engine(
-        self,
-        folder: str | Path,
-        name: str,
-        tensorrt: TensorRT,
-        device_capability: tuple[int, int] | None = None,
-        export: ExportManifest | None = None,
-    ) -> bytes:
-        """The bytes of engine ``name`` after every check (see the module docstring)."""
+    def check_file(
+        self, folder: str | Path, name: str, export: ExportManifest | None = None, hashes: bool = True
+    ) -> Path:
+        """The path of engine ``name`` after the checks that need no TensorRT: listed, present, of its recorded size
+        (and sha256, with ``hashes``), built from ``export`` when given."""
         if name not in self.engines:
             critical(f"The engine folder has no engine {name!r}; it has {sorted(self.engines)}.")
         entry = self.engines[name]
@@ -148,8 +146,32 @@ class EngineManifest:
         size = path.stat().st_size
         if size != entry.bytes:
             critical(f"{path} is truncated or padded: {size} bytes, the manifest says {entry.bytes}; rebuild it.")
-        if sha256_file(path) != entry.sha256:
+        if hashes and sha256_file(path) != entry.sha256:
             critical(f"{path} does not match its sha256 in {MANIFEST_NAME}; the file changed, rebuild it.")
+        if export is not None:
+            source = entry.source
+            if export.files.get(source.file) != source.sha256:
+                critical(
+                    f"{path.name} was built from another export: {source.file} has a different sha256 in the "
+                    "export manifest. Rebuild the engines from this export folder."
+                )
+        return path
+
+    def check_files(self, folder: str | Path, export: ExportManifest, hashes: bool = True) -> None:
+        """``check_file`` for every graph of ``export``: the folder holds all its engines, intact, built from it."""
+        for name in export.graphs:
+            self.check_file(folder, name, export, hashes)
+
+    def check_engine(
+        self,
+        folder: str | Path,
+        name: str,
+        tensorrt: TensorRT,
+        device_capability: tuple[int, int] | None = None,
+        export: ExportManifest | None = None,
+    ) -> bytes:
+        """The bytes of engine ``name`` after every check (see the module docstring)."""
+        path = self.check_file(folder, name, export)
         built = self.tensorrt
         if (built.module, built.version) != (tensorrt.name, tensorrt.version):
             critical(
@@ -163,13 +185,6 @@ class EngineManifest:
                 f"but this GPU is SM {device_capability[0]}.{device_capability[1]}; rebuild with the matching "
                 "--target (or --hardware-compatible on Ampere and newer)."
             )
-        if export is not None:
-            source = entry.source
-            if export.files.get(source.file) != source.sha256:
-                critical(
-                    f"{path.name} was built from another export: {source.file} has a different sha256 in the "
-                    "export manifest. Rebuild the engines from this export folder."
-                )
         return path.read_bytes()
 
 

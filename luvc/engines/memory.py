@@ -17,6 +17,7 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import onnx
@@ -66,7 +67,7 @@ def device(target: str) -> Device:
         size = float(target.removesuffix("GiB").removesuffix("gib"))
     except ValueError:
         size = 0.0
-    if size <= 0:
+    if not math.isfinite(size) or size <= 0:
         critical(f"Target {target!r} is neither a device ({', '.join(DEVICES)}) nor a size in GiB (e.g. 80).")
     return Device(f"GPU with {size:g} GiB", int(size * GiB), GiB, "hopper")
 
@@ -172,6 +173,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         from luvc.engines.manifest import EngineManifest
 
         engines = EngineManifest.load(engines_dir)
+        engines.check_files(engines_dir, manifest, hashes=False)  # sizes as built, from this export: no hashing
         weights = {name: entry.bytes for name, entry in engines.engines.items()}
         source = "engines"
     else:

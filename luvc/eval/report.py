@@ -7,8 +7,9 @@ from pathlib import Path
 from luvc.compress.methods import METHODS
 from luvc.eval.data import QUESTION_TYPES
 from luvc.eval.results import EvalResults, RunSummary
-from luvc.staging import staged_folder
+from luvc.staging import OutputKind, staged_folder
 
+EVAL_OUTPUT = OutputKind("an eval report", "eval.json")
 PARETO = "pareto.png"
 
 
@@ -115,7 +116,7 @@ def markdown(results: EvalResults) -> str:
 
 def write_report(results: EvalResults, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``eval.json``, ``report.md`` and ``pareto.png`` to ``out`` (complete or not at all)."""
-    with staged_folder(Path(out), overwrite) as folder:
+    with staged_folder(Path(out), overwrite, EVAL_OUTPUT) as folder:
         results.save(folder / "eval.json")
         plot_pareto(results, folder / PARETO)
         (folder / "report.md").write_text(markdown(results))

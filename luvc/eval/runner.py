@@ -17,12 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from luvc.compress.budgets import parse_budget, ratio_schedule
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport
 from luvc.compress.methods import METHODS, Method, method_of
 from luvc.errors import critical
 from luvc.eval.data import EvalSet, Question
+from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
 from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
 from luvc.eval.scoring import score
 from luvc.export.manifest import ExportManifest
@@ -32,31 +32,7 @@ from luvc.progress import progress_steps
 from luvc.samples import fit_image
 from luvc.videos import Video
 
-DEFAULT_RATIOS = (0.5, 0.25, 0.125)
-DEFAULT_MAX_NEW_TOKENS = 16
 EXPORT_POINT = "export"
-
-
-@dataclasses.dataclass(frozen=True)
-class BudgetPoint:
-    """Where the methods that prune are compared: a ``ratio`` of the visual tokens given to the LLM (then the default
-    schedule's shape: held until ``spu_start``, linear decay to zero), or explicit per-layer ``budgets``."""
-
-    ratio: float | None = None
-    budgets: tuple[int, ...] | None = None
-
-    @property
-    def label(self) -> str:
-        if self.ratio is not None:
-            return f"ratio {self.ratio:g}"
-        return "budgets " + ",".join(str(budget) for budget in self.budgets)
-
-    def schedule(self, num_layers: int, visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
-        """The budgets of this point for an image of ``visual_tokens`` uncompressed visual tokens (``config``
-        resolved: its schedule knobs)."""
-        if self.ratio is not None:
-            return ratio_schedule(num_layers, visual_tokens, self.ratio, config)
-        return parse_budget(num_layers, self.budgets)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,13 @@ import luvc
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
+from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
 from luvc.export.inspect import root_of
-from luvc.export.kv_update import DEFAULT_KV_UPDATE, mark_opset, translation_table
+from luvc.export.kv_update import mark_opset, translation_table
 from luvc.export.lint import check_graph
 from luvc.export.manifest import (
+    EXPORT_OUTPUT,
     ExportManifest,
     GraphEntry,
     KVCacheEntry,
@@ -49,7 +51,7 @@ from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
 from luvc.export.plugin_ops import plugin_translations, plugin_units
-from luvc.export.profile import Bucket, ExportProfile, kv_capacities, plan_bucket, plan_mixed_bucket
+from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.progress import graph_progress
@@ -301,8 +303,13 @@ class OnnxFromCompressedModel:
         return self.call_impl()
 
     def call_impl(self) -> Path:
-        with output_claim(self.out, self.overwrite):  # before tracing anything (staged_folder checks again)
+        with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
             return self._export()
+
+    def _inputs(self) -> tuple[Path, ...]:
+        """The checkpoint folder the export reads (none for a built-in model)."""
+        source = Path(self.adapter.name)
+        return (source,) if source.is_dir() else ()
 
     def _export(self) -> Path:
         adapter = self.adapter
@@ -327,7 +334,7 @@ class OnnxFromCompressedModel:
         capacities = kv_capacities(buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
 
-        with staged_folder(self.out, self.overwrite) as staging:
+        with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
             files += self._save_preprocessing(staging)
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from luvc.export.bucket_plan import Bucket
 from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_names, kept_index_layers, kv_names
-from luvc.export.profile import Bucket, ExportProfile
+from luvc.export.profile import ExportProfile
 from luvc.models.base import VLMAdapter
 
 EXAMPLE_BATCH = 2  # traced with two rows: an example size of 1 would make torch.export specialise the batch axis

@@ -21,8 +21,6 @@ import torch
 from onnxscript import opset18 as op
 from onnxscript.onnx_opset import opset24
 
-KV_UPDATE_FORMS = ("tensor-scatter", "scatter-elements")
-DEFAULT_KV_UPDATE = "tensor-scatter"
 TENSOR_SCATTER_OPSET = 24
 SEQUENCE_AXIS = 2  # caches are (batch, kv_heads, capacity, head_dim)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +20,19 @@ import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from luvc.errors import critical
+from luvc.export.buckets import bucket_name, size_name, size_option, spans_end
 from luvc.export.inspect import value_dims
+from luvc.staging import OutputKind
 
 if TYPE_CHECKING:
-    from luvc.export.profile import Bucket, ExportProfile
+    from luvc.export.bucket_plan import Bucket
+    from luvc.export.profile import ExportProfile
     from luvc.models.base import VLMAdapter
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
+EXPORT_OUTPUT = OutputKind("an export", MANIFEST_NAME, FORMAT)  # calibrated exports too
 FORMAT_VERSION = 3  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry)
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
@@ -116,34 +119,6 @@ class GraphEntry:
 
     def input(self, name: str) -> TensorEntry:
         return next(entry for entry in self.inputs if entry.name == name)
-
-
-def spans_end(spans: Sequence[tuple[int, int]]) -> int:
-    """Index after the last of ``(start, tokens)`` spans."""
-    start, count = spans[-1]
-    return start + count
-
-
-def bucket_name(image_size: Sequence[int], frames: int = 0, parts: Sequence[str] = ()) -> str:
-    """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames, the ``parts`` joined by ``+``
-    for a mixed bucket."""
-    if parts:
-        return "+".join(parts)
-    return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
-
-
-def size_option(size: tuple) -> str:
-    """The export option that adds a bucket of ``size`` (``BucketEntry.size``)."""
-    if size and isinstance(size[0], tuple):
-        return "--mixed-size"
-    return "--video-size" if len(size) == 3 else "--image-size"
-
-
-def size_name(size: tuple) -> str:
-    """The bucket name of a ``BucketEntry.size``: ``HxW``, ``FxHxW``, or ``HxW+FxHxW`` for an image and a video."""
-    if size and isinstance(size[0], tuple):
-        return "+".join(size_name(part) for part in size)
-    return "x".join(str(side) for side in size)
 
 
 @dataclasses.dataclass(frozen=True)

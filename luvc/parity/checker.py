@@ -11,7 +11,8 @@ import numpy as np
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, size_name, size_option
+from luvc.export.buckets import size_name, size_option
+from luvc.export.manifest import ExportManifest
 from luvc.parity import metrics
 from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
 from luvc.parity.reference import TorchReference, TorchRun

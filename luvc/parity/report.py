@@ -6,8 +6,9 @@ from pathlib import Path
 
 from luvc.parity.results import LEVELS, ParityResults
 from luvc.parity.tolerances import METRICS
-from luvc.staging import staged_folder
+from luvc.staging import OutputKind, staged_folder
 
+PARITY_OUTPUT = OutputKind("a parity report", "parity.json")
 PLOTS = {"layer_error": "layer_error.png", "kept_overlap": "kept_overlap.png"}
 
 
@@ -114,7 +115,7 @@ def markdown(results: ParityResults) -> str:
 
 def write_report(results: ParityResults, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``parity.json``, ``report.md`` and the PNG plots to ``out`` (complete or not at all)."""
-    with staged_folder(Path(out), overwrite) as folder:
+    with staged_folder(Path(out), overwrite, PARITY_OUTPUT) as folder:
         results.save(folder / "parity.json")
         plot_layer_errors(results, folder / PLOTS["layer_error"])
         plot_kept_overlap(results, folder / PLOTS["kept_overlap"])

@@ -27,6 +27,7 @@ from PIL import Image
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest, GraphEntry, checked_graph_path
 from luvc.models.prompt import PromptTemplate, token_runs, video_text
+from luvc.runtime import BACKENDS
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
@@ -40,8 +41,6 @@ from luvc.videos import (
     slice_timestamps,
     video_time_positions,
 )
-
-BACKENDS = ("ort", "trt")
 
 
 @dataclasses.dataclass

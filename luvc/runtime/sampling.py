@@ -4,10 +4,15 @@ seeded generator."""
 from __future__ import annotations
 
 import dataclasses
-
-import torch
+import math
+from typing import TYPE_CHECKING
 
 from luvc.errors import critical
+
+if TYPE_CHECKING:  # torch is imported where tokens are chosen: the CLI checks these options without it
+    import torch
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,11 +25,26 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+        numbers_ok = all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in (self.temperature, self.top_p)
+        )
+        if (
+            not numbers_ok
+            or not math.isfinite(self.temperature)
+            or self.temperature < 0
+            or isinstance(self.top_k, bool)
+            or not isinstance(self.top_k, int)
+            or self.top_k < 0
+            or not 0 < self.top_p <= 1
+        ):
             critical(
-                f"Sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got temperature={self.temperature},"
-                f" top_k={self.top_k}, top_p={self.top_p}."
+                f"Sampling needs a finite temperature >= 0, an integer top_k >= 0 and 0 < top_p <= 1; got "
+                f"temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}."
             )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
+        ):
+            critical(f"seed={self.seed} must be an integer between 0 and {MAX_SEED} (2**63 - 1).")
 
     @property
     def greedy(self) -> bool:
@@ -34,6 +54,8 @@ class SamplingConfig:
         """The request's random generator on ``device`` (``None`` for greedy decoding)."""
         if self.greedy:
             return None
+        import torch
+
         generator = torch.Generator(device=device)
         if self.seed is None:
             generator.seed()
@@ -46,6 +68,8 @@ def next_tokens(
     logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None, out: torch.Tensor
 ) -> torch.Tensor:
     """``(B, V)`` logits -> ``(B,)`` token ids written into ``out`` (int64, on the logits' device)."""
+    import torch
+
     if config.greedy:
         return torch.argmax(logits, dim=-1, out=out)
     scaled = logits.double() / config.temperature

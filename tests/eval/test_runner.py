@@ -9,7 +9,8 @@ import torch
 from luvc.compress.methods import METHODS
 from luvc.errors import LuvcError
 from luvc.eval.data import load_eval_set
-from luvc.eval.runner import BudgetPoint, EvalFromModel
+from luvc.eval.points import BudgetPoint
+from luvc.eval.runner import EvalFromModel
 from luvc.models import TINY_MODELS, load_model
 from tests.conftest import stock_inputs
 from tests.eval.conftest import MIXED, write_questions

@@ -10,10 +10,10 @@ import torch
 from luvc.compress.oim import merge_units
 from luvc.compress.spu import lowpass_basis
 from luvc.errors import LuvcError
+from luvc.export.bucket_plan import plan_bucket
 from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.plugin_ops import SCHEMAS, plugin_units
-from luvc.export.profile import plan_bucket
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
 from luvc.models.decoder import spu_prune

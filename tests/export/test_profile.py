@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from luvc.errors import LuvcError
-from luvc.export.profile import ExportProfile, parse_video_size, plan_bucket
+from luvc.export.bucket_plan import plan_bucket
+from luvc.export.buckets import parse_video_size
+from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
 from tests.conftest import QWEN_BUCKETS

@@ -5,8 +5,9 @@ import torch
 
 import luvc.models.qwen2_vl as qwen2_vl
 from luvc.compress.config import LUVCConfig
+from luvc.export.bucket_plan import plan_bucket
 from luvc.export.graphs import prefill_spec, vision_spec
-from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.models.plan import PlanCache

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from luvc.export.bucket_plan import plan_bucket
 from luvc.export.exporter import OnnxFromGraphSpec
 from luvc.export.graphs import vision_spec
-from luvc.export.profile import ExportProfile, plan_bucket
+from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.models.qwen2_vl import QwenVisionGraph, qwen_vision_feeds

@@ -42,7 +42,31 @@ def test_a_seed_reproduces_the_sequence():
     assert sequence(1) != sequence(2)
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}])
+BAD_SETTINGS = [
+    {"temperature": -1.0},
+    {"temperature": float("nan")},
+    {"temperature": float("inf")},
+    {"temperature": "1"},
+    {"top_k": -1},
+    {"top_k": 2.5},
+    {"top_p": 0.0},
+    {"top_p": 1.5},
+    {"top_p": float("nan")},
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_SETTINGS, ids=map(str, BAD_SETTINGS))
 def test_bad_settings_are_refused(kwargs):
-    with pytest.raises(LuvcError, match="Sampling needs temperature >= 0"):
+    with pytest.raises(LuvcError, match="Sampling needs a finite temperature >= 0, an integer top_k >= 0"):
         SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64, 1e23, True, 1.5])
+def test_seeds_outside_torchs_range_are_refused(seed):
+    with pytest.raises(LuvcError, match=r"must be an integer between 0 and 9223372036854775807 \(2\*\*63 - 1\)"):
+        SamplingConfig(temperature=1.0, seed=seed)
+
+
+def test_the_largest_seed_seeds_a_generator():
+    generator = SamplingConfig(temperature=1.0, seed=2**63 - 1).generator(torch.device("cpu"))
+    assert generator.initial_seed() == 2**63 - 1

@@ -100,7 +100,7 @@ def test_unset_fields_take_the_server_defaults_and_set_ones_override_them():
 
 
 def test_bad_sampling_values_get_the_cli_message_and_too_many_stops_are_refused():
-    with pytest.raises(LuvcError, match=r"Sampling needs temperature >= 0.*got temperature=-1"):
+    with pytest.raises(LuvcError, match=r"Sampling needs a finite temperature >= 0.*got temperature=-1"):
         generation_params(parse_request(body(text_part("hi"), temperature=-1)), DEFAULTS)
     with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
         generation_params(parse_request(body(text_part("hi"), stop=list("abcde"))), DEFAULTS)

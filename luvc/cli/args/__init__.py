@@ -5,7 +5,7 @@ Groups load on first use, so a subcommand imports only what it needs (``build`` 
 
 from __future__ import annotations
 
-import importlib
+from luvc.lazy import lazy_exports
 
 GROUPS = {
     "BaseArgs": "luvc.cli.args.base",
@@ -21,13 +21,4 @@ GROUPS = {
     "RuntimeArgs": "luvc.cli.args.runtime",
 }
 __all__ = list(GROUPS)
-
-
-def __getattr__(name: str):
-    if name not in GROUPS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(GROUPS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *GROUPS])
+__getattr__, __dir__ = lazy_exports(__name__, GROUPS)

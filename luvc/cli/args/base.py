@@ -1,8 +1,14 @@
-"""``BaseArgs``: one group of command-line options (Polygraphy ``BaseArgs``)."""
+"""``BaseArgs``: one group of command-line options (Polygraphy ``BaseArgs``), and argument types that check ranges.
+
+Argument groups import nothing heavy at module level (no PyTorch, transformers or ONNX): every subcommand's
+``--help`` and argument errors come back at once; what an option needs to act on is imported in ``parse`` or later.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 
 class BaseArgs:
@@ -14,3 +20,44 @@ class BaseArgs:
     def parse(self, args: argparse.Namespace) -> None:
         """Read this group's options from ``args`` into attributes."""
         raise NotImplementedError
+
+
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (either end open when ``None``), else a one-line error
+    with the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is outside {_range(low, high)}")
+        return value
+
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``; either end open
+    when ``None``), else a one-line error with the range; NaN and infinities are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {_range(low, high, low_open)}")
+        return value
+
+    return parse
+
+
+def _range(low: float | None, high: float | None, low_open: bool = False) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"<= {high:g}"
+    return f"{'(' if low_open else '['}{low:g}, {high:g}]"

@@ -12,8 +12,8 @@ from luvc.compress.budgets import budget_values
 from luvc.compress.config import SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS
 from luvc.errors import critical
-from luvc.eval.runner import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
-from luvc.runtime.pipeline import BACKENDS
+from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
+from luvc.runtime import BACKENDS
 
 
 class EvalArgs(BaseArgs):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luvc.cli.args.base import BaseArgs
-from luvc.export.kv_update import KV_UPDATE_FORMS
-from luvc.export.profile import PRECISIONS, ExportProfile, parse_image_size, parse_mixed_size, parse_video_size
+from luvc.cli.args.base import BaseArgs, int_in
+from luvc.export.buckets import parse_image_size, parse_mixed_size, parse_video_size
+from luvc.export.profile import KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
 
 
 class ExportArgs(BaseArgs):
@@ -44,11 +44,24 @@ class ExportArgs(BaseArgs):
             "Qwen-VL families); its image and video sizes become buckets too",
         )
         group.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="graph precision (fp32)")
-        group.add_argument("--max-batch", type=int, default=None, help="largest batch for engine profiles (4)")
         group.add_argument(
-            "--max-text-tokens", type=int, default=None, help="longest prompt text after the image (512)"
+            "--max-batch",
+            type=int_in(1, PROFILE_LIMITS["max_batch"]),
+            default=None,
+            help="largest batch for engine profiles (4)",
         )
-        group.add_argument("--max-new-tokens", type=int, default=None, help="longest generation (256)")
+        group.add_argument(
+            "--max-text-tokens",
+            type=int_in(1, PROFILE_LIMITS["max_text_tokens"]),
+            default=None,
+            help="longest prompt text after the image (512)",
+        )
+        group.add_argument(
+            "--max-new-tokens",
+            type=int_in(1, PROFILE_LIMITS["max_new_tokens"]),
+            default=None,
+            help="longest generation (256)",
+        )
         group.add_argument(
             "--external-data",
             choices=("auto", "always", "never"),

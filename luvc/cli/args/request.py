@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from PIL import Image
-
-from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.base import BaseArgs, float_in, int_in
 from luvc.errors import critical
-from luvc.images import load_image, synthetic_image
-from luvc.videos import Video, load_sampled_video, synthetic_video
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from luvc.videos import Video
+
+MAX_SAMPLED_FPS = 240.0  # frames a second to sample: beyond any camera a VLM is given
 
 
 class RequestArgs(BaseArgs):
@@ -29,11 +33,14 @@ class RequestArgs(BaseArgs):
             "with --image too, both go in one prompt (the image first; an export needs a --mixed-size bucket)",
         )
         group.add_argument(
-            "--video-frames", type=int, default=None, help="frames to sample evenly from --video (default: by rate)"
+            "--video-frames",
+            type=int_in(1),
+            default=None,
+            help="frames to sample evenly from --video (default: by rate)",
         )
         group.add_argument(
             "--video-fps",
-            type=float,
+            type=float_in(0, MAX_SAMPLED_FPS, low_open=True),
             default=None,
             help="frames per second to sample from a --video file (default 2, as Qwen-VL's video processors)",
         )
@@ -47,6 +54,9 @@ class RequestArgs(BaseArgs):
     def load(self, default_size: Sequence[int] = (224, 224)) -> Image.Image | Video | tuple[Image.Image, Video]:
         """The request's image or video (both: an ``(image, video)`` pair for one prompt); without one, a synthetic
         image of ``default_size`` ``(H, W)`` or a synthetic clip of ``(frames, H, W)``."""
+        from luvc.images import load_image, synthetic_image
+        from luvc.videos import load_sampled_video, synthetic_video
+
         video = None
         if self.video is not None:
             video = load_sampled_video(self.video, num_frames=self.frames, fps=self.fps)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from luvc.cli.args.base import BaseArgs
-from luvc.runtime.pipeline import BACKENDS, Pipeline
-from luvc.runtime.sampling import SamplingConfig
+from luvc.cli.args.base import BaseArgs, float_in, int_in
+from luvc.runtime import BACKENDS
+from luvc.runtime.sampling import MAX_SEED, SamplingConfig
+
+if TYPE_CHECKING:
+    from luvc.runtime.pipeline import Pipeline
 
 
 class RuntimeArgs(BaseArgs):
@@ -38,11 +42,15 @@ class RuntimeArgs(BaseArgs):
             default=None,
             help="ONNX Runtime execution providers, comma-separated, instead of those --device implies",
         )
-        group.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
-        group.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-        group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
-        group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-        group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+        group.add_argument(
+            "--max-new-tokens", type=int_in(1), default=64, help="tokens to generate (default 64; at most the export's)"
+        )
+        group.add_argument("--temperature", type=float_in(0), default=0.0, help="0 (default) is greedy")
+        group.add_argument("--top-k", type=int_in(0), default=0, help="sample from the k most likely tokens (0: all)")
+        group.add_argument(
+            "--top-p", type=float_in(0, 1, low_open=True), default=1.0, help="nucleus sampling mass (1.0: off)"
+        )
+        group.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="random seed for sampling")
 
     def parse(self, args: argparse.Namespace) -> None:
         self.artifact_dir = Path(args.artifact_dir)
@@ -55,6 +63,8 @@ class RuntimeArgs(BaseArgs):
 
     def pipeline(self) -> Pipeline:
         """The pipeline these options describe (artifacts, backend, engines, device, plugin library)."""
+        from luvc.runtime.pipeline import Pipeline
+
         return Pipeline(
             self.artifact_dir,
             self.backend,

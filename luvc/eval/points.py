@@ -1,0 +1,34 @@
+"""Budget points: where eval compares the methods that prune (a share of the visual tokens, or explicit per-layer
+budgets), and the eval defaults the CLI shows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from luvc.compress.budgets import parse_budget, ratio_schedule
+from luvc.compress.config import LUVCConfig
+
+DEFAULT_RATIOS = (0.5, 0.25, 0.125)
+DEFAULT_MAX_NEW_TOKENS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPoint:
+    """Where the methods that prune are compared: a ``ratio`` of the visual tokens given to the LLM (then the default
+    schedule's shape: held until ``spu_start``, linear decay to zero), or explicit per-layer ``budgets``."""
+
+    ratio: float | None = None
+    budgets: tuple[int, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.ratio is not None:
+            return f"ratio {self.ratio:g}"
+        return "budgets " + ",".join(str(budget) for budget in self.budgets)
+
+    def schedule(self, num_layers: int, visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
+        """The budgets of this point for an image of ``visual_tokens`` uncompressed visual tokens (``config``
+        resolved: its schedule knobs)."""
+        if self.ratio is not None:
+            return ratio_schedule(num_layers, visual_tokens, self.ratio, config)
+        return parse_budget(num_layers, self.budgets)

@@ -1,0 +1,76 @@
+"""Buckets: the sizes an export's graphs are traced for (an image's ``HxW``, a video's ``FxHxW``, an image then a
+video ``HxW+FxHxW``), their names, the option that adds each, and where the visual spans end in a prompt.
+
+Nothing heavy is imported here: the CLI parses sizes with it at once, and every stage names buckets through it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from luvc.errors import critical
+
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 28, 8192  # a processed bucket: at least one 2x2 merge unit, at most 8K pixels
+MAX_VIDEO_FRAMES = 768  # Qwen-VL's video processors sample at most 768 frames
+
+
+def parse_image_size(text: str, option: str = "--image-size") -> tuple[int, int]:
+    """``"448x448"`` -> ``(448, 448)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        critical(f"Image size {text!r} is not HxW, e.g. 448x448 ({option}).")
+    height, width = int(match.group(1)), int(match.group(2))
+    if not (MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE):
+        critical(
+            f"Image size {text!r}: each side must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels "
+            f"({option}), e.g. 448x448."
+        )
+    return height, width
+
+
+def parse_video_size(text: str) -> tuple[int, int, int]:
+    """``"8x448x448"`` -> ``(8, 448, 448)``: frames, then the processed frame size."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+\s*[xX]\s*\d+)\s*", text)
+    if not match:
+        critical(f"Video size {text!r} is not FRAMESxHxW, e.g. 16x448x448 (--video-size).")
+    frames = int(match.group(1))
+    if not 1 <= frames <= MAX_VIDEO_FRAMES:
+        critical(f"Video size {text!r}: the frame count must be between 1 and {MAX_VIDEO_FRAMES} (--video-size).")
+    return (frames, *parse_image_size(match.group(2), "--video-size"))
+
+
+def parse_mixed_size(text: str) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """``"448x448+16x448x448"`` -> ``((448, 448), (16, 448, 448))``: an image, then a video, in one prompt."""
+    image, plus, video = text.partition("+")
+    if not plus:
+        critical(f"Mixed size {text!r} is not HxW+FRAMESxHxW, e.g. 448x448+16x448x448 (--mixed-size).")
+    return parse_image_size(image, "--mixed-size"), parse_video_size(video)
+
+
+def bucket_name(image_size: Sequence[int], frames: int = 0, parts: Sequence[str] = ()) -> str:
+    """``HxW`` for an image bucket, ``FxHxW`` for a video bucket of ``frames`` frames, the ``parts`` joined by ``+``
+    for a mixed bucket."""
+    if parts:
+        return "+".join(parts)
+    return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
+
+
+def size_name(size: tuple) -> str:
+    """The bucket name of a ``BucketEntry.size``: ``HxW``, ``FxHxW``, or ``HxW+FxHxW`` for an image and a video."""
+    if size and isinstance(size[0], tuple):
+        return "+".join(size_name(part) for part in size)
+    return "x".join(str(side) for side in size)
+
+
+def size_option(size: tuple) -> str:
+    """The export option that adds a bucket of ``size`` (``BucketEntry.size``)."""
+    if size and isinstance(size[0], tuple):
+        return "--mixed-size"
+    return "--video-size" if len(size) == 3 else "--image-size"
+
+
+def spans_end(spans: Sequence[tuple[int, int]]) -> int:
+    """Index after the last of ``(start, tokens)`` spans."""
+    start, count = spans[-1]
+    return start + count

@@ -1,0 +1,21 @@
+"""Packages whose public names load on first use: importing the package (or a light module in it) stays cheap."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for ``package``: each name of ``exports`` (name -> module) is imported from its
+    module when first asked for."""
+
+    def __getattr__(name: str) -> object:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    def __dir__() -> list[str]:
+        return sorted([*importlib.import_module(package).__dict__, *exports])
+
+    return __getattr__, __dir__
