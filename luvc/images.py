@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from luvc.errors import critical
+
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67 MP: larger than any phone photo, refused before decoding (a bomb is never
+# expanded); the most any bucket takes is 8192 a side
+MIN_IMAGE_SIDE = 8  # a smaller image holds nothing a vision encoder can read
+MAX_ASPECT_RATIO = 200  # Qwen-VL's processors refuse more; no family reads a thinner strip
+# every image is opened here and its size checked against the limit above before it is decoded, so Pillow's own
+# warning for images past 89 MP would only print a second line beside that refusal
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def synthetic_image(height: int = 224, width: int = 224, seed: int = 0) -> Image.Image:
@@ -23,25 +34,65 @@ def synthetic_image(height: int = 224, width: int = 224, seed: int = 0) -> Image
     return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` as RGB, with an error naming the file when it is missing or not an image."""
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open ``path`` as RGB, with an error naming the file when it is missing, not an image, or of a size no model
+    takes (see :func:`check_image_size`; ``max_pixels`` defaults to ``DEFAULT_MAX_IMAGE_PIXELS``)."""
     path = Path(path)
     if path.is_dir():
         critical(f"{path} is a folder, not an image; pass an image file to --image (PNG or JPEG).")
     if not path.is_file():
         critical(f"Image file {path} does not exist; pass an existing file to --image.")
-    return _open(path, str(path))
+    return _open(path, str(path), max_pixels)
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
     """Decode an encoded image (PNG, JPEG, ...) received as bytes; ``name`` says where it came from in errors."""
-    return _open(io.BytesIO(data), name)
+    return _open(io.BytesIO(data), name, max_pixels)
 
 
-def _open(source, name: str) -> Image.Image:
+def check_image_size(width: int, height: int, name: str, max_pixels: int | None = None) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels (default ``DEFAULT_MAX_IMAGE_PIXELS``), a side under
+    ``MIN_IMAGE_SIDE`` or an aspect ratio beyond ``MAX_ASPECT_RATIO``:1, naming the size and the fix."""
+    limit = _limit(max_pixels)
+    if width * height > limit:
+        critical(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP), more than the {limit / 1e6:.0f} MP an image "
+            "may have; downscale it (a model sees a few megapixels at most)."
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        critical(f"{name} is {width}x{height}; an image needs at least {MIN_IMAGE_SIDE} pixels a side.")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        critical(
+            f"{name} is {width}x{height}, an aspect ratio beyond {MAX_ASPECT_RATIO}:1 that no model takes; crop it "
+            "into parts of at most that ratio."
+        )
+
+
+def check_image_file(path: str | Path, name: str | None = None, max_pixels: int | None = None) -> None:
+    """Read ``path``'s header only and refuse what :func:`load_image` would (not an image, a size no model takes)."""
+    with _opened(Path(path), name or str(path), max_pixels):
+        pass
+
+
+@contextlib.contextmanager
+def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
+    """The image with only its header read, its size checked; errors reading or decoding it name ``name``."""
     try:
         with Image.open(source) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        reason = "not a known image format" if isinstance(error, UnidentifiedImageError) else str(error)
+            check_image_size(*image.size, name, max_pixels)
+            yield image
+    except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header: far past ours
+        critical(f"{name} has more than {_limit(max_pixels) / 1e6:.0f} MP, the most an image may have; downscale it.")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        reason = "not a known image format" if isinstance(error, UnidentifiedImageError) else str(error) or "broken"
         critical(f"Cannot read {name} as an image ({reason}); use a PNG or JPEG file.")
+
+
+def _open(source, name: str, max_pixels: int | None) -> Image.Image:
+    """Read the header, check the size, then decode: an oversized image is refused before it is expanded."""
+    with _opened(source, name, max_pixels) as image:
+        return image.convert("RGB")
+
+
+def _limit(max_pixels: int | None) -> int:
+    return DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels

@@ -11,10 +11,10 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from luvc.errors import critical
-from luvc.images import synthetic_image
+from luvc.images import load_image, synthetic_image
 from luvc.videos import Video, synthetic_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -112,10 +112,5 @@ def folder_samples(
     prompts = read_prompts(prompts_path) if prompts_file is not None or prompts_path.is_file() else DEFAULT_PROMPTS
     samples = []
     for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            critical(f"Cannot read {path} as an image ({error}); remove it from {folder} or replace it.")
-        samples.append(Sample(path.name, fit_image(image, image_sizes), prompts[index % len(prompts)]))
+        samples.append(Sample(path.name, fit_image(load_image(path), image_sizes), prompts[index % len(prompts)]))
     return samples

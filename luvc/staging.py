@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from luvc import interrupts
 from luvc.errors import critical
 
 _held: dict[Path, list] = {}  # output folder -> [the open lock file this process holds, how many claims hold it]
@@ -161,6 +162,7 @@ def staged_folder(
         staging.mkdir()
         try:
             yield staging
+            interrupts.raise_if_requested()  # an interrupt lost where it landed (a __del__) still writes nothing
             refuse_existing(out, overwrite, kind)  # taken meanwhile (by a run that held the lock before this one)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,7 @@ lays out a temporal patch (``(t * h * w, C * temporal_patch * p * p)``, ``C`` ou
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from luvc.images import load_image, synthetic_image
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_SAMPLED_FPS = 2.0  # Qwen-VL video processors' sampling rate when they are not told
+MAX_SAMPLED_FPS = 240.0  # the most frames a second a request may sample (a rate above the video's takes every frame)
 QWEN3_UNKNOWN_FPS = 24.0  # the frame rate Qwen3-VL's processor assumes for timestamps when a clip has none
 
 
@@ -85,8 +87,10 @@ def sample_indices(
         critical(f"--video-frames {num_frames}: the video has {total} frames; sample between 1 and {total}.")
     if fps is not None and source_fps is None:
         critical("A folder of frames has no frame rate to sample by; use --video-frames N instead of --video-fps.")
-    if fps is not None and fps <= 0:
-        critical(f"--video-fps {fps}: sample a positive number of frames per second, e.g. 2.")
+    if fps is not None and (isinstance(fps, bool) or not math.isfinite(fps) or not 0 < fps <= MAX_SAMPLED_FPS):
+        critical(f"--video-fps {fps}: sample a number of frames per second in (0, {MAX_SAMPLED_FPS:g}], e.g. 2.")
+    if fps is not None and fps > source_fps:  # the video has no more frames a second than its own rate
+        fps = source_fps
     metadata = VideoMetadata(total_num_frames=total, fps=source_fps)
     indices = [int(index) for index in default_sample_indices_fn(metadata, num_frames=num_frames, fps=fps)]
     if not indices:

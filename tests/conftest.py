@@ -1,6 +1,8 @@
 import copy
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,17 @@ def write_clip(path: Path, frames: int = 25, fps: int = 10, size=(64, 96)) -> Pa
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels and holds almost none: what a decompression bomb looks like to
+    a reader that checks the header before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 def one_line_error(argv: list[str], capsys) -> str:

@@ -19,7 +19,7 @@ def readme_commands(folder: Path) -> list[list[str]]:
     return [shlex.split(line) for line in block.strip().splitlines()]
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir()))
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.iterdir() if re.fullmatch(r"\d\d_\w+", p.name)))
 def test_readme_commands_run(name, tmp_path, monkeypatch, capsys):
     """``python`` commands run with this Python; ``luvc-export`` ones through the CLI's entry point in this process
     (what the console script calls), in a copy of the example's folder."""
@@ -27,13 +27,21 @@ def test_readme_commands_run(name, tmp_path, monkeypatch, capsys):
 
     folder = shutil.copytree(EXAMPLES / name, tmp_path / name)
     monkeypatch.chdir(folder)
-    for program, *words in readme_commands(folder):
-        if program == "luvc-export":
-            assert main(words) == 0, capsys.readouterr().err[-2000:]
-            continue
-        assert program == "python", f"{name}: README command {program} is neither python nor luvc-export"
-        result = subprocess.run([sys.executable, *words], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{words}: {result.stderr[-2000:]}"
+    shipped = {path.name for path in folder.iterdir()}
+    for _ in range(2):  # the commands run again over their own output, as a user re-running them does
+        for program, *words in readme_commands(folder):
+            if program == "luvc-export":
+                assert main(words) == 0, capsys.readouterr().err[-2000:]
+                continue
+            assert program == "python", f"{name}: README command {program} is neither python nor luvc-export"
+            result = subprocess.run([sys.executable, *words], capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"{words}: {result.stderr[-2000:]}"
+    written = sorted({path.name for path in folder.iterdir()} - shipped)
+    assert written, f"{name}: the commands wrote nothing"
+    if shutil.which("git") and (EXAMPLES.parent / ".git").exists():  # what they write is git-ignored
+        paths = [f"examples/{name}/{entry}/file" for entry in written]
+        ignored = subprocess.run(["git", "check-ignore", *paths], cwd=EXAMPLES.parent, capture_output=True, text=True)
+        assert sorted(ignored.stdout.split()) == sorted(paths)
     if name == "01_eval_pope":
         questions = [json.loads(line) for line in (folder / "out/pope-eval/questions.jsonl").read_text().splitlines()]
         assert len(questions) == 6 and {q["type"] for q in questions} == {"yes-no"}

@@ -124,6 +124,12 @@ class CalibratedExportFromExport:
                 f"{self.export_dir} is a {manifest.precision} export; calibration reads an fp32 export. Re-export with "
                 "--precision fp32 and calibrate that."
             )
+        steps, limit = self.decode_steps, manifest.profile.max_new_tokens - 1
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+            critical(
+                f"--decode-steps {steps}: calibrate the decode graph on 1 to {limit} steps per sample (the export "
+                "generates at most max_new_tokens, one of them from the prompt)."
+            )
         if manifest.passes.plugin_nodes:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
         return manifest

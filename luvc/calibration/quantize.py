@@ -118,8 +118,9 @@ def quantize_graph(
 
     check_method(precision, method)
     quant_type = getattr(QuantType, PRECISIONS[precision][0])
-    # the histogram calibrators print their progress; the calibrate progress bar reports it instead
-    with contextlib.redirect_stdout(io.StringIO()):
+    # the histogram calibrators print their progress (the calibrate progress bar reports it instead), and the
+    # calibration sessions warn on every decode run that the KV update is copied (true, and harmless there)
+    with contextlib.redirect_stdout(io.StringIO()), _onnxruntime_errors_only():
         quantize_static(
             str(source),
             str(out),
@@ -137,6 +138,18 @@ def quantize_graph(
             use_external_data_format=external_data,
         )
     return onnx.load(str(out))
+
+
+@contextlib.contextmanager
+def _onnxruntime_errors_only():
+    """ONNX Runtime's default logger at error level for the block (its own default, warnings, after it)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        onnxruntime.set_default_logger_severity(2)
 
 
 def activation_ranges(model: onnx.ModelProto, precision: str) -> dict[str, dict[str, float]]:

@@ -21,7 +21,7 @@ class Build:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        from luvc.engines.builder import build_engines
+        from luvc.engines.builder import BUILD_LOG, build_engines
         from luvc.engines.manifest import EngineManifest
 
         build = groups[BuildArgs]
@@ -35,4 +35,7 @@ class Build:
             table.add_row(name, f"{engine.bytes / 1e6:.1f}", " / ".join(map(str, dynamic)) if dynamic else "static")
         Console().print(table)
         Console().print(f"[bold green]Built[/] {len(manifest.engines)} engines in {out}")
+        if (out / BUILD_LOG).is_file():
+            lines = sum(1 for _ in (out / BUILD_LOG).open(encoding="utf-8"))
+            Console().print(f"TensorRT's log of the build: {out / BUILD_LOG} ({lines} lines)")
         return 0

@@ -27,7 +27,6 @@ class Export:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        import torch
 
         from luvc.export.exporter import export_model
         from luvc.export.manifest import ExportManifest
@@ -36,7 +35,7 @@ class Export:
         export = groups[ExportArgs]
         model_args = groups[ModelArgs]
         if export.profile.precision == "fp16":
-            model_args.dtype = torch.float16  # load in the graph precision: no fp32 copy is kept
+            model_args.dtype = "float16"  # load in the graph precision: no fp32 copy is kept
         with console.status(f"Loading {args.model}"):
             adapter = model_args.load()
         out = export_model(

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from luvc import __version__
+from luvc import __version__, interrupts
 from luvc.errors import LuvcError
 
 DESCRIPTION = (
@@ -73,16 +73,6 @@ def build_parser(names: list[str] | None = None) -> tuple[argparse.ArgumentParse
     return parser, tools
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM. A subclass: CPython marks a plain ``KeyboardInterrupt`` that passes through code it runs
-    for a library (``PyRun_*``) as unhandled and then ends the process by SIGINT, even after ``main`` handled it."""
-
-
-def _interrupt(signum, frame) -> None:
-    """SIGINT and SIGTERM end a run alike: staging folders are removed on the way out."""
-    raise Interrupted
-
-
 def _error(message: str) -> None:
     from rich.console import Console
 
@@ -100,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     tool, groups = tools[args.command]
     in_main_thread = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
-    previous = {signum: signal.signal(signum, _interrupt) for signum in signals}
+    interrupts.reset()
+    previous = {signum: signal.signal(signum, interrupts.handle_signal) for signum in signals}
     try:
         for group in groups.values():
             group.parse(args)
-        return tool.run(args, groups)
+        code = tool.run(args, groups)
+        interrupts.raise_if_requested()  # one that landed where its exception was lost (a __del__)
+        return code
     except LuvcError as error:
         _error(f"[bold red]error:[/] {error}")
         return 2

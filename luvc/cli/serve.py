@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from luvc import interrupts
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
 
@@ -76,6 +77,7 @@ class Serve:
             uvicorn.Server(config).run(sockets=[listener])
         except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it
             pass
+        interrupts.reset()  # Ctrl-C and SIGTERM are how a server stops: a normal end, exit code 0
         Console().print("Server stopped.")
         return 0
 

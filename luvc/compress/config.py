@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,6 +14,7 @@ SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")  # SPU's own sc
 PRUNING_CRITERIA = (*CRITERIA, "none")  # every value spu_variant takes: SPU's and the baselines' (criteria.py)
 OIM_AXES = ("W", "H")  # spatial axes; "T" (adjacent temporal slices of a video) joins them with oim_temporal
 OIM_POSITION_MODES = ("compact", "mean")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
 
@@ -57,6 +59,24 @@ class LUVCConfig:
     seed: int | None = None
     dart_pivots: int | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse what is wrong whatever the model: out-of-range knobs, budgets a config without pruning ignores."""
+        if self.rho is not None and not _number_between(self.rho, 0.0, 1.0):
+            critical(f"rho must be in (0, 1), got {self.rho} (CLI: --option rho=0.25).")
+        if self.seed is not None and not _integer_in(self.seed, 0, MAX_SEED):
+            critical(f"seed must be an integer between 0 and {MAX_SEED}, got {self.seed} (CLI: --option seed=0).")
+        if self.dart_pivots is not None and not _integer_in(self.dart_pivots, 1):
+            critical(f"dart_pivots must be an integer >= 1, got {self.dart_pivots} (CLI: --option dart_pivots=8).")
+        if self.spu_every is not None and not _integer_in(self.spu_every, 1):
+            critical(f"spu_every must be an integer >= 1, got {self.spu_every} (CLI: --option spu_every=1).")
+        if self.spu_start is not None and not _integer_in(self.spu_start, 0):
+            critical(f"spu_start must be an integer >= 0, got {self.spu_start} (CLI: --option spu_start=2).")
+        if self.spu_variant == "none" and self.budgets is not None:
+            critical(
+                f"spu_variant 'none' prunes nothing, so budgets {list(self.budgets)} would be ignored; drop --budgets "
+                "or choose a pruning --spu."
+            )
+
     @classmethod
     def off(cls) -> LUVCConfig:
         """A config that changes nothing: no merge, no pruning (the baseline through the same code path)."""
@@ -98,23 +118,17 @@ class LUVCConfig:
             seed=0 if self.seed is None else int(self.seed),
             dart_pivots=8 if self.dart_pivots is None else int(self.dart_pivots),
         )
-        if not 0.0 < resolved.rho < 1.0:
-            critical(f"rho must be in (0, 1), got {resolved.rho} (CLI: --option rho=0.25).")
         uses_schedule = resolved.spu_variant != "none" and resolved.budgets is None
         if uses_schedule and not 0 <= resolved.spu_start < num_layers:
             critical(
                 f"spu_start={resolved.spu_start} does not fit a model with {num_layers} decoder layers; "
                 f"use 0..{num_layers - 1} (CLI: --option spu_start={min(2, num_layers - 1)})."
             )
-        if resolved.dart_pivots < 1:
-            critical(f"dart_pivots must be >= 1, got {resolved.dart_pivots} (CLI: --option dart_pivots=8).")
         if ranks_in_encoder(resolved.spu_variant) and resolved.oim_layers:
             critical(
                 f"{resolved.spu_variant} selects tokens at the encoder output instead of merging them; it takes no OIM "
                 "steps (CLI: --oim-layers none, or --method visionzip)."
             )
-        if resolved.spu_every < 1:
-            critical(f"spu_every must be >= 1, got {resolved.spu_every} (CLI: --option spu_every=1).")
         return resolved
 
     def oim_axes(self) -> tuple[str, ...]:
@@ -132,6 +146,16 @@ class LUVCConfig:
         """The config of ``to_dict`` (as a manifest stores it: lists for tuples)."""
         tuples = {"oim_layers", "budgets"}
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
+
+def _integer_in(value: object, low: int, high: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value and (high is None or value <= high)
+
+
+def _number_between(value: object, low: float, high: float) -> bool:
+    """A finite real ``value`` strictly between ``low`` and ``high``."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return real and math.isfinite(value) and low < value < high
 
 
 def _choice(name: str, value: str | None, allowed: Sequence[str], default: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from luvc import interrupts
 from luvc.engines.manifest import ENGINES_OUTPUT, BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
 from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
@@ -21,6 +22,7 @@ from luvc.export.manifest import ExportManifest, TensorEntry, sha256_file
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
+BUILD_LOG = "build.log"  # --verbose: TensorRT's whole log of the build, in the engine folder
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
     "FLOAT": "float",
     "HALF": "float16",
@@ -77,7 +79,7 @@ class EngineFromOnnx:
         hardware_compatible: bool = False,
         dla_core: int | None = None,
         on_phase=None,
-        verbose: bool = False,
+        log_file: Path | None = None,
     ) -> None:
         self.onnx_path = onnx_path
         self.profile = profile
@@ -88,15 +90,21 @@ class EngineFromOnnx:
         self.hardware_compatible = hardware_compatible
         self.dla_core = dla_core
         self.on_phase = on_phase
-        self.verbose = verbose
+        self.log_file = log_file
         self.timing_cache_out: bytes | None = None
 
     def __call__(self):
         return self.call_impl()
 
     def call_impl(self):
+        logger = _build_log(self.tensorrt.module, self.log_file)
+        try:
+            return self._build(logger)
+        finally:
+            logger.close()
+
+    def _build(self, logger):
         trt = self.tensorrt.module
-        logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.ERROR)
         builder = trt.Builder(logger)
         strongly_typed = self.tensorrt.strongly_typed
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
@@ -107,11 +115,13 @@ class EngineFromOnnx:
             critical(f"{self.tensorrt.describe()} could not parse {self.onnx_path.name}: {errors}")
         config = builder.create_builder_config()
         self._configure(trt, builder, config, strongly_typed)
-        engine = builder.build_serialized_network(network, config)
+        with interrupts.deferred():  # the progress monitor cancels the build; leaving the block raises the interrupt
+            engine = builder.build_serialized_network(network, config)
         if engine is None:
+            reason = logger.errors[-1] if logger.errors else "no error was logged"
             critical(
-                f"{self.tensorrt.describe()} failed to build {self.onnx_path.name} for target {self.target.name}; "
-                "run again with --verbose to see TensorRT's log of the build."
+                f"{self.tensorrt.describe()} failed to build {self.onnx_path.name} for target {self.target.name} "
+                f"({reason}); --verbose keeps TensorRT's whole log of the build in build.log."
             )
         if self.timing_cache is not None and not self.tensorrt.is_rtx:
             self.timing_cache_out = bytes(config.get_timing_cache().serialize())
@@ -149,13 +159,37 @@ class EngineFromOnnx:
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = self.dla_core
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if self.on_phase is not None and hasattr(trt, "IProgressMonitor"):
-            config.progress_monitor = _progress_monitor(trt, self.on_phase)
+        if hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = _progress_monitor(trt, self.on_phase or (lambda phase: None))
+
+
+def _build_log(trt, path: Path | None):
+    """A TensorRT logger that keeps the errors (the reason of a failed build) and, with ``path``, appends every
+    message of every severity to that file (``--verbose``: tens of thousands of lines a build, never the terminal)."""
+
+    class BuildLog(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.file = None if path is None else open(path, "a", encoding="utf-8")  # closed by close()
+
+        def log(self, severity, msg) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+            if self.file is not None:
+                self.file.write(f"[{severity.name}] {msg}\n")
+
+        def close(self) -> None:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+    return BuildLog()
 
 
 def _progress_monitor(trt, on_phase):
     class PhaseMonitor(trt.IProgressMonitor):
-        """Reports the current build phase name to ``on_phase``; never cancels."""
+        """Reports the current build phase name to ``on_phase``; cancels the build on Ctrl-C or SIGTERM."""
 
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
@@ -164,7 +198,7 @@ def _progress_monitor(trt, on_phase):
             on_phase(phase_name)
 
         def step_complete(self, phase_name, step):
-            return True
+            return not interrupts.requested()
 
         def phase_finish(self, phase_name):
             pass
@@ -276,7 +310,7 @@ class EnginesFromExport:
                     hardware_compatible=self.hardware_compatible,
                     dla_core=self.dla_core,
                     on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
-                    verbose=self.verbose,
+                    log_file=staging / BUILD_LOG if self.verbose else None,
                 )
                 engine, inputs, outputs = loader()
                 if loader.timing_cache_out is not None:

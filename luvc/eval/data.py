@@ -25,11 +25,11 @@ import json
 import string
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from luvc.errors import critical
-from luvc.images import load_image
-from luvc.videos import Video, load_sampled_video
+from luvc.images import check_image_file, load_image
+from luvc.videos import MAX_SAMPLED_FPS, Video, load_sampled_video
 
 QUESTIONS_FILE = "questions.jsonl"
 # the instruction after each type's question: LLaVA-1.5's evaluation prompts (VQAv2/TextVQA/POPE, MMBench)
@@ -109,7 +109,12 @@ def load_eval_set(data: str | Path, limit: int | None = None) -> EvalSet:
     the file, the line and the fix."""
     source = questions_file(data)
     questions, seen = [], set()
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = source.read_bytes()[: error.start].count(b"\n") + 1
+        critical(f"{source} line {line} is not UTF-8 text; save the file as UTF-8.")
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         question = _question(source, number, line)
@@ -150,10 +155,12 @@ def _question(source: Path, number: int, line: str) -> Question:
     frames, fps = record.get("frames"), record.get("fps")
     if (frames is not None or fps is not None) and not is_video:
         critical(f"{where}: 'frames' and 'fps' sample a video; this question has an image.")
-    if frames is not None and (not isinstance(frames, int) or frames < 1):
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
         critical(f"{where}: 'frames' must be a positive integer.")
-    if fps is not None and (not isinstance(fps, (int, float)) or fps <= 0):
-        critical(f"{where}: 'fps' must be a positive number.")
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_SAMPLED_FPS
+    ):
+        critical(f"{where}: 'fps' must be a number in (0, {MAX_SAMPLED_FPS:g}].")
     identifier = record.get("id", f"line-{number}")
     return Question(
         str(identifier), number, media, is_video, question, answers, kind, choices, prompt, frames, fps and float(fps)
@@ -172,11 +179,7 @@ def _media(source: Path, where: str, record: dict) -> tuple[Path, bool]:
     if not path.exists():
         critical(f"{where}: {key} {record[key]!r} does not exist in {source.parent}; add the file or fix the path.")
     if key == "image":
-        try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError) as error:
-            critical(f"{where}: cannot read {path} as an image ({error}); replace the file or fix the path.")
+        check_image_file(path, f"{path} ({where})")
     return path, key == "video"
 
 

@@ -70,6 +70,9 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     adapter_cls = adapter_class(architecture)
     from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # callers show their own progress; errors stay one line
 
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         critical(f"{path} has no weight files (*.safetensors); copy the checkpoint's weights into the folder.")
@@ -91,9 +94,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     cast_in_place(model, dtype)
     if model.dtype == torch.float16:
         check_fp16_range(model, f"the checkpoint's {str(stored).removeprefix('torch.') if stored else 'dtype'}")
-    # a processor's chat_template.jinja / .json: prompts use it (luvc.models.prompt)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = chat_template_of(tokenizer, path)
+    # a processor's chat_template.jinja / .json before the tokenizer's: prompts use it (luvc.models.prompt)
+    tokenizer.chat_template = chat_template_of(tokenizer, path)
     return adapter_cls(model, tokenizer, processor, name=str(path))
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from luvc.errors import critical
 
-logger = logging.getLogger("luvc")
 IMAGE, PROMPT = "{image}", "{prompt}"
 VIDEO_FRAME_SECONDS = "{seconds}"  # in a frame template: the timestamp of the frame's temporal slice
 VIDEO_FRAME_TOKENS = "{frame}"  # in a frame template: where the slice's placeholder tokens go
@@ -89,16 +87,26 @@ def token_runs(ids: Sequence[int], token_id: int) -> tuple[tuple[int, int], ...]
 
 
 def chat_template_of(tokenizer, folder: str | Path | None = None) -> str | None:
-    """The chat template of a checkpoint: the tokenizer's, else the processor's file in ``folder``."""
-    if getattr(tokenizer, "chat_template", None):
-        template = tokenizer.chat_template
-        return template if isinstance(template, str) else None
+    """The chat template of a checkpoint: the processor's file in ``folder`` (the multimodal one, as the family's
+    processor renders with it), else the tokenizer's."""
     for name in CHAT_TEMPLATE_FILES if folder is not None else ():
         path = Path(folder) / name
         if path.is_file():
-            text = path.read_text()
-            return json.loads(text).get("chat_template") if name.endswith(".json") else text
-    return None
+            return _template_file(path)
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) and template else None
+
+
+def _template_file(path: Path) -> str:
+    """The template text of a ``chat_template.jinja`` or ``chat_template.json``, or one line naming what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        template = json.loads(text).get("chat_template") if path.suffix == ".json" else text
+    except (UnicodeDecodeError, ValueError, AttributeError) as error:
+        critical(f"Cannot read the chat template {path} ({error}); copy it again from the checkpoint.")
+    if not isinstance(template, str) or not template.strip():
+        critical(f"{path} holds no chat template text; copy it again from the checkpoint, or delete it.")
+    return template
 
 
 def bos_of(tokenizer) -> str:
@@ -114,18 +122,30 @@ def template_for(tokenizer, image_placeholder: str, builtin: str, chat_template:
     """The template of a checkpoint: from ``chat_template`` when given and it renders one image and the text,
     else ``builtin``."""
     bos = bos_of(tokenizer) if tokenizer is not None else ""
-    if chat_template:
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": MARKER}]}]
+    if not chat_template:
+        return PromptTemplate(builtin, image_placeholder, bos)
+    from jinja2 import TemplateError
+
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": MARKER}]}]
+    try:
         rendered = tokenizer.apply_chat_template(
             conversation, chat_template=chat_template, tokenize=False, add_generation_prompt=True
         )
-        if rendered.count(MARKER) == 1 and rendered.count(image_placeholder) == 1:
-            text = rendered.replace(image_placeholder, IMAGE).replace(MARKER, PROMPT)
-            if bos and text.startswith(bos):
-                text = text[len(bos) :]
-            return PromptTemplate(text, image_placeholder, bos, "chat template")
-        logger.warning(
-            "The chat template does not render one %s and the prompt for an image turn; using the built-in template.",
-            image_placeholder,
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        critical(
+            f"The checkpoint's chat template does not render an image turn ({reason}); fix it (chat_template.jinja, "
+            "chat_template.json or tokenizer_config.json's chat_template), or delete it to use the family's built-in "
+            "template."
         )
-    return PromptTemplate(builtin, image_placeholder, bos)
+    if rendered.count(MARKER) != 1 or rendered.count(image_placeholder) != 1:
+        critical(
+            f"The checkpoint's chat template renders {rendered.count(image_placeholder)} image placeholders "
+            f"{image_placeholder!r} and {rendered.count(MARKER)} prompts for a turn with one image and one text, so it "
+            "is not this vision model's template; use the processor's chat_template.jinja from the checkpoint, or "
+            "delete the template to use the family's built-in one."
+        )
+    text = rendered.replace(image_placeholder, IMAGE).replace(MARKER, PROMPT)
+    if bos and text.startswith(bos):
+        text = text[len(bos) :]
+    return PromptTemplate(text, image_placeholder, bos, "chat template")

@@ -7,12 +7,11 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
+from luvc.compress.config import MAX_SEED
 from luvc.errors import critical
 
 if TYPE_CHECKING:  # torch is imported where tokens are chosen: the CLI checks these options without it
     import torch
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 @dataclasses.dataclass(frozen=True)

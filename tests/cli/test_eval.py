@@ -42,7 +42,7 @@ BAD = [  # what to change in the question set or the flags -> what the one-line 
     ({}, ("--methods", "luvc,tome"), "['tome'] is not among"),
     ({}, ("--methods", "luvc", "--ratios", "0.9"), "luvc at ratio 0.9 would give the LLM"),
     ({}, ("--num-samples", "0"), "--num-samples 0: ask for at least 1"),
-    ({}, ("--option", "dart_pivots=0"), "dart_pivots must be >= 1"),
+    ({}, ("--option", "dart_pivots=0"), "dart_pivots must be an integer >= 1"),
 ]
 
 

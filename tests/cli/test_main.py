@@ -1,6 +1,7 @@
 """Artifacts survive kills and concurrent runs; every bad input gets one line naming the fix, exit code 2."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from luvc.cli.main import main
+from luvc.cli.main import TOOLS, main
+from luvc.engines.manifest import EngineManifest
 from luvc.export.manifest import ExportManifest
 from luvc.models import load_model
-from tests.conftest import leftovers, one_line_error
+from tests.conftest import leftovers, one_line_error, png_header
 
 CLI = [sys.executable, "-m", "luvc.cli.main"]
 
@@ -79,9 +82,38 @@ def test_sigterm_and_ctrl_c_leave_nothing_and_say_so_in_one_line(signum, tmp_pat
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+# a 1x1 GIF of 37 bytes
+TINY_GIF = bytes.fromhex("4749463839610100010080000000000000ffffff2c00000000010001000002024401003b")
+
+
+def checkpoint_with_template(folder: Path, template: bytes) -> str:
+    adapter = load_model("tiny-qwen2-vl")
+    for part in (adapter.model, adapter.tokenizer, adapter.image_processor):
+        part.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_bytes(template)
+    return str(folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_build_exits_130_and_leaves_nothing(signum, exports, tmp_path):
+    out = tmp_path / "engines"
+    argv = [*CLI, "build", str(exports("tiny-qwen2-vl")), "--target", "ampere", "--out", str(out)]
+    run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: bool(_partials(out)), run)
+    time.sleep(1.0)  # inside TensorRT's build of the first engine
+    run.send_signal(signum)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "failed to build" not in err
+    assert err.strip().splitlines()[-1] == f"interrupted; nothing was written to {out}"
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, exports):
-    """Paths the bad-input table refers to: an export, an engine folder, broken checkpoints, a prompts file."""
+    """Paths the bad-input table refers to: an export, engine folders (fake, real, truncated, of another export),
+    broken checkpoints and chat templates, hostile images, a prompts file."""
     root = tmp_path_factory.mktemp("bad-inputs")
     engines = root / "engines"
     engines.mkdir()
@@ -99,9 +131,38 @@ def bad_inputs(tmp_path_factory, exports):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (root / "prompts.txt").write_text("What is this?\n")
     (root / "a-folder").mkdir()
+    (root / "huge.png").write_bytes(png_header(30000, 30000))
+    (root / "big.png").write_bytes(png_header(12000, 12000))
+    Image.new("RGB", (5000, 20)).save(root / "wide.png")
+    Image.new("RGB", (1, 1)).save(root / "dot.png")
+    (root / "tiny.gif").write_bytes(TINY_GIF)
+    broken = checkpoint_with_template(root / "broken-template", b"{% for m in messages %}{{ m.content[ }}")
+    text_only = b"{% for m in messages %}{{ m.role }}: {% for c in m.content %}{{ c.text }}{% endfor %}{% endfor %}"
+    no_image = checkpoint_with_template(root / "no-image-template", text_only)
+    export = exports("tiny-qwen2-vl")
+    from luvc.engines.builder import build_engines
+
+    built = build_engines(export, "ampere", root / "built", module="tensorrt_rtx", show_progress=False)
+    cut = shutil.copytree(built, root / "truncated-engines")
+    engine = cut / EngineManifest.load(cut).engines["decode"].file
+    engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
+    foreign = shutil.copytree(built, root / "foreign-engines")
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["engines"]["decode"]["source"]["sha256"] = "0" * 64  # as built from another export's decode graph
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
     return {
-        "EXPORT": str(exports("tiny-qwen2-vl")),
+        "EXPORT": str(export),
         "ENGINES": str(engines),
+        "BUILT": str(built),
+        "TRUNCATED_ENGINES": str(cut),
+        "FOREIGN_ENGINES": str(foreign),
+        "HUGE_PNG": str(root / "huge.png"),
+        "BIG_PNG": str(root / "big.png"),
+        "WIDE_PNG": str(root / "wide.png"),
+        "DOT_PNG": str(root / "dot.png"),
+        "TINY_GIF": str(root / "tiny.gif"),
+        "BROKEN_TEMPLATE": broken,
+        "NO_IMAGE_TEMPLATE": no_image,
         "NOT_JSON": str(not_json),
         "TRUNCATED": str(truncated),
         "PROMPTS": str(root / "prompts.txt"),
@@ -113,17 +174,16 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("export --model tiny-qwen2-vl --out OUT --image-size 0x0", "each side must be between 28 and 8192 pixels"),
     ("export --model tiny-qwen2-vl --out OUT --image-size 100000x100000", "each side must be between 28 and 8192"),
     ("export --model tiny-qwen2-vl --out OUT --image-size 224", "is not HxW"),
-    ("export --model tiny-qwen2-vl --out OUT --max-batch 0", "max_batch=0 must be between 1 and 256 (--max-batch)"),
-    ("export --model tiny-qwen2-vl --out OUT --max-new-tokens -2", "max_new_tokens=-2 must be between 1 and 32768"),
-    ("export --model tiny-qwen2-vl --out OUT --max-text-tokens 100000000", "must be between 1 and 32768"),
-    ("generate --model tiny-llava --prompt hi --max-new-tokens 0", "--max-new-tokens 0: generate at least 1 token"),
+    ("export --model tiny-qwen2-vl --out OUT --max-new-tokens -2", "-2 is not an integer in [1, 32768]"),
+    ("export --model tiny-qwen2-vl --out OUT --max-text-tokens 100000000", "is not an integer in [1, 32768]"),
+    ("generate --model tiny-llava --prompt hi --max-new-tokens 0", "--max-new-tokens: 0 is not an integer >= 1"),
     ("export --model tiny-qwen2-vl --out OUT --no-luvc --budgets 4,2", "so --budgets would be ignored"),
     ("export --model tiny-qwen2-vl --out OUT --kv-update bogus", "argument --kv-update: invalid choice: 'bogus'"),
     ("export --model NOT_JSON --out OUT", "config.json is not valid JSON"),
     ("export --model TRUNCATED --out OUT", "a weight file is truncated or does not match config.json"),
     ("export --model FOLDER --out OUT", "has no config.json"),
-    ("run EXPORT --prompt hi --max-new-tokens 0", "must be between 1 and the export profile's 256"),
-    ("run EXPORT --prompt hi --max-new-tokens -3 --stream", "must be between 1 and the export profile's 256"),
+    ("run EXPORT --prompt hi --max-new-tokens 0", "argument --max-new-tokens: 0 is not an integer >= 1"),
+    ("run EXPORT --prompt hi --max-new-tokens 300 --stream", "must be between 1 and the export profile's 256"),
     ("run ENGINES --prompt hi", "is an engine folder (made by `luvc-export build`), not an export"),
     ("run EXPORT --prompt hi --image FOLDER", "is a folder, not an image"),
     ("run EXPORT --prompt hi --video FOLDER", "holds no frames"),
@@ -150,6 +210,67 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("export --model tiny-qwen2-vl --out OUT --method spu-only --oim-layers 0", "does not merge in the encoder"),
     ("eval --model tiny-qwen2-vl --data FOLDER --out OUT", "has no questions.jsonl"),
     ("eval --data FOLDER --export EXPORT --ratios 0.5 --out OUT", "so --ratios would be ignored"),
+    # round 2: --overwrite never replaces the command's input or a folder that is not an output of the same kind
+    ("parity EXPORT --out EXPORT --overwrite", "overlaps this command's input"),
+    ("triton EXPORT --out EXPORT --overwrite", "overlaps this command's input"),
+    ("calibrate EXPORT --out EXPORT --overwrite", "overlaps this command's input"),
+    ("build EXPORT --target ampere --out EXPORT --overwrite", "overlaps this command's input"),
+    ("parity EXPORT --engines BUILT --out BUILT --overwrite", "overlaps this command's input"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --out FOLDER --overwrite", "overlaps this command's input"),
+    (
+        "export --model tiny-qwen2-vl --out FOLDER --overwrite",
+        "is not an export (no luvc-export manifest.json in it), so --overwrite will not replace it",
+    ),
+    ("parity EXPORT --out FOLDER --overwrite", "is not a parity report (no luvc-export parity.json in it)"),
+    ("build EXPORT --target ampere --out FOLDER --overwrite", "is not an engine folder (no luvc-export manifest.json"),
+    ("triton EXPORT --out BUILT --overwrite", "is not a Triton model repository"),
+    # Triton: names that become paths, GPUs, engines
+    ("triton EXPORT --out OUT --model-name ../escaped", "'../escaped' is not a Triton model name"),
+    ("triton EXPORT --out OUT --model-name=", "'' is not a Triton model name"),
+    ('triton EXPORT --out OUT --model-name "luvc"', "'\"luvc\"' is not a Triton model name"),
+    ("triton EXPORT --out OUT --gpus -1", "--gpus -1: give distinct GPU ids >= 0"),
+    ("triton EXPORT --out OUT --gpus 0,0", "--gpus 0,0: give distinct GPU ids >= 0"),
+    ("triton EXPORT --out OUT --instances 0", "argument --instances: 0 is not an integer >= 1"),
+    ("triton EXPORT --out OUT --backend trt --gpus 0 --engines FOLDER", "has no manifest.json; it is not a finished"),
+    ("triton EXPORT --out OUT --backend trt --gpus 0 --engines FOREIGN_ENGINES", "was built from another export"),
+    ("triton EXPORT --out OUT --backend trt --gpus 0 --engines TRUNCATED_ENGINES", "is truncated or padded"),
+    ("triton EXPORT --out OUT --engines BUILT", "--engines are TensorRT engines; pass --backend trt with them"),
+    # images: checked from the header, before decoding
+    ("run EXPORT --prompt hi --image HUGE_PNG", "has more than 67 MP, the most an image may have; downscale it"),
+    ("run EXPORT --prompt hi --image BIG_PNG", "is 12000x12000 (144 MP), more than the 67 MP an image may have"),
+    ("run EXPORT --prompt hi --image WIDE_PNG", "is 5000x20, an aspect ratio beyond 200:1 that no model takes"),
+    ("generate --model tiny-llava --prompt hi --image WIDE_PNG", "an aspect ratio beyond 200:1"),
+    ("generate --model tiny-qwen2-vl --prompt hi --image HUGE_PNG", "has more than 67 MP"),
+    ("run EXPORT --prompt hi --image DOT_PNG", "is 1x1; an image needs at least 8 pixels a side"),
+    ("run EXPORT --prompt hi --image TINY_GIF", "is 1x1; an image needs at least 8 pixels a side"),
+    # numbers: finite and in range before any work
+    ("run EXPORT --prompt hi --temperature nan", "Sampling needs a finite temperature >= 0"),
+    ("run EXPORT --prompt hi --temperature inf", "got temperature=inf, top_k=0, top_p=1.0"),
+    ("run EXPORT --prompt hi --top-p 0", "and 0 < top_p <= 1; got temperature=0.0, top_k=0, top_p=0.0"),
+    ("run EXPORT --prompt hi --seed 100000000000000000000000", "seed=100000000000000000000000 must be an integer"),
+    ("run EXPORT --prompt hi --seed -1", "seed=-1 must be an integer between 0 and 9223372036854775807"),
+    ("run EXPORT --prompt hi --video FOLDER --video-fps 1e9", "1e9 is not a finite number in (0, 240]"),
+    ("run EXPORT --prompt hi --video FOLDER --video-fps nan", "nan is not a finite number in (0, 240]"),
+    ("generate --model tiny-qwen2-vl --prompt hi --video FOLDER --video-fps inf", "inf is not a finite number"),
+    ("run EXPORT --prompt hi --video FOLDER --video-frames 0", "--video-frames: 0 is not an integer >= 1"),
+    ("calibrate EXPORT --decode-steps 0 --out OUT", "argument --decode-steps: 0 is not an integer >= 1"),
+    ("calibrate EXPORT --decode-steps 256 --out OUT", "calibrate the decode graph on 1 to 255 steps per sample"),
+    ("plan EXPORT --target nan", "Target 'nan' is neither a device"),
+    ("plan EXPORT --target inf", "Target 'inf' is neither a device"),
+    ("plan EXPORT --target orin-8gb --engines TRUNCATED_ENGINES", "is truncated or padded"),
+    ("plan EXPORT --target orin-8gb --engines FOREIGN_ENGINES", "was built from another export"),
+    ("export --model tiny-qwen2-vl --out OUT --option seed=-1", "seed must be an integer between 0 and"),
+    ("export --model tiny-qwen2-vl --out OUT --option rho=nan", "rho must be in (0, 1), got nan"),
+    ("export --model tiny-qwen2-vl --out OUT --option spu_start=-1", "spu_start must be an integer >= 0, got -1"),
+    ("export --model tiny-qwen2-vl --out OUT --max-batch 0", "argument --max-batch: 0 is not an integer in [1, 256]"),
+    (
+        "export --model tiny-qwen2-vl --out OUT --spu none --budgets 8",
+        "spu_variant 'none' prunes nothing, so budgets [8] would be ignored",
+    ),
+    # chat templates the checkpoint ships
+    ("generate --model BROKEN_TEMPLATE --prompt hi", "The checkpoint's chat template does not render an image turn"),
+    ("export --model BROKEN_TEMPLATE --out OUT", "The checkpoint's chat template does not render an image turn"),
+    ("generate --model NO_IMAGE_TEMPLATE --prompt hi", "renders 0 image placeholders '<|image_pad|>' and 1 prompts"),
 ]
 
 
@@ -157,8 +278,52 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
 def test_bad_input_gets_one_line_exit_2_and_writes_nothing(command, message, bad_inputs, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [bad_inputs.get(word, str(out) if word == "OUT" else word) for word in command.split()]
+    before = _inventory(bad_inputs)
     assert message in one_line_error(argv, capsys)
     assert not out.exists() and leftovers(tmp_path) == []
+    assert _inventory(bad_inputs) == before  # no input or user folder was touched
+
+
+def _inventory(paths: dict) -> dict:
+    """Every file under the table's folders with its size and modification time."""
+    found = {}
+    for path in map(Path, paths.values()):
+        for item in path.rglob("*") if path.is_dir() else [path]:
+            if item.is_file():
+                found[str(item)] = (item.stat().st_size, item.stat().st_mtime_ns)
+    return found
+
+
+def test_triton_overwrites_the_repository_it_wrote(bad_inputs, tmp_path, capsys):
+    """--overwrite still does its job on a folder of its own kind: a repository replaces a repository."""
+    out = tmp_path / "repo"
+    assert main(["triton", bad_inputs["EXPORT"], "--out", str(out)]) == 0
+    assert main(["triton", bad_inputs["EXPORT"], "--out", str(out), "--model-name", "second", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["luvc-repository.json", "second"]
+
+
+@pytest.mark.parametrize("name", list(TOOLS))
+def test_every_subcommand_parses_without_pytorch_transformers_or_onnx_runtime(name):
+    """Help and argument errors come at once: building a subcommand's parser imports none of the heavy libraries."""
+    code = (
+        "import sys\n"
+        "from luvc.cli.main import build_parser\n"
+        f"parser, tools = build_parser([{name!r}])\n"
+        "heavy = ('torch', 'transformers', 'onnxruntime', 'tensorrt_rtx', 'onnx_graphsurgeon', 'matplotlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_model_option_names_every_built_in_model():
+    from luvc.cli.args.model import ModelArgs
+    from luvc.models import TINY_MODELS
+
+    parser = __import__("argparse").ArgumentParser()
+    ModelArgs().add_parser_args(parser)
+    help_text = next(action.help for action in parser._actions if action.dest == "model")
+    assert all(name in help_text for name in TINY_MODELS)
 
 
 def test_cuda_device_without_cuda_is_named(bad_inputs, capsys):

@@ -35,21 +35,30 @@ def test_temporal_merging_joins_the_cycle():
     assert LUVCConfig(oim_layers=(0, 1, 2)).resolve(8, 4).oim_axes() == ("W", "H", "W")  # off by default
 
 
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        (LUVCConfig(oim_layers=(4,)), r"outside the encoder's blocks 0\.\.3.*--oim-layers"),
-        (LUVCConfig(oim_layers=(1, 1)), "repeats a block"),
-        (LUVCConfig(rho=1.0), r"rho must be in \(0, 1\)"),
-        (LUVCConfig(spu_start=4), "spu_start=4 does not fit a model with 4 decoder layers; use 0..3"),
-        (LUVCConfig(spu_every=0), "spu_every must be >= 1"),
-        (LUVCConfig(spu_variant="fourier"), "spu_variant='fourier' is not one of"),
-        (LUVCConfig(oim_first_axis="T"), "oim_first_axis='T' is not one of"),
-    ],
-)
-def test_bad_choices_are_named(config, message):
+BAD_CHOICES = [
+    ({"oim_layers": (4,)}, r"outside the encoder's blocks 0\.\.3.*--oim-layers"),
+    ({"oim_layers": (1, 1)}, "repeats a block"),
+    ({"rho": 1.0}, r"rho must be in \(0, 1\)"),
+    ({"rho": 0}, r"rho must be in \(0, 1\)"),
+    ({"rho": float("nan")}, r"rho must be in \(0, 1\), got nan"),
+    ({"rho": "0.5"}, r"rho must be in \(0, 1\)"),
+    ({"spu_start": 4}, "spu_start=4 does not fit a model with 4 decoder layers; use 0..3"),
+    ({"spu_start": -1}, "spu_start must be an integer >= 0, got -1"),
+    ({"spu_every": 0}, "spu_every must be an integer >= 1"),
+    ({"spu_variant": "fourier"}, "spu_variant='fourier' is not one of"),
+    ({"oim_first_axis": "T"}, "oim_first_axis='T' is not one of"),
+    ({"seed": -1}, "seed must be an integer between 0 and 9223372036854775807, got -1"),
+    ({"seed": 2**63}, "seed must be an integer between 0 and 9223372036854775807"),
+    ({"seed": True}, "seed must be an integer between 0"),
+    ({"dart_pivots": 0}, "dart_pivots must be an integer >= 1"),
+    ({"spu_variant": "none", "budgets": (8,)}, r"spu_variant 'none' prunes nothing, so budgets \[8\] would be ignored"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_CHOICES, ids=[str(fields) for fields, _ in BAD_CHOICES])
+def test_bad_choices_are_named(fields, message):
     with pytest.raises(LuvcError, match=message):
-        config.resolve(vision_depth=4, num_layers=4)
+        LUVCConfig(**fields).resolve(vision_depth=4, num_layers=4)
 
 
 def test_spu_start_is_free_with_explicit_budgets():
@@ -69,7 +78,7 @@ def test_baseline_criteria_and_their_knobs():
     assert LUVCConfig(spu_variant="visionzip").resolve(4, 4).oim_layers == ()
     with pytest.raises(LuvcError, match="visionzip selects tokens at the encoder output"):
         LUVCConfig(spu_variant="visionzip", oim_layers=(1,)).resolve(4, 4)
-    with pytest.raises(LuvcError, match="dart_pivots must be >= 1"):
+    with pytest.raises(LuvcError, match="dart_pivots must be an integer >= 1"):
         LUVCConfig(spu_variant="dart", dart_pivots=0).resolve(4, 4)
     with pytest.raises(LuvcError, match="spu_variant='median' is not one of"):
         LUVCConfig(spu_variant="median").resolve(4, 4)

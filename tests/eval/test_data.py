@@ -6,6 +6,7 @@ import pytest
 
 from luvc.errors import LuvcError
 from luvc.eval.data import INSTRUCTIONS, load_eval_set
+from tests.conftest import png_header, write_clip
 from tests.eval.conftest import MIXED, write_questions
 
 
@@ -54,12 +55,32 @@ def test_prompt_ids_and_videos(tmp_path):
         ({"type": "multiple-choice", "choices": ["x", "y"], "answer": "C"}, "neither a letter A-B nor one of"),
         ({"choices": ["x", "y"]}, "'choices' belong to multiple-choice questions"),
         ({"frames": 4}, "'frames' and 'fps' sample a video"),
+        ({"video": "clip.mp4", "image": None, "frames": True}, "'frames' must be a positive integer"),
+        ({"video": "clip.mp4", "image": None, "frames": 0}, "'frames' must be a positive integer"),
+        ({"video": "clip.mp4", "image": None, "fps": float("nan")}, r"'fps' must be a number in \(0, 240\]"),
+        ({"video": "clip.mp4", "image": None, "fps": float("inf")}, r"'fps' must be a number in \(0, 240\]"),
+        ({"video": "clip.mp4", "image": None, "fps": 1e9}, r"'fps' must be a number in \(0, 240\]"),
+        ({"video": "clip.mp4", "image": None, "fps": "2"}, r"'fps' must be a number in \(0, 240\]"),
+        ({"video": "clip.mp4", "image": None, "fps": True}, r"'fps' must be a number in \(0, 240\]"),
+        ({"image": "img/huge.png"}, r"img/huge.png \(.* line 1\) is 12000x12000 \(144 MP\), more than the 67 MP"),
     ],
 )
 def test_bad_questions_are_named_with_their_line(tmp_path, record, message):
     base = {"image": "img/0.png", "question": "What?", "answer": "x", "type": "exact"}
-    folder = write_questions(tmp_path, [{**base, **record}], images=1)
+    record = {key: value for key, value in {**base, **record}.items() if value is not None}
+    folder = write_questions(tmp_path, [record], images=1)
+    write_clip(folder / "clip.mp4", frames=4)
+    (folder / "img" / "huge.png").write_bytes(png_header(12000, 12000))
     with pytest.raises(LuvcError, match=message):
+        load_eval_set(folder)
+
+
+def test_a_question_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    folder = write_questions(tmp_path, MIXED)
+    lines = (folder / "questions.jsonl").read_bytes().splitlines()
+    lines[1] = lines[1].replace(b"?", b"\xe9?")  # Latin-1, as a spreadsheet export may write
+    (folder / "questions.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(LuvcError, match=r"questions.jsonl line 2 is not UTF-8 text; save the file as UTF-8"):
         load_eval_set(folder)
 
 
@@ -76,7 +97,7 @@ def test_bad_files_are_named(tmp_path):
         load_eval_set(folder)
     (folder / "img" / "0.png").write_text("not a picture")
     (folder / "questions.jsonl").write_text(json.dumps(MIXED[0]) + "\n")
-    with pytest.raises(LuvcError, match="cannot read .* as an image"):
+    with pytest.raises(LuvcError, match="Cannot read .* as an image"):
         load_eval_set(folder)
     with pytest.raises(LuvcError, match="has no questions.jsonl"):
         load_eval_set(tmp_path)

@@ -32,7 +32,7 @@ def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], i
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is outside {_range(low, high)}")
+            raise argparse.ArgumentTypeError(f"{text} is not an integer {_range(low, high)}")
         return value
 
     return parse
@@ -49,7 +49,7 @@ def float_in(low: float | None = None, high: float | None = None, low_open: bool
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         below = low is not None and (value <= low if low_open else value < low)
         if not math.isfinite(value) or below or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number in {_range(low, high, low_open)}")
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number {_range(low, high, low_open)}")
         return value
 
     return parse
@@ -57,7 +57,11 @@ def float_in(low: float | None = None, high: float | None = None, low_open: bool
 
 def _range(low: float | None, high: float | None, low_open: bool = False) -> str:
     if high is None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_number(low)}"
     if low is None:
-        return f"<= {high:g}"
-    return f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        return f"<= {_number(high)}"
+    return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}]"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

@@ -30,7 +30,9 @@ class BuildArgs(BaseArgs):
             "--tensorrt-module", choices=MODULE_NAMES, default=None, help="default: tensorrt, else tensorrt_rtx"
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
-        group.add_argument("--verbose", action="store_true", help="print TensorRT's own log of the build")
+        group.add_argument(
+            "--verbose", action="store_true", help="keep TensorRT's whole log of the build in OUT/build.log"
+        )
         group.add_argument(
             "--plugin-library",
             default=None,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_method
-from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.base import BaseArgs, int_in
 
 
 class CalibrateArgs(BaseArgs):
@@ -25,7 +25,9 @@ class CalibrateArgs(BaseArgs):
             for precision in PRECISIONS
         )
         group.add_argument("--method", choices=list(METHODS), default=None, help=f"ONNX Runtime calibrator: {methods}")
-        group.add_argument("--decode-steps", type=int, default=None, help="greedy steps per sample for decode (4)")
+        group.add_argument(
+            "--decode-steps", type=int_in(1), default=None, help="greedy steps per sample for decode (4)"
+        )
         group.add_argument("--out", required=True, help="calibrated export folder to create")
         group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 

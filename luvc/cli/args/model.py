@@ -31,14 +31,15 @@ class ModelArgs(BaseArgs):
         group.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default float32)")
 
     def parse(self, args: argparse.Namespace) -> None:
-        import torch
-
         self.model = args.model
-        self.dtype = getattr(torch, args.dtype or "float32")
-        if self.dtype is not torch.float32 and not torch.cuda.is_available():
-            critical(f"--dtype {args.dtype} needs a GPU for PyTorch runs here; use --dtype float32 on CPU.")
+        self.dtype = args.dtype or "float32"  # a torch dtype name; PyTorch loads with the model
+        self.explicit_dtype = args.dtype is not None
 
     def load(self) -> VLMAdapter:
+        import torch
+
         from luvc.models import load_model
 
-        return load_model(self.model, dtype=self.dtype)
+        if self.explicit_dtype and self.dtype != "float32" and not torch.cuda.is_available():
+            critical(f"--dtype {self.dtype} needs a GPU for PyTorch runs here; use --dtype float32 on CPU.")
+        return load_model(self.model, dtype=getattr(torch, self.dtype))

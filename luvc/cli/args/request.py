@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 from luvc.cli.args.base import BaseArgs, float_in, int_in
 from luvc.errors import critical
+from luvc.videos import MAX_SAMPLED_FPS
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from luvc.videos import Video
-
-MAX_SAMPLED_FPS = 240.0  # frames a second to sample: beyond any camera a VLM is given
 
 
 class RequestArgs(BaseArgs):
@@ -42,7 +41,8 @@ class RequestArgs(BaseArgs):
             "--video-fps",
             type=float_in(0, MAX_SAMPLED_FPS, low_open=True),
             default=None,
-            help="frames per second to sample from a --video file (default 2, as Qwen-VL's video processors)",
+            help="frames per second to sample from a --video file (default 2, as Qwen-VL's video processors; a rate "
+            "above the video's own takes every frame)",
         )
 
     def parse(self, args: argparse.Namespace) -> None:

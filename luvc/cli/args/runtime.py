@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from luvc.cli.args.base import BaseArgs, float_in, int_in
+from luvc.cli.args.base import BaseArgs, int_in
 from luvc.runtime import BACKENDS
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
@@ -45,12 +45,11 @@ class RuntimeArgs(BaseArgs):
         group.add_argument(
             "--max-new-tokens", type=int_in(1), default=64, help="tokens to generate (default 64; at most the export's)"
         )
-        group.add_argument("--temperature", type=float_in(0), default=0.0, help="0 (default) is greedy")
-        group.add_argument("--top-k", type=int_in(0), default=0, help="sample from the k most likely tokens (0: all)")
-        group.add_argument(
-            "--top-p", type=float_in(0, 1, low_open=True), default=1.0, help="nucleus sampling mass (1.0: off)"
-        )
-        group.add_argument("--seed", type=int_in(0, MAX_SEED), default=None, help="random seed for sampling")
+        # sampling values are checked by SamplingConfig in parse: the CLI and the server refuse them in one message
+        group.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+        group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+        group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+        group.add_argument("--seed", type=int, default=None, help=f"random seed for sampling (0 to {MAX_SEED})")
 
     def parse(self, args: argparse.Namespace) -> None:
         self.artifact_dir = Path(args.artifact_dir)
