@@ -1,8 +1,8 @@
 """Image + prompt samples for parity checks and calibration: a seeded synthetic set, or a folder of images.
 
 A folder holds images (``*.png``, ``*.jpg``, ``*.jpeg``, ``*.bmp``, ``*.webp``, read in name order) and optionally
-``prompts.txt`` with one prompt per line, used in turn (or a prompts file given separately). Each image is resized
-to the export bucket closest to its aspect ratio, so every sample runs through a graph that exists.
+``prompts.txt`` with one prompt per line, used in turn (or a prompts file given separately). Its images keep their
+size: the runtime's fit policy (``luvc.runtime.fit``) maps each onto a bucket, for parity before PyTorch sees it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DEFAULT_PROMPTS = (
 
 @dataclasses.dataclass
 class Sample:
-    """One request: an RGB image (or a video) already at a bucket's size, a prompt, and a name for reports."""
+    """One request: an RGB image (or a video, or an image and a video), a prompt, and a name for reports."""
 
     name: str
     image: Image.Image | Video | tuple[Image.Image, Video]
@@ -68,18 +68,6 @@ def synthetic_visual(size: tuple, seed: int) -> Image.Image | Video | tuple[Imag
     return synthetic_video(frames[0], height, width, seed=seed) if frames else synthetic_image(height, width, seed=seed)
 
 
-def closest_size(size: tuple[int, int], image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The bucket size whose aspect ratio is closest to ``size`` (ties: the one with the closest area)."""
-    height, width = size
-    return min(image_sizes, key=lambda s: (abs(s[1] / s[0] - width / height), abs(s[0] * s[1] - height * width)))
-
-
-def fit_image(image: Image.Image, image_sizes: Sequence[tuple[int, int]]) -> Image.Image:
-    """``image`` resized (bicubic) to the bucket size closest to its aspect ratio (as it is when it already fits)."""
-    height, width = closest_size((image.height, image.width), image_sizes)
-    return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BICUBIC)
-
-
 def read_prompts(path: Path) -> list[str]:
     """Non-empty lines of a prompts file."""
     if not path.is_file():
@@ -91,12 +79,9 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def folder_samples(
-    folder: str | Path,
-    image_sizes: Sequence[tuple[int, int]],
-    prompts_file: str | Path | None = None,
-    count: int | None = None,
+    folder: str | Path, prompts_file: str | Path | None = None, count: int | None = None
 ) -> list[Sample]:
-    """Samples from the images of ``folder`` (at most ``count``), each resized to its closest bucket size."""
+    """Samples from the images of ``folder`` (at most ``count``), at their own size."""
     folder = Path(folder)
     if not folder.is_dir():
         critical(f"Data folder {folder} does not exist; pass a folder of images (--data).")
@@ -112,5 +97,5 @@ def folder_samples(
     prompts = read_prompts(prompts_path) if prompts_file is not None or prompts_path.is_file() else DEFAULT_PROMPTS
     samples = []
     for index, path in enumerate(paths):
-        samples.append(Sample(path.name, fit_image(load_image(path), image_sizes), prompts[index % len(prompts)]))
+        samples.append(Sample(path.name, load_image(path), prompts[index % len(prompts)]))
     return samples

@@ -28,6 +28,27 @@ def pytest_collection_modifyitems(config, items):
 
 
 QWEN_BUCKETS = ((224, 224), (168, 252))  # two buckets: the second is exercised by tests/export/test_buckets.py
+# images of other sizes, (W, H) as PIL has them, and the bucket (HxW) of QWEN_BUCKETS that --fit nearest gives each,
+# worked out by hand: the bucket nearest the image's aspect ratio, unless the processor keeps the image's size
+FIT_CASES = [
+    ((640, 480), "168x252"),
+    ((480, 640), "224x224"),
+    ((1920, 1080), "168x252"),
+    ((300, 300), "224x224"),
+    ((252, 168), "168x252"),
+    ((5000, 2000), "168x252"),
+]
+
+
+def fit_case(size: tuple[int, int], bucket: str, seed: int = 0):
+    """A synthetic image of ``size`` (W, H) and the image the engine should see: resized by hand (bicubic, as
+    Qwen-VL's processor) to ``bucket`` when it is not already that size."""
+    from PIL import Image
+
+    image = synthetic_image(size[1], size[0], seed)
+    height, width = (int(side) for side in bucket.split("x"))
+    by_hand = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.BICUBIC)
+    return image, by_hand
 
 
 @pytest.fixture(scope="session")

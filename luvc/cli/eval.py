@@ -26,6 +26,7 @@ class Eval:
         from luvc.eval.data import load_eval_set
         from luvc.eval.report import EVAL_OUTPUT, write_report
         from luvc.eval.runner import EvalFromModel
+        from luvc.eval.sweep import analyse_sweep
 
         options = groups[EvalArgs]
         inputs = (options.data, options.export, options.engines, options.model)
@@ -42,9 +43,18 @@ class Eval:
                 backend=options.backend,
                 engines_dir=options.engines,
                 show_progress=True,
+                fit=options.fit,
+                sweep=options.sweep,
+                protocol=options.protocol,
             )()
             out = write_report(results, options.out, options.overwrite)
-        console = Console(soft_wrap=True)
+        console = Console(soft_wrap=True, markup=False)  # a sweep variant's label holds brackets
         console.print(str(results), highlight=False)
+        sweep = analyse_sweep(results)
+        if sweep is not None:
+            front = ", ".join(f"{point.variant} @ {point.point}" for point in sweep.front)
+            console.print(f"sweep: Pareto front (cheapest first): {front}", highlight=False)
+            for kind, variant in sweep.winners.items():
+                console.print(f"sweep: best on {kind}: {variant}", highlight=False)
         console.print(f"report: {out / 'report.md'}", highlight=False)
         return 0

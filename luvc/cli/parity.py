@@ -43,6 +43,7 @@ class Parity:
             max_new_tokens=options.max_new_tokens,
             baseline_dir=options.baseline,
             show_progress=True,
+            fit=options.fit,
         )()
         out = write_report(results, options.out, options.overwrite)
         console = Console(soft_wrap=True)

@@ -14,7 +14,7 @@ from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
 
 if TYPE_CHECKING:
-    from luvc.runtime.pipeline import Pipeline, Timings
+    from luvc.runtime.pipeline import Pipeline, Prepared, Timings
 
 
 class Run:
@@ -36,20 +36,24 @@ class Run:
         console = Console()
         pipeline = options.pipeline()
         image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
+        pipeline.check_max_new_tokens(options.max_new_tokens)
+        prepared = pipeline.prepare([image], [args.prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
-            pipeline.load(pipeline.prepare([image], [args.prompt]).image_size)
+            pipeline.load(prepared.image_size)
         timings = Timings()
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
-            for piece in pipeline.stream(image, args.prompt, options.max_new_tokens, options.sampling, timings=timings):
+            pieces = pipeline.stream_prepared(prepared, options.max_new_tokens, options.sampling, timings=timings)
+            for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            generation = pipeline.generate([image], [args.prompt], options.max_new_tokens, options.sampling)
+            generation = pipeline.generate_prepared(prepared, options.max_new_tokens, options.sampling)
             timings = generation.timings
             sys.stdout.write(f"Output: {generation.texts[0]}\n")
-        console.print(timing_table(pipeline, timings))
+        console.print(timing_table(pipeline, timings, prepared))
+        sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
         return 0
 
 
@@ -73,7 +77,14 @@ def _weights(pipeline: Pipeline) -> str:
     return "one copy for all sessions: " + " + ".join(parts)
 
 
-def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
+def fit_line(policy: str, prepared: Prepared) -> str:
+    """What fitting the request to its bucket did, in one line."""
+    fit = prepared.fits[0] if prepared.fits else None
+    done = fit.change if fit and fit.changed else "nothing (the processor's own size is the bucket)"
+    return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
+
+
+def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Table:
     backend = pipeline.backend
     if backend == "ort":
         backend += f" ({', '.join(pipeline.session_providers())})"
@@ -81,6 +92,7 @@ def timing_table(pipeline: Pipeline, timings: Timings) -> Table:
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = (
+        ("bucket", prepared.bucket.name),
         ("preprocess", f"{timings.preprocess_ms:.1f} ms"),
         ("vision", f"{timings.vision_ms:.1f} ms"),
         ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms"),

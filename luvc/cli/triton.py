@@ -9,7 +9,7 @@ from rich.console import Console
 
 from luvc.cli.args.base import int_in
 from luvc.errors import critical
-from luvc.runtime import BACKENDS
+from luvc.runtime import BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
 
 
 class Triton:
@@ -38,6 +38,7 @@ class Triton:
         group.add_argument(
             "--max-new-tokens", type=int_in(1), default=64, help="generation length when a request sets none (64)"
         )
+        group.add_argument("--fit", choices=FIT_POLICIES, default=DEFAULT_FIT, help=FIT_HELP)
         group.add_argument(
             "--copy",
             action="store_true",
@@ -62,6 +63,7 @@ class Triton:
             copy=args.copy,
             max_batch=args.max_batch,
             max_new_tokens=args.max_new_tokens,
+            fit=args.fit,
         )
         out = write_repository(Path(args.artifact_dir), Path(args.out), options, args.overwrite)
         where = f"{len(gpus)} GPU(s) x {args.instances}" if gpus else f"CPU x {args.instances}"

@@ -96,7 +96,8 @@ def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config
     resolved."""
     if not 0.0 < ratio <= 1.0:
         critical(f"Ratio {ratio} is not in (0, 1]; a ratio is the share of the visual tokens the LLM receives.")
-    return default_schedule(num_layers, math.floor(ratio * num_visual_tokens), config)
+    # the epsilon keeps a ratio such as 2/9 of 576 at 128 (float products land just below)
+    return default_schedule(num_layers, math.floor(ratio * num_visual_tokens + 1e-9), config)
 
 
 def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: LUVCConfig) -> BudgetPlan:

@@ -14,6 +14,9 @@ SPU_VARIANTS = ("spectral-residual", "channel-spectrum", "none")  # SPU's own sc
 PRUNING_CRITERIA = (*CRITERIA, "none")  # every value spu_variant takes: SPU's and the baselines' (criteria.py)
 OIM_AXES = ("W", "H")  # spatial axes; "T" (adjacent temporal slices of a video) joins them with oim_temporal
 OIM_POSITION_MODES = ("compact", "mean")
+SPU_KEEP = ("high", "low")  # which end of SPU's scores a cut keeps
+SPU_INPUTS = ("residual", "normed")  # what SPU scores: the residual stream entering the layer, or its normed input
+SPU_LOWPASS = ("raster", "grid")  # spectral-residual's low-pass: along the token sequence, or over each 2-D grid
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
@@ -44,6 +47,13 @@ class LUVCConfig:
         final_zero: the last decoder layer sees no visual token. Default ``True``.
         seed: seed of the ``"random"`` criterion. Default 0.
         dart_pivots: pivot tokens of the ``"dart"`` criterion (per image). Default 8.
+        spu_keep: which tokens an SPU cut keeps: ``"high"`` scores (default) or ``"low"`` (the reverse order).
+        spu_input: what SPU scores: ``"residual"``, the residual stream entering the layer (default), or ``"normed"``,
+            the layer's normalised input (its ``input_layernorm``), which attention and the MLP read.
+        spu_lowpass: the spectral-residual low-pass: ``"raster"`` (default), the lowest DCT frequencies along the
+            token sequence in raster order; or ``"grid"``, a separable 2-D low-pass over each image's (or frame's, or
+            tile's) token grid, ``ceil(sqrt(rho) * rows)`` by ``ceil(sqrt(rho) * cols)`` frequencies, with pruned
+            tokens counted as zeros.
     """
 
     oim_layers: tuple[int, ...] | None = None
@@ -58,6 +68,9 @@ class LUVCConfig:
     final_zero: bool | None = None
     seed: int | None = None
     dart_pivots: int | None = None
+    spu_keep: str | None = None
+    spu_input: str | None = None
+    spu_lowpass: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse what is wrong whatever the model: out-of-range knobs, budgets a config without pruning ignores."""
@@ -117,7 +130,23 @@ class LUVCConfig:
             final_zero=True if self.final_zero is None else bool(self.final_zero),
             seed=0 if self.seed is None else int(self.seed),
             dart_pivots=8 if self.dart_pivots is None else int(self.dart_pivots),
+            spu_keep=_choice("spu_keep", self.spu_keep, SPU_KEEP, "high"),
+            spu_input=_choice("spu_input", self.spu_input, SPU_INPUTS, "residual"),
+            spu_lowpass=_choice("spu_lowpass", self.spu_lowpass, SPU_LOWPASS, "raster"),
         )
+        spu_knobs = {
+            "spu_keep": resolved.spu_keep != "high",
+            "spu_input": resolved.spu_input != "residual",
+            "spu_lowpass": resolved.spu_lowpass != "raster",
+        }
+        if resolved.spu_variant not in SPU_VARIANTS[:-1] and any(spu_knobs.values()):
+            changed = [name for name, set_ in spu_knobs.items() if set_]
+            critical(
+                f"{', '.join(changed)} change how SPU scores tokens, but the criterion is {resolved.spu_variant!r}; "
+                "use them with --spu spectral-residual or channel-spectrum (methods luvc, spu-only)."
+            )
+        if resolved.spu_lowpass == "grid" and resolved.spu_variant != "spectral-residual":
+            critical("spu_lowpass=grid is the spectral-residual low-pass; use it with --spu spectral-residual.")
         uses_schedule = resolved.spu_variant != "none" and resolved.budgets is None
         if uses_schedule and not 0 <= resolved.spu_start < num_layers:
             critical(

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 from luvc.compress.budgets import BudgetPlan
+from luvc.compress.config import LUVCConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,34 +106,45 @@ def decoder_tokens(plan: BudgetPlan, text_tokens: int) -> tuple[int, ...]:
     return tuple(text_tokens + k for k in plan.total)
 
 
-def selection_flops(
-    plan: BudgetPlan, llm: LlmSpec, variant: str, rho: float, dart_pivots: int = 8, text_tokens: int = 0
-) -> int:
-    """Scoring cost in the LLM of the pruning criterion ``variant`` over every cut: SPU's products with a
+def selection_flops(plan: BudgetPlan, llm: LlmSpec, config: LUVCConfig, text_tokens: int = 0) -> int:
+    """Scoring cost in the LLM of ``config``'s pruning criterion (resolved) over every cut: SPU's products with a
     ``ceil(rho n) x n`` basis or one rDFT; a norm (``l2-norm``); norms and similarities to the pivots (``dart``); for
     ``fastv``, once, the last prompt token's attention row in the layer before the first cut, or for a cut before
-    layer 0 the extra attention pass of layer 0 that measures it. ``random`` and ``visionzip`` look their scores up."""
+    layer 0 the extra attention pass of layer 0 that measures it; ``pdrop`` that row before every cut, ``todre``
+    before every cut after its first, whose greedy k-center costs ``n`` distance updates; ``v2drop`` a difference and
+    a norm. ``random`` and ``visionzip`` look their scores up. ``grid``: the 2-D low-pass is an ``n x n`` product;
+    ``normed``: one RMS norm of the scored tokens."""
+    variant, rho, lowpass, spu_input = config.spu_variant, config.rho, config.spu_lowpass, config.spu_input
     layers, hidden = plan.prune_layers(), llm.hidden
-    if variant == "fastv":
-        if not layers:
-            return 0
-        if layers[0] == 0:
-            sequence = text_tokens + plan.num_visual_tokens
-            return llm.attention_projection_flops_per_token() * sequence + llm.causal_attention_flops(sequence)
-        return 2 * llm.heads * llm.head_dim * (text_tokens + plan.total[layers[0] - 1])
-    total = 0
-    for layer in layers:
+    ranked = {"fastv": layers[:1], "pdrop": layers, "todre": layers[1:]}.get(variant, [])
+    total = sum(_attention_row_flops(plan, llm, layer, text_tokens) for layer in ranked)
+    for cut, layer in enumerate(layers):
         entering = plan.per_image[layer - 1] if layer > 0 else plan.tokens_per_image
         for n in entering:
             if variant == "channel-spectrum":
                 total += 2 * 2 * n * hidden * (hidden // 2 + 1)
             elif variant == "spectral-residual":
-                total += 2 * 2 * math.ceil(rho * n) * n * hidden
+                total += 2 * 2 * (n if lowpass == "grid" else math.ceil(rho * n)) * n * hidden
             elif variant == "l2-norm":
                 total += 2 * n * hidden
+            elif variant == "v2drop":
+                total += 3 * n * hidden
             elif variant == "dart":
-                total += 2 * n * hidden * (min(dart_pivots, n) + 2)
+                total += 2 * n * hidden * (min(config.dart_pivots, n) + 2)
+            elif variant == "todre" and cut == 0:
+                total += 2 * n * n * hidden
+            if spu_input == "normed" and variant in ("spectral-residual", "channel-spectrum"):
+                total += 4 * n * hidden
     return total
+
+
+def _attention_row_flops(plan: BudgetPlan, llm: LlmSpec, layer: int, text_tokens: int) -> int:
+    """The last prompt token's attention row in the layer before cut ``layer``; for a cut before layer 0, the extra
+    attention pass of layer 0 over the whole prompt that measures it."""
+    if layer == 0:
+        sequence = text_tokens + plan.num_visual_tokens
+        return llm.attention_projection_flops_per_token() * sequence + llm.causal_attention_flops(sequence)
+    return 2 * llm.heads * llm.head_dim * (text_tokens + plan.total[layer - 1])
 
 
 def encoder_ranking_flops(spec: VisionSpec, block_segments: Sequence[Sequence[int]], variant: str) -> int:
@@ -163,16 +175,14 @@ def estimate_cost(
     compressed: tuple[Sequence[Sequence[int]], BudgetPlan],
     baseline: tuple[Sequence[Sequence[int]], BudgetPlan],
     text_tokens: int,
-    spu_variant: str,
-    rho: float,
+    config: LUVCConfig,
     kv_bytes_per_element: int = 2,
-    dart_pivots: int = 8,
 ) -> CostReport:
-    """Cost of one request under LUVC (``compressed``) and without (``baseline``): each is the encoder's
-    attention segments per block and the decoder's budget plan; ``spu_variant`` is the pruning criterion."""
+    """Cost of one request under LUVC ``config`` (resolved; ``compressed``) and without (``baseline``): each is the
+    encoder's attention segments per block and the decoder's budget plan."""
     (segments, plan), (segments_base, plan_base) = compressed, baseline
     tokens, tokens_base = decoder_tokens(plan, text_tokens), decoder_tokens(plan_base, text_tokens)
-    scoring = selection_flops(plan, llm, spu_variant, rho, dart_pivots, text_tokens)
+    scoring = selection_flops(plan, llm, config, text_tokens)
     return CostReport(
         text_tokens=text_tokens,
         llm_visual_tokens=plan.num_visual_tokens,
@@ -181,7 +191,7 @@ def estimate_cost(
         decoder_tokens=tokens,
         decoder_tokens_baseline=tokens_base,
         encoder_flops=encoder_flops(vision, segments, plan.num_visual_tokens)
-        + encoder_ranking_flops(vision, segments, spu_variant),
+        + encoder_ranking_flops(vision, segments, config.spu_variant),
         encoder_flops_baseline=encoder_flops(vision, segments_base, plan_base.num_visual_tokens),
         llm_prefill_flops=llm_prefill_flops(llm, tokens) + scoring,
         llm_prefill_flops_baseline=llm_prefill_flops(llm, tokens_base),

@@ -35,7 +35,8 @@ class Method:
         return self.criterion != "none"
 
     def criterion_for(self, base: LUVCConfig) -> str:
-        """The ``spu_variant`` this method runs with on top of ``base``."""
+        """The ``spu_variant`` this method runs with on top of ``base`` (whose SPU knobs, ``spu_keep``, ``spu_input``
+        and ``spu_lowpass``, only the methods that prune with SPU keep)."""
         if self.criterion != SPU:
             return self.criterion
         return base.spu_variant if base.spu_variant in SPU_VARIANTS[:-1] else SPU_VARIANTS[0]
@@ -52,11 +53,13 @@ class Method:
         if self.name == "none":
             return LUVCConfig.off()
         base = base or LUVCConfig()
+        spu_knobs = {} if self.criterion == SPU else {"spu_keep": None, "spu_input": None, "spu_lowpass": None}
         return dataclasses.replace(
             base,
             oim_layers=base.oim_layers if self.merges else (),
             spu_variant=self.criterion_for(base),
             budgets=budgets if self.follows_budgets else None,
+            **spu_knobs,
         )
 
 
@@ -69,7 +72,7 @@ METHODS: dict[str, Method] = {
         Method("oim-only", "OIM alone: the encoder merges, the LLM keeps every merged token", True, "none"),
         *(
             Method(name, CRITERIA[name].summary, False, name)
-            for name in ("random", "fastv", "dart", "l2-norm", "visionzip")
+            for name in ("random", "fastv", "dart", "l2-norm", "visionzip", "pdrop", "v2drop", "todre")
         ),
     )
 }

@@ -1,21 +1,40 @@
 """Scorers of the pruning criteria (``luvc.compress.criteria``), as pure functions on tensors.
 
-A scorer takes the visual tokens of one image as they enter the layer and their original visual indices, and returns
-one float32 score per token (the highest are kept): ``(tokens (B, n, D), visual_ids (B, n)) -> (B, n)``.
+A scorer takes the visual tokens of one span (an image, or a frame of a video) as they enter the layer (or what the
+criterion reads of them: their normed input, their variation), their original visual indices and the span's index,
+and returns one float32 score per token (the highest are kept): ``(tokens (B, n, D), visual_ids (B, n), span) ->
+(B, n)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
-from luvc.compress.spu import get_scorer
+from luvc.compress.spu import get_scorer, grid_residual_scores
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+Grid = tuple[int, int, int]  # (blocks, rows, cols): frames or tiles of a rows x cols token grid in raster order
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanLayout:
+    """The request's visual spans as the LLM first receives them: the first original visual index of each, and
+    (where the family knows it) each span's token grid (``spu_lowpass="grid"``)."""
+
+    offsets: tuple[int, ...]
+    grids: tuple[Grid, ...] | None = None
+
+    @classmethod
+    def of(cls, counts: tuple[int, ...], grids: tuple[Grid, ...] | None = None) -> SpanLayout:
+        """The layout of spans of ``counts`` visual tokens, in prompt order."""
+        return cls(tuple(sum(counts[:k]) for k in range(len(counts))), grids)
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,32 +79,71 @@ def ranked_scores(visual_ids: torch.Tensor, ranking: torch.Tensor) -> torch.Tens
     return torch.gather(ranking.float(), 1, visual_ids)
 
 
+def k_center_scores(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, n, D)`` -> ``(B, n)`` float32 scores of a greedy k-center order on cosine distance (ToDRE's diversity
+    stage): the token most similar to the tokens' mean first, then again and again the token farthest from every one
+    picked. Any budget's top-k is the first k picked. A loop of ``n`` steps: PyTorch only."""
+    values = tokens.float()
+    unit = values / values.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    batch, n = unit.shape[:2]
+    rows = torch.arange(batch, device=unit.device)
+    scores = torch.zeros(batch, n, device=unit.device)
+    pick = torch.einsum("bnd,bd->bn", unit, unit.mean(dim=1)).argmax(dim=-1)
+    distance = torch.full((batch, n), float("inf"), device=unit.device)
+    for order in range(n):
+        scores[rows, pick] = float(n - order)
+        distance = torch.minimum(distance, 1.0 - torch.einsum("bnd,bd->bn", unit, unit[rows, pick]))
+        distance[rows, pick] = -1.0  # never picked twice
+        pick = distance.argmax(dim=-1)
+    return scores
+
+
 def spu_scorer(variant: str, rho: float) -> Scorer:
-    """The scorer of an SPU variant (its scores follow from the tokens alone)."""
+    """The scorer of an SPU variant with the default knobs (its scores follow from the tokens alone)."""
     spu = get_scorer(variant, rho)
-    return lambda tokens, visual_ids: spu(tokens)
+    return lambda tokens, visual_ids, span: spu(tokens)
 
 
 def make_scorer(
-    variant: str,
-    rho: float,
-    seed: int,
-    dart_pivots: int,
+    config: LUVCConfig,
     num_visual_tokens: int,
     ranking: torch.Tensor | None = None,
+    layout: SpanLayout | None = None,
+    cut: int = 0,
 ) -> Scorer:
-    """The scorer of criterion ``variant`` for a request with ``num_visual_tokens`` visual tokens; ``ranking``
-    ``(B, N)`` is the attention ranking of the criteria that have one (measured by the caller)."""
+    """The scorer of ``config``'s criterion (resolved) at its ``cut``-th cut (0-based) for a request with
+    ``num_visual_tokens`` visual tokens in spans ``layout``; ``ranking`` ``(B, N)`` is the attention ranking of the
+    criteria that have one (measured by the caller)."""
+    variant = config.spu_variant
     if variant in ("spectral-residual", "channel-spectrum"):
-        return spu_scorer(variant, rho)
+        scorer = _spu_scorer(config, layout)
+        if config.spu_keep == "low":
+            return lambda tokens, visual_ids, span: -scorer(tokens, visual_ids, span)
+        return scorer
     if variant == "random":
-        return lambda tokens, visual_ids: random_scores(visual_ids, seed, num_visual_tokens)
-    if variant == "l2-norm":
-        return lambda tokens, visual_ids: l2_norm_scores(tokens)
+        return lambda tokens, visual_ids, span: random_scores(visual_ids, config.seed, num_visual_tokens)
+    if variant in ("l2-norm", "v2drop"):  # v2drop: the caller passes what the layer changed
+        return lambda tokens, visual_ids, span: l2_norm_scores(tokens)
     if variant == "dart":
-        return lambda tokens, visual_ids: dart_scores(tokens, dart_pivots)
+        return lambda tokens, visual_ids, span: dart_scores(tokens, config.dart_pivots)
     if variant in CRITERIA and CRITERIA[variant].ranking is not None:
+        if cut < CRITERIA[variant].ranking_from_cut:  # ToDRE's first cut: diversity
+            return lambda tokens, visual_ids, span: k_center_scores(tokens)
         if ranking is None:
             raise ValueError(f"criterion {variant!r} ranks by attention; measure its ranking first")
-        return lambda tokens, visual_ids: ranked_scores(visual_ids, ranking)
+        return lambda tokens, visual_ids, span: ranked_scores(visual_ids, ranking)
     raise ValueError(f"{variant!r} is not a pruning criterion; use one of {list(CRITERIA)}.")
+
+
+def _spu_scorer(config: LUVCConfig, layout: SpanLayout | None) -> Scorer:
+    """SPU's own scores, on the raster low-pass or (``spu_lowpass="grid"``) each span's 2-D grid."""
+    if config.spu_lowpass != "grid":
+        return spu_scorer(config.spu_variant, config.rho)
+    if layout is None or layout.grids is None:
+        raise ValueError("spu_lowpass='grid' needs the spans' token grids")
+
+    def grid_scores(tokens: torch.Tensor, visual_ids: torch.Tensor, span: int) -> torch.Tensor:
+        local = visual_ids - layout.offsets[span]
+        return grid_residual_scores(tokens, local, layout.grids[span], config.rho)
+
+    return grid_scores

@@ -6,6 +6,8 @@ matrices (no FFT op), computed in float32 whatever the input dtype.
 - ``spectral-residual``: low-pass the visual tokens along the token axis with the lowest ``ceil(rho * n)`` DCT-II
   frequencies; a token's score is its residual (high-frequency) energy. Tokens the low-pass explains well are
   redundant and are pruned first.
+  With ``spu_lowpass="grid"`` the low-pass is separable over each image's 2-D token grid instead (per frame or tile),
+  with the tokens an earlier cut removed counted as zeros.
 - ``channel-spectrum``: each token's spectrum over the hidden dimension; its score is the share of energy in the
   lowest ``ceil(rho * (D // 2 + 1))`` frequencies.
 """
@@ -61,6 +63,32 @@ def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     basis = lowpass_basis(values.shape[-2], rho).to(values.device).expand(values.shape[0], -1, -1)
     lowpassed = torch.bmm(basis.transpose(1, 2), torch.bmm(basis, values))
     return (values - lowpassed).square().sum(dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_lowpass(n: int, rho: float) -> np.ndarray:
+    """``(n, n)`` low-pass of one grid axis: ``C_m^T C_m`` with ``m = ceil(sqrt(rho) * n)``, so a 2-D grid keeps
+    about ``rho`` of its frequencies."""
+    basis = _dct_rows(n, max(1, min(n, math.ceil(math.sqrt(rho) * n))))
+    projection = (basis.T @ basis).astype(np.float32)
+    projection.flags.writeable = False
+    return projection
+
+
+def grid_residual_scores(tokens: torch.Tensor, local_ids: torch.Tensor, grid: tuple[int, int, int], rho: float):
+    """``tokens (B, n, D)`` at positions ``local_ids (B, n)`` of a ``(blocks, rows, cols)`` token grid (frames or
+    tiles of ``rows x cols`` in raster order) -> ``(B, n)`` float32 high-frequency energy after the separable 2-D
+    low-pass ``P_rows (x) P_cols`` within each block, the grid's other tokens (pruned earlier) taken as zeros: the
+    projection restricted to the tokens present, ``P[ids][:, ids]``, built from two small constant tables."""
+    blocks, rows, cols = grid
+    values = tokens.float()
+    row_pass = torch.tensor(_axis_lowpass(rows, rho), device=values.device)
+    col_pass = torch.tensor(_axis_lowpass(cols, rho), device=values.device)
+    block, row, col = local_ids // (rows * cols), (local_ids // cols) % rows, local_ids % cols
+    same_block = block[:, :, None] == block[:, None, :]
+    projection = row_pass[row[:, :, None], row[:, None, :]] * col_pass[col[:, :, None], col[:, None, :]]
+    projection = torch.where(same_block, projection, torch.zeros((), device=values.device))
+    return (values - torch.bmm(projection, values)).square().sum(dim=-1)
 
 
 @functools.lru_cache(maxsize=64)

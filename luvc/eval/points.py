@@ -13,6 +13,31 @@ DEFAULT_MAX_NEW_TOKENS = 16
 
 
 @dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A published benchmark's layout: its keep ratios, and the baseline every table of it includes."""
+
+    name: str
+    summary: str
+    ratios: tuple[float, ...]
+    baseline: str
+
+
+PROTOCOLS = {
+    protocol.name: protocol
+    for protocol in (
+        Protocol(
+            "unipruning",
+            "the public visual-token pruning benchmark's layout: keep ratios 1/3, 2/9 and 1/9 of the visual tokens "
+            "(192, 128 and 64 of LLaVA-1.5's 576), a random baseline, accuracy per question type and as a share of "
+            "the uncompressed model's, prefill latency",
+            (1 / 3, 2 / 9, 1 / 9),
+            "random",
+        ),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class BudgetPoint:
     """Where the methods that prune are compared: a ``ratio`` of the visual tokens given to the LLM (then the default
     schedule's shape: held until ``spu_start``, linear decay to zero), or explicit per-layer ``budgets``."""
@@ -23,7 +48,7 @@ class BudgetPoint:
     @property
     def label(self) -> str:
         if self.ratio is not None:
-            return f"ratio {self.ratio:g}"
+            return f"ratio {self.ratio:.3g}"
         return "budgets " + ",".join(str(budget) for budget in self.budgets)
 
     def schedule(self, num_layers: int, visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:

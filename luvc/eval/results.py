@@ -113,6 +113,8 @@ class EvalResults:
     max_new_tokens: int
     export_dir: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    protocol: str | None = None  # a published benchmark's layout (luvc.eval.points.PROTOCOLS)
+    sweep_axes: list[str] = dataclasses.field(default_factory=list)  # the reconstruction sweep's axes, if it ran
 
     def run(self, method: str, point: str = "", backend: str = "pytorch") -> Run:
         """The run of ``method`` at ``point`` on ``backend``."""
@@ -155,13 +157,15 @@ class EvalResults:
         return [self.summary(run) for run in self.runs]
 
     def __str__(self) -> str:
+        summaries = self.summaries()
+        width = max([36, *(len(summary.label) for summary in summaries)])
         lines = [
             f"Eval of {self.model} on {self.data}: {len(self.questions)} questions, {len(self.runs)} runs",
-            f"  {'run':<36} {'accuracy':>8} {'agree':>6} {'tokens/layer':>12} {'GFLOPs':>9} {'TTFT ms':>8}",
+            f"  {'run':<{width}} {'accuracy':>8} {'agree':>6} {'tokens/layer':>12} {'GFLOPs':>9} {'TTFT ms':>8}",
         ]
-        for summary in self.summaries():
+        for summary in summaries:
             lines.append(
-                f"  {summary.label:<36} {summary.accuracy:>8.3f} {summary.agreement:>6.3f} "
+                f"  {summary.label:<{width}} {summary.accuracy:>8.3f} {summary.agreement:>6.3f} "
                 f"{summary.mean_visual_tokens:>12.1f} {summary.total_gflops:>9.3f} {summary.ttft_ms:>8.1f}"
             )
         return "\n".join(lines + [f"  note: {note}" for note in self.notes])
@@ -195,4 +199,6 @@ class EvalResults:
             max_new_tokens=data["max_new_tokens"],
             export_dir=data["export_dir"],
             notes=data["notes"],
+            protocol=data.get("protocol"),
+            sweep_axes=data.get("sweep_axes", []),
         )

@@ -15,34 +15,39 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PIL import Image
-
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport
 from luvc.compress.methods import METHODS, Method, method_of
 from luvc.errors import critical
 from luvc.eval.data import EvalSet, Question
-from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
+from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
 from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
 from luvc.eval.scoring import score
+from luvc.eval.sweep import SweepVariant, sweep_variants
 from luvc.export.manifest import ExportManifest
 from luvc.models import VLMAdapter, load_model
 from luvc.models.generation import greedy_generate
+from luvc.processing import load_processor
 from luvc.progress import progress_steps
-from luvc.samples import fit_image
-from luvc.videos import Video
+from luvc.runtime.fit import BucketFitter
 
 EXPORT_POINT = "export"
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """What one run is: a method, its budget point (``None`` for a method that prunes nothing), or the export's own
-    config (``fixed``)."""
+    """What one run is: a method, its budget point (``None`` for a method that prunes nothing), the export's own
+    config (``fixed``), or a variant of the reconstruction sweep (LUVC with its choices)."""
 
     method: str
     point: BudgetPoint | None = None
     fixed: LUVCConfig | None = None
+    variant: SweepVariant | None = None
+
+    @property
+    def name(self) -> str:
+        """The run's method as the results name it (a sweep variant's label, e.g. ``luvc[keep=low,oim=2]``)."""
+        return self.method if self.variant is None else self.variant.label
 
     @property
     def point_label(self) -> str:
@@ -60,12 +65,18 @@ def run_specs(methods: Sequence[str], points: Sequence[BudgetPoint]) -> list[Run
     return specs
 
 
+def sweep_specs(axes: Sequence[str], points: Sequence[BudgetPoint]) -> list[RunSpec]:
+    """One LUVC run per variant of the sweep over ``axes`` and budget point."""
+    return [RunSpec("luvc", point, variant=variant) for variant in sweep_variants(axes) for point in points]
+
+
 @dataclasses.dataclass
 class _Planned:
-    """A question's runs as planned: each run's config for this question's image."""
+    """A question's runs as planned: each run's config for this question's image (``None``: a sweep variant whose
+    OIM leaves fewer tokens than the point gives, dropped)."""
 
     question: Question
-    configs: list[LUVCConfig]
+    configs: list[LUVCConfig | None]
 
 
 class EvalFromModel:
@@ -75,7 +86,9 @@ class EvalFromModel:
     LUVC knobs they share (OIM layers, SPU variant, rho, schedule, seed). With ``export_dir``, the question set runs
     through the export on ``backend`` (``ort``, or ``trt`` with ``engines_dir``) and, in PyTorch, through the
     uncompressed model and the export's own config (the model defaults to the export's checkpoint; images and clips
-    are fitted to its buckets)."""
+    are fitted to its buckets). ``sweep``: axes of the reconstruction sweep (``luvc.eval.sweep``), whose variants run
+    at every point beside ``methods`` (default then: none only); ``protocol``: a published benchmark's layout
+    (``PROTOCOLS``: its keep ratios as the points, its baseline among the methods)."""
 
     def __init__(
         self,
@@ -89,6 +102,9 @@ class EvalFromModel:
         backend: str | None = None,
         engines_dir: str | Path | None = None,
         show_progress: bool | None = None,
+        fit: str | None = None,
+        sweep: Sequence[str] | None = None,
+        protocol: str | None = None,
     ) -> None:
         self.data = data
         self.model = model
@@ -100,6 +116,9 @@ class EvalFromModel:
         self.backend = backend
         self.engines_dir = engines_dir
         self.show_progress = show_progress
+        self.fit = fit
+        self.sweep = tuple(sweep or ())
+        self.protocol = protocol
 
     def __call__(self) -> EvalResults:
         return self.call_impl()
@@ -109,7 +128,7 @@ class EvalFromModel:
         if max_new_tokens < 1:
             critical(f"--max-new-tokens {max_new_tokens}: generate at least 1 token.")
         adapter, specs, manifest = self._model_and_specs(max_new_tokens)
-        fit = _unchanged if manifest is None else _bucket_fitter([b.size for b in manifest.buckets.values()])
+        fit = _unchanged if manifest is None else self._fitter(manifest)
         base = (self.base or LUVCConfig()).resolve(adapter.vision_depth, adapter.num_layers)
         stages = 2 + (manifest is not None)  # planning, PyTorch, the export
         with progress_steps(self.show_progress, stages * len(self.data.questions), "eval") as advance:
@@ -117,6 +136,7 @@ class EvalFromModel:
             for question in self.data.questions:
                 planned.append(_Planned(question, self._configs(adapter, base, specs, fit(question.load_visual()))))
                 advance(f"planned {question.id}")
+            specs, planned, dropped = _drop_unreachable(specs, planned)
             runs, costs = _pytorch_runs(adapter, specs, planned, fit, max_new_tokens, advance)
             name = adapter.name
             if manifest is not None:  # the PyTorch model goes before the export's sessions come
@@ -130,7 +150,9 @@ class EvalFromModel:
             runs=runs,
             max_new_tokens=max_new_tokens,
             export_dir=None if self.export_dir is None else str(self.export_dir),
-            notes=_notes(specs, manifest),
+            notes=_notes(specs, manifest) + dropped,
+            protocol=self.protocol,
+            sweep_axes=list(self.sweep),
         )
 
     def _model_and_specs(self, max_new_tokens: int) -> tuple[VLMAdapter, list[RunSpec], ExportManifest | None]:
@@ -139,8 +161,15 @@ class EvalFromModel:
             if self.model is None:
                 critical("Eval needs a model: pass --model (a built-in tiny model or a checkpoint folder).")
             adapter = self.model if isinstance(self.model, VLMAdapter) else load_model(self.model)
-            points = list(self.points) if self.points else [BudgetPoint(ratio=r) for r in DEFAULT_RATIOS]
-            return adapter, run_specs(list(self.methods) if self.methods else list(METHODS), points), None
+            protocol = PROTOCOLS[self.protocol] if self.protocol else None
+            ratios = protocol.ratios if protocol else DEFAULT_RATIOS
+            points = list(self.points) if self.points else [BudgetPoint(ratio=r) for r in ratios]
+            methods = list(self.methods) if self.methods else ["none"] if self.sweep else list(METHODS)
+            if protocol and protocol.baseline not in methods:
+                methods.append(protocol.baseline)
+            if self.sweep:  # the sweep's first variant is LUVC as it ships
+                methods = [name for name in methods if name != "luvc"]
+            return adapter, run_specs(methods, points) + sweep_specs(self.sweep, points), None
         from luvc.export.exporter import export_source_model
 
         manifest = ExportManifest.load(self.export_dir, verify=True)
@@ -150,6 +179,12 @@ class EvalFromModel:
         adapter = export_source_model(manifest, self.model)
         exported = LUVCConfig.from_dict(manifest.luvc)
         return adapter, [RunSpec("none"), RunSpec(method_of(exported) or EXPORT_POINT, fixed=exported)], manifest
+
+    def _fitter(self, manifest: ExportManifest) -> Callable:
+        """Fits each question's image or clip to the export's buckets (``--fit``), for the PyTorch runs as for the
+        export's, so both see the same pixels."""
+        fitter = BucketFitter.for_export(manifest, load_processor(self.export_dir), self.fit)
+        return lambda visual: fitter(visual)[0]
 
     def _configs(self, adapter: VLMAdapter, base: LUVCConfig, specs: Sequence[RunSpec], visual) -> list[LUVCConfig]:
         """Each run's config for one question's ``visual``, checked against its visual tokens."""
@@ -161,11 +196,15 @@ class EvalFromModel:
                 config = spec.fixed
             else:
                 chosen = METHODS[spec.method]
+                own = base if spec.variant is None else spec.variant.config(base, adapter.vision_depth)
                 budgets = None
                 if spec.point is not None:
                     budgets = spec.point.schedule(adapter.num_layers, visual_tokens, base)
-                    _check_reachable(adapter, chosen, base, pixels, budgets, spec.point, visual_tokens)
-                config = chosen.config(base, budgets)
+                    if spec.variant is not None and not _reachable(adapter, chosen, own, pixels, budgets):
+                        configs.append(None)
+                        continue
+                    _check_reachable(adapter, chosen, own, pixels, budgets, spec.point, visual_tokens)
+                config = chosen.config(own, budgets)
             adapter.plan(pixels, config)  # the budgets fit (an error names the fix)
             configs.append(config)
         return configs
@@ -176,7 +215,7 @@ class EvalFromModel:
         from luvc.runtime.pipeline import Pipeline
 
         backend = self.backend or "ort"
-        pipeline = Pipeline(self.export_dir, backend=backend, engines_dir=self.engines_dir)
+        pipeline = Pipeline(self.export_dir, backend=backend, engines_dir=self.engines_dir, fit="exact")  # fitted
         run = Run(counterpart.method, counterpart.point, backend, dict(counterpart.config))
         questions = self.data.questions
         pipeline.generate(fit(questions[0].load_visual()), questions[0].prompt, max_new_tokens=1)  # warm-up
@@ -199,7 +238,7 @@ def _pytorch_runs(
 ) -> tuple[list[Run], dict[str, CostReport]]:
     """Every PyTorch run over the planned questions, a question's runs one after the other, after one untimed warm-up
     of each; and the last run's cost per question (an export's config, which its backend run shares)."""
-    runs = [Run(spec.method, spec.point_label, "pytorch", {}) for spec in specs]
+    runs = [Run(spec.name, spec.point_label, "pytorch", {}) for spec in specs]
     for run, config in zip(runs, planned[0].configs):
         run.config = {key: value for key, value in config.to_dict().items() if key != "budgets"}
     costs = {}
@@ -231,6 +270,29 @@ def _notes(specs: Sequence[RunSpec], manifest: ExportManifest | None) -> list[st
     return notes
 
 
+def _drop_unreachable(specs: list[RunSpec], planned: list[_Planned]) -> tuple[list[RunSpec], list[_Planned], list[str]]:
+    """The runs every question can take (a sweep variant whose OIM leaves fewer tokens than a point gives is dropped
+    for every question), and a note naming each dropped run."""
+    kept = [index for index in range(len(specs)) if all(plan.configs[index] is not None for plan in planned)]
+    notes = [
+        f"{specs[index].name} at {specs[index].point_label} was left out of the sweep: its OIM steps leave fewer "
+        "visual tokens than the point gives the LLM"
+        for index in range(len(specs))
+        if index not in kept
+    ]
+    planned = [_Planned(plan.question, [plan.configs[index] for index in kept]) for plan in planned]
+    return [specs[index] for index in kept], planned, notes
+
+
+def _merged_tokens(adapter: VLMAdapter, chosen: Method, base: LUVCConfig, pixels: dict) -> int:
+    return adapter.plan(pixels, chosen.config(base, None)).budget_plan.num_visual_tokens
+
+
+def _reachable(adapter: VLMAdapter, chosen: Method, base: LUVCConfig, pixels: dict, budgets: tuple[int, ...]) -> bool:
+    """Whether a merging method's OIM leaves at least the first budget's visual tokens."""
+    return not chosen.merges or budgets[0] <= _merged_tokens(adapter, chosen, base, pixels)
+
+
 def _check_reachable(
     adapter: VLMAdapter,
     chosen: Method,
@@ -241,9 +303,9 @@ def _check_reachable(
     visual_tokens: int,
 ) -> None:
     """Refuse a point that gives the LLM more visual tokens than a merging method leaves after OIM."""
-    if not chosen.merges:
+    if _reachable(adapter, chosen, base, pixels, budgets):
         return
-    merged = adapter.plan(pixels, chosen.config(base, None)).budget_plan.num_visual_tokens
+    merged = _merged_tokens(adapter, chosen, base, pixels)
     if budgets[0] > merged:
         critical(
             f"{chosen.name} at {point.label} would give the LLM {budgets[0]} visual tokens, but its OIM leaves "
@@ -289,41 +351,3 @@ def _record(question: Question, text: str, ttft_ms: float, cost: CostReport) -> 
 
 def _unchanged(visual):
     return visual
-
-
-def _bucket_fitter(sizes: Sequence[tuple]) -> Callable:
-    """A function that fits an image to the image bucket closest to its aspect ratio, and a clip to the closest video
-    bucket (``_fit_video``)."""
-    images = [size for size in sizes if len(size) == 2 and isinstance(size[0], int)]
-    videos = [size for size in sizes if len(size) == 3]
-
-    def fit(visual):
-        if isinstance(visual, Video):
-            return _fit_video(visual, videos)
-        if not images:
-            critical(f"This export has no image bucket (buckets: {sizes}); its questions must be videos.")
-        return fit_image(visual, images)
-
-    return fit
-
-
-def _fit_video(video: Video, buckets: Sequence[tuple[int, int, int]]) -> Video:
-    """``video`` with its frames resampled evenly to the closest video bucket's count and resized to its size."""
-    if not buckets:
-        critical("This export has no video bucket; export with --video-size FxHxW to evaluate video questions.")
-    frames, height, width = min(
-        buckets, key=lambda b: (abs(b[2] / b[1] - video.size[1] / video.size[0]), abs(b[0] - len(video.frames)))
-    )
-    if len(video.frames) < frames:
-        critical(
-            f"A clip of {len(video.frames)} sampled frames cannot fill the export's {frames}-frame bucket; sample "
-            f"more frames ('frames' or 'fps' in the question) or export a shorter --video-size."
-        )
-    picks = [round(i * (len(video.frames) - 1) / max(frames - 1, 1)) for i in range(frames)]
-    resized = tuple(
-        video.frames[i].resize((width, height), Image.Resampling.BICUBIC)
-        if video.frames[i].size != (width, height)
-        else video.frames[i]
-        for i in picks
-    )
-    return dataclasses.replace(video, frames=resized, frame_indices=tuple(video.frame_indices[i] for i in picks))

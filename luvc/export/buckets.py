@@ -6,20 +6,65 @@ Nothing heavy is imported here: the CLI parses sizes with it at once, and every 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from luvc.errors import critical
 
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 28, 8192  # a processed bucket: at least one 2x2 merge unit, at most 8K pixels
 MAX_VIDEO_FRAMES = 768  # Qwen-VL's video processors sample at most 768 frames
+# named bucket sets (--image-size NAME): what each covers; a set's sizes are what the family's processor makes of them
+ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16))  # width:height, each at the set's pixel budget
+CAMERA_MODES = ((480, 640), (640, 480), (720, 1280), (1280, 720), (1080, 1920), (1920, 1080))  # VGA, 720p, 1080p
+BUCKET_SETS = {
+    "aspects": "1:1, 4:3, 3:4, 16:9 and 9:16 at SIDE x SIDE pixels (aspects:SIDE; default the family's bucket side)",
+    "cameras": "VGA, 720p and 1080p frames, landscape and portrait, as the processor sizes them",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketSet:
+    """A named set of image buckets (``--image-size aspects``, ``aspects:672``, ``cameras``): raw image sizes that the
+    export turns into buckets with the family's processor (``sizes``), so each is a size the processor keeps."""
+
+    name: str
+    side: int | None = None  # aspects: the pixel budget's side (None: the family's default bucket side)
+
+    def raw_sizes(self, default_side: int) -> list[tuple[int, int]]:
+        """``(H, W)`` images the set stands for: each aspect at ``side`` squared pixels, or the camera modes."""
+        if self.name == "cameras":
+            return list(CAMERA_MODES)
+        side = self.side or default_side
+        return [(round(side * math.sqrt(h / w)), round(side * math.sqrt(w / h))) for w, h in ASPECTS]
+
+    def sizes(self, default_side: int, processed: Callable[[tuple[int, int]], tuple[int, int]]) -> list[tuple]:
+        """The set's buckets: ``processed`` (the processor's size rule) of each raw size, each once, in order."""
+        return list(dict.fromkeys(tuple(processed(size)) for size in self.raw_sizes(default_side)))
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.side}" if self.side else "")
+
+
+def parse_image_option(text: str) -> tuple[int, int] | BucketSet:
+    """An ``--image-size`` value: ``HxW``, or a named set of buckets (``BUCKET_SETS``)."""
+    name, _, side = text.strip().partition(":")
+    if name not in BUCKET_SETS:
+        return parse_image_size(text)
+    if name == "cameras" and side:
+        critical(f"--image-size {text!r}: the cameras set has no size; use --image-size cameras.")
+    if side and (not side.isdigit() or not MIN_IMAGE_SIDE <= int(side) <= MAX_IMAGE_SIDE):
+        critical(f"--image-size {text!r}: the side must be a number of pixels in [{MIN_IMAGE_SIDE}, {MAX_IMAGE_SIDE}].")
+    return BucketSet(name, int(side) if side else None)
 
 
 def parse_image_size(text: str, option: str = "--image-size") -> tuple[int, int]:
     """``"448x448"`` -> ``(448, 448)``."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match:
-        critical(f"Image size {text!r} is not HxW, e.g. 448x448 ({option}).")
+        sets = f", or a named set ({', '.join(BUCKET_SETS)})" if option == "--image-size" else ""
+        critical(f"Image size {text!r} is not HxW, e.g. 448x448{sets} ({option}).")
     height, width = int(match.group(1)), int(match.group(2))
     if not (MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE):
         critical(

@@ -54,6 +54,7 @@ from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.weights import SharedWeights
 from luvc.models.base import VLMAdapter, check_fp16_range
+from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
@@ -265,6 +266,20 @@ def check_exportable(config: LUVCConfig, plugin_nodes: bool) -> None:
             f"{list(PLUGIN_SPU_VARIANTS)} "
             f"only; export {variant} without --plugin-nodes."
         )
+    changed = [
+        f"{name}={value}"
+        for name, value, default in (
+            ("spu_keep", config.spu_keep, "high"),
+            ("spu_input", config.spu_input, "residual"),
+            ("spu_lowpass", config.spu_lowpass, "raster"),
+        )
+        if value not in (None, default)
+    ]
+    if plugin_nodes and changed:
+        critical(
+            f"--plugin-nodes traces each SPU layer as a SpectrumPrune node, which scores the residual stream with the "
+            f"raster low-pass and keeps the highest scores; {', '.join(changed)} exports without --plugin-nodes."
+        )
 
 
 class OnnxFromCompressedModel:
@@ -418,7 +433,7 @@ class OnnxFromCompressedModel:
                 "The adapter has no tokenizer or image processor to ship with the export; load it with load_model."
             )
         adapter.tokenizer.save_pretrained(staging / "tokenizer")
-        adapter.image_processor.save_pretrained(staging / "processor")
+        adapter.image_processor.save_pretrained(staging / PROCESSOR_FOLDER)
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
 
 

@@ -103,7 +103,7 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
         *kv_names("present", adapter.num_layers),
         *(f"kept_visual_indices.{layer}" for layer in kept_index_layers(plan)),
     ]
-    module = PrefillGraph(adapter, bucket.visual_spans, plan)
+    module = PrefillGraph(adapter, bucket.visual_spans, plan, bucket.plan.vision.span_grids)
     return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name)
 
 

@@ -102,14 +102,21 @@ class PrefillGraph(nn.Module):
 
     Image tokens sit at static ``spans`` (``(start, tokens)``: one per image, or per temporal slice of a Qwen3-VL
     video); the text after them has any length. Budgets are the frozen integers of ``budget_plan`` (one image or
-    video per row)."""
+    video per row); ``span_grids`` are the spans' token grids (``spu_lowpass="grid"``)."""
 
-    def __init__(self, adapter: VLMAdapter, spans: Sequence[tuple[int, int]], budget_plan: BudgetPlan) -> None:
+    def __init__(
+        self,
+        adapter: VLMAdapter,
+        spans: Sequence[tuple[int, int]],
+        budget_plan: BudgetPlan,
+        span_grids: Sequence[tuple[int, int, int]] | None = None,
+    ) -> None:
         super().__init__()
         self.language_model = adapter.language_model
         self.lm_head = adapter.model.lm_head
         self.spans = tuple(spans)
         self.budget_plan = budget_plan
+        self.span_grids = None if span_grids is None else tuple(span_grids)
 
     def forward(
         self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *deepstack: torch.Tensor
@@ -123,6 +130,7 @@ class PrefillGraph(nn.Module):
             visual_spans=self.spans,
             budget_plan=self.budget_plan,
             deepstack=deepstack,
+            span_grids=self.span_grids,
         )
         logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
         kept = tuple(outputs.kept_visual_indices[layer] for layer in kept_index_layers(self.budget_plan))

@@ -381,8 +381,8 @@ class ExportManifest:
             what = "image and video" if mixed else "video (frames x height x width)" if len(size) == 3 else "image size"
             critical(
                 f"Processed {what} {name} is outside this export's profile (buckets: {sorted(self.buckets)}); "
-                f"{'fit them' if mixed else 'sample it' if len(size) == 3 else 'resize it'} to a bucket, or re-export "
-                f"with {option} {name}."
+                f"{'fit them' if mixed else 'sample it' if len(size) == 3 else 'resize it'} to a bucket (--fit nearest "
+                f"or pad does), or re-export with {option} {name}."
             )
         return self.buckets[name]
 

@@ -224,9 +224,21 @@ def _ortho_merge_unit(units: torch.Tensor, step: OIMStep, dim: int = 0) -> torch
 
 
 def _spectrum_prune_unit(
-    hidden, cos, sin, visual_ids, spans: Sequence[Span], budgets: Sequence[int], scorer, *, variant: str, rho: float
+    hidden,
+    cos,
+    sin,
+    visual_ids,
+    spans: Sequence[Span],
+    budgets: Sequence[int],
+    scorer,
+    score_input=None,
+    *,
+    variant: str,
+    rho: float,
 ):
-    """``spu_prune`` as one ``luvc::spectrum_prune`` call (the op scores by ``variant`` and ``rho``)."""
+    """``spu_prune`` as one ``luvc::spectrum_prune`` call (the op scores ``hidden`` by ``variant`` and ``rho``)."""
+    if score_input is not None and score_input is not hidden:
+        raise ValueError("the SpectrumPrune plugin scores the residual stream; export spu_input=normed without it")
     starts, counts = [start for start, _ in spans], [count for _, count in spans]
     low = [low_frequency_count(variant, rho, count, hidden.shape[-1]) for count in counts]
     hidden, cos, sin, visual_ids = spectrum_prune(

@@ -7,9 +7,11 @@ Nothing heavy is imported here, so the CLI checks a profile at once; tracing a b
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from luvc.errors import critical
+from luvc.export.buckets import BucketSet
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +42,7 @@ class ExportProfile:
       ``tensor-scatter`` (TensorRT >= 10.15, TensorRT-RTX, ONNX Runtime) or ``scatter-elements`` (TensorRT 10.3).
     """
 
-    image_sizes: tuple[tuple[int, int], ...] | None = None
+    image_sizes: tuple[tuple[int, int] | BucketSet, ...] | None = None
     video_sizes: tuple[tuple[int, int, int], ...] = ()
     mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
     precision: str | None = None
@@ -69,9 +71,11 @@ class ExportProfile:
             critical(f"Video sizes {list(videos)} repeat a bucket; give each --video-size once.")
         if len(set(mixed)) != len(mixed):
             critical(f"Mixed sizes {list(mixed)} repeat a bucket; give each --mixed-size once.")
-        sizes = tuple(tuple(size) for size in (self.image_sizes or ()))
+        given = list(self.image_sizes or ())
+        sizes = tuple(tuple(size) for size in given if not isinstance(size, BucketSet))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
+        sizes = tuple(dict.fromkeys(sizes + set_sizes([s for s in given if isinstance(s, BucketSet)], adapter)))
         if not (sizes or videos or mixed):
             sizes = (default_image_size(adapter),)
         # a mixed bucket runs the vision graphs of its parts: they are buckets too
@@ -104,6 +108,18 @@ class ExportProfile:
         import torch
 
         return getattr(torch, PRECISIONS[self.precision])
+
+
+def set_sizes(sets: Sequence[BucketSet], adapter: VLMAdapter) -> tuple[tuple[int, int], ...]:
+    """The image buckets of named ``sets``: each set's sizes as the adapter's processor makes them."""
+    from luvc.processing import processed_size
+
+    side = default_image_size(adapter)[0]
+    processor = adapter.image_processor
+    if sets and processed_size(processor, (side, side)) is None:
+        critical(f"The {type(processor).__name__} sizes images by no rule known here; give --image-size HxW instead.")
+    found = [size for bucket_set in sets for size in bucket_set.sizes(side, lambda s: processed_size(processor, s))]
+    return tuple(dict.fromkeys(found))
 
 
 def default_image_size(adapter: VLMAdapter) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from luvc.compress.budgets import plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.errors import critical
+from luvc.models.decoder import GRID_REFUSAL
 from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
 from luvc.models.prompt import PromptTemplate, chat_template_of, template_for
@@ -145,6 +146,8 @@ class VLMAdapter:
 
         def make() -> RequestPlan:
             vision = self.vision_trace(inputs, config)
+            if config.spu_lowpass == "grid" and config.spu_variant != "none" and vision.span_grids is None:
+                critical(GRID_REFUSAL)
             return RequestPlan(config, vision, plan_budgets(self.num_layers, vision.span_tokens, config))
 
         return self._plans.get((self.images_key(inputs), config), make)
@@ -308,8 +311,6 @@ class VLMAdapter:
             compressed=(compressed.block_segments, compressed.budget_plan),
             baseline=(uncompressed.block_segments, uncompressed.budget_plan),
             text_tokens=text_tokens,
-            spu_variant=config.spu_variant,
-            rho=config.rho,
+            config=config,
             kv_bytes_per_element=kv_bytes_per_element,
-            dart_pivots=config.dart_pivots,
         )

@@ -18,8 +18,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from luvc.compress.budgets import BudgetPlan, plan_budgets
 from luvc.compress.config import LUVCConfig
-from luvc.compress.criteria import LLM_ATTENTION, criterion
-from luvc.compress.scorers import Scorer, make_scorer
+from luvc.compress.criteria import LLM_ATTENTION, LLM_ATTENTION_EACH_CUT, criterion
+from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer
 from luvc.compress.spu import select_tokens
 from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
@@ -27,6 +27,10 @@ from luvc.models.cache import LuvcCache
 from luvc.models.scope import scopes
 
 Span = tuple[int, int]  # (start, length) of one image's visual tokens in the current sequence
+GRID_REFUSAL = (
+    "spu_lowpass=grid needs each image's token grid, which this model's visual tokens do not form (LLaVA with "
+    "vision_feature_select_strategy 'full' adds the CLS token); use --option spu_lowpass=raster."
+)
 
 
 @dataclasses.dataclass
@@ -64,13 +68,15 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
 class PlacedVisuals:
     """A prompt with its visual tokens in place (``scatter_visual_features``): the embeddings, the spans of one batch
     row in prompt order (rows share a layout), their budget plan, and in the spans' order the DeepStack planes
-    ``(B, N, D)`` and the vision side's ranking ``(B, N)`` (VisionZip; ``None`` for other criteria)."""
+    ``(B, N, D)``, the vision side's ranking ``(B, N)`` (VisionZip; ``None`` for other criteria) and each span's
+    token grid (``None`` where a family gives none)."""
 
     inputs_embeds: torch.Tensor
     spans: tuple[Span, ...]
     budget_plan: BudgetPlan
     deepstack: tuple[torch.Tensor, ...]
     ranking: torch.Tensor | None
+    grids: tuple[Grid, ...] | None = None
 
 
 def scatter_visual_features(
@@ -84,7 +90,7 @@ def scatter_visual_features(
     """Put the LUVC visual tokens of every feature group (``ImageFeatures``: images, videos) into their placeholders
     (a group's ``token_id``, else ``image_token_id``)."""
     rows = inputs_embeds.shape[0]
-    placed = []  # (span, group, offset of the span in the group's row)
+    placed = []  # (span, group, offset of the span in the group's row, its grid)
     for index, group in enumerate(groups):
         mask = input_ids == (image_token_id if group.token_id is None else group.token_id)
         if int(mask.sum()) != group.embeds.shape[0]:
@@ -95,7 +101,8 @@ def scatter_visual_features(
         inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], group.embeds.to(inputs_embeds))
         per_row = list(group.tokens_per_image)[: len(group.tokens_per_image) // rows]
         offsets = [sum(per_row[:k]) for k in range(len(per_row))]
-        placed += [(span, index, offset) for span, offset in zip(visual_spans(mask, per_row), offsets)]
+        grids = list(group.grids or [None] * len(per_row))[: len(per_row)]
+        placed += list(zip(visual_spans(mask, per_row), [index] * len(per_row), offsets, grids))
     placed.sort(key=lambda entry: entry[0][0])
 
     def in_span_order(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -103,17 +110,18 @@ def scatter_visual_features(
         return torch.cat(
             [
                 values[index].reshape(rows, -1, *values[index].shape[1:])[:, offset : offset + count]
-                for (_, count), index, offset in placed
+                for (_, count), index, offset, _ in placed
             ],
             dim=1,
         )
 
-    spans = tuple(span for span, _, _ in placed)
+    spans = tuple(entry[0] for entry in placed)
+    grids = tuple(entry[3] for entry in placed)
     planes = tuple(in_span_order(group_planes) for group_planes in zip(*(group.deepstack for group in groups)))
     rankings = [group.ranking for group in groups]
     ranking = in_span_order(rankings) if groups and all(r is not None for r in rankings) else None
     plan = plan_budgets(num_layers, [count for _, count in spans], config)
-    return PlacedVisuals(inputs_embeds, spans, plan, planes, ranking)
+    return PlacedVisuals(inputs_embeds, spans, plan, planes, ranking, None if None in grids else grids)
 
 
 def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:
@@ -126,20 +134,27 @@ def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, .
 
 
 def spu_gather_index(
-    hidden: torch.Tensor, visual_ids: torch.Tensor, spans: Sequence[Span], budgets: Sequence[int], scorer: Scorer
+    hidden: torch.Tensor,
+    visual_ids: torch.Tensor,
+    spans: Sequence[Span],
+    budgets: Sequence[int],
+    scorer: Scorer,
+    score_input: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
     """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
     ``(B, k)`` kept positions within the current visual tokens (all images concatenated; ``None`` when nothing is
-    kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes. A
-    zero budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
+    kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes;
+    ``score_input (B, S, D)``: what the scorer reads at the spans (default ``hidden``). A zero budget adds no scores
+    and no empty pieces, so traced graphs hold no TopK with k = 0."""
+    score_input = hidden if score_input is None else score_input
     batch, length = hidden.shape[:2]
     device = hidden.device
     pieces, kept, cursor, visual_offset = [], [], 0, 0
-    for (start, count), budget in zip(spans, budgets):
+    for span, ((start, count), budget) in enumerate(zip(spans, budgets)):
         pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
         if budget:
             ids = visual_ids[:, visual_offset : visual_offset + count]
-            keep = select_tokens(scorer(hidden[:, start : start + count], ids), budget)
+            keep = select_tokens(scorer(score_input[:, start : start + count], ids, span), budget)
             pieces.append(keep + start)
             kept.append(keep + visual_offset)
         cursor, visual_offset = start + count, visual_offset + count
@@ -161,10 +176,12 @@ def spu_prune(
     spans: Sequence[Span],
     budgets: Sequence[int],
     scorer: Scorer,
+    score_input: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Span, ...]]:
-    """One SPU unit: score, select and gather the hidden states and rotary cos/sin with one index. Returns the
-    pruned tensors, the ``(B, k)`` original visual indices still kept, and the new spans."""
-    index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer)
+    """One SPU unit: score (``score_input``, default ``hidden``), select and gather the hidden states and rotary
+    cos/sin with one index. Returns the pruned tensors, the ``(B, k)`` original visual indices still kept, and the new
+    spans."""
+    index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer, score_input)
     hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
     visual_ids = visual_ids[:, :0] if kept is None else torch.gather(visual_ids, 1, kept)
     return hidden, cos, sin, visual_ids, spans
@@ -211,6 +228,19 @@ def causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devic
     return mask.expand(batch, 1, length, length)
 
 
+def _ranked_cuts(config: LUVCConfig, cuts: Sequence[int]) -> set[int]:
+    """The cuts that read a decoder layer's attention ranking, measured just before them: FastV's first cut (its
+    later cuts keep the best-ranked survivors), every cut of PDrop, every cut after ToDRE's first."""
+    if not cuts or config.spu_variant in (None, "none"):
+        return set()
+    chosen = criterion(config.spu_variant)
+    if chosen.ranking == LLM_ATTENTION:
+        return {cuts[0]}
+    if chosen.ranking == LLM_ATTENTION_EACH_CUT:
+        return set(cuts[chosen.ranking_from_cut :])
+    return set()
+
+
 class SpuDecoderMixin:
     """Modifications (mixed into a family's text model, before the upstream class):
 
@@ -220,9 +250,12 @@ class SpuDecoderMixin:
       prompt length;
     - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout);
     - DeepStack planes (Qwen3-VL) are added after the first layers to the visual tokens those layers kept;
-    - a criterion that ranks by a decoder layer's attention (FastV) measures it once: in the layer before the first
-      cut (that layer's attention is probed), or, for a cut before layer 0, from layer 0's attention on its input;
-      a ranking from the vision side (``visual_ranking``, VisionZip) is used as it comes.
+    - a criterion that ranks by a decoder layer's attention measures it in the layer before the cut (that layer's
+      attention is probed), or, for a cut before layer 0, from layer 0's attention on its input: once, before the
+      first cut (FastV), or before every cut it ranks (PDrop, ToDRE); a ranking from the vision side
+      (``visual_ranking``, VisionZip) is used as it comes;
+    - what a cut scores is the residual stream entering the layer, its normed input (``spu_input="normed"``), or
+      what the layer before changed (V2Drop).
     """
 
     luvc_config: LUVCConfig
@@ -248,6 +281,7 @@ class SpuDecoderMixin:
         budget_plan: BudgetPlan | None = None,
         deepstack: Sequence[torch.Tensor] = (),
         visual_ranking: torch.Tensor | None = None,
+        span_grids: Sequence[Grid] | None = None,
         **kwargs,
     ) -> LuvcDecoderOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -273,33 +307,44 @@ class SpuDecoderMixin:
         cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
 
         config = self.luvc_config
-        prune_at = set(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else set()
-        first_cut = min(prune_at, default=None)
-        ranks_by_layer = first_cut is not None and criterion(config.spu_variant).ranking == LLM_ATTENTION
+        cuts = sorted(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else []
         spans = tuple(visual_spans)
-        visual_ids = torch.arange(sum(c for _, c in spans), device=hidden.device).expand(batch, -1)
-        ranking, scorer = visual_ranking, None
+        ranked_cuts = _ranked_cuts(config, cuts)
+        layout = SpanLayout.of(tuple(c for _, c in spans), None if span_grids is None else tuple(span_grids))
+        if config.spu_lowpass == "grid" and cuts and layout.grids is None:
+            critical(GRID_REFUSAL)
+        reads_variation = bool(cuts) and criterion(config.spu_variant).reads_variation
+        num_visual = sum(c for _, c in spans)
+        visual_ids = torch.arange(num_visual, device=hidden.device).expand(batch, -1)
+        ranking, columns, previous = visual_ranking, None, None
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
         has_masks = isinstance(past_key_values, LuvcCache)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if layer_index in prune_at:
-                if ranks_by_layer and ranking is None:  # a cut before layer 0: layer 0's attention on its input
-                    ranking = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
-                if scorer is None:
-                    scorer = make_scorer(
-                        config.spu_variant, config.rho, config.seed, config.dart_pivots, visual_ids.shape[1], ranking
-                    )
+            if layer_index in cuts:
+                if layer_index in ranked_cuts:
+                    if layer_index == 0:  # a cut before layer 0: layer 0's attention on its input
+                        columns = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
+                    ranking = torch.zeros(batch, num_visual, device=hidden.device)
+                    ranking = ranking.scatter(1, visual_ids, columns.float())
+                scorer = make_scorer(config, num_visual, ranking, layout, cuts.index(layer_index))
+                score_input = hidden
+                if reads_variation:
+                    score_input = hidden if previous is None else hidden - previous
+                elif config.spu_input == "normed":
+                    score_input = decoder_layer.input_layernorm(hidden)
                 hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
-                    hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer
+                    hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer, score_input
                 )
                 kept_visual_indices[layer_index] = visual_ids
             if length > 1:
                 mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
             else:
                 mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None
-            probing = ranks_by_layer and ranking is None and layer_index + 1 == first_cut
+            probing = layer_index + 1 in ranked_cuts
             probe = attention_probe(decoder_layer.self_attn, "last-query") if probing else contextlib.nullcontext()
+            if reads_variation:
+                previous = hidden
             with probe as record:
                 hidden = decoder_layer(
                     hidden,
@@ -310,8 +355,8 @@ class SpuDecoderMixin:
                     use_cache=use_cache,
                     **kwargs,
                 )
-            if record is not None:  # the layer before the first cut: FastV's ranking
-                ranking = visual_columns(record.concatenated(), spans)
+            if record is not None:  # the layer before a ranked cut: the last prompt token's attention
+                columns = visual_columns(record.concatenated(), spans)
             if layer_index < len(deepstack):
                 hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index])
         hidden = self.norm(hidden)
@@ -328,5 +373,6 @@ class SpuDecoderMixin:
         budgets = "linear" if config.budgets is None else list(config.budgets)
         return (
             f"luvc_spu={config.spu_variant}, rho={config.rho}, spu_start={config.spu_start}, "
-            f"spu_every={config.spu_every}, budgets={budgets}, final_zero={config.final_zero}"
+            f"spu_every={config.spu_every}, budgets={budgets}, final_zero={config.final_zero}, "
+            f"spu_keep={config.spu_keep}, spu_input={config.spu_input}, spu_lowpass={config.spu_lowpass}"
         )

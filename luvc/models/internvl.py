@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLVisionLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
@@ -33,6 +32,7 @@ from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
+from luvc.processing import tile_canvas
 
 UNIT = 4  # patches in a merge unit: the 2x2 block one pixel-shuffled token holds
 
@@ -45,16 +45,6 @@ def unit_order(side: int) -> torch.Tensor:
     r = 2 * rows.reshape(-1, 1) + corners[:, 0]
     c = 2 * cols.reshape(-1, 1) + corners[:, 1]
     return (r * side + c).reshape(-1)
-
-
-def tile_canvas(image_size: Sequence[int], processor) -> tuple[int, int]:
-    """The canvas ``(rows x tile, cols x tile)`` the InternVL image processor resizes an image of ``(H, W)`` to
-    before cutting it into tiles."""
-    tile = (processor.size["height"], processor.size["width"])
-    if not getattr(processor, "crop_to_patches", False):
-        return tile
-    cols, rows = get_optimal_tiled_canvas(tuple(image_size), tile, processor.min_patches, processor.max_patches)
-    return rows * tile[0], cols * tile[1]
 
 
 def shuffled_ranking(patch_scores: torch.Tensor) -> torch.Tensor:
@@ -108,6 +98,7 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
 
     luvc_merged: bool = False  # whether OIM put the patch tokens in unit order
     luvc_feature_block: int = -1  # the encoder block whose output the pixel shuffle takes (set by the adapter)
+    luvc_tile_grid: tuple[int, int] = (0, 0)  # a tile's LLM token grid (rows, cols), set by the adapter
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         if inputs.get("mm_encoder_outputs"):
@@ -143,7 +134,10 @@ class LuvcInternVLModel(LuvcMultimodalMixin, InternVLModel):
             )
         per_image = tiles * tile_features.shape[1]
         ranking = None if record is None else shuffled_ranking(record.concatenated()[:, 1:])
-        return ImageFeatures(tile_features.reshape(-1, tile_features.shape[-1]), [per_image] * rows, ranking=ranking)
+        grids = [(tiles, *self.luvc_tile_grid)] * rows
+        return ImageFeatures(
+            tile_features.reshape(-1, tile_features.shape[-1]), [per_image] * rows, ranking=ranking, grids=grids
+        )
 
 
 class InternVLVisionGraph(torch.nn.Module):
@@ -220,6 +214,7 @@ class InternVLAdapter(VLMAdapter):
             module.luvc_config = config
         inner.luvc_merged = bool(steps)
         inner.luvc_feature_block = self.feature_block()
+        inner.luvc_tile_grid = self.tile_grid(config)
         install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:
@@ -241,7 +236,16 @@ class InternVLAdapter(VLMAdapter):
         at_features = units[self.feature_block() + 1]
         tiles = self.images_key(inputs)
         block_segments = tuple(tuple(s for tile in tiles for s in (segment,) * tile) for segment in segments)
-        return VisionTrace(block_segments, tuple(t * at_features for t in tiles))
+        grids = tuple((count, *self.tile_grid(config)) for count in tiles)
+        return VisionTrace(block_segments, tuple(t * at_features for t in tiles), span_grids=grids)
+
+    def tile_grid(self, config: LUVCConfig) -> tuple[int, int]:
+        """A tile's LLM tokens as a ``(rows, cols)`` grid after the OIM steps (one token per merge unit of 2x2
+        patches; without OIM the pixel shuffle's order, the transpose of a square grid, which the grid low-pass
+        treats alike)."""
+        steps = list(self.oim_steps(config).values())
+        _, rows, cols = steps[-1].grids[0] if steps else (1, self.patch_side // 2, self.patch_side // 2)
+        return rows, cols
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         (tiles,) = self.images_key(pixels)

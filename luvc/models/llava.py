@@ -59,6 +59,7 @@ class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
     LUVC vision tower (OIM inside the CLIP layers) and the projector; 1-D positions continued by the decoder."""
 
     luvc_feature_block: int = -1  # the encoder block whose output the projector takes (set by the adapter)
+    luvc_token_grid: tuple[int, int, int] | None = None  # an image's LLM token grid (None: the CLS token joins it)
 
     def luvc_image_features(self, pixel_values: torch.Tensor, inputs: dict, rows: int) -> ImageFeatures:
         size = self.config.vision_config.image_size
@@ -83,8 +84,9 @@ class LuvcLlavaModel(LuvcMultimodalMixin, LlavaModel):
                 ranking = cls_row[:, 1:].reshape(-1)
             else:  # the CLS feature is an LLM token too: it ranks first (a probability is at most 1)
                 ranking = torch.cat([torch.full_like(cls_row[:, :1], 2.0), cls_row[:, 1:]], dim=1).reshape(-1)
+        grids = None if self.luvc_token_grid is None else [self.luvc_token_grid] * len(features)
         return ImageFeatures(
-            torch.cat(list(features), dim=0), [feature.shape[0] for feature in features], ranking=ranking
+            torch.cat(list(features), dim=0), [feature.shape[0] for feature in features], ranking=ranking, grids=grids
         )
 
 
@@ -161,7 +163,16 @@ class LlavaAdapter(VLMAdapter):
             swap_class(module, cls)
             module.luvc_config = config
         inner.luvc_feature_block = max(self.feature_blocks())
+        inner.luvc_token_grid = self.token_grid(config)
         install_spu_scopes(inner.language_model)
+
+    def token_grid(self, config: LUVCConfig) -> tuple[int, int, int] | None:
+        """An image's LLM tokens as a ``(1, rows, cols)`` grid in raster order, after the OIM steps; ``None`` with
+        the ``full`` feature strategy (the CLS token is an LLM token too)."""
+        if self.model.config.vision_feature_select_strategy != "default":
+            return None
+        steps = list(self.oim_steps(config).values())
+        return steps[-1].grids[0] if steps else (1, self.grid_side, self.grid_side)
 
     def preprocess_images(self, images) -> dict:
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -183,7 +194,9 @@ class LlavaAdapter(VLMAdapter):
         images = int(inputs["pixel_values"].shape[0])
         strategy_extra = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
         block_segments = tuple((s,) * images for s in segments)
-        return VisionTrace(block_segments, (at_features + strategy_extra,) * images)
+        grid = self.token_grid(config)
+        grids = None if grid is None else (grid,) * images
+        return VisionTrace(block_segments, (at_features + strategy_extra,) * images, span_grids=grids)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         return LlavaVisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}

@@ -28,7 +28,8 @@ class ImageFeatures:
     rows each has, (Qwen-VL) what the rotary index takes about the compressed grids (``rope_grids``:
     ``image_grid_thw`` or ``video_grid_thw``, and Qwen2.5-VL's ``second_per_grid_ts``), (Qwen3-VL) the DeepStack
     planes ``(n, D)`` added after the first decoder layers, the placeholder token they replace (``None``: the
-    image token), and (VisionZip) the encoder's ranking ``(n,)`` of the rows."""
+    image token), (VisionZip) the encoder's ranking ``(n,)`` of the rows, and each span's token grid (``None``: the
+    tokens form none)."""
 
     embeds: torch.Tensor
     tokens_per_image: list[int]
@@ -36,6 +37,7 @@ class ImageFeatures:
     deepstack: tuple[torch.Tensor, ...] = ()
     token_id: int | None = None
     ranking: torch.Tensor | None = None
+    grids: list[tuple[int, int, int]] | None = None  # each span's (blocks, rows, cols) token grid, as tokens_per_image
 
 
 class LuvcMultimodalMixin:
@@ -86,6 +88,7 @@ class LuvcMultimodalMixin:
             budget_plan=placed.budget_plan if placed else None,
             deepstack=placed.deepstack if placed else (),
             visual_ranking=placed.ranking if placed else None,
+            span_grids=placed.grids if placed else None,
         )
         outputs.image_hidden_states = torch.cat([group.embeds for group in groups]) if groups else None
         return outputs

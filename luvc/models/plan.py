@@ -27,6 +27,7 @@ class VisionTrace:
     tokens_per_image: tuple[int, ...]  # visual tokens per image (or video) entering the LLM
     encoder: Any = None  # the family's encoder plan (Qwen-VL: QwenVisionPlan); None where it is fixed (LLaVA)
     spans: tuple[int, ...] = ()  # prompt spans of each (a Qwen3-VL video: one per temporal slice); () = one each
+    span_grids: tuple[tuple[int, int, int], ...] | None = None  # (blocks, rows, cols) of every prompt span, in order
 
     @property
     def spans_per_image(self) -> tuple[int, ...]:

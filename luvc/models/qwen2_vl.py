@@ -376,13 +376,13 @@ class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
         return mrope_rotary_ids(position_ids)
 
 
-def visual_span_tokens(plan: QwenVisionPlan, merge: int, frame_spans: bool) -> list[int]:
-    """LLM tokens of every prompt span under ``plan``: one span per image or video, or (``frame_spans``) one per
-    temporal slice."""
+def visual_span_grids(plan: QwenVisionPlan, merge: int, frame_spans: bool) -> list[tuple[int, int, int]]:
+    """The LLM token grid ``(slices, rows, cols)`` of every prompt span under ``plan``: one span per image or video,
+    or (``frame_spans``) one per temporal slice; the merger's tokens are in raster order."""
     grids = plan.output_grid_thw.tolist()
     if frame_spans:
-        return [h * w // merge**2 for t, h, w in grids for _ in range(t)]
-    return [t * h * w // merge**2 for t, h, w in grids]
+        return [(1, h // merge, w // merge) for t, h, w in grids for _ in range(t)]
+    return [(t, h // merge, w // merge) for t, h, w in grids]
 
 
 def merged_ranking(received: torch.Tensor, unit: int, plan: QwenVisionPlan) -> torch.Tensor:
@@ -424,11 +424,14 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
         with self.luvc_encoder_probe(self.visual.blocks[-1].attn, "received") as record:
             output = self.visual(pixel_values.type(self.visual.dtype), grid_thw, luvc_plan=vision_plan)
         merge = self.visual.spatial_merge_size
-        counts = visual_span_tokens(vision_plan, merge, video and self.luvc_frame_spans)
+        grids = visual_span_grids(vision_plan, merge, video and self.luvc_frame_spans)
+        counts = [t * h * w for t, h, w in grids]
         token = self.config.video_token_id if video else None
         deepstack = tuple(getattr(output, "deepstack_features", None) or ())
         ranking = None if record is None else merged_ranking(record.concatenated()[0], merge**2, vision_plan)
-        return ImageFeatures(output.pooler_output, counts, rope_grids(vision_plan, inputs), deepstack, token, ranking)
+        return ImageFeatures(
+            output.pooler_output, counts, rope_grids(vision_plan, inputs), deepstack, token, ranking, grids
+        )
 
     def luvc_position_ids(self, input_ids, groups, cache, batch, length, inputs) -> torch.Tensor:
         grids = {key: value for group in groups for key, value in group.rope_grids.items()} if groups else None
@@ -526,6 +529,7 @@ class Qwen2VLAdapter(VLMAdapter):
                 image.tokens_per_image + video.tokens_per_image,
                 None,
                 image.spans_per_image + video.spans_per_image,
+                image.span_grids + video.span_grids,
             )
         vision = self.model.config.vision_config
         grid, _ = qwen_visual_grid(inputs)
@@ -533,9 +537,11 @@ class Qwen2VLAdapter(VLMAdapter):
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
         spans = ()
-        if self.luvc_classes[2].luvc_frame_spans and qwen_visual_grid(inputs)[1]:
+        frame_spans = bool(self.luvc_classes[2].luvc_frame_spans and qwen_visual_grid(inputs)[1])
+        if frame_spans:
             spans = tuple(plan.output_grid_thw[:, 0].tolist())  # one span per temporal slice
-        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan, spans)
+        grids = tuple(visual_span_grids(plan, merge, frame_spans))
+        return VisionTrace(plan.block_segments(self.vision_depth), tuple(per_image), plan, spans, grids)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         grid, video = qwen_visual_grid(pixels)

@@ -3,6 +3,7 @@ the four parity levels, plus what compression itself costs in PyTorch."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,7 @@ class ParityFromExport:
         tolerances: Tolerances | None = None,
         baseline_dir: str | Path | None = None,
         show_progress: bool | None = None,
+        fit: str | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
         self.engines_dir = engines_dir
@@ -73,6 +75,7 @@ class ParityFromExport:
         self.tolerances = tolerances
         self.baseline_dir = None if baseline_dir is None else Path(baseline_dir)
         self.show_progress = show_progress
+        self.fit = fit
 
     def __call__(self) -> ParityResults:
         return self.call_impl()
@@ -88,12 +91,16 @@ class ParityFromExport:
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:
             critical("No parity samples; pass a data folder with images or leave out --data.")
-        pipelines = {"ort": Pipeline(self.export_dir)}
+        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit)}
+        # each sample fitted once to a bucket (``--fit``), so that PyTorch and every backend see the same pixels
+        fitted = [pipelines["ort"].fit(sample.image) for sample in samples]
+        samples = [dataclasses.replace(sample, image=visual) for sample, (visual, _) in zip(samples, fitted)]
+        landed = {manifest.buckets[fit.bucket].size if fit else s.image_size for s, (_, fit) in zip(samples, fitted)}
         if self.engines_dir is not None:
             pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir)
         baseline = None if self.baseline_dir is None else Pipeline(self.baseline_dir)
         if baseline is not None:
-            check_baseline(manifest, baseline.manifest, self.baseline_dir, {sample.image_size for sample in samples})
+            check_baseline(manifest, baseline.manifest, self.baseline_dir, landed)
         reference = TorchReference.from_manifest(manifest, self.model)
 
         # stage by stage, so that the PyTorch model and the backend sessions are never in memory together: PyTorch

@@ -59,11 +59,15 @@ class TorchReference:
 
         def score(layer):
             def hook(module, args):
-                hidden, _, _, visual_ids, spans, budgets, scorer = args
+                hidden, _, _, visual_ids, spans, budgets, scorer, *rest = args
+                scored = rest[0] if rest and rest[0] is not None else hidden  # what the criterion reads
                 offsets = [sum(count for _, count in spans[:index]) for index in range(len(spans))]
                 scores[layer] = [
-                    (scorer(hidden[:, start : start + count], visual_ids[:, offset : offset + count]).numpy(), budget)
-                    for (start, count), budget, offset in zip(spans, budgets, offsets)
+                    (
+                        scorer(scored[:, start : start + count], visual_ids[:, offset : offset + count], span).numpy(),
+                        budget,
+                    )
+                    for span, ((start, count), budget, offset) in enumerate(zip(spans, budgets, offsets))
                 ]
 
             return hook

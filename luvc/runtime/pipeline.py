@@ -27,7 +27,9 @@ from PIL import Image
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest, GraphEntry, checked_graph_path
 from luvc.models.prompt import PromptTemplate, token_runs, video_text
+from luvc.processing import load_processor, tile_canvas
 from luvc.runtime import BACKENDS
+from luvc.runtime.fit import DEFAULT_FIT, BucketFitter, Fit, check_policy
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.session import TORCH_DTYPES, BaseSession, OrtSession, TransferStats, TrtSession, ort_providers
@@ -82,6 +84,7 @@ class Prepared:
     bucket: BucketEntry
     preprocess_ms: float = 0.0
     seconds_per_slice: float | None = None
+    fits: tuple[Fit | None, ...] = ()  # per row, what fitting it to the bucket did (None: the exact policy)
 
 
 @dataclasses.dataclass
@@ -134,7 +137,9 @@ class Pipeline:
         verify: bool = True,
         device: str | None = None,
         plugin_library: str | Path | None = None,
+        fit: str | None = None,
     ) -> None:
+        self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in BACKENDS:
             critical(f"Backend {backend!r} is not one of {list(BACKENDS)}.")
         self.folder = Path(export_dir)
@@ -163,7 +168,7 @@ class Pipeline:
         self._sessions: dict[str, BaseSession] = {}
         self._host: dict[str, dict[str, np.ndarray]] = {}
         self._caches: dict[int, KVCache] = {}
-        self._tokenizer = self._processor = None
+        self._tokenizer = self._processor = self._fitter = None
 
     # -- sessions and files ---------------------------------------------------------------------------------
     def session(self, name: str) -> BaseSession:
@@ -228,10 +233,15 @@ class Pipeline:
     @property
     def processor(self):
         if self._processor is None:
-            from transformers import AutoImageProcessor
-
-            self._processor = AutoImageProcessor.from_pretrained(self.folder / "processor", local_files_only=True)
+            self._processor = load_processor(self.folder)
         return self._processor
+
+    @property
+    def fitter(self) -> BucketFitter:
+        """How visuals are fitted to this export's buckets under the pipeline's fit policy."""
+        if self._fitter is None:
+            self._fitter = BucketFitter.for_export(self.manifest, self.processor, self.fit_policy)
+        return self._fitter
 
     def load(self, image_size: tuple[int, ...] | None = None) -> Pipeline:
         """Create the sessions a request of ``image_size`` (a video's ``(frames, H, W)``; default: every bucket)
@@ -324,8 +334,6 @@ class Pipeline:
             return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
         values = np.asarray(pixels["pixel_values"])
         if "num_patches" in pixels:  # InternVL: each image's tiles; its bucket is the canvas the tiles were cut from
-            from luvc.models.internvl import tile_canvas
-
             canvases = {tile_canvas((image.height, image.width), self.processor) for image in images}
             if len(canvases) > 1:
                 critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
@@ -336,8 +344,7 @@ class Pipeline:
         temporal = self.manifest.geometry.temporal_patch_size
         if count != len(videos):
             critical("A batch holds images or videos, not both; send the images and the videos as separate requests.")
-        if temporal is None or self.manifest.template.video_token_id is None:
-            critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
+        self._check_video_support()
         pixels, grids = qwen_videos_pixels(videos, self.processor, temporal)
         t, height, width = grids[0].tolist()
         patch = self.manifest.geometry.patch_size
@@ -585,10 +592,21 @@ class Pipeline:
         steps = list(request)
         return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
 
+    def fit(self, visual):
+        """``visual`` (an image, a ``Video`` or an (image, video) pair) fitted to one of the export's buckets under the
+        pipeline's fit policy (``luvc.runtime.fit``), and what was done (``None``: the ``exact`` policy)."""
+        if isinstance(visual, Video) or isinstance(visual, tuple) and any(isinstance(v, Video) for v in visual):
+            self._check_video_support()
+        return self.fitter(visual)
+
+    def _check_video_support(self) -> None:
+        if self.manifest.geometry.temporal_patch_size is None or self.manifest.template.video_token_id is None:
+            critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
+
     def prepare(self, images, prompts) -> Prepared:
-        """Preprocess one image (or ``Video``) per prompt (a batch of same-size images; a single image and prompt are
-        a batch of one) and build the prompt ids in the export's template; errors name what does not fit the
-        export."""
+        """Fit one image (or ``Video``) per prompt to a bucket (``fit``), preprocess them (a batch lands in one bucket;
+        a single image and prompt are a batch of one) and build the prompt ids in the export's template; errors name
+        what does not fit the export."""
         began = time.perf_counter()
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if any(isinstance(image, (list, tuple)) for image in images):
@@ -596,29 +614,39 @@ class Pipeline:
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
+        images, fits = self._fitted(images)
         pixel_values, image_size = self.preprocess(images)
         bucket = self.manifest.bucket_for(image_size)
         input_ids = self.prompt_ids(prompts, bucket, [image for image in images if isinstance(image, Video)])
         elapsed = (time.perf_counter() - began) * 1e3
-        return Prepared(input_ids, pixel_values, image_size, bucket, elapsed, self.seconds_per_slice(images))
+        return Prepared(input_ids, pixel_values, image_size, bucket, elapsed, self.seconds_per_slice(images), fits)
+
+    def _fitted(self, visuals: Sequence) -> tuple[list, tuple[Fit | None, ...]]:
+        """``visuals`` fitted (``fit``); the rows of one batch must land in one bucket."""
+        pairs = [self.fit(visual) for visual in visuals]
+        buckets = {fit.bucket for _, fit in pairs if fit is not None}
+        if len(buckets) > 1:
+            critical(f"The rows of one batch fit different buckets {sorted(buckets)}; send them as separate requests.")
+        return [visual for visual, _ in pairs], tuple(fit for _, fit in pairs)
 
     def _prepare_mixed(self, rows: Sequence, prompts, began: float) -> Prepared:
         """One prompt with an image, then a video: a mixed bucket (``--mixed-size``) of the export."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        visuals = list(rows[0])
-        kinds = [isinstance(visual, Video) for visual in visuals]
+        kinds = [isinstance(visual, Video) for visual in rows[0]]
         if len(rows) != 1 or len(prompts) != 1 or kinds != [False, True]:
             critical(
                 "An export takes one image or one video per prompt, or one prompt with one image and then one video "
                 "(a mixed bucket, --mixed-size); send such a prompt alone."
             )
-        image, video = visuals
+        (pair,), fits = self._fitted([tuple(rows[0])])
+        image, video = pair
         (image_pixels, image_size), (video_pixels, video_size) = self.preprocess([image]), self.preprocess([video])
         bucket = self.manifest.bucket_for((image_size, video_size))
         input_ids = self.prompt_ids(prompts, bucket, [video])
         elapsed = (time.perf_counter() - began) * 1e3
         seconds = self.seconds_per_slice([video])
-        return Prepared(input_ids, (image_pixels, video_pixels), (image_size, video_size), bucket, elapsed, seconds)
+        sizes = (image_size, video_size)
+        return Prepared(input_ids, (image_pixels, video_pixels), sizes, bucket, elapsed, seconds, fits)
 
     def check_max_new_tokens(self, max_new_tokens: int) -> None:
         """Refuse a generation length outside 1 .. the export profile's ``max_new_tokens``."""
@@ -639,8 +667,17 @@ class Pipeline:
         sampling: SamplingConfig | None = None,
         stop_token_ids: Sequence[int] | None = None,
     ) -> Generation:
-        """Text for one prompt per image (a batch of same-size images)."""
-        prepared = self.prepare(images, prompts)
+        """Text for one prompt per image (a batch of images that fit one bucket)."""
+        return self.generate_prepared(self.prepare(images, prompts), max_new_tokens, sampling, stop_token_ids)
+
+    def generate_prepared(
+        self,
+        prepared: Prepared,
+        max_new_tokens: int = 64,
+        sampling: SamplingConfig | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> Generation:
+        """``generate`` for a request ``prepare`` made."""
         timings = Timings(preprocess_ms=prepared.preprocess_ms)
         stops = self.stop_token_ids(stop_token_ids)
         request = self.request_for(prepared, max_new_tokens, sampling, stops, timings)
@@ -658,7 +695,19 @@ class Pipeline:
         timings: Timings | None = None,
     ) -> Iterator[str]:
         """Yield the text of one request piece by piece as tokens arrive; the pieces join to ``generate``'s text."""
-        prepared = self.prepare([image], [prompt])
+        yield from self.stream_prepared(
+            self.prepare([image], [prompt]), max_new_tokens, sampling, stop_token_ids, timings
+        )
+
+    def stream_prepared(
+        self,
+        prepared: Prepared,
+        max_new_tokens: int = 64,
+        sampling: SamplingConfig | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        timings: Timings | None = None,
+    ) -> Iterator[str]:
+        """``stream`` for a request of one row that ``prepare`` made."""
         timings = timings if timings is not None else Timings()
         timings.preprocess_ms = prepared.preprocess_ms
         stops = self.stop_token_ids(stop_token_ids)

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from luvc.errors import LuvcError
+from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
 from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull
 from luvc.serve.service import GenerationService
@@ -83,8 +84,10 @@ def create_app(service: GenerationService, model_name: str) -> FastAPI:
         except QueueFull as error:
             return refuse(429, str(error), "overloaded", "rate_limit_exceeded")
         request_id = openai_api.completion_id()
+        headers = fit_headers(prepared)
         if request.stream:
-            return StreamingResponse(_sse(job, events, request_id, model_name, service), media_type="text/event-stream")
+            stream = _sse(job, events, request_id, model_name, service)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
             while not isinstance(event := await events.get(), Finished | Failed):
                 pass
@@ -100,10 +103,18 @@ def create_app(service: GenerationService, model_name: str) -> FastAPI:
         return JSONResponse(
             openai_api.completion_body(
                 request_id, model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
-            )
+            ),
+            headers=headers,
         )
 
     return app
+
+
+def fit_headers(prepared: Prepared) -> dict[str, str]:
+    """What the server did with the request's image, for clients that care (OpenAI clients ignore them):
+    ``X-LUVC-Bucket`` (the bucket it ran in) and ``X-LUVC-Fit`` (the change made to fit it, or ``none``)."""
+    fit = prepared.fits[0] if prepared.fits else None
+    return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": fit.change if fit and fit.changed else "none"}
 
 
 async def _sse(

@@ -42,6 +42,12 @@ class ServerMetrics:
             ["stage"],
             registry=self.registry,
         )
+        self.bucket_requests = Counter(
+            "luvc_bucket_requests",
+            "Requests per bucket, by whether the fit policy changed the image ('fitted') or not ('as_sent')",
+            ["bucket", "fit"],
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -23,6 +23,8 @@ from pathlib import Path
 from luvc.engines.manifest import EngineManifest
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
+from luvc.runtime import DEFAULT_FIT
+from luvc.runtime.fit import check_policy
 from luvc.staging import OutputKind, output_claim, staged_folder
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -57,6 +59,7 @@ class RepositoryOptions:
     max_batch: int | None = None
     max_new_tokens: int = 64
     max_queue_delay_us: int = 2000
+    fit: str = DEFAULT_FIT
 
     def __post_init__(self) -> None:
         if not MODEL_NAME.fullmatch(self.model_name):
@@ -64,6 +67,7 @@ class RepositoryOptions:
                 f"--model-name {self.model_name!r} is not a Triton model name: use letters, digits, '_', '-' and '.', "
                 "starting with a letter or digit, at most 128 characters (it becomes a folder and a URL part)."
             )
+        check_policy(self.fit)
         if self.instances < 1:
             critical(f"--instances {self.instances}: run at least 1 model instance.")
         if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):
@@ -127,6 +131,7 @@ def model_config(options: RepositoryOptions, export_ref: Path, engines_ref: Path
         "engines_dir": str(engines_ref or ""),
         "backend": options.backend,
         "max_new_tokens": str(options.max_new_tokens),
+        "fit": options.fit,
         # where luvc-export is installed for the Python that wrote this; the backend's Python adds them when it
         # cannot import luvc itself (edit them when the server runs another environment)
         "python_paths": ":".join(python_paths()),

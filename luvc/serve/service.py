@@ -69,9 +69,11 @@ class GenerationService:
         job = Job(prepared, params, self._observed(emit))
         self.queue.put(job)
         self.metrics.queue_depth.set(len(self.queue))
-        bucket = self.pipeline.manifest.bucket_for(prepared.image_size)
+        bucket = prepared.bucket
         self.metrics.visual_tokens.labels("llm_input").inc(bucket.tokens_per_image)
         self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket.budgets))
+        fitted = any(fit is not None and fit.changed for fit in prepared.fits)
+        self.metrics.bucket_requests.labels(bucket.name, "fitted" if fitted else "as_sent").inc()
         return job
 
     def _observed(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:

@@ -50,6 +50,7 @@ class TritonModel:
             parameters.get("backend", "ort"),
             version_dir / engines if engines else None,
             device=device,
+            fit=parameters.get("fit") or None,
         ).load()
         self.defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
         self.max_batch = json.loads(args["model_config"])["max_batch_size"] or 1

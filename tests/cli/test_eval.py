@@ -21,6 +21,17 @@ def test_eval_writes_the_report_and_prints_the_table(tmp_path, capsys):
     assert (out / "pareto.png").is_file() and leftovers(tmp_path) == []
 
 
+def test_eval_sweep_prints_the_front_and_the_winners(tmp_path, capsys):
+    out, data = tmp_path / "report", write_questions(tmp_path / "data", MIXED[:2])
+    argv = ["eval", "--model", "tiny-qwen3-vl", "--data", str(data), "--sweep", "input,lowpass", "--ratios", "0.25"]
+    assert main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep: Pareto front (cheapest first): luvc[" in printed and "sweep: best on yes-no: luvc[" in printed
+    saved = json.loads((out / "eval.json").read_text())
+    assert len(saved["runs"]) == 1 + 4 and saved["sweep_axes"] == ["input", "lowpass"]
+    assert (out / "sweep.json").is_file() and (out / "sweep.png").is_file()
+
+
 def test_default_report_folder_is_beside_the_data_and_names_the_model(tmp_path, capsys):
     data = write_questions(tmp_path / "photos", MIXED[:1])
     assert main(["eval", "--model", "tiny-qwen2-vl", "--data", str(data), "--methods", "none"]) == 0

@@ -46,3 +46,29 @@ def test_export_rejects_an_image_size_that_is_not_a_bucket(tmp_path, capsys):
 def test_export_rejects_a_malformed_image_size(tmp_path, capsys):
     assert main(["export", "--model", "tiny-llava", "--out", str(tmp_path / "x"), "--image-size", "224"]) == 2
     assert "is not HxW" in capsys.readouterr().err
+
+
+def test_image_size_takes_named_sets_beside_sizes():
+    from luvc.cli.args.export import ExportArgs
+    from luvc.cli.main import build_parser
+    from luvc.export.buckets import BucketSet
+
+    parser, _ = build_parser(["export"])
+    args = parser.parse_args(
+        [
+            "export",
+            "--model",
+            "m",
+            "--out",
+            "o",
+            "--image-size",
+            "aspects:672",
+            "--image-size",
+            "224x224",
+            "--image-size",
+            "cameras",
+        ]
+    )
+    group = ExportArgs()
+    group.parse(args)
+    assert group.profile.image_sizes == (BucketSet("aspects", 672), (224, 224), BucketSet("cameras"))

@@ -210,6 +210,25 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("export --model tiny-qwen2-vl --out OUT --method spu-only --oim-layers 0", "does not merge in the encoder"),
     ("eval --model tiny-qwen2-vl --data FOLDER --out OUT", "has no questions.jsonl"),
     ("eval --data FOLDER --export EXPORT --ratios 0.5 --out OUT", "so --ratios would be ignored"),
+    # issue 37: the reconstruction's options, the peers, the sweep and the protocol
+    ("eval --data FOLDER --export EXPORT --sweep --out OUT", "so --sweep would be ignored"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --sweep keep,colour --out OUT", "['colour'] is not among"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --sweep --oim-layers 0 --out OUT", "--sweep oim chooses the OIM steps"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --sweep --spu channel-spectrum --out OUT", "--sweep lowpass tries"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --protocol unipruning --ratios 0.5 --out OUT", "sets the budget points"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --protocol bogus --out OUT", "invalid choice: 'bogus'"),
+    ("export --model tiny-qwen2-vl --out OUT --method pdrop", "pdrop ranks by decoder layers' attention"),
+    ("export --model tiny-qwen2-vl --out OUT --method todre", "todre's first cut is a greedy loop"),
+    ("export --model tiny-qwen2-vl --out OUT --option spu_keep=middle", "spu_keep='middle' is not one of"),
+    ("export --model tiny-qwen2-vl --out OUT --method dart --option spu_keep=low", "change how SPU scores tokens"),
+    (
+        "export --model tiny-qwen2-vl --out OUT --spu channel-spectrum --option spu_lowpass=grid",
+        "spectral-residual low-pass",
+    ),
+    (
+        "export --model tiny-qwen2-vl --out OUT --option spu_input=normed --plugin-nodes",
+        "exports without --plugin-nodes",
+    ),
     # round 2: --overwrite never replaces the command's input or a folder that is not an output of the same kind
     ("parity EXPORT --out EXPORT --overwrite", "overlaps this command's input"),
     ("triton EXPORT --out EXPORT --overwrite", "overlaps this command's input"),

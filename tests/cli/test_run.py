@@ -1,7 +1,10 @@
+import numpy as np
+from PIL import Image
+
 from luvc.cli.main import main
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
-from tests.conftest import write_clip
+from tests.conftest import FIT_CASES, fit_case, write_clip
 
 
 def test_run_prints_text_and_timings(exports, capsys):
@@ -46,7 +49,41 @@ def test_run_on_a_video_file(video_exports, capsys, tmp_path):
     argv = ["run", export, "--prompt", "Same scene?", "--max-new-tokens", "3", "--image", str(image), "--video", clip]
     assert main([*argv, "--video-frames", "8"]) == 0  # the mixed bucket 224x224+8x112x168
     assert "Output: " in capsys.readouterr().out
-    # 2 frames a second of a 3-second clip: 6 frames, not a bucket
-    assert main(["run", export, "--prompt", "What moves?", "--video", clip]) == 2
+    # 2 frames a second of a 3-second clip: 6 frames, fitted to the 8-frame bucket, or refused with --fit exact
+    assert main(["run", export, "--prompt", "What moves?", "--video", clip]) == 0
+    assert "6 frames resampled to 8" in capsys.readouterr().out
+    assert main(["run", export, "--prompt", "What moves?", "--video", clip, "--fit", "exact"]) == 2
     buckets = "['224x224', '224x224+8x112x168', '8x112x168']"
     assert f"6x112x168 is outside this export's profile (buckets: {buckets})" in capsys.readouterr().err
+
+
+def test_run_fits_an_image_of_any_size_to_a_bucket_and_says_so(exports, tmp_path, capsys):
+    """Each image lands in the bucket worked out by hand, and the answer is the one for the image resized by hand."""
+    export = exports("tiny-qwen2-vl")
+    reference = Pipeline(export, fit="exact")
+    for index, (size, bucket) in enumerate(FIT_CASES):
+        image, by_hand = fit_case(size, bucket, seed=index)
+        path = tmp_path / f"{index}.png"
+        image.save(path)
+        assert main(["run", str(export), "--prompt", "Describe.", "--image", str(path), "--max-new-tokens", "4"]) == 0
+        out = capsys.readouterr().out
+        expected = reference.generate(by_hand, "Describe.", max_new_tokens=4).texts[0]
+        assert out.startswith(f"Output: {expected}\n"), size
+        change = f"resized to {bucket}" if by_hand is not image else "nothing (the processor's own size is the bucket)"
+        assert f"Fit (nearest) to bucket {bucket}: " in out and change in out, out
+
+
+def test_run_pads_with_fit_pad(exports, tmp_path, capsys):
+    export = exports("tiny-qwen2-vl")
+    image = synthetic_image(480, 640, 5)  # 4:3 -> inside the 168x252 bucket at 168x224, bars of 14 px each side
+    path = tmp_path / "wide.png"
+    image.save(path)
+    argv = ["run", str(export), "--prompt", "Describe.", "--image", str(path), "--max-new-tokens", "4", "--fit", "pad"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    mean = tuple(round(255 * m) for m in (0.48145466, 0.4578275, 0.40821073))  # Qwen-VL's image mean
+    by_hand = Image.new("RGB", (252, 168), mean)
+    by_hand.paste(image.resize((224, 168), Image.Resampling.BICUBIC), (14, 0))
+    expected = Pipeline(export, fit="exact").generate(by_hand, "Describe.", max_new_tokens=4).texts[0]
+    assert out.startswith(f"Output: {expected}\n") and "scaled to 168x224 and padded to 168x252" in out
+    assert not np.array_equal(np.asarray(by_hand), np.asarray(image.resize((252, 168))))

@@ -20,7 +20,7 @@ def test_encoder_flops_by_hand():
 def test_estimate_cost_counts_text_plus_budget_per_layer():
     config = LUVCConfig(spu_start=0).resolve(2, 2)
     plan, base = plan_budgets(2, [10], config), plan_budgets(2, [10], LUVCConfig.off().resolve(2, 2))
-    report = estimate_cost(VISION, LLM, ([(11,)], plan), ([(11,)], base), 5, config.spu_variant, config.rho)
+    report = estimate_cost(VISION, LLM, ([(11,)], plan), ([(11,)], base), 5, config)
     assert report.decoder_tokens == (5 + plan.total[0], 5 + plan.total[1])
     assert report.decoder_tokens_baseline == (15, 15)
     assert report.kv_cache_bytes_baseline == 2 * (15 + 15) * 1 * 4 * 2
@@ -32,14 +32,33 @@ def test_criteria_scoring_by_hand():
 
     cut_at_1 = plan_budgets(2, [10], LUVCConfig(budgets=(10, 4), final_zero=False).resolve(2, 2))
     cut_at_0 = plan_budgets(2, [10], LUVCConfig(budgets=(6, 4), final_zero=False).resolve(2, 2))
+
+    def criterion(variant: str, **knobs) -> LUVCConfig:
+        return LUVCConfig(spu_variant=variant, spu_start=0, **knobs).resolve(2, 2)
+
     # the cut before layer 1 scores 10 tokens of width 8
-    assert selection_flops(cut_at_1, LLM, "l2-norm", 0.25) == 2 * 10 * 8
-    assert selection_flops(cut_at_1, LLM, "dart", 0.25, dart_pivots=3) == 2 * 10 * 8 * (3 + 2)
-    assert selection_flops(cut_at_1, LLM, "random", 0.25) == selection_flops(cut_at_1, LLM, "visionzip", 0.25) == 0
+    assert selection_flops(cut_at_1, LLM, criterion("l2-norm")) == 2 * 10 * 8
+    assert selection_flops(cut_at_1, LLM, criterion("dart", dart_pivots=3)) == 2 * 10 * 8 * (3 + 2)
+    assert selection_flops(cut_at_1, LLM, criterion("random")) == 0
+    assert selection_flops(cut_at_1, LLM, criterion("visionzip")) == 0
     # fastv, probing layer 0's forward: one attention row over 5 text + 10 visual tokens, 2 heads of 4
-    assert selection_flops(cut_at_1, LLM, "fastv", 0.25, text_tokens=5) == 2 * 8 * 15
+    assert selection_flops(cut_at_1, LLM, criterion("fastv"), text_tokens=5) == 2 * 8 * 15
     # fastv, cut before layer 0: an extra attention pass of layer 0 (q, k, v, o: 192 multiply-adds a token; pairs)
-    assert selection_flops(cut_at_0, LLM, "fastv", 0.25, text_tokens=5) == 2 * 192 * 15 + 4 * 8 * 15 * 16 // 2
+    assert selection_flops(cut_at_0, LLM, criterion("fastv"), text_tokens=5) == 2 * 192 * 15 + 4 * 8 * 15 * 16 // 2
+    # SPU's knobs: the raster low-pass keeps ceil(0.25 * 10) = 3 frequencies, the grid projection is 10 x 10, the
+    # normed input adds an RMS norm of the 10 tokens
+    assert selection_flops(cut_at_1, LLM, criterion("spectral-residual")) == 2 * 2 * 3 * 10 * 8
+    assert selection_flops(cut_at_1, LLM, criterion("spectral-residual", spu_lowpass="grid")) == 2 * 2 * 10 * 10 * 8
+    normed = criterion("spectral-residual", spu_input="normed")
+    assert selection_flops(cut_at_1, LLM, normed) == 2 * 2 * 3 * 10 * 8 + 4 * 10 * 8
+    # the peers: v2drop a difference and a norm; pdrop fastv's row before every cut; todre's k-center at its first
+    assert selection_flops(cut_at_1, LLM, criterion("v2drop")) == 3 * 10 * 8
+    assert selection_flops(cut_at_1, LLM, criterion("pdrop"), text_tokens=5) == 2 * 8 * 15
+    assert selection_flops(cut_at_1, LLM, criterion("todre"), text_tokens=5) == 2 * 10 * 10 * 8
+    two_cuts = plan_budgets(2, [10], LUVCConfig(budgets=(6, 4), final_zero=False).resolve(2, 2))
+    assert selection_flops(two_cuts, LLM, criterion("pdrop"), text_tokens=5) == (
+        2 * 192 * 15 + 4 * 8 * 15 * 16 // 2 + 2 * 8 * (5 + 6)
+    )
 
 
 def test_visionzip_pays_for_the_encoder_probabilities():

@@ -18,9 +18,20 @@ def test_each_method_config():
     assert METHODS["spu-only"].config(base, budgets).oim_layers == ()
     oim = METHODS["oim-only"].config(base, budgets)
     assert (oim.oim_layers, oim.spu_variant, oim.budgets) == ((1,), "none", None)
-    for name in ("random", "fastv", "dart", "l2-norm", "visionzip"):
+    for name in ("random", "fastv", "dart", "l2-norm", "visionzip", "pdrop", "v2drop", "todre"):
         config = METHODS[name].config(base, budgets)
         assert (config.oim_layers, config.spu_variant, config.budgets) == ((), name, budgets)
+
+
+def test_spu_knobs_stay_with_the_methods_that_prune_with_spu():
+    base = LUVCConfig(spu_keep="low", spu_input="normed", spu_lowpass="grid")
+    assert METHODS["luvc"].config(base).resolve(4, 4).spu_keep == "low"
+    assert METHODS["spu-only"].config(base).resolve(4, 4).spu_lowpass == "grid"
+    assert METHODS["v2drop"].config(base).resolve(4, 4).spu_keep == "high"  # a peer ranks its own way
+    with pytest.raises(LuvcError, match="change how SPU scores tokens"):
+        LUVCConfig(spu_variant="dart", spu_keep="low").resolve(4, 4)
+    with pytest.raises(LuvcError, match="spectral-residual low-pass"):
+        LUVCConfig(spu_variant="channel-spectrum", spu_lowpass="grid").resolve(4, 4)
 
 
 def test_method_of_names_every_method_back():
@@ -33,7 +44,7 @@ def test_method_of_names_every_method_back():
 
 def test_exportable_methods():
     refused = {name for name, chosen in METHODS.items() if chosen.export_refusal}
-    assert refused == {"fastv", "visionzip"}
+    assert refused == {"fastv", "visionzip", "pdrop", "todre"}
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 and an export evaluates as PyTorch does."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -109,6 +110,31 @@ def test_eval_of_the_onnx_runtime_export_equals_pytorch(exports, tmp_path):
     assert [a.text for a in direct.run("luvc", BudgetPoint(budgets=tuple(budgets)).label).answers] == [
         a.text for a in ort.answers
     ]
+
+
+def test_eval_of_an_export_fits_images_of_any_size_to_its_buckets(exports, tmp_path):
+    """Questions about images of six sizes: the export answers each as the image resized by hand to its bucket does."""
+    from luvc.runtime.pipeline import Pipeline
+    from tests.conftest import FIT_CASES, fit_case
+
+    (tmp_path / "img").mkdir()
+    records, expected_images = [], []
+    for index, (size, bucket) in enumerate(FIT_CASES):
+        image, by_hand = fit_case(size, bucket, seed=index)
+        image.save(tmp_path / "img" / f"{index}.png")
+        records.append({"image": f"img/{index}.png", "question": "What?", "answer": "x", "type": "exact"})
+        expected_images.append(by_hand)
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    data = load_eval_set(tmp_path)
+    export = exports("tiny-qwen2-vl")
+    results = EvalFromModel(data, export_dir=export, max_new_tokens=4, show_progress=False)()
+    reference = Pipeline(export, fit="exact")
+    expected = [
+        reference.generate(image, question.prompt, max_new_tokens=4).texts[0]
+        for image, question in zip(expected_images, data.questions)
+    ]
+    assert [answer.text for answer in results.run("luvc", "export", "ort").answers] == expected
+    assert [answer.text for answer in results.run("luvc", "export").answers] == expected  # PyTorch saw the same
 
 
 def test_video_questions_through_a_video_export(video_exports, tmp_path):

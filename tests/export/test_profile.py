@@ -5,7 +5,7 @@ import pytest
 
 from luvc.errors import LuvcError
 from luvc.export.bucket_plan import plan_bucket
-from luvc.export.buckets import parse_video_size
+from luvc.export.buckets import BucketSet, parse_image_option, parse_video_size
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
@@ -26,7 +26,7 @@ def test_second_bucket_matches_pytorch(exports, references):
 
 
 def test_size_outside_profile_is_refused(exports, references):
-    graphs = Pipeline(exports("tiny-qwen2-vl"))
+    graphs = Pipeline(exports("tiny-qwen2-vl"), fit="exact")
     with pytest.raises(LuvcError, match=r"448x448 is outside this export's profile.*--image-size 448x448"):
         graphs.manifest.bucket_for((448, 448))
 
@@ -81,3 +81,45 @@ def test_llava_bucket_is_the_vision_tower_size():
     assert ExportProfile().resolve(adapter).image_sizes == ((224, 224),)
     with pytest.raises(LuvcError, match="cannot be a bucket"):
         plan_bucket(adapter, (336, 336))
+
+
+# worked out by hand: each aspect at 448 x 448 pixels, rounded by Qwen2-VL's processor to multiples of 28 (its limit
+# is 448 x 448 pixels); the camera modes scaled under that limit, likewise
+BUCKET_SETS = [
+    ("tiny-qwen2-vl", "aspects", [(448, 448), (392, 504), (504, 392), (336, 588), (588, 336)]),
+    ("tiny-qwen2-vl", "cameras", [(364, 504), (504, 364), (336, 588), (588, 336)]),
+    ("tiny-internvl", "aspects", [(112, 112), (224, 336), (336, 224), (112, 224), (224, 112)]),  # tile canvases
+    ("tiny-llava", "cameras", [(224, 224)]),  # its processor makes every image 224 x 224
+]
+
+
+@pytest.mark.parametrize(("family", "name", "sizes"), BUCKET_SETS, ids=[f"{f}-{n}" for f, n, _ in BUCKET_SETS])
+def test_a_named_bucket_set_becomes_the_sizes_the_processor_keeps(family, name, sizes):
+    adapter = load_model(family)
+    resolved = ExportProfile(image_sizes=(parse_image_option(name),)).resolve(adapter).image_sizes
+    assert list(resolved) == sizes
+    processor = adapter.image_processor
+    from luvc.processing import processed_size
+
+    assert all(processed_size(processor, size) == size for size in resolved)  # buckets are sizes it keeps
+
+
+def test_sets_and_sizes_mix_without_repeats():
+    adapter = load_model("tiny-qwen2-vl")
+    profile = ExportProfile(image_sizes=((224, 224), BucketSet("aspects"), (448, 448), BucketSet("aspects")))
+    assert profile.resolve(adapter).image_sizes[:3] == ((224, 224), (448, 448), (392, 504))
+    assert len(profile.resolve(adapter).image_sizes) == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("aspects:10", r"the side must be a number of pixels in \[28, 8192\]"),
+        ("aspects:big", "the side must be a number of pixels"),
+        ("cameras:448", "the cameras set has no size; use --image-size cameras"),
+        ("photos", r"is not HxW, e.g. 448x448, or a named set \(aspects, cameras\)"),
+    ],
+)
+def test_bad_set_names_are_named(text, message):
+    with pytest.raises(LuvcError, match=message):
+        parse_image_option(text)

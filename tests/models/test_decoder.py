@@ -156,7 +156,17 @@ def test_channel_spectrum_variant_prunes_differently(adapter, image):
     assert not torch.equal(kept["spectral-residual"], kept["channel-spectrum"])
 
 
-CRITERIA_UNDER_TEST = ("spectral-residual", "random", "l2-norm", "dart", "fastv", "visionzip")
+CRITERIA_UNDER_TEST = (
+    "spectral-residual",
+    "random",
+    "l2-norm",
+    "dart",
+    "fastv",
+    "visionzip",
+    "pdrop",
+    "v2drop",
+    "todre",
+)
 
 
 def _ratio_config(adapter, image, criterion: str, ratio: float = 0.25) -> LUVCConfig:
@@ -221,6 +231,113 @@ def test_fastv_keeps_what_the_last_prompt_token_attends_to(image, first_cut):
         assert outputs.kept_visual_indices[layer][0].tolist() == expected.tolist(), layer
 
 
+def _layer_io(layer, into: dict):
+    """A forward hook that keeps a decoder layer's input and output hidden states."""
+
+    def hook(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        into.update(input=hidden.clone(), output=(output[0] if isinstance(output, tuple) else output).clone())
+
+    return layer.register_forward_hook(hook, with_kwargs=True)
+
+
+@torch.no_grad()
+def test_pdrop_measures_attention_again_before_every_cut(image):
+    """PDrop: each cut keeps the survivors the last prompt token attends to most in the layer just before it (eager
+    attention's weights), not FastV's one ranking; ToDRE's later cuts read the same ranking."""
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-llava")
+    adapter.model.set_attn_implementation("eager")
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    n = int((inputs["input_ids"][0] == adapter.image_token_id).sum())
+    budgets = (n, n // 2, n // 4, 0)  # cuts before layers 1 and 2
+    kept = {}
+    for criterion in ("pdrop", "fastv", "todre"):
+        weights: list = []
+        hooks = [_attention_weights(adapter.decoder_layers[layer].self_attn, weights) for layer in (0, 1)]
+        adapter.apply_luvc(LUVCConfig(oim_layers=(), spu_variant=criterion, budgets=budgets))
+        outputs = adapter.model.model(**adapter.prepare_inputs([image], PROMPT))
+        for hook in hooks:
+            hook.remove()
+        kept[criterion] = {layer: ids[0].tolist() for layer, ids in outputs.kept_visual_indices.items()}
+        visual = (adapter.prepare_inputs([image], PROMPT)["input_ids"][0] == adapter.image_token_id).nonzero()[:, 0]
+        start = int(visual[0])
+        second = weights[1][0, :, -1].mean(dim=0)[start : start + n // 2]  # layer 1's row over the survivors
+        expected = torch.tensor(kept[criterion][1])[second.topk(n // 4).indices].sort().values.tolist()
+        if criterion != "fastv":
+            assert kept[criterion][2] == expected, criterion
+        first = weights[0][0, :, -1].mean(dim=0)[start : start + n]
+        if criterion != "todre":  # ToDRE's first cut is its diversity stage
+            assert kept[criterion][1] == first.topk(n // 2).indices.sort().values.tolist(), criterion
+    assert kept["pdrop"][1] == kept["fastv"][1] and kept["pdrop"][2] != kept["fastv"][2]
+
+
+@pytest.mark.parametrize("reads", ["v2drop", "normed"])
+@torch.no_grad()
+def test_a_cut_scores_what_its_criterion_reads(image, reads):
+    """V2Drop ranks by how far the layer before the cut moved each visual token; SPU with spu_input=normed scores the
+    layer's normed input. Both checked against the hidden states around the layer before the cut."""
+    from luvc.compress.scorers import l2_norm_scores
+    from luvc.compress.spu import select_tokens, spectral_residual_scores
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-qwen2-vl")
+    adapter.apply_luvc(LUVCConfig.off())
+    inputs = adapter.prepare_inputs([image], PROMPT)
+    visual = (inputs["input_ids"][0] == adapter.image_token_id).nonzero()[:, 0]
+    start, n = int(visual[0]), len(visual)
+    knobs = {"spu_variant": "v2drop"} if reads == "v2drop" else {"spu_input": "normed"}
+    config = LUVCConfig(oim_layers=(), budgets=(n, n, n // 4, 0), **knobs)
+    adapter.apply_luvc(config)
+    seen: dict = {}
+    hook = _layer_io(adapter.decoder_layers[1], seen)
+    outputs = adapter.model.model(**adapter.prepare_inputs([image], PROMPT))
+    hook.remove()
+    entering = seen["output"][:, start : start + n]
+    if reads == "v2drop":
+        scores = l2_norm_scores(entering - seen["input"][:, start : start + n])
+    else:
+        scores = spectral_residual_scores(adapter.decoder_layers[2].input_layernorm(entering), 0.25)
+    assert outputs.kept_visual_indices[2][0].tolist() == select_tokens(scores, n // 4)[0].tolist()
+    residual = spectral_residual_scores(entering, 0.25)
+    assert outputs.kept_visual_indices[2][0].tolist() != select_tokens(residual, n // 4)[0].tolist()
+
+
+@torch.no_grad()
+def test_keeping_the_low_end_keeps_the_complement(image):
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-qwen3-vl")
+    adapter.apply_luvc(LUVCConfig.off())
+    n = adapter.plan(adapter.preprocess([image])).budget_plan.num_visual_tokens
+    kept = {}
+    for keep, budget in (("high", n // 2), ("low", n - n // 2)):  # the same scores from either end
+        adapter.apply_luvc(LUVCConfig(oim_layers=(), budgets=(n, n, budget, 0), spu_keep=keep))
+        kept[keep] = adapter.model.model(**adapter.prepare_inputs([image], PROMPT)).kept_visual_indices[2][0].tolist()
+    assert sorted(kept["high"] + kept["low"]) == list(range(n))
+
+
+@pytest.mark.parametrize("family", ["tiny-internvl", "tiny-llava", "tiny-qwen2.5-vl"])
+@torch.no_grad()
+def test_grid_lowpass_follows_each_family_token_grid(image, family):
+    """The grid each family reports covers exactly its visual tokens (InternVL: tiles x the merged tile grid), and
+    the grid low-pass keeps other tokens than the raster one at the same budget."""
+    from luvc.models import load_model
+
+    adapter = load_model(family)
+    kept = {}
+    for lowpass in ("raster", "grid"):
+        adapter.apply_luvc(LUVCConfig(spu_lowpass=lowpass))
+        pixels = adapter.preprocess([image])
+        plan = adapter.plan(pixels)
+        assert [b * r * c for b, r, c in plan.vision.span_grids] == list(plan.vision.span_tokens)
+        outputs = adapter.model.model(**adapter.prepare_inputs([image], PROMPT))
+        kept[lowpass] = outputs.kept_visual_indices[2][0].tolist()
+    assert len(kept["grid"]) == len(kept["raster"]) and kept["grid"] != kept["raster"]
+
+
 @torch.no_grad()
 def test_random_criterion_is_seeded(image):
     from luvc.models import load_model
@@ -232,3 +349,35 @@ def test_random_criterion_is_seeded(image):
         return adapter.model.model(**adapter.prepare_inputs([image], PROMPT)).kept_visual_indices[2][0].tolist()
 
     assert kept(0) == kept(0) != kept(1)
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
+@pytest.mark.parametrize("knobs", [{"spu_lowpass": "grid"}, {"spu_variant": "v2drop"}, {"spu_variant": "pdrop"}])
+@torch.no_grad()
+def test_new_options_and_peers_prune_videos(family, knobs):
+    """A video's grid has its temporal slices as blocks (Qwen2-VL: one span; Qwen3-VL: one span per slice), and the
+    peers prune a video's spans to the budgets like an image's."""
+    from luvc.models import load_model
+    from luvc.videos import synthetic_video
+
+    adapter = load_model(family)
+    video = synthetic_video(4)
+    adapter.apply_luvc(LUVCConfig(**knobs))
+    plan = adapter.plan(adapter.preprocess([video]))
+    grids = plan.vision.span_grids
+    assert [b * r * c for b, r, c in grids] == list(plan.vision.span_tokens)
+    assert [slices for slices, _, _ in grids] == ([2] if family == "tiny-qwen2-vl" else [1, 1])  # 4 frames: 2 slices
+    outputs = adapter.model.model(**adapter.prepare_inputs([video], PROMPT))
+    for layer, kept in outputs.kept_visual_indices.items():
+        assert kept.shape[1] == plan.budget_plan.total[layer]
+
+
+def test_grid_lowpass_is_refused_where_the_tokens_form_no_grid(image):
+    """LLaVA's 'full' feature strategy puts the CLS token among an image's LLM tokens: no grid, refused at planning."""
+    from luvc.errors import LuvcError
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-llava")
+    adapter.model.config.vision_feature_select_strategy = "full"
+    with pytest.raises(LuvcError, match="spu_lowpass=grid needs each image's token grid"):
+        adapter.plan(adapter.preprocess([image]), LUVCConfig(spu_lowpass="grid"))

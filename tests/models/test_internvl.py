@@ -10,7 +10,8 @@ from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.models.internvl import tile_canvas, unit_order
+from luvc.models.internvl import unit_order
+from luvc.processing import tile_canvas
 from luvc.runtime.pipeline import Pipeline
 
 

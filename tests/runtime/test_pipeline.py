@@ -81,7 +81,7 @@ def test_an_image_and_a_video_in_one_prompt_equal_pytorch_luvc(family, video_exp
 
 
 def test_a_video_outside_the_buckets_names_them(video_exports, exports):
-    pipeline = Pipeline(video_exports("tiny-qwen2-vl"))
+    pipeline = Pipeline(video_exports("tiny-qwen2-vl"), fit="exact")
     with pytest.raises(
         LuvcError,
         match=r"video \(frames x height x width\) 12x112x168 is outside .*8x112x168.*"
@@ -94,10 +94,11 @@ def test_a_video_outside_the_buckets_names_them(video_exports, exports):
         pipeline.prepare([(synthetic_image(336, 336), synthetic_video(8, 112, 168))], PROMPT)
     with pytest.raises(LuvcError, match="one prompt with one image and then one video"):
         pipeline.prepare([(synthetic_video(8, 112, 168), synthetic_image(224, 224))], PROMPT)
-    with pytest.raises(LuvcError, match="was exported without video support"):
-        Pipeline(exports("tiny-llava")).prepare([synthetic_video(8, 112, 168)], PROMPT)
+    for fit in ("exact", "nearest"):
+        with pytest.raises(LuvcError, match="was exported without video support"):
+            Pipeline(exports("tiny-llava"), fit=fit).prepare([synthetic_video(8, 112, 168)], PROMPT)
     # Qwen3-VL: a clip whose timestamps reach 10 s takes more prompt tokens than the bucket's (traced from 0 s)
-    qwen3 = Pipeline(video_exports("tiny-qwen3-vl"))
+    qwen3 = Pipeline(video_exports("tiny-qwen3-vl"), fit="exact")
     with pytest.raises(LuvcError, match=r"timestamps \(3.0, 11.0 s\) take other token counts .* under 10 s"):
         qwen3.prepare([synthetic_video(8, 128, 192, fps=0.5)], PROMPT)
 
@@ -252,5 +253,5 @@ def test_prompt_longer_than_the_export_profile(exports):
 
 
 def test_image_outside_the_buckets(exports):
-    with pytest.raises(LuvcError, match="outside this export's profile"):
-        Pipeline(exports("tiny-qwen2-vl")).generate(synthetic_image(448, 448), "hi", max_new_tokens=2)
+    with pytest.raises(LuvcError, match=r"outside this export's profile.*\(--fit nearest or pad does\)"):
+        Pipeline(exports("tiny-qwen2-vl"), fit="exact").generate(synthetic_image(448, 448), "hi", max_new_tokens=2)

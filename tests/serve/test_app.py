@@ -11,6 +11,7 @@ import urllib.request
 
 import openai
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from luvc.cli.main import main
@@ -18,6 +19,7 @@ from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
+from tests.conftest import FIT_CASES, fit_case
 from tests.serve.conftest import MODEL, data_url, running_server
 
 PROMPT = "What is in this picture?"
@@ -241,3 +243,46 @@ def test_a_client_that_leaves_a_stream_cancels_its_request(server):
         time.sleep(0.05)
     status, body = get(f"{base_url}/health")  # the worker goes on serving
     assert status == 200 and json.loads(body)["waiting"] == 0
+
+
+def test_an_image_of_any_size_is_fitted_to_a_bucket_and_the_response_says_so(server, exports):
+    """With the official client: every image lands in the bucket worked out by hand, answers as the image resized by
+    hand does, and the headers name the bucket and the change; /metrics counts requests per bucket."""
+    base_url, _ = server
+    reference = Pipeline(exports(MODEL), fit="exact")
+    before = scrape(base_url)
+    for index, (size, bucket) in enumerate(FIT_CASES):
+        image, by_hand = fit_case(size, bucket, seed=index)
+        raw = client(base_url).chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages(image), max_tokens=8
+        )
+        expected = reference.generate(by_hand, PROMPT, max_new_tokens=8).texts[0]
+        assert raw.parse().choices[0].message.content == expected, size
+        assert raw.headers["x-luvc-bucket"] == bucket
+        change = raw.headers["x-luvc-fit"]
+        assert change == (f"image {size[1]}x{size[0]} resized to {bucket}" if by_hand is not image else "none")
+    stream = client(base_url).chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages(fit_case(*FIT_CASES[0])[0]), max_tokens=4, stream=True
+    )
+    assert stream.headers["x-luvc-bucket"] == FIT_CASES[0][1]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream.parse() if chunk.choices)
+    after = scrape(base_url)
+
+    def grew(bucket: str, fit: str) -> float:
+        key = f"luvc_bucket_requests_total[('bucket', '{bucket}'), ('fit', '{fit}')]"
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert (grew("168x252", "fitted"), grew("168x252", "as_sent")) == (4, 1)  # the streamed one is fitted too
+    assert (grew("224x224", "fitted"), grew("224x224", "as_sent")) == (2, 0)
+
+
+def test_an_image_no_model_takes_is_refused_with_the_cli_message(server, exports, tmp_path, capsys):
+    base_url, _ = server
+    for size in ((1, 1), (5000, 20)):
+        image = Image.new("RGB", size, (90, 160, 40))
+        path = tmp_path / f"{size[0]}x{size[1]}.png"
+        image.save(path)
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(base_url).chat.completions.create(model=MODEL, messages=messages(image))
+        expected = cli_error(["run", str(exports(MODEL)), "--prompt", PROMPT, "--image", str(path)], capsys)
+        assert raised.value.body["message"] == expected.replace(str(path), "the image_url data")

@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from luvc.cli.main import main
@@ -17,7 +18,7 @@ from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
 from luvc.serve.triton import params_from_inputs
-from tests.conftest import one_line_error
+from tests.conftest import FIT_CASES, fit_case, one_line_error
 from tests.serve.conftest import png_bytes
 from tests.serve.tritonserver import RunningServer, find_server
 
@@ -171,6 +172,18 @@ def test_tritonserver_answers_like_pipeline_generate(triton):
     streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
     assert len(streamed) > 2 and streamed[-1] == ("", "length")
     assert "".join(text for text, _ in streamed) == expected
+
+
+def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
+    """The repository's default fit (nearest): each image answers as the image resized by hand to its bucket does."""
+    url, export = triton
+    reference = Pipeline(export, fit="exact")
+    for index, (size, bucket) in enumerate(FIT_CASES):
+        image, by_hand = fit_case(size, bucket, seed=index)
+        expected = reference.generate(by_hand, PROMPT, max_new_tokens=16).texts[0]
+        assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")], size
+    [error] = infer(url, png_bytes(Image.new("RGB", (1, 1))), PROMPT, stream=False)
+    assert "the image input is 1x1; an image needs at least 8 pixels a side" in str(error)
 
 
 def test_tritonserver_returns_the_error_of_a_bad_request(triton):

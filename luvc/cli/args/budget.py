@@ -21,6 +21,9 @@ OPTION_TYPES = {
     "oim_positions": str,
     "seed": int,
     "dart_pivots": int,
+    "spu_keep": str,
+    "spu_input": str,
+    "spu_lowpass": str,
 }
 
 
@@ -75,6 +78,12 @@ class LuvcArgs(BaseArgs):
         chosen = METHODS[args.method]
         if args.spu is not None and chosen.criterion != SPU:
             critical(f"--method {chosen.name} does not prune with SPU; drop --spu.")
+        spu_knobs = [key for key in ("spu_keep", "spu_input", "spu_lowpass") if getattr(base, key) is not None]
+        if spu_knobs and chosen.criterion != SPU:
+            critical(
+                f"--method {chosen.name} does not prune with SPU, so {', '.join(spu_knobs)} change how SPU scores "
+                "tokens and would be ignored; drop them."
+            )
         if oim_layers is not None and not chosen.merges:
             critical(f"--method {chosen.name} does not merge in the encoder; drop --oim-layers.")
         if budgets is not None and not chosen.follows_budgets:

@@ -48,8 +48,9 @@ class DataArgs(BaseArgs):
         self.seed = args.seed
 
     def samples(self, image_sizes: Sequence[tuple[int, ...]]) -> list[Sample]:
-        """The samples, each at one of ``image_sizes`` (the export's buckets; a video bucket's ``(frames, H, W)``
-        gets synthetic clips; a data folder's images go to the image buckets)."""
+        """The samples: synthetic ones at the export's bucket sizes ``image_sizes`` (a video bucket's ``(frames, H, W)``
+        gets synthetic clips), or a data folder's images at their own size (the runtime fits them to the image
+        buckets)."""
         if self.folder is None:
             return synthetic_samples(image_sizes, self.default_count if self.count is None else self.count, self.seed)
         images = [size for size in image_sizes if len(size) == 2 and isinstance(size[0], int)]
@@ -58,4 +59,4 @@ class DataArgs(BaseArgs):
                 f"--data {self.folder} holds images but this export has video buckets only; leave out --data to check "
                 "it on synthetic clips."
             )
-        return folder_samples(self.folder, images, self.prompts, self.count)
+        return folder_samples(self.folder, self.prompts, self.count)

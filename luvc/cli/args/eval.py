@@ -12,8 +12,9 @@ from luvc.compress.budgets import budget_values
 from luvc.compress.config import SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS
 from luvc.errors import critical
-from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, BudgetPoint
-from luvc.runtime import BACKENDS
+from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
+from luvc.eval.sweep import SWEEP_AXES, parse_sweep
+from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
 
 
 class EvalArgs(BaseArgs):
@@ -53,12 +54,29 @@ class EvalArgs(BaseArgs):
             help="a budget point as explicit per-layer budgets, e.g. '64,64,32,0' (repeat for more; instead of "
             "--ratios; every question must have at least the first budget's visual tokens)",
         )
+        group.add_argument(
+            "--sweep",
+            nargs="?",
+            const="all",
+            default=None,
+            metavar="AXES",
+            help=f"run LUVC under every combination of the reconstruction's choices ({', '.join(SWEEP_AXES)}; "
+            "default all) at each point, and report the Pareto front and the winner per question type",
+        )
+        group.add_argument(
+            "--protocol",
+            choices=list(PROTOCOLS),
+            default=None,
+            help="a published benchmark's layout: unipruning (keep ratios 1/3, 2/9, 1/9, a random baseline, "
+            "accuracy per type and as a share of the uncompressed model's, prefill latency)",
+        )
         add_oim_layers_arg(group)
         group.add_argument("--spu", choices=SPU_VARIANTS[:-1], default=None, help="SPU variant of luvc and spu-only")
         add_option_arg(group)
         group.add_argument("--export", default=None, help="evaluate this export folder (its method and budgets)")
         group.add_argument("--backend", choices=BACKENDS, default=None, help="with --export: ort (default) or trt")
         group.add_argument("--engines", default=None, help="engine folder built from the export (--backend trt)")
+        group.add_argument("--fit", choices=FIT_POLICIES, default=None, help="with --export: " + FIT_HELP)
         group.add_argument(
             "--max-new-tokens",
             type=int,
@@ -82,6 +100,8 @@ class EvalArgs(BaseArgs):
                     ("--oim-layers", args.oim_layers),
                     ("--spu", args.spu),
                     ("--option", args.option),
+                    ("--sweep", args.sweep),
+                    ("--protocol", args.protocol),
                 )
                 if value
             ]
@@ -98,8 +118,28 @@ class EvalArgs(BaseArgs):
         if self.backend == "trt" and args.engines is None:
             critical("--backend trt runs the engines built from the export; pass --engines ENGINE_DIR.")
         self.engines = args.engines
+        if args.fit is not None and self.export is None:
+            critical("--fit maps questions onto an export's buckets; pass --export EXPORT_DIR too (or drop --fit).")
+        self.fit = args.fit
         self.methods = _methods(args.methods)
         self.points = _points(args.ratios, args.budgets)
+        self.protocol = args.protocol
+        if self.protocol and self.points is not None:
+            critical(
+                f"--protocol {self.protocol} sets the budget points (its keep ratios); drop --ratios/--budgets, or "
+                "drop --protocol to choose your own."
+            )
+        self.sweep = parse_sweep(args.sweep) if args.sweep is not None else ()
+        if "oim" in self.sweep and args.oim_layers is not None:
+            critical(
+                "--sweep oim chooses the OIM steps itself; drop --oim-layers, or sweep other axes "
+                "(--sweep keep,input,lowpass)."
+            )
+        if "lowpass" in self.sweep and args.spu not in (None, "spectral-residual"):
+            critical(
+                f"--sweep lowpass tries the spectral-residual low-pass, but --spu is {args.spu}; drop --spu, or sweep "
+                "other axes (--sweep keep,input,oim)."
+            )
         self.base = dataclasses.replace(
             LUVCConfig(oim_layers=parse_oim_layers(args.oim_layers), spu_variant=args.spu),
             **parse_options(args.option),

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs, int_in
-from luvc.export.buckets import parse_image_size, parse_mixed_size, parse_video_size
+from luvc.export.buckets import BUCKET_SETS, parse_image_option, parse_mixed_size, parse_video_size
 from luvc.export.profile import KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
 
 
@@ -23,9 +23,10 @@ class ExportArgs(BaseArgs):
             "--image-size",
             action="append",
             default=None,
-            metavar="HxW",
-            help="processed image size of a bucket (repeat for more buckets); default 448x448 for Qwen-VL, the "
-            "vision tower's size for LLaVA",
+            metavar="HxW|SET",
+            help="processed image size of a bucket (repeat for more buckets), or a named set of buckets: "
+            + "; ".join(f"{name}: {text}" for name, text in BUCKET_SETS.items())
+            + "; default 448x448 for Qwen-VL, the vision tower's size for LLaVA",
         )
         group.add_argument(
             "--video-size",
@@ -89,7 +90,7 @@ class ExportArgs(BaseArgs):
         self.out = Path(args.out)
         self.overwrite = args.overwrite
         self.passes, self.plugin_nodes = not args.no_passes, args.plugin_nodes
-        sizes = tuple(parse_image_size(text) for text in args.image_size) if args.image_size else None
+        sizes = tuple(parse_image_option(text) for text in args.image_size) if args.image_size else None
         videos = tuple(parse_video_size(text) for text in args.video_size or ())
         mixed = tuple(parse_mixed_size(text) for text in args.mixed_size or ())
         self.profile = ExportProfile(

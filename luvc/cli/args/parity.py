@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs
+from luvc.runtime import FIT_HELP, FIT_POLICIES
 
 
 class ParityArgs(BaseArgs):
@@ -27,6 +28,7 @@ class ParityArgs(BaseArgs):
             help="uncompressed export of the same model (export --no-luvc): also measure what compression costs on "
             "ONNX Runtime",
         )
+        group.add_argument("--fit", choices=FIT_POLICIES, default=None, help="for --data images: " + FIT_HELP)
         group.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens per sample (default 8)")
         group.add_argument("--out", default=None, help="report folder (default: ARTIFACT_DIR-parity beside it)")
         group.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -37,6 +39,7 @@ class ParityArgs(BaseArgs):
         self.model = args.model
         self.baseline = None if args.baseline is None else Path(args.baseline)
         self.max_new_tokens = args.max_new_tokens
+        self.fit = args.fit
         folder = self.artifact_dir.resolve()
         self.out = Path(args.out) if args.out else folder.parent / f"{folder.name}-parity"
         self.overwrite = args.overwrite

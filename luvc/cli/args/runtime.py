@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from luvc.cli.args.base import BaseArgs, int_in
-from luvc.runtime import BACKENDS
+from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class RuntimeArgs(BaseArgs):
             help="where tensors and KV caches live: cpu or cuda:N (default: cuda:0 for --backend trt or a CUDA "
             "provider, else cpu); ONNX Runtime uses the CUDA EP of onnxruntime-gpu on cuda:N",
         )
+        group.add_argument("--fit", choices=FIT_POLICIES, default=None, help=FIT_HELP)
         group.add_argument(
             "--providers",
             default=None,
@@ -57,6 +58,7 @@ class RuntimeArgs(BaseArgs):
         self.plugin_library = args.plugin_library
         self.providers = args.providers.split(",") if args.providers else None
         self.device = args.device
+        self.fit = args.fit
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
 
@@ -71,4 +73,5 @@ class RuntimeArgs(BaseArgs):
             self.providers,
             device=self.device,
             plugin_library=self.plugin_library,
+            fit=self.fit,
         )
