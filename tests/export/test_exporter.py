@@ -77,9 +77,11 @@ def test_a_static_criterion_exports_like_spu(tmp_path, method_name, knobs):
     tokens PyTorch keeps (parity's kept-index and generated-text levels, fp32): dart, whose score has the most ops (a
     TopK of pivots, products with them, a choice); v2drop, which reads the layer before the cut's input and output;
     SPU with every reconstruction knob turned (the low end kept, the normed input scored, the 2-D grid low-pass, whose
-    projection is gathered from constant tables by the kept indices). random (a constant table looked up by the kept
-    indices) and l2-norm (one reduction) export the same way; an export costs 18 s of CI, so theirs are not repeated
-    here (the name clash random's lookup met in fuse_spu_gathers is tested in tests/export/passes/test_fuse_spu.py)."""
+    projection is gathered from constant tables by the kept indices), with a video bucket too (its grid has the
+    temporal slices as blocks; parity's samples alternate between the buckets). random (a constant table looked up
+    by the kept indices) and l2-norm (one reduction) export the same way; an export costs 18 s of CI, so theirs are
+    not repeated here (the name clash random's lookup met in fuse_spu_gathers is tested in
+    tests/export/passes/test_fuse_spu.py)."""
     import dataclasses
 
     from luvc.compress.config import LUVCConfig
@@ -90,13 +92,15 @@ def test_a_static_criterion_exports_like_spu(tmp_path, method_name, knobs):
     from luvc.models import load_model
     from luvc.parity import ParityFromExport
 
-    profile = ExportProfile(image_sizes=((224, 224),))
+    videos = ((4, 224, 224),) if knobs else ()
+    profile = ExportProfile(image_sizes=((224, 224),), video_sizes=videos)
     config = METHODS[method_name].config(LUVCConfig(**knobs))
     out = export_model(load_model("tiny-qwen2-vl"), tmp_path / method_name, profile, config, show_progress=False)
     manifest = ExportManifest.load(out)
     criterion = METHODS[method_name].criterion_for(config)
     assert (manifest.luvc["spu_variant"], manifest.luvc["oim_layers"]) == (criterion, [])
     assert all(manifest.luvc[key] == value for key, value in knobs.items())
+    assert len(manifest.buckets) == 1 + len(videos)
     assert dataclasses.replace(config, **knobs) == config
     assert manifest.buckets["224x224"].budgets == (64, 64, 32, 0)
     results = ParityFromExport(out, max_new_tokens=4, show_progress=False)()
