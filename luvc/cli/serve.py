@@ -13,6 +13,7 @@ from rich.console import Console
 from luvc import interrupts
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
+from luvc.serve.access import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, AccessPolicy, is_loopback
 
 SERVING_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -41,6 +42,26 @@ class Serve:
         group.add_argument(
             "--max-batch", type=int, default=None, help="requests per batch (default: the export's --max-batch)"
         )
+        group.add_argument(
+            "--api-key",
+            default=None,
+            help=f"require Authorization: Bearer KEY on every path but /health (default: ${API_KEY_ENV} if set; "
+            "prefer the variable, a flag shows in the process list)",
+        )
+        group.add_argument(
+            "--allowed-hosts",
+            default=None,
+            metavar="NAMES",
+            help="comma-separated names the Host header may give besides the bind address (a DNS name or proxy in "
+            "front of the server); bound to 0.0.0.0 without it, any host is answered",
+        )
+        group.add_argument(
+            "--max-body-bytes",
+            type=int,
+            default=DEFAULT_MAX_BODY_BYTES,
+            help=f"largest request body; larger gets HTTP 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})",
+        )
+        group.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off)")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         missing = [name for name in SERVING_PACKAGES if importlib.util.find_spec(name) is None]
@@ -50,6 +71,12 @@ class Serve:
         image_folder = _image_folder(args.allow_local_images)
         if args.max_queue < 1:
             critical(f"--max-queue {args.max_queue}: let at least 1 request wait.")
+        if args.max_body_bytes < 1024:
+            critical(f"--max-body-bytes {args.max_body_bytes}: allow at least 1024 bytes (an image needs more).")
+        allowed = tuple(name.strip() for name in (args.allowed_hosts or "").split(",") if name.strip())
+        access = AccessPolicy.for_bind(args.host, args.api_key, allowed, args.max_body_bytes, args.docs)
+        if args.api_key is not None and not args.api_key.strip():
+            critical("--api-key is empty; give the key clients send as Authorization: Bearer KEY.")
         listener = _listen(args.host, args.port)
 
         import uvicorn
@@ -72,7 +99,14 @@ class Serve:
             f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; Ctrl-C stops.",
             highlight=False,
         )
-        config = uvicorn.Config(create_app(service, model_name), log_level="warning", timeout_graceful_shutdown=10)
+        if access.api_key is None and not is_loopback(args.host):
+            Console(stderr=True, soft_wrap=True).print(
+                f"warning: serving on {args.host} without an API key: anyone who reaches this address can use the "
+                f"model; set {API_KEY_ENV} (or --api-key).",
+                highlight=False,
+            )
+        app = create_app(service, model_name, access)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
         try:
             uvicorn.Server(config).run(sockets=[listener])
         except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it

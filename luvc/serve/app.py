@@ -2,7 +2,9 @@
 server-sent events) and ``/v1/models``, ``/health`` and Prometheus ``/metrics``.
 
 Status codes: 400 for a request the client can fix (the message is the one the CLI prints for the same problem),
-404 for another model name, 429 when the wait queue is full, 500 for an internal error, 503 while not serving.
+401 without the API key, 404 for another model name, 413 for a body over the limit, 415 for a body that is not JSON,
+429 when the wait queue is full, 500 for an internal error, 503 while not serving. ``luvc.serve.access`` checks the
+Host header, the key, the content type and the body size before the app reads a byte; ``/docs`` is off unless asked.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from luvc.errors import LuvcError
 from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
+from luvc.serve.access import AccessMiddleware, AccessPolicy
 from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull
 from luvc.serve.service import GenerationService
 
 
-def create_app(service: GenerationService, model_name: str) -> FastAPI:
-    """An app serving ``service`` under ``model_name``; the service starts and stops with the app."""
+def create_app(service: GenerationService, model_name: str, access: AccessPolicy | None = None) -> FastAPI:
+    """An app serving ``service`` under ``model_name`` to whom ``access`` lets in (default: loopback callers, no key);
+    the service starts and stops with the app."""
+    access = access or AccessPolicy()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -35,7 +40,11 @@ def create_app(service: GenerationService, model_name: str) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="luvc-export", lifespan=lifespan)
+    docs = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="luvc-export", lifespan=lifespan, **docs)
+    app.add_middleware(
+        AccessMiddleware, policy=access, refused=lambda reason: service.metrics.requests.labels(reason).inc()
+    )
     created = int(time.time())
 
     def refuse(status: int, message: str, outcome: str, kind: str = "invalid_request_error") -> JSONResponse:

@@ -43,6 +43,34 @@ def test_serve_answers_health_and_stops_on_sigterm(exports):
         process.communicate()
 
 
+def test_serving_beyond_loopback_without_a_key_warns(exports):
+    port = free_port()
+    command = [sys.executable, "-m", "luvc.cli.main", "serve", str(exports("tiny-llava")), "--port", str(port)]
+    environment = {key: value for key, value in os.environ.items() if key != "LUVC_API_KEY"}
+    process = subprocess.Popen(
+        [*command, "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    try:
+        assert process.stdout.readline().startswith("Serving tiny-llava")
+        warning = process.stderr.readline()
+        assert warning.startswith("warning: serving on 0.0.0.0 without an API key") and "LUVC_API_KEY" in warning
+        deadline = time.monotonic() + 60
+        while True:  # bound to every interface: loopback reaches it, under any Host name
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /health"
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 def test_a_port_in_use_is_one_line_and_exit_code_2(exports, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -58,6 +86,8 @@ def test_bad_serve_options_are_refused(tmp_path, capsys):
     cases = [
         (["--allow-local-images", str(tmp_path / "none")], "--allow-local-images"),
         (["--max-queue", "0"], "--max-queue 0: let at least 1 request wait."),
+        (["--max-body-bytes", "10"], "--max-body-bytes 10: allow at least 1024 bytes"),
+        (["--api-key", " "], "--api-key is empty"),
         ([], f"{tmp_path} has no manifest.json"),
     ]
     for options, message in cases:

@@ -70,9 +70,10 @@ def wait_for_queue(service, length: int) -> None:
 
 
 def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """Status and body of a GET (or a POST of ``body``) with the standard library's HTTP client."""
+    """Status and body of a GET (or a POST of ``body`` as JSON) with the standard library's HTTP client."""
+    headers = {} if body is None else {"Content-Type": "application/json"}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()

@@ -1,0 +1,184 @@
+"""Who may talk to ``luvc-export serve``, and how much they may send: checked before the app reads a body.
+
+``AccessPolicy`` is enforced by ``AccessMiddleware`` (plain ASGI, ahead of FastAPI), in this order:
+
+1. the ``Host`` header must be one this server answers to (the bind address, or for loopback ``localhost``,
+   ``127.0.0.1`` and ``[::1]``, or ``--allowed-hosts``): a web page that rebinds its DNS name to 127.0.0.1 cannot
+   drive a loopback server through the visitor's browser (400);
+2. with an API key, every path but ``/health`` needs ``Authorization: Bearer KEY``, compared in constant time (401);
+3. a POST must say ``Content-Type: application/json`` (415): a browser's cross-site "simple" request cannot;
+4. a body above ``max_body_bytes`` is refused (413) from its ``Content-Length`` before a byte is read; a POST body
+   is read here (counted, up to the limit) before the app sees it, so one without a length is refused alike.
+
+Every refusal is an OpenAI-style error body naming the limit and the fix, counted in ``/metrics`` by reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import ipaddress
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+API_KEY_ENV = "LUVC_API_KEY"
+DEFAULT_MAX_BODY_BYTES = 50 * 2**20  # OpenAI's payload limit for image requests; a noisy 10 MP PNG is 24 MiB
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+OPEN_PATHS = ("/health",)  # load balancers probe it without a key
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessPolicy:
+    """What the server lets in: ``hosts`` the ``Host`` header may name (``()``: any), the ``api_key`` (``None``: no
+    key), the largest body, and whether FastAPI's ``/docs`` are served."""
+
+    hosts: tuple[str, ...] = LOOPBACK_NAMES
+    api_key: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    docs: bool = False
+
+    @classmethod
+    def for_bind(
+        cls,
+        host: str,
+        api_key: str | None = None,
+        allowed_hosts: tuple[str, ...] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        docs: bool = False,
+    ) -> AccessPolicy:
+        """The policy of a server bound to ``host``: its own name (and loopback's, when it is loopback) plus
+        ``allowed_hosts``; any host when bound to every interface without ``allowed_hosts``."""
+        own = (*LOOPBACK_NAMES, host) if is_loopback(host) else (host,)
+        hosts = () if is_wildcard(host) and not allowed_hosts else tuple(dict.fromkeys((*own, *allowed_hosts)))
+        return cls(hosts, api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes, docs)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` binds every interface (``0.0.0.0``, ``::``)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name of a ``Host`` header without its port (``[::1]:8000`` -> ``::1``)."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class AccessMiddleware:
+    """Enforces ``policy`` ahead of ``app`` (see the module docstring); ``refused(reason)`` counts each refusal."""
+
+    def __init__(self, app, policy: AccessPolicy, refused: Callable[[str], None]) -> None:
+        self.app = app
+        self.policy = policy
+        self.refused = refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await _error(send, *refusal)
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, self.policy.max_body_bytes)
+        if body is None:
+            self.refused("body_too_large")
+            await _error(send, 413, _too_large(self.policy.max_body_bytes), "body_too_large")
+            return
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if replayed:  # after the body, what the client does next (a disconnect)
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        """``(status, message, reason)`` of a request the policy refuses, else ``None``."""
+        policy = self.policy
+        host = host_name(headers.get("host", ""))
+        if policy.hosts and host not in policy.hosts:
+            return self._refuse(
+                400,
+                f"The Host header {host!r} is not one this server answers to; call it as "
+                f"{policy.hosts[0]} (or start it with --allowed-hosts {host}).",
+                "bad_host",
+            )
+        if policy.api_key is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), policy.api_key.encode()):
+                return self._refuse(401, "Missing or wrong API key; send Authorization: Bearer <key>.", "unauthorized")
+        if scope["method"] == "POST":
+            media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type != "application/json":
+                return self._refuse(
+                    415, f"Content-Type {media_type or 'none'!r}: send the request as application/json.", "media_type"
+                )
+            length = headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > policy.max_body_bytes):
+                return self._refuse(413, _too_large(policy.max_body_bytes), "body_too_large")
+        return None
+
+    def _refuse(self, status: int, message: str, reason: str) -> tuple[int, str, str]:
+        self.refused(reason)
+        return status, message, reason
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` once it grows past ``limit`` bytes (or the client leaves)."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"The request body is over the server's {limit} bytes (--max-body-bytes); send a smaller image or ask the "
+        "operator to raise the limit."
+    )
+
+
+async def _error(send: Send, status: int, message: str, reason: str) -> None:
+    """An OpenAI-style error response (``WWW-Authenticate`` with a 401)."""
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": reason}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

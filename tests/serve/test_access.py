@@ -1,0 +1,118 @@
+"""Who may talk to the server and how much they may send, against a real server on loopback with raw HTTP and the
+official ``openai`` client: the Host header, the API key, the content type, the body size, the docs."""
+
+import http.client
+import json
+
+import openai
+import pytest
+
+from luvc.serve.access import API_KEY_ENV, AccessPolicy, host_name
+from tests.serve.conftest import MODEL, data_url, running_server
+
+KEY = "sk-test-0123456789"
+
+
+def request(base_url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """``(status, parsed JSON or None, headers)`` of one raw HTTP request (http.client sends the headers as given)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        return response.status, parsed, dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def completion_body(image) -> bytes:
+    content = [{"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 2}).encode()
+
+
+def test_the_policy_of_a_bind_address(monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert AccessPolicy.for_bind("127.0.0.1").hosts == ("localhost", "127.0.0.1", "::1")
+    assert AccessPolicy.for_bind("0.0.0.0").hosts == ()  # every interface: any name reaches it
+    assert AccessPolicy.for_bind("0.0.0.0", allowed_hosts=("gpu.example",)).hosts == ("0.0.0.0", "gpu.example")
+    assert AccessPolicy.for_bind("10.0.0.5").hosts == ("10.0.0.5",)
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    assert AccessPolicy.for_bind("127.0.0.1").api_key == KEY
+    assert AccessPolicy.for_bind("127.0.0.1", api_key="other").api_key == "other"
+    assert [host_name(h) for h in ("localhost:8000", "[::1]:8000", "::1", "a.example")] == [
+        "localhost",
+        "::1",
+        "::1",
+        "a.example",
+    ]
+
+
+def test_a_foreign_host_header_is_refused(server):
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends Host: evil.example."""
+    base_url, service = server
+    status, body, _ = request(base_url, "GET", "/v1/models", headers={"Host": "evil.example:8000"})
+    assert status == 400 and "'evil.example' is not one this server answers to" in body["error"]["message"]
+    assert request(base_url, "GET", "/v1/models", headers={"Host": "localhost:1234"})[0] == 200
+    assert request(base_url, "GET", "/health")[0] == 200
+
+
+def test_a_json_post_is_required(server, image):
+    """A browser's cross-site 'simple' request (text/plain, form) cannot reach the model."""
+    base_url, _ = server
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        status, body, _ = request(base_url, "POST", "/v1/chat/completions", completion_body(image), headers)
+        assert status == 415 and "send the request as application/json" in body["error"]["message"], content_type
+
+
+def test_docs_are_off_by_default(server):
+    base_url, _ = server
+    assert [request(base_url, "GET", path)[0] for path in ("/docs", "/redoc", "/openapi.json")] == [404] * 3
+
+
+@pytest.fixture(scope="module")
+def guarded(exports):
+    """A server with an API key and a 512 KiB body limit."""
+    with running_server(exports(MODEL), access=AccessPolicy(api_key=KEY, max_body_bytes=512 * 1024)) as running:
+        yield running
+
+
+def test_the_api_key_is_required_everywhere_but_health(guarded, image):
+    base_url, service = guarded
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
+        status, body, response_headers = request(base_url, "GET", "/v1/models", headers=headers)
+        assert status == 401 and "API key" in body["error"]["message"] and response_headers["www-authenticate"]
+    assert request(base_url, "GET", "/metrics")[0] == 401
+    assert request(base_url, "GET", "/health")[0] == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong").models.list()
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY)
+    assert [model.id for model in client.models.list()] == [MODEL]
+    content = [{"type": "text", "text": "Describe."}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=2)
+    assert reply.choices[0].message.content is not None
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(guarded, image):
+    base_url, service = guarded
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    padding = json.dumps({"messages": "x" * (600 * 1024)}).encode()
+    status, body, _ = request(base_url, "POST", "/v1/chat/completions", padding, auth)
+    assert status == 413 and "--max-body-bytes" in body["error"]["message"]
+    # without a Content-Length (chunked), the body is counted as it arrives
+    chunks = (padding[i : i + 4096] for i in range(0, len(padding), 4096))
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=chunks, headers=auth, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "--max-body-bytes" in json.loads(response.read())["error"]["message"]
+    connection.close()
+    status, body, _ = request(base_url, "POST", "/v1/chat/completions", completion_body(image), auth)
+    assert status == 200, body  # a request within the limit still gets its answer
+    refused = service.metrics.exposition().decode()
+    assert 'luvc_requests_total{outcome="body_too_large"} 2.0' in refused
