@@ -13,7 +13,7 @@ import binascii
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,7 +42,8 @@ class Message(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
-    would change the answer's form (``n`` > 1, ``logprobs``) are refused."""
+    would change the answer (``n`` > 1, ``logprobs``, tools, a response format, penalties, ``logit_bias``) are
+    refused unless they ask for nothing."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -57,6 +58,29 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     n: int = 1
     logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list | None = None
+    tool_choice: Any = None
+    functions: list | None = None
+    function_call: Any = None
+    response_format: dict | None = None
+    logit_bias: dict | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+# fields that change the answer and that this server does not implement: (name, what asks for nothing)
+UNSUPPORTED_FIELDS = (
+    ("top_logprobs", lambda value: not value),
+    ("tools", lambda value: not value),
+    ("tool_choice", lambda value: value in (None, "none")),
+    ("functions", lambda value: not value),
+    ("function_call", lambda value: value in (None, "none")),
+    ("response_format", lambda value: value in (None, {"type": "text"})),
+    ("logit_bias", lambda value: not value),
+    ("presence_penalty", lambda value: not value),
+    ("frequency_penalty", lambda value: not value),
+)
 
 
 def parse_request(body: dict) -> ChatCompletionRequest:
@@ -71,6 +95,9 @@ def parse_request(body: dict) -> ChatCompletionRequest:
         critical(f"n={request.n}: this server returns one choice per request; send n=1 (or leave it out).")
     if request.logprobs:
         critical("logprobs are not returned by this server; leave logprobs out.")
+    for name, asks_nothing in UNSUPPORTED_FIELDS:
+        if not asks_nothing(getattr(request, name)):
+            critical(f"{name} is not supported by this server and would change the answer; leave {name} out.")
     return request
 
 

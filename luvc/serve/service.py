@@ -3,6 +3,7 @@ sharing a bucket (``luvc.serve.batching``). The HTTP app submits jobs and reads 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.serve.batching import Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.serve.metrics import ServerMetrics
+from luvc.serve.user_text import UserTextGuard
 
 
 class GenerationService:
@@ -46,6 +48,7 @@ class GenerationService:
     def start(self) -> GenerationService:
         """Open every session (so the first request pays no load time) and start the worker."""
         self.pipeline.load()
+        self.user_text.check("")  # worked out before the first request, not by two at once
         self._worker = threading.Thread(target=self._work, name="luvc-generation", daemon=True)
         self._worker.start()
         return self
@@ -58,9 +61,16 @@ class GenerationService:
         if self._worker is not None:
             self._worker.join()
 
+    @functools.cached_property
+    def user_text(self) -> UserTextGuard:
+        """What a client's text may hold (``luvc.serve.user_text``), from the export's tokenizer and profile."""
+        return UserTextGuard.for_tokenizer(self.pipeline.tokenizer, self.pipeline.manifest.profile.max_text_tokens)
+
     def prepare(self, image: Image.Image, prompt: str, params: GenerationParams) -> Prepared:
-        """Preprocess and tokenize one request, and check its length against the export (errors: ``LuvcError``)."""
+        """Check the client's text (``user_text``), preprocess and tokenize one request, and check its length against
+        the export (errors: ``LuvcError``)."""
         self.pipeline.check_max_new_tokens(params.max_tokens)
+        self.user_text.check(prompt)
         with self._prepare_lock:
             return self.pipeline.prepare([image], [prompt])
 

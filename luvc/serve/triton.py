@@ -8,14 +8,22 @@ per GPU, several GPUs, several servers behind a load balancer (README, "Serving"
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from luvc.errors import LuvcError
+from luvc.errors import LuvcError, critical
 from luvc.images import decode_image
 from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.serve.repository import INPUTS
+from luvc.serve.user_text import UserTextGuard
+
+if TYPE_CHECKING:
+    from luvc.runtime.pipeline import Prepared
+
+LOG = logging.getLogger(__name__)
 
 
 def params_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationParams) -> tuple[GenerationParams, bool]:
@@ -24,13 +32,19 @@ def params_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationParams
     def scalar(name: str):
         return inputs[name].reshape(-1)[0].item() if name in inputs else None
 
-    stop = [_text(value) for value in inputs["stop"].reshape(-1)] if "stop" in inputs else None
+    stop = [_text(value, "a stop input") for value in inputs["stop"].reshape(-1)] if "stop" in inputs else None
     params = defaults.with_overrides(scalar("max_tokens"), scalar("temperature"), scalar("top_p"), scalar("seed"), stop)
     return params, bool(scalar("stream"))
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _text(value, what: str) -> str:
+    """A BYTES element as text; one line naming ``what`` when it is not UTF-8."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        critical(f"The {what} is not UTF-8 text; send it UTF-8 encoded.")
 
 
 class TritonModel:
@@ -54,31 +68,46 @@ class TritonModel:
         ).load()
         self.defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
         self.max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
+        profile = self.pipeline.manifest.profile
+        self.user_text = UserTextGuard.for_tokenizer(self.pipeline.tokenizer, profile.max_text_tokens)
 
     def execute(self, requests: list) -> None:
-        """Prepare every request (a bad one gets its error response at once), then run the batches; responses
-        go through each request's sender, ending with the final flag."""
+        """Prepare every request on its own (a bad one gets its error response at once, whatever went wrong, and
+        never touches the others), then run the batches; responses go through each request's sender, ending with
+        the final flag."""
         import triton_python_backend_utils as pb_utils
 
         queue = JobQueue(max(len(requests), 1))
         for request in requests:
             sender = request.get_response_sender()
             try:
-                inputs = {
-                    name: tensor.as_numpy()
-                    for name, *_ in INPUTS
-                    if (tensor := pb_utils.get_input_tensor_by_name(request, name)) is not None
-                }
-                params, stream = params_from_inputs(inputs, self.defaults)
-                self.pipeline.check_max_new_tokens(params.max_tokens)
-                image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
-                prepared = self.pipeline.prepare([image], [_text(inputs["prompt"].reshape(-1)[0])])
+                prepared, params, stream = self._prepare(pb_utils, request)
             except LuvcError as error:
                 _send_error(pb_utils, sender, str(error))
+                continue
+            except Exception:  # one request's failure is its own; nothing internal in the response
+                LOG.exception("preparing a request failed")
+                _send_error(pb_utils, sender, "This request could not be prepared (an internal error, logged).")
                 continue
             queue.put(Job(prepared, params, _responder(pb_utils, sender, stream)))
         while jobs := queue.take(self.max_batch, timeout=0):
             run_batch(self.pipeline, jobs)
+
+    def _prepare(self, pb_utils, request) -> tuple[Prepared, GenerationParams, bool]:
+        """One request's prepared inputs, generation settings and stream flag (errors: ``LuvcError``)."""
+        inputs = {
+            name: tensor.as_numpy()
+            for name, *_ in INPUTS
+            if (tensor := pb_utils.get_input_tensor_by_name(request, name)) is not None
+        }
+        missing = [name for name, _, _, optional in INPUTS if not optional and name not in inputs]
+        if missing:
+            critical(f"The request has no {missing[0]!r} input; send prompt and image (BYTES) with every request.")
+        params, stream = params_from_inputs(inputs, self.defaults)
+        self.pipeline.check_max_new_tokens(params.max_tokens)
+        prompt = self.user_text.check(_text(inputs["prompt"].reshape(-1)[0], "prompt input"))
+        image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
+        return self.pipeline.prepare([image], [prompt]), params, stream
 
     def finalize(self) -> None:
         self.pipeline = None
