@@ -23,7 +23,7 @@ from luvc.errors import LuvcError
 from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
 from luvc.serve.access import AccessMiddleware, AccessPolicy
-from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull
+from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull, internal_error_message
 from luvc.serve.service import GenerationService
 
 
@@ -86,6 +86,9 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             prepared = await run_in_threadpool(service.prepare, image, prompt, params)
         except LuvcError as error:
             return refuse(400, str(error), "bad_request")
+        except Exception:  # e.g. a decoder bug on a hostile image: the client gets an id, the log the traceback
+            message = internal_error_message("preparing a request")
+            return refuse(500, message, "failed", "server_error")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         try:

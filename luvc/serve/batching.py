@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +26,8 @@ from luvc.errors import LuvcError
 from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.runtime.sampling import SamplingConfig
 from luvc.runtime.text import TextStream
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +171,22 @@ class JobQueue:
 def run_batch(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
     """Generate for ``jobs`` (equal batch keys) as one pipeline request, emitting each job's ``Delta``s and its
     ``Finished``; a job ends at its own ``max_tokens``, a stop token or a stop string, and the request ends when every
-    job has. A ``LuvcError`` or an internal error fails every job of the batch."""
+    job has. A ``LuvcError`` or an internal error fails every job of the batch; an internal error is logged with an id,
+    and clients get the id, never the exception's text."""
     try:
         _run(pipeline, jobs)
     except LuvcError as error:
         _fail(jobs, Failed(str(error)))
-    except Exception as error:  # noqa: BLE001 - a server reports the error to its clients and keeps serving
-        _fail(jobs, Failed(f"internal error: {type(error).__name__}: {error}", user_error=False))
+    except Exception:  # a server reports the error to its clients and keeps serving
+        _fail(jobs, Failed(internal_error_message("generating a batch"), user_error=False))
+
+
+def internal_error_message(doing: str) -> str:
+    """Log the exception being handled with a fresh id, and the message a client gets for it: the id, nothing
+    internal."""
+    error_id = uuid.uuid4().hex[:12]
+    LOG.exception("internal error %s while %s", error_id, doing)
+    return f"Internal error {error_id}; the server logged it. Retry, or report the id to the operator."
 
 
 def _fail(jobs: Sequence[Job], failure: Failed) -> None:

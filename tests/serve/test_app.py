@@ -344,3 +344,25 @@ def test_an_overlong_prompt_is_refused_before_tokenizing(server):
     tokenizer = service.pipeline.tokenizer
     longest = max(len(piece) for piece in tokenizer.get_vocab())
     assert service.user_text.max_chars == service.pipeline.manifest.profile.max_text_tokens * longest
+
+
+def test_an_internal_error_reaches_the_client_as_an_id_and_the_log_as_a_traceback(server, monkeypatch, caplog):
+    """Nothing internal in a response: the client gets an error id, the server's log the exception under it."""
+    import logging
+
+    from luvc.serve import batching
+
+    base_url, _ = server
+
+    def broken(pipeline, jobs):
+        raise RuntimeError("secret detail /opt/models/weights.bin")
+
+    monkeypatch.setattr(batching, "_run", broken)
+    with caplog.at_level(logging.ERROR, logger="luvc.serve.batching"):
+        with pytest.raises(openai.InternalServerError) as raised:
+            client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()), max_tokens=2)
+    message = raised.value.body["message"] if isinstance(raised.value.body, dict) else str(raised.value)
+    error_id = re.search(r"Internal error ([0-9a-f]{12});", message).group(1)
+    assert "secret" not in message and "/opt" not in message
+    logged = [record for record in caplog.records if error_id in record.getMessage()]
+    assert logged and "secret detail" in str(logged[0].exc_info[1])
