@@ -26,6 +26,8 @@ from luvc.serve.access import AccessMiddleware, AccessPolicy
 from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull, internal_error_message
 from luvc.serve.service import GenerationService
 
+RETRY_AFTER_S = 1  # what a 429 asks a client to wait: the queue moves a batch at a time
+
 
 def create_app(service: GenerationService, model_name: str, access: AccessPolicy | None = None) -> FastAPI:
     """An app serving ``service`` under ``model_name`` to whom ``access`` lets in (default: loopback callers, no key);
@@ -47,9 +49,11 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
     )
     created = int(time.time())
 
-    def refuse(status: int, message: str, outcome: str, kind: str = "invalid_request_error") -> JSONResponse:
+    def refuse(
+        status: int, message: str, outcome: str, kind: str = "invalid_request_error", headers: dict | None = None
+    ) -> JSONResponse:
         service.metrics.requests.labels(outcome).inc()
-        return JSONResponse(openai_api.error_body(message, kind), status_code=status)
+        return JSONResponse(openai_api.error_body(message, kind), status_code=status, headers=headers)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -61,10 +65,20 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
     async def metrics() -> Response:
         return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
+
     @app.get("/v1/models")
     async def models() -> dict:
-        model = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
-        return {"object": "list", "data": [model]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> JSONResponse:
+        if model_id != model_name:
+            body = openai_api.error_body(
+                f"The model {model_id!r} does not exist here; this server serves {model_name!r}.", "model_not_found"
+            )
+            return JSONResponse(body, status_code=404)
+        return JSONResponse(model_card)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: Request) -> Response:
@@ -94,11 +108,12 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
         try:
             job = service.submit(prepared, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         except QueueFull as error:
-            return refuse(429, str(error), "overloaded", "rate_limit_exceeded")
+            return refuse(429, str(error), "overloaded", "rate_limit_exceeded", {"Retry-After": str(RETRY_AFTER_S)})
         request_id = openai_api.completion_id()
-        headers = fit_headers(prepared)
+        headers = {**fit_headers(prepared), "X-Request-ID": request_id}
         if request.stream:
-            stream = _sse(job, events, request_id, model_name, service)
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            stream = _sse(job, events, request_id, model_name, service, include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
             while not isinstance(event := await events.get(), Finished | Failed):
@@ -110,7 +125,7 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             service.metrics.requests.labels("failed").inc()
             status = 400 if event.user_error else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
-            return JSONResponse(openai_api.error_body(event.message, kind), status_code=status)
+            return JSONResponse(openai_api.error_body(event.message, kind), status_code=status, headers=headers)
         service.metrics.requests.labels("ok").inc()
         return JSONResponse(
             openai_api.completion_body(
@@ -130,10 +145,11 @@ def fit_headers(prepared: Prepared) -> dict[str, str]:
 
 
 async def _sse(
-    job: Job, events: asyncio.Queue, request_id: str, model: str, service: GenerationService
+    job: Job, events: asyncio.Queue, request_id: str, model: str, service: GenerationService, include_usage: bool
 ) -> AsyncIterator[str]:
-    """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, ``[DONE]``; a
-    failure after the stream began is sent as an ``error`` event. A client that goes away cancels its job."""
+    """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, (with
+    ``include_usage``) a chunk with the usage and no choices, ``[DONE]``; a failure after the stream began is sent as
+    an ``error`` event. A client that goes away cancels its job."""
 
     def data(body: dict) -> str:
         return f"data: {json.dumps(body)}\n\n"
@@ -147,6 +163,9 @@ async def _sse(
                 yield data(openai_api.chunk_body(request_id, model, {"content": event.text}))
             elif isinstance(event, Finished):
                 yield data(openai_api.chunk_body(request_id, model, {}, event.finish_reason))
+                if include_usage:
+                    usage = openai_api.usage_chunk_body(request_id, model, event.prompt_tokens, event.completion_tokens)
+                    yield data(usage)
                 outcome = "ok"
                 break
             else:

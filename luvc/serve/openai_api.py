@@ -40,6 +40,10 @@ class Message(BaseModel):
     content: str | list[ContentPart]
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
     would change the answer (``n`` > 1, ``logprobs``, tools, a response format, penalties, ``logit_bias``) are
@@ -56,6 +60,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = 1
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -149,8 +154,28 @@ def load_request_image(url: str, image_folder: Path | None) -> Image.Image:
         )
     path = Path(url.removeprefix("file://")).resolve()
     if not path.is_relative_to(image_folder.resolve()):
-        critical(f"Image path {path} is outside the folder the server allows ({image_folder}).")
+        critical(f"Image path {url!r} is outside the folder the server allows images from; send a data URL instead.")
     return load_image(path)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def usage_chunk_body(request_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    """The last chunk of a stream with ``stream_options.include_usage``: no choices, the request's usage."""
+    return {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def completion_id() -> str:
@@ -169,11 +194,7 @@ def completion_body(
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason},
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage(prompt_tokens, completion_tokens),
     }
 
 

@@ -151,8 +151,15 @@ def test_overload_gets_429_and_the_queued_request_still_completes(exports):
                 wait_for_queue(service, 1)
                 with pytest.raises(openai.RateLimitError, match=r"1 requests are waiting \(the server's --max-queue\)"):
                     client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()))
+                body = json.dumps({"messages": messages(synthetic_image())}).encode()
+                refused = urllib.request.Request(
+                    f"{base_url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+                )
+                with pytest.raises(urllib.error.HTTPError) as raised:
+                    urllib.request.urlopen(refused, timeout=30)
+                assert raised.value.code == 429 and raised.value.headers["Retry-After"] == "1"
             assert queued.result().choices[0].finish_reason == "length"
-        assert scrape(base_url)["luvc_requests_total[('outcome', 'overloaded')]"] == 1
+        assert scrape(base_url)["luvc_requests_total[('outcome', 'overloaded')]"] == 2
 
 
 def test_bad_requests_get_400_with_the_message_the_cli_prints(server, exports, tmp_path, capsys):
@@ -201,6 +208,9 @@ def test_a_data_url_that_is_no_image_and_another_model_name_are_refused(server):
 def test_models_health_and_metrics(server):
     base_url, _ = server
     assert [model.id for model in client(base_url).models.list()] == [MODEL]
+    assert client(base_url).models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError, match="this server serves 'tiny-qwen2-vl'"):
+        client(base_url).models.retrieve("gpt-4o")
     status, body = get(f"{base_url}/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
     before = scrape(base_url)
@@ -366,3 +376,23 @@ def test_an_internal_error_reaches_the_client_as_an_id_and_the_log_as_a_tracebac
     assert "secret" not in message and "/opt" not in message
     logged = [record for record in caplog.records if error_id in record.getMessage()]
     assert logged and "secret detail" in str(logged[0].exc_info[1])
+
+
+def test_a_stream_with_include_usage_ends_with_the_usage_and_every_answer_has_a_request_id(server, exports):
+    base_url, _ = server
+    raw = client(base_url).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=messages(synthetic_image()),
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(raw.parse())
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + 5 and chunks[-1].usage.prompt_tokens > 0
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert raw.headers["x-request-id"] == chunks[0].id
+    plain = client(base_url).chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages(synthetic_image()), max_tokens=2
+    )
+    assert plain.headers["x-request-id"] == plain.parse().id and plain.parse().id.startswith("chatcmpl-")

@@ -86,7 +86,7 @@ def test_local_paths_are_read_only_inside_the_allowed_folder(tmp_path):
     synthetic_image(56, 84).save(outside / "b.png")
     image, _ = image_and_prompt(parse_request(body(image_part(f"file://{allowed / 'a.png'}"))), allowed)
     assert image.size == (84, 56)
-    with pytest.raises(LuvcError, match="is outside the folder the server allows"):
+    with pytest.raises(LuvcError, match="is outside the folder the server allows images from"):
         image_and_prompt(parse_request(body(image_part(str(allowed / ".." / "other" / "b.png")))), allowed)
 
 
