@@ -62,6 +62,14 @@ class Serve:
             help=f"largest request body; larger gets HTTP 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})",
         )
         group.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off)")
+        group.add_argument(
+            "--drain-timeout",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="on SIGTERM or Ctrl-C: how long the running batch may finish (new requests get 503, waiting ones "
+            "'shutting down, retry'); rows still running then end with an error (default 10)",
+        )
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         missing = [name for name in SERVING_PACKAGES if importlib.util.find_spec(name) is None]
@@ -71,6 +79,8 @@ class Serve:
         image_folder = _image_folder(args.allow_local_images)
         if args.max_queue < 1:
             critical(f"--max-queue {args.max_queue}: let at least 1 request wait.")
+        if not 0 <= args.drain_timeout <= 3600:
+            critical(f"--drain-timeout {args.drain_timeout}: give 0 to 3600 seconds.")
         if args.max_body_bytes < 1024:
             critical(f"--max-body-bytes {args.max_body_bytes}: allow at least 1024 bytes (an image needs more).")
         allowed = tuple(name.strip() for name in (args.allowed_hosts or "").split(",") if name.strip())
@@ -83,6 +93,7 @@ class Serve:
 
         from luvc.serve.app import create_app
         from luvc.serve.batching import GenerationParams
+        from luvc.serve.server import DrainingServer
         from luvc.serve.service import GenerationService
 
         pipeline = options.pipeline()
@@ -106,9 +117,9 @@ class Serve:
                 highlight=False,
             )
         app = create_app(service, model_name, access)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+        config = uvicorn.Config(app, log_level="warning")
         try:
-            uvicorn.Server(config).run(sockets=[listener])
+            DrainingServer(config, service, args.drain_timeout).run(sockets=[listener])
         except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it
             pass
         interrupts.reset()  # Ctrl-C and SIGTERM are how a server stops: a normal end, exit code 0

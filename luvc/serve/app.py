@@ -23,7 +23,7 @@ from luvc.errors import LuvcError
 from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
 from luvc.serve.access import AccessMiddleware, AccessPolicy
-from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueFull, internal_error_message
+from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueClosed, QueueFull, internal_error_message
 from luvc.serve.service import GenerationService
 
 RETRY_AFTER_S = 1  # what a 429 asks a client to wait: the queue moves a batch at a time
@@ -109,6 +109,8 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             job = service.submit(prepared, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         except QueueFull as error:
             return refuse(429, str(error), "overloaded", "rate_limit_exceeded", {"Retry-After": str(RETRY_AFTER_S)})
+        except QueueClosed as error:
+            return refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
         if request.stream:
@@ -123,8 +125,10 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             raise
         if isinstance(event, Failed):
             service.metrics.requests.labels("failed").inc()
-            status = 400 if event.user_error else 500
+            status = 400 if event.user_error else 503 if event.shutting_down else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
+            if event.shutting_down:
+                headers["Retry-After"] = str(RETRY_AFTER_S)
             return JSONResponse(openai_api.error_body(event.message, kind), status_code=status, headers=headers)
         service.metrics.requests.labels("ok").inc()
         return JSONResponse(

@@ -28,6 +28,11 @@ from luvc.runtime.sampling import SamplingConfig
 from luvc.runtime.text import TextStream
 
 LOG = logging.getLogger(__name__)
+SHUTTING_DOWN = "The server is shutting down; retry on another instance."
+
+
+class QueueClosed(Exception):
+    """The queue takes no more jobs: the server is shutting down."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +86,11 @@ class Finished:
 @dataclasses.dataclass
 class Failed:
     """A job that could not run; ``message`` says why. ``user_error``: a ``LuvcError`` (the request can be fixed),
-    else an internal error."""
+    else an internal error; ``shutting_down``: the server is stopping (retry elsewhere)."""
 
     message: str
     user_error: bool = True
+    shutting_down: bool = False
 
 
 Event = Delta | Finished | Failed
@@ -132,8 +138,10 @@ class JobQueue:
         return len(self._jobs)
 
     def put(self, job: Job) -> None:
-        """Queue ``job``; ``QueueFull`` when ``max_waiting`` jobs already wait."""
+        """Queue ``job``; ``QueueFull`` when ``max_waiting`` jobs already wait, ``QueueClosed`` once closed."""
         with self._ready:
+            if self._closed:
+                raise QueueClosed(SHUTTING_DOWN)
             if len(self._jobs) >= self.max_waiting:
                 raise QueueFull(f"{len(self._jobs)} requests are waiting (the server's --max-queue); retry later.")
             self._jobs.append(job)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
 from luvc.runtime.pipeline import Pipeline, Prepared
-from luvc.serve.batching import Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.serve.metrics import ServerMetrics
 from luvc.serve.user_text import UserTextGuard
 
@@ -40,6 +40,9 @@ class GenerationService:
         self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.draining = False  # shutting down: new requests are refused, the running batch gets a deadline
+        self._running: Sequence[Job] = ()
+        self._idle = threading.Condition()
 
     @property
     def healthy(self) -> bool:
@@ -53,11 +56,24 @@ class GenerationService:
         self._worker.start()
         return self
 
+    def drain(self, timeout_s: float) -> None:
+        """Shut down gently: refuse new requests (``draining``), answer the waiting ones "shutting down, retry",
+        let the running batch finish for up to ``timeout_s`` seconds, then end its rows with an error."""
+        self.draining = True
+        for job in self.queue.close():
+            job.emit(Failed(SHUTTING_DOWN, user_error=False, shutting_down=True))
+        with self._idle:
+            finished = self._idle.wait_for(lambda: not self._running, timeout=max(timeout_s, 0.0))
+            cut = [] if finished else list(self._running)
+        for job in cut:
+            job.cancel()
+            job.emit(Failed(f"{SHUTTING_DOWN} The answer was cut at the drain timeout.", False, shutting_down=True))
+
     def stop(self) -> None:
         """Finish the running batch, fail the jobs still waiting, and join the worker."""
         self._stopping.set()
         for job in self.queue.close():
-            job.emit(Failed("The server is shutting down; retry on another instance.", user_error=False))
+            job.emit(Failed(SHUTTING_DOWN, user_error=False, shutting_down=True))
         if self._worker is not None:
             self._worker.join()
 
@@ -101,6 +117,15 @@ class GenerationService:
         while not self._stopping.is_set():
             jobs = self.queue.take(self.max_batch, timeout=0.1)
             self.metrics.queue_depth.set(len(self.queue))
+            if not jobs and self.draining:  # the queue is closed and empty: nothing more will come
+                break
             if jobs:
                 self.metrics.batch_size.observe(len(jobs))
-                run_batch(self.pipeline, jobs)
+                with self._idle:
+                    self._running = jobs
+                try:
+                    run_batch(self.pipeline, jobs)
+                finally:
+                    with self._idle:
+                        self._running = ()
+                        self._idle.notify_all()

@@ -25,7 +25,9 @@ def data_url(image) -> str:
 
 
 @contextlib.contextmanager
-def running_server(export_dir, max_queue: int = 64, max_batch: int | None = None, image_folder=None, access=None):
+def running_server(
+    export_dir, max_queue: int = 64, max_batch: int | None = None, image_folder=None, access=None, drain_timeout_s=10.0
+):
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process
     (``access``: its ``AccessPolicy``, default loopback callers without a key)."""
     import uvicorn
@@ -35,7 +37,10 @@ def running_server(export_dir, max_queue: int = 64, max_batch: int | None = None
     service = GenerationService(Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service, MODEL, access), log_level="warning"))
+    from luvc.serve.server import DrainingServer
+
+    config = uvicorn.Config(create_app(service, MODEL, access), log_level="warning")
+    server = DrainingServer(config, service, drain_timeout_s)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

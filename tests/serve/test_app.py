@@ -20,6 +20,7 @@ from luvc.images import synthetic_image
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
+from luvc.serve.service import GenerationService
 from tests.conftest import FIT_CASES, fit_case
 from tests.serve.conftest import MODEL, data_url, running_server
 
@@ -396,3 +397,52 @@ def test_a_stream_with_include_usage_ends_with_the_usage_and_every_answer_has_a_
         model=MODEL, messages=messages(synthetic_image()), max_tokens=2
     )
     assert plain.headers["x-request-id"] == plain.parse().id and plain.parse().id.startswith("chatcmpl-")
+
+
+def test_shutdown_drains_the_running_batch_and_answers_the_waiting_requests(exports):
+    """SIGTERM's path (uvicorn's should_exit): a streamed row still running at the drain timeout ends with an error
+    event and [DONE]; a request waiting in the queue gets 503 'shutting down, retry'; nothing is cut silently."""
+    import socket
+
+    import uvicorn
+
+    from luvc.serve.app import create_app
+    from luvc.serve.server import DrainingServer
+
+    service = GenerationService(Pipeline(exports(MODEL)), GenerationParams(16), max_queue=8, max_batch=2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = DrainingServer(uvicorn.Config(create_app(service, MODEL), log_level="warning"), service, 0.5)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    slow_params = GenerationParams(200)
+
+    def slow(event) -> None:  # a batch-mate whose tokens take a while: the batch outlives the drain timeout
+        time.sleep(0.05)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with blocked_worker(service):
+            service.submit(service.prepare(synthetic_image(), PROMPT, slow_params), slow_params, slow)
+            body = {"model": MODEL, "messages": messages(synthetic_image()), "max_tokens": 200, "stream": True}
+            streamed = pool.submit(sse_lines, f"{base_url}/v1/chat/completions", body)
+            wait_for_queue(service, 2)
+            waiting = pool.submit(get, f"{base_url}/v1/chat/completions", json.dumps(body | {"stream": False}).encode())
+            wait_for_queue(service, 3)
+        time.sleep(0.5)  # the batch of the slow job and the stream is running; the third waits (max_batch 2)
+        server.should_exit = True
+        lines = streamed.result(timeout=60)
+        status, answer = waiting.result(timeout=60)
+    thread.join(30)
+    assert lines[-1] == "data: [DONE]" and "shutting down" in lines[-2] and '"error"' in lines[-2]
+    assert any('"content"' in line for line in lines[1:-2])  # it had been answering
+    assert status == 503 and "shutting down" in json.loads(answer)["error"]["message"]
+
+
+def sse_lines(url: str, body: dict) -> list[str]:
+    """The data lines of one server-sent-events response, read to its end."""
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return [line.decode().strip() for line in response if line.strip()]
