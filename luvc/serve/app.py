@@ -118,11 +118,14 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             stream = _sse(job, events, request_id, model_name, service, include_usage)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
-            while not isinstance(event := await events.get(), Finished | Failed):
-                pass
+            event = await _final_event(events, http)
         except asyncio.CancelledError:
             job.cancel()
             raise
+        if event is None:  # the client gave up: its row is dropped at the next token (or before it starts)
+            job.cancel()
+            service.metrics.requests.labels("cancelled").inc()
+            return Response(status_code=499)
         if isinstance(event, Failed):
             service.metrics.requests.labels("failed").inc()
             status = 400 if event.user_error else 503 if event.shutting_down else 500
@@ -146,6 +149,19 @@ def fit_headers(prepared: Prepared) -> dict[str, str]:
     ``X-LUVC-Bucket`` (the bucket it ran in) and ``X-LUVC-Fit`` (the change made to fit it, or ``none``)."""
     fit = prepared.fits[0] if prepared.fits else None
     return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": fit.change if fit and fit.changed else "none"}
+
+
+async def _final_event(events: asyncio.Queue, http: Request, poll_s: float = 0.25) -> Finished | Failed | None:
+    """The job's last event, or ``None`` once the client has disconnected (checked every ``poll_s`` seconds)."""
+    while True:
+        try:
+            event = await asyncio.wait_for(events.get(), timeout=poll_s)
+        except asyncio.TimeoutError:  # noqa: UP041 - on Python 3.10 not yet the builtin TimeoutError
+            if await http.is_disconnected():
+                return None
+            continue
+        if isinstance(event, Finished | Failed):
+            return event
 
 
 async def _sse(

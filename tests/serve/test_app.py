@@ -446,3 +446,24 @@ def sse_lines(url: str, body: dict) -> list[str]:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return [line.decode().strip() for line in response if line.strip()]
+
+
+def test_a_client_that_gives_up_on_a_plain_request_costs_no_tokens(server):
+    """A non-streamed client that disconnects while its request waits: the request is cancelled, not generated."""
+    base_url, service = server
+    before = scrape(base_url)
+    body = json.dumps({"model": MODEL, "messages": messages(synthetic_image()), "max_tokens": 16}).encode()
+    request = urllib.request.Request(f"{base_url}/v1/chat/completions", body, {"Content-Type": "application/json"})
+    with blocked_worker(service):
+        with pytest.raises(OSError):  # the client's timeout: it gives up and closes the connection
+            urllib.request.urlopen(request, timeout=0.5)
+        deadline = time.monotonic() + 30
+        while scrape(base_url).get("luvc_requests_total[('outcome', 'cancelled')]", 0) <= before.get(
+            "luvc_requests_total[('outcome', 'cancelled')]", 0
+        ):
+            assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+            time.sleep(0.1)
+    client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()), max_tokens=2)
+    after = scrape(base_url)
+    # only the blocking job's 1 token and the last request's 2 were generated; the abandoned request's 16 never were
+    assert after["luvc_generated_tokens_total[]"] - before.get("luvc_generated_tokens_total[]", 0) == 3
