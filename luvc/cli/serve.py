@@ -63,6 +63,22 @@ class Serve:
         )
         group.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off)")
         group.add_argument(
+            "--request-timeout",
+            type=float,
+            default=300.0,
+            metavar="SECONDS",
+            help="a request still unanswered this long after it was queued is stopped: HTTP 408, or an error event "
+            "in a stream (default 300)",
+        )
+        group.add_argument(
+            "--queue-timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="a request that waited this long in the queue is answered 503 with Retry-After instead of run "
+            "(default 60)",
+        )
+        group.add_argument(
             "--drain-timeout",
             type=float,
             default=10.0,
@@ -79,8 +95,13 @@ class Serve:
         image_folder = _image_folder(args.allow_local_images)
         if args.max_queue < 1:
             critical(f"--max-queue {args.max_queue}: let at least 1 request wait.")
-        if not 0 <= args.drain_timeout <= 3600:
-            critical(f"--drain-timeout {args.drain_timeout}: give 0 to 3600 seconds.")
+        for flag, value, low in (
+            ("--drain-timeout", args.drain_timeout, 0.0),
+            ("--request-timeout", args.request_timeout, 0.001),
+            ("--queue-timeout", args.queue_timeout, 0.001),
+        ):
+            if not low <= value <= 86400:  # NaN fails too
+                critical(f"{flag} {value}: give {low:g} to 86400 seconds.")
         if args.max_body_bytes < 1024:
             critical(f"--max-body-bytes {args.max_body_bytes}: allow at least 1024 bytes (an image needs more).")
         allowed = tuple(name.strip() for name in (args.allowed_hosts or "").split(",") if name.strip())
@@ -102,7 +123,9 @@ class Serve:
             critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
         defaults = GenerationParams(options.max_new_tokens, options.sampling)
         pipeline.check_max_new_tokens(defaults.max_tokens)
-        service = GenerationService(pipeline, defaults, args.max_queue, args.max_batch, image_folder)
+        service = GenerationService(
+            pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
+        )
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         Console(soft_wrap=True).print(
@@ -116,7 +139,7 @@ class Serve:
                 f"model; set {API_KEY_ENV} (or --api-key).",
                 highlight=False,
             )
-        app = create_app(service, model_name, access)
+        app = create_app(service, model_name, access, request_timeout_s=args.request_timeout)
         config = uvicorn.Config(app, log_level="warning")
         try:
             DrainingServer(config, service, args.drain_timeout).run(sockets=[listener])

@@ -29,9 +29,15 @@ from luvc.serve.service import GenerationService
 RETRY_AFTER_S = 1  # what a 429 asks a client to wait: the queue moves a batch at a time
 
 
-def create_app(service: GenerationService, model_name: str, access: AccessPolicy | None = None) -> FastAPI:
+def create_app(
+    service: GenerationService,
+    model_name: str,
+    access: AccessPolicy | None = None,
+    request_timeout_s: float | None = None,
+) -> FastAPI:
     """An app serving ``service`` under ``model_name`` to whom ``access`` lets in (default: loopback callers, no key);
-    the service starts and stops with the app."""
+    a request still unanswered ``request_timeout_s`` after it was queued is cancelled (408, or an error event in a
+    stream). The service starts and stops with the app."""
     access = access or AccessPolicy()
 
     @contextlib.asynccontextmanager
@@ -113,12 +119,13 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             return refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
+        deadline = None if request_timeout_s is None else time.monotonic() + request_timeout_s
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            stream = _sse(job, events, request_id, model_name, service, include_usage)
+            stream = _sse(job, events, request_id, model_name, service, include_usage, request_timeout_s)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
-            event = await _final_event(events, http)
+            event = await _final_event(events, http, deadline)
         except asyncio.CancelledError:
             job.cancel()
             raise
@@ -126,11 +133,14 @@ def create_app(service: GenerationService, model_name: str, access: AccessPolicy
             job.cancel()
             service.metrics.requests.labels("cancelled").inc()
             return Response(status_code=499)
+        if event is DEADLINE:
+            job.cancel()
+            return refuse(408, _deadline_message(request_timeout_s), "deadline", "timeout", headers)
         if isinstance(event, Failed):
-            service.metrics.requests.labels("failed").inc()
-            status = 400 if event.user_error else 503 if event.shutting_down else 500
+            service.metrics.requests.labels("unavailable" if event.unavailable else "failed").inc()
+            status = 400 if event.user_error else 503 if event.unavailable else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
-            if event.shutting_down:
+            if event.unavailable:
                 headers["Retry-After"] = str(RETRY_AFTER_S)
             return JSONResponse(openai_api.error_body(event.message, kind), status_code=status, headers=headers)
         service.metrics.requests.labels("ok").inc()
@@ -151,12 +161,35 @@ def fit_headers(prepared: Prepared) -> dict[str, str]:
     return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": fit.change if fit and fit.changed else "none"}
 
 
-async def _final_event(events: asyncio.Queue, http: Request, poll_s: float = 0.25) -> Finished | Failed | None:
-    """The job's last event, or ``None`` once the client has disconnected (checked every ``poll_s`` seconds)."""
+DEADLINE = Failed("deadline")  # what _final_event and _next_event give once the request's deadline has passed
+
+
+def _deadline_message(timeout_s: float | None) -> str:
+    return (
+        f"The request took over {timeout_s:g} s (the server's --request-timeout) and was stopped; ask for fewer "
+        "tokens or retry later."
+    )
+
+
+async def _next_event(events: asyncio.Queue, deadline: float | None, poll_s: float) -> Event | None:
+    """The job's next event within ``poll_s`` seconds (``None`` if none came), or ``DEADLINE`` once it has passed."""
+    wait = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
+    if wait <= 0:
+        return DEADLINE
+    try:
+        return await asyncio.wait_for(events.get(), timeout=wait)
+    except asyncio.TimeoutError:  # noqa: UP041 - on Python 3.10 not yet the builtin TimeoutError
+        return None
+
+
+async def _final_event(
+    events: asyncio.Queue, http: Request, deadline: float | None = None, poll_s: float = 0.25
+) -> Finished | Failed | None:
+    """The job's last event, ``DEADLINE`` once ``deadline`` (monotonic) has passed, or ``None`` once the client has
+    disconnected (checked every ``poll_s`` seconds)."""
     while True:
-        try:
-            event = await asyncio.wait_for(events.get(), timeout=poll_s)
-        except asyncio.TimeoutError:  # noqa: UP041 - on Python 3.10 not yet the builtin TimeoutError
+        event = await _next_event(events, deadline, poll_s)
+        if event is None:
             if await http.is_disconnected():
                 return None
             continue
@@ -165,11 +198,18 @@ async def _final_event(events: asyncio.Queue, http: Request, poll_s: float = 0.2
 
 
 async def _sse(
-    job: Job, events: asyncio.Queue, request_id: str, model: str, service: GenerationService, include_usage: bool
+    job: Job,
+    events: asyncio.Queue,
+    request_id: str,
+    model: str,
+    service: GenerationService,
+    include_usage: bool,
+    timeout_s: float | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, (with
-    ``include_usage``) a chunk with the usage and no choices, ``[DONE]``; a failure after the stream began is sent as
-    an ``error`` event. A client that goes away cancels its job."""
+    ``include_usage``) a chunk with the usage and no choices, ``[DONE]``; a failure after the stream began, or the
+    request running past ``timeout_s``, is sent as an ``error`` event. A client that goes away cancels its job."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def data(body: dict) -> str:
         return f"data: {json.dumps(body)}\n\n"
@@ -178,7 +218,13 @@ async def _sse(
     try:
         yield data(openai_api.chunk_body(request_id, model, {"role": "assistant", "content": ""}))
         while True:
-            event = await events.get()
+            event = await _next_event(events, deadline, poll_s=3600.0)
+            if event is None:
+                continue
+            if event is DEADLINE:
+                yield data(openai_api.error_body(_deadline_message(timeout_s), "timeout"))
+                outcome = "deadline"
+                break
             if isinstance(event, Delta):
                 yield data(openai_api.chunk_body(request_id, model, {"content": event.text}))
             elif isinstance(event, Finished):

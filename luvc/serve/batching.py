@@ -86,11 +86,11 @@ class Finished:
 @dataclasses.dataclass
 class Failed:
     """A job that could not run; ``message`` says why. ``user_error``: a ``LuvcError`` (the request can be fixed),
-    else an internal error; ``shutting_down``: the server is stopping (retry elsewhere)."""
+    else an internal error; ``unavailable``: the server cannot take it now (shutting down, waited too long): retry."""
 
     message: str
     user_error: bool = True
-    shutting_down: bool = False
+    unavailable: bool = False
 
 
 Event = Delta | Finished | Failed

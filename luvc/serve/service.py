@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,11 +31,13 @@ class GenerationService:
         max_queue: int = 64,
         max_batch: int | None = None,
         image_folder: Path | None = None,
+        queue_timeout_s: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.defaults = defaults
         self.max_batch = max_batch or pipeline.manifest.profile.max_batch
         self.image_folder = image_folder
+        self.queue_timeout_s = queue_timeout_s  # a job that waited longer is answered 503 instead of run
         self.queue = JobQueue(max_queue)
         self.metrics = ServerMetrics()
         self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
@@ -61,19 +64,19 @@ class GenerationService:
         let the running batch finish for up to ``timeout_s`` seconds, then end its rows with an error."""
         self.draining = True
         for job in self.queue.close():
-            job.emit(Failed(SHUTTING_DOWN, user_error=False, shutting_down=True))
+            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
         with self._idle:
             finished = self._idle.wait_for(lambda: not self._running, timeout=max(timeout_s, 0.0))
             cut = [] if finished else list(self._running)
         for job in cut:
             job.cancel()
-            job.emit(Failed(f"{SHUTTING_DOWN} The answer was cut at the drain timeout.", False, shutting_down=True))
+            job.emit(Failed(f"{SHUTTING_DOWN} The answer was cut at the drain timeout.", False, unavailable=True))
 
     def stop(self) -> None:
         """Finish the running batch, fail the jobs still waiting, and join the worker."""
         self._stopping.set()
         for job in self.queue.close():
-            job.emit(Failed(SHUTTING_DOWN, user_error=False, shutting_down=True))
+            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
         if self._worker is not None:
             self._worker.join()
 
@@ -102,6 +105,22 @@ class GenerationService:
         self.metrics.bucket_requests.labels(bucket.name, "fitted" if fitted else "as_sent").inc()
         return job
 
+    def _within_queue_timeout(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that waited no longer than ``queue_timeout_s``; the others are answered 503."""
+        if self.queue_timeout_s is None:
+            return jobs
+        now = time.perf_counter()
+        late = [job for job in jobs if now - job.submitted > self.queue_timeout_s]
+        for job in late:
+            job.emit(
+                Failed(
+                    f"The request waited over {self.queue_timeout_s:g} s in the queue (--queue-timeout); retry later.",
+                    user_error=False,
+                    unavailable=True,
+                )
+            )
+        return [job for job in jobs if job not in late]
+
     def _observed(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
         def observe(event: Event) -> None:
             if isinstance(event, Finished):
@@ -119,6 +138,7 @@ class GenerationService:
             self.metrics.queue_depth.set(len(self.queue))
             if not jobs and self.draining:  # the queue is closed and empty: nothing more will come
                 break
+            jobs = self._within_queue_timeout(jobs)
             if jobs:
                 self.metrics.batch_size.observe(len(jobs))
                 with self._idle:

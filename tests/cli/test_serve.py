@@ -87,6 +87,9 @@ def test_bad_serve_options_are_refused(tmp_path, capsys):
         (["--allow-local-images", str(tmp_path / "none")], "--allow-local-images"),
         (["--max-queue", "0"], "--max-queue 0: let at least 1 request wait."),
         (["--max-body-bytes", "10"], "--max-body-bytes 10: allow at least 1024 bytes"),
+        (["--request-timeout", "0"], "--request-timeout 0.0: give 0.001 to 86400 seconds."),
+        (["--queue-timeout", "nan"], "--queue-timeout nan: give 0.001 to 86400 seconds."),
+        (["--drain-timeout", "-1"], "--drain-timeout -1.0: give 0 to 86400 seconds."),
         (["--api-key", " "], "--api-key is empty"),
         ([], f"{tmp_path} has no manifest.json"),
     ]

@@ -26,7 +26,14 @@ def data_url(image) -> str:
 
 @contextlib.contextmanager
 def running_server(
-    export_dir, max_queue: int = 64, max_batch: int | None = None, image_folder=None, access=None, drain_timeout_s=10.0
+    export_dir,
+    max_queue: int = 64,
+    max_batch: int | None = None,
+    image_folder=None,
+    access=None,
+    drain_timeout_s: float = 10.0,
+    request_timeout_s: float | None = None,
+    queue_timeout_s: float | None = None,
 ):
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process
     (``access``: its ``AccessPolicy``, default loopback callers without a key)."""
@@ -34,12 +41,14 @@ def running_server(
 
     from luvc.serve.app import create_app
 
-    service = GenerationService(Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder)
+    service = GenerationService(
+        Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder, queue_timeout_s
+    )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     from luvc.serve.server import DrainingServer
 
-    config = uvicorn.Config(create_app(service, MODEL, access), log_level="warning")
+    config = uvicorn.Config(create_app(service, MODEL, access, request_timeout_s), log_level="warning")
     server = DrainingServer(config, service, drain_timeout_s)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

@@ -467,3 +467,31 @@ def test_a_client_that_gives_up_on_a_plain_request_costs_no_tokens(server):
     after = scrape(base_url)
     # only the blocking job's 1 token and the last request's 2 were generated; the abandoned request's 16 never were
     assert after["luvc_generated_tokens_total[]"] - before.get("luvc_generated_tokens_total[]", 0) == 3
+
+
+def test_a_request_that_waits_past_the_queue_timeout_gets_503_and_one_past_its_deadline_408(exports):
+    with running_server(exports(MODEL), request_timeout_s=1.0, queue_timeout_s=0.3) as (base_url, service):
+        body = json.dumps({"model": MODEL, "messages": messages(synthetic_image()), "max_tokens": 4}).encode()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            with blocked_worker(service):
+                waiting = pool.submit(get, f"{base_url}/v1/chat/completions", body)
+                wait_for_queue(service, 1)
+                time.sleep(0.5)  # past the queue timeout, before the deadline
+            status, answer = waiting.result(timeout=60)
+        assert (
+            status == 503
+            and "waited over 0.3 s in the queue (--queue-timeout)" in json.loads(answer)["error"]["message"]
+        )
+        # the deadline: a request held in the queue (worker blocked) past 1 s is stopped, plain or streamed
+        with blocked_worker(service):
+            status, answer = get(f"{base_url}/v1/chat/completions", body)
+            assert (
+                status == 408
+                and "took over 1 s (the server's --request-timeout)" in json.loads(answer)["error"]["message"]
+            )
+            streamed = json.loads(body) | {"stream": True}
+            lines = sse_lines(f"{base_url}/v1/chat/completions", streamed)
+        assert lines[-1] == "data: [DONE]" and "--request-timeout" in lines[-2]
+        metrics = scrape(base_url)
+        assert metrics["luvc_requests_total[('outcome', 'unavailable')]"] == 1
+        assert metrics["luvc_requests_total[('outcome', 'deadline')]"] == 2
