@@ -33,8 +33,8 @@ class ExportArgs(BaseArgs):
             action="append",
             default=None,
             metavar="FxHxW",
-            help="a video bucket: frames and processed frame size, e.g. 16x448x448 (repeat for more; Qwen2-VL and "
-            "Qwen2.5-VL); with video sizes alone the export has no image bucket",
+            help="a video bucket: frames and processed frame size, e.g. 16x448x448 (repeat for more; the Qwen-VL "
+            "families); with video sizes alone the export has no image bucket",
         )
         group.add_argument(
             "--mixed-size",
