@@ -63,8 +63,7 @@ class GenerationService:
         """Shut down gently: refuse new requests (``draining``), answer the waiting ones "shutting down, retry",
         let the running batch finish for up to ``timeout_s`` seconds, then end its rows with an error."""
         self.draining = True
-        for job in self.queue.close():
-            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
+        self._refuse_waiting()
         with self._idle:
             finished = self._idle.wait_for(lambda: not self._running, timeout=max(timeout_s, 0.0))
             cut = [] if finished else list(self._running)
@@ -75,10 +74,14 @@ class GenerationService:
     def stop(self) -> None:
         """Finish the running batch, fail the jobs still waiting, and join the worker."""
         self._stopping.set()
-        for job in self.queue.close():
-            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
+        self._refuse_waiting()
         if self._worker is not None:
             self._worker.join()
+
+    def _refuse_waiting(self) -> None:
+        """Close the queue and answer every job still waiting "shutting down, retry"."""
+        for job in self.queue.close():
+            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
 
     @functools.cached_property
     def user_text(self) -> UserTextGuard:

@@ -19,6 +19,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_health(port: int, timeout_s: float = 60) -> None:
+    """Poll the server's /health on loopback until it answers ok."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                assert json.loads(response.read())["status"] == "ok"
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the server did not answer /health"
+            time.sleep(0.1)
+
+
 def test_serve_answers_health_and_stops_on_sigterm(exports):
     port = free_port()
     command = [sys.executable, "-m", "luvc.cli.main", "serve", str(exports("tiny-llava")), "--port", str(port)]
@@ -26,15 +39,7 @@ def test_serve_answers_health_and_stops_on_sigterm(exports):
     try:
         banner = process.stdout.readline()
         assert banner.startswith(f"Serving tiny-llava (ort on cpu, buckets 224x224) at http://127.0.0.1:{port}/v1")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    assert json.loads(response.read())["status"] == "ok"
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not answer /health"
-                time.sleep(0.1)
+        wait_for_health(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
@@ -54,15 +59,7 @@ def test_serving_beyond_loopback_without_a_key_warns(exports):
         assert process.stdout.readline().startswith("Serving tiny-llava")
         warning = process.stderr.readline()
         assert warning.startswith("warning: serving on 0.0.0.0 without an API key") and "LUVC_API_KEY" in warning
-        deadline = time.monotonic() + 60
-        while True:  # bound to every interface: loopback reaches it, under any Host name
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not answer /health"
-                time.sleep(0.1)
+        wait_for_health(port)  # bound to every interface: loopback reaches it, under any Host name
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:
