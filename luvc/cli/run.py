@@ -79,8 +79,7 @@ def _weights(pipeline: Pipeline) -> str:
 
 def fit_line(policy: str, prepared: Prepared) -> str:
     """What fitting the request to its bucket did, in one line."""
-    fit = prepared.fits[0] if prepared.fits else None
-    done = fit.change if fit and fit.changed else "nothing (the processor's own size is the bucket)"
+    done = prepared.fit_change or "nothing (the processor's own size is the bucket)"
     return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
 
 

@@ -143,8 +143,10 @@ def _protocol_section(results: EvalResults) -> list[str]:
         return []
     protocol = PROTOCOLS[results.protocol]
     reference = results.summary(results.reference)
-    points = list(dict.fromkeys(run.point for run in results.runs if run.point and run.backend == "pytorch"))
-    methods = list(dict.fromkeys(run.method for run in results.runs if run.point and run.backend == "pytorch"))
+    at_points = [run for run in results.runs if run.point and run.backend == "pytorch"]
+    summaries = {(run.method, run.point): results.summary(run) for run in at_points}  # each run summarised once
+    points = list(dict.fromkeys(run.point for run in at_points))
+    methods = list(dict.fromkeys(run.method for run in at_points))
     types = [kind for kind in QUESTION_TYPES if any(q.type == kind for q in results.questions)]
     lines = [
         "",
@@ -161,9 +163,8 @@ def _protocol_section(results: EvalResults) -> list[str]:
     for method in methods:
         cells = []
         for point in points:
-            try:
-                summary = results.summary(results.run(method, point))
-            except KeyError:
+            summary = summaries.get((method, point))
+            if summary is None:  # a sweep variant the point cannot reach
                 cells.append("-")
                 continue
             share = summary.accuracy / reference.accuracy if reference.accuracy else float("nan")
@@ -173,9 +174,7 @@ def _protocol_section(results: EvalResults) -> list[str]:
     lines += ["| method | ratio | " + " | ".join(types) + " |", "|---" * (len(types) + 2) + "|"]
     for method in methods:
         for point in points:
-            try:
-                summary = results.summary(results.run(method, point))
-            except KeyError:
+            if (summary := summaries.get((method, point))) is None:
                 continue
             scores = " | ".join(f"{summary.by_type.get(kind, 0.0):.3f}" for kind in types)
             lines.append(f"| {method} | {point} | {scores} |")

@@ -86,6 +86,16 @@ class Prepared:
     seconds_per_slice: float | None = None
     fits: tuple[Fit | None, ...] = ()  # per row, what fitting it to the bucket did (None: the exact policy)
 
+    @property
+    def fitted(self) -> bool:
+        """Whether fitting changed any row's visual."""
+        return any(fit is not None and fit.changed for fit in self.fits)
+
+    @property
+    def fit_change(self) -> str:
+        """What fitting changed in the first row, in words (``""``: nothing)."""
+        return self.fits[0].change if self.fits and self.fits[0] is not None else ""
+
 
 @dataclasses.dataclass
 class Step:

@@ -71,6 +71,9 @@ def create_app(
     async def metrics() -> Response:
         return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
+    def no_such_model(name: str) -> str:
+        return f"The model {name!r} does not exist here; this server serves {model_name!r}."
+
     model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
 
     @app.get("/v1/models")
@@ -80,10 +83,7 @@ def create_app(
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> JSONResponse:
         if model_id != model_name:
-            body = openai_api.error_body(
-                f"The model {model_id!r} does not exist here; this server serves {model_name!r}.", "model_not_found"
-            )
-            return JSONResponse(body, status_code=404)
+            return JSONResponse(openai_api.error_body(no_such_model(model_id), "model_not_found"), status_code=404)
         return JSONResponse(model_card)
 
     @app.post("/v1/chat/completions")
@@ -95,12 +95,7 @@ def create_app(
         try:
             request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
             if request.model not in (None, "", model_name):
-                return refuse(
-                    404,
-                    f"The model {request.model!r} does not exist here; this server serves {model_name!r}.",
-                    "bad_request",
-                    "model_not_found",
-                )
+                return refuse(404, no_such_model(request.model), "bad_request", "model_not_found")
             params = openai_api.generation_params(request, service.defaults)
             image, prompt = await run_in_threadpool(openai_api.image_and_prompt, request, service.image_folder)
             prepared = await run_in_threadpool(service.prepare, image, prompt, params)
@@ -137,12 +132,11 @@ def create_app(
             job.cancel()
             return refuse(408, _deadline_message(request_timeout_s), "deadline", "timeout", headers)
         if isinstance(event, Failed):
-            service.metrics.requests.labels("unavailable" if event.unavailable else "failed").inc()
             status = 400 if event.user_error else 503 if event.unavailable else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
             if event.unavailable:
                 headers["Retry-After"] = str(RETRY_AFTER_S)
-            return JSONResponse(openai_api.error_body(event.message, kind), status_code=status, headers=headers)
+            return refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
         service.metrics.requests.labels("ok").inc()
         return JSONResponse(
             openai_api.completion_body(
@@ -157,8 +151,7 @@ def create_app(
 def fit_headers(prepared: Prepared) -> dict[str, str]:
     """What the server did with the request's image, for clients that care (OpenAI clients ignore them):
     ``X-LUVC-Bucket`` (the bucket it ran in) and ``X-LUVC-Fit`` (the change made to fit it, or ``none``)."""
-    fit = prepared.fits[0] if prepared.fits else None
-    return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": fit.change if fit and fit.changed else "none"}
+    return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": prepared.fit_change or "none"}
 
 
 DEADLINE = Failed("deadline")  # what _final_event and _next_event give once the request's deadline has passed

@@ -3,7 +3,6 @@ sharing a bucket (``luvc.serve.batching``). The HTTP app submits jobs and reads 
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ class GenerationService:
         self.queue_timeout_s = queue_timeout_s  # a job that waited longer is answered 503 instead of run
         self.queue = JobQueue(max_queue)
         self.metrics = ServerMetrics()
+        self.user_text = UserTextGuard.for_pipeline(pipeline)  # what a client's text may hold
         self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -54,7 +54,6 @@ class GenerationService:
     def start(self) -> GenerationService:
         """Open every session (so the first request pays no load time) and start the worker."""
         self.pipeline.load()
-        self.user_text.check("")  # worked out before the first request, not by two at once
         self._worker = threading.Thread(target=self._work, name="luvc-generation", daemon=True)
         self._worker.start()
         return self
@@ -83,11 +82,6 @@ class GenerationService:
         for job in self.queue.close():
             job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
 
-    @functools.cached_property
-    def user_text(self) -> UserTextGuard:
-        """What a client's text may hold (``luvc.serve.user_text``), from the export's tokenizer and profile."""
-        return UserTextGuard.for_tokenizer(self.pipeline.tokenizer, self.pipeline.manifest.profile.max_text_tokens)
-
     def prepare(self, image: Image.Image, prompt: str, params: GenerationParams) -> Prepared:
         """Check the client's text (``user_text``), preprocess and tokenize one request, and check its length against
         the export (errors: ``LuvcError``)."""
@@ -104,8 +98,7 @@ class GenerationService:
         bucket = prepared.bucket
         self.metrics.visual_tokens.labels("llm_input").inc(bucket.tokens_per_image)
         self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket.budgets))
-        fitted = any(fit is not None and fit.changed for fit in prepared.fits)
-        self.metrics.bucket_requests.labels(bucket.name, "fitted" if fitted else "as_sent").inc()
+        self.metrics.bucket_requests.labels(bucket.name, "fitted" if prepared.fitted else "as_sent").inc()
         return job
 
     def _within_queue_timeout(self, jobs: list[Job]) -> list[Job]:

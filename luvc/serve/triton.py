@@ -68,8 +68,7 @@ class TritonModel:
         ).load()
         self.defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
         self.max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
-        profile = self.pipeline.manifest.profile
-        self.user_text = UserTextGuard.for_tokenizer(self.pipeline.tokenizer, profile.max_text_tokens)
+        self.user_text = UserTextGuard.for_pipeline(self.pipeline)
 
     def execute(self, requests: list) -> None:
         """Prepare every request on its own (a bad one gets its error response at once, whatever went wrong, and

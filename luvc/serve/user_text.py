@@ -23,6 +23,11 @@ class UserTextGuard:
     max_chars: int
 
     @classmethod
+    def for_pipeline(cls, pipeline) -> UserTextGuard:
+        """The guard of an export's ``Pipeline``: its tokenizer and its profile's ``max_text_tokens``."""
+        return cls.for_tokenizer(pipeline.tokenizer, pipeline.manifest.profile.max_text_tokens)
+
+    @classmethod
     def for_tokenizer(cls, tokenizer, max_text_tokens: int) -> UserTextGuard:
         """The guard of ``tokenizer`` (its special tokens, its longest vocabulary string) for prompts of at most
         ``max_text_tokens`` tokens."""

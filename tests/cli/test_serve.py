@@ -1,6 +1,7 @@
 """``luvc-export serve`` as a user runs it: a real process that serves, stops cleanly on SIGTERM, and refuses bad
 options with one line and exit code 2."""
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serve_process(export_dir, port: int, *options: str, env: dict | None = None):
+    """``luvc-export serve EXPORT_DIR --port PORT [options]`` as a child process (text pipes), killed if still running
+    when the block ends."""
+    command = [sys.executable, "-m", "luvc.cli.main", "serve", str(export_dir), "--port", str(port), *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 def wait_for_health(port: int, timeout_s: float = 60) -> None:
     """Poll the server's /health on loopback until it answers ok."""
     deadline = time.monotonic() + timeout_s
@@ -34,38 +49,24 @@ def wait_for_health(port: int, timeout_s: float = 60) -> None:
 
 def test_serve_answers_health_and_stops_on_sigterm(exports):
     port = free_port()
-    command = [sys.executable, "-m", "luvc.cli.main", "serve", str(exports("tiny-llava")), "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_process(exports("tiny-llava"), port) as process:
         banner = process.stdout.readline()
         assert banner.startswith(f"Serving tiny-llava (ort on cpu, buckets 224x224) at http://127.0.0.1:{port}/v1")
         wait_for_health(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 def test_serving_beyond_loopback_without_a_key_warns(exports):
     port = free_port()
-    command = [sys.executable, "-m", "luvc.cli.main", "serve", str(exports("tiny-llava")), "--port", str(port)]
     environment = {key: value for key, value in os.environ.items() if key != "LUVC_API_KEY"}
-    process = subprocess.Popen(
-        [*command, "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
-    )
-    try:
+    with serve_process(exports("tiny-llava"), port, "--host", "0.0.0.0", env=environment) as process:
         assert process.stdout.readline().startswith("Serving tiny-llava")
         warning = process.stderr.readline()
         assert warning.startswith("warning: serving on 0.0.0.0 without an API key") and "LUVC_API_KEY" in warning
         wait_for_health(port)  # bound to every interface: loopback reaches it, under any Host name
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
 
 def test_a_port_in_use_is_one_line_and_exit_code_2(exports, capsys):
