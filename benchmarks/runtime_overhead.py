@@ -30,7 +30,7 @@ from prefill_speedup import realistic_adapter
 from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import Pipeline, Timings
+from luvc.runtime.pipeline import GenerationOptions, Pipeline, Prepared
 from luvc.runtime.session import BaseSession
 from luvc.runtime.weights import MappedWeights
 
@@ -38,7 +38,7 @@ IMAGE_SIDE = 448
 PROMPT = "Describe the image in detail, please."
 
 
-def recorded_feeds(pipeline: Pipeline, request: tuple) -> list[tuple[Path, dict]]:
+def recorded_feeds(pipeline: Pipeline, prepared: Prepared, options: GenerationOptions) -> list[tuple[Path, dict]]:
     """The (graph file, feeds) of every session run one generation makes (host copies, taken outside the timing)."""
     calls, original = [], BaseSession.infer
 
@@ -48,20 +48,20 @@ def recorded_feeds(pipeline: Pipeline, request: tuple) -> list[tuple[Path, dict]
 
     BaseSession.infer = recording
     try:
-        for _ in pipeline.request(*request):
+        for _ in pipeline.request(prepared, options):
             pass
         return calls
     finally:
         BaseSession.infer = original
 
 
-def timed_generation(pipeline: Pipeline, request: tuple) -> tuple[float, float]:
+def timed_generation(pipeline: Pipeline, prepared: Prepared, options: GenerationOptions) -> tuple[float, float]:
     """Wall seconds of one generation and the seconds spent inside its session runs."""
-    timings = Timings()
     began = time.perf_counter()
-    for _ in pipeline.request(*request, timings=timings):
+    request = pipeline.request(prepared, options)
+    for _ in request:
         pass
-    return time.perf_counter() - began, timings.session_ms / 1e3
+    return time.perf_counter() - began, request.timings.session_ms / 1e3
 
 
 def main() -> None:
@@ -85,10 +85,9 @@ def main() -> None:
         pipeline = Pipeline(folder)
         image = synthetic_image(IMAGE_SIDE, IMAGE_SIDE)
         began = time.perf_counter()
-        pixels, size = pipeline.preprocess([image])
-        input_ids = pipeline.prompt_ids([PROMPT], pipeline.manifest.bucket_for(size))
+        prepared = pipeline.prepare([image], [PROMPT])
         preprocess = time.perf_counter() - began
-        pipeline.load(size)
+        pipeline.load(prepared.bucket)
         bare_sessions, kept_alive = {}, []
         shared = MappedWeights(folder)  # the pipeline's session configuration: one copy of the weights
         for graph in pipeline.manifest.graphs.values():
@@ -98,11 +97,11 @@ def main() -> None:
             model, values = shared.session_model(graph_proto, options)
             bare_sessions[folder / graph.file] = ort.InferenceSession(model, options)
             kept_alive.append(values)
-        request = (input_ids, pixels, size, args.new_tokens)
-        calls = recorded_feeds(pipeline, request)  # greedy: every generation makes these same runs
+        options = GenerationOptions(args.new_tokens, stop_token_ids=())
+        calls = recorded_feeds(pipeline, prepared, options)  # greedy: every generation makes these same runs
         walls, bares, insides = [], [], []
         for repeat in range(args.repeats + 1):  # the first round warms up
-            wall, inside = timed_generation(pipeline, request)
+            wall, inside = timed_generation(pipeline, prepared, options)
             began = time.perf_counter()
             for path, feeds in calls:
                 bare_sessions[path].run(None, feeds)
@@ -113,7 +112,7 @@ def main() -> None:
                 insides.append(inside)
     wall, bare, inside = statistics.median(walls), statistics.median(bares), statistics.median(insides)
     print(
-        f"{args.layers} decoder layers, {IMAGE_SIDE}x{IMAGE_SIDE} image, {input_ids.shape[1]} prompt tokens, "
+        f"{args.layers} decoder layers, {IMAGE_SIDE}x{IMAGE_SIDE} image, {prepared.input_ids.shape[1]} prompt tokens, "
         f"{args.new_tokens} new tokens, {len(calls)} session runs per request; median of {args.repeats}"
     )
     print(f"preprocessing (image processor + tokenizer, not in the ratio): {preprocess * 1e3:.1f} ms")

@@ -31,7 +31,7 @@ from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
 PROMPT = "Describe the image."
 DISTINCT_IMAGES = 8
@@ -117,7 +117,7 @@ def main() -> None:
         pipeline = Pipeline(export)
         height, width = next(iter(pipeline.manifest.buckets.values())).image_size
         images = [synthetic_image(height, width, seed) for seed in range(DISTINCT_IMAGES)]
-        expected = [pipeline.generate(image, PROMPT, args.max_tokens).texts[0] for image in images]
+        expected = [pipeline.generate(image, PROMPT, GenerationOptions(args.max_tokens)).texts[0] for image in images]
         urls = [data_url(image) for image in images]
         model = pipeline.manifest.model.id
         process, base_url = start_server(export, max_queue=max(64, args.clients))

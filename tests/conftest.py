@@ -17,13 +17,20 @@ from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
 
 FAMILIES = list(TINY_MODELS)
-# tests that need an exported model are the slow tier; `pytest -m "not slow"` runs the rest (README "Tests")
+# tests that need an exported model, compile the plugins, run the examples or the eval runner are the slow tier;
+# `pytest -m "not slow"` runs the rest (README, "Quick start"); `-m toolchain`, `examples` or `eval` picks one part
 SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs", "video_exports"})
+OWN_MARKERS = {"plugin_builds": "toolchain"}  # a fixture that puts a test under a marker of its own
+SLOW_MARKERS = frozenset({"toolchain", "examples", "eval"})
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in OWN_MARKERS.items():
+            if fixture in fixtures:
+                item.add_marker(getattr(pytest.mark, marker))
+        if SLOW_FIXTURES & fixtures or any(item.get_closest_marker(name) for name in SLOW_MARKERS):
             item.add_marker(pytest.mark.slow)
 
 

@@ -30,10 +30,19 @@ from luvc.calibration.quantize import (
 )
 from luvc.calibration.report import write_report
 from luvc.errors import critical
-from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest import (
+    EXPORT_OUTPUT,
+    CalibrationRun,
+    ExportManifest,
+    QuantizationEntry,
+    QuantizationSource,
+    load_graph,
+    sha256_file,
+)
 from luvc.export.weights import SharedWeights
+from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps
-from luvc.runtime.pipeline import host_arrays
+from luvc.runtime.request import GenerationOptions, host_arrays
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 
@@ -51,14 +60,16 @@ def collect_feeds(
     first_logits = []
     for sample in samples:
         prepared = pipeline.prepare([sample.image], [sample.prompt])
-        pixels, bucket = prepared.pixel_values, prepared.bucket
+        bucket = prepared.bucket
         if not bucket.parts:  # a mixed bucket's vision graphs calibrate on their own buckets' samples
-            feeds.setdefault(bucket.vision, []).extend(map(host_arrays, pipeline.vision_feeds(pixels, bucket)))
-        request = pipeline.request_for(prepared, decode_steps + 1, keep_decode_feeds=True)
+            vision_feeds = pipeline.feeds.vision_feeds(prepared.pixels[0], bucket)
+            feeds.setdefault(bucket.vision, []).extend(map(host_arrays, vision_feeds))
+        options = GenerationOptions(decode_steps + 1, stop_token_ids=(), keep_decode_feeds=True)
+        request = pipeline.request(prepared, options)
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
-        first_logits.append(pipeline.to_host(request.prefill_outputs["logits"]))
+        first_logits.append(pipeline.sessions.to_host(request.prefill_outputs["logits"]))
         advance(f"calibration feeds: {sample.name}")
     return feeds, first_logits
 
@@ -69,11 +80,8 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
     top1, cosines = [], []
     for sample, reference in zip(samples, reference_logits):
         prepared = quantized.prepare([sample.image], [sample.prompt])
-        features = quantized.image_features(prepared.pixel_values, prepared.bucket)
-        candidate = quantized.prefill(prepared.input_ids, features, prepared.bucket, prepared.seconds_per_slice)[
-            "logits"
-        ]
-        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate.cpu()))
+        candidate = quantized.request(prepared, GenerationOptions(1, keep_logits=True)).step().logits
+        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
     return {
@@ -83,7 +91,8 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
     }
 
 
-class CalibratedExportFromExport:
+@dataclasses.dataclass
+class CalibratedExportFromExport(BaseLoader[Path]):
     """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
 
     ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``) or ``fp8`` (``distribution``, ONNX
@@ -91,30 +100,22 @@ class CalibratedExportFromExport:
     (default 4) greedy steps per sample calibrate the decode graph.
     """
 
-    def __init__(
-        self,
-        export_dir: str | Path,
-        out: str | Path,
-        precision: str | None = None,
-        method: str | None = None,
-        samples: Sequence[Sample] | None = None,
-        seed: int | None = None,
-        decode_steps: int | None = None,
-        overwrite: bool | None = None,
-        show_progress: bool | None = None,
-    ) -> None:
-        self.export_dir = Path(export_dir)
-        self.out = Path(out)
-        self.precision = precision or "int8"
-        self.method = method or DEFAULT_METHODS.get(self.precision, "")
-        self.samples = samples
-        self.seed = seed
-        self.decode_steps = 4 if decode_steps is None else decode_steps
-        self.overwrite = bool(overwrite)
-        self.show_progress = show_progress
+    export_dir: str | Path | BaseLoader[Path]
+    out: str | Path
+    precision: str | None = None
+    method: str | None = None
+    samples: Sequence[Sample] | None = None
+    seed: int | None = None
+    decode_steps: int | None = None
+    overwrite: bool | None = None
+    show_progress: bool | None = None
 
-    def __call__(self) -> Path:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.export_dir, self.out = as_path(self.export_dir), as_path(self.out)
+        self.precision = self.precision or "int8"
+        self.method = self.method or DEFAULT_METHODS.get(self.precision, "")
+        self.decode_steps = 4 if self.decode_steps is None else self.decode_steps
+        self.overwrite = bool(self.overwrite)
 
     def _source(self) -> ExportManifest:
         check_method(self.precision, self.method)
@@ -159,10 +160,10 @@ class CalibratedExportFromExport:
                 (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
                 files += [*caches, "ranges.json"]
                 calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
-                calibrated.save(staging)  # the quantized pipeline below reads it
-                agreement = first_token_agreement(source_logits, Pipeline(staging), samples)
-                quantization = {**calibrated.quantization, "agreement_with_fp32": agreement}
-                dataclasses.replace(calibrated, quantization=quantization).save(staging)
+                quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
+                agreement = first_token_agreement(source_logits, quantized, samples)
+                quantization = dataclasses.replace(calibrated.quantization, agreement_with_fp32=agreement)
+                dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
                 write_report(staging, ranges, excluded, agreement, self.precision, self.method, len(samples))
                 advance("agreement with fp32")
         return self.out
@@ -237,22 +238,19 @@ class CalibratedExportFromExport:
         import onnxruntime
 
         quantized_opsets = [entry.opset for entry in entries.values() if entry.opset is not None]
-        quantization = {
-            "precision": self.precision,
-            "method": self.method,
-            "library": f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
-            "source": {
-                "export": str(self.export_dir),
-                "manifest_sha256": sha256_file(self.export_dir / "manifest.json"),
-            },
-            "calibration": {"samples": [s.name for s in samples], "decode_steps": self.decode_steps},
-            "quantized_ops": list(QUANTIZED_OPS),
-            "activations": "symmetric per tensor",
-            "weights": "symmetric per channel" if self.precision == "int8" else "symmetric per tensor",
-            "excluded_nodes": excluded,
-            "ranges_file": "ranges.json",
-            "tensorrt10_calibration_caches": caches,
-        }
+        quantization = QuantizationEntry(
+            precision=self.precision,
+            method=self.method,
+            library=f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+            source=QuantizationSource(str(self.export_dir), sha256_file(self.export_dir / "manifest.json")),
+            calibration=CalibrationRun(tuple(s.name for s in samples), self.decode_steps),
+            quantized_ops=tuple(QUANTIZED_OPS),
+            activations="symmetric per tensor",
+            weights="symmetric per channel" if self.precision == "int8" else "symmetric per tensor",
+            excluded_nodes=excluded,
+            ranges_file="ranges.json",
+            tensorrt10_calibration_caches=tuple(caches),
+        )
         return dataclasses.replace(
             manifest,
             precision=self.precision,
@@ -264,6 +262,4 @@ class CalibratedExportFromExport:
         )
 
 
-def calibrate_export(export_dir: str | Path, out: str | Path, **kwargs) -> Path:
-    """Function spelling of ``CalibratedExportFromExport(export_dir, out, **kwargs)()``."""
-    return CalibratedExportFromExport(export_dir, out, **kwargs)()
+calibrate_export = functional(CalibratedExportFromExport, "calibrate_export")

@@ -38,4 +38,10 @@ class Build:
         if (out / BUILD_LOG).is_file():
             lines = sum(1 for _ in (out / BUILD_LOG).open(encoding="utf-8"))
             Console().print(f"TensorRT's log of the build: {out / BUILD_LOG} ({lines} lines)")
+        cache = build.options.get("timing_cache")
+        if cache is not None and manifest.tensorrt.module == "tensorrt_rtx":
+            Console(stderr=True, soft_wrap=True).print(
+                f"note: TensorRT-RTX keeps no timing cache; {cache} was not read or written (full tensorrt uses it).",
+                highlight=False,
+            )
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 
@@ -37,14 +36,14 @@ class Calibrate:
             overwrite=options.overwrite,
             show_progress=True,
         )()
-        quantization = json.loads((out / "manifest.json").read_text())["quantization"]
+        quantization = ExportManifest.load(out).quantization
         console = Console(soft_wrap=True)
         console.print(
-            f"Calibrated {quantization['precision']} ({quantization['method']}) on "
-            f"{len(quantization['calibration']['samples'])} samples -> {out}",
+            f"Calibrated {quantization.precision} ({quantization.method}) on "
+            f"{len(quantization.calibration.samples)} samples -> {out}",
             highlight=False,
         )
-        for name, value in quantization["agreement_with_fp32"].items():
+        for name, value in quantization.agreement_with_fp32.items():
             console.print(f"  {name} vs fp32: {value:.4f}", highlight=False)
         console.print(f"report: {out / 'report.md'}", highlight=False)
         return 0

@@ -29,13 +29,13 @@ class Inspect:
         manifest = ExportManifest.load(args.export_dir)
         console.print(
             f"[bold]{manifest.model.id}[/] ({manifest.model.architecture}), {manifest.precision}, opset "
-            f"{manifest.opset}; LUVC spu={manifest.luvc['spu_variant']} oim_layers={manifest.luvc['oim_layers']}"
+            f"{manifest.opset}; LUVC spu={manifest.luvc.spu_variant} oim_layers={list(manifest.luvc.oim_layers)}"
         )
         quantization = manifest.quantization
-        if quantization:
-            agreement = quantization.get("agreement_with_fp32", {})
+        if quantization is not None:
+            agreement = quantization.agreement_with_fp32
             console.print(
-                f"quantized: {quantization['precision']} ({quantization['method']}, {quantization['library']}); "
+                f"quantized: {quantization.precision} ({quantization.method}, {quantization.library}); "
                 + ", ".join(f"{metric} vs fp32 {value:.4f}" for metric, value in agreement.items())
             )
         for name, bucket in manifest.buckets.items():
@@ -68,7 +68,8 @@ class Inspect:
             findings = lint_graph(model, manifest.buckets[graph.bucket].tokens_per_image if graph.bucket else None)
             table.add_row("TensorRT-hostile", "none" if not findings else "; ".join(map(str, findings)))
             table.add_row("LUVC prefixes", ", ".join(graph.node_prefixes) or "none")
-            kept_float = collections.Counter((quantization or {}).get("excluded_nodes", {}).get(name, {}).values())
+            excluded = quantization.excluded_nodes.get(name, {}) if quantization is not None else {}
+            kept_float = collections.Counter(excluded.values())
             if kept_float:
                 table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
             for stat in graph.passes:

@@ -32,24 +32,24 @@ class Run:
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.runtime.pipeline import Timings
 
-        options = groups[RuntimeArgs]
+        runtime = groups[RuntimeArgs]
         console = Console()
-        pipeline = options.pipeline()
+        pipeline = runtime.pipeline()
         image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
-        pipeline.check_max_new_tokens(options.max_new_tokens)
+        options = runtime.generation_options()
+        pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
         prepared = pipeline.prepare([image], [args.prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
-            pipeline.load(prepared.image_size)
+            pipeline.load(prepared.bucket)
         timings = Timings()
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
-            pieces = pipeline.stream_prepared(prepared, options.max_new_tokens, options.sampling, timings=timings)
-            for piece in pieces:
+            for piece in pipeline.stream(prepared, options=options, timings=timings):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            generation = pipeline.generate_prepared(prepared, options.max_new_tokens, options.sampling)
+            generation = pipeline.generate(prepared, options=options)
             timings = generation.timings
             sys.stdout.write(f"Output: {generation.texts[0]}\n")
         console.print(timing_table(pipeline, timings, prepared))
@@ -68,7 +68,7 @@ def _resident() -> str:
 
 def _weights(pipeline: Pipeline) -> str:
     """What the pipeline's sessions share: file-mapped tensors and float32 conversions (ONNX Runtime on the CPU)."""
-    weights = pipeline.weights
+    weights = pipeline.sessions.weights
     if weights is None or not (weights.mapped_bytes or weights.converted_bytes):
         return "each session its own"  # on CUDA, or weights inside the graphs (exports under 256 MiB)
     parts = [f"{weights.mapped_bytes / (1 << 30):.2f} GiB file-mapped"]
@@ -86,7 +86,7 @@ def fit_line(policy: str, prepared: Prepared) -> str:
 def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Table:
     backend = pipeline.backend
     if backend == "ort":
-        backend += f" ({', '.join(pipeline.session_providers())})"
+        backend += f" ({', '.join(pipeline.sessions.providers_in_use())})"
     table = Table(title=f"{pipeline.manifest.model.id} on {backend}, {pipeline.device}")
     table.add_column("stage")
     table.add_column("value", justify="right")
@@ -98,7 +98,7 @@ def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Ta
         ("time to first token", f"{timings.preprocess_ms + timings.first_token_ms:.1f} ms"),
         ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
         ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
-        ("KV cache buffers (capacity, as `plan`)", f"{pipeline.kv_buffer_bytes():,} bytes"),
+        ("KV cache buffers (capacity, as `plan`)", f"{pipeline.sessions.kv_buffer_bytes():,} bytes"),
         ("weights in memory", _weights(pipeline)),
         ("process memory (RSS, sessions loaded)", _resident()),
     )

@@ -122,7 +122,7 @@ class Serve:
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
             critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
         defaults = GenerationParams(options.max_new_tokens, options.sampling)
-        pipeline.check_max_new_tokens(defaults.max_tokens)
+        pipeline.manifest.profile.check_max_new_tokens(defaults.max_tokens)
         service = GenerationService(
             pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
         )

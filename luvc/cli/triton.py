@@ -14,7 +14,7 @@ from luvc.runtime import BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
 
 class Triton:
     """Write a model repository for tritonserver: a decoupled Python-backend model (streaming responses, dynamic
-    batching) whose instances each run the export's pipeline; see README "Serving" for running and scaling it."""
+    batching) whose instances each run the export's pipeline; see docs/serving.md for running and scaling it."""
 
     name = "triton"
     subscriptions = ()

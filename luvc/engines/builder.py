@@ -8,7 +8,9 @@ every graph into a staging folder, writes the engine manifest and renames the fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from luvc import interrupts
@@ -19,6 +21,7 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, TensorEntry, sha256_file
+from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
@@ -65,38 +68,24 @@ def rtx_compute_capabilities(target: Target, tensorrt: TensorRT) -> list[str]:
     return names
 
 
-class EngineFromOnnx:
-    """Loader: ONNX file -> ``(serialized engine bytes, network inputs, network outputs)``."""
+@dataclasses.dataclass
+class EngineFromOnnx(BaseLoader[tuple]):
+    """Loader: ONNX file -> ``(serialized engine bytes, network inputs, network outputs)``; ``timing_cache_out`` holds
+    the timing cache after the build (full TensorRT, when one was given)."""
 
-    def __init__(
-        self,
-        onnx_path: Path,
-        profile: dict[str, tuple[list[int], list[int], list[int]]],
-        target: Target,
-        tensorrt: TensorRT,
-        precision: str,
-        timing_cache: bytes | None = None,
-        hardware_compatible: bool = False,
-        dla_core: int | None = None,
-        on_phase=None,
-        log_file: Path | None = None,
-    ) -> None:
-        self.onnx_path = onnx_path
-        self.profile = profile
-        self.target = target
-        self.tensorrt = tensorrt
-        self.precision = precision
-        self.timing_cache = timing_cache
-        self.hardware_compatible = hardware_compatible
-        self.dla_core = dla_core
-        self.on_phase = on_phase
-        self.log_file = log_file
-        self.timing_cache_out: bytes | None = None
+    onnx_path: Path
+    profile: dict[str, tuple[list[int], list[int], list[int]]]
+    target: Target
+    tensorrt: TensorRT
+    precision: str
+    timing_cache: bytes | None = None
+    hardware_compatible: bool = False
+    dla_core: int | None = None
+    on_phase: Callable[[str], None] | None = None
+    log_file: Path | None = None
+    timing_cache_out: bytes | None = dataclasses.field(default=None, init=False)
 
-    def __call__(self):
-        return self.call_impl()
-
-    def call_impl(self):
+    def call_impl(self) -> tuple:
         logger = _build_log(self.tensorrt.module, self.log_file)
         try:
             return self._build(logger)
@@ -206,37 +195,25 @@ def _progress_monitor(trt, on_phase):
     return PhaseMonitor()
 
 
-class EnginesFromExport:
-    """Loader: export folder -> engine folder (one engine per graph) for ``target``; returns the folder."""
+@dataclasses.dataclass
+class EnginesFromExport(BaseLoader[Path]):
+    """Loader: export folder (or a loader that makes one) -> engine folder (one engine per graph) for ``target``;
+    returns the folder."""
 
-    def __init__(
-        self,
-        export_dir: str | Path,
-        target: str,
-        out: str | Path,
-        timing_cache: str | Path | None = None,
-        hardware_compatible: bool = False,
-        dla_core: int | None = None,
-        module: str | None = None,
-        overwrite: bool = False,
-        show_progress: bool = True,
-        verbose: bool = False,
-        plugin_library: str | Path | None = None,
-    ) -> None:
-        self.export_dir = Path(export_dir)
-        self.plugin_library = plugin_library
-        self.target = target
-        self.out = Path(out)
-        self.timing_cache = None if timing_cache is None else Path(timing_cache)
-        self.hardware_compatible = hardware_compatible
-        self.dla_core = dla_core
-        self.module = module
-        self.overwrite = overwrite
-        self.show_progress = show_progress
-        self.verbose = verbose
+    export_dir: str | Path | BaseLoader[Path]
+    target: str
+    out: str | Path
+    timing_cache: str | Path | None = None
+    hardware_compatible: bool = False
+    dla_core: int | None = None
+    module: str | None = None
+    overwrite: bool = False
+    show_progress: bool = True
+    verbose: bool = False
+    plugin_library: str | Path | None = None
 
-    def __call__(self) -> Path:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.export_dir, self.out, self.timing_cache = map(as_path, (self.export_dir, self.out, self.timing_cache))
 
     def _check_options(self, target: Target, tensorrt: TensorRT, export: ExportManifest) -> None:
         target.check_precision(export.precision)
@@ -336,6 +313,4 @@ class EnginesFromExport:
         return engines
 
 
-def build_engines(export_dir: str | Path, target: str, out: str | Path, **options) -> Path:
-    """Build every graph of ``export_dir`` for ``target`` into the folder ``out`` (see ``EnginesFromExport``)."""
-    return EnginesFromExport(export_dir, target, out, **options)()
+build_engines = functional(EnginesFromExport, "build_engines")

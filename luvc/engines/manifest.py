@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from luvc.compress.config import LUVCConfig
 from luvc.engines.plugin_library import PluginLibrary
 from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
@@ -65,7 +66,7 @@ class ExportReference:
     """The export the engines were built from: its model, LUVC config, per-bucket budgets and manifest sha256."""
 
     model: ModelEntry
-    luvc: dict[str, Any]
+    luvc: LUVCConfig
     budgets: dict[str, list[int]]
     manifest_sha256: str
 
@@ -99,7 +100,9 @@ class EngineManifest:
                 strongly_typed=data["strongly_typed"],
                 hardware_compatible=data["hardware_compatible"],
                 dla_core=data["dla_core"],
-                export=ExportReference(**{**export, "model": ModelEntry(**export["model"])}),
+                export=ExportReference(
+                    **{**export, "model": ModelEntry(**export["model"]), "luvc": LUVCConfig.from_dict(export["luvc"])}
+                ),
                 engines={name: _engine(entry) for name, entry in data["engines"].items()},
                 plugin_library=PluginLibrary(**data["plugin_library"]) if data.get("plugin_library") else None,
                 format=data["format"],

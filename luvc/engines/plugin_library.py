@@ -18,7 +18,7 @@ from luvc.export.manifest import ExportManifest, sha256_file
 from luvc.export.naming import PLUGIN_DOMAIN as DOMAIN
 from luvc.export.naming import PLUGIN_OPS, PLUGIN_VERSION
 
-CMAKE_HINT = "build it with `cmake -S . -B build/plugins && cmake --build build/plugins` (README: Plugins)"
+CMAKE_HINT = "build it with `cmake -S . -B build/plugins && cmake --build build/plugins` (docs/tensorrt.md)"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
 from luvc.eval.scoring import score
 from luvc.eval.sweep import SweepVariant, sweep_variants
 from luvc.export.manifest import ExportManifest
+from luvc.loaders import BaseLoader, as_path
 from luvc.models import VLMAdapter, load_model
 from luvc.models.generation import greedy_generate
 from luvc.processing import load_processor
@@ -79,7 +80,8 @@ class _Planned:
     configs: list[LUVCConfig | None]
 
 
-class EvalFromModel:
+@dataclasses.dataclass
+class EvalFromModel(BaseLoader[EvalResults]):
     """Loader: ``EvalResults`` of question set ``data`` through ``model`` (a built-in tiny model, a checkpoint folder,
     or a loaded adapter, which the runs patch in place) in PyTorch, once per method of ``methods`` (default: all)
     and, for those that prune, per budget point of ``points`` (default: ratios 0.5, 0.25, 0.125), with ``base`` the
@@ -90,38 +92,23 @@ class EvalFromModel:
     at every point beside ``methods`` (default then: none only); ``protocol``: a published benchmark's layout
     (``PROTOCOLS``: its keep ratios as the points, its baseline among the methods)."""
 
-    def __init__(
-        self,
-        data: EvalSet,
-        model: str | VLMAdapter | None = None,
-        methods: Sequence[str] | None = None,
-        points: Sequence[BudgetPoint] | None = None,
-        base: LUVCConfig | None = None,
-        max_new_tokens: int | None = None,
-        export_dir: str | Path | None = None,
-        backend: str | None = None,
-        engines_dir: str | Path | None = None,
-        show_progress: bool | None = None,
-        fit: str | None = None,
-        sweep: Sequence[str] | None = None,
-        protocol: str | None = None,
-    ) -> None:
-        self.data = data
-        self.model = model
-        self.methods = methods
-        self.points = points
-        self.base = base
-        self.max_new_tokens = max_new_tokens
-        self.export_dir = None if export_dir is None else Path(export_dir)
-        self.backend = backend
-        self.engines_dir = engines_dir
-        self.show_progress = show_progress
-        self.fit = fit
-        self.sweep = tuple(sweep or ())
-        self.protocol = protocol
+    data: EvalSet
+    model: str | VLMAdapter | None = None
+    methods: Sequence[str] | None = None
+    points: Sequence[BudgetPoint] | None = None
+    base: LUVCConfig | None = None
+    max_new_tokens: int | None = None
+    export_dir: str | Path | BaseLoader[Path] | None = None
+    backend: str | None = None
+    engines_dir: str | Path | BaseLoader[Path] | None = None
+    show_progress: bool | None = None
+    fit: str | None = None
+    sweep: Sequence[str] | None = None
+    protocol: str | None = None
 
-    def __call__(self) -> EvalResults:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.export_dir, self.engines_dir = as_path(self.export_dir), as_path(self.engines_dir)
+        self.sweep = tuple(self.sweep or ())
 
     def call_impl(self) -> EvalResults:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS if self.max_new_tokens is None else self.max_new_tokens
@@ -177,7 +164,7 @@ class EvalFromModel:
         if isinstance(self.model, VLMAdapter):
             critical("With an export, pass its checkpoint folder as the model (its config is checked), not an adapter.")
         adapter = export_source_model(manifest, self.model)
-        exported = LUVCConfig.from_dict(manifest.luvc)
+        exported = manifest.luvc
         return adapter, [RunSpec("none"), RunSpec(method_of(exported) or EXPORT_POINT, fixed=exported)], manifest
 
     def _fitter(self, manifest: ExportManifest) -> Callable:
@@ -212,15 +199,16 @@ class EvalFromModel:
     def _export_run(self, counterpart: Run, costs: dict, fit: Callable, max_new_tokens: int, advance) -> Run:
         """The question set through the export's ``Pipeline``; tokens and FLOPs are the cost model's for the export's
         config (``costs``), as for its PyTorch ``counterpart``."""
-        from luvc.runtime.pipeline import Pipeline
+        from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
         backend = self.backend or "ort"
         pipeline = Pipeline(self.export_dir, backend=backend, engines_dir=self.engines_dir, fit="exact")  # fitted
         run = Run(counterpart.method, counterpart.point, backend, dict(counterpart.config))
         questions = self.data.questions
-        pipeline.generate(fit(questions[0].load_visual()), questions[0].prompt, max_new_tokens=1)  # warm-up
+        pipeline.generate(fit(questions[0].load_visual()), questions[0].prompt, GenerationOptions(1))  # warm-up
+        options = GenerationOptions(max_new_tokens)
         for question in questions:
-            generation = pipeline.generate(fit(question.load_visual()), question.prompt, max_new_tokens)
+            generation = pipeline.generate(fit(question.load_visual()), question.prompt, options)
             text = generation.texts[0]
             run.answers.append(_record(question, text, generation.timings.first_token_ms, costs[question.id]))
             advance(f"{backend}: {question.id}")

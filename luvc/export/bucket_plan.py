@@ -13,17 +13,17 @@ import torch
 from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.buckets import bucket_name, spans_end
+from luvc.export.buckets import BucketKey, spans_end
 from luvc.export.profile import ExportProfile, layer_capacity
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
-from luvc.models.prompt import token_runs
+from luvc.prompt import token_runs
 from luvc.videos import synthetic_video
 
 
 @dataclasses.dataclass
-class Bucket:
+class Bucket(BucketKey):
     """One image-size or video bucket: the sample pixels it was traced with, its LUVC plan (shared by its vision and
     prefill graphs) and what is static in its graphs. ``frames`` is 0 for images."""
 
@@ -39,15 +39,6 @@ class Bucket:
     parts: tuple[str, ...] = ()  # a mixed bucket's image and video buckets (whose vision graphs it runs)
     host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
     visual_spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each run of visual tokens in the prompt
-
-    @property
-    def visual_end(self) -> int:
-        """Index after the last visual token: where the prompt's text begins."""
-        return spans_end(self.visual_spans)
-
-    @property
-    def name(self) -> str:
-        return bucket_name(self.image_size, self.frames, self.parts)
 
     @property
     def tokens_per_image(self) -> int:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from luvc.errors import critical
 
@@ -119,3 +120,39 @@ def spans_end(spans: Sequence[tuple[int, int]]) -> int:
     """Index after the last of ``(start, tokens)`` spans."""
     start, count = spans[-1]
     return start + count
+
+
+BucketKind = Literal["image", "video", "mixed"]
+
+
+class BucketKey:
+    """What names a bucket, for the planned bucket (``bucket_plan.Bucket``) and its manifest entry
+    (``manifest.BucketEntry``) alike: its kind, name and size from ``image_size``, ``frames`` and ``parts``, and where
+    its prompt's text begins from ``visual_spans``."""
+
+    image_size: tuple[int, int]
+    frames: int
+    parts: tuple[str, ...]
+    visual_spans: tuple[tuple[int, int], ...]
+
+    @property
+    def kind(self) -> BucketKind:
+        """``mixed`` (an image, then a video), ``video`` or ``image``."""
+        return "mixed" if self.parts else "video" if self.frames else "image"
+
+    @property
+    def name(self) -> str:
+        return bucket_name(self.image_size, self.frames, self.parts)
+
+    @property
+    def size(self) -> tuple:
+        """``(H, W)``, ``(frames, H, W)`` for a video bucket, ``((H, W), (frames, H', W'))`` for a mixed one: what
+        ``ExportManifest.bucket_for`` takes."""
+        if self.parts:
+            return tuple(tuple(int(side) for side in part.split("x")) for part in self.parts)
+        return ((self.frames,) if self.frames else ()) + tuple(self.image_size)
+
+    @property
+    def visual_end(self) -> int:
+        """Index after the last visual token: where the prompt's text begins."""
+        return spans_end(self.visual_spans)

@@ -9,12 +9,14 @@ host metadata and ``manifest.json`` into a temporary folder, and renames the fol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
+from luvc.export.buckets import bucket_name
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
@@ -39,7 +42,6 @@ from luvc.export.manifest import (
     ModelEntry,
     PassesEntry,
     bucket_entry,
-    bucket_name,
     external_data_files,
     geometry_entry,
     io_entries,
@@ -53,6 +55,7 @@ from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
 from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.weights import SharedWeights
+from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
@@ -77,31 +80,24 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-class OnnxFromGraphSpec:
+@dataclasses.dataclass
+class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
     """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` with readable node and dimension names.
 
     With ``scratch`` (a folder the caller owns and removes), the weights stay in ``scratch/{name}.onnx.data`` and the
     model references them (tensors under ``INLINE_BYTES`` are loaded, so passes and lint read constants): a graph's
     weights are never held as protobuf bytes. Without it the weights are loaded into the model."""
 
-    def __init__(
-        self,
-        spec: GraphSpec,
-        opset: int,
-        on_step=None,
-        kv_update: str | None = None,
-        scratch: Path | None = None,
-        plugin_config: LUVCConfig | None = None,
-    ) -> None:
-        self.spec = spec
-        self.plugin_config = plugin_config
-        self.opset = opset
-        self.kv_update = kv_update or DEFAULT_KV_UPDATE
-        self.on_step = on_step or (lambda: None)
-        self.scratch = scratch
+    spec: GraphSpec
+    opset: int
+    on_step: Callable[[], None] | None = None
+    kv_update: str | None = None
+    scratch: Path | None = None
+    plugin_config: LUVCConfig | None = None
 
-    def __call__(self) -> onnx.ModelProto:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.kv_update = self.kv_update or DEFAULT_KV_UPDATE
+        self.on_step = self.on_step or (lambda: None)
 
     def call_impl(self) -> onnx.ModelProto:
         spec = self.spec
@@ -282,7 +278,8 @@ def check_exportable(config: LUVCConfig, plugin_nodes: bool) -> None:
         )
 
 
-class OnnxFromCompressedModel:
+@dataclasses.dataclass
+class OnnxFromCompressedModel(BaseLoader[Path]):
     """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
 
     Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket (``..._{F}x{H}x{W}`` per video
@@ -294,28 +291,17 @@ class OnnxFromCompressedModel:
     until every file is written and linted.
     """
 
-    def __init__(
-        self,
-        adapter: VLMAdapter,
-        out: str | Path,
-        profile: ExportProfile | None = None,
-        config: LUVCConfig | None = None,
-        overwrite: bool = False,
-        show_progress: bool = True,
-        passes: bool = True,
-        plugin_nodes: bool = False,
-    ) -> None:
-        self.adapter = adapter
-        self.passes = passes
-        self.plugin_nodes = plugin_nodes
-        self.out = Path(out)
-        self.profile = profile
-        self.config = config
-        self.overwrite = overwrite
-        self.show_progress = show_progress
+    adapter: VLMAdapter
+    out: str | Path
+    profile: ExportProfile | None = None
+    config: LUVCConfig | None = None
+    overwrite: bool = False
+    show_progress: bool = True
+    passes: bool = True
+    plugin_nodes: bool = False
 
-    def __call__(self) -> Path:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.out = as_path(self.out)
 
     def call_impl(self) -> Path:
         with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
@@ -360,7 +346,7 @@ class OnnxFromCompressedModel:
                 bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
             manifest = ExportManifest(
                 model=ModelEntry(adapter.name, adapter.architecture, config_hash(adapter)),
-                luvc=adapter.luvc_config.to_dict(),
+                luvc=adapter.luvc_config,
                 precision=profile.precision,
                 opset=profile.opset,
                 versions=_versions(),
@@ -437,15 +423,4 @@ class OnnxFromCompressedModel:
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
 
 
-def export_model(
-    adapter: VLMAdapter,
-    out: str | Path,
-    profile: ExportProfile | None = None,
-    config: LUVCConfig | None = None,
-    overwrite: bool = False,
-    show_progress: bool = True,
-    passes: bool = True,
-    plugin_nodes: bool = False,
-) -> Path:
-    """Export ``adapter``'s model to the folder ``out`` (see ``OnnxFromCompressedModel``)."""
-    return OnnxFromCompressedModel(adapter, out, profile, config, overwrite, show_progress, passes, plugin_nodes)()
+export_model = functional(OnnxFromCompressedModel, "export_model")

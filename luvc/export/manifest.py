@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import onnx
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
+from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.buckets import bucket_name, size_name, size_option, spans_end
+from luvc.export.buckets import BucketKey, size_name, size_option
 from luvc.export.inspect import value_dims
 from luvc.staging import OutputKind
 
@@ -122,7 +123,7 @@ class GraphEntry:
 
 
 @dataclasses.dataclass(frozen=True)
-class BucketEntry:
+class BucketEntry(BucketKey):
     """The static facts of one image-size bucket: tokens per image (after OIM; and without it), where the image
     tokens start in the prompt, the shortest text after them, the per-layer budgets, the layers SPU runs before (and
     those whose kept indices the prefill graph outputs), the first position after the image, each layer's KV length,
@@ -150,23 +151,6 @@ class BucketEntry:
         """``(start, tokens)`` of each run of visual tokens in the prompt (a Qwen3-VL video: one per slice)."""
         return self.spans or ((self.visual_start, self.tokens_per_image),)
 
-    @property
-    def visual_end(self) -> int:
-        """Index after the last visual token: where the prompt's text begins."""
-        return spans_end(self.visual_spans)
-
-    @property
-    def name(self) -> str:
-        return bucket_name(self.image_size, self.frames, self.parts)
-
-    @property
-    def size(self) -> tuple:
-        """``(H, W)``, ``(frames, H, W)`` for a video bucket, ``((H, W), (frames, H', W'))`` for a mixed one: what
-        ``ExportManifest.bucket_for`` takes."""
-        if self.parts:
-            return tuple(tuple(int(side) for side in part.split("x")) for part in self.parts)
-        return ((self.frames,) if self.frames else ()) + tuple(self.image_size)
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
@@ -191,7 +175,7 @@ class TemplateEntry:
     eos_token_id: int | list[int] | None
     video_placeholder: str | None = None
     video_token_id: int | None = None
-    video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.models.prompt.video_text)
+    video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.prompt.video_text)
     visual_separator: str | None = None  # between the image and the video of a mixed bucket's prompt
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
@@ -251,6 +235,56 @@ class KVCacheEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizationSource:
+    """The fp32 export a calibrated export was made from, and its manifest's sha256."""
+
+    export: str
+    manifest_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRun:
+    """What calibration ran on: the samples by name, and the greedy decode steps per sample."""
+
+    samples: tuple[str, ...]
+    decode_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationEntry:
+    """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
+    run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
+    TensorRT 10's calibration caches (INT8), and the first-token agreement with the fp32 source."""
+
+    precision: str
+    method: str
+    library: str
+    source: QuantizationSource
+    calibration: CalibrationRun
+    quantized_ops: tuple[str, ...]
+    activations: str
+    weights: str
+    excluded_nodes: dict[str, dict[str, str]]
+    ranges_file: str
+    tensorrt10_calibration_caches: tuple[str, ...]
+    agreement_with_fp32: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantizationEntry:
+        return cls(
+            **{
+                **data,
+                "source": QuantizationSource(**data["source"]),
+                "calibration": CalibrationRun(
+                    tuple(data["calibration"]["samples"]), data["calibration"]["decode_steps"]
+                ),
+                "quantized_ops": tuple(data["quantized_ops"]),
+                "tensorrt10_calibration_caches": tuple(data["tensorrt10_calibration_caches"]),
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class PassesEntry:
     """Whether the graph passes ran, and whether LUVC units were traced as plugin nodes (``--plugin-nodes``)."""
 
@@ -269,12 +303,12 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ExportManifest:
-    """The parsed ``manifest.json``: typed sections (see the module docstring); ``luvc`` is the ``LUVCConfig`` as a
-    dict, ``files`` maps every file of the folder (external data included) to its sha256, ``quantization`` is set by
-    ``luvc-export calibrate``."""
+    """The parsed ``manifest.json``: typed sections (see the module docstring); ``luvc`` is the export's resolved
+    ``LUVCConfig``, ``files`` maps every file of the folder (external data included) to its sha256, ``quantization``
+    is set by ``luvc-export calibrate``."""
 
     model: ModelEntry
-    luvc: dict[str, Any]
+    luvc: LUVCConfig
     precision: str
     opset: int
     versions: dict[str, str]
@@ -286,7 +320,7 @@ class ExportManifest:
     files: dict[str, str]
     kv_cache: KVCacheEntry
     passes: PassesEntry = PassesEntry(enabled=True)
-    quantization: dict[str, Any] = dataclasses.field(default_factory=dict)
+    quantization: QuantizationEntry | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -296,7 +330,7 @@ class ExportManifest:
         try:
             return cls(
                 model=ModelEntry(**data["model"]),
-                luvc=data["luvc"],
+                luvc=LUVCConfig.from_dict(data["luvc"]),
                 precision=data["precision"],
                 opset=data["opset"],
                 versions=data["versions"],
@@ -317,7 +351,7 @@ class ExportManifest:
                 files=data["files"],
                 passes=PassesEntry(**data.get("passes", {"enabled": True})),
                 kv_cache=KVCacheEntry(data["kv_cache"]["update"], tuple(data["kv_cache"]["capacity"])),
-                quantization=data.get("quantization", {}),
+                quantization=QuantizationEntry.from_dict(data["quantization"]) if data.get("quantization") else None,
                 format=data["format"],
                 format_version=data["format_version"],
             )

@@ -13,12 +13,12 @@ from luvc.errors import critical
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.internvl import InternVLAdapter
 from luvc.models.llava import LlavaAdapter
-from luvc.models.prompt import chat_template_of
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import TINY_BUILDERS, build_tiny
 from luvc.models.weights import cast_in_place, checkpoint_dtype
+from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     adapter.architecture: adapter
@@ -94,7 +94,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     cast_in_place(model, dtype)
     if model.dtype == torch.float16:
         check_fp16_range(model, f"the checkpoint's {str(stored).removeprefix('torch.') if stored else 'dtype'}")
-    # a processor's chat_template.jinja / .json before the tokenizer's: prompts use it (luvc.models.prompt)
+    # a processor's chat_template.jinja / .json before the tokenizer's: prompts use it (luvc.prompt)
     tokenizer.chat_template = chat_template_of(tokenizer, path)
     return adapter_cls(model, tokenizer, processor, name=str(path))
 

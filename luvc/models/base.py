@@ -12,11 +12,13 @@ from torch import nn
 from luvc.compress.budgets import plan_budgets
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
+from luvc.compress.oim import OIMStep, merge_units
 from luvc.errors import critical
-from luvc.models.decoder import GRID_REFUSAL
+from luvc.models.decoder import GRID_REFUSAL, install_spu_scopes
 from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
-from luvc.models.prompt import PromptTemplate, chat_template_of, template_for
+from luvc.models.scope import Scope
+from luvc.prompt import PromptTemplate, chat_template_of, template_for
 from luvc.videos import Video
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -41,6 +43,28 @@ def swap_class(module: nn.Module, luvc_cls: type) -> None:
         if not issubclass(luvc_cls, type(module)):
             raise TypeError(f"{luvc_cls.__name__} does not extend {type(module).__name__}")
         module.__class__ = luvc_cls
+
+
+def patch_modules(config: LUVCConfig, language_model: nn.Module, *pairs: tuple[nn.Module, type]) -> None:
+    """The patch every family makes: each module of ``pairs`` gets its LUVC subclass and ``config``, and
+    ``language_model`` one SPU scope per decoder layer."""
+    for module, luvc_cls in pairs:
+        swap_class(module, luvc_cls)
+        module.luvc_config = config
+    install_spu_scopes(language_model)
+
+
+def patch_oim_layers(layers: Sequence[nn.Module], luvc_cls: type, steps: dict[int, OIMStep], units: int) -> None:
+    """Encoder layers of a family that merges between layers (CLIP, InternViT): each gets its LUVC subclass, its OIM
+    step (``None`` where none runs after it), the merge units entering it (``units`` before the first step) and an
+    OIM scope."""
+    for index, layer in enumerate(layers):
+        swap_class(layer, luvc_cls)
+        layer.luvc_step, layer.luvc_units_in = steps.get(index), units
+        if not hasattr(layer, "luvc_oim"):
+            layer.luvc_oim = Scope(merge_units)
+        if index in steps:
+            units = int(steps[index].index_a.numel())
 
 
 class VLMAdapter:

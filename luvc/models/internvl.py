@@ -25,10 +25,10 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
-from luvc.compress.oim import OIMStep, merge_units, plan_oim, units_per_block
+from luvc.compress.oim import OIMStep, plan_oim, units_per_block
 from luvc.errors import critical
-from luvc.models.base import VLMAdapter, swap_class
-from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
+from luvc.models.base import VLMAdapter, patch_modules, patch_oim_layers
+from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
@@ -199,23 +199,16 @@ class InternVLAdapter(VLMAdapter):
                 f"image features; use blocks below {self.feature_block()} (CLI: --oim-layers)."
             )
         steps = self.oim_steps(config)
-        units, first = (self.patch_side // 2) ** 2, min(steps, default=None)
-        for index, layer in enumerate(self.vision_blocks):
-            swap_class(layer, LuvcInternVLVisionLayer)
-            layer.luvc_step, layer.luvc_units_in = steps.get(index), units
+        patch_oim_layers(self.vision_blocks, LuvcInternVLVisionLayer, steps, (self.patch_side // 2) ** 2)
+        first = min(steps, default=None)
+        for index, layer in enumerate(self.vision_blocks):  # the first merging layer orders the units first
             layer.luvc_reorder = unit_order(self.patch_side) if index == first else None
-            if not hasattr(layer, "luvc_oim"):
-                layer.luvc_oim = Scope(merge_units)
-            if index in steps:
-                units = int(steps[index].index_a.numel())
         inner = self.model.model
-        for module, cls in ((inner.language_model, LuvcInternVLTextModel), (inner, LuvcInternVLModel)):
-            swap_class(module, cls)
-            module.luvc_config = config
+        language = inner.language_model
+        patch_modules(config, language, (language, LuvcInternVLTextModel), (inner, LuvcInternVLModel))
         inner.luvc_merged = bool(steps)
         inner.luvc_feature_block = self.feature_block()
         inner.luvc_tile_grid = self.tile_grid(config)
-        install_spu_scopes(inner.language_model)
 
     def preprocess_images(self, images) -> dict:
         pixels = self.image_processor(images=list(images), return_tensors="pt")

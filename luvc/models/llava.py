@@ -14,10 +14,10 @@ from transformers.models.llava.modeling_llava import LlavaModel
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import VisionSpec
-from luvc.compress.oim import OIMStep, merge_units, plan_oim, units_per_block
+from luvc.compress.oim import OIMStep, plan_oim, units_per_block
 from luvc.errors import critical
-from luvc.models.base import VLMAdapter, swap_class
-from luvc.models.decoder import SpuDecoderMixin, install_spu_scopes
+from luvc.models.base import VLMAdapter, patch_modules, patch_oim_layers
+from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
@@ -149,22 +149,11 @@ class LlavaAdapter(VLMAdapter):
                 f"features (vision_feature_layer={self.model.config.vision_feature_layer}); use blocks below "
                 f"{first_feature} (CLI: --oim-layers)."
             )
-        steps = self.oim_steps(config)
-        units = self.grid_side**2
-        for index, layer in enumerate(self.vision_blocks):
-            swap_class(layer, LuvcCLIPEncoderLayer)
-            layer.luvc_step, layer.luvc_units_in = steps.get(index), units
-            if not hasattr(layer, "luvc_oim"):
-                layer.luvc_oim = Scope(merge_units)
-            if index in steps:
-                units = int(steps[index].index_a.numel())
+        patch_oim_layers(self.vision_blocks, LuvcCLIPEncoderLayer, self.oim_steps(config), self.grid_side**2)
         inner = self.model.model
-        for module, cls in ((inner.language_model, LuvcLlamaModel), (inner, LuvcLlavaModel)):
-            swap_class(module, cls)
-            module.luvc_config = config
+        patch_modules(config, inner.language_model, (inner.language_model, LuvcLlamaModel), (inner, LuvcLlavaModel))
         inner.luvc_feature_block = max(self.feature_blocks())
         inner.luvc_token_grid = self.token_grid(config)
-        install_spu_scopes(inner.language_model)
 
     def token_grid(self, config: LUVCConfig) -> tuple[int, int, int] | None:
         """An image's LLM tokens as a ``(1, rows, cols)`` grid in raster order, after the OIM steps; ``None`` with

@@ -20,7 +20,6 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 
 from luvc.compress.cost import VisionSpec
 from luvc.models.decoder import SpuDecoderMixin
-from luvc.models.prompt import video_text
 from luvc.models.qwen2_vl import (
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
@@ -28,6 +27,7 @@ from luvc.models.qwen2_vl import (
     mrope_rotary_ids,
     run_qwen_vision,
 )
+from luvc.prompt import video_text
 from luvc.videos import Video, slice_timestamps
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
+from luvc.loaders import BaseLoader, as_path, functional
 from luvc.parity import metrics
 from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
 from luvc.parity.reference import TorchReference, TorchRun
@@ -31,22 +31,21 @@ class _BackendRun:
 
     def __init__(self, pipeline, sample: Sample, expected_ids: np.ndarray | None, max_new_tokens: int) -> None:
         prepared = pipeline.prepare([sample.image], [sample.prompt])
-        self.pixels, self.bucket, self.input_ids = prepared.pixel_values, prepared.bucket, prepared.input_ids
+        self.pixels, self.bucket, self.input_ids = prepared.pixels, prepared.bucket, prepared.input_ids
         if expected_ids is not None and not np.array_equal(self.input_ids, expected_ids):
             critical(
                 f"Sample {sample.name}: the export's prompt template gives other token ids than the model's "
                 "(manifest template.text); re-export with this luvc-export version."
             )
         # one vision and prefill run serves the tensor checks, the localisation and the generation
-        self.tokens, self.step_logits, request = pipeline.greedy(
-            self.input_ids, self.pixels, prepared.image_size, max_new_tokens, prepared.seconds_per_slice
-        )
-        self.image_embeds = pipeline.to_host(request.image_features["image_embeds"])
+        self.tokens, self.step_logits, request = pipeline.greedy(prepared, max_new_tokens)
+        self.image_embeds = pipeline.sessions.to_host(request.image_features["image_embeds"])
         self.prefill_feeds = host_arrays(request.prefill_feeds)
         self.outputs = host_arrays(request.prefill_outputs)
 
 
-class ParityFromExport:
+@dataclasses.dataclass
+class ParityFromExport(BaseLoader[ParityResults]):
     """Parity of an export folder (ONNX Runtime) and optionally its engines (TensorRT) against PyTorch LUVC.
 
     ``samples`` default to the synthetic set (one per bucket size, four in all); ``model`` overrides the
@@ -55,30 +54,20 @@ class ParityFromExport:
     costs in PyTorch.
     """
 
-    def __init__(
-        self,
-        export_dir: str | Path,
-        engines_dir: str | Path | None = None,
-        samples: Sequence[Sample] | None = None,
-        model: str | None = None,
-        max_new_tokens: int | None = None,
-        tolerances: Tolerances | None = None,
-        baseline_dir: str | Path | None = None,
-        show_progress: bool | None = None,
-        fit: str | None = None,
-    ) -> None:
-        self.export_dir = Path(export_dir)
-        self.engines_dir = engines_dir
-        self.samples = samples
-        self.model = model
-        self.max_new_tokens = max_new_tokens
-        self.tolerances = tolerances
-        self.baseline_dir = None if baseline_dir is None else Path(baseline_dir)
-        self.show_progress = show_progress
-        self.fit = fit
+    export_dir: str | Path | BaseLoader[Path]
+    engines_dir: str | Path | BaseLoader[Path] | None = None
+    samples: Sequence[Sample] | None = None
+    model: str | None = None
+    max_new_tokens: int | None = None
+    tolerances: Tolerances | None = None
+    baseline_dir: str | Path | BaseLoader[Path] | None = None
+    show_progress: bool | None = None
+    fit: str | None = None
 
-    def __call__(self) -> ParityResults:
-        return self.call_impl()
+    def __post_init__(self) -> None:
+        self.export_dir, self.engines_dir, self.baseline_dir = map(
+            as_path, (self.export_dir, self.engines_dir, self.baseline_dir)
+        )
 
     def call_impl(self) -> ParityResults:
         from luvc.runtime.pipeline import Pipeline
@@ -93,7 +82,7 @@ class ParityFromExport:
             critical("No parity samples; pass a data folder with images or leave out --data.")
         pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit)}
         # each sample fitted once to a bucket (``--fit``), so that PyTorch and every backend see the same pixels
-        fitted = [pipelines["ort"].fit(sample.image) for sample in samples]
+        fitted = [pipelines["ort"].preparer.fit(sample.image) for sample in samples]
         samples = [dataclasses.replace(sample, image=visual) for sample, (visual, _) in zip(samples, fitted)]
         landed = {manifest.buckets[fit.bucket].size if fit else s.image_size for s, (_, fit) in zip(samples, fitted)}
         if self.engines_dir is not None:
@@ -160,7 +149,7 @@ def check_baseline(
             f"Baseline {folder} was exported from {baseline.model.id!r}, not from this export's model "
             f"({manifest.model.id!r}); export the same checkpoint with --no-luvc."
         )
-    if not LUVCConfig.from_dict(baseline.luvc).is_off:
+    if not baseline.luvc.is_off:
         critical(f"Baseline {folder} is LUVC-compressed; export the uncompressed baseline with --no-luvc.")
     buckets = {bucket.size for bucket in baseline.buckets.values()}
     missing = sorted(image_sizes - buckets)
@@ -169,9 +158,7 @@ def check_baseline(
         critical(f"Baseline {folder} has no bucket for the image sizes {missing}; re-export it with {flags} --no-luvc.")
 
 
-def check_parity(export_dir: str | Path, **kwargs) -> ParityResults:
-    """Function spelling of ``ParityFromExport(export_dir, **kwargs)()``."""
-    return ParityFromExport(export_dir, **kwargs)()
+check_parity = functional(ParityFromExport, "check_parity")
 
 
 def _tensor_checks(name: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[Check]:
@@ -234,7 +221,7 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     """Per-layer errors of the first sample's vision and prefill graphs on ONNX Runtime."""
     references = torch_run.layer_outputs
     graphs = [
-        (run.bucket.vision, host_arrays(pipeline.vision_feeds(run.pixels, run.bucket)[0]), "vision."),
+        (run.bucket.vision, host_arrays(pipeline.feeds.vision_feeds(run.pixels[0], run.bucket)[0]), "vision."),
         (run.bucket.prefill, run.prefill_feeds, "llm."),
     ]
     import onnx

@@ -51,7 +51,7 @@ class TorchReference:
         """Load the model an export came from (``model``: a checkpoint folder, when it has moved since)."""
         from luvc.export.exporter import export_source_model
 
-        return cls(export_source_model(manifest, model), LUVCConfig.from_dict(manifest.luvc))
+        return cls(export_source_model(manifest, model), manifest.luvc)
 
     def _hooks(self, activations: dict, scores: dict) -> list:
         def keep(name):

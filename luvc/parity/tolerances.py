@@ -39,7 +39,7 @@ class Tolerances:
         return value >= limit if METRICS[metric][1] else value <= limit
 
 
-# Documented in README "Parity"; fp16 graphs keep FP32 islands for norms, softmax and SPU scores.
+# Documented in docs/parity.md; fp16 graphs keep FP32 islands for norms, softmax and SPU scores.
 TOLERANCES = {
     "fp32": Tolerances(1e-4, 0.99999, 1.0, 0.99999, 1.0, 1e-6, 1.0, 1.0),
     "fp16": Tolerances(1e-2, 0.999, 0.9, 0.999, 1.0, 1e-3, 0.75, 0.9),

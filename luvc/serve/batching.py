@@ -20,10 +20,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from luvc.errors import LuvcError
-from luvc.runtime.pipeline import Pipeline, Prepared
+from luvc.runtime.pipeline import GenerationOptions, Pipeline, Prepared
 from luvc.runtime.sampling import SamplingConfig
 from luvc.runtime.text import TextStream
 
@@ -117,7 +115,7 @@ class Job:
         if not sampling.greedy and sampling.seed is not None:
             return None
         sampling_key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)
-        return (tuple(self.prepared.image_size), self.prepared.input_ids.shape[1], sampling_key)
+        return (self.prepared.bucket.name, self.prepared.input_ids.shape[1], sampling_key)
 
 
 class QueueFull(Exception):
@@ -203,18 +201,10 @@ def _fail(jobs: Sequence[Job], failure: Failed) -> None:
 
 
 def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
-    input_ids = np.concatenate([job.prepared.input_ids for job in jobs])
-    pixel_values = np.concatenate([job.prepared.pixel_values for job in jobs])
     streams = [TextStream(pipeline.tokenizer, job.params.stop) for job in jobs]
-    stop_ids = pipeline.stop_token_ids()
-    request = pipeline.request(
-        input_ids,
-        pixel_values,
-        jobs[0].prepared.image_size,
-        max(job.params.max_tokens for job in jobs),
-        jobs[0].params.sampling,
-        stop_ids,
-    )
+    options = GenerationOptions(max(job.params.max_tokens for job in jobs), jobs[0].params.sampling)
+    request = pipeline.request(Prepared.stack([job.prepared for job in jobs]), options)
+    stop_ids = request.stop_token_ids
     open_rows = set(range(len(jobs)))
     first_token_at = 0.0
     for step in request:

@@ -1,7 +1,7 @@
 """The OpenAI chat-completions wire format: request validation, the image and prompt a request carries, and the
 response and stream-chunk bodies.
 
-An export's prompt template holds one user turn with one image (README, "Serving"), so a request carries exactly
+An export's prompt template holds one user turn with one image (docs/serving.md), so a request carries exactly
 one user message with one image and its text; other roles are refused rather than dropped. Images come as data
 URLs, or as local paths when the server allows a folder (``--allow-local-images``); the server fetches nothing.
 """

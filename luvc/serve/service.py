@@ -85,7 +85,7 @@ class GenerationService:
     def prepare(self, image: Image.Image, prompt: str, params: GenerationParams) -> Prepared:
         """Check the client's text (``user_text``), preprocess and tokenize one request, and check its length against
         the export (errors: ``LuvcError``)."""
-        self.pipeline.check_max_new_tokens(params.max_tokens)
+        self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
         self.user_text.check(prompt)
         with self._prepare_lock:
             return self.pipeline.prepare([image], [prompt])

@@ -2,7 +2,7 @@
 ``luvc-export triton`` (``luvc.serve.repository``) runs inside the server.
 
 Each model instance opens its own ``Pipeline`` on its device, so instances scale like any Triton model: ``count``
-per GPU, several GPUs, several servers behind a load balancer (README, "Serving").
+per GPU, several GPUs, several servers behind a load balancer (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class TritonModel:
         if missing:
             critical(f"The request has no {missing[0]!r} input; send prompt and image (BYTES) with every request.")
         params, stream = params_from_inputs(inputs, self.defaults)
-        self.pipeline.check_max_new_tokens(params.max_tokens)
+        self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
         prompt = self.user_text.check(_text(inputs["prompt"].reshape(-1)[0], "prompt input"))
         image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
         return self.pipeline.prepare([image], [prompt]), params, stream

@@ -13,9 +13,9 @@ from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS
 from luvc.parity import TOLERANCES, check_parity
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
-# README "Calibration": first-token agreement of the quantized export with its fp32 source, on the tiny models
+# docs/calibration.md: first-token agreement of the quantized export with its fp32 source, on the tiny models
 BOUNDS = {"int8": {"top1_agreement": 0.75, "logits_cosine_min": 0.99}, "fp8": {"logits_cosine_min": 0.99}}
 
 
@@ -29,10 +29,10 @@ def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, cali
     folder = calibrated(family)
     manifest = ExportManifest.load(folder)
     assert manifest.precision == "int8"
-    agreement = manifest.quantization["agreement_with_fp32"]
+    agreement = manifest.quantization.agreement_with_fp32
     assert agreement["top1_agreement"] >= BOUNDS["int8"]["top1_agreement"]
     assert agreement["logits_cosine_min"] >= BOUNDS["int8"]["logits_cosine_min"]
-    excluded = manifest.quantization["excluded_nodes"]
+    excluded = manifest.quantization.excluded_nodes
     for name, graph in manifest.graphs.items():
         if graph.kind == "embed":
             continue
@@ -49,7 +49,7 @@ def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, cali
 
 def test_int8_export_runs_and_passes_parity_under_int8_tolerances(calibrated):
     folder = calibrated("tiny-qwen2-vl")
-    generation = Pipeline(folder).generate([synthetic_image()], "Describe it.", 4)
+    generation = Pipeline(folder).generate([synthetic_image()], "Describe it.", GenerationOptions(4))
     assert generation.tokens.shape == (1, 4)
     results = check_parity(folder, show_progress=False)
     assert results.tolerances == TOLERANCES["int8"]
@@ -61,12 +61,12 @@ def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
     folder = calibrated("tiny-qwen2-vl", "fp8")
     manifest = ExportManifest.load(folder)
     assert manifest.precision == "fp8" and manifest.opset >= 19
-    assert manifest.quantization["method"] == "distribution"
-    assert manifest.quantization["agreement_with_fp32"]["logits_cosine_min"] >= BOUNDS["fp8"]["logits_cosine_min"]
+    assert manifest.quantization.method == "distribution"
+    assert manifest.quantization.agreement_with_fp32["logits_cosine_min"] >= BOUNDS["fp8"]["logits_cosine_min"]
     prefill = onnx.load(str(folder / manifest.graphs["prefill_224x224"].file))
     types = {init.data_type for init in prefill.graph.initializer}
     assert onnx.TensorProto.FLOAT8E4M3FN in types
-    assert not manifest.quantization["tensorrt10_calibration_caches"]  # the legacy path is INT8 only
+    assert not manifest.quantization.tensorrt10_calibration_caches  # the legacy path is INT8 only
 
 
 def test_fixed_seed_gives_identical_ranges_and_another_seed_does_not(exports, tmp_path):
@@ -92,7 +92,7 @@ def test_calibration_caches_hold_the_q_dq_scales(calibrated):
         expected = np.float32([tensors[name]["scale"] for name in sorted(tensors)])
         np.testing.assert_array_equal(np.float32([scales[name] for name in sorted(tensors)]), expected)
     # and the tensors are the fp32 graph's: TensorRT 10 looks them up by name in the unquantized network
-    source = onnx.load(str(Path(ExportManifest.load(folder).quantization["source"]["export"]) / "prefill_224x224.onnx"))
+    source = onnx.load(str(Path(ExportManifest.load(folder).quantization.source.export) / "prefill_224x224.onnx"))
     produced = {out for node in source.graph.node for out in node.output} | {i.name for i in source.graph.input}
     assert set(ranges["prefill_224x224"]) <= produced
 
@@ -116,7 +116,7 @@ def test_a_video_export_calibrates_on_synthetic_clips(video_exports, tmp_path):
     # the samples cycle over the image bucket and the video bucket (Qwen2.5-VL: time positions at the clip's rate)
     folder = calibrate_export(video_exports("tiny-qwen2.5-vl"), tmp_path / "int8", show_progress=False)
     manifest = ExportManifest.load(folder)
-    agreement = manifest.quantization["agreement_with_fp32"]
+    agreement = manifest.quantization.agreement_with_fp32
     assert agreement["top1_agreement"] >= BOUNDS["int8"]["top1_agreement"]
     video = manifest.buckets["8x112x168"]
     assert any("QuantizeLinear" == node.op_type for node in onnx.load(str(folder / f"{video.prefill}.onnx")).graph.node)

@@ -8,6 +8,8 @@ from luvc.cli.main import main
 from tests.conftest import leftovers, one_line_error
 from tests.eval.conftest import MIXED, write_questions
 
+pytestmark = pytest.mark.eval
+
 
 def test_eval_writes_the_report_and_prints_the_table(tmp_path, capsys):
     out, data = tmp_path / "report", write_questions(tmp_path / "data", MIXED)

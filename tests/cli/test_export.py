@@ -23,7 +23,7 @@ def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
     assert f"Exported {checkpoint}" in capsys.readouterr().out.replace("\n", "")
     manifest = ExportManifest.load(out)
     bucket = manifest.buckets["224x224"]
-    assert manifest.luvc["spu_variant"] == "none" and manifest.luvc["oim_layers"] == []
+    assert manifest.luvc.spu_variant == "none" and manifest.luvc.oim_layers == ()
     assert bucket.budgets == (bucket.tokens_per_image,) * 4 and bucket.prune_layers == ()
     assert all(graph.node_prefixes == () for graph in manifest.graphs.values())
 
@@ -32,7 +32,9 @@ def test_export_without_luvc_is_the_uncompressed_baseline(tmp_path, capsys):
     inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe it.")
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 8)
-    tokens, *_ = Pipeline(out).greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
+    pipeline = Pipeline(out)
+    prepared = pipeline.preparer.from_arrays(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224))
+    tokens, *_ = pipeline.greedy(prepared, 8)
     np.testing.assert_array_equal(tokens, expected.numpy())
 
 

@@ -1,25 +1,36 @@
+import re
+
 import numpy as np
 from PIL import Image
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from tests.conftest import FIT_CASES, fit_case, write_clip
 
 
-def test_run_prints_text_and_timings(exports, capsys):
-    assert main(["run", str(exports("tiny-qwen2-vl")), "--prompt", "Describe it.", "--max-new-tokens", "4"]) == 0
+def _table_rows(out: str) -> dict[str, str]:
+    """The stage -> value rows of the timing table ``run`` prints (rich's box characters)."""
+    return {stage.strip(): value.strip() for stage, value in re.findall(r"^│ (.+?)│(.+?)│$", out, re.MULTILINE)}
+
+
+def test_run_prints_the_text_and_a_timing_table_of_this_request(exports, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row a line
+    folder = exports("tiny-qwen2-vl")
+    assert main(["run", str(folder), "--prompt", "Describe it.", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    for label in (
-        "Output:",
-        "vision",
-        "prefill",
-        "time to first token",
-        "tokens/s",
-        "KV cache",
-        "CPUExecutionProvider",
-    ):
-        assert label in out
+    pipeline = Pipeline(folder)
+    expected = pipeline.generate(synthetic_image(224, 224), "Describe it.", GenerationOptions(4))
+    assert out.startswith(f"Output: {expected.texts[0]}\n")
+    rows = _table_rows(out)
+    assert rows["bucket"] == "224x224"
+    assert rows["KV cache after the prompt"] == f"{expected.timings.kv_cache_bytes:,} bytes"
+    assert rows["decode"].endswith(f"({expected.tokens.shape[1]} tokens)")
+    timed = {stage: float(rows[stage].removesuffix(" ms")) for stage in ("vision", "prefill (embed + LLM)")}
+    assert all(ms > 0 for ms in timed.values())
+    assert float(rows["time to first token"].removesuffix(" ms")) >= sum(timed.values())
+    assert rows["KV cache buffers (capacity, as `plan`)"] == f"{pipeline.sessions.kv_cache(1).capacity_bytes():,} bytes"
+    assert "CPUExecutionProvider" in out
 
 
 def test_run_streams_the_text_that_generate_returns(exports, capsys):
@@ -29,7 +40,7 @@ def test_run_streams_the_text_that_generate_returns(exports, capsys):
     plain = capsys.readouterr().out
     assert main([*argv, "--stream"]) == 0
     streamed = capsys.readouterr().out
-    expected = Pipeline(folder).generate(synthetic_image(224, 224), "hi", max_new_tokens=6).texts[0]
+    expected = Pipeline(folder).generate(synthetic_image(224, 224), "hi", GenerationOptions(6)).texts[0]
     assert plain.startswith(f"Output: {expected}\n") and streamed.startswith(f"Output: {expected}\n")
     assert "\r" not in streamed and "time to first token" in streamed
 
@@ -67,7 +78,7 @@ def test_run_fits_an_image_of_any_size_to_a_bucket_and_says_so(exports, tmp_path
         image.save(path)
         assert main(["run", str(export), "--prompt", "Describe.", "--image", str(path), "--max-new-tokens", "4"]) == 0
         out = capsys.readouterr().out
-        expected = reference.generate(by_hand, "Describe.", max_new_tokens=4).texts[0]
+        expected = reference.generate(by_hand, "Describe.", GenerationOptions(4)).texts[0]
         assert out.startswith(f"Output: {expected}\n"), size
         change = f"resized to {bucket}" if by_hand is not image else "nothing (the processor's own size is the bucket)"
         assert f"Fit (nearest) to bucket {bucket}: " in out and change in out, out
@@ -84,6 +95,6 @@ def test_run_pads_with_fit_pad(exports, tmp_path, capsys):
     mean = tuple(round(255 * m) for m in (0.48145466, 0.4578275, 0.40821073))  # Qwen-VL's image mean
     by_hand = Image.new("RGB", (252, 168), mean)
     by_hand.paste(image.resize((224, 168), Image.Resampling.BICUBIC), (14, 0))
-    expected = Pipeline(export, fit="exact").generate(by_hand, "Describe.", max_new_tokens=4).texts[0]
+    expected = Pipeline(export, fit="exact").generate(by_hand, "Describe.", GenerationOptions(4)).texts[0]
     assert out.startswith(f"Output: {expected}\n") and "scaled to 168x224 and padded to 168x252" in out
     assert not np.array_equal(np.asarray(by_hand), np.asarray(image.resize((252, 168))))

@@ -14,8 +14,12 @@ def test_the_kv_figure_is_what_the_runtime_allocates(exports):
     export = exports("tiny-qwen2-vl")
     plan = plan_memory(export, "orin-8gb")
     pipeline = Pipeline(export)
-    assert plan.kv_bytes_per_row == pipeline.kv_cache(1).capacity_bytes()
-    assert plan.kv_bytes == pipeline.kv_cache(plan.max_batch).capacity_bytes() == pipeline.kv_buffer_bytes()
+    assert plan.kv_bytes_per_row == pipeline.sessions.kv_cache(1).capacity_bytes()
+    assert (
+        plan.kv_bytes
+        == pipeline.sessions.kv_cache(plan.max_batch).capacity_bytes()
+        == pipeline.sessions.kv_buffer_bytes()
+    )
     assert plan.kv_bytes_uncompressed > plan.kv_bytes  # every layer holds every visual token before OIM
 
 

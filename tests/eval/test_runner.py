@@ -16,6 +16,8 @@ from luvc.models import TINY_MODELS, load_model
 from tests.conftest import stock_inputs
 from tests.eval.conftest import MIXED, write_questions
 
+pytestmark = pytest.mark.eval
+
 
 @pytest.mark.parametrize("family", TINY_MODELS)
 def test_none_agrees_with_the_stock_models_own_answers(question_set, family):
@@ -114,7 +116,7 @@ def test_eval_of_the_onnx_runtime_export_equals_pytorch(exports, tmp_path):
 
 def test_eval_of_an_export_fits_images_of_any_size_to_its_buckets(exports, tmp_path):
     """Questions about images of six sizes: the export answers each as the image resized by hand to its bucket does."""
-    from luvc.runtime.pipeline import Pipeline
+    from luvc.runtime.pipeline import GenerationOptions, Pipeline
     from tests.conftest import FIT_CASES, fit_case
 
     (tmp_path / "img").mkdir()
@@ -130,7 +132,7 @@ def test_eval_of_an_export_fits_images_of_any_size_to_its_buckets(exports, tmp_p
     results = EvalFromModel(data, export_dir=export, max_new_tokens=4, show_progress=False)()
     reference = Pipeline(export, fit="exact")
     expected = [
-        reference.generate(image, question.prompt, max_new_tokens=4).texts[0]
+        reference.generate(image, question.prompt, GenerationOptions(4)).texts[0]
         for image, question in zip(expected_images, data.questions)
     ]
     assert [answer.text for answer in results.run("luvc", "export", "ort").answers] == expected

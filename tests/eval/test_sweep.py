@@ -13,6 +13,8 @@ from luvc.eval.report import write_report
 from luvc.eval.runner import EvalFromModel
 from luvc.eval.sweep import SweepPoint, pareto_front, parse_sweep, sweep_variants, winners_by_type
 
+pytestmark = pytest.mark.eval
+
 
 def test_the_grid_covers_every_combination_with_the_default_first():
     variants = sweep_variants(parse_sweep("all"))

@@ -4,22 +4,23 @@ import numpy as np
 import pytest
 
 from luvc.models import TINY_MODELS
-from luvc.runtime.pipeline import Pipeline, host_arrays
+from luvc.runtime.pipeline import GenerationOptions, Pipeline, host_arrays
 from tests.export.conftest import relative_error
 
 FAMILIES = list(TINY_MODELS)
-# fp16 graphs against the fp32 PyTorch model (FP32 islands for norms, softmax and SPU scores): README "fp16 tolerances"
+# fp16 graphs against the fp32 PyTorch model (FP32 islands for norms, softmax, SPU scores): docs/export.md "Lint, fp16"
 FP16_RELATIVE = 1e-2
 FP16_KEPT_OVERLAP = 0.9
 
 
 def _run_graphs(folder, reference):
     graphs = Pipeline(folder)
-    bucket = graphs.manifest.bucket_for((224, 224))
-    pixels = reference.inputs["pixel_values"].numpy()
-    features = graphs.image_features(pixels, bucket)
-    prefill = host_arrays(graphs.prefill(reference.inputs["input_ids"].numpy(), features, bucket))
-    return graphs, bucket, features["image_embeds"].numpy(), prefill
+    inputs = reference.inputs
+    prepared = graphs.preparer.from_arrays(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224))
+    request = graphs.request(prepared, GenerationOptions(1))
+    request.step()  # vision and prefill
+    prefill = host_arrays(request.prefill_outputs)
+    return graphs, prepared.bucket, request.image_features["image_embeds"].numpy(), prefill
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -43,7 +44,10 @@ def test_greedy_through_three_graphs_equals_pytorch(family, exports, references)
     reference = references(family)
     graphs = Pipeline(exports(family))
     tokens, step_logits, _ = graphs.greedy(
-        reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (224, 224), 16
+        graphs.preparer.from_arrays(
+            reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (224, 224)
+        ),
+        16,
     )
     np.testing.assert_array_equal(tokens, reference.tokens)
     assert relative_error(step_logits, reference.step_logits) <= 1e-4
@@ -98,8 +102,8 @@ def test_a_static_criterion_exports_like_spu(tmp_path, method_name, knobs):
     out = export_model(load_model("tiny-qwen2-vl"), tmp_path / method_name, profile, config, show_progress=False)
     manifest = ExportManifest.load(out)
     criterion = METHODS[method_name].criterion_for(config)
-    assert (manifest.luvc["spu_variant"], manifest.luvc["oim_layers"]) == (criterion, [])
-    assert all(manifest.luvc[key] == value for key, value in knobs.items())
+    assert (manifest.luvc.spu_variant, manifest.luvc.oim_layers) == (criterion, ())
+    assert all(getattr(manifest.luvc, key) == value for key, value in knobs.items())
     assert len(manifest.buckets) == 1 + len(videos)
     assert dataclasses.replace(config, **knobs) == config
     assert manifest.buckets["224x224"].budgets == (64, 64, 32, 0)

@@ -73,7 +73,7 @@ def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
     with pytest.raises(LuvcError, match=r"external-data file 'weights.data', which is missing"):
         load_graph(folder, "prefill_224x224")
     with pytest.raises(LuvcError, match="which is missing"):
-        Pipeline(folder, verify=False).session("prefill_224x224")
+        Pipeline(folder, verify=False).sessions["prefill_224x224"]
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):

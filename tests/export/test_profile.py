@@ -19,7 +19,10 @@ def test_second_bucket_matches_pytorch(exports, references):
     graphs = Pipeline(exports("tiny-qwen2-vl"))
     assert sorted(graphs.manifest.buckets) == sorted(f"{h}x{w}" for h, w in QWEN_BUCKETS)
     tokens, step_logits, _ = graphs.greedy(
-        reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (height, width), 16
+        graphs.preparer.from_arrays(
+            reference.inputs["input_ids"].numpy(), reference.inputs["pixel_values"].numpy(), (height, width)
+        ),
+        16,
     )
     np.testing.assert_array_equal(tokens, reference.tokens)
     assert relative_error(step_logits, reference.step_logits) <= 1e-4

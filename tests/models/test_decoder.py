@@ -29,13 +29,17 @@ def test_spu_with_full_budgets_matches_stock_logits(adapter, stock, image):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def test_default_luvc_changes_logits_but_keeps_state_dict_keys(adapter, stock, image):
     keys = set(adapter.model.state_dict())
+    adapter.apply_luvc(LUVCConfig.off())
+    uncompressed = stock(**stock_inputs(adapter, adapter.prepare_inputs([image], PROMPT))).logits[:, -1]
     adapter.apply_luvc()
     assert set(adapter.model.state_dict()) == keys
     inputs = adapter.prepare_inputs([image], PROMPT)
-    logits = adapter.model(**inputs).logits
+    logits = adapter.model(**inputs).logits[:, -1]  # the next token's logits, after compression
     assert torch.isfinite(logits).all()
+    assert (logits - uncompressed).abs().max() > 1e-3 * uncompressed.abs().max()  # compression changed the answer
     assert "luvc_spu=spectral-residual" in repr(adapter.model)
 
 

@@ -12,7 +12,7 @@ from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.models.internvl import unit_order
 from luvc.processing import tile_canvas
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
 
 @pytest.mark.parametrize("side", [4, 8, 32])
@@ -50,11 +50,11 @@ def test_an_image_of_another_tile_layout_names_the_buckets_and_the_flag(tmp_path
     profile = ExportProfile(image_sizes=((224, 336),))
     out = export_model(internvl, tmp_path / "export", profile, show_progress=False)
     pipeline = Pipeline(out)
-    pixels, canvas = pipeline.preprocess([synthetic_image(400, 120, 2)])  # a tall image: a 3 x 1 grid
+    pixels, canvas = pipeline.preparer.preprocess([synthetic_image(400, 120, 2)])  # a tall image: a 3 x 1 grid
     assert canvas == (336, 112) and pixels.shape[0] == 4
     with pytest.raises(LuvcError, match=r"buckets: \['224x336'\].*re-export with --image-size 336x112"):
         pipeline.manifest.bucket_for(canvas)
-    result = pipeline.generate([synthetic_image(224, 336, 3)], "Describe.", max_new_tokens=4)
+    result = pipeline.generate([synthetic_image(224, 336, 3)], "Describe.", GenerationOptions(4))
     assert len(result.texts) == 1
 
 

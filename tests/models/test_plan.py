@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import luvc.models.qwen2_vl as qwen2_vl
+import luvc.models.qwen_vision_plan as qwen_vision_plan
 from luvc.compress.config import LUVCConfig
 from luvc.export.bucket_plan import plan_bucket
 from luvc.export.graphs import prefill_spec, vision_spec
@@ -19,13 +19,13 @@ QWEN_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 def encoder_plans(monkeypatch) -> list:
     """Every grid the real Qwen-VL planner is asked to plan."""
     planned = []
-    real = qwen2_vl.plan_qwen_vision
+    real = qwen_vision_plan.plan_qwen_vision
 
     def counting(grid_thw, *args, **kwargs):
         planned.append(tuple(map(tuple, grid_thw.tolist())))
         return real(grid_thw, *args, **kwargs)
 
-    monkeypatch.setattr(qwen2_vl, "plan_qwen_vision", counting)
+    monkeypatch.setattr(qwen_vision_plan, "plan_qwen_vision", counting)
     return planned
 
 

@@ -11,7 +11,7 @@ from luvc import LuvcError, load_model
 from luvc.compress.config import LUVCConfig
 from luvc.images import synthetic_image
 from luvc.models.generation import greedy_generate
-from luvc.models.prompt import PromptTemplate
+from luvc.prompt import PromptTemplate
 from tests.chat_templates import LLAVA_1_5, QWEN2_VL
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
@@ -118,7 +118,7 @@ def test_llava_prompt_ids_equal_the_llava_processor_with_bos_apart_from_the_imag
 def test_onnx_runtime_reproduces_pytorch_on_chat_template_prompts(qwen_checkpoint, tmp_path):
     from luvc.export.exporter import export_model
     from luvc.export.profile import ExportProfile
-    from luvc.runtime.pipeline import Pipeline
+    from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
     adapter = load_model(qwen_checkpoint)
     export = export_model(adapter, tmp_path / "export", ExportProfile(image_sizes=((224, 224),)), show_progress=False)
@@ -130,7 +130,7 @@ def test_onnx_runtime_reproduces_pytorch_on_chat_template_prompts(qwen_checkpoin
     np.testing.assert_array_equal(pipeline.prepare([image], [PROMPT]).input_ids, inputs["input_ids"].numpy())
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 8).numpy()
-    np.testing.assert_array_equal(pipeline.generate(image, PROMPT, max_new_tokens=8).tokens, expected)
+    np.testing.assert_array_equal(pipeline.generate(image, PROMPT, GenerationOptions(8)).tokens, expected)
 
 
 def test_a_spu_start_past_the_model_suggests_one_that_fits():

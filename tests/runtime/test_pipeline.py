@@ -12,13 +12,13 @@ from luvc.models import TINY_MODELS, load_model
 from luvc.models.generation import greedy_generate
 from luvc.parity import metrics
 from luvc.parity.tolerances import tolerances_for
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import synthetic_video
 from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, VIDEO_LUVC
 
 PROMPT = "What is in this picture?"
-FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # README "Parity": fp16 graphs vs fp32 PyTorch
+FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # docs/parity.md: fp16 graphs vs fp32 PyTorch
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -32,9 +32,9 @@ def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 16, eos_token_id=eos).numpy()
     pipeline = Pipeline(exports(family))
-    pixels, size = pipeline.preprocess(images)
+    pixels, size = pipeline.preparer.preprocess(images)
     np.testing.assert_array_equal(pixels, adapter.preprocess_images(images)["pixel_values"].numpy())
-    generation = pipeline.generate(images, PROMPT, max_new_tokens=16)
+    generation = pipeline.generate(images, PROMPT, GenerationOptions(16))
     np.testing.assert_array_equal(generation.tokens, expected)
     assert generation.texts == [adapter.tokenizer.decode(row, skip_special_tokens=True) for row in expected]
 
@@ -47,9 +47,7 @@ def _greedy_equals_pytorch(adapter, pipeline: Pipeline, visuals: list, prompts: 
         expected = greedy_generate(adapter.model, inputs, 12, eos_token_id=adapter.tokenizer.eos_token_id).numpy()
     prepared = pipeline.prepare(visuals, prompts)
     np.testing.assert_array_equal(prepared.input_ids, inputs["input_ids"].numpy())
-    tokens, _, request = pipeline.greedy(
-        prepared.input_ids, prepared.pixel_values, prepared.image_size, 12, prepared.seconds_per_slice
-    )
+    tokens, _, request = pipeline.greedy(prepared, 12)
     np.testing.assert_array_equal(tokens, expected)
     positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs))
     np.testing.assert_array_equal(request.prefill_feeds["position_ids"].numpy(), positions.numpy())
@@ -67,7 +65,7 @@ def test_video_greedy_tokens_and_positions_equal_pytorch_luvc(family, video_expo
     prepared, inputs = _greedy_equals_pytorch(adapter, Pipeline(video_exports(family)), clips, [PROMPT, PROMPT])
     assert prepared.bucket.name == "x".join(map(str, bucket)) and prepared.bucket.frames == 8
     assert len(prepared.bucket.visual_spans) == (2 if family == "tiny-qwen3-vl" else 1)  # Qwen3: a span a slice
-    np.testing.assert_array_equal(prepared.pixel_values, inputs["pixel_values_videos"].numpy())
+    np.testing.assert_array_equal(prepared.pixels[0], inputs["pixel_values_videos"].numpy())
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
@@ -106,9 +104,9 @@ def test_a_video_outside_the_buckets_names_them(video_exports, exports):
 def test_stream_yields_the_generated_text(exports):
     pipeline = Pipeline(exports("tiny-qwen2.5-vl"))
     image = synthetic_image(224, 224, 4)
-    pieces = list(pipeline.stream(image, PROMPT, max_new_tokens=16))
+    pieces = list(pipeline.stream(image, PROMPT, GenerationOptions(16)))
     assert len(pieces) > 1
-    assert "".join(pieces) == pipeline.generate(image, PROMPT, max_new_tokens=16).texts[0]
+    assert "".join(pieces) == pipeline.generate(image, PROMPT, GenerationOptions(16)).texts[0]
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-llava"])
@@ -117,7 +115,7 @@ def test_reported_kv_bytes_equal_the_cost_model(family, exports):
     adapter.apply_luvc()
     image = synthetic_image(224, 224, 2)
     inputs = adapter.prepare_inputs([image], PROMPT)
-    generation = Pipeline(exports(family)).generate(image, PROMPT, max_new_tokens=2)
+    generation = Pipeline(exports(family)).generate(image, PROMPT, GenerationOptions(2))
     assert generation.timings.kv_cache_bytes == adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes
     assert generation.timings.kv_cache_bytes < adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes_baseline
 
@@ -125,9 +123,14 @@ def test_reported_kv_bytes_equal_the_cost_model(family, exports):
 def test_sampling_is_seeded_and_top_k_one_is_greedy(exports):
     pipeline = Pipeline(exports("tiny-llava"))
     image = synthetic_image(224, 224, 6)
-    greedy = pipeline.generate(image, PROMPT, max_new_tokens=8).tokens
-    assert np.array_equal(pipeline.generate(image, PROMPT, 8, SamplingConfig(1.0, top_k=1, seed=1)).tokens, greedy)
-    sampled = [pipeline.generate(image, PROMPT, 8, SamplingConfig(1.5, top_p=0.95, seed=5)).tokens for _ in range(2)]
+    greedy = pipeline.generate(image, PROMPT, GenerationOptions(8)).tokens
+    assert np.array_equal(
+        pipeline.generate(image, PROMPT, GenerationOptions(8, SamplingConfig(1.0, top_k=1, seed=1))).tokens, greedy
+    )
+    sampled = [
+        pipeline.generate(image, PROMPT, GenerationOptions(8, SamplingConfig(1.5, top_p=0.95, seed=5))).tokens
+        for _ in range(2)
+    ]
     assert np.array_equal(*sampled) and not np.array_equal(sampled[0], greedy)
 
 
@@ -135,15 +138,14 @@ def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
     pipeline = Pipeline(exports("tiny-qwen2-vl"))
     images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
     prepared = pipeline.prepare(images, [PROMPT] * 2)
-    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
-    request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
+    request = pipeline.request(prepared, GenerationOptions(6))
     request.step()  # vision + prefill: uploads pixels and the prompt once
     cache = request.cache
     addresses = [t.data_ptr() for pair in cache.buffers for t in pair]
     for _ in range(5):
-        before, lengths = pipeline.transfer_stats(), list(cache.lengths)
+        before, lengths = pipeline.sessions.transfer_stats(), list(cache.lengths)
         request.step()
-        moved = pipeline.transfer_stats().since(before)
+        moved = pipeline.sessions.transfer_stats().since(before)
         assert moved.host_to_device_bytes == 0 and moved.allocations == 0
         assert moved.device_to_host_bytes == 2 * 8  # the two sampled token ids
         assert moved.calls == 2  # embed and decode
@@ -179,8 +181,7 @@ def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_u
     pipeline = Pipeline(folder)
     assert pipeline.manifest.kv_cache.update == kv_update
     prepared = pipeline.prepare([image], [PROMPT])
-    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
-    request = pipeline.request(input_ids, pixels, size, max_new_tokens=6)
+    request = pipeline.request(prepared, GenerationOptions(6, stop_token_ids=()))
     tokens = np.stack([step.tokens for step in request], axis=1)
     np.testing.assert_array_equal(tokens, expected)
     assert request.cache.lengths == list(pipeline.manifest.kv_cache.capacity)  # every layer full
@@ -189,7 +190,7 @@ def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_u
     with pytest.raises(LuvcError, match="This request has finished"):
         request.step()
     with pytest.raises(LuvcError, match="must be between 1 and the export profile's 6"):
-        pipeline.request(input_ids, pixels, size, max_new_tokens=7)
+        pipeline.request(prepared, GenerationOptions(7))
 
 
 @pytest.mark.parametrize("family", list(TINY_MODELS))
@@ -201,8 +202,9 @@ def test_fp16_in_place_decode_within_the_fp16_tolerance(family, exports):
     with torch.no_grad():
         expected = greedy_generate(adapter.model, inputs, 8).numpy()
     pipeline = Pipeline(exports(family, "fp16"))
-    assert pipeline.kv_cache(1).buffers[0][0].dtype == torch.float16
-    tokens, _, _ = pipeline.greedy(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224), 8)
+    assert pipeline.sessions.kv_cache(1).buffers[0][0].dtype == torch.float16
+    prepared = pipeline.preparer.from_arrays(inputs["input_ids"].numpy(), inputs["pixel_values"].numpy(), (224, 224))
+    tokens, _, _ = pipeline.greedy(prepared, 8)
     assert metrics.token_agreement(tokens, expected) >= FP16_TOKEN_AGREEMENT
 
 
@@ -214,23 +216,22 @@ def test_cuda_pipeline_keeps_the_decode_loop_on_the_gpu(exports):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs onnxruntime-gpu (CUDAExecutionProvider); the CPU package is installed")
     image = synthetic_image(224, 224, 4)
-    expected = Pipeline(exports("tiny-qwen2-vl")).generate(image, PROMPT, max_new_tokens=8).tokens
+    expected = Pipeline(exports("tiny-qwen2-vl")).generate(image, PROMPT, GenerationOptions(8)).tokens
     pipeline = Pipeline(exports("tiny-qwen2-vl"), device="cuda:0")
-    before = pipeline.transfer_stats()
-    generation = pipeline.generate(image, PROMPT, max_new_tokens=8)
+    before = pipeline.sessions.transfer_stats()
+    generation = pipeline.generate(image, PROMPT, GenerationOptions(8))
     np.testing.assert_array_equal(generation.tokens, expected)
-    assert "CUDAExecutionProvider" in pipeline.session_providers()
-    moved = pipeline.transfer_stats().since(before)
+    assert "CUDAExecutionProvider" in pipeline.sessions.providers_in_use()
+    moved = pipeline.sessions.transfer_stats().since(before)
     assert moved.device_to_host_bytes == 8 * generation.tokens.shape[1]  # token ids alone
 
 
 def test_a_request_whose_cache_another_request_took_is_refused(exports):
     pipeline = Pipeline(exports("tiny-llava"))
     prepared = pipeline.prepare([synthetic_image(224, 224, 1)], [PROMPT])
-    input_ids, pixels, size = prepared.input_ids, prepared.pixel_values, prepared.image_size
-    first = pipeline.request(input_ids, pixels, size, max_new_tokens=4)
+    first = pipeline.request(prepared, GenerationOptions(4, stop_token_ids=()))
     first.step()
-    second = pipeline.request(input_ids, pixels, size, max_new_tokens=4)
+    second = pipeline.request(prepared, GenerationOptions(4, stop_token_ids=()))
     assert len(list(second)) == 4
     with pytest.raises(LuvcError, match="Another request on this pipeline has taken its KV cache"):
         first.step()
@@ -239,19 +240,19 @@ def test_a_request_whose_cache_another_request_took_is_refused(exports):
 def test_release_closes_the_sessions_and_a_later_request_reopens_them(exports):
     pipeline = Pipeline(exports("tiny-llava"))
     image = synthetic_image(224, 224, 5)
-    first = pipeline.generate(image, PROMPT, max_new_tokens=4)
-    assert pipeline.kv_buffer_bytes() > 0 and pipeline.session_providers()
+    first = pipeline.generate(image, PROMPT, GenerationOptions(4))
+    assert pipeline.sessions.kv_buffer_bytes() > 0 and pipeline.sessions.providers_in_use()
     pipeline.release()
-    assert pipeline.kv_buffer_bytes() == 0 and pipeline.session_providers() == []
-    np.testing.assert_array_equal(pipeline.generate(image, PROMPT, max_new_tokens=4).tokens, first.tokens)
+    assert pipeline.sessions.kv_buffer_bytes() == 0 and pipeline.sessions.providers_in_use() == []
+    np.testing.assert_array_equal(pipeline.generate(image, PROMPT, GenerationOptions(4)).tokens, first.tokens)
 
 
 def test_prompt_longer_than_the_export_profile(exports):
     pipeline = Pipeline(exports("tiny-llava"))
     with pytest.raises(LuvcError, match=r"allows 512; shorten it or re-export with --max-text-tokens 6\d\d"):
-        pipeline.generate(synthetic_image(224, 224), "x" * 600, max_new_tokens=2)
+        pipeline.generate(synthetic_image(224, 224), "x" * 600, GenerationOptions(2))
 
 
 def test_image_outside_the_buckets(exports):
     with pytest.raises(LuvcError, match=r"outside this export's profile.*\(--fit nearest or pad does\)"):
-        Pipeline(exports("tiny-qwen2-vl"), fit="exact").generate(synthetic_image(448, 448), "hi", max_new_tokens=2)
+        Pipeline(exports("tiny-qwen2-vl"), fit="exact").generate(synthetic_image(448, 448), "hi", GenerationOptions(2))

@@ -7,13 +7,13 @@ import pytest
 from luvc.engines.builder import build_engines
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
 
 def test_backend_not_installed(exports, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the package were absent
     with pytest.raises(LuvcError, match=r"ONNX Runtime is not installed; run `.* -m pip install onnxruntime`"):
-        Pipeline(exports("tiny-llava")).session("embed")
+        Pipeline(exports("tiny-llava")).sessions["embed"]
     from luvc.engines.trt_module import import_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
@@ -37,8 +37,12 @@ def test_trt_backend_matches_ort(exports, tmp_path):
         exports("tiny-llava"), "ampere", tmp_path / "engines", show_progress=False, hardware_compatible=False
     )
     image = synthetic_image(224, 224, 3)
-    expected = Pipeline(exports("tiny-llava")).generate(image, "hi", max_new_tokens=8).tokens
-    got = Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines).generate(image, "hi", 8).tokens
+    expected = Pipeline(exports("tiny-llava")).generate(image, "hi", GenerationOptions(8)).tokens
+    got = (
+        Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines)
+        .generate(image, "hi", GenerationOptions(8))
+        .tokens
+    )
     assert (got == expected).all()
 
 

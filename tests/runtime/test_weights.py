@@ -9,7 +9,7 @@ from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.weights import float32_compute
 
 PROMPT = "What is in this picture?"
@@ -53,16 +53,16 @@ def _shared_pointers(session) -> set[int]:
 def test_prefill_and_decode_use_one_copy_of_a_float32_export(exports):
     folder = exports("tiny-llava")  # fp32, weights in weights.data
     pipeline = Pipeline(folder)
-    generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, max_new_tokens=2)
+    generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(2))
     assert generation.tokens.shape == (1, 2)
-    prefill = next(s for n, s in pipeline._sessions.items() if n.startswith("prefill"))
-    decode = pipeline._sessions["decode"]
+    prefill = next(s for n, s in pipeline.sessions.opened().items() if n.startswith("prefill"))
+    decode = pipeline.sessions.opened()["decode"]
     shared = _shared_pointers(prefill) & _shared_pointers(decode)
     assert len(shared) >= 4  # every decoder weight and the LM head
     mapped = _file_mappings(folder / "weights.data")
     assert all(any(start <= pointer < end for start, end in mapped) for pointer in shared)  # the file, not copies
-    assert pipeline.weights.converted_bytes == 0
-    assert pipeline.weights.mapped_bytes == sum(length for _, length in _distinct_external_tensors(folder))
+    assert pipeline.sessions.weights.converted_bytes == 0
+    assert pipeline.sessions.weights.mapped_bytes == sum(length for _, length in _distinct_external_tensors(folder))
 
 
 @pytest.mark.slow
@@ -70,20 +70,20 @@ def test_fp16_export_converts_each_weight_once_and_matches_onnx_runtime(fp16_ext
     image = synthetic_image(224, 224, 5)
     shared = Pipeline(fp16_external_export)
     prepared = shared.prepare([image], [PROMPT])
-    tokens, logits, _ = shared.greedy(prepared.input_ids, prepared.pixel_values, prepared.image_size, 4)
+    tokens, logits, _ = shared.greedy(prepared, 4)
     distinct = _distinct_external_tensors(fp16_external_export)
     half = sum(length for (_, length), kind in distinct.items() if kind == onnx.TensorProto.FLOAT16)
     assert half > 0.75 * sum(length for _, length in distinct)  # the weights; the rest are small integer constants
-    assert shared.weights.converted_bytes == 2 * half  # float32, once each
-    assert shared.weights.mapped_bytes == sum(length for _, length in distinct) - half  # the rest: file views
-    shared_values = {value.data_ptr() for session in shared._sessions.values() for value in session._shared_values}
+    assert shared.sessions.weights.converted_bytes == 2 * half  # float32, once each
+    assert shared.sessions.weights.mapped_bytes == sum(length for _, length in distinct) - half  # the rest: file views
+    shared_values = {
+        value.data_ptr() for session in shared.sessions.opened().values() for value in session._shared_values
+    }
     assert len(shared_values) >= 4  # the large weights are shared, not inlined
 
     native = Pipeline(fp16_external_export)
-    native.weights = None  # ONNX Runtime reads each graph's own fp16 weights
-    expected_tokens, expected_logits, _ = native.greedy(
-        prepared.input_ids, prepared.pixel_values, prepared.image_size, 4
-    )
+    native.sessions.weights = None  # ONNX Runtime reads each graph's own fp16 weights
+    expected_tokens, expected_logits, _ = native.greedy(prepared, 4)
     np.testing.assert_array_equal(tokens, expected_tokens)
     np.testing.assert_allclose(logits, expected_logits, atol=2e-3, rtol=0)
 

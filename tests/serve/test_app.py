@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
 from luvc.serve.service import GenerationService
@@ -37,7 +37,7 @@ def messages(image, prompt: str = PROMPT) -> list[dict]:
 
 
 def expected_text(export_dir, image, max_new_tokens: int = 16) -> str:
-    return Pipeline(export_dir).generate(image, PROMPT, max_new_tokens=max_new_tokens).texts[0]
+    return Pipeline(export_dir).generate(image, PROMPT, GenerationOptions(max_new_tokens)).texts[0]
 
 
 def cli_error(argv: list[str], capsys) -> str:
@@ -234,7 +234,7 @@ def test_a_seeded_sampled_completion_equals_pipeline_generate_with_that_seed(ser
     base_url, _ = server
     image = synthetic_image(224, 224, 6)
     sampling = SamplingConfig(temperature=0.8, top_p=0.9, seed=5)
-    expected = Pipeline(exports(MODEL)).generate(image, PROMPT, max_new_tokens=12, sampling=sampling).texts[0]
+    expected = Pipeline(exports(MODEL)).generate(image, PROMPT, GenerationOptions(12, sampling)).texts[0]
     response = client(base_url).chat.completions.create(
         model=MODEL, messages=messages(image), max_tokens=12, temperature=0.8, top_p=0.9, seed=5
     )
@@ -269,7 +269,7 @@ def test_an_image_of_any_size_is_fitted_to_a_bucket_and_the_response_says_so(ser
         raw = client(base_url).chat.completions.with_raw_response.create(
             model=MODEL, messages=messages(image), max_tokens=8
         )
-        expected = reference.generate(by_hand, PROMPT, max_new_tokens=8).texts[0]
+        expected = reference.generate(by_hand, PROMPT, GenerationOptions(8)).texts[0]
         assert raw.parse().choices[0].message.content == expected, size
         assert raw.headers["x-luvc-bucket"] == bucket
         change = raw.headers["x-luvc-fit"]

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from luvc.export.buckets import bucket_name
+from luvc.export.manifest import BucketEntry
 from luvc.runtime.pipeline import Prepared
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams, Job, JobQueue, QueueFull
@@ -10,8 +12,13 @@ from luvc.serve.batching import GenerationParams, Job, JobQueue, QueueFull
 GREEDY = GenerationParams(8)
 
 
+def bucket(size: tuple[int, int]) -> BucketEntry:
+    name = bucket_name(size)
+    return BucketEntry(size, 4, 16, 0, 1, (4, 0), (1,), (1,), 5, ("4", "4"), f"vision_{name}", f"prefill_{name}", "h")
+
+
 def job(size=(224, 224), length=20, params=GREEDY) -> Job:
-    prepared = Prepared(np.zeros((1, length), np.int64), np.zeros((1, 3), np.float32), size, {})
+    prepared = Prepared(np.zeros((1, length), np.int64), (np.zeros((1, 3), np.float32),), bucket(size))
     return Job(prepared, params, lambda event: None)
 
 

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
 from luvc.serve.triton import params_from_inputs
@@ -167,7 +167,7 @@ def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **opt
 def test_tritonserver_answers_like_pipeline_generate(triton):
     url, export = triton
     image = synthetic_image(224, 224, 21)
-    expected = Pipeline(export).generate(image, PROMPT, max_new_tokens=16).texts[0]
+    expected = Pipeline(export).generate(image, PROMPT, GenerationOptions(16)).texts[0]
     assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]  # the repository default: 16
     streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
     assert len(streamed) > 2 and streamed[-1] == ("", "length")
@@ -180,7 +180,7 @@ def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
     reference = Pipeline(export, fit="exact")
     for index, (size, bucket) in enumerate(FIT_CASES):
         image, by_hand = fit_case(size, bucket, seed=index)
-        expected = reference.generate(by_hand, PROMPT, max_new_tokens=16).texts[0]
+        expected = reference.generate(by_hand, PROMPT, GenerationOptions(16)).texts[0]
         assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")], size
     [error] = infer(url, png_bytes(Image.new("RGB", (1, 1))), PROMPT, stream=False)
     assert "the image input is 1x1; an image needs at least 8 pixels a side" in str(error)
@@ -198,5 +198,5 @@ def test_tritonserver_returns_the_error_of_a_bad_request(triton):
     assert "The prompt input is not UTF-8 text; send it UTF-8 encoded." in str(error)
     image = synthetic_image(224, 224, 21)  # the model still answers after those
     assert infer(url, png_bytes(image), PROMPT, stream=False) == [
-        (Pipeline(export).generate(image, PROMPT, max_new_tokens=16).texts[0], "length")
+        (Pipeline(export).generate(image, PROMPT, GenerationOptions(16)).texts[0], "length")
     ]

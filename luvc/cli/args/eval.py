@@ -29,7 +29,7 @@ class EvalArgs(BaseArgs):
         group.add_argument(
             "--data",
             required=True,
-            help="a folder with questions.jsonl and its images or videos, or a .jsonl file (format: README 'Eval')",
+            help="a folder with questions.jsonl and its images or videos, or a .jsonl file (format: docs/eval.md)",
         )
         group.add_argument(
             "--model",

@@ -12,6 +12,7 @@ from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:
     from luvc.runtime.pipeline import Pipeline
+    from luvc.runtime.request import GenerationOptions
 
 
 class RuntimeArgs(BaseArgs):
@@ -61,6 +62,12 @@ class RuntimeArgs(BaseArgs):
         self.fit = args.fit
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+
+    def generation_options(self) -> GenerationOptions:
+        """The generation options these flags describe (length and sampling; the model's stop ids)."""
+        from luvc.runtime.request import GenerationOptions
+
+        return GenerationOptions(self.max_new_tokens, self.sampling)
 
     def pipeline(self) -> Pipeline:
         """The pipeline these options describe (artifacts, backend, engines, device, plugin library)."""

@@ -1,0 +1,118 @@
+"""``GraphFeeds``: the host work between the graphs, on the device.
+
+Vision feeds from a request's pixels and its bucket's ``HostPlan``; the vision graph's features (a mixed bucket's
+image and video along the token axis); token embeddings; position ids; and the prefill feeds, where the visual
+features overwrite the prompt's visual spans (static per bucket) in the token embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from luvc.errors import critical
+from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.runtime.host_plan import HostPlan
+from luvc.runtime.session import TORCH_DTYPES
+from luvc.runtime.sessions import Sessions
+from luvc.videos import DEFAULT_SAMPLED_FPS
+
+
+class GraphFeeds:
+    """Feeds and features for the graphs of ``manifest`` (export ``folder``), run through ``sessions``."""
+
+    def __init__(self, folder: Path, manifest: ExportManifest, sessions: Sessions) -> None:
+        self.folder, self.manifest, self.sessions = folder, manifest, sessions
+        self._plans: dict[str, HostPlan] = {}
+
+    def host_plan(self, bucket: BucketEntry) -> HostPlan:
+        """The bucket's ``HostPlan`` (read once)."""
+        if bucket.host not in self._plans:
+            self._plans[bucket.host] = HostPlan.load(self.folder / bucket.host, bucket.visual_start)
+        return self._plans[bucket.host]
+
+    def vision_feeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:
+        """The feeds of the vision graph's calls for ``pixel_values``, on the device: one call for a
+        ``(B, C, H, W)`` batch; one per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's
+        host-planned metadata."""
+        inputs = self.manifest.graphs[bucket.vision].inputs
+        pixels = self.sessions.to_device(pixel_values).to(TORCH_DTYPES[inputs[0].dtype])
+        if len(inputs[0].shape) == 4:  # (B, C, H, W) with a dynamic batch
+            return [{"pixel_values": pixels}]
+        per_image = inputs[0].shape[0]
+        if pixels.dim() != 2 or pixels.shape[0] % per_image:
+            critical(
+                f"{bucket.vision} takes {per_image} patches per image; got pixels of shape "
+                f"{tuple(pixels.shape)}. Preprocess with the model's image processor."
+            )
+        metadata = self.host_plan(bucket).vision_metadata
+        on_device = {entry.name: self.sessions.to_device(metadata[entry.name]) for entry in inputs[1:]}
+        return [{"pixel_values": chunk, **on_device} for chunk in torch.split(pixels, per_image)]
+
+    def image_features(self, pixels: Sequence[np.ndarray], bucket: BucketEntry) -> dict[str, torch.Tensor]:
+        """The vision graph's outputs on the device, images along axis 0: ``image_embeds (images, n, D)`` and
+        (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape. ``pixels`` holds one array per visual of
+        the bucket: a mixed bucket's image and video run their own buckets' graphs, joined along the token axis."""
+        if bucket.parts:
+            parts = [
+                self.image_features((part_pixels,), self.manifest.buckets[part])
+                for part_pixels, part in zip(pixels, bucket.parts)
+            ]
+            return {name: torch.cat([part[name] for part in parts], dim=1) for name in parts[0]}
+        session = self.sessions[bucket.vision]
+        calls = [session.infer(feeds) for feeds in self.vision_feeds(pixels[0], bucket)]
+        if len(calls) == 1:
+            return calls[0]
+        return {name: torch.cat([outputs[name] for outputs in calls]) for name in calls[0]}
+
+    def embed(self, input_ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings of device ``input_ids (B, S)``, into ``out`` when given."""
+        targets = None if out is None else {"inputs_embeds": out}
+        return self.sessions["embed"].infer({"input_ids": input_ids}, targets)["inputs_embeds"]
+
+    def positions(
+        self, bucket: BucketEntry, batch: int, start: int, length: int, seconds_per_slice: float | None = None
+    ) -> np.ndarray:
+        """Position ids of ``length`` tokens from prompt index ``start`` (``HostPlan.positions``); a video without
+        ``seconds_per_slice`` is taken at the processors' default rate."""
+        seconds = seconds_per_slice or (self.manifest.geometry.temporal_patch_size or 1) / DEFAULT_SAMPLED_FPS
+        return self.host_plan(bucket).positions(batch, start, length, seconds)
+
+    def prefill_feeds(
+        self,
+        input_ids: np.ndarray,
+        features: dict[str, torch.Tensor],
+        bucket: BucketEntry,
+        seconds_per_slice: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Prefill feeds for prompts ``input_ids (B, S)`` and their visuals' ``features`` (``image_features``): the
+        visual spans take ``image_embeds (B, n, D)``; the features the prefill graph also takes (DeepStack planes)
+        are fed as they are."""
+        batch, length = input_ids.shape
+        template = self.manifest.template
+        tokens = [template.placeholder_of(bucket)[1], *([template.image_token_id] if bucket.parts else [])]
+        spans = bucket.visual_spans
+        if length < bucket.visual_end + bucket.min_text_tokens or any(
+            not np.isin(input_ids[:, start : start + count], tokens).all() for start, count in spans
+        ):
+            kind = "image and video" if bucket.kind == "mixed" else bucket.kind
+            critical(
+                f"Prompts must hold {bucket.tokens_per_image} {kind} tokens ("
+                f"{', '.join(f'{count} at index {start}' for start, count in spans)}), followed by the text (the "
+                "export's prompt template); build them with Pipeline.prepare() for the same bucket."
+            )
+        embeds = self.embed(self.sessions.to_device(input_ids.astype(np.int64)))
+        rows = features["image_embeds"].to(embeds.dtype)
+        offset = 0
+        for start, count in spans:
+            embeds[:, start : start + count] = rows[:, offset : offset + count]
+            offset += count
+        positions = self.positions(bucket, batch, 0, length, seconds_per_slice)
+        feeds = {"inputs_embeds": embeds, "position_ids": self.sessions.to_device(positions)}
+        for entry in self.manifest.graphs[bucket.prefill].inputs:
+            if entry.name in features:
+                feeds[entry.name] = features[entry.name]
+        return feeds

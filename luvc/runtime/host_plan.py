@@ -1,0 +1,71 @@
+"""``HostPlan``: a bucket's host arrays (its ``host_*.npz``, written by the exporter) as one typed object.
+
+The vision graph's metadata feeds (Qwen-VL's rotary positions, window index and sequence bounds, planned on the host
+per bucket), the position ids of the prompt up to the end of its visual spans, the position of the first text token
+after them, and, for a video bucket whose time positions follow the frame rate (Qwen2.5-VL), the temporal slice of
+each time-positioned token and the scale from seconds to positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from luvc.videos import video_time_positions
+
+_PROMPT_KEYS = ("prompt_position_ids", "next_position", "video_time_slices", "video_time_scale", "video_time_start")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTimes:
+    """Where a video's time positions go (prompt index ``start``), each token's temporal ``slices``, and the
+    ``scale`` from seconds to positions (``luvc.videos.video_time_positions``)."""
+
+    start: int
+    slices: np.ndarray
+    scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPlan:
+    """The host facts of one bucket (see the module docstring)."""
+
+    vision_metadata: dict[str, np.ndarray]
+    prompt_position_ids: np.ndarray  # (R, visual_end): R = 3 for M-RoPE, else 1
+    next_position: int
+    video_times: VideoTimes | None = None
+
+    @classmethod
+    def load(cls, path: Path, visual_start: int) -> HostPlan:
+        """The plan saved at ``path``; a video's time positions start at ``visual_start`` unless it says otherwise."""
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        times = None
+        if "video_time_slices" in arrays:
+            start = int(arrays["video_time_start"]) if "video_time_start" in arrays else visual_start
+            times = VideoTimes(start, arrays["video_time_slices"], float(arrays["video_time_scale"]))
+        return cls(
+            vision_metadata={key: value for key, value in arrays.items() if key not in _PROMPT_KEYS},
+            prompt_position_ids=arrays["prompt_position_ids"],
+            next_position=int(arrays["next_position"]),
+            video_times=times,
+        )
+
+    def positions(self, batch: int, start: int, length: int, seconds_per_slice: float) -> np.ndarray:
+        """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``; a video's
+        time positions follow ``seconds_per_slice``."""
+        prompt = self.prompt_position_ids
+        if self.video_times is not None:
+            times = self.video_times
+            prompt = prompt.copy()
+            first = int(prompt[0, times.start])
+            prompt[0, times.start : times.start + len(times.slices)] = video_time_positions(
+                first, times.slices, times.scale, seconds_per_slice
+            )
+        text_offset = self.next_position - prompt.shape[1]  # text positions minus their index
+        index = np.arange(start, start + length)
+        rows = np.where(index < prompt.shape[1], prompt[:, np.minimum(index, prompt.shape[1] - 1)], index + text_offset)
+        rows = np.broadcast_to(rows[:, None, :], (rows.shape[0], batch, length)).astype(np.int64)
+        return rows if rows.shape[0] == 3 else rows[0]

@@ -1,0 +1,117 @@
+"""``OrtSession``: an exported graph in ONNX Runtime with IO binding to device tensors, and the providers a device
+implies."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import onnx
+import torch
+
+from luvc.errors import critical
+from luvc.runtime.session import BaseSession
+from luvc.runtime.weights import MappedWeights
+
+
+def ort_providers(device: torch.device, stream: int | None = None) -> list:
+    """ONNX Runtime providers for ``device``: the CUDA EP on that GPU (on the pipeline's stream, no per-run
+    synchronisation beyond the stream's own order), or the CPU EP."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    options = {
+        "device_id": device.index or 0,
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": "0",
+    }
+    if stream is not None:
+        options["user_compute_stream"] = str(stream)
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+class OrtSession(BaseSession):
+    """An exported graph in ONNX Runtime, with inputs and outputs bound to device tensors (IO binding).
+    ``providers`` after activation lists what the session really got."""
+
+    def __init__(
+        self,
+        path: Path,
+        inputs,
+        outputs,
+        providers: list | None = None,
+        name: str | None = None,
+        basic_optimizations: bool | None = None,
+        device: torch.device | str | None = None,
+        weights: MappedWeights | None = None,
+    ):
+        super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=device)
+        self.path = Path(path)
+        self.weights = weights  # external initializers shared with the pipeline's other sessions
+        self._shared_values: list = []  # the OrtValues of those, alive as long as the session
+        self.requested_providers = providers or ort_providers(self.device)
+        # FP8 Q/DQ graphs: ONNX Runtime's extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has
+        # no float8 kernel; basic optimizations keep the Q/DQ nodes
+        self.basic_optimizations = bool(basic_optimizations)
+        self.providers: list[str] = []
+        self.session = self.binding = self.run_options = None
+
+    def activate_impl(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            critical(
+                f"{self.name}: ONNX Runtime is not installed; run `{sys.executable} -m pip install onnxruntime` "
+                "(or onnxruntime-gpu for CUDA; not both)."
+            )
+        names = [p[0] if isinstance(p, tuple) else p for p in self.requested_providers]
+        unknown = sorted(set(names) - set(ort.get_available_providers()))
+        if unknown:
+            critical(
+                f"{self.name}: ONNX Runtime here has no {unknown}; it has {ort.get_available_providers()} "
+                "(--providers). CUDA needs onnxruntime-gpu instead of onnxruntime."
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # the pipeline does host work between runs: idle ORT threads that spin would take its cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.basic_optimizations:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        model: str | bytes = str(self.path)
+        if self.weights is not None:
+            graph = onnx.load(str(self.path), load_external_data=False)
+            model, self._shared_values = self.weights.session_model(graph, options)
+        self.session = ort.InferenceSession(model, options, providers=self.requested_providers)
+        self.providers = self.session.get_providers()
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
+            critical(
+                f"{self.name}: asked for {self.device} but ONNX Runtime gave {self.providers}; install the GPU "
+                f"package instead of the CPU one: `{sys.executable} -m pip uninstall -y onnxruntime && "
+                f"{sys.executable} -m pip install onnxruntime-gpu`, or run with --device cpu."
+            )
+        self.binding = self.session.io_binding()
+        if self.device.type == "cuda":  # ordered by the stream; the host waits only when it reads a result
+            self.run_options = ort.RunOptions()
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    def infer_impl(self, feeds, outputs):
+        binding, device_type, device_id = self.binding, self.device.type, self.device.index or 0
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, tensor in feeds.items():
+            element = _numpy_type(tensor.dtype)
+            binding.bind_input(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
+        for name, tensor in outputs.items():
+            element = _numpy_type(tensor.dtype)
+            binding.bind_output(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
+        self.session.run_with_iobinding(binding, self.run_options)
+
+    def deactivate_impl(self) -> None:
+        self.session = self.binding = None
+        self._shared_values = []
+
+
+@functools.cache
+def _numpy_type(dtype: torch.dtype) -> type:
+    return torch.empty(0, dtype=dtype).numpy().dtype.type

@@ -1,0 +1,197 @@
+"""Preparation: visuals and prompts in, one ``Prepared`` batch out, with its bucket resolved once.
+
+Each visual is fitted to a bucket under the fit policy (``luvc.runtime.fit``), preprocessed by the model's own
+``transformers`` image processor (a video's frames one by one, ``luvc.videos``), and its prompt rendered in the
+export's template (``luvc.runtime.prompt_ids``). After preparation nothing handles a raw size: a ``Prepared`` holds
+its bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from luvc.errors import critical
+from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.processing import load_processor, tile_canvas
+from luvc.runtime.fit import BucketFitter, Fit
+from luvc.runtime.prompt_ids import PromptIds
+from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template; the image processor's
+    pixels, one array per visual of the bucket (an image's or a video's; a mixed bucket's image, then its video);
+    the bucket's manifest entry; for videos the seconds one temporal patch spans (``luvc.videos.seconds_per_slice``);
+    the preprocessing time; and per row what fitting it to the bucket did (``None``: the exact policy)."""
+
+    input_ids: np.ndarray
+    pixels: tuple[np.ndarray, ...]
+    bucket: BucketEntry
+    seconds_per_slice: float | None = None
+    preprocess_ms: float = 0.0
+    fits: tuple[Fit | None, ...] = ()
+
+    @property
+    def batch(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def fitted(self) -> bool:
+        """Whether fitting changed any row's visual."""
+        return any(fit is not None and fit.changed for fit in self.fits)
+
+    @property
+    def fit_change(self) -> str:
+        """What fitting changed in the first row, in words (``""``: nothing)."""
+        return self.fits[0].change if self.fits and self.fits[0] is not None else ""
+
+    @classmethod
+    def stack(cls, batches: Sequence[Prepared]) -> Prepared:
+        """One batch of the rows of ``batches``, which share a bucket, a prompt length and a video rate."""
+        first = batches[0]
+        if any(
+            (b.bucket.name, b.input_ids.shape[1], b.seconds_per_slice)
+            != (first.bucket.name, first.input_ids.shape[1], first.seconds_per_slice)
+            for b in batches
+        ):
+            critical("Stacked requests must share a bucket, a prompt length and a video rate.")
+        return cls(
+            np.concatenate([b.input_ids for b in batches]),
+            tuple(np.concatenate(arrays) for arrays in zip(*(b.pixels for b in batches))),
+            first.bucket,
+            first.seconds_per_slice,
+            sum(b.preprocess_ms for b in batches),
+            tuple(fit for b in batches for fit in b.fits),
+        )
+
+
+class Preparer:
+    """Makes ``Prepared`` batches for export ``folder`` under fit policy ``fit_policy``."""
+
+    def __init__(self, folder: Path, manifest: ExportManifest, fit_policy: str) -> None:
+        self.folder, self.manifest, self.fit_policy = folder, manifest, fit_policy
+        self._tokenizer = self._processor = self._fitter = self._prompt_ids = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer", local_files_only=True)
+        return self._tokenizer
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            self._processor = load_processor(self.folder)
+        return self._processor
+
+    @property
+    def prompt_ids(self) -> PromptIds:
+        """Prompt ids in the export's template (``luvc.runtime.prompt_ids``)."""
+        if self._prompt_ids is None:
+            self._prompt_ids = PromptIds(self.manifest, self.tokenizer)
+        return self._prompt_ids
+
+    def fit(self, visual):
+        """``visual`` (an image, a ``Video`` or an (image, video) pair) fitted to one of the export's buckets, and what
+        was done (``None``: the ``exact`` policy)."""
+        if isinstance(visual, Video) or isinstance(visual, tuple) and any(isinstance(v, Video) for v in visual):
+            self.check_video_support()
+        if self._fitter is None:
+            self._fitter = BucketFitter.for_export(self.manifest, self.processor, self.fit_policy)
+        return self._fitter(visual)
+
+    def check_video_support(self) -> None:
+        if self.manifest.geometry.temporal_patch_size is None or self.manifest.template.video_token_id is None:
+            critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
+
+    def preprocess(self, images: Sequence[Image.Image | Video]) -> tuple[np.ndarray, tuple]:
+        """Pixels for the vision graph, exactly as the model's image processor makes them, and the size that names
+        their bucket (a video's: ``(frames, H, W)``)."""
+        videos = sum(isinstance(image, Video) for image in images)
+        if videos:
+            if videos != len(images):
+                critical("A batch holds images or videos, not both; send them as separate requests.")
+            self.check_video_support()
+            temporal, patch = self.manifest.geometry.temporal_patch_size, self.manifest.geometry.patch_size
+            pixels, grids = qwen_videos_pixels(images, self.processor, temporal)
+            t, height, width = grids[0].tolist()
+            return pixels, (t * temporal, height * patch, width * patch)
+        pixels = self.processor(images=list(images), return_tensors="np")
+        if "image_grid_thw" in pixels:
+            grids = {tuple(grid) for grid in np.asarray(pixels["image_grid_thw"]).tolist()}
+            if len(grids) > 1:
+                critical(f"Images of one batch must share a size after preprocessing; got grids {sorted(grids)}.")
+            _, height, width = grids.pop()
+            patch = self.manifest.geometry.patch_size
+            return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
+        values = np.asarray(pixels["pixel_values"])
+        if "num_patches" in pixels:  # InternVL: each image's tiles; its bucket is the canvas the tiles were cut from
+            canvases = {tile_canvas((image.height, image.width), self.processor) for image in images}
+            if len(canvases) > 1:
+                critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
+            return values, canvases.pop()
+        return values, tuple(values.shape[-2:])
+
+    def seconds_per_slice(self, visuals: Sequence) -> float | None:
+        """The seconds one temporal patch of the batch's videos spans (``None`` without videos); rows share it."""
+        videos = [visual for visual in visuals if isinstance(visual, Video)]
+        if not videos:
+            return None
+        seconds = {seconds_per_slice(video, self.manifest.geometry.temporal_patch_size) for video in videos}
+        if len(seconds) > 1:
+            critical(
+                f"Videos of one batch must be sampled at one rate; got {sorted(seconds)} seconds per temporal patch "
+                "(sample them with the same --video-fps)."
+            )
+        return seconds.pop()
+
+    def __call__(self, visuals, prompts) -> Prepared:
+        """Fit one image (or ``Video``) per prompt to a bucket, preprocess them (a batch lands in one bucket; a single
+        image and prompt are a batch of one) and build the prompt ids; errors name what does not fit the export.
+        A row of an image and then a video is one prompt for a mixed bucket (``--mixed-size``)."""
+        began = time.perf_counter()
+        visuals = list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
+        prompts = [prompts] * len(visuals) if isinstance(prompts, str) else list(prompts)
+        mixed = any(isinstance(visual, (list, tuple)) for visual in visuals)
+        if mixed and (
+            len(visuals) != 1 or len(prompts) != 1 or [isinstance(v, Video) for v in visuals[0]] != [False, True]
+        ):
+            critical(
+                "An export takes one image or one video per prompt, or one prompt with one image and then one video "
+                "(a mixed bucket, --mixed-size); send such a prompt alone."
+            )
+        if len(prompts) != len(visuals):
+            critical(f"Got {len(visuals)} images but {len(prompts)} prompts; give one prompt per image.")
+        pairs = [self.fit(tuple(visual) if mixed else visual) for visual in visuals]
+        if len({fit.bucket for _, fit in pairs if fit is not None}) > 1:
+            buckets = sorted({fit.bucket for _, fit in pairs if fit is not None})
+            critical(f"The rows of one batch fit different buckets {buckets}; send them as separate requests.")
+        visuals, fits = [visual for visual, _ in pairs], tuple(fit for _, fit in pairs)
+        parts = [[visual] for visual in visuals[0]] if mixed else [visuals]  # one preprocess per visual of the bucket
+        processed = [self.preprocess(part) for part in parts]
+        sizes = tuple(size for _, size in processed)
+        bucket = self.manifest.bucket_for(sizes if mixed else sizes[0])
+        flat = list(visuals[0]) if mixed else visuals
+        videos = [visual for visual in flat if isinstance(visual, Video)]
+        input_ids = self.prompt_ids(prompts, bucket, videos)
+        elapsed = (time.perf_counter() - began) * 1e3
+        pixels = tuple(array for array, _ in processed)
+        return Prepared(input_ids, pixels, bucket, self.seconds_per_slice(flat), elapsed, fits)
+
+    def from_arrays(
+        self, input_ids: np.ndarray, pixels, size: tuple, seconds_per_slice: float | None = None
+    ) -> Prepared:
+        """A ``Prepared`` for prompt ids and pixels made elsewhere (e.g. by the model's own processor), in the bucket
+        of ``size`` (a video's ``(frames, H, W)``; a mixed bucket's pair of sizes, with a pair of pixel arrays)."""
+        bucket = self.manifest.bucket_for(size)
+        pixels = tuple(pixels) if bucket.parts else (pixels,)
+        return Prepared(np.asarray(input_ids), tuple(np.asarray(p) for p in pixels), bucket, seconds_per_slice)

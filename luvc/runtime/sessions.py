@@ -1,0 +1,188 @@
+"""``Sessions``: the graph sessions of one export on one device, and what they share.
+
+One session per graph name, opened on first use (ONNX Runtime over the export's graphs, or TensorRT over the
+engines of ``luvc-export build``, whose engine-manifest checks run up front); the fixed-capacity KV cache of the
+current batch size; the CUDA stream every session and torch op of a request runs on; and the counters of what
+crossed between host and device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from luvc.errors import critical
+from luvc.export.manifest import ExportManifest, GraphEntry, checked_graph_path
+from luvc.runtime.kv_cache import KVCache
+from luvc.runtime.ort_session import OrtSession, ort_providers
+from luvc.runtime.session import TORCH_DTYPES, BaseSession, TransferStats
+from luvc.runtime.weights import MappedWeights
+
+
+def resolve_device(backend: str, providers: Sequence | None, device: str | None) -> torch.device:
+    """The pipeline's device: as given; else CUDA for TensorRT or a CUDA execution provider, else the CPU."""
+    if device is not None:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            critical(f"Device {device!r} is not a torch device; use cpu or cuda:N (--device).")
+        if resolved.type not in ("cpu", "cuda"):
+            critical(f"Device {device!r} is not supported; use cpu or cuda:N (--device).")
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            critical(f"Device {device} needs CUDA, which this PyTorch does not see; use --device cpu.")
+        if backend == "trt" and resolved.type != "cuda":
+            critical("TensorRT engines run on a CUDA device; use --device cuda:N or --backend ort.")
+        # tensors report cuda:N; a bare "cuda" would never compare equal to their device
+        return torch.device("cuda", torch.cuda.current_device()) if resolved == torch.device("cuda") else resolved
+    names = [p[0] if isinstance(p, tuple) else p for p in providers or ()]
+    return torch.device("cuda", 0) if backend == "trt" or "CUDAExecutionProvider" in names else torch.device("cpu")
+
+
+class Sessions:
+    """The sessions of export ``folder`` on ``device``: ``backend="trt"`` runs the engines of ``engines_dir``;
+    ``providers`` overrides the ONNX Runtime execution providers the device implies."""
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: ExportManifest,
+        backend: str,
+        device: torch.device,
+        providers: list | None = None,
+        engines_dir: Path | None = None,
+        plugin_library: str | Path | None = None,
+    ) -> None:
+        self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
+        self.engines_dir, self.plugin_library = engines_dir, plugin_library
+        # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
+        on_gpu = device.type == "cuda" and torch.cuda.is_available()
+        self.cuda_stream = torch.cuda.Stream(device) if on_gpu else None
+        self.providers = providers or ort_providers(device, self.cuda_stream and self.cuda_stream.cuda_stream)
+        self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
+        self._engines = self._checked_engines() if backend == "trt" else {}
+        # ONNX Runtime on the CPU: one copy of the weights for all sessions (an fp16 export computes in float32 there)
+        self.weights = None
+        if backend == "ort" and device.type == "cpu":
+            self.weights = MappedWeights(folder, float32=manifest.precision == "fp16")
+        self._open: dict[str, BaseSession] = {}
+        self._caches: dict[int, KVCache] = {}
+
+    def __getitem__(self, name: str) -> BaseSession:
+        """The session of graph ``name`` (created and activated on first use)."""
+        if name not in self._open:
+            graph = self.manifest.graphs[name]
+            if self.backend == "ort":
+                session = OrtSession(
+                    checked_graph_path(self.folder, name, self.manifest),
+                    graph.inputs,
+                    graph.outputs,
+                    self.providers,
+                    basic_optimizations=self.manifest.precision == "fp8",
+                    device=self.device,
+                    weights=self.weights,
+                )
+            else:
+                session = self._trt_session(name, graph)
+            self._open[name] = session.activate()
+        return self._open[name]
+
+    def open(self, names: Iterable[str]) -> None:
+        """Open the sessions of graphs ``names`` now (so that a request's timings exclude it)."""
+        for name in names:
+            self[name]
+
+    def _checked_engines(self) -> dict[str, tuple]:
+        """Every engine's bytes, TensorRT module and profile after the engine-manifest checks, up front: a truncated
+        or foreign engine is named before anything runs."""
+        from luvc.engines.builder import device_capability
+        from luvc.engines.manifest import EngineManifest
+        from luvc.engines.plugin_library import plugin_library_for_run
+        from luvc.engines.trt_module import import_tensorrt
+
+        engines = EngineManifest.load(self.engines_dir)
+        tensorrt = import_tensorrt(engines.tensorrt.module)
+        plugins = plugin_library_for_run(engines.plugin_library, self.plugin_library)
+        checked = {}
+        for name in self.manifest.graphs:
+            engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
+            profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name].profile.items()}
+            checked[name] = (engine, tensorrt, profile)
+        if plugins is not None:
+            plugins.load(tensorrt)  # before any engine deserializes
+        return checked
+
+    def _trt_session(self, name: str, graph: GraphEntry) -> BaseSession:
+        from luvc.runtime.trt_session import TrtSession
+
+        engine, tensorrt, profile = self._engines.pop(name)
+        return TrtSession(
+            engine, graph.inputs, graph.outputs, profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
+        )
+
+    def opened(self) -> dict[str, BaseSession]:
+        """The sessions open now, by graph name."""
+        return dict(self._open)
+
+    def providers_in_use(self) -> list[str]:
+        """The ONNX Runtime execution providers the open sessions really got (empty for TensorRT)."""
+        return sorted({name for session in self._open.values() for name in getattr(session, "providers", [])})
+
+    def seconds(self) -> float:
+        """Seconds spent inside session runs so far."""
+        return sum(session.total_inference_seconds for session in self._open.values())
+
+    def transfer_stats(self) -> TransferStats:
+        """Host <-> device bytes and allocations so far: the pipeline's own and every session's."""
+        total = self.stats
+        for session in self._open.values():
+            total = total + session.stats
+        return total
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device (counted)."""
+        self.stats.host_to_device_bytes += array.nbytes
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def to_host(self, tensor: torch.Tensor) -> np.ndarray:
+        """A copy of a device tensor on the host (counted; waits for the device)."""
+        self.stats.device_to_host_bytes += tensor.numel() * tensor.element_size()
+        return tensor.detach().to("cpu", copy=True).numpy()
+
+    def synchronize(self) -> None:
+        """Wait for the device work (only to time stages; the decode loop waits on token ids alone)."""
+        if self.cuda_stream is not None:
+            self.cuda_stream.synchronize()
+
+    def on_stream(self):
+        """A context that runs torch work on the sessions' CUDA stream (no-op on the CPU)."""
+        return torch.cuda.stream(self.cuda_stream) if self.cuda_stream is not None else contextlib.nullcontext()
+
+    def kv_cache(self, batch: int) -> KVCache:
+        """The fixed-capacity KV cache for ``batch`` rows, allocated on first use and reused by every request."""
+        if batch not in self._caches:
+            geometry, kv = self.manifest.geometry, self.manifest.kv_cache
+            dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input("past_key_values.0.key").dtype]
+            # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
+            # share memory with the input, so that form alternates between two sets of buffers on TensorRT
+            aliased = self.backend == "ort" or kv.update == "tensor-scatter"
+            heads, head_dim = geometry.num_key_value_heads, geometry.head_dim
+            # one batch size at a time: a new size frees the old buffers
+            self._caches = {batch: KVCache(batch, heads, head_dim, kv.capacity, dtype, self.device, aliased)}
+        return self._caches[batch]
+
+    def kv_buffer_bytes(self) -> int:
+        """Device bytes of the KV-cache buffers allocated now (what ``luvc-export plan`` counts per batch size)."""
+        return sum(cache.capacity_bytes() for cache in self._caches.values())
+
+    def release(self) -> None:
+        """Close every session and free the KV caches (a later request opens what it needs again)."""
+        for session in self._open.values():
+            session.deactivate()
+        self._open.clear()
+        self._caches.clear()
+        if self.weights is not None:
+            self.weights.close()
