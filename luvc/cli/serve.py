@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -63,6 +64,13 @@ class Serve:
         )
         group.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off)")
         group.add_argument(
+            "--no-access-log",
+            dest="access_log",
+            action="store_false",
+            help="print no access-log line per request (default: one line on stderr with the request id, status, "
+            "tokens and timings; never the prompt)",
+        )
+        group.add_argument(
             "--request-timeout",
             type=float,
             default=300.0,
@@ -112,6 +120,7 @@ class Serve:
 
         import uvicorn
 
+        _log_to_stderr(args.access_log)
         from luvc.serve.app import create_app
         from luvc.serve.batching import GenerationParams
         from luvc.serve.server import DrainingServer
@@ -157,6 +166,21 @@ def _image_folder(folder: str | None) -> Path | None:
     if not path.is_dir():
         critical(f"--allow-local-images {folder}: not a folder; pass the folder clients' image paths are in.")
     return path
+
+
+def _log_to_stderr(access_log: bool) -> None:
+    """Send the server's own log (``luvc``: worker errors with their ids; ``luvc.access`` at INFO unless
+    ``access_log`` is off) to stderr, one line each."""
+    logger = logging.getLogger("luvc")
+    for handler in [h for h in logger.handlers if getattr(h, "luvc_serve", False)]:  # a second run in one process
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.luvc_serve = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    if not access_log:
+        handler.addFilter(lambda record: record.name != "luvc.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ from luvc.errors import LuvcError
 from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
 from luvc.serve.access import AccessMiddleware, AccessPolicy
+from luvc.serve.access_log import AccessLogMiddleware, record
 from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueClosed, QueueFull, internal_error_message
 from luvc.serve.service import GenerationService
 
@@ -53,6 +55,7 @@ def create_app(
     app.add_middleware(
         AccessMiddleware, policy=access, refused=lambda reason: service.metrics.requests.labels(reason).inc()
     )
+    app.add_middleware(AccessLogMiddleware)  # outermost: refusals of the access policy are logged too
     created = int(time.time())
 
     def refuse(
@@ -114,10 +117,12 @@ def create_app(
             return refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
+        note = functools.partial(record, http.scope)  # fields of this request's access-log line
+        note(bucket=prepared.bucket.name, prompt_tokens=prepared.input_ids.shape[1], stream=bool(request.stream))
         deadline = None if request_timeout_s is None else time.monotonic() + request_timeout_s
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            stream = _sse(job, events, request_id, model_name, service, include_usage, request_timeout_s)
+            stream = _sse(job, events, request_id, model_name, service, include_usage, note, request_timeout_s)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         try:
             event = await _final_event(events, http, deadline)
@@ -138,6 +143,7 @@ def create_app(
                 headers["Retry-After"] = str(RETRY_AFTER_S)
             return refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
         service.metrics.requests.labels("ok").inc()
+        note(**_finished_fields(event))
         return JSONResponse(
             openai_api.completion_body(
                 request_id, model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
@@ -190,6 +196,16 @@ async def _final_event(
             return event
 
 
+def _finished_fields(event: Finished) -> dict[str, object]:
+    """What the access log says of a finished completion."""
+    return {
+        "completion_tokens": event.completion_tokens,
+        "finish_reason": event.finish_reason,
+        "ttft_ms": round(event.time_to_first_token_s * 1e3, 1),
+        "decode_ms": round(event.decode_s * 1e3, 1),
+    }
+
+
 async def _sse(
     job: Job,
     events: asyncio.Queue,
@@ -197,6 +213,7 @@ async def _sse(
     model: str,
     service: GenerationService,
     include_usage: bool,
+    note: Callable[..., None],
     timeout_s: float | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, (with
@@ -221,6 +238,7 @@ async def _sse(
             if isinstance(event, Delta):
                 yield data(openai_api.chunk_body(request_id, model, {"content": event.text}))
             elif isinstance(event, Finished):
+                note(**_finished_fields(event))
                 yield data(openai_api.chunk_body(request_id, model, {}, event.finish_reason))
                 if include_usage:
                     usage = openai_api.usage_chunk_body(request_id, model, event.prompt_tokens, event.completion_tokens)
@@ -237,3 +255,4 @@ async def _sse(
         if outcome != "ok":
             job.cancel()
         service.metrics.requests.labels(outcome).inc()
+        note(outcome=outcome)

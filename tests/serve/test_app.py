@@ -4,6 +4,7 @@
 import concurrent.futures
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -495,3 +496,33 @@ def test_a_request_that_waits_past_the_queue_timeout_gets_503_and_one_past_its_d
         metrics = scrape(base_url)
         assert metrics["luvc_requests_total[('outcome', 'unavailable')]"] == 1
         assert metrics["luvc_requests_total[('outcome', 'deadline')]"] == 2
+
+
+def test_the_access_log_has_a_line_per_request_with_its_id_status_and_tokens_and_never_the_prompt(exports, caplog):
+    caplog.set_level(logging.INFO, logger="luvc.access")
+    secret = "Describe the violet giraffe."
+    with running_server(exports(MODEL)) as (base_url, _):
+        raw = client(base_url).chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages(synthetic_image(224, 224, 3), secret), max_tokens=4
+        )
+        completion = raw.parse()
+        streamed = client(base_url).chat.completions.create(
+            model=MODEL, messages=messages(synthetic_image(224, 224, 4), secret), max_tokens=3, stream=True
+        )
+        stream_id = [chunk.id for chunk in streamed][0]
+        refused = urllib.request.Request(f"{base_url}/v1/chat/completions", b"x", {"Content-Type": "text/plain"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(refused, timeout=30)
+        status, _ = get(f"{base_url}/health")
+    lines = [record.getMessage() for record in caplog.records if record.name == "luvc.access"]
+    assert len(lines) == 4 and status == 200
+    plain = next(line for line in lines if line.startswith(f"{raw.headers['x-request-id']} "))
+    assert raw.headers["x-request-id"] == completion.id
+    assert " POST /v1/chat/completions 200 " in plain and "bucket=224x224" in plain
+    assert f"completion_tokens={completion.usage.completion_tokens}" in plain and "ttft_ms=" in plain
+    assert f"prompt_tokens={completion.usage.prompt_tokens}" in plain
+    assert any(line.startswith(f"{stream_id} ") and "outcome=ok" in line for line in lines)
+    refused_line = next(line for line in lines if " 415 " in line)
+    assert refused_line.split()[0] == error.value.headers["X-Request-ID"]  # an id of its own, sent back
+    assert any(" GET /health 200 " in line for line in lines)
+    assert "violet" not in "\n".join(lines) and "giraffe" not in "\n".join(lines)
