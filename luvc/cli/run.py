@@ -38,6 +38,8 @@ class Run:
         image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
         options = runtime.generation_options()
         pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
+        with console.status("Loading the tokenizer and image processor"):
+            pipeline.preparer.load()
         prepared = pipeline.prepare([image], [args.prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
             pipeline.load(prepared.bucket)

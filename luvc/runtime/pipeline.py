@@ -77,7 +77,9 @@ class Pipeline:
         return self.preparer(visuals, prompts)
 
     def load(self, bucket: BucketEntry | None = None) -> Pipeline:
-        """Open the sessions a request in ``bucket`` needs (default: every bucket's), so timings exclude it."""
+        """Load the tokenizer and image processor and open the sessions a request in ``bucket`` needs (default: every
+        bucket's), so timings exclude it."""
+        self.preparer.load()
         buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
         for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
             buckets += [self.manifest.buckets[part] for part in entry.parts]

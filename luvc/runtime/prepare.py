@@ -79,6 +79,11 @@ class Preparer:
         self.folder, self.manifest, self.fit_policy = folder, manifest, fit_policy
         self._tokenizer = self._processor = self._fitter = self._prompt_ids = None
 
+    def load(self) -> Preparer:
+        """Load the tokenizer and the image processor now (so that preprocessing times exclude it)."""
+        self.tokenizer, self.processor  # noqa: B018 (loaded on first use)
+        return self
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
