@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -120,12 +119,13 @@ class Serve:
 
         import uvicorn
 
-        _log_to_stderr(args.access_log)
+        from luvc.serve.access_log import log_to_stderr
         from luvc.serve.app import create_app
         from luvc.serve.batching import GenerationParams
         from luvc.serve.server import DrainingServer
         from luvc.serve.service import GenerationService
 
+        log_to_stderr(args.access_log)
         pipeline = options.pipeline()
         max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
@@ -166,21 +166,6 @@ def _image_folder(folder: str | None) -> Path | None:
     if not path.is_dir():
         critical(f"--allow-local-images {folder}: not a folder; pass the folder clients' image paths are in.")
     return path
-
-
-def _log_to_stderr(access_log: bool) -> None:
-    """Send the server's own log (``luvc``: worker errors with their ids; ``luvc.access`` at INFO unless
-    ``access_log`` is off) to stderr, one line each."""
-    logger = logging.getLogger("luvc")
-    for handler in [h for h in logger.handlers if getattr(h, "luvc_serve", False)]:  # a second run in one process
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.luvc_serve = True
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    if not access_log:
-        handler.addFilter(lambda record: record.name != "luvc.access")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -1,4 +1,5 @@
-"""The access log: one line per HTTP request, after its response has gone out (a stream: after its last event).
+"""The server's log on stderr (``log_to_stderr``), and its access log: one line per HTTP request, after its
+response has gone out (a stream: after its last event).
 
 A line holds the request id (also sent as ``X-Request-ID``: a chat completion's own id, else one made here), the
 method, path, status and wall time, and what the app recorded for the request (``record``): tokens, time to first
@@ -9,16 +10,33 @@ at INFO; ``luvc-export serve`` prints them to stderr unless ``--no-access-log``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # the Triton model's environment has no starlette: it uses log_to_stderr alone
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOG = logging.getLogger("luvc.access")
 STATE_KEY = "luvc_access"  # where the app leaves a request's fields, in the ASGI scope's state
 REQUEST_ID_HEADER = b"x-request-id"
+
+
+def log_to_stderr(access_log: bool = True) -> None:
+    """Send the ``luvc`` log (worker errors with their ids, cancelled requests; ``luvc.access`` lines unless
+    ``access_log`` is off) to stderr, one line each, at INFO. Set up again, it replaces its own handler."""
+    logger = logging.getLogger("luvc")
+    for handler in [h for h in logger.handlers if getattr(h, "luvc_stderr", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.luvc_stderr = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    if not access_log:
+        handler.addFilter(lambda record: record.name != "luvc.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def record(scope: Mapping[str, Any], **fields: object) -> None:

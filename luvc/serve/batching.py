@@ -89,6 +89,7 @@ class Failed:
     message: str
     user_error: bool = True
     unavailable: bool = False
+    cancelled: bool = False  # the client cancelled it (its answer is this event, e.g. Triton's CANCELLED error)
 
 
 Event = Delta | Finished | Failed
@@ -97,16 +98,24 @@ Event = Delta | Finished | Failed
 @dataclasses.dataclass(eq=False)  # a job is itself: compared by identity
 class Job:
     """One prompt and image, prepared by ``Pipeline.prepare`` (a batch of one), with a callback for its events.
-    ``cancel()`` (e.g. a client that went away) drops it from its batch at the next token."""
+    ``cancel()`` (e.g. a client that went away), or ``client_cancelled()`` turning true (Triton's
+    ``request.is_cancelled``), drops it from its batch at the next token."""
 
     prepared: Prepared
     params: GenerationParams
     emit: Callable[[Event], None]
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    client_cancelled: Callable[[], bool] | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def is_cancelled(self) -> bool:
+        """Whether the job was cancelled, here or by its client (asked once a token)."""
+        if not self.cancelled.is_set() and self.client_cancelled is not None and self.client_cancelled():
+            self.cancelled.set()
+        return self.cancelled.is_set()
 
     @property
     def batch_key(self) -> tuple | None:
@@ -163,7 +172,10 @@ class JobQueue:
                     if job.batch_key == key:
                         self._jobs.remove(job)
                         group.append(job)
-        return [job for job in group if not job.cancelled.is_set()]
+        cancelled = [job for job in group if job.is_cancelled()]
+        for job in cancelled:  # cancelled while waiting: they end before costing a token
+            _cancelled(job, 0)
+        return [job for job in group if job not in cancelled]
 
     def close(self) -> list[Job]:
         """Stop taking jobs; returns those still waiting (to be failed by the caller)."""
@@ -200,6 +212,12 @@ def _fail(jobs: Sequence[Job], failure: Failed) -> None:
         job.emit(failure)
 
 
+def _cancelled(job: Job, tokens: int) -> None:
+    """End a cancelled job: its last event says so (a client still listening, as Triton's stream, gets it)."""
+    LOG.info("a cancelled request ended after %d tokens", tokens)
+    job.emit(Failed(f"The request was cancelled after {tokens} tokens.", user_error=False, cancelled=True))
+
+
 def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
     streams = [TextStream(pipeline.tokenizer, job.params.stop) for job in jobs]
     options = GenerationOptions(max(job.params.max_tokens for job in jobs), jobs[0].params.sampling)
@@ -212,8 +230,9 @@ def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
         first_token_at = first_token_at or now
         for row in sorted(open_rows):
             job, stream = jobs[row], streams[row]
-            if job.cancelled.is_set():
+            if job.is_cancelled():
                 open_rows.discard(row)
+                _cancelled(job, step.index)
                 continue
             token = int(step.tokens[row])
             stop_token = token in stop_ids

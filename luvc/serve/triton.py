@@ -53,6 +53,9 @@ class TritonModel:
 
     def __init__(self, args: dict, parameters: dict[str, str]) -> None:
         from luvc.runtime.pipeline import Pipeline
+        from luvc.serve.access_log import log_to_stderr
+
+        log_to_stderr()  # into tritonserver's log: internal errors with their ids, cancelled requests
 
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         export_dir = version_dir / parameters["export_dir"]  # an absolute path stays as it is
@@ -88,7 +91,9 @@ class TritonModel:
                 LOG.exception("preparing a request failed")
                 _send_error(pb_utils, sender, "This request could not be prepared (an internal error, logged).")
                 continue
-            queue.put(Job(prepared, params, _responder(pb_utils, sender, stream)))
+            # Triton's cancellation (a client's stream stopped with cancel_requests) drops the row at the next token
+            gone = getattr(request, "is_cancelled", None)
+            queue.put(Job(prepared, params, _responder(pb_utils, sender, stream), client_cancelled=gone))
         while jobs := queue.take(self.max_batch, timeout=0):
             run_batch(self.pipeline, jobs)
 
@@ -124,7 +129,7 @@ def _responder(pb_utils, sender, stream: bool):
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
         elif isinstance(event, Failed):
-            _send_error(pb_utils, sender, event.message)
+            _send_error(pb_utils, sender, event.message, cancelled=event.cancelled)
 
     return respond
 
@@ -137,8 +142,8 @@ def _response(pb_utils, text: str, finish_reason: str):
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
-def _send_error(pb_utils, sender, message: str) -> None:
-    sender.send(
-        pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
-        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-    )
+def _send_error(pb_utils, sender, message: str, cancelled: bool = False) -> None:
+    """The request's last response: an error (Triton's CANCELLED code for a cancelled request, where it has one)."""
+    code = getattr(pb_utils.TritonError, "CANCELLED", None) if cancelled else None
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    sender.send(pb_utils.InferenceResponse(error=error), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -7,7 +7,7 @@ from luvc.export.buckets import bucket_name
 from luvc.export.manifest import BucketEntry
 from luvc.runtime.pipeline import Prepared
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import GenerationParams, Job, JobQueue, QueueFull
+from luvc.serve.batching import Failed, GenerationParams, Job, JobQueue, QueueFull
 
 GREEDY = GenerationParams(8)
 
@@ -80,3 +80,16 @@ def test_cancelled_jobs_are_dropped_and_close_returns_the_waiting_ones():
     assert queue.take(4) == [kept]
     assert queue.close() == [waiting]
     assert queue.take(4, timeout=1.0) == []  # closed: returns at once
+
+
+def test_a_job_its_client_cancelled_while_waiting_ends_with_a_cancelled_event_and_is_not_taken():
+    queue = JobQueue(16)
+    events = []
+    gone = Job(job().prepared, GREEDY, events.append, client_cancelled=lambda: True)
+    kept = job()
+    queue.put(gone)
+    queue.put(kept)
+    assert queue.take(max_batch=4) == [kept]
+    (event,) = events
+    assert isinstance(event, Failed) and event.cancelled and not event.user_error
+    assert "cancelled after 0 tokens" in event.message

@@ -3,8 +3,10 @@ serving it answers like ``Pipeline.generate``, plain and streamed, queried with 
 
 import os
 import queue
+import re
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -102,7 +104,8 @@ def free_ports(count: int) -> tuple[int, ...]:
 
 @pytest.fixture(scope="module")
 def triton(exports, tmp_path_factory):
-    """``(grpc url, export folder)`` of a real tritonserver serving the repository of the tiny Qwen2-VL export."""
+    """``(grpc url, export folder, server log)`` of a real tritonserver serving the repository of the tiny Qwen2-VL
+    export."""
     workdir = tmp_path_factory.mktemp("triton")
     found = find_server(workdir)
     if isinstance(found, str):
@@ -120,13 +123,13 @@ def triton(exports, tmp_path_factory):
             if "error while loading shared libraries" in log or server.process.poll() is not None and "luvc" not in log:
                 pytest.skip(f"tritonserver cannot start here: {log.strip().splitlines()[-1]}")
             pytest.fail(f"tritonserver did not become ready:\n{log[-4000:]}")
-        yield f"127.0.0.1:{server.grpc}", export
+        yield f"127.0.0.1:{server.grpc}", export, server.log
     finally:
         server.stop()
 
 
-def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **optional) -> list:
-    """Every response (text, finish_reason) or the error of one request over gRPC streaming (decoupled model)."""
+def request_inputs(image_bytes: bytes, prompt: str | bytes, stream: bool, **optional) -> list:
+    """The model's inputs for one request (``max_tokens`` optional)."""
     import tritonclient.grpc as grpcclient
 
     def tensor(name, array, datatype):
@@ -141,6 +144,14 @@ def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **opt
     ]
     if "max_tokens" in optional:
         inputs.append(tensor("max_tokens", np.array([[optional["max_tokens"]]], np.int32), "INT32"))
+    return inputs
+
+
+def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **optional) -> list:
+    """Every response (text, finish_reason) or the error of one request over gRPC streaming (decoupled model)."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = request_inputs(image_bytes, prompt, stream, **optional)
     results: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: results.put((result, error)))
@@ -165,7 +176,7 @@ def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **opt
 
 
 def test_tritonserver_answers_like_pipeline_generate(triton):
-    url, export = triton
+    url, export, _ = triton
     image = synthetic_image(224, 224, 21)
     expected = Pipeline(export).generate(image, PROMPT, GenerationOptions(16)).texts[0]
     assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]  # the repository default: 16
@@ -176,7 +187,7 @@ def test_tritonserver_answers_like_pipeline_generate(triton):
 
 def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
     """The repository's default fit (nearest): each image answers as the image resized by hand to its bucket does."""
-    url, export = triton
+    url, export, _ = triton
     reference = Pipeline(export, fit="exact")
     for index, (size, bucket) in enumerate(FIT_CASES):
         image, by_hand = fit_case(size, bucket, seed=index)
@@ -187,7 +198,7 @@ def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
 
 
 def test_tritonserver_returns_the_error_of_a_bad_request(triton):
-    url, export = triton
+    url, export, _ = triton
     [error] = infer(url, b"not an image", PROMPT, stream=False)
     assert "Cannot read the image input as an image (not a known image format); use a PNG or JPEG file." in str(error)
     [error] = infer(url, png_bytes(synthetic_image()), PROMPT, stream=False, max_tokens=1000)
@@ -199,4 +210,32 @@ def test_tritonserver_returns_the_error_of_a_bad_request(triton):
     image = synthetic_image(224, 224, 21)  # the model still answers after those
     assert infer(url, png_bytes(image), PROMPT, stream=False) == [
         (Pipeline(export).generate(image, PROMPT, GenerationOptions(16)).texts[0], "length")
+    ]
+
+
+def test_a_request_its_client_cancels_stops_at_the_next_token(triton):
+    """A stream stopped with ``cancel_requests`` frees its row: the model ends it at the next token instead of
+    generating its 256 tokens, and says so in tritonserver's log; the model answers the next request."""
+    import tritonclient.grpc as grpcclient
+
+    url, export, log = triton
+    image = synthetic_image(224, 224, 11)
+    long = Pipeline(export).generate(image, PROMPT, GenerationOptions(256)).tokens
+    assert long.shape[1] == 256  # no end-of-sequence token: uncancelled, the row would run all 256 steps
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.async_stream_infer("luvc", request_inputs(png_bytes(image), PROMPT, stream=True, max_tokens=256))
+    result, error = results.get(timeout=120)
+    assert error is None  # the first piece arrived: the row is generating
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 60
+    while not (ended := re.findall(r"a cancelled request ended after (\d+) tokens", log.read_text(errors="replace"))):
+        assert time.monotonic() < deadline, "the model never ended the cancelled request"
+        time.sleep(0.1)
+    assert 1 <= int(ended[-1]) < 256
+    again = synthetic_image(224, 224, 21)
+    assert infer(url, png_bytes(again), PROMPT, stream=False) == [
+        (Pipeline(export).generate(again, PROMPT, GenerationOptions(16)).texts[0], "length")
     ]
