@@ -13,7 +13,7 @@ from rich.console import Console
 from luvc import interrupts
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
-from luvc.serve.access import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, AccessPolicy, is_loopback
+from luvc.serve.access import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, AccessPolicy, is_loopback
 
 SERVING_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
 
@@ -86,6 +86,14 @@ class Serve:
             "(default 60)",
         )
         group.add_argument(
+            "--read-timeout",
+            type=float,
+            default=DEFAULT_READ_TIMEOUT_S,
+            metavar="SECONDS",
+            help="a client must send a request's head within this long of connecting (or of its previous answer), "
+            f"else the connection is closed, and then its body, else HTTP 408 (default {DEFAULT_READ_TIMEOUT_S:g})",
+        )
+        group.add_argument(
             "--drain-timeout",
             type=float,
             default=10.0,
@@ -106,13 +114,16 @@ class Serve:
             ("--drain-timeout", args.drain_timeout, 0.0),
             ("--request-timeout", args.request_timeout, 0.001),
             ("--queue-timeout", args.queue_timeout, 0.001),
+            ("--read-timeout", args.read_timeout, 0.001),
         ):
             if not low <= value <= 86400:  # NaN fails too
                 critical(f"{flag} {value}: give {low:g} to 86400 seconds.")
         if args.max_body_bytes < 1024:
             critical(f"--max-body-bytes {args.max_body_bytes}: allow at least 1024 bytes (an image needs more).")
         allowed = tuple(name.strip() for name in (args.allowed_hosts or "").split(",") if name.strip())
-        access = AccessPolicy.for_bind(args.host, args.api_key, allowed, args.max_body_bytes, args.docs)
+        access = AccessPolicy.for_bind(
+            args.host, args.api_key, allowed, args.max_body_bytes, args.docs, args.read_timeout
+        )
         if args.api_key is not None and not args.api_key.strip():
             critical("--api-key is empty; give the key clients send as Authorization: Bearer KEY.")
         listener = _listen(args.host, args.port)
@@ -151,7 +162,7 @@ class Serve:
         app = create_app(service, model_name, access, request_timeout_s=args.request_timeout)
         config = uvicorn.Config(app, log_level="warning")
         try:
-            DrainingServer(config, service, args.drain_timeout).run(sockets=[listener])
+            DrainingServer(config, service, args.drain_timeout, args.read_timeout).run(sockets=[listener])
         except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it
             pass
         interrupts.reset()  # Ctrl-C and SIGTERM are how a server stops: a normal end, exit code 0

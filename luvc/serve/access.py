@@ -8,13 +8,16 @@
 2. with an API key, every path but ``/health`` needs ``Authorization: Bearer KEY``, compared in constant time (401);
 3. a POST must say ``Content-Type: application/json`` (415): a browser's cross-site "simple" request cannot;
 4. a body above ``max_body_bytes`` is refused (413) from its ``Content-Length`` before a byte is read; a POST body
-   is read here (counted, up to the limit) before the app sees it, so one without a length is refused alike.
+   is read here (counted, up to the limit) before the app sees it, so one without a length is refused alike;
+5. the body must arrive within ``read_timeout_s`` (408); the head's own deadline is the server's
+   (``luvc.serve.server.head_deadline_protocol``).
 
 Every refusal is an OpenAI-style error body naming the limit and the fix, counted in ``/metrics`` by reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import ipaddress
@@ -25,6 +28,7 @@ from typing import Any
 
 API_KEY_ENV = "LUVC_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 50 * 2**20  # OpenAI's payload limit for image requests; a noisy 10 MP PNG is 24 MiB
+DEFAULT_READ_TIMEOUT_S = 10.0  # a request head, then its body, must arrive within this (slow clients hold sockets)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 OPEN_PATHS = ("/health",)  # load balancers probe it without a key
 
@@ -36,12 +40,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 @dataclasses.dataclass(frozen=True)
 class AccessPolicy:
     """What the server lets in: ``hosts`` the ``Host`` header may name (``()``: any), the ``api_key`` (``None``: no
-    key), the largest body, and whether FastAPI's ``/docs`` are served."""
+    key), the largest body, whether FastAPI's ``/docs`` are served, and the seconds a body may take to arrive."""
 
     hosts: tuple[str, ...] = LOOPBACK_NAMES
     api_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     docs: bool = False
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
     @classmethod
     def for_bind(
@@ -51,12 +56,13 @@ class AccessPolicy:
         allowed_hosts: tuple[str, ...] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         docs: bool = False,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> AccessPolicy:
         """The policy of a server bound to ``host``: its own name (and loopback's, when it is loopback) plus
         ``allowed_hosts``; any host when bound to every interface without ``allowed_hosts``."""
         own = (*LOOPBACK_NAMES, host) if is_loopback(host) else (host,)
         hosts = () if is_wildcard(host) and not allowed_hosts else tuple(dict.fromkeys((*own, *allowed_hosts)))
-        return cls(hosts, api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes, docs)
+        return cls(hosts, api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes, docs, read_timeout_s)
 
 
 def is_loopback(host: str) -> bool:
@@ -104,7 +110,12 @@ class AccessMiddleware:
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive, self.policy.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(_read_body(receive, self.policy.max_body_bytes), self.policy.read_timeout_s)
+        except asyncio.TimeoutError:  # noqa: UP041 - on Python 3.10 not yet the builtin TimeoutError
+            self.refused("slow_body")
+            await _error(send, 408, _too_slow(self.policy.read_timeout_s), "slow_body")
+            return
         if body is None:
             self.refused("body_too_large")
             await _error(send, 413, _too_large(self.policy.max_body_bytes), "body_too_large")
@@ -165,6 +176,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _too_slow(timeout_s: float) -> str:
+    return f"The request body did not arrive within {timeout_s:g} s (the server's --read-timeout); send it at once."
 
 
 def _too_large(limit: int) -> str:

@@ -34,9 +34,11 @@ def running_server(
     drain_timeout_s: float = 10.0,
     request_timeout_s: float | None = None,
     queue_timeout_s: float | None = None,
+    read_timeout_s: float = 10.0,
 ):
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process
-    (``access``: its ``AccessPolicy``, default loopback callers without a key)."""
+    (``access``: its ``AccessPolicy``, default loopback callers without a key; ``read_timeout_s``: the deadline for
+    a request's head)."""
     import uvicorn
 
     from luvc.serve.app import create_app
@@ -49,7 +51,7 @@ def running_server(
     from luvc.serve.server import DrainingServer
 
     config = uvicorn.Config(create_app(service, MODEL, access, request_timeout_s), log_level="warning")
-    server = DrainingServer(config, service, drain_timeout_s)
+    server = DrainingServer(config, service, drain_timeout_s, read_timeout_s)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -3,6 +3,8 @@ official ``openai`` client: the Host header, the API key, the content type, the 
 
 import http.client
 import json
+import socket
+import time
 
 import openai
 import pytest
@@ -116,3 +118,38 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(guarded, image):
     assert status == 200, body  # a request within the limit still gets its answer
     refused = service.metrics.exposition().decode()
     assert 'luvc_requests_total{outcome="body_too_large"} 2.0' in refused
+
+
+def _closed_by_server(connection: socket.socket, within_s: float) -> bool:
+    """Whether the server closes ``connection`` within ``within_s`` seconds (reads what it sends until then)."""
+    connection.settimeout(within_s)
+    try:
+        while connection.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_clients_lose_their_connection_or_get_408_and_others_are_answered(exports, image):
+    with running_server(exports(MODEL), access=AccessPolicy(read_timeout_s=0.5), read_timeout_s=0.5) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        # a head that never ends, one byte every 0.2 s: closed at the head's deadline, not kept alive by the bytes
+        trickling = socket.create_connection((host, int(port)))
+        trickling.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(4):
+            trickling.sendall(b"X")
+            time.sleep(0.2)
+        assert _closed_by_server(trickling, within_s=10)
+        idle = [socket.create_connection((host, int(port))) for _ in range(20)]  # open, silent: all closed
+        assert all(_closed_by_server(connection, within_s=10) for connection in idle)
+        # a whole head, then a body that stops half-way: 408 naming the flag
+        slow = socket.create_connection((host, int(port)))
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        slow.sendall(f"{head}Content-Length: 100\r\n\r\n".encode() + b'{"model":')
+        slow.settimeout(10)
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408 ") and "--read-timeout" in answer
+        json_type = {"Content-Type": "application/json"}
+        status, body, _ = request(url, "POST", "/v1/chat/completions", completion_body(image), json_type)
+        assert status == 200 and body["choices"][0]["message"]["content"] is not None
