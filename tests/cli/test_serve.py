@@ -87,6 +87,7 @@ def test_bad_serve_options_are_refused(tmp_path, capsys):
         (["--max-body-bytes", "10"], "--max-body-bytes 10: allow at least 1024 bytes"),
         (["--request-timeout", "0"], "--request-timeout 0.0: give 0.001 to 86400 seconds."),
         (["--queue-timeout", "nan"], "--queue-timeout nan: give 0.001 to 86400 seconds."),
+        (["--read-timeout", "0"], "--read-timeout 0.0: give 0.001 to 86400 seconds."),
         (["--drain-timeout", "-1"], "--drain-timeout -1.0: give 0 to 86400 seconds."),
         (["--api-key", " "], "--api-key is empty"),
         ([], f"{tmp_path} has no manifest.json"),
