@@ -18,7 +18,7 @@ from luvc.videos import video_time_positions
 _PROMPT_KEYS = ("prompt_position_ids", "next_position", "video_time_slices", "video_time_scale", "video_time_start")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compared by identity
 class VideoTimes:
     """Where a video's time positions go (prompt index ``start``), each token's temporal ``slices``, and the
     ``scale`` from seconds to positions (``luvc.videos.video_time_positions``)."""
@@ -28,7 +28,7 @@ class VideoTimes:
     scale: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class HostPlan:
     """The host facts of one bucket (see the module docstring)."""
 

@@ -24,7 +24,7 @@ from luvc.runtime.prompt_ids import PromptIds
 from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class Prepared:
     """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template; the image processor's
     pixels, one array per visual of the bucket (an image's or a video's; a mixed bucket's image, then its video);
