@@ -130,13 +130,12 @@ class Serve:
 
         import uvicorn
 
-        from luvc.serve.access_log import log_to_stderr
+        from luvc.serve.access_log import server_log
         from luvc.serve.app import create_app
         from luvc.serve.batching import GenerationParams
         from luvc.serve.server import DrainingServer
         from luvc.serve.service import GenerationService
 
-        log_to_stderr(args.access_log)
         pipeline = options.pipeline()
         max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
@@ -162,7 +161,8 @@ class Serve:
         app = create_app(service, model_name, access, request_timeout_s=args.request_timeout)
         config = uvicorn.Config(app, log_level="warning")
         try:
-            DrainingServer(config, service, args.drain_timeout, args.read_timeout).run(sockets=[listener])
+            with server_log(args.access_log):
+                DrainingServer(config, service, args.drain_timeout, args.read_timeout).run(sockets=[listener])
         except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal that stopped it
             pass
         interrupts.reset()  # Ctrl-C and SIGTERM are how a server stops: a normal end, exit code 0

@@ -1,4 +1,4 @@
-"""The server's log on stderr (``log_to_stderr``), and its access log: one line per HTTP request, after its
+"""The server's log on stderr (``server_log``), and its access log: one line per HTTP request, after its
 response has gone out (a stream: after its last event).
 
 A line holds the request id (also sent as ``X-Request-ID``: a chat completion's own id, else one made here), the
@@ -9,14 +9,15 @@ at INFO; ``luvc-export serve`` prints them to stderr unless ``--no-access-log``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the Triton model's environment has no starlette: it uses log_to_stderr alone
+if TYPE_CHECKING:  # the Triton model's environment has no starlette: it uses server_log alone
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOG = logging.getLogger("luvc.access")
@@ -24,19 +25,39 @@ STATE_KEY = "luvc_access"  # where the app leaves a request's fields, in the ASG
 REQUEST_ID_HEADER = b"x-request-id"
 
 
-def log_to_stderr(access_log: bool = True) -> None:
-    """Send the ``luvc`` log (worker errors with their ids, cancelled requests; ``luvc.access`` lines unless
-    ``access_log`` is off) to stderr, one line each, at INFO. Set up again, it replaces its own handler."""
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes (a replaced stream is followed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def server_log(access_log: bool = True) -> Iterator[None]:
+    """While serving: the server's log on stderr at INFO, one line each: ``luvc.serve.*`` (worker errors with their
+    ids, cancelled requests) and, unless ``access_log`` is off, the ``luvc.access`` lines; nothing else of ``luvc``
+    (a refused request's message goes to its client). The ``luvc`` logger is as it was afterwards."""
     logger = logging.getLogger("luvc")
-    for handler in [h for h in logger.handlers if getattr(h, "luvc_stderr", False)]:
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.luvc_stderr = True
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    if not access_log:
-        handler.addFilter(lambda record: record.name != "luvc.access")
+    handler.addFilter(
+        lambda record: record.name.startswith("luvc.serve") or (access_log and record.name == "luvc.access")
+    )
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # the CLI's root handler would print them again
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def record(scope: Mapping[str, Any], **fields: object) -> None:

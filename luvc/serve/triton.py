@@ -7,6 +7,7 @@ per GPU, several GPUs, several servers behind a load balancer (docs/serving.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -53,9 +54,10 @@ class TritonModel:
 
     def __init__(self, args: dict, parameters: dict[str, str]) -> None:
         from luvc.runtime.pipeline import Pipeline
-        from luvc.serve.access_log import log_to_stderr
+        from luvc.serve.access_log import server_log
 
-        log_to_stderr()  # into tritonserver's log: internal errors with their ids, cancelled requests
+        self.log = contextlib.ExitStack()  # into tritonserver's output: internal errors with their ids, cancellations
+        self.log.enter_context(server_log())
 
         version_dir = Path(args["model_repository"]) / str(args["model_version"])
         export_dir = version_dir / parameters["export_dir"]  # an absolute path stays as it is
@@ -115,6 +117,7 @@ class TritonModel:
 
     def finalize(self) -> None:
         self.pipeline = None
+        self.log.close()
 
 
 def _responder(pb_utils, sender, stream: bool):
