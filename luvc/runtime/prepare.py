@@ -177,8 +177,8 @@ class Preparer:
         if len(prompts) != len(visuals):
             critical(f"Got {len(visuals)} images but {len(prompts)} prompts; give one prompt per image.")
         pairs = [self.fit(tuple(visual) if mixed else visual) for visual in visuals]
-        if len({fit.bucket for _, fit in pairs if fit is not None}) > 1:
-            buckets = sorted({fit.bucket for _, fit in pairs if fit is not None})
+        buckets = sorted({fit.bucket for _, fit in pairs if fit is not None})
+        if len(buckets) > 1:
             critical(f"The rows of one batch fit different buckets {buckets}; send them as separate requests.")
         visuals, fits = [visual for visual, _ in pairs], tuple(fit for _, fit in pairs)
         parts = [[visual] for visual in visuals[0]] if mixed else [visuals]  # one preprocess per visual of the bucket
