@@ -54,8 +54,11 @@ class Prepared:
 
     @classmethod
     def stack(cls, batches: Sequence[Prepared]) -> Prepared:
-        """One batch of the rows of ``batches``, which share a bucket, a prompt length and a video rate."""
+        """One batch of the rows of ``batches``, which share a bucket, a prompt length and a video rate (a single
+        batch is returned as it is: no copy of its pixels)."""
         first = batches[0]
+        if len(batches) == 1:
+            return first
         if any(
             (b.bucket.name, b.input_ids.shape[1], b.seconds_per_slice)
             != (first.bucket.name, first.input_ids.shape[1], first.seconds_per_slice)
