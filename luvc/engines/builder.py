@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from luvc import interrupts
+from luvc.engines.cuda_device import device_capability
 from luvc.engines.manifest import ENGINES_OUTPUT, BuiltBy, EngineEntry, EngineManifest, ExportReference, SourceGraph
 from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
@@ -44,15 +45,6 @@ def _io(tensors) -> tuple[TensorEntry, ...]:
     return tuple(
         TensorEntry(t.name, DTYPE_NAMES.get(t.dtype.name, t.dtype.name.lower()), tuple(t.shape)) for t in tensors
     )
-
-
-def device_capability() -> tuple[int, int] | None:
-    """Compute capability of the current CUDA device, or ``None`` without one."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
 
 def rtx_compute_capabilities(target: Target, tensorrt: TensorRT) -> list[str]:

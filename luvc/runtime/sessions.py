@@ -98,7 +98,7 @@ class Sessions:
     def _checked_engines(self) -> dict[str, tuple]:
         """Every engine's bytes, TensorRT module and profile after the engine-manifest checks, up front: a truncated
         or foreign engine is named before anything runs."""
-        from luvc.engines.builder import device_capability
+        from luvc.engines.cuda_device import device_capability
         from luvc.engines.manifest import EngineManifest
         from luvc.engines.plugin_library import plugin_library_for_run
         from luvc.engines.trt_module import import_tensorrt
@@ -106,9 +106,9 @@ class Sessions:
         engines = EngineManifest.load(self.engines_dir)
         tensorrt = import_tensorrt(engines.tensorrt.module)
         plugins = plugin_library_for_run(engines.plugin_library, self.plugin_library)
-        checked = {}
+        checked, capability = {}, device_capability(self.device.index or 0)
         for name in self.manifest.graphs:
-            engine = engines.check_engine(self.engines_dir, name, tensorrt, device_capability(), export=self.manifest)
+            engine = engines.check_engine(self.engines_dir, name, tensorrt, capability, export=self.manifest)
             profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name].profile.items()}
             checked[name] = (engine, tensorrt, profile)
         if plugins is not None:
