@@ -15,6 +15,7 @@ class Build:
     the engine manifest."""
 
     name = "build"
+    install = None
     subscriptions = (BuildArgs,)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

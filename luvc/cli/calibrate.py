@@ -14,6 +14,7 @@ class Calibrate:
     export (INT8 or FP8) that build, run and parity take, with TensorRT 10 calibration caches and a report."""
 
     name = "calibrate"
+    install = "export"
     subscriptions = (CalibrateArgs, DataArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

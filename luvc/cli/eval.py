@@ -17,6 +17,7 @@ class Eval:
     and time to first token: eval.json, report.md and a Pareto plot."""
 
     name = "eval"
+    install = "export"
     subscriptions = (EvalArgs,)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ class Export:
     write manifest.json."""
 
     name = "export"
+    install = "export"
     subscriptions = (ModelArgs, LuvcArgs, ExportArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ class Generate:
     model."""
 
     name = "generate"
+    install = "export"
     subscriptions = (ModelArgs, LuvcArgs, RequestArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ class Inspect:
     graph-pass statistics recorded in its manifest."""
 
     name = "inspect"
+    install = None
     subscriptions = ()
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from luvc import __version__, interrupts
+from luvc import __version__, interrupts, requirements
 from luvc.errors import LuvcError
 
 DESCRIPTION = (
@@ -17,7 +17,9 @@ DESCRIPTION = (
     "TensorRT engines, a runtime, parity checks and INT8/FP8 calibration."
 )
 # subcommand -> ("module:class", one-line summary); only the subcommand being run is imported (``build`` needs no
-# PyTorch, and the top-level help imports none of them)
+# PyTorch, and the top-level help imports none of them). A tool's ``install`` says what it needs installed, checked
+# before it runs (luvc.requirements): "base" (a device's install), an extra ("export", "serve"), or None (nothing
+# beyond what importing luvc needs: build, plan, inspect)
 TOOLS = {
     "generate": ("luvc.cli.generate:Generate", "run the LUVC-compressed model in PyTorch on an image and a prompt"),
     "export": ("luvc.cli.export:Export", "export the compressed model to ONNX graphs and a manifest"),
@@ -93,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.reset()
     previous = {signum: signal.signal(signum, interrupts.handle_signal) for signum in signals}
     try:
+        if tool.install is not None:
+            requirements.require(tool.name, None if tool.install == "base" else tool.install)
         for group in groups.values():
             group.parse(args)
         code = tool.run(args, groups)
         interrupts.raise_if_requested()  # one that landed where its exception was lost (a __del__)
         return code
     except LuvcError as error:
-        _error(f"[bold red]error:[/] {error}")
+        from rich.markup import escape
+
+        _error(f"[bold red]error:[/] {escape(str(error))}")
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

@@ -16,6 +16,7 @@ class Parity:
     tolerance fails and names the first diverging layer."""
 
     name = "parity"
+    install = "export"
     subscriptions = (ParityArgs, DataArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

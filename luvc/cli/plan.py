@@ -16,6 +16,7 @@ class Plan:
     memory; the build's host memory; and which --max-* to lower when it does not fit. Exits 1 when it does not fit."""
 
     name = "plan"
+    install = None
     subscriptions = ()
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

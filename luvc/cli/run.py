@@ -22,6 +22,7 @@ class Run:
     breakdown."""
 
     name = "run"
+    install = "base"
     subscriptions = (RuntimeArgs, RequestArgs)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:

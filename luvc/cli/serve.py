@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import socket
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -15,14 +13,13 @@ from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
 from luvc.serve.access import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, AccessPolicy, is_loopback
 
-SERVING_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")
-
 
 class Serve:
     """Serve an export at /v1/chat/completions (OpenAI-compatible, with streaming), /v1/models, /health and
     /metrics (Prometheus). The generation options below are the defaults for what a request leaves out."""
 
     name = "serve"
+    install = "serve"
     subscriptions = (RuntimeArgs,)
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
@@ -103,9 +100,6 @@ class Serve:
         )
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        missing = [name for name in SERVING_PACKAGES if importlib.util.find_spec(name) is None]
-        if missing:
-            critical(f"Serving needs {', '.join(missing)}; run `{sys.executable} -m pip install 'luvc-export[serve]'`.")
         options = groups[RuntimeArgs]
         image_folder = _image_folder(args.allow_local_images)
         if args.max_queue < 1:

@@ -17,6 +17,7 @@ class Triton:
     batching) whose instances each run the export's pipeline; see docs/serving.md for running and scaling it."""
 
     name = "triton"
+    install = "base"
     subscriptions = ()
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
