@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from luvc.compress.budgets import plan_budgets
+from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.compress.oim import OIMStep, merge_units
 from luvc.errors import critical
 from luvc.models.decoder import GRID_REFUSAL, install_spu_scopes
 from luvc.models.hf_generate import luvc_generation_class
-from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
+from luvc.models.plan import LUVC_BUDGET_PLANS, PlanCache, RequestPlan, VisionTrace, planned_budgets, plans_on
 from luvc.models.scope import Scope
 from luvc.prompt import PromptTemplate, chat_template_of, template_for
 from luvc.videos import Video
@@ -172,9 +172,16 @@ class VLMAdapter:
             vision = self.vision_trace(inputs, config)
             if config.spu_lowpass == "grid" and config.spu_variant != "none" and vision.span_grids is None:
                 critical(GRID_REFUSAL)
-            return RequestPlan(config, vision, plan_budgets(self.num_layers, vision.span_tokens, config))
+            budgets = planned_budgets(self.budget_plans, self.num_layers, vision.span_tokens, config)
+            return RequestPlan(config, vision, budgets)
 
         return self._plans.get((self.images_key(inputs), config), make)
+
+    @property
+    def budget_plans(self) -> PlanCache[BudgetPlan]:
+        """The LLM's budget plans, kept on the multimodal model (``luvc_budget_plans``) so that its forward runs the
+        budget plan of the request plan instead of planning again."""
+        return plans_on(self.model.model, LUVC_BUDGET_PLANS)
 
     def images_key(self, inputs: dict) -> Hashable:
         """What the plan of ``inputs`` depends on besides the config (the image grids)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from luvc.compress.budgets import BudgetPlan, plan_budgets
+from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import LLM_ATTENTION, LLM_ATTENTION_EACH_CUT, criterion
 from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer
@@ -67,13 +67,12 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
 @dataclasses.dataclass(frozen=True)
 class PlacedVisuals:
     """A prompt with its visual tokens in place (``scatter_visual_features``): the embeddings, the spans of one batch
-    row in prompt order (rows share a layout), their budget plan, and in the spans' order the DeepStack planes
+    row in prompt order (rows share a layout), and in the spans' order the DeepStack planes
     ``(B, N, D)``, the vision side's ranking ``(B, N)`` (VisionZip; ``None`` for other criteria) and each span's
     token grid (``None`` where a family gives none)."""
 
     inputs_embeds: torch.Tensor
     spans: tuple[Span, ...]
-    budget_plan: BudgetPlan
     deepstack: tuple[torch.Tensor, ...]
     ranking: torch.Tensor | None
     grids: tuple[Grid, ...] | None = None
@@ -84,8 +83,6 @@ def scatter_visual_features(
     inputs_embeds: torch.Tensor,
     groups: Sequence,
     image_token_id: int,
-    num_layers: int,
-    config: LUVCConfig,
 ) -> PlacedVisuals:
     """Put the LUVC visual tokens of every feature group (``ImageFeatures``: images, videos) into their placeholders
     (a group's ``token_id``, else ``image_token_id``)."""
@@ -120,8 +117,7 @@ def scatter_visual_features(
     planes = tuple(in_span_order(group_planes) for group_planes in zip(*(group.deepstack for group in groups)))
     rankings = [group.ranking for group in groups]
     ranking = in_span_order(rankings) if groups and all(r is not None for r in rankings) else None
-    plan = plan_budgets(num_layers, [count for _, count in spans], config)
-    return PlacedVisuals(inputs_embeds, spans, plan, planes, ranking, None if None in grids else grids)
+    return PlacedVisuals(inputs_embeds, spans, planes, ranking, None if None in grids else grids)
 
 
 def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:

@@ -4,7 +4,8 @@
 encoder (``luvc_image_features``: OIM inside, one feature row per kept merge unit), overwrite the prompt's image
 placeholders (the prompt holds as many as the compressed grid yields; ``VLMAdapter.prepare_inputs`` builds it),
 positions come from the family (``luvc_position_ids``: M-RoPE from the compressed grid, or ``None`` for the
-decoder's own), and each image's visual span and the budget plan go to the SPU decoder (``SpuDecoderMixin``).
+decoder's own), and each image's visual span and the budget plan go to the SPU decoder (``SpuDecoderMixin``). The
+budget plan is the request plan's (``VLMAdapter.plan``): both read one cache on this model (``luvc_budget_plans``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache
 from luvc.models.decoder import LuvcDecoderOutput, scatter_visual_features
+from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +65,14 @@ class LuvcMultimodalMixin:
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
-        placed = None
+        placed, budget_plan = None, None
         groups = self.luvc_visual_features(pixel_values, kwargs, inputs_embeds.shape[0])
         if groups:
-            placed = scatter_visual_features(
-                input_ids,
-                inputs_embeds,
-                groups,
-                self.config.image_token_id,
-                self.config.text_config.num_hidden_layers,
-                self.luvc_config,
-            )
+            placed = scatter_visual_features(input_ids, inputs_embeds, groups, self.config.image_token_id)
             inputs_embeds = placed.inputs_embeds
+            span_tokens = [count for _, count in placed.spans]
+            layers = self.config.text_config.num_hidden_layers
+            budget_plan = planned_budgets(plans_on(self, LUVC_BUDGET_PLANS), layers, span_tokens, self.luvc_config)
         if position_ids is None:
             batch, length = inputs_embeds.shape[:2]
             position_ids = self.luvc_position_ids(input_ids, groups, past_key_values, batch, length, kwargs)
@@ -85,7 +83,7 @@ class LuvcMultimodalMixin:
             past_key_values=past_key_values,
             use_cache=use_cache,
             visual_spans=placed.spans if placed else (),
-            budget_plan=placed.budget_plan if placed else None,
+            budget_plan=budget_plan,
             deepstack=placed.deepstack if placed else (),
             visual_ranking=placed.ranking if placed else None,
             span_grids=placed.grids if placed else None,

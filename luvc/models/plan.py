@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from luvc.compress.budgets import BudgetPlan
+from luvc.compress.budgets import BudgetPlan, plan_budgets
 from luvc.compress.config import LUVCConfig
 
 T = TypeVar("T")
+LUVC_BUDGET_PLANS = "luvc_budget_plans"  # the multimodal model's attribute: its budget plans, shared with the adapter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +79,20 @@ class PlanCache(Generic[T]):
         if len(self._plans) > self.size:
             self._plans.popitem(last=False)
         return plan
+
+
+def plans_on(owner: object, attribute: str) -> PlanCache:
+    """The plan cache kept on ``owner`` (a patched module) under ``attribute``, made on first use: the module's
+    forward and its adapter read one cache, so a plan the adapter made is the one the forward runs."""
+    if not hasattr(owner, attribute):
+        setattr(owner, attribute, PlanCache())
+    return getattr(owner, attribute)
+
+
+def planned_budgets(
+    plans: PlanCache[BudgetPlan], num_layers: int, span_tokens: Sequence[int], config: LUVCConfig
+) -> BudgetPlan:
+    """The per-layer budgets of prompt spans of ``span_tokens`` visual tokens under ``config`` (resolved), planned on
+    first use of those spans and that config."""
+    span_tokens = tuple(span_tokens)
+    return plans.get((num_layers, span_tokens, config), lambda: plan_budgets(num_layers, span_tokens, config))

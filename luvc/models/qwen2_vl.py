@@ -27,7 +27,7 @@ from luvc.errors import critical
 from luvc.models.base import VLMAdapter, patch_modules
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
-from luvc.models.plan import PlanCache, RequestPlan, VisionTrace
+from luvc.models.plan import PlanCache, RequestPlan, VisionTrace, plans_on
 from luvc.models.qwen_vision_plan import QwenVisionPlan, planned_qwen_vision
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
@@ -361,10 +361,7 @@ class Qwen2VLAdapter(VLMAdapter):
     @property
     def encoder_plans(self) -> PlanCache[QwenVisionPlan]:
         """The encoder's plans, kept on the encoder (``luvc_plans``) so its forward and this adapter share them."""
-        visual = self.model.model.visual
-        if not hasattr(visual, "luvc_plans"):
-            visual.luvc_plans = PlanCache()
-        return visual.luvc_plans
+        return plans_on(self.model.model.visual, "luvc_plans")
 
     def images_key(self, inputs: dict) -> tuple:
         if is_mixed(inputs):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import luvc.models.plan as plan_module
 import luvc.models.qwen_vision_plan as qwen_vision_plan
 from luvc.compress.config import LUVCConfig
 from luvc.export.bucket_plan import plan_bucket
@@ -11,6 +12,7 @@ from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.models.plan import PlanCache
+from tests.conftest import FAMILIES
 
 QWEN_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
@@ -85,3 +87,34 @@ def test_plans_differ_by_config():
     assert uncompressed.tokens_per_image[0] == 2 * compressed.tokens_per_image[0]  # one W merge halves the units
     assert uncompressed.budget_plan.total[-1] == uncompressed.tokens_per_image[0]
     assert compressed.budget_plan.total[-1] == 0
+
+
+@pytest.fixture
+def budget_plans(monkeypatch) -> list:
+    """Every span layout the real budget planner is asked to plan."""
+    planned = []
+    real = plan_module.plan_budgets
+
+    def counting(num_layers, span_tokens, config):
+        planned.append(tuple(span_tokens))
+        return real(num_layers, span_tokens, config)
+
+    monkeypatch.setattr(plan_module, "plan_budgets", counting)
+    return planned
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_forward_runs_the_request_plans_budgets(family, budget_plans):
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    received = []
+    adapter.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs.get("budget_plan")), with_kwargs=True
+    )
+    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe.")
+    with torch.no_grad():
+        for _ in range(2):
+            adapter.model.model(**inputs)
+    request = adapter.plan(inputs)
+    assert received == [request.budget_plan] * 2 and received[0] is request.budget_plan
+    assert budget_plans == [request.vision.span_tokens]  # planned once, by prepare_inputs
