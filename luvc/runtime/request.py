@@ -163,6 +163,9 @@ class Request:
             self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)
             self.logits = torch.empty_like(self.prefill_outputs["logits"])
             self.generator = self.options.sampling.generator(device)
+            vocab = self.prefill_outputs["logits"].shape[-1]
+            penalized = self.options.sampling.penalized  # then each row's token counts, on the device
+            self.counts = torch.zeros(batch, vocab, dtype=torch.float32, device=device) if penalized else None
             self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
             self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
             self.hit = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -187,7 +190,7 @@ class Request:
 
     def _choose(self, logits: torch.Tensor, decode_feeds: dict | None) -> Step:
         """Sample the next tokens on the device; rows that stopped repeat their stop token."""
-        token = next_tokens(logits, self.options.sampling, self.generator, self.token)
+        token = next_tokens(logits, self.options.sampling, self.generator, self.token, self.counts)
         if self.stop_token_ids:
             token.masked_fill_(self.finished, self.stop_token_ids[0])
             self.finished |= torch.isin(token, self.stops, out=self.hit)

@@ -1,5 +1,6 @@
 """Next-token choice on the logits' device: greedy, or sampling with temperature, top-k and top-p (nucleus) from a
-seeded generator."""
+seeded generator; presence and frequency penalties (OpenAI's) lower the logits of tokens already generated, from
+per-row token counts kept on the device."""
 
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ if TYPE_CHECKING:  # torch is imported where tokens are chosen: the CLI checks t
     import torch
 
 
+MAX_PENALTY = 2.0  # OpenAI's range for presence and frequency penalties: [-2, 2]
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """``temperature`` 0 (default) is greedy; ``top_k`` 0 and ``top_p`` 1.0 disable those filters."""
+    """``temperature`` 0 (default) is greedy; ``top_k`` 0 and ``top_p`` 1.0 disable those filters. A token generated
+    ``c`` times so far has its logit lowered by ``c * frequency_penalty + (c > 0) * presence_penalty`` (both 0: off;
+    greedy decoding takes them too)."""
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         numbers_ok = all(
@@ -44,6 +52,20 @@ class SamplingConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
         ):
             critical(f"seed={self.seed} must be an integer between 0 and {MAX_SEED} (2**63 - 1).")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or abs(value) > MAX_PENALTY
+            ):
+                critical(f"{name}={value} must be a finite number between -{MAX_PENALTY:g} and {MAX_PENALTY:g}.")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether tokens already generated change the next choice (a penalty is set)."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def greedy(self) -> bool:
@@ -63,13 +85,28 @@ class SamplingConfig:
         return generator
 
 
+def penalized_logits(logits: torch.Tensor, config: SamplingConfig, counts: torch.Tensor) -> torch.Tensor:
+    """``(B, V)`` logits (float32) lowered by ``config``'s penalties for the tokens counted in ``counts (B, V)``."""
+    logits = logits.float() - counts * config.frequency_penalty
+    return logits - (counts > 0).to(logits.dtype) * config.presence_penalty
+
+
 def next_tokens(
-    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None, out: torch.Tensor
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    out: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(B, V)`` logits -> ``(B,)`` token ids written into ``out`` (int64, on the logits' device)."""
+    """``(B, V)`` logits -> ``(B,)`` token ids written into ``out`` (int64, on the logits' device). With penalties,
+    ``counts (B, V)`` holds how often each row generated each token so far; it is updated with the chosen tokens."""
     import torch
 
+    if config.penalized:
+        logits = penalized_logits(logits, config, counts)
     if config.greedy:
+        torch.argmax(logits, dim=-1, out=out)
+        return _counted(out, counts)
         return torch.argmax(logits, dim=-1, out=out)
     scaled = logits.double() / config.temperature
     if config.top_k:
@@ -82,4 +119,11 @@ def next_tokens(
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
     out.copy_(torch.multinomial(probs, 1, generator=generator).squeeze(-1))
-    return out
+    return _counted(out, counts)
+
+
+def _counted(tokens: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    """``tokens``, after adding one to each row's count of its token (when counts are kept)."""
+    if counts is not None:
+        counts.scatter_add_(1, tokens[:, None], counts.new_ones(tokens.shape[0], 1))
+    return tokens

@@ -5,8 +5,9 @@ Shared by the HTTP server (``luvc.serve.app``) and the Triton model (``luvc.serv
 ``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
 
 Batching: a pipeline batch needs one image size (bucket) and one prompt length (no padding), and rows share the
-sampling settings. Greedy jobs with the same bucket and prompt length batch together, as do sampled jobs without a
-seed and with the same temperature and top-p; a seeded job runs alone so that its seed reproduces its answer.
+sampling settings. Greedy jobs with the same bucket, prompt length and penalties batch together, as do sampled jobs
+without a seed and with the same temperature, top-k, top-p and penalties; a seeded job runs alone so that its seed
+reproduces its answer.
 Rows are independent in every graph, so a batched job's tokens equal the job's own run.
 """
 
@@ -48,14 +49,22 @@ class GenerationParams:
         top_p: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
     ) -> GenerationParams:
         """These settings (a server's defaults) with the values a request sets; ``None`` keeps the default."""
         base = self.sampling
+
+        def chosen(value, default):
+            return default if value is None else type(default)(value)
+
         sampling = SamplingConfig(
-            temperature=base.temperature if temperature is None else float(temperature),
+            temperature=chosen(temperature, base.temperature),
             top_k=base.top_k,
-            top_p=base.top_p if top_p is None else float(top_p),
+            top_p=chosen(top_p, base.top_p),
             seed=base.seed if seed is None else int(seed),
+            presence_penalty=chosen(presence_penalty, base.presence_penalty),
+            frequency_penalty=chosen(frequency_penalty, base.frequency_penalty),
         )
         length = self.max_tokens if max_tokens is None else int(max_tokens)
         return GenerationParams(length, sampling, self.stop if stop is None else tuple(stop))
@@ -123,8 +132,10 @@ class Job:
         sampling = self.params.sampling
         if not sampling.greedy and sampling.seed is not None:
             return None
-        sampling_key = ("greedy",) if sampling.greedy else (sampling.temperature, sampling.top_k, sampling.top_p)
-        return (self.prepared.bucket.name, self.prepared.input_ids.shape[1], sampling_key)
+        shared = dataclasses.replace(sampling, seed=None)  # what rows of one batch share: one SamplingConfig
+        if sampling.greedy:  # top-k and top-p do not change a greedy choice; penalties do
+            shared = dataclasses.replace(shared, top_k=0, top_p=1.0)
+        return (self.prepared.bucket.name, self.prepared.input_ids.shape[1], shared)
 
 
 class QueueFull(Exception):

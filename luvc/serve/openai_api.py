@@ -46,8 +46,8 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
-    would change the answer (``n`` > 1, ``logprobs``, tools, a response format, penalties, ``logit_bias``) are
-    refused unless they ask for nothing."""
+    would change the answer (``n`` > 1, ``logprobs``, tools, a response format, ``logit_bias``) are refused unless
+    they ask for nothing."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -83,8 +83,6 @@ UNSUPPORTED_FIELDS = (
     ("function_call", lambda value: value in (None, "none")),
     ("response_format", lambda value: value in (None, {"type": "text"})),
     ("logit_bias", lambda value: not value),
-    ("presence_penalty", lambda value: not value),
-    ("frequency_penalty", lambda value: not value),
 )
 
 
@@ -108,10 +106,18 @@ def parse_request(body: dict) -> ChatCompletionRequest:
 
 def generation_params(request: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
     """Generation length, sampling and stop strings of ``request``; what it leaves out comes from ``defaults`` (the
-    server's ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p`` and ``--seed``)."""
+    server's ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p``, ``--seed`` and the penalties)."""
     max_tokens = next((n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), None)
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
-    params = defaults.with_overrides(max_tokens, request.temperature, request.top_p, request.seed, stop or None)
+    params = defaults.with_overrides(
+        max_tokens,
+        request.temperature,
+        request.top_p,
+        request.seed,
+        stop or None,
+        request.presence_penalty,
+        request.frequency_penalty,
+    )
     if len(params.stop) > MAX_STOP_STRINGS:
         critical(f"stop has {len(params.stop)} strings; give at most {MAX_STOP_STRINGS}.")
     return params

@@ -134,6 +134,25 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(exports):
     assert np.array_equal(*sampled) and not np.array_equal(sampled[0], greedy)
 
 
+def test_penalties_on_the_device_equal_the_penalised_argmax_of_each_steps_logits(exports):
+    """Greedy with presence and frequency penalties: every token is the argmax of that step's logits minus the
+    penalties of what its own row generated before (counted here on the host), and the answer differs from plain
+    greedy (the tiny model repeats a token, which the penalties forbid)."""
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    prepared = pipeline.prepare([synthetic_image(224, 224, 3), synthetic_image(224, 224, 8)], [PROMPT, PROMPT])
+    sampling = SamplingConfig(presence_penalty=1.5, frequency_penalty=0.5)
+    steps = list(pipeline.request(prepared, GenerationOptions(12, sampling, stop_token_ids=(), keep_logits=True)))
+    counts = np.zeros_like(steps[0].logits, dtype=np.float64)
+    for step in steps:
+        penalised = step.logits - 0.5 * counts - 1.5 * (counts > 0)
+        assert step.tokens.tolist() == penalised.argmax(-1).tolist(), step.index
+        counts[np.arange(len(step.tokens)), step.tokens] += 1
+    tokens = np.stack([step.tokens for step in steps], axis=1)
+    plain = pipeline.generate(prepared, options=GenerationOptions(12, stop_token_ids=())).tokens
+    assert not np.array_equal(tokens, plain)
+    assert max(np.bincount(row).max() for row in plain) > 2  # what the penalties change
+
+
 def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
     pipeline = Pipeline(exports("tiny-qwen2-vl"))
     images = [synthetic_image(224, 224, seed) for seed in (1, 2)]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from luvc.errors import LuvcError
-from luvc.runtime.sampling import SamplingConfig, next_tokens
+from luvc.runtime.sampling import SamplingConfig, next_tokens, penalized_logits
 
 
 def _draw(logits: torch.Tensor, config: SamplingConfig, draws: int = 200) -> set[int]:
@@ -70,3 +70,35 @@ def test_seeds_outside_torchs_range_are_refused(seed):
 def test_the_largest_seed_seeds_a_generator():
     generator = SamplingConfig(temperature=1.0, seed=2**63 - 1).generator(torch.device("cpu"))
     assert generator.initial_seed() == 2**63 - 1
+
+
+def test_penalties_lower_the_logits_of_tokens_already_generated():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5]])
+    counts = torch.tensor([[0.0, 2.0, 1.0, 0.0]])
+    config = SamplingConfig(presence_penalty=1.0, frequency_penalty=0.5)
+    # token 1: 2 - 2 * 0.5 - 1 = 0; token 2: 3 - 1 * 0.5 - 1 = 1.5; unseen tokens keep theirs
+    assert penalized_logits(logits, config, counts).tolist() == [[1.0, 0.0, 1.5, 0.5]]
+
+
+def test_a_greedy_presence_penalty_walks_down_the_ranking_and_counts_each_choice():
+    logits = torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]])
+    config = SamplingConfig(presence_penalty=2.0)
+    counts, out = torch.zeros(2, 3), torch.empty(2, dtype=torch.long)
+    chosen = [next_tokens(logits, config, None, out, counts)[0].item() for _ in range(4)]
+    # 1 (1.0), then 2 (0.5 > 0 > -1), then 0 (0 > -1 > -1.5), then 1 again (-1 > -1.5 > -2)
+    assert chosen == [1, 2, 0, 1]
+    assert counts.tolist() == [[1.0, 2.0, 1.0], [1.0, 2.0, 1.0]]
+
+
+def test_a_negative_frequency_penalty_makes_repeats_likelier():
+    logits = torch.tensor([[0.0, 0.1]])
+    config = SamplingConfig(frequency_penalty=-2.0)
+    counts, out = torch.tensor([[1.0, 0.0]]), torch.empty(1, dtype=torch.long)
+    assert next_tokens(logits, config, None, out, counts).tolist() == [0]  # 0 + 2 > 0.1
+
+
+@pytest.mark.parametrize("value", [2.5, -3.0, float("nan"), float("inf"), True, "1"])
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+def test_penalties_outside_openais_range_are_refused(name, value):
+    with pytest.raises(LuvcError, match=f"{name}=.* must be a finite number between -2 and 2"):
+        SamplingConfig(**{name: value})

@@ -93,3 +93,18 @@ def test_a_job_its_client_cancelled_while_waiting_ends_with_a_cancelled_event_an
     (event,) = events
     assert isinstance(event, Failed) and event.cancelled and not event.user_error
     assert "cancelled after 0 tokens" in event.message
+
+
+def test_penalties_split_batches_but_top_p_does_not_split_greedy_ones():
+    penalised = GenerationParams(8, SamplingConfig(presence_penalty=1.0))
+    queue = JobQueue(16)
+    a, b, c, d = (
+        job(),
+        job(params=penalised),
+        job(params=GenerationParams(8, SamplingConfig(top_p=0.5))),
+        job(params=penalised),
+    )
+    for item in (a, b, c, d):
+        queue.put(item)
+    assert queue.take(4) == [a, c]
+    assert queue.take(4) == [b, d]
