@@ -15,6 +15,7 @@ from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.parity import metrics
+from luvc.parity.alignment import aligned_cache_pairs
 from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
 from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
@@ -178,11 +179,15 @@ def _backend_result(backend: str, torch_runs: list[TorchRun], runs: list[_Backen
     pairs = list(zip(runs, torch_runs))
     result.checks += _tensor_checks("vision.image_embeds", [(r.image_embeds, t.image_embeds) for r, t in pairs])
     result.checks += _tensor_checks("prefill.logits", [(r.outputs["logits"], t.logits) for r, t in pairs])
-    for kind in ("key", "value"):
-        result.checks += _tensor_checks(
-            f"prefill.present.*.{kind}",
-            [(r.outputs[name], t.presents[name]) for r, t in pairs for name in t.presents if name.endswith(kind)],
-        )
+    for kind in ("key", "value"):  # the rows of the tokens both runs hold: a near-tie swap is level 2's question
+        aligned, left_out = [], 0
+        for r, t in pairs:
+            kept = {layer: r.outputs.get(f"kept_visual_indices.{layer}", ids) for layer, ids in t.kept.items()}
+            rows, swapped = aligned_cache_pairs(r.outputs, t.presents, kind, kept, t.kept, r.bucket.visual_spans)
+            aligned, left_out = aligned + rows, left_out + swapped
+        plural = "s" if left_out > 1 else ""
+        swapped = f" (without the rows of {left_out} swapped token{plural})" if left_out else ""
+        result.checks += _tensor_checks(f"prefill.present.*.{kind}{swapped}", aligned)
     decode = []  # steps after the first whose prefixes still agree (step 0 is the prefill's logits)
     for r, t in pairs:
         agree = metrics.agreeing_steps(r.tokens, t.tokens)

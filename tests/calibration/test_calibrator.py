@@ -9,9 +9,11 @@ import onnx
 import pytest
 
 from luvc.calibration import calibrate_export, read_calibration_cache
+from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
+from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS
+from luvc.models import TINY_MODELS, load_model
 from luvc.parity import TOLERANCES, check_parity
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
@@ -67,6 +69,27 @@ def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
     types = {init.data_type for init in prefill.graph.initializer}
     assert onnx.TensorProto.FLOAT8E4M3FN in types
     assert not manifest.quantization.tensorrt10_calibration_caches  # the legacy path is INT8 only
+
+
+@pytest.fixture(scope="module")
+def export_448(tmp_path_factory) -> Path:
+    """tiny-qwen2-vl at 448x448 (128 visual tokens, most of them near ties at the first cut)."""
+    out = tmp_path_factory.mktemp("export-448") / "tiny-qwen2-vl"
+    return export_model(load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((448, 448),)), show_progress=False)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_the_448_bucket_passes_parity_with_swapped_tokens_left_to_the_selection_level(precision, export_448, tmp_path):
+    """At 448x448 the quantized export keeps another token than PyTorch at a near tie (INT8: 1 of 64 at layer 2); the
+    cache rows of that token then hold different tokens, which the KV check compared as error (relative 1.5, cosine
+    0.87: FAILED). It now compares the rows of the tokens both kept, and the selection level judges the swap."""
+    folder = calibrate_export(export_448, tmp_path / precision, precision=precision, show_progress=False)
+    results = check_parity(folder, show_progress=False)
+    assert results, str(results)
+    checks = [check for check in results.backends[0].checks if check.name.startswith("prefill.present")]
+    assert sorted(check.metric for check in checks) == ["cosine", "cosine", "relative_error", "relative_error"]
+    assert results.backends[0].kept_overlap[2] < 1.0  # the swap the aligned check leaves to the selection level
+    assert all(" swapped token" in check.name for check in checks)
 
 
 def test_fixed_seed_gives_identical_ranges_and_another_seed_does_not(exports, tmp_path):
