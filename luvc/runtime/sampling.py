@@ -107,7 +107,6 @@ def next_tokens(
     if config.greedy:
         torch.argmax(logits, dim=-1, out=out)
         return _counted(out, counts)
-        return torch.argmax(logits, dim=-1, out=out)
     scaled = logits.double() / config.temperature
     if config.top_k:
         kth = torch.topk(scaled, min(config.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
