@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def visual_ids_entering(layer: int, kept: Mapping[int, np.ndarray], visual_tokens: int) -> np.ndarray:
-    """``(B, k)`` original indices of the visual tokens in ``layer``'s sequence: those kept at the last cut at or
-    before it (``kept``: cut layer -> ``(B, k)``), or every visual token before the first cut."""
+def visual_ids_entering(layer: int, kept: Mapping[int, np.ndarray], visual_tokens: int, batch: int) -> np.ndarray:
+    """``(batch, k)`` original indices of the visual tokens in ``layer``'s sequence: those kept at the last cut at
+    or before it (``kept``: cut layer -> ``(batch, k)``), or every visual token before the first cut."""
     cuts = [cut for cut in kept if cut <= layer]
     if not cuts:
-        batch = next(iter(kept.values())).shape[0] if kept else 1
         return np.broadcast_to(np.arange(visual_tokens), (batch, visual_tokens))
     return kept[max(cuts)]
 
@@ -62,10 +61,10 @@ def aligned_cache_pairs(
     for name, expected in reference.items():
         if not name.endswith(f".{kind}"):
             continue
-        layer, actual = int(name.split(".")[1]), candidate[name]
-        candidate_ids = visual_ids_entering(layer, candidate_kept, visual_tokens)
-        reference_ids = visual_ids_entering(layer, reference_kept, visual_tokens)
-        for row in range(expected.shape[0]):
+        layer, actual, batch = int(name.split(".")[1]), candidate[name], expected.shape[0]
+        candidate_ids = visual_ids_entering(layer, candidate_kept, visual_tokens, batch)
+        reference_ids = visual_ids_entering(layer, reference_kept, visual_tokens, batch)
+        for row in range(batch):
             tokens = [
                 row_tokens(tensor.shape[2], prompt_spans, ids[row])
                 for tensor, ids in ((actual, candidate_ids), (expected, reference_ids))

@@ -23,9 +23,10 @@ def test_common_rows_pair_the_tokens_both_hold_in_the_references_order():
 
 def test_the_cut_in_force_is_the_last_at_or_before_the_layer():
     kept = {2: np.array([[0, 1, 3]]), 4: np.array([[1]])}
-    assert visual_ids_entering(1, kept, 5).tolist() == [[0, 1, 2, 3, 4]]
-    assert visual_ids_entering(3, kept, 5).tolist() == [[0, 1, 3]]
-    assert visual_ids_entering(6, kept, 5).tolist() == [[1]]
+    assert visual_ids_entering(1, kept, 5, 1).tolist() == [[0, 1, 2, 3, 4]]
+    assert visual_ids_entering(3, kept, 5, 1).tolist() == [[0, 1, 3]]
+    assert visual_ids_entering(6, kept, 5, 1).tolist() == [[1]]
+    assert visual_ids_entering(0, {}, 3, 2).tolist() == [[0, 1, 2], [0, 1, 2]]  # no cut (LUVC off), a batch of 2
 
 
 def test_a_swapped_token_leaves_its_row_out_and_the_rest_compares_equal():
