@@ -78,6 +78,7 @@ def export_448(tmp_path_factory) -> Path:
     return export_model(load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((448, 448),)), show_progress=False)
 
 
+@pytest.mark.slow  # exports and calibrates a model of its own
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_the_448_bucket_passes_parity_with_swapped_tokens_left_to_the_selection_level(precision, export_448, tmp_path):
     """At 448x448 the quantized export keeps another token than PyTorch at a near tie (INT8: 1 of 64 at layer 2); the
