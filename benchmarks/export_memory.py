@@ -25,49 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-from prefill_speedup import _qwen_token_ids
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from luvc.models.tiny import tiny_tokenizer
+from luvc.models.tiny import save_random_qwen2_vl
 
 IMAGE_SIDE = 448
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def save_checkpoint(folder: Path, layers: int, vision_blocks: int, dtype: torch.dtype) -> None:
-    """Write the checkpoint (config, weights, tokenizer, image processor) to ``folder``."""
-    tokenizer = tiny_tokenizer()
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=layers,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        ),
-        vision_config=dict(
-            depth=vision_blocks,
-            embed_dim=1280,
-            hidden_size=1536,
-            num_heads=16,
-            mlp_ratio=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        tie_word_embeddings=True,
-        **_qwen_token_ids(tokenizer),
-    )
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config).to(dtype).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2).save_pretrained(folder)
 
 
 def import_allowance() -> int:
@@ -100,7 +62,9 @@ def main() -> None:
     parser.add_argument("--write-checkpoint", type=Path, default=None, help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
     if args.write_checkpoint is not None:
-        save_checkpoint(args.write_checkpoint, args.layers, args.vision_blocks, DTYPES[args.dtype])
+        save_random_qwen2_vl(
+            args.write_checkpoint, args.layers, args.vision_blocks, DTYPES[args.dtype], (IMAGE_SIDE,) * 2
+        )
         return
     with tempfile.TemporaryDirectory(prefix="luvc-export-memory-") as tmp:
         checkpoint, export = Path(tmp) / "checkpoint", Path(tmp) / "export"

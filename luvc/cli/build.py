@@ -35,7 +35,9 @@ class Build:
             dynamic = next((shapes for shapes in engine.profile.values() if shapes[0] != shapes[2]), None)
             table.add_row(name, f"{engine.bytes / 1e6:.1f}", " / ".join(map(str, dynamic)) if dynamic else "static")
         Console().print(table)
-        Console().print(f"[bold green]Built[/] {len(manifest.engines)} engines in {out}")
+        Console(soft_wrap=True).print(
+            f"[bold green]Built[/] {len(manifest.engines)} engines in {out} ({_layout(manifest)})", highlight=False
+        )
         if (out / BUILD_LOG).is_file():
             lines = sum(1 for _ in (out / BUILD_LOG).open(encoding="utf-8"))
             Console().print(f"TensorRT's log of the build: {out / BUILD_LOG} ({lines} lines)")
@@ -46,3 +48,12 @@ class Build:
                 highlight=False,
             )
         return 0
+
+
+def _layout(manifest) -> str:
+    """One phrase on where the engines' weights live."""
+    if manifest.weights_layout == "embedded":
+        return "each engine holds its own weights"
+    tensors = {(w.location, w.offset, w.length) for entry in manifest.engines.values() for w in entry.weights}
+    total = sum(length for _, _, length in tensors)
+    return f"{len(tensors)} weight tensors ({total / 1e6:.1f} MB) are engine inputs, on the device once"

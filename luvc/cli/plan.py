@@ -47,13 +47,20 @@ def memory_table(plan: MemoryPlan) -> Table:
     table = Table(title=f"Memory plan on {device.name} ({device.total_bytes / GiB:.0f} GiB)")
     table.add_column("item")
     table.add_column("device memory", justify="right")
-    for name, weight in plan.engine_weights.items():
-        table.add_row(f"{name} weights ({plan.weights_source})", gib(weight))
+    weights = plan.weights
+    for name, weight in weights.per_engine.items():
+        what = "engine file" if weights.source == "engines" else "weights inside its engine"
+        table.add_row(f"{name}: {what}", gib(weight))
+    if weights.shared:
+        table.add_row(f"shared weights: once for every engine ({weights.source})", gib(weights.shared))
+    table.add_row(
+        "  weights in the embedded layout (every engine its own copy; not counted)", gib(weights.embedded_layout)
+    )
     kv = f"KV cache, batch {plan.max_batch} (LUVC per-layer capacities)"
     table.add_row(kv, gib(plan.kv_bytes))
     if plan.kv_bytes_uncompressed is not None:
         table.add_row("  uncompressed model, same profile", gib(plan.kv_bytes_uncompressed))
-    table.add_row("activations (builder workspace limit)", gib(plan.activation_bytes))
+    table.add_row("activations: one buffer for every engine (builder workspace limit)", gib(plan.activation_bytes))
     table.add_row("reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")"), gib(device.reserved_bytes))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
     table.add_row(f"total: {verdict}", gib(plan.total_bytes))

@@ -70,13 +70,16 @@ def _resident() -> str:
 
 
 def _weights(pipeline: Pipeline) -> str:
-    """What the pipeline's sessions share: file-mapped tensors and float32 conversions (ONNX Runtime on the CPU)."""
-    weights = pipeline.sessions.weights
-    if weights is None or not (weights.mapped_bytes or weights.converted_bytes):
-        return "each session its own"  # on CUDA, or weights inside the graphs (exports under 256 MiB)
-    parts = [f"{weights.mapped_bytes / (1 << 30):.2f} GiB file-mapped"]
+    """What the pipeline's sessions and engines share: on a GPU the weights resident there; on the CPU file-mapped
+    tensors and float32 conversions."""
+    weights, gib = pipeline.sessions.weights, 1 << 30
+    if weights.device_bytes:
+        return f"one copy for all sessions: {weights.device_bytes / gib:.2f} GiB on {pipeline.device}"
+    if not (weights.mapped_bytes or weights.converted_bytes):
+        return "each session its own"  # weights inside the graphs (exports under 256 MiB) or engines
+    parts = [f"{weights.mapped_bytes / gib:.2f} GiB file-mapped"]
     if weights.converted_bytes:
-        parts.append(f"{weights.converted_bytes / (1 << 30):.2f} GiB float32")
+        parts.append(f"{weights.converted_bytes / gib:.2f} GiB float32")
     return "one copy for all sessions: " + " + ".join(parts)
 
 

@@ -20,8 +20,9 @@ from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
+from luvc.engines.weight_inputs import LAYOUTS, shareable_weights, with_weight_inputs
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, TensorEntry, sha256_file
+from luvc.export.manifest import ExportManifest, ExternalTensor, TensorEntry, sha256_file
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
@@ -63,7 +64,9 @@ def rtx_compute_capabilities(target: Target, tensorrt: TensorRT) -> list[str]:
 @dataclasses.dataclass
 class EngineFromOnnx(BaseLoader[tuple]):
     """Loader: ONNX file -> ``(serialized engine bytes, network inputs, network outputs)``; ``timing_cache_out`` holds
-    the timing cache after the build (full TensorRT, when one was given)."""
+    the timing cache after the build (full TensorRT, when one was given). With ``weights_layout="shared"`` the
+    graph's shareable weights (``luvc.engines.weight_inputs``) become network inputs, listed in ``weights_out`` and
+    left out of the returned inputs."""
 
     onnx_path: Path
     profile: dict[str, tuple[list[int], list[int], list[int]]]
@@ -75,7 +78,9 @@ class EngineFromOnnx(BaseLoader[tuple]):
     dla_core: int | None = None
     on_phase: Callable[[str], None] | None = None
     log_file: Path | None = None
+    weights_layout: str = "embedded"
     timing_cache_out: bytes | None = dataclasses.field(default=None, init=False)
+    weights_out: tuple[ExternalTensor, ...] = dataclasses.field(default=(), init=False)
 
     def call_impl(self) -> tuple:
         logger = _build_log(self.tensorrt.module, self.log_file)
@@ -91,7 +96,7 @@ class EngineFromOnnx(BaseLoader[tuple]):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(self.onnx_path)):
+        if not self._parse(parser):
             errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
             critical(f"{self.tensorrt.describe()} could not parse {self.onnx_path.name}: {errors}")
         config = builder.create_builder_config()
@@ -106,9 +111,23 @@ class EngineFromOnnx(BaseLoader[tuple]):
             )
         if self.timing_cache is not None and not self.tensorrt.is_rtx:
             self.timing_cache_out = bytes(config.get_timing_cache().serialize())
+        weights = {tensor.name for tensor in self.weights_out}
         inputs = [network.get_input(i) for i in range(network.num_inputs)]
         outputs = [network.get_output(i) for i in range(network.num_outputs)]
-        return bytes(engine), _io(inputs), _io(outputs)
+        return bytes(engine), _io(i for i in inputs if i.name not in weights), _io(outputs)
+
+    def _parse(self, parser) -> bool:
+        """Parse the graph; in the shared layout, with its shareable weights turned into inputs (the other external
+        tensors are still read from beside the graph file)."""
+        if self.weights_layout == "shared":
+            import onnx
+
+            model = onnx.load(str(self.onnx_path), load_external_data=False)
+            self.weights_out = tuple(shareable_weights(model))
+            if self.weights_out:
+                graph = with_weight_inputs(model, list(self.weights_out))
+                return parser.parse(graph.SerializeToString(), str(self.onnx_path))
+        return parser.parse_from_file(str(self.onnx_path))
 
     def _configure(self, trt, builder, config, strongly_typed: bool) -> None:
         target = self.target
@@ -203,9 +222,12 @@ class EnginesFromExport(BaseLoader[Path]):
     show_progress: bool = True
     verbose: bool = False
     plugin_library: str | Path | None = None
+    weights_layout: str | None = None  # "shared" (default) or "embedded" (default with a DLA core)
 
     def __post_init__(self) -> None:
         self.export_dir, self.out, self.timing_cache = map(as_path, (self.export_dir, self.out, self.timing_cache))
+        if self.weights_layout is None:
+            self.weights_layout = "embedded" if self.dla_core is not None else "shared"
 
     def _check_options(self, target: Target, tensorrt: TensorRT, export: ExportManifest) -> None:
         target.check_precision(export.precision)
@@ -220,6 +242,10 @@ class EnginesFromExport(BaseLoader[Path]):
             critical(f"Target {target.name} has no hardware-compatible engines; drop --hardware-compatible.")
         if self.dla_core is not None and (not target.supports_dla or tensorrt.is_rtx):
             critical(f"DLA needs target orin and JetPack's TensorRT; target {target.name} with {tensorrt.describe()}.")
+        if self.weights_layout not in LAYOUTS:
+            critical(f"Unknown weights layout {self.weights_layout!r}; use one of {list(LAYOUTS)} (--weights).")
+        if self.dla_core is not None and self.weights_layout == "shared":
+            critical("DLA layers need their weights inside the engine; build with --weights embedded for --dla-core.")
         capability = device_capability()
         if not tensorrt.is_rtx and capability is not None and not self.hardware_compatible:
             if capability not in target.compute_capabilities:
@@ -259,6 +285,7 @@ class EnginesFromExport(BaseLoader[Path]):
                 ),
                 engines=engines,
                 plugin_library=plugins,
+                weights_layout="shared" if any(entry.weights for entry in engines.values()) else "embedded",
             )
             manifest.save(staging)
         return self.out
@@ -280,6 +307,7 @@ class EnginesFromExport(BaseLoader[Path]):
                     dla_core=self.dla_core,
                     on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
                     log_file=staging / BUILD_LOG if self.verbose else None,
+                    weights_layout=self.weights_layout,
                 )
                 engine, inputs, outputs = loader()
                 if loader.timing_cache_out is not None:
@@ -296,6 +324,7 @@ class EnginesFromExport(BaseLoader[Path]):
                     inputs=inputs,
                     outputs=outputs,
                     profile={key: [list(shape) for shape in shapes] for key, shapes in profile.items()},
+                    weights=loader.weights_out,
                 )
                 progress.update(task, completed=1, phase=f"done, {len(engine) / 1e6:.1f} MB")
         if self.timing_cache is not None and not tensorrt.is_rtx:

@@ -20,6 +20,7 @@ from luvc.export.manifest import (
     ENGINE_FORMAT,
     MANIFEST_NAME,
     ExportManifest,
+    ExternalTensor,
     ModelEntry,
     TensorEntry,
     sha256_file,
@@ -28,7 +29,7 @@ from luvc.staging import OutputKind
 
 FORMAT = ENGINE_FORMAT
 ENGINES_OUTPUT = OutputKind("an engine folder", MANIFEST_NAME, FORMAT)
-FORMAT_VERSION = 2  # 2: typed entries (as the export manifest's v3)
+FORMAT_VERSION = 3  # 2: typed entries (as the export manifest's v3); 3: weights as engine inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,8 @@ class SourceGraph:
 @dataclasses.dataclass(frozen=True)
 class EngineEntry:
     """One engine file: its size and sha256, its source graph, its I/O as the network was built, and its
-    optimization profile (``{input: [min, opt, max]}``)."""
+    optimization profile (``{input: [min, opt, max]}``); ``weights``: the inputs bound to tensors of the export's
+    ``weights.data`` (the shared layout, ``luvc.engines.weight_inputs``), by name and place in that file."""
 
     file: str
     bytes: int
@@ -59,6 +61,7 @@ class EngineEntry:
     inputs: tuple[TensorEntry, ...]
     outputs: tuple[TensorEntry, ...]
     profile: dict[str, list[list[int]]]
+    weights: tuple[ExternalTensor, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,7 @@ class EngineManifest:
     export: ExportReference
     engines: dict[str, EngineEntry]
     plugin_library: PluginLibrary | None = None  # loaded before the engines deserialize (plugin-node exports)
+    weights_layout: str = "embedded"  # "shared": weights are engine inputs (luvc.engines.weight_inputs)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -105,6 +109,7 @@ class EngineManifest:
                 ),
                 engines={name: _engine(entry) for name, entry in data["engines"].items()},
                 plugin_library=PluginLibrary(**data["plugin_library"]) if data.get("plugin_library") else None,
+                weights_layout=data["weights_layout"],
                 format=data["format"],
                 format_version=data["format_version"],
             )
@@ -122,6 +127,11 @@ class EngineManifest:
         if not path.is_file():
             critical(f"{folder} has no {MANIFEST_NAME}; it is not a finished engine folder (run `luvc-export build`).")
         data = json.loads(path.read_text())
+        if data.get("format") == FORMAT and data.get("format_version") != FORMAT_VERSION:
+            critical(
+                f"{path} is engine format v{data.get('format_version')} and this luvc-export reads "
+                f"v{FORMAT_VERSION}; rebuild the engines with `luvc-export build`."
+            )
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             critical(
                 f"{path} is {data.get('format')!r} v{data.get('format_version')}, not an engine manifest "
@@ -193,4 +203,5 @@ class EngineManifest:
 
 def _engine(entry: dict[str, Any]) -> EngineEntry:
     tensors = {key: TensorEntry.all_of(entry[key]) for key in ("inputs", "outputs")}
-    return EngineEntry(**{**entry, **tensors, "source": SourceGraph(**entry["source"])})
+    weights = tuple(ExternalTensor(**{**w, "shape": tuple(w["shape"])}) for w in entry["weights"])
+    return EngineEntry(**{**entry, **tensors, "source": SourceGraph(**entry["source"]), "weights": weights})

@@ -1,14 +1,18 @@
 """Memory plan of an export on a target device: what the engines, the KV cache and the activations need against
 the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc-export plan``).
 
-- **Weights**, per engine: the engine files' sizes when an engine folder is given, else the ONNX graphs' weights.
-  Every engine holds its own copy: the LLM is on the device once per prefill bucket plus once for decode (the
-  export's ``weights.data`` shares them on disk, TensorRT engines do not).
+- **Weights**: in the shared layout (``luvc-export build``'s default, ``luvc.engines.weight_inputs``) the matrices
+  and embedding tables of ``weights.data`` are on the device once, bound to every engine that takes them, and each
+  engine holds only the rest (norms, biases, convolution kernels, constants, quantized weights); beside it, what the
+  embedded layout (every engine its own copy: the LLM once per prefill bucket plus once for decode) would need. With
+  an engine folder the figures come from its manifest (engine file sizes and the weight inputs it records), else
+  from the ONNX graphs.
 - **KV cache**: the runtime's fixed-capacity buffers at the profile's ``max_batch`` (per layer: the capacity the
   decode graph was exported with, ``kv_cache.capacity``), the figure ``luvc-export run`` reports; beside it the same
   for the uncompressed model (every layer holds every visual token of the image, before OIM).
-- **Activations**: the builder's workspace limit of the target preset (an upper bound TensorRT may use for tactics
-  and activations), 2 GiB where the preset sets none.
+- **Activations**: one buffer that every engine's execution context shares (``luvc.runtime.activations``), counted
+  once at the builder's workspace limit of the target preset (an upper bound TensorRT may use for tactics and
+  activations), 2 GiB where the preset sets none.
 - **Reserved**: the CUDA context, libraries and (on a Jetson, whose CPU and GPU share the memory) the OS.
 - **Build host memory** (an estimate): twice the largest graph's weights (the parsed network and the serialized
   engine) plus 1 GiB; on a Jetson, engines are built on the device, so this shares its memory too.
@@ -23,6 +27,7 @@ from pathlib import Path
 import onnx
 
 from luvc.engines.targets import get_target
+from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
@@ -72,13 +77,27 @@ def device(target: str) -> Device:
     return Device(f"GPU with {size:g} GiB", int(size * GiB), GiB, "hopper")
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightPlacement:
+    """Where the weights of an export's engines live: ``per_engine`` bytes each engine holds itself, ``shared`` bytes
+    on the device once for all of them, and ``embedded_layout`` bytes were every engine to hold its own copy."""
+
+    per_engine: dict[str, int]
+    shared: int
+    embedded_layout: int
+    source: str  # "engines" or "onnx"
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_engine.values()) + self.shared
+
+
 @dataclasses.dataclass
 class MemoryPlan:
     """Bytes per item on ``device`` for an export at its profile's maxima (see the module docstring)."""
 
     device: Device
-    engine_weights: dict[str, int]
-    weights_source: str  # "engines" or "onnx"
+    weights: WeightPlacement
     kv_bytes: int
     kv_bytes_uncompressed: int | None
     kv_bytes_per_row: int
@@ -88,7 +107,7 @@ class MemoryPlan:
 
     @property
     def weight_bytes(self) -> int:
-        return sum(self.engine_weights.values())
+        return self.weights.total
 
     @property
     def total_bytes(self) -> int:
@@ -117,11 +136,13 @@ class MemoryPlan:
                 "Even one batch row does not fit: re-export with a smaller --max-new-tokens or --max-text-tokens "
                 f"(KV cache {self.kv_bytes_per_row / GiB:.2f} GiB per row) and fewer buckets or smaller weights."
             )
-        prefills = sorted(name for name in self.engine_weights if name.startswith("prefill_"))
-        if len(prefills) > 1:
+        per_engine = self.weights.per_engine
+        prefills = sorted(name for name in per_engine if name.startswith("prefill_"))
+        if len(prefills) > 1 and not self.weights.shared:
             lines.append(
-                f"Export fewer --image-size buckets: each prefill engine holds the LLM weights again "
-                f"({self.engine_weights[prefills[-1]] / GiB:.2f} GiB for {prefills[-1]})."
+                f"Build with the shared weights layout (the default) or export fewer --image-size buckets: each "
+                f"prefill engine holds the LLM weights again ({per_engine[prefills[-1]] / GiB:.2f} GiB for "
+                f"{prefills[-1]})."
             )
         lines.append("INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights.")
         return lines
@@ -164,30 +185,54 @@ def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -
     return per_entry * capacity * geometry.num_layers
 
 
+def _tensor_key(tensor: ExternalTensor) -> tuple[str, int, int]:
+    return tensor.location, tensor.offset, tensor.length
+
+
+def graph_weight_placement(export_dir: Path, manifest: ExportManifest) -> WeightPlacement:
+    """The shared layout's placement, worked out from the ONNX graphs: each graph's shareable weights once for all,
+    the rest inside each engine."""
+    per_engine, shared, embedded = {}, {}, 0
+    for name, graph in manifest.graphs.items():
+        path = Path(export_dir) / graph.file
+        total = graph_weight_bytes(path)
+        tensors = shareable_weights(onnx.load(str(path), load_external_data=False))
+        shared.update({_tensor_key(tensor): tensor.length for tensor in tensors})
+        per_engine[name] = total - sum(tensor.length for tensor in tensors)
+        embedded += total
+    return WeightPlacement(per_engine, sum(shared.values()), embedded, "onnx")
+
+
+def engine_weight_placement(engines) -> WeightPlacement:
+    """The placement an engine folder records: its engines' sizes and, in the shared layout, the weight inputs once."""
+    per_engine = {name: entry.bytes for name, entry in engines.engines.items()}
+    shared = {_tensor_key(w): w.length for entry in engines.engines.values() for w in entry.weights}
+    copies = sum(w.length for entry in engines.engines.values() for w in entry.weights)
+    return WeightPlacement(per_engine, sum(shared.values()), sum(per_engine.values()) + copies, "engines")
+
+
 def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | None = None) -> MemoryPlan:
     """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False)
-    graph_weights = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}
     if engines_dir is not None:
         from luvc.engines.manifest import EngineManifest
 
         engines = EngineManifest.load(engines_dir)
         engines.check_files(engines_dir, manifest, hashes=False)  # sizes as built, from this export: no hashing
-        weights = {name: entry.bytes for name, entry in engines.engines.items()}
-        source = "engines"
+        weights = engine_weight_placement(engines)
     else:
-        weights, source = graph_weights, "onnx"
+        weights = graph_weight_placement(Path(export_dir), manifest)
+    graph_bytes = [graph_weight_bytes(Path(export_dir) / g.file) for g in manifest.graphs.values()]
     max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
     return MemoryPlan(
         device=dev,
-        engine_weights=weights,
-        weights_source=source,
+        weights=weights,
         kv_bytes=kv_bytes(manifest, max_batch),
         kv_bytes_uncompressed=kv_bytes(manifest, max_batch, uncompressed=True),
         kv_bytes_per_row=kv_bytes(manifest, 1),
         max_batch=max_batch,
         activation_bytes=workspace,
-        build_host_bytes=2 * max(graph_weights.values()) + GiB,
+        build_host_bytes=2 * max(graph_bytes) + GiB,
     )

@@ -226,3 +226,71 @@ def build_tiny(name: str, seed: int = 0):
         torch.random.set_rng_state(state)
     model.config.architectures = [type(model).__name__]
     return model.eval(), tokenizer, processor
+
+
+QWEN2_VL_2B_WIDTHS = dict(
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    heads=12,
+    kv_heads=2,
+    vision_width=1280,
+    vision_heads=16,
+)
+
+
+def save_random_qwen2_vl(
+    folder,
+    layers: int,
+    vision_blocks: int,
+    dtype: torch.dtype,
+    image_sides: tuple[int, int] = (448, 448),
+    **widths: int,
+) -> None:
+    """Write a random-weight Qwen2-VL checkpoint (config, weights, byte-level tokenizer, an image processor that
+    keeps images between ``image_sides`` squares) to ``folder``: Qwen2-VL-2B's widths (``QWEN2_VL_2B_WIDTHS``, tied
+    embedding) unless ``widths`` overrides some, with ``layers`` decoder layers and ``vision_blocks`` encoder
+    blocks."""
+    width = {**QWEN2_VL_2B_WIDTHS, **widths}
+    tokenizer = tiny_tokenizer()
+    head_dim = width["hidden_size"] // width["heads"]
+    section = head_dim // 16  # M-RoPE: temporal, height, width sections of the rotary half (16/24/24 of 64)
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=width["vocab_size"],
+            hidden_size=width["hidden_size"],
+            intermediate_size=width["intermediate_size"],
+            num_hidden_layers=layers,
+            num_attention_heads=width["heads"],
+            num_key_value_heads=width["kv_heads"],
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [2 * section, 3 * section, 3 * section],
+            },
+        ),
+        vision_config=dict(
+            depth=vision_blocks,
+            embed_dim=width["vision_width"],
+            hidden_size=width["hidden_size"],
+            num_heads=width["vision_heads"],
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        tie_word_embeddings=True,
+        **_qwen_token_ids(tokenizer),
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        model = Qwen2VLForConditionalGeneration(config).to(dtype).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    low, high = image_sides
+    Qwen2VLImageProcessorPil(min_pixels=low**2, max_pixels=high**2).save_pretrained(folder)

@@ -64,10 +64,14 @@ class Sessions:
         self.providers = providers or ort_providers(device, self.cuda_stream and self.cuda_stream.cuda_stream)
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._engines = self._checked_engines() if backend == "trt" else {}
-        # ONNX Runtime on the CPU: one copy of the weights for all sessions (an fp16 export computes in float32 there)
-        self.weights = None
-        if backend == "ort" and device.type == "cpu":
-            self.weights = MappedWeights(folder, float32=manifest.precision == "fp16")
+        # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
+        float32 = device.type == "cpu" and manifest.precision == "fp16"
+        self.weights = MappedWeights(folder, float32=float32, device=device)
+        self.activations = None
+        if backend == "trt" and on_gpu:
+            from luvc.runtime.activations import SharedActivations
+
+            self.activations = SharedActivations(device, next(iter(self._engines.values()))[1])
         self._open: dict[str, BaseSession] = {}
         self._caches: dict[int, KVCache] = {}
 
@@ -109,8 +113,9 @@ class Sessions:
         checked, capability = {}, device_capability(self.device.index or 0)
         for name in self.manifest.graphs:
             engine = engines.check_engine(self.engines_dir, name, tensorrt, capability, export=self.manifest)
-            profile = {key: [list(s) for s in shapes] for key, shapes in engines.engines[name].profile.items()}
-            checked[name] = (engine, tensorrt, profile)
+            entry = engines.engines[name]
+            profile = {key: [list(s) for s in shapes] for key, shapes in entry.profile.items()}
+            checked[name] = (engine, tensorrt, profile, entry.weights)
         if plugins is not None:
             plugins.load(tensorrt)  # before any engine deserializes
         return checked
@@ -118,9 +123,19 @@ class Sessions:
     def _trt_session(self, name: str, graph: GraphEntry) -> BaseSession:
         from luvc.runtime.trt_session import TrtSession
 
-        engine, tensorrt, profile = self._engines.pop(name)
+        engine, tensorrt, profile, weights = self._engines.pop(name)
+        bound = {tensor.name: self.weights.device_tensor(tensor) for tensor in weights}
         return TrtSession(
-            engine, graph.inputs, graph.outputs, profile, tensorrt, f"trt:{name}", self.device, self.cuda_stream
+            engine,
+            graph.inputs,
+            graph.outputs,
+            profile,
+            tensorrt,
+            f"trt:{name}",
+            self.device,
+            self.cuda_stream,
+            weights=bound,
+            activations=self.activations,
         )
 
     def opened(self) -> dict[str, BaseSession]:
@@ -186,3 +201,5 @@ class Sessions:
         self._caches.clear()
         if self.weights is not None:
             self.weights.close()
+        if self.activations is not None:
+            self.activations.release()

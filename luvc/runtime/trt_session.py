@@ -5,18 +5,35 @@ from __future__ import annotations
 import torch
 
 from luvc.errors import critical
+from luvc.runtime.activations import SharedActivations
 from luvc.runtime.session import BaseSession
 
 
 class TrtSession(BaseSession):
     """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on a CUDA device and the pipeline's CUDA stream.
-    Input shapes and tensor addresses are set only when they change; nothing is synchronised here."""
+    Input shapes and tensor addresses are set only when they change; nothing is synchronised here. ``weights``: the
+    device tensors bound once to the engine's weight inputs (the shared layout); ``activations``: the pipeline's
+    shared scratch buffer (``luvc.runtime.activations``)."""
 
-    def __init__(self, engine: bytes, inputs, outputs, profile, tensorrt, name: str, device=None, stream=None):
+    def __init__(
+        self,
+        engine: bytes,
+        inputs,
+        outputs,
+        profile,
+        tensorrt,
+        name: str,
+        device=None,
+        stream=None,
+        weights: dict[str, torch.Tensor] | None = None,
+        activations: SharedActivations | None = None,
+    ):
         super().__init__(name, inputs, outputs, profile, device=device or "cuda")
         self.engine_bytes = engine
         self.tensorrt = tensorrt
         self.stream = stream
+        self.weights = weights or {}
+        self.activations = activations
         self.engine = self.context = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
 
@@ -28,7 +45,12 @@ class TrtSession(BaseSession):
         self.engine = runtime.deserialize_cuda_engine(self.engine_bytes)
         if self.engine is None:
             critical(f"{self.name}: {self.tensorrt.describe()} could not deserialize the engine; rebuild it here.")
-        self.context = self.engine.create_execution_context()
+        if self.activations is not None:
+            self.context = self.activations.context(self.engine)
+        else:
+            self.context = self.engine.create_execution_context()
+        for name, tensor in self.weights.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
         self.bound = {}
 
     def infer_impl(self, feeds, outputs):
@@ -49,5 +71,7 @@ class TrtSession(BaseSession):
             critical(f"{self.name}: TensorRT execution failed.")
 
     def deactivate_impl(self) -> None:
+        if self.activations is not None:
+            self.activations.forget(self.context)
         self.context = self.engine = None
         self.bound = {}

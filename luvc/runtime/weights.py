@@ -1,16 +1,20 @@
-"""The weights of an export held once per pipeline by its ONNX Runtime CPU sessions.
+"""The weights of an export held once per pipeline, by every ONNX Runtime session and TensorRT engine that uses them.
 
 Every LLM graph of an export (a prefill graph per bucket, and decode) points into the same ``weights.data``. Given
 the graph paths, ONNX Runtime reads each graph's initializers into buffers of its own, so the LLM is in memory once
 per session; on the CPU EP an fp16 graph is worse, since ONNX Runtime has float32 kernels only for most ops and
-converts every float16 weight to float32 inside each session.
+converts every float16 weight to float32 inside each session. TensorRT engines would each hold their own copy too.
 
-``MappedWeights`` memory-maps each external-data file once and hands every session the same arrays as shared
-initializers (``SessionOptions.add_initializer``):
+``MappedWeights`` memory-maps each external-data file once and hands out each tensor (by file, offset and length)
+once, however many graphs use it:
 
-- float32 weights are views of the file: held once, as on disk, paged in from the file cache as they are read;
-- an fp16 graph is rewritten to compute in float32 (``float32_compute``), as ONNX Runtime's CPU EP computes it
-  anyway, and each float16 tensor is converted once per pipeline.
+- ONNX Runtime on the CPU gets them as shared initializers (``SessionOptions.add_initializer``): float32 weights are
+  views of the file, paged in from the file cache as they are read; an fp16 graph is rewritten to compute in float32
+  (``float32_compute``), as ONNX Runtime's CPU EP computes it anyway, and each float16 tensor is converted once.
+- ONNX Runtime with the CUDA EP gets the shareable weights (``luvc.engines.weight_inputs``: the matrices of
+  products and the embedding tables) as shared initializers already on the GPU, in the export's precision.
+- TensorRT engines of the shared layout take those weights as inputs: ``device_tensor`` is the one device buffer
+  bound to every engine's input of that name.
 
 Sessions given shared weights turn ONNX Runtime's weight prepacking off, since packed copies are per session again,
 and its CPU memory arena, which keeps each session's peak activations.
@@ -24,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
+from luvc.engines.weight_inputs import shareable_weights
 from luvc.export.manifest import ExternalTensor, external_tensors
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
@@ -35,15 +41,19 @@ IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
 
 
 class MappedWeights:
-    """The external-data files of the export in ``folder``, memory-mapped read-only, and the float32 conversions
-    made from them; each tensor (by file, offset and length) is handed out as one array however many graphs use it.
-    With ``float32`` set, float16 graphs are rewritten to compute in float32 and get float32 weights."""
+    """The external-data files of the export in ``folder``, memory-mapped read-only, the float32 conversions made
+    from them, and (on a GPU ``device``) the device copies; each tensor (by file, offset and length) is handed out as
+    one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
+    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights."""
 
-    def __init__(self, folder: str | Path, float32: bool = False) -> None:
+    def __init__(self, folder: str | Path, float32: bool = False, device: torch.device | None = None) -> None:
         self.folder = Path(folder)
         self.float32 = float32
+        self.device = torch.device(device or "cpu")
         self._files: dict[str, np.memmap] = {}
         self._arrays: dict[ExternalTensor, np.ndarray] = {}  # by file, offset, length, type and shape
+        self._values: dict[ExternalTensor, object] = {}  # ONNX Runtime values, by the same key
+        self._device_tensors: dict[ExternalTensor, torch.Tensor] = {}
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
@@ -52,9 +62,9 @@ class MappedWeights:
         arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width export, at the same
         speed). Returns the serialized model and the OrtValues of the shared arrays, which must outlive the
         session."""
-        import onnxruntime as ort
-
-        tensors = external_tensors(model)
+        on_gpu = self.device.type != "cpu"
+        # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
+        tensors = shareable_weights(model) if on_gpu else external_tensors(model)
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
@@ -69,18 +79,38 @@ class MappedWeights:
         initializers = {tensor.name: tensor for tensor in model.graph.initializer}
         values = []
         for tensor in tensors:
-            array = self.array(tensor)
             if tensor.name in converted and tensor.name in read_by_transformers:
-                initializers[tensor.name].CopyFrom(numpy_helper.from_array(array, tensor.name))
+                initializers[tensor.name].CopyFrom(numpy_helper.from_array(self.array(tensor), tensor.name))
                 continue
-            values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            values.append(self.ort_value(tensor))
             options.add_initializer(tensor.name, values[-1])
         return model.SerializeToString(), values
+
+    def ort_value(self, tensor: ExternalTensor):
+        """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array, on a GPU a copy in
+        device memory."""
+        import onnxruntime as ort
+
+        key = _key(tensor)
+        if key not in self._values:
+            if self.device.type == "cpu":
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor))
+            else:
+                device = (self.device.type, self.device.index or 0)
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor), *device)
+        return self._values[key]
+
+    def device_tensor(self, tensor: ExternalTensor) -> torch.Tensor:
+        """``tensor`` as one torch tensor on the device, for every TensorRT engine that takes it as an input."""
+        key = _key(tensor)
+        if key not in self._device_tensors:
+            self._device_tensors[key] = torch.from_numpy(np.array(self.array(tensor))).to(self.device)
+        return self._device_tensors[key]
 
     def array(self, tensor: ExternalTensor) -> np.ndarray:
         """``tensor``'s data: a read-only view of its file, or (float16 with ``float32`` set) its float32 copy, read
         from the file without mapping it (the float16 bytes are not kept)."""
-        key = dataclasses.replace(tensor, name="")  # tensors stored once in the file share their array
+        key = _key(tensor)
         if key not in self._arrays:
             convert = self.float32 and tensor.data_type == FLOAT16
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
@@ -99,6 +129,13 @@ class MappedWeights:
         return self._files[location]
 
     @property
+    def device_bytes(self) -> int:
+        """Bytes of the weights held in GPU memory (ONNX Runtime values and TensorRT input buffers)."""
+        tensors = sum(t.numel() * t.element_size() for t in self._device_tensors.values())
+        values = 0 if self.device.type == "cpu" else sum(self._arrays[key].nbytes for key in self._values)
+        return tensors + values
+
+    @property
     def converted_bytes(self) -> int:
         """Bytes of the float32 copies made (anonymous memory; the mapped file's pages are the page cache's)."""
         return sum(array.nbytes for array in self._arrays.values() if array.flags.owndata)
@@ -109,8 +146,15 @@ class MappedWeights:
         return sum(array.nbytes for array in self._arrays.values() if not array.flags.owndata)
 
     def close(self) -> None:
+        self._values.clear()
+        self._device_tensors.clear()
         self._arrays.clear()
         self._files.clear()
+
+
+def _key(tensor: ExternalTensor) -> ExternalTensor:
+    """What identifies a tensor's data: tensors stored once in the file share their array, whatever their name."""
+    return dataclasses.replace(tensor, name="")
 
 
 SMALL_BYTES = 1 << 20  # constants below this may be read by ONNX Runtime's fusions

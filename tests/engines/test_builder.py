@@ -100,7 +100,9 @@ def test_engines_deserialize_with_the_recorded_io_and_profiles(engines):
         engine = runtime.deserialize_cuda_engine(manifest.check_engine(engine_dir, name, tensorrt, capability))
         assert engine is not None
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        assert names == [io.name for io in entry.inputs + entry.outputs]
+        assert names == [*(io.name for io in entry.inputs), *(w.name for w in entry.weights)] + [
+            io.name for io in entry.outputs
+        ]
         for io_name, shapes in entry.profile.items():
             assert [list(s) for s in engine.get_tensor_profile_shape(io_name, 0)] == shapes
 

@@ -22,6 +22,20 @@ def test_wrong_version_is_refused(engines, tmp_path):
         EngineManifest.load(folder).check_engine(folder, "decode", import_tensorrt("tensorrt_rtx"))
 
 
+def test_engines_of_the_previous_format_are_refused_with_the_rebuild_line(engines, tmp_path, capsys):
+    from luvc.cli.main import main
+
+    folder = shutil.copytree(engines[1], tmp_path / "engines")
+    data = json.loads((folder / "manifest.json").read_text())
+    data["format_version"] = 2  # before weights were engine inputs
+    for entry in data["engines"].values():
+        del entry["weights"]
+    (folder / "manifest.json").write_text(json.dumps(data))
+    assert main(["plan", str(engines[0]), "--target", "80", "--engines", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "engine format v2 and this luvc-export reads v3; rebuild the engines" in err and err.count("\n") == 1
+
+
 def test_wrong_compute_capability_is_refused(engines):
     manifest = EngineManifest.load(engines[1])
     tensorrt = import_tensorrt("tensorrt_rtx")

@@ -55,9 +55,11 @@ def test_weights_from_engines_are_the_engine_sizes(exports, tmp_path):
     from luvc.engines.builder import build_engines
     from luvc.engines.manifest import EngineManifest
 
-    export = exports("tiny-llava", "fp16")
+    export = exports("tiny-llava")  # its weights in weights.data: the shared layout
     engines = build_engines(export, "ampere", tmp_path / "engines")
     plan = plan_memory(export, "orin-16gb", engines)
     sizes = {name: entry.bytes for name, entry in EngineManifest.load(engines).engines.items()}
-    assert plan.engine_weights == sizes and plan.weights_source == "engines"
-    assert np.isclose(plan.weight_bytes, sum(sizes.values()))
+    assert plan.weights.per_engine == sizes and plan.weights.source == "engines"
+    # the shared layout's weight inputs once, beside the engine files; from the ONNX graphs the same tensors
+    assert plan.weights.shared == plan_memory(export, "orin-16gb").weights.shared > 0
+    assert np.isclose(plan.weight_bytes, sum(sizes.values()) + plan.weights.shared)

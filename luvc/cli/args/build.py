@@ -8,6 +8,7 @@ from pathlib import Path
 from luvc.cli.args.base import BaseArgs
 from luvc.engines.targets import TARGETS
 from luvc.engines.trt_module import MODULE_NAMES
+from luvc.engines.weight_inputs import LAYOUTS
 
 
 class BuildArgs(BaseArgs):
@@ -28,6 +29,13 @@ class BuildArgs(BaseArgs):
         group.add_argument("--dla-core", type=int, default=None, help="Orin: run on this DLA core (GPU fallback)")
         group.add_argument(
             "--tensorrt-module", choices=MODULE_NAMES, default=None, help="default: tensorrt, else tensorrt_rtx"
+        )
+        group.add_argument(
+            "--weights",
+            choices=LAYOUTS,
+            default=None,
+            help="shared (default): the weights of weights.data are engine inputs, on the device once for every "
+            "engine; embedded: each engine holds its own copy (the default with --dla-core)",
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
         group.add_argument(
@@ -50,5 +58,6 @@ class BuildArgs(BaseArgs):
             overwrite=args.overwrite,
             verbose=args.verbose,
             plugin_library=args.plugin_library,
+            weights_layout=args.weights,
         )
         self.target, self.out = args.target, Path(args.out)

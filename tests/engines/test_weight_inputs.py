@@ -1,0 +1,180 @@
+"""The shared weights layout: engines built from an export with two image buckets, a video bucket and decode hold no
+copy of the LLM, each weight is recorded once for all of them, and the runtime binds one buffer per weight."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from luvc.cli.main import main
+from luvc.engines.builder import build_engines
+from luvc.engines.manifest import EngineManifest
+from luvc.engines.memory import plan_memory
+from luvc.engines.weight_inputs import SHAREABLE_USES, shareable_weights, with_weight_inputs
+from luvc.export.exporter import export_model
+from luvc.export.profile import ExportProfile
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.models.tiny import save_random_qwen2_vl
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from luvc.videos import synthetic_video
+
+pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+
+# wide enough that the weights outweigh what an engine holds besides them (hidden 256, a 131072-token vocabulary)
+WIDTHS = dict(
+    vocab_size=131072, hidden_size=256, intermediate_size=1024, heads=4, kv_heads=2, vision_width=128, vision_heads=4
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(checkpoint, export, engines) of an fp16 Qwen2-VL of ``WIDTHS``: buckets 224x224, 336x336 and 4x224x224."""
+    folder = tmp_path_factory.mktemp("shared-weights")
+    checkpoint = folder / "checkpoint"
+    save_random_qwen2_vl(checkpoint, 4, 2, torch.float16, (224, 336), **WIDTHS)
+    profile = ExportProfile(
+        image_sizes=((224, 224), (336, 336)), video_sizes=((4, 224, 224),), precision="fp16", external_data="always"
+    )
+    export = export_model(load_model(str(checkpoint)), folder / "export", profile, show_progress=False)
+    engines = build_engines(export, "ampere", folder / "engines", module="tensorrt_rtx", show_progress=False)
+    return checkpoint, export, engines
+
+
+def _llm_bytes(checkpoint) -> int:
+    """fp16 bytes of the checkpoint's language model (decoder and the tied embedding / LM head)."""
+    model = load_model(str(checkpoint)).model
+    return sum(p.numel() * 2 for name, p in model.named_parameters() if "visual" not in name)
+
+
+@pytest.mark.slow
+def test_the_engines_hold_no_copy_of_the_llm(built):
+    checkpoint, export, engines = built
+    manifest = EngineManifest.load(engines)
+    assert manifest.weights_layout == "shared"
+    llm = _llm_bytes(checkpoint)
+    engine_bytes = sum(entry.bytes for entry in manifest.engines.values())
+    # the embedded layout holds the LLM in each of three prefill engines and in decode: at least 4 x llm
+    assert engine_bytes < llm
+    distinct = {(w.location, w.offset, w.length) for entry in manifest.engines.values() for w in entry.weights}
+    shared = sum(length for *_, length in distinct)
+    assert 0.98 * llm < shared < (export / "weights.data").stat().st_size  # the LLM once, beside the vision encoder
+    for name in ("prefill_224x224", "prefill_336x336", "prefill_4x224x224", "decode"):
+        assert manifest.engines[name].weights  # every LLM engine takes them as inputs
+        assert not {w.name for w in manifest.engines[name].weights} & {i.name for i in manifest.engines[name].inputs}
+    plan = plan_memory(export, "orin-8gb", engines)
+    assert plan.weights.shared == shared and plan.weights.embedded_layout > 4 * llm
+
+
+@pytest.mark.slow
+def test_the_embedded_layout_is_still_there(built, tmp_path, capsys):
+    _, export, _ = built
+    out = tmp_path / "embedded"
+    args = ["build", str(export), "--target", "ampere", "--out", str(out), "--tensorrt-module", "tensorrt_rtx"]
+    assert main([*args, "--weights", "embedded"]) == 0
+    assert "each engine holds its own weights" in capsys.readouterr().out
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["weights_layout"] == "embedded" and all(not e["weights"] for e in data["engines"].values())
+    assert data["engines"]["decode"]["bytes"] > (export / "weights.data").stat().st_size / 2  # the LLM inside
+
+
+@pytest.mark.slow
+def test_requests_on_other_buckets_reuse_the_weights_and_the_cache(built):
+    """ONNX Runtime on the CPU, through the pipeline's one ``MappedWeights``: a request on a second bucket and on a
+    video opens new graphs but reads no weight again (the 76 MB of weights.data) and allocates no cache."""
+    _, export, _ = built
+    pipeline = Pipeline(export)
+    pipeline.generate(synthetic_image(224, 224, 1), "Describe.", GenerationOptions(2))
+    weights = pipeline.sessions.weights
+    arrays = dict(weights._arrays)
+    cache = pipeline.sessions.kv_cache(1)
+    pointers = [tensor.data_ptr() for pair in cache.buffers for tensor in pair]
+    pipeline.generate(synthetic_image(336, 336, 2), "Describe.", GenerationOptions(2))
+    pipeline.generate(synthetic_video(4, 224, 224, 3), "Describe.", GenerationOptions(2))
+    assert {"prefill_224x224", "prefill_336x336", "prefill_4x224x224"} <= set(pipeline.sessions.opened())
+    added = [array.nbytes for key, array in weights._arrays.items() if key not in arrays]
+    assert sum(added) < 64 << 10  # the new buckets' own constants (their SPU low-pass bases), no weight
+    assert all(weights._arrays[key] is array for key, array in arrays.items())
+    assert [tensor.data_ptr() for pair in pipeline.sessions.kv_cache(1).buffers for tensor in pair] == pointers
+    prefills = [s for n, s in pipeline.sessions.opened().items() if n.startswith("prefill")]
+    common = set.intersection(*({v.data_ptr() for v in s._shared_values} for s in prefills))
+    largest = max(weights._values, key=lambda key: key.length)  # the tied embedding / LM head, 64 MiB
+    assert largest.length == WIDTHS["vocab_size"] * WIDTHS["hidden_size"] * 2
+    assert weights._values[largest].data_ptr() in common  # one value in every prefill session
+
+
+def test_only_products_and_lookups_become_inputs(tmp_path):
+    """A weight multiplied by becomes an input; one also read by another op (or by a Conv) stays inside."""
+    helper = onnx.helper
+    weights = {name: np.ones((4, 4), np.float32) for name in ("matmul", "both", "conv")}
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "matmul"], ["a"]),
+            helper.make_node("MatMul", ["a", "both"], ["b"]),
+            helper.make_node("Add", ["b", "both"], ["c"]),
+            helper.make_node("Gather", ["matmul", "ids"], ["d"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 4]),
+            helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("c", "d")],
+        [onnx.numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    model = helper.make_model(graph)
+    onnx.save_model(model, str(tmp_path / "g.onnx"), save_as_external_data=True, size_threshold=0)
+    loaded = onnx.load(str(tmp_path / "g.onnx"), load_external_data=False)
+    moved = shareable_weights(loaded)
+    assert [tensor.name for tensor in moved] == ["matmul"]  # "conv" has no use at all: not an input either
+    rewritten = with_weight_inputs(loaded, moved)
+    assert [i.name for i in rewritten.graph.input] == ["x", "ids", "matmul"]
+    assert sorted(t.name for t in rewritten.graph.initializer) == ["both", "conv"]
+    assert ("Conv", 1) not in SHAREABLE_USES
+
+
+def _gpu_or_skip() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA; none here")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_tensorrt_binds_one_buffer_per_weight_and_one_activation_buffer(request):
+    _gpu_or_skip()  # before the engines are built
+    _, export, engines = request.getfixturevalue("built")
+    manifest = EngineManifest.load(engines)
+    capability = torch.cuda.get_device_capability()
+    if not manifest.supports(capability):
+        pytest.skip(f"the engines are for {manifest.target['name']}, this GPU is SM {capability}")
+    image = synthetic_image(224, 224, 4)
+    expected = Pipeline(export).generate(image, "Describe.", GenerationOptions(4)).tokens
+    pipeline = Pipeline(export, backend="trt", engines_dir=engines)
+    np.testing.assert_array_equal(pipeline.generate(image, "Describe.", GenerationOptions(4)).tokens, expected)
+    pipeline.generate(synthetic_image(336, 336, 2), "Describe.", GenerationOptions(2))
+    distinct = {(w.location, w.offset, w.length) for entry in manifest.engines.values() for w in entry.weights}
+    opened = pipeline.sessions.opened()
+    used = {(w.location, w.offset, w.length) for name in opened for w in manifest.engines[name].weights}
+    assert pipeline.sessions.weights.device_bytes == sum(length for *_, length in used)
+    assert used <= distinct
+    assert pipeline.sessions.activations.bytes > 0  # one buffer, as large as the largest need
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_onnx_runtime_cuda_holds_each_weight_once(request):
+    _gpu_or_skip()
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (CUDAExecutionProvider); the CPU package is installed")
+    checkpoint, export, _ = request.getfixturevalue("built")
+    image = synthetic_image(224, 224, 4)
+    expected = Pipeline(export).generate(image, "Describe.", GenerationOptions(4)).tokens
+    pipeline = Pipeline(export, device="cuda:0")
+    np.testing.assert_array_equal(pipeline.generate(image, "Describe.", GenerationOptions(4)).tokens, expected)
+    prefill, decode = pipeline.sessions.opened()["prefill_224x224"], pipeline.sessions.opened()["decode"]
+    common = {v.data_ptr() for v in prefill._shared_values} & {v.data_ptr() for v in decode._shared_values}
+    assert len(common) >= 4 * 7 + 1  # every projection of the four layers and the LM head, on the GPU once
+    assert pipeline.sessions.weights.device_bytes < 1.05 * _llm_bytes(checkpoint) + (1 << 20) * 8
