@@ -124,7 +124,10 @@ class Sessions:
         from luvc.runtime.trt_session import TrtSession
 
         engine, tensorrt, profile, weights = self._engines.pop(name)
-        bound = {tensor.name: self.weights.device_tensor(tensor) for tensor in weights}
+
+        def bound() -> dict[str, torch.Tensor]:
+            return {tensor.name: self.weights.device_tensor(tensor) for tensor in weights}
+
         return TrtSession(
             engine,
             graph.inputs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from luvc.errors import critical
@@ -11,9 +13,9 @@ from luvc.runtime.session import BaseSession
 
 class TrtSession(BaseSession):
     """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on a CUDA device and the pipeline's CUDA stream.
-    Input shapes and tensor addresses are set only when they change; nothing is synchronised here. ``weights``: the
-    device tensors bound once to the engine's weight inputs (the shared layout); ``activations``: the pipeline's
-    shared scratch buffer (``luvc.runtime.activations``)."""
+    Input shapes and tensor addresses are set only when they change; nothing is synchronised here. ``weights`` gives,
+    once the GPU is checked, the device tensors bound once to the engine's weight inputs (the shared layout);
+    ``activations``: the pipeline's shared scratch buffer (``luvc.runtime.activations``)."""
 
     def __init__(
         self,
@@ -25,14 +27,14 @@ class TrtSession(BaseSession):
         name: str,
         device=None,
         stream=None,
-        weights: dict[str, torch.Tensor] | None = None,
+        weights: Callable[[], dict[str, torch.Tensor]] | None = None,
         activations: SharedActivations | None = None,
     ):
         super().__init__(name, inputs, outputs, profile, device=device or "cuda")
         self.engine_bytes = engine
         self.tensorrt = tensorrt
         self.stream = stream
-        self.weights = weights or {}
+        self.weights = weights or dict
         self.activations = activations
         self.engine = self.context = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
@@ -49,7 +51,7 @@ class TrtSession(BaseSession):
             self.context = self.activations.context(self.engine)
         else:
             self.context = self.engine.create_execution_context()
-        for name, tensor in self.weights.items():
+        for name, tensor in self.weights().items():
             self.context.set_tensor_address(name, tensor.data_ptr())
         self.bound = {}
 

@@ -55,6 +55,17 @@ def test_a_truncated_engine_is_named_before_anything_runs(exports, tmp_path):
         Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines)
 
 
+def test_shared_weight_engines_without_a_gpu_stop_with_one_line(exports, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("checks the message on a machine without a GPU")
+    engines = build_engines(exports("tiny-llava"), "ampere", tmp_path / "engines", show_progress=False)
+    pipeline = Pipeline(exports("tiny-llava"), backend="trt", engines_dir=engines)  # weights are engine inputs
+    with pytest.raises(LuvcError, match="running a TensorRT engine needs an NVIDIA GPU with CUDA; use --backend ort"):
+        pipeline.generate(synthetic_image(224, 224, 3), "hi", GenerationOptions(2))
+
+
 def test_engines_from_another_model_are_refused(exports, tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
     engines = build_engines(exports("tiny-llava"), "ampere", tmp_path / "llava-engines", show_progress=False)
