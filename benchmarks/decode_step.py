@@ -12,8 +12,10 @@ by default) one step is timed:
   attention reading the cache without repeating the KV heads (``luvc.export.llm.cached_attention``).
 
 Both graphs go through the same graph passes and run in one process, alternating step by step; each figure is the
-median of ``--steps`` steps. Last line: ``decode_speedup_at_4096=<concat ms / in-place ms>``; the in-place graph must
-not be slower at any length. Usage:
+median of ``--steps`` steps. Then the in-place graph at a past of 64 tokens in caches of capacity 4096 against the
+same in capacity 256: attention reads a window sized to the valid prefix (``luvc.runtime.kv_cache``), so the line
+``decode_capacity_ratio=<4096 ms / 256 ms>`` should be near 1 (target <= 1.25). Last line:
+``decode_speedup_at_4096=<concat ms / in-place ms>``; the in-place graph must not be slower at any length. Usage:
     python benchmarks/decode_step.py [--layers 24] [--steps 30] [--lengths 256,1024,4096]
 """
 
@@ -38,6 +40,9 @@ from luvc.export.graphs import EXAMPLE_BATCH, GraphSpec, decode_spec
 from luvc.export.llm import GraphCache, kv_names
 from luvc.export.passes import run_passes
 from luvc.export.profile import ExportProfile
+from luvc.runtime.kv_cache import attention_window_length
+
+CAPACITY_PAST, SMALL_CAPACITY, LARGE_CAPACITY = 64, 256, 4096  # decode_capacity_ratio: one past, two capacities
 
 
 class ConcatCache(GraphCache):
@@ -112,9 +117,13 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 class Stepper:
-    """Runs one decode step of a graph repeatedly at a fixed past length with IO binding (no allocation)."""
+    """Runs one decode step of a graph repeatedly at a fixed past length with IO binding (no allocation); an in-place
+    graph's caches have ``capacity`` tokens (default past + 1) and its attention window is the runtime's."""
 
-    def __init__(self, sess: ort.InferenceSession, adapter, past: int, in_place: bool) -> None:
+    def __init__(
+        self, sess: ort.InferenceSession, adapter, past: int, in_place: bool, capacity: int | None = None
+    ) -> None:
+        capacity = capacity or past + 1
         config = adapter.language_model.config
         rng = np.random.default_rng(0)
         layers, heads, head_dim = adapter.num_layers, config.num_key_value_heads, adapter.head_dim
@@ -126,8 +135,8 @@ class Stepper:
         self.outputs = {"logits": np.empty((1, config.vocab_size), np.float32)}
         for layer in range(layers):
             for kind in ("key", "value"):
-                if in_place:  # capacity past + 1: the step writes at index past, in place
-                    cache = rng.standard_normal((1, heads, past + 1, head_dim), dtype=np.float32)
+                if in_place:  # the step writes at index past, in place
+                    cache = rng.standard_normal((1, heads, capacity, head_dim), dtype=np.float32)
                     self.feeds[f"past_key_values.{layer}.{kind}"] = self.outputs[f"present.{layer}.{kind}"] = cache
                 else:
                     self.feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
@@ -136,6 +145,7 @@ class Stepper:
                     self.outputs[f"present.{layer}.{kind}"] = np.empty((1, heads, past + 1, head_dim), np.float32)
         if in_place:
             self.feeds["kv_write_index"] = np.full(layers, past, dtype=np.int64)
+            self.feeds["attention_window"] = np.zeros(attention_window_length(past + 1, capacity), dtype=bool)
         for name, array in {**self.feeds, **self.outputs}.items():
             kind = "input" if name in self.feeds else "output"
             bind = self.binding.bind_input if kind == "input" else self.binding.bind_output
@@ -145,6 +155,18 @@ class Stepper:
         began = time.perf_counter()
         self.session.run_with_iobinding(self.binding)
         return time.perf_counter() - began
+
+
+def median_ms(steppers: dict, steps: int) -> dict:
+    """Median ms per step of each stepper, run alternating step by step after a warm-up."""
+    times = {name: [] for name in steppers}
+    for _ in range(3):
+        for stepper in steppers.values():
+            stepper.step()
+    for _ in range(steps):
+        for name, stepper in steppers.items():
+            times[name].append(stepper.step())
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def main() -> None:
@@ -170,20 +192,21 @@ def main() -> None:
             spec = decode_spec(adapter, profile, [past + 1] * args.layers)
             spec.name = f"decode_{past}"
             in_place[past] = session(save(spec, folder))
-        print(f"exported {len(lengths) + 1} decode graphs in {time.perf_counter() - began:.0f} s")
+        by_capacity = {}
+        for capacity in (SMALL_CAPACITY, LARGE_CAPACITY):
+            spec = decode_spec(adapter, profile, [capacity] * args.layers)
+            spec.name = f"decode_capacity_{capacity}"
+            by_capacity[capacity] = session(save(spec, folder))
+        print(f"exported {len(lengths) + 3} decode graphs in {time.perf_counter() - began:.0f} s")
         for past in lengths:
             steppers = {
                 "concat": Stepper(concat, adapter, past, in_place=False),
                 "in-place": Stepper(in_place[past], adapter, past, in_place=True),
             }
-            times = {name: [] for name in steppers}
-            for _ in range(3):  # warm-up
-                for stepper in steppers.values():
-                    stepper.step()
-            for _ in range(args.steps):  # alternating
-                for name, stepper in steppers.items():
-                    times[name].append(stepper.step())
-            results[past] = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+            results[past] = median_ms(steppers, args.steps)
+        capacity_ms = median_ms(
+            {c: Stepper(s, adapter, CAPACITY_PAST, True, capacity=c) for c, s in by_capacity.items()}, args.steps
+        )
     cfg = adapter.language_model.config
     print(
         f"{args.layers} layers, hidden {cfg.hidden_size}, {cfg.num_key_value_heads} KV heads x {adapter.head_dim}, "
@@ -194,6 +217,11 @@ def main() -> None:
         print(f"{past:>12} {row['concat']:>10.2f} {row['in-place']:>12.2f} {row['concat'] / row['in-place']:>8.2f}")
     slower = [past for past, row in results.items() if row["in-place"] > row["concat"]]
     print("in-place slower at: " + (", ".join(map(str, slower)) if slower else "no length"))
+    print(
+        f"past {CAPACITY_PAST}: {capacity_ms[LARGE_CAPACITY]:.2f} ms in caches of capacity {LARGE_CAPACITY}, "
+        f"{capacity_ms[SMALL_CAPACITY]:.2f} ms in capacity {SMALL_CAPACITY}"
+    )
+    print(f"decode_capacity_ratio={capacity_ms[LARGE_CAPACITY] / capacity_ms[SMALL_CAPACITY]:.2f}")
     last = lengths[-1]
     print(f"decode_speedup_at_{last}={results[last]['concat'] / results[last]['in-place']:.2f}")
 

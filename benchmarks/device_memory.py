@@ -7,7 +7,8 @@ one video bucket (4x448x448), and builds its engines with TensorRT-RTX (which bu
 ``luvc-export plan`` on the engine folder, the device weight bytes of the shared layout (each weight once, bound to
 every engine; what each engine keeps inside) and of the embedded layout (every engine its own copy), and last
 ``weight_copies=<x>``: device weight bytes / the checkpoint's weight bytes in the export precision (target
-<= 1.05). The line before it says whether ``plan --target orin-8gb`` fits at the export's ``--max-batch 1``. Usage:
+<= 1.05). The line before it says whether ``plan --target orin-8gb`` fits at the export's ``--max-batch 1`` (the same
+``plan_memory`` that command prints). Usage:
     python benchmarks/device_memory.py [--layers 28] [--vision-blocks 32]
 """
 
@@ -61,23 +62,6 @@ def main() -> None:
             "build", str(export), "--target", "ampere", "--out", str(engines), "--tensorrt-module", "tensorrt_rtx"
         )
         plan = plan_memory(export, "orin-8gb", engines)
-        fits = (
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "luvc.cli.main",
-                    "plan",
-                    str(export),
-                    "--target",
-                    "orin-8gb",
-                    "--engines",
-                    str(engines),
-                ],
-                stdout=subprocess.DEVNULL,
-            ).returncode
-            == 0
-        )
     weights = plan.weights
     inside = sum(weights.per_engine.values())
     print(
@@ -91,7 +75,7 @@ def main() -> None:
     )
     print(f"embedded layout (every engine its own copy): {weights.embedded_layout / GiB:.2f} GiB on the device")
     print(
-        f"plan --target orin-8gb at --max-batch 1: {'fits' if fits else 'does not fit'} "
+        f"plan --target orin-8gb at --max-batch 1: {'fits' if plan.fits else 'does not fit'} "
         f"({plan.total_bytes / GiB:.2f} of {plan.device.total_bytes / GiB:.0f} GiB)"
     )
     print(f"weight_copies={weights.total / weight_bytes:.3f}")

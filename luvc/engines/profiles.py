@@ -6,8 +6,8 @@ Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_n
 - ``batch``, ``images``: 1 .. max_batch (opt 1);
 - prefill ``sequence_length``: the bucket's prompt (prefix + image tokens + shortest text) .. + max_text_tokens;
 - embed ``sequence_length``: 1 .. the longest context (any prompt, or one decode token);
-- decode: only ``batch``; each layer's KV cache has its fixed capacity (manifest ``kv_cache.capacity``), as
-  TensorRT's KV-cache update layer requires.
+- decode: ``batch`` and ``attention_window`` (1 .. the largest capacity: the tokens attention reads); each layer's KV
+  cache has its fixed capacity (manifest ``kv_cache.capacity``), as TensorRT's KV-cache update layer requires.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
     elif entry.kind == "embed":
         longest = max(_prompt(b) + max_text + max_new for b in buckets.values())
         ranges["sequence_length"] = (1, min(longest, max(_prompt(b) for b in buckets.values()) + 64), longest)
+    elif entry.kind == "decode":
+        largest = max(manifest.kv_cache.capacity)
+        ranges["attention_window"] = (1, min(largest, 512), largest)
     return ranges
 
 

@@ -34,7 +34,7 @@ class GraphSpec:
         if not self.dims:
             return None
         shapes = [self.dims.get(name) for name in self.feeds]
-        fixed = {"decode": 3, "prefill": 2}.get(self.kind)  # then a variadic argument: past KV, DeepStack planes
+        fixed = {"decode": 4, "prefill": 2}.get(self.kind)  # then a variadic argument: past KV, DeepStack planes
         if fixed is not None and len(shapes) > fixed:
             return (*shapes[:fixed], tuple(shapes[fixed:]))
         return tuple(shapes)
@@ -116,8 +116,11 @@ def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequenc
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, 1, config.hidden_size, dtype=profile.dtype),
         "position_ids": position_ids,
         "kv_write_index": torch.tensor([capacity // 2 for capacity in capacities], dtype=torch.long),
+        # only its length is read; traced between the smallest capacity and the largest, not equal to either
+        "attention_window": torch.zeros(_example_window(capacities), dtype=torch.bool),
     }
-    dims = {"inputs_embeds": {0: batch}, "position_ids": {batch_axis: batch}}
+    window = Dim("attention_window", min=1, max=max(capacities))
+    dims = {"inputs_embeds": {0: batch}, "position_ids": {batch_axis: batch}, "attention_window": {0: window}}
     names = kv_names("past_key_values", adapter.num_layers)
     for layer, capacity in enumerate(capacities):
         for name in names[2 * layer : 2 * layer + 2]:
@@ -126,6 +129,14 @@ def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequenc
             dims[name] = {0: batch}
     outputs = ["logits", *kv_names("present", adapter.num_layers)]
     return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims)
+
+
+def _example_window(capacities: Sequence[int]) -> int:
+    """A traced window length that equals no capacity and no other traced size (so nothing is specialised)."""
+    length = max(capacities) // 2 + 3
+    while length in capacities or length in (1, EXAMPLE_BATCH):
+        length += 1
+    return length
 
 
 def embed_spec(adapter: VLMAdapter, profile: ExportProfile) -> GraphSpec:

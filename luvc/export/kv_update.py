@@ -12,6 +12,12 @@ instead of concatenating past and new into a fresh tensor. In PyTorch the update
   ``TensorScatter`` such as TensorRT 10.3 on JetPack 6; ONNX Runtime also updates it in place when bound so.
 
 TensorRT's KV-cache update layer needs a static capacity, so the capacities are export-time constants.
+
+Attention then reads only a window of each cache: ``luvc::kv_window`` is the first ``min(W, C)`` tokens of a cache of
+capacity ``C``, where ``W`` is the length of the decode graph's ``attention_window`` input (only its shape is read).
+The runtime sizes ``W`` to the longest valid prefix of any layer (rounded up to a step), so a step costs what the
+request holds, not the capacity. It is an op of its own because ``torch.export`` guards a plain slice whose end may
+pass the size; its ONNX form is one ``Slice``, which clamps there.
 """
 
 from __future__ import annotations
@@ -40,6 +46,27 @@ def _(cache: torch.Tensor, update: torch.Tensor, write_indices: torch.Tensor) ->
     return torch.empty_like(cache)
 
 
+@torch.library.custom_op("luvc::kv_window", mutates_args=())
+def kv_window(cache: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """The first ``min(len(window), C)`` tokens of ``cache (B, H, C, D)``."""
+    return cache[:, :, : window.shape[0]].clone()
+
+
+@kv_window.register_fake
+def _(cache: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    return cache.new_empty((cache.shape[0], cache.shape[1], window_length(window, cache), cache.shape[3]))
+
+
+def window_length(window: torch.Tensor, cache: torch.Tensor):
+    """Tokens of ``cache`` that attention reads: ``min(len(window), capacity)`` (symbolic while tracing)."""
+    return torch.sym_min(window.shape[0], cache.shape[SEQUENCE_AXIS])
+
+
+def _window(cache, window):
+    end = op.Shape(window, start=0, end=1)
+    return op.Slice(cache, op.Constant(value_ints=[0]), end, op.Constant(value_ints=[SEQUENCE_AXIS]))
+
+
 def _tensor_scatter(cache, update, write_indices):
     return opset24.TensorScatter(cache, update, write_indices, axis=SEQUENCE_AXIS)
 
@@ -54,8 +81,8 @@ TRANSLATIONS = {"tensor-scatter": _tensor_scatter, "scatter-elements": _scatter_
 
 
 def translation_table(form: str) -> dict:
-    """The ``custom_translation_table`` entry of ``torch.onnx.export`` for ``form``."""
-    return {torch.ops.luvc.kv_cache_update.default: TRANSLATIONS[form]}
+    """The ``custom_translation_table`` entries of ``torch.onnx.export`` for ``form`` (and the attention window)."""
+    return {torch.ops.luvc.kv_cache_update.default: TRANSLATIONS[form], torch.ops.luvc.kv_window.default: _window}
 
 
 def mark_opset(model: onnx.ModelProto) -> None:

@@ -3,7 +3,8 @@
 They call the patched model's own modules, so an exported graph runs exactly the PyTorch LUVC code path. The
 prefill outputs one key and one value per layer, each of its own length (text plus that layer's visual budget). The
 decode step takes every layer's cache at a fixed capacity, writes its key/value in place at the layer's write index
-(``luvc.export.kv_update``) and attends only to the valid prefix.
+(``luvc.export.kv_update``) and attends over a window of the cache that the runtime sizes to the valid prefix (the
+``attention_window`` input's length), masking what the window holds beyond it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 from luvc.compress.budgets import BudgetPlan
-from luvc.export.kv_update import kv_cache_update
+from luvc.export.kv_update import kv_cache_update, kv_window, window_length
 from luvc.models.base import VLMAdapter
 from luvc.models.cache import LuvcCache
 
@@ -41,30 +42,35 @@ class GraphCache(LuvcCache):
 
 class InPlaceGraphCache(GraphCache):
     """A ``LuvcCache`` for the decode graph: each layer's fixed-capacity ``(B, H, C_l, D)`` cache gets the step's
-    key/value written at ``write_index[l]`` (``kv_cache_update``), and attention sees only the valid prefix."""
+    key/value written at ``write_index[l]`` (``kv_cache_update``); attention reads the first ``min(W, C_l)`` tokens
+    (``W``: the length of ``window``, ``kv_window``) and sees only the valid prefix of them."""
 
-    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor) -> None:
+    def __init__(
+        self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor, window: torch.Tensor
+    ) -> None:
         super().__init__()
         self.past = list(past)
         self.write_index = write_index
+        self.window = window
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         past_key, past_value = self.past[layer_idx]
         rows = self.write_index[layer_idx].expand(key_states.shape[0])
         present = (kv_cache_update(past_key, key_states, rows), kv_cache_update(past_value, value_states, rows))
         self.present[layer_idx] = present
-        return present
+        return kv_window(present[0], self.window), kv_window(present[1], self.window)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.past[layer_idx][0].shape[-2]
 
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Additive ``(B, 1, 1, C_l)`` mask: 0 for the cached tokens and the one just written, -inf-like after."""
-        capacity = self.past[layer_idx][0].shape[-2]
-        valid = torch.arange(capacity, device=hidden.device) <= self.write_index[layer_idx]
+        """Additive ``(B, 1, 1, min(W, C_l))`` mask over the window: 0 for the cached tokens and the one just written,
+        -inf-like after."""
+        length = window_length(self.window, self.past[layer_idx][0])
+        valid = torch.arange(length, device=hidden.device) <= self.write_index[layer_idx]
         blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
         mask = torch.where(valid, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
-        return mask.view(1, 1, 1, capacity).expand(hidden.shape[0], 1, 1, capacity)
+        return mask.view(1, 1, 1, length).expand(hidden.shape[0], 1, 1, length)
 
 
 def kv_names(prefix: str, num_layers: int) -> list[str]:
@@ -183,9 +189,11 @@ def attention_implementation(config, name: str) -> Iterator[None]:
 
 class DecodeGraph(nn.Module):
     """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L,)`` (tokens each layer's cache
-    holds before the step) and every layer's cache at its fixed capacity -> ``logits (B, V)`` (float32) and every
-    layer's cache with the step's key/value written at its write index (bind it to the input's buffer). Attention
-    reads the cache without repeating its KV heads (``cached_attention``)."""
+    holds before the step), ``attention_window (W,)`` (only its length is read: attention covers the first
+    ``min(W, C_l)`` tokens of layer ``l``; ``W`` must exceed every write index) and every layer's cache at its fixed
+    capacity -> ``logits (B, V)`` (float32) and every layer's cache with the step's key/value written at its write
+    index (bind it to the input's buffer). Attention reads the cache without repeating its KV heads
+    (``cached_attention``)."""
 
     def __init__(self, adapter: VLMAdapter) -> None:
         super().__init__()
@@ -193,9 +201,14 @@ class DecodeGraph(nn.Module):
         self.lm_head = adapter.model.lm_head
 
     def forward(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, kv_write_index: torch.Tensor, *past: torch.Tensor
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        kv_write_index: torch.Tensor,
+        attention_window: torch.Tensor,
+        *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index)
+        cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index, attention_window)
         with attention_implementation(self.language_model.config, CACHED_ATTENTION):
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True

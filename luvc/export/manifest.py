@@ -34,7 +34,8 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
 EXPORT_OUTPUT = OutputKind("an export", MANIFEST_NAME, FORMAT)  # calibrated exports too
-FORMAT_VERSION = 3  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry)
+FORMAT_VERSION = 4  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry);
+# 4: the decode graph attends over a window of each cache (attention_window)
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
 

@@ -6,6 +6,11 @@ request); each decode step binds the same tensors as the graph's ``past`` inputs
 graph writes the step's key/value at ``write_index[l]`` in place and nothing else moves. ``write_index`` lives on
 the device and is advanced there.
 
+Attention reads only a window of each cache (``luvc.export.kv_update.kv_window``): ``attention_window`` is a view of
+one device tensor whose length is the longest valid prefix of any layer after the step, rounded up to
+``WINDOW_STEP`` (so an engine sees a new shape once per ``WINDOW_STEP`` tokens), at most the largest capacity. A
+short answer to a short prompt then costs its own length, not ``--max-text-tokens`` + ``--max-new-tokens``.
+
 ``aliased=False`` keeps a second set of buffers instead and alternates between them (``present`` written into the
 other set): for a TensorRT 10.3 engine of the ``scatter-elements`` form, whose output may not share memory with its
 input. The graph then copies the cache on the device each step; nothing crosses to the host either way.
@@ -18,6 +23,13 @@ from collections.abc import Sequence
 import torch
 
 from luvc.errors import critical
+
+WINDOW_STEP = 64
+
+
+def attention_window_length(valid: int, capacity: int) -> int:
+    """The attention window for ``valid`` tokens: rounded up to ``WINDOW_STEP``, at most ``capacity``."""
+    return min(capacity, -(-valid // WINDOW_STEP) * WINDOW_STEP)
 
 
 class KVCache:
@@ -43,6 +55,7 @@ class KVCache:
         ]
         self.current = 0
         self.write_index = torch.zeros(len(self.capacities), dtype=torch.int64, device=device)
+        self.window = torch.zeros(max(self.capacities), dtype=torch.bool, device=device)  # only its views' lengths
         self.lengths = [0] * len(self.capacities)
         self.owner: object | None = None  # the request whose tokens the cache holds now
 
@@ -76,8 +89,14 @@ class KVCache:
         }
 
     def inputs(self) -> dict[str, torch.Tensor]:
-        """The decode graph's cache inputs: the write index and every layer's ``past`` buffers."""
-        return {"kv_write_index": self.write_index, **self._names("past_key_values", self.buffers)}
+        """The decode graph's cache inputs: the write index, the attention window and every layer's ``past``
+        buffers."""
+        window = self.window[: attention_window_length(max(self.lengths) + 1, len(self.window))]
+        return {
+            "kv_write_index": self.write_index,
+            "attention_window": window,
+            **self._names("past_key_values", self.buffers),
+        }
 
     def targets(self) -> dict[str, torch.Tensor]:
         """The decode graph's ``present`` outputs: the very buffers fed as ``past`` (or the other set)."""

@@ -14,9 +14,10 @@ def test_profiles_follow_buckets_budgets_and_limits(exports):
         assert low <= opt <= high
         shapes = input_profile(manifest, bucket.prefill)
         assert shapes["position_ids"] == ([3, 1, low], [3, 1, opt], [3, limits.max_batch, high])
-    decode = input_profile(manifest, "decode")  # fixed KV capacities: only the batch varies
+    decode = input_profile(manifest, "decode")  # fixed KV capacities: the batch and the attention window vary
     capacity = manifest.kv_cache.capacity
     assert decode["past_key_values.0.key"] == ([1, 2, capacity[0], 8], [1, 2, capacity[0], 8], [4, 2, capacity[0], 8])
-    assert set(dimension_ranges(manifest, "decode")) == {"batch", "images"}
+    assert set(dimension_ranges(manifest, "decode")) == {"batch", "images", "attention_window"}
+    assert decode["attention_window"] == ([1], [min(max(capacity), 512)], [max(capacity)])
     vision = input_profile(manifest, "vision_224x224")
     assert all(low == high for low, _, high in vision.values())  # Qwen vision graphs are static per bucket

@@ -54,9 +54,11 @@ def test_decode_spec_takes_each_layers_cache_at_its_capacity():
             shape = (EXAMPLE_BATCH, config.num_key_value_heads, capacity, adapter.head_dim)
             assert tuple(spec.feeds[f"past_key_values.{layer}.{kind}"].shape) == shape
     assert spec.feeds["kv_write_index"].tolist() == [150, 100, 60, 45]
-    shapes = spec.dynamic_shapes()  # embeds, positions, write index, then the past KV as one variadic argument
-    assert len(shapes) == 4 and len(shapes[3]) == 2 * len(capacities)
+    shapes = spec.dynamic_shapes()  # embeds, positions, write index, window, then the past KV as one variadic argument
+    assert len(shapes) == 5 and len(shapes[4]) == 2 * len(capacities)
     assert shapes[2] is None  # the write index has no dynamic axis
+    assert shapes[3][0].min == 1 and shapes[3][0].max == 300  # the attention window: up to the largest capacity
+    assert spec.feeds["attention_window"].shape[0] not in (*capacities, 1, EXAMPLE_BATCH)  # nothing specialised
 
 
 def test_vision_and_embed_specs_batch_images_and_tokens():

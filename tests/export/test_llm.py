@@ -27,9 +27,12 @@ def test_cached_attention_equals_attention_over_repeated_kv_heads():
     torch.testing.assert_close(output, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
-def test_the_decode_mask_opens_the_cached_tokens_and_the_one_written():
+@pytest.mark.parametrize("window, length", [(5, 5), (6, 6), (64, 6)])  # the window, capped at the capacity (6)
+def test_the_decode_mask_opens_the_cached_tokens_and_the_one_written(window, length):
     past = [(torch.zeros(1, 1, 6, 2), torch.zeros(1, 1, 6, 2))]
-    mask = InPlaceGraphCache(past, torch.tensor([3])).attention_mask(0, torch.zeros(1, 1, 2))
+    cache = InPlaceGraphCache(past, torch.tensor([3]), torch.zeros(window, dtype=torch.bool))
+    mask = cache.attention_mask(0, torch.zeros(1, 1, 2))
+    assert mask.shape == (1, 1, 1, length)
     assert (mask[0, 0, 0, :4] == 0).all() and (mask[0, 0, 0, 4:] < -1e30).all()
 
 
@@ -39,9 +42,10 @@ def test_kept_indices_are_output_for_pruning_layers_that_keep_tokens():
     assert kept_index_layers(plan) == [1]  # layer 3 keeps none: no empty output
 
 
+@pytest.mark.parametrize("window", [0, 1, 64])  # tokens beyond the longest layer's valid prefix
 @pytest.mark.parametrize("family", ["tiny-llava", "tiny-qwen2-vl"])
 @torch.no_grad()
-def test_a_decode_step_over_the_fixed_capacity_cache_equals_the_prefill_of_one_more_token(family):
+def test_a_decode_step_over_the_fixed_capacity_cache_equals_the_prefill_of_one_more_token(family, window):
     adapter = load_model(family)
     adapter.apply_luvc()
     bucket = plan_bucket(adapter, (224, 224))
@@ -62,7 +66,8 @@ def test_a_decode_step_over_the_fixed_capacity_cache_equals_the_prefill_of_one_m
         cache[:, :, : layer_present.shape[2]] = layer_present
         past.append(cache)
     write_index = torch.tensor([tensor.shape[2] for tensor in present[0::2]])
-    step = DecodeGraph(adapter)(embeds[:, length:], positions[..., length:], write_index, *past)
+    attention_window = torch.zeros(int(write_index.max()) + 1 + window, dtype=torch.bool)
+    step = DecodeGraph(adapter)(embeds[:, length:], positions[..., length:], write_index, attention_window, *past)
     torch.testing.assert_close(step[0], longer, atol=1e-4, rtol=1e-4)
     # the step wrote its key at each layer's write index, in place of the zeros there
     assert all(bool(cache[:, :, index].abs().sum() > 0) for cache, index in zip(step[1::2], write_index.tolist()))

@@ -112,7 +112,7 @@ def test_manifest_of_an_older_version_names_both_versions(exports, tmp_path):
     data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
     data["format_version"] = 2
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v3; re-export"):
+    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v4; re-export"):
         ExportManifest.load(tmp_path, verify=False)
 
 

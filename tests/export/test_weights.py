@@ -62,6 +62,8 @@ def test_a_shared_graph_computes_what_the_inline_graph_computes(exports, tmp_pat
         dims = [d.dim_value or 3 for d in info.type.tensor_type.shape.dim]
         if info.type.tensor_type.elem_type == onnx.TensorProto.INT64:
             feeds[info.name] = np.arange(np.prod(dims), dtype=np.int64).reshape(dims) % 5
+        elif info.type.tensor_type.elem_type == onnx.TensorProto.BOOL:  # the attention window
+            feeds[info.name] = np.zeros(dims, dtype=bool)
         else:
             feeds[info.name] = rng.standard_normal(dims).astype(np.float32)
     expected = ort.InferenceSession(inline.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

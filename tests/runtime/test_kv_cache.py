@@ -34,6 +34,23 @@ def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
     assert cache.nbytes() == 2 * (6 + 3) * 2 * 4 * 4 and cache.capacity_bytes() == cache.nbytes()
 
 
+def test_the_attention_window_follows_the_longest_layer_in_steps_of_64_up_to_the_capacity():
+    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[200, 100], dtype=torch.float32)
+    cache.load(_presents([70, 10]))
+    window = cache.inputs()["attention_window"]
+    assert window.shape == (128,)  # 71 tokens after the step's write, in a step of 64
+    base = window.data_ptr()
+    for _ in range(57):  # layer 0 then holds 127 tokens: the step writes the 128th
+        cache.advance()
+    assert cache.inputs()["attention_window"].shape == (128,)
+    cache.advance()
+    assert cache.inputs()["attention_window"].shape == (192,)
+    for _ in range(64):
+        cache.advance()
+    assert cache.inputs()["attention_window"].shape == (200,)  # at most the largest capacity
+    assert cache.inputs()["attention_window"].data_ptr() == base  # views of one tensor: nothing allocated
+
+
 def test_a_full_layer_refuses_another_token_and_a_long_prompt_is_refused():
     cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 2], dtype=torch.float32)
     cache.load(_presents([4, 1]))

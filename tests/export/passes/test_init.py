@@ -29,6 +29,8 @@ def random_feeds(folder, manifest: ExportManifest, graph: str, seed: int = 0) ->
         shape = [evaluate_dim(dim, sizes) for dim in io.shape]
         if io.dtype == "int64":
             feeds[io.name] = rng.integers(0, 200, size=shape, dtype=np.int64)
+        elif io.dtype == "bool":  # the decode graph's attention window: only its length is read
+            feeds[io.name] = np.zeros(shape, dtype=bool)
         else:
             feeds[io.name] = rng.normal(size=shape).astype(np.float32)
     return feeds
