@@ -52,8 +52,9 @@ class Build:
 
 def _layout(manifest) -> str:
     """One phrase on where the engines' weights live."""
+    from luvc.engines.memory import engine_weight_placement
+
     if manifest.weights_layout == "embedded":
         return "each engine holds its own weights"
-    tensors = {(w.location, w.offset, w.length) for entry in manifest.engines.values() for w in entry.weights}
-    total = sum(length for _, _, length in tensors)
-    return f"{len(tensors)} weight tensors ({total / 1e6:.1f} MB) are engine inputs, on the device once"
+    shared = engine_weight_placement(manifest).shared
+    return f"{shared / 1e6:.1f} MB of weights are engine inputs, on the device once"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -31,6 +32,9 @@ from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
+
+if TYPE_CHECKING:
+    from luvc.engines.manifest import EngineManifest
 
 GiB = 1 << 30
 DEFAULT_ACTIVATION_BYTES = 2 * GiB
@@ -189,21 +193,18 @@ def _tensor_key(tensor: ExternalTensor) -> tuple[str, int, int]:
     return tensor.location, tensor.offset, tensor.length
 
 
-def graph_weight_placement(export_dir: Path, manifest: ExportManifest) -> WeightPlacement:
-    """The shared layout's placement, worked out from the ONNX graphs: each graph's shareable weights once for all,
-    the rest inside each engine."""
-    per_engine, shared, embedded = {}, {}, 0
+def graph_weight_placement(export_dir: Path, manifest: ExportManifest, totals: dict[str, int]) -> WeightPlacement:
+    """The shared layout's placement, worked out from the ONNX graphs (``totals``: each graph's weight bytes): each
+    graph's shareable weights once for all, the rest inside each engine."""
+    per_engine, shared = {}, {}
     for name, graph in manifest.graphs.items():
-        path = Path(export_dir) / graph.file
-        total = graph_weight_bytes(path)
-        tensors = shareable_weights(onnx.load(str(path), load_external_data=False))
+        tensors = shareable_weights(onnx.load(str(Path(export_dir) / graph.file), load_external_data=False))
         shared.update({_tensor_key(tensor): tensor.length for tensor in tensors})
-        per_engine[name] = total - sum(tensor.length for tensor in tensors)
-        embedded += total
-    return WeightPlacement(per_engine, sum(shared.values()), embedded, "onnx")
+        per_engine[name] = totals[name] - sum(tensor.length for tensor in tensors)
+    return WeightPlacement(per_engine, sum(shared.values()), sum(totals.values()), "onnx")
 
 
-def engine_weight_placement(engines) -> WeightPlacement:
+def engine_weight_placement(engines: EngineManifest) -> WeightPlacement:
     """The placement an engine folder records: its engines' sizes and, in the shared layout, the weight inputs once."""
     per_engine = {name: entry.bytes for name, entry in engines.engines.items()}
     shared = {_tensor_key(w): w.length for entry in engines.engines.values() for w in entry.weights}
@@ -215,6 +216,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
     """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False)
+    graph_bytes = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}
     if engines_dir is not None:
         from luvc.engines.manifest import EngineManifest
 
@@ -222,8 +224,7 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         engines.check_files(engines_dir, manifest, hashes=False)  # sizes as built, from this export: no hashing
         weights = engine_weight_placement(engines)
     else:
-        weights = graph_weight_placement(Path(export_dir), manifest)
-    graph_bytes = [graph_weight_bytes(Path(export_dir) / g.file) for g in manifest.graphs.values()]
+        weights = graph_weight_placement(Path(export_dir), manifest, graph_bytes)
     max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
     return MemoryPlan(
@@ -234,5 +235,5 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         kv_bytes_per_row=kv_bytes(manifest, 1),
         max_batch=max_batch,
         activation_bytes=workspace,
-        build_host_bytes=2 * max(graph_bytes) + GiB,
+        build_host_bytes=2 * max(graph_bytes.values()) + GiB,
     )

@@ -71,7 +71,7 @@ class Sessions:
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations
 
-            self.activations = SharedActivations(device, next(iter(self._engines.values()))[1])
+            self.activations = SharedActivations(device, self._tensorrt)
         self._open: dict[str, BaseSession] = {}
         self._caches: dict[int, KVCache] = {}
 
@@ -108,7 +108,7 @@ class Sessions:
         from luvc.engines.trt_module import import_tensorrt
 
         engines = EngineManifest.load(self.engines_dir)
-        tensorrt = import_tensorrt(engines.tensorrt.module)
+        tensorrt = self._tensorrt = import_tensorrt(engines.tensorrt.module)
         plugins = plugin_library_for_run(engines.plugin_library, self.plugin_library)
         checked, capability = {}, device_capability(self.device.index or 0)
         for name in self.manifest.graphs:
