@@ -1,10 +1,15 @@
-"""Prompt templates: the text around one image and one user prompt.
+"""Prompt templates: the text around one image and one user prompt, and conversations.
 
 A checkpoint with a chat template gets its own: the template is rendered once for a one-turn conversation (an image
 and a marker text, with the generation prompt), and the rendered text becomes the template, so the family's default
 system turn and any special tokens come along. Without one, the family's built-in template is used. The tokenizer's
 BOS token is prepended when the tokenizer adds one (as the family's processor, which tokenizes with special tokens,
 does). The export stores the template (manifest ``template``) and the runtime renders prompts from it.
+
+A conversation (``Turn``s: a system turn, earlier user and assistant turns, the request's visual in any user turn)
+is rendered by the chat template itself (``PromptTemplate.chat_template``: the checkpoint's, else the family's
+built-in one, ``simple_chat_template``), so its system prompt and history land where the model was trained to see
+them; the visual's placeholder is then expanded as in a one-turn prompt.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from luvc.errors import critical
 
@@ -23,15 +29,79 @@ MARKER = "\ue000luvc-prompt\ue001"  # private-use characters no chat template re
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One turn of a conversation: its ``role`` (``system``, ``user``, ``assistant``), its text, and whether the
+    request's image or video goes before the text (one user turn of a conversation may hold it)."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str
+    visual: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    """A prompt of several turns (checked when made, ``check_conversation``): a system turn first, earlier user and
+    assistant turns, and the user turn to answer last; the request's visual goes in the turn marked ``visual``."""
+
+    turns: tuple[Turn, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "turns", tuple(self.turns))
+        check_conversation(self.turns)
+
+    @property
+    def has_visual(self) -> bool:
+        return any(turn.visual for turn in self.turns)
+
+
+def check_conversation(turns: Sequence[Turn]) -> None:
+    """One line naming what is wrong with ``turns``: an unknown role, a system turn after the first, no user turn
+    to answer last, or a visual in more than one turn or outside a user turn."""
+    if not turns:
+        critical("A conversation needs at least one user turn.")
+    for index, turn in enumerate(turns):
+        if turn.role not in ROLES:
+            critical(f"Turn {index} has role {turn.role!r}; give one of {list(ROLES)}.")
+        if turn.role == "system" and index:
+            critical(f"Turn {index} is a system turn; give the system prompt as the first turn only.")
+        if turn.visual and turn.role != "user":
+            critical(f"Turn {index} ({turn.role}) holds the image or video; put it in a user turn.")
+    if turns[-1].role != "user":
+        critical(f"The last turn is the {turns[-1].role}'s; end the conversation with the user turn to answer.")
+    visuals = sum(turn.visual for turn in turns)
+    if visuals > 1:
+        critical(f"{visuals} turns hold an image or video; an export takes one per request.")
+
+
+def simple_chat_template(turn_start: str, turn_end: str, image: str, generation: str) -> str:
+    """A Jinja chat template of turns ``turn_start`` (a Jinja expression of ``role``, e.g. ``'USER: '``) + content +
+    ``turn_end``, an image part rendered as ``image``, and ``generation`` after the last turn: the family's built-in
+    template for checkpoints without one (its one-turn rendering is the built-in ``PromptTemplate``)."""
+    return (
+        "{% for message in messages %}{% set role = message['role'] %}{{ " + turn_start + " }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ " + json.dumps(image) + " }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ " + json.dumps(turn_end) + " }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ " + json.dumps(generation) + " }}{% endif %}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:
     """``text`` holds ``{image}`` (where the image's placeholder tokens go) and ``{prompt}`` once each; ``bos`` is
-    prepended to every rendered prompt; ``source`` says where the template came from."""
+    prepended to every rendered prompt; ``source`` says where the template came from; ``chat_template`` is the Jinja
+    template conversations are rendered with (``text`` is its one-turn rendering)."""
 
     text: str
     image_placeholder: str
     bos: str = ""
     source: str = "built-in"
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if self.text.count(IMAGE) != 1 or self.text.count(PROMPT) != 1:
@@ -55,6 +125,25 @@ class PromptTemplate:
             before, after = self.text.split(PROMPT)
             text = before.replace(IMAGE, image) + prompt + after.replace(IMAGE, image)
         return text if not self.bos or text.startswith(self.bos) else self.bos + text
+
+
+def render_conversation(template: PromptTemplate, tokenizer, conversation: Conversation) -> str:
+    """``conversation`` in ``template``'s chat template with the generation prompt, the visual's turn holding the
+    image placeholder once (``PromptTemplate.render`` expands it), BOS first when the template has one."""
+    turns = conversation.turns
+    if template.chat_template is None:
+        critical("This export holds no chat template to render conversations with; re-export it with this luvc-export.")
+    messages = [
+        {
+            "role": turn.role,
+            "content": [{"type": "image"}, {"type": "text", "text": turn.text}] if turn.visual else turn.text,
+        }
+        for turn in turns
+    ]
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=template.chat_template, tokenize=False, add_generation_prompt=True
+    )
+    return text if not template.bos or text.startswith(template.bos) else template.bos + text
 
 
 def video_text(placeholder: str, tokens: int, frame_template: str | None = None, seconds: Sequence[float] = ()) -> str:
@@ -118,12 +207,14 @@ def bos_of(tokenizer) -> str:
     return tokenizer.bos_token if ids and ids[0] == bos_id else ""
 
 
-def template_for(tokenizer, image_placeholder: str, builtin: str, chat_template: str | None) -> PromptTemplate:
+def template_for(
+    tokenizer, image_placeholder: str, builtin: str, chat_template: str | None, builtin_chat: str | None = None
+) -> PromptTemplate:
     """The template of a checkpoint: from ``chat_template`` when given and it renders one image and the text,
-    else ``builtin``."""
+    else ``builtin`` (conversations then render with ``builtin_chat``)."""
     bos = bos_of(tokenizer) if tokenizer is not None else ""
     if not chat_template:
-        return PromptTemplate(builtin, image_placeholder, bos)
+        return PromptTemplate(builtin, image_placeholder, bos, chat_template=builtin_chat)
     from jinja2 import TemplateError
 
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": MARKER}]}]
@@ -148,4 +239,4 @@ def template_for(tokenizer, image_placeholder: str, builtin: str, chat_template:
     text = rendered.replace(image_placeholder, IMAGE).replace(MARKER, PROMPT)
     if bos and text.startswith(bos):
         text = text[len(bos) :]
-    return PromptTemplate(text, image_placeholder, bos, "chat template")
+    return PromptTemplate(text, image_placeholder, bos, "chat template", chat_template)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
+from luvc.errors import critical
 
 if TYPE_CHECKING:
     from luvc.runtime.pipeline import Pipeline, Prepared, Timings
@@ -28,20 +29,39 @@ class Run:
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Request")
         group.add_argument("--prompt", required=True, help="the user prompt")
+        group.add_argument(
+            "--system",
+            default=None,
+            help="a system prompt before the user turn (rendered by the export's chat template)",
+        )
+        group.add_argument(
+            "--text-only",
+            action="store_true",
+            help="send no image or video: the export's text prefill answers the prompt",
+        )
         group.add_argument("--stream", action="store_true", help="print tokens as they are generated")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.prompt import Conversation, Turn
         from luvc.runtime.pipeline import Timings
 
-        runtime = groups[RuntimeArgs]
+        runtime, request = groups[RuntimeArgs], groups[RequestArgs]
+        if args.text_only and (request.image or request.video):
+            critical("--text-only sends no image or video; drop --image/--video, or drop --text-only.")
         console = Console()
         pipeline = runtime.pipeline()
-        image = groups[RequestArgs].load(next(iter(pipeline.manifest.buckets.values())).size)  # default: a bucket's
+        visuals = None
+        if not args.text_only:  # default: a synthetic image of a bucket's size
+            visuals = [request.load(next(iter(pipeline.manifest.buckets.values())).size)]
+        prompt = args.prompt
+        if args.system is not None:
+            turn = Turn("user", args.prompt, visual=not args.text_only)
+            prompt = Conversation((Turn("system", args.system), turn))
         options = runtime.generation_options()
         pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
         with console.status("Loading the tokenizer and image processor"):
             pipeline.preparer.load()
-        prepared = pipeline.prepare([image], [args.prompt])  # fitted to a bucket once; the timings count it
+        prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
             pipeline.load(prepared.bucket)
         timings = Timings()
@@ -85,6 +105,8 @@ def _weights(pipeline: Pipeline) -> str:
 
 def fit_line(policy: str, prepared: Prepared) -> str:
     """What fitting the request to its bucket did, in one line."""
+    if prepared.bucket is None:
+        return "Fit: nothing (no image or video: the text prefill ran)"
     done = prepared.fit_change or "nothing (the processor's own size is the bucket)"
     return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
 
@@ -97,7 +119,7 @@ def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Ta
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = (
-        ("bucket", prepared.bucket.name),
+        ("bucket", prepared.bucket_name),
         ("preprocess", f"{timings.preprocess_ms:.1f} ms"),
         ("vision", f"{timings.vision_ms:.1f} ms"),
         ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms"),

@@ -4,8 +4,10 @@ Ranges come from the export profile (``max_batch``, ``max_text_tokens``, ``max_n
 (image span, minimum text, per-layer budgets), so an engine accepts exactly what the export promised:
 
 - ``batch``, ``images``: 1 .. max_batch (opt 1);
-- prefill ``sequence_length``: the bucket's prompt (prefix + image tokens + shortest text) .. + max_text_tokens;
+- prefill ``sequence_length``: the bucket's visual tokens and shortest text (no text before them) .. its prompt in the
+  template + max_text_tokens (opt: the template's prompt);
 - embed ``sequence_length``: 1 .. the longest context (any prompt, or one decode token);
+- text prefill ``sequence_length`` (prompts without visuals): 2 .. the smallest KV capacity less ``max_new_tokens``;
 - decode: ``batch`` and ``attention_window`` (1 .. the largest capacity: the tokens attention reads); each layer's KV
   cache has its fixed capacity (manifest ``kv_cache.capacity``), as TensorRT's KV-cache update layer requires.
 """
@@ -32,9 +34,12 @@ def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
     ranges: dict[str, Range] = {"batch": (1, 1, max_batch), "images": (1, 1, max_batch)}
     if entry.kind == "prefill":
         bucket = buckets[entry.bucket]
-        shortest = _prompt(bucket) + bucket.min_text_tokens
+        templated = _prompt(bucket) + bucket.min_text_tokens
         longest = _prompt(bucket) + max(max_text, bucket.min_text_tokens)
-        ranges["sequence_length"] = (shortest, min(longest, shortest + 64), longest)
+        ranges["sequence_length"] = (templated - bucket.visual_start, min(longest, templated + 64), longest)
+    elif entry.kind == "text":  # up to the tokens every layer's cache holds with the longest answer
+        longest = manifest.longest_text_prompt
+        ranges["sequence_length"] = (2, min(longest, 64), longest)
     elif entry.kind == "embed":
         longest = max(_prompt(b) + max_text + max_new for b in buckets.values())
         ranges["sequence_length"] = (1, min(longest, max(_prompt(b) for b in buckets.values()) + 64), longest)

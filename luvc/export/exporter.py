@@ -30,7 +30,7 @@ from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
-from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, vision_spec
+from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
 from luvc.export.lint import check_graph
@@ -283,7 +283,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
 
     Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket (``..._{F}x{H}x{W}`` per video
-    bucket), ``embed`` and ``decode`` once.
+    bucket), ``embed``, ``decode`` and ``prefill_text`` (prompts without visuals) once.
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
     same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
     on every graph unless ``passes=False``; ``plugin_nodes`` traces each OIM/SPU unit as one plugin node
@@ -306,6 +306,12 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     def call_impl(self) -> Path:
         with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
             return self._export()
+
+    def _shifts(self, bucket: Bucket) -> bool:
+        """Whether ``bucket``'s prefill graph takes ``visual_shift``: where its graph reads the visual spans (SPU cuts,
+        DeepStack planes), except with the SpectrumPrune plugin, which takes them at the template's positions."""
+        reads_spans = bool(bucket.budget_plan.prune_layers()) or self.adapter.deepstack_planes > 0
+        return reads_spans and not self.plugin_nodes
 
     def _inputs(self) -> tuple[Path, ...]:
         """The checkpoint folder the export reads (none for a built-in model)."""
@@ -331,9 +337,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
         for bucket in buckets:  # a mixed bucket runs its parts' vision graphs
             vision = () if bucket.parts else ((vision_spec(adapter, bucket, profile), bucket),)
-            specs += [*vision, (prefill_spec(adapter, bucket, profile), bucket)]
+            specs += [*vision, (prefill_spec(adapter, bucket, profile, self._shifts(bucket)), bucket)]
         capacities = kv_capacities(buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
+        longest_text = min(capacities) - profile.max_new_tokens  # a text-only prompt and its answer fit every layer
+        specs.append((text_prefill_spec(adapter, profile, longest_text), None))
 
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)

@@ -14,6 +14,7 @@ from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_nam
 from luvc.export.profile import ExportProfile
 from luvc.models.base import VLMAdapter
 
+TEXT_PREFILL = "prefill_text"  # the graph of prompts without visuals
 EXAMPLE_BATCH = 2  # traced with two rows: an example size of 1 would make torch.export specialise the batch axis
 
 
@@ -28,13 +29,14 @@ class GraphSpec:
     output_names: list[str]
     dims: dict[str, dict[int, Dim]]
     bucket: str | None = None
+    named_inputs: int | None = None  # ``forward``'s arguments before a variadic one (past KV, DeepStack planes)
 
     def dynamic_shapes(self) -> tuple | None:
         """``torch.export`` form: one entry per ``forward`` argument (variadic past KV as a nested tuple)."""
         if not self.dims:
             return None
         shapes = [self.dims.get(name) for name in self.feeds]
-        fixed = {"decode": 4, "prefill": 2}.get(self.kind)  # then a variadic argument: past KV, DeepStack planes
+        fixed = self.named_inputs
         if fixed is not None and len(shapes) > fixed:
             return (*shapes[:fixed], tuple(shapes[fixed:]))
         return tuple(shapes)
@@ -71,7 +73,9 @@ def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _rows(positions[:, None], axis=1), 1
 
 
-def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) -> GraphSpec:
+def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile, shifts: bool = True) -> GraphSpec:
+    """The prefill graph of ``bucket``; ``shifts``: its visual spans move with each row's ``visual_shift`` (see
+    ``PrefillGraph``)."""
     hidden = adapter.language_model.config.hidden_size
     prompt = bucket.visual_end
     text = bucket.min_text_tokens + 1
@@ -86,14 +90,22 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     length = Dim(
         "sequence_length",
-        min=prompt + bucket.min_text_tokens,
+        min=prompt - bucket.visual_start + bucket.min_text_tokens,  # no text before the visuals
         max=prompt + max(profile.max_text_tokens, bucket.min_text_tokens + 1),
     )
     feeds = {
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, prompt + text, hidden, dtype=profile.dtype),
         "position_ids": position_ids,
+        "prompt_lengths": torch.tensor([prompt + text, prompt + text - 1], dtype=torch.long),
     }
-    dims = {"inputs_embeds": {0: batch, 1: length}, "position_ids": {batch_axis: batch, batch_axis + 1: length}}
+    if shifts:  # traced with one row as the template has it and one with a token more before its visuals
+        feeds["visual_shift"] = torch.tensor([0, 1], dtype=torch.long)
+    dims = {
+        "inputs_embeds": {0: batch, 1: length},
+        "position_ids": {batch_axis: batch, batch_axis + 1: length},
+        "prompt_lengths": {0: batch},
+        **({"visual_shift": {0: batch}} if shifts else {}),
+    }
     for name in deepstack_names(adapter.deepstack_planes):  # one row per visual token of the image
         feeds[name] = torch.randn(EXAMPLE_BATCH, bucket.tokens_per_image, hidden, dtype=profile.dtype)
         dims[name] = {0: batch}
@@ -103,8 +115,31 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ExportProfile) ->
         *kv_names("present", adapter.num_layers),
         *(f"kept_visual_indices.{layer}" for layer in kept_index_layers(plan)),
     ]
-    module = PrefillGraph(adapter, bucket.visual_spans, plan, bucket.plan.vision.span_grids)
-    return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name)
+    module = PrefillGraph(adapter, bucket.visual_spans, plan, bucket.plan.vision.span_grids, shifts)
+    return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name, named_inputs=3)
+
+
+def text_prefill_spec(adapter: VLMAdapter, profile: ExportProfile, longest: int) -> GraphSpec:
+    """The prefill of a prompt without visuals (a text-only turn): ``2 .. longest`` tokens (a shorter prompt is
+    padded on the right), no SPU."""
+    hidden = adapter.language_model.config.hidden_size
+    batch = Dim("batch", min=1, max=max(2, profile.max_batch))
+    length = Dim("sequence_length", min=2, max=max(longest, 4))
+    example = min(max(longest, 4) - 1, 7)  # neither a bound nor the batch: nothing is specialised
+    position_ids, batch_axis = _position_feed(torch.arange(example).expand(adapter.position_rows, -1))
+    feeds = {
+        "inputs_embeds": torch.randn(EXAMPLE_BATCH, example, hidden, dtype=profile.dtype),
+        "position_ids": position_ids,
+        "prompt_lengths": torch.tensor([example, example - 1], dtype=torch.long),
+    }
+    dims = {
+        "inputs_embeds": {0: batch, 1: length},
+        "position_ids": {batch_axis: batch, batch_axis + 1: length},
+        "prompt_lengths": {0: batch},
+    }
+    outputs = ["logits", *kv_names("present", adapter.num_layers)]
+    module = PrefillGraph(adapter, (), None, shifts=False)
+    return GraphSpec(TEXT_PREFILL, "text", module, feeds, outputs, dims, named_inputs=3)
 
 
 def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequence[int]) -> GraphSpec:
@@ -115,12 +150,17 @@ def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequenc
     feeds = {
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, 1, config.hidden_size, dtype=profile.dtype),
         "position_ids": position_ids,
-        "kv_write_index": torch.tensor([capacity // 2 for capacity in capacities], dtype=torch.long),
+        "kv_write_index": torch.tensor([[capacity // 2, capacity // 3] for capacity in capacities], dtype=torch.long),
         # only its length is read; traced between the smallest capacity and the largest, not equal to either
         "attention_window": torch.zeros(_example_window(capacities), dtype=torch.bool),
     }
     window = Dim("attention_window", min=1, max=max(capacities))
-    dims = {"inputs_embeds": {0: batch}, "position_ids": {batch_axis: batch}, "attention_window": {0: window}}
+    dims = {
+        "inputs_embeds": {0: batch},
+        "position_ids": {batch_axis: batch},
+        "kv_write_index": {1: batch},
+        "attention_window": {0: window},
+    }
     names = kv_names("past_key_values", adapter.num_layers)
     for layer, capacity in enumerate(capacities):
         for name in names[2 * layer : 2 * layer + 2]:
@@ -128,7 +168,7 @@ def decode_spec(adapter: VLMAdapter, profile: ExportProfile, capacities: Sequenc
             feeds[name] = torch.randn(*shape, dtype=profile.dtype)
             dims[name] = {0: batch}
     outputs = ["logits", *kv_names("present", adapter.num_layers)]
-    return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims)
+    return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims, named_inputs=4)
 
 
 def _example_window(capacities: Sequence[int]) -> int:

@@ -42,8 +42,9 @@ class GraphCache(LuvcCache):
 
 class InPlaceGraphCache(GraphCache):
     """A ``LuvcCache`` for the decode graph: each layer's fixed-capacity ``(B, H, C_l, D)`` cache gets the step's
-    key/value written at ``write_index[l]`` (``kv_cache_update``); attention reads the first ``min(W, C_l)`` tokens
-    (``W``: the length of ``window``, ``kv_window``) and sees only the valid prefix of them."""
+    key/value written at ``write_index[l, b]`` for row ``b`` (``kv_cache_update``); attention reads the first
+    ``min(W, C_l)`` tokens (``W``: the length of ``window``, ``kv_window``) and sees only each row's valid prefix of
+    them."""
 
     def __init__(
         self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor, window: torch.Tensor
@@ -55,7 +56,7 @@ class InPlaceGraphCache(GraphCache):
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         past_key, past_value = self.past[layer_idx]
-        rows = self.write_index[layer_idx].expand(key_states.shape[0])
+        rows = self.write_index[layer_idx]
         present = (kv_cache_update(past_key, key_states, rows), kv_cache_update(past_value, value_states, rows))
         self.present[layer_idx] = present
         return kv_window(present[0], self.window), kv_window(present[1], self.window)
@@ -64,13 +65,13 @@ class InPlaceGraphCache(GraphCache):
         return self.past[layer_idx][0].shape[-2]
 
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Additive ``(B, 1, 1, min(W, C_l))`` mask over the window: 0 for the cached tokens and the one just written,
-        -inf-like after."""
+        """Additive ``(B, 1, 1, min(W, C_l))`` mask over the window: 0 for each row's cached tokens and the one just
+        written, -inf-like after."""
         length = window_length(self.window, self.past[layer_idx][0])
-        valid = torch.arange(length, device=hidden.device) <= self.write_index[layer_idx]
+        valid = torch.arange(length, device=hidden.device)[None, :] <= self.write_index[layer_idx][:, None]
         blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
         mask = torch.where(valid, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
-        return mask.view(1, 1, 1, length).expand(hidden.shape[0], 1, 1, length)
+        return mask.view(hidden.shape[0], 1, 1, length)
 
 
 def kv_names(prefix: str, num_layers: int) -> list[str]:
@@ -78,10 +79,10 @@ def kv_names(prefix: str, num_layers: int) -> list[str]:
     return [f"{prefix}.{layer}.{kind}" for layer in range(num_layers) for kind in ("key", "value")]
 
 
-def kept_index_layers(plan: BudgetPlan) -> list[int]:
+def kept_index_layers(plan: BudgetPlan | None) -> list[int]:
     """Layers whose kept visual indices the prefill graph outputs: every SPU layer that keeps at least one token
-    (a layer that keeps none would output an empty tensor)."""
-    return [layer for layer in plan.prune_layers() if plan.total[layer] > 0]
+    (a layer that keeps none would output an empty tensor; a prompt without visuals has no plan and none)."""
+    return [] if plan is None else [layer for layer in plan.prune_layers() if plan.total[layer] > 0]
 
 
 class EmbedGraph(nn.Module):
@@ -101,21 +102,33 @@ def deepstack_names(count: int) -> list[str]:
     return [f"deepstack.{index}" for index in range(count)]
 
 
-class PrefillGraph(nn.Module):
-    """``inputs_embeds (B, S, D)``, ``position_ids`` (and Qwen3-VL's ``deepstack.{k} (B, n, D)``) -> last-token
-    ``logits (B, V)`` (float32), every layer's present key/value, and the kept visual indices of every layer where
-    SPU prunes.
+def last_rows(hidden: torch.Tensor, prompt_lengths: torch.Tensor, removed: int) -> torch.Tensor:
+    """``(B, D)``: each row's last prompt token of ``hidden (B, S', D)``, whose rows hold ``prompt_lengths (B,)``
+    tokens (then padding on the right) less the ``removed`` visual tokens pruned before it."""
+    index = (prompt_lengths - 1 - removed).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+    return torch.gather(hidden, 1, index)[:, 0]
 
-    Image tokens sit at static ``spans`` (``(start, tokens)``: one per image, or per temporal slice of a Qwen3-VL
-    video); the text after them has any length. Budgets are the frozen integers of ``budget_plan`` (one image or
-    video per row); ``span_grids`` are the spans' token grids (``spu_lowpass="grid"``)."""
+
+class PrefillGraph(nn.Module):
+    """``inputs_embeds (B, S, D)``, ``position_ids``, ``prompt_lengths (B,)``, ``visual_shift (B,)`` (and Qwen3-VL's
+    ``deepstack.{k} (B, n, D)``) -> each row's last-token ``logits (B, V)`` (float32), every layer's present
+    key/value, and the kept visual indices of every layer where SPU prunes.
+
+    The visual tokens of a row sit at ``spans`` (``(start, tokens)``: one per image, or per temporal slice of a
+    Qwen3-VL video) moved by the row's ``visual_shift`` (the text before them has any length; ``shifts=False``, for
+    the SpectrumPrune plugin: they sit at ``spans``, and the graph has no ``visual_shift`` input); the text after them
+    has any length, and a row shorter than ``S`` is padded on the right (``prompt_lengths``: each row's tokens; its
+    KV holds padding after them). Budgets are the frozen integers of ``budget_plan`` (one image or video per row);
+    ``span_grids`` are the spans' token grids (``spu_lowpass="grid"``). Without spans and a plan it is the text
+    prefill: a prompt without visuals, nothing pruned."""
 
     def __init__(
         self,
         adapter: VLMAdapter,
         spans: Sequence[tuple[int, int]],
-        budget_plan: BudgetPlan,
+        budget_plan: BudgetPlan | None,
         span_grids: Sequence[tuple[int, int, int]] | None = None,
+        shifts: bool = True,
     ) -> None:
         super().__init__()
         self.language_model = adapter.language_model
@@ -123,10 +136,12 @@ class PrefillGraph(nn.Module):
         self.spans = tuple(spans)
         self.budget_plan = budget_plan
         self.span_grids = None if span_grids is None else tuple(span_grids)
+        self.shifts = shifts
 
     def forward(
-        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, *deepstack: torch.Tensor
+        self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, prompt_lengths: torch.Tensor, *rest: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
+        visual_shift, deepstack = (rest[0], rest[1:]) if self.shifts else (None, rest)
         cache = GraphCache()
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -137,8 +152,10 @@ class PrefillGraph(nn.Module):
             budget_plan=self.budget_plan,
             deepstack=deepstack,
             span_grids=self.span_grids,
+            visual_shift=visual_shift,
         )
-        logits = self.lm_head(outputs.last_hidden_state[:, -1]).float()
+        hidden = outputs.last_hidden_state
+        logits = self.lm_head(last_rows(hidden, prompt_lengths, inputs_embeds.shape[1] - hidden.shape[1])).float()
         kept = tuple(outputs.kept_visual_indices[layer] for layer in kept_index_layers(self.budget_plan))
         return (logits, *cache.flat_present(), *kept)
 
@@ -188,8 +205,8 @@ def attention_implementation(config, name: str) -> Iterator[None]:
 
 
 class DecodeGraph(nn.Module):
-    """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L,)`` (tokens each layer's cache
-    holds before the step), ``attention_window (W,)`` (only its length is read: attention covers the first
+    """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L, B)`` (tokens each layer's cache
+    holds for each row before the step), ``attention_window (W,)`` (only its length is read: attention covers the first
     ``min(W, C_l)`` tokens of layer ``l``; ``W`` must exceed every write index) and every layer's cache at its fixed
     capacity -> ``logits (B, V)`` (float32) and every layer's cache with the step's key/value written at its write
     index (bind it to the input's buffer). Attention reads the cache without repeating its KV heads

@@ -34,8 +34,9 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
 EXPORT_OUTPUT = OutputKind("an export", MANIFEST_NAME, FORMAT)  # calibrated exports too
-FORMAT_VERSION = 4  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry);
-# 4: the decode graph attends over a window of each cache (attention_window)
+FORMAT_VERSION = 5  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry);
+# 4: the decode graph attends over a window of each cache (attention_window); 5: prefill takes each row's length and
+# visual shift, decode each row's write index
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
 
@@ -105,8 +106,9 @@ def io_entries(values) -> list[TensorEntry]:
 
 @dataclasses.dataclass(frozen=True)
 class GraphEntry:
-    """One graph file: its kind (``embed``, ``vision``, ``prefill``, ``decode``), the bucket it belongs to (vision
-    and prefill), its external-data files, I/O, LUVC node prefixes, node count and what each graph pass did."""
+    """One graph file: its kind (``embed``, ``vision``, ``prefill``, ``decode``, ``text``: the prefill of prompts
+    without visuals), the bucket it belongs to (vision and prefill), its external-data files, I/O, LUVC node
+    prefixes, node count and what each graph pass did."""
 
     file: str
     kind: str
@@ -120,6 +122,7 @@ class GraphEntry:
     opset: int | None = None  # a quantized graph's own opset (FP8 Q/DQ needs 19)
 
     def input(self, name: str) -> TensorEntry:
+        """The input named ``name``."""
         return next(entry for entry in self.inputs if entry.name == name)
 
 
@@ -178,6 +181,7 @@ class TemplateEntry:
     video_token_id: int | None = None
     video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.prompt.video_text)
     visual_separator: str | None = None  # between the image and the video of a mixed bucket's prompt
+    chat_template: str | None = None  # the Jinja template conversations render with (luvc.prompt.render_conversation)
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
         """The placeholder text and token id of ``bucket``'s image or video tokens."""
@@ -407,6 +411,16 @@ class ExportManifest:
             critical(f"The export has no graph {name!r}; it has {sorted(self.graphs)}.")
         return Path(folder) / self.graphs[name].file
 
+    @property
+    def text_prefill(self) -> str:
+        """The graph of prompts without visuals (kind ``text``)."""
+        return next(name for name, graph in self.graphs.items() if graph.kind == "text")
+
+    @property
+    def longest_text_prompt(self) -> int:
+        """The most tokens a prompt without visuals may have: its answer must fit every layer's KV cache."""
+        return min(self.kv_cache.capacity) - self.profile.max_new_tokens
+
     def bucket_for(self, size: tuple[int, ...]) -> BucketEntry:
         """The bucket of a processed image size ``(H, W)`` or video ``(frames, H, W)``, or an error listing the
         exported ones."""
@@ -476,6 +490,7 @@ def template_entry(adapter: VLMAdapter) -> TemplateEntry:
         video_frame_template=adapter.video_frame_template if adapter.takes_video else None,
         visual_separator=adapter.visual_separator,
         video_token_id=adapter.video_token_id,
+        chat_template=adapter.template.chat_template,
     )
 
 

@@ -232,6 +232,7 @@ def _spectrum_prune_unit(
     budgets: Sequence[int],
     scorer,
     score_input=None,
+    shift=None,
     *,
     variant: str,
     rho: float,
@@ -239,6 +240,8 @@ def _spectrum_prune_unit(
     """``spu_prune`` as one ``luvc::spectrum_prune`` call (the op scores ``hidden`` by ``variant`` and ``rho``)."""
     if score_input is not None and score_input is not hidden:
         raise ValueError("the SpectrumPrune plugin scores the residual stream; export spu_input=normed without it")
+    if shift is not None:
+        raise ValueError("the SpectrumPrune plugin takes the spans at the template's positions; trace no shift")
     starts, counts = [start for start, _ in spans], [count for _, count in spans]
     low = [low_frequency_count(variant, rho, count, hidden.shape[-1]) for count in counts]
     hidden, cos, sin, visual_ids = spectrum_prune(

@@ -82,6 +82,7 @@ class VLMAdapter:
         "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."
     )
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
+    builtin_chat_template: ClassVar[str | None] = None  # its conversations (luvc.prompt.simple_chat_template)
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
 
@@ -200,7 +201,9 @@ class VLMAdapter:
         """The prompt template: the checkpoint's chat template when its tokenizer has one, else the family's."""
         if self._template is None:
             chat_template = chat_template_of(self.tokenizer) if self.tokenizer is not None else None
-            self._template = template_for(self.tokenizer, self.image_placeholder, self.builtin_template, chat_template)
+            self._template = template_for(
+                self.tokenizer, self.image_placeholder, self.builtin_template, chat_template, self.builtin_chat_template
+            )
         return self._template
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> dict:

@@ -129,6 +129,30 @@ def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, .
     return tuple(new_spans)
 
 
+def span_rows(values: torch.Tensor, start: int, count: int, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``values[b, start + shift[b] : + count]`` of a ``(B, S, ...)`` tensor: a slice, or with a per-row ``shift``
+    ``(B,)`` one gather."""
+    if shift is None:
+        return values[:, start : start + count]
+    index = shift[:, None] + torch.arange(start, start + count, device=values.device)
+    return gather_tokens(values, index)
+
+
+def shifted_index(
+    block: torch.Tensor, block_start: int, length: int, removed: int, shift: torch.Tensor
+) -> torch.Tensor:
+    """``(B, length)`` gather index of a sequence whose rows hold the visual block ``shift[b]`` tokens after
+    ``block_start``: the text before the block maps to itself, the block's positions to ``block (B, n)`` (template
+    coordinates, moved by the row's shift), and the text after the block to its index plus the ``removed`` tokens."""
+    position = torch.arange(length, device=block.device).expand(shift.shape[0], -1)
+    relative = position - shift[:, None] - block_start
+    if block.shape[1] == 0:  # the block keeps nothing: the text after it follows the text before
+        return torch.where(relative < 0, position, position + removed)
+    inside = torch.gather(block, 1, relative.clamp(0, block.shape[1] - 1)) + shift[:, None]
+    after = torch.where(relative < block.shape[1], inside, position + removed)
+    return torch.where(relative < 0, position, after)
+
+
 def spu_gather_index(
     hidden: torch.Tensor,
     visual_ids: torch.Tensor,
@@ -136,26 +160,35 @@ def spu_gather_index(
     budgets: Sequence[int],
     scorer: Scorer,
     score_input: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
     """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
     ``(B, k)`` kept positions within the current visual tokens (all images concatenated; ``None`` when nothing is
     kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes;
-    ``score_input (B, S, D)``: what the scorer reads at the spans (default ``hidden``). A zero budget adds no scores
-    and no empty pieces, so traced graphs hold no TopK with k = 0."""
+    ``score_input (B, S, D)``: what the scorer reads at the spans (default ``hidden``); ``shift (B,)``: how far each
+    row's spans sit after ``spans`` (a prompt with more or less text before its visuals; ``None``: not at all). A zero
+    budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
     score_input = hidden if score_input is None else score_input
     batch, length = hidden.shape[:2]
     device = hidden.device
-    pieces, kept, cursor, visual_offset = [], [], 0, 0
+    block_start = spans[0][0] if spans else 0
+    pieces, kept, cursor, visual_offset = [], [], block_start, 0
     for span, ((start, count), budget) in enumerate(zip(spans, budgets)):
         pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
         if budget:
             ids = visual_ids[:, visual_offset : visual_offset + count]
-            keep = select_tokens(scorer(score_input[:, start : start + count], ids, span), budget)
+            keep = select_tokens(scorer(span_rows(score_input, start, count, shift), ids, span), budget)
             pieces.append(keep + start)
             kept.append(keep + visual_offset)
         cursor, visual_offset = start + count, visual_offset + count
-    pieces.append(torch.arange(cursor, length, device=device).expand(batch, -1))
-    return torch.cat(pieces, dim=1), pruned_spans(spans, budgets), torch.cat(kept, dim=1) if kept else None
+    removed = sum(count for _, count in spans) - sum(budgets)
+    kept_index = torch.cat(kept, dim=1) if kept else None
+    if shift is not None:
+        index = shifted_index(torch.cat(pieces, dim=1), block_start, length - removed, removed, shift)
+        return index, pruned_spans(spans, budgets), kept_index
+    before = torch.arange(0, block_start, device=device).expand(batch, -1)
+    after = torch.arange(cursor, length, device=device).expand(batch, -1)
+    return torch.cat([before, *pieces, after], dim=1), pruned_spans(spans, budgets), kept_index
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -173,22 +206,44 @@ def spu_prune(
     budgets: Sequence[int],
     scorer: Scorer,
     score_input: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Span, ...]]:
     """One SPU unit: score (``score_input``, default ``hidden``), select and gather the hidden states and rotary
     cos/sin with one index. Returns the pruned tensors, the ``(B, k)`` original visual indices still kept, and the new
-    spans."""
-    index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer, score_input)
+    spans (``shift``: see ``spu_gather_index``)."""
+    index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer, score_input, shift)
     hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
     visual_ids = visual_ids[:, :0] if kept is None else torch.gather(visual_ids, 1, kept)
     return hidden, cos, sin, visual_ids, spans
 
 
 def add_visual_plane(
-    hidden: torch.Tensor, spans: Sequence[Span], visual_ids: torch.Tensor, plane: torch.Tensor
+    hidden: torch.Tensor,
+    spans: Sequence[Span],
+    visual_ids: torch.Tensor,
+    plane: torch.Tensor,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DeepStack (Qwen3-VL): ``hidden`` with the rows of ``plane (B, N, D)`` (one per original visual token) of the
-    visual tokens still in the sequence (``visual_ids``, after any pruning) added at their ``spans``."""
+    visual tokens still in the sequence (``visual_ids``, after any pruning) added at their ``spans`` (moved by each
+    row's ``shift``, see ``spu_gather_index``)."""
     rows = gather_tokens(plane.to(hidden.dtype), visual_ids)
+    if shift is not None:
+        if not spans:
+            return hidden
+        # each position's row of ``rows``, or the zero row after them: the block's table, then the shift
+        zero = rows.shape[1]
+        table, cursor, offset = [], spans[0][0], 0
+        for start, count in spans:
+            table += [zero] * (start - cursor) + list(range(offset, offset + count))
+            cursor, offset = start + count, offset + count
+        padded = torch.cat([rows, rows.new_zeros(rows.shape[0], 1, rows.shape[2])], dim=1)
+        block = torch.tensor(table, device=hidden.device).expand(hidden.shape[0], -1)
+        position = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+        relative = position - shift[:, None] - spans[0][0]
+        inside = (relative >= 0) & (relative < len(table))
+        source = torch.where(inside, torch.gather(block, 1, relative.clamp(0, len(table) - 1)), zero)
+        return hidden + gather_tokens(padded, source)
     pieces, cursor, offset = [], 0, 0
     for start, count in spans:
         pieces += [hidden[:, cursor:start], hidden[:, start : start + count] + rows[:, offset : offset + count]]
@@ -244,7 +299,9 @@ class SpuDecoderMixin:
       causal order with their original rotary positions;
     - each layer caches only the tokens it processed (``LuvcCache``); positions continue from the original
       prompt length;
-    - prefill starts from an empty cache; padding masks are not supported (batch rows share one layout);
+    - prefill starts from an empty cache; padding masks are not supported (in PyTorch batch rows share one layout;
+      exported graphs take each row's ``visual_shift`` and pad rows on the right, which causal attention never
+      reads);
     - DeepStack planes (Qwen3-VL) are added after the first layers to the visual tokens those layers kept;
     - a criterion that ranks by a decoder layer's attention measures it in the layer before the cut (that layer's
       attention is probed), or, for a cut before layer 0, from layer 0's attention on its input: once, before the
@@ -278,6 +335,7 @@ class SpuDecoderMixin:
         deepstack: Sequence[torch.Tensor] = (),
         visual_ranking: torch.Tensor | None = None,
         span_grids: Sequence[Grid] | None = None,
+        visual_shift: torch.Tensor | None = None,
         **kwargs,
     ) -> LuvcDecoderOutput:
         if (input_ids is None) == (inputs_embeds is None):
@@ -306,6 +364,8 @@ class SpuDecoderMixin:
         cuts = sorted(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else []
         spans = tuple(visual_spans)
         ranked_cuts = _ranked_cuts(config, cuts)
+        if ranked_cuts and visual_shift is not None:
+            raise ValueError("a criterion that ranks by attention reads the spans at fixed positions; give no shift")
         layout = SpanLayout.of(tuple(c for _, c in spans), None if span_grids is None else tuple(span_grids))
         if config.spu_lowpass == "grid" and cuts and layout.grids is None:
             critical(GRID_REFUSAL)
@@ -330,7 +390,15 @@ class SpuDecoderMixin:
                 elif config.spu_input == "normed":
                     score_input = decoder_layer.input_layernorm(hidden)
                 hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
-                    hidden, cos, sin, visual_ids, spans, budget_plan.per_image[layer_index], scorer, score_input
+                    hidden,
+                    cos,
+                    sin,
+                    visual_ids,
+                    spans,
+                    budget_plan.per_image[layer_index],
+                    scorer,
+                    score_input,
+                    visual_shift,
                 )
                 kept_visual_indices[layer_index] = visual_ids
             if length > 1:
@@ -354,7 +422,7 @@ class SpuDecoderMixin:
             if record is not None:  # the layer before a ranked cut: the last prompt token's attention
                 columns = visual_columns(record.concatenated(), spans)
             if layer_index < len(deepstack):
-                hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index])
+                hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index], visual_shift)
         hidden = self.norm(hidden)
         if isinstance(past_key_values, LuvcCache):
             past_key_values.num_positions = start + length

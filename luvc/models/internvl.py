@@ -33,6 +33,7 @@ from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
 from luvc.processing import tile_canvas
+from luvc.prompt import simple_chat_template
 
 UNIT = 4  # patches in a merge unit: the 2x2 block one pixel-shuffled token holds
 
@@ -159,6 +160,9 @@ class InternVLAdapter(VLMAdapter):
     image_placeholder = "<IMG_CONTEXT>"
     processor_only_keys = ("num_patches",)
     builtin_template = "<|im_start|>user\n<img>{image}</img>\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    builtin_chat_template = simple_chat_template(
+        "'<|im_start|>' + role + '\\n'", "<|im_end|>\n", "<img><IMG_CONTEXT></img>\n", "<|im_start|>assistant\n"
+    )
 
     @property
     def vision_depth(self) -> int:

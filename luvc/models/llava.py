@@ -21,6 +21,7 @@ from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
+from luvc.prompt import simple_chat_template
 
 
 class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
@@ -114,6 +115,7 @@ class LlavaAdapter(VLMAdapter):
     architecture = "LlavaForConditionalGeneration"
     image_placeholder = "<image>"
     builtin_template = "USER: {image}\n{prompt} ASSISTANT:"
+    builtin_chat_template = simple_chat_template("(role | upper) + ': '", " ", "<image>\n", "ASSISTANT:")
 
     @property
     def vision_blocks(self):

@@ -31,6 +31,7 @@ from luvc.models.plan import PlanCache, RequestPlan, VisionTrace, plans_on
 from luvc.models.qwen_vision_plan import QwenVisionPlan, planned_qwen_vision
 from luvc.models.scope import scopes
 from luvc.models.window_attention import WindowLayout, batched_windows
+from luvc.prompt import simple_chat_template
 from luvc.videos import Video, qwen_videos_pixels
 
 IMAGE_KEYS = ("pixel_values", "image_grid_thw")
@@ -318,6 +319,12 @@ class Qwen2VLAdapter(VLMAdapter):
     visual_separator = "<|vision_end|><|vision_start|>"
     builtin_template = (
         "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    builtin_chat_template = simple_chat_template(
+        "'<|im_start|>' + role + '\\n'",
+        "<|im_end|>\n",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        "<|im_start|>assistant\n",
     )
     luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
     gated_vision_mlp = False  # Qwen2.5-VL's vision MLP has three matrices (gate, up, down), Qwen2-VL's two

@@ -16,6 +16,7 @@ import torch
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest
 from luvc.runtime.host_plan import HostPlan
+from luvc.runtime.prompt_ids import PromptRows, visual_tokens
 from luvc.runtime.session import TORCH_DTYPES
 from luvc.runtime.sessions import Sessions
 from luvc.videos import DEFAULT_SAMPLED_FPS
@@ -74,45 +75,74 @@ class GraphFeeds:
         return self.sessions["embed"].infer({"input_ids": input_ids}, targets)["inputs_embeds"]
 
     def positions(
-        self, bucket: BucketEntry, batch: int, start: int, length: int, seconds_per_slice: float | None = None
+        self,
+        bucket: BucketEntry,
+        starts: np.ndarray,
+        length: int,
+        seconds_per_slice: float | None = None,
+        shifts: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Position ids of ``length`` tokens from prompt index ``start`` (``HostPlan.positions``); a video without
-        ``seconds_per_slice`` is taken at the processors' default rate."""
+        """Position ids of ``length`` tokens from each row's prompt index ``starts`` (``HostPlan.positions``); a video
+        without ``seconds_per_slice`` is taken at the processors' default rate."""
         seconds = seconds_per_slice or (self.manifest.geometry.temporal_patch_size or 1) / DEFAULT_SAMPLED_FPS
-        return self.host_plan(bucket).positions(batch, start, length, seconds)
+        return self.host_plan(bucket).positions(starts, length, seconds, shifts)
+
+    def text_positions(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Position ids of ``length`` tokens from each row's index ``starts`` in a prompt without visuals: the index
+        itself, ``(3, B, S)`` for M-RoPE or ``(B, S)``."""
+        index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
+        rows = self.manifest.geometry.position_rows
+        return np.broadcast_to(index, (rows, *index.shape)).copy() if rows == 3 else index
+
+    def text_prefill_feeds(self, prompts: PromptRows) -> dict[str, torch.Tensor]:
+        """Feeds of the text prefill (prompts without visuals): token embeddings, positions and each row's length."""
+        batch, length = prompts.input_ids.shape
+        return {
+            "inputs_embeds": self.embed(self.sessions.to_device(prompts.input_ids)),
+            "position_ids": self.sessions.to_device(self.text_positions(np.zeros(batch, dtype=np.int64), length)),
+            "prompt_lengths": self.sessions.to_device(prompts.lengths),
+        }
 
     def prefill_feeds(
         self,
-        input_ids: np.ndarray,
+        prompts: PromptRows,
         features: dict[str, torch.Tensor],
         bucket: BucketEntry,
         seconds_per_slice: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Prefill feeds for prompts ``input_ids (B, S)`` and their visuals' ``features`` (``image_features``): the
-        visual spans take ``image_embeds (B, n, D)``; the features the prefill graph also takes (DeepStack planes)
-        are fed as they are."""
-        batch, length = input_ids.shape
-        template = self.manifest.template
-        tokens = [template.placeholder_of(bucket)[1], *([template.image_token_id] if bucket.parts else [])]
-        spans = bucket.visual_spans
-        if length < bucket.visual_end + bucket.min_text_tokens or any(
-            not np.isin(input_ids[:, start : start + count], tokens).all() for start, count in spans
-        ):
-            kind = "image and video" if bucket.kind == "mixed" else bucket.kind
+        """Prefill feeds for ``prompts`` and their visuals' ``features`` (``image_features``): each row's visual spans
+        (moved by its shift) take its ``image_embeds (B, n, D)``; the features the prefill graph also takes
+        (DeepStack planes) are fed as they are, with each row's length and visual shift."""
+        input_ids, shifts = prompts.input_ids, prompts.visual_shifts
+        inputs = {entry.name for entry in self.manifest.graphs[bucket.prefill].inputs}
+        if "visual_shift" not in inputs and self.manifest.passes.plugin_nodes and shifts.any():
             critical(
-                f"Prompts must hold {bucket.tokens_per_image} {kind} tokens ("
-                f"{', '.join(f'{count} at index {start}' for start, count in spans)}), followed by the text (the "
-                "export's prompt template); build them with Pipeline.prepare() for the same bucket."
+                f"{bucket.prefill} was traced with --plugin-nodes, whose SpectrumPrune plugin takes the visual tokens "
+                "where the template has them; send prompts in the template's layout (no system prompt or history), "
+                "or re-export without --plugin-nodes."
+            )
+        tokens = visual_tokens(self.manifest, bucket)
+        batch, length = input_ids.shape
+        spans = np.concatenate([np.arange(start, start + count) for start, count in bucket.visual_spans])
+        index = shifts[:, None] + spans  # (B, n): each row's visual tokens
+        in_range = index.min() >= 0 and index.max() < length
+        if not in_range or not np.isin(np.take_along_axis(input_ids, index, 1), tokens).all():
+            critical(
+                f"Prompts must hold bucket {bucket.name}'s {bucket.tokens_per_image} visual tokens where their visual "
+                "shifts put them; build them with Pipeline.prepare() for the same bucket."
             )
         embeds = self.embed(self.sessions.to_device(input_ids.astype(np.int64)))
         rows = features["image_embeds"].to(embeds.dtype)
-        offset = 0
-        for start, count in spans:
-            embeds[:, start : start + count] = rows[:, offset : offset + count]
-            offset += count
-        positions = self.positions(bucket, batch, 0, length, seconds_per_slice)
-        feeds = {"inputs_embeds": embeds, "position_ids": self.sessions.to_device(positions)}
-        for entry in self.manifest.graphs[bucket.prefill].inputs:
-            if entry.name in features:
-                feeds[entry.name] = features[entry.name]
+        device_index = self.sessions.to_device(index)[:, :, None].expand(-1, -1, embeds.shape[-1])
+        embeds.scatter_(1, device_index, rows)
+        positions = self.positions(bucket, np.zeros(batch, dtype=np.int64), length, seconds_per_slice, shifts)
+        feeds = {
+            "inputs_embeds": embeds,
+            "position_ids": self.sessions.to_device(positions),
+            "prompt_lengths": self.sessions.to_device(prompts.lengths),
+        }
+        if "visual_shift" in inputs:
+            feeds["visual_shift"] = self.sessions.to_device(shifts)
+        for name in inputs & features.keys():
+            feeds[name] = features[name]
         return feeds

@@ -36,6 +36,7 @@ class HostPlan:
     prompt_position_ids: np.ndarray  # (R, visual_end): R = 3 for M-RoPE, else 1
     next_position: int
     video_times: VideoTimes | None = None
+    visual_start: int = 0  # where the template's visual tokens start (its text before them has positions 0, 1, ...)
 
     @classmethod
     def load(cls, path: Path, visual_start: int) -> HostPlan:
@@ -51,11 +52,16 @@ class HostPlan:
             prompt_position_ids=arrays["prompt_position_ids"],
             next_position=int(arrays["next_position"]),
             video_times=times,
+            visual_start=visual_start,
         )
 
-    def positions(self, batch: int, start: int, length: int, seconds_per_slice: float) -> np.ndarray:
-        """Position ids of ``length`` tokens from prompt index ``start``: ``(3, B, S)`` M-RoPE or ``(B, S)``; a video's
-        time positions follow ``seconds_per_slice``."""
+    def positions(
+        self, starts: np.ndarray, length: int, seconds_per_slice: float, shifts: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Position ids of ``length`` tokens from each row's prompt index ``starts (B,)``: ``(3, B, S)`` M-RoPE or
+        ``(B, S)``; a row's visual tokens sit ``shifts[b]`` tokens after the template's (text before them counts
+        0, 1, ...; the visual tokens and the text after move with them); a video's time positions follow
+        ``seconds_per_slice``."""
         prompt = self.prompt_position_ids
         if self.video_times is not None:
             times = self.video_times
@@ -64,8 +70,12 @@ class HostPlan:
             prompt[0, times.start : times.start + len(times.slices)] = video_time_positions(
                 first, times.slices, times.scale, seconds_per_slice
             )
-        text_offset = self.next_position - prompt.shape[1]  # text positions minus their index
-        index = np.arange(start, start + length)
-        rows = np.where(index < prompt.shape[1], prompt[:, np.minimum(index, prompt.shape[1] - 1)], index + text_offset)
-        rows = np.broadcast_to(rows[:, None, :], (rows.shape[0], batch, length)).astype(np.int64)
-        return rows if rows.shape[0] == 3 else rows[0]
+        starts = np.asarray(starts, dtype=np.int64)
+        shifts = np.zeros_like(starts) if shifts is None else np.asarray(shifts, dtype=np.int64)
+        end = prompt.shape[1]
+        text_offset = self.next_position - end  # text positions after the visuals minus their index
+        index = starts[:, None] + np.arange(length)  # (B, S)
+        relative = index - shifts[:, None]  # the index in the template's layout
+        visual = prompt[:, np.clip(relative, 0, end - 1)] + shifts[None, :, None]  # (R, B, S)
+        rows = np.where(relative < self.visual_start, index, np.where(relative < end, visual, index + text_offset))
+        return rows.astype(np.int64) if rows.shape[0] == 3 else rows[0].astype(np.int64)

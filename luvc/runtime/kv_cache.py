@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from luvc.errors import critical
@@ -54,9 +55,10 @@ class KVCache:
             for _ in range(1 if aliased else 2)
         ]
         self.current = 0
-        self.write_index = torch.zeros(len(self.capacities), dtype=torch.int64, device=device)
+        self.write_index = torch.zeros(len(self.capacities), batch, dtype=torch.int64, device=device)
         self.window = torch.zeros(max(self.capacities), dtype=torch.bool, device=device)  # only its views' lengths
-        self.lengths = [0] * len(self.capacities)
+        self.lengths = [0] * len(self.capacities)  # the longest row's, per layer
+        self.row_lengths = np.zeros((len(self.capacities), batch), dtype=np.int64)  # each row's, per layer
         self.owner: object | None = None  # the request whose tokens the cache holds now
 
     @property
@@ -64,8 +66,10 @@ class KVCache:
         """Each layer's ``(key, value)`` buffers that hold the cache now."""
         return self.sets[self.current]
 
-    def load(self, presents: dict[str, torch.Tensor]) -> None:
-        """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix."""
+    def load(self, presents: dict[str, torch.Tensor], prompt_lengths: np.ndarray | None = None) -> None:
+        """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix; ``prompt_lengths (B,)``: each row's
+        prompt tokens, when shorter rows were padded on the right (their padding is overwritten by the steps after
+        it and never attended)."""
         lengths = []
         for layer, (key, value) in enumerate(self.buffers):
             length = presents[f"present.{layer}.key"].shape[2]
@@ -78,7 +82,11 @@ class KVCache:
             value[:, :, :length].copy_(presents[f"present.{layer}.value"])
             lengths.append(length)
         self.lengths = lengths
-        self.write_index.copy_(torch.tensor(lengths, dtype=torch.int64))
+        padding = np.zeros(self.write_index.shape[1], dtype=np.int64)
+        if prompt_lengths is not None:
+            padding = int(np.max(prompt_lengths)) - np.asarray(prompt_lengths, dtype=np.int64)
+        self.row_lengths = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
+        self.write_index.copy_(torch.from_numpy(self.row_lengths))
 
     @staticmethod
     def _names(prefix: str, buffers) -> dict[str, torch.Tensor]:
@@ -114,19 +122,21 @@ class KVCache:
     def advance(self) -> None:
         """A decode step wrote one token into every layer (and, unaliased, the whole cache into the other set)."""
         self.lengths = [length + 1 for length in self.lengths]
+        self.row_lengths += 1
         self.write_index += 1
         self.current = (self.current + 1) % len(self.sets)
 
     def valid(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``layer``'s cached keys and values, ``(B, H, lengths[layer], D)`` views."""
+        """Layer ``layer``'s cached keys and values, ``(B, H, lengths[layer], D)`` views (a shorter row's padding
+        included)."""
         key, value = self.buffers[layer]
         return key[:, :, : self.lengths[layer]], value[:, :, : self.lengths[layer]]
 
     def nbytes(self) -> int:
-        """Bytes of the keys and values held now (what the cost model counts)."""
+        """Bytes of the keys and values the rows hold now (what the cost model counts)."""
         key = self.buffers[0][0]
-        per_token = 2 * key.shape[0] * key.shape[1] * key.shape[3] * key.element_size()
-        return per_token * sum(self.lengths)
+        per_token = 2 * key.shape[1] * key.shape[3] * key.element_size()
+        return per_token * int(self.row_lengths.sum())
 
     def capacity_bytes(self) -> int:
         """Bytes the buffers take on the device."""

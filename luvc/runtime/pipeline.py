@@ -83,7 +83,8 @@ class Pipeline:
         buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
         for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
             buckets += [self.manifest.buckets[part] for part in entry.parts]
-        graphs = ("embed", "decode", *(graph for entry in buckets for graph in (entry.vision, entry.prefill)))
+        graphs = ("embed", "decode", self.manifest.text_prefill)
+        graphs += tuple(graph for entry in buckets for graph in (entry.vision, entry.prefill))
         self.sessions.open(name for name in graphs if name)
         return self
 

@@ -19,28 +19,45 @@ from PIL import Image
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest
 from luvc.processing import load_processor, tile_canvas
+from luvc.prompt import Conversation
 from luvc.runtime.fit import BucketFitter, Fit
-from luvc.runtime.prompt_ids import PromptIds
+from luvc.runtime.prompt_ids import TEXT_PREFILL_MIN_TOKENS, PromptIds, PromptRows, row_shift
 from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class Prepared:
-    """A batch ready for ``Pipeline.request``: prompt ids ``(B, S)`` in the export's template; the image processor's
-    pixels, one array per visual of the bucket (an image's or a video's; a mixed bucket's image, then its video);
-    the bucket's manifest entry; for videos the seconds one temporal patch spans (``luvc.videos.seconds_per_slice``);
-    the preprocessing time; and per row what fitting it to the bucket did (``None``: the exact policy)."""
+    """A batch ready for ``Pipeline.request``: the prompts' ids (``PromptRows``: padded on the right, each row's
+    length and visual shift); the image processor's pixels, one array per visual of the bucket (an image's or a
+    video's; a mixed bucket's image, then its video); the bucket's manifest entry; for videos the seconds one temporal
+    patch spans (``luvc.videos.seconds_per_slice``); the preprocessing time; and per row what fitting it to the bucket
+    did (``None``: the exact policy)."""
 
-    input_ids: np.ndarray
+    prompts: PromptRows
     pixels: tuple[np.ndarray, ...]
-    bucket: BucketEntry
+    bucket: BucketEntry | None  # None: prompts without visuals (the text prefill)
     seconds_per_slice: float | None = None
     preprocess_ms: float = 0.0
     fits: tuple[Fit | None, ...] = ()
 
     @property
+    def input_ids(self) -> np.ndarray:
+        """``(B, S)`` prompt ids, shorter rows padded on the right."""
+        return self.prompts.input_ids
+
+    @property
     def batch(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def bucket_name(self) -> str:
+        """The bucket's name, ``text`` for prompts without visuals."""
+        return "text" if self.bucket is None else self.bucket.name
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The longest row's prompt tokens."""
+        return int(self.prompts.lengths.max())
 
     @property
     def fitted(self) -> bool:
@@ -54,19 +71,17 @@ class Prepared:
 
     @classmethod
     def stack(cls, batches: Sequence[Prepared]) -> Prepared:
-        """One batch of the rows of ``batches``, which share a bucket, a prompt length and a video rate (a single
-        batch is returned as it is: no copy of its pixels)."""
+        """One batch of the rows of ``batches``, which share a bucket and a video rate (prompts of any lengths; a
+        single batch is returned as it is: no copy of its pixels)."""
         first = batches[0]
         if len(batches) == 1:
             return first
-        if any(
-            (b.bucket.name, b.input_ids.shape[1], b.seconds_per_slice)
-            != (first.bucket.name, first.input_ids.shape[1], first.seconds_per_slice)
-            for b in batches
-        ):
-            critical("Stacked requests must share a bucket, a prompt length and a video rate.")
+        if any((b.bucket_name, b.seconds_per_slice) != (first.bucket_name, first.seconds_per_slice) for b in batches):
+            critical("Stacked requests must share a bucket and a video rate.")
+        rows = [list(row[:length]) for b in batches for row, length in zip(b.input_ids, b.prompts.lengths)]
+        shifts = np.concatenate([b.prompts.visual_shifts for b in batches])
         return cls(
-            np.concatenate([b.input_ids for b in batches]),
+            PromptRows.of(rows, shifts, min_width=TEXT_PREFILL_MIN_TOKENS if first.bucket is None else 1),
             tuple(np.concatenate(arrays) for arrays in zip(*(b.pixels for b in batches))),
             first.bucket,
             first.seconds_per_slice,
@@ -165,10 +180,15 @@ class Preparer:
     def __call__(self, visuals, prompts) -> Prepared:
         """Fit one image (or ``Video``) per prompt to a bucket, preprocess them (a batch lands in one bucket; a single
         image and prompt are a batch of one) and build the prompt ids; errors name what does not fit the export.
-        A row of an image and then a video is one prompt for a mixed bucket (``--mixed-size``)."""
+        A row of an image and then a video is one prompt for a mixed bucket (``--mixed-size``); ``visuals=None``:
+        prompts without visuals (text-only turns)."""
         began = time.perf_counter()
+        if visuals is None:  # prompts without visuals: the text prefill
+            prompts = [prompts] if isinstance(prompts, (str, Conversation)) else list(prompts)
+            rows = self.prompt_ids.text_only(prompts)
+            return Prepared(rows, (), None, preprocess_ms=(time.perf_counter() - began) * 1e3)
         visuals = list(visuals) if isinstance(visuals, (list, tuple)) else [visuals]
-        prompts = [prompts] * len(visuals) if isinstance(prompts, str) else list(prompts)
+        prompts = [prompts] * len(visuals) if isinstance(prompts, (str, Conversation)) else list(prompts)
         mixed = any(isinstance(visual, (list, tuple)) for visual in visuals)
         if mixed and (
             len(visuals) != 1 or len(prompts) != 1 or [isinstance(v, Video) for v in visuals[0]] != [False, True]
@@ -190,10 +210,10 @@ class Preparer:
         bucket = self.manifest.bucket_for(sizes if mixed else sizes[0])
         flat = list(visuals[0]) if mixed else visuals
         videos = [visual for visual in flat if isinstance(visual, Video)]
-        input_ids = self.prompt_ids(prompts, bucket, videos)
+        rows = self.prompt_ids(prompts, bucket, videos)
         elapsed = (time.perf_counter() - began) * 1e3
         pixels = tuple(array for array, _ in processed)
-        return Prepared(input_ids, pixels, bucket, self.seconds_per_slice(flat), elapsed, fits)
+        return Prepared(rows, pixels, bucket, self.seconds_per_slice(flat), elapsed, fits)
 
     def from_arrays(
         self, input_ids: np.ndarray, pixels, size: tuple, seconds_per_slice: float | None = None
@@ -202,4 +222,6 @@ class Preparer:
         of ``size`` (a video's ``(frames, H, W)``; a mixed bucket's pair of sizes, with a pair of pixel arrays)."""
         bucket = self.manifest.bucket_for(size)
         pixels = tuple(pixels) if bucket.parts else (pixels,)
-        return Prepared(np.asarray(input_ids), tuple(np.asarray(p) for p in pixels), bucket, seconds_per_slice)
+        rows = np.asarray(input_ids).tolist()
+        prompts = PromptRows.of(rows, [row_shift(self.manifest, bucket, row) for row in rows])
+        return Prepared(prompts, tuple(np.asarray(p) for p in pixels), bucket, seconds_per_slice)

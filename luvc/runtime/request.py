@@ -139,25 +139,35 @@ class Request:
 
     def _start(self) -> Step:
         sessions, feeds, prepared, timings = self.sessions, self.feeds, self.prepared, self.timings
-        bucket = prepared.bucket
+        bucket, prompts = prepared.bucket, prepared.prompts
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
         with sessions.on_stream():
-            self.image_features = feeds.image_features(prepared.pixels, bucket)
-            sessions.synchronize()
+            if bucket is not None:
+                self.image_features = feeds.image_features(prepared.pixels, bucket)
+                sessions.synchronize()
             timings.vision_ms = (time.perf_counter() - self._began) * 1e3
-            self.prefill_feeds = feeds.prefill_feeds(
-                prepared.input_ids, self.image_features, bucket, prepared.seconds_per_slice
-            )
-            self.prefill_outputs = sessions[bucket.prefill].infer(self.prefill_feeds)
+            if bucket is None:  # a prompt without visuals
+                self.prefill_feeds = feeds.text_prefill_feeds(prompts)
+                prefill = sessions.manifest.text_prefill
+            else:
+                self.prefill_feeds = feeds.prefill_feeds(
+                    prompts, self.image_features, bucket, prepared.seconds_per_slice
+                )
+                prefill = bucket.prefill
+            self.prefill_outputs = sessions[prefill].infer(self.prefill_feeds)
             sessions.synchronize()
             timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms
-            batch, length = prepared.input_ids.shape
+            batch = prepared.batch
             self.cache = sessions.kv_cache(batch)
             self.cache.owner = self  # one request at a time uses the sessions' cache
-            self.cache.load(self.prefill_outputs)
+            self.cache.load(self.prefill_outputs, prepared.prompts.lengths)
             timings.kv_cache_bytes = self.cache.nbytes()
             device, hidden = sessions.device, sessions.manifest.geometry.hidden_size
-            position = feeds.positions(bucket, batch, length, 1, prepared.seconds_per_slice)
+            if bucket is None:
+                position = feeds.text_positions(prompts.lengths, 1)
+            else:
+                seconds = prepared.seconds_per_slice
+                position = feeds.positions(bucket, prompts.lengths, 1, seconds, prompts.visual_shifts)
             self.position = sessions.to_device(position)
             self.token = torch.empty(batch, dtype=torch.int64, device=device)
             self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)

@@ -118,7 +118,7 @@ def create_app(
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
         note = functools.partial(record, http.scope)  # fields of this request's access-log line
-        note(bucket=prepared.bucket.name, prompt_tokens=prepared.input_ids.shape[1], stream=bool(request.stream))
+        note(bucket=prepared.bucket_name, prompt_tokens=prepared.prompt_tokens, stream=bool(request.stream))
         deadline = None if request_timeout_s is None else time.monotonic() + request_timeout_s
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -156,8 +156,9 @@ def create_app(
 
 def fit_headers(prepared: Prepared) -> dict[str, str]:
     """What the server did with the request's image, for clients that care (OpenAI clients ignore them):
-    ``X-LUVC-Bucket`` (the bucket it ran in) and ``X-LUVC-Fit`` (the change made to fit it, or ``none``)."""
-    return {"X-LUVC-Bucket": prepared.bucket.name, "X-LUVC-Fit": prepared.fit_change or "none"}
+    ``X-LUVC-Bucket`` (the bucket it ran in, ``text`` without an image) and ``X-LUVC-Fit`` (the change made to fit
+    it, or ``none``)."""
+    return {"X-LUVC-Bucket": prepared.bucket_name, "X-LUVC-Fit": prepared.fit_change or "none"}
 
 
 DEADLINE = Failed("deadline")  # what _final_event and _next_event give once the request's deadline has passed

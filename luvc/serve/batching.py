@@ -4,10 +4,11 @@ runs one group through a ``Pipeline`` and reports each job's text as it arrives.
 Shared by the HTTP server (``luvc.serve.app``) and the Triton model (``luvc.serve.triton_model``). A
 ``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
 
-Batching: a pipeline batch needs one image size (bucket) and one prompt length (no padding), and rows share the
-sampling settings. Greedy jobs with the same bucket, prompt length and penalties batch together, as do sampled jobs
-without a seed and with the same temperature, top-k, top-p and penalties; a seeded job runs alone so that its seed
-reproduces its answer.
+Batching: a pipeline batch needs one image size (bucket; ``text`` for requests without an image) and rows share the
+sampling settings; prompts of different lengths share a batch (rows are padded on the right, each with its own
+length, visual shift and KV write index). Greedy jobs with the same bucket and penalties batch together, as do
+sampled jobs without a seed and with the same temperature, top-k, top-p and penalties; a seeded job runs alone so
+that its seed reproduces its answer.
 Rows are independent in every graph, so a batched job's tokens equal the job's own run.
 """
 
@@ -135,7 +136,7 @@ class Job:
         shared = dataclasses.replace(sampling, seed=None)  # what rows of one batch share: one SamplingConfig
         if sampling.greedy:  # top-k and top-p do not change a greedy choice; penalties do
             shared = dataclasses.replace(shared, top_k=0, top_p=1.0)
-        return (self.prepared.bucket.name, self.prepared.input_ids.shape[1], shared)
+        return (self.prepared.bucket_name, shared)  # prompts of any lengths: rows are padded
 
 
 class QueueFull(Exception):
@@ -255,7 +256,7 @@ def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
                     job.emit(Delta(piece))
                 reason = "length" if length and not (stop_token or stream.stopped) else "stop"
                 completion = len(stream.tokens) + stop_token
-                prompt_tokens = job.prepared.input_ids.shape[1]
+                prompt_tokens = job.prepared.prompt_tokens
                 ttft, decode = first_token_at - job.submitted, now - first_token_at
                 job.emit(Finished(stream.text, reason, prompt_tokens, completion, ttft, decode))
                 open_rows.discard(row)

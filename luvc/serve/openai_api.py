@@ -1,9 +1,12 @@
 """The OpenAI chat-completions wire format: request validation, the image and prompt a request carries, and the
 response and stream-chunk bodies.
 
-An export's prompt template holds one user turn with one image (docs/serving.md), so a request carries exactly
-one user message with one image and its text; other roles are refused rather than dropped. Images come as data
-URLs, or as local paths when the server allows a folder (``--allow-local-images``); the server fetches nothing.
+A request carries at most one image, in a user message (none: a text-only request, which runs the export's text
+prefill). One user message with the image alone is rendered in the export's prompt template
+(as ``luvc-export run`` does); a system message, earlier turns or the image in an earlier user turn make a
+``Conversation``, rendered by the export's chat template. Roles other than system, user and assistant are refused
+rather than dropped. Images come as data URLs, or as local paths when the server allows a folder
+(``--allow-local-images``); the server fetches nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from luvc.errors import critical
 from luvc.images import decode_image, load_image
+from luvc.prompt import Conversation, Turn
 from luvc.serve.batching import GenerationParams
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
@@ -123,21 +127,30 @@ def generation_params(request: ChatCompletionRequest, defaults: GenerationParams
     return params
 
 
-def image_and_prompt(request: ChatCompletionRequest, image_folder: Path | None) -> tuple[Image.Image, str]:
-    """The one image and the user text of ``request``; local paths only inside ``image_folder``."""
-    if len(request.messages) != 1 or request.messages[0].role != "user":
-        roles = [message.role for message in request.messages]
-        critical(
-            f"Got messages with roles {roles}; this export's prompt template holds one user turn, so send one "
-            "user message with one image and the text."
-        )
-    content = request.messages[0].content
-    parts = [ContentPart(type="text", text=content)] if isinstance(content, str) else content
-    images = [part.image_url for part in parts if part.type == "image_url"]
-    if len(images) != 1 or images[0] is None:
-        critical(f"The user message has {len(images)} images; this export takes exactly one image per request.")
-    text = "\n".join(part.text for part in parts if part.type == "text" and part.text)
-    return load_request_image(images[0].url, image_folder), text
+def _parts(message: Message) -> list[ContentPart]:
+    return [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) else message.content
+
+
+def image_and_prompt(
+    request: ChatCompletionRequest, image_folder: Path | None
+) -> tuple[Image.Image | None, str | Conversation]:
+    """The image of ``request`` (``None``: a text-only request) and its prompt: the user text of a single user
+    message with the image, else the messages as a ``Conversation`` (the image's turn marked); local paths only
+    inside ``image_folder``."""
+    images = [(index, part.image_url) for index, m in enumerate(request.messages) for part in _parts(m)]
+    images = [(index, url) for index, url in images if url is not None]
+    if len(images) > 1:
+        critical(f"The messages hold {len(images)} images; this export takes at most one image per request.")
+    holder, url = images[0] if images else (None, None)
+    if holder is not None and request.messages[holder].role != "user":
+        critical(f"The image is in a {request.messages[holder].role} message; send it in a user message.")
+    texts = ["\n".join(part.text for part in _parts(m) if part.type == "text" and part.text) for m in request.messages]
+    if len(request.messages) == 1 and holder is not None:
+        prompt: str | Conversation = texts[0]
+    else:
+        turns = [Turn(m.role, text, index == holder) for index, (m, text) in enumerate(zip(request.messages, texts))]
+        prompt = Conversation(turns)
+    return (None if url is None else load_request_image(url.url, image_folder)), prompt
 
 
 def load_request_image(url: str, image_folder: Path | None) -> Image.Image:

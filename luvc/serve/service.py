@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from luvc.prompt import Conversation
 from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
 from luvc.serve.metrics import ServerMetrics
@@ -82,13 +83,17 @@ class GenerationService:
         for job in self.queue.close():
             job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
 
-    def prepare(self, image: Image.Image, prompt: str, params: GenerationParams) -> Prepared:
-        """Check the client's text (``user_text``), preprocess and tokenize one request, and check its length against
-        the export (errors: ``LuvcError``)."""
+    def prepare(self, image: Image.Image | None, prompt: str | Conversation, params: GenerationParams) -> Prepared:
+        """Check the client's text (``user_text``: every turn's, and all of it together against the length bound),
+        preprocess and tokenize one request (``image=None``: a text-only one), and check its length against the
+        export (errors: ``LuvcError``)."""
         self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
-        self.user_text.check(prompt)
+        texts = [turn.text for turn in prompt.turns] if isinstance(prompt, Conversation) else [prompt]
+        for text in texts:
+            self.user_text.check(text)
+        self.user_text.check("\n".join(texts))  # the length bound holds for the turns together
         with self._prepare_lock:
-            return self.pipeline.prepare([image], [prompt])
+            return self.pipeline.prepare(None if image is None else [image], [prompt])
 
     def submit(self, prepared: Prepared, params: GenerationParams, emit: Callable[[Event], None]) -> Job:
         """Queue a prepared request; ``emit`` receives its events on the worker thread. ``QueueFull`` when full."""
@@ -96,9 +101,10 @@ class GenerationService:
         self.queue.put(job)
         self.metrics.queue_depth.set(len(self.queue))
         bucket = prepared.bucket
-        self.metrics.visual_tokens.labels("llm_input").inc(bucket.tokens_per_image)
-        self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket.budgets))
-        self.metrics.bucket_requests.labels(bucket.name, "fitted" if prepared.fitted else "as_sent").inc()
+        if bucket is not None:
+            self.metrics.visual_tokens.labels("llm_input").inc(bucket.tokens_per_image)
+            self.metrics.visual_tokens.labels("llm_layers").inc(sum(bucket.budgets))
+        self.metrics.bucket_requests.labels(prepared.bucket_name, "fitted" if prepared.fitted else "as_sent").inc()
         return job
 
     def _within_queue_timeout(self, jobs: list[Job]) -> list[Job]:

@@ -5,6 +5,7 @@ from PIL import Image
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
+from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from tests.conftest import FIT_CASES, fit_case, write_clip
 
@@ -43,6 +44,24 @@ def test_run_streams_the_text_that_generate_returns(exports, capsys):
     expected = Pipeline(folder).generate(synthetic_image(224, 224), "hi", GenerationOptions(6)).texts[0]
     assert plain.startswith(f"Output: {expected}\n") and streamed.startswith(f"Output: {expected}\n")
     assert "\r" not in streamed and "time to first token" in streamed
+
+
+def test_run_with_a_system_prompt_and_text_only(exports, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    folder = exports("tiny-qwen2-vl")
+    pipeline = Pipeline(folder)
+    argv = ["run", str(folder), "--prompt", "Describe it.", "--system", "Be brief.", "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    conversation = Conversation((Turn("system", "Be brief."), Turn("user", "Describe it.", visual=True)))
+    expected = pipeline.generate(synthetic_image(224, 224), conversation, GenerationOptions(5)).texts[0]
+    assert capsys.readouterr().out.startswith(f"Output: {expected}\n")
+    assert main([*argv, "--text-only"]) == 0
+    out = capsys.readouterr().out
+    text_only = Conversation((Turn("system", "Be brief."), Turn("user", "Describe it.")))
+    assert out.startswith(f"Output: {pipeline.generate(None, text_only, GenerationOptions(5)).texts[0]}\n")
+    assert _table_rows(out)["bucket"] == "text" and "the text prefill ran" in out
+    assert main(["run", str(folder), "--prompt", "Hi", "--text-only", "--image", "x.png"]) == 2
+    assert "--text-only sends no image or video" in capsys.readouterr().err
 
 
 def test_run_on_a_video_file(video_exports, capsys, tmp_path):

@@ -24,7 +24,7 @@ def test_engines_match_the_export_manifest(engines):
     assert (
         set(manifest.engines)
         == set(export.graphs)
-        == {"embed", "vision_224x224", "vision_168x252", "prefill_224x224", "prefill_168x252", "decode"}
+        == {"embed", "vision_224x224", "vision_168x252", "prefill_224x224", "prefill_168x252", "decode", "prefill_text"}
     )
     for name, graph in export.graphs.items():
         engine = manifest.engines[name]
@@ -74,9 +74,16 @@ def test_build_cli_writes_engines_and_says_tensorrt_rtx_keeps_no_timing_cache(ex
     ]
     assert main(argv) == 0
     printed = capsys.readouterr()
-    assert "Built 4 engines" in printed.out
+    assert "Built 5 engines" in printed.out  # embed, vision, prefill, decode and the text prefill
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json", "embed.engine", "vision_224x224.engine", "prefill_224x224.engine", "decode.engine"]
+        [
+            "manifest.json",
+            "embed.engine",
+            "vision_224x224.engine",
+            "prefill_224x224.engine",
+            "decode.engine",
+            "prefill_text.engine",
+        ]
     )
     # TensorRT-RTX (the builder here) compiles kernels on the device and has no timing cache: none is written, no
     # partial file is left, and the user is told so instead of finding an empty cache
@@ -130,7 +137,8 @@ def test_a_video_export_builds_its_video_bucket(video_exports, tmp_path):
     bucket = ExportManifest.load(export).buckets["8x128x192"]
     assert len(bucket.visual_spans) == 2 and bucket.frames == 8
     low, _, high = engines.engines[bucket.prefill].profile["inputs_embeds"]
-    assert low[1] == bucket.visual_end + bucket.min_text_tokens  # the shortest prompt: through the last span
+    # the shortest prompt: no text before the visuals, then through the last span and the shortest text
+    assert low[1] == bucket.visual_end - bucket.visual_start + bucket.min_text_tokens
     assert {bucket.vision, bucket.prefill} <= set(engines.engines)
     mixed = ExportManifest.load(export).buckets["224x224+8x128x192"]  # its own prefill engine, its parts' vision
     assert mixed.vision == "" and mixed.prefill in engines.engines and len(mixed.visual_spans) == 3

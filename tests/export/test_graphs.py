@@ -27,8 +27,16 @@ def test_prefill_spec_feeds_the_bucket_prompt_and_bounds_the_text_by_the_profile
     assert tuple(spec.feeds["position_ids"].shape) == (3, EXAMPLE_BATCH, length)  # M-RoPE: three rows
     batch, sequence = spec.dims["inputs_embeds"][0], spec.dims["inputs_embeds"][1]
     assert (batch.min, batch.max) == (1, 3)
-    assert (sequence.min, sequence.max) == (bucket.visual_end + bucket.min_text_tokens, bucket.visual_end + 40)
+    # from no text before the visual tokens (their span and the shortest text after) to the template's prefix + 40
+    tokens = sum(count for _, count in bucket.visual_spans)
+    assert bucket.visual_start > 0 and tokens == bucket.visual_end - bucket.visual_start
+    assert (sequence.min, sequence.max) == (tokens + bucket.min_text_tokens, bucket.visual_end + 40)
     assert spec.dims["position_ids"] == {1: batch, 2: sequence}
+    # each row's length and visual shift, both per row (batch axis only)
+    assert spec.dims["prompt_lengths"] == {0: batch} and spec.dims["visual_shift"] == {0: batch}
+    assert spec.feeds["prompt_lengths"].tolist() == [length, length - 1]
+    # embeds, positions, lengths, then the variadic shift (and DeepStack planes, none in Qwen2-VL)
+    assert spec.dynamic_shapes()[3] == ({0: batch},)
     layers = adapter.num_layers
     kept = [
         f"kept_visual_indices.{layer}" for layer in bucket.budget_plan.prune_layers() if bucket.budget_plan.total[layer]
@@ -53,10 +61,11 @@ def test_decode_spec_takes_each_layers_cache_at_its_capacity():
         for kind in ("key", "value"):
             shape = (EXAMPLE_BATCH, config.num_key_value_heads, capacity, adapter.head_dim)
             assert tuple(spec.feeds[f"past_key_values.{layer}.{kind}"].shape) == shape
-    assert spec.feeds["kv_write_index"].tolist() == [150, 100, 60, 45]
+    # one write index per layer and row: (layers, batch)
+    assert spec.feeds["kv_write_index"].tolist() == [[150, 100], [100, 66], [60, 40], [45, 30]]
     shapes = spec.dynamic_shapes()  # embeds, positions, write index, window, then the past KV as one variadic argument
     assert len(shapes) == 5 and len(shapes[4]) == 2 * len(capacities)
-    assert shapes[2] is None  # the write index has no dynamic axis
+    assert shapes[2] == {1: shapes[0][0]}  # the write index's row axis is the batch
     assert shapes[3][0].min == 1 and shapes[3][0].max == 300  # the attention window: up to the largest capacity
     assert spec.feeds["attention_window"].shape[0] not in (*capacities, 1, EXAMPLE_BATCH)  # nothing specialised
 

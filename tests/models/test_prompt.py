@@ -11,7 +11,7 @@ from luvc import LuvcError, load_model
 from luvc.compress.config import LUVCConfig
 from luvc.images import synthetic_image
 from luvc.models.generation import greedy_generate
-from luvc.prompt import PromptTemplate
+from luvc.prompt import Conversation, PromptTemplate, Turn, render_conversation
 from tests.chat_templates import LLAVA_1_5, QWEN2_VL
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
@@ -140,3 +140,34 @@ def test_a_spu_start_past_the_model_suggests_one_that_fits():
         r"\(CLI: --option spu_start=1\)",
     ):
         LUVCConfig().resolve(vision_depth=2, num_layers=2)
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl", "tiny-llava"])
+def test_built_in_chat_template_renders_the_built_in_one_turn_template(family):
+    adapter = load_model(family)
+    template = adapter.template
+    assert template.source == "built-in" and template.chat_template
+    turn = Conversation((Turn("user", "Describe it.", visual=True),))
+    assert render_conversation(template, adapter.tokenizer, turn) == template.render("Describe it.", 1)
+    conversation = Conversation(
+        (Turn("system", "Be brief."), Turn("user", "Hi", visual=True), Turn("assistant", "Hello"), Turn("user", "More"))
+    )
+    text = render_conversation(template, adapter.tokenizer, conversation)
+    assert text.count(adapter.image_placeholder) == 1
+    assert text.index("Be brief.") < text.index(adapter.image_placeholder) < text.index("Hello") < text.index("More")
+
+
+@pytest.mark.parametrize(
+    ("turns", "message"),
+    [
+        ((), "at least one user turn"),
+        ((Turn("user", "a"), Turn("system", "b"), Turn("user", "c")), "system prompt as the first turn only"),
+        ((Turn("user", "a"), Turn("assistant", "b", visual=True), Turn("user", "c")), "put it in a user turn"),
+        ((Turn("user", "a", visual=True), Turn("assistant", "b")), "end the conversation with the user turn"),
+        ((Turn("user", "a", visual=True), Turn("assistant", "b"), Turn("user", "c", visual=True)), "one per request"),
+        ((Turn("tool", "a"),), "role 'tool'"),
+    ],
+)
+def test_conversations_are_checked_when_made(turns, message):
+    with pytest.raises(LuvcError, match=message):
+        Conversation(turns)

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
+from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
@@ -138,6 +139,48 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exp
     metrics = scrape(base_url)
     assert metrics["luvc_batch_size_sum[]"] - batches_before == 1 + len(images)  # the holding job, then one batch
     assert metrics["luvc_batch_size_bucket[('le', '2.0')]"] < metrics["luvc_batch_size_bucket[('le', '3.0')]"]
+
+
+def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_gets_its_own_answer(server, exports):
+    # a system message, an earlier exchange, the image in the first of two user turns: rows of three prompt lengths
+    base_url, service = server
+    images = [synthetic_image(224, 224, seed) for seed in (21, 22, 23)]
+    system = {"role": "system", "content": "You answer in one short sentence."}
+    history = [{"role": "assistant", "content": "A picture."}, {"role": "user", "content": "Which colours?"}]
+    conversations = [messages(images[0]), [system, *messages(images[1])], [*messages(images[2]), *history]]
+    prompts = [
+        PROMPT,
+        Conversation((Turn("system", system["content"]), Turn("user", PROMPT, visual=True))),
+        Conversation(
+            (Turn("user", PROMPT, visual=True), Turn("assistant", "A picture."), Turn("user", "Which colours?"))
+        ),
+    ]
+    batches_before = scrape(base_url)["luvc_batch_size_sum[]"]
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
+        with blocked_worker(service):
+            futures = [
+                pool.submit(client(base_url).chat.completions.create, model=MODEL, messages=m, max_tokens=12)
+                for m in conversations
+            ]
+            wait_for_queue(service, len(images))
+        responses = [future.result() for future in futures]
+    pipeline = Pipeline(exports(MODEL))
+    for response, image, prompt in zip(responses, images, prompts):
+        alone = pipeline.generate(image, prompt, GenerationOptions(12))
+        assert response.choices[0].message.content == alone.texts[0]
+        assert response.usage.prompt_tokens == pipeline.prepare(image, prompt).prompt_tokens
+    assert len({response.usage.prompt_tokens for response in responses}) == 3
+    assert scrape(base_url)["luvc_batch_size_sum[]"] - batches_before == 1 + len(images)  # one batch of the three
+
+
+def test_a_text_only_request_equals_pipeline_generate_without_a_visual(server, exports):
+    base_url, _ = server
+    chat = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."}]
+    response = client(base_url).chat.completions.with_raw_response.create(model=MODEL, messages=chat, max_tokens=12)
+    assert response.headers["X-LUVC-Bucket"] == "text"
+    conversation = Conversation((Turn("system", "Answer briefly."), Turn("user", "Name a colour.")))
+    expected = Pipeline(exports(MODEL)).generate(None, conversation, GenerationOptions(12)).texts[0]
+    assert response.parse().choices[0].message.content == expected
 
 
 def test_overload_gets_429_and_the_queued_request_still_completes(exports):

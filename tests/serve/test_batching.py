@@ -6,6 +6,7 @@ import pytest
 from luvc.export.buckets import bucket_name
 from luvc.export.manifest import BucketEntry
 from luvc.runtime.pipeline import Prepared
+from luvc.runtime.prompt_ids import PromptRows
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import Failed, GenerationParams, Job, JobQueue, QueueFull
 
@@ -18,7 +19,8 @@ def bucket(size: tuple[int, int]) -> BucketEntry:
 
 
 def job(size=(224, 224), length=20, params=GREEDY) -> Job:
-    prepared = Prepared(np.zeros((1, length), np.int64), (np.zeros((1, 3), np.float32),), bucket(size))
+    prompts = PromptRows.of([[0] * length], [0])
+    prepared = Prepared(prompts, (np.zeros((1, 3), np.float32),), bucket(size))
     return Job(prepared, params, lambda event: None)
 
 
@@ -31,7 +33,7 @@ def test_a_full_queue_refuses_the_next_job():
     assert len(queue) == 2
 
 
-def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_length_and_sampling_in_order():
+def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_and_sampling_in_order_whatever_their_length():
     queue = JobQueue(16)
     first, other_size, same, other_length, sampled, same_again = (
         job(),
@@ -43,9 +45,8 @@ def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_length_and_sam
     )
     for item in (first, other_size, same, other_length, sampled, same_again):
         queue.put(item)
-    assert queue.take(max_batch=4) == [first, same, same_again]
+    assert queue.take(max_batch=4) == [first, same, other_length, same_again]  # prompts of any lengths share
     assert queue.take(max_batch=4) == [other_size]
-    assert queue.take(max_batch=4) == [other_length]
     assert queue.take(max_batch=4) == [sampled]
     assert queue.take(max_batch=4, timeout=0.01) == []
 

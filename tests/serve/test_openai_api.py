@@ -7,6 +7,7 @@ import pytest
 
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
+from luvc.prompt import Conversation, Turn
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
 from luvc.serve.openai_api import generation_params, image_and_prompt, parse_request
@@ -57,11 +58,15 @@ def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
 @pytest.mark.parametrize(
     ("request_body", "message"),
     [
-        (body(text_part("no image")), "The user message has 0 images"),
-        (body(image_part(png_url()), image_part(png_url())), "The user message has 2 images"),
+        (body(image_part(png_url()), image_part(png_url())), "The messages hold 2 images; .* at most one image"),
+        (body(image_part(png_url()), role="assistant"), "The image is in a assistant message; send it in a user"),
         (
-            {"messages": [{"role": "system", "content": "Be brief."}, body(image_part(png_url()))["messages"][0]]},
-            r"roles \['system', 'user'\]; this export's prompt template holds one user turn",
+            {"messages": [body(image_part(png_url()))["messages"][0], {"role": "system", "content": "Be brief."}]},
+            "Turn 1 is a system turn; give the system prompt as the first turn only",
+        ),
+        (
+            {"messages": [body(image_part(png_url()))["messages"][0], {"role": "tool", "content": "x"}]},
+            r"Turn 1 has role 'tool'; give one of \['system', 'user', 'assistant'\]",
         ),
         (body(image_part("https://example.com/cat.png")), "This server fetches no URLs"),
         (body(image_part("data:image/png,rawbytes")), "The image data URL is not base64"),
@@ -76,6 +81,30 @@ def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
 def test_requests_the_export_cannot_take_are_refused_with_the_fix(request_body, message):
     with pytest.raises(LuvcError, match=message):
         image_and_prompt(parse_request(request_body), None)
+
+
+def test_a_system_message_and_earlier_turns_make_a_conversation_with_the_image_in_its_turn():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [text_part("Look:"), image_part(png_url()), text_part("what is it?")]},
+        {"role": "assistant", "content": "A square."},
+        {"role": "user", "content": [text_part("And its colour?")]},
+    ]
+    image, prompt = image_and_prompt(parse_request({"messages": messages}), None)
+    assert image.size == (56, 56)
+    assert prompt == Conversation(
+        (
+            Turn("system", "Be brief."),
+            Turn("user", "Look:\nwhat is it?", visual=True),
+            Turn("assistant", "A square."),
+            Turn("user", "And its colour?"),
+        )
+    )
+
+
+def test_messages_without_an_image_make_a_text_only_conversation():
+    image, prompt = image_and_prompt(parse_request(body(text_part("Hello"), text_part("there."))), None)
+    assert image is None and prompt == Conversation((Turn("user", "Hello\nthere."),))
 
 
 def test_local_paths_are_read_only_inside_the_allowed_folder(tmp_path):
