@@ -30,7 +30,7 @@ def test_cached_attention_equals_attention_over_repeated_kv_heads():
 @pytest.mark.parametrize("window, length", [(5, 5), (6, 6), (64, 6)])  # the window, capped at the capacity (6)
 def test_the_decode_mask_opens_the_cached_tokens_and_the_one_written(window, length):
     past = [(torch.zeros(1, 1, 6, 2), torch.zeros(1, 1, 6, 2))]
-    cache = InPlaceGraphCache(past, torch.tensor([3]), torch.zeros(window, dtype=torch.bool))
+    cache = InPlaceGraphCache(past, torch.tensor([[3]]), torch.zeros(window, dtype=torch.bool))  # (layers, rows)
     mask = cache.attention_mask(0, torch.zeros(1, 1, 2))
     assert mask.shape == (1, 1, 1, length)
     assert (mask[0, 0, 0, :4] == 0).all() and (mask[0, 0, 0, 4:] < -1e30).all()
@@ -58,16 +58,19 @@ def test_a_decode_step_over_the_fixed_capacity_cache_equals_the_prefill_of_one_m
     positions = torch.cat([bucket.prompt_position_ids, text], dim=1)[:, None]  # (R, 1, S): M-RoPE rows or one
     positions = positions if rows == 3 else positions[0]
     prefill = PrefillGraph(adapter, bucket.visual_spans, bucket.budget_plan)
-    longer = prefill(embeds, positions)[0]  # the last token's logits with it in the prompt
-    logits, *present = prefill(embeds[:, :length], positions[..., :length])[: 1 + 2 * adapter.num_layers]
+    lengths, shift = torch.tensor([length + 1]), torch.tensor([0])
+    longer = prefill(embeds, positions, lengths, shift)[0]  # the last token's logits with it in the prompt
+    prompt = prefill(embeds[:, :length], positions[..., :length], lengths - 1, shift)
+    logits, *present = prompt[: 1 + 2 * adapter.num_layers]
     past, write_index = [], []
     for layer_present in present:  # each layer's cache at a capacity with room to spare, zeros after the tokens
         cache = torch.zeros(*layer_present.shape[:2], layer_present.shape[2] + 3, layer_present.shape[3])
         cache[:, :, : layer_present.shape[2]] = layer_present
         past.append(cache)
-    write_index = torch.tensor([tensor.shape[2] for tensor in present[0::2]])
+    write_index = torch.tensor([[tensor.shape[2]] for tensor in present[0::2]])  # (layers, rows)
     attention_window = torch.zeros(int(write_index.max()) + 1 + window, dtype=torch.bool)
     step = DecodeGraph(adapter)(embeds[:, length:], positions[..., length:], write_index, attention_window, *past)
     torch.testing.assert_close(step[0], longer, atol=1e-4, rtol=1e-4)
     # the step wrote its key at each layer's write index, in place of the zeros there
-    assert all(bool(cache[:, :, index].abs().sum() > 0) for cache, index in zip(step[1::2], write_index.tolist()))
+    written = zip(step[1::2], write_index[:, 0].tolist())
+    assert all(bool(cache[:, :, index].abs().sum() > 0) for cache, index in written)

@@ -38,7 +38,16 @@ def test_manifest_describes_graphs_and_budgets(exports):
     decode_inputs = {entry.name: entry for entry in manifest.graphs["decode"].inputs}
     capacity = manifest.kv_cache.capacity
     assert decode_inputs["past_key_values.2.value"].shape == ("batch", 2, capacity[2], 8)
-    assert decode_inputs["kv_write_index"] == TensorEntry("kv_write_index", "int64", (4,))
+    assert decode_inputs["kv_write_index"] == TensorEntry("kv_write_index", "int64", (4, "batch"))  # layer, row
+    prefill_inputs = {entry.name: entry for entry in prefill.inputs}
+    assert prefill_inputs["prompt_lengths"] == TensorEntry("prompt_lengths", "int64", ("batch",))
+    assert prefill_inputs["visual_shift"] == TensorEntry("visual_shift", "int64", ("batch",))
+    text = manifest.graphs[manifest.text_prefill]  # prompts without visuals: no shift, no kept indices
+    assert text.kind == "text" and [entry.name for entry in text.inputs] == [
+        "inputs_embeds",
+        "position_ids",
+        "prompt_lengths",
+    ]
     assert manifest.kv_cache.update == "tensor-scatter"
     assert decode_inputs["inputs_embeds"].dtype == "float"
     assert tuple(f"/llm/layers.{layer}/spu" for layer in bucket.prune_layers) == prefill.node_prefixes
@@ -112,7 +121,7 @@ def test_manifest_of_an_older_version_names_both_versions(exports, tmp_path):
     data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
     data["format_version"] = 2
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v4; re-export"):
+    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v5; re-export"):
         ExportManifest.load(tmp_path, verify=False)
 
 
@@ -133,4 +142,4 @@ def test_manifest_round_trips_through_json(exports, tmp_path):
     manifest.save(tmp_path)
     again = ExportManifest.load(tmp_path, verify=False)
     assert again == manifest
-    assert again.graphs["decode"].input("kv_write_index").shape == (4,)
+    assert again.graphs["decode"].input("kv_write_index").shape == (4, "batch")

@@ -1,5 +1,6 @@
 """The fixed-capacity KV cache: one buffer per layer and kind, bound as the decode graph's past and present."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
     cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 3], dtype=torch.float32)
     addresses = [t.data_ptr() for pair in cache.buffers for t in pair]
     cache.load(_presents([4, 1]))
-    assert cache.lengths == [4, 1] and cache.write_index.tolist() == [4, 1]
+    assert cache.lengths == [4, 1] and cache.write_index.tolist() == [[4], [1]]  # (layers, rows)
     key, _ = cache.valid(0)
     assert key.shape == (1, 2, 4, 4) and bool((key == 1).all())
     assert float(cache.buffers[0][0][:, :, 4:].abs().sum()) == 0  # past the prompt: untouched
@@ -29,9 +30,25 @@ def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
             assert inputs[f"past_key_values.{layer}.{kind}"] is targets[f"present.{layer}.{kind}"]
     cache.advance()
     cache.advance()
-    assert cache.lengths == [6, 3] and cache.write_index.tolist() == [6, 3]
+    assert cache.lengths == [6, 3] and cache.write_index.tolist() == [[6], [3]]
     assert [t.data_ptr() for pair in cache.buffers for t in pair] == addresses
     assert cache.nbytes() == 2 * (6 + 3) * 2 * 4 * 4 and cache.capacity_bytes() == cache.nbytes()
+
+
+def test_rows_padded_on_the_right_write_after_their_own_prompt():
+    # a batch of prompts of 7 and 5 tokens (the second padded by 2): the prefill's present holds 7 per row; the
+    # second row's steps overwrite its padding, and its bytes count its own tokens only
+    cache = KVCache(batch=2, kv_heads=2, head_dim=4, capacities=[10, 6], dtype=torch.float32)
+    presents = {
+        f"present.{layer}.{kind}": torch.ones(2, 2, length, 4)
+        for layer, length in enumerate([7, 4])
+        for kind in ("key", "value")
+    }
+    cache.load(presents, prompt_lengths=np.array([7, 5]))
+    assert cache.lengths == [7, 4] and cache.write_index.tolist() == [[7, 5], [4, 2]]
+    assert cache.nbytes() == 2 * 2 * 4 * 4 * (7 + 5 + 4 + 2)  # key and value, 2 heads of 4 float32, per token
+    cache.advance()
+    assert cache.write_index.tolist() == [[8, 6], [5, 3]] and cache.lengths == [8, 5]
 
 
 def test_the_attention_window_follows_the_longest_layer_in_steps_of_64_up_to_the_capacity():
