@@ -5,8 +5,12 @@ temporary folder; ``--export DIR`` for yours), then sends ``--requests`` streame
 concurrent clients, each over a few distinct same-size images (so concurrent requests can share a batch). The
 baseline, in the same run, is one client sending the same requests one after another. Reports requests/s, p50/p95
 time to first token (client-side: request sent -> first text chunk), errors (must be 0 while the clients do not
-outnumber the server's queue), and whether every answer equals ``Pipeline.generate`` for its image.
-Last line: ``serve_throughput_ratio=<x>`` (requests/s with ``--clients`` over the one-client baseline). Usage:
+outnumber the server's queue), the mean rows per pipeline batch (the server's ``luvc_batch_size`` histogram), and
+whether every answer equals ``Pipeline.generate`` for its image and prompt. A third run sends the same load with
+prompts of ``DISTINCT_IMAGES`` different lengths (one per image): rows of different lengths share a batch, so its
+mean batch should stay near the equal-length run's.
+Last lines: ``serve_throughput_ratio=<x>`` (requests/s with ``--clients`` over the one-client baseline) and
+``mixed_length_batch_ratio=<x>`` (mean batch with mixed prompt lengths over the equal-length run's). Usage:
     python benchmarks/serve_load.py [--clients 8] [--requests 64] [--max-tokens 32] [--export DIR]
 """
 
@@ -60,11 +64,18 @@ def start_server(export: Path, max_queue: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not start")
 
 
-def one_request(client: openai.OpenAI, model: str, url: str, max_tokens: int) -> tuple[str, float, float]:
+def prompt_of(index: int, mixed: bool) -> str:
+    """The prompt of image ``index``: ``PROMPT``, or with ``mixed`` one made longer by ``index`` words."""
+    return PROMPT + " Please" * index if mixed else PROMPT
+
+
+def one_request(
+    client: openai.OpenAI, model: str, url: str, max_tokens: int, prompt: str = PROMPT
+) -> tuple[str, float, float]:
     """(text, seconds to the first text chunk, seconds in all) of one streamed completion."""
     began = time.perf_counter()
     first, pieces = 0.0, []
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}]
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]
     stream = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens, stream=True
     )
@@ -75,15 +86,32 @@ def one_request(client: openai.OpenAI, model: str, url: str, max_tokens: int) ->
     return "".join(pieces), first, time.perf_counter() - began
 
 
-def load(base_url: str, model: str, clients: int, requests: int, urls: list[str], max_tokens: int) -> dict:
-    """Send ``requests`` completions from ``clients`` threads; answers per image index, TTFTs, errors, seconds."""
+def batch_totals(base_url: str) -> tuple[float, float]:
+    """The server's ``luvc_batch_size`` sum and count (rows and batches so far)."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("luvc_batch_size_sum", "luvc_batch_size_count")):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
+    return values["luvc_batch_size_sum"], values["luvc_batch_size_count"]
+
+
+def load(
+    base_url: str, model: str, clients: int, requests: int, urls: list[str], max_tokens: int, mixed: bool = False
+) -> dict:
+    """Send ``requests`` completions from ``clients`` threads (``mixed``: prompts of different lengths); answers per
+    image index, TTFTs, errors, seconds, and the mean rows per pipeline batch."""
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
     answers: dict[int, set[str]] = {}
     first_token, errors = [], 0
+    rows_before, batches_before = batch_totals(base_url)
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         futures = {
-            pool.submit(one_request, client, model, urls[i % len(urls)], max_tokens): i % len(urls)
+            pool.submit(one_request, client, model, urls[i % len(urls)], max_tokens, prompt_of(i % len(urls), mixed)): i
+            % len(urls)
             for i in range(requests)
         }
         for future in concurrent.futures.as_completed(futures):
@@ -95,7 +123,16 @@ def load(base_url: str, model: str, clients: int, requests: int, urls: list[str]
             answers.setdefault(futures[future], set()).add(text)
             first_token.append(ttft)
     seconds = time.perf_counter() - began
-    return {"answers": answers, "ttft": first_token, "errors": errors, "seconds": seconds, "requests": requests}
+    rows, batches = (after - before for after, before in zip(batch_totals(base_url), (rows_before, batches_before)))
+    return {
+        "answers": answers,
+        "ttft": first_token,
+        "errors": errors,
+        "seconds": seconds,
+        "requests": requests,
+        "mean_batch": rows / max(batches, 1),
+        "mixed": mixed,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,30 +154,41 @@ def main() -> None:
         pipeline = Pipeline(export)
         height, width = next(iter(pipeline.manifest.buckets.values())).image_size
         images = [synthetic_image(height, width, seed) for seed in range(DISTINCT_IMAGES)]
-        expected = [pipeline.generate(image, PROMPT, GenerationOptions(args.max_tokens)).texts[0] for image in images]
+        options = GenerationOptions(args.max_tokens)
+        expected = {
+            mixed: [pipeline.generate(image, prompt_of(i, mixed), options).texts[0] for i, image in enumerate(images)]
+            for mixed in (False, True)
+        }
         urls = [data_url(image) for image in images]
         model = pipeline.manifest.model.id
         process, base_url = start_server(export, max_queue=max(64, args.clients))
         try:
             load(base_url, model, 1, 2, urls, args.max_tokens)  # warm-up
+            many = f"{args.clients} clients"
             runs = {
                 "1 client": load(base_url, model, 1, args.requests, urls, args.max_tokens),
-                f"{args.clients} clients": load(base_url, model, args.clients, args.requests, urls, args.max_tokens),
+                many: load(base_url, model, args.clients, args.requests, urls, args.max_tokens),
+                f"{many}, {DISTINCT_IMAGES} lengths": load(
+                    base_url, model, args.clients, args.requests, urls, args.max_tokens, mixed=True
+                ),
             }
         finally:
             process.terminate()
             process.wait(30)
     print(f"{model}, {args.requests} streamed requests of {args.max_tokens} tokens, {DISTINCT_IMAGES} distinct images")
-    print(f"{'run':<12} {'req/s':>8} {'p50 TTFT ms':>12} {'p95 TTFT ms':>12} {'errors':>7}  answers equal generate()")
+    header = f"{'run':<22} {'req/s':>8} {'p50 TTFT ms':>12} {'p95 TTFT ms':>12} {'errors':>7} {'mean batch':>11}"
+    print(header + "  answers equal generate()")
     for name, run in runs.items():
-        equal = all(run["answers"].get(i, {expected[i]}) == {expected[i]} for i in range(len(images)))
+        wanted = expected[run["mixed"]]
+        equal = all(run["answers"].get(i, {wanted[i]}) == {wanted[i]} for i in range(len(images)))
         print(
-            f"{name:<12} {run['requests'] / run['seconds']:>8.1f} {percentile(run['ttft'], 50) * 1e3:>12.1f} "
-            f"{percentile(run['ttft'], 95) * 1e3:>12.1f} {run['errors']:>7}  {equal}"
+            f"{name:<22} {run['requests'] / run['seconds']:>8.1f} {percentile(run['ttft'], 50) * 1e3:>12.1f} "
+            f"{percentile(run['ttft'], 95) * 1e3:>12.1f} {run['errors']:>7} {run['mean_batch']:>11.2f}  {equal}"
         )
-    baseline, loaded = runs.values()
+    baseline, loaded, mixed = runs.values()
     ratio = (loaded["requests"] / loaded["seconds"]) / (baseline["requests"] / baseline["seconds"])
     print(f"serve_throughput_ratio={ratio:.2f}")
+    print(f"mixed_length_batch_ratio={mixed['mean_batch'] / loaded['mean_batch']:.2f}")
 
 
 if __name__ == "__main__":

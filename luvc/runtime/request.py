@@ -24,19 +24,31 @@ from luvc.runtime.sessions import Sessions
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
-    """How to generate: up to ``max_new_tokens`` tokens, sampled by ``sampling``, stopping at ``stop_token_ids``
-    (``None``: the model's end-of-sequence ids; ``()``: never early); ``keep_logits`` and ``keep_decode_feeds`` keep
-    each step's logits and decode feeds on the host (parity and calibration)."""
+    """How to generate: up to ``max_new_tokens`` tokens, sampled by ``sampling`` (or each row by its own of
+    ``row_sampling``, one per row: greedy, sampled and seeded rows share a batch, and each row's tokens are those it
+    gets alone), stopping at ``stop_token_ids`` (``None``: the model's end-of-sequence ids; ``()``: never early);
+    ``keep_logits`` and ``keep_decode_feeds`` keep each step's logits and decode feeds on the host (parity and
+    calibration)."""
 
     max_new_tokens: int = 64
     sampling: SamplingConfig = SamplingConfig()
     stop_token_ids: tuple[int, ...] | None = None
     keep_logits: bool = False
     keep_decode_feeds: bool = False
+    row_sampling: tuple[SamplingConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stop_token_ids is not None:
             object.__setattr__(self, "stop_token_ids", tuple(int(token) for token in self.stop_token_ids))
+        object.__setattr__(self, "row_sampling", tuple(self.row_sampling))
+
+    def samplings(self, batch: int) -> tuple[SamplingConfig, ...]:
+        """Each row's sampling for a batch of ``batch`` rows (``sampling`` for all, unless ``row_sampling`` is set)."""
+        if not self.row_sampling:
+            return (self.sampling,) * batch
+        if len(self.row_sampling) != batch:
+            critical(f"row_sampling has {len(self.row_sampling)} settings for a batch of {batch}; give one per row.")
+        return self.row_sampling
 
     def stops(self, manifest: ExportManifest) -> list[int]:
         """The stop ids: as given, else the model's end-of-sequence ids from ``manifest``."""
@@ -172,9 +184,13 @@ class Request:
             self.token = torch.empty(batch, dtype=torch.int64, device=device)
             self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)
             self.logits = torch.empty_like(self.prefill_outputs["logits"])
-            self.generator = self.options.sampling.generator(device)
+            self.samplings = self.options.samplings(batch)
+            shared = not self.options.row_sampling
+            self.generators = [
+                config.generator(device) for config in (self.samplings[:1] if shared else self.samplings)
+            ]
             vocab = self.prefill_outputs["logits"].shape[-1]
-            penalized = self.options.sampling.penalized  # then each row's token counts, on the device
+            penalized = any(config.penalized for config in self.samplings)  # then each row's token counts
             self.counts = torch.zeros(batch, vocab, dtype=torch.float32, device=device) if penalized else None
             self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
             self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -200,7 +216,13 @@ class Request:
 
     def _choose(self, logits: torch.Tensor, decode_feeds: dict | None) -> Step:
         """Sample the next tokens on the device; rows that stopped repeat their stop token."""
-        token = next_tokens(logits, self.options.sampling, self.generator, self.token, self.counts)
+        if not self.options.row_sampling:
+            token = next_tokens(logits, self.samplings[0], self.generators[0], self.token, self.counts)
+        else:  # each row by its own settings and generator, exactly as it would be chosen alone
+            for row, (config, generator) in enumerate(zip(self.samplings, self.generators)):
+                counts = None if self.counts is None or not config.penalized else self.counts[row : row + 1]
+                next_tokens(logits[row : row + 1], config, generator, self.token[row : row + 1], counts)
+            token = self.token
         if self.stop_token_ids:
             token.masked_fill_(self.finished, self.stop_token_ids[0])
             self.finished |= torch.isin(token, self.stops, out=self.hit)

@@ -4,11 +4,10 @@ runs one group through a ``Pipeline`` and reports each job's text as it arrives.
 Shared by the HTTP server (``luvc.serve.app``) and the Triton model (``luvc.serve.triton_model``). A
 ``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
 
-Batching: a pipeline batch needs one image size (bucket; ``text`` for requests without an image) and rows share the
-sampling settings; prompts of different lengths share a batch (rows are padded on the right, each with its own
-length, visual shift and KV write index). Greedy jobs with the same bucket and penalties batch together, as do
-sampled jobs without a seed and with the same temperature, top-k, top-p and penalties; a seeded job runs alone so
-that its seed reproduces its answer.
+Batching: a pipeline batch needs one image size (bucket; ``text`` for requests without an image). Prompts of
+different lengths share a batch (rows are padded on the right, each with its own length, visual shift and KV write
+index), and so do different sampling settings: each row is chosen by its own temperature, top-k, top-p, penalties
+and generator (a seeded row reproduces its seed's answer in any batch).
 Rows are independent in every graph, so a batched job's tokens equal the job's own run.
 """
 
@@ -128,15 +127,10 @@ class Job:
         return self.cancelled.is_set()
 
     @property
-    def batch_key(self) -> tuple | None:
-        """Jobs with equal keys can share a batch; ``None`` (a seeded sampled job) never shares."""
-        sampling = self.params.sampling
-        if not sampling.greedy and sampling.seed is not None:
-            return None
-        shared = dataclasses.replace(sampling, seed=None)  # what rows of one batch share: one SamplingConfig
-        if sampling.greedy:  # top-k and top-p do not change a greedy choice; penalties do
-            shared = dataclasses.replace(shared, top_k=0, top_p=1.0)
-        return (self.prepared.bucket_name, shared)  # prompts of any lengths: rows are padded
+    def batch_key(self) -> str:
+        """Jobs with equal keys share a batch: those of one bucket (``text`` without an image), whatever their prompt
+        lengths (rows are padded) and sampling settings (each row samples by its own, seeded with its own)."""
+        return self.prepared.bucket_name
 
 
 class QueueFull(Exception):
@@ -176,14 +170,12 @@ class JobQueue:
                 return []
             first = self._jobs.popleft()
             group = [first]
-            key = first.batch_key
-            if key is not None:
-                for job in list(self._jobs):
-                    if len(group) == max_batch:
-                        break
-                    if job.batch_key == key:
-                        self._jobs.remove(job)
-                        group.append(job)
+            for job in list(self._jobs):
+                if len(group) == max_batch:
+                    break
+                if job.batch_key == first.batch_key:
+                    self._jobs.remove(job)
+                    group.append(job)
         cancelled = [job for job in group if job.is_cancelled()]
         for job in cancelled:  # cancelled while waiting: they end before costing a token
             _cancelled(job, 0)
@@ -232,7 +224,8 @@ def _cancelled(job: Job, tokens: int) -> None:
 
 def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
     streams = [TextStream(pipeline.tokenizer, job.params.stop) for job in jobs]
-    options = GenerationOptions(max(job.params.max_tokens for job in jobs), jobs[0].params.sampling)
+    samplings = tuple(job.params.sampling for job in jobs)
+    options = GenerationOptions(max(job.params.max_tokens for job in jobs), row_sampling=samplings)
     request = pipeline.request(Prepared.stack([job.prepared for job in jobs]), options)
     stop_ids = request.stop_token_ids
     open_rows = set(range(len(jobs)))

@@ -11,7 +11,8 @@ from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
 from luvc.models.generation import greedy_generate
 from luvc.prompt import Conversation, Turn, render_conversation
-from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import Video, synthetic_video
 from tests.conftest import VIDEO_BUCKETS, VIDEO_LUVC
 
@@ -141,3 +142,26 @@ def test_a_text_only_prompt_longer_than_the_caches_hold_is_refused(exports):
         pipeline.prepare(None, "word " * (2 * longest))
     with pytest.raises(LuvcError, match="marks a turn with an image or video but the request has none"):
         pipeline.prepare(None, CONVERSATION)
+
+
+def test_rows_with_their_own_sampling_share_a_batch_and_each_gets_its_own_tokens(exports):
+    # greedy, seeded sampling, sampling with top-k and top-p, penalised greedy: each row as it runs alone
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    images = [synthetic_image(224, 224, seed) for seed in (31, 32, 33, 34)]
+    prompts = ["What is in this picture?", CONVERSATION, "Describe it.", LATER_VISUAL]
+    samplings = (
+        SamplingConfig(),
+        SamplingConfig(temperature=0.9, seed=5),
+        SamplingConfig(temperature=1.3, top_k=20, top_p=0.8, seed=11),
+        SamplingConfig(presence_penalty=1.5, frequency_penalty=0.5),
+    )
+    batch = pipeline.generate(images, prompts, GenerationOptions(STEPS, row_sampling=samplings))
+    for row, (image, prompt, sampling) in enumerate(zip(images, prompts, samplings)):
+        alone = pipeline.generate(image, prompt, GenerationOptions(STEPS, sampling=sampling))
+        np.testing.assert_array_equal(batch.tokens[row], alone.tokens[0], err_msg=f"row {row}")
+    other_seed = pipeline.generate(
+        images[1], prompts[1], GenerationOptions(STEPS, sampling=SamplingConfig(0.9, seed=6))
+    )
+    assert not np.array_equal(other_seed.tokens[0], batch.tokens[1])  # the seed decides the sampled row
+    with pytest.raises(LuvcError, match="row_sampling has 2 settings for a batch of 4; give one per row"):
+        pipeline.generate(images, prompts, GenerationOptions(STEPS, row_sampling=samplings[:2]))

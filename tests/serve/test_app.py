@@ -142,7 +142,8 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exp
 
 
 def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_gets_its_own_answer(server, exports):
-    # a system message, an earlier exchange, the image in the first of two user turns: rows of three prompt lengths
+    # a system message, an earlier exchange, the image in the first of two user turns: rows of three prompt lengths,
+    # one greedy, one sampled with its seed, one with a penalty
     base_url, service = server
     images = [synthetic_image(224, 224, seed) for seed in (21, 22, 23)]
     system = {"role": "system", "content": "You answer in one short sentence."}
@@ -155,18 +156,24 @@ def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_g
             (Turn("user", PROMPT, visual=True), Turn("assistant", "A picture."), Turn("user", "Which colours?"))
         ),
     ]
+    fields = [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 5}, {"presence_penalty": 1.0}]
+    samplings = [
+        SamplingConfig(),
+        SamplingConfig(temperature=0.8, top_p=0.9, seed=5),
+        SamplingConfig(presence_penalty=1.0),
+    ]
     batches_before = scrape(base_url)["luvc_batch_size_sum[]"]
     with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
         with blocked_worker(service):
             futures = [
-                pool.submit(client(base_url).chat.completions.create, model=MODEL, messages=m, max_tokens=12)
-                for m in conversations
+                pool.submit(client(base_url).chat.completions.create, model=MODEL, messages=m, max_tokens=12, **f)
+                for m, f in zip(conversations, fields)
             ]
             wait_for_queue(service, len(images))
         responses = [future.result() for future in futures]
     pipeline = Pipeline(exports(MODEL))
-    for response, image, prompt in zip(responses, images, prompts):
-        alone = pipeline.generate(image, prompt, GenerationOptions(12))
+    for response, image, prompt, sampling in zip(responses, images, prompts, samplings):
+        alone = pipeline.generate(image, prompt, GenerationOptions(12, sampling))
         assert response.choices[0].message.content == alone.texts[0]
         assert response.usage.prompt_tokens == pipeline.prepare(image, prompt).prompt_tokens
     assert len({response.usage.prompt_tokens for response in responses}) == 3

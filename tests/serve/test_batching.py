@@ -33,21 +33,21 @@ def test_a_full_queue_refuses_the_next_job():
     assert len(queue) == 2
 
 
-def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_and_sampling_in_order_whatever_their_length():
+def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_in_order_whatever_their_length_and_sampling():
     queue = JobQueue(16)
-    first, other_size, same, other_length, sampled, same_again = (
+    first, other_size, same, other_length, sampled, text_only = (
         job(),
         job(size=(168, 252)),
         job(),
         job(length=21),
-        job(params=GenerationParams(8, SamplingConfig(temperature=0.7))),
-        job(),
+        job(params=GenerationParams(8, SamplingConfig(temperature=0.7, seed=3))),
+        Job(Prepared(PromptRows.of([[0] * 9], [0]), (), None), GREEDY, lambda event: None),
     )
-    for item in (first, other_size, same, other_length, sampled, same_again):
+    for item in (first, other_size, same, other_length, sampled, text_only):
         queue.put(item)
-    assert queue.take(max_batch=4) == [first, same, other_length, same_again]  # prompts of any lengths share
+    assert queue.take(max_batch=4) == [first, same, other_length, sampled]  # any lengths, any sampling
     assert queue.take(max_batch=4) == [other_size]
-    assert queue.take(max_batch=4) == [sampled]
+    assert queue.take(max_batch=4) == [text_only]  # no image: the text prefill's own batch
     assert queue.take(max_batch=4, timeout=0.01) == []
 
 
@@ -58,18 +58,6 @@ def test_take_stops_at_max_batch():
         queue.put(item)
     assert queue.take(max_batch=2) == jobs[:2]
     assert queue.take(max_batch=2) == jobs[2:4]
-
-
-def test_seeded_sampling_jobs_never_share_a_batch_but_greedy_ones_ignore_the_seed():
-    seeded = GenerationParams(8, SamplingConfig(temperature=0.7, seed=1))
-    queue = JobQueue(16)
-    a, b = job(params=seeded), job(params=seeded)
-    c, d = job(params=GenerationParams(8, SamplingConfig(seed=1))), job()
-    for item in (a, b, c, d):
-        queue.put(item)
-    assert queue.take(4) == [a]
-    assert queue.take(4) == [b]
-    assert queue.take(4) == [c, d]
 
 
 def test_cancelled_jobs_are_dropped_and_close_returns_the_waiting_ones():
@@ -94,18 +82,3 @@ def test_a_job_its_client_cancelled_while_waiting_ends_with_a_cancelled_event_an
     (event,) = events
     assert isinstance(event, Failed) and event.cancelled and not event.user_error
     assert "cancelled after 0 tokens" in event.message
-
-
-def test_penalties_split_batches_but_top_p_does_not_split_greedy_ones():
-    penalised = GenerationParams(8, SamplingConfig(presence_penalty=1.0))
-    queue = JobQueue(16)
-    a, b, c, d = (
-        job(),
-        job(params=penalised),
-        job(params=GenerationParams(8, SamplingConfig(top_p=0.5))),
-        job(params=penalised),
-    )
-    for item in (a, b, c, d):
-        queue.put(item)
-    assert queue.take(4) == [a, c]
-    assert queue.take(4) == [b, d]
