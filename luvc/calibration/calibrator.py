@@ -46,16 +46,17 @@ from luvc.runtime.request import GenerationOptions, host_arrays
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 
-QUANTIZED_KINDS = ("vision", "prefill", "decode")  # embed is a table lookup: saved as it is
+QUANTIZED_KINDS = ("vision", "prefill", "decode", "text")  # embed is a table lookup: saved as it is
 CACHE_FOLDER = "calibration"
 
 
 def collect_feeds(
     pipeline, samples: Sequence[Sample], decode_steps: int, advance
 ) -> tuple[dict[str, list[dict]], list[np.ndarray]]:
-    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, per graph name (host
-    copies, as ONNX Runtime's calibration reader takes them), and each sample's first-token logits (the reference
-    the quantized export is compared with)."""
+    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, and of the text
+    prefill for each sample's prompt without its visual, per graph name (host copies, as ONNX Runtime's calibration
+    reader takes them), and each sample's first-token logits (the reference the quantized export is compared
+    with)."""
     feeds: dict[str, list[dict]] = {}
     first_logits = []
     for sample in samples:
@@ -70,6 +71,9 @@ def collect_feeds(
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
         first_logits.append(pipeline.sessions.to_host(request.prefill_outputs["logits"]))
+        text_only = pipeline.request(pipeline.prepare(None, [sample.prompt]), GenerationOptions(1))
+        text_only.step()
+        feeds.setdefault(pipeline.manifest.text_prefill, []).append(host_arrays(text_only.prefill_feeds))
         advance(f"calibration feeds: {sample.name}")
     return feeds, first_logits
 
