@@ -73,7 +73,8 @@ class Pipeline:
 
     def prepare(self, visuals, prompts) -> Prepared:
         """One ``Prepared`` batch of one visual per prompt (``Preparer.__call__``): fitted to a bucket, preprocessed,
-        the prompts in the export's template."""
+        the prompts (``str`` or ``luvc.prompt.Conversation``) in the export's template or chat template; ``visuals``
+        ``None``: prompts without visuals, for the text prefill."""
         return self.preparer(visuals, prompts)
 
     def load(self, bucket: BucketEntry | None = None) -> Pipeline:
@@ -107,7 +108,8 @@ class Pipeline:
         return self.prepare(visuals, prompts)
 
     def generate(self, visuals, prompts=None, options: GenerationOptions | None = None) -> Generation:
-        """Text for one prompt per visual (a batch that fits one bucket), or for a ``Prepared`` batch."""
+        """Text for one prompt per visual (a batch that fits one bucket; ``visuals=None``: text-only prompts), or for a
+        ``Prepared`` batch."""
         request = self.request(self._prepared(visuals, prompts), options)
         tokens = np.stack([step.tokens for step in request], axis=1)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
