@@ -144,7 +144,7 @@ class Stepper:
                     )
                     self.outputs[f"present.{layer}.{kind}"] = np.empty((1, heads, past + 1, head_dim), np.float32)
         if in_place:
-            self.feeds["kv_write_index"] = np.full(layers, past, dtype=np.int64)
+            self.feeds["kv_write_index"] = np.full((layers, 1), past, dtype=np.int64)  # (layers, rows)
             self.feeds["attention_window"] = np.zeros(attention_window_length(past + 1, capacity), dtype=bool)
         for name, array in {**self.feeds, **self.outputs}.items():
             kind = "input" if name in self.feeds else "output"
