@@ -57,7 +57,6 @@ class KVCache:
         self.current = 0
         self.write_index = torch.zeros(len(self.capacities), batch, dtype=torch.int64, device=device)
         self.window = torch.zeros(max(self.capacities), dtype=torch.bool, device=device)  # only its views' lengths
-        self.lengths = [0] * len(self.capacities)  # the longest row's, per layer
         self.row_lengths = np.zeros((len(self.capacities), batch), dtype=np.int64)  # each row's, per layer
         self.owner: object | None = None  # the request whose tokens the cache holds now
 
@@ -70,7 +69,7 @@ class KVCache:
         """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix; ``prompt_lengths (B,)``: each row's
         prompt tokens, when shorter rows were padded on the right (their padding is overwritten by the steps after
         it and never attended)."""
-        lengths = []
+        lengths = []  # the prefill's, per layer: the longest row's
         for layer, (key, value) in enumerate(self.buffers):
             length = presents[f"present.{layer}.key"].shape[2]
             if length > self.capacities[layer]:
@@ -81,7 +80,6 @@ class KVCache:
             key[:, :, :length].copy_(presents[f"present.{layer}.key"])
             value[:, :, :length].copy_(presents[f"present.{layer}.value"])
             lengths.append(length)
-        self.lengths = lengths
         padding = np.zeros(self.write_index.shape[1], dtype=np.int64)
         if prompt_lengths is not None:
             padding = int(np.max(prompt_lengths)) - np.asarray(prompt_lengths, dtype=np.int64)
@@ -121,10 +119,14 @@ class KVCache:
 
     def advance(self) -> None:
         """A decode step wrote one token into every layer (and, unaliased, the whole cache into the other set)."""
-        self.lengths = [length + 1 for length in self.lengths]
         self.row_lengths += 1
         self.write_index += 1
         self.current = (self.current + 1) % len(self.sets)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens each layer holds for its longest row (a shorter row's padding counted)."""
+        return self.row_lengths.max(axis=1).tolist()
 
     def valid(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s cached keys and values, ``(B, H, lengths[layer], D)`` views (a shorter row's padding
