@@ -91,7 +91,8 @@ class GenerationService:
         texts = [turn.text for turn in prompt.turns] if isinstance(prompt, Conversation) else [prompt]
         for text in texts:
             self.user_text.check(text)
-        self.user_text.check("\n".join(texts))  # the length bound holds for the turns together
+        if len(texts) > 1:
+            self.user_text.check("\n".join(texts))  # the length bound holds for the turns together
         with self._prepare_lock:
             return self.pipeline.prepare(None if image is None else [image], [prompt])
 
