@@ -138,14 +138,20 @@ def span_rows(values: torch.Tensor, start: int, count: int, shift: torch.Tensor 
     return gather_tokens(values, index)
 
 
+def block_positions(length: int, block_start: int, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, length)`` positions of a sequence whose rows hold a visual block ``shift[b]`` tokens after
+    ``block_start``, and each position relative to its row's block start (negative before the block)."""
+    position = torch.arange(length, device=shift.device).expand(shift.shape[0], -1)
+    return position, position - shift[:, None] - block_start
+
+
 def shifted_index(
     block: torch.Tensor, block_start: int, length: int, removed: int, shift: torch.Tensor
 ) -> torch.Tensor:
     """``(B, length)`` gather index of a sequence whose rows hold the visual block ``shift[b]`` tokens after
     ``block_start``: the text before the block maps to itself, the block's positions to ``block (B, n)`` (template
     coordinates, moved by the row's shift), and the text after the block to its index plus the ``removed`` tokens."""
-    position = torch.arange(length, device=block.device).expand(shift.shape[0], -1)
-    relative = position - shift[:, None] - block_start
+    position, relative = block_positions(length, block_start, shift)
     if block.shape[1] == 0:  # the block keeps nothing: the text after it follows the text before
         return torch.where(relative < 0, position, position + removed)
     inside = torch.gather(block, 1, relative.clamp(0, block.shape[1] - 1)) + shift[:, None]
@@ -239,8 +245,7 @@ def add_visual_plane(
             cursor, offset = start + count, offset + count
         padded = torch.cat([rows, rows.new_zeros(rows.shape[0], 1, rows.shape[2])], dim=1)
         block = torch.tensor(table, device=hidden.device).expand(hidden.shape[0], -1)
-        position = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
-        relative = position - shift[:, None] - spans[0][0]
+        _, relative = block_positions(hidden.shape[1], spans[0][0], shift)
         inside = (relative >= 0) & (relative < len(table))
         source = torch.where(inside, torch.gather(block, 1, relative.clamp(0, len(table) - 1)), zero)
         return hidden + gather_tokens(padded, source)
