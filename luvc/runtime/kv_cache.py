@@ -65,10 +65,17 @@ class KVCache:
         """Each layer's ``(key, value)`` buffers that hold the cache now."""
         return self.sets[self.current]
 
-    def load(self, presents: dict[str, torch.Tensor], prompt_lengths: np.ndarray | None = None) -> None:
-        """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix; ``prompt_lengths (B,)``: each row's
-        prompt tokens, when shorter rows were padded on the right (their padding is overwritten by the steps after
-        it and never attended)."""
+    def load(
+        self, presents: dict[str, torch.Tensor], prompt_lengths: np.ndarray | None = None, first_row: int = 0
+    ) -> None:
+        """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix of the rows from ``first_row`` on
+        (as many as the prefill has; the other rows keep theirs); ``prompt_lengths (b,)``: each row's prompt tokens,
+        when shorter rows were padded on the right (their padding is overwritten by the steps after it and never
+        attended)."""
+        batch = presents["present.0.key"].shape[0]
+        rows = slice(first_row, first_row + batch)
+        if rows.stop > self.batch:
+            critical(f"The KV cache holds {self.batch} rows; rows {first_row}..{rows.stop - 1} do not fit.")
         lengths = []  # the prefill's, per layer: the longest row's
         for layer, (key, value) in enumerate(self.buffers):
             length = presents[f"present.{layer}.key"].shape[2]
@@ -77,14 +84,35 @@ class KVCache:
                     f"Layer {layer}'s prompt holds {length} tokens, more than its KV capacity "
                     f"{self.capacities[layer]}; shorten the prompt or re-export with a larger --max-text-tokens."
                 )
-            key[:, :, :length].copy_(presents[f"present.{layer}.key"])
-            value[:, :, :length].copy_(presents[f"present.{layer}.value"])
+            key[rows, :, :length].copy_(presents[f"present.{layer}.key"])
+            value[rows, :, :length].copy_(presents[f"present.{layer}.value"])
             lengths.append(length)
-        padding = np.zeros(self.write_index.shape[1], dtype=np.int64)
+        padding = np.zeros(batch, dtype=np.int64)
         if prompt_lengths is not None:
             padding = int(np.max(prompt_lengths)) - np.asarray(prompt_lengths, dtype=np.int64)
-        self.row_lengths = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
-        self.write_index.copy_(torch.from_numpy(self.row_lengths))
+        self.row_lengths[:, rows] = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
+        self.write_index[:, rows].copy_(torch.from_numpy(self.row_lengths[:, rows]))
+
+    @property
+    def batch(self) -> int:
+        """Rows the buffers hold."""
+        return self.write_index.shape[1]
+
+    def move_row(self, source: int, target: int) -> None:
+        """Put row ``source``'s keys, values and lengths in row ``target`` (which is given up) and empty ``source``:
+        a running batch keeps its rows first (``luvc.runtime.running_batch``)."""
+        longest = int(self.row_lengths[:, source].max())
+        for key, value in self.buffers:
+            key[target, :, :longest].copy_(key[source, :, :longest])
+            value[target, :, :longest].copy_(value[source, :, :longest])
+        self.row_lengths[:, target] = self.row_lengths[:, source]
+        self.write_index[:, target].copy_(self.write_index[:, source])
+        self.clear_row(source)
+
+    def clear_row(self, row: int | slice = slice(None)) -> None:
+        """Row ``row`` (default: every row) holds nothing (its buffers keep stale values that no step attends)."""
+        self.row_lengths[:, row] = 0
+        self.write_index[:, row] = 0
 
     @staticmethod
     def _names(prefix: str, buffers) -> dict[str, torch.Tensor]:
@@ -94,33 +122,45 @@ class KVCache:
             for kind, tensor in zip(("key", "value"), pair)
         }
 
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """The decode graph's cache inputs: the write index, the attention window and every layer's ``past``
-        buffers."""
-        window = self.window[: attention_window_length(max(self.lengths) + 1, len(self.window))]
+    def inputs(self, rows: int | None = None) -> dict[str, torch.Tensor]:
+        """The decode graph's cache inputs for the first ``rows`` rows (default: all): the write index, the attention
+        window and every layer's ``past`` buffers."""
+        rows = self.batch if rows is None else rows
+        window = self.window[: attention_window_length(int(self.row_lengths[:, :rows].max()) + 1, len(self.window))]
         return {
-            "kv_write_index": self.write_index,
+            "kv_write_index": self.write_index[:, :rows],
             "attention_window": window,
-            **self._names("past_key_values", self.buffers),
+            **self._names("past_key_values", self._rows(self.buffers, rows)),
         }
 
-    def targets(self) -> dict[str, torch.Tensor]:
-        """The decode graph's ``present`` outputs: the very buffers fed as ``past`` (or the other set)."""
-        return self._names("present", self.sets[(self.current + 1) % len(self.sets)])
+    def targets(self, rows: int | None = None) -> dict[str, torch.Tensor]:
+        """The decode graph's ``present`` outputs for the first ``rows`` rows: the very buffers fed as ``past`` (or
+        the other set)."""
+        rows = self.batch if rows is None else rows
+        return self._names("present", self._rows(self.sets[(self.current + 1) % len(self.sets)], rows))
 
-    def check_room(self) -> None:
+    @staticmethod
+    def _rows(buffers, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``rows`` rows of each layer's buffers (contiguous views)."""
+        return [(key[:rows], value[:rows]) for key, value in buffers]
+
+    def check_room(self, rows: int | None = None) -> None:
         """Refuse a step that would write past a layer's capacity (it would overwrite the last token)."""
-        full = [layer for layer, (length, cap) in enumerate(zip(self.lengths, self.capacities)) if length >= cap]
+        rows = self.batch if rows is None else rows
+        lengths = self.row_lengths[:, :rows].max(axis=1)
+        full = [layer for layer, (length, cap) in enumerate(zip(lengths, self.capacities)) if length >= cap]
         if full:
             critical(
                 f"The KV cache of layer {full[0]} is full ({self.capacities[full[0]]} tokens); one more token does "
                 "not fit. Generate fewer tokens or re-export with a larger --max-new-tokens."
             )
 
-    def advance(self) -> None:
-        """A decode step wrote one token into every layer (and, unaliased, the whole cache into the other set)."""
-        self.row_lengths += 1
-        self.write_index += 1
+    def advance(self, rows: int | None = None) -> None:
+        """A decode step wrote one token into every layer of the first ``rows`` rows (default: all; and, unaliased,
+        those rows into the other set)."""
+        rows = self.batch if rows is None else rows
+        self.row_lengths[:, :rows] += 1
+        self.write_index[:, :rows] += 1
         self.current = (self.current + 1) % len(self.sets)
 
     @property

@@ -17,7 +17,10 @@ import torch
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.runtime.feeds import GraphFeeds
+from luvc.runtime.kv_cache import KVCache
+from luvc.runtime.prefill import run_prefill
 from luvc.runtime.prepare import Prepared
+from luvc.runtime.running_batch import RunningBatch
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.sessions import Sessions
 
@@ -96,16 +99,12 @@ class Generation:
     timings: Timings
 
 
-def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """NumPy copies of device tensors (for reports, calibration and parity, never in the decode loop)."""
-    return {name: tensor.detach().to("cpu", copy=True).numpy() for name, tensor in tensors.items()}
-
-
 class Request:
     """One generation of ``prepared`` under ``options`` (made by ``Pipeline.request``).
 
-    It holds its device buffers (visual features, prefill feeds and outputs, the token ids, the step's embeddings
-    and logits, the positions) and its sampling state, and uses the sessions' KV cache. Iterating runs the vision and
+    It holds the prefill's device tensors (visual features, feeds and outputs) and runs its rows as a
+    ``RunningBatch`` of their own on the sessions' KV cache (token ids, embeddings, logits, positions, per-row
+    sampling state). Iterating runs the vision and
     prefill graphs for the first ``Step``, then one decode step per further token, until ``max_new_tokens`` or every
     row has produced a stop token (rows that stopped repeat their stop token)."""
 
@@ -150,82 +149,46 @@ class Request:
         return step
 
     def _start(self) -> Step:
-        sessions, feeds, prepared, timings = self.sessions, self.feeds, self.prepared, self.timings
-        bucket, prompts = prepared.bucket, prepared.prompts
+        sessions, prepared, timings = self.sessions, self.prepared, self.timings
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
         with sessions.on_stream():
-            if bucket is not None:
-                self.image_features = feeds.image_features(prepared.pixels, bucket)
-                sessions.synchronize()
-            timings.vision_ms = (time.perf_counter() - self._began) * 1e3
-            if bucket is None:  # a prompt without visuals
-                self.prefill_feeds = feeds.text_prefill_feeds(prompts)
-                prefill = sessions.manifest.text_prefill
-            else:
-                self.prefill_feeds = feeds.prefill_feeds(
-                    prompts, self.image_features, bucket, prepared.seconds_per_slice
-                )
-                prefill = bucket.prefill
-            self.prefill_outputs = sessions[prefill].infer(self.prefill_feeds)
-            sessions.synchronize()
-            timings.prefill_ms = (time.perf_counter() - self._began) * 1e3 - timings.vision_ms
-            batch = prepared.batch
-            self.cache = sessions.kv_cache(batch)
-            self.cache.owner = self  # one request at a time uses the sessions' cache
-            self.cache.load(self.prefill_outputs, prepared.prompts.lengths)
-            timings.kv_cache_bytes = self.cache.nbytes()
-            device, hidden = sessions.device, sessions.manifest.geometry.hidden_size
-            if bucket is None:
-                position = feeds.text_positions(prompts.lengths, 1)
-            else:
-                seconds = prepared.seconds_per_slice
-                position = feeds.positions(bucket, prompts.lengths, 1, seconds, prompts.visual_shifts)
-            self.position = sessions.to_device(position)
-            self.token = torch.empty(batch, dtype=torch.int64, device=device)
-            self.embeds = torch.empty(batch, 1, hidden, dtype=self.prefill_feeds["inputs_embeds"].dtype, device=device)
-            self.logits = torch.empty_like(self.prefill_outputs["logits"])
-            self.samplings = self.options.samplings(batch)
-            shared = not self.options.row_sampling
-            self.generators = [
-                config.generator(device) for config in (self.samplings[:1] if shared else self.samplings)
-            ]
-            vocab = self.prefill_outputs["logits"].shape[-1]
-            penalized = any(config.penalized for config in self.samplings)  # then each row's token counts
-            self.counts = torch.zeros(batch, vocab, dtype=torch.float32, device=device) if penalized else None
-            self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
-            self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
-            self.hit = torch.zeros(batch, dtype=torch.bool, device=device)
-            return self._choose(self.prefill_outputs["logits"], None)
+            prefill = run_prefill(sessions, self.feeds, prepared)
+        self.image_features, self.prefill_feeds = prefill.image_features, prefill.feeds
+        self.prefill_outputs = prefill.outputs
+        timings.vision_ms, timings.prefill_ms = prefill.vision_ms, prefill.prefill_ms
+        batch = prepared.batch
+        self.samplings = self.options.samplings(batch)
+        self.rows = RunningBatch(sessions, self.feeds, batch)  # one request at a time uses the sessions' cache
+        self.rows.admit(prefill, self.samplings, range(batch))
+        timings.kv_cache_bytes = self.rows.cache.nbytes()
+        device = sessions.device
+        # one generator for the whole batch unless each row samples by its own (the rows' own generators)
+        self.generator = None if self.options.row_sampling else self.samplings[0].generator(device)
+        self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.hit = torch.zeros(batch, dtype=torch.bool, device=device)
+        return self._choose(prefill.outputs["logits"], None)
+
+    @property
+    def cache(self) -> KVCache:
+        """The KV cache holding the request's rows."""
+        return self.rows.cache
 
     def _decode(self) -> Step:
-        sessions, cache = self.sessions, self.cache
-        if cache.owner is not self:
-            critical(
-                "Another request on this pipeline has taken its KV cache since this one started; finish one request "
-                "before starting the next, or give each concurrent request its own Pipeline."
-            )
-        cache.check_room()
-        with sessions.on_stream():
-            self.feeds.embed(self.token[:, None], out=self.embeds)
-            feeds = {"inputs_embeds": self.embeds, "position_ids": self.position, **cache.inputs()}
-            recorded = host_arrays(feeds) if self.options.keep_decode_feeds else None
-            sessions["decode"].infer(feeds, targets={"logits": self.logits, **cache.targets()})
-            cache.advance()
-            self.position += 1
-            return self._choose(self.logits, recorded)
+        logits, recorded = self.rows.decode(keep_feeds=self.options.keep_decode_feeds)
+        return self._choose(logits, recorded)
 
     def _choose(self, logits: torch.Tensor, decode_feeds: dict | None) -> Step:
         """Sample the next tokens on the device; rows that stopped repeat their stop token."""
-        if not self.options.row_sampling:
-            token = next_tokens(logits, self.samplings[0], self.generators[0], self.token, self.counts)
-        else:  # each row by its own settings and generator, exactly as it would be chosen alone
-            for row, (config, generator) in enumerate(zip(self.samplings, self.generators)):
-                counts = None if self.counts is None or not config.penalized else self.counts[row : row + 1]
-                next_tokens(logits[row : row + 1], config, generator, self.token[row : row + 1], counts)
-            token = self.token
-        if self.stop_token_ids:
-            token.masked_fill_(self.finished, self.stop_token_ids[0])
-            self.finished |= torch.isin(token, self.stops, out=self.hit)
+        rows = self.rows
+        with self.sessions.on_stream():
+            if self.options.row_sampling:  # each row by its own settings and generator, as it would be chosen alone
+                token = rows.choose(logits, slice(0, rows.size))
+            else:
+                token = next_tokens(logits, self.samplings[0], self.generator, rows.token, rows.counts)
+            if self.stop_token_ids:
+                token.masked_fill_(self.finished, self.stop_token_ids[0])
+                self.finished |= torch.isin(token, self.stops, out=self.hit)
         tokens = self.sessions.to_host(token)  # the one copy to the host per step
         finished = np.isin(tokens, self.stop_token_ids)  # a stopped row repeats a stop token
         kept = self.sessions.to_host(logits) if self.options.keep_logits else None

@@ -27,7 +27,8 @@ def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
     inputs, targets = cache.inputs(), cache.targets()
     for layer in range(2):
         for kind in ("key", "value"):
-            assert inputs[f"past_key_values.{layer}.{kind}"] is targets[f"present.{layer}.{kind}"]
+            past, present = inputs[f"past_key_values.{layer}.{kind}"], targets[f"present.{layer}.{kind}"]
+            assert past.data_ptr() == present.data_ptr() and past.shape == present.shape  # one buffer, in place
     cache.advance()
     cache.advance()
     assert cache.lengths == [6, 3] and cache.write_index.tolist() == [[6], [3]]
@@ -87,7 +88,36 @@ def test_unaliased_cache_alternates_between_two_sets():
     present[:, :, :2] = past[:, :, :2]  # what the graph does: copy the cache and write the step's token
     present[:, :, 2] = 1
     cache.advance()
-    assert cache.inputs()["past_key_values.0.key"] is present and cache.targets()["present.0.key"] is past
+    assert cache.inputs()["past_key_values.0.key"].data_ptr() == present.data_ptr()  # the sets swapped roles
+    assert cache.targets()["present.0.key"].data_ptr() == past.data_ptr()
     key, _ = cache.valid(0)
     assert key.shape[2] == 3 and bool((key == 1).all()) and float(past.abs().sum()) == 2 * 2 * 4
     assert cache.capacity_bytes() == 2 * 2 * (5 + 3) * 2 * 4 * 4
+
+
+def test_rows_join_after_the_running_ones_and_the_last_row_moves_into_a_freed_one():
+    # a running batch of 3 rows: row 0 holds prompt A, then rows 1-2 join with prompts B (5 tokens) and C (3 tokens,
+    # padded); a step for the first 3 rows advances them only; row 0 leaves and row 2 (C) takes its place
+    cache = KVCache(batch=4, kv_heads=1, head_dim=2, capacities=[8, 8], dtype=torch.float32)
+    cache.load(
+        {f"present.{layer}.{kind}": torch.full((1, 1, 4, 2), 1.0) for layer in range(2) for kind in ("key", "value")}
+    )
+    joined = {
+        f"present.{layer}.{kind}": torch.stack([torch.full((1, 5, 2), 2.0), torch.full((1, 5, 2), 3.0)])
+        for layer in range(2)
+        for kind in ("key", "value")
+    }
+    cache.load(joined, np.array([5, 3]), first_row=1)
+    assert cache.row_lengths[:, :4].tolist() == [[4, 5, 3, 0], [4, 5, 3, 0]]
+    assert cache.write_index.tolist() == [[4, 5, 3, 0], [4, 5, 3, 0]]
+    assert float(cache.buffers[0][0][0, 0, :4].sum()) == 8.0  # row 0 kept its keys
+    inputs = cache.inputs(rows=3)
+    assert inputs["past_key_values.0.key"].shape == (3, 1, 8, 2) and inputs["kv_write_index"].shape == (2, 3)
+    assert len(inputs["attention_window"]) == 8  # the longest of the three rows plus one, rounded, at most 8
+    cache.advance(rows=3)
+    assert cache.row_lengths[0].tolist() == [5, 6, 4, 0]
+    cache.move_row(2, 0)
+    assert cache.row_lengths[0].tolist() == [4, 6, 0, 0] and cache.write_index[0].tolist() == [4, 6, 0, 0]
+    assert bool((cache.buffers[1][1][0, 0, :3] == 3.0).all())  # C's values now in row 0
+    with pytest.raises(LuvcError, match="rows 3..4 do not fit"):
+        cache.load(joined, np.array([5, 3]), first_row=3)
