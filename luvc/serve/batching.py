@@ -1,14 +1,16 @@
-"""Generation jobs for servers: a bounded wait queue, grouping of jobs that can share a batch, and the loop that
-runs one group through a ``Pipeline`` and reports each job's text as it arrives.
+"""Generation jobs for servers: a bounded wait queue, grouping of jobs that can share a prefill, and the in-flight
+batch that runs them through a ``Pipeline`` and reports each job's text as it arrives.
 
 Shared by the HTTP server (``luvc.serve.app``) and the Triton model (``luvc.serve.triton_model``). A
-``Pipeline`` runs one request at a time (one KV cache), so one worker thread owns it; jobs wait in ``JobQueue``.
+``Pipeline`` has one KV cache, so one worker thread owns it; jobs wait in ``JobQueue``.
 
-Batching: a pipeline batch needs one image size (bucket; ``text`` for requests without an image). Prompts of
-different lengths share a batch (rows are padded on the right, each with its own length, visual shift and KV write
-index), and so do different sampling settings: each row is chosen by its own temperature, top-k, top-p, penalties
-and generator (a seeded row reproduces its seed's answer in any batch).
-Rows are independent in every graph, so a batched job's tokens equal the job's own run.
+In-flight batching (``JobRunner``): up to ``max_batch`` jobs decode together in one ``RunningBatch``
+(``luvc.runtime.running_batch``), and a waiting job joins at the next step boundary, as soon as a row is free. A
+prefill takes jobs of one bucket (``text`` for requests without an image) and video rate; the decode steps after it
+are one for every bucket. Prompts of different lengths share a prefill (rows are padded on the right, each with its own
+length, visual shift and KV write index), and every row samples by its own temperature, top-k, top-p, penalties and
+generator (a seeded row reproduces its seed's answer in any batch). Rows are independent in every graph, so a job's
+tokens equal the job's own run, whoever it shared its steps with.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 from luvc.errors import LuvcError
 from luvc.runtime.pipeline import GenerationOptions, Pipeline, Prepared
+from luvc.runtime.prefill import run_prefill
+from luvc.runtime.running_batch import RunningBatch
 from luvc.runtime.sampling import SamplingConfig
 from luvc.runtime.text import TextStream
 
@@ -127,10 +131,11 @@ class Job:
         return self.cancelled.is_set()
 
     @property
-    def batch_key(self) -> str:
-        """Jobs with equal keys share a batch: those of one bucket (``text`` without an image), whatever their prompt
-        lengths (rows are padded) and sampling settings (each row samples by its own, seeded with its own)."""
-        return self.prepared.bucket_name
+    def batch_key(self) -> tuple[str, float | None]:
+        """Jobs with equal keys share a prefill: those of one bucket (``text`` without an image) and video rate,
+        whatever their prompt lengths (rows are padded) and sampling settings (each row samples by its own, seeded
+        with its own). Jobs of any keys share the decode steps after it."""
+        return self.prepared.bucket_name, self.prepared.seconds_per_slice
 
 
 class QueueFull(Exception):
@@ -190,17 +195,131 @@ class JobQueue:
         return left
 
 
-def run_batch(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
-    """Generate for ``jobs`` (equal batch keys) as one pipeline request, emitting each job's ``Delta``s and its
-    ``Finished``; a job ends at its own ``max_tokens``, a stop token or a stop string, and the request ends when every
-    job has. A ``LuvcError`` or an internal error fails every job of the batch; an internal error is logged with an id,
-    and clients get the id, never the exception's text."""
-    try:
-        _run(pipeline, jobs)
-    except LuvcError as error:
-        _fail(jobs, Failed(str(error)))
-    except Exception:  # a server reports the error to its clients and keeps serving
-        _fail(jobs, Failed(internal_error_message("generating a batch"), user_error=False))
+class JobRunner:
+    """The jobs generating now on ``pipeline``: up to ``max_batch`` rows of one ``RunningBatch`` (in-flight
+    batching). ``admit`` prefills waiting jobs and puts them in the batch between two steps; ``step`` runs one decode
+    step for every running job and emits its text. A job ends at its own ``max_tokens``, a stop token, a stop string
+    or its cancellation, and its row is free for the next job at once.
+
+    Failures stay with their jobs: a prefill that fails fails the jobs it admitted; a job whose token cannot be handled
+    ends alone. Only a failed decode step (shared by the rows) fails every running job. An internal error is logged with
+    an id; clients get the id, never the exception's text."""
+
+    def __init__(self, pipeline: Pipeline, max_batch: int) -> None:
+        self.pipeline = pipeline
+        self.max_batch = max_batch
+        self.stop_ids = frozenset(GenerationOptions().stops(pipeline.manifest))
+        self.rows: RunningBatch | None = None  # made at the first admission (it takes the pipeline's KV cache)
+        self.running: dict[Job, _Progress] = {}
+
+    @property
+    def free(self) -> int:
+        """Jobs that can still join."""
+        return self.max_batch - len(self.running)
+
+    def admit(self, jobs: Sequence[Job]) -> None:
+        """Prefill ``jobs`` (equal batch keys, at most ``free``), emit their first tokens and keep those not yet
+        finished running."""
+        jobs = list(jobs)
+        if not jobs:
+            return
+        pipeline = self.pipeline
+        try:
+            if self.rows is None or self.rows.cache.owner is not self.rows:
+                self.rows = RunningBatch(pipeline.sessions, pipeline.feeds, self.max_batch)
+            with pipeline.sessions.on_stream():
+                prefill = run_prefill(pipeline.sessions, pipeline.feeds, Prepared.stack([job.prepared for job in jobs]))
+            rows = self.rows.admit(prefill, [job.params.sampling for job in jobs], jobs)
+            with pipeline.sessions.on_stream():
+                tokens = pipeline.sessions.to_host(self.rows.choose(prefill.outputs["logits"], rows))
+        except LuvcError as error:
+            self._end_admission(jobs, Failed(str(error)))
+            return
+        except Exception:  # a server reports the error to its clients and keeps serving
+            self._end_admission(jobs, Failed(internal_error_message("prefilling a batch"), user_error=False))
+            return
+        now = time.perf_counter()
+        for job in jobs:
+            self.running[job] = _Progress(TextStream(pipeline.tokenizer, job.params.stop), now)
+        self._emit(zip(jobs, tokens), now)
+
+    def _end_admission(self, jobs: Sequence[Job], failure: Failed) -> None:
+        """Fail ``jobs`` and take back any row they were given."""
+        for job in jobs:
+            if self.rows is not None and job in self.rows.members:
+                self.rows.leave(job)
+        _fail(jobs, failure)
+
+    def step(self) -> None:
+        """One decode step for every running job; each gets its next token (or leaves: done or cancelled)."""
+        for job in [job for job in self.running if job.is_cancelled()]:  # a client that left frees its row now
+            self._leave(job)
+            _cancelled(job, len(self.running.pop(job).stream.tokens))
+        if not self.running:
+            return
+        try:
+            tokens = self.rows.step()
+        except Exception as error:  # a failed step leaves no row trustworthy: every running job ends with it
+            jobs, self.running, self.rows = list(self.running), {}, None
+            user = isinstance(error, LuvcError)
+            message = str(error) if user else internal_error_message("a decode step")
+            _fail(jobs, Failed(message, user_error=user))
+            return
+        self._emit(zip(list(self.rows.members), tokens), time.perf_counter())
+
+    def _emit(self, tokens, now: float) -> None:
+        """Hand each job its new token; a job that finished (or failed) leaves the batch."""
+        for job, token in tokens:
+            progress = self.running[job]
+            try:
+                if progress.add(job, int(token), token in self.stop_ids, now):
+                    continue
+            except Exception:  # this job's failure is its own
+                job.emit(Failed(internal_error_message("finishing a row's text"), user_error=False))
+            self._leave(job)
+            del self.running[job]
+
+    def _leave(self, job: Job) -> None:
+        if self.rows is not None and job in self.rows.members:
+            self.rows.leave(job)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """One running job's text so far and when it began generating."""
+
+    stream: TextStream
+    began: float
+    first_token_at: float = 0.0
+
+    def add(self, job: Job, token: int, stop_token: bool, now: float) -> bool:
+        """Take the job's next token and emit what it adds; ``False`` once the job has finished (``Finished``
+        emitted)."""
+        stream = self.stream
+        self.first_token_at = self.first_token_at or now
+        if not stop_token and (piece := stream.add(token)):
+            job.emit(Delta(piece))
+        length = len(stream.tokens) + stop_token >= job.params.max_tokens
+        if not (stop_token or stream.stopped or length):
+            return True
+        if piece := stream.flush():
+            job.emit(Delta(piece))
+        reason = "length" if length and not (stop_token or stream.stopped) else "stop"
+        completion = len(stream.tokens) + stop_token
+        ttft, decode = self.first_token_at - job.submitted, now - self.first_token_at
+        job.emit(Finished(stream.text, reason, job.prepared.prompt_tokens, completion, ttft, decode))
+        return False
+
+
+def run_jobs(pipeline: Pipeline, queue: JobQueue, max_batch: int) -> None:
+    """Generate every job in ``queue`` until it is empty, in-flight: waiting jobs join at each step."""
+    runner = JobRunner(pipeline, max_batch)
+    while True:
+        while runner.free and (jobs := queue.take(runner.free, timeout=0)):
+            runner.admit(jobs)
+        if not runner.running:
+            return
+        runner.step()
 
 
 def internal_error_message(doing: str) -> str:
@@ -220,38 +339,3 @@ def _cancelled(job: Job, tokens: int) -> None:
     """End a cancelled job: its last event says so (a client still listening, as Triton's stream, gets it)."""
     LOG.info("a cancelled request ended after %d tokens", tokens)
     job.emit(Failed(f"The request was cancelled after {tokens} tokens.", user_error=False, cancelled=True))
-
-
-def _run(pipeline: Pipeline, jobs: Sequence[Job]) -> None:
-    streams = [TextStream(pipeline.tokenizer, job.params.stop) for job in jobs]
-    samplings = tuple(job.params.sampling for job in jobs)
-    options = GenerationOptions(max(job.params.max_tokens for job in jobs), row_sampling=samplings)
-    request = pipeline.request(Prepared.stack([job.prepared for job in jobs]), options)
-    stop_ids = request.stop_token_ids
-    open_rows = set(range(len(jobs)))
-    first_token_at = 0.0
-    for step in request:
-        now = time.perf_counter()
-        first_token_at = first_token_at or now
-        for row in sorted(open_rows):
-            job, stream = jobs[row], streams[row]
-            if job.is_cancelled():
-                open_rows.discard(row)
-                _cancelled(job, step.index)
-                continue
-            token = int(step.tokens[row])
-            stop_token = token in stop_ids
-            if not stop_token and (piece := stream.add(token)):
-                job.emit(Delta(piece))
-            length = step.index + 1 == job.params.max_tokens
-            if stop_token or stream.stopped or length:
-                if piece := stream.flush():
-                    job.emit(Delta(piece))
-                reason = "length" if length and not (stop_token or stream.stopped) else "stop"
-                completion = len(stream.tokens) + stop_token
-                prompt_tokens = job.prepared.prompt_tokens
-                ttft, decode = first_token_at - job.submitted, now - first_token_at
-                job.emit(Finished(stream.text, reason, prompt_tokens, completion, ttft, decode))
-                open_rows.discard(row)
-        if not open_rows:
-            break

@@ -33,7 +33,16 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "luvc_batch_size", "Requests per pipeline batch", buckets=(1, 2, 3, 4, 6, 8, 16), registry=self.registry
+            "luvc_batch_size",
+            "Requests per decode step (the in-flight batch)",
+            buckets=(1, 2, 3, 4, 6, 8, 16),
+            registry=self.registry,
+        )
+        self.prefill_batch_size = Histogram(
+            "luvc_prefill_batch_size",
+            "Requests per prefill (those of one bucket that joined the in-flight batch together)",
+            buckets=(1, 2, 3, 4, 6, 8, 16),
+            registry=self.registry,
         )
         self.queue_depth = Gauge("luvc_queue_depth", "Requests waiting for the worker", registry=self.registry)
         self.visual_tokens = Counter(

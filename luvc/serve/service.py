@@ -1,5 +1,5 @@
-"""``GenerationService``: one ``Pipeline`` behind a bounded queue, driven by one worker thread that batches jobs
-sharing a bucket (``luvc.serve.batching``). The HTTP app submits jobs and reads their events."""
+"""``GenerationService``: one ``Pipeline`` behind a bounded queue, driven by one worker thread that runs the jobs as
+one in-flight batch (``luvc.serve.batching``). The HTTP app submits jobs and reads their events."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from luvc.prompt import Conversation
 from luvc.runtime.pipeline import Pipeline, Prepared
-from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, JobRunner
 from luvc.serve.metrics import ServerMetrics
 from luvc.serve.user_text import UserTextGuard
 
@@ -136,19 +136,28 @@ class GenerationService:
         return observe
 
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            jobs = self.queue.take(self.max_batch, timeout=0.1)
+        """The worker: waiting jobs join the running batch at every step boundary while it has free rows (in-flight
+        batching); it stops once told to and nothing runs, or once draining and the queue is empty."""
+        runner = JobRunner(self.pipeline, self.max_batch)
+        while not (self._stopping.is_set() and not runner.running):
+            idle_wait = 0.0 if runner.running else 0.1
+            while runner.free and (jobs := self.queue.take(runner.free, timeout=idle_wait)):
+                idle_wait = 0.0
+                if admitted := self._within_queue_timeout(jobs):
+                    self.metrics.prefill_batch_size.observe(len(admitted))
+                    runner.admit(admitted)
             self.metrics.queue_depth.set(len(self.queue))
-            if not jobs and self.draining:  # the queue is closed and empty: nothing more will come
-                break
-            jobs = self._within_queue_timeout(jobs)
-            if jobs:
-                self.metrics.batch_size.observe(len(jobs))
-                with self._idle:
-                    self._running = jobs
-                try:
-                    run_batch(self.pipeline, jobs)
-                finally:
-                    with self._idle:
-                        self._running = ()
-                        self._idle.notify_all()
+            self._set_running(list(runner.running))
+            if not runner.running:
+                if self.draining:  # the queue is closed and empty: nothing more will come
+                    break
+                continue
+            self.metrics.batch_size.observe(len(runner.running))
+            runner.step()
+        self._set_running([])
+
+    def _set_running(self, jobs: list[Job]) -> None:
+        with self._idle:
+            self._running = jobs
+            if not jobs:
+                self._idle.notify_all()

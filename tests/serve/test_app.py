@@ -126,7 +126,7 @@ def test_a_stop_string_ends_the_answer_before_it(server, exports):
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exports):
     base_url, service = server
     images = [synthetic_image(224, 224, seed) for seed in (11, 12, 13)]
-    batches_before = scrape(base_url)["luvc_batch_size_sum[]"]
+    prefills_before = scrape(base_url)["luvc_prefill_batch_size_sum[]"]
     with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
         with blocked_worker(service):
             futures = [
@@ -137,7 +137,8 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exp
         answers = [future.result().choices[0].message.content for future in futures]
     assert answers == [expected_text(exports(MODEL), image) for image in images]
     metrics = scrape(base_url)
-    assert metrics["luvc_batch_size_sum[]"] - batches_before == 1 + len(images)  # the holding job, then one batch
+    assert metrics["luvc_prefill_batch_size_sum[]"] - prefills_before == 1 + len(images)  # the holding job, then one
+    # decode steps ran the three together
     assert metrics["luvc_batch_size_bucket[('le', '2.0')]"] < metrics["luvc_batch_size_bucket[('le', '3.0')]"]
 
 
@@ -162,7 +163,7 @@ def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_g
         SamplingConfig(temperature=0.8, top_p=0.9, seed=5),
         SamplingConfig(presence_penalty=1.0),
     ]
-    batches_before = scrape(base_url)["luvc_batch_size_sum[]"]
+    prefills_before = scrape(base_url)["luvc_prefill_batch_size_sum[]"]
     with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
         with blocked_worker(service):
             futures = [
@@ -177,7 +178,7 @@ def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_g
         assert response.choices[0].message.content == alone.texts[0]
         assert response.usage.prompt_tokens == pipeline.prepare(image, prompt).prompt_tokens
     assert len({response.usage.prompt_tokens for response in responses}) == 3
-    assert scrape(base_url)["luvc_batch_size_sum[]"] - batches_before == 1 + len(images)  # one batch of the three
+    assert scrape(base_url)["luvc_prefill_batch_size_sum[]"] - prefills_before == 1 + len(images)  # one of the three
 
 
 def test_a_text_only_request_equals_pipeline_generate_without_a_visual(server, exports):
@@ -430,10 +431,10 @@ def test_an_internal_error_reaches_the_client_as_an_id_and_the_log_as_a_tracebac
 
     base_url, _ = server
 
-    def broken(pipeline, jobs):
+    def broken(sessions, feeds, prepared):
         raise RuntimeError("secret detail /opt/models/weights.bin")
 
-    monkeypatch.setattr(batching, "_run", broken)
+    monkeypatch.setattr(batching, "run_prefill", broken)
     with caplog.at_level(logging.ERROR, logger="luvc.serve.batching"):
         with pytest.raises(openai.InternalServerError) as raised:
             client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()), max_tokens=2)
