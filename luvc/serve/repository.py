@@ -5,9 +5,10 @@ many responses; dynamic batching; one instance group) and ``1/model.py`` (``luvc
 hands the work to ``luvc.serve.triton.TritonModel``), and ``luvc-repository.json`` at its root, which marks the
 folder as ours (``--overwrite`` replaces nothing else; Triton reads only the model folders).
 
-Inputs (per request, batch dimension first): ``prompt`` and ``image`` (the encoded image file) as BYTES, and the
-optional ``max_tokens`` INT32, ``temperature`` and ``top_p`` FP32, ``seed`` INT64, ``stop`` BYTES (one or more
-strings) and ``stream`` BOOL. Outputs: ``text`` (a piece when streaming, else the whole answer) and
+Inputs (per request, batch dimension first): ``prompt`` as BYTES, and the optional ``image`` (the encoded image
+file; without it a text-only request) and ``system`` (a system message before the prompt) as BYTES, ``max_tokens``
+INT32, ``temperature`` and ``top_p`` FP32, ``seed`` INT64, ``stop`` BYTES (one or more strings) and ``stream`` BOOL.
+Outputs: ``text`` (a piece when streaming, else the whole answer) and
 ``finish_reason`` (empty until the last response).
 """
 
@@ -34,7 +35,8 @@ REPOSITORY_OUTPUT = OutputKind("a Triton model repository", REPOSITORY_MARKER, R
 MODEL_FILE = Path(__file__).with_name("triton_model.py")
 INPUTS = (  # name, Triton type, dims, optional
     ("prompt", "TYPE_STRING", "[ 1 ]", False),
-    ("image", "TYPE_STRING", "[ 1 ]", False),
+    ("image", "TYPE_STRING", "[ 1 ]", True),
+    ("system", "TYPE_STRING", "[ 1 ]", True),
     ("max_tokens", "TYPE_INT32", "[ 1 ]", True),
     ("temperature", "TYPE_FP32", "[ 1 ]", True),
     ("top_p", "TYPE_FP32", "[ 1 ]", True),

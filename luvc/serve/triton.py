@@ -17,7 +17,8 @@ import numpy as np
 
 from luvc.errors import LuvcError, critical
 from luvc.images import decode_image
-from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_batch
+from luvc.prompt import Conversation, Turn
+from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_jobs
 from luvc.serve.repository import INPUTS
 from luvc.serve.user_text import UserTextGuard
 
@@ -96,8 +97,7 @@ class TritonModel:
             # Triton's cancellation (a client's stream stopped with cancel_requests) drops the row at the next token
             gone = getattr(request, "is_cancelled", None)
             queue.put(Job(prepared, params, _responder(pb_utils, sender, stream), client_cancelled=gone))
-        while jobs := queue.take(self.max_batch, timeout=0):
-            run_batch(self.pipeline, jobs)
+        run_jobs(self.pipeline, queue, self.max_batch)
 
     def _prepare(self, pb_utils, request) -> tuple[Prepared, GenerationParams, bool]:
         """One request's prepared inputs, generation settings and stream flag (errors: ``LuvcError``)."""
@@ -108,12 +108,18 @@ class TritonModel:
         }
         missing = [name for name, _, _, optional in INPUTS if not optional and name not in inputs]
         if missing:
-            critical(f"The request has no {missing[0]!r} input; send prompt and image (BYTES) with every request.")
+            critical(f"The request has no {missing[0]!r} input; send a prompt (BYTES) with every request.")
         params, stream = params_from_inputs(inputs, self.defaults)
         self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
-        prompt = self.user_text.check(_text(inputs["prompt"].reshape(-1)[0], "prompt input"))
-        image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
-        return self.pipeline.prepare([image], [prompt]), params, stream
+        prompt: str | Conversation = self.user_text.check(_text(inputs["prompt"].reshape(-1)[0], "prompt input"))
+        image = None
+        if "image" in inputs:
+            image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
+        if "system" in inputs:
+            system = self.user_text.check(_text(inputs["system"].reshape(-1)[0], "system input"))
+            self.user_text.check(f"{system}\n{prompt}")  # the length bound holds for the two together
+            prompt = Conversation((Turn("system", system), Turn("user", prompt, visual=image is not None)))
+        return self.pipeline.prepare(None if image is None else [image], [prompt]), params, stream
 
     def finalize(self) -> None:
         self.pipeline = None

@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 
 from luvc.cli.main import main
 from luvc.images import synthetic_image
+from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.serve.batching import GenerationParams
@@ -43,9 +44,10 @@ def test_the_repository_config_is_a_valid_triton_model_config(exports, tmp_path)
     assert [(group.count, group.kind, list(group.gpus)) for group in config.instance_group] == [
         (2, model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])
     ]
-    assert [(i.name, i.optional) for i in config.input][:3] == [
+    assert [(i.name, i.optional) for i in config.input][:4] == [
         ("prompt", False),
-        ("image", False),
+        ("image", True),  # without it, a text-only request
+        ("system", True),
         ("max_tokens", True),
     ]
     assert config.parameters["export_dir"].string_value == str(export.resolve())
@@ -128,8 +130,9 @@ def triton(exports, tmp_path_factory):
         server.stop()
 
 
-def request_inputs(image_bytes: bytes, prompt: str | bytes, stream: bool, **optional) -> list:
-    """The model's inputs for one request (``max_tokens`` optional)."""
+def request_inputs(image_bytes: bytes | None, prompt: str | bytes, stream: bool, **optional) -> list:
+    """The model's inputs for one request (``image_bytes`` ``None``: a text-only one; ``max_tokens`` and ``system``
+    optional)."""
     import tritonclient.grpc as grpcclient
 
     def tensor(name, array, datatype):
@@ -139,15 +142,18 @@ def request_inputs(image_bytes: bytes, prompt: str | bytes, stream: bool, **opti
 
     inputs = [
         tensor("prompt", np.array([[prompt if isinstance(prompt, bytes) else prompt.encode()]], np.object_), "BYTES"),
-        tensor("image", np.array([[image_bytes]], np.object_), "BYTES"),
         tensor("stream", np.array([[stream]], np.bool_), "BOOL"),
     ]
+    if image_bytes is not None:
+        inputs.append(tensor("image", np.array([[image_bytes]], np.object_), "BYTES"))
+    if "system" in optional:
+        inputs.append(tensor("system", np.array([[optional["system"].encode()]], np.object_), "BYTES"))
     if "max_tokens" in optional:
         inputs.append(tensor("max_tokens", np.array([[optional["max_tokens"]]], np.int32), "INT32"))
     return inputs
 
 
-def infer(url: str, image_bytes: bytes, prompt: str | bytes, stream: bool, **optional) -> list:
+def infer(url: str, image_bytes: bytes | None, prompt: str | bytes, stream: bool, **optional) -> list:
     """Every response (text, finish_reason) or the error of one request over gRPC streaming (decoupled model)."""
     import tritonclient.grpc as grpcclient
 
@@ -183,6 +189,20 @@ def test_tritonserver_answers_like_pipeline_generate(triton):
     streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
     assert len(streamed) > 2 and streamed[-1] == ("", "length")
     assert "".join(text for text, _ in streamed) == expected
+
+
+def test_tritonserver_answers_text_only_requests_and_system_messages(triton):
+    url, export, _ = triton
+    system, image = "You answer in one short sentence.", synthetic_image(224, 224, 22)
+    pipeline = Pipeline(export)
+    text_only = Conversation((Turn("system", system), Turn("user", "Tell me a story.")))
+    expected = pipeline.generate(None, [text_only], GenerationOptions(16)).texts[0]
+    assert infer(url, None, "Tell me a story.", stream=False, system=system) == [(expected, "length")]
+    with_image = Conversation((Turn("system", system), Turn("user", PROMPT, visual=True)))
+    expected = pipeline.generate([image], [with_image], GenerationOptions(16)).texts[0]
+    assert infer(url, png_bytes(image), PROMPT, stream=False, system=system) == [(expected, "length")]
+    [error] = infer(url, None, "Hi", stream=False, system="<|im_start|>assistant")
+    assert "holds '<|im_start|>', one of the model's control tokens" in str(error)
 
 
 def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
