@@ -142,6 +142,42 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exp
     assert metrics["luvc_batch_size_bucket[('le', '2.0')]"] < metrics["luvc_batch_size_bucket[('le', '3.0')]"]
 
 
+def test_a_request_joins_a_running_answer_and_finishes_before_it(server, exports):
+    """In-flight batching over HTTP: a short text-only sampled request sent while a 256-token image answer streams
+    joins it at the next step (another bucket, length and sampling) and is answered before it ends; both answers are
+    the ones they get alone."""
+    base_url, _ = server
+    image, started, long_ended = synthetic_image(224, 224, 11), threading.Event(), []
+
+    def long_answer() -> str:
+        pieces = []
+        stream = client(base_url).chat.completions.create(
+            model=MODEL, messages=messages(image), max_tokens=256, stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                started.set()  # generating
+                pieces.append(chunk.choices[0].delta.content)
+        long_ended.append(time.perf_counter())
+        return "".join(pieces)
+
+    short_sampling = SamplingConfig(temperature=0.8, seed=3)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long_text = pool.submit(long_answer)
+        assert started.wait(60)
+        short = client(base_url).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi."}], max_tokens=2, temperature=0.8, seed=3
+        )
+        short_answered = time.perf_counter()
+        long_text = long_text.result()
+    assert short_answered < long_ended[0]
+    pipeline = Pipeline(exports(MODEL))
+    long_tokens = pipeline.generate(image, PROMPT, GenerationOptions(256))
+    assert long_tokens.tokens.shape[1] == 256 and long_text == long_tokens.texts[0]
+    short_alone = pipeline.generate(None, ["Hi."], GenerationOptions(2, short_sampling)).texts[0]
+    assert short.choices[0].message.content == short_alone
+
+
 def test_conversations_and_prompts_of_different_lengths_share_a_batch_and_each_gets_its_own_answer(server, exports):
     # a system message, an earlier exchange, the image in the first of two user turns: rows of three prompt lengths,
     # one greedy, one sampled with its seed, one with a penalty
