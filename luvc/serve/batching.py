@@ -238,10 +238,9 @@ class JobRunner:
         except Exception:  # a server reports the error to its clients and keeps serving
             self._end_admission(jobs, Failed(internal_error_message("prefilling a batch"), user_error=False))
             return
-        now = time.perf_counter()
         for job in jobs:
-            self.running[job] = _Progress(TextStream(pipeline.tokenizer, job.params.stop), now)
-        self._emit(zip(jobs, tokens), now)
+            self.running[job] = _Progress(TextStream(pipeline.tokenizer, job.params.stop))
+        self._emit(zip(jobs, tokens), time.perf_counter())
 
     def _end_admission(self, jobs: Sequence[Job], failure: Failed) -> None:
         """Fail ``jobs`` and take back any row they were given."""
@@ -272,7 +271,7 @@ class JobRunner:
         for job, token in tokens:
             progress = self.running[job]
             try:
-                if progress.add(job, int(token), token in self.stop_ids, now):
+                if progress.add(job, int(token), int(token) in self.stop_ids, now):
                     continue
             except Exception:  # this job's failure is its own
                 job.emit(Failed(internal_error_message("finishing a row's text"), user_error=False))
@@ -286,10 +285,9 @@ class JobRunner:
 
 @dataclasses.dataclass
 class _Progress:
-    """One running job's text so far and when it began generating."""
+    """One running job's text so far and when its first token came."""
 
     stream: TextStream
-    began: float
     first_token_at: float = 0.0
 
     def add(self, job: Job, token: int, stop_token: bool, now: float) -> bool:
