@@ -43,7 +43,7 @@ from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps
 from luvc.runtime.request import GenerationOptions
-from luvc.runtime.running_batch import host_arrays
+from luvc.runtime.sessions import host_arrays
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 

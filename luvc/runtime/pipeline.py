@@ -23,8 +23,7 @@ from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.prepare import Prepared, Preparer
 from luvc.runtime.request import Generation, GenerationOptions, Request, Step, Timings
-from luvc.runtime.running_batch import host_arrays
-from luvc.runtime.sessions import Sessions, resolve_device
+from luvc.runtime.sessions import Sessions, host_arrays, resolve_device
 from luvc.runtime.text import TextStream
 
 __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request", "Step", "Timings", "host_arrays"]

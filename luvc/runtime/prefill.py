@@ -30,7 +30,12 @@ class Prefill:
 
 def run_prefill(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
     """Run ``prepared``'s vision graphs (none for a prompt without visuals) and its bucket's prefill graph (the text
-    prefill without visuals); call it on the sessions' stream."""
+    prefill without visuals), on the sessions' stream."""
+    with sessions.on_stream():
+        return _run(sessions, feeds, prepared)
+
+
+def _run(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
     bucket, prompts = prepared.bucket, prepared.prompts
     began = time.perf_counter()
     image_features: dict[str, torch.Tensor] = {}

@@ -104,9 +104,9 @@ class Request:
 
     It holds the prefill's device tensors (visual features, feeds and outputs) and runs its rows as a
     ``RunningBatch`` of their own on the sessions' KV cache (token ids, embeddings, logits, positions, per-row
-    sampling state). Iterating runs the vision and
-    prefill graphs for the first ``Step``, then one decode step per further token, until ``max_new_tokens`` or every
-    row has produced a stop token (rows that stopped repeat their stop token)."""
+    sampling state). Iterating runs the vision and prefill graphs for the first ``Step``, then one decode step per
+    further token, until ``max_new_tokens`` or every row has produced a stop token (rows that stopped repeat their
+    stop token)."""
 
     def __init__(
         self,
@@ -151,8 +151,7 @@ class Request:
     def _start(self) -> Step:
         sessions, prepared, timings = self.sessions, self.prepared, self.timings
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
-        with sessions.on_stream():
-            prefill = run_prefill(sessions, self.feeds, prepared)
+        prefill = run_prefill(sessions, self.feeds, prepared)
         self.image_features, self.prefill_feeds = prefill.image_features, prefill.feeds
         self.prefill_outputs = prefill.outputs
         timings.vision_ms, timings.prefill_ms = prefill.vision_ms, prefill.prefill_ms

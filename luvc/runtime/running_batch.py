@@ -19,12 +19,7 @@ from luvc.errors import critical
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.prefill import Prefill
 from luvc.runtime.sampling import SamplingConfig, next_tokens
-from luvc.runtime.sessions import Sessions
-
-
-def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """NumPy copies of device tensors (for reports, calibration and parity, never in the decode loop)."""
-    return {name: tensor.detach().to("cpu", copy=True).numpy() for name, tensor in tensors.items()}
+from luvc.runtime.sessions import Sessions, host_arrays
 
 
 class RunningBatch:

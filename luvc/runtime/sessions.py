@@ -42,6 +42,11 @@ def resolve_device(backend: str, providers: Sequence | None, device: str | None)
     return torch.device("cuda", 0) if backend == "trt" or "CUDAExecutionProvider" in names else torch.device("cpu")
 
 
+def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """NumPy copies of device tensors (for reports, calibration and parity, never in the decode loop)."""
+    return {name: tensor.detach().to("cpu", copy=True).numpy() for name, tensor in tensors.items()}
+
+
 class Sessions:
     """The sessions of export ``folder`` on ``device``: ``backend="trt"`` runs the engines of ``engines_dir``;
     ``providers`` overrides the ONNX Runtime execution providers the device implies."""

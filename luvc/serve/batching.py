@@ -227,8 +227,7 @@ class JobRunner:
         try:
             if self.rows is None or self.rows.cache.owner is not self.rows:
                 self.rows = RunningBatch(pipeline.sessions, pipeline.feeds, self.max_batch)
-            with pipeline.sessions.on_stream():
-                prefill = run_prefill(pipeline.sessions, pipeline.feeds, Prepared.stack([job.prepared for job in jobs]))
+            prefill = run_prefill(pipeline.sessions, pipeline.feeds, Prepared.stack([job.prepared for job in jobs]))
             rows = self.rows.admit(prefill, [job.params.sampling for job in jobs], jobs)
             with pipeline.sessions.on_stream():
                 tokens = pipeline.sessions.to_host(self.rows.choose(prefill.outputs["logits"], rows))
