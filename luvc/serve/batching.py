@@ -146,8 +146,9 @@ class JobQueue:
     """A bounded FIFO of waiting jobs from which a worker takes the oldest job and the waiting jobs that can share
     its batch."""
 
-    def __init__(self, max_waiting: int) -> None:
+    def __init__(self, max_waiting: int, bound: str = "the server's --max-queue") -> None:
         self.max_waiting = max_waiting
+        self.bound = bound  # what sets max_waiting, named in the refusal
         self._jobs: collections.deque[Job] = collections.deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -161,7 +162,7 @@ class JobQueue:
             if self._closed:
                 raise QueueClosed(SHUTTING_DOWN)
             if len(self._jobs) >= self.max_waiting:
-                raise QueueFull(f"{len(self._jobs)} requests are waiting (the server's --max-queue); retry later.")
+                raise QueueFull(f"{len(self._jobs)} requests are waiting ({self.bound}); retry later.")
             self._jobs.append(job)
             self._ready.notify()
 
@@ -306,17 +307,6 @@ class _Progress:
         ttft, decode = self.first_token_at - job.submitted, now - self.first_token_at
         job.emit(Finished(stream.text, reason, job.prepared.prompt_tokens, completion, ttft, decode))
         return False
-
-
-def run_jobs(pipeline: Pipeline, queue: JobQueue, max_batch: int) -> None:
-    """Generate every job in ``queue`` until it is empty, in-flight: waiting jobs join at each step."""
-    runner = JobRunner(pipeline, max_batch)
-    while True:
-        while runner.free and (jobs := queue.take(runner.free, timeout=0)):
-            runner.admit(jobs)
-        if not runner.running:
-            return
-        runner.step()
 
 
 def internal_error_message(doing: str) -> str:

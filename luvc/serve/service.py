@@ -20,9 +20,9 @@ from luvc.serve.user_text import UserTextGuard
 class GenerationService:
     """Owns ``pipeline`` (opened with every bucket's sessions by ``start``) and a worker thread.
 
-    ``max_queue`` bounds the jobs waiting behind the running batch (more get ``QueueFull``); ``max_batch`` (default:
-    the export profile's) bounds the jobs per batch; ``defaults`` fill what a request leaves out; local image paths
-    are read only inside ``image_folder``."""
+    ``max_queue`` bounds the jobs waiting behind the running batch (more get ``QueueFull``, naming ``queue_bound``);
+    ``max_batch`` (default: the export profile's) bounds the jobs generating together; ``defaults`` fill what a
+    request leaves out; local image paths are read only inside ``image_folder``."""
 
     def __init__(
         self,
@@ -32,13 +32,14 @@ class GenerationService:
         max_batch: int | None = None,
         image_folder: Path | None = None,
         queue_timeout_s: float | None = None,
+        queue_bound: str = "the server's --max-queue",
     ) -> None:
         self.pipeline = pipeline
         self.defaults = defaults
         self.max_batch = max_batch or pipeline.manifest.profile.max_batch
         self.image_folder = image_folder
         self.queue_timeout_s = queue_timeout_s  # a job that waited longer is answered 503 instead of run
-        self.queue = JobQueue(max_queue)
+        self.queue = JobQueue(max_queue, queue_bound)
         self.metrics = ServerMetrics()
         self.user_text = UserTextGuard.for_pipeline(pipeline)  # what a client's text may hold
         self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
@@ -96,9 +97,16 @@ class GenerationService:
         with self._prepare_lock:
             return self.pipeline.prepare(None if image is None else [image], [prompt])
 
-    def submit(self, prepared: Prepared, params: GenerationParams, emit: Callable[[Event], None]) -> Job:
-        """Queue a prepared request; ``emit`` receives its events on the worker thread. ``QueueFull`` when full."""
-        job = Job(prepared, params, self._observed(emit))
+    def submit(
+        self,
+        prepared: Prepared,
+        params: GenerationParams,
+        emit: Callable[[Event], None],
+        client_cancelled: Callable[[], bool] | None = None,
+    ) -> Job:
+        """Queue a prepared request; ``emit`` receives its events on the worker thread; ``client_cancelled`` (e.g.
+        Triton's ``request.is_cancelled``) is asked once a step. ``QueueFull`` when full."""
+        job = Job(prepared, params, self._observed(emit), client_cancelled=client_cancelled)
         self.queue.put(job)
         self.metrics.queue_depth.set(len(self.queue))
         bucket = prepared.bucket

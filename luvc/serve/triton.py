@@ -18,14 +18,15 @@ import numpy as np
 from luvc.errors import LuvcError, critical
 from luvc.images import decode_image
 from luvc.prompt import Conversation, Turn
-from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, Job, JobQueue, run_jobs
+from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, QueueClosed, QueueFull
 from luvc.serve.repository import INPUTS
-from luvc.serve.user_text import UserTextGuard
+from luvc.serve.service import GenerationService
 
 if TYPE_CHECKING:
     from luvc.runtime.pipeline import Prepared
 
 LOG = logging.getLogger(__name__)
+MAX_WAITING = 256  # requests queued behind the running batch of one instance; more are answered "retry later"
 
 
 def params_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationParams) -> tuple[GenerationParams, bool]:
@@ -50,8 +51,8 @@ def _text(value, what: str) -> str:
 
 
 class TritonModel:
-    """What one Triton model instance runs: a ``Pipeline`` on the instance's device and the batching loop of
-    ``luvc.serve.batching`` over the requests Triton hands to ``execute``."""
+    """What one Triton model instance runs: a ``Pipeline`` on the instance's device behind the ``GenerationService``
+    of ``serve`` (its worker thread runs the in-flight batch); ``execute`` queues the requests Triton hands it."""
 
     def __init__(self, args: dict, parameters: dict[str, str]) -> None:
         from luvc.runtime.pipeline import Pipeline
@@ -72,32 +73,31 @@ class TritonModel:
             device=device,
             fit=parameters.get("fit") or None,
         ).load()
-        self.defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
-        self.max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
-        self.user_text = UserTextGuard.for_pipeline(self.pipeline)
+        defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
+        max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
+        # the worker thread of `serve`: requests of later execute calls join the running batch at the next step
+        bound = f"the model instance's queue of {MAX_WAITING}"
+        self.service = GenerationService(self.pipeline, defaults, MAX_WAITING, max_batch, queue_bound=bound).start()
 
     def execute(self, requests: list) -> None:
         """Prepare every request on its own (a bad one gets its error response at once, whatever went wrong, and
-        never touches the others), then run the batches; responses go through each request's sender, ending with
-        the final flag."""
+        never touches the others) and queue it for the worker, then return: the model is decoupled, so each
+        request's responses go through its sender from the worker thread, ending with the final flag, while later
+        ``execute`` calls bring requests that join the running batch."""
         import triton_python_backend_utils as pb_utils
 
-        queue = JobQueue(max(len(requests), 1))
         for request in requests:
             sender = request.get_response_sender()
             try:
                 prepared, params, stream = self._prepare(pb_utils, request)
-            except LuvcError as error:
+                # Triton's cancellation (a client's stream stopped with cancel_requests) ends the row at the next step
+                gone = getattr(request, "is_cancelled", None)
+                self.service.submit(prepared, params, _responder(pb_utils, sender, stream), client_cancelled=gone)
+            except (LuvcError, QueueFull, QueueClosed) as error:  # a fixable request, or "retry later"
                 _send_error(pb_utils, sender, str(error))
-                continue
             except Exception:  # one request's failure is its own; nothing internal in the response
                 LOG.exception("preparing a request failed")
                 _send_error(pb_utils, sender, "This request could not be prepared (an internal error, logged).")
-                continue
-            # Triton's cancellation (a client's stream stopped with cancel_requests) drops the row at the next token
-            gone = getattr(request, "is_cancelled", None)
-            queue.put(Job(prepared, params, _responder(pb_utils, sender, stream), client_cancelled=gone))
-        run_jobs(self.pipeline, queue, self.max_batch)
 
     def _prepare(self, pb_utils, request) -> tuple[Prepared, GenerationParams, bool]:
         """One request's prepared inputs, generation settings and stream flag (errors: ``LuvcError``)."""
@@ -109,20 +109,19 @@ class TritonModel:
         missing = [name for name, _, _, optional in INPUTS if not optional and name not in inputs]
         if missing:
             critical(f"The request has no {missing[0]!r} input; send a prompt (BYTES) with every request.")
-        params, stream = params_from_inputs(inputs, self.defaults)
-        self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
-        prompt: str | Conversation = self.user_text.check(_text(inputs["prompt"].reshape(-1)[0], "prompt input"))
+        params, stream = params_from_inputs(inputs, self.service.defaults)
+        prompt: str | Conversation = _text(inputs["prompt"].reshape(-1)[0], "prompt input")
         image = None
         if "image" in inputs:
             image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
         if "system" in inputs:
-            system = self.user_text.check(_text(inputs["system"].reshape(-1)[0], "system input"))
-            self.user_text.check(f"{system}\n{prompt}")  # the length bound holds for the two together
+            system = _text(inputs["system"].reshape(-1)[0], "system input")
             prompt = Conversation((Turn("system", system), Turn("user", prompt, visual=image is not None)))
-        return self.pipeline.prepare(None if image is None else [image], [prompt]), params, stream
+        return self.service.prepare(image, prompt, params), params, stream
 
     def finalize(self) -> None:
-        self.pipeline = None
+        """Let the running requests finish, answer the waiting ones "shutting down", and close the log."""
+        self.service.stop()
         self.log.close()
 
 

@@ -205,6 +205,38 @@ def test_tritonserver_answers_text_only_requests_and_system_messages(triton):
     assert "holds '<|im_start|>', one of the model's control tokens" in str(error)
 
 
+def test_a_request_of_a_later_execute_call_joins_the_running_batch(triton):
+    """The decoupled model returns from ``execute`` at once, so a short text-only request sent while a 256-token
+    answer streams joins that answer's batch at the next step and ends first; both are the answers they get alone."""
+    import tritonclient.grpc as grpcclient
+
+    url, export, _ = triton
+    image = synthetic_image(224, 224, 11)
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: results.put((result, error, time.perf_counter())))
+    try:
+        client.async_stream_infer("luvc", request_inputs(png_bytes(image), PROMPT, stream=True, max_tokens=256))
+        result, error, _ = results.get(timeout=120)
+        assert error is None  # the long answer is generating
+        short = infer(url, None, "Hi.", stream=False, max_tokens=2)
+        short_answered = time.perf_counter()
+        pieces = [result.as_numpy("text").reshape(-1)[0].decode()]
+        while True:
+            result, error, arrived = results.get(timeout=120)
+            assert error is None
+            pieces.append(result.as_numpy("text").reshape(-1)[0].decode())
+            if result.as_numpy("finish_reason").reshape(-1)[0]:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    assert short_answered < arrived  # the short answer came before the long one's last piece
+    pipeline = Pipeline(export)
+    assert "".join(pieces) == pipeline.generate(image, PROMPT, GenerationOptions(256)).texts[0]
+    assert short == [(pipeline.generate(None, ["Hi."], GenerationOptions(2)).texts[0], "length")]
+
+
 def test_tritonserver_fits_an_image_of_any_size_to_a_bucket(triton):
     """The repository's default fit (nearest): each image answers as the image resized by hand to its bucket does."""
     url, export, _ = triton
