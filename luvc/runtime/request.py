@@ -156,13 +156,10 @@ class Request:
         self.prefill_outputs = prefill.outputs
         timings.vision_ms, timings.prefill_ms = prefill.vision_ms, prefill.prefill_ms
         batch = prepared.batch
-        self.samplings = self.options.samplings(batch)
         self.rows = RunningBatch(sessions, self.feeds, batch)  # one request at a time uses the sessions' cache
-        self.rows.admit(prefill, self.samplings, range(batch))
+        self.rows.admit(prefill, self.options.samplings(batch), range(batch))
         timings.kv_cache_bytes = self.rows.cache.nbytes()
         device = sessions.device
-        # one generator for the whole batch unless each row samples by its own (the rows' own generators)
-        self.generator = None if self.options.row_sampling else self.samplings[0].generator(device)
         self.stops = torch.tensor(self.stop_token_ids or [-1], dtype=torch.int64).to(device)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.hit = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -183,8 +180,8 @@ class Request:
         with self.sessions.on_stream():
             if self.options.row_sampling:  # each row by its own settings and generator, as it would be chosen alone
                 token = rows.choose(logits, slice(0, rows.size))
-            else:
-                token = next_tokens(logits, self.samplings[0], self.generator, rows.token, rows.counts)
+            else:  # the whole batch by one setting, from the first row's generator (as one row alone would)
+                token = next_tokens(logits, self.options.sampling, rows.generators[0], rows.token, rows.counts)
             if self.stop_token_ids:
                 token.masked_fill_(self.finished, self.stop_token_ids[0])
                 self.finished |= torch.isin(token, self.stops, out=self.hit)
