@@ -113,3 +113,26 @@ def test_fp16_norm_is_caught_and_fp32_islands_fix_it():
     assert y.dtype == np.float16 and np.isfinite(y).all() and abs(float(y.astype(np.float32).sum()) - 1) < 1e-2
     again = gs.export_onnx(keep_fp32_islands(gs.import_onnx(fixed)))  # a second run changes nothing
     assert [node.op_type for node in again.graph.node] == ops
+
+
+def test_a_norm_scale_read_by_two_norms_is_widened_once():
+    """A scale that several fp16 norms share (a vision encoder's norms across merged images) gets one float32 copy;
+    a copy per norm gave graphsurgeon distinct tensors of one name, and a warning per pair on the user's terminal."""
+    scale = helper.make_tensor("scale", TensorProto.FLOAT16, [8], np.full(8, 2.0, np.float16))
+    model = _model(
+        [
+            helper.make_node("LayerNormalization", ["x", "scale"], ["a"], name="/vision/blocks.0/norm1/LN"),
+            helper.make_node("LayerNormalization", ["a", "scale"], ["y"], name="/vision/blocks.0/norm1/LN_1"),
+        ],
+        [_tensor("x", TensorProto.FLOAT16)],
+        [_tensor("y", TensorProto.FLOAT16)],
+        [scale],
+    )
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = keep_fp32_islands(gs.import_onnx(model))
+    scales = [node.inputs[1] for node in graph.nodes if node.op == "LayerNormalization"]
+    assert [tensor.name for tensor in scales] == ["scale/fp32", "scale/fp32"]
+    assert scales[0] is scales[1]  # one tensor object: graphsurgeon sees no two tensors of one name
+    fixed = gs.export_onnx(graph)
+    onnx.checker.check_model(fixed)
+    assert [init.name for init in fixed.graph.initializer] == ["scale/fp32"]

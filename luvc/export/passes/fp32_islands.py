@@ -23,11 +23,14 @@ def _is_fp16(tensor: gs.Tensor) -> bool:
 
 def keep_fp32_islands(graph: gs.Graph) -> gs.Graph:
     """Wrap every fp16 softmax and norm node in casts so that its arithmetic runs in float32."""
+    widened: dict[str, gs.Constant] = {}  # one float32 copy of a constant however many norms read it
     for node in [n for n in graph.nodes if n.op in ISLAND_OPS and n.inputs and _is_fp16(n.inputs[0])]:
         wide_inputs = []
         for index, tensor in enumerate(node.inputs):
             if isinstance(tensor, gs.Constant) and tensor.values.dtype == np.float16:
-                wide_inputs.append(gs.Constant(f"{tensor.name}/fp32", tensor.values.astype(np.float32)))
+                if tensor.name not in widened:
+                    widened[tensor.name] = gs.Constant(f"{tensor.name}/fp32", tensor.values.astype(np.float32))
+                wide_inputs.append(widened[tensor.name])
             elif _is_fp16(tensor):
                 wide = gs.Variable(f"{node.name}/input_{index}/fp32", dtype=np.float32, shape=tensor.shape)
                 graph.nodes.append(
