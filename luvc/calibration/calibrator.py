@@ -1,10 +1,13 @@
-"""``CalibratedExportFromExport``: an fp32 export -> an INT8/FP8 Q/DQ export, calibrated with compression in the loop.
+"""``CalibratedExportFromExport``: an fp32 export -> an INT8/FP8 Q/DQ export, calibrated with compression in the loop,
+or an INT4 weight-only export.
 
 Calibration feeds come from running the fp32 export's own ``Pipeline`` over the samples: the vision graph sees
 real pixels, the prefill graph the merged image embeddings and prompt, and the decode graph a few greedy steps over
 the per-layer KV cache. So every activation range is measured after OIM merging and SPU pruning. The result is an
 ordinary export folder (same graphs, I/O and buckets; ``precision`` int8 or fp8; a ``quantization`` manifest
 section) that ``build``, ``run`` and ``parity`` take, plus INT8 calibration caches for TensorRT 10 and a report.
+INT4 (``luvc.calibration.weight_only``) quantizes the LLM graphs' weights only and calibrates nothing; the samples then
+only measure the agreement with fp32.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from luvc.calibration.cache import write_calibration_cache
 from luvc.calibration.quantize import (
     DEFAULT_METHODS,
     QUANTIZED_OPS,
+    WEIGHT_ONLY,
     activation_ranges,
     check_method,
     excluded_nodes,
     quantize_graph,
 )
 from luvc.calibration.report import write_report
+from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE, check_block_size, int4_weights, quantize_weights
 from luvc.errors import critical
 from luvc.export.manifest import (
     EXPORT_OUTPUT,
@@ -48,6 +53,7 @@ from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 
 QUANTIZED_KINDS = ("vision", "prefill", "decode", "text")  # embed is a table lookup: saved as it is
+LLM_KINDS = ("prefill", "decode", "text")  # what weight-only INT4 quantizes: the LLM's linear layers
 CACHE_FOLDER = "calibration"
 
 
@@ -79,13 +85,18 @@ def collect_feeds(
     return feeds, first_logits
 
 
+def first_logits(pipeline, sample: Sample) -> np.ndarray:
+    """The first-token logits ``pipeline`` gives for ``sample`` (host copy)."""
+    prepared = pipeline.prepare([sample.image], [sample.prompt])
+    return pipeline.request(prepared, GenerationOptions(1, keep_logits=True)).step().logits
+
+
 def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, samples: Sequence[Sample]) -> dict:
     """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source's
     ``reference_logits`` (one per sample)."""
     top1, cosines = [], []
     for sample, reference in zip(samples, reference_logits):
-        prepared = quantized.prepare([sample.image], [sample.prompt])
-        candidate = quantized.request(prepared, GenerationOptions(1, keep_logits=True)).step().logits
+        candidate = first_logits(quantized, sample)
         reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate))
         top1.append(float(reference.argmax() == candidate.argmax()))
         cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
@@ -100,9 +111,10 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
 class CalibratedExportFromExport(BaseLoader[Path]):
     """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
 
-    ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``) or ``fp8`` (``distribution``, ONNX
-    Runtime's float8 calibrator). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps``
-    (default 4) greedy steps per sample calibrate the decode graph.
+    ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``), ``fp8`` (``distribution``, ONNX
+    Runtime's float8 calibrator) or ``int4`` (``rtn``: weight-only, blocks of ``block_size`` input channels, default
+    128). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps`` (default 4) greedy steps per
+    sample calibrate the decode graph.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -112,6 +124,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     samples: Sequence[Sample] | None = None
     seed: int | None = None
     decode_steps: int | None = None
+    block_size: int | None = None
     overwrite: bool | None = None
     show_progress: bool | None = None
 
@@ -120,10 +133,13 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         self.precision = self.precision or "int8"
         self.method = self.method or DEFAULT_METHODS.get(self.precision, "")
         self.decode_steps = 4 if self.decode_steps is None else self.decode_steps
+        self.block_size = DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
         self.overwrite = bool(self.overwrite)
 
     def _source(self) -> ExportManifest:
         check_method(self.precision, self.method)
+        if self.precision in WEIGHT_ONLY:
+            check_block_size(self.block_size)
         manifest = ExportManifest.load(self.export_dir, verify=True)
         if manifest.precision != "fp32":
             critical(
@@ -153,32 +169,49 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         if not samples:
             critical("No calibration samples; pass a data folder with images or leave out --data.")
         source = Pipeline(self.export_dir)
-        graphs = [name for name, graph in manifest.graphs.items() if graph.kind in QUANTIZED_KINDS]
+        kinds = LLM_KINDS if self.weight_only else QUANTIZED_KINDS
+        graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
         with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
-            feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
+            if self.weight_only:  # nothing to calibrate: the fp32 logits the agreement is measured against
+                feeds, source_logits = {}, []
+                for sample in samples:
+                    source_logits.append(first_logits(source, sample))
+                    advance(f"fp32 logits: {sample.name}")
+            else:
+                feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
+            source.release()
             with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
-                entries, ranges, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
+                entries, ranges, int4, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
                 files = self._copy_rest(manifest, staging)
                 files += [entry.file for entry in entries.values()]
                 files += [f for entry in entries.values() for f in entry.external_data]
                 caches = self._write_caches(ranges, staging)
-                (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
-                files += [*caches, "ranges.json"]
+                if not self.weight_only:
+                    (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
+                    files.append("ranges.json")
+                files += caches
                 calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
                 quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
                 agreement = first_token_agreement(source_logits, quantized, samples)
                 quantization = dataclasses.replace(calibrated.quantization, agreement_with_fp32=agreement)
                 dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
-                write_report(staging, ranges, excluded, agreement, self.precision, self.method, len(samples))
+                write_report(staging, quantization, ranges, int4, len(samples))
                 advance("agreement with fp32")
         return self.out
 
+    @property
+    def weight_only(self) -> bool:
+        """Whether the precision quantizes weights only (INT4): no calibration, the LLM graphs only."""
+        return self.precision in WEIGHT_ONLY
+
     def _write_graphs(self, manifest, graphs, feeds, staging, advance):
         """Quantize ``graphs`` and save them with the other graphs (embed, as they are) into the calibrated export,
-        all of them through one shared weights file, so prefill and decode store their INT8/FP8 weights once."""
+        all of them through one shared weights file, so prefill and decode store their quantized weights once. Returns
+        the graph entries, the activation ranges (INT8/FP8) and INT4 weight bytes (INT4) per graph, and the nodes
+        kept float."""
         from luvc.export.exporter import save_model
 
-        entries, ranges, excluded = {}, {}, {}
+        entries, ranges, int4, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
             for name, graph in manifest.graphs.items():
@@ -189,19 +222,23 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     entries[name] = dataclasses.replace(graph, external_data=tuple(written[1:]))
                     continue
                 source = self.export_dir / graph.file
-                if name not in feeds:
-                    critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
                 skip = excluded_nodes(onnx.load(str(source), load_external_data=False))
-                quantized = quantize_graph(
-                    source,
-                    Path(scratch) / graph.file,
-                    feeds[name],
-                    self.precision,
-                    self.method,
-                    list(skip),
-                    external_data=bool(graph.external_data),
-                )
-                ranges[name] = activation_ranges(quantized, self.precision)
+                if self.weight_only:
+                    quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip))
+                    int4[name] = int4_weights(quantized)
+                else:
+                    if name not in feeds:
+                        critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
+                    quantized = quantize_graph(
+                        source,
+                        Path(scratch) / graph.file,
+                        feeds[name],
+                        self.precision,
+                        self.method,
+                        list(skip),
+                        external_data=bool(graph.external_data),
+                    )
+                    ranges[name] = activation_ranges(quantized, self.precision)
                 written = save_model(quantized, staging / graph.file, external, weights)
                 entries[name] = dataclasses.replace(
                     graph,
@@ -211,7 +248,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 )
                 excluded[name] = skip
                 advance(f"quantized {name}")
-        return entries, ranges, excluded
+        return entries, ranges, int4, excluded
 
     def _copy_rest(self, manifest, staging) -> list[str]:
         """Copy every file that is not a graph or its weights (host plans, tokenizer, processor)."""
@@ -243,19 +280,36 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         import onnxruntime
 
         quantized_opsets = [entry.opset for entry in entries.values() if entry.opset is not None]
-        quantization = QuantizationEntry(
-            precision=self.precision,
-            method=self.method,
-            library=f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
-            source=QuantizationSource(str(self.export_dir), sha256_file(self.export_dir / "manifest.json")),
-            calibration=CalibrationRun(tuple(s.name for s in samples), self.decode_steps),
-            quantized_ops=tuple(QUANTIZED_OPS),
-            activations="symmetric per tensor",
-            weights="symmetric per channel" if self.precision == "int8" else "symmetric per tensor",
-            excluded_nodes=excluded,
-            ranges_file="ranges.json",
-            tensorrt10_calibration_caches=tuple(caches),
-        )
+        source = QuantizationSource(str(self.export_dir), sha256_file(self.export_dir / "manifest.json"))
+        if self.weight_only:
+            quantization = QuantizationEntry(
+                precision=self.precision,
+                method=self.method,
+                library="luvc.calibration.weight_only (round to nearest, blocked DequantizeLinear)",
+                source=source,
+                calibration=CalibrationRun(tuple(s.name for s in samples), 0),  # the samples measure agreement only
+                quantized_ops=("MatMul",),
+                activations="floating point (weight-only)",
+                weights=f"symmetric int4, one scale per {self.block_size} input channels of each output column",
+                excluded_nodes=excluded,
+                ranges_file="",
+                tensorrt10_calibration_caches=(),
+                block_size=self.block_size,
+            )
+        else:
+            quantization = QuantizationEntry(
+                precision=self.precision,
+                method=self.method,
+                library=f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+                source=source,
+                calibration=CalibrationRun(tuple(s.name for s in samples), self.decode_steps),
+                quantized_ops=tuple(QUANTIZED_OPS),
+                activations="symmetric per tensor",
+                weights="symmetric per channel" if self.precision == "int8" else "symmetric per tensor",
+                excluded_nodes=excluded,
+                ranges_file="ranges.json",
+                tensorrt10_calibration_caches=tuple(caches),
+            )
         return dataclasses.replace(
             manifest,
             precision=self.precision,

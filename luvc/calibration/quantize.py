@@ -19,13 +19,17 @@ from luvc.export.naming import place_of
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 # precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
-PRECISIONS = {"int8": ("QInt8", 127.0), "fp8": ("QFLOAT8E4M3FN", 448.0)}
-# method -> ONNX Runtime CalibrationMethod name, and the precisions it calibrates
+PRECISIONS = {"int8": ("QInt8", 127.0), "fp8": ("QFLOAT8E4M3FN", 448.0), "int4": ("QInt4", 7.0)}
+# precisions that quantize weights only (``luvc.calibration.weight_only``): activations stay float, nothing is
+# calibrated, and only the LLM's graphs change
+WEIGHT_ONLY = frozenset({"int4"})
+# method -> ONNX Runtime CalibrationMethod name (None: no calibration), and the precisions it applies to
 METHODS = {
     "minmax": ("MinMax", ("int8",)),
     "entropy": ("Entropy", ("int8",)),
     "percentile": ("Percentile", ("int8",)),
     "distribution": ("Distribution", ("fp8",)),
+    "rtn": (None, ("int4",)),  # round to nearest, block-wise
 }
 # LUVC unit -> why its nodes stay in floating point
 KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
@@ -37,7 +41,7 @@ KEEP_FLOAT = {
 
 
 # precision -> the calibration method used when none is given
-DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution"}
+DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution", "int4": "rtn"}
 
 
 def check_method(precision: str, method: str) -> None:
@@ -49,8 +53,8 @@ def check_method(precision: str, method: str) -> None:
     if precision not in METHODS[method][1]:
         allowed = sorted(name for name, (_, precisions) in METHODS.items() if precision in precisions)
         critical(
-            f"--method {method} does not calibrate {precision}: ONNX Runtime's quantizer calibrates {precision} with "
-            f"{allowed}; pass --method {allowed[0]}."
+            f"--method {method} does not quantize {precision}: {precision} is quantized with {allowed}; pass "
+            f"--method {allowed[0]}."
         )
 
 

@@ -1,5 +1,5 @@
-"""Calibration report: ``report.md`` with per-tensor ranges, excluded nodes and agreement with fp32, and
-``ranges.png`` (the distribution of activation ranges per graph)."""
+"""Calibration report: ``report.md`` with per-tensor ranges (INT4: the quantized weights), excluded nodes and agreement
+with fp32, and ``ranges.png`` (the distribution of activation ranges per graph; INT8/FP8)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from luvc.export.manifest import QuantizationEntry
 
 RANGES_PLOT = "ranges.png"
 
@@ -34,19 +36,23 @@ def plot_ranges(ranges: dict[str, dict[str, dict[str, float]]], path: Path) -> N
 
 def write_report(
     folder: Path,
+    quantization: QuantizationEntry,
     ranges: dict[str, dict[str, dict[str, float]]],
-    excluded: dict[str, dict[str, str]],
-    agreement: dict[str, float],
-    precision: str,
-    method: str,
+    weights: dict[str, dict[str, int]],
     num_samples: int,
 ) -> None:
-    """Write ``report.md`` and ``ranges.png`` into ``folder``."""
-    plot_ranges(ranges, folder / RANGES_PLOT)
+    """Write ``report.md`` (and, with activation ``ranges``, ``ranges.png``) into ``folder``. ``weights``: per graph,
+    the bytes of each INT4 weight (weight-only precisions)."""
+    precision, method, excluded = quantization.precision, quantization.method, quantization.excluded_nodes
+    agreement = quantization.agreement_with_fp32
+    if weights:
+        run = f"Weights only, {quantization.weights}; {num_samples} samples measure the agreement."
+    else:
+        run = f"{num_samples} samples through the LUVC-compressed fp32 export (ranges after merging and pruning)."
     lines = [
         f"# Calibration: {precision}, {method}",
         "",
-        f"{num_samples} samples through the LUVC-compressed fp32 export (ranges after merging and pruning).",
+        run,
         "",
         "## Agreement with the fp32 export (first token, ONNX Runtime)",
         "",
@@ -63,7 +69,13 @@ def write_report(
         for reason, count in sorted(Counter(nodes.values()).items()):
             lines.append(f"| {graph} | {reason} | {count} |")
     lines += ["", "The node names are in `manifest.json` (`quantization.excluded_nodes`).", ""]
-    lines += ["## Activation ranges", "", f"![ranges]({RANGES_PLOT})", ""]
+    if weights:
+        lines += ["## INT4 weights", "", "| graph | quantized MatMuls | int4 bytes |", "|---|---|---|"]
+        lines += [f"| {graph} | {len(found)} | {sum(found.values())} |" for graph, found in weights.items()]
+        lines += ["", "Graphs that share a weight store it once in `weights.data`.", ""]
+    if ranges:
+        plot_ranges(ranges, folder / RANGES_PLOT)
+        lines += ["## Activation ranges", "", f"![ranges]({RANGES_PLOT})", ""]
     for graph, tensors in ranges.items():
         amax = np.array([entry["amax"] for entry in tensors.values()] or [0.0])
         lines += [

@@ -34,6 +34,7 @@ class Calibrate:
             method=options.method,
             samples=samples,
             decode_steps=options.decode_steps,
+            block_size=options.block_size,
             overwrite=options.overwrite,
             show_progress=True,
         )()

@@ -139,12 +139,14 @@ class EngineFromOnnx(BaseLoader[tuple]):
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if not strongly_typed:  # TensorRT 10: precision through builder flags
-            if self.precision in ("fp16", "int8", "fp8"):
+            if self.precision in ("fp16", "int8", "fp8", "int4"):
                 config.set_flag(trt.BuilderFlag.FP16)
             if self.precision == "int8":  # explicit Q/DQ from `luvc-export calibrate`
                 config.set_flag(trt.BuilderFlag.INT8)
             if self.precision == "fp8" and hasattr(trt.BuilderFlag, "FP8"):
                 config.set_flag(trt.BuilderFlag.FP8)
+            if self.precision == "int4" and hasattr(trt.BuilderFlag, "INT4"):  # weight-only Q/DQ (TensorRT 10.x)
+                config.set_flag(trt.BuilderFlag.INT4)
         if self.tensorrt.is_rtx:
             names = rtx_compute_capabilities(target, self.tensorrt)
             config.num_compute_capabilities = len(names)

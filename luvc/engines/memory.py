@@ -148,7 +148,10 @@ class MemoryPlan:
                 f"prefill engine holds the LLM weights again ({per_engine[prefills[-1]] / GiB:.2f} GiB for "
                 f"{prefills[-1]})."
             )
-        lines.append("INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights.")
+        lines.append(
+            "INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights; INT4 weight-only (--precision "
+            "int4) keeps the LLM's linear layers in about a quarter of their fp16 bytes."
+        )
         return lines
 
 

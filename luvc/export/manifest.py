@@ -259,7 +259,8 @@ class CalibrationRun:
 class QuantizationEntry:
     """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
     run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
-    TensorRT 10's calibration caches (INT8), and the first-token agreement with the fp32 source."""
+    TensorRT 10's calibration caches (INT8), the first-token agreement with the fp32 source, and (INT4) the input
+    channels per weight scale."""
 
     precision: str
     method: str
@@ -273,6 +274,7 @@ class QuantizationEntry:
     ranges_file: str
     tensorrt10_calibration_caches: tuple[str, ...]
     agreement_with_fp32: dict[str, float] = dataclasses.field(default_factory=dict)
+    block_size: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizationEntry:

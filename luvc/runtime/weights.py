@@ -35,6 +35,9 @@ from luvc.engines.weight_inputs import shareable_weights
 from luvc.export.manifest import ExternalTensor, external_tensors
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+# types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
+# on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
+PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
 IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
@@ -65,6 +68,7 @@ class MappedWeights:
         on_gpu = self.device.type != "cpu"
         # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
         tensors = shareable_weights(model) if on_gpu else external_tensors(model)
+        tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)

@@ -28,5 +28,5 @@ def test_every_precision_bounds_every_metric():
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(LuvcError, match=r"No parity tolerances for precision 'int4'; known: \['fp32'"):
-        tolerances_for("int4")
+    with pytest.raises(LuvcError, match=r"No parity tolerances for precision 'nvfp4'; known: \['fp32'"):
+        tolerances_for("nvfp4")

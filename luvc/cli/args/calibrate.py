@@ -1,12 +1,14 @@
-"""Calibration options: source export, precision, method, output folder."""
+"""Calibration options: source export, precision, method, INT4 block size, output folder."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_method
+from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, WEIGHT_ONLY, check_method
+from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE, check_block_size
 from luvc.cli.args.base import BaseArgs, int_in
+from luvc.errors import critical
 
 
 class CalibrateArgs(BaseArgs):
@@ -16,7 +18,9 @@ class CalibrateArgs(BaseArgs):
     """
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("Calibrate", "Explicit INT8/FP8 quantization of an fp32 export")
+        group = parser.add_argument_group(
+            "Calibrate", "Explicit INT8/FP8 quantization of an fp32 export, or INT4 weight-only quantization of its LLM"
+        )
         group.add_argument("export_dir", help="fp32 export folder (from `luvc-export export`)")
         group.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="default int8")
         methods = "; ".join(
@@ -25,6 +29,12 @@ class CalibrateArgs(BaseArgs):
             for precision in PRECISIONS
         )
         group.add_argument("--method", choices=list(METHODS), default=None, help=f"ONNX Runtime calibrator: {methods}")
+        group.add_argument(
+            "--block-size",
+            type=int,
+            default=None,
+            help=f"int4: input channels per weight scale, a power of two >= 16 ({DEFAULT_BLOCK_SIZE})",
+        )
         group.add_argument(
             "--decode-steps", type=int_in(1), default=None, help="greedy steps per sample for decode (4)"
         )
@@ -36,6 +46,11 @@ class CalibrateArgs(BaseArgs):
         self.precision = args.precision
         self.method = args.method or DEFAULT_METHODS[args.precision]
         check_method(self.precision, self.method)  # before any sample is read
+        self.block_size = args.block_size
+        if self.block_size is not None:
+            if self.precision not in WEIGHT_ONLY:
+                critical(f"--block-size sets INT4 weight blocks; {self.precision} has none. Pass --precision int4.")
+            check_block_size(self.block_size)
         self.decode_steps = args.decode_steps
         self.out = Path(args.out)
         self.overwrite = args.overwrite
