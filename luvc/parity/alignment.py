@@ -4,6 +4,8 @@ After an SPU cut a layer's cache holds the text tokens and the visual tokens tha
 export keeps another token than PyTorch at a near tie (the selection level judges that, with the near-tie share
 beside it), the rows at that place hold different tokens, and their difference is no numeric error of the export.
 ``common_rows`` pairs the rows of the tokens both runs hold; the rows of swapped tokens are counted, not compared.
+The layers after a swap are left out whole: from there on every token attended to another context in each run, so
+their caches differ by more than numeric error (the selection level judges the swap that caused it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def common_rows(candidate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarra
     return candidate_rows[order], reference_rows[order]
 
 
+def first_swap(candidate_kept: Mapping[int, np.ndarray], reference_kept: Mapping[int, np.ndarray], row: int) -> float:
+    """The first cut layer at which batch ``row`` kept other tokens in the two runs (``inf`` when none did)."""
+    for layer in sorted(reference_kept):
+        ours = candidate_kept.get(layer)
+        if ours is None or set(np.asarray(ours[row]).tolist()) != set(np.asarray(reference_kept[layer][row]).tolist()):
+            return layer
+    return float("inf")
+
+
 def aligned_cache_pairs(
     candidate: Mapping[str, np.ndarray],
     reference: Mapping[str, np.ndarray],
@@ -53,11 +64,14 @@ def aligned_cache_pairs(
     candidate_kept: Mapping[int, np.ndarray],
     reference_kept: Mapping[int, np.ndarray],
     prompt_spans: Sequence[tuple[int, int]],
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int, int]:
     """``(candidate, reference)`` pairs of every layer's ``present.{layer}.{kind}`` ``(B, heads, S, dim)``, each
-    row of the batch cut to the tokens both hold, and how many rows were left out (swapped tokens)."""
+    row of the batch cut to the tokens both hold, up to the layer of that row's first swap; how many rows were left
+    out (swapped tokens), and how many (row, layer) caches after a swap."""
     visual_tokens = sum(tokens for _, tokens in prompt_spans)
-    pairs, left_out = [], 0
+    pairs, left_out, downstream = [], 0, 0
+    batch = next(iter(reference.values())).shape[0] if reference else 0
+    swaps = [first_swap(candidate_kept, reference_kept, row) for row in range(batch)]
     for name, expected in reference.items():
         if not name.endswith(f".{kind}"):
             continue
@@ -65,6 +79,9 @@ def aligned_cache_pairs(
         candidate_ids = visual_ids_entering(layer, candidate_kept, visual_tokens, batch)
         reference_ids = visual_ids_entering(layer, reference_kept, visual_tokens, batch)
         for row in range(batch):
+            if layer > swaps[row]:
+                downstream += 1
+                continue
             tokens = [
                 row_tokens(tensor.shape[2], prompt_spans, ids[row])
                 for tensor, ids in ((actual, candidate_ids), (expected, reference_ids))
@@ -77,4 +94,4 @@ def aligned_cache_pairs(
                     np.ascontiguousarray(expected[row][:, reference_rows]),
                 )
             )
-    return pairs, left_out
+    return pairs, left_out, downstream

@@ -19,6 +19,7 @@ from luvc.parity.alignment import aligned_cache_pairs
 from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
 from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
+from luvc.parity.selection import LayerSelection, judge_selection
 from luvc.parity.tolerances import Tolerances, tolerances_for
 from luvc.progress import progress_steps
 from luvc.runtime.pipeline import host_arrays
@@ -81,7 +82,8 @@ class ParityFromExport(BaseLoader[ParityResults]):
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:
             critical("No parity samples; pass a data folder with images or leave out --data.")
-        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit)}
+        # an fp16 export runs its float16 arithmetic, as on a GPU (the CPU runtime computes it in float32)
+        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit, float16_compute=True)}
         # each sample fitted once to a bucket (``--fit``), so that PyTorch and every backend see the same pixels
         fitted = [pipelines["ort"].preparer.fit(sample.image) for sample in samples]
         samples = [dataclasses.replace(sample, image=visual) for sample, (visual, _) in zip(samples, fitted)]
@@ -116,7 +118,7 @@ class ParityFromExport(BaseLoader[ParityResults]):
                     runs.append(_BackendRun(pipeline, sample, ids, max_new_tokens))
                     advance(f"{name}: {sample.name}")
                 pipeline.release()
-                backends.append(_backend_result(name, torch_runs, runs))
+                backends.append(_backend_result(name, torch_runs, runs, tolerances))
                 if name == "ort":
                     _localise(backends[-1], pipeline, torch_runs[0], runs[0])
                     advance("localised layer errors")
@@ -174,19 +176,22 @@ def _tensor_checks(name: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> lis
     ]
 
 
-def _backend_result(backend: str, torch_runs: list[TorchRun], runs: list[_BackendRun]) -> BackendResult:
+def _backend_result(
+    backend: str, torch_runs: list[TorchRun], runs: list[_BackendRun], tolerances: Tolerances
+) -> BackendResult:
     result = BackendResult(backend)
     pairs = list(zip(runs, torch_runs))
     result.checks += _tensor_checks("vision.image_embeds", [(r.image_embeds, t.image_embeds) for r, t in pairs])
     result.checks += _tensor_checks("prefill.logits", [(r.outputs["logits"], t.logits) for r, t in pairs])
     for kind in ("key", "value"):  # the rows of the tokens both runs hold: a near-tie swap is level 2's question
-        aligned, left_out = [], 0
+        aligned, left_out, after = [], 0, 0
         for r, t in pairs:
             kept = {layer: r.outputs.get(f"kept_visual_indices.{layer}", ids) for layer, ids in t.kept.items()}
-            rows, swapped = aligned_cache_pairs(r.outputs, t.presents, kind, kept, t.kept, r.bucket.visual_spans)
-            aligned, left_out = aligned + rows, left_out + swapped
-        plural = "s" if left_out > 1 else ""
-        swapped = f" (without the rows of {left_out} swapped token{plural})" if left_out else ""
+            found = aligned_cache_pairs(r.outputs, t.presents, kind, kept, t.kept, r.bucket.visual_spans)
+            aligned, left_out, after = aligned + found[0], left_out + found[1], after + found[2]
+        leaving = [f"the rows of {left_out} swapped token{'s' if left_out > 1 else ''}"] if left_out else []
+        leaving += [f"{after} layer{'s' if after > 1 else ''} after a swap"] if after else []
+        swapped = f" (without {' and '.join(leaving)})" if leaving else ""
         result.checks += _tensor_checks(f"prefill.present.*.{kind}{swapped}", aligned)
     decode = []  # steps after the first whose prefixes still agree (step 0 is the prefill's logits)
     for r, t in pairs:
@@ -194,15 +199,17 @@ def _backend_result(backend: str, torch_runs: list[TorchRun], runs: list[_Backen
         decode += [(r.step_logits[:, step], t.step_logits[:, step]) for step in range(1, agree)]
     if decode:
         result.checks += _tensor_checks("decode.logits", decode)
-    # level 2: selection
-    for layer in sorted(layer for layer, kept in torch_runs[0].kept.items() if kept.size):  # zero budgets: no cut
-        overlap = min(
-            metrics.jaccard(a, b)
-            for r, t in pairs
-            for a, b in zip(r.outputs.get(f"kept_visual_indices.{layer}", t.kept[layer][:, :0]), t.kept[layer])
-        )
-        result.kept_overlap[layer] = overlap
-        result.checks.append(Check(2, f"kept_visual_indices.{layer}", "kept_jaccard", overlap))
+    # level 2: selection, a swap at a near tie (within the measured noise, at most what the precision allows) and what
+    # follows it not counted as error
+    noise = min(_worst(result.checks, "prefill.present", "relative_error"), tolerances.tensor_relative)
+    selections: dict[int, LayerSelection] = {}
+    for r, t in pairs:
+        kept = {layer: r.outputs[name] for layer in t.kept if (name := f"kept_visual_indices.{layer}") in r.outputs}
+        judge_selection(kept, t.kept, t.scores, noise, selections)
+    for layer, selection in sorted(selections.items()):
+        result.kept_overlap[layer] = selection.jaccard
+        result.selections[layer] = selection
+        result.checks.append(Check(2, f"kept_visual_indices.{layer}", "kept_jaccard", selection.judged))
     embed_cosine = min(float(metrics.row_cosines(r.image_embeds, t.image_embeds).min()) for r, t in pairs)
     result.checks.append(Check(2, "OIM-merged image embeddings (per token)", "embed_cosine", embed_cosine))
     # level 3: first token
@@ -222,6 +229,12 @@ def _backend_result(backend: str, torch_runs: list[TorchRun], runs: list[_Backen
     return result
 
 
+def _worst(checks: list[Check], prefix: str, metric: str) -> float:
+    """The largest value of ``metric`` among the checks whose name starts with ``prefix`` (0 when none)."""
+    values = [check.value for check in checks if check.name.startswith(prefix) and check.metric == metric]
+    return max(values, default=0.0)
+
+
 def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _BackendRun) -> None:
     """Per-layer errors of the first sample's vision and prefill graphs on ONNX Runtime."""
     references = torch_run.layer_outputs
@@ -232,7 +245,7 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     import onnx
 
     precision = pipeline.manifest.precision
-    weights = MappedWeights(pipeline.folder, float32=precision == "fp16")  # as the pipeline's CPU sessions
+    weights = MappedWeights(pipeline.folder)  # float16 weights for float16 arithmetic, as the pipeline's sessions
     for graph_name, feeds, family in graphs:
         path = pipeline.folder / pipeline.manifest.graphs[graph_name].file
         layers = [name for name in references if name.startswith(family)]
@@ -249,7 +262,7 @@ def _near_ties(torch_runs: list[TorchRun], margin: float) -> dict[int, float]:
     shares: dict[int, list[float]] = {}
     for run in torch_runs:
         for layer, spans in run.scores.items():
-            cuts = [(s, budget) for s, budget in spans if 0 < budget < s.shape[-1]]  # a zero budget has no cut
+            cuts = [(s, budget) for s, budget, _ in spans if 0 < budget < s.shape[-1]]  # a zero budget has no cut
             if cuts:
                 shares.setdefault(layer, []).extend(metrics.near_tie_share(s, budget, margin) for s, budget in cuts)
     return {layer: float(np.mean(values)) for layer, values in sorted(shares.items())}

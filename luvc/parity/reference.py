@@ -28,7 +28,8 @@ class TorchRun:
     logits: np.ndarray  # (B, V) first token
     presents: dict[str, np.ndarray]  # present.{l}.key / .value
     kept: dict[int, np.ndarray]  # SPU layer -> (B, k) kept visual indices
-    scores: dict[int, list[tuple[np.ndarray, int]]]  # SPU layer -> [(scores (B, n), budget)] per image span
+    # SPU layer -> [(scores (B, n), budget, the scored tokens' original visual indices (B, n))] per image span
+    scores: dict[int, list[tuple[np.ndarray, int, np.ndarray]]]
     layer_outputs: dict[str, np.ndarray]  # vision.blocks.{i} / llm.layers.{i} -> output activation
     tokens: np.ndarray  # (B, T) greedy
     step_logits: np.ndarray  # (B, T, V)
@@ -66,6 +67,7 @@ class TorchReference:
                     (
                         scorer(scored[:, start : start + count], visual_ids[:, offset : offset + count], span).numpy(),
                         budget,
+                        visual_ids[:, offset : offset + count].numpy(),
                     )
                     for span, ((start, count), budget, offset) in enumerate(zip(spans, budgets, offsets))
                 ]

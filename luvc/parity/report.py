@@ -105,6 +105,22 @@ def markdown(results: ParityResults) -> str:
     lines += ["", f"![per-layer error]({PLOTS['layer_error']})", "", f"![kept overlap]({PLOTS['kept_overlap']})", ""]
     lines += ["Near-tie share per SPU layer (tokens within the relative tolerance of the cut):", ""]
     lines += [f"- layer {layer}: {share:.3f}" for layer, share in results.near_ties.items()]
+    differing = [(b.backend, s) for b in results.backends for s in b.selections.values() if s.jaccard < 1.0]
+    if differing:
+        lines += [
+            "",
+            "Kept indices that differ (a tie: reference score within the measured noise of the cut; "
+            "downstream: after an earlier swap, on other tokens):",
+            "",
+        ]
+        lines += [
+            "| backend | layer | Jaccard | judged | ties | non-ties | downstream |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {backend} | {s.layer} | {s.jaccard:.4g} | {s.judged:.4g} | {s.ties} | {s.non_ties} | {s.downstream} |"
+            for backend, s in differing
+        ]
     lines += ["", "## What compression costs (uncompressed vs LUVC on the same backend; reported, not judged)", ""]
     metrics = list(next(iter(results.compression.values()), {}))
     lines += ["| backend | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]

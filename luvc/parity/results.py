@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from luvc.parity.selection import LayerSelection
 from luvc.parity.tolerances import Tolerances, tolerances_for
 
 LEVELS = {1: "output tensors", 2: "LUVC selection", 3: "first-token logits", 4: "generated text"}
@@ -41,6 +42,8 @@ class BackendResult:
     backend: str
     checks: list[Check] = dataclasses.field(default_factory=list)
     kept_overlap: dict[int, float] = dataclasses.field(default_factory=dict)  # min Jaccard per SPU layer
+    # per SPU layer: raw and judged overlap, and the differing tokens as ties, non-ties and downstream of a swap
+    selections: dict[int, LayerSelection] = dataclasses.field(default_factory=dict)
     layer_errors: list[LayerError] = dataclasses.field(default_factory=list)
     localised: bool = False  # whether layer_errors were measured (ONNX Runtime only)
 
@@ -87,6 +90,13 @@ class ParityResults:
                     f"  [{verdict}] {backend.backend} L{check.level} {check.name} {check.metric}: "
                     f"{check.value:.4g} (limit {limit:g})"
                 )
+            for selection in backend.selections.values():
+                if selection.ties or selection.non_ties or selection.downstream:
+                    lines.append(
+                        f"  {backend.backend} kept_visual_indices.{selection.layer}: Jaccard {selection.jaccard:.4g}; "
+                        f"differing tokens: {selection.ties} at near ties, {selection.non_ties} not, "
+                        f"{selection.downstream} downstream of an earlier swap"
+                    )
             layer = backend.first_diverging_layer(self.tolerances)
             if layer:
                 lines.append(f"  {backend.backend}: first diverging layer: {layer}")
@@ -118,6 +128,7 @@ class ParityResults:
                 backend=b["backend"],
                 checks=[Check(c["level"], c["name"], c["metric"], c["value"]) for c in b["checks"]],
                 kept_overlap={int(k): v for k, v in b["kept_overlap"].items()},
+                selections={int(k): LayerSelection(**v) for k, v in b.get("selections", {}).items()},
                 layer_errors=[LayerError(**layer) for layer in b["layer_errors"]],
                 localised=b["localised"],
             )

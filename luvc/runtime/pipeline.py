@@ -34,7 +34,8 @@ class Pipeline:
     from this export by ``luvc-export build``); ``providers`` overrides the ONNX Runtime execution providers that
     ``device`` implies (``cpu``: the CPU EP; ``cuda:N``: the CUDA EP of onnxruntime-gpu); ``fit`` is the policy for
     visuals of other sizes than the buckets (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller
-    holds it before it is written (calibration checks a quantized export before saving its manifest)."""
+    holds it before it is written (calibration checks a quantized export before saving its manifest);
+    ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class Pipeline:
         plugin_library: str | Path | None = None,
         fit: str | None = None,
         manifest: ExportManifest | None = None,
+        float16_compute: bool = False,
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in BACKENDS:
@@ -63,7 +65,9 @@ class Pipeline:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
         self.device = resolve_device(backend, providers, device)
         engines = None if engines_dir is None else Path(engines_dir)
-        self.sessions = Sessions(self.folder, self.manifest, backend, self.device, providers, engines, plugin_library)
+        self.sessions = Sessions(
+            self.folder, self.manifest, backend, self.device, providers, engines, plugin_library, float16_compute
+        )
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
         self.preparer = Preparer(self.folder, self.manifest, self.fit_policy)
 

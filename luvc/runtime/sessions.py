@@ -49,7 +49,9 @@ def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 class Sessions:
     """The sessions of export ``folder`` on ``device``: ``backend="trt"`` runs the engines of ``engines_dir``;
-    ``providers`` overrides the ONNX Runtime execution providers the device implies."""
+    ``providers`` overrides the ONNX Runtime execution providers the device implies. On the CPU an fp16 export
+    computes in float32 (ONNX Runtime's CPU kernels would convert anyway), unless ``float16_compute`` keeps the
+    graph as written: float16 tensors between ops, as a GPU runs it (what parity checks)."""
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class Sessions:
         providers: list | None = None,
         engines_dir: Path | None = None,
         plugin_library: str | Path | None = None,
+        float16_compute: bool = False,
     ) -> None:
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         self.engines_dir, self.plugin_library = engines_dir, plugin_library
@@ -70,7 +73,7 @@ class Sessions:
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
-        float32 = device.type == "cpu" and manifest.precision == "fp16"
+        float32 = device.type == "cpu" and manifest.precision == "fp16" and not float16_compute
         self.weights = MappedWeights(folder, float32=float32, device=device)
         self.activations = None
         if backend == "trt" and on_gpu:

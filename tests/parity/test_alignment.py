@@ -37,13 +37,27 @@ def test_a_swapped_token_leaves_its_row_out_and_the_rest_compares_equal():
     candidate_cut = full[:, :, [0, 1, 4, 5]].copy()  # kept ids 0 and 3 instead: one swap
     reference = {"present.0.key": full, "present.1.key": reference_cut}
     candidate = {"present.0.key": full.copy(), "present.1.key": candidate_cut}
-    pairs, left_out = aligned_cache_pairs(
+    pairs, left_out, downstream = aligned_cache_pairs(
         candidate, reference, "key", {1: np.array([[0, 3]])}, {1: np.array([[0, 2]])}, spans
     )
-    assert left_out == 1
+    assert (left_out, downstream) == (1, 0)
     assert [pair[1].shape for pair in pairs] == [(2, 6, 3), (2, 3, 3)]
     assert all(np.array_equal(a, b) for a, b in pairs)  # the swapped row was the only difference
-    pairs, left_out = aligned_cache_pairs(
+    pairs, left_out, _ = aligned_cache_pairs(
         candidate, reference, "key", {1: np.array([[0, 2]])}, {1: np.array([[0, 2]])}, spans
     )
     assert left_out == 0 and not np.array_equal(*pairs[1])  # same ids claimed: every row compared, and it differs
+
+
+def test_the_layers_after_a_swap_are_left_out():
+    rng = np.random.default_rng(1)
+    spans = ((1, 4),)
+    full = rng.normal(size=(1, 2, 6, 3))
+    reference = {"present.0.key": full, "present.1.key": full[:, :, [0, 1, 3, 5]], "present.2.key": full[:, :, :3]}
+    candidate = {name: value + 1.0 for name, value in reference.items()}  # would fail any tensor check
+    candidate["present.0.key"], candidate["present.1.key"] = full.copy(), full[:, :, [0, 1, 4, 5]].copy()
+    kept = ({1: np.array([[0, 3]]), 2: np.array([[0]])}, {1: np.array([[0, 2]]), 2: np.array([[0]])})
+    pairs, left_out, downstream = aligned_cache_pairs(candidate, reference, "key", *kept, spans)
+    # layer 1 swapped id 2 for id 3: its common rows compare; layer 2 attended another context and is left out
+    assert (left_out, downstream) == (1, 1)
+    assert len(pairs) == 2 and all(np.array_equal(a, b) for a, b in pairs)
