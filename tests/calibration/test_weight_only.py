@@ -9,7 +9,6 @@ from onnx import numpy_helper
 from luvc.calibration.weight_only import quantize_blocks
 from luvc.engines.manifest import EngineManifest
 from luvc.export.manifest import ExportManifest
-from luvc.models import TINY_MODELS
 from luvc.parity import TOLERANCES, check_parity
 
 BLOCK = 16  # the tiny models are 32 wide: two blocks per column
@@ -62,7 +61,7 @@ def test_round_to_nearest_blocks_keep_every_weight_within_half_a_step():
         assert (np.abs(levels[rows]).max(axis=0)[amax > 0] == 7).all()  # each block's largest weight is +-7
 
 
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-llava"])  # those the other tests calibrate
 def test_int4_quantizes_the_llm_weights_only_and_stays_close_to_fp32(family, exports, int4_exports):
     folder, source = int4_exports(family), exports(family)
     manifest = ExportManifest.load(folder)
