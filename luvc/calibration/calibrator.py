@@ -30,7 +30,9 @@ from luvc.calibration.quantize import (
     activation_ranges,
     check_method,
     excluded_nodes,
+    layer_exclusions,
     quantize_graph,
+    quantized_layers,
 )
 from luvc.calibration.report import write_report
 from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE, check_block_size, int4_weights, quantize_weights
@@ -108,13 +110,28 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
 
 
 @dataclasses.dataclass
+class Calibration:
+    """What one calibration run quantizes from: the source manifest, the graphs it quantizes, their calibration
+    feeds, the samples and the fp32 first-token logits of each, and the folder where each graph's calibrated ranges
+    are kept between quantizations."""
+
+    manifest: ExportManifest
+    graphs: list[str]
+    feeds: dict[str, list[dict]]
+    samples: list[Sample]
+    reference_logits: list[np.ndarray]
+    ranges_dir: Path
+
+
+@dataclasses.dataclass
 class CalibratedExportFromExport(BaseLoader[Path]):
     """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
 
     ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``), ``fp8`` (``distribution``, ONNX
     Runtime's float8 calibrator) or ``int4`` (``rtn``: weight-only, blocks of ``block_size`` input channels, default
     128). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps`` (default 4) greedy steps per
-    sample calibrate the decode graph.
+    sample calibrate the decode graph. ``target_agreement`` (INT8/FP8): the worst first-token logits cosine against
+    fp32 over the samples to reach, keeping in floating point the fewest layers, most sensitive first.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -125,6 +142,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     seed: int | None = None
     decode_steps: int | None = None
     block_size: int | None = None
+    target_agreement: float | None = None
     overwrite: bool | None = None
     show_progress: bool | None = None
 
@@ -140,6 +158,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         check_method(self.precision, self.method)
         if self.precision in WEIGHT_ONLY:
             check_block_size(self.block_size)
+        target = self.target_agreement
+        if target is not None and (self.weight_only or isinstance(target, bool) or not 0 < target <= 1):
+            critical(
+                f"--target-agreement {target}: a first-token logits cosine in (0, 1] for --precision int8 or fp8 "
+                "(INT4 quantizes every LLM layer's weights alike)."
+            )
         manifest = ExportManifest.load(self.export_dir, verify=True)
         if manifest.precision != "fp32":
             critical(
@@ -171,7 +195,10 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         source = Pipeline(self.export_dir)
         kinds = LLM_KINDS if self.weight_only else QUANTIZED_KINDS
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
-        with progress_steps(self.show_progress, len(samples) + len(graphs) + 1, "calibrating") as advance:
+        steps = len(samples) + len(graphs) + 1
+        if self.target_agreement is not None:  # at most: fully quantized, each layer alone, each layer added
+            steps += 1 + 2 * len(self._quantized_layers(manifest, graphs))
+        with progress_steps(self.show_progress, steps, "calibrating") as advance:
             if self.weight_only:  # nothing to calibrate: the fp32 logits the agreement is measured against
                 feeds, source_logits = {}, []
                 for sample in samples:
@@ -180,8 +207,15 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             else:
                 feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()
-            with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
-                entries, ranges, int4, excluded = self._write_graphs(manifest, graphs, feeds, staging, advance)
+            with (
+                tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
+                staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
+            ):
+                calibration = Calibration(manifest, graphs, feeds, samples, source_logits, Path(ranges_dir))
+                keep, sensitivity, full = frozenset(), {}, None
+                if self.target_agreement is not None:
+                    keep, sensitivity, full = self._choose_float_layers(calibration, advance)
+                entries, ranges, int4, excluded = self._write_graphs(calibration, staging, advance, keep)
                 files = self._copy_rest(manifest, staging)
                 files += [entry.file for entry in entries.values()]
                 files += [f for entry in entries.values() for f in entry.external_data]
@@ -193,24 +227,86 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
                 quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
                 agreement = first_token_agreement(source_logits, quantized, samples)
-                quantization = dataclasses.replace(calibrated.quantization, agreement_with_fp32=agreement)
+                quantized.release()
+                quantization = dataclasses.replace(
+                    calibrated.quantization,
+                    agreement_with_fp32=agreement,
+                    target_agreement=self.target_agreement,
+                    fully_quantized_cosine=full,
+                    float_layers=tuple(sorted(keep)),
+                    layer_sensitivity=sensitivity,
+                )
                 dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
                 write_report(staging, quantization, ranges, int4, len(samples))
                 advance("agreement with fp32")
         return self.out
+
+    def _agreement(self, calibration: Calibration, keep: frozenset[str]) -> dict[str, float]:
+        """The first-token agreement with fp32 of the export quantized with ``keep`` layers in floating point, made
+        in a scratch folder (the calibrated ranges are reused, not measured again)."""
+        from luvc.runtime.pipeline import Pipeline
+
+        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trial-") as trial:
+            folder = Path(trial)
+            entries, _, _, excluded = self._write_graphs(calibration, folder, lambda _: None, keep)
+            files = self._copy_rest(calibration.manifest, folder) + [entry.file for entry in entries.values()]
+            files += [f for entry in entries.values() for f in entry.external_data]
+            candidate = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
+            pipeline = Pipeline(folder, manifest=candidate)
+            try:
+                return first_token_agreement(calibration.reference_logits, pipeline, calibration.samples)
+            finally:
+                pipeline.release()
+
+    def _quantized_layers(self, manifest: ExportManifest, graphs: list[str]) -> set[str]:
+        """Every layer that holds a node quantized in one of ``graphs``."""
+        layers = set()
+        for name in graphs:
+            model = onnx.load(str(self.export_dir / manifest.graphs[name].file), load_external_data=False)
+            layers |= quantized_layers(model, excluded_nodes(model))
+        return layers
+
+    def _choose_float_layers(self, calibration: Calibration, advance) -> tuple[frozenset[str], dict[str, float], float]:
+        """The fewest layers to keep in floating point for ``target_agreement``: each quantized layer's sensitivity
+        (the logits cosine gained by keeping it alone in float), then the most sensitive kept first, of those whose
+        sensitivity is positive, until the target is met. Returns the layers, every layer's sensitivity, and the
+        logits cosine of the full quantization."""
+        target = self.target_agreement
+        full = self._agreement(calibration, frozenset())["logits_cosine_min"]
+        advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
+        if full >= target:
+            return frozenset(), {}, full
+        layers = self._quantized_layers(calibration.manifest, calibration.graphs)
+        sensitivity = {}
+        for layer in sorted(layers):
+            sensitivity[layer] = self._agreement(calibration, frozenset({layer}))["logits_cosine_min"] - full
+            advance(f"sensitivity of {layer}: {sensitivity[layer]:+.2e}")
+        keep, reached = set(), full
+        for layer in sorted((name for name in layers if sensitivity[name] > 0), key=lambda name: -sensitivity[name]):
+            keep.add(layer)
+            reached = self._agreement(calibration, frozenset(keep))["logits_cosine_min"]
+            advance(f"{len(keep)} layer(s) in float: logits cosine {reached:.6f}")
+            if reached >= target:
+                return frozenset(keep), sensitivity, full
+        critical(
+            f"--target-agreement {target}: not reached with every layer whose floating point helps kept so (logits "
+            f"cosine {reached:.6f}, fully quantized {full:.6f}); lower the target, calibrate with more samples "
+            "(--data) or another --method."
+        )
 
     @property
     def weight_only(self) -> bool:
         """Whether the precision quantizes weights only (INT4): no calibration, the LLM graphs only."""
         return self.precision in WEIGHT_ONLY
 
-    def _write_graphs(self, manifest, graphs, feeds, staging, advance):
-        """Quantize ``graphs`` and save them with the other graphs (embed, as they are) into the calibrated export,
-        all of them through one shared weights file, so prefill and decode store their quantized weights once. Returns
-        the graph entries, the activation ranges (INT8/FP8) and INT4 weight bytes (INT4) per graph, and the nodes
-        kept float."""
+    def _write_graphs(self, calibration: Calibration, staging: Path, advance, keep: frozenset[str] = frozenset()):
+        """Quantize the calibration's graphs, with the ``keep`` layers in floating point, and save them with the
+        other graphs (embed, as they are) into ``staging``, all of them through one shared weights file, so prefill
+        and decode store their quantized weights once. Returns the graph entries, the activation ranges (INT8/FP8)
+        and INT4 weight bytes (INT4) per graph, and the nodes kept float."""
         from luvc.export.exporter import save_model
 
+        manifest, graphs, feeds = calibration.manifest, calibration.graphs, calibration.feeds
         entries, ranges, int4, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
@@ -222,7 +318,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     entries[name] = dataclasses.replace(graph, external_data=tuple(written[1:]))
                     continue
                 source = self.export_dir / graph.file
-                skip = excluded_nodes(onnx.load(str(source), load_external_data=False))
+                structure = onnx.load(str(source), load_external_data=False)
+                skip = {**excluded_nodes(structure), **layer_exclusions(structure, keep)}
                 if self.weight_only:
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip))
                     int4[name] = int4_weights(quantized)
@@ -237,6 +334,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                         self.method,
                         list(skip),
                         external_data=bool(graph.external_data),
+                        ranges_cache=calibration.ranges_dir / f"{name}.json",
                     )
                     ranges[name] = activation_ranges(quantized, self.precision)
                 written = save_model(quantized, staging / graph.file, external, weights)

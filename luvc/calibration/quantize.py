@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from luvc.errors import critical
-from luvc.export.naming import place_of
+from luvc.export.naming import layer_name, place_of
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 # precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
@@ -81,6 +81,33 @@ def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
     return excluded
 
 
+KEPT_FOR_AGREEMENT = "kept float for the target agreement"
+
+
+def layer_of(node: onnx.NodeProto) -> str | None:
+    """The layer a node belongs to (``llm.layers.3``, ``vision.blocks.0``), ``None`` outside the layer stacks."""
+    place = place_of(node.name)
+    return layer_name(place.stack, place.index) if place is not None else None
+
+
+def quantized_layers(model: onnx.ModelProto, excluded: dict[str, str]) -> set[str]:
+    """The layers of ``model`` that hold a node the quantizer quantizes (a weight product not in ``excluded``)."""
+    return {
+        layer
+        for node in model.graph.node
+        if node.op_type in QUANTIZED_OPS and node.name not in excluded and (layer := layer_of(node)) is not None
+    }
+
+
+def layer_exclusions(model: onnx.ModelProto, layers: frozenset[str]) -> dict[str, str]:
+    """The quantizable nodes of ``layers`` in ``model``, each with the reason it stays float."""
+    return {
+        node.name: KEPT_FOR_AGREEMENT
+        for node in model.graph.node
+        if node.op_type in QUANTIZED_OPS and layer_of(node) in layers
+    }
+
+
 def _unit_of(node: onnx.NodeProto) -> str | None:
     place = place_of(node.name)
     return place.unit if place is not None else None
@@ -115,9 +142,12 @@ def quantize_graph(
     method: str,
     excluded: list[str],
     external_data: bool = False,
+    ranges_cache: Path | None = None,
 ) -> onnx.ModelProto:
     """Calibrate ``source`` on ``feeds`` and write its Q/DQ version to ``out`` (weights beside it with
-    ``external_data``, as graphs over 2 GB need); return it with its weights loaded."""
+    ``external_data``, as graphs over 2 GB need); return it with its weights loaded. With ``ranges_cache`` the
+    ranges calibrated the first time are kept in that file and read from it after (quantizing again with other
+    exclusions calibrates nothing)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     check_method(precision, method)
@@ -140,6 +170,7 @@ def quantize_graph(
             # and the histogram calibrators stack the outputs of one collection into one array
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
             use_external_data_format=external_data,
+            calibration_cache_path=ranges_cache,
         )
     return onnx.load(str(out))
 

@@ -34,6 +34,31 @@ def plot_ranges(ranges: dict[str, dict[str, dict[str, float]]], path: Path) -> N
     plt.close(figure)
 
 
+def _target_section(quantization: QuantizationEntry) -> list[str]:
+    """``--target-agreement``: the target, the layers kept in floating point, and every layer's sensitivity."""
+    if quantization.target_agreement is None:
+        return []
+    kept = ", ".join(f"`{layer}`" for layer in quantization.float_layers) or "none (the full quantization meets it)"
+    lines = [
+        f"## Target agreement: logits cosine >= {quantization.target_agreement}",
+        "",
+        f"Fully quantized: logits cosine {quantization.fully_quantized_cosine:.6f}. Kept in floating point: {kept}.",
+        "",
+    ]
+    if quantization.layer_sensitivity:
+        lines += [
+            "Sensitivity: the worst logits cosine gained by keeping the layer alone in floating point.",
+            "",
+            "| layer | sensitivity | kept float |",
+            "|---|---|---|",
+        ]
+        ranked = sorted(quantization.layer_sensitivity.items(), key=lambda item: -item[1])
+        kept = set(quantization.float_layers)
+        lines += [f"| `{layer}` | {gain:+.3e} | {'yes' if layer in kept else ''} |" for layer, gain in ranked]
+        lines.append("")
+    return lines
+
+
 def write_report(
     folder: Path,
     quantization: QuantizationEntry,
@@ -60,6 +85,7 @@ def write_report(
         "",
         f"Run `luvc-export parity` on this folder for the four parity levels under the {precision} tolerances.",
         "",
+        *_target_section(quantization),
         "## Kept in floating point",
         "",
         "| graph | reason | nodes |",

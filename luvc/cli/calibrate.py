@@ -35,6 +35,7 @@ class Calibrate:
             samples=samples,
             decode_steps=options.decode_steps,
             block_size=options.block_size,
+            target_agreement=options.target_agreement,
             overwrite=options.overwrite,
             show_progress=True,
         )()
@@ -46,6 +47,10 @@ class Calibrate:
             highlight=False,
         )
         for name, value in quantization.agreement_with_fp32.items():
-            console.print(f"  {name} vs fp32: {value:.4f}", highlight=False)
+            console.print(f"  {name} vs fp32: {value:.6f}", highlight=False)
+        if quantization.target_agreement is not None:
+            kept = ", ".join(quantization.float_layers) or "none"
+            target = quantization.target_agreement
+            console.print(f"  target logits cosine {target}: kept in float {kept}", highlight=False)
         console.print(f"report: {out / 'report.md'}", highlight=False)
         return 0

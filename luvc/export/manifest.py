@@ -259,8 +259,8 @@ class CalibrationRun:
 class QuantizationEntry:
     """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
     run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
-    TensorRT 10's calibration caches (INT8), the first-token agreement with the fp32 source, and (INT4) the input
-    channels per weight scale."""
+    TensorRT 10's calibration caches (INT8), the first-token agreement with the fp32 source, (INT4) the input
+    channels per weight scale, and (``--target-agreement``) the layers kept in floating point and why."""
 
     precision: str
     method: str
@@ -275,6 +275,13 @@ class QuantizationEntry:
     tensorrt10_calibration_caches: tuple[str, ...]
     agreement_with_fp32: dict[str, float] = dataclasses.field(default_factory=dict)
     block_size: int | None = None
+    # accuracy-driven precision: the logits cosine asked for, what the full quantization reached, the layers kept in
+    # floating point to reach it, and each quantized layer's sensitivity (the logits cosine gained by keeping it
+    # alone in floating point)
+    target_agreement: float | None = None
+    fully_quantized_cosine: float | None = None
+    float_layers: tuple[str, ...] = ()
+    layer_sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizationEntry:
@@ -287,6 +294,7 @@ class QuantizationEntry:
                 ),
                 "quantized_ops": tuple(data["quantized_ops"]),
                 "tensorrt10_calibration_caches": tuple(data["tensorrt10_calibration_caches"]),
+                "float_layers": tuple(data.get("float_layers", ())),
             }
         )
 

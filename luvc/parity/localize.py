@@ -17,6 +17,7 @@ import onnx
 from luvc.export.naming import place_of, place_of_layer
 from luvc.parity.metrics import cosine, relative_error
 from luvc.parity.results import LayerError
+from luvc.runtime.ort_session import DISABLED_OPTIMIZERS
 from luvc.runtime.weights import MappedWeights
 
 
@@ -52,7 +53,7 @@ def run_with_outputs(
 ) -> dict:
     """Run ``graph_path`` on ONNX Runtime CPU with ``outputs`` added as graph outputs; returns those tensors.
     ``basic_optimizations``: as the runtime's ``OrtSession`` for FP8 Q/DQ graphs; ``weights``: the external weights
-    as the runtime's CPU sessions get them (held once across calls, fp16 graphs computed in float32)."""
+    as the pipeline's sessions get them (held once across calls)."""
     import onnxruntime as ort
 
     model = only_outputs(onnx.load(str(graph_path), load_external_data=False), outputs)
@@ -64,7 +65,9 @@ def run_with_outputs(
     else:  # external data still resolves in the export folder: the edited graph is never written to disk
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph_path.parent))
         serialized, shared = model.SerializeToString(), []
-    session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        serialized, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+    )
     values = dict(zip(outputs, session.run(list(outputs), feeds)))
     del session, shared  # the session first: it uses the shared values
     return values

@@ -31,6 +31,12 @@ def ort_providers(device: torch.device, stream: int | None = None) -> list:
     return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
 
+# ONNX Runtime 1.32's QDQPropagationTransformer moves an INT8 Q/DQ pair across a Reshape and writes a QuantizeLinear
+# whose output_dtype (int8) contradicts its zero point (uint8), and the session fails to load: the tiny Qwen3-VL's INT8
+# decode graph did. Off for every graph (it only moves Q/DQ nodes, so float graphs are unchanged)
+DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+
+
 class OrtSession(BaseSession):
     """An exported graph in ONNX Runtime, with inputs and outputs bound to device tensors (IO binding).
     ``providers`` after activation lists what the session really got."""
@@ -82,7 +88,9 @@ class OrtSession(BaseSession):
         if self.weights is not None:
             graph = onnx.load(str(self.path), load_external_data=False)
             model, self._shared_values = self.weights.session_model(graph, options)
-        self.session = ort.InferenceSession(model, options, providers=self.requested_providers)
+        self.session = ort.InferenceSession(
+            model, options, providers=self.requested_providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+        )
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             critical(

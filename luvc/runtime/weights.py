@@ -17,7 +17,9 @@ once, however many graphs use it:
   bound to every engine's input of that name.
 
 Sessions given shared weights turn ONNX Runtime's weight prepacking off, since packed copies are per session again,
-and its CPU memory arena, which keeps each session's peak activations.
+and its CPU memory arena, which keeps each session's peak activations. Quantized graphs (INT8/FP8/INT4 weights behind
+a ``DequantizeLinear``) keep prepacking: ONNX Runtime's quantized CPU kernels run several times slower unpacked, and
+those sessions pay a packed copy of their weights each for it.
 """
 
 from __future__ import annotations
@@ -61,23 +63,23 @@ class MappedWeights:
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
         made with ``options``: rewritten to float32 compute if so set, and, when it has external weights, those given
-        as the shared arrays with prepacking off (packed copies would be per session) and no CPU memory arena (an
-        arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width export, at the same
-        speed). Returns the serialized model and the OrtValues of the shared arrays, which must outlive the
-        session."""
+        as the shared arrays with prepacking off (packed copies would be per session; quantized graphs keep it) and no
+        CPU memory arena (an arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width
+        export, at the same speed). Returns the serialized model and the OrtValues of the shared arrays, which must
+        outlive the session."""
         on_gpu = self.device.type != "cpu"
         # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
         tensors = shareable_weights(model) if on_gpu else external_tensors(model)
-        packed = any(tensor.data_type in PACKED_TYPES for tensor in model.graph.initializer)
+        quantized = any(node.op_type == "DequantizeLinear" for node in model.graph.node)
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         if tensors:
-            # an INT4 graph keeps prepacking: ONNX Runtime's MatMulNBits runs 300x slower unpacked (39 ms against
-            # 0.11 ms for one token through a 1536 x 8960 weight)
-            if not packed:
+            # a quantized graph keeps prepacking: for one token through a 1536 x 8960 weight, ONNX Runtime's INT4
+            # MatMulNBits takes 39 ms unpacked against 0.11 ms packed, its INT8 Q/DQ MatMul 1.12 against 0.16 ms
+            if not quantized:
                 options.add_session_config_entry("session.disable_prepacking", "1")
             options.enable_cpu_mem_arena = False
         # ONNX Runtime's graph transformers read some weights from the graph itself (Conv weights they reorder, small

@@ -9,6 +9,8 @@ import onnx
 import pytest
 
 from luvc.calibration import calibrate_export, read_calibration_cache
+from luvc.calibration.quantize import KEPT_FOR_AGREEMENT
+from luvc.errors import LuvcError
 from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
@@ -47,6 +49,9 @@ def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, cali
             reasons = set(excluded[name].values())
             assert {"SPU scoring and selection", "norm statistics", "logits"} <= reasons
             assert all("/spu/" not in node for node in quantized_consumers)
+    # every graph loads and runs, decode included (the Qwen3-VL INT8 decode graph did not load in ONNX Runtime)
+    generation = Pipeline(folder).generate([synthetic_image()], "Describe it.", GenerationOptions(3, stop_token_ids=()))
+    assert generation.tokens.shape == (1, 3)
 
 
 def test_int8_export_runs_and_passes_parity_under_int8_tolerances(calibrated):
@@ -144,3 +149,33 @@ def test_a_video_export_calibrates_on_synthetic_clips(video_exports, tmp_path):
     assert agreement["top1_agreement"] >= BOUNDS["int8"]["top1_agreement"]
     video = manifest.buckets["8x112x168"]
     assert any("QuantizeLinear" == node.op_type for node in onnx.load(str(folder / f"{video.prefill}.onnx")).graph.node)
+
+
+@pytest.mark.slow  # calibrates and quantizes the 448 export 12 times
+def test_target_agreement_keeps_the_fewest_sensitive_layers_float(export_448, tmp_path):
+    """At 448x448 the full FP8 quantization reaches a worst first-token logits cosine of about 0.99956 against fp32;
+    asking for 0.9996 keeps the most sensitive layer in floating point, not every layer whose float helps."""
+    target = 0.9996
+    out = tmp_path / "fp8"
+    folder = calibrate_export(export_448, out, precision="fp8", target_agreement=target, show_progress=False)
+    quantization = ExportManifest.load(folder).quantization
+    assert quantization.fully_quantized_cosine < target  # the case the mode is for
+    assert quantization.agreement_with_fp32["logits_cosine_min"] >= target
+    sensitive = [layer for layer, gain in quantization.layer_sensitivity.items() if gain > 0]
+    assert 1 <= len(quantization.float_layers) < len(sensitive)
+    most = max(quantization.layer_sensitivity, key=quantization.layer_sensitivity.get)
+    assert most in quantization.float_layers
+    # the kept layers' products read no quantized data, and the manifest says why
+    excluded = quantization.excluded_nodes
+    layer = quantization.float_layers[0]
+    prefix = "/" + layer.replace(".", "/", 1) + "/"  # llm.layers.0 -> /llm/layers.0/
+    kept = [node for graph in excluded.values() for node, why in graph.items() if why == KEPT_FOR_AGREEMENT]
+    assert kept and all(node.startswith(prefix) for node in kept)
+    assert "## Target agreement" in (folder / "report.md").read_text()
+
+
+def test_target_agreement_is_refused_for_int4_and_out_of_range(exports, tmp_path):
+    for precision, target in (("int4", 0.99), ("int8", 1.5), ("int8", 0.0)):
+        with pytest.raises(LuvcError, match="--target-agreement"):
+            calibrate_export(exports("tiny-qwen2-vl"), tmp_path / "out", precision=precision, target_agreement=target)
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,13 @@ class CalibrateArgs(BaseArgs):
         group.add_argument(
             "--decode-steps", type=int_in(1), default=None, help="greedy steps per sample for decode (4)"
         )
+        group.add_argument(
+            "--target-agreement",
+            type=float,
+            default=None,
+            help="int8/fp8: keep the fewest layers in float (most sensitive first) until the worst first-token logits "
+            "cosine against fp32 reaches this, e.g. 0.9999",
+        )
         group.add_argument("--out", required=True, help="calibrated export folder to create")
         group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -47,6 +54,7 @@ class CalibrateArgs(BaseArgs):
         self.method = args.method or DEFAULT_METHODS[args.precision]
         check_method(self.precision, self.method)  # before any sample is read
         self.block_size = args.block_size
+        self.target_agreement = args.target_agreement
         if self.block_size is not None:
             if self.precision not in WEIGHT_ONLY:
                 critical(f"--block-size sets INT4 weight blocks; {self.precision} has none. Pass --precision int4.")
