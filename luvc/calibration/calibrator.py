@@ -215,10 +215,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
                     keep, sensitivity, full = self._choose_float_layers(calibration, advance)
-                entries, ranges, int4, excluded = self._write_graphs(calibration, staging, advance, keep)
-                files = self._copy_rest(manifest, staging)
-                files += [entry.file for entry in entries.values()]
-                files += [f for entry in entries.values() for f in entry.external_data]
+                entries, ranges, int4, excluded, files = self._write_export(calibration, staging, advance, keep)
                 caches = self._write_caches(ranges, staging)
                 if not self.weight_only:
                     (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
@@ -248,9 +245,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
 
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trial-") as trial:
             folder = Path(trial)
-            entries, _, _, excluded = self._write_graphs(calibration, folder, lambda _: None, keep)
-            files = self._copy_rest(calibration.manifest, folder) + [entry.file for entry in entries.values()]
-            files += [f for entry in entries.values() for f in entry.external_data]
+            entries, _, _, excluded, files = self._write_export(calibration, folder, lambda _: None, keep)
             candidate = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
             pipeline = Pipeline(folder, manifest=candidate)
             try:
@@ -298,6 +293,14 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     def weight_only(self) -> bool:
         """Whether the precision quantizes weights only (INT4): no calibration, the LLM graphs only."""
         return self.precision in WEIGHT_ONLY
+
+    def _write_export(self, calibration: Calibration, folder: Path, advance, keep: frozenset[str]):
+        """The quantized graphs (``_write_graphs``) and every other file of the source export in ``folder``; returns
+        what ``_write_graphs`` does and the files written."""
+        entries, ranges, int4, excluded = self._write_graphs(calibration, folder, advance, keep)
+        files = self._copy_rest(calibration.manifest, folder) + [entry.file for entry in entries.values()]
+        files += [f for entry in entries.values() for f in entry.external_data]
+        return entries, ranges, int4, excluded, files
 
     def _write_graphs(self, calibration: Calibration, staging: Path, advance, keep: frozenset[str] = frozenset()):
         """Quantize the calibration's graphs, with the ``keep`` layers in floating point, and save them with the

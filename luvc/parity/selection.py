@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from luvc.parity.alignment import first_swap
+
 
 @dataclasses.dataclass
 class LayerSelection:
@@ -66,13 +68,13 @@ def judge_selection(
     layers = sorted(layer for layer, kept in reference.items() if kept.size)  # zero budgets: no cut
     batch = reference[layers[0]].shape[0] if layers else 0
     for row in range(batch):
-        entering_equal = True  # whether both runs entered this layer's cut with the same tokens
+        swap = first_swap(candidate, reference, row)  # the cuts after it ranked other tokens in each run
         for layer in layers:
             ours = set(np.asarray(candidate[layer][row]).tolist()) if layer in candidate else set()
             theirs = set(np.asarray(reference[layer][row]).tolist())
             differing, union = ours ^ theirs, len(ours | theirs)
             ties = non_ties = downstream = 0
-            if not entering_equal:
+            if layer > swap:
                 downstream = len(differing)
             else:
                 gaps = score_gaps(scores.get(layer, ()), row)
@@ -81,4 +83,3 @@ def judge_selection(
             raw, judged = (len(ours & theirs) / union, 1.0 - non_ties / union) if union else (1.0, 1.0)
             selection = selections.setdefault(layer, LayerSelection(layer))
             selection.add(raw, judged, ties, non_ties, downstream)
-            entering_equal = entering_equal and not differing
