@@ -196,8 +196,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         kinds = LLM_KINDS if self.weight_only else QUANTIZED_KINDS
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
         steps = len(samples) + len(graphs) + 1
-        if self.target_agreement is not None:  # at most: fully quantized, each layer alone, each layer added
-            steps += 1 + 2 * len(self._quantized_layers(manifest, graphs))
+        layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
+        steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
         with progress_steps(self.show_progress, steps, "calibrating") as advance:
             if self.weight_only:  # nothing to calibrate: the fp32 logits the agreement is measured against
                 feeds, source_logits = {}, []
@@ -214,7 +214,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 calibration = Calibration(manifest, graphs, feeds, samples, source_logits, Path(ranges_dir))
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
-                    keep, sensitivity, full = self._choose_float_layers(calibration, advance)
+                    keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
                 entries, ranges, int4, excluded, files = self._write_export(calibration, staging, advance, keep)
                 caches = self._write_caches(ranges, staging)
                 if not self.weight_only:
@@ -261,8 +261,10 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             layers |= quantized_layers(model, excluded_nodes(model))
         return layers
 
-    def _choose_float_layers(self, calibration: Calibration, advance) -> tuple[frozenset[str], dict[str, float], float]:
-        """The fewest layers to keep in floating point for ``target_agreement``: each quantized layer's sensitivity
+    def _choose_float_layers(
+        self, calibration: Calibration, layers: set[str], advance
+    ) -> tuple[frozenset[str], dict[str, float], float]:
+        """The fewest of ``layers`` to keep in floating point for ``target_agreement``: each one's sensitivity
         (the logits cosine gained by keeping it alone in float), then the most sensitive kept first, of those whose
         sensitivity is positive, until the target is met. Returns the layers, every layer's sensitivity, and the
         logits cosine of the full quantization."""
@@ -271,7 +273,6 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
         if full >= target:
             return frozenset(), {}, full
-        layers = self._quantized_layers(calibration.manifest, calibration.graphs)
         sensitivity = {}
         for layer in sorted(layers):
             sensitivity[layer] = self._agreement(calibration, frozenset({layer}))["logits_cosine_min"] - full
