@@ -1,13 +1,15 @@
 """PyTorch LUVC as the parity reference: outputs, per-layer activations and SPU scores of one sample at a time.
 
 The reference runs the patched ``transformers`` model in fp32 with the export's LUVC config, on the same
-preprocessed pixels and prompt ids as the backend, so any difference is what the export costs.
+preprocessed pixels and prompt ids as the backend, so any difference is what the export costs. Where the backend kept
+other visual tokens than PyTorch (at a near tie), ``run(..., kept=...)`` runs PyTorch with the backend's selection, so
+that the tensors and text compare the same tokens and the selection is judged on its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -85,18 +87,46 @@ class TorchReference:
         hooks += [unit.register_forward_pre_hook(score(i)) for i, unit in enumerate(spu)]
         return hooks
 
+    def _forcing_hooks(self, kept: Mapping[int, np.ndarray]) -> list:
+        """Hooks that make each SPU layer in ``kept`` keep those original visual indices (``(B, k)``, every span's
+        kept tokens), whatever the scores: the scorer is replaced by one that scores them 1 and the rest 0."""
+
+        def force(ids: torch.Tensor):
+            def hook(module, args):
+                hidden, cos, sin, visual_ids, spans, budgets, _, *rest = args
+
+                def members(rows, span_ids, span):
+                    return (span_ids[..., None] == ids[:, None, :]).any(-1).to(rows.dtype)
+
+                return (hidden, cos, sin, visual_ids, spans, budgets, members, *rest)
+
+            return hook
+
+        spu = getattr(self.adapter.language_model, "luvc_spu", None) or []
+        return [
+            unit.register_forward_pre_hook(force(torch.as_tensor(np.asarray(kept[layer]))))
+            for layer, unit in enumerate(spu)
+            if layer in kept
+        ]
+
     @torch.no_grad()
-    def run(self, inputs: dict, max_new_tokens: int) -> TorchRun:
-        """Outputs for model ``inputs`` (``adapter.prepare_inputs``; one sample, or a batch)."""
+    def run(self, inputs: dict, max_new_tokens: int, kept: Mapping[int, np.ndarray] | None = None) -> TorchRun:
+        """Outputs for model ``inputs`` (``adapter.prepare_inputs``; one sample, or a batch); ``kept``: SPU layer ->
+        ``(B, k)`` original visual indices to keep there instead of the best-scoring ones (a backend's selection)."""
         activations, scores = {}, {}
+        forcing = self._forcing_hooks(kept or {})  # first, so that the recorded scores are those that selected
         hooks = self._hooks(activations, scores)
         try:
             outputs = self.adapter.model.model(**inputs, use_cache=True)
         finally:
             for hook in hooks:
                 hook.remove()
-        logits = self.adapter.model.lm_head(outputs.last_hidden_state[:, -1])
-        tokens, step_logits = greedy_generate(self.adapter.model, inputs, max_new_tokens, return_logits=True)
+        try:
+            logits = self.adapter.model.lm_head(outputs.last_hidden_state[:, -1])
+            tokens, step_logits = greedy_generate(self.adapter.model, inputs, max_new_tokens, return_logits=True)
+        finally:
+            for hook in forcing:
+                hook.remove()
         embeds = outputs.image_hidden_states
         presents = {}
         for layer, cached in enumerate(outputs.past_key_values.layers):

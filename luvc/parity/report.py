@@ -121,6 +121,21 @@ def markdown(results: ParityResults) -> str:
             f"| {backend} | {s.layer} | {s.jaccard:.4g} | {s.judged:.4g} | {s.ties} | {s.non_ties} | {s.downstream} |"
             for backend, s in differing
         ]
+    texts = [backend for backend in results.backends if backend.text.ties or backend.text.non_ties]
+    if texts:
+        lines += [
+            "",
+            "Generated text that differs (a tie: the first differing token's reference logit within twice the "
+            "measured logits noise of the reference's pick; the tokens after a tie are not judged):",
+            "",
+            "| backend | exact match | token agreement | judged exact | judged tokens | ties | non-ties | not judged |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b.backend} | {b.text.exact:.4g} | {b.text.tokens:.4g} | {b.text.judged_exact:.4g} | "
+            f"{b.text.judged_tokens:.4g} | {b.text.ties} | {b.text.non_ties} | {b.text.downstream} |"
+            for b in texts
+        ]
     lines += ["", "## What compression costs (uncompressed vs LUVC on the same backend; reported, not judged)", ""]
     metrics = list(next(iter(results.compression.values()), {}))
     lines += ["| backend | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]

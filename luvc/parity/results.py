@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from luvc.parity.selection import LayerSelection
+from luvc.parity.text import TextAgreement
 from luvc.parity.tolerances import Tolerances, tolerances_for
 
 LEVELS = {1: "output tensors", 2: "LUVC selection", 3: "first-token logits", 4: "generated text"}
@@ -44,6 +45,8 @@ class BackendResult:
     kept_overlap: dict[int, float] = dataclasses.field(default_factory=dict)  # min Jaccard per SPU layer
     # per SPU layer: raw and judged overlap, and the differing tokens as ties, non-ties and downstream of a swap
     selections: dict[int, LayerSelection] = dataclasses.field(default_factory=dict)
+    # generated text: judged and raw agreement, and the first differing picks as ties or not
+    text: TextAgreement = dataclasses.field(default_factory=TextAgreement)
     layer_errors: list[LayerError] = dataclasses.field(default_factory=list)
     localised: bool = False  # whether layer_errors were measured (ONNX Runtime only)
 
@@ -97,6 +100,13 @@ class ParityResults:
                         f"differing tokens: {selection.ties} at near ties, {selection.non_ties} not, "
                         f"{selection.downstream} downstream of an earlier swap"
                     )
+            text = backend.text
+            if text.ties or text.non_ties:
+                lines.append(
+                    f"  {backend.backend} generated text: exact match {text.exact:.4g}, token agreement "
+                    f"{text.tokens:.4g} position by position; first differing tokens: {text.ties} at near ties "
+                    f"({text.downstream} tokens after them not judged), {text.non_ties} not"
+                )
             layer = backend.first_diverging_layer(self.tolerances)
             if layer:
                 lines.append(f"  {backend.backend}: first diverging layer: {layer}")
@@ -129,6 +139,7 @@ class ParityResults:
                 checks=[Check(c["level"], c["name"], c["metric"], c["value"]) for c in b["checks"]],
                 kept_overlap={int(k): v for k, v in b["kept_overlap"].items()},
                 selections={int(k): LayerSelection(**v) for k, v in b.get("selections", {}).items()},
+                text=TextAgreement(**b["text"]) if "text" in b else TextAgreement(),
                 layer_errors=[LayerError(**layer) for layer in b["layer_errors"]],
                 localised=b["localised"],
             )

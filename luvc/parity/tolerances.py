@@ -44,14 +44,15 @@ TOLERANCES = {
     "fp32": Tolerances(1e-4, 0.99999, 1.0, 0.99999, 1.0, 1e-6, 1.0, 1.0),
     "fp16": Tolerances(1e-2, 0.999, 0.9, 0.999, 1.0, 1e-3, 0.75, 0.9),
     # Q/DQ graphs: the worst element moves by a quantization step, so cosine is the sharper tensor check; greedy
-    # text is bounded loosely, as near-flat logits (tiny random models) flip argmaxes at KL ~1e-6
-    "int8": Tolerances(0.25, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.25, 0.6),
-    "fp8": Tolerances(0.35, 0.99, 0.75, 0.98, 0.5, 5e-2, 0.25, 0.5),
+    # text is judged as kept indices are (a first differing pick within the logits' measured noise is a tie,
+    # ``luvc.parity.text``), so its bounds are fp16's
+    "int8": Tolerances(0.25, 0.99, 0.75, 0.99, 0.75, 5e-2, 0.75, 0.9),
+    "fp8": Tolerances(0.35, 0.99, 0.75, 0.98, 0.5, 5e-2, 0.75, 0.9),
     # weight-only INT4 (LLM linear layers; vision and activations stay fp32): round-to-nearest in blocks moves each
     # weight by up to half a step (amax / 7) of its block, about 0.12 of the weights' rms for a block of 128 normal
     # values, so each projection's output keeps a cosine of about 0.993 and K/V (one projection deep) stay above 0.98;
     # the vision encoder is the fp32 graph itself, so its embeddings keep fp32's bound
-    "int4": Tolerances(0.35, 0.98, 0.75, 0.99999, 0.75, 5e-2, 0.25, 0.5),
+    "int4": Tolerances(0.35, 0.98, 0.75, 0.99999, 0.75, 5e-2, 0.75, 0.9),
 }
 
 

@@ -88,14 +88,15 @@ def export_448(tmp_path_factory) -> Path:
 def test_the_448_bucket_passes_parity_with_swapped_tokens_left_to_the_selection_level(precision, export_448, tmp_path):
     """At 448x448 the quantized export keeps another token than PyTorch at a near tie (INT8: 1 of 64 at layer 2); the
     cache rows of that token then hold different tokens, which the KV check compared as error (relative 1.5, cosine
-    0.87: FAILED). It now compares the rows of the tokens both kept, and the selection level judges the swap."""
+    0.87: FAILED). The tensors are now compared with PyTorch run with the export's selection, every row of every
+    layer, and the selection level judges the swap."""
     folder = calibrate_export(export_448, tmp_path / precision, precision=precision, show_progress=False)
     results = check_parity(folder, show_progress=False)
     assert results, str(results)
     checks = [check for check in results.backends[0].checks if check.name.startswith("prefill.present")]
     assert sorted(check.metric for check in checks) == ["cosine", "cosine", "relative_error", "relative_error"]
-    assert results.backends[0].kept_overlap[2] < 1.0  # the swap the aligned check leaves to the selection level
-    assert all(" swapped token" in check.name for check in checks)
+    assert results.backends[0].kept_overlap[2] < 1.0  # the swap, judged at the selection level
+    assert all(check.name in ("prefill.present.*.key", "prefill.present.*.value") for check in checks)  # all rows
 
 
 def test_fixed_seed_gives_identical_ranges_and_another_seed_does_not(exports, tmp_path):
