@@ -1,12 +1,15 @@
-"""fp32 vs INT8 vs INT4 exports of a Qwen2-VL-2B-shaped model on ONNX Runtime CPU: speed, bytes, agreement, in one run.
+"""fp32, fp16, INT8 and INT4 exports of a Qwen2-VL-2B-shaped model on ONNX Runtime CPU: speed, bytes, device memory
+and agreement, in one run.
 
 Builds a random-weight checkpoint with Qwen2-VL-2B's widths (``luvc.models.tiny.QWEN2_VL_2B_WIDTHS``: LLM hidden 1536,
 MLP 8960, vocabulary 151936, tied embedding; encoder 1280 wide) with ``--layers`` decoder layers and
-``--vision-blocks`` encoder blocks, exports it in fp32 (one ``--side`` square bucket), and quantizes that export with
-``luvc-export calibrate`` to INT8 (entropy, the default) and to INT4 weight-only (round to nearest, blocks of 128).
-Then, per export: the export's bytes, the bytes of the LLM's linear weights (every ``/llm/layers.*`` MatMul weight,
-with its INT4 scales), and the median prefill (vision + prefill graphs) and decode-step wall times over ``--repeats``
-requests of ``--new-tokens`` tokens, the three exports taking turns so CPU drift cancels. Last lines:
+``--vision-blocks`` encoder blocks, exports it in fp32 and fp16 (one ``--side`` square bucket), and quantizes the fp32
+export with ``luvc-export calibrate`` to INT8 (entropy, the default) and to INT4 weight-only (GPTQ, the default, blocks
+of 128). Then, per export: the export's bytes, the bytes of the LLM's linear weights (every ``/llm/layers.*`` MatMul
+weight, with its INT4 scales), what ``luvc-export plan`` puts on an 8 GB Orin (weights, and everything with the KV
+cache, activations and the system's reserve), and the median prefill (vision + prefill graphs) and decode-step wall
+times over ``--repeats`` requests of ``--new-tokens`` tokens, the exports taking turns so CPU drift cancels (the fp16
+export runs in float32 on ONNX Runtime CPU, as the runtime runs it there). Last lines:
 ``int8_prefill_speedup=<x>`` (fp32 prefill ms / INT8 prefill ms) and ``int4_weight_ratio=<x>`` (INT4 linear weight
 bytes / the same weights in fp16; target <= 0.3). Usage:
     python benchmarks/quantized.py [--layers 4] [--vision-blocks 2] [--side 448] [--repeats 5]
@@ -15,6 +18,7 @@ bytes / the same weights in fp16; target <= 0.3). Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -25,6 +29,7 @@ import onnxruntime
 import torch
 
 from luvc.calibration import calibrate_export
+from luvc.engines.memory import plan_memory
 from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest, ExternalTensor
 from luvc.export.profile import ExportProfile
@@ -34,6 +39,7 @@ from luvc.models.tiny import save_random_qwen2_vl
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
 MiB = 1 << 20
+PLAN_TARGET = "orin-8gb"
 LLM_LAYERS = "/llm/layers."
 
 
@@ -98,6 +104,10 @@ def main() -> None:
         profile = ExportProfile(image_sizes=((args.side, args.side),), max_batch=1)
         folders["fp32"] = export_model(load_model(str(checkpoint)), Path(tmp) / "fp32", profile, show_progress=False)
         seconds["fp32"] = time.perf_counter() - began
+        began = time.perf_counter()
+        fp16 = dataclasses.replace(profile, precision="fp16")
+        folders["fp16"] = export_model(load_model(str(checkpoint)), Path(tmp) / "fp16", fp16, show_progress=False)
+        seconds["fp16"] = time.perf_counter() - began
         for precision in ("int8", "int4"):
             began = time.perf_counter()
             folders[precision] = calibrate_export(
@@ -117,21 +127,27 @@ def main() -> None:
                     decode_ms[name].append(step)
         weights = {name: linear_weight_bytes(folder, prefill) for name, folder in folders.items()}
         sizes = {name: folder_bytes(folder) for name, folder in folders.items()}
+        plans = {name: plan_memory(folder, PLAN_TARGET) for name, folder in folders.items()}
     print(
         f"Qwen2-VL-2B widths, {args.layers} decoder layers, {args.vision_blocks} encoder blocks, one {args.side}x"
         f"{args.side} image, {args.new_tokens} new tokens, median of {args.repeats}"
     )
-    print(f"{'export':6} {'made in':>8} {'export MiB':>11} {'LLM linear MiB':>15} {'prefill ms':>11} {'decode ms':>10}")
+    print(
+        f"{'export':6} {'made in':>8} {'export MiB':>11} {'LLM linear MiB':>15} {'plan weights MiB':>17} "
+        f"{'plan total MiB':>15} {'prefill ms':>11} {'decode ms':>10}   (plan: {PLAN_TARGET})"
+    )
     for name in folders:
         agreement = manifests[name].quantization.agreement_with_fp32 if manifests[name].quantization else {}
         cosine = f"  logits cosine vs fp32 {agreement['logits_cosine_min']:.4f}" if agreement else ""
         print(
             f"{name:6} {seconds[name]:7.0f}s {sizes[name] / MiB:11.1f} {weights[name][0] / MiB:15.1f} "
+            f"{plans[name].weight_bytes / MiB:17.1f} {plans[name].total_bytes / MiB:15.1f} "
             f"{statistics.median(prefill_ms[name]):11.1f} {statistics.median(decode_ms[name]):10.2f}{cosine}"
         )
     fp32_prefill, int8_prefill = (statistics.median(prefill_ms[name]) for name in ("fp32", "int8"))
     int4_stored, fp16_bytes = weights["int4"]
     print(f"int4_decode_speedup={statistics.median(decode_ms['fp32']) / statistics.median(decode_ms['int4']):.2f}")
+    print(f"int4_plan_weight_ratio={plans['int4'].weight_bytes / plans['fp16'].weight_bytes:.3f}")
     print(f"int8_prefill_speedup={fp32_prefill / int8_prefill:.2f}")
     print(f"int4_weight_ratio={int4_stored / fp16_bytes:.3f}")
 

@@ -6,8 +6,9 @@ real pixels, the prefill graph the merged image embeddings and prompt, and the d
 the per-layer KV cache. So every activation range is measured after OIM merging and SPU pruning. The result is an
 ordinary export folder (same graphs, I/O and buckets; ``precision`` int8 or fp8; a ``quantization`` manifest
 section) that ``build``, ``run`` and ``parity`` take, plus INT8 calibration caches for TensorRT 10 and a report.
-INT4 (``luvc.calibration.weight_only``) quantizes the LLM graphs' weights only and calibrates nothing; the samples then
-only measure the agreement with fp32.
+INT4 (``luvc.calibration.weight_only``) quantizes the LLM graphs' weights only: GPTQ reads the layers' inputs over the
+same feeds (``luvc.calibration.hessians``), round to nearest reads nothing and the samples only measure the agreement
+with fp32.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from luvc.calibration.cache import write_calibration_cache
+from luvc.calibration.hessians import HessianGraph, input_hessians, plan_passes
 from luvc.calibration.quantize import (
     DEFAULT_METHODS,
     QUANTIZED_OPS,
@@ -35,7 +37,13 @@ from luvc.calibration.quantize import (
     quantized_layers,
 )
 from luvc.calibration.report import write_report
-from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE, check_block_size, int4_weights, quantize_weights
+from luvc.calibration.weight_only import (
+    DEFAULT_BLOCK_SIZE,
+    check_block_size,
+    gptq_quantizer,
+    int4_weights,
+    quantize_weights,
+)
 from luvc.errors import critical
 from luvc.export.manifest import (
     EXPORT_OUTPUT,
@@ -51,11 +59,13 @@ from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps
 from luvc.runtime.request import GenerationOptions
 from luvc.runtime.sessions import host_arrays
+from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 
 QUANTIZED_KINDS = ("vision", "prefill", "decode", "text")  # embed is a table lookup: saved as it is
 LLM_KINDS = ("prefill", "decode", "text")  # what weight-only INT4 quantizes: the LLM's linear layers
+WEIGHT_ONLY_METHODS = {"rtn": "round to nearest", "gptq": "GPTQ, act-order, static groups"}
 CACHE_FOLDER = "calibration"
 
 
@@ -121,6 +131,7 @@ class Calibration:
     samples: list[Sample]
     reference_logits: list[np.ndarray]
     ranges_dir: Path
+    hessians: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # GPTQ: node -> X^T X
 
 
 @dataclasses.dataclass
@@ -128,10 +139,11 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
 
     ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``), ``fp8`` (``distribution``, ONNX
-    Runtime's float8 calibrator) or ``int4`` (``rtn``: weight-only, blocks of ``block_size`` input channels, default
-    128). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps`` (default 4) greedy steps per
-    sample calibrate the decode graph. ``target_agreement`` (INT8/FP8): the worst first-token logits cosine against
-    fp32 over the samples to reach, keeping in floating point the fewest layers, most sensitive first.
+    Runtime's float8 calibrator) or ``int4`` (weight-only, blocks of ``block_size`` input channels, default 128:
+    ``gptq``, the default, or ``rtn``). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps``
+    (default 4) greedy steps per sample calibrate the decode graph. ``target_agreement`` (INT8/FP8): the worst
+    first-token logits cosine against fp32 over the samples to reach, keeping in floating point the fewest layers,
+    most sensitive first.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -196,10 +208,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         kinds = LLM_KINDS if self.weight_only else QUANTIZED_KINDS
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
         steps = len(samples) + len(graphs) + 1
+        gptq = self.method == "gptq"
+        steps += len(plan_passes(self._hessian_graphs(manifest, graphs))) if gptq else 0
         layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
         steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
         with progress_steps(self.show_progress, steps, "calibrating") as advance:
-            if self.weight_only:  # nothing to calibrate: the fp32 logits the agreement is measured against
+            if self.weight_only and not gptq:  # nothing to calibrate: the fp32 logits the agreement is measured against
                 feeds, source_logits = {}, []
                 for sample in samples:
                     source_logits.append(first_logits(source, sample))
@@ -207,11 +221,19 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             else:
                 feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()
+            hessians = {}
+            if gptq:  # the layers' inputs over the same feeds
+                weights = MappedWeights(self.export_dir)
+                try:
+                    hessians = input_hessians(self._hessian_graphs(manifest, graphs, feeds), weights, advance=advance)
+                finally:
+                    weights.close()
+                feeds = {}
             with (
                 tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
                 staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
             ):
-                calibration = Calibration(manifest, graphs, feeds, samples, source_logits, Path(ranges_dir))
+                calibration = Calibration(manifest, graphs, feeds, samples, source_logits, Path(ranges_dir), hessians)
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
                     keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
@@ -290,6 +312,17 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             "(--data) or another --method."
         )
 
+    def _hessian_graphs(
+        self, manifest: ExportManifest, graphs: list[str], feeds: Mapping[str, list[dict]] | None = None
+    ) -> list[HessianGraph]:
+        """The graphs GPTQ reads layer inputs from, with their calibration ``feeds`` (none to plan the passes)."""
+        found = []
+        for name in graphs:
+            path = self.export_dir / manifest.graphs[name].file
+            structure = onnx.load(str(path), load_external_data=False)
+            found.append(HessianGraph(path, (feeds or {}).get(name, []), tuple(excluded_nodes(structure))))
+        return found
+
     @property
     def weight_only(self) -> bool:
         """Whether the precision quantizes weights only (INT4): no calibration, the LLM graphs only."""
@@ -313,6 +346,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         manifest, graphs, feeds = calibration.manifest, calibration.graphs, calibration.feeds
         entries, ranges, int4, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
+        quantizer = gptq_quantizer(calibration.hessians, self.block_size) if calibration.hessians else None
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
             for name, graph in manifest.graphs.items():
                 external = bool(graph.external_data)
@@ -325,7 +359,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 structure = onnx.load(str(source), load_external_data=False)
                 skip = {**excluded_nodes(structure), **layer_exclusions(structure, keep)}
                 if self.weight_only:
-                    quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip))
+                    quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer)
                     int4[name] = int4_weights(quantized)
                 else:
                     if name not in feeds:
@@ -387,9 +421,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             quantization = QuantizationEntry(
                 precision=self.precision,
                 method=self.method,
-                library="luvc.calibration.weight_only (round to nearest, blocked DequantizeLinear)",
+                library=f"luvc.calibration.weight_only ({WEIGHT_ONLY_METHODS[self.method]}, blocked DequantizeLinear)",
                 source=source,
-                calibration=CalibrationRun(tuple(s.name for s in samples), 0),  # the samples measure agreement only
+                # GPTQ reads the layers' inputs over the samples and their decode steps; RTN only measures agreement
+                calibration=CalibrationRun(
+                    tuple(s.name for s in samples), self.decode_steps if self.method == "gptq" else 0
+                ),
                 quantized_ops=("MatMul",),
                 activations="floating point (weight-only)",
                 weights=f"symmetric int4, one scale per {self.block_size} input channels of each output column",

@@ -30,6 +30,7 @@ METHODS = {
     "percentile": ("Percentile", ("int8",)),
     "distribution": ("Distribution", ("fp8",)),
     "rtn": (None, ("int4",)),  # round to nearest, block-wise
+    "gptq": (None, ("int4",)),  # GPTQ with the calibration inputs, block-wise (``luvc.calibration.hessians``)
 }
 # LUVC unit -> why its nodes stay in floating point
 KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
@@ -41,7 +42,7 @@ KEEP_FLOAT = {
 
 
 # precision -> the calibration method used when none is given
-DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution", "int4": "rtn"}
+DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution", "int4": "gptq"}
 
 
 def check_method(precision: str, method: str) -> None:

@@ -7,10 +7,18 @@ round(W / scale)`` in [-7, 7] as packed int4, with no zero point; ``DequantizeLi
 That is the weight-only pattern TensorRT builds into its INT4 GEMMs (its ONNX parser wants positive scales and no zero
 point, which is why this is not ONNX Runtime's ``MatMulNBitsQuantizer``: its symmetric mode maps each block's largest
 weight to -8 and its scale can be negative), and ONNX Runtime's CPU provider fuses it into ``MatMulNBits`` at load.
-Activations stay in floating point, so nothing is calibrated.
+Activations stay in floating point.
+
+Two ways to pick the INT4 values, both with the same scales and format: round to nearest (``rtn``), which needs no
+data, and GPTQ (``gptq``, Frantar et al. 2022), which rounds one input channel at a time and moves the rounding
+error onto the channels not yet rounded, weighted by the inverse of ``H = X^T X`` of the layer's calibration inputs
+``X``, so that the layer's output on those inputs moves least. GPTQ's inputs come from the fp32 export run on the
+calibration samples (``input_hessians``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -23,6 +31,10 @@ DEFAULT_BLOCK_SIZE = 128  # what NVIDIA's INT4 AWQ/RTN recipes and ONNX Runtime'
 LEVELS = 7  # the largest quantized magnitude: [-7, 7], symmetric
 DEQUANTIZE_OPSET = 21  # DequantizeLinear with int4 inputs and block_size
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+GPTQ_DAMPING = 0.01  # added to H's diagonal, as a share of its mean: what GPTQ's reference implementation uses
+
+# a block quantizer: (the MatMul's node name, its (K, N) weight) -> (int4 values (K, N), scales (blocks, N))
+BlockQuantizer = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def check_block_size(block_size: int) -> None:
@@ -47,21 +59,96 @@ def quantize_blocks(weights: np.ndarray, block_size: int) -> tuple[np.ndarray, n
     return values.astype(ml_dtypes.int4), scales.astype(weights.dtype)
 
 
-def quantize_weights(model: onnx.ModelProto, block_size: int, excluded: list[str]) -> onnx.ModelProto:
+def gptq_blocks(
+    weights: np.ndarray, hessian: np.ndarray, block_size: int, damping: float = GPTQ_DAMPING, act_order: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ of a ``(K, N)`` weight with the ``(K, K)`` Hessian ``X^T X`` of its inputs: values and scales in the
+    format ``quantize_blocks`` gives, with each input channel's rounding error spread over the channels not yet
+    rounded so that ``X @ W`` moves least. ``act_order``: round the channels with the largest inputs first (GPTQ's
+    "act-order"); the scales are each block's ``amax / 7`` of the weights as given ("static groups"), so the blocks
+    stay contiguous input channels whatever the order."""
+    import torch
+
+    rows, columns = weights.shape
+    work = torch.tensor(np.asarray(weights, dtype=np.float32).T.copy())  # (N, K): one output column per row
+    h = torch.tensor(np.asarray(hessian, dtype=np.float64))
+    dead = torch.diag(h) == 0  # channels no input ever reached: their weights cannot matter
+    h[dead, dead] = 1.0
+    work[:, dead] = 0.0
+    _, scales = quantize_blocks(work.T.numpy(), block_size)
+    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(rows)
+    work, h = work[:, order], h[order][:, order]
+    column_scales = torch.tensor(np.asarray(scales, dtype=np.float32))[order // block_size].T  # (N, K), in order
+    h += damping * torch.diag(h).mean() * torch.eye(rows, dtype=h.dtype)
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    rounded_values = torch.zeros_like(work)
+    for start in range(0, rows, block_size):  # GPTQ's lazy batches: the updates beyond a batch go in one product
+        end = min(start + block_size, rows)
+        batch, errors = work[:, start:end].clone(), torch.zeros(columns, end - start)
+        local = inverse[start:end, start:end]
+        for i in range(end - start):
+            scale = column_scales[:, start + i]
+            rounded = torch.round(batch[:, i] / scale).clamp(-LEVELS, LEVELS)
+            rounded_values[:, start + i] = rounded
+            error = (batch[:, i] - rounded * scale) / local[i, i]
+            batch[:, i:] -= error[:, None] * local[i, i:][None, :]
+            errors[:, i] = error
+        work[:, end:] -= errors @ inverse[start:end, end:]
+    values = torch.zeros_like(rounded_values)
+    values[:, order] = rounded_values
+    return values.T.numpy().astype(ml_dtypes.int4), scales
+
+
+def gptq_quantizer(hessians: Mapping[str, np.ndarray], block_size: int) -> BlockQuantizer:
+    """A block quantizer that runs GPTQ with ``hessians[node name]`` (round to nearest for a node without one), once
+    per node and weight however many graphs hold them."""
+    import hashlib
+
+    done: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def quantize(node: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (node, hashlib.sha1(np.ascontiguousarray(weights).view(np.uint8)).hexdigest())
+        if key not in done:
+            hessian = hessians.get(node)
+            found = (
+                quantize_blocks(weights, block_size) if hessian is None else gptq_blocks(weights, hessian, block_size)
+            )
+            done[key] = found
+        return done[key]
+
+    return quantize
+
+
+def weight_products(model: onnx.ModelProto, excluded: Sequence[str] = ()) -> dict[str, tuple[str, int]]:
+    """The ``MatMul`` nodes INT4 quantizes in ``model`` (loaded with or without its external data): those by a 2-D
+    float initializer, outside ``excluded``, as node name -> (activation input, input channels ``K``)."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    skip, products = set(excluded), {}
+    for node in model.graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is not None and node.name not in skip and weight.data_type in FLOATS and len(weight.dims) == 2:
+            products[node.name] = (node.input[0], int(weight.dims[0]))
+    return products
+
+
+def quantize_weights(
+    model: onnx.ModelProto, block_size: int, excluded: list[str], quantizer: BlockQuantizer | None = None
+) -> onnx.ModelProto:
     """``model`` (weights loaded) with every ``MatMul`` by a 2-D float initializer, outside ``excluded``, reading it
     as INT4 through a blocked ``DequantizeLinear`` (one per weight, however many products use it); the weights no
-    longer read are dropped and the opset rises to 21."""
+    longer read are dropped and the opset rises to 21. ``quantizer`` picks the values (default: round to nearest)."""
     check_block_size(block_size)
+    quantizer = quantizer or (lambda _, weights: quantize_blocks(weights, block_size))
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    skip = set(excluded)
+    products = weight_products(model, excluded)
     dequantized: dict[str, str] = {}  # weight name -> the DequantizeLinear output that replaces it
     nodes = []
     for node in graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is not None and node.name not in skip and weight.data_type in FLOATS and len(weight.dims) == 2:
+        if node.name in products:
+            weight = initializers[node.input[1]]
             if weight.name not in dequantized:
-                values, scales = quantize_blocks(numpy_helper.to_array(weight), block_size)
+                values, scales = quantizer(node.name, numpy_helper.to_array(weight))
                 names = (f"{weight.name}_int4", f"{weight.name}_int4_scales", f"{weight.name}_dequantized")
                 graph.initializer.extend(
                     [numpy_helper.from_array(values, names[0]), numpy_helper.from_array(scales, names[1])]

@@ -8,7 +8,8 @@ folder) and run on ONNX Runtime with the feeds the pipeline made.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,24 @@ def run_with_outputs(
     """Run ``graph_path`` on ONNX Runtime CPU with ``outputs`` added as graph outputs; returns those tensors.
     ``basic_optimizations``: as the runtime's ``OrtSession`` for FP8 Q/DQ graphs; ``weights``: the external weights
     as the pipeline's sessions get them (held once across calls)."""
+    with session_with_outputs(graph_path, outputs, basic_optimizations, weights) as run:
+        return run(feeds)
+
+
+@contextlib.contextmanager
+def session_with_outputs(
+    graph_path: Path,
+    outputs: Sequence[str],
+    basic_optimizations: bool = False,
+    weights: MappedWeights | None = None,
+) -> Iterator[Callable[[dict], dict]]:
+    """One ONNX Runtime CPU session of ``graph_path`` with ``outputs`` as its outputs (see ``run_with_outputs``),
+    as a function of the feeds that returns those tensors by name."""
     import onnxruntime as ort
 
     model = only_outputs(onnx.load(str(graph_path), load_external_data=False), outputs)
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # as the runtime's sessions: no per-run warnings on the terminal
     if basic_optimizations:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if weights is not None:
@@ -68,9 +83,11 @@ def run_with_outputs(
     session = ort.InferenceSession(
         serialized, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
     )
-    values = dict(zip(outputs, session.run(list(outputs), feeds)))
-    del session, shared  # the session first: it uses the shared values
-    return values
+    try:
+        yield lambda feeds: dict(zip(outputs, session.run(list(outputs), feeds)))
+    finally:
+        session = None  # released before the shared values it uses
+        del shared
 
 
 def only_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:

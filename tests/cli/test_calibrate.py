@@ -44,7 +44,7 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd):
         ("empty", [], "holds no image"),
         ("unreadable", [], "Cannot read"),
         ("empty", ["--precision", "fp8", "--method", "entropy"], "pass --method distribution"),
-        ("empty", ["--precision", "int4", "--method", "minmax"], "pass --method rtn"),
+        ("empty", ["--precision", "int4", "--method", "minmax"], "pass --method gptq"),
         ("empty", ["--precision", "int8", "--block-size", "64"], "Pass --precision int4"),
         ("empty", ["--precision", "int4", "--block-size", "48"], "not a power of two"),
         ("empty", ["--precision", "int4", "--block-size", "8"], "at least 16"),
