@@ -42,8 +42,9 @@ class LayerSelection:
 
 
 def score_gaps(spans: Sequence[tuple[np.ndarray, int, np.ndarray]], row: int) -> dict[int, float]:
-    """Original visual index -> distance of its reference score from its span's cut, in units of that span's score
-    spread, for one batch ``row``. ``spans``: ``(scores (B, n), budget, scored ids (B, n))`` per image span."""
+    """Original visual index -> distance of its reference score from its span's cut, in units of that span's largest
+    absolute score (a score's numeric error is relative to its size, as the noise it is compared with), for one batch
+    ``row``. ``spans``: ``(scores (B, n), budget, scored ids (B, n))`` per image span."""
     gaps = {}
     for scores, budget, ids in spans:
         values = np.asarray(scores[row], dtype=np.float64)
@@ -51,8 +52,8 @@ def score_gaps(spans: Sequence[tuple[np.ndarray, int, np.ndarray]], row: int) ->
             continue  # a span kept whole or cut to nothing has no cut to be near
         ordered = np.sort(values)[::-1]
         cut = (ordered[budget - 1] + ordered[budget]) / 2
-        spread = max(ordered[0] - ordered[-1], 1e-30)
-        gaps.update(zip(np.asarray(ids[row]).tolist(), (np.abs(values - cut) / spread).tolist()))
+        scale = max(float(np.abs(values).max()), 1e-30)
+        gaps.update(zip(np.asarray(ids[row]).tolist(), (np.abs(values - cut) / scale).tolist()))
     return gaps
 
 
@@ -64,7 +65,7 @@ def judge_selection(
     selections: dict[int, LayerSelection],
 ) -> None:
     """Add one sample's kept indices (SPU layer -> ``(B, k)``, candidate and reference) to ``selections``. A swapped
-    token is a tie when its reference score lies within ``noise`` score spreads of the cut."""
+    token is a tie when its reference score lies within ``noise`` times the span's largest score of the cut."""
     layers = sorted(layer for layer, kept in reference.items() if kept.size)  # zero budgets: no cut
     batch = reference[layers[0]].shape[0] if layers else 0
     for row in range(batch):
