@@ -177,10 +177,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 "(INT4 quantizes every LLM layer's weights alike)."
             )
         manifest = ExportManifest.load(self.export_dir, verify=True)
-        if manifest.precision != "fp32":
+        readable = ("fp32", "fp16") if self.weight_only else ("fp32",)
+        if manifest.precision not in readable:
+            takes = "an fp32 or fp16 export" if self.weight_only else "an fp32 export"
             critical(
-                f"{self.export_dir} is a {manifest.precision} export; calibration reads an fp32 export. Re-export with "
-                "--precision fp32 and calibrate that."
+                f"{self.export_dir} is a {manifest.precision} export; {self.precision} calibration reads {takes}. "
+                "Re-export with --precision fp32 (or fp16 for int4) and calibrate that."
             )
         steps, limit = self.decode_steps, manifest.profile.max_new_tokens - 1
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
@@ -256,7 +258,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     layer_sensitivity=sensitivity,
                 )
                 dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
-                write_report(staging, quantization, ranges, int4, len(samples))
+                write_report(staging, quantization, ranges, int4, len(samples), manifest.precision)
                 advance("agreement with fp32")
         return self.out
 

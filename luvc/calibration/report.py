@@ -65,21 +65,30 @@ def write_report(
     ranges: dict[str, dict[str, dict[str, float]]],
     weights: dict[str, dict[str, int]],
     num_samples: int,
+    source_precision: str = "fp32",
 ) -> None:
     """Write ``report.md`` (and, with activation ``ranges``, ``ranges.png``) into ``folder``. ``weights``: per graph,
-    the bytes of each INT4 weight (weight-only precisions)."""
+    the bytes of each INT4 weight (weight-only precisions); ``source_precision``: the source export's."""
     precision, method, excluded = quantization.precision, quantization.method, quantization.excluded_nodes
     agreement = quantization.agreement_with_fp32
-    if weights:
+    if weights and method == "gptq":
+        run = (
+            f"Weights only, {quantization.weights}; GPTQ with the layers' inputs over {num_samples} samples through "
+            f"the LUVC-compressed {source_precision} export, which also measure the agreement."
+        )
+    elif weights:
         run = f"Weights only, {quantization.weights}; {num_samples} samples measure the agreement."
     else:
-        run = f"{num_samples} samples through the LUVC-compressed fp32 export (ranges after merging and pruning)."
+        run = (
+            f"{num_samples} samples through the LUVC-compressed {source_precision} export (ranges after merging and "
+            "pruning)."
+        )
     lines = [
         f"# Calibration: {precision}, {method}",
         "",
         run,
         "",
-        "## Agreement with the fp32 export (first token, ONNX Runtime)",
+        f"## Agreement with the {source_precision} export (first token, ONNX Runtime)",
         "",
         *(f"- {name}: {value:.4f}" for name, value in agreement.items()),
         "",

@@ -48,15 +48,17 @@ def check_block_size(block_size: int) -> None:
 
 def quantize_blocks(weights: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(int4 values (K, N), scales (ceil(K / block_size), N))`` of a ``(K, N)`` weight: round to nearest with one
-    scale ``amax / 7`` per block of input channels (1 for an all-zero block, so every scale is positive)."""
+    scale ``amax / 7`` per block of input channels (1 for an all-zero block, so every scale is positive), in the
+    weight's dtype; the values are rounded with the scales as stored."""
     rows, columns = weights.shape
     blocks = -(-rows // block_size)
     padded = np.zeros((blocks * block_size, columns), dtype=np.float32)
     padded[:rows] = weights
     amax = np.abs(padded.reshape(blocks, block_size, columns)).max(axis=1)
-    scales = np.where(amax > 0, amax / LEVELS, 1.0).astype(np.float32)
-    values = np.rint(padded / np.repeat(scales, block_size, axis=0)).clip(-LEVELS, LEVELS)[:rows]
-    return values.astype(ml_dtypes.int4), scales.astype(weights.dtype)
+    smallest = float(np.finfo(weights.dtype).tiny)  # a float16 amax / 7 must not round to a zero scale
+    scales = np.where(amax > 0, np.maximum(amax / LEVELS, smallest), 1.0).astype(weights.dtype)
+    values = np.rint(padded / np.repeat(scales.astype(np.float32), block_size, axis=0)).clip(-LEVELS, LEVELS)[:rows]
+    return values.astype(ml_dtypes.int4), scales
 
 
 def gptq_blocks(
@@ -75,7 +77,7 @@ def gptq_blocks(
     dead = torch.diag(h) == 0  # channels no input ever reached: their weights cannot matter
     h[dead, dead] = 1.0
     work[:, dead] = 0.0
-    _, scales = quantize_blocks(work.T.numpy(), block_size)
+    _, scales = quantize_blocks(work.T.numpy().astype(weights.dtype), block_size)
     order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(rows)
     work, h = work[:, order], h[order][:, order]
     column_scales = torch.tensor(np.asarray(scales, dtype=np.float32))[order // block_size].T  # (N, K), in order

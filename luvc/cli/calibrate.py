@@ -1,4 +1,5 @@
-"""``luvc-export calibrate``: an fp32 export -> an INT8/FP8 Q/DQ export calibrated with compression in the loop."""
+"""``luvc-export calibrate``: an fp32 export -> an INT8/FP8 Q/DQ export calibrated with compression in the loop, or
+an fp32 or fp16 export -> INT4 weights for its LLM."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Calibrate:
             overwrite=options.overwrite,
             show_progress=True,
         )()
-        quantization = ExportManifest.load(out).quantization
+        calibrated = ExportManifest.load(out)
+        quantization, source = calibrated.quantization, calibrated.float_precision
         console = Console(soft_wrap=True)
         console.print(
             f"Calibrated {quantization.precision} ({quantization.method}) on "
@@ -47,7 +49,7 @@ class Calibrate:
             highlight=False,
         )
         for name, value in quantization.agreement_with_fp32.items():
-            console.print(f"  {name} vs fp32: {value:.6f}", highlight=False)
+            console.print(f"  {name} vs the {source} source: {value:.6f}", highlight=False)
         if quantization.target_agreement is not None:
             kept = ", ".join(quantization.float_layers) or "none"
             target = quantization.target_agreement

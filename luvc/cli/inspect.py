@@ -37,7 +37,10 @@ class Inspect:
             agreement = quantization.agreement_with_fp32
             console.print(
                 f"quantized: {quantization.precision} ({quantization.method}, {quantization.library}); "
-                + ", ".join(f"{metric} vs fp32 {value:.4f}" for metric, value in agreement.items())
+                + ", ".join(
+                    f"{metric} vs the {manifest.float_precision} source {value:.4f}"
+                    for metric, value in agreement.items()
+                )
             )
         for name, bucket in manifest.buckets.items():
             console.print(

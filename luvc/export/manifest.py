@@ -422,6 +422,12 @@ class ExportManifest:
         return Path(folder) / self.graphs[name].file
 
     @property
+    def float_precision(self) -> str:
+        """The floating-point precision the graphs were traced in (``fp32`` or ``fp16``): ``precision`` itself for an
+        exported folder, and what a calibrated export keeps for everything it did not quantize."""
+        return self.profile.precision
+
+    @property
     def text_prefill(self) -> str:
         """The graph of prompts without visuals (kind ``text``)."""
         return next(name for name, graph in self.graphs.items() if graph.kind == "text")

@@ -76,7 +76,7 @@ class ParityFromExport(BaseLoader[ParityResults]):
         from luvc.runtime.pipeline import Pipeline
 
         manifest = ExportManifest.load(self.export_dir, verify=True)
-        tolerances = self.tolerances or tolerances_for(manifest.precision)
+        tolerances = self.tolerances or tolerances_for(manifest.precision, manifest.float_precision)
         max_new_tokens = 8 if self.max_new_tokens is None else self.max_new_tokens
         manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
         sizes = [bucket.size for bucket in manifest.buckets.values()]

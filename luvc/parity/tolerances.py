@@ -56,10 +56,20 @@ TOLERANCES = {
 }
 
 
-def tolerances_for(precision: str) -> Tolerances:
-    """The tolerances of an export ``precision`` (``fp32``, ``fp16``, ``int8``, ``fp8``)."""
+def tolerances_for(precision: str, float_precision: str = "fp32") -> Tolerances:
+    """The tolerances of an export ``precision`` (``fp32``, ``fp16``, ``int8``, ``fp8``, ``int4``). A quantized export
+    whose unquantized rest is ``float_precision`` fp16 (INT4 weights in an fp16 export) carries both errors: each
+    bound is the looser of the two."""
     from luvc.errors import critical
 
-    if precision not in TOLERANCES:
-        critical(f"No parity tolerances for precision {precision!r}; known: {list(TOLERANCES)}.")
-    return TOLERANCES[precision]
+    if precision not in TOLERANCES or float_precision not in TOLERANCES:
+        unknown = precision if precision not in TOLERANCES else float_precision
+        critical(f"No parity tolerances for precision {unknown!r}; known: {list(TOLERANCES)}.")
+    bounds, rest = TOLERANCES[precision], TOLERANCES[float_precision]
+    if precision == float_precision or float_precision == "fp32":
+        return bounds
+    looser = {
+        field: (max if not larger_is_better else min)(bounds.limit(metric), rest.limit(metric))
+        for metric, (field, larger_is_better) in METRICS.items()
+    }
+    return Tolerances(**looser)

@@ -73,7 +73,7 @@ class Sessions:
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
-        float32 = device.type == "cpu" and manifest.precision == "fp16" and not float16_compute
+        float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not float16_compute
         self.weights = MappedWeights(folder, float32=float32, device=device)
         self.activations = None
         if backend == "trt" and on_gpu:

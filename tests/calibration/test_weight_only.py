@@ -176,3 +176,36 @@ def test_tensorrt_rtx_builds_the_int4_export(int4_exports, tmp_path):
     assert main(["build", str(int4_exports("tiny-llava")), "--target", "ada", "--out", str(engines)]) == 0
     assert EngineManifest.load(engines).precision == "int4"
     assert len(list(engines.glob("*.engine"))) == len(ExportManifest.load(int4_exports("tiny-llava")).graphs)
+
+
+def test_int4_from_an_fp16_export_keeps_the_rest_in_fp16_and_passes_parity(exports, int4_exports, tmp_path):
+    """On a Jetson the INT4 export must be smaller than the fp16 one: made from the fp32 export, everything it does not
+    quantize (embedding, LM head, vision encoder) would stay float32."""
+    from luvc.calibration import calibrate_export
+    from luvc.engines.memory import plan_memory
+
+    folder = calibrate_export(
+        exports("tiny-qwen2-vl", "fp16"), tmp_path / "int4", precision="int4", block_size=BLOCK, show_progress=False
+    )
+    manifest = ExportManifest.load(folder)
+    assert (manifest.precision, manifest.float_precision) == ("int4", "fp16")
+    prefill = onnx.load(str(folder / manifest.graphs["prefill_224x224"].file), load_external_data=False)
+    floats = {t.data_type for t in prefill.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT16, 1)}
+    assert onnx.TensorProto.FLOAT16 in floats
+    scales = [t for t in prefill.graph.initializer if t.name.endswith("_int4_scales")]
+    assert scales and all(t.data_type == onnx.TensorProto.FLOAT16 for t in scales)
+
+    results = check_parity(folder, show_progress=False)
+    assert results, str(results)
+    assert results.tolerances.embed_cosine == TOLERANCES["fp16"].embed_cosine  # the fp16 encoder's bound
+    assert results.tolerances.tensor_relative == TOLERANCES["int4"].tensor_relative
+    # and on the device it is smaller than INT4 made from fp32, and than the fp16 export itself
+    weights = {
+        name: plan_memory(path, "orin-8gb").weight_bytes
+        for name, path in (
+            ("int4 from fp16", folder),
+            ("int4 from fp32", int4_exports("tiny-qwen2-vl")),
+            ("fp16", exports("tiny-qwen2-vl", "fp16")),
+        )
+    }
+    assert weights["int4 from fp16"] < weights["fp16"] < weights["int4 from fp32"], weights

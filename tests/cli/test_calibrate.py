@@ -20,7 +20,7 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd):
     argv = ["calibrate", str(exports("tiny-llava")), "--data", str(data), "--method", "percentile", "--out", str(out)]
     assert main(argv) == 0
     printed = capfd.readouterr()
-    assert "top1_agreement vs fp32" in printed.out
+    assert "top1_agreement vs the fp32 source" in printed.out
     assert "onnxruntime" not in printed.err  # the calibration sessions' warnings stay out of the user's terminal
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["calibration"]["samples"] == ["img0.png", "img1.png"]
@@ -31,7 +31,7 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd):
     assert all(graph["external_data"] == ["weights.data"] for graph in manifest["graphs"].values())
     assert main(["inspect", str(out)]) == 0
     shown = capfd.readouterr().out
-    assert "quantized: int8 (percentile" in shown and "top1_agreement vs fp32" in shown
+    assert "quantized: int8 (percentile" in shown and "top1_agreement vs the fp32 source" in shown
     assert "kept in float" in shown and "SPU scoring and selection" in shown
     engines = tmp_path / "engines"
     assert main(["build", str(out), "--target", "ada", "--out", str(engines)]) == 0
