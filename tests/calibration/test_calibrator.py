@@ -76,6 +76,20 @@ def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
     assert not manifest.quantization.tensorrt10_calibration_caches  # the legacy path is INT8 only
 
 
+def test_tensorrt_rtx_builds_the_fp8_export(calibrated, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+    from luvc.cli.main import main
+    from luvc.engines.manifest import EngineManifest
+
+    folder = calibrated("tiny-qwen2-vl", "fp8")
+    assert main(["build", str(folder), "--target", "ada", "--out", str(tmp_path / "engines")]) == 0
+    engines = EngineManifest.load(tmp_path / "engines")
+    assert engines.precision == "fp8" and len(engines.engines) == len(ExportManifest.load(folder).graphs)
+    # a target without FP8 tensor cores is refused before anything is built
+    assert main(["build", str(folder), "--target", "ampere", "--out", str(tmp_path / "ampere")]) == 2
+    assert not (tmp_path / "ampere").exists()
+
+
 @pytest.fixture(scope="module")
 def export_448(tmp_path_factory) -> Path:
     """tiny-qwen2-vl at 448x448 (128 visual tokens, most of them near ties at the first cut)."""
