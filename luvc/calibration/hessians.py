@@ -1,11 +1,11 @@
 """What GPTQ needs of the calibration data: ``H = X^T X`` of each quantized linear layer's inputs ``X``.
 
-The fp32 graphs run on ONNX Runtime with the inputs of their weight ``MatMul``s exposed as outputs, over the same
-feeds calibration collects (compression in the loop: the prefill sees merged and pruned visual tokens). Layers that
-read one input (Q, K and V; gate and up) share one ``H``; the graphs that hold the same layer (prefill per bucket,
-decode, text) add their inputs to the same ``H``, keyed by the ``MatMul``'s node name, which every graph shares. The
-``H`` are accumulated in passes over the graphs, as many layers per pass as ``memory_budget`` bytes of ``H`` hold, so
-that a 2B model's 8960-wide MLP inputs do not all sit in memory at once.
+The source export's graphs (fp32 or fp16) run on ONNX Runtime with the inputs of their weight ``MatMul``s exposed as
+outputs, over the same feeds calibration collects (compression in the loop: the prefill sees merged and pruned
+visual tokens). Layers that read one input (Q, K and V; gate and up) share one ``H``; the graphs that hold the same
+layer (prefill per bucket, decode, text) add their inputs to the same ``H``, keyed by the ``MatMul``'s node name,
+which every graph shares. The ``H`` are accumulated in passes over the graphs, as many layers per pass as
+``memory_budget`` bytes of ``H`` hold, so that a 2B model's 8960-wide MLP inputs do not all sit in memory at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from luvc.calibration.weight_only import weight_products
+from luvc.runtime.exposed import session_with_outputs
 from luvc.runtime.weights import MappedWeights
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of float64 H held in one pass
@@ -33,29 +34,34 @@ class HessianGraph:
     excluded: Sequence[str] = ()
 
 
-def _groups(graphs: Sequence[HessianGraph]) -> dict[tuple[str, ...], int]:
-    """Each group of product nodes that read one input (sorted node names) -> its input channels, over all graphs, in
-    graph order."""
+def _products(graph: HessianGraph) -> dict[str, tuple[str, int]]:
+    """The graph's quantized products: node name -> (activation input, input channels)."""
+    return weight_products(onnx.load(str(graph.path), load_external_data=False), graph.excluded)
+
+
+def _groups(products: Sequence[dict[str, tuple[str, int]]]) -> dict[tuple[str, ...], int]:
+    """Each group of product nodes that read one input (sorted node names) -> its input channels, over every graph's
+    ``products``, in graph order."""
     groups: dict[tuple[str, ...], int] = {}
-    for graph in graphs:
-        model = onnx.load(str(graph.path), load_external_data=False)
+    for found in products:
         readers: dict[str, list[str]] = {}
-        products = weight_products(model, graph.excluded)
-        for node, (activation, _) in products.items():
+        for node, (activation, _) in found.items():
             readers.setdefault(activation, []).append(node)
         for nodes in readers.values():
-            groups.setdefault(tuple(sorted(nodes)), products[nodes[0]][1])
+            groups.setdefault(tuple(sorted(nodes)), found[nodes[0]][1])
     return groups
 
 
 def plan_passes(
-    graphs: Sequence[HessianGraph], memory_budget: int = DEFAULT_MEMORY_BUDGET
+    graphs: Sequence[HessianGraph],
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    products: Sequence[dict[str, tuple[str, int]]] | None = None,
 ) -> list[list[tuple[str, ...]]]:
     """The groups of product nodes (see ``input_hessians``) in passes of at most ``memory_budget`` bytes of float64
-    ``H`` each (one group at least)."""
+    ``H`` each (one group at least); ``products``: each graph's, when already read."""
     passes: list[list[tuple[str, ...]]] = [[]]
     held = 0
-    for group, channels in _groups(graphs).items():
+    for group, channels in _groups(products or [_products(graph) for graph in graphs]).items():
         size = channels * channels * 8
         if passes[-1] and held + size > memory_budget:
             passes.append([])
@@ -73,17 +79,15 @@ def input_hessians(
 ) -> Mapping[str, np.ndarray]:
     """Product node name -> ``X^T X`` (float64, ``(K, K)``) of its inputs over every graph's feeds; the nodes of one
     group share one array. ``weights``: the export's ``MappedWeights``, so the sessions share its weights."""
-    from luvc.parity.localize import session_with_outputs
-
     hessians: dict[str, np.ndarray] = {}
-    passes = plan_passes(graphs, memory_budget)
+    products = [_products(graph) for graph in graphs]
+    passes = plan_passes(graphs, memory_budget, products)
     for number, groups in enumerate(passes, start=1):
         wanted = {node: group for group in groups for node in group}
         sums: dict[tuple[str, ...], np.ndarray] = {}
-        for graph in graphs:
-            model = onnx.load(str(graph.path), load_external_data=False)
+        for graph, found in zip(graphs, products):
             inputs: dict[str, tuple[str, ...]] = {}  # activation -> its group in this pass
-            for node, (activation, _) in weight_products(model, graph.excluded).items():
+            for node, (activation, _) in found.items():
                 if node in wanted:
                     inputs[activation] = wanted[node]
             if not inputs:

@@ -12,8 +12,8 @@ Activations stay in floating point.
 Two ways to pick the INT4 values, both with the same scales and format: round to nearest (``rtn``), which needs no
 data, and GPTQ (``gptq``, Frantar et al. 2022), which rounds one input channel at a time and moves the rounding
 error onto the channels not yet rounded, weighted by the inverse of ``H = X^T X`` of the layer's calibration inputs
-``X``, so that the layer's output on those inputs moves least. GPTQ's inputs come from the fp32 export run on the
-calibration samples (``input_hessians``).
+``X``, so that the layer's output on those inputs moves least. GPTQ's inputs come from the source export run on the
+calibration samples (``luvc.calibration.hessians``).
 """
 
 from __future__ import annotations

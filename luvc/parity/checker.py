@@ -16,13 +16,14 @@ from luvc.export.manifest import ExportManifest
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.parity import metrics
 from luvc.parity.alignment import aligned_cache_pairs
-from luvc.parity.localize import layer_candidates, layer_errors, run_with_outputs
+from luvc.parity.localize import layer_candidates, layer_errors
 from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
 from luvc.parity.selection import LayerSelection, judge_selection
 from luvc.parity.text import judge_text
 from luvc.parity.tolerances import Tolerances, tolerances_for
 from luvc.progress import progress_steps
+from luvc.runtime.exposed import run_with_outputs
 from luvc.runtime.pipeline import host_arrays
 from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample, synthetic_samples

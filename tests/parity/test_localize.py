@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from luvc.parity.localize import layer_candidates, layer_errors, only_outputs, run_with_outputs
+from luvc.parity.localize import layer_candidates, layer_errors
+from luvc.runtime.exposed import only_outputs, run_with_outputs
 
 WIDTH = 4
 
