@@ -77,16 +77,17 @@ def kl_divergence(candidate_logits, reference_logits) -> np.ndarray:
 
 
 def near_tie_share(scores, budget: int, margin: float) -> float:
-    """Share of tokens whose score lies within ``margin * (score range)`` of the cut between the ``budget``-th and
-    the next score: the tokens a numeric error of that size could swap across the cut. ``scores``: ``(B, n)``."""
+    """Share of tokens whose score lies within ``margin * (largest absolute score)`` of the cut between the
+    ``budget``-th and the next score: the tokens a relative numeric error of that size could swap across the cut (as
+    ``luvc.parity.selection`` judges a swap). ``scores``: ``(B, n)``."""
     scores = _f64(scores)
     n = scores.shape[-1]
     if not 0 < budget < n:
         return 0.0
     ordered = -np.sort(-scores, axis=-1)
     cut = (ordered[:, budget - 1] + ordered[:, budget]) / 2
-    spread = np.maximum(ordered[:, 0] - ordered[:, -1], 1e-30)
-    close = np.abs(scores - cut[:, None]) <= margin * spread[:, None]
+    scale = np.maximum(np.abs(scores).max(axis=-1), 1e-30)
+    close = np.abs(scores - cut[:, None]) <= margin * scale[:, None]
     return float(close.mean())
 
 

@@ -37,7 +37,7 @@ def test_kl_divergence():
 
 
 def test_near_tie_share_counts_tokens_close_to_the_cut():
-    scores = np.array([[10.0, 5.01, 4.99, 0.0]])  # cut between 5.01 and 4.99 at 5.0; range 10
+    scores = np.array([[10.0, 5.01, 4.99, 0.0]])  # cut between 5.01 and 4.99 at 5.0; largest score 10
     assert metrics.near_tie_share(scores, 2, margin=0.01) == pytest.approx(0.5)
     assert metrics.near_tie_share(scores, 2, margin=1e-4) == 0.0
     assert metrics.near_tie_share(scores, 0, margin=0.5) == 0.0  # no cut
