@@ -2,11 +2,10 @@
 
 Greedy decoding takes the highest logit at each step. Where PyTorch's best token leads the token the backend picked
 by less than twice the backend's numeric noise on the logits (each of the two logits may move by the noise, in
-opposite directions), the backend may pick the other one: that step is a *tie*,
-and both runs went on from different, equally valid prefixes. What follows is *downstream*: other contexts, not
-comparable token by token (as the KV and kept-index checks leave out what follows a swap). A *non-tie* is a first
-differing token that PyTorch preferred by more than that: an error of the export, and every token from it on
-counts as wrong.
+opposite directions), the backend may pick the other one: that step is a *tie*, and both runs went on from
+different, equally valid prefixes. What follows is *downstream*: other contexts, not comparable token by token (as
+the KV and kept-index checks leave out what follows a swap). A *non-tie* is a first differing token that PyTorch
+preferred by more than that: an error of the export, and every token from it on counts as wrong.
 
 Per sample the judged agreement is the share of generated tokens before the first non-tie (1 when the text is
 identical or first differs at a tie); judged exact match is the share of samples without a non-tie. The raw exact
