@@ -211,7 +211,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
         steps = len(samples) + len(graphs) + 1
         gptq = self.method == "gptq"
-        steps += len(plan_passes(self._hessian_graphs(manifest, graphs))) if gptq else 0
+        hessian_graphs = self._hessian_graphs(manifest, graphs) if gptq else {}  # read once: to plan, then to run
+        steps += len(plan_passes(list(hessian_graphs.values()))) if gptq else 0
         layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
         steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
         with progress_steps(self.show_progress, steps, "calibrating") as advance:
@@ -227,7 +228,10 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             if gptq:  # the layers' inputs over the same feeds
                 weights = MappedWeights(self.export_dir)
                 try:
-                    hessians = input_hessians(self._hessian_graphs(manifest, graphs, feeds), weights, advance=advance)
+                    fed = [
+                        dataclasses.replace(graph, feeds=feeds.get(name, [])) for name, graph in hessian_graphs.items()
+                    ]
+                    hessians = input_hessians(fed, weights, advance=advance)
                 finally:
                     weights.close()
                 feeds = {}
@@ -314,15 +318,13 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             "(--data) or another --method."
         )
 
-    def _hessian_graphs(
-        self, manifest: ExportManifest, graphs: list[str], feeds: Mapping[str, list[dict]] | None = None
-    ) -> list[HessianGraph]:
-        """The graphs GPTQ reads layer inputs from, with their calibration ``feeds`` (none to plan the passes)."""
-        found = []
+    def _hessian_graphs(self, manifest: ExportManifest, graphs: list[str]) -> dict[str, HessianGraph]:
+        """Graph name -> the graph GPTQ reads layer inputs from, without feeds yet (they are collected later)."""
+        found = {}
         for name in graphs:
             path = self.export_dir / manifest.graphs[name].file
             structure = onnx.load(str(path), load_external_data=False)
-            found.append(HessianGraph(path, (feeds or {}).get(name, []), tuple(excluded_nodes(structure))))
+            found[name] = HessianGraph(path, (), tuple(excluded_nodes(structure)))
         return found
 
     @property
