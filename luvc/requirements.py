@@ -35,6 +35,15 @@ def _requirements(extra: str | None) -> list[Requirement]:
     return wanted
 
 
+def declared_specifier(package: str, extra: str | None = None) -> SpecifierSet | None:
+    """What ``extra`` itself (``None``: the base install) requires of ``package``; ``None`` when it names no such
+    requirement or luvc-export is not installed."""
+    for requirement in _requirements(extra):
+        if requirement.name == package and (requirement.marker is not None) == (extra is not None):
+            return requirement.specifier
+    return None
+
+
 def unmet(extra: str | None = None) -> list[str]:
     """The requirements of the base install and ``extra`` that this environment does not meet, each with what it
     has (``"torch>=2.9 (found 2.1.2)"``, ``"onnxscript>=0.5 (not installed)"``)."""

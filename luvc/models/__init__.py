@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from luvc.models import compat  # noqa: F401  first: it refuses an unsupported transformers before any family loads
+
+# isort: split
 import json
 from pathlib import Path
 

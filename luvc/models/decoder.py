@@ -24,6 +24,7 @@ from luvc.compress.spu import select_tokens
 from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
 from luvc.models.cache import LuvcCache
+from luvc.models.compat import cache_kwargs, take_cache
 from luvc.models.scope import scopes
 
 Span = tuple[int, int]  # (start, length) of one image's visual tokens in the current sequence
@@ -41,6 +42,10 @@ class LuvcDecoderOutput(BaseModelOutputWithPast):
 
     kept_visual_indices: dict[int, torch.Tensor] | None = None
     image_hidden_states: torch.Tensor | None = None
+    # read by upstream's ...ForConditionalGeneration.forward in some releases (luvc.models.compat); always None
+    rope_deltas: torch.Tensor | None = None
+    image_outputs: object | None = None
+    video_outputs: object | None = None
 
 
 def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> tuple[Span, ...]:
@@ -345,6 +350,7 @@ class SpuDecoderMixin:
     ) -> LuvcDecoderOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        past_key_values = take_cache(past_key_values, kwargs)
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = hidden.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -420,8 +426,8 @@ class SpuDecoderMixin:
                     attention_mask=mask,
                     position_embeddings=(cos, sin),
                     position_ids=None,
-                    past_key_values=past_key_values,
                     use_cache=use_cache,
+                    **cache_kwargs(past_key_values),
                     **kwargs,
                 )
             if record is not None:  # the layer before a ranked cut: the last prompt token's attention
@@ -432,7 +438,7 @@ class SpuDecoderMixin:
         if isinstance(past_key_values, LuvcCache):
             past_key_values.num_positions = start + length
         return LuvcDecoderOutput(
-            last_hidden_state=hidden, past_key_values=past_key_values, kept_visual_indices=kept_visual_indices
+            last_hidden_state=hidden, kept_visual_indices=kept_visual_indices, **cache_kwargs(past_key_values)
         )
 
     def extra_repr(self) -> str:

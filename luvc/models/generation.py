@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from luvc.models.cache import LuvcCache
+from luvc.models.compat import cache_kwargs
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def greedy_generate(
         elif not use_cache:
             step_inputs = dict(inputs, input_ids=torch.cat([prompt, generated], dim=1))
             step_inputs["attention_mask"] = torch.ones_like(step_inputs["input_ids"])
-        logits = model(**step_inputs, past_key_values=cache, use_cache=use_cache, logits_to_keep=1).logits[:, -1]
+        logits = model(**step_inputs, **cache_kwargs(cache), use_cache=use_cache, logits_to_keep=1).logits[:, -1]
         step_logits.append(logits)
         token = logits.argmax(dim=-1)
         if stops is not None:

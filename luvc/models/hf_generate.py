@@ -7,6 +7,7 @@ import functools
 
 from luvc.errors import critical
 from luvc.models.cache import LuvcCache
+from luvc.models.compat import cache_kwargs, take_cache
 
 
 class LuvcGenerationMixin:
@@ -31,12 +32,13 @@ class LuvcGenerationMixin:
         return inputs
 
     def generate(self, *args, past_key_values=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         if past_key_values is None:
             past_key_values = LuvcCache()
         elif not isinstance(past_key_values, LuvcCache) or past_key_values.get_seq_length() > 0:
             critical(
                 "generate() on a LUVC model needs an empty LuvcCache (each layer caches a different number of tokens); "
-                "leave past_key_values out."
+                "leave the cache out."
             )
         config = kwargs.get("generation_config") or self.generation_config
         for option, limit in (("num_beams", 1), ("num_return_sequences", 1)):
@@ -49,7 +51,7 @@ class LuvcGenerationMixin:
                 )
         if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens"):
             critical("Assisted decoding is not supported on a LUVC model; leave assistant_model and prompt lookup out.")
-        return super().generate(*args, past_key_values=past_key_values, **kwargs)
+        return super().generate(*args, **cache_kwargs(past_key_values), **kwargs)
 
 
 @functools.cache

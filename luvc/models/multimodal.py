@@ -20,6 +20,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache
+from luvc.models.compat import take_cache
 from luvc.models.decoder import LuvcDecoderOutput, scatter_visual_features
 from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
 
@@ -59,6 +60,7 @@ class LuvcMultimodalMixin:
         use_cache: bool | None = None,
         **kwargs,
     ) -> LuvcDecoderOutput:
+        past_key_values = take_cache(past_key_values, kwargs)
         self.luvc_check_inputs(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)

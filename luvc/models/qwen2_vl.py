@@ -25,6 +25,7 @@ from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import merge_units
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, patch_modules
+from luvc.models.compat import vision_position_embeddings
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace, plans_on
@@ -105,7 +106,7 @@ def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -
     if plan.window_index is not None:
         hidden = hidden.view(-1, unit, dim)[plan.window_index.to(hidden.device)].reshape(-1, dim)
     stage = plan.stages[0]
-    position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
+    position_embeddings = vision_position_embeddings(encoder.rotary_pos_emb, hidden, stage.rotary_ids.to(hidden.device))
     for index, block in enumerate(encoder.blocks):
         windowed = stage.cu_window_seqlens is not None and index not in plan.full_attention_blocks
         hidden = block(
@@ -121,7 +122,9 @@ def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -
             hidden = encoder.luvc_oim[index](hidden.view(-1, unit, dim), step).reshape(-1, dim)
             deepstack = [encoder.luvc_oim[index](feature, step) for feature in deepstack]
             stage = plan.stage_of_block(index + 1)
-            position_embeddings = encoder.rotary_pos_emb(hidden, stage.rotary_ids.to(hidden.device))
+            position_embeddings = vision_position_embeddings(
+                encoder.rotary_pos_emb, hidden, stage.rotary_ids.to(hidden.device)
+            )
     merged = encoder.merger(hidden)
     if plan.reverse_index is not None:
         reverse = plan.reverse_index.to(merged.device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import (
     get_vision_cu_seqlens,
     get_vision_interpolation_indices_and_weights,
@@ -33,9 +32,9 @@ class QwenVisionStage:
     grid_thw: torch.Tensor  # (num_images, 3) patch grid
     rotary_ids: torch.Tensor  # (N, 2) (h, w) per patch token; float when oim_positions="mean"
     cu_seqlens: torch.Tensor
-    max_seqlen: int | None
+    max_seqlen: int
     cu_window_seqlens: torch.Tensor | WindowLayout | None  # a WindowLayout in the export graph
-    max_window_seqlen: int | None
+    max_window_seqlen: int | None  # None: no windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +79,12 @@ def _window(grid_thw: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]
     )
 
 
+def longest_segment(cu_seqlens: torch.Tensor) -> int:
+    """The longest attention segment of ``cu_seqlens``: what FlashAttention takes as ``max_seqlen`` (other attention
+    implementations ignore it). Worked out here, on the host plan, rather than by a private ``transformers`` helper."""
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
 def _stage(grid_thw: torch.Tensor, raster_ids: torch.Tensor, window_index, cu_window, config) -> QwenVisionStage:
     unit = config.spatial_merge_size**2
     rotary_ids = raster_ids
@@ -90,9 +95,9 @@ def _stage(grid_thw: torch.Tensor, raster_ids: torch.Tensor, window_index, cu_wi
         grid_thw=grid_thw,
         rotary_ids=rotary_ids,
         cu_seqlens=cu_seqlens,
-        max_seqlen=get_max_seqlen(cu_seqlens, config),
+        max_seqlen=longest_segment(cu_seqlens),
         cu_window_seqlens=cu_window,
-        max_window_seqlen=None if cu_window is None else get_max_seqlen(cu_window, config),
+        max_window_seqlen=None if cu_window is None else longest_segment(cu_window),
     )
 
 

@@ -18,6 +18,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.export.manifest import ExportManifest
 from luvc.export.naming import layer_name
 from luvc.models import VLMAdapter
+from luvc.models.compat import output_cache
 from luvc.models.generation import greedy_generate
 from luvc.samples import Sample
 
@@ -52,7 +53,7 @@ class TorchReference:
     @classmethod
     def from_manifest(cls, manifest: ExportManifest, model: str | None = None) -> TorchReference:
         """Load the model an export came from (``model``: a checkpoint folder, when it has moved since)."""
-        from luvc.export.exporter import export_source_model
+        from luvc.export.source import export_source_model
 
         return cls(export_source_model(manifest, model), manifest.luvc)
 
@@ -129,7 +130,7 @@ class TorchReference:
                 hook.remove()
         embeds = outputs.image_hidden_states
         presents = {}
-        for layer, cached in enumerate(outputs.past_key_values.layers):
+        for layer, cached in enumerate(output_cache(outputs).layers):
             presents[f"present.{layer}.key"] = cached.keys.numpy()
             presents[f"present.{layer}.value"] = cached.values.numpy()
         return TorchRun(

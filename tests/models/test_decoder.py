@@ -125,11 +125,12 @@ def test_cached_greedy_equals_full_prefill_every_step(adapter, image, config):
 @torch.no_grad()
 def test_per_layer_cache_lengths(adapter, image):
     from luvc.models.cache import LuvcCache
+    from luvc.models.compat import cache_kwargs
 
     adapter.apply_luvc()
     inputs = adapter.prepare_inputs([image], PROMPT)
     cache = LuvcCache()
-    adapter.model(**inputs, past_key_values=cache, use_cache=True)
+    adapter.model(**inputs, **cache_kwargs(cache), use_cache=True)
     plan = adapter.plan(inputs).budget_plan
     text = inputs["input_ids"].shape[1] - plan.num_visual_tokens
     assert cache.layer_lengths() == [text + k for k in plan.total]
