@@ -8,6 +8,7 @@ Each rule is the processor's own function (``smart_resize``, ``get_optimal_tiled
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,9 +19,30 @@ PROCESSOR_FOLDER = "processor"  # where an export keeps its image processor
 
 def load_processor(export_dir: str | Path):
     """The image processor an export saved (``transformers``' own class, from its folder)."""
+    return load_image_processor(Path(export_dir) / PROCESSOR_FOLDER)
+
+
+def load_image_processor(folder: str | Path):
+    """The image processor saved in ``folder`` (a checkpoint's or an export's), on its PIL backend: the class its
+    ``preprocessor_config.json`` names, in its PIL form. The model in PyTorch and the runtime then see the same pixels
+    whether or not torchvision is installed, and releases that gate ``AutoImageProcessor`` on torchvision (5.4-5.17)
+    load it too. A processor with no PIL form loads as ``AutoImageProcessor`` chooses."""
+    from transformers.models.auto.image_processing_auto import (
+        IMAGE_PROCESSOR_MAPPING_NAMES,
+        get_image_processor_class_from_name,
+    )
+
+    config = Path(folder) / "preprocessor_config.json"
+    saved = json.loads(config.read_text()).get("image_processor_type", "") if config.is_file() else ""
+    saved = saved.removesuffix("Fast")  # the torchvision class's name before 5.0
+    for names in IMAGE_PROCESSOR_MAPPING_NAMES.values():
+        if isinstance(names, dict) and saved in names.values() and names.get("pil"):
+            pil = get_image_processor_class_from_name(names["pil"])
+            if pil is not None:
+                return pil.from_pretrained(folder, local_files_only=True)
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(Path(export_dir) / PROCESSOR_FOLDER, local_files_only=True)
+    return AutoImageProcessor.from_pretrained(folder, local_files_only=True)
 
 
 def processed_size(processor, image_size: Sequence[int]) -> tuple[int, int] | None:

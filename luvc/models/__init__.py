@@ -21,6 +21,7 @@ from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import TINY_BUILDERS, build_tiny
 from luvc.models.weights import cast_in_place, checkpoint_dtype
+from luvc.processing import load_image_processor
 from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
@@ -72,7 +73,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     architecture = (config.get("architectures") or [None])[0]
     adapter_cls = adapter_class(architecture)
     from safetensors import SafetensorError
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # callers show their own progress; errors stay one line
@@ -91,7 +92,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        processor = load_image_processor(path)
     except (OSError, ValueError) as error:
         critical(f"{path} lacks tokenizer or preprocessor files ({error}); copy them from the original checkpoint.")
     cast_in_place(model, dtype)

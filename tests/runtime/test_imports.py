@@ -64,7 +64,7 @@ def _torch_names(source: str) -> set[str]:
 
 def test_run_and_serve_name_only_torch_apis_the_floor_has():
     """The base install's PyTorch floor (pyproject) holds every torch API the device's modules name, checked against
-    the names of that release (tests/runtime/torch_floor_names.txt); a real run on it is test_torch_floor.py."""
+    the names of that release (tests/runtime/torch_floor_names.txt); a real run on it is test_device_floor.py."""
     floor = next(
         requirement.specifier
         for requirement in map(Requirement, importlib.metadata.requires("luvc-export"))
