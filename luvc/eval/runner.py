@@ -157,7 +157,7 @@ class EvalFromModel(BaseLoader[EvalResults]):
             if self.sweep:  # the sweep's first variant is LUVC as it ships
                 methods = [name for name in methods if name != "luvc"]
             return adapter, run_specs(methods, points) + sweep_specs(self.sweep, points), None
-        from luvc.export.exporter import export_source_model
+        from luvc.export.source import export_source_model
 
         manifest = ExportManifest.load(self.export_dir, verify=True)
         manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")

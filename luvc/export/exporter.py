@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 import logging
 import tempfile
 import warnings
@@ -39,7 +37,6 @@ from luvc.export.manifest import (
     ExportManifest,
     GraphEntry,
     KVCacheEntry,
-    ModelEntry,
     PassesEntry,
     bucket_entry,
     external_data_files,
@@ -54,6 +51,7 @@ from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
 from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
+from luvc.export.source import model_entry
 from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
@@ -185,37 +183,6 @@ def save_model(
     onnx.save_model(model, str(partial))
     partial.replace(path)
     return [path.name, *external_data_files(model)]
-
-
-def config_hash(adapter: VLMAdapter, with_dtype: bool = False) -> str:
-    """sha256 of the model config (the manifest's ``model.config_sha256``): which model an export came from. The
-    dtype the weights were loaded in is left out (an fp16 export and an fp32 parity run use the same model);
-    ``with_dtype`` gives the hash exports of earlier versions recorded, which kept it."""
-    config = adapter.model.config.to_dict()
-    text = json.dumps(config if with_dtype else _without_dtypes(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def export_source_model(manifest: ExportManifest, model: str | None = None) -> VLMAdapter:
-    """The model an export came from, loaded in float32: the manifest's checkpoint, or ``model`` (a checkpoint folder,
-    when it has moved since), whose config must hash to the manifest's."""
-    from luvc.models import load_model
-
-    source = model or manifest.model.id
-    adapter = load_model(source)
-    identities = {config_hash(adapter), config_hash(adapter, with_dtype=True)}  # this version's, and earlier ones'
-    if manifest.model.config_sha256 not in identities:
-        critical(
-            f"The model at {source!r} has another config than the one this export was made from "
-            f"({manifest.model.id!r}); pass --model with the checkpoint folder used for the export."
-        )
-    return adapter
-
-
-def _without_dtypes(value):
-    if isinstance(value, dict):
-        return {key: _without_dtypes(item) for key, item in value.items() if key not in ("dtype", "torch_dtype")}
-    return value
 
 
 def _versions() -> dict[str, str]:
@@ -353,7 +320,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 files.append(host.name)
                 bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
             manifest = ExportManifest(
-                model=ModelEntry(adapter.name, adapter.architecture, config_hash(adapter)),
+                model=model_entry(adapter),
                 luvc=adapter.luvc_config,
                 precision=profile.precision,
                 opset=profile.opset,

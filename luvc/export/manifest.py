@@ -163,6 +163,7 @@ class ModelEntry:
     id: str
     architecture: str
     config_sha256: str
+    weights_sha256: str | None = None  # luvc.export.source: exports before 0.1 recorded none
 
 
 @dataclasses.dataclass(frozen=True)

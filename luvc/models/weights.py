@@ -11,13 +11,35 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import mmap
+from pathlib import Path
 
 import torch
 from torch import nn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MADV_DONTNEED = 4
+
+
+def weights_sha256(model: nn.Module, folder: Path | None = None) -> str:
+    """What a model's weights are, as one sha256: its checkpoint ``folder``'s ``*.safetensors`` files as stored (the
+    same whatever dtype they were loaded in), or without a folder its parameters rounded to float16 (a model built in
+    float32 and its float16 copy agree)."""
+    digest = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    if not files:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            if tensor.is_floating_point():
+                tensor = tensor.detach().to("cpu", torch.float16)
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def checkpoint_dtype(config: dict) -> torch.dtype | None:

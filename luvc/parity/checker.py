@@ -13,6 +13,7 @@ import numpy as np
 from luvc.errors import critical
 from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
+from luvc.export.source import same_source
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.parity import metrics
 from luvc.parity.alignment import aligned_cache_pairs
@@ -153,7 +154,7 @@ def check_baseline(
 ) -> None:
     """Refuse a baseline export that is of another model, compressed, or without a bucket for one of the samples'
     ``image_sizes`` (a video's ``(frames, H, W)``)."""
-    if baseline.model.config_sha256 != manifest.model.config_sha256:
+    if not same_source(baseline, manifest):
         critical(
             f"Baseline {folder} was exported from {baseline.model.id!r}, not from this export's model "
             f"({manifest.model.id!r}); export the same checkpoint with --no-luvc."

@@ -1,30 +1,64 @@
-"""Which model an export came from: the config identity, with or without the loading dtype."""
+"""Which model an export came from: architecture, sizes and weights (any transformers release), or for exports that
+predate weight hashes the config hash, with or without the loading dtype."""
 
 import dataclasses
 
 import pytest
 
 from luvc import LuvcError
-from luvc.export.exporter import config_hash
 from luvc.export.manifest import ExportManifest
+from luvc.export.source import config_hash, same_source
 from luvc.models import load_model
 from luvc.parity.reference import TorchReference
 
 
+def _with_model(manifest, **changes):
+    return dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, **changes))
+
+
+def test_an_export_records_its_weights_and_is_accepted_whatever_config_text_a_release_wrote(exports):
+    manifest = ExportManifest.load(exports("tiny-qwen2-vl"), verify=False)
+    assert manifest.model.weights_sha256 is not None and len(manifest.model.weights_sha256) == 64
+    another_release = _with_model(manifest, config_sha256="f" * 64)  # another release serialises the config anew
+    assert TorchReference.from_manifest(another_release).adapter.name == "tiny-qwen2-vl"
+
+
 @pytest.mark.parametrize("recorded", ["current", "with dtype (earlier versions)"])
-def test_the_reference_accepts_the_identity_an_export_recorded(exports, recorded):
+def test_an_export_without_weight_hashes_is_matched_by_its_config(exports, recorded):
     manifest = ExportManifest.load(exports("tiny-qwen2-vl"), verify=False)
-    adapter = load_model("tiny-qwen2-vl")
-    identity = config_hash(adapter, with_dtype=recorded != "current")
-    model = dataclasses.replace(manifest.model, config_sha256=identity)
-    assert TorchReference.from_manifest(dataclasses.replace(manifest, model=model)).adapter.name == "tiny-qwen2-vl"
+    identity = config_hash(load_model("tiny-qwen2-vl"), with_dtype=recorded != "current")
+    legacy = _with_model(manifest, config_sha256=identity, weights_sha256=None)
+    assert TorchReference.from_manifest(legacy).adapter.name == "tiny-qwen2-vl"
 
 
-def test_another_model_is_refused(exports):
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"weights_sha256": "0" * 64}, "its weights differ"),
+        ({"architecture": "LlavaForConditionalGeneration"}, "it is a Qwen2VLForConditionalGeneration"),
+        ({"weights_sha256": None, "config_sha256": "0" * 64}, "its config differs"),
+    ],
+)
+def test_another_model_is_refused_with_the_reason(exports, change, reason):
     manifest = ExportManifest.load(exports("tiny-qwen2-vl"), verify=False)
-    model = dataclasses.replace(manifest.model, config_sha256="0" * 64)
-    with pytest.raises(LuvcError, match="has another config than the one this export was made from"):
-        TorchReference.from_manifest(dataclasses.replace(manifest, model=model))
+    with pytest.raises(LuvcError, match="is not the one this export was made from") as error:
+        TorchReference.from_manifest(_with_model(manifest, **change))
+    assert reason in str(error.value)
+
+
+def test_a_model_of_other_sizes_is_refused_naming_them(exports):
+    manifest = ExportManifest.load(exports("tiny-qwen2-vl"), verify=False)
+    geometry = dataclasses.replace(manifest.geometry, num_layers=28)
+    with pytest.raises(LuvcError, match="num_layers 4, the export's 28"):
+        TorchReference.from_manifest(dataclasses.replace(manifest, geometry=geometry))
+
+
+def test_same_source_compares_weights_where_both_exports_have_them(exports):
+    manifest = ExportManifest.load(exports("tiny-qwen2-vl"), verify=False)
+    assert same_source(manifest, _with_model(manifest, config_sha256="f" * 64))
+    assert not same_source(manifest, _with_model(manifest, weights_sha256="0" * 64))
+    legacy = _with_model(manifest, weights_sha256=None)
+    assert same_source(manifest, legacy) and not same_source(manifest, _with_model(legacy, config_sha256="0" * 64))
 
 
 def test_a_forced_selection_keeps_the_given_tokens_and_the_natural_one_changes_nothing(exports):
