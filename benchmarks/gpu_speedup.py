@@ -65,50 +65,70 @@ def pipeline_row(pipeline, image, prompt: str, new_tokens: int, repeats: int) ->
     return median_row(rows)
 
 
-def torch_row(checkpoint: Path, luvc: bool, image, prompt: str, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Median stage times of the patched PyTorch model on the GPU (vision and prefill by CUDA-synchronised hooks)."""
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def torch_row(
+    checkpoint: Path | str, luvc: bool, image, prompt: str, new_tokens: int, repeats: int, device: str = "cuda"
+) -> dict[str, float]:
+    """Median stage times of the patched PyTorch model (``checkpoint``: a folder or a built-in model) on ``device``,
+    fp16 on a GPU and fp32 on the CPU: vision and LLM prefill are the encoder's and the language model's first calls
+    within one first-token request, each timed between device synchronisations."""
     from luvc import LUVCConfig
     from luvc.models import load_model
     from luvc.models.generation import greedy_generate
 
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     adapter = load_model(str(checkpoint))
     adapter.apply_luvc(LUVCConfig() if luvc else LUVCConfig.off())
-    adapter.model.to("cuda", torch.float16)
-    inputs = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in adapter.prepare_inputs([image], prompt).items()}
+    adapter.model.to(device, dtype)
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in adapter.prepare_inputs([image], prompt).items()}
     if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].half()
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
 
-    def timed(count: int) -> float:
-        torch.cuda.synchronize()
+    spans: dict[str, list[float]] = {}  # module -> [start, end] of its first call in a request
+
+    def clock(name: str, end: bool):
+        def hook(*_) -> None:
+            synchronize(device)
+            spans.setdefault(name, [])
+            if len(spans[name]) < 2 and (end or not spans[name]):
+                spans[name].append(time.perf_counter())
+
+        return hook
+
+    modules = {"vision": adapter.model.model.visual, "prefill": adapter.language_model, "step": adapter.model}
+    hooks = []
+    for name, module in modules.items():
+        hooks += [module.register_forward_pre_hook(clock(name, False)), module.register_forward_hook(clock(name, True))]
+
+    def request() -> dict[str, float]:
+        """One request's stage times: vision and prefill within its first step, its first token, its decode."""
+        spans.clear()
+        synchronize(device)
         began = time.perf_counter()
         with torch.no_grad():
-            greedy_generate(adapter.model, inputs, count)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - began) * 1e3
-
-    vision = adapter.model.model.visual
-    timed(2)
-    rows = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        began = time.perf_counter()
-        with torch.no_grad():
-            vision(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-        torch.cuda.synchronize()
-        vision_ms = (time.perf_counter() - began) * 1e3
-        first = timed(1)
-        total = timed(new_tokens)
-        rows.append(
-            dict(
-                vision_ms=vision_ms,
-                prefill_ms=first - vision_ms,
-                ttft_ms=first,
-                decode_tokens_per_s=(new_tokens - 1) / ((total - first) / 1e3),
-            )
+            greedy_generate(adapter.model, inputs, new_tokens)
+        synchronize(device)
+        ended = time.perf_counter()
+        first = spans["step"][1]
+        return dict(
+            vision_ms=(spans["vision"][1] - spans["vision"][0]) * 1e3,
+            prefill_ms=(spans["prefill"][1] - spans["prefill"][0]) * 1e3,
+            ttft_ms=(first - began) * 1e3,
+            decode_tokens_per_s=(new_tokens - 1) / (ended - first),
         )
+
+    request()  # warm-up
+    rows = [request() for _ in range(repeats)]
+    for hook in hooks:
+        hook.remove()
     cost = adapter.cost(adapter.prepare_inputs([image], prompt)).llm_prefill_speedup
     adapter.model.to("cpu")
-    torch.cuda.empty_cache()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return {**median_row(rows), "cost_model_llm_prefill_speedup": cost}
 
 
