@@ -31,13 +31,15 @@ class Export:
 
         from luvc.export.exporter import export_model
         from luvc.export.manifest import ExportManifest
+        from luvc.export.stage_times import StageTimes
 
         console = Console()
         export = groups[ExportArgs]
         model_args = groups[ModelArgs]
         if export.profile.precision == "fp16":
             model_args.dtype = "float16"  # load in the graph precision: no fp32 copy is kept
-        with console.status(f"Loading {args.model}"):
+        times = StageTimes()
+        with console.status(f"Loading {args.model}"), times.stage("load"):
             adapter = model_args.load()
         out = export_model(
             adapter,
@@ -47,9 +49,10 @@ class Export:
             overwrite=export.overwrite,
             passes=export.passes,
             plugin_nodes=export.plugin_nodes,
+            times=times,
         )
         console.print(summary_table(ExportManifest.load(out, verify=False)))
-        console.print(f"[bold green]Exported[/] {adapter.name} to {out}")
+        console.print(f"[bold green]Exported[/] {adapter.name} to {out} in {times.summary()}")
         return 0
 
 

@@ -12,15 +12,15 @@ import contextlib
 import dataclasses
 import io
 import logging
-import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
-from onnx.external_data_helper import _get_all_tensors, load_external_data_for_tensor, uses_external_data
 
 import luvc
 from luvc.compress.config import LUVCConfig
@@ -51,8 +51,9 @@ from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
 from luvc.export.plugin_ops import plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
-from luvc.export.source import model_entry
-from luvc.export.weights import SharedWeights
+from luvc.export.source import ModelEntryInBackground
+from luvc.export.stage_times import StageTimes
+from luvc.export.weights import SharedWeights, StableMemory
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.processing import PROCESSOR_FOLDER
@@ -62,6 +63,29 @@ from luvc.staging import output_claim, staged_folder
 AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
 INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
+
+
+# onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
+# time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
+# 9 s the optimizer spends on a 32-block encoder); left out while converting, see ``_without_slow_rewrites``
+SLOW_REWRITE_RULES = frozenset({"SlicesSplit"})
+
+
+@contextlib.contextmanager
+def _without_slow_rewrites():
+    """onnxscript's default rewrite rules without ``SLOW_REWRITE_RULES`` for the duration (restored after; an
+    onnxscript that keeps its rules elsewhere runs them all)."""
+    import onnxscript.rewriter as rewriter
+
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if rules is None:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITE_RULES)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 @contextlib.contextmanager
@@ -82,20 +106,24 @@ def _quiet_exporter():
 class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
     """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` with readable node and dimension names.
 
-    With ``scratch`` (a folder the caller owns and removes), the weights stay in ``scratch/{name}.onnx.data`` and the
-    model references them (tensors under ``INLINE_BYTES`` are loaded, so passes and lint read constants): a graph's
-    weights are never held as protobuf bytes. Without it the weights are loaded into the model."""
+    With ``weights`` (the export's shared file), every tensor of at least ``INLINE_BYTES`` is written there as the
+    graph leaves the exporter and the model references it: a graph's weights are never held as protobuf bytes, nor
+    written twice. Smaller tensors stay in the model, so passes and lint read constants. Without it every tensor is
+    in the model."""
 
     spec: GraphSpec
     opset: int
     on_step: Callable[[], None] | None = None
     kv_update: str | None = None
-    scratch: Path | None = None
+    weights: SharedWeights | None = None
+    stable: StableMemory | None = None  # the traced module's parameters, for ``weights`` (SharedWeights.stream)
     plugin_config: LUVCConfig | None = None
+    times: StageTimes | None = None
 
     def __post_init__(self) -> None:
         self.kv_update = self.kv_update or DEFAULT_KV_UPDATE
         self.on_step = self.on_step or (lambda: None)
+        self.times = self.times or StageTimes()
 
     def call_impl(self) -> onnx.ModelProto:
         spec = self.spec
@@ -105,36 +133,34 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
         if self.plugin_config is not None:  # OIM/SPU units as luvc::OrthoMerge / luvc::SpectrumPrune nodes
             translations.update(plugin_translations())
             units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
+        times = self.times
         with _quiet_exporter(), torch.no_grad(), units:
             try:
-                program = torch.export.export(
-                    spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
-                )
+                with times.stage("trace", spec.name):
+                    program = torch.export.export(
+                        spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
+                    )
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
             self.on_step()
-            onnx_program = torch.onnx.export(
-                program,
-                args,
-                input_names=list(spec.feeds),
-                output_names=spec.output_names,
-                opset_version=self.opset,
-                dynamo=True,
-                verbose=False,
-                optimize=True,
-                custom_translation_table=translations,
-            )
-            if self.scratch is not None:
-                path = Path(self.scratch) / f"{spec.name}.onnx"
-                onnx_program.save(str(path), external_data=True)
-                del onnx_program, program  # the torch-side copies of folded constants
-                model = onnx.load(str(path), load_external_data=False)
-                load_small_tensors(model, path.parent)
-            else:
-                with tempfile.TemporaryDirectory() as scratch:  # via a file: works above protobuf's 2 GiB limit
-                    path = Path(scratch) / "graph.onnx"
-                    onnx_program.save(str(path), external_data=True)
-                    model = onnx.load(str(path))
+            with times.stage("convert", spec.name), _without_slow_rewrites():
+                onnx_program = torch.onnx.export(
+                    program,
+                    args,
+                    input_names=list(spec.feeds),
+                    output_names=spec.output_names,
+                    opset_version=self.opset,
+                    dynamo=True,
+                    verbose=False,
+                    optimize=True,
+                    custom_translation_table=translations,
+                )
+            with times.stage("weights", spec.name):
+                if self.weights is not None:
+                    model = self.weights.stream(onnx_program.model, INLINE_BYTES, self.stable)
+                else:
+                    model = ir.serde.serialize_model(onnx_program.model)
+            del onnx_program, program  # the torch-side copies of folded constants
         mark_opset(model)
         symbols = {}
         inputs = {info.name: info for info in model.graph.input}
@@ -151,17 +177,6 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
         return model
 
 
-def load_small_tensors(model: onnx.ModelProto, folder: Path) -> None:
-    """Load the external data of ``model``'s tensors under ``INLINE_BYTES`` into the model (in place)."""
-    for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
-            length = int({entry.key: entry.value for entry in tensor.external_data}.get("length", INLINE_BYTES))
-            if length < INLINE_BYTES:
-                load_external_data_for_tensor(tensor, str(folder))
-                tensor.data_location = onnx.TensorProto.DEFAULT
-                del tensor.external_data[:]
-
-
 def graphs_use_weights_file(setting: str, weight_bytes: int) -> bool:
     """Whether an export's graphs keep their weights in the shared ``weights.data``: ``always``; ``never``; ``auto``
     when the model's weights pass ``AUTO_EXTERNAL_BYTES``. One answer for every graph of an export, so tensors that
@@ -173,8 +188,8 @@ def save_model(
     model: onnx.ModelProto, path: Path, external: bool, weights: SharedWeights, source: Path | None = None
 ) -> list[str]:
     """Write ``model`` to ``path``, its weights into the export's shared ``weights`` file when ``external``; return
-    its files (the graph, then the external-data file it reads). ``source``: the folder of the external data the
-    model references now (a scratch folder), read tensor by tensor."""
+    its files (the graph, then the external-data file it reads). Tensors already in ``weights`` stay where they are;
+    ``source``: the folder of other external data the model references now, read tensor by tensor."""
     if external:
         weights.externalize(model, source)
     elif source is not None:
@@ -266,9 +281,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     show_progress: bool = True
     passes: bool = True
     plugin_nodes: bool = False
+    times: StageTimes | None = None  # where the wall time went, stage by stage (luvc.export.stage_times)
 
     def __post_init__(self) -> None:
         self.out = as_path(self.out)
+        self.times = self.times or StageTimes()
 
     def call_impl(self) -> Path:
         with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
@@ -310,17 +327,23 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         longest_text = min(capacities) - profile.max_new_tokens  # a text-only prompt and its answer fit every layer
         specs.append((text_prefill_spec(adapter, profile, longest_text), None))
 
+        times = self.times
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
-            graphs, files, bucket_entries = self._write_graphs(specs, staging, profile)
-            files += self._save_preprocessing(staging)
+            source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
+            graphs, files, bucket_entries, hashes = self._write_graphs(specs, staging, profile)
+            with times.stage("preprocessing"):
+                files += self._save_preprocessing(staging)
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}
             for bucket in buckets:
                 host = staging / f"host_{bucket.name}.npz"
                 np.savez(host, **_host_metadata(vision_specs.get(bucket.name), bucket))
                 files.append(host.name)
                 bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
+            with times.stage("hash"):
+                hashes = {name: hashes.get(name) or sha256_file(staging / name) for name in sorted(files)}
+                source = source.result()
             manifest = ExportManifest(
-                model=model_entry(adapter),
+                model=source,
                 luvc=adapter.luvc_config,
                 precision=profile.precision,
                 opset=profile.opset,
@@ -332,9 +355,10 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 kv_cache=KVCacheEntry(profile.kv_update, tuple(capacities)),
                 buckets=bucket_entries,
                 graphs=graphs,
-                files={name: sha256_file(staging / name) for name in sorted(files)},
+                files=hashes,
             )
-            manifest.save(staging)
+            with times.stage("manifest"):
+                manifest.save(staging)
         return self.out
 
     def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
@@ -342,10 +366,13 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         weights = SharedWeights(staging)
         model_bytes = sum(p.numel() * p.element_size() for p in self.adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
-        scratch = staging / ".scratch"  # the traced graphs' weights until they are saved (inside the staging folder)
-        scratch.mkdir()
+        stable = StableMemory([*self.adapter.model.parameters(), *self.adapter.model.buffers()])
+        times = self.times
+        costs = [self._cost(spec) for spec, _ in specs]
+        began = time.perf_counter()
         with graph_progress(bool(self.show_progress), "step") as progress:
-            for spec, bucket in specs:
+            overall = progress.add_task("export", total=sum(costs), step="")
+            for (spec, bucket), cost in zip(specs, costs):
                 task = progress.add_task(spec.name, total=len(STEPS) + 1, step="tracing")
                 labels = iter(STEPS)
 
@@ -357,19 +384,23 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                     profile.opset,
                     on_step=advance,
                     kv_update=profile.kv_update,
-                    scratch=scratch,
+                    weights=weights if external else None,
+                    stable=stable,
                     plugin_config=self.adapter.luvc_config if self.plugin_nodes else None,
+                    times=times,
                 )()
                 # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
                 passes = PASSES if self.passes else (keep_fp32_islands,)
-                model, pass_stats = run_passes(model, passes)
+                model, pass_stats = run_passes(
+                    model, passes, times, spec.name, lambda name, task=task: progress.update(task, step=name)
+                )
                 advance()
-                check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, scratch)
+                with times.stage("lint", spec.name):
+                    check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, staging)
                 advance()
                 path = staging / f"{spec.name}.onnx"
-                written = save_model(model, path, external, weights, source=scratch)
-                for leftover in scratch.iterdir():
-                    leftover.unlink()
+                with times.stage("save", spec.name):
+                    written = save_model(model, path, external, weights)
                 files += written
                 graphs[spec.name] = GraphEntry(
                     file=path.name,
@@ -383,8 +414,17 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                     passes=tuple(stat.to_dict() for stat in pass_stats),
                 )
                 progress.update(task, completed=len(STEPS) + 1, step="done")
-        scratch.rmdir()
-        return graphs, files, buckets
+                progress.update(overall, advance=cost)
+                done = progress.tasks[overall].completed
+                left = (time.perf_counter() - began) / done * (sum(costs) - done)
+                progress.update(overall, step=f"about {_duration(left)} left" if done < sum(costs) else "done")
+        return graphs, files, buckets, {weights.path.name: weights.sha256()} if external else {}
+
+    def _cost(self, spec: GraphSpec) -> int:
+        """A graph's share of the export's work, in layers traced: the encoder's blocks, the LLM's layers, or one."""
+        if spec.kind == "vision":
+            return self.adapter.vision_depth
+        return 1 if spec.kind == "embed" else self.adapter.num_layers
 
     def _save_preprocessing(self, staging: Path) -> list[str]:
         """The tokenizer and the image processor, so the runtime preprocesses exactly as the model does."""
@@ -396,6 +436,12 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         adapter.tokenizer.save_pretrained(staging / "tokenizer")
         adapter.image_processor.save_pretrained(staging / PROCESSOR_FOLDER)
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"`` or ``"3 min 5 s"``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 export_model = functional(OnnxFromCompressedModel, "export_model")

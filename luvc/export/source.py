@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,18 +38,60 @@ def _without_dtypes(value):
     return value
 
 
+def source_folder(adapter: VLMAdapter) -> Path | None:
+    """The checkpoint folder an adapter was loaded from (``None``: a built-in or in-memory model)."""
+    folder = Path(adapter.name)
+    return folder if folder.is_dir() else None
+
+
 def adapter_weights_sha256(adapter: VLMAdapter) -> str:
     """The hash of an adapter's weights: its checkpoint folder's files, or (a built-in or in-memory model) its
     parameters."""
     from luvc.models.weights import weights_sha256
 
-    folder = Path(adapter.name)
-    return weights_sha256(adapter.model, folder if folder.is_dir() else None)
+    return weights_sha256(adapter.model, source_folder(adapter))
 
 
 def model_entry(adapter: VLMAdapter) -> ModelEntry:
     """What an export records of the model it is made from."""
     return ModelEntry(adapter.name, adapter.architecture, config_hash(adapter), adapter_weights_sha256(adapter))
+
+
+class ModelEntryInBackground:
+    """``model_entry(adapter)``, its checkpoint files hashed in a daemon thread beside tracing (file reads and hashing
+    release the GIL; nothing there touches PyTorch, whose tracing patches global state); ``result()`` waits for it.
+    A built-in or in-memory model's parameters are hashed by ``result()`` itself. An export that stops early leaves
+    the thread behind without waiting."""
+
+    def __init__(self, adapter: VLMAdapter) -> None:
+        from luvc.models.weights import files_sha256
+
+        self.adapter = adapter
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = None
+        folder = source_folder(adapter)
+        if folder is not None:
+
+            def run() -> None:
+                try:
+                    self._digest = files_sha256(folder)
+                except BaseException as error:  # raised again by result(), in the caller's thread
+                    self._error = error
+
+            self._thread = threading.Thread(target=run, name="luvc-weights-hash", daemon=True)
+            self._thread.start()
+
+    def result(self) -> ModelEntry:
+        from luvc.models.weights import parameters_sha256
+
+        if self._thread is not None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        adapter = self.adapter
+        weights = self._digest or parameters_sha256(adapter.model)
+        return ModelEntry(adapter.name, adapter.architecture, config_hash(adapter), weights)
 
 
 def source_mismatch(manifest: ExportManifest, adapter: VLMAdapter) -> str | None:

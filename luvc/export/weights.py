@@ -9,10 +9,14 @@ parser read such a graph by path like any other external-data graph (location, o
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx_ir as ir
+import torch
 from onnx.external_data_helper import _get_all_tensors
 
 from luvc.export.manifest import ExternalTensor
@@ -29,12 +33,65 @@ class SharedWeights:
     def __init__(self, folder: Path, name: str | None = None) -> None:
         self.path = Path(folder) / (name or WEIGHTS_FILE)
         self.offsets: dict[bytes, tuple[int, int]] = {}  # digest of the bytes -> (offset, length)
+        self.views: dict[tuple, tuple[int, int]] = {}  # a view of stable memory (StableMemory.key) -> (offset, length)
+        # of every byte appended: None once the file is cut back, or when it did not start empty
+        started = not self.path.exists() or self.path.stat().st_size == 0
+        self._file_digest: hashlib._Hash | None = hashlib.sha256() if started else None
         self.referenced_bytes = 0  # what the graphs reference (with repeats): the size without sharing
+
+    def sha256(self) -> str | None:
+        """The sha256 of the file as written so far, without reading it back; ``None`` when the file was cut back
+        (a duplicate copied in, ``_append_external``) or existed before."""
+        return None if self._file_digest is None else self._file_digest.hexdigest()
+
+    def _write(self, file, data) -> None:
+        file.write(data)
+        if self._file_digest is not None:
+            self._file_digest.update(data)
 
     @property
     def written_bytes(self) -> int:
         """The tensor bytes the file holds (without alignment padding): each distinct tensor once."""
         return sum(length for _, length in self.offsets.values())
+
+    def stream(self, model: ir.Model, min_bytes: int, stable: StableMemory | None = None) -> onnx.ModelProto:
+        """``model`` (a traced graph in ONNX IR) as a ``ModelProto`` whose initializers of at least ``min_bytes`` are in
+        the shared file: each is written from memory as it is (a weight, or a folded copy such as a transposed weight,
+        computed when read), once per distinct bytes, and never held as protobuf bytes. Smaller ones stay inline.
+        A tensor that views ``stable`` memory (the model's parameters, unchanged while the export runs) is placed by
+        its address: the next graph that holds the same view is neither copied nor hashed again."""
+        with self.path.open("ab") as file:
+            for value in model.graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or tensor.nbytes < min_bytes:
+                    continue
+                array = tensor.numpy()
+                view = stable.key(array) if stable is not None else None
+                if view is None or view not in self.views:
+                    data = memoryview(_contiguous(array)).cast("B")
+                    placed = self._append(file, data, hashlib.sha256(data).digest())
+                    if view is not None:
+                        self.views[view] = placed
+                offset, length = placed if view is None else self.views[view]
+                self.referenced_bytes += length
+                value.const_value = ir.ExternalTensor(
+                    self.path.name, offset, length, tensor.dtype, shape=tensor.shape, name=value.name
+                )
+        return ir.serde.serialize_model(model)
+
+    def _pad(self, file) -> int:
+        """Pad ``file`` to the next ``ALIGNMENT`` boundary; returns that offset."""
+        offset = -(-file.tell() // ALIGNMENT) * ALIGNMENT
+        self._write(file, b"\0" * (offset - file.tell()))
+        return offset
+
+    def _append(self, file, data: memoryview, digest: bytes) -> tuple[int, int]:
+        """Write ``data`` (whose digest is ``digest``) unless the file holds those bytes; returns where they are."""
+        if digest not in self.offsets:
+            start = self._pad(file)
+            self._write(file, data)
+            self.offsets[digest] = (start, len(data))
+        return self.offsets[digest]
 
     def externalize(self, model: onnx.ModelProto, source: Path | None = None) -> None:
         """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place). Tensors
@@ -43,6 +100,10 @@ class SharedWeights:
         with self.path.open("ab") as file:
             for tensor in _get_all_tensors(model):
                 if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    stored = ExternalTensor.of(tensor)
+                    if stored.location == self.path.name:  # streamed here while tracing (``stream``)
+                        self.referenced_bytes += stored.length
+                        continue
                     if source is None:
                         continue
                     offset, length = self._append_external(file, tensor, Path(source))
@@ -52,12 +113,8 @@ class SharedWeights:
                     data = tensor.raw_data
                     if len(data) < SIZE_THRESHOLD:
                         continue
-                    digest = hashlib.blake2b(data, digest_size=32).digest()
-                    if digest not in self.offsets:
-                        start = _pad(file)
-                        file.write(data)
-                        self.offsets[digest] = (start, len(data))
-                    offset, length = self.offsets[digest]
+                    digest = hashlib.sha256(data).digest()
+                    offset, length = self._append(file, memoryview(data), digest)
                 self.referenced_bytes += length
                 del tensor.external_data[:]
                 for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
@@ -71,7 +128,7 @@ class SharedWeights:
         file is cut off again and referenced at its first offset. Returns ``(offset, length)``."""
         source = ExternalTensor.of(tensor)
         before = file.tell()
-        start, hasher = _pad(file), hashlib.blake2b(digest_size=32)
+        start, hasher = self._pad(file), hashlib.sha256()
         with open(folder / source.location, "rb") as handle:
             handle.seek(source.offset)
             remaining = source.length
@@ -80,10 +137,11 @@ class SharedWeights:
                 if not chunk:
                     raise OSError(f"{source.location} ends before tensor {tensor.name}'s data")
                 hasher.update(chunk)
-                file.write(chunk)
+                self._write(file, chunk)
                 remaining -= len(chunk)
         digest = hasher.digest()
         if digest in self.offsets:
+            self._file_digest = None  # the running digest has hashed bytes the file no longer holds
             file.truncate(before)
             file.seek(before)  # truncate leaves the buffered position where the write ended
             return self.offsets[digest]
@@ -91,8 +149,33 @@ class SharedWeights:
         return self.offsets[digest]
 
 
-def _pad(file) -> int:
-    """Pad ``file`` to the next ``ALIGNMENT`` boundary; returns that offset."""
-    offset = -(-file.tell() // ALIGNMENT) * ALIGNMENT
-    file.write(b"\0" * (offset - file.tell()))
-    return offset
+class StableMemory:
+    """Address ranges that hold the same bytes for as long as an export runs (its model's parameters and buffers)."""
+
+    def __init__(self, tensors) -> None:
+        ranges = sorted((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors)
+        self.starts = [start for start, _ in ranges]
+        self.ends = [start + size for start, size in ranges]
+
+    def key(self, array: np.ndarray) -> tuple | None:
+        """What identifies ``array``'s bytes when it lies inside one stable range (its address, shape, strides and
+        dtype); ``None`` otherwise."""
+        start = array.__array_interface__["data"][0]
+        if array.size == 0 or any(stride < 0 for stride in array.strides):
+            return None
+        end = start + sum((dim - 1) * stride for dim, stride in zip(array.shape, array.strides)) + array.itemsize
+        index = bisect.bisect_right(self.starts, start) - 1
+        if index < 0 or end > self.ends[index]:
+            return None
+        return start, array.shape, array.strides, array.dtype.str
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order; a strided view (a folded transpose) is copied by PyTorch, several times faster than NumPy
+    for float16."""
+    if array.flags["C_CONTIGUOUS"]:
+        return array
+    try:
+        return torch.from_numpy(array).contiguous().numpy()
+    except TypeError:  # a dtype PyTorch does not take from NumPy (ml_dtypes' bfloat16, float8, int4)
+        return np.ascontiguousarray(array)

@@ -24,21 +24,36 @@ MADV_DONTNEED = 4
 
 def weights_sha256(model: nn.Module, folder: Path | None = None) -> str:
     """What a model's weights are, as one sha256: its checkpoint ``folder``'s ``*.safetensors`` files as stored (the
-    same whatever dtype they were loaded in), or without a folder its parameters rounded to float16 (a model built in
-    float32 and its float16 copy agree)."""
+    same whatever dtype they were loaded in; ``files_sha256``), or without a folder (or with one that holds none) its
+    parameters rounded to float16 (``parameters_sha256``)."""
+    digest = files_sha256(folder) if folder is not None else None
+    return digest or parameters_sha256(model)
+
+
+def files_sha256(folder: Path) -> str | None:
+    """The sha256 of a checkpoint folder's ``*.safetensors`` files, names and bytes, in name order (``None`` when it
+    holds none). File reads and hashing only: safe beside PyTorch work in another thread."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
     digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
     for path in files:
         digest.update(path.name.encode())
         with open(path, "rb") as handle:
             while block := handle.read(1 << 24):
                 digest.update(block)
-    if not files:
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(f"{name}{tuple(tensor.shape)}".encode())
-            if tensor.is_floating_point():
-                tensor = tensor.detach().to("cpu", torch.float16)
-            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def parameters_sha256(model: nn.Module) -> str:
+    """The sha256 of a model's state (names, shapes, values; floating point rounded to float16, so a model built in
+    float32 and its float16 copy agree)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        if tensor.is_floating_point():
+            tensor = tensor.detach().to("cpu", torch.float16)
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

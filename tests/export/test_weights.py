@@ -152,3 +152,52 @@ def test_streamed_tensors_after_a_duplicate_land_where_their_references_point(tm
     for name, expected in (("a", a), ("a_again", a), ("b", b), ("a_third", a)):
         np.testing.assert_array_equal(loaded[name], expected, name)
     assert (out / WEIGHTS_FILE).stat().st_size == -(-a.nbytes // ALIGNMENT) * ALIGNMENT + b.nbytes
+
+
+def _ir_model(arrays: dict[str, np.ndarray]):
+    import onnx_ir as ir
+
+    graph = ir.Graph(
+        [], [], nodes=[], initializers=[ir.Value(name=n, const_value=ir.Tensor(a)) for n, a in arrays.items()]
+    )
+    return ir.Model(graph, ir_version=10)
+
+
+def test_streamed_views_of_stable_memory_are_stored_once_and_read_back_as_traced(tmp_path):
+    """A folded transpose of a parameter comes back from every graph as a strided view of the parameter's memory:
+    stored once, placed by address in later graphs, and read back as the transpose; views of other memory are
+    placed by their bytes."""
+    import torch
+
+    from luvc.export.weights import StableMemory
+
+    parameter = torch.randn(64, 48)
+    stable = StableMemory([parameter])
+    weights = SharedWeights(tmp_path)
+    transposed = parameter.numpy().T  # what a graph holds: a view, not a copy
+    elsewhere = np.ascontiguousarray(transposed)  # the same bytes in memory the export does not keep
+    for name in ("a", "b"):
+        model = onnx.helper.make_model(onnx.helper.make_graph([], name, [], []))
+        proto = weights.stream(_ir_model({"w": transposed, "copy": elsewhere}), 1024, stable)
+        model.graph.initializer.extend(proto.graph.initializer)
+        onnx.save_model(model, str(tmp_path / f"{name}.onnx"))
+    assert len(weights.views) == 1 and len(weights.offsets) == 1  # one view known by address, one set of bytes
+    assert weights.referenced_bytes == 4 * transposed.nbytes and weights.written_bytes == transposed.nbytes
+    for name in ("a", "b"):
+        loaded = onnx.load(str(tmp_path / f"{name}.onnx"))
+        for tensor in loaded.graph.initializer:
+            np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor, str(tmp_path)), transposed)
+
+
+def test_only_views_inside_stable_memory_have_an_address_key():
+    import torch
+
+    from luvc.export.weights import StableMemory
+
+    parameter = torch.randn(10, 4)
+    stable = StableMemory([parameter])
+    array = parameter.numpy()
+    assert stable.key(array.T) is not None and stable.key(array[2:5]) is not None
+    assert stable.key(array.T) != stable.key(array)  # the same memory read another way is other bytes
+    assert stable.key(np.ones((10, 4), np.float32)) is None
+    assert stable.key(array[::-1]) is None  # negative strides: not placed by address

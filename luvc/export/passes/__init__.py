@@ -21,6 +21,7 @@ from luvc.export.passes.fp32_islands import keep_fp32_islands
 from luvc.export.passes.fuse_oim import fuse_oim_merge
 from luvc.export.passes.fuse_spu import fuse_spu_gathers
 from luvc.export.passes.split_topk import split_large_topk
+from luvc.export.stage_times import StageTimes
 
 LOGGER = logging.getLogger("luvc.passes")
 Pass = Callable[[gs.Graph], gs.Graph]
@@ -56,19 +57,30 @@ def _ops(graph: gs.Graph) -> dict[str, int]:
     return dict(collections.Counter(node.op for node in graph.nodes))
 
 
-def run_passes(model: onnx.ModelProto, passes: Sequence[Pass] | None = None) -> tuple[onnx.ModelProto, list[PassStats]]:
-    """Apply ``passes`` (default ``PASSES``) to a copy of ``model``; return the new model and per-pass stats."""
+def run_passes(
+    model: onnx.ModelProto,
+    passes: Sequence[Pass] | None = None,
+    times: StageTimes | None = None,
+    graph_name: str | None = None,
+    on_pass: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, list[PassStats]]:
+    """Apply ``passes`` (default ``PASSES``) to a copy of ``model``; return the new model and per-pass stats. Each
+    pass is timed into ``times`` (as ``pass:<name>`` of ``graph_name``) and announced to ``on_pass`` first."""
     passes = list(PASSES if passes is None else passes)
+    times = times or StageTimes()
     graph = gs.import_onnx(model)
     stats = []
     for graph_pass in passes:
+        if on_pass is not None:
+            on_pass(graph_pass.__name__)
         before, before_ops = len(graph.nodes), _ops(graph)
-        graph = graph_pass(graph)
-        while graph_pass in SIMPLIFY:
-            count = len(graph.nodes)
+        with times.stage(f"pass:{graph_pass.__name__}", graph_name):
             graph = graph_pass(graph)
-            if len(graph.nodes) == count:
-                break
+            while graph_pass in SIMPLIFY:
+                count = len(graph.nodes)
+                graph = graph_pass(graph)
+                if len(graph.nodes) == count:
+                    break
         stats.append(PassStats(graph_pass.__name__, before, len(graph.nodes), before_ops, _ops(graph)))
         LOGGER.info("%s", stats[-1])  # pass | nodes before | after | delta
     result = gs.export_onnx(graph)
