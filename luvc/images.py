@@ -1,4 +1,10 @@
-"""Images for runs without a user image: a seeded synthetic scene, and loading (files or bytes) with clear errors."""
+"""Images for runs without a user image: a seeded synthetic scene, and loading (files or bytes) with clear errors.
+
+What the model sees is the picture an image viewer shows: upright as its EXIF orientation says, and in 8-bit RGB
+(``to_rgb``): 16-bit greyscale scaled, not clipped; transparency composited over white, as ``transformers``' own
+``convert_to_rgb`` does; CMYK through its embedded ICC profile when it has one. Pixel values no viewer can show
+without a guess (a float image outside 0-1, a 32-bit one outside 16 bits) are refused with the fix.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from luvc.errors import critical
 
@@ -89,9 +95,77 @@ def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
 
 
 def _open(source, name: str, max_pixels: int | None) -> Image.Image:
-    """Read the header, check the size, then decode: an oversized image is refused before it is expanded."""
+    """Read the header, check the size, then decode: an oversized image is refused before it is expanded. The image
+    comes back upright and in RGB (``to_rgb``); ``info["exif_orientation"]`` keeps an orientation that was applied."""
     with _opened(source, name, max_pixels) as image:
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+        upright = ImageOps.exif_transpose(image)
+        rgb = to_rgb(upright, name)
+        if orientation in ROTATIONS and orientation != 1:
+            rgb.info["exif_orientation"] = orientation
+        return rgb
+
+
+ORIENTATION_TAG = 0x0112
+ROTATIONS = {1: "upright", 2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored and rotated 90° clockwise"}
+ROTATIONS |= {6: "rotated 90° clockwise", 7: "mirrored and rotated 90° counter-clockwise"}
+ROTATIONS |= {8: "rotated 90° counter-clockwise"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _through_icc_profile(image: Image.Image) -> Image.Image | None:
+    """``image`` converted to sRGB through its embedded ICC profile; ``None`` when the profile cannot be used (a broken
+    one, or a Pillow without LittleCMS): the plain conversion follows, as a viewer without the profile would show."""
+    try:
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        return ImageCms.profileToProfile(image, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImportError, OSError, ValueError) as error:  # ImageCms.PyCMSError is an OSError
+        del error
+        return None
+
+
+def orientation_note(image: Image.Image) -> str:
+    """How the image was turned upright, for messages (``"turned upright: rotated 90° clockwise per its EXIF
+    orientation"``), or ``""`` when it came upright."""
+    orientation = image.info.get("exif_orientation")
+    return f"turned upright: {ROTATIONS[orientation]} per its EXIF orientation" if orientation else ""
+
+
+def to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """``image`` in 8-bit RGB as a viewer shows it (see the module docstring); a mode with no faithful RGB is refused
+    with one line naming ``name`` and the fix."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            critical(
+                f"{name} is a 32-bit integer image with values outside 0-65535, which has no standard brightness; "
+                "save it as an 8- or 16-bit PNG."
+            )
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
+            critical(
+                f"{name} is a floating-point image with values outside 0-1, which has no standard brightness; save "
+                "it as an 8- or 16-bit PNG."
+            )
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        converted = _through_icc_profile(image)
+        if converted is not None:
+            return converted
+    try:
+        if mode in ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA") if mode != "La" else image.convert("LA").convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return image.convert("RGB")
+    except ValueError as error:
+        critical(f"{name} is a {mode} image, which cannot be shown as RGB ({error}); save it as a PNG or JPEG.")
 
 
 def _limit(max_pixels: int | None) -> int:

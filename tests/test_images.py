@@ -16,3 +16,108 @@ def test_missing_and_unreadable_image_files(tmp_path, exports, capsys):
         load_image(garbage)
     assert main(["run", str(exports("tiny-llava")), "--image", str(garbage), "--prompt", "hi"]) == 2
     assert "garbage.png as an image" in capsys.readouterr().err
+
+
+# --- what the model sees is the picture a viewer shows: each mode against a conversion worked out here by hand ---
+
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from luvc.images import decode_image, orientation_note  # noqa: E402
+
+
+def _roundtrip(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
+    """``image`` saved as ``fmt`` and read back by the project's loader, as a file would reach it."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return decode_image(buffer.getvalue(), f"image.{fmt.lower()}")
+
+
+def _grey(loaded: Image.Image) -> np.ndarray:
+    array = np.asarray(loaded)
+    assert loaded.mode == "RGB" and (array == array[..., :1]).all()
+    return array[..., 0].astype(np.int64)
+
+
+def test_a_16_bit_grey_png_keeps_its_gradient():
+    gradient = np.linspace(0, 65535, 64 * 256).round().astype(np.uint16).reshape(64, 256)
+    loaded = _roundtrip(Image.fromarray(gradient))
+    expected = np.floor(gradient.astype(np.int64) / 257 + 0.5).astype(np.int64)  # 0-65535 onto 0-255
+    np.testing.assert_array_equal(_grey(loaded), expected)
+    assert len(np.unique(expected)) == 256
+
+
+def test_a_32_bit_integer_image_in_16_bit_range_is_scaled_and_one_outside_is_refused():
+    values = np.repeat(np.array([[0, 257, 32896, 65535]] * 8, dtype=np.int32), 2, axis=1)  # 8x8
+    loaded = _roundtrip(Image.fromarray(values, "I"), "TIFF")
+    np.testing.assert_array_equal(_grey(loaded)[0, ::2], [0, 1, 128, 255])
+    with pytest.raises(LuvcError, match="values outside 0-65535.*save it as an 8- or 16-bit PNG"):
+        _roundtrip(Image.fromarray(values * 4, "I"), "TIFF")
+
+
+def test_a_float_image_in_0_to_1_is_scaled_and_one_outside_is_refused():
+    values = np.repeat(np.array([[0.0, 0.25, 0.5, 1.0]] * 8, dtype=np.float32), 2, axis=1)  # 8x8
+    loaded = _roundtrip(Image.fromarray(values, "F"), "TIFF")
+    np.testing.assert_array_equal(_grey(loaded)[0, ::2], [0, 64, 128, 255])
+    with pytest.raises(LuvcError, match="values outside 0-1"):
+        _roundtrip(Image.fromarray(values * 300, "F"), "TIFF")
+
+
+def _over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``colour`` (..., 3) with ``alpha`` (...) over a white background, rounded: the reference compositing."""
+    a = alpha[..., None].astype(np.float64) / 255
+    return np.rint(colour * a + 255 * (1 - a)).astype(np.int64)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparency_is_composited_over_white(mode):
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (16, 16, 3))
+    alpha = rng.integers(0, 256, (16, 16))
+    if mode == "LA":
+        colour = np.repeat(colour[..., :1], 3, axis=-1)
+        image = Image.fromarray(np.dstack([colour[..., 0], alpha]).astype(np.uint8), "LA")
+    else:
+        image = Image.fromarray(np.dstack([colour, alpha]).astype(np.uint8), "RGBA")
+    loaded = np.asarray(_roundtrip(image)).astype(np.int64)
+    assert np.abs(loaded - _over_white(colour, alpha)).max() <= 1  # Pillow composites in integers
+
+
+def test_a_palette_image_with_a_transparent_index_shows_white_there():
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0, 0, 0] * 254)
+    palette.putpixel((0, 0), 0)
+    loaded = np.asarray(_roundtrip(palette, transparency=0))
+    assert tuple(loaded[0, 0]) == (255, 255, 255) and tuple(loaded[1, 1]) == (200, 10, 10)
+
+
+def test_cmyk_without_a_profile_is_the_standard_conversion():
+    rng = np.random.default_rng(1)
+    cmyk = rng.integers(0, 256, (8, 8, 4))
+    loaded = np.asarray(_roundtrip(Image.fromarray(cmyk.astype(np.uint8), "CMYK"), "TIFF")).astype(np.int64)
+    c, m, y, k = (cmyk[..., i] for i in range(4))
+    expected = np.stack([(255 - x) * (255 - k) for x in (c, m, y)], -1) / 255
+    assert np.abs(loaded - expected).max() <= 1
+
+
+def test_cmyk_with_a_broken_profile_falls_back_to_the_standard_conversion():
+    cmyk = Image.new("CMYK", (8, 8), (10, 20, 30, 40))
+    cmyk.info["icc_profile"] = b"not a profile"
+    from luvc.images import to_rgb
+
+    assert to_rgb(cmyk, "x").getpixel((0, 0)) == cmyk.convert("RGB").getpixel((0, 0))
+
+
+def test_an_exif_rotated_photo_comes_upright_and_says_so():
+    upright = np.zeros((30, 20, 3), np.uint8)  # 20 wide, 30 tall: a portrait photo
+    upright[:5] = 255  # a white band along its top edge
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # how a phone stores it: on its side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer must rotate it 90 degrees clockwise
+    loaded = _roundtrip(stored, "PNG", exif=exif.tobytes())
+    assert loaded.size == (20, 30)
+    assert np.asarray(loaded)[:5].min() > 200 and np.asarray(loaded)[-5:].max() < 50
+    assert orientation_note(loaded) == "turned upright: rotated 90° clockwise per its EXIF orientation"
+    assert orientation_note(_roundtrip(Image.fromarray(upright))) == ""
