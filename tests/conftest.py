@@ -1,13 +1,16 @@
 import copy
 import json
+import os
 import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from filelock import FileLock
 
 from luvc.compress.config import LUVCConfig
 from luvc.export.exporter import export_model
@@ -135,9 +138,27 @@ def stock_inputs(adapter, inputs: dict) -> dict:
     return inputs
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
+    """The folder ``name``, made by ``make(folder)`` once in the whole test run: with pytest-xdist, by whichever worker
+    asks first while the others wait on a lock file (the workers share their base folder's parent); a folder that a
+    worker was killed making is made again. Tests read it; a test that changes one works on a copy."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent / "shared"
+    target = root / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = target.with_name(target.name + ".done")
+    with FileLock(str(target) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            make(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """``exports(family, precision, passes)``: the folder of a default-LUVC export, made once per session."""
+    """``exports(family, precision, passes)``: the folder of a default-LUVC export, made once per test run."""
     made = {}
 
     def get(family: str, precision: str = "fp32", passes: bool = True):
@@ -146,8 +167,11 @@ def exports(tmp_path_factory):
             sizes = QWEN_BUCKETS if key == ("tiny-qwen2-vl", "fp32", True) else ((224, 224),)
             external = "always" if key == ("tiny-llava", "fp32", True) else None
             profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
-            out = tmp_path_factory.mktemp("exports") / f"{family}-{precision}-{'passes' if passes else 'raw'}"
-            made[key] = export_model(load_model(family), out, profile, show_progress=False, passes=passes)
+            made[key] = made_once(
+                tmp_path_factory,
+                f"exports/{family}-{precision}-{'passes' if passes else 'raw'}",
+                lambda out: export_model(load_model(family), out, profile, show_progress=False, passes=passes),
+            )
         return made[key]
 
     return get
@@ -167,10 +191,13 @@ def video_exports(tmp_path_factory):
 
     def get(family: str):
         if family not in made:
-            out = tmp_path_factory.mktemp("video-exports") / family
             video = VIDEO_BUCKETS[family]
             profile = ExportProfile(image_sizes=((224, 224),), video_sizes=(video,), mixed_sizes=(((224, 224), video),))
-            made[family] = export_model(load_model(family), out, profile, VIDEO_LUVC, show_progress=False)
+            made[family] = made_once(
+                tmp_path_factory,
+                f"video-exports/{family}",
+                lambda out: export_model(load_model(family), out, profile, VIDEO_LUVC, show_progress=False),
+            )
         return made[family]
 
     return get

@@ -58,7 +58,8 @@ def floor_version() -> str:
 def test_the_drop_in_and_the_goldens_pass_on_the_floor(floor_version):
     tests = ["tests/models/test_hf_generate.py", "tests/models/test_compat.py", "tests/test_golden.py"]
     result = subprocess.run(
-        [str(FLOOR_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests],
+        # one process (-o addopts=): this test already runs on one of the suite's workers
+        [str(FLOOR_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "not slow", *tests],
         capture_output=True,
         text=True,
         timeout=900,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import made_once
+
 ROOT = Path(__file__).resolve().parents[2]
 # TensorRT's public headers (10.3 and 11.1, build-time only, never part of the project): LUVC_TENSORRT_HEADERS, else
 # beside the checkout (../shared/third_party/tensorrt-headers, as CI provides them), else the workspace's copy
@@ -45,14 +47,16 @@ def plugin_builds(tmp_path_factory) -> dict[str, Path]:
     _require_toolchain()
     libraries = {}
     for version, preset in BUILDS.items():
-        build = tmp_path_factory.mktemp(f"plugins-{version}")
-        configured = cmake(
-            ROOT, build, f"-DTensorRT_INCLUDE_DIR={HEADERS / version / 'include'}", f"-DLUVC_GPU_TARGET={preset}"
-        )
-        assert configured.returncode == 0, configured.stdout + configured.stderr
-        built = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True)
-        assert built.returncode == 0, built.stdout + built.stderr
-        libraries[version] = build / LIBRARY
+
+        def build_plugins(build: Path, version: str = version, preset: str = preset) -> None:
+            configured = cmake(
+                ROOT, build, f"-DTensorRT_INCLUDE_DIR={HEADERS / version / 'include'}", f"-DLUVC_GPU_TARGET={preset}"
+            )
+            assert configured.returncode == 0, configured.stdout + configured.stderr
+            built = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True)
+            assert built.returncode == 0, built.stdout + built.stderr
+
+        libraries[version] = made_once(tmp_path_factory, f"plugins-{version}", build_plugins) / LIBRARY
     return libraries
 
 
