@@ -11,7 +11,13 @@ from rich.console import Console
 from luvc import interrupts
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
-from luvc.serve.access import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, AccessPolicy, is_loopback
+from luvc.serve.access import (
+    API_KEY_ENV,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+    AccessPolicy,
+    is_loopback,
+)
 
 
 class Serve:
@@ -118,8 +124,6 @@ class Serve:
         access = AccessPolicy.for_bind(
             args.host, args.api_key, allowed, args.max_body_bytes, args.docs, args.read_timeout
         )
-        if args.api_key is not None and not args.api_key.strip():
-            critical("--api-key is empty; give the key clients send as Authorization: Bearer KEY.")
         listener = _listen(args.host, args.port)
 
         import uvicorn
@@ -139,6 +143,8 @@ class Serve:
         service = GenerationService(
             pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
         )
+        with Console(stderr=True).status("Opening the sessions"):
+            pipeline.load()  # a provider or session that cannot open stops here, before the server is announced
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         Console(soft_wrap=True).print(

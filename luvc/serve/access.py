@@ -5,7 +5,8 @@
 1. the ``Host`` header must be one this server answers to (the bind address, or for loopback ``localhost``,
    ``127.0.0.1`` and ``[::1]``, or ``--allowed-hosts``): a web page that rebinds its DNS name to 127.0.0.1 cannot
    drive a loopback server through the visitor's browser (400);
-2. with an API key, every path but ``/health`` needs ``Authorization: Bearer KEY``, compared in constant time (401);
+2. with an API key, every path but ``/health`` needs one ``Authorization: Bearer KEY`` header, compared in constant
+   time (401; 400 for several such headers); a key no client could send is refused at start (``api_key_problem``);
 3. a POST must say ``Content-Type: application/json`` (415): a browser's cross-site "simple" request cannot;
 4. a body above ``max_body_bytes`` is refused (413) from its ``Content-Length`` before a byte is read; a POST body
    is read here (counted, up to the limit) before the app sees it, so one without a length is refused alike;
@@ -25,6 +26,8 @@ import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from luvc.errors import critical
 
 API_KEY_ENV = "LUVC_API_KEY"
 DEFAULT_MAX_BODY_BYTES = 50 * 2**20  # OpenAI's payload limit for image requests; a noisy 10 MP PNG is 24 MiB
@@ -59,10 +62,34 @@ class AccessPolicy:
         read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> AccessPolicy:
         """The policy of a server bound to ``host``: its own name (and loopback's, when it is loopback) plus
-        ``allowed_hosts``; any host when bound to every interface without ``allowed_hosts``."""
+        ``allowed_hosts``; any host when bound to every interface without ``allowed_hosts``. The key is ``api_key``,
+        else ``$LUVC_API_KEY`` (``configured_api_key``); one no client could send is refused."""
         own = (*LOOPBACK_NAMES, host) if is_loopback(host) else (host,)
         hosts = () if is_wildcard(host) and not allowed_hosts else tuple(dict.fromkeys((*own, *allowed_hosts)))
-        return cls(hosts, api_key or os.environ.get(API_KEY_ENV) or None, max_body_bytes, docs, read_timeout_s)
+        key, where = configured_api_key(api_key)
+        if key is not None and (problem := api_key_problem(key)) is not None:
+            critical(f"The API key in {where} cannot be sent by any client: {problem}; use printable ASCII, no spaces.")
+        return cls(hosts, key, max_body_bytes, docs, read_timeout_s)
+
+
+def configured_api_key(flag: str | None) -> tuple[str | None, str]:
+    """The key the server requires and where it came from: ``--api-key``, else ``$LUVC_API_KEY`` (unset or empty:
+    no key)."""
+    if flag is not None:
+        return flag, "--api-key"
+    return os.environ.get(API_KEY_ENV) or None, f"${API_KEY_ENV}"
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why no client can send ``key`` as ``Authorization: Bearer KEY``, or ``None`` when one can: HTTP header values
+    are ASCII, and a bearer token holds no spaces (surrounding ones would be stripped by the client or proxy)."""
+    if not key.strip():
+        return "it is empty"
+    if key != key.strip() or " " in key or "\t" in key:
+        return "it holds spaces, which a bearer token cannot carry"
+    if not key.isascii() or not key.isprintable():
+        return "it holds characters other than printable ASCII, which HTTP headers do not carry"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -143,6 +170,8 @@ class AccessMiddleware:
                 "bad_host",
             )
         if policy.api_key is not None and scope["path"] not in OPEN_PATHS:
+            if sum(key.lower() == b"authorization" for key, _ in scope["headers"]) > 1:
+                return self._refuse(400, "Send one Authorization header, not several.", "unauthorized")
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), policy.api_key.encode()):
                 return self._refuse(401, "Missing or wrong API key; send Authorization: Bearer <key>.", "unauthorized")

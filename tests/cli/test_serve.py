@@ -89,10 +89,21 @@ def test_bad_serve_options_are_refused(tmp_path, capsys):
         (["--queue-timeout", "nan"], "--queue-timeout nan: give 0.001 to 86400 seconds."),
         (["--read-timeout", "0"], "--read-timeout 0.0: give 0.001 to 86400 seconds."),
         (["--drain-timeout", "-1"], "--drain-timeout -1.0: give 0 to 86400 seconds."),
-        (["--api-key", " "], "--api-key is empty"),
+        (["--api-key", " "], "The API key in --api-key cannot be sent by any client: it is empty"),
+        (["--api-key", " key"], "cannot be sent by any client: it holds spaces"),  # a client strips them
+        (["--api-key", "schlüssel"], "characters other than printable ASCII"),  # headers are latin-1 on the wire
         ([], f"{tmp_path} has no manifest.json"),
     ]
     for options, message in cases:
         assert main(["serve", str(tmp_path), "--port", str(free_port()), *options]) == 2
         assert message in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_an_unknown_provider_stops_serve_before_it_announces_itself(exports, capsys):
+    """As `run` does: one line, exit 2, no "Serving ..." and no traceback."""
+    argv = ["serve", str(exports("tiny-llava")), "--port", str(free_port()), "--providers", "BogusExecutionProvider"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Serving" not in captured.out and "Traceback" not in captured.err
+    assert "ONNX Runtime here has no ['BogusExecutionProvider']" in captured.err and captured.err.count("\n") == 1

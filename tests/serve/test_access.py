@@ -100,6 +100,24 @@ def test_the_api_key_is_required_everywhere_but_health(guarded, image):
     assert reply.choices[0].message.content is not None
 
 
+def test_two_authorization_headers_are_refused_whichever_comes_last(guarded):
+    """A proxy that adds its own header must not let a wrong key through because the right one came second."""
+    base_url, _ = guarded
+    host, port = base_url.removeprefix("http://").split(":")
+    for first, second in (("wrong", KEY), (KEY, "wrong"), (KEY, KEY)):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.putrequest("GET", "/v1/models")
+            connection.putheader("Authorization", f"Bearer {first}")
+            connection.putheader("Authorization", f"Bearer {second}")
+            connection.endheaders()
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        finally:
+            connection.close()
+        assert response.status == 400 and "one Authorization header" in body["error"]["message"]
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(guarded, image):
     base_url, service = guarded
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
