@@ -7,7 +7,9 @@ folders that earlier runs left behind (the lock proves their owners are gone), c
 taken just before the rename.
 
 ``--overwrite`` replaces only a folder of the stage's own :class:`OutputKind` (an export replaces an export, never a
-folder that is not ours), and no stage writes over, into or around its own inputs.
+folder that is not ours), and no stage writes over, into or around its own inputs. Each output records the files it
+wrote (``.luvc-files``); what else the old folder holds (a notes file the user added) is moved into the new one and
+named, never deleted; a file of the user's that the new output would replace is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ def refuse_overlap(out: Path, inputs: Sequence[Path | str | None]) -> None:
             critical(f"--out {out} overlaps this command's input {given}; choose an --out outside it.")
 
 
+def refuse_unusable_parent(out: Path) -> None:
+    """Fail, naming the fix, when a folder above ``out`` is a file or cannot be made."""
+    for ancestor in reversed(Path(out).absolute().parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            critical(f"--out {out}: {ancestor} is a file, not a folder; choose an --out inside a folder.")
+    try:
+        Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        critical(f"--out {out}: cannot make its parent folder ({error.strerror or error}); choose another --out.")
+
+
 def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
@@ -92,6 +105,7 @@ def output_claim(
     within a process (``staged_folder`` claims too)."""
     out = Path(out).absolute()
     refuse_overlap(out, inputs)
+    refuse_unusable_parent(out)
     refuse_existing(out, overwrite, kind)
     if out not in _held:
         _held[out] = [_lock(out), 0]
@@ -164,6 +178,15 @@ def staged_folder(
             yield staging
             interrupts.raise_if_requested()  # an interrupt lost where it landed (a __del__) still writes nothing
             refuse_existing(out, overwrite, kind)  # taken meanwhile (by a run that held the lock before this one)
+            written = _files(staging)
+            (staging / RECORD).write_text("".join(f"{name}\n" for name in sorted(written)))
+            theirs = _not_ours(out, written) if out.is_dir() else []
+            clashes = [name for name in theirs if name in written]
+            if clashes:
+                critical(
+                    f"{out} holds {', '.join(clashes[:5])}, which luvc-export did not write and this run would "
+                    "replace; move it out of the folder first."
+                )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -173,4 +196,26 @@ def staged_folder(
             out.rename(old)
         staging.rename(out)
         if old is not None:
+            for name in theirs:  # killed in here, the rest stay in the .old- folder: moved, never deleted
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                (old / name).rename(out / name)
+            if theirs:
+                listing = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+                print(f"kept {listing} in {out}: files luvc-export did not write", file=sys.stderr)
             shutil.rmtree(old, ignore_errors=True)
+
+
+RECORD = ".luvc-files"  # inside an output folder: the files the stage wrote, one relative path a line
+
+
+def _files(folder: Path) -> set[str]:
+    """The relative paths of the files under ``folder`` (the record left out)."""
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file() and path.name != RECORD}
+
+
+def _not_ours(folder: Path, new: set[str]) -> list[str]:
+    """The files in an earlier output ``folder`` that luvc-export did not write: those its record does not list (for
+    a folder written before records were kept, those the ``new`` output does not hold either)."""
+    record = folder / RECORD
+    ours = set(record.read_text().splitlines()) if record.is_file() else new
+    return sorted(_files(folder) - ours)

@@ -20,10 +20,15 @@ def _report(folder, format_="test/report") -> None:
     (folder / "report.json").write_text(json.dumps({"format": format_}))
 
 
+def _names(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
 def test_overwrite_replaces_only_after_success(tmp_path):
     out = tmp_path / "artifact"
-    _report(out)
-    (out / "old.txt").write_text("old")
+    with staged_folder(out, False, REPORT) as staging:
+        _report(staging)
+        (staging / "old.txt").write_text("old")
     with pytest.raises(RuntimeError), staged_folder(out, True, REPORT) as staging:
         (staging / "new.txt").write_text("half")
         raise RuntimeError("interrupted")
@@ -31,9 +36,45 @@ def test_overwrite_replaces_only_after_success(tmp_path):
     with staged_folder(out, True, REPORT) as staging:
         _report(staging)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
-    assert [p.name for p in out.iterdir()] == ["report.json"]
+    assert _names(out) == [".luvc-files", "report.json"]  # old.txt was the earlier run's: gone with it
     with pytest.raises(LuvcError, match="already exists"), staged_folder(out, False, REPORT):
         pass
+
+
+def test_overwrite_keeps_the_files_a_user_added_and_says_so(tmp_path, capsys):
+    out = tmp_path / "artifact"
+    with staged_folder(out, False, REPORT) as staging:
+        _report(staging)
+        (staging / "graph.onnx").write_text("first")
+    (out / "notes.txt").write_text("mine")
+    (out / "eval").mkdir()
+    (out / "eval" / "results.csv").write_text("mine too")
+    with staged_folder(out, True, REPORT) as staging:
+        _report(staging)
+        (staging / "graph.onnx").write_text("second")
+    assert _names(out) == [".luvc-files", "eval/results.csv", "graph.onnx", "notes.txt", "report.json"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "graph.onnx").read_text() == "second"
+    assert "kept eval/results.csv, notes.txt in" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # no .old- folder left
+
+
+def test_overwrite_refuses_to_replace_a_file_the_user_added(tmp_path):
+    out = tmp_path / "artifact"
+    with staged_folder(out, False, REPORT) as staging:
+        _report(staging)
+    (out / "summary.md").write_text("my summary")
+    with pytest.raises(LuvcError, match="holds summary.md, which luvc-export did not write and this run would replace"):
+        with staged_folder(out, True, REPORT) as staging:
+            _report(staging)
+            (staging / "summary.md").write_text("the tool's")
+    assert (out / "summary.md").read_text() == "my summary" and leftovers(tmp_path) == []
+
+
+def test_an_output_under_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(LuvcError, match="a-file is a file, not a folder; choose an --out inside a folder"):
+        with staged_folder(tmp_path / "a-file" / "sub", False, REPORT):
+            pass
 
 
 @pytest.mark.parametrize(
