@@ -176,7 +176,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 f"--target-agreement {target}: a first-token logits cosine in (0, 1] for --precision int8 or fp8 "
                 "(INT4 quantizes every LLM layer's weights alike)."
             )
-        manifest = ExportManifest.load(self.export_dir, verify=True)
+        manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
         readable = ("fp32", "fp16") if self.weight_only else ("fp32",)
         if manifest.precision not in readable:
             takes = "an fp32 or fp16 export" if self.weight_only else "an fp32 export"

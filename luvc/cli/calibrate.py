@@ -26,7 +26,7 @@ class Calibrate:
         from luvc.export.manifest import ExportManifest
 
         options, data = groups[CalibrateArgs], groups[DataArgs]
-        manifest = ExportManifest.load(options.export_dir, verify=False)  # calibration verifies the hashes
+        manifest = ExportManifest.load(options.export_dir, verify=False, engines_flags=None)  # verified by calibration
         samples = data.samples([bucket.size for bucket in manifest.buckets.values()])
         out = CalibratedExportFromExport(
             options.export_dir,

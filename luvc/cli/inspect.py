@@ -27,7 +27,7 @@ class Inspect:
         from luvc.export.manifest import ExportManifest, load_graph
 
         console = Console()
-        manifest = ExportManifest.load(args.export_dir)
+        manifest = ExportManifest.load(args.export_dir, engines_flags=None)
         console.print(
             f"[bold]{manifest.model.id}[/] ({manifest.model.architecture}), {manifest.precision}, opset "
             f"{manifest.opset}; LUVC spu={manifest.luvc.spu_variant} oim_layers={list(manifest.luvc.oim_layers)}"

@@ -44,6 +44,7 @@ class Run:
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.prompt import Conversation, Turn
         from luvc.runtime.pipeline import Timings
+        from luvc.runtime.user_text import UserTextGuard
 
         runtime, request = groups[RuntimeArgs], groups[RequestArgs]
         if args.text_only and (request.image or request.video):
@@ -55,6 +56,8 @@ class Run:
             visuals = [request.load(next(iter(pipeline.manifest.buckets.values())).size)]
         prompt = args.prompt
         if args.system is not None:
+            with console.status("Loading the tokenizer"):
+                UserTextGuard.for_pipeline(pipeline, "in --image").check(args.system, "--system")
             turn = Turn("user", args.prompt, visual=not args.text_only)
             prompt = Conversation((Turn("system", args.system), turn))
         options = runtime.generation_options()

@@ -258,7 +258,7 @@ class EnginesFromExport(BaseLoader[Path]):
                 )
 
     def call_impl(self) -> Path:
-        export = ExportManifest.load(self.export_dir)
+        export = ExportManifest.load(self.export_dir, engines_flags=None)
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export)

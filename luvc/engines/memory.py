@@ -218,7 +218,7 @@ def engine_weight_placement(engines: EngineManifest) -> WeightPlacement:
 def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | None = None) -> MemoryPlan:
     """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
     dev = device(target)
-    manifest = ExportManifest.load(export_dir, verify=False)
+    manifest = ExportManifest.load(export_dir, verify=False, engines_flags="--engines")
     graph_bytes = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}
     if engines_dir is not None:
         from luvc.engines.manifest import EngineManifest

@@ -383,8 +383,12 @@ class ExportManifest:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, verify: bool = True) -> ExportManifest:
-        """Read ``folder/manifest.json``; with ``verify`` check every listed file's presence and sha256."""
+    def load(
+        cls, folder: str | Path, verify: bool = True, engines_flags: str | None = "--backend trt --engines"
+    ) -> ExportManifest:
+        """Read ``folder/manifest.json``; with ``verify`` check every listed file's presence and sha256. An engine
+        folder given instead is refused naming how the command takes engines (``engines_flags``; ``None``: it takes
+        none)."""
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not path.is_file():
@@ -394,9 +398,10 @@ class ExportManifest:
         except json.JSONDecodeError as error:
             critical(f"{path} is not valid JSON ({error}); re-run the export.")
         if data.get("format") == ENGINE_FORMAT:
+            engines = f" and add {engines_flags} {folder}" if engines_flags else ""
             critical(
                 f"{folder} is an engine folder (made by `luvc-export build`), not an export; pass the export folder "
-                f"it was built from and add --backend trt --engines {folder}."
+                f"it was built from{engines}."
             )
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             critical(

@@ -13,6 +13,7 @@ import numpy as np
 
 from luvc.errors import critical
 from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.profile import PROFILE_LIMITS
 from luvc.prompt import Conversation, PromptTemplate, Turn, render_conversation, token_runs, video_text
 from luvc.videos import DEFAULT_SAMPLED_FPS, Video, slice_timestamps
 
@@ -76,9 +77,15 @@ def row_shift(manifest: ExportManifest, bucket: BucketEntry, ids: Sequence[int])
         )
     text_tokens, limit = len(ids) - bucket.visual_end, manifest.profile.max_text_tokens
     if text_tokens > limit:
+        ceiling = PROFILE_LIMITS["max_text_tokens"]
+        fix = (
+            f" or re-export with --max-text-tokens {text_tokens}"
+            if text_tokens <= ceiling
+            else f" (no export takes more than {ceiling} text tokens)"
+        )
         critical(
             f"The prompt has {text_tokens} text tokens beyond the template's prefix and the visual tokens but the "
-            f"export profile allows {limit}; shorten it or re-export with --max-text-tokens {text_tokens}."
+            f"export profile allows {limit}; shorten it{fix}."
         )
     return shift
 

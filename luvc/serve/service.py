@@ -12,9 +12,9 @@ from PIL import Image
 
 from luvc.prompt import Conversation
 from luvc.runtime.pipeline import Pipeline, Prepared
+from luvc.runtime.user_text import UserTextGuard
 from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, JobRunner
 from luvc.serve.metrics import ServerMetrics
-from luvc.serve.user_text import UserTextGuard
 
 
 class GenerationService:

@@ -131,6 +131,7 @@ def bad_inputs(tmp_path_factory, exports):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (root / "prompts.txt").write_text("What is this?\n")
     (root / "a-folder").mkdir()
+    (root / "a-file.txt").write_text("not a folder")
     (root / "huge.png").write_bytes(png_header(30000, 30000))
     (root / "big.png").write_bytes(png_header(12000, 12000))
     Image.new("RGB", (5000, 20)).save(root / "wide.png")
@@ -167,7 +168,11 @@ def bad_inputs(tmp_path_factory, exports):
         "TRUNCATED": str(truncated),
         "PROMPTS": str(root / "prompts.txt"),
         "FOLDER": str(root / "a-folder"),
+        "FILE_SUB": str(root / "a-file.txt" / "sub"),
     }
+
+
+TEXTS = {"LONG_SYSTEM": "word " * 20000}  # arguments of the table that are text, not paths
 
 
 BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error must say
@@ -286,6 +291,14 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
         "export --model tiny-qwen2-vl --out OUT --spu none --budgets 8",
         "spu_variant 'none' prunes nothing, so budgets [8] would be ignored",
     ),
+    # round 3: outputs under a file, advice the tool itself accepts, what a user's text may hold
+    ("export --model tiny-qwen2-vl --out FILE_SUB", "a-file.txt is a file, not a folder; choose an --out inside"),
+    ("triton EXPORT --out FILE_SUB", "a-file.txt is a file, not a folder; choose an --out inside a folder"),
+    ("build EXPORT --target ampere --out FILE_SUB", "a-file.txt is a file, not a folder"),
+    ("plan ENGINES --target orin-8gb", "not an export; pass the export folder it was built from and add --engines "),
+    ("build ENGINES --target ampere --out OUT", "not an export; pass the export folder it was built from."),
+    ("run EXPORT --prompt hi --system <|image_pad|>", "--system holds '<|image_pad|>', one of the model's control"),
+    ("run EXPORT --prompt hi --system LONG_SYSTEM", "--system has 100000 characters, more than this export's prompt"),
     # chat templates the checkpoint ships
     ("generate --model BROKEN_TEMPLATE --prompt hi", "The checkpoint's chat template does not render an image turn"),
     ("export --model BROKEN_TEMPLATE --out OUT", "The checkpoint's chat template does not render an image turn"),
@@ -296,7 +309,7 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
 @pytest.mark.parametrize(("command", "message"), BAD_INPUTS, ids=[argv for argv, _ in BAD_INPUTS])
 def test_bad_input_gets_one_line_exit_2_and_writes_nothing(command, message, bad_inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [bad_inputs.get(word, str(out) if word == "OUT" else word) for word in command.split()]
+    argv = [TEXTS.get(word) or bad_inputs.get(word, str(out) if word == "OUT" else word) for word in command.split()]
     before = _inventory(bad_inputs)
     assert message in one_line_error(argv, capsys)
     assert not out.exists() and leftovers(tmp_path) == []
@@ -318,7 +331,7 @@ def test_triton_overwrites_the_repository_it_wrote(bad_inputs, tmp_path, capsys)
     out = tmp_path / "repo"
     assert main(["triton", bad_inputs["EXPORT"], "--out", str(out)]) == 0
     assert main(["triton", bad_inputs["EXPORT"], "--out", str(out), "--model-name", "second", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["luvc-repository.json", "second"]
+    assert sorted(p.name for p in out.iterdir()) == [".luvc-files", "luvc-repository.json", "second"]
 
 
 @pytest.mark.parametrize("name", list(TOOLS))

@@ -6,6 +6,7 @@ import torch
 
 from luvc.errors import LuvcError
 from luvc.export.exporter import export_model
+from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
@@ -275,3 +276,19 @@ def test_prompt_longer_than_the_export_profile(exports):
 def test_image_outside_the_buckets(exports):
     with pytest.raises(LuvcError, match=r"outside this export's profile.*\(--fit nearest or pad does\)"):
         Pipeline(exports("tiny-qwen2-vl"), fit="exact").generate(synthetic_image(448, 448), "hi", GenerationOptions(2))
+
+
+def test_a_prompt_longer_than_any_export_takes_is_not_told_to_re_export(exports):
+    """The advice must be one export accepts: past its --max-text-tokens ceiling, only shortening helps."""
+    from luvc.export.profile import PROFILE_LIMITS
+    from luvc.runtime.prompt_ids import row_shift
+
+    manifest = ExportManifest.load(exports("tiny-llava"), verify=False)
+    bucket = next(iter(manifest.buckets.values()))
+    ceiling = PROFILE_LIMITS["max_text_tokens"]
+    image_id = manifest.template.image_token_id
+    (start, count), *_ = bucket.visual_spans
+    ids = [1] * start + [image_id] * count + [5] * (ceiling + 10)
+    with pytest.raises(LuvcError, match=rf"shorten it \(no export takes more than {ceiling} text tokens\)") as error:
+        row_shift(manifest, bucket, ids)
+    assert "--max-text-tokens" not in str(error.value)
