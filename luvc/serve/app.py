@@ -92,10 +92,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(http: Request) -> Response:
         try:
-            body = await http.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return refuse(400, "The request body is not JSON; send a chat completion request as JSON.", "bad_request")
-        try:
+            body = openai_api.parse_json(await http.body())
             request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
             if request.model not in (None, "", model_name):
                 return refuse(404, no_such_model(request.model), "bad_request", "model_not_found")

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -29,31 +32,44 @@ from luvc.serve.batching import GenerationParams
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 
 
+ROLES = ("system", "user", "assistant")
+PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}  # OpenAI's content parts
+IMAGE_URL_FIELDS = {"url", "detail"}
+
+
 class ImageURL(BaseModel):
     url: str
 
 
 class ContentPart(BaseModel):
+    """One checked content part (``content_parts``): a text part with its text, or an image part with its URL."""
+
     type: Literal["text", "image_url"]
     text: str | None = None
     image_url: ImageURL | None = None
 
 
 class Message(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     role: str
-    content: str | list[ContentPart]
+    # as sent: a string or a list of parts; after parse_request, the checked list[ContentPart] (content_parts gives
+    # clearer errors than a pydantic union's)
+    content: Any
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
     """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
     would change the answer (``n`` > 1, ``logprobs``, tools, a response format, ``logit_bias``) are refused unless
-    they ask for nothing."""
+    they ask for nothing. Types are strict, as OpenAI's schema: ``true`` is no number, ``"5"`` no integer."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
@@ -90,6 +106,29 @@ UNSUPPORTED_FIELDS = (
 )
 
 
+MAX_JSON_DEPTH = 32  # a chat completion request nests 6 deep; far deeper is no request, and would exhaust the parser
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
+
+
+def parse_json(data: bytes) -> Any:
+    """A request body as JSON; one line when it is not JSON, or nests deeper than ``MAX_JSON_DEPTH`` (checked on the
+    bytes first: ``json.loads`` recurses per level and a body 100,000 levels deep ends in a RecursionError)."""
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:  # else it cannot nest that deep: no scan
+        depth = 0
+        for match in _JSON_TOKENS.finditer(data):
+            token = match.group()
+            depth += 1 if token in (b"[", b"{") else -1 if token in (b"]", b"}") else 0
+            if depth > MAX_JSON_DEPTH:
+                critical(
+                    f"The request body nests JSON more than {MAX_JSON_DEPTH} levels deep; a chat completion request "
+                    "needs a few."
+                )
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        critical("The request body is not JSON; send a chat completion request as JSON.")
+
+
 def parse_request(body: dict) -> ChatCompletionRequest:
     """Validate a request body; one line naming the first problem otherwise."""
     try:
@@ -98,6 +137,10 @@ def parse_request(body: dict) -> ChatCompletionRequest:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         critical(f"Invalid request: {where}: {first['msg']}.")
+    for index, message in enumerate(request.messages):
+        if message.role not in ROLES:
+            critical(f"Invalid request: messages[{index}].role is {message.role!r}; give one of {list(ROLES)}.")
+        message.content = content_parts(message.content, index)
     if request.n != 1:
         critical(f"n={request.n}: this server returns one choice per request; send n=1 (or leave it out).")
     if request.logprobs:
@@ -127,8 +170,37 @@ def generation_params(request: ChatCompletionRequest, defaults: GenerationParams
     return params
 
 
-def _parts(message: Message) -> list[ContentPart]:
-    return [ContentPart(type="text", text=message.content)] if isinstance(message.content, str) else message.content
+def content_parts(content: Any, index: int) -> list[ContentPart]:
+    """The parts of ``messages[index]``'s ``content``: its string, or its list of parts checked against OpenAI's
+    schema (a text part holds a string ``text``, an image part an ``image_url`` object with a string ``url``; nothing
+    else, and at least one part); one line naming the field otherwise."""
+    if isinstance(content, str):
+        return [ContentPart(type="text", text=content)]
+    where = f"messages[{index}].content"
+    if not isinstance(content, list) or not content:
+        critical(f"Invalid request: {where} must be a string or a list of at least one text or image_url part.")
+    parts = []
+    for number, part in enumerate(content):
+        field = f"{where}[{number}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in PART_FIELDS:
+            critical(f"Invalid request: {field} must be an object of type 'text' or 'image_url'.")
+        extra = sorted(set(part) - PART_FIELDS[kind])
+        if extra:
+            critical(f"Invalid request: {field} is a {kind} part and cannot hold {extra[0]!r}.")
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                critical(f"Invalid request: {field}.text must be a string.")
+            parts.append(ContentPart(type="text", text=part["text"]))
+            continue
+        image_url = part.get("image_url")
+        if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+            critical(f"Invalid request: {field}.image_url must be an object with a string url.")
+        unknown = sorted(set(image_url) - IMAGE_URL_FIELDS)
+        if unknown:
+            critical(f"Invalid request: {field}.image_url cannot hold {unknown[0]!r}.")
+        parts.append(ContentPart(type="image_url", image_url=ImageURL(url=image_url["url"])))
+    return parts
 
 
 def image_and_prompt(
@@ -137,24 +209,35 @@ def image_and_prompt(
     """The image of ``request`` (``None``: a text-only request) and its prompt: the user text of a single user
     message with the image, else the messages as a ``Conversation`` (the image's turn marked); local paths only
     inside ``image_folder``."""
-    images = [(index, part.image_url) for index, m in enumerate(request.messages) for part in _parts(m)]
-    images = [(index, url) for index, url in images if url is not None]
+    parts = [message.content for message in request.messages]  # checked by parse_request
+    images = [
+        (index, number, part.image_url)
+        for index, message_parts in enumerate(parts)
+        for number, part in enumerate(message_parts)
+        if part.image_url is not None
+    ]
     if len(images) > 1:
         critical(f"The messages hold {len(images)} images; this export takes at most one image per request.")
-    holder, url = images[0] if images else (None, None)
+    holder, number, url = images[0] if images else (None, None, None)
     if holder is not None and request.messages[holder].role != "user":
         critical(f"The image is in a {request.messages[holder].role} message; send it in a user message.")
-    texts = ["\n".join(part.text for part in _parts(m) if part.type == "text" and part.text) for m in request.messages]
+    texts = [
+        "\n".join(part.text for part in message_parts if part.type == "text" and part.text) for message_parts in parts
+    ]
     if len(request.messages) == 1 and holder is not None:
         prompt: str | Conversation = texts[0]
     else:
         turns = [Turn(m.role, text, index == holder) for index, (m, text) in enumerate(zip(request.messages, texts))]
         prompt = Conversation(turns)
-    return (None if url is None else load_request_image(url.url, image_folder)), prompt
+    if url is None:
+        return None, prompt
+    return load_request_image(url.url, image_folder, f"messages[{holder}].content[{number}].image_url"), prompt
 
 
-def load_request_image(url: str, image_folder: Path | None) -> Image.Image:
-    """An ``image_url``: a base64 data URL, or (when the server allows a folder) a path or ``file://`` URL in it."""
+def load_request_image(url: str, image_folder: Path | None, field: str = "image_url") -> Image.Image:
+    """An ``image_url`` (``field`` names it in errors): a base64 data URL, or (when the server allows a folder) a path
+    in it, absolute or relative to it, or a ``file:`` URL (RFC 8089: ``file:///path``, ``file://localhost/path``,
+    percent-encoded)."""
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         if not header.endswith(";base64"):
@@ -171,10 +254,30 @@ def load_request_image(url: str, image_folder: Path | None) -> Image.Image:
             "Local image paths are off; send the image as a base64 data URL, or start the server with "
             "--allow-local-images FOLDER."
         )
-    path = Path(url.removeprefix("file://")).resolve()
-    if not path.is_relative_to(image_folder.resolve()):
-        critical(f"Image path {url!r} is outside the folder the server allows images from; send a data URL instead.")
+    path = _local_path(url, field)
+    folder = image_folder.resolve()
+    path = (path if path.is_absolute() else folder / path).resolve()
+    if not path.is_relative_to(folder):
+        critical(
+            f"{field}: {url!r} is outside {folder}, the folder this server allows images from "
+            "(--allow-local-images); send a path inside it, or a data URL."
+        )
+    if not path.is_file():
+        critical(f"{field}: there is no image file at {url!r} in {folder}; send a path inside it, or a data URL.")
     return load_image(path)
+
+
+def _local_path(url: str, field: str) -> Path:
+    """The path of a local image reference: a ``file:`` URL decoded as RFC 8089 says, or a plain path as given."""
+    if not url.startswith("file:"):
+        return Path(url)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        critical(
+            f"{field}: {url!r} names the host {parsed.netloc!r}; this server reads files on its own machine only "
+            "(file:///path or file://localhost/path)."
+        )
+    return Path(urllib.parse.unquote(parsed.path))
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -292,6 +292,8 @@ def test_a_data_url_that_is_no_image_and_another_model_name_are_refused(server):
         client(base_url).chat.completions.create(model="gpt-4o", messages=messages(synthetic_image()))
     status, body = get(f"{base_url}/v1/chat/completions", b"{not json")
     assert status == 400 and "not JSON" in json.loads(body)["error"]["message"]
+    status, body = get(f"{base_url}/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nests JSON more than 32 levels deep" in json.loads(body)["error"]["message"]
 
 
 def test_models_health_and_metrics(server):

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import urllib.parse
 
 import pytest
 
@@ -48,6 +49,20 @@ def test_a_data_url_image_and_text_parts_make_the_request():
         (body(text_part("hi"), n=2), "n=2: this server returns one choice per request"),
         (body(text_part("hi"), logprobs=True), "logprobs are not returned"),
         (body(text_part("hi"), max_tokens="many"), "Invalid request: max_tokens: Input should be a valid integer"),
+        # round 3: OpenAI's schema, strictly
+        (
+            body({"type": "image_url", "image_url": None}),
+            r"messages\[0\].content\[0\].image_url must be an object with a string url",
+        ),
+        (
+            body({"type": "text", "text": "hi", "image_url": {"url": "data:,"}}),
+            r"messages\[0\].content\[0\] is a text part and cannot hold 'image_url'",
+        ),
+        (body(), r"messages\[0\].content must be a string or a list of at least one text or image_url part"),
+        (body(text_part("hi"), presence_penalty=True), "presence_penalty: Input should be a valid number"),
+        (body(text_part("hi"), max_tokens=5.0), "max_tokens: Input should be a valid integer"),
+        (body(image_part(png_url()), role="USER"), r"messages\[0\].role is 'USER'; give one of \['system', 'user'"),
+        (body({"type": "input_audio"}), r"messages\[0\].content\[0\] must be an object of type 'text' or"),
     ],
 )
 def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
@@ -66,7 +81,7 @@ def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
         ),
         (
             {"messages": [body(image_part(png_url()))["messages"][0], {"role": "tool", "content": "x"}]},
-            r"Turn 1 has role 'tool'; give one of \['system', 'user', 'assistant'\]",
+            r"messages\[1\].role is 'tool'; give one of \['system', 'user', 'assistant'\]",
         ),
         (body(image_part("https://example.com/cat.png")), "This server fetches no URLs"),
         (body(image_part("data:image/png,rawbytes")), "The image data URL is not base64"),
@@ -115,8 +130,27 @@ def test_local_paths_are_read_only_inside_the_allowed_folder(tmp_path):
     synthetic_image(56, 84).save(outside / "b.png")
     image, _ = image_and_prompt(parse_request(body(image_part(f"file://{allowed / 'a.png'}"))), allowed)
     assert image.size == (84, 56)
-    with pytest.raises(LuvcError, match="is outside the folder the server allows images from"):
+    with pytest.raises(LuvcError, match=r"content\[0\].image_url: .* is outside .*images, the folder this server"):
         image_and_prompt(parse_request(body(image_part(str(allowed / ".." / "other" / "b.png")))), allowed)
+
+
+def test_local_image_urls_are_read_as_rfc_8089_says_and_errors_name_the_request_field(tmp_path, monkeypatch):
+    allowed = tmp_path / "my images"
+    allowed.mkdir()
+    synthetic_image(56, 84).save(allowed / "a b.png")
+    quoted = urllib.parse.quote(str(allowed / "a b.png"))
+    for url in (f"file://{quoted}", f"file://localhost{quoted}", "a b.png", "./a%20b.png".replace("%20", " ")):
+        image, _ = image_and_prompt(parse_request(body(text_part("hi"), image_part(url))), allowed)
+        assert image.size == (84, 56), url
+    monkeypatch.chdir(tmp_path)  # a relative path is the allowed folder's, never the server's working directory
+    (tmp_path / "c.png").write_bytes((allowed / "a b.png").read_bytes())
+    with pytest.raises(LuvcError, match=r"messages\[0\].content\[1\].image_url: there is no image file at 'c.png' in"):
+        image_and_prompt(parse_request(body(text_part("hi"), image_part("c.png"))), allowed)
+    with pytest.raises(LuvcError, match=r"names the host 'example.com'; this server reads files on its own machine"):
+        image_and_prompt(parse_request(body(image_part("file://example.com/a.png"))), allowed)
+    with pytest.raises(LuvcError) as error:
+        image_and_prompt(parse_request(body(image_part("missing.png"))), allowed)
+    assert "--image" not in str(error.value)  # the CLI's flag means nothing to an HTTP client
 
 
 def test_unset_fields_take_the_server_defaults_and_set_ones_override_them():
