@@ -55,3 +55,34 @@ def test_deferred_records_the_interrupt_and_raises_it_on_leaving():
     finally:
         signal.signal(signal.SIGINT, previous)
         interrupts.reset()
+
+
+LOST_THEN_WORK = """
+import os, signal, sys, time
+from luvc import interrupts
+
+
+class Finalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):  # the handler runs in here: CPython would print 'Exception ignored' and go on
+            pass
+
+
+with interrupts.handled():
+    try:
+        Finalizer()  # dropped at once
+        began = time.monotonic()
+        while time.monotonic() - began < 30:  # a long export's work, with no check of its own
+            sum(range(1000))
+        print("ran to the end")
+    except KeyboardInterrupt:
+        print(f"interrupted {time.monotonic() - began:.3f}")
+"""
+
+
+def test_an_interrupt_lost_in_a_finalizer_stops_the_work_at_once_and_prints_no_traceback():
+    result = subprocess.run([sys.executable, "-c", LOST_THEN_WORK], capture_output=True, text=True, timeout=60)
+    word, seconds = result.stdout.split()
+    assert word == "interrupted" and float(seconds) < 1.0, result.stdout
+    assert result.stderr == ""  # no "Exception ignored in ... Traceback"

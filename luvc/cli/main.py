@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
-import threading
 
 from luvc import __version__, interrupts, requirements
 from luvc.errors import LuvcError
@@ -90,18 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         parser, tools = build_parser([args.command])
         args = parser.parse_args(argv)
     tool, groups = tools[args.command]
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
-    interrupts.reset()
-    previous = {signum: signal.signal(signum, interrupts.handle_signal) for signum in signals}
     try:
-        if tool.install is not None:
-            requirements.require(tool.name, None if tool.install == "base" else tool.install)
-        for group in groups.values():
-            group.parse(args)
-        code = tool.run(args, groups)
-        interrupts.raise_if_requested()  # one that landed where its exception was lost (a __del__)
-        return code
+        with interrupts.handled():
+            return _run(tool, groups, args)
     except LuvcError as error:
         from rich.markup import escape
 
@@ -111,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         out = getattr(args, "out", None)
         _error("interrupted" + (f"; nothing was written to {out}" if out else ""))
         return INTERRUPTED
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+
+
+def _run(tool, groups: dict, args: argparse.Namespace) -> int:
+    """Check what ``tool`` needs installed, parse its argument groups and run it."""
+    if tool.install is not None:
+        requirements.require(tool.name, None if tool.install == "base" else tool.install)
+    for group in groups.values():
+        group.parse(args)
+    code = tool.run(args, groups)
+    interrupts.raise_if_requested()  # one that landed where its exception was lost (a __del__)
+    return code
 
 
 if __name__ == "__main__":
