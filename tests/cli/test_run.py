@@ -103,6 +103,23 @@ def test_run_fits_an_image_of_any_size_to_a_bucket_and_says_so(exports, tmp_path
         assert f"Fit (nearest) to bucket {bucket}: " in out and change in out, out
 
 
+def test_run_turns_a_phone_photo_upright_and_says_so(exports, tmp_path, capsys):
+    """A portrait photo stored on its side (EXIF orientation 6) is run upright: --fit exact accepts it at the bucket's
+    size, and the fit line says what was done."""
+    from PIL import Image
+
+    upright = synthetic_image(168, 252, seed=4)  # 252 wide, 168 tall: bucket 168x252 of the export
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # how the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    stored.save(path, quality=95, exif=exif.tobytes())
+    argv = ["run", str(exports("tiny-qwen2-vl")), "--prompt", "Describe.", "--image", str(path), "--fit", "exact"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Fit (exact) to bucket 168x252: turned upright: rotated 90° clockwise per its EXIF orientation" in out
+
+
 def test_run_pads_with_fit_pad(exports, tmp_path, capsys):
     export = exports("tiny-qwen2-vl")
     image = synthetic_image(480, 640, 5)  # 4:3 -> inside the 168x252 bucket at 168x224, bars of 14 px each side
