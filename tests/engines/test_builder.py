@@ -77,6 +77,7 @@ def test_build_cli_writes_engines_and_says_tensorrt_rtx_keeps_no_timing_cache(ex
     assert "Built 5 engines" in printed.out  # embed, vision, prefill, decode and the text prefill
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
+            ".luvc-files",  # what the build wrote, for --overwrite
             "manifest.json",
             "embed.engine",
             "vision_224x224.engine",

@@ -9,7 +9,9 @@ def test_report_files(results, tmp_path):
     from luvc.eval.report import write_report
 
     out = write_report(results, tmp_path / "report")
-    assert sorted(path.name for path in out.iterdir()) == ["eval.json", "pareto.png", "report.md"]
+    written = ["eval.json", "pareto.png", "report.md"]
+    assert sorted(path.name for path in out.iterdir()) == [".luvc-files", *written]
+    assert sorted((out / ".luvc-files").read_text().split()) == written  # what --overwrite may replace
     assert EvalResults.load(out / "eval.json") == results
     text = (out / "report.md").read_text()
     assert "| luvc @ ratio 0.5 (pytorch) | 0.667 | 0.333 |" in text

@@ -23,7 +23,9 @@ def _assert_valid_png(path):
 def test_report_files_exist_and_reload(parity_of, tmp_path):
     results = parity_of("tiny-qwen2-vl")
     out = write_report(results, tmp_path / "report")
-    assert sorted(p.name for p in out.iterdir()) == sorted(["parity.json", "report.md", *PLOTS.values()])
+    written = sorted(["parity.json", "report.md", *PLOTS.values()])
+    assert sorted(p.name for p in out.iterdir()) == [".luvc-files", *written]
+    assert sorted((out / ".luvc-files").read_text().split()) == written
     for name in PLOTS.values():
         _assert_valid_png(out / name)
     reloaded = ParityResults.load(out / "parity.json")
