@@ -57,7 +57,7 @@ from luvc.export.manifest import (
 from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps
-from luvc.runtime.request import GenerationOptions
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.sessions import host_arrays
 from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample, synthetic_samples

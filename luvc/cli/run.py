@@ -14,6 +14,11 @@ from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
 
+FINISH_REASONS = {
+    "stop": "stop (the model's end of sequence or a --stop string)",
+    "length": "length (--max-new-tokens)",
+}
+
 if TYPE_CHECKING:
     from luvc.runtime.pipeline import Pipeline, Prepared, Timings
 
@@ -43,7 +48,6 @@ class Run:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.prompt import Conversation, Turn
-        from luvc.runtime.pipeline import Timings
         from luvc.runtime.user_text import UserTextGuard
 
         runtime, request = groups[RuntimeArgs], groups[RequestArgs]
@@ -67,18 +71,18 @@ class Run:
         prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
             pipeline.load(prepared.bucket)
-        timings = Timings()
+        generation = pipeline.request(prepared, options)
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
-            for piece in pipeline.stream(prepared, options=options, timings=timings):
+            for piece in generation.pieces():
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            generation = pipeline.generate(prepared, options=options)
-            timings = generation.timings
-            sys.stdout.write(f"Output: {generation.texts[0]}\n")
-        console.print(timing_table(pipeline, timings, prepared))
+            text = "".join(generation.pieces())
+            sys.stdout.write(f"Output: {text}\n")
+        sys.stdout.write(f"Finish reason: {FINISH_REASONS[generation.finish_reasons[0]]}\n")
+        console.print(timing_table(pipeline, generation.timings, prepared))
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
         return 0
 

@@ -130,7 +130,6 @@ class Serve:
 
         from luvc.serve.access_log import server_log
         from luvc.serve.app import create_app
-        from luvc.serve.batching import GenerationParams
         from luvc.serve.server import DrainingServer
         from luvc.serve.service import GenerationService
 
@@ -138,8 +137,8 @@ class Serve:
         max_batch = pipeline.manifest.profile.max_batch
         if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
             critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
-        defaults = GenerationParams(options.max_new_tokens, options.sampling)
-        pipeline.manifest.profile.check_max_new_tokens(defaults.max_tokens)
+        defaults = options.generation_options()
+        pipeline.manifest.profile.check_max_new_tokens(defaults.max_new_tokens)
         service = GenerationService(
             pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
         )

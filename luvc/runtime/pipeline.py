@@ -21,10 +21,10 @@ from luvc.export.manifest import BucketEntry, ExportManifest
 from luvc.runtime import BACKENDS
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
+from luvc.runtime.options import GenerationOptions, Step
 from luvc.runtime.prepare import Prepared, Preparer
-from luvc.runtime.request import Generation, GenerationOptions, Request, Step, Timings
+from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import Sessions, host_arrays, resolve_device
-from luvc.runtime.text import TextStream
 
 __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request", "Step", "Timings", "host_arrays"]
 
@@ -102,7 +102,7 @@ class Pipeline:
         options = GenerationOptions() if options is None else options
         if not isinstance(options, GenerationOptions):
             critical(f"Generation options must be a GenerationOptions, not {options!r} (e.g. GenerationOptions(64)).")
-        return Request(self.sessions, self.feeds, prepared, options, options.stops(self.manifest))
+        return Request(self.sessions, self.feeds, prepared, options, self.tokenizer)
 
     def _prepared(self, visuals, prompts) -> Prepared:
         if isinstance(visuals, Prepared):
@@ -116,8 +116,7 @@ class Pipeline:
         ``Prepared`` batch."""
         request = self.request(self._prepared(visuals, prompts), options)
         tokens = np.stack([step.tokens for step in request], axis=1)
-        texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
-        return Generation(texts, tokens, request.timings)
+        return Generation(list(request.texts), tokens, request.timings, list(request.finish_reasons))
 
     def stream(
         self,
@@ -132,12 +131,7 @@ class Pipeline:
         if timings is not None:
             request.timings = timings
             timings.preprocess_ms = request.prepared.preprocess_ms
-        text = TextStream(self.tokenizer)
-        for step in request:
-            if piece := text.add(step.tokens[0]):
-                yield piece
-        if piece := text.flush():
-            yield piece
+        yield from request.pieces()
 
     def greedy(self, prepared: Prepared, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray, Request]:
         """``(B, max_new_tokens)`` greedy tokens, ``(B, steps, V)`` logits (no stop tokens), and the finished

@@ -189,6 +189,8 @@ class Sessions:
 
     def kv_cache(self, batch: int) -> KVCache:
         """The fixed-capacity KV cache for ``batch`` rows, allocated on first use and reused by every request."""
+        if self.device.type == "cuda" and not torch.cuda.is_available():  # TensorRT's default device, without a GPU
+            critical("Running a TensorRT engine needs an NVIDIA GPU with CUDA; use --backend ort here.")
         if batch not in self._caches:
             geometry, kv = self.manifest.geometry, self.manifest.kv_cache
             dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input("past_key_values.0.key").dtype]

@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from luvc.errors import LuvcError
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Prepared
 from luvc.serve import openai_api
 from luvc.serve.access import AccessMiddleware, AccessPolicy
@@ -29,6 +30,7 @@ from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueClosed
 from luvc.serve.service import GenerationService
 
 RETRY_AFTER_S = 1  # what a 429 asks a client to wait: the queue moves a batch at a time
+Admitted = tuple[openai_api.ChatCompletionRequest, GenerationOptions, Prepared]  # a request, its options, its batch
 
 
 def create_app(
@@ -41,86 +43,128 @@ def create_app(
     a request still unanswered ``request_timeout_s`` after it was queued is cancelled (408, or an error event in a
     stream). The service starts and stops with the app."""
     access = access or AccessPolicy()
+    docs = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="luvc-export", lifespan=_lifespan(service), **docs)
+    _add_middleware(app, service, access)
+    routes = _Routes(service, model_name, request_timeout_s)
+    app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/metrics", routes.metrics, methods=["GET"])
+    app.add_api_route("/v1/models", routes.models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", routes.model, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
+    return app
+
+
+def _lifespan(service: GenerationService):
+    """The app's lifespan: the service's worker runs while the app serves."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(service.start)
         try:
             yield
         finally:
             await run_in_threadpool(service.stop)
 
-    docs = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="luvc-export", lifespan=lifespan, **docs)
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, service: GenerationService, access: AccessPolicy) -> None:
+    """The access policy's checks, and outside them the access log (so that its refusals are logged too)."""
     app.add_middleware(
         AccessMiddleware, policy=access, refused=lambda reason: service.metrics.requests.labels(reason).inc()
     )
-    app.add_middleware(AccessLogMiddleware)  # outermost: refusals of the access policy are logged too
-    created = int(time.time())
+    app.add_middleware(AccessLogMiddleware)
+
+
+class _Routes:
+    """The app's endpoints, on ``service`` under ``model_name``."""
+
+    def __init__(self, service: GenerationService, model_name: str, request_timeout_s: float | None) -> None:
+        self.service, self.model_name, self.request_timeout_s = service, model_name, request_timeout_s
+        created = int(time.time())
+        self.model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
 
     def refuse(
-        status: int, message: str, outcome: str, kind: str = "invalid_request_error", headers: dict | None = None
+        self, status: int, message: str, outcome: str, kind: str = "invalid_request_error", headers: dict | None = None
     ) -> JSONResponse:
-        service.metrics.requests.labels(outcome).inc()
+        """An OpenAI-style error response, counted under ``outcome``."""
+        self.service.metrics.requests.labels(outcome).inc()
         return JSONResponse(openai_api.error_body(message, kind), status_code=status, headers=headers)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
+    def no_such_model(self, name: str) -> str:
+        return f"The model {name!r} does not exist here; this server serves {self.model_name!r}."
+
+    async def health(self) -> JSONResponse:
+        service = self.service
         if service.healthy:
-            return JSONResponse({"status": "ok", "model": model_name, "waiting": len(service.queue)})
+            return JSONResponse({"status": "ok", "model": self.model_name, "waiting": len(service.queue)})
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
+    async def metrics(self) -> Response:
+        return Response(self.service.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
-    def no_such_model(name: str) -> str:
-        return f"The model {name!r} does not exist here; this server serves {model_name!r}."
+    async def models(self) -> dict:
+        return {"object": "list", "data": [self.model_card]}
 
-    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
+    async def model(self, model_id: str) -> JSONResponse:
+        if model_id != self.model_name:
+            body = openai_api.error_body(self.no_such_model(model_id), "model_not_found")
+            return JSONResponse(body, status_code=404)
+        return JSONResponse(self.model_card)
 
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [model_card]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> JSONResponse:
-        if model_id != model_name:
-            return JSONResponse(openai_api.error_body(no_such_model(model_id), "model_not_found"), status_code=404)
-        return JSONResponse(model_card)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(http: Request) -> Response:
-        try:
-            body = openai_api.parse_json(await http.body())
-            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
-            if request.model not in (None, "", model_name):
-                return refuse(404, no_such_model(request.model), "bad_request", "model_not_found")
-            params = openai_api.generation_params(request, service.defaults)
-            image, prompt = await run_in_threadpool(openai_api.image_and_prompt, request, service.image_folder)
-            prepared = await run_in_threadpool(service.prepare, image, prompt, params)
-        except LuvcError as error:
-            return refuse(400, str(error), "bad_request")
-        except Exception:  # e.g. a decoder bug on a hostile image: the client gets an id, the log the traceback
-            message = internal_error_message("preparing a request")
-            return refuse(500, message, "failed", "server_error")
+    async def chat_completions(self, http: Request) -> Response:
+        """A chat completion: checked and prepared, queued, then answered whole or streamed."""
+        admitted = await self._prepare(http)
+        if isinstance(admitted, Response):
+            return admitted
+        request, options, prepared = admitted
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         try:
-            job = service.submit(prepared, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+            job = self.service.submit(
+                prepared, options, lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+            )
         except QueueFull as error:
-            return refuse(429, str(error), "overloaded", "rate_limit_exceeded", {"Retry-After": str(RETRY_AFTER_S)})
+            retry = {"Retry-After": str(RETRY_AFTER_S)}
+            return self.refuse(429, str(error), "overloaded", "rate_limit_exceeded", retry)
         except QueueClosed as error:
-            return refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
+            return self.refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
         note = functools.partial(record, http.scope)  # fields of this request's access-log line
         note(bucket=prepared.bucket_name, prompt_tokens=prepared.prompt_tokens, stream=bool(request.stream))
-        deadline = None if request_timeout_s is None else time.monotonic() + request_timeout_s
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            stream = _sse(job, events, request_id, model_name, service, include_usage, note, request_timeout_s)
+            stream = _sse(
+                job, events, request_id, self.model_name, self.service, include_usage, note, self.request_timeout_s
+            )
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return await self._answer(http, job, events, request_id, headers, note)
+
+    async def _prepare(self, http: Request) -> Admitted | Response:
+        """The request, its generation options and its prepared batch; or the error response that refuses it."""
+        try:
+            body = openai_api.parse_json(await http.body())
+            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
+            if request.model not in (None, "", self.model_name):
+                return self.refuse(404, self.no_such_model(request.model), "bad_request", "model_not_found")
+            options = openai_api.generation_options(request, self.service.defaults)
+            image, prompt = await run_in_threadpool(openai_api.image_and_prompt, request, self.service.image_folder)
+            prepared = await run_in_threadpool(self.service.prepare, image, prompt, options)
+        except LuvcError as error:
+            return self.refuse(400, str(error), "bad_request")
+        except Exception:  # e.g. a decoder bug on a hostile image: the client gets an id, the log the traceback
+            message = internal_error_message("preparing a request")
+            return self.refuse(500, message, "failed", "server_error")
+        return request, options, prepared
+
+    async def _answer(
+        self, http: Request, job: Job, events: asyncio.Queue, request_id: str, headers: dict, note: Callable
+    ) -> Response:
+        """The whole answer of a plain (not streamed) request once its job ends."""
+        timeout_s = self.request_timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             event = await _final_event(events, http, deadline)
         except asyncio.CancelledError:
@@ -128,27 +172,23 @@ def create_app(
             raise
         if event is None:  # the client gave up: its row is dropped at the next token (or before it starts)
             job.cancel()
-            service.metrics.requests.labels("cancelled").inc()
+            self.service.metrics.requests.labels("cancelled").inc()
             return Response(status_code=499)
         if event is DEADLINE:
             job.cancel()
-            return refuse(408, _deadline_message(request_timeout_s), "deadline", "timeout", headers)
+            return self.refuse(408, _deadline_message(timeout_s), "deadline", "timeout", headers)
         if isinstance(event, Failed):
             status = 400 if event.user_error else 503 if event.unavailable else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
             if event.unavailable:
                 headers["Retry-After"] = str(RETRY_AFTER_S)
-            return refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
-        service.metrics.requests.labels("ok").inc()
+            return self.refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
+        self.service.metrics.requests.labels("ok").inc()
         note(**_finished_fields(event))
-        return JSONResponse(
-            openai_api.completion_body(
-                request_id, model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
-            ),
-            headers=headers,
+        body = openai_api.completion_body(
+            request_id, self.model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
         )
-
-    return app
+        return JSONResponse(body, headers=headers)
 
 
 def fit_headers(prepared: Prepared) -> dict[str, str]:

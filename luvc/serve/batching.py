@@ -24,11 +24,10 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from luvc.errors import LuvcError
-from luvc.runtime.pipeline import GenerationOptions, Pipeline, Prepared
+from luvc.runtime.options import GenerationOptions, RowStep
+from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.runtime.prefill import run_prefill
 from luvc.runtime.running_batch import RunningBatch
-from luvc.runtime.sampling import SamplingConfig
-from luvc.runtime.text import TextStream
 
 LOG = logging.getLogger(__name__)
 SHUTTING_DOWN = "The server is shutting down; retry on another instance."
@@ -36,42 +35,6 @@ SHUTTING_DOWN = "The server is shutting down; retry on another instance."
 
 class QueueClosed(Exception):
     """The queue takes no more jobs: the server is shutting down."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationParams:
-    """What a client asks for besides the image and prompt."""
-
-    max_tokens: int
-    sampling: SamplingConfig = SamplingConfig()
-    stop: tuple[str, ...] = ()
-
-    def with_overrides(
-        self,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-    ) -> GenerationParams:
-        """These settings (a server's defaults) with the values a request sets; ``None`` keeps the default."""
-        base = self.sampling
-
-        def chosen(value, default):
-            return default if value is None else type(default)(value)
-
-        sampling = SamplingConfig(
-            temperature=chosen(temperature, base.temperature),
-            top_k=base.top_k,
-            top_p=chosen(top_p, base.top_p),
-            seed=base.seed if seed is None else int(seed),
-            presence_penalty=chosen(presence_penalty, base.presence_penalty),
-            frequency_penalty=chosen(frequency_penalty, base.frequency_penalty),
-        )
-        length = self.max_tokens if max_tokens is None else int(max_tokens)
-        return GenerationParams(length, sampling, self.stop if stop is None else tuple(stop))
 
 
 @dataclasses.dataclass
@@ -84,7 +47,7 @@ class Delta:
 @dataclasses.dataclass
 class Finished:
     """The end of one job: its whole text, why it ended (``stop``: a stop token or string; ``length``:
-    ``max_tokens``), token counts, and the time from submission to the first token."""
+    ``max_new_tokens``), token counts, and the time from submission to the first token."""
 
     text: str
     finish_reason: str
@@ -110,12 +73,13 @@ Event = Delta | Finished | Failed
 
 @dataclasses.dataclass(eq=False)  # a job is itself: compared by identity
 class Job:
-    """One prompt and image, prepared by ``Pipeline.prepare`` (a batch of one), with a callback for its events.
+    """One prompt and image, prepared by ``Pipeline.prepare`` (a batch of one), generated under ``options``, with a
+    callback for its events.
     ``cancel()`` (e.g. a client that went away), or ``client_cancelled()`` turning true (Triton's
     ``request.is_cancelled``), drops it from its batch at the next token."""
 
     prepared: Prepared
-    params: GenerationParams
+    options: GenerationOptions
     emit: Callable[[Event], None]
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -198,18 +162,17 @@ class JobQueue:
 
 class JobRunner:
     """The jobs generating now on ``pipeline``: up to ``max_batch`` rows of one ``RunningBatch`` (in-flight
-    batching). ``admit`` prefills waiting jobs and puts them in the batch between two steps; ``step`` runs one decode
-    step for every running job and emits its text. A job ends at its own ``max_tokens``, a stop token, a stop string
-    or its cancellation, and its row is free for the next job at once.
+    batching), which decides when each ends. ``admit`` prefills waiting jobs and puts them in the batch between two
+    steps; ``step`` runs one decode step for every running job and emits its text. A job ends at its own
+    ``max_new_tokens``, a stop token, a stop string or its cancellation, and its row is free for the next job at once.
 
-    Failures stay with their jobs: a prefill that fails fails the jobs it admitted; a job whose token cannot be handled
-    ends alone. Only a failed decode step (shared by the rows) fails every running job. An internal error is logged with
-    an id; clients get the id, never the exception's text."""
+    Failures stay with their jobs: a prefill that fails fails the jobs it admitted; a job whose text cannot be
+    emitted ends alone. Only a failed decode step (shared by the rows) fails every running job. An internal error is
+    logged with an id; clients get the id, never the exception's text."""
 
     def __init__(self, pipeline: Pipeline, max_batch: int) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch
-        self.stop_ids = frozenset(GenerationOptions().stops(pipeline.manifest))
         self.rows: RunningBatch | None = None  # made at the first admission (it takes the pipeline's KV cache)
         self.running: dict[Job, _Progress] = {}
 
@@ -227,56 +190,57 @@ class JobRunner:
         pipeline = self.pipeline
         try:
             if self.rows is None or self.rows.cache.owner is not self.rows:
-                self.rows = RunningBatch(pipeline.sessions, pipeline.feeds, self.max_batch)
+                self.rows = RunningBatch(pipeline.sessions, pipeline.feeds, self.max_batch, pipeline.tokenizer)
             prefill = run_prefill(pipeline.sessions, pipeline.feeds, Prepared.stack([job.prepared for job in jobs]))
-            rows = self.rows.admit(prefill, [job.params.sampling for job in jobs], jobs)
-            with pipeline.sessions.on_stream():
-                tokens = pipeline.sessions.to_host(self.rows.choose(prefill.outputs["logits"], rows))
+            for job in jobs:
+                self.running[job] = _Progress()
+            steps = self.rows.admit(prefill, [job.options for job in jobs], jobs)
         except LuvcError as error:
             self._end_admission(jobs, Failed(str(error)))
             return
         except Exception:  # a server reports the error to its clients and keeps serving
             self._end_admission(jobs, Failed(internal_error_message("prefilling a batch"), user_error=False))
             return
-        for job in jobs:
-            self.running[job] = _Progress(TextStream(pipeline.tokenizer, job.params.stop))
-        self._emit(zip(jobs, tokens), time.perf_counter())
+        self._emit(steps, time.perf_counter())
 
     def _end_admission(self, jobs: Sequence[Job], failure: Failed) -> None:
         """Fail ``jobs`` and take back any row they were given."""
         for job in jobs:
-            if self.rows is not None and job in self.rows.members:
-                self.rows.leave(job)
+            self.running.pop(job, None)
+            self._leave(job)
         _fail(jobs, failure)
 
     def step(self) -> None:
         """One decode step for every running job; each gets its next token (or leaves: done or cancelled)."""
         for job in [job for job in self.running if job.is_cancelled()]:  # a client that left frees its row now
             self._leave(job)
-            _cancelled(job, len(self.running.pop(job).stream.tokens))
+            _cancelled(job, self.running.pop(job).tokens)
         if not self.running:
             return
         try:
-            tokens = self.rows.step()
+            steps, _ = self.rows.step()
         except Exception as error:  # a failed step leaves no row trustworthy: every running job ends with it
             jobs, self.running, self.rows = list(self.running), {}, None
             user = isinstance(error, LuvcError)
             message = str(error) if user else internal_error_message("a decode step")
             _fail(jobs, Failed(message, user_error=user))
             return
-        self._emit(zip(list(self.rows.members), tokens), time.perf_counter())
+        self._emit(steps, time.perf_counter())
 
-    def _emit(self, tokens, now: float) -> None:
-        """Hand each job its new token; a job that finished (or failed) leaves the batch."""
-        for job, token in tokens:
+    def _emit(self, steps: Sequence[RowStep], now: float) -> None:
+        """Hand each job its step's text; a job whose row ended (or whose event failed) leaves."""
+        for step in steps:
+            job = step.member
             progress = self.running[job]
             try:
-                if progress.add(job, int(token), int(token) in self.stop_ids, now):
-                    continue
+                progress.add(job, step, now)
             except Exception:  # this job's failure is its own
                 job.emit(Failed(internal_error_message("finishing a row's text"), user_error=False))
-            self._leave(job)
-            del self.running[job]
+                self._leave(job)
+                del self.running[job]
+                continue
+            if step.finished:
+                del self.running[job]
 
     def _leave(self, job: Job) -> None:
         if self.rows is not None and job in self.rows.members:
@@ -285,28 +249,22 @@ class JobRunner:
 
 @dataclasses.dataclass
 class _Progress:
-    """One running job's text so far and when its first token came."""
+    """One running job's text so far, its tokens and when its first token came."""
 
-    stream: TextStream
+    text: str = ""
+    tokens: int = 0
     first_token_at: float = 0.0
 
-    def add(self, job: Job, token: int, stop_token: bool, now: float) -> bool:
-        """Take the job's next token and emit what it adds; ``False`` once the job has finished (``Finished``
-        emitted)."""
-        stream = self.stream
+    def add(self, job: Job, step: RowStep, now: float) -> None:
+        """Take the job's step: emit the text it made final, and ``Finished`` when the row ended."""
         self.first_token_at = self.first_token_at or now
-        if not stop_token and (piece := stream.add(token)):
-            job.emit(Delta(piece))
-        length = len(stream.tokens) + stop_token >= job.params.max_tokens
-        if not (stop_token or stream.stopped or length):
-            return True
-        if piece := stream.flush():
-            job.emit(Delta(piece))
-        reason = "length" if length and not (stop_token or stream.stopped) else "stop"
-        completion = len(stream.tokens) + stop_token
-        ttft, decode = self.first_token_at - job.submitted, now - self.first_token_at
-        job.emit(Finished(stream.text, reason, job.prepared.prompt_tokens, completion, ttft, decode))
-        return False
+        self.tokens += 1
+        if step.text:
+            self.text += step.text
+            job.emit(Delta(step.text))
+        if step.finished:
+            ttft, decode = self.first_token_at - job.submitted, now - self.first_token_at
+            job.emit(Finished(self.text, step.finish_reason, job.prepared.prompt_tokens, self.tokens, ttft, decode))
 
 
 def internal_error_message(doing: str) -> str:

@@ -27,10 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from luvc.errors import critical
 from luvc.images import decode_image, load_image
 from luvc.prompt import Conversation, Turn
-from luvc.serve.batching import GenerationParams
-
-MAX_STOP_STRINGS = 4  # as OpenAI's API
-
+from luvc.runtime.options import GenerationOptions
 
 ROLES = ("system", "user", "assistant")
 PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}  # OpenAI's content parts
@@ -151,12 +148,12 @@ def parse_request(body: dict) -> ChatCompletionRequest:
     return request
 
 
-def generation_params(request: ChatCompletionRequest, defaults: GenerationParams) -> GenerationParams:
+def generation_options(request: ChatCompletionRequest, defaults: GenerationOptions) -> GenerationOptions:
     """Generation length, sampling and stop strings of ``request``; what it leaves out comes from ``defaults`` (the
     server's ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p``, ``--seed`` and the penalties)."""
     max_tokens = next((n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), None)
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
-    params = defaults.with_overrides(
+    return defaults.with_overrides(
         max_tokens,
         request.temperature,
         request.top_p,
@@ -165,9 +162,6 @@ def generation_params(request: ChatCompletionRequest, defaults: GenerationParams
         request.presence_penalty,
         request.frequency_penalty,
     )
-    if len(params.stop) > MAX_STOP_STRINGS:
-        critical(f"stop has {len(params.stop)} strings; give at most {MAX_STOP_STRINGS}.")
-    return params
 
 
 def content_parts(content: Any, index: int) -> list[ContentPart]:

@@ -7,7 +7,8 @@ folder as ours (``--overwrite`` replaces nothing else; Triton reads only the mod
 
 Inputs (per request, batch dimension first): ``prompt`` as BYTES, and the optional ``image`` (the encoded image
 file; without it a text-only request) and ``system`` (a system message before the prompt) as BYTES, ``max_tokens``
-INT32, ``temperature`` and ``top_p`` FP32, ``seed`` INT64, ``stop`` BYTES (one or more strings) and ``stream`` BOOL.
+INT32, ``temperature``, ``top_p``, ``presence_penalty`` and ``frequency_penalty`` FP32, ``seed`` INT64, ``stop`` BYTES
+(one or more strings) and ``stream`` BOOL.
 Outputs: ``text`` (a piece when streaming, else the whole answer) and
 ``finish_reason`` (empty until the last response).
 """
@@ -41,6 +42,8 @@ INPUTS = (  # name, Triton type, dims, optional
     ("temperature", "TYPE_FP32", "[ 1 ]", True),
     ("top_p", "TYPE_FP32", "[ 1 ]", True),
     ("seed", "TYPE_INT64", "[ 1 ]", True),
+    ("presence_penalty", "TYPE_FP32", "[ 1 ]", True),
+    ("frequency_penalty", "TYPE_FP32", "[ 1 ]", True),
     ("stop", "TYPE_STRING", "[ -1 ]", True),
     ("stream", "TYPE_BOOL", "[ 1 ]", True),
 )

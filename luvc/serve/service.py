@@ -11,9 +11,10 @@ from pathlib import Path
 from PIL import Image
 
 from luvc.prompt import Conversation
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.runtime.user_text import UserTextGuard
-from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, GenerationParams, Job, JobQueue, JobRunner
+from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, Job, JobQueue, JobRunner
 from luvc.serve.metrics import ServerMetrics
 
 
@@ -27,7 +28,7 @@ class GenerationService:
     def __init__(
         self,
         pipeline: Pipeline,
-        defaults: GenerationParams,
+        defaults: GenerationOptions,
         max_queue: int = 64,
         max_batch: int | None = None,
         image_folder: Path | None = None,
@@ -84,11 +85,11 @@ class GenerationService:
         for job in self.queue.close():
             job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
 
-    def prepare(self, image: Image.Image | None, prompt: str | Conversation, params: GenerationParams) -> Prepared:
+    def prepare(self, image: Image.Image | None, prompt: str | Conversation, options: GenerationOptions) -> Prepared:
         """Check the client's text (``user_text``: every turn's, and all of it together against the length bound),
         preprocess and tokenize one request (``image=None``: a text-only one), and check its length against the
         export (errors: ``LuvcError``)."""
-        self.pipeline.manifest.profile.check_max_new_tokens(params.max_tokens)
+        self.pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
         texts = [turn.text for turn in prompt.turns] if isinstance(prompt, Conversation) else [prompt]
         for text in texts:
             self.user_text.check(text)
@@ -100,13 +101,13 @@ class GenerationService:
     def submit(
         self,
         prepared: Prepared,
-        params: GenerationParams,
+        options: GenerationOptions,
         emit: Callable[[Event], None],
         client_cancelled: Callable[[], bool] | None = None,
     ) -> Job:
         """Queue a prepared request; ``emit`` receives its events on the worker thread; ``client_cancelled`` (e.g.
         Triton's ``request.is_cancelled``) is asked once a step. ``QueueFull`` when full."""
-        job = Job(prepared, params, self._observed(emit), client_cancelled=client_cancelled)
+        job = Job(prepared, options, self._observed(emit), client_cancelled=client_cancelled)
         self.queue.put(job)
         self.metrics.queue_depth.set(len(self.queue))
         bucket = prepared.bucket

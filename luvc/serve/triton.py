@@ -18,7 +18,8 @@ import numpy as np
 from luvc.errors import LuvcError, critical
 from luvc.images import decode_image
 from luvc.prompt import Conversation, Turn
-from luvc.serve.batching import Delta, Event, Failed, Finished, GenerationParams, QueueClosed, QueueFull
+from luvc.runtime.options import GenerationOptions
+from luvc.serve.batching import Delta, Event, Failed, Finished, QueueClosed, QueueFull
 from luvc.serve.repository import INPUTS
 from luvc.serve.service import GenerationService
 
@@ -29,15 +30,23 @@ LOG = logging.getLogger(__name__)
 MAX_WAITING = 256  # requests queued behind the running batch of one instance; more are answered "retry later"
 
 
-def params_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationParams) -> tuple[GenerationParams, bool]:
+def options_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationOptions) -> tuple[GenerationOptions, bool]:
     """Generation settings and the stream flag of one request's optional inputs (absent: ``defaults``)."""
 
     def scalar(name: str):
         return inputs[name].reshape(-1)[0].item() if name in inputs else None
 
     stop = [_text(value, "a stop input") for value in inputs["stop"].reshape(-1)] if "stop" in inputs else None
-    params = defaults.with_overrides(scalar("max_tokens"), scalar("temperature"), scalar("top_p"), scalar("seed"), stop)
-    return params, bool(scalar("stream"))
+    options = defaults.with_overrides(
+        scalar("max_tokens"),
+        scalar("temperature"),
+        scalar("top_p"),
+        scalar("seed"),
+        stop,
+        scalar("presence_penalty"),
+        scalar("frequency_penalty"),
+    )
+    return options, bool(scalar("stream"))
 
 
 def _text(value, what: str) -> str:
@@ -73,7 +82,7 @@ class TritonModel:
             device=device,
             fit=parameters.get("fit") or None,
         ).load()
-        defaults = GenerationParams(int(parameters.get("max_new_tokens", "64")))
+        defaults = GenerationOptions(int(parameters.get("max_new_tokens", "64")))
         max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
         # the worker thread of `serve`: requests of later execute calls join the running batch at the next step
         bound = f"the model instance's queue of {MAX_WAITING}"
@@ -89,17 +98,17 @@ class TritonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prepared, params, stream = self._prepare(pb_utils, request)
+                prepared, options, stream = self._prepare(pb_utils, request)
                 # Triton's cancellation (a client's stream stopped with cancel_requests) ends the row at the next step
                 gone = getattr(request, "is_cancelled", None)
-                self.service.submit(prepared, params, _responder(pb_utils, sender, stream), client_cancelled=gone)
+                self.service.submit(prepared, options, _responder(pb_utils, sender, stream), client_cancelled=gone)
             except (LuvcError, QueueFull, QueueClosed) as error:  # a fixable request, or "retry later"
                 _send_error(pb_utils, sender, str(error))
             except Exception:  # one request's failure is its own; nothing internal in the response
                 LOG.exception("preparing a request failed")
                 _send_error(pb_utils, sender, "This request could not be prepared (an internal error, logged).")
 
-    def _prepare(self, pb_utils, request) -> tuple[Prepared, GenerationParams, bool]:
+    def _prepare(self, pb_utils, request) -> tuple[Prepared, GenerationOptions, bool]:
         """One request's prepared inputs, generation settings and stream flag (errors: ``LuvcError``)."""
         inputs = {
             name: tensor.as_numpy()
@@ -109,7 +118,7 @@ class TritonModel:
         missing = [name for name, _, _, optional in INPUTS if not optional and name not in inputs]
         if missing:
             critical(f"The request has no {missing[0]!r} input; send a prompt (BYTES) with every request.")
-        params, stream = params_from_inputs(inputs, self.service.defaults)
+        options, stream = options_from_inputs(inputs, self.service.defaults)
         prompt: str | Conversation = _text(inputs["prompt"].reshape(-1)[0], "prompt input")
         image = None
         if "image" in inputs:
@@ -117,7 +126,7 @@ class TritonModel:
         if "system" in inputs:
             system = _text(inputs["system"].reshape(-1)[0], "system input")
             prompt = Conversation((Turn("system", system), Turn("user", prompt, visual=image is not None)))
-        return self.service.prepare(image, prompt, params), params, stream
+        return self.service.prepare(image, prompt, options), options, stream
 
     def finalize(self) -> None:
         """Let the running requests finish, answer the waiting ones "shutting down", and close the log."""

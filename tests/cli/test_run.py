@@ -7,6 +7,7 @@ from luvc.cli.main import main
 from luvc.images import synthetic_image
 from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from tests import generation_cases as shared
 from tests.conftest import FIT_CASES, fit_case, write_clip
 
 
@@ -134,3 +135,26 @@ def test_run_pads_with_fit_pad(exports, tmp_path, capsys):
     expected = Pipeline(export, fit="exact").generate(by_hand, "Describe.", GenerationOptions(4)).texts[0]
     assert out.startswith(f"Output: {expected}\n") and "scaled to 168x224 and padded to 168x252" in out
     assert not np.array_equal(np.asarray(by_hand), np.asarray(image.resize((252, 168))))
+
+
+def test_run_ends_at_the_length_or_stop_string_and_applies_the_penalty_as_the_loop_does(exports, capsys, tmp_path):
+    """The generation cases every front end shares (tests.generation_cases), one ``run`` each."""
+    folder = exports("tiny-qwen2-vl")
+    reference = shared.Reference.of(Pipeline(folder))
+    shared.image().save(tmp_path / "image.png")
+    argv = ["run", str(folder), "--image", str(tmp_path / "image.png"), "--prompt", shared.PROMPT]
+    for case in reference.cases():
+        flags = ["--max-new-tokens", str(case.max_new_tokens), "--presence-penalty", str(case.presence_penalty)]
+        for stop in case.stop:
+            flags += ["--stop", stop]
+        assert main([*argv, *flags]) == 0
+        out = capsys.readouterr().out
+        text = out.split("\n", 1)[0].removeprefix("Output: ")
+        reason = re.search(r"^Finish reason: (\w+) ", out, re.MULTILINE).group(1)
+        reference.check(case, shared.Answer(text, reason))
+
+
+def test_run_refuses_stop_strings_the_server_refuses(exports, capsys):
+    argv = ["run", str(exports("tiny-llava")), "--prompt", "hi"]
+    assert main([*argv, *[flag for stop in "abcde" for flag in ("--stop", stop)]]) == 2
+    assert capsys.readouterr().err.strip() == "error: stop has 5 strings; give at most 4."

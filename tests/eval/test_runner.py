@@ -155,3 +155,24 @@ def test_video_questions_through_a_video_export(video_exports, tmp_path):
     assert ort.answers[0].text == pytorch.answers[0].text
     # 8 frames of 112 x 168: 4 slices of 4 x 6 merge units = 96 tokens; a T merge and a W merge leave 24
     assert results.reference.answers[0].llm_input_tokens == 96 and pytorch.answers[0].llm_input_tokens == 24
+
+
+def test_eval_of_an_export_ends_each_answer_at_its_length_as_the_loop_does(exports, tmp_path):
+    """The length case every front end shares (tests.generation_cases); eval decodes greedily, to the model's
+    end-of-sequence ids, so it has no stop strings or penalties to show."""
+    from luvc.runtime.pipeline import Pipeline
+    from tests import generation_cases as shared
+
+    export = exports("tiny-qwen2-vl")
+    reference = shared.Reference.of(Pipeline(export))
+    (tmp_path / "img").mkdir()
+    shared.image().save(tmp_path / "img" / "case.png")
+    record = {"image": "img/case.png", "prompt": shared.PROMPT, "question": "?", "answer": "x", "type": "exact"}
+    (tmp_path / "questions.jsonl").write_text(json.dumps(record) + "\n")
+    [case] = [case for case in reference.cases() if case.name == "length"]
+    results = EvalFromModel(
+        load_eval_set(tmp_path), export_dir=export, max_new_tokens=case.max_new_tokens, show_progress=False
+    )()
+    [answer] = results.run("luvc", "export", "ort").answers
+    reference.check(case, shared.Answer(answer.text, "length"))
+    assert answer.text == Pipeline(export).generate(shared.image(), shared.PROMPT, case.options()).texts[0]

@@ -16,6 +16,7 @@ from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import synthetic_video
+from tests import generation_cases as shared
 from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, VIDEO_LUVC
 
 PROMPT = "What is in this picture?"
@@ -292,3 +293,15 @@ def test_a_prompt_longer_than_any_export_takes_is_not_told_to_re_export(exports)
     with pytest.raises(LuvcError, match=rf"shorten it \(no export takes more than {ceiling} text tokens\)") as error:
         row_shift(manifest, bucket, ids)
     assert "--max-text-tokens" not in str(error.value)
+
+
+def test_generate_ends_at_the_length_or_stop_string_and_applies_the_penalty_as_the_loop_does(exports):
+    """The generation cases every front end shares (tests.generation_cases), one ``generate`` each."""
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    reference = shared.Reference.of(pipeline)
+    for case in reference.cases():
+        generation = pipeline.generate(shared.image(), shared.PROMPT, case.options())
+        answer = shared.Answer(generation.texts[0], generation.finish_reasons[0], generation.tokens.shape[1])
+        reference.check(case, answer)
+        if case.name == "penalty":
+            assert shared.penalty_breaks_repeats(generation.tokens[0].tolist())

@@ -10,6 +10,7 @@ from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.prefill import run_prefill
 from luvc.runtime.running_batch import RunningBatch
 from luvc.runtime.sampling import SamplingConfig
+from tests import generation_cases as shared
 
 TOKENS = 6
 GREEDY = SamplingConfig()
@@ -34,19 +35,19 @@ def test_rows_that_join_and_leave_between_steps_get_the_tokens_they_get_alone(ex
     got: dict[str, list[int]] = {member: [] for member in rows}
     sizes_seen = []
     for step in range(2 * TOKENS):
+        steps = []
         for member, (prepared, sampling, joins_at) in rows.items():
             if joins_at == step:
                 prefill = run_prefill(pipeline.sessions, pipeline.feeds, prepared)
-                joined = batch.admit(prefill, [sampling], [member])
-                got[member].append(int(batch.choose(prefill.outputs["logits"], joined)[0]))
-        if step:
-            if not batch.size:
-                break
+                steps += batch.admit(prefill, [GenerationOptions(TOKENS, sampling, stop_token_ids=())], [member])
+        if step and batch.size:
             sizes_seen.append(batch.size)
-            for member, token in zip(list(batch.members), batch.step()):
-                got[member].append(int(token))
-        for member in [member for member in batch.members if len(got[member]) == TOKENS]:
-            batch.leave(member)  # the last row moves into its place
+            steps += batch.step()[0]
+        for row_step in steps:
+            got[row_step.member].append(row_step.token)
+            assert row_step.finished == (len(got[row_step.member]) == TOKENS)  # the loop ends each row at its length
+        if step and not batch.size and all(got.values()):
+            break
     for member in rows:
         np.testing.assert_array_equal(got[member], alone[member], err_msg=member)
     assert 3 in sizes_seen and sizes_seen[-1] < 3  # all three decoded together, and the batch shrank as rows left
@@ -57,6 +58,47 @@ def test_a_batch_refuses_more_rows_than_it_holds(exports):
     prepared = pipeline.prepare([synthetic_image(224, 224, s) for s in (1, 2)], ["Describe the image."] * 2)
     batch = RunningBatch(pipeline.sessions, pipeline.feeds, capacity=1)
     with pytest.raises(LuvcError, match="2 rows do not fit a running batch with 1 free rows of 1"):
-        batch.admit(run_prefill(pipeline.sessions, pipeline.feeds, prepared), [GREEDY] * 2, ["a", "b"])
+        batch.admit(run_prefill(pipeline.sessions, pipeline.feeds, prepared), [GenerationOptions()] * 2, ["a", "b"])
     with pytest.raises(LuvcError, match="no rows has nothing to decode"):
         batch.decode()
+
+
+def test_the_loop_ends_each_row_at_its_length_stop_string_or_stop_token_and_applies_its_penalty(exports):
+    """The generation cases every front end shares (tests.generation_cases), as rows of one running batch."""
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    reference = shared.Reference.of(pipeline)
+    stop_at = 3  # the reference's fourth token, which it has not produced before
+    assert reference.tokens.index(reference.tokens[stop_at]) == stop_at
+    stop_token = GenerationOptions(shared.TOKENS, stop_token_ids=(reference.tokens[stop_at],))
+    cases = reference.cases()
+    options = [case.options() for case in cases] + [stop_token]
+    prepared = pipeline.prepare([shared.image()] * len(options), [shared.PROMPT] * len(options))
+    batch = RunningBatch(pipeline.sessions, pipeline.feeds, len(options), pipeline.tokenizer)
+    steps = batch.admit(run_prefill(pipeline.sessions, pipeline.feeds, prepared), options, range(len(options)))
+    texts, tokens, reasons = [""] * len(options), [[] for _ in options], [None] * len(options)
+    while True:
+        for row_step in steps:
+            assert reasons[row_step.member] is None  # a row ends once, and then leaves
+            texts[row_step.member] += row_step.text
+            tokens[row_step.member].append(row_step.token)
+            reasons[row_step.member] = row_step.finish_reason
+        if not batch.size:
+            break
+        steps, _ = batch.step()
+    for row, case in enumerate(cases):
+        reference.check(case, shared.Answer(texts[row], reasons[row], len(tokens[row])))
+    assert shared.penalty_breaks_repeats(tokens[[case.name for case in cases].index("penalty")])
+    assert tokens[-1] == list(reference.tokens[: stop_at + 1]) and reasons[-1] == "stop"
+    assert reference.text.startswith(texts[-1]) and len(texts[-1]) < len(reference.text)
+
+
+def test_stop_strings_need_a_tokenizer_and_are_checked_where_the_options_are_made(exports):
+    pipeline = Pipeline(exports("tiny-llava"))
+    prefill = run_prefill(pipeline.sessions, pipeline.feeds, pipeline.prepare(None, ["hi"]))
+    batch = RunningBatch(pipeline.sessions, pipeline.feeds, capacity=1)
+    with pytest.raises(LuvcError, match="Stop strings need the text of each row"):
+        batch.admit(prefill, [GenerationOptions(4, stop=("x",))], ["a"])
+    with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
+        GenerationOptions(stop=("a", "b", "c", "d", "e"))
+    with pytest.raises(LuvcError, match="A stop string must be text of 1 to 256 characters"):
+        GenerationOptions(stop=("",))

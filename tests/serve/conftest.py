@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
-from luvc.serve.batching import GenerationParams
 from luvc.serve.service import GenerationService
 
 MODEL = "tiny-qwen2-vl"
@@ -44,7 +44,7 @@ def running_server(
     from luvc.serve.app import create_app
 
     service = GenerationService(
-        Pipeline(export_dir), GenerationParams(16), max_queue, max_batch, image_folder, queue_timeout_s
+        Pipeline(export_dir), GenerationOptions(16), max_queue, max_batch, image_folder, queue_timeout_s
     )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

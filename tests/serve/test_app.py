@@ -21,8 +21,8 @@ from luvc.images import synthetic_image
 from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import GenerationParams
 from luvc.serve.service import GenerationService
+from tests import generation_cases as shared
 from tests.conftest import FIT_CASES, fit_case
 from tests.serve.conftest import MODEL, data_url, running_server
 
@@ -57,7 +57,7 @@ def blocked_worker(service):
         entered.set()
         release.wait(60)
 
-    params = GenerationParams(1)
+    params = GenerationOptions(1)
     service.submit(service.prepare(synthetic_image(224, 224, 99), "hold", params), params, hold)
     assert entered.wait(60)
     try:
@@ -113,14 +113,21 @@ def test_a_streamed_completion_joins_to_the_same_text(server, exports):
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason == "length"
 
 
-def test_a_stop_string_ends_the_answer_before_it(server, exports):
+def test_a_completion_ends_at_the_length_or_stop_string_and_applies_the_penalty_as_the_loop_does(server, exports):
+    """The generation cases every front end shares (tests.generation_cases), one chat completion each."""
     base_url, _ = server
-    image = synthetic_image(224, 224, 5)
-    full = expected_text(exports(MODEL), image, 32)
-    stop = full[len(full) // 2 : len(full) // 2 + 2]
-    response = client(base_url).chat.completions.create(model=MODEL, messages=messages(image), max_tokens=32, stop=stop)
-    assert response.choices[0].message.content == full[: full.find(stop)]
-    assert response.choices[0].finish_reason == "stop"
+    reference = shared.Reference.of(Pipeline(exports(MODEL)))
+    for case in reference.cases():
+        response = client(base_url).chat.completions.create(
+            model=MODEL,
+            messages=messages(shared.image(), shared.PROMPT),
+            max_tokens=case.max_new_tokens,
+            stop=list(case.stop) or None,
+            presence_penalty=case.presence_penalty,
+        )
+        choice = response.choices[0]
+        answer = shared.Answer(choice.message.content, choice.finish_reason, response.usage.completion_tokens)
+        reference.check(case, answer)
 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, exports):
@@ -332,19 +339,11 @@ def test_a_seeded_sampled_completion_equals_pipeline_generate_with_that_seed(ser
     assert expected != expected_text(exports(MODEL), image, 12)  # sampling changed the answer
 
 
-def test_penalised_completions_equal_pipeline_generate_with_those_penalties(server, exports):
+def test_penalties_out_of_openais_range_are_refused(server):
     base_url, _ = server
-    image = synthetic_image(224, 224, 3)  # whose greedy answer repeats a run of tokens
-    sampling = SamplingConfig(presence_penalty=1.5, frequency_penalty=0.5)
-    expected = Pipeline(exports(MODEL)).generate(image, PROMPT, GenerationOptions(16, sampling)).texts[0]
-    response = client(base_url).chat.completions.create(
-        model=MODEL, messages=messages(image), max_tokens=16, presence_penalty=1.5, frequency_penalty=0.5
-    )
-    assert response.choices[0].message.content == expected
-    assert expected != expected_text(exports(MODEL), image, 16)  # the penalties changed the answer
     with pytest.raises(openai.BadRequestError, match="presence_penalty=2.5 must be a finite number between -2 and 2"):
         client(base_url).chat.completions.create(
-            model=MODEL, messages=messages(image), max_tokens=2, presence_penalty=2.5
+            model=MODEL, messages=messages(synthetic_image()), max_tokens=2, presence_penalty=2.5
         )
 
 
@@ -513,7 +512,7 @@ def test_shutdown_drains_the_running_batch_and_answers_the_waiting_requests(expo
     from luvc.serve.app import create_app
     from luvc.serve.server import DrainingServer
 
-    service = GenerationService(Pipeline(exports(MODEL)), GenerationParams(16), max_queue=8, max_batch=2)
+    service = GenerationService(Pipeline(exports(MODEL)), GenerationOptions(16), max_queue=8, max_batch=2)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     server = DrainingServer(uvicorn.Config(create_app(service, MODEL), log_level="warning"), service, 0.5)
@@ -522,7 +521,7 @@ def test_shutdown_drains_the_running_batch_and_answers_the_waiting_requests(expo
     while not server.started:
         time.sleep(0.02)
     base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    slow_params = GenerationParams(200)
+    slow_params = GenerationOptions(200)
 
     def slow(event) -> None:  # a batch-mate whose tokens take a while: the batch outlives the drain timeout
         time.sleep(0.05)

@@ -5,12 +5,13 @@ import pytest
 
 from luvc.export.buckets import bucket_name
 from luvc.export.manifest import BucketEntry
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Prepared
 from luvc.runtime.prompt_ids import PromptRows
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import Failed, GenerationParams, Job, JobQueue, QueueFull
+from luvc.serve.batching import Failed, Job, JobQueue, QueueFull
 
-GREEDY = GenerationParams(8)
+GREEDY = GenerationOptions(8)
 
 
 def bucket(size: tuple[int, int]) -> BucketEntry:
@@ -40,7 +41,7 @@ def test_take_groups_the_oldest_job_with_later_jobs_of_its_bucket_in_order_whate
         job(size=(168, 252)),
         job(),
         job(length=21),
-        job(params=GenerationParams(8, SamplingConfig(temperature=0.7, seed=3))),
+        job(params=GenerationOptions(8, SamplingConfig(temperature=0.7, seed=3))),
         Job(Prepared(PromptRows.of([[0] * 9], [0]), (), None), GREEDY, lambda event: None),
     )
     for item in (first, other_size, same, other_length, sampled, text_only):

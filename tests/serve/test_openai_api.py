@@ -9,11 +9,11 @@ import pytest
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.prompt import Conversation, Turn
+from luvc.runtime.options import GenerationOptions
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import GenerationParams
-from luvc.serve.openai_api import generation_params, image_and_prompt, parse_request
+from luvc.serve.openai_api import generation_options, image_and_prompt, parse_request
 
-DEFAULTS = GenerationParams(32, SamplingConfig(temperature=0.0, top_k=5, top_p=0.9, seed=None), ("END",))
+DEFAULTS = GenerationOptions(32, SamplingConfig(temperature=0.0, top_k=5, top_p=0.9, seed=None), stop=("END",))
 
 
 def png_url(image=None) -> str:
@@ -154,16 +154,18 @@ def test_local_image_urls_are_read_as_rfc_8089_says_and_errors_name_the_request_
 
 
 def test_unset_fields_take_the_server_defaults_and_set_ones_override_them():
-    assert generation_params(parse_request(body(text_part("hi"))), DEFAULTS) == DEFAULTS
-    params = generation_params(
+    assert generation_options(parse_request(body(text_part("hi"))), DEFAULTS) == DEFAULTS
+    params = generation_options(
         parse_request(body(text_part("hi"), max_tokens=4, temperature=0.5, top_p=0.5, seed=3, stop="x")), DEFAULTS
     )
-    assert params == GenerationParams(4, SamplingConfig(temperature=0.5, top_k=5, top_p=0.5, seed=3), ("x",))
-    assert generation_params(parse_request(body(text_part("hi"), max_completion_tokens=0)), DEFAULTS).max_tokens == 0
+    assert params == GenerationOptions(4, SamplingConfig(temperature=0.5, top_k=5, top_p=0.5, seed=3), stop=("x",))
+    assert (
+        generation_options(parse_request(body(text_part("hi"), max_completion_tokens=0)), DEFAULTS).max_new_tokens == 0
+    )
 
 
 def test_bad_sampling_values_get_the_cli_message_and_too_many_stops_are_refused():
     with pytest.raises(LuvcError, match=r"Sampling needs a finite temperature >= 0.*got temperature=-1"):
-        generation_params(parse_request(body(text_part("hi"), temperature=-1)), DEFAULTS)
+        generation_options(parse_request(body(text_part("hi"), temperature=-1)), DEFAULTS)
     with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
-        generation_params(parse_request(body(text_part("hi"), stop=list("abcde"))), DEFAULTS)
+        generation_options(parse_request(body(text_part("hi"), stop=list("abcde"))), DEFAULTS)

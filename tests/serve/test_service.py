@@ -9,12 +9,12 @@ import pytest
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import SHUTTING_DOWN, Failed, Finished, GenerationParams, QueueClosed
+from luvc.serve.batching import SHUTTING_DOWN, Failed, Finished, QueueClosed
 from luvc.serve.service import GenerationService
 
 MODEL = "tiny-qwen2-vl"
 PROMPT = "What is in this picture?"
-SIX_TOKENS = GenerationParams(6)
+SIX_TOKENS = GenerationOptions(6)
 
 
 class Events:
@@ -34,10 +34,10 @@ class Events:
 
 
 def _service(exports, **options) -> GenerationService:
-    return GenerationService(Pipeline(exports(MODEL)), GenerationParams(6), **options)
+    return GenerationService(Pipeline(exports(MODEL)), GenerationOptions(6), **options)
 
 
-def _submit(service: GenerationService, seed: int, params: GenerationParams = SIX_TOKENS) -> Events:
+def _submit(service: GenerationService, seed: int, params: GenerationOptions = SIX_TOKENS) -> Events:
     events = Events()
     image = synthetic_image(224, 224, seed)
     service.submit(service.prepare(image, PROMPT, params), params, events)
@@ -65,7 +65,7 @@ def test_waiting_jobs_run_as_one_batch_and_each_gets_the_answer_it_gets_alone(ex
 def test_a_cancelled_job_is_dropped_and_its_batch_mates_finish(exports):
     service = _service(exports)
     kept, dropped = Events(), Events()
-    params = GenerationParams(6)
+    params = GenerationOptions(6)
     for seed, events in ((1, kept), (2, dropped)):
         prepared = service.prepare(synthetic_image(224, 224, seed), PROMPT, params)
         job = service.submit(prepared, params, events)
@@ -106,7 +106,7 @@ def test_a_job_joins_a_running_batch_at_a_step_boundary_and_leaves_before_it_end
     # another sampling) joins it between two steps, shares its decode steps and finishes first; both answers are
     # the ones they get alone
     service = _service(exports)
-    long_params, short_params = GenerationParams(24), GenerationParams(3, SamplingConfig(temperature=0.8, seed=5))
+    long_params, short_params = GenerationOptions(24), GenerationOptions(3, SamplingConfig(temperature=0.8, seed=5))
     order, lock, first_seen, release = [], threading.Lock(), threading.Event(), threading.Event()
 
     def recorder(name: str, events: Events, hold: bool = False):
@@ -146,7 +146,7 @@ def test_a_job_joins_a_running_batch_at_a_step_boundary_and_leaves_before_it_end
 
 def test_a_row_that_fails_mid_generation_ends_alone_and_its_batch_mates_finish(exports):
     service = _service(exports)
-    params = GenerationParams(8)
+    params = GenerationOptions(8)
     kept, broken = Events(), Events()
 
     def failing(event) -> None:  # this job's own handling fails at its first piece of text

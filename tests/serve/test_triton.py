@@ -19,8 +19,8 @@ from luvc.images import synthetic_image
 from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
-from luvc.serve.batching import GenerationParams
-from luvc.serve.triton import params_from_inputs
+from luvc.serve.triton import options_from_inputs
+from tests import generation_cases as shared
 from tests.conftest import FIT_CASES, fit_case, one_line_error
 from tests.serve.conftest import png_bytes
 from tests.serve.tritonserver import RunningServer, find_server
@@ -80,8 +80,8 @@ def test_bad_repository_options_are_one_line_and_write_nothing(exports, tmp_path
 
 
 def test_request_inputs_override_the_defaults():
-    defaults = GenerationParams(32, SamplingConfig(top_k=3))
-    assert params_from_inputs({}, defaults) == (defaults, False)
+    defaults = GenerationOptions(32, SamplingConfig(top_k=3))
+    assert options_from_inputs({}, defaults) == (defaults, False)
     inputs = {
         "max_tokens": np.array([[8]], np.int32),
         "temperature": np.array([[0.5]], np.float32),
@@ -89,8 +89,10 @@ def test_request_inputs_override_the_defaults():
         "stop": np.array([[b"END", b"\n\n"]], np.object_),
         "stream": np.array([[True]]),
     }
-    params, stream = params_from_inputs(inputs, defaults)
-    assert params == GenerationParams(8, SamplingConfig(temperature=0.5, top_k=3, seed=7), ("END", "\n\n"))
+    inputs["frequency_penalty"] = np.array([[0.5]], np.float32)
+    params, stream = options_from_inputs(inputs, defaults)
+    sampling = SamplingConfig(temperature=0.5, top_k=3, seed=7, frequency_penalty=0.5)
+    assert params == GenerationOptions(8, sampling, stop=("END", "\n\n"))
     assert stream
 
 
@@ -131,8 +133,8 @@ def triton(exports, tmp_path_factory):
 
 
 def request_inputs(image_bytes: bytes | None, prompt: str | bytes, stream: bool, **optional) -> list:
-    """The model's inputs for one request (``image_bytes`` ``None``: a text-only one; ``max_tokens`` and ``system``
-    optional)."""
+    """The model's inputs for one request (``image_bytes`` ``None``: a text-only one; ``max_tokens``, ``system``,
+    ``presence_penalty`` and ``stop`` optional)."""
     import tritonclient.grpc as grpcclient
 
     def tensor(name, array, datatype):
@@ -150,6 +152,10 @@ def request_inputs(image_bytes: bytes | None, prompt: str | bytes, stream: bool,
         inputs.append(tensor("system", np.array([[optional["system"].encode()]], np.object_), "BYTES"))
     if "max_tokens" in optional:
         inputs.append(tensor("max_tokens", np.array([[optional["max_tokens"]]], np.int32), "INT32"))
+    if "presence_penalty" in optional:
+        inputs.append(tensor("presence_penalty", np.array([[optional["presence_penalty"]]], np.float32), "FP32"))
+    if optional.get("stop"):
+        inputs.append(tensor("stop", np.array([[text.encode() for text in optional["stop"]]], np.object_), "BYTES"))
     return inputs
 
 
@@ -189,6 +195,17 @@ def test_tritonserver_answers_like_pipeline_generate(triton):
     streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
     assert len(streamed) > 2 and streamed[-1] == ("", "length")
     assert "".join(text for text, _ in streamed) == expected
+
+
+def test_tritonserver_ends_at_the_length_or_stop_string_and_applies_the_penalty_as_the_loop_does(triton):
+    """The generation cases every front end shares (tests.generation_cases), one Triton request each."""
+    url, export, _ = triton
+    reference = shared.Reference.of(Pipeline(export))
+    image = png_bytes(shared.image())
+    for case in reference.cases():
+        optional = {"max_tokens": case.max_new_tokens, "presence_penalty": case.presence_penalty, "stop": case.stop}
+        [(text, finish_reason)] = infer(url, image, shared.PROMPT, stream=False, **optional)
+        reference.check(case, shared.Answer(text, finish_reason))
 
 
 def test_tritonserver_answers_text_only_requests_and_system_messages(triton):
