@@ -21,7 +21,6 @@ same in capacity 256: attention reads a window sized to the valid prefix (``luvc
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from common import arguments
 from prefill_speedup import realistic_adapter
 from torch import nn
 from torch.export import Dim
@@ -170,9 +170,7 @@ def median_ms(steppers: dict, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=30)
+    parser = arguments(__doc__, layers=24, steps=30)
     parser.add_argument("--lengths", default="256,1024,4096")
     args = parser.parse_args()
     lengths = [int(text) for text in args.lengths.split(",")]

@@ -14,14 +14,11 @@ every engine; what each engine keeps inside) and of the embedded layout (every e
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from common import arguments, luvc_export
 
 from luvc.engines.memory import GiB, plan_memory
 from luvc.models.tiny import save_random_qwen2_vl
@@ -29,18 +26,8 @@ from luvc.models.tiny import save_random_qwen2_vl
 BUCKETS = ("--image-size", "448x448", "--image-size", "672x672", "--video-size", "4x448x448")
 
 
-def luvc_export(*args: str) -> float:
-    """Run ``luvc-export args`` (quiet); seconds it took."""
-    began = time.perf_counter()
-    command = [sys.executable, "-m", "luvc.cli.main", *args]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - began
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=28)
-    parser.add_argument("--vision-blocks", type=int, default=32)
+    parser = arguments(__doc__, layers=28, vision_blocks=32)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="luvc-device-memory-") as tmp:
         checkpoint, export, engines = (Path(tmp) / name for name in ("checkpoint", "export", "engines"))

@@ -14,7 +14,6 @@ against none). Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments
 from prefill_speedup import IMAGE_SIDE, realistic_adapter  # noqa: E402
 
 from luvc.eval.data import load_eval_set  # noqa: E402
@@ -34,8 +34,7 @@ LLM_ONLY = ("spu-only", "random", "l2-norm", "dart", "fastv", "visionzip")  # no
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, default=3)
+    parser = arguments(__doc__, questions=3)
     parser.add_argument("--ratios", default="0.5,0.25")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 24)")
     args = parser.parse_args()

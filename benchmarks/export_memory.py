@@ -25,20 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+from common import arguments, import_allowance
 
 from luvc.models.tiny import save_random_qwen2_vl
 
 IMAGE_SIDE = 448
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def import_allowance() -> int:
-    """Peak RSS of a process that only imports what ``export`` imports (Python, PyTorch, transformers, ONNX): the
-    fixed allowance the targets leave out."""
-    code = "import luvc.cli.export, luvc.export.exporter, luvc.models, transformers, onnxruntime"
-    process = subprocess.Popen([sys.executable, "-c", code])
-    _, _, usage = os.wait4(process.pid, 0)
-    return usage.ru_maxrss * 1024
 
 
 def peak_rss(argv: list[str]) -> tuple[int, float, int]:
@@ -55,9 +47,7 @@ def peak_rss(argv: list[str]) -> tuple[int, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vision-blocks", type=int, default=4)
+    parser = arguments(__doc__, layers=4, vision_blocks=4)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--write-checkpoint", type=Path, default=None, help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import arguments, import_allowance
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "38a6c78"  # main before the export-speed work
 IMAGE_SIDE = 448
@@ -46,13 +48,6 @@ def worker(model: str, out: str, precision: str, side: int) -> None:
     profile = ExportProfile(image_sizes=((side, side),), precision=precision)
     export_model(adapter, out, profile, overwrite=True, show_progress=False, times=times)
     print(json.dumps({"stages": times.by_stage(), "graphs": times.by_graph()}))
-
-
-def import_allowance() -> int:
-    """Peak RSS of a process that only imports what ``export`` imports: the fixed allowance the ratio leaves out."""
-    code = "import luvc.cli.export, luvc.export.exporter, luvc.models, transformers, onnxruntime"
-    process = subprocess.Popen([sys.executable, "-c", code])
-    return os.wait4(process.pid, 0)[2].ru_maxrss * 1024
 
 
 def measured(argv: list[str], env: dict | None = None) -> tuple[float, int, str]:
@@ -103,9 +98,8 @@ def table(stages: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, vision_blocks=32)
     parser.add_argument("--layers", type=int, nargs="+", default=[8, 28])
-    parser.add_argument("--vision-blocks", type=int, default=32)
     parser.add_argument("--baseline", default=BASELINE, help="a git ref to compare with ('none': no baseline)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the checkpoints here between runs")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # the child's job

@@ -14,9 +14,8 @@ not task accuracy; run ``luvc-export eval --export`` on a real checkpoint and yo
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+from common import arguments
 
 from luvc.export.buckets import BucketSet
 from luvc.export.profile import ExportProfile
@@ -37,8 +36,7 @@ def answer(adapter, image, tokens: int) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=8)
+    parser = arguments(__doc__, tokens=8)
     args = parser.parse_args()
     print(f"{len(IMAGE_SIZES)} synthetic images per family (H x W: {', '.join(f'{h}x{w}' for h, w in IMAGE_SIZES)})")
     print(f"{'family':<17}{'buckets':<10}{'fit':<9}{'resized':>8}{'same answer':>13}{'same 1st token':>16}")

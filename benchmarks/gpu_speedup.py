@@ -16,15 +16,14 @@ Without a CUDA device it prints why and exits 0 (nothing to measure). Usage:
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import arguments, luvc_export
 
 TARGETS = {(8, 0): "ampere", (8, 6): "ampere", (8, 7): "orin", (8, 9): "ada", (9, 0): "hopper", (10, 0): "blackwell"}
 STAGES = ("vision_ms", "prefill_ms", "ttft_ms", "decode_tokens_per_s")
@@ -35,10 +34,6 @@ def cuda_missing() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device is visible to PyTorch (torch.cuda.is_available() is False)"
     return None
-
-
-def luvc_export(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "luvc.cli.main", *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -133,12 +128,7 @@ def torch_row(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=28)
-    parser.add_argument("--vision-blocks", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = arguments(__doc__, layers=28, vision_blocks=32, image_size=448, new_tokens=32, repeats=5)
     args = parser.parse_args()
     reason = cuda_missing()
     if reason is not None:

@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from common import arguments
 from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -35,13 +36,31 @@ from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
-from luvc.models.tiny import _qwen_token_ids, tiny_tokenizer
+from luvc.models.tiny import _qwen_token_ids, qwen_vision_config, tiny_tokenizer
 from luvc.videos import synthetic_video
 
 IMAGE_SIDE = 896
 VIDEO_SIDE = 448
 TEXT_TOKENS = 64
 FAMILIES = ("qwen2-vl", "qwen3-vl")
+
+
+def _qwen_text(sizes: tuple[int, int, int, int, int], rope: dict, **own) -> dict:
+    """A Qwen LLM config of ``sizes`` (hidden, MLP, layers, heads, KV heads) and M-RoPE ``rope``, with Qwen's
+    vocabulary and tied embeddings."""
+    hidden, intermediate, layers, heads, kv_heads = sizes
+    return dict(
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        rope_parameters={"rope_type": "default", **rope},
+        **own,
+    )
 
 
 def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video: bool = False) -> VLMAdapter:
@@ -52,31 +71,17 @@ def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video
     torch.manual_seed(0)
     if family == "qwen3-vl":
         config = Qwen3VLConfig(
-            text_config=dict(
-                vocab_size=151936,
-                hidden_size=2048,
-                intermediate_size=6144,
-                num_hidden_layers=layers or 8,
-                num_attention_heads=16,
-                num_key_value_heads=8,
+            text_config=_qwen_text(
+                (2048, 6144, layers or 8, 16, 8),
+                {"rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
                 head_dim=128,
-                max_position_embeddings=32768,
-                tie_word_embeddings=True,
-                rope_parameters={
-                    "rope_type": "default",
-                    "rope_theta": 5000000.0,
-                    "mrope_section": [24, 20, 20],
-                    "mrope_interleaved": True,
-                },
             ),
-            vision_config=dict(
-                depth=8,
-                hidden_size=640,
+            vision_config=qwen_vision_config(
+                8,
+                640,
+                10,
+                patch=16,
                 intermediate_size=2560,
-                num_heads=10,
-                patch_size=16,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
                 out_hidden_size=2048,
                 num_position_embeddings=2304,
                 deepstack_visual_indexes=[1, 3, 5],
@@ -88,27 +93,10 @@ def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video
         processor = Qwen2VLImageProcessorPil(patch_size=16, min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
         return Qwen3VLAdapter(model, tokenizer, processor, name="realistic-qwen3-vl")
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=layers or 24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+        text_config=_qwen_text(
+            (896, 4864, layers or 24, 14, 2), {"rope_theta": 1000000.0, "mrope_section": [8, 12, 12]}
         ),
-        vision_config=dict(
-            depth=8,
-            embed_dim=640,
-            hidden_size=896,
-            num_heads=10,
-            mlp_ratio=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=qwen_vision_config(8, 896, 10, embed_dim=640, mlp_ratio=4),
         tie_word_embeddings=True,
         **token_ids,
     )
@@ -165,8 +153,7 @@ def measure(adapter: VLMAdapter, configs: dict[str, LUVCConfig], repeats: int, f
 
 def parse_benchmark_args(doc: str) -> tuple[argparse.Namespace, LUVCConfig]:
     """The options both prefill benchmarks take: repeats, and the LUVC config to compare with the baseline."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = arguments(doc, repeats=5)
     parser.add_argument("--family", choices=FAMILIES, default="qwen2-vl", help="the benchmark model (see above)")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: see above)")
     parser.add_argument("--budgets", default=None, help="explicit budgets, e.g. '512,512,400,...,0'")

@@ -19,7 +19,6 @@ target <= 0.3). Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import onnx
 import onnxruntime
 import torch
+from common import arguments
 
 from luvc.calibration import calibrate_export
 from luvc.engines.memory import plan_memory
@@ -90,12 +90,7 @@ def time_requests(pipeline: Pipeline, side: int, new_tokens: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vision-blocks", type=int, default=2)
-    parser.add_argument("--side", type=int, default=448)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=8)
+    parser = arguments(__doc__, layers=4, vision_blocks=2, side=448, repeats=5, new_tokens=8)
     args = parser.parse_args()
     print(f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory(prefix="luvc-quantized-") as tmp:

@@ -16,7 +16,6 @@ Last line: ``runtime_overhead=<fraction>`` (target <= 0.05). Usage:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from common import arguments
 from prefill_speedup import realistic_adapter
 
 from luvc.export.exporter import export_model
@@ -65,10 +65,7 @@ def timed_generation(pipeline: Pipeline, prepared: Prepared, options: Generation
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser = arguments(__doc__, repeats=5, layers=8, new_tokens=32)
     args = parser.parse_args()
 
     import prefill_speedup

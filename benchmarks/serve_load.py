@@ -22,7 +22,6 @@ Last lines: ``serve_throughput_ratio=<x>`` (requests/s with ``--clients`` over t
 
 from __future__ import annotations
 
-import argparse
 import base64
 import concurrent.futures
 import dataclasses
@@ -38,6 +37,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+from common import arguments
 
 from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
@@ -208,11 +208,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rss-requests", type=int, default=5000)
+    parser = arguments(__doc__, clients=8, requests=64, max_tokens=32, rss_requests=5000)
     parser.add_argument("--export", type=Path, default=None, help="export folder (default: tiny Qwen2-VL, 224x224)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

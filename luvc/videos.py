@@ -66,6 +66,16 @@ def slice_timestamps(video: Video, temporal_patch_size: int, slices: int) -> lis
     return [(indices[i * per_slice] / fps + indices[(i + 1) * per_slice - 1] / fps) / 2 for i in range(slices)]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compared by identity
+class VideoTimes:
+    """Where a video's time positions go (prompt index ``start``; ``None``: the bucket's first visual token), each
+    token's temporal ``slices``, and the ``scale`` from seconds to positions (``luvc.videos.video_time_positions``)."""
+
+    start: int | None
+    slices: np.ndarray
+    scale: float
+
+
 def video_time_positions(start: int, slices: np.ndarray, scale: float, seconds: float) -> np.ndarray:
     """The M-RoPE time row of a video's tokens as Qwen2.5-VL computes it: ``start + floor(slice * interval)`` with
     ``interval = scale * seconds`` in float32 (``scale``: tokens per second times the temporal merges' factor;

@@ -49,20 +49,20 @@ def test_a_16_bit_grey_png_keeps_its_gradient():
     assert len(np.unique(expected)) == 256
 
 
-def test_a_32_bit_integer_image_in_16_bit_range_is_scaled_and_one_outside_is_refused():
-    values = np.repeat(np.array([[0, 257, 32896, 65535]] * 8, dtype=np.int32), 2, axis=1)  # 8x8
-    loaded = _roundtrip(Image.fromarray(values, "I"), "TIFF")
-    np.testing.assert_array_equal(_grey(loaded)[0, ::2], [0, 1, 128, 255])
-    with pytest.raises(LuvcError, match="values outside 0-65535.*save it as an 8- or 16-bit PNG"):
-        _roundtrip(Image.fromarray(values * 4, "I"), "TIFF")
-
-
-def test_a_float_image_in_0_to_1_is_scaled_and_one_outside_is_refused():
-    values = np.repeat(np.array([[0.0, 0.25, 0.5, 1.0]] * 8, dtype=np.float32), 2, axis=1)  # 8x8
-    loaded = _roundtrip(Image.fromarray(values, "F"), "TIFF")
-    np.testing.assert_array_equal(_grey(loaded)[0, ::2], [0, 64, 128, 255])
-    with pytest.raises(LuvcError, match="values outside 0-1"):
-        _roundtrip(Image.fromarray(values * 300, "F"), "TIFF")
+@pytest.mark.parametrize(
+    ("mode", "levels", "shown", "out_of_range", "message"),
+    [
+        ("I", np.array([0, 257, 32896, 65535], np.int32), [0, 1, 128, 255], 4, "values outside 0-65535.*16-bit PNG"),
+        ("F", np.array([0.0, 0.25, 0.5, 1.0], np.float32), [0, 64, 128, 255], 300, "values outside 0-1"),
+    ],
+    ids=["32-bit integer in 16-bit range", "float in 0 to 1"],
+)
+def test_a_wide_image_in_its_range_is_scaled_and_one_outside_is_refused(mode, levels, shown, out_of_range, message):
+    values = np.repeat(np.array([levels] * 8), 2, axis=1)  # 8x8
+    loaded = _roundtrip(Image.fromarray(values, mode), "TIFF")
+    np.testing.assert_array_equal(_grey(loaded)[0, ::2], shown)
+    with pytest.raises(LuvcError, match=message):
+        _roundtrip(Image.fromarray(values * out_of_range, mode), "TIFF")
 
 
 def _over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:

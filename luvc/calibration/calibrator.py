@@ -45,15 +45,8 @@ from luvc.calibration.weight_only import (
     quantize_weights,
 )
 from luvc.errors import critical
-from luvc.export.manifest import (
-    EXPORT_OUTPUT,
-    CalibrationRun,
-    ExportManifest,
-    QuantizationEntry,
-    QuantizationSource,
-    load_graph,
-    sha256_file,
-)
+from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest_entries import CalibrationRun, QuantizationEntry, QuantizationSource
 from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luvc.export.manifest import QuantizationEntry
+from luvc.export.manifest_entries import QuantizationEntry
 
 RANGES_PLOT = "ranges.png"
 

@@ -68,7 +68,7 @@ def summary_table(manifest: ExportManifest) -> Table:
         inputs = ", ".join(entry.name for entry in graph.inputs[:3])
         inputs += ", ..." if len(graph.inputs) > 3 else ""
         passes = graph.passes
-        before = str(passes[0]["before"]) if passes else str(graph.num_nodes)
+        before = str(passes[0].before) if passes else str(graph.num_nodes)
         after = f"{graph.num_nodes} ({graph.num_nodes - int(before):+d})" if passes else "no passes"
         table.add_row(name, inputs, before, after, str(len(graph.node_prefixes)))
     for name, bucket in manifest.buckets.items():

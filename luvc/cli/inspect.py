@@ -77,7 +77,8 @@ class Inspect:
             if kept_float:
                 table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
             for stat in graph.passes:
-                if stat["delta"]:
-                    table.add_row(f"pass {stat['pass']}", f"{stat['before']} -> {stat['after']} nodes {stat['ops']}")
+                if stat.delta:
+                    ops = {op: list(counts) for op, counts in stat.ops.items()}
+                    table.add_row(f"pass {stat.name}", f"{stat.before} -> {stat.after} nodes {ops}")
             console.print(table)
         return 0

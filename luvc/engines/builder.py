@@ -22,7 +22,8 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.engines.weight_inputs import LAYOUTS, shareable_weights, with_weight_inputs
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, ExternalTensor, TensorEntry, sha256_file
+from luvc.export.manifest import ExportManifest, ExternalTensor, sha256_file
+from luvc.export.manifest_entries import TensorEntry
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder

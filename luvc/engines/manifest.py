@@ -16,15 +16,8 @@ from luvc.compress.config import LUVCConfig
 from luvc.engines.plugin_library import PluginLibrary
 from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
-from luvc.export.manifest import (
-    ENGINE_FORMAT,
-    MANIFEST_NAME,
-    ExportManifest,
-    ExternalTensor,
-    ModelEntry,
-    TensorEntry,
-    sha256_file,
-)
+from luvc.export.manifest import ENGINE_FORMAT, MANIFEST_NAME, ExportManifest, ExternalTensor, sha256_file
+from luvc.export.manifest_entries import ModelEntry, TensorEntry
 from luvc.staging import OutputKind
 
 FORMAT = ENGINE_FORMAT

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from luvc.errors import critical
 from luvc.export.inspect import evaluate_dim
-from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import BucketEntry
 
 Range = tuple[int, int, int]
 

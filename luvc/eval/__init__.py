@@ -3,14 +3,13 @@ PyTorch, and exports on their backend (``luvc-export eval``). Names load on firs
 
 from luvc.lazy import lazy_exports
 
-_EXPORTS = {
-    "BudgetPoint": "luvc.eval.points",
-    "EvalFromModel": "luvc.eval.runner",
-    "EvalResults": "luvc.eval.results",
-    "EvalSet": "luvc.eval.data",
-    "Question": "luvc.eval.data",
-    "load_eval_set": "luvc.eval.data",
-    "write_report": "luvc.eval.report",
-}
-__all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "luvc.eval.data": ("EvalSet", "Question", "load_eval_set"),
+        "luvc.eval.points": ("BudgetPoint",),
+        "luvc.eval.report": ("write_report",),
+        "luvc.eval.results": ("EvalResults",),
+        "luvc.eval.runner": ("EvalFromModel",),
+    },
+)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from luvc.compress.budgets import BudgetPlan
@@ -19,7 +18,7 @@ from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
 from luvc.prompt import token_runs
-from luvc.videos import synthetic_video
+from luvc.videos import VideoTimes, synthetic_video
 
 
 @dataclasses.dataclass
@@ -37,7 +36,7 @@ class Bucket(BucketKey):
     next_position: int  # position of the first text token after the image
     frames: int = 0  # a video's frames (after the processor's padding to whole temporal patches); 0: an image
     parts: tuple[str, ...] = ()  # a mixed bucket's image and video buckets (whose vision graphs it runs)
-    host_arrays: dict = dataclasses.field(default_factory=dict)  # more host metadata (``video_time_arrays``)
+    video_times: VideoTimes | None = None  # where a video's frame-rate-dependent time positions go (Qwen2.5-VL)
     visual_spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each run of visual tokens in the prompt
 
     @property
@@ -120,7 +119,7 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
         image_size=(height, width),
         uncompressed_tokens_per_image=adapter.plan(pixels, LUVCConfig.off()).tokens_per_image[0],
         frames=frames,
-        host_arrays=adapter.video_time_arrays(traced["plan"]) if frames else {},
+        video_times=adapter.video_times(traced["plan"]) if frames else None,
         **traced,
     )
 
@@ -129,14 +128,14 @@ def plan_mixed_bucket(adapter: VLMAdapter, image: Bucket, video: Bucket) -> Buck
     """The bucket of a prompt with the image of bucket ``image``, then the video of bucket ``video`` (their vision
     graphs serve it; its own graph is the prefill)."""
     traced = _traced_prompt(adapter, (_synthetic(image.image_size), _synthetic(video.image_size, video.frames)))
-    host = dict(video.host_arrays)
-    if host:  # the video's time positions start at its first span
-        host["video_time_start"] = np.array(traced["visual_spans"][1][0], dtype=np.int64)  # after the image span
+    times = video.video_times
+    if times is not None:  # the video's time positions start at its first span, after the image's
+        times = dataclasses.replace(times, start=traced["visual_spans"][1][0])
     return Bucket(
         image_size=image.image_size,
         uncompressed_tokens_per_image=image.uncompressed_tokens_per_image + video.uncompressed_tokens_per_image,
         frames=video.frames,
-        host_arrays=host,
+        video_times=times,
         parts=(image.name, video.name),
         **traced,
     )

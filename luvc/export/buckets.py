@@ -127,8 +127,8 @@ BucketKind = Literal["image", "video", "mixed"]
 
 class BucketKey:
     """What names a bucket, for the planned bucket (``bucket_plan.Bucket``) and its manifest entry
-    (``manifest.BucketEntry``) alike: its kind, name and size from ``image_size``, ``frames`` and ``parts``, and where
-    its prompt's text begins from ``visual_spans``."""
+    (``manifest_entries.BucketEntry``) alike: its kind, name and size from ``image_size``, ``frames`` and ``parts``,
+    and where its prompt's text begins from ``visual_spans``."""
 
     image_size: tuple[int, int]
     frames: int

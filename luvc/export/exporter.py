@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import torch
@@ -35,9 +34,6 @@ from luvc.export.lint import check_graph
 from luvc.export.manifest import (
     EXPORT_OUTPUT,
     ExportManifest,
-    GraphEntry,
-    KVCacheEntry,
-    PassesEntry,
     bucket_entry,
     external_data_files,
     geometry_entry,
@@ -46,10 +42,10 @@ from luvc.export.manifest import (
     sha256_file,
     template_entry,
 )
+from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
-from luvc.export.plugin_ops import SPU_VARIANTS as PLUGIN_SPU_VARIANTS
-from luvc.export.plugin_ops import plugin_translations, plugin_units
+from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTimes
@@ -58,6 +54,7 @@ from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
+from luvc.runtime.host_plan import HostPlan
 from luvc.staging import output_claim, staged_folder
 
 AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
@@ -220,15 +217,13 @@ def _node_prefixes(model: onnx.ModelProto) -> list[str]:
     return [place.unit_prefix for place in sorted(units, key=lambda place: (place.stack, place.index))]
 
 
-def _host_metadata(vision: GraphSpec | None, bucket: Bucket) -> dict[str, np.ndarray]:
-    """A bucket's host arrays: its vision graph's metadata inputs (a mixed bucket has none of its own), the prompt
-    positions and what the family adds (``Bucket.host_arrays``)."""
+def host_plan(vision: GraphSpec | None, bucket: Bucket) -> HostPlan:
+    """A bucket's host plan: its vision graph's metadata inputs (a mixed bucket has none of its own), the prompt
+    positions and a video's time positions."""
     feeds = vision.feeds if vision is not None else {}
-    arrays = {name: tensor.numpy() for name, tensor in feeds.items() if name != "pixel_values"}
-    arrays["prompt_position_ids"] = bucket.prompt_position_ids.numpy()
-    arrays["next_position"] = np.array(bucket.next_position, dtype=np.int64)
-    arrays.update(bucket.host_arrays)
-    return arrays
+    metadata = {name: tensor.numpy() for name, tensor in feeds.items() if name != "pixel_values"}
+    prompt = bucket.prompt_position_ids.numpy()
+    return HostPlan(metadata, prompt, bucket.next_position, bucket.video_times, bucket.visual_start)
 
 
 def check_exportable(config: LUVCConfig, plugin_nodes: bool) -> None:
@@ -336,9 +331,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}
             for bucket in buckets:
                 host = staging / f"host_{bucket.name}.npz"
-                np.savez(host, **_host_metadata(vision_specs.get(bucket.name), bucket))
+                host_plan(vision_specs.get(bucket.name), bucket).save(host)
                 files.append(host.name)
-                bucket_entries[bucket.name] = bucket_entry(bucket, adapter.num_layers)
+                bucket_entries[bucket.name] = bucket_entry(bucket)
             with times.stage("hash"):
                 hashes = {name: hashes.get(name) or sha256_file(staging / name) for name in sorted(files)}
                 source = source.result()
@@ -411,7 +406,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                     node_prefixes=tuple(_node_prefixes(model)),
                     num_nodes=len(model.graph.node),
                     external_data=tuple(written[1:]),
-                    passes=tuple(stat.to_dict() for stat in pass_stats),
+                    passes=tuple(stat.entry() for stat in pass_stats),
                 )
                 progress.update(task, completed=len(STEPS) + 1, step="done")
                 progress.update(overall, advance=cost)

@@ -1,10 +1,9 @@
 """``manifest.json`` of an export folder: what made it, what is static, every graph's I/O and every file's hash.
 
-The next stages (engines, runtime, parity) read this file instead of guessing, through typed entries: ``ModelEntry``
-(what made it), ``TemplateEntry`` (the prompt the export expects), ``ModelGeometry`` (the LLM's and encoder's sizes),
-``ProfileEntry`` (the export limits), ``BucketEntry`` (the static facts of one image size), ``GraphEntry`` with
-``TensorEntry`` I/O, ``KVCacheEntry`` (the decode graph's cache). ``ExportManifest.load`` validates the format version
-and the fields, and checks that every listed file is present and unchanged; ``load_graph`` refuses a graph whose
+The next stages (engines, runtime, parity) read this file instead of guessing, through the typed entries of
+``luvc.export.manifest_entries``; this module reads and writes them (``ExportManifest``) and makes them from an adapter,
+a bucket and a profile (``bucket_entry``, ``geometry_entry``, ...). ``ExportManifest.load`` validates the format
+version and the fields, and checks that every listed file is present and unchanged; ``load_graph`` refuses a graph whose
 external-data file is missing.
 """
 
@@ -21,8 +20,21 @@ from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.buckets import BucketKey, size_name, size_option
+from luvc.export.buckets import size_name, size_option
 from luvc.export.inspect import value_dims
+from luvc.export.manifest_entries import (
+    BucketEntry,
+    GraphEntry,
+    KVCacheEntry,
+    ModelEntry,
+    ModelGeometry,
+    PassEntry,
+    PassesEntry,
+    ProfileEntry,
+    QuantizationEntry,
+    TemplateEntry,
+    TensorEntry,
+)
 from luvc.staging import OutputKind
 
 if TYPE_CHECKING:
@@ -81,231 +93,12 @@ def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
     ]
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorEntry:
-    """A graph input or output: name, ONNX dtype name (``float``, ``float16``, ``int64``) and shape, with symbolic
-    dimensions as strings (``batch``, ``sequence_length``, ``135 + text_tokens``)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def all_of(cls, entries: list[dict[str, Any]]) -> tuple[TensorEntry, ...]:
-        """The entries of a manifest's I/O list, as JSON holds them."""
-        return tuple(cls(entry["name"], entry["dtype"], tuple(entry["shape"])) for entry in entries)
-
-
 def io_entries(values) -> list[TensorEntry]:
     """The ``TensorEntry`` of each ONNX value info."""
     return [
         TensorEntry(info.name, ONNX_DTYPES[info.type.tensor_type.elem_type], tuple(value_dims(info, unknown="?")))
         for info in values
     ]
-
-
-@dataclasses.dataclass(frozen=True)
-class GraphEntry:
-    """One graph file: its kind (``embed``, ``vision``, ``prefill``, ``decode``, ``text``: the prefill of prompts
-    without visuals), the bucket it belongs to (vision and prefill), its external-data files, I/O, LUVC node
-    prefixes, node count and what each graph pass did."""
-
-    file: str
-    kind: str
-    bucket: str | None
-    inputs: tuple[TensorEntry, ...]
-    outputs: tuple[TensorEntry, ...]
-    node_prefixes: tuple[str, ...] = ()
-    num_nodes: int = 0
-    external_data: tuple[str, ...] = ()
-    passes: tuple[dict[str, Any], ...] = ()
-    opset: int | None = None  # a quantized graph's own opset (FP8 Q/DQ needs 19)
-
-    def input(self, name: str) -> TensorEntry:
-        """The input named ``name``."""
-        return next(entry for entry in self.inputs if entry.name == name)
-
-
-@dataclasses.dataclass(frozen=True)
-class BucketEntry(BucketKey):
-    """The static facts of one image-size bucket: tokens per image (after OIM; and without it), where the image
-    tokens start in the prompt, the shortest text after them, the per-layer budgets, the layers SPU runs before (and
-    those whose kept indices the prefill graph outputs), the first position after the image, each layer's KV length,
-    and the names of its vision and prefill graphs and host-metadata file."""
-
-    image_size: tuple[int, int]
-    tokens_per_image: int
-    uncompressed_tokens_per_image: int
-    visual_start: int
-    min_text_tokens: int
-    budgets: tuple[int, ...]
-    prune_layers: tuple[int, ...]
-    kept_index_layers: tuple[int, ...]
-    next_position: int
-    kv_lengths: tuple[str, ...]
-    vision: str
-    prefill: str
-    host: str
-    frames: int = 0  # a video bucket's frames (0: an image bucket)
-    spans: tuple[tuple[int, int], ...] = ()  # (start, tokens) of each visual span when there are several
-    parts: tuple[str, ...] = ()  # a mixed bucket's image and video buckets, whose vision graphs it runs
-
-    @property
-    def visual_spans(self) -> tuple[tuple[int, int], ...]:
-        """``(start, tokens)`` of each run of visual tokens in the prompt (a Qwen3-VL video: one per slice)."""
-        return self.spans or ((self.visual_start, self.tokens_per_image),)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelEntry:
-    """What the export was made from: the checkpoint (or built-in name), its architecture and config hash."""
-
-    id: str
-    architecture: str
-    config_sha256: str
-    weights_sha256: str | None = None  # luvc.export.source: exports before 0.1 recorded none
-
-
-@dataclasses.dataclass(frozen=True)
-class TemplateEntry:
-    """The prompt the graphs expect: the template (``{image}``, ``{prompt}``), the BOS text it starts with, where it
-    came from, the image placeholder and its token id, the end-of-sequence id(s), and for families that take videos
-    the video placeholder (which takes the image's place in the template) and its token id."""
-
-    text: str
-    bos: str
-    source: str
-    image_placeholder: str
-    image_token_id: int
-    eos_token_id: int | list[int] | None
-    video_placeholder: str | None = None
-    video_token_id: int | None = None
-    video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.prompt.video_text)
-    visual_separator: str | None = None  # between the image and the video of a mixed bucket's prompt
-    chat_template: str | None = None  # the Jinja template conversations render with (luvc.prompt.render_conversation)
-
-    def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
-        """The placeholder text and token id of ``bucket``'s image or video tokens."""
-        if bucket.frames:
-            return self.video_placeholder, self.video_token_id
-        return self.image_placeholder, self.image_token_id
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelGeometry:
-    """Sizes the runtime allocates with: LLM hidden size, layers, KV heads, head size, vocabulary, rows of position
-    ids (3 for M-RoPE), and the encoder's patch size."""
-
-    hidden_size: int
-    num_layers: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    position_rows: int
-    patch_size: int
-    temporal_patch_size: int | None = None  # frames in one temporal patch (families that take videos)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProfileEntry:
-    """The export limits: image sizes, precision, batch, text and generation lengths, opset, where weights live and
-    the KV-update form."""
-
-    image_sizes: tuple[tuple[int, int], ...]
-    precision: str
-    max_batch: int
-    max_text_tokens: int
-    max_new_tokens: int
-    opset: int
-    external_data: str
-    kv_update: str
-    video_sizes: tuple[tuple[int, int, int], ...] = ()
-    mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
-
-    def check_max_new_tokens(self, max_new_tokens: int, label: str | None = None) -> None:
-        """Refuse a generation length outside 1 .. the profile's ``max_new_tokens``; ``label`` names the value in the
-        error (default ``max_new_tokens=N``; a CLI flag, e.g. ``--max-new-tokens N``)."""
-        if not 1 <= max_new_tokens <= self.max_new_tokens:
-            critical(
-                f"{label or f'max_new_tokens={max_new_tokens}'} must be between 1 and the export profile's "
-                f"{self.max_new_tokens}; re-export with a larger --max-new-tokens for more."
-            )
-
-
-@dataclasses.dataclass(frozen=True)
-class KVCacheEntry:
-    """The decode graph's KV cache: the update form and every layer's capacity."""
-
-    update: str
-    capacity: tuple[int, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizationSource:
-    """The fp32 export a calibrated export was made from, and its manifest's sha256."""
-
-    export: str
-    manifest_sha256: str
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrationRun:
-    """What calibration ran on: the samples by name, and the greedy decode steps per sample."""
-
-    samples: tuple[str, ...]
-    decode_steps: int
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizationEntry:
-    """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
-    run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
-    TensorRT 10's calibration caches (INT8), the first-token agreement with the fp32 source, (INT4) the input
-    channels per weight scale, and (``--target-agreement``) the layers kept in floating point and why."""
-
-    precision: str
-    method: str
-    library: str
-    source: QuantizationSource
-    calibration: CalibrationRun
-    quantized_ops: tuple[str, ...]
-    activations: str
-    weights: str
-    excluded_nodes: dict[str, dict[str, str]]
-    ranges_file: str
-    tensorrt10_calibration_caches: tuple[str, ...]
-    agreement_with_fp32: dict[str, float] = dataclasses.field(default_factory=dict)
-    block_size: int | None = None
-    # accuracy-driven precision: the logits cosine asked for, what the full quantization reached, the layers kept in
-    # floating point to reach it, and each quantized layer's sensitivity (the logits cosine gained by keeping it
-    # alone in floating point)
-    target_agreement: float | None = None
-    fully_quantized_cosine: float | None = None
-    float_layers: tuple[str, ...] = ()
-    layer_sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantizationEntry:
-        return cls(
-            **{
-                **data,
-                "source": QuantizationSource(**data["source"]),
-                "calibration": CalibrationRun(
-                    tuple(data["calibration"]["samples"]), data["calibration"]["decode_steps"]
-                ),
-                "quantized_ops": tuple(data["quantized_ops"]),
-                "tensorrt10_calibration_caches": tuple(data["tensorrt10_calibration_caches"]),
-                "float_layers": tuple(data.get("float_layers", ())),
-            }
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class PassesEntry:
-    """Whether the graph passes ran, and whether LUVC units were traced as plugin nodes (``--plugin-nodes``)."""
-
-    enabled: bool
-    plugin_nodes: bool = False
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
@@ -458,7 +251,7 @@ class ExportManifest:
         return self.buckets[name]
 
 
-def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
+def bucket_entry(bucket: Bucket) -> BucketEntry:
     """The manifest entry of a planned bucket."""
     from luvc.export.llm import kept_index_layers
 
@@ -475,10 +268,6 @@ def bucket_entry(bucket: Bucket, num_layers: int) -> BucketEntry:
         next_position=bucket.next_position,
         frames=bucket.frames,
         spans=tuple(bucket.visual_spans) if len(bucket.visual_spans) > 1 else (),
-        kv_lengths=tuple(
-            f"{bucket.visual_end - bucket.tokens_per_image + plan.total[layer]} + text_tokens"
-            for layer in range(num_layers)
-        ),
         vision="" if bucket.parts else f"vision_{bucket.name}",
         prefill=f"prefill_{bucket.name}",
         host=f"host_{bucket.name}.npz",
@@ -532,16 +321,18 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
 
 
 def _bucket(entry: dict[str, Any]) -> BucketEntry:
-    lists = ("budgets", "prune_layers", "kept_index_layers", "kv_lengths")
+    lists = ("budgets", "prune_layers", "kept_index_layers")
     spans = tuple(map(tuple, entry.get("spans", ())))
     fields = {"image_size": tuple(entry["image_size"]), "spans": spans, "parts": tuple(entry.get("parts", ()))}
+    entry = {key: value for key, value in entry.items() if key != "kv_lengths"}  # older exports wrote it, unread
     return BucketEntry(**{**entry, **fields, **{k: tuple(entry[k]) for k in lists}})
 
 
 def _graph(entry: dict[str, Any]) -> GraphEntry:
     tensors = {key: TensorEntry.all_of(entry[key]) for key in ("inputs", "outputs")}
-    lists = {key: tuple(entry.get(key, ())) for key in ("node_prefixes", "external_data", "passes")}
-    return GraphEntry(**{**entry, **tensors, **lists})
+    lists = {key: tuple(entry.get(key, ())) for key in ("node_prefixes", "external_data")}
+    passes = tuple(PassEntry.from_dict(stat) for stat in entry.get("passes", ()))
+    return GraphEntry(**{**entry, **tensors, **lists, "passes": passes})
 
 
 def checked_graph_path(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> Path:

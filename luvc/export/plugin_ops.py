@@ -41,7 +41,7 @@ from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
 from luvc.models.decoder import Span, pruned_spans, spu_prune
 from luvc.models.scope import Scope
 
-SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
+PLUGIN_SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
 _FLOATS = ("tensor(float)", "tensor(float16)")
 
 
@@ -254,8 +254,8 @@ def _spectrum_prune_unit(
 def plugin_units(model: nn.Module, variant: str, rho: float) -> Iterator[None]:
     """Within the block, every OIM and SPU scope of ``model`` calls the plugin op instead of its native ops
     (``variant`` and ``rho``: the applied SPU config)."""
-    if variant not in SPU_VARIANTS:
-        variant = SPU_VARIANTS[0]  # no SPU scope runs when SPU is off
+    if variant not in PLUGIN_SPU_VARIANTS:
+        variant = PLUGIN_SPU_VARIANTS[0]  # no SPU scope runs when SPU is off
     replacements = {
         merge_units: _ortho_merge_unit,
         spu_prune: functools.partial(_spectrum_prune_unit, variant=variant, rho=rho),

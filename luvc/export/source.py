@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, ModelEntry, geometry_entry
+from luvc.export.manifest import ExportManifest, geometry_entry
+from luvc.export.manifest_entries import ModelEntry
 
 if TYPE_CHECKING:
     from luvc.models.base import VLMAdapter

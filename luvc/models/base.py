@@ -19,7 +19,7 @@ from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import LUVC_BUDGET_PLANS, PlanCache, RequestPlan, VisionTrace, planned_budgets, plans_on
 from luvc.models.scope import Scope
 from luvc.prompt import PromptTemplate, chat_template_of, template_for
-from luvc.videos import Video
+from luvc.videos import Video, VideoTimes
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -305,9 +305,9 @@ class VLMAdapter:
         """Frames of the video the processor made ``pixels`` of, padded to whole temporal patches (0: images)."""
         return 0
 
-    def video_time_arrays(self, plan: RequestPlan) -> dict:
-        """Host arrays a video bucket needs when its positions depend on the video's frame rate (Qwen2.5-VL)."""
-        return {}
+    def video_times(self, plan: RequestPlan) -> VideoTimes | None:
+        """Where a video bucket's time positions go when they depend on the video's frame rate (Qwen2.5-VL)."""
+        return None
 
     def pixel_rows_per_image(self, pixels: dict) -> int:
         """Rows of a ``(rows, C, H, W)`` pixel batch per image: 1, or InternVL's tiles."""
@@ -315,8 +315,9 @@ class VLMAdapter:
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         """``(R, B, S)`` LLM position ids of the prompt in ``inputs`` under its images' ``plan`` (R = 3 M-RoPE rows,
-        or 1)."""
-        raise NotImplementedError
+        or 1). This default is the 1-row ``0 .. S-1`` of every row (InternVL, LLaVA); M-RoPE families override it."""
+        batch, length = inputs["input_ids"].shape
+        return torch.arange(length).expand(1, batch, length)
 
     # -- cost -----------------------------------------------------------------------------------------------
     def vision_spec(self) -> VisionSpec:

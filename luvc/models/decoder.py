@@ -302,6 +302,73 @@ def _ranked_cuts(config: LUVCConfig, cuts: Sequence[int]) -> set[int]:
     return set()
 
 
+def _check_layout(attention_mask: torch.Tensor | None, cache: LuvcCache | None, length: int) -> None:
+    """Refuse what the LUVC decoder cannot take: padded rows, or more than one token after the prompt."""
+    if attention_mask is not None and not bool(attention_mask.all()):
+        critical(
+            "Padded batches are not supported by the LUVC decoder: every row must have the same prompt "
+            "length. Pad nothing, or run the rows one at a time."
+        )
+    if cache is not None and cache.get_seq_length() > 0 and length > 1:
+        critical(
+            "The LUVC decoder takes the prompt in one prefill and then one token per step; got "
+            f"{length} tokens with a non-empty cache."
+        )
+
+
+class CutScoring:
+    """What the cuts of one forward score with, layer by layer. A criterion that ranks by attention (FastV, PDrop,
+    ToDRE) measures the last prompt token's attention in the layer before each cut it ranks (``probe``), or, for a cut
+    before layer 0, layer 0's attention on its input; a ranking from the vision side (VisionZip) is used as it comes;
+    a variation criterion (V2Drop) scores what the layer before changed; otherwise a cut scores the residual stream
+    entering its layer, or its normed input (``spu_input="normed"``)."""
+
+    def __init__(
+        self,
+        config: LUVCConfig,
+        cuts: Sequence[int],
+        spans: Sequence[Span],
+        layout: SpanLayout,
+        visual_ranking: torch.Tensor | None,
+    ) -> None:
+        self.config, self.cuts, self.layout = config, list(cuts), layout
+        self.ranked_cuts = _ranked_cuts(config, cuts)
+        self.reads_variation = bool(cuts) and criterion(config.spu_variant).reads_variation
+        self.num_visual = sum(count for _, count in spans)
+        self.ranking = visual_ranking
+        self.columns: torch.Tensor | None = None  # the attention columns of the visual tokens, from the last probe
+        self.previous: torch.Tensor | None = None  # the last layer's input, for a variation criterion
+
+    def scorer(
+        self, layer: int, decoder_layer: nn.Module, hidden, cos, sin, spans, visual_ids
+    ) -> tuple[Scorer, torch.Tensor]:
+        """The scorer of the cut before ``layer`` and what it scores."""
+        if layer in self.ranked_cuts:
+            if layer == 0:  # a cut before layer 0: layer 0's attention on its input
+                self.columns = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
+            ranking = torch.zeros(hidden.shape[0], self.num_visual, device=hidden.device)
+            self.ranking = ranking.scatter(1, visual_ids, self.columns.float())
+        scorer = make_scorer(self.config, self.num_visual, self.ranking, self.layout, self.cuts.index(layer))
+        if self.reads_variation:
+            return scorer, hidden if self.previous is None else hidden - self.previous
+        if self.config.spu_input == "normed":
+            return scorer, decoder_layer.input_layernorm(hidden)
+        return scorer, hidden
+
+    def probe(self, layer: int, decoder_layer: nn.Module, hidden: torch.Tensor):
+        """What runs around ``layer``: an attention probe when a ranked cut follows it (else nothing)."""
+        if self.reads_variation:
+            self.previous = hidden
+        if layer + 1 in self.ranked_cuts:
+            return attention_probe(decoder_layer.self_attn, "last-query")
+        return contextlib.nullcontext()
+
+    def measured(self, record, spans: Sequence[Span]) -> None:
+        """Keep the visual tokens' attention columns a probe recorded (``None``: no probe ran)."""
+        if record is not None:
+            self.columns = visual_columns(record.concatenated(), spans)
+
+
 class SpuDecoderMixin:
     """Modifications (mixed into a family's text model, before the upstream class):
 
@@ -356,50 +423,27 @@ class SpuDecoderMixin:
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = LuvcCache()
+        _check_layout(attention_mask, past_key_values, length)
         start = getattr(past_key_values, "num_positions", 0) if past_key_values is not None else 0
-        if attention_mask is not None and not bool(attention_mask.all()):
-            critical(
-                "Padded batches are not supported by the LUVC decoder: every row must have the same prompt "
-                "length. Pad nothing, or run the rows one at a time."
-            )
-        if past_key_values is not None and past_key_values.get_seq_length() > 0 and length > 1:
-            critical(
-                "The LUVC decoder takes the prompt in one prefill and then one token per step; got "
-                f"{length} tokens with a non-empty cache."
-            )
         if position_ids is None:
             position_ids = self.luvc_default_positions(batch, length, start, hidden.device)
         cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
 
-        config = self.luvc_config
         cuts = sorted(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else []
         spans = tuple(visual_spans)
-        ranked_cuts = _ranked_cuts(config, cuts)
-        if ranked_cuts and visual_shift is not None:
-            raise ValueError("a criterion that ranks by attention reads the spans at fixed positions; give no shift")
         layout = SpanLayout.of(tuple(c for _, c in spans), None if span_grids is None else tuple(span_grids))
-        if config.spu_lowpass == "grid" and cuts and layout.grids is None:
+        scoring = CutScoring(self.luvc_config, cuts, spans, layout, visual_ranking)
+        if scoring.ranked_cuts and visual_shift is not None:
+            raise ValueError("a criterion that ranks by attention reads the spans at fixed positions; give no shift")
+        if self.luvc_config.spu_lowpass == "grid" and cuts and layout.grids is None:
             critical(GRID_REFUSAL)
-        reads_variation = bool(cuts) and criterion(config.spu_variant).reads_variation
-        num_visual = sum(c for _, c in spans)
-        visual_ids = torch.arange(num_visual, device=hidden.device).expand(batch, -1)
-        ranking, columns, previous = visual_ranking, None, None
+        visual_ids = torch.arange(scoring.num_visual, device=hidden.device).expand(batch, -1)
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
         has_masks = isinstance(past_key_values, LuvcCache)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in cuts:
-                if layer_index in ranked_cuts:
-                    if layer_index == 0:  # a cut before layer 0: layer 0's attention on its input
-                        columns = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
-                    ranking = torch.zeros(batch, num_visual, device=hidden.device)
-                    ranking = ranking.scatter(1, visual_ids, columns.float())
-                scorer = make_scorer(config, num_visual, ranking, layout, cuts.index(layer_index))
-                score_input = hidden
-                if reads_variation:
-                    score_input = hidden if previous is None else hidden - previous
-                elif config.spu_input == "normed":
-                    score_input = decoder_layer.input_layernorm(hidden)
+                scorer, score_input = scoring.scorer(layer_index, decoder_layer, hidden, cos, sin, spans, visual_ids)
                 hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
                     hidden,
                     cos,
@@ -416,11 +460,7 @@ class SpuDecoderMixin:
                 mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
             else:
                 mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None
-            probing = layer_index + 1 in ranked_cuts
-            probe = attention_probe(decoder_layer.self_attn, "last-query") if probing else contextlib.nullcontext()
-            if reads_variation:
-                previous = hidden
-            with probe as record:
+            with scoring.probe(layer_index, decoder_layer, hidden) as record:
                 hidden = decoder_layer(
                     hidden,
                     attention_mask=mask,
@@ -430,8 +470,7 @@ class SpuDecoderMixin:
                     **cache_kwargs(past_key_values),
                     **kwargs,
                 )
-            if record is not None:  # the layer before a ranked cut: the last prompt token's attention
-                columns = visual_columns(record.concatenated(), spans)
+            scoring.measured(record, spans)  # the layer before a ranked cut: the last prompt token's attention
             if layer_index < len(deepstack):
                 hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index], visual_shift)
         hidden = self.norm(hidden)

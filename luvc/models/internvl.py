@@ -255,10 +255,6 @@ class InternVLAdapter(VLMAdapter):
     def processed_size(self, image_size: Sequence[int], pixels: dict) -> tuple[int, int]:
         return tile_canvas(image_size, self.image_processor)
 
-    def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
-        batch, length = inputs["input_ids"].shape
-        return torch.arange(length).expand(1, batch, length)
-
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config
         patch = vision.num_channels * self.patch_size**2

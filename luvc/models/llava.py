@@ -192,10 +192,6 @@ class LlavaAdapter(VLMAdapter):
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         return LlavaVisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}
 
-    def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
-        batch, length = inputs["input_ids"].shape
-        return torch.arange(length).expand(1, batch, length)
-
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config
         patch = vision.num_channels * vision.patch_size**2

@@ -18,12 +18,13 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.plan import RequestPlan
 from luvc.models.qwen2_vl import (
+    LuvcClasses,
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
     QwenVLModelMixin,
     mrope_rotary_ids,
 )
-from luvc.videos import seconds_per_slice
+from luvc.videos import VideoTimes, seconds_per_slice
 
 
 class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
@@ -48,7 +49,7 @@ class LuvcQwen2_5_VLModel(QwenVLModelMixin, Qwen2_5_VLModel):
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     architecture = "Qwen2_5_VLForConditionalGeneration"
-    luvc_classes = (LuvcQwen2_5_VisionTransformer, LuvcQwen2_5_VLTextModel, LuvcQwen2_5_VLModel)
+    luvc_classes = LuvcClasses(LuvcQwen2_5_VisionTransformer, LuvcQwen2_5_VLTextModel, LuvcQwen2_5_VLModel)
     gated_vision_mlp = True
 
     def preprocess_videos(self, videos) -> dict:
@@ -60,7 +61,7 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
         inputs["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
         return inputs
 
-    def video_time_arrays(self, plan: RequestPlan) -> dict[str, np.ndarray]:
+    def video_times(self, plan: RequestPlan) -> VideoTimes:
         """The time row of a video's M-RoPE ids depends on its frame rate: the runtime recomputes it
         (``video_time_positions``) from the slice of each visual token and the scale (tokens per second, doubled by
         each temporal merge)."""
@@ -69,4 +70,4 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
         merge = self.model.config.vision_config.spatial_merge_size
         slices = np.repeat(np.arange(t, dtype=np.int64), h * w // merge**2)
         scale = self.model.config.vision_config.tokens_per_second * 2**encoder.temporal_merges
-        return {"video_time_slices": slices, "video_time_scale": np.array(scale, dtype=np.float32)}
+        return VideoTimes(None, slices, float(scale))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -315,6 +316,15 @@ class LuvcQwen2VLModel(QwenVLModelMixin, Qwen2VLModel):
     __doc__ = QwenVLModelMixin.__doc__
 
 
+class LuvcClasses(NamedTuple):
+    """The LUVC classes a Qwen-VL family swaps in: its vision encoder, text model and multimodal model (each says
+    what the family can do, e.g. ``vision.luvc_windowed``, ``model.luvc_frame_spans``)."""
+
+    vision: type
+    text: type
+    model: type
+
+
 class Qwen2VLAdapter(VLMAdapter):
     architecture = "Qwen2VLForConditionalGeneration"
     image_placeholder = "<|image_pad|>"
@@ -329,13 +339,13 @@ class Qwen2VLAdapter(VLMAdapter):
         "<|vision_start|><|image_pad|><|vision_end|>",
         "<|im_start|>assistant\n",
     )
-    luvc_classes = (LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
+    luvc_classes = LuvcClasses(LuvcQwen2VisionTransformer, LuvcQwen2VLTextModel, LuvcQwen2VLModel)
     gated_vision_mlp = False  # Qwen2.5-VL's vision MLP has three matrices (gate, up, down), Qwen2-VL's two
 
     @property
     def windowed(self) -> bool:
         """Whether the encoder attends within windows (its LUVC class says so: Qwen2.5-VL)."""
-        return self.luvc_classes[0].luvc_windowed
+        return self.luvc_classes.vision.luvc_windowed
 
     position_rows = 3
 
@@ -395,7 +405,7 @@ class Qwen2VLAdapter(VLMAdapter):
         merge = self.model.config.vision_config.spatial_merge_size
         per_image = (plan.output_grid_thw.prod(-1) // merge**2).tolist()
         spans = ()
-        frame_spans = bool(self.luvc_classes[2].luvc_frame_spans and qwen_visual_grid(inputs)[1])
+        frame_spans = bool(self.luvc_classes.model.luvc_frame_spans and qwen_visual_grid(inputs)[1])
         if frame_spans:
             spans = tuple(plan.output_grid_thw[:, 0].tolist())  # one span per temporal slice
         grids = tuple(visual_span_grids(plan, merge, frame_spans))

@@ -21,6 +21,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 from luvc.compress.cost import VisionSpec
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.qwen2_vl import (
+    LuvcClasses,
     LuvcQwen2VisionTransformer,
     Qwen2VLAdapter,
     QwenVLModelMixin,
@@ -72,7 +73,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         seconds = slice_timestamps(visual, temporal, spans)
         return video_text(self.video_placeholder, tokens, self.video_frame_template, seconds)
 
-    luvc_classes = (LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)
+    luvc_classes = LuvcClasses(LuvcQwen3VisionModel, LuvcQwen3VLTextModel, LuvcQwen3VLModel)
 
     @property
     def deepstack_planes(self) -> int:

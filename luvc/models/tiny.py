@@ -99,6 +99,16 @@ def _qwen_image_processor(patch: int = 14) -> Qwen2VLImageProcessorPil:
     )
 
 
+VIT_DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)  # InternVL, LLaVA
+
+
+def qwen_vision_config(depth: int = 2, hidden: int = 32, heads: int = 4, patch: int = 14, **own) -> dict:
+    """A Qwen-VL vision-encoder config (2x2 merge, 2-frame temporal patches; the tiny one by default), with each
+    family's own fields."""
+    geometry = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, spatial_merge_size=2)
+    return dict(geometry, temporal_patch_size=2, **own)
+
+
 def _qwen_token_ids(tokenizer) -> dict:
     image, video, start, end = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     return dict(image_token_id=image, video_token_id=video, vision_start_token_id=start, vision_end_token_id=end)
@@ -107,16 +117,7 @@ def _qwen_token_ids(tokenizer) -> dict:
 def tiny_qwen2_vl(tokenizer):
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=32,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+        vision_config=qwen_vision_config(embed_dim=32, mlp_ratio=2),
         **_qwen_token_ids(tokenizer),
     )
     return Qwen2VLForConditionalGeneration(config), _qwen_image_processor()
@@ -125,17 +126,8 @@ def tiny_qwen2_vl(tokenizer):
 def tiny_qwen2_5_vl(tokenizer):
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tokenizer),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            out_hidden_size=32,
-            num_heads=4,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[1],
+        vision_config=qwen_vision_config(
+            intermediate_size=64, out_hidden_size=32, window_size=112, fullatt_block_indexes=[1]
         ),
         **_qwen_token_ids(tokenizer),
     )
@@ -146,15 +138,11 @@ def tiny_qwen3_vl(tokenizer):
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2], "mrope_interleaved": True}
     config = Qwen3VLConfig(
         text_config=dict(_text_dims(tokenizer), head_dim=8, rope_parameters=rope),
-        vision_config=dict(
+        vision_config=qwen_vision_config(
             depth=3,
-            hidden_size=32,
+            patch=16,
             intermediate_size=64,
             out_hidden_size=32,
-            num_heads=4,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
             num_position_embeddings=64,  # an 8 x 8 table, resampled to each grid
             deepstack_visual_indexes=[0, 1],  # block 0's feature is taken before the default OIM step (after block 0)
         ),
@@ -166,14 +154,7 @@ def tiny_qwen3_vl(tokenizer):
 def tiny_internvl(tokenizer):
     (image,) = _ids(tokenizer, "<IMG_CONTEXT>")
     config = InternVLConfig(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=[INTERNVL_TILE, INTERNVL_TILE],
-            patch_size=[14, 14],
-        ),
+        vision_config=dict(VIT_DIMS, image_size=[INTERNVL_TILE, INTERNVL_TILE], patch_size=[14, 14]),
         text_config=Qwen2Config(**_text_dims(tokenizer)).to_dict(),
         image_token_id=image,
         image_seq_length=(INTERNVL_TILE // 28) ** 2,
@@ -187,15 +168,7 @@ def tiny_internvl(tokenizer):
 def tiny_llava(tokenizer):
     (image,) = _ids(tokenizer, "<image>")
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=14,
-            projection_dim=32,
-        ),
+        vision_config=CLIPVisionConfig(**VIT_DIMS, image_size=TINY_IMAGE_SIZE, patch_size=14, projection_dim=32),
         text_config=LlamaConfig(**_text_dims(tokenizer)),
         image_token_index=image,
         image_seq_length=(TINY_IMAGE_SIZE // 14) ** 2,

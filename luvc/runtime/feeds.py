@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from luvc.errors import critical
-from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.host_plan import HostPlan
 from luvc.runtime.prompt_ids import PromptRows, visual_tokens
 from luvc.runtime.session import TORCH_DTYPES

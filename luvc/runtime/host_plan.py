@@ -13,19 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from luvc.videos import video_time_positions
+from luvc.videos import VideoTimes, video_time_positions
 
 _PROMPT_KEYS = ("prompt_position_ids", "next_position", "video_time_slices", "video_time_scale", "video_time_start")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # holds an array: compared by identity
-class VideoTimes:
-    """Where a video's time positions go (prompt index ``start``), each token's temporal ``slices``, and the
-    ``scale`` from seconds to positions (``luvc.videos.video_time_positions``)."""
-
-    start: int
-    slices: np.ndarray
-    scale: float
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
@@ -37,6 +27,19 @@ class HostPlan:
     next_position: int
     video_times: VideoTimes | None = None
     visual_start: int = 0  # where the template's visual tokens start (its text before them has positions 0, 1, ...)
+
+    def save(self, path: Path) -> None:
+        """Write the plan to ``path`` (an ``.npz``), as ``load`` reads it."""
+        arrays = dict(self.vision_metadata)
+        arrays["prompt_position_ids"] = self.prompt_position_ids
+        arrays["next_position"] = np.array(self.next_position, dtype=np.int64)
+        times = self.video_times
+        if times is not None:
+            arrays["video_time_slices"] = times.slices
+            arrays["video_time_scale"] = np.array(times.scale, dtype=np.float32)
+            if times.start is not None:
+                arrays["video_time_start"] = np.array(times.start, dtype=np.int64)
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Path, visual_start: int) -> HostPlan:

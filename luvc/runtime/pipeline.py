@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from luvc.errors import critical
-from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime import BACKENDS
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from luvc.errors import critical
-from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import BucketEntry
 from luvc.images import orientation_note
 from luvc.processing import load_processor, tile_canvas
 from luvc.prompt import Conversation

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from luvc.errors import critical
-from luvc.export.manifest import BucketEntry, ExportManifest
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import BucketEntry
 from luvc.export.profile import PROFILE_LIMITS
 from luvc.prompt import Conversation, PromptTemplate, Turn, render_conversation, token_runs, video_text
 from luvc.videos import DEFAULT_SAMPLED_FPS, Video, slice_timestamps

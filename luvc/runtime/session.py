@@ -23,7 +23,7 @@ import torch
 
 from luvc.errors import critical
 from luvc.export.inspect import evaluate_dim, root_of
-from luvc.export.manifest import TensorEntry
+from luvc.export.manifest_entries import TensorEntry
 
 TORCH_DTYPES = {
     "float": torch.float32,

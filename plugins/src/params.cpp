@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 namespace luvc
 {
@@ -17,6 +18,28 @@ std::string list(std::vector<int64_t> const& values)
     }
     return text + "]";
 }
+
+//! The one value of field ``name``, which must hold exactly one.
+template <typename Value>
+Value readOne(nvinfer1::PluginFieldCollection const* fields, char const* name, char const* what)
+{
+    auto const& field = requireField(fields, name);
+    auto const values = [&] {
+        if constexpr (std::is_same_v<Value, float>)
+        {
+            return readFloats(field);
+        }
+        else
+        {
+            return readInts(field);
+        }
+    }();
+    if (values.size() != 1)
+    {
+        throw FieldError(std::string("field '") + name + "' must hold one " + what);
+    }
+    return values[0];
+}
 } // namespace
 
 OrthoMergeParams OrthoMergeParams::fromFields(nvinfer1::PluginFieldCollection const* fields)
@@ -26,12 +49,7 @@ OrthoMergeParams OrthoMergeParams::fromFields(nvinfer1::PluginFieldCollection co
     params.indexB = readInts(requireField(fields, "index_b"));
     params.weightA = readFloats(requireField(fields, "weight_a"));
     params.weightB = readFloats(requireField(fields, "weight_b"));
-    auto const axis = readInts(requireField(fields, "axis"));
-    if (axis.size() != 1)
-    {
-        throw FieldError("field 'axis' must hold one integer");
-    }
-    params.axis = axis[0];
+    params.axis = readOne<int64_t>(fields, "axis", "integer");
     params.validate();
     return params;
 }
@@ -105,12 +123,7 @@ SpectrumPruneParams SpectrumPruneParams::fromFields(nvinfer1::PluginFieldCollect
     {
         throw FieldError("SpectrumPrune: variant '" + variant + "' is not spectral-residual or channel-spectrum");
     }
-    auto const rho = readFloats(requireField(fields, "rho"));
-    if (rho.size() != 1)
-    {
-        throw FieldError("field 'rho' must hold one float");
-    }
-    params.rho = rho[0];
+    params.rho = readOne<float>(fields, "rho", "float");
     params.validate();
     return params;
 }

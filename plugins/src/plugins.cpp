@@ -80,25 +80,6 @@ IPluginCapability* PluginBase::getCapabilityInterface(PluginCapabilityType type)
 
 // ---- OrthoMerge ------------------------------------------------------------------------------------------------
 
-OrthoMergePlugin::OrthoMergePlugin(OrthoMergeParams params)
-    : PluginBase(kName)
-    , mRunner(std::move(params))
-{
-}
-
-IPluginV3* OrthoMergePlugin::clone() noexcept
-{
-    try
-    {
-        return new OrthoMergePlugin(mRunner.params());
-    }
-    catch (std::exception const& error)
-    {
-        reportError(error.what());
-        return nullptr;
-    }
-}
-
 int32_t OrthoMergePlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
@@ -169,25 +150,6 @@ PluginFieldCollection const* OrthoMergePlugin::getFieldsToSerialize() noexcept
 }
 
 // ---- SpectrumPrune ---------------------------------------------------------------------------------------------
-
-SpectrumPrunePlugin::SpectrumPrunePlugin(SpectrumPruneParams params)
-    : PluginBase(kName)
-    , mRunner(std::move(params))
-{
-}
-
-IPluginV3* SpectrumPrunePlugin::clone() noexcept
-{
-    try
-    {
-        return new SpectrumPrunePlugin(mRunner.params());
-    }
-    catch (std::exception const& error)
-    {
-        reportError(error.what());
-        return nullptr;
-    }
-}
 
 int32_t SpectrumPrunePlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept

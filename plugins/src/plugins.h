@@ -6,7 +6,9 @@
 
 #include <NvInferRuntime.h>
 
+#include <exception>
 #include <string>
+#include <utility>
 
 namespace luvc
 {
@@ -47,56 +49,67 @@ protected:
     FieldWriter mSerialized;
 };
 
-class OrthoMergePlugin : public PluginBase
+//! The IPluginV3 methods every LUVC plugin defines for itself (declared once here; each plugin's .cpp defines them).
+#define LUVC_PLUGIN_METHODS                                                                                               \
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,  \
+        int32_t nbInputs) const noexcept override;                                                                        \
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,  \
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,                                           \
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;                                                           \
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,         \
+        int32_t nbOutputs) noexcept override;                                                                             \
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,                                \
+        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;                               \
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,            \
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;         \
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+//! A plugin that runs one ``Runner`` on its ``Params``: its output count, parameters and copies (``Derived``, the
+//! plugin class, names it with ``kName``).
+template <typename Derived, typename Runner, typename Params, int32_t kOutputs>
+class RunnerPlugin : public PluginBase
+{
+public:
+    explicit RunnerPlugin(Params params)
+        : PluginBase(Derived::kName)
+        , mRunner(std::move(params))
+    {
+    }
+    int32_t getNbOutputs() const noexcept override { return kOutputs; }
+    Params const& params() const { return mRunner.params(); }
+    nvinfer1::IPluginV3* clone() noexcept override
+    {
+        try
+        {
+            return new Derived(mRunner.params());
+        }
+        catch (std::exception const& error)
+        {
+            reportError(error.what());
+            return nullptr;
+        }
+    }
+
+protected:
+    Runner mRunner;
+};
+
+class OrthoMergePlugin : public RunnerPlugin<OrthoMergePlugin, OrthoMergeRunner, OrthoMergeParams, 1>
 {
 public:
     static constexpr char const* kName = "OrthoMerge";
-    explicit OrthoMergePlugin(OrthoMergeParams params);
-    nvinfer1::IPluginV3* clone() noexcept override;
-    int32_t getNbOutputs() const noexcept override { return 1; }
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-        int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-    OrthoMergeParams const& params() const { return mRunner.params(); }
-
-private:
-    OrthoMergeRunner mRunner;
+    using RunnerPlugin::RunnerPlugin;
+    LUVC_PLUGIN_METHODS
 };
 
-class SpectrumPrunePlugin : public PluginBase
+class SpectrumPrunePlugin : public RunnerPlugin<SpectrumPrunePlugin, SpectrumPruneRunner, SpectrumPruneParams, 4>
 {
 public:
     static constexpr char const* kName = "SpectrumPrune";
-    explicit SpectrumPrunePlugin(SpectrumPruneParams params);
-    nvinfer1::IPluginV3* clone() noexcept override;
-    int32_t getNbOutputs() const noexcept override { return 4; }
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-        int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+    using RunnerPlugin::RunnerPlugin;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-    SpectrumPruneParams const& params() const { return mRunner.params(); }
-
-private:
-    SpectrumPruneRunner mRunner;
+    LUVC_PLUGIN_METHODS
 };
 
 //! Creator of one plugin from the fields its ONNX node's attributes become.

@@ -7,7 +7,8 @@ from luvc.engines.builder import build_engines
 from luvc.engines.manifest import BuiltBy, EngineManifest
 from luvc.engines.profiles import input_profile
 from luvc.engines.trt_module import import_tensorrt
-from luvc.export.manifest import ExportManifest, TensorEntry
+from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import TensorEntry
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
 

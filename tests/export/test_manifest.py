@@ -8,7 +8,8 @@ import pytest
 
 import luvc.export.exporter as exporter
 from luvc.errors import LuvcError
-from luvc.export.manifest import MANIFEST_NAME, ExportManifest, TensorEntry, load_graph, sha256_file
+from luvc.export.manifest import MANIFEST_NAME, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest_entries import TensorEntry
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from luvc.export.buckets import bucket_name
-from luvc.export.manifest import BucketEntry
+from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Prepared
 from luvc.runtime.prompt_ids import PromptRows

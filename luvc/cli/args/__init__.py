@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from luvc.lazy import lazy_exports
 
-GROUPS = {
-    "BaseArgs": "luvc.cli.args.base",
-    "BuildArgs": "luvc.cli.args.build",
-    "CalibrateArgs": "luvc.cli.args.calibrate",
-    "DataArgs": "luvc.cli.args.data",
-    "EvalArgs": "luvc.cli.args.eval",
-    "ExportArgs": "luvc.cli.args.export",
-    "LuvcArgs": "luvc.cli.args.budget",
-    "ModelArgs": "luvc.cli.args.model",
-    "ParityArgs": "luvc.cli.args.parity",
-    "RequestArgs": "luvc.cli.args.request",
-    "RuntimeArgs": "luvc.cli.args.runtime",
-}
-__all__ = list(GROUPS)
-__getattr__, __dir__ = lazy_exports(__name__, GROUPS)
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "luvc.cli.args.base": ("BaseArgs",),
+        "luvc.cli.args.budget": ("LuvcArgs",),
+        "luvc.cli.args.build": ("BuildArgs",),
+        "luvc.cli.args.calibrate": ("CalibrateArgs",),
+        "luvc.cli.args.data": ("DataArgs",),
+        "luvc.cli.args.eval": ("EvalArgs",),
+        "luvc.cli.args.export": ("ExportArgs",),
+        "luvc.cli.args.model": ("ModelArgs",),
+        "luvc.cli.args.parity": ("ParityArgs",),
+        "luvc.cli.args.request": ("RequestArgs",),
+        "luvc.cli.args.runtime": ("RuntimeArgs",),
+    },
+)

@@ -45,24 +45,13 @@ class ExportArgs(BaseArgs):
             "Qwen-VL families); its image and video sizes become buckets too",
         )
         group.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="graph precision (fp32)")
-        group.add_argument(
-            "--max-batch",
-            type=int_in(1, PROFILE_LIMITS["max_batch"]),
-            default=None,
-            help="largest batch for engine profiles (4)",
-        )
-        group.add_argument(
-            "--max-text-tokens",
-            type=int_in(1, PROFILE_LIMITS["max_text_tokens"]),
-            default=None,
-            help="longest prompt text after the image (512)",
-        )
-        group.add_argument(
-            "--max-new-tokens",
-            type=int_in(1, PROFILE_LIMITS["max_new_tokens"]),
-            default=None,
-            help="longest generation (256)",
-        )
+        for field, help_text in (
+            ("max_batch", "largest batch for engine profiles (4)"),
+            ("max_text_tokens", "longest prompt text after the image (512)"),
+            ("max_new_tokens", "longest generation (256)"),
+        ):
+            flag = "--" + field.replace("_", "-")
+            group.add_argument(flag, type=int_in(1, PROFILE_LIMITS[field]), default=None, help=help_text)
         group.add_argument(
             "--external-data",
             choices=("auto", "always", "never"),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
+from luvc.export.manifest_entries import PassEntry
 from luvc.export.passes.cleanup import cancel_inverse_pairs, fold_constants, remove_identity
 from luvc.export.passes.fp32_islands import keep_fp32_islands
 from luvc.export.passes.fuse_oim import fuse_oim_merge
@@ -43,11 +44,11 @@ class PassStats:
     def delta(self) -> int:
         return self.after - self.before
 
-    def to_dict(self) -> dict:
+    def entry(self) -> PassEntry:
+        """The manifest's record of this pass: the counts, and the op types it changed."""
         changed = sorted(set(self.before_ops) | set(self.after_ops))
-        ops = {op: [self.before_ops.get(op, 0), self.after_ops.get(op, 0)] for op in changed}
-        ops = {op: counts for op, counts in ops.items() if counts[0] != counts[1]}
-        return {"pass": self.name, "before": self.before, "after": self.after, "delta": self.delta, "ops": ops}
+        ops = {op: (self.before_ops.get(op, 0), self.after_ops.get(op, 0)) for op in changed}
+        return PassEntry(self.name, self.before, self.after, {op: c for op, c in ops.items() if c[0] != c[1]})
 
     def __str__(self) -> str:
         return f"{self.name:<22} | {self.before:6d} | {self.after:6d} | {self.delta:+6d}"
