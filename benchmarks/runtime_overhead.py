@@ -30,8 +30,8 @@ from prefill_speedup import realistic_adapter
 from luvc.export.exporter import export_model
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
+from luvc.runtime.base_session import BaseSession
 from luvc.runtime.pipeline import GenerationOptions, Pipeline, Prepared
-from luvc.runtime.session import BaseSession
 from luvc.runtime.weights import MappedWeights
 
 IMAGE_SIDE = 448

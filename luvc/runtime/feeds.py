@@ -16,9 +16,9 @@ import torch
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
+from luvc.runtime.base_session import TORCH_DTYPES
 from luvc.runtime.host_plan import HostPlan
 from luvc.runtime.prompt_ids import PromptRows, visual_tokens
-from luvc.runtime.session import TORCH_DTYPES
 from luvc.runtime.sessions import Sessions
 from luvc.videos import DEFAULT_SAMPLED_FPS
 

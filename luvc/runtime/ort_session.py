@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from luvc.errors import critical
-from luvc.runtime.session import BaseSession
+from luvc.runtime.base_session import BaseSession
 from luvc.runtime.weights import MappedWeights
 
 

@@ -18,9 +18,9 @@ import torch
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
+from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, TransferStats
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.ort_session import OrtSession, ort_providers
-from luvc.runtime.session import TORCH_DTYPES, BaseSession, TransferStats
 from luvc.runtime.weights import MappedWeights
 
 

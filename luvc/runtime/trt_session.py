@@ -8,7 +8,7 @@ import torch
 
 from luvc.errors import critical
 from luvc.runtime.activations import SharedActivations
-from luvc.runtime.session import BaseSession
+from luvc.runtime.base_session import BaseSession
 
 
 class TrtSession(BaseSession):
