@@ -73,18 +73,9 @@ def _ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
 def _text_dims(tokenizer) -> dict:
     """Decoder shape shared by every tiny family."""
     eos, pad = _ids(tokenizer, "<|im_end|>", "<pad>")
-    return dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=None,
-    )
+    dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    tokens = dict(eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
+    return dict(dims, vocab_size=VOCAB_SIZE, max_position_embeddings=4096, **tokens)
 
 
 def _qwen_text_config(tokenizer) -> dict:
