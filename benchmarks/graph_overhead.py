@@ -1,0 +1,103 @@
+"""What LUVC asks of the host, LUVC against the same model with compression off, measured on the CPU.
+
+A GPU at batch 1 is host-bound: each node of an ONNX graph and each operator of a PyTorch forward is a launch the
+host issues, and each value read back stalls it. So the compressed model must not bring many more of them than its
+smaller matrices save. This prints, for ``--model`` (default the built-in tiny Qwen2-VL; a checkpoint folder works):
+- ``node_ratio``: nodes of the vision and prefill graphs of one bucket after ONNX Runtime's own optimisation
+  (``ORT_ENABLE_ALL``, CPU EP), an export against its ``--no-luvc`` export, both made in this run;
+- ``sync_ops_added``: operators that wait for the device (``luvc.models.dispatches.SYNC_OPS``) in one PyTorch forward
+  with LUVC, minus those with it off;
+- ``dispatch_ratio``: operators dispatched by that forward, LUVC against off;
+- ``compile_graph_breaks``: graph breaks ``torch._dynamo.explain`` finds in the LUVC LLM forward (-1 when it could not
+  trace it; the reason is printed).
+Last line: ``gpu_overhead_proxy_ok=<0|1>``: 1 when the node and dispatch ratios are at most 1.1 and no sync is added.
+Usage:
+    python benchmarks/graph_overhead.py [--model tiny-qwen2-vl] [--image-size 224]
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from common import arguments, luvc_export
+
+from luvc.compress.config import LUVCConfig
+from luvc.export.manifest import ExportManifest
+from luvc.images import synthetic_image
+from luvc.models import load_model
+from luvc.models.dispatches import count_dispatches
+
+TARGET = 1.1
+
+
+def optimized_nodes(export: Path) -> dict[str, int]:
+    """Nodes of each vision and prefill graph of ``export`` after ONNX Runtime's optimisation (CPU EP)."""
+    manifest = ExportManifest.load(export, verify=False)
+    counts = {}
+    for name, graph in manifest.graphs.items():
+        if graph.kind not in ("vision", "prefill"):
+            continue
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(export / f"{name}.optimized.onnx")
+        ort.InferenceSession(str(export / graph.file), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        counts[name] = len(optimized.graph.node)
+    return counts
+
+
+def graph_breaks(model: str, side: int) -> int:
+    """Graph breaks in the LUVC LLM forward under ``torch._dynamo.explain`` (-1: it could not trace it)."""
+    adapter = load_model(model)
+    adapter.apply_luvc()
+    inputs = adapter.prepare_inputs([synthetic_image(side, side)], "Describe the image.")
+    try:
+        explanation = torch._dynamo.explain(adapter.model)(**inputs)
+    except Exception as error:  # a trace failure is a finding, not a crash of the benchmark
+        print(f"torch._dynamo.explain could not trace the forward: {type(error).__name__}: {str(error)[:200]}")
+        return -1
+    for reason in explanation.break_reasons[:5]:
+        print(f"  graph break: {reason.reason[:160]}")
+    return explanation.graph_break_count
+
+
+def main() -> None:
+    parser = arguments(__doc__, image_size=224)
+    parser.add_argument("--model", default="tiny-qwen2-vl", help="a built-in model or a checkpoint folder")
+    args = parser.parse_args()
+    side = args.image_size
+    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}")
+    with tempfile.TemporaryDirectory(prefix="luvc-graph-overhead-") as tmp:
+        nodes = {}
+        for label, flags in (("luvc", []), ("off", ["--no-luvc"])):
+            out = Path(tmp) / label
+            luvc_export("export", "--model", args.model, "--out", str(out), "--image-size", f"{side}x{side}", *flags)
+            nodes[label] = optimized_nodes(out)
+        for name in nodes["luvc"]:
+            print(f"{name}: {nodes['luvc'][name]} nodes with LUVC, {nodes['off'].get(name)} without (ORT-optimised)")
+        node_ratio = sum(nodes["luvc"].values()) / sum(nodes["off"].values())
+    counts = {}
+    for label, config in (("luvc", None), ("off", LUVCConfig.off())):
+        adapter = load_model(args.model)
+        adapter.apply_luvc(config)
+        inputs = adapter.prepare_inputs([synthetic_image(side, side)], "Describe the image.")
+        count_dispatches(adapter.model, **inputs)  # warm-up: lazy initialisation dispatches too
+        counts[label] = count_dispatches(adapter.model, **inputs)
+        print(f"{label}: {counts[label].total} operators, syncs {dict(counts[label].syncs)}")
+    syncs_added = sum(counts["luvc"].syncs.values()) - sum(counts["off"].syncs.values())
+    dispatch_ratio = counts["luvc"].total / counts["off"].total
+    breaks = graph_breaks(args.model, side)
+    print(f"node_ratio={node_ratio:.3f}")
+    print(f"sync_ops_added={syncs_added}")
+    print(f"dispatch_ratio={dispatch_ratio:.3f}")
+    print(f"compile_graph_breaks={breaks}")
+    ok = node_ratio <= TARGET and dispatch_ratio <= TARGET and syncs_added <= 0
+    print(f"gpu_overhead_proxy_ok={int(ok)}")
+
+
+if __name__ == "__main__":
+    main()
