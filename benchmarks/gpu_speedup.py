@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from common import arguments, luvc_export
 
-TARGETS = {(8, 0): "ampere", (8, 6): "ampere", (8, 7): "orin", (8, 9): "ada", (9, 0): "hopper", (10, 0): "blackwell"}
 STAGES = ("vision_ms", "prefill_ms", "ttft_ms", "decode_tokens_per_s")
 
 
@@ -199,7 +198,9 @@ def backend_rows(export: Path, engines: Path, name: str, image, prompt: str, arg
         pipeline.release()
     elif name == "luvc":
         skipped.append("ONNX Runtime CUDA: onnxruntime-gpu is not installed")
-    target = TARGETS.get(torch.cuda.get_device_capability())
+    from luvc.engines.targets import target_for_capability
+
+    target = target_for_capability(torch.cuda.get_device_capability())
     try:
         from luvc.engines.trt_module import import_tensorrt
 
@@ -212,7 +213,7 @@ def backend_rows(export: Path, engines: Path, name: str, image, prompt: str, arg
         if name == "luvc":
             skipped.append(f"TensorRT: no target preset for SM {torch.cuda.get_device_capability()}")
         return rows
-    luvc_export("build", str(export), "--target", target, "--out", str(engines))
+    luvc_export("build", str(export), "--target", target.name, "--out", str(engines))
     pipeline = Pipeline(export, backend="trt", engines_dir=engines)
     rows[("tensorrt", name)] = pipeline_row(pipeline, image, prompt, args.new_tokens, args.repeats)
     pipeline.release()

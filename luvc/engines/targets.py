@@ -92,6 +92,11 @@ TARGETS: dict[str, Target] = {
 }
 
 
+def target_for_capability(capability: tuple[int, int]) -> Target | None:
+    """The preset whose GPUs have compute ``capability`` (``torch.cuda.get_device_capability()``); ``None`` if none."""
+    return next((t for t in TARGETS.values() if tuple(capability) in t.compute_capabilities), None)
+
+
 def get_target(name: str) -> Target:
     """The preset called ``name``; an error listing the presets otherwise."""
     if name not in TARGETS:

@@ -1,6 +1,6 @@
 import pytest
 
-from luvc.engines.targets import TARGETS, get_target
+from luvc.engines.targets import TARGETS, get_target, target_for_capability
 from luvc.errors import LuvcError
 
 
@@ -22,3 +22,11 @@ def test_presets_cover_jetson_and_datacenter():
     assert not any(get_target(name).jetson for name in ("ampere", "ada", "hopper", "blackwell"))
     for name in ("ampere", "ada", "hopper", "blackwell"):
         get_target(name).check_precision("fp16")
+
+
+def test_the_target_of_a_gpu_is_found_by_its_compute_capability():
+    assert target_for_capability((9, 0)).name == "hopper"  # H100, H200
+    assert target_for_capability((8, 6)).name == "ampere"  # RTX 30xx, A10
+    assert target_for_capability((8, 7)).name == "orin"
+    assert target_for_capability((12, 0)).name == "blackwell"
+    assert target_for_capability((7, 5)) is None  # Turing: no preset

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from luvc.engines.builder import build_engines
+from luvc.engines.targets import target_for_capability
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
@@ -33,8 +34,12 @@ def test_trt_backend_matches_ort(exports, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("the TensorRT backend runs engines, which needs an NVIDIA GPU; none here")
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    capability = torch.cuda.get_device_capability()
+    target = target_for_capability(capability)  # engines for the GPU at hand
+    if target is None:
+        pytest.skip(f"no target preset covers this GPU (SM {capability[0]}.{capability[1]})")
     engines = build_engines(
-        exports("tiny-llava"), "ampere", tmp_path / "engines", show_progress=False, hardware_compatible=False
+        exports("tiny-llava"), target.name, tmp_path / "engines", show_progress=False, hardware_compatible=False
     )
     image = synthetic_image(224, 224, 3)
     expected = Pipeline(exports("tiny-llava")).generate(image, "hi", GenerationOptions(8)).tokens
