@@ -67,12 +67,13 @@ class SharedWeights:
                     continue
                 array = tensor.numpy()
                 view = stable.key(array) if stable is not None else None
-                if view is None or view not in self.views:
+                placed = self.views.get(view) if view is not None else None
+                if placed is None:
                     data = memoryview(_contiguous(array)).cast("B")
                     placed = self._append(file, data, hashlib.sha256(data).digest())
                     if view is not None:
                         self.views[view] = placed
-                offset, length = placed if view is None else self.views[view]
+                offset, length = placed
                 self.referenced_bytes += length
                 value.const_value = ir.ExternalTensor(
                     self.path.name, offset, length, tensor.dtype, shape=tensor.shape, name=value.name

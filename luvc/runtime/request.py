@@ -75,7 +75,6 @@ class Request:
         self.texts = [""] * batch
         self.finish_reasons: list[FinishReason | None] = [None] * batch
         self.last_tokens = np.zeros(batch, dtype=np.int64)  # a row that ended repeats its last token
-        self.finished = np.zeros(batch, dtype=bool)
         self.image_features: dict[str, torch.Tensor] = {}
         self.prefill_feeds: dict[str, torch.Tensor] = {}
         self.prefill_outputs: dict[str, torch.Tensor] = {}
@@ -112,7 +111,7 @@ class Request:
         step = self._gather(row_steps, decode_feeds)
         self.steps_done += 1
         self.timings.new_tokens = self.steps_done
-        self.done = bool(self.finished.all())
+        self.done = bool(step.finished.all())
         now = time.perf_counter()
         if self.steps_done == 1:
             self.timings.first_token_ms = (now - self._began) * 1e3
@@ -141,8 +140,8 @@ class Request:
             row = row_step.member
             self.last_tokens[row] = row_step.token
             self.texts[row] += row_step.text
-            self.finished[row] = row_step.finished
             self.finish_reasons[row] = row_step.finish_reason
             if logits is not None:
                 logits[row] = row_step.logits
-        return Step(self.steps_done, self.last_tokens.copy(), self.finished.copy(), logits, decode_feeds)
+        finished = np.array([reason is not None for reason in self.finish_reasons])
+        return Step(self.steps_done, self.last_tokens.copy(), finished, logits, decode_feeds)

@@ -138,10 +138,14 @@ class RunningBatch:
 
     def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
         """The next token of each of ``rows`` from its ``logits`` row into ``token[rows]`` (returned): greedy rows in
-        one argmax, others each by its own sampling and generator, exactly as it would be chosen alone."""
+        one argmax (penalized ones too, when they share their penalties), others each by its own sampling and
+        generator, exactly as it would be chosen alone."""
         configs = [row.options.sampling for row in self.rows[rows]]
         if all(config.greedy and not config.penalized for config in configs):
             return next_tokens(logits, GREEDY, None, self.token[rows])
+        first = configs[0]
+        if first.greedy and all(config == first for config in configs):  # one penalty for all: row-independent math
+            return next_tokens(logits, first, None, self.token[rows], self.counts[rows])
         for index, (row, config) in enumerate(zip(self.rows[rows], configs), start=rows.start):
             counts = self.counts[index : index + 1] if self.counts is not None and config.penalized else None
             here = slice(index - rows.start, index - rows.start + 1)

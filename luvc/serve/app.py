@@ -30,6 +30,7 @@ from luvc.serve.batching import Delta, Event, Failed, Finished, Job, QueueClosed
 from luvc.serve.service import GenerationService
 
 RETRY_AFTER_S = 1  # what a 429 asks a client to wait: the queue moves a batch at a time
+RETRY = {"Retry-After": str(RETRY_AFTER_S)}  # the header of a response that asks the client to come back
 Admitted = tuple[openai_api.ChatCompletionRequest, GenerationOptions, Prepared]  # a request, its options, its batch
 
 
@@ -126,10 +127,9 @@ class _Routes:
                 prepared, options, lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
             )
         except QueueFull as error:
-            retry = {"Retry-After": str(RETRY_AFTER_S)}
-            return self.refuse(429, str(error), "overloaded", "rate_limit_exceeded", retry)
+            return self.refuse(429, str(error), "overloaded", "rate_limit_exceeded", RETRY)
         except QueueClosed as error:
-            return self.refuse(503, str(error), "shutting_down", "server_error", {"Retry-After": str(RETRY_AFTER_S)})
+            return self.refuse(503, str(error), "shutting_down", "server_error", RETRY)
         request_id = openai_api.completion_id()
         headers = {**fit_headers(prepared), "X-Request-ID": request_id}
         note = functools.partial(record, http.scope)  # fields of this request's access-log line
@@ -181,7 +181,7 @@ class _Routes:
             status = 400 if event.user_error else 503 if event.unavailable else 500
             kind = "invalid_request_error" if event.user_error else "server_error"
             if event.unavailable:
-                headers["Retry-After"] = str(RETRY_AFTER_S)
+                headers.update(RETRY)
             return self.refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
         self.service.metrics.requests.labels("ok").inc()
         note(**_finished_fields(event))
