@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import logging
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
+from luvc.export.converter_settings import quiet_exporter, torchlib_registry_once, without_slow_rewrites
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
@@ -62,43 +60,6 @@ INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (consta
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 
 
-# onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
-# time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
-# 9 s the optimizer spends on a 32-block encoder); left out while converting, see ``_without_slow_rewrites``
-SLOW_REWRITE_RULES = frozenset({"SlicesSplit"})
-
-
-@contextlib.contextmanager
-def _without_slow_rewrites():
-    """onnxscript's default rewrite rules without ``SLOW_REWRITE_RULES`` for the duration (restored after; an
-    onnxscript that keeps its rules elsewhere runs them all)."""
-    import onnxscript.rewriter as rewriter
-
-    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
-    if rules is None:
-        yield
-        return
-    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITE_RULES)
-    try:
-        yield
-    finally:
-        rewriter._DEFAULT_REWRITE_RULES = rules
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Silence the exporter's own progress prints and warnings; errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 @dataclasses.dataclass
 class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
     """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` with readable node and dimension names.
@@ -131,7 +92,7 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             translations.update(plugin_translations())
             units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
         times = self.times
-        with _quiet_exporter(), torch.no_grad(), units:
+        with quiet_exporter(), torch.no_grad(), units:
             try:
                 with times.stage("trace", spec.name):
                     program = torch.export.export(
@@ -140,7 +101,7 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
             self.on_step()
-            with times.stage("convert", spec.name), _without_slow_rewrites():
+            with times.stage("convert", spec.name), without_slow_rewrites(), torchlib_registry_once():
                 onnx_program = torch.onnx.export(
                     program,
                     args,

@@ -1,0 +1,40 @@
+"""The exporter settings: the torchlib registry is built once, and one graph's translations never reach another."""
+
+from __future__ import annotations
+
+import torch
+from torch.onnx._internal.exporter import _registration
+
+from luvc.export.converter_settings import torchlib_registry_once
+from luvc.export.kv_update import translation_table
+
+
+def test_the_registry_is_built_once_and_each_export_gets_its_own_table():
+    original = _registration.ONNXRegistry.from_torchlib
+    with torchlib_registry_once():
+        first = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+        target, function = next(iter(translation_table("tensor-scatter").items()))
+        first.register_op(target, function)
+        second = _registration.ONNXRegistry().from_torchlib(opset_version=18)
+    plain = original(opset_version=18)
+    assert _registration.ONNXRegistry.from_torchlib == original  # restored
+    name = target.name()
+    assert [meta.is_custom for meta in first.functions[name]][0]
+    assert not any(meta.is_custom for meta in second.functions.get(name, ()))
+    assert second.functions.keys() == plain.functions.keys()
+    assert second.opset_version == plain.opset_version == 18
+    shared = next(key for key in plain.functions if key != name)
+    assert second.functions[shared][0] is first.functions[shared][0]  # the same build, not a new one
+    assert second.functions[shared] is not first.functions[shared]
+
+
+def test_a_graph_converts_the_same_with_the_registry_built_once():
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.silu(x) * 2
+
+    args = (torch.ones(2, 3),)
+    plain = torch.onnx.export(Scale(), args, dynamo=True, optimize=True).model_proto
+    with torchlib_registry_once():
+        once = [torch.onnx.export(Scale(), args, dynamo=True, optimize=True).model_proto for _ in range(2)]
+    assert all(model.graph.SerializeToString() == plain.graph.SerializeToString() for model in once)
