@@ -12,8 +12,8 @@ and the system's reserve), and the median prefill (vision + prefill graphs) and 
 ``--repeats`` requests of ``--new-tokens`` tokens, the exports taking turns so CPU drift cancels (fp16 graphs run in
 float32 on ONNX Runtime CPU, as the runtime runs them there). Last lines: ``int4_decode_speedup=<x>``,
 ``int4_plan_weight_ratio=<x>`` (``int4-fp16`` plan weights / fp16 plan weights), ``int8_prefill_speedup=<x>`` (fp32
-prefill ms / INT8 prefill ms) and ``int4_weight_ratio=<x>`` (INT4 linear weight bytes / the same weights in fp16;
-target <= 0.3). Usage:
+prefill ms / INT8 prefill ms), ``int8_decode_speedup=<x>`` (fp32 decode step / INT8 decode step; target >= 1.0) and
+``int4_weight_ratio=<x>`` (INT4 linear weight bytes / the same weights in fp16; target <= 0.3). Usage:
     python benchmarks/quantized.py [--layers 4] [--vision-blocks 2] [--side 448] [--repeats 5]
 """
 
@@ -150,6 +150,7 @@ def main() -> None:
     print(f"int4_decode_speedup={statistics.median(decode_ms['fp32']) / statistics.median(decode_ms['int4']):.2f}")
     print(f"int4_plan_weight_ratio={plans['int4-fp16'].weight_bytes / plans['fp16'].weight_bytes:.3f}")
     print(f"int8_prefill_speedup={fp32_prefill / int8_prefill:.2f}")
+    print(f"int8_decode_speedup={statistics.median(decode_ms['fp32']) / statistics.median(decode_ms['int8']):.2f}")
     print(f"int4_weight_ratio={int4_stored / fp16_bytes:.3f}")
 
 

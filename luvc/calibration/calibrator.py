@@ -37,6 +37,14 @@ from luvc.calibration.quantize import (
     quantized_layers,
 )
 from luvc.calibration.report import write_report
+from luvc.calibration.verify import (
+    ReferenceRun,
+    decode_agreement,
+    greedy_run,
+    logits_cosine,
+    open_every_graph,
+    worst_cosine,
+)
 from luvc.calibration.weight_only import (
     DEFAULT_BLOCK_SIZE,
     check_block_size,
@@ -64,30 +72,30 @@ CACHE_FOLDER = "calibration"
 
 def collect_feeds(
     pipeline, samples: Sequence[Sample], decode_steps: int, advance
-) -> tuple[dict[str, list[dict]], list[np.ndarray]]:
+) -> tuple[dict[str, list[dict]], list[ReferenceRun]]:
     """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, and of the text
     prefill for each sample's prompt without its visual, per graph name (host copies, as ONNX Runtime's calibration
-    reader takes them), and each sample's first-token logits (the reference the quantized export is compared
-    with)."""
+    reader takes them), and each sample's greedy run (the reference the quantized export is compared with)."""
     feeds: dict[str, list[dict]] = {}
-    first_logits = []
+    references = []
     for sample in samples:
         prepared = pipeline.prepare([sample.image], [sample.prompt])
         bucket = prepared.bucket
         if not bucket.parts:  # a mixed bucket's vision graphs calibrate on their own buckets' samples
             vision_feeds = pipeline.feeds.vision_feeds(prepared.pixels[0], bucket)
             feeds.setdefault(bucket.vision, []).extend(map(host_arrays, vision_feeds))
-        options = GenerationOptions(decode_steps + 1, stop_token_ids=(), keep_decode_feeds=True)
+        options = GenerationOptions(decode_steps + 1, stop_token_ids=(), keep_logits=True, keep_decode_feeds=True)
         request = pipeline.request(prepared, options)
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
         feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
-        first_logits.append(pipeline.sessions.to_host(request.prefill_outputs["logits"]))
+        tokens, logits = (np.stack([getattr(step, field)[0] for step in steps]) for field in ("tokens", "logits"))
+        references.append(ReferenceRun(tokens, logits))
         text_only = pipeline.request(pipeline.prepare(None, [sample.prompt]), GenerationOptions(1))
         text_only.step()
         feeds.setdefault(pipeline.manifest.text_prefill, []).append(host_arrays(text_only.prefill_feeds))
         advance(f"calibration feeds: {sample.name}")
-    return feeds, first_logits
+    return feeds, references
 
 
 def first_logits(pipeline, sample: Sample) -> np.ndarray:
@@ -96,15 +104,14 @@ def first_logits(pipeline, sample: Sample) -> np.ndarray:
     return pipeline.request(prepared, GenerationOptions(1, keep_logits=True)).step().logits
 
 
-def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, samples: Sequence[Sample]) -> dict:
-    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source's
-    ``reference_logits`` (one per sample)."""
+def first_token_agreement(references: Sequence[ReferenceRun], quantized, samples: Sequence[Sample]) -> dict:
+    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source's runs
+    ``references`` (one per sample)."""
     top1, cosines = [], []
-    for sample, reference in zip(samples, reference_logits):
-        candidate = first_logits(quantized, sample)
-        reference, candidate = (np.asarray(x, dtype=np.float64).ravel() for x in (reference, candidate))
-        top1.append(float(reference.argmax() == candidate.argmax()))
-        cosines.append(float(reference @ candidate / (np.linalg.norm(reference) * np.linalg.norm(candidate))))
+    for sample, reference in zip(samples, references):
+        candidate = np.asarray(first_logits(quantized, sample)).ravel()
+        top1.append(float(reference.first_logits.argmax() == candidate.argmax()))
+        cosines.append(logits_cosine(reference.first_logits, candidate))
     return {
         "top1_agreement": float(np.mean(top1)),
         "logits_cosine_min": float(np.min(cosines)),
@@ -115,14 +122,14 @@ def first_token_agreement(reference_logits: Sequence[np.ndarray], quantized, sam
 @dataclasses.dataclass
 class Calibration:
     """What one calibration run quantizes from: the source manifest, the graphs it quantizes, their calibration
-    feeds, the samples and the fp32 first-token logits of each, and the folder where each graph's calibrated ranges
+    feeds, the samples and the fp32 greedy run of each, and the folder where each graph's calibrated ranges
     are kept between quantizations."""
 
     manifest: ExportManifest
     graphs: list[str]
     feeds: dict[str, list[dict]]
     samples: list[Sample]
-    reference_logits: list[np.ndarray]
+    references: list[ReferenceRun]
     ranges_dir: Path
     hessians: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # GPTQ: node -> X^T X
 
@@ -134,9 +141,9 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``), ``fp8`` (``distribution``, ONNX
     Runtime's float8 calibrator) or ``int4`` (weight-only, blocks of ``block_size`` input channels, default 128:
     ``gptq``, the default, or ``rtn``). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps``
-    (default 4) greedy steps per sample calibrate the decode graph. ``target_agreement`` (INT8/FP8): the worst
-    first-token logits cosine against fp32 over the samples to reach, keeping in floating point the fewest layers,
-    most sensitive first.
+    (default 4) greedy steps per sample calibrate the decode graph, and the written export is run that far to check
+    it. ``target_agreement`` (INT8/FP8): the worst logits cosine against fp32 (first token and greedy decode steps)
+    over the samples to reach, keeping in floating point the fewest layers, most sensitive first.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -166,7 +173,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         target = self.target_agreement
         if target is not None and (self.weight_only or isinstance(target, bool) or not 0 < target <= 1):
             critical(
-                f"--target-agreement {target}: a first-token logits cosine in (0, 1] for --precision int8 or fp8 "
+                f"--target-agreement {target}: a logits cosine in (0, 1] for --precision int8 or fp8 "
                 "(INT4 quantizes every LLM layer's weights alike)."
             )
         manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
@@ -210,12 +217,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
         with progress_steps(self.show_progress, steps, "calibrating") as advance:
             if self.weight_only and not gptq:  # nothing to calibrate: the fp32 logits the agreement is measured against
-                feeds, source_logits = {}, []
+                feeds, references = {}, []
                 for sample in samples:
-                    source_logits.append(first_logits(source, sample))
-                    advance(f"fp32 logits: {sample.name}")
+                    references.append(greedy_run(source, sample, self.decode_steps + 1))
+                    advance(f"fp32 run: {sample.name}")
             else:
-                feeds, source_logits = collect_feeds(source, samples, self.decode_steps, advance)
+                feeds, references = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()
             hessians = {}
             if gptq:  # the layers' inputs over the same feeds
@@ -232,7 +239,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
                 staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
             ):
-                calibration = Calibration(manifest, graphs, feeds, samples, source_logits, Path(ranges_dir), hessians)
+                calibration = Calibration(manifest, graphs, feeds, samples, references, Path(ranges_dir), hessians)
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
                     keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
@@ -244,8 +251,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 files += caches
                 calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
                 quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
-                agreement = first_token_agreement(source_logits, quantized, samples)
-                quantized.release()
+                try:  # what was written loads, and decodes as the float export does
+                    open_every_graph(quantized)
+                    agreement = first_token_agreement(references, quantized, samples)
+                    agreement |= decode_agreement(references, quantized, samples, self.target_agreement)
+                finally:
+                    quantized.release()
                 quantization = dataclasses.replace(
                     calibrated.quantization,
                     agreement_with_fp32=agreement,
@@ -259,9 +270,10 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 advance("agreement with fp32")
         return self.out
 
-    def _agreement(self, calibration: Calibration, keep: frozenset[str]) -> dict[str, float]:
-        """The first-token agreement with fp32 of the export quantized with ``keep`` layers in floating point, made
-        in a scratch folder (the calibrated ranges are reused, not measured again)."""
+    def _agreement(self, calibration: Calibration, keep: frozenset[str]) -> float:
+        """The worst logits cosine against fp32, first token and greedy decode steps, of the export quantized with
+        ``keep`` layers in floating point, made in a scratch folder (the calibrated ranges are reused, not measured
+        again)."""
         from luvc.runtime.pipeline import Pipeline
 
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trial-") as trial:
@@ -270,7 +282,9 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             candidate = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
             pipeline = Pipeline(folder, manifest=candidate)
             try:
-                return first_token_agreement(calibration.reference_logits, pipeline, calibration.samples)
+                samples, references = calibration.samples, calibration.references
+                agreement = first_token_agreement(references, pipeline, samples)
+                return worst_cosine(agreement | decode_agreement(references, pipeline, samples, target=None))
             finally:
                 pipeline.release()
 
@@ -290,18 +304,18 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         sensitivity is positive, until the target is met. Returns the layers, every layer's sensitivity, and the
         logits cosine of the full quantization."""
         target = self.target_agreement
-        full = self._agreement(calibration, frozenset())["logits_cosine_min"]
+        full = self._agreement(calibration, frozenset())
         advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
         if full >= target:
             return frozenset(), {}, full
         sensitivity = {}
         for layer in sorted(layers):
-            sensitivity[layer] = self._agreement(calibration, frozenset({layer}))["logits_cosine_min"] - full
+            sensitivity[layer] = self._agreement(calibration, frozenset({layer})) - full
             advance(f"sensitivity of {layer}: {sensitivity[layer]:+.2e}")
         keep, reached = set(), full
         for layer in sorted((name for name in layers if sensitivity[name] > 0), key=lambda name: -sensitivity[name]):
             keep.add(layer)
-            reached = self._agreement(calibration, frozenset(keep))["logits_cosine_min"]
+            reached = self._agreement(calibration, frozenset(keep))
             advance(f"{len(keep)} layer(s) in float: logits cosine {reached:.6f}")
             if reached >= target:
                 return frozenset(keep), sensitivity, full

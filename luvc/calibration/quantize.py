@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ METHODS = {
     "rtn": (None, ("int4",)),  # round to nearest, block-wise
     "gptq": (None, ("int4",)),  # GPTQ with the calibration inputs, block-wise (``luvc.calibration.hessians``)
 }
+# how ONNX Runtime's quantizer starts its advice to pre-process the model, printed twice per graph
+PREPROCESS_ADVICE = ("Please consider to run pre-processing", "Please consider pre-processing")
 # LUVC unit -> why its nodes stay in floating point
 KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
 # node-name fragment -> why the node stays in floating point
@@ -178,13 +181,21 @@ def quantize_graph(
 
 @contextlib.contextmanager
 def _onnxruntime_errors_only():
-    """ONNX Runtime's default logger at error level for the block (its own default, warnings, after it)."""
+    """ONNX Runtime's default logger at error level for the block (its own default, warnings, after it), and its
+    quantizer's advice to pre-process (symbolic shape inference and onnx's optimizer, which an export has had) kept
+    off the root logger."""
     import onnxruntime
 
+    def not_advice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(PREPROCESS_ADVICE)
+
+    root = logging.getLogger()
     onnxruntime.set_default_logger_severity(3)
+    root.addFilter(not_advice)
     try:
         yield
     finally:
+        root.removeFilter(not_advice)
         onnxruntime.set_default_logger_severity(2)
 
 

@@ -88,7 +88,7 @@ def write_report(
         "",
         run,
         "",
-        f"## Agreement with the {source_precision} export (first token, ONNX Runtime)",
+        f"## Agreement with the {source_precision} export (first token and greedy decode, ONNX Runtime)",
         "",
         *(f"- {name}: {value:.4f}" for name, value in agreement.items()),
         "",

@@ -205,8 +205,8 @@ class CalibrationRun:
 class QuantizationEntry:
     """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
     run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
-    TensorRT 10's calibration caches (INT8), the first-token agreement with the fp32 source, (INT4) the input
-    channels per weight scale, and (``--target-agreement``) the layers kept in floating point and why."""
+    TensorRT 10's calibration caches (INT8), the agreement with the fp32 source (first token and greedy decode), (INT4)
+    the input channels per weight scale, and (``--target-agreement``) the layers kept in floating point and why."""
 
     precision: str
     method: str

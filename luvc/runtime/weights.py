@@ -35,6 +35,7 @@ from onnx import numpy_helper
 
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.export.manifest import ExternalTensor, external_tensors
+from luvc.runtime.qdq_cpu import unsigned_activations, uses_unsigned_activations
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
@@ -62,7 +63,8 @@ class MappedWeights:
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
-        made with ``options``: rewritten to float32 compute if so set, and, when it has external weights, those given
+        made with ``options``: rewritten to float32 compute if so set, its INT8 activations to uint8 on an x86 CPU
+        (``luvc.runtime.qdq_cpu``), and, when it has external weights, those given
         as the shared arrays with prepacking off (packed copies would be per session; quantized graphs keep it) and no
         CPU memory arena (an arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width
         export, at the same speed). Returns the serialized model and the OrtValues of the shared arrays, which must
@@ -74,6 +76,8 @@ class MappedWeights:
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
+        if not on_gpu and uses_unsigned_activations():
+            unsigned_activations(model)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         if tensors:

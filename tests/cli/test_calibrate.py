@@ -11,7 +11,7 @@ def _entries(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd):
+def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd, caplog):
     data = tmp_path / "data"
     data.mkdir()
     for index in range(2):
@@ -22,6 +22,8 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd):
     printed = capfd.readouterr()
     assert "top1_agreement vs the fp32 source" in printed.out
     assert "onnxruntime" not in printed.err  # the calibration sessions' warnings stay out of the user's terminal
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # and the quantizer's advice
+    assert "decode_logits_cosine_min vs the fp32 source" in printed.out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quantization"]["calibration"]["samples"] == ["img0.png", "img1.png"]
     assert manifest["quantization"]["method"] == "percentile"

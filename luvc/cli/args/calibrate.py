@@ -42,8 +42,8 @@ class CalibrateArgs(BaseArgs):
             "--target-agreement",
             type=float,
             default=None,
-            help="int8/fp8: keep the fewest layers in float (most sensitive first) until the worst first-token logits "
-            "cosine against fp32 reaches this, e.g. 0.9999",
+            help="int8/fp8: keep the fewest layers in float (most sensitive first) until the worst logits cosine "
+            "against fp32 (first token and greedy decode steps) reaches this, e.g. 0.9999",
         )
         group.add_argument("--out", required=True, help="calibrated export folder to create")
         group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
