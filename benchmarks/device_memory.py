@@ -8,8 +8,14 @@ one video bucket (4x448x448), and builds its engines with TensorRT-RTX (which bu
 every engine; what each engine keeps inside) and of the embedded layout (every engine its own copy), and last
 ``weight_copies=<x>``: device weight bytes / the checkpoint's weight bytes in the export precision (target
 <= 1.05). The line before it says whether ``plan --target orin-8gb`` fits at the export's ``--max-batch 1`` (the same
-``plan_memory`` that command prints). Usage:
-    python benchmarks/device_memory.py [--layers 28] [--vision-blocks 32]
+``plan_memory`` that command prints).
+
+The INT4 row: the fp16 export calibrated to INT4 weight-only (``--method rtn``: GPTQ stores the same bytes), built
+the same way. TensorRT folds a weight read through a ``DequantizeLinear`` into each engine (TensorRT 10.3's
+``IDequantizeLayer`` takes block-quantized INT4 only from an ``IConstantLayer``), so each prefill bucket and decode
+hold their own INT4 LLM; ``int4_weight_copies=<x>`` is the device bytes over the INT4 export's own weight bytes (its
+``weights.data``, each tensor once). Usage:
+    python benchmarks/device_memory.py [--layers 28] [--vision-blocks 32] [--no-int4]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ BUCKETS = ("--image-size", "448x448", "--image-size", "672x672", "--video-size",
 
 def main() -> None:
     parser = arguments(__doc__, layers=28, vision_blocks=32)
+    parser.add_argument("--no-int4", dest="int4", action="store_false", help="leave out the INT4 row")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="luvc-device-memory-") as tmp:
         checkpoint, export, engines = (Path(tmp) / name for name in ("checkpoint", "export", "engines"))
@@ -49,6 +56,23 @@ def main() -> None:
             "build", str(export), "--target", "ampere", "--out", str(engines), "--tensorrt-module", "tensorrt_rtx"
         )
         plan = plan_memory(export, "orin-8gb", engines)
+        if args.int4:
+            int4, int4_engines = Path(tmp) / "int4", Path(tmp) / "int4-engines"
+            calibrated = luvc_export(
+                "calibrate", str(export), "--precision", "int4", "--method", "rtn", "--out", str(int4)
+            )
+            int4_built = luvc_export(
+                "build",
+                str(int4),
+                "--target",
+                "ampere",
+                "--out",
+                str(int4_engines),
+                "--tensorrt-module",
+                "tensorrt_rtx",
+            )
+            int4_plan = plan_memory(int4, "orin-8gb", int4_engines)
+            int4_bytes = (int4 / "weights.data").stat().st_size
     weights = plan.weights
     inside = sum(weights.per_engine.values())
     print(
@@ -65,6 +89,16 @@ def main() -> None:
         f"plan --target orin-8gb at --max-batch 1: {'fits' if plan.fits else 'does not fit'} "
         f"({plan.total_bytes / GiB:.2f} of {plan.device.total_bytes / GiB:.0f} GiB)"
     )
+    if args.int4:
+        placed = int4_plan.weights
+        inside = sum(placed.per_engine.values())
+        print(
+            f"int4 (RTN, calibrate {calibrated:.0f} s, build {int4_built:.0f} s): {int4_bytes / GiB:.2f} GiB of "
+            f"weights in the export; on the device {placed.shared / GiB:.2f} GiB once + {inside / GiB:.2f} GiB in the "
+            f"engines = {placed.total / GiB:.2f} GiB; plan --target orin-8gb: "
+            f"{'fits' if int4_plan.fits else 'does not fit'} ({int4_plan.total_bytes / GiB:.2f} GiB)"
+        )
+        print(f"int4_weight_copies={placed.total / int4_bytes:.3f}")
     print(f"weight_copies={weights.total / weight_bytes:.3f}")
 
 

@@ -220,7 +220,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 feeds, references = {}, []
                 for sample in samples:
                     references.append(greedy_run(source, sample, self.decode_steps + 1))
-                    advance(f"fp32 run: {sample.name}")
+                    advance(f"{manifest.precision} run: {sample.name}")
             else:
                 feeds, references = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()

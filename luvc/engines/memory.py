@@ -148,9 +148,12 @@ class MemoryPlan:
                 f"prefill engine holds the LLM weights again ({per_engine[prefills[-1]] / GiB:.2f} GiB for "
                 f"{prefills[-1]})."
             )
+        llm_engines = [name for name in per_engine if name.startswith("prefill") or name == "decode"]
         lines.append(
             "INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights; INT4 weight-only (--precision "
-            "int4) keeps the LLM's linear layers in about a quarter of their fp16 bytes."
+            "int4) keeps the LLM's linear layers in about a quarter of their fp16 bytes. TensorRT keeps quantized "
+            f"weights inside each engine, so this export's {len(llm_engines)} LLM engines would each hold them: with "
+            "more than one image bucket that can cost more than shared fp16 weights."
         )
         return lines
 

@@ -9,8 +9,9 @@ In the ``shared`` layout the builder turns each external weight that a ``MatMul`
 ``Gather`` looks rows up in, into a network input of the same name. The runtime reads each such tensor of
 ``weights.data`` once onto the device (``luvc.runtime.weights.MappedWeights``) and binds that buffer to every engine
 that takes it. What stays inside the engines is small: norm scales, biases, convolution kernels (a patch embedding),
-constants, and weights behind a ``DequantizeLinear`` (INT8/FP8 exports, whose quantized weights TensorRT folds at
-build time). The ``embedded`` layout is the earlier one: every engine holds its own weights.
+constants, and weights behind a ``DequantizeLinear`` (INT8/FP8/INT4 exports, whose quantized weights TensorRT folds at
+build time: TensorRT 10.3's ``IDequantizeLayer`` takes per-channel and block-quantized input only from an
+``IConstantLayer``). The ``embedded`` layout is the earlier one: every engine holds its own weights.
 """
 
 from __future__ import annotations

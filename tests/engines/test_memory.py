@@ -42,6 +42,12 @@ def test_a_plan_that_fits_and_one_that_needs_a_smaller_batch(exports, capsys):
     assert main(["plan", str(export), "--target", f"{target:.9f}"]) == 1
     out = capsys.readouterr().out
     assert "does not fit" in out and "Re-export with --max-batch 2" in out
+    llm = [
+        name
+        for name, graph in ExportManifest.load(export).graphs.items()
+        if graph.kind in ("prefill", "decode", "text")
+    ]
+    assert f"this export's {len(llm)} LLM engines would each hold them" in out  # quantized weights, once per engine
 
 
 @pytest.mark.parametrize("target", ["orin-4gb", "-3"])
