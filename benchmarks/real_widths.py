@@ -1,0 +1,290 @@
+"""Every family at its real widths and depth, through the whole tool: export, run, parity, calibrate INT8, parity.
+
+For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level
+tiny tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B and
+LLaVA-1.5-7B (``--llava-layers``, default 16 of its 32 decoder layers: the fp32 export and PyTorch reference that INT8
+calibration and parity need would not fit 24 GiB at 32). Each step is the CLI in a child process, whose wall time
+and peak RSS (``wait4``) are printed with the step's verdict:
+
+    export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
+    export --precision fp32, calibrate --precision int8, parity (int8, 2 samples)
+
+``--steps`` picks some (``fp16`` the first three, ``int8`` the last three). The table goes to stdout and, with
+``--write``, to ``docs/real-widths.md``. Slow (an hour or more per family on 2 cores); not run by CI. Usage:
+    python benchmarks/real_widths.py [--families qwen2-vl internvl3 ...] [--steps fp16 int8] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from luvc.images import synthetic_image
+from luvc.models import tiny
+from luvc.models.tiny import save_random_qwen2_vl, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+GiB = 1 << 30
+
+
+def _qwen_text(tokenizer, vocab, hidden, intermediate, layers, heads, kv_heads, **own) -> dict:
+    eos, pad = tiny._ids(tokenizer, "<|im_end|>", "<pad>")
+    return dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+        **own,
+    )
+
+
+def qwen2_5_vl_3b(tokenizer, layers: int | None):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(tokenizer, 151936, 2048, 11008, layers or 36, 16, 2, rope_parameters=rope),
+        vision_config=tiny.qwen_vision_config(
+            depth=32,
+            hidden=1280,
+            heads=16,
+            intermediate_size=3420,
+            out_hidden_size=2048,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            hidden_act="silu",
+        ),
+        tie_word_embeddings=True,
+        **tiny._qwen_token_ids(tokenizer),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config), tiny._qwen_image_processor()
+
+
+def qwen3_vl_2b(tokenizer, layers: int | None):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=_qwen_text(tokenizer, 151936, 2048, 6144, layers or 28, 16, 8, head_dim=128, rope_parameters=rope),
+        vision_config=tiny.qwen_vision_config(
+            depth=24,
+            hidden=1024,
+            heads=16,
+            patch=16,
+            intermediate_size=4096,
+            out_hidden_size=2048,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=[5, 11, 17],
+        ),
+        tie_word_embeddings=True,
+        **tiny._qwen_token_ids(tokenizer),
+    )
+    return Qwen3VLForConditionalGeneration(config), tiny._qwen_image_processor(patch=16)
+
+
+def internvl3_1b(tokenizer, layers: int | None):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+
+    (image,) = tiny._ids(tokenizer, "<IMG_CONTEXT>")
+    text = _qwen_text(tokenizer, 151674, 896, 4864, layers or 24, 14, 2, rope_theta=1000000.0)
+    config = InternVLConfig(
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=[448, 448],
+            patch_size=[14, 14],
+        ),
+        text_config=Qwen2Config(**text).to_dict(),
+        image_token_id=image,
+        image_seq_length=256,
+    )
+    processor = tiny.GotOcr2ImageProcessorPil(
+        size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=6
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
+def llava_1_5_7b(tokenizer, layers: int | None):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    (image,) = tiny._ids(tokenizer, "<image>")
+    eos, pad = tiny._ids(tokenizer, "<|im_end|>", "<pad>")
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=layers or 32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+    )
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image, image_seq_length=576)
+    processor = tiny.CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return LlavaForConditionalGeneration(config), processor
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A family at one real model's widths: how to build it, and its export bucket."""
+
+    model: str
+    build: Callable | None  # (tokenizer, layers) -> (model, image processor); None: save_random_qwen2_vl
+    bucket: str
+
+
+FAMILIES = {
+    "qwen2-vl": Family("Qwen2-VL-2B", None, "448x448"),
+    "qwen2.5-vl": Family("Qwen2.5-VL-3B", qwen2_5_vl_3b, "448x448"),
+    "qwen3-vl": Family("Qwen3-VL-2B", qwen3_vl_2b, "448x448"),
+    "internvl3": Family("InternVL3-1B", internvl3_1b, "448x448"),
+    "llava": Family("LLaVA-1.5-7B", llava_1_5_7b, "336x336"),
+}
+
+
+def save_checkpoint(family: Family, folder: Path, layers: int | None) -> int:
+    """Write ``family``'s random-weight bf16 checkpoint to ``folder``; return its weight bytes."""
+    if family.build is None:
+        save_random_qwen2_vl(folder, 28, 32, torch.bfloat16, (448, 448))
+    else:
+        tokenizer = tiny_tokenizer()
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(0)
+            model, processor = family.build(tokenizer, layers)
+        finally:
+            torch.random.set_rng_state(state)
+        model.config.architectures = [type(model).__name__]
+        model.to(torch.bfloat16).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        del model
+    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+
+
+@dataclasses.dataclass
+class StepResult:
+    step: str
+    seconds: float
+    peak_rss: int
+    verdict: str
+
+
+def run_step(step: str, *args: str) -> StepResult:
+    """``luvc-export args`` in a child process: wall time, peak RSS, and its verdict (the exit status, and for
+    parity its last verdict line)."""
+    began = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as output:
+        argv = [sys.executable, "-m", "luvc.cli.main", *args]
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - began
+        output.seek(0)
+        lines = [line.strip() for line in output.read().splitlines() if line.strip()]
+    code = os.waitstatus_to_exitcode(status)
+    if step.startswith("parity"):
+        verdict = next((line for line in reversed(lines) if "PASSED" in line or "FAILED" in line), f"exit {code}")
+    else:
+        verdict = "ok" if code == 0 else f"exit {code}: {lines[-1] if lines else ''}"
+    print(f"  {step:14} {seconds:7.0f} s {usage.ru_maxrss * 1024 / GiB:6.2f} GiB  {verdict}", flush=True)
+    return StepResult(step, seconds, usage.ru_maxrss * 1024, verdict)
+
+
+def run_family(name: str, family: Family, steps: set[str], workdir: Path, layers: int | None) -> list[StepResult]:
+    """The steps of one family in ``workdir``; a failed export or calibration skips what needs it."""
+    checkpoint = workdir / "checkpoint"
+    weight_bytes = save_checkpoint(family, checkpoint, layers)
+    print(f"{family.model} ({name}, {layers or 'all'} decoder layers): {weight_bytes / GiB:.2f} GiB bf16", flush=True)
+    bucket = ("--image-size", family.bucket, "--max-batch", "1")
+    image = workdir / "image.png"
+    synthetic_image(*map(int, family.bucket.split("x"))).save(image)
+    request = ("--image", str(image), "--prompt", "Describe the image.", "--max-new-tokens", "8")
+    samples = ("--num-samples", "2")
+    results = []
+    if "fp16" in steps:
+        fp16 = workdir / "fp16"
+        results.append(
+            run_step(
+                "export fp16", "export", "--model", str(checkpoint), "--out", str(fp16), *bucket, "--precision", "fp16"
+            )
+        )
+        if results[-1].verdict == "ok":
+            results.append(run_step("run fp16", "run", str(fp16), *request))
+            results.append(run_step("parity fp16", "parity", str(fp16), "--model", str(checkpoint), *samples))
+    if "int8" in steps:
+        fp32, int8 = workdir / "fp32", workdir / "int8"
+        results.append(
+            run_step(
+                "export fp32", "export", "--model", str(checkpoint), "--out", str(fp32), *bucket, "--precision", "fp32"
+            )
+        )
+        if results[-1].verdict == "ok":
+            results.append(
+                run_step("calibrate int8", "calibrate", str(fp32), "--precision", "int8", "--out", str(int8))
+            )
+            if results[-1].verdict == "ok":
+                results.append(run_step("parity int8", "parity", str(int8), "--model", str(checkpoint), *samples))
+    return results
+
+
+def table(rows: dict[str, tuple[Family, int | None, list[StepResult]]]) -> str:
+    lines = ["| family | step | time | peak RSS | verdict |", "| --- | --- | --- | --- | --- |"]
+    for family, layers, results in rows.values():
+        label = f"{family.model} ({layers} layers)" if layers else family.model
+        for result in results:
+            lines.append(
+                f"| {label} | {result.step} | {result.seconds:.0f} s | {result.peak_rss / GiB:.2f} GiB | "
+                f"{result.verdict.replace('|', '/')} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--steps", nargs="+", choices=["fp16", "int8"], default=["fp16", "int8"])
+    parser.add_argument("--llava-layers", type=int, default=16, help="LLaVA's decoder layers (default 16 of 32)")
+    parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
+    args = parser.parse_args()
+    rows = {}
+    for name in args.families:
+        family = FAMILIES[name]
+        layers = args.llava_layers if name == "llava" else None
+        with tempfile.TemporaryDirectory(prefix=f"luvc-real-{name}-") as tmp:
+            rows[name] = (family, layers, run_family(name, family, set(args.steps), Path(tmp), layers))
+    text = table(rows)
+    print(text)
+    if args.write:
+        (ROOT / "docs" / "real-widths.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
