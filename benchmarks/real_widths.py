@@ -9,7 +9,8 @@ and peak RSS (``wait4``) are printed with the step's verdict:
     export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
     export --precision fp32, calibrate --precision int8, parity (int8, 2 samples)
 
-``--steps`` picks some (``fp16`` the first three, ``int8`` the last three). The table goes to stdout and, with
+``--steps`` picks some (``fp16`` the first three, ``int8`` the last three); ``--workdir`` keeps each family's
+checkpoint, exports and step logs (default: a temporary folder, removed). The table goes to stdout and, with
 ``--write``, to ``docs/real-widths.md``. Slow (an hour or more per family on 2 cores); not run by CI. Usage:
     python benchmarks/real_widths.py [--families qwen2-vl internvl3 ...] [--steps fp16 int8] [--write]
 """
@@ -198,11 +199,11 @@ class StepResult:
     verdict: str
 
 
-def run_step(step: str, *args: str) -> StepResult:
-    """``luvc-export args`` in a child process: wall time, peak RSS, and its verdict (the exit status, and for
-    parity its last verdict line)."""
+def run_logged(step: str, log: Path, *args: str) -> StepResult:
+    """``luvc-export args`` in a child process, its output kept in ``log``: wall time, peak RSS, and its verdict (the
+    exit status, and for parity its last verdict line)."""
     began = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as output:
+    with log.open("w+") as output:
         argv = [sys.executable, "-m", "luvc.cli.main", *args]
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
@@ -222,6 +223,10 @@ def run_family(name: str, family: Family, steps: set[str], workdir: Path, layers
     """The steps of one family in ``workdir``; a failed export or calibration skips what needs it."""
     checkpoint = workdir / "checkpoint"
     weight_bytes = save_checkpoint(family, checkpoint, layers)
+
+    def run_step(step: str, *args: str) -> StepResult:
+        return run_logged(step, workdir / f"{step.replace(' ', '-')}.log", *args)
+
     print(f"{family.model} ({name}, {layers or 'all'} decoder layers): {weight_bytes / GiB:.2f} GiB bf16", flush=True)
     bucket = ("--image-size", family.bucket, "--max-batch", "1")
     image = workdir / "image.png"
@@ -273,13 +278,16 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", choices=["fp16", "int8"], default=["fp16", "int8"])
     parser.add_argument("--llava-layers", type=int, default=16, help="LLaVA's decoder layers (default 16 of 32)")
     parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
+    parser.add_argument("--workdir", type=Path, help="keep checkpoints, exports and each step's log here")
     args = parser.parse_args()
     rows = {}
     for name in args.families:
         family = FAMILIES[name]
         layers = args.llava_layers if name == "llava" else None
         with tempfile.TemporaryDirectory(prefix=f"luvc-real-{name}-") as tmp:
-            rows[name] = (family, layers, run_family(name, family, set(args.steps), Path(tmp), layers))
+            workdir = args.workdir / name if args.workdir else Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            rows[name] = (family, layers, run_family(name, family, set(args.steps), workdir, layers))
     text = table(rows)
     print(text)
     if args.write:

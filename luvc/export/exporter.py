@@ -50,6 +50,7 @@ from luvc.export.stage_times import StageTimes
 from luvc.export.weights import SharedWeights, StableMemory
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
+from luvc.models.weights import cast_in_place
 from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
 from luvc.runtime.host_plan import HostPlan
@@ -265,7 +266,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         profile = (self.profile or ExportProfile()).resolve(adapter)
         if adapter.model.dtype != profile.dtype:
             origin = str(adapter.model.dtype).removeprefix("torch.")
-            adapter.model.to(profile.dtype)
+            cast_in_place(adapter.model, profile.dtype)
             check_fp16_range(adapter.model, origin)
         buckets = [plan_bucket(adapter, size) for size in profile.image_sizes]
         buckets += [plan_bucket(adapter, size, frames) for frames, *size in profile.video_sizes]

@@ -57,7 +57,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     name = str(name_or_path)
     if name in TINY_BUILDERS:
         model, tokenizer, processor = build_tiny(name, seed=0 if seed is None else seed)
-        return ADAPTERS[type(model).__name__](model.to(dtype or torch.float32), tokenizer, processor, name=name)
+        model = cast_in_place(model, dtype or torch.float32)
+        return ADAPTERS[type(model).__name__](model, tokenizer, processor, name=name)
     path = Path(name_or_path)
     if not path.is_dir():
         critical(f"{name!r} is neither a built-in model {list(TINY_MODELS)} nor a folder; pass a checkpoint folder.")

@@ -41,3 +41,27 @@ def test_a_weight_beyond_float16_is_named_with_the_fix(tmp_path, capsys):
     assert "Weight model.language_model.layers.1.mlp.up_proj.weight does not fit float16" in err
     assert "from the checkpoint's bfloat16" in err and "--precision fp32" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl"])
+def test_rotary_angles_stay_float32_in_a_float16_model(family, tmp_path):
+    """A float16 model keeps its rotary frequencies in float32 (loaded by name and from a bf16 checkpoint): at
+    position 3000 a float16 ``inv_freq`` puts cos/sin off by more than 0.05; float32 ones by float16 rounding only."""
+    reference = load_model(family)
+    text_rotary = reference.model.model.language_model.rotary_emb
+    positions = torch.arange(3000)[None]
+    x = torch.zeros(1, 1, 8)
+    cos_reference, _ = text_rotary(x, positions)
+    exact = text_rotary.inv_freq.clone()
+    last = positions[0, -1].float()
+    assert ((last * exact.half().float()).cos() - (last * exact).cos()).abs().max() > 0.05  # what .to(float16) did
+    folder = tmp_path / "bf16"
+    for part in (reference.model.to(torch.bfloat16), reference.tokenizer, reference.image_processor):
+        part.save_pretrained(folder)
+    for source in (family, folder):
+        half = load_model(source, dtype=torch.float16).model
+        frequencies = {name: buffer.dtype for name, buffer in half.named_buffers() if name.endswith("inv_freq")}
+        assert frequencies and set(frequencies.values()) == {torch.float32}, frequencies
+        cos, _ = half.model.language_model.rotary_emb(x.half(), positions)
+        assert cos.dtype == torch.float16
+        assert (cos.float() - cos_reference).abs().max() < 1e-3
