@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -171,8 +172,8 @@ FAMILIES = {
 }
 
 
-def save_checkpoint(family: Family, folder: Path, layers: int | None) -> int:
-    """Write ``family``'s random-weight bf16 checkpoint to ``folder``; return its weight bytes."""
+def save_checkpoint(family: Family, folder: Path, layers: int | None) -> None:
+    """Write ``family``'s random-weight bf16 checkpoint to ``folder``."""
     if family.build is None:
         save_random_qwen2_vl(folder, 28, 32, torch.bfloat16, (448, 448))
     else:
@@ -187,8 +188,6 @@ def save_checkpoint(family: Family, folder: Path, layers: int | None) -> int:
         model.to(torch.bfloat16).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         processor.save_pretrained(folder)
-        del model
-    return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
 
 
 @dataclasses.dataclass
@@ -222,7 +221,14 @@ def run_logged(step: str, log: Path, *args: str) -> StepResult:
 def run_family(name: str, family: Family, steps: set[str], workdir: Path, layers: int | None) -> list[StepResult]:
     """The steps of one family in ``workdir``; a failed export or calibration skips what needs it."""
     checkpoint = workdir / "checkpoint"
-    weight_bytes = save_checkpoint(family, checkpoint, layers)
+    # in a process of its own: a child's peak RSS starts at its parent's (Linux keeps it across fork and exec), so
+    # the model built here would count in every step's figure
+    builder = multiprocessing.get_context("spawn").Process(target=save_checkpoint, args=(family, checkpoint, layers))
+    builder.start()
+    builder.join()
+    if builder.exitcode != 0:
+        raise SystemExit(f"real_widths: writing the {family.model} checkpoint failed")
+    weight_bytes = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors"))
 
     def run_step(step: str, *args: str) -> StepResult:
         return run_logged(step, workdir / f"{step.replace(' ', '-')}.log", *args)
