@@ -64,8 +64,8 @@ def decode_agreement(
 ) -> dict[str, float]:
     """Greedy runs of ``samples`` through the ``quantized`` pipeline against the float ``references``: the decode
     steps compared, the fraction of the reference's tokens reproduced before the first difference, and the worst
-    decode-step logits cosine. Non-finite logits, or a
-    cosine under ``target`` when one is given, stop calibration naming the graph."""
+    decode-step logits cosine (1.0 when the first tokens already differ: no decode step compares). Non-finite
+    logits, or a cosine under ``target`` when one is given, stop calibration naming the graph."""
     total, matched, cosines = 0, 0, []
     for sample, reference in zip(samples, references):
         run = greedy_run(quantized, sample, len(reference.tokens))
