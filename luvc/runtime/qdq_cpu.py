@@ -37,6 +37,10 @@ def unsigned_activations(model: onnx.ModelProto) -> int:
         graph.initializer.append(numpy_helper.from_array(unsigned, name))
         for node in (quantize, *readers):
             node.input[2] = name
+    moved = {quantize.output[0] for quantize, _, _ in pairs}
+    kept = [info for info in graph.value_info if info.name not in moved]  # their recorded type was int8
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     return len(pairs)
 
 

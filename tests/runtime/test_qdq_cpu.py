@@ -50,6 +50,7 @@ def shared_input_projections() -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, OUT]) for name in ("a", "b")],
         initializers,
+        value_info=[helper.make_tensor_value_info("normed_q", TensorProto.INT8, [1, WIDTH])],  # as shape inference
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
 
