@@ -76,7 +76,7 @@ class MappedWeights:
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
-        if not on_gpu and uses_unsigned_activations():
+        if quantized and not on_gpu and uses_unsigned_activations():
             unsigned_activations(model)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
