@@ -37,14 +37,7 @@ from luvc.calibration.quantize import (
     quantized_layers,
 )
 from luvc.calibration.report import write_report
-from luvc.calibration.verify import (
-    ReferenceRun,
-    decode_agreement,
-    greedy_run,
-    logits_cosine,
-    open_every_graph,
-    worst_cosine,
-)
+from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph, worst_cosine
 from luvc.calibration.weight_only import (
     DEFAULT_BLOCK_SIZE,
     check_block_size,
@@ -96,27 +89,6 @@ def collect_feeds(
         feeds.setdefault(pipeline.manifest.text_prefill, []).append(host_arrays(text_only.prefill_feeds))
         advance(f"calibration feeds: {sample.name}")
     return feeds, references
-
-
-def first_logits(pipeline, sample: Sample) -> np.ndarray:
-    """The first-token logits ``pipeline`` gives for ``sample`` (host copy)."""
-    prepared = pipeline.prepare([sample.image], [sample.prompt])
-    return pipeline.request(prepared, GenerationOptions(1, keep_logits=True)).step().logits
-
-
-def first_token_agreement(references: Sequence[ReferenceRun], quantized, samples: Sequence[Sample]) -> dict:
-    """First-token top-1 agreement and logits cosine of the quantized export against its fp32 source's runs
-    ``references`` (one per sample)."""
-    top1, cosines = [], []
-    for sample, reference in zip(samples, references):
-        candidate = np.asarray(first_logits(quantized, sample)).ravel()
-        top1.append(float(reference.first_logits.argmax() == candidate.argmax()))
-        cosines.append(logits_cosine(reference.first_logits, candidate))
-    return {
-        "top1_agreement": float(np.mean(top1)),
-        "logits_cosine_min": float(np.min(cosines)),
-        "logits_cosine_mean": float(np.mean(cosines)),
-    }
 
 
 @dataclasses.dataclass
@@ -253,8 +225,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
                 try:  # what was written loads, and decodes as the float export does
                     open_every_graph(quantized)
-                    agreement = first_token_agreement(references, quantized, samples)
-                    agreement |= decode_agreement(references, quantized, samples, self.target_agreement)
+                    agreement = agreement_with_reference(references, quantized, samples, self.target_agreement)
                 finally:
                     quantized.release()
                 quantization = dataclasses.replace(
@@ -283,8 +254,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             pipeline = Pipeline(folder, manifest=candidate)
             try:
                 samples, references = calibration.samples, calibration.references
-                agreement = first_token_agreement(references, pipeline, samples)
-                return worst_cosine(agreement | decode_agreement(references, pipeline, samples, target=None))
+                return worst_cosine(agreement_with_reference(references, pipeline, samples, target=None))
             finally:
                 pipeline.release()
 

@@ -59,16 +59,20 @@ def open_every_graph(pipeline) -> None:
             critical(f"The calibrated {name} graph does not load in ONNX Runtime ({reason}); nothing was written.")
 
 
-def decode_agreement(
+def agreement_with_reference(
     references: Sequence[ReferenceRun], quantized, samples: Sequence[Sample], target: float | None
 ) -> dict[str, float]:
-    """Greedy runs of ``samples`` through the ``quantized`` pipeline against the float ``references``: the decode
-    steps compared, the fraction of the reference's tokens reproduced before the first difference, and the worst
-    decode-step logits cosine (1.0 when the first tokens already differ: no decode step compares). Non-finite
-    logits, or a cosine under ``target`` when one is given, stop calibration naming the graph."""
+    """One greedy run of each of ``samples`` through the ``quantized`` pipeline against the float ``references``:
+    first-token top-1 agreement and logits cosine (worst and mean), the decode steps compared, the fraction of the
+    reference's tokens reproduced before the first difference, and the worst decode-step logits cosine (1.0 when the
+    first tokens already differ: no decode step compares). Non-finite logits, or a decode cosine under ``target``
+    when one is given, stop calibration naming the graph."""
+    top1, first_cosines = [], []
     total, matched, cosines = 0, 0, []
     for sample, reference in zip(samples, references):
         run = greedy_run(quantized, sample, len(reference.tokens))
+        top1.append(float(reference.first_logits.argmax() == run.first_logits.argmax()))
+        first_cosines.append(logits_cosine(reference.first_logits, run.first_logits))
         total += len(reference.tokens)
         for step, (expected, got) in enumerate(zip(reference.tokens, run.tokens)):
             if not np.all(np.isfinite(run.logits[step])):
@@ -90,6 +94,9 @@ def decode_agreement(
             "(--data)."
         )
     return {
+        "top1_agreement": float(np.mean(top1)),
+        "logits_cosine_min": float(np.min(first_cosines)),
+        "logits_cosine_mean": float(np.mean(first_cosines)),
         "decode_steps_compared": float(len(cosines)),
         "greedy_prefix_agreement": matched / total if total else 1.0,
         "decode_logits_cosine_min": worst,
