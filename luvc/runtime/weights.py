@@ -101,8 +101,8 @@ class MappedWeights:
         return model.SerializeToString(), values
 
     def ort_value(self, tensor: ExternalTensor):
-        """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array, on a GPU a copy in
-        device memory."""
+        """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array, on a GPU the device
+        tensor (``device_tensor``) lent to it."""
         import onnxruntime as ort
 
         key = _key(tensor)
@@ -110,8 +110,10 @@ class MappedWeights:
             if self.device.type == "cpu":
                 self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor))
             else:
-                device = (self.device.type, self.device.index or 0)
-                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor), *device)
+                # ONNX Runtime shares only a buffer it does not own (a value it copied to the GPU is refused with
+                # "Buffer containing the initializer must be owned by the user"): the device tensor, lent through
+                # DLPack, is that buffer, and the one TensorRT engines are bound to
+                self._values[key] = borrowed_ort_value(self.device_tensor(tensor))
         return self._values[key]
 
     def device_tensor(self, tensor: ExternalTensor) -> torch.Tensor:
@@ -145,9 +147,8 @@ class MappedWeights:
     @property
     def device_bytes(self) -> int:
         """Bytes of the weights held in GPU memory (ONNX Runtime values and TensorRT input buffers)."""
-        tensors = sum(t.numel() * t.element_size() for t in self._device_tensors.values())
-        values = 0 if self.device.type == "cpu" else sum(self._arrays[key].nbytes for key in self._values)
-        return tensors + values
+        # ONNX Runtime's values on a GPU borrow these tensors
+        return sum(t.numel() * t.element_size() for t in self._device_tensors.values())
 
     @property
     def converted_bytes(self) -> int:
@@ -164,6 +165,17 @@ class MappedWeights:
         self._device_tensors.clear()
         self._arrays.clear()
         self._files.clear()
+
+
+def borrowed_ort_value(tensor: torch.Tensor):
+    """An ONNX Runtime value over ``tensor``'s memory, without a copy (DLPack): ONNX Runtime does not own it, so a
+    session can take it as a shared initializer. ``tensor`` must outlive every session given it (the value keeps a
+    reference)."""
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state
+
+    # the binding, not ``OrtValue.from_dlpack``: onnxruntime-gpu 1.31 has only the binding
+    return ort.OrtValue(_pybind_state.OrtValue.from_dlpack(tensor.__dlpack__()), tensor)
 
 
 def _key(tensor: ExternalTensor) -> ExternalTensor:

@@ -115,3 +115,40 @@ def test_float32_compute_keeps_the_in_place_cache_update_float16(fp16_external_e
     scatter_updates = {node.input[1] for node in scatters}
     assert set(float16_inside) == scatter_updates
     assert all(tensor.data_type != float16 for tensor in rewritten.graph.initializer)
+
+
+def _matmul_graph(weight_shape: tuple[int, int]) -> bytes:
+    """``y = x @ w`` with ``w`` an initializer of zeros, to be replaced by a shared one."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight_shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight_shape[1]])],
+        [onnx.numpy_helper.from_array(np.zeros(weight_shape, np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_borrowed_device_tensor_is_a_shared_initializer_without_a_copy():
+    """What the GPU path hands ONNX Runtime (a torch tensor lent through DLPack) is a buffer ONNX Runtime does not
+    own, so ``add_initializer`` takes it; a value ONNX Runtime allocated itself (as ``ortvalue_from_numpy`` does on a
+    GPU) is refused with the error every real export met on ONNX Runtime CUDA."""
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from luvc.runtime.weights import borrowed_ort_value
+
+    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    value = borrowed_ort_value(weight)
+    assert value.data_ptr() == weight.data_ptr()
+    options = ort.SessionOptions()
+    options.add_initializer("w", value)
+    session = ort.InferenceSession(_matmul_graph((3, 4)), options, providers=["CPUExecutionProvider"])
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x @ weight.numpy())
+
+    owned = ort.OrtValue.ortvalue_from_shape_and_type([3, 4], np.float32, "cpu", 0)
+    with pytest.raises(Exception, match="must be owned by the user"):
+        ort.SessionOptions().add_initializer("w", owned)
