@@ -2,8 +2,9 @@
 
 For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level
 tiny tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B and
-LLaVA-1.5-7B (``--llava-layers``, default 16 of its 32 decoder layers: the fp32 export and PyTorch reference that INT8
-calibration and parity need would not fit 24 GiB at 32). Each step is the CLI in a child process, whose wall time
+LLaVA-1.5-7B. ``--layers FAMILY=N`` gives a family fewer decoder layers where the float32 PyTorch reference that parity
+needs would not fit the machine's memory (default ``llava=12``; on 24 GiB, Qwen2.5-VL-3B's parity at all 36 layers
+was killed at 22.95 GiB, so ``qwen2.5-vl=24`` there). Each step is the CLI in a child process, whose wall time
 and peak RSS (``wait4``) are printed with the step's verdict:
 
     export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
@@ -175,7 +176,7 @@ FAMILIES = {
 def save_checkpoint(family: Family, folder: Path, layers: int | None) -> None:
     """Write ``family``'s random-weight bf16 checkpoint to ``folder``."""
     if family.build is None:
-        save_random_qwen2_vl(folder, 28, 32, torch.bfloat16, (448, 448))
+        save_random_qwen2_vl(folder, layers or 28, 32, torch.bfloat16, (448, 448))
     else:
         tokenizer = tiny_tokenizer()
         state = torch.random.get_rng_state()
@@ -282,14 +283,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--steps", nargs="+", choices=["fp16", "int8"], default=["fp16", "int8"])
-    parser.add_argument("--llava-layers", type=int, default=16, help="LLaVA's decoder layers (default 16 of 32)")
+    parser.add_argument(
+        "--layers",
+        nargs="*",
+        default=["llava=12"],
+        metavar="FAMILY=N",
+        help="decoder layers for a family whose reference would not fit memory at full depth (default llava=12)",
+    )
     parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints, exports and each step's log here")
     args = parser.parse_args()
+    depths = {}
+    for entry in args.layers:
+        name, _, count = entry.partition("=")
+        if name not in FAMILIES or not count.isdigit() or int(count) < 1:
+            parser.error(f"--layers {entry!r}: give FAMILY=N with FAMILY one of {list(FAMILIES)} and N >= 1")
+        depths[name] = int(count)
     rows = {}
     for name in args.families:
         family = FAMILIES[name]
-        layers = args.llava_layers if name == "llava" else None
+        layers = depths.get(name)
         with tempfile.TemporaryDirectory(prefix=f"luvc-real-{name}-") as tmp:
             workdir = args.workdir / name if args.workdir else Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)

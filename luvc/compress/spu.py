@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,13 +57,29 @@ def lowpass_basis(n: int, rho: float) -> torch.Tensor:
     return dct_basis(n, low_frequency_count("spectral-residual", rho, n, 0))
 
 
+@functools.lru_cache(maxsize=256)
+def _residual_projection(n: int, rho: float) -> np.ndarray:
+    basis = _dct_rows(n, low_frequency_count("spectral-residual", rho, n, 0)).astype(np.float64)
+    projection = (np.eye(n) - basis.T @ basis).astype(np.float32)
+    projection.flags.writeable = False
+    return projection
+
+
+def residual_projection(n: int, rho: float) -> torch.Tensor:
+    """``I - P_n``: ``(n, n)`` float32, what the low-pass leaves of ``n`` tokens (symmetric)."""
+    return torch.tensor(_residual_projection(n, rho))
+
+
 def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
-    """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 high-frequency energy ``||V_i - (P_n V)_i||^2``."""
-    values = tokens.float()
-    # bmm with a batched (B, m, n) basis: a broadcast matmul makes traced graphs specialise on the batch size
-    basis = lowpass_basis(values.shape[-2], rho).to(values.device).expand(values.shape[0], -1, -1)
-    lowpassed = torch.bmm(basis.transpose(1, 2), torch.bmm(basis, values))
-    return (values - lowpassed).square().sum(dim=-1)
+    """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 high-frequency energy ``||V_i - (P_n V)_i||^2``.
+
+    One product with the constant ``I - P_n``, the token axis last where ``linear`` applies it: one MatMul with a
+    constant weight for any batch size (a batched product over the token axis exports with an Expand of the matrix to
+    the batch), and a sum of squares. It costs ``n^2 D`` multiply-adds against ``2 m n D`` for ``P_n`` as two products
+    with ``C_m``: about 0.1% of a 2B model's prefill at the default ``rho``, for three nodes fewer per cut."""
+    channels_first = tokens.float().transpose(1, 2)  # (B, D, n)
+    residual = F.linear(channels_first, residual_projection(tokens.shape[-2], rho).to(tokens.device))
+    return residual.square().sum(dim=1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -143,25 +144,36 @@ def span_rows(values: torch.Tensor, start: int, count: int, shift: torch.Tensor 
     return gather_tokens(values, index)
 
 
-def block_positions(length: int, block_start: int, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, length)`` positions of a sequence whose rows hold a visual block ``shift[b]`` tokens after
-    ``block_start``, and each position relative to its row's block start (negative before the block)."""
-    position = torch.arange(length, device=shift.device).expand(shift.shape[0], -1)
-    return position, position - shift[:, None] - block_start
+def block_relative(length: int, block_start: int, shift: torch.Tensor) -> torch.Tensor:
+    """``(B, length)``: each position of a sequence whose rows hold a visual block ``shift[b]`` tokens after
+    ``block_start``, relative to its row's block start (negative before the block)."""
+    return torch.arange(length, device=shift.device) - (shift[:, None] + block_start)
 
 
-def shifted_index(
-    block: torch.Tensor, block_start: int, length: int, removed: int, shift: torch.Tensor
-) -> torch.Tensor:
+Piece = tuple[torch.Tensor, int]  # (B, w) values and the constant that makes them template positions
+
+
+def shifted_index(pieces: Sequence[Piece], block_start: int, length: int, removed: int, shift: torch.Tensor):
     """``(B, length)`` gather index of a sequence whose rows hold the visual block ``shift[b]`` tokens after
-    ``block_start``: the text before the block maps to itself, the block's positions to ``block (B, n)`` (template
-    coordinates, moved by the row's shift), and the text after the block to its index plus the ``removed`` tokens."""
-    position, relative = block_positions(length, block_start, shift)
-    if block.shape[1] == 0:  # the block keeps nothing: the text after it follows the text before
-        return torch.where(relative < 0, position, position + removed)
-    inside = torch.gather(block, 1, relative.clamp(0, block.shape[1] - 1)) + shift[:, None]
-    after = torch.where(relative < block.shape[1], inside, position + removed)
-    return torch.where(relative < 0, position, after)
+    ``block_start``: the text before the block maps to itself, the block's positions to the template positions of
+    ``pieces`` (in order, moved by the row's shift), and the text after the block to its index plus the ``removed``
+    tokens.
+
+    Written as each position plus what its slot adds (one lookup): slot 0 before the block (adds 0), slots 1..n its
+    positions (add their template position minus where they now sit), slot n + 1 after it (adds ``removed``)."""
+    position = torch.arange(length, device=shift.device)
+    before_block = shift[:, None] + (block_start - 1)  # slot = position - before_block, clamped
+    inside, placed = [], block_start
+    for values, offset in pieces:
+        if values.shape[1]:
+            inside.append(values - (torch.arange(values.shape[1], device=values.device) + (placed - offset)))
+            placed += values.shape[1]
+    if not inside:  # the block keeps nothing: the text after it follows the text before
+        return torch.where(position > before_block, position + removed, position)
+    adds = torch.cat(inside, dim=1) if len(inside) > 1 else inside[0]
+    adds = F.pad(F.pad(adds, (1, 0), value=0), (0, 1), value=removed)
+    slot = (position - before_block).clamp(0, adds.shape[1] - 1)
+    return position + torch.gather(adds, 1, slot)
 
 
 def spu_gather_index(
@@ -183,28 +195,34 @@ def spu_gather_index(
     batch, length = hidden.shape[:2]
     device = hidden.device
     block_start = spans[0][0] if spans else 0
-    pieces, kept, cursor, visual_offset = [], [], block_start, 0
+    pieces: list[Piece] = []  # the new block: text between spans and the kept tokens of each span
+    kept, cursor, visual_offset = [], block_start, 0
     for span, ((start, count), budget) in enumerate(zip(spans, budgets)):
-        pieces.append(torch.arange(cursor, start, device=device).expand(batch, -1))
+        pieces.append((torch.arange(cursor, start, device=device).expand(batch, -1), 0))
         if budget:
             ids = visual_ids[:, visual_offset : visual_offset + count]
             keep = select_tokens(scorer(span_rows(score_input, start, count, shift), ids, span), budget)
-            pieces.append(keep + start)
+            pieces.append((keep, start))
             kept.append(keep + visual_offset)
         cursor, visual_offset = start + count, visual_offset + count
     removed = sum(count for _, count in spans) - sum(budgets)
     kept_index = torch.cat(kept, dim=1) if kept else None
     if shift is not None:
-        index = shifted_index(torch.cat(pieces, dim=1), block_start, length - removed, removed, shift)
+        index = shifted_index(pieces, block_start, length - removed, removed, shift)
         return index, pruned_spans(spans, budgets), kept_index
     before = torch.arange(0, block_start, device=device).expand(batch, -1)
     after = torch.arange(cursor, length, device=device).expand(batch, -1)
-    return torch.cat([before, *pieces, after], dim=1), pruned_spans(spans, budgets), kept_index
+    block = [values + offset if offset else values for values, offset in pieces]
+    return torch.cat([before, *block, after], dim=1), pruned_spans(spans, budgets), kept_index
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[b, index[b]]`` for a ``(B, S, ...)`` tensor and a ``(B, S_new)`` index."""
-    expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
+    # unsqueezed, not viewed: a view exports with its shape computed from the sequence length
+    trailing = index
+    for _ in range(tensor.dim() - 2):
+        trailing = trailing.unsqueeze(-1)
+    expanded = trailing.expand(-1, -1, *tensor.shape[2:])
     return torch.gather(tensor, 1, expanded)
 
 
@@ -250,7 +268,7 @@ def add_visual_plane(
             cursor, offset = start + count, offset + count
         padded = torch.cat([rows, rows.new_zeros(rows.shape[0], 1, rows.shape[2])], dim=1)
         block = torch.tensor(table, device=hidden.device).expand(hidden.shape[0], -1)
-        _, relative = block_positions(hidden.shape[1], spans[0][0], shift)
+        relative = block_relative(hidden.shape[1], spans[0][0], shift)
         inside = (relative >= 0) & (relative < len(table))
         source = torch.where(inside, torch.gather(block, 1, relative.clamp(0, len(table) - 1)), zero)
         return hidden + gather_tokens(padded, source)

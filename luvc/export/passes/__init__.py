@@ -20,14 +20,21 @@ from luvc.export.manifest_entries import PassEntry
 from luvc.export.passes.cleanup import cancel_inverse_pairs, fold_constants, remove_identity
 from luvc.export.passes.fp32_islands import keep_fp32_islands
 from luvc.export.passes.fuse_oim import fuse_oim_merge
-from luvc.export.passes.fuse_spu import fuse_spu_gathers
+from luvc.export.passes.fuse_spu import fuse_spu_energy, fuse_spu_gathers
 from luvc.export.passes.split_topk import split_large_topk
 from luvc.export.stage_times import StageTimes
 
 LOGGER = logging.getLogger("luvc.passes")
 Pass = Callable[[gs.Graph], gs.Graph]
 SIMPLIFY: tuple[Pass, ...] = (fold_constants, remove_identity, cancel_inverse_pairs)
-PASSES: tuple[Pass, ...] = (*SIMPLIFY, fuse_oim_merge, fuse_spu_gathers, split_large_topk, keep_fp32_islands)
+PASSES: tuple[Pass, ...] = (
+    *SIMPLIFY,
+    fuse_oim_merge,
+    fuse_spu_gathers,
+    fuse_spu_energy,
+    split_large_topk,
+    keep_fp32_islands,
+)
 
 
 @dataclasses.dataclass
@@ -98,6 +105,7 @@ __all__ = [
     "cancel_inverse_pairs",
     "fold_constants",
     "fuse_oim_merge",
+    "fuse_spu_energy",
     "fuse_spu_gathers",
     "keep_fp32_islands",
     "remove_identity",

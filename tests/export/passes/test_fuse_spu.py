@@ -55,3 +55,32 @@ def test_gathers_read_the_shared_index_with_unique_names():
     assert sorted(node.name for node in fused) == [f"{UNIT}/GatherND_1", f"{UNIT}/GatherND_2"]
     for a, b in zip(before, run_graph(gs.export_onnx(graph), feeds)):
         np.testing.assert_array_equal(a, b)
+
+
+def energy_model(exponent: float, square_also_output: bool):
+    """``ReduceSum(Pow(x, exponent), axes=[1])`` under the unit; the square is also a graph output when asked."""
+    inits = [
+        helper.make_tensor("two", TensorProto.FLOAT, [], [exponent]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["squared"], name=f"{UNIT}/Pow"),
+        helper.make_node("ReduceSum", ["squared", "axes"], ["energy"], name=f"{UNIT}/ReduceSum", keepdims=0),
+    ]
+    outputs = [value("energy", [1, 4])] + ([value("squared", [1, 3, 4])] if square_also_output else [])
+    return small_model(nodes, [value("x", [1, 3, 4])], outputs, inits)
+
+
+def test_residual_energy_becomes_one_reduce_sum_square():
+    from luvc.export.passes.fuse_spu import fuse_spu_energy
+
+    feeds = {"x": np.linspace(-2, 2, 12, dtype=np.float32).reshape(1, 3, 4)}
+    model = energy_model(2.0, square_also_output=False)
+    graph = fuse_spu_energy(gs.import_onnx(model))
+    assert [node.op for node in graph.nodes] == ["ReduceSumSquare"]
+    assert graph.nodes[0].name == f"{UNIT}/ReduceSumSquare" and graph.nodes[0].attrs["keepdims"] == 0
+    np.testing.assert_allclose(run_graph(gs.export_onnx(graph), feeds)[0], run_graph(model, feeds)[0], rtol=1e-6)
+    # a cube, or a square something else reads, stays as it is
+    for exponent, shared in ((3.0, False), (2.0, True)):
+        kept = fuse_spu_energy(gs.import_onnx(energy_model(exponent, shared)))
+        assert sorted(node.op for node in kept.nodes) == ["Pow", "ReduceSum"]
