@@ -93,11 +93,25 @@ class QwenVisionOutput:
     deepstack: tuple[torch.Tensor, ...] = ()
 
 
+def patch_embedding(embed: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``embed`` (a Qwen-VL patch embedding: a Conv3d whose kernel is its stride, over patches already flattened in
+    the kernel's (C, T, H, W) order), exported as one matrix product with the flattened kernel: the same sums, and one
+    MatMul in the graphs. cuDNN's heuristics find no fp16 algorithm for this Conv3d on a Hopper GPU (weight [1280, 3,
+    2, 14, 14], stride [2, 14, 14]) under ONNX Runtime's default search; a MatMul runs on every backend. PyTorch itself
+    runs the module, so that LUVC off stays exactly stock transformers."""
+    proj = embed.proj
+    regular = tuple(proj.kernel_size) == tuple(proj.stride) and not any(proj.padding) and proj.groups == 1
+    if not (regular and torch.compiler.is_exporting()):
+        return embed(pixel_values)
+    weight = proj.weight.reshape(proj.out_channels, -1)
+    return torch.nn.functional.linear(pixel_values.reshape(-1, weight.shape[1]).to(weight.dtype), weight, proj.bias)
+
+
 def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -> QwenVisionOutput:
     """The encoder forward under ``plan``: patch and position embeddings, blocks, OIM steps between them, DeepStack
     mergers (Qwen3-VL), patch merger."""
     unit = encoder.spatial_merge_size**2
-    hidden = encoder.patch_embed(pixel_values)
+    hidden = patch_embedding(encoder.patch_embed, pixel_values)
     dim = hidden.shape[-1]
     if plan.position_taps is not None:
         indices, weights = (tensor.to(hidden.device) for tensor in plan.position_taps)

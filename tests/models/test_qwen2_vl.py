@@ -134,3 +134,25 @@ def test_temporal_merges_move_the_time_axis_by_slices():
     times = spatial[start : start + 4 * per_slice : per_slice].tolist()  # slices 0..3 of the W-merged grid
     merged_times = merged[start : start + 2 * 16 : 16].tolist()  # slices 0..1 of the T-merged grid
     assert merged_times == [times[0], times[2]]
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])  # without and with a bias
+def test_the_exported_patch_embedding_is_one_matmul_with_the_conv3d_sums(family, tmp_path):
+    import onnx
+
+    from luvc.models.qwen2_vl import patch_embedding
+
+    embed = load_model(family).model.model.visual.patch_embed
+    pixels = torch.randn(6, embed.proj.weight[0].numel())
+
+    class Embedding(torch.nn.Module):
+        def forward(self, values):
+            return patch_embedding(embed, values)
+
+    path = tmp_path / "patch.onnx"
+    torch.onnx.export(Embedding(), (pixels,), path, dynamo=True, verbose=False)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert "Conv" not in ops and ("MatMul" in ops or "Gemm" in ops)
+    exported = torch.export.export(Embedding(), (pixels,)).module()(pixels)
+    torch.testing.assert_close(exported, embed(pixels), rtol=1e-5, atol=1e-6)
+    assert torch.equal(patch_embedding(embed, pixels), embed(pixels))  # eager: the module itself
