@@ -74,7 +74,8 @@ def parse_budget(num_layers: int, spec: str | Sequence[int] | None) -> tuple[int
 
 def default_schedule(num_layers: int, num_visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
     """Full budget before ``spu_start``, then a linear decay (to zero at the last layer when ``final_zero``),
-    stepping every ``spu_every`` layers. ``config`` must be resolved."""
+    stepping every ``spu_every`` layers, each step's budget rounded to the nearest multiple of ``budget_tile``.
+    ``config`` must be resolved."""
     start, every, n = config.spu_start, config.spu_every, num_visual_tokens
     budgets, current = [], n
     for layer in range(num_layers):
@@ -84,9 +85,14 @@ def default_schedule(num_layers: int, num_visual_tokens: int, config: LUVCConfig
                 fraction = (num_layers - 1 - layer) / (num_layers - start)
             else:
                 fraction = (num_layers - layer) / (num_layers - start + 1)
-            current = min(current, math.floor(n * fraction))
+            current = min(current, tile_rounded(math.floor(n * fraction), config.budget_tile or 1))
         budgets.append(current)
     return tuple(budgets)
+
+
+def tile_rounded(budget: int, tile: int) -> int:
+    """``budget`` rounded to the nearest multiple of ``tile`` (halves up)."""
+    return (budget + tile // 2) // tile * tile
 
 
 def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config: LUVCConfig) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ SPU_KEEP = ("high", "low")  # which end of SPU's scores a cut keeps
 SPU_INPUTS = ("residual", "normed")  # what SPU scores: the residual stream entering the layer, or its normed input
 SPU_LOWPASS = ("raster", "grid")  # spectral-residual's low-pass: along the token sequence, or over each 2-D grid
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_TILE = 4096  # tokens; GEMM tiles are 8 to 256
 
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
 
@@ -45,6 +46,10 @@ class LUVCConfig:
         budgets: explicit visual-token budgets entering each decoder layer (non-increasing). A list shorter
             than the layer count is continued with its last value. Default: linear decay (see budgets.py).
         final_zero: the last decoder layer sees no visual token. Default ``True``.
+        budget_tile: the default schedule rounds each layer's budget to the nearest multiple of this many tokens (a
+            GPU's GEMM tile: 8 or 64), so budgets change, and SPU cuts, only every tile: fewer cuts, each one a set of
+            nodes a GPU launches. Rounding may end the visual tokens a layer or two early. Default 1 (no rounding);
+            explicit ``budgets`` are taken as given.
         seed: seed of the ``"random"`` criterion. Default 0.
         dart_pivots: pivot tokens of the ``"dart"`` criterion (per image). Default 8.
         spu_keep: which tokens an SPU cut keeps: ``"high"`` scores (default) or ``"low"`` (the reverse order).
@@ -66,6 +71,7 @@ class LUVCConfig:
     spu_every: int | None = None
     budgets: tuple[int, ...] | None = None
     final_zero: bool | None = None
+    budget_tile: int | None = None
     seed: int | None = None
     dart_pivots: int | None = None
     spu_keep: str | None = None
@@ -82,6 +88,16 @@ class LUVCConfig:
             critical(f"dart_pivots must be an integer >= 1, got {self.dart_pivots} (CLI: --option dart_pivots=8).")
         if self.spu_every is not None and not _integer_in(self.spu_every, 1):
             critical(f"spu_every must be an integer >= 1, got {self.spu_every} (CLI: --option spu_every=1).")
+        if self.budget_tile is not None and not _integer_in(self.budget_tile, 1, MAX_TILE):
+            critical(
+                f"budget_tile must be an integer between 1 and {MAX_TILE}, got {self.budget_tile} "
+                "(CLI: --option budget_tile=64)."
+            )
+        if self.budget_tile not in (None, 1) and self.budgets is not None:
+            critical(
+                f"budget_tile={self.budget_tile} rounds the default schedule, but explicit budgets "
+                f"{list(self.budgets)} are given; round them yourself, or drop --budgets."
+            )
         if self.spu_start is not None and not _integer_in(self.spu_start, 0):
             critical(f"spu_start must be an integer >= 0, got {self.spu_start} (CLI: --option spu_start=2).")
         if self.spu_variant == "none" and self.budgets is not None:
@@ -128,6 +144,7 @@ class LUVCConfig:
             spu_every=1 if self.spu_every is None else int(self.spu_every),
             budgets=None if self.budgets is None else tuple(int(b) for b in self.budgets),
             final_zero=True if self.final_zero is None else bool(self.final_zero),
+            budget_tile=1 if self.budget_tile is None else int(self.budget_tile),
             seed=0 if self.seed is None else int(self.seed),
             dart_pivots=8 if self.dart_pivots is None else int(self.dart_pivots),
             spu_keep=_choice("spu_keep", self.spu_keep, SPU_KEEP, "high"),

@@ -505,6 +505,7 @@ class SpuDecoderMixin:
         budgets = "linear" if config.budgets is None else list(config.budgets)
         return (
             f"luvc_spu={config.spu_variant}, rho={config.rho}, spu_start={config.spu_start}, "
-            f"spu_every={config.spu_every}, budgets={budgets}, final_zero={config.final_zero}, "
+            f"spu_every={config.spu_every}, budgets={budgets}, budget_tile={config.budget_tile}, "
+            f"final_zero={config.final_zero}, "
             f"spu_keep={config.spu_keep}, spu_input={config.spu_input}, spu_lowpass={config.spu_lowpass}"
         )

@@ -105,3 +105,38 @@ def test_ratio_schedule_gives_the_llm_its_share_then_decays_to_zero():
 def test_ratio_outside_unit_interval_is_refused(ratio):
     with pytest.raises(LuvcError, match=r"is not in \(0, 1\]"):
         ratio_schedule(8, 100, ratio, LUVCConfig().resolve(4, 8))
+
+
+@pytest.mark.parametrize(
+    ("tile", "expected", "cuts"),
+    [
+        (1, (100, 100, 75, 50, 25, 0), (2, 3, 4, 5)),
+        # 75, 50, 25 to the nearest multiple of 8
+        (8, (100, 100, 72, 48, 24, 0), (2, 3, 4, 5)),
+        # of 64: 75 and 50 both give 64, 25 gives 0 a layer early
+        (64, (100, 100, 64, 64, 0, 0), (2, 4)),
+    ],
+)
+def test_budget_tile_rounds_the_schedule_and_merges_cuts(tile, expected, cuts):
+    config = LUVCConfig(budget_tile=tile).resolve(vision_depth=4, num_layers=6)
+    plan = plan_budgets(6, (100,), config)
+    assert plan.total == expected
+    assert plan.prune_layers() == cuts
+
+
+def test_budget_tile_never_raises_a_budget_above_the_tokens():
+    config = LUVCConfig(budget_tile=64).resolve(vision_depth=4, num_layers=6)
+    # 37 rounds up to 64 and is held at the 50 tokens there are; 25 rounds down to 0
+    assert default_schedule(6, 50, config) == (50, 50, 50, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"budget_tile": 0}, "budget_tile must be an integer between 1"),
+        ({"budget_tile": 64, "budgets": (64, 32, 0)}, "round them yourself"),
+    ],
+)
+def test_bad_budget_tiles_are_refused(options, message):
+    with pytest.raises(LuvcError, match=message):
+        LUVCConfig(**options)

@@ -15,6 +15,7 @@ OPTION_TYPES = {
     "rho": float,
     "spu_start": int,
     "spu_every": int,
+    "budget_tile": int,
     "final_zero": bool,
     "oim_first_axis": str,
     "oim_temporal": bool,
