@@ -17,6 +17,7 @@ import onnx
 
 from luvc.errors import critical
 from luvc.export.naming import layer_name, place_of
+from luvc.runtime.ort_logging import default_logger_errors_only
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 # precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
@@ -184,19 +185,17 @@ def _onnxruntime_errors_only():
     """ONNX Runtime's default logger at error level for the block (its own default, warnings, after it), and its
     quantizer's advice to pre-process (symbolic shape inference and onnx's optimizer, which an export has had) kept
     off the root logger."""
-    import onnxruntime
 
     def not_advice(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(PREPROCESS_ADVICE)
 
     root = logging.getLogger()
-    onnxruntime.set_default_logger_severity(3)
     root.addFilter(not_advice)
     try:
-        yield
+        with default_logger_errors_only():
+            yield
     finally:
         root.removeFilter(not_advice)
-        onnxruntime.set_default_logger_severity(2)
 
 
 def activation_ranges(model: onnx.ModelProto, precision: str) -> dict[str, dict[str, float]]:

@@ -12,6 +12,7 @@ import torch
 
 from luvc.errors import critical
 from luvc.runtime.base_session import BaseSession
+from luvc.runtime.ort_logging import default_logger_errors_only
 from luvc.runtime.weights import MappedWeights
 
 
@@ -88,9 +89,10 @@ class OrtSession(BaseSession):
         if self.weights is not None:
             graph = onnx.load(str(self.path), load_external_data=False)
             model, self._shared_values = self.weights.session_model(graph, options)
-        self.session = ort.InferenceSession(
-            model, options, providers=self.requested_providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
-        )
+        with default_logger_errors_only():  # onnxruntime-gpu's plugin EP lookup warns on every CUDA session
+            self.session = ort.InferenceSession(
+                model, options, providers=self.requested_providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+            )
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             critical(
