@@ -3,9 +3,9 @@
 For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level
 tiny tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B and
 LLaVA-1.5-7B. ``--layers FAMILY=N`` gives a family fewer decoder layers where the float32 PyTorch reference that parity
-needs would not fit the machine's memory (default ``llava=12``; on 24 GiB, Qwen2.5-VL-3B's parity at all 36 layers
-was killed at 22.95 GiB, so ``qwen2.5-vl=24`` there). Each step is the CLI in a child process, whose wall time
-and peak RSS (``wait4``) are printed with the step's verdict:
+needs would not fit the machine's memory (default ``llava=8 qwen2.5-vl=24``, what fits 24 GiB: parity peaks at about
+1.9x the float32 model, and was killed at 22.95 GiB for Qwen2.5-VL-3B at 36 layers, at 21.57 GiB for LLaVA at 12).
+Each step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are printed with the step's verdict:
 
     export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
     export --precision fp32, calibrate --precision int8, parity (int8, 2 samples)
@@ -286,9 +286,10 @@ def main() -> None:
     parser.add_argument(
         "--layers",
         nargs="*",
-        default=["llava=12"],
+        default=["llava=8", "qwen2.5-vl=24"],
         metavar="FAMILY=N",
-        help="decoder layers for a family whose reference would not fit memory at full depth (default llava=12)",
+        help="decoder layers for a family whose reference would not fit memory at full depth "
+        "(default llava=8 qwen2.5-vl=24)",
     )
     parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints, exports and each step's log here")
