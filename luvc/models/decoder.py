@@ -153,7 +153,9 @@ def block_relative(length: int, block_start: int, shift: torch.Tensor) -> torch.
 Piece = tuple[torch.Tensor, int]  # (B, w) values and the constant that makes them template positions
 
 
-def shifted_index(pieces: Sequence[Piece], block_start: int, length: int, removed: int, shift: torch.Tensor):
+def shifted_index(
+    pieces: Sequence[Piece], block_start: int, length: int, removed: int, shift: torch.Tensor
+) -> torch.Tensor:
     """``(B, length)`` gather index of a sequence whose rows hold the visual block ``shift[b]`` tokens after
     ``block_start``: the text before the block maps to itself, the block's positions to the template positions of
     ``pieces`` (in order, moved by the row's shift), and the text after the block to its index plus the ``removed``
