@@ -9,6 +9,7 @@ crossed between host and device.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -163,8 +164,9 @@ class Sessions:
         return sum(session.total_inference_seconds for session in self._open.values())
 
     def transfer_stats(self) -> TransferStats:
-        """Host <-> device bytes and allocations so far: the pipeline's own and every session's."""
-        total = self.stats
+        """Host <-> device bytes and allocations so far: the pipeline's own and every session's (a copy: the counts
+        of a later run do not move it)."""
+        total = dataclasses.replace(self.stats)
         for session in self._open.values():
             total = total + session.stats
         return total

@@ -230,6 +230,18 @@ def test_fp16_in_place_decode_within_the_fp16_tolerance(family, exports):
 
 
 @pytest.mark.gpu
+def test_transfer_stats_taken_before_any_session_opens_do_not_move_with_the_run(exports):
+    """What ``transfer_stats`` returns is a copy: taken before the first request (no session open yet, so it is the
+    pipeline's own counts) it stays as it was, and ``since`` counts the run (the GPU test below met a live object and
+    counted 0 device-to-host bytes)."""
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    before = pipeline.sessions.transfer_stats()
+    generation = pipeline.generate(synthetic_image(224, 224, 4), PROMPT, GenerationOptions(8))
+    assert before.device_to_host_bytes == 0 and before.calls == 0
+    moved = pipeline.sessions.transfer_stats().since(before)
+    assert moved.device_to_host_bytes == 8 * generation.tokens.shape[1]  # token ids alone
+
+
 def test_cuda_pipeline_keeps_the_decode_loop_on_the_gpu(exports):
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with CUDA; none here")
