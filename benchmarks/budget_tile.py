@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
-from ort_prefill_speedup import export_prefill
+from ort_prefill_speedup import export_prefill, open_prefill, time_alternating
 from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, prompt_for, realistic_adapter
 
 from luvc import LUVCConfig
@@ -72,20 +72,10 @@ def main() -> None:
             began = time.perf_counter()
             path, run = export_prefill(adapter, config, Path(scratch), label.replace(" ", "_"))
             run["nodes"] = optimized_node_count(path)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            run["session"] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            taken = {entry.name for entry in run["session"].get_inputs()}
-            run["feeds"] = {name: value for name, value in run["feeds"].items() if name in taken}
-            run["seconds"] = []
+            open_prefill(path, run)
             runs[label] = run
             print(f"exported the {label} prefill in {time.perf_counter() - began:.0f} s: {run['nodes']} nodes")
-        for repeat in range(args.repeats + 1):  # the first round warms up
-            for run in runs.values():
-                began = time.perf_counter()
-                run["session"].run(["logits"], run["feeds"])
-                if repeat:
-                    run["seconds"].append(time.perf_counter() - began)
+        time_alternating(runs, args.repeats)
         for run in runs.values():  # the PyTorch runs below need the memory
             del run["session"], run["feeds"]
     base = runs["off"]
