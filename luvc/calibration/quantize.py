@@ -78,11 +78,16 @@ def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
         if reason is not None:
             excluded[node.name] = reason
     # ONNX Runtime quantizes a Gemm's output too: a Gemm whose output a LUVC unit reads (Qwen3-VL's DeepStack
-    # mergers feed the OIM merge) stays float, so the unit never reads quantized data
+    # mergers feed the OIM merge) or a node kept float reads (a Qwen-VL patch embedding, exported as one Gemm, feeds
+    # the first block's norm) stays float, so those never read quantized data
     unit_inputs = {name for node in model.graph.node if _unit_of(node) for name in node.input}
+    float_inputs = {name for node in model.graph.node if node.name in excluded for name in node.input}
     for node in model.graph.node:
-        if node.op_type == "Gemm" and node.name not in excluded and unit_inputs & set(node.output):
-            excluded[node.name] = "feeds a LUVC unit"
+        if node.op_type == "Gemm" and node.name not in excluded:
+            if unit_inputs & set(node.output):
+                excluded[node.name] = "feeds a LUVC unit"
+            elif float_inputs & set(node.output):
+                excluded[node.name] = "feeds a node kept float"
     return excluded
 
 

@@ -30,9 +30,10 @@ def deep_export(tmp_path_factory):
 
 
 def _shift_first_span(folder, graph_file: str) -> str:
-    """Make the first SPU cut gather its kept tokens one row late (its ``keep + span start``: the ``Add`` of the
-    second TopK's indices and a constant), re-hashed in the manifest: the scores and the kept indices it reports stay
-    right, the rows it keeps are the wrong ones."""
+    """Make the first SPU cut gather its kept tokens one row late (where the second TopK's indices become rows: an
+    ``Add`` of the span start, or, for rows at their own ``visual_shift``, the ``Sub`` of where each kept token now
+    sits), re-hashed in the manifest: the scores and the kept indices it reports stay right, the rows it keeps are the
+    wrong ones."""
     path = folder / graph_file
     model = onnx.load(str(path), load_external_data=False)
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -44,11 +45,12 @@ def _shift_first_span(folder, graph_file: str) -> str:
     constants.update(
         {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT64}
     )
+    late = {"Add": 1, "Sub": -1}  # what moves the rows one later
     for node in model.graph.node:
-        source = producers.get(node.input[0]) if node.op_type == "Add" and "/spu/" in node.name else None
+        source = producers.get(node.input[0]) if node.op_type in late and "/spu/" in node.name else None
         if source is not None and source.op_type == "TopK" and node.input[1] in constants:
-            start = constants[node.input[1]]
-            model.graph.initializer.append(numpy_helper.from_array(start + 1, f"{node.name}/shifted_start"))
+            start = constants[node.input[1]] + late[node.op_type]
+            model.graph.initializer.append(numpy_helper.from_array(start, f"{node.name}/shifted_start"))
             node.input[1] = f"{node.name}/shifted_start"
             onnx.save(model, str(path))
             manifest = json.loads((folder / "manifest.json").read_text())
