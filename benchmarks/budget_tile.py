@@ -23,25 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 import torch
+from common import optimized_node_count
 from ort_prefill_speedup import export_prefill, open_prefill, time_alternating
 from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, prompt_for, realistic_adapter
 
 from luvc import LUVCConfig
 from luvc.images import synthetic_image
 from luvc.parity.metrics import kl_divergence
-
-
-def optimized_node_count(path: Path) -> int:
-    """Nodes of the graph at ``path`` after ONNX Runtime's optimisation (``ORT_ENABLE_ALL``, CPU EP)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)
 
 
 def first_token_logits(adapter, config: LUVCConfig, images: int) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def arguments(doc: str | None, **defaults: int) -> argparse.ArgumentParser:
@@ -33,3 +34,17 @@ def import_allowance() -> int:
     code = "import luvc.cli.export, luvc.export.exporter, luvc.models, transformers, onnxruntime"
     process = subprocess.Popen([sys.executable, "-c", code])
     return os.wait4(process.pid, 0)[2].ru_maxrss * 1024
+
+
+def optimized_node_count(path: Path) -> int:
+    """Nodes of the graph at ``path`` after ONNX Runtime's optimisation (``ORT_ENABLE_ALL``, CPU EP); the optimised
+    graph is written beside it (``.optimized.onnx``)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)

@@ -20,10 +20,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 import torch
-from common import arguments, luvc_export
+from common import arguments, luvc_export, optimized_node_count
 
 from luvc.compress.config import LUVCConfig
 from luvc.export.manifest import ExportManifest
@@ -37,17 +36,11 @@ TARGET = 1.1
 def optimized_nodes(export: Path) -> dict[str, int]:
     """Nodes of each vision and prefill graph of ``export`` after ONNX Runtime's optimisation (CPU EP)."""
     manifest = ExportManifest.load(export, verify=False)
-    counts = {}
-    for name, graph in manifest.graphs.items():
-        if graph.kind not in ("vision", "prefill"):
-            continue
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(export / f"{name}.optimized.onnx")
-        ort.InferenceSession(str(export / graph.file), options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
-        counts[name] = len(optimized.graph.node)
-    return counts
+    return {
+        name: optimized_node_count(export / graph.file)
+        for name, graph in manifest.graphs.items()
+        if graph.kind in ("vision", "prefill")
+    }
 
 
 def graph_breaks(model: str, side: int) -> int:

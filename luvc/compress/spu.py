@@ -52,14 +52,18 @@ def low_frequency_count(variant: str, rho: float, tokens: int, dim: int) -> int:
     return max(1, math.ceil(rho * (dim // 2 + 1)))
 
 
+def _lowpass_rows(n: int, rho: float) -> np.ndarray:
+    return _dct_rows(n, low_frequency_count("spectral-residual", rho, n, 0))
+
+
 def lowpass_basis(n: int, rho: float) -> torch.Tensor:
     """``C_m`` with ``m = ceil(rho * n)``: the low-pass filter is ``P_n = C_m^T C_m``."""
-    return dct_basis(n, low_frequency_count("spectral-residual", rho, n, 0))
+    return torch.tensor(_lowpass_rows(n, rho))
 
 
 @functools.lru_cache(maxsize=256)
 def _residual_projection(n: int, rho: float) -> np.ndarray:
-    basis = _dct_rows(n, low_frequency_count("spectral-residual", rho, n, 0)).astype(np.float64)
+    basis = _lowpass_rows(n, rho).astype(np.float64)  # NumPy: this cache may first fill while torch.export traces
     projection = (np.eye(n) - basis.T @ basis).astype(np.float32)
     projection.flags.writeable = False
     return projection
