@@ -11,6 +11,7 @@ from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.weights import float32_compute
+from tests.export.passes.graphs import small_model, value
 
 PROMPT = "What is in this picture?"
 
@@ -121,16 +122,10 @@ def test_float32_compute_keeps_the_in_place_cache_update_float16(fp16_external_e
 
 def _matmul_graph(weight_shape: tuple[int, int]) -> bytes:
     """``y = x @ w`` with ``w`` an initializer of zeros, to be replaced by a shared one."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight_shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight_shape[1]])],
-        [onnx.numpy_helper.from_array(np.zeros(weight_shape, np.float32), "w")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])]
+    inputs, outputs = [value("x", [1, weight_shape[0]])], [value("y", [1, weight_shape[1]])]
+    zeros = onnx.numpy_helper.from_array(np.zeros(weight_shape, np.float32), "w")
+    return small_model(nodes, inputs, outputs, [zeros]).SerializeToString()
 
 
 def test_a_borrowed_device_tensor_is_a_shared_initializer_without_a_copy():
@@ -162,22 +157,18 @@ def test_a_large_float16_table_that_constant_folding_reads_runs_in_float32(tmp_p
     Given as a shared initializer only, the graph still said float32 while its file held float16 bytes, and the session
     failed ("external data size mismatch"); LLaVA-1.5 at real widths met this."""
     ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper
-
     from luvc.runtime.weights import MappedWeights
 
     table = np.random.default_rng(0).standard_normal((600, 1024)).astype(np.float16)
-    graph = helper.make_graph(
+    model = small_model(
         [
-            helper.make_node("Gather", ["table", "positions"], ["rows"]),
-            helper.make_node("Add", ["rows", "x"], ["y"]),
+            onnx.helper.make_node("Gather", ["table", "positions"], ["rows"]),
+            onnx.helper.make_node("Add", ["rows", "x"], ["y"]),
         ],
-        "lookup",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 1024])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 1024])],
+        [value("x", [2, 1024], onnx.TensorProto.FLOAT16)],
+        [value("y", [2, 1024], onnx.TensorProto.FLOAT16)],
         [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(np.array([3, 7]), "positions")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.save_model(model, tmp_path / "g.onnx", save_as_external_data=True, location="weights.data", size_threshold=0)
     weights = MappedWeights(tmp_path, float32=True)
     options = ort.SessionOptions()
