@@ -31,11 +31,13 @@ from luvc.calibration.quantize import (
     WEIGHT_ONLY,
     activation_ranges,
     check_method,
+    check_onnxruntime,
     excluded_nodes,
     layer_exclusions,
     quantize_graph,
     quantized_layers,
 )
+from luvc.calibration.ranges import activations_to_calibrate, collect_ranges
 from luvc.calibration.report import write_report
 from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph, worst_cosine
 from luvc.calibration.weight_only import (
@@ -93,13 +95,12 @@ def collect_feeds(
 
 @dataclasses.dataclass
 class Calibration:
-    """What one calibration run quantizes from: the source manifest, the graphs it quantizes, their calibration
-    feeds, the samples and the fp32 greedy run of each, and the folder where each graph's calibrated ranges
-    are kept between quantizations."""
+    """What one calibration run quantizes from: the source manifest, the graphs it quantizes, the samples and the
+    fp32 greedy run of each, and the folder holding each graph's activation ranges (INT8/FP8; collected once, before
+    any quantization, so the feeds are not held while the graphs are quantized)."""
 
     manifest: ExportManifest
     graphs: list[str]
-    feeds: dict[str, list[dict]]
     samples: list[Sample]
     references: list[ReferenceRun]
     ranges_dir: Path
@@ -142,6 +143,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         check_method(self.precision, self.method)
         if self.precision in WEIGHT_ONLY:
             check_block_size(self.block_size)
+        else:
+            check_onnxruntime()
         target = self.target_agreement
         if target is not None and (self.weight_only or isinstance(target, bool) or not 0 < target <= 1):
             critical(
@@ -181,13 +184,16 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         source = Pipeline(self.export_dir)
         kinds = LLM_KINDS if self.weight_only else QUANTIZED_KINDS
         graphs = [name for name, graph in manifest.graphs.items() if graph.kind in kinds]
-        steps = len(samples) + len(graphs) + 1
+        steps = len(samples) + len(graphs) + 1 + (0 if self.weight_only else len(graphs))
         gptq = self.method == "gptq"
         hessian_graphs = self._hessian_graphs(manifest, graphs) if gptq else {}  # read once: to plan, then to run
         steps += len(plan_passes(list(hessian_graphs.values()))) if gptq else 0
         layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
         steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
-        with progress_steps(self.show_progress, steps, "calibrating") as advance:
+        with (
+            progress_steps(self.show_progress, steps, "calibrating") as advance,
+            tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
+        ):
             if self.weight_only and not gptq:  # nothing to calibrate: the fp32 logits the agreement is measured against
                 feeds, references = {}, []
                 for sample in samples:
@@ -206,12 +212,11 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     hessians = input_hessians(fed, weights, advance=advance)
                 finally:
                     weights.close()
-                feeds = {}
-            with (
-                tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
-                staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
-            ):
-                calibration = Calibration(manifest, graphs, feeds, samples, references, Path(ranges_dir), hessians)
+            elif not self.weight_only:
+                self._collect_ranges(manifest, graphs, feeds, Path(ranges_dir), advance)
+            del feeds
+            with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
+                calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), hessians)
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
                     keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
@@ -240,6 +245,25 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 write_report(staging, quantization, ranges, int4, len(samples), manifest.precision)
                 advance("agreement with fp32")
         return self.out
+
+    def _collect_ranges(
+        self, manifest: ExportManifest, graphs: list[str], feeds: dict[str, list[dict]], folder: Path, advance
+    ) -> None:
+        """Each quantized graph's activation ranges over its ``feeds`` into ``folder/{graph}.json`` (see
+        ``luvc.calibration.ranges``), the graph's weights mapped from the source export for the while."""
+        for name in graphs:
+            graph = manifest.graphs[name]
+            if name not in feeds:
+                critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
+            source = self.export_dir / graph.file
+            structure = onnx.load(str(source), load_external_data=False)
+            tensors = activations_to_calibrate(structure, excluded_nodes(structure))
+            weights = MappedWeights(self.export_dir)
+            try:
+                collect_ranges(source, feeds[name], self.method, tensors, folder / f"{name}.json", weights)
+            finally:
+                weights.close()
+            advance(f"ranges of {name}: {len(tensors)} activations")
 
     def _agreement(self, calibration: Calibration, keep: frozenset[str]) -> float:
         """The worst logits cosine against fp32, first token and greedy decode steps, of the export quantized with
@@ -324,7 +348,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         and INT4 weight bytes (INT4) per graph, and the nodes kept float."""
         from luvc.export.exporter import save_model
 
-        manifest, graphs, feeds = calibration.manifest, calibration.graphs, calibration.feeds
+        manifest, graphs = calibration.manifest, calibration.graphs
         entries, ranges, int4, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
         quantizer = gptq_quantizer(calibration.hessians, self.block_size) if calibration.hessians else None
@@ -343,17 +367,14 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer)
                     int4[name] = int4_weights(quantized)
                 else:
-                    if name not in feeds:
-                        critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
                     quantized = quantize_graph(
                         source,
                         Path(scratch) / graph.file,
-                        feeds[name],
+                        calibration.ranges_dir / f"{name}.json",
                         self.precision,
                         self.method,
                         list(skip),
                         external_data=bool(graph.external_data),
-                        ranges_cache=calibration.ranges_dir / f"{name}.json",
                     )
                     ranges[name] = activation_ranges(quantized, self.precision)
                 written = save_model(quantized, staging / graph.file, external, weights)
@@ -364,6 +385,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     opset=next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")),
                 )
                 excluded[name] = skip
+                del quantized  # before the next graph's quantization holds that graph
                 advance(f"quantized {name}")
         return entries, ranges, int4, excluded
 

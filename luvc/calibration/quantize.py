@@ -1,8 +1,9 @@
 """Explicit quantization of one exported graph with ONNX Runtime's static Q/DQ quantizer.
 
 Only weight GEMMs (MatMul, Gemm, Conv with an initializer input) are quantized, symmetrically, per tensor for
-activations and per channel for weights. What stays in floating point is chosen by node name and recorded:
-SPU scoring and selection, OIM merging, norm statistics, attention products of two activations, and the LM head.
+activations and per channel for weights, and only at their inputs: their outputs stay float. What stays in floating
+point is chosen by node name and recorded: SPU scoring and selection, OIM merging, norm statistics, attention
+products of two activations, and the LM head.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import io
 import logging
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from luvc.errors import critical
@@ -45,8 +45,26 @@ KEEP_FLOAT = {
 }
 
 
+# the oldest ONNX Runtime whose quantize_static reads a calibration cache (``calibration_cache_path``), which is how
+# the ranges collected by ``luvc.calibration.ranges`` reach it
+MIN_ONNXRUNTIME = "1.27"
 # precision -> the calibration method used when none is given
 DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution", "int4": "gptq"}
+
+
+def check_onnxruntime(found: str | None = None) -> None:
+    """Refuse an ONNX Runtime (``found``; default the installed one) older than ``MIN_ONNXRUNTIME``."""
+    from packaging.version import Version
+
+    if found is None:
+        import onnxruntime
+
+        found = onnxruntime.__version__
+    if Version(found) < Version(MIN_ONNXRUNTIME):
+        critical(
+            f"calibrate needs onnxruntime {MIN_ONNXRUNTIME} or newer (its quantizer's calibration cache), found "
+            f"{found}; run `pip install 'onnxruntime>={MIN_ONNXRUNTIME}'` (or onnxruntime-gpu)."
+        )
 
 
 def check_method(precision: str, method: str) -> None:
@@ -77,17 +95,6 @@ def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
             reason = "attention product of two activations"
         if reason is not None:
             excluded[node.name] = reason
-    # ONNX Runtime quantizes a Gemm's output too: a Gemm whose output a LUVC unit reads (Qwen3-VL's DeepStack
-    # mergers feed the OIM merge) or a node kept float reads (a Qwen-VL patch embedding, exported as one Gemm, feeds
-    # the first block's norm) stays float, so those never read quantized data
-    unit_inputs = {name for node in model.graph.node if _unit_of(node) for name in node.input}
-    float_inputs = {name for node in model.graph.node if node.name in excluded for name in node.input}
-    for node in model.graph.node:
-        if node.op_type == "Gemm" and node.name not in excluded:
-            if unit_inputs & set(node.output):
-                excluded[node.name] = "feeds a LUVC unit"
-            elif float_inputs & set(node.output):
-                excluded[node.name] = "feeds a node kept float"
     return excluded
 
 
@@ -123,66 +130,55 @@ def _unit_of(node: onnx.NodeProto) -> str | None:
     return place.unit if place is not None else None
 
 
-class FeedReader:
-    """ONNX Runtime ``CalibrationDataReader`` over a list of feed dicts, with the ``set_range`` its strided
-    calibration uses."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
-        self.index, self.end = 0, len(feeds)
-
-    def __len__(self) -> int:
-        return len(self.feeds)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.index, self.end = start_index, min(end_index, len(self.feeds))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.index >= self.end:
-            return None
-        self.index += 1
-        return self.feeds[self.index - 1]
-
-
 def quantize_graph(
     source: Path,
     out: Path,
-    feeds: list[dict[str, np.ndarray]],
+    ranges: Path,
     precision: str,
     method: str,
     excluded: list[str],
     external_data: bool = False,
-    ranges_cache: Path | None = None,
 ) -> onnx.ModelProto:
-    """Calibrate ``source`` on ``feeds`` and write its Q/DQ version to ``out`` (weights beside it with
-    ``external_data``, as graphs over 2 GB need); return it with its weights loaded. With ``ranges_cache`` the
-    ranges calibrated the first time are kept in that file and read from it after (quantizing again with other
-    exclusions calibrates nothing)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Write the Q/DQ version of ``source`` to ``out`` (weights beside it with ``external_data``, as graphs over 2 GB
+    need), from the activation ranges in ``ranges`` (``luvc.calibration.ranges.collect_ranges``; a graph quantized
+    again with more nodes excluded calibrates nothing); return it with its weights loaded. Only the inputs of the
+    quantized products are quantized (weights per channel for INT8, activations per tensor); their outputs stay
+    float."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     check_method(precision, method)
     quant_type = getattr(QuantType, PRECISIONS[precision][0])
-    # the histogram calibrators print their progress (the calibrate progress bar reports it instead), and the
-    # calibration sessions warn on every decode run that the KV update is copied (true, and harmless there)
+    # the quantizer prints, and advises pre-processing (which an export has had)
     with contextlib.redirect_stdout(io.StringIO()), _onnxruntime_errors_only():
         quantize_static(
             str(source),
             str(out),
-            FeedReader(feeds),
+            None,  # no calibration data: the ranges are read from the cache
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=list(excluded),
             per_channel=precision == "int8",
             activation_type=quant_type,
             weight_type=quant_type,
-            calibrate_method=getattr(CalibrationMethod, METHODS[method][0]),
-            # one run per collection (a stride of 1): prompts and KV caches differ in length from sample to sample,
-            # and the histogram calibrators stack the outputs of one collection into one array
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1},
+            calibrate_method=calibration_method(method),
+            # a product's output stays float: quantizing it too would round what the residual stream adds to 8
+            # bits per tensor for no faster kernel (ONNX Runtime's CPU and TensorRT take Q/DQ on the inputs)
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+            },
             use_external_data_format=external_data,
-            calibration_cache_path=ranges_cache,
+            calibration_cache_path=ranges,
         )
     return onnx.load(str(out))
+
+
+def calibration_method(method: str):
+    """ONNX Runtime's ``CalibrationMethod`` for ``method`` (``entropy``, ``minmax``, ...)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return getattr(CalibrationMethod, METHODS[method][0])
 
 
 @contextlib.contextmanager

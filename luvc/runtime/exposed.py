@@ -35,9 +35,12 @@ def session_with_outputs(
     outputs: Sequence[str],
     basic_optimizations: bool = False,
     weights: MappedWeights | None = None,
+    *,
+    optimized: bool = True,
 ) -> Iterator[Callable[[dict], dict]]:
     """One ONNX Runtime CPU session of ``graph_path`` with ``outputs`` as its outputs (see ``run_with_outputs``),
-    as a function of the feeds that returns those tensors by name."""
+    as a function of the feeds that returns those tensors by name. ``optimized=False``: no graph optimization at all,
+    as ONNX Runtime's own calibrators run."""
     import onnxruntime as ort
 
     model = only_outputs(onnx.load(str(graph_path), load_external_data=False), outputs)
@@ -45,6 +48,8 @@ def session_with_outputs(
     options.log_severity_level = 3  # as the runtime's sessions: no per-run warnings on the terminal
     if basic_optimizations:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights is not None:
         serialized, shared = weights.session_model(model, options)
     else:  # external data still resolves in the export folder: the edited graph is never written to disk
