@@ -4,7 +4,7 @@ and agreement, in one run.
 Builds a random-weight checkpoint with Qwen2-VL-2B's widths (``luvc.models.tiny.QWEN2_VL_2B_WIDTHS``: LLM hidden 1536,
 MLP 8960, vocabulary 151936, tied embedding; encoder 1280 wide) with ``--layers`` decoder layers and
 ``--vision-blocks`` encoder blocks, exports it in fp32 and fp16 (one ``--side`` square bucket), and quantizes the fp32
-export with ``luvc-export calibrate`` to INT8 (entropy, the default) and to INT4 weight-only (GPTQ, the default, blocks
+export with ``luvc-export calibrate`` to INT8 (minmax, the default) and to INT4 weight-only (GPTQ, the default, blocks
 of 128), and the fp16 export to INT4 too (``int4-fp16``: what a Jetson deploys, the unquantized rest in fp16). Then,
 per export: the export's bytes, the bytes of the LLM's linear weights (every ``/llm/layers.*`` MatMul weight, with its
 INT4 scales), what ``luvc-export plan`` puts on an 8 GB Orin (weights, and everything with the KV cache, activations

@@ -442,7 +442,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             quantization = QuantizationEntry(
                 precision=self.precision,
                 method=self.method,
-                library=f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ)",
+                library=f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ), luvc.calibration.ranges",
                 source=source,
                 calibration=CalibrationRun(tuple(s.name for s in samples), self.decode_steps),
                 quantized_ops=tuple(QUANTIZED_OPS),

@@ -49,7 +49,9 @@ KEEP_FLOAT = {
 # the ranges collected by ``luvc.calibration.ranges`` reach it
 MIN_ONNXRUNTIME = "1.27"
 # precision -> the calibration method used when none is given
-DEFAULT_METHODS = {"int8": "entropy", "fp8": "distribution", "int4": "gptq"}
+# INT8: the absolute maximum, as TensorRT-LLM's INT8 calibrates LLM activations (ModelOpt's "max"); on Qwen3-VL-2B's
+# widths KL clipping (entropy) gave a worse worst-case logits cosine against fp32 (0.9818 against 0.9850)
+DEFAULT_METHODS = {"int8": "minmax", "fp8": "distribution", "int4": "gptq"}
 
 
 def check_onnxruntime(found: str | None = None) -> None:

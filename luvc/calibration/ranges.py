@@ -24,13 +24,60 @@ from luvc.calibration.quantize import QUANTIZED_OPS, calibration_method
 from luvc.runtime.exposed import session_with_outputs
 from luvc.runtime.weights import MappedWeights
 
-# ONNX Runtime CalibrationMethod name -> its histogram settings there (``create_calibrator``'s defaults with its
-# calibrator classes'): (symmetric, num_bins, num_quantized_bins, percentile, scenario); MinMax keeps the extremes
+# ONNX Runtime CalibrationMethod name -> its histogram settings (symmetric, num_bins, num_quantized_bins, percentile,
+# scenario): ``create_calibrator``'s defaults with its calibrator classes', but for entropy. There ONNX Runtime's
+# default is 128 histogram bins for 128 quantized bins, which leaves its KL search one candidate, the whole range:
+# "entropy" was the absolute maximum, and a 2B model's MLP down-projection input (amax 19x its rms) lost 4.2% to
+# rounding. TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) searches 2048 bins
+# down to 128; MinMax keeps the extremes
 HISTOGRAM_SETTINGS = {
-    "Entropy": (False, 128, 128, 99.999, "same"),
+    "Entropy": (False, 2048, 128, 99.999, "same"),
     "Percentile": (True, 2048, 2048, 99.999, "same"),
     "Distribution": (False, 2048, 2048, 99.999, "same"),
 }
+
+
+def histogram_collector(method: str, *settings):
+    """ONNX Runtime's ``HistogramCollector`` for ``method`` with ``settings`` (``HISTOGRAM_SETTINGS``), its KL
+    threshold search replaced by ``entropy_threshold``: the same search, vectorised per candidate threshold where
+    ONNX Runtime loops over the quantized bins in Python (0.33 s a tensor at 2048 bins)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector(method, *settings)
+    collector.get_entropy_threshold = entropy_threshold
+    return collector
+
+
+def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(low, high)`` of ``histogram`` (ONNX Runtime's: counts, edges, min, max, threshold) whose
+    ``num_quantized_bins`` quantization keeps the KL divergence from the data least, as
+    ``HistogramCollector.get_entropy_threshold`` finds it: each candidate's distributions, smoothing and divergence
+    are ONNX Runtime's own."""
+    from onnxruntime.quantization.calibrate import entropy, smooth_distribution
+
+    counts, edges, lowest, highest = histogram[0], histogram[1], histogram[2], histogram[3]
+    bins, zero_bin, half = counts.size, counts.size // 2, num_quantized_bins // 2
+    below = np.concatenate(([0], np.cumsum(counts)))  # below[k]: the count of the first k bins
+    best, best_divergence = None, None
+    for i in range(half, zero_bin + 1):
+        start, end = zero_bin - i, min(zero_bin + i + 1, bins)
+        sliced = counts[start:end]
+        p = sliced.copy()
+        p[0] += below[start]  # the outliers go to the edge bins
+        p[-1] += below[bins] - below[end]
+        merged = sliced.size // num_quantized_bins
+        whole = num_quantized_bins * merged
+        quantized = sliced[:whole].reshape(num_quantized_bins, merged).sum(axis=1)
+        quantized[-1] += sliced[whole:].sum()
+        occupied = (p[:whole] != 0).reshape(num_quantized_bins, merged).sum(axis=1)
+        q = np.zeros(p.size, dtype=np.int64)  # each quantized bin spread over its occupied bins, truncated
+        q[:whole] = np.repeat(np.where(occupied != 0, quantized / np.maximum(occupied, 1), 0), merged)
+        p, q = smooth_distribution(p), smooth_distribution(q)
+        divergence = np.inf if p is None or q is None else float(np.array(entropy(p, q), dtype=edges.dtype))
+        if best_divergence is None or divergence < best_divergence:  # the first of equal minima, as argmin
+            best, best_divergence = (edges[start], edges[end]), divergence
+    low, high = best
+    return (lowest if low < lowest else low), (highest if high > highest else high)
 
 
 def activations_to_calibrate(model: onnx.ModelProto, excluded: Iterable[str]) -> list[str]:
@@ -59,7 +106,7 @@ def collect_ranges(
 ) -> None:
     """Run ``graph_path`` over ``feeds`` and write the ``method`` (``entropy``, ``minmax``, ...) ranges of
     ``tensors`` to ``cache``, in the format of ``quantize_static``'s ``calibration_cache_path``."""
-    from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     method = calibration_method(method)
     if not tensors:  # nothing quantized: an empty cache still spares quantize_static its own calibration
@@ -67,10 +114,7 @@ def collect_ranges(
         return
     histograms = None
     if method.name in HISTOGRAM_SETTINGS:
-        symmetric, num_bins, num_quantized_bins, percentile, scenario = HISTOGRAM_SETTINGS[method.name]
-        histograms = HistogramCollector(
-            method.name.lower(), symmetric, num_bins, num_quantized_bins, percentile, scenario
-        )
+        histograms = histogram_collector(method.name.lower(), *HISTOGRAM_SETTINGS[method.name])
     lowest: dict[str, np.ndarray] = {}
     highest: dict[str, np.ndarray] = {}
     with (

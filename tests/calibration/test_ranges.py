@@ -1,10 +1,15 @@
-"""The range collection that replaces ``quantize_static``'s own calibration: the same Q/DQ graph as ONNX Runtime
-calibrating by itself, on a real export's prefill and decode graphs, with the export's weights mapped once."""
+"""The range collection that replaces ``quantize_static``'s own calibration: the same Q/DQ graph as ONNX Runtime's
+calibrators make, on a real export's prefill and decode graphs, with the export's weights mapped once; the vectorised
+entropy search finds ONNX Runtime's threshold."""
+
+import contextlib
+import io
 
 import numpy as np
 import onnx
 import pytest
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
 from luvc.calibration.calibrator import collect_feeds
 from luvc.calibration.quantize import (
@@ -15,7 +20,7 @@ from luvc.calibration.quantize import (
     excluded_nodes,
     quantize_graph,
 )
-from luvc.calibration.ranges import activations_to_calibrate, collect_ranges
+from luvc.calibration.ranges import activations_to_calibrate, collect_ranges, histogram_collector
 from luvc.errors import LuvcError
 from luvc.export.manifest import ExportManifest
 from luvc.runtime.pipeline import Pipeline
@@ -54,7 +59,9 @@ def export_feeds(exports):
     return folder, manifest, feeds
 
 
-@pytest.mark.parametrize("method", ["entropy", "minmax", "percentile"])
+# entropy: ONNX Runtime's own search over 2048 bins takes 25-30 s a graph (test_the_vectorised_entropy_search... below
+# checks the search itself in the fast tier)
+@pytest.mark.parametrize("method", [pytest.param("entropy", marks=pytest.mark.slow), "minmax", "percentile"])
 @pytest.mark.parametrize("kind", ["prefill", "decode"])
 def test_collected_ranges_quantize_as_onnx_runtime_calibrating_by_itself(method, kind, export_feeds, tmp_path):
     folder, manifest, feeds = export_feeds
@@ -68,10 +75,27 @@ def test_collected_ranges_quantize_as_onnx_runtime_calibrating_by_itself(method,
     finally:
         weights.close()
     ours = quantize_graph(source, tmp_path / "ours.onnx", tmp_path / "ranges.json", "int8", method, excluded)
-    quantize_static(  # ONNX Runtime's own calibrator: the graph and its weights loaded, every product's tensors
+    # ONNX Runtime's own calibrator, as quantize_static runs it (the graph and its weights loaded, every product's
+    # inputs and outputs added as outputs, one run per collection), with TensorRT's entropy bins where luvc sets them
+    settings = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}.get(method, {})
+    calibrator = create_calibrator(
+        source,
+        list(QUANTIZED_OPS),
+        augmented_model_path=str(tmp_path / "augmented.onnx"),
+        calibrate_method=getattr(CalibrationMethod, METHODS[method][0]),
+        extra_options=settings,
+    )
+    reader = ListReader(feeds[name])
+    for start in range(len(reader)):
+        reader.set_range(start, start + 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            calibrator.collect_data(reader)
+    with contextlib.redirect_stdout(io.StringIO()):
+        save_tensors_data(calibrator.compute_data(), tmp_path / "their-ranges.json")
+    quantize_static(
         str(source),
         str(tmp_path / "theirs.onnx"),
-        ListReader(feeds[name]),
+        None,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(QUANTIZED_OPS),
         nodes_to_exclude=excluded,
@@ -82,9 +106,9 @@ def test_collected_ranges_quantize_as_onnx_runtime_calibrating_by_itself(method,
         extra_options={
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
-            "CalibStridedMinMax": 1,
             "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
         },
+        calibration_cache_path=tmp_path / "their-ranges.json",
     )
     theirs = onnx.load(str(tmp_path / "theirs.onnx"))
     assert [node.op_type for node in ours.graph.node] == [node.op_type for node in theirs.graph.node]
@@ -120,3 +144,27 @@ def test_an_onnx_runtime_without_the_calibration_cache_is_refused_with_the_fix()
         check_onnxruntime("1.26.0")
     check_onnxruntime("1.27.0")
     check_onnxruntime()  # the installed one
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_vectorised_entropy_search_finds_onnx_runtime_threshold(seed):
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(seed)
+    samples = [
+        rng.standard_normal(50_000) * rng.standard_normal(50_000),  # heavy tails: SiLU(gate) * up
+        rng.standard_normal(50_000),
+        np.concatenate([rng.standard_normal(50_000), [40.0, -25.0]]),  # two outliers, most bins empty
+        np.abs(rng.standard_normal(50_000)),  # one-sided
+    ][seed].astype(np.float32)
+    for bins in (256,) if seed == 2 else (256, 2048):  # the outliers grow the merged histogram 9-fold
+        theirs = HistogramCollector("entropy", False, bins, 128, 99.999, "same")
+        ours = histogram_collector("entropy", False, bins, 128, 99.999, "same")
+        for collector in (theirs, ours):
+            with contextlib.redirect_stdout(io.StringIO()):
+                collector.collect({"t": [samples[: len(samples) // 2]]})
+                collector.collect({"t": [samples[len(samples) // 2 :]]})  # a second collection merges
+        with contextlib.redirect_stdout(io.StringIO()):
+            expected, found = theirs.compute_collection_result()["t"], ours.compute_collection_result()["t"]
+        assert (found[0], found[1]) == (expected[0], expected[1]), bins
+        assert found[1] < np.abs(samples).max()  # it clips: the search has more than one candidate
