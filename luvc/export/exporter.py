@@ -33,6 +33,7 @@ from luvc.export.manifest import (
     EXPORT_OUTPUT,
     ExportManifest,
     bucket_entry,
+    constant_folded_initializers,
     external_data_files,
     geometry_entry,
     io_entries,
@@ -47,7 +48,7 @@ from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plu
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTimes
-from luvc.export.weights import SharedWeights, StableMemory
+from luvc.export.weights import SharedWeights, StableMemory, load_inline
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.weights import cast_in_place
@@ -348,6 +349,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 )()
                 # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
                 passes = PASSES if self.passes else (keep_fp32_islands,)
+                if external and self.passes:  # what constant folding reads must be in the graph's own bytes
+                    load_inline(model, constant_folded_initializers(model), staging)
                 model, pass_stats = run_passes(
                     model, passes, times, spec.name, lambda name, task=task: progress.update(task, step=name)
                 )

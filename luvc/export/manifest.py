@@ -93,6 +93,21 @@ def external_tensors(model: onnx.ModelProto) -> list[ExternalTensor]:
     ]
 
 
+def constant_folded_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers read by a node whose inputs are all constant (initializers, ``Constant`` outputs, or outputs of
+    such nodes), in graph order: what constant folding (ONNX Runtime's, the export's ``fold_constants`` pass) reads
+    from the graph, whatever its size."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    constant = set(initializers)
+    read = set()
+    for node in model.graph.node:  # a valid graph is in topological order
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
+            constant.update(node.output)
+            read.update(name for name in inputs if name in initializers)
+    return read
+
+
 def io_entries(values) -> list[TensorEntry]:
     """The ``TensorEntry`` of each ONNX value info."""
     return [

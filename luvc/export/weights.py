@@ -150,6 +150,21 @@ class SharedWeights:
         return self.offsets[digest]
 
 
+def load_inline(model: onnx.ModelProto, names: set[str], folder: Path) -> None:
+    """Read the initializers of ``model`` named ``names`` whose data is external (in ``folder``) into the graph, in
+    place: the constants the ``fold_constants`` pass folds, which onnx-graphsurgeon evaluates with ONNX Runtime from
+    the graph's bytes, where an external reference does not resolve (Qwen-VL's patch-embedding weight, reshaped for
+    its Gemm, and CLIP's position table: the vision graphs of real-size exports went unfolded). A tensor folded away
+    keeps its bytes in the shared file, unreferenced."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for tensor in model.graph.initializer:
+        if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data_for_tensor(tensor, str(folder))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+
+
 class StableMemory:
     """Address ranges that hold the same bytes for as long as an export runs (its model's parameters and buffers)."""
 

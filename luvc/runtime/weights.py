@@ -34,7 +34,7 @@ import torch
 from onnx import numpy_helper
 
 from luvc.engines.weight_inputs import shareable_weights
-from luvc.export.manifest import ExternalTensor, external_tensors
+from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
 from luvc.runtime.qdq_cpu import unsigned_activations, uses_unsigned_activations
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
@@ -191,21 +191,9 @@ def _read_by_transformers(model: onnx.ModelProto, tensors: list[ExternalTensor])
     constant folding evaluates (every input of a node whose inputs are all constant, such as CLIP's 1.2 MB position
     table looked up at constant positions)."""
     names = {node.input[1] for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")}
-    return names | _constant_folded(model) | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
-
-
-def _constant_folded(model: onnx.ModelProto) -> set[str]:
-    """Initializers read by a node whose inputs are all constant (initializers, ``Constant`` outputs, or outputs of
-    such nodes), in graph order: what ONNX Runtime's constant folding reads from the graph, whatever its size."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    constant = set(initializers)
-    read = set()
-    for node in model.graph.node:  # a valid graph is in topological order
-        inputs = [name for name in node.input if name]
-        if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
-            constant.update(node.output)
-            read.update(name for name in inputs if name in initializers)
-    return read
+    return (
+        names | constant_folded_initializers(model) | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
+    )
 
 
 def _has_float16(model: onnx.ModelProto) -> bool:

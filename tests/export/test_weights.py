@@ -201,3 +201,37 @@ def test_only_views_inside_stable_memory_have_an_address_key():
     assert stable.key(array.T) != stable.key(array)  # the same memory read another way is other bytes
     assert stable.key(np.ones((10, 4), np.float32)) is None
     assert stable.key(array[::-1]) is None  # negative strides: not placed by address
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_a_streamed_weight_that_constant_folding_reads_is_folded_once_read_back(inline, tmp_path):
+    """Qwen-VL's patch embedding reshapes its 6 MB weight for one Gemm, and onnx-graphsurgeon folds that Reshape with
+    ONNX Runtime from the graph's bytes, where the shared file does not resolve: unless read back into the graph
+    (``load_inline``) the fold fails and the graph keeps the Reshape (the vision graphs of real-size exports did)."""
+    from luvc.export.manifest import constant_folded_initializers
+    from luvc.export.passes import fold_constants, run_passes
+    from luvc.export.weights import load_inline
+    from tests.export.passes.graphs import small_model, value
+
+    weight = np.arange(300 * 1176, dtype=np.float32).reshape(300, 2, 588) / 1e5  # 1.4 MB: streamed while tracing
+    nodes = [
+        onnx.helper.make_node("Reshape", ["w", "shape"], ["w2"], name="/vision/patch_embed/Reshape"),
+        onnx.helper.make_node("Gemm", ["x", "w2"], ["y"], name="/vision/patch_embed/Gemm", transB=1),
+    ]
+    initializers = [
+        onnx.numpy_helper.from_array(weight, "w"),
+        onnx.numpy_helper.from_array(np.array([300, 1176], np.int64), "shape"),
+    ]
+    model = small_model(nodes, [value("x", [2, 1176])], [value("y", [2, 300])], initializers)
+    SharedWeights(tmp_path).externalize(model)  # as ``SharedWeights.stream`` leaves a traced graph
+    assert model.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
+    assert constant_folded_initializers(model) == {"w", "shape"}
+    if inline:
+        load_inline(model, constant_folded_initializers(model), tmp_path)
+    folded, _ = run_passes(model, (fold_constants,), None, "vision", lambda _: None)
+    ops = [node.op_type for node in folded.graph.node]
+    assert ops == (["Gemm"] if inline else ["Reshape", "Gemm"])
+    if inline:
+        x = np.random.default_rng(0).standard_normal((2, 1176)).astype(np.float32)
+        session = ort.InferenceSession(folded.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ weight.reshape(300, 1176).T, rtol=1e-5)
