@@ -153,9 +153,10 @@ class SharedWeights:
 def load_inline(model: onnx.ModelProto, names: set[str], folder: Path) -> None:
     """Read the initializers of ``model`` named ``names`` whose data is external (in ``folder``) into the graph, in
     place: the constants the ``fold_constants`` pass folds, which onnx-graphsurgeon evaluates with ONNX Runtime from
-    the graph's bytes, where an external reference does not resolve (Qwen-VL's patch-embedding weight, reshaped for
-    its Gemm, and CLIP's position table: the vision graphs of real-size exports went unfolded). A tensor folded away
-    keeps its bytes in the shared file, unreferenced."""
+    the graph's bytes, where an external reference does not resolve: with Qwen-VL's patch-embedding weight (6 MB,
+    reshaped for its Gemm) the pass failed for the whole vision graph of a real-size export, printing ONNX Runtime's
+    error (the exporter's own folding had done the rest, so the Reshape alone stayed, for every session to fold). A
+    tensor folded away keeps its bytes in the shared file, unreferenced."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
     for tensor in model.graph.initializer:

@@ -207,7 +207,8 @@ def test_only_views_inside_stable_memory_have_an_address_key():
 def test_a_streamed_weight_that_constant_folding_reads_is_folded_once_read_back(inline, tmp_path):
     """Qwen-VL's patch embedding reshapes its 6 MB weight for one Gemm, and onnx-graphsurgeon folds that Reshape with
     ONNX Runtime from the graph's bytes, where the shared file does not resolve: unless read back into the graph
-    (``load_inline``) the fold fails and the graph keeps the Reshape (the vision graphs of real-size exports did)."""
+    (``load_inline``) the fold fails and the graph keeps the Reshape (the vision graphs of real-size exports did, with
+    ONNX Runtime's error printed)."""
     from luvc.export.manifest import constant_folded_initializers
     from luvc.export.passes import fold_constants, run_passes
     from luvc.export.weights import load_inline
