@@ -36,6 +36,26 @@ class TextAgreement:
     downstream: int = 0  # tokens after a tie, not judged
 
 
+def near_tie(reference_logits, reference_pick: int, candidate_pick: int, noise: float) -> bool:
+    """Whether the reference's logit for ``candidate_pick`` lies within twice ``noise`` times the largest absolute
+    reference logit of its own ``reference_pick``: each of the two may move by the noise, in opposite directions."""
+    logits = np.asarray(reference_logits, dtype=np.float64)
+    return bool(logits[reference_pick] - logits[candidate_pick] <= 2 * noise * np.abs(logits).max())
+
+
+def first_token_agreement(candidate_logits, reference_logits, noise: float) -> tuple[float, float, int]:
+    """First-token top-1 agreement over the rows of ``(..., V)`` logits: ``(judged, raw, ties)``, a disagreement at a
+    near tie (``near_tie``) judged as agreement."""
+    reference = np.asarray(reference_logits).reshape(-1, np.shape(reference_logits)[-1])
+    ours = np.asarray(candidate_logits).reshape(reference.shape).argmax(-1)
+    theirs = reference.argmax(-1)
+    agree = ours == theirs
+    ties = sum(
+        near_tie(row, int(t), int(o), noise) for row, o, t, same in zip(reference, ours, theirs, agree) if not same
+    )
+    return float((agree.sum() + ties) / agree.size), float(agree.mean()), int(ties)
+
+
 def judge_text(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], noise: float) -> TextAgreement:
     """Judge ``(candidate tokens (B, T), reference tokens (B, T), reference step logits (B, T, V))`` per sample. A
     first differing pick is a tie when the reference's logit for it lies within twice ``noise`` times the step's largest
@@ -50,9 +70,7 @@ def judge_text(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], noise:
             tokens.append(metrics.token_agreement(ours[None], theirs[None]))
             step = int(differs[0]) if differs.size else steps
             if step < steps:
-                step_logits = np.asarray(row_logits[step], dtype=np.float64)
-                margin = step_logits[theirs[step]] - step_logits[ours[step]]
-                if margin <= 2 * noise * np.abs(step_logits).max():
+                if near_tie(row_logits[step], int(theirs[step]), int(ours[step]), noise):
                     ties, downstream = ties + 1, downstream + steps - step - 1
                     step = steps
                 else:

@@ -4,7 +4,7 @@ follows it is not judged; a pick the reference preferred by more is an error fro
 import numpy as np
 import pytest
 
-from luvc.parity.text import judge_text
+from luvc.parity.text import first_token_agreement, judge_text
 
 VOCAB, STEPS = 6, 4
 
@@ -51,3 +51,18 @@ def test_samples_are_averaged():
     wrong_first = np.array([[5, 1, 2, 3]])
     text = judge_text([(reference, reference, logits), (wrong_first, reference, logits)], noise=0.01)
     assert (text.judged_exact, text.judged_tokens, text.non_ties) == (0.5, 0.5, 1)
+
+
+def test_a_first_token_at_a_near_tie_agrees_one_beyond_the_noise_does_not():
+    """Level 3 judges the first token as the text is judged: PyTorch's best leads the export's pick by 0.005 of the
+    largest logit (a tie under noise 0.01) in row 0 and by 0.05 (an error) in row 1; row 2 agrees."""
+    reference = np.full((3, VOCAB), -0.5)
+    reference[:, 0] = 1.0
+    reference[0, 5], reference[1, 5] = 0.995, 0.95
+    candidate = np.zeros((3, VOCAB))
+    candidate[[0, 1], 5], candidate[2, 0] = 1.0, 1.0  # rows 0 and 1 pick token 5, row 2 token 0
+    judged, raw, ties = first_token_agreement(candidate, reference, noise=0.01)
+    assert (raw, ties) == (pytest.approx(1 / 3), 1)
+    assert judged == pytest.approx(2 / 3)
+    assert first_token_agreement(candidate, reference, noise=0.001) == (pytest.approx(1 / 3), pytest.approx(1 / 3), 0)
+    assert first_token_agreement(candidate, reference, noise=0.026)[0] == 1.0  # 0.05 within twice the noise
