@@ -2,8 +2,8 @@
 
 ``quantize_static`` calibrates by itself: it loads the graph with its weights, saves a copy with every input and
 output of every MatMul, Gemm and Conv added as a graph output, opens a session on that copy (the weights a second and
-third time) and keeps each run's outputs. For a 2B model's prefill graph in float32 that was more than 22 GiB, which
-killed calibration on a 24 GiB machine. Here the same statistics are gathered as ONNX Runtime's calibrators gather
+third time) and keeps each run's outputs: calibrating a 2B model in float32 peaked at 21-23 GiB, and was killed for
+memory on a 24 GiB machine. Here the same statistics are gathered as ONNX Runtime's calibrators gather
 them (``HistogramCollector`` for entropy, percentile and distribution, the minimum and maximum for minmax, optimizers
 off, one run per collection), over only the activations the quantizer reads (the activation inputs of the nodes it
 quantizes), in a session that gets the weights from ``MappedWeights``, and written as ONNX Runtime's calibration
@@ -26,10 +26,10 @@ from luvc.runtime.weights import MappedWeights
 
 # ONNX Runtime CalibrationMethod name -> its histogram settings (symmetric, num_bins, num_quantized_bins, percentile,
 # scenario): ``create_calibrator``'s defaults with its calibrator classes', but for entropy. There ONNX Runtime's
-# default is 128 histogram bins for 128 quantized bins, which leaves its KL search one candidate, the whole range:
-# "entropy" was the absolute maximum, and a 2B model's MLP down-projection input (amax 19x its rms) lost 4.2% to
-# rounding. TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) searches 2048 bins
-# down to 128; MinMax keeps the extremes
+# default is 128 histogram bins for 128 quantized bins, which leaves its KL search one candidate, the whole range
+# (more only where later runs widened the histogram): "entropy" was mostly the absolute maximum. TensorRT's entropy
+# calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017) searches 2048 bins down to 128; MinMax keeps the
+# extremes
 HISTOGRAM_SETTINGS = {
     "Entropy": (False, 2048, 128, 99.999, "same"),
     "Percentile": (True, 2048, 2048, 99.999, "same"),
