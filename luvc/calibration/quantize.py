@@ -83,11 +83,16 @@ def check_method(precision: str, method: str) -> None:
         )
 
 
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """The initializers and ``Constant`` outputs of ``model``: what is not an activation."""
+    names = {init.name for init in model.graph.initializer}
+    return names | {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+
+
 def excluded_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Nodes kept in floating point, with the reason: LUVC units, norms, the LM head, and activation-by-activation
     MatMuls (attention scores and context)."""
-    weights = {init.name for init in model.graph.initializer}
-    weights |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    weights = constant_names(model)
     excluded = {}
     for node in model.graph.node:
         unit = _unit_of(node)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from luvc.calibration.quantize import QUANTIZED_OPS, calibration_method
+from luvc.calibration.quantize import QUANTIZED_OPS, calibration_method, constant_names
 from luvc.runtime.exposed import session_with_outputs
 from luvc.runtime.weights import MappedWeights
 
@@ -46,6 +46,25 @@ def histogram_collector(method: str, *settings):
     collector = HistogramCollector(method, *settings)
     collector.get_entropy_threshold = entropy_threshold
     return collector
+
+
+class Extremes:
+    """MinMax's statistics with ``HistogramCollector``'s interface: each tensor's minimum and maximum over every
+    collection, as ONNX Runtime's ``MinMaxCalibrater`` keeps them (one-element arrays of the tensor's type)."""
+
+    def __init__(self) -> None:
+        self.lowest: dict[str, np.ndarray] = {}
+        self.highest: dict[str, np.ndarray] = {}
+
+    def collect(self, name_to_arr: dict[str, list[np.ndarray]]) -> None:
+        for name, values in name_to_arr.items():
+            for value in values:
+                low, high = np.min(value, keepdims=True).reshape(-1), np.max(value, keepdims=True).reshape(-1)
+                self.lowest[name] = np.minimum(self.lowest[name], low) if name in self.lowest else low
+                self.highest[name] = np.maximum(self.highest[name], high) if name in self.highest else high
+
+    def compute_collection_result(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: (self.lowest[name], self.highest[name]) for name in self.lowest}
 
 
 def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,9 +102,7 @@ def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[np.nda
 def activations_to_calibrate(model: onnx.ModelProto, excluded: Iterable[str]) -> list[str]:
     """The activation inputs (neither initializers nor constants) of ``model``'s products the quantizer quantizes
     (``QUANTIZED_OPS`` nodes not ``excluded``): every tensor it puts a QuantizeLinear on, node outputs staying float."""
-    excluded = set(excluded)
-    constants = {tensor.name for tensor in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    excluded, constants = set(excluded), constant_names(model)
     found = {
         name
         for node in model.graph.node
@@ -112,26 +129,15 @@ def collect_ranges(
     if not tensors:  # nothing quantized: an empty cache still spares quantize_static its own calibration
         save_tensors_data(TensorsData(method, {}), cache)
         return
-    histograms = None
     if method.name in HISTOGRAM_SETTINGS:
-        histograms = histogram_collector(method.name.lower(), *HISTOGRAM_SETTINGS[method.name])
-    lowest: dict[str, np.ndarray] = {}
-    highest: dict[str, np.ndarray] = {}
+        collector = histogram_collector(method.name.lower(), *HISTOGRAM_SETTINGS[method.name])
+    else:
+        collector = Extremes()
     with (
         session_with_outputs(graph_path, list(tensors), weights=weights, optimized=False) as run,
         contextlib.redirect_stdout(io.StringIO()),  # the histogram collector prints its progress
     ):
         for feed in feeds:
-            values = run(feed)
-            if histograms is not None:
-                histograms.collect({name: [value] for name, value in values.items()})
-                continue
-            for name, value in values.items():
-                low, high = np.min(value, keepdims=True).reshape(-1), np.max(value, keepdims=True).reshape(-1)
-                lowest[name] = low if name not in lowest else np.minimum(lowest[name], low)
-                highest[name] = high if name not in highest else np.maximum(highest[name], high)
-        if histograms is not None:
-            data = histograms.compute_collection_result()
-        else:
-            data = {name: (lowest[name], highest[name]) for name in lowest}
+            collector.collect({name: [value] for name, value in run(feed).items()})
+        data = collector.compute_collection_result()
     save_tensors_data(TensorsData(method, data), cache)
