@@ -16,10 +16,15 @@ WIDENING = {  # casting from the key to any of its values and back loses nothing
 }
 
 
+# the largest folded tensor kept: any. Without a threshold onnx-graphsurgeon folds everything too, but warns of each
+# output over 1 MiB (a real-size patch-embedding weight reshaped for its Gemm, which is meant to be folded)
+FOLD_ANY_SIZE = 1 << 62
+
+
 def fold_constants(graph: gs.Graph) -> gs.Graph:
-    """Evaluate every subgraph whose inputs are all constants (low-pass and DFT matrices, shape arithmetic), with
-    onnx-graphsurgeon's folder (ONNX Runtime underneath)."""
-    return graph.fold_constants(error_ok=True).cleanup().toposort()
+    """Evaluate every subgraph whose inputs are all constants (low-pass and DFT matrices, shape arithmetic, weights
+    reshaped), with onnx-graphsurgeon's folder (ONNX Runtime underneath)."""
+    return graph.fold_constants(error_ok=True, size_threshold=FOLD_ANY_SIZE).cleanup().toposort()
 
 
 def _bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor) -> bool:
