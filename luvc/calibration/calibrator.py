@@ -257,7 +257,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
             source = self.export_dir / graph.file
             structure = onnx.load(str(source), load_external_data=False)
-            tensors = activations_to_calibrate(structure, excluded_nodes(structure))
+            tensors = activations_to_calibrate(structure, excluded_nodes(structure, self.precision))
             weights = MappedWeights(self.export_dir)
             try:
                 collect_ranges(source, feeds[name], self.method, tensors, folder / f"{name}.json", weights)
@@ -287,7 +287,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         layers = set()
         for name in graphs:
             model = onnx.load(str(self.export_dir / manifest.graphs[name].file), load_external_data=False)
-            layers |= quantized_layers(model, excluded_nodes(model))
+            layers |= quantized_layers(model, excluded_nodes(model, self.precision))
         return layers
 
     def _choose_float_layers(
@@ -325,7 +325,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         for name in graphs:
             path = self.export_dir / manifest.graphs[name].file
             structure = onnx.load(str(path), load_external_data=False)
-            found[name] = HessianGraph(path, (), tuple(excluded_nodes(structure)))
+            found[name] = HessianGraph(path, (), tuple(excluded_nodes(structure, self.precision)))
         return found
 
     @property
@@ -362,7 +362,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     continue
                 source = self.export_dir / graph.file
                 structure = onnx.load(str(source), load_external_data=False)
-                skip = {**excluded_nodes(structure), **layer_exclusions(structure, keep)}
+                skip = {**excluded_nodes(structure, self.precision), **layer_exclusions(structure, keep)}
                 if self.weight_only:
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer)
                     int4[name] = int4_weights(quantized)
