@@ -47,6 +47,26 @@ def worst_cosine(agreement: dict[str, float]) -> float:
     return min(agreement["logits_cosine_min"], agreement.get("decode_logits_cosine_min", 1.0))
 
 
+def parity_warning(agreement: dict[str, float], precision: str, float_precision: str) -> str | None:
+    """A line saying that ``agreement``'s worst logits cosine against the float export is already below the logits
+    cosine ``parity`` holds a ``precision`` export to against PyTorch (so parity is expected to fail), with what to
+    try; ``None`` when it is within."""
+    from luvc.parity.tolerances import tolerances_for
+
+    bound, worst = tolerances_for(precision, float_precision).tensor_cosine, worst_cosine(agreement)
+    if worst >= bound:
+        return None
+    remedy = (
+        f"--target-agreement {bound} keeps the most sensitive layers in floating point"
+        if precision != "int4"
+        else "more calibration samples (--data) or a smaller --block-size may help"
+    )
+    return (
+        f"logits cosine {worst:.4f} against the {float_precision} export is below the {bound} that parity holds "
+        f"{precision} exports to, so parity is expected to fail; {remedy}."
+    )
+
+
 def open_every_graph(pipeline) -> None:
     """Open a session for every graph of ``pipeline``'s export; one that cannot load is named."""
     for name in pipeline.manifest.graphs:

@@ -23,6 +23,7 @@ class Calibrate:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.calibration import CalibratedExportFromExport
+        from luvc.calibration.verify import parity_warning
         from luvc.export.manifest import ExportManifest
 
         options, data = groups[CalibrateArgs], groups[DataArgs]
@@ -50,6 +51,9 @@ class Calibrate:
         )
         for name, value in quantization.agreement_with_fp32.items():
             console.print(f"  {name} vs the {source} source: {value:.6f}", highlight=False)
+        warning = parity_warning(quantization.agreement_with_fp32, quantization.precision, source)
+        if warning is not None:
+            console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
         if quantization.target_agreement is not None:
             kept = ", ".join(quantization.float_layers) or "none"
             target = quantization.target_agreement
