@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from luvc.export.manifest_entries import PassEntry
-from luvc.export.passes.cleanup import cancel_inverse_pairs, fold_constants, remove_identity
+from luvc.export.passes.cleanup import cancel_inverse_pairs, constant_shapes, fold_constants, remove_identity
 from luvc.export.passes.fp32_islands import keep_fp32_islands
 from luvc.export.passes.fuse_oim import fuse_oim_merge
 from luvc.export.passes.fuse_spu import fuse_spu_energy, fuse_spu_gathers
@@ -26,7 +26,7 @@ from luvc.export.stage_times import StageTimes
 
 LOGGER = logging.getLogger("luvc.passes")
 Pass = Callable[[gs.Graph], gs.Graph]
-SIMPLIFY: tuple[Pass, ...] = (fold_constants, remove_identity, cancel_inverse_pairs)
+SIMPLIFY: tuple[Pass, ...] = (fold_constants, remove_identity, cancel_inverse_pairs, constant_shapes)
 PASSES: tuple[Pass, ...] = (
     *SIMPLIFY,
     fuse_oim_merge,
@@ -103,6 +103,7 @@ __all__ = [
     "PASSES",
     "PassStats",
     "cancel_inverse_pairs",
+    "constant_shapes",
     "fold_constants",
     "fuse_oim_merge",
     "fuse_spu_energy",

@@ -6,7 +6,9 @@ Each returns the graph; the pipeline repeats them until the node count stops cha
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
 
 WIDENING = {  # casting from the key to any of its values and back loses nothing
     np.dtype(np.float16): {np.dtype(np.float32), np.dtype(np.float64)},
@@ -77,4 +79,84 @@ def cancel_inverse_pairs(graph: gs.Graph) -> gs.Graph:
             )
         if cancels:
             _bypass(graph, node, source)
+    return graph.cleanup().toposort()
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) or (isinstance(d, str) and d) for d in shape)
+
+
+def _reshape_target(source: list, target: list) -> list[int] | None:
+    """A constant shape for ``Reshape`` (``allowzero=0``) from ``source`` to ``target`` (dims: ints or symbols): a
+    literal for a number, 0 for a symbol at the same place in the source (copied), -1 for the one symbol left; None
+    when two are left or the target has an empty dim (0 would mean "copy")."""
+    dims, inferred = [], 0
+    for axis, dim in enumerate(target):
+        if isinstance(dim, int):
+            if dim == 0:
+                return None
+            dims.append(dim)
+        elif axis < len(source) and source[axis] == dim:
+            dims.append(0)
+        else:
+            inferred += 1
+            dims.append(-1)
+    return dims if inferred <= 1 else None
+
+
+def _expand_target(source: list, target: list) -> list[int] | None:
+    """A constant shape for ``Expand`` from ``source`` to ``target``: 1 where the target keeps the source's dim
+    (aligned right), a literal for a number; None when a symbol is not the source's own."""
+    offset = len(target) - len(source)
+    dims = []
+    for axis, dim in enumerate(target):
+        kept = axis >= offset and source[axis - offset] == dim
+        if kept:
+            dims.append(1)
+        elif isinstance(dim, int):
+            dims.append(dim)
+        else:
+            return None
+    return dims
+
+
+def _infer_missing_shapes(graph: gs.Graph) -> None:
+    """Give the graph's tensors whose shape is unknown (or partly) the shape ONNX's inference finds."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    tensors = graph.tensors()
+    for info in inferred.graph.value_info:
+        tensor = tensors.get(info.name)
+        if tensor is None or isinstance(tensor, gs.Constant) or _known(tensor.shape):
+            continue
+        shape = get_onnx_tensor_shape(info)
+        if _known(shape):
+            tensor.shape = shape
+
+
+def constant_shapes(graph: gs.Graph) -> gs.Graph:
+    """``Reshape`` and ``Expand`` whose shape is computed at run time (``Shape``, ``Slice``, ``Concat`` of a symbolic
+    sequence length) while the exporter proved their output shape: bypass those that change nothing, give the others a
+    constant shape (0: the input's dim, -1: the one dim left, 1: a dim ``Expand`` keeps). The shape arithmetic then has
+    no consumer and goes: after an SPU cut every decoder layer builds its own, for its own sequence length, and on a
+    GPU each of those small nodes is a launch, some placed on the CPU. Shapes the exporter left unknown are taken from
+    ONNX's shape inference with data propagation (through ``Shape``, ``Slice``, ``Concat``)."""
+    _infer_missing_shapes(graph)
+    for node in list(graph.nodes):
+        if node.op not in ("Reshape", "Expand") or len(node.inputs) < 2 or isinstance(node.inputs[1], gs.Constant):
+            continue
+        source, target = node.inputs[0].shape, node.outputs[0].shape
+        if not (_known(source) and _known(target)):
+            continue
+        if list(source) == list(target) and _bypass(graph, node, node.inputs[0]):
+            continue
+        if node.op == "Reshape":
+            dims = _reshape_target(list(source), list(target))
+            if dims is not None:  # torch.onnx writes allowzero=1; the zeros here are copies, never empty dims
+                node.attrs["allowzero"] = 0
+        else:
+            dims = _expand_target(list(source), list(target))
+        if dims is not None:
+            name = f"{node.name or node.outputs[0].name}/constant_shape"
+            node.inputs[1] = gs.Constant(name, np.array(dims, dtype=np.int64))
     return graph.cleanup().toposort()
