@@ -150,11 +150,12 @@ def run_qwen_vision(encoder, pixel_values: torch.Tensor, plan: QwenVisionPlan) -
 class QwenVisionGraph(torch.nn.Module):
     """The encoder for one image-size bucket, as an exportable module.
 
-    Inputs: ``pixel_values`` then the host-planned metadata (``qwen_vision_feeds``): ``rotary_ids.{stage}`` (one
-    per stage, the stage after each merge); for windowed encoders ``window_index`` and ``reverse_index``; for
-    Qwen3-VL the position-table taps ``position_indices`` and ``position_weights``. Merge indices and attention
-    segments (``cu_seqlens``) are constants of the bucket: as inputs they would make shapes data-dependent.
-    Outputs: ``image_embeds (1, n, D)``, then (Qwen3-VL) one ``deepstack.{k} (1, n, D)`` per DeepStack feature.
+    Input: ``pixel_values``. Everything else the plan holds is a constant of the bucket, traced into the graph: merge
+    indices and attention segments (``cu_seqlens``; as inputs they would make shapes data-dependent), and the rotary
+    ids of each stage, the windows (Qwen2.5-VL) and the position-table taps (Qwen3-VL), so that the exporter folds
+    the rotary tables and the position embedding of the bucket instead of the GPU computing them on every image
+    (about 15 small nodes per stage; OIM adds a stage). Outputs: ``image_embeds (1, n, D)``, then (Qwen3-VL) one
+    ``deepstack.{k} (1, n, D)`` per DeepStack feature.
     """
 
     def __init__(self, encoder, plan: QwenVisionPlan) -> None:
@@ -174,35 +175,12 @@ class QwenVisionGraph(torch.nn.Module):
             for stage in plan.stages
         )
         self.plan = dataclasses.replace(plan, stages=stages)
-        self.feed_names = list(qwen_vision_feeds(torch.empty(0), plan))[1:]
 
-    def forward(self, pixel_values: torch.Tensor, *metadata: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feeds = dict(zip(self.feed_names, metadata))
-        stages = tuple(
-            dataclasses.replace(stage, rotary_ids=feeds[f"rotary_ids.{index}"])
-            for index, stage in enumerate(self.plan.stages)
-        )
-        plan = dataclasses.replace(self.plan, stages=stages)
-        if "position_indices" in feeds:
-            plan = dataclasses.replace(plan, position_taps=(feeds["position_indices"], feeds["position_weights"]))
-        windows = contextlib.nullcontext()
-        if self.plan.window_index is not None:
-            plan = dataclasses.replace(plan, window_index=feeds["window_index"], reverse_index=feeds["reverse_index"])
-            windows = batched_windows(self.encoder)
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        windows = batched_windows(self.encoder) if self.plan.window_index is not None else contextlib.nullcontext()
         with windows:
-            output = run_qwen_vision(self.encoder, pixel_values, plan)
+            output = run_qwen_vision(self.encoder, pixel_values, self.plan)
         return (output.merged[None], *(feature[None] for feature in output.deepstack))
-
-
-def qwen_vision_feeds(pixel_values: torch.Tensor, plan: QwenVisionPlan) -> dict[str, torch.Tensor]:
-    """The vision graph's inputs for one image: pixels, then the plan's host metadata."""
-    feeds = {"pixel_values": pixel_values}
-    feeds.update({f"rotary_ids.{index}": stage.rotary_ids for index, stage in enumerate(plan.stages)})
-    if plan.window_index is not None:
-        feeds["window_index"], feeds["reverse_index"] = plan.window_index, plan.reverse_index
-    if plan.position_taps is not None:
-        feeds["position_indices"], feeds["position_weights"] = plan.position_taps
-    return feeds
 
 
 class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
@@ -431,7 +409,7 @@ class Qwen2VLAdapter(VLMAdapter):
             critical("A Qwen-VL vision graph takes one image or video per call; pass the pixels of a single one.")
         encoder_plan = plan.vision.encoder
         graph = QwenVisionGraph(self.model.model.visual, encoder_plan)
-        return graph, qwen_vision_feeds(pixels["pixel_values_videos" if video else "pixel_values"], encoder_plan)
+        return graph, {"pixel_values": pixels["pixel_values_videos" if video else "pixel_values"]}
 
     def prompt_position_ids(self, inputs: dict, plan: RequestPlan) -> torch.Tensor:
         batch, length = inputs["input_ids"].shape

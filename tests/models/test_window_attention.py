@@ -13,7 +13,7 @@ from luvc.export.graphs import vision_spec
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.models.qwen2_vl import QwenVisionGraph, qwen_vision_feeds
+from luvc.models.qwen2_vl import QwenVisionGraph
 from luvc.models.window_attention import WindowLayout
 
 # processed sizes of the tiny Qwen2.5-VL: 4 equal windows; 9 windows, 5 of them cut by the image edge
@@ -49,7 +49,7 @@ def test_batched_windows_equal_upstream_window_attention(qwen25, size):
     graph = QwenVisionGraph(encoder, plan)
     with torch.no_grad():
         expected = encoder(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
-        batched = graph(*qwen_vision_feeds(inputs["pixel_values"], plan).values())[0][0]
+        batched = graph(inputs["pixel_values"])[0][0]
     torch.testing.assert_close(batched, expected, rtol=0, atol=1e-6)
 
 
