@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_shape
+
+from luvc.export.inspect import value_dims
 
 WIDENING = {  # casting from the key to any of its values and back loses nothing
     np.dtype(np.float16): {np.dtype(np.float32), np.dtype(np.float64)},
@@ -129,7 +130,7 @@ def _infer_missing_shapes(graph: gs.Graph) -> None:
         tensor = tensors.get(info.name)
         if tensor is None or isinstance(tensor, gs.Constant) or _known(tensor.shape):
             continue
-        shape = get_onnx_tensor_shape(info)
+        shape = value_dims(info)
         if _known(shape):
             tensor.shape = shape
 
@@ -140,8 +141,10 @@ def constant_shapes(graph: gs.Graph) -> gs.Graph:
     constant shape (0: the input's dim, -1: the one dim left, 1: a dim ``Expand`` keeps). The shape arithmetic then has
     no consumer and goes: after an SPU cut every decoder layer builds its own, for its own sequence length, and on a
     GPU each of those small nodes is a launch, some placed on the CPU. Shapes the exporter left unknown are taken from
-    ONNX's shape inference with data propagation (through ``Shape``, ``Slice``, ``Concat``)."""
+    ONNX's shape inference with data propagation (through ``Shape``, ``Slice``, ``Concat``). What a constant shape
+    makes constant (an ``Expand`` of a constant) is folded."""
     _infer_missing_shapes(graph)
+    changed = False
     for node in list(graph.nodes):
         if node.op not in ("Reshape", "Expand") or len(node.inputs) < 2 or isinstance(node.inputs[1], gs.Constant):
             continue
@@ -149,6 +152,7 @@ def constant_shapes(graph: gs.Graph) -> gs.Graph:
         if not (_known(source) and _known(target)):
             continue
         if list(source) == list(target) and _bypass(graph, node, node.inputs[0]):
+            changed = True
             continue
         if node.op == "Reshape":
             dims = _reshape_target(list(source), list(target))
@@ -159,4 +163,5 @@ def constant_shapes(graph: gs.Graph) -> gs.Graph:
         if dims is not None:
             name = f"{node.name or node.outputs[0].name}/constant_shape"
             node.inputs[1] = gs.Constant(name, np.array(dims, dtype=np.int64))
-    return graph.cleanup().toposort()
+            changed = True
+    return fold_constants(graph) if changed else graph.cleanup().toposort()  # a constant shape may make more constant
