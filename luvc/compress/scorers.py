@@ -1,9 +1,9 @@
 """Scorers of the pruning criteria (``luvc.compress.criteria``), as pure functions on tensors.
 
 A scorer takes the visual tokens of one span (an image, or a frame of a video) as they enter the layer (or what the
-criterion reads of them: their normed input, their variation), their original visual indices and the span's index,
-and returns one float32 score per token (the highest are kept): ``(tokens (B, n, D), visual_ids (B, n), span) ->
-(B, n)``.
+criterion reads of them: their normed input, their variation), their original visual indices (``None`` for a scorer
+marked ``tokens_only``) and the span's index, and returns one float32 score per token (the highest are kept):
+``(tokens (B, n, D), visual_ids (B, n), span) -> (B, n)``.
 """
 
 from __future__ import annotations
@@ -98,10 +98,21 @@ def k_center_scores(tokens: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+def tokens_only(scorer: Scorer) -> Scorer:
+    """Mark ``scorer`` as reading the tokens alone: its caller may pass ``None`` for the visual ids."""
+    scorer.reads_ids = False
+    return scorer
+
+
+def reads_ids(scorer: Scorer) -> bool:
+    """Whether ``scorer`` reads the visual ids it is given (false only when marked ``tokens_only``)."""
+    return getattr(scorer, "reads_ids", True)
+
+
 def spu_scorer(variant: str, rho: float) -> Scorer:
     """The scorer of an SPU variant with the default knobs (its scores follow from the tokens alone)."""
     spu = get_scorer(variant, rho)
-    return lambda tokens, visual_ids, span: spu(tokens)
+    return tokens_only(lambda tokens, visual_ids, span: spu(tokens))
 
 
 def make_scorer(
@@ -118,17 +129,18 @@ def make_scorer(
     if variant in ("spectral-residual", "channel-spectrum"):
         scorer = _spu_scorer(config, layout)
         if config.spu_keep == "low":
-            return lambda tokens, visual_ids, span: -scorer(tokens, visual_ids, span)
+            negated = lambda tokens, visual_ids, span: -scorer(tokens, visual_ids, span)  # noqa: E731
+            return negated if reads_ids(scorer) else tokens_only(negated)
         return scorer
     if variant == "random":
         return lambda tokens, visual_ids, span: random_scores(visual_ids, config.seed, num_visual_tokens)
     if variant in ("l2-norm", "v2drop"):  # v2drop: the caller passes what the layer changed
-        return lambda tokens, visual_ids, span: l2_norm_scores(tokens)
+        return tokens_only(lambda tokens, visual_ids, span: l2_norm_scores(tokens))
     if variant == "dart":
-        return lambda tokens, visual_ids, span: dart_scores(tokens, config.dart_pivots)
+        return tokens_only(lambda tokens, visual_ids, span: dart_scores(tokens, config.dart_pivots))
     if variant in CRITERIA and CRITERIA[variant].ranking is not None:
         if cut < CRITERIA[variant].ranking_from_cut:  # ToDRE's first cut: diversity
-            return lambda tokens, visual_ids, span: k_center_scores(tokens)
+            return tokens_only(lambda tokens, visual_ids, span: k_center_scores(tokens))
         if ranking is None:
             raise ValueError(f"criterion {variant!r} ranks by attention; measure its ranking first")
         return lambda tokens, visual_ids, span: ranked_scores(visual_ids, ranking)

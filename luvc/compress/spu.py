@@ -74,6 +74,19 @@ def residual_projection(n: int, rho: float) -> torch.Tensor:
     return torch.tensor(_residual_projection(n, rho))
 
 
+@functools.lru_cache(maxsize=32)
+def _device_projection(n: int, rho: float, device: torch.device) -> torch.Tensor:
+    return residual_projection(n, rho).to(device)
+
+
+def residual_projection_on(n: int, rho: float, device: torch.device) -> torch.Tensor:
+    """``residual_projection`` on ``device``, copied there once per size in eager PyTorch (a copy from host memory
+    before every cut would be a launch and a wait on a GPU); made afresh while tracing (see ``dct_basis``)."""
+    if torch.compiler.is_compiling():
+        return residual_projection(n, rho).to(device)
+    return _device_projection(n, rho, torch.device(device))
+
+
 def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     """``tokens``: ``(B, n, D)`` -> ``(B, n)`` float32 high-frequency energy ``||V_i - (P_n V)_i||^2``.
 
@@ -83,7 +96,7 @@ def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     ``2 m n D`` for ``P_n`` as two products with ``C_m``: about 0.1% of a 2B model's prefill at the default ``rho``, for
     three nodes fewer per cut."""
     values = tokens.float()
-    projection = residual_projection(tokens.shape[-2], rho).to(tokens.device)
+    projection = residual_projection_on(tokens.shape[-2], rho, tokens.device)
     if torch.compiler.is_exporting():
         residual = F.linear(values.transpose(1, 2), projection)  # (B, D, n); the projection is symmetric
         return residual.square().sum(dim=1)

@@ -38,7 +38,7 @@ from luvc.compress.oim import OIMStep, merge_units
 from luvc.compress.scorers import spu_scorer
 from luvc.compress.spu import low_frequency_count
 from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
-from luvc.models.decoder import Span, pruned_spans, spu_prune
+from luvc.models.decoder import Span, original_ids, pruned_spans, spu_prune
 from luvc.models.scope import Scope
 
 PLUGIN_SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
@@ -243,6 +243,8 @@ def _spectrum_prune_unit(
     if shift is not None:
         raise ValueError("the SpectrumPrune plugin takes the spans at the template's positions; trace no shift")
     starts, counts = [start for start, _ in spans], [count for _, count in spans]
+    if visual_ids is None:  # no cut before this one
+        visual_ids = original_ids(hidden.shape[0], sum(counts), hidden.device)
     low = [low_frequency_count(variant, rho, count, hidden.shape[-1]) for count in counts]
     hidden, cos, sin, visual_ids = spectrum_prune(
         hidden, cos, sin, visual_ids, starts, counts, list(budgets), variant, rho, low

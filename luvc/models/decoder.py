@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import LLM_ATTENTION, LLM_ATTENTION_EACH_CUT, criterion
-from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer
+from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer, reads_ids
 from luvc.compress.spu import select_tokens
 from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
@@ -178,6 +179,12 @@ def shifted_index(
     return position + torch.gather(adds, 1, slot)
 
 
+def original_ids(batch: int, count: int, device: torch.device, start: int = 0) -> torch.Tensor:
+    """``(B, count)``: the original indices ``start, start + 1, ...`` of visual tokens no cut has removed yet (a
+    ``visual_ids`` of ``None`` stands for them, so that the first cut gathers nothing it already knows)."""
+    return torch.arange(start, start + count, device=device).expand(batch, -1)
+
+
 def spu_gather_index(
     hidden: torch.Tensor,
     visual_ids: torch.Tensor,
@@ -187,22 +194,30 @@ def spu_gather_index(
     score_input: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor | None]:
-    """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence, the new spans, and the
+    """Plan one pruning step: ``(B, S_new)`` gather index into the current sequence (``(S_new,)`` when every row
+    takes the same positions: a cut that keeps nothing, in eager PyTorch), the new spans, and the
     ``(B, k)`` kept positions within the current visual tokens (all images concatenated; ``None`` when nothing is
-    kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes;
+    kept). ``visual_ids (B, N)``: the original indices of the current visual tokens, which the scorer also takes
+    (``None``: all of them, in order);
     ``score_input (B, S, D)``: what the scorer reads at the spans (default ``hidden``); ``shift (B,)``: how far each
     row's spans sit after ``spans`` (a prompt with more or less text before its visuals; ``None``: not at all). A zero
     budget adds no scores and no empty pieces, so traced graphs hold no TopK with k = 0."""
     score_input = hidden if score_input is None else score_input
     batch, length = hidden.shape[:2]
     device = hidden.device
+    if shift is None and spans and not torch.compiler.is_compiling():
+        if not any(budgets):
+            return _text_index(spans, length, device), pruned_spans(spans, budgets), None
+        if len(spans) == 1:
+            return _one_span_index(score_input, visual_ids, spans[0], budgets[0], scorer, length)
     block_start = spans[0][0] if spans else 0
     pieces: list[Piece] = []  # the new block: text between spans and the kept tokens of each span
     kept, cursor, visual_offset = [], block_start, 0
     for span, ((start, count), budget) in enumerate(zip(spans, budgets)):
-        pieces.append((torch.arange(cursor, start, device=device).expand(batch, -1), 0))
+        if start > cursor:
+            pieces.append((torch.arange(cursor, start, device=device).expand(batch, -1), 0))
         if budget:
-            ids = visual_ids[:, visual_offset : visual_offset + count]
+            ids = _span_ids(visual_ids, scorer, batch, visual_offset, count, device)
             keep = select_tokens(scorer(span_rows(score_input, start, count, shift), ids, span), budget)
             pieces.append((keep, start))
             kept.append(keep + visual_offset)
@@ -218,6 +233,46 @@ def spu_gather_index(
     return torch.cat([before, *block, after], dim=1), pruned_spans(spans, budgets), kept_index
 
 
+def _span_ids(
+    visual_ids: torch.Tensor | None, scorer: Scorer, batch: int, offset: int, count: int, device: torch.device
+) -> torch.Tensor | None:
+    """The original indices of one span's visual tokens for ``scorer`` (``None`` for a scorer that reads only the
+    tokens, ``reads_ids(scorer)`` false)."""
+    if not reads_ids(scorer):
+        return None
+    if visual_ids is None:
+        return original_ids(batch, count, device, offset)
+    return visual_ids[:, offset : offset + count]
+
+
+def _text_index(spans: Sequence[Span], length: int, device: torch.device) -> torch.Tensor:
+    """``(S_new,)``: the positions outside ``spans`` (a cut that keeps no visual token; the same for every row)."""
+    segments, cursor = [], 0
+    for start, count in [*spans, (length, 0)]:
+        if start > cursor:
+            segments.append(torch.arange(cursor, start, device=device))
+        cursor = start + count
+    return torch.cat(segments) if len(segments) > 1 else segments[0]
+
+
+def _one_span_index(
+    score_input: torch.Tensor,
+    visual_ids: torch.Tensor | None,
+    span: Span,
+    budget: int,
+    scorer: Scorer,
+    length: int,
+) -> tuple[torch.Tensor, tuple[Span, ...], torch.Tensor]:
+    """``spu_gather_index`` of one image in eager PyTorch: the text around it scores +inf, so one TopK over the whole
+    sequence keeps the text and the span's ``budget`` best tokens, and a second puts them in order. Fewer operators
+    (each a launch on a GPU) than building the index piece by piece; the same tokens are kept."""
+    start, count = span
+    ids = _span_ids(visual_ids, scorer, score_input.shape[0], 0, count, score_input.device)
+    scores = scorer(score_input[:, start : start + count], ids, 0)
+    index = select_tokens(F.pad(scores, (start, length - start - count), value=math.inf), length - count + budget)
+    return index, pruned_spans([span], [budget]), index[:, start : start + budget] - start
+
+
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``tensor[b, index[b]]`` for a ``(B, S, ...)`` tensor and a ``(B, S_new)`` index."""
     # unsqueezed, not viewed: a view exports with its shape computed from the sequence length
@@ -228,11 +283,24 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(tensor, 1, expanded)
 
 
+def take_tokens(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``t[b, index[b]]`` of each ``(B, S, ...)`` tensor for a ``(B, S_new)`` index, or ``t[:, index]`` for an
+    ``(S_new,)`` one. Traced: a gather each (``gather_tokens``); eager: one indexing operator each."""
+    if torch.compiler.is_compiling():
+        batch = tensors[0].shape[0]
+        index = index if index.dim() == 2 else index.expand(batch, -1)
+        return tuple(gather_tokens(tensor, index) for tensor in tensors)
+    if index.dim() == 1:
+        return tuple(tensor.index_select(1, index) for tensor in tensors)
+    rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+    return tuple(tensor[rows, index] for tensor in tensors)
+
+
 def spu_prune(
     hidden: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    visual_ids: torch.Tensor,
+    visual_ids: torch.Tensor | None,
     spans: Sequence[Span],
     budgets: Sequence[int],
     scorer: Scorer,
@@ -241,24 +309,29 @@ def spu_prune(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Span, ...]]:
     """One SPU unit: score (``score_input``, default ``hidden``), select and gather the hidden states and rotary
     cos/sin with one index. Returns the pruned tensors, the ``(B, k)`` original visual indices still kept, and the new
-    spans (``shift``: see ``spu_gather_index``)."""
+    spans (``visual_ids`` ``None``: no cut before this one; ``shift``: see ``spu_gather_index``)."""
     index, spans, kept = spu_gather_index(hidden, visual_ids, spans, budgets, scorer, score_input, shift)
-    hidden, cos, sin = (gather_tokens(t, index) for t in (hidden, cos, sin))
-    visual_ids = visual_ids[:, :0] if kept is None else torch.gather(visual_ids, 1, kept)
+    hidden, cos, sin = take_tokens((hidden, cos, sin), index)
+    if kept is None:
+        visual_ids = index.new_zeros((hidden.shape[0], 0))
+    elif visual_ids is not None:
+        visual_ids = torch.gather(visual_ids, 1, kept)
+    else:  # the first cut: what it keeps are original indices already
+        visual_ids = kept
     return hidden, cos, sin, visual_ids, spans
 
 
 def add_visual_plane(
     hidden: torch.Tensor,
     spans: Sequence[Span],
-    visual_ids: torch.Tensor,
+    visual_ids: torch.Tensor | None,
     plane: torch.Tensor,
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DeepStack (Qwen3-VL): ``hidden`` with the rows of ``plane (B, N, D)`` (one per original visual token) of the
-    visual tokens still in the sequence (``visual_ids``, after any pruning) added at their ``spans`` (moved by each
-    row's ``shift``, see ``spu_gather_index``)."""
-    rows = gather_tokens(plane.to(hidden.dtype), visual_ids)
+    visual tokens still in the sequence (``visual_ids``, after any pruning; ``None``: all) added at their ``spans``
+    (moved by each row's ``shift``, see ``spu_gather_index``)."""
+    rows = plane.to(hidden.dtype) if visual_ids is None else gather_tokens(plane.to(hidden.dtype), visual_ids)
     if shift is not None:
         if not spans:
             return hidden
@@ -366,8 +439,11 @@ class CutScoring:
         if layer in self.ranked_cuts:
             if layer == 0:  # a cut before layer 0: layer 0's attention on its input
                 self.columns = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
-            ranking = torch.zeros(hidden.shape[0], self.num_visual, device=hidden.device)
-            self.ranking = ranking.scatter(1, visual_ids, self.columns.float())
+            if visual_ids is None:  # no cut yet: the columns are every visual token's, in order
+                self.ranking = self.columns.float()
+            else:
+                ranking = torch.zeros(hidden.shape[0], self.num_visual, device=hidden.device)
+                self.ranking = ranking.scatter(1, visual_ids, self.columns.float())
         scorer = make_scorer(self.config, self.num_visual, self.ranking, self.layout, self.cuts.index(layer))
         if self.reads_variation:
             return scorer, hidden if self.previous is None else hidden - self.previous
@@ -457,7 +533,7 @@ class SpuDecoderMixin:
             raise ValueError("a criterion that ranks by attention reads the spans at fixed positions; give no shift")
         if self.luvc_config.spu_lowpass == "grid" and cuts and layout.grids is None:
             critical(GRID_REFUSAL)
-        visual_ids = torch.arange(scoring.num_visual, device=hidden.device).expand(batch, -1)
+        visual_ids = None  # no cut yet (``original_ids``)
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
         has_masks = isinstance(past_key_values, LuvcCache)

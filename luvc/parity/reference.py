@@ -19,6 +19,7 @@ from luvc.export.manifest import ExportManifest
 from luvc.export.naming import layer_name
 from luvc.models import VLMAdapter
 from luvc.models.compat import output_cache
+from luvc.models.decoder import original_ids
 from luvc.models.generation import greedy_generate
 from luvc.samples import Sample
 
@@ -65,6 +66,8 @@ class TorchReference:
             def hook(module, args):
                 hidden, _, _, visual_ids, spans, budgets, scorer, *rest = args
                 scored = rest[0] if rest and rest[0] is not None else hidden  # what the criterion reads
+                if visual_ids is None:  # the first cut: every visual token, in order
+                    visual_ids = original_ids(hidden.shape[0], sum(count for _, count in spans), hidden.device)
                 offsets = [sum(count for _, count in spans[:index]) for index in range(len(spans))]
                 scores[layer] = [
                     (
