@@ -37,14 +37,7 @@ def import_allowance() -> int:
 
 
 def optimized_node_count(path: Path) -> int:
-    """Nodes of the graph at ``path`` after ONNX Runtime's optimisation (``ORT_ENABLE_ALL``, CPU EP); the optimised
-    graph is written beside it (``.optimized.onnx``)."""
-    import onnx
-    import onnxruntime as ort
+    """Nodes of the graph at ``path`` after ONNX Runtime's optimisation (``luvc.export.inspect.ort_optimized``)."""
+    from luvc.export.inspect import ort_optimized
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)
+    return len(ort_optimized(path).graph.node)

@@ -5,6 +5,8 @@ host issues, and each value read back stalls it. So the compressed model must no
 smaller matrices save. This prints, for ``--model`` (default the built-in tiny Qwen2-VL; a checkpoint folder works):
 - ``node_ratio``: nodes of the vision and prefill graphs of one bucket after ONNX Runtime's own optimisation
   (``ORT_ENABLE_ALL``, CPU EP), an export against its ``--no-luvc`` export, both made in this run;
+- ``shape_only_added``: nodes of those graphs that only compute shapes (``luvc.export.inspect.shape_only_nodes``;
+  ONNX Runtime's CUDA EP places them on the CPU), LUVC's minus the other's, with the kinds LUVC adds;
 - ``sync_ops_added``: operators that wait for the device (``luvc.models.dispatches.SYNC_OPS``) in one PyTorch forward
   with LUVC, minus those with it off;
 - ``dispatch_ratio``: operators dispatched by that forward, LUVC against off;
@@ -17,14 +19,16 @@ Usage:
 
 from __future__ import annotations
 
+import collections
 import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from common import arguments, luvc_export, optimized_node_count
+from common import arguments, luvc_export
 
 from luvc.compress.config import LUVCConfig
+from luvc.export.inspect import ort_optimized, shape_only_nodes
 from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
 from luvc.models import load_model
@@ -33,11 +37,11 @@ from luvc.models.dispatches import count_dispatches
 TARGET = 1.1
 
 
-def optimized_nodes(export: Path) -> dict[str, int]:
-    """Nodes of each vision and prefill graph of ``export`` after ONNX Runtime's optimisation (CPU EP)."""
+def optimized_graphs(export: Path) -> dict:
+    """Each vision and prefill graph of ``export`` after ONNX Runtime's optimisation (CPU EP)."""
     manifest = ExportManifest.load(export, verify=False)
     return {
-        name: optimized_node_count(export / graph.file)
+        name: ort_optimized(export / graph.file)
         for name, graph in manifest.graphs.items()
         if graph.kind in ("vision", "prefill")
     }
@@ -65,14 +69,18 @@ def main() -> None:
     side = args.image_size
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.model}")
     with tempfile.TemporaryDirectory(prefix="luvc-graph-overhead-") as tmp:
-        nodes = {}
+        nodes, shape_only = {}, {}
         for label, flags in (("luvc", []), ("off", ["--no-luvc"])):
             out = Path(tmp) / label
             luvc_export("export", "--model", args.model, "--out", str(out), "--image-size", f"{side}x{side}", *flags)
-            nodes[label] = optimized_nodes(out)
+            graphs = optimized_graphs(out)
+            nodes[label] = {name: len(graph.graph.node) for name, graph in graphs.items()}
+            shape_only[label] = sum((shape_only_nodes(graph) for graph in graphs.values()), collections.Counter())
         for name in nodes["luvc"]:
             print(f"{name}: {nodes['luvc'][name]} nodes with LUVC, {nodes['off'].get(name)} without (ORT-optimised)")
         node_ratio = sum(nodes["luvc"].values()) / sum(nodes["off"].values())
+        added = shape_only["luvc"] - shape_only["off"]
+        print(f"shape-only nodes: {shape_only['luvc'].total()} with LUVC, {shape_only['off'].total()} without")
     counts = {}
     for label, config in (("luvc", None), ("off", LUVCConfig.off())):
         adapter = load_model(args.model)
@@ -85,6 +93,7 @@ def main() -> None:
     dispatch_ratio = counts["luvc"].total / counts["off"].total
     breaks = graph_breaks(args.model, side)
     print(f"node_ratio={node_ratio:.3f}")
+    print(f"shape_only_added={shape_only['luvc'].total() - shape_only['off'].total()} {dict(added)}")
     print(f"sync_ops_added={syncs_added}")
     print(f"dispatch_ratio={dispatch_ratio:.3f}")
     print(f"compile_graph_breaks={breaks}")

@@ -1,4 +1,5 @@
-"""What is inside an exported graph: op histogram and an estimate of its matrix-multiply FLOPs."""
+"""What is inside an exported graph: op histogram, an estimate of its matrix-multiply FLOPs, the nodes that only
+compute shapes, and the graph ONNX Runtime makes of it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import collections
 import functools
 import operator
 import re
+from pathlib import Path
 
 import onnx
 
@@ -91,3 +93,66 @@ def matmul_flops(model: onnx.ModelProto, values: dict[str, int]) -> tuple[int, i
             count *= dim
         total += 2 * count * dims[-1]
     return total, unknown
+
+
+# inputs that ONNX Runtime's CUDA kernels read on the host (shapes, sizes, axes): what computes them runs on the CPU
+SHAPE_INPUTS = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "TopK": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Pad": (1, 2, 3),
+    "Range": (0, 1, 2),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Split": (1,),
+    "Resize": (1, 2, 3),
+    "ReduceSum": (1,),
+    "ReduceMean": (1,),
+    "ReduceMax": (1,),
+    "ReduceSumSquare": (1,),
+    "OneHot": (1,),
+}
+
+
+def shape_only_nodes(model: onnx.ModelProto) -> collections.Counter:
+    """Op types of the nodes that only compute shapes, sizes or axes: every output read only where a kernel reads it
+    on the host (``SHAPE_INPUTS``) or by another such node. On a GPU, ONNX Runtime's CUDA execution provider places
+    them on the CPU; each one is host work between launches."""
+    graph_outputs = {output.name for output in model.graph.output}
+    consumers = collections.defaultdict(list)  # tensor -> (node index, input slot)
+    for index, node in enumerate(model.graph.node):
+        for slot, name in enumerate(node.input):
+            consumers[name].append((index, slot))
+    shape_only: set[int] = set()
+    for index in reversed(range(len(model.graph.node))):  # consumers come after producers (topological order)
+        node = model.graph.node[index]
+        if node.op_type == "Constant" or not node.output:
+            continue
+        if all(
+            name not in graph_outputs
+            and consumers[name]
+            and all(
+                reader in shape_only or slot in SHAPE_INPUTS.get(model.graph.node[reader].op_type, ())
+                for reader, slot in consumers[name]
+            )
+            for name in node.output
+            if name
+        ):
+            shape_only.add(index)
+    return collections.Counter(model.graph.node[index].op_type for index in shape_only)
+
+
+def ort_optimized(path: Path) -> onnx.ModelProto:
+    """The graph at ``path`` as ONNX Runtime runs it after its own optimisation (``ORT_ENABLE_ALL``, CPU execution
+    provider), without its weights; written beside it as ``<name>.optimized.onnx``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath, load_external_data=False)

@@ -1,0 +1,66 @@
+"""What LUVC asks of ONNX Runtime's host, graph by graph: after ONNX Runtime's own optimisation the vision and prefill
+graphs of a LUVC export hold at most 10% more nodes than those of the same model exported with compression off (on a
+GPU at batch 1 each node is a launch the host issues, so more of them lose what the smaller matrices save)."""
+
+import onnx
+import pytest
+
+from luvc.compress.config import LUVCConfig
+from luvc.export.exporter import export_model
+from luvc.export.inspect import ort_optimized, shape_only_nodes
+from luvc.export.manifest import ExportManifest
+from luvc.export.profile import ExportProfile
+from luvc.models import load_model
+from tests.conftest import made_once
+
+MAX_NODE_RATIO = 1.1
+BUCKET = "224x224"
+
+
+def _optimized(export) -> dict[str, onnx.ModelProto]:
+    manifest = ExportManifest.load(export, verify=False)
+    return {
+        graph.kind: ort_optimized(export / graph.file)
+        for graph in manifest.graphs.values()
+        if graph.kind in ("vision", "prefill") and graph.bucket == BUCKET
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl"])  # the others: benchmarks/graph_overhead.py --model
+def test_luvc_graphs_hold_at_most_ten_percent_more_nodes(family, exports, tmp_path_factory):
+    profile = ExportProfile(image_sizes=((224, 224),))
+    off = made_once(
+        tmp_path_factory,
+        f"exports/{family}-no-luvc",
+        lambda out: export_model(load_model(family), out, profile, LUVCConfig.off(), show_progress=False),
+    )
+    luvc, plain = _optimized(exports(family)), _optimized(off)
+    assert set(luvc) == set(plain) == {"vision", "prefill"}
+    nodes = {kind: (len(luvc[kind].graph.node), len(plain[kind].graph.node)) for kind in luvc}
+    assert all(with_luvc >= without for with_luvc, without in nodes.values())  # LUVC's own nodes are there
+    total_luvc, total_plain = (sum(counts) for counts in zip(*nodes.values()))
+    assert total_luvc <= MAX_NODE_RATIO * total_plain, nodes
+
+
+def test_shape_only_nodes_are_those_that_feed_shapes_alone():
+    helper = onnx.helper
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Concat", ["shape", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["reshaped"]),
+        helper.make_node("Shape", ["x"], ["shape_too"]),
+        helper.make_node("Cast", ["shape_too"], ["sizes"], to=onnx.TensorProto.FLOAT),  # read as data
+        helper.make_node("Add", ["sizes", "one"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("reshaped", onnx.TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor("tail", onnx.TensorProto.INT64, [1], [1]), helper.make_tensor("one", 1, [1], [1.0])],
+    )
+    assert shape_only_nodes(helper.make_model(graph)) == {"Shape": 1, "Concat": 1}
