@@ -187,7 +187,7 @@ def original_ids(batch: int, count: int, device: torch.device, start: int = 0) -
 
 def spu_gather_index(
     hidden: torch.Tensor,
-    visual_ids: torch.Tensor,
+    visual_ids: torch.Tensor | None,
     spans: Sequence[Span],
     budgets: Sequence[int],
     scorer: Scorer,
@@ -252,7 +252,9 @@ def _text_index(spans: Sequence[Span], length: int, device: torch.device) -> tor
         if start > cursor:
             segments.append(torch.arange(cursor, start, device=device))
         cursor = start + count
-    return torch.cat(segments) if len(segments) > 1 else segments[0]
+    if len(segments) == 1:
+        return segments[0]
+    return torch.cat(segments) if segments else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def _one_span_index(
