@@ -287,10 +287,8 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def take_tokens(tensors: Sequence[torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``t[b, index[b]]`` of each ``(B, S, ...)`` tensor for a ``(B, S_new)`` index, or ``t[:, index]`` for an
-    ``(S_new,)`` one. Traced: a gather each (``gather_tokens``); eager: one indexing operator each."""
-    if torch.compiler.is_compiling():
-        batch = tensors[0].shape[0]
-        index = index if index.dim() == 2 else index.expand(batch, -1)
+    ``(S_new,)`` one (eager only). Traced: a gather each (``gather_tokens``); eager: one indexing operator each."""
+    if torch.compiler.is_compiling():  # traced, ``spu_gather_index`` always gives a (B, S_new) index
         return tuple(gather_tokens(tensor, index) for tensor in tensors)
     if index.dim() == 1:
         return tuple(tensor.index_select(1, index) for tensor in tensors)
