@@ -38,7 +38,7 @@ from luvc.compress.oim import OIMStep, merge_units
 from luvc.compress.scorers import spu_scorer
 from luvc.compress.spu import low_frequency_count
 from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
-from luvc.models.decoder import Span, original_ids, pruned_spans, spu_prune
+from luvc.models.decoder import Span, pruned_spans, spu_prune
 from luvc.models.scope import Scope
 
 PLUGIN_SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
@@ -243,8 +243,6 @@ def _spectrum_prune_unit(
     if shift is not None:
         raise ValueError("the SpectrumPrune plugin takes the spans at the template's positions; trace no shift")
     starts, counts = [start for start, _ in spans], [count for _, count in spans]
-    if visual_ids is None:  # no cut before this one
-        visual_ids = original_ids(hidden.shape[0], sum(counts), hidden.device)
     low = [low_frequency_count(variant, rho, count, hidden.shape[-1]) for count in counts]
     hidden, cos, sin, visual_ids = spectrum_prune(
         hidden, cos, sin, visual_ids, starts, counts, list(budgets), variant, rho, low
@@ -258,10 +256,9 @@ def plugin_units(model: nn.Module, variant: str, rho: float) -> Iterator[None]:
     (``variant`` and ``rho``: the applied SPU config)."""
     if variant not in PLUGIN_SPU_VARIANTS:
         variant = PLUGIN_SPU_VARIANTS[0]  # no SPU scope runs when SPU is off
-    replacements = {
-        merge_units: _ortho_merge_unit,
-        spu_prune: functools.partial(_spectrum_prune_unit, variant=variant, rho=rho),
-    }
+    spu_unit = functools.partial(_spectrum_prune_unit, variant=variant, rho=rho)
+    spu_unit.takes_visual_ids = True  # an input of the op: the decoder builds them before the unit's scope
+    replacements = {merge_units: _ortho_merge_unit, spu_prune: spu_unit}
     swapped = [(scope, scope.fn) for scope in model.modules() if isinstance(scope, Scope) and scope.fn in replacements]
     for scope, fn in swapped:
         scope.fn = replacements[fn]

@@ -540,7 +540,10 @@ class SpuDecoderMixin:
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in cuts:
                 scorer, score_input = scoring.scorer(layer_index, decoder_layer, hidden, cos, sin, spans, visual_ids)
-                hidden, cos, sin, visual_ids, spans = self.luvc_spu[layer_index](
+                unit = self.luvc_spu[layer_index]
+                if visual_ids is None and getattr(unit.fn, "takes_visual_ids", False):  # a plugin op's input
+                    visual_ids = original_ids(batch, scoring.num_visual, hidden.device)
+                hidden, cos, sin, visual_ids, spans = unit(
                     hidden,
                     cos,
                     sin,
