@@ -1,5 +1,5 @@
-"""How the export drives ``torch.onnx.export``: quiet, without its slowest rewrite rule, and with the torchlib
-registry built once per process.
+"""How the export drives ``torch.export`` and ``torch.onnx.export``: quiet, tracing without the fake-tensor cache,
+converting without its slowest rewrite rule, and with the torchlib registry built once per process.
 
 Each context manager changes one setting of the torch/onnxscript exporter for its duration and restores it after;
 when a release keeps the setting elsewhere, it changes nothing and the export runs as the library would run it.
@@ -34,6 +34,25 @@ def without_slow_rewrites() -> Iterator[None]:
         yield
     finally:
         rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+@contextlib.contextmanager
+def without_fake_tensor_cache() -> Iterator[None]:
+    """``torch.export`` without its fake-tensor dispatch cache for the duration.
+
+    With dynamic axes a cache hit rebuilds each output's symbolic sizes and strides from the cache entry, which costs
+    more than running the operator's meta function again: tracing a tiny model's five graphs takes 3.7 s without the
+    cache and 5.3 s with it, and the graphs are byte-identical (the cache only memoises shape propagation)."""
+    try:
+        import torch._dynamo.config as dynamo_config
+    except ImportError:
+        yield
+        return
+    if not hasattr(dynamo_config, "fake_tensor_cache_enabled"):
+        yield
+        return
+    with dynamo_config.patch(fake_tensor_cache_enabled=False):
+        yield
 
 
 @contextlib.contextmanager

@@ -24,7 +24,12 @@ from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
-from luvc.export.converter_settings import quiet_exporter, torchlib_registry_once, without_slow_rewrites
+from luvc.export.converter_settings import (
+    quiet_exporter,
+    torchlib_registry_once,
+    without_fake_tensor_cache,
+    without_slow_rewrites,
+)
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
@@ -96,7 +101,7 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
         times = self.times
         with quiet_exporter(), torch.no_grad(), units:
             try:
-                with times.stage("trace", spec.name):
+                with times.stage("trace", spec.name), without_fake_tensor_cache():
                     program = torch.export.export(
                         spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
                     )

@@ -38,3 +38,25 @@ def test_a_graph_converts_the_same_with_the_registry_built_once():
     with torchlib_registry_once():
         once = [torch.onnx.export(Scale(), args, dynamo=True, optimize=True).model_proto for _ in range(2)]
     assert all(model.graph.SerializeToString() == plain.graph.SerializeToString() for model in once)
+
+
+def test_tracing_without_the_fake_tensor_cache_gives_the_same_program_and_restores_the_setting():
+    import torch._dynamo.config as dynamo_config
+
+    from luvc.export.converter_settings import without_fake_tensor_cache
+
+    class Attention(torch.nn.Module):
+        def forward(self, x):
+            scores = torch.softmax(x @ x.transpose(1, 2), dim=-1)
+            return (scores @ x).reshape(x.shape[0], -1)
+
+    args = (torch.randn(2, 5, 4),)
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("length")},)
+    before = dynamo_config.fake_tensor_cache_enabled
+    plain = torch.export.export(Attention(), args, dynamic_shapes=dims, strict=False)
+    with without_fake_tensor_cache():
+        assert not dynamo_config.fake_tensor_cache_enabled
+        uncached = torch.export.export(Attention(), args, dynamic_shapes=dims, strict=False)
+    assert dynamo_config.fake_tensor_cache_enabled == before
+    assert str(uncached.graph) == str(plain.graph)
+    assert uncached.range_constraints.keys() == plain.range_constraints.keys()
