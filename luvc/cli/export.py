@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -39,6 +40,7 @@ class Export:
         if export.profile.precision == "fp16":
             model_args.dtype = "float16"  # load in the graph precision: no fp32 copy is kept
         times = StageTimes()
+        began = time.perf_counter()
         with console.status(f"Loading {args.model}"), times.stage("load"):
             adapter = model_args.load()
         out = export_model(
@@ -50,9 +52,12 @@ class Export:
             passes=export.passes,
             plugin_nodes=export.plugin_nodes,
             times=times,
+            jobs=export.jobs,
         )
         console.print(summary_table(ExportManifest.load(out, verify=False)))
-        console.print(f"[bold green]Exported[/] {adapter.name} to {out} in {times.summary()}")
+        console.print(
+            f"[bold green]Exported[/] {adapter.name} to {out} in {times.summary(time.perf_counter() - began)}"
+        )
         return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from luvc.export.converter_settings import (
     without_fake_tensor_cache,
     without_slow_rewrites,
 )
+from luvc.export.graph_workers import GraphWorkers, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
@@ -52,8 +54,8 @@ from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plugin_units
 from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.source import ModelEntryInBackground
-from luvc.export.stage_times import StageTimes
-from luvc.export.weights import SharedWeights, StableMemory, load_inline
+from luvc.export.stage_times import StageTime, StageTimes
+from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, load_inline
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.weights import cast_in_place
@@ -245,6 +247,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     passes: bool = True
     plugin_nodes: bool = False
     times: StageTimes | None = None  # where the wall time went, stage by stage (luvc.export.stage_times)
+    jobs: int | None = None  # processes exporting graphs side by side (None: luvc.export.graph_workers' default)
 
     def __post_init__(self) -> None:
         self.out = as_path(self.out)
@@ -291,9 +294,16 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         specs.append((text_prefill_spec(adapter, profile, longest_text), None))
 
         times = self.times
-        with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
+        model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
+        external = graphs_use_weights_file(profile.external_data, model_bytes)
+        workers = min(self.jobs or default_workers(len(specs)), len(specs))
+        with (
+            staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging,
+            self._workers(_GraphWriter(self, specs, staging, profile, external), workers) as pool,
+        ):
             source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
-            graphs, files, bucket_entries, hashes = self._write_graphs(specs, staging, profile)
+            graphs, files, hashes = self._write_graphs(specs, staging, profile, external, pool)
+            bucket_entries = {}
             with times.stage("preprocessing"):
                 files += self._save_preprocessing(staging)
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}
@@ -324,66 +334,60 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 manifest.save(staging)
         return self.out
 
-    def _write_graphs(self, specs, staging: Path, profile: ExportProfile):
-        graphs, files, buckets = {}, [], {}
+    def _workers(self, writer: _GraphWriter, workers: int) -> contextlib.AbstractContextManager:
+        """The graph worker processes that run ``writer`` (``workers`` above 1), forked now; else nothing."""
+        if workers < 2:
+            return contextlib.nullcontext()
+        self.times.workers = workers
+        jobs = [functools.partial(writer.write, index) for index in range(len(writer.specs))]
+        return GraphWorkers(jobs, [self._cost(spec) for spec, _ in writer.specs], workers)
+
+    def _write_graphs(self, specs, staging: Path, profile: ExportProfile, external: bool, pool: GraphWorkers | None):
+        """Trace, convert, pass, lint and save every graph of ``specs`` into ``staging``: by the worker processes of
+        ``pool``, or one after another here; returns their manifest entries, the files written and the shared weights
+        file's hash (when the graphs use one)."""
         weights = SharedWeights(staging)
-        model_bytes = sum(p.numel() * p.element_size() for p in self.adapter.model.parameters())
-        external = graphs_use_weights_file(profile.external_data, model_bytes)
-        stable = StableMemory([*self.adapter.model.parameters(), *self.adapter.model.buffers()])
-        times = self.times
+        results: dict[int, GraphResult] = {}  # as graphs finish
+        merged: list[GraphResult] = []  # in graph order, each with its weights in the shared file
         costs = [self._cost(spec) for spec, _ in specs]
         began = time.perf_counter()
         with graph_progress(bool(self.show_progress), "step") as progress:
             overall = progress.add_task("export", total=sum(costs), step="")
-            for (spec, bucket), cost in zip(specs, costs):
-                task = progress.add_task(spec.name, total=len(STEPS) + 1, step="tracing")
-                labels = iter(STEPS)
+            tasks = {}
 
-                def advance(task=task, labels=labels) -> None:
-                    progress.update(task, advance=1, step=next(labels))
+            def start(index: int) -> None:
+                tasks[index] = progress.add_task(specs[index][0].name, total=len(STEPS) + 1, step="tracing")
 
-                model = OnnxFromGraphSpec(
-                    spec,
-                    profile.opset,
-                    on_step=advance,
-                    kv_update=profile.kv_update,
-                    weights=weights if external else None,
-                    stable=stable,
-                    plugin_config=self.adapter.luvc_config if self.plugin_nodes else None,
-                    times=times,
-                )()
-                # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
-                passes = PASSES if self.passes else (keep_fp32_islands,)
-                if external and self.passes:  # what constant folding reads must be in the graph's own bytes
-                    load_inline(model, constant_folded_initializers(model), staging)
-                model, pass_stats = run_passes(
-                    model, passes, times, spec.name, lambda name, task=task: progress.update(task, step=name)
-                )
-                advance()
-                with times.stage("lint", spec.name):
-                    check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, staging)
-                advance()
-                path = staging / f"{spec.name}.onnx"
-                with times.stage("save", spec.name):
-                    written = save_model(model, path, external, weights)
-                files += written
-                graphs[spec.name] = GraphEntry(
-                    file=path.name,
-                    kind=spec.kind,
-                    bucket=spec.bucket,
-                    inputs=tuple(io_entries(model.graph.input)),
-                    outputs=tuple(io_entries(model.graph.output)),
-                    node_prefixes=tuple(_node_prefixes(model)),
-                    num_nodes=len(model.graph.node),
-                    external_data=tuple(written[1:]),
-                    passes=tuple(stat.entry() for stat in pass_stats),
-                )
-                progress.update(task, completed=len(STEPS) + 1, step="done")
-                progress.update(overall, advance=cost)
-                done = progress.tasks[overall].completed
-                left = (time.perf_counter() - began) / done * (sum(costs) - done)
-                progress.update(overall, step=f"about {_duration(left)} left" if done < sum(costs) else "done")
-        return graphs, files, buckets, {weights.path.name: weights.sha256()} if external else {}
+            def step(index: int, label: str) -> None:
+                if index not in tasks:
+                    start(index)
+                progress.update(tasks[index], advance=1 if label in STEPS else 0, step=label)
+
+            def done(index: int, result: GraphResult) -> None:
+                results[index] = result
+                self.times.records.extend(result.times)
+                while len(merged) in results:  # in graph order: the shared file's layout does not depend on timing
+                    merged.append(results[len(merged)])
+                    if merged[-1].part is not None:  # a worker's weights, as soon as the graphs before are in
+                        with self.times.stage("weights merge", specs[len(merged) - 1][0].name):
+                            merged[-1] = merged[-1].merged_into(weights, staging)
+                if index not in tasks:
+                    start(index)
+                progress.update(tasks[index], completed=len(STEPS) + 1, step="done")
+                progress.update(overall, advance=costs[index])
+                finished = progress.tasks[overall].completed
+                left = (time.perf_counter() - began) / finished * (sum(costs) - finished)
+                progress.update(overall, step=f"about {_duration(left)} left" if finished < sum(costs) else "done")
+
+            if pool is not None:
+                pool.wait(step, done)
+            else:
+                writer = _GraphWriter(self, specs, staging, profile, external)
+                for index in range(len(specs)):
+                    done(index, writer.write(index, functools.partial(step, index), weights))
+        graphs = {spec.name: result.entry for (spec, _), result in zip(specs, merged)}
+        files = [name for result in merged for name in result.files]
+        return graphs, files, {weights.path.name: weights.sha256()} if external else {}
 
     def _cost(self, spec: GraphSpec) -> int:
         """A graph's share of the export's work, in layers traced: the encoder's blocks, the LLM's layers, or one."""
@@ -401,6 +405,92 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         adapter.tokenizer.save_pretrained(staging / "tokenizer")
         adapter.image_processor.save_pretrained(staging / PROCESSOR_FOLDER)
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphResult:
+    """What exporting one graph left in the staging folder: its manifest entry, its files, where the times went
+    and, from a graph worker, the weights file it wrote alone (``part``: file name and digest -> place)."""
+
+    entry: GraphEntry
+    files: list[str]
+    times: list[StageTime]
+    part: tuple[str, dict[bytes, tuple[int, int]]] | None = None
+
+    def merged_into(self, weights: SharedWeights, staging: Path) -> GraphResult:
+        """This graph with its tensors moved from its part file into the export's shared ``weights`` file (each
+        distinct tensor once), its graph file rewritten and the part removed."""
+        name, offsets = self.part
+        path = staging / self.entry.file
+        model = onnx.load(str(path), load_external_data=False)
+        weights.absorb(model, staging / name, offsets)
+        partial = path.with_name(path.name + ".partial")
+        onnx.save_model(model, str(partial))
+        partial.replace(path)
+        (staging / name).unlink()
+        external = tuple(external_data_files(model))
+        entry = dataclasses.replace(self.entry, external_data=external)
+        return GraphResult(entry, [path.name, *external], self.times)
+
+
+@dataclasses.dataclass
+class _GraphWriter:
+    """Writes one graph of an export into its staging folder (in the exporter's process or in a graph worker)."""
+
+    exporter: OnnxFromCompressedModel
+    specs: list[tuple[GraphSpec, Bucket | None]]
+    staging: Path
+    profile: ExportProfile
+    external: bool
+
+    def write(self, index: int, report: Callable[[str], None], weights: SharedWeights | None = None) -> GraphResult:
+        """Trace, convert, pass, lint and save graph ``index``; ``report(step)`` as it moves on. ``weights``: the
+        export's shared weights file; without it (a graph worker) the graph's weights go to a file of its own."""
+        spec, bucket = self.specs[index]
+        exporter, staging = self.exporter, self.staging
+        times = StageTimes()
+        labels = iter(STEPS)
+        part = weights is None
+        if part:
+            weights = SharedWeights(staging, f"{spec.name}.{WEIGHTS_FILE}.part")
+        report("tracing")
+        model = OnnxFromGraphSpec(
+            spec,
+            self.profile.opset,
+            on_step=lambda: report(next(labels)),
+            kv_update=self.profile.kv_update,
+            weights=weights if self.external else None,
+            stable=StableMemory([*exporter.adapter.model.parameters(), *exporter.adapter.model.buffers()]),
+            plugin_config=exporter.adapter.luvc_config if exporter.plugin_nodes else None,
+            times=times,
+        )()
+        # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
+        passes = PASSES if exporter.passes else (keep_fp32_islands,)
+        if self.external and exporter.passes:  # what constant folding reads must be in the graph's own bytes
+            load_inline(model, constant_folded_initializers(model), staging)
+        model, pass_stats = run_passes(model, passes, times, spec.name, report)
+        report(next(labels))
+        with times.stage("lint", spec.name):
+            check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, staging)
+        report(next(labels))
+        path = staging / f"{spec.name}.onnx"
+        with times.stage("save", spec.name):
+            written = save_model(model, path, self.external, weights)
+        entry = GraphEntry(
+            file=path.name,
+            kind=spec.kind,
+            bucket=spec.bucket,
+            inputs=tuple(io_entries(model.graph.input)),
+            outputs=tuple(io_entries(model.graph.output)),
+            node_prefixes=tuple(_node_prefixes(model)),
+            num_nodes=len(model.graph.node),
+            external_data=tuple(written[1:]),
+            passes=tuple(stat.entry() for stat in pass_stats),
+        )
+        shared = (weights.path.name, dict(weights.offsets)) if part and self.external else None
+        if part and not self.external:
+            weights.path.unlink(missing_ok=True)
+        return GraphResult(entry, written, times.records, shared)
 
 
 def _duration(seconds: float) -> str:

@@ -28,6 +28,7 @@ class StageTimes:
     """Wall time per stage of an export, in the order the stages ran."""
 
     records: list[StageTime] = dataclasses.field(default_factory=list)
+    workers: int = 1  # processes whose stages ran side by side (luvc.export.graph_workers): their sum exceeds the wall
 
     @contextlib.contextmanager
     def stage(self, stage: str, graph: str | None = None) -> Iterator[None]:
@@ -54,8 +55,10 @@ class StageTimes:
                 totals[record.graph] = totals.get(record.graph, 0.0) + record.seconds
         return totals
 
-    def summary(self) -> str:
-        """One line: the total and each stage's seconds, largest first."""
+    def summary(self, wall_seconds: float | None = None) -> str:
+        """One line: the wall time (``wall_seconds``, else the stages' sum) and each stage's seconds, largest first."""
         totals = self.by_stage()
         parts = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in sorted(totals.items(), key=lambda i: -i[1]))
-        return f"{sum(totals.values()):.1f} s: {parts}"
+        if self.workers > 1:
+            parts += f" (summed over {self.workers} graph worker processes)"
+        return f"{sum(totals.values()) if wall_seconds is None else wall_seconds:.1f} s: {parts}"

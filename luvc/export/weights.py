@@ -117,12 +117,31 @@ class SharedWeights:
                     digest = hashlib.sha256(data).digest()
                     offset, length = self._append(file, memoryview(data), digest)
                 self.referenced_bytes += length
-                del tensor.external_data[:]
-                for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                tensor.ClearField("raw_data")
+                _point_at(tensor, self.path.name, offset, length)
+
+    def absorb(self, model: onnx.ModelProto, part: Path, part_offsets: dict[bytes, tuple[int, int]]) -> None:
+        """Point ``model``'s tensors in ``part`` (another ``SharedWeights``' file in this folder, a graph worker's,
+        whose ``offsets`` were ``part_offsets``) at this file instead, in place: bytes this file already holds (known
+        by the digest ``part`` recorded when it wrote them) are referenced where they are, others are copied over in
+        chunks. The caller removes ``part``."""
+        digests = {placed: digest for digest, placed in part_offsets.items()}
+        with self.path.open("ab") as file, Path(part).open("rb") as source:
+            for tensor in _get_all_tensors(model):
+                if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                    continue
+                stored = ExternalTensor.of(tensor)
+                if stored.location != Path(part).name:
+                    continue
+                digest = digests[(stored.offset, stored.length)]
+                if digest not in self.offsets:
+                    start = self._pad(file)
+                    source.seek(stored.offset)
+                    for chunk_start in range(0, stored.length, CHUNK_BYTES):
+                        self._write(file, source.read(min(CHUNK_BYTES, stored.length - chunk_start)))
+                    self.offsets[digest] = (start, stored.length)
+                offset, length = self.offsets[digest]
+                self.referenced_bytes += length
+                _point_at(tensor, self.path.name, offset, length)
 
     def _append_external(self, file, tensor: onnx.TensorProto, folder: Path) -> tuple[int, int]:
         """Copy an external tensor's bytes from ``folder`` in chunks, hashing as it goes; a tensor already in the
@@ -148,6 +167,16 @@ class SharedWeights:
             return self.offsets[digest]
         self.offsets[digest] = (start, source.length)
         return self.offsets[digest]
+
+
+def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` read its bytes from ``location`` at ``offset`` (in place)."""
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
 
 
 def load_inline(model: onnx.ModelProto, names: set[str], folder: Path) -> None:

@@ -287,6 +287,7 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("export --model tiny-qwen2-vl --out OUT --option rho=nan", "rho must be in (0, 1), got nan"),
     ("export --model tiny-qwen2-vl --out OUT --option spu_start=-1", "spu_start must be an integer >= 0, got -1"),
     ("export --model tiny-qwen2-vl --out OUT --max-batch 0", "argument --max-batch: 0 is not an integer in [1, 256]"),
+    ("export --model tiny-qwen2-vl --out OUT --jobs 0", "argument --jobs: 0 is not an integer in [1, 64]"),
     (
         "export --model tiny-qwen2-vl --out OUT --spu none --budgets 8",
         "spu_variant 'none' prunes nothing, so budgets [8] would be ignored",

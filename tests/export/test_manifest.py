@@ -87,7 +87,7 @@ def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
         Pipeline(folder, verify=False).sessions["prefill_224x224"]
 
 
-def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):  # in one process (test_graph_workers: in several)
     calls = []
     real_save = exporter.save_model
 
@@ -101,7 +101,7 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "export"
     with pytest.raises(KeyboardInterrupt):
         exporter.export_model(
-            load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((224, 224),)), show_progress=False
+            load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((224, 224),)), show_progress=False, jobs=1
         )
     assert calls == ["embed.onnx", "vision_224x224.onnx"]
     assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from luvc.cli.args.base import BaseArgs, int_in
 from luvc.export.buckets import BUCKET_SETS, parse_image_option, parse_mixed_size, parse_video_size
+from luvc.export.graph_workers import MAX_DEFAULT_WORKERS
 from luvc.export.profile import KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
 
 
@@ -66,6 +67,13 @@ class ExportArgs(BaseArgs):
             help="ONNX form of the decode graph's in-place KV-cache write: tensor-scatter (default; TensorRT >= 10.15, "
             "TensorRT-RTX, ONNX Runtime) or scatter-elements (TensorRT 10.3 on JetPack 6)",
         )
+        group.add_argument(
+            "--jobs",
+            type=int_in(1, 64),
+            default=None,
+            help="processes that export graphs side by side, each sharing the loaded weights (default: the usable "
+            f"CPUs, at most {MAX_DEFAULT_WORKERS} and one per graph; 1 needs the least memory)",
+        )
         group.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
         group.add_argument("--no-passes", action="store_true", help="skip the graph passes (fusion, cleanup)")
         group.add_argument(
@@ -79,6 +87,7 @@ class ExportArgs(BaseArgs):
         self.out = Path(args.out)
         self.overwrite = args.overwrite
         self.passes, self.plugin_nodes = not args.no_passes, args.plugin_nodes
+        self.jobs = args.jobs
         sizes = tuple(parse_image_option(text) for text in args.image_size) if args.image_size else None
         videos = tuple(parse_video_size(text) for text in args.video_size or ())
         mixed = tuple(parse_mixed_size(text) for text in args.mixed_size or ())

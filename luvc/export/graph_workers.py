@@ -1,0 +1,140 @@
+"""Graphs exported side by side in worker processes forked from the exporter.
+
+Tracing (``torch.export``) and conversion (``torch.onnx.export``) are single-threaded Python, so an export runs one
+core while the others idle, and its time is the sum of its graphs'. ``GraphWorkers`` forks its processes once the
+model is loaded: each inherits the model and the graph specs as they are in memory (weights shared copy-on-write,
+nothing pickled), takes the next job (the dearest first), and sends back its progress and its result; the exporter
+keeps the progress display, the hashing thread and every file that all graphs share. Forking happens before any of
+the exporter's own threads start; a worker runs PyTorch on one thread, ignores Ctrl-C and SIGTERM (the exporter
+stops it) and, on Linux, dies with the exporter even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from luvc.errors import LuvcError, critical
+
+MAX_DEFAULT_WORKERS = 4  # the default's cap: each worker holds one graph's trace and conversion beside the weights
+POLL_SECONDS = 0.5  # how often the exporter checks that its workers are alive while it waits for news
+
+Job = Callable[[Callable[[str], None]], Any]  # job(report) -> a picklable result; report(step) shows progress
+
+
+class GraphWorkerError(RuntimeError):
+    """A graph worker failed on something that is not the user's to fix; the message carries its traceback."""
+
+
+def default_workers(graphs: int) -> int:
+    """How many processes export ``graphs`` graphs by default: the CPUs this process may run on, at most
+    ``MAX_DEFAULT_WORKERS`` and one per graph (1: the graphs are exported in this process)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, graphs, MAX_DEFAULT_WORKERS))
+
+
+class GraphWorkers:
+    """``jobs`` run by ``workers`` processes forked when this is made, the dearest (by ``costs``) first; a context
+    manager that stops whatever still runs when it exits. Make it before starting any thread."""
+
+    def __init__(self, jobs: Sequence[Job], costs: Sequence[int], workers: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self._tasks, self._messages = context.Queue(), context.Queue()
+        for index in sorted(range(len(jobs)), key=lambda index: -costs[index]):
+            self._tasks.put(index)
+        for _ in range(workers):
+            self._tasks.put(None)  # one stop sign per worker, after every job
+        arguments = (jobs, self._tasks, self._messages, os.getpid())
+        self._processes = [
+            context.Process(target=_serve, args=arguments, name=f"luvc-graph-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for process in self._processes:
+            process.start()
+        self._pending = set(range(len(jobs)))
+
+    def __enter__(self) -> GraphWorkers:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self._processes:
+            if process.is_alive() and self._pending:
+                process.kill()
+            process.join()
+        for channel in (self._tasks, self._messages):
+            channel.close()
+            channel.cancel_join_thread()
+
+    def wait(self, on_step: Callable[[int, str], None], on_done: Callable[[int, Any], None]) -> None:
+        """Call ``on_step(index, step)`` for each step a job reports and ``on_done(index, result)`` as each job
+        finishes, here, until all have. A job that raised ``LuvcError`` stops the export with its message; any other
+        failure raises ``GraphWorkerError`` with the worker's traceback; a worker that died (out of memory, killed)
+        is named with the fix."""
+        while self._pending:
+            try:
+                kind, index, payload = self._messages.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                _check_alive(self._processes)
+                continue
+            if kind == "step":
+                on_step(index, payload)
+            elif kind == "done":
+                self._pending.discard(index)
+                on_done(index, payload)
+            elif kind == "refused":
+                critical(payload)
+            else:
+                raise GraphWorkerError(f"a graph worker failed:\n{payload}")
+
+
+def _check_alive(processes) -> None:
+    """Stop the export when a worker died without reporting (the kernel's OOM killer, a signal)."""
+    for process in processes:
+        if process.exitcode not in (None, 0):
+            how = f"signal {-process.exitcode}" if process.exitcode < 0 else f"exit code {process.exitcode}"
+            critical(
+                f"A graph worker process died ({how}), most likely out of memory; export with --jobs 1 (one graph at "
+                "a time, the least memory)."
+            )
+
+
+def _serve(jobs: Sequence[Job], tasks, messages, parent: int) -> None:
+    """A worker's loop: run the jobs it is given until the stop sign, reporting each one's steps and result."""
+    _die_with_parent(parent)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # the exporter decides what an interrupt stops, and stops them
+        signal.signal(stop, signal.SIG_IGN)
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker; and OpenMP's pool does not survive a fork
+    while (index := tasks.get()) is not None:
+        try:
+            result = jobs[index](lambda step, index=index: messages.put(("step", index, step)))
+        except LuvcError as error:
+            messages.put(("refused", index, str(error)))
+            return
+        except BaseException:
+            messages.put(("failed", index, traceback.format_exc()))
+            return
+        messages.put(("done", index, result))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when the exporter (pid ``parent``) dies (Linux's ``PR_SET_PDEATHSIG``);
+    elsewhere a no-op. An exporter that died before the request was made is caught by its pid."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)

@@ -1,0 +1,145 @@
+"""Graphs exported by worker processes: the same files as one process writes, failures named, nothing left behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from luvc.errors import LuvcError, critical
+from luvc.export import exporter
+from luvc.export.graph_workers import GraphWorkerError
+from luvc.export.profile import ExportProfile
+from luvc.models import load_model
+
+PROFILE = ExportProfile(image_sizes=((224, 224),))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("external_data", ["never", "always"])
+def test_workers_write_the_files_one_process_writes_byte_for_byte(external_data, tmp_path):
+    profile = ExportProfile(image_sizes=((224, 224),), external_data=external_data)
+    model = "tiny-qwen2-vl"
+    exports = {
+        jobs: exporter.export_model(load_model(model), tmp_path / str(jobs), profile, jobs=jobs, show_progress=False)
+        for jobs in (1, 3)
+    }
+    one, three = (_files(exports[jobs]) for jobs in (1, 3))
+    assert one.keys() == three.keys()
+    assert ("weights.data" in one) == (external_data == "always")
+    assert not any(name.endswith(".part") for name in three)
+    assert [name for name in one if one[name] != three[name]] == []
+
+
+def _failing_at(name: str, fail, monkeypatch) -> None:
+    """Make graph ``name``'s tracing call ``fail()`` first (the workers are forked with the patch)."""
+    trace = exporter.OnnxFromGraphSpec.call_impl
+
+    def call_impl(self):
+        if self.spec.name == name:
+            fail()
+        return trace(self)
+
+    monkeypatch.setattr(exporter.OnnxFromGraphSpec, "call_impl", call_impl)
+
+
+def _export_with_workers(folder: Path) -> Path:
+    return exporter.export_model(load_model("tiny-qwen2-vl"), folder, PROFILE, show_progress=False, jobs=2)
+
+
+def test_a_workers_refusal_is_the_exports_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    _failing_at("decode", lambda: critical("the decode graph is refused here; export it another way."), monkeypatch)
+    with pytest.raises(LuvcError, match=r"^the decode graph is refused here; export it another way\.$"):
+        _export_with_workers(tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_a_workers_bug_comes_back_with_its_traceback(tmp_path, monkeypatch):
+    def bug():
+        raise ValueError("a bug in the exporter")
+
+    _failing_at("prefill_224x224", bug, monkeypatch)
+    with pytest.raises(GraphWorkerError, match=r"(?s)Traceback.*ValueError: a bug in the exporter"):
+        _export_with_workers(tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
+    _failing_at("prefill_224x224", lambda: os.kill(os.getpid(), signal.SIGKILL), monkeypatch)  # as the OOM killer
+    with pytest.raises(LuvcError, match=r"died \(signal 9\).*export with --jobs 1"):
+        _export_with_workers(tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+def test_an_interrupt_while_workers_run_stops_them_and_leaves_nothing(tmp_path, monkeypatch):
+    real_wait = exporter.GraphWorkers.wait
+
+    def interrupted_once_a_graph_is_traced(self, on_step, on_done):
+        def step(index, label):
+            on_step(index, label)
+            if label == "converting":  # a graph traced: Ctrl-C reaches the exporter, not its workers (they ignore it)
+                raise KeyboardInterrupt
+
+        real_wait(self, step, on_done)
+
+    monkeypatch.setattr(exporter.GraphWorkers, "wait", interrupted_once_a_graph_is_traced)
+    with pytest.raises(KeyboardInterrupt):
+        _export_with_workers(tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+
+
+EXPORT_WITH_SLOW_WORKERS = """
+import sys, time
+from luvc.export import exporter
+from luvc.export.profile import ExportProfile
+from luvc.models import load_model
+exporter.check_graph = lambda *args: time.sleep(120)  # each worker outlives the test unless it dies with its parent
+exporter.export_model(load_model("tiny-qwen2-vl"), sys.argv[1], ExportProfile(image_sizes=((224, 224),)),
+                      show_progress=False, jobs=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die with the exporter on Linux")
+def test_workers_die_with_a_killed_exporter(tmp_path):
+    exporting = subprocess.Popen([sys.executable, "-c", EXPORT_WITH_SLOW_WORKERS, str(tmp_path / "export")])
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _children(exporting.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the exporter never started its workers"
+    finally:
+        exporting.kill()  # kill -9: no handler of the exporter's runs
+        exporting.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
+    assert not (tmp_path / "export").exists()
