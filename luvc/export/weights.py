@@ -120,28 +120,28 @@ class SharedWeights:
                 _point_at(tensor, self.path.name, offset, length)
 
     def absorb(self, model: onnx.ModelProto, part: Path, part_offsets: dict[bytes, tuple[int, int]]) -> None:
-        """Point ``model``'s tensors in ``part`` (another ``SharedWeights``' file in this folder, a graph worker's,
-        whose ``offsets`` were ``part_offsets``) at this file instead, in place: bytes this file already holds (known
-        by the digest ``part`` recorded when it wrote them) are referenced where they are, others are copied over in
-        chunks. The caller removes ``part``."""
-        digests = {placed: digest for digest, placed in part_offsets.items()}
+        """Take in ``part``, the file another ``SharedWeights`` (a graph worker's, whose ``offsets`` were
+        ``part_offsets``) wrote in this folder for ``model`` alone, and point ``model``'s tensors at this file, in
+        place. Its tensors are appended in the order ``part`` wrote them, each unless this file holds its bytes (known
+        by the digest ``part`` recorded), so graphs absorbed in graph order give the file a graph-by-graph export
+        writes, byte for byte. The caller removes ``part``."""
         with self.path.open("ab") as file, Path(part).open("rb") as source:
-            for tensor in _get_all_tensors(model):
-                if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            for digest, (offset, length) in sorted(part_offsets.items(), key=lambda item: item[1]):
+                if digest in self.offsets:
                     continue
+                start = self._pad(file)
+                source.seek(offset)
+                for chunk_start in range(0, length, CHUNK_BYTES):
+                    self._write(file, source.read(min(CHUNK_BYTES, length - chunk_start)))
+                self.offsets[digest] = (start, length)
+        digests = {placed: digest for digest, placed in part_offsets.items()}
+        for tensor in _get_all_tensors(model):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 stored = ExternalTensor.of(tensor)
-                if stored.location != Path(part).name:
-                    continue
-                digest = digests[(stored.offset, stored.length)]
-                if digest not in self.offsets:
-                    start = self._pad(file)
-                    source.seek(stored.offset)
-                    for chunk_start in range(0, stored.length, CHUNK_BYTES):
-                        self._write(file, source.read(min(CHUNK_BYTES, stored.length - chunk_start)))
-                    self.offsets[digest] = (start, stored.length)
-                offset, length = self.offsets[digest]
-                self.referenced_bytes += length
-                _point_at(tensor, self.path.name, offset, length)
+                if stored.location == Path(part).name:
+                    offset, length = self.offsets[digests[(stored.offset, stored.length)]]
+                    self.referenced_bytes += length
+                    _point_at(tensor, self.path.name, offset, length)
 
     def _append_external(self, file, tensor: onnx.TensorProto, folder: Path) -> tuple[int, int]:
         """Copy an external tensor's bytes from ``folder`` in chunks, hashing as it goes; a tensor already in the
