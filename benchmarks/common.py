@@ -1,6 +1,6 @@
-"""What the benchmarks share: their command line, ``luvc-export`` in a child process, and the peak memory that only
-importing the exporter costs (the allowance memory targets leave out). Scripts import it as ``common`` (Python puts a
-script's own folder first on the path)."""
+"""What the benchmarks share: their command line, ``luvc-export`` in a child process, the peak memory that only
+importing the exporter costs (the allowance memory targets leave out) and the memory of a process with its workers.
+Scripts import it as ``common`` (Python puts a script's own folder first on the path)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,3 +42,46 @@ def optimized_node_count(path: Path) -> int:
     from luvc.export.inspect import ort_optimized
 
     return len(ort_optimized(path).graph.node)
+
+
+class TreeMemory:
+    """The peak over time of the summed proportional set size (PSS: each shared page split among the processes that
+    map it) of process ``pid`` and its descendants, sampled in a thread every ``interval`` seconds while it runs: the
+    memory an export and its graph workers take together (their RSS would count the weights they share once each).
+    Linux only (``/proc``); elsewhere ``peak`` stays 0."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.peak = 0
+        self._pid, self._interval, self._stop = pid, interval, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _tree(self._pid)))
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (read from ``/proc``)."""
+    found = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [child for text in children.read_text().split() for child in _tree(int(text))]
+        except OSError:
+            continue
+    return found
+
+
+def _pss(pid: int) -> int:
+    """Bytes of ``pid``'s proportional set size; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next((int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import arguments, import_allowance
+from common import TreeMemory, arguments, import_allowance
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "38a6c78"  # main before the export-speed work
@@ -50,29 +50,35 @@ def worker(model: str, out: str, precision: str, side: int) -> None:
     print(json.dumps({"stages": times.by_stage(), "graphs": times.by_graph()}))
 
 
-def measured(argv: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """(seconds, peak RSS in bytes, stdout) of a child ``python argv``; exits when it fails."""
+def measured(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, int, str]:
+    """(seconds, peak RSS in bytes, peak PSS of it and its graph workers in bytes, stdout) of a child ``python argv``;
+    exits when it fails."""
     began = time.perf_counter()
     with tempfile.TemporaryFile("w+") as stdout:
-        process = subprocess.Popen([sys.executable, *argv], stdout=stdout, stderr=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen([sys.executable, *argv], stdout=stdout, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+        memory = TreeMemory(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - began
+        tree_peak = memory.stop()
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"export_time: `{' '.join(argv[:4])} ...` failed")
         stdout.seek(0)
-        return seconds, usage.ru_maxrss * 1024, stdout.read()
+        return seconds, usage.ru_maxrss * 1024, tree_peak, stdout.read()
 
 
-def export_current(model: str, out: Path, precision: str, side: int) -> tuple[float, int, dict]:
-    seconds, rss, stdout = measured([__file__, "--worker", model, str(out), precision, str(side)])
-    return seconds, rss, json.loads(stdout.strip().splitlines()[-1])
+def export_current(model: str, out: Path, precision: str, side: int) -> tuple[float, int, int, dict]:
+    seconds, rss, tree, stdout = measured([__file__, "--worker", model, str(out), precision, str(side)])
+    return seconds, rss, tree, json.loads(stdout.strip().splitlines()[-1])
 
 
 def export_baseline(tree: Path, model: str, out: Path, precision: str, side: int) -> tuple[float, int]:
-    """The baseline commit's ``luvc-export export`` (its code first on the path) for the same model."""
-    argv = ["-m", "luvc.cli.main", "export", "--model", model, "--out", str(out), "--overwrite"]
+    """The baseline commit's ``luvc-export export`` (its code first on the path) for the same model. It runs in the
+    baseline's folder: ``python -m`` puts the working folder before ``PYTHONPATH``, so from this checkout it would
+    import this checkout's code."""
+    model = model if not Path(model).exists() else str(Path(model).resolve())
+    argv = ["-m", "luvc.cli.main", "export", "--model", model, "--out", str(Path(out).resolve()), "--overwrite"]
     argv += ["--precision", precision, "--image-size", f"{side}x{side}"]
-    seconds, rss, _ = measured(argv, env={**os.environ, "PYTHONPATH": str(tree)})
+    seconds, rss, _, _ = measured(argv, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
     return seconds, rss
 
 
@@ -125,11 +131,12 @@ def main() -> None:
             allowance = import_allowance()
             seconds, stages = {}, {}
             for name, (model, precision, side, weights) in runs.items():
-                seconds[name], rss, report = export_current(model, Path(tmp) / "out", precision, side)
+                seconds[name], rss, tree_pss, report = export_current(model, Path(tmp) / "out", precision, side)
                 stages[name] = report["stages"]
                 line = f"{name}: {seconds[name]:.1f} s"
                 if weights:
                     line += f", peak RSS {(rss - allowance) / weights:.2f}x the weights ({rss / (1 << 30):.2f} GiB)"
+                    line += f", with its graph workers {tree_pss / (1 << 30):.2f} GiB (PSS)"
                 if tree is not None:
                     before, before_rss = export_baseline(tree, model, Path(tmp) / "before", precision, side)
                     line += f"; {args.baseline}: {before:.1f} s ({before / seconds[name]:.2f}x faster now)"

@@ -52,7 +52,7 @@ from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry
 from luvc.export.naming import name_nodes, place_of, rename_dims
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plugin_units
-from luvc.export.profile import DEFAULT_KV_UPDATE, ExportProfile
+from luvc.export.profile import AUTO_EXTERNAL_BYTES, DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTime, StageTimes
 from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, load_inline
@@ -64,7 +64,6 @@ from luvc.progress import graph_progress
 from luvc.runtime.host_plan import HostPlan
 from luvc.staging import output_claim, staged_folder
 
-AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
 INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 

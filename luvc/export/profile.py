@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from luvc.errors import critical
 from luvc.export.buckets import BucketSet
 
+AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
+
 if TYPE_CHECKING:
     import torch
 
@@ -37,7 +39,7 @@ class ExportProfile:
     - ``precision``: ``fp32`` or ``fp16`` (fp16 keeps FP32 islands for norm statistics, SPU scores and softmax);
     - ``max_batch``, ``max_text_tokens`` (prompt text after the image), ``max_new_tokens``: ranges recorded for
       engine profiles and checked by the runtime;
-    - ``external_data``: ``auto`` (weights in a side file above 1 GiB), ``always`` or ``never``;
+    - ``external_data``: ``auto`` (weights in a side file above ``AUTO_EXTERNAL_BYTES``), ``always`` or ``never``;
     - ``kv_update``: the ONNX form of the decode graph's in-place KV-cache write (``luvc.export.kv_update``):
       ``tensor-scatter`` (TensorRT >= 10.15, TensorRT-RTX, ONNX Runtime) or ``scatter-elements`` (TensorRT 10.3).
     """

@@ -8,7 +8,7 @@ from pathlib import Path
 from luvc.cli.args.base import BaseArgs, int_in
 from luvc.export.buckets import BUCKET_SETS, parse_image_option, parse_mixed_size, parse_video_size
 from luvc.export.graph_workers import MAX_DEFAULT_WORKERS
-from luvc.export.profile import KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
+from luvc.export.profile import AUTO_EXTERNAL_BYTES, KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
 
 
 class ExportArgs(BaseArgs):
@@ -57,8 +57,8 @@ class ExportArgs(BaseArgs):
             "--external-data",
             choices=("auto", "always", "never"),
             default=None,
-            help="weights in the export's one shared weights.data file (each tensor once): auto (graphs above 1 GiB), "
-            "always or never",
+            help="weights in the export's one shared weights.data file (each tensor once): auto (weights above "
+            f"{AUTO_EXTERNAL_BYTES >> 20} MiB), always or never",
         )
         group.add_argument(
             "--kv-update",
