@@ -296,12 +296,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
-        with (
-            staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging,
-            self._workers(_GraphWriter(self, specs, staging, profile, external), workers) as pool,
-        ):
-            source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
-            graphs, files, hashes = self._write_graphs(specs, staging, profile, external, pool)
+        with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
+            writer = _GraphWriter(self, specs, staging, profile, external)
+            with self._workers(writer, workers) as pool:  # forked before the hashing thread starts
+                source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
+                graphs, files, hashes = self._write_graphs(writer, pool)
             bucket_entries = {}
             with times.stage("preprocessing"):
                 files += self._save_preprocessing(staging)
@@ -341,10 +340,10 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         jobs = [functools.partial(writer.write, index) for index in range(len(writer.specs))]
         return GraphWorkers(jobs, [self._cost(spec) for spec, _ in writer.specs], workers)
 
-    def _write_graphs(self, specs, staging: Path, profile: ExportProfile, external: bool, pool: GraphWorkers | None):
-        """Trace, convert, pass, lint and save every graph of ``specs`` into ``staging``: by the worker processes of
-        ``pool``, or one after another here; returns their manifest entries, the files written and the shared weights
-        file's hash (when the graphs use one)."""
+    def _write_graphs(self, writer: _GraphWriter, pool: GraphWorkers | None):
+        """Write every graph of ``writer``: by the worker processes of ``pool``, or one after another here; returns
+        their manifest entries, the files written and the shared weights file's hash (when the graphs use one)."""
+        specs, staging = writer.specs, writer.staging
         weights = SharedWeights(staging)
         results: dict[int, GraphResult] = {}  # as graphs finish
         merged: list[GraphResult] = []  # in graph order, each with its weights in the shared file
@@ -381,12 +380,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             if pool is not None:
                 pool.wait(step, done)
             else:
-                writer = _GraphWriter(self, specs, staging, profile, external)
                 for index in range(len(specs)):
                     done(index, writer.write(index, functools.partial(step, index), weights))
         graphs = {spec.name: result.entry for (spec, _), result in zip(specs, merged)}
         files = [name for result in merged for name in result.files]
-        return graphs, files, {weights.path.name: weights.sha256()} if external else {}
+        return graphs, files, {weights.path.name: weights.sha256()} if writer.external else {}
 
     def _cost(self, spec: GraphSpec) -> int:
         """A graph's share of the export's work, in layers traced: the encoder's blocks, the LLM's layers, or one."""
