@@ -82,6 +82,10 @@ class GraphWorkers:
                 kind, index, payload = self._messages.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 _check_alive(self._processes)
+                exited = all(process.exitcode is not None for process in self._processes)
+                if exited and self._messages.empty():  # all gone, the last news read: a result was lost on the way
+                    lost = len(self._pending)
+                    raise GraphWorkerError(f"the graph workers ended with {lost} graphs unreported") from None
                 continue
             if kind == "step":
                 on_step(index, payload)

@@ -146,3 +146,33 @@ def test_workers_die_with_a_killed_exporter(tmp_path):
         time.sleep(0.1)
     assert not any(_running(pid) for pid in workers)
     assert not (tmp_path / "export").exists()
+
+
+def _two_steps(value):
+    def job(report):
+        report("half")
+        report("all")
+        return value
+
+    return job
+
+
+def test_each_jobs_steps_come_before_its_result_and_every_result_comes_back():
+    from luvc.export.graph_workers import GraphWorkers
+
+    seen = []
+    with GraphWorkers([_two_steps(n * 10) for n in range(5)], costs=[1, 5, 2, 4, 3], workers=2) as workers:
+        workers.wait(lambda index, step: seen.append((index, step)), lambda index, result: seen.append((index, result)))
+    for index in range(5):
+        assert [event for event in seen if event[0] == index] == [(index, "half"), (index, "all"), (index, index * 10)]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_result_lost_on_the_way_is_an_error_not_a_wait_forever():
+    from luvc.export.graph_workers import GraphWorkers
+
+    unpicklable = _two_steps(lambda: None)  # the worker's queue cannot send it back
+    with pytest.raises(GraphWorkerError, match=r"ended with [12] graphs unreported"):  # a worker may have run both
+        with GraphWorkers([unpicklable, _two_steps(1)], costs=[2, 1], workers=2) as workers:
+            workers.wait(lambda index, step: None, lambda index, result: None)
+    assert multiprocessing.active_children() == []
