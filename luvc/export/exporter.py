@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -297,6 +298,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         external = graphs_use_weights_file(profile.external_data, model_bytes)
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
+            if external and workers > 1:
+                workers = self._workers_the_disk_holds(workers, staging, model_bytes, len(specs))
             writer = _GraphWriter(self, specs, staging, profile, external)
             with self._workers(writer, workers) as pool:  # forked before the hashing thread starts
                 source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
@@ -331,6 +334,22 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             with times.stage("manifest"):
                 manifest.save(staging)
         return self.out
+
+    def _workers_the_disk_holds(self, workers: int, staging: Path, model_bytes: int, graphs: int) -> int:
+        """``workers``, or 1 when the disk under ``staging`` may not hold what graph workers write: each graph's
+        weights in a file of its own until merged into ``weights.data`` (at most the model's weights per graph, and
+        the merged file). With ``--jobs`` given, too little room is an error naming both sizes."""
+        need = model_bytes * (graphs + 1)
+        free = shutil.disk_usage(staging).free
+        if free >= need:
+            return workers
+        if self.jobs:
+            critical(
+                f"--jobs {self.jobs} writes each graph's weights to a file of its own until they are merged: up to "
+                f"{need / 1e9:.1f} GB beside {self.out}, where {free / 1e9:.1f} GB are free; free some space or pass "
+                "--jobs 1 (each tensor written once)."
+            )
+        return 1
 
     def _workers(self, writer: _GraphWriter, workers: int) -> contextlib.AbstractContextManager:
         """The graph worker processes that run ``writer`` (``workers`` above 1), forked now; else nothing."""

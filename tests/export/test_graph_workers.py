@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from luvc.errors import LuvcError, critical
 from luvc.export import exporter
 from luvc.export.graph_workers import GraphWorkerError
 from luvc.export.profile import ExportProfile
+from luvc.export.stage_times import StageTimes
 from luvc.models import load_model
 
 PROFILE = ExportProfile(image_sizes=((224, 224),))
@@ -109,6 +111,7 @@ EXPORT_WITH_SLOW_WORKERS = """
 import sys, time
 from luvc.export import exporter
 from luvc.export.profile import ExportProfile
+from luvc.export.stage_times import StageTimes
 from luvc.models import load_model
 exporter.check_graph = lambda *args: time.sleep(120)  # each worker outlives the test unless it dies with its parent
 exporter.export_model(load_model("tiny-qwen2-vl"), sys.argv[1], ExportProfile(image_sizes=((224, 224),)),
@@ -176,3 +179,27 @@ def test_a_result_lost_on_the_way_is_an_error_not_a_wait_forever():
         with GraphWorkers([unpicklable, _two_steps(1)], costs=[2, 1], workers=2) as workers:
             workers.wait(lambda index, step: None, lambda index, result: None)
     assert multiprocessing.active_children() == []
+
+
+def _disk_with(free: int):
+    def usage(path):
+        return shutil._ntuple_diskusage(total=free * 2, used=free, free=free)
+
+    return usage
+
+
+def test_workers_the_disk_cannot_hold_are_refused_when_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter.shutil, "disk_usage", _disk_with(10_000))  # less than the tiny model's weights
+    profile = ExportProfile(image_sizes=((224, 224),), external_data="always")
+    with pytest.raises(LuvcError, match=r"^--jobs 2 writes each graph's weights .* GB are free; .* pass --jobs 1"):
+        exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "refused", profile, show_progress=False, jobs=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_workers_the_disk_cannot_hold_are_left_out_by_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(exporter.shutil, "disk_usage", _disk_with(10_000))
+    profile = ExportProfile(image_sizes=((224, 224),), external_data="always")
+    times = StageTimes()
+    exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "export", profile, show_progress=False, times=times)
+    assert times.workers == 1 and (tmp_path / "export" / "weights.data").is_file()
