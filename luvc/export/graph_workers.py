@@ -12,6 +12,7 @@ stops it) and, on Linux, dies with the exporter even after ``kill -9``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import queue
@@ -56,8 +57,15 @@ class GraphWorkers:
             context.Process(target=_serve, args=arguments, name=f"luvc-graph-worker-{n}", daemon=True)
             for n in range(workers)
         ]
-        for process in self._processes:
-            process.start()
+        # What the workers inherit stays out of their garbage collector: a cycle collected there could finalize an
+        # object whose threads the fork left behind (an ONNX Runtime session of an earlier run in this process
+        # waits forever for its thread pool). Frozen here, and thawed once forked; fewer pages copied as well.
+        gc.freeze()
+        try:
+            for process in self._processes:
+                process.start()
+        finally:
+            gc.unfreeze()
         self._pending = set(range(len(jobs)))
 
     def __enter__(self) -> GraphWorkers:

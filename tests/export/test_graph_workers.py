@@ -203,3 +203,51 @@ def test_workers_the_disk_cannot_hold_are_left_out_by_default(tmp_path, monkeypa
     times = StageTimes()
     exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "export", profile, show_progress=False, times=times)
     assert times.workers == 1 and (tmp_path / "export" / "weights.data").is_file()
+
+
+def test_a_worker_leaves_alone_what_it_inherited_from_an_earlier_onnx_runtime_run():
+    """An ONNX Runtime session with a thread pool, held only by a reference cycle in this process: a worker whose
+    garbage collector finalized its copy would wait forever for threads the fork did not copy."""
+    import gc
+    import threading
+
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from luvc.export.graph_workers import GraphWorkers
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2  # a pool thread,
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # which blocks as soon as it is idle
+    gc.disable()  # the cycle must still be there when the workers are forked
+    try:
+        session = onnxruntime.InferenceSession(onnx.helper.make_model(graph).SerializeToString(), options)
+        session.run(None, {"x": np.ones(4, np.float32)})
+        time.sleep(0.2)  # its pool thread now waits for work, on a condition variable the fork copies
+        holder = {"session": session, "self": None}
+        holder["self"] = holder
+        del session
+        del holder
+
+        def collect(report):
+            return gc.collect() >= 0
+
+        with GraphWorkers([collect], costs=[1], workers=1) as workers:
+            hung = threading.Timer(30, lambda: [child.kill() for child in multiprocessing.active_children()])
+            hung.start()
+            try:
+                results = []
+                workers.wait(lambda index, step: None, lambda index, result: results.append(result))
+            finally:
+                hung.cancel()
+    finally:
+        gc.enable()
+    assert results == [True]
