@@ -35,8 +35,11 @@ class GraphWorkerError(RuntimeError):
 
 
 def default_workers(graphs: int) -> int:
-    """How many processes export ``graphs`` graphs by default: the CPUs this process may run on, at most
-    ``MAX_DEFAULT_WORKERS`` and one per graph (1: the graphs are exported in this process)."""
+    """How many processes export ``graphs`` graphs by default: on Linux the CPUs this process may run on, at most
+    ``MAX_DEFAULT_WORKERS`` and one per graph; elsewhere 1, the graphs exported in this process (forking a process
+    that has run PyTorch or ONNX Runtime is only tested on Linux; ``--jobs`` still asks for workers there)."""
+    if not sys.platform.startswith("linux"):
+        return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cpus, graphs, MAX_DEFAULT_WORKERS))
 

@@ -71,8 +71,8 @@ class ExportArgs(BaseArgs):
             "--jobs",
             type=int_in(1, 64),
             default=None,
-            help="processes that export graphs side by side, each sharing the loaded weights (default: the usable "
-            f"CPUs, at most {MAX_DEFAULT_WORKERS} and one per graph; 1 needs the least memory)",
+            help="processes that export graphs side by side, each sharing the loaded weights (default on Linux: the "
+            f"usable CPUs, at most {MAX_DEFAULT_WORKERS} and one per graph; elsewhere 1; 1 needs the least memory)",
         )
         group.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
         group.add_argument("--no-passes", action="store_true", help="skip the graph passes (fusion, cleanup)")
