@@ -234,8 +234,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
     same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
     on every graph unless ``passes=False``; ``plugin_nodes`` traces each OIM/SPU unit as one plugin node
-    (``luvc.export.plugin_ops``; for engines built with the LUVC plugin library only). Nothing appears at ``out``
-    until every file is written and linted.
+    (``luvc.export.plugin_ops``; for engines built with the LUVC plugin library only). ``jobs`` processes export the
+    graphs side by side (``luvc.export.graph_workers``; ``None``: its default, 1: this process alone), with the same
+    files as a single process writes. Nothing appears at ``out`` until every file is written and linted.
     """
 
     adapter: VLMAdapter
@@ -466,8 +467,8 @@ class _GraphWriter:
         exporter, staging = self.exporter, self.staging
         times = StageTimes()
         labels = iter(STEPS)
-        part = weights is None
-        if part:
+        own_file = weights is None and self.external  # a graph worker's: merged into the export's by the exporter
+        if weights is None:
             weights = SharedWeights(staging, f"{spec.name}.{WEIGHTS_FILE}.part")
         report("tracing")
         model = OnnxFromGraphSpec(
@@ -503,10 +504,8 @@ class _GraphWriter:
             external_data=tuple(written[1:]),
             passes=tuple(stat.entry() for stat in pass_stats),
         )
-        shared = (weights.path.name, dict(weights.offsets)) if part and self.external else None
-        if part and not self.external:
-            weights.path.unlink(missing_ok=True)
-        return GraphResult(entry, written, times.records, shared)
+        part = (weights.path.name, dict(weights.offsets)) if own_file else None
+        return GraphResult(entry, written, times.records, part)
 
 
 def _duration(seconds: float) -> str:
