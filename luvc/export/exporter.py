@@ -302,9 +302,10 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             if external and workers > 1:
                 workers = self._workers_the_disk_holds(workers, staging, model_bytes, len(specs))
             writer = _GraphWriter(self, specs, staging, profile, external)
-            with self._workers(writer, workers) as pool:  # forked before the hashing thread starts
+            costs = [self._cost(spec) for spec, _ in specs]
+            with self._workers(writer, costs, workers) as pool:  # forked before the hashing thread starts
                 source = ModelEntryInBackground(adapter)  # hashes the weights while the graphs are traced
-                graphs, files, hashes = self._write_graphs(writer, pool)
+                graphs, files, hashes = self._write_graphs(writer, costs, pool)
             bucket_entries = {}
             with times.stage("preprocessing"):
                 files += self._save_preprocessing(staging)
@@ -352,22 +353,23 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             )
         return 1
 
-    def _workers(self, writer: _GraphWriter, workers: int) -> contextlib.AbstractContextManager:
-        """The graph worker processes that run ``writer`` (``workers`` above 1), forked now; else nothing."""
+    def _workers(self, writer: _GraphWriter, costs: list[int], workers: int) -> contextlib.AbstractContextManager:
+        """The graph worker processes that run ``writer`` (``workers`` above 1; the dearest graph by ``costs``
+        first), forked now; else nothing."""
         if workers < 2:
             return contextlib.nullcontext()
         self.times.workers = workers
         jobs = [functools.partial(writer.write, index) for index in range(len(writer.specs))]
-        return GraphWorkers(jobs, [self._cost(spec) for spec, _ in writer.specs], workers)
+        return GraphWorkers(jobs, costs, workers)
 
-    def _write_graphs(self, writer: _GraphWriter, pool: GraphWorkers | None):
+    def _write_graphs(self, writer: _GraphWriter, costs: list[int], pool: GraphWorkers | None):
         """Write every graph of ``writer``: by the worker processes of ``pool``, or one after another here; returns
-        their manifest entries, the files written and the shared weights file's hash (when the graphs use one)."""
+        their manifest entries, the files written and the shared weights file's hash (when the graphs use one).
+        ``costs``: each graph's share of the work, for the progress and its estimate of the time left."""
         specs, staging = writer.specs, writer.staging
         weights = SharedWeights(staging)
         results: dict[int, GraphResult] = {}  # as graphs finish
         merged: list[GraphResult] = []  # in graph order, each with its weights in the shared file
-        costs = [self._cost(spec) for spec, _ in specs]
         began = time.perf_counter()
         with graph_progress(bool(self.show_progress), "step") as progress:
             overall = progress.add_task("export", total=sum(costs), step="")
@@ -441,13 +443,10 @@ class GraphResult:
         path = staging / self.entry.file
         model = onnx.load(str(path), load_external_data=False)
         weights.absorb(model, staging / name, offsets)
-        partial = path.with_name(path.name + ".partial")
-        onnx.save_model(model, str(partial))
-        partial.replace(path)
+        written = save_model(model, path, False, weights)  # every tensor is in ``weights`` now: nothing to move
         (staging / name).unlink()
-        external = tuple(external_data_files(model))
-        entry = dataclasses.replace(self.entry, external_data=external)
-        return GraphResult(entry, [path.name, *external], self.times)
+        entry = dataclasses.replace(self.entry, external_data=tuple(written[1:]))
+        return GraphResult(entry, written, self.times)
 
 
 @dataclasses.dataclass
@@ -459,6 +458,11 @@ class _GraphWriter:
     staging: Path
     profile: ExportProfile
     external: bool
+    stable: StableMemory = dataclasses.field(init=False)  # the model's memory, unchanged while the export runs
+
+    def __post_init__(self) -> None:
+        model = self.exporter.adapter.model
+        self.stable = StableMemory([*model.parameters(), *model.buffers()])
 
     def write(self, index: int, report: Callable[[str], None], weights: SharedWeights | None = None) -> GraphResult:
         """Trace, convert, pass, lint and save graph ``index``; ``report(step)`` as it moves on. ``weights``: the
@@ -477,7 +481,7 @@ class _GraphWriter:
             on_step=lambda: report(next(labels)),
             kv_update=self.profile.kv_update,
             weights=weights if self.external else None,
-            stable=StableMemory([*exporter.adapter.model.parameters(), *exporter.adapter.model.buffers()]),
+            stable=self.stable,
             plugin_config=exporter.adapter.luvc_config if exporter.plugin_nodes else None,
             times=times,
         )()

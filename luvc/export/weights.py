@@ -130,9 +130,7 @@ class SharedWeights:
                 if digest in self.offsets:
                     continue
                 start = self._pad(file)
-                source.seek(offset)
-                for chunk_start in range(0, length, CHUNK_BYTES):
-                    self._write(file, source.read(min(CHUNK_BYTES, length - chunk_start)))
+                self._copy(file, source, offset, length, f"{Path(part).name} at {offset}")
                 self.offsets[digest] = (start, length)
         digests = {placed: digest for digest, placed in part_offsets.items()}
         for tensor in _get_all_tensors(model):
@@ -150,15 +148,7 @@ class SharedWeights:
         before = file.tell()
         start, hasher = self._pad(file), hashlib.sha256()
         with open(folder / source.location, "rb") as handle:
-            handle.seek(source.offset)
-            remaining = source.length
-            while remaining:
-                chunk = handle.read(min(CHUNK_BYTES, remaining))
-                if not chunk:
-                    raise OSError(f"{source.location} ends before tensor {tensor.name}'s data")
-                hasher.update(chunk)
-                self._write(file, chunk)
-                remaining -= len(chunk)
+            self._copy(file, handle, source.offset, source.length, f"tensor {tensor.name} in {source.location}", hasher)
         digest = hasher.digest()
         if digest in self.offsets:
             self._file_digest = None  # the running digest has hashed bytes the file no longer holds
@@ -167,6 +157,20 @@ class SharedWeights:
             return self.offsets[digest]
         self.offsets[digest] = (start, source.length)
         return self.offsets[digest]
+
+    def _copy(self, file, handle, offset: int, length: int, what: str, hasher=None) -> None:
+        """Append ``length`` bytes of ``handle`` from ``offset`` to ``file`` in chunks of ``CHUNK_BYTES``, each also
+        fed to ``hasher`` when given; a source that ends early is an error naming ``what`` was read."""
+        handle.seek(offset)
+        remaining = length
+        while remaining:
+            chunk = handle.read(min(CHUNK_BYTES, remaining))
+            if not chunk:
+                raise OSError(f"the file ends before the data of {what}")
+            if hasher is not None:
+                hasher.update(chunk)
+            self._write(file, chunk)
+            remaining -= len(chunk)
 
 
 def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
