@@ -32,6 +32,7 @@ from luvc.export.converter_settings import (
     without_fake_tensor_cache,
     without_slow_rewrites,
 )
+from luvc.export.decomposed_trace import converting_decomposed, trace_decomposed, without_stack_traces
 from luvc.export.graph_workers import GraphWorkers, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
@@ -101,16 +102,16 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             translations.update(plugin_translations())
             units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
         times = self.times
-        with quiet_exporter(), torch.no_grad(), units:
+        with quiet_exporter(), torch.no_grad(), units, without_stack_traces(), torchlib_registry_once():
             try:
                 with times.stage("trace", spec.name), without_fake_tensor_cache():
-                    program = torch.export.export(
-                        spec.module.eval(), args, dynamic_shapes=spec.dynamic_shapes(), strict=False
+                    program = trace_decomposed(
+                        spec.module.eval(), args, spec.dynamic_shapes(), self.opset, translations
                     )
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
             self.on_step()
-            with times.stage("convert", spec.name), without_slow_rewrites(), torchlib_registry_once():
+            with times.stage("convert", spec.name), without_slow_rewrites(), converting_decomposed():
                 onnx_program = torch.onnx.export(
                     program,
                     args,

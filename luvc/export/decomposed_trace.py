@@ -1,0 +1,161 @@
+"""One trace from a module to the program ``torch.onnx.export`` translates, instead of two.
+
+``torch.onnx.export`` of an ``ExportedProgram`` first decomposes it into the ATen operators torchlib implements, and
+``ExportedProgram.run_decompositions`` does that by tracing the whole program again (functionalised, with fake
+tensors and symbolic shapes) after ``torch.export``'s own trace: more than half of a tiny graph's tracing and
+conversion. ``trace_decomposed`` traces the module once, straight to that decomposed form: ``torch.export``'s
+ATen-level trace (``pre_dispatch=False``) with the decomposition table ``torch.onnx`` would apply for the same
+registry, and marks the program so that ``converting_decomposed`` lets ``torch.onnx.export`` skip its own pass. The
+ONNX graphs are the same operators on the same tensors: byte-identical for most graphs, otherwise renamed values
+(``tests/export/test_decomposed_trace.py``).
+
+The one-trace path rests on torch internals (``torch.export._trace``, ``torch.onnx._internal``). Where a release
+lacks one, or where it cannot trace a module that ``torch.export`` can, the export takes torch's own two traces.
+Stack traces are not recorded while tracing (``torch.fx.config.do_not_emit_stack_traces``): nothing in an export
+reads them, and capturing one per node cost a third of the decomposing trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+_decomposed_programs: weakref.WeakSet = weakref.WeakSet()  # traced here: torch.onnx's decomposition would redo it
+
+
+@dataclasses.dataclass(frozen=True)
+class _TorchInternals:
+    """The torch functions the one-trace path calls, found once per process."""
+
+    export: Callable  # torch.export._trace._export
+    trace_module: Any  # torch.export._trace, whose _export_to_aten_ir ``_export`` looks up when it runs
+    split_table: Callable  # (table) -> (composite-implicit decompositions, Python decompositions)
+    override_composite: Callable  # context manager: composite-implicit ops decomposed as the table says
+    fx_passes: Any  # torch.onnx's fx passes module, whose decompose_with_registry torch.onnx.export calls
+    implemented: Callable  # (registry) -> the ATen overloads the registry translates
+    onnx_table: Callable  # (implemented overloads) -> torch.onnx's decomposition table
+    registry_class: type
+
+
+@functools.cache
+def _internals() -> _TorchInternals | None:
+    """The internals, or None where this torch names or shapes them otherwise."""
+    try:
+        from torch.export import _trace, exported_program
+        from torch.onnx._internal.exporter import _decomp, _fx_passes, _registration
+
+        internals = _TorchInternals(
+            export=_trace._export,
+            trace_module=_trace,
+            split_table=exported_program._split_decomp_table_to_cia_and_python_decomp,
+            override_composite=exported_program._override_composite_implicit_decomp,
+            fx_passes=_fx_passes,
+            implemented=_decomp.get_onnx_implemented_overloads,
+            onnx_table=_decomp.create_onnx_friendly_decomposition_table,
+            registry_class=_registration.ONNXRegistry,
+        )
+        accepts = {
+            internals.export: {"pre_dispatch", "strict", "dynamic_shapes"},
+            _trace._export_to_aten_ir: {"decomp_table", "pre_dispatch"},
+            _fx_passes.decompose_with_registry: {"exported_program", "registry"},
+        }
+        for function, names in accepts.items():
+            if not names <= set(inspect.signature(function).parameters):
+                return None
+        return internals
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _onnx_registry(opset: int, translations: dict) -> Any:
+    """The registry ``torch.onnx.export(..., opset_version=opset, custom_translation_table=translations)`` builds
+    (torch.onnx registers torchlib at its own opset when asked for an older one)."""
+    from torch.onnx._internal.exporter import _constants
+
+    internals = _internals()
+    registry = internals.registry_class().from_torchlib(opset_version=max(opset, _constants.TORCHLIB_OPSET))
+    for target, function in translations.items():
+        registry.register_op(target, function, is_complex=False)
+    return registry
+
+
+@contextlib.contextmanager
+def without_stack_traces() -> Iterator[None]:
+    """Tracing that records no Python stack trace per graph node, for the duration."""
+    import torch.fx.config as fx_config
+
+    if not hasattr(fx_config, "do_not_emit_stack_traces"):
+        yield
+        return
+    before = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = before
+
+
+def trace_decomposed(
+    module: torch.nn.Module, args: tuple, dynamic_shapes: Any, opset: int, translations: dict
+) -> torch.export.ExportedProgram:
+    """``module`` traced once into the program that ``torch.onnx.export(opset_version=opset,
+    custom_translation_table=translations)`` would translate after decomposing ``torch.export.export``'s program;
+    that program itself where the one trace is not available or fails."""
+    internals = _internals()
+    if internals is not None:
+        try:
+            program = _one_trace(internals, module, args, dynamic_shapes, _onnx_registry(opset, translations))
+        except Exception:  # torch internals: where they cannot trace it, torch.export's own path decides
+            pass
+        else:
+            _decomposed_programs.add(program)
+            return program
+    return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+
+
+def _one_trace(
+    internals: _TorchInternals, module: torch.nn.Module, args: tuple, dynamic_shapes: Any, registry: Any
+) -> torch.export.ExportedProgram:
+    table = internals.onnx_table(set(internals.implemented(registry)))
+    composite, python_table = internals.split_table(table)
+    trace_module = internals.trace_module
+    to_aten = trace_module._export_to_aten_ir
+    trace_module._export_to_aten_ir = functools.partial(to_aten, decomp_table=python_table)
+    try:
+        with internals.override_composite(composite):
+            return internals.export(module, args, dynamic_shapes=dynamic_shapes, strict=False, pre_dispatch=False)
+    finally:
+        trace_module._export_to_aten_ir = to_aten
+
+
+def is_decomposed(program: torch.export.ExportedProgram) -> bool:
+    """Whether ``trace_decomposed`` traced ``program`` in one pass (torch.onnx's decomposition is then skipped)."""
+    return program in _decomposed_programs
+
+
+@contextlib.contextmanager
+def converting_decomposed() -> Iterator[None]:
+    """``torch.onnx.export`` that translates a program from ``trace_decomposed`` as it is, for the duration; any other
+    program is decomposed as torch.onnx does it."""
+    internals = _internals()
+    if internals is None:
+        yield
+        return
+    passes = internals.fx_passes
+    decompose = passes.decompose_with_registry
+
+    def decompose_unless_traced(exported_program, registry):
+        return exported_program if is_decomposed(exported_program) else decompose(exported_program, registry)
+
+    passes.decompose_with_registry = decompose_unless_traced
+    try:
+        yield
+    finally:
+        passes.decompose_with_registry = decompose
