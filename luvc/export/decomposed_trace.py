@@ -11,8 +11,6 @@ ONNX graphs are the same operators on the same tensors: byte-identical for most 
 
 The one-trace path rests on torch internals (``torch.export._trace``, ``torch.onnx._internal``). Where a release
 lacks one, or where it cannot trace a module that ``torch.export`` can, the export takes torch's own two traces.
-Stack traces are not recorded while tracing (``torch.fx.config.do_not_emit_stack_traces``): nothing in an export
-reads them, and capturing one per node cost a third of the decomposing trace.
 """
 
 from __future__ import annotations
@@ -84,22 +82,6 @@ def _onnx_registry(opset: int, translations: dict) -> Any:
     for target, function in translations.items():
         registry.register_op(target, function, is_complex=False)
     return registry
-
-
-@contextlib.contextmanager
-def without_stack_traces() -> Iterator[None]:
-    """Tracing that records no Python stack trace per graph node, for the duration."""
-    import torch.fx.config as fx_config
-
-    if not hasattr(fx_config, "do_not_emit_stack_traces"):
-        yield
-        return
-    before = fx_config.do_not_emit_stack_traces
-    fx_config.do_not_emit_stack_traces = True
-    try:
-        yield
-    finally:
-        fx_config.do_not_emit_stack_traces = before
 
 
 def trace_decomposed(

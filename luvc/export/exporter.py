@@ -31,8 +31,9 @@ from luvc.export.converter_settings import (
     torchlib_registry_once,
     without_fake_tensor_cache,
     without_slow_rewrites,
+    without_stack_traces,
 )
-from luvc.export.decomposed_trace import converting_decomposed, trace_decomposed, without_stack_traces
+from luvc.export.decomposed_trace import converting_decomposed, trace_decomposed
 from luvc.export.graph_workers import GraphWorkers, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of

@@ -1,7 +1,8 @@
 """``StageTimes``: where an export's wall time goes, stage by stage and graph by graph.
 
 The exporter records into one when given one (``export_model(..., times=StageTimes())``): loading (by the caller),
-tracing (``torch.export``), converting to ONNX (``torch.onnx.export``), writing weights, each graph pass, lint,
+tracing (``torch.export``, straight to the operators torch.onnx translates: ``luvc.export.decomposed_trace``),
+converting to ONNX (``torch.onnx.export``), writing weights, each graph pass, lint,
 saving, hashing and the manifest. ``luvc-export export`` prints its summary; ``benchmarks/export_time.py`` tables it.
 """
 

@@ -13,7 +13,8 @@ from torch.export import Dim
 
 from luvc.export import decomposed_trace
 from luvc.export.bucket_plan import plan_bucket
-from luvc.export.decomposed_trace import converting_decomposed, is_decomposed, trace_decomposed, without_stack_traces
+from luvc.export.converter_settings import without_stack_traces
+from luvc.export.decomposed_trace import converting_decomposed, is_decomposed, trace_decomposed
 from luvc.export.exporter import OnnxFromGraphSpec
 from luvc.export.graphs import prefill_spec
 from luvc.export.profile import ExportProfile
