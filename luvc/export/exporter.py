@@ -302,7 +302,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:
-                workers = self._workers_the_disk_holds(workers, staging, model_bytes, len(specs))
+                need = model_bytes + sum(spec.weight_bytes() for spec, _ in specs)
+                workers = self._workers_the_disk_holds(workers, staging, need)
             writer = _GraphWriter(self, specs, staging, profile, external)
             costs = [self._cost(spec) for spec, _ in specs]
             with self._workers(writer, costs, workers) as pool:  # forked before the hashing thread starts
@@ -339,11 +340,10 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 manifest.save(staging)
         return self.out
 
-    def _workers_the_disk_holds(self, workers: int, staging: Path, model_bytes: int, graphs: int) -> int:
-        """``workers``, or 1 when the disk under ``staging`` may not hold what graph workers write: each graph's
-        weights in a file of its own until merged into ``weights.data`` (at most the model's weights per graph, and
-        the merged file). With ``--jobs`` given, too little room is an error naming both sizes."""
-        need = model_bytes * (graphs + 1)
+    def _workers_the_disk_holds(self, workers: int, staging: Path, need: int) -> int:
+        """``workers``, or 1 when the disk under ``staging`` may not hold the ``need`` bytes graph workers write: each
+        graph's weights in a file of its own until merged into ``weights.data``, and the merged file. With ``--jobs``
+        given, too little room is an error naming both sizes."""
         free = shutil.disk_usage(staging).free
         if free >= need:
             return workers

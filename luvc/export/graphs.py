@@ -41,6 +41,15 @@ class GraphSpec:
             return (*shapes[:fixed], tuple(shapes[fixed:]))
         return tuple(shapes)
 
+    def weight_bytes(self) -> int:
+        """The bytes of the parameters and buffers ``module`` holds, each stored tensor once: at most what the graph
+        keeps as weights."""
+        storages = {
+            tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
+            for tensor in (*self.module.parameters(), *self.module.buffers())
+        }
+        return sum(storages.values())
+
     def dim_names(self) -> dict[tuple[str, int], str]:
         return {(name, axis): dim.__name__ for name, axes in self.dims.items() for axis, dim in axes.items()}
 

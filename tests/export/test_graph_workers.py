@@ -205,6 +205,20 @@ def test_workers_the_disk_cannot_hold_are_left_out_by_default(tmp_path, monkeypa
     assert times.workers == 1 and (tmp_path / "export" / "weights.data").is_file()
 
 
+@pytest.mark.slow
+def test_workers_need_room_for_their_graphs_weights_not_a_model_per_graph(tmp_path, monkeypatch):
+    """The tiny Qwen2-VL's graphs hold 0.03 MB (embed), 0.30 MB (vision) and 0.22 MB (each of the three LLM graphs)
+    of its 0.52 MB of parameters: with 2 MB free, the parts and the merged file fit (1.5 MB), one copy of the whole
+    model per graph (3.1 MB) would not."""
+    monkeypatch.setattr(exporter.shutil, "disk_usage", _disk_with(2_000_000))
+    profile = ExportProfile(image_sizes=((224, 224),), external_data="always")
+    times = StageTimes()
+    adapter = load_model("tiny-qwen2-vl")
+    exporter.export_model(adapter, tmp_path / "export", profile, show_progress=False, times=times, jobs=2)
+    assert times.workers == 2
+    assert (tmp_path / "export" / "weights.data").stat().st_size < 2_000_000
+
+
 def test_a_worker_leaves_alone_what_it_inherited_from_an_earlier_onnx_runtime_run():
     """An ONNX Runtime session with a thread pool, held only by a reference cycle in this process: a worker whose
     garbage collector finalized its copy would wait forever for threads the fork did not copy."""
