@@ -2,7 +2,7 @@
 
 ``torch.onnx.export`` of an ``ExportedProgram`` first decomposes it into the ATen operators torchlib implements, and
 ``ExportedProgram.run_decompositions`` does that by tracing the whole program again (functionalised, with fake
-tensors and symbolic shapes) after ``torch.export``'s own trace: more than half of a tiny graph's tracing and
+tensors and symbolic shapes) after ``torch.export``'s own trace: nearly half of a tiny graph's tracing and
 conversion. ``trace_decomposed`` traces the module once, straight to that decomposed form: ``torch.export``'s
 ATen-level trace (``pre_dispatch=False``) with the decomposition table ``torch.onnx`` would apply for the same
 registry, and marks the program so that ``converting_decomposed`` lets ``torch.onnx.export`` skip its own pass. The
@@ -10,7 +10,10 @@ ONNX graphs are the same operators on the same tensors: byte-identical for most 
 (``tests/export/test_decomposed_trace.py``).
 
 The one-trace path rests on torch internals (``torch.export._trace``, ``torch.onnx._internal``). Where a release
-lacks one, or where it cannot trace a module that ``torch.export`` can, the export takes torch's own two traces.
+lacks one, or where it cannot trace a module that ``torch.export`` can, the export takes torch's own two traces (the
+reason is logged at debug level on ``luvc.export.decomposed_trace``). torch.onnx decomposes with
+``backed_size_oblivious`` on; the one trace keeps ``torch.export``'s default, under which every graph checked came out
+the same (with it on, tracing failed on guards over the length of the ``attention_window`` input).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+LOG = logging.getLogger(__name__)
 _decomposed_programs: weakref.WeakSet = weakref.WeakSet()  # traced here: torch.onnx's decomposition would redo it
 
 
@@ -94,8 +99,8 @@ def trace_decomposed(
     if internals is not None:
         try:
             program = _one_trace(internals, module, args, dynamic_shapes, _onnx_registry(opset, translations))
-        except Exception:  # torch internals: where they cannot trace it, torch.export's own path decides
-            pass
+        except Exception as error:  # torch internals: where they cannot trace it, torch.export's own path decides
+            LOG.debug("one trace failed (%s: %s); tracing with torch.export", type(error).__name__, error)
         else:
             _decomposed_programs.add(program)
             return program

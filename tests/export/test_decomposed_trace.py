@@ -5,6 +5,7 @@ trace is not available."""
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import onnx
 import pytest
@@ -98,12 +99,14 @@ def test_without_the_internals_the_trace_is_torch_exports(monkeypatch):
     assert _convert(program) == _convert(_torch_program())
 
 
-def test_a_module_the_one_trace_cannot_take_falls_back_to_torch_export(monkeypatch):
+def test_a_module_the_one_trace_cannot_take_falls_back_to_torch_export(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("this torch cannot trace it in one pass")
 
     monkeypatch.setattr(decomposed_trace, "_one_trace", refuse)
-    program = trace_decomposed(Block().eval(), ARGS, DIMS, OPSET, {})
+    with caplog.at_level(logging.DEBUG, logger="luvc.export.decomposed_trace"):
+        program = trace_decomposed(Block().eval(), ARGS, DIMS, OPSET, {})
+    assert "one trace failed (RuntimeError: this torch cannot trace it in one pass)" in caplog.text
     assert not is_decomposed(program)
     assert _convert(program) == _convert(_torch_program())
 
