@@ -34,9 +34,11 @@ IMAGE_SIDE = 448
 
 
 def worker(model: str, out: str, precision: str, side: int) -> None:
-    """Load and export ``model`` as the CLI does, printing the stage times as JSON (the child's job)."""
+    """Load and export ``model`` as the CLI does, printing the stage times as JSON, and end as the CLI ends (the
+    child's job)."""
     import torch
 
+    from luvc.cli.main import exit_process
     from luvc.export.exporter import export_model
     from luvc.export.profile import ExportProfile
     from luvc.export.stage_times import StageTimes
@@ -48,6 +50,7 @@ def worker(model: str, out: str, precision: str, side: int) -> None:
     profile = ExportProfile(image_sizes=((side, side),), precision=precision)
     export_model(adapter, out, profile, overwrite=True, show_progress=False, times=times)
     print(json.dumps({"stages": times.by_stage(), "graphs": times.by_graph()}))
+    exit_process(0)
 
 
 def measured(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, int, str]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import logging
+import os
 import sys
+import threading
 
 from luvc import __version__, interrupts, requirements
 from luvc.errors import LuvcError
@@ -113,5 +117,26 @@ def _run(tool, groups: dict, args: argparse.Namespace) -> int:
     return code
 
 
+def entry() -> None:
+    """The ``luvc-export`` program: ``main``, then the process ends without tearing the interpreter down."""
+    exit_process(main() or 0)
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code`` once its work is done: the ``atexit`` handlers run and the standard streams are
+    flushed, then ``os._exit`` skips the interpreter's teardown, which frees every module and object one by one (about
+    a second once PyTorch, transformers and onnxscript are loaded; a tenth of a tiny model's export). Where a
+    non-daemon thread still runs, the interpreter exits as usual, waiting for it."""
+    if threading.active_count() > 1 and any(
+        not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()
+    ):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away (`| head`), a closed stream
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -397,3 +397,41 @@ def test_build_command_does_not_import_pytorch_or_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+_EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from luvc.cli.main import exit_process
+
+class Teardown:
+    def __del__(self):
+        print("torn down", flush=True)
+
+KEPT = Teardown()  # a module global: freed only by the interpreter's teardown
+atexit.register(lambda: print("atexit ran", flush=True))
+sys.stdout.write("buffered, no newline")  # still in the buffer when the process ends
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), print(" thread done", flush=True))).start()
+exit_process(3)
+"""
+
+
+@pytest.mark.parametrize("case", ["plain", "thread"])
+def test_exit_process_keeps_the_code_output_and_atexit_and_skips_teardown_unless_a_thread_runs(case):
+    result = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, case], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stdout.startswith("buffered, no newline")
+    assert "atexit ran" in result.stdout
+    if case == "plain":  # os._exit: the interpreter's teardown never runs
+        assert "torn down" not in result.stdout
+    else:  # a non-daemon thread: the interpreter waits for it and then tears down as usual
+        assert " thread done" in result.stdout and "torn down" in result.stdout
+
+
+def test_the_luvc_export_program_exits_through_exit_process():
+    from importlib.metadata import entry_points
+
+    (script,) = [point for point in entry_points(group="console_scripts") if point.name == "luvc-export"]
+    assert script.value == "luvc.cli.main:entry"
+    result = subprocess.run([*CLI, "inspect", "/nonexistent/export"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
