@@ -1,5 +1,6 @@
 """How the export drives ``torch.export`` and ``torch.onnx.export``: quiet, tracing without the fake-tensor cache or
-stack traces, converting without its slowest rewrite rule, and with the torchlib registry built once per process.
+stack traces, converting without its slowest rewrite rule, with the torchlib registry built once per process, and
+with type promotion that runs only the operators it promotes.
 
 Each context manager changes one setting of the torch/onnxscript exporter for its duration and restores it after;
 when a release keeps the setting elsewhere, it changes nothing and the export runs as the library would run it.
@@ -125,3 +126,36 @@ def torchlib_registry_once() -> Iterator[None]:
 def _built_registry(from_torchlib, opset_version):
     """The registry torch builds for ``opset_version`` (its default when None), kept for the process."""
     return from_torchlib() if opset_version is None else from_torchlib(opset_version=opset_version)
+
+
+@contextlib.contextmanager
+def type_promotion_of_promoted_nodes() -> Iterator[None]:
+    """torch.onnx's type promotion pass that runs again only the operators it promotes, for the duration.
+
+    The pass (``InsertTypePromotion``) interprets the whole traced program once more with fake tensors to know each
+    operator's input types, though the trace already recorded every operator's output (``node.meta["val"]``), and it
+    changes only the operators a promotion rule covers (about a third of a tiny graph's conversion). Here every other
+    operator's value is the recorded one. Casts keep a promoted operator's output type, so nothing after it changes:
+    the graphs are byte-identical (``tests/export/test_converter_settings.py``)."""
+    try:
+        from torch.onnx._internal.fx.passes import type_promotion
+    except ImportError:
+        yield
+        return
+    interpreter = getattr(type_promotion, "_TypePromotionInterpreter", None)
+    rule_of = getattr(type_promotion, "get_type_promotion_rule", None)
+    if interpreter is None or rule_of is None or "run_node" not in vars(interpreter):
+        yield
+        return
+    run_node = interpreter.run_node
+
+    def run_promoted_nodes(self, node):
+        if node.op == "call_function" and "val" in node.meta and rule_of(node, self.type_promotion_table) is None:
+            return node.meta["val"]
+        return run_node(self, node)
+
+    interpreter.run_node = run_promoted_nodes
+    try:
+        yield
+    finally:
+        interpreter.run_node = run_node

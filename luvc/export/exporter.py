@@ -29,6 +29,7 @@ from luvc.export.buckets import bucket_name
 from luvc.export.converter_settings import (
     quiet_exporter,
     torchlib_registry_once,
+    type_promotion_of_promoted_nodes,
     without_fake_tensor_cache,
     without_slow_rewrites,
     without_stack_traces,
@@ -112,7 +113,12 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
             self.on_step()
-            with times.stage("convert", spec.name), without_slow_rewrites(), converting_decomposed():
+            with (
+                times.stage("convert", spec.name),
+                without_slow_rewrites(),
+                converting_decomposed(),
+                type_promotion_of_promoted_nodes(),
+            ):
                 onnx_program = torch.onnx.export(
                     program,
                     args,

@@ -60,3 +60,50 @@ def test_tracing_without_the_fake_tensor_cache_gives_the_same_program_and_restor
     assert dynamo_config.fake_tensor_cache_enabled == before
     assert str(uncached.graph) == str(plain.graph)
     assert uncached.range_constraints.keys() == plain.range_constraints.keys()
+
+
+class Mixed(torch.nn.Module):
+    """Operators type promotion covers (a float16 tensor plus a float32 one, an integer tensor times a float one)
+    between operators it does not (softmax, matmul, reshape)."""
+
+    def forward(self, x, counts):
+        half = torch.softmax(x.half(), dim=-1)
+        mixed = half + x  # float16 + float32: promoted to float32
+        scaled = mixed * counts  # float32 * int64
+        return (scaled @ scaled.transpose(0, 1)).reshape(-1)
+
+
+def test_type_promotion_runs_only_the_promoted_operators_and_converts_the_same():
+    from torch.onnx._internal.fx.passes import type_promotion
+
+    from luvc.export.converter_settings import type_promotion_of_promoted_nodes
+
+    args = (torch.randn(3, 4), torch.arange(4))
+    program = torch.export.export(Mixed(), args, dynamic_shapes=({0: torch.export.Dim("rows")}, None), strict=False)
+    run = []
+    interpreter = type_promotion._TypePromotionInterpreter
+    call_function = interpreter.call_function
+
+    def counted(self, target, *rest):
+        run.append(str(target))
+        return call_function(self, target, *rest)
+
+    def convert() -> tuple[bytes, list[str]]:
+        run.clear()
+        model = torch.onnx.export(program, args, dynamo=True, optimize=True).model_proto
+        for node in model.graph.node:
+            del node.metadata_props[:]
+        return model.graph.SerializeToString(), list(run)
+
+    interpreter.call_function = counted
+    try:
+        plain, every = convert()
+        with type_promotion_of_promoted_nodes():
+            promoted, only = convert()
+    finally:
+        interpreter.call_function = call_function
+    assert interpreter.run_node.__name__ == "run_node"  # restored
+    assert promoted == plain
+    assert any("softmax" in target for target in every) and not any("softmax" in target for target in only)
+    assert any("add" in target for target in only) and any("mul" in target for target in only)
+    assert len(only) < len(every)
