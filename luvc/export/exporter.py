@@ -59,7 +59,7 @@ from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plu
 from luvc.export.profile import AUTO_EXTERNAL_BYTES, DEFAULT_KV_UPDATE, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTime, StageTimes
-from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, load_inline
+from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, WeightsPart, load_inline
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.weights import cast_in_place
@@ -308,7 +308,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:
-                need = model_bytes + sum(spec.weight_bytes() for spec, _ in specs)
+                # the merged file, and what workers write themselves: the tensors that leave a graph only after it is
+                # converted (under INLINE_BYTES while tracing); larger ones view the model's memory, written here
+                need = model_bytes + sum(spec.weight_bytes(below=INLINE_BYTES) for spec, _ in specs)
                 workers = self._workers_the_disk_holds(workers, staging, need)
             writer = _GraphWriter(self, specs, staging, profile, external)
             costs = [self._cost(spec) for spec, _ in specs]
@@ -348,16 +350,16 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
 
     def _workers_the_disk_holds(self, workers: int, staging: Path, need: int) -> int:
         """``workers``, or 1 when the disk under ``staging`` may not hold the ``need`` bytes graph workers write: each
-        graph's weights in a file of its own until merged into ``weights.data``, and the merged file. With ``--jobs``
-        given, too little room is an error naming both sizes."""
+        graph's smaller tensors in a file of its own until merged into ``weights.data``, and the merged file. With
+        ``--jobs`` given, too little room is an error naming both sizes."""
         free = shutil.disk_usage(staging).free
         if free >= need:
             return workers
         if self.jobs:
             critical(
-                f"--jobs {self.jobs} writes each graph's weights to a file of its own until they are merged: up to "
-                f"{need / 1e9:.1f} GB beside {self.out}, where {free / 1e9:.1f} GB are free; free some space or pass "
-                "--jobs 1 (each tensor written once)."
+                f"--jobs {self.jobs} writes each graph's smaller tensors to a file of its own until they are "
+                f"merged: up to {need / 1e9:.1f} GB beside {self.out}, where {free / 1e9:.1f} GB are free; free some "
+                "space or pass --jobs 1 (each tensor written once)."
             )
         return 1
 
@@ -398,7 +400,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                     merged.append(results[len(merged)])
                     if merged[-1].part is not None:  # a worker's weights, as soon as the graphs before are in
                         with self.times.stage("weights merge", specs[len(merged) - 1][0].name):
-                            merged[-1] = merged[-1].merged_into(weights, staging)
+                            merged[-1] = merged[-1].merged_into(weights, staging, writer.stable)
                 if index not in tasks:
                     start(index)
                 progress.update(tasks[index], completed=len(STEPS) + 1, step="done")
@@ -437,22 +439,23 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
 @dataclasses.dataclass(frozen=True)
 class GraphResult:
     """What exporting one graph left in the staging folder: its manifest entry, its files, where the times went
-    and, from a graph worker, the weights file it wrote alone (``part``: file name and digest -> place)."""
+    and, from a graph worker, the weights it left to the exporter (``part``: its own file and the views of the
+    model's memory it did not write)."""
 
     entry: GraphEntry
     files: list[str]
     times: list[StageTime]
-    part: tuple[str, dict[bytes, tuple[int, int]]] | None = None
+    part: WeightsPart | None = None
 
-    def merged_into(self, weights: SharedWeights, staging: Path) -> GraphResult:
-        """This graph with its tensors moved from its part file into the export's shared ``weights`` file (each
-        distinct tensor once), its graph file rewritten and the part removed."""
-        name, offsets = self.part
+    def merged_into(self, weights: SharedWeights, staging: Path, stable: StableMemory) -> GraphResult:
+        """This graph with its tensors in the export's shared ``weights`` file (each distinct tensor once): those of
+        its part file moved, the views of the model's memory written from ``stable``; its graph file rewritten and
+        the part removed."""
         path = staging / self.entry.file
         model = onnx.load(str(path), load_external_data=False)
-        weights.absorb(model, staging / name, offsets)
+        weights.absorb(model, self.part, staging, stable)
         written = save_model(model, path, False, weights)  # every tensor is in ``weights`` now: nothing to move
-        (staging / name).unlink()
+        (staging / self.part.file).unlink()
         entry = dataclasses.replace(self.entry, external_data=tuple(written[1:]))
         return GraphResult(entry, written, self.times)
 
@@ -474,14 +477,15 @@ class _GraphWriter:
 
     def write(self, index: int, report: Callable[[str], None], weights: SharedWeights | None = None) -> GraphResult:
         """Trace, convert, pass, lint and save graph ``index``; ``report(step)`` as it moves on. ``weights``: the
-        export's shared weights file; without it (a graph worker) the graph's weights go to a file of its own."""
+        export's shared weights file; without it (a graph worker) the graph's weights go to a file of its own, but
+        for the views of the model's memory, which the exporter writes from its own (``GraphResult.merged_into``)."""
         spec, bucket = self.specs[index]
         exporter, staging = self.exporter, self.staging
         times = StageTimes()
         labels = iter(STEPS)
         own_file = weights is None and self.external  # a graph worker's: merged into the export's by the exporter
         if weights is None:
-            weights = SharedWeights(staging, f"{spec.name}.{WEIGHTS_FILE}.part")
+            weights = SharedWeights(staging, f"{spec.name}.{WEIGHTS_FILE}.part", defer_views=True)
         report("tracing")
         model = OnnxFromGraphSpec(
             spec,
@@ -496,11 +500,12 @@ class _GraphWriter:
         # without the passes, fp16 graphs still need their FP32 islands (a no-op on fp32 graphs)
         passes = PASSES if exporter.passes else (keep_fp32_islands,)
         if self.external and exporter.passes:  # what constant folding reads must be in the graph's own bytes
-            load_inline(model, constant_folded_initializers(model), staging)
+            load_inline(model, constant_folded_initializers(model), staging, weights)
         model, pass_stats = run_passes(model, passes, times, spec.name, report)
         report(next(labels))
         with times.stage("lint", spec.name):
-            check_graph(model, spec.name, bucket.tokens_per_image if bucket is not None else None, staging)
+            tokens = bucket.tokens_per_image if bucket is not None else None
+            check_graph(model, spec.name, tokens, functools.partial(weights.array, folder=staging))
         report(next(labels))
         path = staging / f"{spec.name}.onnx"
         with times.stage("save", spec.name):
@@ -516,7 +521,7 @@ class _GraphWriter:
             external_data=tuple(written[1:]),
             passes=tuple(stat.entry() for stat in pass_stats),
         )
-        part = (weights.path.name, dict(weights.offsets)) if own_file else None
+        part = weights.part() if own_file else None
         return GraphResult(entry, written, times.records, part)
 
 

@@ -41,14 +41,14 @@ class GraphSpec:
             return (*shapes[:fixed], tuple(shapes[fixed:]))
         return tuple(shapes)
 
-    def weight_bytes(self) -> int:
+    def weight_bytes(self, below: int | None = None) -> int:
         """The bytes of the parameters and buffers ``module`` holds, each stored tensor once: at most what the graph
-        keeps as weights."""
+        keeps as weights; with ``below``, of those stored in fewer bytes than that."""
         storages = {
             tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
             for tensor in (*self.module.parameters(), *self.module.buffers())
         }
-        return sum(storages.values())
+        return sum(size for size in storages.values() if below is None or size < below)
 
     def dim_names(self) -> dict[tuple[str, int], str]:
         return {(name, axis): dim.__name__ for name, axes in self.dims.items() for axis, dim in axes.items()}

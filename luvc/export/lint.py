@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -75,9 +75,14 @@ def _quadratic(dims, image_tokens: int | None) -> bool:
     return isinstance(a, str) or (image_tokens is not None and a >= image_tokens)
 
 
-def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None, base_dir: str | Path = "") -> list[LintIssue]:
-    """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count; ``base_dir``: the
-    folder of the external data of a model whose weights are not loaded (constants are then read one at a time)."""
+def lint_graph(
+    model: onnx.ModelProto,
+    image_tokens: int | None = None,
+    read: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+) -> list[LintIssue]:
+    """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count; ``read``: how to
+    read a constant of a model whose weights are not loaded (``SharedWeights.array``; default: from its bytes)."""
+    read = read or numpy_helper.to_array
     graph = model.graph
     constants, types = _constants(graph), _types(graph)
     producers = {output: node for node in graph.node for output in node.output}
@@ -116,17 +121,20 @@ def lint_graph(model: onnx.ModelProto, image_tokens: int | None = None, base_dir
             issues.append(LintIssue("dense-mask", info.name, f"input of shape {value_dims(info)} is quadratic"))
     for tensor_name, proto in constants.items():
         if proto.data_type in MASK_TYPES and _quadratic(list(proto.dims), image_tokens):
-            value = numpy_helper.to_array(proto, str(base_dir))
+            value = read(proto)
             if value.dtype == bool or bool(np.isneginf(value).any()) or bool((value <= -1e4).any()):
                 issues.append(LintIssue("dense-mask", tensor_name, f"constant mask of shape {list(value.shape)}"))
     return issues
 
 
 def check_graph(
-    model: onnx.ModelProto, graph_name: str, image_tokens: int | None = None, base_dir: str | Path = ""
+    model: onnx.ModelProto,
+    graph_name: str,
+    image_tokens: int | None = None,
+    read: Callable[[onnx.TensorProto], np.ndarray] | None = None,
 ) -> None:
     """Raise with every lint finding of ``model`` (named ``graph_name``), or return quietly."""
-    issues = lint_graph(model, image_tokens, base_dir)
+    issues = lint_graph(model, image_tokens, read)
     if issues:
         listing = "\n  ".join(str(issue) for issue in issues)
         critical(f"Export lint failed for {graph_name} ({len(issues)} findings):\n  {listing}")

@@ -10,6 +10,7 @@ parser read such a graph by path like any other external-data graph (location, o
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -27,13 +28,35 @@ SIZE_THRESHOLD = 1024  # smaller tensors (shapes, scalars) stay inside the graph
 CHUNK_BYTES = 16 << 20  # tensors copied from another external file move in chunks of this size
 
 
-class SharedWeights:
-    """Appends the tensors of the graphs it is given to ``folder / name``; identical bytes are stored once."""
+@dataclasses.dataclass(frozen=True)
+class WeightsPart:
+    """What a graph worker's ``SharedWeights`` leaves for the exporter to take into the export's file: the part file,
+    where each digest's bytes are in it, every tensor in the order the export's file takes them (``("bytes",
+    digest)`` in the part, ``("view", key)`` of the model's memory, which the worker left to the exporter), and the
+    location its graph gives those views."""
 
-    def __init__(self, folder: Path, name: str | None = None) -> None:
+    file: str
+    offsets: dict[bytes, tuple[int, int]]
+    order: tuple[tuple[str, object], ...]
+    deferred_location: str
+
+
+class SharedWeights:
+    """Appends the tensors of the graphs it is given to ``folder / name``; identical bytes are stored once.
+
+    With ``defer_views`` (a graph worker's part file), a tensor that views the model's memory is not written: the
+    graph points at a placeholder (``deferred_location``, offset = its number) and the exporter, which holds the same
+    memory, writes it into the export's file once, however many graphs hold it (``absorb``)."""
+
+    def __init__(self, folder: Path, name: str | None = None, defer_views: bool = False) -> None:
         self.path = Path(folder) / (name or WEIGHTS_FILE)
         self.offsets: dict[bytes, tuple[int, int]] = {}  # digest of the bytes -> (offset, length)
         self.views: dict[tuple, tuple[int, int]] = {}  # a view of stable memory (StableMemory.key) -> (offset, length)
+        self.defer_views = defer_views
+        self.deferred_location = f"{self.path.name}.views"
+        self.deferred: list[np.ndarray] = []  # placeholder number -> the view it stands for
+        self._deferred_numbers: dict[tuple, int] = {}
+        self.order: list[tuple[str, object]] = []  # with defer_views: what was appended or deferred, in order
         # of every byte appended: None once the file is cut back, or when it did not start empty
         started = not self.path.exists() or self.path.stat().st_size == 0
         self._file_digest: hashlib._Hash | None = hashlib.sha256() if started else None
@@ -67,6 +90,17 @@ class SharedWeights:
                     continue
                 array = tensor.numpy()
                 view = stable.key(array) if stable is not None else None
+                if view is not None and self.defer_views:
+                    self.referenced_bytes += array.nbytes
+                    value.const_value = ir.ExternalTensor(
+                        self.deferred_location,
+                        self._defer(view, array),
+                        array.nbytes,
+                        tensor.dtype,
+                        shape=tensor.shape,
+                        name=value.name,
+                    )
+                    continue
                 placed = self.views.get(view) if view is not None else None
                 if placed is None:
                     data = memoryview(_contiguous(array)).cast("B")
@@ -80,6 +114,28 @@ class SharedWeights:
                 )
         return ir.serde.serialize_model(model)
 
+    def _defer(self, view: tuple, array: np.ndarray) -> int:
+        """The placeholder number of the view ``view`` of stable memory (``array``), numbered as first seen."""
+        number = self._deferred_numbers.get(view)
+        if number is None:
+            number = self._deferred_numbers[view] = len(self.deferred)
+            self.deferred.append(array)
+            self.order.append(("view", view))
+        return number
+
+    def part(self) -> WeightsPart:
+        """What the exporter needs to take this worker's file in (``absorb``)."""
+        return WeightsPart(self.path.name, dict(self.offsets), tuple(self.order), self.deferred_location)
+
+    def array(self, tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+        """The value of ``tensor``: a deferred view from memory, any other tensor from its bytes (external ones
+        relative to ``folder``)."""
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            stored = ExternalTensor.of(tensor)
+            if stored.location == self.deferred_location:
+                return self.deferred[stored.offset]
+        return onnx.numpy_helper.to_array(tensor, str(folder))
+
     def _pad(self, file) -> int:
         """Pad ``file`` to the next ``ALIGNMENT`` boundary; returns that offset."""
         offset = -(-file.tell() // ALIGNMENT) * ALIGNMENT
@@ -92,6 +148,8 @@ class SharedWeights:
             start = self._pad(file)
             self._write(file, data)
             self.offsets[digest] = (start, len(data))
+            if self.defer_views:
+                self.order.append(("bytes", digest))
         return self.offsets[digest]
 
     def externalize(self, model: onnx.ModelProto, source: Path | None = None) -> None:
@@ -105,7 +163,7 @@ class SharedWeights:
                     if stored.location == self.path.name:  # streamed here while tracing (``stream``)
                         self.referenced_bytes += stored.length
                         continue
-                    if source is None:
+                    if source is None or stored.location == self.deferred_location:
                         continue
                     offset, length = self._append_external(file, tensor, Path(source))
                 else:
@@ -119,27 +177,38 @@ class SharedWeights:
                 self.referenced_bytes += length
                 _point_at(tensor, self.path.name, offset, length)
 
-    def absorb(self, model: onnx.ModelProto, part: Path, part_offsets: dict[bytes, tuple[int, int]]) -> None:
-        """Take in ``part``, the file another ``SharedWeights`` (a graph worker's, whose ``offsets`` were
-        ``part_offsets``) wrote in this folder for ``model`` alone, and point ``model``'s tensors at this file, in
-        place. Its tensors are appended in the order ``part`` wrote them, each unless this file holds its bytes (known
-        by the digest ``part`` recorded), so graphs absorbed in graph order give the file a graph-by-graph export
-        writes, byte for byte. The caller removes ``part``."""
-        with self.path.open("ab") as file, Path(part).open("rb") as source:
-            for digest, (offset, length) in sorted(part_offsets.items(), key=lambda item: item[1]):
-                if digest in self.offsets:
-                    continue
-                start = self._pad(file)
-                self._copy(file, source, offset, length, f"{Path(part).name} at {offset}")
-                self.offsets[digest] = (start, length)
-        digests = {placed: digest for digest, placed in part_offsets.items()}
+    def absorb(self, model: onnx.ModelProto, part: WeightsPart, folder: Path, stable: StableMemory) -> None:
+        """Take in ``part``, the file a graph worker's ``SharedWeights`` wrote in ``folder`` for ``model`` alone, and
+        point ``model``'s tensors at this file, in place. Its tensors come in the order the worker met them, each
+        unless this file holds its bytes: the part's own bytes copied from it, the views of the model's memory it
+        deferred read from ``stable`` (this process's copy of that memory) and hashed here. Graphs absorbed in graph
+        order so give the file a graph-by-graph export writes, byte for byte. The caller removes the part file."""
+        deferred = []
+        with self.path.open("ab") as file, (Path(folder) / part.file).open("rb") as source:
+            for kind, item in part.order:
+                if kind == "view":
+                    deferred.append(item)
+                    if item not in self.views:
+                        data = memoryview(_contiguous(stable.array(item))).cast("B")
+                        self.views[item] = self._append(file, data, hashlib.sha256(data).digest())
+                elif item not in self.offsets:
+                    offset, length = part.offsets[item]
+                    start = self._pad(file)
+                    self._copy(file, source, offset, length, f"{part.file} at {offset}")
+                    self.offsets[item] = (start, length)
+        digests = {placed: digest for digest, placed in part.offsets.items()}
         for tensor in _get_all_tensors(model):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                stored = ExternalTensor.of(tensor)
-                if stored.location == Path(part).name:
-                    offset, length = self.offsets[digests[(stored.offset, stored.length)]]
-                    self.referenced_bytes += length
-                    _point_at(tensor, self.path.name, offset, length)
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            stored = ExternalTensor.of(tensor)
+            if stored.location == part.file:
+                offset, length = self.offsets[digests[(stored.offset, stored.length)]]
+            elif stored.location == part.deferred_location:
+                offset, length = self.views[deferred[stored.offset]]
+            else:
+                continue
+            self.referenced_bytes += length
+            _point_at(tensor, self.path.name, offset, length)
 
     def _append_external(self, file, tensor: onnx.TensorProto, folder: Path) -> tuple[int, int]:
         """Copy an external tensor's bytes from ``folder`` in chunks, hashing as it goes; a tensor already in the
@@ -183,18 +252,23 @@ def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int)
     tensor.ClearField("raw_data")
 
 
-def load_inline(model: onnx.ModelProto, names: set[str], folder: Path) -> None:
+def load_inline(model: onnx.ModelProto, names: set[str], folder: Path, weights: SharedWeights | None = None) -> None:
     """Read the initializers of ``model`` named ``names`` whose data is external (in ``folder``) into the graph, in
     place: the constants the ``fold_constants`` pass folds, which onnx-graphsurgeon evaluates with ONNX Runtime from
     the graph's bytes, where an external reference does not resolve: with Qwen-VL's patch-embedding weight (6 MB,
     reshaped for its Gemm) the pass failed for the whole vision graph of a real-size export, printing ONNX Runtime's
     error (the exporter's own folding had done the rest, so the Reshape alone stayed, for every session to fold). A
-    tensor folded away keeps its bytes in the shared file, unreferenced."""
+    tensor folded away keeps its bytes in the shared file, unreferenced. ``weights``: the graph's ``SharedWeights``,
+    whose deferred views (a graph worker's) are read from memory."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
-            load_external_data_for_tensor(tensor, str(folder))
+            stored = ExternalTensor.of(tensor)
+            if weights is not None and stored.location == weights.deferred_location:
+                tensor.raw_data = _contiguous(weights.deferred[stored.offset]).tobytes()
+            else:
+                load_external_data_for_tensor(tensor, str(folder))
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
 
@@ -203,9 +277,12 @@ class StableMemory:
     """Address ranges that hold the same bytes for as long as an export runs (its model's parameters and buffers)."""
 
     def __init__(self, tensors) -> None:
-        ranges = sorted((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors)
-        self.starts = [start for start, _ in ranges]
-        self.ends = [start + size for start, size in ranges]
+        ranges = sorted(
+            ((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes(), t) for t in tensors), key=lambda r: r[:2]
+        )
+        self.starts = [start for start, _, _ in ranges]
+        self.ends = [start + size for start, size, _ in ranges]
+        self.tensors = [tensor for _, _, tensor in ranges]  # one tensor of each range's storage
 
     def key(self, array: np.ndarray) -> tuple | None:
         """What identifies ``array``'s bytes when it lies inside one stable range (its address, shape, strides and
@@ -218,6 +295,20 @@ class StableMemory:
         if index < 0 or end > self.ends[index]:
             return None
         return start, array.shape, array.strides, array.dtype.str
+
+    def array(self, key: tuple) -> np.ndarray:
+        """The bytes a ``key`` of this memory identifies, as an array over this process's copy of it (no copy)."""
+        start, shape, strides, dtype = key
+        index = bisect.bisect_right(self.starts, start) - 1
+        owner = self.tensors[index].detach()
+        size = owner.element_size()
+        offset, unaligned = divmod(start - self.starts[index], size)
+        view = None
+        if not unaligned and not any(stride % size for stride in strides):
+            view = owner.as_strided(shape, [stride // size for stride in strides], offset).numpy()
+        if view is None or view.dtype != np.dtype(dtype):
+            raise ValueError(f"no {dtype} view of {shape} at {start:#x} in the stable memory")
+        return view
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

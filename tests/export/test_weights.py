@@ -1,6 +1,8 @@
 """One shared weights file per export: the LLM weights of prefill and decode are stored once, and every graph still
 runs by path in ONNX Runtime with the same outputs as a graph whose weights are inline."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -187,6 +189,70 @@ def test_streamed_views_of_stable_memory_are_stored_once_and_read_back_as_traced
         loaded = onnx.load(str(tmp_path / f"{name}.onnx"))
         for tensor in loaded.graph.initializer:
             np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor, str(tmp_path)), transposed)
+
+
+def test_views_a_worker_defers_are_written_by_the_exporter_as_one_process_writes_them(tmp_path):
+    """A graph worker writes none of the views of the model's memory its graphs hold (the LLM of every prefill, the
+    decode and the text graphs): the exporter writes each from its own memory, once, when it takes the worker's part
+    in; the export's file and every reference come out as one process writes them, folded-away bytes included."""
+    import torch
+
+    from luvc.export.weights import StableMemory, load_inline
+
+    torch.manual_seed(0)
+    first, second = torch.randn(64, 48), torch.randn(40, 32)
+    stable = StableMemory([first, second])
+    computed = np.arange(900, dtype=np.float32).reshape(30, 30)  # a folded constant: memory the export does not keep
+    graphs = {  # initializers in conversion order; "second" is folded away after streaming in graph "b"
+        "a": {"w": first.numpy().T, "c": computed, "w_again": first.numpy().T, "rows": first.numpy()[8:40]},
+        "b": {"second": second.numpy(), "w": first.numpy().T, "c2": computed + 1},
+    }
+
+    def export(folder: Path, worker: bool) -> dict[str, list]:
+        folder.mkdir()
+        shared = SharedWeights(folder)
+        places = {}
+        for name, arrays in graphs.items():
+            weights = SharedWeights(folder, f"{name}.part", defer_views=True) if worker else shared
+            model = weights.stream(_ir_model(arrays), 1024, stable)
+            if name == "b":  # the fold reads "second" from the graph's bytes, then drops it
+                load_inline(model, {"second"}, folder, weights)
+                np.testing.assert_array_equal(onnx.numpy_helper.to_array(model.graph.initializer[0]), second.numpy())
+                del model.graph.initializer[0]
+            if worker:
+                part = weights.part()
+                assert (folder / part.file).stat().st_size == computed.nbytes  # only the folded constant: no view
+                shared.absorb(model, part, folder, stable)
+                (folder / part.file).unlink()
+            onnx.save_model(model, str(folder / f"{name}.onnx"))
+            places[name] = [(t.name, list(t.external_data)) for t in model.graph.initializer]
+        return places
+
+    one, workers = export(tmp_path / "one", False), export(tmp_path / "workers", True)
+    assert workers == one
+    assert (tmp_path / "workers" / WEIGHTS_FILE).read_bytes() == (tmp_path / "one" / WEIGHTS_FILE).read_bytes()
+    assert sorted(path.name for path in (tmp_path / "workers").iterdir()) == ["a.onnx", "b.onnx", WEIGHTS_FILE]
+    for name, arrays in graphs.items():
+        loaded = onnx.load(str(tmp_path / "workers" / f"{name}.onnx"))
+        for tensor in loaded.graph.initializer:
+            expected = arrays[tensor.name]
+            np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor, str(tmp_path / "workers")), expected)
+
+
+def test_a_stable_memory_key_reads_back_the_view_it_was_made_of():
+    import torch
+
+    from luvc.export.weights import StableMemory
+
+    parameter, other = torch.randn(10, 4), torch.randn(6, 3).half()
+    stable = StableMemory([parameter, other])
+    for view in (parameter.numpy().T, parameter.numpy()[2:5, 1:3], other.numpy()[::2], other.numpy()):
+        read = stable.array(stable.key(view))
+        np.testing.assert_array_equal(read, view)
+        assert read.dtype == view.dtype and read.strides == view.strides
+    start, shape, strides, _ = stable.key(parameter.numpy())
+    with pytest.raises(ValueError, match="no <f2 view"):
+        stable.array((start, shape, strides, "<f2"))
 
 
 def test_only_views_inside_stable_memory_have_an_address_key():
