@@ -9,9 +9,11 @@ when a release keeps the setting elsewhere, it changes nothing and the export ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -125,7 +127,63 @@ def torchlib_registry_once() -> Iterator[None]:
 @functools.cache
 def _built_registry(from_torchlib, opset_version):
     """The registry torch builds for ``opset_version`` (its default when None), kept for the process."""
-    return from_torchlib() if opset_version is None else from_torchlib(opset_version=opset_version)
+    with _torchlib_listed_without_parsing():
+        return from_torchlib() if opset_version is None else from_torchlib(opset_version=opset_version)
+
+
+@contextlib.contextmanager
+def _torchlib_listed_without_parsing() -> Iterator[None]:
+    """onnxscript's list of torchlib functions (``get_torchlib_ops``, which torch.onnx reads to build its registry)
+    with each function's domain read from its opset, for the duration.
+
+    onnxscript translates the source of each of the ~500 functions into IR (``function_ir``) only to read that
+    domain, which its translator takes from the function's opset: half a second of each process's first export,
+    paid again by every graph worker. The registry comes out the same (``tests/export/test_converter_settings.py``).
+    Where onnxscript lists its functions in another form, the list is onnxscript's own."""
+    try:
+        from onnxscript._framework_apis import torch_2_5
+        from onnxscript.function_libs.torch_lib import registration
+    except ImportError:
+        yield
+        return
+    original = getattr(torch_2_5, "get_torchlib_ops", None)
+    meta = getattr(torch_2_5, "_OnnxFunctionMeta", None)
+    expected = ["qualified_name", "function", "domain", "name", "is_complex"]
+    if original is None or meta is None or not dataclasses.is_dataclass(meta):
+        yield
+        return
+    if [field.name for field in dataclasses.fields(meta)] != expected:
+        yield
+        return
+
+    def listed():
+        from onnxscript.function_libs.torch_lib import ops  # noqa: F401 (importing it registers the functions)
+
+        metas = []
+        for qualified_name, functions in registration.default_registry.items():
+            if qualified_name.startswith("internal::"):  # as onnxscript: its own helpers are not aten operators
+                continue
+            for is_complex, overloads in ((False, functions.overloads), (True, functions.complex)):
+                for function in overloads:
+                    metas.append(meta(qualified_name, function, function.opset.domain, function.name, is_complex))
+        return metas
+
+    with contextlib.suppress(ImportError, AttributeError):  # import the module torch.onnx reads the list from
+        from torch.onnx._internal import _lazy_import
+
+        getattr(_lazy_import.onnxscript_apis, "get_torchlib_ops", None)
+    modules = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("onnxscript._framework_apis.") and getattr(module, "get_torchlib_ops", None) is original
+    ]
+    for module in modules:
+        module.get_torchlib_ops = listed
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.get_torchlib_ops = original
 
 
 @contextlib.contextmanager

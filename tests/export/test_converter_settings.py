@@ -107,3 +107,30 @@ def test_type_promotion_runs_only_the_promoted_operators_and_converts_the_same()
     assert any("softmax" in target for target in every) and not any("softmax" in target for target in only)
     assert any("add" in target for target in only) and any("mul" in target for target in only)
     assert len(only) < len(every)
+
+
+def test_the_registry_built_once_is_the_one_torch_builds_from_onnxscripts_own_list():
+    """The once-per-process registry reads each torchlib function's domain from its opset instead of translating its
+    source: the same functions under the same targets, with the same domains and signatures, as torch's own build,
+    and onnxscript's list is its own again afterwards."""
+    from onnxscript._framework_apis import torch_2_5
+    from torch.onnx._internal import _lazy_import
+
+    from luvc.export import converter_settings
+
+    listed = _lazy_import.onnxscript_apis.get_torchlib_ops
+    with converter_settings._torchlib_listed_without_parsing():
+        assert _lazy_import.onnxscript_apis.get_torchlib_ops is not listed  # torch reads the quick list
+        quick = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+    assert _lazy_import.onnxscript_apis.get_torchlib_ops is listed is torch_2_5.get_torchlib_ops
+    plain = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+
+    def described(registry) -> dict:
+        return {
+            str(target): [(meta.onnx_function, meta.is_complex, meta.is_custom, str(meta.signature)) for meta in metas]
+            for target, metas in registry.functions.items()
+        }
+
+    assert described(quick) == described(plain)
+    assert len(plain.functions) > 300
+    assert {meta.domain for meta in torch_2_5.get_torchlib_ops()[:20]} == {"pkg.onnxscript.torch_lib"}
