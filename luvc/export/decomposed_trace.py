@@ -89,6 +89,18 @@ def _onnx_registry(opset: int, translations: dict) -> Any:
     return registry
 
 
+def prepare_registry(opset: int) -> None:
+    """Build the torchlib registry every trace and conversion at ``opset`` starts from, now, once per process
+    (``converter_settings.torchlib_registry_once``): processes forked after it inherit it, so graph workers begin
+    their first graph at once, and in a process that exports again (``eval --sweep``, the Python API) no later
+    export builds it."""
+    from luvc.export.converter_settings import torchlib_registry_once
+
+    if _internals() is not None:
+        with torchlib_registry_once():
+            _onnx_registry(opset, {})
+
+
 def trace_decomposed(
     module: torch.nn.Module, args: tuple, dynamic_shapes: Any, opset: int, translations: dict
 ) -> torch.export.ExportedProgram:

@@ -34,7 +34,7 @@ from luvc.export.converter_settings import (
     without_slow_rewrites,
     without_stack_traces,
 )
-from luvc.export.decomposed_trace import converting_decomposed, trace_decomposed
+from luvc.export.decomposed_trace import converting_decomposed, prepare_registry, trace_decomposed
 from luvc.export.graph_workers import GraphWorkers, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
@@ -369,6 +369,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         if workers < 2:
             return contextlib.nullcontext()
         self.times.workers = workers
+        with self.times.stage("registry"):  # what each worker would build first, inherited instead
+            prepare_registry(writer.profile.opset)
         jobs = [functools.partial(writer.write, index) for index in range(len(writer.specs))]
         return GraphWorkers(jobs, costs, workers)
 

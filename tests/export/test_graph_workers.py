@@ -226,7 +226,23 @@ def test_workers_leave_the_models_memory_to_the_exporter_and_need_room_for_littl
     view the model's memory (every weight) are written by the exporter, once, not by the workers: the three LLM
     graphs' files hold none of their 0.22 MB of weights each, the vision graph's its computed constants (rotary
     tables). So the tiny Qwen2-VL needs room for its 0.52 MB of parameters and about 10 kB of tensors under 2 KiB,
-    and two workers export it with 1 MB free (a copy of each graph's weights, 1.5 MB, is not written)."""
+    and two workers export it with 1 MB free (a copy of each graph's weights, 1.5 MB, is not written). The torchlib
+    registry is built once, by the exporter before it forks, not by each worker (their builds are counted in a
+    file, since each runs in a process of its own)."""
+    from torch.onnx._internal.exporter import _registration
+
+    from luvc.export import converter_settings
+
+    builds = tmp_path / "registry-builds"
+    from_torchlib = _registration.ONNXRegistry.from_torchlib.__func__
+
+    def counted(cls, *args, **kwargs):
+        with builds.open("a") as file:
+            file.write(f"{os.getpid()}\n")
+        return from_torchlib(cls, *args, **kwargs)
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counted))
+    converter_settings._built_registry.cache_clear()  # as in a new process
     monkeypatch.setattr(exporter, "INLINE_BYTES", 2048)
     monkeypatch.setattr(exporter.shutil, "disk_usage", _disk_with(1_000_000))
     parts = []
@@ -244,6 +260,7 @@ def test_workers_leave_the_models_memory_to_the_exporter_and_need_room_for_littl
     assert times.workers == 2 and len(parts) == 5  # embed, vision, prefill, decode, prefill_text
     assert all(size < 8192 for size in parts[2:]), parts
     assert sum(parts) < 0.5 * (out / "weights.data").stat().st_size
+    assert builds.read_text().split() == [str(os.getpid())]
 
 
 def test_a_worker_leaves_alone_what_it_inherited_from_an_earlier_onnx_runtime_run():
