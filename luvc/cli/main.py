@@ -127,9 +127,7 @@ def exit_process(code: int) -> None:
     flushed, then ``os._exit`` skips the interpreter's teardown, which frees every module and object one by one (about
     a second once PyTorch, transformers and onnxscript are loaded; a tenth of a tiny model's export). Where a
     non-daemon thread still runs, the interpreter exits as usual, waiting for it."""
-    if threading.active_count() > 1 and any(
-        not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()
-    ):
+    if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

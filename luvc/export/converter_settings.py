@@ -96,9 +96,10 @@ def quiet_exporter() -> Iterator[None]:
 def torchlib_registry_once() -> Iterator[None]:
     """``torch.onnx.export`` with its torchlib registry built once per process and opset, not once per graph.
 
-    Building it reads the source of about 500 onnxscript functions (0.6 s, a third of a tiny graph's conversion);
-    the result depends only on the opset and the installed libraries. Each export gets its own copy of the
-    registry's table, so the custom translations one graph registers never reach another."""
+    Building it takes about half a second, a third of a tiny graph's conversion (more without
+    ``_torchlib_listed_without_parsing``); the result depends only on the opset and the installed libraries. Each
+    export gets its own copy of the registry's table, so the custom translations one graph registers never reach
+    another."""
     try:
         from torch.onnx._internal.exporter import _registration
     except ImportError:
@@ -148,11 +149,8 @@ def _torchlib_listed_without_parsing() -> Iterator[None]:
         return
     original = getattr(torch_2_5, "get_torchlib_ops", None)
     meta = getattr(torch_2_5, "_OnnxFunctionMeta", None)
-    expected = ["qualified_name", "function", "domain", "name", "is_complex"]
-    if original is None or meta is None or not dataclasses.is_dataclass(meta):
-        yield
-        return
-    if [field.name for field in dataclasses.fields(meta)] != expected:
+    fields = ["qualified_name", "function", "domain", "name", "is_complex"]  # the form ``listed`` builds
+    if original is None or not dataclasses.is_dataclass(meta) or [f.name for f in dataclasses.fields(meta)] != fields:
         yield
         return
 

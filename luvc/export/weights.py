@@ -127,14 +127,18 @@ class SharedWeights:
         """What the exporter needs to take this worker's file in (``absorb``)."""
         return WeightsPart(self.path.name, dict(self.offsets), tuple(self.order), self.deferred_location)
 
+    def deferred_view(self, tensor: onnx.TensorProto) -> np.ndarray | None:
+        """The view of the model's memory ``tensor`` is a placeholder for (``defer_views``), or ``None``."""
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return None
+        stored = ExternalTensor.of(tensor)
+        return self.deferred[stored.offset] if stored.location == self.deferred_location else None
+
     def array(self, tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
         """The value of ``tensor``: a deferred view from memory, any other tensor from its bytes (external ones
         relative to ``folder``)."""
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            stored = ExternalTensor.of(tensor)
-            if stored.location == self.deferred_location:
-                return self.deferred[stored.offset]
-        return onnx.numpy_helper.to_array(tensor, str(folder))
+        view = self.deferred_view(tensor)
+        return view if view is not None else onnx.numpy_helper.to_array(tensor, str(folder))
 
     def _pad(self, file) -> int:
         """Pad ``file`` to the next ``ALIGNMENT`` boundary; returns that offset."""
@@ -264,9 +268,9 @@ def load_inline(model: onnx.ModelProto, names: set[str], folder: Path, weights: 
 
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
-            stored = ExternalTensor.of(tensor)
-            if weights is not None and stored.location == weights.deferred_location:
-                tensor.raw_data = _contiguous(weights.deferred[stored.offset]).tobytes()
+            view = weights.deferred_view(tensor) if weights is not None else None
+            if view is not None:
+                tensor.raw_data = _contiguous(view).tobytes()
             else:
                 load_external_data_for_tensor(tensor, str(folder))
             del tensor.external_data[:]
