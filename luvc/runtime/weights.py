@@ -35,9 +35,15 @@ from onnx import numpy_helper
 
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
-from luvc.runtime.qdq_cpu import unsigned_activations, uses_unsigned_activations
+from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+INT8, UINT8 = onnx.TensorProto.INT8, onnx.TensorProto.UINT8
+# (stored type, type a graph reads) -> how the stored values are converted; the same type is a view of the file
+CONVERSIONS = {
+    (FLOAT16, FLOAT): lambda values: values.astype(np.float32),  # float32_compute
+    (INT8, UINT8): shift_to_uint8,  # luvc.runtime.qdq_cpu.unsigned_weights: zero point + 128
+}
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
 # on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
@@ -50,21 +56,30 @@ class MappedWeights:
     """The external-data files of the export in ``folder``, memory-mapped read-only, the float32 conversions made
     from them, and (on a GPU ``device``) the device copies; each tensor (by file, offset and length) is handed out as
     one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
-    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights."""
+    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights. ``int8_encoding`` is how INT8
+    Q/DQ graphs run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
 
-    def __init__(self, folder: str | Path, float32: bool = False, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        float32: bool = False,
+        device: torch.device | None = None,
+        int8_encoding: str | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.float32 = float32
+        self.int8_encoding = int8_encoding
         self.device = torch.device(device or "cpu")
         self._files: dict[str, np.memmap] = {}
-        self._arrays: dict[ExternalTensor, np.ndarray] = {}  # by file, offset, length, type and shape
-        self._values: dict[ExternalTensor, object] = {}  # ONNX Runtime values, by the same key
+        # by file, offset, length, stored type and shape, and the type handed out
+        self._arrays: dict[tuple[ExternalTensor, int], np.ndarray] = {}
+        self._values: dict[tuple[ExternalTensor, int], object] = {}  # ONNX Runtime values, by the same key
         self._device_tensors: dict[ExternalTensor, torch.Tensor] = {}
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
-        made with ``options``: rewritten to float32 compute if so set, its INT8 activations to uint8 on an x86 CPU
-        (``luvc.runtime.qdq_cpu``), and, when it has external weights, those given
+        made with ``options``: rewritten to float32 compute if so set, its INT8 products to the encoding this x86 CPU
+        computes exactly (``luvc.runtime.qdq_cpu``), and, when it has external weights, those given
         as the shared arrays with prepacking off (packed copies would be per session; quantized graphs keep it) and no
         CPU memory arena (an arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width
         export, at the same speed). Returns the serialized model and the OrtValues of the shared arrays, which must
@@ -76,8 +91,10 @@ class MappedWeights:
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
-        if quantized and not on_gpu and uses_unsigned_activations():
-            unsigned_activations(model)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
+        if quantized and not on_gpu:
+            encode_for_cpu(model, self.int8_encoding)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
+        # the type the rewritten graph reads each weight as: a stored float16 or int8 one is converted once
+        graph_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         if tensors:
@@ -89,26 +106,27 @@ class MappedWeights:
         # ONNX Runtime's graph transformers read some weights from the graph itself (Conv weights they reorder, small
         # constants they fuse): a converted one must be inline, since its file still holds the float16 bytes
         read_by_transformers = _read_by_transformers(model, tensors)
-        converted = {tensor.name for tensor in tensors if self.float32 and tensor.data_type == FLOAT16}
         initializers = {tensor.name: tensor for tensor in model.graph.initializer}
         values = []
         for tensor in tensors:
-            if tensor.name in converted and tensor.name in read_by_transformers:
-                initializers[tensor.name].CopyFrom(numpy_helper.from_array(self.array(tensor), tensor.name))
+            as_type = graph_types[tensor.name]
+            if as_type != tensor.data_type and tensor.name in read_by_transformers:
+                array = self.array(tensor, as_type)
+                initializers[tensor.name].CopyFrom(numpy_helper.from_array(array, tensor.name))
                 continue
-            values.append(self.ort_value(tensor))
+            values.append(self.ort_value(tensor, as_type))
             options.add_initializer(tensor.name, values[-1])
         return model.SerializeToString(), values
 
-    def ort_value(self, tensor: ExternalTensor):
-        """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array, on a GPU the device
-        tensor (``device_tensor``) lent to it."""
+    def ort_value(self, tensor: ExternalTensor, as_type: int | None = None):
+        """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array (as ``array``
+        converts it), on a GPU the device tensor (``device_tensor``) lent to it."""
         import onnxruntime as ort
 
-        key = _key(tensor)
+        key = (_key(tensor), self._type_given(tensor, as_type))
         if key not in self._values:
             if self.device.type == "cpu":
-                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor))
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor, as_type))
             else:
                 # ONNX Runtime shares only a buffer it does not own (a value it copied to the GPU is refused with
                 # "Buffer containing the initializer must be owned by the user"): the device tensor, lent through
@@ -123,21 +141,30 @@ class MappedWeights:
             self._device_tensors[key] = torch.from_numpy(np.array(self.array(tensor))).to(self.device)
         return self._device_tensors[key]
 
-    def array(self, tensor: ExternalTensor) -> np.ndarray:
-        """``tensor``'s data: a read-only view of its file, or (float16 with ``float32`` set) its float32 copy, read
-        from the file without mapping it (the float16 bytes are not kept)."""
-        key = _key(tensor)
+    def array(self, tensor: ExternalTensor, as_type: int | None = None) -> np.ndarray:
+        """``tensor``'s data as ``as_type`` (default: float32 for float16 with ``float32`` set, else as stored): a
+        read-only view of its file, or a converted copy (``CONVERSIONS``) read from the file without mapping it (the
+        stored bytes are not kept)."""
+        as_type = self._type_given(tensor, as_type)
+        key = (_key(tensor), as_type)
         if key not in self._arrays:
-            convert = self.float32 and tensor.data_type == FLOAT16
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-            if convert:
+            if as_type != tensor.data_type:
+                convert = CONVERSIONS.get((tensor.data_type, as_type))
+                if convert is None:
+                    raise ValueError(f"{tensor.name}: no conversion from ONNX type {tensor.data_type} to {as_type}")
                 count = tensor.length // dtype.itemsize
                 data = np.fromfile(self.folder / tensor.location, dtype, count, offset=tensor.offset)
-                self._arrays[key] = data.reshape(tensor.shape).astype(np.float32)
+                self._arrays[key] = convert(data.reshape(tensor.shape))
             else:
                 data = self._file(tensor.location)[tensor.offset : tensor.offset + tensor.length]
                 self._arrays[key] = data.view(dtype).reshape(tensor.shape)
         return self._arrays[key]
+
+    def _type_given(self, tensor: ExternalTensor, as_type: int | None) -> int:
+        if as_type is not None:
+            return as_type
+        return FLOAT if self.float32 and tensor.data_type == FLOAT16 else tensor.data_type
 
     def _file(self, location: str) -> np.memmap:
         if location not in self._files:
@@ -152,7 +179,7 @@ class MappedWeights:
 
     @property
     def converted_bytes(self) -> int:
-        """Bytes of the float32 copies made (anonymous memory; the mapped file's pages are the page cache's)."""
+        """Bytes of the converted copies made (anonymous memory; the mapped file's pages are the page cache's)."""
         return sum(array.nbytes for array in self._arrays.values() if array.flags.owndata)
 
     @property
@@ -189,11 +216,15 @@ SMALL_BYTES = 1 << 20  # constants below this may be read by ONNX Runtime's fusi
 def _read_by_transformers(model: onnx.ModelProto, tensors: list[ExternalTensor]) -> set[str]:
     """Initializers ONNX Runtime's graph transformers may read from the graph: Conv weights, small tensors, and what
     constant folding evaluates (every input of a node whose inputs are all constant, such as CLIP's 1.2 MB position
-    table looked up at constant positions)."""
+    table looked up at constant positions), but for a quantized weight read only by its DequantizeLinear: constant
+    folding keeps those for the Q/DQ fusions, which take the weight as it is given."""
     names = {node.input[1] for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")}
-    return (
-        names | constant_folded_initializers(model) | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
-    )
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, set()).add(node.op_type if index == 0 else "")
+    folded = {name for name in constant_folded_initializers(model) if readers.get(name) != {"DequantizeLinear"}}
+    return names | folded | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
 
 
 def _has_float16(model: onnx.ModelProto) -> bool:

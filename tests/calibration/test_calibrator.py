@@ -73,6 +73,31 @@ def test_int8_export_runs_and_passes_parity_under_int8_tolerances(calibrated):
     assert not results.judge(TOLERANCES["fp32"])  # and quantization is visible: fp32 bounds fail
 
 
+@pytest.mark.parametrize("encoding", ["u8u8", "u8s8"])
+def test_int8_export_computes_the_same_in_the_cpu_encodings_as_exported(calibrated, monkeypatch, encoding):
+    """An x86 CPU runs INT8 graphs with uint8 activations, and uint8 weights where its u8s8 kernels saturate
+    (``luvc.runtime.qdq_cpu``): either must compute what the graph as exported computes (products dequantized to
+    float). u8s8 is checked only where this CPU computes it exactly: elsewhere it is never chosen."""
+    from luvc.runtime import qdq_cpu
+
+    if not qdq_cpu.uses_unsigned_activations():
+        pytest.skip("off x86 the INT8 graphs run as exported")
+    if encoding == "u8s8" and not qdq_cpu.u8s8_is_exact():
+        pytest.skip("ONNX Runtime's u8s8 kernels saturate on this CPU (no VNNI): never chosen here")
+    folder = calibrated("tiny-qwen2.5-vl")
+    image = synthetic_image(224, 224, 2)
+
+    def greedy(chosen: str):
+        monkeypatch.setattr(qdq_cpu, "int8_encoding", lambda *args, **kwargs: chosen)
+        pipeline = Pipeline(folder)
+        return pipeline.greedy(pipeline.prepare([image], ["Describe it."]), 6)[:2]
+
+    tokens, logits = greedy(encoding)
+    exported_tokens, exported_logits = greedy("")
+    np.testing.assert_array_equal(tokens, exported_tokens)
+    np.testing.assert_allclose(logits, exported_logits, rtol=1e-4, atol=1e-4 * np.abs(exported_logits).max())
+
+
 def test_fp8_export_runs_in_onnx_runtime_within_bounds(calibrated):
     folder = calibrated("tiny-qwen2-vl", "fp8")
     manifest = ExportManifest.load(folder)
