@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import NoReturn
 
 logger = logging.getLogger("luvc")
@@ -16,3 +17,9 @@ def critical(message: str) -> NoReturn:
     """Log ``message`` at error level, then raise it as a :class:`LuvcError`."""
     logger.error(message)
     raise LuvcError(message)
+
+
+def warn(message: str) -> None:
+    """Tell the user about a problem the toolkit worked around: one line on standard error (and the log)."""
+    logger.warning(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -84,6 +84,7 @@ class Run:
         sys.stdout.write(f"Finish reason: {FINISH_REASONS[generation.finish_reasons[0]]}\n")
         console.print(timing_table(pipeline, generation.timings, prepared))
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
+        sys.stdout.write(cuda_graphs_line(pipeline) + "\n")
         return 0
 
 
@@ -108,6 +109,15 @@ def _weights(pipeline: Pipeline) -> str:
     if weights.converted_bytes:
         parts.append(f"{weights.converted_bytes / gib:.2f} GiB float32")
     return "one copy for all sessions: " + " + ".join(parts)
+
+
+def cuda_graphs_line(pipeline: Pipeline) -> str:
+    """What was captured as CUDA graphs and replayed, in one line."""
+    sessions = pipeline.sessions
+    if not sessions.cuda_graphs:
+        why = "--cuda-graphs off" if pipeline.device.type == "cuda" else f"{pipeline.device} runs no CUDA graphs"
+        return f"CUDA graphs: off ({why})"
+    return "CUDA graphs: " + sessions.replay_summary()
 
 
 def fit_line(policy: str, prepared: Prepared) -> str:

@@ -146,8 +146,9 @@ class Serve:
             pipeline.load()  # a provider or session that cannot open stops here, before the server is announced
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
+        replay = "CUDA graphs replayed" if pipeline.sessions.cuda_graphs else "no CUDA graphs"
         Console(soft_wrap=True).print(
-            f"Serving {model_name} ({pipeline.backend} on {pipeline.device}, buckets "
+            f"Serving {model_name} ({pipeline.backend} on {pipeline.device}, {replay}, buckets "
             f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; Ctrl-C stops.",
             highlight=False,
         )

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from luvc.cli.args.base import int_in
 from luvc.errors import critical
-from luvc.runtime import BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
 
 
 class Triton:
@@ -41,6 +41,12 @@ class Triton:
         )
         group.add_argument("--fit", choices=FIT_POLICIES, default=DEFAULT_FIT, help=FIT_HELP)
         group.add_argument(
+            "--cuda-graphs",
+            choices=CUDA_GRAPH_CHOICES,
+            default=DEFAULT_CUDA_GRAPHS,
+            help="GPU instances capture each graph's shapes as CUDA graphs and replay them: auto (default), on, off",
+        )
+        group.add_argument(
             "--copy",
             action="store_true",
             help="copy the export (and engines) into the repository instead of "
@@ -65,6 +71,7 @@ class Triton:
             max_batch=args.max_batch,
             max_new_tokens=args.max_new_tokens,
             fit=args.fit,
+            cuda_graphs=args.cuda_graphs,
         )
         out = write_repository(Path(args.artifact_dir), Path(args.out), options, args.overwrite)
         where = f"{len(gpus)} GPU(s) x {args.instances}" if gpus else f"CPU x {args.instances}"

@@ -40,6 +40,11 @@ class TensorRT:
         major, minor = (int(part) for part in self.version.split(".")[:2])
         return self.is_rtx or (major, minor) >= (10, 15)
 
+    @property
+    def captures_cuda_graphs(self) -> bool:
+        """TensorRT-RTX (1.2 on) captures and replays CUDA graphs itself (``IRuntimeConfig.cuda_graph_strategy``)."""
+        return self.is_rtx and hasattr(self.module, "CudaGraphStrategy")
+
     def describe(self) -> str:
         return f"{self.name} {self.version}"
 

@@ -8,3 +8,6 @@ FIT_HELP = (
     "resized to the bucket nearest its aspect ratio, content whole), pad (scaled inside it and padded, nothing "
     "distorted) or exact (refused)"
 )
+# whether each graph's shapes are captured once as CUDA graphs and replayed (luvc.runtime.replay)
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
+DEFAULT_CUDA_GRAPHS = "auto"  # on for a CUDA device

@@ -27,13 +27,20 @@ class SharedActivations:
         owned = hasattr(trt, "ExecutionContextAllocationStrategy")
         return owned and hasattr(trt.IExecutionContext, "set_device_memory")
 
-    def context(self, engine):
+    def context(self, engine, runtime_config=None):
         """An execution context of ``engine`` whose scratch memory is the shared buffer (grown when the engine needs
-        more than the buffer holds); a context with its own memory where this TensorRT cannot share it."""
+        more than the buffer holds); a context with its own memory where this TensorRT cannot share it.
+        ``runtime_config``: an ``IRuntimeConfig`` of the engine to make it with (TensorRT-RTX's CUDA graphs)."""
         if not self.supported:
-            return engine.create_execution_context()
+            return (
+                engine.create_execution_context(runtime_config) if runtime_config else engine.create_execution_context()
+            )
         strategy = self.tensorrt.module.ExecutionContextAllocationStrategy.USER_MANAGED
-        context = engine.create_execution_context(strategy)
+        if runtime_config is not None:
+            runtime_config.set_execution_context_allocation_strategy(strategy)
+            context = engine.create_execution_context(runtime_config)
+        else:
+            context = engine.create_execution_context(strategy)
         need = int(engine.device_memory_size_v2)
         self._contexts.append((context, need))
         if self.buffer is None or self.buffer.numel() < need:

@@ -5,8 +5,9 @@ feeds are validated against the stage manifest's I/O names, dtypes and shapes (s
 inputs, and stay inside the engine profile for TensorRT), and outputs are placed into caller-given ``targets``
 (e.g. a KV cache bound as both input and output, updated in place) or into tensors it allocates on the device from
 the manifest's output shapes. ``OrtSession`` (``luvc.runtime.ort_session``) and ``TrtSession``
-(``luvc.runtime.trt_session``) implement only ``activate_impl``/``infer_impl``/``deactivate_impl``. Every error message
-starts with the session name.
+(``luvc.runtime.trt_session``) implement only ``activate_impl``/``infer_impl``/``deactivate_impl``, and on a GPU may set
+a ``replayer`` that runs each shape as a captured CUDA graph (``luvc.runtime.replay``). Every error message starts with
+the session name.
 
 ``TransferStats`` counts what a session moved between host and device and what it allocated, so tests and the
 runtime's report can hold a decode step to "no KV bytes across the bus, no allocation".
@@ -24,6 +25,7 @@ import torch
 from luvc.errors import critical
 from luvc.export.inspect import evaluate_dim, root_of
 from luvc.export.manifest_entries import TensorEntry
+from luvc.runtime.replay import Replayer
 
 TORCH_DTYPES = {
     "float": torch.float32,
@@ -75,6 +77,8 @@ class BaseSession:
         self.stats = TransferStats()
         self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
         self._output_dtypes = {entry.name: TORCH_DTYPES[entry.dtype] for entry in outputs}
+        # CUDA-graph replay of each shape (``luvc.runtime.replay``), set up by a backend that captures; None: plain
+        self.replayer: Replayer | None = None
 
     def activate(self) -> BaseSession:
         if not self.is_active:
@@ -105,7 +109,10 @@ class BaseSession:
         symbols = self.check_feeds(feeds)
         outputs = self._outputs(symbols, targets or {})
         began = time.perf_counter()
-        self.infer_impl(feeds, outputs)
+        if self.replayer is not None:
+            self.replayer.run(feeds, outputs, self.infer_impl)
+        else:
+            self.infer_impl(feeds, outputs)
         self.last_inference_seconds = time.perf_counter() - began
         self.total_inference_seconds += self.last_inference_seconds
         self.stats.calls += 1

@@ -66,12 +66,16 @@ class KVCache:
         return self.sets[self.current]
 
     def load(
-        self, presents: dict[str, torch.Tensor], prompt_lengths: np.ndarray | None = None, first_row: int = 0
+        self,
+        presents: dict[str, torch.Tensor],
+        prompt_lengths: np.ndarray | None = None,
+        first_row: int = 0,
+        sequence_length: int | None = None,
     ) -> None:
         """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix of the rows from ``first_row`` on
         (as many as the prefill has; the other rows keep theirs); ``prompt_lengths (b,)``: each row's prompt tokens,
-        when shorter rows were padded on the right (their padding is overwritten by the steps after it and never
-        attended)."""
+        when rows were padded on the right (their padding is overwritten by the steps after it and never attended)
+        to the prefill's ``sequence_length`` (default: the longest row)."""
         batch = presents["present.0.key"].shape[0]
         rows = slice(first_row, first_row + batch)
         if rows.stop > self.batch:
@@ -89,7 +93,8 @@ class KVCache:
             lengths.append(length)
         padding = np.zeros(batch, dtype=np.int64)
         if prompt_lengths is not None:
-            padding = int(np.max(prompt_lengths)) - np.asarray(prompt_lengths, dtype=np.int64)
+            width = int(np.max(prompt_lengths)) if sequence_length is None else sequence_length
+            padding = width - np.asarray(prompt_lengths, dtype=np.int64)
         self.row_lengths[:, rows] = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
         self.write_index[:, rows].copy_(torch.from_numpy(self.row_lengths[:, rows]))
 

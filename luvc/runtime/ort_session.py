@@ -1,5 +1,5 @@
 """``OrtSession``: an exported graph in ONNX Runtime with IO binding to device tensors, and the providers a device
-implies."""
+implies; on a CUDA device, each input shape captured once as a CUDA graph and replayed (``OrtGraphCapture``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ import torch
 from luvc.errors import critical
 from luvc.runtime.base_session import BaseSession
 from luvc.runtime.ort_logging import default_logger_errors_only
+from luvc.runtime.replay import Replayer
 from luvc.runtime.weights import MappedWeights
+
+# the run option that selects a captured CUDA graph (ONNX Runtime's ``kOrtRunOptionsConfigCudaGraphAnnotation``): an
+# id above 0 captures that graph on its first allowed run and replays it after; -1 runs without capture or replay
+GRAPH_ID = "gpu_graph_id"
+NO_GRAPH = "-1"
+# runs of one graph id when it is first seen: ONNX Runtime runs a graph plainly before it allows the capture (its
+# warm-up, for the allocations), then captures and replays it within the next run
+CAPTURE_RUNS = 2
 
 
 def ort_providers(device: torch.device, stream: int | None = None) -> list:
@@ -30,6 +39,17 @@ def ort_providers(device: torch.device, stream: int | None = None) -> list:
     if stream is not None:
         options["user_compute_stream"] = str(stream)
     return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def with_cuda_graphs(providers: list) -> list:
+    """``providers`` with the CUDA EP's ``enable_cuda_graph`` set (unchanged when there is no CUDA EP)."""
+    enabled = []
+    for provider in providers:
+        name, options = provider if isinstance(provider, tuple) else (provider, {})
+        if name == "CUDAExecutionProvider":
+            provider = (name, {**options, "enable_cuda_graph": "1"})
+        enabled.append(provider)
+    return enabled
 
 
 # ONNX Runtime 1.32's QDQPropagationTransformer moves an INT8 Q/DQ pair across a Reshape and writes a QuantizeLinear
@@ -52,8 +72,10 @@ class OrtSession(BaseSession):
         basic_optimizations: bool | None = None,
         device: torch.device | str | None = None,
         weights: MappedWeights | None = None,
+        cuda_graphs: bool = False,
     ):
         super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=device)
+        self.cuda_graphs = cuda_graphs  # replay each shape (luvc.runtime.replay); the CPU EP runs the same bookkeeping
         self.path = Path(path)
         self.weights = weights  # external initializers shared with the pipeline's other sessions
         self._shared_values: list = []  # the OrtValues of those, alive as long as the session
@@ -89,10 +111,14 @@ class OrtSession(BaseSession):
         if self.weights is not None:
             graph = onnx.load(str(self.path), load_external_data=False)
             model, self._shared_values = self.weights.session_model(graph, options)
-        with default_logger_errors_only():  # onnxruntime-gpu's plugin EP lookup warns on every CUDA session
-            self.session = ort.InferenceSession(
-                model, options, providers=self.requested_providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
-            )
+        failure = None
+        if self.cuda_graphs:
+            try:
+                self.session = self._inference_session(ort, model, options, with_cuda_graphs(self.requested_providers))
+            except Exception as error:  # e.g. a node ONNX Runtime places on the CPU: CUDA graphs are refused
+                failure = f"ONNX Runtime refused enable_cuda_graph: {str(error).splitlines()[0]}"
+        if self.session is None:
+            self.session = self._inference_session(ort, model, options, self.requested_providers)
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             critical(
@@ -102,11 +128,31 @@ class OrtSession(BaseSession):
             )
         self.binding = self.session.io_binding()
         if self.device.type == "cuda":  # ordered by the stream; the host waits only when it reads a result
-            self.run_options = ort.RunOptions()
-            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            self.run_options = self.new_run_options()
+        if self.cuda_graphs:
+            self.run_options = self.run_options or self.new_run_options()
+            if failure is None:  # a plain run of a session with CUDA graphs enabled must say so, or it captures
+                self.run_options.add_run_config_entry(GRAPH_ID, NO_GRAPH)
+            self.replayer = Replayer(self.name, OrtGraphCapture(self), failure)
 
-    def infer_impl(self, feeds, outputs):
-        binding, device_type, device_id = self.binding, self.device.type, self.device.index or 0
+    def _inference_session(self, ort, model, options, providers):
+        with default_logger_errors_only():  # onnxruntime-gpu's plugin EP lookup warns on every CUDA session
+            return ort.InferenceSession(
+                model, options, providers=providers, disabled_optimizers=list(DISABLED_OPTIMIZERS)
+            )
+
+    def new_run_options(self):
+        """Run options for this session's device: on a GPU, no synchronisation beyond the stream's own order."""
+        import onnxruntime as ort
+
+        run_options = ort.RunOptions()
+        if self.device.type == "cuda":
+            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return run_options
+
+    def bind(self, binding, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Bind ``feeds`` and ``outputs`` (device tensors) to ``binding``, replacing what it held."""
+        device_type, device_id = self.device.type, self.device.index or 0
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, tensor in feeds.items():
@@ -115,11 +161,38 @@ class OrtSession(BaseSession):
         for name, tensor in outputs.items():
             element = _numpy_type(tensor.dtype)
             binding.bind_output(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
-        self.session.run_with_iobinding(binding, self.run_options)
+
+    def infer_impl(self, feeds, outputs):
+        self.bind(self.binding, feeds, outputs)
+        self.session.run_with_iobinding(self.binding, self.run_options)
 
     def deactivate_impl(self) -> None:
-        self.session = self.binding = None
+        self.session = self.binding = self.replayer = None
         self._shared_values = []
+
+
+class OrtGraphCapture:
+    """ONNX Runtime's CUDA graphs for ``session`` (made with ``enable_cuda_graph``): a slot is a graph id, with its own
+    IO binding, bound once to the replayer's buffers, and run options that select it."""
+
+    def __init__(self, session: OrtSession) -> None:
+        self.session = session
+        self.slots: dict[int, tuple] = {}  # slot -> (binding, run options)
+
+    def capture(self, slot: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        """Bind, then run graph id ``slot`` until ONNX Runtime has captured it (its warm-up run first); every run
+        writes this call's outputs."""
+        binding = self.session.session.io_binding()
+        self.session.bind(binding, inputs, outputs)
+        run_options = self.session.new_run_options()
+        run_options.add_run_config_entry(GRAPH_ID, str(slot))
+        self.slots[slot] = (binding, run_options)
+        for _ in range(CAPTURE_RUNS):
+            self.session.session.run_with_iobinding(binding, run_options)
+
+    def replay(self, slot: int) -> None:
+        binding, run_options = self.slots[slot]
+        self.session.session.run_with_iobinding(binding, run_options)
 
 
 @functools.cache

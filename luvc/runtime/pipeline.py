@@ -24,6 +24,7 @@ from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.options import GenerationOptions, Step
 from luvc.runtime.prepare import Prepared, Preparer
+from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import Sessions, host_arrays, resolve_device
 
@@ -36,7 +37,9 @@ class Pipeline:
     ``device`` implies (``cpu``: the CPU EP; ``cuda:N``: the CUDA EP of onnxruntime-gpu); ``fit`` is the policy for
     visuals of other sizes than the buckets (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller
     holds it before it is written (calibration checks a quantized export before saving its manifest);
-    ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``)."""
+    ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``);
+    ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``: on for a CUDA device) captures each graph's shapes as
+    CUDA graphs once and replays them (``luvc.runtime.replay``)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Pipeline:
         fit: str | None = None,
         manifest: ExportManifest | None = None,
         float16_compute: bool = False,
+        cuda_graphs: str | None = None,
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in BACKENDS:
@@ -66,8 +70,17 @@ class Pipeline:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
         self.device = resolve_device(backend, providers, device)
         engines = None if engines_dir is None else Path(engines_dir)
+        replay = resolve_cuda_graphs(cuda_graphs, self.device)
         self.sessions = Sessions(
-            self.folder, self.manifest, backend, self.device, providers, engines, plugin_library, float16_compute
+            self.folder,
+            self.manifest,
+            backend,
+            self.device,
+            providers,
+            engines,
+            plugin_library,
+            float16_compute,
+            replay,
         )
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
         self.preparer = Preparer(self.folder, self.manifest, self.fit_policy)

@@ -27,6 +27,11 @@ class Prefill:
     vision_ms: float
     prefill_ms: float
 
+    @property
+    def sequence_length(self) -> int:
+        """The prefill's sequence length: the longest prompt, or more where rows were padded for a captured graph."""
+        return int(self.feeds["inputs_embeds"].shape[1])
+
 
 def run_prefill(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
     """Run ``prepared``'s vision graphs (none for a prompt without visuals) and its bucket's prefill graph (the text
@@ -43,14 +48,14 @@ def _run(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
         image_features = feeds.image_features(prepared.pixels, bucket)
         sessions.synchronize()
     vision_ms = (time.perf_counter() - began) * 1e3
+    graph = sessions.manifest.text_prefill if bucket is None else bucket.prefill
+    prompts = prompts.widened(sessions.prefill_length(graph, prompts.input_ids.shape[1]))
     if bucket is None:
         prefill_feeds = feeds.text_prefill_feeds(prompts)
-        graph = sessions.manifest.text_prefill
         positions = feeds.text_positions(prompts.lengths, 1)
     else:
         seconds = prepared.seconds_per_slice
         prefill_feeds = feeds.prefill_feeds(prompts, image_features, bucket, seconds)
-        graph = bucket.prefill
         positions = feeds.positions(bucket, prompts.lengths, 1, seconds, prompts.visual_shifts)
     outputs = sessions[graph].infer(prefill_feeds)
     sessions.synchronize()

@@ -41,6 +41,14 @@ class PromptRows:
         lengths = np.asarray([len(row) for row in rows], dtype=np.int64)
         return cls(ids, lengths, np.asarray(shifts, dtype=np.int64))
 
+    def widened(self, width: int) -> PromptRows:
+        """These rows padded on the right to ``width`` tokens (each keeps its length); themselves when as wide."""
+        if width <= self.input_ids.shape[1]:
+            return self
+        ids = np.full((self.input_ids.shape[0], width), PAD_TOKEN_ID, dtype=np.int64)
+        ids[:, : self.input_ids.shape[1]] = self.input_ids
+        return PromptRows(ids, self.lengths, self.visual_shifts)
+
 
 def visual_tokens(manifest: ExportManifest, bucket: BucketEntry) -> tuple[int, ...]:
     """The token ids of ``bucket``'s visual spans: its placeholder's, and a mixed bucket's image token too."""

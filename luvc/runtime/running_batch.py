@@ -113,7 +113,7 @@ class RunningBatch:
         self._drop_ended()
         rows = slice(len(self.rows), len(self.rows) + batch)
         with self.sessions.on_stream():
-            self.cache.load(prefill.outputs, prefill.prompt_lengths, first_row=rows.start)
+            self.cache.load(prefill.outputs, prefill.prompt_lengths, rows.start, prefill.sequence_length)
             self.position[..., rows, :].copy_(self.sessions.to_device(prefill.next_positions))
             self._allocate(prefill, [row_options.sampling for row_options in options])
             if self.counts is not None:

@@ -2,8 +2,9 @@
 
 One session per graph name, opened on first use (ONNX Runtime over the export's graphs, or TensorRT over the
 engines of ``luvc-export build``, whose engine-manifest checks run up front); the fixed-capacity KV cache of the
-current batch size; the CUDA stream every session and torch op of a request runs on; and the counters of what
-crossed between host and device.
+current batch size; the CUDA stream every session and torch op of a request runs on; whether each graph's shapes are
+captured and replayed as CUDA graphs (``luvc.runtime.replay``); and the counters of what crossed between host and
+device.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from luvc.engines.profiles import dimension_ranges
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
@@ -23,6 +25,10 @@ from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, TransferStats
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
+
+# replaying CUDA graphs, a prefill's sequence is padded on the right to a multiple of this (each row keeps its length;
+# causal attention never reads the padding): one captured graph per 64 tokens of prompt, not one per prompt length
+REPLAY_LENGTH_STEP = 64
 
 
 def resolve_device(backend: str, providers: Sequence | None, device: str | None) -> torch.device:
@@ -65,8 +71,12 @@ class Sessions:
         engines_dir: Path | None = None,
         plugin_library: str | Path | None = None,
         float16_compute: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        # prefill sequences are padded to a multiple of this (``prefill_length``): one captured graph per step
+        self.prefill_step = REPLAY_LENGTH_STEP if self.cuda_graphs else 1
         self.engines_dir, self.plugin_library = engines_dir, plugin_library
         # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
         on_gpu = device.type == "cuda" and torch.cuda.is_available()
@@ -98,6 +108,7 @@ class Sessions:
                     basic_optimizations=self.manifest.precision == "fp8",
                     device=self.device,
                     weights=self.weights,
+                    cuda_graphs=self.cuda_graphs,
                 )
             else:
                 session = self._trt_session(name, graph)
@@ -149,6 +160,7 @@ class Sessions:
             self.cuda_stream,
             weights=bound,
             activations=self.activations,
+            cuda_graphs=self.cuda_graphs,
         )
 
     def opened(self) -> dict[str, BaseSession]:
@@ -158,6 +170,44 @@ class Sessions:
     def providers_in_use(self) -> list[str]:
         """The ONNX Runtime execution providers the open sessions really got (empty for TensorRT)."""
         return sorted({name for session in self._open.values() for name in getattr(session, "providers", [])})
+
+    def replay_counts(self) -> tuple[int, int, int, int]:
+        """``(enabled, shapes captured, runs replayed, graphs that fell back to plain runs)``; safe to read from
+        another thread while requests run."""
+        replayers = [session.replayer for session in list(self._open.values()) if session.replayer is not None]
+        return (
+            int(self.cuda_graphs),
+            sum(len(replayer.captured) for replayer in replayers),
+            sum(replayer.replays for replayer in replayers),
+            sum(not replayer.active for replayer in replayers),
+        )
+
+    def replay_summary(self) -> str:
+        """What the open sessions captured as CUDA graphs and replayed, in one line; those that run plain, with why."""
+        replayers = [session.replayer for session in self._open.values() if session.replayer is not None]
+        builtin = [name for name, session in self._open.items() if session.replayer is None]
+        captured = sum(len(replayer.captured) for replayer in replayers if replayer.active)
+        replays = sum(replayer.replays for replayer in replayers if replayer.active)
+        graphs = sum(replayer.active for replayer in replayers)
+        parts = [f"{captured} shapes of {graphs} graphs captured, {replays} runs replayed"]
+        if self.backend == "trt" and builtin:  # TensorRT-RTX captures by itself
+            parts.append(f"{len(builtin)} engines replayed by TensorRT-RTX itself")
+        parts += [replayer.describe() for replayer in replayers if not replayer.active]
+        return "; ".join(parts)
+
+    def replayed_buffer_bytes(self) -> int:
+        """Device bytes of the replayers' persistent input and output buffers (ONNX Runtime's and TensorRT's own memory
+        for the captured graphs not counted)."""
+        return sum(session.replayer.buffer_bytes for session in self._open.values() if session.replayer is not None)
+
+    def prefill_length(self, graph: str, length: int) -> int:
+        """The sequence length a prefill of ``length`` tokens runs ``graph`` at: padded on the right to a multiple of
+        ``prefill_step`` (at most the graph's longest), so that, replaying CUDA graphs, one captured graph serves every
+        prompt of about that length; as it is otherwise."""
+        if self.prefill_step <= 1:
+            return length
+        longest = dimension_ranges(self.manifest, graph)["sequence_length"][2]
+        return max(length, min(longest, -(-length // self.prefill_step) * self.prefill_step))
 
     def seconds(self) -> float:
         """Seconds spent inside session runs so far."""

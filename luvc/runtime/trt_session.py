@@ -1,4 +1,6 @@
-"""``TrtSession``: a TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on the pipeline's CUDA stream."""
+"""``TrtSession``: a TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on the pipeline's CUDA stream, each input shape
+replayed as a CUDA graph when asked: TensorRT-RTX captures and replays by itself (its runtime config's
+``cuda_graph_strategy``); full TensorRT's runs are stream-captured here (``TrtGraphCapture``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from luvc.errors import critical
 from luvc.runtime.activations import SharedActivations
 from luvc.runtime.base_session import BaseSession
+from luvc.runtime.replay import Replayer
 
 
 class TrtSession(BaseSession):
@@ -29,6 +32,7 @@ class TrtSession(BaseSession):
         stream=None,
         weights: Callable[[], dict[str, torch.Tensor]] | None = None,
         activations: SharedActivations | None = None,
+        cuda_graphs: bool = False,
     ):
         super().__init__(name, inputs, outputs, profile, device=device or "cuda")
         self.engine_bytes = engine
@@ -38,6 +42,7 @@ class TrtSession(BaseSession):
         self.activations = activations
         self.engine = self.context = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
+        self.cuda_graphs = cuda_graphs
 
     def activate_impl(self) -> None:
         if not torch.cuda.is_available():
@@ -47,13 +52,33 @@ class TrtSession(BaseSession):
         self.engine = runtime.deserialize_cuda_engine(self.engine_bytes)
         if self.engine is None:
             critical(f"{self.name}: {self.tensorrt.describe()} could not deserialize the engine; rebuild it here.")
-        if self.activations is not None:
-            self.context = self.activations.context(self.engine)
-        else:
-            self.context = self.engine.create_execution_context()
-        for name, tensor in self.weights().items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+        builtin = self.cuda_graphs and self.tensorrt.captures_cuda_graphs
+        self.context = self.new_context(builtin)
         self.bound = {}
+        if self.cuda_graphs and not builtin:
+            self.replayer = Replayer(self.name, TrtGraphCapture(self))
+
+    def new_context(self, cuda_graphs: bool = False):
+        """An execution context of the engine, on the shared activation buffer when there is one, with the weights
+        bound; ``cuda_graphs``: TensorRT-RTX captures and replays each shape itself."""
+        config = None
+        if cuda_graphs:
+            trt = self.tensorrt.module
+            config = self.engine.create_runtime_config()
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        if self.activations is not None:
+            context = self.activations.context(self.engine, config)
+        elif config is not None:
+            context = self.engine.create_execution_context(config)
+        else:
+            context = self.engine.create_execution_context()
+        for name, tensor in self.weights().items():
+            context.set_tensor_address(name, tensor.data_ptr())
+        return context
+
+    @property
+    def cuda_stream(self) -> torch.cuda.Stream:
+        return self.stream if self.stream is not None else torch.cuda.current_stream(self.device)
 
     def infer_impl(self, feeds, outputs):
         for name, tensor in feeds.items():
@@ -68,12 +93,52 @@ class TrtSession(BaseSession):
             if self.bound.get(name, (None, None))[1] != tensor.data_ptr():
                 self.context.set_tensor_address(name, tensor.data_ptr())
                 self.bound[name] = (None, tensor.data_ptr())
-        stream = self.stream if self.stream is not None else torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(self.cuda_stream.cuda_stream):
             critical(f"{self.name}: TensorRT execution failed.")
 
     def deactivate_impl(self) -> None:
         if self.activations is not None:
             self.activations.forget(self.context)
-        self.context = self.engine = None
+            if self.replayer is not None and isinstance(self.replayer.backend, TrtGraphCapture):
+                for context in self.replayer.backend.contexts():
+                    self.activations.forget(context)
+        self.context = self.engine = self.replayer = None
         self.bound = {}
+
+
+class TrtGraphCapture:
+    """Stream capture of a full TensorRT engine's runs (``torch.cuda.CUDAGraph``): each slot gets an execution context
+    of its own, given its shapes and addresses once (a context's state is what its captured kernels read), run once
+    plainly (TensorRT needs one run after a shape change before a capture; it gives this call's outputs), then
+    captured on the pipeline's stream."""
+
+    def __init__(self, session: TrtSession) -> None:
+        self.session = session
+        self.slots: dict[int, tuple] = {}  # slot -> (context, graph)
+
+    def capture(self, slot: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        context = self.session.new_context()
+        for name, tensor in inputs.items():
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        for name, tensor in outputs.items():
+            context.set_tensor_address(name, tensor.data_ptr())
+        stream = self.session.cuda_stream
+        capturable = getattr(context, "is_stream_capturable", None)
+        if capturable is not None and not capturable(stream.cuda_stream):
+            raise RuntimeError("TensorRT says this engine's runs cannot be stream-captured")
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed before the capture")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed while captured")
+        self.slots[slot] = (context, graph)
+
+    def replay(self, slot: int) -> None:
+        with torch.cuda.stream(self.session.cuda_stream):
+            self.slots[slot][1].replay()
+
+    def contexts(self) -> list:
+        """The execution contexts of the captured slots."""
+        return [context for context, _ in self.slots.values()]

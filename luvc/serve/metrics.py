@@ -58,6 +58,20 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+    def watch_cuda_graphs(self, counts) -> None:
+        """Report CUDA-graph replay at each scrape from ``counts()`` (``Sessions.replay_counts``: enabled, shapes
+        captured, runs replayed, graphs that fell back to plain runs)."""
+        enabled = Gauge("luvc_cuda_graphs_enabled", "1 when graphs are captured and replayed", registry=self.registry)
+        captured = Gauge("luvc_cuda_graphs_captured", "Graph shapes captured as CUDA graphs", registry=self.registry)
+        replays = Gauge(
+            "luvc_cuda_graph_replays", "Graph runs replayed from a captured CUDA graph", registry=self.registry
+        )
+        failed = Gauge(
+            "luvc_cuda_graphs_failed", "Graphs whose capture failed (they run plain)", registry=self.registry
+        )
+        for index, gauge in enumerate((enabled, captured, replays, failed)):
+            gauge.set_function(lambda index=index: counts()[index])
+
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)

@@ -25,7 +25,7 @@ from pathlib import Path
 from luvc.engines.manifest import EngineManifest
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
-from luvc.runtime import DEFAULT_FIT
+from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, DEFAULT_FIT
 from luvc.runtime.fit import check_policy
 from luvc.staging import OutputKind, output_claim, staged_folder
 
@@ -65,6 +65,7 @@ class RepositoryOptions:
     max_new_tokens: int = 64
     max_queue_delay_us: int = 2000
     fit: str = DEFAULT_FIT
+    cuda_graphs: str = DEFAULT_CUDA_GRAPHS
 
     def __post_init__(self) -> None:
         if not MODEL_NAME.fullmatch(self.model_name):
@@ -73,6 +74,8 @@ class RepositoryOptions:
                 "starting with a letter or digit, at most 128 characters (it becomes a folder and a URL part)."
             )
         check_policy(self.fit)
+        if self.cuda_graphs not in CUDA_GRAPH_CHOICES:
+            critical(f"--cuda-graphs {self.cuda_graphs!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
         if self.instances < 1:
             critical(f"--instances {self.instances}: run at least 1 model instance.")
         if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):
@@ -137,6 +140,7 @@ def model_config(options: RepositoryOptions, export_ref: Path, engines_ref: Path
         "backend": options.backend,
         "max_new_tokens": str(options.max_new_tokens),
         "fit": options.fit,
+        "cuda_graphs": options.cuda_graphs,
         # where luvc-export is installed for the Python that wrote this; the backend's Python adds them when it
         # cannot import luvc itself (edit them when the server runs another environment)
         "python_paths": ":".join(python_paths()),

@@ -42,6 +42,7 @@ class GenerationService:
         self.queue_timeout_s = queue_timeout_s  # a job that waited longer is answered 503 instead of run
         self.queue = JobQueue(max_queue, queue_bound)
         self.metrics = ServerMetrics()
+        self.metrics.watch_cuda_graphs(pipeline.sessions.replay_counts)
         self.user_text = UserTextGuard.for_pipeline(pipeline)  # what a client's text may hold
         self._prepare_lock = threading.Lock()  # tokenizers and image processors are not thread-safe
         self._worker: threading.Thread | None = None

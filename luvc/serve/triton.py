@@ -81,6 +81,7 @@ class TritonModel:
             version_dir / engines if engines else None,
             device=device,
             fit=parameters.get("fit") or None,
+            cuda_graphs=parameters.get("cuda_graphs") or None,
         ).load()
         defaults = GenerationOptions(int(parameters.get("max_new_tokens", "64")))
         max_batch = json.loads(args["model_config"])["max_batch_size"] or 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from luvc.cli.args.base import BaseArgs, int_in
-from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, FIT_HELP, FIT_POLICIES
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:
@@ -39,6 +39,13 @@ class RuntimeArgs(BaseArgs):
             "provider, else cpu); ONNX Runtime uses the CUDA EP of onnxruntime-gpu on cuda:N",
         )
         group.add_argument("--fit", choices=FIT_POLICIES, default=None, help=FIT_HELP)
+        group.add_argument(
+            "--cuda-graphs",
+            choices=CUDA_GRAPH_CHOICES,
+            default=DEFAULT_CUDA_GRAPHS,
+            help="capture each graph's shapes once as CUDA graphs and replay them (ONNX Runtime CUDA, TensorRT): auto "
+            "(default) on a CUDA device, on, or off; a graph whose capture fails runs plain, with one warning",
+        )
         group.add_argument(
             "--providers",
             default=None,
@@ -80,6 +87,7 @@ class RuntimeArgs(BaseArgs):
         self.providers = args.providers.split(",") if args.providers else None
         self.device = args.device
         self.fit = args.fit
+        self.cuda_graphs = args.cuda_graphs
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(
             args.temperature, args.top_k, args.top_p, args.seed, args.presence_penalty, args.frequency_penalty
@@ -105,4 +113,5 @@ class RuntimeArgs(BaseArgs):
             device=self.device,
             plugin_library=self.plugin_library,
             fit=self.fit,
+            cuda_graphs=self.cuda_graphs,
         )

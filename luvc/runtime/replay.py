@@ -1,0 +1,182 @@
+"""Replay of static-shape graphs as CUDA graphs: each (graph, input shapes) captured once, then replayed.
+
+LUVC's budgets are fixed per bucket, so every graph of a request has static shapes: vision per bucket, prefill per
+(bucket, batch, padded length), decode per (batch, attention window). At batch 1 a GPU is launch-bound (an H100 ran the
+LUVC prefill of a 2B model 0.72x as fast as the uncompressed one when launched node by node, 1.64x when replayed), so
+each shape is captured into a CUDA graph once and replayed after that.
+
+``Replayer`` is the backend-neutral bookkeeping, one per session: a shape key per call (every input's and output's
+name, shape and dtype, and the address of each tensor both read and written in place, as the KV caches are), and per
+key a ``Captured`` entry: persistent device buffers at fixed addresses for every other input and output. A call copies
+its feeds into those buffers, replays, and copies the outputs out; the KV caches are bound once, as they are. The
+backend (``GraphCapture``: ONNX Runtime's CUDA graphs, ``luvc.runtime.ort_session``; TensorRT's, by stream capture,
+``luvc.runtime.trt_session``) does the capture and the replay. A capture that fails (an unsupported op, out of memory,
+a driver refusal) is named in one warning, and the session runs plain from then on: never a crash, never another
+answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from luvc.errors import critical, warn
+from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+
+# captured graphs one session keeps at most: decode has one per (batch size, attention window), and a window grows by
+# 64 tokens (luvc.runtime.kv_cache.WINDOW_STEP); past this a new shape runs plain, with one warning
+MAX_CAPTURED = 256
+
+
+def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:
+    """Whether the sessions on ``device`` replay CUDA graphs: ``auto`` (the default) on a CUDA device, ``on`` (a CUDA
+    device is required), ``off``."""
+    choice = DEFAULT_CUDA_GRAPHS if choice is None else choice
+    if choice not in CUDA_GRAPH_CHOICES:
+        critical(f"--cuda-graphs {choice!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
+    if choice == "on" and device.type != "cuda":
+        critical(f"--cuda-graphs on replays CUDA graphs, which need a CUDA device; the pipeline runs on {device}.")
+    return choice != "off" and device.type == "cuda"
+
+
+class GraphCapture(Protocol):
+    """What a backend does for a ``Replayer``: capture slot ``slot`` with its inputs and outputs bound to these
+    tensors (the run that captures also leaves its results in ``outputs``), and replay it."""
+
+    def capture(self, slot: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None: ...
+
+    def replay(self, slot: int) -> None: ...
+
+
+ShapeKey = tuple
+
+
+def shape_key(feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> ShapeKey:
+    """What selects a captured graph: every tensor's name, shape and dtype, and the address of each one that is both
+    fed and written (an in-place update, bound as it is)."""
+    in_place = in_place_addresses(feeds, outputs)
+
+    def entries(tensors: dict[str, torch.Tensor]) -> tuple:
+        return tuple(
+            (name, tuple(tensor.shape), tensor.dtype, tensor.data_ptr() if tensor.data_ptr() in in_place else None)
+            for name, tensor in sorted(tensors.items())
+        )
+
+    return entries(feeds), entries(outputs)
+
+
+def in_place_addresses(feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> set[int]:
+    """Addresses both fed and written: the tensors a graph updates in place (a KV cache bound as past and present)."""
+    read = {tensor.data_ptr() for tensor in feeds.values() if tensor.numel()}
+    return read & {tensor.data_ptr() for tensor in outputs.values() if tensor.numel()}
+
+
+@dataclasses.dataclass
+class Captured:
+    """One captured graph: its slot, the tensors bound to it, and which of them are the replayer's own buffers (the
+    others are the caller's in-place tensors)."""
+
+    slot: int
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    own_inputs: frozenset[str]  # bound to buffers of the replayer's (the others: the caller's in-place tensors)
+    own_outputs: frozenset[str]
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Device bytes of the replayer's own buffers for this graph."""
+        owned = [self.inputs[name] for name in self.own_inputs] + [self.outputs[name] for name in self.own_outputs]
+        return sum(tensor.numel() * tensor.element_size() for tensor in owned)
+
+
+class Replayer:
+    """CUDA-graph replay of session ``name`` through ``backend``: ``run`` captures each new shape key once and replays
+    it after; ``failure`` (after a failed capture or replay, or when the backend could not enable capture) makes every
+    later call run ``plain``."""
+
+    def __init__(self, name: str, backend: GraphCapture, failure: str | None = None) -> None:
+        self.name = name
+        self.backend = backend
+        self.captured: dict[ShapeKey, Captured] = {}
+        self.failure = failure
+        self.replays = 0
+        self._warned_full = False
+        if failure is not None:
+            self._warn(failure)
+
+    @property
+    def active(self) -> bool:
+        """Whether calls still replay (no capture has failed)."""
+        return self.failure is None
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Device bytes of the persistent buffers of every captured graph."""
+        return sum(entry.buffer_bytes for entry in self.captured.values())
+
+    def run(
+        self,
+        feeds: dict[str, torch.Tensor],
+        outputs: dict[str, torch.Tensor],
+        plain: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None],
+    ) -> None:
+        """Write the graph's outputs for ``feeds`` into ``outputs``: by replaying this shape's captured graph
+        (captured now if new), or by ``plain`` (the session's ordinary run) after a failure or past ``MAX_CAPTURED``."""
+        if self.failure is not None:
+            plain(feeds, outputs)
+            return
+        key = shape_key(feeds, outputs)
+        entry = self.captured.get(key)
+        if entry is None and len(self.captured) >= MAX_CAPTURED:
+            if not self._warned_full:
+                self._warned_full = True
+                warn(f"{self.name}: {MAX_CAPTURED} shapes captured; new shapes run without CUDA graphs.")
+            plain(feeds, outputs)
+            return
+        try:
+            if entry is None:
+                entry = self._capture(key, feeds, outputs)
+            else:
+                _copy_in(entry, feeds)
+                self.backend.replay(entry.slot)
+            self.replays += 1
+        except Exception as error:  # any refusal by the backend or the driver: the graph runs plain from now on
+            self.failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
+            self._warn(self.failure)
+            plain(feeds, outputs)
+            return
+        for name in entry.own_outputs:
+            outputs[name].copy_(entry.outputs[name])
+
+    def _capture(self, key: ShapeKey, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> Captured:
+        """Bind persistent buffers (the caller's tensors where updated in place), fill them and capture."""
+        in_place = in_place_addresses(feeds, outputs)
+
+        def bound(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
+            own = frozenset(name for name, tensor in tensors.items() if tensor.data_ptr() not in in_place)
+            return {name: torch.empty_like(t) if name in own else t for name, t in tensors.items()}, own
+
+        (inputs, own_inputs), (results, own_outputs) = bound(feeds), bound(outputs)
+        entry = Captured(len(self.captured) + 1, inputs, results, own_inputs, own_outputs)  # slot 0: ONNX Runtime's
+        _copy_in(entry, feeds)
+        self.backend.capture(entry.slot, inputs, results)
+        self.captured[key] = entry
+        return entry
+
+    def describe(self) -> str:
+        """One line: what was captured, or why nothing is."""
+        if self.failure is not None:
+            return f"{self.name}: not replayed ({self.failure})"
+        return f"{self.name}: {len(self.captured)} captured, {self.replays} runs replayed"
+
+    def _warn(self, reason: str) -> None:
+        warn(f"{self.name}: CUDA graph capture failed ({reason}); this graph runs without replay from now on.")
+
+
+def _copy_in(entry: Captured, feeds: dict[str, torch.Tensor]) -> None:
+    """Copy ``feeds`` into the entry's own input buffers (device to device, on the current stream)."""
+    for name in entry.own_inputs:
+        entry.inputs[name].copy_(feeds[name])

@@ -1,0 +1,230 @@
+"""CUDA-graph replay bookkeeping (``luvc.runtime.replay``), through the session seam on the CPU: the CUDA EP cannot load
+here, so ONNX Runtime's CPU EP runs the same captures (each slot an IO binding of its own, bound once to the
+replayer's buffers) and ``run`` the same requests; what only a GPU shows is in ``tests/runtime/test_replay_gpu.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from luvc.errors import LuvcError
+from luvc.images import synthetic_image
+from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, with_cuda_graphs
+from luvc.runtime.pipeline import Pipeline
+from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
+from luvc.runtime.sessions import REPLAY_LENGTH_STEP
+
+PROMPT = "What is in this picture?"
+
+
+def scale_and_update(tmp_path) -> OrtSession:
+    """A graph with a dynamic batch: ``y = 2 x`` and a cache updated in place at a write index (the decode graph's
+    pattern, ``TensorScatter``-like: ``ScatterElements`` into the cache, read back as an output)."""
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["y"]),
+        helper.make_node("ScatterElements", ["cache", "index", "x"], ["cache_out"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("cache", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1]),
+            helper.make_tensor_value_info("cache_out", TensorProto.FLOAT, ["batch", 8]),
+        ],
+        [onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    from luvc.export.manifest_entries import TensorEntry
+
+    inputs = [
+        TensorEntry("x", "float", ("batch", 1)),
+        TensorEntry("cache", "float", ("batch", 8)),
+        TensorEntry("index", "int64", ("batch", 1)),
+    ]
+    outputs = [TensorEntry("y", "float", ("batch", 1)), TensorEntry("cache_out", "float", ("batch", 8))]
+    return OrtSession(path, inputs, outputs, cuda_graphs=True).activate()
+
+
+def step(session: OrtSession, cache: torch.Tensor, values: list[float], position: int) -> torch.Tensor:
+    x = torch.tensor(values).reshape(-1, 1)
+    index = torch.full((len(values), 1), position, dtype=torch.int64)
+    rows = cache[: len(values)]
+    return session.infer({"x": x, "cache": rows, "index": index}, targets={"cache_out": rows})["y"]
+
+
+def test_each_shape_is_captured_once_and_its_buffers_serve_every_later_step(tmp_path):
+    session = scale_and_update(tmp_path)
+    assert isinstance(session.replayer.backend, OrtGraphCapture) and session.replayer.active
+    cache = torch.zeros(4, 8)
+    for position in range(3):  # three steps of batch 2: one capture, then replays with new values
+        y = step(session, cache, [1.0 + position, -1.0 - position], position)
+        np.testing.assert_array_equal(y.numpy(), [[2.0 + 2 * position], [-2.0 - 2 * position]])
+    assert len(session.replayer.captured) == 1 and session.replayer.replays == 3
+    # the cache was written in place, step by step, at the caller's address (bound as it is, never copied)
+    np.testing.assert_array_equal(cache[:2, :3].numpy(), [[1, 2, 3], [-1, -2, -3]])
+    (entry,) = session.replayer.captured.values()
+    assert entry.inputs["cache"].data_ptr() == cache.data_ptr()
+    assert {"x", "index"} == entry.own_inputs and {"y"} == entry.own_outputs
+    own_x = entry.inputs["x"].data_ptr()
+
+    y = step(session, cache, [5.0, 6.0, 7.0], 3)  # a new batch size: a capture of its own
+    np.testing.assert_array_equal(y.numpy().ravel(), [10.0, 12.0, 14.0])
+    assert len(session.replayer.captured) == 2
+    step(session, cache, [8.0, 9.0], 4)  # batch 2 again: its first capture, its first buffers
+    assert len(session.replayer.captured) == 2 and session.replayer.captured[next(iter(session.replayer.captured))]
+    assert entry.inputs["x"].data_ptr() == own_x
+    np.testing.assert_array_equal(cache[:2, 3:5].numpy(), [[5, 8], [6, 9]])
+    # each slot selects its graph by id, and a plain run asks for none
+    assert [slot for slot in session.replayer.backend.slots] == [1, 2]
+
+
+def test_shape_keys_tell_shapes_dtypes_and_in_place_addresses_apart():
+    cache = torch.zeros(2, 8)
+    other_cache = torch.zeros(2, 8)
+    x = torch.zeros(2, 1)
+    key = shape_key({"x": x, "cache": cache}, {"cache_out": cache})
+    assert key == shape_key({"x": torch.ones(2, 1), "cache": cache}, {"cache_out": cache})  # values do not count
+    assert key != shape_key({"x": torch.zeros(3, 1), "cache": cache}, {"cache_out": cache})
+    assert key != shape_key({"x": x.double(), "cache": cache}, {"cache_out": cache})
+    assert key != shape_key({"x": x, "cache": other_cache}, {"cache_out": other_cache})  # another in-place buffer
+    # an input read but not written in place is copied: its address does not select a graph
+    assert shape_key({"x": x, "cache": cache}, {"cache_out": torch.zeros(2, 8)}) == shape_key(
+        {"x": torch.zeros(2, 1), "cache": other_cache}, {"cache_out": torch.zeros(2, 8)}
+    )
+
+
+class RefusingCapture:
+    """A backend whose capture fails as a driver refuses one (out of memory), after a replay that worked."""
+
+    def __init__(self, fail_on: int) -> None:
+        self.fail_on, self.captures = fail_on, 0
+
+    def capture(self, slot, inputs, outputs) -> None:
+        self.captures += 1
+        if self.captures == self.fail_on:
+            raise RuntimeError("CUDA error: out of memory\nsecond line of the driver's message")
+        outputs["y"].copy_(inputs["x"] * 2)
+        self.bound = (inputs, outputs)
+
+    def replay(self, slot) -> None:
+        inputs, outputs = self.bound
+        outputs["y"].copy_(inputs["x"] * 2)
+
+
+def test_a_failed_capture_warns_once_and_the_graph_runs_plain_from_then_on(capsys):
+    plain_runs = []
+
+    def plain(feeds, outputs):
+        plain_runs.append(feeds["x"].shape)
+        outputs["y"].copy_(feeds["x"] * 2)
+
+    replayer = Replayer("ort:decode", RefusingCapture(fail_on=2))
+    for rows in (1, 1, 2, 2, 1):
+        x = torch.arange(rows, dtype=torch.float32) + 1
+        outputs = {"y": torch.empty(rows)}
+        replayer.run({"x": x}, outputs, plain)
+        np.testing.assert_array_equal(outputs["y"].numpy(), (x * 2).numpy())  # never another answer
+    assert not replayer.active and plain_runs == [(2,), (2,), (1,)]  # the failed shape, and everything after
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: ort:decode: CUDA graph capture failed (RuntimeError: CUDA error: out of memory); this graph runs "
+        "without replay from now on."
+    ]
+    assert replayer.describe() == "ort:decode: not replayed (RuntimeError: CUDA error: out of memory)"
+
+
+def test_past_the_capture_limit_new_shapes_run_plain(monkeypatch, capsys):
+    monkeypatch.setattr("luvc.runtime.replay.MAX_CAPTURED", 2)
+    replayer = Replayer("ort:decode", RefusingCapture(fail_on=0))
+    ran = []
+    for rows in (1, 2, 3, 1, 3):
+        replayer.run({"x": torch.ones(rows)}, {"y": torch.empty(rows)}, lambda feeds, out: ran.append(len(out["y"])))
+    assert ran == [3, 3] and len(replayer.captured) == 2 and replayer.active
+    assert capsys.readouterr().err.count("shapes captured; new shapes run without CUDA graphs") == 1
+    assert MAX_CAPTURED >= 64  # decode alone: a graph per batch size and attention window
+
+
+def test_a_session_onnx_runtime_refuses_falls_back_with_one_warning(tmp_path, capsys, monkeypatch):
+    """enable_cuda_graph refused at session creation (as for a graph with nodes on the CPU): the session opens plain."""
+    real = OrtSession._inference_session
+
+    def refuse_cuda_graphs(self, ort, model, options, providers):
+        if providers != self.requested_providers:
+            raise RuntimeError("This session cannot use the graph capture feature as requested by the user")
+        return real(self, ort, model, options, providers)
+
+    monkeypatch.setattr(OrtSession, "_inference_session", refuse_cuda_graphs)
+    monkeypatch.setattr("luvc.runtime.ort_session.with_cuda_graphs", lambda providers: [*providers, "marker"])
+    session = scale_and_update(tmp_path)
+    assert not session.replayer.active
+    assert "refused enable_cuda_graph: This session cannot use the graph capture" in capsys.readouterr().err
+    cache = torch.zeros(2, 8)
+    np.testing.assert_array_equal(step(session, cache, [1.0, 2.0], 0).numpy().ravel(), [2.0, 4.0])
+
+
+def test_the_cuda_ep_gets_enable_cuda_graph_and_plain_runs_name_no_graph(tmp_path):
+    providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert with_cuda_graphs(providers) == [
+        ("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"}),
+        "CPUExecutionProvider",
+    ]
+    assert with_cuda_graphs(["CUDAExecutionProvider"]) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
+    assert with_cuda_graphs(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    session = scale_and_update(tmp_path)
+    assert session.run_options.get_run_config_entry(GRAPH_ID) == "-1"
+    step(session, torch.zeros(2, 8), [1.0, 2.0], 0)
+    (slot,) = session.replayer.backend.slots
+    assert session.replayer.backend.slots[slot][1].get_run_config_entry(GRAPH_ID) == str(slot) == "1"
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "replays"),
+    [(None, "cuda", True), ("auto", "cpu", False), ("on", "cuda", True), ("off", "cuda", False)],
+)
+def test_the_option_resolves_per_device(choice, device, replays):
+    assert resolve_cuda_graphs(choice, torch.device(device)) is replays
+
+
+def test_the_option_refuses_on_without_a_gpu_and_unknown_values():
+    with pytest.raises(LuvcError, match="need a CUDA device; the pipeline runs on cpu"):
+        resolve_cuda_graphs("on", torch.device("cpu"))
+    with pytest.raises(LuvcError, match=r"--cuda-graphs 'yes' is not one of \['auto', 'on', 'off'\]"):
+        resolve_cuda_graphs("yes", torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(exports, family):
+    """Every graph of a request through the replayer (vision, the prefill padded to a captured length, decode with
+    the KV cache updated in place across captured windows), on ONNX Runtime's CPU EP: the tokens of a plain run, and
+    its logits to float32 rounding."""
+    folder = exports(family)
+    image = synthetic_image(224, 224, 4)
+    plain = Pipeline(folder)
+    tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), 12)
+
+    replayed = Pipeline(folder)
+    replayed.sessions.cuda_graphs, replayed.sessions.prefill_step = True, REPLAY_LENGTH_STEP  # as on a GPU
+    prepared = replayed.prepare([image], [PROMPT])
+    for _ in range(2):  # the second request replays every graph the first captured
+        replayed_tokens, replayed_logits, request = replayed.greedy(prepared, 12)
+        np.testing.assert_array_equal(replayed_tokens, tokens)
+        np.testing.assert_allclose(replayed_logits, logits, rtol=1e-5, atol=1e-5)
+    # the prompt was padded to a captured length (the decode steps overwrite the padding, and no step reads it)
+    assert request.prefill_feeds["inputs_embeds"].shape[1] % REPLAY_LENGTH_STEP == 0
+    assert prepared.prompts.input_ids.shape[1] % REPLAY_LENGTH_STEP
+    enabled, captured, replays, failed = replayed.sessions.replay_counts()
+    # vision, prefill, decode (one attention window: 12 tokens stay within 64) and embed at two shapes (the prompt,
+    # then one token per step)
+    assert (enabled, failed) == (1, 0) and captured == 5
+    assert replays == 2 * (1 + 1 + 1 + 11 + 11)  # per request: vision, prefill embed, prefill, 11 embeds, 11 decodes
+    assert replayed.sessions.replay_summary() == "5 shapes of 4 graphs captured, 50 runs replayed"
