@@ -47,6 +47,7 @@ class Eval:
                 fit=options.fit,
                 sweep=options.sweep,
                 protocol=options.protocol,
+                cuda_graphs=options.cuda_graphs,
             )()
             out = write_report(results, options.out, options.overwrite)
         console = Console(soft_wrap=True, markup=False)  # a sweep variant's label holds brackets

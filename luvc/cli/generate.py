@@ -14,6 +14,7 @@ from luvc.cli.args.model import ModelArgs
 from luvc.cli.args.request import RequestArgs
 from luvc.compress.config import LUVCConfig
 from luvc.compress.methods import method_of
+from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
 if TYPE_CHECKING:
     from luvc.compress.cost import CostReport
@@ -31,14 +32,24 @@ class Generate:
         group = parser.add_argument_group("Generation")
         group.add_argument("--prompt", required=True, help="the user prompt")
         group.add_argument("--max-new-tokens", type=int_in(1), default=16, help="tokens to generate (default 16)")
+        group.add_argument(
+            "--cuda-graphs",
+            choices=CUDA_GRAPH_CHOICES,
+            default=DEFAULT_CUDA_GRAPHS,
+            help="compile the LLM prefill (torch.compile, one graph) and replay it as a CUDA graph: auto (default: "
+            "off for one request, which the compile would not pay back), on (a CUDA device), off",
+        )
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
+        from luvc.models.compiled import compiles
         from luvc.models.generation import greedy_generate
 
         console = Console()
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()
         adapter.apply_luvc(groups[LuvcArgs].config)
+        if compiles(args.cuda_graphs, next(adapter.model.parameters()).device, many_requests=False):
+            adapter.compile_llm(cuda_graphs=True)
         inputs = adapter.prepare_inputs([groups[RequestArgs].load()], args.prompt)
         with console.status("Generating"):
             tokens = greedy_generate(

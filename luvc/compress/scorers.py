@@ -9,13 +9,13 @@ marked ``tokens_only``) and the span's index, and returns one float32 score per 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from luvc.compress.config import LUVCConfig
+from luvc.compress.constants import constant_maker, constant_tensor
 from luvc.compress.criteria import CRITERIA
 from luvc.compress.spu import get_scorer, grid_residual_scores
 
@@ -37,7 +37,7 @@ class SpanLayout:
         return cls(tuple(sum(counts[:k]) for k in range(len(counts))), grids)
 
 
-@functools.lru_cache(maxsize=64)
+@constant_maker
 def _random_table(seed: int, count: int) -> np.ndarray:
     table = np.random.default_rng(seed).random(count).astype(np.float32)
     table.flags.writeable = False
@@ -48,7 +48,7 @@ def random_scores(visual_ids: torch.Tensor, seed: int, num_visual_tokens: int) -
     """``(B, n)`` float32: one seeded random score per original visual token (of ``num_visual_tokens``), looked up by
     ``visual_ids``. The order is fixed per request, so every cut keeps a random subset of what the last one kept; it
     is a constant of the traced graph."""
-    table = torch.tensor(_random_table(seed, num_visual_tokens), device=visual_ids.device)
+    table = constant_tensor("_random_table", seed, num_visual_tokens, device=visual_ids.device)
     return table[visual_ids]
 
 

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from luvc.compress.constants import constant_maker, constant_tensor
+
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
-@functools.lru_cache(maxsize=256)
+@constant_maker
 def _dct_rows(n: int, num_frequencies: int) -> np.ndarray:
     k = np.arange(num_frequencies, dtype=np.float64)[:, None]
     i = np.arange(n, dtype=np.float64)[None, :]
@@ -61,9 +63,9 @@ def lowpass_basis(n: int, rho: float) -> torch.Tensor:
     return torch.tensor(_lowpass_rows(n, rho))
 
 
-@functools.lru_cache(maxsize=256)
+@constant_maker
 def _residual_projection(n: int, rho: float) -> np.ndarray:
-    basis = _lowpass_rows(n, rho).astype(np.float64)  # NumPy: this cache may first fill while torch.export traces
+    basis = _lowpass_rows(n, rho).astype(np.float64)
     projection = (np.eye(n) - basis.T @ basis).astype(np.float32)
     projection.flags.writeable = False
     return projection
@@ -74,17 +76,10 @@ def residual_projection(n: int, rho: float) -> torch.Tensor:
     return torch.tensor(_residual_projection(n, rho))
 
 
-@functools.lru_cache(maxsize=32)
-def _device_projection(n: int, rho: float, device: torch.device) -> torch.Tensor:
-    return residual_projection(n, rho).to(device)
-
-
 def residual_projection_on(n: int, rho: float, device: torch.device) -> torch.Tensor:
-    """``residual_projection`` on ``device``, copied there once per size in eager PyTorch (a copy from host memory
-    before every cut would be a launch and a wait on a GPU); made afresh while tracing (see ``dct_basis``)."""
-    if torch.compiler.is_compiling():
-        return residual_projection(n, rho).to(device)
-    return _device_projection(n, rho, torch.device(device))
+    """``residual_projection`` on ``device``, as ``luvc.compress.constants`` makes constants (kept per device in eager
+    PyTorch, a graph constant under ``torch.compile``, made afresh while exporting)."""
+    return constant_tensor("_residual_projection", n, rho, device=device)
 
 
 def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
@@ -105,7 +100,7 @@ def spectral_residual_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     return residual.square().sum(dim=-1)
 
 
-@functools.lru_cache(maxsize=64)
+@constant_maker
 def _axis_lowpass(n: int, rho: float) -> np.ndarray:
     """``(n, n)`` low-pass of one grid axis: ``C_m^T C_m`` with ``m = ceil(sqrt(rho) * n)``, so a 2-D grid keeps
     about ``rho`` of its frequencies."""
@@ -122,8 +117,8 @@ def grid_residual_scores(tokens: torch.Tensor, local_ids: torch.Tensor, grid: tu
     projection restricted to the tokens present, ``P[ids][:, ids]``, built from two small constant tables."""
     blocks, rows, cols = grid
     values = tokens.float()
-    row_pass = torch.tensor(_axis_lowpass(rows, rho), device=values.device)
-    col_pass = torch.tensor(_axis_lowpass(cols, rho), device=values.device)
+    row_pass = constant_tensor("_axis_lowpass", rows, rho, device=values.device)
+    col_pass = constant_tensor("_axis_lowpass", cols, rho, device=values.device)
     block, row, col = local_ids // (rows * cols), (local_ids // cols) % rows, local_ids % cols
     same_block = block[:, :, None] == block[:, None, :]
     projection = row_pass[row[:, :, None], row[:, None, :]] * col_pass[col[:, :, None], col[:, None, :]]
@@ -131,15 +126,25 @@ def grid_residual_scores(tokens: torch.Tensor, local_ids: torch.Tensor, grid: tu
     return (values - torch.bmm(projection, values)).square().sum(dim=-1)
 
 
-@functools.lru_cache(maxsize=64)
-def _real_dft_matrices(dim: int, num_frequencies: int) -> tuple[np.ndarray, np.ndarray]:
+@constant_maker
+def _real_dft_cosines(dim: int, num_frequencies: int) -> np.ndarray:
     angle = 2.0 * np.pi * np.arange(dim, dtype=np.float64)[:, None] * np.arange(num_frequencies)[None, :] / dim
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    return np.cos(angle).astype(np.float32)
 
 
-def real_dft_basis(dim: int, num_frequencies: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine and sine matrices ``(dim, num_frequencies)`` of the real DFT over ``dim`` samples."""
-    return tuple(torch.tensor(matrix) for matrix in _real_dft_matrices(dim, num_frequencies))
+@constant_maker
+def _real_dft_sines(dim: int, num_frequencies: int) -> np.ndarray:
+    angle = 2.0 * np.pi * np.arange(dim, dtype=np.float64)[:, None] * np.arange(num_frequencies)[None, :] / dim
+    return np.sin(angle).astype(np.float32)
+
+
+def real_dft_basis(
+    dim: int, num_frequencies: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine matrices ``(dim, num_frequencies)`` of the real DFT over ``dim`` samples, on ``device``."""
+    return tuple(
+        constant_tensor(name, dim, num_frequencies, device=device) for name in ("_real_dft_cosines", "_real_dft_sines")
+    )
 
 
 def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
@@ -147,7 +152,7 @@ def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:
     frequencies (an rFFT over the hidden dimension written as two matrix products)."""
     values = tokens.float()
     num_frequencies = values.shape[-1] // 2 + 1
-    cosine, sine = (m.to(values.device) for m in real_dft_basis(values.shape[-1], num_frequencies))
+    cosine, sine = real_dft_basis(values.shape[-1], num_frequencies, values.device)
     energy = (values @ cosine).square() + (values @ sine).square()
     low = low_frequency_count("channel-spectrum", rho, values.shape[-2], values.shape[-1])
     return energy[..., :low].sum(dim=-1) / energy.sum(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)

@@ -27,6 +27,7 @@ from luvc.eval.sweep import SweepVariant, sweep_variants
 from luvc.export.manifest import ExportManifest
 from luvc.loaders import BaseLoader, as_path
 from luvc.models import VLMAdapter, load_model
+from luvc.models.compiled import compiles
 from luvc.models.generation import greedy_generate
 from luvc.processing import load_processor
 from luvc.progress import progress_steps
@@ -90,7 +91,9 @@ class EvalFromModel(BaseLoader[EvalResults]):
     uncompressed model and the export's own config (the model defaults to the export's checkpoint; images and clips
     are fitted to its buckets). ``sweep``: axes of the reconstruction sweep (``luvc.eval.sweep``), whose variants run
     at every point beside ``methods`` (default then: none only); ``protocol``: a published benchmark's layout
-    (``PROTOCOLS``: its keep ratios as the points, its baseline among the methods)."""
+    (``PROTOCOLS``: its keep ratios as the points, its baseline among the methods); ``cuda_graphs`` (``auto``, ``on``,
+    ``off``): the export's graphs replayed as CUDA graphs, and the PyTorch LLM prefill compiled with them (``auto``:
+    on a CUDA device)."""
 
     data: EvalSet
     model: str | VLMAdapter | None = None
@@ -105,6 +108,7 @@ class EvalFromModel(BaseLoader[EvalResults]):
     fit: str | None = None
     sweep: Sequence[str] | None = None
     protocol: str | None = None
+    cuda_graphs: str | None = None
 
     def __post_init__(self) -> None:
         self.export_dir, self.engines_dir = as_path(self.export_dir), as_path(self.engines_dir)
@@ -115,6 +119,8 @@ class EvalFromModel(BaseLoader[EvalResults]):
         if max_new_tokens < 1:
             critical(f"--max-new-tokens {max_new_tokens}: generate at least 1 token.")
         adapter, specs, manifest = self._model_and_specs(max_new_tokens)
+        if compiles(self.cuda_graphs, next(adapter.model.parameters()).device, many_requests=True):
+            adapter.compile_llm(cuda_graphs=True)  # every question's prefill; one compile per config and batch
         fit = _unchanged if manifest is None else self._fitter(manifest)
         base = (self.base or LUVCConfig()).resolve(adapter.vision_depth, adapter.num_layers)
         stages = 2 + (manifest is not None)  # planning, PyTorch, the export
@@ -202,7 +208,9 @@ class EvalFromModel(BaseLoader[EvalResults]):
         from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
         backend = self.backend or "ort"
-        pipeline = Pipeline(self.export_dir, backend=backend, engines_dir=self.engines_dir, fit="exact")  # fitted
+        pipeline = Pipeline(
+            self.export_dir, backend=backend, engines_dir=self.engines_dir, fit="exact", cuda_graphs=self.cuda_graphs
+        )  # the questions are fitted already
         run = Run(counterpart.method, counterpart.point, backend, dict(counterpart.config))
         questions = self.data.questions
         pipeline.generate(fit(questions[0].load_visual()), questions[0].prompt, GenerationOptions(1))  # warm-up

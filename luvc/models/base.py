@@ -164,6 +164,13 @@ class VLMAdapter:
     def _patch(self, config: LUVCConfig) -> None:
         raise NotImplementedError
 
+    def compile_llm(self, cuda_graphs: bool | None = None) -> None:
+        """Compile the LUVC LLM's prefill (``luvc.models.compiled.compile_llm``): one graph, no break, replayed as a
+        CUDA graph on a GPU (``cuda_graphs``, default: on a CUDA device); ``apply_luvc`` first."""
+        from luvc.models.compiled import compile_llm
+
+        compile_llm(self.language_model, cuda_graphs)
+
     def plan(self, inputs: dict, config: LUVCConfig | None = None) -> RequestPlan:
         """The LUVC plan of the images in ``inputs`` (processor output) under ``config`` (default: the applied one),
         worked out once per image grid and config and shared (``luvc.models.plan``)."""

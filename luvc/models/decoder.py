@@ -495,6 +495,8 @@ class SpuDecoderMixin:
         """Family hook: positions of ``length`` new tokens after ``start`` when the caller gave none."""
         return (torch.arange(length, device=device) + start).expand(batch, length)
 
+    luvc_compiled = None  # the decoder loop compiled for prefills (``luvc.models.compiled``); None: eager
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -503,6 +505,29 @@ class SpuDecoderMixin:
         past_key_values: LuvcCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        **kwargs,
+    ) -> LuvcDecoderOutput:
+        """Check what the host can check (``_check_layout`` reads the mask), then run the decoder loop
+        (``luvc_layers``): compiled for a prefill when ``luvc_compiled`` is set, eager otherwise."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        past_key_values = take_cache(past_key_values, kwargs)
+        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = LuvcCache()
+        _check_layout(attention_mask, past_key_values, hidden.shape[1])
+        compiled = self.luvc_compiled
+        if compiled is not None and hidden.shape[1] > 1 and not torch.compiler.is_compiling():
+            return compiled(hidden, position_ids, past_key_values, use_cache, **kwargs)
+        return self.luvc_layers(hidden, position_ids, past_key_values, use_cache, **kwargs)
+
+    def luvc_layers(
+        self,
+        hidden: torch.Tensor,
+        position_ids: torch.LongTensor | None,
+        past_key_values: LuvcCache | None,
+        use_cache: bool,
         visual_spans: Sequence[Span] = (),
         budget_plan: BudgetPlan | None = None,
         deepstack: Sequence[torch.Tensor] = (),
@@ -511,15 +536,9 @@ class SpuDecoderMixin:
         visual_shift: torch.Tensor | None = None,
         **kwargs,
     ) -> LuvcDecoderOutput:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        past_key_values = take_cache(past_key_values, kwargs)
-        hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        """The decoder loop from the input embeddings ``hidden``: no value is read back to the host (the plan, spans
+        and budgets are Python values fixed before it), so it compiles whole (``torch.compile(fullgraph=True)``)."""
         batch, length = hidden.shape[:2]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = LuvcCache()
-        _check_layout(attention_mask, past_key_values, length)
         start = getattr(past_key_values, "num_positions", 0) if past_key_values is not None else 0
         if position_ids is None:
             position_ids = self.luvc_default_positions(batch, length, start, hidden.device)

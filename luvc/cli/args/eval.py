@@ -14,7 +14,7 @@ from luvc.compress.methods import METHODS
 from luvc.errors import critical
 from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
 from luvc.eval.sweep import SWEEP_AXES, parse_sweep
-from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, FIT_HELP, FIT_POLICIES
 
 
 class EvalArgs(BaseArgs):
@@ -78,6 +78,13 @@ class EvalArgs(BaseArgs):
         group.add_argument("--engines", default=None, help="engine folder built from the export (--backend trt)")
         group.add_argument("--fit", choices=FIT_POLICIES, default=None, help="with --export: " + FIT_HELP)
         group.add_argument(
+            "--cuda-graphs",
+            choices=CUDA_GRAPH_CHOICES,
+            default=DEFAULT_CUDA_GRAPHS,
+            help="on a CUDA device, replay the export's graphs and the compiled PyTorch LLM prefill as CUDA graphs: "
+            "auto (default: on for a CUDA device), on, off",
+        )
+        group.add_argument(
             "--max-new-tokens",
             type=int,
             default=None,
@@ -121,6 +128,7 @@ class EvalArgs(BaseArgs):
         if args.fit is not None and self.export is None:
             critical("--fit maps questions onto an export's buckets; pass --export EXPORT_DIR too (or drop --fit).")
         self.fit = args.fit
+        self.cuda_graphs = args.cuda_graphs
         self.methods = _methods(args.methods)
         self.points = _points(args.ratios, args.budgets)
         self.protocol = args.protocol

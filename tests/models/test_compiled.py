@@ -1,0 +1,99 @@
+"""The LUVC LLM's prefill compiled (``luvc.models.compiled``): the decoder loop traces whole, without a graph break, for
+every family, and the compiled model generates what the eager one does (on the CPU; with CUDA graphs on a GPU:
+``tests/runtime/test_replay_gpu.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from luvc.errors import LuvcError
+from luvc.images import synthetic_image
+from luvc.models import TINY_MODELS, load_model
+from luvc.models.cache import LuvcCache
+from luvc.models.compiled import compile_llm, compiles, uncompile_llm
+from luvc.models.generation import greedy_generate
+from luvc.parity.text import judge_text
+from luvc.parity.tolerances import TOLERANCES
+
+PROMPT = "Describe the image."
+
+
+def llm_call(adapter, prompt: str = PROMPT) -> tuple[tuple, dict]:
+    """The arguments the multimodal forward gives the LUVC text model for a prefill of ``prompt`` and one image."""
+    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 3)], prompt)
+    captured: dict = {}
+    hook = adapter.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs, args=args), with_kwargs=True
+    )
+    with torch.no_grad():
+        adapter.model.model(**inputs)
+    hook.remove()
+    return captured.pop("args"), captured
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_the_decoder_loop_traces_whole_for_every_family(family):
+    """What ``compile_llm`` compiles (``luvc_layers``, after the forward's host checks) at a bucket's shapes: no graph
+    break (38 breaks counted in the whole tiny Qwen2-VL forward before; every one a value read back to the host)."""
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    args, kwargs = llm_call(adapter)
+    text_model = adapter.language_model
+    loop_kwargs = {key: value for key, value in kwargs.items() if key not in ("attention_mask", "past_key_values")}
+    loop_kwargs["use_cache"] = True
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(text_model.luvc_layers)(
+            loop_kwargs.pop("inputs_embeds"), loop_kwargs.pop("position_ids"), LuvcCache(), **loop_kwargs
+        )
+    assert explanation.graph_break_count == 0, [reason.reason[:200] for reason in explanation.break_reasons]
+    assert explanation.graph_count == 1 and explanation.op_count > 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_the_compiled_prefill_generates_what_eager_does(family):
+    """Greedy, 16 tokens, on the CPU (inductor): the same tokens, or a first difference at a near tie as parity's
+    judge decides, and the first step's logits within fp32's bound. Two prompt lengths: the second compiles the
+    sequence length as dynamic, still in one graph."""
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    tolerance = TOLERANCES["fp32"].tensor_relative
+    for prompt in (PROMPT, "Describe the image, then say what the colours are."):
+        inputs = adapter.prepare_inputs([synthetic_image(224, 224, 3)], prompt)
+        uncompile_llm(adapter.language_model)
+        eager_tokens, eager_logits = greedy_generate(adapter.model, inputs, 16, return_logits=True)
+        compile_llm(adapter.language_model, cuda_graphs=False)
+        tokens, logits = greedy_generate(adapter.model, inputs, 16, return_logits=True)
+        judged = judge_text([(tokens.numpy(), eager_tokens.numpy(), eager_logits.numpy())], tolerance)
+        assert judged.non_ties == 0 and judged.judged_exact == 1.0, judged
+        first, eager_first = logits[:, 0].numpy(), eager_logits[:, 0].numpy()
+        assert np.abs(first - eager_first).max() <= tolerance * np.abs(eager_first).max()
+        assert adapter.language_model.luvc_compiled.calls == 1  # the prefill; the 15 one-token steps run eager
+
+
+def test_compile_llm_needs_a_patched_text_model():
+    adapter = load_model("tiny-qwen2-vl")
+    with pytest.raises(LuvcError, match="call apply_luvc"):
+        compile_llm(adapter.model)
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "many", "compiled"),
+    [
+        ("auto", "cuda", True, True),  # eval: many requests pay the compile back
+        ("auto", "cuda", False, False),  # a one-shot generate does not
+        (None, "cpu", True, False),
+        ("on", "cuda", False, True),
+        ("off", "cuda", True, False),
+    ],
+)
+def test_the_option_compiles_where_it_pays(choice, device, many, compiled):
+    assert compiles(choice, device, many) is compiled
+
+
+def test_the_option_refuses_on_for_the_cpu():
+    with pytest.raises(LuvcError, match="need a CUDA device; the model runs on cpu"):
+        compiles("on", "cpu", True)
