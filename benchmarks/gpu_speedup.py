@@ -1,21 +1,28 @@
 """LUVC against the uncompressed model on a GPU: vision, LLM prefill, time to first token and decode speed, in
-PyTorch, ONNX Runtime (CUDA EP) and TensorRT, beside the cost model.
+PyTorch (eager, and the LLM prefill compiled with CUDA graphs), ONNX Runtime (CUDA EP, plain and replayed as CUDA
+graphs) and TensorRT, beside the cost model.
 
 Model: a random-weight checkpoint with Qwen2-VL-2B's widths (``luvc.models.tiny.save_random_qwen2_vl``) and
 ``--layers`` decoder layers (28, the real depth) and ``--vision-blocks`` encoder blocks (32), fp16, one
 ``--image-size`` square bucket (448) and a prompt of 64 text tokens; ``--new-tokens`` tokens per request (32). For each
-of LUVC (the defaults) and ``--no-luvc``: PyTorch runs the patched model on the GPU; the export (``--precision fp16``)
-runs in ONNX Runtime when ``onnxruntime-gpu`` is installed and, when a TensorRT module is, as engines built for this
-GPU (``--target`` picked from its compute capability). Each figure is the median of ``--repeats`` requests after one
-warm-up. A backend that is missing is named and skipped. Last line: ``gpu_ttft_speedup=<x>``, uncompressed over LUVC
-time to first token on the fastest backend measured.
+of LUVC (the defaults) and ``--no-luvc``: PyTorch runs the patched model on the GPU at batch 1, eager and (``--compile
+1``) with its LLM prefill compiled (``mode="reduce-overhead"``); the export (``--precision fp16``, ``--max-batch``
+``--batch``) runs in ONNX Runtime when ``onnxruntime-gpu`` is installed, at batch 1 and ``--batch`` (8), each plain
+(``--cuda-graphs off``) and replayed (``on``), and, when a TensorRT module is, as engines built for this GPU
+(``--target`` picked from its compute capability). Each figure is the median of ``--repeats`` requests after one
+warm-up (for a replayed pipeline, the warm-up captures). A backend that is missing is named and skipped. Rows are
+printed as they are measured (``--json PATH`` also writes them there after each). Decode tokens/s are per row.
+Last lines: ``ort_replay_prefill_speedup_b1=``, ``ort_replay_ttft_speedup_b1=``, ``ort_replay_prefill_speedup_bN=``
+(LUVC over uncompressed, both replayed), ``torch_compiled_ttft_speedup=`` and ``gpu_ttft_speedup=<x>``, uncompressed
+over LUVC time to first token on the fastest backend measured at batch 1.
 
 Without a CUDA device it prints why and exits 0 (nothing to measure). Usage:
-    python benchmarks/gpu_speedup.py [--layers 28] [--vision-blocks 32] [--repeats 5]
+    python benchmarks/gpu_speedup.py [--layers 28] [--vision-blocks 32] [--repeats 5] [--batch 8] [--compile 1]
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -39,20 +46,22 @@ def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
-def pipeline_row(pipeline, image, prompt: str, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Median stage times of ``repeats`` requests through a runtime ``Pipeline`` (after one warm-up)."""
+def pipeline_row(pipeline, image, prompt: str, new_tokens: int, repeats: int, batch: int = 1) -> dict[str, float]:
+    """Median stage times of ``repeats`` requests of ``batch`` rows through a runtime ``Pipeline`` (after one
+    warm-up)."""
     from luvc.runtime.pipeline import GenerationOptions
 
     options = GenerationOptions(new_tokens, stop_token_ids=())
-    pipeline.generate(image, prompt, options)
+    prepared = pipeline.prepare([image] * batch, [prompt] * batch)
+    pipeline.generate(prepared, options=options)
     rows = []
     for _ in range(repeats):
-        timings = pipeline.generate(image, prompt, options).timings
+        timings = pipeline.generate(prepared, options=options).timings
         rows.append(
             dict(
                 vision_ms=timings.vision_ms,
                 prefill_ms=timings.prefill_ms,
-                ttft_ms=timings.preprocess_ms + timings.first_token_ms,
+                ttft_ms=prepared.preprocess_ms + timings.first_token_ms,
                 decode_tokens_per_s=timings.decode_tokens_per_second,
             )
         )
@@ -65,11 +74,19 @@ def synchronize(device: str) -> None:
 
 
 def torch_row(
-    checkpoint: Path | str, luvc: bool, image, prompt: str, new_tokens: int, repeats: int, device: str = "cuda"
+    checkpoint: Path | str,
+    luvc: bool,
+    image,
+    prompt: str,
+    new_tokens: int,
+    repeats: int,
+    device: str = "cuda",
+    compiled: bool = False,
 ) -> dict[str, float]:
     """Median stage times of the patched PyTorch model (``checkpoint``: a folder or a built-in model) on ``device``,
     fp16 on a GPU and fp32 on the CPU: vision and LLM prefill are the encoder's and the language model's first calls
-    within one first-token request, each timed between device synchronisations."""
+    within one first-token request, each timed between device synchronisations. ``compiled``: the LLM prefill compiled
+    (``VLMAdapter.compile_llm``, CUDA graphs on a GPU); the warm-up request compiles it."""
     from luvc import LUVCConfig
     from luvc.models import load_model
     from luvc.models.generation import greedy_generate
@@ -78,6 +95,8 @@ def torch_row(
     adapter = load_model(str(checkpoint))
     adapter.apply_luvc(LUVCConfig() if luvc else LUVCConfig.off())
     adapter.model.to(device, dtype)
+    if compiled:
+        adapter.compile_llm(cuda_graphs=device.startswith("cuda"))
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in adapter.prepare_inputs([image], prompt).items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -126,8 +145,32 @@ def torch_row(
     return {**median_row(rows), "cost_model_llm_prefill_speedup": cost}
 
 
+class Results:
+    """Rows by (backend, batch, luvc or uncompressed), printed as they come and written to ``json_path``."""
+
+    def __init__(self, json_path: str | None) -> None:
+        self.rows: dict[tuple[str, int, str], dict[str, float]] = {}
+        self.json_path = json_path
+
+    def add(self, backend: str, batch: int, name: str, row: dict[str, float]) -> None:
+        self.rows[(backend, batch, name)] = row
+        print(f"row {backend} b{batch} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
+        if self.json_path:
+            listed = [{"backend": b, "batch": n, "model": m, **row} for (b, n, m), row in self.rows.items()]
+            Path(self.json_path).write_text(json.dumps(listed, indent=1))
+
+    def speedup(self, backend: str, batch: int, stage: str) -> float | None:
+        luvc, base = self.rows.get((backend, batch, "luvc")), self.rows.get((backend, batch, "uncompressed"))
+        if luvc is None or base is None:
+            return None
+        return luvc[stage] / base[stage] if stage.endswith("per_s") else base[stage] / luvc[stage]
+
+
 def main() -> int:
-    parser = arguments(__doc__, layers=28, vision_blocks=32, image_size=448, new_tokens=32, repeats=5)
+    parser = arguments(
+        __doc__, layers=28, vision_blocks=32, image_size=448, new_tokens=32, repeats=5, batch=8, compile=1
+    )
+    parser.add_argument("--json", default=None, help="also write the rows to this file, after each")
     args = parser.parse_args()
     reason = cuda_missing()
     if reason is not None:
@@ -138,16 +181,20 @@ def main() -> int:
     from luvc.models.tiny import save_random_qwen2_vl
 
     side, image, prompt = args.image_size, synthetic_image(args.image_size, args.image_size, 0), "x" * 48
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    skipped: list[str] = []
+    results, skipped, costs = Results(args.json), [], {}
+    print(
+        f"Qwen2-VL-2B widths, {args.layers} layers, {args.vision_blocks} encoder blocks, fp16, {side}x{side} image, "
+        f"{torch.cuda.get_device_name()}; median of {args.repeats}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="luvc-gpu-speedup-") as tmp:
         checkpoint = Path(tmp) / "checkpoint"
         save_random_qwen2_vl(checkpoint, args.layers, args.vision_blocks, torch.float16, (side, side))
+        # the exports' rows first, then PyTorch's; a backend that fails is named and the others still run
         for name, luvc in (("luvc", True), ("uncompressed", False)):
-            results[("pytorch", name)] = torch_row(checkpoint, luvc, image, prompt, args.new_tokens, args.repeats)
             export = Path(tmp) / f"export-{name}"
             flags = [] if luvc else ["--no-luvc"]
-            luvc_export(
+            seconds = luvc_export(
                 "export",
                 "--model",
                 str(checkpoint),
@@ -158,34 +205,88 @@ def main() -> int:
                 "--image-size",
                 f"{side}x{side}",
                 "--max-batch",
-                "1",
+                str(args.batch),
                 *flags,
             )
-            results.update(backend_rows(export, Path(tmp) / f"engines-{name}", name, image, prompt, args, skipped))
-    print(
-        f"Qwen2-VL-2B widths, {args.layers} layers, {args.vision_blocks} encoder blocks, fp16, {side}x{side} image, "
-        f"{torch.cuda.get_device_name()}; median of {args.repeats}"
-    )
+            print(f"exported {name} in {seconds:.1f} s", flush=True)
+            attempt(
+                skipped,
+                f"exports ({name})",
+                backend_rows,
+                export,
+                Path(tmp) / f"engines-{name}",
+                name,
+                image,
+                prompt,
+                args,
+                skipped,
+                results,
+            )
+        for compiled in (False, True)[: 1 + bool(args.compile)]:
+            for name, luvc in (("luvc", True), ("uncompressed", False)):
+                label = "pytorch-compiled" if compiled else "pytorch"
+                row = attempt(
+                    skipped,
+                    f"{label} ({name})",
+                    torch_row,
+                    checkpoint,
+                    luvc,
+                    image,
+                    prompt,
+                    args.new_tokens,
+                    args.repeats,
+                    compiled=compiled,
+                )
+                if row is not None:
+                    costs[name] = row.pop("cost_model_llm_prefill_speedup")
+                    results.add(label, 1, name, row)
     for line in skipped:
         print(f"skipped: {line}")
-    print(f"{'backend':<10} {'stage':<22} {'uncompressed':>13} {'LUVC':>10} {'speedup':>8}")
-    for backend in dict.fromkeys(key[0] for key in results):
-        luvc_row, base = results[(backend, "luvc")], results[(backend, "uncompressed")]
+    print(f"{'backend':<18} {'batch':>5} {'stage':<22} {'uncompressed':>13} {'LUVC':>10} {'speedup':>8}")
+    for backend, batch in dict.fromkeys(key[:2] for key in results.rows):
         for stage in STAGES:
-            ratio = luvc_row[stage] / base[stage] if stage.endswith("per_s") else base[stage] / luvc_row[stage]
-            print(f"{backend:<10} {stage:<22} {base[stage]:>13.2f} {luvc_row[stage]:>10.2f} {ratio:>7.2f}x")
-    print(f"cost model: LLM prefill {results[('pytorch', 'luvc')]['cost_model_llm_prefill_speedup']:.2f}x")
-    fastest = min(dict.fromkeys(key[0] for key in results), key=lambda b: results[(b, "luvc")]["ttft_ms"])
-    speedup = results[(fastest, "uncompressed")]["ttft_ms"] / results[(fastest, "luvc")]["ttft_ms"]
-    print(f"gpu_ttft_speedup={speedup:.2f}")
+            ratio = results.speedup(backend, batch, stage)
+            if ratio is not None:
+                base, ours = (
+                    results.rows[(backend, batch, "uncompressed")][stage],
+                    results.rows[(backend, batch, "luvc")][stage],
+                )
+                print(f"{backend:<18} {batch:>5} {stage:<22} {base:>13.2f} {ours:>10.2f} {ratio:>7.2f}x")
+    if "luvc" in costs:
+        print(f"cost model: LLM prefill {costs['luvc']:.2f}x")
+    for label, (backend, batch, stage) in {
+        "ort_replay_prefill_speedup_b1": ("ort-cuda-replayed", 1, "prefill_ms"),
+        "ort_replay_ttft_speedup_b1": ("ort-cuda-replayed", 1, "ttft_ms"),
+        f"ort_replay_prefill_speedup_b{args.batch}": ("ort-cuda-replayed", args.batch, "prefill_ms"),
+        "torch_compiled_ttft_speedup": ("pytorch-compiled", 1, "ttft_ms"),
+    }.items():
+        ratio = results.speedup(backend, batch, stage)
+        if ratio is not None:
+            print(f"{label}={ratio:.2f}")
+    single = [key[0] for key in results.rows if key[1:] == (1, "luvc") and results.speedup(key[0], 1, "ttft_ms")]
+    if single:
+        fastest = min(single, key=lambda backend: results.rows[(backend, 1, "luvc")]["ttft_ms"])
+        print(f"gpu_ttft_speedup={results.speedup(fastest, 1, 'ttft_ms'):.2f}")
     return 0
 
 
-def backend_rows(export: Path, engines: Path, name: str, image, prompt: str, args, skipped: list[str]) -> dict:
-    """ONNX Runtime CUDA and TensorRT rows for one export, each skipped with its reason when unavailable."""
+def attempt(skipped: list[str], what: str, function, *args, **kwargs):
+    """``function(*args, **kwargs)``, or ``None`` with the error in ``skipped`` (the other rows still run)."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # a benchmark reports a failing backend and goes on
+        print(f"failed: {what}: {type(error).__name__}: {str(error)[:300]}", flush=True)
+        skipped.append(f"{what}: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        return None
+
+
+def backend_rows(
+    export: Path, engines: Path, name: str, image, prompt: str, args, skipped: list[str], results: Results
+) -> None:
+    """ONNX Runtime CUDA rows (batch 1 and ``args.batch``, plain and replayed) and TensorRT rows for one export, each
+    skipped with its reason when unavailable."""
     from luvc.runtime.pipeline import Pipeline
 
-    rows = {}
     try:
         import onnxruntime
 
@@ -193,9 +294,14 @@ def backend_rows(export: Path, engines: Path, name: str, image, prompt: str, arg
     except ImportError:
         has_cuda_ep = False
     if has_cuda_ep:
-        pipeline = Pipeline(export, device="cuda:0")
-        rows[("ort-cuda", name)] = pipeline_row(pipeline, image, prompt, args.new_tokens, args.repeats)
-        pipeline.release()
+        for mode, label in (("off", "ort-cuda"), ("on", "ort-cuda-replayed")):
+            pipeline = Pipeline(export, device="cuda:0", cuda_graphs=mode)
+            for batch in dict.fromkeys((1, args.batch)):
+                row = pipeline_row(pipeline, image, prompt, args.new_tokens, args.repeats, batch)
+                results.add(label, batch, name, row)
+            if mode == "on":
+                print(f"{label} {name}: {pipeline.sessions.replay_summary()}", flush=True)
+            pipeline.release()
     elif name == "luvc":
         skipped.append("ONNX Runtime CUDA: onnxruntime-gpu is not installed")
     from luvc.engines.targets import target_for_capability
@@ -208,16 +314,16 @@ def backend_rows(export: Path, engines: Path, name: str, image, prompt: str, arg
     except Exception as error:  # LuvcError when neither TensorRT module is installed
         if name == "luvc":
             skipped.append(f"TensorRT: {error}")
-        return rows
+        return
     if target is None:
         if name == "luvc":
             skipped.append(f"TensorRT: no target preset for SM {torch.cuda.get_device_capability()}")
-        return rows
+        return
     luvc_export("build", str(export), "--target", target.name, "--out", str(engines))
-    pipeline = Pipeline(export, backend="trt", engines_dir=engines)
-    rows[("tensorrt", name)] = pipeline_row(pipeline, image, prompt, args.new_tokens, args.repeats)
-    pipeline.release()
-    return rows
+    for mode, label in (("off", "tensorrt"), ("on", "tensorrt-replayed")):
+        pipeline = Pipeline(export, backend="trt", engines_dir=engines, cuda_graphs=mode)
+        results.add(label, 1, name, pipeline_row(pipeline, image, prompt, args.new_tokens, args.repeats))
+        pipeline.release()
 
 
 if __name__ == "__main__":

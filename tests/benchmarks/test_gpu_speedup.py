@@ -37,3 +37,40 @@ def test_the_pytorch_row_measures_a_tiny_model_on_the_cpu(luvc):
     assert all(row[stage] > 0 for stage in STAGES)
     assert row["ttft_ms"] >= row["vision_ms"] + row["prefill_ms"]  # both run within the first step
     assert (row["cost_model_llm_prefill_speedup"] > 1.0) == luvc
+
+
+def _benchmark():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_speedup
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return gpu_speedup
+
+
+@pytest.mark.slow
+def test_the_pipeline_rows_and_their_ratios_on_the_cpu(exports, capsys, tmp_path):
+    """The ONNX Runtime rows' code path (a batch, the printed row, the JSON file, the ratio) on the CPU, and the
+    compiled PyTorch row's."""
+    from luvc.images import synthetic_image
+    from luvc.runtime.pipeline import Pipeline
+
+    benchmark = _benchmark()
+    results = benchmark.Results(str(tmp_path / "rows.json"))
+    image = synthetic_image(224, 224)
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    for name in ("luvc", "uncompressed"):
+        results.add("ort-cpu", 2, name, benchmark.pipeline_row(pipeline, image, "Describe the image.", 3, 2, batch=2))
+    assert "row ort-cpu b2 luvc: vision_ms=" in capsys.readouterr().out
+    written = __import__("json").loads((tmp_path / "rows.json").read_text())
+    assert [(row["backend"], row["batch"], row["model"]) for row in written] == [
+        ("ort-cpu", 2, "luvc"),
+        ("ort-cpu", 2, "uncompressed"),
+    ]
+    luvc, base = written[0]["prefill_ms"], written[1]["prefill_ms"]
+    assert results.speedup("ort-cpu", 2, "prefill_ms") == pytest.approx(base / luvc)
+    assert results.speedup("ort-cpu", 1, "prefill_ms") is None
+    compiled = benchmark.torch_row(
+        "tiny-qwen2-vl", True, image, "Describe the image.", 3, 2, device="cpu", compiled=True
+    )
+    assert all(compiled[stage] > 0 for stage in benchmark.STAGES)

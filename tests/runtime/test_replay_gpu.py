@@ -1,0 +1,93 @@
+"""CUDA-graph replay on a GPU: ONNX Runtime CUDA's captured graphs and the compiled PyTorch prefill give what the plain
+runs give. Each test skips, saying why, without an NVIDIA GPU, onnxruntime-gpu, or (TensorRT) an engine this GPU
+runs; the bookkeeping itself is tested on the CPU (``test_replay.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from luvc.images import synthetic_image
+from luvc.models import TINY_MODELS
+from luvc.runtime.pipeline import Pipeline
+
+pytestmark = pytest.mark.gpu
+PROMPT = "What is in this picture?"
+TOKENS = 12
+
+
+def cuda_ep_missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs an NVIDIA GPU with CUDA; none here"
+    try:
+        import onnxruntime
+    except ImportError:
+        return "needs onnxruntime-gpu"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "needs onnxruntime-gpu (CUDAExecutionProvider); the CPU package is installed"
+    return None
+
+
+@pytest.fixture
+def cuda_ep():
+    reason = cuda_ep_missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, precision, capsys):
+    """Every graph captured and replayed on ONNX Runtime CUDA (a second request replays all of them): the tokens of
+    the plain run, logits within the precision's noise, no capture refused."""
+    folder = exports(family, precision)
+    image = synthetic_image(224, 224, 4)
+    plain = Pipeline(folder, device="cuda:0", cuda_graphs="off")
+    tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), TOKENS)
+    plain.release()
+    replayed = Pipeline(folder, device="cuda:0", cuda_graphs="on")
+    prepared = replayed.prepare([image], [PROMPT])
+    for _ in range(2):
+        replayed_tokens, replayed_logits, _ = replayed.greedy(prepared, TOKENS)
+        np.testing.assert_array_equal(replayed_tokens, tokens)
+        scale = np.abs(logits).max()
+        np.testing.assert_allclose(replayed_logits, logits, atol=(1e-2 if precision == "fp16" else 1e-4) * scale)
+    enabled, captured, replays, failed = replayed.sessions.replay_counts()
+    assert (enabled, failed) == (1, 0) and captured >= 4 and replays >= 2 * TOKENS
+    assert "CUDA graph capture failed" not in capsys.readouterr().err
+    replayed.release()
+
+
+def test_rows_of_a_replayed_batch_get_what_they_get_alone(cuda_ep, exports):
+    """Two prompts of different lengths in one replayed batch (padded to a captured length): each row's tokens are
+    those it gets alone, replayed too."""
+    folder = exports("tiny-qwen2-vl", "fp16")
+    images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
+    prompts = [PROMPT, "Describe every colour you can see, and where."]
+    pipeline = Pipeline(folder, device="cuda:0", cuda_graphs="on")
+    together, _, _ = pipeline.greedy(pipeline.prepare(images, prompts), TOKENS)
+    for row, (image, prompt) in enumerate(zip(images, prompts)):
+        alone, _, _ = pipeline.greedy(pipeline.prepare([image], [prompt]), TOKENS)
+        np.testing.assert_array_equal(together[row], alone[0])
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_the_compiled_prefill_with_cuda_graphs_generates_what_eager_does(family):
+    """PyTorch on the GPU: the LLM prefill compiled with CUDA graphs (``mode="reduce-overhead"``), two requests in a
+    row (the second replays), gives eager's tokens; a request's cache survives the next one's replay."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA; none here")
+    from luvc.models import load_model
+    from luvc.models.generation import greedy_generate
+
+    adapter = load_model(family)
+    adapter.apply_luvc()
+    adapter.model.to("cuda", torch.float32)
+    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 3)], PROMPT)
+    inputs = {key: value.to("cuda") if torch.is_tensor(value) else value for key, value in inputs.items()}
+    eager = greedy_generate(adapter.model, inputs, TOKENS)
+    adapter.compile_llm(cuda_graphs=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(greedy_generate(adapter.model, inputs, TOKENS).cpu(), eager.cpu())
+    assert adapter.language_model.luvc_compiled.calls == 2
