@@ -15,8 +15,8 @@ export PYTHONUNBUFFERED=1
 o.get_available_providers(), 'torch', torch.__version__, 'transformers', t.__version__)"
 } 2>&1 | tee "$out/machine.txt"
 timeout "${GPU_TEST_SECONDS:-200}" python3 -m pytest -q -p no:xdist -p no:cacheprovider -o addopts="" -m gpu \
-    tests/runtime/test_replay_gpu.py -k "(tiny-qwen2-vl and fp16) or alone or (compiled and tiny-qwen2-vl)" 2>&1 | tail -40 | tee "$out/replay_tests.txt"
+    tests/runtime/test_replay_gpu.py -k "${GPU_TESTS:-fp16 or alone or (compiled and tiny-qwen2-vl)}" 2>&1 | tail -40 | tee "$out/replay_tests.txt"
 timeout "${GPU_BENCHMARK_SECONDS:-400}" python3 benchmarks/gpu_speedup.py --layers "${GPU_LAYERS:-8}" --vision-blocks 8 \
-    --image-size 896 --repeats 5 --batch 8 --compile "${GPU_COMPILE:-1}" --json "$out/rows.json" 2>&1 \
+    --image-size 896 --repeats 5 --batch 8 --compile "${GPU_COMPILE:-1}" --exports "${GPU_EXPORTS:-1}" --json "$out/rows.json" 2>&1 \
     | grep -v "^W1\|torchvision" | tee "$out/speedup.txt"
 echo "gpu_check done"

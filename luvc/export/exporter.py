@@ -35,7 +35,7 @@ from luvc.export.converter_settings import (
     without_stack_traces,
 )
 from luvc.export.decomposed_trace import converting_decomposed, prepare_registry, trace_decomposed
-from luvc.export.graph_workers import GraphWorkers, default_workers
+from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
@@ -306,6 +306,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
+        if workers > 1 and cuda_initialized():
+            critical(
+                f"--jobs {self.jobs} forks graph workers, which cannot use CUDA once this process has initialized it; "
+                "export with --jobs 1, or before using the GPU in this process."
+            )
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:
                 # the merged file, and what workers write themselves: the tensors that leave a graph only after it is

@@ -34,11 +34,28 @@ class GraphWorkerError(RuntimeError):
     """A graph worker failed on something that is not the user's to fix; the message carries its traceback."""
 
 
+def cuda_initialized(maps: str = "/proc/self/maps") -> bool:
+    """Whether this process has started CUDA, which a forked child cannot use again ("Cannot re-initialize CUDA in
+    forked subprocess", seen on an H200 when a test had run a pipeline on the GPU before exporting): PyTorch's own
+    initialization, or any call that loaded the driver (``libcuda``, listed in ``maps``: a device count, ONNX Runtime's
+    CUDA EP), after which PyTorch refuses CUDA in every child."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        return True
+    try:
+        with open(maps) as mapped:
+            return any("/libcuda.so" in line for line in mapped)
+    except OSError:  # not Linux: graph workers are Linux-only by default
+        return False
+
+
 def default_workers(graphs: int) -> int:
     """How many processes export ``graphs`` graphs by default: on Linux the CPUs this process may run on, at most
     ``MAX_DEFAULT_WORKERS`` and one per graph; elsewhere 1, the graphs exported in this process (forking a process
-    that has run PyTorch or ONNX Runtime is only tested on Linux; ``--jobs`` still asks for workers there)."""
-    if not sys.platform.startswith("linux"):
+    that has run PyTorch or ONNX Runtime is only tested on Linux; ``--jobs`` still asks for workers there); 1 too once
+    this process has initialized CUDA."""
+    if not sys.platform.startswith("linux") or cuda_initialized():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cpus, graphs, MAX_DEFAULT_WORKERS))

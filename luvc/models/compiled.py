@@ -13,9 +13,12 @@ device, not a one-shot ``generate``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from luvc.compress.constants import compiled_constants
 from luvc.errors import critical
 from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
@@ -47,7 +50,7 @@ def compile_llm(text_model: nn.Module, cuda_graphs: bool | None = None) -> None:
         cuda_graphs = next(text_model.parameters()).device.type == "cuda"
     mode = REDUCE_OVERHEAD if cuda_graphs else None
     loop = torch.compile(text_model.luvc_layers, fullgraph=True, dynamic=False, mode=mode)
-    text_model.luvc_compiled = CompiledLoop(loop, cuda_graphs)
+    text_model.luvc_compiled = CompiledLoop(text_model, loop, cuda_graphs)
 
 
 def uncompile_llm(text_model: nn.Module) -> None:
@@ -61,28 +64,52 @@ RECOMPILE_LIMIT = 64
 
 
 class CompiledLoop:
-    """A compiled decoder loop, called as ``luvc_layers``: the sequence length of the inputs is marked dynamic (every
-    other size, and every span and budget, stays a constant of the graph). With ``cuda_graphs`` the outputs (the
-    hidden states, the kept indices and the keys and values put in the cache) live in the CUDA graphs' memory pool
-    until the next replay overwrites them: each call starts a new step and hands out copies, so a request may keep its
-    cache while the next one runs."""
+    """``text_model``'s compiled decoder loop, called as ``luvc_layers``. The first prefill of each plan (batch, width,
+    spans, budgets, config) runs eagerly, which makes the plan's constants (``luvc.compress.constants``); later ones
+    run compiled, with the sequence length of the inputs marked dynamic (every other size, and every span and budget,
+    stays a constant of the graph). With ``cuda_graphs`` the outputs (the hidden states, the kept indices and the keys
+    and values put in the cache) live in the CUDA graphs' memory pool until the next replay overwrites them: each call
+    starts a new step and hands out copies, so a request may keep its cache while the next one runs."""
 
-    def __init__(self, loop, cuda_graphs: bool) -> None:
-        self.loop, self.cuda_graphs = loop, cuda_graphs
+    def __init__(self, text_model: nn.Module, loop, cuda_graphs: bool) -> None:
+        self.text_model, self.loop, self.cuda_graphs = text_model, loop, cuda_graphs
+        self.plans: set[tuple] = set()  # the plans an eager run has seen
         self.calls = 0  # prefills run compiled
 
     def __call__(self, hidden, position_ids, past_key_values, use_cache, **kwargs):
+        plan = _plan_key(self.text_model, hidden, kwargs)
+        if plan not in self.plans:
+            self.plans.add(plan)
+            return self.text_model.luvc_layers(hidden, position_ids, past_key_values, use_cache, **kwargs)
         self.calls += 1
         torch._dynamo.maybe_mark_dynamic(hidden, 1)
         if position_ids is not None:
             torch._dynamo.maybe_mark_dynamic(position_ids, position_ids.dim() - 1)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT), compiled_constants():
             output = self.loop(hidden, position_ids, past_key_values, use_cache, **kwargs)
         if self.cuda_graphs:
             _own(output, past_key_values)
         return output
+
+
+def _plan_key(text_model: nn.Module, hidden: torch.Tensor, kwargs: dict) -> tuple:
+    """What fixes a prefill's constants and graph: batch, width, dtype and device, the LUVC config, and the plain
+    (non-tensor) values of the plan (spans, budgets, grids)."""
+    plain = tuple(sorted((key, value) for key, value in kwargs.items() if _plain(value)))
+    return (hidden.shape[0], hidden.shape[-1], hidden.dtype, str(hidden.device), text_model.luvc_config, plain)
+
+
+def _plain(value) -> bool:
+    """Whether ``value`` is made of Python values only (no tensor in it, however deep): a part of the plan."""
+    if isinstance(value, torch.Tensor):
+        return False
+    if isinstance(value, (tuple, list)):
+        return all(_plain(item) for item in value)
+    if dataclasses.is_dataclass(value):
+        return all(_plain(getattr(value, field.name)) for field in dataclasses.fields(value))
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _own(output, cache) -> None:

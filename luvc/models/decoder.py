@@ -173,8 +173,10 @@ def shifted_index(
             placed += values.shape[1]
     if not inside:  # the block keeps nothing: the text after it follows the text before
         return torch.where(position > before_block, position + removed, position)
-    adds = torch.cat(inside, dim=1) if len(inside) > 1 else inside[0]
-    adds = F.pad(F.pad(adds, (1, 0), value=0), (0, 1), value=removed)
+    # slot 0 adds 0, the last slot ``removed``: concatenated, not padded (ONNX Runtime's CUDA EP has no int64 Pad,
+    # and one CPU node between device tensors keeps the whole graph from being captured as a CUDA graph)
+    edge = torch.zeros_like(inside[0][:, :1])
+    adds = torch.cat([edge, *inside, edge + removed], dim=1)
     slot = (position - before_block).clamp(0, adds.shape[1] - 1)
     return position + torch.gather(adds, 1, slot)
 

@@ -26,6 +26,10 @@ from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
 
+# graph kinds replayed as CUDA graphs: the vision graphs run plain, being compute-bound (on an H200, Qwen2-VL-2B widths
+# at 896x896, an ONNX Runtime CUDA vision graph took 17 ms plain and 36 ms replayed; LUVC's prefill 6.7 -> 4.7 ms and a
+# decode step 4.4 -> 0.8 ms; docs/benchmarks.md)
+REPLAYED_KINDS = frozenset({"prefill", "text", "decode", "embed"})
 # replaying CUDA graphs, a prefill's sequence is padded on the right to a multiple of this (each row keeps its length;
 # causal attention never reads the padding): one captured graph per 64 tokens of prompt, not one per prompt length
 REPLAY_LENGTH_STEP = 64
@@ -108,7 +112,7 @@ class Sessions:
                     basic_optimizations=self.manifest.precision == "fp8",
                     device=self.device,
                     weights=self.weights,
-                    cuda_graphs=self.cuda_graphs,
+                    cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
                 )
             else:
                 session = self._trt_session(name, graph)
@@ -160,7 +164,7 @@ class Sessions:
             self.cuda_stream,
             weights=bound,
             activations=self.activations,
-            cuda_graphs=self.cuda_graphs,
+            cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
         )
 
     def opened(self) -> dict[str, BaseSession]:

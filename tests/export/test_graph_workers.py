@@ -309,3 +309,23 @@ def test_a_worker_leaves_alone_what_it_inherited_from_an_earlier_onnx_runtime_ru
     finally:
         gc.enable()
     assert results == [True]
+
+
+def test_a_process_that_started_cuda_exports_in_one_process(tmp_path, monkeypatch):
+    """Once the CUDA driver is loaded here (a device count, an ONNX Runtime CUDA session), a forked graph worker cannot
+    use CUDA (PyTorch refuses it in every child): the default is one process, and --jobs 2 is refused with the fix."""
+    from luvc.export import graph_workers
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 00:00 1 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04\n")
+    assert graph_workers.cuda_initialized(str(maps))
+    maps.write_text("7f00-7f01 r-xp 00000000 00:00 1 /opt/torch/lib/libcudart.so.13\n")  # linked, not started
+    assert not graph_workers.cuda_initialized(str(maps))
+    assert not graph_workers.cuda_initialized(str(tmp_path / "absent"))
+
+    monkeypatch.setattr(graph_workers, "cuda_initialized", lambda maps="": True)
+    monkeypatch.setattr(exporter, "cuda_initialized", lambda maps="": True)
+    assert graph_workers.default_workers(5) == 1
+    with pytest.raises(LuvcError, match=r"^--jobs 2 forks graph workers, which cannot use CUDA .* --jobs 1"):
+        exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "out", PROFILE, show_progress=False, jobs=2)
+    assert not (tmp_path / "out").exists()

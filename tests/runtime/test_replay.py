@@ -204,9 +204,9 @@ def test_the_option_refuses_on_without_a_gpu_and_unknown_values():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
 def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(exports, family):
-    """Every graph of a request through the replayer (vision, the prefill padded to a captured length, decode with
-    the KV cache updated in place across captured windows), on ONNX Runtime's CPU EP: the tokens of a plain run, and
-    its logits to float32 rounding."""
+    """Every replayed graph of a request through the replayer (the prefill padded to a captured length, decode with
+    the KV cache updated in place, embed), on ONNX Runtime's CPU EP: the tokens of a plain run, and its logits to
+    float32 rounding."""
     folder = exports(family)
     image = synthetic_image(224, 224, 4)
     plain = Pipeline(folder)
@@ -223,8 +223,10 @@ def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(ex
     assert request.prefill_feeds["inputs_embeds"].shape[1] % REPLAY_LENGTH_STEP == 0
     assert prepared.prompts.input_ids.shape[1] % REPLAY_LENGTH_STEP
     enabled, captured, replays, failed = replayed.sessions.replay_counts()
-    # vision, prefill, decode (one attention window: 12 tokens stay within 64) and embed at two shapes (the prompt,
-    # then one token per step)
-    assert (enabled, failed) == (1, 0) and captured == 5
-    assert replays == 2 * (1 + 1 + 1 + 11 + 11)  # per request: vision, prefill embed, prefill, 11 embeds, 11 decodes
-    assert replayed.sessions.replay_summary() == "5 shapes of 4 graphs captured, 50 runs replayed"
+    # prefill, decode (one attention window: 12 tokens stay within 64) and embed at two shapes (the prompt, then one
+    # token per step); vision runs plain (compute-bound: replayed, it ran slower on an H200)
+    assert (enabled, failed) == (1, 0) and captured == 4
+    assert replays == 2 * (1 + 1 + 11 + 11)  # per request: the prompt's embed, prefill, 11 embeds, 11 decodes
+    assert replayed.sessions.replay_summary() == "4 shapes of 3 graphs captured, 48 runs replayed"
+    vision = next(session for name, session in replayed.sessions.opened().items() if name.startswith("vision"))
+    assert vision.replayer is None

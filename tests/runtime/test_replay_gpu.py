@@ -10,6 +10,8 @@ import torch
 
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS
+from luvc.parity.text import judge_text
+from luvc.parity.tolerances import TOLERANCES
 from luvc.runtime.pipeline import Pipeline
 
 pytestmark = pytest.mark.gpu
@@ -39,20 +41,23 @@ def cuda_ep():
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
 @pytest.mark.parametrize("family", list(TINY_MODELS))
 def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, precision, capsys):
-    """Every graph captured and replayed on ONNX Runtime CUDA (a second request replays all of them): the tokens of
-    the plain run, logits within the precision's noise, no capture refused."""
+    """Every graph captured and replayed on ONNX Runtime CUDA (a second request replays all of them): the plain run's
+    tokens (a first difference only at a near tie, parity's judge at the precision's noise), first logits within that
+    noise, no capture refused."""
     folder = exports(family, precision)
     image = synthetic_image(224, 224, 4)
+    noise = TOLERANCES[precision].tensor_relative
     plain = Pipeline(folder, device="cuda:0", cuda_graphs="off")
     tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), TOKENS)
     plain.release()
     replayed = Pipeline(folder, device="cuda:0", cuda_graphs="on")
     prepared = replayed.prepare([image], [PROMPT])
-    for _ in range(2):
+    for _ in range(2):  # the replayed prefill is padded to 64 tokens: other kernels, the same values to the noise
         replayed_tokens, replayed_logits, _ = replayed.greedy(prepared, TOKENS)
-        np.testing.assert_array_equal(replayed_tokens, tokens)
-        scale = np.abs(logits).max()
-        np.testing.assert_allclose(replayed_logits, logits, atol=(1e-2 if precision == "fp16" else 1e-4) * scale)
+        judged = judge_text([(replayed_tokens, tokens, logits)], noise)
+        assert judged.non_ties == 0, judged
+        first, plain_first = replayed_logits[:, 0], logits[:, 0]
+        assert np.abs(first - plain_first).max() <= noise * np.abs(plain_first).max()
     enabled, captured, replays, failed = replayed.sessions.replay_counts()
     assert (enabled, failed) == (1, 0) and captured >= 4 and replays >= 2 * TOKENS
     assert "CUDA graph capture failed" not in capsys.readouterr().err
@@ -61,15 +66,17 @@ def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, pr
 
 def test_rows_of_a_replayed_batch_get_what_they_get_alone(cuda_ep, exports):
     """Two prompts of different lengths in one replayed batch (padded to a captured length): each row's tokens are
-    those it gets alone, replayed too."""
+    those it gets alone, replayed too, but for a near tie."""
     folder = exports("tiny-qwen2-vl", "fp16")
     images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
     prompts = [PROMPT, "Describe every colour you can see, and where."]
     pipeline = Pipeline(folder, device="cuda:0", cuda_graphs="on")
     together, _, _ = pipeline.greedy(pipeline.prepare(images, prompts), TOKENS)
     for row, (image, prompt) in enumerate(zip(images, prompts)):
-        alone, _, _ = pipeline.greedy(pipeline.prepare([image], [prompt]), TOKENS)
-        np.testing.assert_array_equal(together[row], alone[0])
+        alone, logits, _ = pipeline.greedy(pipeline.prepare([image], [prompt]), TOKENS)
+        # another batch size runs other fp16 kernels: a first difference only at a near tie
+        judged = judge_text([(together[row : row + 1], alone, logits)], TOLERANCES["fp16"].tensor_relative)
+        assert judged.non_ties == 0, judged
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
@@ -88,6 +95,6 @@ def test_the_compiled_prefill_with_cuda_graphs_generates_what_eager_does(family)
     inputs = {key: value.to("cuda") if torch.is_tensor(value) else value for key, value in inputs.items()}
     eager = greedy_generate(adapter.model, inputs, TOKENS)
     adapter.compile_llm(cuda_graphs=True)
-    for _ in range(2):
+    for _ in range(3):  # the plan's first prefill runs eagerly, then compiled (captured), then replayed
         np.testing.assert_array_equal(greedy_generate(adapter.model, inputs, TOKENS).cpu(), eager.cpu())
     assert adapter.language_model.luvc_compiled.calls == 2
