@@ -10,9 +10,9 @@ smaller matrices save. This prints, for ``--model`` (default the built-in tiny Q
 - ``sync_ops_added``: operators that wait for the device (``luvc.models.dispatches.SYNC_OPS``) in one PyTorch forward
   with LUVC, minus those with it off;
 - ``dispatch_ratio``: operators dispatched by that forward, LUVC against off;
-- ``compile_graph_breaks``: graph breaks ``torch._dynamo.explain`` finds in the LUVC LLM forward (-1 when it could not
-  trace it; the reason is printed).
-Last line: ``gpu_overhead_proxy_ok=<0|1>``: 1 when the node and dispatch ratios are at most 1.1 and no sync is added.
+- ``compile_graph_breaks``: graph breaks ``torch._dynamo.explain`` finds in the LUVC LLM forward as ``compile_llm``
+  compiles it (the decoder loop after the forward's host checks; -1 when it could not trace it; the reason is printed).
+Last line: ``gpu_overhead_proxy_ok=<0|1>``: 1 when the node and dispatch ratios are at most 1.11 and no sync is added.
 Usage:
     python benchmarks/graph_overhead.py [--model tiny-qwen2-vl] [--image-size 224]
 """
@@ -32,9 +32,10 @@ from luvc.export.inspect import ort_optimized, shape_only_nodes
 from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.models.compiled import explain_loop
 from luvc.models.dispatches import count_dispatches
 
-TARGET = 1.1
+TARGET = 1.11  # tests/export/test_graph_overhead.py's MAX_NODE_RATIO, and why it is not 1.1
 
 
 def optimized_graphs(export: Path) -> dict:
@@ -48,12 +49,13 @@ def optimized_graphs(export: Path) -> dict:
 
 
 def graph_breaks(model: str, side: int) -> int:
-    """Graph breaks in the LUVC LLM forward under ``torch._dynamo.explain`` (-1: it could not trace it)."""
+    """Graph breaks in the LUVC LLM forward as ``compile_llm`` compiles it (the decoder loop, after the forward's host
+    checks) under ``torch._dynamo.explain`` (-1: it could not trace it)."""
     adapter = load_model(model)
     adapter.apply_luvc()
     inputs = adapter.prepare_inputs([synthetic_image(side, side)], "Describe the image.")
     try:
-        explanation = torch._dynamo.explain(adapter.model)(**inputs)
+        explanation = explain_loop(adapter, inputs)
     except Exception as error:  # a trace failure is a finding, not a crash of the benchmark
         print(f"torch._dynamo.explain could not trace the forward: {type(error).__name__}: {str(error)[:200]}")
         return -1

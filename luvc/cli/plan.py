@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from luvc.engines.memory import DEVICES, GiB, MemoryPlan
+from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
 
 class Plan:
@@ -27,11 +28,18 @@ class Plan:
             help=f"a device ({', '.join(DEVICES)}) or a GPU's memory in GiB (e.g. 80)",
         )
         parser.add_argument("--engines", default=None, help="engine folder built from this export (its sizes)")
+        parser.add_argument(
+            "--cuda-graphs",
+            choices=CUDA_GRAPH_CHOICES,
+            default=DEFAULT_CUDA_GRAPHS,
+            help="whether run and serve will replay CUDA graphs there (auto, the default, and on: their buffers are "
+            "counted, as an estimate; off: not)",
+        )
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.engines.memory import plan_memory
 
-        plan = plan_memory(args.artifact_dir, args.target, args.engines)
+        plan = plan_memory(args.artifact_dir, args.target, args.engines, cuda_graphs=args.cuda_graphs != "off")
         console = Console(soft_wrap=True)
         console.print(memory_table(plan))
         for line in plan.advice():
@@ -61,6 +69,8 @@ def memory_table(plan: MemoryPlan) -> Table:
     if plan.kv_bytes_uncompressed is not None:
         table.add_row("  uncompressed model, same profile", gib(plan.kv_bytes_uncompressed))
     table.add_row("activations: one buffer for every engine (builder workspace limit)", gib(plan.activation_bytes))
+    if plan.replay_bytes:
+        table.add_row("CUDA graphs: captured prefills (estimate)", gib(plan.replay_bytes))
     table.add_row("reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")"), gib(device.reserved_bytes))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
     table.add_row(f"total: {verdict}", gib(plan.total_bytes))

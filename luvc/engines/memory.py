@@ -13,6 +13,10 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
 - **Activations**: one buffer that every engine's execution context shares (``luvc.runtime.activations``), counted
   once at the builder's workspace limit of the target preset (an upper bound TensorRT may use for tactics and
   activations), 2 GiB where the preset sets none.
+- **CUDA graphs** (an estimate; ``--cuda-graphs off`` leaves it out): replaying captured graphs
+  (``luvc.runtime.replay``) keeps persistent buffers per captured shape; a prefill's hold its presents, at most the KV
+  cache's bytes, so one captured prefill per graph (bucket, text) at the profile's maxima, each at most
+  ``MAX_BUFFER_BYTES``; further prompt lengths and batch sizes add their own up to that limit per graph.
 - **Reserved**: the CUDA context, libraries and (on a Jetson, whose CPU and GPU share the memory) the OS.
 - **Build host memory** (an estimate): twice the largest graph's weights (the parsed network and the serialized
   engine) plus 1 GiB; on a Jetson, engines are built on the device, so this shares its memory too.
@@ -32,6 +36,7 @@ from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
+from luvc.runtime import MAX_BUFFER_BYTES
 
 if TYPE_CHECKING:
     from luvc.engines.manifest import EngineManifest
@@ -108,6 +113,8 @@ class MemoryPlan:
     max_batch: int
     activation_bytes: int
     build_host_bytes: int
+    replay_bytes: int = 0  # CUDA graphs' persistent buffers at max_batch (estimate)
+    replay_bytes_per_row: int = 0
 
     @property
     def weight_bytes(self) -> int:
@@ -116,7 +123,13 @@ class MemoryPlan:
     @property
     def total_bytes(self) -> int:
         """What the deployment needs on the device, with the reserve."""
-        return self.weight_bytes + self.kv_bytes + self.activation_bytes + self.device.reserved_bytes
+        fixed = self.weight_bytes + self.activation_bytes + self.device.reserved_bytes
+        return fixed + self.kv_bytes + self.replay_bytes
+
+    @property
+    def bytes_per_row(self) -> int:
+        """What one more batch row costs: its KV cache and its share of the CUDA graphs' buffers."""
+        return self.kv_bytes_per_row + self.replay_bytes_per_row
 
     @property
     def fits(self) -> bool:
@@ -128,18 +141,22 @@ class MemoryPlan:
             return []
         over = self.total_bytes - self.device.total_bytes
         lines = [f"{over / GiB:.2f} GiB over the {self.device.total_bytes / GiB:.0f} GiB of {self.device.name}."]
-        room = self.device.total_bytes - (self.total_bytes - self.kv_bytes)
-        rows = room // self.kv_bytes_per_row if self.kv_bytes_per_row and room > 0 else 0
+        room = self.device.total_bytes - (self.total_bytes - self.kv_bytes - self.replay_bytes)
+        rows = room // self.bytes_per_row if self.bytes_per_row and room > 0 else 0
+        replay = f", CUDA graphs' buffers {self.replay_bytes_per_row / GiB:.2f}" if self.replay_bytes_per_row else ""
         if 1 <= rows < self.max_batch:
             lines.append(
                 f"Re-export with --max-batch {rows}: the KV cache takes {self.kv_bytes_per_row / GiB:.2f} GiB per "
-                "batch row."
+                f"batch row{replay}."
             )
         elif rows < 1:
             lines.append(
                 "Even one batch row does not fit: re-export with a smaller --max-new-tokens or --max-text-tokens "
-                f"(KV cache {self.kv_bytes_per_row / GiB:.2f} GiB per row) and fewer buckets or smaller weights."
+                f"(KV cache {self.kv_bytes_per_row / GiB:.2f} GiB per row{replay}) and fewer buckets or smaller "
+                "weights."
             )
+        if self.replay_bytes:
+            lines.append(f"Serving with --cuda-graphs off saves the CUDA graphs' {self.replay_bytes / GiB:.2f} GiB.")
         per_engine = self.weights.per_engine
         prefills = sorted(name for name in per_engine if name.startswith("prefill_"))
         if len(prefills) > 1 and not self.weights.shared:
@@ -218,8 +235,11 @@ def engine_weight_placement(engines: EngineManifest) -> WeightPlacement:
     return WeightPlacement(per_engine, sum(shared.values()), sum(per_engine.values()) + copies, "engines")
 
 
-def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | None = None) -> MemoryPlan:
-    """The memory plan of ``export_dir`` (and its engines, when given) on ``target``."""
+def plan_memory(
+    export_dir: str | Path, target: str, engines_dir: str | Path | None = None, cuda_graphs: bool = True
+) -> MemoryPlan:
+    """The memory plan of ``export_dir`` (and its engines, when given) on ``target``, replaying CUDA graphs unless
+    ``cuda_graphs`` is false."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False, engines_flags="--engines")
     graph_bytes = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}
@@ -233,6 +253,10 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         weights = graph_weight_placement(Path(export_dir), manifest, graph_bytes)
     max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
+    kv_row = kv_bytes(manifest, 1)
+    prefills = sum(graph.kind in ("prefill", "text") for graph in manifest.graphs.values()) if cuda_graphs else 0
+    replay_row = prefills * kv_row  # a captured prefill's presents: at most the KV cache's bytes
+    replay = min(replay_row * max_batch, prefills * MAX_BUFFER_BYTES)
     return MemoryPlan(
         device=dev,
         weights=weights,
@@ -242,4 +266,6 @@ def plan_memory(export_dir: str | Path, target: str, engines_dir: str | Path | N
         max_batch=max_batch,
         activation_bytes=workspace,
         build_host_bytes=2 * max(graph_bytes.values()) + GiB,
+        replay_bytes=replay,
+        replay_bytes_per_row=replay // max_batch,
     )

@@ -8,7 +8,10 @@ Runs after every export; ``check_graph`` fails with every finding and its fix. R
 - ``topk``: TopK whose k is not a constant, or is above TensorRT's limit of 3840;
 - ``dense-mask``: a boolean or ``*mask*`` graph input, or a boolean or large-negative constant, whose last two axes
   are equal and at least the image-token count (or the same dynamic axis): a mask quadratic in the image tokens;
-- ``fp16-norm``: norm statistics computed in float16 (a norm op, or ReduceMean over a square, on float16 data).
+- ``fp16-norm``: norm statistics computed in float16 (a norm op, or ReduceMean over a square, on float16 data);
+- ``cuda-cpu``: an op on a type ONNX Runtime's CUDA EP has no kernel for (``CUDA_TYPES``): it runs on the CPU between
+  device tensors, two copies per run, and ONNX Runtime refuses to capture the graph as a CUDA graph (seen on an H200
+  with the LUVC prefill's int64 Pad).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ FORBIDDEN_OPS = {
     "Compress": "data-dependent output shape; use Gather with static indices",
     "Loop": "loops are slow or fail in TensorRT; unroll with static trip counts",
     "Scan": "loops are slow or fail in TensorRT; unroll with static trip counts",
+}
+# op -> the input types ONNX Runtime's CUDA EP runs it on (1.31; the others land on the CPU)
+CUDA_TYPES = {
+    "Pad": frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}),
 }
 NORM_OPS = frozenset({"LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization"})
 UNBACKED = re.compile(r"\bu\d+\b")
@@ -102,6 +109,16 @@ def lint_graph(
                 issues.append(
                     LintIssue("topk", name, f"k={int(np.max(k))} exceeds TensorRT's TopK limit of {TOPK_LIMIT}")
                 )
+        elif node.op_type in CUDA_TYPES and types.get(node.input[0], 0) not in (0, *CUDA_TYPES[node.op_type]):
+            kind = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
+            issues.append(
+                LintIssue(
+                    "cuda-cpu",
+                    name,
+                    f"{node.op_type} on {kind}: ONNX Runtime's CUDA EP runs it on the CPU between device tensors, and "
+                    "will not capture the graph as a CUDA graph; build the tensor with Concat, or in float",
+                )
+            )
         elif node.op_type in NORM_OPS and types.get(node.input[0]) == FLOAT16:
             issues.append(LintIssue("fp16-norm", name, f"{node.op_type} statistics in float16; cast to float32"))
         elif node.op_type == "ReduceMean" and types.get(node.input[0]) == FLOAT16:

@@ -121,3 +121,35 @@ def _own(output, cache) -> None:
             tensor = getattr(layer, name, None)
             if isinstance(tensor, torch.Tensor):
                 setattr(layer, name, tensor.clone())
+
+
+def llm_arguments(adapter, inputs: dict) -> tuple[tuple, dict]:
+    """The arguments the multimodal forward of ``adapter`` (LUVC applied) gives its text model for a prefill of
+    ``inputs`` (``prepare_inputs``): positional and keyword, as the text model's forward takes them."""
+    captured: dict = {}
+    hook = adapter.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(kwargs, args=args), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            adapter.model.model(**inputs)
+    finally:
+        hook.remove()
+    return captured.pop("args"), captured
+
+
+def explain_loop(adapter, inputs: dict):
+    """``torch._dynamo.explain`` of what ``compile_llm`` compiles for a prefill of ``inputs``: the decoder loop (after
+    the forward's host checks), traced as ``CompiledLoop`` traces it (after an eager run of the plan)."""
+    from luvc.models.cache import LuvcCache
+
+    _, kwargs = llm_arguments(adapter, inputs)
+    hidden, positions = kwargs.pop("inputs_embeds"), kwargs.pop("position_ids")
+    plan = {
+        key: value for key, value in kwargs.items() if key not in ("attention_mask", "past_key_values", "use_cache")
+    }
+    loop = adapter.language_model.luvc_layers
+    with torch.no_grad():
+        loop(hidden, positions, LuvcCache(), True, **plan)  # the plan's constants, as CompiledLoop's first call
+        with compiled_constants():
+            return torch._dynamo.explain(loop)(hidden, positions, LuvcCache(), True, **plan)

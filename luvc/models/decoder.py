@@ -175,7 +175,7 @@ def shifted_index(
         return torch.where(position > before_block, position + removed, position)
     # slot 0 adds 0, the last slot ``removed``: concatenated, not padded (ONNX Runtime's CUDA EP has no int64 Pad,
     # and one CPU node between device tensors keeps the whole graph from being captured as a CUDA graph)
-    edge = torch.zeros_like(inside[0][:, :1])
+    edge = before_block * 0  # (B, 1) zeros from a tensor at hand: one node
     adds = torch.cat([edge, *inside, edge + removed], dim=1)
     slot = (position - before_block).clamp(0, adds.shape[1] - 1)
     return position + torch.gather(adds, 1, slot)

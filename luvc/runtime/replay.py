@@ -23,8 +23,13 @@ from typing import Protocol
 
 import torch
 
+from luvc import runtime
 from luvc.errors import critical, warn
 from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+
+# MAX_BUFFER_BYTES: device bytes of persistent input and output buffers one session keeps at most (a prefill holds its
+# presents, the keys and values of its padded prompt, for each batch and length it captured); past it a new shape
+# runs plain. Read from luvc.runtime at each capture (tests lower it).
 
 # captured graphs one session keeps at most: decode has one per (batch size, attention window), and a window grows by
 # 64 tokens (luvc.runtime.kv_cache.WINDOW_STEP); past this a new shape runs plain, with one warning
@@ -130,10 +135,7 @@ class Replayer:
             return
         key = shape_key(feeds, outputs)
         entry = self.captured.get(key)
-        if entry is None and len(self.captured) >= MAX_CAPTURED:
-            if not self._warned_full:
-                self._warned_full = True
-                warn(f"{self.name}: {MAX_CAPTURED} shapes captured; new shapes run without CUDA graphs.")
+        if entry is None and self._full(feeds, outputs):
             plain(feeds, outputs)
             return
         try:
@@ -165,6 +167,25 @@ class Replayer:
         self.backend.capture(entry.slot, inputs, results)
         self.captured[key] = entry
         return entry
+
+    def _full(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> bool:
+        """Whether a new shape would pass ``MAX_CAPTURED`` or ``MAX_BUFFER_BYTES`` (said once)."""
+        in_place = in_place_addresses(feeds, outputs)
+        new_bytes = sum(
+            tensor.numel() * tensor.element_size()
+            for tensor in (*feeds.values(), *outputs.values())
+            if tensor.data_ptr() not in in_place
+        )
+        reason = None
+        if len(self.captured) >= MAX_CAPTURED:
+            reason = f"{MAX_CAPTURED} shapes captured"
+        elif self.buffer_bytes + new_bytes > runtime.MAX_BUFFER_BYTES:
+            total = self.buffer_bytes + new_bytes
+            reason = f"its buffers would take {total:,} bytes, past the limit of {runtime.MAX_BUFFER_BYTES:,}"
+        if reason is not None and not self._warned_full:
+            self._warned_full = True
+            warn(f"{self.name}: {reason}; new shapes run without CUDA graphs.")
+        return reason is not None
 
     def describe(self) -> str:
         """One line: what was captured, or why nothing is."""

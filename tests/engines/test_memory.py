@@ -37,8 +37,8 @@ def test_a_plan_that_fits_and_one_that_needs_a_smaller_batch(exports, capsys):
     assert main(["plan", str(export), "--target", "80"]) == 0
     assert "fits" in capsys.readouterr().out
     plan = plan_memory(export, "80")
-    fixed = plan.total_bytes - plan.kv_bytes
-    target = (fixed + 2.5 * plan.kv_bytes_per_row) / GiB  # room for two and a half batch rows of KV cache
+    fixed = plan.total_bytes - plan.kv_bytes - plan.replay_bytes
+    target = (fixed + 2.5 * plan.bytes_per_row) / GiB  # room for two and a half batch rows of KV cache
     assert main(["plan", str(export), "--target", f"{target:.9f}"]) == 1
     out = capsys.readouterr().out
     assert "does not fit" in out and "Re-export with --max-batch 2" in out
@@ -69,3 +69,16 @@ def test_weights_from_engines_are_the_engine_sizes(exports, tmp_path):
     # the shared layout's weight inputs once, beside the engine files; from the ONNX graphs the same tensors
     assert plan.weights.shared == plan_memory(export, "orin-16gb").weights.shared > 0
     assert np.isclose(plan.weight_bytes, sum(sizes.values()) + plan.weights.shared)
+
+
+def test_the_cuda_graphs_buffers_are_counted_unless_off(exports, capsys):
+    """A captured prefill holds its presents: at most the KV cache's bytes, one per prefill graph (bucket, text)."""
+    export = exports("tiny-qwen2-vl")
+    plan, off = plan_memory(export, "80"), plan_memory(export, "80", cuda_graphs=False)
+    prefills = sum(graph.kind in ("prefill", "text") for graph in ExportManifest.load(export).graphs.values())
+    assert plan.replay_bytes == prefills * plan.kv_bytes > 0 and off.replay_bytes == 0
+    assert plan.total_bytes - off.total_bytes == plan.replay_bytes
+    assert main(["plan", str(export), "--target", "80"]) == 0
+    assert "CUDA graphs: captured prefills (estimate)" in capsys.readouterr().out
+    assert main(["plan", str(export), "--target", "80", "--cuda-graphs", "off"]) == 0
+    assert "CUDA graphs" not in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """What LUVC asks of ONNX Runtime's host, graph by graph: after ONNX Runtime's own optimisation the vision and prefill
-graphs of a LUVC export hold at most 10% more nodes than those of the same model exported with compression off (on a
-GPU at batch 1 each node is a launch the host issues, so more of them lose what the smaller matrices save)."""
+graphs of a LUVC export hold at most 11% more nodes than those of the same model exported with compression off (on a
+GPU at batch 1 each node is a launch the host issues, so more of them lose what the smaller matrices save; replayed as
+a CUDA graph they cost no launch each)."""
 
 import onnx
 import pytest
@@ -13,7 +14,9 @@ from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from tests.conftest import made_once
 
-MAX_NODE_RATIO = 1.1
+# 1.10 until the shifted gather index was built with Concat instead of two int64 Pads (1.102 on the tiny Qwen2-VL): on
+# ONNX Runtime's CUDA EP each Pad ran on the CPU behind two copies, and kept the prefill from being captured
+MAX_NODE_RATIO = 1.11
 BUCKET = "224x224"
 
 
@@ -28,7 +31,7 @@ def _optimized(export) -> dict[str, onnx.ModelProto]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl"])  # the others: benchmarks/graph_overhead.py --model
-def test_luvc_graphs_hold_at_most_ten_percent_more_nodes(family, exports, tmp_path_factory):
+def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(family, exports, tmp_path_factory):
     profile = ExportProfile(image_sizes=((224, 224),))
     off = made_once(
         tmp_path_factory,

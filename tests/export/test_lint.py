@@ -136,3 +136,20 @@ def test_a_norm_scale_read_by_two_norms_is_widened_once():
     fixed = gs.export_onnx(graph)
     onnx.checker.check_model(fixed)
     assert [init.name for init in fixed.graph.initializer] == ["scale/fp32"]
+
+
+@pytest.mark.parametrize(("dtype", "rules"), [(TensorProto.INT64, ["cuda-cpu"]), (TensorProto.FLOAT16, [])])
+def test_a_pad_the_cuda_ep_runs_on_the_cpu_is_caught(dtype, rules):
+    """An int64 Pad (the LUVC prefill built its shifted gather index with two) runs on the CPU under ONNX Runtime's CUDA
+    EP, between device tensors: the graph cannot be captured as a CUDA graph (seen on an H200)."""
+    pads = helper.make_tensor("pads", TensorProto.INT64, [4], [0, 1, 0, 1])
+    model = _model(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], name="/llm/layers.2/spu/Pad")],
+        [_tensor("x", dtype)],
+        [_tensor("y", dtype, (1, 10))],
+        [pads],
+    )
+    assert _rules(model) == rules
+    if rules:
+        message = str(lint_graph(model)[0])
+        assert message.startswith("[cuda-cpu] /llm/layers.2/spu/Pad: Pad on int64: ONNX Runtime's CUDA EP")

@@ -6,32 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from luvc.compress.constants import compiled_constants
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
-from luvc.models.cache import LuvcCache
-from luvc.models.compiled import compile_llm, compiles
+from luvc.models.compiled import compile_llm, compiles, explain_loop
 from luvc.models.generation import greedy_generate
 from luvc.parity.text import judge_text
 from luvc.parity.tolerances import TOLERANCES
 
 PROMPT = "Describe the image."
-
-
-def llm_call(adapter, prompt: str = PROMPT) -> tuple[tuple, dict]:
-    """The arguments the multimodal forward gives the LUVC text model for a prefill of ``prompt`` and one image."""
-    inputs = adapter.prepare_inputs([synthetic_image(224, 224, 3)], prompt)
-    captured: dict = {}
-    hook = adapter.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: captured.update(kwargs, args=args), with_kwargs=True
-    )
-    with torch.no_grad():
-        adapter.model.model(**inputs)
-    hook.remove()
-    return captured.pop("args"), captured
 
 
 @pytest.mark.slow
@@ -41,17 +25,7 @@ def test_the_decoder_loop_traces_whole_for_every_family(family):
     break (38 breaks counted in the whole tiny Qwen2-VL forward before; every one a value read back to the host)."""
     adapter = load_model(family)
     adapter.apply_luvc()
-    args, kwargs = llm_call(adapter)
-    text_model = adapter.language_model
-    dropped = ("attention_mask", "past_key_values", "use_cache")
-    loop_kwargs = {key: value for key, value in kwargs.items() if key not in dropped}
-    hidden, positions = loop_kwargs.pop("inputs_embeds"), loop_kwargs.pop("position_ids")
-    with torch.no_grad():
-        text_model.luvc_layers(hidden, positions, LuvcCache(), True, **loop_kwargs)  # the plan's constants, once
-        with compiled_constants():
-            explanation = torch._dynamo.explain(text_model.luvc_layers)(
-                hidden, positions, LuvcCache(), True, **loop_kwargs
-            )
+    explanation = explain_loop(adapter, adapter.prepare_inputs([synthetic_image(224, 224, 3)], PROMPT))
     assert explanation.graph_break_count == 0, [reason.reason[:200] for reason in explanation.break_reasons]
     assert explanation.graph_count == 1 and explanation.op_count > 50
 

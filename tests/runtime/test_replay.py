@@ -142,6 +142,17 @@ def test_a_failed_capture_warns_once_and_the_graph_runs_plain_from_then_on(capsy
     assert replayer.describe() == "ort:decode: not replayed (RuntimeError: CUDA error: out of memory)"
 
 
+def test_past_the_buffer_limit_new_shapes_run_plain(monkeypatch, capsys):
+    monkeypatch.setattr("luvc.runtime.MAX_BUFFER_BYTES", 64)  # two float32 tensors of 4 (in and out): 32 bytes
+    replayer = Replayer("ort:prefill_224x224", RefusingCapture(fail_on=0))
+    ran = []
+    for rows in (4, 4, 2, 8):  # 32 bytes, again, 16 more (48), 64 more: refused
+        replayer.run({"x": torch.ones(rows)}, {"y": torch.empty(rows)}, lambda feeds, out: ran.append(len(out["y"])))
+    assert ran == [8] and len(replayer.captured) == 2 and replayer.buffer_bytes == 48
+    err = capsys.readouterr().err
+    assert "ort:prefill_224x224: its buffers would take 112 bytes, past the limit of 64; new shapes run without" in err
+
+
 def test_past_the_capture_limit_new_shapes_run_plain(monkeypatch, capsys):
     monkeypatch.setattr("luvc.runtime.replay.MAX_CAPTURED", 2)
     replayer = Replayer("ort:decode", RefusingCapture(fail_on=0))
