@@ -56,6 +56,11 @@ BAD = [  # what to change in the question set or the flags -> what the one-line 
     ({}, ("--methods", "luvc", "--ratios", "0.9"), "luvc at ratio 0.9 would give the LLM"),
     ({}, ("--num-samples", "0"), "--num-samples 0: ask for at least 1"),
     ({}, ("--option", "dart_pivots=0"), "dart_pivots must be an integer >= 1"),
+    (
+        {},
+        ("--cuda-graphs", "on"),
+        "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the model runs on cpu",
+    ),
 ]
 
 

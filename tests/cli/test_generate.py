@@ -111,3 +111,9 @@ def test_argument_group_docstrings():
         doc = inspect.getdoc(group)
         assert re.match(r"^\w[\w ]*: \S", doc), group
         assert "Depends on:" in doc, group
+
+
+def test_generate_refuses_cuda_graphs_on_where_pytorch_runs_on_the_cpu(capsys):
+    assert main(["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", "--cuda-graphs", "on"]) == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the model runs on cpu." in err

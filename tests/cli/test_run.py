@@ -158,3 +158,15 @@ def test_run_refuses_stop_strings_the_server_refuses(exports, capsys):
     argv = ["run", str(exports("tiny-llava")), "--prompt", "hi"]
     assert main([*argv, *[flag for stop in "abcde" for flag in ("--stop", stop)]]) == 2
     assert capsys.readouterr().err.strip() == "error: stop has 5 strings; give at most 4."
+
+
+def test_run_says_whether_it_replays_cuda_graphs_and_refuses_on_without_a_gpu(exports, capsys):
+    """--cuda-graphs reaches the pipeline: on the CPU the default runs plain and says so in one line; `on` asks for a
+    CUDA device and is refused with one line (exit 2)."""
+    folder = str(exports("tiny-qwen2-vl"))
+    assert main(["run", folder, "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    assert "CUDA graphs: off (cpu runs no CUDA graphs)\n" in capsys.readouterr().out
+    assert main(["run", folder, "--prompt", "hi", "--cuda-graphs", "on"]) == 2
+    err = capsys.readouterr().err
+    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the pipeline runs on cpu." in err
+    assert err.count("\n") == 1

@@ -51,7 +51,9 @@ def test_serve_answers_health_and_stops_on_sigterm(exports):
     port = free_port()
     with serve_process(exports("tiny-llava"), port) as process:
         banner = process.stdout.readline()
-        assert banner.startswith(f"Serving tiny-llava (ort on cpu, buckets 224x224) at http://127.0.0.1:{port}/v1")
+        assert banner.startswith(
+            f"Serving tiny-llava (ort on cpu, no CUDA graphs, buckets 224x224) at http://127.0.0.1:{port}/v1"
+        )
         wait_for_health(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

@@ -103,8 +103,8 @@ def test_requests_on_other_buckets_reuse_the_weights_and_the_cache(built):
     assert [tensor.data_ptr() for pair in pipeline.sessions.kv_cache(1).buffers for tensor in pair] == pointers
     prefills = [s for n, s in pipeline.sessions.opened().items() if n.startswith("prefill")]
     common = set.intersection(*({v.data_ptr() for v in s._shared_values} for s in prefills))
-    largest = max(weights._values, key=lambda key: key.length)  # the tied embedding / LM head, 64 MiB
-    assert largest.length == WIDTHS["vocab_size"] * WIDTHS["hidden_size"] * 2
+    largest = max(weights._values, key=lambda key: key[0].length)  # the tied embedding / LM head, 64 MiB
+    assert largest[0].length == WIDTHS["vocab_size"] * WIDTHS["hidden_size"] * 2
     assert weights._values[largest].data_ptr() in common  # one value in every prefill session
 
 

@@ -628,3 +628,18 @@ def test_the_access_log_has_a_line_per_request_with_its_id_status_and_tokens_and
     assert refused_line.split()[0] == error.value.headers["X-Request-ID"]  # an id of its own, sent back
     assert any(" GET /health 200 " in line for line in lines)
     assert "violet" not in "\n".join(lines) and "giraffe" not in "\n".join(lines)
+
+
+def test_metrics_say_whether_graphs_are_replayed(server):
+    """The CPU server replays nothing: enabled 0, nothing captured or replayed, no graph fell back."""
+    base_url, _ = server
+    metrics = scrape(base_url)
+    assert [metrics[f"{name}[]"] for name in CUDA_GRAPH_METRICS] == [0, 0, 0, 0]
+
+
+CUDA_GRAPH_METRICS = (
+    "luvc_cuda_graphs_enabled",
+    "luvc_cuda_graphs_captured",
+    "luvc_cuda_graph_replays",
+    "luvc_cuda_graphs_failed",
+)

@@ -51,6 +51,7 @@ def test_the_repository_config_is_a_valid_triton_model_config(exports, tmp_path)
         ("max_tokens", True),
     ]
     assert config.parameters["export_dir"].string_value == str(export.resolve())
+    assert config.parameters["cuda_graphs"].string_value == "auto"  # GPU instances replay (TritonModel's Pipeline)
     assert (out / "luvc" / "1" / "model.py").is_file()
 
 
