@@ -14,7 +14,7 @@ from luvc.cli.args.model import ModelArgs
 from luvc.cli.args.request import RequestArgs
 from luvc.compress.config import LUVCConfig
 from luvc.compress.methods import method_of
-from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
 if TYPE_CHECKING:
     from luvc.compress.cost import CostReport

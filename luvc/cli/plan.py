@@ -7,8 +7,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.engines.memory import DEVICES, GiB, MemoryPlan
-from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
 
 class Plan:

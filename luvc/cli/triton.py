@@ -8,8 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 from luvc.cli.args.base import int_in
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
-from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
 
 
 class Triton:

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from luvc.cuda_graphs import MAX_BUFFER_BYTES
 from luvc.engines.targets import get_target
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
-from luvc.runtime import MAX_BUFFER_BYTES
 
 if TYPE_CHECKING:
     from luvc.engines.manifest import EngineManifest

@@ -37,6 +37,7 @@ from luvc.export.converter_settings import (
 from luvc.export.decomposed_trace import converting_decomposed, prepare_registry, trace_decomposed
 from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
+from luvc.export.host_plan import HostPlan
 from luvc.export.inspect import root_of
 from luvc.export.kv_update import mark_opset, translation_table
 from luvc.export.lint import check_graph
@@ -65,7 +66,6 @@ from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.weights import cast_in_place
 from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
-from luvc.runtime.host_plan import HostPlan
 from luvc.staging import output_claim, staged_folder
 
 INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights

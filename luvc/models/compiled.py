@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from luvc.compress.constants import compiled_constants
+from luvc.cuda_graphs import replays
 from luvc.errors import critical
-from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 
 REDUCE_OVERHEAD = "reduce-overhead"  # torch.compile's mode with CUDA graphs (cudagraph trees)
 
@@ -29,15 +29,7 @@ def compiles(choice: str | None, device: torch.device | str, many_requests: bool
     """Whether ``--cuda-graphs`` ``choice`` compiles the PyTorch LLM prefill with CUDA graphs on ``device``: ``on``
     (a CUDA device is required), ``auto`` (the default) on a CUDA device when the caller runs ``many_requests``
     (``eval``; a one-shot ``generate`` would not pay the compile back), ``off``."""
-    choice = DEFAULT_CUDA_GRAPHS if choice is None else choice
-    device = torch.device(device)
-    if choice not in CUDA_GRAPH_CHOICES:
-        critical(f"--cuda-graphs {choice!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
-    if choice == "on" and device.type != "cuda":
-        critical(f"--cuda-graphs on replays CUDA graphs, which need a CUDA device; the model runs on {device}.")
-    if choice == "auto":
-        return device.type == "cuda" and many_requests
-    return choice == "on"
+    return replays(choice, torch.device(device).type, pays_back=many_requests)
 
 
 def compile_llm(text_model: nn.Module, cuda_graphs: bool | None = None) -> None:

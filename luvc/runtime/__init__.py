@@ -8,8 +8,3 @@ FIT_HELP = (
     "resized to the bucket nearest its aspect ratio, content whole), pad (scaled inside it and padded, nothing "
     "distorted) or exact (refused)"
 )
-# whether each graph's shapes are captured once as CUDA graphs and replayed (luvc.runtime.replay)
-CUDA_GRAPH_CHOICES = ("auto", "on", "off")
-DEFAULT_CUDA_GRAPHS = "auto"  # on for a CUDA device
-# device bytes of persistent buffers one replayed session keeps at most (luvc.runtime.replay; `plan` counts them)
-MAX_BUFFER_BYTES = 1 << 30

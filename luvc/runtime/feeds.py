@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from luvc.errors import critical
+from luvc.export.host_plan import HostPlan
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.base_session import TORCH_DTYPES
-from luvc.runtime.host_plan import HostPlan
 from luvc.runtime.prompt_ids import PromptRows, visual_tokens
 from luvc.runtime.sessions import Sessions
 from luvc.videos import DEFAULT_SAMPLED_FPS

@@ -23,13 +23,9 @@ from typing import Protocol
 
 import torch
 
-from luvc import runtime
-from luvc.errors import critical, warn
-from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
-
-# MAX_BUFFER_BYTES: device bytes of persistent input and output buffers one session keeps at most (a prefill holds its
-# presents, the keys and values of its padded prompt, for each batch and length it captured); past it a new shape
-# runs plain. Read from luvc.runtime at each capture (tests lower it).
+from luvc import cuda_graphs
+from luvc.cuda_graphs import replays
+from luvc.errors import warn
 
 # captured graphs one session keeps at most: decode has one per (batch size, attention window), and a window grows by
 # 64 tokens (luvc.runtime.kv_cache.WINDOW_STEP); past this a new shape runs plain, with one warning
@@ -37,14 +33,9 @@ MAX_CAPTURED = 256
 
 
 def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:
-    """Whether the sessions on ``device`` replay CUDA graphs: ``auto`` (the default) on a CUDA device, ``on`` (a CUDA
-    device is required), ``off``."""
-    choice = DEFAULT_CUDA_GRAPHS if choice is None else choice
-    if choice not in CUDA_GRAPH_CHOICES:
-        critical(f"--cuda-graphs {choice!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
-    if choice == "on" and device.type != "cuda":
-        critical(f"--cuda-graphs on replays CUDA graphs, which need a CUDA device; the pipeline runs on {device}.")
-    return choice != "off" and device.type == "cuda"
+    """Whether the sessions on ``device`` replay CUDA graphs (``luvc.cuda_graphs.replays``): ``auto`` (the default) on
+    a CUDA device, ``on`` (a CUDA device is required), ``off``."""
+    return replays(choice, device.type)
 
 
 class GraphCapture(Protocol):
@@ -169,7 +160,7 @@ class Replayer:
         return entry
 
     def _full(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> bool:
-        """Whether a new shape would pass ``MAX_CAPTURED`` or ``MAX_BUFFER_BYTES`` (said once)."""
+        """Whether a new shape would pass ``MAX_CAPTURED`` or ``luvc.cuda_graphs.MAX_BUFFER_BYTES`` (said once)."""
         in_place = in_place_addresses(feeds, outputs)
         new_bytes = sum(
             tensor.numel() * tensor.element_size()
@@ -179,9 +170,9 @@ class Replayer:
         reason = None
         if len(self.captured) >= MAX_CAPTURED:
             reason = f"{MAX_CAPTURED} shapes captured"
-        elif self.buffer_bytes + new_bytes > runtime.MAX_BUFFER_BYTES:
+        elif self.buffer_bytes + new_bytes > cuda_graphs.MAX_BUFFER_BYTES:
             total = self.buffer_bytes + new_bytes
-            reason = f"its buffers would take {total:,} bytes, past the limit of {runtime.MAX_BUFFER_BYTES:,}"
+            reason = f"its buffers would take {total:,} bytes, past the limit of {cuda_graphs.MAX_BUFFER_BYTES:,}"
         if reason is not None and not self._warned_full:
             self._warned_full = True
             warn(f"{self.name}: {reason}; new shapes run without CUDA graphs.")

@@ -22,10 +22,11 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+from luvc.cuda_graphs import DEFAULT_CUDA_GRAPHS, replays
 from luvc.engines.manifest import EngineManifest
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
-from luvc.runtime import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, DEFAULT_FIT
+from luvc.runtime import DEFAULT_FIT
 from luvc.runtime.fit import check_policy
 from luvc.staging import OutputKind, output_claim, staged_folder
 
@@ -74,8 +75,7 @@ class RepositoryOptions:
                 "starting with a letter or digit, at most 128 characters (it becomes a folder and a URL part)."
             )
         check_policy(self.fit)
-        if self.cuda_graphs not in CUDA_GRAPH_CHOICES:
-            critical(f"--cuda-graphs {self.cuda_graphs!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
+        replays(self.cuda_graphs, "cuda")  # refuses a value that is none of CUDA_GRAPH_CHOICES
         if self.instances < 1:
             critical(f"--instances {self.instances}: run at least 1 model instance.")
         if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):

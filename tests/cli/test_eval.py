@@ -59,7 +59,7 @@ BAD = [  # what to change in the question set or the flags -> what the one-line 
     (
         {},
         ("--cuda-graphs", "on"),
-        "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the model runs on cpu",
+        "--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on cpu",
     ),
 ]
 

@@ -116,4 +116,4 @@ def test_argument_group_docstrings():
 def test_generate_refuses_cuda_graphs_on_where_pytorch_runs_on_the_cpu(capsys):
     assert main(["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", "--cuda-graphs", "on"]) == 2
     err = capsys.readouterr().err
-    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the model runs on cpu." in err
+    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on cpu." in err

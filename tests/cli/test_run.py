@@ -168,5 +168,5 @@ def test_run_says_whether_it_replays_cuda_graphs_and_refuses_on_without_a_gpu(ex
     assert "CUDA graphs: off (cpu runs no CUDA graphs)\n" in capsys.readouterr().out
     assert main(["run", folder, "--prompt", "hi", "--cuda-graphs", "on"]) == 2
     err = capsys.readouterr().err
-    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; the pipeline runs on cpu." in err
+    assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on cpu." in err
     assert err.count("\n") == 1

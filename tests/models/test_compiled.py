@@ -75,5 +75,5 @@ def test_the_option_compiles_where_it_pays(choice, device, many, compiled):
 
 
 def test_the_option_refuses_on_for_the_cpu():
-    with pytest.raises(LuvcError, match="need a CUDA device; the model runs on cpu"):
+    with pytest.raises(LuvcError, match="need a CUDA device; it runs on cpu"):
         compiles("on", "cpu", True)

@@ -143,7 +143,7 @@ def test_a_failed_capture_warns_once_and_the_graph_runs_plain_from_then_on(capsy
 
 
 def test_past_the_buffer_limit_new_shapes_run_plain(monkeypatch, capsys):
-    monkeypatch.setattr("luvc.runtime.MAX_BUFFER_BYTES", 64)  # two float32 tensors of 4 (in and out): 32 bytes
+    monkeypatch.setattr("luvc.cuda_graphs.MAX_BUFFER_BYTES", 64)  # two float32 tensors of 4 (in and out): 32 bytes
     replayer = Replayer("ort:prefill_224x224", RefusingCapture(fail_on=0))
     ran = []
     for rows in (4, 4, 2, 8):  # 32 bytes, again, 16 more (48), 64 more: refused
@@ -206,7 +206,7 @@ def test_the_option_resolves_per_device(choice, device, replays):
 
 
 def test_the_option_refuses_on_without_a_gpu_and_unknown_values():
-    with pytest.raises(LuvcError, match="need a CUDA device; the pipeline runs on cpu"):
+    with pytest.raises(LuvcError, match="need a CUDA device; it runs on cpu"):
         resolve_cuda_graphs("on", torch.device("cpu"))
     with pytest.raises(LuvcError, match=r"--cuda-graphs 'yes' is not one of \['auto', 'on', 'off'\]"):
         resolve_cuda_graphs("yes", torch.device("cpu"))

@@ -11,10 +11,11 @@ from luvc.cli.args.budget import add_oim_layers_arg, add_option_arg, parse_oim_l
 from luvc.compress.budgets import budget_values
 from luvc.compress.config import SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
 from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
 from luvc.eval.sweep import SWEEP_AXES, parse_sweep
-from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
 
 
 class EvalArgs(BaseArgs):

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from luvc.cli.args.base import BaseArgs, int_in
-from luvc.runtime import BACKENDS, CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, FIT_HELP, FIT_POLICIES
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:

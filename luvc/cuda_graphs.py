@@ -1,0 +1,27 @@
+"""``--cuda-graphs auto|on|off``: whether a run captures its static shapes as CUDA graphs and replays them, for every
+front end (``run``, ``serve``, Triton, ``eval``, ``generate``) and both paths (the runtime's sessions,
+``luvc.runtime.replay``; PyTorch's compiled LLM prefill, ``luvc.models.compiled``). No import beyond the standard
+library: ``plan`` and the CLI's parsers read it without PyTorch.
+"""
+
+from __future__ import annotations
+
+from luvc.errors import critical
+
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
+DEFAULT_CUDA_GRAPHS = "auto"
+# device bytes of persistent input and output buffers one replayed session keeps at most (a prefill holds its presents,
+# the keys and values of its padded prompt, for each batch and length it captured); past it a new shape runs plain
+MAX_BUFFER_BYTES = 1 << 30
+
+
+def replays(choice: str | None, device_type: str, pays_back: bool = True) -> bool:
+    """Whether ``choice`` (``auto`` when None, ``on``, ``off``) replays CUDA graphs on a device of ``device_type``:
+    ``on`` needs a CUDA device (refused otherwise), ``auto`` replays on one where the capture ``pays_back`` (a
+    one-shot PyTorch ``generate`` would not pay a compile back)."""
+    choice = DEFAULT_CUDA_GRAPHS if choice is None else choice
+    if choice not in CUDA_GRAPH_CHOICES:
+        critical(f"--cuda-graphs {choice!r} is not one of {list(CUDA_GRAPH_CHOICES)}.")
+    if choice == "on" and device_type != "cuda":
+        critical(f"--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on {device_type}.")
+    return device_type == "cuda" and (choice == "on" or (choice == "auto" and pays_back))
