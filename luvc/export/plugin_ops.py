@@ -38,8 +38,8 @@ from luvc.compress.oim import OIMStep, merge_units
 from luvc.compress.scorers import spu_scorer
 from luvc.compress.spu import low_frequency_count
 from luvc.export.naming import PLUGIN_DOMAIN, PLUGIN_OPS, PLUGIN_VERSION
-from luvc.models.decoder import Span, pruned_spans, spu_prune
 from luvc.models.scope import Scope
+from luvc.models.spans import Span, pruned_spans, spu_prune
 
 PLUGIN_SPU_VARIANTS = ("spectral-residual", "channel-spectrum")
 _FLOATS = ("tensor(float)", "tensor(float16)")

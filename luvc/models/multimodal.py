@@ -21,8 +21,9 @@ from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache
 from luvc.models.compat import take_cache
-from luvc.models.decoder import LuvcDecoderOutput, scatter_visual_features
+from luvc.models.decoder import LuvcDecoderOutput
 from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
+from luvc.models.spans import scatter_visual_features
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,8 @@ from luvc.export.manifest import ExportManifest
 from luvc.export.naming import layer_name
 from luvc.models import VLMAdapter
 from luvc.models.compat import output_cache
-from luvc.models.decoder import original_ids
 from luvc.models.generation import greedy_generate
+from luvc.models.spans import original_ids
 from luvc.samples import Sample
 
 

@@ -16,8 +16,8 @@ from luvc.export.manifest import ExportManifest
 from luvc.export.plugin_ops import SCHEMAS, plugin_units
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
-from luvc.models.decoder import spu_prune
 from luvc.models.scope import Scope
+from luvc.models.spans import spu_prune
 from luvc.runtime.pipeline import Pipeline
 
 

@@ -4,7 +4,7 @@ exported graphs take it) against the index each row gets with its spans simply m
 import pytest
 import torch
 
-from luvc.models.decoder import spu_gather_index
+from luvc.models.spans import spu_gather_index
 
 
 def _energy(tokens: torch.Tensor, ids: torch.Tensor, span: int) -> torch.Tensor:
