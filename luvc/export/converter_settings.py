@@ -1,9 +1,11 @@
 """How the export drives ``torch.export`` and ``torch.onnx.export``: quiet, tracing without the fake-tensor cache or
-stack traces, converting without its slowest rewrite rule, with the torchlib registry built once per process, and
-with type promotion that runs only the operators it promotes.
+stack traces, in one trace (``luvc.export.decomposed_trace``), converting without its slowest rewrite rule, with the
+torchlib registry built once per process, and with type promotion that runs only the operators it promotes.
 
-Each context manager changes one setting of the torch/onnxscript exporter for its duration and restores it after;
-when a release keeps the setting elsewhere, it changes nothing and the export runs as the library would run it.
+``SETTINGS`` lists them, each with the private names it needs (``luvc.export.torch_internals``) and what it buys;
+``export_settings(stage)`` enters those of a stage (``graph``: around one graph's export, ``trace``, ``convert``) in
+one stack. A setting whose names this torch or onnxscript lacks is left out, and ``report_settings`` says so in one
+line per setting with what it costs, once per process; the manifest records which applied (``settings_applied``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import io
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from luvc.errors import warn
+from luvc.export.decomposed_trace import converting_decomposed
+from luvc.export.torch_internals import internal, missing, module_of
 
 # onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
 # time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
@@ -26,12 +32,8 @@ SLOW_REWRITE_RULES = frozenset({"SlicesSplit"})
 @contextlib.contextmanager
 def without_slow_rewrites() -> Iterator[None]:
     """onnxscript's default rewrite rules without ``SLOW_REWRITE_RULES`` for the duration."""
-    import onnxscript.rewriter as rewriter
-
-    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
-    if rules is None:
-        yield
-        return
+    rewriter = module_of(REWRITE_RULES)
+    rules = internal(REWRITE_RULES)
     rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITE_RULES)
     try:
         yield
@@ -46,15 +48,7 @@ def without_fake_tensor_cache() -> Iterator[None]:
     With dynamic axes a cache hit rebuilds each output's symbolic sizes and strides from the cache entry, which costs
     more than running the operator's meta function again: tracing a tiny model's five graphs takes 3.7 s without the
     cache and 5.3 s with it, and the graphs are byte-identical (the cache only memoises shape propagation)."""
-    try:
-        import torch._dynamo.config as dynamo_config
-    except ImportError:
-        yield
-        return
-    if not hasattr(dynamo_config, "fake_tensor_cache_enabled"):
-        yield
-        return
-    with dynamo_config.patch(fake_tensor_cache_enabled=False):
+    with module_of(FAKE_TENSOR_CACHE).patch(fake_tensor_cache_enabled=False):
         yield
 
 
@@ -62,14 +56,7 @@ def without_fake_tensor_cache() -> Iterator[None]:
 def without_stack_traces() -> Iterator[None]:
     """Tracing that records no Python stack trace per graph node (``torch.fx.config.do_not_emit_stack_traces``), for
     the duration: nothing in an export reads them, and capturing one per node took about 30% of a graph's trace."""
-    try:
-        import torch.fx.config as fx_config
-    except ImportError:
-        yield
-        return
-    if not hasattr(fx_config, "do_not_emit_stack_traces"):
-        yield
-        return
+    fx_config = module_of(STACK_TRACES)
     before = fx_config.do_not_emit_stack_traces
     fx_config.do_not_emit_stack_traces = True
     try:
@@ -100,16 +87,8 @@ def torchlib_registry_once() -> Iterator[None]:
     ``_torchlib_listed_without_parsing``); the result depends only on the opset and the installed libraries. Each
     export gets its own copy of the registry's table, so the custom translations one graph registers never reach
     another."""
-    try:
-        from torch.onnx._internal.exporter import _registration
-    except ImportError:
-        yield
-        return
-    registry_class = getattr(_registration, "ONNXRegistry", None)
-    original = getattr(registry_class, "from_torchlib", None)
-    if original is None or not isinstance(getattr(registry_class(), "functions", None), dict):
-        yield
-        return
+    registry_class = internal(REGISTRY)
+    original = internal(FROM_TORCHLIB)
 
     def from_torchlib(cls, opset_version=None):
         built = _built_registry(original, opset_version)
@@ -128,7 +107,8 @@ def torchlib_registry_once() -> Iterator[None]:
 @functools.cache
 def _built_registry(from_torchlib, opset_version):
     """The registry torch builds for ``opset_version`` (its default when None), kept for the process."""
-    with _torchlib_listed_without_parsing():
+    listing = _torchlib_listed_without_parsing() if not missing(SETTING_NEEDS["torchlib_listed"]) else None
+    with listing or contextlib.nullcontext():
         return from_torchlib() if opset_version is None else from_torchlib(opset_version=opset_version)
 
 
@@ -139,20 +119,9 @@ def _torchlib_listed_without_parsing() -> Iterator[None]:
 
     onnxscript translates the source of each of the ~500 functions into IR (``function_ir``) only to read that
     domain, which its translator takes from the function's opset: half a second of each process's first export,
-    paid again by every graph worker. The registry comes out the same (``tests/export/test_converter_settings.py``).
-    Where onnxscript lists its functions in another form, the list is onnxscript's own."""
-    try:
-        from onnxscript._framework_apis import torch_2_5
-        from onnxscript.function_libs.torch_lib import registration
-    except ImportError:
-        yield
-        return
-    original = getattr(torch_2_5, "get_torchlib_ops", None)
-    meta = getattr(torch_2_5, "_OnnxFunctionMeta", None)
-    fields = ["qualified_name", "function", "domain", "name", "is_complex"]  # the form ``listed`` builds
-    if original is None or not dataclasses.is_dataclass(meta) or [f.name for f in dataclasses.fields(meta)] != fields:
-        yield
-        return
+    paid again by every graph worker. The registry comes out the same (``tests/export/test_converter_settings.py``)."""
+    original, meta = internal(TORCHLIB_OPS), internal(FUNCTION_META)
+    registration = module_of(DEFAULT_REGISTRY)
 
     def listed():
         from onnxscript.function_libs.torch_lib import ops  # noqa: F401 (importing it registers the functions)
@@ -166,10 +135,7 @@ def _torchlib_listed_without_parsing() -> Iterator[None]:
                     metas.append(meta(qualified_name, function, function.opset.domain, function.name, is_complex))
         return metas
 
-    with contextlib.suppress(ImportError, AttributeError):  # import the module torch.onnx reads the list from
-        from torch.onnx._internal import _lazy_import
-
-        getattr(_lazy_import.onnxscript_apis, "get_torchlib_ops", None)
+    getattr(internal(LAZY_APIS), "get_torchlib_ops", None)  # imports the module torch.onnx reads the list from
     modules = [
         module
         for name, module in list(sys.modules.items())
@@ -193,16 +159,7 @@ def type_promotion_of_promoted_nodes() -> Iterator[None]:
     changes only the operators a promotion rule covers (about a third of a tiny graph's conversion). Here every other
     operator's value is the recorded one. Casts keep a promoted operator's output type, so nothing after it changes:
     the graphs are byte-identical (``tests/export/test_converter_settings.py``)."""
-    try:
-        from torch.onnx._internal.fx.passes import type_promotion
-    except ImportError:
-        yield
-        return
-    interpreter = getattr(type_promotion, "_TypePromotionInterpreter", None)
-    rule_of = getattr(type_promotion, "get_type_promotion_rule", None)
-    if interpreter is None or rule_of is None or "run_node" not in vars(interpreter):
-        yield
-        return
+    interpreter, rule_of = internal(TYPE_PROMOTION), internal(PROMOTION_RULE)
     run_node = interpreter.run_node
 
     def run_promoted_nodes(self, node):
@@ -215,3 +172,150 @@ def type_promotion_of_promoted_nodes() -> Iterator[None]:
         yield
     finally:
         interpreter.run_node = run_node
+
+
+# the internals the settings need (luvc.export.torch_internals.INTERNALS)
+STACK_TRACES = "torch.fx.config.do_not_emit_stack_traces"
+FAKE_TENSOR_CACHE = "torch._dynamo.config.fake_tensor_cache_enabled"
+REGISTRY = "torch.onnx._internal.exporter._registration.ONNXRegistry"
+FROM_TORCHLIB = "torch.onnx._internal.exporter._registration.ONNXRegistry.from_torchlib"
+TORCHLIB_OPS = "onnxscript._framework_apis.torch_2_5.get_torchlib_ops"
+FUNCTION_META = "onnxscript._framework_apis.torch_2_5._OnnxFunctionMeta"
+DEFAULT_REGISTRY = "onnxscript.function_libs.torch_lib.registration.default_registry"
+LAZY_APIS = "torch.onnx._internal._lazy_import.onnxscript_apis"
+REWRITE_RULES = "onnxscript.rewriter._DEFAULT_REWRITE_RULES"
+TYPE_PROMOTION = "torch.onnx._internal.fx.passes.type_promotion._TypePromotionInterpreter"
+PROMOTION_RULE = "torch.onnx._internal.fx.passes.type_promotion.get_type_promotion_rule"
+ONE_TRACE = (
+    "torch.export._trace._export",
+    "torch.export._trace._export_to_aten_ir",
+    "torch.export.exported_program._split_decomp_table_to_cia_and_python_decomp",
+    "torch.export.exported_program._override_composite_implicit_decomp",
+    "torch.onnx._internal.exporter._decomp.get_onnx_implemented_overloads",
+    "torch.onnx._internal.exporter._decomp.create_onnx_friendly_decomposition_table",
+    REGISTRY,
+    "torch.onnx._internal.exporter._constants.TORCHLIB_OPSET",
+)
+DECOMPOSE = "torch.onnx._internal.exporter._fx_passes.decompose_with_registry"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSetting:
+    """One setting of the exporter: when it is entered (``stage``: ``graph``, ``trace``, ``convert``; ``None``: used
+    where its code is, not entered by the stack), the private names it needs, what it buys (said when it cannot
+    apply), and the context manager that applies it."""
+
+    name: str
+    stage: str | None
+    needs: tuple[str, ...]
+    buys: str
+    enter: Callable[[], contextlib.AbstractContextManager] | None = None
+
+    def why_not(self) -> str | None:
+        """Why this setting cannot apply here (the names missing, with the releases), or None when it can."""
+        absent = missing(self.needs)
+        if not absent:
+            return None
+        return f"{_releases()} {'lack' if len(absent) > 1 else 'lacks'} {', '.join(absent)}"
+
+
+SETTINGS = (
+    ExportSetting("quiet", "graph", (), "the exporter's own prints and warnings off", quiet_exporter),
+    ExportSetting(
+        "no_stack_traces",
+        "graph",
+        (STACK_TRACES,),
+        "tracing about 30% faster (no stack trace per node)",
+        without_stack_traces,
+    ),
+    ExportSetting(
+        "registry_once",
+        "graph",
+        (REGISTRY, FROM_TORCHLIB),
+        "the torchlib registry built once per process, not per graph (about 0.5 s per graph)",
+        torchlib_registry_once,
+    ),
+    ExportSetting(
+        "torchlib_listed",
+        None,
+        (TORCHLIB_OPS, FUNCTION_META, DEFAULT_REGISTRY, LAZY_APIS),
+        "the torchlib list without translating ~500 functions' source (about 0.4 s per process and graph worker)",
+    ),
+    ExportSetting(
+        "no_fake_tensor_cache",
+        "trace",
+        (FAKE_TENSOR_CACHE,),
+        "tracing about 1.4x faster (no cache rebuilding symbolic sizes)",
+        without_fake_tensor_cache,
+    ),
+    ExportSetting(
+        "one_trace",
+        None,
+        ONE_TRACE,
+        "one trace per graph instead of torch's two (nearly half of tracing and converting a graph)",
+    ),
+    ExportSetting(
+        "converting_decomposed",
+        "convert",
+        (DECOMPOSE,),
+        "torch.onnx's own decomposition skipped for a graph traced once (it would trace it again)",
+        converting_decomposed,
+    ),
+    ExportSetting(
+        "no_slow_rewrites",
+        "convert",
+        (REWRITE_RULES,),
+        "converting without onnxscript's SlicesSplit rule (8 of the 9 s the optimizer spends on a 32-block encoder)",
+        without_slow_rewrites,
+    ),
+    ExportSetting(
+        "promoted_nodes_only",
+        "convert",
+        (TYPE_PROMOTION, PROMOTION_RULE),
+        "type promotion runs only the operators it promotes (about a third of a graph's conversion)",
+        type_promotion_of_promoted_nodes,
+    ),
+)
+SETTING_NEEDS = {setting.name: setting.needs for setting in SETTINGS}
+
+
+@contextlib.contextmanager
+def export_settings(stage: str) -> Iterator[None]:
+    """Enter every setting of ``stage`` that applies here, in ``SETTINGS``' order (one stack); the others are left
+    out, said once per process (``report_settings``)."""
+    report_settings()
+    with contextlib.ExitStack() as stack:
+        for setting in SETTINGS:
+            if setting.stage == stage and setting.why_not() is None:
+                stack.enter_context(setting.enter())
+        yield
+
+
+_reported = False
+
+
+def report_settings() -> None:
+    """Say, once per process, each setting that cannot apply here: its name, why, and what the export loses. The
+    exporter calls it before forking its graph workers, which inherit that it was said."""
+    global _reported
+    if _reported:
+        return
+    _reported = True
+    for setting in SETTINGS:
+        reason = setting.why_not()
+        if reason is not None:
+            warn(f"export setting {setting.name} is off ({reason}): exports go without {setting.buys}.")
+
+
+def settings_applied() -> dict[str, str]:
+    """Each setting's state here, for the manifest: ``applied``, or ``off: <why>``."""
+    return {setting.name: "applied" if (why := setting.why_not()) is None else f"off: {why}" for setting in SETTINGS}
+
+
+@functools.cache
+def _releases() -> str:
+    """The installed torch and onnxscript releases, as a reason names them."""
+    import onnxscript
+    import torch
+
+    return f"torch {torch.__version__} / onnxscript {onnxscript.__version__}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -49,41 +48,32 @@ class _TorchInternals:
 
 @functools.cache
 def _internals() -> _TorchInternals | None:
-    """The internals, or None where this torch names or shapes them otherwise."""
-    try:
-        from torch.export import _trace, exported_program
-        from torch.onnx._internal.exporter import _decomp, _fx_passes, _registration
+    """The internals (``luvc.export.torch_internals``), or None where this torch names or shapes them otherwise."""
+    from luvc.export.converter_settings import DECOMPOSE, ONE_TRACE, SETTING_NEEDS
+    from luvc.export.torch_internals import internal, missing, module_of
 
-        internals = _TorchInternals(
-            export=_trace._export,
-            trace_module=_trace,
-            split_table=exported_program._split_decomp_table_to_cia_and_python_decomp,
-            override_composite=exported_program._override_composite_implicit_decomp,
-            fx_passes=_fx_passes,
-            implemented=_decomp.get_onnx_implemented_overloads,
-            onnx_table=_decomp.create_onnx_friendly_decomposition_table,
-            registry_class=_registration.ONNXRegistry,
-        )
-        accepts = {
-            internals.export: {"pre_dispatch", "strict", "dynamic_shapes"},
-            _trace._export_to_aten_ir: {"decomp_table", "pre_dispatch"},
-            _fx_passes.decompose_with_registry: {"exported_program", "registry"},
-        }
-        for function, names in accepts.items():
-            if not names <= set(inspect.signature(function).parameters):
-                return None
-        return internals
-    except (ImportError, AttributeError, TypeError, ValueError):
+    if missing(SETTING_NEEDS["one_trace"] + (DECOMPOSE,)):
         return None
+    return _TorchInternals(
+        export=internal(ONE_TRACE[0]),
+        trace_module=module_of(ONE_TRACE[1]),
+        split_table=internal(ONE_TRACE[2]),
+        override_composite=internal(ONE_TRACE[3]),
+        fx_passes=module_of(DECOMPOSE),
+        implemented=internal(ONE_TRACE[4]),
+        onnx_table=internal(ONE_TRACE[5]),
+        registry_class=internal(ONE_TRACE[6]),
+    )
 
 
 def _onnx_registry(opset: int, translations: dict) -> Any:
     """The registry ``torch.onnx.export(..., opset_version=opset, custom_translation_table=translations)`` builds
     (torch.onnx registers torchlib at its own opset when asked for an older one)."""
-    from torch.onnx._internal.exporter import _constants
+    from luvc.export.converter_settings import ONE_TRACE
+    from luvc.export.torch_internals import internal
 
     internals = _internals()
-    registry = internals.registry_class().from_torchlib(opset_version=max(opset, _constants.TORCHLIB_OPSET))
+    registry = internals.registry_class().from_torchlib(opset_version=max(opset, internal(ONE_TRACE[7])))
     for target, function in translations.items():
         registry.register_op(target, function, is_complex=False)
     return registry

@@ -26,15 +26,8 @@ from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
-from luvc.export.converter_settings import (
-    quiet_exporter,
-    torchlib_registry_once,
-    type_promotion_of_promoted_nodes,
-    without_fake_tensor_cache,
-    without_slow_rewrites,
-    without_stack_traces,
-)
-from luvc.export.decomposed_trace import converting_decomposed, prepare_registry, trace_decomposed
+from luvc.export.converter_settings import export_settings, report_settings, settings_applied
+from luvc.export.decomposed_trace import prepare_registry, trace_decomposed
 from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.host_plan import HostPlan
@@ -104,21 +97,16 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             translations.update(plugin_translations())
             units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
         times = self.times
-        with quiet_exporter(), torch.no_grad(), units, without_stack_traces(), torchlib_registry_once():
+        with export_settings("graph"), torch.no_grad(), units:
             try:
-                with times.stage("trace", spec.name), without_fake_tensor_cache():
+                with times.stage("trace", spec.name), export_settings("trace"):
                     program = trace_decomposed(
                         spec.module.eval(), args, spec.dynamic_shapes(), self.opset, translations
                     )
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
             self.on_step()
-            with (
-                times.stage("convert", spec.name),
-                without_slow_rewrites(),
-                converting_decomposed(),
-                type_promotion_of_promoted_nodes(),
-            ):
+            with times.stage("convert", spec.name), export_settings("convert"):
                 onnx_program = torch.onnx.export(
                     program,
                     args,
@@ -186,6 +174,7 @@ def _versions() -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxscript": onnxscript.__version__,
         "exporter": "torch.export (non-strict) + torch.onnx.export(dynamo=True)",
+        **{f"setting.{name}": state for name, state in settings_applied().items()},
     }
 
 
@@ -375,6 +364,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             return contextlib.nullcontext()
         self.times.workers = workers
         with self.times.stage("registry"):  # what each worker would build first, inherited instead
+            report_settings()  # said once, before the workers fork (they inherit that it was)
             prepare_registry(writer.profile.opset)
         jobs = [functools.partial(writer.write, index) for index in range(len(writer.specs))]
         return GraphWorkers(jobs, costs, workers)

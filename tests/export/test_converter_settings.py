@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.onnx._internal.exporter import _registration
 
-from luvc.export.converter_settings import torchlib_registry_once
+from luvc.export.converter_settings import SETTINGS, export_settings, torchlib_registry_once
 from luvc.export.kv_update import translation_table
 
 
@@ -134,3 +135,111 @@ def test_the_registry_built_once_is_the_one_torch_builds_from_onnxscripts_own_li
     assert described(quick) == described(plain)
     assert len(plain.functions) > 300
     assert {meta.domain for meta in torch_2_5.get_torchlib_ops()[:20]} == {"pkg.onnxscript.torch_lib"}
+
+
+def test_every_setting_applies_on_this_torch_and_onnxscript():
+    """CI's torch and onnxscript have every private name the settings need (luvc.export.torch_internals): a release
+    that renames one turns this red, as well as the setting's own test below."""
+    from luvc.export.converter_settings import settings_applied
+
+    assert set(settings_applied().values()) == {"applied"}, settings_applied()
+
+
+def _probes() -> dict:
+    """For each setting, what shows it applied, read from torch and onnxscript themselves while it is entered."""
+    import onnxscript.rewriter as rewriter
+    import torch._dynamo.config as dynamo_config
+    import torch.fx.config as fx_config
+    from torch.onnx._internal.exporter import _fx_passes
+    from torch.onnx._internal.fx.passes import type_promotion
+
+    from luvc.export import decomposed_trace
+
+    def one_trace() -> bool:
+        class Double(torch.nn.Module):
+            def forward(self, x):
+                return x * 2
+
+        return decomposed_trace.is_decomposed(
+            decomposed_trace.trace_decomposed(Double(), (torch.ones(2),), None, 18, {})
+        )
+
+    def listed_quickly() -> bool:
+        from torch.onnx._internal import _lazy_import
+
+        from luvc.export import converter_settings
+
+        before = _lazy_import.onnxscript_apis.get_torchlib_ops
+        with converter_settings._torchlib_listed_without_parsing():
+            return _lazy_import.onnxscript_apis.get_torchlib_ops is not before
+
+    return {
+        "quiet": lambda: __import__("logging").getLogger("torch.onnx").level == __import__("logging").ERROR,
+        "no_stack_traces": lambda: fx_config.do_not_emit_stack_traces,
+        "registry_once": lambda: (
+            _registration.ONNXRegistry.from_torchlib.__func__.__name__ == "from_torchlib"
+            and _registration.ONNXRegistry.from_torchlib.__func__.__module__ == "luvc.export.converter_settings"
+        ),
+        "torchlib_listed": listed_quickly,
+        "no_fake_tensor_cache": lambda: not dynamo_config.fake_tensor_cache_enabled,
+        "one_trace": one_trace,
+        "converting_decomposed": lambda: (
+            _fx_passes.decompose_with_registry.__module__ == "luvc.export.decomposed_trace"
+        ),
+        "no_slow_rewrites": lambda: (
+            "SlicesSplit" not in {getattr(r, "name", None) for r in rewriter._DEFAULT_REWRITE_RULES}
+        ),
+        "promoted_nodes_only": lambda: (
+            type_promotion._TypePromotionInterpreter.run_node.__name__ == "run_promoted_nodes"
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", [setting.name for setting in SETTINGS])
+def test_each_setting_shows_in_torch_and_onnxscript_while_entered(name):
+    """Entered through the stack (its stage), each setting changes what torch or onnxscript do, as read from them."""
+    setting = next(setting for setting in SETTINGS if setting.name == name)
+    probe = _probes()[name]
+    if setting.stage is None:  # used where its code is, not entered by the stack
+        assert probe()
+        return
+    assert not probe()
+    with export_settings(setting.stage):
+        assert probe()
+    assert not probe()  # restored
+
+
+def test_a_setting_whose_internals_are_gone_is_said_once_left_out_and_recorded(monkeypatch, capsys, tmp_path):
+    """A release without onnxscript's rewrite-rule list: one line names the setting, why and what it costs; the
+    export still runs, without it, and the manifest records it off."""
+    import onnxscript.rewriter as rewriter
+
+    from luvc.export import converter_settings, torch_internals
+    from luvc.export.exporter import export_model
+    from luvc.export.manifest import ExportManifest
+    from luvc.export.profile import ExportProfile
+    from luvc.models import load_model
+
+    present = dict(torch_internals.found())
+    present.pop(converter_settings.REWRITE_RULES)
+    monkeypatch.setattr(torch_internals, "found", lambda: present)
+    monkeypatch.setattr(converter_settings, "_reported", False)
+    rules = rewriter._DEFAULT_REWRITE_RULES
+    with converter_settings.export_settings("convert"), converter_settings.export_settings("convert"):
+        assert rewriter._DEFAULT_REWRITE_RULES is rules  # left out: onnxscript's own rules
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert lines == [
+        f"warning: export setting no_slow_rewrites is off ({converter_settings._releases()} lacks "
+        "onnxscript.rewriter._DEFAULT_REWRITE_RULES): exports go without converting without onnxscript's SlicesSplit "
+        "rule (8 of the 9 s the optimizer spends on a 32-block encoder)."
+    ]
+    out = export_model(
+        load_model("tiny-qwen2-vl"),
+        tmp_path / "e",
+        ExportProfile(image_sizes=((224, 224),)),
+        show_progress=False,
+        jobs=1,
+    )
+    versions = ExportManifest.load(out).versions
+    assert versions["setting.no_slow_rewrites"].startswith("off: torch ")
+    assert versions["setting.one_trace"] == "applied"
