@@ -19,7 +19,6 @@ from luvc.errors import critical
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.options import FinishReason, GenerationOptions, RowStep, Step
-from luvc.runtime.prefill import run_prefill
 from luvc.runtime.prepare import Prepared
 from luvc.runtime.running_batch import RunningBatch
 from luvc.runtime.sessions import Sessions
@@ -123,11 +122,10 @@ class Request:
     def _start(self) -> list[RowStep]:
         sessions, prepared, timings = self.sessions, self.prepared, self.timings
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
-        prefill = run_prefill(sessions, self.feeds, prepared)
+        prefill, row_steps = self.rows.admit(prepared, self.row_options, range(prepared.batch))
         self.image_features, self.prefill_feeds = prefill.image_features, prefill.feeds
         self.prefill_outputs = prefill.outputs
         timings.vision_ms, timings.prefill_ms = prefill.vision_ms, prefill.prefill_ms
-        row_steps = self.rows.admit(prefill, self.row_options, range(prepared.batch))
         timings.kv_cache_bytes = self.rows.cache.nbytes()
         return row_steps
 

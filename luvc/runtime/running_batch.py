@@ -1,16 +1,18 @@
 """The generation loop: rows that decode together, joining and leaving at step boundaries, each ending once.
 
-A ``RunningBatch`` holds up to ``capacity`` generations in the sessions' KV cache of that many rows. ``admit`` puts
-a prefilled batch's rows (``luvc.runtime.prefill``) after the running ones with their ``GenerationOptions`` and gives
-their first ``RowStep``; ``step`` runs one decode step for the running rows and gives each its next. Each row keeps its
-own positions, KV write index, length and sampling (settings, generator, penalty counts), so rows of any bucket,
-prompt length and sampling decode together: the decode graph is one for every bucket, and its rows are independent.
+A ``RunningBatch`` holds up to ``capacity`` generations in the sessions' KV cache of that many rows. ``admit`` checks a
+prepared batch's rows, runs their prefill (``luvc.runtime.prefill``), puts them after the running ones with their
+``GenerationOptions`` and gives their first ``RowStep``; ``step`` runs one decode step for the running rows and gives
+each its next. Each row keeps its own positions, KV write index, length and sampling (settings, generator, penalty
+counts), so rows of any bucket, prompt length and sampling decode together: the decode graph is one for every bucket,
+and its rows are independent.
 
 This is the one place that decides when a row ends and why: at a stop token, where a stop string appears in its text
 (the text ends before it), or at its ``max_new_tokens``. A row that ended leaves before the next ``admit`` or
 ``step`` (the last row takes its place, so the running rows are always the first ``size`` and a step costs only
 theirs); until then its KV-cache row stays as the generation left it. ``Request`` (``run``, the library,
-``eval``) and serve's in-flight runner (the HTTP server and the Triton model) only drive it.
+``eval``) and serve's in-flight runner (the HTTP server and the Triton model) only drive it, each admitting with one
+call.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 from luvc.errors import critical
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.options import FinishReason, GenerationOptions, RowStep
-from luvc.runtime.prefill import Prefill
+from luvc.runtime.prefill import Prefill, run_prefill
+from luvc.runtime.prepare import Prepared
 from luvc.runtime.sampling import SamplingConfig, next_tokens
 from luvc.runtime.sessions import Sessions, host_arrays
 from luvc.runtime.text import TextStream
@@ -98,19 +101,31 @@ class RunningBatch:
         return self.capacity - self.size
 
     def admit(
-        self, prefill: Prefill, options: Sequence[GenerationOptions], members: Sequence[Hashable]
-    ) -> list[RowStep]:
-        """Put ``prefill``'s rows after the running ones, each generating under its ``options`` and known as its
-        ``members`` key, and give each its first step (chosen from the prefill's logits); rows that end with it have
+        self, prepared: Prepared, options: Sequence[GenerationOptions], members: Sequence[Hashable]
+    ) -> tuple[Prefill, list[RowStep]]:
+        """Check ``prepared``'s rows against this batch and the export (room, their ``options``' lengths and stop
+        strings) before any work, run their vision and prefill graphs, and put them after the running ones, each
+        generating under its ``options`` and known as its ``members`` key. Returns the prefill (its features, feeds,
+        outputs and times) and each row's first step (chosen from the prefill's logits); rows that end with it have
         left already."""
-        batch = prefill.outputs["logits"].shape[0]
+        batch = prepared.batch
         if not len(options) == len(members) == batch:
             critical(f"Admitting {batch} rows needs options and a member each; got {len(options)} and {len(members)}.")
+        self._drop_ended()
         if batch > self.free:
             critical(f"{batch} rows do not fit a running batch with {self.free} free rows of {self.capacity}.")
         if self.tokenizer is None and any(row_options.stop for row_options in options):
             critical("Stop strings need the text of each row: give the running batch the export's tokenizer.")
-        self._drop_ended()
+        for row_options in options:
+            self.sessions.manifest.profile.check_max_new_tokens(row_options.max_new_tokens)
+        prefill = run_prefill(self.sessions, self.feeds, prepared)
+        return prefill, self._place(prefill, options, members)
+
+    def _place(
+        self, prefill: Prefill, options: Sequence[GenerationOptions], members: Sequence[Hashable]
+    ) -> list[RowStep]:
+        """Load ``prefill``'s rows into the cache after the running ones and give each its first step."""
+        batch = prefill.outputs["logits"].shape[0]
         rows = slice(len(self.rows), len(self.rows) + batch)
         with self.sessions.on_stream():
             self.cache.load(prefill.outputs, prefill.prompt_lengths, rows.start, prefill.sequence_length)

@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from luvc.errors import LuvcError
 from luvc.runtime.options import GenerationOptions, RowStep
 from luvc.runtime.pipeline import Pipeline, Prepared
-from luvc.runtime.prefill import run_prefill
 from luvc.runtime.running_batch import RunningBatch
 
 LOG = logging.getLogger(__name__)
@@ -191,10 +190,10 @@ class JobRunner:
         try:
             if self.rows is None or self.rows.cache.owner is not self.rows:
                 self.rows = RunningBatch(pipeline.sessions, pipeline.feeds, self.max_batch, pipeline.tokenizer)
-            prefill = run_prefill(pipeline.sessions, pipeline.feeds, Prepared.stack([job.prepared for job in jobs]))
             for job in jobs:
                 self.running[job] = _Progress()
-            steps = self.rows.admit(prefill, [job.options for job in jobs], jobs)
+            prepared = Prepared.stack([job.prepared for job in jobs])
+            _, steps = self.rows.admit(prepared, [job.options for job in jobs], jobs)
         except LuvcError as error:
             self._end_admission(jobs, Failed(str(error)))
             return

@@ -7,7 +7,6 @@ import pytest
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
-from luvc.runtime.prefill import run_prefill
 from luvc.runtime.running_batch import RunningBatch
 from luvc.runtime.sampling import SamplingConfig
 from tests import generation_cases as shared
@@ -38,8 +37,7 @@ def test_rows_that_join_and_leave_between_steps_get_the_tokens_they_get_alone(ex
         steps = []
         for member, (prepared, sampling, joins_at) in rows.items():
             if joins_at == step:
-                prefill = run_prefill(pipeline.sessions, pipeline.feeds, prepared)
-                steps += batch.admit(prefill, [GenerationOptions(TOKENS, sampling, stop_token_ids=())], [member])
+                steps += batch.admit(prepared, [GenerationOptions(TOKENS, sampling, stop_token_ids=())], [member])[1]
         if step and batch.size:
             sizes_seen.append(batch.size)
             steps += batch.step()[0]
@@ -58,7 +56,7 @@ def test_a_batch_refuses_more_rows_than_it_holds(exports):
     prepared = pipeline.prepare([synthetic_image(224, 224, s) for s in (1, 2)], ["Describe the image."] * 2)
     batch = RunningBatch(pipeline.sessions, pipeline.feeds, capacity=1)
     with pytest.raises(LuvcError, match="2 rows do not fit a running batch with 1 free rows of 1"):
-        batch.admit(run_prefill(pipeline.sessions, pipeline.feeds, prepared), [GenerationOptions()] * 2, ["a", "b"])
+        batch.admit(prepared, [GenerationOptions()] * 2, ["a", "b"])
     with pytest.raises(LuvcError, match="no rows has nothing to decode"):
         batch.decode()
 
@@ -74,7 +72,7 @@ def test_the_loop_ends_each_row_at_its_length_stop_string_or_stop_token_and_appl
     options = [case.options() for case in cases] + [stop_token]
     prepared = pipeline.prepare([shared.image()] * len(options), [shared.PROMPT] * len(options))
     batch = RunningBatch(pipeline.sessions, pipeline.feeds, len(options), pipeline.tokenizer)
-    steps = batch.admit(run_prefill(pipeline.sessions, pipeline.feeds, prepared), options, range(len(options)))
+    _, steps = batch.admit(prepared, options, range(len(options)))
     texts, tokens, reasons = [""] * len(options), [[] for _ in options], [None] * len(options)
     while True:
         for row_step in steps:
@@ -94,10 +92,9 @@ def test_the_loop_ends_each_row_at_its_length_stop_string_or_stop_token_and_appl
 
 def test_stop_strings_need_a_tokenizer_and_are_checked_where_the_options_are_made(exports):
     pipeline = Pipeline(exports("tiny-llava"))
-    prefill = run_prefill(pipeline.sessions, pipeline.feeds, pipeline.prepare(None, ["hi"]))
     batch = RunningBatch(pipeline.sessions, pipeline.feeds, capacity=1)
     with pytest.raises(LuvcError, match="Stop strings need the text of each row"):
-        batch.admit(prefill, [GenerationOptions(4, stop=("x",))], ["a"])
+        batch.admit(pipeline.prepare(None, ["hi"]), [GenerationOptions(4, stop=("x",))], ["a"])
     with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
         GenerationOptions(stop=("a", "b", "c", "d", "e"))
     with pytest.raises(LuvcError, match="A stop string must be text of 1 to 256 characters"):

@@ -464,14 +464,14 @@ def test_an_internal_error_reaches_the_client_as_an_id_and_the_log_as_a_tracebac
     """Nothing internal in a response: the client gets an error id, the server's log the exception under it."""
     import logging
 
-    from luvc.serve import batching
+    from luvc.runtime import running_batch
 
     base_url, _ = server
 
     def broken(sessions, feeds, prepared):
         raise RuntimeError("secret detail /opt/models/weights.bin")
 
-    monkeypatch.setattr(batching, "run_prefill", broken)
+    monkeypatch.setattr(running_batch, "run_prefill", broken)
     with caplog.at_level(logging.ERROR, logger="luvc.serve.batching"):
         with pytest.raises(openai.InternalServerError) as raised:
             client(base_url).chat.completions.create(model=MODEL, messages=messages(synthetic_image()), max_tokens=2)
