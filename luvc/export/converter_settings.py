@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from luvc.errors import warn
 from luvc.export.decomposed_trace import converting_decomposed
-from luvc.export.torch_internals import internal, missing, module_of
+from luvc.export.torch_internals import current, internal, missing, module_of
 
 # onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
 # time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
@@ -33,7 +33,7 @@ SLOW_REWRITE_RULES = frozenset({"SlicesSplit"})
 def without_slow_rewrites() -> Iterator[None]:
     """onnxscript's default rewrite rules without ``SLOW_REWRITE_RULES`` for the duration."""
     rewriter = module_of(REWRITE_RULES)
-    rules = internal(REWRITE_RULES)
+    rules = current(REWRITE_RULES)
     rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITE_RULES)
     try:
         yield
@@ -88,7 +88,7 @@ def torchlib_registry_once() -> Iterator[None]:
     export gets its own copy of the registry's table, so the custom translations one graph registers never reach
     another."""
     registry_class = internal(REGISTRY)
-    original = internal(FROM_TORCHLIB)
+    original = current(FROM_TORCHLIB)
 
     def from_torchlib(cls, opset_version=None):
         built = _built_registry(original, opset_version)
@@ -120,7 +120,7 @@ def _torchlib_listed_without_parsing() -> Iterator[None]:
     onnxscript translates the source of each of the ~500 functions into IR (``function_ir``) only to read that
     domain, which its translator takes from the function's opset: half a second of each process's first export,
     paid again by every graph worker. The registry comes out the same (``tests/export/test_converter_settings.py``)."""
-    original, meta = internal(TORCHLIB_OPS), internal(FUNCTION_META)
+    original, meta = current(TORCHLIB_OPS), internal(FUNCTION_META)
     registration = module_of(DEFAULT_REGISTRY)
 
     def listed():

@@ -28,7 +28,7 @@ from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mix
 from luvc.export.buckets import bucket_name
 from luvc.export.converter_settings import export_settings, report_settings, settings_applied
 from luvc.export.decomposed_trace import prepare_registry, trace_decomposed
-from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers
+from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers, other_threads
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.host_plan import HostPlan
 from luvc.export.inspect import root_of
@@ -299,6 +299,11 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             critical(
                 f"--jobs {self.jobs} forks graph workers, which cannot use CUDA once this process has initialized it; "
                 "export with --jobs 1, or before using the GPU in this process."
+            )
+        if workers > 1 and other_threads():
+            critical(
+                f"--jobs {self.jobs} forks graph workers, which is not safe while other threads run here "
+                f"({', '.join(other_threads())}); export with --jobs 1, or before starting them."
             )
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:

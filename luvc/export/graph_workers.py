@@ -18,6 +18,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,18 +55,52 @@ def default_workers(graphs: int) -> int:
     """How many processes export ``graphs`` graphs by default: on Linux the CPUs this process may run on, at most
     ``MAX_DEFAULT_WORKERS`` and one per graph; elsewhere 1, the graphs exported in this process (forking a process
     that has run PyTorch or ONNX Runtime is only tested on Linux; ``--jobs`` still asks for workers there); 1 too once
-    this process has initialized CUDA."""
-    if not sys.platform.startswith("linux") or cuda_initialized():
+    this process has initialized CUDA, or while another thread runs in it."""
+    if not sys.platform.startswith("linux") or cuda_initialized() or other_threads():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cpus, graphs, MAX_DEFAULT_WORKERS))
 
 
+# threads that are stopped before forking, and start again by themselves: tqdm's monitor (a progress bar of
+# transformers' loading starts it; it only sleeps and checks bars)
+STOPPED_BEFORE_FORK = frozenset({"tqdm_monitor"})
+
+
+def other_threads() -> list[str]:
+    """The names of the threads running in this process beside the calling one (but ``STOPPED_BEFORE_FORK``): a fork
+    copies only the caller, so a lock another thread holds stays held in every child."""
+    return [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not threading.current_thread() and thread.name not in STOPPED_BEFORE_FORK
+    ]
+
+
+def _stop_tqdm_monitor() -> None:
+    """Stop tqdm's monitor thread, if it runs (its next bar starts one again)."""
+    tqdm = sys.modules.get("tqdm")
+    monitor = getattr(getattr(tqdm, "tqdm", None), "monitor", None)
+    if monitor is not None and monitor.is_alive():
+        monitor.exit()
+
+
 class GraphWorkers:
-    """``jobs`` run by ``workers`` processes forked when this is made, the dearest (by ``costs``) first; a context
-    manager that stops whatever still runs when it exits. Make it before starting any thread."""
+    """``jobs`` run by ``workers`` processes, forked when it is entered (``start``), the dearest (by ``costs``) first;
+    a context manager that stops whatever still runs when it exits."""
 
     def __init__(self, jobs: Sequence[Job], costs: Sequence[int], workers: int) -> None:
+        self._jobs, self._costs, self._workers = list(jobs), list(costs), workers
+        self._processes: list = []
+        self._pending: set[int] = set()
+
+    def start(self) -> GraphWorkers:
+        """Fork the workers; refused while another thread runs here (``other_threads``)."""
+        _stop_tqdm_monitor()
+        running = other_threads()
+        if running:
+            raise GraphWorkerError(f"graph workers fork from one thread; these run beside it: {', '.join(running)}")
+        jobs, costs, workers = self._jobs, self._costs, self._workers
         context = multiprocessing.get_context("fork")
         self._tasks, self._messages = context.Queue(), context.Queue()
         for index in sorted(range(len(jobs)), key=lambda index: -costs[index]):
@@ -87,9 +122,10 @@ class GraphWorkers:
         finally:
             gc.unfreeze()
         self._pending = set(range(len(jobs)))
+        return self
 
     def __enter__(self) -> GraphWorkers:
-        return self
+        return self.start()
 
     def __exit__(self, *exc_info) -> None:
         for process in self._processes:

@@ -120,8 +120,17 @@ def missing(names: tuple[str, ...]) -> list[str]:
 
 
 def internal(name: str) -> Any:
-    """The object of internal ``name`` (which must be present: a setting is entered only when its internals are)."""
+    """The object of internal ``name`` as found (which must be present: a setting is entered only when its internals
+    are). A setting that replaces one reads it with ``current`` instead, to restore what it replaced."""
     return found()[name]
+
+
+def current(name: str) -> Any:
+    """What internal ``name`` is now (another setting, or a test, may have replaced it since it was found)."""
+    value: Any = module_of(name)
+    for part in BY_NAME[name].path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def module_of(name: str) -> Any:

@@ -65,6 +65,7 @@ class GenerationOptions:
 
     def with_overrides(
         self,
+        *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -73,7 +74,8 @@ class GenerationOptions:
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
     ) -> GenerationOptions:
-        """These options (a server's defaults) with what a request sets; ``None`` keeps the default."""
+        """These options (a server's defaults) with what a request sets, by name (seven numbers of one kind: a swap
+        of two would pass silently by position); ``None`` keeps the default."""
         base = self.sampling
 
         def chosen(value, default):

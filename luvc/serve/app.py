@@ -178,11 +178,13 @@ class _Routes:
             job.cancel()
             return self.refuse(408, _deadline_message(timeout_s), "deadline", "timeout", headers)
         if isinstance(event, Failed):
-            status = 400 if event.user_error else 503 if event.unavailable else 500
-            kind = "invalid_request_error" if event.user_error else "server_error"
-            if event.unavailable:
+            status = {"request": 400, "unavailable": 503}.get(event.kind, 500)
+            kind = "invalid_request_error" if event.kind == "request" else "server_error"
+            if event.kind == "unavailable":
                 headers.update(RETRY)
-            return self.refuse(status, event.message, "unavailable" if event.unavailable else "failed", kind, headers)
+            return self.refuse(
+                status, event.message, "unavailable" if event.kind == "unavailable" else "failed", kind, headers
+            )
         self.service.metrics.requests.labels("ok").inc()
         note(**_finished_fields(event))
         body = openai_api.completion_body(
@@ -284,7 +286,7 @@ async def _sse(
                 outcome = "ok"
                 break
             else:
-                kind = "invalid_request_error" if event.user_error else "server_error"
+                kind = "invalid_request_error" if event.kind == "request" else "server_error"
                 yield data(openai_api.error_body(event.message, kind))
                 outcome = "failed"
                 break

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 from luvc.errors import LuvcError
 from luvc.runtime.options import GenerationOptions, RowStep
@@ -56,15 +57,18 @@ class Finished:
     decode_s: float  # from the first token to the last
 
 
+# "request": a LuvcError, the request can be fixed (400); "internal": the server's error (500); "unavailable": the
+# server cannot take it now, shutting down or waited too long: retry (503); "cancelled": the client cancelled it (its
+# answer is this event, e.g. Triton's CANCELLED error)
+FailureKind = Literal["request", "internal", "unavailable", "cancelled"]
+
+
 @dataclasses.dataclass
 class Failed:
-    """A job that could not run; ``message`` says why. ``user_error``: a ``LuvcError`` (the request can be fixed),
-    else an internal error; ``unavailable``: the server cannot take it now (shutting down, waited too long): retry."""
+    """A job that could not run; ``message`` says why, ``kind`` what kind of failure it is (``FailureKind``)."""
 
     message: str
-    user_error: bool = True
-    unavailable: bool = False
-    cancelled: bool = False  # the client cancelled it (its answer is this event, e.g. Triton's CANCELLED error)
+    kind: FailureKind = "request"
 
 
 Event = Delta | Finished | Failed
@@ -198,7 +202,7 @@ class JobRunner:
             self._end_admission(jobs, Failed(str(error)))
             return
         except Exception:  # a server reports the error to its clients and keeps serving
-            self._end_admission(jobs, Failed(internal_error_message("prefilling a batch"), user_error=False))
+            self._end_admission(jobs, Failed(internal_error_message("prefilling a batch"), "internal"))
             return
         self._emit(steps, time.perf_counter())
 
@@ -222,7 +226,7 @@ class JobRunner:
             jobs, self.running, self.rows = list(self.running), {}, None
             user = isinstance(error, LuvcError)
             message = str(error) if user else internal_error_message("a decode step")
-            _fail(jobs, Failed(message, user_error=user))
+            _fail(jobs, Failed(message, "request" if user else "internal"))
             return
         self._emit(steps, time.perf_counter())
 
@@ -234,7 +238,7 @@ class JobRunner:
             try:
                 progress.add(job, step, now)
             except Exception:  # this job's failure is its own
-                job.emit(Failed(internal_error_message("finishing a row's text"), user_error=False))
+                job.emit(Failed(internal_error_message("finishing a row's text"), "internal"))
                 self._leave(job)
                 del self.running[job]
                 continue
@@ -282,4 +286,4 @@ def _fail(jobs: Sequence[Job], failure: Failed) -> None:
 def _cancelled(job: Job, tokens: int) -> None:
     """End a cancelled job: its last event says so (a client still listening, as Triton's stream, gets it)."""
     LOG.info("a cancelled request ended after %d tokens", tokens)
-    job.emit(Failed(f"The request was cancelled after {tokens} tokens.", user_error=False, cancelled=True))
+    job.emit(Failed(f"The request was cancelled after {tokens} tokens.", "cancelled"))

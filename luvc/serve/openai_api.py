@@ -154,13 +154,13 @@ def generation_options(request: ChatCompletionRequest, defaults: GenerationOptio
     max_tokens = next((n for n in (request.max_completion_tokens, request.max_tokens) if n is not None), None)
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
     return defaults.with_overrides(
-        max_tokens,
-        request.temperature,
-        request.top_p,
-        request.seed,
-        stop or None,
-        request.presence_penalty,
-        request.frequency_penalty,
+        max_new_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        stop=stop or None,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
     )
 
 

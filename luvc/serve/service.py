@@ -72,7 +72,7 @@ class GenerationService:
             cut = [] if finished else list(self._running)
         for job in cut:
             job.cancel()
-            job.emit(Failed(f"{SHUTTING_DOWN} The answer was cut at the drain timeout.", False, unavailable=True))
+            job.emit(Failed(f"{SHUTTING_DOWN} The answer was cut at the drain timeout.", "unavailable"))
 
     def stop(self) -> None:
         """Finish the running batch, fail the jobs still waiting, and join the worker."""
@@ -84,7 +84,7 @@ class GenerationService:
     def _refuse_waiting(self) -> None:
         """Close the queue and answer every job still waiting "shutting down, retry"."""
         for job in self.queue.close():
-            job.emit(Failed(SHUTTING_DOWN, user_error=False, unavailable=True))
+            job.emit(Failed(SHUTTING_DOWN, "unavailable"))
 
     def prepare(self, image: Image.Image | None, prompt: str | Conversation, options: GenerationOptions) -> Prepared:
         """Check the client's text (``user_text``: every turn's, and all of it together against the length bound),
@@ -128,8 +128,7 @@ class GenerationService:
             job.emit(
                 Failed(
                     f"The request waited over {self.queue_timeout_s:g} s in the queue (--queue-timeout); retry later.",
-                    user_error=False,
-                    unavailable=True,
+                    "unavailable",
                 )
             )
         return [job for job in jobs if job not in late]

@@ -38,13 +38,13 @@ def options_from_inputs(inputs: dict[str, np.ndarray], defaults: GenerationOptio
 
     stop = [_text(value, "a stop input") for value in inputs["stop"].reshape(-1)] if "stop" in inputs else None
     options = defaults.with_overrides(
-        scalar("max_tokens"),
-        scalar("temperature"),
-        scalar("top_p"),
-        scalar("seed"),
-        stop,
-        scalar("presence_penalty"),
-        scalar("frequency_penalty"),
+        max_new_tokens=scalar("max_tokens"),
+        temperature=scalar("temperature"),
+        top_p=scalar("top_p"),
+        seed=scalar("seed"),
+        stop=stop,
+        presence_penalty=scalar("presence_penalty"),
+        frequency_penalty=scalar("frequency_penalty"),
     )
     return options, bool(scalar("stream"))
 
@@ -147,7 +147,7 @@ def _responder(pb_utils, sender, stream: bool):
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
         elif isinstance(event, Failed):
-            _send_error(pb_utils, sender, event.message, cancelled=event.cancelled)
+            _send_error(pb_utils, sender, event.message, cancelled=event.kind == "cancelled")
 
     return respond
 

@@ -329,3 +329,28 @@ def test_a_process_that_started_cuda_exports_in_one_process(tmp_path, monkeypatc
     with pytest.raises(LuvcError, match=r"^--jobs 2 forks graph workers, which cannot use CUDA .* --jobs 1"):
         exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "out", PROFILE, show_progress=False, jobs=2)
     assert not (tmp_path / "out").exists()
+
+
+def test_workers_fork_only_from_a_process_with_one_thread(tmp_path):
+    """A fork copies only the calling thread (a lock another holds stays held in every child): while another thread
+    runs, the default is one process, GraphWorkers refuses to fork, and --jobs 2 is refused with the fix."""
+    import threading
+
+    from luvc.export import graph_workers
+
+    stop = threading.Event()
+    beside = threading.Thread(target=stop.wait, name="hashing-beside", daemon=True)
+    beside.start()
+    try:
+        assert graph_workers.other_threads() == ["hashing-beside"]
+        assert graph_workers.default_workers(5) == 1
+        with pytest.raises(GraphWorkerError, match="graph workers fork from one thread; these run beside it: hashing"):
+            with graph_workers.GraphWorkers([_two_steps(1)], costs=[1], workers=1):
+                pass
+        with pytest.raises(LuvcError, match=r"^--jobs 2 forks graph workers, which is not safe while other threads"):
+            exporter.export_model(load_model("tiny-qwen2-vl"), tmp_path / "out", PROFILE, show_progress=False, jobs=2)
+    finally:
+        stop.set()
+        beside.join()
+    assert graph_workers.other_threads() == []
+    assert not (tmp_path / "out").exists()

@@ -88,7 +88,7 @@ def test_a_job_that_waited_past_the_queue_timeout_is_answered_unavailable(export
         event = late.last()
     finally:
         service.stop()
-    assert isinstance(event, Failed) and event.unavailable and "--queue-timeout" in event.message
+    assert isinstance(event, Failed) and event.kind == "unavailable" and "--queue-timeout" in event.message
 
 
 def test_draining_answers_waiting_jobs_shutting_down_and_takes_no_new_ones(exports):
@@ -96,7 +96,7 @@ def test_draining_answers_waiting_jobs_shutting_down_and_takes_no_new_ones(expor
     waiting = _submit(service, 1)
     service.drain(timeout_s=1.0)  # the worker never started: the job was waiting
     event = waiting.last()
-    assert isinstance(event, Failed) and event.unavailable and event.message.startswith(SHUTTING_DOWN)
+    assert isinstance(event, Failed) and event.kind == "unavailable" and event.message.startswith(SHUTTING_DOWN)
     with pytest.raises(QueueClosed):
         _submit(service, 2)
 
@@ -162,6 +162,6 @@ def test_a_row_that_fails_mid_generation_ends_alone_and_its_batch_mates_finish(e
     finally:
         service.stop()
     reference = Pipeline(exports(MODEL))
-    assert isinstance(broken_end, Failed) and not broken_end.user_error and "Internal error" in broken_end.message
+    assert isinstance(broken_end, Failed) and broken_end.kind == "internal" and "Internal error" in broken_end.message
     assert isinstance(kept_end, Finished)
     assert kept_end.text == reference.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(8)).texts[0]
