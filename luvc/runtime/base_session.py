@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,23 @@ TORCH_DTYPES = {
     "int32": torch.int32,
     "bool": torch.bool,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSetup:
+    """What the sessions of one pipeline share: their ``device``; the ``weights`` held once for all of them
+    (``luvc.runtime.weights.MappedWeights``); whether they replay CUDA graphs; ONNX Runtime's ``providers`` (default:
+    those the device implies) and ``basic_optimizations`` (FP8 exports); the CUDA ``stream``, the ``tensorrt``
+    module and TensorRT's shared ``activations`` buffer."""
+
+    device: torch.device = torch.device("cpu")
+    weights: Any = None
+    cuda_graphs: bool = False
+    providers: list | None = None
+    basic_optimizations: bool = False
+    stream: Any = None
+    tensorrt: Any = None
+    activations: Any = None
 
 
 @dataclasses.dataclass

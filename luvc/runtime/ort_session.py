@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from luvc.errors import critical
-from luvc.runtime.base_session import BaseSession
+from luvc.runtime.base_session import BaseSession, SessionSetup
 from luvc.runtime.ort_logging import default_logger_errors_only
 from luvc.runtime.replay import Replayer
 from luvc.runtime.weights import MappedWeights
@@ -59,30 +59,22 @@ DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 
 class OrtSession(BaseSession):
-    """An exported graph in ONNX Runtime, with inputs and outputs bound to device tensors (IO binding).
-    ``providers`` after activation lists what the session really got."""
+    """An exported graph in ONNX Runtime, with inputs and outputs bound to device tensors (IO binding), set up as
+    ``setup`` says (device, shared weights, providers, CUDA graphs). ``providers`` after activation lists what the
+    session really got."""
 
-    def __init__(
-        self,
-        path: Path,
-        inputs,
-        outputs,
-        providers: list | None = None,
-        name: str | None = None,
-        basic_optimizations: bool | None = None,
-        device: torch.device | str | None = None,
-        weights: MappedWeights | None = None,
-        cuda_graphs: bool = False,
-    ):
-        super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=device)
-        self.cuda_graphs = cuda_graphs  # replay each shape (luvc.runtime.replay); the CPU EP runs the same bookkeeping
+    def __init__(self, path: Path, inputs, outputs, setup: SessionSetup | None = None, name: str | None = None):
+        setup = setup or SessionSetup()
+        super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=setup.device)
+        # replay each shape (luvc.runtime.replay); the CPU EP runs the same bookkeeping
+        self.cuda_graphs = setup.cuda_graphs
         self.path = Path(path)
-        self.weights = weights  # external initializers shared with the pipeline's other sessions
+        self.weights: MappedWeights | None = setup.weights  # external initializers shared with the other sessions
         self._shared_values: list = []  # the OrtValues of those, alive as long as the session
-        self.requested_providers = providers or ort_providers(self.device)
+        self.requested_providers = setup.providers or ort_providers(self.device)
         # FP8 Q/DQ graphs: ONNX Runtime's extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has
         # no float8 kernel; basic optimizations keep the Q/DQ nodes
-        self.basic_optimizations = bool(basic_optimizations)
+        self.basic_optimizations = setup.basic_optimizations
         self.providers: list[str] = []
         self.session = self.binding = self.run_options = None
 

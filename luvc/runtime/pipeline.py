@@ -26,7 +26,7 @@ from luvc.runtime.options import GenerationOptions, Step
 from luvc.runtime.prepare import Prepared, Preparer
 from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
-from luvc.runtime.sessions import Sessions, host_arrays, resolve_device
+from luvc.runtime.sessions import RuntimeChoices, Sessions, host_arrays, resolve_device
 
 __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request", "Step", "Timings", "host_arrays"]
 
@@ -70,18 +70,16 @@ class Pipeline:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
         self.device = resolve_device(backend, providers, device)
         engines = None if engines_dir is None else Path(engines_dir)
-        replay = resolve_cuda_graphs(cuda_graphs, self.device)
-        self.sessions = Sessions(
-            self.folder,
-            self.manifest,
+        choices = RuntimeChoices(
             backend,
             self.device,
             providers,
             engines,
             plugin_library,
             float16_compute,
-            replay,
+            resolve_cuda_graphs(cuda_graphs, self.device),
         )
+        self.sessions = Sessions(self.folder, self.manifest, choices)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
         self.preparer = Preparer(self.folder, self.manifest, self.fit_policy)
 

@@ -21,7 +21,7 @@ from luvc.engines.profiles import dimension_ranges
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
-from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, TransferStats
+from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, TransferStats
 from luvc.runtime.kv_cache import KVCache
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
@@ -59,37 +59,43 @@ def host_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {name: tensor.detach().to("cpu", copy=True).numpy() for name, tensor in tensors.items()}
 
 
-class Sessions:
-    """The sessions of export ``folder`` on ``device``: ``backend="trt"`` runs the engines of ``engines_dir``;
-    ``providers`` overrides the ONNX Runtime execution providers the device implies. On the CPU an fp16 export
-    computes in float32 (ONNX Runtime's CPU kernels would convert anyway), unless ``float16_compute`` keeps the
-    graph as written: float16 tensors between ops, as a GPU runs it (what parity checks)."""
+@dataclasses.dataclass(frozen=True)
+class RuntimeChoices:
+    """How a pipeline runs its export: ``backend`` (``ort``; ``trt`` runs the engines of ``engines_dir``, built with
+    the plugin library at ``plugin_library`` when moved), the ``device``, ONNX Runtime ``providers`` instead of those
+    the device implies, ``float16_compute`` (an fp16 export's float16 arithmetic on the CPU, as a GPU runs it: what
+    parity checks) and whether graphs replay as CUDA graphs (``cuda_graphs``, resolved)."""
 
-    def __init__(
-        self,
-        folder: Path,
-        manifest: ExportManifest,
-        backend: str,
-        device: torch.device,
-        providers: list | None = None,
-        engines_dir: Path | None = None,
-        plugin_library: str | Path | None = None,
-        float16_compute: bool = False,
-        cuda_graphs: bool = False,
-    ) -> None:
+    backend: str = "ort"
+    device: torch.device = torch.device("cpu")
+    providers: list | None = None
+    engines_dir: Path | None = None
+    plugin_library: str | Path | None = None
+    float16_compute: bool = False
+    cuda_graphs: bool = False
+
+
+class Sessions:
+    """The sessions of export ``folder`` run as ``choices`` say. On the CPU an fp16 export computes in float32 (ONNX
+    Runtime's CPU kernels would convert anyway), unless ``choices.float16_compute`` keeps the graph as written."""
+
+    def __init__(self, folder: Path, manifest: ExportManifest, choices: RuntimeChoices) -> None:
+        device, backend = choices.device, choices.backend
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.cuda_graphs = choices.cuda_graphs and device.type == "cuda"
         # prefill sequences are padded to a multiple of this (``prefill_length``): one captured graph per step
         self.prefill_step = REPLAY_LENGTH_STEP if self.cuda_graphs else 1
-        self.engines_dir, self.plugin_library = engines_dir, plugin_library
+        self.engines_dir, self.plugin_library = choices.engines_dir, choices.plugin_library
         # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
         on_gpu = device.type == "cuda" and torch.cuda.is_available()
         self.cuda_stream = torch.cuda.Stream(device) if on_gpu else None
-        self.providers = providers or ort_providers(device, self.cuda_stream and self.cuda_stream.cuda_stream)
+        stream = self.cuda_stream and self.cuda_stream.cuda_stream
+        self.providers = choices.providers or ort_providers(device, stream)
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
+        self._tensorrt = None
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
-        float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not float16_compute
+        float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
         self.weights = MappedWeights(folder, float32=float32, device=device)
         self.activations = None
         if backend == "trt" and on_gpu:
@@ -99,21 +105,26 @@ class Sessions:
         self._open: dict[str, BaseSession] = {}
         self._caches: dict[int, KVCache] = {}
 
+    def setup(self, graph: GraphEntry) -> SessionSetup:
+        """What the session of ``graph`` shares with the others (its kind decides whether it replays)."""
+        return SessionSetup(
+            device=self.device,
+            weights=self.weights,
+            cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
+            providers=self.providers,
+            basic_optimizations=self.manifest.precision == "fp8",
+            stream=self.cuda_stream,
+            tensorrt=self._tensorrt,
+            activations=self.activations,
+        )
+
     def __getitem__(self, name: str) -> BaseSession:
         """The session of graph ``name`` (created and activated on first use)."""
         if name not in self._open:
             graph = self.manifest.graphs[name]
             if self.backend == "ort":
-                session = OrtSession(
-                    checked_graph_path(self.folder, name, self.manifest),
-                    graph.inputs,
-                    graph.outputs,
-                    self.providers,
-                    basic_optimizations=self.manifest.precision == "fp8",
-                    device=self.device,
-                    weights=self.weights,
-                    cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
-                )
+                path = checked_graph_path(self.folder, name, self.manifest)
+                session = OrtSession(path, graph.inputs, graph.outputs, self.setup(graph))
             else:
                 session = self._trt_session(name, graph)
             self._open[name] = session.activate()
@@ -125,8 +136,8 @@ class Sessions:
             self[name]
 
     def _checked_engines(self) -> dict[str, tuple]:
-        """Every engine's bytes, TensorRT module and profile after the engine-manifest checks, up front: a truncated
-        or foreign engine is named before anything runs."""
+        """Every engine's bytes, profile and weights after the engine-manifest checks, up front (and the TensorRT
+        module they were built with): a truncated or foreign engine is named before anything runs."""
         from luvc.engines.cuda_device import device_capability
         from luvc.engines.manifest import EngineManifest
         from luvc.engines.plugin_library import plugin_library_for_run
@@ -140,32 +151,21 @@ class Sessions:
             engine = engines.check_engine(self.engines_dir, name, tensorrt, capability, export=self.manifest)
             entry = engines.engines[name]
             profile = {key: [list(s) for s in shapes] for key, shapes in entry.profile.items()}
-            checked[name] = (engine, tensorrt, profile, entry.weights)
+            checked[name] = (engine, profile, entry.weights)
         if plugins is not None:
             plugins.load(tensorrt)  # before any engine deserializes
         return checked
 
     def _trt_session(self, name: str, graph: GraphEntry) -> BaseSession:
-        from luvc.runtime.trt_session import TrtSession
+        from luvc.runtime.trt_session import CheckedEngine, TrtSession
 
-        engine, tensorrt, profile, weights = self._engines.pop(name)
+        data, profile, weights = self._engines.pop(name)
 
         def bound() -> dict[str, torch.Tensor]:
             return {tensor.name: self.weights.device_tensor(tensor) for tensor in weights}
 
-        return TrtSession(
-            engine,
-            graph.inputs,
-            graph.outputs,
-            profile,
-            tensorrt,
-            f"trt:{name}",
-            self.device,
-            self.cuda_stream,
-            weights=bound,
-            activations=self.activations,
-            cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
-        )
+        engine = CheckedEngine(data, profile, bound)
+        return TrtSession(engine, graph.inputs, graph.outputs, f"trt:{name}", self.setup(graph))
 
     def opened(self) -> dict[str, BaseSession]:
         """The sessions open now, by graph name."""

@@ -4,45 +4,42 @@ replayed as a CUDA graph when asked: TensorRT-RTX captures and replays by itself
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
 from luvc.errors import critical
-from luvc.runtime.activations import SharedActivations
-from luvc.runtime.base_session import BaseSession
+from luvc.runtime.base_session import BaseSession, SessionSetup
 from luvc.runtime.replay import Replayer
 
 
-class TrtSession(BaseSession):
-    """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``) on a CUDA device and the pipeline's CUDA stream.
-    Input shapes and tensor addresses are set only when they change; nothing is synchronised here. ``weights`` gives,
-    once the GPU is checked, the device tensors bound once to the engine's weight inputs (the shared layout);
-    ``activations``: the pipeline's shared scratch buffer (``luvc.runtime.activations``)."""
+@dataclasses.dataclass(frozen=True)
+class CheckedEngine:
+    """An engine that passed the engine manifest's checks: its serialized bytes, its optimization ``profile`` (per
+    input: min, opt and max shapes) and the weights bound to its inputs (``weights()``: name -> device tensor)."""
 
-    def __init__(
-        self,
-        engine: bytes,
-        inputs,
-        outputs,
-        profile,
-        tensorrt,
-        name: str,
-        device=None,
-        stream=None,
-        weights: Callable[[], dict[str, torch.Tensor]] | None = None,
-        activations: SharedActivations | None = None,
-        cuda_graphs: bool = False,
-    ):
-        super().__init__(name, inputs, outputs, profile, device=device or "cuda")
-        self.engine_bytes = engine
-        self.tensorrt = tensorrt
-        self.stream = stream
-        self.weights = weights or dict
-        self.activations = activations
+    data: bytes
+    profile: dict
+    weights: Callable[[], dict[str, torch.Tensor]] = dict
+
+
+class TrtSession(BaseSession):
+    """A TensorRT engine (``tensorrt`` or ``tensorrt_rtx``, ``setup.tensorrt``) on a CUDA device and the pipeline's CUDA
+    stream. Input shapes and tensor addresses are set only when they change; nothing is synchronised here. The engine's
+    weights are bound once the GPU is checked (the shared layout); ``setup.activations``: the pipeline's shared scratch
+    buffer (``luvc.runtime.activations``)."""
+
+    def __init__(self, engine: CheckedEngine, inputs, outputs, name: str, setup: SessionSetup) -> None:
+        super().__init__(name, inputs, outputs, engine.profile, device=setup.device or "cuda")
+        self.engine_bytes = engine.data
+        self.tensorrt = setup.tensorrt
+        self.stream = setup.stream
+        self.weights = engine.weights
+        self.activations = setup.activations
         self.engine = self.context = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = setup.cuda_graphs
 
     def activate_impl(self) -> None:
         if not torch.cuda.is_available():

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
+from luvc.runtime.base_session import SessionSetup
 from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, with_cuda_graphs
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
@@ -51,7 +52,7 @@ def scale_and_update(tmp_path) -> OrtSession:
         TensorEntry("index", "int64", ("batch", 1)),
     ]
     outputs = [TensorEntry("y", "float", ("batch", 1)), TensorEntry("cache_out", "float", ("batch", 8))]
-    return OrtSession(path, inputs, outputs, cuda_graphs=True).activate()
+    return OrtSession(path, inputs, outputs, SessionSetup(cuda_graphs=True)).activate()
 
 
 def step(session: OrtSession, cache: torch.Tensor, values: list[float], position: int) -> torch.Tensor:
