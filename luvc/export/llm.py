@@ -20,6 +20,7 @@ from luvc.compress.budgets import BudgetPlan
 from luvc.export.kv_update import kv_cache_update, kv_window, window_length
 from luvc.models.base import VLMAdapter
 from luvc.models.cache import LuvcCache
+from luvc.models.decoder import VisualPlan
 
 
 class GraphCache(LuvcCache):
@@ -148,11 +149,7 @@ class PrefillGraph(nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
-            visual_spans=self.spans,
-            budget_plan=self.budget_plan,
-            deepstack=deepstack,
-            span_grids=self.span_grids,
-            visual_shift=visual_shift,
+            visual=VisualPlan(self.spans, self.budget_plan, deepstack, None, self.span_grids, visual_shift),
         )
         hidden = outputs.last_hidden_state
         logits = self.lm_head(last_rows(hidden, prompt_lengths, inputs_embeds.shape[1] - hidden.shape[1])).float()

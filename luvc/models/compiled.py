@@ -87,21 +87,21 @@ class CompiledLoop:
 
 
 def _plan_key(text_model: nn.Module, hidden: torch.Tensor, kwargs: dict) -> tuple:
-    """What fixes a prefill's constants and graph: batch, width, dtype and device, the LUVC config, and the plain
-    (non-tensor) values of the plan (spans, budgets, grids)."""
-    plain = tuple(sorted((key, value) for key, value in kwargs.items() if _plain(value)))
-    return (hidden.shape[0], hidden.shape[-1], hidden.dtype, str(hidden.device), text_model.luvc_config, plain)
+    """What fixes a prefill's constants and graph: batch, width, dtype and device, the LUVC config, and the plan
+    (``VisualPlan``: spans, budgets and grids as they are, its tensors by shape and dtype)."""
+    plan = tuple(sorted((key, _signature(value)) for key, value in kwargs.items()))
+    return (hidden.shape[0], hidden.shape[-1], hidden.dtype, str(hidden.device), text_model.luvc_config, plan)
 
 
-def _plain(value) -> bool:
-    """Whether ``value`` is made of Python values only (no tensor in it, however deep): a part of the plan."""
+def _signature(value) -> object:
+    """``value`` as a hashable key: a tensor by its shape and dtype, containers and dataclasses part by part."""
     if isinstance(value, torch.Tensor):
-        return False
+        return ("tensor", tuple(value.shape), value.dtype)
     if isinstance(value, (tuple, list)):
-        return all(_plain(item) for item in value)
+        return tuple(_signature(item) for item in value)
     if dataclasses.is_dataclass(value):
-        return all(_plain(getattr(value, field.name)) for field in dataclasses.fields(value))
-    return value is None or isinstance(value, (bool, int, float, str))
+        return (type(value).__name__, *(_signature(getattr(value, field.name)) for field in dataclasses.fields(value)))
+    return value
 
 
 def _own(output, cache) -> None:

@@ -157,6 +157,23 @@ class CutScoring:
             self.columns = visual_columns(record.concatenated(), spans)
 
 
+@dataclasses.dataclass(frozen=True)
+class VisualPlan:
+    """What the decoder loop knows of a prompt's visual tokens, fixed before it runs: each image's ``spans`` in one
+    row, the ``budgets`` of the layers, DeepStack's ``deepstack`` planes (Qwen3-VL), the vision side's ``ranking``
+    (VisionZip), each span's token grid (``grids``) and each row's ``shift`` of its spans (exported graphs)."""
+
+    spans: Sequence[Span] = ()
+    budgets: BudgetPlan | None = None
+    deepstack: Sequence[torch.Tensor] = ()
+    ranking: torch.Tensor | None = None
+    grids: Sequence[Grid] | None = None
+    shift: torch.Tensor | None = None
+
+
+NO_VISUALS = VisualPlan()
+
+
 class SpuDecoderMixin:
     """Modifications (mixed into a family's text model, before the upstream class):
 
@@ -220,16 +237,14 @@ class SpuDecoderMixin:
         position_ids: torch.LongTensor | None,
         past_key_values: LuvcCache | None,
         use_cache: bool,
-        visual_spans: Sequence[Span] = (),
-        budget_plan: BudgetPlan | None = None,
-        deepstack: Sequence[torch.Tensor] = (),
-        visual_ranking: torch.Tensor | None = None,
-        span_grids: Sequence[Grid] | None = None,
-        visual_shift: torch.Tensor | None = None,
+        visual: VisualPlan = NO_VISUALS,
         **kwargs,
     ) -> LuvcDecoderOutput:
-        """The decoder loop from the input embeddings ``hidden``: no value is read back to the host (the plan, spans
-        and budgets are Python values fixed before it), so it compiles whole (``torch.compile(fullgraph=True)``)."""
+        """The decoder loop from the input embeddings ``hidden`` and the prompt's ``visual`` plan: no value is read
+        back to the host (spans and budgets are Python values fixed before it), so it compiles whole
+        (``torch.compile(fullgraph=True)``)."""
+        visual_spans, budget_plan, deepstack = visual.spans, visual.budgets, visual.deepstack
+        visual_ranking, span_grids, visual_shift = visual.ranking, visual.grids, visual.shift
         batch, length = hidden.shape[:2]
         start = getattr(past_key_values, "num_positions", 0) if past_key_values is not None else 0
         if position_ids is None:

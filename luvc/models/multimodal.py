@@ -21,7 +21,7 @@ from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache
 from luvc.models.compat import take_cache
-from luvc.models.decoder import LuvcDecoderOutput
+from luvc.models.decoder import NO_VISUALS, LuvcDecoderOutput, VisualPlan
 from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
 from luvc.models.spans import scatter_visual_features
 
@@ -85,11 +85,9 @@ class LuvcMultimodalMixin:
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            visual_spans=placed.spans if placed else (),
-            budget_plan=budget_plan,
-            deepstack=placed.deepstack if placed else (),
-            visual_ranking=placed.ranking if placed else None,
-            span_grids=placed.grids if placed else None,
+            visual=VisualPlan(placed.spans, budget_plan, placed.deepstack, placed.ranking, placed.grids)
+            if placed
+            else NO_VISUALS,
         )
         outputs.image_hidden_states = torch.cat([group.embeds for group in groups]) if groups else None
         return outputs

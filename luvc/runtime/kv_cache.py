@@ -18,7 +18,7 @@ input. The graph then copies the cache on the device each step; nothing crosses 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 
 import numpy as np
 import torch
@@ -33,19 +33,23 @@ def attention_window_length(valid: int, capacity: int) -> int:
     return min(capacity, -(-valid // WINDOW_STEP) * WINDOW_STEP)
 
 
-class KVCache:
-    """Keys and values of ``len(capacities)`` layers; ``lengths[l]`` tokens are held by layer ``l``."""
+@dataclasses.dataclass(frozen=True)
+class KVLayout:
+    """The shape of a decode graph's KV cache: ``kv_heads`` heads of ``head_dim`` per token, each layer's capacity in
+    tokens (``capacities``), in ``dtype``."""
 
-    def __init__(
-        self,
-        batch: int,
-        kv_heads: int,
-        head_dim: int,
-        capacities: Sequence[int],
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-        aliased: bool = True,
-    ) -> None:
+    kv_heads: int
+    head_dim: int
+    capacities: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+class KVCache:
+    """Keys and values of ``len(layout.capacities)`` layers for ``batch`` rows; ``lengths[l]`` tokens are held by
+    layer ``l``."""
+
+    def __init__(self, batch: int, layout: KVLayout, device: torch.device | str = "cpu", aliased: bool = True) -> None:
+        kv_heads, head_dim, capacities, dtype = layout.kv_heads, layout.head_dim, layout.capacities, layout.dtype
         self.capacities = list(capacities)
         self.sets = [
             [

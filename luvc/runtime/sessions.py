@@ -22,7 +22,7 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
 from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, TransferStats
-from luvc.runtime.kv_cache import KVCache
+from luvc.runtime.kv_cache import KVCache, KVLayout
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
 
@@ -254,9 +254,9 @@ class Sessions:
             # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
             # share memory with the input, so that form alternates between two sets of buffers on TensorRT
             aliased = self.backend == "ort" or kv.update == "tensor-scatter"
-            heads, head_dim = geometry.num_key_value_heads, geometry.head_dim
+            layout = KVLayout(geometry.num_key_value_heads, geometry.head_dim, tuple(kv.capacity), dtype)
             # one batch size at a time: a new size frees the old buffers
-            self._caches = {batch: KVCache(batch, heads, head_dim, kv.capacity, dtype, self.device, aliased)}
+            self._caches = {batch: KVCache(batch, layout, self.device, aliased)}
         return self._caches[batch]
 
     def kv_buffer_bytes(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -131,16 +132,19 @@ class _Routes:
         except QueueClosed as error:
             return self.refuse(503, str(error), "shutting_down", "server_error", RETRY)
         request_id = openai_api.completion_id()
-        headers = {**fit_headers(prepared), "X-Request-ID": request_id}
-        note = functools.partial(record, http.scope)  # fields of this request's access-log line
-        note(bucket=prepared.bucket_name, prompt_tokens=prepared.prompt_tokens, stream=bool(request.stream))
+        answer = Answer(
+            job,
+            events,
+            request_id,
+            {**fit_headers(prepared), "X-Request-ID": request_id},
+            functools.partial(record, http.scope),
+        )
+        answer.note(bucket=prepared.bucket_name, prompt_tokens=prepared.prompt_tokens, stream=bool(request.stream))
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            stream = _sse(
-                job, events, request_id, self.model_name, self.service, include_usage, note, self.request_timeout_s
-            )
-            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        return await self._answer(http, job, events, request_id, headers, note)
+            stream = _sse(answer, self.model_name, self.service, include_usage, self.request_timeout_s)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=answer.headers)
+        return await self._answer(http, answer)
 
     async def _prepare(self, http: Request) -> Admitted | Response:
         """The request, its generation options and its prepared batch; or the error response that refuses it."""
@@ -159,14 +163,13 @@ class _Routes:
             return self.refuse(500, message, "failed", "server_error")
         return request, options, prepared
 
-    async def _answer(
-        self, http: Request, job: Job, events: asyncio.Queue, request_id: str, headers: dict, note: Callable
-    ) -> Response:
+    async def _answer(self, http: Request, answer: Answer) -> Response:
         """The whole answer of a plain (not streamed) request once its job ends."""
+        job, headers = answer.job, answer.headers
         timeout_s = self.request_timeout_s
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            event = await _final_event(events, http, deadline)
+            event = await _final_event(answer.events, http, deadline)
         except asyncio.CancelledError:
             job.cancel()
             raise
@@ -186,11 +189,28 @@ class _Routes:
                 status, event.message, "unavailable" if event.kind == "unavailable" else "failed", kind, headers
             )
         self.service.metrics.requests.labels("ok").inc()
-        note(**_finished_fields(event))
+        answer.note(**_finished_fields(event))
         body = openai_api.completion_body(
-            request_id, self.model_name, event.text, event.finish_reason, event.prompt_tokens, event.completion_tokens
+            answer.request_id,
+            self.model_name,
+            event.text,
+            event.finish_reason,
+            event.prompt_tokens,
+            event.completion_tokens,
         )
         return JSONResponse(body, headers=headers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What answering one request is made of: its job, the queue of the job's events, the request id, the response
+    headers and ``note``, which adds fields to the request's access-log line."""
+
+    job: Job
+    events: asyncio.Queue
+    request_id: str
+    headers: dict[str, str]
+    note: Callable[..., None]
 
 
 def fit_headers(prepared: Prepared) -> dict[str, str]:
@@ -247,18 +267,12 @@ def _finished_fields(event: Finished) -> dict[str, object]:
 
 
 async def _sse(
-    job: Job,
-    events: asyncio.Queue,
-    request_id: str,
-    model: str,
-    service: GenerationService,
-    include_usage: bool,
-    note: Callable[..., None],
-    timeout_s: float | None = None,
+    answer: Answer, model: str, service: GenerationService, include_usage: bool, timeout_s: float | None = None
 ) -> AsyncIterator[str]:
     """Server-sent events of one streamed completion: the role, the text pieces, the finish reason, (with
     ``include_usage``) a chunk with the usage and no choices, ``[DONE]``; a failure after the stream began, or the
     request running past ``timeout_s``, is sent as an ``error`` event. A client that goes away cancels its job."""
+    job, events, request_id, note = answer.job, answer.events, answer.request_id, answer.note
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def data(body: dict) -> str:

@@ -109,7 +109,7 @@ def test_the_forward_runs_the_request_plans_budgets(family, budget_plans):
     adapter.apply_luvc()
     received = []
     adapter.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: received.append(kwargs.get("budget_plan")), with_kwargs=True
+        lambda module, args, kwargs: received.append(kwargs["visual"].budgets), with_kwargs=True
     )
     inputs = adapter.prepare_inputs([synthetic_image(224, 224, 1)], "Describe.")
     with torch.no_grad():

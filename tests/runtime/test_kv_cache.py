@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from luvc.errors import LuvcError
-from luvc.runtime.kv_cache import KVCache
+from luvc.runtime.kv_cache import KVCache, KVLayout
 
 
 def _presents(lengths):
@@ -17,7 +17,7 @@ def _presents(lengths):
 
 
 def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
-    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 3], dtype=torch.float32)
+    cache = KVCache(1, KVLayout(2, 4, (6, 3)))
     addresses = [t.data_ptr() for pair in cache.buffers for t in pair]
     cache.load(_presents([4, 1]))
     assert cache.lengths == [4, 1] and cache.write_index.tolist() == [[4], [1]]  # (layers, rows)
@@ -39,7 +39,7 @@ def test_prefill_fills_each_prefix_and_one_buffer_serves_as_past_and_present():
 def test_rows_padded_on_the_right_write_after_their_own_prompt():
     # a batch of prompts of 7 and 5 tokens (the second padded by 2): the prefill's present holds 7 per row; the
     # second row's steps overwrite its padding, and its bytes count its own tokens only
-    cache = KVCache(batch=2, kv_heads=2, head_dim=4, capacities=[10, 6], dtype=torch.float32)
+    cache = KVCache(2, KVLayout(2, 4, (10, 6)))
     presents = {
         f"present.{layer}.{kind}": torch.ones(2, 2, length, 4)
         for layer, length in enumerate([7, 4])
@@ -53,7 +53,7 @@ def test_rows_padded_on_the_right_write_after_their_own_prompt():
 
 
 def test_the_attention_window_follows_the_longest_layer_in_steps_of_64_up_to_the_capacity():
-    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[200, 100], dtype=torch.float32)
+    cache = KVCache(1, KVLayout(2, 4, (200, 100)))
     cache.load(_presents([70, 10]))
     window = cache.inputs()["attention_window"]
     assert window.shape == (128,)  # 71 tokens after the step's write, in a step of 64
@@ -70,7 +70,7 @@ def test_the_attention_window_follows_the_longest_layer_in_steps_of_64_up_to_the
 
 
 def test_a_full_layer_refuses_another_token_and_a_long_prompt_is_refused():
-    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[6, 2], dtype=torch.float32)
+    cache = KVCache(1, KVLayout(2, 4, (6, 2)))
     cache.load(_presents([4, 1]))
     cache.check_room()
     cache.advance()
@@ -81,7 +81,7 @@ def test_a_full_layer_refuses_another_token_and_a_long_prompt_is_refused():
 
 
 def test_unaliased_cache_alternates_between_two_sets():
-    cache = KVCache(batch=1, kv_heads=2, head_dim=4, capacities=[5, 3], dtype=torch.float32, aliased=False)
+    cache = KVCache(1, KVLayout(2, 4, (5, 3)), aliased=False)
     cache.load(_presents([2, 1]))
     past, present = cache.inputs()["past_key_values.0.key"], cache.targets()["present.0.key"]
     assert past.data_ptr() != present.data_ptr()
@@ -98,7 +98,7 @@ def test_unaliased_cache_alternates_between_two_sets():
 def test_rows_join_after_the_running_ones_and_the_last_row_moves_into_a_freed_one():
     # a running batch of 3 rows: row 0 holds prompt A, then rows 1-2 join with prompts B (5 tokens) and C (3 tokens,
     # padded); a step for the first 3 rows advances them only; row 0 leaves and row 2 (C) takes its place
-    cache = KVCache(batch=4, kv_heads=1, head_dim=2, capacities=[8, 8], dtype=torch.float32)
+    cache = KVCache(4, KVLayout(1, 2, (8, 8)))
     cache.load(
         {f"present.{layer}.{kind}": torch.full((1, 1, 4, 2), 1.0) for layer in range(2) for kind in ("key", "value")}
     )
