@@ -35,7 +35,7 @@ from prefill_speedup import realistic_adapter
 from torch import nn
 from torch.export import Dim
 
-from luvc.export.exporter import OnnxFromGraphSpec
+from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.graphs import EXAMPLE_BATCH, GraphSpec, decode_spec
 from luvc.export.llm import GraphCache, kv_names
 from luvc.export.passes import run_passes

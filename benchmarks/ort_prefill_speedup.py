@@ -21,7 +21,8 @@ from prefill_speedup import IMAGE_SIDE, TEXT_TOKENS, parse_benchmark_args, promp
 
 from luvc import LUVCConfig
 from luvc.export.bucket_plan import plan_bucket
-from luvc.export.exporter import OnnxFromGraphSpec, save_model
+from luvc.export.convert import OnnxFromGraphSpec
+from luvc.export.exporter import save_model
 from luvc.export.graphs import prefill_spec
 from luvc.export.lint import check_graph
 from luvc.export.profile import ExportProfile

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 from luvc.errors import warn
 from luvc.export.decomposed_trace import converting_decomposed
-from luvc.export.torch_internals import current, internal, missing, module_of
+from luvc.export.torch_internals import current, internal, missing, module_of, replaced
 
 # onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
 # time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
@@ -32,13 +32,9 @@ SLOW_REWRITE_RULES = frozenset({"SlicesSplit"})
 @contextlib.contextmanager
 def without_slow_rewrites() -> Iterator[None]:
     """onnxscript's default rewrite rules without ``SLOW_REWRITE_RULES`` for the duration."""
-    rewriter = module_of(REWRITE_RULES)
-    rules = current(REWRITE_RULES)
-    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITE_RULES)
-    try:
+    fast = tuple(rule for rule in current(REWRITE_RULES) if getattr(rule, "name", None) not in SLOW_REWRITE_RULES)
+    with replaced(module_of(REWRITE_RULES), "_DEFAULT_REWRITE_RULES", fast):
         yield
-    finally:
-        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 @contextlib.contextmanager
@@ -56,13 +52,8 @@ def without_fake_tensor_cache() -> Iterator[None]:
 def without_stack_traces() -> Iterator[None]:
     """Tracing that records no Python stack trace per graph node (``torch.fx.config.do_not_emit_stack_traces``), for
     the duration: nothing in an export reads them, and capturing one per node took about 30% of a graph's trace."""
-    fx_config = module_of(STACK_TRACES)
-    before = fx_config.do_not_emit_stack_traces
-    fx_config.do_not_emit_stack_traces = True
-    try:
+    with replaced(module_of(STACK_TRACES), "do_not_emit_stack_traces", True):
         yield
-    finally:
-        fx_config.do_not_emit_stack_traces = before
 
 
 @contextlib.contextmanager
@@ -97,11 +88,8 @@ def torchlib_registry_once() -> Iterator[None]:
         registry.functions = {target: list(metas) for target, metas in built.functions.items()}
         return registry
 
-    registry_class.from_torchlib = classmethod(from_torchlib)
-    try:
+    with replaced(registry_class, "from_torchlib", classmethod(from_torchlib)):
         yield
-    finally:
-        registry_class.from_torchlib = original
 
 
 @functools.cache
@@ -141,13 +129,10 @@ def _torchlib_listed_without_parsing() -> Iterator[None]:
         for name, module in list(sys.modules.items())
         if name.startswith("onnxscript._framework_apis.") and getattr(module, "get_torchlib_ops", None) is original
     ]
-    for module in modules:
-        module.get_torchlib_ops = listed
-    try:
-        yield
-    finally:
+    with contextlib.ExitStack() as stack:
         for module in modules:
-            module.get_torchlib_ops = original
+            stack.enter_context(replaced(module, "get_torchlib_ops", listed))
+        yield
 
 
 @contextlib.contextmanager
@@ -167,11 +152,8 @@ def type_promotion_of_promoted_nodes() -> Iterator[None]:
             return node.meta["val"]
         return run_node(self, node)
 
-    interpreter.run_node = run_promoted_nodes
-    try:
+    with replaced(interpreter, "run_node", run_promoted_nodes):
         yield
-    finally:
-        interpreter.run_node = run_node
 
 
 # the internals the settings need (luvc.export.torch_internals.INTERNALS)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from luvc.export.torch_internals import replaced
+
 LOG = logging.getLogger(__name__)
 _decomposed_programs: weakref.WeakSet = weakref.WeakSet()  # traced here: torch.onnx's decomposition would redo it
 
@@ -115,13 +117,9 @@ def _one_trace(
     table = internals.onnx_table(set(internals.implemented(registry)))
     composite, python_table = internals.split_table(table)
     trace_module = internals.trace_module
-    to_aten = trace_module._export_to_aten_ir
-    trace_module._export_to_aten_ir = functools.partial(to_aten, decomp_table=python_table)
-    try:
-        with internals.override_composite(composite):
-            return internals.export(module, args, dynamic_shapes=dynamic_shapes, strict=False, pre_dispatch=False)
-    finally:
-        trace_module._export_to_aten_ir = to_aten
+    to_aten = functools.partial(trace_module._export_to_aten_ir, decomp_table=python_table)
+    with replaced(trace_module, "_export_to_aten_ir", to_aten), internals.override_composite(composite):
+        return internals.export(module, args, dynamic_shapes=dynamic_shapes, strict=False, pre_dispatch=False)
 
 
 def is_decomposed(program: torch.export.ExportedProgram) -> bool:
@@ -143,8 +141,5 @@ def converting_decomposed() -> Iterator[None]:
     def decompose_unless_traced(exported_program, registry):
         return exported_program if is_decomposed(exported_program) else decompose(exported_program, registry)
 
-    passes.decompose_with_registry = decompose_unless_traced
-    try:
+    with replaced(passes, "decompose_with_registry", decompose_unless_traced):
         yield
-    finally:
-        passes.decompose_with_registry = decompose

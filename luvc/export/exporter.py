@@ -1,9 +1,8 @@
-"""torch -> ONNX for LUVC-compressed VLMs: per-graph loader, and the export of a whole model into a folder.
+"""torch -> ONNX for LUVC-compressed VLMs: the export of a whole model into a folder.
 
-``OnnxFromGraphSpec`` traces one ``GraphSpec`` with ``torch.export`` (non-strict, dynamic axes as declared) and
-converts it with the ONNX exporter; node names and dimension names are then made readable.
-``OnnxFromCompressedModel`` runs the graph passes on every graph of every bucket, lints them, writes them with
-host metadata and ``manifest.json`` into a temporary folder, and renames the folder when everything is complete.
+``OnnxFromGraphSpec`` (``luvc.export.convert``) makes each graph; ``OnnxFromCompressedModel`` runs the graph passes on
+every graph of every bucket, lints them, writes them with host metadata and ``manifest.json`` into a temporary folder,
+and renames the folder when everything is complete.
 """
 
 from __future__ import annotations
@@ -17,22 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
-import onnx_ir as ir
 import torch
 
 import luvc
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical
+from luvc.export import convert
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
-from luvc.export.converter_settings import export_settings, report_settings, settings_applied
-from luvc.export.decomposed_trace import prepare_registry, trace_decomposed
+from luvc.export.convert import OnnxFromGraphSpec
+from luvc.export.converter_settings import report_settings, settings_applied
+from luvc.export.decomposed_trace import prepare_registry
 from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers, other_threads
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.host_plan import HostPlan
-from luvc.export.inspect import root_of
-from luvc.export.kv_update import mark_opset, translation_table
 from luvc.export.lint import check_graph
 from luvc.export.manifest import (
     EXPORT_OUTPUT,
@@ -47,10 +45,10 @@ from luvc.export.manifest import (
     template_entry,
 )
 from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry
-from luvc.export.naming import name_nodes, place_of, rename_dims
+from luvc.export.naming import place_of
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
-from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS, plugin_translations, plugin_units
-from luvc.export.profile import AUTO_EXTERNAL_BYTES, DEFAULT_KV_UPDATE, ExportProfile
+from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS
+from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTime, StageTimes
 from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, WeightsPart, load_inline
@@ -61,83 +59,7 @@ from luvc.processing import PROCESSOR_FOLDER
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
-INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
-
-
-@dataclasses.dataclass
-class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
-    """Loader: ``GraphSpec`` -> ``onnx.ModelProto`` with readable node and dimension names.
-
-    With ``weights`` (the export's shared file), every tensor of at least ``INLINE_BYTES`` is written there as the
-    graph leaves the exporter and the model references it: a graph's weights are never held as protobuf bytes, nor
-    written twice. Smaller tensors stay in the model, so passes and lint read constants. Without it every tensor is
-    in the model."""
-
-    spec: GraphSpec
-    opset: int
-    on_step: Callable[[], None] | None = None
-    kv_update: str | None = None
-    weights: SharedWeights | None = None
-    stable: StableMemory | None = None  # the traced module's parameters, for ``weights`` (SharedWeights.stream)
-    plugin_config: LUVCConfig | None = None
-    times: StageTimes | None = None
-
-    def __post_init__(self) -> None:
-        self.kv_update = self.kv_update or DEFAULT_KV_UPDATE
-        self.on_step = self.on_step or (lambda: None)
-        self.times = self.times or StageTimes()
-
-    def call_impl(self) -> onnx.ModelProto:
-        spec = self.spec
-        args = tuple(spec.feeds.values())
-        translations = translation_table(self.kv_update)
-        units = contextlib.nullcontext()
-        if self.plugin_config is not None:  # OIM/SPU units as luvc::OrthoMerge / luvc::SpectrumPrune nodes
-            translations.update(plugin_translations())
-            units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
-        times = self.times
-        with export_settings("graph"), torch.no_grad(), units:
-            try:
-                with times.stage("trace", spec.name), export_settings("trace"):
-                    program = trace_decomposed(
-                        spec.module.eval(), args, spec.dynamic_shapes(), self.opset, translations
-                    )
-            except Exception as error:  # torch.export raises many types; say which graph and why
-                critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
-            self.on_step()
-            with times.stage("convert", spec.name), export_settings("convert"):
-                onnx_program = torch.onnx.export(
-                    program,
-                    args,
-                    input_names=list(spec.feeds),
-                    output_names=spec.output_names,
-                    opset_version=self.opset,
-                    dynamo=True,
-                    verbose=False,
-                    optimize=True,
-                    custom_translation_table=translations,
-                )
-            with times.stage("weights", spec.name):
-                if self.weights is not None:
-                    model = self.weights.stream(onnx_program.model, INLINE_BYTES, self.stable)
-                else:
-                    model = ir.serde.serialize_model(onnx_program.model)
-            del onnx_program, program  # the torch-side copies of folded constants
-        mark_opset(model)
-        symbols = {}
-        inputs = {info.name: info for info in model.graph.input}
-        for (name, axis), dim_name in spec.dim_names().items():
-            symbol = inputs[name].type.tensor_type.shape.dim[axis].dim_param
-            if symbol:
-                derived = root_of(symbol)  # "7*s92" for a derived axis: name its root (outputs use the root)
-                if derived is not None:
-                    symbol, dim_name = derived[1], root_of(dim_name)[1]
-                symbols[symbol] = dim_name
-        rename_dims(model, symbols)
-        name_nodes(model, root=spec.kind)
-        self.on_step()
-        return model
 
 
 def graphs_use_weights_file(setting: str, weight_bytes: int) -> bool:
@@ -309,7 +231,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             if external and workers > 1:
                 # the merged file, and what workers write themselves: the tensors that leave a graph only after it is
                 # converted (under INLINE_BYTES while tracing); larger ones view the model's memory, written here
-                need = model_bytes + sum(spec.weight_bytes(below=INLINE_BYTES) for spec, _ in specs)
+                need = model_bytes + sum(spec.weight_bytes(below=convert.INLINE_BYTES) for spec, _ in specs)
                 workers = self._workers_the_disk_holds(workers, staging, need)
             writer = _GraphWriter(self, specs, staging, profile, external)
             costs = [self._cost(spec) for spec, _ in specs]

@@ -7,11 +7,12 @@ one line per setting, with what it costs. docs/releases.md lists each name, what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -136,3 +137,14 @@ def current(name: str) -> Any:
 def module_of(name: str) -> Any:
     """The module internal ``name`` lives in (to replace an attribute of it)."""
     return importlib.import_module(BY_NAME[name].module)
+
+
+@contextlib.contextmanager
+def replaced(owner: Any, attribute: str, value: Any) -> Iterator[Any]:
+    """``owner.attribute`` set to ``value`` for the duration, and what it was (returned) put back after."""
+    before = getattr(owner, attribute)
+    setattr(owner, attribute, value)
+    try:
+        yield before
+    finally:
+        setattr(owner, attribute, before)

@@ -14,9 +14,9 @@ from torch.export import Dim
 
 from luvc.export import decomposed_trace
 from luvc.export.bucket_plan import plan_bucket
+from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.converter_settings import without_stack_traces
 from luvc.export.decomposed_trace import converting_decomposed, is_decomposed, trace_decomposed
-from luvc.export.exporter import OnnxFromGraphSpec
 from luvc.export.graphs import prefill_spec
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from luvc.errors import LuvcError, critical
-from luvc.export import exporter
+from luvc.export import convert, exporter
 from luvc.export.graph_workers import GraphWorkerError
 from luvc.export.profile import ExportProfile
 from luvc.export.stage_times import StageTimes
@@ -32,7 +32,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_workers_write_the_files_one_process_writes_byte_for_byte(external_data, tmp_path, monkeypatch):
     # tensors above 2 KiB leave the graph as it is converted, as a real checkpoint's do above 1 MiB: the weights file
     # then holds them in conversion order, and the bytes of those the passes fold away
-    monkeypatch.setattr(exporter, "INLINE_BYTES", 2048)
+    monkeypatch.setattr(convert, "INLINE_BYTES", 2048)
     profile = ExportProfile(image_sizes=((224, 224),), external_data=external_data)
     model = "tiny-qwen2-vl"
     exports = {
@@ -48,14 +48,14 @@ def test_workers_write_the_files_one_process_writes_byte_for_byte(external_data,
 
 def _failing_at(name: str, fail, monkeypatch) -> None:
     """Make graph ``name``'s tracing call ``fail()`` first (the workers are forked with the patch)."""
-    trace = exporter.OnnxFromGraphSpec.call_impl
+    trace = convert.OnnxFromGraphSpec.call_impl
 
     def call_impl(self):
         if self.spec.name == name:
             fail()
         return trace(self)
 
-    monkeypatch.setattr(exporter.OnnxFromGraphSpec, "call_impl", call_impl)
+    monkeypatch.setattr(convert.OnnxFromGraphSpec, "call_impl", call_impl)
 
 
 def _export_with_workers(folder: Path) -> Path:
@@ -109,7 +109,7 @@ def test_an_interrupt_while_workers_run_stops_them_and_leaves_nothing(tmp_path, 
 
 EXPORT_WITH_SLOW_WORKERS = """
 import sys, time
-from luvc.export import exporter
+from luvc.export import convert, exporter
 from luvc.export.profile import ExportProfile
 from luvc.export.stage_times import StageTimes
 from luvc.models import load_model
@@ -243,7 +243,7 @@ def test_workers_leave_the_models_memory_to_the_exporter_and_need_room_for_littl
 
     monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counted))
     converter_settings._built_registry.cache_clear()  # as in a new process
-    monkeypatch.setattr(exporter, "INLINE_BYTES", 2048)
+    monkeypatch.setattr(convert, "INLINE_BYTES", 2048)
     monkeypatch.setattr(exporter.shutil, "disk_usage", _disk_with(1_000_000))
     parts = []
     merged_into = exporter.GraphResult.merged_into

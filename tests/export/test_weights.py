@@ -103,7 +103,7 @@ def test_a_tied_lm_head_and_the_embedding_table_are_stored_once(tmp_path, monkey
     # its 467 MB embedding table and 1 GiB: the small embed graph must go to weights.data with the others
     monkeypatch.setattr("luvc.export.exporter.AUTO_EXTERNAL_BYTES", 100_000)
     # and weights streamed from the tracing scratch file tensor by tensor, as a real-size model's are
-    monkeypatch.setattr("luvc.export.exporter.INLINE_BYTES", 1024)
+    monkeypatch.setattr("luvc.export.convert.INLINE_BYTES", 1024)
     profile = ExportProfile(image_sizes=((224, 224),), external_data="auto")
     export = export_model(adapter, tmp_path / "export", profile, show_progress=False)
     table = adapter.model.get_input_embeddings().weight.detach().numpy()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from luvc.export.bucket_plan import plan_bucket
-from luvc.export.exporter import OnnxFromGraphSpec
+from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.graphs import vision_spec
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
