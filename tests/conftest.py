@@ -61,6 +61,18 @@ def fit_case(size: tuple[int, int], bucket: str, seed: int = 0):
     return image, by_hand
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory):
+    """The run's own cache folder (``luvc.cache``), for this process and the CLIs it starts: tests never read or
+    write the user's."""
+    from luvc import cache
+
+    os.environ[cache.ENV] = str(tmp_path_factory.mktemp("luvc-cache"))
+    cache.cache_root.cache_clear()
+    yield
+    cache.cache_root.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def image():
     return synthetic_image()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -70,7 +72,9 @@ class Run:
             pipeline.preparer.load()
         prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
+            loading = time.perf_counter()
             pipeline.load(prepared.bucket)
+            ready = StartUp(load_seconds=time.perf_counter() - loading, since_start_seconds=_seconds_since_start())
         generation = pipeline.request(prepared, options)
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
@@ -82,7 +86,7 @@ class Run:
             text = "".join(generation.pieces())
             sys.stdout.write(f"Output: {text}\n")
         sys.stdout.write(f"Finish reason: {FINISH_REASONS[generation.finish_reasons[0]]}\n")
-        console.print(timing_table(pipeline, generation.timings, prepared))
+        console.print(timing_table(pipeline, generation.timings, prepared, ready))
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
         sys.stdout.write(cuda_graphs_line(pipeline) + "\n")
         return 0
@@ -107,7 +111,8 @@ def _weights(pipeline: Pipeline) -> str:
         return "each session its own"  # weights inside the graphs (exports under 256 MiB) or engines
     parts = [f"{weights.mapped_bytes / gib:.2f} GiB file-mapped"]
     if weights.converted_bytes:
-        parts.append(f"{weights.converted_bytes / gib:.2f} GiB float32")
+        cached = " (converted by an earlier start)" if weights.cached_bytes == weights.converted_bytes else ""
+        parts.append(f"{weights.converted_bytes / gib:.2f} GiB float32{cached}")
     return "one copy for all sessions: " + " + ".join(parts)
 
 
@@ -128,7 +133,30 @@ def fit_line(policy: str, prepared: Prepared) -> str:
     return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
 
 
-def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Table:
+@dataclasses.dataclass(frozen=True)
+class StartUp:
+    """How long the process took to be ready: its sessions' loading, and everything since the process started."""
+
+    load_seconds: float
+    since_start_seconds: float | None  # None where the process's start time cannot be read (not Linux)
+
+    def __str__(self) -> str:
+        since = "n/a" if self.since_start_seconds is None else f"{self.since_start_seconds:.1f} s"
+        return f"{since} (sessions {self.load_seconds:.1f} s)"
+
+
+def _seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux: its start time in /proc/self/stat against /proc/uptime)."""
+    try:
+        # the fields after the command (which may hold spaces) start at the state, field 3; the start time is field 22
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(open("/proc/uptime").read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready: StartUp) -> Table:
     backend = pipeline.backend
     if backend == "ort":
         backend += f" ({', '.join(pipeline.sessions.providers_in_use())})"
@@ -136,6 +164,7 @@ def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared) -> Ta
     table.add_column("stage")
     table.add_column("value", justify="right")
     rows = (
+        ("start to ready (process start to sessions loaded)", str(ready)),
         ("bucket", prepared.bucket_name),
         ("preprocess", f"{timings.preprocess_ms:.1f} ms"),
         ("vision", f"{timings.vision_ms:.1f} ms"),

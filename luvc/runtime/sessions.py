@@ -96,7 +96,7 @@ class Sessions:
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
         float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
-        self.weights = MappedWeights(folder, float32=float32, device=device)
+        self.weights = MappedWeights(folder, float32=float32, device=device, digests=manifest.files)
         self.activations = None
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from luvc import cache
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
@@ -41,7 +43,7 @@ FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 INT8, UINT8 = onnx.TensorProto.INT8, onnx.TensorProto.UINT8
 # (stored type, type a graph reads) -> how the stored values are converted; the same type is a view of the file
 CONVERSIONS = {
-    (FLOAT16, FLOAT): lambda values: values.astype(np.float32),  # float32_compute
+    (FLOAT16, FLOAT): lambda values: torch.from_numpy(values).float().numpy(),  # float32_compute (2x NumPy's astype)
     (INT8, UINT8): shift_to_uint8,  # luvc.runtime.qdq_cpu.unsigned_weights: zero point + 128
 }
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
@@ -56,8 +58,9 @@ class MappedWeights:
     """The external-data files of the export in ``folder``, memory-mapped read-only, the float32 conversions made
     from them, and (on a GPU ``device``) the device copies; each tensor (by file, offset and length) is handed out as
     one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
-    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights. ``int8_encoding`` is how INT8
-    Q/DQ graphs run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
+    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights, converted once and kept in the
+    user's cache (``luvc.cache``) by the sha256 of their file (``digests``). ``int8_encoding`` is how INT8 Q/DQ graphs
+    run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
 
     def __init__(
         self,
@@ -65,8 +68,12 @@ class MappedWeights:
         float32: bool = False,
         device: torch.device | None = None,
         int8_encoding: str | None = None,
+        digests: dict[str, str] | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.digests = digests or {}  # file -> its sha256 (the manifest's): float32 conversions are cached by it
+        self._digests_checked: dict[str, str | None] = {}
+        self._from_cache: set[tuple[ExternalTensor, int]] = set()  # conversions an earlier start made
         self.float32 = float32
         self.int8_encoding = int8_encoding
         self.device = torch.device(device or "cpu")
@@ -134,6 +141,29 @@ class MappedWeights:
                 self._values[key] = borrowed_ort_value(self.device_tensor(tensor))
         return self._values[key]
 
+    def _converted(self, tensor: ExternalTensor, as_type: int, convert: Callable) -> np.ndarray:
+        """``tensor`` converted to ``as_type``: float16 weights to float32 once per export, kept in the user's cache
+        (a start after the first maps what the first converted), other conversions each start."""
+        digest = self._verified_digest(tensor.location) if as_type == FLOAT else None
+        if digest is not None:
+            kept = cache.cached_conversion(digest, tensor.offset, tensor.length, tensor.shape)
+            if kept is not None:
+                self._from_cache.add((_key(tensor), as_type))
+                return kept
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        data = np.fromfile(self.folder / tensor.location, dtype, tensor.length // dtype.itemsize, offset=tensor.offset)
+        array = convert(data.reshape(tensor.shape))
+        return array if digest is None else cache.keep_conversion(digest, tensor.offset, tensor.length, array)
+
+    def _verified_digest(self, location: str) -> str | None:
+        """The sha256 of weights file ``location`` where the cache saw it verified and it is unchanged since (a
+        conversion is cached only under the digest of the bytes it was made from), else None."""
+        if location not in self._digests_checked:
+            digest = self.digests.get(location)
+            known = digest is not None and cache.known_digest(self.folder / location, digest)
+            self._digests_checked[location] = digest if known else None
+        return self._digests_checked[location]
+
     def device_tensor(self, tensor: ExternalTensor) -> torch.Tensor:
         """``tensor`` as one torch tensor on the device, for every TensorRT engine that takes it as an input."""
         key = _key(tensor)
@@ -144,21 +174,20 @@ class MappedWeights:
     def array(self, tensor: ExternalTensor, as_type: int | None = None) -> np.ndarray:
         """``tensor``'s data as ``as_type`` (default: float32 for float16 with ``float32`` set, else as stored): a
         read-only view of its file, or a converted copy (``CONVERSIONS``) read from the file without mapping it (the
-        stored bytes are not kept)."""
+        stored bytes are not kept), or mapped from the user's cache."""
         as_type = self._type_given(tensor, as_type)
         key = (_key(tensor), as_type)
         if key not in self._arrays:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             if as_type != tensor.data_type:
                 convert = CONVERSIONS.get((tensor.data_type, as_type))
                 if convert is None:
                     raise ValueError(f"{tensor.name}: no conversion from ONNX type {tensor.data_type} to {as_type}")
-                count = tensor.length // dtype.itemsize
-                data = np.fromfile(self.folder / tensor.location, dtype, count, offset=tensor.offset)
-                self._arrays[key] = convert(data.reshape(tensor.shape))
+                self._arrays[key] = self._converted(tensor, as_type, convert)
             else:
                 data = self._file(tensor.location)[tensor.offset : tensor.offset + tensor.length]
-                self._arrays[key] = data.view(dtype).reshape(tensor.shape)
+                self._arrays[key] = data.view(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).reshape(
+                    tensor.shape
+                )
         return self._arrays[key]
 
     def _type_given(self, tensor: ExternalTensor, as_type: int | None) -> int:
@@ -179,18 +208,24 @@ class MappedWeights:
 
     @property
     def converted_bytes(self) -> int:
-        """Bytes of the converted copies made (anonymous memory; the mapped file's pages are the page cache's)."""
-        return sum(array.nbytes for array in self._arrays.values() if array.flags.owndata)
+        """Bytes of the converted copies (anonymous memory, or pages of the cache's files where ``cached_bytes``)."""
+        return sum(array.nbytes for (tensor, as_type), array in self._arrays.items() if as_type != tensor.data_type)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the converted copies an earlier start made, mapped from the user's cache (``luvc.cache``)."""
+        return sum(self._arrays[key].nbytes for key in self._from_cache)
 
     @property
     def mapped_bytes(self) -> int:
         """Bytes of the tensors handed out as views of their files."""
-        return sum(array.nbytes for array in self._arrays.values() if not array.flags.owndata)
+        return sum(array.nbytes for (tensor, as_type), array in self._arrays.items() if as_type == tensor.data_type)
 
     def close(self) -> None:
         self._values.clear()
         self._device_tensors.clear()
         self._arrays.clear()
+        self._from_cache.clear()
         self._files.clear()
 
 

@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -9,6 +11,8 @@ from luvc.prompt import Conversation, Turn
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from tests import generation_cases as shared
 from tests.conftest import FIT_CASES, fit_case, write_clip
+
+STARTUP_ROW = "start to ready (process start to sessions loaded)"
 
 
 def _table_rows(out: str) -> dict[str, str]:
@@ -33,6 +37,15 @@ def test_run_prints_the_text_and_a_timing_table_of_this_request(exports, capsys,
     assert float(rows["time to first token"].removesuffix(" ms")) >= sum(timed.values())
     assert rows["KV cache buffers (capacity, as `plan`)"] == f"{pipeline.sessions.kv_cache(1).capacity_bytes():,} bytes"
     assert "CPUExecutionProvider" in out
+    since_start, sessions = re.fullmatch(r"([\d.]+) s \(sessions ([\d.]+) s\)", rows[STARTUP_ROW]).groups()
+    assert float(since_start) >= float(sessions) >= 0
+
+
+def test_seconds_since_start_counts_from_the_process_start():
+    """The 'start to ready' row counts the interpreter's own start and imports, not only the CLI's work."""
+    script = "import time; time.sleep(1.5); from luvc.cli import run; print(run._seconds_since_start())"
+    seconds = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert 1.5 <= seconds < 30
 
 
 def test_run_streams_the_text_that_generate_returns(exports, capsys):

@@ -6,6 +6,7 @@ import onnx
 import pytest
 
 from luvc.export.exporter import export_model
+from luvc.export.manifest import external_tensors
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
@@ -176,3 +177,49 @@ def test_a_large_float16_table_that_constant_folding_reads_runs_in_float32(tmp_p
     session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     x = np.ones((2, 1024), np.float16)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], table[[3, 7]].astype(np.float32) + 1, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_second_start_maps_the_float32_weights_the_first_converted(fp16_external_export, tmp_path, monkeypatch):
+    """luvc.cache: the first start converts each float16 weight and keeps it; the next maps those files (pages of the
+    file cache, not copies) and computes the same logits; with the cache off each start converts."""
+    from luvc import cache
+
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    cache.cache_root.cache_clear()
+    half = sum(
+        length
+        for (_, length), kind in _distinct_external_tensors(fp16_external_export).items()
+        if kind == onnx.TensorProto.FLOAT16
+    )
+    prepared = Pipeline(fp16_external_export).prepare([synthetic_image(224, 224, 5)], [PROMPT])
+    try:
+        first = Pipeline(fp16_external_export)
+        tokens, logits, _ = first.greedy(prepared, 4)
+        assert (first.sessions.weights.converted_bytes, first.sessions.weights.cached_bytes) == (2 * half, 0)
+
+        second = Pipeline(fp16_external_export)
+        again, again_logits, _ = second.greedy(prepared, 4)
+        assert second.sessions.weights.cached_bytes == second.sessions.weights.converted_bytes == 2 * half
+        np.testing.assert_array_equal(again, tokens)
+        np.testing.assert_array_equal(again_logits, logits)
+        # every float16 weight, as the sessions were given it (shared or inline), is a view of a file the first made
+        kept = {str(path) for path in (tmp_path / "cache" / "float32").rglob("*.f32")}
+        halves = [
+            tensor
+            for path in fp16_external_export.glob("*.onnx")
+            for tensor in external_tensors(onnx.load(str(path), load_external_data=False))
+            if tensor.data_type == onnx.TensorProto.FLOAT16
+        ]
+        arrays = [second.sessions.weights.array(tensor) for tensor in halves]
+        assert arrays and all(isinstance(array, np.memmap) and str(array.filename) in kept for array in arrays)
+        assert len(kept) == len({(tensor.offset, tensor.length) for tensor in halves})
+
+        monkeypatch.setenv(cache.ENV, "off")
+        cache.cache_root.cache_clear()
+        off = Pipeline(fp16_external_export)
+        off_tokens, off_logits, _ = off.greedy(prepared, 4)
+        assert (off.sessions.weights.converted_bytes, off.sessions.weights.cached_bytes) == (2 * half, 0)
+        np.testing.assert_array_equal(off_logits, logits)
+    finally:
+        cache.cache_root.cache_clear()

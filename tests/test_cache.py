@@ -1,0 +1,128 @@
+"""The start-up cache (luvc.cache): hashes kept by stat, float32 conversions kept by the weights file's sha256, and
+every way the cache folder can fail only costing the work again."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from luvc import cache
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    """A cache folder of the test's own (``LUVC_CACHE_DIR``)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(cache.ENV, str(folder))
+    cache.cache_root.cache_clear()
+    cache._say_once.cache_clear()
+    yield folder
+    cache.cache_root.cache_clear()
+    cache._say_once.cache_clear()
+
+
+def _file(folder, data: bytes = b"weights" * 100):
+    path = folder / "weights.data"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def test_a_digest_is_known_until_the_file_changes(cache_folder, tmp_path):
+    path, digest = _file(tmp_path)
+    assert not cache.known_digest(path, digest)
+    cache.remember_digest(path, digest)
+    assert cache.known_digest(path, digest)
+    assert not cache.known_digest(path, "0" * 64)  # another digest: the manifest changed
+    path.write_bytes(path.read_bytes())  # the same bytes, written again: its change time moved, so it is hashed again
+    assert not cache.known_digest(path, digest)
+
+
+def test_a_digest_is_not_known_for_a_replaced_file_of_the_same_size(cache_folder, tmp_path):
+    path, digest = _file(tmp_path, b"a" * 64)
+    cache.remember_digest(path, digest)
+    stat = path.stat()
+    replacement = tmp_path / "other"
+    replacement.write_bytes(b"b" * 64)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and modification time
+    os.replace(replacement, path)
+    assert not cache.known_digest(path, digest)  # its inode and change time differ
+
+
+def test_a_conversion_is_made_once_and_mapped_after(cache_folder):
+    values = np.arange(12, dtype=np.float16).reshape(3, 4)
+    digest = "d" * 64
+    assert cache.cached_conversion(digest, 128, values.nbytes, values.shape) is None
+    kept = cache.keep_conversion(digest, 128, values.nbytes, values.astype(np.float32))
+    assert isinstance(kept, np.memmap) and not kept.flags.writeable
+    again = cache.cached_conversion(digest, 128, values.nbytes, values.shape)
+    assert isinstance(again, np.memmap)
+    np.testing.assert_array_equal(again, np.arange(12, dtype=np.float32).reshape(3, 4))
+    # another tensor of the file, or the same offset in another file, is another conversion
+    assert cache.cached_conversion(digest, 0, values.nbytes, values.shape) is None
+    assert cache.cached_conversion("e" * 64, 128, values.nbytes, values.shape) is None
+
+
+def test_a_truncated_or_partial_conversion_is_made_again(cache_folder):
+    digest, shape = "d" * 64, (4, 4)
+    kept = cache.keep_conversion(digest, 0, 32, np.ones(shape, np.float32))
+    path = kept.filename
+    del kept
+    with open(path, "r+b") as file:
+        file.truncate(20)  # as a copy cut short would leave it
+    assert cache.cached_conversion(digest, 0, 32, shape) is None
+    os.unlink(path)
+    partial = cache_folder / "float32" / digest / ".0-32.f32.1234abcd.partial"  # a writer killed before its rename
+    partial.write_bytes(b"\0" * 64)
+    assert cache.cached_conversion(digest, 0, 32, shape) is None
+
+
+def test_off_keeps_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.ENV, "off")
+    cache.cache_root.cache_clear()
+    try:
+        path, digest = _file(tmp_path)
+        cache.remember_digest(path, digest)
+        assert not cache.known_digest(path, digest)
+        array = np.ones(3, np.float32)
+        assert cache.keep_conversion("d" * 64, 0, 6, array) is array
+        assert cache.cached_conversion("d" * 64, 0, 6, (3,)) is None
+    finally:
+        cache.cache_root.cache_clear()
+
+
+def test_a_cache_folder_that_cannot_be_made_only_warns(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(cache.ENV, str(blocker / "cache"))  # a folder inside a file: mkdir fails, even as root
+    cache.cache_root.cache_clear()
+    try:
+        assert cache.cache_root() is None
+        assert cache.cache_root() is None
+        said = capsys.readouterr().err.splitlines()
+        assert len(said) == 1 and "no cache folder at" in said[0] and "Set LUVC_CACHE_DIR" in said[0]  # once
+        path, digest = _file(tmp_path)
+        cache.remember_digest(path, digest)
+        assert not cache.known_digest(path, digest)
+    finally:
+        cache.cache_root.cache_clear()
+
+
+def test_a_cache_folder_that_cannot_be_written_keeps_the_conversion_in_memory(cache_folder, capsys):
+    cache_folder.mkdir()
+    (cache_folder / "float32").write_text("")  # where the conversions' folder should be
+    array = np.ones((2, 2), np.float32)
+    kept = cache.keep_conversion("d" * 64, 0, 8, array)
+    assert kept is array and not isinstance(kept, np.memmap)
+    assert cache.keep_conversion("d" * 64, 8, 8, array) is array
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "cannot be written" in said[0]  # once
+    assert not list(cache_folder.rglob("*.partial"))
+
+
+def test_a_nearly_full_disk_keeps_no_conversion(cache_folder, monkeypatch, capsys):
+    monkeypatch.setattr(cache, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has free
+    array = np.ones((2, 2), np.float32)
+    assert cache.keep_conversion("d" * 64, 0, 8, array) is array
+    assert "nearly full" in capsys.readouterr().err
+    assert not (cache_folder / "float32").exists()
