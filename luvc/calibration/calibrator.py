@@ -1,12 +1,13 @@
 """``CalibratedExportFromExport``: an fp32 export -> an INT8/FP8 Q/DQ export, calibrated with compression in the loop,
-or an INT4 weight-only export.
+or a weight-only INT4 or INT8 (W8A16) export.
 
 Calibration feeds come from running the fp32 export's own ``Pipeline`` over the samples: the vision graph sees
 real pixels, the prefill graph the merged image embeddings and prompt, and the decode graph a few greedy steps over
 the per-layer KV cache. So every activation range is measured after OIM merging and SPU pruning. The result is an
 ordinary export folder (same graphs, I/O and buckets; ``precision`` int8 or fp8; a ``quantization`` manifest
 section) that ``build``, ``run`` and ``parity`` take, plus INT8 calibration caches for TensorRT 10 and a report.
-INT4 (``luvc.calibration.weight_only``) quantizes the LLM graphs' weights only: GPTQ reads the layers' inputs over the
+INT4 and INT8 weight-only (``int8w``, ``luvc.calibration.weight_only``) quantize the LLM graphs' weights only, the LM
+head's at INT8: GPTQ (INT4) reads the layers' inputs over the
 same feeds (``luvc.calibration.hessians``), round to nearest reads nothing and the samples only measure the agreement
 with fp32.
 """
@@ -42,10 +43,11 @@ from luvc.calibration.report import write_report
 from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph, worst_cosine
 from luvc.calibration.weight_only import (
     DEFAULT_BLOCK_SIZE,
+    LAYER_FORMATS,
     check_block_size,
     gptq_quantizer,
-    int4_weights,
     quantize_weights,
+    quantized_weights,
 )
 from luvc.errors import critical
 from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
@@ -60,7 +62,7 @@ from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
 
 QUANTIZED_KINDS = ("vision", "prefill", "decode", "text")  # embed is a table lookup: saved as it is
-LLM_KINDS = ("prefill", "decode", "text")  # what weight-only INT4 quantizes: the LLM's linear layers
+LLM_KINDS = ("prefill", "decode", "text")  # what weight-only precisions quantize: the LLM's linear layers
 WEIGHT_ONLY_METHODS = {"rtn": "round to nearest", "gptq": "GPTQ, act-order, static groups"}
 CACHE_FOLDER = "calibration"
 
@@ -112,11 +114,12 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     """Calibrate and quantize the fp32 export ``export_dir`` into ``out``.
 
     ``precision``: ``int8`` (methods ``minmax``, ``entropy``, ``percentile``), ``fp8`` (``distribution``, ONNX
-    Runtime's float8 calibrator) or ``int4`` (weight-only, blocks of ``block_size`` input channels, default 128:
-    ``gptq``, the default, or ``rtn``). ``samples`` default to the seeded synthetic set (``seed``); ``decode_steps``
-    (default 4) greedy steps per sample calibrate the decode graph, and the written export is run that far to check
-    it. ``target_agreement`` (INT8/FP8): the worst logits cosine against fp32 (first token and greedy decode steps)
-    over the samples to reach, keeping in floating point the fewest layers, most sensitive first.
+    Runtime's float8 calibrator), ``int4`` (weight-only, blocks of ``block_size`` input channels, default 128:
+    ``gptq``, the default, or ``rtn``) or ``int8w`` (weight-only INT8 per output column, ``rtn``). ``samples``
+    default to the seeded synthetic set (``seed``); ``decode_steps`` (default 4) greedy steps per sample calibrate
+    the decode graph, and the written export is run that far to check it. ``target_agreement`` (INT8/FP8): the worst
+    logits cosine against fp32 (first token and greedy decode steps) over the samples to reach, keeping in floating
+    point the fewest layers, most sensitive first.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -149,7 +152,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         if target is not None and (self.weight_only or isinstance(target, bool) or not 0 < target <= 1):
             critical(
                 f"--target-agreement {target}: a logits cosine in (0, 1] for --precision int8 or fp8 "
-                "(INT4 quantizes every LLM layer's weights alike)."
+                f"({self.precision if self.weight_only else 'a weight-only precision'} quantizes every LLM layer's "
+                "weights alike)."
             )
         manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
         readable = ("fp32", "fp16") if self.weight_only else ("fp32",)
@@ -157,7 +161,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             takes = "an fp32 or fp16 export" if self.weight_only else "an fp32 export"
             critical(
                 f"{self.export_dir} is a {manifest.precision} export; {self.precision} calibration reads {takes}. "
-                "Re-export with --precision fp32 (or fp16 for int4) and calibrate that."
+                "Re-export with --precision fp32 (or fp16 for int4 and int8w) and calibrate that."
             )
         steps, limit = self.decode_steps, manifest.profile.max_new_tokens - 1
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
@@ -220,7 +224,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 keep, sensitivity, full = frozenset(), {}, None
                 if self.target_agreement is not None:
                     keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
-                entries, ranges, int4, excluded, files = self._write_export(calibration, staging, advance, keep)
+                entries, ranges, weight_bytes, excluded, files = self._write_export(calibration, staging, advance, keep)
                 caches = self._write_caches(ranges, staging)
                 if not self.weight_only:
                     (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
@@ -242,7 +246,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     layer_sensitivity=sensitivity,
                 )
                 dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
-                write_report(staging, quantization, ranges, int4, len(samples), manifest.precision)
+                write_report(staging, quantization, ranges, weight_bytes, len(samples), manifest.precision)
                 advance("agreement with fp32")
         return self.out
 
@@ -330,26 +334,26 @@ class CalibratedExportFromExport(BaseLoader[Path]):
 
     @property
     def weight_only(self) -> bool:
-        """Whether the precision quantizes weights only (INT4): no calibration, the LLM graphs only."""
+        """Whether the precision quantizes weights only (INT4, INT8 ``int8w``): no calibration, the LLM graphs only."""
         return self.precision in WEIGHT_ONLY
 
     def _write_export(self, calibration: Calibration, folder: Path, advance, keep: frozenset[str]):
         """The quantized graphs (``_write_graphs``) and every other file of the source export in ``folder``; returns
         what ``_write_graphs`` does and the files written."""
-        entries, ranges, int4, excluded = self._write_graphs(calibration, folder, advance, keep)
+        entries, ranges, weight_bytes, excluded = self._write_graphs(calibration, folder, advance, keep)
         files = self._copy_rest(calibration.manifest, folder) + [entry.file for entry in entries.values()]
         files += [f for entry in entries.values() for f in entry.external_data]
-        return entries, ranges, int4, excluded, files
+        return entries, ranges, weight_bytes, excluded, files
 
     def _write_graphs(self, calibration: Calibration, staging: Path, advance, keep: frozenset[str] = frozenset()):
         """Quantize the calibration's graphs, with the ``keep`` layers in floating point, and save them with the
         other graphs (embed, as they are) into ``staging``, all of them through one shared weights file, so prefill
         and decode store their quantized weights once. Returns the graph entries, the activation ranges (INT8/FP8)
-        and INT4 weight bytes (INT4) per graph, and the nodes kept float."""
+        and the quantized weights' formats and bytes (weight-only) per graph, and the nodes kept float."""
         from luvc.export.exporter import save_model
 
         manifest, graphs = calibration.manifest, calibration.graphs
-        entries, ranges, int4, excluded = {}, {}, {}, {}
+        entries, ranges, weight_bytes, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
         quantizer = gptq_quantizer(calibration.hessians, self.block_size) if calibration.hessians else None
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
@@ -364,8 +368,9 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 structure = onnx.load(str(source), load_external_data=False)
                 skip = {**excluded_nodes(structure, self.precision), **layer_exclusions(structure, keep)}
                 if self.weight_only:
-                    quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer)
-                    int4[name] = int4_weights(quantized)
+                    layers = LAYER_FORMATS[self.precision]
+                    quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer, layers)
+                    weight_bytes[name] = quantized_weights(quantized)
                 else:
                     quantized = quantize_graph(
                         source,
@@ -387,7 +392,14 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 excluded[name] = skip
                 del quantized  # before the next graph's quantization holds that graph
                 advance(f"quantized {name}")
-        return entries, ranges, int4, excluded
+        return entries, ranges, weight_bytes, excluded
+
+    def _weights_description(self) -> str:
+        """How a weight-only export stores its weights, for its manifest."""
+        head = "the LM head int8, one scale per output column"
+        if self.precision == "int4":
+            return f"symmetric int4, one scale per {self.block_size} input channels of each output column; {head}"
+        return "symmetric int8, one scale per output column (the LM head too)"
 
     def _copy_rest(self, manifest, staging) -> list[str]:
         """Copy every file that is not a graph or its weights (host plans, tokenizer, processor)."""
@@ -424,7 +436,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             quantization = QuantizationEntry(
                 precision=self.precision,
                 method=self.method,
-                library=f"luvc.calibration.weight_only ({WEIGHT_ONLY_METHODS[self.method]}, blocked DequantizeLinear)",
+                library=f"luvc.calibration.weight_only ({WEIGHT_ONLY_METHODS[self.method]}, DequantizeLinear)",
                 source=source,
                 # GPTQ reads the layers' inputs over the samples and their decode steps; RTN only measures agreement
                 calibration=CalibrationRun(
@@ -432,7 +444,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 ),
                 quantized_ops=("MatMul",),
                 activations="floating point (weight-only)",
-                weights=f"symmetric int4, one scale per {self.block_size} input channels of each output column",
+                weights=self._weights_description(),
                 excluded_nodes=excluded,
                 ranges_file="",
                 tensorrt10_calibration_caches=(),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from luvc.calibration.weight_only import weight_products
+from luvc.calibration.weight_only import LM_HEAD, WeightProduct, weight_products
 from luvc.runtime.exposed import session_with_outputs
 from luvc.runtime.weights import MappedWeights
 
@@ -34,28 +34,29 @@ class HessianGraph:
     excluded: Sequence[str] = ()
 
 
-def _products(graph: HessianGraph) -> dict[str, tuple[str, int]]:
-    """The graph's quantized products: node name -> (activation input, input channels)."""
-    return weight_products(onnx.load(str(graph.path), load_external_data=False), graph.excluded)
+def _products(graph: HessianGraph) -> dict[str, WeightProduct]:
+    """The graph's products GPTQ rounds, by node name (the LM head is INT8, rounded to nearest: not one of them)."""
+    found = weight_products(onnx.load(str(graph.path), load_external_data=False), graph.excluded)
+    return {name: product for name, product in found.items() if LM_HEAD not in name.lower()}
 
 
-def _groups(products: Sequence[dict[str, tuple[str, int]]]) -> dict[tuple[str, ...], int]:
+def _groups(products: Sequence[dict[str, WeightProduct]]) -> dict[tuple[str, ...], int]:
     """Each group of product nodes that read one input (sorted node names) -> its input channels, over every graph's
     ``products``, in graph order."""
     groups: dict[tuple[str, ...], int] = {}
     for found in products:
         readers: dict[str, list[str]] = {}
-        for node, (activation, _) in found.items():
-            readers.setdefault(activation, []).append(node)
+        for node, product in found.items():
+            readers.setdefault(product.activation, []).append(node)
         for nodes in readers.values():
-            groups.setdefault(tuple(sorted(nodes)), found[nodes[0]][1])
+            groups.setdefault(tuple(sorted(nodes)), found[nodes[0]].input_channels)
     return groups
 
 
 def plan_passes(
     graphs: Sequence[HessianGraph],
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    products: Sequence[dict[str, tuple[str, int]]] | None = None,
+    products: Sequence[dict[str, WeightProduct]] | None = None,
 ) -> list[list[tuple[str, ...]]]:
     """The groups of product nodes (see ``input_hessians``) in passes of at most ``memory_budget`` bytes of float64
     ``H`` each (one group at least); ``products``: each graph's, when already read."""
@@ -87,9 +88,9 @@ def input_hessians(
         sums: dict[tuple[str, ...], np.ndarray] = {}
         for graph, found in zip(graphs, products):
             inputs: dict[str, tuple[str, ...]] = {}  # activation -> its group in this pass
-            for node, (activation, _) in found.items():
+            for node, product in found.items():
                 if node in wanted:
-                    inputs[activation] = wanted[node]
+                    inputs[product.activation] = wanted[node]
             if not inputs:
                 continue
             with session_with_outputs(graph.path, list(inputs), weights=weights) as run:

@@ -15,23 +15,29 @@ from pathlib import Path
 
 import onnx
 
+from luvc.calibration.weight_only import LM_HEAD
 from luvc.errors import critical
 from luvc.export.naming import layer_name, place_of
 from luvc.runtime.ort_logging import default_logger_errors_only
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 # precision -> (ONNX Runtime QuantType name, largest quantized magnitude)
-PRECISIONS = {"int8": ("QInt8", 127.0), "fp8": ("QFLOAT8E4M3FN", 448.0), "int4": ("QInt4", 7.0)}
+PRECISIONS = {
+    "int8": ("QInt8", 127.0),
+    "fp8": ("QFLOAT8E4M3FN", 448.0),
+    "int4": ("QInt4", 7.0),
+    "int8w": ("QInt8", 127.0),  # weight-only INT8 (W8A16)
+}
 # precisions that quantize weights only (``luvc.calibration.weight_only``): activations stay float, nothing is
-# calibrated, and only the LLM's graphs change
-WEIGHT_ONLY = frozenset({"int4"})
+# calibrated, and only the LLM's graphs change (their LM head too, at INT8)
+WEIGHT_ONLY = frozenset({"int4", "int8w"})
 # method -> ONNX Runtime CalibrationMethod name (None: no calibration), and the precisions it applies to
 METHODS = {
     "minmax": ("MinMax", ("int8",)),
     "entropy": ("Entropy", ("int8",)),
     "percentile": ("Percentile", ("int8",)),
     "distribution": ("Distribution", ("fp8",)),
-    "rtn": (None, ("int4",)),  # round to nearest, block-wise
+    "rtn": (None, ("int4", "int8w")),  # round to nearest: INT4 block-wise, INT8 per output column
     "gptq": (None, ("int4",)),  # GPTQ with the calibration inputs, block-wise (``luvc.calibration.hessians``)
 }
 # how ONNX Runtime's quantizer starts its advice to pre-process the model, printed twice per graph
@@ -41,7 +47,7 @@ KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
 # node-name fragment -> why the node stays in floating point
 KEEP_FLOAT = {
     "norm": "norm statistics",
-    "/lm_head/": "logits",
+    LM_HEAD: "logits",
 }
 # precision -> node-name fragment -> why the node stays in floating point at that precision only
 # INT8: a gated MLP's down projection reads SiLU(gate) x up, whose heavy tails (amax about 19x its rms at Qwen3-VL-2B's
@@ -59,7 +65,7 @@ MIN_ONNXRUNTIME = "1.27"
 # precision -> the calibration method used when none is given
 # INT8: the absolute maximum, as TensorRT-LLM's INT8 calibrates LLM activations (ModelOpt's "max"); on Qwen3-VL-2B's
 # widths KL clipping (entropy) gave a worse worst-case logits cosine against fp32 (0.9818 against 0.9842)
-DEFAULT_METHODS = {"int8": "minmax", "fp8": "distribution", "int4": "gptq"}
+DEFAULT_METHODS = {"int8": "minmax", "fp8": "distribution", "int4": "gptq", "int8w": "rtn"}
 
 
 def check_onnxruntime(found: str | None = None) -> None:
@@ -98,11 +104,13 @@ def constant_names(model: onnx.ModelProto) -> set[str]:
 
 
 def excluded_nodes(model: onnx.ModelProto, precision: str) -> dict[str, str]:
-    """Nodes kept in floating point at ``precision``, with the reason: LUVC units, norms, the LM head,
-    activation-by-activation MatMuls (attention scores and context), and what ``KEEP_FLOAT_AT`` names for the
-    precision."""
+    """Nodes kept in floating point at ``precision``, with the reason: LUVC units, norms, the LM head (but at a
+    weight-only precision), activation-by-activation MatMuls (attention scores and context), and what
+    ``KEEP_FLOAT_AT`` names for the precision."""
     weights = constant_names(model)
     by_name = {**KEEP_FLOAT, **KEEP_FLOAT_AT.get(precision, {})}
+    if precision in WEIGHT_ONLY:  # the LM head's weight is INT8 (``luvc.calibration.weight_only.LM_HEAD``)
+        by_name.pop(LM_HEAD)
     excluded = {}
     for node in model.graph.node:
         unit = _unit_of(node)

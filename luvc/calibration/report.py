@@ -1,5 +1,5 @@
-"""Calibration report: ``report.md`` with per-tensor ranges (INT4: the quantized weights), excluded nodes and agreement
-with fp32, and ``ranges.png`` (the distribution of activation ranges per graph; INT8/FP8)."""
+"""Calibration report: ``report.md`` with per-tensor ranges (weight-only: the quantized weights), excluded nodes and
+agreement with fp32, and ``ranges.png`` (the distribution of activation ranges per graph; INT8/FP8)."""
 
 from __future__ import annotations
 
@@ -63,12 +63,13 @@ def write_report(
     folder: Path,
     quantization: QuantizationEntry,
     ranges: dict[str, dict[str, dict[str, float]]],
-    weights: dict[str, dict[str, int]],
+    weights: dict[str, dict[str, tuple[str, int]]],
     num_samples: int,
     source_precision: str = "fp32",
 ) -> None:
     """Write ``report.md`` (and, with activation ``ranges``, ``ranges.png``) into ``folder``. ``weights``: per graph,
-    the bytes of each INT4 weight (weight-only precisions); ``source_precision``: the source export's."""
+    each quantized weight's format and bytes (``luvc.calibration.weight_only.quantized_weights``; weight-only
+    precisions); ``source_precision``: the source export's."""
     precision, method, excluded = quantization.precision, quantization.method, quantization.excluded_nodes
     agreement = quantization.agreement_with_fp32
     if weights and method == "gptq":
@@ -105,8 +106,11 @@ def write_report(
             lines.append(f"| {graph} | {reason} | {count} |")
     lines += ["", "The node names are in `manifest.json` (`quantization.excluded_nodes`).", ""]
     if weights:
-        lines += ["## INT4 weights", "", "| graph | quantized MatMuls | int4 bytes |", "|---|---|---|"]
-        lines += [f"| {graph} | {len(found)} | {sum(found.values())} |" for graph, found in weights.items()]
+        lines += ["## Quantized weights", "", "| graph | format | weights | bytes |", "|---|---|---|---|"]
+        for graph, found in weights.items():
+            for form in sorted({form for form, _ in found.values()}):
+                sizes = [size for kind, size in found.values() if kind == form]
+                lines.append(f"| {graph} | {form} | {len(sizes)} | {sum(sizes)} |")
         lines += ["", "Graphs that share a weight store it once in `weights.data`.", ""]
     if ranges:
         plot_ranges(ranges, folder / RANGES_PLOT)

@@ -56,11 +56,11 @@ def parity_warning(agreement: dict[str, float], precision: str, float_precision:
     bound, worst = tolerances_for(precision, float_precision).tensor_cosine, worst_cosine(agreement)
     if worst >= bound:
         return None
-    remedy = (
-        f"--target-agreement {bound} keeps the most sensitive layers in floating point"
-        if precision != "int4"
-        else "more calibration samples (--data) or a smaller --block-size may help"
-    )
+    remedies = {
+        "int4": "more calibration samples (--data) or a smaller --block-size may help",
+        "int8w": "--precision int8w rounds to nearest and has nothing to tune; deploy the float export",
+    }
+    remedy = remedies.get(precision, f"--target-agreement {bound} keeps the most sensitive layers in floating point")
     return (
         f"logits cosine {worst:.4f} against the {float_precision} export is below the {bound} that parity holds "
         f"{precision} exports to, so parity is expected to fail; {remedy}."

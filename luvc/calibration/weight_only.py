@@ -1,23 +1,34 @@
-"""Weight-only INT4 quantization of the LLM's linear layers: block-wise symmetric scales, in the Q/DQ form.
+"""Weight-only quantization of the LLM's linear layers (INT4, or INT8 as W8A16), in the Q/DQ form.
 
-Each ``MatMul`` by a weight ``W`` of shape ``(K, N)`` becomes ``MatMul(x, DequantizeLinear(W4, scales))``: one
-positive scale ``amax / 7`` per block of ``block_size`` consecutive input channels of each output column, and ``W4 =
-round(W / scale)`` in [-7, 7] as packed int4, with no zero point; ``DequantizeLinear`` carries ``block_size`` (opset
-21).
-That is the weight-only pattern TensorRT builds into its INT4 GEMMs (its ONNX parser wants positive scales and no zero
-point, which is why this is not ONNX Runtime's ``MatMulNBitsQuantizer``: its symmetric mode maps each block's largest
-weight to -8 and its scale can be negative), and ONNX Runtime's CPU provider fuses it into ``MatMulNBits`` at load.
-Activations stay in floating point.
+Each ``MatMul`` by a weight ``W`` of shape ``(K, N)`` becomes ``MatMul(x, DequantizeLinear(Wq, scales))`` with
+symmetric values and positive scales, no zero point:
+
+- ``int4``: one scale ``amax / 7`` per block of ``block_size`` consecutive input channels of each output column,
+  ``Wq = round(W / scale)`` in [-7, 7] as packed int4; ``DequantizeLinear`` carries ``block_size`` (opset 21);
+- ``int8w`` (and the LM head at either precision): one scale ``amax / 127`` per output column, ``Wq`` in
+  [-127, 127] as int8, ``DequantizeLinear`` on axis 1.
+
+Those are the weight-only patterns TensorRT builds into its INT4 and INT8 GEMMs (its ONNX parser wants positive
+scales and no zero point, which is why this is not ONNX Runtime's ``MatMulNBitsQuantizer``: its symmetric mode maps
+each block's largest weight to -8 and its scale can be negative), and ONNX Runtime's CPU provider fuses both into
+``MatMulNBits`` at load (4 or 8 bits). Activations stay in floating point.
+
+The LM head (151936 x 1536 at Qwen2-VL-2B's widths: 38% of the weights one decode step reads at 8 layers, 9% at
+28) is INT8 at both precisions: a decode step reads all of it, and at INT4 its float copy would be most of the step.
+Its ``Gemm`` (``transB``: the tied embedding table as stored) becomes a ``MatMul`` by the transposed quantized table;
+the embedding lookup keeps the float table.
 
 Two ways to pick the INT4 values, both with the same scales and format: round to nearest (``rtn``), which needs no
 data, and GPTQ (``gptq``, Frantar et al. 2022), which rounds one input channel at a time and moves the rounding
 error onto the channels not yet rounded, weighted by the inverse of ``H = X^T X`` of the layer's calibration inputs
 ``X``, so that the layer's output on those inputs moves least. GPTQ's inputs come from the source export run on the
-calibration samples (``luvc.calibration.hessians``).
+calibration samples (``luvc.calibration.hessians``). INT8 rounds to nearest: a step of ``amax / 127`` leaves little
+for GPTQ to recover.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import ml_dtypes
@@ -33,8 +44,29 @@ DEQUANTIZE_OPSET = 21  # DequantizeLinear with int4 inputs and block_size
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 GPTQ_DAMPING = 0.01  # added to H's diagonal, as a share of its mean: what GPTQ's reference implementation uses
 
+INT8_LEVELS = 127
+LM_HEAD = "/lm_head/"  # the node-name fragment of the LM head's product
+
 # a block quantizer: (the MatMul's node name, its (K, N) weight) -> (int4 values (K, N), scales (blocks, N))
 BlockQuantizer = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFormat:
+    """How a weight-only precision stores one product's weight: ``bits`` a value, one scale per block of input
+    channels of each output column (``blocked``) or per output column (DequantizeLinear axis 1)."""
+
+    name: str
+    bits: int
+    blocked: bool
+
+
+INT4 = WeightFormat("int4", 4, blocked=True)
+INT8 = WeightFormat("int8", 8, blocked=False)
+# weight-only precision -> the format of the decoder layers' products (the LM head is INT8 at each: ``LM_HEAD``)
+LAYER_FORMATS = {"int4": INT4, "int8w": INT8}
+BLOCKED_PRECISIONS = frozenset(name for name, form in LAYER_FORMATS.items() if form.blocked)  # take --block-size
+QUANTIZED_TYPES = {onnx.TensorProto.INT4: INT4, onnx.TensorProto.INT8: INT8}
 
 
 def check_block_size(block_size: int) -> None:
@@ -59,6 +91,17 @@ def quantize_blocks(weights: np.ndarray, block_size: int) -> tuple[np.ndarray, n
     scales = np.where(amax > 0, np.maximum(amax / LEVELS, smallest), 1.0).astype(weights.dtype)
     values = np.rint(padded / np.repeat(scales.astype(np.float32), block_size, axis=0)).clip(-LEVELS, LEVELS)[:rows]
     return values.astype(ml_dtypes.int4), scales
+
+
+def quantize_channels(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(int8 values (K, N), scales (N,))`` of a ``(K, N)`` weight: round to nearest with one scale ``amax / 127``
+    per output column (1 for an all-zero column), in the weight's dtype; the values are rounded with the scales as
+    stored."""
+    amax = np.abs(weights.astype(np.float32)).max(axis=0)
+    smallest = float(np.finfo(weights.dtype).tiny)
+    scales = np.where(amax > 0, np.maximum(amax / INT8_LEVELS, smallest), 1.0).astype(weights.dtype)
+    values = np.rint(weights.astype(np.float32) / scales.astype(np.float32)).clip(-INT8_LEVELS, INT8_LEVELS)
+    return values.astype(np.int8), scales
 
 
 def gptq_blocks(
@@ -121,57 +164,97 @@ def gptq_quantizer(hessians: Mapping[str, np.ndarray], block_size: int) -> Block
     return quantize
 
 
-def weight_products(model: onnx.ModelProto, excluded: Sequence[str] = ()) -> dict[str, tuple[str, int]]:
-    """The ``MatMul`` nodes INT4 quantizes in ``model`` (loaded with or without its external data): those by a 2-D
-    float initializer, outside ``excluded``, as node name -> (activation input, input channels ``K``)."""
+@dataclasses.dataclass(frozen=True)
+class WeightProduct:
+    """A product by a weight that weight-only quantization can replace: ``MatMul(x, W)`` with ``W`` a 2-D float
+    initializer ``(K, N)``, or ``Gemm(x, W)`` with ``transB`` (``W`` stored ``(N, K)``, as the tied embedding table of
+    an LM head is), no bias and unit ``alpha``."""
+
+    activation: str
+    weight: str
+    input_channels: int
+    transposed: bool
+
+
+def weight_products(model: onnx.ModelProto, excluded: Sequence[str] = ()) -> dict[str, WeightProduct]:
+    """The products weight-only quantization replaces in ``model`` (loaded with or without its external data), outside
+    ``excluded``, by node name."""
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     skip, products = set(excluded), {}
     for node in model.graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is not None and node.name not in skip and weight.data_type in FLOATS and len(weight.dims) == 2:
-            products[node.name] = (node.input[0], int(weight.dims[0]))
+        weight = initializers.get(node.input[1]) if len(node.input) >= 2 else None
+        if node.name in skip or weight is None or weight.data_type not in FLOATS or len(weight.dims) != 2:
+            continue
+        if node.op_type == "MatMul":
+            products[node.name] = WeightProduct(node.input[0], weight.name, int(weight.dims[0]), transposed=False)
+        elif node.op_type == "Gemm" and _plain_gemm(node):
+            transposed = bool(_attributes(node).get("transB", 0))
+            channels = int(weight.dims[1] if transposed else weight.dims[0])
+            products[node.name] = WeightProduct(node.input[0], weight.name, channels, transposed)
     return products
 
 
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+
+
+def _plain_gemm(node: onnx.NodeProto) -> bool:
+    """A ``Gemm`` that is a product only: no bias, ``alpha`` 1, ``A`` not transposed."""
+    attributes = _attributes(node)
+    return len(node.input) == 2 and attributes.get("alpha", 1.0) == 1.0 and not attributes.get("transA", 0)
+
+
 def quantize_weights(
-    model: onnx.ModelProto, block_size: int, excluded: list[str], quantizer: BlockQuantizer | None = None
+    model: onnx.ModelProto,
+    block_size: int,
+    excluded: list[str],
+    quantizer: BlockQuantizer | None = None,
+    layers: WeightFormat = INT4,
 ) -> onnx.ModelProto:
-    """``model`` (weights loaded) with every ``MatMul`` by a 2-D float initializer, outside ``excluded``, reading it
-    as INT4 through a blocked ``DequantizeLinear`` (one per weight, however many products use it); the weights no
-    longer read are dropped and the opset rises to 21. ``quantizer`` picks the values (default: round to nearest)."""
+    """``model`` (weights loaded) with every product ``weight_products`` finds outside ``excluded`` reading its weight
+    through a ``DequantizeLinear`` (one per weight, however many products use it): the LM head INT8 per channel, the
+    others in the ``layers`` format (INT4: ``quantizer`` picks the values, default round to nearest). The weights no
+    longer read are dropped and the opset rises to 21."""
     check_block_size(block_size)
     quantizer = quantizer or (lambda _, weights: quantize_blocks(weights, block_size))
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     products = weight_products(model, excluded)
-    dequantized: dict[str, str] = {}  # weight name -> the DequantizeLinear output that replaces it
+    dequantized: dict[tuple[str, bool, str], str] = {}  # (weight, transposed, format) -> DequantizeLinear's output
     nodes = []
     for node in graph.node:
-        if node.name in products:
-            weight = initializers[node.input[1]]
-            if weight.name not in dequantized:
-                values, scales = quantizer(node.name, numpy_helper.to_array(weight))
-                names = (f"{weight.name}_int4", f"{weight.name}_int4_scales", f"{weight.name}_dequantized")
-                graph.initializer.extend(
-                    [numpy_helper.from_array(values, names[0]), numpy_helper.from_array(scales, names[1])]
+        product = products.get(node.name)
+        if product is None:
+            nodes.append(node)
+            continue
+        form = INT8 if LM_HEAD in node.name.lower() else layers
+        key = (product.weight, product.transposed, form.name)
+        if key not in dequantized:
+            values = numpy_helper.to_array(initializers[product.weight])
+            values = np.ascontiguousarray(values.T) if product.transposed else values
+            prefix = f"{product.weight}{'_transposed' if product.transposed else ''}_{form.name}"
+            quantized, scales = quantizer(node.name, values) if form.blocked else quantize_channels(values)
+            names = (prefix, f"{prefix}_scales", f"{prefix}_dequantized")
+            graph.initializer.extend(
+                [numpy_helper.from_array(quantized, names[0]), numpy_helper.from_array(scales, names[1])]
+            )
+            layout = {"axis": 0, "block_size": block_size} if form.blocked else {"axis": 1}
+            nodes.append(
+                onnx.helper.make_node(
+                    "DequantizeLinear", names[:2], names[2:], f"{node.name}_weight_dequantize", **layout
                 )
-                nodes.append(
-                    onnx.helper.make_node(
-                        "DequantizeLinear",
-                        names[:2],
-                        names[2:],
-                        f"{node.name}_weight_dequantize",
-                        axis=0,
-                        block_size=block_size,
-                    )
-                )
-                dequantized[weight.name] = names[2]
-            node.input[1] = dequantized[weight.name]
+            )
+            dequantized[key] = names[2]
+        if node.op_type == "Gemm":  # the same product as a MatMul by the (K, N) weight, under the node's name
+            node = onnx.helper.make_node("MatMul", [node.input[0], dequantized[key]], list(node.output), node.name)
+        else:
+            node.input[1] = dequantized[key]
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
     read = {name for node in graph.node for name in node.input}
-    kept = [tensor for tensor in graph.initializer if tensor.name in read or tensor.name not in dequantized]
+    replaced = {weight for weight, _, _ in dequantized}
+    kept = [tensor for tensor in graph.initializer if tensor.name in read or tensor.name not in replaced]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     for opset in model.opset_import:
@@ -180,10 +263,12 @@ def quantize_weights(
     return model
 
 
-def int4_weights(model: onnx.ModelProto) -> dict[str, int]:
-    """Name -> bytes of every INT4 initializer of ``model`` (loaded with or without its external data)."""
-    return {
-        tensor.name: (int(np.prod(tensor.dims)) + 1) // 2
-        for tensor in model.graph.initializer
-        if tensor.data_type == onnx.TensorProto.INT4
-    }
+def quantized_weights(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """Name -> (format, stored bytes) of every INT4 and INT8 weight of ``model`` (loaded with or without its external
+    data)."""
+    found = {}
+    for tensor in model.graph.initializer:
+        form = QUANTIZED_TYPES.get(tensor.data_type)
+        if form is not None:
+            found[tensor.name] = (form.name, (int(np.prod(tensor.dims)) * form.bits + 7) // 8)
+    return found

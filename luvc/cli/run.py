@@ -74,7 +74,7 @@ class Run:
         with console.status("Loading sessions"):
             loading = time.perf_counter()
             pipeline.load(prepared.bucket)
-            ready = StartUp(load_seconds=time.perf_counter() - loading, since_start_seconds=_seconds_since_start())
+            ready = StartUp(load_seconds=time.perf_counter() - loading, since_start_seconds=seconds_since_start())
         generation = pipeline.request(prepared, options)
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
@@ -145,7 +145,7 @@ class StartUp:
         return f"{since} (sessions {self.load_seconds:.1f} s)"
 
 
-def _seconds_since_start() -> float | None:
+def seconds_since_start() -> float | None:
     """Seconds since this process started (Linux: its start time in /proc/self/stat against /proc/uptime)."""
     try:
         # the fields after the command (which may hold spaces) start at the state, field 3; the start time is field 22

@@ -140,9 +140,10 @@ class EngineFromOnnx(BaseLoader[tuple]):
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if not strongly_typed:  # TensorRT 10: precision through builder flags
-            if self.precision in ("fp16", "int8", "fp8", "int4"):
+            if self.precision in ("fp16", "int8", "fp8", "int4", "int8w"):
                 config.set_flag(trt.BuilderFlag.FP16)
-            if self.precision == "int8":  # explicit Q/DQ from `luvc-export calibrate`
+            # explicit Q/DQ from `luvc-export calibrate`; weight-only exports hold INT8 weights too (the LM head's)
+            if self.precision in ("int8", "int8w", "int4"):
                 config.set_flag(trt.BuilderFlag.INT8)
             if self.precision == "fp8" and hasattr(trt.BuilderFlag, "FP8"):
                 config.set_flag(trt.BuilderFlag.FP8)

@@ -167,8 +167,9 @@ class MemoryPlan:
             )
         llm_engines = [name for name in per_engine if name.startswith("prefill") or name == "decode"]
         lines.append(
-            "INT8 weights (luvc-export calibrate --precision int8) halve fp16 weights; INT4 weight-only (--precision "
-            "int4) keeps the LLM's linear layers in about a quarter of their fp16 bytes. TensorRT keeps quantized "
+            "INT8 weights (luvc-export calibrate --precision int8, or weight-only int8w) halve fp16 weights; INT4 "
+            "weight-only (--precision int4) keeps the LLM's linear layers in about a quarter of their fp16 bytes. "
+            "TensorRT keeps quantized "
             f"weights inside each engine, so this export's {len(llm_engines)} LLM engines would each hold them: with "
             "more than one image bucket that can cost more than shared fp16 weights."
         )

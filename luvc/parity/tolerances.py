@@ -54,13 +54,17 @@ TOLERANCES = {
     # 0.993 and K/V (one projection deep) stay above 0.98; the vision encoder is the fp32 graph itself, so its
     # embeddings keep fp32's bound
     "int4": Tolerances(0.35, 0.98, 0.75, 0.99999, 0.75, 5e-2, 0.75, 0.9),
+    # weight-only INT8 (LLM linear layers and LM head, one scale per output column): each weight moves by up to half a
+    # step, amax / 254, about 0.01 of the weights' rms for normal values, so each projection keeps a cosine above
+    # 0.9999; INT8's static bounds, with the vision encoder's embeddings at fp32's as INT4's
+    "int8w": Tolerances(0.25, 0.99, 0.75, 0.99999, 0.75, 5e-2, 0.75, 0.9),
 }
 
 
 def tolerances_for(precision: str, float_precision: str = "fp32") -> Tolerances:
-    """The tolerances of an export ``precision`` (``fp32``, ``fp16``, ``int8``, ``fp8``, ``int4``). A quantized export
-    whose unquantized rest is ``float_precision`` fp16 (INT4 weights in an fp16 export) carries both errors: each
-    bound is the looser of the two."""
+    """The tolerances of an export ``precision`` (``fp32``, ``fp16``, ``int8``, ``fp8``, ``int4``, ``int8w``). A
+    quantized export whose unquantized rest is ``float_precision`` fp16 (INT4 weights in an fp16 export) carries both
+    errors: each bound is the looser of the two."""
     from luvc.errors import critical
 
     if precision not in TOLERANCES or float_precision not in TOLERANCES:

@@ -20,10 +20,12 @@ def _dequantize_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _weight_matmuls(model: onnx.ModelProto) -> dict[str, str]:
-    """MatMul node name -> the initializer it multiplies by."""
+    """Product node name (MatMul, or the LM head's Gemm) -> the initializer it multiplies by."""
     weights = {tensor.name for tensor in model.graph.initializer}
     return {
-        node.name: node.input[1] for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in weights
+        node.name: node.input[1]
+        for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in weights
     }
 
 
@@ -109,14 +111,21 @@ def test_int4_quantizes_the_llm_weights_only_and_stays_close_to_fp32(family, exp
             continue
         dequantized = {out: node for node in _dequantize_nodes(model) for out in node.output}
         kept_float = manifest.quantization.excluded_nodes[name]
+        assert not any("/lm_head/" in node for node in kept_float), name
         for node_name, weight in _weight_matmuls(original).items():
             node = next(node for node in model.graph.node if node.name == node_name)
             if node_name in kept_float:
                 assert node.input[1] == weight, node_name
                 continue
             dequantize = dequantized[node.input[1]]
+            assert node.op_type == "MatMul", node_name  # the LM head's Gemm too
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in dequantize.attribute}
-            assert attributes == {"axis": 0, "block_size": BLOCK}, node_name
+            values = next(t for t in model.graph.initializer if t.name == dequantize.input[0])
+            if "/lm_head/" in node_name:  # INT8, one scale per output column (a decode step reads all of it)
+                assert attributes == {"axis": 1} and values.data_type == onnx.TensorProto.INT8, node_name
+            else:
+                assert attributes == {"axis": 0, "block_size": BLOCK}, node_name
+                assert values.data_type == onnx.TensorProto.INT4, node_name
             assert len(dequantize.input) == 2  # no zero point: symmetric, as TensorRT's INT4 GEMMs take it
         assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
 
@@ -151,7 +160,7 @@ def test_int4_weights_are_stored_once_for_every_graph(exports, int4_exports, met
     checked = 0
     for node_name, weight in _weight_matmuls(original).items():
         node = next(node for node in prefill.graph.node if node.name == node_name)
-        if node.input[1] == weight:
+        if node.input[1] == weight or "/lm_head/" in node_name:  # the LM head: INT8, tests/calibration/test_int8w.py
             continue
         values, scales = (numpy_helper.to_array(initializers[i]) for i in producers[node.input[1]].input)
         dequantized = _dequantized(values, scales, BLOCK)

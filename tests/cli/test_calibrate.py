@@ -48,6 +48,8 @@ def test_calibrate_from_a_folder_then_build(exports, tmp_path, capfd, caplog):
         ("empty", ["--precision", "fp8", "--method", "entropy"], "pass --method distribution"),
         ("empty", ["--precision", "int4", "--method", "minmax"], "pass --method gptq"),
         ("empty", ["--precision", "int8", "--block-size", "64"], "Pass --precision int4"),
+        ("empty", ["--precision", "int8w", "--block-size", "64"], "Pass --precision int4"),  # one scale a column
+        ("empty", ["--precision", "int8w", "--method", "gptq"], "pass --method rtn"),
         ("empty", ["--precision", "int4", "--block-size", "48"], "not a power of two"),
         ("empty", ["--precision", "int4", "--block-size", "8"], "at least 16"),
     ],

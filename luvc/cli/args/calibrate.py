@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, WEIGHT_ONLY, check_method
-from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE, check_block_size
+from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_method
+from luvc.calibration.weight_only import BLOCKED_PRECISIONS, DEFAULT_BLOCK_SIZE, check_block_size
 from luvc.cli.args.base import BaseArgs, int_in
 from luvc.errors import critical
 
@@ -19,7 +19,8 @@ class CalibrateArgs(BaseArgs):
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(
-            "Calibrate", "Explicit INT8/FP8 quantization of an fp32 export, or INT4 weight-only quantization of its LLM"
+            "Calibrate",
+            "Explicit INT8/FP8 quantization of an fp32 export, or weight-only INT4/INT8 (int8w) of its LLM",
         )
         group.add_argument("export_dir", help="fp32 export folder (from `luvc-export export`)")
         group.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="default int8")
@@ -56,7 +57,7 @@ class CalibrateArgs(BaseArgs):
         self.block_size = args.block_size
         self.target_agreement = args.target_agreement
         if self.block_size is not None:
-            if self.precision not in WEIGHT_ONLY:
+            if self.precision not in BLOCKED_PRECISIONS:
                 critical(f"--block-size sets INT4 weight blocks; {self.precision} has none. Pass --precision int4.")
             check_block_size(self.block_size)
         self.decode_steps = args.decode_steps
