@@ -12,7 +12,7 @@ import sys
 import threading
 
 from luvc import __version__, interrupts, requirements
-from luvc.errors import LuvcError
+from luvc.errors import LuvcError, disk_full_message, is_disk_full
 
 DESCRIPTION = (
     "Compress a vision-language model's visual tokens with LUVC and ship it: PyTorch generation, ONNX export, "
@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         from rich.markup import escape
 
         _error(f"[bold red]error:[/] {escape(str(error))}")
+        return 2
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        from rich.markup import escape
+
+        _error(f"[bold red]error:[/] {escape(disk_full_message(error, getattr(args, 'out', None)))}")
         return 2
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

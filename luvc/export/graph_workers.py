@@ -12,6 +12,7 @@ stops it) and, on Linux, dies with the exporter even after ``kill -9``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from luvc.errors import LuvcError, critical
+from luvc.errors import LuvcError, critical, is_disk_full
 
 MAX_DEFAULT_WORKERS = 4  # the default's cap: each worker holds one graph's trace and conversion beside the weights
 POLL_SECONDS = 0.5  # how often the exporter checks that its workers are alive while it waits for news
@@ -158,6 +159,8 @@ class GraphWorkers:
                 on_done(index, payload)
             elif kind == "refused":
                 critical(payload)
+            elif kind == "disk full":
+                raise OSError(errno.ENOSPC, payload)
             else:
                 raise GraphWorkerError(f"a graph worker failed:\n{payload}")
 
@@ -187,6 +190,12 @@ def _serve(jobs: Sequence[Job], tasks, messages, parent: int) -> None:
             result = jobs[index](lambda step, index=index: messages.put(("step", index, step)))
         except LuvcError as error:
             messages.put(("refused", index, str(error)))
+            return
+        except OSError as error:
+            if not is_disk_full(error):
+                messages.put(("failed", index, traceback.format_exc()))
+            else:  # the user's to fix: raised again in the exporter, which names its folder
+                messages.put(("disk full", index, error.strerror))
             return
         except BaseException:
             messages.put(("failed", index, traceback.format_exc()))
