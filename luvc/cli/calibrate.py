@@ -12,7 +12,8 @@ from luvc.cli.args import CalibrateArgs, DataArgs
 
 class Calibrate:
     """Calibrate an fp32 export on images and prompts run through its LUVC-compressed graphs, and write a Q/DQ
-    export (INT8 or FP8) that build, run and parity take, with TensorRT 10 calibration caches and a report."""
+    export (INT8 or FP8) that build, run and parity take, with TensorRT 10 calibration caches and a report; or
+    quantize an fp32 or fp16 export's LLM weights only (INT4, or INT8 as int8w)."""
 
     name = "calibrate"
     install = "export"

@@ -32,7 +32,7 @@ TOOLS = {
     "parity": ("luvc.cli.parity:Parity", "check an export (and engines) against PyTorch LUVC"),
     "calibrate": (
         "luvc.cli.calibrate:Calibrate",
-        "quantize an fp32 export to INT8 or FP8, compression in the loop",
+        "quantize an export: INT8 or FP8 (compression in the loop), or weights only to INT4 or INT8 (int8w)",
     ),
     "eval": (
         "luvc.cli.eval:Eval",

@@ -76,17 +76,27 @@ class Run:
             pipeline.load(prepared.bucket)
             ready = StartUp(load_seconds=time.perf_counter() - loading, since_start_seconds=seconds_since_start())
         generation = pipeline.request(prepared, options)
+        # on a terminal, a character it would act on (a control, an escape sequence) is shown as its escape; a pipe
+        # or a file gets the text as generated
+        shown = terminal_safe if sys.stdout.isatty() else str
+        escaped = False
         if args.stream:  # plain writes: the pieces join into one line, as the non-streaming output prints it
             sys.stdout.write("Output: ")
             for piece in generation.pieces():
-                sys.stdout.write(piece)
+                sys.stdout.write(shown(piece))
+                escaped = escaped or shown(piece) != piece
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
             text = "".join(generation.pieces())
-            sys.stdout.write(f"Output: {text}\n")
+            sys.stdout.write(f"Output: {shown(text)}\n")
+            escaped = shown(text) != text
+        if escaped:
+            sys.stdout.write(f"({ESCAPED_NOTE})\n")
         sys.stdout.write(f"Finish reason: {FINISH_REASONS[generation.finish_reasons[0]]}\n")
         console.print(timing_table(pipeline, generation.timings, prepared, ready))
+        if visuals is not None and request.image is None and request.video is None:
+            sys.stdout.write(f"{SYNTHETIC_NOTE}\n")
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
         sys.stdout.write(cuda_graphs_line(pipeline) + "\n")
         return 0
@@ -114,6 +124,18 @@ def _weights(pipeline: Pipeline) -> str:
         cached = " (converted by an earlier start)" if weights.cached_bytes == weights.converted_bytes else ""
         parts.append(f"{weights.converted_bytes / gib:.2f} GiB float32{cached}")
     return "one copy for all sessions: " + " + ".join(parts)
+
+
+SYNTHETIC_NOTE = "Input: no --image or --video given, so a built-in synthetic scene of the bucket's size was used"
+ESCAPED_NOTE = "characters a terminal would act on are shown as escapes like \\x11; pipe the output for the raw text"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with each character that is not printable (controls but newline and tab, escape sequences'
+    ESC, bidirectional overrides, separators a terminal may act on) written as its Python escape."""
+    return "".join(
+        char if char in "\n\t" or char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text
+    )
 
 
 def cuda_graphs_line(pipeline: Pipeline) -> str:

@@ -58,16 +58,21 @@ def without_stack_traces() -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's own progress prints and warnings; errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence the exporter's own progress prints and warnings (its loggers, each of which torch may have given a
+    level of its own, e.g. "torchvision is not installed. Skipping torchvision::nms" four times an export); errors
+    still raise."""
+    names = ["torch.onnx", *(name for name in logging.root.manager.loggerDict if name.startswith("torch.onnx."))]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager

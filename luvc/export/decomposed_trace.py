@@ -86,10 +86,10 @@ def prepare_registry(opset: int) -> None:
     (``converter_settings.torchlib_registry_once``): processes forked after it inherit it, so graph workers begin
     their first graph at once, and in a process that exports again (``eval --sweep``, the Python API) no later
     export builds it."""
-    from luvc.export.converter_settings import torchlib_registry_once
+    from luvc.export.converter_settings import quiet_exporter, torchlib_registry_once
 
     if _internals() is not None:
-        with torchlib_registry_once():
+        with quiet_exporter(), torchlib_registry_once():
             _onnx_registry(opset, {})
 
 

@@ -45,8 +45,9 @@ def test_two_exports_to_one_folder_one_wins_and_the_export_is_intact(tmp_path):
     first = subprocess.Popen([*CLI, *_export_argv(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (tmp_path / ".export.lock").exists(), first)
     second = subprocess.run([*CLI, *_export_argv(out)], capture_output=True, text=True, timeout=300)
-    first.communicate(timeout=300)
+    _, first_errors = first.communicate(timeout=300)
     assert (first.returncode, second.returncode) == (0, 2)
+    assert "torchvision" not in first_errors  # torch.onnx's registry warnings stay out of an export's output
     assert f"{out} is being written by another luvc-export run (pid {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr
     ExportManifest.load(out, verify=True)  # every file present with its hash
@@ -383,6 +384,9 @@ def test_top_level_help_imports_no_subcommand_and_describes_the_tool():
     assert "Compress a vision-language model's visual tokens with LUVC" in result.stdout
     for command in ("generate", "export", "inspect", "build", "run", "parity", "calibrate"):
         assert command in result.stdout
+    calibrate = " ".join(result.stdout.split("calibrate", 1)[1].split("eval", 1)[0].split())
+    for precision in ("INT8", "FP8", "INT4", "int8w"):  # every precision calibrate writes
+        assert precision in calibrate, calibrate
 
 
 def test_build_command_does_not_import_pytorch_or_transformers():

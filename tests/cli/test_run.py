@@ -37,6 +37,7 @@ def test_run_prints_the_text_and_a_timing_table_of_this_request(exports, capsys,
     assert float(rows["time to first token"].removesuffix(" ms")) >= sum(timed.values())
     assert rows["KV cache buffers (capacity, as `plan`)"] == f"{pipeline.sessions.kv_cache(1).capacity_bytes():,} bytes"
     assert "CPUExecutionProvider" in out
+    assert "Input: no --image or --video given, so a built-in synthetic scene" in out  # said, not silent
     since_start, sessions = re.fullmatch(r"([\d.]+) s \(sessions ([\d.]+) s\)", rows[STARTUP_ROW]).groups()
     assert float(since_start) >= float(sessions) >= 0
 
@@ -115,6 +116,7 @@ def test_run_fits_an_image_of_any_size_to_a_bucket_and_says_so(exports, tmp_path
         assert out.startswith(f"Output: {expected}\n"), size
         change = f"resized to {bucket}" if by_hand is not image else "nothing (the processor's own size is the bucket)"
         assert f"Fit (nearest) to bucket {bucket}: " in out and change in out, out
+        assert "synthetic scene" not in out  # the image given
 
 
 def test_run_turns_a_phone_photo_upright_and_says_so(exports, tmp_path, capsys):
@@ -183,3 +185,48 @@ def test_run_says_whether_it_replays_cuda_graphs_and_refuses_on_without_a_gpu(ex
     err = capsys.readouterr().err
     assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on cpu." in err
     assert err.count("\n") == 1
+
+
+def test_terminal_safe_escapes_what_a_terminal_acts_on():
+    from luvc.cli.run import terminal_safe
+
+    assert terminal_safe("a\x11b\rc\x1b[31md") == "a\\x11b\\rc\\x1b[31md"
+    assert terminal_safe("line\nnext\ttab é 中") == "line\nnext\ttab é 中"  # printable text as it is
+    assert terminal_safe("\u202eevil") == "\\u202eevil"  # a right-to-left override
+
+
+def test_run_on_a_terminal_shows_control_characters_escaped_and_a_pipe_gets_them_raw(exports):
+    """The tiny models' byte-level tokenizer writes control bytes (^Q, ^M, ...), as a real model may write an escape
+    sequence: on a terminal they are shown escaped, with a note; the text itself is what generate returns."""
+    import os
+    import pty
+    import tty
+
+    from luvc.cli.run import ESCAPED_NOTE, terminal_safe
+
+    folder = exports("tiny-qwen2-vl")
+    text = Pipeline(folder).generate(synthetic_image(224, 224), "Hi", GenerationOptions(16)).texts[0]
+    assert terminal_safe(text) != text  # this prompt's answer holds characters a terminal acts on
+    argv = [sys.executable, "-m", "luvc.cli.main", "run", str(folder), "--prompt", "Hi", "--max-new-tokens", "16"]
+    piped = subprocess.run(argv, capture_output=True, check=True).stdout.decode()  # bytes: no newline translation
+    assert piped.startswith(f"Output: {text}\n") and ESCAPED_NOTE not in piped
+
+    leader, follower = pty.openpty()
+    tty.setraw(follower)  # no newline translation: the bytes as written
+    process = subprocess.Popen(argv, stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(timeout=300) == 0
+    os.close(leader)
+    output = shown.decode()
+    answer = output[output.index("Output: ") :].split("\n", 1)[0]  # after the spinners a terminal gets
+    assert answer == f"Output: {terminal_safe(text)}"
+    assert f"({ESCAPED_NOTE})" in output
