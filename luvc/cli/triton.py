@@ -58,10 +58,10 @@ class Triton:
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.serve.repository import RepositoryOptions, write_repository
 
-        try:
-            gpus = tuple(int(gpu) for gpu in args.gpus.split(",")) if args.gpus else ()
+        try:  # left out: CPU instances; given, even empty, it must name GPUs
+            gpus = tuple(int(gpu) for gpu in args.gpus.split(",")) if args.gpus is not None else ()
         except ValueError:
-            critical(f"--gpus {args.gpus}: give GPU ids separated by commas, e.g. --gpus 0,1.")
+            critical(f"--gpus {args.gpus!r}: give GPU ids separated by commas, e.g. --gpus 0,1 (leave it out for CPU).")
         options = RepositoryOptions(
             model_name=args.model_name,
             backend=args.backend,

@@ -25,7 +25,7 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 GiB = 1 << 30
 DEFAULT_ACTIVATION_BYTES = 2 * GiB
+GPU_RESERVED_BYTES = 1 * GiB  # a discrete GPU's CUDA context and what the driver keeps
+MAX_GPU_GIB = 1024  # more than one GPU holds (B300: 288 GB): a larger --target is a typo
 
 
 def dtype_bytes(name: str) -> int:
@@ -74,16 +76,22 @@ DEVICES = {
 
 
 def device(target: str) -> Device:
-    """A device preset, or a GPU of ``target`` GiB (a discrete GPU: 1 GiB reserved for the CUDA context)."""
+    """A device preset, or a GPU of ``target`` GiB (a discrete GPU: 1 GiB reserved for the CUDA context): plain
+    decimals (``80``, ``7.5``; not ``8_0`` or ``1e3``), more than the reserve and at most ``MAX_GPU_GIB``."""
     if target in DEVICES:
         return DEVICES[target]
-    try:
-        size = float(target.removesuffix("GiB").removesuffix("gib"))
-    except ValueError:
-        size = 0.0
-    if not math.isfinite(size) or size <= 0:
+    number = target.removesuffix("GiB").removesuffix("gib")
+    if not re.fullmatch(r"\d+(\.\d+)?", number):
         critical(f"Target {target!r} is neither a device ({', '.join(DEVICES)}) nor a size in GiB (e.g. 80).")
-    return Device(f"GPU with {size:g} GiB", int(size * GiB), GiB, "hopper")
+    size = float(number)
+    if size * GiB <= GPU_RESERVED_BYTES:
+        critical(
+            f"Target {target!r}: a GPU of {size:g} GiB holds no more than the {GPU_RESERVED_BYTES / GiB:g} GiB kept "
+            "for the CUDA context; give the GPU's whole memory in GiB (e.g. 24, 80)."
+        )
+    if size > MAX_GPU_GIB:
+        critical(f"Target {target!r}: no GPU has {size:g} GiB; give its memory in GiB (at most {MAX_GPU_GIB}).")
+    return Device(f"GPU with {size:g} GiB", int(size * GiB), GPU_RESERVED_BYTES, "hopper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +149,13 @@ class MemoryPlan:
             return []
         over = self.total_bytes - self.device.total_bytes
         lines = [f"{over / GiB:.2f} GiB over the {self.device.total_bytes / GiB:.0f} GiB of {self.device.name}."]
+        fixed = self.device.reserved_bytes + self.activation_bytes
+        if fixed >= self.device.total_bytes:  # no export can fit: neither batch rows nor weights are the cause
+            lines.append(
+                f"The device's reserve ({self.device.reserved_bytes / GiB:.2f} GiB) and activations "
+                f"({self.activation_bytes / GiB:.2f} GiB) alone take all of it: choose a device with more memory."
+            )
+            return lines
         room = self.device.total_bytes - (self.total_bytes - self.kv_bytes - self.replay_bytes)
         rows = room // self.bytes_per_row if self.bytes_per_row and room > 0 else 0
         replay = f", CUDA graphs' buffers {self.replay_bytes_per_row / GiB:.2f}" if self.replay_bytes_per_row else ""

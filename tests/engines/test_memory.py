@@ -50,11 +50,32 @@ def test_a_plan_that_fits_and_one_that_needs_a_smaller_batch(exports, capsys):
     assert f"this export's {len(llm)} LLM engines would each hold them" in out  # quantized weights, once per engine
 
 
-@pytest.mark.parametrize("target", ["orin-4gb", "-3"])
+@pytest.mark.parametrize("target", ["orin-4gb", "-3", "8_0", "1e3", "inf", "nan", ""])
 def test_an_unknown_target_is_one_line(exports, capsys, target):
     assert main(["plan", str(exports("tiny-qwen2-vl")), "--target", target]) == 2
     err = capsys.readouterr().err
     assert f"Target {target!r} is neither a device (orin-8gb" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("0.001", "holds no more than the 1 GiB kept for the CUDA context"),
+        ("1", "holds no more than"),
+        ("2000", "no GPU has 2000 GiB"),
+    ],
+)
+def test_a_gpu_size_no_gpu_has_is_one_line(exports, capsys, target, message):
+    assert main(["plan", str(exports("tiny-qwen2-vl")), "--target", target]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_device_the_reserve_and_activations_fill_is_told_so_not_to_shrink_the_export(exports, capsys):
+    assert main(["plan", str(exports("tiny-qwen2-vl")), "--target", "2.5"]) == 1  # 1 GiB reserve + 2 of activations
+    out = " ".join(capsys.readouterr().out.split())
+    assert "alone take all of it: choose a device with more memory" in out
+    assert "--max-batch" not in out and "--max-new-tokens" not in out
 
 
 def test_weights_from_engines_are_the_engine_sizes(exports, tmp_path):

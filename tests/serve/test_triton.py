@@ -69,7 +69,8 @@ def test_bad_repository_options_are_one_line_and_write_nothing(exports, tmp_path
         (["--backend", "trt"], "--backend trt needs the engine folder"),
         (["--backend", "trt", "--engines", str(tmp_path)], "TensorRT engines run on GPUs; pass --gpus"),
         (["--max-batch", "9"], "--max-batch 9 must be between 1 and the export profile's 4"),
-        (["--gpus", "zero"], "--gpus zero: give GPU ids separated by commas"),
+        (["--gpus", "zero"], "--gpus 'zero': give GPU ids separated by commas"),
+        (["--gpus", ""], "--gpus '': give GPU ids separated by commas"),  # not CPU instances in silence
         (["--instances", "0"], "argument --instances: 0 is not an integer >= 1"),
     ]
     for options, message in cases:
