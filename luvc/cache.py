@@ -96,7 +96,9 @@ def cached_conversion(file_digest: str, offset: int, length: int, shape: tuple[i
     """The float32 conversion of the tensor at ``offset`` (``length`` stored bytes) of the weights file with sha256
     ``file_digest``, memory-mapped read-only, where an earlier start kept it (``keep_conversion``); else None."""
     path = _conversion_path(file_digest, offset, length)
-    if path is None or not path.is_file() or path.stat().st_size != 4 * int(np.prod(shape, dtype=np.int64)):
+    if path is None or int(np.prod(shape, dtype=np.int64)) == 0:
+        return None  # an empty tensor costs nothing to convert, and an empty file cannot be mapped
+    if not path.is_file() or path.stat().st_size != 4 * int(np.prod(shape, dtype=np.int64)):
         return None
     return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
 
@@ -105,7 +107,7 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     """Keep ``array``, the float32 conversion of that tensor, for the next start, and return it memory-mapped from
     the cache (pages the kernel can share and drop); ``array`` itself where it cannot be kept (said once)."""
     path = _conversion_path(file_digest, offset, length)
-    if path is None:
+    if path is None or array.size == 0:
         return array
     array = np.ascontiguousarray(array, dtype=np.float32)
     root = path.parents[2]

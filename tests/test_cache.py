@@ -63,6 +63,13 @@ def test_a_conversion_is_made_once_and_mapped_after(cache_folder):
     assert cache.cached_conversion("e" * 64, 128, values.nbytes, values.shape) is None
 
 
+def test_an_empty_tensor_is_converted_in_memory_and_not_kept(cache_folder):
+    empty = np.zeros((0, 4), dtype=np.float32)
+    kept = cache.keep_conversion("d" * 64, 64, 0, empty)
+    assert kept.shape == (0, 4) and kept.dtype == np.float32
+    assert cache.cached_conversion("d" * 64, 64, 0, (0, 4)) is None
+
+
 def test_a_truncated_or_partial_conversion_is_made_again(cache_folder):
     digest, shape = "d" * 64, (4, 4)
     kept = cache.keep_conversion(digest, 0, 32, np.ones(shape, np.float32))
