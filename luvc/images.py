@@ -56,6 +56,16 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     return _open(io.BytesIO(data), name, max_pixels)
 
 
+def image_format(data: bytes) -> str | None:
+    """The format Pillow reads in the header of the encoded image ``data`` (``"PNG"``, ``"JPEG"``, ...); None when
+    it is no image Pillow knows."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError):
+        return None
+
+
 def check_image_size(width: int, height: int, name: str, max_pixels: int | None = None) -> None:
     """Refuse an image of more than ``max_pixels`` pixels (default ``DEFAULT_MAX_IMAGE_PIXELS``), a side under
     ``MIN_IMAGE_SIDE`` or an aspect ratio beyond ``MAX_ASPECT_RATIO``:1, naming the size and the fix."""

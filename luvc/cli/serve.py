@@ -66,6 +66,13 @@ class Serve:
         )
         group.add_argument("--docs", action="store_true", help="serve FastAPI's /docs and /openapi.json (off)")
         group.add_argument(
+            "--lenient",
+            action="store_true",
+            help="ignore request fields the server does not know, stream_options without stream, a data URL's media "
+            "type, and take max_completion_tokens over a different max_tokens (default: refuse each with a 400 "
+            "naming the field, as OpenAI does, so that a typo never changes an answer silently)",
+        )
+        group.add_argument(
             "--no-access-log",
             dest="access_log",
             action="store_false",
@@ -158,7 +165,7 @@ class Serve:
                 f"model; set {API_KEY_ENV} (or --api-key).",
                 highlight=False,
             )
-        app = create_app(service, model_name, access, request_timeout_s=args.request_timeout)
+        app = create_app(service, model_name, access, request_timeout_s=args.request_timeout, lenient=args.lenient)
         config = uvicorn.Config(app, log_level="warning")
         try:
             with server_log(args.access_log):

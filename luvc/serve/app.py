@@ -40,15 +40,17 @@ def create_app(
     model_name: str,
     access: AccessPolicy | None = None,
     request_timeout_s: float | None = None,
+    lenient: bool = False,
 ) -> FastAPI:
     """An app serving ``service`` under ``model_name`` to whom ``access`` lets in (default: loopback callers, no key);
     a request still unanswered ``request_timeout_s`` after it was queued is cancelled (408, or an error event in a
-    stream). The service starts and stops with the app."""
+    stream); ``lenient`` ignores request fields the server does not know, and contradicting ones, where it would
+    refuse them (``openai_api.parse_request``). The service starts and stops with the app."""
     access = access or AccessPolicy()
     docs = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="luvc-export", lifespan=_lifespan(service), **docs)
     _add_middleware(app, service, access)
-    routes = _Routes(service, model_name, request_timeout_s)
+    routes = _Routes(service, model_name, request_timeout_s, lenient)
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/metrics", routes.metrics, methods=["GET"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
@@ -82,8 +84,11 @@ def _add_middleware(app: FastAPI, service: GenerationService, access: AccessPoli
 class _Routes:
     """The app's endpoints, on ``service`` under ``model_name``."""
 
-    def __init__(self, service: GenerationService, model_name: str, request_timeout_s: float | None) -> None:
+    def __init__(
+        self, service: GenerationService, model_name: str, request_timeout_s: float | None, lenient: bool
+    ) -> None:
         self.service, self.model_name, self.request_timeout_s = service, model_name, request_timeout_s
+        self.lenient = lenient
         created = int(time.time())
         self.model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "luvc-export"}
 
@@ -150,11 +155,14 @@ class _Routes:
         """The request, its generation options and its prepared batch; or the error response that refuses it."""
         try:
             body = openai_api.parse_json(await http.body())
-            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body})
+            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body}, self.lenient)
             if request.model not in (None, "", self.model_name):
                 return self.refuse(404, self.no_such_model(request.model), "bad_request", "model_not_found")
             options = openai_api.generation_options(request, self.service.defaults)
-            image, prompt = await run_in_threadpool(openai_api.image_and_prompt, request, self.service.image_folder)
+            self.service.check_max_new_tokens(options.max_new_tokens, openai_api.max_tokens_field(request))
+            image, prompt = await run_in_threadpool(
+                openai_api.image_and_prompt, request, self.service.image_folder, self.lenient
+            )
             prepared = await run_in_threadpool(self.service.prepare, image, prompt, options)
         except LuvcError as error:
             return self.refuse(400, str(error), "bad_request")

@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from luvc.errors import critical
-from luvc.images import decode_image, load_image
+from luvc.images import decode_image, image_format, load_image
 from luvc.prompt import Conversation, Turn
 from luvc.runtime.options import GenerationOptions
 
@@ -62,9 +62,10 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields this server reads; others that clients commonly send are accepted and ignored, and those that
-    would change the answer (``n`` > 1, ``logprobs``, tools, a response format, ``logit_bias``) are refused unless
-    they ask for nothing. Types are strict, as OpenAI's schema: ``true`` is no number, ``"5"`` no integer."""
+    """The fields this server reads. Of the others, those that cannot change the answer (``IGNORED_FIELDS``) are
+    accepted and ignored, those that would (``n`` > 1, ``logprobs``, tools, a response format, ``logit_bias``) are
+    refused unless they ask for nothing, and any other is refused as OpenAI does (``parse_request``). Types are
+    strict, as OpenAI's schema: ``true`` is no number, ``"5"`` no integer."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -103,6 +104,13 @@ UNSUPPORTED_FIELDS = (
 )
 
 
+# fields OpenAI's API takes that cannot change this server's answer: accepted and ignored
+IGNORED_FIELDS = frozenset(
+    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"}
+)
+MAX_SHOWN_NAME = 64  # a client's field name is echoed at most this long
+LENIENT_HINT = "the server's --lenient ignores it"
+
 MAX_JSON_DEPTH = 32  # a chat completion request nests 6 deep; far deeper is no request, and would exhaust the parser
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
@@ -126,8 +134,17 @@ def parse_json(data: bytes) -> Any:
         critical("The request body is not JSON; send a chat completion request as JSON.")
 
 
-def parse_request(body: dict) -> ChatCompletionRequest:
-    """Validate a request body; one line naming the first problem otherwise."""
+def parse_request(body: dict, lenient: bool = False) -> ChatCompletionRequest:
+    """Validate a request body; one line naming the first problem otherwise. A field this server does not know, and
+    fields that contradict each other (``stream_options`` without ``stream``; ``max_tokens`` and
+    ``max_completion_tokens`` of different values), are refused, as OpenAI refuses them, unless ``lenient``: then
+    unknown fields are ignored, ``stream_options`` is ignored without ``stream`` and ``max_completion_tokens`` wins."""
+    if not lenient:
+        unknown = sorted(set(body) - set(ChatCompletionRequest.model_fields) - IGNORED_FIELDS)
+        if unknown:
+            critical(
+                f"Unrecognized request argument supplied: {_shown(unknown[0])}; check its spelling, or leave it out."
+            )
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as error:
@@ -145,7 +162,35 @@ def parse_request(body: dict) -> ChatCompletionRequest:
     for name, asks_nothing in UNSUPPORTED_FIELDS:
         if not asks_nothing(getattr(request, name)):
             critical(f"{name} is not supported by this server and would change the answer; leave {name} out.")
+    if not lenient:
+        _check_agreement(request)
     return request
+
+
+def _check_agreement(request: ChatCompletionRequest) -> None:
+    """Refuse fields that contradict each other, naming both."""
+    if request.stream_options is not None and not request.stream:
+        critical("stream_options is only allowed when stream is true; set stream to true, or leave stream_options out.")
+    lengths = (request.max_tokens, request.max_completion_tokens)
+    if None not in lengths and lengths[0] != lengths[1]:
+        critical(
+            f"max_tokens={lengths[0]} and max_completion_tokens={lengths[1]} disagree; send max_completion_tokens "
+            "alone (it replaces max_tokens)."
+        )
+
+
+def max_tokens_field(request: ChatCompletionRequest) -> str | None:
+    """The generation length as the client sent it, for messages (``"max_completion_tokens=0"``); None if unsent."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = getattr(request, name)
+        if value is not None:
+            return f"{name}={value}"
+    return None
+
+
+def _shown(name: str) -> str:
+    """A client's field name as a message shows it: quoted, escaped, and cut to ``MAX_SHOWN_NAME`` characters."""
+    return repr(name if len(name) <= MAX_SHOWN_NAME else name[:MAX_SHOWN_NAME] + "...")
 
 
 def generation_options(request: ChatCompletionRequest, defaults: GenerationOptions) -> GenerationOptions:
@@ -198,11 +243,11 @@ def content_parts(content: Any, index: int) -> list[ContentPart]:
 
 
 def image_and_prompt(
-    request: ChatCompletionRequest, image_folder: Path | None
+    request: ChatCompletionRequest, image_folder: Path | None, lenient: bool = False
 ) -> tuple[Image.Image | None, str | Conversation]:
     """The image of ``request`` (``None``: a text-only request) and its prompt: the user text of a single user
     message with the image, else the messages as a ``Conversation`` (the image's turn marked); local paths only
-    inside ``image_folder``."""
+    inside ``image_folder``; a data URL's media type is checked unless ``lenient`` (``load_request_image``)."""
     parts = [message.content for message in request.messages]  # checked by parse_request
     images = [
         (index, number, part.image_url)
@@ -225,13 +270,16 @@ def image_and_prompt(
         prompt = Conversation(turns)
     if url is None:
         return None, prompt
-    return load_request_image(url.url, image_folder, f"messages[{holder}].content[{number}].image_url"), prompt
+    field = f"messages[{holder}].content[{number}].image_url"
+    return load_request_image(url.url, image_folder, field, lenient), prompt
 
 
-def load_request_image(url: str, image_folder: Path | None, field: str = "image_url") -> Image.Image:
-    """An ``image_url`` (``field`` names it in errors): a base64 data URL, or (when the server allows a folder) a path
-    in it, absolute or relative to it, or a ``file:`` URL (RFC 8089: ``file:///path``, ``file://localhost/path``,
-    percent-encoded)."""
+def load_request_image(
+    url: str, image_folder: Path | None, field: str = "image_url", lenient: bool = False
+) -> Image.Image:
+    """An ``image_url`` (``field`` names it in errors): a base64 data URL whose media type is the image format its
+    bytes hold (not checked when ``lenient``), or (when the server allows a folder) a path in it, absolute or
+    relative to it, or a ``file:`` URL (RFC 8089: ``file:///path``, ``file://localhost/path``, percent-encoded)."""
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         if not header.endswith(";base64"):
@@ -240,6 +288,8 @@ def load_request_image(url: str, image_folder: Path | None, field: str = "image_
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             critical("The image data URL holds invalid base64; send data:image/png;base64,<data>.")
+        if not lenient:
+            _check_media_type(header.removeprefix("data:").split(";")[0].strip().lower(), data)
         return decode_image(data, "the image_url data")
     if url.startswith(("http://", "https://")):
         critical("This server fetches no URLs; send the image as a base64 data URL (data:image/png;base64,...).")
@@ -259,6 +309,32 @@ def load_request_image(url: str, image_folder: Path | None, field: str = "image_
     if not path.is_file():
         critical(f"{field}: there is no image file at {url!r} in {folder}; send a path inside it, or a data URL.")
     return load_image(path)
+
+
+# names clients use for a registered media type, and formats Pillow names apart that are one media type (a
+# camera's MPO is a JPEG file with more pictures after the first)
+MEDIA_TYPE_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/x-ms-bmp": "image/bmp",
+    "image/vnd.microsoft.icon": "image/x-icon",
+}
+FORMAT_MEDIA_TYPES = {"MPO": "image/jpeg"}
+
+
+def _check_media_type(media_type: str, data: bytes) -> None:
+    """Refuse a data URL whose media type is no image, or another image format than its bytes hold."""
+    declared = MEDIA_TYPE_ALIASES.get(media_type, media_type)
+    if not declared.startswith("image/"):
+        critical(
+            f"The image data URL declares {_shown(media_type) if media_type else 'no media type'}, not an image; "
+            "send data:image/png;base64,<data> (or the image/... type of your image)."
+        )
+    held_format = image_format(data) or ""
+    held = FORMAT_MEDIA_TYPES.get(held_format) or Image.MIME.get(held_format)
+    if held is not None and held != declared:
+        critical(
+            f"The image data URL declares {_shown(media_type)} but holds {held}; declare data:{held};base64,<data>."
+        )
 
 
 def _local_path(url: str, field: str) -> Path:

@@ -86,11 +86,15 @@ class GenerationService:
         for job in self.queue.close():
             job.emit(Failed(SHUTTING_DOWN, "unavailable"))
 
+    def check_max_new_tokens(self, max_new_tokens: int, label: str | None = None) -> None:
+        """Refuse a generation length the export cannot give; ``label`` names it as the client sent it."""
+        self.pipeline.manifest.profile.check_max_new_tokens(max_new_tokens, label)
+
     def prepare(self, image: Image.Image | None, prompt: str | Conversation, options: GenerationOptions) -> Prepared:
         """Check the client's text (``user_text``: every turn's, and all of it together against the length bound),
         preprocess and tokenize one request (``image=None``: a text-only one), and check its length against the
         export (errors: ``LuvcError``)."""
-        self.pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
+        self.check_max_new_tokens(options.max_new_tokens)
         texts = [turn.text for turn in prompt.turns] if isinstance(prompt, Conversation) else [prompt]
         for text in texts:
             self.user_text.check(text)

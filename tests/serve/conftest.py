@@ -35,10 +35,11 @@ def running_server(
     request_timeout_s: float | None = None,
     queue_timeout_s: float | None = None,
     read_timeout_s: float = 10.0,
+    lenient: bool = False,
 ):
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process
     (``access``: its ``AccessPolicy``, default loopback callers without a key; ``read_timeout_s``: the deadline for
-    a request's head)."""
+    a request's head; ``lenient``: serve's ``--lenient``)."""
     import uvicorn
 
     from luvc.serve.app import create_app
@@ -50,7 +51,7 @@ def running_server(
     listener.bind(("127.0.0.1", 0))
     from luvc.serve.server import DrainingServer
 
-    config = uvicorn.Config(create_app(service, MODEL, access, request_timeout_s), log_level="warning")
+    config = uvicorn.Config(create_app(service, MODEL, access, request_timeout_s, lenient), log_level="warning")
     server = DrainingServer(config, service, drain_timeout_s, read_timeout_s)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

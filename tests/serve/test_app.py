@@ -265,13 +265,49 @@ def test_bad_requests_get_400_with_the_message_the_cli_prints(server, exports, t
     cases = [
         ({"messages": messages(synthetic_image(), long_prompt)}, ["run", folder, "--prompt", long_prompt]),
         ({"temperature": -1.0}, ["run", folder, "--prompt", PROMPT, "--temperature", "-1"]),
-        ({"max_tokens": 1000}, ["run", folder, "--prompt", PROMPT, "--max-new-tokens", "1000"]),
     ]
     for fields, argv in cases:
         request = {"model": MODEL, "messages": messages(synthetic_image()), **fields}
         with pytest.raises(openai.BadRequestError) as raised:
             client(base_url).chat.completions.create(**request)
         assert raised.value.body["message"] == cli_error(argv, capsys)
+
+
+def test_a_typo_a_contradiction_or_a_mislabelled_image_is_refused_naming_the_field_the_client_sent(server, exports):
+    base_url, _ = server
+    profile_tokens = Pipeline(exports(MODEL)).manifest.profile.max_new_tokens
+    text_url = "data:text/plain;base64,aGVsbG8="
+    cases = [
+        ({"extra_body": {"temprature": 1.5}}, "Unrecognized request argument supplied: 'temprature'"),
+        ({"stream_options": {"include_usage": True}}, "stream_options is only allowed when stream is true"),
+        ({"max_tokens": 6, "max_completion_tokens": 3}, "max_tokens=6 and max_completion_tokens=3 disagree"),
+        (
+            {"max_completion_tokens": 0},
+            f"max_completion_tokens=0 must be between 1 and the export profile's {profile_tokens}",
+        ),
+        ({"max_tokens": 1000}, f"max_tokens=1000 must be between 1 and the export profile's {profile_tokens}"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": text_url}}]}]},
+            "The image data URL declares 'text/plain', not an image",
+        ),
+    ]
+    for fields, message in cases:
+        request = {"model": MODEL, "messages": messages(synthetic_image()), **fields}
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(base_url).chat.completions.create(**request)
+        assert raised.value.body["message"].startswith(message)
+
+
+def test_a_lenient_server_ignores_what_it_does_not_know(exports):
+    with running_server(exports(MODEL), lenient=True) as (base_url, _):
+        reply = client(base_url).chat.completions.create(
+            model=MODEL,
+            messages=messages(synthetic_image()),
+            max_tokens=6,
+            max_completion_tokens=3,
+            extra_body={"temprature": 1.5},
+        )
+    assert reply.choices[0].message.content == expected_text(exports(MODEL), synthetic_image(), 3)
 
 
 def test_an_unreadable_local_image_gets_the_cli_message(exports, tmp_path, capsys):

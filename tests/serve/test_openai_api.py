@@ -70,6 +70,68 @@ def test_invalid_bodies_get_one_line_naming_the_field(request_body, message):
         parse_request(request_body)
 
 
+def jpeg_base64() -> str:
+    buffer = io.BytesIO()
+    synthetic_image(56, 56).save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# round 4: a typo, a contradiction or a mislabelled image changes no answer silently
+STRICT_CASES = [
+    (body(text_part("hi"), temprature=1.5), "Unrecognized request argument supplied: 'temprature'; check its spelling"),
+    (body(text_part("hi"), **{"x" * 500: 1}), r"supplied: 'x{64}\.\.\.'; check"),
+    (
+        body(text_part("hi"), stream_options={"include_usage": True}),
+        "stream_options is only allowed when stream is true",
+    ),
+    (
+        body(text_part("hi"), max_tokens=6, max_completion_tokens=3),
+        "max_tokens=6 and max_completion_tokens=3 disagree; send max_completion_tokens alone",
+    ),
+]
+STRICT_IMAGE_CASES = [
+    (
+        body(image_part("data:text/plain;base64," + base64.b64encode(b"hello").decode())),
+        "The image data URL declares 'text/plain', not an image; send data:image/png;base64",
+    ),
+    (body(image_part("data:;base64," + jpeg_base64())), "The image data URL declares no media type, not an image"),
+    (
+        body(image_part("data:image/png;base64," + jpeg_base64())),
+        "The image data URL declares 'image/png' but holds image/jpeg; declare data:image/jpeg;base64,<data>.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_body", "message"), STRICT_CASES)
+def test_unknown_and_contradicting_fields_are_refused_naming_the_field_unless_lenient(request_body, message):
+    with pytest.raises(LuvcError, match=message):
+        parse_request(request_body)
+    parse_request(request_body, lenient=True)  # as before: ignored, and max_completion_tokens wins
+
+
+@pytest.mark.parametrize(("request_body", "message"), STRICT_IMAGE_CASES)
+def test_a_data_url_must_declare_the_image_format_it_holds_unless_lenient(request_body, message):
+    with pytest.raises(LuvcError, match=message):
+        image_and_prompt(parse_request(request_body), None)
+    if "text/plain" not in message:  # bytes that are an image are read whatever the URL said
+        image, _ = image_and_prompt(parse_request(request_body), None, lenient=True)
+        assert image.size == (56, 56)
+
+
+def test_fields_that_cannot_change_the_answer_and_honest_data_urls_are_accepted():
+    fields = {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto", "parallel_tool_calls": True}
+    parse_request(body(text_part("hi"), max_tokens=4, max_completion_tokens=4, **fields))
+    parse_request(body(text_part("hi"), stream=True, stream_options={"include_usage": True}))
+    for media_type in ("image/jpeg", "image/jpg", "IMAGE/JPEG"):
+        url = f"data:{media_type};base64,{jpeg_base64()}"
+        image, _ = image_and_prompt(parse_request(body(image_part(url))), None)
+        assert image.size == (56, 56)
+    lenient = generation_options(
+        parse_request(body(text_part("hi"), max_tokens=6, max_completion_tokens=3), lenient=True), DEFAULTS
+    )
+    assert lenient.max_new_tokens == 3
+
+
 @pytest.mark.parametrize(
     ("request_body", "message"),
     [
