@@ -92,16 +92,25 @@ def check_image_file(path: str | Path, name: str | None = None, max_pixels: int 
 
 @contextlib.contextmanager
 def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
-    """The image with only its header read, its size checked; errors reading or decoding it name ``name``."""
+    """The image with only its header read, its size checked; errors reading or decoding it name ``name``: a file
+    whose format Pillow recognised but cannot decode is called damaged or cut short, not of the wrong format."""
+    image_format = None
     try:
         with Image.open(source) as image:
+            image_format = image.format
             check_image_size(*image.size, name, max_pixels)
             yield image
     except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header: far past ours
         critical(f"{name} has more than {_limit(max_pixels) / 1e6:.0f} MP, the most an image may have; downscale it.")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        reason = "not a known image format" if isinstance(error, UnidentifiedImageError) else str(error) or "broken"
-        critical(f"Cannot read {name} as an image ({reason}); use a PNG or JPEG file.")
+        if isinstance(error, UnidentifiedImageError):
+            critical(f"Cannot read {name} as an image (not a known image format); use a PNG or JPEG file.")
+        # Pillow recognised the format from the first bytes (its format is known once the header is read)
+        held = f"{image_format} image" if image_format else "image"
+        critical(
+            f"{name} is a damaged or cut-short {held} ({str(error) or type(error).__name__}); use an intact copy of "
+            "the file."
+        )
 
 
 def _open(source, name: str, max_pixels: int | None) -> Image.Image:

@@ -18,6 +18,25 @@ def test_missing_and_unreadable_image_files(tmp_path, exports, capsys):
     assert "garbage.png as an image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("image_format", "named"), [("PNG", "PNG image"), ("JPEG", "JPEG image"), ("GIF", "GIF image")]
+)
+def test_a_cut_short_image_is_called_damaged_not_of_the_wrong_format(tmp_path, image_format, named, exports, capsys):
+    from luvc.images import synthetic_image
+
+    buffer = io.BytesIO()
+    synthetic_image(64, 64).save(buffer, format=image_format)
+    cut = tmp_path / f"cut.{image_format.lower()}"
+    cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    message = rf"cut\.{image_format.lower()} is a damaged or cut-short {named} \(.*\); use an intact copy of the file\."
+    with pytest.raises(LuvcError, match=message):
+        load_image(cut)
+    with pytest.raises(LuvcError, match=f"the upload is a damaged or cut-short {named}"):
+        decode_image(buffer.getvalue()[:-200], "the upload")
+    assert main(["run", str(exports("tiny-llava")), "--image", str(cut), "--prompt", "hi"]) == 2
+    assert "PNG or JPEG" not in capsys.readouterr().err
+
+
 # --- what the model sees is the picture a viewer shows: each mode against a conversion worked out here by hand ---
 
 import io  # noqa: E402

@@ -323,7 +323,7 @@ def test_an_unreadable_local_image_gets_the_cli_message(exports, tmp_path, capsy
         ["run", str(exports(MODEL)), "--prompt", "hi", "--image", str(tmp_path / "broken.png")], capsys
     )
     assert raised.value.body["message"] == expected
-    assert expected.startswith(f"Cannot read {tmp_path / 'broken.png'} as an image")
+    assert expected.startswith(f"{tmp_path / 'broken.png'} is a damaged or cut-short image")
 
 
 def test_a_data_url_that_is_no_image_and_another_model_name_are_refused(server):
