@@ -40,6 +40,9 @@ class OutputKind:
     marker: str  # the file inside the folder, e.g. "manifest.json"
     format: str | int | None = None  # the marker's JSON "format" value; None: the file's presence is enough
 
+    def __post_init__(self) -> None:
+        _KINDS.append(self)
+
     def holds(self, folder: Path) -> bool:
         """Whether ``folder`` is an output of this kind."""
         path = Path(folder) / self.marker
@@ -54,6 +57,28 @@ class OutputKind:
         return isinstance(data, dict) and data.get("format") == self.format
 
 
+_KINDS: list[OutputKind] = []  # every kind a stage writes, for naming what a folder is
+
+
+def _not_replaceable(out: Path, kind: OutputKind) -> str:
+    """Why ``--overwrite`` will not replace ``out`` with an output of ``kind``, naming what ``out`` is, and the fix."""
+    fix = "choose another --out, or remove it yourself."
+    if out.is_symlink():
+        return (
+            f"{out} is a link to {out.resolve()}; --overwrite replaces a folder, never a link: pass that folder as "
+            f"--out, or {fix}"
+        )
+    if not out.is_dir():
+        what = f"is a file, not {kind.label}"
+    elif (other := next((known for known in _KINDS if known.holds(out)), None)) is not None:
+        what = f"is {other.label}, not {kind.label}"
+    elif (out / kind.marker).is_file():
+        what = f"holds a {kind.marker} that is not {kind.label}'s"
+    else:
+        what = f"is not {kind.label} (no luvc-export {kind.marker} in it)"
+    return f"{out} {what}, so --overwrite will not replace it; {fix}"
+
+
 def refuse_existing(out: Path, overwrite: bool | None, kind: OutputKind) -> None:
     """Fail, naming the fix, when ``out`` exists and ``overwrite`` is not set, or when it is set but ``out`` is not
     an output of ``kind`` (``--overwrite`` never deletes a folder that is not ours)."""
@@ -63,10 +88,7 @@ def refuse_existing(out: Path, overwrite: bool | None, kind: OutputKind) -> None
     if not overwrite:
         critical(f"{out} already exists; choose another --out or pass --overwrite.")
     if out.is_symlink() or not out.is_dir() or not kind.holds(out):
-        critical(
-            f"{out} is not {kind.label} (no luvc-export {kind.marker} in it), so --overwrite will not replace it; "
-            "choose another --out, or remove it yourself."
-        )
+        critical(_not_replaceable(out, kind))
 
 
 def refuse_overlap(out: Path, inputs: Sequence[Path | str | None]) -> None:

@@ -118,6 +118,12 @@ def load_video(path: str | Path, num_frames: int | None = None, fps: float | Non
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not files:
             critical(f"{path} holds no frames ({', '.join(FRAME_SUFFIXES)}); put the video's frames there as images.")
+        not_files = [file for file in files if not file.is_file()]
+        if not_files:
+            critical(
+                f"{not_files[0]} in the frames folder {path} is no image file (a folder, a broken link or a link that "
+                "loops); remove it, or put the frame there, and pass the folder to --video again."
+            )
         indices = sample_indices(len(files), num_frames, fps)
         frames = tuple(load_image(files[index]) for index in indices)
         sizes = {frame.size for frame in frames}

@@ -13,6 +13,7 @@ from luvc.staging import OutputKind, output_claim, staged_folder
 from tests.conftest import leftovers
 
 REPORT = OutputKind("a test report", "report.json", "test/report")
+ENGINE_BUNDLE = OutputKind("an engine bundle", "report.json", "test/engines")  # another kind of output
 
 
 def _report(folder, format_="test/report") -> None:
@@ -78,23 +79,25 @@ def test_an_output_under_a_file_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("make", "why"),
+    ("make", "message"),
     [
-        (lambda out: (out.mkdir(), (out / "notes.txt").write_text("mine")), "a folder of the user's"),
-        (lambda out: _report(out, "test/other"), "the marker of another kind"),
-        (lambda out: (out.mkdir(), (out / "report.json").write_text("{ not json")), "a marker that is not JSON"),
-        (lambda out: out.write_text("a file"), "a file"),
+        (lambda out: (out.mkdir(), (out / "notes.txt").write_text("mine")), r"is not a test report \(no luvc-export "),
+        (lambda out: _report(out, "test/other"), "holds a report.json that is not a test report's"),
+        (lambda out: (out.mkdir(), (out / "report.json").write_text("{ not json")), "holds a report.json that is not"),
+        (lambda out: out.write_text("a file"), "is a file, not a test report"),
+        (lambda out: _report(out, "test/engines"), "is an engine bundle, not a test report"),
+        (lambda out: (_report(out.parent / "real"), out.symlink_to(out.parent / "real")), "is a link to .*real; "),
     ],
-    ids=["user-folder", "other-kind", "broken-marker", "file"],
+    ids=["user-folder", "other-kind", "broken-marker", "file", "known-kind", "link"],
 )
-def test_overwrite_refuses_what_is_not_an_output_of_the_kind(make, why, tmp_path):
+def test_overwrite_refuses_what_is_not_an_output_of_the_kind_and_says_what_it_is(make, message, tmp_path):
     out = tmp_path / "artifact"
     make(out)
     before = sorted(path.name for path in tmp_path.rglob("*"))
-    with pytest.raises(LuvcError, match=r"is not a test report \(no luvc-export report.json in it\), so --overwrite"):
+    with pytest.raises(LuvcError, match=f"artifact {message}.*--overwrite"):
         with staged_folder(out, True, REPORT):
             pass
-    assert sorted(path.name for path in tmp_path.rglob("*")) == before, why
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("where", ["itself", "its parent", "inside it"])

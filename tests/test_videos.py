@@ -55,6 +55,16 @@ def test_frames_of_different_sizes_and_rate_sampling_of_a_folder_are_refused(tmp
         load_video(tmp_path)
 
 
+@pytest.mark.parametrize("link", ["the folder itself", "a link that loops", "a broken link"])
+def test_a_frame_that_is_no_image_file_is_named_with_the_video_flag(tmp_path, link):
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    target = {"the folder itself": tmp_path, "a link that loops": tmp_path / "b.png", "a broken link": tmp_path / "x"}
+    (tmp_path / "b.png").symlink_to(target[link])
+    with pytest.raises(LuvcError, match=r"b.png in the frames folder .* is no image file .* to --video again") as error:
+        load_video(tmp_path)
+    assert "--image" not in str(error.value)
+
+
 def test_qwen_pixels_put_consecutive_frames_in_one_temporal_patch():
     # The image processor repeats one image over the temporal patch (T = 2); a video's slice j holds frames 2j and
     # 2j + 1 at temporal positions 0 and 1, channels outermost (the video processor's layout); 5 frames pad to 6.

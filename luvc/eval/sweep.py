@@ -57,6 +57,10 @@ def parse_sweep(text: str) -> tuple[str, ...]:
     if text.strip().lower() == "all":
         return tuple(SWEEP_AXES)
     axes = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if "all" in (axis.lower() for axis in axes):
+        critical(
+            f"--sweep {text!r}: 'all' already names every axis; give all alone, or only axes of {list(SWEEP_AXES)}."
+        )
     unknown = [axis for axis in axes if axis not in SWEEP_AXES]
     if unknown or not axes:
         critical(f"--sweep {text!r}: {unknown or 'nothing'} is not among {list(SWEEP_AXES)} (or 'all').")

@@ -162,6 +162,12 @@ class AccessMiddleware:
         """``(status, message, reason)`` of a request the policy refuses, else ``None``."""
         policy = self.policy
         host = host_name(headers.get("host", ""))
+        if policy.hosts and not host:
+            return self._refuse(
+                400,
+                f"The request has no Host header; send Host: {policy.hosts[0]} (HTTP/1.1 requires one).",
+                "bad_host",
+            )
         if policy.hosts and host not in policy.hosts:
             return self._refuse(
                 400,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import time
 import urllib.parse
@@ -300,7 +301,13 @@ def load_request_image(
         )
     path = _local_path(url, field)
     folder = image_folder.resolve()
-    path = (path if path.is_absolute() else folder / path).resolve()
+    given = path if path.is_absolute() else folder / path
+    path = given.resolve()
+    if not path.is_relative_to(folder) and os.path.normpath(given).startswith(f"{folder}{os.sep}"):
+        critical(
+            f"{field}: {url!r} is inside {folder} but links to a file outside it, which this server does not read "
+            "(--allow-local-images); send a file inside it, or a data URL."
+        )
     if not path.is_relative_to(folder):
         critical(
             f"{field}: {url!r} is outside {folder}, the folder this server allows images from "

@@ -148,6 +148,8 @@ def bad_inputs(tmp_path_factory, exports):
     cut = shutil.copytree(built, root / "truncated-engines")
     engine = cut / EngineManifest.load(cut).engines["decode"].file
     engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
+    export_copy = shutil.copytree(export, root / "export-copy")
+    (root / "link-to-export").symlink_to(export_copy, target_is_directory=True)
     foreign = shutil.copytree(built, root / "foreign-engines")
     manifest = json.loads((foreign / "manifest.json").read_text())
     manifest["engines"]["decode"]["source"]["sha256"] = "0" * 64  # as built from another export's decode graph
@@ -170,6 +172,8 @@ def bad_inputs(tmp_path_factory, exports):
         "PROMPTS": str(root / "prompts.txt"),
         "FOLDER": str(root / "a-folder"),
         "FILE_SUB": str(root / "a-file.txt" / "sub"),
+        "EXPORT_COPY": str(export_copy),
+        "LINK_TO_EXPORT": str(root / "link-to-export"),
     }
 
 
@@ -248,7 +252,7 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ),
     ("parity EXPORT --out FOLDER --overwrite", "is not a parity report (no luvc-export parity.json in it)"),
     ("build EXPORT --target ampere --out FOLDER --overwrite", "is not an engine folder (no luvc-export manifest.json"),
-    ("triton EXPORT --out BUILT --overwrite", "is not a Triton model repository"),
+    ("triton EXPORT --out BUILT --overwrite", "is an engine folder, not a Triton model repository"),
     # Triton: names that become paths, GPUs, engines
     ("triton EXPORT --out OUT --model-name ../escaped", "'../escaped' is not a Triton model name"),
     ("triton EXPORT --out OUT --model-name=", "'' is not a Triton model name"),
@@ -301,6 +305,17 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("build ENGINES --target ampere --out OUT", "not an export; pass the export folder it was built from."),
     ("run EXPORT --prompt hi --system <|image_pad|>", "--system holds '<|image_pad|>', one of the model's control"),
     ("run EXPORT --prompt hi --system LONG_SYSTEM", "--system has 100000 characters, more than this export's prompt"),
+    # round 4: messages that name the right thing
+    ("eval --data FOLDER --model tiny-qwen2-vl --sweep all,keep --out OUT", "'all' already names every axis; give all"),
+    (
+        "export --model tiny-qwen2-vl --out LINK_TO_EXPORT --overwrite",
+        "link-to-export is a link to ",
+    ),
+    (
+        "build EXPORT --target ampere --out EXPORT_COPY --overwrite",
+        "is an export, not an engine folder, so --overwrite",
+    ),
+    ("triton EXPORT --out EXPORT_COPY --overwrite", "is an export, not a Triton model repository, so --overwrite"),
     # chat templates the checkpoint ships
     ("generate --model BROKEN_TEMPLATE --prompt hi", "The checkpoint's chat template does not render an image turn"),
     ("export --model BROKEN_TEMPLATE --out OUT", "The checkpoint's chat template does not render an image turn"),

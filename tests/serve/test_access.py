@@ -61,6 +61,14 @@ def test_a_foreign_host_header_is_refused(server):
     assert status == 400 and "'evil.example' is not one this server answers to" in body["error"]["message"]
     assert request(base_url, "GET", "/v1/models", headers={"Host": "localhost:1234"})[0] == 200
     assert request(base_url, "GET", "/health")[0] == 200
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:  # HTTP/1.0 needs no Host header
+        connection.sendall(b"GET /v1/models HTTP/1.0\r\n\r\n")
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    message = json.loads(payload)["error"]["message"]
+    assert message == "The request has no Host header; send Host: localhost (HTTP/1.1 requires one)."
 
 
 def test_a_json_post_is_required(server, image):

@@ -194,6 +194,9 @@ def test_local_paths_are_read_only_inside_the_allowed_folder(tmp_path):
     assert image.size == (84, 56)
     with pytest.raises(LuvcError, match=r"content\[0\].image_url: .* is outside .*images, the folder this server"):
         image_and_prompt(parse_request(body(image_part(str(allowed / ".." / "other" / "b.png")))), allowed)
+    (allowed / "link.png").symlink_to(outside / "b.png")
+    with pytest.raises(LuvcError, match=r"'link.png' is inside .*images but links to a file outside it"):
+        image_and_prompt(parse_request(body(image_part("link.png"))), allowed)
 
 
 def test_local_image_urls_are_read_as_rfc_8089_says_and_errors_name_the_request_field(tmp_path, monkeypatch):
