@@ -115,13 +115,17 @@ def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
 
 def _open(source, name: str, max_pixels: int | None) -> Image.Image:
     """Read the header, check the size, then decode: an oversized image is refused before it is expanded. The image
-    comes back upright and in RGB (``to_rgb``); ``info["exif_orientation"]`` keeps an orientation that was applied."""
+    comes back upright and in RGB (``to_rgb``); ``info["exif_orientation"]`` keeps an orientation that was applied,
+    ``info["animation_frames"]`` the frame count and format of an animation, whose first frame it is."""
     with _opened(source, name, max_pixels) as image:
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
+        frames = getattr(image, "n_frames", 1)
         upright = ImageOps.exif_transpose(image)
         rgb = to_rgb(upright, name)
         if orientation in ROTATIONS and orientation != 1:
             rgb.info["exif_orientation"] = orientation
+        if frames > 1:
+            rgb.info["animation_frames"] = (frames, image.format)
         return rgb
 
 
@@ -147,10 +151,18 @@ def _through_icc_profile(image: Image.Image) -> Image.Image | None:
 
 
 def orientation_note(image: Image.Image) -> str:
-    """How the image was turned upright, for messages (``"turned upright: rotated 90° clockwise per its EXIF
-    orientation"``), or ``""`` when it came upright."""
+    """How the image was read, for messages: turned upright (``"turned upright: rotated 90° clockwise per its EXIF
+    orientation"``), the first frame of an animation taken (``"the first of 12 frames of an animated GIF"``); ``""``
+    when it came upright and still."""
     orientation = image.info.get("exif_orientation")
-    return f"turned upright: {ROTATIONS[orientation]} per its EXIF orientation" if orientation else ""
+    notes = [f"turned upright: {ROTATIONS[orientation]} per its EXIF orientation"] if orientation else []
+    if "animation_frames" in image.info:
+        frames, image_format = image.info["animation_frames"]
+        notes.append(
+            f"the first of {frames} frames of an animated {image_format} (to run them all, save them as images in a "
+            "folder and pass it as a video)"
+        )
+    return "; ".join(notes)
 
 
 def to_rgb(image: Image.Image, name: str) -> Image.Image:

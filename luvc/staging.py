@@ -172,10 +172,27 @@ def _lock(out: Path) -> IO:
     return handle
 
 
+def partials_of(out: Path) -> list[Path]:
+    """The hidden partial folders beside ``out``: of a run writing it now, or of one that was stopped."""
+    out = Path(out)
+    return sorted(out.parent.glob(f".{out.name}.partial-*")) if out.parent.is_dir() else []
+
+
+def partials_note(out: Path) -> str:
+    """For messages about an unfinished ``out``: the partial folders beside it and what becomes of them; ``""``
+    when there are none."""
+    partials = partials_of(out)
+    if not partials:
+        return ""
+    return (
+        f" {partials[0].name} beside it was left by a run that was stopped (the next run to that --out removes it), "
+        "or belongs to one still writing it."
+    )
+
+
 def remove_stale_partials(out: Path) -> list[Path]:
     """Remove the partial folders of ``out`` left by runs that died (call with the writer lock held); returns them."""
-    out = Path(out)
-    stale = sorted(out.parent.glob(f".{out.name}.partial-*")) if out.parent.is_dir() else []
+    stale = partials_of(out)
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
         owner = folder.name.rsplit(".partial-", 1)[1].split("-")[0]

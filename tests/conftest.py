@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from luvc.compress.config import LUVCConfig
 from luvc.export.exporter import export_model
-from luvc.export.manifest import sha256_file
+from luvc.export.manifest import content_digest, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS, load_model
@@ -240,5 +240,6 @@ def perturb_weight(folder: Path, graph_file: str, node_name: str, scale: float =
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["files"][graph_file] = sha256_file(path)
+    manifest["content_sha256"] = content_digest(manifest)  # sealed again, as a re-export would
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return name

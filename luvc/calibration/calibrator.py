@@ -42,8 +42,10 @@ from luvc.calibration.ranges import activations_to_calibrate, collect_ranges
 from luvc.calibration.report import write_report
 from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph, worst_cosine
 from luvc.calibration.weight_only import (
+    BLOCKED_PRECISIONS,
     DEFAULT_BLOCK_SIZE,
     LAYER_FORMATS,
+    check_block_fits,
     check_block_size,
     gptq_quantizer,
     quantize_weights,
@@ -171,6 +173,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             )
         if manifest.passes.plugin_nodes:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
+        if self.precision in BLOCKED_PRECISIONS:
+            check_block_fits(self.block_size, manifest.geometry.hidden_size)
         return manifest
 
     def call_impl(self) -> Path:

@@ -78,6 +78,17 @@ def check_block_size(block_size: int) -> None:
         critical(f"--block-size {block_size} is not a power of two; pass 32, 64, 128 or 256.")
 
 
+def check_block_fits(block_size: int, hidden_size: int) -> None:
+    """Refuse a block of more input channels than the LLM's hidden size, which most of its products read: such a
+    block would be a whole column, padded with zeros."""
+    if block_size > hidden_size:
+        largest = 1 << (hidden_size.bit_length() - 1)
+        critical(
+            f"--block-size {block_size} is more than the {hidden_size} input channels of this model's products; pass a "
+            f"power of two from 16 to {largest}."
+        )
+
+
 def quantize_blocks(weights: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(int4 values (K, N), scales (ceil(K / block_size), N))`` of a ``(K, N)`` weight: round to nearest with one
     scale ``amax / 7`` per block of input channels (1 for an all-zero block, so every scale is positive), in the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -30,9 +31,9 @@ class Export:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
 
-        from luvc.export.exporter import export_model
-        from luvc.export.manifest import ExportManifest
+        from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest
         from luvc.export.stage_times import StageTimes
+        from luvc.staging import output_claim
 
         console = Console()
         export = groups[ExportArgs]
@@ -41,19 +42,25 @@ class Export:
             model_args.dtype = "float16"  # load in the graph precision: no fp32 copy is kept
         times = StageTimes()
         began = time.perf_counter()
-        with console.status(f"Loading {args.model}"), times.stage("load"):
-            adapter = model_args.load()
-        out = export_model(
-            adapter,
-            export.out,
-            export.profile,
-            groups[LuvcArgs].config,
-            overwrite=export.overwrite,
-            passes=export.passes,
-            plugin_nodes=export.plugin_nodes,
-            times=times,
-            jobs=export.jobs,
-        )
+        checkpoint = Path(args.model)
+        inputs = (checkpoint,) if checkpoint.is_dir() else ()
+        # a taken or unusable --out is refused before PyTorch is imported and the model loads
+        with output_claim(export.out, export.overwrite, EXPORT_OUTPUT, inputs):
+            from luvc.export.exporter import export_model
+
+            with console.status(f"Loading {args.model}"), times.stage("load"):
+                adapter = model_args.load()
+            out = export_model(
+                adapter,
+                export.out,
+                export.profile,
+                groups[LuvcArgs].config,
+                overwrite=export.overwrite,
+                passes=export.passes,
+                plugin_nodes=export.plugin_nodes,
+                times=times,
+                jobs=export.jobs,
+            )
         console.print(summary_table(ExportManifest.load(out, verify=False)))
         console.print(
             f"[bold green]Exported[/] {adapter.name} to {out} in {times.summary(time.perf_counter() - began)}"

@@ -58,22 +58,29 @@ class Generate:
         console.print(f"[bold]{adapter.name}[/] ({method_label(adapter.luvc_config)})")
         console.print(f"[bold]Output:[/] {adapter.tokenizer.decode(tokens[0], skip_special_tokens=True)!r}")
         report = adapter.cost(inputs)
-        console.print(token_table(report))
-        console.print(cost_table(report))
+        column = method_column(adapter.luvc_config)
+        console.print(token_table(report, column))
+        console.print(cost_table(report, column))
         return 0
 
 
 def method_label(config: LUVCConfig) -> str:
-    """How a run's config reads in a table title: ``LUVC off``, ``LUVC``, or the method it is."""
+    """How a run's config reads in a title: ``LUVC off``, ``LUVC``, or ``method NAME``."""
+    column = method_column(config)
+    return column if column.startswith("LUVC") else f"method {column}"
+
+
+def method_column(config: LUVCConfig) -> str:
+    """The heading of a run's column beside the uncompressed one: ``LUVC``, ``LUVC off``, or the method's name."""
     name = method_of(config)
-    return {"none": "LUVC off", "luvc": "LUVC"}.get(name, f"method {name or config.spu_variant}")
+    return {"none": "LUVC off", "luvc": "LUVC"}.get(name, name or config.spu_variant)
 
 
-def token_table(report: CostReport) -> Table:
-    """Visual tokens per encoder block and per decoder layer, LUVC vs uncompressed."""
+def token_table(report: CostReport, column: str = "LUVC") -> Table:
+    """Visual tokens per encoder block and per decoder layer: the run's method (``column``) vs uncompressed."""
     table = Table(title="Visual tokens per stage")
-    for column in ("stage", "LUVC", "uncompressed"):
-        table.add_column(column, justify="right" if column != "stage" else "left")
+    for heading in ("stage", column, "uncompressed"):
+        table.add_column(heading, justify="right" if heading != "stage" else "left")
     for block, (ours, base) in enumerate(zip(report.encoder_tokens, report.encoder_tokens_baseline)):
         table.add_row(f"encoder block {block}", str(ours), str(base))
     for layer, (ours, base) in enumerate(zip(report.decoder_tokens, report.decoder_tokens_baseline)):
@@ -81,11 +88,11 @@ def token_table(report: CostReport) -> Table:
     return table
 
 
-def cost_table(report: CostReport) -> Table:
-    """FLOPs, KV bytes and the theoretical speedups of the cost model."""
+def cost_table(report: CostReport, column: str = "LUVC") -> Table:
+    """FLOPs, KV bytes and the theoretical speedups of the cost model: the run's method (``column``) vs uncompressed."""
     table = Table(title="Cost model (per request)")
-    for column in ("quantity", "LUVC", "uncompressed", "speedup"):
-        table.add_column(column, justify="right" if column != "quantity" else "left")
+    for heading in ("quantity", column, "uncompressed", "speedup"):
+        table.add_column(heading, justify="right" if heading != "quantity" else "left")
     table.add_row(
         "encoder GFLOPs",
         f"{report.encoder_flops / 1e9:.3f}",

@@ -61,9 +61,11 @@ class Run:
         if not args.text_only:  # default: a synthetic image of a bucket's size
             visuals = [request.load(next(iter(pipeline.manifest.buckets.values())).size)]
         prompt = args.prompt
+        with console.status("Loading the tokenizer"):  # what serve checks in a client's text
+            guard = UserTextGuard.for_pipeline(pipeline, "in --image")
+        guard.check(args.prompt, "--prompt")
         if args.system is not None:
-            with console.status("Loading the tokenizer"):
-                UserTextGuard.for_pipeline(pipeline, "in --image").check(args.system, "--system")
+            guard.check(args.system, "--system")
             turn = Turn("user", args.prompt, visual=not args.text_only)
             prompt = Conversation((Turn("system", args.system), turn))
         options = runtime.generation_options()

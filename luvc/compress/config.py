@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from luvc.compress.criteria import CRITERIA, ranks_in_encoder
@@ -18,7 +18,23 @@ SPU_KEEP = ("high", "low")  # which end of SPU's scores a cut keeps
 SPU_INPUTS = ("residual", "normed")  # what SPU scores: the residual stream entering the layer, or its normed input
 SPU_LOWPASS = ("raster", "grid")  # spectral-residual's low-pass: along the token sequence, or over each 2-D grid
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+DEFAULT_DART_PIVOTS = 8  # per image; an image with fewer visual tokens makes every token a pivot
 MAX_TILE = 4096  # tokens; GEMM tiles are 8 to 256
+
+_SCHEDULE = "shapes the default budget schedule, which runs only where a method prunes and --budgets is not given"
+_OIM = "shapes OIM's merges in the encoder, which run only where a method merges"
+OPTION_PURPOSES = {  # what each knob that only some configs read is for (LUVCConfig.unread_options)
+    "seed": "seeds the random criterion (--method random)",
+    "dart_pivots": "sets the DART criterion's pivots (--method dart)",
+    "rho": "is SPU's low-pass fraction (--method luvc or spu-only)",
+    "spu_start": _SCHEDULE,
+    "spu_every": _SCHEDULE,
+    "budget_tile": _SCHEDULE,
+    "final_zero": "ends the LLM's budgets at zero, where a method prunes",
+    "oim_first_axis": _OIM,
+    "oim_temporal": _OIM,
+    "oim_positions": _OIM,
+}
 
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
 
@@ -106,6 +122,28 @@ class LUVCConfig:
                 "or choose a pruning --spu."
             )
 
+    def unread_options(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` (fields a user set, e.g. with ``--option``) that this config as built (unresolved) never
+        reads (``OPTION_PURPOSES`` says what each is for): a knob of another criterion, of the budget schedule when
+        budgets are given or nothing is pruned, or of OIM when nothing merges. (``resolve`` checks SPU's scoring
+        knobs.)"""
+        variant = self.spu_variant or SPU_VARIANTS[0]
+        scheduled = variant != "none" and self.budgets is None
+        merges = self.oim_layers != () and not ranks_in_encoder(variant)
+        read = {
+            "seed": variant == "random",
+            "dart_pivots": variant == "dart",
+            "rho": variant in SPU_VARIANTS[:-1],
+            "spu_start": scheduled,
+            "spu_every": scheduled,
+            "budget_tile": scheduled,
+            "final_zero": variant != "none",
+            "oim_first_axis": merges,
+            "oim_temporal": merges,
+            "oim_positions": merges,
+        }
+        return [name for name in names if not read.get(name, True)]
+
     @classmethod
     def off(cls) -> LUVCConfig:
         """A config that changes nothing: no merge, no pruning (the baseline through the same code path)."""
@@ -146,7 +184,7 @@ class LUVCConfig:
             final_zero=True if self.final_zero is None else bool(self.final_zero),
             budget_tile=1 if self.budget_tile is None else int(self.budget_tile),
             seed=0 if self.seed is None else int(self.seed),
-            dart_pivots=8 if self.dart_pivots is None else int(self.dart_pivots),
+            dart_pivots=DEFAULT_DART_PIVOTS if self.dart_pivots is None else int(self.dart_pivots),
             spu_keep=_choice("spu_keep", self.spu_keep, SPU_KEEP, "high"),
             spu_input=_choice("spu_input", self.spu_input, SPU_INPUTS, "residual"),
             spu_lowpass=_choice("spu_lowpass", self.spu_lowpass, SPU_LOWPASS, "raster"),

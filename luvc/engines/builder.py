@@ -22,7 +22,7 @@ from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
 from luvc.engines.weight_inputs import LAYOUTS, shareable_weights, with_weight_inputs
 from luvc.errors import critical
-from luvc.export.manifest import ExportManifest, ExternalTensor, sha256_file
+from luvc.export.manifest import WEIGHTS_FILE, ExportManifest, ExternalTensor, sha256_file
 from luvc.export.manifest_entries import TensorEntry
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import graph_progress
@@ -230,6 +230,7 @@ class EnginesFromExport(BaseLoader[Path]):
 
     def __post_init__(self) -> None:
         self.export_dir, self.out, self.timing_cache = map(as_path, (self.export_dir, self.out, self.timing_cache))
+        self._layout_chosen = self.weights_layout is not None  # the default falls back to embedded without a word
         if self.weights_layout is None:
             self.weights_layout = "embedded" if self.dla_core is not None else "shared"
 
@@ -250,6 +251,12 @@ class EnginesFromExport(BaseLoader[Path]):
             critical(f"Unknown weights layout {self.weights_layout!r}; use one of {list(LAYOUTS)} (--weights).")
         if self.dla_core is not None and self.weights_layout == "shared":
             critical("DLA layers need their weights inside the engine; build with --weights embedded for --dla-core.")
+        if self._layout_chosen and self.weights_layout == "shared" and not (self.export_dir / WEIGHTS_FILE).is_file():
+            critical(
+                f"--weights shared puts the export's {WEIGHTS_FILE} on the device once for every engine, but "
+                f"{self.export_dir} has none (its graphs hold their weights), so every engine embeds its own; drop "
+                "--weights, or pass --weights embedded."
+            )
         capability = device_capability()
         if not tensorrt.is_rtx and capability is not None and not self.hardware_compatible:
             if capability not in target.compute_capabilities:

@@ -18,7 +18,7 @@ from luvc.engines.trt_module import TensorRT
 from luvc.errors import critical
 from luvc.export.manifest import ENGINE_FORMAT, MANIFEST_NAME, ExportManifest, ExternalTensor, sha256_file
 from luvc.export.manifest_entries import ModelEntry, TensorEntry
-from luvc.staging import OutputKind
+from luvc.staging import OutputKind, partials_note
 
 FORMAT = ENGINE_FORMAT
 ENGINES_OUTPUT = OutputKind("an engine folder", MANIFEST_NAME, FORMAT)
@@ -118,7 +118,10 @@ class EngineManifest:
     def load(cls, folder: str | Path) -> EngineManifest:
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
-            critical(f"{folder} has no {MANIFEST_NAME}; it is not a finished engine folder (run `luvc-export build`).")
+            critical(
+                f"{folder} has no {MANIFEST_NAME}; it is not a finished engine folder (run `luvc-export build`)."
+                + partials_note(folder)
+            )
         data = json.loads(path.read_text())
         if data.get("format") == FORMAT and data.get("format_version") != FORMAT_VERSION:
             critical(

@@ -21,14 +21,20 @@ import torch
 import luvc
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
-from luvc.errors import critical
+from luvc.errors import critical, warn
 from luvc.export import convert
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
 from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.converter_settings import report_settings, settings_applied
 from luvc.export.decomposed_trace import prepare_registry
-from luvc.export.graph_workers import GraphWorkers, cuda_initialized, default_workers, other_threads
+from luvc.export.graph_workers import (
+    GraphWorkers,
+    asked_workers_note,
+    cuda_initialized,
+    default_workers,
+    other_threads,
+)
 from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
 from luvc.export.host_plan import HostPlan
 from luvc.export.lint import check_graph
@@ -217,6 +223,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
         workers = min(self.jobs or default_workers(len(specs)), len(specs))
+        note = asked_workers_note(self.jobs, len(specs)) if self.jobs else None
+        if note:
+            warn(note)
         if workers > 1 and cuda_initialized():
             critical(
                 f"--jobs {self.jobs} forks graph workers, which cannot use CUDA once this process has initialized it; "

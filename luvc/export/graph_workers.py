@@ -59,8 +59,27 @@ def default_workers(graphs: int) -> int:
     this process has initialized CUDA, or while another thread runs in it."""
     if not sys.platform.startswith("linux") or cuda_initialized() or other_threads():
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, graphs, MAX_DEFAULT_WORKERS))
+    return max(1, min(usable_cpus(), graphs, MAX_DEFAULT_WORKERS))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def asked_workers_note(jobs: int, graphs: int) -> str | None:
+    """A note when ``--jobs jobs`` asks for more workers than there are ``graphs`` (one per graph runs) or usable
+    CPUs (the workers share them); None when it asks for no more than both."""
+    workers, cpus = min(jobs, graphs), usable_cpus()
+    if jobs <= graphs and jobs <= cpus:
+        return None
+    run = (
+        f"this export has {graphs} graphs, so {workers} graph workers run"
+        if jobs > graphs
+        else f"{jobs} graph workers run"
+    )
+    shared = f"; they share this machine's {cpus} usable CPUs, each with memory of its own" if workers > cpus else ""
+    return f"--jobs {jobs}: {run}{shared}."
 
 
 # threads that are stopped before forking, and start again by themselves: tqdm's monitor (a progress bar of

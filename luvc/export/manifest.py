@@ -36,7 +36,7 @@ from luvc.export.manifest_entries import (
     TemplateEntry,
     TensorEntry,
 )
-from luvc.staging import OutputKind
+from luvc.staging import OutputKind, partials_note
 
 if TYPE_CHECKING:
     from luvc.export.bucket_plan import Bucket
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from luvc.models.base import VLMAdapter
 
 MANIFEST_NAME = "manifest.json"
+WEIGHTS_FILE = "weights.data"  # the external data the graphs of a large export share (luvc.export.weights)
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
 EXPORT_OUTPUT = OutputKind("an export", MANIFEST_NAME, FORMAT)  # calibrated exports too
@@ -51,6 +52,16 @@ FORMAT_VERSION = 5  # 2: fixed-capacity decode graph with in-place KV update; 3:
 # 4: the decode graph attends over a window of each cache (attention_window); 5: prefill takes each row's length and
 # visual shift, decode each row's write index
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
+
+
+CONTENT_DIGEST = "content_sha256"  # a manifest's seal: the sha256 of the rest of its content
+
+
+def content_digest(data: dict[str, Any]) -> str:
+    """The sha256 of a manifest's content (``data`` as written, without ``CONTENT_DIGEST``): its JSON with sorted
+    keys and no spaces, so that any edit of a fact changes it, and reformatting the file does not."""
+    content = {key: value for key, value in data.items() if key != CONTENT_DIGEST}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -184,7 +195,10 @@ class ExportManifest:
             critical(f"{source} does not have the fields this luvc-export reads ({error}); re-export with it.")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+        """The manifest as written: its fields, sealed with their ``content_sha256`` (``content_digest``)."""
+        data = dataclasses.asdict(self)
+        data[CONTENT_DIGEST] = content_digest(data)
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_NAME
@@ -201,7 +215,10 @@ class ExportManifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if not path.is_file():
-            critical(f"{folder} has no {MANIFEST_NAME}; it is not a finished export (run `luvc-export export`).")
+            critical(
+                f"{folder} has no {MANIFEST_NAME}; it is not a finished export (run `luvc-export export`)."
+                + partials_note(folder)
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
@@ -216,6 +233,12 @@ class ExportManifest:
             critical(
                 f"{path} is format {data.get('format')!r} v{data.get('format_version')}, this luvc-export reads "
                 f"{FORMAT!r} v{FORMAT_VERSION}; re-export with this version."
+            )
+        recorded = data.pop(CONTENT_DIGEST, None)  # an export written before manifests were sealed has none
+        if recorded is not None and recorded != content_digest(data):
+            critical(
+                f"{path} was edited after luvc-export wrote it (its content no longer matches its {CONTENT_DIGEST}), "
+                "so what it says of the graphs cannot be trusted; restore it from the export, or re-export."
             )
         manifest = cls.from_dict(data, str(path))
         if verify:

@@ -20,9 +20,8 @@ import onnx_ir as ir
 import torch
 from onnx.external_data_helper import _get_all_tensors
 
-from luvc.export.manifest import ExternalTensor
+from luvc.export.manifest import WEIGHTS_FILE, ExternalTensor
 
-WEIGHTS_FILE = "weights.data"
 ALIGNMENT = 4096  # tensors start on page boundaries, so readers can memory-map them
 SIZE_THRESHOLD = 1024  # smaller tensors (shapes, scalars) stay inside the graph, which then opens without its folder
 CHUNK_BYTES = 16 << 20  # tensors copied from another external file move in chunks of this size

@@ -24,6 +24,7 @@ def test_generate_runs_another_method_and_names_it(capsys, method):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"(method {method})" in out
+    assert re.search(rf"┃ stage\s*┃\s*{method}\s*┃ uncompressed ┃", out) and "LUVC" not in out  # its own column
     rows = re.findall(r"decoder layer (\d)\s*│\s*(\d+)\s*│\s*(\d+)", out)
     visual = [int(kept) for _, kept, _ in rows]
     assert visual[-1] == (visual[0] if method == "oim-only" else 0)  # only oim-only keeps tokens to the last layer

@@ -149,6 +149,11 @@ def bad_inputs(tmp_path_factory, exports):
     engine = cut / EngineManifest.load(cut).engines["decode"].file
     engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
     export_copy = shutil.copytree(export, root / "export-copy")
+    edited = shutil.copytree(export, root / "edited-export")
+    manifest = json.loads((edited / "manifest.json").read_text())
+    for bucket in manifest["buckets"].values():
+        bucket["budgets"] = [bucket["budgets"][0]] * len(bucket["budgets"])  # what the graphs do not prune to
+    (edited / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (root / "link-to-export").symlink_to(export_copy, target_is_directory=True)
     foreign = shutil.copytree(built, root / "foreign-engines")
     manifest = json.loads((foreign / "manifest.json").read_text())
@@ -173,6 +178,7 @@ def bad_inputs(tmp_path_factory, exports):
         "FOLDER": str(root / "a-folder"),
         "FILE_SUB": str(root / "a-file.txt" / "sub"),
         "EXPORT_COPY": str(export_copy),
+        "EDITED_EXPORT": str(edited),
         "LINK_TO_EXPORT": str(root / "link-to-export"),
     }
 
@@ -304,7 +310,23 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("plan ENGINES --target orin-8gb", "not an export; pass the export folder it was built from and add --engines "),
     ("build ENGINES --target ampere --out OUT", "not an export; pass the export folder it was built from."),
     ("run EXPORT --prompt hi --system <|image_pad|>", "--system holds '<|image_pad|>', one of the model's control"),
+    ("run EXPORT --text-only --prompt <|image_pad|>", "--prompt holds '<|image_pad|>', one of the model's control"),
+    ("run EXPORT --prompt <|im_end|>", "--prompt holds '<|im_end|>', one of the model's control tokens"),
     ("run EXPORT --prompt hi --system LONG_SYSTEM", "--system has 100000 characters, more than this export's prompt"),
+    # round 4: knobs that would do nothing
+    ("generate --model tiny-qwen2-vl --prompt hi --method luvc --option seed=5", "--option seed seeds the random"),
+    ("generate --model tiny-qwen2-vl --prompt hi --option rho=0.5 --spu none", "--option rho is SPU's low-pass"),
+    ("export --model tiny-qwen2-vl --out OUT --method v2drop --option dart_pivots=4", "--method v2drop does not read"),
+    ("export --model tiny-qwen2-vl --out OUT --budgets 8,0 --option spu_start=1", "--option spu_start shapes the"),
+    ("export --model tiny-qwen2-vl --out OUT --method random --option oim_positions=mean", "shapes OIM's merges"),
+    ("generate --model tiny-qwen2-vl --prompt hi --method dart --option dart_pivots=100000", "more than the 64 visual"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --methods luvc,dart --option seed=1 --out OUT", "none of the compared"),
+    ("calibrate EXPORT --precision int4 --block-size 1048576 --out OUT", "more than the 32 input channels"),
+    ("build EXPORT --target ampere --out OUT --weights shared", "has none (its graphs hold their weights), so every"),
+    # round 4: a manifest edited after the export is not trusted over its graphs
+    ("inspect EDITED_EXPORT", "manifest.json was edited after luvc-export wrote it"),
+    ("parity EDITED_EXPORT --out OUT", "manifest.json was edited after luvc-export wrote it"),
+    ("run EDITED_EXPORT --prompt hi", "manifest.json was edited after luvc-export wrote it"),
     # round 4: messages that name the right thing
     ("eval --data FOLDER --model tiny-qwen2-vl --sweep all,keep --out OUT", "'all' already names every axis; give all"),
     (
@@ -454,3 +476,27 @@ def test_the_luvc_export_program_exits_through_exit_process():
     assert script.value == "luvc.cli.main:entry"
     result = subprocess.run([*CLI, "inspect", "/nonexistent/export"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_an_export_to_an_unusable_out_is_refused_before_pytorch_loads(tmp_path):
+    """A taken --out, or one under a file, costs no model load (issue 66: it took 14 s)."""
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "taken").mkdir()
+    for out, message in ((tmp_path / "a-file" / "sub", "is a file, not a folder"), (tmp_path / "taken", "exists")):
+        code = (
+            "import sys\n"
+            "from luvc.cli.main import main\n"
+            f"code = main(['export', '--model', 'tiny-qwen2-vl', '--out', {str(out)!r}])\n"
+            "print(code, 'torch' in sys.modules)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert result.stdout.strip().splitlines()[-1] == "2 False" and message in result.stderr
+
+
+def test_inspect_names_what_a_killed_run_left_beside_the_folder(tmp_path, capsys):
+    """kill -9 leaves .OUT.partial-PID-XXXX (the next run to OUT removes it): inspect OUT says so."""
+    out = tmp_path / "export"
+    (tmp_path / ".export.partial-4242-0a1b2c3d").mkdir()
+    error = one_line_error(["inspect", str(out)], capsys)
+    assert "has no manifest.json; it is not a finished export" in error
+    assert ".export.partial-4242-0a1b2c3d beside it was left by a run that was stopped (the next run" in error

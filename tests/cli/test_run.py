@@ -136,6 +136,16 @@ def test_run_turns_a_phone_photo_upright_and_says_so(exports, tmp_path, capsys):
     assert "Fit (exact) to bucket 168x252: turned upright: rotated 90° clockwise per its EXIF orientation" in out
 
 
+def test_run_says_it_took_the_first_frame_of_an_animated_gif(exports, tmp_path, capsys):
+    frames = [synthetic_image(168, 252, seed=seed) for seed in range(3)]
+    path = tmp_path / "clip.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    argv = ["run", str(exports("tiny-qwen2-vl")), "--prompt", "Describe.", "--image", str(path), "--fit", "exact"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Fit (exact) to bucket 168x252: the first of 3 frames of an animated GIF (to run them all, save" in out
+
+
 def test_run_pads_with_fit_pad(exports, tmp_path, capsys):
     export = exports("tiny-qwen2-vl")
     image = synthetic_image(480, 640, 5)  # 4:3 -> inside the 168x252 bucket at 168x224, bars of 14 px each side

@@ -354,3 +354,19 @@ def test_workers_fork_only_from_a_process_with_one_thread(tmp_path):
         beside.join()
     assert graph_workers.other_threads() == []
     assert not (tmp_path / "out").exists()
+
+
+def test_jobs_beyond_the_graphs_or_the_cpus_are_noted():
+    from luvc.export.graph_workers import asked_workers_note, usable_cpus
+
+    cpus = usable_cpus()
+    assert asked_workers_note(1, 5) is None
+    assert asked_workers_note(cpus, cpus) is None
+    assert asked_workers_note(cpus + 59, cpus + 3) == (
+        f"--jobs {cpus + 59}: this export has {cpus + 3} graphs, so {cpus + 3} graph workers run; they share this "
+        f"machine's {cpus} usable CPUs, each with memory of its own."
+    )
+    assert asked_workers_note(cpus + 1, cpus + 1) == (
+        f"--jobs {cpus + 1}: {cpus + 1} graph workers run; they share this machine's {cpus} usable CPUs, each with "
+        "memory of its own."
+    )

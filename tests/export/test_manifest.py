@@ -8,7 +8,7 @@ import pytest
 
 import luvc.export.exporter as exporter
 from luvc.errors import LuvcError
-from luvc.export.manifest import MANIFEST_NAME, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest import MANIFEST_NAME, ExportManifest, content_digest, load_graph, sha256_file
 from luvc.export.manifest_entries import TensorEntry
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
@@ -134,9 +134,29 @@ def test_manifest_missing_a_field_is_one_clear_error(exports, tmp_path, section,
         del data[section][field]["visual_start"]
     else:
         del data[section][field]
+    data["content_sha256"] = content_digest(data)  # sealed: the fields are what is checked
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(LuvcError, match="does not have the fields this luvc-export reads"):
         ExportManifest.load(tmp_path, verify=False)
+
+
+def test_a_manifest_edited_after_the_export_is_refused_and_a_reformatted_one_is_not(exports, tmp_path):
+    """Budgets edited to [32, 32, 32, 32] in a 32 -> 0 export would be shown by inspect and trusted by parity."""
+    folder = shutil.copytree(exports("tiny-qwen2-vl"), tmp_path / "copy")
+    written = json.loads((folder / MANIFEST_NAME).read_text())
+    assert written["content_sha256"] == content_digest(written)
+    reformatted = dict(reversed(list(written.items())))  # other key order, no indentation: the same content
+    (folder / MANIFEST_NAME).write_text(json.dumps(reformatted))
+    assert ExportManifest.load(folder).buckets.keys() == written["buckets"].keys()
+    edited = json.loads(json.dumps(written))
+    bucket = next(iter(edited["buckets"].values()))
+    bucket["budgets"] = [bucket["budgets"][0]] * len(bucket["budgets"])
+    (folder / MANIFEST_NAME).write_text(json.dumps(edited, indent=2))
+    with pytest.raises(LuvcError, match=r"manifest.json was edited after luvc-export wrote it .* restore it"):
+        ExportManifest.load(folder, verify=False)
+    del edited["content_sha256"]  # a manifest written before manifests were sealed is read as before
+    (folder / MANIFEST_NAME).write_text(json.dumps(edited, indent=2))
+    assert ExportManifest.load(folder, verify=False).buckets[next(iter(edited["buckets"]))].budgets[-1] > 0
 
 
 def test_manifest_round_trips_through_json(exports, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from onnx import numpy_helper
 
 from luvc.export.exporter import export_model
-from luvc.export.manifest import sha256_file
+from luvc.export.manifest import content_digest, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.models import load_model
 from luvc.models.tiny import VOCAB_SIZE, save_random_qwen2_vl
@@ -55,6 +55,7 @@ def _shift_first_span(folder, graph_file: str) -> str:
             onnx.save(model, str(path))
             manifest = json.loads((folder / "manifest.json").read_text())
             manifest["files"][graph_file] = sha256_file(path)
+            manifest["content_sha256"] = content_digest(manifest)  # sealed again, as a re-export would
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
             return node.name
     raise AssertionError("no SPU span start found")

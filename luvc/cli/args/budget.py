@@ -7,7 +7,7 @@ import dataclasses
 
 from luvc.cli.args.base import BaseArgs
 from luvc.compress.budgets import budget_values
-from luvc.compress.config import SPU_VARIANTS, LUVCConfig
+from luvc.compress.config import OPTION_PURPOSES, SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS, SPU
 from luvc.errors import critical
 
@@ -70,11 +70,11 @@ class LuvcArgs(BaseArgs):
             self.config = LUVCConfig.off()
             return
         oim_layers, budgets = parse_oim_layers(args.oim_layers), budget_values(args.budgets)
-        base = dataclasses.replace(
-            LUVCConfig(oim_layers=oim_layers, spu_variant=args.spu, budgets=budgets), **parse_options(args.option)
-        )
+        options = parse_options(args.option)
+        base = dataclasses.replace(LUVCConfig(oim_layers=oim_layers, spu_variant=args.spu, budgets=budgets), **options)
         if args.method is None:
             self.config = base
+            refuse_unread_options(base, options, f"LUVC with --spu {base.spu_variant or SPU_VARIANTS[0]}")
             return
         chosen = METHODS[args.method]
         if args.spu is not None and chosen.criterion != SPU:
@@ -90,6 +90,14 @@ class LuvcArgs(BaseArgs):
         if budgets is not None and not chosen.follows_budgets:
             critical(f"--method {chosen.name} prunes nothing in the LLM; drop --budgets.")
         self.config = chosen.config(base, budgets)
+        refuse_unread_options(self.config, options, f"--method {chosen.name}")
+
+
+def refuse_unread_options(config: LUVCConfig, options: dict, label: str) -> None:
+    """Refuse ``--option`` knobs that ``config`` (the method ``label`` names) would never read."""
+    unread = config.unread_options(options)
+    if unread:
+        critical(f"--option {unread[0]} {OPTION_PURPOSES[unread[0]]}; {label} does not read it, so drop it.")
 
 
 def add_oim_layers_arg(group) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from luvc.cli.args.base import BaseArgs
 from luvc.cli.args.budget import add_oim_layers_arg, add_option_arg, parse_oim_layers, parse_options
 from luvc.compress.budgets import budget_values
-from luvc.compress.config import SPU_VARIANTS, LUVCConfig
+from luvc.compress.config import OPTION_PURPOSES, SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
@@ -149,16 +149,33 @@ class EvalArgs(BaseArgs):
                 f"--sweep lowpass tries the spectral-residual low-pass, but --spu is {args.spu}; drop --spu, or sweep "
                 "other axes (--sweep keep,input,oim)."
             )
+        options = parse_options(args.option)
         self.base = dataclasses.replace(
-            LUVCConfig(oim_layers=parse_oim_layers(args.oim_layers), spu_variant=args.spu),
-            **parse_options(args.option),
+            LUVCConfig(oim_layers=parse_oim_layers(args.oim_layers), spu_variant=args.spu), **options
         )
+        self._refuse_unread_options(options)
         for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--num-samples", args.num_samples)):
             if value is not None and value < 1:
                 critical(f"{flag} {value}: ask for at least 1.")
         self.max_new_tokens, self.limit = args.max_new_tokens, args.num_samples
         self.overwrite = args.overwrite
         self.out = Path(args.out) if args.out else self._default_out()
+
+    def _refuse_unread_options(self, options: dict) -> None:
+        """Refuse an ``--option`` knob that no compared method reads (the sweep's variants are LUVC's)."""
+        names = list(self.methods or METHODS) + (["luvc"] if self.sweep else [])
+        if self.protocol:
+            names.append(PROTOCOLS[self.protocol].baseline)
+        unread = [
+            key
+            for key in options
+            if all(key in METHODS[name].config(self.base).unread_options([key]) for name in names)
+        ]
+        if unread:
+            critical(
+                f"--option {unread[0]} {OPTION_PURPOSES[unread[0]]}; none of the compared methods "
+                f"({', '.join(names)}) reads it, so drop it."
+            )
 
     def _default_out(self) -> Path:
         if self.export is not None:
