@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luvc.errors import critical
+from luvc.errors import LuvcError, critical
 from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
 from luvc.export.source import same_source
@@ -91,6 +91,11 @@ class ParityFromExport(BaseLoader[ParityResults]):
         fitted = [pipelines["ort"].preparer.fit(sample.image) for sample in samples]
         samples = [dataclasses.replace(sample, image=visual) for sample, (visual, _) in zip(samples, fitted)]
         landed = {manifest.buckets[fit.bucket].size if fit else s.image_size for s, (_, fit) in zip(samples, fitted)}
+        for sample in samples:  # what the export cannot take is refused before PyTorch runs for minutes on it
+            try:
+                pipelines["ort"].prepare([sample.image], [sample.prompt])
+            except LuvcError as error:
+                critical(f"Sample {sample.name}: {error}")
         if self.engines_dir is not None:
             # plain runs: replayed graphs pad the prompt, and parity compares the prefill's tensors at its length
             pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir, cuda_graphs="off")

@@ -131,6 +131,9 @@ def bad_inputs(tmp_path_factory, exports):
     weights = next(truncated.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (root / "prompts.txt").write_text("What is this?\n")
+    (root / "one-image").mkdir()
+    Image.new("RGB", (224, 224), (90, 120, 150)).save(root / "one-image" / "a.png")
+    (root / "long-prompts.txt").write_text("word " * 3000 + "\n")  # 512 text tokens fit the export
     (root / "a-folder").mkdir()
     (root / "a-file.txt").write_text("not a folder")
     (root / "huge.png").write_bytes(png_header(30000, 30000))
@@ -175,6 +178,8 @@ def bad_inputs(tmp_path_factory, exports):
         "NOT_JSON": str(not_json),
         "TRUNCATED": str(truncated),
         "PROMPTS": str(root / "prompts.txt"),
+        "ONE_IMAGE": str(root / "one-image"),
+        "LONG_PROMPTS": str(root / "long-prompts.txt"),
         "FOLDER": str(root / "a-folder"),
         "FILE_SUB": str(root / "a-file.txt" / "sub"),
         "EXPORT_COPY": str(export_copy),
@@ -323,6 +328,11 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("eval --data FOLDER --model tiny-qwen2-vl --methods luvc,dart --option seed=1 --out OUT", "none of the compared"),
     ("calibrate EXPORT --precision int4 --block-size 1048576 --out OUT", "more than the 32 input channels"),
     ("build EXPORT --target ampere --out OUT --weights shared", "has none (its graphs hold their weights), so every"),
+    # round 4: a prompt the export cannot take is refused before PyTorch runs on it
+    (
+        "parity EXPORT --data ONE_IMAGE --prompts LONG_PROMPTS --out OUT",
+        "Sample a.png: The prompt has 15013 text tokens beyond the template's prefix and the visual tokens",
+    ),
     # round 4: a manifest edited after the export is not trusted over its graphs
     ("inspect EDITED_EXPORT", "manifest.json was edited after luvc-export wrote it"),
     ("parity EDITED_EXPORT --out OUT", "manifest.json was edited after luvc-export wrote it"),
