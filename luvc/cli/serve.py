@@ -79,38 +79,7 @@ class Serve:
             help="print no access-log line per request (default: one line on stderr with the request id, status, "
             "tokens and timings; never the prompt)",
         )
-        group.add_argument(
-            "--request-timeout",
-            type=float,
-            default=300.0,
-            metavar="SECONDS",
-            help="a request still unanswered this long after it was queued is stopped: HTTP 408, or an error event "
-            "in a stream (default 300)",
-        )
-        group.add_argument(
-            "--queue-timeout",
-            type=float,
-            default=60.0,
-            metavar="SECONDS",
-            help="a request that waited this long in the queue is answered 503 with Retry-After instead of run "
-            "(default 60)",
-        )
-        group.add_argument(
-            "--read-timeout",
-            type=float,
-            default=DEFAULT_READ_TIMEOUT_S,
-            metavar="SECONDS",
-            help="a client must send a request's head within this long of connecting (or of its previous answer), "
-            f"else the connection is closed, and then its body, else HTTP 408 (default {DEFAULT_READ_TIMEOUT_S:g})",
-        )
-        group.add_argument(
-            "--drain-timeout",
-            type=float,
-            default=10.0,
-            metavar="SECONDS",
-            help="on SIGTERM or Ctrl-C: how long the running batch may finish (new requests get 503, waiting ones "
-            "'shutting down, retry'); rows still running then end with an error (default 10)",
-        )
+        _add_timeouts(parser.add_argument_group("Timeouts"))
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         options = groups[RuntimeArgs]
@@ -175,6 +144,42 @@ class Serve:
         interrupts.reset()  # Ctrl-C and SIGTERM are how a server stops: a normal end, exit code 0
         Console().print("Server stopped.")
         return 0
+
+
+def _add_timeouts(group) -> None:
+    """serve's deadlines: a request's, a queued request's, a client's head and body, and the drain on shutdown."""
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a request still unanswered this long after it was queued is stopped: HTTP 408, or an error event "
+        "in a stream (default 300)",
+    )
+    group.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a request that waited this long in the queue is answered 503 with Retry-After instead of run "
+        "(default 60)",
+    )
+    group.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        metavar="SECONDS",
+        help="a client must send a request's head within this long of connecting (or of its previous answer), "
+        f"else the connection is closed, and then its body, else HTTP 408 (default {DEFAULT_READ_TIMEOUT_S:g})",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C: how long the running batch may finish (new requests get 503, waiting ones "
+        "'shutting down, retry'); rows still running then end with an error (default 10)",
+    )
 
 
 def _image_folder(folder: str | None) -> Path | None:

@@ -222,20 +222,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         times = self.times
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
-        workers = min(self.jobs or default_workers(len(specs)), len(specs))
-        note = asked_workers_note(self.jobs, len(specs)) if self.jobs else None
-        if note:
-            warn(note)
-        if workers > 1 and cuda_initialized():
-            critical(
-                f"--jobs {self.jobs} forks graph workers, which cannot use CUDA once this process has initialized it; "
-                "export with --jobs 1, or before using the GPU in this process."
-            )
-        if workers > 1 and other_threads():
-            critical(
-                f"--jobs {self.jobs} forks graph workers, which is not safe while other threads run here "
-                f"({', '.join(other_threads())}); export with --jobs 1, or before starting them."
-            )
+        workers = self._worker_count(len(specs))
         with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:
                 # the merged file, and what workers write themselves: the tensors that leave a graph only after it is
@@ -277,6 +264,25 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             with times.stage("manifest"):
                 manifest.save(staging)
         return self.out
+
+    def _worker_count(self, graphs: int) -> int:
+        """The graph worker processes for ``graphs`` graphs: ``--jobs`` (noted when it asks for more than the graphs
+        or the CPUs) or the default, refused where forking is unsafe."""
+        workers = min(self.jobs or default_workers(graphs), graphs)
+        note = asked_workers_note(self.jobs, graphs) if self.jobs else None
+        if note:
+            warn(note)
+        if workers > 1 and cuda_initialized():
+            critical(
+                f"--jobs {self.jobs} forks graph workers, which cannot use CUDA once this process has initialized it; "
+                "export with --jobs 1, or before using the GPU in this process."
+            )
+        if workers > 1 and other_threads():
+            critical(
+                f"--jobs {self.jobs} forks graph workers, which is not safe while other threads run here "
+                f"({', '.join(other_threads())}); export with --jobs 1, or before starting them."
+            )
+        return workers
 
     def _workers_the_disk_holds(self, workers: int, staging: Path, need: int) -> int:
         """``workers``, or 1 when the disk under ``staging`` may not hold the ``need`` bytes graph workers write: each

@@ -1,23 +1,15 @@
 """``benchmarks/cpu_decode.py``: the weight bytes a decode step reads, which its bandwidth fraction divides."""
 
-import sys
-from pathlib import Path
-
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_decode.py"
+from tests.benchmarks import benchmark_module
 
 
 def _benchmark():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import cpu_decode
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return cpu_decode
+    return benchmark_module("cpu_decode")
 
 
 def test_step_weight_bytes_counts_what_a_step_reads_as_the_cpu_holds_it(tmp_path):

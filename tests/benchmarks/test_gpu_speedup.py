@@ -2,12 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speedup.py"
+from tests.benchmarks import BENCHMARKS, benchmark_module
+
+SCRIPT = BENCHMARKS / "gpu_speedup.py"
 
 
 def test_without_cuda_it_names_the_reason_and_exits_0():
@@ -25,27 +26,20 @@ def test_without_cuda_it_names_the_reason_and_exits_0():
 @pytest.mark.parametrize("luvc", [True, False])
 def test_the_pytorch_row_measures_a_tiny_model_on_the_cpu(luvc):
     """The PyTorch row's code path on the CPU, so that it cannot rot between GPU runs."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from gpu_speedup import STAGES, torch_row
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark = _benchmark()
     from luvc.images import synthetic_image
 
-    row = torch_row("tiny-qwen2-vl", luvc, synthetic_image(224, 224), "Describe the image.", 3, 2, device="cpu")
-    assert set(STAGES) <= set(row)
-    assert all(row[stage] > 0 for stage in STAGES)
+    row = benchmark.torch_row(
+        "tiny-qwen2-vl", luvc, synthetic_image(224, 224), "Describe the image.", 3, 2, device="cpu"
+    )
+    assert set(benchmark.STAGES) <= set(row)
+    assert all(row[stage] > 0 for stage in benchmark.STAGES)
     assert row["ttft_ms"] >= row["vision_ms"] + row["prefill_ms"]  # both run within the first step
     assert (row["cost_model_llm_prefill_speedup"] > 1.0) == luvc
 
 
 def _benchmark():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_speedup
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return gpu_speedup
+    return benchmark_module("gpu_speedup")
 
 
 @pytest.mark.slow

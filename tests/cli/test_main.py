@@ -162,30 +162,38 @@ def bad_inputs(tmp_path_factory, exports):
     manifest = json.loads((foreign / "manifest.json").read_text())
     manifest["engines"]["decode"]["source"]["sha256"] = "0" * 64  # as built from another export's decode graph
     (foreign / "manifest.json").write_text(json.dumps(manifest))
-    return {
-        "EXPORT": str(export),
-        "ENGINES": str(engines),
-        "BUILT": str(built),
-        "TRUNCATED_ENGINES": str(cut),
-        "FOREIGN_ENGINES": str(foreign),
-        "HUGE_PNG": str(root / "huge.png"),
-        "BIG_PNG": str(root / "big.png"),
-        "WIDE_PNG": str(root / "wide.png"),
-        "DOT_PNG": str(root / "dot.png"),
-        "TINY_GIF": str(root / "tiny.gif"),
+    made = {
+        "EXPORT": export,
+        "ENGINES": engines,
+        "BUILT": built,
+        "TRUNCATED_ENGINES": cut,
+        "FOREIGN_ENGINES": foreign,
         "BROKEN_TEMPLATE": broken,
         "NO_IMAGE_TEMPLATE": no_image,
-        "NOT_JSON": str(not_json),
-        "TRUNCATED": str(truncated),
-        "PROMPTS": str(root / "prompts.txt"),
-        "ONE_IMAGE": str(root / "one-image"),
-        "LONG_PROMPTS": str(root / "long-prompts.txt"),
-        "FOLDER": str(root / "a-folder"),
-        "FILE_SUB": str(root / "a-file.txt" / "sub"),
-        "EXPORT_COPY": str(export_copy),
-        "EDITED_EXPORT": str(edited),
-        "LINK_TO_EXPORT": str(root / "link-to-export"),
+        "NOT_JSON": not_json,
+        "TRUNCATED": truncated,
+        "EXPORT_COPY": export_copy,
+        "EDITED_EXPORT": edited,
     }
+    return {name: str(path) for name, path in made.items()} | {
+        name: str(root / relative) for name, relative in ROOT_FILES.items()
+    }
+
+
+# the table's files and folders directly under the fixture's folder
+ROOT_FILES = {
+    "HUGE_PNG": "huge.png",
+    "BIG_PNG": "big.png",
+    "WIDE_PNG": "wide.png",
+    "DOT_PNG": "dot.png",
+    "TINY_GIF": "tiny.gif",
+    "PROMPTS": "prompts.txt",
+    "ONE_IMAGE": "one-image",
+    "LONG_PROMPTS": "long-prompts.txt",
+    "FOLDER": "a-folder",
+    "FILE_SUB": "a-file.txt/sub",
+    "LINK_TO_EXPORT": "link-to-export",
+}
 
 
 TEXTS = {"LONG_SYSTEM": "word " * 20000}  # arguments of the table that are text, not paths
