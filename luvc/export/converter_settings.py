@@ -80,9 +80,10 @@ def torchlib_registry_once() -> Iterator[None]:
     """``torch.onnx.export`` with its torchlib registry built once per process and opset, not once per graph.
 
     Building it takes about half a second, a third of a tiny graph's conversion (more without
-    ``_torchlib_listed_without_parsing``); the result depends only on the opset and the installed libraries. Each
-    export gets its own copy of the registry's table, so the custom translations one graph registers never reach
-    another."""
+    ``_torchlib_listed_without_parsing``); the result depends on the opset, the installed libraries and the
+    operators torch has registered at the first build (an operator library imported later, such as torch.ao's
+    ``quantized_decomposed``, which no exported graph holds, is not added). Each export gets its own copy of the
+    registry's table, so the custom translations one graph registers never reach another."""
     registry_class = internal(REGISTRY)
     original = current(FROM_TORCHLIB)
 
