@@ -136,9 +136,9 @@ def child(*args: str, cache: str) -> dict:
 def measure_requests(folder: str, side: int, new_tokens: int) -> dict:
     """In this process: start-up, then per batch the decode ms a step, prefill and vision ms of one request after a
     warm-up request."""
-    from luvc.cli.run import seconds_since_start
     from luvc.images import synthetic_image
     from luvc.runtime.pipeline import GenerationOptions, Pipeline
+    from luvc.startup import seconds_since_start
 
     began = time.perf_counter()
     pipeline = Pipeline(folder)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -15,6 +13,7 @@ from rich.table import Table
 from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.errors import critical
+from luvc.startup import StartUp, timed_load
 
 FINISH_REASONS = {
     "stop": "stop (the model's end of sequence or a --stop string)",
@@ -74,9 +73,7 @@ class Run:
             pipeline.preparer.load()
         prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
-            loading = time.perf_counter()
-            pipeline.load(prepared.bucket)
-            ready = StartUp(load_seconds=time.perf_counter() - loading, since_start_seconds=seconds_since_start())
+            ready = timed_load(lambda: pipeline.load(prepared.bucket))
         generation = pipeline.request(prepared, options)
         # on a terminal, a character it would act on (a control, an escape sequence) is shown as its escape; a pipe
         # or a file gets the text as generated
@@ -155,29 +152,6 @@ def fit_line(policy: str, prepared: Prepared) -> str:
         return "Fit: nothing (no image or video: the text prefill ran)"
     done = prepared.fit_change or "nothing (the processor's own size is the bucket)"
     return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
-
-
-@dataclasses.dataclass(frozen=True)
-class StartUp:
-    """How long the process took to be ready: its sessions' loading, and everything since the process started."""
-
-    load_seconds: float
-    since_start_seconds: float | None  # None where the process's start time cannot be read (not Linux)
-
-    def __str__(self) -> str:
-        since = "n/a" if self.since_start_seconds is None else f"{self.since_start_seconds:.1f} s"
-        return f"{since} (sessions {self.load_seconds:.1f} s)"
-
-
-def seconds_since_start() -> float | None:
-    """Seconds since this process started (Linux: its start time in /proc/self/stat against /proc/uptime)."""
-    try:
-        # the fields after the command (which may hold spaces) start at the state, field 3; the start time is field 22
-        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return float(open("/proc/uptime").read().split()[0]) - started
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready: StartUp) -> Table:

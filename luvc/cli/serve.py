@@ -18,6 +18,7 @@ from luvc.serve.access import (
     AccessPolicy,
     is_loopback,
 )
+from luvc.startup import timed_load
 
 
 class Serve:
@@ -119,13 +120,15 @@ class Serve:
             pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
         )
         with Console(stderr=True).status("Opening the sessions"):
-            pipeline.load()  # a provider or session that cannot open stops here, before the server is announced
+            # a provider or session that cannot open stops here, before the server is announced
+            ready = timed_load(pipeline.load)
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         replay = "CUDA graphs replayed" if pipeline.sessions.cuda_graphs else "no CUDA graphs"
         Console(soft_wrap=True).print(
             f"Serving {model_name} ({pipeline.backend} on {pipeline.device}, {replay}, buckets "
-            f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; Ctrl-C stops.",
+            f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; ready in {ready} since the "
+            "process started; Ctrl-C stops.",
             highlight=False,
         )
         if access.api_key is None and not is_loopback(args.host):

@@ -42,9 +42,9 @@ def test_run_prints_the_text_and_a_timing_table_of_this_request(exports, capsys,
     assert float(since_start) >= float(sessions) >= 0
 
 
-def testseconds_since_start_counts_from_the_process_start():
+def test_seconds_since_start_counts_from_the_process_start():
     """The 'start to ready' row counts the interpreter's own start and imports, not only the CLI's work."""
-    script = "import time; time.sleep(1.5); from luvc.cli import run; print(run.seconds_since_start())"
+    script = "import time; time.sleep(1.5); from luvc import startup; print(startup.seconds_since_start())"
     seconds = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
     assert 1.5 <= seconds < 30
 

@@ -4,6 +4,7 @@ options with one line and exit code 2."""
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,6 +55,10 @@ def test_serve_answers_health_and_stops_on_sigterm(exports):
         assert banner.startswith(
             f"Serving tiny-llava (ort on cpu, no CUDA graphs, buckets 224x224) at http://127.0.0.1:{port}/v1"
         )
+        since_start, sessions = re.search(
+            r"; ready in ([\d.]+) s \(sessions ([\d.]+) s\) since the process", banner
+        ).groups()
+        assert float(since_start) >= float(sessions) >= 0
         wait_for_health(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

@@ -1,0 +1,39 @@
+"""How long a process took to be ready to answer: its sessions' loading, and everything since the process started
+(the interpreter, the imports, the checks). ``run`` prints it in its timing table, ``serve`` in its banner."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class StartUp:
+    """How long the process took to be ready: its sessions' loading, and everything since the process started."""
+
+    load_seconds: float
+    since_start_seconds: float | None  # None where the process's start time cannot be read (not Linux)
+
+    def __str__(self) -> str:
+        since = "n/a" if self.since_start_seconds is None else f"{self.since_start_seconds:.1f} s"
+        return f"{since} (sessions {self.load_seconds:.1f} s)"
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux: its start time in /proc/self/stat against /proc/uptime)."""
+    try:
+        # the fields after the command (which may hold spaces) start at the state, field 3; the start time is field 22
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(open("/proc/uptime").read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def timed_load(load: Callable[[], object]) -> StartUp:
+    """Run ``load`` (opening the sessions) and say how long it took, and how long the process has run by then."""
+    began = time.perf_counter()
+    load()
+    return StartUp(load_seconds=time.perf_counter() - began, since_start_seconds=seconds_since_start())
