@@ -105,6 +105,8 @@ def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
         if isinstance(error, UnidentifiedImageError):
             critical(f"Cannot read {name} as an image (not a known image format); use a PNG or JPEG file.")
+        if isinstance(error, OSError) and error.errno is not None:  # the file itself (permissions, I/O), not its bytes
+            critical(f"Cannot read {name} ({error.strerror or error}); check that it is a readable file.")
         # Pillow recognised the format from the first bytes (its format is known once the header is read)
         held = f"{image_format} image" if image_format else "image"
         critical(

@@ -40,6 +40,7 @@ def test_a_cut_short_image_is_called_damaged_not_of_the_wrong_format(tmp_path, i
 # --- what the model sees is the picture a viewer shows: each mode against a conversion worked out here by hand ---
 
 import io  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -140,3 +141,10 @@ def test_an_exif_rotated_photo_comes_upright_and_says_so():
     assert np.asarray(loaded)[:5].min() > 200 and np.asarray(loaded)[-5:].max() < 50
     assert orientation_note(loaded) == "turned upright: rotated 90° clockwise per its EXIF orientation"
     assert orientation_note(_roundtrip(Image.fromarray(upright))) == ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc (a file whose reads fail)")
+def test_a_file_that_cannot_be_read_is_not_called_damaged():
+    """An I/O error reading the file (here EIO: /proc/self/mem at offset 0) is about the file, not its bytes."""
+    with pytest.raises(LuvcError, match=r"Cannot read /proc/self/mem \(Input/output error\); check that it is a"):
+        load_image("/proc/self/mem")

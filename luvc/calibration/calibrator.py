@@ -141,6 +141,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         self.precision = self.precision or "int8"
         self.method = self.method or DEFAULT_METHODS.get(self.precision, "")
         self.decode_steps = 4 if self.decode_steps is None else self.decode_steps
+        self._block_size_chosen = self.block_size is not None  # the default is taken by a model of any width
         self.block_size = DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
         self.overwrite = bool(self.overwrite)
 
@@ -173,7 +174,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             )
         if manifest.passes.plugin_nodes:
             critical(f"{self.export_dir} holds plugin nodes ONNX Runtime cannot run; re-export without --plugin-nodes.")
-        if self.precision in BLOCKED_PRECISIONS:
+        if self.precision in BLOCKED_PRECISIONS and self._block_size_chosen:
             check_block_fits(self.block_size, manifest.geometry.hidden_size)
         return manifest
 

@@ -114,7 +114,7 @@ def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: LUVCC
     tokens_per_image = tuple(int(n) for n in tokens_per_image)
     n = sum(tokens_per_image)
     fewest = min(tokens_per_image, default=0)
-    if config.spu_variant == "dart" and config.dart_pivots > max(fewest, DEFAULT_DART_PIVOTS):
+    if config.spu_variant == "dart" and tokens_per_image and config.dart_pivots > max(fewest, DEFAULT_DART_PIVOTS):
         critical(
             f"dart_pivots={config.dart_pivots} is more than the {fewest} visual tokens an image of this input has, "
             f"so DART could not pick that many pivots; give --option dart_pivots between 1 and {max(fewest, 1)}."

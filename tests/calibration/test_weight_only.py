@@ -218,3 +218,15 @@ def test_int4_from_an_fp16_export_keeps_the_rest_in_fp16_and_passes_parity(expor
         )
     }
     assert weights["int4 from fp16"] < weights["fp16"] < weights["int4 from fp32"], weights
+
+
+def test_a_block_size_wider_than_the_model_is_refused_before_work_and_the_default_fits_any_model(exports, tmp_path):
+    from luvc.calibration.calibrator import CalibratedExportFromExport
+    from luvc.errors import LuvcError
+
+    export = exports("tiny-qwen2-vl")  # hidden size 32: narrower than the default block of 128
+    chosen = CalibratedExportFromExport(export, tmp_path / "out", precision="int4", block_size=64)
+    with pytest.raises(LuvcError, match="--block-size 64 is more than the 32 input channels of this model's products"):
+        chosen._source()
+    assert CalibratedExportFromExport(export, tmp_path / "out", precision="int4")._source().geometry.hidden_size == 32
+    assert not (tmp_path / "out").exists()

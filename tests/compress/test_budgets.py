@@ -140,3 +140,13 @@ def test_budget_tile_never_raises_a_budget_above_the_tokens():
 def test_bad_budget_tiles_are_refused(options, message):
     with pytest.raises(LuvcError, match=message):
         LUVCConfig(**options)
+
+
+def test_dart_pivots_above_an_images_tokens_are_refused_and_a_text_only_request_is_planned():
+    dart = LUVCConfig(spu_variant="dart", dart_pivots=100).resolve(vision_depth=4, num_layers=4)
+    with pytest.raises(LuvcError, match="dart_pivots=100 is more than the 64 visual tokens an image of this input has"):
+        plan_budgets(4, (64,), dart)
+    assert plan_budgets(4, (128,), dart).total[0] == 128
+    assert plan_budgets(4, (), dart).total == (0, 0, 0, 0)  # a text-only request has no image to pick pivots in
+    small = LUVCConfig(spu_variant="dart").resolve(vision_depth=4, num_layers=4)  # the default 8: any image
+    assert plan_budgets(4, (4,), small).total[0] == 4
