@@ -110,7 +110,6 @@ IGNORED_FIELDS = frozenset(
     {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"}
 )
 MAX_SHOWN_NAME = 64  # a client's field name is echoed at most this long
-LENIENT_HINT = "the server's --lenient ignores it"
 
 MAX_JSON_DEPTH = 32  # a chat completion request nests 6 deep; far deeper is no request, and would exhaust the parser
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # strings (skipped whole) and brackets

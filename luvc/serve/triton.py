@@ -120,6 +120,8 @@ class TritonModel:
         if missing:
             critical(f"The request has no {missing[0]!r} input; send a prompt (BYTES) with every request.")
         options, stream = options_from_inputs(inputs, self.service.defaults)
+        if "max_tokens" in inputs:  # named as the client sent it
+            self.service.check_max_new_tokens(options.max_new_tokens, f"max_tokens={options.max_new_tokens}")
         prompt: str | Conversation = _text(inputs["prompt"].reshape(-1)[0], "prompt input")
         image = None
         if "image" in inputs:
