@@ -196,7 +196,7 @@ class ExportManifest:
 
     def to_json(self) -> str:
         """The manifest as written: its fields, sealed with their ``content_sha256`` (``content_digest``)."""
-        data = dataclasses.asdict(self)
+        data = json.loads(json.dumps(dataclasses.asdict(self)))  # as a reader parses it: lists, string keys
         data[CONTENT_DIGEST] = content_digest(data)
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
