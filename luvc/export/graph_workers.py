@@ -20,6 +20,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -105,6 +106,18 @@ def _stop_tqdm_monitor() -> None:
         monitor.exit()
 
 
+FEEDER_EXIT_S = 2.0  # how long a closed queue's feeder thread may take to end (blocked on a reader that died: more)
+
+
+def _wait_for_feeders(timeout_s: float) -> None:
+    """Give the queues' feeder threads, told to end by ``close``, the moment they take: one still running would stop
+    the next ``GraphWorkers`` of this process from forking (``other_threads``)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name == "QueueFeederThread":  # multiprocessing.queues names its feeders so
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class GraphWorkers:
     """``jobs`` run by ``workers`` processes, forked when it is entered (``start``), the dearest (by ``costs``) first;
     a context manager that stops whatever still runs when it exits."""
@@ -155,6 +168,7 @@ class GraphWorkers:
         for channel in (self._tasks, self._messages):
             channel.close()
             channel.cancel_join_thread()
+        _wait_for_feeders(FEEDER_EXIT_S)
 
     def wait(self, on_step: Callable[[int, str], None], on_done: Callable[[int, Any], None]) -> None:
         """Call ``on_step(index, step)`` for each step a job reports and ``on_done(index, result)`` as each job

@@ -171,6 +171,17 @@ def test_each_jobs_steps_come_before_its_result_and_every_result_comes_back():
     assert multiprocessing.active_children() == []
 
 
+def test_workers_leave_no_thread_that_would_stop_the_next_fork():
+    """The queues' feeder threads end with the workers: a second GraphWorkers right after forks (once it was refused,
+    'these run beside it: QueueFeederThread')."""
+    from luvc.export.graph_workers import GraphWorkers, other_threads
+
+    for _ in range(3):
+        with GraphWorkers([_two_steps(1), _two_steps(2)], costs=[1, 2], workers=2) as workers:
+            workers.wait(lambda index, step: None, lambda index, result: None)
+        assert other_threads() == []
+
+
 def test_a_result_lost_on_the_way_is_an_error_not_a_wait_forever():
     from luvc.export.graph_workers import GraphWorkers
 
