@@ -121,7 +121,7 @@ def _open(source, name: str, max_pixels: int | None) -> Image.Image:
     ``info["animation_frames"]`` the frame count and format of an animation, whose first frame it is."""
     with _opened(source, name, max_pixels) as image:
         orientation = image.getexif().get(ORIENTATION_TAG, 1)
-        frames = getattr(image, "n_frames", 1)
+        frames = getattr(image, "n_frames", 1) if image.format in ANIMATED_FORMATS else 1
         upright = ImageOps.exif_transpose(image)
         rgb = to_rgb(upright, name)
         if orientation in ROTATIONS and orientation != 1:
@@ -132,6 +132,8 @@ def _open(source, name: str, max_pixels: int | None) -> Image.Image:
 
 
 ORIENTATION_TAG = 0x0112
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")  # of many frames, an animation (APNG reads as PNG); a camera's MPO holds
+# other pictures after the first (previews, depth), and the first is the photo
 ROTATIONS = {1: "upright", 2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored and rotated 90° clockwise"}
 ROTATIONS |= {6: "rotated 90° clockwise", 7: "mirrored and rotated 90° counter-clockwise"}
 ROTATIONS |= {8: "rotated 90° counter-clockwise"}
@@ -152,7 +154,7 @@ def _through_icc_profile(image: Image.Image) -> Image.Image | None:
         return None
 
 
-def orientation_note(image: Image.Image) -> str:
+def arrival_note(image: Image.Image) -> str:
     """How the image was read, for messages: turned upright (``"turned upright: rotated 90° clockwise per its EXIF
     orientation"``), the first frame of an animation taken (``"the first of 12 frames of an animated GIF"``); ``""``
     when it came upright and still."""

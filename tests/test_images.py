@@ -45,7 +45,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from luvc.images import decode_image, orientation_note  # noqa: E402
+from luvc.images import arrival_note, decode_image  # noqa: E402
 
 
 def _roundtrip(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
@@ -139,8 +139,8 @@ def test_an_exif_rotated_photo_comes_upright_and_says_so():
     loaded = _roundtrip(stored, "PNG", exif=exif.tobytes())
     assert loaded.size == (20, 30)
     assert np.asarray(loaded)[:5].min() > 200 and np.asarray(loaded)[-5:].max() < 50
-    assert orientation_note(loaded) == "turned upright: rotated 90° clockwise per its EXIF orientation"
-    assert orientation_note(_roundtrip(Image.fromarray(upright))) == ""
+    assert arrival_note(loaded) == "turned upright: rotated 90° clockwise per its EXIF orientation"
+    assert arrival_note(_roundtrip(Image.fromarray(upright))) == ""
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc (a file whose reads fail)")
@@ -148,3 +148,16 @@ def test_a_file_that_cannot_be_read_is_not_called_damaged():
     """An I/O error reading the file (here EIO: /proc/self/mem at offset 0) is about the file, not its bytes."""
     with pytest.raises(LuvcError, match=r"Cannot read /proc/self/mem \(Input/output error\); check that it is a"):
         load_image("/proc/self/mem")
+
+
+def test_an_animation_is_noted_and_a_cameras_extra_pictures_are_not():
+    frames = [Image.new("RGB", (32, 24), (40 * n, 0, 0)) for n in range(3)]
+    for image_format in ("GIF", "PNG", "WEBP"):
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format=image_format, save_all=True, append_images=frames[1:], duration=100)
+        note = arrival_note(decode_image(buffer.getvalue(), "clip"))
+        assert note.startswith(f"the first of 3 frames of an animated {image_format} (to run them all"), note
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="MPO", save_all=True, append_images=frames[1:2])  # a photo and its preview
+    photo = decode_image(buffer.getvalue(), "photo")
+    assert arrival_note(photo) == "" and photo.getpixel((0, 0)) == (0, 0, 0)

@@ -19,7 +19,7 @@ from PIL import Image
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
-from luvc.images import orientation_note
+from luvc.images import arrival_note
 from luvc.processing import load_processor, tile_canvas
 from luvc.prompt import Conversation
 from luvc.runtime.fit import BucketFitter, Fit
@@ -41,7 +41,8 @@ class Prepared:
     seconds_per_slice: float | None = None
     preprocess_ms: float = 0.0
     fits: tuple[Fit | None, ...] = ()
-    upright: str = ""  # how the first row's image was turned upright (luvc.images.orientation_note), "" if it was not
+    arrival: str = ""  # how the first row's image was read (luvc.images.arrival_note: turned upright, an
+    # animation's first frame), "" if as it is
 
     @property
     def input_ids(self) -> np.ndarray:
@@ -69,10 +70,11 @@ class Prepared:
 
     @property
     def fit_change(self) -> str:
-        """What was done to the first row's visual to fit it, in words: turning it upright, then fitting it to its
+        """What was done to the first row's visual to fit it, in words: how it was read (turned upright, an animation's
+        first frame), then fitting it to its
         bucket (``""``: nothing)."""
         fitted = self.fits[0].change if self.fits and self.fits[0] is not None else ""
-        return "; ".join(part for part in (self.upright, fitted) if part)
+        return "; ".join(part for part in (self.arrival, fitted) if part)
 
     @classmethod
     def stack(cls, batches: Sequence[Prepared]) -> Prepared:
@@ -92,7 +94,7 @@ class Prepared:
             first.seconds_per_slice,
             sum(b.preprocess_ms for b in batches),
             tuple(fit for b in batches for fit in b.fits),
-            first.upright,
+            first.arrival,
         )
 
 
@@ -206,7 +208,7 @@ class Preparer:
         if len(prompts) != len(visuals):
             critical(f"Got {len(visuals)} images but {len(prompts)} prompts; give one prompt per image.")
         images = [visual for visual in (visuals[0] if mixed else visuals[:1]) if isinstance(visual, Image.Image)]
-        upright = orientation_note(images[0]) if images else ""  # read before fitting: a padded canvas is new
+        arrival = arrival_note(images[0]) if images else ""  # read before fitting: a padded canvas is new
         pairs = [self.fit(tuple(visual) if mixed else visual) for visual in visuals]
         buckets = sorted({fit.bucket for _, fit in pairs if fit is not None})
         if len(buckets) > 1:
@@ -221,7 +223,7 @@ class Preparer:
         rows = self.prompt_ids(prompts, bucket, videos)
         elapsed = (time.perf_counter() - began) * 1e3
         pixels = tuple(array for array, _ in processed)
-        return Prepared(rows, pixels, bucket, self.seconds_per_slice(flat), elapsed, fits, upright)
+        return Prepared(rows, pixels, bucket, self.seconds_per_slice(flat), elapsed, fits, arrival)
 
     def from_arrays(
         self, input_ids: np.ndarray, pixels, size: tuple, seconds_per_slice: float | None = None
