@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, RUNTIME_REPLAY_BY_DEFAULT, replays
 from luvc.engines.memory import DEVICES, GiB, MemoryPlan
 
 
@@ -32,14 +32,15 @@ class Plan:
             "--cuda-graphs",
             choices=CUDA_GRAPH_CHOICES,
             default=DEFAULT_CUDA_GRAPHS,
-            help="whether run and serve will replay CUDA graphs there (auto, the default, and on: their buffers are "
-            "counted, as an estimate; off: not)",
+            help="whether run and serve will replay CUDA graphs there (on: their buffers are counted, as an estimate; "
+            "off, and auto while the runtime's replay waits for its GPU check: not)",
         )
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.engines.memory import plan_memory
 
-        plan = plan_memory(args.artifact_dir, args.target, args.engines, cuda_graphs=args.cuda_graphs != "off")
+        replayed = replays(args.cuda_graphs, "cuda", pays_back=RUNTIME_REPLAY_BY_DEFAULT)
+        plan = plan_memory(args.artifact_dir, args.target, args.engines, cuda_graphs=replayed)
         console = Console(soft_wrap=True)
         console.print(memory_table(plan))
         for line in plan.advice():

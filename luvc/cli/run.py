@@ -12,6 +12,7 @@ from rich.table import Table
 
 from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
+from luvc.cuda_graphs import RUNTIME_AUTO_OFF
 from luvc.errors import critical
 from luvc.startup import StartUp, timed_load
 
@@ -141,7 +142,9 @@ def cuda_graphs_line(pipeline: Pipeline) -> str:
     """What was captured as CUDA graphs and replayed, in one line."""
     sessions = pipeline.sessions
     if not sessions.cuda_graphs:
-        why = "--cuda-graphs off" if pipeline.device.type == "cuda" else f"{pipeline.device} runs no CUDA graphs"
+        why = f"{pipeline.device} runs no CUDA graphs"
+        if pipeline.device.type == "cuda":
+            why = "--cuda-graphs off" if pipeline.cuda_graphs_choice == "off" else RUNTIME_AUTO_OFF
         return f"CUDA graphs: off ({why})"
     return "CUDA graphs: " + sessions.replay_summary()
 

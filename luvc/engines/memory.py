@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from luvc.cuda_graphs import MAX_BUFFER_BYTES
+from luvc.cuda_graphs import MAX_BUFFER_BYTES, RUNTIME_REPLAY_BY_DEFAULT
 from luvc.engines.targets import get_target
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
@@ -252,10 +252,13 @@ def engine_weight_placement(engines: EngineManifest) -> WeightPlacement:
 
 
 def plan_memory(
-    export_dir: str | Path, target: str, engines_dir: str | Path | None = None, cuda_graphs: bool = True
+    export_dir: str | Path,
+    target: str,
+    engines_dir: str | Path | None = None,
+    cuda_graphs: bool = RUNTIME_REPLAY_BY_DEFAULT,
 ) -> MemoryPlan:
-    """The memory plan of ``export_dir`` (and its engines, when given) on ``target``, replaying CUDA graphs unless
-    ``cuda_graphs`` is false."""
+    """The memory plan of ``export_dir`` (and its engines, when given) on ``target``, with the buffers of replayed CUDA
+    graphs where ``cuda_graphs`` (default: what ``--cuda-graphs auto`` does, ``RUNTIME_REPLAY_BY_DEFAULT``)."""
     dev = device(target)
     manifest = ExportManifest.load(export_dir, verify=False, engines_flags="--engines")
     graph_bytes = {name: graph_weight_bytes(Path(export_dir) / g.file) for name, g in manifest.graphs.items()}

@@ -38,8 +38,8 @@ class Pipeline:
     visuals of other sizes than the buckets (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller
     holds it before it is written (calibration checks a quantized export before saving its manifest);
     ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``);
-    ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``: on for a CUDA device) captures each graph's shapes as
-    CUDA graphs once and replays them (``luvc.runtime.replay``)."""
+    ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``: ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``)
+    captures each graph's shapes as CUDA graphs once and replays them (``luvc.runtime.replay``)."""
 
     def __init__(
         self,
@@ -69,6 +69,7 @@ class Pipeline:
         if backend == "trt" and engines_dir is None:
             critical("--backend trt needs the engine folder built from this export: pass --engines ENGINE_DIR.")
         self.device = resolve_device(backend, providers, device)
+        self.cuda_graphs_choice = cuda_graphs or "auto"
         engines = None if engines_dir is None else Path(engines_dir)
         choices = RuntimeChoices(
             backend,

@@ -33,9 +33,9 @@ MAX_CAPTURED = 256
 
 
 def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:
-    """Whether the sessions on ``device`` replay CUDA graphs (``luvc.cuda_graphs.replays``): ``auto`` (the default) on
-    a CUDA device, ``on`` (a CUDA device is required), ``off``."""
-    return replays(choice, device.type)
+    """Whether the sessions on ``device`` replay CUDA graphs (``luvc.cuda_graphs.replays``): ``on`` (a CUDA device is
+    required); ``auto`` (the default) on a CUDA device where ``RUNTIME_REPLAY_BY_DEFAULT``; ``off``."""
+    return replays(choice, device.type, pays_back=cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT)
 
 
 class GraphCapture(Protocol):

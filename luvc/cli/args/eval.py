@@ -83,7 +83,8 @@ class EvalArgs(BaseArgs):
             choices=CUDA_GRAPH_CHOICES,
             default=DEFAULT_CUDA_GRAPHS,
             help="on a CUDA device, replay the export's graphs and the compiled PyTorch LLM prefill as CUDA graphs: "
-            "auto (default: on for a CUDA device), on, off",
+            "auto (default: the compiled prefill on a CUDA device, the export's graphs not until replay passes its "
+            "GPU check again), on, off",
         )
         group.add_argument(
             "--max-new-tokens",

@@ -44,8 +44,9 @@ class RuntimeArgs(BaseArgs):
             "--cuda-graphs",
             choices=CUDA_GRAPH_CHOICES,
             default=DEFAULT_CUDA_GRAPHS,
-            help="capture each graph's shapes once as CUDA graphs and replay them (ONNX Runtime CUDA, TensorRT): auto "
-            "(default) on a CUDA device, on, or off; a graph whose capture fails runs plain, with one warning",
+            help="capture each graph's shapes once as CUDA graphs and replay them (ONNX Runtime CUDA, TensorRT): on; "
+            "off; auto (default): off for now, until replay passes its GPU check again (docs/run.md); a graph whose "
+            "capture fails runs plain, with one warning",
         )
         group.add_argument(
             "--providers",
