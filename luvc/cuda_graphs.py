@@ -31,3 +31,9 @@ def replays(choice: str | None, device_type: str, pays_back: bool = True) -> boo
     if choice == "on" and device_type != "cuda":
         critical(f"--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on {device_type}.")
     return device_type == "cuda" and (choice == "on" or (choice == "auto" and pays_back))
+
+
+def runtime_replays(choice: str | None, device_type: str) -> bool:
+    """Whether the runtime's sessions replay under ``choice`` on a device of ``device_type``: ``replays``, with
+    ``auto`` at ``RUNTIME_REPLAY_BY_DEFAULT``."""
+    return replays(choice, device_type, pays_back=RUNTIME_REPLAY_BY_DEFAULT)

@@ -56,13 +56,17 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
     return _open(io.BytesIO(data), name, max_pixels)
 
 
+# what Pillow raises for bytes it cannot read as an image: an unknown format, or one it knows, damaged or cut short
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError)
+
+
 def image_format(data: bytes) -> str | None:
     """The format Pillow reads in the header of the encoded image ``data`` (``"PNG"``, ``"JPEG"``, ...); None when
     it is no image Pillow knows."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.format
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError):
+    except (Image.DecompressionBombError, *UNREADABLE):
         return None
 
 
@@ -102,7 +106,7 @@ def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
             yield image
     except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header: far past ours
         critical(f"{name} has more than {_limit(max_pixels) / 1e6:.0f} MP, the most an image may have; downscale it.")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+    except UNREADABLE as error:
         if isinstance(error, UnidentifiedImageError):
             critical(f"Cannot read {name} as an image (not a known image format); use a PNG or JPEG file.")
         if isinstance(error, OSError) and error.errno is not None:  # the file itself (permissions, I/O), not its bytes

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, RUNTIME_REPLAY_BY_DEFAULT, replays
+from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS, runtime_replays
 from luvc.engines.memory import DEVICES, GiB, MemoryPlan
 
 
@@ -39,7 +39,7 @@ class Plan:
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.engines.memory import plan_memory
 
-        replayed = replays(args.cuda_graphs, "cuda", pays_back=RUNTIME_REPLAY_BY_DEFAULT)
+        replayed = runtime_replays(args.cuda_graphs, "cuda")
         plan = plan_memory(args.artifact_dir, args.target, args.engines, cuda_graphs=replayed)
         console = Console(soft_wrap=True)
         console.print(memory_table(plan))

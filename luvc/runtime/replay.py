@@ -24,7 +24,6 @@ from typing import Protocol
 import torch
 
 from luvc import cuda_graphs
-from luvc.cuda_graphs import replays
 from luvc.errors import warn
 
 # captured graphs one session keeps at most: decode has one per (batch size, attention window), and a window grows by
@@ -33,9 +32,9 @@ MAX_CAPTURED = 256
 
 
 def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:
-    """Whether the sessions on ``device`` replay CUDA graphs (``luvc.cuda_graphs.replays``): ``on`` (a CUDA device is
-    required); ``auto`` (the default) on a CUDA device where ``RUNTIME_REPLAY_BY_DEFAULT``; ``off``."""
-    return replays(choice, device.type, pays_back=cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT)
+    """Whether the sessions on ``device`` replay CUDA graphs (``luvc.cuda_graphs.runtime_replays``): ``on`` (a CUDA
+    device is required); ``auto`` (the default) on a CUDA device where ``RUNTIME_REPLAY_BY_DEFAULT``; ``off``."""
+    return cuda_graphs.runtime_replays(choice, device.type)
 
 
 class GraphCapture(Protocol):
