@@ -39,39 +39,33 @@ ROOT = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
 
 
-def _qwen_text(tokenizer, vocab, hidden, intermediate, layers, heads, kv_heads, **own) -> dict:
+def _widths(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """A transformer's widths under the names transformers' configs share."""
+    return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads)
+
+
+def _text(tokenizer, vocab: int, widths: dict, kv_heads: int, **own) -> dict:
+    """An LLM config of ``widths`` (``_widths``) with ``kv_heads`` KV heads and the tiny tokenizer's special tokens;
+    ``own`` adds to or overrides the defaults (Qwen's 32768 positions)."""
     eos, pad = tiny._ids(tokenizer, "<|im_end|>", "<pad>")
-    return dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=32768,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=None,
-        **own,
-    )
+    defaults = dict(max_position_embeddings=32768, eos_token_id=eos, pad_token_id=pad, bos_token_id=None)
+    return dict(vocab_size=vocab, num_key_value_heads=kv_heads, **widths) | defaults | own
+
+
+def _qwen_vision(depth: int, hidden: int, heads: int, intermediate: int, out_hidden: int, **own) -> dict:
+    """A Qwen-VL vision config: ``depth`` blocks of ``hidden`` width, projected to the LLM's ``out_hidden``."""
+    sizes = dict(intermediate_size=intermediate, out_hidden_size=out_hidden)
+    return tiny.qwen_vision_config(depth=depth, hidden=hidden, heads=heads, **sizes, **own)
 
 
 def qwen2_5_vl_3b(tokenizer, layers: int | None):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
+    windows = dict(window_size=112, fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
     config = Qwen2_5_VLConfig(
-        text_config=_qwen_text(tokenizer, 151936, 2048, 11008, layers or 36, 16, 2, rope_parameters=rope),
-        vision_config=tiny.qwen_vision_config(
-            depth=32,
-            hidden=1280,
-            heads=16,
-            intermediate_size=3420,
-            out_hidden_size=2048,
-            window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31],
-            hidden_act="silu",
-        ),
+        text_config=_text(tokenizer, 151936, _widths(2048, 11008, layers or 36, 16), 2, rope_parameters=rope),
+        vision_config=_qwen_vision(32, 1280, 16, 3420, 2048, **windows),
         tie_word_embeddings=True,
         **tiny._qwen_token_ids(tokenizer),
     )
@@ -82,18 +76,11 @@ def qwen3_vl_2b(tokenizer, layers: int | None):
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+    text = _text(tokenizer, 151936, _widths(2048, 6144, layers or 28, 16), 8, head_dim=128, rope_parameters=rope)
+    deepstack = dict(num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17])
     config = Qwen3VLConfig(
-        text_config=_qwen_text(tokenizer, 151936, 2048, 6144, layers or 28, 16, 8, head_dim=128, rope_parameters=rope),
-        vision_config=tiny.qwen_vision_config(
-            depth=24,
-            hidden=1024,
-            heads=16,
-            patch=16,
-            intermediate_size=4096,
-            out_hidden_size=2048,
-            num_position_embeddings=2304,
-            deepstack_visual_indexes=[5, 11, 17],
-        ),
+        text_config=text,
+        vision_config=_qwen_vision(24, 1024, 16, 4096, 2048, patch=16, **deepstack),
         tie_word_embeddings=True,
         **tiny._qwen_token_ids(tokenizer),
     )
@@ -104,16 +91,9 @@ def internvl3_1b(tokenizer, layers: int | None):
     from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
 
     (image,) = tiny._ids(tokenizer, "<IMG_CONTEXT>")
-    text = _qwen_text(tokenizer, 151674, 896, 4864, layers or 24, 14, 2, rope_theta=1000000.0)
+    text = _text(tokenizer, 151674, _widths(896, 4864, layers or 24, 14), 2, rope_theta=1000000.0)
     config = InternVLConfig(
-        vision_config=dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=[448, 448],
-            patch_size=[14, 14],
-        ),
+        vision_config=_widths(1024, 4096, 24, 16) | dict(image_size=[448, 448], patch_size=[14, 14]),
         text_config=Qwen2Config(**text).to_dict(),
         image_token_id=image,
         image_seq_length=256,
@@ -128,27 +108,9 @@ def llava_1_5_7b(tokenizer, layers: int | None):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     (image,) = tiny._ids(tokenizer, "<image>")
-    eos, pad = tiny._ids(tokenizer, "<|im_end|>", "<pad>")
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
+    vision = CLIPVisionConfig(**_widths(1024, 4096, 24, 16), image_size=336, patch_size=14, projection_dim=768)
     text = LlamaConfig(
-        vocab_size=32064,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=layers or 32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=None,
+        **_text(tokenizer, 32064, _widths(4096, 11008, layers or 32, 32), 32, max_position_embeddings=4096)
     )
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image, image_seq_length=576)
     processor = tiny.CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})

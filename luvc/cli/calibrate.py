@@ -8,6 +8,7 @@ import argparse
 from rich.console import Console
 
 from luvc.cli.args import CalibrateArgs, DataArgs
+from luvc.cli.args.base import same_named
 
 
 class Calibrate:
@@ -31,16 +32,7 @@ class Calibrate:
         manifest = ExportManifest.load(options.export_dir, verify=False, engines_flags=None)  # verified by calibration
         samples = data.samples([bucket.size for bucket in manifest.buckets.values()])
         out = CalibratedExportFromExport(
-            options.export_dir,
-            options.out,
-            precision=options.precision,
-            method=options.method,
-            samples=samples,
-            decode_steps=options.decode_steps,
-            block_size=options.block_size,
-            target_agreement=options.target_agreement,
-            overwrite=options.overwrite,
-            show_progress=True,
+            **same_named(options, CalibratedExportFromExport, samples=samples, show_progress=True)
         )()
         calibrated = ExportManifest.load(out)
         quantization, source = calibrated.quantization, calibrated.float_precision

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from luvc.cli.args.base import int_in
+from luvc.cli.args.base import int_in, same_named
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
 from luvc.runtime import BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
@@ -62,18 +62,8 @@ class Triton:
             gpus = tuple(int(gpu) for gpu in args.gpus.split(",")) if args.gpus is not None else ()
         except ValueError:
             critical(f"--gpus {args.gpus!r}: give GPU ids separated by commas, e.g. --gpus 0,1 (leave it out for CPU).")
-        options = RepositoryOptions(
-            model_name=args.model_name,
-            backend=args.backend,
-            engines_dir=Path(args.engines) if args.engines else None,
-            instances=args.instances,
-            gpus=gpus,
-            copy=args.copy,
-            max_batch=args.max_batch,
-            max_new_tokens=args.max_new_tokens,
-            fit=args.fit,
-            cuda_graphs=args.cuda_graphs,
-        )
+        engines_dir = Path(args.engines) if args.engines else None
+        options = RepositoryOptions(**same_named(args, RepositoryOptions, engines_dir=engines_dir, gpus=gpus))
         out = write_repository(Path(args.artifact_dir), Path(args.out), options, args.overwrite)
         where = f"{len(gpus)} GPU(s) x {args.instances}" if gpus else f"CPU x {args.instances}"
         Console(soft_wrap=True).print(

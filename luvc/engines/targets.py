@@ -37,6 +37,17 @@ class Target:
         return data
 
 
+_JETSON_ORIN = frozenset({"fp16", "int8", "int8w", "int4"})
+_JETSON_THOR = _JETSON_ORIN | {"fp8"}
+_AMPERE = _JETSON_ORIN | {"fp32"}
+_FP8_GPUS = _AMPERE | {"fp8"}
+
+
+def _datacenter(name: str, description: str, sms: tuple, precisions: frozenset, level: int = 3) -> Target:
+    """A discrete GPU preset: TensorRT's default workspace, hardware-compatible engines allowed."""
+    return Target(name, description, sms, precisions, optimization_level=level, supports_hardware_compatibility=True)
+
+
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
@@ -44,50 +55,18 @@ TARGETS: dict[str, Target] = {
             "orin",
             "Jetson AGX/NX Orin, SM 8.7, JetPack 6 (TensorRT 10)",
             ((8, 7),),
-            frozenset({"fp16", "int8", "int8w", "int4"}),
-            optimization_level=3,
+            _JETSON_ORIN,
             workspace_bytes=1 * GiB,
             jetson=True,
             supports_dla=True,
         ),
         Target(
-            "thor",
-            "Jetson Thor, SM 11.0, JetPack 7",
-            ((11, 0),),
-            frozenset({"fp16", "int8", "int8w", "fp8", "int4"}),
-            workspace_bytes=4 * GiB,
-            jetson=True,
+            "thor", "Jetson Thor, SM 11.0, JetPack 7", ((11, 0),), _JETSON_THOR, workspace_bytes=4 * GiB, jetson=True
         ),
-        Target(
-            "ampere",
-            "A100/A10/A30/RTX 30xx, SM 8.0/8.6",
-            ((8, 0), (8, 6)),
-            frozenset({"fp32", "fp16", "int8", "int8w", "int4"}),
-            supports_hardware_compatibility=True,
-        ),
-        Target(
-            "ada",
-            "L4/L40S/RTX 40xx, SM 8.9",
-            ((8, 9),),
-            frozenset({"fp32", "fp16", "int8", "int8w", "fp8", "int4"}),
-            supports_hardware_compatibility=True,
-        ),
-        Target(
-            "hopper",
-            "H100/H200, SM 9.0",
-            ((9, 0),),
-            frozenset({"fp32", "fp16", "int8", "int8w", "fp8", "int4"}),
-            optimization_level=4,
-            supports_hardware_compatibility=True,
-        ),
-        Target(
-            "blackwell",
-            "B200/GB200 SM 10.0, RTX 50xx SM 12.0",
-            ((10, 0), (12, 0)),
-            frozenset({"fp32", "fp16", "int8", "int8w", "fp8", "int4"}),
-            optimization_level=4,
-            supports_hardware_compatibility=True,
-        ),
+        _datacenter("ampere", "A100/A10/A30/RTX 30xx, SM 8.0/8.6", ((8, 0), (8, 6)), _AMPERE),
+        _datacenter("ada", "L4/L40S/RTX 40xx, SM 8.9", ((8, 9),), _FP8_GPUS),
+        _datacenter("hopper", "H100/H200, SM 9.0", ((9, 0),), _FP8_GPUS, level=4),
+        _datacenter("blackwell", "B200/GB200 SM 10.0, RTX 50xx SM 12.0", ((10, 0), (12, 0)), _FP8_GPUS, level=4),
     )
 }
 

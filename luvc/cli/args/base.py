@@ -7,8 +7,10 @@ Argument groups import nothing heavy at module level (no PyTorch, transformers o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 
 class BaseArgs:
@@ -20,6 +22,13 @@ class BaseArgs:
     def parse(self, args: argparse.Namespace) -> None:
         """Read this group's options from ``args`` into attributes."""
         raise NotImplementedError
+
+
+def same_named(source: object, options: type, **given: Any) -> dict[str, Any]:
+    """Keyword arguments for the dataclass ``options``: each of its fields that ``source`` (parsed arguments, or an
+    argument group) holds under the same name, then ``given`` (fields named otherwise, or converted) on top."""
+    names = {field.name for field in dataclasses.fields(options)} - given.keys()
+    return {name: getattr(source, name) for name in names if hasattr(source, name)} | given
 
 
 def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luvc.cli.args.base import BaseArgs, int_in
+from luvc.cli.args.base import BaseArgs, int_in, same_named
 from luvc.export.buckets import BUCKET_SETS, parse_image_option, parse_mixed_size, parse_video_size
 from luvc.export.graph_workers import MAX_DEFAULT_WORKERS
 from luvc.export.profile import AUTO_EXTERNAL_BYTES, KV_UPDATE_FORMS, PRECISIONS, PROFILE_LIMITS, ExportProfile
@@ -92,13 +92,5 @@ class ExportArgs(BaseArgs):
         videos = tuple(parse_video_size(text) for text in args.video_size or ())
         mixed = tuple(parse_mixed_size(text) for text in args.mixed_size or ())
         self.profile = ExportProfile(
-            image_sizes=sizes,
-            video_sizes=videos,
-            mixed_sizes=mixed,
-            precision=args.precision,
-            max_batch=args.max_batch,
-            max_text_tokens=args.max_text_tokens,
-            max_new_tokens=args.max_new_tokens,
-            external_data=args.external_data,
-            kv_update=args.kv_update,
+            **same_named(args, ExportProfile, image_sizes=sizes, video_sizes=videos, mixed_sizes=mixed)
         )
