@@ -18,6 +18,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 
 from luvc.calibration.cache import write_calibration_cache
+from luvc.calibration.float_layers import FloatLayerChoice, FloatLayerTrials, graph_layers, search_float_layers
 from luvc.calibration.hessians import HessianGraph, input_hessians, plan_passes
 from luvc.calibration.quantize import (
     DEFAULT_METHODS,
@@ -40,7 +42,8 @@ from luvc.calibration.quantize import (
 )
 from luvc.calibration.ranges import activations_to_calibrate, collect_ranges
 from luvc.calibration.report import write_report
-from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph, worst_cosine
+from luvc.calibration.tails import TailStatistics, heavy_tailed_nodes, pool_by_product
+from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph
 from luvc.calibration.weight_only import (
     BLOCKED_PRECISIONS,
     DEFAULT_BLOCK_SIZE,
@@ -109,6 +112,7 @@ class Calibration:
     references: list[ReferenceRun]
     ranges_dir: Path
     hessians: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # GPTQ: node -> X^T X
+    heavy_tailed: Mapping[str, str] = dataclasses.field(default_factory=dict)  # INT8: node -> why it stays float
 
 
 @dataclasses.dataclass
@@ -198,7 +202,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         hessian_graphs = self._hessian_graphs(manifest, graphs) if gptq else {}  # read once: to plan, then to run
         steps += len(plan_passes(list(hessian_graphs.values()))) if gptq else 0
         layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
-        steps += 1 + 2 * len(layers) if layers else 0  # at most: fully quantized, each layer alone, each layer added
+        # at most: the one quantization the search edits, fully quantized, each layer alone, each layer added
+        steps += len(graphs) + 1 + 2 * len(layers) if layers else 0
         with (
             progress_steps(self.show_progress, steps, "calibrating") as advance,
             tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
@@ -211,7 +216,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             else:
                 feeds, references = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()
-            hessians = {}
+            hessians, heavy_tailed = {}, {}
             if gptq:  # the layers' inputs over the same feeds
                 weights = MappedWeights(self.export_dir)
                 try:
@@ -222,14 +227,17 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 finally:
                     weights.close()
             elif not self.weight_only:
-                self._collect_ranges(manifest, graphs, feeds, Path(ranges_dir), advance)
+                heavy_tailed = self._collect_ranges(manifest, graphs, feeds, Path(ranges_dir), advance)
             del feeds
             with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
-                calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), hessians)
-                keep, sensitivity, full = frozenset(), {}, None
-                if self.target_agreement is not None:
-                    keep, sensitivity, full = self._choose_float_layers(calibration, layers, advance)
-                entries, ranges, weight_bytes, excluded, files = self._write_export(calibration, staging, advance, keep)
+                calibration = Calibration(
+                    manifest, graphs, samples, references, Path(ranges_dir), hessians, heavy_tailed
+                )
+                if self.target_agreement is None:
+                    choice, written = FloatLayerChoice(), self._write_export(calibration, staging, advance, frozenset())
+                else:
+                    choice, written = self._choose_float_layers(calibration, staging, advance)
+                entries, ranges, weight_bytes, excluded, files = written
                 caches = self._write_caches(ranges, staging)
                 if not self.weight_only:
                     (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
@@ -246,9 +254,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     calibrated.quantization,
                     agreement_with_fp32=agreement,
                     target_agreement=self.target_agreement,
-                    fully_quantized_cosine=full,
-                    float_layers=tuple(sorted(keep)),
-                    layer_sensitivity=sensitivity,
+                    **choice.manifest_fields(),
                 )
                 dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
                 write_report(staging, quantization, ranges, weight_bytes, len(samples), manifest.precision)
@@ -257,76 +263,61 @@ class CalibratedExportFromExport(BaseLoader[Path]):
 
     def _collect_ranges(
         self, manifest: ExportManifest, graphs: list[str], feeds: dict[str, list[dict]], folder: Path, advance
-    ) -> None:
+    ) -> dict[str, str]:
         """Each quantized graph's activation ranges over its ``feeds`` into ``folder/{graph}.json`` (see
-        ``luvc.calibration.ranges``), the graph's weights mapped from the source export for the while."""
+        ``luvc.calibration.ranges``), the graph's weights mapped from the source export for the while. Returns the
+        products whose input is heavy tailed over all graphs (``luvc.calibration.tails``), with why each stays float."""
+        pooled: dict[str, TailStatistics] = {}
         for name in graphs:
             graph = manifest.graphs[name]
             if name not in feeds:
                 critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
             source = self.export_dir / graph.file
             structure = onnx.load(str(source), load_external_data=False)
-            tensors = activations_to_calibrate(structure, excluded_nodes(structure, self.precision))
+            excluded = excluded_nodes(structure, self.precision)
+            tensors = activations_to_calibrate(structure, excluded)
             weights = MappedWeights(self.export_dir)
             try:
-                collect_ranges(source, feeds[name], self.method, tensors, folder / f"{name}.json", weights)
+                tails = collect_ranges(source, feeds[name], self.method, tensors, folder / f"{name}.json", weights)
             finally:
                 weights.close()
+            products = [node.name for node in structure.graph.node if node.op_type in QUANTIZED_OPS]
+            pool_by_product(structure, (node for node in products if node not in excluded), tails, pooled)
             advance(f"ranges of {name}: {len(tensors)} activations")
+        return heavy_tailed_nodes(pooled, self.precision)
 
-    def _agreement(self, calibration: Calibration, keep: frozenset[str]) -> float:
-        """The worst logits cosine against fp32, first token and greedy decode steps, of the export quantized with
-        ``keep`` layers in floating point, made in a scratch folder (the calibrated ranges are reused, not measured
-        again)."""
-        from luvc.runtime.pipeline import Pipeline
-
-        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trial-") as trial:
-            folder = Path(trial)
-            entries, _, _, excluded, files = self._write_export(calibration, folder, lambda _: None, keep)
-            candidate = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
-            pipeline = Pipeline(folder, manifest=candidate)
-            try:
-                samples, references = calibration.samples, calibration.references
-                return worst_cosine(agreement_with_reference(references, pipeline, samples, target=None))
-            finally:
-                pipeline.release()
+    def _trials(self, calibration: Calibration, folder: Path, advance) -> FloatLayerTrials:
+        """The fully quantized export written once into ``folder``, from which each candidate of the target search
+        is made by editing the graphs of its float layers (``luvc.calibration.float_layers``)."""
+        entries, _, _, excluded, files = self._write_export(calibration, folder, advance, frozenset())
+        full = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
+        held = graph_layers(folder, full, calibration.graphs, excluded)
+        return FloatLayerTrials(self.export_dir, calibration.manifest, folder, full, held, excluded)
 
     def _quantized_layers(self, manifest: ExportManifest, graphs: list[str]) -> set[str]:
-        """Every layer that holds a node quantized in one of ``graphs``."""
+        """Every layer that holds a node quantized in one of ``graphs`` (before the data rule: at most these)."""
         layers = set()
         for name in graphs:
             model = onnx.load(str(self.export_dir / manifest.graphs[name].file), load_external_data=False)
             layers |= quantized_layers(model, excluded_nodes(model, self.precision))
         return layers
 
-    def _choose_float_layers(
-        self, calibration: Calibration, layers: set[str], advance
-    ) -> tuple[frozenset[str], dict[str, float], float]:
-        """The fewest of ``layers`` to keep in floating point for ``target_agreement``: each one's sensitivity
-        (the logits cosine gained by keeping it alone in float), then the most sensitive kept first, of those whose
-        sensitivity is positive, until the target is met. Returns the layers, every layer's sensitivity, and the
-        logits cosine of the full quantization."""
-        target = self.target_agreement
-        full = self._agreement(calibration, frozenset())
-        advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
-        if full >= target:
-            return frozenset(), {}, full
-        sensitivity = {}
-        for layer in sorted(layers):
-            sensitivity[layer] = self._agreement(calibration, frozenset({layer})) - full
-            advance(f"sensitivity of {layer}: {sensitivity[layer]:+.2e}")
-        keep, reached = set(), full
-        for layer in sorted((name for name in layers if sensitivity[name] > 0), key=lambda name: -sensitivity[name]):
-            keep.add(layer)
-            reached = self._agreement(calibration, frozenset(keep))
-            advance(f"{len(keep)} layer(s) in float: logits cosine {reached:.6f}")
-            if reached >= target:
-                return frozenset(keep), sensitivity, full
-        critical(
-            f"--target-agreement {target}: not reached with every layer whose floating point helps kept so (logits "
-            f"cosine {reached:.6f}, fully quantized {full:.6f}); lower the target, calibrate with more samples "
-            "(--data) or another --method."
-        )
+    def _choose_float_layers(self, calibration: Calibration, staging: Path, advance) -> tuple[FloatLayerChoice, tuple]:
+        """The fewest quantized layers to keep in floating point for ``target_agreement``
+        (``luvc.calibration.float_layers.search_float_layers``), the export quantized once, for every candidate and
+        for the export written into ``staging``. Returns the choice (its time counts that quantization) and what
+        ``_write_export`` returns."""
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trials-") as scratch:
+            trials = self._trials(calibration, Path(scratch), lambda done: advance(f"{done}, for the search"))
+            samples, references = calibration.samples, calibration.references
+            choice = search_float_layers(trials, samples, references, self.target_agreement, advance)
+            choice = dataclasses.replace(choice, seconds=round(time.perf_counter() - started, 1))
+            entries, ranges, excluded = trials.save(choice.layers, staging, SharedWeights(staging), self.precision)
+        files = self._copy_rest(calibration.manifest, staging) + [entry.file for entry in entries.values()]
+        files += [f for entry in entries.values() for f in entry.external_data]
+        advance(f"wrote the export with {len(choice.layers)} layer(s) in floating point")
+        return choice, (entries, ranges, {}, excluded, files)
 
     def _hessian_graphs(self, manifest: ExportManifest, graphs: list[str]) -> dict[str, HessianGraph]:
         """Graph name -> the graph GPTQ reads layer inputs from, without feeds yet (they are collected later)."""
@@ -371,7 +362,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     continue
                 source = self.export_dir / graph.file
                 structure = onnx.load(str(source), load_external_data=False)
-                skip = {**excluded_nodes(structure, self.precision), **layer_exclusions(structure, keep)}
+                kept = excluded_nodes(structure, self.precision, calibration.heavy_tailed)
+                skip = {**kept, **layer_exclusions(structure, keep)}
                 if self.weight_only:
                     layers = LAYER_FORMATS[self.precision]
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer, layers)

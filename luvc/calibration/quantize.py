@@ -2,8 +2,9 @@
 
 Only weight GEMMs (MatMul, Gemm, Conv with an initializer input) are quantized, symmetrically, per tensor for
 activations and per channel for weights, and only at their inputs: their outputs stay float. What stays in floating
-point is chosen by node name and recorded: SPU scoring and selection, OIM merging, norm statistics, attention
-products of two activations, and the LM head.
+point is recorded node by node: SPU scoring and selection, OIM merging, norm statistics and the LM head (by node
+name), attention products of two activations (by their inputs), and at INT8 the products whose input the calibration
+data show heavy tailed (``luvc.calibration.tails``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -48,14 +50,6 @@ KEEP_UNITS_FLOAT = {"spu": "SPU scoring and selection", "oim": "OIM merge"}
 KEEP_FLOAT = {
     "norm": "norm statistics",
     LM_HEAD: "logits",
-}
-# precision -> node-name fragment -> why the node stays in floating point at that precision only
-# INT8: a gated MLP's down projection reads SiLU(gate) x up, whose heavy tails (amax about 19x its rms at Qwen3-VL-2B's
-# widths) one static per-tensor INT8 scale loses 4.2% of (about 1% for every other product's input): over 28 layers a
-# logits cosine of 0.984 against fp32, below parity's 0.99; kept float, 0.991 (docs/real-widths.md). FP8's exponent
-# holds the tails; INT4 is weight-only.
-KEEP_FLOAT_AT = {
-    "int8": {"/mlp/down_proj/": "gated MLP down projection: heavy-tailed input"},
 }
 
 
@@ -103,12 +97,14 @@ def constant_names(model: onnx.ModelProto) -> set[str]:
     return names | {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
 
 
-def excluded_nodes(model: onnx.ModelProto, precision: str) -> dict[str, str]:
+def excluded_nodes(
+    model: onnx.ModelProto, precision: str, heavy_tailed: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Nodes kept in floating point at ``precision``, with the reason: LUVC units, norms, the LM head (but at a
-    weight-only precision), activation-by-activation MatMuls (attention scores and context), and what
-    ``KEEP_FLOAT_AT`` names for the precision."""
-    weights = constant_names(model)
-    by_name = {**KEEP_FLOAT, **KEEP_FLOAT_AT.get(precision, {})}
+    weight-only precision), activation-by-activation MatMuls (attention scores and context), and the products the
+    calibration data found ``heavy_tailed`` (node name -> reason, ``luvc.calibration.tails``)."""
+    weights, heavy_tailed = constant_names(model), heavy_tailed or {}
+    by_name = dict(KEEP_FLOAT)
     if precision in WEIGHT_ONLY:  # the LM head's weight is INT8 (``luvc.calibration.weight_only.LM_HEAD``)
         by_name.pop(LM_HEAD)
     excluded = {}
@@ -116,6 +112,7 @@ def excluded_nodes(model: onnx.ModelProto, precision: str) -> dict[str, str]:
         unit = _unit_of(node)
         reason = KEEP_UNITS_FLOAT.get(unit) if unit else None
         reason = reason or next((why for fragment, why in by_name.items() if fragment in node.name.lower()), None)
+        reason = reason or heavy_tailed.get(node.name)
         if reason is None and node.op_type in QUANTIZED_OPS and not any(name in weights for name in node.input[:2]):
             reason = "attention product of two activations"
         if reason is not None:

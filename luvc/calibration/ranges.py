@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from luvc.calibration.quantize import QUANTIZED_OPS, calibration_method, constant_names
+from luvc.calibration.tails import TailStatistics
 from luvc.runtime.exposed import session_with_outputs
 from luvc.runtime.weights import MappedWeights
 
@@ -120,24 +121,30 @@ def collect_ranges(
     tensors: Sequence[str],
     cache: Path,
     weights: MappedWeights | None = None,
-) -> None:
+) -> dict[str, TailStatistics]:
     """Run ``graph_path`` over ``feeds`` and write the ``method`` (``entropy``, ``minmax``, ...) ranges of
-    ``tensors`` to ``cache``, in the format of ``quantize_static``'s ``calibration_cache_path``."""
+    ``tensors`` to ``cache``, in the format of ``quantize_static``'s ``calibration_cache_path``. Returns each
+    tensor's tail statistics over the same runs (``luvc.calibration.tails``)."""
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     method = calibration_method(method)
     if not tensors:  # nothing quantized: an empty cache still spares quantize_static its own calibration
         save_tensors_data(TensorsData(method, {}), cache)
-        return
+        return {}
     if method.name in HISTOGRAM_SETTINGS:
         collector = histogram_collector(method.name.lower(), *HISTOGRAM_SETTINGS[method.name])
     else:
         collector = Extremes()
+    tails = {name: TailStatistics() for name in tensors}
     with (
         session_with_outputs(graph_path, list(tensors), weights=weights, optimized=False) as run,
         contextlib.redirect_stdout(io.StringIO()),  # the histogram collector prints its progress
     ):
         for feed in feeds:
-            collector.collect({name: [value] for name, value in run(feed).items()})
+            values = run(feed)
+            collector.collect({name: [value] for name, value in values.items()})
+            for name, value in values.items():
+                tails[name].add(value)
         data = collector.compute_collection_result()
     save_tensors_data(TensorsData(method, data), cache)
+    return tails

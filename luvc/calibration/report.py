@@ -3,7 +3,6 @@ agreement with fp32, and ``ranges.png`` (the distribution of activation ranges p
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,27 +33,39 @@ def plot_ranges(ranges: dict[str, dict[str, dict[str, float]]], path: Path) -> N
     plt.close(figure)
 
 
+def _kept_cell(quantization: QuantizationEntry, layer: str) -> str:
+    """``yes (MiB beyond INT8)`` for a layer kept float (the size where the manifest has it), else empty."""
+    if layer not in quantization.float_layers:
+        return ""
+    extra = quantization.float_layer_bytes.get(layer)
+    return "yes" if extra is None else f"yes ({extra / 2**20:.2f})"
+
+
 def _target_section(quantization: QuantizationEntry) -> list[str]:
     """``--target-agreement``: the target, the layers kept in floating point, and every layer's sensitivity."""
     if quantization.target_agreement is None:
         return []
     kept = ", ".join(f"`{layer}`" for layer in quantization.float_layers) or "none (the full quantization meets it)"
+    extra = sum(quantization.float_layer_bytes.values())
+    searched = quantization.target_search_seconds
     lines = [
         f"## Target agreement: logits cosine >= {quantization.target_agreement}",
         "",
-        f"Fully quantized: logits cosine {quantization.fully_quantized_cosine:.6f}. Kept in floating point: {kept}.",
+        f"Fully quantized: logits cosine {quantization.fully_quantized_cosine:.6f}. Kept in floating point: {kept}"
+        + (f" ({extra / 2**20:.1f} MiB of weights beyond INT8)" if extra else "")
+        + (f". Search: {searched:.0f} s, the one quantization it edits included." if searched is not None else "."),
         "",
     ]
     if quantization.layer_sensitivity:
         lines += [
-            "Sensitivity: the worst logits cosine gained by keeping the layer alone in floating point.",
+            "Sensitivity: the worst logits cosine the layer adds alone in floating point, for each layer the search "
+            "isolated (measured, or inferred from its group's gain less its measured half's).",
             "",
-            "| layer | sensitivity | kept float |",
+            "| layer | sensitivity | kept float (MiB beyond INT8) |",
             "|---|---|---|",
         ]
         ranked = sorted(quantization.layer_sensitivity.items(), key=lambda item: -item[1])
-        kept = set(quantization.float_layers)
-        lines += [f"| `{layer}` | {gain:+.3e} | {'yes' if layer in kept else ''} |" for layer, gain in ranked]
+        lines += [f"| `{layer}` | {gain:+.3e} | {_kept_cell(quantization, layer)} |" for layer, gain in ranked]
         lines.append("")
     return lines
 
@@ -101,10 +112,14 @@ def write_report(
         "| graph | reason | nodes |",
         "|---|---|---|",
     ]
-    for graph, nodes in excluded.items():
-        for reason, count in sorted(Counter(nodes.values()).items()):
+    for graph in excluded:
+        for reason, count in quantization.kept_float_counts(graph).items():
             lines.append(f"| {graph} | {reason} | {count} |")
-    lines += ["", "The node names are in `manifest.json` (`quantization.excluded_nodes`).", ""]
+    lines += [
+        "",
+        "The node names are in `manifest.json` (`quantization.excluded_nodes`), a heavy-tailed input's with its ratio.",
+        "",
+    ]
     if weights:
         lines += ["## Quantized weights", "", "| graph | format | weights | bytes |", "|---|---|---|---|"]
         for graph, found in weights.items():

@@ -25,6 +25,7 @@ class Calibrate:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.calibration import CalibratedExportFromExport
+        from luvc.calibration.tails import heavy_tailed_products
         from luvc.calibration.verify import parity_warning
         from luvc.export.manifest import ExportManifest
 
@@ -47,9 +48,16 @@ class Calibrate:
         warning = parity_warning(quantization.agreement_with_fp32, quantization.precision, source)
         if warning is not None:
             console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+        heavy = heavy_tailed_products(quantization.excluded_nodes)
+        if heavy:
+            console.print(
+                f"  kept float, input heavy tailed: {len(heavy)} product(s), named in manifest.json", highlight=False
+            )
         if quantization.target_agreement is not None:
             kept = ", ".join(quantization.float_layers) or "none"
             target = quantization.target_agreement
-            console.print(f"  target logits cosine {target}: kept in float {kept}", highlight=False)
+            searched = quantization.target_search_seconds
+            took = f" (search {searched:.0f} s)" if searched is not None else ""
+            console.print(f"  target logits cosine {target}: kept in float {kept}{took}", highlight=False)
         console.print(f"report: {out / 'report.md'}", highlight=False)
         return 0

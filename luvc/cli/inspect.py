@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 
 from rich.console import Console
 from rich.table import Table
@@ -72,8 +71,7 @@ class Inspect:
             findings = lint_graph(model, manifest.buckets[graph.bucket].tokens_per_image if graph.bucket else None)
             table.add_row("TensorRT-hostile", "none" if not findings else "; ".join(map(str, findings)))
             table.add_row("LUVC prefixes", ", ".join(graph.node_prefixes) or "none")
-            excluded = quantization.excluded_nodes.get(name, {}) if quantization is not None else {}
-            kept_float = collections.Counter(excluded.values())
+            kept_float = quantization.kept_float_counts(name) if quantization is not None else {}
             if kept_float:
                 table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
             for stat in graph.passes:

@@ -228,6 +228,14 @@ class QuantizationEntry:
     fully_quantized_cosine: float | None = None
     float_layers: tuple[str, ...] = ()
     layer_sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
+    float_layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # kept layer -> bytes beyond INT8
+    target_search_seconds: float | None = None  # the search's wall time, its one quantization included
+
+    def kept_float_counts(self, graph: str) -> dict[str, int]:
+        """How many of ``graph``'s nodes stay float for each reason, a reason's own figures (after its colon: a
+        heavy-tailed input's ratio) left out, so that each rule is one row."""
+        rules = [reason.split(":")[0] for reason in self.excluded_nodes.get(graph, {}).values()]
+        return {rule: rules.count(rule) for rule in sorted(set(rules))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizationEntry:
