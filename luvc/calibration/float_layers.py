@@ -16,6 +16,8 @@ import dataclasses
 import heapq
 import itertools
 import math
+import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,11 +36,17 @@ TRIAL_PREFIX = "trial-"  # a candidate's graphs and weights file, beside the ful
 
 
 def restore_float(
-    quantized: onnx.ModelProto, source: onnx.ModelProto, source_dir: Path, layers: Iterable[str]
+    quantized: onnx.ModelProto,
+    source: onnx.ModelProto,
+    source_dir: Path,
+    layers: Iterable[str],
+    aliases: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """``quantized`` (in place, and returned) with the products of ``layers`` reading what they read in ``source``
-    (the float graph, loaded without its external data, whose weights are in ``source_dir``): the float weights they
-    need are copied in, and nodes and initializers that nothing reads any more are removed."""
+    (the float graph, loaded without its external data, whose weights are in ``source_dir``), and nodes and
+    initializers that nothing reads any more removed. The float weights they need are copied in, or, where
+    ``aliases`` names their file, referenced in place under the alias (a link to the source's file beside
+    ``quantized``'s), which copies nothing."""
     layers = set(layers)
     originals = {node.name: node for node in source.graph.node}
     source_initializers = {tensor.name: tensor for tensor in source.graph.initializer}
@@ -50,7 +58,7 @@ def restore_float(
         node.input.extend(originals[node.name].input)
         for name in node.input:
             if name in source_initializers and name not in present:
-                quantized.graph.initializer.append(_inline_copy(source_initializers[name], source_dir))
+                quantized.graph.initializer.append(_float_copy(source_initializers[name], source_dir, aliases or {}))
                 present.add(name)
     _remove_unread(quantized.graph)
     return quantized
@@ -63,11 +71,15 @@ def _relocate(tensor: onnx.TensorProto, location: str, alias: str) -> None:
             entry.value = alias
 
 
-def _inline_copy(tensor: onnx.TensorProto, folder: Path) -> onnx.TensorProto:
-    """A copy of ``tensor`` holding its bytes (read from ``folder`` if they are external)."""
+def _float_copy(tensor: onnx.TensorProto, folder: Path, aliases: Mapping[str, str]) -> onnx.TensorProto:
+    """A copy of ``tensor``: pointing at the alias of its external file where ``aliases`` has one, else holding its
+    bytes (read from ``folder`` if they are external)."""
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)
-    if copy.data_location == onnx.TensorProto.EXTERNAL:
+    location = next((entry.value for entry in copy.external_data if entry.key == "location"), None)
+    if location in aliases:
+        _relocate(copy, location, aliases[location])
+    elif copy.data_location == onnx.TensorProto.EXTERNAL:
         load_external_data_for_tensor(copy, str(folder))
         copy.data_location = onnx.TensorProto.DEFAULT
         del copy.external_data[:]
@@ -119,11 +131,26 @@ class FloatLayerTrials:
             entry = self.quantized.graphs[name]
             model = onnx.load(str(self.folder / entry.file), load_external_data=False)
             source = onnx.load(str(self.source_dir / self.source.graphs[name].file), load_external_data=False)
-            restore_float(model, source, self.source_dir, held & layers)
-            # the float weights only go to the candidate's file: the rest stays in the full export's
+            restore_float(model, source, self.source_dir, held & layers, self._source_aliases())
+            # the float weights are the source's, in place: only the graph (and inline tensors) are written
             written = save_model(model, self.folder / f"{TRIAL_PREFIX}{entry.file}", bool(entry.external_data), weights)
             graphs[name] = dataclasses.replace(entry, file=written[0], external_data=tuple(written[1:]))
         return dataclasses.replace(self.quantized, graphs=graphs)
+
+    def _source_aliases(self) -> dict[str, str]:
+        """The source export's external-data files -> hard links to them in this folder (made once; a copy where
+        the folders are on different file systems), so that a candidate's float weights are read from the source's
+        files in place. Not symbolic links: ONNX Runtime refuses external data that resolves outside the folder."""
+        aliases = {}
+        for location in sorted({f for graph in self.source.graphs.values() for f in graph.external_data}):
+            alias = self.folder / f"{TRIAL_PREFIX}source-{location}"
+            if not alias.exists():
+                try:
+                    os.link(self.source_dir / location, alias)
+                except OSError:
+                    shutil.copyfile(self.source_dir / location, alias)
+            aliases[location] = alias.name
+        return aliases
 
     def save(self, layers: frozenset[str], staging: Path, weights: SharedWeights, precision: str):
         """Write the candidate with ``layers`` float as an export's graphs into ``staging``, their weights into its

@@ -49,6 +49,17 @@ CONVERSIONS = {
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
 # on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
+# types whose NumPy arrays (ml_dtypes) ONNX Runtime makes no value from ("only supported from non-string numpy
+# arrays"): an FP8 export's weights, given as their bits with the type named
+NO_NUMPY_VALUE = frozenset(
+    {
+        onnx.TensorProto.FLOAT8E4M3FN,
+        onnx.TensorProto.FLOAT8E4M3FNUZ,
+        onnx.TensorProto.FLOAT8E5M2,
+        onnx.TensorProto.FLOAT8E5M2FNUZ,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
 IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
@@ -133,7 +144,12 @@ class MappedWeights:
         key = (_key(tensor), self._type_given(tensor, as_type))
         if key not in self._values:
             if self.device.type == "cpu":
-                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.array(tensor, as_type))
+                array = self.array(tensor, as_type)
+                if key[1] in NO_NUMPY_VALUE:  # FP8 weights: ONNX Runtime takes their bits with the type named
+                    bits = array.view(f"u{array.dtype.itemsize}")
+                    self._values[key] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, key[1])
+                else:
+                    self._values[key] = ort.OrtValue.ortvalue_from_numpy(array)
             else:
                 # ONNX Runtime shares only a buffer it does not own (a value it copied to the GPU is refused with
                 # "Buffer containing the initializer must be owned by the user"): the device tensor, lent through

@@ -128,9 +128,11 @@ def test_tensorrt_rtx_builds_the_fp8_export(calibrated, tmp_path):
 
 @pytest.fixture(scope="module")
 def export_448(tmp_path_factory) -> Path:
-    """tiny-qwen2-vl at 448x448 (128 visual tokens, most of them near ties at the first cut)."""
+    """tiny-qwen2-vl at 448x448 (128 visual tokens, most of them near ties at the first cut), its weights in
+    weights.data (as a real model's: the target search reads its float weights there in place)."""
     out = tmp_path_factory.mktemp("export-448") / "tiny-qwen2-vl"
-    return export_model(load_model("tiny-qwen2-vl"), out, ExportProfile(image_sizes=((448, 448),)), show_progress=False)
+    profile = ExportProfile(image_sizes=((448, 448),), external_data="always")
+    return export_model(load_model("tiny-qwen2-vl"), out, profile, show_progress=False)
 
 
 @pytest.mark.slow  # exports and calibrates a model of its own
