@@ -272,11 +272,12 @@ def choose_float_layers(
     A group's *gain* is the cosine it adds to the full quantization's when it alone is float. Starting from one group
     per layer stack (the last stack's gain inferred from every layer float), the group of the largest gain is split
     in two halves in layer order: the first half is measured, the second's gain inferred as the group's less it
-    (gains add, to first order). A single layer that comes out on top is kept, and the kept layers are measured
-    together; this stops when they reach ``target``. About ``2 log2(layers)`` candidates per layer kept, where
-    measuring each layer alone took one per layer. The sensitivities recorded are the single layers' gains found
-    (measured, or inferred from their group). A target not reached with every layer float, or not found, is
-    refused."""
+    (gains add, to first order). A single layer on top whose gain was inferred is measured alone first (inference
+    carries its group's noise); one whose gain was measured is tried with the layers kept so far, and kept if they
+    then do better (SPU's selection can make gains not add). This stops when the kept layers reach ``target``: about
+    ``2 log2(layers)`` candidates per layer kept, where measuring each layer alone took one per layer. The
+    sensitivities recorded are the single layers' measured gains. A target not reached with every layer float, or
+    not found, is refused."""
     full = measure(frozenset())
     advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
     if full >= target:
@@ -291,28 +292,35 @@ def choose_float_layers(
             "or another --method."
         )
     stacks = [list(group) for _, group in itertools.groupby(ordered, key=lambda layer: place_of_layer(layer).stack)]
-    groups: list[tuple[float, int, list[str]]] = []  # (-gain, order pushed, layers): a max-heap on gain
+    # (-gain, order pushed, layers, measured): a max-heap on gain
+    groups: list[tuple[float, int, list[str], bool]] = []
     pushed, rest = itertools.count(), everything - full
     for number, group in enumerate(stacks):
-        gain = measure(frozenset(group)) - full if number < len(stacks) - 1 else rest
-        advance(f"{group[0]}..{group[-1]} float: {gain:+.2e}{'' if number < len(stacks) - 1 else ' (inferred)'}")
+        measured = number < len(stacks) - 1
+        gain = measure(frozenset(group)) - full if measured else rest
+        advance(f"{group[0]}..{group[-1]} float: {gain:+.2e}{'' if measured else ' (inferred)'}")
         rest -= gain
-        heapq.heappush(groups, (-gain, next(pushed), group))
+        heapq.heappush(groups, (-gain, next(pushed), group, measured))
     keep, sensitivity, reached = [], {}, full
     while groups and -groups[0][0] > 0:
-        negative, _, group = heapq.heappop(groups)
-        if len(group) > 1:
-            first, second = group[: len(group) // 2], group[len(group) // 2 :]
+        negative, _, group, measured = heapq.heappop(groups)
+        if len(group) > 1 or not measured:
+            first, second = (group[: len(group) // 2], group[len(group) // 2 :]) if len(group) > 1 else (group, [])
             gain = measure(frozenset(first)) - full
-            named = first[0] if len(first) == 1 else f"{first[0]}..{first[-1]}"
-            advance(f"{named} float: {gain:+.2e}")
-            heapq.heappush(groups, (-gain, next(pushed), first))
-            heapq.heappush(groups, (negative + gain, next(pushed), second))
+            advance(f"{first[0] if len(first) == 1 else f'{first[0]}..{first[-1]}'} float: {gain:+.2e}")
+            heapq.heappush(groups, (-gain, next(pushed), first, True))
+            if second:
+                heapq.heappush(groups, (negative + gain, next(pushed), second, False))
             continue
-        sensitivity[group[0]] = -negative
-        keep.append(group[0])
-        reached = measure(frozenset(keep))
-        advance(f"{len(keep)} layer(s) in float ({group[0]} added): logits cosine {reached:.6f}")
+        layer = group[0]
+        sensitivity[layer] = -negative
+        tried = measure(frozenset([*keep, layer]))
+        if tried <= reached:
+            advance(f"{layer} left quantized: logits cosine {tried:.6f} with it, {reached:.6f} without")
+            continue
+        keep.append(layer)
+        reached = tried
+        advance(f"{len(keep)} layer(s) in float ({layer} added): logits cosine {reached:.6f}")
         if reached >= target:
             return FloatLayerChoice(frozenset(keep), sensitivity, full)
     critical(
