@@ -124,11 +124,13 @@ class Family:
     model: str
     build: Callable | None  # (tokenizer, layers) -> (model, image processor); None: save_random_qwen2_vl
     bucket: str
+    int8_flags: tuple[str, ...] = ()  # what calibrate needs beyond the defaults for INT8 parity
 
 
 FAMILIES = {
     "qwen2-vl": Family("Qwen2-VL-2B", None, "448x448"),
-    "qwen2.5-vl": Family("Qwen2.5-VL-3B", qwen2_5_vl_3b, "448x448"),
+    # fully quantized, its logits cosine against fp32 is 0.9868 (parity asks 0.99): two decoder layers stay float
+    "qwen2.5-vl": Family("Qwen2.5-VL-3B", qwen2_5_vl_3b, "448x448", ("--target-agreement", "0.992")),
     "qwen3-vl": Family("Qwen3-VL-2B", qwen3_vl_2b, "448x448"),
     "internvl3": Family("InternVL3-1B", internvl3_1b, "448x448"),
     "llava": Family("LLaVA-1.5-7B", llava_1_5_7b, "336x336"),
@@ -221,9 +223,8 @@ def run_family(name: str, family: Family, steps: set[str], workdir: Path, layers
             )
         )
         if results[-1].verdict == "ok":
-            results.append(
-                run_step("calibrate int8", "calibrate", str(fp32), "--precision", "int8", "--out", str(int8))
-            )
+            calibrate = ("calibrate", str(fp32), "--precision", "int8", "--out", str(int8), *family.int8_flags)
+            results.append(run_step(" ".join(["calibrate int8", *family.int8_flags]), *calibrate))
             if results[-1].verdict == "ok":
                 results.append(run_step("parity int8", "parity", str(int8), "--model", str(checkpoint), *samples))
     return results

@@ -270,14 +270,15 @@ def choose_float_layers(
     layers float) to reach ``target``, found best first without measuring every layer alone.
 
     A group's *gain* is the cosine it adds to the full quantization's when it alone is float. Starting from one group
-    per layer stack (the last stack's gain inferred from every layer float), the group of the largest gain is split
-    in two halves in layer order: the first half is measured, the second's gain inferred as the group's less it
-    (gains add, to first order). A single layer on top whose gain was inferred is measured alone first (inference
-    carries its group's noise); one whose gain was measured is tried with the layers kept so far, and kept if they
-    then do better (SPU's selection can make gains not add). This stops when the kept layers reach ``target``: about
-    ``2 log2(layers)`` candidates per layer kept, where measuring each layer alone took one per layer. The
-    sensitivities recorded are the single layers' measured gains. A target not reached with every layer float, or
-    not found, is refused."""
+    per layer stack (the last stack's gain inferred from every layer float), the group of the largest gain per layer
+    is split in two halves in layer order: the first half is measured, the second's gain inferred as the group's
+    less it (gains add, to first order). Per layer, so that a stack whose gain is spread thin over many layers waits
+    behind a few layers that hold theirs. A single layer on top whose gain was inferred is measured alone first
+    (inference carries its group's noise); one whose gain was measured is tried with the layers kept so far, and
+    kept if they then do better (SPU's selection can make gains not add). This stops when the kept layers reach
+    ``target``: about ``2 log2(layers)`` candidates per layer kept, where measuring each layer alone took one per
+    layer. The sensitivities recorded are the single layers' measured gains. A target not reached with every layer
+    float, or not found, is refused."""
     full = measure(frozenset())
     advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
     if full >= target:
@@ -292,7 +293,7 @@ def choose_float_layers(
             "or another --method."
         )
     stacks = [list(group) for _, group in itertools.groupby(ordered, key=lambda layer: place_of_layer(layer).stack)]
-    # (-gain, order pushed, layers, measured): a max-heap on gain
+    # (-gain per layer, order pushed, layers, measured): a max-heap on the gain per layer
     groups: list[tuple[float, int, list[str], bool]] = []
     pushed, rest = itertools.count(), everything - full
     for number, group in enumerate(stacks):
@@ -300,7 +301,7 @@ def choose_float_layers(
         gain = measure(frozenset(group)) - full if measured else rest
         advance(f"{group[0]}..{group[-1]} float: {gain:+.2e}{'' if measured else ' (inferred)'}")
         rest -= gain
-        heapq.heappush(groups, (-gain, next(pushed), group, measured))
+        heapq.heappush(groups, (-gain / len(group), next(pushed), group, measured))
     keep, sensitivity, reached = [], {}, full
     while groups and -groups[0][0] > 0:
         negative, _, group, measured = heapq.heappop(groups)
@@ -308,9 +309,10 @@ def choose_float_layers(
             first, second = (group[: len(group) // 2], group[len(group) // 2 :]) if len(group) > 1 else (group, [])
             gain = measure(frozenset(first)) - full
             advance(f"{first[0] if len(first) == 1 else f'{first[0]}..{first[-1]}'} float: {gain:+.2e}")
-            heapq.heappush(groups, (-gain, next(pushed), first, True))
+            heapq.heappush(groups, (-gain / len(first), next(pushed), first, True))
             if second:
-                heapq.heappush(groups, (negative + gain, next(pushed), second, False))
+                rest = -negative * len(group) - gain
+                heapq.heappush(groups, (-rest / len(second), next(pushed), second, False))
             continue
         layer = group[0]
         sensitivity[layer] = -negative

@@ -87,15 +87,15 @@ def test_a_target_every_float_layer_misses_is_refused_before_the_search():
 
 
 def test_a_layer_that_helps_alone_but_not_with_the_kept_ones_stays_quantized():
-    gains = {f"llm.layers.{index}": 0.0 for index in range(4)} | {f"vision.blocks.{index}": 0.0 for index in range(8)}
-    gains |= {"llm.layers.0": 4e-3, "llm.layers.1": 1.5e-3, "vision.blocks.7": 3e-3}
+    gains = {"vision.blocks.0": 0.0}
+    gains |= {"llm.layers.0": 4e-3, "llm.layers.1": 1.5e-3, "vision.blocks.1": 3.5e-3}
     additive = _additive(gains, 0.9868, [])
 
-    def measure(keep: frozenset[str]) -> float:  # block 7 and layer 0 alone together undo each other
-        return additive(keep) - (3.05e-3 if keep == {"vision.blocks.7", "llm.layers.0"} else 0.0)
+    def measure(keep: frozenset[str]) -> float:  # block 1 and layer 0 alone together undo each other
+        return additive(keep) - (3.55e-3 if keep == {"vision.blocks.1", "llm.layers.0"} else 0.0)
 
     steps = []
     choice = choose_float_layers(gains, measure, 0.9922, steps.append)
     assert choice.layers == {"llm.layers.0", "llm.layers.1"}
-    assert any(step.startswith("vision.blocks.7 left quantized") for step in steps)
-    assert choice.sensitivity["vision.blocks.7"] == pytest.approx(3e-3)  # measured alone, not inferred
+    assert any(step.startswith("vision.blocks.1 left quantized") for step in steps), steps
+    assert choice.sensitivity["vision.blocks.1"] == pytest.approx(3.5e-3)  # measured alone, not inferred
