@@ -1,13 +1,15 @@
-"""Layers kept in floating point in an export already quantized whole, without quantizing again.
+"""Layers kept in floating point in an export already quantized whole, without quantizing again, and the search
+for the fewest of them that reach a target agreement.
 
 ``--target-agreement`` measures many candidate exports that differ from the fully quantized one only in which layers
 stay float. ``quantize_static`` for each would quantize every weight of every graph again (minutes per candidate at
-3B widths). Here the fully quantized graphs are written once (``FloatLayerTrials``), and a candidate is each graph
+3B widths). Here the fully quantized export is written once (``FloatLayerTrials``), and a candidate is each graph
 that holds one of its layers, edited: the layer's products read their float inputs again (the source graph's node
-inputs, by node name), their float weights are copied from the source export into a small file of the candidate's,
-and the Q/DQ nodes and quantized weights nothing reads any more are dropped. Every other tensor stays where the full
-quantization put it, so a candidate writes only its float layers' weights. ``quantize_static`` with those nodes
-excluded gives the same graph but for node order (tested against it).
+inputs, by node name), their float weights are read in place from the source export's weights file (hard-linked
+beside the full quantization), and the Q/DQ nodes and quantized weights nothing reads any more are dropped. Every
+other tensor stays where the full quantization put it, so a candidate writes its graphs only. ``quantize_static``
+with those nodes excluded gives the same graph but for node order (tested against it); the chosen candidate is
+written out as the calibrated export (``FloatLayerTrials.save``).
 """
 
 from __future__ import annotations
