@@ -308,7 +308,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         for the export written into ``staging``. Returns the choice (its time counts that quantization) and what
         ``_write_export`` returns."""
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-trials-") as scratch:
+        # beside the export being written (its file system, removed with it if killed), not in a RAM-backed /tmp
+        with tempfile.TemporaryDirectory(prefix=".search-", dir=staging) as scratch:
             trials = self._trials(calibration, Path(scratch), lambda done: advance(f"{done}, for the search"))
             samples, references = calibration.samples, calibration.references
             choice = search_float_layers(trials, samples, references, self.target_agreement, advance)
