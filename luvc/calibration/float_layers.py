@@ -279,8 +279,9 @@ def choose_float_layers(
     (inference carries its group's noise); one whose gain was measured is tried with the layers kept so far, and
     kept if they then do better (SPU's selection can make gains not add). This stops when the kept layers reach
     ``target``: about ``2 log2(layers)`` candidates per layer kept, where measuring each layer alone took one per
-    layer. The sensitivities recorded are the single layers' measured gains. A target not reached with every layer
-    float, or not found, is refused."""
+    layer. A large group hiding one big gain among many small ones waits behind smaller groups of higher gain per
+    layer, and may cost a layer more than the fewest. The sensitivities recorded are the single layers' measured
+    gains. A target not reached with every layer float, or not found, is refused."""
     full = measure(frozenset())
     advance(f"fully quantized: logits cosine {full:.6f} (target {target})")
     if full >= target:
