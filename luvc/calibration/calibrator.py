@@ -315,10 +315,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             choice = search_float_layers(trials, samples, references, self.target_agreement, advance)
             choice = dataclasses.replace(choice, seconds=round(time.perf_counter() - started, 1))
             entries, ranges, excluded = trials.save(choice.layers, staging, SharedWeights(staging), self.precision)
-        files = self._copy_rest(calibration.manifest, staging) + [entry.file for entry in entries.values()]
-        files += [f for entry in entries.values() for f in entry.external_data]
         advance(f"wrote the export with {len(choice.layers)} layer(s) in floating point")
-        return choice, (entries, ranges, {}, excluded, files)
+        return choice, (entries, ranges, {}, excluded, self._complete(calibration.manifest, staging, entries))
 
     def _hessian_graphs(self, manifest: ExportManifest, graphs: list[str]) -> dict[str, HessianGraph]:
         """Graph name -> the graph GPTQ reads layer inputs from, without feeds yet (they are collected later)."""
@@ -338,9 +336,13 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         """The quantized graphs (``_write_graphs``) and every other file of the source export in ``folder``; returns
         what ``_write_graphs`` does and the files written."""
         entries, ranges, weight_bytes, excluded = self._write_graphs(calibration, folder, advance, keep)
-        files = self._copy_rest(calibration.manifest, folder) + [entry.file for entry in entries.values()]
-        files += [f for entry in entries.values() for f in entry.external_data]
-        return entries, ranges, weight_bytes, excluded, files
+        return entries, ranges, weight_bytes, excluded, self._complete(calibration.manifest, folder, entries)
+
+    def _complete(self, manifest: ExportManifest, folder: Path, entries: dict) -> list[str]:
+        """Copy every other file of the source export into ``folder``, beside the graphs ``entries`` written there;
+        returns the files of the export: those, the graphs and their weights."""
+        files = self._copy_rest(manifest, folder) + [entry.file for entry in entries.values()]
+        return files + [f for entry in entries.values() for f in entry.external_data]
 
     def _write_graphs(self, calibration: Calibration, staging: Path, advance, keep: frozenset[str] = frozenset()):
         """Quantize the calibration's graphs, with the ``keep`` layers in floating point, and save them with the

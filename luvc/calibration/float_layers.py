@@ -209,9 +209,9 @@ def graph_layers(folder: Path, manifest: ExportManifest, graphs: Iterable[str], 
 
 @dataclasses.dataclass(frozen=True)
 class FloatLayerChoice:
-    """What ``--target-agreement`` chose: the layers kept in floating point, every quantized layer's sensitivity (the
-    worst logits cosine gained by keeping it alone float), the cosine of the full quantization, the bytes each kept
-    layer's weights take beyond INT8, and the search's wall time in seconds."""
+    """What ``--target-agreement`` chose: the layers kept in floating point, the sensitivity of each layer the search
+    measured alone (the worst logits cosine gained by keeping it alone float), the cosine of the full quantization,
+    the bytes each kept layer's weights take beyond INT8, and the search's wall time in seconds."""
 
     layers: frozenset[str] = frozenset()
     sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)

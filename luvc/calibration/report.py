@@ -42,7 +42,8 @@ def _kept_cell(quantization: QuantizationEntry, layer: str) -> str:
 
 
 def _target_section(quantization: QuantizationEntry) -> list[str]:
-    """``--target-agreement``: the target, the layers kept in floating point, and every layer's sensitivity."""
+    """``--target-agreement``: the target, the layers kept in floating point, and the sensitivity of each layer the
+    search measured alone."""
     if quantization.target_agreement is None:
         return []
     kept = ", ".join(f"`{layer}`" for layer in quantization.float_layers) or "none (the full quantization meets it)"
@@ -58,8 +59,8 @@ def _target_section(quantization: QuantizationEntry) -> list[str]:
     ]
     if quantization.layer_sensitivity:
         lines += [
-            "Sensitivity: the worst logits cosine the layer adds alone in floating point, for each layer the search "
-            "isolated (measured, or inferred from its group's gain less its measured half's).",
+            "Sensitivity: the worst logits cosine the layer adds alone in floating point, measured for each layer the "
+            "search isolated.",
             "",
             "| layer | sensitivity | kept float (MiB beyond INT8) |",
             "|---|---|---|",
