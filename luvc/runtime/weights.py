@@ -49,17 +49,15 @@ CONVERSIONS = {
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
 # on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
-# types whose NumPy arrays (ml_dtypes) ONNX Runtime makes no value from ("only supported from non-string numpy
-# arrays"): an FP8 export's weights, given as their bits with the type named
-NO_NUMPY_VALUE = frozenset(
-    {
-        onnx.TensorProto.FLOAT8E4M3FN,
-        onnx.TensorProto.FLOAT8E4M3FNUZ,
-        onnx.TensorProto.FLOAT8E5M2,
-        onnx.TensorProto.FLOAT8E5M2FNUZ,
-        onnx.TensorProto.BFLOAT16,
-    }
-)
+# types whose NumPy arrays (ml_dtypes) neither ONNX Runtime ("only supported from non-string numpy arrays") nor
+# torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> torch's type
+BIT_VIEWED = {
+    onnx.TensorProto.FLOAT8E4M3FN: torch.float8_e4m3fn,
+    onnx.TensorProto.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    onnx.TensorProto.FLOAT8E5M2: torch.float8_e5m2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+}
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
 IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
@@ -145,9 +143,8 @@ class MappedWeights:
         if key not in self._values:
             if self.device.type == "cpu":
                 array = self.array(tensor, as_type)
-                if key[1] in NO_NUMPY_VALUE:  # FP8 weights: ONNX Runtime takes their bits with the type named
-                    bits = array.view(f"u{array.dtype.itemsize}")
-                    self._values[key] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, key[1])
+                if key[1] in BIT_VIEWED:  # FP8 weights: ONNX Runtime takes their bits with the type named
+                    self._values[key] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_bits(array), key[1])
                 else:
                     self._values[key] = ort.OrtValue.ortvalue_from_numpy(array)
             else:
@@ -184,7 +181,12 @@ class MappedWeights:
         """``tensor`` as one torch tensor on the device, for every TensorRT engine that takes it as an input."""
         key = _key(tensor)
         if key not in self._device_tensors:
-            self._device_tensors[key] = torch.from_numpy(np.array(self.array(tensor))).to(self.device)
+            array = self.array(tensor)
+            if tensor.data_type in BIT_VIEWED:  # FP8 weights: torch takes their bits, viewed as its own type
+                host = torch.from_numpy(np.array(_bits(array))).view(BIT_VIEWED[tensor.data_type])
+            else:
+                host = torch.from_numpy(np.array(array))
+            self._device_tensors[key] = host.to(self.device)
         return self._device_tensors[key]
 
     def array(self, tensor: ExternalTensor, as_type: int | None = None) -> np.ndarray:
@@ -243,6 +245,11 @@ class MappedWeights:
         self._arrays.clear()
         self._from_cache.clear()
         self._files.clear()
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """``array`` viewed as unsigned integers of its width (an FP8 or bfloat16 array as its raw bits)."""
+    return array.view(f"u{array.dtype.itemsize}")
 
 
 def borrowed_ort_value(tensor: torch.Tensor):

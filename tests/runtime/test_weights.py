@@ -223,3 +223,29 @@ def test_a_second_start_maps_the_float32_weights_the_first_converted(fp16_extern
         np.testing.assert_array_equal(off_logits, logits)
     finally:
         cache.cache_root.cache_clear()
+
+
+def test_fp8_weights_are_handed_over_as_their_bits(tmp_path):
+    """An FP8 export's weights in ``weights.data`` are float8 ml_dtypes arrays, which neither ONNX Runtime's
+    ``ortvalue_from_numpy`` nor ``torch.from_numpy`` takes: the ONNX Runtime value and the torch tensor carry the
+    file's bytes under the float8 type."""
+    import ml_dtypes
+    import torch
+
+    from luvc.runtime.weights import MappedWeights
+
+    values = np.array([0.5, -1.0, 2.0, 448.0], dtype=np.float32)  # each exact in E4M3
+    stored = values.astype(ml_dtypes.float8_e4m3fn).tobytes()
+    (tmp_path / "weights.data").write_bytes(stored)
+    tensor = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT8E4M3FN, [4], stored, raw=True)
+    onnx.external_data_helper.set_external_data(tensor, "weights.data", offset=0, length=len(stored))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [tensor]))
+    (external,) = external_tensors(model)
+    weights = MappedWeights(tmp_path)
+    value = weights.ort_value(external)
+    assert value.data_type() == "tensor(float8e4m3fn)" and value.shape() == [4]
+    device = weights.device_tensor(external)
+    assert device.dtype == torch.float8_e4m3fn
+    np.testing.assert_array_equal(device.float().numpy(), values)
