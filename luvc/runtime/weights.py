@@ -36,6 +36,7 @@ from onnx import numpy_helper
 
 from luvc import cache
 from luvc.engines.weight_inputs import shareable_weights
+from luvc.errors import critical
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
@@ -50,13 +51,14 @@ CONVERSIONS = {
 # on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 # types whose NumPy arrays (ml_dtypes) neither ONNX Runtime ("only supported from non-string numpy arrays") nor
-# torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> torch's type
+# torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> the name of
+# torch's type (looked up when used: torch before 2.1, which run and serve support, has no float8 types)
 BIT_VIEWED = {
-    onnx.TensorProto.FLOAT8E4M3FN: torch.float8_e4m3fn,
-    onnx.TensorProto.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
-    onnx.TensorProto.FLOAT8E5M2: torch.float8_e5m2,
-    onnx.TensorProto.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.FLOAT8E4M3FN: "float8_e4m3fn",
+    onnx.TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+    onnx.TensorProto.FLOAT8E5M2: "float8_e5m2",
+    onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
 }
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
@@ -183,7 +185,10 @@ class MappedWeights:
         if key not in self._device_tensors:
             array = self.array(tensor)
             if tensor.data_type in BIT_VIEWED:  # FP8 weights: torch takes their bits, viewed as its own type
-                host = torch.from_numpy(np.array(_bits(array))).view(BIT_VIEWED[tensor.data_type])
+                name = BIT_VIEWED[tensor.data_type]
+                if not hasattr(torch, name):
+                    critical(f"{tensor.name} is {name}, which this torch lacks; use torch 2.1 or newer.")
+                host = torch.from_numpy(np.array(_bits(array))).view(getattr(torch, name))
             else:
                 host = torch.from_numpy(np.array(array))
             self._device_tensors[key] = host.to(self.device)
