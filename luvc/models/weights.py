@@ -72,7 +72,7 @@ def _safetensors_mappings() -> list[tuple[int, int]]:
     the file's until written to; nothing writes to weights being converted, so dropping them loses nothing (a later
     read would fault them in from the file again)."""
     try:
-        lines = open("/proc/self/maps").read().splitlines()
+        lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
     ranges = []

@@ -135,6 +135,12 @@ class Sessions:
         for name in names:
             self[name]
 
+    def close(self, name: str) -> None:
+        """Close the session of graph ``name`` if it is open (a later use opens it again)."""
+        session = self._open.pop(name, None)
+        if session is not None:
+            session.deactivate()
+
     def _checked_engines(self) -> dict[str, tuple]:
         """Every engine's bytes, profile and weights after the engine-manifest checks, up front (and the TensorRT
         module they were built with): a truncated or foreign engine is named before anything runs."""

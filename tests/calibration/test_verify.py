@@ -1,4 +1,5 @@
-"""Calibration's warning that its own measurement already puts the export below parity's bound."""
+"""Calibration's checks of what it wrote: the warning that its own measurement already puts the export below
+parity's bound, and the load check that leaves open only what the agreement runs."""
 
 from luvc.calibration.verify import parity_warning
 
@@ -23,3 +24,25 @@ def test_int4_is_held_to_its_own_bound_and_names_no_target_agreement():
     assert parity_warning({"logits_cosine_min": 0.985}, "int4", "fp32") is None
     warning = parity_warning({"logits_cosine_min": 0.97}, "int4", "fp16")
     assert warning is not None and "--target-agreement" not in warning and "fp16 export" in warning
+
+
+def test_graphs_no_sample_runs_are_loaded_alone_and_closed_again(calibrated):
+    from luvc.calibration.verify import open_every_graph
+    from luvc.runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(calibrated("tiny-qwen2-vl"))
+    loaded = []
+    original = pipeline.sessions.open
+
+    def recording(names):
+        loaded.append((list(names), sorted(pipeline.sessions.opened())))
+        original(names)
+
+    pipeline.sessions.open = recording
+    try:
+        open_every_graph(pipeline, closed_kinds=("text",))
+        assert sorted(pipeline.sessions.opened()) == sorted(set(pipeline.manifest.graphs) - {"prefill_text"})
+        # the text prefill loaded first, while no other session held its packed weights
+        assert loaded[0] == (["prefill_text"], [])
+    finally:
+        pipeline.release()

@@ -1,6 +1,8 @@
 """Weights held once per pipeline on ONNX Runtime's CPU EP: shared views of ``weights.data``, fp16 graphs computing in
 float32 with each weight converted once, and the same results as ONNX Runtime's own handling."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -40,7 +42,7 @@ def _distinct_external_tensors(folder) -> dict[tuple[int, int], int]:
 def _file_mappings(path) -> list[tuple[int, int]]:
     """Address ranges where this process maps ``path`` (Linux ``/proc/self/maps``)."""
     ranges = []
-    for line in open("/proc/self/maps"):
+    for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].strip() == str(path.resolve()):
             start, end = (int(part, 16) for part in fields[0].split("-"))
@@ -249,3 +251,50 @@ def test_fp8_weights_are_handed_over_as_their_bits(tmp_path):
     device = weights.device_tensor(external)
     assert device.dtype == torch.float8_e4m3fn
     np.testing.assert_array_equal(device.float().numpy(), values)
+
+
+def _resident_bytes(path) -> int:
+    """Bytes of ``path`` resident in this process's mappings of it (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):  # a mapping's header
+            inside = len(fields) == 6 and fields[5] == str(path.resolve())
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+def test_dropping_the_resident_pages_keeps_the_values(tmp_path):
+    from luvc.runtime.weights import MappedWeights
+
+    values = np.arange(4 << 20, dtype=np.float32)  # 16 MiB
+    (tmp_path / "weights.data").write_bytes(values.tobytes())
+    tensor = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [values.size], values.tobytes(), raw=True)
+    onnx.external_data_helper.set_external_data(tensor, "weights.data", offset=0, length=values.nbytes)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    (external,) = external_tensors(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [tensor])))
+    weights = MappedWeights(tmp_path)
+    array = weights.array(external)
+    assert float(array.sum(dtype=np.float64)) == float(values.sum(dtype=np.float64))  # every page read
+    assert _resident_bytes(tmp_path / "weights.data") >= values.nbytes
+    weights.drop_resident_pages()
+    assert _resident_bytes(tmp_path / "weights.data") < values.nbytes // 16
+    np.testing.assert_array_equal(array, values)  # read back from the page cache
+
+
+@pytest.mark.slow  # calibrates an export
+def test_a_quantized_session_leaves_no_page_of_the_weights_file_resident(exports, tmp_path):
+    from luvc.calibration import calibrate_export
+
+    folder = calibrate_export(exports("tiny-llava"), tmp_path / "int8", precision="int8", show_progress=False)
+    pipeline = Pipeline(folder)  # tiny-llava's export keeps its weights in weights.data
+    try:
+        generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(2))
+        assert generation.tokens.shape == (1, 2)
+        size = (folder / "weights.data").stat().st_size
+        # packed by every quantized session: only what a run reads again (the embedding rows, norms) comes back
+        assert _resident_bytes(folder / "weights.data") < size // 4
+    finally:
+        pipeline.release()
