@@ -7,7 +7,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "luvc.calibration.cache": ("format_calibration_cache", "read_calibration_cache", "write_calibration_cache"),
-        "luvc.calibration.calibrator": ("CalibratedExportFromExport", "calibrate_export", "collect_feeds"),
+        "luvc.calibration.calibrator": ("CalibratedExportFromExport", "calibrate_export"),
+        "luvc.calibration.feeds": ("collect_feeds",),
         "luvc.calibration.quantize": ("METHODS", "PRECISIONS", "activation_ranges", "excluded_nodes"),
     },
 )

@@ -14,18 +14,20 @@ with fp32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from luvc.calibration.cache import write_calibration_cache
+from luvc.calibration.feeds import collect_feeds
 from luvc.calibration.float_layers import FloatLayerChoice, FloatLayerTrials, graph_layers, search_float_layers
 from luvc.calibration.hessians import HessianGraph, input_hessians, plan_passes
 from luvc.calibration.quantize import (
@@ -33,6 +35,7 @@ from luvc.calibration.quantize import (
     QUANTIZED_OPS,
     WEIGHT_ONLY,
     activation_ranges,
+    check_alpha,
     check_method,
     check_onnxruntime,
     excluded_nodes,
@@ -42,6 +45,7 @@ from luvc.calibration.quantize import (
 )
 from luvc.calibration.ranges import activations_to_calibrate, collect_ranges
 from luvc.calibration.report import write_report
+from luvc.calibration.smoothing import smooth_export
 from luvc.calibration.tails import TailStatistics, heavy_tailed_nodes, pool_by_product
 from luvc.calibration.verify import ReferenceRun, agreement_with_reference, greedy_run, open_every_graph
 from luvc.calibration.weight_only import (
@@ -60,8 +64,6 @@ from luvc.export.manifest_entries import CalibrationRun, QuantizationEntry, Quan
 from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import progress_steps
-from luvc.runtime.options import GenerationOptions
-from luvc.runtime.sessions import host_arrays
 from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
@@ -72,47 +74,22 @@ WEIGHT_ONLY_METHODS = {"rtn": "round to nearest", "gptq": "GPTQ, act-order, stat
 CACHE_FOLDER = "calibration"
 
 
-def collect_feeds(
-    pipeline, samples: Sequence[Sample], decode_steps: int, advance
-) -> tuple[dict[str, list[dict]], list[ReferenceRun]]:
-    """Feeds of every vision, prefill and decode call the fp32 pipeline makes for ``samples``, and of the text
-    prefill for each sample's prompt without its visual, per graph name (host copies, as ONNX Runtime's calibration
-    reader takes them), and each sample's greedy run (the reference the quantized export is compared with)."""
-    feeds: dict[str, list[dict]] = {}
-    references = []
-    for sample in samples:
-        prepared = pipeline.prepare([sample.image], [sample.prompt])
-        bucket = prepared.bucket
-        if not bucket.parts:  # a mixed bucket's vision graphs calibrate on their own buckets' samples
-            vision_feeds = pipeline.feeds.vision_feeds(prepared.pixels[0], bucket)
-            feeds.setdefault(bucket.vision, []).extend(map(host_arrays, vision_feeds))
-        options = GenerationOptions(decode_steps + 1, stop_token_ids=(), keep_logits=True, keep_decode_feeds=True)
-        request = pipeline.request(prepared, options)
-        steps = list(request)
-        feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
-        feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
-        tokens, logits = (np.stack([getattr(step, field)[0] for step in steps]) for field in ("tokens", "logits"))
-        references.append(ReferenceRun(tokens, logits))
-        text_only = pipeline.request(pipeline.prepare(None, [sample.prompt]), GenerationOptions(1))
-        text_only.step()
-        feeds.setdefault(pipeline.manifest.text_prefill, []).append(host_arrays(text_only.prefill_feeds))
-        advance(f"calibration feeds: {sample.name}")
-    return feeds, references
-
-
 @dataclasses.dataclass
 class Calibration:
-    """What one calibration run quantizes from: the source manifest, the graphs it quantizes, the samples and the
-    fp32 greedy run of each, and the folder holding each graph's activation ranges (INT8/FP8; collected once, before
-    any quantization, so the feeds are not held while the graphs are quantized)."""
+    """What one calibration run quantizes from: the source manifest, the folder of the graphs it reads (the
+    source's, or with ``--smooth`` the smoothed copy's: the same files), the graphs it quantizes, the samples and the
+    fp32 greedy run of each, and the folder holding each graph's activation ranges (INT8/FP8;
+    collected once, before any quantization, so the feeds are not held while the graphs are quantized)."""
 
     manifest: ExportManifest
     graphs: list[str]
     samples: list[Sample]
     references: list[ReferenceRun]
     ranges_dir: Path
+    source_dir: Path  # the folder of the graphs quantized: the export's, or its smoothed copy's (``--smooth``)
     hessians: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # GPTQ: node -> X^T X
     heavy_tailed: Mapping[str, str] = dataclasses.field(default_factory=dict)  # INT8: node -> why it stays float
+    smoothed: tuple[str, ...] = ()  # the products whose weights SmoothQuant scaled
 
 
 @dataclasses.dataclass
@@ -125,7 +102,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     default to the seeded synthetic set (``seed``); ``decode_steps`` (default 4) greedy steps per sample calibrate
     the decode graph, and the written export is run that far to check it. ``target_agreement`` (INT8/FP8): the worst
     logits cosine against fp32 (first token and greedy decode steps) over the samples to reach, keeping in floating
-    point the fewest layers, most sensitive first.
+    point the fewest layers, most sensitive first. ``smooth`` (INT8/FP8): SmoothQuant's migration strength alpha in
+    (0, 1), applied to the fp32 weights before calibrating (``luvc.calibration.smoothing``); none by default.
     """
 
     export_dir: str | Path | BaseLoader[Path]
@@ -137,6 +115,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
     decode_steps: int | None = None
     block_size: int | None = None
     target_agreement: float | None = None
+    smooth: float | None = None
     overwrite: bool | None = None
     show_progress: bool | None = None
 
@@ -162,6 +141,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 f"({self.precision if self.weight_only else 'a weight-only precision'} quantizes every LLM layer's "
                 "weights alike)."
             )
+        check_alpha(self.smooth, self.precision)
         manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
         readable = ("fp32", "fp16") if self.weight_only else ("fp32",)
         if manifest.precision not in readable:
@@ -204,9 +184,13 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         layers = self._quantized_layers(manifest, graphs) if self.target_agreement is not None else set()
         # at most: the one quantization the search edits, fully quantized, each layer alone, each layer added
         steps += len(graphs) + 1 + 2 * len(layers) if layers else 0
+        steps += 2 * len(graphs) if self.smooth is not None else 0  # each graph's maxima, then its smoothed copy
         with (
             progress_steps(self.show_progress, steps, "calibrating") as advance,
             tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
+            staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
+            # beside the export being written (its file system, removed with it if killed), not in a RAM-backed /tmp
+            _scratch(staging, ".smooth-", self.smooth is not None) as smoothing_dir,
         ):
             if self.weight_only and not gptq:  # nothing to calibrate: the fp32 logits the agreement is measured against
                 feeds, references = {}, []
@@ -216,69 +200,92 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             else:
                 feeds, references = collect_feeds(source, samples, self.decode_steps, advance)
             source.release()
-            hessians, heavy_tailed = {}, {}
+            calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), self.export_dir)
+            if smoothing_dir is not None:
+                calibration = self._smooth(calibration, feeds, smoothing_dir, advance)
             if gptq:  # the layers' inputs over the same feeds
                 weights = MappedWeights(self.export_dir)
                 try:
                     fed = [
                         dataclasses.replace(graph, feeds=feeds.get(name, [])) for name, graph in hessian_graphs.items()
                     ]
-                    hessians = input_hessians(fed, weights, advance=advance)
+                    calibration.hessians = input_hessians(fed, weights, advance=advance)
                 finally:
                     weights.close()
             elif not self.weight_only:
-                heavy_tailed = self._collect_ranges(manifest, graphs, feeds, Path(ranges_dir), advance)
+                calibration.heavy_tailed = self._collect_ranges(calibration, feeds, advance)
             del feeds
-            with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging:
-                calibration = Calibration(
-                    manifest, graphs, samples, references, Path(ranges_dir), hessians, heavy_tailed
-                )
-                if self.target_agreement is None:
-                    choice, written = FloatLayerChoice(), self._write_export(calibration, staging, advance, frozenset())
-                else:
-                    choice, written = self._choose_float_layers(calibration, staging, advance)
-                entries, ranges, weight_bytes, excluded, files = written
-                caches = self._write_caches(ranges, staging)
-                if not self.weight_only:
-                    (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
-                    files.append("ranges.json")
-                files += caches
-                calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
-                quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
-                try:  # what was written loads, and decodes as the float export does
-                    open_every_graph(quantized)
-                    agreement = agreement_with_reference(references, quantized, samples, self.target_agreement)
-                finally:
-                    quantized.release()
-                quantization = dataclasses.replace(
-                    calibrated.quantization,
-                    agreement_with_fp32=agreement,
-                    target_agreement=self.target_agreement,
-                    **choice.manifest_fields(),
-                )
-                dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
-                write_report(staging, quantization, ranges, weight_bytes, len(samples), manifest.precision)
-                advance("agreement with fp32")
+            self._write_calibrated(calibration, staging, advance)
         return self.out
 
-    def _collect_ranges(
-        self, manifest: ExportManifest, graphs: list[str], feeds: dict[str, list[dict]], folder: Path, advance
-    ) -> dict[str, str]:
-        """Each quantized graph's activation ranges over its ``feeds`` into ``folder/{graph}.json`` (see
-        ``luvc.calibration.ranges``), the graph's weights mapped from the source export for the while. Returns the
+    def _smooth(self, calibration: Calibration, feeds: dict[str, list[dict]], folder: Path, advance) -> Calibration:
+        """The calibration reading its graphs smoothed with ``smooth`` (``luvc.calibration.smoothing``) from
+        ``folder``."""
+        smoothed = smooth_export(
+            calibration.source_dir,
+            calibration.manifest,
+            calibration.graphs,
+            feeds,
+            lambda model: list(excluded_nodes(model, self.precision)),
+            self.smooth,
+            folder,
+            advance,
+        )
+        return dataclasses.replace(calibration, source_dir=smoothed.folder, smoothed=smoothed.products)
+
+    def _write_calibrated(self, calibration: Calibration, staging: Path, advance) -> None:
+        """Quantize the calibration's graphs into ``staging`` (the ``target_agreement`` search first, if asked), and
+        write the rest of the export: calibration caches, ranges, the manifest once complete, the report. What was
+        written must load and decode as the float export does."""
+        from luvc.runtime.pipeline import Pipeline
+
+        manifest, samples = calibration.manifest, calibration.samples
+        if self.target_agreement is None:
+            choice, written = FloatLayerChoice(), self._write_export(calibration, staging, advance, frozenset())
+        else:
+            choice, written = self._choose_float_layers(calibration, staging, advance)
+        entries, ranges, weight_bytes, excluded, files = written
+        caches = self._write_caches(ranges, staging)
+        if not self.weight_only:
+            (staging / "ranges.json").write_text(json.dumps(ranges, indent=2) + "\n")
+            files.append("ranges.json")
+        files += caches
+        calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
+        quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
+        try:  # what was written loads, and decodes as the float export does
+            open_every_graph(quantized, closed_kinds=("text",))  # the samples all hold an image
+            agreement = agreement_with_reference(calibration.references, quantized, samples, self.target_agreement)
+        finally:
+            quantized.release()
+        quantization = dataclasses.replace(
+            calibrated.quantization,
+            agreement_with_fp32=agreement,
+            target_agreement=self.target_agreement,
+            smoothing_alpha=self.smooth,
+            smoothed_products=calibration.smoothed,
+            **choice.manifest_fields(),
+        )
+        dataclasses.replace(calibrated, quantization=quantization).save(staging)  # once, complete
+        write_report(staging, quantization, ranges, weight_bytes, len(samples), manifest.precision)
+        advance("agreement with fp32")
+
+    def _collect_ranges(self, calibration: Calibration, feeds: dict[str, list[dict]], advance) -> dict[str, str]:
+        """Each quantized graph's activation ranges over its ``feeds`` into the calibration's ``ranges_dir`` (see
+        ``luvc.calibration.ranges``), the graph's weights mapped from its source folder for the while. Returns the
         products whose input is heavy tailed over all graphs (``luvc.calibration.tails``), with why each stays float."""
         pooled: dict[str, TailStatistics] = {}
-        for name in graphs:
-            graph = manifest.graphs[name]
+        for name in calibration.graphs:
+            graph = calibration.manifest.graphs[name]
             if name not in feeds:
                 critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
-            source = self.export_dir / graph.file
+            source = calibration.source_dir / graph.file
             structure = onnx.load(str(source), load_external_data=False)
             excluded = excluded_nodes(structure, self.precision)
             tensors = activations_to_calibrate(structure, excluded)
-            weights = MappedWeights(self.export_dir)
+            weights = MappedWeights(calibration.source_dir)
+            cache = calibration.ranges_dir / f"{name}.json"
             try:
-                tails = collect_ranges(source, feeds[name], self.method, tensors, folder / f"{name}.json", weights)
+                tails = collect_ranges(source, feeds[name], self.method, tensors, cache, weights)
             finally:
                 weights.close()
             products = [node.name for node in structure.graph.node if node.op_type in QUANTIZED_OPS]
@@ -292,7 +299,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         entries, _, _, excluded, files = self._write_export(calibration, folder, advance, frozenset())
         full = self._manifest(calibration.manifest, entries, files, folder, calibration.samples, excluded, [])
         held = graph_layers(folder, full, calibration.graphs, excluded)
-        return FloatLayerTrials(self.export_dir, calibration.manifest, folder, full, held, excluded)
+        return FloatLayerTrials(calibration.source_dir, calibration.manifest, folder, full, held, excluded)
 
     def _quantized_layers(self, manifest: ExportManifest, graphs: list[str]) -> set[str]:
         """Every layer that holds a node quantized in one of ``graphs`` (before the data rule: at most these)."""
@@ -363,7 +370,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                     written = save_model(model, staging / graph.file, external, weights)
                     entries[name] = dataclasses.replace(graph, external_data=tuple(written[1:]))
                     continue
-                source = self.export_dir / graph.file
+                source = calibration.source_dir / graph.file
                 structure = onnx.load(str(source), load_external_data=False)
                 kept = excluded_nodes(structure, self.precision, calibration.heavy_tailed)
                 skip = {**kept, **layer_exclusions(structure, keep)}
@@ -473,6 +480,16 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             versions={**manifest.versions, "onnxruntime": onnxruntime.__version__},
             quantization=quantization,
         )
+
+
+@contextlib.contextmanager
+def _scratch(folder: Path, prefix: str, wanted: bool) -> Iterator[Path | None]:
+    """A temporary folder inside ``folder`` for the block where ``wanted``, else ``None``."""
+    if not wanted:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=folder) as scratch:
+        yield Path(scratch)
 
 
 calibrate_export = functional(CalibratedExportFromExport, "calibrate_export")

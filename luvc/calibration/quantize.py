@@ -91,6 +91,16 @@ def check_method(precision: str, method: str) -> None:
         )
 
 
+def check_alpha(alpha: float | None, precision: str) -> None:
+    """Refuse a migration strength outside (0, 1), or smoothing at a precision that quantizes no activation."""
+    if alpha is None:
+        return
+    if isinstance(alpha, bool) or not 0 < alpha < 1:
+        critical(f"--smooth {alpha}: a migration strength in (0, 1), e.g. 0.5 (SmoothQuant's default).")
+    if precision not in ("int8", "fp8"):
+        critical(f"--smooth moves activation outliers into weights; {precision} quantizes no activation. Leave it out.")
+
+
 def constant_names(model: onnx.ModelProto) -> set[str]:
     """The initializers and ``Constant`` outputs of ``model``: what is not an activation."""
     names = {init.name for init in model.graph.initializer}

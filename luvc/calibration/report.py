@@ -96,6 +96,11 @@ def write_report(
             f"{num_samples} samples through the LUVC-compressed {source_precision} export (ranges after merging and "
             "pruning)."
         )
+    if quantization.smoothing_alpha is not None:
+        run += (
+            f" SmoothQuant with alpha {quantization.smoothing_alpha} scaled the weights of "
+            f"{len(quantization.smoothed_products)} products first (`quantization.smoothed_products`)."
+        )
     lines = [
         f"# Calibration: {precision}, {method}",
         "",

@@ -53,6 +53,12 @@ class Calibrate:
             console.print(
                 f"  kept float, input heavy tailed: {len(heavy)} product(s), named in manifest.json", highlight=False
             )
+        if quantization.smoothing_alpha is not None:
+            console.print(
+                f"  smoothed (SmoothQuant, alpha {quantization.smoothing_alpha}): "
+                f"{len(quantization.smoothed_products)} product(s)",
+                highlight=False,
+            )
         if quantization.target_agreement is not None:
             kept = ", ".join(quantization.float_layers) or "none"
             target = quantization.target_agreement

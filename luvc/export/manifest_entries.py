@@ -206,7 +206,8 @@ class QuantizationEntry:
     """What ``luvc-export calibrate`` did: precision and method, the quantizer, the source export, the calibration
     run, what was quantized and how, the nodes kept in floating point (per graph: node -> reason), the ranges file,
     TensorRT 10's calibration caches (INT8), the agreement with the fp32 source (first token and greedy decode), (INT4)
-    the input channels per weight scale, and (``--target-agreement``) the layers kept in floating point and why."""
+    the input channels per weight scale, (``--target-agreement``) the layers kept in floating point and why, and
+    (``--smooth``) SmoothQuant's strength and the products it smoothed."""
 
     precision: str
     method: str
@@ -230,6 +231,9 @@ class QuantizationEntry:
     layer_sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
     float_layer_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # kept layer -> bytes beyond INT8
     target_search_seconds: float | None = None  # the search's wall time, its one quantization included
+    # ``--smooth``: SmoothQuant's migration strength, and the products whose weights (and input's maker) it scaled
+    smoothing_alpha: float | None = None
+    smoothed_products: tuple[str, ...] = ()
 
     def kept_float_counts(self, graph: str) -> dict[str, int]:
         """How many of ``graph``'s nodes stay float for each reason, a reason's own figures (after its colon: a
@@ -249,6 +253,7 @@ class QuantizationEntry:
                 "quantized_ops": tuple(data["quantized_ops"]),
                 "tensorrt10_calibration_caches": tuple(data["tensorrt10_calibration_caches"]),
                 "float_layers": tuple(data.get("float_layers", ())),
+                "smoothed_products": tuple(data.get("smoothed_products", ())),
             }
         )
 

@@ -155,6 +155,15 @@ class SharedWeights:
                 self.order.append(("bytes", digest))
         return self.offsets[digest]
 
+    def place(self, tensor: onnx.TensorProto, value: np.ndarray) -> None:
+        """Store ``value`` (of ``tensor``'s type and shape) as ``tensor``'s data, in place: appended unless the file
+        holds its bytes, and ``tensor`` pointed at them."""
+        data = memoryview(_contiguous(value)).cast("B")
+        with self.path.open("ab") as file:
+            offset, length = self._append(file, data, hashlib.sha256(data).digest())
+        self.referenced_bytes += length
+        _point_at(tensor, self.path.name, offset, length)
+
     def externalize(self, model: onnx.ModelProto, source: Path | None = None) -> None:
         """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place). Tensors
         whose data is in another external file are read from ``source`` (their folder) one at a time; without

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from luvc.calibration.calibrator import collect_feeds
+from luvc.calibration.feeds import collect_feeds
 from luvc.calibration.float_layers import choose_float_layers, restore_float
 from luvc.calibration.quantize import excluded_nodes, layer_exclusions, quantize_graph
 from luvc.calibration.ranges import activations_to_calibrate, collect_ranges

@@ -11,7 +11,7 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-from luvc.calibration.calibrator import collect_feeds
+from luvc.calibration.feeds import collect_feeds
 from luvc.calibration.quantize import (
     METHODS,
     QUANTIZED_OPS,

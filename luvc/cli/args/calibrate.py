@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_method
+from luvc.calibration.quantize import DEFAULT_METHODS, METHODS, PRECISIONS, check_alpha, check_method
 from luvc.calibration.weight_only import BLOCKED_PRECISIONS, DEFAULT_BLOCK_SIZE, check_block_size
 from luvc.cli.args.base import BaseArgs, int_in
 from luvc.errors import critical
@@ -46,6 +46,14 @@ class CalibrateArgs(BaseArgs):
             help="int8/fp8: keep the fewest layers in float (most sensitive first) until the worst logits cosine "
             "against fp32 (first token and greedy decode steps) reaches this, e.g. 0.9999",
         )
+        group.add_argument(
+            "--smooth",
+            type=float,
+            default=None,
+            metavar="ALPHA",
+            help="int8/fp8: SmoothQuant, moving activation outliers into the weights with strength ALPHA in (0, 1), "
+            "e.g. 0.5; scales fold into norms and up projections, so the graphs stay as they are (off by default)",
+        )
         group.add_argument("--out", required=True, help="calibrated export folder to create")
         group.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -56,6 +64,8 @@ class CalibrateArgs(BaseArgs):
         check_method(self.precision, self.method)  # before any sample is read
         self.block_size = args.block_size
         self.target_agreement = args.target_agreement
+        self.smooth = args.smooth
+        check_alpha(self.smooth, self.precision)
         if self.block_size is not None:
             if self.precision not in BLOCKED_PRECISIONS:
                 critical(f"--block-size sets INT4 weight blocks; {self.precision} has none. Pass --precision int4.")
