@@ -1,18 +1,19 @@
 """fp32, fp16, INT8 and INT4 exports of a Qwen2-VL-2B-shaped model on ONNX Runtime CPU: speed, bytes, device memory
 and agreement, in one run.
 
-Builds a random-weight checkpoint with Qwen2-VL-2B's widths (``luvc.models.tiny.QWEN2_VL_2B_WIDTHS``: LLM hidden 1536,
-MLP 8960, vocabulary 151936, tied embedding; encoder 1280 wide) with ``--layers`` decoder layers and
-``--vision-blocks`` encoder blocks, exports it in fp32 and fp16 (one ``--side`` square bucket), and quantizes the fp32
-export with ``luvc-export calibrate`` to INT8 (minmax, the default) and to INT4 weight-only (GPTQ, the default, blocks
-of 128), and the fp16 export to INT4 too (``int4-fp16``: what a Jetson deploys, the unquantized rest in fp16). Then,
-per export: the export's bytes, the bytes of the LLM's linear weights (every ``/llm/layers.*`` MatMul weight, with its
-INT4 scales), what ``luvc-export plan`` puts on an 8 GB Orin (weights, and everything with the KV cache, activations
-and the system's reserve), and the median prefill (vision + prefill graphs) and decode-step wall times over
-``--repeats`` requests of ``--new-tokens`` tokens, the exports taking turns so CPU drift cancels (fp16 graphs run in
-float32 on ONNX Runtime CPU, as the runtime runs them there). Last lines: ``int4_decode_speedup=<x>``,
-``int4_plan_weight_ratio=<x>`` (``int4-fp16`` plan weights / fp16 plan weights), ``int8_prefill_speedup=<x>`` (fp32
-prefill ms / INT8 prefill ms), ``int8_decode_speedup=<x>`` (fp32 decode step / INT8 decode step; target >= 1.0) and
+Builds a random-weight checkpoint with Qwen2-VL-2B's widths (``luvc.models.tiny.QWEN2_VL_2B_WIDTHS``: LLM hidden
+1536, MLP 8960, vocabulary 151936, tied embedding; encoder 1280 wide) with ``--layers`` decoder layers and
+``--vision-blocks`` encoder blocks, exports it in fp32 and fp16 (one ``--side`` square bucket), and quantizes the
+fp32 export with ``luvc-export calibrate`` to INT8 (minmax, the default; and ``int8-sq``, with ``--smooth 0.5``) and
+to INT4 weight-only (GPTQ, the default, blocks of 128), and the fp16 export to INT4 too (``int4-fp16``: what a
+Jetson deploys, the unquantized rest in fp16). Then, per export: the export's bytes, the bytes of the LLM's linear
+weights (every ``/llm/layers.*`` MatMul weight, with its INT4 scales), what ``luvc-export plan`` puts on an 8 GB
+Orin (weights, and everything with the KV cache, activations and the system's reserve), and the median prefill
+(vision + prefill graphs) and decode-step wall times over ``--repeats`` requests of ``--new-tokens`` tokens, the
+exports taking turns so CPU drift cancels (fp16 graphs run in float32 on ONNX Runtime CPU, as the runtime runs them
+there). Last lines: ``int4_decode_speedup=<x>``, ``int4_plan_weight_ratio=<x>`` (``int4-fp16`` plan weights / fp16
+plan weights), ``int8_prefill_speedup=<x>`` (fp32 prefill ms / INT8 prefill ms), ``int8_decode_speedup=<x>`` (fp32
+decode step / INT8 decode step; target >= 1.0), ``int8_smooth_decode_speedup=<x>`` (the same for ``int8-sq``) and
 ``int4_weight_ratio=<x>`` (INT4 linear weight bytes / the same weights in fp16; target <= 0.3). Usage:
     python benchmarks/quantized.py [--layers 4] [--vision-blocks 2] [--side 448] [--repeats 5]
 """
@@ -43,6 +44,7 @@ from luvc.runtime.pipeline import GenerationOptions, Pipeline
 MiB = 1 << 20
 PLAN_TARGET = "orin-8gb"
 LLM_LAYERS = "/llm/layers."
+SMOOTH = 0.5  # int8-sq: calibrate --smooth 0.5 (SmoothQuant, which brings the down projections under the tail bound)
 
 
 def tensor_bytes(tensor: onnx.TensorProto) -> int:
@@ -105,14 +107,15 @@ def main() -> None:
         fp16 = dataclasses.replace(profile, precision="fp16")
         folders["fp16"] = export_model(load_model(str(checkpoint)), Path(tmp) / "fp16", fp16, show_progress=False)
         seconds["fp16"] = time.perf_counter() - began
-        for name, source, precision in (
-            ("int8", "fp32", "int8"),
-            ("int4", "fp32", "int4"),
-            ("int4-fp16", "fp16", "int4"),
+        for name, source, precision, smooth in (
+            ("int8", "fp32", "int8", None),
+            ("int8-sq", "fp32", "int8", SMOOTH),
+            ("int4", "fp32", "int4", None),
+            ("int4-fp16", "fp16", "int4", None),
         ):
             began = time.perf_counter()
             folders[name] = calibrate_export(
-                folders[source], Path(tmp) / name, precision=precision, show_progress=False
+                folders[source], Path(tmp) / name, precision=precision, smooth=smooth, show_progress=False
             )
             seconds[name] = time.perf_counter() - began
         manifests = {name: ExportManifest.load(folder) for name, folder in folders.items()}
@@ -151,6 +154,8 @@ def main() -> None:
     print(f"int4_plan_weight_ratio={plans['int4-fp16'].weight_bytes / plans['fp16'].weight_bytes:.3f}")
     print(f"int8_prefill_speedup={fp32_prefill / int8_prefill:.2f}")
     print(f"int8_decode_speedup={statistics.median(decode_ms['fp32']) / statistics.median(decode_ms['int8']):.2f}")
+    smoothed = statistics.median(decode_ms["int8-sq"])
+    print(f"int8_smooth_decode_speedup={statistics.median(decode_ms['fp32']) / smoothed:.2f}")
     print(f"int4_weight_ratio={int4_stored / fp16_bytes:.3f}")
 
 

@@ -74,12 +74,17 @@ class _Graph:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+        self.nodes = {node.name: node for node in model.graph.node}
         self.producer = {name: node for node in model.graph.node for name in node.output}
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
         self.outputs = {output.name for output in model.graph.output}
+
+    def initializer_at(self, site: Site) -> onnx.TensorProto:
+        """The initializer ``site`` reads."""
+        return self.initializers[self.nodes[site.node].input[site.index]]
 
     def read_only_by(self, name: str, node: onnx.NodeProto) -> bool:
         """Whether ``node`` is the one reader of ``name``, once (and it is no graph output)."""
@@ -233,7 +238,6 @@ def smooth_export(
     gives a graph's products that stay float (not smoothed). The graphs keep their file names, and their weights,
     smoothed or copied, go into ``folder``'s own weights file (each distinct tensor once): the source manifest's graph
     entries name the smoothed folder's files as well."""
-
     structures = {
         name: onnx.load(str(source_dir / manifest.graphs[name].file), load_external_data=False) for name in graphs
     }
@@ -255,7 +259,7 @@ def smooth_export(
         graph = _Graph(model)
         for group in groups:
             if group.key not in scales:  # from the source's weights: every graph smooths a group alike
-                read = [(_read(graph.initializers[_name_at(model, site)], source_dir), site) for site in group.weights]
+                read = [(_read(graph.initializer_at(site), source_dir), site) for site in group.weights]
                 weight_maxima = np.max([np.abs(value).max(axis=1 - site.axis) for value, site in read], axis=0)
                 scales[group.key] = smoothing_scales(maxima[group.key], weight_maxima, alpha)
         store = shared if entry.external_data else None
@@ -267,11 +271,6 @@ def smooth_export(
         smoothed.update(product for group in groups for product in group.products)
         advance(f"smoothing: wrote {name}, {len(groups)} product input(s) smoothed")
     return SmoothedExport(folder, scales, tuple(sorted(smoothed)))
-
-
-def _name_at(model: onnx.ModelProto, site: Site) -> str:
-    """The tensor ``site`` reads."""
-    return next(node.input[site.index] for node in model.graph.node if node.name == site.node)
 
 
 def _scale_sites(
