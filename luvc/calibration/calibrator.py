@@ -373,7 +373,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 source = calibration.source_dir / graph.file
                 structure = onnx.load(str(source), load_external_data=False)
                 kept = excluded_nodes(structure, self.precision, calibration.heavy_tailed)
-                skip = {**kept, **layer_exclusions(structure, keep)}
+                skip = {**layer_exclusions(structure, keep), **kept}  # a heavy-tailed input keeps its reason
                 if self.weight_only:
                     layers = LAYER_FORMATS[self.precision]
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer, layers)

@@ -177,13 +177,15 @@ class FloatLayerTrials:
                 source = onnx.load(str(self.source_dir / graph.file), load_external_data=False)
                 entry = dataclasses.replace(entry, num_nodes=len(model.graph.node))
                 ranges[name] = activation_ranges(model, precision)
-                excluded[name] = {**self.excluded[name], **layer_exclusions(source, layers)}
+                # a product the full quantization kept float keeps its own reason (a heavy-tailed input)
+                excluded[name] = {**layer_exclusions(source, layers), **self.excluded[name]}
             entries[name] = entry
         return entries, ranges, excluded
 
     def extra_float_bytes(self, layers: Iterable[str]) -> dict[str, int]:
         """Per layer of ``layers``: the bytes its products' weights take in the source's floating point beyond
-        INT8's one byte each (counted once however many graphs hold a product)."""
+        INT8's one byte each (counted once however many graphs hold a product), but those the full quantization kept
+        float already (a heavy-tailed input's)."""
         sizes: dict[str, dict[str, int]] = {layer: {} for layer in layers}
         for name in self.graph_layers:
             source = onnx.load(str(self.source_dir / self.source.graphs[name].file), load_external_data=False)
@@ -191,7 +193,7 @@ class FloatLayerTrials:
             for node in source.graph.node:
                 layer = layer_of(node) if node.op_type in QUANTIZED_OPS else None
                 weights = [initializers[i] for i in node.input[1:2] if i in initializers]
-                if layer in sizes and weights:
+                if layer in sizes and weights and node.name not in self.excluded.get(name, {}):
                     tensor = weights[0]
                     itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
                     sizes[layer][node.name] = math.prod(tensor.dims) * (itemsize - 1)

@@ -99,3 +99,25 @@ def test_a_layer_that_helps_alone_but_not_with_the_kept_ones_stays_quantized():
     assert choice.layers == {"llm.layers.0", "llm.layers.1"}
     assert any(step.startswith("vision.blocks.1 left quantized") for step in steps), steps
     assert choice.sensitivity["vision.blocks.1"] == pytest.approx(3.5e-3)  # measured alone, not inferred
+
+
+def test_a_kept_layer_costs_only_the_products_the_full_quantization_quantized(exports, tmp_path):
+    from luvc.calibration.float_layers import FloatLayerTrials
+
+    source = exports("tiny-qwen2-vl")
+    manifest = ExportManifest.load(source)
+    down = "/llm/layers.1/mlp/down_proj/MatMul"
+    excluded = {"prefill_224x224": {down: "heavy-tailed input: amax 20.0x its rms (bound 12x)"}}
+    trials = FloatLayerTrials(
+        source, manifest, tmp_path, manifest, {"prefill_224x224": frozenset({"llm.layers.1"})}, excluded
+    )
+    model = onnx.load(str(source / manifest.graphs["prefill_224x224"].file))
+    weights = {init.name: init for init in model.graph.initializer}
+    sizes = {
+        node.name: 3 * int(np.prod(weights[node.input[1]].dims))  # float32 beyond INT8's one byte
+        for node in model.graph.node
+        if node.name.startswith("/llm/layers.1/") and node.op_type == "MatMul" and node.input[1] in weights
+    }
+    assert down in sizes and len(sizes) == 7  # q, k, v, o, gate, up, down
+    # the down projection was float in the full quantization already: keeping the layer does not cost it
+    assert trials.extra_float_bytes(["llm.layers.1"]) == {"llm.layers.1": sum(sizes.values()) - sizes[down]}
