@@ -251,8 +251,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
             files.append("ranges.json")
         files += caches
         calibrated = self._manifest(manifest, entries, files, staging, samples, excluded, caches)
-        # the folder's manifest, before it is written; a few tokens a sample: packing would cost more than it saves
-        quantized = Pipeline(staging, manifest=calibrated, pack_quantized_weights=False)
+        quantized = Pipeline(staging, manifest=calibrated)  # the folder's manifest, before it is written
         try:  # what was written loads, and decodes as the float export does
             open_every_graph(quantized, closed_kinds=("text",))  # the samples all hold an image
             agreement = agreement_with_reference(calibration.references, quantized, samples, self.target_agreement)

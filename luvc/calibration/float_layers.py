@@ -239,7 +239,7 @@ def candidate_agreement(
     ``keep`` layers in floating point."""
     from luvc.runtime.pipeline import Pipeline
 
-    pipeline = Pipeline(trials.folder, manifest=trials.write(keep), pack_quantized_weights=False)  # a few tokens
+    pipeline = Pipeline(trials.folder, manifest=trials.write(keep))
     try:
         return worst_cosine(agreement_with_reference(references, pipeline, samples, target=None))
     finally:

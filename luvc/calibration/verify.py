@@ -69,8 +69,9 @@ def parity_warning(agreement: dict[str, float], precision: str, float_precision:
 
 def open_every_graph(pipeline, closed_kinds: Collection[str] = ()) -> None:
     """Open a session for every graph of ``pipeline``'s export; one that cannot load is named. Graphs of
-    ``closed_kinds`` are opened first, alone, and closed again once loaded: a session no later run needs would hold
-    its memory for nothing (with packed weights, a copy of the LLM: 4.5 GB at 3B widths)."""
+    ``closed_kinds`` are opened first, alone, and closed again once loaded: each quantized session packs its own copy
+    of the weights it shares, so a graph no later run needs would hold one copy of the LLM for nothing (4.5 GB at 3B
+    widths)."""
     graphs = pipeline.manifest.graphs
     for name, graph in sorted(graphs.items(), key=lambda item: item[1].kind not in closed_kinds):
         try:

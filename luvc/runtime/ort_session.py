@@ -14,7 +14,7 @@ from luvc.errors import critical
 from luvc.runtime.base_session import BaseSession, SessionSetup
 from luvc.runtime.ort_logging import default_logger_errors_only
 from luvc.runtime.replay import Replayer
-from luvc.runtime.weights import MappedWeights
+from luvc.runtime.weights import MappedWeights, is_quantized
 
 # the run option that selects a captured CUDA graph (ONNX Runtime's ``kOrtRunOptionsConfigCudaGraphAnnotation``): an
 # id above 0 captures that graph on its first allowed run and replays it after; -1 runs without capture or replay
@@ -111,7 +111,7 @@ class OrtSession(BaseSession):
                 failure = f"ONNX Runtime refused enable_cuda_graph: {str(error).splitlines()[0]}"
         if self.session is None:
             self.session = self._inference_session(ort, model, options, self.requested_providers)
-        if self.weights is not None and self.weights.packs(graph):
+        if self.weights is not None and self.device.type == "cpu" and is_quantized(graph):
             self.weights.drop_resident_pages()  # the session packed its own copies of what it read
         self.providers = self.session.get_providers()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:

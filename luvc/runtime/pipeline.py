@@ -39,9 +39,7 @@ class Pipeline:
     holds it before it is written (calibration checks a quantized export before saving its manifest);
     ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``);
     ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``: ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``)
-    captures each graph's shapes as CUDA graphs once and replays them (``luvc.runtime.replay``);
-    ``pack_quantized_weights=False`` leaves a quantized graph's CPU weights unpacked (``MappedWeights.packs``: for
-    runs of a few tokens, as calibration's checks are)."""
+    captures each graph's shapes as CUDA graphs once and replays them (``luvc.runtime.replay``)."""
 
     def __init__(
         self,
@@ -56,7 +54,6 @@ class Pipeline:
         manifest: ExportManifest | None = None,
         float16_compute: bool = False,
         cuda_graphs: str | None = None,
-        pack_quantized_weights: bool = True,
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in BACKENDS:
@@ -82,7 +79,6 @@ class Pipeline:
             plugin_library,
             float16_compute,
             resolve_cuda_graphs(cuda_graphs, self.device),
-            pack_quantized_weights,
         )
         self.sessions = Sessions(self.folder, self.manifest, choices)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)

@@ -64,8 +64,7 @@ class RuntimeChoices:
     """How a pipeline runs its export: ``backend`` (``ort``; ``trt`` runs the engines of ``engines_dir``, built with
     the plugin library at ``plugin_library`` when moved), the ``device``, ONNX Runtime ``providers`` instead of those
     the device implies, ``float16_compute`` (an fp16 export's float16 arithmetic on the CPU, as a GPU runs it: what
-    parity checks), whether graphs replay as CUDA graphs (``cuda_graphs``, resolved), and whether a quantized graph's
-    CPU session packs its weights (``pack_quantized_weights``: ``MappedWeights.packs``)."""
+    parity checks) and whether graphs replay as CUDA graphs (``cuda_graphs``, resolved)."""
 
     backend: str = "ort"
     device: torch.device = torch.device("cpu")
@@ -74,7 +73,6 @@ class RuntimeChoices:
     plugin_library: str | Path | None = None
     float16_compute: bool = False
     cuda_graphs: bool = False
-    pack_quantized_weights: bool = True
 
 
 class Sessions:
@@ -98,13 +96,7 @@ class Sessions:
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
         float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
-        self.weights = MappedWeights(
-            folder,
-            float32=float32,
-            device=device,
-            digests=manifest.files,
-            pack_quantized=choices.pack_quantized_weights,
-        )
+        self.weights = MappedWeights(folder, float32=float32, device=device, digests=manifest.files)
         self.activations = None
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations

@@ -74,8 +74,7 @@ class MappedWeights:
     one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
     CPU), float16 graphs are rewritten to compute in float32 and get float32 weights, converted once and kept in the
     user's cache (``luvc.cache``) by the sha256 of their file (``digests``). ``int8_encoding`` is how INT8 Q/DQ graphs
-    run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly);
-    ``pack_quantized``: whether their CPU sessions pack their weights (``packs``)."""
+    run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
 
     def __init__(
         self,
@@ -84,10 +83,8 @@ class MappedWeights:
         device: torch.device | None = None,
         int8_encoding: str | None = None,
         digests: dict[str, str] | None = None,
-        pack_quantized: bool = True,
     ) -> None:
         self.folder = Path(folder)
-        self.pack_quantized = pack_quantized
         self.digests = digests or {}  # file -> its sha256 (the manifest's): float32 conversions are cached by it
         self._digests_checked: dict[str, str | None] = {}
         self._from_cache: set[tuple[ExternalTensor, int]] = set()  # conversions an earlier start made
@@ -123,7 +120,9 @@ class MappedWeights:
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         if tensors:
-            if not self.packs(model):
+            # a quantized graph keeps prepacking: for one token through a 1536 x 8960 weight, ONNX Runtime's INT4
+            # MatMulNBits takes 39 ms unpacked against 0.11 ms packed, its INT8 Q/DQ MatMul 1.12 against 0.16 ms
+            if not quantized:
                 options.add_session_config_entry("session.disable_prepacking", "1")
             options.enable_cpu_mem_arena = False
         # ONNX Runtime's graph transformers read some weights from the graph itself (Conv weights they reorder, small
@@ -229,14 +228,6 @@ class MappedWeights:
                 self._mappings[location] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             self._files[location] = np.frombuffer(self._mappings[location], dtype=np.uint8)
         return self._files[location]
-
-    def packs(self, model: onnx.ModelProto) -> bool:
-        """Whether ONNX Runtime packs the weights of ``model``'s CPU session (a copy per session): only a quantized
-        graph's, where ``pack_quantized`` is set. For one token through a 1536 x 8960 weight ONNX Runtime's INT4
-        MatMulNBits takes 39 ms unpacked against 0.11 ms packed, its INT8 Q/DQ MatMul 1.12 against 0.16 ms; a run of
-        a few tokens (calibration's checks) is faster without the packing, and holds no copies: at Qwen2.5-VL-3B's
-        widths 4 samples of 5 tokens took 27 s and 6.5 GiB unpacked against 50 s and 15.6 GiB packed."""
-        return self.device.type == "cpu" and self.pack_quantized and is_quantized(model)
 
     def drop_resident_pages(self) -> None:
         """Let the kernel take the mapped files' pages out of this process (``MADV_DONTNEED``) once a quantized CPU

@@ -298,26 +298,3 @@ def test_a_quantized_session_leaves_no_page_of_the_weights_file_resident(exports
         assert _resident_bytes(folder / "weights.data") < size // 4
     finally:
         pipeline.release()
-    unpacked = Pipeline(folder, pack_quantized_weights=False)  # as calibration's checks run: read from the file
-    try:
-        again = unpacked.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(2))
-        np.testing.assert_array_equal(again.tokens, generation.tokens)
-        assert _resident_bytes(folder / "weights.data") > size // 2
-    finally:
-        unpacked.release()
-
-
-def test_only_a_quantized_graph_on_the_cpu_packs_and_only_when_asked(tmp_path):
-    from luvc.runtime.weights import MappedWeights
-
-    weight = onnx.numpy_helper.from_array(np.ones((4, 4), dtype=np.int8), "w")
-    scale = onnx.numpy_helper.from_array(np.array(0.5, dtype=np.float32), "s")
-    nodes = [
-        onnx.helper.make_node("DequantizeLinear", ["w", "s"], ["wf"]),
-        onnx.helper.make_node("MatMul", ["x", "wf"], ["y"]),
-    ]
-    quantized = onnx.helper.make_model(onnx.helper.make_graph(nodes, "q", [], [], [weight, scale]))
-    plain = onnx.helper.make_model(onnx.helper.make_graph(nodes[1:], "f", [], [], []))
-    assert MappedWeights(tmp_path).packs(quantized)
-    assert not MappedWeights(tmp_path, pack_quantized=False).packs(quantized)
-    assert not MappedWeights(tmp_path).packs(plain)
