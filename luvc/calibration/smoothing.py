@@ -216,10 +216,9 @@ def smoothing_scales(activation_maxima: np.ndarray, weight_maxima: np.ndarray, a
 @dataclasses.dataclass(frozen=True)
 class SmoothedExport:
     """The smoothed fp32 graphs calibration reads instead of the source's (the same files as the source manifest
-    names, in ``folder``), each group's scales (by key), and the products smoothed."""
+    names, in ``folder``), and the products smoothed."""
 
     folder: Path
-    scales: Mapping[str, np.ndarray]
     products: tuple[str, ...]
 
 
@@ -263,42 +262,41 @@ def smooth_export(
                 weight_maxima = np.max([np.abs(value).max(axis=1 - site.axis) for value, site in read], axis=0)
                 scales[group.key] = smoothing_scales(maxima[group.key], weight_maxima, alpha)
         store = shared if entry.external_data else None
-        written = _scale_sites(model, groups, scales, source_dir, store)
+        written = _scale_sites(model, graph, groups, scales, source_dir, store)
         for tensor in _get_all_tensors(model) if store is not None else ():  # the rest copied, each once
             if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in written:
                 store.place(tensor, _read(tensor, source_dir))
         onnx.save_model(model, str(folder / entry.file))
         smoothed.update(product for group in groups for product in group.products)
         advance(f"smoothing: wrote {name}, {len(groups)} product input(s) smoothed")
-    return SmoothedExport(folder, scales, tuple(sorted(smoothed)))
+    return SmoothedExport(folder, tuple(sorted(smoothed)))
 
 
 def _scale_sites(
     model: onnx.ModelProto,
+    graph: _Graph,
     groups: Sequence[SmoothingGroup],
     scales: Mapping[str, np.ndarray],
     source_dir: Path,
     store: SharedWeights | None,
 ) -> set[str]:
-    """Scale ``model``'s initializers for ``groups`` (in place): each product's weight multiplied by its group's
-    scale along the input channels, each fold divided by it. A node input edited by two groups (an up projection's
-    weight: rows for the norm before it, columns for the down projection after it) is written once. An initializer
-    that other nodes read as well (the exporter stores equal tensors once) gets a copy for this reader. Returns the
-    names of the tensors written."""
+    """Scale ``model``'s initializers (``graph``: who reads what in it) for ``groups`` (in place): each product's
+    weight multiplied by its group's scale along the input channels, each fold divided by it. A node input edited by
+    two groups (an up projection's weight: rows for the norm before it, columns for the down projection after it) is
+    written once. An initializer that other nodes read as well (the exporter stores equal tensors once) gets a copy
+    for this reader. Returns the names of the tensors written."""
     edits: dict[tuple[str, int], list[tuple[int, np.ndarray, bool]]] = {}  # (node, input) -> (axis, scale, multiply)
     for group in groups:
         for site in group.weights:
             edits.setdefault((site.node, site.index), []).append((site.axis, scales[group.key], True))
         for site in group.folded:
             edits.setdefault((site.node, site.index), []).append((site.axis, scales[group.key], False))
-    nodes = {node.name: node for node in model.graph.node}
-    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
-    reads = collections.Counter(name for node in model.graph.node for name in node.input)
-    reads.update(output.name for output in model.graph.output)
+    reads = collections.Counter({name: len(readers) for name, readers in graph.readers.items()})
+    reads.update(graph.outputs)
     written = set()
     for (node_name, index), changes in sorted(edits.items(), key=lambda item: item[0]):
-        node = nodes[node_name]
-        tensor = tensors[node.input[index]]
+        node = graph.nodes[node_name]
+        tensor = graph.initializers[node.input[index]]
         value = _read(tensor, source_dir).astype(np.float64)
         for axis, scale, multiply in changes:
             shape = [1] * value.ndim

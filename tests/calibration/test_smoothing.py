@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from luvc.calibration.feeds import collect_feeds
 from luvc.calibration.quantize import excluded_nodes
-from luvc.calibration.smoothing import _scale_sites, smooth_export, smoothing_groups, smoothing_scales
+from luvc.calibration.smoothing import _Graph, _scale_sites, smooth_export, smoothing_groups, smoothing_scales
 from luvc.cli.main import main
 from luvc.export.manifest import ExportManifest
 from luvc.runtime.exposed import session_with_outputs
@@ -98,7 +98,7 @@ def test_every_foldable_input_is_found_and_the_smoothed_graph_computes_the_same(
     before = _run(model, x)
     rng = np.random.default_rng(2)
     scales = {group.key: np.exp(rng.uniform(-2, 2, group.channels)) for group in groups.values()}
-    _scale_sites(model, list(groups.values()), scales, tmp_path, None)
+    _scale_sites(model, _Graph(model), list(groups.values()), scales, tmp_path, None)
     after = _run(model, x)
     for expected, found in zip(before, after):
         np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-4)
