@@ -149,6 +149,10 @@ class EngineFromOnnx(BaseLoader[tuple]):
                 config.set_flag(trt.BuilderFlag.FP8)
             if self.precision == "int4" and hasattr(trt.BuilderFlag, "INT4"):  # weight-only Q/DQ (TensorRT 10.x)
                 config.set_flag(trt.BuilderFlag.INT4)
+        # a float32 tensor is float32 for its accuracy (an fp32 export; an fp16 export's norms, softmax and SPU scores):
+        # no TF32 products (10 bits of mantissa), which TensorRT allows by default
+        if hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)
         if self.tensorrt.is_rtx:
             names = rtx_compute_capabilities(target, self.tensorrt)
             config.num_compute_capabilities = len(names)

@@ -27,7 +27,8 @@ CAPTURE_RUNS = 2
 
 def ort_providers(device: torch.device, stream: int | None = None) -> list:
     """ONNX Runtime providers for ``device``: the CUDA EP on that GPU (on the pipeline's stream, no per-run
-    synchronisation beyond the stream's own order), or the CPU EP."""
+    synchronisation beyond the stream's own order; float32 products in float32, not the TF32 the CUDA EP would use by
+    default: a float32 tensor is float32 for its accuracy), or the CPU EP."""
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
     options = {
@@ -35,6 +36,7 @@ def ort_providers(device: torch.device, stream: int | None = None) -> list:
         "arena_extend_strategy": "kSameAsRequested",
         "cudnn_conv_algo_search": "HEURISTIC",
         "do_copy_in_default_stream": "0",
+        "use_tf32": "0",
     }
     if stream is not None:
         options["user_compute_stream"] = str(stream)

@@ -12,7 +12,8 @@ its feeds into those buffers, replays, and copies the outputs out; the KV caches
 backend (``GraphCapture``: ONNX Runtime's CUDA graphs, ``luvc.runtime.ort_session``; TensorRT's, by stream capture,
 ``luvc.runtime.trt_session``) does the capture and the replay. A capture that fails (an unsupported op, out of memory,
 a driver refusal) is named in one warning, and the session runs plain from then on: never a crash, never another
-answer.
+answer. ``Replayer.verify_tolerance`` (the GPU check's) runs each call plainly too and records where the replayed
+outputs differ from the plain ones (``Divergence``): the first graph and call that went wrong, not only the tokens.
 """
 
 from __future__ import annotations
@@ -69,6 +70,25 @@ def in_place_addresses(feeds: dict[str, torch.Tensor], outputs: dict[str, torch.
     return read & {tensor.data_ptr() for tensor in outputs.values() if tensor.numel()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """A replayed output that differed from the plain run of the same feeds: the replayer's call (counted from 1),
+    whether that call captured or replayed, the output, and ``max |replayed - plain| / max |plain|``."""
+
+    call: int
+    captured: bool
+    output: str
+    relative: float
+
+    def __str__(self) -> str:
+        how = "captured" if self.captured else "replayed"
+        return f"call {self.call} ({how}): {self.output} differs by {self.relative:.3g} of its largest value"
+
+
+# divergences one replayer records at most (the first ones tell where it went wrong)
+MAX_DIVERGENCES = 16
+
+
 @dataclasses.dataclass
 class Captured:
     """One captured graph: its slot, the tensors bound to it, and which of them are the replayer's own buffers (the
@@ -98,6 +118,10 @@ class Replayer:
         self.captured: dict[ShapeKey, Captured] = {}
         self.failure = failure
         self.replays = 0
+        self.calls = 0
+        # set: each call also runs plainly and a replayed output further than this from it is a ``Divergence``
+        self.verify_tolerance: float | None = None
+        self.divergences: list[Divergence] = []
         self._warned_full = False
         if failure is not None:
             self._warn(failure)
@@ -120,6 +144,7 @@ class Replayer:
     ) -> None:
         """Write the graph's outputs for ``feeds`` into ``outputs``: by replaying this shape's captured graph
         (captured now if new), or by ``plain`` (the session's ordinary run) after a failure or past ``MAX_CAPTURED``."""
+        self.calls += 1
         if self.failure is not None:
             plain(feeds, outputs)
             return
@@ -128,6 +153,7 @@ class Replayer:
         if entry is None and self._full(feeds, outputs):
             plain(feeds, outputs)
             return
+        captured = entry is None
         try:
             if entry is None:
                 entry = self._capture(key, feeds, outputs)
@@ -142,6 +168,21 @@ class Replayer:
             return
         for name in entry.own_outputs:
             outputs[name].copy_(entry.outputs[name])
+        if self.verify_tolerance is not None:
+            self._compare_with_plain(entry, captured, feeds, outputs, plain)
+
+    def _compare_with_plain(self, entry: Captured, captured: bool, feeds, outputs, plain) -> None:
+        """Run ``feeds`` plainly into scratch outputs (in-place tensors as they are: the same values written again) and
+        record each replayed output further from the plain one than ``verify_tolerance``."""
+        expected = {name: torch.empty_like(t) if name in entry.own_outputs else t for name, t in outputs.items()}
+        plain(feeds, expected)
+        for name in sorted(entry.own_outputs):
+            reference = expected[name].double()
+            scale = reference.abs().max().item() if reference.numel() else 0.0
+            difference = (outputs[name].double() - reference).abs().max().item() if reference.numel() else 0.0
+            relative = difference / scale if scale else difference
+            if not relative <= self.verify_tolerance and len(self.divergences) < MAX_DIVERGENCES:  # NaN included
+                self.divergences.append(Divergence(self.calls, captured, name, relative))
 
     def _capture(self, key: ShapeKey, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> Captured:
         """Bind persistent buffers (the caller's tensors where updated in place), fill them and capture."""

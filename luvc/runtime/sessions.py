@@ -30,9 +30,11 @@ from luvc.runtime.weights import MappedWeights
 # at 896x896, an ONNX Runtime CUDA vision graph took 17 ms plain and 36 ms replayed; LUVC's prefill 6.7 -> 4.7 ms and a
 # decode step 4.4 -> 0.8 ms; docs/benchmarks.md)
 REPLAYED_KINDS = frozenset({"prefill", "text", "decode", "embed"})
-# replaying CUDA graphs, a prefill's sequence is padded on the right to a multiple of this (each row keeps its length;
-# causal attention never reads the padding): one captured graph per 64 tokens of prompt, not one per prompt length
-REPLAY_LENGTH_STEP = 64
+# on a CUDA device a prefill's sequence is padded on the right to a multiple of this (each row keeps its length; causal
+# attention never reads the padding): one captured graph per 64 tokens of prompt, not one per prompt length. Plain
+# runs pad alike, so --cuda-graphs changes how a prefill runs, never the shapes its kernels compute at (a GPU's kernels
+# add in another order at another length, and a near tie in SPU's ranking could then keep another token)
+PREFILL_LENGTH_STEP = 64
 
 
 def resolve_device(backend: str, providers: Sequence | None, device: str | None) -> torch.device:
@@ -83,8 +85,8 @@ class Sessions:
         device, backend = choices.device, choices.backend
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         self.cuda_graphs = choices.cuda_graphs and device.type == "cuda"
-        # prefill sequences are padded to a multiple of this (``prefill_length``): one captured graph per step
-        self.prefill_step = REPLAY_LENGTH_STEP if self.cuda_graphs else 1
+        # prefill sequences are padded to a multiple of this on a GPU (``prefill_length``), replaying or not
+        self.prefill_step = PREFILL_LENGTH_STEP if device.type == "cuda" else 1
         self.engines_dir, self.plugin_library = choices.engines_dir, choices.plugin_library
         # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
         on_gpu = device.type == "cuda" and torch.cuda.is_available()
@@ -104,6 +106,9 @@ class Sessions:
             self.activations = SharedActivations(device, self._tensorrt)
         self._open: dict[str, BaseSession] = {}
         self._caches: dict[int, KVCache] = {}
+        # the GPU check's: every replayed call also runs plainly, and outputs further apart than this are recorded
+        # (``replay_divergences``); set before the sessions open
+        self.verify_replay_tolerance: float | None = None
 
     def setup(self, graph: GraphEntry) -> SessionSetup:
         """What the session of ``graph`` shares with the others (its kind decides whether it replays)."""
@@ -128,6 +133,8 @@ class Sessions:
             else:
                 session = self._trt_session(name, graph)
             self._open[name] = session.activate()
+            if session.replayer is not None:
+                session.replayer.verify_tolerance = self.verify_replay_tolerance
         return self._open[name]
 
     def open(self, names: Iterable[str]) -> None:
@@ -205,15 +212,25 @@ class Sessions:
         parts += [replayer.describe() for replayer in replayers if not replayer.active]
         return "; ".join(parts)
 
+    def replay_divergences(self) -> list[str]:
+        """Where replayed outputs differed from plain runs of the same feeds (``verify_replay_tolerance`` set), one
+        line each, by session."""
+        return [
+            f"{name}: {divergence}"
+            for name, session in self._open.items()
+            if session.replayer is not None
+            for divergence in session.replayer.divergences
+        ]
+
     def replayed_buffer_bytes(self) -> int:
         """Device bytes of the replayers' persistent input and output buffers (ONNX Runtime's and TensorRT's own memory
         for the captured graphs not counted)."""
         return sum(session.replayer.buffer_bytes for session in self._open.values() if session.replayer is not None)
 
     def prefill_length(self, graph: str, length: int) -> int:
-        """The sequence length a prefill of ``length`` tokens runs ``graph`` at: padded on the right to a multiple of
-        ``prefill_step`` (at most the graph's longest), so that, replaying CUDA graphs, one captured graph serves every
-        prompt of about that length; as it is otherwise."""
+        """The sequence length a prefill of ``length`` tokens runs ``graph`` at: on a GPU, padded on the right to a
+        multiple of ``prefill_step`` (at most the graph's longest), so that one captured graph serves every prompt of
+        about that length and a plain run computes at the same shapes; as it is on the CPU."""
         if self.prefill_step <= 1:
             return length
         longest = dimension_ranges(self.manifest, graph)["sequence_length"][2]

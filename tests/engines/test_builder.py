@@ -3,9 +3,10 @@
 import pytest
 
 from luvc.cli.main import main
-from luvc.engines.builder import build_engines
+from luvc.engines.builder import EngineFromOnnx, build_engines
 from luvc.engines.manifest import BuiltBy, EngineManifest
 from luvc.engines.profiles import input_profile
+from luvc.engines.targets import get_target
 from luvc.engines.trt_module import import_tensorrt
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import TensorEntry
@@ -47,6 +48,20 @@ def test_fp16_export_builds_strongly_typed_fp16_engines(exports, tmp_path):
     assert manifest.precision == "fp16"
     assert {io.dtype for io in manifest.engines["prefill_224x224"].inputs} == {"float16", "int64"}
     assert manifest.engines["prefill_224x224"].outputs[0] == TensorEntry("logits", "float", (-1, 272))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_compute_float32_products_without_tf32(precision, tmp_path):
+    """TensorRT allows TF32 (10 bits of mantissa) for float32 products by default; an fp32 export, and an fp16
+    export's float32 norms, softmax and SPU scores, keep their float32."""
+    tensorrt = import_tensorrt("tensorrt_rtx")
+    trt = tensorrt.module
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    config = builder.create_builder_config()
+    assert config.get_flag(trt.BuilderFlag.TF32)
+    loader = EngineFromOnnx(tmp_path / "g.onnx", {}, get_target("ada"), tensorrt, precision)
+    loader._configure(trt, builder, config, strongly_typed=True)
+    assert not config.get_flag(trt.BuilderFlag.TF32)
 
 
 def test_build_cli_refuses_what_the_target_cannot_run(exports, tmp_path, capsys):

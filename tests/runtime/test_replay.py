@@ -13,10 +13,10 @@ from onnx import TensorProto, helper
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.runtime.base_session import SessionSetup
-from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, with_cuda_graphs
+from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, ort_providers, with_cuda_graphs
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
-from luvc.runtime.sessions import REPLAY_LENGTH_STEP
+from luvc.runtime.sessions import PREFILL_LENGTH_STEP
 
 PROMPT = "What is in this picture?"
 
@@ -121,6 +121,48 @@ class RefusingCapture:
         outputs["y"].copy_(inputs["x"] * 2)
 
 
+class FrozenCapture:
+    """A backend whose captured graph keeps what it read at capture (as a host-side value baked into a CUDA graph
+    would): its replays ignore new inputs."""
+
+    def capture(self, slot, inputs, outputs) -> None:
+        self.frozen, self.outputs = inputs["x"].clone(), outputs
+        outputs["y"].copy_(self.frozen * 2)
+
+    def replay(self, slot) -> None:
+        self.outputs["y"].copy_(self.frozen * 2)
+
+
+def test_verifying_names_the_first_replayed_call_that_differs_from_the_plain_run():
+    replayer = Replayer("ort:decode", FrozenCapture())
+    replayer.verify_tolerance = 1e-6
+    plain_runs = []
+
+    def plain(feeds, outputs):
+        plain_runs.append(feeds["x"].tolist())
+        outputs["y"].copy_(feeds["x"] * 2)
+
+    for value in (1.0, 1.0, 3.0, 4.0):
+        replayer.run({"x": torch.tensor([value])}, {"y": torch.empty(1)}, plain)
+    assert plain_runs == [[1.0], [1.0], [3.0], [4.0]]  # each call checked against a plain run of its feeds
+    assert [str(d) for d in replayer.divergences] == [
+        "call 3 (replayed): y differs by 0.667 of its largest value",  # 2 against 6
+        "call 4 (replayed): y differs by 0.75 of its largest value",  # 2 against 8
+    ]
+
+
+def test_verifying_a_real_session_finds_its_replays_equal_to_plain_runs(tmp_path):
+    session = scale_and_update(tmp_path)
+    session.replayer.verify_tolerance = 0.0
+    cache = torch.zeros(2, 8)
+    for position in range(3):
+        y = step(session, cache, [1.0 + position, -1.0 - position], position)
+        np.testing.assert_array_equal(y.numpy(), [[2.0 + 2 * position], [-2.0 - 2 * position]])
+    # the plain run wrote the in-place cache again, with the same values
+    np.testing.assert_array_equal(cache[:, :3].numpy(), [[1, 2, 3], [-1, -2, -3]])
+    assert session.replayer.calls == 3 and session.replayer.replays == 3 and session.replayer.divergences == []
+
+
 def test_a_failed_capture_warns_once_and_the_graph_runs_plain_from_then_on(capsys):
     plain_runs = []
 
@@ -191,6 +233,18 @@ def test_the_cuda_ep_gets_enable_cuda_graph_and_plain_runs_name_no_graph(tmp_pat
     ]
     assert with_cuda_graphs(["CUDAExecutionProvider"]) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
     assert with_cuda_graphs(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    # float32 products stay float32 on the GPU (the CUDA EP would use TF32 by default)
+    assert ort_providers(torch.device("cuda", 1), stream=7)[0] == (
+        "CUDAExecutionProvider",
+        {
+            "device_id": 1,
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "do_copy_in_default_stream": "0",
+            "use_tf32": "0",
+            "user_compute_stream": "7",
+        },
+    )
     session = scale_and_update(tmp_path)
     assert session.run_options.get_run_config_entry(GRAPH_ID) == "-1"
     step(session, torch.zeros(2, 8), [1.0, 2.0], 0)
@@ -226,20 +280,22 @@ def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(ex
     tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), 12)
 
     replayed = Pipeline(folder)
-    replayed.sessions.cuda_graphs, replayed.sessions.prefill_step = True, REPLAY_LENGTH_STEP  # as on a GPU
+    replayed.sessions.cuda_graphs, replayed.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    replayed.sessions.verify_replay_tolerance = 0.0  # each replayed call against a plain run of its feeds
     prepared = replayed.prepare([image], [PROMPT])
     for _ in range(2):  # the second request replays every graph the first captured
         replayed_tokens, replayed_logits, request = replayed.greedy(prepared, 12)
         np.testing.assert_array_equal(replayed_tokens, tokens)
         np.testing.assert_allclose(replayed_logits, logits, rtol=1e-5, atol=1e-5)
     # the prompt was padded to a captured length (the decode steps overwrite the padding, and no step reads it)
-    assert request.prefill_feeds["inputs_embeds"].shape[1] % REPLAY_LENGTH_STEP == 0
-    assert prepared.prompts.input_ids.shape[1] % REPLAY_LENGTH_STEP
+    assert request.prefill_feeds["inputs_embeds"].shape[1] % PREFILL_LENGTH_STEP == 0
+    assert prepared.prompts.input_ids.shape[1] % PREFILL_LENGTH_STEP
     enabled, captured, replays, failed = replayed.sessions.replay_counts()
     # prefill, decode (one attention window: 12 tokens stay within 64) and embed at two shapes (the prompt, then one
     # token per step); vision runs plain (compute-bound: replayed, it ran slower on an H200)
     assert (enabled, failed) == (1, 0) and captured == 4
     assert replays == 2 * (1 + 1 + 11 + 11)  # per request: the prompt's embed, prefill, 11 embeds, 11 decodes
     assert replayed.sessions.replay_summary() == "4 shapes of 3 graphs captured, 48 runs replayed"
+    assert replayed.sessions.replay_divergences() == []
     vision = next(session for name, session in replayed.sessions.opened().items() if name.startswith("vision"))
     assert vision.replayer is None

@@ -38,12 +38,35 @@ def cuda_ep():
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+# a replayed call runs the kernels its plain run does, at the same shapes: equal but for the order of atomic adds
+REPLAY_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_each_replayed_call_gives_what_a_plain_run_of_its_feeds_gives(cuda_ep, exports, family, precision, capsys):
+    """Every replayed call (captures included) checked against a plain run of the same feeds on the same session
+    (``Sessions.verify_replay_tolerance``): where replay goes wrong, the first graph and call that did, not only a
+    token later."""
+    folder = exports(family, precision)
+    pipeline = Pipeline(folder, device="cuda:0", cuda_graphs="on")
+    pipeline.sessions.verify_replay_tolerance = REPLAY_TOLERANCE[precision]
+    prepared = pipeline.prepare([synthetic_image(224, 224, 4)], [PROMPT])
+    for _ in range(2):  # the second request replays every graph the first captured
+        pipeline.greedy(prepared, TOKENS)
+    assert pipeline.sessions.replay_divergences() == []
+    enabled, captured, replays, failed = pipeline.sessions.replay_counts()
+    assert (enabled, failed) == (1, 0) and captured >= 4 and replays >= 2 * TOKENS
+    assert "CUDA graph capture failed" not in capsys.readouterr().err
+    pipeline.release()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("family", list(TINY_MODELS))
 def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, precision, capsys):
     """Every graph captured and replayed on ONNX Runtime CUDA (a second request replays all of them): the plain run's
-    tokens (a first difference only at a near tie, parity's judge at the precision's noise), first logits within that
-    noise, no capture refused."""
+    tokens (both pad the prefill alike on a GPU; a first difference only at a near tie, parity's judge at the
+    precision's noise), first logits within that noise, no capture refused."""
     folder = exports(family, precision)
     image = synthetic_image(224, 224, 4)
     noise = TOLERANCES[precision].tensor_relative
@@ -52,7 +75,7 @@ def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, pr
     plain.release()
     replayed = Pipeline(folder, device="cuda:0", cuda_graphs="on")
     prepared = replayed.prepare([image], [PROMPT])
-    for _ in range(2):  # the replayed prefill is padded to 64 tokens: other kernels, the same values to the noise
+    for _ in range(2):
         replayed_tokens, replayed_logits, _ = replayed.greedy(prepared, TOKENS)
         judged = judge_text([(replayed_tokens, tokens, logits)], noise)
         assert judged.non_ties == 0, judged
@@ -62,6 +85,23 @@ def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, pr
     assert (enabled, failed) == (1, 0) and captured >= 4 and replays >= 2 * TOKENS
     assert "CUDA graph capture failed" not in capsys.readouterr().err
     replayed.release()
+
+
+@pytest.mark.parametrize("family", list(TINY_MODELS))
+def test_an_fp32_export_on_the_gpu_computes_what_it_computes_on_the_cpu(cuda_ep, exports, family):
+    """fp32 on ONNX Runtime CUDA is float32 (no TF32 products, ``use_tf32=0``): the first logits within fp32's parity
+    bound of the CPU's, and the tokens but for a near tie (the GPU pads the prefill, the CPU does not)."""
+    folder = exports(family, "fp32")
+    image = synthetic_image(224, 224, 4)
+    noise = TOLERANCES["fp32"].tensor_relative
+    cpu = Pipeline(folder)
+    tokens, logits, _ = cpu.greedy(cpu.prepare([image], [PROMPT]), TOKENS)
+    gpu = Pipeline(folder, device="cuda:0", cuda_graphs="off")
+    gpu_tokens, gpu_logits, _ = gpu.greedy(gpu.prepare([image], [PROMPT]), TOKENS)
+    assert np.abs(gpu_logits[:, 0] - logits[:, 0]).max() <= noise * np.abs(logits[:, 0]).max()
+    judged = judge_text([(gpu_tokens, tokens, logits)], noise)
+    assert judged.non_ties == 0, judged
+    gpu.release()
 
 
 def test_rows_of_a_replayed_batch_get_what_they_get_alone(cuda_ep, exports):
