@@ -164,6 +164,15 @@ class SharedWeights:
         self.referenced_bytes += length
         _point_at(tensor, self.path.name, offset, length)
 
+    def copy_external(self, tensor: onnx.TensorProto, folder: Path) -> None:
+        """Copy external ``tensor``'s bytes from its file in ``folder`` in chunks, unless this file holds them, and
+        point ``tensor`` here (in place): for a source file of the same name as this one, which ``externalize`` takes
+        as streamed here."""
+        with self.path.open("ab") as file:
+            offset, length = self._append_external(file, tensor, Path(folder))
+        self.referenced_bytes += length
+        _point_at(tensor, self.path.name, offset, length)
+
     def externalize(self, model: onnx.ModelProto, source: Path | None = None) -> None:
         """Move every tensor of ``model`` of at least ``SIZE_THRESHOLD`` bytes to the shared file (in place). Tensors
         whose data is in another external file are read from ``source`` (their folder) one at a time; without
