@@ -54,7 +54,9 @@ from luvc.calibration.weight_only import (
     LAYER_FORMATS,
     check_block_fits,
     check_block_size,
+    float_tensor_names,
     gptq_quantizer,
+    name_float_head,
     quantize_weights,
     quantized_weights,
 )
@@ -362,6 +364,8 @@ class CalibratedExportFromExport(BaseLoader[Path]):
         entries, ranges, weight_bytes, excluded = {}, {}, {}, {}
         weights = SharedWeights(staging)
         quantizer = gptq_quantizer(calibration.hessians, self.block_size) if calibration.hessians else None
+        # a weight-only calibration reads the export itself (no smoothing): where its untouched graphs keep each tensor
+        kept_float = float_tensor_names(self.export_dir, manifest, graphs) if self.weight_only else {}
         with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
             for name, graph in manifest.graphs.items():
                 external = bool(graph.external_data)
@@ -377,6 +381,7 @@ class CalibratedExportFromExport(BaseLoader[Path]):
                 if self.weight_only:
                     layers = LAYER_FORMATS[self.precision]
                     quantized = quantize_weights(onnx.load(str(source)), self.block_size, list(skip), quantizer, layers)
+                    name_float_head(quantized, structure, kept_float)
                     weight_bytes[name] = quantized_weights(quantized)
                 else:
                     quantized = quantize_graph(

@@ -29,7 +29,9 @@ for GPTQ to recover.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -37,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from luvc.errors import critical
+from luvc.export.manifest import ExportManifest, ExternalTensor, external_tensors
 
 DEFAULT_BLOCK_SIZE = 128  # what NVIDIA's INT4 AWQ/RTN recipes and ONNX Runtime's GenAI builder use
 LEVELS = 7  # the largest quantized magnitude: [-7, 7], symmetric
@@ -46,6 +49,7 @@ GPTQ_DAMPING = 0.01  # added to H's diagonal, as a share of its mean: what GPTQ'
 
 INT8_LEVELS = 127
 LM_HEAD = "/lm_head/"  # the node-name fragment of the LM head's product
+FLOAT_LM_HEAD_KEY = "luvc.float_lm_head"  # model metadata: ``FloatLmHead``
 
 # a block quantizer: (the MatMul's node name, its (K, N) weight) -> (int4 values (K, N), scales (blocks, N))
 BlockQuantizer = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -176,6 +180,59 @@ def gptq_quantizer(hessians: Mapping[str, np.ndarray], block_size: int) -> Block
 
 
 @dataclasses.dataclass(frozen=True)
+class FloatLmHead:
+    """Where an INT8 LM head came from, kept in its graph's metadata (``FLOAT_LM_HEAD_KEY``): the float ``table``
+    (stored ``(vocab, hidden)``, the tied embedding table the export's embedding graph keeps reading) and the
+    ``DequantizeLinear`` output the head's product reads instead. A TensorRT engine that computes the head once per
+    request multiplies by that table again (``luvc.engines.weight_inputs.with_float_lm_head``): the table is on the
+    device anyway, and TensorRT would keep the INT8 copy inside each engine."""
+
+    table: str
+    dequantized: str
+
+    def record(self, model: onnx.ModelProto) -> None:
+        """Write this into ``model``'s metadata (replacing an earlier record)."""
+        kept = [prop for prop in model.metadata_props if prop.key != FLOAT_LM_HEAD_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=FLOAT_LM_HEAD_KEY, value=json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> FloatLmHead | None:
+        """The record in ``model``'s metadata, or None."""
+        for prop in model.metadata_props:
+            if prop.key == FLOAT_LM_HEAD_KEY:
+                return cls(**json.loads(prop.value))
+        return None
+
+
+def name_float_head(model: onnx.ModelProto, source: onnx.ModelProto, kept: Mapping[tuple[str, int, int], str]) -> None:
+    """Re-record ``model``'s ``FloatLmHead`` under the name a graph that stays float reads the same bytes by (``kept``:
+    names by file, offset and length; ``source``: the graph ``model`` was quantized from, loaded without its external
+    data): a tied table is the embedding graph's ``embed_tokens.weight`` however the head's graph named it."""
+    head = FloatLmHead.of(model)
+    table = next((t for t in source.graph.initializer if head is not None and t.name == head.table), None)
+    if table is None or table.data_location != onnx.TensorProto.EXTERNAL:
+        return
+    entry = ExternalTensor.of(table)
+    alias = kept.get((entry.location, entry.offset, entry.length))
+    if alias is not None and alias != head.table:
+        FloatLmHead(alias, head.dequantized).record(model)
+
+
+def float_tensor_names(
+    folder: Path, manifest: ExportManifest, quantized: Collection[str]
+) -> dict[tuple[str, int, int], str]:
+    """The external tensors of the export's graphs outside ``quantized`` (embed, vision: they stay as they are), names
+    by file, offset and length."""
+    kept = {}
+    for name in manifest.graphs.keys() - set(quantized):
+        model = onnx.load(str(Path(folder) / manifest.graphs[name].file), load_external_data=False)
+        kept.update({(t.location, t.offset, t.length): t.name for t in external_tensors(model)})
+    return kept
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightProduct:
     """A product by a weight that weight-only quantization can replace: ``MatMul(x, W)`` with ``W`` a 2-D float
     initializer ``(K, N)``, or ``Gemm(x, W)`` with ``transB`` (``W`` stored ``(N, K)``, as the tied embedding table of
@@ -232,13 +289,14 @@ def quantize_weights(
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     products = weight_products(model, excluded)
     dequantized: dict[tuple[str, bool, str], str] = {}  # (weight, transposed, format) -> DequantizeLinear's output
-    nodes = []
+    nodes, float_head = [], None
     for node in graph.node:
         product = products.get(node.name)
         if product is None:
             nodes.append(node)
             continue
-        form = INT8 if LM_HEAD in node.name.lower() else layers
+        head = LM_HEAD in node.name.lower()
+        form = INT8 if head else layers
         key = (product.weight, product.transposed, form.name)
         if key not in dequantized:
             values = numpy_helper.to_array(initializers[product.weight])
@@ -256,6 +314,8 @@ def quantize_weights(
                 )
             )
             dequantized[key] = names[2]
+        if head and product.transposed:  # the tied table, which the embedding graph keeps in float
+            float_head = FloatLmHead(table=product.weight, dequantized=dequantized[key])
         if node.op_type == "Gemm":  # the same product as a MatMul by the (K, N) weight, under the node's name
             node = onnx.helper.make_node("MatMul", [node.input[0], dequantized[key]], list(node.output), node.name)
         else:
@@ -271,6 +331,8 @@ def quantize_weights(
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < DEQUANTIZE_OPSET:
             opset.version = DEQUANTIZE_OPSET
+    if float_head is not None:
+        float_head.record(model)
     return model
 
 

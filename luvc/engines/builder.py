@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+import onnx
 
 from luvc import interrupts
 from luvc.engines.cuda_device import device_capability
@@ -20,7 +22,13 @@ from luvc.engines.plugin_library import PluginLibrary, plugin_library_for_build
 from luvc.engines.profiles import input_profile
 from luvc.engines.targets import Target, get_target
 from luvc.engines.trt_module import TensorRT, import_tensorrt
-from luvc.engines.weight_inputs import LAYOUTS, shareable_weights, with_weight_inputs
+from luvc.engines.weight_inputs import (
+    LAYOUTS,
+    engine_graph,
+    external_initializers,
+    shareable_weights,
+    with_weight_inputs,
+)
 from luvc.errors import critical
 from luvc.export.manifest import WEIGHTS_FILE, ExportManifest, ExternalTensor, sha256_file
 from luvc.export.manifest_entries import TensorEntry
@@ -80,6 +88,8 @@ class EngineFromOnnx(BaseLoader[tuple]):
     on_phase: Callable[[str], None] | None = None
     log_file: Path | None = None
     weights_layout: str = "embedded"
+    kind: str = ""  # the graph's kind (the manifest's): with ``float_tables``, what ``engine_graph`` changes
+    float_tables: Mapping[str, onnx.TensorProto] | None = None  # the export's external tensors, for the shared layout
     timing_cache_out: bytes | None = dataclasses.field(default=None, init=False)
     weights_out: tuple[ExternalTensor, ...] = dataclasses.field(default=(), init=False)
 
@@ -118,12 +128,12 @@ class EngineFromOnnx(BaseLoader[tuple]):
         return bytes(engine), _io(i for i in inputs if i.name not in weights), _io(outputs)
 
     def _parse(self, parser) -> bool:
-        """Parse the graph; in the shared layout, with its shareable weights turned into inputs (the other external
-        tensors are still read from beside the graph file)."""
+        """Parse the graph; in the shared layout, as ``engine_graph`` builds it (an INT8 LM head outside decode reads
+        its float table) with its shareable weights turned into inputs (the other external tensors are still read
+        from beside the graph file)."""
         if self.weights_layout == "shared":
-            import onnx
-
             model = onnx.load(str(self.onnx_path), load_external_data=False)
+            model = engine_graph(model, self.kind, self.float_tables or {})
             self.weights_out = tuple(shareable_weights(model))
             if self.weights_out:
                 graph = with_weight_inputs(model, list(self.weights_out))
@@ -307,6 +317,10 @@ class EnginesFromExport(BaseLoader[Path]):
 
     def _build_all(self, export: ExportManifest, target: Target, tensorrt: TensorRT, staging: Path, cache: bytes):
         engines = {}
+        tables = None
+        if self.weights_layout == "shared":  # where each external tensor is, for a graph that reads another's
+            files = [self.export_dir / graph.file for graph in export.graphs.values()]
+            tables = external_initializers(onnx.load(str(path), load_external_data=False) for path in files)
         with graph_progress(bool(self.show_progress), "phase") as progress:
             for name, graph in export.graphs.items():
                 task = progress.add_task(name, total=1, phase="parsing")
@@ -323,6 +337,8 @@ class EnginesFromExport(BaseLoader[Path]):
                     on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
                     log_file=staging / BUILD_LOG if self.verbose else None,
                     weights_layout=self.weights_layout,
+                    kind=graph.kind,
+                    float_tables=tables,
                 )
                 engine, inputs, outputs = loader()
                 if loader.timing_cache_out is not None:

@@ -33,7 +33,7 @@ import onnx
 
 from luvc.cuda_graphs import MAX_BUFFER_BYTES, RUNTIME_REPLAY_BY_DEFAULT
 from luvc.engines.targets import get_target
-from luvc.engines.weight_inputs import shareable_weights
+from luvc.engines.weight_inputs import engine_graph, external_initializers, shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
 from luvc.export.profile import layer_capacity
@@ -193,7 +193,11 @@ class MemoryPlan:
 
 def graph_weight_bytes(path: Path) -> int:
     """Bytes of a graph's initializers (external ones from their recorded lengths), without loading them."""
-    model = onnx.load(str(path), load_external_data=False)
+    return model_weight_bytes(onnx.load(str(path), load_external_data=False))
+
+
+def model_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of ``model``'s initializers (loaded without external data; external ones from their recorded lengths)."""
     total = 0
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -232,13 +236,19 @@ def _tensor_key(tensor: ExternalTensor) -> tuple[str, int, int]:
     return tensor.location, tensor.offset, tensor.length
 
 
-def graph_weight_placement(export_dir: Path, manifest: ExportManifest, totals: dict[str, int]) -> WeightPlacement:
-    """The shared layout's placement, worked out from the ONNX graphs (``totals``: each graph's weight bytes): each
-    graph's shareable weights once for all, the rest inside each engine."""
-    per_engine, shared = {}, {}
-    for name, graph in manifest.graphs.items():
-        tensors = shareable_weights(onnx.load(str(Path(export_dir) / graph.file), load_external_data=False))
+def graph_weight_placement(export_dir: Path, manifest: ExportManifest) -> WeightPlacement:
+    """The shared layout's placement, worked out from the ONNX graphs as their engines are built
+    (``luvc.engines.weight_inputs.engine_graph``): each graph's shareable weights once for all, the rest inside each
+    engine."""
+    graphs = manifest.graphs
+    models = {name: onnx.load(str(export_dir / graph.file), load_external_data=False) for name, graph in graphs.items()}
+    tables = external_initializers(models.values())
+    per_engine, shared, totals = {}, {}, {}
+    for name, graph in graphs.items():
+        model = engine_graph(models[name], graph.kind, tables)
+        tensors = shareable_weights(model)
         shared.update({_tensor_key(tensor): tensor.length for tensor in tensors})
+        totals[name] = model_weight_bytes(model)
         per_engine[name] = totals[name] - sum(tensor.length for tensor in tensors)
     return WeightPlacement(per_engine, sum(shared.values()), sum(totals.values()), "onnx")
 
@@ -269,7 +279,7 @@ def plan_memory(
         engines.check_files(engines_dir, manifest, hashes=False)  # sizes as built, from this export: no hashing
         weights = engine_weight_placement(engines)
     else:
-        weights = graph_weight_placement(Path(export_dir), manifest, graph_bytes)
+        weights = graph_weight_placement(Path(export_dir), manifest)
     max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
     kv_row = kv_bytes(manifest, 1)

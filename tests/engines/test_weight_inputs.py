@@ -8,12 +8,21 @@ import onnx
 import pytest
 import torch
 
+from luvc.calibration.weight_only import FloatLmHead, quantize_weights
 from luvc.cli.main import main
 from luvc.engines.builder import build_engines
 from luvc.engines.manifest import EngineManifest
-from luvc.engines.memory import plan_memory
-from luvc.engines.weight_inputs import SHAREABLE_USES, shareable_weights, with_weight_inputs
+from luvc.engines.memory import graph_weight_placement, model_weight_bytes, plan_memory
+from luvc.engines.weight_inputs import (
+    SHAREABLE_USES,
+    engine_graph,
+    external_initializers,
+    shareable_weights,
+    with_float_lm_head,
+    with_weight_inputs,
+)
 from luvc.export.exporter import export_model
+from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
@@ -181,3 +190,85 @@ def test_onnx_runtime_cuda_holds_each_weight_once(request):
     common = {v.data_ptr() for v in prefill._shared_values} & {v.data_ptr() for v in decode._shared_values}
     assert len(common) >= 4 * 7 + 1  # every projection of the four layers and the LM head, on the GPU once
     assert pipeline.sessions.weights.device_bytes < 1.05 * _llm_bytes(checkpoint) + (1 << 20) * 8
+
+
+def _tied_head(vocab: int = 48, hidden: int = 8) -> tuple[onnx.ModelProto, np.ndarray]:
+    """An LM head as the exporter writes a tied one, ``Gemm(x, table, transB=1)``, and its ``(vocab, hidden)`` table."""
+    table = np.random.default_rng(0).standard_normal((vocab, hidden)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "embed_tokens.weight"], ["logits"], "/lm_head/Gemm", transB=1)],
+        "head",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, hidden])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [2, vocab])],
+        [onnx.numpy_helper.from_array(table, "embed_tokens.weight")],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), table
+
+
+def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"x": x})[0]
+
+
+def test_an_int8_lm_head_multiplies_by_its_float_table_again_outside_decode():
+    """Weight-only quantization records which float table the INT8 head came from; the engines that compute the head
+    once per request read that table (on the device for the embedding engine anyway) instead of holding the INT8 copy,
+    and compute ``x @ table.T`` as exported; decode keeps the INT8 head."""
+    model, table = _tied_head()
+    quantized = quantize_weights(model, 16, [])
+    head = FloatLmHead.of(quantized)
+    assert head is not None and head.table == "embed_tokens.weight"
+    assert [n.op_type for n in quantized.graph.node] == ["DequantizeLinear", "MatMul"]
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    exact = x @ table.T
+    assert np.abs(_logits(quantized, x) - exact).max() > 1e-4  # the INT8 head's rounding shows
+
+    tables = {"embed_tokens.weight": onnx.numpy_helper.from_array(table, "embed_tokens.weight")}
+    prefill = engine_graph(quantized, "prefill", tables)
+    assert [(n.op_type, list(n.input)) for n in prefill.graph.node] == [("Gemm", ["x", "embed_tokens.weight"])]
+    assert [t.name for t in prefill.graph.initializer] == ["embed_tokens.weight"]  # the INT8 weight and scales gone
+    np.testing.assert_allclose(_logits(prefill, x), exact, rtol=1e-5, atol=1e-5)
+    assert engine_graph(quantized, "decode", tables) is quantized
+    assert with_float_lm_head(quantized, {}) is quantized  # an export without the float table keeps its INT8 head
+    plain, _ = _tied_head()  # quantize_weights rewrote ``model`` in place
+    assert FloatLmHead.of(plain) is None and with_float_lm_head(plain, tables) is plain
+
+
+@pytest.mark.slow
+def test_int4_engines_hold_the_int8_lm_head_in_decode_only(built, tmp_path):
+    """An INT4 export of the wide-vocabulary model: the prefill engines read the tied table the embedding engine reads
+    (one device buffer) and hold no INT8 head; decode holds it; the plan counts what the engines hold."""
+    from luvc.calibration import calibrate_export
+
+    _, export, _ = built
+    folder = calibrate_export(export, tmp_path / "int4", precision="int4", method="rtn", show_progress=False)
+    manifest = ExportManifest.load(folder)
+    engines = EngineManifest.load(build_engines(folder, "ampere", tmp_path / "engines", show_progress=False))
+    models = {name: onnx.load(str(folder / g.file), load_external_data=False) for name, g in manifest.graphs.items()}
+    head = FloatLmHead.of(models["decode"])
+    assert head is not None and head.table in {w.name for w in engines.engines["embed"].weights}
+    dequantize = next(n for n in models["decode"].graph.node if n.output[0] == head.dequantized)
+    head_bytes = model_weight_bytes(
+        onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [], "head", [], [], [t for t in models["decode"].graph.initializer if t.name in dequantize.input]
+            )
+        )
+    )
+    assert head_bytes >= 131072 * 256  # one INT8 byte per weight, and the scales
+    placement = graph_weight_placement(folder, manifest)
+    tables = external_initializers(models.values())
+    for name, graph in manifest.graphs.items():
+        if graph.kind not in ("prefill", "text", "decode"):
+            continue
+        weights = {w.name for w in engines.engines[name].weights}
+        model = models[name]
+        unchanged = model_weight_bytes(model) - sum(t.length for t in shareable_weights(model))
+        if graph.kind == "decode":
+            assert head.table not in weights and placement.per_engine[name] == unchanged
+        else:
+            assert head.table in weights and placement.per_engine[name] == unchanged - head_bytes
+            assert engines.engines[name].bytes < head_bytes  # no INT8 head inside
+            assert engine_graph(model, graph.kind, tables) is not model
