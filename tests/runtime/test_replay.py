@@ -11,12 +11,13 @@ import torch
 from onnx import TensorProto, helper
 
 from luvc.errors import LuvcError
+from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
 from luvc.runtime.base_session import SessionSetup
 from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, ort_providers, with_cuda_graphs
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
-from luvc.runtime.sessions import PREFILL_LENGTH_STEP
+from luvc.runtime.sessions import PREFILL_LENGTH_STEP, RuntimeChoices, Sessions
 
 PROMPT = "What is in this picture?"
 
@@ -299,3 +300,16 @@ def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(ex
     assert replayed.sessions.replay_divergences() == []
     vision = next(session for name, session in replayed.sessions.opened().items() if name.startswith("vision"))
     assert vision.replayer is None
+
+
+def test_a_gpu_pads_every_prefill_replayed_or_not(exports):
+    """On a CUDA device a prefill runs at a multiple of 64 tokens whether it replays or not (so --cuda-graphs never
+    changes the shapes its kernels compute at); the CPU runs it at its length. No CUDA is needed to ask."""
+    folder = exports("tiny-qwen2-vl")
+    manifest = ExportManifest.load(folder)
+    prefill = next(name for name, graph in manifest.graphs.items() if graph.kind == "prefill")
+    for replay in (False, True):
+        sessions = Sessions(folder, manifest, RuntimeChoices(device=torch.device("cuda", 0), cuda_graphs=replay))
+        assert [sessions.prefill_length(prefill, length) for length in (70, 128, 129)] == [128, 128, 192]
+    cpu = Sessions(folder, manifest, RuntimeChoices())
+    assert [cpu.prefill_length(prefill, length) for length in (70, 128, 129)] == [70, 128, 129]
