@@ -29,7 +29,6 @@ for GPTQ to recover.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from luvc.errors import critical
+from luvc.export.graph_metadata import FloatLmHead
 from luvc.export.manifest import ExportManifest, ExternalTensor, external_tensors
 
 DEFAULT_BLOCK_SIZE = 128  # what NVIDIA's INT4 AWQ/RTN recipes and ONNX Runtime's GenAI builder use
@@ -49,7 +49,6 @@ GPTQ_DAMPING = 0.01  # added to H's diagonal, as a share of its mean: what GPTQ'
 
 INT8_LEVELS = 127
 LM_HEAD = "/lm_head/"  # the node-name fragment of the LM head's product
-FLOAT_LM_HEAD_KEY = "luvc.float_lm_head"  # model metadata: ``FloatLmHead``
 
 # a block quantizer: (the MatMul's node name, its (K, N) weight) -> (int4 values (K, N), scales (blocks, N))
 BlockQuantizer = Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -177,33 +176,6 @@ def gptq_quantizer(hessians: Mapping[str, np.ndarray], block_size: int) -> Block
         return done[key]
 
     return quantize
-
-
-@dataclasses.dataclass(frozen=True)
-class FloatLmHead:
-    """Where an INT8 LM head came from, kept in its graph's metadata (``FLOAT_LM_HEAD_KEY``): the float ``table``
-    (stored ``(vocab, hidden)``, the tied embedding table the export's embedding graph keeps reading) and the
-    ``DequantizeLinear`` output the head's product reads instead. A TensorRT engine that computes the head once per
-    request multiplies by that table again (``luvc.engines.weight_inputs.with_float_lm_head``): the table is on the
-    device anyway, and TensorRT would keep the INT8 copy inside each engine."""
-
-    table: str
-    dequantized: str
-
-    def record(self, model: onnx.ModelProto) -> None:
-        """Write this into ``model``'s metadata (replacing an earlier record)."""
-        kept = [prop for prop in model.metadata_props if prop.key != FLOAT_LM_HEAD_KEY]
-        del model.metadata_props[:]
-        model.metadata_props.extend(kept)
-        model.metadata_props.add(key=FLOAT_LM_HEAD_KEY, value=json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> FloatLmHead | None:
-        """The record in ``model``'s metadata, or None."""
-        for prop in model.metadata_props:
-            if prop.key == FLOAT_LM_HEAD_KEY:
-                return cls(**json.loads(prop.value))
-        return None
 
 
 def name_float_head(model: onnx.ModelProto, source: onnx.ModelProto, kept: Mapping[tuple[str, int, int], str]) -> None:

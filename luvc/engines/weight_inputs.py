@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 import onnx
 
-from luvc.calibration.weight_only import FloatLmHead
+from luvc.export.graph_metadata import FloatLmHead
 from luvc.export.manifest import ExternalTensor
 
 LAYOUTS = ("shared", "embedded")

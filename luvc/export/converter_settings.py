@@ -20,8 +20,27 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from luvc.errors import warn
-from luvc.export.decomposed_trace import converting_decomposed
-from luvc.export.torch_internals import current, internal, missing, module_of, replaced
+from luvc.export.decomposed_trace import converting_decomposed, one_trace_available, onnx_registry
+from luvc.export.torch_internals import (
+    DECOMPOSE,
+    DEFAULT_REGISTRY,
+    FAKE_TENSOR_CACHE,
+    FROM_TORCHLIB,
+    FUNCTION_META,
+    LAZY_APIS,
+    ONE_TRACE,
+    PROMOTION_RULE,
+    REGISTRY,
+    REWRITE_RULES,
+    STACK_TRACES,
+    TORCHLIB_OPS,
+    TYPE_PROMOTION,
+    current,
+    internal,
+    missing,
+    module_of,
+    replaced,
+)
 
 # onnxscript's default rewrite rules that torch.onnx's optimizer would run but that never change these graphs and cost
 # time that grows with the square of their size (SlicesSplit walks the whole graph for every candidate match: 8 of the
@@ -162,31 +181,6 @@ def type_promotion_of_promoted_nodes() -> Iterator[None]:
         yield
 
 
-# the internals the settings need (luvc.export.torch_internals.INTERNALS)
-STACK_TRACES = "torch.fx.config.do_not_emit_stack_traces"
-FAKE_TENSOR_CACHE = "torch._dynamo.config.fake_tensor_cache_enabled"
-REGISTRY = "torch.onnx._internal.exporter._registration.ONNXRegistry"
-FROM_TORCHLIB = "torch.onnx._internal.exporter._registration.ONNXRegistry.from_torchlib"
-TORCHLIB_OPS = "onnxscript._framework_apis.torch_2_5.get_torchlib_ops"
-FUNCTION_META = "onnxscript._framework_apis.torch_2_5._OnnxFunctionMeta"
-DEFAULT_REGISTRY = "onnxscript.function_libs.torch_lib.registration.default_registry"
-LAZY_APIS = "torch.onnx._internal._lazy_import.onnxscript_apis"
-REWRITE_RULES = "onnxscript.rewriter._DEFAULT_REWRITE_RULES"
-TYPE_PROMOTION = "torch.onnx._internal.fx.passes.type_promotion._TypePromotionInterpreter"
-PROMOTION_RULE = "torch.onnx._internal.fx.passes.type_promotion.get_type_promotion_rule"
-ONE_TRACE = (
-    "torch.export._trace._export",
-    "torch.export._trace._export_to_aten_ir",
-    "torch.export.exported_program._split_decomp_table_to_cia_and_python_decomp",
-    "torch.export.exported_program._override_composite_implicit_decomp",
-    "torch.onnx._internal.exporter._decomp.get_onnx_implemented_overloads",
-    "torch.onnx._internal.exporter._decomp.create_onnx_friendly_decomposition_table",
-    REGISTRY,
-    "torch.onnx._internal.exporter._constants.TORCHLIB_OPSET",
-)
-DECOMPOSE = "torch.onnx._internal.exporter._fx_passes.decompose_with_registry"
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportSetting:
     """One setting of the exporter: when it is entered (``stage``: ``graph``, ``trace``, ``convert``; ``None``: used
@@ -293,6 +287,15 @@ def report_settings() -> None:
         reason = setting.why_not()
         if reason is not None:
             warn(f"export setting {setting.name} is off ({reason}): exports go without {setting.buys}.")
+
+
+def prepare_registry(opset: int) -> None:
+    """Build the torchlib registry every trace and conversion at ``opset`` starts from, now, once per process
+    (``torchlib_registry_once``): processes forked after it inherit it, so graph workers begin their first graph at
+    once, and in a process that exports again (``eval --sweep``, the Python API) no later export builds it."""
+    if one_trace_available():
+        with quiet_exporter(), torchlib_registry_once():
+            onnx_registry(opset, {})
 
 
 def settings_applied() -> dict[str, str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from luvc.export.torch_internals import replaced
+from luvc.export.torch_internals import DECOMPOSE, ONE_TRACE, internal, missing, module_of, replaced
 
 LOG = logging.getLogger(__name__)
 _decomposed_programs: weakref.WeakSet = weakref.WeakSet()  # traced here: torch.onnx's decomposition would redo it
@@ -51,10 +51,7 @@ class _TorchInternals:
 @functools.cache
 def _internals() -> _TorchInternals | None:
     """The internals (``luvc.export.torch_internals``), or None where this torch names or shapes them otherwise."""
-    from luvc.export.converter_settings import DECOMPOSE, ONE_TRACE, SETTING_NEEDS
-    from luvc.export.torch_internals import internal, missing, module_of
-
-    if missing(SETTING_NEEDS["one_trace"] + (DECOMPOSE,)):
+    if missing(ONE_TRACE + (DECOMPOSE,)):
         return None
     return _TorchInternals(
         export=internal(ONE_TRACE[0]),
@@ -68,29 +65,20 @@ def _internals() -> _TorchInternals | None:
     )
 
 
-def _onnx_registry(opset: int, translations: dict) -> Any:
-    """The registry ``torch.onnx.export(..., opset_version=opset, custom_translation_table=translations)`` builds
-    (torch.onnx registers torchlib at its own opset when asked for an older one)."""
-    from luvc.export.converter_settings import ONE_TRACE
-    from luvc.export.torch_internals import internal
+def one_trace_available() -> bool:
+    """Whether this process's torch has what the one trace needs (``luvc.export.torch_internals``)."""
+    return _internals() is not None
 
+
+def onnx_registry(opset: int, translations: dict) -> Any:
+    """The registry ``torch.onnx.export(..., opset_version=opset, custom_translation_table=translations)`` builds
+    (torch.onnx registers torchlib at its own opset when asked for an older one); only where the one trace is
+    available."""
     internals = _internals()
     registry = internals.registry_class().from_torchlib(opset_version=max(opset, internal(ONE_TRACE[7])))
     for target, function in translations.items():
         registry.register_op(target, function, is_complex=False)
     return registry
-
-
-def prepare_registry(opset: int) -> None:
-    """Build the torchlib registry every trace and conversion at ``opset`` starts from, now, once per process
-    (``converter_settings.torchlib_registry_once``): processes forked after it inherit it, so graph workers begin
-    their first graph at once, and in a process that exports again (``eval --sweep``, the Python API) no later
-    export builds it."""
-    from luvc.export.converter_settings import quiet_exporter, torchlib_registry_once
-
-    if _internals() is not None:
-        with quiet_exporter(), torchlib_registry_once():
-            _onnx_registry(opset, {})
 
 
 def trace_decomposed(
@@ -102,7 +90,7 @@ def trace_decomposed(
     internals = _internals()
     if internals is not None:
         try:
-            program = _one_trace(internals, module, args, dynamic_shapes, _onnx_registry(opset, translations))
+            program = _one_trace(internals, module, args, dynamic_shapes, onnx_registry(opset, translations))
         except Exception as error:  # torch internals: where they cannot trace it, torch.export's own path decides
             LOG.debug("one trace failed (%s: %s); tracing with torch.export", type(error).__name__, error)
         else:

@@ -26,8 +26,7 @@ from luvc.export import convert
 from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
 from luvc.export.convert import OnnxFromGraphSpec
-from luvc.export.converter_settings import report_settings, settings_applied
-from luvc.export.decomposed_trace import prepare_registry
+from luvc.export.converter_settings import prepare_registry, report_settings, settings_applied
 from luvc.export.graph_workers import (
     GraphWorkers,
     asked_workers_note,

@@ -95,6 +95,30 @@ INTERNALS = (
 )
 BY_NAME = {internal.name: internal for internal in INTERNALS}
 
+# the names of ``INTERNALS`` the converter settings and the one trace use (luvc.export.converter_settings)
+STACK_TRACES = "torch.fx.config.do_not_emit_stack_traces"
+FAKE_TENSOR_CACHE = "torch._dynamo.config.fake_tensor_cache_enabled"
+REGISTRY = "torch.onnx._internal.exporter._registration.ONNXRegistry"
+FROM_TORCHLIB = "torch.onnx._internal.exporter._registration.ONNXRegistry.from_torchlib"
+TORCHLIB_OPS = "onnxscript._framework_apis.torch_2_5.get_torchlib_ops"
+FUNCTION_META = "onnxscript._framework_apis.torch_2_5._OnnxFunctionMeta"
+DEFAULT_REGISTRY = "onnxscript.function_libs.torch_lib.registration.default_registry"
+LAZY_APIS = "torch.onnx._internal._lazy_import.onnxscript_apis"
+REWRITE_RULES = "onnxscript.rewriter._DEFAULT_REWRITE_RULES"
+TYPE_PROMOTION = "torch.onnx._internal.fx.passes.type_promotion._TypePromotionInterpreter"
+PROMOTION_RULE = "torch.onnx._internal.fx.passes.type_promotion.get_type_promotion_rule"
+ONE_TRACE = (
+    "torch.export._trace._export",
+    "torch.export._trace._export_to_aten_ir",
+    "torch.export.exported_program._split_decomp_table_to_cia_and_python_decomp",
+    "torch.export.exported_program._override_composite_implicit_decomp",
+    "torch.onnx._internal.exporter._decomp.get_onnx_implemented_overloads",
+    "torch.onnx._internal.exporter._decomp.create_onnx_friendly_decomposition_table",
+    REGISTRY,
+    "torch.onnx._internal.exporter._constants.TORCHLIB_OPSET",
+)
+DECOMPOSE = "torch.onnx._internal.exporter._fx_passes.decompose_with_registry"
+
 
 @functools.cache
 def found() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from luvc.calibration.weight_only import FloatLmHead, quantize_weights
+from luvc.calibration.weight_only import quantize_weights
 from luvc.cli.main import main
 from luvc.engines.builder import build_engines
 from luvc.engines.manifest import EngineManifest
@@ -22,6 +22,7 @@ from luvc.engines.weight_inputs import (
     with_weight_inputs,
 )
 from luvc.export.exporter import export_model
+from luvc.export.graph_metadata import FloatLmHead
 from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
