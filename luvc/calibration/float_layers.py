@@ -158,7 +158,7 @@ class FloatLayerTrials:
         """Write the candidate with ``layers`` float as an export's graphs into ``staging``, their weights into its
         shared ``weights`` file (each tensor copied from this folder once): the one quantization serves the export
         too. Returns the graph entries, each quantized graph's activation ranges, and its nodes kept float with the
-        reason, as ``CalibratedExportFromExport._write_graphs`` does."""
+        reason, as ``CalibratedExport._write_graphs`` does."""
         from luvc.export.exporter import save_model
 
         candidate = self.write(layers)

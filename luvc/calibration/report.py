@@ -76,13 +76,13 @@ def write_report(
     quantization: QuantizationEntry,
     ranges: dict[str, dict[str, dict[str, float]]],
     weights: dict[str, dict[str, tuple[str, int]]],
-    num_samples: int,
     source_precision: str = "fp32",
 ) -> None:
     """Write ``report.md`` (and, with activation ``ranges``, ``ranges.png``) into ``folder``. ``weights``: per graph,
     each quantized weight's format and bytes (``luvc.calibration.weight_only.quantized_weights``; weight-only
     precisions); ``source_precision``: the source export's."""
     precision, method, excluded = quantization.precision, quantization.method, quantization.excluded_nodes
+    num_samples = len(quantization.calibration.samples)
     agreement = quantization.agreement_with_fp32
     if weights and method == "gptq":
         run = (

@@ -123,39 +123,51 @@ class _Graph:
         node = self.producer.get(tensor)
         if node is None or depth == 0:
             return None
-        inputs = list(node.input)
-        if node.op_type in ("MatMul", "Gemm"):  # an up projection (with its bias), before the gate's product
-            found = self.product_weight(node)
-            if found is None:
-                return None
-            site = found[0]
-            output_axis = 1 - site.axis
-            if self.matrix(inputs[1])[output_axis] != channels:
-                return None
-            bias = inputs[2] if len(inputs) > 2 and inputs[2] else None
-            if bias is not None and not self.vector(bias, channels):
-                return None
-            return (Site(node.name, 1, output_axis), *([Site(node.name, 2, 0)] if bias else []))
+        if node.op_type in ("MatMul", "Gemm"):
+            return self._folds_into_product(node, channels)
         if node.op_type == "LayerNormalization":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            parts = [index for index in (1, 2) if len(inputs) > index and inputs[index]]
-            if axis == -1 and all(self.vector(inputs[index], channels) for index in parts):
-                return tuple(Site(node.name, index, 0) for index in parts)
+            return self._folds_into_norm(node, channels)
+        if node.op_type in ("Mul", "Add") and len(node.input) == 2:
+            return self._folds_into_elementwise(node, channels, depth)
+        return None
+
+    def _folds_into_product(self, node: onnx.NodeProto, channels: int) -> tuple[Site, ...] | None:
+        """An up projection (with its bias), before the gate's product: its weight's output columns and bias."""
+        found = self.product_weight(node)
+        if found is None:
             return None
-        if node.op_type not in ("Mul", "Add") or len(inputs) != 2:
+        output_axis = 1 - found[0].axis
+        if self.matrix(node.input[1])[output_axis] != channels:
             return None
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and not self.vector(bias, channels):
+            return None
+        return (Site(node.name, 1, output_axis), *([Site(node.name, 2, 0)] if bias else []))
+
+    def _folds_into_norm(self, node: onnx.NodeProto, channels: int) -> tuple[Site, ...] | None:
+        """A LayerNorm over the last axis: its scale and shift."""
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        parts = [index for index in (1, 2) if len(node.input) > index and node.input[index]]
+        if axis == -1 and all(self.vector(node.input[index], channels) for index in parts):
+            return tuple(Site(node.name, index, 0) for index in parts)
+        return None
+
+    def _folds_into_elementwise(self, node: onnx.NodeProto, channels: int, depth: int) -> tuple[Site, ...] | None:
+        """``x * gamma`` (RMSNorm's scale), ``x + beta`` (a shift, after its scale), or ``act(gate) * up``."""
+        inputs = list(node.input)
         for index, (own, other) in enumerate((inputs, inputs[::-1])):
-            if self.vector(own, channels):  # x * gamma (RMSNorm's scale), x + beta (a shift, after its scale)
+            if self.vector(own, channels):
                 if node.op_type == "Mul":
                     return (Site(node.name, index, 0),)
                 inner = self.folds_into(other, channels, depth - 1) if self.read_only_by(other, node) else None
                 return None if inner is None else (*inner, Site(node.name, index, 0))
-        if node.op_type == "Mul":  # act(gate) * up: dividing either factor divides the product
-            for factor in inputs:
-                if factor not in self.initializers and self.read_only_by(factor, node):
-                    inner = self.folds_into(factor, channels, depth - 1)
-                    if inner is not None:
-                        return inner
+        if node.op_type != "Mul":
+            return None
+        for factor in inputs:  # act(gate) * up: dividing either factor divides the product
+            if factor not in self.initializers and self.read_only_by(factor, node):
+                inner = self.folds_into(factor, channels, depth - 1)
+                if inner is not None:
+                    return inner
         return None
 
 

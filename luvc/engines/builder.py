@@ -36,6 +36,17 @@ from luvc.loaders import BaseLoader, as_path, functional
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
+# TensorRT 10's builder flags by export precision, for a network that is not strongly typed: FP16 for every reduced
+# precision's float parts; INT8 for explicit Q/DQ from `luvc-export calibrate` and for weight-only exports (the LM
+# head's INT8 weights); FP8 and INT4 where the release has them (weight-only INT4 Q/DQ from TensorRT 10.x)
+PRECISION_FLAGS = {
+    "fp32": (),
+    "fp16": ("FP16",),
+    "int8": ("FP16", "INT8"),
+    "int8w": ("FP16", "INT8"),
+    "int4": ("FP16", "INT8", "INT4"),
+    "fp8": ("FP16", "FP8"),
+}
 BUILD_LOG = "build.log"  # --verbose: TensorRT's whole log of the build, in the engine folder
 DTYPE_NAMES = {  # TensorRT DataType name -> the export manifest's ONNX dtype name
     "FLOAT": "float",
@@ -150,19 +161,21 @@ class EngineFromOnnx(BaseLoader[tuple]):
             profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
         if not strongly_typed:  # TensorRT 10: precision through builder flags
-            if self.precision in ("fp16", "int8", "fp8", "int4", "int8w"):
-                config.set_flag(trt.BuilderFlag.FP16)
-            # explicit Q/DQ from `luvc-export calibrate`; weight-only exports hold INT8 weights too (the LM head's)
-            if self.precision in ("int8", "int8w", "int4"):
-                config.set_flag(trt.BuilderFlag.INT8)
-            if self.precision == "fp8" and hasattr(trt.BuilderFlag, "FP8"):
-                config.set_flag(trt.BuilderFlag.FP8)
-            if self.precision == "int4" and hasattr(trt.BuilderFlag, "INT4"):  # weight-only Q/DQ (TensorRT 10.x)
-                config.set_flag(trt.BuilderFlag.INT4)
+            for flag in PRECISION_FLAGS.get(self.precision, ()):
+                if hasattr(trt.BuilderFlag, flag):  # FP8 and INT4 from TensorRT 10.x
+                    config.set_flag(getattr(trt.BuilderFlag, flag))
         # a float32 tensor is float32 for its accuracy (an fp32 export; an fp16 export's norms, softmax and SPU scores):
         # no TF32 products (10 bits of mantissa), which TensorRT allows by default
         if hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
+        self._configure_device(trt, config)
+        if hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = _progress_monitor(trt, self.on_phase or (lambda phase: None))
+
+    def _configure_device(self, trt, config) -> None:
+        """What the engine runs on: TensorRT-RTX's compute capabilities or TensorRT's timing cache, hardware
+        compatibility, a DLA core."""
+        target = self.target
         if self.tensorrt.is_rtx:
             names = rtx_compute_capabilities(target, self.tensorrt)
             config.num_compute_capabilities = len(names)
@@ -177,8 +190,6 @@ class EngineFromOnnx(BaseLoader[tuple]):
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = self.dla_core
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if hasattr(trt, "IProgressMonitor"):
-            config.progress_monitor = _progress_monitor(trt, self.on_phase or (lambda phase: None))
 
 
 def _build_log(trt, path: Path | None):

@@ -89,45 +89,55 @@ def lint_graph(
 ) -> list[LintIssue]:
     """Every finding in ``model``'s main graph; ``image_tokens`` is the bucket's visual-token count; ``read``: how to
     read a constant of a model whose weights are not loaded (``SharedWeights.array``; default: from its bytes)."""
-    read = read or numpy_helper.to_array
     graph = model.graph
     constants, types = _constants(graph), _types(graph)
     producers = {output: node for node in graph.node for output in node.output}
-    issues = []
     seen = collections.Counter(node.name for node in graph.node if node.name)
-    issues += [LintIssue("name", name, f"{count} nodes share this name") for name, count in seen.items() if count > 1]
+    issues = [LintIssue("name", name, f"{count} nodes share this name") for name, count in seen.items() if count > 1]
     for node in graph.node:
-        name = node.name or node.op_type
-        if node.op_type in FORBIDDEN_OPS:
-            issues.append(LintIssue("op", name, f"{node.op_type}: {FORBIDDEN_OPS[node.op_type]}"))
-        elif node.op_type == "TopK":
-            k = constants.get(node.input[1]) if len(node.input) > 1 else None
-            k = None if k is None else numpy_helper.to_array(k)
-            if k is None:
-                issues.append(LintIssue("topk", name, "k is computed at run time; budgets must be constants"))
-            elif int(np.max(k)) > TOPK_LIMIT:
-                issues.append(
-                    LintIssue("topk", name, f"k={int(np.max(k))} exceeds TensorRT's TopK limit of {TOPK_LIMIT}")
-                )
-        elif node.op_type in CUDA_TYPES and types.get(node.input[0], 0) not in (0, *CUDA_TYPES[node.op_type]):
-            kind = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
-            issues.append(
-                LintIssue(
-                    "cuda-cpu",
-                    name,
-                    f"{node.op_type} on {kind}: ONNX Runtime's CUDA EP runs it on the CPU between device tensors, and "
-                    "will not capture the graph as a CUDA graph; build the tensor with Concat, or in float",
-                )
-            )
-        elif node.op_type in NORM_OPS and types.get(node.input[0]) == FLOAT16:
-            issues.append(LintIssue("fp16-norm", name, f"{node.op_type} statistics in float16; cast to float32"))
-        elif node.op_type == "ReduceMean" and types.get(node.input[0]) == FLOAT16:
-            source = producers.get(node.input[0])
-            squares = source is not None and (
-                source.op_type == "Pow" or (source.op_type == "Mul" and source.input[0] == source.input[1])
-            )
-            if squares:
-                issues.append(LintIssue("fp16-norm", name, "mean of squares in float16 (RMSNorm); cast to float32"))
+        issues += _node_issues(node, constants, types, producers)
+    return issues + _shape_issues(graph, constants, image_tokens, read or numpy_helper.to_array)
+
+
+def _node_issues(node: onnx.NodeProto, constants: dict, types: dict, producers: dict) -> list[LintIssue]:
+    """The findings of one node: a forbidden op, a TopK's k, a CUDA op on a type it runs on the CPU, float16 norms."""
+    name = node.name or node.op_type
+    if node.op_type in FORBIDDEN_OPS:
+        return [LintIssue("op", name, f"{node.op_type}: {FORBIDDEN_OPS[node.op_type]}")]
+    if node.op_type == "TopK":
+        k = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if k is None:
+            return [LintIssue("topk", name, "k is computed at run time; budgets must be constants")]
+        largest = int(np.max(numpy_helper.to_array(k)))
+        return (
+            []
+            if largest <= TOPK_LIMIT
+            else [LintIssue("topk", name, f"k={largest} exceeds TensorRT's TopK limit of {TOPK_LIMIT}")]
+        )
+    if node.op_type in CUDA_TYPES and types.get(node.input[0], 0) not in (0, *CUDA_TYPES[node.op_type]):
+        kind = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
+        why = (
+            f"{node.op_type} on {kind}: ONNX Runtime's CUDA EP runs it on the CPU between device tensors, and will not "
+            "capture the graph as a CUDA graph; build the tensor with Concat, or in float"
+        )
+        return [LintIssue("cuda-cpu", name, why)]
+    if node.op_type in NORM_OPS and types.get(node.input[0]) == FLOAT16:
+        return [LintIssue("fp16-norm", name, f"{node.op_type} statistics in float16; cast to float32")]
+    if node.op_type == "ReduceMean" and types.get(node.input[0]) == FLOAT16:
+        source = producers.get(node.input[0])
+        squares = source is not None and (
+            source.op_type == "Pow" or (source.op_type == "Mul" and source.input[0] == source.input[1])
+        )
+        if squares:
+            return [LintIssue("fp16-norm", name, "mean of squares in float16 (RMSNorm); cast to float32")]
+    return []
+
+
+def _shape_issues(
+    graph: onnx.GraphProto, constants: dict, image_tokens: int | None, read: Callable[[onnx.TensorProto], np.ndarray]
+) -> list[LintIssue]:
+    """The findings in values' shapes: data-dependent dimensions, and dense masks quadratic in the tokens."""
+    issues = []
     for info in (*graph.input, *graph.output, *graph.value_info):
         unbacked = [d for d in value_dims(info) if isinstance(d, str) and UNBACKED.search(d)]
         if unbacked:

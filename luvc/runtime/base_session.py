@@ -185,26 +185,7 @@ class BaseSession:
             critical(f"{self.name}: missing inputs {missing}, unexpected inputs {unexpected}.")
         symbols: dict[str, tuple[int, str]] = {}
         for name, entry in expected.items():
-            tensor = feeds[name]
-            dtype = TORCH_DTYPES.get(entry.dtype)
-            if dtype is not None and tensor.dtype != dtype:
-                critical(f"{self.name}: input {name} must be {entry.dtype}, got {str(tensor.dtype)[6:]}.")
-            if tensor.dim() != len(entry.shape):
-                critical(f"{self.name}: input {name} must have shape {list(entry.shape)}, got {list(tensor.shape)}.")
-            for axis, (want, got) in enumerate(zip(entry.shape, tensor.shape)):
-                if isinstance(want, int) and want != got:
-                    critical(f"{self.name}: input {name} axis {axis} must be {want}, got {got} ({list(entry.shape)}).")
-                if isinstance(want, str):
-                    seen = symbols.setdefault(want, (got, name))
-                    if seen[0] != got:
-                        critical(f"{self.name}: dimension {want} is {seen[0]} in {seen[1]} but {got} in {name}.")
-            if name in self.profile:
-                low, _, high = self.profile[name]
-                if any(g < lo or g > hi for g, lo, hi in zip(tensor.shape, low, high)):
-                    critical(
-                        f"{self.name}: input {name} of shape {list(tensor.shape)} is outside the engine profile "
-                        f"{low} .. {high}; re-export with larger --max-batch/--max-text-tokens/--max-new-tokens."
-                    )
+            self._check_feed(entry, feeds[name], symbols)
         bound = {symbol: size for symbol, (size, _) in symbols.items()}
         for symbol, (size, name) in symbols.items():
             derived = root_of(symbol)
@@ -215,6 +196,30 @@ class BaseSession:
                     )
                 bound[derived[1]] = size // derived[0]
         return bound
+
+    def _check_feed(self, entry: TensorEntry, tensor: torch.Tensor, symbols: dict[str, tuple[int, str]]) -> None:
+        """Check one feed's dtype, rank, static sizes and engine profile, and record the sizes of its symbolic axes
+        in ``symbols`` (symbol -> (size, the first input that bound it)), each against the size bound before."""
+        name = entry.name
+        dtype = TORCH_DTYPES.get(entry.dtype)
+        if dtype is not None and tensor.dtype != dtype:
+            critical(f"{self.name}: input {name} must be {entry.dtype}, got {str(tensor.dtype)[6:]}.")
+        if tensor.dim() != len(entry.shape):
+            critical(f"{self.name}: input {name} must have shape {list(entry.shape)}, got {list(tensor.shape)}.")
+        for axis, (want, got) in enumerate(zip(entry.shape, tensor.shape)):
+            if isinstance(want, int) and want != got:
+                critical(f"{self.name}: input {name} axis {axis} must be {want}, got {got} ({list(entry.shape)}).")
+            if isinstance(want, str):
+                seen = symbols.setdefault(want, (got, name))
+                if seen[0] != got:
+                    critical(f"{self.name}: dimension {want} is {seen[0]} in {seen[1]} but {got} in {name}.")
+        if name in self.profile:
+            low, _, high = self.profile[name]
+            if any(g < lo or g > hi for g, lo, hi in zip(tensor.shape, low, high)):
+                critical(
+                    f"{self.name}: input {name} of shape {list(tensor.shape)} is outside the engine profile "
+                    f"{low} .. {high}; re-export with larger --max-batch/--max-text-tokens/--max-new-tokens."
+                )
 
     def activate_impl(self) -> None:
         raise NotImplementedError

@@ -88,13 +88,7 @@ class OrtSession(BaseSession):
                 f"{self.name}: ONNX Runtime is not installed; run `{sys.executable} -m pip install onnxruntime` "
                 "(or onnxruntime-gpu for CUDA; not both)."
             )
-        names = [p[0] if isinstance(p, tuple) else p for p in self.requested_providers]
-        unknown = sorted(set(names) - set(ort.get_available_providers()))
-        if unknown:
-            critical(
-                f"{self.name}: ONNX Runtime here has no {unknown}; it has {ort.get_available_providers()} "
-                "(--providers). CUDA needs onnxruntime-gpu instead of onnxruntime."
-            )
+        self._check_available(ort)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # the pipeline does host work between runs: idle ORT threads that spin would take its cores
@@ -130,6 +124,16 @@ class OrtSession(BaseSession):
             if failure is None:  # a plain run of a session with CUDA graphs enabled must say so, or it captures
                 self.run_options.add_run_config_entry(GRAPH_ID, NO_GRAPH)
             self.replayer = Replayer(self.name, OrtGraphCapture(self), failure)
+
+    def _check_available(self, ort) -> None:
+        """Refuse providers this ONNX Runtime does not have, naming the package that has them."""
+        names = [p[0] if isinstance(p, tuple) else p for p in self.requested_providers]
+        unknown = sorted(set(names) - set(ort.get_available_providers()))
+        if unknown:
+            critical(
+                f"{self.name}: ONNX Runtime here has no {unknown}; it has {ort.get_available_providers()} "
+                "(--providers). CUDA needs onnxruntime-gpu instead of onnxruntime."
+            )
 
     def _inference_session(self, ort, model, options, providers):
         with default_logger_errors_only():  # onnxruntime-gpu's plugin EP lookup warns on every CUDA session

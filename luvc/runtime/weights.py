@@ -327,47 +327,66 @@ def float32_compute(model: onnx.ModelProto) -> onnx.ModelProto:
     and must be given as float32 shared initializers). Value infos are dropped; ONNX Runtime infers them again."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    float16_inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type == FLOAT16}
-    float16_outputs = {value.name for value in graph.output if value.type.tensor_type.elem_type == FLOAT16}
-    names = _UniqueNames(graph)
-    renamed: dict[str, str] = {}  # a float16 tensor -> its float32 cast, for the nodes after the cast
-    computed: dict[str, str] = {}  # a float16 graph output -> the float32 tensor its producer now writes
-    nodes: list[onnx.NodeProto] = []
-
-    def cast(source: str, to: int) -> str:
-        target = names.new(f"{source}/{'float32' if to == FLOAT else 'float16'}")
-        nodes.append(onnx.helper.make_node("Cast", [source], [target], to=to, name=names.new(f"{target}/Cast")))
-        return target
-
-    for name in sorted(float16_inputs):
-        renamed[name] = cast(name, FLOAT)
+    rewrite = _Float32Rewrite(graph)
     for node in graph.node:
-        _attributes_to_float32(node)
-        updates = IN_PLACE_UPDATES.get(node.op_type)
-        in_place = updates is not None and node.input[0] in float16_inputs
-        for index, name in enumerate(node.input):
-            if in_place and index == 0:
-                continue  # the float16 cache itself
-            if name in renamed:
-                node.input[index] = renamed[name]
-        if in_place:
-            node.input[updates] = cast(node.input[updates], FLOAT16)
-        nodes.append(node)
-        if in_place:  # the updated cache stays float16 (a graph output, read in place); the nodes after read a cast
-            for output in node.output:
-                renamed[output] = cast(output, FLOAT)
-        for output in node.output:
-            if output in float16_outputs and not in_place:
-                computed[output] = renamed[output] = names.new(f"{output}/float32")
-                node.output[list(node.output).index(output)] = computed[output]
-    for name, source in computed.items():
-        nodes.append(onnx.helper.make_node("Cast", [source], [name], to=FLOAT16, name=names.new(f"{name}/Cast")))
+        rewrite.add(node)
+    nodes = rewrite.finished()
     for tensor in graph.initializer:
         _tensor_to_float32(tensor)
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
     return model
+
+
+class _Float32Rewrite:
+    """The nodes of ``float32_compute``'s graph, in order, with the casts it adds at the float16 inputs, outputs and
+    in-place cache updates."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.float16_inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type == FLOAT16}
+        self.float16_outputs = {value.name for value in graph.output if value.type.tensor_type.elem_type == FLOAT16}
+        self.names = _UniqueNames(graph)
+        self.renamed: dict[str, str] = {}  # a float16 tensor -> its float32 cast, for the nodes after the cast
+        self.computed: dict[str, str] = {}  # a float16 graph output -> the float32 tensor its producer now writes
+        self.nodes: list[onnx.NodeProto] = []
+        for name in sorted(self.float16_inputs):
+            self.renamed[name] = self.cast(name, FLOAT)
+
+    def cast(self, source: str, to: int) -> str:
+        """Add a cast of ``source`` to ``to``; returns the cast tensor's name."""
+        target = self.names.new(f"{source}/{'float32' if to == FLOAT else 'float16'}")
+        self.nodes.append(
+            onnx.helper.make_node("Cast", [source], [target], to=to, name=self.names.new(f"{target}/Cast"))
+        )
+        return target
+
+    def add(self, node: onnx.NodeProto) -> None:
+        """Add ``node`` (changed in place), reading the float32 casts, with its float16 cache or outputs cast."""
+        _attributes_to_float32(node)
+        updates = IN_PLACE_UPDATES.get(node.op_type)
+        in_place = updates is not None and node.input[0] in self.float16_inputs
+        for index, name in enumerate(node.input):
+            if name in self.renamed and not (in_place and index == 0):  # the float16 cache itself stays
+                node.input[index] = self.renamed[name]
+        if in_place:
+            node.input[updates] = self.cast(node.input[updates], FLOAT16)
+        self.nodes.append(node)
+        if in_place:  # the updated cache stays float16 (a graph output, read in place); the nodes after read a cast
+            for output in node.output:
+                self.renamed[output] = self.cast(output, FLOAT)
+            return
+        for position, output in enumerate(node.output):
+            if output in self.float16_outputs:
+                self.computed[output] = self.renamed[output] = self.names.new(f"{output}/float32")
+                node.output[position] = self.computed[output]
+
+    def finished(self) -> list[onnx.NodeProto]:
+        """The nodes, with the casts of the float16 graph outputs at the end."""
+        for name, source in self.computed.items():
+            cast = onnx.helper.make_node("Cast", [source], [name], to=FLOAT16, name=self.names.new(f"{name}/Cast"))
+            self.nodes.append(cast)
+        return self.nodes
 
 
 def _attributes_to_float32(node: onnx.NodeProto) -> None:

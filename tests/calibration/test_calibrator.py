@@ -250,7 +250,7 @@ def test_target_agreement_keeps_the_fewest_sensitive_layers_float(export_448, tm
 def test_the_export_the_search_writes_is_the_one_quantize_static_writes(export_448, tmp_path, monkeypatch):
     """The target search quantizes once and writes the chosen candidate (the full quantization edited); quantizing
     again with the chosen layers excluded gives the same graphs, ranges and nodes kept float."""
-    from luvc.calibration import calibrator
+    from luvc.calibration import qdq_calibrator
     from luvc.calibration.float_layers import FloatLayerChoice
 
     options = dict(precision="int8", method="entropy", target_agreement=0.9997, show_progress=False)
@@ -261,7 +261,7 @@ def test_the_export_the_search_writes_is_the_one_quantize_static_writes(export_4
     def quantized_again(self, calibration, staging, advance):
         return FloatLayerChoice(keep, {}, 0.0), self._write_export(calibration, staging, advance, keep)
 
-    monkeypatch.setattr(calibrator.CalibratedExportFromExport, "_choose_float_layers", quantized_again)
+    monkeypatch.setattr(qdq_calibrator.QdqExportFromExport, "_choose_float_layers", quantized_again)
     again = calibrate_export(export_448, tmp_path / "again", **options)
     ours, theirs = ExportManifest.load(searched).quantization, ExportManifest.load(again).quantization
     assert ours.excluded_nodes == theirs.excluded_nodes
@@ -283,7 +283,7 @@ def _node_rows(model: onnx.ModelProto) -> list[tuple]:
 def test_a_written_graph_that_cannot_load_is_named_and_nothing_is_left(exports, tmp_path, monkeypatch):
     """Calibration loads every graph it wrote: a decode graph ONNX Runtime refuses (here a node reading a tensor
     nothing makes, as the Qwen3-VL INT8 decode graph once did with a bad zero point) stops it, named."""
-    from luvc.calibration import calibrator
+    from luvc.calibration import qdq_calibrator
 
     def broken_decode(source, out, *args, **kwargs):
         model = quantize_graph(source, out, *args, **kwargs)
@@ -291,8 +291,8 @@ def test_a_written_graph_that_cannot_load_is_named_and_nothing_is_left(exports, 
             model.graph.node.append(onnx.helper.make_node("Relu", ["no_such_tensor"], ["dangling"], name="broken"))
         return model
 
-    quantize_graph = calibrator.quantize_graph
-    monkeypatch.setattr(calibrator, "quantize_graph", broken_decode)
+    quantize_graph = qdq_calibrator.quantize_graph
+    monkeypatch.setattr(qdq_calibrator, "quantize_graph", broken_decode)
     out = tmp_path / "int8"
     with pytest.raises(LuvcError, match=r"The calibrated decode graph does not load .*nothing was written"):
         calibrate_export(exports("tiny-qwen2-vl"), out, precision="int8", decode_steps=1, show_progress=False)

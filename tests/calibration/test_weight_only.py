@@ -225,8 +225,9 @@ def test_a_block_size_wider_than_the_model_is_refused_before_work_and_the_defaul
     from luvc.errors import LuvcError
 
     export = exports("tiny-qwen2-vl")  # hidden size 32: narrower than the default block of 128
-    chosen = CalibratedExportFromExport(export, tmp_path / "out", precision="int4", block_size=64)
+    chosen = CalibratedExportFromExport(export, tmp_path / "out", precision="int4", block_size=64).loader()
     with pytest.raises(LuvcError, match="--block-size 64 is more than the 32 input channels of this model's products"):
         chosen._source()
-    assert CalibratedExportFromExport(export, tmp_path / "out", precision="int4")._source().geometry.hidden_size == 32
+    default = CalibratedExportFromExport(export, tmp_path / "out", precision="int4").loader()
+    assert default._source().geometry.hidden_size == 32
     assert not (tmp_path / "out").exists()

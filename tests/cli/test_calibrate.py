@@ -75,7 +75,7 @@ def test_a_failure_mid_calibration_leaves_nothing_half_written(exports, tmp_path
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("luvc.calibration.calibrator.write_report", broken)
+    monkeypatch.setattr("luvc.calibration.calibrated_export.write_report", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(tmp_path / "out")])
     assert _entries(tmp_path) == []
@@ -88,7 +88,7 @@ def test_calibrate_refuses_a_taken_output_folder_before_calibrating(exports, tmp
     def must_not_run(*args, **kwargs):
         raise AssertionError("calibration ran although the output folder was taken")
 
-    monkeypatch.setattr("luvc.calibration.calibrator.collect_feeds", must_not_run)
+    monkeypatch.setattr("luvc.calibration.qdq_calibrator.collect_feeds", must_not_run)
     assert main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(out)]) == 2
     assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert _entries(out) == []
