@@ -8,7 +8,10 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
   sha256, as git keeps its index: a file whose ``stat`` is unchanged is not hashed again;
 - ``float32/<sha256 of the weights file>/<offset>-<length>.f32``: each converted tensor, written once (under a
   temporary name, then renamed) and memory-mapped afterwards: pages of the file cache, shared by every process that
-  runs the export, instead of anonymous memory per process.
+  runs the export, instead of anonymous memory per process. Beside it, ``<offset>-<length>.f32.sum`` holds the CRC-32
+  of its bytes as written and the ``stat`` at which they last matched: a start maps an entry only when its ``stat`` is
+  unchanged since, or when its bytes match the CRC again (about 4 GB/s on one core). A cache exists to make a start
+  quick, never to change a result: an entry whose bytes do not match is dropped, said in one line, and converted again.
 
 Nothing here is needed: a cache folder that cannot be made or written to (read-only home, full disk) only means the
 work is done again, said once. ``LUVC_CACHE_DIR=off`` turns it off.
@@ -17,12 +20,14 @@ work is done again, said once. ``LUVC_CACHE_DIR=off`` turns it off.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import os
 import shutil
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,9 @@ from luvc.errors import warn
 ENV = "LUVC_CACHE_DIR"
 # free bytes a float32 copy leaves on the cache's disk at least (the copy is skipped below it)
 MIN_FREE_BYTES = 1 << 30
+FOLDERS = ("verified", "float32")  # what the cache holds (``clear_cache`` removes these, nothing else of the folder)
+SEAL_SUFFIX = ".sum"  # beside a conversion: its CRC-32 and the stat it last matched at
+CRC_CHUNK = 64 << 20
 
 
 @functools.cache
@@ -100,7 +108,45 @@ def cached_conversion(file_digest: str, offset: int, length: int, shape: tuple[i
         return None  # an empty tensor costs nothing to convert, and an empty file cannot be mapped
     if not path.is_file() or path.stat().st_size != 4 * int(np.prod(shape, dtype=np.int64)):
         return None
+    if not _intact(path):
+        return None
     return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
+
+
+def _seal_of(path: Path) -> Path:
+    return path.with_name(path.name + SEAL_SUFFIX)
+
+
+def _crc32_of(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(CRC_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _intact(path: Path) -> bool:
+    """Whether conversion ``path`` holds the bytes it was written with: unchanged since its seal last matched, or
+    matching the seal's CRC-32 now (the seal then records the new stat). An entry that does not match, or whose seal
+    is unreadable, is dropped (said once); one without a seal (a start killed before writing it) is made again."""
+    seal_path = _seal_of(path)
+    try:
+        seal = json.loads(seal_path.read_bytes())
+        crc, seen = int(seal["crc32"]), seal["stat"]
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, TypeError, KeyError):
+        crc, seen = None, None
+    if seen is not None and seen == _stat_key(path):
+        return True
+    if crc is not None and _crc32_of(path) == crc:
+        _write_atomically(seal_path, json.dumps({"crc32": crc, "stat": _stat_key(path)}).encode())
+        return True
+    with contextlib.suppress(OSError):
+        path.unlink()
+        seal_path.unlink()
+    _say_once(f"damaged entries of the start-up cache in {path.parent} were dropped and are made again")
+    return False
 
 
 def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarray) -> np.ndarray:
@@ -118,9 +164,49 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     if free - array.nbytes < MIN_FREE_BYTES:
         _say_once(f"the cache's disk ({root}) is nearly full: converted weights are not kept; each start converts")
         return array
-    if not _write_atomically(path, memoryview(array).cast("B")):
+    data = memoryview(array).cast("B")
+    if not _write_atomically(path, data):
+        return array
+    seal = {"crc32": zlib.crc32(data), "stat": _stat_key(path)}
+    if not _write_atomically(_seal_of(path), json.dumps(seal).encode()):
         return array
     return np.memmap(path, dtype=np.float32, mode="r", shape=array.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheContents:
+    """What the cache folder holds: the files whose hash it keeps, the float32 conversions (of how many weights
+    files), and the bytes of all of it."""
+
+    root: Path
+    verified: int
+    conversions: int
+    weights_files: int
+    bytes: int
+
+
+def cache_contents() -> CacheContents | None:
+    """What the cache holds now, or None where the cache is off or cannot be made."""
+    root = cache_root()
+    if root is None:
+        return None
+    verified = list((root / "verified").glob("*.json"))
+    conversions = list((root / "float32").glob("*/*.f32"))
+    size = 0
+    for path in (file for name in FOLDERS for file in (root / name).rglob("*")):
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            size += path.stat().st_size if path.is_file() else 0
+    return CacheContents(root, len(verified), len(conversions), len({path.parent for path in conversions}), size)
+
+
+def clear_cache() -> CacheContents | None:
+    """Remove everything the cache holds (its ``FOLDERS``; any other file of the folder stays); returns what it held.
+    Processes running now keep the conversions they mapped until they end."""
+    held = cache_contents()
+    if held is not None:
+        for name in FOLDERS:
+            shutil.rmtree(held.root / name, ignore_errors=True)
+    return held
 
 
 def _write_atomically(path: Path, data) -> bool:

@@ -26,10 +26,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from luvc import interrupts
+from luvc import interrupts, runs
 from luvc.errors import critical
 
-_held: dict[Path, list] = {}  # output folder -> [the open lock file this process holds, how many claims hold it]
+# output folder -> [the open lock file this process holds, how many claims hold it, its run registration]
+_held: dict[Path, list] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,16 +131,19 @@ def output_claim(
     refuse_unusable_parent(out)
     refuse_existing(out, overwrite, kind)
     if out not in _held:
-        _held[out] = [_lock(out), 0]
+        runs.clean_dead_runs(clean_dead_output)  # what runs killed elsewhere left (a partial folder, an input's link)
+        _held[out] = [_lock(out), 0, runs.registered(out)]
+        _held[out][2].__enter__()
     _held[out][1] += 1
     try:
         yield
     finally:
         _held[out][1] -= 1
         if _held[out][1] == 0:
-            handle = _held.pop(out)[0]
+            handle, _, registration = _held.pop(out)
             _lock_path(out).unlink(missing_ok=True)  # while still locked: a waiting opener re-checks the inode
             handle.close()
+            registration.__exit__(None, None, None)
 
 
 def _lock(out: Path) -> IO:
@@ -188,6 +192,27 @@ def partials_note(out: Path) -> str:
         f" {partials[0].name} beside it was left by a run that was stopped (the next run to that --out removes it), "
         "or belongs to one still writing it."
     )
+
+
+def clean_dead_output(out: Path) -> bool:
+    """Where nobody holds ``out``'s writer lock, remove the partial folders beside it and the lock file (what a run
+    killed while writing it left); False when a run holds the lock now."""
+    out = Path(out)
+    path = _lock_path(out)
+    if out in _held:
+        return False
+    try:
+        handle = open(path, "a+")
+    except OSError:
+        return not path.exists()
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        remove_stale_partials(out)
+        path.unlink(missing_ok=True)  # while still locked, as ``output_claim`` does
+    return True
 
 
 def remove_stale_partials(out: Path) -> list[Path]:

@@ -3,6 +3,7 @@ every way the cache folder can fail only costing the work again."""
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,62 @@ def test_a_nearly_full_disk_keeps_no_conversion(cache_folder, monkeypatch, capsy
     assert cache.keep_conversion("d" * 64, 0, 8, array) is array
     assert "nearly full" in capsys.readouterr().err
     assert not (cache_folder / "float32").exists()
+
+
+def _kept(digest="d" * 64, shape=(4, 4)):
+    values = np.arange(16, dtype=np.float32).reshape(shape)
+    kept = cache.keep_conversion(digest, 0, values.nbytes // 2, values)
+    path = Path(kept.filename)
+    del kept
+    return path, values
+
+
+@pytest.mark.parametrize("damage", [lambda size: os.urandom(size), lambda size: bytes(size)])
+def test_a_damaged_conversion_is_dropped_and_said_once(cache_folder, capsys, damage):
+    path, values = _kept()
+    path.write_bytes(damage(path.stat().st_size))  # the same size: only its bytes tell
+    assert cache.cached_conversion("d" * 64, 0, 32, values.shape) is None
+    assert not path.exists()
+    assert cache.cached_conversion("d" * 64, 0, 32, values.shape) is None  # gone: converted again by its reader
+    err = capsys.readouterr().err
+    assert err.count("damaged entries of the start-up cache") == 1 and str(path.parent) in err
+
+
+def test_a_damaged_seal_drops_its_entry(cache_folder, capsys):
+    path, values = _kept()
+    seal = path.with_name(path.name + cache.SEAL_SUFFIX)
+    seal.write_bytes(os.urandom(seal.stat().st_size))
+    assert cache.cached_conversion("d" * 64, 0, 32, values.shape) is None
+    assert "damaged entries" in capsys.readouterr().err
+
+
+def test_an_entry_without_its_seal_is_made_again_silently(cache_folder, capsys):
+    path, values = _kept()
+    path.with_name(path.name + cache.SEAL_SUFFIX).unlink()  # a writer killed between the entry and its seal
+    assert cache.cached_conversion("d" * 64, 0, 32, values.shape) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unchanged_entry_is_not_hashed_and_a_touched_one_is_checked_again(cache_folder, monkeypatch):
+    path, values = _kept()
+    checked = []
+    crc32_of = cache._crc32_of
+    monkeypatch.setattr(cache, "_crc32_of", lambda file: checked.append(file) or crc32_of(file))
+    np.testing.assert_array_equal(cache.cached_conversion("d" * 64, 0, 32, values.shape), values)
+    assert checked == []  # its stat is the one its seal recorded: mapped without reading it
+    path.write_bytes(path.read_bytes())  # the same bytes written again: a new change time
+    np.testing.assert_array_equal(cache.cached_conversion("d" * 64, 0, 32, values.shape), values)
+    assert checked == [path]
+    cache.cached_conversion("d" * 64, 0, 32, values.shape)
+    assert checked == [path]  # the seal now records the new stat
+
+
+def test_clear_removes_what_the_cache_holds_and_nothing_else(cache_folder):
+    _kept()
+    cache.remember_digest(*_file(cache_folder))
+    (cache_folder / "notes.txt").write_text("mine")
+    held = cache.cache_contents()
+    assert (held.verified, held.conversions, held.weights_files) == (1, 1, 1) and held.bytes > 64
+    assert cache.clear_cache() == held
+    assert sorted(path.name for path in cache_folder.iterdir()) == ["notes.txt", "weights.data"]
+    assert cache.cache_contents().conversions == 0

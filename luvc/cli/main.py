@@ -40,6 +40,7 @@ TOOLS = {
     ),
     "serve": ("luvc.cli.serve:Serve", "serve an export over an OpenAI-compatible HTTP API"),
     "triton": ("luvc.cli.triton:Triton", "write a Triton Inference Server model repository for an export"),
+    "cache": ("luvc.cli.cache:Cache", "show or clear the start-up cache (hashes and float32 weights kept per export)"),
 }
 INTERRUPTED = 130
 

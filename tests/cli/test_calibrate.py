@@ -92,3 +92,38 @@ def test_calibrate_refuses_a_taken_output_folder_before_calibrating(exports, tmp
     assert main(["calibrate", str(exports("tiny-qwen2-vl")), "--out", str(out)]) == 2
     assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
     assert _entries(out) == []
+
+
+@pytest.mark.slow
+def test_a_target_search_killed_with_kill_9_never_breaks_another_calibration_of_its_source(tmp_path, capsys):
+    """Issue 77: a search killed while its hard link to the source's weights.data existed made every later
+    calibration of that source fail (onnx refuses a weights file with several hard links), whatever its --out. The
+    next command cleans what the dead run left: the link, its partial folder and its lock."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from luvc.export.exporter import export_model
+    from luvc.export.profile import ExportProfile
+    from luvc.models import load_model
+
+    profile = ExportProfile(image_sizes=((224, 224),), external_data="always")
+    source = export_model(load_model("tiny-llava"), tmp_path / "fp32", profile, show_progress=False)
+    weights = source / "weights.data"
+    searched = tmp_path / "searched"
+    argv = ["calibrate", str(source), "--out", str(searched), "--target-agreement", "0.99999", "--decode-steps", "1"]
+    run = subprocess.Popen([sys.executable, "-m", "luvc.cli.main", *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while weights.stat().st_nlink < 2:  # the search's link beside its scratch export
+        assert run.poll() is None, f"the search ended before it linked the source: {run.communicate()[1]}"
+        assert time.monotonic() < deadline, "timed out waiting for the search"
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert weights.stat().st_nlink == 2 and list(tmp_path.glob(".searched.*"))
+    out = tmp_path / "int8w"
+    assert main(["calibrate", str(source), "--out", str(out), "--precision", "int8w", "--decode-steps", "1"]) == 0
+    assert f"a partial folder left by an interrupted run (pid {run.pid})" in capsys.readouterr().err
+    assert weights.stat().st_nlink == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["fp32", "int8w"]

@@ -298,3 +298,40 @@ def test_a_quantized_session_leaves_no_page_of_the_weights_file_resident(exports
         assert _resident_bytes(folder / "weights.data") < size // 4
     finally:
         pipeline.release()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["random", "zeroed"])
+def test_a_damaged_cache_entry_never_changes_an_answer(fp16_external_export, tmp_path, monkeypatch, capsys, damage):
+    """Issue 77: every float32 conversion in the cache overwritten with random bytes of its size (or one zeroed) made
+    `run` answer garbage; now each damaged entry is dropped, said in one line, converted again, and the answer is the
+    one a clean start gives."""
+    from luvc import cache
+
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    cache.cache_root.cache_clear()
+    cache._say_once.cache_clear()
+    prepared = Pipeline(fp16_external_export).prepare([synthetic_image(224, 224, 5)], [PROMPT])
+    try:
+        tokens, logits, _ = Pipeline(fp16_external_export).greedy(prepared, 4)
+        kept = sorted((tmp_path / "cache" / "float32").rglob("*.f32"))
+        damaged = kept if damage == "random" else [max(kept, key=lambda path: path.stat().st_size)]
+        generator = np.random.default_rng(0)
+        for path in damaged:
+            size = path.stat().st_size
+            path.write_bytes(generator.bytes(size) if damage == "random" else bytes(size))
+        capsys.readouterr()
+        again = Pipeline(fp16_external_export)
+        again_tokens, again_logits, _ = again.greedy(prepared, 4)
+        np.testing.assert_array_equal(again_tokens, tokens)
+        np.testing.assert_array_equal(again_logits, logits)
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "damaged entries" in line]
+        assert len(warnings) == 1, warnings
+        assert again.sessions.weights.cached_bytes < again.sessions.weights.converted_bytes
+        # rebuilt: the next start maps every entry again, unchanged
+        third = Pipeline(fp16_external_export)
+        np.testing.assert_array_equal(third.greedy(prepared, 4)[1], logits)
+        assert third.sessions.weights.cached_bytes == third.sessions.weights.converted_bytes
+    finally:
+        cache.cache_root.cache_clear()
+        cache._say_once.cache_clear()
