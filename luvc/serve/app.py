@@ -155,7 +155,7 @@ class _Routes:
         """The request, its generation options and its prepared batch; or the error response that refuses it."""
         try:
             body = openai_api.parse_json(await http.body())
-            request = openai_api.parse_request(body if isinstance(body, dict) else {"messages": body}, self.lenient)
+            request = openai_api.parse_request(body, self.lenient)
             if request.model not in (None, "", self.model_name):
                 return self.refuse(404, self.no_such_model(request.model), "bad_request", "model_not_found")
             options = openai_api.generation_options(request, self.service.defaults)

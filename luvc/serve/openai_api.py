@@ -33,6 +33,8 @@ from luvc.runtime.options import GenerationOptions
 ROLES = ("system", "user", "assistant")
 PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}  # OpenAI's content parts
 IMAGE_URL_FIELDS = {"url", "detail"}
+IMAGE_DETAILS = ("auto", "low", "high")  # OpenAI's image_url.detail: how finely to look (this server: its bucket)
+MESSAGE_FIELDS = {"role", "content", "name"}  # OpenAI's message fields this server takes (``name`` is ignored)
 
 
 class ImageURL(BaseModel):
@@ -134,17 +136,21 @@ def parse_json(data: bytes) -> Any:
         critical("The request body is not JSON; send a chat completion request as JSON.")
 
 
-def parse_request(body: dict, lenient: bool = False) -> ChatCompletionRequest:
-    """Validate a request body; one line naming the first problem otherwise. A field this server does not know, and
-    fields that contradict each other (``stream_options`` without ``stream``; ``max_tokens`` and
-    ``max_completion_tokens`` of different values), are refused, as OpenAI refuses them, unless ``lenient``: then
-    unknown fields are ignored, ``stream_options`` is ignored without ``stream`` and ``max_completion_tokens`` wins."""
+def parse_request(body: Any, lenient: bool = False) -> ChatCompletionRequest:
+    """Validate a request body; one line naming the first problem otherwise. A field this server does not know (at
+    the top level or in a message), and fields that contradict each other (``stream_options`` without ``stream``;
+    ``max_tokens`` and ``max_completion_tokens`` of different values), are refused, as OpenAI refuses them, unless
+    ``lenient``: then unknown fields are ignored, ``stream_options`` is ignored without ``stream`` and
+    ``max_completion_tokens`` wins. Text that is not valid Unicode (a lone surrogate escape) is refused either way."""
+    if not isinstance(body, dict):
+        critical(f"The request body is a JSON {_json_kind(body)}; send a chat completion request: a JSON object.")
     if not lenient:
         unknown = sorted(set(body) - set(ChatCompletionRequest.model_fields) - IGNORED_FIELDS)
         if unknown:
             critical(
                 f"Unrecognized request argument supplied: {_shown(unknown[0])}; check its spelling, or leave it out."
             )
+        _check_message_fields(body.get("messages"))
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as error:
@@ -155,6 +161,18 @@ def parse_request(body: dict, lenient: bool = False) -> ChatCompletionRequest:
         if message.role not in ROLES:
             critical(f"Invalid request: messages[{index}].role is {message.role!r}; give one of {list(ROLES)}.")
         message.content = content_parts(message.content, index)
+    stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    for index, stop in enumerate(stops):
+        valid_text(stop, "stop" if isinstance(request.stop, str) else f"stop[{index}]")
+    _check_supported(request)
+    if not lenient:
+        _check_agreement(request)
+    return request
+
+
+def _check_supported(request: ChatCompletionRequest) -> None:
+    """Refuse what this server does not implement and would change the answer (``n`` > 1, ``logprobs``,
+    ``UNSUPPORTED_FIELDS``)."""
     if request.n != 1:
         critical(f"n={request.n}: this server returns one choice per request; send n=1 (or leave it out).")
     if request.logprobs:
@@ -162,9 +180,35 @@ def parse_request(body: dict, lenient: bool = False) -> ChatCompletionRequest:
     for name, asks_nothing in UNSUPPORTED_FIELDS:
         if not asks_nothing(getattr(request, name)):
             critical(f"{name} is not supported by this server and would change the answer; leave {name} out.")
-    if not lenient:
-        _check_agreement(request)
-    return request
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((list, "array"), (str, "string"), (bool, "boolean"), ((int, float), "number"), (type(None), "null"))
+    return next(name for kind, name in kinds if isinstance(value, kind))
+
+
+def _check_message_fields(messages: Any) -> None:
+    """Refuse a field a message cannot hold (``messages`` as sent; its shape is checked after)."""
+    for index, message in enumerate(messages if isinstance(messages, list) else []):
+        unknown = sorted(set(message) - MESSAGE_FIELDS) if isinstance(message, dict) else []
+        if unknown:
+            critical(
+                f"Invalid request: messages[{index}] cannot hold {_shown(unknown[0])}; a message holds "
+                f"{sorted(MESSAGE_FIELDS)}."
+            )
+
+
+def valid_text(text: str, field: str) -> str:
+    """``text`` where it is valid Unicode; one line naming ``field`` where it holds a lone surrogate (JSON's
+    ``"\\ud800"``), which no tokenizer, stop string or response can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        critical(
+            f"Invalid request: {field} holds {text[error.start]!r} at character {error.start}, a lone surrogate that "
+            "is not valid Unicode; send the character's UTF-16 pair, or leave it out."
+        )
+    return text
 
 
 def _check_agreement(request: ChatCompletionRequest) -> None:
@@ -213,9 +257,9 @@ def content_parts(content: Any, index: int) -> list[ContentPart]:
     """The parts of ``messages[index]``'s ``content``: its string, or its list of parts checked against OpenAI's
     schema (a text part holds a string ``text``, an image part an ``image_url`` object with a string ``url``; nothing
     else, and at least one part); one line naming the field otherwise."""
-    if isinstance(content, str):
-        return [ContentPart(type="text", text=content)]
     where = f"messages[{index}].content"
+    if isinstance(content, str):
+        return [ContentPart(type="text", text=valid_text(content, where))]
     if not isinstance(content, list) or not content:
         critical(f"Invalid request: {where} must be a string or a list of at least one text or image_url part.")
     parts = []
@@ -230,7 +274,7 @@ def content_parts(content: Any, index: int) -> list[ContentPart]:
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 critical(f"Invalid request: {field}.text must be a string.")
-            parts.append(ContentPart(type="text", text=part["text"]))
+            parts.append(ContentPart(type="text", text=valid_text(part["text"], f"{field}.text")))
             continue
         image_url = part.get("image_url")
         if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
@@ -238,6 +282,9 @@ def content_parts(content: Any, index: int) -> list[ContentPart]:
         unknown = sorted(set(image_url) - IMAGE_URL_FIELDS)
         if unknown:
             critical(f"Invalid request: {field}.image_url cannot hold {unknown[0]!r}.")
+        detail = image_url.get("detail", "auto")
+        if detail not in IMAGE_DETAILS:
+            critical(f"Invalid request: {field}.image_url.detail is {detail!r:.40}; give one of {list(IMAGE_DETAILS)}.")
         parts.append(ContentPart(type="image_url", image_url=ImageURL(url=image_url["url"])))
     return parts
 

@@ -679,3 +679,29 @@ CUDA_GRAPH_METRICS = (
     "luvc_cuda_graph_replays",
     "luvc_cuda_graphs_failed",
 )
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_text_that_is_not_unicode_and_a_body_that_is_no_object_get_400_never_500(exports, lenient):
+    """Issue 77: a lone surrogate escape in a message gave HTTP 500 with a server traceback (also with --lenient); a
+    bare JSON array was taken as the messages."""
+    with running_server(exports(MODEL), lenient=lenient) as (base_url, _):
+        cases = [
+            (rb'{"messages": [{"role": "user", "content": "hi \ud800"}]}', "messages[0].content holds '\\ud800'"),
+            (
+                rb'{"messages": [{"role": "system", "content": "\udc00"}, {"role": "user", "content": "hi"}]}',
+                "messages[0].content holds '\\udc00'",
+            ),
+            (
+                rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]}',
+                "messages[0].content[0].text holds",
+            ),
+            (rb'[{"role": "user", "content": "hi"}]', "The request body is a JSON array"),
+            (rb'"hi"', "The request body is a JSON string"),
+        ]
+        for data, message in cases:
+            status, body = get(f"{base_url}/v1/chat/completions", data)
+            assert status == 400, (data, body)
+            assert message in json.loads(body)["error"]["message"]
+        status, body = get(f"{base_url}/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "hi"}]}')
+        assert status == 200  # the server still answers

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import urllib.parse
 
 import pytest
@@ -234,3 +235,64 @@ def test_bad_sampling_values_get_the_cli_message_and_too_many_stops_are_refused(
         generation_options(parse_request(body(text_part("hi"), temperature=-1)), DEFAULTS)
     with pytest.raises(LuvcError, match="stop has 5 strings; give at most 4"):
         generation_options(parse_request(body(text_part("hi"), stop=list("abcde"))), DEFAULTS)
+
+
+# round 5 (issue 77): text that is not Unicode, fields inside a message, a body that is not an object
+NOT_UNICODE_CASES = [
+    ({"messages": [{"role": "user", "content": "hi \ud800"}]}, r"messages\[0\].content holds '\\ud800' at character 3"),
+    (
+        {"messages": [{"role": "system", "content": "\udfff"}, {"role": "user", "content": "hi"}]},
+        r"messages\[0\].content holds '\\udfff' at character 0, a lone surrogate that is not valid Unicode",
+    ),
+    (body(text_part("a\ud83dz")), r"messages\[0\].content\[0\].text holds '\\ud83d' at character 1"),
+    (body(text_part("hi"), stop="\ud800"), r"Invalid request: stop holds '\\ud800'"),
+    (body(text_part("hi"), stop=["ok", "x\udc00"]), r"Invalid request: stop\[1\] holds '\\udc00'"),
+]
+
+
+@pytest.mark.parametrize(("request_body", "message"), NOT_UNICODE_CASES)
+@pytest.mark.parametrize("lenient", [False, True])
+def test_text_that_is_not_unicode_is_refused_naming_the_field(request_body, message, lenient):
+    with pytest.raises(LuvcError, match=message):
+        parse_request(request_body, lenient=lenient)
+
+
+def test_a_surrogate_pair_is_one_character_and_taken():
+    request = parse_request(json.loads(r'{"messages": [{"role": "user", "content": "smile \ud83d\ude00"}]}'))
+    assert request.messages[0].content[0].text == "smile \U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message", "lenient_ok"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "hi", "nmae": "x"}]},
+            r"messages\[0\] cannot hold 'nmae'; a message holds \['content', 'name', 'role'\]",
+            True,
+        ),
+        (
+            body({"type": "image_url", "image_url": {"url": "data:,", "detail": "ultra"}}),
+            r"messages\[0\].content\[0\].image_url.detail is 'ultra'; give one of \['auto', 'low', 'high'\]",
+            False,
+        ),
+        ([{"role": "user", "content": "hi"}], "The request body is a JSON array; send a chat completion request", False),
+        ("hi", "The request body is a JSON string; send a chat completion request: a JSON object", False),
+        (None, "The request body is a JSON null", False),
+    ],
+)
+def test_fields_inside_a_message_and_the_body_itself_are_checked(request_body, message, lenient_ok):
+    with pytest.raises(LuvcError, match=message):
+        parse_request(request_body)
+    if lenient_ok:
+        assert parse_request(request_body, lenient=True).messages[0].content[0].text == "hi"
+    else:
+        with pytest.raises(LuvcError, match=message):
+            parse_request(request_body, lenient=True)
+
+
+def test_a_message_name_is_taken_and_a_known_detail_too():
+    request = parse_request({"messages": [{"role": "user", "content": "hi", "name": "ann"}]})
+    assert request.messages[0].content[0].text == "hi"
+    for detail in ("auto", "low", "high"):
+        part = {"type": "image_url", "image_url": {"url": png_url(), "detail": detail}}
+        assert parse_request(body(part)).messages[0].content[0].image_url.url == png_url()
