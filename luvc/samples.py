@@ -70,9 +70,19 @@ def synthetic_visual(size: tuple, seed: int) -> Image.Image | Video | tuple[Imag
 
 def read_prompts(path: Path) -> list[str]:
     """Non-empty lines of a prompts file."""
+    if path.is_dir():
+        critical(f"Prompts file {path} is a folder; pass a text file with one prompt per line.")
     if not path.is_file():
-        critical(f"Prompts file {path} does not exist; pass a text file with one prompt per line.")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        what = "is not a regular file" if path.exists() else "does not exist"
+        critical(f"Prompts file {path} {what}; pass a text file with one prompt per line.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        critical(
+            f"Prompts file {path} is not UTF-8 text (byte {error.object[error.start : error.start + 1]!r} at offset "
+            f"{error.start}); save it as UTF-8."
+        )
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         critical(f"Prompts file {path} holds no prompt; write one prompt per line.")
     return prompts

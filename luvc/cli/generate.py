@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from luvc.cli.args.base import int_in
+from luvc.cli.args.base import int_in, user_text
 from luvc.cli.args.budget import LuvcArgs
 from luvc.cli.args.model import ModelArgs
 from luvc.cli.args.request import RequestArgs
@@ -30,7 +30,7 @@ class Generate:
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Generation")
-        group.add_argument("--prompt", required=True, help="the user prompt")
+        group.add_argument("--prompt", required=True, type=user_text, help="the user prompt")
         group.add_argument("--max-new-tokens", type=int_in(1), default=16, help="tokens to generate (default 16)")
         group.add_argument(
             "--cuda-graphs",

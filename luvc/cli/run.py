@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from luvc.cli.args.base import user_text
 from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.cuda_graphs import RUNTIME_AUTO_OFF
@@ -35,9 +36,10 @@ class Run:
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Request")
-        group.add_argument("--prompt", required=True, help="the user prompt")
+        group.add_argument("--prompt", required=True, type=user_text, help="the user prompt")
         group.add_argument(
             "--system",
+            type=user_text,
             default=None,
             help="a system prompt before the user turn (rendered by the export's chat template)",
         )

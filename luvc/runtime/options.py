@@ -23,6 +23,14 @@ MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 256  # per stop string
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
     """How to generate: up to ``max_new_tokens`` tokens, sampled by ``sampling`` (or each row by its own of
@@ -50,6 +58,10 @@ class GenerationOptions:
         for text in self.stop:
             if not isinstance(text, str) or not 0 < len(text) <= MAX_STOP_CHARS:
                 critical(f"A stop string must be text of 1 to {MAX_STOP_CHARS} characters; got {text!r:.40}.")
+            if not text.isascii() and not _is_unicode(text):
+                critical(
+                    f"A stop string must be valid Unicode text; {text!r:.40} holds a lone surrogate no text holds."
+                )
 
     def samplings(self, batch: int) -> tuple[SamplingConfig, ...]:
         """Each row's sampling for a batch of ``batch`` rows (``sampling`` for all, unless ``row_sampling`` is set)."""

@@ -134,6 +134,7 @@ def bad_inputs(tmp_path_factory, exports):
     (root / "one-image").mkdir()
     Image.new("RGB", (224, 224), (90, 120, 150)).save(root / "one-image" / "a.png")
     (root / "long-prompts.txt").write_text("word " * 3000 + "\n")  # 512 text tokens fit the export
+    (root / "latin1-prompts.txt").write_bytes("Qu'est-ce que c'est, café?\n".encode("latin-1"))
     (root / "a-folder").mkdir()
     (root / "a-file.txt").write_text("not a folder")
     (root / "huge.png").write_bytes(png_header(30000, 30000))
@@ -190,13 +191,16 @@ ROOT_FILES = {
     "PROMPTS": "prompts.txt",
     "ONE_IMAGE": "one-image",
     "LONG_PROMPTS": "long-prompts.txt",
+    "LATIN1_PROMPTS": "latin1-prompts.txt",
     "FOLDER": "a-folder",
     "FILE_SUB": "a-file.txt/sub",
     "LINK_TO_EXPORT": "link-to-export",
 }
 
 
-TEXTS = {"LONG_SYSTEM": "word " * 20000}  # arguments of the table that are text, not paths
+# arguments of the table that are text, not paths; NOT_UTF8: the bytes b"caf\xe9" of a Latin-1 terminal, as Python
+# hands a command line's undecodable bytes over (lone surrogates)
+TEXTS = {"LONG_SYSTEM": "word " * 20000, "NOT_UTF8": b"caf\xe9".decode("utf-8", "surrogateescape")}
 
 
 BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error must say
@@ -356,6 +360,14 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
         "is an export, not an engine folder, so --overwrite",
     ),
     ("triton EXPORT --out EXPORT_COPY --overwrite", "is an export, not a Triton model repository, so --overwrite"),
+    # round 5: text that is not UTF-8, and a folder as a prompts file
+    ("run EXPORT --prompt NOT_UTF8", "argument --prompt: is not valid UTF-8 text (byte b'\\xe9' at character 3)"),
+    ("run EXPORT --prompt hi --system NOT_UTF8", "argument --system: is not valid UTF-8 text"),
+    ("run EXPORT --prompt hi --stop NOT_UTF8", "argument --stop: is not valid UTF-8 text"),
+    ("generate --model tiny-llava --prompt NOT_UTF8", "argument --prompt: is not valid UTF-8 text"),
+    ("parity EXPORT --data ONE_IMAGE --prompts LATIN1_PROMPTS --out OUT", "latin1-prompts.txt is not UTF-8 text (byte"),
+    ("calibrate EXPORT --data ONE_IMAGE --prompts LATIN1_PROMPTS --out OUT", "is not UTF-8 text (byte b'\\xe9' at"),
+    ("parity EXPORT --data ONE_IMAGE --prompts FOLDER --out OUT", "is a folder; pass a text file with one prompt per"),
     # chat templates the checkpoint ships
     ("generate --model BROKEN_TEMPLATE --prompt hi", "The checkpoint's chat template does not render an image turn"),
     ("export --model BROKEN_TEMPLATE --out OUT", "The checkpoint's chat template does not render an image turn"),

@@ -31,6 +31,19 @@ def same_named(source: object, options: type, **given: Any) -> dict[str, Any]:
     return {name: getattr(source, name) for name in names if hasattr(source, name)} | given
 
 
+def user_text(text: str) -> str:
+    """An argparse ``type``: text a user typed, refused in one line where it is not valid UTF-8 (Python hands such bytes
+    of the command line over as lone surrogates, which no tokenizer or stop string can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        shown = text[error.start].encode("utf-8", "surrogateescape")
+        raise argparse.ArgumentTypeError(
+            f"is not valid UTF-8 text (byte {shown!r} at character {error.start}); type it in UTF-8"
+        ) from None
+    return text
+
+
 def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer in ``[low, high]`` (either end open when ``None``), else a one-line error
     with the range."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from luvc.cli.args.base import BaseArgs, int_in
+from luvc.cli.args.base import BaseArgs, int_in, user_text
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
@@ -77,6 +77,7 @@ class RuntimeArgs(BaseArgs):
         group.add_argument(
             "--stop",
             action="append",
+            type=user_text,
             default=None,
             metavar="TEXT",
             help="end the answer where TEXT appears (the answer ends before it); repeat for up to 4 strings",
