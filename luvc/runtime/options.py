@@ -59,9 +59,7 @@ class GenerationOptions:
             if not isinstance(text, str) or not 0 < len(text) <= MAX_STOP_CHARS:
                 critical(f"A stop string must be text of 1 to {MAX_STOP_CHARS} characters; got {text!r:.40}.")
             if not text.isascii() and not _is_unicode(text):
-                critical(
-                    f"A stop string must be valid Unicode text; {text!r:.40} holds a lone surrogate no text holds."
-                )
+                critical(f"A stop string must be valid Unicode text; {text!r:.40} holds a lone surrogate.")
 
     def samplings(self, batch: int) -> tuple[SamplingConfig, ...]:
         """Each row's sampling for a batch of ``batch`` rows (``sampling`` for all, unless ``row_sampling`` is set)."""

@@ -99,6 +99,6 @@ def test_stop_strings_need_a_tokenizer_and_are_checked_where_the_options_are_mad
         GenerationOptions(stop=("a", "b", "c", "d", "e"))
     with pytest.raises(LuvcError, match="A stop string must be text of 1 to 256 characters"):
         GenerationOptions(stop=("",))
-    with pytest.raises(LuvcError, match="A stop string must be valid Unicode text; 'x\\ud800' holds a lone surrogate"):
+    with pytest.raises(LuvcError, match="A stop string must be valid Unicode text; .* holds a lone surrogate"):
         GenerationOptions(stop=("x\ud800",))  # no text can hold it: taken silently, it would never stop anything
     assert GenerationOptions(stop=("caf\u00e9",)).stop == ("café",)

@@ -275,7 +275,11 @@ def test_a_surrogate_pair_is_one_character_and_taken():
             r"messages\[0\].content\[0\].image_url.detail is 'ultra'; give one of \['auto', 'low', 'high'\]",
             False,
         ),
-        ([{"role": "user", "content": "hi"}], "The request body is a JSON array; send a chat completion request", False),
+        (
+            [{"role": "user", "content": "hi"}],
+            "The request body is a JSON array; send a chat completion request",
+            False,
+        ),
         ("hi", "The request body is a JSON string; send a chat completion request: a JSON object", False),
         (None, "The request body is a JSON null", False),
     ],
