@@ -48,9 +48,12 @@ WEIGHTS_FILE = "weights.data"  # the external data the graphs of a large export 
 FORMAT = "luvc-export/onnx"
 ENGINE_FORMAT = "luvc-export/engines"  # the engine folder's manifest (luvc.engines.manifest)
 EXPORT_OUTPUT = OutputKind("an export", MANIFEST_NAME, FORMAT)  # calibrated exports too
-FORMAT_VERSION = 5  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry);
+FORMAT_VERSION = 6  # 2: fixed-capacity decode graph with in-place KV update; 3: typed sections (template, geometry);
 # 4: the decode graph attends over a window of each cache (attention_window); 5: prefill takes each row's length and
-# visual shift, decode each row's write index
+# visual shift, decode each row's write index; 6: sealed, always (``CONTENT_DIGEST``)
+# the versions this release reads: 5 is 6's layout, written before or after manifests were sealed
+READABLE_FORMAT_VERSIONS = (5, 6)
+UNSEALED_FORMAT_VERSIONS = (5,)  # written, some of them, before the seal existed: read without one
 ONNX_DTYPES = {value: name.lower() for name, value in onnx.TensorProto.DataType.items()}
 
 
@@ -196,7 +199,8 @@ class ExportManifest:
 
     def to_json(self) -> str:
         """The manifest as written: its fields, sealed with their ``content_sha256`` (``content_digest``)."""
-        data = json.loads(json.dumps(dataclasses.asdict(self)))  # as a reader parses it: lists, string keys
+        written = dataclasses.replace(self, format_version=FORMAT_VERSION)  # read from an older one, or new
+        data = json.loads(json.dumps(dataclasses.asdict(written)))  # as a reader parses it: lists, string keys
         data[CONTENT_DIGEST] = content_digest(data)
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
@@ -229,12 +233,18 @@ class ExportManifest:
                 f"{folder} is an engine folder (made by `luvc-export build`), not an export; pass the export folder "
                 f"it was built from{engines}."
             )
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        if data.get("format") != FORMAT or data.get("format_version") not in READABLE_FORMAT_VERSIONS:
             critical(
                 f"{path} is format {data.get('format')!r} v{data.get('format_version')}, this luvc-export reads "
                 f"{FORMAT!r} v{FORMAT_VERSION}; re-export with this version."
             )
         recorded = data.pop(CONTENT_DIGEST, None)  # an export written before manifests were sealed has none
+        if recorded is None and data["format_version"] not in UNSEALED_FORMAT_VERSIONS:
+            critical(
+                f"{path} has no {CONTENT_DIGEST}, which luvc-export writes into every v{data['format_version']} "
+                "manifest: it was edited after luvc-export wrote it, so what it says of the graphs cannot be trusted; "
+                "restore it from the export, or re-export."
+            )
         if recorded is not None and recorded != content_digest(data):
             critical(
                 f"{path} was edited after luvc-export wrote it (its content no longer matches its {CONTENT_DIGEST}), "

@@ -123,7 +123,7 @@ def test_manifest_of_an_older_version_names_both_versions(exports, tmp_path):
     data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
     data["format_version"] = 2
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v5; re-export"):
+    with pytest.raises(LuvcError, match=r"v2, this luvc-export reads 'luvc-export/onnx' v6; re-export"):
         ExportManifest.load(tmp_path, verify=False)
 
 
@@ -154,9 +154,31 @@ def test_a_manifest_edited_after_the_export_is_refused_and_a_reformatted_one_is_
     (folder / MANIFEST_NAME).write_text(json.dumps(edited, indent=2))
     with pytest.raises(LuvcError, match=r"manifest.json was edited after luvc-export wrote it .* restore it"):
         ExportManifest.load(folder, verify=False)
-    del edited["content_sha256"]  # a manifest written before manifests were sealed is read as before
+    for unsealed in (None, "delete"):  # issue 77: the seal switched off by setting it to null, or deleting it
+        if unsealed is None:
+            edited["content_sha256"] = None
+        else:
+            del edited["content_sha256"]
+        (folder / MANIFEST_NAME).write_text(json.dumps(edited, indent=2))
+        with pytest.raises(
+            LuvcError, match=r"manifest.json has no content_sha256, which luvc-export writes into every v6"
+        ):
+            ExportManifest.load(folder, verify=False)
+    edited["format_version"] = 5  # a v5 manifest may predate the seal: read as before
     (folder / MANIFEST_NAME).write_text(json.dumps(edited, indent=2))
     assert ExportManifest.load(folder, verify=False).buckets[next(iter(edited["buckets"]))].budgets[-1] > 0
+
+
+def test_a_manifest_read_from_v5_is_written_as_v6_and_sealed(exports, tmp_path):
+    data = json.loads((exports("tiny-llava") / MANIFEST_NAME).read_text())
+    data["format_version"] = 5
+    del data["content_sha256"]
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    manifest = ExportManifest.load(tmp_path, verify=False)
+    (tmp_path / "again").mkdir()
+    manifest.save(tmp_path / "again")
+    written = json.loads((tmp_path / "again" / MANIFEST_NAME).read_text())
+    assert written["format_version"] == 6 and written["content_sha256"] == content_digest(written)
 
 
 def test_manifest_round_trips_through_json(exports, tmp_path):
