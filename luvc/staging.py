@@ -92,6 +92,18 @@ def refuse_existing(out: Path, overwrite: bool | None, kind: OutputKind) -> None
         critical(_not_replaceable(out, kind))
 
 
+def refuse_working_folder(out: Path) -> None:
+    """Fail when ``out`` exists and is the folder this command runs in, or holds it (``--out .`` with
+    ``--overwrite``): replacing it would pull the folder from under the shell that runs the command."""
+    target, here = Path(out).resolve(), Path.cwd().resolve()
+    if target.is_dir() and here.is_relative_to(target):
+        where = "the folder this command runs in" if here == target else "a folder holding the one this runs in"
+        critical(
+            f"--out {out} is {where}, which --overwrite would replace under your shell; run the command from "
+            f"outside it (cd {target.parent}) and pass --out {target.name}, or choose another --out."
+        )
+
+
 def refuse_overlap(out: Path, inputs: Sequence[Path | str | None]) -> None:
     """Fail when ``out`` is one of this command's ``inputs``, holds one, or lies inside one: writing there would
     replace or alter what the command reads."""
@@ -130,6 +142,7 @@ def output_claim(
     refuse_overlap(out, inputs)
     refuse_unusable_parent(out)
     refuse_existing(out, overwrite, kind)
+    refuse_working_folder(out)
     if out not in _held:
         runs.clean_dead_runs(clean_dead_output)  # what runs killed elsewhere left (a partial folder, an input's link)
         _held[out] = [_lock(out), 0, runs.registered(out)]
@@ -233,7 +246,7 @@ def staged_folder(
     removed on any exception (Ctrl-C and SIGTERM included), so nothing half-written looks finished. An existing
     ``out`` is replaced only with ``overwrite``, only when it is an output of ``kind``, and only once the new folder
     is complete."""
-    out = Path(out)
+    out = Path(out).absolute()  # "." has no name to stage beside
     with output_claim(out, overwrite, kind, inputs):
         remove_stale_partials(out)
         staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -137,3 +137,14 @@ def test_a_lock_held_by_a_live_process_refuses_and_a_dead_ones_does_not(tmp_path
     with output_claim(out, False, REPORT):  # the kernel dropped the dead process's lock
         pass
     assert leftovers(tmp_path) == []
+
+
+def test_an_output_holding_the_working_folder_is_refused(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    (out / "inside").mkdir(parents=True)
+    (out / "report.json").write_text(json.dumps({"format": "test/report"}))
+    monkeypatch.chdir(out / "inside")
+    with pytest.raises(LuvcError, match=r"is a folder holding the one this runs in, which --overwrite would replace"):
+        with output_claim(out, True, REPORT):
+            pass
+    assert leftovers(tmp_path) == [] and (out / "inside").is_dir()

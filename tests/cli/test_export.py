@@ -74,3 +74,31 @@ def test_image_size_takes_named_sets_beside_sizes():
     group = ExportArgs()
     group.parse(args)
     assert group.profile.image_sizes == (BucketSet("aspects", 672), (224, 224), BucketSet("cameras"))
+
+
+@pytest.mark.parametrize("command", ["export", "calibrate"])
+@pytest.mark.parametrize("out", [".", "..", "ABSOLUTE"])
+def test_out_as_the_folder_the_command_runs_in_is_refused_before_any_work(
+    command, out, exports, tmp_path, capsys, monkeypatch
+):
+    """Issue 77: `--out . --overwrite` exported the whole model, then failed with a traceback ('Device or resource
+    busy') and left the result hidden inside the folder."""
+    import shutil
+
+    from tests.conftest import one_line_error
+
+    here = shutil.copytree(exports("tiny-llava"), tmp_path / "outer" / "export")
+    monkeypatch.chdir(here)
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    target = str(here) if out == "ABSOLUTE" else out
+    if command == "export":
+        argv = ["export", "--model", "tiny-llava", "--out", target, "--overwrite"]
+    else:
+        argv = ["calibrate", str(exports("tiny-llava")), "--out", target, "--overwrite", "--precision", "int8w"]
+    if out == "..":  # not an export: refused as such, before the working-folder check
+        assert "is not an export (no luvc-export manifest.json in it)" in one_line_error(argv, capsys)
+    else:
+        error = one_line_error(argv, capsys)
+        assert "is the folder this command runs in, which --overwrite would replace under your shell" in error
+        assert f"(cd {tmp_path / 'outer'}) and pass --out export" in error
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before
