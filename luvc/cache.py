@@ -56,7 +56,10 @@ def cache_root() -> Path | None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        warn(f"no cache folder at {root} ({error.strerror}); each start hashes and converts again. Set {ENV}.")
+        blocked = next((folder for folder in (root, *root.parents) if folder.exists() and not folder.is_dir()), None)
+        why = f"{blocked} is a file, not a folder" if blocked is not None else error.strerror
+        fix = f"point {ENV} at a folder, or set it to off" if setting else f"set {ENV} to a folder, or to off"
+        warn(f"no cache folder at {root} ({why}); each start hashes and converts again: {fix}.")
         return None
     return root
 

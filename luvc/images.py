@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from luvc.errors import critical
+from luvc.paths import FOLDER, not_a_file
 
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67 MP: larger than any phone photo, refused before decoding (a bomb is never
 # expanded); the most any bucket takes is 8192 a side
@@ -44,10 +45,13 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Open ``path`` as RGB, with an error naming the file when it is missing, not an image, or of a size no model
     takes (see :func:`check_image_size`; ``max_pixels`` defaults to ``DEFAULT_MAX_IMAGE_PIXELS``)."""
     path = Path(path)
-    if path.is_dir():
+    problem = not_a_file(path)
+    if problem == FOLDER:
         critical(f"{path} is a folder, not an image; pass an image file to --image (PNG or JPEG).")
-    if not path.is_file():
+    if problem == "does not exist":
         critical(f"Image file {path} does not exist; pass an existing file to --image.")
+    if problem is not None:
+        critical(f"Image file {path} {problem}; pass an image file to --image (PNG or JPEG).")
     return _open(path, str(path), max_pixels)
 
 

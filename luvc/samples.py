@@ -15,6 +15,7 @@ from PIL import Image
 
 from luvc.errors import critical
 from luvc.images import load_image, synthetic_image
+from luvc.paths import not_a_file
 from luvc.videos import Video, synthetic_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -70,11 +71,9 @@ def synthetic_visual(size: tuple, seed: int) -> Image.Image | Video | tuple[Imag
 
 def read_prompts(path: Path) -> list[str]:
     """Non-empty lines of a prompts file."""
-    if path.is_dir():
-        critical(f"Prompts file {path} is a folder; pass a text file with one prompt per line.")
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "does not exist"
-        critical(f"Prompts file {path} {what}; pass a text file with one prompt per line.")
+    problem = not_a_file(path)
+    if problem is not None:
+        critical(f"Prompts file {path} {problem}; pass a text file with one prompt per line.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from luvc.errors import critical
 from luvc.images import load_image, synthetic_image
+from luvc.paths import FOLDER, not_a_file
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_SAMPLED_FPS = 2.0  # Qwen-VL video processors' sampling rate when they are not told
@@ -112,8 +113,9 @@ def load_video(path: str | Path, num_frames: int | None = None, fps: float | Non
     """Read a video file (any format PyAV decodes) or a folder of frame images (sorted by name), keeping the sampled
     frames; errors name the file and the fix."""
     path = Path(path)
-    if not path.exists():
-        critical(f"Video {path} does not exist; pass a video file or a folder of frames to --video.")
+    problem = not_a_file(path)
+    if problem not in (None, FOLDER):
+        critical(f"Video {path} {problem}; pass a video file or a folder of frames to --video.")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not files:

@@ -108,7 +108,8 @@ def test_a_cache_folder_that_cannot_be_made_only_warns(tmp_path, monkeypatch, ca
         assert cache.cache_root() is None
         assert cache.cache_root() is None
         said = capsys.readouterr().err.splitlines()
-        assert len(said) == 1 and "no cache folder at" in said[0] and "Set LUVC_CACHE_DIR" in said[0]  # once
+        assert len(said) == 1 and "no cache folder at" in said[0]  # once
+        assert f"({blocker} is a file, not a folder)" in said[0] and "point LUVC_CACHE_DIR at a folder" in said[0]
         path, digest = _file(tmp_path)
         cache.remember_digest(path, digest)
         assert not cache.known_digest(path, digest)
@@ -193,3 +194,18 @@ def test_clear_removes_what_the_cache_holds_and_nothing_else(cache_folder):
     assert cache.clear_cache() == held
     assert sorted(path.name for path in cache_folder.iterdir()) == ["notes.txt", "weights.data"]
     assert cache.cache_contents().conversions == 0
+
+
+def test_a_cache_setting_that_names_a_file_says_so(tmp_path, monkeypatch, capsys):
+    """Issue 77: LUVC_CACHE_DIR set to a file said only "Set LUVC_CACHE_DIR", which it was."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(cache.ENV, str(blocker))
+    cache.cache_root.cache_clear()
+    try:
+        assert cache.cache_root() is None
+        said = capsys.readouterr().err
+        assert f"no cache folder at {blocker} ({blocker} is a file, not a folder)" in said
+        assert "point LUVC_CACHE_DIR at a folder, or set it to off" in said
+    finally:
+        cache.cache_root.cache_clear()

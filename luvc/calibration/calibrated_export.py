@@ -139,12 +139,13 @@ class CalibratedExport(CalibrationOptions):
         check_method(self.precision, self.method)
         self._check_options()
         target = self.target_agreement
-        if target is not None and (self.weight_only or isinstance(target, bool) or not 0 < target <= 1):
+        if target is not None and self.weight_only:
             critical(
-                f"--target-agreement {target}: a logits cosine in (0, 1] for --precision int8 or fp8 "
-                f"({self.precision if self.weight_only else 'a weight-only precision'} quantizes every LLM layer's "
-                "weights alike)."
+                f"--target-agreement is for --precision int8 or fp8, which can keep layers float; {self.precision} "
+                "quantizes every LLM layer's weights alike. Drop --target-agreement, or calibrate int8."
             )
+        if target is not None and (isinstance(target, bool) or not 0 < target <= 1):
+            critical(f"--target-agreement {target}: give a logits cosine in (0, 1], e.g. 0.99.")
         check_alpha(self.smooth, self.precision)
         manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
         if manifest.precision not in self.readable:

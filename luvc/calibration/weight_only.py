@@ -72,23 +72,22 @@ BLOCKED_PRECISIONS = frozenset(name for name, form in LAYER_FORMATS.items() if f
 QUANTIZED_TYPES = {onnx.TensorProto.INT4: INT4, onnx.TensorProto.INT8: INT8}
 
 
-def check_block_size(block_size: int) -> None:
+def check_block_size(block_size: int, hidden_size: int | None = None) -> None:
     """Refuse a block size that is not a power of two of at least 16 (what TensorRT and ONNX Runtime's MatMulNBits
-    take)."""
+    take), or, with the LLM's ``hidden_size``, one of more input channels than it, which most of its products read
+    (such a block would be a whole column, padded with zeros); the message names the sizes this model takes."""
+    largest = 256 if hidden_size is None else min(256, 1 << (max(hidden_size, 16).bit_length() - 1))
+    takes = ", ".join(str(1 << bits) for bits in range(4, largest.bit_length()))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16:
-        critical(f"--block-size {block_size}: INT4 blocks hold a power of two of at least 16 input channels (128).")
-    if block_size & (block_size - 1):
-        critical(f"--block-size {block_size} is not a power of two; pass 32, 64, 128 or 256.")
-
-
-def check_block_fits(block_size: int, hidden_size: int) -> None:
-    """Refuse a block of more input channels than the LLM's hidden size, which most of its products read: such a
-    block would be a whole column, padded with zeros."""
-    if block_size > hidden_size:
-        largest = 1 << (hidden_size.bit_length() - 1)
         critical(
-            f"--block-size {block_size} is more than the {hidden_size} input channels of this model's products; pass a "
-            f"power of two from 16 to {largest}."
+            f"--block-size {block_size}: INT4 blocks hold a power of two of at least 16 input channels; pass {takes}."
+        )
+    if block_size & (block_size - 1):
+        critical(f"--block-size {block_size} is not a power of two; pass {takes}.")
+    if hidden_size is not None and block_size > hidden_size:
+        critical(
+            f"--block-size {block_size} is more than the {hidden_size} input channels of this model's products; pass "
+            f"{takes}."
         )
 
 

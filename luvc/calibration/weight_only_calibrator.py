@@ -22,7 +22,6 @@ from luvc.calibration.verify import greedy_run
 from luvc.calibration.weight_only import (
     BLOCKED_PRECISIONS,
     LAYER_FORMATS,
-    check_block_fits,
     check_block_size,
     float_tensor_names,
     gptq_quantizer,
@@ -51,11 +50,12 @@ class WeightOnlyExportFromExport(CalibratedExport):
         return self.method == "gptq"
 
     def _check_options(self) -> None:
-        check_block_size(self.block_size)
+        if self._block_size_chosen:
+            check_block_size(self.block_size)
 
     def _check_source(self, manifest: ExportManifest) -> None:
-        if self.precision in BLOCKED_PRECISIONS and self._block_size_chosen:
-            check_block_fits(self.block_size, manifest.geometry.hidden_size)
+        if self.precision in BLOCKED_PRECISIONS and self._block_size_chosen:  # the default fits a model of any width
+            check_block_size(self.block_size, manifest.geometry.hidden_size)
 
     def _plan(self, manifest: ExportManifest, graphs: list[str]) -> tuple[int, Any]:
         """GPTQ: the graphs it reads layer inputs from (read once: to count its passes, then to run them)."""

@@ -53,7 +53,8 @@ def memory_table(plan: MemoryPlan) -> Table:
         return f"{value / GiB:.2f} GiB" if value >= GiB // 10 else f"{value / (1 << 20):.1f} MiB"
 
     device = plan.device
-    table = Table(title=f"Memory plan on {device.name} ({device.total_bytes / GiB:.0f} GiB)")
+    size = "" if device.name.startswith("GPU with") else f" ({device.total_bytes / GiB:g} GiB)"  # named once
+    table = Table(title=f"Memory plan on {device.name}{size}")
     table.add_column("item")
     table.add_column("device memory", justify="right")
     weights = plan.weights

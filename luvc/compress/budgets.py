@@ -103,7 +103,14 @@ def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config
     if not 0.0 < ratio <= 1.0:
         critical(f"Ratio {ratio} is not in (0, 1]; a ratio is the share of the visual tokens the LLM receives.")
     # the epsilon keeps a ratio such as 2/9 of 576 at 128 (float products land just below)
-    return default_schedule(num_layers, math.floor(ratio * num_visual_tokens + 1e-9), config)
+    kept = math.floor(ratio * num_visual_tokens + 1e-9)
+    if kept == 0 and num_visual_tokens > 0:
+        critical(
+            f"Ratio {ratio:g} keeps none of the {num_visual_tokens} visual tokens an input gives the LLM here; give a "
+            f"ratio of at least {1 / num_visual_tokens:.3g} (one token), or compare without visual tokens on purpose "
+            "with --budgets 0."
+        )
+    return default_schedule(num_layers, kept, config)
 
 
 def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: LUVCConfig) -> BudgetPlan:

@@ -148,7 +148,7 @@ class MemoryPlan:
         if self.fits:
             return []
         over = self.total_bytes - self.device.total_bytes
-        lines = [f"{over / GiB:.2f} GiB over the {self.device.total_bytes / GiB:.0f} GiB of {self.device.name}."]
+        lines = [f"{over / GiB:.2f} GiB over the {self.device.total_bytes / GiB:g} GiB of {self.device.name}."]
         fixed = self.device.reserved_bytes + self.activation_bytes
         if fixed >= self.device.total_bytes:  # no export can fit: neither batch rows nor weights are the cause
             lines.append(

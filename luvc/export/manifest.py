@@ -218,6 +218,10 @@ class ExportManifest:
         none)."""
         folder = Path(folder)
         path = folder / MANIFEST_NAME
+        if folder.is_file():
+            critical(
+                f"{folder} is a file, not an export folder; pass the folder `luvc-export export` wrote (its --out)."
+            )
         if not path.is_file():
             critical(
                 f"{folder} has no {MANIFEST_NAME}; it is not a finished export (run `luvc-export export`)."

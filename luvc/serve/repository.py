@@ -75,7 +75,8 @@ class RepositoryOptions:
                 "starting with a letter or digit, at most 128 characters (it becomes a folder and a URL part)."
             )
         check_policy(self.fit)
-        replays(self.cuda_graphs, "cuda")  # refuses a value that is none of CUDA_GRAPH_CHOICES
+        # refuses a value that is none of CUDA_GRAPH_CHOICES, and ``on`` for CPU instances (as run, serve and eval do)
+        replays(self.cuda_graphs, "cuda" if self.gpus else "cpu")
         if self.instances < 1:
             critical(f"--instances {self.instances}: run at least 1 model instance.")
         if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):

@@ -301,7 +301,13 @@ def test_a_written_graph_that_cannot_load_is_named_and_nothing_is_left(exports, 
 
 
 def test_target_agreement_is_refused_for_int4_and_out_of_range(exports, tmp_path):
-    for precision, target in (("int4", 0.99), ("int8", 1.5), ("int8", 0.0)):
-        with pytest.raises(LuvcError, match="--target-agreement"):
+    cases = (
+        ("int4", 0.99, "--target-agreement is for --precision int8 or fp8, which can keep layers float; int4 "),
+        ("int8w", 0.99, "--target-agreement is for --precision int8 or fp8"),  # issue 77: it repeated the range
+        ("int8", 1.5, r"--target-agreement 1.5: give a logits cosine in \(0, 1\]"),
+        ("int8", 0.0, r"--target-agreement 0.0: give a logits cosine in \(0, 1\]"),
+    )
+    for precision, target, message in cases:
+        with pytest.raises(LuvcError, match=message):
             calibrate_export(exports("tiny-qwen2-vl"), tmp_path / "out", precision=precision, target_agreement=target)
     assert not (tmp_path / "out").exists()

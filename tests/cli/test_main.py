@@ -1,6 +1,7 @@
 """Artifacts survive kills and concurrent runs; every bad input gets one line naming the fix, exit code 2."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -135,6 +136,8 @@ def bad_inputs(tmp_path_factory, exports):
     Image.new("RGB", (224, 224), (90, 120, 150)).save(root / "one-image" / "a.png")
     (root / "long-prompts.txt").write_text("word " * 3000 + "\n")  # 512 text tokens fit the export
     (root / "latin1-prompts.txt").write_bytes("Qu'est-ce que c'est, café?\n".encode("latin-1"))
+    os.mkfifo(root / "a-fifo")
+    (root / "loop.png").symlink_to(root / "loop.png")  # a link to itself
     (root / "a-folder").mkdir()
     (root / "a-file.txt").write_text("not a folder")
     (root / "huge.png").write_bytes(png_header(30000, 30000))
@@ -192,6 +195,8 @@ ROOT_FILES = {
     "ONE_IMAGE": "one-image",
     "LONG_PROMPTS": "long-prompts.txt",
     "LATIN1_PROMPTS": "latin1-prompts.txt",
+    "FIFO": "a-fifo",
+    "LOOP_PNG": "loop.png",
     "FOLDER": "a-folder",
     "FILE_SUB": "a-file.txt/sub",
     "LINK_TO_EXPORT": "link-to-export",
@@ -200,7 +205,7 @@ ROOT_FILES = {
 
 # arguments of the table that are text, not paths; NOT_UTF8: the bytes b"caf\xe9" of a Latin-1 terminal, as Python
 # hands a command line's undecodable bytes over (lone surrogates)
-TEXTS = {"LONG_SYSTEM": "word " * 20000, "NOT_UTF8": b"caf\xe9".decode("utf-8", "surrogateescape")}
+TEXTS = {"LONG_SYSTEM": "word " * 20000, "EMPTY": "", "NOT_UTF8": b"caf\xe9".decode("utf-8", "surrogateescape")}
 
 
 BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error must say
@@ -368,6 +373,20 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("parity EXPORT --data ONE_IMAGE --prompts LATIN1_PROMPTS --out OUT", "latin1-prompts.txt is not UTF-8 text (byte"),
     ("calibrate EXPORT --data ONE_IMAGE --prompts LATIN1_PROMPTS --out OUT", "is not UTF-8 text (byte b'\\xe9' at"),
     ("parity EXPORT --data ONE_IMAGE --prompts FOLDER --out OUT", "is a folder; pass a text file with one prompt per"),
+    # round 5: messages that name the right cause, and what was taken silently
+    ("run EXPORT --prompt hi --image /dev/zero", "Image file /dev/zero is a device, not a file; pass an image file"),
+    ("run EXPORT --prompt hi --image FIFO", "a-fifo is a pipe (FIFO), not a file; pass an image file to --image"),
+    ("run EXPORT --prompt hi --image LOOP_PNG", "loop.png is a link that leads back to itself; pass an image file"),
+    ("run EXPORT --prompt hi --video FIFO", "a-fifo is a pipe (FIFO), not a file; pass a video file or a folder"),
+    ("parity EXPORT --data ONE_IMAGE --prompts FIFO --out OUT", "a-fifo is a pipe (FIFO), not a file; pass a text"),
+    ("run EXPORT --prompt hi --image TINY_GIF --image WIDE_PNG", "argument --image: given twice; a request takes one"),
+    ("inspect TINY_GIF", "tiny.gif is a file, not an export folder"),
+    ("calibrate EXPORT --precision int4 --block-size 100 --out OUT", "is not a power of two; pass 16, 32."),
+    ("calibrate EXPORT --precision int8w --target-agreement 0.99 --out OUT", "--target-agreement is for --precision"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --ratios 0.5,0.5 --out OUT", "gives 0.5 twice; give each point once"),
+    ("eval --data FOLDER --model tiny-qwen2-vl --budgets 4,0 --budgets 4,0 --out OUT", "is given twice; give each"),
+    ("export --model tiny-qwen2-vl --out OUT --budgets EMPTY", "argument --budgets: is empty; give the visual tokens"),
+    ("triton EXPORT --out OUT --cuda-graphs on", "--cuda-graphs on replays CUDA graphs, which need a CUDA device"),
     # chat templates the checkpoint ships
     ("generate --model BROKEN_TEMPLATE --prompt hi", "The checkpoint's chat template does not render an image turn"),
     ("export --model BROKEN_TEMPLATE --out OUT", "The checkpoint's chat template does not render an image turn"),
@@ -378,7 +397,10 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
 @pytest.mark.parametrize(("command", "message"), BAD_INPUTS, ids=[argv for argv, _ in BAD_INPUTS])
 def test_bad_input_gets_one_line_exit_2_and_writes_nothing(command, message, bad_inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [TEXTS.get(word) or bad_inputs.get(word, str(out) if word == "OUT" else word) for word in command.split()]
+    argv = [
+        TEXTS[word] if word in TEXTS else bad_inputs.get(word, str(out) if word == "OUT" else word)
+        for word in command.split()
+    ]
     before = _inventory(bad_inputs)
     assert message in one_line_error(argv, capsys)
     assert not out.exists() and leftovers(tmp_path) == []

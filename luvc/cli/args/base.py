@@ -31,6 +31,29 @@ def same_named(source: object, options: type, **given: Any) -> dict[str, Any]:
     return {name: getattr(source, name) for name in names if hasattr(source, name)} | given
 
 
+class StoreOnce(argparse.Action):
+    """An argparse action that takes its option once: given twice, one line says so (the plain store action keeps the
+    last silently, so ``--image a.png --image b.png`` would drop a.png)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        seen = f"_{self.dest}_given"
+        if getattr(namespace, seen, False):
+            parser.error(f"argument {option_string}: given twice; a request takes one {self.dest}")
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
+
+
+def budget_list(text: str) -> str:
+    """An argparse ``type`` for ``--budgets``: refuses a blank value at once (taken silently, it meant the default
+    schedule); the list itself is read by ``luvc.compress.budgets``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; give the visual tokens entering each decoder layer, e.g. '256,256,128,0', or 'auto' (or leave "
+            "--budgets out) for the default schedule"
+        )
+    return text
+
+
 def user_text(text: str) -> str:
     """An argparse ``type``: text a user typed, refused in one line where it is not valid UTF-8 (Python hands such bytes
     of the command line over as lone surrogates, which no tokenizer or stop string can hold)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.base import BaseArgs, budget_list
 from luvc.compress.budgets import budget_values
 from luvc.compress.config import OPTION_PURPOSES, SPU_VARIANTS, LUVCConfig
 from luvc.compress.methods import METHODS, SPU
@@ -40,6 +40,7 @@ class LuvcArgs(BaseArgs):
         group.add_argument("--no-luvc", action="store_true", help="run the uncompressed model (same code path)")
         group.add_argument(
             "--budgets",
+            type=budget_list,
             default=None,
             help="visual tokens entering each decoder layer, e.g. '256,256,128,0' (shorter lists repeat the last "
             "value); default: full until spu_start, then linear decay to 0",

@@ -69,7 +69,21 @@ class CalibrateArgs(BaseArgs):
         if self.block_size is not None:
             if self.precision not in BLOCKED_PRECISIONS:
                 critical(f"--block-size sets INT4 weight blocks; {self.precision} has none. Pass --precision int4.")
-            check_block_size(self.block_size)
+            check_block_size(self.block_size, _hidden_size(self.export_dir))
         self.decode_steps = args.decode_steps
         self.out = Path(args.out)
         self.overwrite = args.overwrite
+
+
+def _hidden_size(export_dir: Path) -> int | None:
+    """The LLM's hidden size in ``export_dir``'s manifest, to name the block sizes it takes; None where it cannot be
+    read here (the calibration's own checks name why)."""
+    import json
+
+    from luvc.export.manifest import MANIFEST_NAME
+
+    try:
+        size = json.loads((export_dir / MANIFEST_NAME).read_text())["geometry"]["hidden_size"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from luvc.cli.args.base import BaseArgs
+from luvc.cli.args.base import BaseArgs, budget_list
 from luvc.cli.args.budget import add_oim_layers_arg, add_option_arg, parse_oim_layers, parse_options
 from luvc.compress.budgets import budget_values
 from luvc.compress.config import OPTION_PURPOSES, SPU_VARIANTS, LUVCConfig
@@ -50,6 +50,7 @@ class EvalArgs(BaseArgs):
         )
         group.add_argument(
             "--budgets",
+            type=budget_list,
             action="append",
             default=[],
             help="a budget point as explicit per-layer budgets, e.g. '64,64,32,0' (repeat for more; instead of "
@@ -205,6 +206,9 @@ def _points(ratios: str | None, budgets: list[str]) -> list[BudgetPoint] | None:
         points = [BudgetPoint(budgets=budget_values(spec)) for spec in budgets]
         if any(point.budgets is None for point in points):
             critical("--budgets takes explicit per-layer budgets, e.g. '64,64,32,0' (use --ratios for shares).")
+        twice = next((point for index, point in enumerate(points) if point in points[:index]), None)
+        if twice is not None:
+            critical(f"--budgets {','.join(map(str, twice.budgets))} is given twice; give each point once.")
         return points
     if ratios is None:
         return None
@@ -216,5 +220,7 @@ def _points(ratios: str | None, budgets: list[str]) -> list[BudgetPoint] | None:
             critical(f"--ratios {ratios!r} is not a comma-separated list of numbers in (0, 1], e.g. '0.5,0.25'.")
         if not 0.0 < ratio <= 1.0:
             critical(f"--ratios: {ratio:g} is not in (0, 1]; a ratio is the share of the visual tokens the LLM gets.")
+        if BudgetPoint(ratio=ratio) in points:
+            critical(f"--ratios {ratios!r} gives {ratio:g} twice; give each point once.")
         points.append(BudgetPoint(ratio=ratio))
     return points

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from luvc.cli.args.base import BaseArgs, float_in, int_in
+from luvc.cli.args.base import BaseArgs, StoreOnce, float_in, int_in
 from luvc.errors import critical
 from luvc.videos import MAX_SAMPLED_FPS
 
@@ -24,9 +24,17 @@ class RequestArgs(BaseArgs):
 
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Request input", "The image or video of the request")
-        group.add_argument("--image", default=None, help="image file (default: a built-in synthetic image)")
+        group.add_argument(
+            "--image",
+            action=StoreOnce,
+            default=None,
+            metavar="IMAGE",
+            help="image file (default: a built-in synthetic image)",
+        )
         group.add_argument(
             "--video",
+            action=StoreOnce,
+            metavar="VIDEO",
             default=None,
             help="video file (MP4, MKV, WebM, ... read with PyAV) or a folder of frame images (Qwen-VL families); "
             "with --image too, both go in one prompt (the image first; an export needs a --mixed-size bucket)",
