@@ -272,19 +272,26 @@ def main() -> None:
         f"{os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="luvc-cpu-decode-") as scratch:
-        workdir = Path(args.workdir or scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
-        cache = str(Path(scratch) / "cache")
-        cold = child("requests", str(folders["fp16"]), str(args.side), str(args.new_tokens), cache=cache)
-        runs = defaultdict(list)
-        for _ in range(args.rounds):
-            for precision, folder in folders.items():
-                runs[precision].append(
-                    child("requests", str(folder), str(args.side), str(args.new_tokens), cache=cache)
-                )
-        profile = child("profile", str(folders["fp16"]), str(args.side), str(args.new_tokens), cache=cache)
+    # the exports live in the scratch folder (without --workdir) until the report below has read them
+    scratch_folder = tempfile.TemporaryDirectory(prefix="luvc-cpu-decode-")
+    try:
+        report(args, scratch_folder.name)
+    finally:
+        scratch_folder.cleanup()
+
+
+def report(args, scratch: str) -> None:
+    """Make the exports (in ``--workdir``, else in ``scratch``), measure them in fresh processes, print the table."""
+    workdir = Path(args.workdir or scratch)
+    workdir.mkdir(parents=True, exist_ok=True)
+    folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
+    cache = str(Path(scratch) / "cache")
+    cold = child("requests", str(folders["fp16"]), str(args.side), str(args.new_tokens), cache=cache)
+    runs = defaultdict(list)
+    for _ in range(args.rounds):
+        for precision, folder in folders.items():
+            runs[precision].append(child("requests", str(folder), str(args.side), str(args.new_tokens), cache=cache))
+    profile = child("profile", str(folders["fp16"]), str(args.side), str(args.new_tokens), cache=cache)
     print(
         f"\nQwen2-VL-2B widths, {args.layers} decoder layers, {args.vision_blocks} encoder blocks, one {args.side}x"
         f"{args.side} image a row, {args.new_tokens} greedy tokens; medians of {args.rounds} rounds of fresh processes"

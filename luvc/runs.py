@@ -61,12 +61,11 @@ def registered(out: Path) -> Iterator[None]:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(data))
     except OSError:
-        record = None
+        pass  # unregistered: a kill -9 of this run would leave its partial folder to the next run to its output
     try:
         yield
     finally:
-        if record is not None:
-            record.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
 
 
 def clean_dead_runs(clean_output: Callable[[Path], bool]) -> list[Path]:

@@ -206,9 +206,9 @@ def _points(ratios: str | None, budgets: list[str]) -> list[BudgetPoint] | None:
         points = [BudgetPoint(budgets=budget_values(spec)) for spec in budgets]
         if any(point.budgets is None for point in points):
             critical("--budgets takes explicit per-layer budgets, e.g. '64,64,32,0' (use --ratios for shares).")
-        twice = next((point for index, point in enumerate(points) if point in points[:index]), None)
+        twice = next((spec for index, spec in enumerate(budgets) if points[index] in points[:index]), None)
         if twice is not None:
-            critical(f"--budgets {','.join(map(str, twice.budgets))} is given twice; give each point once.")
+            critical(f"--budgets {twice} is given twice; give each point once.")
         return points
     if ratios is None:
         return None
