@@ -106,7 +106,8 @@ def _opened(source, name: str, max_pixels: int | None) -> Iterator[Image.Image]:
     try:
         with Image.open(source) as image:
             image_format = image.format
-            check_image_size(*image.size, name, max_pixels)
+            width, height = image.size
+            check_image_size(width, height, name, max_pixels)
             yield image
     except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header: far past ours
         critical(f"{name} has more than {_limit(max_pixels) / 1e6:.0f} MP, the most an image may have; downscale it.")

@@ -35,7 +35,7 @@ def handle_signal(signum, frame) -> None:
 
 def requested() -> bool:
     """Whether an interrupt arrived since :func:`reset`."""
-    return _state["requested"]
+    return bool(_state["requested"])
 
 
 def raise_if_requested() -> None:

@@ -84,4 +84,5 @@ def resample_of(processor) -> Image.Resampling:
 def fill_colour(processor) -> tuple[int, int, int]:
     """The processor's mean colour as 8-bit RGB: what padding adds, so that it normalises to zero."""
     mean = getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5)
-    return tuple(round(255 * float(value)) for value in mean[:3])
+    red, green, blue = (round(255 * float(value)) for value in mean[:3])
+    return red, green, blue

@@ -178,8 +178,8 @@ def token_runs(ids: Sequence[int], token_id: int) -> tuple[tuple[int, int], ...]
 def chat_template_of(tokenizer, folder: str | Path | None = None) -> str | None:
     """The chat template of a checkpoint: the processor's file in ``folder`` (the multimodal one, as the family's
     processor renders with it), else the tokenizer's."""
-    for name in CHAT_TEMPLATE_FILES if folder is not None else ():
-        path = Path(folder) / name
+    paths = [Path(folder) / name for name in CHAT_TEMPLATE_FILES] if folder is not None else []
+    for path in paths:
         if path.is_file():
             return _template_file(path)
     template = getattr(tokenizer, "chat_template", None)

@@ -100,7 +100,7 @@ def sample_indices(
         critical("A folder of frames has no frame rate to sample by; use --video-frames N instead of --video-fps.")
     if fps is not None and (isinstance(fps, bool) or not math.isfinite(fps) or not 0 < fps <= MAX_SAMPLED_FPS):
         critical(f"--video-fps {fps}: sample a number of frames per second in (0, {MAX_SAMPLED_FPS:g}], e.g. 2.")
-    if fps is not None and fps > source_fps:  # the video has no more frames a second than its own rate
+    if fps is not None and source_fps is not None and fps > source_fps:  # no more frames a second than the video
         fps = source_fps
     metadata = VideoMetadata(total_num_frames=total, fps=source_fps)
     indices = [int(index) for index in default_sample_indices_fn(metadata, num_frames=num_frames, fps=fps)]

@@ -210,7 +210,10 @@ def calibration_method(method: str):
     """ONNX Runtime's ``CalibrationMethod`` for ``method`` (``entropy``, ``minmax``, ...)."""
     from onnxruntime.quantization import CalibrationMethod
 
-    return getattr(CalibrationMethod, METHODS[method][0])
+    name = METHODS[method][0]
+    if name is None:
+        critical(f"--method {method} runs no ONNX Runtime calibrator.")
+    return getattr(CalibrationMethod, name)
 
 
 @contextlib.contextmanager

@@ -136,8 +136,8 @@ class _Graph:
         found = self.product_weight(node)
         if found is None:
             return None
-        output_axis = 1 - found[0].axis
-        if self.matrix(node.input[1])[output_axis] != channels:
+        output_axis, shape = 1 - found[0].axis, self.matrix(node.input[1])
+        if shape is None or shape[output_axis] != channels:
             return None
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias is not None and not self.vector(bias, channels):

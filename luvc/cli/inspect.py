@@ -29,7 +29,7 @@ class Inspect:
         manifest = ExportManifest.load(args.export_dir, engines_flags=None)
         console.print(
             f"[bold]{manifest.model.id}[/] ({manifest.model.architecture}), {manifest.precision}, opset "
-            f"{manifest.opset}; LUVC spu={manifest.luvc.spu_variant} oim_layers={list(manifest.luvc.oim_layers)}"
+            f"{manifest.opset}; LUVC spu={manifest.luvc.spu_variant} oim_layers={list(manifest.luvc.oim_layers or ())}"
         )
         quantization = manifest.quantization
         if quantization is not None:

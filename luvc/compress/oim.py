@@ -42,9 +42,10 @@ MERGE_AXES = {"T": 0, "H": 1, "W": 2}  # axis name -> its dimension in a (T, H, 
 
 def merged_grid(grid: Grid, axis: str) -> Grid:
     """Unit grid ``(t, h, w)`` after one merge step along ``axis``."""
-    merged = list(grid)
+    t, h, w = grid
+    merged = [t, h, w]
     merged[MERGE_AXES[axis]] = (merged[MERGE_AXES[axis]] + 1) // 2
-    return tuple(merged)
+    return merged[0], merged[1], merged[2]
 
 
 def grid_after_steps(grid: Grid, axes: Sequence[str]) -> Grid:

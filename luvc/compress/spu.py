@@ -142,9 +142,10 @@ def real_dft_basis(
     dim: int, num_frequencies: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine and sine matrices ``(dim, num_frequencies)`` of the real DFT over ``dim`` samples, on ``device``."""
-    return tuple(
+    cosines, sines = (
         constant_tensor(name, dim, num_frequencies, device=device) for name in ("_real_dft_cosines", "_real_dft_sines")
     )
+    return cosines, sines
 
 
 def channel_spectrum_scores(tokens: torch.Tensor, rho: float) -> torch.Tensor:

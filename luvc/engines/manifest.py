@@ -120,7 +120,7 @@ class EngineManifest:
         if not path.is_file():
             critical(
                 f"{folder} has no {MANIFEST_NAME}; it is not a finished engine folder (run `luvc-export build`)."
-                + partials_note(folder)
+                + partials_note(Path(folder))
             )
         data = json.loads(path.read_text())
         if data.get("format") == FORMAT and data.get("format_version") != FORMAT_VERSION:

@@ -49,7 +49,7 @@ class BudgetPoint:
     def label(self) -> str:
         if self.ratio is not None:
             return f"ratio {self.ratio:.3g}"
-        return "budgets " + ",".join(str(budget) for budget in self.budgets)
+        return "budgets " + ",".join(str(budget) for budget in self.budgets or ())
 
     def schedule(self, num_layers: int, visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
         """The budgets of this point for an image of ``visual_tokens`` uncompressed visual tokens (``config``

@@ -139,8 +139,8 @@ def markdown(results: ParityResults) -> str:
     lines += ["", "## What compression costs (uncompressed vs LUVC on the same backend; reported, not judged)", ""]
     metrics = list(next(iter(results.compression.values()), {}))
     lines += ["| backend | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for backend, values in results.compression.items():
-        lines.append(f"| {backend} | " + " | ".join(f"{values[metric]:.4g}" for metric in metrics) + " |")
+    for name, values in results.compression.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[metric]:.4g}" for metric in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -110,9 +110,9 @@ class ParityResults:
             layer = backend.first_diverging_layer(self.tolerances)
             if layer:
                 lines.append(f"  {backend.backend}: first diverging layer: {layer}")
-        for backend, values in self.compression.items():
+        for name, values in self.compression.items():
             measured = ", ".join(f"{metric} {value:.4g}" for metric, value in values.items())
-            lines.append(f"  compression cost on {backend} (LUVC vs uncompressed; reported, not judged): {measured}")
+            lines.append(f"  compression cost on {name} (LUVC vs uncompressed; reported, not judged): {measured}")
         lines.append("PASSED" if self else "FAILED")
         return "\n".join(lines)
 

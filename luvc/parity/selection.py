@@ -45,7 +45,7 @@ def score_gaps(spans: Sequence[tuple[np.ndarray, int, np.ndarray]], row: int) ->
     """Original visual index -> distance of its reference score from its span's cut, in units of that span's largest
     absolute score (a score's numeric error is relative to its size, as the noise it is compared with), for one batch
     ``row``. ``spans``: ``(scores (B, n), budget, scored ids (B, n))`` per image span."""
-    gaps = {}
+    gaps: dict[int, float] = {}
     for scores, budget, ids in spans:
         values = np.asarray(scores[row], dtype=np.float64)
         if not 0 < budget < values.size:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,7 @@ class BaseSession:
         self.deactivate()
 
     def infer(
-        self, feeds: dict[str, torch.Tensor | np.ndarray], targets: dict[str, torch.Tensor] | None = None
+        self, feeds: Mapping[str, torch.Tensor | np.ndarray], targets: dict[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
         """Validate ``feeds`` and run; returns every output by name as a tensor on the session's device. Outputs
         named in ``targets`` are written into those contiguous device tensors of the right shape (which may be the

@@ -65,7 +65,7 @@ class KVCache:
         self.owner: object | None = None  # the request whose tokens the cache holds now
 
     @property
-    def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def buffers(self) -> list[tuple[torch.Tensor, ...]]:
         """Each layer's ``(key, value)`` buffers that hold the cache now."""
         return self.sets[self.current]
 

@@ -103,6 +103,8 @@ def next_tokens(
     import torch
 
     if config.penalized:
+        if counts is None:
+            critical("Penalties need each row's token counts; pass counts to next_tokens.")
         logits = penalized_logits(logits, config, counts)
     if config.greedy:
         torch.argmax(logits, dim=-1, out=out)

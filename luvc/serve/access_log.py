@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the Triton model's environment has no starlette: it uses server_log alone
@@ -60,7 +60,7 @@ def server_log(access_log: bool = True) -> Iterator[None]:
         logger.propagate = propagate
 
 
-def record(scope: Mapping[str, Any], **fields: object) -> None:
+def record(scope: MutableMapping[str, Any], **fields: object) -> None:
     """Add ``fields`` (numbers and short identifiers only) to the access-log line of the request of ``scope``."""
     scope.setdefault("state", {}).setdefault(STATE_KEY, {}).update(fields)
 

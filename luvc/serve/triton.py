@@ -122,13 +122,14 @@ class TritonModel:
         options, stream = options_from_inputs(inputs, self.service.defaults)
         if "max_tokens" in inputs:  # named as the client sent it
             self.service.check_max_new_tokens(options.max_new_tokens, f"max_tokens={options.max_new_tokens}")
-        prompt: str | Conversation = _text(inputs["prompt"].reshape(-1)[0], "prompt input")
+        text = _text(inputs["prompt"].reshape(-1)[0], "prompt input")
+        prompt: str | Conversation = text
         image = None
         if "image" in inputs:
             image = decode_image(bytes(inputs["image"].reshape(-1)[0]), "the image input")
         if "system" in inputs:
             system = _text(inputs["system"].reshape(-1)[0], "system input")
-            prompt = Conversation((Turn("system", system), Turn("user", prompt, visual=image is not None)))
+            prompt = Conversation((Turn("system", system), Turn("user", text, visual=image is not None)))
         return self.service.prepare(image, prompt, options), options, stream
 
     def finalize(self) -> None:

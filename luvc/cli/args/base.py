@@ -102,7 +102,7 @@ def float_in(low: float | None = None, high: float | None = None, low_open: bool
 
 def _range(low: float | None, high: float | None, low_open: bool = False) -> str:
     if high is None:
-        return f"{'>' if low_open else '>='} {_number(low)}"
+        return f"{'>' if low_open else '>='} {_number(low)}" if low is not None else "(any)"
     if low is None:
         return f"<= {_number(high)}"
     return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}]"

@@ -71,8 +71,10 @@ class RequestArgs(BaseArgs):
         image = load_image(self.image) if self.image is not None else None
         if image is not None and video is not None:
             return image, video
-        if image is not None or video is not None:
-            return image or video
+        if image is not None:
+            return image
+        if video is not None:
+            return video
         if isinstance(default_size[0], tuple):  # a mixed bucket's image and video
             return synthetic_image(*default_size[0]), synthetic_video(*default_size[1])
         if len(default_size) == 3:
