@@ -145,8 +145,9 @@ def output_claim(
     refuse_working_folder(out)
     if out not in _held:
         runs.clean_dead_runs(clean_dead_output)  # what runs killed elsewhere left (a partial folder, an input's link)
-        _held[out] = [_lock(out), 0, runs.registered(out)]
-        _held[out][2].__enter__()
+        registration = contextlib.ExitStack()
+        _held[out] = [_lock(out), 0, registration]
+        registration.enter_context(runs.registered(out))
     _held[out][1] += 1
     try:
         yield
@@ -156,7 +157,7 @@ def output_claim(
             handle, _, registration = _held.pop(out)
             _lock_path(out).unlink(missing_ok=True)  # while still locked: a waiting opener re-checks the inode
             handle.close()
-            registration.__exit__(None, None, None)
+            registration.close()
 
 
 def _lock(out: Path) -> IO:
