@@ -282,8 +282,8 @@ def content_parts(content: Any, index: int) -> list[ContentPart]:
         unknown = sorted(set(image_url) - IMAGE_URL_FIELDS)
         if unknown:
             critical(f"Invalid request: {field}.image_url cannot hold {unknown[0]!r}.")
-        detail = image_url.get("detail", "auto")
-        if detail not in IMAGE_DETAILS:
+        detail = image_url.get("detail")
+        if detail is not None and detail not in IMAGE_DETAILS:
             critical(f"Invalid request: {field}.image_url.detail is {detail!r:.40}; give one of {list(IMAGE_DETAILS)}.")
         parts.append(ContentPart(type="image_url", image_url=ImageURL(url=image_url["url"])))
     return parts

@@ -60,9 +60,13 @@ def user_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        shown = text[error.start].encode("utf-8", "surrogateescape")
+        character = text[error.start]
+        try:  # a byte of the command line that is not UTF-8, as Python hands it over
+            shown = f"byte {character.encode('utf-8', 'surrogateescape')!r}"
+        except UnicodeEncodeError:  # a lone surrogate given as text (the Python API)
+            shown = f"{character!r}"
         raise argparse.ArgumentTypeError(
-            f"is not valid UTF-8 text (byte {shown!r} at character {error.start}); type it in UTF-8"
+            f"is not valid UTF-8 text ({shown} at character {error.start}); type it in UTF-8"
         ) from None
     return text
 
