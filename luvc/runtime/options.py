@@ -17,18 +17,11 @@ import numpy as np
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.runtime.sampling import SamplingConfig
+from luvc.runtime.user_text import lone_surrogate
 
 FinishReason = Literal["stop", "length"]  # a stop token or string; max_new_tokens
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 MAX_STOP_CHARS = 256  # per stop string
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +51,7 @@ class GenerationOptions:
         for text in self.stop:
             if not isinstance(text, str) or not 0 < len(text) <= MAX_STOP_CHARS:
                 critical(f"A stop string must be text of 1 to {MAX_STOP_CHARS} characters; got {text!r:.40}.")
-            if not text.isascii() and not _is_unicode(text):
+            if lone_surrogate(text) is not None:
                 critical(f"A stop string must be valid Unicode text; {text!r:.40} holds a lone surrogate.")
 
     def samplings(self, batch: int) -> tuple[SamplingConfig, ...]:

@@ -15,6 +15,16 @@ import dataclasses
 from luvc.errors import critical
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` first holds a lone surrogate (JSON's ``"\\ud800"``, or a command line's bytes that are not
+    UTF-8, as Python hands them over), which no tokenizer, stop string or response can hold; None for valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class UserTextGuard:
     """The ``control_tokens`` user text may not hold, the most characters it may have, and where the user sends an

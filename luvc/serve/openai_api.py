@@ -29,6 +29,7 @@ from luvc.errors import critical
 from luvc.images import decode_image, image_format, load_image
 from luvc.prompt import Conversation, Turn
 from luvc.runtime.options import GenerationOptions
+from luvc.runtime.user_text import lone_surrogate
 
 ROLES = ("system", "user", "assistant")
 PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}  # OpenAI's content parts
@@ -201,12 +202,11 @@ def _check_message_fields(messages: Any) -> None:
 def valid_text(text: str, field: str) -> str:
     """``text`` where it is valid Unicode; one line naming ``field`` where it holds a lone surrogate (JSON's
     ``"\\ud800"``), which no tokenizer, stop string or response can hold."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
+    at = lone_surrogate(text)
+    if at is not None:
         critical(
-            f"Invalid request: {field} holds {text[error.start]!r} at character {error.start}, a lone surrogate that "
-            "is not valid Unicode; send the character's UTF-16 pair, or leave it out."
+            f"Invalid request: {field} holds {text[at]!r} at character {at}, a lone surrogate that is not valid "
+            "Unicode; send the character's UTF-16 pair, or leave it out."
         )
     return text
 

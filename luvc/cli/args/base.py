@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from luvc.runtime.user_text import lone_surrogate
+
 
 class BaseArgs:
     """Base: a group of options. Docstrings of groups read ``Title: description`` then ``Depends on: ...``."""
@@ -57,18 +59,14 @@ def budget_list(text: str) -> str:
 def user_text(text: str) -> str:
     """An argparse ``type``: text a user typed, refused in one line where it is not valid UTF-8 (Python hands such bytes
     of the command line over as lone surrogates, which no tokenizer or stop string can hold)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        character = text[error.start]
-        try:  # a byte of the command line that is not UTF-8, as Python hands it over
-            shown = f"byte {character.encode('utf-8', 'surrogateescape')!r}"
-        except UnicodeEncodeError:  # a lone surrogate given as text (the Python API)
-            shown = f"{character!r}"
-        raise argparse.ArgumentTypeError(
-            f"is not valid UTF-8 text ({shown} at character {error.start}); type it in UTF-8"
-        ) from None
-    return text
+    at = lone_surrogate(text)
+    if at is None:
+        return text
+    try:  # a byte of the command line that is not UTF-8, as Python hands it over
+        shown = f"byte {text[at].encode('utf-8', 'surrogateescape')!r}"
+    except UnicodeEncodeError:  # a lone surrogate given as text (the Python API)
+        shown = f"{text[at]!r}"
+    raise argparse.ArgumentTypeError(f"is not valid UTF-8 text ({shown} at character {at}); type it in UTF-8")
 
 
 def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
