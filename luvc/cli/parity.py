@@ -45,6 +45,8 @@ class Parity:
             baseline_dir=options.baseline,
             show_progress=True,
             fit=options.fit,
+            openvino=options.openvino,
+            openvino_precision=options.openvino_precision,
         )()
         out = write_report(results, options.out, options.overwrite)
         console = Console(soft_wrap=True)

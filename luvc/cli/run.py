@@ -117,6 +117,8 @@ def _weights(pipeline: Pipeline) -> str:
     """What the pipeline's sessions and engines share: on a GPU the weights resident there; on the CPU file-mapped
     tensors and float32 conversions."""
     weights, gib = pipeline.sessions.weights, 1 << 30
+    if pipeline.backend == "openvino":
+        return "each compiled graph its own copy (OpenVINO; docs/run.md)"
     if weights.device_bytes:
         return f"one copy for all sessions: {weights.device_bytes / gib:.2f} GiB on {pipeline.device}"
     if not (weights.mapped_bytes or weights.converted_bytes):
@@ -160,9 +162,7 @@ def fit_line(policy: str, prepared: Prepared) -> str:
 
 
 def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready: StartUp) -> Table:
-    backend = pipeline.backend
-    if backend == "ort":
-        backend += f" ({', '.join(pipeline.sessions.providers_in_use())})"
+    backend = pipeline.sessions.backend_description()
     table = Table(title=f"{pipeline.manifest.model.id} on {backend}, {pipeline.device}")
     table.add_column("stage")
     table.add_column("value", justify="right")

@@ -22,7 +22,7 @@ from luvc.parity.reference import TorchReference, TorchRun
 from luvc.parity.results import BackendResult, Check, ParityResults
 from luvc.parity.selection import LayerSelection, judge_selection
 from luvc.parity.text import first_token_agreement, judge_text
-from luvc.parity.tolerances import Tolerances, tolerances_for
+from luvc.parity.tolerances import Tolerances, backend_tolerances, tolerances_for
 from luvc.progress import progress_steps
 from luvc.runtime.exposed import run_with_outputs
 from luvc.runtime.pipeline import host_arrays
@@ -51,7 +51,8 @@ class _BackendRun:
 
 @dataclasses.dataclass
 class ParityFromExport(BaseLoader[ParityResults]):
-    """Parity of an export folder (ONNX Runtime) and optionally its engines (TensorRT) against PyTorch LUVC.
+    """Parity of an export folder (ONNX Runtime), optionally its engines (TensorRT) and OpenVINO (``openvino``, its
+    products in ``openvino_precision``) against PyTorch LUVC.
 
     ``samples`` default to the synthetic set (one per bucket size, four in all); ``model`` overrides the
     checkpoint recorded in the manifest; ``tolerances`` default to those of the export's precision. ``baseline_dir``,
@@ -68,11 +69,29 @@ class ParityFromExport(BaseLoader[ParityResults]):
     baseline_dir: str | Path | BaseLoader[Path] | None = None
     show_progress: bool | None = None
     fit: str | None = None
+    openvino: bool = False
+    openvino_precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.export_dir, self.engines_dir, self.baseline_dir = map(
             as_path, (self.export_dir, self.engines_dir, self.baseline_dir)
         )
+
+    def _pipelines(self) -> dict:
+        """The pipelines checked, by backend name: ONNX Runtime always (it fits the samples and localises), TensorRT
+        with ``engines_dir``, OpenVINO with ``openvino``."""
+        from luvc.runtime.pipeline import Pipeline
+
+        # an fp16 export runs its float16 arithmetic, as on a GPU (the CPU runtime computes it in float32)
+        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit, float16_compute=True)}
+        if self.engines_dir is not None:
+            # plain runs: replayed graphs pad the prompt, and parity compares the prefill's tensors at its length
+            pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir, cuda_graphs="off")
+        if self.openvino:
+            pipelines["openvino"] = Pipeline(
+                self.export_dir, backend="openvino", fit=self.fit, openvino_precision=self.openvino_precision
+            )
+        return pipelines
 
     def call_impl(self) -> ParityResults:
         from luvc.runtime.pipeline import Pipeline
@@ -85,8 +104,7 @@ class ParityFromExport(BaseLoader[ParityResults]):
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes)
         if not samples:
             critical("No parity samples; pass a data folder with images or leave out --data.")
-        # an fp16 export runs its float16 arithmetic, as on a GPU (the CPU runtime computes it in float32)
-        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit, float16_compute=True)}
+        pipelines = self._pipelines()
         # each sample fitted once to a bucket (``--fit``), so that PyTorch and every backend see the same pixels
         fitted = [pipelines["ort"].preparer.fit(sample.image) for sample in samples]
         samples = [dataclasses.replace(sample, image=visual) for sample, (visual, _) in zip(samples, fitted)]
@@ -96,9 +114,6 @@ class ParityFromExport(BaseLoader[ParityResults]):
                 pipelines["ort"].prepare([sample.image], [sample.prompt])
             except LuvcError as error:
                 critical(f"Sample {sample.name}: {error}")
-        if self.engines_dir is not None:
-            # plain runs: replayed graphs pad the prompt, and parity compares the prefill's tensors at its length
-            pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir, cuda_graphs="off")
         baseline = None if self.baseline_dir is None else Pipeline(self.baseline_dir)
         if baseline is not None:
             check_baseline(manifest, baseline.manifest, self.baseline_dir, landed)
@@ -131,7 +146,10 @@ class ParityFromExport(BaseLoader[ParityResults]):
                 matched = _matched_references(manifest, self.model, samples, torch_runs, runs, max_new_tokens)
                 again = sum(m is not t for m, t in zip(matched, torch_runs))
                 advance(f"{name}: PyTorch again with its kept tokens for {again} sample(s)")
-                backends.append(_backend_result(name, torch_runs, matched, runs, tolerances))
+                compute = _coarser_compute(pipeline)
+                bounds = backend_tolerances(tolerances, compute)
+                backends.append(_backend_result(name, torch_runs, matched, runs, bounds))
+                backends[-1].compute = compute
                 if name == "ort":
                     _localise(backends[-1], pipeline, matched[0], runs[0])
                 advance(f"{name}: localised layer errors" if name == "ort" else f"{name}: judged")
@@ -283,6 +301,12 @@ def _backend_result(
         Check(4, "generated token agreement", "token_agreement", result.text.judged_tokens),
     ]
     return result
+
+
+def _coarser_compute(pipeline) -> str:
+    """``bf16`` for an OpenVINO pipeline whose products compute in bf16; else ``""`` (as the export's precision)."""
+    openvino = getattr(pipeline.sessions, "openvino", None)
+    return "bf16" if openvino is not None and openvino.precision.precision == "bf16" else ""
 
 
 def _worst(checks: list[Check], prefix: str, metric: str) -> float:

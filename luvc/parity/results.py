@@ -12,7 +12,7 @@ from pathlib import Path
 
 from luvc.parity.selection import LayerSelection
 from luvc.parity.text import TextAgreement
-from luvc.parity.tolerances import Tolerances, tolerances_for
+from luvc.parity.tolerances import Tolerances, backend_tolerances, tolerances_for
 
 LEVELS = {1: "output tensors", 2: "LUVC selection", 3: "first-token logits", 4: "generated text"}
 
@@ -38,7 +38,9 @@ class LayerError:
 
 @dataclasses.dataclass
 class BackendResult:
-    """What export costs on one backend (``ort`` or ``trt``) against PyTorch LUVC."""
+    """What export costs on one backend (``ort``, ``trt`` or ``openvino``) against PyTorch LUVC; ``compute``: the
+    backend's own arithmetic where it is coarser than the export's precision (``bf16``: OpenVINO's products), judged
+    with those bounds too (``luvc.parity.tolerances.backend_tolerances``)."""
 
     backend: str
     checks: list[Check] = dataclasses.field(default_factory=list)
@@ -49,6 +51,7 @@ class BackendResult:
     text: TextAgreement = dataclasses.field(default_factory=TextAgreement)
     layer_errors: list[LayerError] = dataclasses.field(default_factory=list)
     localised: bool = False  # whether layer_errors were measured (ONNX Runtime only)
+    compute: str = ""
 
     def failures(self, tolerances: Tolerances) -> list[Check]:
         return [check for check in self.checks if not tolerances.passes(check.metric, check.value)]
@@ -77,7 +80,11 @@ class ParityResults:
     compression: dict[str, dict[str, float]]
 
     def __bool__(self) -> bool:
-        return all(not backend.failures(self.tolerances) for backend in self.backends)
+        return all(not backend.failures(self.bounds(backend)) for backend in self.backends)
+
+    def bounds(self, backend: BackendResult) -> Tolerances:
+        """The tolerances ``backend`` is judged by: the export's, loosened for its own arithmetic."""
+        return backend_tolerances(self.tolerances, backend.compute)
 
     def judge(self, tolerances: Tolerances) -> ParityResults:
         """The same measurements under other tolerances."""
@@ -86,9 +93,10 @@ class ParityResults:
     def __str__(self) -> str:
         lines = [f"Parity of {self.export_dir} ({self.model}, {self.precision}) over {len(self.samples)} samples"]
         for backend in self.backends:
+            bounds = self.bounds(backend)
             for check in backend.checks:
-                verdict = "PASS" if self.tolerances.passes(check.metric, check.value) else "FAIL"
-                limit = self.tolerances.limit(check.metric)
+                verdict = "PASS" if bounds.passes(check.metric, check.value) else "FAIL"
+                limit = bounds.limit(check.metric)
                 lines.append(
                     f"  [{verdict}] {backend.backend} L{check.level} {check.name} {check.metric}: "
                     f"{check.value:.4g} (limit {limit:g})"
@@ -107,7 +115,7 @@ class ParityResults:
                     f"{text.tokens:.4g} position by position; first differing tokens: {text.ties} at near ties "
                     f"({text.downstream} tokens after them not judged), {text.non_ties} not"
                 )
-            layer = backend.first_diverging_layer(self.tolerances)
+            layer = backend.first_diverging_layer(bounds)
             if layer:
                 lines.append(f"  {backend.backend}: first diverging layer: {layer}")
         for name, values in self.compression.items():
@@ -120,10 +128,11 @@ class ParityResults:
         data = dataclasses.asdict(self)
         data["passed"] = bool(self)
         for backend, result in zip(data["backends"], self.backends):
-            backend["first_diverging_layer"] = result.first_diverging_layer(self.tolerances)
+            bounds = self.bounds(result)
+            backend["first_diverging_layer"] = result.first_diverging_layer(bounds)
             for check in backend["checks"]:
-                check["limit"] = self.tolerances.limit(check["metric"])
-                check["passed"] = self.tolerances.passes(check["metric"], check["value"])
+                check["limit"] = bounds.limit(check["metric"])
+                check["passed"] = bounds.passes(check["metric"], check["value"])
         return data
 
     def save(self, path: str | Path) -> None:
@@ -142,6 +151,7 @@ class ParityResults:
                 text=TextAgreement(**b["text"]) if "text" in b else TextAgreement(),
                 layer_errors=[LayerError(**layer) for layer in b["layer_errors"]],
                 localised=b["localised"],
+                compute=b.get("compute", ""),
             )
             for b in data["backends"]
         ]

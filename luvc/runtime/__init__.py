@@ -1,6 +1,11 @@
 """The runtime: exported graphs (ONNX Runtime) or their engines (TensorRT) behind one ``Pipeline``."""
 
-BACKENDS = ("ort", "trt")  # ONNX Runtime over the export's graphs, or TensorRT over its engines
+# ONNX Runtime over the export's graphs, TensorRT over its engines, or OpenVINO over the export's graphs (CPU)
+BACKENDS = ("ort", "trt", "openvino")
+BACKEND_HELP = (
+    "ort (default: ONNX Runtime), trt (the TensorRT engines of --engines) or openvino (OpenVINO on the CPU, bf16 "
+    "where the CPU has AMX or AVX-512 BF16; docs/run.md says which to pick)"
+)
 FIT_POLICIES = ("nearest", "pad", "exact")  # how a request's image is mapped onto a bucket (luvc.runtime.fit)
 DEFAULT_FIT = "nearest"
 FIT_HELP = (

@@ -43,7 +43,7 @@ class SessionSetup:
     """What the sessions of one pipeline share: their ``device``; the ``weights`` held once for all of them
     (``luvc.runtime.weights.MappedWeights``); whether they replay CUDA graphs; ONNX Runtime's ``providers`` (default:
     those the device implies) and ``basic_optimizations`` (FP8 exports); the CUDA ``stream``, the ``tensorrt``
-    module and TensorRT's shared ``activations`` buffer."""
+    module and TensorRT's shared ``activations`` buffer; the ``openvino`` runtime (``OpenVinoRuntime``)."""
 
     device: torch.device = torch.device("cpu")
     weights: Any = None
@@ -53,6 +53,7 @@ class SessionSetup:
     stream: Any = None
     tensorrt: Any = None
     activations: Any = None
+    openvino: Any = None
 
 
 @dataclasses.dataclass

@@ -33,13 +33,15 @@ __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request",
 
 class Pipeline:
     """Generation over an export folder on one device. ``backend="trt"`` runs the engines of ``engines_dir`` (built
-    from this export by ``luvc-export build``); ``providers`` overrides the ONNX Runtime execution providers that
-    ``device`` implies (``cpu``: the CPU EP; ``cuda:N``: the CUDA EP of onnxruntime-gpu); ``fit`` is the policy for
-    visuals of other sizes than the buckets (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller
-    holds it before it is written (calibration checks a quantized export before saving its manifest);
-    ``float16_compute`` runs an fp16 export's float16 arithmetic on the CPU as a GPU would (``Sessions``);
-    ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``: ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``)
-    captures each graph's shapes as CUDA graphs once and replays them (``luvc.runtime.replay``)."""
+    from this export by ``luvc-export build``); ``backend="openvino"`` compiles the export's graphs with OpenVINO for
+    the CPU, its products in ``openvino_precision`` (``auto``: bf16 where the CPU has bf16 kernels, else f32);
+    ``providers`` overrides the ONNX Runtime execution providers that ``device`` implies (``cpu``: the CPU EP;
+    ``cuda:N``: the CUDA EP of onnxruntime-gpu); ``fit`` is the policy for visuals of other sizes than the buckets
+    (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller holds it before it is written (calibration
+    checks a quantized export before saving its manifest); ``float16_compute`` runs an fp16 export's float16
+    arithmetic on the CPU as a GPU would (``Sessions``); ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``:
+    ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``) captures each graph's shapes as CUDA graphs once and replays them
+    (``luvc.runtime.replay``)."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Pipeline:
         manifest: ExportManifest | None = None,
         float16_compute: bool = False,
         cuda_graphs: str | None = None,
+        openvino_precision: str = "auto",
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in BACKENDS:
@@ -61,9 +64,10 @@ class Pipeline:
         self.folder = Path(export_dir)
         self.manifest = manifest or ExportManifest.load(self.folder, verify=verify)
         self.backend = backend
-        if backend == "ort" and self.manifest.passes.plugin_nodes:
+        if backend != "trt" and self.manifest.passes.plugin_nodes:
+            runtime = "ONNX Runtime" if backend == "ort" else "OpenVINO"
             critical(
-                f"{self.folder} holds luvc plugin nodes, which ONNX Runtime cannot run; run its TensorRT engines "
+                f"{self.folder} holds luvc plugin nodes, which {runtime} cannot run; run its TensorRT engines "
                 "(--backend trt --engines DIR) or re-export without --plugin-nodes."
             )
         if backend == "trt" and engines_dir is None:
@@ -79,6 +83,7 @@ class Pipeline:
             plugin_library,
             float16_compute,
             resolve_cuda_graphs(cuda_graphs, self.device),
+            openvino_precision,
         )
         self.sessions = Sessions(self.folder, self.manifest, choices)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
@@ -101,7 +106,10 @@ class Pipeline:
         buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
         for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
             buckets += [self.manifest.buckets[part] for part in entry.parts]
-        graphs = ("embed", "decode", self.manifest.text_prefill)
+        # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
+        # layers): the text prefill is compiled when a request without a visual first needs it
+        text = self.manifest.text_prefill if self.backend != "openvino" else None
+        graphs = ("embed", "decode", text)
         graphs += tuple(graph for entry in buckets for graph in (entry.vision, entry.prefill))
         self.sessions.open(name for name in graphs if name)
         return self

@@ -46,6 +46,8 @@ def resolve_device(backend: str, providers: Sequence | None, device: str | None)
             critical(f"Device {device!r} is not a torch device; use cpu or cuda:N (--device).")
         if resolved.type not in ("cpu", "cuda"):
             critical(f"Device {device!r} is not supported; use cpu or cuda:N (--device).")
+        if backend == "openvino" and resolved.type != "cpu":
+            critical("The OpenVINO backend runs on the CPU; use --device cpu, or --backend ort/trt on a GPU.")
         if resolved.type == "cuda" and not torch.cuda.is_available():
             critical(f"Device {device} needs CUDA, which this PyTorch does not see; use --device cpu.")
         if backend == "trt" and resolved.type != "cuda":
@@ -66,7 +68,8 @@ class RuntimeChoices:
     """How a pipeline runs its export: ``backend`` (``ort``; ``trt`` runs the engines of ``engines_dir``, built with
     the plugin library at ``plugin_library`` when moved), the ``device``, ONNX Runtime ``providers`` instead of those
     the device implies, ``float16_compute`` (an fp16 export's float16 arithmetic on the CPU, as a GPU runs it: what
-    parity checks) and whether graphs replay as CUDA graphs (``cuda_graphs``, resolved)."""
+    parity checks), whether graphs replay as CUDA graphs (``cuda_graphs``, resolved), and the precision OpenVINO
+    computes products in (``openvino_precision``: ``auto``, ``bf16`` or ``f32``; ``luvc.runtime.openvino_graph``)."""
 
     backend: str = "ort"
     device: torch.device = torch.device("cpu")
@@ -75,6 +78,7 @@ class RuntimeChoices:
     plugin_library: str | Path | None = None
     float16_compute: bool = False
     cuda_graphs: bool = False
+    openvino_precision: str = "auto"
 
 
 class Sessions:
@@ -100,6 +104,11 @@ class Sessions:
         float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
         self.weights = MappedWeights(folder, float32=float32, device=device, digests=manifest.files)
         self.activations = None
+        self.openvino = None
+        if backend == "openvino":
+            from luvc.runtime.openvino_session import OpenVinoRuntime
+
+            self.openvino = OpenVinoRuntime.create(choices.openvino_precision)
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations
 
@@ -121,6 +130,7 @@ class Sessions:
             stream=self.cuda_stream,
             tensorrt=self._tensorrt,
             activations=self.activations,
+            openvino=self.openvino,
         )
 
     def __getitem__(self, name: str) -> BaseSession:
@@ -130,6 +140,11 @@ class Sessions:
             if self.backend == "ort":
                 path = checked_graph_path(self.folder, name, self.manifest)
                 session = OrtSession(path, graph.inputs, graph.outputs, self.setup(graph))
+            elif self.backend == "openvino":
+                from luvc.runtime.openvino_session import OpenVinoSession
+
+                path = checked_graph_path(self.folder, name, self.manifest)
+                session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph))
             else:
                 session = self._trt_session(name, graph)
             self._open[name] = session.activate()
@@ -183,6 +198,15 @@ class Sessions:
     def opened(self) -> dict[str, BaseSession]:
         """The sessions open now, by graph name."""
         return dict(self._open)
+
+    def backend_description(self) -> str:
+        """The backend in words, for run's table and serve's banner: ONNX Runtime with the providers its open sessions
+        got, OpenVINO with the precision it computes in and why, or TensorRT."""
+        if self.backend == "ort":
+            return f"ort ({', '.join(self.providers_in_use())})"
+        if self.openvino is not None:
+            return f"openvino {self.openvino.precision}"
+        return self.backend
 
     def providers_in_use(self) -> list[str]:
         """The ONNX Runtime execution providers the open sessions really got (empty for TensorRT)."""
@@ -276,7 +300,7 @@ class Sessions:
             dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input("past_key_values.0.key").dtype]
             # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
             # share memory with the input, so that form alternates between two sets of buffers on TensorRT
-            aliased = self.backend == "ort" or kv.update == "tensor-scatter"
+            aliased = self.backend != "trt" or kv.update == "tensor-scatter"
             layout = KVLayout(geometry.num_key_value_heads, geometry.head_dim, tuple(kv.capacity), dtype)
             # one batch size at a time: a new size frees the old buffers
             self._caches = {batch: KVCache(batch, layout, self.device, aliased)}

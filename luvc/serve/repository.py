@@ -88,6 +88,8 @@ class RepositoryOptions:
                 critical("TensorRT engines run on GPUs; pass --gpus (e.g. --gpus 0) or use --backend ort.")
         elif self.engines_dir is not None:
             critical("--engines are TensorRT engines; pass --backend trt with them (or drop --engines).")
+        if self.backend == "openvino" and self.gpus:
+            critical("--backend openvino runs on the CPU; drop --gpus, or use --backend ort/trt for GPU instances.")
 
 
 def write_repository(export_dir: Path, out: Path, options: RepositoryOptions, overwrite: bool = False) -> Path:

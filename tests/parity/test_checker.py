@@ -5,6 +5,7 @@ import pytest
 from luvc.models import TINY_MODELS
 from luvc.parity import TOLERANCES, check_parity
 from luvc.parity.results import LEVELS
+from luvc.parity.tolerances import backend_tolerances
 from tests.conftest import perturb_weight
 
 FAMILIES = list(TINY_MODELS)
@@ -15,7 +16,12 @@ def test_correct_fp32_export_passes_every_level(family, parity_of):
     results = parity_of(family)
     assert results, str(results)
     assert results.tolerances == TOLERANCES["fp32"]
-    (ort,) = results.backends
+    ort, openvino = results.backends
+    assert openvino.backend == "openvino" and not openvino.failures(results.bounds(openvino))
+    # OpenVINO's bf16 products are judged with bf16's bounds too, and only they
+    assert results.bounds(openvino) == backend_tolerances(TOLERANCES["fp32"], openvino.compute)
+    assert results.bounds(ort) == TOLERANCES["fp32"]
+    assert {check.level for check in openvino.checks} == set(LEVELS)
     assert {check.level for check in ort.checks} == set(LEVELS)
     assert any(check.name.startswith("kept_visual_indices.") for check in ort.checks)
     assert ort.first_diverging_layer(results.tolerances) is None
@@ -50,7 +56,7 @@ def test_one_perturbed_weight_fails_and_names_its_layer(copied_export, graph, no
 def test_fp16_export_is_judged_against_fp16_tolerances(parity_of):
     results = parity_of("tiny-qwen2-vl", "fp16")
     assert results.precision == "fp16" and results.tolerances == TOLERANCES["fp16"]
-    assert results, str(results)
+    assert results, str(results)  # ONNX Runtime's float16 arithmetic and OpenVINO's
     # the same measurements miss the fp32 bounds: fp16 graphs are not fp32-exact
     strict = results.judge(TOLERANCES["fp32"])
     assert not strict

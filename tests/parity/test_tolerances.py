@@ -30,3 +30,20 @@ def test_every_precision_bounds_every_metric():
 def test_unknown_precision_is_named():
     with pytest.raises(LuvcError, match=r"No parity tolerances for precision 'nvfp4'; known: \['fp32'"):
         tolerances_for("nvfp4")
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_bf16_compute_is_never_held_tighter_than_the_export_or_fp16(metric):
+    from luvc.parity.tolerances import COMPUTE_TOLERANCES, backend_tolerances
+
+    larger_is_better = METRICS[metric][1]
+    for precision in TOLERANCES:
+        bounds = backend_tolerances(tolerances_for(precision), "bf16")
+        looser = [bounds.limit(metric), tolerances_for(precision).limit(metric)]
+        assert bounds.limit(metric) == (min if larger_is_better else max)(looser)
+        assert bounds.limit(metric) == (min if larger_is_better else max)(
+            bounds.limit(metric), COMPUTE_TOLERANCES["bf16"].limit(metric)
+        )
+    fp16, bf16 = TOLERANCES["fp16"].limit(metric), COMPUTE_TOLERANCES["bf16"].limit(metric)
+    assert (bf16 <= fp16) if larger_is_better else (bf16 >= fp16)
+    assert backend_tolerances(TOLERANCES["fp32"], "") == TOLERANCES["fp32"]

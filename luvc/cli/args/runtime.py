@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from luvc.cli.args.base import BaseArgs, int_in, user_text
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
-from luvc.runtime import BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.errors import critical
+from luvc.runtime import BACKEND_HELP, BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.runtime.openvino_graph import PRECISIONS as OPENVINO_PRECISIONS
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ class RuntimeArgs(BaseArgs):
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Runtime", "Backend and generation")
         group.add_argument("artifact_dir", help="export folder (from `luvc-export export`)")
-        group.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (default) or trt")
+        group.add_argument("--backend", choices=BACKENDS, default="ort", help=BACKEND_HELP)
         group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
         group.add_argument(
             "--plugin-library",
@@ -47,6 +49,13 @@ class RuntimeArgs(BaseArgs):
             help="capture each graph's shapes once as CUDA graphs and replay them (ONNX Runtime CUDA, TensorRT): on; "
             "off; auto (default): off for now, until replay passes its GPU check again (docs/run.md); a graph whose "
             "capture fails runs plain, with one warning",
+        )
+        group.add_argument(
+            "--openvino-precision",
+            choices=OPENVINO_PRECISIONS,
+            default="auto",
+            help="what OpenVINO computes the products in (--backend openvino): auto (default: bf16 where the CPU has "
+            "AMX or AVX-512 BF16, else f32), bf16 or f32",
         )
         group.add_argument(
             "--providers",
@@ -91,6 +100,9 @@ class RuntimeArgs(BaseArgs):
         self.device = args.device
         self.fit = args.fit
         self.cuda_graphs = args.cuda_graphs
+        self.openvino_precision = args.openvino_precision
+        if args.openvino_precision != "auto" and args.backend != "openvino":
+            critical("--openvino-precision applies to --backend openvino; add it, or drop --openvino-precision.")
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(
             args.temperature, args.top_k, args.top_p, args.seed, args.presence_penalty, args.frequency_penalty
@@ -117,4 +129,5 @@ class RuntimeArgs(BaseArgs):
             plugin_library=self.plugin_library,
             fit=self.fit,
             cuda_graphs=self.cuda_graphs,
+            openvino_precision=self.openvino_precision,
         )

@@ -1,0 +1,139 @@
+"""The OpenVINO backend on real exports of every tiny family: the same tokens as ONNX Runtime, the KV cache written in
+place, the TensorScatter conversion against ONNX's own definition, bf16 products on the kernels that make them fast."""
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from luvc.errors import LuvcError
+from luvc.models import TINY_MODELS
+from luvc.runtime.openvino_graph import bfloat16_products, choose_precision, new_core
+from luvc.runtime.options import GenerationOptions
+from luvc.runtime.pipeline import Pipeline
+from luvc.samples import synthetic_image
+
+ov = pytest.importorskip("openvino")
+# one family in the fast tier, every family in the slow one
+FAMILIES = [pytest.param(family, marks=() if family == "tiny-qwen2-vl" else pytest.mark.slow) for family in TINY_MODELS]
+PROMPT = "Describe the image."
+STEPS = 6
+
+
+def _has_bf16() -> bool:
+    return choose_precision(ov.Core()).precision == "bf16"
+
+
+needs_bf16 = pytest.mark.skipif(not _has_bf16(), reason="this CPU has no AMX or AVX-512 BF16: OpenVINO computes f32")
+
+
+def _greedy(pipeline: Pipeline):
+    prepared = pipeline.prepare([synthetic_image(224, 224, 3)], [PROMPT])
+    tokens, logits, _ = pipeline.greedy(prepared, STEPS)
+    pipeline.release()
+    return tokens, logits
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_openvino_f32_gives_onnx_runtimes_tokens_and_logits(family, precision, exports):
+    folder = exports(family, precision)
+    ort_tokens, ort_logits = _greedy(Pipeline(folder))
+    tokens, logits = _greedy(Pipeline(folder, backend="openvino", openvino_precision="f32"))
+    np.testing.assert_array_equal(tokens, ort_tokens)
+    # every decode step read the cache the step before wrote in place: a wrong write shows in the next logits
+    scale = np.abs(ort_logits).max()
+    assert np.abs(logits - ort_logits).max() <= (1e-4 if precision == "fp32" else 2e-3) * scale
+
+
+@needs_bf16
+@pytest.mark.parametrize("family", FAMILIES)
+def test_openvino_bf16_stays_within_bf16_rounding_of_onnx_runtime(family, exports):
+    folder = exports(family, "fp32")
+    _, ort_logits = _greedy(Pipeline(folder))
+    pipeline = Pipeline(folder, backend="openvino")
+    assert pipeline.sessions.openvino.precision.precision == "bf16"
+    _, logits = _greedy(pipeline)
+    first = np.abs(logits[:, 0] - ort_logits[:, 0]).max() / np.abs(ort_logits[:, 0]).max()
+    assert 1e-5 < first < 5e-2  # bf16 moved them (not f32), by its rounding (not a wrong graph)
+
+
+def _tensor_scatter_model(axis: int, with_indices: bool) -> onnx.ModelProto:
+    inputs = [
+        helper.make_tensor_value_info("past", TensorProto.FLOAT, [2, 3, 7, 4]),
+        helper.make_tensor_value_info("update", TensorProto.FLOAT, [2, 3, 2, 4]),
+    ]
+    names = ["past", "update"]
+    if with_indices:
+        inputs.append(helper.make_tensor_value_info("write_indices", TensorProto.INT64, [2]))
+        names.append("write_indices")
+    node = helper.make_node("TensorScatter", names, ["present"], axis=axis, mode="linear")
+    output = helper.make_tensor_value_info("present", TensorProto.FLOAT, [2, 3, 7, 4])
+    graph = helper.make_graph([node], "scatter", inputs, [output])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)])
+
+
+@pytest.mark.parametrize(("axis", "with_indices"), [(2, True), (-2, True), (2, False)])
+def test_tensor_scatter_converts_to_what_onnx_defines(tmp_path, axis, with_indices):
+    path = tmp_path / "scatter.onnx"
+    onnx.save(_tensor_scatter_model(axis, with_indices), str(path))
+    rng = np.random.default_rng(0)
+    feeds = {"past": rng.standard_normal((2, 3, 7, 4), np.float32), "update": rng.standard_normal((2, 3, 2, 4))}
+    feeds["update"] = feeds["update"].astype(np.float32)
+    writes = np.array([1, 5]) if with_indices else np.zeros(2, np.int64)
+    if with_indices:
+        feeds["write_indices"] = writes
+    compiled = new_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    present = compiled(feeds)[compiled.output(0)]
+    expected = feeds["past"].copy()  # the pseudocode of ONNX's TensorScatter, mode linear
+    for row in range(2):
+        for step in range(2):
+            expected[row, :, writes[row] + step] = feeds["update"][row, :, step]
+    np.testing.assert_array_equal(present, expected)
+
+
+def test_openvino_reads_the_decode_graph_only_through_the_conversion(exports):
+    with pytest.raises(RuntimeError, match="TensorScatter"):
+        ov.Core().read_model(str(exports("tiny-qwen2-vl", "fp32") / "decode.onnx"))
+    assert new_core().read_model(str(exports("tiny-qwen2-vl", "fp32") / "decode.onnx")) is not None
+
+
+@needs_bf16
+def test_bf16_products_run_on_bf16_kernels_where_openvino_alone_keeps_f32(exports):
+    """OpenVINO keeps every product upstream of SPU's ranking in f32; the rewrite makes each one bf16."""
+    core = new_core()
+    path = str(exports("tiny-qwen2-vl", "fp32") / "prefill_224x224.onnx")
+
+    def precisions(rewrite: bool) -> collections.Counter:
+        model = core.read_model(path)
+        changed = bfloat16_products(model) if rewrite else 0
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+        kinds = collections.Counter()
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) == "FullyConnected":
+                kinds[info["runtimePrecision"].astype(str)] += 1
+        return kinds, changed
+
+    alone, _ = precisions(False)
+    rewritten, changed = precisions(True)
+    assert alone["f32"] > 0  # what the rewrite is for
+    assert changed >= 4 * 7 and rewritten == collections.Counter({"bf16": sum(alone.values())})
+
+
+def test_openvino_refuses_a_gpu_device_and_names_the_fix(exports):
+    with pytest.raises(LuvcError, match="OpenVINO backend runs on the CPU"):
+        Pipeline(exports("tiny-qwen2-vl", "fp32"), backend="openvino", device="cuda:0")
+
+
+def test_openvino_generates_text_only_prompts_through_the_lazily_compiled_text_prefill(exports):
+    folder = exports("tiny-qwen2-vl", "fp32")
+    pipeline = Pipeline(folder, backend="openvino", openvino_precision="f32").load()
+    text_prefill = pipeline.manifest.text_prefill
+    assert text_prefill not in pipeline.sessions.opened()  # compiled only when first needed
+    options = GenerationOptions(4, stop_token_ids=())
+    answer = pipeline.generate(None, ["Hi"], options)
+    assert text_prefill in pipeline.sessions.opened()
+    assert answer.texts == Pipeline(folder).generate(None, ["Hi"], options).texts
