@@ -209,3 +209,38 @@ def test_a_cache_setting_that_names_a_file_says_so(tmp_path, monkeypatch, capsys
         assert "point LUVC_CACHE_DIR at a folder, or set it to off" in said
     finally:
         cache.cache_root.cache_clear()
+
+
+def test_openvino_compiled_models_are_kept_sealed_and_a_damaged_one_never_changes_an_answer(
+    cache_folder, exports, caplog
+):
+    """OpenVINO imports what its cache holds unchecked: a blob overwritten with other bytes of the same size must be
+    dropped (one warning) and compiled again, and one without a seal (a compile killed while writing) too."""
+    pytest.importorskip("openvino")
+    from luvc.images import synthetic_image
+    from luvc.runtime.pipeline import GenerationOptions, Pipeline
+
+    folder = exports("tiny-qwen2-vl")
+    options = GenerationOptions(6, stop_token_ids=())
+
+    def answer() -> list:
+        pipeline = Pipeline(folder, backend="openvino", openvino_precision="f32")
+        tokens = pipeline.generate(synthetic_image(224, 224, 5), "Describe it.", options).tokens[0].tolist()
+        pipeline.release()
+        return tokens
+
+    expected = answer()
+    blobs = sorted((cache_folder / "openvino").glob("*.blob"))
+    assert blobs and all(Path(f"{blob}.sum").is_file() for blob in blobs)  # every compiled graph kept and sealed
+    assert cache.cache_contents().compiled == len(blobs)
+    assert answer() == expected  # imported from the cache
+    largest = max(blobs, key=lambda blob: blob.stat().st_size)
+    largest.chmod(0o644)
+    largest.write_bytes(np.random.default_rng(0).bytes(largest.stat().st_size))
+    unsealed = min(blobs, key=lambda blob: blob.stat().st_size)
+    Path(f"{unsealed}.sum").unlink()
+    caplog.clear()
+    assert answer() == expected
+    warnings = [record.message for record in caplog.records if "damaged entries" in record.message]
+    assert len(warnings) == 1
+    assert all(Path(f"{blob}.sum").is_file() for blob in (cache_folder / "openvino").glob("*.blob"))

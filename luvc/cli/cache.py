@@ -9,8 +9,8 @@ from rich.console import Console
 
 class Cache:
     """Show the start-up cache (``luvc.cache``: files already hashed, fp16 weights already converted to float32 for
-    the CPU), or clear it with ``--clear``. Nothing in it is needed: a cleared cache only makes the next start of each
-    export slower."""
+    the CPU, OpenVINO's compiled models), or clear it with ``--clear``. Nothing in it is needed: a cleared cache only
+    makes the next start of each export slower."""
 
     name = "cache"
     install = None
@@ -31,7 +31,7 @@ class Cache:
             return 0
         what = (
             f"{held.verified} files hashed, {held.conversions} float32 conversions of {held.weights_files} weights "
-            f"files, {held.bytes / 2**20:.1f} MiB"
+            f"files, {held.compiled} OpenVINO compiled models, {held.bytes / 2**20:.1f} MiB"
         )
         if args.clear:
             console.print(f"Cleared the start-up cache at {held.root}: {what}.")

@@ -27,12 +27,15 @@ class OpenVinoRuntime:
 
     core: Any  # openvino.Core (openvino ships no type information)
     precision: OpenVinoPrecision
+    cache_dir: Path | None = None
     compile_seconds: float = 0.0
 
     @classmethod
     def create(cls, requested_precision: str = "auto", cache_dir: Path | None = None) -> OpenVinoRuntime:
+        """A runtime whose compiled models OpenVINO keeps in ``cache_dir`` (``luvc.cache.openvino_folder``; None: each
+        start compiles)."""
         core = new_core(cache_dir)
-        return cls(core, choose_precision(core, requested_precision))
+        return cls(core, choose_precision(core, requested_precision), cache_dir)
 
     def compile(self, path: Path, name: str):
         """The graph at ``path`` read and compiled for the CPU in this runtime's precision."""
@@ -48,6 +51,10 @@ class OpenVinoRuntime:
             compiled = self.core.compile_model(model, "CPU", config)
         except RuntimeError as error:
             critical(f"{name}: OpenVINO could not compile {path.name}: {_first_line(error)}; use --backend ort.")
+        if self.cache_dir is not None:
+            from luvc import cache
+
+            cache.seal_openvino_blobs(self.cache_dir)
         self.compile_seconds += time.perf_counter() - began
         return compiled
 

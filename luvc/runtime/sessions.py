@@ -106,9 +106,11 @@ class Sessions:
         self.activations = None
         self.openvino = None
         if backend == "openvino":
+            from luvc import cache
             from luvc.runtime.openvino_session import OpenVinoRuntime
 
-            self.openvino = OpenVinoRuntime.create(choices.openvino_precision)
+            weights = sum(path.stat().st_size for path in folder.glob("*.data"))
+            self.openvino = OpenVinoRuntime.create(choices.openvino_precision, cache.openvino_folder(weights))
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations
 

@@ -240,3 +240,37 @@ def test_run_on_a_terminal_shows_control_characters_escaped_and_a_pipe_gets_them
     answer = output[output.index("Output: ") :].split("\n", 1)[0]  # after the spinners a terminal gets
     assert answer == f"Output: {terminal_safe(text)}"
     assert f"({ESCAPED_NOTE})" in output
+
+
+def test_run_on_openvino_says_what_it_computes_in_and_why_and_answers_as_the_pipeline(exports, capsys, monkeypatch):
+    from luvc.runtime.openvino_graph import choose_precision, new_core
+
+    monkeypatch.setenv("COLUMNS", "200")
+    folder = exports("tiny-qwen2-vl")
+    argv = ["run", str(folder), "--prompt", "Describe it.", "--max-new-tokens", "4", "--backend", "openvino"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    expected = Pipeline(folder, backend="openvino").generate(
+        synthetic_image(224, 224), "Describe it.", GenerationOptions(4)
+    )
+    assert out.startswith(f"Output: {expected.texts[0]}\n")
+    chosen = choose_precision(new_core())
+    assert f"on openvino {chosen.precision} ({chosen.reason}), cpu" in out  # what it chose and why
+    assert _table_rows(out)["weights in memory"].startswith("each compiled graph its own copy")
+    assert main([*argv, "--openvino-precision", "f32"]) == 0
+    assert "on openvino f32 (as asked), cpu" in capsys.readouterr().out
+
+
+def test_openvino_options_that_cannot_apply_are_refused_in_one_line(exports, capsys, tmp_path):
+    folder = str(exports("tiny-qwen2-vl"))
+    assert main(["run", folder, "--prompt", "hi", "--openvino-precision", "f32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --openvino-precision applies to --backend openvino; add it, or drop --openvino-precision."
+    )
+    assert main(["run", folder, "--prompt", "hi", "--backend", "openvino", "--device", "cuda:0"]) == 2
+    assert "The OpenVINO backend runs on the CPU" in capsys.readouterr().err
+    assert main(["triton", folder, "--out", str(tmp_path / "repo"), "--backend", "openvino", "--gpus", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --backend openvino runs on the CPU; drop --gpus, or use --backend ort/trt for GPU instances."
+    )
+    assert not (tmp_path / "repo").exists()

@@ -53,7 +53,8 @@ def test_serve_answers_health_and_stops_on_sigterm(exports):
     with serve_process(exports("tiny-llava"), port) as process:
         banner = process.stdout.readline()
         assert banner.startswith(
-            f"Serving tiny-llava (ort on cpu, no CUDA graphs, buckets 224x224) at http://127.0.0.1:{port}/v1"
+            f"Serving tiny-llava (ort (CPUExecutionProvider) on cpu, no CUDA graphs, buckets 224x224) at "
+            f"http://127.0.0.1:{port}/v1"
         )
         since_start, sessions = re.search(
             r"; ready in ([\d.]+) s \(sessions ([\d.]+) s\) since the process", banner

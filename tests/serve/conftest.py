@@ -36,16 +36,22 @@ def running_server(
     queue_timeout_s: float | None = None,
     read_timeout_s: float = 10.0,
     lenient: bool = False,
+    backend: str = "ort",
 ):
     """``(base_url, service)`` of a real uvicorn server on a free loopback port, in a thread of this process
     (``access``: its ``AccessPolicy``, default loopback callers without a key; ``read_timeout_s``: the deadline for
-    a request's head; ``lenient``: serve's ``--lenient``)."""
+    a request's head; ``lenient``: serve's ``--lenient``; ``backend``: the pipeline's)."""
     import uvicorn
 
     from luvc.serve.app import create_app
 
     service = GenerationService(
-        Pipeline(export_dir), GenerationOptions(16), max_queue, max_batch, image_folder, queue_timeout_s
+        Pipeline(export_dir, backend=backend),
+        GenerationOptions(16),
+        max_queue,
+        max_batch,
+        image_folder,
+        queue_timeout_s,
     )
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

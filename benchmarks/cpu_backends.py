@@ -1,0 +1,157 @@
+"""OpenVINO against ONNX Runtime on the CPU, on the same exports: vision, LLM prefill, time to first token, decode,
+memory and warm start-up, by precision.
+
+Builds (or reuses, with ``--workdir``) a random-weight checkpoint at Qwen2-VL-2B's widths (``--layers`` decoder
+layers, ``--vision-blocks`` encoder blocks), its fp32 and fp16 exports (one ``--side`` square bucket) and the
+weight-only INT8 and INT4 exports of the fp16 one (``luvc-export calibrate --method rtn``), as
+``benchmarks/cpu_decode.py`` does. Then, in fresh processes taking turns for ``--rounds`` rounds (a shared machine
+drifts), each backend on each export: the seconds from process start to the sessions loaded with a warm start-up
+cache (a first process per export and backend fills it: ONNX Runtime's float32 conversions, OpenVINO's compiled
+models), one image and prompt's vision, prefill (embed + LLM) and time to first token (preprocessing included) after a
+warm-up request, greedy decode tokens/s at batch 1 over ``--new-tokens`` tokens, and the process's resident memory
+after the request (``RSS``: what the sessions hold, file-backed pages of mapped weights and cached models included).
+
+Prints the CPU's model and its bf16 features with the table, and ends with ``openvino_vision_speedup=``,
+``openvino_prefill_speedup=``, ``openvino_ttft_speedup=``, ``openvino_decode_speedup_fp16=`` (the fp16 export; ONNX
+Runtime's time over OpenVINO's), ``openvino_decode_speedup_int8w=``, ``openvino_rss_ratio=`` (OpenVINO's RSS over
+ONNX Runtime's, fp16 export) and ``load_seconds_warm_max=`` (the slowest warm start over every precision and both
+backends). Targets on a CPU with AMX or AVX-512 BF16 (issue 78): vision >= 3, prefill >= 2, time to first token >= 2.5,
+decode >= 1.5 (fp16) and >= 1.0 (int8w), RSS ratio <= 1.2, warm start <= 4 s. Usage:
+    python benchmarks/cpu_backends.py [--layers 8] [--vision-blocks 8] [--side 448] [--new-tokens 16] [--rounds 2]
+        [--workdir DIR]   (keeps the checkpoint and exports there for the next run)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import arguments
+from cpu_decode import PROMPT, make_exports
+
+BACKENDS = ("ort", "openvino")
+BF16_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the features that decide the kernels (``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+            elif line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    features = [flag for flag in BF16_FLAGS if flag in flags]
+    return f"{model}, {os.cpu_count()} logical cores; features: {', '.join(features) or 'none of ' + str(BF16_FLAGS)}"
+
+
+def measure(folder: str, backend: str, side: int, new_tokens: int) -> dict:
+    """In this process: start-up, then one request's stage times after a warm-up request, and resident memory."""
+    from luvc.images import synthetic_image
+    from luvc.runtime.pipeline import GenerationOptions, Pipeline
+    from luvc.startup import seconds_since_start
+
+    pipeline = Pipeline(folder, backend=backend)
+    prepared = pipeline.prepare([synthetic_image(side, side, 0)], [PROMPT])
+    pipeline.load(prepared.bucket)
+    found = {"ready_seconds": seconds_since_start()}
+    pipeline.generate(prepared, options=GenerationOptions(2, stop_token_ids=()))  # warm-up
+    request = pipeline.prepare([synthetic_image(side, side, 1)], [PROMPT])
+    timings = pipeline.generate(request, options=GenerationOptions(new_tokens, stop_token_ids=())).timings
+    found.update(
+        vision_ms=timings.vision_ms,
+        prefill_ms=timings.prefill_ms,
+        ttft_ms=request.preprocess_ms + timings.first_token_ms,
+        decode_tokens_per_second=timings.decode_tokens_per_second,
+        rss_bytes=int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE"),
+    )
+    if backend == "openvino":
+        found["openvino_precision"] = str(pipeline.sessions.openvino.precision)
+    return found
+
+
+def child(folder: Path, backend: str, args, cache: str) -> dict:
+    """``measure`` in a fresh process (``LUVC_CACHE_DIR`` = ``cache``); what it printed last, as JSON."""
+    command = [sys.executable, __file__, "--child", str(folder), backend, str(args.side), str(args.new_tokens)]
+    done = subprocess.run(
+        command, env={**os.environ, "LUVC_CACHE_DIR": cache}, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        sys.exit(f"cpu_backends: a measuring process failed ({backend}, {folder.name}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(args, scratch: str) -> None:
+    """Make the exports, fill the caches, measure every backend on every export in turns, print the table."""
+    import torch
+
+    workdir = Path(args.workdir or scratch)
+    workdir.mkdir(parents=True, exist_ok=True)
+    folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
+    cache = str(Path(scratch) / "cache")
+    for precision, folder in folders.items():  # the first start of each fills the cache
+        for backend in BACKENDS:
+            began = time.perf_counter()
+            child(folder, backend, args, cache)
+            print(f"cold start and a request: {backend} {precision} {time.perf_counter() - began:.0f} s", flush=True)
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for _ in range(args.rounds):
+        for precision, folder in folders.items():
+            for backend in BACKENDS:
+                runs[precision, backend].append(child(folder, backend, args, cache))
+    median = {key: {name: statistics.median(run[name] for run in found) for name in found[0] if name.endswith(("_ms",
+              "_second", "_seconds", "_bytes"))} for key, found in runs.items()}  # fmt: skip
+    print(
+        f"\n{cpu_description()}; torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}\n"
+        f"Qwen2-VL-2B widths, {args.layers} decoder layers, {args.vision_blocks} encoder blocks, one {args.side}x"
+        f"{args.side} image, {args.new_tokens} greedy tokens, batch 1; medians of {args.rounds} rounds of fresh "
+        f"processes; OpenVINO computes in {runs['fp16', 'openvino'][0]['openvino_precision']}"
+    )
+    print(f"{'export':7} {'backend':9} {'warm start s':>12} {'vision ms':>10} {'prefill ms':>11} {'TTFT ms':>8} "
+          f"{'decode tok/s':>13} {'RSS GiB':>8}")  # fmt: skip
+    for (precision, backend), row in median.items():
+        print(
+            f"{precision:7} {backend:9} {row['ready_seconds']:12.1f} {row['vision_ms']:10.0f} "
+            f"{row['prefill_ms']:11.0f} {row['ttft_ms']:8.0f} {row['decode_tokens_per_second']:13.1f} "
+            f"{row['rss_bytes'] / 2**30:8.2f}"
+        )
+    ort, openvino = median["fp16", "ort"], median["fp16", "openvino"]
+    print(f"openvino_vision_speedup={ort['vision_ms'] / openvino['vision_ms']:.2f}")
+    print(f"openvino_prefill_speedup={ort['prefill_ms'] / openvino['prefill_ms']:.2f}")
+    print(f"openvino_ttft_speedup={ort['ttft_ms'] / openvino['ttft_ms']:.2f}")
+    for precision in ("fp16", "int8w"):
+        speedup = median[precision, "openvino"]["decode_tokens_per_second"]
+        speedup /= median[precision, "ort"]["decode_tokens_per_second"]
+        print(f"openvino_decode_speedup_{precision}={speedup:.2f}")
+    print(f"openvino_rss_ratio={openvino['rss_bytes'] / ort['rss_bytes']:.2f}")
+    print(f"load_seconds_warm_max={max(row['ready_seconds'] for row in median.values()):.1f}")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        folder, backend, side, tokens = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        print(json.dumps(measure(folder, backend, side, tokens)))
+        return
+    parser = arguments(__doc__, layers=8, vision_blocks=8, side=448, new_tokens=16, rounds=2)
+    parser.add_argument("--workdir", default=None, help="keep the checkpoint and exports here (default: temporary)")
+    args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory(prefix="luvc-cpu-backends-")
+    try:
+        report(args, scratch.name)
+    finally:
+        scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()
