@@ -20,6 +20,9 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
   no longer match its seal, or that has no seal (a compile killed while writing it), is dropped before OpenVINO can
   read it, and compiled again.
 
+- ``backends/<key>.json``: what ``--backend auto`` measured on this machine for an export (``kept_record``), so
+  that only the first start measures.
+
 Nothing here is needed: a cache folder that cannot be made or written to (read-only home, full disk) only means the
 work is done again, said once. ``LUVC_CACHE_DIR=off`` turns it off.
 """
@@ -230,6 +233,25 @@ def seal_openvino_blobs(folder: Path) -> None:
         with contextlib.suppress(OSError):  # removed by another process meanwhile
             record = {"crc32": _crc32_of(blob), "stat": _stat_key(blob)}
             _write_atomically(seal, json.dumps(record).encode())
+
+
+def kept_record(kind: str, key: str) -> dict | None:
+    """The JSON record ``key`` of ``kind`` an earlier start kept (``keep_record``), or None (none, unreadable, off)."""
+    root = cache_root()
+    if root is None:
+        return None
+    try:
+        record = json.loads((root / kind / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def keep_record(kind: str, key: str, record: dict) -> None:
+    """Keep the JSON ``record`` under ``key`` of ``kind`` for the next start (nothing when the cache is off)."""
+    root = cache_root()
+    if root is not None:
+        _write_atomically(root / kind / f"{key}.json", json.dumps(record).encode())
 
 
 @dataclasses.dataclass(frozen=True)

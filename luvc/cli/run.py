@@ -162,7 +162,7 @@ def fit_line(policy: str, prepared: Prepared) -> str:
 
 
 def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready: StartUp) -> Table:
-    backend = pipeline.sessions.backend_description()
+    backend = pipeline.backend_description()
     table = Table(title=f"{pipeline.manifest.model.id} on {backend}, {pipeline.device}")
     table.add_column("stage")
     table.add_column("value", justify="right")

@@ -126,7 +126,7 @@ class Serve:
         host, port = listener.getsockname()[:2]
         replay = "CUDA graphs replayed" if pipeline.sessions.cuda_graphs else "no CUDA graphs"
         Console(soft_wrap=True).print(
-            f"Serving {model_name} ({pipeline.sessions.backend_description()} on {pipeline.device}, {replay}, buckets "
+            f"Serving {model_name} ({pipeline.backend_description()} on {pipeline.device}, {replay}, buckets "
             f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; ready in {ready} since the "
             "process started; Ctrl-C stops.",
             highlight=False,

@@ -10,7 +10,7 @@ from rich.console import Console
 from luvc.cli.args.base import int_in, same_named
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
-from luvc.runtime import BACKEND_HELP, BACKENDS, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKEND_CHOICES, BACKEND_HELP, DEFAULT_FIT, FIT_HELP, FIT_POLICIES
 
 
 class Triton:
@@ -26,7 +26,7 @@ class Triton:
         group = parser.add_argument_group("Repository")
         group.add_argument("--out", required=True, help="model repository folder to write")
         group.add_argument("--model-name", default="luvc", help="the model's name in the repository (default luvc)")
-        group.add_argument("--backend", choices=BACKENDS, default="ort", help=BACKEND_HELP)
+        group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort", help=BACKEND_HELP)
         group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
         group.add_argument(
             "--gpus",

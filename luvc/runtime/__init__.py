@@ -2,9 +2,10 @@
 
 # ONNX Runtime over the export's graphs, TensorRT over its engines, or OpenVINO over the export's graphs (CPU)
 BACKENDS = ("ort", "trt", "openvino")
+BACKEND_CHOICES = (*BACKENDS, "auto")  # auto: the one that answers first here, measured once (backend_choice)
 BACKEND_HELP = (
-    "ort (default: ONNX Runtime), trt (the TensorRT engines of --engines) or openvino (OpenVINO on the CPU, bf16 "
-    "where the CPU has AMX or AVX-512 BF16; docs/run.md says which to pick)"
+    "ort (default: ONNX Runtime), trt (the TensorRT engines of --engines), openvino (OpenVINO on the CPU, bf16 "
+    "where the CPU has AMX or AVX-512 BF16) or auto (the one that answers first here, measured once; docs/run.md)"
 )
 FIT_POLICIES = ("nearest", "pad", "exact")  # how a request's image is mapped onto a bucket (luvc.runtime.fit)
 DEFAULT_FIT = "nearest"

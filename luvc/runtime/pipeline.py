@@ -11,6 +11,7 @@ A short facade over the runtime's stages, one module each:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime import BACKENDS
+from luvc.runtime.backend_choice import AUTO, BackendChoice, choose_backend
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.options import GenerationOptions, Step
@@ -35,6 +37,7 @@ class Pipeline:
     """Generation over an export folder on one device. ``backend="trt"`` runs the engines of ``engines_dir`` (built
     from this export by ``luvc-export build``); ``backend="openvino"`` compiles the export's graphs with OpenVINO for
     the CPU, its products in ``openvino_precision`` (``auto``: bf16 where the CPU has bf16 kernels, else f32);
+    ``backend="auto"`` picks the one that answers first here (``luvc.runtime.backend_choice``);
     ``providers`` overrides the ONNX Runtime execution providers that ``device`` implies (``cpu``: the CPU EP;
     ``cuda:N``: the CUDA EP of onnxruntime-gpu); ``fit`` is the policy for visuals of other sizes than the buckets
     (``luvc.runtime.fit``); ``manifest`` is the folder's, when the caller holds it before it is written (calibration
@@ -59,10 +62,16 @@ class Pipeline:
         openvino_precision: str = "auto",
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
-        if backend not in BACKENDS:
-            critical(f"Backend {backend!r} is not one of {list(BACKENDS)}.")
+        if backend not in (*BACKENDS, AUTO):
+            critical(f"Backend {backend!r} is not one of {[*BACKENDS, AUTO]}.")
         self.folder = Path(export_dir)
         self.manifest = manifest or ExportManifest.load(self.folder, verify=verify)
+        self.backend_choice: BackendChoice | None = None  # what --backend auto chose, and why
+        if backend == AUTO:
+            where = resolve_device("ort", providers, device)
+            measure = functools.partial(first_token_ms, self.folder, self.manifest)
+            self.backend_choice = choose_backend(self.manifest, where, engines_dir is not None, measure)
+            backend = self.backend_choice.backend
         self.backend = backend
         if backend != "trt" and self.manifest.passes.plugin_nodes:
             runtime = "ONNX Runtime" if backend == "ort" else "OpenVINO"
@@ -92,6 +101,13 @@ class Pipeline:
     @property
     def tokenizer(self):
         return self.preparer.tokenizer
+
+    def backend_description(self) -> str:
+        """The backend in words (``Sessions.backend_description``), with what ``--backend auto`` measured."""
+        described = self.sessions.backend_description()
+        if self.backend_choice is None:
+            return described
+        return f"{described}, chosen by --backend auto: {self.backend_choice.reason}"
 
     def prepare(self, visuals, prompts) -> Prepared:
         """One ``Prepared`` batch of one visual per prompt (``Preparer.__call__``): fitted to a bucket, preprocessed,
@@ -161,3 +177,21 @@ class Pipeline:
         request = self.request(prepared, options)
         steps = list(request)
         return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
+
+
+def first_token_ms(folder: Path, manifest: ExportManifest, backend: str) -> float:
+    """Milliseconds from a prepared request to its first token on ``backend`` after a warm-up request (what
+    ``--backend auto`` compares): a synthetic visual of the export's first bucket, or a text prompt where it has
+    none."""
+    from luvc.samples import synthetic_visual
+
+    pipeline = Pipeline(folder, backend=backend, manifest=manifest)
+    buckets = list(manifest.buckets.values())
+    visuals = [synthetic_visual(buckets[0].size, 0)] if buckets else None
+    prepared = pipeline.prepare(visuals, ["Describe the image."])
+    pipeline.load(prepared.bucket)
+    options = GenerationOptions(1, stop_token_ids=())
+    pipeline.generate(prepared, options=options)
+    timings = pipeline.generate(prepared, options=options).timings
+    pipeline.release()
+    return timings.first_token_ms

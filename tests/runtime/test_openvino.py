@@ -16,8 +16,6 @@ from luvc.runtime.pipeline import Pipeline
 from luvc.samples import synthetic_image
 
 ov = pytest.importorskip("openvino")
-# one family in the fast tier, every family in the slow one
-FAMILIES = [pytest.param(family, marks=() if family == "tiny-qwen2-vl" else pytest.mark.slow) for family in TINY_MODELS]
 PROMPT = "Describe the image."
 STEPS = 6
 
@@ -36,8 +34,10 @@ def _greedy(pipeline: Pipeline):
     return tokens, logits
 
 
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("family", "precision"),
+    [*((family, "fp32") for family in TINY_MODELS), ("tiny-qwen2-vl", "fp16")],
+)
 def test_openvino_f32_gives_onnx_runtimes_tokens_and_logits(family, precision, exports):
     folder = exports(family, precision)
     ort_tokens, ort_logits = _greedy(Pipeline(folder))
@@ -49,9 +49,9 @@ def test_openvino_f32_gives_onnx_runtimes_tokens_and_logits(family, precision, e
 
 
 @needs_bf16
-@pytest.mark.parametrize("family", FAMILIES)
-def test_openvino_bf16_stays_within_bf16_rounding_of_onnx_runtime(family, exports):
-    folder = exports(family, "fp32")
+def test_openvino_bf16_stays_within_bf16_rounding_of_onnx_runtime(exports):
+    """(Every family's bf16 run is judged by parity: tests/parity/test_checker.py.)"""
+    folder = exports("tiny-qwen2-vl", "fp32")
     _, ort_logits = _greedy(Pipeline(folder))
     pipeline = Pipeline(folder, backend="openvino")
     assert pipeline.sessions.openvino.precision.precision == "bf16"
@@ -137,3 +137,45 @@ def test_openvino_generates_text_only_prompts_through_the_lazily_compiled_text_p
     answer = pipeline.generate(None, ["Hi"], options)
     assert text_prefill in pipeline.sessions.opened()
     assert answer.texts == Pipeline(folder).generate(None, ["Hi"], options).texts
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    from luvc import cache
+
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    cache.cache_root.cache_clear()
+    yield tmp_path / "cache"
+    cache.cache_root.cache_clear()
+
+
+def test_auto_measures_both_cpu_backends_once_and_a_later_start_reads_what_it_measured(exports, own_cache, monkeypatch):
+    import torch
+
+    from luvc.runtime import backend_choice, pipeline
+
+    folder = exports("tiny-qwen2-vl", "fp32")
+    timed = []
+    original = pipeline.first_token_ms
+
+    def counting(folder, manifest, backend):
+        timed.append(backend)
+        return original(folder, manifest, backend)
+
+    monkeypatch.setattr(pipeline, "first_token_ms", counting)
+    chosen = Pipeline(folder, backend="auto")
+    assert sorted(timed) == ["openvino", "ort"] and chosen.backend in ("ort", "openvino")
+    assert chosen.backend_choice.reason.startswith(f"first token {chosen.backend} ")  # the faster one first
+    assert chosen.backend_choice.reason.endswith("measured now")
+    assert "chosen by --backend auto" in chosen.backend_description()
+    again = Pipeline(folder, backend="auto")  # read from the cache: nothing timed again
+    assert len(timed) == 2 and again.backend == chosen.backend and "measured 20" in again.backend_choice.reason
+    # a record naming the other backend is what a later start follows (the measurement is the cache's)
+    (record,) = (own_cache / "backends").glob("*.json")
+    other = "ort" if chosen.backend == "openvino" else "openvino"
+    record.write_text(record.read_text().replace(f'"backend": "{chosen.backend}"', f'"backend": "{other}"'))
+    assert Pipeline(folder, backend="auto").backend == other
+    # on a GPU nothing is measured: engines mean TensorRT, else ONNX Runtime's CUDA EP
+    manifest = chosen.manifest
+    assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), True, None).backend == "trt"
+    assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), False, None).backend == "ort"

@@ -15,7 +15,7 @@ from tests.serve.conftest import MODEL, data_url, running_server
 pytest.importorskip("openvino")
 PROMPT = "Describe the image."
 # one family in the fast tier, every family in the slow one
-FAMILIES = [pytest.param(family, marks=() if family == "tiny-qwen2-vl" else pytest.mark.slow) for family in TINY_MODELS]
+FAMILIES = list(TINY_MODELS)
 
 
 def _messages(image) -> list[dict]:

@@ -15,7 +15,7 @@ from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
 from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
 from luvc.eval.sweep import SWEEP_AXES, parse_sweep
-from luvc.runtime import BACKEND_HELP, BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKEND_CHOICES, BACKEND_HELP, FIT_HELP, FIT_POLICIES
 
 
 class EvalArgs(BaseArgs):
@@ -76,7 +76,7 @@ class EvalArgs(BaseArgs):
         group.add_argument("--spu", choices=SPU_VARIANTS[:-1], default=None, help="SPU variant of luvc and spu-only")
         add_option_arg(group)
         group.add_argument("--export", default=None, help="evaluate this export folder (its method and budgets)")
-        group.add_argument("--backend", choices=BACKENDS, default=None, help=f"with --export: {BACKEND_HELP}")
+        group.add_argument("--backend", choices=BACKEND_CHOICES, default=None, help=f"with --export: {BACKEND_HELP}")
         group.add_argument("--engines", default=None, help="engine folder built from the export (--backend trt)")
         group.add_argument("--fit", choices=FIT_POLICIES, default=None, help="with --export: " + FIT_HELP)
         group.add_argument(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from luvc.cli.args.base import BaseArgs, int_in, user_text
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
-from luvc.runtime import BACKEND_HELP, BACKENDS, FIT_HELP, FIT_POLICIES
+from luvc.runtime import BACKEND_CHOICES, BACKEND_HELP, FIT_HELP, FIT_POLICIES
 from luvc.runtime.openvino_graph import PRECISIONS as OPENVINO_PRECISIONS
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
@@ -27,7 +27,7 @@ class RuntimeArgs(BaseArgs):
     def add_parser_args(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("Runtime", "Backend and generation")
         group.add_argument("artifact_dir", help="export folder (from `luvc-export export`)")
-        group.add_argument("--backend", choices=BACKENDS, default="ort", help=BACKEND_HELP)
+        group.add_argument("--backend", choices=BACKEND_CHOICES, default="ort", help=BACKEND_HELP)
         group.add_argument("--engines", default=None, help="engine folder built from this export (--backend trt)")
         group.add_argument(
             "--plugin-library",
@@ -101,7 +101,7 @@ class RuntimeArgs(BaseArgs):
         self.fit = args.fit
         self.cuda_graphs = args.cuda_graphs
         self.openvino_precision = args.openvino_precision
-        if args.openvino_precision != "auto" and args.backend != "openvino":
+        if args.openvino_precision != "auto" and args.backend not in ("openvino", "auto"):
             critical("--openvino-precision applies to --backend openvino; add it, or drop --openvino-precision.")
         self.max_new_tokens = args.max_new_tokens
         self.sampling = SamplingConfig(
