@@ -14,7 +14,6 @@ from tests.serve.conftest import MODEL, data_url, running_server
 
 pytest.importorskip("openvino")
 PROMPT = "Describe the image."
-# one family in the fast tier, every family in the slow one
 FAMILIES = list(TINY_MODELS)
 
 
