@@ -1,6 +1,7 @@
 """``luvc-export triton``: the repository's config parses as Triton's ModelConfig, and a real ``tritonserver``
 serving it answers like ``Pipeline.generate``, plain and streamed, queried with ``tritonclient``."""
 
+import contextlib
 import os
 import queue
 import re
@@ -108,10 +109,10 @@ def free_ports(count: int) -> tuple[int, ...]:
     return ports
 
 
-@pytest.fixture(scope="module")
-def triton(exports, tmp_path_factory):
-    """``(grpc url, export folder, server log)`` of a real tritonserver serving the repository of the tiny Qwen2-VL
-    export."""
+@contextlib.contextmanager
+def _served_repository(exports, tmp_path_factory, *options: str):
+    """``(grpc url, export folder, server log)`` of a real tritonserver serving a repository of the tiny Qwen2-VL
+    export, written with ``options``."""
     workdir = tmp_path_factory.mktemp("triton")
     found = find_server(workdir)
     if isinstance(found, str):
@@ -120,7 +121,7 @@ def triton(exports, tmp_path_factory):
         pytest.skip(found)
     export = exports("tiny-qwen2-vl")
     # written by the Python the server's model runs in, as a user would (its python_paths point there)
-    command = [found.python, "-m", "luvc.cli.main", "triton", str(export), "--out", str(workdir / "repo")]
+    command = [found.python, "-m", "luvc.cli.main", "triton", str(export), "--out", str(workdir / "repo"), *options]
     subprocess.run([*command, "--max-new-tokens", "16"], check=True, capture_output=True)
     server = RunningServer(found, workdir / "repo", free_ports(3), workdir / "tritonserver.log")
     try:
@@ -132,6 +133,13 @@ def triton(exports, tmp_path_factory):
         yield f"127.0.0.1:{server.grpc}", export, server.log
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def triton(exports, tmp_path_factory):
+    """A real tritonserver serving the repository of the tiny Qwen2-VL export (ONNX Runtime)."""
+    with _served_repository(exports, tmp_path_factory) as served:
+        yield served
 
 
 def request_inputs(image_bytes: bytes | None, prompt: str | bytes, stream: bool, **optional) -> list:
@@ -310,3 +318,13 @@ def test_a_request_its_client_cancels_stops_at_the_next_token(triton):
     assert infer(url, png_bytes(again), PROMPT, stream=False) == [
         (Pipeline(export).generate(again, PROMPT, GenerationOptions(16)).texts[0], "length")
     ]
+
+
+def test_tritonserver_answers_on_openvino_as_the_openvino_pipeline_does(exports, tmp_path_factory):
+    pytest.importorskip("openvino")
+    with _served_repository(exports, tmp_path_factory, "--backend", "openvino") as (url, export, log):
+        image = synthetic_image(224, 224, 23)
+        expected = Pipeline(export, backend="openvino").generate(image, PROMPT, GenerationOptions(16)).texts[0]
+        assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]
+        streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
+        assert "".join(text for text, _ in streamed) == expected

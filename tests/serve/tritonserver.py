@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TRITON_ENV = ROOT / ".triton-env"
 SETUP = (
     f"python -m venv {TRITON_ENV} && {TRITON_ENV}/bin/pip install nvidia-pytriton torch==2.13.0 "
-    f"&& {TRITON_ENV}/bin/pip install -e '{ROOT}[ort,serve]' 'numpy<2'"
+    f"&& {TRITON_ENV}/bin/pip install -e '{ROOT}[ort,serve,openvino]' 'numpy<2'"
 )
 
 
