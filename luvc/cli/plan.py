@@ -29,6 +29,20 @@ class Plan:
         )
         parser.add_argument("--engines", default=None, help="engine folder built from this export (its sizes)")
         parser.add_argument(
+            "--backend",
+            choices=("trt", "openvino"),
+            default="trt",
+            help="trt (default: engines on the target GPU) or openvino (OpenVINO on a CPU host of --target GiB: every "
+            "graph holds its own weights, docs/run.md)",
+        )
+        parser.add_argument(
+            "--openvino-precision",
+            choices=("bf16", "f32"),
+            default="bf16",
+            help="with --backend openvino: what its products compute in (bf16 where the host has AMX or AVX-512 "
+            "BF16, the default; f32 elsewhere)",
+        )
+        parser.add_argument(
             "--cuda-graphs",
             choices=CUDA_GRAPH_CHOICES,
             default=DEFAULT_CUDA_GRAPHS,
@@ -40,7 +54,10 @@ class Plan:
         from luvc.engines.memory import plan_memory
 
         replayed = runtime_replays(args.cuda_graphs, "cuda")
-        plan = plan_memory(args.artifact_dir, args.target, args.engines, cuda_graphs=replayed)
+        precision = args.openvino_precision if args.backend == "openvino" else None
+        plan = plan_memory(
+            args.artifact_dir, args.target, args.engines, cuda_graphs=replayed, openvino_precision=precision
+        )
         console = Console(soft_wrap=True)
         console.print(memory_table(plan))
         for line in plan.advice():
@@ -59,23 +76,29 @@ def memory_table(plan: MemoryPlan) -> Table:
     table.add_column("device memory", justify="right")
     weights = plan.weights
     for name, weight in weights.per_engine.items():
-        what = "engine file" if weights.source == "engines" else "weights inside its engine"
-        table.add_row(f"{name}: {what}", gib(weight))
+        what = {"engines": "engine file", "openvino": "OpenVINO's copies (compiled, repacked)"}
+        table.add_row(f"{name}: {what.get(weights.source, 'weights inside its engine')}", gib(weight))
     if weights.shared:
         table.add_row(f"shared weights: once for every engine ({weights.source})", gib(weights.shared))
-    table.add_row(
-        "  weights in the embedded layout (every engine its own copy; not counted)", gib(weights.embedded_layout)
-    )
+    if weights.source != "openvino":
+        table.add_row(
+            "  weights in the embedded layout (every engine its own copy; not counted)", gib(weights.embedded_layout)
+        )
     kv = f"KV cache, batch {plan.max_batch} (LUVC per-layer capacities)"
     table.add_row(kv, gib(plan.kv_bytes))
     if plan.kv_bytes_uncompressed is not None:
         table.add_row("  uncompressed model, same profile", gib(plan.kv_bytes_uncompressed))
-    table.add_row("activations: one buffer for every engine (builder workspace limit)", gib(plan.activation_bytes))
+    openvino = weights.source == "openvino"
+    activations = "activations (an allowance)" if openvino else "activations: one buffer for every engine (builder "
+    table.add_row(activations + ("" if openvino else "workspace limit)"), gib(plan.activation_bytes))
     if plan.replay_bytes:
         table.add_row("CUDA graphs: captured prefills (estimate)", gib(plan.replay_bytes))
-    table.add_row("reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")"), gib(device.reserved_bytes))
+    reserved = "reserved (the process: Python, libraries)" if openvino else "reserved (CUDA context, libraries"
+    reserved += "" if openvino else (", OS)" if device.jetson else ")")
+    table.add_row(reserved, gib(device.reserved_bytes))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
     table.add_row(f"total: {verdict}", gib(plan.total_bytes))
-    where = "on the device: Jetsons build there" if device.jetson else "on the build machine"
-    table.add_row(f"engine build, host memory ({where}; estimate)", gib(plan.build_host_bytes))
+    if not openvino:
+        where = "on the device: Jetsons build there" if device.jetson else "on the build machine"
+        table.add_row(f"engine build, host memory ({where}; estimate)", gib(plan.build_host_bytes))
     return table

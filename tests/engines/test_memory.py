@@ -107,3 +107,47 @@ def test_the_cuda_graphs_buffers_are_counted_unless_off(exports, capsys):
     for choice in ("off", "auto"):  # auto replays nothing while the runtime's replay waits for its GPU check
         assert main(["plan", str(export), "--target", "80", "--cuda-graphs", choice]) == 0
         assert "CUDA graphs" not in capsys.readouterr().out
+
+
+def test_openvino_counts_each_graphs_own_copies_and_a_products_weight_twice():
+    """A product's float weight: compiled and repacked, in the compute precision; a table: once in f32; a quantized
+    product weight: twice as stored, its scale once in f32."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from luvc.engines.memory import openvino_graph_bytes
+
+    weight = numpy_helper.from_array(np.zeros((64, 32), np.float16), "weight")
+    table = numpy_helper.from_array(np.zeros((100, 8), np.float16), "table")
+    quantized = numpy_helper.from_array(np.zeros((32, 16), np.int8), "quantized")
+    scale = numpy_helper.from_array(np.ones(16, np.float32), "scale")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"]),
+        helper.make_node("MatMul", ["x", "weight"], ["y"]),
+        helper.make_node("DequantizeLinear", ["quantized", "scale"], ["dequantized"], axis=1),
+        helper.make_node("MatMul", ["y", "dequantized"], ["z"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 64]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, [1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("z", TensorProto.FLOAT16, [1, 16]),
+        helper.make_tensor_value_info("rows", TensorProto.FLOAT16, [1, 8]),
+    ]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [weight, table, quantized, scale])
+    model = helper.make_model(graph)
+    fixed = 100 * 8 * 4 + 32 * 16 * 2 + 16 * 4
+    assert openvino_graph_bytes(model, "bf16") == 64 * 32 * 2 * 2 + fixed
+    assert openvino_graph_bytes(model, "f32") == 64 * 32 * 4 * 2 + fixed
+
+
+def test_plan_for_openvino_counts_every_graph_and_refuses_engines(exports, capsys):
+    from luvc.cli.main import main
+
+    folder = str(exports("tiny-qwen2-vl"))
+    assert main(["plan", folder, "--target", "16", "--backend", "openvino"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU host with 16 GiB" in out and "decode: OpenVINO's copies" in out and "prefill_text" in out
+    assert main(["plan", folder, "--target", "16", "--backend", "openvino", "--engines", folder]) == 2
+    assert "--engines are TensorRT's" in capsys.readouterr().err
