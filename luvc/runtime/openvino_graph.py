@@ -19,6 +19,7 @@ the weight products computed in the precision the CPU is fastest at.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +42,38 @@ class OpenVinoPrecision:
         return f"{self.precision} ({self.reason})"
 
 
+# how long the import waits for OpenVINO's telemetry thread to end (it ends when its one send does)
+TELEMETRY_JOIN_S = 2.0
+
+
 def import_openvino():
-    """The ``openvino`` module, or one line saying how to install it."""
+    """The ``openvino`` module (its telemetry thread released: ``release_telemetry_thread``), or one line saying how to
+    install it."""
     try:
         import openvino
     except ImportError:
-        import sys
-
         critical(
             f"--backend openvino needs OpenVINO; run `{sys.executable} -m pip install 'luvc-export[openvino]'` "
             "(or use --backend ort)."
         )
+    release_telemetry_thread()
     return openvino
+
+
+def release_telemetry_thread() -> None:
+    """``import openvino`` hands a usage event to a thread pool of ``openvino_telemetry``'s, whose worker then stays
+    alive, idle; a process with such a thread refuses to fork the exporter's graph workers
+    (``luvc.export.graph_workers``). Shut that pool down: the event already handed over is still sent (whether
+    telemetry is sent at all stays the user's setting, ``opt_in_out --opt_out``), later ones are dropped, and the
+    worker ends with its send (waited for up to ``TELEMETRY_JOIN_S``)."""
+    telemetry = getattr(sys.modules.get("openvino.tools.ovc"), "telemetry", None)
+    executor = getattr(getattr(telemetry, "sender", None), "executor", None)
+    if executor is None:
+        return
+    workers = list(getattr(executor, "_threads", ()))
+    executor.shutdown(wait=False)
+    for worker in workers:
+        worker.join(TELEMETRY_JOIN_S)
 
 
 def cpu_flags() -> set[str]:

@@ -10,12 +10,13 @@ from onnx import TensorProto, helper
 
 from luvc.errors import LuvcError
 from luvc.models import TINY_MODELS
-from luvc.runtime.openvino_graph import bfloat16_products, choose_precision, new_core
+from luvc.runtime.openvino_graph import bfloat16_products, choose_precision, import_openvino, new_core
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
 from luvc.samples import synthetic_image
 
-ov = pytest.importorskip("openvino")
+pytest.importorskip("openvino")
+ov = import_openvino()  # as the runtime imports it: OpenVINO's telemetry thread ended
 PROMPT = "Describe the image."
 STEPS = 6
 
@@ -179,3 +180,17 @@ def test_auto_measures_both_cpu_backends_once_and_a_later_start_reads_what_it_me
     manifest = chosen.manifest
     assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), True, None).backend == "trt"
     assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), False, None).backend == "ort"
+
+
+def test_the_runtime_imports_openvino_without_leaving_its_telemetry_thread_behind():
+    """A bare ``import openvino`` leaves a telemetry thread running, which stops the exporter from forking its graph
+    workers in the same process; the runtime's import ends it (each in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    threads = "from luvc.export.graph_workers import other_threads; print(other_threads())"
+    bare = subprocess.run([sys.executable, "-c", f"import openvino; {threads}"], capture_output=True, text=True)
+    assert bare.stdout.strip() != "[]"  # what the release is for (OpenVINO's telemetry sends from a thread pool)
+    runtime = "from luvc.runtime.openvino_graph import import_openvino; import_openvino()"
+    released = subprocess.run([sys.executable, "-c", f"{runtime}; {threads}"], capture_output=True, text=True)
+    assert released.stdout.strip() == "[]", released.stderr
