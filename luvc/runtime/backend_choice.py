@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from luvc import cache
+from luvc.errors import LuvcError
 from luvc.export.manifest import ExportManifest
 from luvc.runtime.openvino_graph import cpu_flags
 
@@ -56,11 +57,19 @@ def choose_backend(
     kept = cache.kept_record("backends", key)
     if kept is not None and kept.get("backend") in MEASURED:
         return BackendChoice(kept["backend"], f"{_timings(kept['first_token_ms'])}, measured {kept['when']}")
-    measured = {backend: first_token_ms(backend) for backend in MEASURED}
+    measured, refused = {}, {}
+    for backend in MEASURED:
+        try:
+            measured[backend] = first_token_ms(backend)
+        except LuvcError as error:  # e.g. a graph OpenVINO cannot read: the other one runs the export
+            if backend == MEASURED[0]:
+                raise
+            refused[backend] = str(error)
     best = min(measured, key=measured.__getitem__)
+    why = f"{_timings(measured)}, measured now" + "".join(f"; {name} refused: {e}" for name, e in refused.items())
     when = time.strftime("%Y-%m-%d")
     cache.keep_record("backends", key, {"backend": best, "first_token_ms": measured, "when": when})
-    return BackendChoice(best, f"{_timings(measured)}, measured now")
+    return BackendChoice(best, why)
 
 
 def _timings(first_token_ms: dict[str, float]) -> str:

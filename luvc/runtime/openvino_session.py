@@ -9,7 +9,6 @@ both a ``past`` input and its ``present`` output is updated in place, as with ON
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,11 @@ from luvc.runtime.openvino_graph import OpenVinoPrecision, bfloat16_products, ch
 @dataclasses.dataclass
 class OpenVinoRuntime:
     """What the OpenVINO sessions of one pipeline share: the ``core`` (its conversions and compiled-model cache) and
-    the precision its products compute in; ``compile_seconds`` adds up each graph's read and compile."""
+    the precision its products compute in."""
 
     core: Any  # openvino.Core (openvino ships no type information)
     precision: OpenVinoPrecision
     cache_dir: Path | None = None
-    compile_seconds: float = 0.0
 
     @classmethod
     def create(cls, requested_precision: str = "auto", cache_dir: Path | None = None) -> OpenVinoRuntime:
@@ -39,7 +37,6 @@ class OpenVinoRuntime:
 
     def compile(self, path: Path, name: str):
         """The graph at ``path`` read and compiled for the CPU in this runtime's precision."""
-        began = time.perf_counter()
         try:
             model = self.core.read_model(str(path))
         except RuntimeError as error:
@@ -55,7 +52,6 @@ class OpenVinoRuntime:
             from luvc import cache
 
             cache.seal_openvino_blobs(self.cache_dir)
-        self.compile_seconds += time.perf_counter() - began
         return compiled
 
 
@@ -77,16 +73,18 @@ class OpenVinoSession(BaseSession):
         self.runtime: OpenVinoRuntime = setup.openvino
         self.compiled: Any = None
         self.request: Any = None
+        self._tensor: Any = None  # openvino.Tensor
 
     def activate_impl(self) -> None:
+        import openvino
+
+        self._tensor = openvino.Tensor
         self.compiled = self.runtime.compile(self.path, self.name)
         self.request = self.compiled.create_infer_request()
 
     def infer_impl(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
-        import openvino as ov
-
         for name, tensor in list(feeds.items()) + list(outputs.items()):
-            self.request.set_tensor(name, ov.Tensor(tensor.numpy(), shared_memory=True))
+            self.request.set_tensor(name, self._tensor(tensor.numpy(), shared_memory=True))
         self.request.infer()
 
     def deactivate_impl(self) -> None:

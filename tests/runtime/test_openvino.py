@@ -194,3 +194,24 @@ def test_the_runtime_imports_openvino_without_leaving_its_telemetry_thread_behin
     runtime = "from luvc.runtime.openvino_graph import import_openvino; import_openvino()"
     released = subprocess.run([sys.executable, "-c", f"{runtime}; {threads}"], capture_output=True, text=True)
     assert released.stdout.strip() == "[]", released.stderr
+
+
+def test_auto_runs_the_export_on_onnx_runtime_when_openvino_cannot_read_it(exports, own_cache):
+    """(OpenVINO refuses INT4 blocks wider than a product's input, as in the tiny models' INT4 exports.)"""
+    import torch
+
+    from luvc.errors import critical
+    from luvc.runtime.backend_choice import choose_backend
+
+    def timed(backend: str) -> float:
+        if backend == "openvino":
+            critical("openvino:decode: OpenVINO could not read decode.onnx: DequantizeLinear-24; use --backend ort.")
+        return 12.0
+
+    manifest = Pipeline(exports("tiny-qwen2-vl", "fp32")).manifest
+    chosen = choose_backend(manifest, torch.device("cpu"), False, timed)
+    assert chosen.backend == "ort"
+    assert chosen.reason == (
+        "first token ort 12 ms, measured now; openvino refused: openvino:decode: OpenVINO could not read decode.onnx: "
+        "DequantizeLinear-24; use --backend ort."
+    )
