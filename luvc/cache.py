@@ -47,11 +47,8 @@ from luvc.errors import warn
 ENV = "LUVC_CACHE_DIR"
 # free bytes a float32 copy leaves on the cache's disk at least (the copy is skipped below it)
 MIN_FREE_BYTES = 1 << 30
-FOLDERS = (
-    "verified",
-    "float32",
-    "openvino",
-)  # what the cache holds (``clear_cache`` removes these, nothing else of the folder)
+# what the cache holds (``clear_cache`` removes these, nothing else of the folder)
+FOLDERS = ("verified", "float32", "openvino", "backends")
 SEAL_SUFFIX = ".sum"  # beside a conversion: its CRC-32 and the stat it last matched at
 CRC_CHUNK = 64 << 20
 

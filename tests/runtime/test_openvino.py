@@ -176,6 +176,10 @@ def test_auto_measures_both_cpu_backends_once_and_a_later_start_reads_what_it_me
     other = "ort" if chosen.backend == "openvino" else "openvino"
     record.write_text(record.read_text().replace(f'"backend": "{chosen.backend}"', f'"backend": "{other}"'))
     assert Pipeline(folder, backend="auto").backend == other
+    from luvc import cache
+
+    cache.clear_cache()  # `luvc-export cache --clear` forgets what was measured too
+    assert not list((own_cache / "backends").glob("*.json"))
     # on a GPU nothing is measured: engines mean TensorRT, else ONNX Runtime's CUDA EP
     manifest = chosen.manifest
     assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), True, None).backend == "trt"
