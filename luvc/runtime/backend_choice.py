@@ -44,7 +44,9 @@ def choose_backend(
     manifest: ExportManifest, device: torch.device, engines: bool, first_token_ms: Callable[[str], float]
 ) -> BackendChoice:
     """The backend to run the export of ``manifest`` with on ``device`` (``engines``: TensorRT engines were given);
-    ``first_token_ms(backend)`` times a request's first token on a CPU backend (``Pipeline.first_token_ms``)."""
+    ``first_token_ms(backend)`` times a request's first token on a CPU backend
+    (``luvc.runtime.pipeline.first_token_ms``); a kept measurement that is not what this module writes (a damaged
+    cache file) is measured again."""
     if engines:
         return BackendChoice("trt", "TensorRT engines were given")
     if device.type == "cuda":
@@ -55,7 +57,7 @@ def choose_backend(
         return BackendChoice("ort", "OpenVINO is not installed (pip install 'luvc-export[openvino]')")
     key = _machine_key(manifest, openvino)
     kept = cache.kept_record("backends", key)
-    if kept is not None and kept.get("backend") in MEASURED:
+    if kept is not None and _well_formed(kept):
         return BackendChoice(kept["backend"], f"{_timings(kept['first_token_ms'])}, measured {kept['when']}")
     measured, refused = {}, {}
     for backend in MEASURED:
@@ -70,6 +72,16 @@ def choose_backend(
     when = time.strftime("%Y-%m-%d")
     cache.keep_record("backends", key, {"backend": best, "first_token_ms": measured, "when": when})
     return BackendChoice(best, why)
+
+
+def _well_formed(kept: dict) -> bool:
+    """Whether ``kept`` is a measurement as ``choose_backend`` writes it."""
+    if kept.get("backend") not in MEASURED or not isinstance(kept.get("when"), str):
+        return False
+    timings = kept.get("first_token_ms")
+    return isinstance(timings, dict) and all(
+        name in MEASURED and isinstance(ms, (int, float)) and not isinstance(ms, bool) for name, ms in timings.items()
+    )
 
 
 def _timings(first_token_ms: dict[str, float]) -> str:

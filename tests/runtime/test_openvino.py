@@ -176,6 +176,8 @@ def test_auto_measures_both_cpu_backends_once_and_a_later_start_reads_what_it_me
     other = "ort" if chosen.backend == "openvino" else "openvino"
     record.write_text(record.read_text().replace(f'"backend": "{chosen.backend}"', f'"backend": "{other}"'))
     assert Pipeline(folder, backend="auto").backend == other
+    record.write_text('{"backend": "openvino", "first_token_ms": [1], "when": 3}')  # damaged: measured again
+    assert Pipeline(folder, backend="auto").backend_choice.reason.endswith("measured now") and len(timed) == 4
     from luvc import cache
 
     cache.clear_cache()  # `luvc-export cache --clear` forgets what was measured too
