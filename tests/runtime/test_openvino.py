@@ -188,6 +188,7 @@ def test_auto_measures_both_cpu_backends_once_and_a_later_start_reads_what_it_me
     assert backend_choice.choose_backend(manifest, torch.device("cuda", 0), False, None).backend == "ort"
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch and OpenVINO: kept out of the fast tier's two minutes
 def test_the_runtime_imports_openvino_without_leaving_its_telemetry_thread_behind():
     """A bare ``import openvino`` leaves a telemetry thread running, which stops the exporter from forking its graph
     workers in the same process; the runtime's import ends it (each in a fresh interpreter)."""
