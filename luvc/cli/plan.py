@@ -89,12 +89,14 @@ def memory_table(plan: MemoryPlan) -> Table:
     if plan.kv_bytes_uncompressed is not None:
         table.add_row("  uncompressed model, same profile", gib(plan.kv_bytes_uncompressed))
     openvino = weights.source == "openvino"
-    activations = "activations (an allowance)" if openvino else "activations: one buffer for every engine (builder "
-    table.add_row(activations + ("" if openvino else "workspace limit)"), gib(plan.activation_bytes))
+    if openvino:
+        activations, reserved = "activations (an allowance)", "reserved (the process: Python, libraries)"
+    else:
+        activations = "activations: one buffer for every engine (builder workspace limit)"
+        reserved = "reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")")
+    table.add_row(activations, gib(plan.activation_bytes))
     if plan.replay_bytes:
         table.add_row("CUDA graphs: captured prefills (estimate)", gib(plan.replay_bytes))
-    reserved = "reserved (the process: Python, libraries)" if openvino else "reserved (CUDA context, libraries"
-    reserved += "" if openvino else (", OS)" if device.jetson else ")")
     table.add_row(reserved, gib(device.reserved_bytes))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
     table.add_row(f"total: {verdict}", gib(plan.total_bytes))

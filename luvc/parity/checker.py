@@ -305,7 +305,7 @@ def _backend_result(
 
 def _coarser_compute(pipeline) -> str:
     """``bf16`` for an OpenVINO pipeline whose products compute in bf16; else ``""`` (as the export's precision)."""
-    openvino = getattr(pipeline.sessions, "openvino", None)
+    openvino = pipeline.sessions.openvino
     return "bf16" if openvino is not None and openvino.precision.precision == "bf16" else ""
 
 

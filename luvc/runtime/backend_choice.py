@@ -34,10 +34,7 @@ class BackendChoice:
     """The backend ``auto`` resolved to, and why."""
 
     backend: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.backend}, chosen by --backend auto: {self.reason}"
+    reason: str  # said after the backend by ``Pipeline.backend_description``
 
 
 def choose_backend(
