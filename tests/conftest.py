@@ -189,9 +189,15 @@ def exports(tmp_path_factory):
     return get
 
 
-VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
-# frames, H, W: 4 temporal slices of 8 x 12 patches (14 px; Qwen3-VL 16 px)
-VIDEO_BUCKETS = {"tiny-qwen2-vl": (8, 112, 168), "tiny-qwen2.5-vl": (8, 112, 168), "tiny-qwen3-vl": (8, 128, 192)}
+VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]  # those that export
+PYTORCH_VIDEO_FAMILIES = [*VIDEO_FAMILIES, "tiny-qwen3.5"]
+# frames, H, W: 4 temporal slices of 8 x 12 patches (14 px; Qwen3-VL and Qwen3.5 16 px)
+VIDEO_BUCKETS = {
+    "tiny-qwen2-vl": (8, 112, 168),
+    "tiny-qwen2.5-vl": (8, 112, 168),
+    "tiny-qwen3-vl": (8, 128, 192),
+    "tiny-qwen3.5": (8, 128, 192),
+}
 VIDEO_LUVC = LUVCConfig(oim_layers=(0, 1), oim_temporal=True, oim_first_axis="T")  # a T merge, then a W merge
 
 

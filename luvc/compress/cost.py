@@ -3,6 +3,10 @@
 FLOPs count multiply-adds as two. Linear layers cost ``2 * tokens * in * out``; attention costs
 ``4 * head_dim * heads`` per (query, key) pair: every pair inside an encoder segment, the causal half
 ``n (n + 1) / 2`` in a decoder prefill. Norms, activations and the rotary embedding are left out.
+
+A hybrid language model (Qwen3.5) has linear-attention layers (``LinearAttentionSpec``): their cost grows linearly
+with the tokens they process (projections, a short convolution and the gated delta rule's state update and read);
+they keep a fixed-size state, no keys and values, so KV-cache bytes count the attention layers only.
 """
 
 from __future__ import annotations
@@ -28,7 +32,42 @@ class VisionSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinearAttentionSpec:
+    """A hybrid language model's linear-attention layers (Gated DeltaNet): which layers, their key and value heads
+    and widths, and the causal convolution's kernel."""
+
+    layers: frozenset[int]
+    key_heads: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    conv_kernel: int
+
+    def flops_per_token(self, hidden: int) -> int:
+        """One token through a linear-attention layer's token mixer: the query-key-value, gate, decay and rate
+        projections, the depthwise convolution over query, key and value, the gated delta rule (per value head: the
+        state read by the key, its rank-one update, its read by the query, and its decay: four ``key x value``
+        products) and the output projection."""
+        keys, values = self.key_heads * self.key_dim, self.value_heads * self.value_dim
+        mixed = 2 * keys + values
+        projections = 2 * hidden * (mixed + values + 2 * self.value_heads) + 2 * values * hidden
+        delta_rule = 4 * 2 * self.value_heads * self.key_dim * self.value_dim
+        return projections + 2 * self.conv_kernel * mixed + delta_rule
+
+    def conv_state_elements(self) -> int:
+        """Elements of one layer's convolution state: the last ``conv_kernel`` inputs of query, key and value."""
+        return (2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim) * self.conv_kernel
+
+    def recurrent_state_elements(self) -> int:
+        """Elements of one layer's recurrent state: ``key x value`` per value head."""
+        return self.value_heads * self.key_dim * self.value_dim
+
+
+@dataclasses.dataclass(frozen=True)
 class LlmSpec:
+    """Language-model shape; ``gated_query``: the query projection also makes an output gate (Qwen3.5's attention);
+    ``linear``: a hybrid model's linear-attention layers (``None``: every layer attends)."""
+
     hidden: int
     layers: int
     heads: int
@@ -36,13 +75,40 @@ class LlmSpec:
     head_dim: int
     intermediate: int
     vocab: int
+    gated_query: bool = False
+    linear: LinearAttentionSpec | None = None
+
+    def attends(self, layer: int) -> bool:
+        """Whether ``layer`` is an attention layer (keys and values, a causal attention)."""
+        return self.linear is None or layer not in self.linear.layers
 
     def attention_projection_flops_per_token(self) -> int:
-        """The query, key, value and output projections of one token."""
-        return 2 * (self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2)
+        """The query (and its gate), key, value and output projections of one token."""
+        query_and_output = (3 if self.gated_query else 2) * self.heads * self.head_dim
+        return 2 * self.hidden * (query_and_output + self.kv_heads * self.head_dim * 2)
 
     def linear_flops_per_token(self) -> int:
-        return self.attention_projection_flops_per_token() + 2 * 3 * self.hidden * self.intermediate
+        """An attention layer's projections and MLP for one token."""
+        return self.attention_projection_flops_per_token() + self.mlp_flops_per_token()
+
+    def mlp_flops_per_token(self) -> int:
+        return 2 * 3 * self.hidden * self.intermediate
+
+    def layer_flops(self, layer: int, tokens: int) -> int:
+        """Prefill FLOPs of decoder layer ``layer`` over ``tokens`` tokens."""
+        if self.attends(layer):
+            return self.linear_flops_per_token() * tokens + self.causal_attention_flops(tokens)
+        assert self.linear is not None
+        return (self.linear.flops_per_token(self.hidden) + self.mlp_flops_per_token()) * tokens
+
+    def state_bytes(self, bytes_per_element: int) -> int:
+        """Bytes the linear-attention layers keep into decode, the same for every prompt (0 without such layers): the
+        convolution state in the model's precision, the recurrent state in float32 (the gated delta rule accumulates
+        in float32 whatever the model's precision)."""
+        if self.linear is None:
+            return 0
+        per_layer = self.linear.conv_state_elements() * bytes_per_element + self.linear.recurrent_state_elements() * 4
+        return len(self.linear.layers) * per_layer
 
     def causal_attention_flops(self, tokens: int) -> int:
         """Query-key products and the weighted sum of values over the causal half of ``tokens`` x ``tokens``."""
@@ -159,14 +225,13 @@ def encoder_ranking_flops(spec: VisionSpec, block_segments: Sequence[Sequence[in
 
 def llm_prefill_flops(spec: LlmSpec, tokens_per_layer: Sequence[int]) -> int:
     """Decoder prefill FLOPs with ``tokens_per_layer`` tokens in each layer, plus the last token's LM head."""
-    total = 2 * spec.hidden * spec.vocab
-    for n in tokens_per_layer:
-        total += spec.linear_flops_per_token() * n + spec.causal_attention_flops(n)
-    return total
+    return 2 * spec.hidden * spec.vocab + sum(spec.layer_flops(layer, n) for layer, n in enumerate(tokens_per_layer))
 
 
 def kv_cache_bytes(spec: LlmSpec, tokens_per_layer: Sequence[int], bytes_per_element: int) -> int:
-    return sum(2 * n * spec.kv_heads * spec.head_dim * bytes_per_element for n in tokens_per_layer)
+    """Keys and values of the attention layers (a linear-attention layer's fixed state is ``LlmSpec.state_bytes``)."""
+    attending = (n for layer, n in enumerate(tokens_per_layer) if spec.attends(layer))
+    return sum(2 * n * spec.kv_heads * spec.head_dim * bytes_per_element for n in attending)
 
 
 def estimate_cost(

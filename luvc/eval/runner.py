@@ -17,8 +17,9 @@ from pathlib import Path
 
 from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport
+from luvc.compress.criteria import ranks_in_llm
 from luvc.compress.methods import METHODS, Method, method_of
-from luvc.errors import critical
+from luvc.errors import critical, warn
 from luvc.eval.data import EvalSet, Question
 from luvc.eval.points import DEFAULT_MAX_NEW_TOKENS, DEFAULT_RATIOS, PROTOCOLS, BudgetPoint
 from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
@@ -27,6 +28,7 @@ from luvc.eval.sweep import SweepVariant, sweep_variants
 from luvc.export.manifest import ExportManifest
 from luvc.loaders import BaseLoader, as_path
 from luvc.models import VLMAdapter, load_model
+from luvc.models.cache import is_hybrid
 from luvc.models.compiled import compiles
 from luvc.models.generation import greedy_generate
 from luvc.processing import load_processor
@@ -54,6 +56,23 @@ class RunSpec:
     @property
     def point_label(self) -> str:
         return EXPORT_POINT if self.fixed is not None else self.point.label if self.point else ""
+
+
+def _methods_the_model_runs(adapter: VLMAdapter, methods: list[str], chosen: bool) -> list[str]:
+    """``methods`` without those ``adapter``'s language model cannot run: in a hybrid one (Qwen3.5) a method that ranks
+    by a decoder layer's attention (FastV, PDrop, ToDRE) finds linear attention before its cuts. Left out of the
+    default list with a note; asked for by name (``chosen``), refused with one line."""
+    if not is_hybrid(adapter.language_model.config):
+        return methods
+    attention_ranked = [name for name in methods if name in METHODS and ranks_in_llm(METHODS[name].criterion)]
+    if attention_ranked and chosen:
+        critical(
+            f"{', '.join(attention_ranked)} rank(s) visual tokens by a decoder layer's attention, and this model's "
+            "language model is mostly linear attention, which computes none; leave them out of --methods."
+        )
+    if attention_ranked:
+        warn(f"left out {', '.join(attention_ranked)}: they rank by attention, which linear-attention layers lack.")
+    return [name for name in methods if name not in attention_ranked]
 
 
 def run_specs(methods: Sequence[str], points: Sequence[BudgetPoint]) -> list[RunSpec]:
@@ -158,6 +177,7 @@ class EvalFromModel(BaseLoader[EvalResults]):
             ratios = protocol.ratios if protocol else DEFAULT_RATIOS
             points = list(self.points) if self.points else [BudgetPoint(ratio=r) for r in ratios]
             methods = list(self.methods) if self.methods else ["none"] if self.sweep else list(METHODS)
+            methods = _methods_the_model_runs(adapter, methods, chosen=bool(self.methods))
             if protocol and protocol.baseline not in methods:
                 methods.append(protocol.baseline)
             if self.sweep:  # the sweep's first variant is LUVC as it ships

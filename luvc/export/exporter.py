@@ -195,6 +195,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
 
     def _export(self) -> Path:
         adapter = self.adapter
+        if adapter.export_refusal:
+            critical(adapter.export_refusal)
         adapter.apply_luvc(self.config)
         check_exportable(adapter.luvc_config, self.plugin_nodes)
         profile = (self.profile or ExportProfile()).resolve(adapter)

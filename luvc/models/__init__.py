@@ -18,17 +18,20 @@ from luvc.models.internvl import InternVLAdapter
 from luvc.models.llava import LlavaAdapter
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.qwen3_5 import Qwen3_5Adapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
-from luvc.models.tiny import TINY_BUILDERS, build_tiny
+from luvc.models.tiny import TINY_ARCHITECTURES, TINY_BUILDERS, build_tiny
 from luvc.models.weights import cast_in_place, checkpoint_dtype
 from luvc.processing import load_image_processor
 from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     adapter.architecture: adapter
-    for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, InternVLAdapter, LlavaAdapter)
+    for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, Qwen3_5Adapter, InternVLAdapter, LlavaAdapter)
 }
 TINY_MODELS = tuple(TINY_BUILDERS)
+# the tiny models whose family exports (Qwen3.5 runs in PyTorch only: ``VLMAdapter.export_refusal``)
+EXPORTED_TINY_MODELS = tuple(name for name in TINY_MODELS if not ADAPTERS[TINY_ARCHITECTURES[name]].export_refusal)
 
 
 def adapter_class(architecture: str | None) -> type[VLMAdapter]:
@@ -104,4 +107,4 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, seed:
     return adapter_cls(model, tokenizer, processor, name=str(path))
 
 
-__all__ = ["ADAPTERS", "TINY_MODELS", "VLMAdapter", "adapter_class", "apply_luvc", "load_model"]
+__all__ = ["ADAPTERS", "EXPORTED_TINY_MODELS", "TINY_MODELS", "VLMAdapter", "adapter_class", "apply_luvc", "load_model"]

@@ -79,12 +79,13 @@ class VLMAdapter:
     video_frame_template: ClassVar[str | None] = None  # a video's text per temporal slice (``video_text``)
     visual_separator: ClassVar[str | None] = None  # between two images or videos of one prompt (Qwen-VL)
     video_unsupported: ClassVar[str] = (
-        "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL)."
+        "LUVC takes videos for the Qwen-VL families only (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5)."
     )
     builtin_template: ClassVar[str]  # the family's built-in template, with {image} and {prompt}
     builtin_chat_template: ClassVar[str | None] = None  # its conversations (luvc.prompt.simple_chat_template)
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
+    export_refusal: ClassVar[str | None] = None  # why this family does not export yet (it runs in PyTorch only)
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
         self.model = model.eval()

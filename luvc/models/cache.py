@@ -1,9 +1,13 @@
-"""``LuvcCache``: a ``DynamicCache`` whose layers hold different lengths, plus the request's position state."""
+"""``LuvcCache``: a ``DynamicCache`` whose layers hold different lengths, plus the request's position state;
+``new_cache`` makes one for a language model (state layers where it has linear attention, Qwen3.5)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
+
+from luvc.models.compat import STATE_LAYERS
 
 
 class LuvcCache(DynamicCache):
@@ -21,19 +25,41 @@ class LuvcCache(DynamicCache):
         self.rope_deltas: torch.Tensor | None = None
 
     def layer_lengths(self) -> list[int]:
-        """Cached tokens per decoder layer."""
-        return [layer.get_seq_length() for layer in self.layers]
+        """Cached tokens per decoder layer (0 for a linear-attention layer: it keeps fixed-size states, no tokens)."""
+        return [layer.get_seq_length() if isinstance(layer, CacheLayerMixin) else 0 for layer in self.layers]
 
     def nbytes(self) -> int:
-        """Bytes held by keys and values over all layers."""
+        """Bytes held over all layers: keys and values, and a linear-attention layer's convolution and recurrent
+        states."""
         total = 0
         for layer in self.layers:
-            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(tensor, torch.Tensor):
-                    total += tensor.numel() * tensor.element_size()
+            held = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+            if isinstance(layer, STATE_LAYERS):
+                held += [*layer.conv_states.values(), *layer.recurrent_states.values()]
+            total += sum(tensor.numel() * tensor.element_size() for tensor in held if isinstance(tensor, torch.Tensor))
         return total
+
+    def lay_out(self, text_config) -> None:
+        """Give an empty cache made without a config (``LuvcCache()``) the layers a hybrid language model of
+        ``text_config`` needs (``new_cache``); any other cache is left as it is."""
+        if not self.layers and is_hybrid(text_config):
+            self.layers = new_cache(text_config).layers
 
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor | None:
         """Additive mask layer ``layer_idx`` attends with in a one-token step, or ``None`` when every cached token
         is valid (caches that hold a fixed capacity return one)."""
         return None
+
+
+LINEAR_ATTENTION = "linear_attention"  # a layer type of a hybrid language model's config (Qwen3.5)
+
+
+def is_hybrid(text_config) -> bool:
+    """Whether a language model of ``text_config`` has linear-attention layers beside its attention layers."""
+    return LINEAR_ATTENTION in (getattr(text_config, "layer_types", None) or ())
+
+
+def new_cache(text_config) -> LuvcCache:
+    """An empty cache for a language model of ``text_config``: a hybrid one's linear-attention layers get state layers
+    (a convolution state and a recurrent state each), every other layer a key-value layer made on first use."""
+    return LuvcCache(config=text_config) if is_hybrid(text_config) else LuvcCache()

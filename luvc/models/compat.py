@@ -9,6 +9,8 @@ the results:
 - what upstream's ``...ForConditionalGeneration.forward`` reads from the multimodal model's output besides the cache:
   ``rope_deltas`` (Qwen-VL, 5.17-5.22), ``image_outputs`` and ``video_outputs`` (5.24). ``LuvcDecoderOutput``
   declares them and leaves them ``None``: the LUVC path keeps its own state in ``LuvcCache``;
+- the cache layers of linear attention (a convolution and a recurrent state; from the release that added Qwen3.5):
+  ``STATE_LAYERS``, empty before it;
 - the Qwen-VL encoders' rotary embedding: ``(cos, sin)`` from ``rotary(hidden, ids)`` from 5.17, frequencies from
   ``rotary(ids)`` before (``vision_position_embeddings``).
 
@@ -81,6 +83,16 @@ def take_cache(past_key_values, kwargs: dict):
 def output_cache(outputs):
     """The cache an upstream output holds."""
     return getattr(outputs, CACHE_NAME)
+
+
+def _state_layers() -> tuple[type, ...]:
+    from transformers import cache_utils
+
+    mixin = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+    return () if mixin is None else (mixin,)
+
+
+STATE_LAYERS = _state_layers()
 
 
 @functools.cache

@@ -133,15 +133,17 @@ def llm_arguments(adapter, inputs: dict) -> tuple[tuple, dict]:
 def explain_loop(adapter, inputs: dict):
     """``torch._dynamo.explain`` of what ``compile_llm`` compiles for a prefill of ``inputs``: the decoder loop (after
     the forward's host checks), traced as ``CompiledLoop`` traces it (after an eager run of the plan)."""
-    from luvc.models.cache import LuvcCache
+    from luvc.models.cache import new_cache
 
     _, kwargs = llm_arguments(adapter, inputs)
     hidden, positions = kwargs.pop("inputs_embeds"), kwargs.pop("position_ids")
     plan = {
         key: value for key, value in kwargs.items() if key not in ("attention_mask", "past_key_values", "use_cache")
     }
-    loop = adapter.language_model.luvc_layers
+    loop, text_config = adapter.language_model.luvc_layers, adapter.language_model.config
     with torch.no_grad():
-        loop(hidden, positions, LuvcCache(), True, **plan)  # the plan's constants, as CompiledLoop's first call
+        loop(
+            hidden, positions, new_cache(text_config), True, **plan
+        )  # the plan's constants, as CompiledLoop's 1st call
         with compiled_constants():
-            return torch._dynamo.explain(loop)(hidden, positions, LuvcCache(), True, **plan)
+            return torch._dynamo.explain(loop)(hidden, positions, new_cache(text_config), True, **plan)

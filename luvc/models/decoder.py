@@ -22,7 +22,7 @@ from luvc.compress.criteria import LLM_ATTENTION, LLM_ATTENTION_EACH_CUT, criter
 from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer
 from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
-from luvc.models.cache import LuvcCache
+from luvc.models.cache import LINEAR_ATTENTION, LuvcCache, new_cache
 from luvc.models.compat import cache_kwargs, take_cache
 from luvc.models.scope import scopes
 from luvc.models.spans import Span, add_visual_plane, original_ids, spu_prune
@@ -204,6 +204,22 @@ class SpuDecoderMixin:
         """Family hook: positions of ``length`` new tokens after ``start`` when the caller gave none."""
         return (torch.arange(length, device=device) + start).expand(batch, length)
 
+    def luvc_attends(self, layer_index: int) -> bool:
+        """Whether decoder layer ``layer_index`` attends (takes a mask, keeps keys and values); a hybrid model's
+        linear-attention layers (Qwen3.5) do not: they carry a convolution state and a recurrent state instead."""
+        layer_types = getattr(self.config, "layer_types", None)
+        return layer_types is None or layer_types[layer_index] != LINEAR_ATTENTION
+
+    def _check_probes(self, ranked_cuts: set[int]) -> None:
+        """Refuse a criterion that ranks by the attention of a layer that does not attend."""
+        linear = sorted(layer for layer in {max(cut - 1, 0) for cut in ranked_cuts} if not self.luvc_attends(layer))
+        if linear:
+            critical(
+                f"The criterion {self.luvc_config.spu_variant!r} ranks visual tokens by the attention of the layer "
+                f"before each cut, and in this model layer(s) {linear} are linear attention, which computes none; "
+                "use a criterion that scores the tokens themselves (LUVC's SPU: spectral-residual or channel-spectrum)."
+            )
+
     luvc_compiled = None  # the decoder loop compiled for prefills (``luvc.models.compiled``); None: eager
 
     def forward(
@@ -224,7 +240,9 @@ class SpuDecoderMixin:
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
-            past_key_values = LuvcCache()
+            past_key_values = new_cache(self.config)
+        elif isinstance(past_key_values, LuvcCache):
+            past_key_values.lay_out(self.config)
         _check_layout(attention_mask, past_key_values, hidden.shape[1])
         compiled = self.luvc_compiled
         if compiled is not None and hidden.shape[1] > 1 and not torch.compiler.is_compiling():
@@ -259,6 +277,7 @@ class SpuDecoderMixin:
             raise ValueError("a criterion that ranks by attention reads the spans at fixed positions; give no shift")
         if self.luvc_config.spu_lowpass == "grid" and cuts and layout.grids is None:
             critical(GRID_REFUSAL)
+        self._check_probes(scoring.ranked_cuts)
         visual_ids = None  # no cut yet (``original_ids``)
         kept_visual_indices: dict[int, torch.Tensor] = {}
         eager = self.config._attn_implementation == "eager"
@@ -281,7 +300,9 @@ class SpuDecoderMixin:
                     visual_shift,
                 )
                 kept_visual_indices[layer_index] = visual_ids
-            if length > 1:
+            if not self.luvc_attends(layer_index):
+                mask = None
+            elif length > 1:
                 mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
             else:
                 mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
-from luvc.models.cache import LuvcCache
+from luvc.models.cache import new_cache
 from luvc.models.compat import cache_kwargs
 
 
@@ -30,7 +32,8 @@ def greedy_generate(
     generated = torch.empty(prompt.shape[0], 0, dtype=prompt.dtype, device=prompt.device)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     stops = None if eos_token_id is None else torch.tensor(eos_token_id, device=prompt.device).reshape(-1)
-    cache = LuvcCache() if use_cache else None
+    text_config = cast(PreTrainedModel, model).config.get_text_config(decoder=True)
+    cache = new_cache(text_config) if use_cache else None
     step_inputs, step_logits = dict(inputs), []
     for _ in range(max_new_tokens):
         if use_cache and generated.shape[1] > 0:

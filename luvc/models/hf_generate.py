@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from luvc.errors import critical
-from luvc.models.cache import LuvcCache
+from luvc.models.cache import LuvcCache, new_cache
 from luvc.models.compat import cache_kwargs, take_cache
 
 
@@ -34,7 +34,7 @@ class LuvcGenerationMixin:
     def generate(self, *args, past_key_values=None, **kwargs):
         past_key_values = take_cache(past_key_values, kwargs)
         if past_key_values is None:
-            past_key_values = LuvcCache()
+            past_key_values = new_cache(self.config.text_config)
         elif not isinstance(past_key_values, LuvcCache) or past_key_values.get_seq_length() > 0:
             critical(
                 "generate() on a LUVC model needs an empty LuvcCache (each layer caches a different number of tokens); "

@@ -19,7 +19,7 @@ from torch import nn
 from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
-from luvc.models.cache import LuvcCache
+from luvc.models.cache import LuvcCache, new_cache
 from luvc.models.compat import take_cache
 from luvc.models.decoder import NO_VISUALS, LuvcDecoderOutput, VisualPlan
 from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
@@ -67,7 +67,7 @@ class LuvcMultimodalMixin:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
-            past_key_values = LuvcCache()
+            past_key_values = new_cache(self.config.text_config)
         placed, budget_plan = None, None
         groups = self.luvc_visual_features(pixel_values, kwargs, inputs_embeds.shape[0])
         if groups:

@@ -24,6 +24,8 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
@@ -142,6 +144,27 @@ def tiny_qwen3_vl(tokenizer):
     return Qwen3VLForConditionalGeneration(config), _qwen_image_processor(patch=16)
 
 
+def tiny_qwen3_5(tokenizer):
+    """Qwen3.5's shape in miniature: layers 0-2 Gated DeltaNet linear attention, layer 3 full attention with partial
+    rotary embeddings (half of a 16-wide head); Qwen3-VL's encoder without DeepStack."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "partial_rotary_factor": 0.5}
+    linear = dict(
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+    config = Qwen3_5Config(
+        text_config=dict(_text_dims(tokenizer), head_dim=16, rope_parameters=rope, **linear),
+        vision_config=qwen_vision_config(
+            depth=3, patch=16, intermediate_size=64, out_hidden_size=32, num_position_embeddings=64
+        ),
+        **_qwen_token_ids(tokenizer),
+    )
+    return Qwen3_5ForConditionalGeneration(config), _qwen_image_processor(patch=16)
+
+
 def tiny_internvl(tokenizer):
     (image,) = _ids(tokenizer, "<IMG_CONTEXT>")
     config = InternVLConfig(
@@ -174,8 +197,19 @@ TINY_BUILDERS: dict[str, Callable] = {
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
     "tiny-qwen3-vl": tiny_qwen3_vl,
+    "tiny-qwen3.5": tiny_qwen3_5,
     "tiny-internvl": tiny_internvl,
     "tiny-llava": tiny_llava,
+}
+
+
+TINY_ARCHITECTURES = {  # what each builder makes (``build_tiny`` checks): the adapter registry's key
+    "tiny-qwen2-vl": "Qwen2VLForConditionalGeneration",
+    "tiny-qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
+    "tiny-qwen3-vl": "Qwen3VLForConditionalGeneration",
+    "tiny-qwen3.5": "Qwen3_5ForConditionalGeneration",
+    "tiny-internvl": "InternVLForConditionalGeneration",
+    "tiny-llava": "LlavaForConditionalGeneration",
 }
 
 
@@ -188,6 +222,8 @@ def build_tiny(name: str, seed: int = 0):
         model, processor = TINY_BUILDERS[name](tokenizer)
     finally:
         torch.random.set_rng_state(state)
+    if type(model).__name__ != TINY_ARCHITECTURES[name]:
+        raise TypeError(f"{name} built a {type(model).__name__}, registered as {TINY_ARCHITECTURES[name]}")
     model.config.architectures = [type(model).__name__]
     return model.eval(), tokenizer, processor
 

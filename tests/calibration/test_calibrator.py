@@ -16,7 +16,7 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS, load_model
+from luvc.models import EXPORTED_TINY_MODELS, load_model
 from luvc.parity import TOLERANCES, check_parity
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
@@ -29,7 +29,7 @@ def _consumers_of_dequantized(model: onnx.ModelProto) -> set[str]:
     return {node.name for node in model.graph.node if dequantized & set(node.input)}
 
 
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
 def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, calibrated):
     folder = calibrated(family)
     manifest = ExportManifest.load(folder)

@@ -53,6 +53,7 @@ BAD = [  # what to change in the question set or the flags -> what the one-line 
     ({}, ("--ratios", "1.5"), "1.5 is not in (0, 1]"),
     ({}, ("--budgets", "auto"), "--budgets takes explicit per-layer budgets"),
     ({}, ("--methods", "luvc,tome"), "['tome'] is not among"),
+    ({}, ("--model", "tiny-qwen3.5", "--methods", "luvc,fastv"), "fastv rank(s) visual tokens by a decoder layer's"),
     ({}, ("--methods", "luvc", "--ratios", "0.9"), "luvc at ratio 0.9 would give the LLM"),
     ({}, ("--num-samples", "0"), "--num-samples 0: ask for at least 1"),
     ({}, ("--option", "dart_pivots=0"), "dart_pivots must be an integer >= 1"),

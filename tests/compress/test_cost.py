@@ -69,3 +69,30 @@ def test_visionzip_pays_for_the_encoder_probabilities():
     with_cls = VisionSpec(embed=4, mlp=8, patch_flops_per_token=0, projector_flops_per_unit=0, cls_token=True)
     assert encoder_ranking_flops(with_cls, segments, "visionzip") == 2 * 4 * (9 + 9)  # the CLS row only
     assert encoder_ranking_flops(VISION, segments, "fastv") == 0
+
+
+def test_a_linear_attention_layer_costs_its_weights_and_the_delta_rule():
+    """Qwen3.5's Gated DeltaNet layer, counted from the tiny model's own modules: two FLOPs per weight of each
+    projection and of the depthwise convolution, and four ``key x value`` products per value head (the state's
+    decay, its read by the key, its rank-one update and its read by the query); linear in the tokens."""
+    import dataclasses
+
+    from luvc.compress.cost import kv_cache_bytes
+    from luvc.models import load_model
+
+    adapter = load_model("tiny-qwen3.5")
+    spec = adapter.llm_spec()
+    mixer = adapter.decoder_layers[0].linear_attn
+    weights = [mixer.in_proj_qkv, mixer.in_proj_z, mixer.in_proj_b, mixer.in_proj_a, mixer.out_proj, mixer.conv1d]
+    per_token = 2 * sum(module.weight.numel() for module in weights) + 4 * 2 * mixer.num_v_heads * 8 * 8
+    mlp = 2 * sum(weight.numel() for weight in adapter.decoder_layers[0].mlp.parameters())
+    assert spec.linear is not None and spec.linear.layers == {0, 1, 2}
+    assert spec.layer_flops(0, 10) == (per_token + mlp) * 10
+    assert spec.layer_flops(0, 20) == 2 * spec.layer_flops(0, 10)  # no product over token pairs
+    attention = adapter.decoder_layers[3].self_attn  # its query projection also makes the output gate
+    projections = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
+    assert spec.attention_projection_flops_per_token() == 2 * sum(module.weight.numel() for module in projections)
+    # keys and values of the attention layer only
+    assert spec.attends(3) and not spec.attends(2)
+    plain = dataclasses.replace(spec, linear=None)
+    assert kv_cache_bytes(spec, [7, 7, 7, 5], 2) == kv_cache_bytes(plain, [0, 0, 0, 5], 2) == 2 * 5 * 2 * 16 * 2

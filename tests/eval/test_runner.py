@@ -35,6 +35,16 @@ def test_none_agrees_with_the_stock_models_own_answers(question_set, family):
     assert results.summary(results.reference).agreement == 1.0
 
 
+def test_a_hybrid_model_runs_every_method_but_those_that_rank_by_attention(question_set, capsys):
+    """Qwen3.5's language model is mostly linear attention: FastV, PDrop and ToDRE, which rank by a decoder layer's
+    attention, are left out of the default list with a warning; every other method runs."""
+    data = load_eval_set(question_set, limit=1)
+    point = BudgetPoint(ratio=0.5)
+    results = EvalFromModel(data, model="tiny-qwen3.5", points=[point], max_new_tokens=2, show_progress=False)()
+    assert {run.label.split(" ")[0] for run in results.runs} == set(METHODS) - {"fastv", "pdrop", "todre"}
+    assert "left out fastv, pdrop, todre" in capsys.readouterr().err
+
+
 def test_methods_share_each_points_budgets(question_set):
     data = load_eval_set(question_set, limit=2)
     points = [BudgetPoint(ratio=0.5), BudgetPoint(ratio=0.125)]

@@ -15,7 +15,7 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.plugin_ops import SCHEMAS, plugin_units
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS, load_model
+from luvc.models import EXPORTED_TINY_MODELS, load_model
 from luvc.models.scope import Scope
 from luvc.models.spans import spu_prune
 from luvc.runtime.pipeline import Pipeline
@@ -30,7 +30,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
 def test_plugin_ops_compute_the_native_path_bit_for_bit(family):
     adapter = load_model(family)
     adapter.apply_luvc()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from luvc import LUVCConfig
+from luvc.errors import LuvcError
 from tests.conftest import stock_inputs
 
 PROMPT = "Describe the image."
@@ -133,9 +134,15 @@ def test_per_layer_cache_lengths(adapter, image):
     adapter.model(**inputs, **cache_kwargs(cache), use_cache=True)
     plan = adapter.plan(inputs).budget_plan
     text = inputs["input_ids"].shape[1] - plan.num_visual_tokens
-    assert cache.layer_lengths() == [text + k for k in plan.total]
+    # a linear-attention layer (Qwen3.5) holds no tokens, but a convolution state (its last 4 inputs, 2 x 16 + 32
+    # channels) and a float32 recurrent state (8 x 8 per value head, 4 heads): (256 + 256) x 4 bytes in fp32
+    linear = [kind == "linear_attention" for kind in getattr(adapter.language_model.config, "layer_types", [])]
+    lengths = [0 if linear and linear[layer] else text + k for layer, k in enumerate(plan.total)]
+    assert cache.layer_lengths() == lengths
     assert cache.num_positions == inputs["input_ids"].shape[1]
-    assert cache.nbytes() == adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes
+    key_values = sum(2 * n * adapter.language_model.config.num_key_value_heads * adapter.head_dim * 4 for n in lengths)
+    assert cache.nbytes() == key_values + sum(linear) * (256 + 256) * 4
+    assert cache.nbytes() - sum(linear) * (256 + 256) * 4 == adapter.cost(inputs, kv_bytes_per_element=4).kv_cache_bytes
 
 
 @torch.no_grad()
@@ -190,6 +197,11 @@ def test_every_criterion_keeps_exactly_its_budgets_and_every_text_token(adapter,
     config = _ratio_config(adapter, image, criterion)
     adapter.apply_luvc(config)
     inputs = adapter.prepare_inputs([image], PROMPT)
+    if adapter.name == "tiny-qwen3.5" and criterion in ("fastv", "pdrop", "todre"):
+        # they rank by the attention of the layer before a cut: layers 0-2 of the tiny Qwen3.5 are linear attention
+        with pytest.raises(LuvcError, match=r"layer\(s\) \[[0-2](, [0-2])*\] are linear attention"):
+            adapter.model.model(**inputs)
+        return
     text = int((inputs["input_ids"] != adapter.image_token_id).sum())
     counts, handles = _count_tokens(adapter.decoder_layers, sequence_dim=1)
     outputs = adapter.model.model(**inputs)

@@ -13,7 +13,7 @@ from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.models.generation import greedy_generate
 from luvc.videos import synthetic_video
-from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, stock_inputs
+from tests.conftest import PYTORCH_VIDEO_FAMILIES, VIDEO_BUCKETS, stock_inputs
 
 IMAGES = [synthetic_image(224, 224, 1), synthetic_image(224, 224, 2)]  # a batch of two same-size images
 
@@ -92,7 +92,7 @@ def test_a_saved_patched_model_keeps_its_architecture(_pristine, tmp_path):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+@pytest.mark.parametrize("family", PYTORCH_VIDEO_FAMILIES)
 def test_generate_takes_a_video_and_an_image_with_a_video(family):
     adapter = load_model(family)
     adapter.apply_luvc()

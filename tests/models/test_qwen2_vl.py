@@ -9,7 +9,7 @@ from luvc import LUVCConfig, LuvcError
 from luvc.images import synthetic_image
 from luvc.models import load_model
 from luvc.videos import synthetic_video
-from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES
+from tests.conftest import PYTORCH_VIDEO_FAMILIES, VIDEO_BUCKETS
 
 PROMPT = "Describe."
 
@@ -17,7 +17,8 @@ PROMPT = "Describe."
 @torch.no_grad()
 def test_an_image_and_a_video_in_one_prompt(video_adapter):
     # LUVC off: exactly stock transformers (both encoder runs, both grids in M-RoPE); LUVC on: one SPU span per
-    # image and per video (Qwen3-VL: per slice) in prompt order, budgets split over them, tokens as the cost model
+    # image and per video (Qwen3-VL, Qwen3.5: per slice) in prompt order, budgets split over them, tokens as the cost
+    # model
     stock = copy.deepcopy(video_adapter.model)
     visuals = (synthetic_image(224, 224, 1), clip_of(video_adapter))
     video_adapter.apply_luvc(LUVCConfig.off())
@@ -31,7 +32,7 @@ def test_an_image_and_a_video_in_one_prompt(video_adapter):
     plan = video_adapter.plan(inputs)
     image_tokens = int((inputs["input_ids"] == video_adapter.image_token_id).sum())
     assert plan.tokens_per_image == (image_tokens, 24)  # 2 slices of 4 x 3 units after T and W merges
-    spans = (24,) if video_adapter.name != "tiny-qwen3-vl" else (12, 12)
+    spans = (12, 12) if video_adapter.name in ("tiny-qwen3-vl", "tiny-qwen3.5") else (24,)  # per slice: timestamps
     assert plan.budget_plan.tokens_per_image == (image_tokens, *spans)
     output = video_adapter.model.model(**inputs)
     assert output.kept_visual_indices[2].shape[1] == plan.budget_plan.total[2]
@@ -62,7 +63,7 @@ def test_families_without_video_say_so(family):
         adapter.prepare_inputs([synthetic_video(4, 112, 112)], PROMPT)
 
 
-@pytest.fixture(params=VIDEO_FAMILIES)
+@pytest.fixture(params=PYTORCH_VIDEO_FAMILIES)
 def video_adapter(request):
     return load_model(request.param)
 

@@ -2,13 +2,13 @@
 
 import pytest
 
-from luvc.models import TINY_MODELS
+from luvc.models import EXPORTED_TINY_MODELS
 from luvc.parity import TOLERANCES, check_parity
 from luvc.parity.results import LEVELS
 from luvc.parity.tolerances import backend_tolerances
 from tests.conftest import perturb_weight
 
-FAMILIES = list(TINY_MODELS)
+FAMILIES = list(EXPORTED_TINY_MODELS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

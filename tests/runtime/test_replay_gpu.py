@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS
+from luvc.models import EXPORTED_TINY_MODELS
 from luvc.parity.text import judge_text
 from luvc.parity.tolerances import TOLERANCES
 from luvc.runtime.pipeline import Pipeline
@@ -43,7 +43,7 @@ REPLAY_TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
 def test_each_replayed_call_gives_what_a_plain_run_of_its_feeds_gives(cuda_ep, exports, family, precision, capsys):
     """Every replayed call (captures included) checked against a plain run of the same feeds on the same session
     (``Sessions.verify_replay_tolerance``): where replay goes wrong, the first graph and call that did, not only a
@@ -62,7 +62,7 @@ def test_each_replayed_call_gives_what_a_plain_run_of_its_feeds_gives(cuda_ep, e
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
 def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, precision, capsys):
     """Every graph captured and replayed on ONNX Runtime CUDA (a second request replays all of them): the plain run's
     tokens (both pad the prefill alike on a GPU; a first difference only at a near tie, parity's judge at the
@@ -87,7 +87,7 @@ def test_replayed_graphs_give_the_plain_runs_tokens(cuda_ep, exports, family, pr
     replayed.release()
 
 
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
 def test_an_fp32_export_on_the_gpu_computes_what_it_computes_on_the_cpu(cuda_ep, exports, family):
     """fp32 on ONNX Runtime CUDA is float32 (no TF32 products, ``use_tf32=0``): the first logits within fp32's parity
     bound of the CPU's, and the tokens but for a near tie (the GPU pads the prefill, the CPU does not)."""

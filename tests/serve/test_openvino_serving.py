@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS
+from luvc.models import EXPORTED_TINY_MODELS
 from luvc.runtime.openvino_graph import import_openvino
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
@@ -16,7 +16,7 @@ from tests.serve.conftest import MODEL, data_url, running_server
 pytest.importorskip("openvino")
 import_openvino()  # as the runtime imports it: OpenVINO's telemetry thread ended
 PROMPT = "Describe the image."
-FAMILIES = list(TINY_MODELS)
+FAMILIES = list(EXPORTED_TINY_MODELS)
 
 
 def _messages(image) -> list[dict]:

@@ -25,8 +25,8 @@ class ModelArgs(BaseArgs):
         group.add_argument(
             "--model",
             required=True,
-            help="a built-in tiny model (tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-internvl, tiny-llava) or "
-            "a local checkpoint folder",
+            help="a built-in tiny model (tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3.5, tiny-internvl, "
+            "tiny-llava; tiny-qwen3.5 runs in PyTorch only: generate, eval) or a local checkpoint folder",
         )
         group.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default float32)")
 
