@@ -64,7 +64,7 @@ def test_video_buckets_are_processed_frame_counts_and_sizes():
     with pytest.raises(LuvcError, match="use --video-size 8x224x224"):
         plan_bucket(adapter, (230, 230), frames=8)
     assert ExportProfile(video_sizes=((8, 112, 168),)).resolve(adapter).image_sizes == ()  # videos only
-    families = r"Qwen-VL families only \(Qwen2-VL, Qwen2.5-VL, Qwen3-VL\)"
+    families = r"Qwen-VL families only \(Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5\)"
     with pytest.raises(LuvcError, match=families + ". Leave out --video-size"):
         ExportProfile(video_sizes=((8, 224, 224),)).resolve(load_model("tiny-llava"))
 
