@@ -17,9 +17,14 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import content_digest, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.models import TINY_MODELS, load_model
+from luvc.models import EXPORTED_TINY_MODELS, TINY_MODELS, load_model
 
 FAMILIES = list(TINY_MODELS)
+# as test parameters: a family that runs in PyTorch only (Qwen3.5, whose reference kernels are slow on the CPU) is in
+# the slow tier, and its own module (tests/models/test_qwen3_5.py) stays in the fast one
+FAMILY_PARAMS = [
+    name if name in EXPORTED_TINY_MODELS else pytest.param(name, marks=pytest.mark.slow) for name in FAMILIES
+]
 # tests that need an exported model, compile the plugins, run the examples or the eval runner are the slow tier;
 # `pytest -m "not slow"` runs the rest (README, "Quick start"); `-m toolchain`, `examples` or `eval` picks one part
 SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs", "video_exports"})
@@ -83,7 +88,7 @@ def _pristine():
     return {name: load_model(name) for name in FAMILIES}
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=FAMILY_PARAMS)
 def adapter(request, _pristine):
     """A fresh copy of each tiny family (tests patch the model in place)."""
     pristine = _pristine[request.param]
@@ -190,7 +195,7 @@ def exports(tmp_path_factory):
 
 
 VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]  # those that export
-PYTORCH_VIDEO_FAMILIES = [*VIDEO_FAMILIES, "tiny-qwen3.5"]
+PYTORCH_VIDEO_FAMILIES = [*VIDEO_FAMILIES, pytest.param("tiny-qwen3.5", marks=pytest.mark.slow)]
 # frames, H, W: 4 temporal slices of 8 x 12 patches (14 px; Qwen3-VL and Qwen3.5 16 px)
 VIDEO_BUCKETS = {
     "tiny-qwen2-vl": (8, 112, 168),
