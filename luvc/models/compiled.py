@@ -142,8 +142,7 @@ def explain_loop(adapter, inputs: dict):
     }
     loop, text_config = adapter.language_model.luvc_layers, adapter.language_model.config
     with torch.no_grad():
-        loop(
-            hidden, positions, new_cache(text_config), True, **plan
-        )  # the plan's constants, as CompiledLoop's 1st call
+        # the plan's constants, as CompiledLoop's first call
+        loop(hidden, positions, new_cache(text_config), True, **plan)
         with compiled_constants():
             return torch._dynamo.explain(loop)(hidden, positions, new_cache(text_config), True, **plan)
