@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import NoReturn
 
 logger = logging.getLogger("luvc")
+# a library's logger: its records go to the handlers an application configures (the CLI: its own), and without one
+# they are dropped rather than printed by logging's last-resort handler (``warn`` prints its own line; ``critical``
+# raises its message)
+logger.addHandler(logging.NullHandler())
 
 
 class LuvcError(Exception):
