@@ -212,6 +212,7 @@ def test_each_setting_shows_in_torch_and_onnxscript_while_entered(name):
     assert not probe()  # restored
 
 
+@pytest.mark.slow  # a whole tiny export (17 s); the torch matrix runs it on every release CI checks
 def test_a_setting_whose_internals_are_gone_is_said_once_left_out_and_recorded(monkeypatch, capsys, tmp_path):
     """A release without onnxscript's rewrite-rule list: one line names the setting, why and what it costs; the
     export still runs, without it, and the manifest records it off."""
