@@ -15,14 +15,13 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLTextModel,
 )
 
-from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.plan import RequestPlan
 from luvc.models.qwen2_vl import (
     LuvcClasses,
     LuvcQwen2VisionTransformer,
+    MropeDecoderMixin,
     Qwen2VLAdapter,
     QwenVLModelMixin,
-    mrope_rotary_ids,
 )
 from luvc.videos import VideoTimes, seconds_per_slice
 
@@ -36,11 +35,8 @@ class LuvcQwen2_5_VisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
     extra_repr = LuvcQwen2VisionTransformer.extra_repr
 
 
-class LuvcQwen2_5_VLTextModel(SpuDecoderMixin, Qwen2_5_VLTextModel):
+class LuvcQwen2_5_VLTextModel(MropeDecoderMixin, Qwen2_5_VLTextModel):
     """Modifications: see ``SpuDecoderMixin``; M-RoPE position ids as in Qwen2-VL."""
-
-    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return mrope_rotary_ids(position_ids)
 
 
 class LuvcQwen2_5_VLModel(QwenVLModelMixin, Qwen2_5_VLModel):

@@ -218,12 +218,17 @@ def mrope_rotary_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return position_ids[1:] if position_ids.shape[0] == 4 else position_ids
 
 
-class LuvcQwen2VLTextModel(SpuDecoderMixin, Qwen2VLTextModel):
-    """Modifications: see ``SpuDecoderMixin``; position ids are M-RoPE ``(3, B, S)`` (a leading text row is
-    dropped, a ``(B, S)`` tensor is broadcast to the three rows)."""
+class MropeDecoderMixin(SpuDecoderMixin):
+    """``SpuDecoderMixin`` for a Qwen-VL language model: its rotary embedding takes M-RoPE ids
+    (``mrope_rotary_ids``)."""
 
     def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
         return mrope_rotary_ids(position_ids)
+
+
+class LuvcQwen2VLTextModel(MropeDecoderMixin, Qwen2VLTextModel):
+    """Modifications: see ``SpuDecoderMixin``; position ids are M-RoPE ``(3, B, S)`` (a leading text row is
+    dropped, a ``(B, S)`` tensor is broadcast to the three rows)."""
 
 
 def visual_span_grids(plan: QwenVisionPlan, merge: int, frame_spans: bool) -> list[tuple[int, int, int]]:

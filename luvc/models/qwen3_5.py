@@ -17,19 +17,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5Model, Qwen3_5TextModel, Qwen3_5VisionModel
 
 from luvc.compress.cost import LinearAttentionSpec, LlmSpec
 from luvc.models.cache import LINEAR_ATTENTION
-from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.qwen2_vl import (
     LuvcClasses,
     LuvcQwen2VisionTransformer,
+    MropeDecoderMixin,
     QwenVLModelMixin,
-    mrope_rotary_ids,
     run_qwen_vision,
 )
 from luvc.models.qwen3_vl import Qwen3VLAdapter
@@ -48,12 +46,9 @@ class LuvcQwen3_5VisionModel(Qwen3_5VisionModel):
         return BaseModelOutputWithPooling(last_hidden_state=output.hidden, pooler_output=output.merged)
 
 
-class LuvcQwen3_5TextModel(SpuDecoderMixin, Qwen3_5TextModel):
+class LuvcQwen3_5TextModel(MropeDecoderMixin, Qwen3_5TextModel):
     """Modifications: see ``SpuDecoderMixin`` (its linear-attention layers take no mask and keep states, not keys and
     values); M-RoPE position ids as in Qwen2-VL, the interleaving is upstream's rotary embedding's."""
-
-    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return mrope_rotary_ids(position_ids)
 
 
 class LuvcQwen3_5Model(QwenVLModelMixin, Qwen3_5Model):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     BaseModelOutputWithDeepstackFeatures,
     Qwen3VLModel,
@@ -19,13 +18,12 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 )
 
 from luvc.compress.cost import VisionSpec
-from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.qwen2_vl import (
     LuvcClasses,
     LuvcQwen2VisionTransformer,
+    MropeDecoderMixin,
     Qwen2VLAdapter,
     QwenVLModelMixin,
-    mrope_rotary_ids,
     run_qwen_vision,
 )
 from luvc.prompt import video_text
@@ -47,12 +45,9 @@ class LuvcQwen3VisionModel(Qwen3VLVisionModel):
         )
 
 
-class LuvcQwen3VLTextModel(SpuDecoderMixin, Qwen3VLTextModel):
+class LuvcQwen3VLTextModel(MropeDecoderMixin, Qwen3VLTextModel):
     """Modifications: see ``SpuDecoderMixin`` (DeepStack planes included); M-RoPE position ids as in Qwen2-VL, the
     interleaving is upstream's rotary embedding's."""
-
-    def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return mrope_rotary_ids(position_ids)
 
 
 class LuvcQwen3VLModel(QwenVLModelMixin, Qwen3VLModel):
