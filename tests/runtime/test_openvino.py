@@ -197,7 +197,8 @@ def test_the_runtime_imports_openvino_without_leaving_its_telemetry_thread_behin
 
     threads = "from luvc.export.graph_workers import other_threads; print(other_threads())"
     bare = subprocess.run([sys.executable, "-c", f"import openvino; {threads}"], capture_output=True, text=True)
-    assert bare.stdout.strip() != "[]"  # what the release is for (OpenVINO's telemetry sends from a thread pool)
+    if bare.stdout.strip() == "[]":  # telemetry off here (opted out, or no consent file): nothing to release
+        pytest.skip("a bare `import openvino` starts no telemetry thread on this machine")
     runtime = "from luvc.runtime.openvino_graph import import_openvino; import_openvino()"
     released = subprocess.run([sys.executable, "-c", f"{runtime}; {threads}"], capture_output=True, text=True)
     assert released.stdout.strip() == "[]", released.stderr

@@ -220,9 +220,10 @@ def test_an_avx2_only_cpu_computes_what_the_graph_means():
         timeout=300,
     )
     assert probe.stdout.split() == [UNSIGNED_WEIGHTS], probe.stderr[-2000:]
+    # without tests/conftest.py (it imports torch and the exporter, which this file needs not: about a minute emulated)
+    options = ["-q", "-rs", "-p", "no:xdist", "-o", "addopts=", "--noconftest", "-m", "not slow"]
     tests = subprocess.run(
-        [*emulated, "-m", "pytest", "-q", "-rs", "-p", "no:xdist", "-o", "addopts=", "-m", "not slow", __file__]
-        + ["-k", "not probe_agrees"],
+        [*emulated, "-m", "pytest", *options, __file__, "-k", "not probe_agrees"],
         capture_output=True,
         text=True,
         timeout=600,
