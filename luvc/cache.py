@@ -178,7 +178,7 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     if free - array.nbytes < MIN_FREE_BYTES:
         _say_once(f"the cache's disk ({root}) is nearly full: converted weights are not kept; each start converts")
         return array
-    data = memoryview(array).cast("B")
+    data = array.data.cast("B")
     if not _write_atomically(path, data):
         return array
     seal = {"crc32": zlib.crc32(data), "stat": _stat_key(path)}

@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 Result = TypeVar("Result")
 Arguments = ParamSpec("Arguments")
@@ -60,6 +60,6 @@ def functional(loader: Callable[Arguments, BaseLoader[Result]], name: str) -> Ca
     run.__name__ = run.__qualname__ = name
     bases = [base for base in getattr(loader, "__orig_bases__", ()) if typing.get_origin(base) is BaseLoader]
     returns = typing.get_args(bases[0])[0] if bases else inspect.Signature.empty
-    run.__signature__ = inspect.signature(loader).replace(return_annotation=returns)
+    typing.cast(Any, run).__signature__ = inspect.signature(loader).replace(return_annotation=returns)
     run.__doc__ = f"Run ``{loader.__name__}`` with these arguments and return its result (see its docstring)."
     return run

@@ -64,7 +64,8 @@ def synthetic_samples(
 def synthetic_visual(size: tuple, seed: int) -> Image.Image | Video | tuple[Image.Image, Video]:
     """A seeded synthetic image of ``(H, W)``, clip of ``(frames, H, W)``, or image and clip of a mixed size."""
     if isinstance(size[0], tuple):
-        return tuple(synthetic_visual(part, seed) for part in size)
+        (height, width), (frames, video_height, video_width) = size
+        return synthetic_image(height, width, seed=seed), synthetic_video(frames, video_height, video_width, seed=seed)
     *frames, height, width = size
     return synthetic_video(frames[0], height, width, seed=seed) if frames else synthetic_image(height, width, seed=seed)
 

@@ -41,6 +41,8 @@ def device_capability(index: int = 0) -> tuple[int, int] | None:
     if not 0 <= index < device_count():
         return None
     driver = _driver()
+    if driver is None:
+        return None
     device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
     calls = (
         driver.cuDeviceGet(ctypes.byref(device), index),

@@ -112,8 +112,8 @@ def load_eval_set(data: str | Path, limit: int | None = None) -> EvalSet:
     try:
         text = source.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        line = source.read_bytes()[: error.start].count(b"\n") + 1
-        critical(f"{source} line {line} is not UTF-8 text; save the file as UTF-8.")
+        bad_line = source.read_bytes()[: error.start].count(b"\n") + 1
+        critical(f"{source} line {bad_line} is not UTF-8 text; save the file as UTF-8.")
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -56,4 +56,7 @@ class BudgetPoint:
         resolved: its schedule knobs)."""
         if self.ratio is not None:
             return ratio_schedule(num_layers, visual_tokens, self.ratio, config)
-        return parse_budget(num_layers, self.budgets)
+        budgets = parse_budget(num_layers, self.budgets)
+        if budgets is None:
+            raise ValueError("a budget point needs a ratio or budgets")
+        return budgets

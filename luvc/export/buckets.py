@@ -133,7 +133,11 @@ class BucketKey:
     image_size: tuple[int, int]
     frames: int
     parts: tuple[str, ...]
-    visual_spans: tuple[tuple[int, int], ...]
+
+    @property
+    def visual_spans(self) -> tuple[tuple[int, int], ...]:
+        """``(start, tokens)`` of each run of visual tokens in the prompt (a field or a property of the subclass)."""
+        raise NotImplementedError
 
     @property
     def kind(self) -> BucketKind:

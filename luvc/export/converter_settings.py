@@ -268,7 +268,7 @@ def export_settings(stage: str) -> Iterator[None]:
     report_settings()
     with contextlib.ExitStack() as stack:
         for setting in SETTINGS:
-            if setting.stage == stage and setting.why_not() is None:
+            if setting.stage == stage and setting.enter is not None and setting.why_not() is None:
                 stack.enter_context(setting.enter())
         yield
 

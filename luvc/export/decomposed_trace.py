@@ -75,6 +75,8 @@ def onnx_registry(opset: int, translations: dict) -> Any:
     (torch.onnx registers torchlib at its own opset when asked for an older one); only where the one trace is
     available."""
     internals = _internals()
+    if internals is None:
+        raise RuntimeError("onnx_registry needs the torch internals of the one trace (one_trace_available())")
     registry = internals.registry_class().from_torchlib(opset_version=max(opset, internal(ONE_TRACE[7])))
     for target, function in translations.items():
         registry.register_op(target, function, is_complex=False)

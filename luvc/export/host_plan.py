@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class HostPlan:
 
     def save(self, path: Path) -> None:
         """Write the plan to ``path`` (an ``.npz``), as ``load`` reads it."""
-        arrays = dict(self.vision_metadata)
+        arrays: dict[str, Any] = dict(self.vision_metadata)  # (Any: numpy's savez stubs take no dict of arrays)
         arrays["prompt_position_ids"] = self.prompt_position_ids
         arrays["next_position"] = np.array(self.next_position, dtype=np.int64)
         times = self.video_times
@@ -68,9 +69,10 @@ class HostPlan:
         prompt = self.prompt_position_ids
         if self.video_times is not None:
             times = self.video_times
+            start = self.visual_start if times.start is None else times.start  # None: the first visual token
             prompt = prompt.copy()
-            first = int(prompt[0, times.start])
-            prompt[0, times.start : times.start + len(times.slices)] = video_time_positions(
+            first = int(prompt[0, start])
+            prompt[0, start : start + len(times.slices)] = video_time_positions(
                 first, times.slices, times.scale, seconds_per_slice
             )
         starts = np.asarray(starts, dtype=np.int64)

@@ -47,7 +47,7 @@ class PassEntry:
     def from_dict(cls, entry: dict[str, Any]) -> PassEntry:
         """The entry of a manifest's ``passes`` list (older exports wrote the name under ``pass``)."""
         ops = {op: tuple(counts) for op, counts in entry.get("ops", {}).items()}
-        return cls(entry.get("name", entry.get("pass")), entry["before"], entry["after"], ops)
+        return cls(entry["name"] if "name" in entry else entry["pass"], entry["before"], entry["after"], ops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +131,11 @@ class TemplateEntry:
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
         """The placeholder text and token id of ``bucket``'s image or video tokens."""
-        if bucket.frames:
-            return self.video_placeholder, self.video_token_id
-        return self.image_placeholder, self.image_token_id
+        if not bucket.frames:
+            return self.image_placeholder, self.image_token_id
+        if self.video_placeholder is None or self.video_token_id is None:
+            critical(f"the export's template has no video placeholder for its video bucket {bucket.name}; export again")
+        return self.video_placeholder, self.video_token_id
 
 
 @dataclasses.dataclass(frozen=True)

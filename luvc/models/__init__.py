@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
@@ -41,14 +42,14 @@ def adapter_class(architecture: str | None) -> type[VLMAdapter]:
     return ADAPTERS[architecture]
 
 
-def _architecture_of(model: nn.Module) -> str | None:
+def _architecture_of(model: PreTrainedModel) -> str | None:
     for cls in type(model).__mro__:
         if cls.__name__ in ADAPTERS:
             return cls.__name__
     return (getattr(model.config, "architectures", None) or [None])[0]
 
 
-def apply_luvc(model: nn.Module, config: LUVCConfig | None = None) -> nn.Module:
+def apply_luvc(model: PreTrainedModel, config: LUVCConfig | None = None) -> nn.Module:
     """Patch a ``transformers`` VLM in place for LUVC ``config`` (``None``: the defaults) and return it."""
     adapter = adapter_class(_architecture_of(model))(model, tokenizer=None, image_processor=None)
     return adapter.apply_luvc(config)

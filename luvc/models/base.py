@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from torch import nn
+from transformers import PreTrainedModel
 
 from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
@@ -87,8 +88,8 @@ class VLMAdapter:
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
     export_refusal: ClassVar[str | None] = None  # why this family does not export yet (it runs in PyTorch only)
 
-    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
+        self.model: PreTrainedModel = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.name = name or type(model).__name__

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 
+from transformers import GenerationMixin
+
 from luvc.errors import critical
 from luvc.models.cache import LuvcCache, new_cache
 from luvc.models.compat import cache_kwargs, take_cache
 
 
-class LuvcGenerationMixin:
+class LuvcGenerationMixin(GenerationMixin):
     """Modifications (the ``...ForConditionalGeneration`` class):
 
     - ``generate`` starts every call from a fresh ``LuvcCache`` (per-layer lengths, decode positions continued from

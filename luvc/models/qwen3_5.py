@@ -15,9 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
-from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5Model, Qwen3_5TextModel, Qwen3_5VisionModel
 
@@ -71,7 +70,7 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
 
     def llm_spec(self) -> LlmSpec:
         """As every family's, with the output gate of its attention's query and its linear-attention layers."""
-        text: Any = cast(PreTrainedModel, self.model).config.text_config
+        text: Any = self.model.config.text_config
         linear = LinearAttentionSpec(
             layers=frozenset(i for i, kind in enumerate(text.layer_types) if kind == LINEAR_ATTENTION),
             key_heads=text.linear_num_key_heads,

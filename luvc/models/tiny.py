@@ -8,6 +8,7 @@ the same gibberish on every machine, which is what parity tests need.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -18,6 +19,8 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -32,6 +35,8 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from luvc.models.weights import cast_in_place
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -69,7 +74,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(token) for token in tokens]
+    vocabulary = tokenizer.get_vocab()  # with the added tokens
+    return [vocabulary[token] for token in tokens]
 
 
 def _text_dims(tokenizer) -> dict:
@@ -213,7 +219,7 @@ TINY_ARCHITECTURES = {  # what each builder makes (``build_tiny`` checks): the a
 }
 
 
-def build_tiny(name: str, seed: int = 0):
+def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Any]:
     """``(model, tokenizer, image_processor)`` of the built-in tiny model ``name``, weights seeded by ``seed``."""
     tokenizer = tiny_tokenizer()
     state = torch.random.get_rng_state()
@@ -287,7 +293,7 @@ def save_random_qwen2_vl(
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(0)
-        model = Qwen2VLForConditionalGeneration(config).to(dtype).eval()
+        model = cast_in_place(Qwen2VLForConditionalGeneration(config), dtype).eval()
     finally:
         torch.random.set_rng_state(state)
     model.save_pretrained(folder)

@@ -14,10 +14,12 @@ import ctypes.util
 import hashlib
 import mmap
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # rotary frequencies stay float32 whatever the model's dtype, as transformers builds them: transformers computes RoPE
 # angles in float32 from them, and a float16 ``inv_freq`` is off by up to 5e-4 of itself, so the angle at position p
@@ -98,7 +100,7 @@ def _release(tensor: torch.Tensor, mappings: list[tuple[int, int]], libc) -> Non
 
 
 @torch.no_grad()
-def cast_in_place(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def cast_in_place(model: ModuleT, dtype: torch.dtype) -> ModuleT:
     """Convert ``model``'s floating-point parameters and buffers to ``dtype`` one tensor at a time (tied
     parameters once; rotary frequencies stay float32, see ``FLOAT32_BUFFERS``), releasing file pages of
     memory-mapped sources as it goes. The one way this project changes a model's dtype."""
@@ -117,8 +119,8 @@ def cast_in_place(model: nn.Module, dtype: torch.dtype) -> nn.Module:
                 converted = source.to(dtype)
                 if isinstance(tensor, nn.Parameter):
                     tensor.data = converted
-                else:
-                    tensors[name] = converted
+                else:  # a buffer (the parameters' dict holds parameters only)
+                    module._buffers[name] = converted
                 if libc is not None:
                     _release(source, mappings, libc)
                 del source

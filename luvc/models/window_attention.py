@@ -58,7 +58,7 @@ class WindowLayout:
 def batched_window_forward(
     self: Qwen2_5_VLVisionAttention,
     hidden_states: torch.Tensor,
-    cu_seqlens: WindowLayout | torch.Tensor | np.ndarray,
+    cu_seqlens: WindowLayout | torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs,
 ) -> torch.Tensor:
@@ -66,6 +66,8 @@ def batched_window_forward(
     rotary embedding, the windows attended as one batch through the model's attention implementation."""
     if not isinstance(cu_seqlens, WindowLayout):
         return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings, **kwargs)
+    if position_embeddings is None:  # transformers 5 passes them; the batched windows cannot make their own
+        raise ValueError("batched window attention needs the rotary position_embeddings")
     layout = cu_seqlens
     seq_length = hidden_states.shape[0]
     query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
@@ -91,7 +93,7 @@ def batched_windows(encoder: torch.nn.Module) -> Iterator[None]:
     """While active, the encoder's window-attention modules take a ``WindowLayout`` as ``cu_seqlens``."""
     modules = [module for module in encoder.modules() if isinstance(module, Qwen2_5_VLVisionAttention)]
     for module in modules:
-        module.forward = types.MethodType(batched_window_forward, module)
+        module.__dict__["forward"] = types.MethodType(batched_window_forward, module)  # this instance's forward
     try:
         yield
     finally:

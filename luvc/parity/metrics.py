@@ -59,9 +59,9 @@ def row_cosines(actual, expected) -> np.ndarray:
 
 def jaccard(actual: Sequence[int], expected: Sequence[int]) -> float:
     """``|A & B| / |A | B|`` of two index sets (1 when both are empty)."""
-    actual, expected = set(np.asarray(actual).ravel().tolist()), set(np.asarray(expected).ravel().tolist())
-    union = actual | expected
-    return len(actual & expected) / len(union) if union else 1.0
+    ours, theirs = set(np.asarray(actual).ravel().tolist()), set(np.asarray(expected).ravel().tolist())
+    union = ours | theirs
+    return len(ours & theirs) / len(union) if union else 1.0
 
 
 def log_softmax(logits) -> np.ndarray:

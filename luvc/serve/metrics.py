@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 disable_created_metrics()  # the *_created series only add noise to a scrape
@@ -58,7 +61,7 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def watch_cuda_graphs(self, counts) -> None:
+    def watch_cuda_graphs(self, counts: Callable[[], Sequence[int]]) -> None:
         """Report CUDA-graph replay at each scrape from ``counts()`` (``Sessions.replay_counts``: enabled, shapes
         captured, runs replayed, graphs that fell back to plain runs)."""
         enabled = Gauge("luvc_cuda_graphs_enabled", "1 when graphs are captured and replayed", registry=self.registry)
@@ -70,8 +73,13 @@ class ServerMetrics:
             "luvc_cuda_graphs_failed", "Graphs whose capture failed (they run plain)", registry=self.registry
         )
         for index, gauge in enumerate((enabled, captured, replays, failed)):
-            gauge.set_function(lambda index=index: counts()[index])
+            gauge.set_function(functools.partial(_item, counts, index))
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+
+def _item(counts: Callable[[], Sequence[int]], index: int) -> float:
+    """Item ``index`` of what ``counts()`` reports now (a gauge's value at a scrape)."""
+    return float(counts()[index])

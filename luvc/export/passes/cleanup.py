@@ -69,7 +69,7 @@ def cancel_inverse_pairs(graph: gs.Graph) -> gs.Graph:
             src, mid, dst = (
                 np.dtype(t.dtype) if t.dtype is not None else None for t in (source, node.inputs[0], node.outputs[0])
             )
-            cancels = src is not None and src == dst and mid in WIDENING.get(src, ())
+            cancels = src is not None and src == dst and mid in WIDENING.get(src, set())
         else:
             shape, out = source.shape, node.outputs[0].shape
             cancels = (

@@ -49,9 +49,10 @@ def match_oim_merge(add: gs.Node) -> OimMerge | None:
         mul = operand.inputs[0]
         gather = next((t.inputs[0] for t in mul.inputs if len(t.inputs) == 1 and t.inputs[0].op == "Gather"), None)
         weight = next((_constant(t) for t in mul.inputs if _constant(t) is not None), None)
-        if gather is None or weight is None or _constant(gather.inputs[1]) is None:
+        index = _constant(gather.inputs[1]) if gather is not None else None
+        if gather is None or weight is None or index is None:
             return None
-        parts.append((gather, _constant(gather.inputs[1]), weight))
+        parts.append((gather, index, weight))
     (gather_a, index_a, weight_a), (gather_b, index_b, weight_b) = parts
     axis = gather_a.attrs.get("axis", 0)
     if gather_a.inputs[0] is not gather_b.inputs[0] or gather_b.attrs.get("axis", 0) != axis:
