@@ -29,7 +29,16 @@ MARKER = "\ue000luvc-prompt\ue001"  # private-use characters no chat template re
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-ROLES = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+def role_of(value: str) -> Role:
+    """``value`` as a turn's role, or one line naming the roles."""
+    for role in ROLES:
+        if value == role:
+            return role
+    critical(f"{value!r} is not a role; give one of {list(ROLES)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +46,7 @@ class Turn:
     """One turn of a conversation: its ``role`` (``system``, ``user``, ``assistant``), its text, and whether the
     request's image or video goes before the text (one user turn of a conversation may hold it)."""
 
-    role: Literal["system", "user", "assistant"]
+    role: Role
     text: str
     visual: bool = False
 

@@ -79,7 +79,7 @@ def _float_copy(tensor: onnx.TensorProto, folder: Path, aliases: Mapping[str, st
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)
     location = next((entry.value for entry in copy.external_data if entry.key == "location"), None)
-    if location in aliases:
+    if location is not None and location in aliases:
         _relocate(copy, location, aliases[location])
     elif copy.data_location == onnx.TensorProto.EXTERNAL:
         load_external_data_for_tensor(copy, str(folder))
@@ -307,7 +307,9 @@ def choose_float_layers(
         advance(f"{group[0]}..{group[-1]} float: {gain:+.2e}{'' if measured else ' (inferred)'}")
         rest -= gain
         heapq.heappush(groups, (-gain / len(group), next(pushed), group, measured))
-    keep, sensitivity, reached = [], {}, full
+    keep: list[str] = []
+    sensitivity: dict[str, float] = {}
+    reached = full
     while groups and -groups[0][0] > 0:
         negative, _, group, measured = heapq.heappop(groups)
         if len(group) > 1 or not measured:

@@ -96,6 +96,8 @@ def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[np.nda
         divergence = np.inf if p is None or q is None else float(np.array(entropy(p, q), dtype=edges.dtype))
         if best_divergence is None or divergence < best_divergence:  # the first of equal minima, as argmin
             best, best_divergence = (edges[start], edges[end]), divergence
+    if best is None:
+        raise ValueError(f"a histogram of {bins} bins has no candidate range for {num_quantized_bins} quantized bins")
     low, high = best
     return (lowest if low < lowest else low), (highest if high > highest else high)
 
@@ -127,12 +129,12 @@ def collect_ranges(
     tensor's tail statistics over the same runs (``luvc.calibration.tails``)."""
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    method = calibration_method(method)
+    calibration = calibration_method(method)
     if not tensors:  # nothing quantized: an empty cache still spares quantize_static its own calibration
-        save_tensors_data(TensorsData(method, {}), cache)
+        save_tensors_data(TensorsData(calibration, {}), cache)
         return {}
-    if method.name in HISTOGRAM_SETTINGS:
-        collector = histogram_collector(method.name.lower(), *HISTOGRAM_SETTINGS[method.name])
+    if calibration.name in HISTOGRAM_SETTINGS:
+        collector = histogram_collector(calibration.name.lower(), *HISTOGRAM_SETTINGS[calibration.name])
     else:
         collector = Extremes()
     tails = {name: TailStatistics() for name in tensors}
@@ -146,5 +148,5 @@ def collect_ranges(
             for name, value in values.items():
                 tails[name].add(value)
         data = collector.compute_collection_result()
-    save_tensors_data(TensorsData(method, data), cache)
+    save_tensors_data(TensorsData(calibration, data), cache)
     return tails

@@ -275,9 +275,10 @@ def smooth_export(
                 scales[group.key] = smoothing_scales(maxima[group.key], weight_maxima, alpha)
         store = shared if entry.external_data else None
         written = _scale_sites(model, graph, groups, scales, source_dir, store)
-        for tensor in _get_all_tensors(model) if store is not None else ():  # the rest copied in chunks, each once
-            if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in written:
-                store.copy_external(tensor, source_dir)
+        if store is not None:  # the rest copied in chunks, each once
+            for tensor in _get_all_tensors(model):
+                if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name not in written:
+                    store.copy_external(tensor, source_dir)
         onnx.save_model(model, str(folder / entry.file))
         smoothed.update(product for group in groups for product in group.products)
         advance(f"smoothing: wrote {name}, {len(groups)} product input(s) smoothed")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -165,7 +166,7 @@ def gptq_quantizer(hessians: Mapping[str, np.ndarray], block_size: int) -> Block
     done: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def quantize(node: str, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = (node, hashlib.sha1(np.ascontiguousarray(weights).view(np.uint8)).hexdigest())
+        key = (node, hashlib.sha1(np.ascontiguousarray(weights).data).hexdigest())
         if key not in done:
             hessian = hessians.get(node)
             found = (
@@ -182,7 +183,9 @@ def name_float_head(model: onnx.ModelProto, source: onnx.ModelProto, kept: Mappi
     names by file, offset and length; ``source``: the graph ``model`` was quantized from, loaded without its external
     data): a tied table is the embedding graph's ``embed_tokens.weight`` however the head's graph named it."""
     head = FloatLmHead.of(model)
-    table = next((t for t in source.graph.initializer if head is not None and t.name == head.table), None)
+    if head is None:
+        return
+    table = next((t for t in source.graph.initializer if t.name == head.table), None)
     if table is None or table.data_location != onnx.TensorProto.EXTERNAL:
         return
     entry = ExternalTensor.of(table)
@@ -278,7 +281,7 @@ def quantize_weights(
             graph.initializer.extend(
                 [numpy_helper.from_array(quantized, names[0]), numpy_helper.from_array(scales, names[1])]
             )
-            layout = {"axis": 0, "block_size": block_size} if form.blocked else {"axis": 1}
+            layout: dict[str, Any] = {"axis": 0, "block_size": block_size} if form.blocked else {"axis": 1}
             nodes.append(
                 onnx.helper.make_node(
                     "DequantizeLinear", names[:2], names[2:], f"{node.name}_weight_dequantize", **layout

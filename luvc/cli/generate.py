@@ -73,7 +73,9 @@ def method_label(config: LUVCConfig) -> str:
 def method_column(config: LUVCConfig) -> str:
     """The heading of a run's column beside the uncompressed one: ``LUVC``, ``LUVC off``, or the method's name."""
     name = method_of(config)
-    return {"none": "LUVC off", "luvc": "LUVC"}.get(name, name or config.spu_variant)
+    if name is None:  # a combination no method names: its criterion
+        return str(config.spu_variant)
+    return {"none": "LUVC off", "luvc": "LUVC"}.get(name, name)
 
 
 def token_table(report: CostReport, column: str = "LUVC") -> Table:

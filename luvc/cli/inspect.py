@@ -76,7 +76,7 @@ class Inspect:
                 table.add_row("kept in float", ", ".join(f"{reason} {count}" for reason, count in kept_float.items()))
             for stat in graph.passes:
                 if stat.delta:
-                    ops = {op: list(counts) for op, counts in stat.ops.items()}
-                    table.add_row(f"pass {stat.name}", f"{stat.before} -> {stat.after} nodes {ops}")
+                    changed = {op: list(counts) for op, counts in stat.ops.items()}
+                    table.add_row(f"pass {stat.name}", f"{stat.before} -> {stat.after} nodes {changed}")
             console.print(table)
         return 0

@@ -33,7 +33,7 @@ def dimension_ranges(manifest: ExportManifest, graph: str) -> dict[str, Range]:
     entry = manifest.graphs[graph]
     max_batch, max_text, max_new = profile.max_batch, profile.max_text_tokens, profile.max_new_tokens
     ranges: dict[str, Range] = {"batch": (1, 1, max_batch), "images": (1, 1, max_batch)}
-    if entry.kind == "prefill":
+    if entry.kind == "prefill" and entry.bucket is not None:  # a prefill graph belongs to a bucket
         bucket = buckets[entry.bucket]
         templated = _prompt(bucket) + bucket.min_text_tokens
         longest = _prompt(bucket) + max(max_text, bucket.min_text_tokens)
@@ -55,10 +55,13 @@ def input_profile(manifest: ExportManifest, graph: str) -> dict[str, tuple[list[
     ranges = dimension_ranges(manifest, graph)
     shapes = {}
     for entry in manifest.graphs[graph].inputs:
-        low, opt, high = [], [], []
+        low: list[int] = []
+        opt: list[int] = []
+        high: list[int] = []
         for dim in entry.shape:
-            values = [evaluate_dim(dim, {name: bounds[i] for name, bounds in ranges.items()}) for i in range(3)]
-            if None in values:
+            found = [evaluate_dim(dim, {name: bounds[i] for name, bounds in ranges.items()}) for i in range(3)]
+            values = [value for value in found if value is not None]
+            if len(values) != len(found):
                 critical(
                     f"Input {entry.name} of {graph} has dimension {dim!r} that no profile rule covers; "
                     "re-export with this version of luvc-export."

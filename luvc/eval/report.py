@@ -100,6 +100,8 @@ def markdown(results: EvalResults) -> str:
         lines += ["| run | accuracy | precision | recall | F1 | yes ratio |", "|---|---|---|---|---|---|"]
         for summary in summaries:
             m = summary.yes_no
+            if m is None:  # a run without yes/no questions
+                continue
             lines.append(
                 f"| {summary.label} | {m.accuracy:.3f} | {m.precision:.3f} | {m.recall:.3f} | {m.f1:.3f} "
                 f"| {m.yes_ratio:.3f} |"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import collections
 import functools
+import math
 import operator
 import re
 from pathlib import Path
@@ -85,13 +86,11 @@ def matmul_flops(model: onnx.ModelProto, values: dict[str, int]) -> tuple[int, i
             left[0] if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute) else left[-1]
         )
         dims = [evaluate_dim(d, values) if d is not None else None for d in (*out, inner)]
-        if any(d is None for d in dims):
+        known = [d for d in dims if d is not None]
+        if len(known) != len(dims):
             unknown += 1
             continue
-        count = 1
-        for dim in dims[:-1]:
-            count *= dim
-        total += 2 * count * dims[-1]
+        total += 2 * math.prod(known[:-1]) * known[-1]
     return total, unknown
 
 

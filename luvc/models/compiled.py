@@ -14,6 +14,7 @@ device, not a one-shot ``generate``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from luvc.compress.constants import compiled_constants
 from luvc.cuda_graphs import replays
 from luvc.errors import critical
+from luvc.models.decoder import LuvcDecoderOutput, SpuDecoderMixin
 
 REDUCE_OVERHEAD = "reduce-overhead"  # torch.compile's mode with CUDA graphs (cudagraph trees)
 
@@ -36,7 +38,7 @@ def compile_llm(text_model: nn.Module, cuda_graphs: bool | None = None) -> None:
     """Compile ``text_model``'s decoder loop (a LUVC-patched text model) for its prefills: ``fullgraph`` (a graph
     break is an error, not a silent slow path), static shapes but the sequence length (one compile per model and batch
     size serves every prompt length), and, with ``cuda_graphs`` (default: on a CUDA device), CUDA graphs."""
-    if not hasattr(text_model, "luvc_layers"):
+    if not isinstance(text_model, SpuDecoderMixin):
         critical("compile_llm takes a LUVC-patched text model: call apply_luvc() first.")
     if cuda_graphs is None:
         cuda_graphs = next(text_model.parameters()).device.type == "cuda"
@@ -45,7 +47,7 @@ def compile_llm(text_model: nn.Module, cuda_graphs: bool | None = None) -> None:
     text_model.luvc_compiled = CompiledLoop(text_model, loop, cuda_graphs)
 
 
-def uncompile_llm(text_model: nn.Module) -> None:
+def uncompile_llm(text_model: SpuDecoderMixin) -> None:
     """Run ``text_model``'s prefills eagerly again."""
     text_model.luvc_compiled = None
 
@@ -63,12 +65,12 @@ class CompiledLoop:
     and values put in the cache) live in the CUDA graphs' memory pool until the next replay overwrites them: each call
     starts a new step and hands out copies, so a request may keep its cache while the next one runs."""
 
-    def __init__(self, text_model: nn.Module, loop, cuda_graphs: bool) -> None:
+    def __init__(self, text_model: SpuDecoderMixin, loop: Callable[..., LuvcDecoderOutput], cuda_graphs: bool) -> None:
         self.text_model, self.loop, self.cuda_graphs = text_model, loop, cuda_graphs
         self.plans: set[tuple] = set()  # the plans an eager run has seen
         self.calls = 0  # prefills run compiled
 
-    def __call__(self, hidden, position_ids, past_key_values, use_cache, **kwargs):
+    def __call__(self, hidden, position_ids, past_key_values, use_cache, **kwargs) -> LuvcDecoderOutput:
         plan = _plan_key(self.text_model, hidden, kwargs)
         if plan not in self.plans:
             self.plans.add(plan)
@@ -86,7 +88,7 @@ class CompiledLoop:
         return output
 
 
-def _plan_key(text_model: nn.Module, hidden: torch.Tensor, kwargs: dict) -> tuple:
+def _plan_key(text_model: SpuDecoderMixin, hidden: torch.Tensor, kwargs: dict) -> tuple:
     """What fixes a prefill's constants and graph: batch, width, dtype and device, the LUVC config, and the plan
     (``VisualPlan``: spans, budgets and grids as they are, its tensors by shape and dtype)."""
     plan = tuple(sorted((key, _signature(value)) for key, value in kwargs.items()))

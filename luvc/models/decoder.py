@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -220,7 +220,8 @@ class SpuDecoderMixin:
                 "use a criterion that scores the tokens themselves (LUVC's SPU: spectral-residual or channel-spectrum)."
             )
 
-    luvc_compiled = None  # the decoder loop compiled for prefills (``luvc.models.compiled``); None: eager
+    # the decoder loop compiled for prefills (``luvc.models.compiled.CompiledLoop``); None: eager
+    luvc_compiled: Callable[..., LuvcDecoderOutput] | None = None
 
     def forward(
         self,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from PIL import Image
 from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     BaseModelOutputWithDeepstackFeatures,
     Qwen3VLModel,
@@ -61,7 +62,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     # each temporal slice of a video is a block of its own after its timestamp (Qwen3-VL's processor)
     video_frame_template = "<{seconds} seconds><|vision_start|>{frame}<|vision_end|>"
 
-    def visual_text(self, visual, tokens: int, spans: int) -> str:
+    def visual_text(self, visual: Image.Image | Video, tokens: int, spans: int = 1) -> str:
         if not isinstance(visual, Video):
             return super().visual_text(visual, tokens, spans)
         temporal = self.model.config.vision_config.temporal_patch_size

@@ -45,6 +45,8 @@ class GraphFeeds:
         if len(inputs[0].shape) == 4:  # (B, C, H, W) with a dynamic batch
             return [{"pixel_values": pixels}]
         per_image = inputs[0].shape[0]
+        if not isinstance(per_image, int):  # the exporter fixes a bucket's patches per image
+            critical(f"{bucket.vision} takes a symbolic number of patches ({per_image}); export it again.")
         if pixels.dim() != 2 or pixels.shape[0] % per_image:
             critical(
                 f"{bucket.vision} takes {per_image} patches per image; got pixels of shape "

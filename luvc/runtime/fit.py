@@ -115,7 +115,7 @@ def _fit_image(
     """The image fitted to one of the image ``sizes``, that size, and the change in words."""
     height, width = image.height, image.width
     own = processed_size(processor, (height, width))
-    if policy == "nearest" and own in sizes:
+    if policy == "nearest" and own is not None and own in sizes:
         return image, own, ""
     target = nearest_size((height, width), sizes)
     if (height, width) == target and own == target:

@@ -125,8 +125,8 @@ class Pipeline:
         # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
         # layers): the text prefill is compiled when a request without a visual first needs it
         text = self.manifest.text_prefill if self.backend != "openvino" else None
-        graphs = ("embed", "decode", text)
-        graphs += tuple(graph for entry in buckets for graph in (entry.vision, entry.prefill))
+        graphs = ["embed", "decode", text]
+        graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
         self.sessions.open(name for name in graphs if name)
         return self
 
@@ -153,7 +153,7 @@ class Pipeline:
         ``Prepared`` batch."""
         request = self.request(self._prepared(visuals, prompts), options)
         tokens = np.stack([step.tokens for step in request], axis=1)
-        return Generation(list(request.texts), tokens, request.timings, list(request.finish_reasons))
+        return Generation(list(request.texts), tokens, request.timings, request.ended_reasons())
 
     def stream(
         self,
@@ -176,7 +176,8 @@ class Pipeline:
         options = GenerationOptions(max_new_tokens, stop_token_ids=(), keep_logits=True)
         request = self.request(prepared, options)
         steps = list(request)
-        return np.stack([s.tokens for s in steps], axis=1), np.stack([s.logits for s in steps], axis=1), request
+        logits = [step.logits for step in steps if step.logits is not None]  # keep_logits: every step's
+        return np.stack([step.tokens for step in steps], axis=1), np.stack(logits, axis=1), request
 
 
 def first_token_ms(folder: Path, manifest: ExportManifest, backend: str) -> float:

@@ -86,6 +86,13 @@ class Request:
         """The KV cache holding the request's rows."""
         return self.rows.cache
 
+    def ended_reasons(self) -> list[FinishReason]:
+        """Each row's finish reason, once every row has finished."""
+        reasons = [reason for reason in self.finish_reasons if reason is not None]
+        if len(reasons) != len(self.finish_reasons):
+            raise RuntimeError("the request still has rows running; iterate it to the end first")
+        return reasons
+
     def __iter__(self) -> Iterator[Step]:
         while not self.done:
             yield self.step()

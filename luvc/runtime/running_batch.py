@@ -143,13 +143,12 @@ class RunningBatch:
     def _allocate(self, prefill: Prefill, samplings: Sequence[SamplingConfig]) -> None:
         """The step buffers, made when the first rows join (their dtype and vocabulary are the graphs')."""
         device = self.sessions.device
+        embeds, logits = prefill.feeds["inputs_embeds"], prefill.outputs["logits"]
         if self.embeds is None:
-            embeds = prefill.feeds["inputs_embeds"]
             self.embeds = torch.empty(self.capacity, 1, embeds.shape[-1], dtype=embeds.dtype, device=device)
-            logits = prefill.outputs["logits"]
             self.logits = torch.empty(self.capacity, logits.shape[-1], dtype=logits.dtype, device=device)
         if self.counts is None and any(config.penalized for config in samplings):
-            self.counts = torch.zeros(self.capacity, self.logits.shape[-1], dtype=torch.float32, device=device)
+            self.counts = torch.zeros(self.capacity, logits.shape[-1], dtype=torch.float32, device=device)
 
     def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
         """The next token of each of ``rows`` from its ``logits`` row into ``token[rows]`` (returned): greedy rows in
@@ -160,7 +159,8 @@ class RunningBatch:
             return next_tokens(logits, GREEDY, None, self.token[rows])
         first = configs[0]
         if first.greedy and all(config == first for config in configs):  # one penalty for all: row-independent math
-            return next_tokens(logits, first, None, self.token[rows], self.counts[rows])
+            counts = None if self.counts is None else self.counts[rows]  # made when the first penalized row joined
+            return next_tokens(logits, first, None, self.token[rows], counts)
         for index, (row, config) in enumerate(zip(self.rows[rows], configs), start=rows.start):
             counts = self.counts[index : index + 1] if self.counts is not None and config.penalized else None
             here = slice(index - rows.start, index - rows.start + 1)
@@ -196,12 +196,12 @@ class RunningBatch:
                 "Another request on this pipeline has taken its KV cache since this one started; finish one request "
                 "before starting the next, or give each concurrent request its own Pipeline."
             )
-        size = len(self.rows)
-        if not size:
+        size, embeds_buffer, logits_buffer = len(self.rows), self.embeds, self.logits
+        if not size or embeds_buffer is None or logits_buffer is None:  # the buffers come with the first rows
             critical("A running batch with no rows has nothing to decode; admit rows first.")
         self.cache.check_room(size)
         with self.sessions.on_stream():
-            embeds, logits = self.embeds[:size], self.logits[:size]
+            embeds, logits = embeds_buffer[:size], logits_buffer[:size]
             self.feeds.embed(self.token[:size, None], out=embeds)
             position = self.position[..., :size, :]
             feeds = {"inputs_embeds": embeds, "position_ids": position, **self.cache.inputs(size)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +38,8 @@ class TrtSession(BaseSession):
         self.stream = setup.stream
         self.weights = engine.weights
         self.activations = setup.activations
-        self.engine = self.context = None
+        self.engine: Any = None  # tensorrt's ICudaEngine and IExecutionContext (the module ships no types)
+        self.context: Any = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
         self.cuda_graphs = setup.cuda_graphs
 

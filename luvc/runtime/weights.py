@@ -46,7 +46,7 @@ from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 INT8, UINT8 = onnx.TensorProto.INT8, onnx.TensorProto.UINT8
 # (stored type, type a graph reads) -> how the stored values are converted; the same type is a view of the file
-CONVERSIONS = {
+CONVERSIONS: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {
     (FLOAT16, FLOAT): lambda values: torch.from_numpy(values).float().numpy(),  # float32_compute (2x NumPy's astype)
     (INT8, UINT8): shift_to_uint8,  # luvc.runtime.qdq_cpu.unsigned_weights: zero point + 128
 }
@@ -56,7 +56,7 @@ PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 # types whose NumPy arrays (ml_dtypes) neither ONNX Runtime ("only supported from non-string numpy arrays") nor
 # torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> the name of
 # torch's type (looked up when used: torch before 2.1, which run and serve support, has no float8 types)
-BIT_VIEWED = {
+BIT_VIEWED: dict[int, str] = {  # ONNX element type -> torch dtype name
     onnx.TensorProto.FLOAT8E4M3FN: "float8_e4m3fn",
     onnx.TensorProto.FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
     onnx.TensorProto.FLOAT8E5M2: "float8_e5m2",

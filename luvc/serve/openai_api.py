@@ -27,11 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from luvc.errors import critical
 from luvc.images import decode_image, image_format, load_image
-from luvc.prompt import Conversation, Turn
+from luvc.prompt import ROLES, Conversation, Turn, role_of
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.user_text import lone_surrogate
 
-ROLES = ("system", "user", "assistant")
 PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"}}  # OpenAI's content parts
 IMAGE_URL_FIELDS = {"url", "detail"}
 IMAGE_DETAILS = ("auto", "low", "high")  # OpenAI's image_url.detail: how finely to look (this server: its bucket)
@@ -313,8 +312,10 @@ def image_and_prompt(
     if len(request.messages) == 1 and holder is not None:
         prompt: str | Conversation = texts[0]
     else:
-        turns = [Turn(m.role, text, index == holder) for index, (m, text) in enumerate(zip(request.messages, texts))]
-        prompt = Conversation(turns)
+        turns = [
+            Turn(role_of(m.role), text, index == holder) for index, (m, text) in enumerate(zip(request.messages, texts))
+        ]
+        prompt = Conversation(tuple(turns))
     if url is None:
         return None, prompt
     field = f"messages[{holder}].content[{number}].image_url"

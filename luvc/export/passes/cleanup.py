@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from luvc.export.inspect import value_dims
 
-WIDENING = {  # casting from the key to any of its values and back loses nothing
+WIDENING: dict[np.dtype, set[np.dtype]] = {  # casting from the key to any of its values and back loses nothing
     np.dtype(np.float16): {np.dtype(np.float32), np.dtype(np.float64)},
     np.dtype(np.float32): {np.dtype(np.float64)},
     np.dtype(np.int32): {np.dtype(np.int64)},
