@@ -53,7 +53,7 @@ from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry
 from luvc.export.naming import place_of
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS
-from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile
+from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile, ResolvedProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTime, StageTimes
 from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, WeightsPart, load_inline
@@ -407,7 +407,7 @@ class _GraphWriter:
     exporter: OnnxFromCompressedModel
     specs: list[tuple[GraphSpec, Bucket | None]]
     staging: Path
-    profile: ExportProfile
+    profile: ResolvedProfile
     external: bool
     stable: StableMemory = dataclasses.field(init=False)  # the model's memory, unchanged while the export runs
 

@@ -40,7 +40,7 @@ from luvc.staging import OutputKind, partials_note
 
 if TYPE_CHECKING:
     from luvc.export.bucket_plan import Bucket
-    from luvc.export.profile import ExportProfile
+    from luvc.export.profile import ResolvedProfile
     from luvc.models.base import VLMAdapter
 
 MANIFEST_NAME = "manifest.json"
@@ -332,16 +332,9 @@ def bucket_entry(bucket: Bucket) -> BucketEntry:
     )
 
 
-def profile_entry(profile: ExportProfile) -> ProfileEntry:
+def profile_entry(profile: ResolvedProfile) -> ProfileEntry:
     """The manifest entry of a resolved export profile."""
-    return ProfileEntry(
-        **{
-            **dataclasses.asdict(profile),
-            "image_sizes": tuple(map(tuple, profile.image_sizes)),
-            "video_sizes": tuple(map(tuple, profile.video_sizes)),
-            "mixed_sizes": tuple((tuple(image), tuple(video)) for image, video in profile.mixed_sizes),
-        }
-    )
+    return ProfileEntry(**dataclasses.asdict(profile))
 
 
 def template_entry(adapter: VLMAdapter) -> TemplateEntry:

@@ -55,7 +55,8 @@ class ExportProfile:
     external_data: str | None = None
     kv_update: str | None = None
 
-    def resolve(self, adapter: VLMAdapter) -> ExportProfile:
+    def resolve(self, adapter: VLMAdapter) -> ResolvedProfile:
+        """This profile with every default taken for ``adapter``'s model, each value checked (one line if not)."""
         precision = self.precision or "fp32"
         if precision not in PRECISIONS:
             critical(f"Precision {precision!r} is not supported; use one of {sorted(PRECISIONS)} (--precision).")
@@ -65,8 +66,8 @@ class ExportProfile:
         kv_update = self.kv_update or DEFAULT_KV_UPDATE
         if kv_update not in KV_UPDATE_FORMS:
             critical(f"kv_update={kv_update!r}: use one of {list(KV_UPDATE_FORMS)} (--kv-update).")
-        videos = tuple(tuple(size) for size in self.video_sizes)
-        mixed = tuple((tuple(image), tuple(video)) for image, video in self.mixed_sizes)
+        videos = tuple(_video_size(size) for size in self.video_sizes)
+        mixed = tuple((_image_size(image), _video_size(video)) for image, video in self.mixed_sizes)
         if (videos or mixed) and not adapter.takes_video:
             critical(adapter.video_unsupported + f" Leave out {'--mixed-size' if mixed else '--video-size'}.")
         if len(set(videos)) != len(videos):
@@ -74,7 +75,7 @@ class ExportProfile:
         if len(set(mixed)) != len(mixed):
             critical(f"Mixed sizes {list(mixed)} repeat a bucket; give each --mixed-size once.")
         given = list(self.image_sizes or ())
-        sizes = tuple(tuple(size) for size in given if not isinstance(size, BucketSet))
+        sizes = tuple(_image_size(size) for size in given if not isinstance(size, BucketSet))
         if len(set(sizes)) != len(sizes):
             critical(f"Image sizes {list(sizes)} repeat a bucket; give each --image-size once.")
         sizes = tuple(dict.fromkeys(sizes + set_sizes([s for s in given if isinstance(s, BucketSet)], adapter)))
@@ -83,33 +84,60 @@ class ExportProfile:
         # a mixed bucket runs the vision graphs of its parts: they are buckets too
         sizes += tuple(dict.fromkeys(image for image, _ in mixed if image not in sizes))
         videos += tuple(dict.fromkeys(video for _, video in mixed if video not in videos))
-        limits = {
-            key: default if value is None else value
-            for key, value, default in (
-                ("max_batch", self.max_batch, 4),
-                ("max_text_tokens", self.max_text_tokens, 512),
-                ("max_new_tokens", self.max_new_tokens, 256),
-            )
-        }
-        for key, value in limits.items():
-            if not 1 <= value <= PROFILE_LIMITS[key]:
-                critical(f"{key}={value} must be between 1 and {PROFILE_LIMITS[key]} (--{key.replace('_', '-')}).")
-        return ExportProfile(
+        return ResolvedProfile(
             sizes,
             videos,
             mixed,
             precision,
+            max_batch=_limit("max_batch", self.max_batch, 4),
+            max_text_tokens=_limit("max_text_tokens", self.max_text_tokens, 512),
+            max_new_tokens=_limit("max_new_tokens", self.max_new_tokens, 256),
             opset=self.opset or 18,
             external_data=external,
             kv_update=kv_update,
-            **limits,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedProfile:
+    """An ``ExportProfile`` with every default taken and checked (``ExportProfile.resolve``): what the exporter, its
+    graphs and the manifest's ``ProfileEntry`` are made from. ``image_sizes`` are the image buckets, the parts of the
+    mixed buckets included (their vision graphs run); likewise ``video_sizes``."""
+
+    image_sizes: tuple[tuple[int, int], ...]
+    video_sizes: tuple[tuple[int, int, int], ...]
+    mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...]
+    precision: str
+    max_batch: int
+    max_text_tokens: int
+    max_new_tokens: int
+    opset: int
+    external_data: str
+    kv_update: str
 
     @property
     def dtype(self) -> torch.dtype:
         import torch
 
         return getattr(torch, PRECISIONS[self.precision])
+
+
+def _image_size(size: Sequence[int]) -> tuple[int, int]:
+    height, width = size
+    return int(height), int(width)
+
+
+def _video_size(size: Sequence[int]) -> tuple[int, int, int]:
+    frames, height, width = size
+    return int(frames), int(height), int(width)
+
+
+def _limit(key: str, value: int | None, default: int) -> int:
+    """``value`` of the limit ``key`` (``default`` for None), checked against ``PROFILE_LIMITS``."""
+    value = default if value is None else value
+    if not 1 <= value <= PROFILE_LIMITS[key]:
+        critical(f"{key}={value} must be between 1 and {PROFILE_LIMITS[key]} (--{key.replace('_', '-')}).")
+    return value
 
 
 def set_sizes(sets: Sequence[BucketSet], adapter: VLMAdapter) -> tuple[tuple[int, int], ...]:
