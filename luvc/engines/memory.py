@@ -223,9 +223,9 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -> int | None:
+def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -> int:
     """Bytes of the KV-cache buffers for ``batch`` rows: the decode graph's capacities, or (``uncompressed``) the
-    capacities the uncompressed model would need (``None`` for an export that does not record its token counts)."""
+    capacities the uncompressed model would need."""
     geometry, profile = manifest.geometry, manifest.profile
     past = manifest.graphs["decode"].input("past_key_values.0.key")
     per_entry = 2 * batch * geometry.num_key_value_heads * geometry.head_dim * dtype_bytes(past.dtype)
@@ -256,18 +256,20 @@ def openvino_graph_bytes(model: onnx.ModelProto, precision: str = "bf16") -> int
     product_weights = {node.input[1] for node in model.graph.node if node.op_type in PRODUCTS and len(node.input) > 1}
     dequantized = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
     product_weights |= {dequantized[name] for name in list(product_weights) if name in dequantized}
-    total = 0
+    total = 0.0  # packed INT4 takes half a byte an element
     for tensor in model.graph.initializer:
         count = 1
         for dim in tensor.dims:
             count *= dim
-        stored = ExternalTensor.of(tensor).length if tensor.data_location == onnx.TensorProto.EXTERNAL else None
-        stored = stored if stored is not None else len(tensor.raw_data) or count * _stored_itemsize(tensor.data_type)
+        external = ExternalTensor.of(tensor).length if tensor.data_location == onnx.TensorProto.EXTERNAL else None
+        stored = (
+            external if external is not None else len(tensor.raw_data) or count * _stored_itemsize(tensor.data_type)
+        )
         if tensor.name in product_weights:
             total += 2 * (count * (2 if precision == "bf16" else 4) if tensor.data_type in FLOAT_TYPES else stored)
         else:
             total += count * 4 if tensor.data_type in FLOAT_TYPES else stored
-    return total
+    return int(total)
 
 
 def _stored_itemsize(data_type: int) -> float:

@@ -15,12 +15,15 @@ import dataclasses
 import itertools
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.eval.results import EvalResults
 
-SWEEP_AXES: dict[str, tuple[str, tuple]] = {  # axis -> (what it sets, its values, the default first)
+SWEEP_AXES: dict[
+    str, tuple[str, tuple[str, ...] | tuple[int, ...]]
+] = {  # axis -> (what it sets, its values, the default first)
     "keep": ("spu_keep", ("high", "low")),
     "input": ("spu_input", ("residual", "normed")),
     "lowpass": ("spu_lowpass", ("raster", "grid")),
@@ -33,7 +36,7 @@ SWEEP_PREFIX = "luvc["
 class SweepVariant:
     """One combination of the swept choices: ``values`` by axis (axes not swept keep the base config's)."""
 
-    values: tuple[tuple[str, object], ...]
+    values: tuple[tuple[str, str | int], ...]
 
     @property
     def label(self) -> str:
@@ -42,11 +45,11 @@ class SweepVariant:
 
     def config(self, base: LUVCConfig, vision_depth: int) -> LUVCConfig:
         """``base`` with this variant's choices (``oim``: steps after blocks ``depth // 2 - 1`` and on)."""
-        changes = {}
+        changes: dict[str, Any] = {}  # LUVCConfig field -> value
         for axis, value in self.values:
-            if axis == "oim":
+            if axis == "oim":  # the number of merge steps
                 first = max(vision_depth // 2 - 1, 0)
-                changes["oim_layers"] = tuple(range(first, min(first + value, vision_depth)))
+                changes["oim_layers"] = tuple(range(first, min(first + int(value), vision_depth)))
             else:
                 changes[SWEEP_AXES[axis][0]] = value
         return dataclasses.replace(base, **changes)
@@ -135,7 +138,9 @@ def analyse_sweep(results: EvalResults) -> SweepAnalysis | None:
     runs = [run for run in results.runs if run.method.startswith(SWEEP_PREFIX) and run.backend == "pytorch"]
     if not results.sweep_axes or not runs:
         return None
-    points, by_variant, agreement = [], {}, {}
+    points: list[SweepPoint] = []
+    by_variant: dict[str, dict[str, list[float]]] = {}  # variant -> question type -> accuracies
+    agreement: dict[str, list[float]] = {}
     for run in runs:
         summary = results.summary(run)
         points.append(SweepPoint(run.method, run.point, summary.accuracy, summary.agreement, summary.total_gflops))

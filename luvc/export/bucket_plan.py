@@ -76,7 +76,8 @@ def _traced_prompt(adapter: VLMAdapter, visual) -> dict:
     inputs, pixels = _sample_inputs(adapter, visual)
     plan = adapter.plan(pixels)  # the one prepare_inputs made
     ids = inputs["input_ids"][0].tolist()
-    spans = tuple(sorted(token_runs(ids, adapter.image_token_id) + token_runs(ids, adapter.video_token_id)))
+    videos = () if adapter.video_token_id is None else token_runs(ids, adapter.video_token_id)
+    spans = tuple(sorted(token_runs(ids, adapter.image_token_id) + videos))
     end = spans_end(spans)
     positions = adapter.prompt_position_ids(inputs, plan)[:, 0]
     return dict(
@@ -110,10 +111,10 @@ def plan_bucket(adapter: VLMAdapter, image_size: Sequence[int], frames: int = 0)
             f"cannot be a bucket (buckets are processed sizes); {fix}."
         )
     if frames and adapter.processed_frames(pixels) != frames:
-        kept = adapter.processed_frames(pixels)
+        kept_frames = adapter.processed_frames(pixels)
         critical(
-            f"A {frames}-frame video becomes {kept} frames (whole temporal patches), so {frames} cannot be a bucket's "
-            f"frame count; use --video-size {kept}x{height}x{width}."
+            f"A {frames}-frame video becomes {kept_frames} frames (whole temporal patches), so {frames} cannot be a "
+            f"bucket's frame count; use --video-size {kept_frames}x{height}x{width}."
         )
     return Bucket(
         image_size=(height, width),

@@ -25,8 +25,9 @@ positions, and ``visual_ids (B, sum(budgets))``. Every node also carries ``plugi
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import onnx
 import torch
@@ -250,15 +251,28 @@ def _spectrum_prune_unit(
     return hidden, cos, sin, visual_ids, pruned_spans(spans, budgets)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpectrumPruneUnit:
+    """An SPU scope's function that calls the SpectrumPrune plugin op with the applied SPU ``variant`` and ``rho``."""
+
+    variant: str
+    rho: float
+    takes_visual_ids: ClassVar[bool] = True  # an input of the op: the decoder builds them before the unit's scope
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _spectrum_prune_unit(*args, variant=self.variant, rho=self.rho, **kwargs)
+
+
 @contextlib.contextmanager
 def plugin_units(model: nn.Module, variant: str, rho: float) -> Iterator[None]:
     """Within the block, every OIM and SPU scope of ``model`` calls the plugin op instead of its native ops
     (``variant`` and ``rho``: the applied SPU config)."""
     if variant not in PLUGIN_SPU_VARIANTS:
         variant = PLUGIN_SPU_VARIANTS[0]  # no SPU scope runs when SPU is off
-    spu_unit = functools.partial(_spectrum_prune_unit, variant=variant, rho=rho)
-    spu_unit.takes_visual_ids = True  # an input of the op: the decoder builds them before the unit's scope
-    replacements = {merge_units: _ortho_merge_unit, spu_prune: spu_unit}
+    replacements: dict[Callable[..., Any], Callable[..., Any]] = {
+        merge_units: _ortho_merge_unit,
+        spu_prune: SpectrumPruneUnit(variant, rho),
+    }
     swapped = [(scope, scope.fn) for scope in model.modules() if isinstance(scope, Scope) and scope.fn in replacements]
     for scope, fn in swapped:
         scope.fn = replacements[fn]

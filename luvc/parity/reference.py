@@ -117,7 +117,8 @@ class TorchReference:
     def run(self, inputs: dict, max_new_tokens: int, kept: Mapping[int, np.ndarray] | None = None) -> TorchRun:
         """Outputs for model ``inputs`` (``adapter.prepare_inputs``; one sample, or a batch); ``kept``: SPU layer ->
         ``(B, k)`` original visual indices to keep there instead of the best-scoring ones (a backend's selection)."""
-        activations, scores = {}, {}
+        activations: dict[str, np.ndarray] = {}
+        scores: dict[int, list[tuple[np.ndarray, int, np.ndarray]]] = {}
         forcing = self._forcing_hooks(kept or {})  # first, so that the recorded scores are those that selected
         hooks = self._hooks(activations, scores)
         try:

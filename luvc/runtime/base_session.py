@@ -124,14 +124,14 @@ class BaseSession:
         very tensors fed as inputs: an in-place update); the others are allocated."""
         if not self.is_active:
             self.activate()
-        feeds = {name: self._on_device(name, value) for name, value in feeds.items()}
-        symbols = self.check_feeds(feeds)
+        on_device = {name: self._on_device(name, value) for name, value in feeds.items()}
+        symbols = self.check_feeds(on_device)
         outputs = self._outputs(symbols, targets or {})
         began = time.perf_counter()
         if self.replayer is not None:
-            self.replayer.run(feeds, outputs, self.infer_impl)
+            self.replayer.run(on_device, outputs, self.infer_impl)
         else:
-            self.infer_impl(feeds, outputs)
+            self.infer_impl(on_device, outputs)
         self.last_inference_seconds = time.perf_counter() - began
         self.total_inference_seconds += self.last_inference_seconds
         self.stats.calls += 1
@@ -152,8 +152,9 @@ class BaseSession:
         if key not in self._output_shapes:
             shapes = {}
             for entry in self.outputs:
-                shape = [evaluate_dim(dim, symbols) for dim in entry.shape]
-                if None in shape:
+                found = [evaluate_dim(dim, symbols) for dim in entry.shape]
+                shape = [size for size in found if size is not None]
+                if len(shape) != len(found):
                     critical(
                         f"{self.name}: output {entry.name} has shape {list(entry.shape)}, which the inputs do not bind."
                     )

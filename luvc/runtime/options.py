@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -105,12 +105,15 @@ class GenerationOptions:
         return (eos,) if isinstance(eos, int) else tuple(eos or ())
 
 
+Member = TypeVar("Member", bound=Hashable)  # what a running batch knows a row by (a row index, a server's job)
+
+
 @dataclasses.dataclass(frozen=True)
-class RowStep:
+class RowStep(Generic[Member]):
     """What one step gave one row (known by its ``member`` key): its ``token``, the text that token made final, and
     once the row has finished, why (``None`` while it runs); ``logits (V,)`` when its options keep them."""
 
-    member: Hashable
+    member: Member
     token: int
     text: str
     finish_reason: FinishReason | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -15,6 +16,9 @@ from luvc.runtime.base_session import BaseSession, SessionSetup
 from luvc.runtime.ort_logging import default_logger_errors_only
 from luvc.runtime.replay import Replayer
 from luvc.runtime.weights import MappedWeights, is_quantized
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 # the run option that selects a captured CUDA graph (ONNX Runtime's ``kOrtRunOptionsConfigCudaGraphAnnotation``): an
 # id above 0 captures that graph on its first allowed run and replays it after; -1 runs without capture or replay
@@ -78,7 +82,16 @@ class OrtSession(BaseSession):
         # no float8 kernel; basic optimizations keep the Q/DQ nodes
         self.basic_optimizations = setup.basic_optimizations
         self.providers: list[str] = []
-        self.session = self.binding = self.run_options = None
+        self.session: onnxruntime.InferenceSession | None = None
+        self.binding: onnxruntime.IOBinding | None = None
+        self.run_options: onnxruntime.RunOptions | None = None
+
+    @property
+    def live(self) -> onnxruntime.InferenceSession:
+        """The ONNX Runtime session, while this one is active."""
+        if self.session is None:
+            raise RuntimeError(f"{self.name} is not active: activate it first")
+        return self.session
 
     def activate_impl(self) -> None:
         try:
@@ -163,8 +176,11 @@ class OrtSession(BaseSession):
             binding.bind_output(name, device_type, device_id, element, list(tensor.shape), tensor.data_ptr())
 
     def infer_impl(self, feeds, outputs):
-        self.bind(self.binding, feeds, outputs)
-        self.session.run_with_iobinding(self.binding, self.run_options)
+        session, binding = self.live, self.binding
+        if binding is None:  # made with the session
+            raise RuntimeError(f"{self.name} has no IO binding: activate it first")
+        self.bind(binding, feeds, outputs)
+        session.run_with_iobinding(binding, self.run_options)
 
     def deactivate_impl(self) -> None:
         self.session = self.binding = self.replayer = None
@@ -182,17 +198,17 @@ class OrtGraphCapture:
     def capture(self, slot: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         """Bind, then run graph id ``slot`` until ONNX Runtime has captured it (its warm-up run first); every run
         writes this call's outputs."""
-        binding = self.session.session.io_binding()
+        binding = self.session.live.io_binding()
         self.session.bind(binding, inputs, outputs)
         run_options = self.session.new_run_options()
         run_options.add_run_config_entry(GRAPH_ID, str(slot))
         self.slots[slot] = (binding, run_options)
         for _ in range(CAPTURE_RUNS):
-            self.session.session.run_with_iobinding(binding, run_options)
+            self.session.live.run_with_iobinding(binding, run_options)
 
     def replay(self, slot: int) -> None:
         binding, run_options = self.slots[slot]
-        self.session.session.run_with_iobinding(binding, run_options)
+        self.session.live.run_with_iobinding(binding, run_options)
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from luvc.export.manifest_entries import BucketEntry
 from luvc.export.profile import PROFILE_LIMITS
 from luvc.prompt import Conversation, PromptTemplate, Turn, render_conversation, token_runs, video_text
 from luvc.videos import DEFAULT_SAMPLED_FPS, Video, slice_timestamps
+
+T = TypeVar("T")
 
 TEXT_PREFILL_MIN_TOKENS = 2  # the text prefill graph's shortest input (a shorter prompt is padded)
 PAD_TOKEN_ID = 0  # what pads a shorter row on the right (never attended: causal attention, each row's own length)
@@ -115,17 +118,22 @@ class PromptIds:
         entry = self.manifest.template
         if bucket.parts:
             image, clip = (self.manifest.buckets[part] for part in bucket.parts)
-            text = self.visual_text(clip, video) or entry.video_placeholder * clip.tokens_per_image
-            return entry.image_placeholder * image.tokens_per_image + entry.visual_separator + text
+            clip_placeholder, _ = entry.placeholder_of(clip)
+            text = self.visual_text(clip, video) or clip_placeholder * clip.tokens_per_image
+            separator = _recorded(entry.visual_separator, "the separator of a mixed bucket's image and video")
+            return entry.image_placeholder * image.tokens_per_image + separator + text
         if video is None or not entry.video_frame_template:
             return None
-        temporal = self.manifest.geometry.temporal_patch_size
-        seconds = slice_timestamps(video, temporal, len(bucket.visual_spans))
-        return video_text(entry.video_placeholder, bucket.tokens_per_image, entry.video_frame_template, seconds)
+        placeholder, _ = entry.placeholder_of(bucket)
+        seconds = slice_timestamps(video, self._temporal_patch_size(), len(bucket.visual_spans))
+        return video_text(placeholder, bucket.tokens_per_image, entry.video_frame_template, seconds)
+
+    def _temporal_patch_size(self) -> int:
+        return _recorded(self.manifest.geometry.temporal_patch_size, "the frames of a temporal patch")
 
     def refuse_timestamps(self, bucket: BucketEntry, video: Video) -> None:
         """One line: ``video``'s slice timestamps take other token counts than ``bucket``'s (Qwen3-VL)."""
-        seconds = slice_timestamps(video, self.manifest.geometry.temporal_patch_size, len(bucket.visual_spans))
+        seconds = slice_timestamps(video, self._temporal_patch_size(), len(bucket.visual_spans))
         critical(
             f"The clip's slice timestamps ({', '.join(f'{s:.1f}' for s in seconds)} s) take other token counts in "
             f"the prompt than bucket {bucket.name}'s, which was traced with a clip from 0 s at "
@@ -182,3 +190,10 @@ class PromptIds:
                     "--max-text-tokens."
                 )
         return PromptRows.of(rows, [0] * len(rows), min_width=TEXT_PREFILL_MIN_TOKENS)
+
+
+def _recorded(value: T | None, what: str) -> T:
+    """``value`` from the manifest, which an export with video buckets records (one line if it does not)."""
+    if value is None:
+        critical(f"This export's manifest does not record {what}, which its video buckets need; export it again.")
+    return value

@@ -69,7 +69,9 @@ class Request:
         batch = prepared.batch
         self.sessions, self.feeds, self.prepared, self.options = sessions, feeds, prepared, options
         self.timings = Timings(preprocess_ms=prepared.preprocess_ms)
-        self.rows = RunningBatch(sessions, feeds, batch, tokenizer)  # one request at a time: the sessions' cache
+        self.rows: RunningBatch[int] = RunningBatch(
+            sessions, feeds, batch, tokenizer
+        )  # one request at a time: the sessions' cache
         self.row_options = options.rows(batch)
         self.texts = [""] * batch
         self.finish_reasons: list[FinishReason | None] = [None] * batch
@@ -126,7 +128,7 @@ class Request:
         self.timings.session_ms = (self.sessions.seconds() - self._sessions_before) * 1e3
         return step
 
-    def _start(self) -> list[RowStep]:
+    def _start(self) -> list[RowStep[int]]:
         sessions, prepared, timings = self.sessions, self.prepared, self.timings
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
         prefill, row_steps = self.rows.admit(prepared, self.row_options, range(prepared.batch))
@@ -136,11 +138,11 @@ class Request:
         timings.kv_cache_bytes = self.rows.cache.nbytes()
         return row_steps
 
-    def _gather(self, row_steps: list[RowStep], decode_feeds: dict | None) -> Step:
+    def _gather(self, row_steps: list[RowStep[int]], decode_feeds: dict | None) -> Step:
         """The batch's ``Step`` from its running rows' steps."""
-        logits = None
-        if self.options.keep_logits and row_steps:
-            logits = np.full((self.prepared.batch, row_steps[0].logits.shape[-1]), np.nan, row_steps[0].logits.dtype)
+        logits, first = None, row_steps[0].logits if row_steps else None
+        if self.options.keep_logits and first is not None:
+            logits = np.full((self.prepared.batch, first.shape[-1]), np.nan, first.dtype)
         for row_step in row_steps:
             row = row_step.member
             self.last_tokens[row] = row_step.token

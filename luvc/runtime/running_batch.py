@@ -18,14 +18,15 @@ call.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
+from typing import Generic
 
 import numpy as np
 import torch
 
 from luvc.errors import critical
 from luvc.runtime.feeds import GraphFeeds
-from luvc.runtime.options import FinishReason, GenerationOptions, RowStep
+from luvc.runtime.options import FinishReason, GenerationOptions, Member, RowStep
 from luvc.runtime.prefill import Prefill, run_prefill
 from luvc.runtime.prepare import Prepared
 from luvc.runtime.sampling import SamplingConfig, next_tokens
@@ -36,10 +37,10 @@ GREEDY = SamplingConfig()
 
 
 @dataclasses.dataclass
-class _Row:
+class _Row(Generic[Member]):
     """One running row's settings and progress."""
 
-    member: Hashable
+    member: Member
     options: GenerationOptions
     stops: frozenset[int]
     stream: TextStream | None  # its text so far (None: no tokenizer, no text)
@@ -61,7 +62,7 @@ class _Row:
         return piece, "stop" if stopped else "length"
 
 
-class RunningBatch:
+class RunningBatch(Generic[Member]):
     """Up to ``capacity`` rows generating together on ``sessions`` (which lends it its KV cache); each row is known
     by the member key it was admitted with. ``tokenizer`` turns each row's tokens into text (and finds its stop
     strings); without one, rows have no text and cannot take stop strings."""
@@ -71,7 +72,7 @@ class RunningBatch:
         self.cache = sessions.kv_cache(capacity)
         self.cache.owner = self  # the cache now holds this batch's rows
         self.cache.clear_row()
-        self.rows: list[_Row] = []
+        self.rows: list[_Row[Member]] = []
         device = sessions.device
         self.token = torch.zeros(capacity, dtype=torch.int64, device=device)
         rows = sessions.manifest.geometry.position_rows
@@ -91,7 +92,7 @@ class RunningBatch:
         return len(self.members)
 
     @property
-    def members(self) -> list[Hashable]:
+    def members(self) -> list[Member]:
         """The member keys of the rows still generating, in row order."""
         return [row.member for row in self.rows if not row.ended]
 
@@ -101,8 +102,8 @@ class RunningBatch:
         return self.capacity - self.size
 
     def admit(
-        self, prepared: Prepared, options: Sequence[GenerationOptions], members: Sequence[Hashable]
-    ) -> tuple[Prefill, list[RowStep]]:
+        self, prepared: Prepared, options: Sequence[GenerationOptions], members: Sequence[Member]
+    ) -> tuple[Prefill, list[RowStep[Member]]]:
         """Check ``prepared``'s rows against this batch and the export (room, their ``options``' lengths and stop
         strings) before any work, run their vision and prefill graphs, and put them after the running ones, each
         generating under its ``options`` and known as its ``members`` key. Returns the prefill (its features, feeds,
@@ -122,8 +123,8 @@ class RunningBatch:
         return prefill, self._place(prefill, options, members)
 
     def _place(
-        self, prefill: Prefill, options: Sequence[GenerationOptions], members: Sequence[Hashable]
-    ) -> list[RowStep]:
+        self, prefill: Prefill, options: Sequence[GenerationOptions], members: Sequence[Member]
+    ) -> list[RowStep[Member]]:
         """Load ``prefill``'s rows into the cache after the running ones and give each its first step."""
         batch = prefill.outputs["logits"].shape[0]
         rows = slice(len(self.rows), len(self.rows) + batch)
@@ -167,7 +168,7 @@ class RunningBatch:
             next_tokens(logits[here], config, row.generator, self.token[index : index + 1], counts)
         return self.token[rows]
 
-    def _advance(self, logits: torch.Tensor, rows: slice) -> list[RowStep]:
+    def _advance(self, logits: torch.Tensor, rows: slice) -> list[RowStep[Member]]:
         """Choose ``rows``' next tokens from their ``logits`` and give each row its step; rows that end are marked to
         leave."""
         with self.sessions.on_stream():
@@ -211,7 +212,7 @@ class RunningBatch:
             position += 1
         return logits, recorded
 
-    def step(self, keep_feeds: bool = False) -> tuple[list[RowStep], dict[str, np.ndarray] | None]:
+    def step(self, keep_feeds: bool = False) -> tuple[list[RowStep[Member]], dict[str, np.ndarray] | None]:
         """One decode step: each running row's next ``RowStep`` (rows that end with it leave before the next step)
         and, with ``keep_feeds``, the step's decode feeds on the host."""
         self._drop_ended()
@@ -219,7 +220,7 @@ class RunningBatch:
         logits, recorded = self.decode(keep_feeds)
         return self._advance(logits, slice(0, size)), recorded
 
-    def leave(self, member: Hashable) -> None:
+    def leave(self, member: Member) -> None:
         """End ``member``'s row now (a cancelled generation): the last running row moves into its place."""
         self._remove([row.member for row in self.rows].index(member))
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, T
 from luvc.runtime.kv_cache import KVCache, KVLayout
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
+
+if TYPE_CHECKING:
+    from luvc.engines.trt_module import TensorRT
 
 # graph kinds replayed as CUDA graphs: the vision graphs run plain, being compute-bound (on an H200, Qwen2-VL-2B widths
 # at 896x896, an ONNX Runtime CUDA vision graph took 17 ms plain and 36 ms replayed; LUVC's prefill 6.7 -> 4.7 ms and a
@@ -95,10 +99,10 @@ class Sessions:
         # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
         on_gpu = device.type == "cuda" and torch.cuda.is_available()
         self.cuda_stream = torch.cuda.Stream(device) if on_gpu else None
-        stream = self.cuda_stream and self.cuda_stream.cuda_stream
+        stream = self.cuda_stream.cuda_stream if self.cuda_stream is not None else None
         self.providers = choices.providers or ort_providers(device, stream)
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
-        self._tensorrt = None
+        self._tensorrt: TensorRT | None = None  # the module the engines were built with, once checked
         self._engines = self._checked_engines() if backend == "trt" else {}
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
         float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
@@ -139,6 +143,7 @@ class Sessions:
         """The session of graph ``name`` (created and activated on first use)."""
         if name not in self._open:
             graph = self.manifest.graphs[name]
+            session: BaseSession
             if self.backend == "ort":
                 path = checked_graph_path(self.folder, name, self.manifest)
                 session = OrtSession(path, graph.inputs, graph.outputs, self.setup(graph))
@@ -173,6 +178,8 @@ class Sessions:
         from luvc.engines.plugin_library import plugin_library_for_run
         from luvc.engines.trt_module import import_tensorrt
 
+        if self.engines_dir is None:  # the TensorRT backend is chosen with its engines
+            critical("The TensorRT backend needs the engines' folder; pass --engines.")
         engines = EngineManifest.load(self.engines_dir)
         tensorrt = self._tensorrt = import_tensorrt(engines.tensorrt.module)
         plugins = plugin_library_for_run(engines.plugin_library, self.plugin_library)

@@ -16,6 +16,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -47,7 +48,7 @@ def create_app(
     stream); ``lenient`` ignores request fields the server does not know, and contradicting ones, where it would
     refuse them (``openai_api.parse_request``). The service starts and stops with the app."""
     access = access or AccessPolicy()
-    docs = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs: dict[str, Any] = {} if access.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="luvc-export", lifespan=_lifespan(service), **docs)
     _add_middleware(app, service, access)
     routes = _Routes(service, model_name, request_timeout_s, lenient)

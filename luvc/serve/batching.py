@@ -176,7 +176,7 @@ class JobRunner:
     def __init__(self, pipeline: Pipeline, max_batch: int) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch
-        self.rows: RunningBatch | None = None  # made at the first admission (it takes the pipeline's KV cache)
+        self.rows: RunningBatch[Job] | None = None  # made at the first admission (it takes the pipeline's KV cache)
         self.running: dict[Job, _Progress] = {}
 
     @property
@@ -218,7 +218,7 @@ class JobRunner:
         for job in [job for job in self.running if job.is_cancelled()]:  # a client that left frees its row now
             self._leave(job)
             _cancelled(job, self.running.pop(job).tokens)
-        if not self.running:
+        if not self.running or self.rows is None:  # rows come with the first admission
             return
         try:
             steps, _ = self.rows.step()
@@ -265,7 +265,7 @@ class _Progress:
         if step.text:
             self.text += step.text
             job.emit(Delta(step.text))
-        if step.finished:
+        if step.finish_reason is not None:
             ttft, decode = self.first_token_at - job.submitted, now - self.first_token_at
             job.emit(Finished(self.text, step.finish_reason, job.prepared.prompt_tokens, self.tokens, ttft, decode))
 

@@ -107,7 +107,7 @@ class GenerationService:
         self,
         prepared: Prepared,
         options: GenerationOptions,
-        emit: Callable[[Event], None],
+        emit: Callable[[Event], object],  # what it returns is ignored
         client_cancelled: Callable[[], bool] | None = None,
     ) -> Job:
         """Queue a prepared request; ``emit`` receives its events on the worker thread; ``client_cancelled`` (e.g.
@@ -137,7 +137,7 @@ class GenerationService:
             )
         return [job for job in jobs if job not in late]
 
-    def _observed(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
+    def _observed(self, emit: Callable[[Event], object]) -> Callable[[Event], None]:
         def observe(event: Event) -> None:
             if isinstance(event, Finished):
                 self.metrics.time_to_first_token.observe(event.time_to_first_token_s)
