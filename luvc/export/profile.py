@@ -123,11 +123,15 @@ class ResolvedProfile:
 
 
 def _image_size(size: Sequence[int]) -> tuple[int, int]:
+    if len(size) != 2:
+        critical(f"Image size {tuple(size)} is not (height, width); give --image-size HxW.")
     height, width = size
     return int(height), int(width)
 
 
 def _video_size(size: Sequence[int]) -> tuple[int, int, int]:
+    if len(size) != 3:
+        critical(f"Video size {tuple(size)} is not (frames, height, width); give --video-size FxHxW.")
     frames, height, width = size
     return int(frames), int(height), int(width)
 

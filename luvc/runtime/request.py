@@ -69,9 +69,8 @@ class Request:
         batch = prepared.batch
         self.sessions, self.feeds, self.prepared, self.options = sessions, feeds, prepared, options
         self.timings = Timings(preprocess_ms=prepared.preprocess_ms)
-        self.rows: RunningBatch[int] = RunningBatch(
-            sessions, feeds, batch, tokenizer
-        )  # one request at a time: the sessions' cache
+        # one request at a time: the sessions' cache; its rows are known by their index
+        self.rows: RunningBatch[int] = RunningBatch(sessions, feeds, batch, tokenizer)
         self.row_options = options.rows(batch)
         self.texts = [""] * batch
         self.finish_reasons: list[FinishReason | None] = [None] * batch

@@ -107,6 +107,21 @@ def test_a_named_bucket_set_becomes_the_sizes_the_processor_keeps(family, name, 
     assert all(processed_size(processor, size) == size for size in resolved)  # buckets are sizes it keeps
 
 
+def test_the_resolved_profile_holds_int_sizes_and_a_size_of_the_wrong_rank_is_named():
+    """What a library caller passes (lists, numpy ints) comes out as (H, W) and (frames, H, W) tuples of ints, which
+    the manifest records; a size with the wrong number of axes is one line, not an unpacking error."""
+    adapter = load_model("tiny-qwen2-vl")
+    resolved = ExportProfile(image_sizes=([np.int64(224), 224],), video_sizes=([8, 112, np.int32(168)],)).resolve(
+        adapter
+    )
+    assert resolved.image_sizes == ((224, 224),) and resolved.video_sizes == ((8, 112, 168),)
+    assert all(type(side) is int for size in (*resolved.image_sizes, *resolved.video_sizes) for side in size)
+    with pytest.raises(LuvcError, match=r"Image size \(224, 224, 3\) is not \(height, width\); give --image-size HxW"):
+        ExportProfile(image_sizes=((224, 224, 3),)).resolve(adapter)
+    with pytest.raises(LuvcError, match=r"Video size \(112, 168\) is not \(frames, height, width\)"):
+        ExportProfile(video_sizes=((112, 168),)).resolve(adapter)
+
+
 def test_sets_and_sizes_mix_without_repeats():
     adapter = load_model("tiny-qwen2-vl")
     profile = ExportProfile(image_sizes=((224, 224), BucketSet("aspects"), (448, 448), BucketSet("aspects")))
