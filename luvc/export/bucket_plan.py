@@ -13,7 +13,8 @@ from luvc.compress.budgets import BudgetPlan
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.export.buckets import BucketKey, spans_end
-from luvc.export.profile import ResolvedProfile, layer_capacity
+from luvc.export.manifest_entries import ProfileEntry
+from luvc.export.profile import layer_capacity
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.plan import RequestPlan
@@ -142,7 +143,7 @@ def plan_mixed_bucket(adapter: VLMAdapter, image: Bucket, video: Bucket) -> Buck
     )
 
 
-def kv_capacities(buckets: Sequence[Bucket], profile: ResolvedProfile) -> list[int]:
+def kv_capacities(buckets: Sequence[Bucket], profile: ProfileEntry) -> list[int]:
     """Each decoder layer's fixed KV-cache capacity in the decode graph: the most any bucket needs there."""
     num_layers = len(buckets[0].budget_plan.total)
     return [

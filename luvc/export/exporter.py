@@ -45,15 +45,14 @@ from luvc.export.manifest import (
     external_data_files,
     geometry_entry,
     io_entries,
-    profile_entry,
     sha256_file,
     template_entry,
 )
-from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry
+from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry, ProfileEntry
 from luvc.export.naming import place_of
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS
-from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile, ResolvedProfile
+from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile
 from luvc.export.source import ModelEntryInBackground
 from luvc.export.stage_times import StageTime, StageTimes
 from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, WeightsPart, load_inline
@@ -253,7 +252,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 precision=profile.precision,
                 opset=profile.opset,
                 versions=_versions(),
-                profile=profile_entry(profile),
+                profile=profile,
                 template=template_entry(adapter),
                 geometry=geometry_entry(adapter),
                 passes=PassesEntry(self.passes, self.plugin_nodes),
@@ -407,7 +406,7 @@ class _GraphWriter:
     exporter: OnnxFromCompressedModel
     specs: list[tuple[GraphSpec, Bucket | None]]
     staging: Path
-    profile: ResolvedProfile
+    profile: ProfileEntry
     external: bool
     stable: StableMemory = dataclasses.field(init=False)  # the model's memory, unchanged while the export runs
 

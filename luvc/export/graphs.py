@@ -11,7 +11,7 @@ from torch.export import Dim
 
 from luvc.export.bucket_plan import Bucket
 from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_names, kept_index_layers, kv_names
-from luvc.export.profile import ResolvedProfile
+from luvc.export.manifest_entries import ProfileEntry
 from luvc.models.base import VLMAdapter
 
 TEXT_PREFILL = "prefill_text"  # the graph of prompts without visuals
@@ -61,7 +61,7 @@ def _rows(tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
     return tensor.repeat(*sizes).contiguous()
 
 
-def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ResolvedProfile) -> GraphSpec:
+def vision_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry) -> GraphSpec:
     module, feeds = adapter.vision_graph(bucket.pixels, bucket.plan)
     feeds = dict(feeds)
     feeds["pixel_values"] = feeds["pixel_values"].to(profile.dtype)
@@ -82,7 +82,7 @@ def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _rows(positions[:, None], axis=1), 1
 
 
-def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ResolvedProfile, shifts: bool = True) -> GraphSpec:
+def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shifts: bool = True) -> GraphSpec:
     """The prefill graph of ``bucket``; ``shifts``: its visual spans move with each row's ``visual_shift`` (see
     ``PrefillGraph``)."""
     hidden = adapter.language_model.config.hidden_size
@@ -128,7 +128,7 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ResolvedProfile, 
     return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name, named_inputs=3)
 
 
-def text_prefill_spec(adapter: VLMAdapter, profile: ResolvedProfile, longest: int) -> GraphSpec:
+def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) -> GraphSpec:
     """The prefill of a prompt without visuals (a text-only turn): ``2 .. longest`` tokens (a shorter prompt is
     padded on the right), no SPU."""
     hidden = adapter.language_model.config.hidden_size
@@ -151,7 +151,7 @@ def text_prefill_spec(adapter: VLMAdapter, profile: ResolvedProfile, longest: in
     return GraphSpec(TEXT_PREFILL, "text", module, feeds, outputs, dims, named_inputs=3)
 
 
-def decode_spec(adapter: VLMAdapter, profile: ResolvedProfile, capacities: Sequence[int]) -> GraphSpec:
+def decode_spec(adapter: VLMAdapter, profile: ProfileEntry, capacities: Sequence[int]) -> GraphSpec:
     """One decode step over caches of the fixed per-layer ``capacities`` (``kv_capacities``)."""
     config = adapter.language_model.config
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
@@ -188,7 +188,7 @@ def _example_window(capacities: Sequence[int]) -> int:
     return length
 
 
-def embed_spec(adapter: VLMAdapter, profile: ResolvedProfile) -> GraphSpec:
+def embed_spec(adapter: VLMAdapter, profile: ProfileEntry) -> GraphSpec:
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     length = Dim("sequence_length", min=1, max=1 << 16)
     feeds = {"input_ids": torch.zeros(EXAMPLE_BATCH, 8, dtype=torch.long)}

@@ -40,7 +40,6 @@ from luvc.staging import OutputKind, partials_note
 
 if TYPE_CHECKING:
     from luvc.export.bucket_plan import Bucket
-    from luvc.export.profile import ResolvedProfile
     from luvc.models.base import VLMAdapter
 
 MANIFEST_NAME = "manifest.json"
@@ -330,11 +329,6 @@ def bucket_entry(bucket: Bucket) -> BucketEntry:
         host=f"host_{bucket.name}.npz",
         parts=tuple(bucket.parts),
     )
-
-
-def profile_entry(profile: ResolvedProfile) -> ProfileEntry:
-    """The manifest entry of a resolved export profile."""
-    return ProfileEntry(**dataclasses.asdict(profile))
 
 
 def template_entry(adapter: VLMAdapter) -> TemplateEntry:

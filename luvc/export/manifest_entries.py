@@ -8,10 +8,15 @@ cache), ``PassesEntry``, and ``QuantizationEntry`` (what calibration did).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from luvc.errors import critical
 from luvc.export.buckets import BucketKey
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # graph precision -> the torch dtype it traces in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +173,13 @@ class ProfileEntry:
     kv_update: str
     video_sizes: tuple[tuple[int, int, int], ...] = ()
     mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...] = ()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype the graphs are traced in."""
+        import torch
+
+        return getattr(torch, PRECISIONS[self.precision])
 
     def check_max_new_tokens(self, max_new_tokens: int, label: str | None = None) -> None:
         """Refuse a generation length outside 1 .. the profile's ``max_new_tokens``; ``label`` names the value in the

@@ -12,15 +12,13 @@ from typing import TYPE_CHECKING
 
 from luvc.errors import critical
 from luvc.export.buckets import BucketSet
+from luvc.export.manifest_entries import PRECISIONS, ProfileEntry
 
 AUTO_EXTERNAL_BYTES = 256 << 20  # above this the graphs share one weights.data (tiny models stay self-contained)
 
 if TYPE_CHECKING:
-    import torch
-
     from luvc.models.base import VLMAdapter
 
-PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # graph precision -> the torch dtype it traces in
 DEFAULT_QWEN_IMAGE_SIZE = (448, 448)
 PROFILE_LIMITS = {"max_batch": 256, "max_text_tokens": 32768, "max_new_tokens": 32768}  # graphs' axes stay < 2^16
 KV_UPDATE_FORMS = ("tensor-scatter", "scatter-elements")  # the decode graph's in-place KV write (``kv_update``)
@@ -55,8 +53,10 @@ class ExportProfile:
     external_data: str | None = None
     kv_update: str | None = None
 
-    def resolve(self, adapter: VLMAdapter) -> ResolvedProfile:
-        """This profile with every default taken for ``adapter``'s model, each value checked (one line if not)."""
+    def resolve(self, adapter: VLMAdapter) -> ProfileEntry:
+        """This profile with every default taken for ``adapter``'s model, each value checked (one line if not): the
+        manifest's ``ProfileEntry``, which the exporter and its graph specs are made from. Its ``image_sizes`` include
+        the image parts of the mixed buckets (their vision graphs run); likewise ``video_sizes``."""
         precision = self.precision or "fp32"
         if precision not in PRECISIONS:
             critical(f"Precision {precision!r} is not supported; use one of {sorted(PRECISIONS)} (--precision).")
@@ -84,11 +84,11 @@ class ExportProfile:
         # a mixed bucket runs the vision graphs of its parts: they are buckets too
         sizes += tuple(dict.fromkeys(image for image, _ in mixed if image not in sizes))
         videos += tuple(dict.fromkeys(video for _, video in mixed if video not in videos))
-        return ResolvedProfile(
-            sizes,
-            videos,
-            mixed,
-            precision,
+        return ProfileEntry(
+            image_sizes=sizes,
+            video_sizes=videos,
+            mixed_sizes=mixed,
+            precision=precision,
             max_batch=_limit("max_batch", self.max_batch, 4),
             max_text_tokens=_limit("max_text_tokens", self.max_text_tokens, 512),
             max_new_tokens=_limit("max_new_tokens", self.max_new_tokens, 256),
@@ -96,30 +96,6 @@ class ExportProfile:
             external_data=external,
             kv_update=kv_update,
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class ResolvedProfile:
-    """An ``ExportProfile`` with every default taken and checked (``ExportProfile.resolve``): what the exporter, its
-    graphs and the manifest's ``ProfileEntry`` are made from. ``image_sizes`` are the image buckets, the parts of the
-    mixed buckets included (their vision graphs run); likewise ``video_sizes``."""
-
-    image_sizes: tuple[tuple[int, int], ...]
-    video_sizes: tuple[tuple[int, int, int], ...]
-    mixed_sizes: tuple[tuple[tuple[int, int], tuple[int, int, int]], ...]
-    precision: str
-    max_batch: int
-    max_text_tokens: int
-    max_new_tokens: int
-    opset: int
-    external_data: str
-    kv_update: str
-
-    @property
-    def dtype(self) -> torch.dtype:
-        import torch
-
-        return getattr(torch, PRECISIONS[self.precision])
 
 
 def _image_size(size: Sequence[int]) -> tuple[int, int]:
