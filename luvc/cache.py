@@ -13,6 +13,9 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
   unchanged since, or when its bytes match the CRC again (about 4 GB/s on one core). A cache exists to make a start
   quick, never to change a result: an entry whose bytes do not match is dropped, said in one line, and converted again.
 
+- ``matmul_nbits/<sha256 of the weights file>/<offset>-<length>.u8``: weight-only INT8 weights in the layout of ONNX
+  Runtime's ``MatMulNBits`` (``luvc.runtime.matmul_nbits``), kept and checked the same way.
+
 - ``openvino/``: OpenVINO's compiled models (``--backend openvino``; OpenVINO's own ``CACHE_DIR``, keyed by a hash
   of the model and its compile settings): a warm start imports them instead of compiling (1.3 s against 12 s for
   the graphs of a 2B-widths export with 8 layers). OpenVINO trusts what it imports, so each blob is sealed as the
@@ -48,7 +51,9 @@ ENV = "LUVC_CACHE_DIR"
 # free bytes a float32 copy leaves on the cache's disk at least (the copy is skipped below it)
 MIN_FREE_BYTES = 1 << 30
 # what the cache holds (``clear_cache`` removes these, nothing else of the folder)
-FOLDERS = ("verified", "float32", "openvino", "backends")
+FOLDERS = ("verified", "float32", "matmul_nbits", "openvino", "backends")
+# a kind of conversion -> the type of its values and its files' suffix (a folder of the cache each)
+CONVERSIONS = {"float32": (np.float32, ".f32"), "matmul_nbits": (np.uint8, ".u8")}
 SEAL_SUFFIX = ".sum"  # beside a conversion: its CRC-32 and the stat it last matched at
 CRC_CHUNK = 64 << 20
 
@@ -109,22 +114,27 @@ def remember_digest(path: Path, digest: str) -> None:
     _write_atomically(record, json.dumps({"sha256": digest, "stat": _stat_key(path)}).encode())
 
 
-def _conversion_path(file_digest: str, offset: int, length: int) -> Path | None:
+def _conversion_path(file_digest: str, offset: int, length: int, kind: str) -> Path | None:
     root = cache_root()
-    return None if root is None else root / "float32" / file_digest / f"{offset}-{length}.f32"
+    return None if root is None else root / kind / file_digest / f"{offset}-{length}{CONVERSIONS[kind][1]}"
 
 
-def cached_conversion(file_digest: str, offset: int, length: int, shape: tuple[int, ...]) -> np.memmap | None:
-    """The float32 conversion of the tensor at ``offset`` (``length`` stored bytes) of the weights file with sha256
-    ``file_digest``, memory-mapped read-only, where an earlier start kept it (``keep_conversion``); else None."""
-    path = _conversion_path(file_digest, offset, length)
-    if path is None or int(np.prod(shape, dtype=np.int64)) == 0:
+def cached_conversion(
+    file_digest: str, offset: int, length: int, shape: tuple[int, ...], kind: str = "float32"
+) -> np.memmap | None:
+    """The conversion (``kind``, of ``CONVERSIONS``) of the tensor at ``offset`` (``length`` stored bytes) of the
+    weights file with sha256 ``file_digest``, memory-mapped read-only, where an earlier start kept it
+    (``keep_conversion``); else None."""
+    path = _conversion_path(file_digest, offset, length, kind)
+    dtype = np.dtype(CONVERSIONS[kind][0])
+    size = int(np.prod(shape, dtype=np.int64))
+    if path is None or size == 0:
         return None  # an empty tensor costs nothing to convert, and an empty file cannot be mapped
-    if not path.is_file() or path.stat().st_size != 4 * int(np.prod(shape, dtype=np.int64)):
+    if not path.is_file() or path.stat().st_size != dtype.itemsize * size:
         return None
     if not _intact(path):
         return None
-    return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
 def _seal_of(path: Path) -> Path:
@@ -163,13 +173,14 @@ def _intact(path: Path) -> bool:
     return False
 
 
-def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarray) -> np.ndarray:
-    """Keep ``array``, the float32 conversion of that tensor, for the next start, and return it memory-mapped from
+def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarray, kind: str = "float32") -> np.ndarray:
+    """Keep ``array``, the conversion (``kind``) of that tensor, for the next start, and return it memory-mapped from
     the cache (pages the kernel can share and drop); ``array`` itself where it cannot be kept (said once)."""
-    path = _conversion_path(file_digest, offset, length)
+    path = _conversion_path(file_digest, offset, length, kind)
     if path is None or array.size == 0:
         return array
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    dtype = CONVERSIONS[kind][0]
+    array = np.ascontiguousarray(array, dtype=dtype)
     root = path.parents[2]
     try:
         free = shutil.disk_usage(root).free
@@ -184,7 +195,7 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     seal = {"crc32": zlib.crc32(data), "stat": _stat_key(path)}
     if not _write_atomically(_seal_of(path), json.dumps(seal).encode()):
         return array
-    return np.memmap(path, dtype=np.float32, mode="r", shape=array.shape)
+    return np.memmap(path, dtype=dtype, mode="r", shape=array.shape)
 
 
 OPENVINO_BLOB = "*.blob"  # what OpenVINO writes in its CACHE_DIR
@@ -253,7 +264,7 @@ def keep_record(kind: str, key: str, record: dict) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CacheContents:
-    """What the cache folder holds: the files whose hash it keeps, the float32 conversions (of how many weights
+    """What the cache folder holds: the files whose hash it keeps, the converted weights (of how many weights
     files), OpenVINO's compiled models, and the bytes of all of it."""
 
     root: Path
@@ -270,13 +281,13 @@ def cache_contents() -> CacheContents | None:
     if root is None:
         return None
     verified = list((root / "verified").glob("*.json"))
-    conversions = list((root / "float32").glob("*/*.f32"))
+    conversions = [path for kind, (_, suffix) in CONVERSIONS.items() for path in (root / kind).glob(f"*/*{suffix}")]
     size = 0
     for path in (file for name in FOLDERS for file in (root / name).rglob("*")):
         with contextlib.suppress(OSError):  # removed by another process meanwhile
             size += path.stat().st_size if path.is_file() else 0
     compiled = len(list((root / "openvino").glob(OPENVINO_BLOB)))
-    files = len({path.parent for path in conversions})
+    files = len({path.parent.name for path in conversions})  # a weights file by its digest
     return CacheContents(root, len(verified), len(conversions), files, size, compiled)
 
 

@@ -30,7 +30,7 @@ class Cache:
             console.print(f"The start-up cache is off ({cache.ENV}=off) or its folder cannot be made.")
             return 0
         what = (
-            f"{held.verified} files hashed, {held.conversions} float32 conversions of {held.weights_files} weights "
+            f"{held.verified} files hashed, {held.conversions} converted weights of {held.weights_files} weights "
             f"files, {held.compiled} OpenVINO compiled models, {held.bytes / 2**20:.1f} MiB"
         )
         if args.clear:

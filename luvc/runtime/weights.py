@@ -21,7 +21,9 @@ and its CPU memory arena, which keeps each session's peak activations. Quantized
 a ``DequantizeLinear``) keep prepacking: ONNX Runtime's quantized CPU kernels run several times slower unpacked, and
 those sessions pay a packed copy of their weights each for it. The file pages such a session read to pack are then
 taken out of the process (``drop_resident_pages``): at Qwen2.5-VL-3B's widths the INT8 export's 5.8 GB file stayed
-resident beside the packed copies, though nothing read it again.
+resident beside the packed copies, though nothing read it again. Weight-only INT8 products are given to ONNX Runtime
+as the ``MatMulNBits`` its CPU EP would make of them (``luvc.runtime.matmul_nbits``), their weights converted once
+and kept in the start-up cache, instead of each session converting them again.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from luvc import cache
 from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
+from luvc.runtime import matmul_nbits
+from luvc.runtime.matmul_nbits import blocked_scales, blocked_weight, weight_only_products
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
@@ -52,6 +56,7 @@ CONVERSIONS: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {
 }
 # types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
 # on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
+NBITS_CACHE = "matmul_nbits"  # the start-up cache's kind of conversion for MatMulNBits weights (luvc.cache)
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 # types whose NumPy arrays (ml_dtypes) neither ONNX Runtime ("only supported from non-string numpy arrays") nor
 # torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> the name of
@@ -97,6 +102,10 @@ class MappedWeights:
         self._arrays: dict[tuple[ExternalTensor, int], np.ndarray] = {}
         self._values: dict[tuple[ExternalTensor, int], object] = {}  # ONNX Runtime values, by the same key
         self._device_tensors: dict[ExternalTensor, torch.Tensor] = {}
+        # weights and scales in ``MatMulNBits``' layout, by source, the weight's input rows (0 for a weight) and the
+        # type the graph reads
+        self._nbits_arrays: dict[tuple[ExternalTensor, int, int], np.ndarray] = {}
+        self._nbits_values: dict[tuple[ExternalTensor, int, int], object] = {}
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
@@ -113,7 +122,9 @@ class MappedWeights:
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
+        given: dict[str, object] = {}  # initializers the rewrites below declare, by name: their shared values
         if quantized and not on_gpu:
+            given = self._as_matmul_nbits(model, {tensor.name: tensor for tensor in tensors})
             encode_for_cpu(model, self.int8_encoding)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
         # the type the rewritten graph reads each weight as: a stored float16 or int8 one is converted once
         graph_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
@@ -130,7 +141,12 @@ class MappedWeights:
         read_by_transformers = _read_by_transformers(model, tensors)
         initializers = {tensor.name: tensor for tensor in model.graph.initializer}
         values = []
+        for name, value in given.items():
+            values.append(value)
+            options.add_initializer(name, value)
         for tensor in tensors:
+            if tensor.name not in graph_types:  # a weight the rewrites replaced
+                continue
             as_type = graph_types[tensor.name]
             if as_type != tensor.data_type and tensor.name in read_by_transformers:
                 array = self.array(tensor, as_type)
@@ -139,6 +155,68 @@ class MappedWeights:
             values.append(self.ort_value(tensor, as_type))
             options.add_initializer(tensor.name, values[-1])
         return model.SerializeToString(), values
+
+    def _as_matmul_nbits(self, model: onnx.ModelProto, external: dict[str, ExternalTensor]) -> dict[str, object]:
+        """Rewrite the weight-only INT8 products of ``model`` as ``MatMulNBits`` (``luvc.runtime.matmul_nbits``),
+        and return the ONNX Runtime values of the converted weights and scales it declares, by name: each made once
+        however many sessions read it, the weights kept in the start-up cache. A product whose weight is inline in
+        the graph (a small model) gets its converted weight and scales inline."""
+        products = weight_only_products(model)
+        inline = {tensor.name: tensor for tensor in model.graph.initializer}
+        tensors: dict[str, onnx.TensorProto] = {}
+        given = {}
+        for product in products:
+            weight = external.get(product.weight)
+            for name, source, scales_of in zip(
+                product.blocked_names, (product.weight, product.scales), (0, product.k), strict=True
+            ):
+                stored = external.get(source)
+                if weight is None:
+                    values = numpy_helper.to_array(inline[source]) if stored is None else self.array(stored)
+                    dtype = helper.tensor_dtype_to_np_dtype(inline[source].data_type)  # the activations' type
+                    converted = blocked_scales(values, scales_of, dtype) if scales_of else blocked_weight(values)
+                    tensors[name] = numpy_helper.from_array(converted, name)
+                    continue
+                array, given[name] = self._nbits_value(stored, inline[source], scales_of)
+                tensors[name] = matmul_nbits.given(name, array, weight.location)
+        matmul_nbits.as_matmul_nbits(model, products, tensors)
+        return given
+
+    def _nbits_value(
+        self, source: ExternalTensor | None, declared: onnx.TensorProto, scales_of: int = 0
+    ) -> tuple[np.ndarray, object]:
+        """A weight (``scales_of`` 0), or the scales of a weight of ``scales_of`` input rows, in ``MatMulNBits``'
+        layout, and its ONNX Runtime value: made once per stored tensor (``source``; an inline one, ``declared``:
+        each time), a weight kept in the start-up cache by its file's digest."""
+        import onnxruntime as ort
+
+        key = None if source is None else (_key(source), scales_of, declared.data_type)
+        if key is not None and key in self._nbits_values:
+            return self._nbits_arrays[key], self._nbits_values[key]
+        stored = numpy_helper.to_array(declared) if source is None else self.array(source, source.data_type)
+        if scales_of:  # in the type the graph reads them as (float32 where it was rewritten to compute in float32)
+            array = blocked_scales(stored, scales_of, helper.tensor_dtype_to_np_dtype(declared.data_type))
+        else:
+            array = self._blocked_weight(source, stored)
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        if key is not None:
+            self._nbits_values[key] = value
+            self._nbits_arrays[key] = array
+        return array, value
+
+    def _blocked_weight(self, source: ExternalTensor | None, stored: np.ndarray) -> np.ndarray:
+        """``stored`` (int8 ``(K, N)``) in ``MatMulNBits``' layout, mapped from the start-up cache where an earlier
+        start kept it, else converted (and kept, when ``source``'s file is verified)."""
+        digest = None if source is None else self._verified_digest(source.location)
+        if source is None or digest is None:
+            return blocked_weight(stored)
+        k, n = stored.shape
+        shape = (n, matmul_nbits.blocks(k), matmul_nbits.BLOCK_SIZE)
+        kept = cache.cached_conversion(digest, source.offset, source.length, shape, NBITS_CACHE)
+        if kept is not None:
+            return kept
+        array = blocked_weight(stored)
+        return cache.keep_conversion(digest, source.offset, source.length, array, NBITS_CACHE)
 
     def ort_value(self, tensor: ExternalTensor, as_type: int | None = None):
         """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array (as ``array``
@@ -230,13 +308,15 @@ class MappedWeights:
         return self._files[location]
 
     def drop_resident_pages(self) -> None:
-        """Let the kernel take the mapped files' pages out of this process (``MADV_DONTNEED``) once a quantized CPU
-        session has packed its own copies of the weights it read: those pages are clean and no longer read, yet
-        count in the process's resident memory until reclaimed (the whole INT8 file, 5.8 GB at 3B widths). A page
-        read again comes back from the page cache (or the file)."""
+        """Let the kernel take the mapped files' pages (and the cached ``MatMulNBits`` weights') out of this process
+        (``MADV_DONTNEED``) once a quantized CPU session has packed its own copies of the weights it read: those
+        pages are clean and no longer read, yet count in the process's resident memory until reclaimed (the whole
+        INT8 file, 5.8 GB at 3B widths). A page read again comes back from the page cache (or the file)."""
         if not hasattr(mmap, "MADV_DONTNEED"):  # Windows
             return
-        for mapping in self._mappings.values():
+        # the files' maps, and the MatMulNBits weights mapped from the start-up cache (which sessions have packed)
+        nbits_maps = [getattr(array, "_mmap", None) for array in self._nbits_arrays.values()]
+        for mapping in [*self._mappings.values(), *filter(None, nbits_maps)]:
             mapping.madvise(mmap.MADV_DONTNEED)
 
     @property
@@ -262,6 +342,8 @@ class MappedWeights:
 
     def close(self) -> None:
         self._values.clear()
+        self._nbits_values.clear()
+        self._nbits_arrays.clear()
         self._device_tensors.clear()
         self._arrays.clear()
         self._from_cache.clear()

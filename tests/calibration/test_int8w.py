@@ -163,3 +163,47 @@ def test_tensorrt_rtx_builds_the_int8w_export(int8w_exports, tmp_path):
     assert main(["build", str(int8w_exports("tiny-llava")), "--target", "ada", "--out", str(engines)]) == 0
     assert EngineManifest.load(engines).precision == "int8w"
     assert len(list(engines.glob("*.engine"))) == len(ExportManifest.load(int8w_exports("tiny-llava")).graphs)
+
+
+def test_the_runtime_converts_each_int8w_weight_once_and_a_damaged_conversion_never_changes_an_answer(
+    int8w_exports, tmp_path, monkeypatch, capsys
+):
+    """Issue 78: ONNX Runtime converted every weight-only product to MatMulNBits in each LLM session of every start
+    (9.5 s of an int8w start at 2B widths); the runtime now gives it the converted weights, made once and kept in the
+    start-up cache, whose entries are checked like the float32 conversions (issue 77)."""
+    from luvc import cache
+    from luvc.images import synthetic_image
+    from luvc.runtime.pipeline import Pipeline
+
+    folder = int8w_exports("tiny-llava")  # its source export keeps every weight in weights.data
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    cache.cache_root.cache_clear()
+    cache._say_once.cache_clear()
+    try:
+        prepared = Pipeline(folder).prepare([synthetic_image(224, 224, 5)], ["What is in this picture?"])
+        tokens, logits, _ = Pipeline(folder).greedy(prepared, 4)
+        kept = sorted((tmp_path / "cache" / "matmul_nbits").rglob("*.u8"))
+        int8_weights = {
+            (t.name if t.data_location != onnx.TensorProto.EXTERNAL else tuple(e.value for e in t.external_data))
+            for graph in ExportManifest.load(folder).graphs.values()
+            for t in onnx.load(str(folder / graph.file), load_external_data=False).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.data_location == onnx.TensorProto.EXTERNAL
+        }
+        assert len(kept) == len(int8_weights) > 0  # each stored weight once, however many graphs read it
+
+        second = Pipeline(folder)
+        np.testing.assert_array_equal(second.greedy(prepared, 4)[1], logits)
+        generator = np.random.default_rng(0)
+        for path in kept:
+            path.write_bytes(generator.bytes(path.stat().st_size))
+        capsys.readouterr()
+        damaged_tokens, damaged_logits, _ = Pipeline(folder).greedy(prepared, 4)
+        np.testing.assert_array_equal(damaged_tokens, tokens)
+        np.testing.assert_array_equal(damaged_logits, logits)
+        assert sum("damaged entries" in line for line in capsys.readouterr().err.splitlines()) == 1
+        monkeypatch.setenv(cache.ENV, "off")
+        cache.cache_root.cache_clear()
+        np.testing.assert_array_equal(Pipeline(folder).greedy(prepared, 4)[1], logits)  # converted in memory
+    finally:
+        cache.cache_root.cache_clear()
+        cache._say_once.cache_clear()

@@ -20,11 +20,11 @@ def test_cache_shows_where_and_what_then_clears_it(cache_folder, capsys):
     cache.keep_conversion("d" * 64, 0, 32, np.ones((4, 4), np.float32))
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
-    assert str(cache_folder) in out and "1 float32 conversions of 1 weights files" in out
+    assert str(cache_folder) in out and "1 converted weights of 1 weights files" in out
     assert main(["cache", "--clear"]) == 0
     assert f"Cleared the start-up cache at {cache_folder}" in capsys.readouterr().out
     assert not list(cache_folder.rglob("*.f32"))
-    assert main(["cache"]) == 0 and "0 float32 conversions" in capsys.readouterr().out
+    assert main(["cache"]) == 0 and "0 converted weights" in capsys.readouterr().out
 
 
 def test_cache_off_says_so(monkeypatch, capsys):
