@@ -1,17 +1,18 @@
-"""Weight-only INT8 products as ONNX Runtime's ``MatMulNBits``, with their weights converted once per export.
+"""Weight-only products as ONNX Runtime's ``MatMulNBits``, with their weights converted once per export.
 
 An ``int8w`` export (and an INT4 export's INT8 LM head) stores each product's weight as int8 ``(K, N)`` with a scale
-per output channel, read through a ``DequantizeLinear`` into a float ``MatMul``. ONNX Runtime's CPU EP runs that as
-``MatMulNBits(bits=8)``: its ``QDQSelectorActionTransformer`` rewrites every such pair while the session is made,
-transposing and re-blocking the weight, and it did so in every LLM session (prefill per bucket, text prefill, decode)
-of every start: 1.6 of a decode session's 3.5 s at Qwen2-VL-2B's widths (8 layers), and one converted copy of the
-LLM's weights per session.
+per output channel, an INT4 export as int4 with a scale per block of input rows, each read through a
+``DequantizeLinear`` into a float ``MatMul``. ONNX Runtime's CPU EP runs such a pair as ``MatMulNBits``: its
+``QDQSelectorActionTransformer`` rewrites every one while the session is made, transposing and re-blocking the weight,
+and it did so in every LLM session (prefill per bucket, text prefill, decode) of every start: 1.6 of a decode
+session's 3.5 s at Qwen2-VL-2B's widths (8 layers, int8w), and one converted copy of the LLM's weights per session.
 
 ``weight_only_products`` finds the pairs that rewrite would take and ``as_matmul_nbits`` makes it before ONNX Runtime
-sees the graph, with the weight in the operator's layout (``blocked_weight``: uint8 ``(N, K/32, 32)``, zero point
-128) and one scale per block (``blocked_scales``), the same numbers ONNX Runtime makes itself (the decode graph's
-logits are bit-identical). ``luvc.runtime.weights.MappedWeights`` converts each weight once, keeps it in the start-up
-cache (``luvc.cache``) and gives the one array to every session; ONNX Runtime then only prepacks it (per session).
+sees the graph, with the weight in the operator's layout (``blocked_weight``: uint8 ``(N, blocks, block bytes)``,
+each column's values offset by the default zero point, INT4 two to a byte) and one scale per block
+(``blocked_scales``): the same numbers ONNX Runtime makes itself (the graphs' outputs are bit-identical).
+``luvc.runtime.weights.MappedWeights`` converts each weight once, keeps it in the start-up cache (``luvc.cache``)
+and gives the one array to every session; ONNX Runtime then only prepacks it (per session).
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ import onnx
 from onnx import helper
 
 MS_DOMAIN = "com.microsoft"
-BITS = 8
-# what ONNX Runtime's own rewrite uses (its session options ``session.qdq_matmulnbits_block_size`` and
-# ``session.qdq_matmulnbits_accuracy_level`` default to these): 32 weights a block, activations quantized to int8
-BLOCK_SIZE = 32
+# what ONNX Runtime's own rewrite of a per-channel INT8 weight uses (its session options
+# ``session.qdq_matmulnbits_block_size`` and ``session.qdq_matmulnbits_accuracy_level`` default to these): 32 weights a
+# block; activations quantized to int8 inside the product
+INT8_BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4
-ZERO_POINT = 1 << (BITS - 1)  # MatMulNBits' default zero point when none is given
 WEIGHT_SUFFIX, SCALES_SUFFIX = "/matmul_nbits", "/matmul_nbits_scales"
 
 
 @dataclasses.dataclass(frozen=True)
 class NBitsProduct:
-    """One ``DequantizeLinear -> MatMul`` pair with a per-output-channel int8 weight ``(k, n)``: the weight's and
-    the scales' initializer names, and the two nodes."""
+    """One ``DequantizeLinear -> MatMul`` pair with a weight ``(k, n)`` of ``bits`` (8: one scale per output
+    column; 4: one per ``block_size`` input rows of a column): the weight's and the scales' initializer names, and the
+    two nodes."""
 
     dequantize: onnx.NodeProto
     matmul: onnx.NodeProto
@@ -44,18 +45,30 @@ class NBitsProduct:
     scales: str
     k: int
     n: int
+    bits: int = 8
+    block_size: int = INT8_BLOCK_SIZE
 
     @property
     def blocked_names(self) -> tuple[str, str]:
         """The names of the converted weight and scales in the rewritten graph."""
         return self.weight + WEIGHT_SUFFIX, self.scales + SCALES_SUFFIX
 
+    @property
+    def blocks(self) -> int:
+        """Blocks of ``block_size`` along the weight's ``k`` input rows (the last one padded)."""
+        return -(-self.k // self.block_size)
+
+    @property
+    def blocked_shape(self) -> tuple[int, int, int]:
+        """The shape of the converted weight: ``(N, blocks, bytes of a block)``."""
+        return self.n, self.blocks, self.block_size * self.bits // 8
+
 
 def weight_only_products(model: onnx.ModelProto) -> list[NBitsProduct]:
     """The pairs of ``model`` whose product ONNX Runtime runs as ``MatMulNBits``: a ``MatMul`` whose second input is
-    the only reader of a ``DequantizeLinear`` of a 2-D int8 initializer along axis 1 (one scale per column, no zero
-    point or a zero one) and whose first input is not itself dequantized (an INT8 Q/DQ product, which fuses
-    otherwise)."""
+    the only reader of a ``DequantizeLinear`` of a 2-D initializer, int8 along axis 1 (one scale per column) or int4
+    in blocks along axis 0 (``block_size``), with no zero point or a zero one, and whose first input is not itself
+    dequantized (an INT8 Q/DQ product, which fuses otherwise)."""
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
@@ -75,14 +88,19 @@ def weight_only_products(model: onnx.ModelProto) -> list[NBitsProduct]:
             continue
         weight = initializers.get(dequantize.input[0])
         scales = initializers.get(dequantize.input[1])
-        if weight is None or scales is None or weight.data_type != onnx.TensorProto.INT8 or len(weight.dims) != 2:
-            continue
-        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in dequantize.attribute}
-        if attributes.get("axis", 1) != 1 or attributes.get("block_size", 0) or list(scales.dims) != [weight.dims[1]]:
+        if weight is None or scales is None or len(weight.dims) != 2:
             continue
         if len(dequantize.input) > 2 and dequantize.input[2] and not _is_zero(initializers.get(dequantize.input[2])):
             continue
-        products.append(NBitsProduct(dequantize, node, weight.name, scales.name, *map(int, weight.dims)))
+        k, n = map(int, weight.dims)
+        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in dequantize.attribute}
+        axis, block_size = attributes.get("axis", 1), attributes.get("block_size", 0)
+        if weight.data_type == onnx.TensorProto.INT8 and axis == 1 and not block_size and list(scales.dims) == [n]:
+            products.append(NBitsProduct(dequantize, node, weight.name, scales.name, k, n))
+        elif weight.data_type == onnx.TensorProto.INT4 and axis == 0 and block_size >= 16:
+            product = NBitsProduct(dequantize, node, weight.name, scales.name, k, n, 4, block_size)
+            if list(scales.dims) == [product.blocks, n] and not block_size & (block_size - 1):
+                products.append(product)
     return products
 
 
@@ -93,25 +111,34 @@ def _is_zero(tensor: onnx.TensorProto | None) -> bool:
     return not np.any(onnx.numpy_helper.to_array(tensor))
 
 
-def blocks(k: int) -> int:
-    """Blocks of ``BLOCK_SIZE`` along a weight's ``k`` input rows (the last one padded)."""
-    return -(-k // BLOCK_SIZE)
+def unpacked_int4(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The int8 values of an INT4 tensor of ``shape`` stored as ONNX packs it (two to a byte, the first in the low
+    nibble, row-major)."""
+    size = shape[0] * shape[1]
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:size].astype(np.int8)
+    return ((nibbles ^ 8) - 8).reshape(shape)  # sign-extended from 4 bits
 
 
-def blocked_weight(weight: np.ndarray) -> np.ndarray:
-    """An int8 ``(K, N)`` weight as ``MatMulNBits``' ``B``: uint8 ``(N, blocks(K), BLOCK_SIZE)``, each output
-    channel's column in blocks of ``BLOCK_SIZE`` input rows, offset by the zero point (the last block padded with it,
-    a zero weight)."""
-    k, n = weight.shape
-    unsigned = np.full((n, blocks(k) * BLOCK_SIZE), ZERO_POINT, dtype=np.uint8)
-    unsigned[:, :k] = weight.T.view(np.uint8) ^ np.uint8(ZERO_POINT)  # flipping the sign bit adds 128 modulo 256
-    return unsigned.reshape(n, blocks(k), BLOCK_SIZE)
+def blocked_weight(product: NBitsProduct, weight: np.ndarray) -> np.ndarray:
+    """``product``'s weight (int8 values ``(K, N)``, INT4 ones unpacked) as ``MatMulNBits``' ``B``: uint8
+    ``product.blocked_shape``, each output column's values in blocks of ``block_size`` input rows, offset by the zero
+    point ``2**(bits-1)`` (the last block padded with it, a zero weight), INT4 two to a byte (the first in the low
+    nibble)."""
+    zero_point = 1 << (product.bits - 1)
+    rows = product.blocks * product.block_size
+    unsigned = np.full((product.n, rows), zero_point, dtype=np.uint8)
+    unsigned[:, : product.k] = (weight.T.astype(np.int16) + zero_point).astype(np.uint8)
+    packed = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4) if product.bits == 4 else unsigned
+    return packed.reshape(product.blocked_shape)
 
 
-def blocked_scales(scales: np.ndarray, k: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """One scale per output channel as ``MatMulNBits``' scales: ``(N * blocks(k),)`` of ``dtype`` (the type the
-    graph's activations have), the channel's scale for each of its blocks."""
-    return np.repeat(np.asarray(scales, dtype=dtype).reshape(-1, 1), blocks(k), axis=1).reshape(-1)
+def blocked_scales(product: NBitsProduct, scales: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """``product``'s scales as ``MatMulNBits``' scales: ``(N * blocks,)`` of ``dtype`` (the type the graph's
+    activations have), a column's blocks in order; a per-column scale repeated for each of its blocks."""
+    values = np.asarray(scales, dtype=dtype)
+    if product.bits == 8:  # one per column, (N,)
+        return np.repeat(values.reshape(-1, 1), product.blocks, axis=1).reshape(-1)
+    return np.ascontiguousarray(values.T).reshape(-1)  # (blocks, N) -> each column's blocks
 
 
 def as_matmul_nbits(model: onnx.ModelProto, products: list[NBitsProduct], tensors: dict[str, onnx.TensorProto]) -> None:
@@ -139,8 +166,8 @@ def as_matmul_nbits(model: onnx.ModelProto, products: list[NBitsProduct], tensor
                 domain=MS_DOMAIN,
                 K=product.k,
                 N=product.n,
-                bits=BITS,
-                block_size=BLOCK_SIZE,
+                bits=product.bits,
+                block_size=product.block_size,
                 accuracy_level=ACCURACY_LEVEL,
             )
         )

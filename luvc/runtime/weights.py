@@ -29,6 +29,7 @@ and kept in the start-up cache, instead of each session converting them again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import mmap
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
 from luvc.runtime import matmul_nbits
-from luvc.runtime.matmul_nbits import blocked_scales, blocked_weight, weight_only_products
+from luvc.runtime.matmul_nbits import NBitsProduct, blocked_scales, blocked_weight, weight_only_products
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
@@ -102,10 +103,8 @@ class MappedWeights:
         self._arrays: dict[tuple[ExternalTensor, int], np.ndarray] = {}
         self._values: dict[tuple[ExternalTensor, int], object] = {}  # ONNX Runtime values, by the same key
         self._device_tensors: dict[ExternalTensor, torch.Tensor] = {}
-        # weights and scales in ``MatMulNBits``' layout, by source, the weight's input rows (0 for a weight) and the
-        # type the graph reads
-        self._nbits_arrays: dict[tuple[ExternalTensor, int, int], np.ndarray] = {}
-        self._nbits_values: dict[tuple[ExternalTensor, int, int], object] = {}
+        # weights and scales in ``MatMulNBits``' layout and their ONNX Runtime values, by source and layout
+        self._nbits_made: dict[tuple, tuple[np.ndarray, object]] = {}
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
@@ -119,12 +118,13 @@ class MappedWeights:
         # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
         tensors = shareable_weights(model) if on_gpu else external_tensors(model)
         quantized = is_quantized(model)
+        external = {tensor.name: tensor for tensor in tensors}  # INT4 ones too, which only the rewrite below reads
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
             model = float32_compute(model)
         given: dict[str, object] = {}  # initializers the rewrites below declare, by name: their shared values
         if quantized and not on_gpu:
-            given = self._as_matmul_nbits(model, {tensor.name: tensor for tensor in tensors})
+            given = self._as_matmul_nbits(model, external)
             encode_for_cpu(model, self.int8_encoding)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
         # the type the rewritten graph reads each weight as: a stored float16 or int8 one is converted once
         graph_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
@@ -157,8 +157,8 @@ class MappedWeights:
         return model.SerializeToString(), values
 
     def _as_matmul_nbits(self, model: onnx.ModelProto, external: dict[str, ExternalTensor]) -> dict[str, object]:
-        """Rewrite the weight-only INT8 products of ``model`` as ``MatMulNBits`` (``luvc.runtime.matmul_nbits``),
-        and return the ONNX Runtime values of the converted weights and scales it declares, by name: each made once
+        """Rewrite the weight-only products of ``model`` as ``MatMulNBits`` (``luvc.runtime.matmul_nbits``), and
+        return the ONNX Runtime values of the converted weights and scales it declares, by name: each made once
         however many sessions read it, the weights kept in the start-up cache. A product whose weight is inline in
         the graph (a small model) gets its converted weight and scales inline."""
         products = weight_only_products(model)
@@ -166,56 +166,65 @@ class MappedWeights:
         tensors: dict[str, onnx.TensorProto] = {}
         given = {}
         for product in products:
-            weight = external.get(product.weight)
-            for name, source, scales_of in zip(
-                product.blocked_names, (product.weight, product.scales), (0, product.k), strict=True
-            ):
-                stored = external.get(source)
+            weight, scales = external.get(product.weight), external.get(product.scales)
+            scales_type = helper.tensor_dtype_to_np_dtype(inline[product.scales].data_type)  # what the graph reads
+            weight_key = None if weight is None else (_key(weight), product.bits, product.block_size)
+            scales_key = None if scales is None else (_key(scales), product.k, scales_type)
+            stored_scales = self._stored(scales, inline[product.scales])
+            made = {
+                product.blocked_names[0]: self._nbits(
+                    weight_key, functools.partial(self._blocked_weight, product, weight, inline[product.weight])
+                ),
+                product.blocked_names[1]: self._nbits(
+                    scales_key, functools.partial(blocked_scales, product, stored_scales, scales_type)
+                ),
+            }
+            for name, (array, value) in made.items():
                 if weight is None:
-                    values = numpy_helper.to_array(inline[source]) if stored is None else self.array(stored)
-                    dtype = helper.tensor_dtype_to_np_dtype(inline[source].data_type)  # the activations' type
-                    converted = blocked_scales(values, scales_of, dtype) if scales_of else blocked_weight(values)
-                    tensors[name] = numpy_helper.from_array(converted, name)
-                    continue
-                array, given[name] = self._nbits_value(stored, inline[source], scales_of)
-                tensors[name] = matmul_nbits.given(name, array, weight.location)
+                    tensors[name] = numpy_helper.from_array(array, name)
+                else:
+                    tensors[name] = matmul_nbits.given(name, array, weight.location)
+                    given[name] = value
         matmul_nbits.as_matmul_nbits(model, products, tensors)
         return given
 
-    def _nbits_value(
-        self, source: ExternalTensor | None, declared: onnx.TensorProto, scales_of: int = 0
-    ) -> tuple[np.ndarray, object]:
-        """A weight (``scales_of`` 0), or the scales of a weight of ``scales_of`` input rows, in ``MatMulNBits``'
-        layout, and its ONNX Runtime value: made once per stored tensor (``source``; an inline one, ``declared``:
-        each time), a weight kept in the start-up cache by its file's digest."""
+    def _nbits(self, key: tuple | None, make: Callable[[], np.ndarray]) -> tuple[np.ndarray, object]:
+        """The array ``make`` returns and its ONNX Runtime value, made once per ``key`` (None: each time)."""
         import onnxruntime as ort
 
-        key = None if source is None else (_key(source), scales_of, declared.data_type)
-        if key is not None and key in self._nbits_values:
-            return self._nbits_arrays[key], self._nbits_values[key]
-        stored = numpy_helper.to_array(declared) if source is None else self.array(source, source.data_type)
-        if scales_of:  # in the type the graph reads them as (float32 where it was rewritten to compute in float32)
-            array = blocked_scales(stored, scales_of, helper.tensor_dtype_to_np_dtype(declared.data_type))
-        else:
-            array = self._blocked_weight(source, stored)
-        value = ort.OrtValue.ortvalue_from_numpy(array)
+        if key is not None and key in self._nbits_made:
+            return self._nbits_made[key]
+        array = make()
+        made = array, ort.OrtValue.ortvalue_from_numpy(array)
         if key is not None:
-            self._nbits_values[key] = value
-            self._nbits_arrays[key] = array
-        return array, value
+            self._nbits_made[key] = made
+        return made
 
-    def _blocked_weight(self, source: ExternalTensor | None, stored: np.ndarray) -> np.ndarray:
-        """``stored`` (int8 ``(K, N)``) in ``MatMulNBits``' layout, mapped from the start-up cache where an earlier
-        start kept it, else converted (and kept, when ``source``'s file is verified)."""
+    def _stored(self, tensor: ExternalTensor | None, declared: onnx.TensorProto) -> np.ndarray:
+        """An initializer's values as stored (INT4 ones unpacked to int8): a view of its file, or read from the
+        graph where it is inline (``tensor`` None)."""
+        if tensor is None:
+            values = numpy_helper.to_array(declared)
+            return values.astype(np.int8) if declared.data_type in PACKED_TYPES else values
+        if tensor.data_type in PACKED_TYPES:
+            packed = self._file(tensor.location)[tensor.offset : tensor.offset + tensor.length]
+            rows, columns = tensor.shape
+            return matmul_nbits.unpacked_int4(packed, (rows, columns))
+        return self.array(tensor, tensor.data_type)
+
+    def _blocked_weight(
+        self, product: NBitsProduct, source: ExternalTensor | None, declared: onnx.TensorProto
+    ) -> np.ndarray:
+        """``product``'s weight in ``MatMulNBits``' layout, mapped from the start-up cache where an earlier start kept
+        it, else converted (and kept, when ``source``'s file is verified)."""
         digest = None if source is None else self._verified_digest(source.location)
+        if source is not None and digest is not None:
+            kept = cache.cached_conversion(digest, source.offset, source.length, product.blocked_shape, NBITS_CACHE)
+            if kept is not None:
+                return kept
+        array = blocked_weight(product, self._stored(source, declared))
         if source is None or digest is None:
-            return blocked_weight(stored)
-        k, n = stored.shape
-        shape = (n, matmul_nbits.blocks(k), matmul_nbits.BLOCK_SIZE)
-        kept = cache.cached_conversion(digest, source.offset, source.length, shape, NBITS_CACHE)
-        if kept is not None:
-            return kept
-        array = blocked_weight(stored)
+            return array
         return cache.keep_conversion(digest, source.offset, source.length, array, NBITS_CACHE)
 
     def ort_value(self, tensor: ExternalTensor, as_type: int | None = None):
@@ -315,7 +324,7 @@ class MappedWeights:
         if not hasattr(mmap, "MADV_DONTNEED"):  # Windows
             return
         # the files' maps, and the MatMulNBits weights mapped from the start-up cache (which sessions have packed)
-        nbits_maps = [getattr(array, "_mmap", None) for array in self._nbits_arrays.values()]
+        nbits_maps = [getattr(array, "_mmap", None) for array, _ in self._nbits_made.values()]
         for mapping in [*self._mappings.values(), *filter(None, nbits_maps)]:
             mapping.madvise(mmap.MADV_DONTNEED)
 
@@ -342,8 +351,7 @@ class MappedWeights:
 
     def close(self) -> None:
         self._values.clear()
-        self._nbits_values.clear()
-        self._nbits_arrays.clear()
+        self._nbits_made.clear()
         self._device_tensors.clear()
         self._arrays.clear()
         self._from_cache.clear()
