@@ -325,7 +325,8 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     import onnx
 
     precision = pipeline.manifest.precision
-    weights = MappedWeights(pipeline.folder)  # float16 weights for float16 arithmetic, as the pipeline's sessions
+    used = pipeline.sessions.weights  # the localisation's sessions get the weights as the pipeline's did
+    weights = MappedWeights(pipeline.folder, used.float32, digests=used.digests, float16_rounding=used.float16_rounding)
     for graph_name, feeds, family in graphs:
         path = pipeline.folder / pipeline.manifest.graphs[graph_name].file
         layers = [name for name in references if name.startswith(family)]

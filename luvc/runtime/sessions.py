@@ -87,7 +87,8 @@ class RuntimeChoices:
 
 class Sessions:
     """The sessions of export ``folder`` run as ``choices`` say. On the CPU an fp16 export computes in float32 (ONNX
-    Runtime's CPU kernels would convert anyway), unless ``choices.float16_compute`` keeps the graph as written."""
+    Runtime's CPU kernels would convert anyway); ``choices.float16_compute`` rounds each value it computed in float16
+    to float16 (``luvc.runtime.weights.float32_compute``)."""
 
     def __init__(self, folder: Path, manifest: ExportManifest, choices: RuntimeChoices) -> None:
         device, backend = choices.device, choices.backend
@@ -104,9 +105,12 @@ class Sessions:
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._tensorrt: TensorRT | None = None  # the module the engines were built with, once checked
         self._engines = self._checked_engines() if backend == "trt" else {}
-        # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU)
-        float32 = device.type == "cpu" and manifest.float_precision == "fp16" and not choices.float16_compute
-        self.weights = MappedWeights(folder, float32=float32, device=device, digests=manifest.files)
+        # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU, its
+        # float16 arithmetic rounded in float32 with float16_compute)
+        float32 = device.type == "cpu" and manifest.float_precision == "fp16"
+        self.weights = MappedWeights(
+            folder, float32=float32, device=device, digests=manifest.files, float16_rounding=choices.float16_compute
+        )
         self.activations = None
         self.openvino = None
         if backend == "openvino":

@@ -69,6 +69,15 @@ BIT_VIEWED: dict[int, str] = {  # ONNX element type -> torch dtype name
     onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
     onnx.TensorProto.BFLOAT16: "bfloat16",
 }
+# ops whose outputs are some of their inputs' values (or constants), float16 values already where those are: nothing
+# to round after them (``float32_compute``'s float16 rounding)
+SELECTING_OPS = frozenset(
+    {
+        "Concat", "Constant", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Identity", "Max", "Min",
+        "Neg", "Abs", "Relu", "Pad", "ReduceMax", "ReduceMin", "Reshape", "ScatterElements", "ScatterND", "Slice",
+        "Split", "Squeeze", "TensorScatter", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
+    }
+)  # fmt: skip
 # ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
 # op type -> index of the input holding the values written
 IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
@@ -79,8 +88,9 @@ class MappedWeights:
     from them, and (on a GPU ``device``) the device copies; each tensor (by file, offset and length) is handed out as
     one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
     CPU), float16 graphs are rewritten to compute in float32 and get float32 weights, converted once and kept in the
-    user's cache (``luvc.cache``) by the sha256 of their file (``digests``). ``int8_encoding`` is how INT8 Q/DQ graphs
-    run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
+    user's cache (``luvc.cache``) by the sha256 of their file (``digests``), and with ``float16_rounding`` as well
+    round what the graph computed in float16 (its float16 arithmetic, for parity). ``int8_encoding`` is how INT8 Q/DQ
+    graphs run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
 
     def __init__(
         self,
@@ -89,8 +99,10 @@ class MappedWeights:
         device: torch.device | None = None,
         int8_encoding: str | None = None,
         digests: dict[str, str] | None = None,
+        float16_rounding: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.float16_rounding = float16_rounding  # float32 compute rounds what was float16 (``float32_compute``)
         self.digests = digests or {}  # file -> its sha256 (the manifest's): float32 conversions are cached by it
         self._digests_checked: dict[str, str | None] = {}
         self._from_cache: set[tuple[ExternalTensor, int]] = set()  # conversions an earlier start made
@@ -121,7 +133,7 @@ class MappedWeights:
         external = {tensor.name: tensor for tensor in tensors}  # INT4 ones too, which only the rewrite below reads
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
         if self.float32 and _has_float16(model):
-            model = float32_compute(model)
+            model = float32_compute(model, self.float16_rounding)
         given: dict[str, object] = {}  # initializers the rewrites below declare, by name: their shared values
         if quantized and not on_gpu:
             given = self._as_matmul_nbits(model, external)
@@ -410,14 +422,21 @@ def _has_float16(model: onnx.ModelProto) -> bool:
     )
 
 
-def float32_compute(model: onnx.ModelProto) -> onnx.ModelProto:
+def float32_compute(model: onnx.ModelProto, float16_rounding: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` that computes in float32 where it computed in float16, with the same inputs and outputs:
     float16 inputs are cast on entry and float16 outputs on exit, in-place cache updates (``IN_PLACE_UPDATES``) stay
     float16 on their cache, float16 initializers and constants become float32 (external ones keep their reference
-    and must be given as float32 shared initializers). Value infos are dropped; ONNX Runtime infers them again."""
+    and must be given as float32 shared initializers). Value infos are dropped; ONNX Runtime infers them again.
+
+    ``float16_rounding``: every value the graph computed in float16 is rounded to float16 (a Cast there and back
+    after the node that makes it): float16 arithmetic, each operation's result in float16, as PyTorch's float16
+    reference computes it (parity's), from float32 weights converted once for every session. ONNX Runtime's CPU EP
+    running the float16 graph itself is no such thing: it folds a float32 copy of each weight into every session
+    (parity's peak memory was about one float32 copy of the LLM above run's) and keeps a chain of operations it has
+    no float16 kernels for in float32 between the casts it inserts."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    rewrite = _Float32Rewrite(graph)
+    rewrite = _Float32Rewrite(graph, _float16_values(model) if float16_rounding else set())
     for node in graph.node:
         rewrite.add(node)
     nodes = rewrite.finished()
@@ -433,7 +452,8 @@ class _Float32Rewrite:
     """The nodes of ``float32_compute``'s graph, in order, with the casts it adds at the float16 inputs, outputs and
     in-place cache updates."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, rounded: set[str] | None = None) -> None:
+        self.rounded = rounded or set()  # values computed in float16 whose readers see them rounded to float16
         self.float16_inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type == FLOAT16}
         self.float16_outputs = {value.name for value in graph.output if value.type.tensor_type.elem_type == FLOAT16}
         self.names = _UniqueNames(graph)
@@ -470,6 +490,8 @@ class _Float32Rewrite:
             if output in self.float16_outputs:
                 self.computed[output] = self.renamed[output] = self.names.new(f"{output}/float32")
                 node.output[position] = self.computed[output]
+            if output in self.rounded and node.op_type not in SELECTING_OPS:
+                self.renamed[output] = self.cast(self.cast(self.renamed.get(output, output), FLOAT16), FLOAT)
 
     def finished(self) -> list[onnx.NodeProto]:
         """The nodes, with the casts of the float16 graph outputs at the end."""
@@ -477,6 +499,14 @@ class _Float32Rewrite:
             cast = onnx.helper.make_node("Cast", [source], [name], to=FLOAT16, name=self.names.new(f"{name}/Cast"))
             self.nodes.append(cast)
         return self.nodes
+
+
+def _float16_values(model: onnx.ModelProto) -> set[str]:
+    """The names of the values ``model``'s nodes compute in float16 (by ONNX's type inference; its initializers'
+    data is not read)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = itertools.chain(inferred.graph.value_info, inferred.graph.output)
+    return {value.name for value in values if value.type.tensor_type.elem_type == FLOAT16}
 
 
 def _attributes_to_float32(node: onnx.NodeProto) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from luvc.export.exporter import export_model
 from luvc.export.manifest import external_tensors
@@ -121,6 +122,34 @@ def test_float32_compute_keeps_the_in_place_cache_update_float16(fp16_external_e
     scatter_updates = {node.input[1] for node in scatters}
     assert set(float16_inside) == scatter_updates
     assert all(tensor.data_type != float16 for tensor in rewritten.graph.initializer)
+
+
+def test_float16_rounding_rounds_each_value_as_float16_arithmetic_does():
+    """``y = ((x + 1000) - 1000)^2`` in float16: float16 holds only halves near 1000, so float16 arithmetic (PyTorch's,
+    parity's reference) quantizes ``x`` to halves, and float32 arithmetic gives ``x`` back. Parity's float16
+    arithmetic on the CPU (``float16_rounding``) must round as the reference does, from float32 weights converted
+    once."""
+    import onnxruntime as ort
+
+    float16 = onnx.TensorProto.FLOAT16
+    offset = onnx.numpy_helper.from_array(np.array([1000.0], np.float16), "offset")
+    nodes = [
+        onnx.helper.make_node("Add", ["x", "offset"], ["shifted"]),
+        onnx.helper.make_node("Sub", ["shifted", "offset"], ["back"]),
+        onnx.helper.make_node("Mul", ["back", "back"], ["y"]),
+    ]
+    model = small_model(nodes, [value("x", [64], float16)], [value("y", [64], float16)], [offset])
+    x = (np.random.default_rng(0).random(64) * 4).astype(np.float16)
+
+    def run(graph):
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    half = torch.from_numpy(x)
+    reference = ((half + 1000) - 1000) ** 2  # float16 tensors: each operation's result rounded to float16
+    assert (reference.float() % 0.25 == 0).all()  # the premise: halves, squared
+    np.testing.assert_array_equal(run(float32_compute(model, float16_rounding=True)), reference.numpy())
+    assert not np.array_equal(run(float32_compute(model)), reference.numpy())  # float32 arithmetic keeps x
 
 
 def _matmul_graph(weight_shape: tuple[int, int]) -> bytes:
