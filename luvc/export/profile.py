@@ -126,9 +126,16 @@ def set_sizes(sets: Sequence[BucketSet], adapter: VLMAdapter) -> tuple[tuple[int
 
     side = default_image_size(adapter)[0]
     processor = adapter.image_processor
-    if sets and processed_size(processor, (side, side)) is None:
-        critical(f"The {type(processor).__name__} sizes images by no rule known here; give --image-size HxW instead.")
-    found = [size for bucket_set in sets for size in bucket_set.sizes(side, lambda s: processed_size(processor, s))]
+
+    def processed(size: tuple[int, int]) -> tuple[int, int]:
+        made = processed_size(processor, size)
+        if made is None:
+            critical(
+                f"The {type(processor).__name__} sizes images by no rule known here; give --image-size HxW instead."
+            )
+        return made
+
+    found = [size for bucket_set in sets for size in bucket_set.sizes(side, processed)]
     return tuple(dict.fromkeys(found))
 
 

@@ -15,12 +15,13 @@ import contextlib
 import copy
 import dataclasses
 import sys
+import weakref
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -86,7 +87,7 @@ def _own_implementation(module: nn.Module, name: str):
 
 def probe_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The probe's attention function: record the probabilities, return the module's own implementation's output."""
-    record: AttentionRecord = module.luvc_attention_record
+    record = _RECORDS[module]
     with torch.no_grad():
         record.values.append(measure(record, query, key, attention_mask, scaling))
     own = _own_implementation(module, record.implementation)
@@ -94,19 +95,27 @@ def probe_attention(module: nn.Module, query, key, value, attention_mask, scalin
 
 
 AttentionInterface.register(PROBE, probe_attention)
+# the record of each attention module being probed (``attention_probe``), by module
+_RECORDS: weakref.WeakKeyDictionary[object, AttentionRecord] = weakref.WeakKeyDictionary()
+
+
+class ConfiguredModule(Protocol):
+    """A module of ``transformers`` that reads its config (an attention module)."""
+
+    config: PreTrainedConfig
 
 
 @contextlib.contextmanager
-def attention_probe(module: nn.Module, reduction: Reduction) -> Iterator[AttentionRecord]:
+def attention_probe(module: ConfiguredModule, reduction: Reduction) -> Iterator[AttentionRecord]:
     """Within the block, ``module`` (an attention module of ``transformers``) records ``reduction`` of its attention
     probabilities on every call; yields the record."""
     config = module.config
     record = AttentionRecord(reduction, config._attn_implementation or "eager")
     probing = copy.copy(config)  # the shared config (and its sub-configs) stay as they are
     probing._attn_implementation_internal = PROBE
-    module.config, module.luvc_attention_record = probing, record
+    module.config, _RECORDS[module] = probing, record
     try:
         yield record
     finally:
         module.config = config
-        del module.luvc_attention_record
+        del _RECORDS[module]

@@ -7,8 +7,6 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import CacheLayerMixin
 
-from luvc.models.compat import STATE_LAYERS
-
 
 class LuvcCache(DynamicCache):
     """Per-layer KV cache for a LUVC-compressed model.
@@ -34,8 +32,10 @@ class LuvcCache(DynamicCache):
         total = 0
         for layer in self.layers:
             held = [getattr(layer, "keys", None), getattr(layer, "values", None)]
-            if isinstance(layer, STATE_LAYERS):
-                held += [*layer.conv_states.values(), *layer.recurrent_states.values()]
+            for states in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
+                # a linear-attention layer's (transformers' LinearAttentionCacheLayerMixin, from the release that
+                # added Qwen3.5), by state index
+                held += states.values() if isinstance(states, dict) else []
             total += sum(tensor.numel() * tensor.element_size() for tensor in held if isinstance(tensor, torch.Tensor))
         return total
 

@@ -9,8 +9,6 @@ the results:
 - what upstream's ``...ForConditionalGeneration.forward`` reads from the multimodal model's output besides the cache:
   ``rope_deltas`` (Qwen-VL, 5.17-5.22), ``image_outputs`` and ``video_outputs`` (5.24). ``LuvcDecoderOutput``
   declares them and leaves them ``None``: the LUVC path keeps its own state in ``LuvcCache``;
-- the cache layers of linear attention (a convolution and a recurrent state; from the release that added Qwen3.5):
-  ``STATE_LAYERS``, empty before it;
 - the Qwen-VL encoders' rotary embedding: ``(cos, sin)`` from ``rotary(hidden, ids)`` from 5.17, frequencies from
   ``rotary(ids)`` before (``vision_position_embeddings``).
 
@@ -24,6 +22,7 @@ import dataclasses
 import functools
 import inspect
 import sys
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -85,19 +84,9 @@ def output_cache(outputs):
     return getattr(outputs, CACHE_NAME)
 
 
-def _state_layers() -> tuple[type, ...]:
-    from transformers import cache_utils
-
-    mixin = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
-    return () if mixin is None else (mixin,)
-
-
-STATE_LAYERS = _state_layers()
-
-
 @functools.cache
-def _rotary_takes_hidden(rotary_cls: type) -> bool:
-    return len(inspect.signature(rotary_cls.forward).parameters) >= 3  # (self, x, position_ids)
+def _rotary_takes_hidden(forward: Callable) -> bool:
+    return len(inspect.signature(forward).parameters) >= 3  # (self, x, position_ids)
 
 
 def vision_position_embeddings(
@@ -105,7 +94,7 @@ def vision_position_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)`` of a Qwen-VL encoder's rotary embedding at the ``(N, 2)`` position ``ids``, as the installed
     release's own encoder forward makes them."""
-    if _rotary_takes_hidden(type(rotary)):
+    if _rotary_takes_hidden(type(rotary).forward):
         return rotary(hidden, ids)
     frequencies = rotary(ids)
     angles = torch.cat((frequencies, frequencies), dim=-1)

@@ -41,7 +41,7 @@ def test_last_query_probabilities_are_eager_attentions_last_row(llava):
         probed, _ = attention(**kwargs)
     assert torch.equal(probed, output)  # the module's own (eager) implementation computed the output
     torch.testing.assert_close(record.concatenated(), weights[:, :, -1].mean(dim=1))
-    assert attention.config is config and not hasattr(attention, "luvc_attention_record")
+    assert attention.config is config and attention not in probe_module._RECORDS
     assert config._attn_implementation == "eager"
 
 
