@@ -212,6 +212,7 @@ def _check_alive(processes) -> None:
 def _serve(jobs: Sequence[Job], tasks, messages, parent: int) -> None:
     """A worker's loop: run the jobs it is given until the stop sign, reporting each one's steps and result."""
     _die_with_parent(parent)
+    _own_tqdm_locks()
     for stop in (signal.SIGINT, signal.SIGTERM):  # the exporter decides what an interrupt stops, and stops them
         signal.signal(stop, signal.SIG_IGN)
     with contextlib.suppress(ImportError):
@@ -234,6 +235,23 @@ def _serve(jobs: Sequence[Job], tasks, messages, parent: int) -> None:
             messages.put(("failed", index, traceback.format_exc()))
             return
         messages.put(("done", index, result))
+
+
+def _own_tqdm_locks() -> None:
+    """Give tqdm in this worker locks of its own. The one it inherits by the fork is a multiprocessing semaphore shared
+    with the exporter (tqdm makes it so that forked processes share a terminal), and torch.onnx makes progress bars
+    while it converts: a worker killed while a bar held it (the exporter stops the others when one fails) left the
+    exporter's next bar waiting on it forever, which hung a test run in a later in-process export."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:  # not imported before the fork: the worker makes its own
+        return
+    std.TqdmDefaultWriteLock.mp_lock = None  # a write lock made from now on holds only a thread lock
+    classes = [std.tqdm]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if "_lock" in vars(cls):  # a class that made its lock before the fork
+            cls.set_lock(std.TqdmDefaultWriteLock())
 
 
 def _die_with_parent(parent: int) -> None:

@@ -326,7 +326,7 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
 
     precision = pipeline.manifest.precision
     used = pipeline.sessions.weights  # the localisation's sessions get the weights as the pipeline's did
-    weights = MappedWeights(pipeline.folder, used.float32, digests=used.digests, float16_rounding=used.float16_rounding)
+    weights = MappedWeights(pipeline.folder, used.compute, digests=used.digests)
     for graph_name, feeds, family in graphs:
         path = pipeline.folder / pipeline.manifest.graphs[graph_name].file
         layers = [name for name in references if name.startswith(family)]

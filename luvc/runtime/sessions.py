@@ -23,6 +23,7 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
 from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, TransferStats
+from luvc.runtime.float32_graph import AS_EXPORTED, FLOAT16_ROUNDED, IN_FLOAT32
 from luvc.runtime.kv_cache import KVCache, KVLayout
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
@@ -88,7 +89,7 @@ class RuntimeChoices:
 class Sessions:
     """The sessions of export ``folder`` run as ``choices`` say. On the CPU an fp16 export computes in float32 (ONNX
     Runtime's CPU kernels would convert anyway); ``choices.float16_compute`` rounds each value it computed in float16
-    to float16 (``luvc.runtime.weights.float32_compute``)."""
+    to float16 (``luvc.runtime.float32_graph.float32_compute``)."""
 
     def __init__(self, folder: Path, manifest: ExportManifest, choices: RuntimeChoices) -> None:
         device, backend = choices.device, choices.backend
@@ -108,9 +109,8 @@ class Sessions:
         # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU, its
         # float16 arithmetic rounded in float32 with float16_compute)
         float32 = device.type == "cpu" and manifest.float_precision == "fp16"
-        self.weights = MappedWeights(
-            folder, float32=float32, device=device, digests=manifest.files, float16_rounding=choices.float16_compute
-        )
+        compute = (FLOAT16_ROUNDED if choices.float16_compute else IN_FLOAT32) if float32 else AS_EXPORTED
+        self.weights = MappedWeights(folder, compute, device=device, digests=manifest.files)
         self.activations = None
         self.openvino = None
         if backend == "openvino":

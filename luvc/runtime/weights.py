@@ -9,8 +9,9 @@ converts every float16 weight to float32 inside each session. TensorRT engines w
 once, however many graphs use it:
 
 - ONNX Runtime on the CPU gets them as shared initializers (``SessionOptions.add_initializer``): float32 weights are
-  views of the file, paged in from the file cache as they are read; an fp16 graph is rewritten to compute in float32
-  (``float32_compute``), as ONNX Runtime's CPU EP computes it anyway, and each float16 tensor is converted once.
+  views of the file, paged in from the file cache as they are read; an fp16 graph is rewritten to compute in
+  float32 (``luvc.runtime.float32_graph``), as ONNX Runtime's CPU EP computes it anyway, and each float16 tensor is
+  converted once.
 - ONNX Runtime with the CUDA EP gets the shareable weights (``luvc.engines.weight_inputs``: the matrices of
   products and the embedding tables) as shared initializers already on the GPU, in the export's precision.
 - TensorRT engines of the shared layout take those weights as inputs: ``device_tensor`` is the one device buffer
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import mmap
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +45,7 @@ from luvc.engines.weight_inputs import shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ExternalTensor, constant_folded_initializers, external_tensors
 from luvc.runtime import matmul_nbits
+from luvc.runtime.float32_graph import AS_EXPORTED, COMPUTE_MODES, FLOAT16_ROUNDED, float32_compute, has_float16
 from luvc.runtime.matmul_nbits import NBitsProduct, blocked_scales, blocked_weight, weight_only_products
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
@@ -69,44 +70,34 @@ BIT_VIEWED: dict[int, str] = {  # ONNX element type -> torch dtype name
     onnx.TensorProto.FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
     onnx.TensorProto.BFLOAT16: "bfloat16",
 }
-# ops whose outputs are some of their inputs' values (or constants), float16 values already where those are: nothing
-# to round after them (``float32_compute``'s float16 rounding)
-SELECTING_OPS = frozenset(
-    {
-        "Concat", "Constant", "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Identity", "Max", "Min",
-        "Neg", "Abs", "Relu", "Pad", "ReduceMax", "ReduceMin", "Reshape", "ScatterElements", "ScatterND", "Slice",
-        "Split", "Squeeze", "TensorScatter", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
-    }
-)  # fmt: skip
-# ops that write a float16 cache input in place (the runtime binds input and output to one buffer): they stay float16,
-# op type -> index of the input holding the values written
-IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
 
 
 class MappedWeights:
     """The external-data files of the export in ``folder``, memory-mapped read-only, the float32 conversions made
     from them, and (on a GPU ``device``) the device copies; each tensor (by file, offset and length) is handed out as
-    one array, one ONNX Runtime value and one device tensor however many graphs use it. With ``float32`` set (the
-    CPU), float16 graphs are rewritten to compute in float32 and get float32 weights, converted once and kept in the
-    user's cache (``luvc.cache``) by the sha256 of their file (``digests``), and with ``float16_rounding`` as well
-    round what the graph computed in float16 (its float16 arithmetic, for parity). ``int8_encoding`` is how INT8 Q/DQ
-    graphs run on the CPU (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
+    one array, one ONNX Runtime value and one device tensor however many graphs use it. ``compute`` (of
+    ``luvc.runtime.float32_graph.COMPUTE_MODES``) is how the CPU computes float16 graphs: as exported, or rewritten to
+    compute in float32 (``IN_FLOAT32``, the CPU's way; ``FLOAT16_ROUNDED``, rounding what the graph computed in float16:
+    parity's float16 arithmetic) from float32 weights converted once and kept in the user's cache (``luvc.cache``) by
+    the sha256 of their file (``digests``). ``int8_encoding`` is how INT8 Q/DQ graphs run on the CPU
+    (``luvc.runtime.qdq_cpu.int8_encoding``; default: what this CPU computes exactly)."""
 
     def __init__(
         self,
         folder: str | Path,
-        float32: bool = False,
+        compute: str = AS_EXPORTED,
         device: torch.device | None = None,
         int8_encoding: str | None = None,
         digests: dict[str, str] | None = None,
-        float16_rounding: bool = False,
     ) -> None:
+        if compute not in COMPUTE_MODES:
+            raise ValueError(f"compute {compute!r} is none of {COMPUTE_MODES}")
         self.folder = Path(folder)
-        self.float16_rounding = float16_rounding  # float32 compute rounds what was float16 (``float32_compute``)
+        self.compute = compute
+        self.float32 = compute != AS_EXPORTED  # float16 graphs compute in float32, from float32 weights
         self.digests = digests or {}  # file -> its sha256 (the manifest's): float32 conversions are cached by it
         self._digests_checked: dict[str, str | None] = {}
         self._from_cache: set[tuple[ExternalTensor, int]] = set()  # conversions an earlier start made
-        self.float32 = float32
         self.int8_encoding = int8_encoding
         self.device = torch.device(device or "cpu")
         self._files: dict[str, np.ndarray] = {}  # location -> its bytes, a view of ``_mappings``' map
@@ -132,8 +123,8 @@ class MappedWeights:
         quantized = is_quantized(model)
         external = {tensor.name: tensor for tensor in tensors}  # INT4 ones too, which only the rewrite below reads
         tensors = [tensor for tensor in tensors if tensor.data_type not in PACKED_TYPES]
-        if self.float32 and _has_float16(model):
-            model = float32_compute(model, self.float16_rounding)
+        if self.float32 and has_float16(model):
+            model = float32_compute(model, self.compute == FLOAT16_ROUNDED)
         given: dict[str, object] = {}  # initializers the rewrites below declare, by name: their shared values
         if quantized and not on_gpu:
             given = self._as_matmul_nbits(model, external)
@@ -413,138 +404,3 @@ def _read_by_transformers(model: onnx.ModelProto, tensors: list[ExternalTensor])
             readers.setdefault(name, set()).add(node.op_type if index == 0 else "")
     folded = {name for name in constant_folded_initializers(model) if readers.get(name) != {"DequantizeLinear"}}
     return names | folded | {tensor.name for tensor in tensors if tensor.length < SMALL_BYTES}
-
-
-def _has_float16(model: onnx.ModelProto) -> bool:
-    values = itertools.chain(model.graph.input, model.graph.output)
-    return any(value.type.tensor_type.elem_type == FLOAT16 for value in values) or any(
-        tensor.data_type == FLOAT16 for tensor in model.graph.initializer
-    )
-
-
-def float32_compute(model: onnx.ModelProto, float16_rounding: bool = False) -> onnx.ModelProto:
-    """A copy of ``model`` that computes in float32 where it computed in float16, with the same inputs and outputs:
-    float16 inputs are cast on entry and float16 outputs on exit, in-place cache updates (``IN_PLACE_UPDATES``) stay
-    float16 on their cache, float16 initializers and constants become float32 (external ones keep their reference
-    and must be given as float32 shared initializers). Value infos are dropped; ONNX Runtime infers them again.
-
-    ``float16_rounding``: every value the graph computed in float16 is rounded to float16 (a Cast there and back
-    after the node that makes it): float16 arithmetic, each operation's result in float16, as PyTorch's float16
-    reference computes it (parity's), from float32 weights converted once for every session. ONNX Runtime's CPU EP
-    running the float16 graph itself is no such thing: it folds a float32 copy of each weight into every session
-    (parity's peak memory was about one float32 copy of the LLM above run's) and keeps a chain of operations it has
-    no float16 kernels for in float32 between the casts it inserts."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    rewrite = _Float32Rewrite(graph, _float16_values(model) if float16_rounding else set())
-    for node in graph.node:
-        rewrite.add(node)
-    nodes = rewrite.finished()
-    for tensor in graph.initializer:
-        _tensor_to_float32(tensor)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]
-    return model
-
-
-class _Float32Rewrite:
-    """The nodes of ``float32_compute``'s graph, in order, with the casts it adds at the float16 inputs, outputs and
-    in-place cache updates."""
-
-    def __init__(self, graph: onnx.GraphProto, rounded: set[str] | None = None) -> None:
-        self.rounded = rounded or set()  # values computed in float16 whose readers see them rounded to float16
-        self.float16_inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type == FLOAT16}
-        self.float16_outputs = {value.name for value in graph.output if value.type.tensor_type.elem_type == FLOAT16}
-        self.names = _UniqueNames(graph)
-        self.renamed: dict[str, str] = {}  # a float16 tensor -> its float32 cast, for the nodes after the cast
-        self.computed: dict[str, str] = {}  # a float16 graph output -> the float32 tensor its producer now writes
-        self.nodes: list[onnx.NodeProto] = []
-        for name in sorted(self.float16_inputs):
-            self.renamed[name] = self.cast(name, FLOAT)
-
-    def cast(self, source: str, to: int) -> str:
-        """Add a cast of ``source`` to ``to``; returns the cast tensor's name."""
-        target = self.names.new(f"{source}/{'float32' if to == FLOAT else 'float16'}")
-        self.nodes.append(
-            onnx.helper.make_node("Cast", [source], [target], to=to, name=self.names.new(f"{target}/Cast"))
-        )
-        return target
-
-    def add(self, node: onnx.NodeProto) -> None:
-        """Add ``node`` (changed in place), reading the float32 casts, with its float16 cache or outputs cast."""
-        _attributes_to_float32(node)
-        updates = IN_PLACE_UPDATES.get(node.op_type)
-        in_place = updates is not None and node.input[0] in self.float16_inputs
-        for index, name in enumerate(node.input):
-            if name in self.renamed and not (in_place and index == 0):  # the float16 cache itself stays
-                node.input[index] = self.renamed[name]
-        if in_place:
-            node.input[updates] = self.cast(node.input[updates], FLOAT16)
-        self.nodes.append(node)
-        if in_place:  # the updated cache stays float16 (a graph output, read in place); the nodes after read a cast
-            for output in node.output:
-                self.renamed[output] = self.cast(output, FLOAT)
-            return
-        for position, output in enumerate(node.output):
-            if output in self.float16_outputs:
-                self.computed[output] = self.renamed[output] = self.names.new(f"{output}/float32")
-                node.output[position] = self.computed[output]
-            if output in self.rounded and node.op_type not in SELECTING_OPS:
-                self.renamed[output] = self.cast(self.cast(self.renamed.get(output, output), FLOAT16), FLOAT)
-
-    def finished(self) -> list[onnx.NodeProto]:
-        """The nodes, with the casts of the float16 graph outputs at the end."""
-        for name, source in self.computed.items():
-            cast = onnx.helper.make_node("Cast", [source], [name], to=FLOAT16, name=self.names.new(f"{name}/Cast"))
-            self.nodes.append(cast)
-        return self.nodes
-
-
-def _float16_values(model: onnx.ModelProto) -> set[str]:
-    """The names of the values ``model``'s nodes compute in float16 (by ONNX's type inference; its initializers'
-    data is not read)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    values = itertools.chain(inferred.graph.value_info, inferred.graph.output)
-    return {value.name for value in values if value.type.tensor_type.elem_type == FLOAT16}
-
-
-def _attributes_to_float32(node: onnx.NodeProto) -> None:
-    for attribute in node.attribute:
-        if node.op_type == "Cast" and attribute.name == "to" and attribute.i == FLOAT16:
-            attribute.i = FLOAT
-        elif attribute.type == onnx.AttributeProto.TENSOR:
-            _tensor_to_float32(attribute.t)
-        elif attribute.type == onnx.AttributeProto.TENSORS:
-            for tensor in attribute.tensors:
-                _tensor_to_float32(tensor)
-
-
-def _tensor_to_float32(tensor: onnx.TensorProto) -> None:
-    """Retype a float16 tensor to float32 in place: inline data is converted, external data keeps its reference."""
-    if tensor.data_type != FLOAT16:
-        return
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        tensor.data_type = FLOAT
-        return
-    converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name)
-    tensor.CopyFrom(converted)
-
-
-class _UniqueNames:
-    """Names not used by any value or node of ``graph``."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {value.name for value in itertools.chain(graph.input, graph.output, graph.initializer)}
-        for node in graph.node:
-            self.used.update(node.input)
-            self.used.update(node.output)
-            self.used.add(node.name)
-
-    def new(self, base: str) -> str:
-        name, suffix = base, 1
-        while name in self.used:
-            suffix += 1
-            name = f"{base}_{suffix}"
-        self.used.add(name)
-        return name

@@ -381,3 +381,39 @@ def test_jobs_beyond_the_graphs_or_the_cpus_are_noted():
         f"--jobs {cpus + 1}: {cpus + 1} graph workers run; they share this machine's {cpus} usable CPUs, each with "
         "memory of its own."
     )
+
+
+_TQDM_SCENARIO = """
+import multiprocessing, os, sys
+import tqdm
+from luvc.export.graph_workers import _own_tqdm_locks
+tqdm.tqdm(total=1, disable=True).close()  # the exporter's lock exists before the fork, as after a first export
+
+def worker(own):
+    if own:
+        _own_tqdm_locks()
+    tqdm.tqdm.get_lock().acquire()  # a bar holds the lock when the worker is killed
+    os._exit(1)
+
+child = multiprocessing.get_context("fork").Process(target=worker, args=(sys.argv[1] == "own",))
+child.start()
+child.join()
+tqdm.tqdm(total=1, disable=True).close()  # the exporter's next bar
+print("not blocked")
+"""
+
+
+@pytest.mark.parametrize("own", [True, pytest.param(False, marks=pytest.mark.slow)])  # the premise waits 20 s
+def test_a_worker_killed_while_a_progress_bar_holds_its_lock_never_blocks_the_exporter(own):
+    """A full test run hung in an in-process export: a graph worker killed inside a tqdm bar (torch.onnx makes them
+    while converting) had left tqdm's inherited multiprocessing lock held in the exporter. Each worker now makes
+    its own (``_own_tqdm_locks``); without it the exporter's next bar waits forever, the premise checked here."""
+    command = [sys.executable, "-c", _TQDM_SCENARIO, "own" if own else "inherited"]
+    try:
+        # the blocked case waits forever: 20 s tells it; the other is an interpreter start and imports
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120 if own else 20)
+    except subprocess.TimeoutExpired:
+        assert not own, "the exporter blocked on a lock its killed worker held"
+        return
+    assert own, "the premise: a worker holding the inherited lock blocks the exporter"
+    assert result.returncode == 0 and "not blocked" in result.stdout, result.stderr

@@ -13,8 +13,8 @@ from luvc.export.manifest import external_tensors
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
 from luvc.models import load_model
+from luvc.runtime.float32_graph import IN_FLOAT32, float32_compute
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
-from luvc.runtime.weights import float32_compute
 from tests.export.passes.graphs import small_model, value
 
 PROMPT = "What is in this picture?"
@@ -202,7 +202,7 @@ def test_a_large_float16_table_that_constant_folding_reads_runs_in_float32(tmp_p
         [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(np.array([3, 7]), "positions")],
     )
     onnx.save_model(model, tmp_path / "g.onnx", save_as_external_data=True, location="weights.data", size_threshold=0)
-    weights = MappedWeights(tmp_path, float32=True)
+    weights = MappedWeights(tmp_path, IN_FLOAT32)
     options = ort.SessionOptions()
     serialized, values = weights.session_model(onnx.load(tmp_path / "g.onnx", load_external_data=False), options)
     session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
