@@ -35,6 +35,7 @@ IN_PLACE_UPDATES = {"TensorScatter": 1, "ScatterElements": 2}
 
 
 def has_float16(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has a float16 input, output or initializer (an fp16 export's graph)."""
     values = itertools.chain(model.graph.input, model.graph.output)
     return any(value.type.tensor_type.elem_type == FLOAT16 for value in values) or any(
         tensor.data_type == FLOAT16 for tensor in model.graph.initializer

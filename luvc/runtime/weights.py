@@ -56,9 +56,9 @@ CONVERSIONS: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {
     (FLOAT16, FLOAT): lambda values: torch.from_numpy(values).float().numpy(),  # float32_compute (2x NumPy's astype)
     (INT8, UINT8): shift_to_uint8,  # luvc.runtime.qdq_cpu.unsigned_weights: zero point + 128
 }
-# types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session, and
-# on the CPU fuses them into its own MatMulNBits layout (a copy per session) anyway
 NBITS_CACHE = "matmul_nbits"  # the start-up cache's kind of conversion for MatMulNBits weights (luvc.cache)
+# types packed two to a byte (INT4 weights) have no NumPy view: ONNX Runtime reads them from the file per session (on
+# the CPU, the MatMulNBits rewrite reads their bytes and converts them once: luvc.runtime.matmul_nbits)
 PACKED_TYPES = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 # types whose NumPy arrays (ml_dtypes) neither ONNX Runtime ("only supported from non-string numpy arrays") nor
 # torch.from_numpy takes: an FP8 export's weights, handed over as their bits with the type named -> the name of

@@ -403,7 +403,8 @@ print("not blocked")
 """
 
 
-@pytest.mark.parametrize("own", [True, pytest.param(False, marks=pytest.mark.slow)])  # the premise waits 20 s
+@pytest.mark.slow  # a fresh interpreter each (the premise waits 20 s)
+@pytest.mark.parametrize("own", [True, False])
 def test_a_worker_killed_while_a_progress_bar_holds_its_lock_never_blocks_the_exporter(own):
     """A full test run hung in an in-process export: a graph worker killed inside a tqdm bar (torch.onnx makes them
     while converting) had left tqdm's inherited multiprocessing lock held in the exporter. Each worker now makes
