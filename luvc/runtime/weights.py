@@ -218,17 +218,13 @@ class MappedWeights:
     def _blocked_weight(
         self, product: NBitsProduct, source: ExternalTensor | None, declared: onnx.TensorProto
     ) -> np.ndarray:
-        """``product``'s weight in ``MatMulNBits``' layout, mapped from the start-up cache where an earlier start kept
-        it, else converted (and kept, when ``source``'s file is verified)."""
-        digest = None if source is None else self._verified_digest(source.location)
-        if source is not None and digest is not None:
-            kept = cache.cached_conversion(digest, source.offset, source.length, product.blocked_shape, NBITS_CACHE)
-            if kept is not None:
-                return kept
-        array = blocked_weight(product, self._stored(source, declared))
-        if source is None or digest is None:
-            return array
-        return cache.keep_conversion(digest, source.offset, source.length, array, NBITS_CACHE)
+        """``product``'s weight in ``MatMulNBits``' layout, kept in the start-up cache where ``source`` (its stored
+        tensor, None where inline) is in a verified file (``_kept``)."""
+
+        def convert() -> np.ndarray:
+            return blocked_weight(product, self._stored(source, declared))
+
+        return convert() if source is None else self._kept(source, NBITS_CACHE, product.blocked_shape, convert)[0]
 
     def ort_value(self, tensor: ExternalTensor, as_type: int | None = None):
         """``tensor`` as one ONNX Runtime value for every session: on the CPU a view of the array (as ``array``
@@ -253,16 +249,35 @@ class MappedWeights:
     def _converted(self, tensor: ExternalTensor, as_type: int, convert: Callable) -> np.ndarray:
         """``tensor`` converted to ``as_type``: float16 weights to float32 once per export, kept in the user's cache
         (a start after the first maps what the first converted), other conversions each start."""
-        digest = self._verified_digest(tensor.location) if as_type == FLOAT else None
+
+        def read_and_convert() -> np.ndarray:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            count = tensor.length // dtype.itemsize
+            data = np.fromfile(self.folder / tensor.location, dtype, count, offset=tensor.offset)
+            return convert(data.reshape(tensor.shape))
+
+        if as_type != FLOAT:
+            return read_and_convert()
+        array, earlier = self._kept(tensor, "float32", tensor.shape, read_and_convert)
+        if earlier:
+            self._from_cache.add((_key(tensor), as_type))
+        return array
+
+    def _kept(
+        self, tensor: ExternalTensor, kind: str, shape: tuple[int, ...], convert: Callable[[], np.ndarray]
+    ) -> tuple[np.ndarray, bool]:
+        """What ``convert`` makes of ``tensor`` (a conversion ``kind`` of ``luvc.cache.CONVERSIONS``, of ``shape``):
+        mapped from the start-up cache where an earlier start kept it (and True), else made, and kept for the next
+        start when ``tensor``'s file is verified (a conversion is cached only under the digest of its source)."""
+        digest = self._verified_digest(tensor.location)
         if digest is not None:
-            kept = cache.cached_conversion(digest, tensor.offset, tensor.length, tensor.shape)
+            kept = cache.cached_conversion(digest, tensor.offset, tensor.length, shape, kind)
             if kept is not None:
-                self._from_cache.add((_key(tensor), as_type))
-                return kept
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        data = np.fromfile(self.folder / tensor.location, dtype, tensor.length // dtype.itemsize, offset=tensor.offset)
-        array = convert(data.reshape(tensor.shape))
-        return array if digest is None else cache.keep_conversion(digest, tensor.offset, tensor.length, array)
+                return kept, True
+        array = convert()
+        if digest is not None:
+            array = cache.keep_conversion(digest, tensor.offset, tensor.length, array, kind)
+        return array, False
 
     def _verified_digest(self, location: str) -> str | None:
         """The sha256 of weights file ``location`` where the cache saw it verified and it is unchanged since (a
