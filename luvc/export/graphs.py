@@ -121,7 +121,7 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shi
     plan = bucket.budget_plan
     outputs = [
         "logits",
-        *kv_names("present", adapter.num_layers),
+        *kv_names("present", adapter.num_layers, adapter.linear_layers),
         *(f"kept_visual_indices.{layer}" for layer in kept_index_layers(plan)),
     ]
     module = PrefillGraph(adapter, bucket.visual_spans, plan, bucket.plan.vision.span_grids, shifts)
@@ -146,7 +146,7 @@ def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) 
         "position_ids": {batch_axis: batch, batch_axis + 1: length},
         "prompt_lengths": {0: batch},
     }
-    outputs = ["logits", *kv_names("present", adapter.num_layers)]
+    outputs = ["logits", *kv_names("present", adapter.num_layers, adapter.linear_layers)]
     module = PrefillGraph(adapter, (), None, shifts=False)
     return GraphSpec(TEXT_PREFILL, "text", module, feeds, outputs, dims, named_inputs=3)
 

@@ -10,9 +10,10 @@ decode step takes every layer's cache at a fixed capacity, writes its key/value 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
@@ -24,11 +25,14 @@ from luvc.models.decoder import VisualPlan
 
 
 class GraphCache(LuvcCache):
-    """A ``LuvcCache`` for the prefill graph: starts empty and records each layer's present key and value."""
+    """A ``LuvcCache`` for the prefill graph: starts empty and records each layer's present key and value, or, in a
+    linear-attention layer, its convolution state (the last ``conv_kernel_size`` inputs of its convolution, zeros
+    before the first) and its recurrent state."""
 
     def __init__(self) -> None:
         super().__init__()
         self.present: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.conv: dict[int, torch.Tensor] = {}  # a linear-attention layer's, until its recurrent state comes
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         self.present[layer_idx] = (key_states, value_states)
@@ -36,6 +40,24 @@ class GraphCache(LuvcCache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
+
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        return None  # a prefill: no state before it
+
+    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        return None
+
+    def is_recording_past(self, layer_idx: int) -> bool:
+        return False
+
+    def update_conv_state(self, conv_states, layer_idx, state_idx=0, conv_kernel_size=None, **kwargs):
+        width = conv_states.shape[-1] if conv_kernel_size is None else conv_kernel_size
+        self.conv[layer_idx] = F.pad(conv_states, (max(width - conv_states.shape[-1], 0), 0))[..., -width:]
+        return conv_states
+
+    def update_recurrent_state(self, recurrent_states, layer_idx, state_idx=0, **kwargs):
+        self.present[layer_idx] = (self.conv.pop(layer_idx), recurrent_states)
+        return recurrent_states
 
     def flat_present(self) -> tuple[torch.Tensor, ...]:
         return tuple(t for layer in sorted(self.present) for t in self.present[layer])
@@ -45,7 +67,8 @@ class InPlaceGraphCache(GraphCache):
     """A ``LuvcCache`` for the decode graph: each layer's fixed-capacity ``(B, H, C_l, D)`` cache gets the step's
     key/value written at ``write_index[l, b]`` for row ``b`` (``kv_cache_update``); attention reads the first
     ``min(W, C_l)`` tokens (``W``: the length of ``window``, ``kv_window``) and sees only each row's valid prefix of
-    them."""
+    them. A linear-attention layer's ``past`` pair is its convolution and recurrent states, both of fixed size: the
+    step's are new tensors of the same shapes."""
 
     def __init__(
         self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor, window: torch.Tensor
@@ -65,6 +88,14 @@ class InPlaceGraphCache(GraphCache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.past[layer_idx][0].shape[-2]
 
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        # the layer shifts the step's input into the window in place: a copy, which becomes the present state
+        self.conv[layer_idx] = self.past[layer_idx][0].clone()
+        return self.conv[layer_idx]
+
+    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        return self.past[layer_idx][1]
+
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
         """Additive ``(B, 1, 1, min(W, C_l))`` mask over the window: 0 for each row's cached tokens and the one just
         written, -inf-like after."""
@@ -75,9 +106,17 @@ class InPlaceGraphCache(GraphCache):
         return mask.view(hidden.shape[0], 1, 1, length)
 
 
-def kv_names(prefix: str, num_layers: int) -> list[str]:
-    """``{prefix}.{layer}.key`` and ``.value`` for every layer, keys first within a layer."""
-    return [f"{prefix}.{layer}.{kind}" for layer in range(num_layers) for kind in ("key", "value")]
+STATE_KINDS = ("conv", "recurrent")  # a linear-attention layer's pair, in the place of an attention layer's key, value
+
+
+def kv_names(prefix: str, num_layers: int, linear: Collection[int] = ()) -> list[str]:
+    """``{prefix}.{layer}.key`` and ``.value`` for every layer, keys first within a layer; ``.conv`` and
+    ``.recurrent`` for a ``linear`` (linear-attention) layer."""
+    return [
+        f"{prefix}.{layer}.{kind}"
+        for layer in range(num_layers)
+        for kind in (STATE_KINDS if layer in linear else ("key", "value"))
+    ]
 
 
 def kept_index_layers(plan: BudgetPlan | None) -> list[int]:
@@ -113,7 +152,8 @@ def last_rows(hidden: torch.Tensor, prompt_lengths: torch.Tensor, removed: int) 
 class PrefillGraph(nn.Module):
     """``inputs_embeds (B, S, D)``, ``position_ids``, ``prompt_lengths (B,)``, ``visual_shift (B,)`` (and Qwen3-VL's
     ``deepstack.{k} (B, n, D)``) -> each row's last-token ``logits (B, V)`` (float32), every layer's present
-    key/value, and the kept visual indices of every layer where SPU prunes.
+    key/value (a linear-attention layer's convolution and recurrent states, each row's at its last token), and the
+    kept visual indices of every layer where SPU prunes.
 
     The visual tokens of a row sit at ``spans`` (``(start, tokens)``: one per image, or per temporal slice of a
     Qwen3-VL video) moved by the row's ``visual_shift`` (the text before them has any length; ``shifts=False``, for
@@ -149,7 +189,9 @@ class PrefillGraph(nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
-            visual=VisualPlan(self.spans, self.budget_plan, deepstack, None, self.span_grids, visual_shift),
+            visual=VisualPlan(
+                self.spans, self.budget_plan, deepstack, None, self.span_grids, visual_shift, prompt_lengths
+            ),
         )
         hidden = outputs.last_hidden_state
         logits = self.lm_head(last_rows(hidden, prompt_lengths, inputs_embeds.shape[1] - hidden.shape[1])).float()
@@ -206,8 +248,8 @@ class DecodeGraph(nn.Module):
     holds for each row before the step), ``attention_window (W,)`` (only its length is read: attention covers the first
     ``min(W, C_l)`` tokens of layer ``l``; ``W`` must exceed every write index) and every layer's cache at its fixed
     capacity -> ``logits (B, V)`` (float32) and every layer's cache with the step's key/value written at its write
-    index (bind it to the input's buffer). Attention reads the cache without repeating its KV heads
-    (``cached_attention``)."""
+    index (bind it to the input's buffer); a linear-attention layer takes and gives its two states instead. Attention
+    reads the cache without repeating its KV heads (``cached_attention``)."""
 
     def __init__(self, adapter: VLMAdapter) -> None:
         super().__init__()

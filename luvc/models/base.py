@@ -15,6 +15,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.compress.oim import OIMStep, merge_units
 from luvc.errors import critical
+from luvc.models.cache import LINEAR_ATTENTION
 from luvc.models.decoder import GRID_REFUSAL, install_spu_scopes
 from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import LUVC_BUDGET_PLANS, PlanCache, RequestPlan, VisionTrace, planned_budgets, plans_on
@@ -105,6 +106,13 @@ class VLMAdapter:
     @property
     def num_layers(self) -> int:
         return self.model.config.text_config.num_hidden_layers
+
+    @property
+    def linear_layers(self) -> frozenset[int]:
+        """The language model's linear-attention layers (a hybrid model's, Qwen3.5): they keep a convolution state and
+        a recurrent state instead of keys and values."""
+        layer_types = getattr(self.model.config.text_config, "layer_types", None) or ()
+        return frozenset(index for index, kind in enumerate(layer_types) if kind == LINEAR_ATTENTION)
 
     @property
     def head_dim(self) -> int:

@@ -24,6 +24,7 @@ from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
 from luvc.models.cache import LINEAR_ATTENTION, LuvcCache, new_cache
 from luvc.models.compat import cache_kwargs, take_cache
+from luvc.models.padded_rows import RowTurns
 from luvc.models.scope import scopes
 from luvc.models.spans import Span, add_visual_plane, original_ids, spu_prune
 
@@ -159,9 +160,11 @@ class CutScoring:
 
 @dataclasses.dataclass(frozen=True)
 class VisualPlan:
-    """What the decoder loop knows of a prompt's visual tokens, fixed before it runs: each image's ``spans`` in one
-    row, the ``budgets`` of the layers, DeepStack's ``deepstack`` planes (Qwen3-VL), the vision side's ``ranking``
-    (VisionZip), each span's token grid (``grids``) and each row's ``shift`` of its spans (exported graphs)."""
+    """What the decoder loop knows of a prompt's visual tokens and rows, fixed before it runs: each image's ``spans``
+    in one row, the ``budgets`` of the layers, DeepStack's ``deepstack`` planes (Qwen3-VL), the vision side's
+    ``ranking`` (VisionZip), each span's token grid (``grids``), and in exported graphs each row's ``shift`` of its
+    spans and its ``row_lengths`` (its tokens, then padding on the right: a linear-attention layer runs on rows turned
+    to put the padding first, ``luvc.models.padded_rows``)."""
 
     spans: Sequence[Span] = ()
     budgets: BudgetPlan | None = None
@@ -169,6 +172,7 @@ class VisualPlan:
     ranking: torch.Tensor | None = None
     grids: Sequence[Grid] | None = None
     shift: torch.Tensor | None = None
+    row_lengths: torch.Tensor | None = None
 
 
 NO_VISUALS = VisualPlan()
@@ -281,8 +285,7 @@ class SpuDecoderMixin:
         self._check_probes(scoring.ranked_cuts)
         visual_ids = None  # no cut yet (``original_ids``)
         kept_visual_indices: dict[int, torch.Tensor] = {}
-        eager = self.config._attn_implementation == "eager"
-        has_masks = isinstance(past_key_values, LuvcCache)
+        turns = RowTurns(visual.row_lengths, length)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if layer_index in cuts:
                 scorer, score_input = scoring.scorer(layer_index, decoder_layer, hidden, cos, sin, spans, visual_ids)
@@ -301,12 +304,11 @@ class SpuDecoderMixin:
                     visual_shift,
                 )
                 kept_visual_indices[layer_index] = visual_ids
-            if not self.luvc_attends(layer_index):
-                mask = None
-            elif length > 1:
-                mask = causal_mask(batch, hidden.shape[1], hidden.dtype, hidden.device) if eager else None
+            turned = None if self.luvc_attends(layer_index) else turns.at(hidden)
+            if turned is not None:
+                hidden, mask = turned.turn(hidden), turned.tokens
             else:
-                mask = past_key_values.attention_mask(layer_index, hidden) if has_masks else None
+                mask = self._layer_mask(layer_index, hidden, length, past_key_values)
             with scoring.probe(layer_index, decoder_layer, hidden) as record:
                 hidden = decoder_layer(
                     hidden,
@@ -317,6 +319,8 @@ class SpuDecoderMixin:
                     **cache_kwargs(past_key_values),
                     **kwargs,
                 )
+            if turned is not None:
+                hidden = turned.turn_back(hidden)
             scoring.measured(record, spans)  # the layer before a ranked cut: the last prompt token's attention
             if layer_index < len(deepstack):
                 hidden = add_visual_plane(hidden, spans, visual_ids, deepstack[layer_index], visual_shift)
@@ -326,6 +330,18 @@ class SpuDecoderMixin:
         return LuvcDecoderOutput(
             last_hidden_state=hidden, kept_visual_indices=kept_visual_indices, **cache_kwargs(past_key_values)
         )
+
+    def _layer_mask(
+        self, layer_index: int, hidden: torch.Tensor, length: int, cache: LuvcCache | None
+    ) -> torch.Tensor | None:
+        """The mask decoder layer ``layer_index`` takes: none for a linear-attention layer; causal for a prefill
+        under eager attention (the fused kernels take ``None`` as causal); for a one-token step, the cache's."""
+        if not self.luvc_attends(layer_index):
+            return None
+        if length > 1:
+            eager = self.config._attn_implementation == "eager"
+            return causal_mask(hidden.shape[0], hidden.shape[1], hidden.dtype, hidden.device) if eager else None
+        return cache.attention_mask(layer_index, hidden) if isinstance(cache, LuvcCache) else None
 
     def extra_repr(self) -> str:
         config = self.luvc_config

@@ -21,7 +21,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5Model, Qwen3_5TextModel, Qwen3_5VisionModel
 
 from luvc.compress.cost import LinearAttentionSpec, LlmSpec
-from luvc.models.cache import LINEAR_ATTENTION
 from luvc.models.qwen2_vl import (
     LuvcClasses,
     LuvcQwen2VisionTransformer,
@@ -72,7 +71,7 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
         """As every family's, with the output gate of its attention's query and its linear-attention layers."""
         text: Any = self.model.config.text_config
         linear = LinearAttentionSpec(
-            layers=frozenset(i for i, kind in enumerate(text.layer_types) if kind == LINEAR_ATTENTION),
+            layers=self.linear_layers,
             key_heads=text.linear_num_key_heads,
             value_heads=text.linear_num_value_heads,
             key_dim=text.linear_key_head_dim,
