@@ -26,6 +26,7 @@ from luvc.export.profile import DEFAULT_KV_UPDATE
 from luvc.export.stage_times import StageTimes
 from luvc.export.weights import SharedWeights, StableMemory
 from luvc.loaders import BaseLoader
+from luvc.models.gated_delta import traced_by_squaring
 
 INLINE_BYTES = 1 << 20  # while exporting, tensors below this are loaded (constants passes and lint read), not weights
 
@@ -64,7 +65,7 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
         times = self.times
         with export_settings("graph"), torch.no_grad(), units:
             try:
-                with times.stage("trace", spec.name), export_settings("trace"):
+                with times.stage("trace", spec.name), export_settings("trace"), traced_by_squaring():
                     program = trace_decomposed(
                         spec.module.eval(), args, spec.dynamic_shapes(), self.opset, translations
                     )
