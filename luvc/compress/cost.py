@@ -54,13 +54,24 @@ class LinearAttentionSpec:
         delta_rule = 4 * 2 * self.value_heads * self.key_dim * self.value_dim
         return projections + 2 * self.conv_kernel * mixed + delta_rule
 
+    @property
+    def conv_state_shape(self) -> tuple[int, int]:
+        """One row's convolution state in one layer: query, key and value channels by the last ``conv_kernel``
+        inputs."""
+        return (2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim, self.conv_kernel)
+
+    @property
+    def recurrent_state_shape(self) -> tuple[int, int, int]:
+        """One row's recurrent state in one layer: ``key x value`` per value head."""
+        return (self.value_heads, self.key_dim, self.value_dim)
+
     def conv_state_elements(self) -> int:
-        """Elements of one layer's convolution state: the last ``conv_kernel`` inputs of query, key and value."""
-        return (2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim) * self.conv_kernel
+        """Elements of one layer's convolution state."""
+        return math.prod(self.conv_state_shape)
 
     def recurrent_state_elements(self) -> int:
-        """Elements of one layer's recurrent state: ``key x value`` per value head."""
-        return self.value_heads * self.key_dim * self.value_dim
+        """Elements of one layer's recurrent state."""
+        return math.prod(self.recurrent_state_shape)
 
 
 @dataclasses.dataclass(frozen=True)

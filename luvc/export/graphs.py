@@ -10,8 +10,8 @@ from torch import nn
 from torch.export import Dim
 
 from luvc.export.bucket_plan import Bucket
-from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_names, kept_index_layers, kv_names
-from luvc.export.manifest_entries import ProfileEntry
+from luvc.export.llm import DecodeGraph, EmbedGraph, PrefillGraph, deepstack_names, kept_index_layers
+from luvc.export.manifest_entries import ProfileEntry, kv_names
 from luvc.models.base import VLMAdapter
 
 TEXT_PREFILL = "prefill_text"  # the graph of prompts without visuals
@@ -88,6 +88,8 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shi
     hidden = adapter.language_model.config.hidden_size
     prompt = bucket.visual_end
     text = bucket.min_text_tokens + 1
+    if adapter.linear_layers:  # at the longest prompt only: the chunked gated delta rule unrolls at one length
+        text = max(profile.max_text_tokens, bucket.min_text_tokens + 1)
     positions = torch.cat(
         [
             bucket.prompt_position_ids,
@@ -115,6 +117,8 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shi
         "prompt_lengths": {0: batch},
         **({"visual_shift": {0: batch}} if shifts else {}),
     }
+    if adapter.linear_layers:
+        _fix_length(dims)
     for name in deepstack_names(adapter.deepstack_planes):  # one row per visual token of the image
         feeds[name] = torch.randn(EXAMPLE_BATCH, bucket.tokens_per_image, hidden, dtype=profile.dtype)
         dims[name] = {0: batch}
@@ -128,6 +132,13 @@ def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shi
     return GraphSpec(f"prefill_{bucket.name}", "prefill", module, feeds, outputs, dims, bucket.name, named_inputs=3)
 
 
+def _fix_length(dims: dict[str, dict[int, Dim]]) -> None:
+    """Make a prefill graph's sequence axis static (a hybrid model's: traced at one length, rows padded to it)."""
+    for axes in dims.values():
+        for axis in [axis for axis, dim in axes.items() if dim.__name__ == "sequence_length"]:
+            del axes[axis]
+
+
 def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) -> GraphSpec:
     """The prefill of a prompt without visuals (a text-only turn): ``2 .. longest`` tokens (a shorter prompt is
     padded on the right), no SPU."""
@@ -135,6 +146,8 @@ def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) 
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     length = Dim("sequence_length", min=2, max=max(longest, 4))
     example = min(max(longest, 4) - 1, 7)  # neither a bound nor the batch: nothing is specialised
+    if adapter.linear_layers:  # at the longest prompt only: the chunked gated delta rule unrolls at one length
+        example = max(longest, 4)
     position_ids, batch_axis = _position_feed(torch.arange(example).expand(adapter.position_rows, -1))
     feeds = {
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, example, hidden, dtype=profile.dtype),
@@ -146,13 +159,16 @@ def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) 
         "position_ids": {batch_axis: batch, batch_axis + 1: length},
         "prompt_lengths": {0: batch},
     }
+    if adapter.linear_layers:
+        _fix_length(dims)
     outputs = ["logits", *kv_names("present", adapter.num_layers, adapter.linear_layers)]
     module = PrefillGraph(adapter, (), None, shifts=False)
     return GraphSpec(TEXT_PREFILL, "text", module, feeds, outputs, dims, named_inputs=3)
 
 
 def decode_spec(adapter: VLMAdapter, profile: ProfileEntry, capacities: Sequence[int]) -> GraphSpec:
-    """One decode step over caches of the fixed per-layer ``capacities`` (``kv_capacities``)."""
+    """One decode step over caches of the fixed per-layer ``capacities`` (``kv_capacities``; a linear-attention
+    layer's two states instead, of fixed sizes)."""
     config = adapter.language_model.config
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     position_ids, batch_axis = _position_feed(torch.full((adapter.position_rows, 1), 40))
@@ -170,13 +186,16 @@ def decode_spec(adapter: VLMAdapter, profile: ProfileEntry, capacities: Sequence
         "kv_write_index": {1: batch},
         "attention_window": {0: window},
     }
-    names = kv_names("past_key_values", adapter.num_layers)
+    linear = adapter.llm_spec().linear
+    names = kv_names("past_key_values", adapter.num_layers, adapter.linear_layers)
     for layer, capacity in enumerate(capacities):
-        for name in names[2 * layer : 2 * layer + 2]:
-            shape = (EXAMPLE_BATCH, config.num_key_value_heads, capacity, adapter.head_dim)
-            feeds[name] = torch.randn(*shape, dtype=profile.dtype)
+        pair = [((config.num_key_value_heads, capacity, adapter.head_dim), profile.dtype)] * 2
+        if linear is not None and layer in linear.layers:  # its states: the convolution's and the recurrence's
+            pair = [(linear.conv_state_shape, profile.dtype), (linear.recurrent_state_shape, torch.float32)]
+        for name, (shape, dtype) in zip(names[2 * layer : 2 * layer + 2], pair):
+            feeds[name] = torch.randn(EXAMPLE_BATCH, *shape, dtype=dtype)
             dims[name] = {0: batch}
-    outputs = ["logits", *kv_names("present", adapter.num_layers)]
+    outputs = ["logits", *kv_names("present", adapter.num_layers, adapter.linear_layers)]
     return GraphSpec("decode", "decode", DecodeGraph(adapter), feeds, outputs, dims, named_inputs=4)
 
 

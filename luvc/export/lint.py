@@ -7,7 +7,8 @@ Runs after every export; ``check_graph`` fails with every finding and its fix. R
   depends on tensor values with no bound;
 - ``topk``: TopK whose k is not a constant, or is above TensorRT's limit of 3840;
 - ``dense-mask``: a boolean or ``*mask*`` graph input, or a boolean or large-negative constant, whose last two axes
-  are equal and at least the image-token count (or the same dynamic axis): a mask quadratic in the image tokens;
+  are equal and at least the image-token count (or the same dynamic axis): a mask quadratic in the image tokens (a
+  graph traced at one sequence length, a hybrid model's prefill, holds its causal masks as constants: allowed);
 - ``fp16-norm``: norm statistics computed in float16 (a norm op, or ReduceMean over a square, on float16 data);
 - ``cuda-cpu``: an op on a type ONNX Runtime's CUDA EP has no kernel for (``CUDA_TYPES``): it runs on the CPU between
   device tensors, two copies per run, and ONNX Runtime refuses to capture the graph as a CUDA graph (seen on an H200
@@ -146,7 +147,9 @@ def _shape_issues(
         maskish = info.type.tensor_type.elem_type == onnx.TensorProto.BOOL or "mask" in info.name.lower()
         if maskish and _quadratic(value_dims(info), image_tokens):
             issues.append(LintIssue("dense-mask", info.name, f"input of shape {value_dims(info)} is quadratic"))
-    for tensor_name, proto in constants.items():
+    embeds = next((info for info in graph.input if info.name == "inputs_embeds"), None)
+    one_length = embeds is not None and len(value_dims(embeds)) > 1 and isinstance(value_dims(embeds)[1], int)
+    for tensor_name, proto in {} if one_length else constants.items():
         if proto.data_type in MASK_TYPES and _quadratic(list(proto.dims), image_tokens):
             value = read(proto)
             if value.dtype == bool or bool(np.isneginf(value).any()) or bool((value <= -1e4).any()):

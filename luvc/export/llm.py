@@ -10,7 +10,7 @@ decode step takes every layer's cache at a fixed capacity, writes its key/value 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,19 +104,6 @@ class InPlaceGraphCache(GraphCache):
         blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
         mask = torch.where(valid, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
         return mask.view(hidden.shape[0], 1, 1, length)
-
-
-STATE_KINDS = ("conv", "recurrent")  # a linear-attention layer's pair, in the place of an attention layer's key, value
-
-
-def kv_names(prefix: str, num_layers: int, linear: Collection[int] = ()) -> list[str]:
-    """``{prefix}.{layer}.key`` and ``.value`` for every layer, keys first within a layer; ``.conv`` and
-    ``.recurrent`` for a ``linear`` (linear-attention) layer."""
-    return [
-        f"{prefix}.{layer}.{kind}"
-        for layer in range(num_layers)
-        for kind in (STATE_KINDS if layer in linear else ("key", "value"))
-    ]
 
 
 def kept_index_layers(plan: BudgetPlan | None) -> list[int]:

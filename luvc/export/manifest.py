@@ -183,7 +183,12 @@ class ExportManifest:
                     }
                 ),
                 template=TemplateEntry(**data["template"]),
-                geometry=ModelGeometry(**data["geometry"]),
+                geometry=ModelGeometry(
+                    **{
+                        key: tuple(value) if isinstance(value, list) else value
+                        for key, value in data["geometry"].items()
+                    }
+                ),
                 buckets={name: _bucket(entry) for name, entry in data["buckets"].items()},
                 graphs={name: _graph(entry) for name, entry in data["graphs"].items()},
                 files=data["files"],
@@ -361,7 +366,24 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
         position_rows=adapter.position_rows,
         patch_size=adapter.patch_size,
         temporal_patch_size=getattr(adapter.model.config.vision_config, "temporal_patch_size", None),
+        **_linear_geometry(adapter),
     )
+
+
+def _linear_geometry(adapter: VLMAdapter) -> dict[str, tuple[int, ...]]:
+    """A hybrid LLM's linear-attention layers and their state shapes (nothing for an LLM that only attends)."""
+    linear = adapter.llm_spec().linear
+    if linear is None:
+        return {}
+    return {
+        "linear_layers": tuple(sorted(linear.layers)),
+        "conv_state_shape": linear.conv_state_shape,
+        "recurrent_state_shape": linear.recurrent_state_shape,
+    }
+
+
+def _geometry(entry: dict[str, Any]) -> ModelGeometry:
+    return ModelGeometry(**{key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()})
 
 
 def _bucket(entry: dict[str, Any]) -> BucketEntry:

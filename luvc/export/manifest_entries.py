@@ -8,6 +8,8 @@ cache), ``PassesEntry``, and ``QuantizationEntry`` (what calibration did).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from luvc.errors import critical
@@ -143,10 +145,24 @@ class TemplateEntry:
         return self.video_placeholder, self.video_token_id
 
 
+STATE_KINDS = ("conv", "recurrent")  # a linear-attention layer's pair, in the place of an attention layer's key, value
+
+
+def kv_names(prefix: str, num_layers: int, linear: Collection[int] = ()) -> list[str]:
+    """``{prefix}.{layer}.key`` and ``.value`` for every layer, keys first within a layer; ``.conv`` and
+    ``.recurrent`` for a ``linear`` (linear-attention) layer."""
+    return [
+        f"{prefix}.{layer}.{kind}"
+        for layer in range(num_layers)
+        for kind in (STATE_KINDS if layer in linear else ("key", "value"))
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelGeometry:
     """Sizes the runtime allocates with: LLM hidden size, layers, KV heads, head size, vocabulary, rows of position
-    ids (3 for M-RoPE), and the encoder's patch size."""
+    ids (3 for M-RoPE), and the encoder's patch size; a hybrid LLM's linear-attention layers (Qwen3.5) and one row's
+    convolution and recurrent state in each of them (they keep no keys and values)."""
 
     hidden_size: int
     num_layers: int
@@ -156,6 +172,23 @@ class ModelGeometry:
     position_rows: int
     patch_size: int
     temporal_patch_size: int | None = None  # frames in one temporal patch (families that take videos)
+    linear_layers: tuple[int, ...] = ()
+    conv_state_shape: tuple[int, ...] = ()  # (channels, kernel), in the export's precision
+    recurrent_state_shape: tuple[int, ...] = ()  # (value heads, key width, value width), float32
+
+    def attends(self, layer: int) -> bool:
+        """Whether ``layer`` keeps keys and values (it is not a linear-attention layer)."""
+        return layer not in self.linear_layers
+
+    def state_bytes_per_row(self, bytes_per_element: int) -> int:
+        """Bytes of one row's states over the linear-attention layers: the convolution state at ``bytes_per_element``
+        (the export's precision), the recurrent state in float32."""
+        conv, recurrent = math.prod(self.conv_state_shape), math.prod(self.recurrent_state_shape)
+        return len(self.linear_layers) * (conv * bytes_per_element + recurrent * 4)
+
+    def cache_names(self, prefix: str) -> list[str]:
+        """The decode cache's tensors under ``prefix`` (``past_key_values``, ``present``), ``kv_names``' order."""
+        return kv_names(prefix, self.num_layers, self.linear_layers)
 
 
 @dataclasses.dataclass(frozen=True)

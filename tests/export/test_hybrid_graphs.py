@@ -9,7 +9,8 @@ from torch.export import Dim
 
 from luvc.export.bucket_plan import plan_bucket
 from luvc.export.graphs import GraphSpec
-from luvc.export.llm import DecodeGraph, PrefillGraph, kv_names
+from luvc.export.llm import DecodeGraph, PrefillGraph
+from luvc.export.manifest_entries import kv_names
 from luvc.models import load_model
 
 SHORTER = 5  # the second row's tokens fewer than the first's: padding on its right

@@ -87,6 +87,20 @@ def test_quadratic_mask_input_and_constant_are_caught():
     assert _rules(model, image_tokens=65) == []
 
 
+@pytest.mark.parametrize(("length", "rules"), [(64, []), ("sequence_length", ["dense-mask"])])
+def test_a_constant_causal_mask_passes_only_in_a_graph_of_one_length(length, rules):
+    """A hybrid model's prefill is traced at one length, so its causal masks fold into constants; a graph whose
+    sequence axis is dynamic has no reason to hold one."""
+    mask = helper.make_tensor("causal", TensorProto.BOOL, [64, 64], np.tri(64, dtype=bool).ravel())
+    model = _model(
+        [helper.make_node("Where", ["causal", "inputs_embeds", "zero"], ["y"], name="/llm/layers.3/self_attn/Where")],
+        [_tensor("inputs_embeds", shape=(1, length, 64)), _tensor("zero", shape=(1,))],
+        [_tensor("y", shape=(1, length, 64))],
+        [mask],
+    )
+    assert _rules(model, image_tokens=64) == rules
+
+
 def test_fp16_norm_is_caught_and_fp32_islands_fix_it():
     scale = helper.make_tensor("scale", TensorProto.FLOAT16, [8], np.ones(8, np.float16))
     model = _model(
