@@ -225,12 +225,16 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
 
 def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -> int:
     """Bytes of the KV-cache buffers for ``batch`` rows: the decode graph's capacities, or (``uncompressed``) the
-    capacities the uncompressed model would need."""
+    capacities the uncompressed model would need; a hybrid model's attention layers only, and its linear-attention
+    layers' states (the same either way)."""
     geometry, profile = manifest.geometry, manifest.profile
-    past = manifest.graphs["decode"].input("past_key_values.0.key")
+    names = geometry.cache_names("past_key_values")
+    past = manifest.graphs["decode"].input(next(name for name in names if name.endswith(".key")))
     per_entry = 2 * batch * geometry.num_key_value_heads * geometry.head_dim * dtype_bytes(past.dtype)
+    states = batch * geometry.state_bytes_per_row(dtype_bytes(past.dtype))
+    attending = [layer for layer in range(geometry.num_layers) if geometry.attends(layer)]
     if not uncompressed:
-        return per_entry * sum(manifest.kv_cache.capacity)
+        return per_entry * sum(manifest.kv_cache.capacity[layer] for layer in attending) + states
     buckets = manifest.buckets.values()
     capacity = max(
         layer_capacity(
@@ -242,7 +246,7 @@ def kv_bytes(manifest: ExportManifest, batch: int, uncompressed: bool = False) -
         )
         for bucket in buckets
     )
-    return per_entry * capacity * geometry.num_layers
+    return per_entry * capacity * len(attending) + states
 
 
 PRODUCTS = frozenset({"MatMul", "Gemm"})

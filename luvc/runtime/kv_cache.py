@@ -14,6 +14,11 @@ short answer to a short prompt then costs its own length, not ``--max-text-token
 ``aliased=False`` keeps a second set of buffers instead and alternates between them (``present`` written into the
 other set): for a TensorRT 10.3 engine of the ``scatter-elements`` form, whose output may not share memory with its
 input. The graph then copies the cache on the device each step; nothing crosses to the host either way.
+
+A hybrid model's linear-attention layers (Qwen3.5) keep no keys and values but two fixed-size states per row, its
+convolution state and its recurrent state (float32), which the decode step reads whole and gives anew: they always
+alternate between two sets (a step's output never overwrites what it reads), the attention layers' buffers shared by
+both sets where they are aliased.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from luvc.errors import critical
+from luvc.export.manifest_entries import kv_names
 
 WINDOW_STEP = 64
 
@@ -36,12 +42,28 @@ def attention_window_length(valid: int, capacity: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class KVLayout:
     """The shape of a decode graph's KV cache: ``kv_heads`` heads of ``head_dim`` per token, each layer's capacity in
-    tokens (``capacities``), in ``dtype``."""
+    tokens (``capacities``), in ``dtype``; a hybrid model's ``linear_layers`` hold one row's ``conv_state_shape`` (in
+    ``dtype``) and ``recurrent_state_shape`` (float32) instead."""
 
     kv_heads: int
     head_dim: int
     capacities: tuple[int, ...]
     dtype: torch.dtype = torch.float32
+    linear_layers: frozenset[int] = frozenset()
+    conv_state_shape: tuple[int, ...] = ()
+    recurrent_state_shape: tuple[int, ...] = ()
+
+    def names(self, prefix: str) -> list[str]:
+        """The decode graph's cache tensors under ``prefix``, two per layer in layer order."""
+        return kv_names(prefix, len(self.capacities), self.linear_layers)
+
+    def layer_buffers(self, layer: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s two zeroed buffers for ``batch`` rows."""
+        if layer in self.linear_layers:
+            conv = torch.zeros(batch, *self.conv_state_shape, dtype=self.dtype, device=device)
+            return conv, torch.zeros(batch, *self.recurrent_state_shape, dtype=torch.float32, device=device)
+        shape = (batch, self.kv_heads, self.capacities[layer], self.head_dim)
+        return torch.zeros(shape, dtype=self.dtype, device=device), torch.zeros(shape, dtype=self.dtype, device=device)
 
 
 class KVCache:
@@ -49,24 +71,27 @@ class KVCache:
     layer ``l``."""
 
     def __init__(self, batch: int, layout: KVLayout, device: torch.device | str = "cpu", aliased: bool = True) -> None:
-        kv_heads, head_dim, capacities, dtype = layout.kv_heads, layout.head_dim, layout.capacities, layout.dtype
-        self.capacities = list(capacities)
-        self.sets = [
-            [
-                tuple(torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(2))
-                for capacity in self.capacities
-            ]
-            for _ in range(1 if aliased else 2)
-        ]
+        self.layout = layout
+        self.capacities = list(layout.capacities)
+        layers = range(len(self.capacities))
+        first = [layout.layer_buffers(layer, batch, device) for layer in layers]
+        self.sets = [first]
+        if not aliased or layout.linear_layers:  # the other set: states always, keys and values where not aliased
+            shared = [aliased and layer not in layout.linear_layers for layer in layers]
+            self.sets.append(
+                [first[layer] if shared[layer] else layout.layer_buffers(layer, batch, device) for layer in layers]
+            )
         self.current = 0
         self.write_index = torch.zeros(len(self.capacities), batch, dtype=torch.int64, device=device)
         self.window = torch.zeros(max(self.capacities), dtype=torch.bool, device=device)  # only its views' lengths
         self.row_lengths = np.zeros((len(self.capacities), batch), dtype=np.int64)  # each row's, per layer
+        self._attending = np.array([layer not in layout.linear_layers for layer in layers])
         self.owner: object | None = None  # the request whose tokens the cache holds now
 
     @property
-    def buffers(self) -> list[tuple[torch.Tensor, ...]]:
-        """Each layer's ``(key, value)`` buffers that hold the cache now."""
+    def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's ``(key, value)`` buffers (a linear-attention layer's ``(conv, recurrent)`` states) that hold
+        the cache now."""
         return self.sets[self.current]
 
     def load(
@@ -80,26 +105,34 @@ class KVCache:
         (as many as the prefill has; the other rows keep theirs); ``prompt_lengths (b,)``: each row's prompt tokens,
         when rows were padded on the right (their padding is overwritten by the steps after it and never attended)
         to the prefill's ``sequence_length`` (default: the longest row)."""
-        batch = presents["present.0.key"].shape[0]
+        names = self.layout.names("present")
+        batch = presents[names[0]].shape[0]
         rows = slice(first_row, first_row + batch)
         if rows.stop > self.batch:
             critical(f"The KV cache holds {self.batch} rows; rows {first_row}..{rows.stop - 1} do not fit.")
-        lengths = []  # the prefill's, per layer: the longest row's
-        for layer, (key, value) in enumerate(self.buffers):
-            length = presents[f"present.{layer}.key"].shape[2]
+        lengths = []  # the prefill's, per layer: the longest row's (0 for a state layer)
+        for layer, pair in enumerate(self.buffers):
+            presents_of_layer = [presents[name] for name in names[2 * layer : 2 * layer + 2]]
+            if layer in self.layout.linear_layers:  # each row's states at its own last token
+                for buffer, present in zip(pair, presents_of_layer):
+                    buffer[rows].copy_(present)
+                lengths.append(0)
+                continue
+            length = presents_of_layer[0].shape[2]
             if length > self.capacities[layer]:
                 critical(
                     f"Layer {layer}'s prompt holds {length} tokens, more than its KV capacity "
                     f"{self.capacities[layer]}; shorten the prompt or re-export with a larger --max-text-tokens."
                 )
-            key[rows, :, :length].copy_(presents[f"present.{layer}.key"])
-            value[rows, :, :length].copy_(presents[f"present.{layer}.value"])
+            for buffer, present in zip(pair, presents_of_layer):
+                buffer[rows, :, :length].copy_(present)
             lengths.append(length)
         padding = np.zeros(batch, dtype=np.int64)
         if prompt_lengths is not None:
             width = int(np.max(prompt_lengths)) if sequence_length is None else sequence_length
             padding = width - np.asarray(prompt_lengths, dtype=np.int64)
-        self.row_lengths[:, rows] = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
+        held = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
+        self.row_lengths[:, rows] = np.where(self._attending[:, None], held, 0)
         self.write_index[:, rows].copy_(torch.from_numpy(self.row_lengths[:, rows]))
 
     @property
@@ -108,12 +141,15 @@ class KVCache:
         return self.write_index.shape[1]
 
     def move_row(self, source: int, target: int) -> None:
-        """Put row ``source``'s keys, values and lengths in row ``target`` (which is given up) and empty ``source``:
-        a running batch keeps its rows first (``luvc.runtime.running_batch``)."""
+        """Put row ``source``'s keys, values (or states) and lengths in row ``target`` (which is given up) and empty
+        ``source``: a running batch keeps its rows first (``luvc.runtime.running_batch``)."""
         longest = int(self.row_lengths[:, source].max())
-        for key, value in self.buffers:
-            key[target, :, :longest].copy_(key[source, :, :longest])
-            value[target, :, :longest].copy_(value[source, :, :longest])
+        for layer, pair in enumerate(self.buffers):
+            for buffer in pair:
+                if layer in self.layout.linear_layers:
+                    buffer[target].copy_(buffer[source])
+                else:
+                    buffer[target, :, :longest].copy_(buffer[source, :, :longest])
         self.row_lengths[:, target] = self.row_lengths[:, source]
         self.write_index[:, target].copy_(self.write_index[:, source])
         self.clear_row(source)
@@ -123,13 +159,8 @@ class KVCache:
         self.row_lengths[:, row] = 0
         self.write_index[:, row] = 0
 
-    @staticmethod
-    def _names(prefix: str, buffers) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.{layer}.{kind}": tensor
-            for layer, pair in enumerate(buffers)
-            for kind, tensor in zip(("key", "value"), pair)
-        }
+    def _names(self, prefix: str, buffers) -> dict[str, torch.Tensor]:
+        return dict(zip(self.layout.names(prefix), (tensor for pair in buffers for tensor in pair)))
 
     def inputs(self, rows: int | None = None) -> dict[str, torch.Tensor]:
         """The decode graph's cache inputs for the first ``rows`` rows (default: all): the write index, the attention
@@ -157,7 +188,11 @@ class KVCache:
         """Refuse a step that would write past a layer's capacity (it would overwrite the last token)."""
         rows = self.batch if rows is None else rows
         lengths = self.row_lengths[:, :rows].max(axis=1)
-        full = [layer for layer, (length, cap) in enumerate(zip(lengths, self.capacities)) if length >= cap]
+        full = [
+            layer
+            for layer, (length, cap) in enumerate(zip(lengths, self.capacities))
+            if length >= cap and self._attending[layer]
+        ]
         if full:
             critical(
                 f"The KV cache of layer {full[0]} is full ({self.capacities[full[0]]} tokens); one more token does "
@@ -168,8 +203,8 @@ class KVCache:
         """A decode step wrote one token into every layer of the first ``rows`` rows (default: all; and, unaliased,
         those rows into the other set)."""
         rows = self.batch if rows is None else rows
-        self.row_lengths[:, :rows] += 1
-        self.write_index[:, :rows] += 1
+        self.row_lengths[self._attending, :rows] += 1  # a state layer holds no tokens
+        self.write_index[:, :rows] += 1  # (a state layer's is never read)
         self.current = (self.current + 1) % len(self.sets)
 
     @property
@@ -184,11 +219,18 @@ class KVCache:
         return key[:, :, : self.lengths[layer]], value[:, :, : self.lengths[layer]]
 
     def nbytes(self) -> int:
-        """Bytes of the keys and values the rows hold now (what the cost model counts)."""
-        key = self.buffers[0][0]
+        """Bytes of the keys and values the rows hold now and, in a hybrid model, of their states (what the cost model
+        counts)."""
+        attending = [layer for layer in range(len(self.capacities)) if self._attending[layer]]
+        key = self.buffers[attending[0]][0]
         per_token = 2 * key.shape[1] * key.shape[3] * key.element_size()
-        return per_token * int(self.row_lengths.sum())
+        rows = int(np.count_nonzero(self.row_lengths[attending].max(axis=0)))  # rows that hold a prompt
+        states = sum(
+            t[0].numel() * t.element_size() for layer in self.layout.linear_layers for t in self.buffers[layer]
+        )
+        return per_token * int(self.row_lengths.sum()) + rows * states
 
     def capacity_bytes(self) -> int:
-        """Bytes the buffers take on the device."""
-        return sum(t.numel() * t.element_size() for buffers in self.sets for pair in buffers for t in pair)
+        """Bytes the buffers take on the device (a buffer that both sets share once)."""
+        buffers = {id(t): t for pair_set in self.sets for pair in pair_set for t in pair}
+        return sum(t.numel() * t.element_size() for t in buffers.values())

@@ -267,7 +267,11 @@ class Sessions:
     def prefill_length(self, graph: str, length: int) -> int:
         """The sequence length a prefill of ``length`` tokens runs ``graph`` at: on a GPU, padded on the right to a
         multiple of ``prefill_step`` (at most the graph's longest), so that one captured graph serves every prompt of
-        about that length and a plain run computes at the same shapes; as it is on the CPU."""
+        about that length and a plain run computes at the same shapes; as it is on the CPU. A graph traced at one
+        length (a hybrid model's) runs at that length."""
+        fixed = self.manifest.graphs[graph].input("inputs_embeds").shape[1]
+        if isinstance(fixed, int):  # a hybrid model's prefill runs at the one length it was traced at
+            return fixed
         if self.prefill_step <= 1:
             return length
         longest = dimension_ranges(self.manifest, graph)["sequence_length"][2]
@@ -310,11 +314,20 @@ class Sessions:
             critical("Running a TensorRT engine needs an NVIDIA GPU with CUDA; use --backend ort here.")
         if batch not in self._caches:
             geometry, kv = self.manifest.geometry, self.manifest.kv_cache
-            dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input("past_key_values.0.key").dtype]
+            first_key = next(name for name in geometry.cache_names("past_key_values") if name.endswith(".key"))
+            dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input(first_key).dtype]
             # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
             # share memory with the input, so that form alternates between two sets of buffers on TensorRT
             aliased = self.backend != "trt" or kv.update == "tensor-scatter"
-            layout = KVLayout(geometry.num_key_value_heads, geometry.head_dim, tuple(kv.capacity), dtype)
+            layout = KVLayout(
+                geometry.num_key_value_heads,
+                geometry.head_dim,
+                tuple(kv.capacity),
+                dtype,
+                frozenset(geometry.linear_layers),
+                geometry.conv_state_shape,
+                geometry.recurrent_state_shape,
+            )
             # one batch size at a time: a new size frees the old buffers
             self._caches = {batch: KVCache(batch, layout, self.device, aliased)}
         return self._caches[batch]

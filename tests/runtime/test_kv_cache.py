@@ -121,3 +121,42 @@ def test_rows_join_after_the_running_ones_and_the_last_row_moves_into_a_freed_on
     assert bool((cache.buffers[1][1][0, 0, :3] == 3.0).all())  # C's values now in row 0
     with pytest.raises(LuvcError, match="rows 3..4 do not fit"):
         cache.load(joined, np.array([5, 3]), first_row=3)
+
+
+HYBRID = KVLayout(2, 4, (6, 6), linear_layers=frozenset({0}), conv_state_shape=(5, 3), recurrent_state_shape=(2, 3, 4))
+
+
+def _hybrid_presents(batch: int, length: int) -> dict[str, torch.Tensor]:
+    """Layer 0 linear attention (its states, each row's value its row number + 1), layer 1 attention."""
+    rows = torch.arange(1, batch + 1, dtype=torch.float32)
+    return {
+        "present.0.conv": rows.view(-1, 1, 1).expand(batch, 5, 3).clone(),
+        "present.0.recurrent": rows.view(-1, 1, 1, 1).expand(batch, 2, 3, 4).clone(),
+        "present.1.key": torch.ones(batch, 2, length, 4),
+        "present.1.value": torch.ones(batch, 2, length, 4),
+    }
+
+
+def test_a_linear_attention_layers_states_load_alternate_and_move_with_their_row():
+    cache = KVCache(2, HYBRID)
+    cache.load(_hybrid_presents(2, 4), prompt_lengths=np.array([4, 3]))
+    assert cache.lengths == [0, 4] and cache.row_lengths[1].tolist() == [4, 3]  # a state layer holds no tokens
+    inputs, targets = cache.inputs(), cache.targets()
+    assert "past_key_values.0.key" not in inputs and bool((inputs["past_key_values.0.conv"][1] == 2).all())
+    # the step reads the states whole and gives new ones: never into what it reads; the keys stay in place
+    assert targets["present.0.conv"].data_ptr() != inputs["past_key_values.0.conv"].data_ptr()
+    assert targets["present.0.recurrent"].dtype == torch.float32
+    assert targets["present.1.key"].data_ptr() == inputs["past_key_values.1.key"].data_ptr()
+    targets["present.0.recurrent"][0].fill_(3.0)  # what the step gave each row
+    targets["present.0.recurrent"][1].fill_(7.0)
+    cache.advance()
+    assert cache.inputs()["past_key_values.0.recurrent"].data_ptr() == targets["present.0.recurrent"].data_ptr()
+    assert cache.lengths == [0, 5]
+    cache.move_row(1, 0)
+    assert cache.row_lengths[:, 0].tolist() == [0, 4] and bool((cache.buffers[0][1][0] == 7).all())
+    state_bytes = 5 * 3 * 4 + 2 * 3 * 4 * 4  # per row: the conv state (float32 here) and the recurrent state
+    assert cache.capacity_bytes() == 2 * 2 * state_bytes + 2 * 2 * 2 * 6 * 4 * 4  # states in two sets, keys in one
+    for _ in range(2):
+        cache.advance()
+    with pytest.raises(LuvcError, match="layer 1 is full"):  # the attention layer fills; the state layer never does
+        cache.check_room()
