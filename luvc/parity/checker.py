@@ -13,6 +13,7 @@ import numpy as np
 from luvc.errors import LuvcError, critical
 from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
+from luvc.export.manifest_entries import STATE_KINDS
 from luvc.export.source import same_source
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.parity import metrics
@@ -264,6 +265,10 @@ def _backend_result(
         leaving += [f"{after} layer{'s' if after > 1 else ''} after a swap"] if after else []
         swapped = f" (without {' and '.join(leaving)})" if leaving else ""
         result.checks += _tensor_checks(f"prefill.present.*.{kind}{swapped}", aligned)
+    for kind in STATE_KINDS:  # a hybrid model's linear-attention states: each row's at its last token
+        states = [(r.outputs[n], t.presents[n]) for r, t in pairs for n in t.presents if n.endswith(f".{kind}")]
+        if states:
+            result.checks += _tensor_checks(f"prefill.present.*.{kind}", states)
     decode = []  # steps after the first whose prefixes still agree (step 0 is the prefill's logits)
     for r, t in pairs:
         agree = metrics.agreeing_steps(r.tokens, t.tokens)
@@ -327,9 +332,12 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     precision = pipeline.manifest.precision
     used = pipeline.sessions.weights  # the localisation's sessions get the weights as the pipeline's did
     weights = MappedWeights(pipeline.folder, used.compute, digests=used.digests)
+    # a linear-attention layer's own output holds each row turned, its padding first (luvc.models.padded_rows): its
+    # next layer's input is compared instead
+    turned = {f"llm.layers.{layer}" for layer in pipeline.manifest.geometry.linear_layers}
     for graph_name, feeds, family in graphs:
         path = pipeline.folder / pipeline.manifest.graphs[graph_name].file
-        layers = [name for name in references if name.startswith(family)]
+        layers = [name for name in references if name.startswith(family) and name not in turned]
         candidates = layer_candidates(onnx.load(str(path), load_external_data=False), layers)
         names = [name for found in candidates.values() for name in found]
         values = run_with_outputs(path, names, feeds, basic_optimizations=precision == "fp8", weights=weights)

@@ -43,11 +43,25 @@ def layer_candidates(model: onnx.ModelProto, layers: Sequence[str]) -> dict[str,
 def layer_errors(
     references: dict[str, np.ndarray], candidates: dict[str, list[str]], values: dict[str, np.ndarray]
 ) -> list[LayerError]:
-    """Each layer's error: its last candidate tensor whose shape equals the reference activation's."""
+    """Each layer's error: its last candidate tensor whose shape equals the reference activation's, or whose token
+    axis (1) is longer: a prefill that ran at a length of its own (a hybrid model's) holds each prompt's tokens first,
+    then padding."""
     errors = []
     for layer, reference in references.items():
-        matching = [values[name] for name in candidates.get(layer, []) if values[name].shape == reference.shape]
+        found = (_tokens_of(values[name], reference.shape) for name in candidates.get(layer, []))
+        matching = [value for value in found if value is not None]
         if matching:
             actual = matching[-1]
             errors.append(LayerError(layer, relative_error(actual, reference), cosine(actual, reference)))
     return errors
+
+
+def _tokens_of(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``value`` as a tensor of ``shape``: itself, its first ``shape[1]`` tokens where only its token axis is longer,
+    or ``None``."""
+    if value.shape == shape:
+        return value
+    same_rank = value.ndim == len(shape) > 1
+    if same_rank and value.shape[1] > shape[1] and value.shape[:1] + value.shape[2:] == shape[:1] + shape[2:]:
+        return value[:, : shape[1]]
+    return None

@@ -135,8 +135,13 @@ class TorchReference:
         embeds = outputs.image_hidden_states
         presents = {}
         for layer, cached in enumerate(output_cache(outputs).layers):
-            presents[f"present.{layer}.key"] = cached.keys.numpy()
-            presents[f"present.{layer}.value"] = cached.values.numpy()
+            states = getattr(cached, "conv_states", None)  # a linear-attention layer's (transformers' state index 0)
+            if states is not None:
+                presents[f"present.{layer}.conv"] = states[0].numpy()
+                presents[f"present.{layer}.recurrent"] = cached.recurrent_states[0].numpy()
+            else:
+                presents[f"present.{layer}.key"] = cached.keys.numpy()
+                presents[f"present.{layer}.value"] = cached.values.numpy()
         return TorchRun(
             image_embeds=embeds.reshape(inputs["input_ids"].shape[0], -1, embeds.shape[-1]).numpy(),
             logits=logits.numpy(),
