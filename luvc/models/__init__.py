@@ -31,7 +31,7 @@ ADAPTERS: dict[str, type[VLMAdapter]] = {
     for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, Qwen3_5Adapter, InternVLAdapter, LlavaAdapter)
 }
 TINY_MODELS = tuple(TINY_BUILDERS)
-# the tiny models whose family exports (Qwen3.5 runs in PyTorch only: ``VLMAdapter.export_refusal``)
+# the tiny models whose family exports (a family that runs in PyTorch only sets ``VLMAdapter.export_refusal``)
 EXPORTED_TINY_MODELS = tuple(name for name in TINY_MODELS if not ADAPTERS[TINY_ARCHITECTURES[name]].export_refusal)
 
 

@@ -61,11 +61,6 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
     architecture = "Qwen3_5ForConditionalGeneration"
     luvc_classes = LuvcClasses(LuvcQwen3_5VisionModel, LuvcQwen3_5TextModel, LuvcQwen3_5Model)
     deepstack_planes = 0  # its encoder hands the language model no DeepStack features
-    export_refusal = (
-        "Qwen3.5 runs LUVC in PyTorch (generate, eval) in this release; its export (the linear-attention layers' "
-        "states carried through the decode graph) is not built yet: export a Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
-        "InternVL or LLaVA checkpoint."
-    )
 
     def llm_spec(self) -> LlmSpec:
         """As every family's, with the output gate of its attention's query and its linear-attention layers."""

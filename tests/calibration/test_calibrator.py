@@ -16,9 +16,10 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.models import EXPORTED_TINY_MODELS, load_model
+from luvc.models import load_model
 from luvc.parity import TOLERANCES, check_parity
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from tests.conftest import EXPORT_MATRIX
 
 # docs/calibration.md: first-token agreement of the quantized export with its fp32 source, on the tiny models
 BOUNDS = {"int8": {"top1_agreement": 0.75, "logits_cosine_min": 0.99}, "fp8": {"logits_cosine_min": 0.99}}
@@ -29,7 +30,7 @@ def _consumers_of_dequantized(model: onnx.ModelProto) -> set[str]:
     return {node.name for node in model.graph.node if dequantized & set(node.input)}
 
 
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_int8_export_stays_within_bounds_and_keeps_luvc_units_float(family, calibrated):
     folder = calibrated(family)
     manifest = ExportManifest.load(folder)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from luvc.models import EXPORTED_TINY_MODELS
 from luvc.runtime.pipeline import GenerationOptions, Pipeline, host_arrays
+from tests.conftest import EXPORT_MATRIX
 from tests.export.conftest import relative_error
 
-FAMILIES = list(EXPORTED_TINY_MODELS)
+FAMILIES = EXPORT_MATRIX
 # fp16 graphs against the fp32 PyTorch model (FP32 islands for norms, softmax, SPU scores): docs/export.md "Lint, fp16"
 FP16_RELATIVE = 1e-2
 FP16_KEPT_OVERLAP = 0.9

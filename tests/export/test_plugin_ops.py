@@ -15,10 +15,11 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.plugin_ops import SCHEMAS, plugin_units
 from luvc.images import synthetic_image
-from luvc.models import EXPORTED_TINY_MODELS, load_model
+from luvc.models import load_model
 from luvc.models.scope import Scope
 from luvc.models.spans import spu_prune
 from luvc.runtime.pipeline import Pipeline
+from tests.conftest import EXPORT_MATRIX
 
 
 def _scopes(model: torch.nn.Module) -> list[Scope]:
@@ -30,7 +31,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_plugin_ops_compute_the_native_path_bit_for_bit(family):
     adapter = load_model(family)
     adapter.apply_luvc()

@@ -2,13 +2,12 @@
 
 import pytest
 
-from luvc.models import EXPORTED_TINY_MODELS
 from luvc.parity import TOLERANCES, check_parity
 from luvc.parity.results import LEVELS
 from luvc.parity.tolerances import backend_tolerances
-from tests.conftest import perturb_weight
+from tests.conftest import EXPORT_MATRIX, perturb_weight
 
-FAMILIES = list(EXPORTED_TINY_MODELS)
+FAMILIES = EXPORT_MATRIX
 
 
 @pytest.mark.parametrize("family", FAMILIES)

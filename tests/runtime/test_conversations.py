@@ -8,13 +8,13 @@ import torch
 
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
-from luvc.models import EXPORTED_TINY_MODELS, load_model
+from luvc.models import load_model
 from luvc.models.generation import greedy_generate
 from luvc.prompt import Conversation, Turn, render_conversation
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import Video, synthetic_video
-from tests.conftest import VIDEO_BUCKETS, VIDEO_LUVC
+from tests.conftest import EXPORT_MATRIX, VIDEO_BUCKETS, VIDEO_LUVC
 
 STEPS = 10
 CONVERSATION = Conversation(
@@ -60,7 +60,7 @@ def _rows_equal_pytorch(adapter, pipeline: Pipeline, visuals: list, prompts: lis
     return prepared
 
 
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_conversation_rows_of_different_lengths_equal_pytorch_luvc_alone(family, exports):
     adapter = load_model(family)
     adapter.apply_luvc()
@@ -116,7 +116,7 @@ def _pytorch_text_only(adapter, conversation: Conversation) -> np.ndarray:
     return tokens.numpy()[0]
 
 
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_text_only_turns_of_different_lengths_equal_pytorch_luvc_alone(family, exports):
     # no visual: the export's text prefill graph, then the same decode graph as every bucket
     adapter = load_model(family)

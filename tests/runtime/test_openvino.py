@@ -9,11 +9,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from luvc.errors import LuvcError
-from luvc.models import EXPORTED_TINY_MODELS
 from luvc.runtime.openvino_graph import bfloat16_products, choose_precision, import_openvino, new_core
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
 from luvc.samples import synthetic_image
+from tests.conftest import EXPORT_MATRIX
 
 pytest.importorskip("openvino")
 ov = import_openvino()  # as the runtime imports it: OpenVINO's telemetry thread ended
@@ -37,7 +37,7 @@ def _greedy(pipeline: Pipeline):
 
 @pytest.mark.parametrize(
     ("family", "precision"),
-    [*((family, "fp32") for family in EXPORTED_TINY_MODELS), ("tiny-qwen2-vl", "fp16")],
+    [*((family, "fp32") for family in EXPORT_MATRIX), ("tiny-qwen2-vl", "fp16")],
 )
 def test_openvino_f32_gives_onnx_runtimes_tokens_and_logits(family, precision, exports):
     folder = exports(family, precision)

@@ -9,7 +9,7 @@ from luvc.export.exporter import export_model
 from luvc.export.manifest import ExportManifest
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
-from luvc.models import EXPORTED_TINY_MODELS, load_model
+from luvc.models import load_model
 from luvc.models.generation import greedy_generate
 from luvc.parity import metrics
 from luvc.parity.tolerances import tolerances_for
@@ -17,14 +17,14 @@ from luvc.runtime.pipeline import GenerationOptions, Pipeline
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import synthetic_video
 from tests import generation_cases as shared
-from tests.conftest import VIDEO_BUCKETS, VIDEO_FAMILIES, VIDEO_LUVC
+from tests.conftest import EXPORT_MATRIX, VIDEO_BUCKETS, VIDEO_FAMILIES, VIDEO_LUVC
 
 PROMPT = "What is in this picture?"
 FP16_TOKEN_AGREEMENT = tolerances_for("fp16").token_agreement  # docs/parity.md: fp16 graphs vs fp32 PyTorch
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_greedy_text_equals_pytorch_luvc(family, batch, exports):
     adapter = load_model(family)
     adapter.apply_luvc()
@@ -214,7 +214,7 @@ def test_a_generation_that_fills_every_layer_exactly_equals_pytorch(family, kv_u
         pipeline.request(prepared, GenerationOptions(7))
 
 
-@pytest.mark.parametrize("family", list(EXPORTED_TINY_MODELS))
+@pytest.mark.parametrize("family", EXPORT_MATRIX)
 def test_fp16_in_place_decode_within_the_fp16_tolerance(family, exports):
     adapter = load_model(family)
     adapter.apply_luvc()

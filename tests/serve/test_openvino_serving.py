@@ -7,16 +7,16 @@ import openai
 import pytest
 
 from luvc.images import synthetic_image
-from luvc.models import EXPORTED_TINY_MODELS
 from luvc.runtime.openvino_graph import import_openvino
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
+from tests.conftest import EXPORT_MATRIX
 from tests.serve.conftest import MODEL, data_url, running_server
 
 pytest.importorskip("openvino")
 import_openvino()  # as the runtime imports it: OpenVINO's telemetry thread ended
 PROMPT = "Describe the image."
-FAMILIES = list(EXPORTED_TINY_MODELS)
+FAMILIES = EXPORT_MATRIX
 
 
 def _messages(image) -> list[dict]:

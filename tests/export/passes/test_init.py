@@ -9,9 +9,9 @@ from luvc.engines.profiles import dimension_ranges
 from luvc.export.inspect import evaluate_dim
 from luvc.export.manifest import ExportManifest, load_graph
 from luvc.export.passes import PASSES, run_passes
-from luvc.models import EXPORTED_TINY_MODELS
+from tests.conftest import EXPORT_MATRIX
 
-FAMILIES = list(EXPORTED_TINY_MODELS)
+FAMILIES = EXPORT_MATRIX
 
 
 def random_feeds(folder, manifest: ExportManifest, graph: str, seed: int = 0) -> dict[str, np.ndarray]:
