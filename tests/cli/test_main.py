@@ -227,7 +227,6 @@ BAD_INPUTS = [  # argv (OUT: a fresh output folder) -> what the one-line error m
     ("run EXPORT --prompt hi --video FOLDER", "holds no frames"),
     ("export --model tiny-qwen2-vl --out OUT --video-size 8x224", "is not FRAMESxHxW, e.g. 16x448x448"),
     ("export --model tiny-llava --out OUT --video-size 8x224x224", "Leave out --video-size"),
-    ("export --model tiny-qwen3.5 --out OUT", "its export (the linear-attention layers' states carried through"),
     ("export --model tiny-qwen2-vl --out OUT --video-size 5x224x224", "use --video-size 6x224x224"),
     ("export --model tiny-qwen2-vl --out OUT --mixed-size 224x224", "is not HxW+FRAMESxHxW"),
     ("export --model tiny-llava --out OUT --mixed-size 224x224+8x224x224", "Leave out --mixed-size"),

@@ -1,14 +1,12 @@
 """The language-model graphs of a hybrid model (Qwen3.5: three linear-attention layers, then attention): the prefill
 keeps each right-padded row's convolution and recurrent states as the row alone would, SPU cuts included, and a decode
-step carries them on as a prefill one token longer does; ONNX Runtime computes both graphs as PyTorch does."""
+step carries them on as a prefill one token longer does (the exported graphs in ONNX Runtime against PyTorch:
+tests/export/test_qwen3_5_export.py)."""
 
-import numpy as np
 import pytest
 import torch
-from torch.export import Dim
 
 from luvc.export.bucket_plan import plan_bucket
-from luvc.export.graphs import GraphSpec
 from luvc.export.llm import DecodeGraph, PrefillGraph
 from luvc.export.manifest_entries import kv_names
 from luvc.models import load_model
@@ -121,50 +119,3 @@ def test_a_decode_step_carries_the_states_as_a_prefill_one_token_longer(qwen35, 
     for row, length in enumerate(lengths.tolist()):
         longer = graph(*_row(feeds, row, length + 1).values())[0]
         torch.testing.assert_close(decoded[0][row : row + 1], longer, atol=1e-5, rtol=1e-5)
-
-
-def _in_onnx_runtime(spec: GraphSpec) -> dict[str, np.ndarray]:
-    """``spec``'s graph exported as the exporter exports it, run by ONNX Runtime on its own feeds."""
-    import onnxruntime as ort
-
-    from luvc.export.convert import OnnxFromGraphSpec
-
-    model = OnnxFromGraphSpec(spec, opset=18)()
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = session.run(None, {name: tensor.numpy() for name, tensor in spec.feeds.items()})
-    return dict(zip([output.name for output in session.get_outputs()], values))
-
-
-@pytest.mark.slow  # two exports of the chunked gated delta rule (about a minute on 2 cores)
-@torch.no_grad()
-def test_onnx_runtime_computes_both_graphs_as_pytorch(qwen35, bucket):
-    """The prefill at its bucket's fixed length (the chunked gated delta rule unrolls at it), rows of any batch
-    size; the decode step with the states as inputs and outputs."""
-    graph = _prefill(qwen35, bucket)
-    feeds = _prompt(qwen35, bucket)
-    names = _names(qwen35, bucket)
-    batch = Dim("batch", min=1, max=4)
-    dims = {"inputs_embeds": {0: batch}, "position_ids": {1: batch}, "prompt_lengths": {0: batch}}
-    spec = GraphSpec("prefill", "prefill", graph, feeds, names, {**dims, "visual_shift": {0: batch}}, named_inputs=3)
-    ours = _in_onnx_runtime(spec)
-    prefill = dict(zip(names, graph(*feeds.values())))
-    for name, value in prefill.items():
-        np.testing.assert_allclose(ours[name], value.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
-
-    lengths = feeds["prompt_lengths"] - 1
-    held = prefill["present.3.key"].shape[2] - (feeds["inputs_embeds"].shape[1] - lengths)
-    step = {
-        "inputs_embeds": feeds["inputs_embeds"][:, :1].contiguous(),
-        "position_ids": feeds["position_ids"][:, :, -1:].contiguous() + 1,
-    }
-    decode_feeds = _decode_feeds(qwen35, prefill, held, step)
-    past = kv_names("past_key_values", qwen35.num_layers, qwen35.linear_layers)
-    window = Dim("attention_window", min=1, max=CAPACITY)
-    decode_dims = {name: {0: batch} for name in ("inputs_embeds", *past)}
-    decode_dims |= {"position_ids": {1: batch}, "kv_write_index": {1: batch}, "attention_window": {0: window}}
-    decode = DecodeGraph(qwen35).eval()
-    outputs = ["logits", *kv_names("present", qwen35.num_layers, qwen35.linear_layers)]
-    spec = GraphSpec("decode", "decode", decode, decode_feeds, outputs, decode_dims, named_inputs=4)
-    ours = _in_onnx_runtime(spec)
-    for name, value in zip(outputs, decode(*decode_feeds.values())):
-        np.testing.assert_allclose(ours[name], value.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)

@@ -14,6 +14,7 @@ from luvc.models.compiled import compile_llm, compiles, explain_loop
 from luvc.models.generation import greedy_generate
 from luvc.parity.text import judge_text
 from luvc.parity.tolerances import TOLERANCES
+from tests.conftest import SLOW_FAMILIES
 
 PROMPT = "Describe the image."
 
@@ -31,7 +32,9 @@ def test_the_decoder_loop_traces_whole_for_every_family(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(TINY_MODELS))
+# Qwen3.5 left out: inductor compiles its reference linear-attention kernels for about 40 s; that its loop traces whole
+# is checked above
+@pytest.mark.parametrize("family", [family for family in TINY_MODELS if family not in SLOW_FAMILIES])
 def test_the_compiled_prefill_generates_what_eager_does(family):
     """Greedy, 16 tokens, on the CPU (inductor): the same tokens, or a first difference at a near tie as parity's
     judge decides, and the first step's logits within fp32's bound. Two prompt lengths: the second compiles the
