@@ -183,12 +183,7 @@ class ExportManifest:
                     }
                 ),
                 template=TemplateEntry(**data["template"]),
-                geometry=ModelGeometry(
-                    **{
-                        key: tuple(value) if isinstance(value, list) else value
-                        for key, value in data["geometry"].items()
-                    }
-                ),
+                geometry=_geometry(data["geometry"]),
                 buckets={name: _bucket(entry) for name, entry in data["buckets"].items()},
                 graphs={name: _graph(entry) for name, entry in data["graphs"].items()},
                 files=data["files"],
@@ -383,6 +378,7 @@ def _linear_geometry(adapter: VLMAdapter) -> dict[str, tuple[int, ...]]:
 
 
 def _geometry(entry: dict[str, Any]) -> ModelGeometry:
+    """The geometry as JSON holds it, its lists (the linear-attention layers and state shapes) as tuples."""
     return ModelGeometry(**{key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()})
 
 

@@ -15,7 +15,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.compress.oim import OIMStep, merge_units
 from luvc.errors import critical
-from luvc.models.cache import LINEAR_ATTENTION
+from luvc.models.cache import linear_layers
 from luvc.models.decoder import GRID_REFUSAL, install_spu_scopes
 from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import LUVC_BUDGET_PLANS, PlanCache, RequestPlan, VisionTrace, planned_budgets, plans_on
@@ -111,8 +111,7 @@ class VLMAdapter:
     def linear_layers(self) -> frozenset[int]:
         """The language model's linear-attention layers (a hybrid model's, Qwen3.5): they keep a convolution state and
         a recurrent state instead of keys and values."""
-        layer_types = getattr(self.model.config.text_config, "layer_types", None) or ()
-        return frozenset(index for index, kind in enumerate(layer_types) if kind == LINEAR_ATTENTION)
+        return linear_layers(self.model.config.text_config)
 
     @property
     def head_dim(self) -> int:

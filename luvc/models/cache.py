@@ -54,9 +54,15 @@ class LuvcCache(DynamicCache):
 LINEAR_ATTENTION = "linear_attention"  # a layer type of a hybrid language model's config (Qwen3.5)
 
 
+def linear_layers(text_config) -> frozenset[int]:
+    """The linear-attention layers of a language model of ``text_config`` (none where every layer attends)."""
+    layer_types = getattr(text_config, "layer_types", None) or ()
+    return frozenset(index for index, kind in enumerate(layer_types) if kind == LINEAR_ATTENTION)
+
+
 def is_hybrid(text_config) -> bool:
     """Whether a language model of ``text_config`` has linear-attention layers beside its attention layers."""
-    return LINEAR_ATTENTION in (getattr(text_config, "layer_types", None) or ())
+    return bool(linear_layers(text_config))
 
 
 def new_cache(text_config) -> LuvcCache:
