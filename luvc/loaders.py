@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 Result = TypeVar("Result")
 Arguments = ParamSpec("Arguments")
@@ -45,9 +45,22 @@ class BaseLoader(Generic[Result]):
         raise NotImplementedError
 
 
-def as_path(value):
+@overload
+def as_path(value: None) -> None: ...
+@overload
+def as_path(value: str | Path) -> Path: ...
+@overload
+def as_path(value: BaseLoader[Result]) -> BaseLoader[Result]: ...
+def as_path(value: str | Path | BaseLoader | None) -> Path | BaseLoader | None:
     """``value`` as a ``Path`` (``None`` stays ``None``); a loader stays a loader until the loader holding it runs."""
     return value if value is None or isinstance(value, BaseLoader) else Path(value)
+
+
+def loaded_path(value: str | Path | BaseLoader[Path]) -> Path:
+    """A path argument of a loader as ``call_impl`` reads it: by then any loader that made it has run."""
+    if isinstance(value, BaseLoader):
+        raise RuntimeError(f"{type(value).__name__} has not run: call the loader holding it, not call_impl")
+    return Path(value)
 
 
 def functional(loader: Callable[Arguments, BaseLoader[Result]], name: str) -> Callable[Arguments, Result]:

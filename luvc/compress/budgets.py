@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import overload
 
-from luvc.compress.config import DEFAULT_DART_PIVOTS, LUVCConfig
+from luvc.compress.config import DEFAULT_DART_PIVOTS, ResolvedLUVCConfig
 from luvc.errors import critical
 
 
@@ -44,6 +45,10 @@ def budget_values(spec: str | None) -> tuple[int, ...] | None:
         critical(f"--budgets {spec!r} is not a comma-separated list of integers, e.g. '576,576,288,0'.")
 
 
+@overload
+def parse_budget(num_layers: int, spec: Sequence[int]) -> tuple[int, ...]: ...
+@overload
+def parse_budget(num_layers: int, spec: str | Sequence[int] | None) -> tuple[int, ...] | None: ...
 def parse_budget(num_layers: int, spec: str | Sequence[int] | None) -> tuple[int, ...] | None:
     """Read an explicit budget list: ``None``/``"auto"`` (default schedule), ``"576,576,300,0"`` or a sequence
     of ints. A list shorter than ``num_layers`` is continued with its last value; a longer one is rejected."""
@@ -72,7 +77,7 @@ def parse_budget(num_layers: int, spec: str | Sequence[int] | None) -> tuple[int
     return tuple(values + [values[-1]] * (num_layers - len(values)))
 
 
-def default_schedule(num_layers: int, num_visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
+def default_schedule(num_layers: int, num_visual_tokens: int, config: ResolvedLUVCConfig) -> tuple[int, ...]:
     """Full budget before ``spu_start``, then a linear decay (to zero at the last layer when ``final_zero``),
     stepping every ``spu_every`` layers, each step's budget rounded to the nearest multiple of ``budget_tile``.
     ``config`` must be resolved."""
@@ -95,7 +100,9 @@ def tile_rounded(budget: int, tile: int) -> int:
     return (budget + tile // 2) // tile * tile
 
 
-def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config: LUVCConfig) -> tuple[int, ...]:
+def ratio_schedule(
+    num_layers: int, num_visual_tokens: int, ratio: float, config: ResolvedLUVCConfig
+) -> tuple[int, ...]:
     """Budgets that give the LLM ``ratio`` of ``num_visual_tokens`` (the uncompressed model's visual tokens), then
     follow the default schedule's shape from there: held until ``spu_start``, then a linear decay (to zero at the last
     layer when ``final_zero``). Every method of a comparison at ``ratio`` gets these same budgets. ``config`` must be
@@ -113,7 +120,7 @@ def ratio_schedule(num_layers: int, num_visual_tokens: int, ratio: float, config
     return default_schedule(num_layers, kept, config)
 
 
-def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: LUVCConfig) -> BudgetPlan:
+def plan_budgets(num_layers: int, tokens_per_image: Sequence[int], config: ResolvedLUVCConfig) -> BudgetPlan:
     """Budgets for a request with ``tokens_per_image`` visual tokens per image entering the LLM.
 
     ``config`` must be resolved. With ``spu_variant="none"`` every layer keeps every token.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from luvc.compress.criteria import CRITERIA, ranks_in_encoder
 from luvc.errors import critical
@@ -39,9 +39,11 @@ OPTION_PURPOSES = {  # what each knob that only some configs read is for (LUVCCo
 SpuVariant = Literal["spectral-residual", "channel-spectrum", "none"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LUVCConfig:
-    """What LUVC does to a model. Every field defaults to ``None``, resolved by :meth:`resolve`.
+    """What LUVC does to a model. Every field defaults to ``None``, resolved by :meth:`resolve` into a
+    :class:`ResolvedLUVCConfig` (every field filled in but ``budgets``). Two configs with equal fields are equal (and
+    hash alike), resolved or not.
 
     Attributes:
         oim_layers: encoder blocks *after which* one OIM merge step runs. ``()`` disables OIM.
@@ -122,6 +124,14 @@ class LUVCConfig:
                 "or choose a pruning --spu."
             )
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LUVCConfig):
+            return NotImplemented
+        return dataclasses.astuple(self) == dataclasses.astuple(other)
+
+    def __hash__(self) -> int:
+        return hash(dataclasses.astuple(self))
+
     def unread_options(self, names: Iterable[str]) -> list[str]:
         """Those of ``names`` (fields a user set, e.g. with ``--option``) that this config as built (unresolved) never
         reads (``OPTION_PURPOSES`` says what each is for): a knob of another criterion, of the budget schedule when
@@ -153,7 +163,7 @@ class LUVCConfig:
     def is_off(self) -> bool:
         return self.oim_layers == () and self.spu_variant == "none"
 
-    def resolve(self, vision_depth: int, num_layers: int) -> LUVCConfig:
+    def resolve(self, vision_depth: int, num_layers: int) -> ResolvedLUVCConfig:
         """Fill defaults for a model with ``vision_depth`` encoder blocks and ``num_layers`` decoder layers,
         and validate everything that does not depend on the image size."""
         oim_layers = self.oim_layers
@@ -168,8 +178,7 @@ class LUVCConfig:
             )
         if len(set(oim_layers)) != len(oim_layers):
             critical(f"oim_layers {list(oim_layers)} repeats a block; each block merges at most once.")
-        resolved = dataclasses.replace(
-            self,
+        resolved = ResolvedLUVCConfig(
             oim_layers=tuple(sorted(oim_layers)),
             oim_first_axis=_choice(
                 "oim_first_axis", self.oim_first_axis, (*OIM_AXES, "T") if self.oim_temporal else OIM_AXES, "W"
@@ -215,21 +224,45 @@ class LUVCConfig:
             )
         return resolved
 
-    def oim_axes(self) -> tuple[str, ...]:
-        """The axis of each merge step (config must be resolved): W and H alternate from ``oim_first_axis``; with
-        ``oim_temporal`` the steps cycle through W, H, T from it."""
-        cycle = (*OIM_AXES, "T") if self.oim_temporal else OIM_AXES
-        first = cycle.index(self.oim_first_axis or "W")
-        return tuple(cycle[(first + i) % len(cycle)] for i in range(len(self.oim_layers or ())))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> LUVCConfig:
+    @staticmethod
+    def from_dict(data: dict) -> LUVCConfig:
         """The config of ``to_dict`` (as a manifest stores it: lists for tuples)."""
         tuples = {"oim_layers", "budgets"}
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()}
+        return LUVCConfig(**fields)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ResolvedLUVCConfig(LUVCConfig):
+    """A config with its defaults filled in for one model (``LUVCConfig.resolve``): what the models, the budget
+    planner and the cost model read. ``budgets`` stays ``None`` where the default schedule computes them."""
+
+    oim_layers: tuple[int, ...]
+    oim_first_axis: str
+    oim_temporal: bool
+    oim_positions: str
+    spu_variant: str
+    rho: float
+    spu_start: int
+    spu_every: int
+    budgets: tuple[int, ...] | None
+    final_zero: bool
+    budget_tile: int
+    seed: int
+    dart_pivots: int
+    spu_keep: str
+    spu_input: str
+    spu_lowpass: str
+
+    def oim_axes(self) -> tuple[str, ...]:
+        """The axis of each merge step: W and H alternate from ``oim_first_axis``; with ``oim_temporal`` the steps
+        cycle through W, H, T from it."""
+        cycle = (*OIM_AXES, "T") if self.oim_temporal else OIM_AXES
+        first = cycle.index(self.oim_first_axis)
+        return tuple(cycle[(first + i) % len(cycle)] for i in range(len(self.oim_layers)))
 
 
 def _integer_in(value: object, low: int, high: int | None = None) -> bool:
@@ -238,8 +271,9 @@ def _integer_in(value: object, low: int, high: int | None = None) -> bool:
 
 def _number_between(value: object, low: float, high: float) -> bool:
     """A finite real ``value`` strictly between ``low`` and ``high``."""
-    real = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return real and math.isfinite(value) and low < value < high
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low < value < high
 
 
 def _choice(name: str, value: str | None, allowed: Sequence[str], default: str) -> str:

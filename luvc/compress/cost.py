@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 
 from luvc.compress.budgets import BudgetPlan
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ def decoder_tokens(plan: BudgetPlan, text_tokens: int) -> tuple[int, ...]:
     return tuple(text_tokens + k for k in plan.total)
 
 
-def selection_flops(plan: BudgetPlan, llm: LlmSpec, config: LUVCConfig, text_tokens: int = 0) -> int:
+def selection_flops(plan: BudgetPlan, llm: LlmSpec, config: ResolvedLUVCConfig, text_tokens: int = 0) -> int:
     """Scoring cost in the LLM of ``config``'s pruning criterion (resolved) over every cut: SPU's products with a
     ``ceil(rho n) x n`` basis or one rDFT; a norm (``l2-norm``); norms and similarities to the pivots (``dart``); for
     ``fastv``, once, the last prompt token's attention row in the layer before the first cut, or for a cut before
@@ -193,7 +193,7 @@ def selection_flops(plan: BudgetPlan, llm: LlmSpec, config: LUVCConfig, text_tok
     ``normed``: one RMS norm of the scored tokens."""
     variant, rho, lowpass, spu_input = config.spu_variant, config.rho, config.spu_lowpass, config.spu_input
     layers, hidden = plan.prune_layers(), llm.hidden
-    ranked = {"fastv": layers[:1], "pdrop": layers, "todre": layers[1:]}.get(variant, [])
+    ranked: tuple[int, ...] = {"fastv": layers[:1], "pdrop": layers, "todre": layers[1:]}.get(variant, ())
     total = sum(_attention_row_flops(plan, llm, layer, text_tokens) for layer in ranked)
     for cut, layer in enumerate(layers):
         entering = plan.per_image[layer - 1] if layer > 0 else plan.tokens_per_image
@@ -251,7 +251,7 @@ def estimate_cost(
     compressed: tuple[Sequence[Sequence[int]], BudgetPlan],
     baseline: tuple[Sequence[Sequence[int]], BudgetPlan],
     text_tokens: int,
-    config: LUVCConfig,
+    config: ResolvedLUVCConfig,
     kv_bytes_per_element: int = 2,
 ) -> CostReport:
     """Cost of one request under LUVC ``config`` (resolved; ``compressed``) and without (``baseline``): each is the

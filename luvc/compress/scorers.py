@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.constants import constant_maker, constant_tensor
 from luvc.compress.criteria import CRITERIA
 from luvc.compress.spu import get_scorer, grid_residual_scores
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+Scorer = Callable[[torch.Tensor, Any, int], torch.Tensor]  # (tokens, their visual ids or None: tokens_only, span)
 Grid = tuple[int, int, int]  # (blocks, rows, cols): frames or tiles of a rows x cols token grid in raster order
 
 
@@ -100,7 +101,7 @@ def k_center_scores(tokens: torch.Tensor) -> torch.Tensor:
 
 def tokens_only(scorer: Scorer) -> Scorer:
     """Mark ``scorer`` as reading the tokens alone: its caller may pass ``None`` for the visual ids."""
-    scorer.reads_ids = False
+    cast(Any, scorer).reads_ids = False  # a function attribute, read by reads_ids
     return scorer
 
 
@@ -116,7 +117,7 @@ def spu_scorer(variant: str, rho: float) -> Scorer:
 
 
 def make_scorer(
-    config: LUVCConfig,
+    config: ResolvedLUVCConfig,
     num_visual_tokens: int,
     ranking: torch.Tensor | None = None,
     layout: SpanLayout | None = None,
@@ -147,15 +148,16 @@ def make_scorer(
     raise ValueError(f"{variant!r} is not a pruning criterion; use one of {list(CRITERIA)}.")
 
 
-def _spu_scorer(config: LUVCConfig, layout: SpanLayout | None) -> Scorer:
+def _spu_scorer(config: ResolvedLUVCConfig, layout: SpanLayout | None) -> Scorer:
     """SPU's own scores, on the raster low-pass or (``spu_lowpass="grid"``) each span's 2-D grid."""
     if config.spu_lowpass != "grid":
         return spu_scorer(config.spu_variant, config.rho)
     if layout is None or layout.grids is None:
         raise ValueError("spu_lowpass='grid' needs the spans' token grids")
+    offsets, grids = layout.offsets, layout.grids
 
     def grid_scores(tokens: torch.Tensor, visual_ids: torch.Tensor, span: int) -> torch.Tensor:
-        local = visual_ids - layout.offsets[span]
-        return grid_residual_scores(tokens, local, layout.grids[span], config.rho)
+        local = visual_ids - offsets[span]
+        return grid_residual_scores(tokens, local, grids[span], config.rho)
 
     return grid_scores

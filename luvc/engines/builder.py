@@ -9,11 +9,13 @@ every graph into a staging folder, writes the engine manifest and renames the fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import onnx
+from rich.progress import Progress, TaskID
 
 from luvc import interrupts
 from luvc.engines.cuda_device import device_capability
@@ -32,7 +34,7 @@ from luvc.engines.weight_inputs import (
 from luvc.errors import critical
 from luvc.export.manifest import WEIGHTS_FILE, ExportManifest, ExternalTensor, sha256_file
 from luvc.export.manifest_entries import TensorEntry
-from luvc.loaders import BaseLoader, as_path, functional
+from luvc.loaders import BaseLoader, as_path, functional, loaded_path
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
@@ -216,6 +218,11 @@ def _build_log(trt, path: Path | None):
     return BuildLog()
 
 
+def _show_phase(progress: Progress, task: TaskID, phase: str) -> None:
+    """Show a build's ``phase`` on its ``task`` row."""
+    progress.update(task, phase=phase[:40])
+
+
 def _progress_monitor(trt, on_phase):
     class PhaseMonitor(trt.IProgressMonitor):
         """Reports the current build phase name to ``on_phase``; cancels the build on Ctrl-C or SIGTERM."""
@@ -254,10 +261,18 @@ class EnginesFromExport(BaseLoader[Path]):
     weights_layout: str | None = None  # "shared" (default) or "embedded" (default with a DLA core)
 
     def __post_init__(self) -> None:
-        self.export_dir, self.out, self.timing_cache = map(as_path, (self.export_dir, self.out, self.timing_cache))
-        self._layout_chosen = self.weights_layout is not None  # the default falls back to embedded without a word
-        if self.weights_layout is None:
-            self.weights_layout = "embedded" if self.dla_core is not None else "shared"
+        self.export_dir, self.out, self.timing_cache = (
+            as_path(self.export_dir),
+            as_path(self.out),
+            as_path(self.timing_cache),
+        )
+        # the layout built: the one asked for, else the default (which falls back to embedded without a word)
+        self.layout = self.weights_layout or ("embedded" if self.dla_core is not None else "shared")
+
+    @property
+    def export_path(self) -> Path:
+        """The export folder (once a loader that makes it has run)."""
+        return loaded_path(self.export_dir)
 
     def _check_options(self, target: Target, tensorrt: TensorRT, export: ExportManifest) -> None:
         target.check_precision(export.precision)
@@ -272,11 +287,11 @@ class EnginesFromExport(BaseLoader[Path]):
             critical(f"Target {target.name} has no hardware-compatible engines; drop --hardware-compatible.")
         if self.dla_core is not None and (not target.supports_dla or tensorrt.is_rtx):
             critical(f"DLA needs target orin and JetPack's TensorRT; target {target.name} with {tensorrt.describe()}.")
-        if self.weights_layout not in LAYOUTS:
-            critical(f"Unknown weights layout {self.weights_layout!r}; use one of {list(LAYOUTS)} (--weights).")
-        if self.dla_core is not None and self.weights_layout == "shared":
+        if self.layout not in LAYOUTS:
+            critical(f"Unknown weights layout {self.layout!r}; use one of {list(LAYOUTS)} (--weights).")
+        if self.dla_core is not None and self.layout == "shared":
             critical("DLA layers need their weights inside the engine; build with --weights embedded for --dla-core.")
-        if self._layout_chosen and self.weights_layout == "shared" and not (self.export_dir / WEIGHTS_FILE).is_file():
+        if self.weights_layout == "shared" and not (self.export_path / WEIGHTS_FILE).is_file():
             critical(
                 f"--weights shared puts the export's {WEIGHTS_FILE} on the device once for every engine, but "
                 f"{self.export_dir} has none (its graphs hold their weights), so every engine embeds its own; drop "
@@ -292,19 +307,22 @@ class EnginesFromExport(BaseLoader[Path]):
                 )
 
     def call_impl(self) -> Path:
-        export = ExportManifest.load(self.export_dir, engines_flags=None)
+        export = ExportManifest.load(self.export_path, engines_flags=None)
         target = get_target(self.target)
         tensorrt = import_tensorrt(self.module)
         self._check_options(target, tensorrt, export)
         plugins = plugin_library_for_build(export, tensorrt, self.plugin_library)
-        with output_claim(self.out, self.overwrite, ENGINES_OUTPUT, (self.export_dir,)):  # before building anything
+        with output_claim(
+            Path(self.out), self.overwrite, ENGINES_OUTPUT, (self.export_path,)
+        ):  # before building anything
             if plugins is not None:
                 plugins.load(tensorrt)  # before any graph is parsed
             return self._build(export, target, tensorrt, plugins)
 
     def _build(self, export: ExportManifest, target: Target, tensorrt: TensorRT, plugins: PluginLibrary | None) -> Path:
-        cache = self.timing_cache.read_bytes() if self.timing_cache and self.timing_cache.is_file() else b""
-        with staged_folder(self.out, self.overwrite, ENGINES_OUTPUT, (self.export_dir,)) as staging:
+        timing_cache = as_path(self.timing_cache)
+        cache = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+        with staged_folder(Path(self.out), self.overwrite, ENGINES_OUTPUT, (self.export_path,)) as staging:
             engines = self._build_all(export, target, tensorrt, staging, cache)
             manifest = EngineManifest(
                 tensorrt=BuiltBy(tensorrt.name, tensorrt.version),
@@ -317,27 +335,27 @@ class EnginesFromExport(BaseLoader[Path]):
                     model=export.model,
                     luvc=export.luvc,
                     budgets={name: list(bucket.budgets) for name, bucket in export.buckets.items()},
-                    manifest_sha256=sha256_file(self.export_dir / "manifest.json"),
+                    manifest_sha256=sha256_file(self.export_path / "manifest.json"),
                 ),
                 engines=engines,
                 plugin_library=plugins,
                 weights_layout="shared" if any(entry.weights for entry in engines.values()) else "embedded",
             )
             manifest.save(staging)
-        return self.out
+        return Path(self.out)
 
     def _build_all(self, export: ExportManifest, target: Target, tensorrt: TensorRT, staging: Path, cache: bytes):
         engines = {}
         tables = None
-        if self.weights_layout == "shared":  # where each external tensor is, for a graph that reads another's
-            files = [self.export_dir / graph.file for graph in export.graphs.values()]
+        if self.layout == "shared":  # where each external tensor is, for a graph that reads another's
+            files = [self.export_path / graph.file for graph in export.graphs.values()]
             tables = external_initializers(onnx.load(str(path), load_external_data=False) for path in files)
         with graph_progress(bool(self.show_progress), "phase") as progress:
             for name, graph in export.graphs.items():
                 task = progress.add_task(name, total=1, phase="parsing")
                 profile = input_profile(export, name)
                 loader = EngineFromOnnx(
-                    self.export_dir / graph.file,
+                    self.export_path / graph.file,
                     profile,
                     target,
                     tensorrt,
@@ -345,9 +363,9 @@ class EnginesFromExport(BaseLoader[Path]):
                     timing_cache=cache if self.timing_cache else None,
                     hardware_compatible=self.hardware_compatible,
                     dla_core=self.dla_core,
-                    on_phase=lambda phase, task=task: progress.update(task, phase=phase[:40]),
+                    on_phase=functools.partial(_show_phase, progress, task),
                     log_file=staging / BUILD_LOG if self.verbose else None,
-                    weights_layout=self.weights_layout,
+                    weights_layout=self.layout,
                     kind=graph.kind,
                     float_tables=tables,
                 )
@@ -369,10 +387,11 @@ class EnginesFromExport(BaseLoader[Path]):
                     weights=loader.weights_out,
                 )
                 progress.update(task, completed=1, phase=f"done, {len(engine) / 1e6:.1f} MB")
-        if self.timing_cache is not None and not tensorrt.is_rtx:
-            partial = self.timing_cache.with_name(self.timing_cache.name + ".partial")
+        timing_cache = as_path(self.timing_cache)
+        if timing_cache is not None and not tensorrt.is_rtx:
+            partial = timing_cache.with_name(timing_cache.name + ".partial")
             partial.write_bytes(cache)
-            partial.replace(self.timing_cache)
+            partial.replace(timing_cache)
         return engines
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from luvc.compress.budgets import parse_budget, ratio_schedule
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 
 DEFAULT_RATIOS = (0.5, 0.25, 0.125)
 DEFAULT_MAX_NEW_TOKENS = 16
@@ -51,7 +51,7 @@ class BudgetPoint:
             return f"ratio {self.ratio:.3g}"
         return "budgets " + ",".join(str(budget) for budget in self.budgets or ())
 
-    def schedule(self, num_layers: int, visual_tokens: int, config: LUVCConfig) -> tuple[int, ...]:
+    def schedule(self, num_layers: int, visual_tokens: int, config: ResolvedLUVCConfig) -> tuple[int, ...]:
         """The budgets of this point for an image of ``visual_tokens`` uncompressed visual tokens (``config``
         resolved: its schedule knobs)."""
         if self.ratio is not None:

@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.errors import critical
 from luvc.export.converter_settings import export_settings
 from luvc.export.decomposed_trace import trace_decomposed
@@ -46,19 +46,18 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
     kv_update: str | None = None
     weights: SharedWeights | None = None
     stable: StableMemory | None = None  # the traced module's parameters, for ``weights`` (SharedWeights.stream)
-    plugin_config: LUVCConfig | None = None
-    times: StageTimes | None = None
+    plugin_config: ResolvedLUVCConfig | None = None
+    times: StageTimes = dataclasses.field(default_factory=StageTimes)
 
-    def __post_init__(self) -> None:
-        self.kv_update = self.kv_update or DEFAULT_KV_UPDATE
-        self.on_step = self.on_step or (lambda: None)
-        self.times = self.times or StageTimes()
+    def _step(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
 
     def call_impl(self) -> onnx.ModelProto:
         spec = self.spec
         args = tuple(spec.feeds.values())
-        translations = translation_table(self.kv_update)
-        units = contextlib.nullcontext()
+        translations = translation_table(self.kv_update or DEFAULT_KV_UPDATE)
+        units: contextlib.AbstractContextManager = contextlib.nullcontext()
         if self.plugin_config is not None:  # OIM/SPU units as luvc::OrthoMerge / luvc::SpectrumPrune nodes
             translations.update(plugin_translations())
             units = plugin_units(spec.module, self.plugin_config.spu_variant, self.plugin_config.rho)
@@ -71,7 +70,7 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
                     )
             except Exception as error:  # torch.export raises many types; say which graph and why
                 critical(f"torch.export could not trace the {spec.name} graph: {type(error).__name__}: {error}")
-            self.on_step()
+            self._step()
             with times.stage("convert", spec.name), export_settings("convert"):
                 onnx_program = torch.onnx.export(
                     program,
@@ -84,6 +83,8 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
                     optimize=True,
                     custom_translation_table=translations,
                 )
+            if onnx_program is None:  # dynamo=True always gives a program
+                raise RuntimeError(f"torch.onnx.export returned no program for the {spec.name} graph")
             with times.stage("weights", spec.name):
                 if self.weights is not None:
                     model = self.weights.stream(onnx_program.model, INLINE_BYTES, self.stable)
@@ -98,9 +99,10 @@ class OnnxFromGraphSpec(BaseLoader[onnx.ModelProto]):
             if symbol:
                 derived = root_of(symbol)  # "7*s92" for a derived axis: name its root (outputs use the root)
                 if derived is not None:
-                    symbol, dim_name = derived[1], root_of(dim_name)[1]
+                    named = root_of(dim_name)
+                    symbol, dim_name = derived[1], dim_name if named is None else named[1]
                 symbols[symbol] = dim_name
         rename_dims(model, symbols)
         name_nodes(model, root=spec.kind)
-        self.on_step()
+        self._step()
         return model

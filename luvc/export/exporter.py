@@ -49,7 +49,7 @@ from luvc.export.manifest import (
     template_entry,
 )
 from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry, ProfileEntry
-from luvc.export.naming import place_of
+from luvc.export.naming import place_of, unit_prefix
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS
 from luvc.export.profile import AUTO_EXTERNAL_BYTES, ExportProfile
@@ -107,7 +107,9 @@ def _versions() -> dict[str, str]:
 def _node_prefixes(model: onnx.ModelProto) -> list[str]:
     """The LUVC node prefixes of a graph (``/vision/blocks.{i}/oim``, ``/llm/layers.{i}/spu``), in layer order."""
     units = {place for node in model.graph.node if (place := place_of(node.name)) is not None and place.unit}
-    return [place.unit_prefix for place in sorted(units, key=lambda place: (place.stack, place.index))]
+    return [
+        unit_prefix(place.stack, place.index) for place in sorted(units, key=lambda place: (place.stack, place.index))
+    ]
 
 
 def host_plan(vision: GraphSpec | None, bucket: Bucket) -> HostPlan:
@@ -170,15 +172,19 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     show_progress: bool = True
     passes: bool = True
     plugin_nodes: bool = False
-    times: StageTimes | None = None  # where the wall time went, stage by stage (luvc.export.stage_times)
+    times: StageTimes = dataclasses.field(default_factory=StageTimes)  # where the wall time went, stage by stage
     jobs: int | None = None  # processes exporting graphs side by side (None: luvc.export.graph_workers' default)
 
     def __post_init__(self) -> None:
         self.out = as_path(self.out)
-        self.times = self.times or StageTimes()
+
+    @property
+    def out_path(self) -> Path:
+        """Where the export goes."""
+        return Path(self.out)
 
     def call_impl(self) -> Path:
-        with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
+        with output_claim(self.out_path, self.overwrite, EXPORT_OUTPUT, self._inputs()):  # before tracing anything
             return self._export()
 
     def _shifts(self, bucket: Bucket) -> bool:
@@ -223,7 +229,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
         external = graphs_use_weights_file(profile.external_data, model_bytes)
         workers = self._worker_count(len(specs))
-        with staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
+        with staged_folder(self.out_path, self.overwrite, EXPORT_OUTPUT, self._inputs()) as staging:
             if external and workers > 1:
                 # the merged file, and what workers write themselves: the tensors that leave a graph only after it is
                 # converted (under INLINE_BYTES while tracing); larger ones view the model's memory, written here
@@ -237,7 +243,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             bucket_entries = {}
             with times.stage("preprocessing"):
                 files += self._save_preprocessing(staging)
-            vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision"}
+            vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision" and bucket is not None}
             for bucket in buckets:
                 host = staging / f"host_{bucket.name}.npz"
                 host_plan(vision_specs.get(bucket.name), bucket).save(host)
@@ -245,9 +251,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 bucket_entries[bucket.name] = bucket_entry(bucket)
             with times.stage("hash"):
                 hashes = {name: hashes.get(name) or sha256_file(staging / name) for name in sorted(files)}
-                source = source.result()
+                model_entry = source.result()
             manifest = ExportManifest(
-                model=source,
+                model=model_entry,
                 luvc=adapter.luvc_config,
                 precision=profile.precision,
                 opset=profile.opset,
@@ -263,7 +269,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             )
             with times.stage("manifest"):
                 manifest.save(staging)
-        return self.out
+        return self.out_path
 
     def _worker_count(self, graphs: int) -> int:
         """The graph worker processes for ``graphs`` graphs: ``--jobs`` (noted when it asks for more than the graphs
@@ -390,6 +396,8 @@ class GraphResult:
         """This graph with its tensors in the export's shared ``weights`` file (each distinct tensor once): those of
         its part file moved, the views of the model's memory written from ``stable``; its graph file rewritten and
         the part removed."""
+        if self.part is None:
+            raise ValueError(f"{self.entry.file} was written here, with its weights in place: nothing to merge")
         path = staging / self.entry.file
         model = onnx.load(str(path), load_external_data=False)
         weights.absorb(model, self.part, staging, stable)

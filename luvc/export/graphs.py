@@ -189,7 +189,9 @@ def decode_spec(adapter: VLMAdapter, profile: ProfileEntry, capacities: Sequence
     linear = adapter.llm_spec().linear
     names = kv_names("past_key_values", adapter.num_layers, adapter.linear_layers)
     for layer, capacity in enumerate(capacities):
-        pair = [((config.num_key_value_heads, capacity, adapter.head_dim), profile.dtype)] * 2
+        pair: list[tuple[tuple[int, ...], torch.dtype]] = [
+            ((config.num_key_value_heads, capacity, adapter.head_dim), profile.dtype)
+        ] * 2
         if linear is not None and layer in linear.layers:  # its states: the convolution's and the recurrence's
             pair = [(linear.conv_state_shape, profile.dtype), (linear.recurrent_state_shape, torch.float32)]
         for name, (shape, dtype) in zip(names[2 * layer : 2 * layer + 2], pair):

@@ -10,6 +10,7 @@ import math
 import operator
 import re
 from pathlib import Path
+from typing import overload
 
 import onnx
 
@@ -54,7 +55,11 @@ def _parse_dim(dim: str) -> ast.AST | None:
         return None
 
 
-def value_dims(info: onnx.ValueInfoProto, unknown: str | None = None) -> list[int | str | None]:
+@overload
+def value_dims(info: onnx.ValueInfoProto, unknown: str) -> list[int | str]: ...
+@overload
+def value_dims(info: onnx.ValueInfoProto, unknown: None = None) -> list[int | str | None]: ...
+def value_dims(info: onnx.ValueInfoProto, unknown: str | None = None) -> list[int | str | None] | list[int | str]:
     """A value's dimensions: sizes, symbolic names, and ``unknown`` where it has neither."""
     dims = info.type.tensor_type.shape.dim
     return [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or unknown) for dim in dims]

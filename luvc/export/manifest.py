@@ -113,7 +113,7 @@ def constant_folded_initializers(model: onnx.ModelProto) -> set[str]:
     from the graph, whatever its size."""
     initializers = {tensor.name for tensor in model.graph.initializer}
     constant = set(initializers)
-    read = set()
+    read: set[str] = set()
     for node in model.graph.node:  # a valid graph is in topological order
         inputs = [name for name in node.input if name]
         if node.op_type == "Constant" or (inputs and all(name in constant for name in inputs)):
@@ -132,7 +132,7 @@ def io_entries(values) -> list[TensorEntry]:
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
     """Relative locations of the external-data files ``model`` references."""
-    locations = set()
+    locations: set[str] = set()
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor):
             locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
@@ -313,7 +313,7 @@ def bucket_entry(bucket: Bucket) -> BucketEntry:
 
     plan = bucket.budget_plan
     return BucketEntry(
-        image_size=tuple(bucket.image_size),
+        image_size=bucket.image_size,
         tokens_per_image=bucket.tokens_per_image,
         uncompressed_tokens_per_image=bucket.uncompressed_tokens_per_image,
         visual_start=bucket.visual_start,
@@ -379,7 +379,8 @@ def _linear_geometry(adapter: VLMAdapter) -> dict[str, tuple[int, ...]]:
 
 def _geometry(entry: dict[str, Any]) -> ModelGeometry:
     """The geometry as JSON holds it, its lists (the linear-attention layers and state shapes) as tuples."""
-    return ModelGeometry(**{key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()})
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in entry.items()}
+    return ModelGeometry(**values)
 
 
 def _bucket(entry: dict[str, Any]) -> BucketEntry:

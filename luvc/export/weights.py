@@ -36,7 +36,7 @@ class WeightsPart:
 
     file: str
     offsets: dict[bytes, tuple[int, int]]
-    order: tuple[tuple[str, object], ...]
+    order: tuple[tuple[str, bytes | tuple], ...]
     deferred_location: str
 
 
@@ -55,7 +55,7 @@ class SharedWeights:
         self.deferred_location = f"{self.path.name}.views"
         self.deferred: list[np.ndarray] = []  # placeholder number -> the view it stands for
         self._deferred_numbers: dict[tuple, int] = {}
-        self.order: list[tuple[str, object]] = []  # with defer_views: what was appended or deferred, in order
+        self.order: list[tuple[str, bytes | tuple]] = []  # with defer_views: what was appended or deferred, in order
         # of every byte appended: None once the file is cut back, or when it did not start empty
         started = not self.path.exists() or self.path.stat().st_size == 0
         self._file_digest: hashlib._Hash | None = hashlib.sha256() if started else None
@@ -96,20 +96,25 @@ class SharedWeights:
                         self._defer(view, array),
                         array.nbytes,
                         tensor.dtype,
-                        shape=tensor.shape,
-                        name=value.name,
+                        shape=ir.Shape(array.shape),
+                        name=_initializer_name(value),
                     )
                     continue
                 placed = self.views.get(view) if view is not None else None
                 if placed is None:
-                    data = memoryview(_contiguous(array)).cast("B")
+                    data = _bytes_of(array)
                     placed = self._append(file, data, hashlib.sha256(data).digest())
                     if view is not None:
                         self.views[view] = placed
                 offset, length = placed
                 self.referenced_bytes += length
                 value.const_value = ir.ExternalTensor(
-                    self.path.name, offset, length, tensor.dtype, shape=tensor.shape, name=value.name
+                    self.path.name,
+                    offset,
+                    length,
+                    tensor.dtype,
+                    shape=ir.Shape(array.shape),
+                    name=_initializer_name(value),
                 )
         return ir.serde.serialize_model(model)
 
@@ -158,7 +163,7 @@ class SharedWeights:
     def place(self, tensor: onnx.TensorProto, value: np.ndarray) -> None:
         """Store ``value`` (of ``tensor``'s type and shape) as ``tensor``'s data, in place: appended unless the file
         holds its bytes, and ``tensor`` pointed at them."""
-        data = memoryview(_contiguous(value)).cast("B")
+        data = _bytes_of(value)
         with self.path.open("ab") as file:
             offset, length = self._append(file, data, hashlib.sha256(data).digest())
         self.referenced_bytes += length
@@ -204,13 +209,13 @@ class SharedWeights:
         unless this file holds its bytes: the part's own bytes copied from it, the views of the model's memory it
         deferred read from ``stable`` (this process's copy of that memory) and hashed here. Graphs absorbed in graph
         order so give the file a graph-by-graph export writes, byte for byte. The caller removes the part file."""
-        deferred = []
+        deferred: list[tuple] = []
         with self.path.open("ab") as file, (Path(folder) / part.file).open("rb") as source:
-            for kind, item in part.order:
-                if kind == "view":
+            for _, item in part.order:
+                if isinstance(item, tuple):  # ("view", key)
                     deferred.append(item)
                     if item not in self.views:
-                        data = memoryview(_contiguous(stable.array(item))).cast("B")
+                        data = _bytes_of(stable.array(item))
                         self.views[item] = self._append(file, data, hashlib.sha256(data).digest())
                 elif item not in self.offsets:
                     offset, length = part.offsets[item]
@@ -330,6 +335,17 @@ class StableMemory:
         if view is None or view.dtype != np.dtype(dtype):
             raise ValueError(f"no {dtype} view of {shape} at {start:#x} in the stable memory")
         return view
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` in C order."""
+    return _contiguous(array).data.cast("B")
+
+
+def _initializer_name(value: ir.Value) -> str:
+    if value.name is None:
+        raise ValueError("an initializer without a name cannot be stored outside its graph")
+    return value.name
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

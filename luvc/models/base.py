@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from PIL import Image
@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from luvc.compress.budgets import BudgetPlan
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import LUVCConfig, ResolvedLUVCConfig
 from luvc.compress.cost import CostReport, LlmSpec, VisionSpec, estimate_cost
 from luvc.compress.oim import OIMStep, merge_units
 from luvc.errors import critical
@@ -23,6 +23,7 @@ from luvc.models.scope import Scope
 from luvc.prompt import PromptTemplate, chat_template_of, template_for
 from luvc.videos import Video, VideoTimes
 
+Patched = TypeVar("Patched")
 FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -39,32 +40,34 @@ def check_fp16_range(model: nn.Module, origin: str) -> None:
             )
 
 
-def swap_class(module: nn.Module, luvc_cls: type) -> None:
-    """Give ``module`` the LUVC subclass of its class (ToMe-style); parameters and state_dict keys stay."""
+def swap_class(module: nn.Module, luvc_cls: type[Patched]) -> Patched:
+    """Give ``module`` the LUVC subclass of its class (ToMe-style); parameters and state_dict keys stay. Returns the
+    module, now of that class."""
     if not isinstance(module, luvc_cls):
         if not issubclass(luvc_cls, type(module)):
             raise TypeError(f"{luvc_cls.__name__} does not extend {type(module).__name__}")
         module.__class__ = luvc_cls
+    assert isinstance(module, luvc_cls)
+    return module
 
 
-def patch_modules(config: LUVCConfig, language_model: nn.Module, *pairs: tuple[nn.Module, type]) -> None:
+def patch_modules(config: ResolvedLUVCConfig, language_model: nn.Module, *pairs: tuple[nn.Module, type[Any]]) -> None:
     """The patch every family makes: each module of ``pairs`` gets its LUVC subclass and ``config``, and
     ``language_model`` one SPU scope per decoder layer."""
     for module, luvc_cls in pairs:
-        swap_class(module, luvc_cls)
-        module.luvc_config = config
+        swap_class(module, luvc_cls).luvc_config = config
     install_spu_scopes(language_model)
 
 
-def patch_oim_layers(layers: Sequence[nn.Module], luvc_cls: type, steps: dict[int, OIMStep], units: int) -> None:
+def patch_oim_layers(layers: Sequence[nn.Module], luvc_cls: type[Any], steps: dict[int, OIMStep], units: int) -> None:
     """Encoder layers of a family that merges between layers (CLIP, InternViT): each gets its LUVC subclass, its OIM
     step (``None`` where none runs after it), the merge units entering it (``units`` before the first step) and an
     OIM scope."""
     for index, layer in enumerate(layers):
-        swap_class(layer, luvc_cls)
-        layer.luvc_step, layer.luvc_units_in = steps.get(index), units
-        if not hasattr(layer, "luvc_oim"):
-            layer.luvc_oim = Scope(merge_units)
+        patched = swap_class(layer, luvc_cls)
+        patched.luvc_step, patched.luvc_units_in = steps.get(index), units
+        if not hasattr(patched, "luvc_oim"):
+            patched.luvc_oim = Scope(merge_units)
         if index in steps:
             units = int(steps[index].index_a.numel())
 
@@ -151,12 +154,12 @@ class VLMAdapter:
         return getattr(self.model.config, "video_token_id", None) if self.takes_video else None
 
     @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
+    def language_model(self) -> PreTrainedModel:
+        return cast(PreTrainedModel, self.model.model.language_model)
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
+        return cast(nn.ModuleList, self.language_model.layers)
 
     @property
     def vision_blocks(self) -> nn.ModuleList:
@@ -167,10 +170,11 @@ class VLMAdapter:
         """Patch the model for ``config`` (``None``: defaults; ``LUVCConfig.off()``: the baseline path)."""
         self.luvc_config = (config or LUVCConfig()).resolve(self.vision_depth, self.num_layers)
         self._patch(self.luvc_config)
-        swap_class(self.model, luvc_generation_class(type(self.model)))  # model.generate() runs LUVC too
+        model_class: type = type(self.model)
+        swap_class(self.model, luvc_generation_class(model_class))  # model.generate() runs LUVC too
         return self.model
 
-    def _patch(self, config: LUVCConfig) -> None:
+    def _patch(self, config: ResolvedLUVCConfig) -> None:
         raise NotImplementedError
 
     def compile_llm(self, cuda_graphs: bool | None = None) -> None:
@@ -204,11 +208,11 @@ class VLMAdapter:
         """What the plan of ``inputs`` depends on besides the config (the image grids)."""
         raise NotImplementedError
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+    def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         """The vision side of ``plan`` (``config`` resolved): encoder plan, segments per block, tokens per image."""
         raise NotImplementedError
 
-    def _resolved(self, config: LUVCConfig | None) -> LUVCConfig:
+    def _resolved(self, config: LUVCConfig | None) -> ResolvedLUVCConfig:
         return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
 
     # -- inputs ---------------------------------------------------------------------------------------------
@@ -232,7 +236,11 @@ class VLMAdapter:
 
     def placeholder_of(self, visual: Image.Image | Video) -> str:
         """The placeholder token of an image, or of a video."""
-        return self.video_placeholder if isinstance(visual, Video) else self.image_placeholder
+        if not isinstance(visual, Video):
+            return self.image_placeholder
+        if self.video_placeholder is None:
+            critical(self.video_unsupported)
+        return self.video_placeholder
 
     def visual_text(self, visual: Image.Image | Video, tokens: int, spans: int = 1) -> str:
         """What takes the template's ``{image}`` for ``visual`` of ``tokens`` LLM tokens in ``spans`` prompt spans:
@@ -241,12 +249,13 @@ class VLMAdapter:
 
     def preprocess(self, visuals: Sequence[Image.Image | Video]) -> dict:
         """``preprocess_images`` or ``preprocess_videos``: a batch holds images or videos, not both."""
-        videos = sum(isinstance(visual, Video) for visual in visuals)
-        if videos and videos != len(visuals):
+        videos = [visual for visual in visuals if isinstance(visual, Video)]
+        if videos and len(videos) != len(visuals):
             critical("A batch holds images or videos, not both; send the images and the videos as separate requests.")
         if videos and not self.takes_video:
             critical(self.video_unsupported)
-        return self.preprocess_videos(visuals) if videos else self.preprocess_images(visuals)
+        images = [visual for visual in visuals if not isinstance(visual, Video)]
+        return self.preprocess_videos(videos) if videos else self.preprocess_images(images)
 
     def prepare_inputs(
         self, images: Sequence[Image.Image | Video], prompts: str | Sequence[str], config: LUVCConfig | None = None
@@ -353,15 +362,15 @@ class VLMAdapter:
 
     def cost(self, inputs: dict, config: LUVCConfig | None = None, kv_bytes_per_element: int = 2) -> CostReport:
         """Cost model (DESIGN.md 2.3) for ``inputs`` under ``config`` against the uncompressed model."""
-        config, baseline = self._resolved(config), LUVCConfig.off()
+        resolved = self._resolved(config)
         text_tokens = int(inputs["input_ids"].shape[1]) - sum(self.plan(inputs).tokens_per_image)
-        compressed, uncompressed = self.plan(inputs, config), self.plan(inputs, baseline)
+        compressed, uncompressed = self.plan(inputs, resolved), self.plan(inputs, LUVCConfig.off())
         return estimate_cost(
             self.vision_spec(),
             self.llm_spec(),
             compressed=(compressed.block_segments, compressed.budget_plan),
             baseline=(uncompressed.block_segments, uncompressed.budget_plan),
             text_tokens=text_tokens,
-            config=config,
+            config=resolved,
             kv_bytes_per_element=kv_bytes_per_element,
         )

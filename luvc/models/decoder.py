@@ -17,13 +17,14 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from luvc.compress.budgets import BudgetPlan
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.criteria import LLM_ATTENTION, LLM_ATTENTION_EACH_CUT, criterion
 from luvc.compress.scorers import Grid, Scorer, SpanLayout, make_scorer
 from luvc.errors import critical
 from luvc.models.attention_probe import attention_probe
 from luvc.models.cache import LINEAR_ATTENTION, LuvcCache, new_cache
 from luvc.models.compat import cache_kwargs, take_cache
+from luvc.models.hf_module import HFModule
 from luvc.models.padded_rows import RowTurns
 from luvc.models.scope import scopes
 from luvc.models.spans import Span, add_visual_plane, original_ids, spu_prune
@@ -53,7 +54,7 @@ def visual_columns(values: torch.Tensor, spans: Sequence[Span]) -> torch.Tensor:
     return torch.cat([values[:, start : start + count] for start, count in spans], dim=1)
 
 
-def last_token_attention(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def last_token_attention(layer: HFModule, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``(B, S)``: the attention probabilities (mean over heads) that the last token of ``hidden`` gives every token
     in ``layer``'s self-attention, computed from the layer's input (the output is discarded)."""
     with attention_probe(layer.self_attn, "last-query") as record:
@@ -62,7 +63,7 @@ def last_token_attention(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tens
     return record.concatenated()
 
 
-def install_spu_scopes(text_model: nn.Module) -> None:
+def install_spu_scopes(text_model: HFModule) -> None:
     """Give a patched text model one ``Scope(spu_prune)`` per decoder layer (named ``luvc_spu.{layer}``)."""
     if not isinstance(getattr(text_model, "luvc_spu", None), nn.ModuleList):
         text_model.luvc_spu = scopes(spu_prune, text_model.config.num_hidden_layers)
@@ -75,7 +76,7 @@ def causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.devic
     return mask.expand(batch, 1, length, length)
 
 
-def _ranked_cuts(config: LUVCConfig, cuts: Sequence[int]) -> set[int]:
+def _ranked_cuts(config: ResolvedLUVCConfig, cuts: Sequence[int]) -> set[int]:
     """The cuts that read a decoder layer's attention ranking, measured just before them: FastV's first cut (its
     later cuts keep the best-ranked survivors), every cut of PDrop, every cut after ToDRE's first."""
     if not cuts or config.spu_variant in (None, "none"):
@@ -111,7 +112,7 @@ class CutScoring:
 
     def __init__(
         self,
-        config: LUVCConfig,
+        config: ResolvedLUVCConfig,
         cuts: Sequence[int],
         spans: Sequence[Span],
         layout: SpanLayout,
@@ -126,12 +127,14 @@ class CutScoring:
         self.previous: torch.Tensor | None = None  # the last layer's input, for a variation criterion
 
     def scorer(
-        self, layer: int, decoder_layer: nn.Module, hidden, cos, sin, spans, visual_ids
+        self, layer: int, decoder_layer: HFModule, hidden, cos, sin, spans, visual_ids
     ) -> tuple[Scorer, torch.Tensor]:
         """The scorer of the cut before ``layer`` and what it scores."""
         if layer in self.ranked_cuts:
             if layer == 0:  # a cut before layer 0: layer 0's attention on its input
                 self.columns = visual_columns(last_token_attention(decoder_layer, hidden, cos, sin), spans)
+            if self.columns is None:
+                raise RuntimeError(f"no attention was measured before the ranked cut at layer {layer}")
             if visual_ids is None:  # no cut yet: the columns are every visual token's, in order
                 self.ranking = self.columns.float()
             else:
@@ -144,7 +147,7 @@ class CutScoring:
             return scorer, decoder_layer.input_layernorm(hidden)
         return scorer, hidden
 
-    def probe(self, layer: int, decoder_layer: nn.Module, hidden: torch.Tensor):
+    def probe(self, layer: int, decoder_layer: HFModule, hidden: torch.Tensor):
         """What runs around ``layer``: an attention probe when a ranked cut follows it (else nothing)."""
         if self.reads_variation:
             self.previous = hidden
@@ -197,8 +200,14 @@ class SpuDecoderMixin:
       what the layer before changed (V2Drop).
     """
 
-    luvc_config: LUVCConfig
+    luvc_config: ResolvedLUVCConfig
     luvc_spu: nn.ModuleList  # one Scope(spu_prune) per layer, see install_spu_scopes
+    # the upstream text model's, which this mixin extends
+    config: HFModule
+    embed_tokens: HFModule
+    rotary_emb: HFModule
+    layers: nn.ModuleList
+    norm: HFModule
 
     def luvc_rotary_ids(self, position_ids: torch.Tensor) -> torch.Tensor:
         """Family hook: the position ids the rotary embedding takes, from what the caller passed."""
@@ -229,9 +238,9 @@ class SpuDecoderMixin:
 
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
+        position_ids: torch.Tensor | None = None,
         past_key_values: LuvcCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -257,7 +266,7 @@ class SpuDecoderMixin:
     def luvc_layers(
         self,
         hidden: torch.Tensor,
-        position_ids: torch.LongTensor | None,
+        position_ids: torch.Tensor | None,
         past_key_values: LuvcCache | None,
         use_cache: bool,
         visual: VisualPlan = NO_VISUALS,
@@ -274,7 +283,9 @@ class SpuDecoderMixin:
             position_ids = self.luvc_default_positions(batch, length, start, hidden.device)
         cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
 
-        cuts = sorted(budget_plan.prune_layers()) if budget_plan is not None and visual_spans else []
+        pruned = budget_plan if visual_spans else None
+        cuts = sorted(pruned.prune_layers()) if pruned is not None else []
+        per_image = pruned.per_image if pruned is not None else ()
         spans = tuple(visual_spans)
         layout = SpanLayout.of(tuple(c for _, c in spans), None if span_grids is None else tuple(span_grids))
         scoring = CutScoring(self.luvc_config, cuts, spans, layout, visual_ranking)
@@ -292,19 +303,12 @@ class SpuDecoderMixin:
                 unit = self.luvc_spu[layer_index]
                 if visual_ids is None and getattr(unit.fn, "takes_visual_ids", False):  # a plugin op's input
                     visual_ids = original_ids(batch, scoring.num_visual, hidden.device)
-                hidden, cos, sin, visual_ids, spans = unit(
-                    hidden,
-                    cos,
-                    sin,
-                    visual_ids,
-                    spans,
-                    budget_plan.per_image[layer_index],
-                    scorer,
-                    score_input,
-                    visual_shift,
+                hidden, cos, sin, kept_ids, spans = unit(
+                    hidden, cos, sin, visual_ids, spans, per_image[layer_index], scorer, score_input, visual_shift
                 )
-                kept_visual_indices[layer_index] = visual_ids
+                visual_ids = kept_visual_indices[layer_index] = kept_ids
             turned = None if self.luvc_attends(layer_index) else turns.at(hidden)
+            mask: torch.Tensor | None
             if turned is not None:
                 hidden, mask = turned.turn(hidden), turned.tokens
             else:

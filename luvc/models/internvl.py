@@ -23,7 +23,7 @@ import torch
 from transformers.models.internvl.modeling_internvl import InternVLModel, InternVLVisionLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, plan_oim, units_per_block
 from luvc.errors import critical
@@ -188,12 +188,12 @@ class InternVLAdapter(VLMAdapter):
             critical(f"vision_feature_layer={layer!r}: the LUVC InternVL path takes one feature layer.")
         return layer if layer >= 0 else self.vision_depth + layer
 
-    def oim_steps(self, config: LUVCConfig) -> dict[int, OIMStep]:
+    def oim_steps(self, config: ResolvedLUVCConfig) -> dict[int, OIMStep]:
         """Block index -> the merge step after it, over a tile's grid of merge units."""
         grid = (1, self.patch_side // 2, self.patch_side // 2)
         return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
 
-    def _patch(self, config: LUVCConfig) -> None:
+    def _patch(self, config: ResolvedLUVCConfig) -> None:
         if self.model.config.downsample_ratio != 0.5 or self.patch_side % 2:
             critical("The LUVC InternVL path needs downsample_ratio 0.5 and an even number of patches per tile side.")
         late = [block for block in config.oim_layers if block >= self.feature_block()]
@@ -227,7 +227,7 @@ class InternVLAdapter(VLMAdapter):
         rows = inputs["input_ids"].shape[0] if "input_ids" in inputs else 1  # pixels alone: one image's tiles
         return (inputs["pixel_values"].shape[0] // rows,) * rows
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+    def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         units = units_per_block((self.patch_side // 2) ** 2, self.oim_steps(config), self.vision_depth)
         segments = [1 + UNIT * count for count in units[:-1]]  # the CLS token and the patches
         at_features = units[self.feature_block() + 1]
@@ -236,7 +236,7 @@ class InternVLAdapter(VLMAdapter):
         grids = tuple((count, *self.tile_grid(config)) for count in tiles)
         return VisionTrace(block_segments, tuple(t * at_features for t in tiles), span_grids=grids)
 
-    def tile_grid(self, config: LUVCConfig) -> tuple[int, int]:
+    def tile_grid(self, config: ResolvedLUVCConfig) -> tuple[int, int]:
         """A tile's LLM tokens as a ``(rows, cols)`` grid after the OIM steps (one token per merge unit of 2x2
         patches; without OIM the pixel shuffle's order, the transpose of a square grid, which the grid low-pass
         treats alike)."""

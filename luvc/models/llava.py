@@ -12,7 +12,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.llava.modeling_llava import LlavaModel
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, plan_oim, units_per_block
 from luvc.errors import critical
@@ -35,7 +35,7 @@ class LuvcCLIPEncoderLayer(CLIPEncoderLayer):
     luvc_units_in: int = 0
     luvc_oim: Scope  # Scope(merge_units), so traced graphs name the merge
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, attention_mask, **kwargs)
         if self.luvc_step is None:
             return hidden_states
@@ -137,12 +137,12 @@ class LlavaAdapter(VLMAdapter):
         layers = [layers] if isinstance(layers, int) else list(layers)
         return [(layer if layer >= 0 else self.vision_depth + 1 + layer) - 1 for layer in layers]
 
-    def oim_steps(self, config: LUVCConfig) -> dict[int, OIMStep]:
+    def oim_steps(self, config: ResolvedLUVCConfig) -> dict[int, OIMStep]:
         """Block index -> the merge step after it, for the configured (square) patch grid."""
         grid = (1, self.grid_side, self.grid_side)
         return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
 
-    def _patch(self, config: LUVCConfig) -> None:
+    def _patch(self, config: ResolvedLUVCConfig) -> None:
         first_feature = min(self.feature_blocks())
         late = [block for block in config.oim_layers if block >= first_feature]
         if late:
@@ -157,7 +157,7 @@ class LlavaAdapter(VLMAdapter):
         inner.luvc_feature_block = max(self.feature_blocks())
         inner.luvc_token_grid = self.token_grid(config)
 
-    def token_grid(self, config: LUVCConfig) -> tuple[int, int, int] | None:
+    def token_grid(self, config: ResolvedLUVCConfig) -> tuple[int, int, int] | None:
         """An image's LLM tokens as a ``(1, rows, cols)`` grid in raster order, after the OIM steps; ``None`` with
         the ``full`` feature strategy (the CLS token is an LLM token too)."""
         if self.model.config.vision_feature_select_strategy != "default":
@@ -178,7 +178,7 @@ class LlavaAdapter(VLMAdapter):
     def images_key(self, inputs: dict) -> int:
         return int(inputs["pixel_values"].shape[0])  # every image has the tower's size
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+    def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         units = units_per_block(self.grid_side**2, self.oim_steps(config), self.vision_depth)
         segments = [1 + count for count in units[:-1]]  # the CLS token and the patches
         at_features = units[min(self.feature_blocks()) + 1]

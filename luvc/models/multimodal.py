@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.criteria import ranks_in_encoder
 from luvc.models.attention_probe import Reduction, attention_probe
 from luvc.models.cache import LuvcCache, new_cache
 from luvc.models.compat import take_cache
 from luvc.models.decoder import NO_VISUALS, LuvcDecoderOutput, VisualPlan
+from luvc.models.hf_module import HFModule
 from luvc.models.plan import LUVC_BUDGET_PLANS, planned_budgets, plans_on
 from luvc.models.spans import scatter_visual_features
 
@@ -48,14 +50,18 @@ class LuvcMultimodalMixin:
     """Modifications (the multimodal model's forward): see the module docstring. A family implements
     ``luvc_image_features`` and may override ``luvc_check_inputs`` and ``luvc_position_ids``."""
 
-    luvc_config: LUVCConfig
+    luvc_config: ResolvedLUVCConfig
+    # the upstream multimodal model's, which this mixin extends
+    config: HFModule
+    language_model: HFModule
+    get_input_embeddings: Callable[[], nn.Module]
 
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
+        input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
+        position_ids: torch.Tensor | None = None,
         past_key_values: LuvcCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -71,6 +77,8 @@ class LuvcMultimodalMixin:
         placed, budget_plan = None, None
         groups = self.luvc_visual_features(pixel_values, kwargs, inputs_embeds.shape[0])
         if groups:
+            if input_ids is None:
+                raise ValueError("visual features are placed at the prompt's placeholder ids: pass input_ids")
             placed = scatter_visual_features(input_ids, inputs_embeds, groups, self.config.image_token_id)
             inputs_embeds = placed.inputs_embeds
             span_tokens = [count for _, count in placed.spans]
@@ -97,7 +105,7 @@ class LuvcMultimodalMixin:
         """Whether the vision side measures a ranking of its tokens (``ImageFeatures.ranking``, VisionZip)."""
         return ranks_in_encoder(self.luvc_config.spu_variant)
 
-    def luvc_encoder_probe(self, attention: nn.Module, reduction: Reduction) -> contextlib.AbstractContextManager:
+    def luvc_encoder_probe(self, attention: HFModule, reduction: Reduction) -> contextlib.AbstractContextManager:
         """A probe on the encoder's feature-layer ``attention`` when the criterion ranks there (VisionZip), yielding
         its ``AttentionRecord``; else a context that does nothing and yields ``None``."""
         return attention_probe(attention, reduction) if self.luvc_ranks_in_encoder else contextlib.nullcontext()

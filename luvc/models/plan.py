@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from luvc.compress.budgets import BudgetPlan, plan_budgets
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 
 T = TypeVar("T")
 LUVC_BUDGET_PLANS = "luvc_budget_plans"  # the multimodal model's attribute: its budget plans, shared with the adapter
@@ -47,7 +47,7 @@ class VisionTrace:
 class RequestPlan:
     """One request's LUVC plan under a resolved ``config`` (``VLMAdapter.plan``)."""
 
-    config: LUVCConfig
+    config: ResolvedLUVCConfig
     vision: VisionTrace
     budget_plan: BudgetPlan
 
@@ -90,7 +90,7 @@ def plans_on(owner: object, attribute: str) -> PlanCache:
 
 
 def planned_budgets(
-    plans: PlanCache[BudgetPlan], num_layers: int, span_tokens: Sequence[int], config: LUVCConfig
+    plans: PlanCache[BudgetPlan], num_layers: int, span_tokens: Sequence[int], config: ResolvedLUVCConfig
 ) -> BudgetPlan:
     """The per-layer budgets of prompt spans of ``span_tokens`` visual tokens under ``config`` (resolved), planned on
     first use of those spans and that config."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
@@ -21,13 +22,14 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VLTextModel,
 )
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import merge_units
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, patch_modules
 from luvc.models.compat import vision_position_embeddings
 from luvc.models.decoder import SpuDecoderMixin
+from luvc.models.hf_module import HFModule
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import PlanCache, RequestPlan, VisionTrace, plans_on
 from luvc.models.qwen_vision_plan import QwenVisionPlan, planned_qwen_vision
@@ -93,7 +95,7 @@ class QwenVisionOutput:
     deepstack: tuple[torch.Tensor, ...] = ()
 
 
-def patch_embedding(embed: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def patch_embedding(embed: HFModule, pixel_values: torch.Tensor) -> torch.Tensor:
     """``embed`` (a Qwen-VL patch embedding: a Conv3d whose kernel is its stride, over patches already flattened in
     the kernel's (C, T, H, W) order), exported as one matrix product with the flattened kernel: the same sums, and one
     MatMul in the graphs. cuDNN's heuristics find no fp16 algorithm for this Conv3d on a Hopper GPU (weight [1280, 3,
@@ -167,10 +169,10 @@ class QwenVisionGraph(torch.nn.Module):
         stages = tuple(
             dataclasses.replace(
                 stage,
-                cu_seqlens=stage.cu_seqlens.numpy(),
+                cu_seqlens=np.asarray(stage.cu_seqlens),
                 cu_window_seqlens=None
                 if stage.cu_window_seqlens is None
-                else WindowLayout.from_cu_seqlens(stage.cu_window_seqlens.numpy()),
+                else WindowLayout.from_cu_seqlens(np.asarray(stage.cu_window_seqlens)),
             )
             for stage in plan.stages
         )
@@ -191,12 +193,12 @@ class LuvcQwen2VisionTransformer(Qwen2VisionTransformerPretrainedModel):
     - each grid is planned once (``luvc_plan``, kept in ``luvc_plans``) and the plan shared with the adapter.
     """
 
-    luvc_config: LUVCConfig
+    luvc_config: ResolvedLUVCConfig
     luvc_windowed = False
     luvc_oim: torch.nn.ModuleList  # one Scope(merge_units) per block: the merge after that block
     luvc_plans: PlanCache[QwenVisionPlan]
 
-    def luvc_plan(self, grid_thw: torch.Tensor, config: LUVCConfig | None = None) -> QwenVisionPlan:
+    def luvc_plan(self, grid_thw: torch.Tensor, config: ResolvedLUVCConfig | None = None) -> QwenVisionPlan:
         """The encoder plan of images with patch grid ``grid_thw`` under ``config`` (resolved; default: the
         applied one), planned on first use of that grid and config."""
         return planned_qwen_vision(
@@ -256,6 +258,7 @@ class QwenVLModelMixin(LuvcMultimodalMixin):
     """
 
     luvc_frame_spans = False  # a video's slices are separate prompt spans (Qwen3-VL: timestamps between them)
+    visual: HFModule  # the upstream model's encoder, patched to a LUVC encoder class
 
     def luvc_check_inputs(self, inputs: dict) -> None:
         if inputs.get("mm_encoder_outputs"):
@@ -317,9 +320,9 @@ class LuvcClasses(NamedTuple):
     """The LUVC classes a Qwen-VL family swaps in: its vision encoder, text model and multimodal model (each says
     what the family can do, e.g. ``vision.luvc_windowed``, ``model.luvc_frame_spans``)."""
 
-    vision: type
-    text: type
-    model: type
+    vision: type[Any]  # an encoder class with LuvcQwen2VisionTransformer's luvc_windowed and luvc_plan
+    text: type[SpuDecoderMixin]
+    model: type[QwenVLModelMixin]
 
 
 class Qwen2VLAdapter(VLMAdapter):
@@ -354,7 +357,7 @@ class Qwen2VLAdapter(VLMAdapter):
     def vision_blocks(self):
         return self.model.model.visual.blocks
 
-    def _patch(self, config: LUVCConfig) -> None:
+    def _patch(self, config: ResolvedLUVCConfig) -> None:
         vision_cls, text_cls, model_cls = self.luvc_classes
         inner = self.model.model
         pairs = ((inner.visual, vision_cls), (inner.language_model, text_cls), (inner, model_cls))
@@ -386,7 +389,7 @@ class Qwen2VLAdapter(VLMAdapter):
         grid, video = qwen_visual_grid(inputs)
         return video, tuple(map(tuple, grid.tolist()))
 
-    def vision_trace(self, inputs: dict, config: LUVCConfig) -> VisionTrace:
+    def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         if is_mixed(inputs):  # two encoder runs, as upstream: the images', then the videos'
             image, video = (self.vision_trace(part, config) for part in modality_parts(inputs))
             return VisionTrace(
@@ -394,7 +397,7 @@ class Qwen2VLAdapter(VLMAdapter):
                 image.tokens_per_image + video.tokens_per_image,
                 None,
                 image.spans_per_image + video.spans_per_image,
-                image.span_grids + video.span_grids,
+                (image.span_grids or ()) + (video.span_grids or ()),
             )
         vision = self.model.config.vision_config
         grid, _ = qwen_visual_grid(inputs)

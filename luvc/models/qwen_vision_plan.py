@@ -9,7 +9,9 @@ the plan as inputs (the export's ``host_*.npz``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers.vision_utils import (
     get_vision_cu_seqlens,
@@ -18,7 +20,7 @@ from transformers.vision_utils import (
     get_vision_window_index,
 )
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.oim import OIMStep, merge_units, plan_oim_step
 from luvc.errors import critical
 from luvc.models.plan import PlanCache
@@ -31,7 +33,7 @@ class QwenVisionStage:
 
     grid_thw: torch.Tensor  # (num_images, 3) patch grid
     rotary_ids: torch.Tensor  # (N, 2) (h, w) per patch token; float when oim_positions="mean"
-    cu_seqlens: torch.Tensor
+    cu_seqlens: torch.Tensor | np.ndarray  # a NumPy array in the export graph (constant split sizes)
     max_seqlen: int
     cu_window_seqlens: torch.Tensor | WindowLayout | None  # a WindowLayout in the export graph
     max_window_seqlen: int | None  # None: no windows
@@ -66,6 +68,8 @@ class QwenVisionPlan:
             stage = self.stage_of_block(block)
             windowed = stage.cu_window_seqlens is not None and block not in self.full_attention_blocks
             cu = stage.cu_window_seqlens if windowed else stage.cu_seqlens
+            if cu is None or isinstance(cu, WindowLayout):  # an export graph's copy holds layouts, not boundaries
+                raise TypeError("block_segments reads a host plan's segment boundaries")
             segments.append(tuple((cu[1:] - cu[:-1]).tolist()))
         return tuple(segments)
 
@@ -129,13 +133,13 @@ def _position_taps(grid_thw: torch.Tensor, config) -> tuple[torch.Tensor, torch.
     )
 
 
-def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed: bool) -> QwenVisionPlan:
+def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: ResolvedLUVCConfig, windowed: bool) -> QwenVisionPlan:
     """Host-side plan of the encoder under ``luvc`` (resolved) for images with patch grid ``grid_thw``."""
     grid_thw = grid_thw.detach().cpu().long()
     merge = config.spatial_merge_size
     if bool(((grid_thw[:, 1:] % merge) != 0).any()):
         critical(f"Image grid {grid_thw.tolist()} is not a multiple of spatial_merge_size={merge}.")
-    unit_grids = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()]
+    unit_grids: Sequence[tuple[int, int, int]] = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()]
     raster_ids = get_vision_position_ids(grid_thw, merge)
     window_index, cu_window = _window(grid_thw, config) if windowed else (None, None)
     first_window = window_index
@@ -164,7 +168,7 @@ def plan_qwen_vision(grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed:
 
 
 def planned_qwen_vision(
-    plans: PlanCache[QwenVisionPlan], grid_thw: torch.Tensor, config, luvc: LUVCConfig, windowed: bool
+    plans: PlanCache[QwenVisionPlan], grid_thw: torch.Tensor, config, luvc: ResolvedLUVCConfig, windowed: bool
 ) -> QwenVisionPlan:
     """``plan_qwen_vision``, once per grid and config: kept in ``plans`` (the encoder's ``luvc_plans``)."""
     key = (tuple(map(tuple, grid_thw.tolist())), luvc)

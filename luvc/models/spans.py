@@ -28,7 +28,8 @@ def visual_spans(visual_mask: torch.Tensor, tokens_per_image: Sequence[int]) -> 
             "same image size in every row. Run such requests one at a time."
         )
     positions = torch.nonzero(visual_mask[0]).flatten().tolist()
-    spans, cursor = [], 0
+    spans: list[Span] = []
+    cursor = 0
     for count in tokens_per_image:
         chunk = positions[cursor : cursor + count]
         if len(chunk) != count or (count and chunk[-1] - chunk[0] != count - 1):
@@ -75,8 +76,8 @@ def scatter_visual_features(
         inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], group.embeds.to(inputs_embeds))
         per_row = list(group.tokens_per_image)[: len(group.tokens_per_image) // rows]
         offsets = [sum(per_row[:k]) for k in range(len(per_row))]
-        grids = list(group.grids or [None] * len(per_row))[: len(per_row)]
-        placed += list(zip(visual_spans(mask, per_row), [index] * len(per_row), offsets, grids))
+        group_grids = list(group.grids or [None] * len(per_row))[: len(per_row)]
+        placed += list(zip(visual_spans(mask, per_row), [index] * len(per_row), offsets, group_grids))
     placed.sort(key=lambda entry: entry[0][0])
 
     def in_span_order(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -90,11 +91,12 @@ def scatter_visual_features(
         )
 
     spans = tuple(entry[0] for entry in placed)
-    grids = tuple(entry[3] for entry in placed)
+    grids: tuple[Grid | None, ...] = tuple(entry[3] for entry in placed)
     planes = tuple(in_span_order(group_planes) for group_planes in zip(*(group.deepstack for group in groups)))
     rankings = [group.ranking for group in groups]
     ranking = in_span_order(rankings) if groups and all(r is not None for r in rankings) else None
-    return PlacedVisuals(inputs_embeds, spans, planes, ranking, None if None in grids else grids)
+    known = tuple(grid for grid in grids if grid is not None)
+    return PlacedVisuals(inputs_embeds, spans, planes, ranking, known if len(known) == len(grids) else None)
 
 
 def pruned_spans(spans: Sequence[Span], budgets: Sequence[int]) -> tuple[Span, ...]:
