@@ -1,5 +1,8 @@
 """Real engines built by TensorRT-RTX without a GPU; manifest checks; engine loading on a GPU machine."""
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from luvc.cli.main import main
@@ -10,6 +13,7 @@ from luvc.engines.targets import get_target
 from luvc.engines.trt_module import import_tensorrt
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import TensorEntry
+from luvc.loaders import BaseLoader
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
 
@@ -48,6 +52,25 @@ def test_fp16_export_builds_strongly_typed_fp16_engines(exports, tmp_path):
     assert manifest.precision == "fp16"
     assert {io.dtype for io in manifest.engines["prefill_224x224"].inputs} == {"float16", "int64"}
     assert manifest.engines["prefill_224x224"].outputs[0] == TensorEntry("logits", "float", (-1, 272))
+
+
+@dataclasses.dataclass
+class _ExportFolder(BaseLoader[Path]):
+    """A loader whose result is an export folder made before (in place of OnnxFromCompressedModel's)."""
+
+    folder: Path
+
+    def call_impl(self) -> Path:
+        return self.folder
+
+
+def test_an_export_made_by_a_loader_builds_with_the_default_layout(exports, tmp_path):
+    """The builder checks its arguments again once a loader argument has run; its default layout must stay a default
+    (an export whose graphs hold their weights then builds embedded engines, as from a folder)."""
+    export = exports("tiny-llava", "fp16")
+    assert not (export / "weights.data").exists()  # a tiny export keeps its weights in its graphs by default
+    out = build_engines(_ExportFolder(export), "ada", tmp_path / "engines", show_progress=False)
+    assert EngineManifest.load(out).weights_layout == "embedded"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
