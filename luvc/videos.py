@@ -50,6 +50,10 @@ class Video:
         return (self.frame_indices[-1] - self.frame_indices[0]) / (len(self.frame_indices) - 1) / self.fps
 
 
+Visual = Image.Image | Video  # what one placeholder of a prompt stands for
+VisualRow = Visual | tuple[Visual, ...] | list[Visual]  # a prompt's visual, or its several (images, then videos)
+
+
 def seconds_per_slice(video: Video, temporal_patch_size: int) -> float:
     """Seconds one temporal patch of ``video`` spans (Qwen2.5-VL's ``second_per_grid_ts``): the frame spacing times
     the patch, at the processors' default of 2 sampled frames a second when the source rate is unknown."""

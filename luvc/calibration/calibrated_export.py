@@ -31,7 +31,7 @@ from luvc.errors import critical
 from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
 from luvc.export.manifest_entries import GraphEntry, QuantizationEntry, QuantizationSource
 from luvc.export.weights import SharedWeights
-from luvc.loaders import BaseLoader, as_path
+from luvc.loaders import BaseLoader, as_path, loaded_path
 from luvc.progress import progress_steps
 from luvc.samples import Sample, synthetic_samples
 from luvc.staging import output_claim, staged_folder
@@ -92,28 +92,41 @@ class CalibrationOptions(BaseLoader[Path]):
 
     export_dir: str | Path | BaseLoader[Path]
     out: str | Path
-    precision: str | None = None
-    method: str | None = None
+    precision: str = "int8"  # None (as the CLI passes what is not given) takes each default
+    method: str = ""  # the precision's default method
     samples: Sequence[Sample] | None = None
     seed: int | None = None
-    decode_steps: int | None = None
-    block_size: int | None = None
+    decode_steps: int = 4
+    block_size: int | None = None  # INT4: ``DEFAULT_BLOCK_SIZE`` when not given (``block``)
     target_agreement: float | None = None
     smooth: float | None = None
-    overwrite: bool | None = None
+    overwrite: bool = False
     show_progress: bool | None = None
 
     def __post_init__(self) -> None:
         from luvc.calibration.quantize import DEFAULT_METHODS
-        from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE
 
         self.export_dir, self.out = as_path(self.export_dir), as_path(self.out)
         self.precision = self.precision or "int8"
         self.method = self.method or DEFAULT_METHODS.get(self.precision, "")
         self.decode_steps = 4 if self.decode_steps is None else self.decode_steps
-        self._block_size_chosen = self.block_size is not None  # the default is taken by a model of any width
-        self.block_size = DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
         self.overwrite = bool(self.overwrite)
+
+    @property
+    def export_path(self) -> Path:
+        """The source export (once a loader that makes it has run)."""
+        return loaded_path(self.export_dir)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def block(self) -> int:
+        """INT4's block of input channels: ``block_size``, else the default (which a model of any width takes)."""
+        from luvc.calibration.weight_only import DEFAULT_BLOCK_SIZE
+
+        return DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
 
     @property
     def weight_only(self) -> bool:
@@ -122,8 +135,7 @@ class CalibrationOptions(BaseLoader[Path]):
 
     def options(self) -> dict[str, Any]:
         """These options by field name, as given (another loader of the same options takes them)."""
-        given = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        return given | {"block_size": self.block_size if self._block_size_chosen else None}
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass
@@ -147,7 +159,7 @@ class CalibratedExport(CalibrationOptions):
         if target is not None and (isinstance(target, bool) or not 0 < target <= 1):
             critical(f"--target-agreement {target}: give a logits cosine in (0, 1], e.g. 0.99.")
         check_alpha(self.smooth, self.precision)
-        manifest = ExportManifest.load(self.export_dir, verify=True, engines_flags=None)
+        manifest = ExportManifest.load(self.export_path, verify=True, engines_flags=None)
         if manifest.precision not in self.readable:
             takes = " or ".join(self.readable)
             critical(
@@ -173,7 +185,7 @@ class CalibratedExport(CalibrationOptions):
 
     def call_impl(self) -> Path:
         manifest = self._source()
-        with output_claim(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)):  # before the calibration
+        with output_claim(self.out_path, self.overwrite, EXPORT_OUTPUT, (self.export_path,)):  # before the calibration
             return self._calibrate(manifest)
 
     def _calibrate(self, manifest: ExportManifest) -> Path:
@@ -188,17 +200,17 @@ class CalibratedExport(CalibrationOptions):
         with (
             progress_steps(self.show_progress, len(samples) + len(graphs) + 1 + more_steps, "calibrating") as advance,
             tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
-            staged_folder(self.out, self.overwrite, EXPORT_OUTPUT, (self.export_dir,)) as staging,
+            staged_folder(self.out_path, self.overwrite, EXPORT_OUTPUT, (self.export_path,)) as staging,
             contextlib.ExitStack() as scratch,  # what the precision keeps until the export is written
         ):
-            source = Pipeline(self.export_dir)
+            source = Pipeline(self.export_path)
             feeds, references = self._run_source(source, samples, advance)
             source.release()
-            calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), self.export_dir)
+            calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), self.export_path)
             calibration = self._calibrated(calibration, feeds, plan, Scratch(staging, scratch), advance)
             del feeds
             self._write_calibrated(calibration, staging, advance)
-        return self.out
+        return self.out_path
 
     def _plan(self, manifest: ExportManifest, graphs: list[str]) -> tuple[int, Any]:
         """The precision's progress steps beyond the samples and graphs, and what it read to count them."""
@@ -229,6 +241,8 @@ class CalibratedExport(CalibrationOptions):
             agreement = agreement_with_reference(calibration.references, quantized, samples, self.target_agreement)
         finally:
             quantized.release()
+        if calibrated.quantization is None:
+            raise ValueError("a calibrated export's manifest names its quantization (_manifest)")
         quantization = dataclasses.replace(
             calibrated.quantization,
             agreement_with_fp32=agreement,
@@ -278,7 +292,7 @@ class CalibratedExport(CalibrationOptions):
             for name, graph in manifest.graphs.items():
                 external = bool(graph.external_data)
                 if name not in calibration.graphs:
-                    model = load_graph(self.export_dir, name, manifest)
+                    model = load_graph(self.export_path, name, manifest)
                     written = save_model(model, staging / graph.file, external, weights)
                     entries[name] = dataclasses.replace(graph, external_data=tuple(written[1:]))
                     continue
@@ -316,7 +330,7 @@ class CalibratedExport(CalibrationOptions):
             if name not in graph_files:
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(self.export_dir / name, target)
+                shutil.copy2(self.export_path / name, target)
                 copied.append(name)
         return copied
 
@@ -330,7 +344,7 @@ class CalibratedExport(CalibrationOptions):
         manifest, (entries, _, _, excluded, files) = calibration.manifest, written
         files = [*files, *own_files]
         quantized_opsets = [entry.opset for entry in entries.values() if entry.opset is not None]
-        source = QuantizationSource(str(self.export_dir), sha256_file(self.export_dir / "manifest.json"))
+        source = QuantizationSource(str(self.export_dir), sha256_file(self.export_path / "manifest.json"))
         return dataclasses.replace(
             manifest,
             precision=self.precision,

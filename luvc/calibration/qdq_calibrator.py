@@ -68,20 +68,22 @@ class QdqExportFromExport(CalibratedExport):
 
     def _calibrated(self, calibration: Calibration, feeds: dict, plan: Any, scratch: Scratch, advance: Advance):
         if self.smooth is not None:
-            calibration = self._smooth(calibration, feeds, scratch.folder(".smooth-"), advance)
+            calibration = self._smooth(calibration, feeds, self.smooth, scratch.folder(".smooth-"), advance)
         calibration.heavy_tailed = self._collect_ranges(calibration, feeds, advance)
         return calibration
 
-    def _smooth(self, calibration: Calibration, feeds: dict[str, list[dict]], folder: Path, advance) -> Calibration:
-        """The calibration reading its graphs smoothed with ``smooth`` (``luvc.calibration.smoothing``) from
-        ``folder``."""
+    def _smooth(
+        self, calibration: Calibration, feeds: dict[str, list[dict]], alpha: float, folder: Path, advance
+    ) -> Calibration:
+        """The calibration reading its graphs smoothed with migration strength ``alpha``
+        (``luvc.calibration.smoothing``) from ``folder``."""
         smoothed = smooth_export(
             calibration.source_dir,
             calibration.manifest,
             calibration.graphs,
             feeds,
             lambda model: list(excluded_nodes(model, self.precision)),
-            self.smooth,
+            alpha,
             folder,
             advance,
         )
@@ -126,7 +128,7 @@ class QdqExportFromExport(CalibratedExport):
     def _quantized(self, calibration: Calibration, staging: Path, advance: Advance) -> tuple[FloatLayerChoice, tuple]:
         if self.target_agreement is None:
             return super()._quantized(calibration, staging, advance)
-        return self._choose_float_layers(calibration, staging, advance)
+        return self._choose_float_layers(calibration, self.target_agreement, staging, advance)
 
     def _trials(self, calibration: Calibration, folder: Path, advance) -> FloatLayerTrials:
         """The fully quantized export written once into ``folder``, from which each candidate of the target search
@@ -141,12 +143,14 @@ class QdqExportFromExport(CalibratedExport):
         """Every layer that holds a node quantized in one of ``graphs`` (before the data rule: at most these)."""
         layers = set()
         for name in graphs:
-            model = onnx.load(str(self.export_dir / manifest.graphs[name].file), load_external_data=False)
+            model = onnx.load(str(self.export_path / manifest.graphs[name].file), load_external_data=False)
             layers |= quantized_layers(model, excluded_nodes(model, self.precision))
         return layers
 
-    def _choose_float_layers(self, calibration: Calibration, staging: Path, advance) -> tuple[FloatLayerChoice, tuple]:
-        """The fewest quantized layers to keep in floating point for ``target_agreement``
+    def _choose_float_layers(
+        self, calibration: Calibration, target: float, staging: Path, advance
+    ) -> tuple[FloatLayerChoice, tuple]:
+        """The fewest quantized layers to keep in floating point for the logits cosine ``target``
         (``luvc.calibration.float_layers.search_float_layers``), the export quantized once, for every candidate and
         for the export written into ``staging``. Returns the choice (its time counts that quantization) and what
         ``_write_export`` returns."""
@@ -155,7 +159,7 @@ class QdqExportFromExport(CalibratedExport):
         with tempfile.TemporaryDirectory(prefix=".search-", dir=staging) as scratch:
             trials = self._trials(calibration, Path(scratch), lambda done: advance(f"{done}, for the search"))
             samples, references = calibration.samples, calibration.references
-            choice = search_float_layers(trials, samples, references, self.target_agreement, advance)
+            choice = search_float_layers(trials, samples, references, target, advance)
             choice = dataclasses.replace(choice, seconds=round(time.perf_counter() - started, 1))
             entries, ranges, excluded = trials.save(choice.layers, staging, SharedWeights(staging), self.precision)
         advance(f"wrote the export with {len(choice.layers)} layer(s) in floating point")

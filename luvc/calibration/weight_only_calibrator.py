@@ -50,11 +50,11 @@ class WeightOnlyExportFromExport(CalibratedExport):
         return self.method == "gptq"
 
     def _check_options(self) -> None:
-        if self._block_size_chosen:
+        if self.block_size is not None:
             check_block_size(self.block_size)
 
     def _check_source(self, manifest: ExportManifest) -> None:
-        if self.precision in BLOCKED_PRECISIONS and self._block_size_chosen:  # the default fits a model of any width
+        if self.precision in BLOCKED_PRECISIONS and self.block_size is not None:  # the default fits any width
             check_block_size(self.block_size, manifest.geometry.hidden_size)
 
     def _plan(self, manifest: ExportManifest, graphs: list[str]) -> tuple[int, Any]:
@@ -68,7 +68,7 @@ class WeightOnlyExportFromExport(CalibratedExport):
         """Graph name -> the graph GPTQ reads layer inputs from, without feeds yet (they are collected later)."""
         found = {}
         for name in graphs:
-            path = self.export_dir / manifest.graphs[name].file
+            path = self.export_path / manifest.graphs[name].file
             structure = onnx.load(str(path), load_external_data=False)
             found[name] = HessianGraph(path, (), tuple(excluded_nodes(structure, self.precision)))
         return found
@@ -85,7 +85,7 @@ class WeightOnlyExportFromExport(CalibratedExport):
     def _calibrated(self, calibration: Calibration, feeds: dict, plan: Any, scratch: Scratch, advance: Advance):
         if not self.gptq:
             return calibration
-        weights = MappedWeights(self.export_dir)  # the layers' inputs over the same feeds
+        weights = MappedWeights(self.export_path)  # the layers' inputs over the same feeds
         try:
             fed = [dataclasses.replace(graph, feeds=feeds.get(name, [])) for name, graph in plan.items()]
             calibration.hessians = input_hessians(fed, weights, advance=advance)
@@ -94,13 +94,13 @@ class WeightOnlyExportFromExport(CalibratedExport):
         return calibration
 
     def _graph_quantizer(self, calibration: Calibration, scratch: Path) -> GraphQuantizer:
-        quantizer = gptq_quantizer(calibration.hessians, self.block_size) if calibration.hessians else None
+        quantizer = gptq_quantizer(calibration.hessians, self.block) if calibration.hessians else None
         # it reads the export itself (no smoothing): where its untouched graphs keep each tensor
-        kept_float = float_tensor_names(self.export_dir, calibration.manifest, calibration.graphs)
+        kept_float = float_tensor_names(self.export_path, calibration.manifest, calibration.graphs)
         layers = LAYER_FORMATS[self.precision]
 
         def quantize(name: str, source: Path, structure: onnx.ModelProto, skip: list[str]):
-            model = quantize_weights(onnx.load(str(source)), self.block_size, skip, quantizer, layers)
+            model = quantize_weights(onnx.load(str(source)), self.block, skip, quantizer, layers)
             name_float_head(model, structure, kept_float)
             return model, None, quantized_weights(model)
 
@@ -110,7 +110,7 @@ class WeightOnlyExportFromExport(CalibratedExport):
         """How a weight-only export stores its weights, for its manifest."""
         head = "the LM head int8, one scale per output column"
         if self.precision == "int4":
-            return f"symmetric int4, one scale per {self.block_size} input channels of each output column; {head}"
+            return f"symmetric int4, one scale per {self.block} input channels of each output column; {head}"
         return "symmetric int8, one scale per output column (the LM head too)"
 
     def _quantization_entry(

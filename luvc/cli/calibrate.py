@@ -7,8 +7,9 @@ import argparse
 
 from rich.console import Console
 
-from luvc.cli.args import CalibrateArgs, DataArgs
 from luvc.cli.args.base import same_named
+from luvc.cli.args.calibrate import CalibrateArgs
+from luvc.cli.args.data import DataArgs
 
 
 class Calibrate:
@@ -24,7 +25,7 @@ class Calibrate:
         pass
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        from luvc.calibration import CalibratedExportFromExport
+        from luvc.calibration.calibrator import CalibratedExportFromExport
         from luvc.calibration.tails import heavy_tailed_products
         from luvc.calibration.verify import parity_warning
         from luvc.export.manifest import ExportManifest
@@ -37,6 +38,8 @@ class Calibrate:
         )()
         calibrated = ExportManifest.load(out)
         quantization, source = calibrated.quantization, calibrated.float_precision
+        if quantization is None:
+            raise RuntimeError(f"{out} was written by calibration without its quantization entry")
         console = Console(soft_wrap=True)
         console.print(
             f"Calibrated {quantization.precision} ({quantization.method}) on "

@@ -6,7 +6,8 @@ import argparse
 
 from rich.console import Console
 
-from luvc.cli.args import DataArgs, ParityArgs
+from luvc.cli.args.data import DataArgs
+from luvc.cli.args.parity import ParityArgs
 from luvc.staging import output_claim
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from luvc.compress.config import LUVCConfig
+from luvc.compress.config import LUVCConfig, ResolvedLUVCConfig
 from luvc.compress.cost import CostReport
 from luvc.compress.criteria import ranks_in_llm
 from luvc.compress.methods import METHODS, Method, method_of
@@ -26,7 +26,7 @@ from luvc.eval.results import Answer, EvalResults, QuestionEntry, Run
 from luvc.eval.scoring import score
 from luvc.eval.sweep import SweepVariant, sweep_variants
 from luvc.export.manifest import ExportManifest
-from luvc.loaders import BaseLoader, as_path
+from luvc.loaders import BaseLoader, as_path, loaded_path
 from luvc.models import VLMAdapter, load_model
 from luvc.models.cache import is_hybrid
 from luvc.models.compiled import compiles
@@ -101,6 +101,14 @@ class _Planned:
 
 
 @dataclasses.dataclass
+class _Runnable:
+    """A question's runs once every run that some question cannot take is dropped (``_drop_unreachable``)."""
+
+    question: Question
+    configs: list[LUVCConfig]
+
+
+@dataclasses.dataclass
 class EvalFromModel(BaseLoader[EvalResults]):
     """Loader: ``EvalResults`` of question set ``data`` through ``model`` (a built-in tiny model, a checkpoint folder,
     or a loaded adapter, which the runs patch in place) in PyTorch, once per method of ``methods`` (default: all)
@@ -133,6 +141,13 @@ class EvalFromModel(BaseLoader[EvalResults]):
         self.export_dir, self.engines_dir = as_path(self.export_dir), as_path(self.engines_dir)
         self.sweep = tuple(self.sweep or ())
 
+    @property
+    def export_path(self) -> Path:
+        """The export the questions run through (``export_dir``, once set)."""
+        if self.export_dir is None:
+            raise ValueError("this eval runs no export")
+        return loaded_path(self.export_dir)
+
     def call_impl(self) -> EvalResults:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS if self.max_new_tokens is None else self.max_new_tokens
         if max_new_tokens < 1:
@@ -144,12 +159,12 @@ class EvalFromModel(BaseLoader[EvalResults]):
         base = (self.base or LUVCConfig()).resolve(adapter.vision_depth, adapter.num_layers)
         stages = 2 + (manifest is not None)  # planning, PyTorch, the export
         with progress_steps(self.show_progress, stages * len(self.data.questions), "eval") as advance:
-            planned = []
+            planned: list[_Planned] = []
             for question in self.data.questions:
                 planned.append(_Planned(question, self._configs(adapter, base, specs, fit(question.load_visual()))))
                 advance(f"planned {question.id}")
-            specs, planned, dropped = _drop_unreachable(specs, planned)
-            runs, costs = _pytorch_runs(adapter, specs, planned, fit, max_new_tokens, advance)
+            specs, runnable, dropped = _drop_unreachable(specs, planned)
+            runs, costs = _pytorch_runs(adapter, specs, runnable, fit, max_new_tokens, advance)
             name = adapter.name
             if manifest is not None:  # the PyTorch model goes before the export's sessions come
                 del adapter
@@ -164,7 +179,7 @@ class EvalFromModel(BaseLoader[EvalResults]):
             export_dir=None if self.export_dir is None else str(self.export_dir),
             notes=_notes(specs, manifest) + dropped,
             protocol=self.protocol,
-            sweep_axes=list(self.sweep),
+            sweep_axes=list(self.sweep or ()),
         )
 
     def _model_and_specs(self, max_new_tokens: int) -> tuple[VLMAdapter, list[RunSpec], ExportManifest | None]:
@@ -182,10 +197,10 @@ class EvalFromModel(BaseLoader[EvalResults]):
                 methods.append(protocol.baseline)
             if self.sweep:  # the sweep's first variant is LUVC as it ships
                 methods = [name for name in methods if name != "luvc"]
-            return adapter, run_specs(methods, points) + sweep_specs(self.sweep, points), None
+            return adapter, run_specs(methods, points) + sweep_specs(self.sweep or (), points), None
         from luvc.export.source import export_source_model
 
-        manifest = ExportManifest.load(self.export_dir, verify=True)
+        manifest = ExportManifest.load(self.export_path, verify=True)
         manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
         if isinstance(self.model, VLMAdapter):
             critical("With an export, pass its checkpoint folder as the model (its config is checked), not an adapter.")
@@ -196,14 +211,16 @@ class EvalFromModel(BaseLoader[EvalResults]):
     def _fitter(self, manifest: ExportManifest) -> Callable:
         """Fits each question's image or clip to the export's buckets (``--fit``), for the PyTorch runs as for the
         export's, so both see the same pixels."""
-        fitter = BucketFitter.for_export(manifest, load_processor(self.export_dir), self.fit)
+        fitter = BucketFitter.for_export(manifest, load_processor(self.export_path), self.fit)
         return lambda visual: fitter(visual)[0]
 
-    def _configs(self, adapter: VLMAdapter, base: LUVCConfig, specs: Sequence[RunSpec], visual) -> list[LUVCConfig]:
+    def _configs(
+        self, adapter: VLMAdapter, base: ResolvedLUVCConfig, specs: Sequence[RunSpec], visual
+    ) -> list[LUVCConfig | None]:
         """Each run's config for one question's ``visual``, checked against its visual tokens."""
         pixels = adapter.preprocess([visual])
         visual_tokens = adapter.plan(pixels, LUVCConfig.off()).budget_plan.num_visual_tokens
-        configs = []
+        configs: list[LUVCConfig | None] = []
         for spec in specs:
             if spec.fixed is not None:
                 config = spec.fixed
@@ -228,8 +245,9 @@ class EvalFromModel(BaseLoader[EvalResults]):
         from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
         backend = self.backend or "ort"
+        engines = None if self.engines_dir is None else loaded_path(self.engines_dir)
         pipeline = Pipeline(
-            self.export_dir, backend=backend, engines_dir=self.engines_dir, fit="exact", cuda_graphs=self.cuda_graphs
+            self.export_path, backend=backend, engines_dir=engines, fit="exact", cuda_graphs=self.cuda_graphs
         )  # the questions are fitted already
         run = Run(counterpart.method, counterpart.point, backend, dict(counterpart.config))
         questions = self.data.questions
@@ -247,7 +265,7 @@ class EvalFromModel(BaseLoader[EvalResults]):
 def _pytorch_runs(
     adapter: VLMAdapter,
     specs: Sequence[RunSpec],
-    planned: Sequence[_Planned],
+    planned: Sequence[_Runnable],
     fit: Callable,
     max_new_tokens: int,
     advance: Callable[[str], None],
@@ -286,7 +304,9 @@ def _notes(specs: Sequence[RunSpec], manifest: ExportManifest | None) -> list[st
     return notes
 
 
-def _drop_unreachable(specs: list[RunSpec], planned: list[_Planned]) -> tuple[list[RunSpec], list[_Planned], list[str]]:
+def _drop_unreachable(
+    specs: list[RunSpec], planned: list[_Planned]
+) -> tuple[list[RunSpec], list[_Runnable], list[str]]:
     """The runs every question can take (a sweep variant whose OIM leaves fewer tokens than a point gives is dropped
     for every question), and a note naming each dropped run."""
     kept = [index for index in range(len(specs)) if all(plan.configs[index] is not None for plan in planned)]
@@ -296,8 +316,11 @@ def _drop_unreachable(specs: list[RunSpec], planned: list[_Planned]) -> tuple[li
         for index in range(len(specs))
         if index not in kept
     ]
-    planned = [_Planned(plan.question, [plan.configs[index] for index in kept]) for plan in planned]
-    return [specs[index] for index in kept], planned, notes
+    runnable = [
+        _Runnable(plan.question, [config for index in kept if (config := plan.configs[index]) is not None])
+        for plan in planned
+    ]
+    return [specs[index] for index in kept], runnable, notes
 
 
 def _merged_tokens(adapter: VLMAdapter, chosen: Method, base: LUVCConfig, pixels: dict) -> int:

@@ -102,14 +102,18 @@ def bucket_name(image_size: Sequence[int], frames: int = 0, parts: Sequence[str]
     return "x".join(str(side) for side in ((frames,) if frames else ()) + tuple(image_size))
 
 
-def size_name(size: tuple) -> str:
+# a BucketEntry.size: (H, W) of an image, (F, H, W) of a video, or an image's and a video's (a mixed bucket)
+BucketSize = tuple[int, ...] | tuple[tuple[int, ...], ...]
+
+
+def size_name(size: BucketSize) -> str:
     """The bucket name of a ``BucketEntry.size``: ``HxW``, ``FxHxW``, or ``HxW+FxHxW`` for an image and a video."""
     if size and isinstance(size[0], tuple):
         return "+".join(size_name(part) for part in size)
     return "x".join(str(side) for side in size)
 
 
-def size_option(size: tuple) -> str:
+def size_option(size: BucketSize) -> str:
     """The export option that adds a bucket of ``size`` (``BucketEntry.size``)."""
     if size and isinstance(size[0], tuple):
         return "--mixed-size"

@@ -21,7 +21,7 @@ from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from luvc import cache
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
-from luvc.export.buckets import size_name, size_option
+from luvc.export.buckets import BucketSize, size_name, size_option
 from luvc.export.inspect import value_dims
 from luvc.export.manifest_entries import (
     BucketEntry,
@@ -292,7 +292,7 @@ class ExportManifest:
         """The most tokens a prompt without visuals may have: its answer must fit every layer's KV cache."""
         return min(self.kv_cache.capacity) - self.profile.max_new_tokens
 
-    def bucket_for(self, size: tuple[int, ...]) -> BucketEntry:
+    def bucket_for(self, size: BucketSize) -> BucketEntry:
         """The bucket of a processed image size ``(H, W)`` or video ``(frames, H, W)``, or an error listing the
         exported ones."""
         name = size_name(size)

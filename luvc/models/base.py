@@ -21,7 +21,7 @@ from luvc.models.hf_generate import luvc_generation_class
 from luvc.models.plan import LUVC_BUDGET_PLANS, PlanCache, RequestPlan, VisionTrace, planned_budgets, plans_on
 from luvc.models.scope import Scope
 from luvc.prompt import PromptTemplate, chat_template_of, template_for
-from luvc.videos import Video, VideoTimes
+from luvc.videos import Video, VideoTimes, Visual, VisualRow
 
 Patched = TypeVar("Patched")
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -258,30 +258,32 @@ class VLMAdapter:
         return self.preprocess_videos(videos) if videos else self.preprocess_images(images)
 
     def prepare_inputs(
-        self, images: Sequence[Image.Image | Video], prompts: str | Sequence[str], config: LUVCConfig | None = None
+        self, images: Sequence[VisualRow], prompts: str | Sequence[str], config: LUVCConfig | None = None
     ) -> dict:
         """Model inputs for one prompt per image or video (a batch) in the prompt template, with as many placeholders
         as the LLM will receive after OIM under ``config`` (default: the applied config)."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             critical(f"Got {len(images)} images but {len(prompts)} prompts; give one prompt per image.")
-        if any(isinstance(visual, (tuple, list)) for visual in images):
+        singles = [visual for visual in images if not isinstance(visual, (tuple, list))]
+        if len(singles) != len(images):
             return self._prepare_several(images, prompts, config)
-        pixels = self.preprocess(images)
+        pixels = self.preprocess(singles)
         plan = self.plan(pixels, config).vision
         texts = [
             self.template.render(prompt, count, self.placeholder_of(visual), self.visual_text(visual, count, spans))
-            for visual, count, spans, prompt in zip(images, plan.tokens_per_image, plan.spans_per_image, prompts)
+            for visual, count, spans, prompt in zip(singles, plan.tokens_per_image, plan.spans_per_image, prompts)
         ]
         return self._tokenized(pixels, texts)
 
-    def _prepare_several(self, rows: Sequence, prompts: Sequence[str], config: LUVCConfig | None) -> dict:
+    def _prepare_several(self, rows: Sequence[VisualRow], prompts: Sequence[str], config: LUVCConfig | None) -> dict:
         """One prompt with several images and videos (the images first, then the videos, as one row)."""
         if self.visual_separator is None:
             critical(f"{self.name} takes one image per prompt; send one image (or video) with each prompt.")
         if len(rows) != 1:
             critical("A prompt with several images or videos runs alone; send one prompt and its images and videos.")
-        visuals = list(rows[0])
+        row = rows[0]
+        visuals = list(row) if isinstance(row, (tuple, list)) else [row]
         images = [visual for visual in visuals if not isinstance(visual, Video)]
         videos = [visual for visual in visuals if isinstance(visual, Video)]
         if videos and not self.takes_video:
@@ -293,9 +295,10 @@ class VLMAdapter:
             **(self.preprocess_videos(videos) if videos else {}),
         }
         plan = self.plan(pixels, config).vision
+        ordered: list[Visual] = [*images, *videos]
         parts = [
             self.visual_text(visual, count, spans)
-            for visual, count, spans in zip(images + videos, plan.tokens_per_image, plan.spans_per_image)
+            for visual, count, spans in zip(ordered, plan.tokens_per_image, plan.spans_per_image)
         ]
         text = self.template.render(prompts[0], 0, self.image_placeholder, self.visual_separator.join(parts))
         return self._tokenized(pixels, [text])

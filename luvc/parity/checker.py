@@ -15,7 +15,7 @@ from luvc.export.buckets import size_name, size_option
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import STATE_KINDS
 from luvc.export.source import same_source
-from luvc.loaders import BaseLoader, as_path, functional
+from luvc.loaders import BaseLoader, as_path, functional, loaded_path
 from luvc.parity import metrics
 from luvc.parity.alignment import aligned_cache_pairs
 from luvc.parity.localize import layer_candidates, layer_errors
@@ -74,9 +74,12 @@ class ParityFromExport(BaseLoader[ParityResults]):
     openvino_precision: str = "auto"
 
     def __post_init__(self) -> None:
-        self.export_dir, self.engines_dir, self.baseline_dir = map(
-            as_path, (self.export_dir, self.engines_dir, self.baseline_dir)
-        )
+        self.export_dir, self.engines_dir = as_path(self.export_dir), as_path(self.engines_dir)
+        self.baseline_dir = as_path(self.baseline_dir)
+
+    @property
+    def export_path(self) -> Path:
+        return loaded_path(self.export_dir)
 
     def _pipelines(self) -> dict:
         """The pipelines checked, by backend name: ONNX Runtime always (it fits the samples and localises), TensorRT
@@ -84,20 +87,22 @@ class ParityFromExport(BaseLoader[ParityResults]):
         from luvc.runtime.pipeline import Pipeline
 
         # an fp16 export runs its float16 arithmetic, as on a GPU (the CPU runtime computes it in float32)
-        pipelines = {"ort": Pipeline(self.export_dir, fit=self.fit, float16_compute=True)}
+        export = self.export_path
+        pipelines = {"ort": Pipeline(export, fit=self.fit, float16_compute=True)}
         if self.engines_dir is not None:
             # plain runs: replayed graphs pad the prompt, and parity compares the prefill's tensors at its length
-            pipelines["trt"] = Pipeline(self.export_dir, backend="trt", engines_dir=self.engines_dir, cuda_graphs="off")
+            engines = loaded_path(self.engines_dir)
+            pipelines["trt"] = Pipeline(export, backend="trt", engines_dir=engines, cuda_graphs="off")
         if self.openvino:
             pipelines["openvino"] = Pipeline(
-                self.export_dir, backend="openvino", fit=self.fit, openvino_precision=self.openvino_precision
+                export, backend="openvino", fit=self.fit, openvino_precision=self.openvino_precision
             )
         return pipelines
 
     def call_impl(self) -> ParityResults:
         from luvc.runtime.pipeline import Pipeline
 
-        manifest = ExportManifest.load(self.export_dir, verify=True)
+        manifest = ExportManifest.load(self.export_path, verify=True)
         tolerances = self.tolerances or tolerances_for(manifest.precision, manifest.float_precision)
         max_new_tokens = 8 if self.max_new_tokens is None else self.max_new_tokens
         manifest.profile.check_max_new_tokens(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
@@ -115,9 +120,10 @@ class ParityFromExport(BaseLoader[ParityResults]):
                 pipelines["ort"].prepare([sample.image], [sample.prompt])
             except LuvcError as error:
                 critical(f"Sample {sample.name}: {error}")
-        baseline = None if self.baseline_dir is None else Pipeline(self.baseline_dir)
-        if baseline is not None:
-            check_baseline(manifest, baseline.manifest, self.baseline_dir, landed)
+        baseline_dir = None if self.baseline_dir is None else loaded_path(self.baseline_dir)
+        baseline = None if baseline_dir is None else Pipeline(baseline_dir)
+        if baseline is not None and baseline_dir is not None:
+            check_baseline(manifest, baseline.manifest, baseline_dir, landed)
         reference = TorchReference.from_manifest(manifest, self.model)
 
         # stage by stage, so that the PyTorch model and the backend sessions are never in memory together: PyTorch
@@ -137,7 +143,8 @@ class ParityFromExport(BaseLoader[ParityResults]):
             advance(f"PyTorch uncompressed: {len(samples)} samples")
             del reference
             gc.collect()
-            backends, backend_runs = [], {}
+            backends: list[BackendResult] = []
+            backend_runs: dict[str, list[_BackendRun]] = {}
             for name, pipeline in pipelines.items():
                 runs = backend_runs[name] = []
                 for sample, ids in zip(samples, prompt_ids):
@@ -256,7 +263,8 @@ def _backend_result(
     result.checks += _tensor_checks("vision.image_embeds", [(r.image_embeds, t.image_embeds) for r, t in pairs])
     result.checks += _tensor_checks("prefill.logits", [(r.outputs["logits"], t.logits) for r, t in pairs])
     for kind in ("key", "value"):  # the rows of the tokens both runs hold (all of them, once the selection matches)
-        aligned, left_out, after = [], 0, 0
+        aligned: list[tuple[np.ndarray, np.ndarray]] = []
+        left_out, after = 0, 0
         for r, t in pairs:
             kept = {layer: r.outputs.get(f"kept_visual_indices.{layer}", ids) for layer, ids in t.kept.items()}
             found = aligned_cache_pairs(r.outputs, t.presents, kind, kept, t.kept, r.bucket.visual_spans)

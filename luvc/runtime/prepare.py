@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -103,7 +104,10 @@ class Preparer:
 
     def __init__(self, folder: Path, manifest: ExportManifest, fit_policy: str) -> None:
         self.folder, self.manifest, self.fit_policy = folder, manifest, fit_policy
-        self._tokenizer = self._processor = self._fitter = self._prompt_ids = None
+        self._tokenizer: Any = None
+        self._processor: Any = None
+        self._fitter: BucketFitter | None = None
+        self._prompt_ids: PromptIds | None = None
 
     def load(self) -> Preparer:
         """Load the tokenizer and the image processor now (so that preprocessing times exclude it)."""
@@ -135,28 +139,31 @@ class Preparer:
         """``visual`` (an image, a ``Video`` or an (image, video) pair) fitted to one of the export's buckets, and what
         was done (``None``: the ``exact`` policy)."""
         if isinstance(visual, Video) or isinstance(visual, tuple) and any(isinstance(v, Video) for v in visual):
-            self.check_video_support()
+            self.video_temporal_patch()
         if self._fitter is None:
             self._fitter = BucketFitter.for_export(self.manifest, self.processor, self.fit_policy)
         return self._fitter(visual)
 
-    def check_video_support(self) -> None:
-        if self.manifest.geometry.temporal_patch_size is None or self.manifest.template.video_token_id is None:
+    def video_temporal_patch(self) -> int:
+        """The frames one temporal patch of a video spans; refuses an export without video support."""
+        temporal = self.manifest.geometry.temporal_patch_size
+        if temporal is None or self.manifest.template.video_token_id is None:
             critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
+        return temporal
 
     def preprocess(self, images: Sequence[Image.Image | Video]) -> tuple[np.ndarray, tuple]:
         """Pixels for the vision graph, exactly as the model's image processor makes them, and the size that names
         their bucket (a video's: ``(frames, H, W)``)."""
-        videos = sum(isinstance(image, Video) for image in images)
+        videos = [image for image in images if isinstance(image, Video)]
+        stills = [image for image in images if not isinstance(image, Video)]
         if videos:
-            if videos != len(images):
+            if stills:
                 critical("A batch holds images or videos, not both; send them as separate requests.")
-            self.check_video_support()
-            temporal, patch = self.manifest.geometry.temporal_patch_size, self.manifest.geometry.patch_size
-            pixels, grids = qwen_videos_pixels(images, self.processor, temporal)
-            t, height, width = grids[0].tolist()
+            temporal, patch = self.video_temporal_patch(), self.manifest.geometry.patch_size
+            pixels, video_grids = qwen_videos_pixels(videos, self.processor, temporal)
+            t, height, width = video_grids[0].tolist()
             return pixels, (t * temporal, height * patch, width * patch)
-        pixels = self.processor(images=list(images), return_tensors="np")
+        pixels = self.processor(images=stills, return_tensors="np")
         if "image_grid_thw" in pixels:
             grids = {tuple(grid) for grid in np.asarray(pixels["image_grid_thw"]).tolist()}
             if len(grids) > 1:
@@ -166,7 +173,7 @@ class Preparer:
             return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
         values = np.asarray(pixels["pixel_values"])
         if "num_patches" in pixels:  # InternVL: each image's tiles; its bucket is the canvas the tiles were cut from
-            canvases = {tile_canvas((image.height, image.width), self.processor) for image in images}
+            canvases = {tile_canvas((image.height, image.width), self.processor) for image in stills}
             if len(canvases) > 1:
                 critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
             return values, canvases.pop()
@@ -177,7 +184,7 @@ class Preparer:
         videos = [visual for visual in visuals if isinstance(visual, Video)]
         if not videos:
             return None
-        seconds = {seconds_per_slice(video, self.manifest.geometry.temporal_patch_size) for video in videos}
+        seconds = {seconds_per_slice(video, self.video_temporal_patch()) for video in videos}
         if len(seconds) > 1:
             critical(
                 f"Videos of one batch must be sampled at one rate; got {sorted(seconds)} seconds per temporal patch "

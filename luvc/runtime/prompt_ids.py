@@ -35,7 +35,7 @@ class PromptRows:
     visual_shifts: np.ndarray
 
     @classmethod
-    def of(cls, rows: Sequence[Sequence[int]], shifts: Sequence[int], min_width: int = 1) -> PromptRows:
+    def of(cls, rows: Sequence[Sequence[int]], shifts: Sequence[int] | np.ndarray, min_width: int = 1) -> PromptRows:
         """The batch of token-id ``rows``, padded to the longest (and at least ``min_width``)."""
         width = max(min_width, *(len(row) for row in rows))
         ids = np.full((len(rows), width), PAD_TOKEN_ID, dtype=np.int64)
