@@ -28,6 +28,11 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
 
 Nothing here is needed: a cache folder that cannot be made or written to (read-only home, full disk) only means the
 work is done again, said once. ``LUVC_CACHE_DIR=off`` turns it off.
+
+The converted weights are bounded: ``LUVC_CACHE_MAX_GB`` (default 20) GiB in all. A start that would pass it first
+removes the conversions of other weights files, the least recently used first (a weights file's folder is touched by
+every start that maps or writes it), said in one line; where that is not enough, the rest of its conversions are not
+kept. A process that mapped a removed file keeps its pages until it ends.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -54,6 +60,9 @@ MIN_FREE_BYTES = 1 << 30
 FOLDERS = ("verified", "float32", "matmul_nbits", "openvino", "backends")
 # a kind of conversion -> the type of its values and its files' suffix (a folder of the cache each)
 CONVERSIONS = {"float32": (np.float32, ".f32"), "matmul_nbits": (np.uint8, ".u8")}
+MAX_ENV = "LUVC_CACHE_MAX_GB"
+DEFAULT_MAX_GIB = 20.0  # about four 2B-widths exports' float32 conversions
+GiB = 1 << 30
 SEAL_SUFFIX = ".sum"  # beside a conversion: its CRC-32 and the stat it last matched at
 CRC_CHUNK = 64 << 20
 
@@ -134,6 +143,7 @@ def cached_conversion(
         return None
     if not _intact(path):
         return None
+    _room(path.parents[2]).use(path.parent)
     return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
 
@@ -189,6 +199,8 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     if free - array.nbytes < MIN_FREE_BYTES:
         _say_once(f"the cache's disk ({root}) is nearly full: converted weights are not kept; each start converts")
         return array
+    if not _room(root).make(path.parent, array.nbytes):
+        return array
     data = array.data.cast("B")
     if not _write_atomically(path, data):
         return array
@@ -196,6 +208,89 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     if not _write_atomically(_seal_of(path), json.dumps(seal).encode()):
         return array
     return np.memmap(path, dtype=dtype, mode="r", shape=array.shape)
+
+
+def max_conversion_bytes() -> int:
+    """The most bytes of converted weights the cache keeps (``LUVC_CACHE_MAX_GB``; a bad value is said once and the
+    default taken)."""
+    setting = os.environ.get(MAX_ENV)
+    if setting:
+        with contextlib.suppress(ValueError):
+            value = float(setting)
+            if math.isfinite(value) and value > 0:
+                return int(value * GiB)
+        _say_once(
+            f"{MAX_ENV}={setting!r} is not a positive number of GiB; the cache keeps at most {DEFAULT_MAX_GIB:g} GiB "
+            f"of converted weights: set it to e.g. 40, or {ENV}=off."
+        )
+    return int(DEFAULT_MAX_GIB * GiB)
+
+
+def _conversion_folders(root: Path) -> list[Path]:
+    """The cache's folders of converted weights, one per kind and weights file."""
+    return [folder for kind in CONVERSIONS for folder in (root / kind).glob("*") if folder.is_dir()]
+
+
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            total += path.stat().st_size
+    return total
+
+
+class _Room:
+    """This process's account of the converted weights under one cache ``root``: their bytes (measured once, then
+    counted as written) and the folders it uses, which it never removes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.used: set[Path] = set()
+        self.held: int | None = None
+
+    def use(self, folder: Path) -> None:
+        """Note that this process maps or writes ``folder``; its time is the folder's last use."""
+        if folder not in self.used:
+            self.used.add(folder)
+            with contextlib.suppress(OSError):  # not made yet: its first write makes it, now
+                os.utime(folder)
+
+    def make(self, folder: Path, incoming: int) -> bool:
+        """Whether ``incoming`` more bytes for ``folder`` fit under ``max_conversion_bytes``, after removing other
+        weights files' conversions, least recently used first (said once); False: they are not kept."""
+        self.use(folder)
+        limit = max_conversion_bytes()
+        if self.held is None:
+            self.held = sum(_bytes_under(found) for found in _conversion_folders(self.root))
+        if self.held + incoming > limit:
+            unused = [found for found in _conversion_folders(self.root) if found not in self.used]
+            for oldest in sorted(unused, key=_last_use):
+                freed = _bytes_under(oldest)
+                shutil.rmtree(oldest, ignore_errors=True)
+                self.held -= freed
+                _say_once(
+                    f"the start-up cache keeps at most {limit / GiB:g} GiB of converted weights ({MAX_ENV}): those of "
+                    "the exports started least recently were removed"
+                )
+                if self.held + incoming <= limit:
+                    break
+        if self.held + incoming > limit:
+            _say_once(f"converted weights past {limit / GiB:g} GiB are not kept ({MAX_ENV}); each start converts them")
+            return False
+        self.held += incoming
+        return True
+
+
+def _last_use(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@functools.cache
+def _room(root: Path) -> _Room:
+    return _Room(root)
 
 
 OPENVINO_BLOB = "*.blob"  # what OpenVINO writes in its CACHE_DIR
@@ -298,6 +393,7 @@ def clear_cache() -> CacheContents | None:
     if held is not None:
         for name in FOLDERS:
             shutil.rmtree(held.root / name, ignore_errors=True)
+        _room.cache_clear()
     return held
 
 

@@ -244,3 +244,54 @@ def test_openvino_compiled_models_are_kept_sealed_and_a_damaged_one_never_change
     warnings = [record.message for record in caplog.records if "damaged entries" in record.message]
     assert len(warnings) == 1
     assert all(Path(f"{blob}.sum").is_file() for blob in (cache_folder / "openvino").glob("*.blob"))
+
+
+def _new_process():
+    """What a new process starts from: no account of the converted weights yet, and nothing said."""
+    cache._room.cache_clear()
+    cache._say_once.cache_clear()
+
+
+def _keep(digest: str, values: np.ndarray) -> np.ndarray:
+    return cache.keep_conversion(digest, 0, values.nbytes, values)
+
+
+def test_the_converted_weights_stay_under_the_limit_by_removing_the_least_recently_used(
+    cache_folder, monkeypatch, capsys
+):
+    values = np.arange(1024, dtype=np.float32)  # 4 KiB a weights file
+    monkeypatch.setenv(cache.MAX_ENV, str(10_000 / cache.GiB))  # room for two of them, not three
+    folders = {name: cache_folder / "float32" / (name * 64) for name in "abc"}
+    _keep("a" * 64, values)
+    _new_process()
+    _keep("b" * 64, values)
+    os.utime(folders["a"], (1, 1))
+    os.utime(folders["b"], (2, 2))
+    _new_process()
+    assert cache.cached_conversion("a" * 64, 0, values.nbytes, values.shape) is not None  # a start maps a: used now
+    kept = _keep("c" * 64, values)
+    assert isinstance(kept, np.memmap)
+    assert folders["a"].is_dir() and folders["c"].is_dir() and not folders["b"].exists()  # b was used least recently
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and cache.MAX_ENV in said[0] and "removed" in said[0]
+
+
+def test_a_start_never_removes_what_it_uses_and_keeps_nothing_past_the_limit(cache_folder, monkeypatch, capsys):
+    values = np.arange(1024, dtype=np.float32)
+    monkeypatch.setenv(cache.MAX_ENV, str(6_000 / cache.GiB))  # room for one tensor
+    first = _keep("a" * 64, values)
+    second = cache.keep_conversion("a" * 64, 8192, values.nbytes, values)  # the same weights file's next tensor
+    assert isinstance(first, np.memmap) and not isinstance(second, np.memmap)
+    np.testing.assert_array_equal(second, values)  # given back in memory, converted all the same
+    assert sorted(path.name for path in (cache_folder / "float32" / ("a" * 64)).glob("*.f32")) == [
+        f"0-{values.nbytes}.f32"
+    ]
+    assert "not kept" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["lots", "-1", "0", "nan"])
+def test_a_bad_limit_is_said_once_and_the_default_taken(cache_folder, monkeypatch, capsys, setting):
+    monkeypatch.setenv(cache.MAX_ENV, setting)
+    assert cache.max_conversion_bytes() == cache.max_conversion_bytes() == int(cache.DEFAULT_MAX_GIB * cache.GiB)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and f"{cache.MAX_ENV}={setting!r}" in said[0]
