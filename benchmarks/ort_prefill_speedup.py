@@ -1,10 +1,12 @@
-"""ONNX Runtime CPU prefill: the uncompressed export vs the LUVC export of the realistic Qwen2-VL, in one run.
+"""ONNX Runtime CPU prefill: the uncompressed export vs the LUVC export of a realistic VLM, in one run.
 
-Same model and input as ``prefill_speedup.py`` (Qwen2-0.5B-shaped LLM, one 896x896 image = 1024 visual tokens,
-64 text tokens). Both prefill graphs go through the exporter (``prefill_spec`` -> ``OnnxFromGraphSpec`` -> lint),
-the baseline with ``LUVCConfig.off()`` (full budgets, same code path). Runs alternate between the two sessions so
-CPU drift cancels; medians are compared with the cost model. Last line: ``ort_prefill_speedup=<x>``. Usage:
-    python benchmarks/ort_prefill_speedup.py [--repeats 5] [--budgets ...] [--oim-layers ...]
+Same models and input as ``prefill_speedup.py`` (``--family``: by default the Qwen2-0.5B-shaped LLM, one 896x896
+image = 1024 visual tokens, 64 text tokens; ``qwen3.5``: Qwen3.5-0.8B's hybrid LLM, whose prefill graphs are traced
+at the prompt's own length, as a hybrid export's are at one length). Both prefill graphs go through the exporter
+(``prefill_spec`` -> ``OnnxFromGraphSpec`` -> lint), the baseline with ``LUVCConfig.off()`` (full budgets, same code
+path). Runs alternate between the two sessions so CPU drift cancels; medians are compared with the cost model. Last
+line: ``ort_prefill_speedup=<x>``. Usage:
+    python benchmarks/ort_prefill_speedup.py [--family qwen3.5] [--repeats 5] [--budgets ...] [--oim-layers ...]
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ from luvc.images import synthetic_image
 def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tuple[Path, dict]:
     """Export the prefill graph of the 896x896 bucket under ``config``; return its path and example feeds."""
     adapter.apply_luvc(config)
-    profile = ExportProfile(image_sizes=((IMAGE_SIDE, IMAGE_SIDE),), max_batch=1).resolve(adapter)
     bucket = plan_bucket(adapter, (IMAGE_SIDE, IMAGE_SIDE))
-    spec = prefill_spec(adapter, bucket, profile)
-    model = OnnxFromGraphSpec(spec, profile.opset)()
+    inputs = adapter.prepare_inputs([synthetic_image(IMAGE_SIDE, IMAGE_SIDE)], prompt_for(adapter, TEXT_TOKENS))
+    # a hybrid LLM's prefill is traced at visuals + max_text_tokens: the prompt's own length, unpadded
+    text_after = int(inputs["input_ids"].shape[1]) - bucket.visual_end if adapter.linear_layers else None
+    profile = ExportProfile(image_sizes=((IMAGE_SIDE, IMAGE_SIDE),), max_batch=1, max_text_tokens=text_after)
+    spec = prefill_spec(adapter, bucket, profile.resolve(adapter))
+    model = OnnxFromGraphSpec(spec, profile.resolve(adapter).opset)()
     check_graph(model, spec.name, bucket.tokens_per_image)
     path = folder / f"{name}.onnx"
     save_model(model, path, "always", SharedWeights(folder, f"{name}.onnx.data"))  # a file per graph
-    inputs = adapter.prepare_inputs([synthetic_image(IMAGE_SIDE, IMAGE_SIDE)], prompt_for(adapter, TEXT_TOKENS))
     with torch.no_grad():
         embeds = adapter.model.get_input_embeddings()(inputs["input_ids"]).numpy()
     positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs)).numpy()

@@ -3,9 +3,13 @@
 ``--family qwen2-vl`` (default): LLM like Qwen2-0.5B (24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab
 151936); one 896x896 image (64x64 patches -> 1024 visual tokens). ``--family qwen3-vl``: LLM like Qwen3-VL-2B's
 (hidden 2048, 16 heads, 8 KV heads, head_dim 128, MLP 6144, interleaved M-RoPE, DeepStack into the first 3 layers)
-with 8 of its 28 layers (``--layers``); one 896x896 image (56x56 patches of 16 px -> 784 visual tokens). Both with
-64 text tokens. The vision encoders are reduced (8 blocks, width 640) so that the run fits a 2-core CPU in a few
-minutes; they still show the encoder speedup from OIM. ``--video FRAMES`` (Qwen2-VL): a synthetic clip of FRAMES
+with 8 of its 28 layers (``--layers``); one 896x896 image (56x56 patches of 16 px -> 784 visual tokens).
+``--family qwen3.5``: a hybrid LLM like Qwen3.5-0.8B's (24 layers, three Gated DeltaNet linear-attention layers to each
+full-attention one; hidden 1024, 8 heads and 2 KV heads of 256 with a quarter rotary, MLP 3584, 16 key and 16 value
+linear heads of 128, a 4-tap convolution, vocab 248320; as its published config.json gives them), Qwen3-VL's kind of
+encoder reduced the same way; the same 896x896 image (784 visual tokens). All with 64 text tokens. The vision
+encoders are reduced (8 blocks, width 640) so that the run fits a 2-core CPU in a few minutes; they still show the
+encoder speedup from OIM. ``--video FRAMES`` (Qwen2-VL): a synthetic clip of FRAMES
 448x448 frames instead of the image (16 frames: 8 temporal slices of 32x32 patches -> 2048 visual tokens);
 ``--oim-temporal`` adds temporal merges to the LUVC config (``--oim-first-axis T`` merges time first).
 
@@ -26,6 +30,8 @@ from common import arguments
 from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
@@ -35,6 +41,7 @@ from luvc import LUVCConfig
 from luvc.images import synthetic_image
 from luvc.models.base import VLMAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
+from luvc.models.qwen3_5 import Qwen3_5Adapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
 from luvc.models.tiny import _qwen_token_ids, qwen_vision_config, tiny_tokenizer
 from luvc.videos import synthetic_video
@@ -42,7 +49,15 @@ from luvc.videos import synthetic_video
 IMAGE_SIDE = 896
 VIDEO_SIDE = 448
 TEXT_TOKENS = 64
-FAMILIES = ("qwen2-vl", "qwen3-vl")
+FAMILIES = ("qwen2-vl", "qwen3-vl", "qwen3.5")
+# Qwen3.5-0.8B's LLM (its config.json): every fourth layer attends, the others are Gated DeltaNet linear attention
+QWEN3_5_LINEAR = dict(
+    linear_conv_kernel_dim=4,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    linear_num_key_heads=16,
+    linear_num_value_heads=16,
+)
 
 
 def _qwen_text(sizes: tuple[int, int, int, int, int], rope: dict, **own) -> dict:
@@ -64,11 +79,25 @@ def _qwen_text(sizes: tuple[int, int, int, int, int], rope: dict, **own) -> dict
 
 
 def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video: bool = False) -> VLMAdapter:
-    """The benchmark model of ``family`` with random weights; ``layers`` decoder layers (default: 24 for Qwen2-VL,
-    8 of Qwen3-VL-2B's 28); ``video``: its processor keeps 448x448 frames."""
+    """The benchmark model of ``family`` with random weights; ``layers`` decoder layers (default: 24 for Qwen2-VL and
+    Qwen3.5, 8 of Qwen3-VL-2B's 28); ``video``: its processor keeps 448x448 frames."""
     tokenizer = tiny_tokenizer()
     token_ids = _qwen_token_ids(tokenizer)
     torch.manual_seed(0)
+    if family == "qwen3.5":
+        rope = {"rope_theta": 10000000.0, "mrope_section": [11, 11, 10], "mrope_interleaved": True}
+        text = _qwen_text((1024, 3584, layers or 24, 8, 2), {**rope, "partial_rotary_factor": 0.25}, head_dim=256)
+        config = Qwen3_5Config(
+            text_config={**text, "vocab_size": 248320, **QWEN3_5_LINEAR},
+            vision_config=qwen_vision_config(
+                8, 640, 10, patch=16, intermediate_size=2560, out_hidden_size=1024, num_position_embeddings=2304
+            ),
+            tie_word_embeddings=True,
+            **token_ids,
+        )
+        model = Qwen3_5ForConditionalGeneration(config).eval()
+        processor = Qwen2VLImageProcessorPil(patch_size=16, min_pixels=IMAGE_SIDE**2, max_pixels=IMAGE_SIDE**2)
+        return Qwen3_5Adapter(model, tokenizer, processor, name="realistic-qwen3.5")
     if family == "qwen3-vl":
         config = Qwen3VLConfig(
             text_config=_qwen_text(

@@ -1,11 +1,11 @@
 """Every family at its real widths and depth, through the whole tool: export, run, parity, calibrate INT8, parity.
 
-For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level
-tiny tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B and
+For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level tiny
+tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B, Qwen3.5-0.8B and
 LLaVA-1.5-7B. ``--layers FAMILY=N`` gives a family fewer decoder layers where the float32 PyTorch reference that parity
 needs would not fit the machine's memory (default ``llava=8 qwen2.5-vl=24``, what fits 24 GiB: parity peaks at about
-1.9x the float32 model, and was killed at 22.95 GiB for Qwen2.5-VL-3B at 36 layers, at 21.57 GiB for LLaVA at 12).
-Each step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are printed with the step's verdict:
+1.9x the float32 model, and was killed at 22.95 GiB for Qwen2.5-VL-3B at 36 layers, at 21.57 GiB for LLaVA at 12). Each
+step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are printed with the step's verdict:
 
     export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
     export --precision fp32, calibrate --precision int8, parity (int8, 2 samples)
@@ -87,6 +87,37 @@ def qwen3_vl_2b(tokenizer, layers: int | None):
     return Qwen3VLForConditionalGeneration(config), tiny._qwen_image_processor(patch=16)
 
 
+def qwen3_5_0_8b(tokenizer, layers: int | None):
+    """Qwen3.5-0.8B: its LLM as its config.json gives it (three Gated DeltaNet layers to each attending one); its
+    encoder's depth and width (12 blocks of 768) likewise, its heads and MLP (12, 3072) those of a ViT of that width."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10], "mrope_interleaved": True}
+    linear = dict(
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=128,
+        linear_value_head_dim=128,
+        linear_num_key_heads=16,
+        linear_num_value_heads=16,
+    )
+    text = _text(
+        tokenizer,
+        248320,
+        _widths(1024, 3584, layers or 24, 8),
+        2,
+        head_dim=256,
+        rope_parameters={**rope, "partial_rotary_factor": 0.25},
+        **linear,
+    )
+    config = Qwen3_5Config(
+        text_config=text,
+        vision_config=_qwen_vision(12, 768, 12, 3072, 1024, patch=16, num_position_embeddings=2304),
+        tie_word_embeddings=True,
+        **tiny._qwen_token_ids(tokenizer),
+    )
+    return Qwen3_5ForConditionalGeneration(config), tiny._qwen_image_processor(patch=16)
+
+
 def internvl3_1b(tokenizer, layers: int | None):
     from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
 
@@ -133,6 +164,7 @@ FAMILIES = {
     "qwen2.5-vl": Family("Qwen2.5-VL-3B", qwen2_5_vl_3b, "448x448", ("--target-agreement", "0.992")),
     "qwen3-vl": Family("Qwen3-VL-2B", qwen3_vl_2b, "448x448"),
     "internvl3": Family("InternVL3-1B", internvl3_1b, "448x448"),
+    "qwen3.5": Family("Qwen3.5-0.8B", qwen3_5_0_8b, "448x448"),
     "llava": Family("LLaVA-1.5-7B", llava_1_5_7b, "336x336"),
 }
 
