@@ -259,7 +259,7 @@ def test_the_export_the_search_writes_is_the_one_quantize_static_writes(export_4
     keep = frozenset(ExportManifest.load(searched).quantization.float_layers)
     assert keep
 
-    def quantized_again(self, calibration, staging, advance):
+    def quantized_again(self, calibration, target, staging, advance):
         return FloatLayerChoice(keep, {}, 0.0), self._write_export(calibration, staging, advance, keep)
 
     monkeypatch.setattr(qdq_calibrator.QdqExportFromExport, "_choose_float_layers", quantized_again)
