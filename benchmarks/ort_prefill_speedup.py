@@ -30,6 +30,7 @@ from luvc.export.lint import check_graph
 from luvc.export.profile import ExportProfile
 from luvc.export.weights import SharedWeights
 from luvc.images import synthetic_image
+from luvc.models.spans import scatter_visual_features
 
 
 def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tuple[Path, dict]:
@@ -45,8 +46,12 @@ def export_prefill(adapter, config: LUVCConfig, folder: Path, name: str) -> tupl
     check_graph(model, spec.name, bucket.tokens_per_image)
     path = folder / f"{name}.onnx"
     save_model(model, path, "always", SharedWeights(folder, f"{name}.onnx.data"))  # a file per graph
-    with torch.no_grad():
-        embeds = adapter.model.get_input_embeddings()(inputs["input_ids"]).numpy()
+    with torch.no_grad():  # the prompt as the prefill receives it: the image's LUVC features in their placeholders
+        model = adapter.model.model
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        groups = model.luvc_visual_features(inputs["pixel_values"], dict(inputs), 1)
+        placed = scatter_visual_features(inputs["input_ids"], embeds, groups, model.config.image_token_id)
+        embeds = placed.inputs_embeds.numpy()
     positions = adapter.prompt_position_ids(inputs, adapter.plan(inputs)).numpy()
     feeds = {
         "inputs_embeds": embeds,
@@ -62,6 +67,7 @@ def open_prefill(path: Path, run: dict) -> None:
     graph takes (the uncompressed one takes no ``visual_shift``)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")  # as the runtime's sessions
     run["session"] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     taken = {entry.name for entry in run["session"].get_inputs()}
     run["feeds"] = {name: value for name, value in run["feeds"].items() if name in taken}

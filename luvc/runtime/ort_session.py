@@ -106,6 +106,9 @@ class OrtSession(BaseSession):
         options.log_severity_level = 3
         # the pipeline does host work between runs: idle ORT threads that spin would take its cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # a float32 value below 1.2e-38 takes the CPU's slow path (a linear-attention layer's decays within a chunk pass
+        # through that range): flushed to zero, a Qwen3.5-0.8B-widths prefill runs 1.4x faster on the CPU
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if self.basic_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         model: str | bytes = str(self.path)
