@@ -124,13 +124,16 @@ class LUVCConfig:
                 "or choose a pruning --spu."
             )
 
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in dataclasses.fields(self))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LUVCConfig):
             return NotImplemented
-        return dataclasses.astuple(self) == dataclasses.astuple(other)
+        return self._fields() == other._fields()
 
     def __hash__(self) -> int:
-        return hash(dataclasses.astuple(self))
+        return hash(self._fields())
 
     def unread_options(self, names: Iterable[str]) -> list[str]:
         """Those of ``names`` (fields a user set, e.g. with ``--option``) that this config as built (unresolved) never
