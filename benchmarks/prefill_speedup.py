@@ -43,21 +43,19 @@ from luvc.models.base import VLMAdapter
 from luvc.models.qwen2_vl import Qwen2VLAdapter
 from luvc.models.qwen3_5 import Qwen3_5Adapter
 from luvc.models.qwen3_vl import Qwen3VLAdapter
-from luvc.models.tiny import _qwen_token_ids, qwen_vision_config, tiny_tokenizer
+from luvc.models.tiny import (
+    QWEN3_5_0_8B_LINEAR,
+    QWEN3_5_0_8B_ROPE,
+    _qwen_token_ids,
+    qwen_vision_config,
+    tiny_tokenizer,
+)
 from luvc.videos import synthetic_video
 
 IMAGE_SIDE = 896
 VIDEO_SIDE = 448
 TEXT_TOKENS = 64
 FAMILIES = ("qwen2-vl", "qwen3-vl", "qwen3.5")
-# Qwen3.5-0.8B's LLM (its config.json): every fourth layer attends, the others are Gated DeltaNet linear attention
-QWEN3_5_LINEAR = dict(
-    linear_conv_kernel_dim=4,
-    linear_key_head_dim=128,
-    linear_value_head_dim=128,
-    linear_num_key_heads=16,
-    linear_num_value_heads=16,
-)
 
 
 def _qwen_text(sizes: tuple[int, int, int, int, int], rope: dict, **own) -> dict:
@@ -85,10 +83,9 @@ def realistic_adapter(family: str = "qwen2-vl", layers: int | None = None, video
     token_ids = _qwen_token_ids(tokenizer)
     torch.manual_seed(0)
     if family == "qwen3.5":
-        rope = {"rope_theta": 10000000.0, "mrope_section": [11, 11, 10], "mrope_interleaved": True}
-        text = _qwen_text((1024, 3584, layers or 24, 8, 2), {**rope, "partial_rotary_factor": 0.25}, head_dim=256)
+        text = _qwen_text((1024, 3584, layers or 24, 8, 2), QWEN3_5_0_8B_ROPE, head_dim=256)
         config = Qwen3_5Config(
-            text_config={**text, "vocab_size": 248320, **QWEN3_5_LINEAR},
+            text_config={**text, "vocab_size": 248320, **QWEN3_5_0_8B_LINEAR},
             vision_config=qwen_vision_config(
                 8, 640, 10, patch=16, intermediate_size=2560, out_hidden_size=1024, num_position_embeddings=2304
             ),

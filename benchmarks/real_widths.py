@@ -92,22 +92,14 @@ def qwen3_5_0_8b(tokenizer, layers: int | None):
     encoder's depth and width (12 blocks of 768) likewise, its heads and MLP (12, 3072) those of a ViT of that width."""
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-    rope = {"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10], "mrope_interleaved": True}
-    linear = dict(
-        linear_conv_kernel_dim=4,
-        linear_key_head_dim=128,
-        linear_value_head_dim=128,
-        linear_num_key_heads=16,
-        linear_num_value_heads=16,
-    )
     text = _text(
         tokenizer,
         248320,
         _widths(1024, 3584, layers or 24, 8),
         2,
         head_dim=256,
-        rope_parameters={**rope, "partial_rotary_factor": 0.25},
-        **linear,
+        rope_parameters=tiny.QWEN3_5_0_8B_ROPE,
+        **tiny.QWEN3_5_0_8B_LINEAR,
     )
     config = Qwen3_5Config(
         text_config=text,

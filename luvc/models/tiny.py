@@ -150,17 +150,34 @@ def tiny_qwen3_vl(tokenizer):
     return Qwen3VLForConditionalGeneration(config), _qwen_image_processor(patch=16)
 
 
+def linear_attention_config(key_heads: int, value_heads: int, head_dim: int, conv: int = 4) -> dict:
+    """A Qwen3.5 text config's Gated DeltaNet fields: ``key_heads`` key and ``value_heads`` value heads of
+    ``head_dim``, after a causal convolution of ``conv`` taps."""
+    return dict(
+        linear_conv_kernel_dim=conv,
+        linear_key_head_dim=head_dim,
+        linear_value_head_dim=head_dim,
+        linear_num_key_heads=key_heads,
+        linear_num_value_heads=value_heads,
+    )
+
+
+# Qwen3.5-0.8B's language model as its config.json gives it (the benchmarks' real-widths Qwen3.5)
+QWEN3_5_0_8B_LINEAR = linear_attention_config(key_heads=16, value_heads=16, head_dim=128)
+QWEN3_5_0_8B_ROPE = {
+    "rope_type": "default",
+    "rope_theta": 10000000.0,
+    "mrope_section": [11, 11, 10],
+    "mrope_interleaved": True,
+    "partial_rotary_factor": 0.25,
+}
+
+
 def tiny_qwen3_5(tokenizer):
     """Qwen3.5's shape in miniature: layers 0-2 Gated DeltaNet linear attention, layer 3 full attention with partial
     rotary embeddings (half of a 16-wide head); Qwen3-VL's encoder without DeepStack."""
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "partial_rotary_factor": 0.5}
-    linear = dict(
-        linear_conv_kernel_dim=4,
-        linear_key_head_dim=8,
-        linear_value_head_dim=8,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-    )
+    linear = linear_attention_config(key_heads=2, value_heads=4, head_dim=8)
     config = Qwen3_5Config(
         text_config=dict(_text_dims(tokenizer), head_dim=16, rope_parameters=rope, **linear),
         vision_config=qwen_vision_config(
