@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from luvc.compress.config import LUVCConfig
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter, check_fp16_range
+from luvc.models.gemma3 import Gemma3Adapter
 from luvc.models.internvl import InternVLAdapter
 from luvc.models.llava import LlavaAdapter
 from luvc.models.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -28,7 +29,15 @@ from luvc.prompt import chat_template_of
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     adapter.architecture: adapter
-    for adapter in (Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, Qwen3_5Adapter, InternVLAdapter, LlavaAdapter)
+    for adapter in (
+        Qwen2VLAdapter,
+        Qwen2_5_VLAdapter,
+        Qwen3VLAdapter,
+        Qwen3_5Adapter,
+        InternVLAdapter,
+        LlavaAdapter,
+        Gemma3Adapter,
+    )
 }
 TINY_MODELS = tuple(TINY_BUILDERS)
 # the tiny models whose family exports (a family that runs in PyTorch only sets ``VLMAdapter.export_refusal``)

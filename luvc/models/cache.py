@@ -21,6 +21,7 @@ class LuvcCache(DynamicCache):
         super().__init__(*args, **kwargs)
         self.num_positions = 0
         self.rope_deltas: torch.Tensor | None = None
+        self.key_positions: dict[int, torch.Tensor] = {}  # per layer, where a family's masks read distances
 
     def layer_lengths(self) -> list[int]:
         """Cached tokens per decoder layer (0 for a linear-attention layer: it keeps fixed-size states, no tokens)."""
@@ -44,6 +45,14 @@ class LuvcCache(DynamicCache):
         ``text_config`` needs (``new_cache``); any other cache is left as it is."""
         if not self.layers and is_hybrid(text_config):
             self.layers = new_cache(text_config).layers
+
+    def held_positions(self, layer_idx: int, positions: torch.Tensor) -> torch.Tensor:
+        """Record that layer ``layer_idx`` caches tokens at request ``positions`` ``(B, S)``; return the positions of
+        every key it then holds, ``(B, keys)`` (a sliding-window mask reads them, Gemma 3)."""
+        held = self.key_positions.get(layer_idx)
+        held = positions if held is None else torch.cat([held, positions], dim=1)
+        self.key_positions[layer_idx] = held
+        return held
 
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor | None:
         """Additive mask layer ``layer_idx`` attends with in a one-token step, or ``None`` when every cached token

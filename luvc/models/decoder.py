@@ -27,7 +27,7 @@ from luvc.models.compat import cache_kwargs, take_cache
 from luvc.models.hf_module import HFModule
 from luvc.models.padded_rows import RowTurns
 from luvc.models.scope import scopes
-from luvc.models.spans import Span, add_visual_plane, original_ids, spu_prune
+from luvc.models.spans import Span, TokenPlacement, add_visual_plane, original_ids, spu_prune
 
 GRID_REFUSAL = (
     "spu_lowpass=grid needs each image's token grid, which this model's visual tokens do not form (LLaVA with "
@@ -213,6 +213,17 @@ class SpuDecoderMixin:
         """Family hook: the position ids the rotary embedding takes, from what the caller passed."""
         return position_ids
 
+    def luvc_rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Family hook: the rotary ``(cos, sin)`` of every token, ``(B, S, D)`` each, which a cut gathers with the
+        tokens (a model with one rotary table per kind of layer returns them side by side, ``luvc_layer_rotary``)."""
+        return self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
+
+    def luvc_layer_rotary(
+        self, layer_index: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Family hook: the part of ``luvc_rotary``'s tables that decoder layer ``layer_index`` takes (all of them)."""
+        return cos, sin
+
     def luvc_default_positions(self, batch: int, length: int, start: int, device: torch.device) -> torch.Tensor:
         """Family hook: positions of ``length`` new tokens after ``start`` when the caller gave none."""
         return (torch.arange(length, device=device) + start).expand(batch, length)
@@ -281,7 +292,7 @@ class SpuDecoderMixin:
         start = getattr(past_key_values, "num_positions", 0) if past_key_values is not None else 0
         if position_ids is None:
             position_ids = self.luvc_default_positions(batch, length, start, hidden.device)
-        cos, sin = self.rotary_emb(hidden, self.luvc_rotary_ids(position_ids))
+        cos, sin = self.luvc_rotary(hidden, position_ids)
 
         pruned = budget_plan if visual_spans else None
         cuts = sorted(pruned.prune_layers()) if pruned is not None else []
@@ -298,8 +309,11 @@ class SpuDecoderMixin:
         kept_visual_indices: dict[int, torch.Tensor] = {}
         turns = RowTurns(visual.row_lengths, length)
         for layer_index, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            layer_cos, layer_sin = self.luvc_layer_rotary(layer_index, cos, sin)
             if layer_index in cuts:
-                scorer, score_input = scoring.scorer(layer_index, decoder_layer, hidden, cos, sin, spans, visual_ids)
+                scorer, score_input = scoring.scorer(
+                    layer_index, decoder_layer, hidden, layer_cos, layer_sin, spans, visual_ids
+                )
                 unit = self.luvc_spu[layer_index]
                 if visual_ids is None and getattr(unit.fn, "takes_visual_ids", False):  # a plugin op's input
                     visual_ids = original_ids(batch, scoring.num_visual, hidden.device)
@@ -307,17 +321,19 @@ class SpuDecoderMixin:
                     hidden, cos, sin, visual_ids, spans, per_image[layer_index], scorer, score_input, visual_shift
                 )
                 visual_ids = kept_visual_indices[layer_index] = kept_ids
+                layer_cos, layer_sin = self.luvc_layer_rotary(layer_index, cos, sin)
             turned = None if self.luvc_attends(layer_index) else turns.at(hidden)
             mask: torch.Tensor | None
             if turned is not None:
                 hidden, mask = turned.turn(hidden), turned.tokens
             else:
-                mask = self._layer_mask(layer_index, hidden, length, past_key_values)
+                placement = TokenPlacement(start, tuple(visual_spans), spans, visual_ids)
+                mask = self._layer_mask(layer_index, hidden, length, past_key_values, placement)
             with scoring.probe(layer_index, decoder_layer, hidden) as record:
                 hidden = decoder_layer(
                     hidden,
                     attention_mask=mask,
-                    position_embeddings=(cos, sin),
+                    position_embeddings=(layer_cos, layer_sin),
                     position_ids=None,
                     use_cache=use_cache,
                     **cache_kwargs(past_key_values),
@@ -336,10 +352,16 @@ class SpuDecoderMixin:
         )
 
     def _layer_mask(
-        self, layer_index: int, hidden: torch.Tensor, length: int, cache: LuvcCache | None
+        self,
+        layer_index: int,
+        hidden: torch.Tensor,
+        length: int,
+        cache: LuvcCache | None,
+        placement: TokenPlacement,
     ) -> torch.Tensor | None:
         """The mask decoder layer ``layer_index`` takes: none for a linear-attention layer; causal for a prefill
-        under eager attention (the fused kernels take ``None`` as causal); for a one-token step, the cache's."""
+        under eager attention (the fused kernels take ``None`` as causal); for a one-token step, the cache's. A family
+        whose masks depend on where its tokens came from (Gemma 3) reads ``placement``."""
         if not self.luvc_attends(layer_index):
             return None
         if length > 1:

@@ -14,13 +14,14 @@ from transformers.models.llava.modeling_llava import LlavaModel
 
 from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.cost import VisionSpec
-from luvc.compress.oim import OIMStep, plan_oim, units_per_block
+from luvc.compress.oim import OIMStep, units_per_block
 from luvc.errors import critical
-from luvc.models.base import VLMAdapter, patch_modules, patch_oim_layers
+from luvc.models.base import patch_modules, patch_oim_layers
 from luvc.models.decoder import SpuDecoderMixin
 from luvc.models.multimodal import ImageFeatures, LuvcMultimodalMixin
 from luvc.models.plan import RequestPlan, VisionTrace
 from luvc.models.scope import Scope
+from luvc.models.square_vit import SquareViTAdapter
 from luvc.prompt import simple_chat_template
 
 
@@ -111,36 +112,18 @@ class LlavaVisionGraph(torch.nn.Module):
         return self.model.multi_modal_projector(torch.cat(selected, dim=-1))
 
 
-class LlavaAdapter(VLMAdapter):
+class LlavaAdapter(SquareViTAdapter):
     architecture = "LlavaForConditionalGeneration"
     image_placeholder = "<image>"
     builtin_template = "USER: {image}\n{prompt} ASSISTANT:"
     builtin_chat_template = simple_chat_template("(role | upper) + ': '", " ", "<image>\n", "ASSISTANT:")
-
-    @property
-    def vision_blocks(self):
-        tower = self.model.model.vision_tower
-        return getattr(tower, "vision_model", tower).encoder.layers
-
-    @property
-    def vision_depth(self) -> int:
-        return self.model.config.vision_config.num_hidden_layers
-
-    @property
-    def grid_side(self) -> int:
-        vision = self.model.config.vision_config
-        return vision.image_size // vision.patch_size
+    processor_size_field = "crop_size"
 
     def feature_blocks(self) -> list[int]:
         """Indices of the encoder blocks whose output feeds the projector."""
         layers = self.model.config.vision_feature_layer
         layers = [layers] if isinstance(layers, int) else list(layers)
         return [(layer if layer >= 0 else self.vision_depth + 1 + layer) - 1 for layer in layers]
-
-    def oim_steps(self, config: ResolvedLUVCConfig) -> dict[int, OIMStep]:
-        """Block index -> the merge step after it, for the configured (square) patch grid."""
-        grid = (1, self.grid_side, self.grid_side)
-        return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
 
     def _patch(self, config: ResolvedLUVCConfig) -> None:
         first_feature = min(self.feature_blocks())
@@ -164,19 +147,6 @@ class LlavaAdapter(VLMAdapter):
             return None
         steps = list(self.oim_steps(config).values())
         return steps[-1].grids[0] if steps else (1, self.grid_side, self.grid_side)
-
-    def preprocess_images(self, images) -> dict:
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        vision = self.model.config.vision_config
-        if tuple(pixels.shape[-2:]) != (vision.image_size, vision.image_size):
-            critical(
-                f"The image processor made {tuple(pixels.shape[-2:])} pixels but the vision tower takes "
-                f"{vision.image_size}x{vision.image_size}; fix crop_size in preprocessor_config.json."
-            )
-        return {"pixel_values": pixels}
-
-    def images_key(self, inputs: dict) -> int:
-        return int(inputs["pixel_values"].shape[0])  # every image has the tower's size
 
     def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         units = units_per_block(self.grid_side**2, self.oim_steps(config), self.vision_depth)

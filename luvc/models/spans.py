@@ -159,6 +159,41 @@ def original_ids(batch: int, count: int, device: torch.device, start: int = 0) -
     return torch.arange(start, start + count, device=device).expand(batch, -1)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenPlacement:
+    """Where a decoder layer's tokens came from: the prompt's ``original`` visual spans, the current ``spans`` and the
+    ``(B, k)`` original indices of the visual tokens still there (``visual_ids``; ``None``: no cut yet), in a call
+    whose first token is position ``start`` of the request. Plain (unshifted) rows only: an exported graph's rows
+    that hold their visual block at an offset of their own (``visual_shift``) do not take it."""
+
+    start: int
+    original: tuple[Span, ...]
+    spans: tuple[Span, ...]
+    visual_ids: torch.Tensor | None
+
+    def positions(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """``(B, length)``: the request position of each token of the current sequence (text keeps its own; a kept
+        visual token the position it had before any cut)."""
+        if self.visual_ids is None or not self.original:
+            return (torch.arange(length, device=device) + self.start).expand(batch, length)
+        pieces, cursor, original_cursor, offset, kept = [], 0, 0, 0, 0
+        for (original_start, original_count), (start, count) in zip(self.original, self.spans):
+            text = torch.arange(original_cursor, original_start, device=device).expand(batch, -1)
+            ids = self.visual_ids[:, kept : kept + count]
+            pieces += [text, ids - offset + original_start]
+            cursor, original_cursor = start + count, original_start + original_count
+            offset, kept = offset + original_count, kept + count
+        pieces.append(torch.arange(original_cursor, original_cursor + length - cursor, device=device).expand(batch, -1))
+        return torch.cat(pieces, dim=1) + self.start
+
+    def blocks(self, length: int, device: torch.device) -> torch.Tensor:
+        """``(length,)``: the index of the image each token belongs to, ``-1`` for text."""
+        block = torch.full((length,), -1, dtype=torch.long, device=device)
+        for index, (start, count) in enumerate(self.spans):
+            block[start : start + count] = index
+        return block
+
+
 def spu_gather_index(
     hidden: torch.Tensor,
     visual_ids: torch.Tensor | None,

@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlamaConfig,
@@ -33,6 +35,7 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -216,6 +219,48 @@ def tiny_llava(tokenizer):
     return LlavaForConditionalGeneration(config), processor
 
 
+GEMMA3_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>")
+GEMMA3_VOCAB_SIZE = 280  # the tiny tokenizer's tokens and Gemma 3's five of its own, rounded up
+
+
+def tiny_gemma3(tokenizer):
+    """Gemma 3's shape in miniature: a SigLIP encoder of 16 x 16 patches average-pooled 4 x 4 to 16 LLM tokens (Gemma
+    3: 64 x 64 patches to 256), a language model whose layers alternate sliding-window and global attention (one
+    rotary table each, query-key norms, scaled embeddings), Gemma 3's image and turn tokens. The window (512 tokens)
+    is longer than the tiny prompts; tests that need it to bind narrow it."""
+    tokenizer.add_tokens(list(GEMMA3_TOKENS), special_tokens=True)
+    boi, eoi, image, end_of_turn = _ids(
+        tokenizer, "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<end_of_turn>"
+    )
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+    }
+    text = dict(
+        _text_dims(tokenizer),
+        vocab_size=GEMMA3_VOCAB_SIZE,
+        eos_token_id=end_of_turn,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        sliding_window=512,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters=rope,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=dict(VIT_DIMS, image_size=TINY_IMAGE_SIZE, patch_size=14, vision_use_head=False),
+        mm_tokens_per_image=16,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+        image_token_index=image,
+    )
+    processor = Gemma3ImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    model = Gemma3ForConditionalGeneration(config)
+    # upstream initialises the projection to zeros (a checkpoint overwrites it): every image would be the same tokens
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=config.initializer_range)
+    return model, processor
+
+
 TINY_BUILDERS: dict[str, Callable] = {
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
@@ -223,6 +268,7 @@ TINY_BUILDERS: dict[str, Callable] = {
     "tiny-qwen3.5": tiny_qwen3_5,
     "tiny-internvl": tiny_internvl,
     "tiny-llava": tiny_llava,
+    "tiny-gemma3": tiny_gemma3,
 }
 
 
@@ -233,6 +279,7 @@ TINY_ARCHITECTURES = {  # what each builder makes (``build_tiny`` checks): the a
     "tiny-qwen3.5": "Qwen3_5ForConditionalGeneration",
     "tiny-internvl": "InternVLForConditionalGeneration",
     "tiny-llava": "LlavaForConditionalGeneration",
+    "tiny-gemma3": "Gemma3ForConditionalGeneration",
 }
 
 

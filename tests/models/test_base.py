@@ -12,6 +12,10 @@ def test_budget_schedule_that_does_not_fit_the_image(adapter, image):
 
 
 def test_prompt_with_uncompressed_placeholder_count_is_rejected(adapter, image):
+    if adapter.name == "tiny-gemma3":
+        pytest.skip(
+            "Gemma 3's projector pools to the same LLM tokens with or without OIM (tests/models/test_gemma3.py)"
+        )
     inputs = adapter.prepare_inputs([image], "hi")  # placeholders for LUVC off (the adapter's initial state)
     adapter.apply_luvc()
     with pytest.raises(LuvcError, match="placeholder"):

@@ -1,0 +1,162 @@
+"""Gemma 3 under LUVC: OIM merges inside the SigLIP encoder and the projector pools what is left to the same patch
+windows; SPU prunes in a language model of sliding-window and global layers whose image tokens see each other both
+ways, and both rules hold after a cut by the tokens' request positions, in prefill and decode."""
+
+import copy
+
+import pytest
+import torch
+
+from luvc.cli.main import main
+from luvc.compress.config import LUVCConfig
+from luvc.images import synthetic_image
+from luvc.models import EXPORTED_TINY_MODELS, TINY_MODELS, load_model
+from luvc.models.generation import greedy_generate
+
+PROMPT = "Describe the picture in a few words."
+WINDOW = 20  # shorter than the tiny prompt (about 60 tokens), so that the sliding layers' window binds
+
+
+@pytest.fixture
+def gemma3():
+    adapter = load_model("tiny-gemma3")
+    assert adapter.language_model.config.layer_types[:2] == ["sliding_attention", "full_attention"]
+    return adapter
+
+
+def narrow_window(model: torch.nn.Module, window: int = WINDOW) -> None:
+    """Give ``model``'s language model a sliding window of ``window`` tokens (its config: what masks and caches
+    read)."""
+    model.config.text_config.sliding_window = window
+    for layer in model.model.language_model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = window
+
+
+def images(count: int = 2):
+    return [synthetic_image(224, 224, seed) for seed in range(1, count + 1)]
+
+
+@torch.no_grad()
+def test_with_luvc_off_and_a_binding_window_the_model_is_upstreams(gemma3):
+    stock = copy.deepcopy(gemma3.model)
+    narrow_window(stock)
+    narrow_window(gemma3.model)
+    gemma3.apply_luvc(LUVCConfig.off())
+    inputs = gemma3.prepare_inputs(images(), PROMPT)
+    assert inputs["input_ids"].shape[1] > 2 * WINDOW
+    # prefill: the same masks (causal, each image both ways, the window) as upstream's from token_type_ids
+    assert torch.equal(gemma3.model(**inputs).logits, stock(**inputs).logits)
+    ours = gemma3.model.generate(
+        **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    theirs = stock.generate(
+        **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    assert torch.equal(ours.sequences, theirs.sequences)
+    # upstream's sliding layers keep the last window of keys, ours all of them under a mask: the same sums, reordered
+    torch.testing.assert_close(torch.stack(ours.logits), torch.stack(theirs.logits), atol=1e-5, rtol=1e-5)
+
+
+def expected_mask(positions: list[int], image_of: list[int], window: int | None) -> torch.Tensor:
+    """The mask a layer should take, pair by pair from the tokens' request positions and images (-1: text)."""
+    size = len(positions)
+    allowed = torch.zeros(size, size, dtype=torch.bool)
+    for q in range(size):
+        for k in range(size):
+            seen = positions[k] <= positions[q] or (image_of[q] >= 0 and image_of[q] == image_of[k])
+            allowed[q, k] = seen and (window is None or positions[k] > positions[q] - window)
+    return allowed
+
+
+@torch.no_grad()
+def test_after_a_cut_each_image_sees_itself_both_ways_and_the_window_counts_positions(gemma3):
+    narrow_window(gemma3.model)
+    gemma3.apply_luvc(LUVCConfig(budgets=(16, 16, 6, 0)))  # a cut before layer 2 (sliding): 6 of 16 tokens kept
+    inputs = gemma3.prepare_inputs(images(), PROMPT)
+    masks = {}
+    layers = gemma3.decoder_layers
+
+    def keep_mask(index):
+        def hook(module, args, kwargs):
+            masks.setdefault(index, kwargs["attention_mask"])
+
+        return hook
+
+    hooks = [layers[index].register_forward_pre_hook(keep_mask(index), with_kwargs=True) for index in (0, 2)]
+    result = gemma3.model.model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    ids = inputs["input_ids"][0].tolist()
+    start = ids.index(gemma3.image_token_id)
+    for row in range(2):
+        kept = result.kept_visual_indices[2][row].tolist()
+        assert len(kept) == 6 and kept == sorted(kept)
+        kept_positions = [start + index for index in kept]
+        positions = [p for p in range(len(ids)) if not start <= p < start + 16 or p in kept_positions]
+        image_of = [0 if start <= p < start + 16 else -1 for p in positions]
+        assert torch.equal(masks[2][row, 0], expected_mask(positions, image_of, WINDOW))
+    every = list(range(len(ids)))
+    image_of = [0 if start <= p < start + 16 else -1 for p in every]
+    assert torch.equal(masks[0][0, 0], expected_mask(every, image_of, WINDOW))  # layer 0: before any cut
+
+
+@torch.no_grad()
+def test_decode_masks_the_window_by_the_positions_the_cache_holds(gemma3):
+    """A cached decode (each layer's kept keys, a sliding layer's masked by their positions) gives the tokens and
+    logits of running the whole compressed prefill again at every step, with a window that binds."""
+    narrow_window(gemma3.model)
+    gemma3.apply_luvc(LUVCConfig(budgets=(16, 16, 6, 0)))
+    inputs = gemma3.prepare_inputs(images(), PROMPT)
+    cached, cached_logits = greedy_generate(gemma3.model, inputs, 6, return_logits=True)
+    again, again_logits = greedy_generate(gemma3.model, inputs, 6, use_cache=False, return_logits=True)
+    assert torch.equal(cached, again)
+    torch.testing.assert_close(cached_logits, again_logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("oim_layers", "encoder_grid", "block_tokens", "llm_tokens"),
+    [
+        ((), (16, 16), (256, 256, 256), 16),  # upstream: 16 x 16 patches pooled 4 x 4
+        ((0,), (16, 8), (256, 128, 128), 16),  # one W step: pooled 4 x 2, the same 4 x 4 patch windows
+        ((0, 1), (8, 8), (256, 128, 64), 16),
+        ((0, 1, 2), (8, 4), (256, 128, 64), 16),  # the last step after the last block; pooled 2 x 1
+    ],
+)
+def test_oim_merges_inside_the_encoder_and_the_pooling_keeps_the_llm_tokens(
+    gemma3, oim_layers, encoder_grid, block_tokens, llm_tokens
+):
+    config = LUVCConfig(oim_layers=oim_layers)
+    resolved = config.resolve(gemma3.vision_depth, gemma3.num_layers)
+    assert gemma3.encoder_grid(resolved) == encoder_grid
+    inputs = gemma3.prepare_inputs(images(1), PROMPT, config)
+    plan = gemma3.plan(inputs, config)
+    assert plan.tokens_per_image == (llm_tokens,)
+    assert plan.vision.block_segments == tuple((count,) for count in block_tokens)  # tokens entering each block
+    gemma3.apply_luvc(config)
+    with torch.no_grad():
+        features = gemma3.model.model(**inputs).image_hidden_states
+    assert features.shape == (llm_tokens, gemma3.model.config.text_config.hidden_size)
+    speedup = gemma3.cost(inputs, config).encoder_speedup  # the encoder blocks after a step run on fewer tokens
+    assert speedup > 1.0 if oim_layers else speedup == 1.0
+
+
+def test_an_axis_merged_below_the_pooled_grid_hands_the_llm_fewer_tokens(gemma3):
+    gemma3.image_processor.size = {"height": 224, "width": 224}
+    model = gemma3.model
+    model.config.mm_tokens_per_image = 64  # 8 x 8 LLM tokens: pooled 2 x 2 from 16 x 16 patches
+    model.model.multi_modal_projector.tokens_per_side = 8
+    config = LUVCConfig(oim_layers=(0, 1, 2))  # W, H, W: 8 x 4 patches, below 8 tokens on the W axis
+    gemma3.apply_luvc(config)
+    inputs = gemma3.prepare_inputs(images(1), PROMPT)
+    assert gemma3.plan(inputs).tokens_per_image == (8 * 4,)  # pooled 1 x 1
+    with torch.no_grad():
+        assert gemma3.model.model(**inputs).image_hidden_states.shape[0] == 32
+
+
+def test_gemma3_is_built_in_and_refuses_export_in_one_line(tmp_path, capsys):
+    assert "tiny-gemma3" in TINY_MODELS and "tiny-gemma3" not in EXPORTED_TINY_MODELS
+    assert main(["export", "--model", "tiny-gemma3", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "Traceback" not in error and "Gemma 3 runs in PyTorch only" in error.splitlines()[-1]
+    assert not (tmp_path / "out").exists()
