@@ -23,7 +23,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical, warn
 from luvc.export import convert
-from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
+from luvc.export.bucket_plan import Bucket, check_window, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
 from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.converter_settings import prepare_registry, report_settings, settings_applied
@@ -221,6 +221,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             vision = () if bucket.parts else ((vision_spec(adapter, bucket, profile), bucket),)
             specs += [*vision, (prefill_spec(adapter, bucket, profile, self._shifts(bucket)), bucket)]
         capacities = kv_capacities(buckets, profile)
+        check_window(adapter.attention_window, buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
         longest_text = min(capacities) - profile.max_new_tokens  # a text-only prompt and its answer fit every layer
         specs.append((text_prefill_spec(adapter, profile, longest_text), None))

@@ -346,6 +346,8 @@ def template_entry(adapter: VLMAdapter) -> TemplateEntry:
         visual_separator=adapter.visual_separator,
         video_token_id=adapter.video_token_id,
         chat_template=adapter.template.chat_template,
+        image_text=adapter.image_sequence[0] if adapter.image_sequence else None,
+        image_token=adapter.image_sequence[1] if adapter.image_sequence else None,
     )
 
 

@@ -135,6 +135,16 @@ class TemplateEntry:
     video_frame_template: str | None = None  # Qwen3-VL: one block per temporal slice (luvc.prompt.video_text)
     visual_separator: str | None = None  # between the image and the video of a mixed bucket's prompt
     chat_template: str | None = None  # the Jinja template conversations render with (luvc.prompt.render_conversation)
+    # an image's text where it is not its placeholder repeated (Gemma 3: blank lines, the begin token, the soft
+    # tokens, the end token): ``{tokens}`` takes ``image_token`` once per visual token; it takes the placeholder's place
+    image_text: str | None = None
+    image_token: str | None = None
+
+    def image_sequence(self, tokens: int) -> str | None:
+        """The text of an image of ``tokens`` visual tokens, or ``None`` where it is the placeholder repeated."""
+        if self.image_text is None or self.image_token is None:
+            return None
+        return self.image_text.replace("{tokens}", self.image_token * tokens)
 
     def placeholder_of(self, bucket: BucketEntry) -> tuple[str, int]:
         """The placeholder text and token id of ``bucket``'s image or video tokens."""

@@ -117,6 +117,12 @@ class VLMAdapter:
         return linear_layers(self.model.config.text_config)
 
     @property
+    def attention_window(self) -> int | None:
+        """The language model's sliding window (positions a sliding layer's token sees), where an exported request
+        must fit in it: the graphs take no window (Gemma 3); ``None``: no sliding layers."""
+        return None
+
+    @property
     def head_dim(self) -> int:
         """Width of one attention head of the language model."""
         text = self.model.config.text_config
@@ -242,9 +248,19 @@ class VLMAdapter:
             critical(self.video_unsupported)
         return self.video_placeholder
 
+    @property
+    def image_sequence(self) -> tuple[str, str] | None:
+        """An image's text where it is not its placeholder repeated: the text with ``{tokens}`` where the image's
+        tokens go, and the token repeated there (Gemma 3); ``None`` for the placeholder repeated."""
+        return None
+
     def visual_text(self, visual: Image.Image | Video, tokens: int, spans: int = 1) -> str:
         """What takes the template's ``{image}`` for ``visual`` of ``tokens`` LLM tokens in ``spans`` prompt spans:
-        its placeholder token repeated (a Qwen3-VL video: one timestamped block per temporal slice)."""
+        its placeholder token repeated (a Qwen3-VL video: one timestamped block per temporal slice; a Gemma 3 image:
+        ``image_sequence``)."""
+        if self.image_sequence is not None and not isinstance(visual, Video):
+            text, token = self.image_sequence
+            return text.replace("{tokens}", token * tokens)
         return self.placeholder_of(visual) * tokens
 
     def preprocess(self, visuals: Sequence[Image.Image | Video]) -> dict:

@@ -327,7 +327,7 @@ class SpuDecoderMixin:
             if turned is not None:
                 hidden, mask = turned.turn(hidden), turned.tokens
             else:
-                placement = TokenPlacement(start, tuple(visual_spans), spans, visual_ids)
+                placement = TokenPlacement(start, tuple(visual_spans), spans, visual_ids, visual_shift)
                 mask = self._layer_mask(layer_index, hidden, length, past_key_values, placement)
             with scoring.probe(layer_index, decoder_layer, hidden) as record:
                 hidden = decoder_layer(

@@ -48,10 +48,6 @@ from luvc.models.square_vit import SquareViTAdapter
 from luvc.prompt import simple_chat_template
 
 SLIDING = "sliding_attention"
-EXPORT_REFUSAL = (
-    "Gemma 3 runs in PyTorch only for now (its sliding-window and bidirectional image masks are not exported yet); "
-    "use the Python API (luvc.apply_luvc) or another family for export."
-)
 
 
 def pooling_kernel(grid: tuple[int, int], tokens_per_side: int) -> tuple[int, int]:
@@ -146,26 +142,39 @@ class LuvcGemma3TextModel(SpuDecoderMixin, Gemma3TextModel):
         placement: TokenPlacement,
     ) -> torch.Tensor | None:
         batch, tokens, device = hidden.shape[0], hidden.shape[1], hidden.device  # tokens: what the cuts left of length
+        window = self._window(layer_index)
+        if window is None or placement.start + length <= window:  # the window reaches past no key
+            if isinstance(cache, LuvcCache) and placement.shift is None:  # kept for the steps whose window binds
+                cache.held_positions(layer_index, placement.positions(batch, tokens, device))
+            if length == 1 or not placement.spans:
+                return super()._layer_mask(layer_index, hidden, length, cache, placement)  # causal; the cache's
+            index = torch.arange(tokens, device=device)
+            return self._as_mask(self._with_images(index[None, :] <= index[:, None], placement, tokens), hidden)
+        if placement.shift is not None:
+            raise ValueError("a graph's rows take no sliding window: an export's requests fit in it")
         positions = placement.positions(batch, tokens, device)
         keys = cache.held_positions(layer_index, positions) if isinstance(cache, LuvcCache) else positions
-        window = self._window(layer_index)
-        reaches_past_window = window is not None and placement.start + length > window
-        if length == 1 and not reaches_past_window:
-            return None  # one new token sees every cached key
-        if length > 1 and not placement.spans and not reaches_past_window:
-            return super()._layer_mask(layer_index, hidden, length, cache, placement)  # causal
         queries = positions[:, :, None]
         allowed = keys[:, None, :] <= queries
-        if length > 1 and placement.spans:  # an image's tokens see each other both ways
-            blocks = placement.blocks(tokens, device)
-            allowed = allowed | ((blocks[:, None] == blocks[None, :]) & (blocks[:, None] >= 0))
-        if window is not None:
-            allowed = allowed & (keys[:, None, :] > queries - window)
-        allowed = allowed[:, None]  # (B, 1, queries, keys)
+        if length > 1:
+            allowed = self._with_images(allowed, placement, tokens)
+        return self._as_mask(allowed & (keys[:, None, :] > queries - window), hidden)
+
+    @staticmethod
+    def _with_images(allowed: torch.Tensor, placement: TokenPlacement, tokens: int) -> torch.Tensor:
+        """``allowed`` ``([B,] S, S)`` of a prefill, and each image's tokens seeing each other both ways."""
+        blocks = placement.blocks(tokens, allowed.device)  # (B or 1, S)
+        same_image = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
+        return allowed | same_image
+
+    def _as_mask(self, allowed: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``allowed`` ``(B or 1, queries, keys)`` as the ``(B, 1, queries, keys)`` mask the attention implementation
+        takes: boolean, or additive under eager attention."""
+        allowed = allowed.expand(hidden.shape[0], -1, -1)[:, None]
         if self.config._attn_implementation != "eager":
             return allowed
-        blocked = torch.full(allowed.shape, torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=device)
-        return torch.where(allowed, torch.zeros_like(blocked), blocked)
+        blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        return torch.where(allowed, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
 
 
 class LuvcGemma3Model(LuvcMultimodalMixin, Gemma3Model):
@@ -199,6 +208,19 @@ class LuvcGemma3Model(LuvcMultimodalMixin, Gemma3Model):
         )
 
 
+class Gemma3VisionGraph(torch.nn.Module):
+    """The vision tower (with OIM) and the pooling projector, as an exportable module:
+    ``pixel_values (B, 3, H, W)`` -> ``image_embeds (B, n, D)``."""
+
+    def __init__(self, model: Gemma3Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return self.model.multi_modal_projector(hidden)
+
+
 class Gemma3Adapter(SquareViTAdapter):
     """Gemma 3: one image a prompt at the encoder's size (pan-and-scan crops are not taken), the image's soft tokens
     between its begin and end tokens."""
@@ -212,8 +234,12 @@ class Gemma3Adapter(SquareViTAdapter):
         "<start_of_image>",
         "<start_of_turn>model\n",
     )
-    export_refusal = EXPORT_REFUSAL
     processor_options = {"do_pan_and_scan": False}
+
+    @property
+    def attention_window(self) -> int | None:
+        text = self.model.config.text_config
+        return text.sliding_window if SLIDING in text.layer_types else None
 
     @property
     def tokens_per_side(self) -> int:
@@ -239,11 +265,12 @@ class Gemma3Adapter(SquareViTAdapter):
         patch_modules(config, inner.language_model, *pairs)
         swap_class(inner.multi_modal_projector, LuvcGemma3MultiModalProjector).luvc_grid = self.encoder_grid(config)
 
-    def visual_text(self, visual, tokens: int, spans: int = 1) -> str:
-        """The processor's image sequence: blank lines, the begin token, ``tokens`` soft tokens, the end token."""
+    @property
+    def image_sequence(self) -> tuple[str, str]:
+        """The processor's image text: blank lines, the begin token, the soft tokens, the end token."""
         soft = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
         end = self.tokenizer.convert_ids_to_tokens(self.model.config.eoi_token_index)
-        return f"\n\n{self.image_placeholder}{soft * tokens}{end}\n\n"
+        return f"\n\n{self.image_placeholder}{{tokens}}{end}\n\n", soft
 
     def _tokenized(self, pixels: dict, texts) -> dict:
         """As every family's, with upstream's ``token_type_ids`` (1 at the image's soft tokens), so that the inputs
@@ -260,7 +287,7 @@ class Gemma3Adapter(SquareViTAdapter):
         return VisionTrace(block_segments, (grid[1] * grid[2],) * images, span_grids=(grid,) * images)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-        critical(EXPORT_REFUSAL)
+        return Gemma3VisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}
 
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config

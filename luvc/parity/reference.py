@@ -80,9 +80,20 @@ class TorchReference:
 
             return hook
 
-        hooks = [
-            b.register_forward_hook(keep(layer_name("vision", i))) for i, b in enumerate(self.adapter.vision_blocks)
-        ]
+        def keep_input(name):
+            def hook(module, args):
+                activations[name] = _first_tensor(args).detach().numpy()
+
+            return hook
+
+        hooks = []
+        for i, block in enumerate(self.adapter.vision_blocks):
+            merge = getattr(block, "luvc_oim", None) if getattr(block, "luvc_step", None) is not None else None
+            if isinstance(merge, torch.nn.Module):  # a block that merges in its own forward (CLIP, SigLIP): its
+                # output before the merge, as the graph's block scope ends before its LUVC unit
+                hooks.append(merge.register_forward_pre_hook(keep_input(layer_name("vision", i))))
+            else:
+                hooks.append(block.register_forward_hook(keep(layer_name("vision", i))))
         hooks += [
             layer.register_forward_hook(keep(layer_name("llm", i)))
             for i, layer in enumerate(self.adapter.decoder_layers)

@@ -122,6 +122,8 @@ class PromptIds:
             text = self.visual_text(clip, video) or clip_placeholder * clip.tokens_per_image
             separator = _recorded(entry.visual_separator, "the separator of a mixed bucket's image and video")
             return entry.image_placeholder * image.tokens_per_image + separator + text
+        if video is None and not bucket.frames:
+            return entry.image_sequence(bucket.tokens_per_image)
         if video is None or not entry.video_frame_template:
             return None
         placeholder, _ = entry.placeholder_of(bucket)

@@ -26,7 +26,7 @@ class ModelArgs(BaseArgs):
             "--model",
             required=True,
             help="a built-in tiny model (tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-qwen3.5, tiny-internvl, "
-            "tiny-llava, tiny-gemma3: PyTorch only, no export yet) or a local checkpoint folder",
+            "tiny-llava, tiny-gemma3) or a local checkpoint folder",
         )
         group.add_argument("--dtype", choices=DTYPES, default=None, help="weights dtype (default float32)")
 
