@@ -4,20 +4,19 @@ every graph, and an export whose requests would outgrow the sliding window is re
 
 Its own module, apart from the all-family export tests (``tests.conftest.OWN_EXPORT_MODULES``)."""
 
-import numpy as np
 import pytest
-import torch
 
 from luvc.cli.main import main
-from luvc.images import synthetic_image
 from luvc.models import load_model
-from luvc.models.generation import greedy_generate
-from luvc.parity import check_parity
-from luvc.runtime.pipeline import Pipeline
-from luvc.samples import synthetic_samples
+from tests.export.own_family import (
+    PRECISIONS,
+    built_engines,
+    check_openvino_parity,
+    check_rows_of_different_lengths,
+    parity_of,
+)
 
 FAMILY = "tiny-gemma3"
-PROMPTS = ["Describe the picture.", "What is in this picture? Answer in a few words, and say where it is, please."]
 
 
 @pytest.fixture(scope="module")
@@ -26,51 +25,23 @@ def export(exports):
 
 
 def test_rows_of_different_lengths_generate_what_pytorch_luvc_generates_for_each(export):
-    # the rows' images sit at the same offset and their text after it differs: the shorter row is padded on the right
-    adapter = load_model(FAMILY)
-    adapter.apply_luvc()
-    images = [synthetic_image(224, 224, seed) for seed in (7, 8)]
-    pipeline = Pipeline(export)
-    prepared = pipeline.prepare(images, PROMPTS)
-    assert prepared.prompts.lengths[0] < prepared.prompts.lengths[1]
-    tokens, _, _ = pipeline.greedy(prepared, 8)
-    eos = adapter.stop_token_ids
-    for row, (image, prompt) in enumerate(zip(images, PROMPTS)):
-        inputs = adapter.prepare_inputs([image], prompt)
-        length = int(prepared.prompts.lengths[row])  # the runtime's prompt text is the adapter's (image sequence too)
-        assert prepared.prompts.input_ids[row, :length].tolist() == inputs["input_ids"][0].tolist()
-        with torch.no_grad():
-            expected = greedy_generate(adapter.model, inputs, 8, eos_token_id=eos)
-        np.testing.assert_array_equal(tokens[row][: expected.shape[1]], expected[0].numpy())
+    # the rows' images sit at the same offset and their text after it differs: the image's mask is the same span
+    check_rows_of_different_lengths(FAMILY, export)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8", "int8w", "int4"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_parity_passes(precision, export, tmp_path):
-    from luvc.calibration import calibrate_export
-
-    folder = export
-    if precision != "fp32":
-        folder = calibrate_export(export, tmp_path / precision, precision=precision, show_progress=False)
-    results = check_parity(folder, samples=synthetic_samples([(224, 224)], count=2), show_progress=False)
-    assert results, str(results)
-    if precision == "fp32":
+    results = parity_of(export, precision, tmp_path)
+    if precision == "fp32":  # each block against PyTorch, a SigLIP block's output before its OIM merge
         assert results.backends[0].first_diverging_layer(results.tolerances) is None
 
 
 def test_openvino_passes_parity(export):
-    samples = synthetic_samples([(224, 224)], count=1)
-    results = check_parity(export, samples=samples, openvino=True, openvino_precision="f32", show_progress=False)
-    assert [backend.backend for backend in results.backends] == ["ort", "openvino"]
-    assert results, str(results)
+    check_openvino_parity(export)
 
 
 def test_tensorrt_rtx_builds_every_graph(export, tmp_path):
-    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
-    from luvc.engines.builder import build_engines
-    from luvc.engines.manifest import EngineManifest
-
-    engines = EngineManifest.load(build_engines(export, "ada", tmp_path / "engines", show_progress=False))
-    assert {"vision_224x224", "prefill_224x224", "decode", "prefill_text"} <= set(engines.engines)
+    assert {"vision_224x224", "prefill_224x224", "decode", "prefill_text"} <= built_engines(export, tmp_path)
 
 
 def test_a_request_longer_than_the_sliding_window_is_refused_in_one_line(tmp_path, capsys):
