@@ -1,10 +1,11 @@
 """Every family at its real widths and depth, through the whole tool: export, run, parity, calibrate INT8, parity.
 
 For each family a random-weight checkpoint with the widths and depth of a real model is written (the byte-level tiny
-tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B, Qwen3.5-0.8B and
-LLaVA-1.5-7B. ``--layers FAMILY=N`` gives a family fewer decoder layers where the float32 PyTorch reference that parity
-needs would not fit the machine's memory (default ``llava=8 qwen2.5-vl=24``, what fits 24 GiB: parity peaks at about
-1.9x the float32 model, and was killed at 22.95 GiB for Qwen2.5-VL-3B at 36 layers, at 21.57 GiB for LLaVA at 12). Each
+tokenizer; the family's own image processor): Qwen2-VL-2B, Qwen2.5-VL-3B, Qwen3-VL-2B, InternVL3-1B, Qwen3.5-0.8B,
+LLaVA-1.5-7B and Gemma 3 4B. ``--layers FAMILY=N`` gives a family fewer decoder layers where the float32 PyTorch
+reference that parity needs would not fit the machine's memory (default ``llava=8 qwen2.5-vl=24 gemma3=12``, what fits
+24 GiB: parity peaks at about 1.9x the float32 model, and was killed at 22.95 GiB for Qwen2.5-VL-3B at 36 layers, at
+21.57 GiB for LLaVA at 12; Gemma 3 4B's float32 model is 17 GiB at its 34 layers, 8.8 GiB at 12). Each
 step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are printed with the step's verdict:
 
     export --precision fp16 (one bucket), run (8 tokens), parity (fp16, 2 samples),
@@ -140,6 +141,48 @@ def llava_1_5_7b(tokenizer, layers: int | None):
     return LlavaForConditionalGeneration(config), processor
 
 
+def gemma3_4b(tokenizer, layers: int | None):
+    """Gemma 3 4B: SigLIP-So400m at 896 px (64 x 64 patches pooled to 256 tokens), a language model of five
+    sliding-window layers (1024 positions) to one global layer (linear rope scaling 8)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    tokenizer.add_tokens(list(tiny.GEMMA3_TOKENS), special_tokens=True)
+    boi, eoi, image, end_of_turn = tiny._ids(
+        tokenizer, "<start_of_image>", "<end_of_image>", "<image_soft_token>", "<end_of_turn>"
+    )
+    depth = layers or 34
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+    }
+    text = _text(
+        tokenizer,
+        262208,
+        _widths(2560, 10240, depth, 8),
+        4,
+        eos_token_id=end_of_turn,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+        layer_types=["full_attention" if (index + 1) % 6 == 0 else "sliding_attention" for index in range(depth)],
+        rope_parameters=rope,
+    )
+    vision = _widths(1152, 4304, 27, 16) | dict(image_size=896, patch_size=14, vision_use_head=False)
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=256,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+        image_token_index=image,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    # upstream initialises the projection to zeros (a checkpoint overwrites it): every image would be the same tokens
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=config.initializer_range)
+    return model, tiny.Gemma3ImageProcessorPil(size={"height": 896, "width": 896})
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """A family at one real model's widths: how to build it, and its export bucket."""
@@ -159,6 +202,7 @@ FAMILIES = {
     # fully quantized at 24 layers, its logits cosine against fp32 is 0.9887: its first layer stays float
     "qwen3.5": Family("Qwen3.5-0.8B", qwen3_5_0_8b, "448x448", ("--target-agreement", "0.992")),
     "llava": Family("LLaVA-1.5-7B", llava_1_5_7b, "336x336"),
+    "gemma3": Family("Gemma 3 4B", gemma3_4b, "896x896"),
 }
 
 
@@ -274,10 +318,10 @@ def main() -> None:
     parser.add_argument(
         "--layers",
         nargs="*",
-        default=["llava=8", "qwen2.5-vl=24"],
+        default=["llava=8", "qwen2.5-vl=24", "gemma3=12"],
         metavar="FAMILY=N",
         help="decoder layers for a family whose reference would not fit memory at full depth "
-        "(default llava=8 qwen2.5-vl=24)",
+        "(default llava=8 qwen2.5-vl=24 gemma3=12)",
     )
     parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints, exports and each step's log here")
