@@ -8,6 +8,7 @@ import pytest
 
 from luvc.cli.main import main
 from luvc.models import load_model
+from luvc.runtime.pipeline import Pipeline
 from tests.export.own_family import (
     PRECISIONS,
     built_engines,
@@ -42,6 +43,21 @@ def test_openvino_passes_parity(export):
 
 def test_tensorrt_rtx_builds_every_graph(export, tmp_path):
     assert {"vision_224x224", "prefill_224x224", "decode", "prefill_text"} <= built_engines(export, tmp_path)
+
+
+def test_the_runtime_writes_an_image_as_gemma3s_processor_does(export):
+    from luvc.prompt import Conversation, Turn
+
+    pipeline = Pipeline(export)
+    prompt_ids, bucket = pipeline.preparer.prompt_ids, pipeline.manifest.buckets["224x224"]
+    image = "\n\n<start_of_image>" + "<image_soft_token>" * 16 + "<end_of_image>\n\n"  # the processor's text
+    turn = "<start_of_turn>user\n" + image + "What is this?<end_of_turn>\n<start_of_turn>model\n"
+    assert prompt_ids.text("What is this?", bucket) == turn
+    conversation = Conversation((Turn("user", "Hi.", visual=True), Turn("assistant", "Hello."), Turn("user", "Why?")))
+    assert prompt_ids.text(conversation, bucket) == (
+        "<start_of_turn>user\n" + image + "Hi.<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 def test_a_request_longer_than_the_sliding_window_is_refused_in_one_line(tmp_path, capsys):
