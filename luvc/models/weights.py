@@ -23,8 +23,10 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # rotary frequencies stay float32 whatever the model's dtype, as transformers builds them: transformers computes RoPE
 # angles in float32 from them, and a float16 ``inv_freq`` is off by up to 5e-4 of itself, so the angle at position p
-# is off by up to 5e-4 p radians (cos/sin wrong by 0.024 at position 300, found on InternVL3-1B's fp16 export)
-FLOAT32_BUFFERS = frozenset({"inv_freq", "original_inv_freq"})
+# is off by up to 5e-4 p radians (cos/sin wrong by 0.024 at position 300, found on InternVL3-1B's fp16 export); the
+# buffers' names end so: ``inv_freq``, ``original_inv_freq``, and one per kind of layer (Gemma 3's
+# ``sliding_attention_inv_freq``, whose float16 copy failed the keys of its fp16 parity at real widths)
+FLOAT32_BUFFER_SUFFIX = "inv_freq"
 MADV_DONTNEED = 4
 
 
@@ -102,7 +104,7 @@ def _release(tensor: torch.Tensor, mappings: list[tuple[int, int]], libc) -> Non
 @torch.no_grad()
 def cast_in_place(model: ModuleT, dtype: torch.dtype) -> ModuleT:
     """Convert ``model``'s floating-point parameters and buffers to ``dtype`` one tensor at a time (tied
-    parameters once; rotary frequencies stay float32, see ``FLOAT32_BUFFERS``), releasing file pages of
+    parameters once; rotary frequencies stay float32, see ``FLOAT32_BUFFER_SUFFIX``), releasing file pages of
     memory-mapped sources as it goes. The one way this project changes a model's dtype."""
     mappings = _safetensors_mappings()
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if mappings else None
@@ -112,7 +114,7 @@ def cast_in_place(model: ModuleT, dtype: torch.dtype) -> ModuleT:
             for name, tensor in tensors.items():
                 if tensor is None or not tensor.is_floating_point() or tensor.dtype == dtype or id(tensor) in seen:
                     continue
-                if tensors is module._buffers and name in FLOAT32_BUFFERS:
+                if tensors is module._buffers and name.endswith(FLOAT32_BUFFER_SUFFIX):
                     continue
                 seen.add(id(tensor))
                 source = tensor.data

@@ -43,18 +43,30 @@ def test_a_weight_beyond_float16_is_named_with_the_fix(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl"])
+def rotary_tables(rotary, x: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(cos, inv_freq)`` of each rotary table of a text model's ``rotary`` embedding: one, or (Gemma 3) one per kind
+    of layer."""
+    kinds = getattr(rotary, "layer_types", None)
+    if kinds is None:
+        return [(rotary(x, positions)[0], rotary.inv_freq)]
+    return [(rotary(x, positions, kind)[0], getattr(rotary, f"{kind}_inv_freq")) for kind in kinds]
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl", "tiny-gemma3"])
 def test_rotary_angles_stay_float32_in_a_float16_model(family, tmp_path):
-    """A float16 model keeps its rotary frequencies in float32 (loaded by name and from a bf16 checkpoint): at
-    position 3000 a float16 ``inv_freq`` puts cos/sin off by more than 0.05; float32 ones by float16 rounding only."""
+    """A float16 model keeps its rotary frequencies in float32 (loaded by name and from a bf16 checkpoint; Gemma 3:
+    both tables): at position 3000 a float16 ``inv_freq`` puts cos/sin off by more than 0.05; float32 ones by float16
+    rounding only."""
     reference = load_model(family)
     text_rotary = reference.model.model.language_model.rotary_emb
     positions = torch.arange(3000)[None]
     x = torch.zeros(1, 1, 8)
-    cos_reference, _ = text_rotary(x, positions)
-    exact = text_rotary.inv_freq.clone()
+    references = rotary_tables(text_rotary, x, positions)
     last = positions[0, -1].float()
-    assert ((last * exact.half().float()).cos() - (last * exact).cos()).abs().max() > 0.05  # what .to(float16) did
+    wrong = [
+        ((last * inv_freq.half().float()).cos() - (last * inv_freq).cos()).abs().max() for _, inv_freq in references
+    ]
+    assert max(wrong) > 0.05  # what .to(float16) did (to one table at least)
     folder = tmp_path / "bf16"
     for part in (reference.model.to(torch.bfloat16), reference.tokenizer, reference.image_processor):
         part.save_pretrained(folder)
@@ -62,6 +74,8 @@ def test_rotary_angles_stay_float32_in_a_float16_model(family, tmp_path):
         half = load_model(source, dtype=torch.float16).model
         frequencies = {name: buffer.dtype for name, buffer in half.named_buffers() if name.endswith("inv_freq")}
         assert frequencies and set(frequencies.values()) == {torch.float32}, frequencies
-        cos, _ = half.model.language_model.rotary_emb(x.half(), positions)
-        assert cos.dtype == torch.float16
-        assert (cos.float() - cos_reference).abs().max() < 1e-3
+        tables = rotary_tables(half.model.language_model.rotary_emb, x.half(), positions)
+        assert len(tables) == len(references)
+        for (cos, _), (cos_reference, _) in zip(tables, references):
+            assert cos.dtype == torch.float16
+            assert (cos.float() - cos_reference).abs().max() < 1e-3
