@@ -18,6 +18,8 @@ patch token, there is no CLS token) -> projector (average pooling to ``mm_tokens
   the uncompressed model (so a window holds fewer keys where tokens were pruned, never keys from further back).
   The decode step masks a sliding layer's keys by the positions the cache records for them (``LuvcCache``).
 - Each kind of layer has its own rotary table (local and global bases): both are gathered at each cut, side by side.
+- Exported graphs take no sliding window: an export fits its longest request in the window, so no sliding layer ever
+  reaches past it (``luvc.export.bucket_plan.check_window``), and its prefill masks come from the rows' shifted spans.
 """
 
 from __future__ import annotations
