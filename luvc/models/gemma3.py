@@ -236,7 +236,11 @@ class Gemma3Adapter(SquareViTAdapter):
         "<start_of_image>",
         "<start_of_turn>model\n",
     )
-    processor_options = {"do_pan_and_scan": False}
+
+    def __init__(self, model, tokenizer, image_processor, name: str | None = None) -> None:
+        super().__init__(model, tokenizer, image_processor, name)
+        if getattr(image_processor, "do_pan_and_scan", None):  # one view a prompt: off here, so also in an export's
+            image_processor.do_pan_and_scan = False  # saved processor, which the runtime preprocesses with
 
     @property
     def attention_window(self) -> int | None:

@@ -4,7 +4,7 @@ that grid, and images preprocessed to the tower's size."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.oim import OIMStep, plan_oim
@@ -15,7 +15,6 @@ from luvc.models.base import VLMAdapter
 class SquareViTAdapter(VLMAdapter):
     """A family whose vision tower (``model.model.vision_tower``) takes ``image_size`` square images."""
 
-    processor_options: ClassVar[dict[str, Any]] = {}  # what the image processor is called with besides the images
     processor_size_field: ClassVar[str] = "size"  # the preprocessor_config.json field that sets the image size
 
     @property
@@ -39,8 +38,7 @@ class SquareViTAdapter(VLMAdapter):
         return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
 
     def preprocess_images(self, images) -> dict:
-        processed = self.image_processor(images=list(images), return_tensors="pt", **self.processor_options)
-        pixels = processed["pixel_values"]
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         vision = self.model.config.vision_config
         if tuple(pixels.shape[-2:]) != (vision.image_size, vision.image_size):
             critical(

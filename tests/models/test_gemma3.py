@@ -155,3 +155,19 @@ def test_an_axis_merged_below_the_pooled_grid_hands_the_llm_fewer_tokens(gemma3)
 
 def test_gemma3_is_built_in_and_exports():
     assert "tiny-gemma3" in TINY_MODELS and "tiny-gemma3" in EXPORTED_TINY_MODELS  # its stages: test_gemma3_export
+
+
+def test_pan_and_scan_crops_are_turned_off_for_pytorch_and_the_export_alike():
+    from luvc.models.gemma3 import Gemma3Adapter
+
+    pristine = load_model("tiny-gemma3")
+    processor = copy.deepcopy(pristine.image_processor)
+    crops = dict(pan_and_scan_min_crop_size=64, pan_and_scan_max_num_crops=4, pan_and_scan_min_ratio_to_activate=1.2)
+    for name, value in crops.items():
+        setattr(processor, name, value)
+    processor.do_pan_and_scan = True
+    wide = synthetic_image(224, 896, 1)
+    assert processor(images=[wide], return_tensors="pt")["pixel_values"].shape[0] > 1  # a view and its crops
+    adapter = Gemma3Adapter(pristine.model, pristine.tokenizer, processor, pristine.name)
+    assert adapter.image_processor.do_pan_and_scan is False  # what an export saves, and the runtime then loads
+    assert adapter.preprocess_images([wide])["pixel_values"].shape == (1, 3, 224, 224)
