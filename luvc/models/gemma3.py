@@ -297,10 +297,4 @@ class Gemma3Adapter(SquareViTAdapter):
 
     def vision_spec(self) -> VisionSpec:
         vision, text = self.model.config.vision_config, self.model.config.text_config
-        patch = vision.num_channels * vision.patch_size**2
-        return VisionSpec(
-            embed=vision.hidden_size,
-            mlp=vision.intermediate_size,
-            patch_flops_per_token=2 * patch * vision.hidden_size,
-            projector_flops_per_unit=2 * vision.hidden_size * text.hidden_size,
-        )
+        return self.tower_spec(2 * vision.hidden_size * text.hidden_size)  # the projection of each pooled token

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from luvc.compress.config import ResolvedLUVCConfig
+from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, plan_oim
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter
@@ -46,6 +47,18 @@ class SquareViTAdapter(VLMAdapter):
                 f"{vision.image_size}x{vision.image_size}; fix {self.processor_size_field} in preprocessor_config.json."
             )
         return {"pixel_values": pixels}
+
+    def tower_spec(self, projector_flops_per_unit: int, cls_token: bool = False) -> VisionSpec:
+        """The cost model's spec of this tower (its widths and patch embedding), with the family's projector cost per
+        LLM token and whether the tower has a CLS token."""
+        vision = self.model.config.vision_config
+        return VisionSpec(
+            embed=vision.hidden_size,
+            mlp=vision.intermediate_size,
+            patch_flops_per_token=2 * vision.num_channels * vision.patch_size**2 * vision.hidden_size,
+            projector_flops_per_unit=projector_flops_per_unit,
+            cls_token=cls_token,
+        )
 
     def images_key(self, inputs: dict) -> int:
         return int(inputs["pixel_values"].shape[0])  # every image has the tower's size
