@@ -14,7 +14,6 @@ from luvc.models.compiled import compile_llm, compiles, explain_loop
 from luvc.models.generation import greedy_generate
 from luvc.parity.text import judge_text
 from luvc.parity.tolerances import TOLERANCES
-from tests.conftest import SLOW_FAMILIES
 
 PROMPT = "Describe the image."
 
@@ -31,10 +30,17 @@ def test_the_decoder_loop_traces_whole_for_every_family(family):
     assert explanation.graph_count == 1 and explanation.op_count > 50
 
 
+# The loop is every family's code; what differs (rotary tables, masks, DeepStack planes) comes through the family hooks,
+# which the test above traces whole for every family. Inductor's own kernels are run here on the Qwen families: Qwen2-VL
+# and Qwen2.5-VL (M-RoPE; in a CI run of 2026-11-27 the second took under 21 s after the first's 69 s: inductor's cache
+# holds most of its kernels) and Qwen3-VL (DeepStack planes added inside the loop, 48 s). On a fresh machine inductor
+# compiles every kernel anew: LLaVA, InternVL and Gemma 3 took 60, 52 and 123 s of that run, for code the families
+# above already run (Qwen3.5: about 40 s for its linear-attention kernels).
+COMPILED_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
+
+
 @pytest.mark.slow
-# Qwen3.5 left out: inductor compiles its reference linear-attention kernels for about 40 s; that its loop traces whole
-# is checked above
-@pytest.mark.parametrize("family", [family for family in TINY_MODELS if family not in SLOW_FAMILIES])
+@pytest.mark.parametrize("family", COMPILED_FAMILIES)
 def test_the_compiled_prefill_generates_what_eager_does(family):
     """Greedy, 16 tokens, on the CPU (inductor): the same tokens, or a first difference at a near tie as parity's
     judge decides, and the first step's logits within fp32's bound. Two prompt lengths: the second compiles the
