@@ -32,6 +32,7 @@ def test_the_registry_is_built_once_and_each_export_gets_its_own_table():
     assert second.functions[shared] is not first.functions[shared]
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_a_graph_converts_the_same_with_the_registry_built_once():
     class Scale(torch.nn.Module):
         def forward(self, x):
@@ -77,6 +78,7 @@ class Mixed(torch.nn.Module):
         return (scaled @ scaled.transpose(0, 1)).reshape(-1)
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_type_promotion_runs_only_the_promoted_operators_and_converts_the_same():
     from torch.onnx._internal.fx.passes import type_promotion
 

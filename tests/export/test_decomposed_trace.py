@@ -64,6 +64,7 @@ def _torch_program():
     return torch.export.export(Block().eval(), ARGS, dynamic_shapes=DIMS, strict=False)
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_one_trace_converts_to_the_onnx_of_torchs_two():
     program = trace_decomposed(Block().eval(), ARGS, DIMS, OPSET, {})
     assert is_decomposed(program)
@@ -73,6 +74,7 @@ def test_one_trace_converts_to_the_onnx_of_torchs_two():
     assert _convert(program) == _convert(_torch_program())
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_only_programs_traced_once_skip_torch_onnx_decomposition(monkeypatch):
     calls = []
     run_decompositions = torch.export.ExportedProgram.run_decompositions
@@ -90,6 +92,7 @@ def test_only_programs_traced_once_skip_torch_onnx_decomposition(monkeypatch):
     assert decomposed_trace._internals().fx_passes.decompose_with_registry.__name__ == "decompose_with_registry"
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_without_the_internals_the_trace_is_torch_exports(monkeypatch):
     monkeypatch.setattr(decomposed_trace, "_internals", lambda: None)
     program = trace_decomposed(Block().eval(), ARGS, DIMS, OPSET, {})
@@ -99,6 +102,7 @@ def test_without_the_internals_the_trace_is_torch_exports(monkeypatch):
     assert _convert(program) == _convert(_torch_program())
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_a_module_the_one_trace_cannot_take_falls_back_to_torch_export(monkeypatch, caplog):
     def refuse(*args, **kwargs):
         raise RuntimeError("this torch cannot trace it in one pass")
@@ -111,6 +115,7 @@ def test_a_module_the_one_trace_cannot_take_falls_back_to_torch_export(monkeypat
     assert _convert(program) == _convert(_torch_program())
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_stack_traces_are_off_while_tracing_and_restored_after():
     import torch.fx.config as fx_config
 

@@ -89,6 +89,7 @@ def test_a_worker_that_dies_is_named_with_the_fix(tmp_path, monkeypatch):
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 def test_an_interrupt_while_workers_run_stops_them_and_leaves_nothing(tmp_path, monkeypatch):
     real_wait = exporter.GraphWorkers.wait
 
@@ -133,6 +134,7 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.slow  # traces a tiny model's graphs (3-10 s)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die with the exporter on Linux")
 def test_workers_die_with_a_killed_exporter(tmp_path):
     exporting = subprocess.Popen([sys.executable, "-c", EXPORT_WITH_SLOW_WORKERS, str(tmp_path / "export")])
