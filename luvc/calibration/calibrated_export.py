@@ -199,15 +199,16 @@ class CalibratedExport(CalibrationOptions):
         more_steps, plan = self._plan(manifest, graphs)
         with (
             progress_steps(self.show_progress, len(samples) + len(graphs) + 1 + more_steps, "calibrating") as advance,
-            tempfile.TemporaryDirectory(prefix="luvc-ranges-") as ranges_dir,
             staged_folder(self.out_path, self.overwrite, EXPORT_OUTPUT, (self.export_path,)) as staging,
-            contextlib.ExitStack() as scratch,  # what the precision keeps until the export is written
+            contextlib.ExitStack() as stack,  # what the precision keeps until the export is written
         ):
+            scratch = Scratch(staging, stack)
+            ranges_dir = scratch.folder("ranges-")  # in the staging folder: a killed run's is removed with it
             source = Pipeline(self.export_path)
             feeds, references = self._run_source(source, samples, advance)
             source.release()
-            calibration = Calibration(manifest, graphs, samples, references, Path(ranges_dir), self.export_path)
-            calibration = self._calibrated(calibration, feeds, plan, Scratch(staging, scratch), advance)
+            calibration = Calibration(manifest, graphs, samples, references, ranges_dir, self.export_path)
+            calibration = self._calibrated(calibration, feeds, plan, scratch, advance)
             del feeds
             self._write_calibrated(calibration, staging, advance)
         return self.out_path
@@ -287,7 +288,7 @@ class CalibratedExport(CalibrationOptions):
         entries: dict[str, GraphEntry] = {}
         ranges, weight_bytes, excluded = {}, {}, {}
         weights = SharedWeights(staging)
-        with tempfile.TemporaryDirectory(prefix="luvc-calibrate-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="calibrate-", dir=staging) as scratch:  # removed with it if killed
             quantize = self._graph_quantizer(calibration, Path(scratch))
             for name, graph in manifest.graphs.items():
                 external = bool(graph.external_data)

@@ -99,6 +99,8 @@ def test_a_target_search_killed_with_kill_9_never_breaks_another_calibration_of_
     """Issue 77: a search killed while its hard link to the source's weights.data existed made every later
     calibration of that source fail (onnx refuses a weights file with several hard links), whatever its --out. The
     next command cleans what the dead run left: the link, its partial folder and its lock."""
+    import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -113,7 +115,12 @@ def test_a_target_search_killed_with_kill_9_never_breaks_another_calibration_of_
     weights = source / "weights.data"
     searched = tmp_path / "searched"
     argv = ["calibrate", str(source), "--out", str(searched), "--target-agreement", "0.99999", "--decode-steps", "1"]
-    run = subprocess.Popen([sys.executable, "-m", "luvc.cli.main", *argv], stderr=subprocess.PIPE, text=True)
+    temporary = tmp_path / "tmp"  # the run's temporary folder: a killed run leaves nothing in it either
+    temporary.mkdir()
+    environment = {**os.environ, "TMPDIR": str(temporary)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "luvc.cli.main", *argv], stderr=subprocess.PIPE, text=True, env=environment
+    )
     deadline = time.monotonic() + 300
     while weights.stat().st_nlink < 2:  # the search's link beside its scratch export
         assert run.poll() is None, f"the search ended before it linked the source: {run.communicate()[1]}"
@@ -122,6 +129,8 @@ def test_a_target_search_killed_with_kill_9_never_breaks_another_calibration_of_
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
     assert weights.stat().st_nlink == 2 and list(tmp_path.glob(".searched.*"))
+    assert [path.name for path in temporary.iterdir() if path.is_dir()] == []  # (a library leaves a marker file)
+    shutil.rmtree(temporary)
     out = tmp_path / "int8w"
     assert main(["calibrate", str(source), "--out", str(out), "--precision", "int8w", "--decode-steps", "1"]) == 0
     assert f"a partial folder left by an interrupted run (pid {run.pid})" in capsys.readouterr().err
