@@ -110,8 +110,8 @@ def free_ports(count: int) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def _served_repository(exports, tmp_path_factory, *options: str):
-    """``(grpc url, export folder, server log)`` of a real tritonserver serving a repository of the tiny Qwen2-VL
+def _served_repository(exports, tmp_path_factory, *options: str, family: str = "tiny-qwen2-vl"):
+    """``(grpc url, export folder, server log)`` of a real tritonserver serving a repository of ``family``'s tiny
     export, written with ``options``."""
     workdir = tmp_path_factory.mktemp("triton")
     found = find_server(workdir)
@@ -119,7 +119,7 @@ def _served_repository(exports, tmp_path_factory, *options: str):
         if os.environ.get("CI") and found.startswith("no tritonserver"):
             pytest.fail(f"CI installs tritonserver (.ci/run), but {found}")
         pytest.skip(found)
-    export = exports("tiny-qwen2-vl")
+    export = exports(family)
     # written by the Python the server's model runs in, as a user would (its python_paths point there)
     command = [found.python, "-m", "luvc.cli.main", "triton", str(export), "--out", str(workdir / "repo"), *options]
     subprocess.run([*command, "--max-new-tokens", "16"], check=True, capture_output=True)
@@ -328,3 +328,18 @@ def test_tritonserver_answers_on_openvino_as_the_openvino_pipeline_does(exports,
         assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]
         streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
         assert "".join(text for text, _ in streamed) == expected
+
+
+def test_tritonserver_serves_gemma3_as_its_pipeline_generates(exports, tmp_path_factory):
+    """Gemma 3's export (its image text written as its processor does, sliding-window layers, the default lengths a
+    quarter of the window) behind a real tritonserver: a request with an image and a text-only one answer as the
+    pipeline does, streamed or not."""
+    with _served_repository(exports, tmp_path_factory, family="tiny-gemma3") as (url, export, log):
+        image = synthetic_image(224, 224, 29)
+        pipeline = Pipeline(export)
+        expected = pipeline.generate(image, PROMPT, GenerationOptions(16)).texts[0]
+        assert infer(url, png_bytes(image), PROMPT, stream=False) == [(expected, "length")]
+        streamed = infer(url, png_bytes(image), PROMPT, stream=True, max_tokens=16)
+        assert "".join(text for text, _ in streamed) == expected
+        text_only = pipeline.generate(None, [PROMPT], GenerationOptions(16)).texts[0]
+        assert infer(url, None, PROMPT, stream=False) == [(text_only, "length")]
