@@ -23,7 +23,7 @@ from luvc.runtime.openvino_graph import OpenVinoPrecision, bfloat16_products, ch
 # widths at 18 tokens/s on an Intel Xeon with AMX; 256 at 21.5 (512 and 1536 at 22-23, 0, off, at 13-15; ONNX
 # Runtime's 20-21). 256 divides most of the supported families' widths (1536, 2048, 3584, 8960, 11008, 2560, 10240;
 # not InternVL3-1B's 896 nor SigLIP's 1152); a group that does not divide the widths ran as slowly as none (4096:
-# 14.5 tokens/s), so those products keep OpenVINO's float path.
+# 14.5 tokens/s), as if none were set.
 DYNAMIC_QUANTIZATION_GROUP = 256
 
 
