@@ -87,6 +87,7 @@ def test_missing_external_data_file_is_a_clear_error(exports, tmp_path):
         Pipeline(folder, verify=False).sessions["prefill_224x224"]
 
 
+@pytest.mark.slow  # traces graphs until interrupted
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):  # in one process (test_graph_workers: in several)
     calls = []
     real_save = exporter.save_model

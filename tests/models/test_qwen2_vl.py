@@ -137,6 +137,7 @@ def test_temporal_merges_move_the_time_axis_by_slices():
     assert merged_times == [times[0], times[2]]
 
 
+@pytest.mark.slow  # exports with torch.onnx
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])  # without and with a bias
 def test_the_exported_patch_embedding_is_one_matmul_with_the_conv3d_sums(family, tmp_path):
     import onnx

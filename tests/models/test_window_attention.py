@@ -53,6 +53,7 @@ def test_batched_windows_equal_upstream_window_attention(qwen25, size):
     torch.testing.assert_close(batched, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # traces the vision graph
 def test_vision_graph_size_does_not_grow_with_the_windows(qwen25):
     profile = ExportProfile(image_sizes=(EVEN, UNEVEN)).resolve(qwen25)
     histograms = []
