@@ -109,7 +109,7 @@ def test_kept_tokens_carry_their_original_positions(adapter, image):
     assert torch.equal(captured["cos"][0, :start], capture_full["cos"][0, :start])  # prefix text unchanged
 
 
-# pruning from layer 0 as well: in the slow tier (the fast tier runs under two minutes on a 2-core CI machine)
+# pruning from layer 0 too: in the slow tier, to keep the fast tier near its two minutes on a 2-core machine
 @pytest.mark.parametrize(
     "config",
     [LUVCConfig(), pytest.param(LUVCConfig(spu_start=0), marks=pytest.mark.slow)],

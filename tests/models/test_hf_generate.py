@@ -52,7 +52,7 @@ def test_generate_stops_at_the_stop_token_as_greedy_generate_does(adapter):
     torch.testing.assert_close(tokens[0], expected[:end], rtol=0, atol=0)
 
 
-@pytest.mark.slow  # stock logits with LUVC off: test_decoder.py's test_luvc_off_matches_stock_logits, fast tier
+@pytest.mark.slow  # greedy and sampled generate() against stock; the fast tier keeps one forward's (test_decoder.py)
 @torch.no_grad()
 def test_with_luvc_off_generate_is_stock_transformers(adapter, stock):
     adapter.apply_luvc(LUVCConfig.off())
