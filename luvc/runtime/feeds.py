@@ -18,6 +18,7 @@ from luvc.export.host_plan import HostPlan
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.base_session import TORCH_DTYPES
+from luvc.runtime.pixels import BytePixels, pixels_on
 from luvc.runtime.prompt_ids import PromptRows, visual_tokens
 from luvc.runtime.sessions import Sessions
 from luvc.videos import DEFAULT_SAMPLED_FPS
@@ -36,12 +37,12 @@ class GraphFeeds:
             self._plans[bucket.host] = HostPlan.load(self.folder / bucket.host, bucket.visual_start)
         return self._plans[bucket.host]
 
-    def vision_feeds(self, pixel_values: np.ndarray, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:
+    def vision_feeds(self, pixel_values: np.ndarray | BytePixels, bucket: BucketEntry) -> list[dict[str, torch.Tensor]]:
         """The feeds of the vision graph's calls for ``pixel_values``, on the device: one call for a
         ``(B, C, H, W)`` batch; one per image for Qwen-VL pixels ``(images * N, C)``, with the bucket's
         host-planned metadata."""
         inputs = self.manifest.graphs[bucket.vision].inputs
-        pixels = self.sessions.to_device(pixel_values).to(TORCH_DTYPES[inputs[0].dtype])
+        pixels = pixels_on(pixel_values, self.sessions.to_device).to(TORCH_DTYPES[inputs[0].dtype])
         if len(inputs[0].shape) == 4:  # (B, C, H, W) with a dynamic batch
             return [{"pixel_values": pixels}]
         per_image = inputs[0].shape[0]
@@ -56,7 +57,7 @@ class GraphFeeds:
         on_device = {entry.name: self.sessions.to_device(metadata[entry.name]) for entry in inputs[1:]}
         return [{"pixel_values": chunk, **on_device} for chunk in torch.split(pixels, per_image)]
 
-    def image_features(self, pixels: Sequence[np.ndarray], bucket: BucketEntry) -> dict[str, torch.Tensor]:
+    def image_features(self, pixels: Sequence[np.ndarray | BytePixels], bucket: BucketEntry) -> dict[str, torch.Tensor]:
         """The vision graph's outputs on the device, images along axis 0: ``image_embeds (images, n, D)`` and
         (Qwen3-VL) the DeepStack planes ``deepstack.{k}`` of the same shape. ``pixels`` holds one array per visual of
         the bucket: a mixed bucket's image and video run their own buckets' graphs, joined along the token axis."""

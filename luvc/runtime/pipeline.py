@@ -25,7 +25,7 @@ from luvc.runtime.backend_choice import AUTO, BackendChoice, choose_backend
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.options import GenerationOptions, Step
-from luvc.runtime.prepare import Prepared, Preparer
+from luvc.runtime.prepare import DEVICE_PREPROCESSING, Prepared, Preparer
 from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import RuntimeChoices, Sessions, host_arrays, resolve_device
@@ -44,7 +44,9 @@ class Pipeline:
     checks a quantized export before saving its manifest); ``float16_compute`` runs an fp16 export's float16
     arithmetic on the CPU as a GPU would (``Sessions``); ``cuda_graphs`` (``auto``, ``on``, ``off``; default ``auto``:
     ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``) captures each graph's shapes as CUDA graphs once and replays them
-    (``luvc.runtime.replay``)."""
+    (``luvc.runtime.replay``); ``preprocessing`` is where an image's pixel arithmetic runs (``device``: on the
+    pipeline's device from 8-bit pixels, ``luvc.runtime.pixels``; ``processor``: the ``transformers`` image processor
+    on the host, parity's reference)."""
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class Pipeline:
         float16_compute: bool = False,
         cuda_graphs: str | None = None,
         openvino_precision: str = "auto",
+        preprocessing: str = DEVICE_PREPROCESSING,
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in (*BACKENDS, AUTO):
@@ -96,7 +99,7 @@ class Pipeline:
         )
         self.sessions = Sessions(self.folder, self.manifest, choices)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
-        self.preparer = Preparer(self.folder, self.manifest, self.fit_policy)
+        self.preparer = Preparer(self.folder, self.manifest, self.fit_policy, preprocessing)
 
     @property
     def tokenizer(self):

@@ -24,8 +24,12 @@ from luvc.images import arrival_note
 from luvc.processing import load_processor, tile_canvas
 from luvc.prompt import Conversation
 from luvc.runtime.fit import BucketFitter, Fit
+from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels
 from luvc.runtime.prompt_ids import TEXT_PREFILL_MIN_TOKENS, PromptIds, PromptRows, row_shift
 from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
+
+DEVICE_PREPROCESSING = "device"  # the processor's arithmetic on the pipeline's device, from 8-bit pixels
+PREPROCESSING = (DEVICE_PREPROCESSING, "processor")  # "processor": the transformers image processor on the host
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
@@ -37,7 +41,7 @@ class Prepared:
     did (``None``: the exact policy)."""
 
     prompts: PromptRows
-    pixels: tuple[np.ndarray, ...]
+    pixels: tuple[np.ndarray | BytePixels, ...]
     bucket: BucketEntry | None  # None: prompts without visuals (the text prefill)
     seconds_per_slice: float | None = None
     preprocess_ms: float = 0.0
@@ -90,7 +94,7 @@ class Prepared:
         shifts = np.concatenate([b.prompts.visual_shifts for b in batches])
         return cls(
             PromptRows.of(rows, shifts, min_width=TEXT_PREFILL_MIN_TOKENS if first.bucket is None else 1),
-            tuple(np.concatenate(arrays) for arrays in zip(*(b.pixels for b in batches))),
+            tuple(concatenate_pixels(arrays) for arrays in zip(*(b.pixels for b in batches))),
             first.bucket,
             first.seconds_per_slice,
             sum(b.preprocess_ms for b in batches),
@@ -102,10 +106,16 @@ class Prepared:
 class Preparer:
     """Makes ``Prepared`` batches for export ``folder`` under fit policy ``fit_policy``."""
 
-    def __init__(self, folder: Path, manifest: ExportManifest, fit_policy: str) -> None:
+    def __init__(
+        self, folder: Path, manifest: ExportManifest, fit_policy: str, preprocessing: str = DEVICE_PREPROCESSING
+    ) -> None:
+        if preprocessing not in PREPROCESSING:
+            critical(f"preprocessing={preprocessing!r} is not one of {', '.join(PREPROCESSING)}.")
         self.folder, self.manifest, self.fit_policy = folder, manifest, fit_policy
+        self.preprocessing = preprocessing
         self._tokenizer: Any = None
         self._processor: Any = None
+        self._byte_pixels: BytePixelMaker | None = None
         self._fitter: BucketFitter | None = None
         self._prompt_ids: PromptIds | None = None
 
@@ -127,6 +137,16 @@ class Preparer:
         if self._processor is None:
             self._processor = load_processor(self.folder)
         return self._processor
+
+    @property
+    def byte_pixels(self) -> BytePixelMaker | None:
+        """What makes an image's pixels on the device (``luvc.runtime.pixels``); ``None`` with ``processor``
+        preprocessing."""
+        if self.preprocessing != DEVICE_PREPROCESSING:
+            return None
+        if self._byte_pixels is None:
+            self._byte_pixels = BytePixelMaker(self.processor)
+        return self._byte_pixels
 
     @property
     def prompt_ids(self) -> PromptIds:
@@ -163,6 +183,9 @@ class Preparer:
             pixels, video_grids = qwen_videos_pixels(videos, self.processor, temporal)
             t, height, width = video_grids[0].tolist()
             return pixels, (t * temporal, height * patch, width * patch)
+        fast = self.byte_pixels(stills) if self.byte_pixels is not None else None
+        if fast is not None:  # the processor's geometry leaves them as they are: its arithmetic on the device
+            return fast, fast.size
         pixels = self.processor(images=stills, return_tensors="np")
         if "image_grid_thw" in pixels:
             grids = {tuple(grid) for grid in np.asarray(pixels["image_grid_thw"]).tolist()}

@@ -155,6 +155,28 @@ def test_penalties_on_the_device_equal_the_penalised_argmax_of_each_steps_logits
     assert max(np.bincount(row).max() for row in plain) > 2  # what the penalties change
 
 
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl"])
+def test_device_preprocessing_uploads_bytes_and_generates_what_the_processor_does(family, exports):
+    images = [synthetic_image(224, 224, seed) for seed in (1, 2)]
+    runs = {}
+    for preprocessing in ("device", "processor"):
+        pipeline = Pipeline(exports(family), preprocessing=preprocessing)
+        prepared = pipeline.prepare(images, [PROMPT] * 2)
+        request = pipeline.request(prepared, GenerationOptions(8))
+        before = pipeline.sessions.transfer_stats()
+        tokens = [request.step().tokens]  # vision + prefill
+        uploaded = pipeline.sessions.transfer_stats().since(before).host_to_device_bytes
+        tokens += [step.tokens for step in request]
+        runs[preprocessing] = prepared, uploaded, np.stack(tokens, axis=1)
+    (fast, fast_bytes, fast_tokens), (reference, reference_bytes, reference_tokens) = runs.values()
+    assert type(fast.pixels[0]).__name__ == "BytePixels" and isinstance(reference.pixels[0], np.ndarray)
+    np.testing.assert_array_equal(np.asarray(fast.pixels[0]), reference.pixels[0])
+    np.testing.assert_array_equal(fast_tokens, reference_tokens)
+    # the pixels go up as bytes: float32 values are four bytes each (Qwen-VL's two frames of a patch: eight)
+    saved = reference.pixels[0].nbytes - fast.pixels[0].nbytes
+    assert reference_bytes - fast_bytes == saved - 3 * 256 * 4 > reference.pixels[0].nbytes // 2  # less the table
+
+
 def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
     pipeline = Pipeline(exports("tiny-qwen2-vl"))
     images = [synthetic_image(224, 224, seed) for seed in (1, 2)]

@@ -1,0 +1,90 @@
+"""Pixels made on the device from 8-bit images (luvc.runtime.pixels) are the transformers image processor's, bit for
+bit, for every family; images the processor would resize, crop or convert are left to the processor."""
+
+import numpy as np
+import pytest
+import torch
+
+from luvc.errors import LuvcError
+from luvc.images import synthetic_image
+from luvc.models import TINY_MODELS
+from luvc.models.tiny import build_tiny
+from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels
+from luvc.runtime.prepare import Preparer
+
+# per family, sizes (H, W) its processor leaves as they are (the fast path), and one it resizes or crops
+KEPT_SIZES = {
+    "tiny-qwen2-vl": [(224, 224), (112, 224), (224, 336)],
+    "tiny-qwen2.5-vl": [(224, 224), (224, 336)],
+    "tiny-qwen3-vl": [(224, 224), (448, 448)],
+    "tiny-qwen3.5": [(224, 224)],
+    "tiny-internvl": [(112, 112), (224, 224), (112, 224), (224, 336)],  # 1, 4, 2 and 6 tiles (+ a thumbnail)
+    "tiny-llava": [(224, 224)],
+    "tiny-gemma3": [(224, 224)],
+}
+RESIZED_SIZE = (200, 300)  # no family's processor keeps it
+
+
+@pytest.fixture(scope="module")
+def processors():
+    return {name: build_tiny(name)[2] for name in TINY_MODELS}
+
+
+def test_every_family_has_sizes_here():
+    assert set(KEPT_SIZES) == set(TINY_MODELS)
+
+
+@pytest.mark.parametrize("family", list(KEPT_SIZES))
+def test_device_pixels_are_the_processors_bit_for_bit(family, processors):
+    processor = processors[family]
+    maker = BytePixelMaker(processor)
+    for height, width in KEPT_SIZES[family]:
+        images = [synthetic_image(height, width, seed) for seed in (3, 4)]
+        pixels = maker(images)
+        assert pixels is not None, (family, height, width)
+        expected = processor(images=images, return_tensors="np")["pixel_values"]
+        made = np.asarray(pixels)
+        assert made.dtype == np.float32 and made.shape == expected.shape == pixels.shape
+        np.testing.assert_array_equal(made, expected)
+        assert pixels.size == (height, width)
+
+
+@pytest.mark.parametrize("family", list(KEPT_SIZES))
+def test_what_the_processor_would_resize_or_convert_is_left_to_it(family, processors):
+    maker = BytePixelMaker(processors[family])
+    assert maker([synthetic_image(*RESIZED_SIZE, 1)]) is None
+    kept = KEPT_SIZES[family][0]
+    assert maker([synthetic_image(*kept, 1).convert("RGBA")]) is None  # the processor converts to RGB
+    assert maker([synthetic_image(*kept, 1), synthetic_image(kept[0] + 56, kept[1], 2)]) is None  # sizes differ
+    assert maker([]) is None
+
+
+def test_the_host_sends_the_device_bytes_not_floats(processors):
+    maker = BytePixelMaker(processors["tiny-qwen2-vl"])
+    pixels = maker([synthetic_image(224, 224, 5)])
+    sent = []
+
+    def to_device(array):
+        sent.append((array.dtype, array.nbytes))
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    values = pixels.on(to_device)
+    assert values.dtype == torch.float32 and tuple(values.shape) == pixels.shape == (256, 1176)
+    assert sent == [(np.dtype(np.uint8), 224 * 224 * 3), (np.dtype(np.float32), 3 * 256 * 4)]  # image, then table
+    assert sum(nbytes for _, nbytes in sent) < values.numel()  # float32's quarter (an eighth: Qwen's 2 frames)
+
+
+def test_batches_join_as_the_processor_joins_them(processors):
+    processor = processors["tiny-internvl"]
+    maker = BytePixelMaker(processor)
+    images = [synthetic_image(224, 336, seed) for seed in (6, 7)]
+    joined = concatenate_pixels([maker(images[:1]), maker(images[1:])])
+    assert isinstance(joined, BytePixels)
+    np.testing.assert_array_equal(np.asarray(joined), processor(images=images, return_tensors="np")["pixel_values"])
+    arrays = [np.zeros((1, 2), np.float32), np.ones((2, 2), np.float32)]
+    np.testing.assert_array_equal(concatenate_pixels(arrays), np.concatenate(arrays))
+
+
+def test_an_unknown_preprocessing_is_refused(tmp_path):
+    with pytest.raises(LuvcError, match="preprocessing='gpu' is not one of device, processor"):
+        Preparer(tmp_path, None, "nearest", "gpu")
