@@ -171,9 +171,9 @@ class Preparer:
             critical(f"{self.manifest.model.id} was exported without video support; send images to this export.")
         return temporal
 
-    def preprocess(self, images: Sequence[Image.Image | Video]) -> tuple[np.ndarray, tuple]:
-        """Pixels for the vision graph, exactly as the model's image processor makes them, and the size that names
-        their bucket (a video's: ``(frames, H, W)``)."""
+    def preprocess(self, images: Sequence[Image.Image | Video]) -> tuple[np.ndarray | BytePixels, tuple]:
+        """Pixels for the vision graph, exactly as the model's image processor makes them (``BytePixels`` where the
+        device can make them), and the size that names their bucket (a video's: ``(frames, H, W)``)."""
         videos = [image for image in images if isinstance(image, Video)]
         stills = [image for image in images if not isinstance(image, Video)]
         if videos:
