@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -85,3 +86,21 @@ def _pss(pid: int) -> int:
             return next((int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:")), 0)
     except OSError:
         return 0
+
+
+BF16_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the features that decide the kernels (``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+            elif line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    features = [flag for flag in BF16_FLAGS if flag in flags]
+    return f"{model}, {os.cpu_count()} logical cores; features: {', '.join(features) or 'none of ' + str(BF16_FLAGS)}"

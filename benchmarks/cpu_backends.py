@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,26 +33,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import arguments
+from common import arguments, cpu_description
 from cpu_decode import PROMPT, make_exports
 
 BACKENDS = ("ort", "openvino")
-BF16_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
-
-
-def cpu_description() -> str:
-    """The CPU's model name and the features that decide the kernels (``/proc/cpuinfo``)."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-            elif line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    features = [flag for flag in BF16_FLAGS if flag in flags]
-    return f"{model}, {os.cpu_count()} logical cores; features: {', '.join(features) or 'none of ' + str(BF16_FLAGS)}"
 
 
 def measure(folder: str, backend: str, side: int, new_tokens: int) -> dict:

@@ -3,11 +3,13 @@
 Once an image is fitted to a bucket (on the host, by PIL, ``luvc.runtime.fit``), the family's ``transformers`` image
 processor would still convert it to float on the host, rescale and normalise it there, and lay it out for the vision
 graph (Qwen-VL's merge-ordered flat patches; ``(B, C, H, W)`` tiles or planes for the others). Here the host keeps the
-image as bytes (``BytePixels``) and the device does the rest: the bytes go up once (a quarter of float32's), one
-lookup maps each (channel, byte) to the processor's float, and reshapes and permutes make the layout.
+image as bytes (``BytePixels``) and the device does the rest: the bytes go up once (a quarter of float32's), become
+the processor's floats, and reshapes and permutes make the layout.
 
-The lookup table is the processor's own arithmetic, not a copy of it: its ``rescale`` and ``normalize`` run once on
-the 256 values a byte takes, in every channel, so each value is the processor's to the bit (``PixelRecipe``). The
+The values are the processor's own, not a copy of its code: its ``rescale`` and ``normalize`` run once on the 256
+values a byte takes, in every channel, and make a table (``PixelRecipe``); float32 arithmetic (divide, subtract the
+mean, divide by the deviation: a pass each) makes the values where it gives that table bit for bit, which is checked
+when the recipe is made, through the same operations (every family here); a lookup in the table where not. The
 geometry stays the processor's too: the fast path is taken only where the processor would leave the fitted image as
 it is (the processed size is the image's own: Qwen-VL's smart resize, CLIP's shortest edge and crop, Gemma 3's fixed
 size, InternVL's tile canvas, whose tiles are then slices of it and whose thumbnail PIL resizes as the processor
@@ -34,11 +36,15 @@ Layout = Literal["patches", "planes"]  # Qwen-VL's flat merge-ordered patches; (
 @dataclasses.dataclass(frozen=True)
 class PixelRecipe:
     """What a processor does to a fitted image's bytes: ``table[channel * 256 + byte]`` is its float for that byte
-    (rescaled and normalised), and ``layout`` the vision input's form (``patches`` with its patch, merge and temporal
-    sizes)."""
+    (rescaled and normalised); ``divisor``, ``mean`` and ``std`` the float32 arithmetic that makes the same values,
+    where it does (``arithmetic``: checked on the 256 values of each channel when the recipe is made); ``layout``
+    the vision input's form (``patches`` with its patch, merge and temporal sizes)."""
 
     table: np.ndarray  # float32 (channels * 256,)
-    channels: int
+    mean: np.ndarray  # float32 (channels,)
+    std: np.ndarray  # float32 (channels,)
+    divisor: float
+    arithmetic: bool  # ((byte / divisor) - mean) / std in float32 is the table, bit for bit
     layout: Layout
     patch: int = 0
     merge: int = 1
@@ -50,20 +56,44 @@ class PixelRecipe:
         ``rescale`` and ``normalize``."""
         channels = len(getattr(processor, "image_mean", None) or (0, 0, 0))
         values = np.broadcast_to(np.arange(BYTE_VALUES, dtype=np.uint8), (channels, 1, BYTE_VALUES)).copy()
-        if getattr(processor, "do_rescale", True):
+        rescale, normalise = getattr(processor, "do_rescale", True), getattr(processor, "do_normalize", True)
+        if rescale:
             values = processor.rescale(values, processor.rescale_factor)
-        if getattr(processor, "do_normalize", True):
+        if normalise:
             values = processor.normalize(values, processor.image_mean, processor.image_std)
-        table = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(channels * BYTE_VALUES))
+        table = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(channels, BYTE_VALUES))
+        divisor = float(round(1 / processor.rescale_factor)) if rescale else 1.0
+        mean = np.asarray(processor.image_mean if normalise else [0.0] * channels, dtype=np.float32)
+        std = np.asarray(processor.image_std if normalise else [1.0] * channels, dtype=np.float32)
+        geometry = {}
         if getattr(processor, "merge_size", None) and getattr(processor, "patch_size", None):
             temporal = int(getattr(processor, "temporal_patch_size", None) or 1)
-            return cls(table, channels, "patches", int(processor.patch_size), int(processor.merge_size), temporal)
-        return cls(table, channels, "planes")
+            geometry = dict(patch=int(processor.patch_size), merge=int(processor.merge_size), temporal=temporal)
+        layout: Layout = "patches" if geometry else "planes"
+        recipe = cls(table.reshape(-1), mean, std, divisor, False, layout, **geometry)
+        # one image of each byte value in every channel, through the arithmetic as a batch takes it
+        every_byte = torch.arange(BYTE_VALUES, dtype=torch.uint8).view(1, 1, BYTE_VALUES, 1).repeat(1, 1, 1, channels)
+        made = dataclasses.replace(recipe, arithmetic=True).planes(every_byte, torch.from_numpy)
+        arithmetic = torch.equal(made.reshape(channels, BYTE_VALUES), torch.from_numpy(table))
+        return dataclasses.replace(recipe, arithmetic=arithmetic)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
 
     @property
     def width(self) -> int:
         """Values per Qwen-VL patch row: channels x temporal x patch x patch."""
         return self.channels * self.temporal * self.patch * self.patch
+
+    def planes(self, images: torch.Tensor, to_device: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """The processor's float32 values of 8-bit ``images (B, H, W, C)``, as planes ``(B, C, H, W)``."""
+        if not self.arithmetic:
+            offsets = torch.arange(self.channels, device=images.device) * BYTE_VALUES
+            return to_device(self.table)[images.to(torch.int64) + offsets].permute(0, 3, 1, 2).contiguous()
+        values = images.to(torch.float32).div_(self.divisor).permute(0, 3, 1, 2).contiguous()
+        shape = (1, self.channels, 1, 1)
+        return values.sub_(to_device(self.mean).view(shape)).div_(to_device(self.std).view(shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,21 +117,16 @@ class BytePixels:
     def on(self, to_device: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
         """The processor's ``pixel_values`` as a float32 tensor, made where ``to_device`` puts the bytes."""
         recipe = self.recipe
-        images = to_device(self.images)
-        table = to_device(recipe.table)
-        count, height, width, channels = images.shape
+        planes = recipe.planes(to_device(self.images), to_device)
         if recipe.layout == "planes":
-            index = images.permute(0, 3, 1, 2).to(torch.int64)
-            offsets = torch.arange(channels, device=index.device).view(1, channels, 1, 1) * BYTE_VALUES
-            return table[index + offsets]
+            return planes
+        count, channels, height, width = planes.shape
         patch, merge, temporal = recipe.patch, recipe.merge, recipe.temporal
         rows, cols = height // (patch * merge), width // (patch * merge)
-        blocks = images.reshape(count, rows, merge, patch, cols, merge, patch, channels)
-        blocks = blocks.permute(0, 1, 4, 2, 5, 7, 3, 6)  # (B, rows, cols, merge, merge, C, patch, patch)
+        blocks = planes.reshape(count, channels, rows, merge, patch, cols, merge, patch)
+        blocks = blocks.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (B, rows, cols, merge, merge, C, patch, patch)
         shape = (*blocks.shape[:6], temporal, patch, patch)
-        flat = blocks.unsqueeze(6).expand(shape).reshape(-1, recipe.width).to(torch.int64)
-        offsets = torch.arange(channels, device=flat.device).repeat_interleave(temporal * patch * patch)
-        return table[flat + offsets * BYTE_VALUES]
+        return blocks.unsqueeze(6).expand(shape).reshape(-1, recipe.width)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         values = self.on(torch.from_numpy).numpy()

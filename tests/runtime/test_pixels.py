@@ -70,8 +70,21 @@ def test_the_host_sends_the_device_bytes_not_floats(processors):
 
     values = pixels.on(to_device)
     assert values.dtype == torch.float32 and tuple(values.shape) == pixels.shape == (256, 1176)
-    assert sent == [(np.dtype(np.uint8), 224 * 224 * 3), (np.dtype(np.float32), 3 * 256 * 4)]  # image, then table
+    assert sent[0] == (np.dtype(np.uint8), 224 * 224 * 3)  # the image; then the means and deviations
+    assert sent[1:] == [(np.dtype(np.float32), 3 * 4)] * 2
     assert sum(nbytes for _, nbytes in sent) < values.numel()  # float32's quarter (an eighth: Qwen's 2 frames)
+
+
+def test_a_rescale_no_division_makes_exactly_takes_the_table(processors):
+    # 1/127.5 and a mean of 1: dividing by round(127.5) is not the processor's arithmetic, so the recipe says so and
+    # looks each byte up in the processor's own table
+    tiny = processors["tiny-gemma3"]
+    processor = type(tiny).from_dict({**tiny.to_dict(), "rescale_factor": 1 / 127.5, "image_mean": [1.0, 1.0, 1.0]})
+    maker = BytePixelMaker(processor)
+    assert not maker.recipe.arithmetic and all(BytePixelMaker(p).recipe.arithmetic for p in processors.values())
+    images = [synthetic_image(224, 224, 9)]
+    expected = processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(np.asarray(maker(images)), expected)
 
 
 def test_batches_join_as_the_processor_joins_them(processors):
