@@ -169,7 +169,7 @@ def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready
     rows = (
         ("start to ready (process start to sessions loaded)", str(ready)),
         ("bucket", prepared.bucket_name),
-        ("preprocess", f"{timings.preprocess_ms:.1f} ms"),
+        ("preprocess", f"{timings.preprocess_ms:.1f} ms ({prepared.pixels_made})"),
         ("vision", f"{timings.vision_ms:.1f} ms"),
         ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms"),
         ("time to first token", f"{timings.preprocess_ms + timings.first_token_ms:.1f} ms"),

@@ -20,12 +20,12 @@ import numpy as np
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
-from luvc.runtime import BACKENDS
+from luvc.runtime import BACKENDS, DEVICE_PREPROCESSING
 from luvc.runtime.backend_choice import AUTO, BackendChoice, choose_backend
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.options import GenerationOptions, Step
-from luvc.runtime.prepare import DEVICE_PREPROCESSING, Prepared, Preparer
+from luvc.runtime.prepare import Prepared, Preparer
 from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import RuntimeChoices, Sessions, host_arrays, resolve_device

@@ -23,13 +23,11 @@ from luvc.export.manifest_entries import BucketEntry
 from luvc.images import arrival_note
 from luvc.processing import load_processor, tile_canvas
 from luvc.prompt import Conversation
+from luvc.runtime import DEVICE_PREPROCESSING, PREPROCESSING
 from luvc.runtime.fit import BucketFitter, Fit
 from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels
 from luvc.runtime.prompt_ids import TEXT_PREFILL_MIN_TOKENS, PromptIds, PromptRows, row_shift
 from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
-
-DEVICE_PREPROCESSING = "device"  # the processor's arithmetic on the pipeline's device, from 8-bit pixels
-PREPROCESSING = (DEVICE_PREPROCESSING, "processor")  # "processor": the transformers image processor on the host
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
@@ -57,6 +55,15 @@ class Prepared:
     @property
     def batch(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def pixels_made(self) -> str:
+        """Where the vision input's values were made, in words (``luvc.runtime.pixels``)."""
+        if not self.pixels:
+            return "no pixels"
+        if all(isinstance(pixels, BytePixels) for pixels in self.pixels):
+            return "on the device from 8-bit pixels"
+        return "by the transformers image processor"
 
     @property
     def bucket_name(self) -> str:

@@ -49,16 +49,22 @@ def test_seconds_since_start_counts_from_the_process_start():
     assert 1.5 <= seconds < 30
 
 
-def test_run_streams_the_text_that_generate_returns(exports, capsys):
+def test_run_streams_the_text_that_generate_returns(exports, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one table row a line
     folder = exports("tiny-llava")
     argv = ["run", str(folder), "--prompt", "hi", "--max-new-tokens", "6"]
     assert main(argv) == 0
     plain = capsys.readouterr().out
     assert main([*argv, "--stream"]) == 0
     streamed = capsys.readouterr().out
+    assert main([*argv, "--preprocessing", "processor"]) == 0
+    by_processor = capsys.readouterr().out
     expected = Pipeline(folder).generate(synthetic_image(224, 224), "hi", GenerationOptions(6)).texts[0]
     assert plain.startswith(f"Output: {expected}\n") and streamed.startswith(f"Output: {expected}\n")
+    assert by_processor.startswith(f"Output: {expected}\n")
     assert "\r" not in streamed and "time to first token" in streamed
+    assert "ms (on the device from 8-bit pixels)" in plain
+    assert "ms (by the transformers image processor)" in by_processor
 
 
 def test_run_with_a_system_prompt_and_text_only(exports, capsys, monkeypatch):

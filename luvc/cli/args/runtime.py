@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 from luvc.cli.args.base import BaseArgs, int_in, user_text
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
 from luvc.errors import critical
-from luvc.runtime import BACKEND_CHOICES, BACKEND_HELP, FIT_HELP, FIT_POLICIES
+from luvc.runtime import (
+    BACKEND_CHOICES,
+    BACKEND_HELP,
+    DEVICE_PREPROCESSING,
+    FIT_HELP,
+    FIT_POLICIES,
+    PREPROCESSING,
+    PREPROCESSING_HELP,
+)
 from luvc.runtime.openvino_graph import PRECISIONS as OPENVINO_PRECISIONS
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
@@ -42,6 +50,9 @@ class RuntimeArgs(BaseArgs):
             "provider, else cpu); ONNX Runtime uses the CUDA EP of onnxruntime-gpu on cuda:N",
         )
         group.add_argument("--fit", choices=FIT_POLICIES, default=None, help=FIT_HELP)
+        group.add_argument(
+            "--preprocessing", choices=PREPROCESSING, default=DEVICE_PREPROCESSING, help=PREPROCESSING_HELP
+        )
         group.add_argument(
             "--cuda-graphs",
             choices=CUDA_GRAPH_CHOICES,
@@ -99,6 +110,7 @@ class RuntimeArgs(BaseArgs):
         self.providers = args.providers.split(",") if args.providers else None
         self.device = args.device
         self.fit = args.fit
+        self.preprocessing = args.preprocessing
         self.cuda_graphs = args.cuda_graphs
         self.openvino_precision = args.openvino_precision
         if args.openvino_precision != "auto" and args.backend not in ("openvino", "auto"):
@@ -130,4 +142,5 @@ class RuntimeArgs(BaseArgs):
             fit=self.fit,
             cuda_graphs=self.cuda_graphs,
             openvino_precision=self.openvino_precision,
+            preprocessing=self.preprocessing,
         )
