@@ -70,8 +70,8 @@ def test_the_host_sends_the_device_bytes_not_floats(processors):
 
     values = pixels.on(to_device)
     assert values.dtype == torch.float32 and tuple(values.shape) == pixels.shape == (256, 1176)
-    assert sent[0] == (np.dtype(np.uint8), 224 * 224 * 3)  # the image; then the means and deviations
-    assert sent[1:] == [(np.dtype(np.float32), 3 * 4)] * 2
+    assert sent[0] == (np.dtype(np.uint8), 224 * 224 * 3)  # the image; then the divisor, means and deviations
+    assert sent[1:] == [(np.dtype(np.float32), 4), (np.dtype(np.float32), 3 * 4), (np.dtype(np.float32), 3 * 4)]
     assert sum(nbytes for _, nbytes in sent) < values.numel()  # float32's quarter (an eighth: Qwen's 2 frames)
 
 
