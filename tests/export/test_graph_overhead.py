@@ -3,6 +3,8 @@ graphs of a LUVC export hold at most 11% more nodes than those of the same model
 GPU at batch 1 each node is a launch the host issues, so more of them lose what the smaller matrices save; replayed as
 a CUDA graph they cost no launch each)."""
 
+from collections import Counter
+
 import onnx
 import pytest
 
@@ -29,21 +31,49 @@ def _optimized(export) -> dict[str, onnx.ModelProto]:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["tiny-qwen2-vl"])  # the others: benchmarks/graph_overhead.py --model
-def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(family, exports, tmp_path_factory):
+def _uncompressed(family: str, tmp_path_factory):
+    """The family's export with compression off (once per session)."""
     profile = ExportProfile(image_sizes=((224, 224),))
-    off = made_once(
+    return made_once(
         tmp_path_factory,
         f"exports/{family}-no-luvc",
         lambda out: export_model(load_model(family), out, profile, LUVCConfig.off(), show_progress=False),
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl"])  # the others: benchmarks/graph_overhead.py --model
+def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(family, exports, tmp_path_factory):
+    off = _uncompressed(family, tmp_path_factory)
     luvc, plain = _optimized(exports(family)), _optimized(off)
     assert set(luvc) == set(plain) == {"vision", "prefill"}
     nodes = {kind: (len(luvc[kind].graph.node), len(plain[kind].graph.node)) for kind in luvc}
     assert all(with_luvc >= without for with_luvc, without in nodes.values())  # LUVC's own nodes are there
     total_luvc, total_plain = (sum(counts) for counts in zip(*nodes.values()))
     assert total_luvc <= MAX_NODE_RATIO * total_plain, nodes
+
+
+@pytest.mark.slow
+def test_the_luvc_decode_graph_is_the_uncompressed_one_and_a_window_per_further_kv_capacity(exports, tmp_path_factory):
+    # issue 74: a replayed LUVC decode step was slower on an H200 than the uncompressed one. As ONNX Runtime runs them
+    # (optimised), the two graphs take the same attention path, operator for operator; LUVC's only adds, for each KV
+    # capacity beyond the first (layers pruned to other lengths keep shorter caches), the attention window of that
+    # capacity: a Min, a Range and an Unsqueeze
+    family = "tiny-qwen2-vl"
+    graphs = {
+        name: ort_optimized(folder / "decode.onnx")
+        for name, folder in (("luvc", exports(family)), ("plain", _uncompressed(family, tmp_path_factory)))
+    }
+    operators = {name: Counter(node.op_type for node in graph.graph.node) for name, graph in graphs.items()}
+    capacities = {
+        name: {item.type.tensor_type.shape.dim[2].dim_value for item in graph.graph.input if ".key" in item.name}
+        for name, graph in graphs.items()
+    }
+    assert len(capacities["plain"]) == 1 and len(capacities["luvc"]) == 3  # budgets [32, 32, 16, 0]: three lengths
+    further = len(capacities["luvc"]) - len(capacities["plain"])
+    assert operators["plain"] - operators["luvc"] == Counter()  # nothing of the uncompressed step is missing
+    assert operators["luvc"] - operators["plain"] == Counter({"Min": further, "Range": further, "Unsqueeze": further})
+    assert operators["luvc"]["Softmax"] == operators["plain"]["Softmax"] == 4  # one attention a layer, both
 
 
 def test_shape_only_nodes_are_those_that_feed_shapes_alone():
