@@ -101,3 +101,17 @@ def test_batches_join_as_the_processor_joins_them(processors):
 def test_an_unknown_preprocessing_is_refused(tmp_path):
     with pytest.raises(LuvcError, match="preprocessing='gpu' is not one of device, processor"):
         Preparer(tmp_path, None, "nearest", "gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-internvl"])
+def test_on_a_gpu_the_values_are_the_processors(family, processors):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with CUDA; none here")
+    processor = processors[family]
+    images = [synthetic_image(224, 224, seed) for seed in (3, 4)]
+    pixels = BytePixelMaker(processor)(images)
+    made = pixels.on(lambda array: torch.from_numpy(np.ascontiguousarray(array)).to("cuda:0"))
+    assert made.device.type == "cuda"
+    expected = processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(made.cpu().numpy(), expected)
