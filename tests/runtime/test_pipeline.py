@@ -174,7 +174,8 @@ def test_device_preprocessing_uploads_bytes_and_generates_what_the_processor_doe
     np.testing.assert_array_equal(fast_tokens, reference_tokens)
     # the pixels go up as bytes: float32 values are four bytes each (Qwen-VL's two frames of a patch: eight)
     saved = reference.pixels[0].nbytes - fast.pixels[0].nbytes
-    assert reference_bytes - fast_bytes == saved - 3 * 256 * 4 > reference.pixels[0].nbytes // 2  # less the table
+    recipe_bytes = 4 + 2 * 3 * 4  # the divisor, and each channel's mean and deviation (float32)
+    assert reference_bytes - fast_bytes == saved - recipe_bytes > reference.pixels[0].nbytes // 2
 
 
 def test_a_decode_step_moves_only_token_ids_and_allocates_nothing(exports):
