@@ -1,7 +1,9 @@
 """Preparation: visuals and prompts in, one ``Prepared`` batch out, with its bucket resolved once.
 
-Each visual is fitted to a bucket under the fit policy (``luvc.runtime.fit``), preprocessed by the model's own
-``transformers`` image processor (a video's frames one by one, ``luvc.videos``), and its prompt rendered in the
+Each visual is fitted to a bucket under the fit policy (``luvc.runtime.fit``), preprocessed (an image the processor
+would leave as it is: kept as 8-bit pixels, whose processor values the device makes, ``luvc.runtime.pixels``; any
+other, and a video's frames one by one, ``luvc.videos``: by the model's own ``transformers`` image processor), and
+its prompt rendered in the
 export's template (``luvc.runtime.prompt_ids``). After preparation nothing handles a raw size: a ``Prepared`` holds
 its bucket.
 """
@@ -33,8 +35,9 @@ from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class Prepared:
     """A batch ready for ``Pipeline.request``: the prompts' ids (``PromptRows``: padded on the right, each row's
-    length and visual shift); the image processor's pixels, one array per visual of the bucket (an image's or a
-    video's; a mixed bucket's image, then its video); the bucket's manifest entry; for videos the seconds one temporal
+    length and visual shift); the pixels, one entry per visual of the bucket (an image's or a video's; a mixed
+    bucket's image, then its video): ``BytePixels`` the device makes the processor's values of, or the processor's
+    own array; the bucket's manifest entry; for videos the seconds one temporal
     patch spans (``luvc.videos.seconds_per_slice``); the preprocessing time; and per row what fitting it to the bucket
     did (``None``: the exact policy)."""
 
