@@ -14,7 +14,7 @@ geometry stays the processor's too: the fast path is taken only where the proces
 it is (the processed size is the image's own: Qwen-VL's smart resize, CLIP's shortest edge and crop, Gemma 3's fixed
 size, InternVL's tile canvas, whose tiles are then slices of it and whose thumbnail PIL resizes as the processor
 does). Anything else (a size the processor would resize or crop, an image that is not RGB, pan-and-scan, a processor
-not known here) takes the processor itself: ``byte_pixels`` returns ``None``.
+not known here) takes the processor itself: ``BytePixelMaker`` returns ``None`` for it.
 """
 
 from __future__ import annotations
