@@ -158,18 +158,25 @@ def pixels_on(pixels: np.ndarray | BytePixels, to_device: Callable[[np.ndarray],
     return pixels.on(to_device) if isinstance(pixels, BytePixels) else to_device(np.asarray(pixels))
 
 
+def pil_backed(processor) -> bool:
+    """Whether ``processor`` is a ``transformers`` image processor of the PIL and NumPy backend (``PilBackend``), whose
+    rescale and normalise the recipe reproduces."""
+    return any(base.__name__ == "PilBackend" for base in type(processor).__mro__)
+
+
 class BytePixelMaker:
     """``BytePixels`` for images fitted to a bucket, where ``processor`` would leave their geometry as it is."""
 
     def __init__(self, processor) -> None:
         self.processor = processor
-        self.recipe = PixelRecipe.of(processor)
+        # a processor of another backend (torchvision's, where a family has no PIL form) does its own arithmetic
+        self.recipe = PixelRecipe.of(processor) if pil_backed(processor) else None
 
     def __call__(self, images: Sequence[Image.Image]) -> BytePixels | None:
         """The images' ``BytePixels`` (an InternVL image: its tiles, then its thumbnail), or ``None`` where the
         processor itself must make their pixels."""
         sizes = {(image.height, image.width) for image in images}
-        if not images or len(sizes) != 1 or any(image.mode != "RGB" for image in images):
+        if self.recipe is None or not images or len(sizes) != 1 or any(image.mode != "RGB" for image in images):
             return None
         size = sizes.pop()
         if not self._keeps(size):
@@ -186,7 +193,7 @@ class BytePixelMaker:
             return False
         if getattr(processor, "crop_to_patches", None) is not None:
             return tile_canvas(size, processor) == size
-        if self.recipe.layout == "patches":
+        if self.recipe is not None and self.recipe.layout == "patches":
             return processed_size(processor, size) == size
         if getattr(processor, "do_center_crop", False):  # CLIP: the shortest edge resized, then the centre crop
             shortest = getattr(processor.size, "shortest_edge", None)

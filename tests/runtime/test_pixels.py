@@ -9,7 +9,7 @@ from luvc.errors import LuvcError
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS
 from luvc.models.tiny import build_tiny
-from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels
+from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels, pil_backed
 from luvc.runtime.prepare import Preparer
 
 # per family, sizes (H, W) its processor leaves as they are (the fast path), and one it resizes or crops
@@ -57,6 +57,15 @@ def test_what_the_processor_would_resize_or_convert_is_left_to_it(family, proces
     assert maker([synthetic_image(*kept, 1).convert("RGBA")]) is None  # the processor converts to RGB
     assert maker([synthetic_image(*kept, 1), synthetic_image(kept[0] + 56, kept[1], 2)]) is None  # sizes differ
     assert maker([]) is None
+
+
+def test_a_processor_of_another_backend_makes_its_own_pixels(processors):
+    class TorchvisionProcessor:  # what a family without a PIL form loads as (torchvision does not run here)
+        image_mean, image_std, rescale_factor, patch_size, merge_size = [0.5] * 3, [0.5] * 3, 1 / 255, 14, 2
+
+    assert all(pil_backed(processor) for processor in processors.values())
+    assert not pil_backed(TorchvisionProcessor())
+    assert BytePixelMaker(TorchvisionProcessor())([synthetic_image(224, 224, 1)]) is None
 
 
 def test_the_host_sends_the_device_bytes_not_floats(processors):
