@@ -3,9 +3,8 @@
 Each visual is fitted to a bucket under the fit policy (``luvc.runtime.fit``), preprocessed (an image the processor
 would leave as it is: kept as 8-bit pixels, whose processor values the device makes, ``luvc.runtime.pixels``; any
 other, and a video's frames one by one, ``luvc.videos``: by the model's own ``transformers`` image processor), and
-its prompt rendered in the
-export's template (``luvc.runtime.prompt_ids``). After preparation nothing handles a raw size: a ``Prepared`` holds
-its bucket.
+its prompt rendered in the export's template (``luvc.runtime.prompt_ids``). After preparation nothing handles a raw
+size: a ``Prepared`` holds its bucket.
 """
 
 from __future__ import annotations
