@@ -14,6 +14,7 @@ from luvc.models.generation import greedy_generate
 from luvc.parity import metrics
 from luvc.parity.tolerances import tolerances_for
 from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from luvc.runtime.pixels import BytePixels
 from luvc.runtime.sampling import SamplingConfig
 from luvc.videos import synthetic_video
 from tests import generation_cases as shared
@@ -169,7 +170,7 @@ def test_device_preprocessing_uploads_bytes_and_generates_what_the_processor_doe
         tokens += [step.tokens for step in request]
         runs[preprocessing] = prepared, uploaded, np.stack(tokens, axis=1)
     (fast, fast_bytes, fast_tokens), (reference, reference_bytes, reference_tokens) = runs.values()
-    assert type(fast.pixels[0]).__name__ == "BytePixels" and isinstance(reference.pixels[0], np.ndarray)
+    assert isinstance(fast.pixels[0], BytePixels) and isinstance(reference.pixels[0], np.ndarray)
     np.testing.assert_array_equal(np.asarray(fast.pixels[0]), reference.pixels[0])
     np.testing.assert_array_equal(fast_tokens, reference_tokens)
     # the pixels go up as bytes: float32 values are four bytes each (Qwen-VL's two frames of a patch: eight)
