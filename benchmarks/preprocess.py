@@ -4,7 +4,8 @@ processor, per family, on the CPU.
 An 896x896 image (``--side``) is fitted to each family's bucket as ``luvc-export run`` fits it (PIL; the same for both
 sides, so not timed), then made into the vision graph's ``pixel_values`` twice per round, taking turns: by the
 family's ``transformers`` PIL image processor (rescale, normalise and lay out in NumPy, then handed to torch), and by
-the device path (8-bit pixels to torch, one table lookup, the layout; here the device is the CPU). The processors
+the device path (8-bit pixels to torch, rescaled and normalised in float32, the layout; here the device is the
+CPU). The processors
 are each family's tiny one with the published model's sizes: Qwen2-VL and Qwen2.5-VL (14-pixel patches, 28 x 28 x
 16384 pixels at most), Qwen3-VL and Qwen3.5 (16-pixel patches), InternVL3 (448-pixel tiles, up to 12, and a
 thumbnail), LLaVA-1.5 (336 x 336) and Gemma 3 (896 x 896). Both sides' values are checked equal bit for bit first.
@@ -26,7 +27,7 @@ from common import arguments, cpu_description
 from luvc.images import synthetic_image
 from luvc.models import TINY_MODELS
 from luvc.models.tiny import build_tiny
-from luvc.processing import processed_size, tile_canvas
+from luvc.processing import processed_size, resample_of, tile_canvas
 from luvc.runtime.pixels import BytePixelMaker
 
 QWEN2_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
@@ -55,7 +56,7 @@ def fitted(processor, side: int):
         size = tile_canvas((side, side), processor)
     else:
         size = processed_size(processor, (side, side)) or (processor.size.height, processor.size.width)
-    return image if size == (side, side) else image.resize(size[::-1], 3)
+    return image if size == (side, side) else image.resize(size[::-1], resample_of(processor))
 
 
 def measure(family: str, side: int, rounds: int) -> float:

@@ -15,8 +15,8 @@ FIT_HELP = (
     "distorted) or exact (refused)"
 )
 # where an image's pixel arithmetic runs (luvc.runtime.pixels): device, from 8-bit pixels, or the transformers processor
-PREPROCESSING = ("device", "processor")
 DEVICE_PREPROCESSING = "device"
+PREPROCESSING = (DEVICE_PREPROCESSING, "processor")
 PREPROCESSING_HELP = (
     "where an image's pixels are made: device (default: the image goes to the pipeline's device as 8-bit pixels and "
     "is rescaled, normalised and laid out there, to the same values as the model's image processor) or processor "

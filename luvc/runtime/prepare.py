@@ -192,7 +192,8 @@ class Preparer:
             pixels, video_grids = qwen_videos_pixels(videos, self.processor, temporal)
             t, height, width = video_grids[0].tolist()
             return pixels, (t * temporal, height * patch, width * patch)
-        fast = self.byte_pixels(stills) if self.byte_pixels is not None else None
+        maker = self.byte_pixels
+        fast = maker(stills) if maker is not None else None
         if fast is not None:  # the processor's geometry leaves them as they are: its arithmetic on the device
             return fast, fast.size
         pixels = self.processor(images=stills, return_tensors="np")
