@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
 class StartUp:
     """How long the process took to be ready: its sessions' loading, and everything since the process started."""
 
-    load_seconds: float
+    load_seconds: float  # from the first session's opening to the last one's, side by side with other work or not
     since_start_seconds: float | None  # None where the process's start time cannot be read (not Linux)
 
     def __str__(self) -> str:
@@ -32,8 +30,7 @@ def seconds_since_start() -> float | None:
         return None
 
 
-def timed_load(load: Callable[[], object]) -> StartUp:
-    """Run ``load`` (opening the sessions) and say how long it took, and how long the process has run by then."""
-    began = time.perf_counter()
-    load()
-    return StartUp(load_seconds=time.perf_counter() - began, since_start_seconds=seconds_since_start())
+def ready_after(load_seconds: float) -> StartUp:
+    """The start-up of a process whose sessions took ``load_seconds`` to open (``Sessions.opening_seconds``) and that
+    is ready now."""
+    return StartUp(load_seconds=load_seconds, since_start_seconds=seconds_since_start())

@@ -15,7 +15,7 @@ from luvc.cli.args.request import RequestArgs
 from luvc.cli.args.runtime import RuntimeArgs
 from luvc.cuda_graphs import RUNTIME_AUTO_OFF
 from luvc.errors import critical
-from luvc.startup import StartUp, timed_load
+from luvc.startup import StartUp, ready_after
 
 FINISH_REASONS = {
     "stop": "stop (the model's end of sequence or a --stop string)",
@@ -52,6 +52,7 @@ class Run:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.prompt import Conversation, Turn
+        from luvc.runtime.pipeline import EVERY_REQUEST_GRAPHS
         from luvc.runtime.user_text import UserTextGuard
 
         runtime, request = groups[RuntimeArgs], groups[RequestArgs]
@@ -60,8 +61,15 @@ class Run:
         console = Console()
         pipeline = runtime.pipeline()
         visuals = None
+        buckets = list(pipeline.manifest.buckets.values())
         if not args.text_only:  # default: a synthetic image of a bucket's size
-            visuals = [request.load(next(iter(pipeline.manifest.buckets.values())).size)]
+            visuals = [request.load(buckets[0].size)]
+        # the sessions open while the tokenizer and processor load (where the backend opens them side by side): the
+        # request's own graphs where they are known before its visual is fitted, else those every request runs
+        if args.text_only or len(buckets) == 1:
+            pipeline.begin_loading(pipeline.request_graphs(buckets[0] if visuals else None, text_only=args.text_only))
+        else:
+            pipeline.begin_loading(EVERY_REQUEST_GRAPHS)
         prompt = args.prompt
         with console.status("Loading the tokenizer"):  # what serve checks in a client's text
             guard = UserTextGuard.for_pipeline(pipeline, "in --image")
@@ -76,7 +84,8 @@ class Run:
             pipeline.preparer.load()
         prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
         with console.status("Loading sessions"):
-            ready = timed_load(lambda: pipeline.load(prepared.bucket))
+            pipeline.load(prepared.bucket, text_only=prepared.bucket is None)
+        ready = ready_after(pipeline.sessions.opening_seconds())
         generation = pipeline.request(prepared, options)
         # on a terminal, a character it would act on (a control, an escape sequence) is shown as its escape; a pipe
         # or a file gets the text as generated

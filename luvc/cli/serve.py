@@ -18,7 +18,7 @@ from luvc.serve.access import (
     AccessPolicy,
     is_loopback,
 )
-from luvc.startup import timed_load
+from luvc.startup import ready_after
 
 
 class Serve:
@@ -121,7 +121,8 @@ class Serve:
         )
         with Console(stderr=True).status("Opening the sessions"):
             # a provider or session that cannot open stops here, before the server is announced
-            ready = timed_load(pipeline.load)
+            pipeline.load()
+        ready = ready_after(pipeline.sessions.opening_seconds())
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         replay = "CUDA graphs replayed" if pipeline.sessions.cuda_graphs else "no CUDA graphs"

@@ -12,7 +12,7 @@ A short facade over the runtime's stages, one module each:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ from luvc.runtime.prepare import Prepared, Preparer
 from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import RuntimeChoices, Sessions, host_arrays, resolve_device
+
+EVERY_REQUEST_GRAPHS = ("embed", "decode")  # the graphs every request runs, whatever its visual
 
 __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request", "Step", "Timings", "host_arrays"]
 
@@ -118,19 +120,38 @@ class Pipeline:
         ``None``: prompts without visuals, for the text prefill."""
         return self.preparer(visuals, prompts)
 
-    def load(self, bucket: BucketEntry | None = None) -> Pipeline:
-        """Load the tokenizer and image processor and open the sessions a request in ``bucket`` needs (default: every
-        bucket's), so timings exclude it."""
-        self.preparer.load()
+    def request_graphs(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> list[str]:
+        """The graphs requests run: those in ``bucket`` (its vision graphs, a mixed bucket's parts' too, and its
+        prefill), those without a visual (``text_only``: the text prefill), or with neither given, any request (every
+        bucket's graphs and the text prefill); each with the embedding and decode graphs."""
+        graphs = list(EVERY_REQUEST_GRAPHS)
+        if text_only or bucket is None:
+            # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
+            # layers): for any request, the text prefill is compiled when a request without a visual first needs it
+            if text_only or self.backend != "openvino":
+                graphs.append(self.manifest.text_prefill)
+            if text_only:
+                return [name for name in graphs if name]
         buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
         for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
             buckets += [self.manifest.buckets[part] for part in entry.parts]
-        # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
-        # layers): the text prefill is compiled when a request without a visual first needs it
-        text = self.manifest.text_prefill if self.backend != "openvino" else None
-        graphs = ["embed", "decode", text]
         graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
-        self.sessions.open(name for name in graphs if name)
+        return [name for name in dict.fromkeys(graphs) if name]
+
+    def begin_loading(self, graphs: Iterable[str]) -> None:
+        """Start opening the sessions of ``graphs`` (e.g. ``request_graphs``) in the background where the backend
+        opens them side by side (ONNX Runtime on the CPU: ``Sessions.begin_opening``), so that loading the tokenizer
+        and processor overlaps them; ``load`` and the first request wait for them."""
+        self.sessions.begin_opening(graphs)
+
+    def load(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> Pipeline:
+        """Load the tokenizer and image processor and open the sessions of ``request_graphs(bucket, text_only)``
+        (default: any request's), so timings exclude it; where sessions open side by side they begin first, and the
+        processor loads beside them."""
+        graphs = self.request_graphs(bucket, text_only=text_only)
+        self.begin_loading(graphs)
+        self.preparer.load()
+        self.sessions.open(graphs)
         return self
 
     def release(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import mmap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,6 +109,9 @@ class MappedWeights:
         self._device_tensors: dict[ExternalTensor, torch.Tensor] = {}
         # weights and scales in ``MatMulNBits``' layout and their ONNX Runtime values, by source and layout
         self._nbits_made: dict[tuple, tuple[np.ndarray, object]] = {}
+        # sessions may open on several threads (``Sessions.begin_opening``): one rewrites its graph at a time, so that
+        # each tensor is still converted and handed out once
+        self._rewriting = threading.Lock()
 
     def session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         """Prepare ``model`` (a graph of the export, loaded without its external data) for an ONNX Runtime session
@@ -116,7 +120,11 @@ class MappedWeights:
         as the shared arrays with prepacking off (packed copies would be per session; quantized graphs keep it) and no
         CPU memory arena (an arena keeps each session's peak activations: 0.17 GiB of a 2.7 GiB run on a 2B-width
         export, at the same speed). Returns the serialized model and the OrtValues of the shared arrays, which must
-        outlive the session."""
+        outlive the session. Thread-safe."""
+        with self._rewriting:
+            return self._session_model(model, options)
+
+    def _session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
         on_gpu = self.device.type != "cpu"
         # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
         tensors = shareable_weights(model) if on_gpu else external_tensors(model)
@@ -341,10 +349,11 @@ class MappedWeights:
         INT8 file, 5.8 GB at 3B widths). A page read again comes back from the page cache (or the file)."""
         if not hasattr(mmap, "MADV_DONTNEED"):  # Windows
             return
-        # the files' maps, and the MatMulNBits weights mapped from the start-up cache (which sessions have packed)
-        nbits_maps = [getattr(array, "_mmap", None) for array, _ in self._nbits_made.values()]
-        for mapping in [*self._mappings.values(), *filter(None, nbits_maps)]:
-            mapping.madvise(mmap.MADV_DONTNEED)
+        with self._rewriting:  # another thread's session may be adding to these meanwhile
+            # the files' maps, and the MatMulNBits weights mapped from the start-up cache (which sessions have packed)
+            nbits_maps = [getattr(array, "_mmap", None) for array, _ in self._nbits_made.values()]
+            for mapping in [*self._mappings.values(), *filter(None, nbits_maps)]:
+                mapping.madvise(mmap.MADV_DONTNEED)
 
     @property
     def device_bytes(self) -> int:

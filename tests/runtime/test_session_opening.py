@@ -1,0 +1,87 @@
+"""Which sessions a request opens, and sessions opened side by side in the background (ONNX Runtime on the CPU) while
+the caller loads the tokenizer and processor: the same answers as sessions opened one by one, failures said where a
+session is used, and nothing left opening after a release."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from luvc.errors import LuvcError
+from luvc.images import synthetic_image
+from luvc.runtime.pipeline import EVERY_REQUEST_GRAPHS, GenerationOptions, Pipeline
+
+PROMPT = "What is in this picture?"
+
+
+def _opening_threads() -> set[threading.Thread]:
+    """The threads alive now that open sessions (those of other pipelines in this process too)."""
+    return {thread for thread in threading.enumerate() if thread.name.startswith("luvc-open")}
+
+
+def test_a_request_opens_its_own_buckets_graphs_and_no_text_prefill(exports):
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))  # several image buckets and a text prefill
+    manifest = pipeline.manifest
+    buckets = list(manifest.buckets.values())
+    assert len(buckets) > 1 and manifest.text_prefill
+    first = buckets[0]
+    assert pipeline.request_graphs(first) == ["embed", "decode", first.vision, first.prefill]
+    assert pipeline.request_graphs(text_only=True) == ["embed", "decode", manifest.text_prefill]
+    every = pipeline.request_graphs()
+    assert set(every) == {"embed", "decode", manifest.text_prefill} | {
+        graph for bucket in buckets for graph in (bucket.vision, bucket.prefill)
+    }
+    assert len(every) == len(set(every))
+    pipeline.load(first)
+    assert set(pipeline.sessions.opened()) == set(pipeline.request_graphs(first))
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("int8w", marks=pytest.mark.slow)])
+def test_sessions_opened_in_the_background_answer_as_sessions_opened_one_by_one(exports, tmp_path, precision):
+    folder = exports("tiny-llava")
+    if precision == "int8w":  # quantized graphs pack their weights when their sessions open
+        from luvc.calibration import calibrate_export
+
+        folder = calibrate_export(folder, tmp_path / "int8w", precision="int8w", show_progress=False)
+    image, options = synthetic_image(224, 224, 3), GenerationOptions(6, stop_token_ids=())
+    before = _opening_threads()
+    one_by_one = Pipeline(folder)  # a request opens each session as it first runs it, on this thread
+    expected = one_by_one.generate(image, PROMPT, options)
+    assert _opening_threads() <= before
+    one_by_one.release()
+
+    background = Pipeline(folder)
+    graphs = background.request_graphs(next(iter(background.manifest.buckets.values())))
+    background.begin_loading(graphs)
+    assert _opening_threads() - before  # opening while this thread goes on
+    prepared = background.prepare([image], [PROMPT])
+    background.load(prepared.bucket)
+    assert set(background.sessions.opened()) == set(graphs)
+    assert background.sessions.opening_seconds() > 0
+    got = background.generate(prepared, options=options)
+    np.testing.assert_array_equal(got.tokens, expected.tokens)
+    background.release()
+
+
+def test_a_session_that_fails_to_open_in_the_background_is_named_where_it_is_used(copied_export):
+    folder = copied_export("tiny-llava")
+    pipeline = Pipeline(folder)
+    (folder / pipeline.manifest.graphs["decode"].file).unlink()  # after the pipeline checked the export
+    pipeline.begin_loading(EVERY_REQUEST_GRAPHS)  # no error yet: the decode graph fails on its thread
+    with pytest.raises(LuvcError, match=r"decode\.onnx is missing; copy the whole export folder"):
+        pipeline.load(text_only=True)
+
+
+def test_a_release_while_sessions_open_closes_them_and_their_threads(exports):
+    before = _opening_threads()
+    pipeline = Pipeline(exports("tiny-llava"))
+    pipeline.begin_loading(pipeline.request_graphs())
+    opening = _opening_threads() - before
+    assert opening
+    pipeline.release()
+    assert pipeline.sessions.opened() == {} and pipeline.sessions.providers_in_use() == []
+    for thread in opening:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(2, stop_token_ids=()))
+    assert generation.tokens.shape == (1, 2)
