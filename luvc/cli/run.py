@@ -60,6 +60,8 @@ class Run:
             critical("--text-only sends no image or video; drop --image/--video, or drop --text-only.")
         console = Console()
         pipeline = runtime.pipeline()
+        options = runtime.generation_options()
+        pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
         visuals = None
         buckets = list(pipeline.manifest.buckets.values())
         if not args.text_only:  # default: a synthetic image of a bucket's size
@@ -70,21 +72,23 @@ class Run:
             pipeline.begin_loading(pipeline.request_graphs(buckets[0] if visuals else None, text_only=args.text_only))
         else:
             pipeline.begin_loading(EVERY_REQUEST_GRAPHS)
-        prompt = args.prompt
-        with console.status("Loading the tokenizer"):  # what serve checks in a client's text
-            guard = UserTextGuard.for_pipeline(pipeline, "in --image")
-        guard.check(args.prompt, "--prompt")
-        if args.system is not None:
-            guard.check(args.system, "--system")
-            turn = Turn("user", args.prompt, visual=not args.text_only)
-            prompt = Conversation((Turn("system", args.system), turn))
-        options = runtime.generation_options()
-        pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
-        with console.status("Loading the tokenizer and image processor"):
-            pipeline.preparer.load()
-        prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
-        with console.status("Loading sessions"):
-            pipeline.load(prepared.bucket, text_only=prepared.bucket is None)
+        try:
+            prompt = args.prompt
+            with console.status("Loading the tokenizer"):  # what serve checks in a client's text
+                guard = UserTextGuard.for_pipeline(pipeline, "in --image")
+            guard.check(args.prompt, "--prompt")
+            if args.system is not None:
+                guard.check(args.system, "--system")
+                turn = Turn("user", args.prompt, visual=not args.text_only)
+                prompt = Conversation((Turn("system", args.system), turn))
+            with console.status("Loading the tokenizer and image processor"):
+                pipeline.preparer.load()
+            prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
+            with console.status("Loading sessions"):
+                pipeline.load(prepared.bucket, text_only=prepared.bucket is None)
+        except BaseException:  # the process ends without opening the sessions not begun
+            pipeline.sessions.cancel_opening()
+            raise
         ready = ready_after(pipeline.sessions.opening_seconds())
         generation = pipeline.request(prepared, options)
         # on a terminal, a character it would act on (a control, an escape sequence) is shown as its escape; a pipe

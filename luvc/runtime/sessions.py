@@ -170,6 +170,13 @@ class Sessions:
                 self._opener = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="luvc-open")
             self._opening[name] = self._opener.submit(self._new_session, name)
 
+    def cancel_opening(self) -> None:
+        """Cancel the background openings not begun (an error ends the process sooner; one opening still finishes, and
+        opens on use as before)."""
+        for name, opening in list(self._opening.items()):
+            if opening.cancel():
+                del self._opening[name]
+
     def __getitem__(self, name: str) -> BaseSession:
         """The session of graph ``name`` (created and activated on first use, or waited for if it is opening)."""
         if name not in self._open:
@@ -384,8 +391,10 @@ class Sessions:
         return sum(cache.capacity_bytes() for cache in self._caches.values())
 
     def release(self) -> None:
-        """Close every session and free the KV caches (a later request opens what it needs again)."""
-        for name in list(self._opening):  # those still opening first: they are closed with the rest
+        """Close every session and free the KV caches (a later request opens what it needs again); of those opening in
+        the background, the ones not begun never open."""
+        self.cancel_opening()
+        for name in list(self._opening):  # those still opening: closed with the rest
             self[name]
         if self._opener is not None:  # its threads end; a later ``begin_opening`` starts others
             self._opener.shutdown()

@@ -85,3 +85,16 @@ def test_a_release_while_sessions_open_closes_them_and_their_threads(exports):
         assert not thread.is_alive()
     generation = pipeline.generate(synthetic_image(224, 224, 1), PROMPT, GenerationOptions(2, stop_token_ids=()))
     assert generation.tokens.shape == (1, 2)
+
+
+def test_openings_cancelled_before_they_began_open_on_use(exports):
+    pipeline = Pipeline(exports("tiny-qwen2-vl"))
+    graphs = pipeline.request_graphs()
+    assert len(graphs) > 4  # more than the threads open at once here
+    pipeline.begin_loading(graphs)
+    pipeline.sessions.cancel_opening()  # what run does on an error before the request
+    bucket = next(iter(pipeline.manifest.buckets.values()))
+    generation = pipeline.generate(synthetic_image(*bucket.size, 2), PROMPT, GenerationOptions(2, stop_token_ids=()))
+    assert generation.tokens.shape == (1, 2)
+    assert set(pipeline.request_graphs(bucket)) <= set(pipeline.sessions.opened())
+    pipeline.release()
