@@ -171,8 +171,8 @@ class Sessions:
             self._opening[name] = self._opener.submit(self._new_session, name)
 
     def cancel_opening(self) -> None:
-        """Cancel the background openings not begun (an error ends the process sooner; one opening still finishes, and
-        opens on use as before)."""
+        """Cancel the background openings not yet begun, so that an error ends the process sooner; those already
+        opening finish, and a cancelled graph opens on its first use as any other."""
         for name, opening in list(self._opening.items()):
             if opening.cancel():
                 del self._opening[name]
@@ -402,6 +402,7 @@ class Sessions:
         for session in self._open.values():
             session.deactivate()
         self._open.clear()
+        self._opening_times.clear()  # a later opening is timed afresh
         self._caches.clear()
         if self.weights is not None:
             self.weights.close()
