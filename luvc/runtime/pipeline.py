@@ -125,13 +125,12 @@ class Pipeline:
         prefill), those without a visual (``text_only``: the text prefill), or with neither given, any request (every
         bucket's graphs and the text prefill); each with the embedding and decode graphs."""
         graphs = list(EVERY_REQUEST_GRAPHS)
-        if text_only or bucket is None:
-            # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
-            # layers): for any request, the text prefill is compiled when a request without a visual first needs it
-            if text_only or self.backend != "openvino":
-                graphs.append(self.manifest.text_prefill)
-            if text_only:
-                return [name for name in graphs if name]
+        if text_only:
+            return [name for name in (*graphs, self.manifest.text_prefill) if name]
+        # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
+        # layers): for any request, the text prefill is compiled when a request without a visual first needs it
+        if bucket is None and self.backend != "openvino":
+            graphs.append(self.manifest.text_prefill)
         buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
         for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
             buckets += [self.manifest.buckets[part] for part in entry.parts]
