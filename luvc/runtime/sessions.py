@@ -127,8 +127,8 @@ class Sessions:
 
             self.activations = SharedActivations(device, self._tensorrt)
         self._open: dict[str, BaseSession] = {}
-        self._opening: dict[str, Future[BaseSession]] = {}  # sessions opening on ``_opener``'s threads
-        self._opener: ThreadPoolExecutor | None = None
+        self._opening: dict[str, Future[BaseSession]] = {}  # sessions opening on ``_openers``' threads
+        self._openers: list[ThreadPoolExecutor] = []  # each shut down when given its graphs: threads end with them
         self._opening_times: list[tuple[float, float]] = []  # when each session began and ended opening
         self._caches: dict[int, KVCache] = {}
         # the GPU check's: every replayed call also runs plainly, and outputs further apart than this are recorded
@@ -163,12 +163,21 @@ class Sessions:
         one waits for it, and a failure to open is raised there. Elsewhere nothing: each opens on first use."""
         if not self.opens_concurrently:
             return
-        for name in dict.fromkeys(names):
-            if name in self._open or name in self._opening:
-                continue
-            if self._opener is None:
-                self._opener = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="luvc-open")
-            self._opening[name] = self._opener.submit(self._new_session, name)
+        todo = [name for name in dict.fromkeys(names) if name not in self._open and name not in self._opening]
+        if not todo:
+            return
+        opener = ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="luvc-open")
+        for name in todo:
+            self._opening[name] = opener.submit(self._new_session, name)
+        opener.shutdown(wait=False)  # no idle threads stay behind (a process with threads must not fork)
+        self._openers.append(opener)
+
+    def _join_openers(self) -> None:
+        """Once nothing is opening, wait for the opening threads to end (they end once their graphs have opened)."""
+        if not self._opening:
+            for opener in self._openers:
+                opener.shutdown(wait=True)
+            self._openers.clear()
 
     def cancel_opening(self) -> None:
         """Cancel the background openings not yet begun, so that an error ends the process sooner; those already
@@ -176,12 +185,16 @@ class Sessions:
         for name, opening in list(self._opening.items()):
             if opening.cancel():
                 del self._opening[name]
+        self._join_openers()
 
     def __getitem__(self, name: str) -> BaseSession:
         """The session of graph ``name`` (created and activated on first use, or waited for if it is opening)."""
         if name not in self._open:
             opening = self._opening.pop(name, None)
-            session = opening.result() if opening is not None else self._new_session(name)
+            try:
+                session = opening.result() if opening is not None else self._new_session(name)
+            finally:
+                self._join_openers()
             self._open[name] = session
             if session.replayer is not None:
                 session.replayer.verify_tolerance = self.verify_replay_tolerance
@@ -394,11 +407,11 @@ class Sessions:
         """Close every session and free the KV caches (a later request opens what it needs again); of those opening in
         the background, the ones not begun never open."""
         self.cancel_opening()
-        for name in list(self._opening):  # those still opening: closed with the rest
-            self[name]
-        if self._opener is not None:  # its threads end; a later ``begin_opening`` starts others
-            self._opener.shutdown()
-            self._opener = None
+        for name, opening in list(self._opening.items()):  # those still opening: closed with the rest
+            del self._opening[name]
+            if opening.exception() is None:  # one that failed was never used: nothing to close, nothing to say
+                self._open[name] = opening.result()
+        self._join_openers()
         for session in self._open.values():
             session.deactivate()
         self._open.clear()
