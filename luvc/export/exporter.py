@@ -59,7 +59,8 @@ from luvc.export.weights import WEIGHTS_FILE, SharedWeights, StableMemory, Weigh
 from luvc.loaders import BaseLoader, as_path, functional
 from luvc.models.base import VLMAdapter, check_fp16_range
 from luvc.models.weights import cast_in_place
-from luvc.processing import PROCESSOR_FOLDER
+from luvc.pixel_recipe import recorded_rules
+from luvc.processing import PROCESSOR_FOLDER, load_processor
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
 
@@ -244,6 +245,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             bucket_entries = {}
             with times.stage("preprocessing"):
                 files += self._save_preprocessing(staging)
+                # the rules of the processor as the runtime loads it from the folder (its PIL form)
+                image_rules = recorded_rules(load_processor(staging))
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision" and bucket is not None}
             for bucket in buckets:
                 host = staging / f"host_{bucket.name}.npz"
@@ -267,6 +270,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 buckets=bucket_entries,
                 graphs=graphs,
                 files=hashes,
+                image_rules=image_rules,
             )
             with times.stage("manifest"):
                 manifest.save(staging)

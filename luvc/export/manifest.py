@@ -36,6 +36,7 @@ from luvc.export.manifest_entries import (
     TemplateEntry,
     TensorEntry,
 )
+from luvc.processing import ImageRules
 from luvc.staging import OutputKind, partials_note
 
 if TYPE_CHECKING:
@@ -159,6 +160,9 @@ class ExportManifest:
     kv_cache: KVCacheEntry
     passes: PassesEntry = PassesEntry(enabled=True)
     quantization: QuantizationEntry | None = None
+    # what the image processor does, for a run that needs no processor (``luvc.pixel_recipe.recorded_rules``); absent
+    # in exports written before it, and where the processor's own code must run
+    image_rules: ImageRules | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -190,6 +194,7 @@ class ExportManifest:
                 passes=PassesEntry(**data.get("passes", {"enabled": True})),
                 kv_cache=KVCacheEntry(data["kv_cache"]["update"], tuple(data["kv_cache"]["capacity"])),
                 quantization=QuantizationEntry.from_dict(data["quantization"]) if data.get("quantization") else None,
+                image_rules=ImageRules.from_dict(data["image_rules"]) if data.get("image_rules") else None,
                 format=data["format"],
                 format_version=data["format_version"],
             )

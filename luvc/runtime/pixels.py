@@ -7,9 +7,11 @@ image as bytes (``BytePixels``) and the device does the rest: the bytes go up on
 the processor's floats, and reshapes and permutes make the layout.
 
 The values are the processor's own, not a copy of its code: its ``rescale`` and ``normalize`` run once on the 256
-values a byte takes, in every channel, and make a table (``PixelRecipe``); float32 arithmetic (divide, subtract the
-mean, divide by the deviation: a pass each) makes the values where it gives that table bit for bit, which is checked
-when the recipe is made, through the same operations (every family here); a lookup in the table where not. The
+values a byte takes, in every channel, and make a table (``luvc.pixel_recipe.PixelRecipe``); float32 arithmetic
+(divide, subtract the mean, divide by the deviation: a pass each) makes the values where it gives that table bit for
+bit, which is checked when the recipe is made, through the same operations (every family here); a lookup in the table
+where not. An export records the processor's ``ImageRules`` where the arithmetic holds, and a maker of those needs no
+processor: what is said here of the processor holds of its rules. The
 geometry stays the processor's too: the fast path is taken only where the processor would leave the fitted image as
 it is (the processed size is the image's own: Qwen-VL's smart resize, CLIP's shortest edge and crop, Gemma 3's fixed
 size, InternVL's tile canvas, whose tiles are then slices of it and whose thumbnail PIL resizes as the processor
@@ -21,82 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from luvc.processing import processed_size, resample_of, tile_canvas
-
-BYTE_VALUES = 256
-Layout = Literal["patches", "planes"]  # Qwen-VL's flat merge-ordered patches; (B, C, H, W)
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelRecipe:
-    """What a processor does to a fitted image's bytes: ``table[channel * 256 + byte]`` is its float for that byte
-    (rescaled and normalised); ``divisor``, ``mean`` and ``std`` the float32 arithmetic that makes the same values,
-    where it does (``arithmetic``: checked on the 256 values of each channel when the recipe is made); ``layout``
-    the vision input's form (``patches`` with its patch, merge and temporal sizes)."""
-
-    table: np.ndarray  # float32 (channels * 256,)
-    mean: np.ndarray  # float32 (channels,)
-    std: np.ndarray  # float32 (channels,)
-    divisor: float
-    arithmetic: bool  # ((byte / divisor) - mean) / std in float32 is the table, bit for bit
-    layout: Layout
-    patch: int = 0
-    merge: int = 1
-    temporal: int = 1
-
-    @classmethod
-    def of(cls, processor) -> PixelRecipe:
-        """The recipe of ``processor`` (a ``transformers`` PIL image processor), its table made by its own
-        ``rescale`` and ``normalize``."""
-        channels = len(getattr(processor, "image_mean", None) or (0, 0, 0))
-        values = np.broadcast_to(np.arange(BYTE_VALUES, dtype=np.uint8), (channels, 1, BYTE_VALUES)).copy()
-        rescale, normalise = getattr(processor, "do_rescale", True), getattr(processor, "do_normalize", True)
-        if rescale:
-            values = processor.rescale(values, processor.rescale_factor)
-        if normalise:
-            values = processor.normalize(values, processor.image_mean, processor.image_std)
-        table = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(channels, BYTE_VALUES))
-        divisor = float(round(1 / processor.rescale_factor)) if rescale else 1.0
-        mean = np.asarray(processor.image_mean if normalise else [0.0] * channels, dtype=np.float32)
-        std = np.asarray(processor.image_std if normalise else [1.0] * channels, dtype=np.float32)
-        geometry = {}
-        if getattr(processor, "merge_size", None) and getattr(processor, "patch_size", None):
-            temporal = int(getattr(processor, "temporal_patch_size", None) or 1)
-            geometry = dict(patch=int(processor.patch_size), merge=int(processor.merge_size), temporal=temporal)
-        layout: Layout = "patches" if geometry else "planes"
-        recipe = cls(table.reshape(-1), mean, std, divisor, False, layout, **geometry)
-        # one image of each byte value in every channel, through the arithmetic as a batch takes it
-        every_byte = torch.arange(BYTE_VALUES, dtype=torch.uint8).view(1, 1, BYTE_VALUES, 1).repeat(1, 1, 1, channels)
-        made = dataclasses.replace(recipe, arithmetic=True).planes(every_byte, torch.from_numpy)
-        arithmetic = torch.equal(made.reshape(channels, BYTE_VALUES), torch.from_numpy(table))
-        return dataclasses.replace(recipe, arithmetic=arithmetic)
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    @property
-    def width(self) -> int:
-        """Values per Qwen-VL patch row: channels x temporal x patch x patch."""
-        return self.channels * self.temporal * self.patch * self.patch
-
-    def planes(self, images: torch.Tensor, to_device: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
-        """The processor's float32 values of 8-bit ``images (B, H, W, C)``, as planes ``(B, C, H, W)``."""
-        if not self.arithmetic:
-            offsets = torch.arange(self.channels, device=images.device) * BYTE_VALUES
-            return to_device(self.table)[images.to(torch.int64) + offsets].permute(0, 3, 1, 2).contiguous()
-        # the bytes laid out as planes first (a byte each), then three in-place passes; the divisor as a tensor,
-        # whose division is vectorised where a Python number's is not (5x slower on a Xeon here)
-        values = images.permute(0, 3, 1, 2).contiguous().to(torch.float32)
-        shape = (1, self.channels, 1, 1)
-        values.div_(to_device(np.asarray(self.divisor, dtype=np.float32)))
-        return values.sub_(to_device(self.mean).view(shape)).div_(to_device(self.std).view(shape))
+from luvc.pixel_recipe import PixelRecipe
+from luvc.processing import pil_backed, processed_size, resample_of, tile_canvas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,12 +89,6 @@ def concatenate_pixels(parts: Sequence) -> np.ndarray | BytePixels:
 def pixels_on(pixels: np.ndarray | BytePixels, to_device: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
     """The vision input of ``pixels`` on the device ``to_device`` puts arrays on."""
     return pixels.on(to_device) if isinstance(pixels, BytePixels) else to_device(np.asarray(pixels))
-
-
-def pil_backed(processor) -> bool:
-    """Whether ``processor`` is a ``transformers`` image processor of the PIL and NumPy backend (``PilBackend``), whose
-    rescale and normalise the recipe reproduces."""
-    return any(base.__name__ == "PilBackend" for base in type(processor).__mro__)
 
 
 class BytePixelMaker:

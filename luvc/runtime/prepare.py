@@ -129,8 +129,11 @@ class Preparer:
         self._prompt_ids: PromptIds | None = None
 
     def load(self) -> Preparer:
-        """Load the tokenizer and the image processor now (so that preprocessing times exclude it)."""
-        self.tokenizer, self.processor  # noqa: B018 (loaded on first use)
+        """Load the tokenizer and what images need now (so that preprocessing times exclude it): the export's
+        ``image_rules``, or the image processor where the export recorded none or it makes the pixels."""
+        self.tokenizer, self.image_rules  # noqa: B018 (loaded on first use)
+        if self.preprocessing != DEVICE_PREPROCESSING:
+            self.processor  # noqa: B018
         return self
 
     @property
@@ -143,9 +146,16 @@ class Preparer:
 
     @property
     def processor(self):
+        """The export's ``transformers`` image processor (loaded on first use: videos, and images it must resize)."""
         if self._processor is None:
             self._processor = load_processor(self.folder)
         return self._processor
+
+    @property
+    def image_rules(self):
+        """What fits images and makes their pixels: the rules the export recorded of its processor
+        (``luvc.processing.ImageRules``, with no ``transformers`` import), or the processor where it recorded none."""
+        return self.manifest.image_rules or self.processor
 
     @property
     def byte_pixels(self) -> BytePixelMaker | None:
@@ -154,7 +164,7 @@ class Preparer:
         if self.preprocessing != DEVICE_PREPROCESSING:
             return None
         if self._byte_pixels is None:
-            self._byte_pixels = BytePixelMaker(self.processor)
+            self._byte_pixels = BytePixelMaker(self.image_rules)
         return self._byte_pixels
 
     @property
@@ -170,7 +180,7 @@ class Preparer:
         if isinstance(visual, Video) or isinstance(visual, tuple) and any(isinstance(v, Video) for v in visual):
             self.video_temporal_patch()
         if self._fitter is None:
-            self._fitter = BucketFitter.for_export(self.manifest, self.processor, self.fit_policy)
+            self._fitter = BucketFitter.for_export(self.manifest, self.image_rules, self.fit_policy)
         return self._fitter(visual)
 
     def video_temporal_patch(self) -> int:
@@ -206,7 +216,7 @@ class Preparer:
             return np.asarray(pixels["pixel_values"]), (height * patch, width * patch)
         values = np.asarray(pixels["pixel_values"])
         if "num_patches" in pixels:  # InternVL: each image's tiles; its bucket is the canvas the tiles were cut from
-            canvases = {tile_canvas((image.height, image.width), self.processor) for image in stills}
+            canvases = {tile_canvas((image.height, image.width), self.image_rules) for image in stills}
             if len(canvases) > 1:
                 critical(f"Images of one batch must share a tile layout; got canvases {sorted(canvases)}.")
             return values, canvases.pop()

@@ -1,5 +1,5 @@
 """What the runtime loads: no model adapter and no ``transformers`` model code, so that ``luvc-export run`` and
-``serve`` start without them (a device needs the tokenizer and image processor alone)."""
+``serve`` start without them (a device needs the tokenizer and the export's image rules alone)."""
 
 import ast
 import importlib.metadata
@@ -40,6 +40,10 @@ def test_a_generation_loads_no_model_code(exports):
     )
     assert loaded["model_code"] == []
     assert "transformers.models.qwen2_vl.modeling_qwen2_vl" not in loaded["all"]
+    # nor the image processors' modules, which load transformers' model code (about 2 s of a start): the export's
+    # recorded rules fit the image and make its pixels
+    assert "transformers.image_processing_utils" not in loaded["all"]
+    assert "transformers.modeling_utils" not in loaded["all"]
 
 
 # what run, serve and the Triton model import, eagerly or in the functions a generation calls

@@ -1,6 +1,8 @@
 """Pixels made on the device from 8-bit images (luvc.runtime.pixels) are the transformers image processor's, bit for
 bit, for every family; images the processor would resize, crop or convert are left to the processor."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,23 @@ def test_on_a_gpu_the_values_are_the_processors(family, processors):
     assert made.device.type == "cuda"
     expected = processor(images=images, return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(made.cpu().numpy(), expected)
+
+
+def test_an_export_without_recorded_rules_prepares_with_its_processor_alike(copied_export):
+    from luvc.export.manifest import ExportManifest
+
+    folder = copied_export("tiny-internvl")  # tiles and a thumbnail: the most the rules decide
+    manifest = ExportManifest.load(folder)
+    assert manifest.image_rules is not None and manifest.image_rules.processor_type == "GotOcr2ImageProcessorPil"
+    images = [synthetic_image(224, 336, 8)]  # fitted to a bucket, then cut into tiles
+    with_rules = Preparer(folder, manifest, "nearest")
+    expected = with_rules(images, ["What is this?"])
+    assert with_rules._processor is None  # never loaded
+    written_before = dataclasses.replace(manifest, image_rules=None)  # an export written before the rules
+    written_before.save(folder)
+    without = Preparer(folder, ExportManifest.load(folder), "nearest")
+    got = without(images, ["What is this?"])
+    assert without._processor is not None
+    assert got.bucket == expected.bucket and got.fits == expected.fits
+    for made, reference in zip(got.pixels, expected.pixels, strict=True):
+        np.testing.assert_array_equal(np.asarray(made), np.asarray(reference))
