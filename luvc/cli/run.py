@@ -66,7 +66,7 @@ class Run:
         buckets = list(pipeline.manifest.buckets.values())
         if not args.text_only:  # default: a synthetic image of a bucket's size
             visuals = [request.load(buckets[0].size)]
-        # the sessions open while the tokenizer and processor load (where the backend opens them side by side): the
+        # the sessions open while the tokenizer loads (where the backend opens them side by side): the
         # request's own graphs where they are known before its visual is fitted, else those every request runs
         if args.text_only or len(buckets) == 1:
             pipeline.begin_loading(pipeline.request_graphs(buckets[0] if visuals else None, text_only=args.text_only))
@@ -81,7 +81,7 @@ class Run:
                 guard.check(args.system, "--system")
                 turn = Turn("user", args.prompt, visual=not args.text_only)
                 prompt = Conversation((Turn("system", args.system), turn))
-            with console.status("Loading the tokenizer and image processor"):
+            with console.status("Loading the tokenizer and image rules"):
                 pipeline.preparer.load()
             prepared = pipeline.prepare(visuals, [prompt])  # fitted to a bucket once; the timings count it
             with console.status("Loading sessions"):

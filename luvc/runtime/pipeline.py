@@ -140,13 +140,13 @@ class Pipeline:
     def begin_loading(self, graphs: Iterable[str]) -> None:
         """Start opening the sessions of ``graphs`` (e.g. ``request_graphs``) in the background where the backend
         opens them side by side (ONNX Runtime on the CPU: ``Sessions.begin_opening``), so that loading the tokenizer
-        and processor overlaps them; ``load`` and the first request wait for them."""
+        overlaps them; ``load`` and the first request wait for them."""
         self.sessions.begin_opening(graphs)
 
     def load(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> Pipeline:
-        """Load the tokenizer and image processor and open the sessions of ``request_graphs(bucket, text_only)``
-        (default: any request's), so timings exclude it; where sessions open side by side they begin first, and the
-        processor loads beside them."""
+        """Load the tokenizer and what images need (``Preparer.load``) and open the sessions of
+        ``request_graphs(bucket, text_only)`` (default: any request's), so timings exclude it; where sessions open side
+        by side they begin first, and the tokenizer loads beside them."""
         graphs = self.request_graphs(bucket, text_only=text_only)
         self.begin_loading(graphs)
         self.preparer.load()

@@ -159,7 +159,7 @@ class Sessions:
 
     def begin_opening(self, names: Iterable[str]) -> None:
         """Start opening the sessions of graphs ``names`` on background threads (one per core) where sessions open
-        concurrently, so that the caller's own work (loading the tokenizer and processor) overlaps them; a use of
+        concurrently, so that the caller's own work (loading the tokenizer) overlaps them; a use of
         one waits for it, and a failure to open is raised there. Elsewhere nothing: each opens on first use."""
         if not self.opens_concurrently:
             return
