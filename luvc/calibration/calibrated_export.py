@@ -28,7 +28,7 @@ from luvc.calibration.quantize import WEIGHT_ONLY, check_alpha, check_method
 from luvc.calibration.report import write_report
 from luvc.calibration.verify import ReferenceRun, agreement_with_reference, open_every_graph
 from luvc.errors import critical
-from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, sha256_file
+from luvc.export.manifest import EXPORT_OUTPUT, ExportManifest, load_graph, refuse_linked_weights, sha256_file
 from luvc.export.manifest_entries import GraphEntry, QuantizationEntry, QuantizationSource
 from luvc.export.weights import SharedWeights
 from luvc.loaders import BaseLoader, as_path, loaded_path
@@ -191,6 +191,9 @@ class CalibratedExport(CalibrationOptions):
     def _calibrate(self, manifest: ExportManifest) -> Path:
         from luvc.runtime.pipeline import Pipeline
 
+        # before any work, and after a killed run's link to these weights is gone (``output_claim`` cleans it)
+        external = {location for graph in manifest.graphs.values() for location in graph.external_data}
+        refuse_linked_weights(self.export_path, sorted(external))
         sizes = [bucket.size for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
         if not samples:

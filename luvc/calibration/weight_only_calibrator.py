@@ -29,7 +29,7 @@ from luvc.calibration.weight_only import (
     quantize_weights,
     quantized_weights,
 )
-from luvc.export.manifest import ExportManifest
+from luvc.export.manifest import ExportManifest, external_data_files, refuse_linked_weights
 from luvc.export.manifest_entries import CalibrationRun, QuantizationEntry, QuantizationSource
 from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample
@@ -100,7 +100,10 @@ class WeightOnlyExportFromExport(CalibratedExport):
         layers = LAYER_FORMATS[self.precision]
 
         def quantize(name: str, source: Path, structure: onnx.ModelProto, skip: list[str]):
-            model = quantize_weights(onnx.load(str(source)), self.block, skip, quantizer, layers)
+            graph = onnx.load(str(source), load_external_data=False)
+            refuse_linked_weights(source.parent, external_data_files(graph))
+            onnx.load_external_data_for_model(graph, str(source.parent))
+            model = quantize_weights(graph, self.block, skip, quantizer, layers)
             name_float_head(model, structure, kept_float)
             return model, None, quantized_weights(model)
 

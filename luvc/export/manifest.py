@@ -421,8 +421,23 @@ def checked_graph_path(folder: str | Path, name: str, manifest: ExportManifest |
 
 
 def load_graph(folder: str | Path, name: str, manifest: ExportManifest | None = None) -> onnx.ModelProto:
-    """The ONNX model of graph ``name`` with its weights; a clear error when its external-data file is missing."""
+    """The ONNX model of graph ``name`` with its weights; a clear error when its external-data file is missing or
+    has other hard links."""
     path = checked_graph_path(folder, name, manifest)
     model = onnx.load(str(path), load_external_data=False)
+    refuse_linked_weights(path.parent, external_data_files(model))
     onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def refuse_linked_weights(folder: Path, locations: list[str]) -> None:
+    """Refuse, in one line, external-data files of ``folder`` with other hard links, which onnx will not read (it takes
+    them for a hard-link attack): a folder copied with ``cp -al`` has them. ONNX Runtime reads them, so only the
+    commands that load graphs in Python (calibrate, parity's graph checks) meet this."""
+    for location in locations:
+        links = (folder / location).stat().st_nlink
+        if links > 1:
+            critical(
+                f"{folder / location} has {links} hard links (a copy made with `cp -l` or `cp -al` shares it), and "
+                "onnx does not read weights from a file with other links; copy the export with `cp -r` instead."
+            )

@@ -136,3 +136,23 @@ def test_a_target_search_killed_with_kill_9_never_breaks_another_calibration_of_
     assert f"a partial folder left by an interrupted run (pid {run.pid})" in capsys.readouterr().err
     assert weights.stat().st_nlink == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["fp32", "int8w"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8w"])
+def test_a_source_whose_weights_have_other_hard_links_is_refused_in_one_line(
+    copied_export, tmp_path, capsys, precision
+):
+    """A copy made with ``cp -al`` shares weights.data by a hard link; onnx refuses to read such a file (a traceback
+    naming a 'hardlink attack' after the calibration runs, before), so calibrate says so before any work."""
+    import os
+    import shutil
+
+    original = copied_export("tiny-llava")  # its weights in weights.data; a copy, so the shared export keeps one link
+    source = tmp_path / "linked"
+    shutil.copytree(original, source, copy_function=os.link)  # what `cp -al` makes
+    out = tmp_path / precision
+    assert main(["calibrate", str(source), "--out", str(out), "--precision", precision, "--decode-steps", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error and "calibrating" not in error
+    assert f"{source / 'weights.data'} has 2 hard links" in error and "copy the export with `cp -r` instead" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([original.name, "linked"])
