@@ -66,7 +66,7 @@ class Run:
         buckets = list(pipeline.manifest.buckets.values())
         if not args.text_only:  # default: a synthetic image of a bucket's size
             visuals = [request.load(buckets[0].size)]
-        # the sessions open while the tokenizer loads (where the backend opens them side by side): the
+        # the sessions open while the tokenizer loads (where the backend opens them in the background): the
         # request's own graphs where they are known before its visual is fitted, else those every request runs
         if args.text_only or len(buckets) == 1:
             pipeline.begin_loading(pipeline.request_graphs(buckets[0] if visuals else None, text_only=args.text_only))

@@ -9,6 +9,7 @@ both a ``past`` input and its ``present`` output is updated in place, as with ON
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ class OpenVinoRuntime:
     core: Any  # openvino.Core (openvino ships no type information)
     precision: OpenVinoPrecision
     cache_dir: Path | None = None
+    # one compile at a time: each seals the blobs OpenVINO has written when it ends, which must not include one
+    # another compile is still writing
+    _compiling: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def create(cls, requested_precision: str = "auto", cache_dir: Path | None = None) -> OpenVinoRuntime:
@@ -44,22 +48,31 @@ class OpenVinoRuntime:
         return cls(core, choose_precision(core, requested_precision), cache_dir)
 
     def compile(self, path: Path, name: str):
-        """The graph at ``path`` read and compiled for the CPU in this runtime's precision."""
-        try:
-            model = self.core.read_model(str(path))
-        except RuntimeError as error:
-            critical(f"{name}: OpenVINO could not read {path.name}: {_first_line(error)}; use --backend ort.")
-        if self.precision.precision == "bf16":
-            bfloat16_products(model)
+        """The graph at ``path`` compiled for the CPU in this runtime's precision. In f32 OpenVINO is given the path:
+        its cache then keys the graph by its absolute path, size and modification time, and a cached graph is
+        imported without being read or its weights hashed (2B widths, 8 layers, warm: 3.9 s for a request's four
+        graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first."""
         config = {
             "INFERENCE_PRECISION_HINT": self.precision.precision,
             "PERFORMANCE_HINT": "LATENCY",
             "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_QUANTIZATION_GROUP),
         }
+        with self._compiling:
+            return self._compile(path, name, config)
+
+    def _compile(self, path: Path, name: str, config: dict[str, str]):
+        source: Any = str(path)
+        if self.precision.precision == "bf16":
+            try:
+                source = self.core.read_model(str(path))
+            except RuntimeError as error:
+                critical(f"{name}: OpenVINO could not read {path.name}: {_first_line(error)}; use --backend ort.")
+            bfloat16_products(source)
         try:
-            compiled = self.core.compile_model(model, "CPU", config)
+            compiled = self.core.compile_model(source, "CPU", config)
         except RuntimeError as error:
-            critical(f"{name}: OpenVINO could not compile {path.name}: {_first_line(error)}; use --backend ort.")
+            doing = "compile" if self.precision.precision == "bf16" else "read or compile"
+            critical(f"{name}: OpenVINO could not {doing} {path.name}: {_first_line(error)}; use --backend ort.")
         if self.cache_dir is not None:
             from luvc import cache
 

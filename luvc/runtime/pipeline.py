@@ -139,8 +139,8 @@ class Pipeline:
 
     def begin_loading(self, graphs: Iterable[str]) -> None:
         """Start opening the sessions of ``graphs`` (e.g. ``request_graphs``) in the background where the backend
-        opens them side by side (ONNX Runtime on the CPU: ``Sessions.begin_opening``), so that loading the tokenizer
-        overlaps them; ``load`` and the first request wait for them."""
+        opens them there (ONNX Runtime and OpenVINO on the CPU: ``Sessions.begin_opening``), so that loading the
+        tokenizer overlaps them; ``load`` and the first request wait for them."""
         self.sessions.begin_opening(graphs)
 
     def load(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> Pipeline:

@@ -150,23 +150,25 @@ class Sessions:
         )
 
     @property
-    def opens_concurrently(self) -> bool:
-        """Whether sessions open side by side on threads: ONNX Runtime's on the CPU, whose session creation runs
-        without the GIL (packing a quantized graph's weights: 1.3 s per graph of Qwen2-VL-2B widths with 8 layers, on
-        one core). OpenVINO's compiles share a cache folder whose blobs are sealed as a whole, TensorRT's engines and
-        CUDA sessions share a device: they open one at a time."""
-        return self.backend == "ort" and self.device.type == "cpu"
+    def opening_threads(self) -> int:
+        """How many threads open sessions in the background (``begin_opening``; 0: each opens on first use).
+        ONNX Runtime's on the CPU: one per core, as its session creation runs without the GIL (packing a quantized
+        graph's weights: 1.3 s per graph of Qwen2-VL-2B widths with 8 layers, on one core). OpenVINO's: one, since its
+        compiles run one at a time (``OpenVinoRuntime.compile``: each seals the cache's blobs) but without the GIL,
+        beside the caller's imports. TensorRT's engines and CUDA sessions share a device: on first use."""
+        if self.device.type != "cpu":
+            return 0
+        return {"ort": os.cpu_count() or 1, "openvino": 1}.get(self.backend, 0)
 
     def begin_opening(self, names: Iterable[str]) -> None:
-        """Start opening the sessions of graphs ``names`` on background threads (one per core) where sessions open
-        concurrently, so that the caller's own work (loading the tokenizer) overlaps them; a use of
-        one waits for it, and a failure to open is raised there. Elsewhere nothing: each opens on first use."""
-        if not self.opens_concurrently:
-            return
+        """Start opening the sessions of graphs ``names`` on background threads (``opening_threads``), so that the
+        caller's own work (loading the tokenizer) overlaps them; a use of one waits for it, and a failure to open is
+        raised there. Where the backend opens none in the background, nothing: each opens on first use."""
+        threads = self.opening_threads
         todo = [name for name in dict.fromkeys(names) if name not in self._open and name not in self._opening]
-        if not todo:
+        if not threads or not todo:
             return
-        opener = ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="luvc-open")
+        opener = ThreadPoolExecutor(min(len(todo), threads), thread_name_prefix="luvc-open")
         for name in todo:
             self._opening[name] = opener.submit(self._new_session, name)
         opener.shutdown(wait=False)  # no idle threads stay behind (a process with threads must not fork)
@@ -221,8 +223,8 @@ class Sessions:
         return session
 
     def open(self, names: Iterable[str]) -> None:
-        """Open the sessions of graphs ``names`` now (so that a request's timings exclude it): side by side where they
-        open concurrently (``begin_opening``)."""
+        """Open the sessions of graphs ``names`` now (so that a request's timings exclude it): in the background
+        where the backend opens them there (``begin_opening``)."""
         names = list(names)
         self.begin_opening(names)
         for name in names:

@@ -254,3 +254,54 @@ def test_weight_only_products_quantize_their_activations_in_groups_of_256(tmp_pa
     expected = x @ (weight.astype(np.float32) * scale)
     got = compiled({"x": x})["y"]
     assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max()  # 8-bit activations: within 2% of the scale
+
+
+class _ReadCounting:
+    """A real OpenVINO core that counts the models read through it in Python."""
+
+    def __init__(self, core) -> None:
+        self.core, self.reads = core, 0
+
+    def read_model(self, *args, **kwargs):
+        self.reads += 1
+        return self.core.read_model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+
+def test_in_f32_a_graph_is_compiled_from_its_path_and_a_cached_one_is_imported_unread(exports, tmp_path):
+    """Given the path, OpenVINO's cache keys the graph by path, size and time, and imports a cached compile without
+    reading the graph or hashing its weights (given a read model, it hashes every weight at every start)."""
+    from luvc import cache
+    from luvc.runtime.openvino_session import OpenVinoRuntime
+
+    path = exports("tiny-qwen2-vl", "fp32") / "decode.onnx"
+    folder = tmp_path / "compiled"
+    folder.mkdir()
+    first = OpenVinoRuntime.create("f32", folder)
+    first.core = _ReadCounting(first.core)
+    first.compile(path, "decode")
+    blobs = sorted(folder.glob(cache.OPENVINO_BLOB))
+    assert first.core.reads == 0 and len(blobs) == 1  # compiled and kept, never read in Python
+    again = OpenVinoRuntime.create("f32", folder)  # a later start: a new core on the same cache
+    compiled = again.compile(path, "decode")
+    assert sorted(folder.glob(cache.OPENVINO_BLOB)) == blobs and compiled.inputs  # imported, not compiled anew
+    assert (folder / f"{blobs[0].name}{cache.SEAL_SUFFIX}").is_file()  # sealed, as every blob is
+
+
+def test_openvino_sessions_open_on_one_background_thread_one_compile_at_a_time(exports):
+    import threading
+
+    pipeline = Pipeline(exports("tiny-llava", "fp32"), backend="openvino")
+    assert pipeline.sessions.opening_threads == 1  # compiles seal the cache's blobs as they end: one at a time
+    graphs = pipeline.request_graphs(next(iter(pipeline.manifest.buckets.values())))
+    pipeline.begin_loading(graphs)
+    opening = [thread for thread in threading.enumerate() if thread.name.startswith("luvc-open")]
+    assert len(opening) <= 1
+    pipeline.load(next(iter(pipeline.manifest.buckets.values())))
+    assert set(pipeline.sessions.opened()) == set(graphs)
+    assert not any(thread.is_alive() for thread in opening)
+    tokens, _ = _greedy(pipeline)
+    expected, _ = _greedy(Pipeline(exports("tiny-llava", "fp32")))
+    np.testing.assert_array_equal(tokens, expected)
