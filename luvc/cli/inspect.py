@@ -49,6 +49,13 @@ class Inspect:
             )
         kv = manifest.kv_cache
         console.print(f"decode KV cache: {kv.update} update in place, capacity per layer {list(kv.capacity)}")
+        rules = manifest.image_rules
+        console.print(
+            f"image rules: {rules.processor_type}'s (run and serve load no image processor for images)"
+            if rules is not None
+            else "image rules: none (an older export, or pixels the runtime's arithmetic does not make: run and serve "
+            "load the image processor)"
+        )
         for name, graph in manifest.graphs.items():
             model = load_graph(args.export_dir, name, manifest)
             values = {dim: opt for dim, (_, opt, _) in dimension_ranges(manifest, name).items()}

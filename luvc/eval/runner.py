@@ -211,7 +211,8 @@ class EvalFromModel(BaseLoader[EvalResults]):
     def _fitter(self, manifest: ExportManifest) -> Callable:
         """Fits each question's image or clip to the export's buckets (``--fit``), for the PyTorch runs as for the
         export's, so both see the same pixels."""
-        fitter = BucketFitter.for_export(manifest, load_processor(self.export_path), self.fit)
+        rules = manifest.image_rules or load_processor(self.export_path)  # as the export's runtime fits them
+        fitter = BucketFitter.for_export(manifest, rules, self.fit)
         return lambda visual: fitter(visual)[0]
 
     def _configs(

@@ -19,6 +19,7 @@ def test_inspect_shows_io_budgets_flops_lint_and_passes(exports, capsys):
         "pass fuse_spu_gathers",
         "kv_write_index",
         "decode KV cache: tensor-scatter update in place, capacity per layer [",
+        "image rules: Qwen2VLImageProcessorPil's",
     ):
         assert text in out, text
 
