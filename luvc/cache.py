@@ -318,13 +318,18 @@ def openvino_folder(weights_bytes: int = 0) -> Path | None:
 
 
 def check_openvino_blobs(folder: Path) -> None:
-    """Drop every blob of ``folder`` that has no seal or whose bytes no longer match it (said once)."""
+    """Drop every blob of ``folder`` that has no seal or whose bytes no longer match it (said once), and every seal
+    whose blob is gone (removed by hand, or by OpenVINO)."""
     for blob in folder.glob(OPENVINO_BLOB):
         if not _seal_of(blob).is_file():
             with contextlib.suppress(OSError):
                 blob.unlink()
             continue
         _intact(blob)
+    for seal in folder.glob(OPENVINO_BLOB + SEAL_SUFFIX):
+        if not seal.with_name(seal.name.removesuffix(SEAL_SUFFIX)).exists():
+            with contextlib.suppress(OSError):
+                seal.unlink()
 
 
 def seal_openvino_blobs(folder: Path) -> None:

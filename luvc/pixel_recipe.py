@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from luvc.processing import ImageRules, pil_backed
+from luvc.processing import ImageRules
 
 BYTE_VALUES = 256
 Layout = Literal["patches", "planes"]  # Qwen-VL's flat merge-ordered patches; (B, C, H, W)
@@ -103,7 +103,5 @@ class PixelRecipe:
 def recorded_rules(processor) -> ImageRules | None:
     """The ``ImageRules`` an export records of ``processor`` (as the runtime loads it): ``None`` where the runtime
     must load the processor itself (another backend, or bytes the float32 arithmetic would not make as it does)."""
-    rules = ImageRules.of(processor)
-    if rules is None or not pil_backed(processor) or not PixelRecipe.of(processor).arithmetic:
-        return None
-    return rules
+    rules = ImageRules.of(processor)  # None for a processor of another backend
+    return rules if rules is not None and PixelRecipe.of(processor).arithmetic else None

@@ -246,6 +246,17 @@ def test_openvino_compiled_models_are_kept_sealed_and_a_damaged_one_never_change
     assert all(Path(f"{blob}.sum").is_file() for blob in (cache_folder / "openvino").glob("*.blob"))
 
 
+def test_a_seal_whose_openvino_blob_is_gone_is_removed_and_a_sealed_blob_stays(cache_folder):
+    folder = cache.openvino_folder()
+    kept, gone = folder / "1.blob", folder / "2.blob"
+    for blob in (kept, gone):
+        blob.write_bytes(b"compiled" * 10)
+    cache.seal_openvino_blobs(folder)
+    gone.unlink()  # removed by hand
+    cache.check_openvino_blobs(folder)
+    assert sorted(path.name for path in folder.iterdir()) == ["1.blob", f"1.blob{cache.SEAL_SUFFIX}"]
+
+
 def _new_process():
     """What a new process starts from: no account of the converted weights yet, and nothing said."""
     cache._room.cache_clear()
