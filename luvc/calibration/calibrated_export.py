@@ -192,8 +192,7 @@ class CalibratedExport(CalibrationOptions):
         from luvc.runtime.pipeline import Pipeline
 
         # before any work, and after a killed run's link to these weights is gone (``output_claim`` cleans it)
-        external = {location for graph in manifest.graphs.values() for location in graph.external_data}
-        refuse_linked_weights(self.export_path, sorted(external))
+        refuse_linked_weights(self.export_path, manifest.weights_files)
         sizes = [bucket.size for bucket in manifest.buckets.values()]
         samples = list(self.samples) if self.samples is not None else synthetic_samples(sizes, seed=self.seed)
         if not samples:
@@ -328,7 +327,7 @@ class CalibratedExport(CalibrationOptions):
     def _copy_rest(self, manifest: ExportManifest, staging: Path) -> list[str]:
         """Copy every file that is not a graph or its weights (host plans, tokenizer, processor)."""
         graph_files = {graph.file for graph in manifest.graphs.values()}
-        graph_files |= {f for graph in manifest.graphs.values() for f in graph.external_data}
+        graph_files.update(manifest.weights_files)
         copied = []
         for name in manifest.files:
             if name not in graph_files:

@@ -144,7 +144,7 @@ class FloatLayerTrials:
         the folders are on different file systems), so that a candidate's float weights are read from the source's
         files in place. Not symbolic links: ONNX Runtime refuses external data that resolves outside the folder."""
         aliases = {}
-        for location in sorted({f for graph in self.source.graphs.values() for f in graph.external_data}):
+        for location in self.source.weights_files:
             alias = self.folder / f"{TRIAL_PREFIX}source-{location}"
             if not alias.exists():
                 try:

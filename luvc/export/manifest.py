@@ -276,6 +276,11 @@ class ExportManifest:
                 critical(f"{file} does not match its sha256 in {MANIFEST_NAME}; the file changed or is truncated.")
             cache.remember_digest(file, digest)
 
+    @property
+    def weights_files(self) -> list[str]:
+        """The external-data files the export's graphs keep their weights in, each once, sorted."""
+        return sorted({location for graph in self.graphs.values() for location in graph.external_data})
+
     def graph_path(self, folder: str | Path, name: str) -> Path:
         if name not in self.graphs:
             critical(f"The export has no graph {name!r}; it has {sorted(self.graphs)}.")

@@ -145,8 +145,8 @@ class Pipeline:
 
     def load(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> Pipeline:
         """Load the tokenizer and what images need (``Preparer.load``) and open the sessions of
-        ``request_graphs(bucket, text_only)`` (default: any request's), so timings exclude it; where sessions open side
-        by side they begin first, and the tokenizer loads beside them."""
+        ``request_graphs(bucket, text_only)`` (default: any request's), so timings exclude it; where sessions open in
+        the background they begin first, and the tokenizer loads beside them."""
         graphs = self.request_graphs(bucket, text_only=text_only)
         self.begin_loading(graphs)
         self.preparer.load()
