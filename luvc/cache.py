@@ -16,12 +16,14 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
 - ``matmul_nbits/<sha256 of the weights file>/<offset>-<length>.u8``: weight-only INT8 weights in the layout of ONNX
   Runtime's ``MatMulNBits`` (``luvc.runtime.matmul_nbits``), kept and checked the same way.
 
-- ``openvino/``: OpenVINO's compiled models (``--backend openvino``; OpenVINO's own ``CACHE_DIR``, keyed by a hash
-  of the model and its compile settings): a warm start imports them instead of compiling (1.3 s against 12 s for
-  the graphs of a 2B-widths export with 8 layers). OpenVINO trusts what it imports, so each blob is sealed as the
-  conversions are (``seal_openvino_blobs`` after a compile; ``check_openvino_blobs`` before one): a blob whose bytes
-  no longer match its seal, or that has no seal (a compile killed while writing it), is dropped before OpenVINO can
-  read it, and compiled again.
+- ``openvino/<key>/``: OpenVINO's compiled models (``--backend openvino``), a folder per graph and compile
+  (``openvino_entry``: the key hashes the graph's and its weights files' paths, sizes and modification times, the
+  compile settings and OpenVINO's release), given to OpenVINO as its ``CACHE_DIR`` for that compile: a warm start
+  imports them instead of compiling (1.3 s against 12 s for the graphs of a 2B-widths export with 8 layers). OpenVINO
+  trusts what it imports, so each blob is sealed as the conversions are (``seal_openvino_blobs`` after a compile;
+  ``check_openvino_blobs`` before one): a blob whose bytes no longer match its seal, or that has no seal (a compile
+  killed while writing it), is dropped before OpenVINO can read it, and compiled again. Blobs of the earlier flat
+  layout (directly in ``openvino/``) are never read again and are removed.
 
 - ``backends/<key>.json``: what ``--backend auto`` measured on this machine for an export (``kept_record``), so
   that only the first start measures.
@@ -29,10 +31,13 @@ cache folder of the user's (``LUVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/luvc-expo
 Nothing here is needed: a cache folder that cannot be made or written to (read-only home, full disk) only means the
 work is done again, said once. ``LUVC_CACHE_DIR=off`` turns it off.
 
-The converted weights are bounded: ``LUVC_CACHE_MAX_GB`` (default 20) GiB in all. A start that would pass it first
-removes the conversions of other weights files, the least recently used first (a weights file's folder is touched by
-every start that maps or writes it), said in one line; where that is not enough, the rest of its conversions are not
-kept. A process that mapped a removed file keeps its pages until it ends.
+The converted weights and the compiled models are bounded together: ``LUVC_CACHE_MAX_GB`` (default 20) GiB in all.
+A start that would pass it first removes the conversions of other weights files and the compiled models of other
+graphs, the least recently used first (a weights file's or a graph's folder is touched by every start that maps,
+imports or writes it), said in one line; where that is not enough, the rest of its conversions are not kept (a
+compiled model OpenVINO has written stays: it is the start's own). A process that mapped a removed file keeps its pages
+until it ends. Re-exporting to the same folder makes new entries (other modification times), and the old ones go
+the same way once the limit is reached.
 """
 
 from __future__ import annotations
@@ -210,9 +215,9 @@ def keep_conversion(file_digest: str, offset: int, length: int, array: np.ndarra
     return np.memmap(path, dtype=dtype, mode="r", shape=array.shape)
 
 
-def max_conversion_bytes() -> int:
-    """The most bytes of converted weights the cache keeps (``LUVC_CACHE_MAX_GB``; a bad value is said once and the
-    default taken)."""
+def max_kept_bytes() -> int:
+    """The most bytes of converted weights and compiled models the cache keeps (``LUVC_CACHE_MAX_GB``; a bad value is
+    said once and the default taken)."""
     setting = os.environ.get(MAX_ENV)
     if setting:
         with contextlib.suppress(ValueError):
@@ -221,14 +226,15 @@ def max_conversion_bytes() -> int:
                 return int(value * GiB)
         _say_once(
             f"{MAX_ENV}={setting!r} is not a positive number of GiB; the cache keeps at most {DEFAULT_MAX_GIB:g} GiB "
-            f"of converted weights: set it to e.g. 40, or {ENV}=off."
+            f"of converted weights and compiled models: set it to e.g. 40, or {ENV}=off."
         )
     return int(DEFAULT_MAX_GIB * GiB)
 
 
-def _conversion_folders(root: Path) -> list[Path]:
-    """The cache's folders of converted weights, one per kind and weights file."""
-    return [folder for kind in CONVERSIONS for folder in (root / kind).glob("*") if folder.is_dir()]
+def _kept_folders(root: Path) -> list[Path]:
+    """The cache's folders the limit counts: converted weights, one per kind and weights file, and compiled models,
+    one per graph and compile."""
+    return [folder for kind in (*CONVERSIONS, OPENVINO) for folder in (root / kind).glob("*") if folder.is_dir()]
 
 
 def _bytes_under(folder: Path) -> int:
@@ -240,8 +246,8 @@ def _bytes_under(folder: Path) -> int:
 
 
 class _Room:
-    """This process's account of the converted weights under one cache ``root``: their bytes (measured once, then
-    counted as written) and the folders it uses, which it never removes."""
+    """This process's account of the converted weights and compiled models under one cache ``root``: their bytes
+    (measured once, then counted as written) and the folders it uses, which it never removes."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -249,36 +255,49 @@ class _Room:
         self.held: int | None = None
 
     def use(self, folder: Path) -> None:
-        """Note that this process maps or writes ``folder``; its time is the folder's last use."""
+        """Note that this process maps, imports or writes ``folder``; its time is the folder's last use."""
         if folder not in self.used:
             self.used.add(folder)
             with contextlib.suppress(OSError):  # not made yet: its first write makes it, now
                 os.utime(folder)
 
     def make(self, folder: Path, incoming: int) -> bool:
-        """Whether ``incoming`` more bytes for ``folder`` fit under ``max_conversion_bytes``, after removing other
-        weights files' conversions, least recently used first (said once); False: they are not kept."""
+        """Whether ``incoming`` more bytes for ``folder`` fit under ``max_kept_bytes``, after removing what other
+        weights files and graphs keep, least recently used first (said once); False: they are not kept."""
         self.use(folder)
-        limit = max_conversion_bytes()
+        limit = max_kept_bytes()
         if self.held is None:
-            self.held = sum(_bytes_under(found) for found in _conversion_folders(self.root))
-        if self.held + incoming > limit:
-            unused = [found for found in _conversion_folders(self.root) if found not in self.used]
-            for oldest in sorted(unused, key=_last_use):
-                freed = _bytes_under(oldest)
-                shutil.rmtree(oldest, ignore_errors=True)
-                self.held -= freed
-                _say_once(
-                    f"the start-up cache keeps at most {limit / GiB:g} GiB of converted weights ({MAX_ENV}): those of "
-                    "the exports started least recently were removed"
-                )
-                if self.held + incoming <= limit:
-                    break
+            self.held = sum(_bytes_under(found) for found in _kept_folders(self.root))
+        self._free(limit, incoming)
         if self.held + incoming > limit:
             _say_once(f"converted weights past {limit / GiB:g} GiB are not kept ({MAX_ENV}); each start converts them")
             return False
         self.held += incoming
         return True
+
+    def written(self, folder: Path) -> None:
+        """Account for what another program wrote into ``folder`` (OpenVINO's blobs: their size is known only once
+        written), and get back under ``max_kept_bytes`` by removing what other folders keep (said once)."""
+        self.use(folder)
+        self.held = sum(_bytes_under(found) for found in _kept_folders(self.root))
+        self._free(max_kept_bytes(), 0)
+
+    def _free(self, limit: int, incoming: int) -> None:
+        """Remove the folders this process does not use, least recently used first, until ``incoming`` more bytes fit
+        under ``limit`` or none is left."""
+        if self.held is None or self.held + incoming <= limit:
+            return
+        unused = [found for found in _kept_folders(self.root) if found not in self.used]
+        for oldest in sorted(unused, key=_last_use):
+            freed = _bytes_under(oldest)
+            shutil.rmtree(oldest, ignore_errors=True)
+            self.held -= freed
+            _say_once(
+                f"the start-up cache keeps at most {limit / GiB:g} GiB of converted weights and compiled models "
+                f"({MAX_ENV}): those of the exports started least recently were removed"
+            )
+            if self.held + incoming <= limit:
+                break
 
 
 def _last_use(folder: Path) -> float:
@@ -293,28 +312,72 @@ def _room(root: Path) -> _Room:
     return _Room(root)
 
 
+OPENVINO = "openvino"  # the cache's folder of OpenVINO's compiled models
 OPENVINO_BLOB = "*.blob"  # what OpenVINO writes in its CACHE_DIR
 
 
 def openvino_folder(weights_bytes: int = 0) -> Path | None:
-    """The folder of OpenVINO's compiled models (made), with its blobs checked (``check_openvino_blobs``); None where
-    the cache is off, cannot be made, or its disk has under ``weights_bytes`` (about what one compiled graph of the
-    export takes) + ``MIN_FREE_BYTES`` free (said once)."""
+    """The folder of OpenVINO's compiled models (made; blobs of the earlier flat layout removed); None where the cache
+    is off, cannot be made, or its disk has under ``weights_bytes`` (about what one compiled graph of the export
+    takes) + ``MIN_FREE_BYTES`` free (said once)."""
     root = cache_root()
     if root is None:
         return None
-    folder = root / "openvino"
+    folder = root / OPENVINO
     try:
         folder.mkdir(exist_ok=True)
         free = shutil.disk_usage(folder).free
     except OSError as error:
         _say_once(f"the cache folder cannot be written ({error.strerror}): {folder}")
         return None
+    _remove_flat_blobs(folder)
     if free - weights_bytes < MIN_FREE_BYTES:
         _say_once(f"the cache's disk ({root}) is nearly full: OpenVINO's compiled models are not kept")
         return None
-    check_openvino_blobs(folder)
     return folder
+
+
+def _remove_flat_blobs(folder: Path) -> None:
+    """Remove the blobs (and seals) an earlier release kept directly in ``folder``: no compile reads them now."""
+    flat = [path for path in folder.iterdir() if path.is_file()]
+    if not flat:
+        return
+    size = 0
+    for path in flat:
+        with contextlib.suppress(OSError):
+            size += path.stat().st_size
+        with contextlib.suppress(OSError):
+            path.unlink()
+    _say_once(f"removed {size / 2**20:.0f} MiB of OpenVINO compiled models an earlier release kept in {folder}")
+
+
+def openvino_entry(folder: Path, graph: Path, settings: dict[str, str]) -> Path | None:
+    """The cache folder of ``graph``'s compiled model under ``folder`` (``openvino_folder``) with ``settings``, made
+    and noted as used now, its blobs checked (``check_openvino_blobs``); None where it cannot be made. Its key hashes
+    the graph's and its weights files' (``*.data`` beside it) paths, sizes and modification times, the settings and
+    OpenVINO's release: a re-exported graph or another release gets a new entry, and the old one ages out."""
+    import openvino
+
+    graph = graph.resolve()
+    files = [graph, *sorted(graph.parent.glob("*.data"))]
+    stats = {str(path): [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
+    key = json.dumps({"files": stats, "settings": settings, "openvino": openvino.__version__}, sort_keys=True)
+    entry = folder / hashlib.sha256(key.encode()).hexdigest()[:32]
+    try:
+        entry.mkdir(exist_ok=True)
+    except OSError as error:
+        _say_once(f"the cache folder cannot be written ({error.strerror}): {folder}")
+        return None
+    _room(folder.parent).use(entry)
+    check_openvino_blobs(entry)
+    return entry
+
+
+def kept_openvino_compile(entry: Path) -> None:
+    """After OpenVINO compiled into (or imported from) ``entry``: seal what it wrote and keep the cache under its
+    limit (``LUVC_CACHE_MAX_GB``), removing other folders, least recently used first."""
+    seal_openvino_blobs(entry)
+    _room(entry.parents[1]).written(entry)
 
 
 def check_openvino_blobs(folder: Path) -> None:
@@ -386,7 +449,7 @@ def cache_contents() -> CacheContents | None:
     for path in (file for name in FOLDERS for file in (root / name).rglob("*")):
         with contextlib.suppress(OSError):  # removed by another process meanwhile
             size += path.stat().st_size if path.is_file() else 0
-    compiled = len(list((root / "openvino").glob(OPENVINO_BLOB)))
+    compiled = len(list((root / OPENVINO).glob(f"*/{OPENVINO_BLOB}")))
     files = len({path.parent.name for path in conversions})  # a weights file by its digest
     return CacheContents(root, len(verified), len(conversions), files, size, compiled)
 

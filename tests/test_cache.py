@@ -230,8 +230,9 @@ def test_openvino_compiled_models_are_kept_sealed_and_a_damaged_one_never_change
         return tokens
 
     expected = answer()
-    blobs = sorted((cache_folder / "openvino").glob("*.blob"))
+    blobs = sorted((cache_folder / "openvino").glob("*/*.blob"))
     assert blobs and all(Path(f"{blob}.sum").is_file() for blob in blobs)  # every compiled graph kept and sealed
+    assert len({blob.parent for blob in blobs}) == len(blobs)  # a folder per graph
     assert cache.cache_contents().compiled == len(blobs)
     assert answer() == expected  # imported from the cache
     largest = max(blobs, key=lambda blob: blob.stat().st_size)
@@ -243,11 +244,12 @@ def test_openvino_compiled_models_are_kept_sealed_and_a_damaged_one_never_change
     assert answer() == expected
     warnings = [record.message for record in caplog.records if "damaged entries" in record.message]
     assert len(warnings) == 1
-    assert all(Path(f"{blob}.sum").is_file() for blob in (cache_folder / "openvino").glob("*.blob"))
+    assert all(Path(f"{blob}.sum").is_file() for blob in (cache_folder / "openvino").glob("*/*.blob"))
 
 
 def test_a_seal_whose_openvino_blob_is_gone_is_removed_and_a_sealed_blob_stays(cache_folder):
-    folder = cache.openvino_folder()
+    folder = cache.openvino_folder() / "entry"
+    folder.mkdir()
     kept, gone = folder / "1.blob", folder / "2.blob"
     for blob in (kept, gone):
         blob.write_bytes(b"compiled" * 10)
@@ -303,6 +305,90 @@ def test_a_start_never_removes_what_it_uses_and_keeps_nothing_past_the_limit(cac
 @pytest.mark.parametrize("setting", ["lots", "-1", "0", "nan"])
 def test_a_bad_limit_is_said_once_and_the_default_taken(cache_folder, monkeypatch, capsys, setting):
     monkeypatch.setenv(cache.MAX_ENV, setting)
-    assert cache.max_conversion_bytes() == cache.max_conversion_bytes() == int(cache.DEFAULT_MAX_GIB * cache.GiB)
+    assert cache.max_kept_bytes() == cache.max_kept_bytes() == int(cache.DEFAULT_MAX_GIB * cache.GiB)
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and f"{cache.MAX_ENV}={setting!r}" in said[0]
+
+
+def _graph(folder: Path, name: str = "decode") -> Path:
+    """A graph file and a weights file beside it, as an export holds them (their bytes are not read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "weights.data").write_bytes(b"w" * 64)
+    path = folder / f"{name}.onnx"
+    path.write_bytes(b"graph")
+    return path
+
+
+def _compiled(entry: Path, size: int) -> None:
+    """What OpenVINO writes into an entry when it compiles: one blob of ``size`` bytes; then sealed and accounted."""
+    (entry / f"{entry.name}.blob").write_bytes(b"b" * size)
+    cache.kept_openvino_compile(entry)
+
+
+def test_openvino_entries_are_keyed_by_the_graph_its_weights_and_the_settings(cache_folder, tmp_path):
+    pytest.importorskip("openvino")
+    folder = cache.openvino_folder()
+    graph = _graph(tmp_path / "export")
+    settings = {"INFERENCE_PRECISION_HINT": "f32"}
+    entry = cache.openvino_entry(folder, graph, settings)
+    assert entry.parent == folder and entry.is_dir()
+    assert cache.openvino_entry(folder, graph, settings) == entry  # the same graph: the same entry
+    assert cache.openvino_entry(folder, graph, {"INFERENCE_PRECISION_HINT": "bf16"}) != entry
+    assert cache.openvino_entry(folder, _graph(tmp_path / "export", "prefill_text"), settings) != entry
+    os.utime(graph.parent / "weights.data", ns=(1, 1))  # re-written weights (a re-export, a calibration)
+    assert cache.openvino_entry(folder, graph, settings) != entry
+
+
+def test_openvino_models_count_against_the_limit_and_the_least_recently_used_go_first(
+    cache_folder, tmp_path, monkeypatch, capsys
+):
+    """Every re-export makes new entries: without a bound, a user's disk would fill with compiled models no start
+    reads again."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(cache.MAX_ENV, str(10_000 / cache.GiB))  # room for two 4 kB models, not three
+    folder = cache.openvino_folder()
+    settings = {"INFERENCE_PRECISION_HINT": "f32"}
+    entries = []
+    for name in "ab":
+        _new_process()
+        entries.append(cache.openvino_entry(folder, _graph(tmp_path / name), settings))
+        _compiled(entries[-1], 4096)
+    os.utime(entries[0], (2, 2))  # a was started again after b: b is the least recently used
+    os.utime(entries[1], (1, 1))
+    _new_process()
+    entries.append(cache.openvino_entry(folder, _graph(tmp_path / "c"), settings))
+    _compiled(entries[-1], 4096)
+    assert entries[0].is_dir() and entries[2].is_dir() and not entries[1].exists()
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and cache.MAX_ENV in said[0] and "compiled models" in said[0]
+
+
+def test_converted_weights_and_compiled_models_share_one_limit(cache_folder, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(cache.MAX_ENV, str(6_000 / cache.GiB))
+    values = np.arange(1024, dtype=np.float32)  # 4 KiB
+    _keep("a" * 64, values)
+    os.utime(cache_folder / "float32" / ("a" * 64), (1, 1))
+    _new_process()
+    entry = cache.openvino_entry(cache.openvino_folder(), _graph(tmp_path / "export"), {})
+    _compiled(entry, 4096)
+    assert entry.is_dir() and not (cache_folder / "float32" / ("a" * 64)).exists()
+
+
+def test_a_start_keeps_its_own_compiled_model_past_the_limit(cache_folder, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(cache.MAX_ENV, str(1_000 / cache.GiB))
+    entry = cache.openvino_entry(cache.openvino_folder(), _graph(tmp_path / "export"), {})
+    _compiled(entry, 4096)
+    assert (entry / f"{entry.name}.blob").is_file()
+
+
+def test_blobs_of_the_flat_layout_are_removed_in_one_line(cache_folder, capsys):
+    folder = cache_folder / "openvino"
+    folder.mkdir(parents=True)
+    for name in ("1.blob", f"1.blob{cache.SEAL_SUFFIX}"):
+        (folder / name).write_bytes(b"x" * 1000)
+    assert cache.openvino_folder() == folder
+    assert list(folder.iterdir()) == []
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "earlier release" in said[0]

@@ -36,9 +36,10 @@ class Cache:
         if args.clear:
             console.print(f"Cleared the start-up cache at {held.root}: {what}.")
         else:
-            limit = cache.max_conversion_bytes() / cache.GiB
+            limit = cache.max_kept_bytes() / cache.GiB
             console.print(f"Start-up cache at {held.root} (set {cache.ENV} to move it, or to off): {what}.")
             console.print(
-                f"Converted weights are kept up to {limit:g} GiB ({cache.MAX_ENV}); the least recently used go first."
+                f"Converted weights and compiled models are kept up to {limit:g} GiB ({cache.MAX_ENV}); the least "
+                "recently used go first."
             )
         return 0

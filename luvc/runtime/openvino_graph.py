@@ -129,15 +129,14 @@ def tensor_scatter(node) -> list:
     return [ops.scatter_elements_update(past, indices, update, ops.constant(np.int64(axis))).output(0)]
 
 
-def new_core(cache_dir: Path | None = None):
-    """An OpenVINO ``Core`` that converts ``TensorScatter``, caching compiled models in ``cache_dir`` when given."""
+def new_core():
+    """An OpenVINO ``Core`` that converts ``TensorScatter`` (compiled models are cached per compile:
+    ``OpenVinoRuntime``)."""
     ov = import_openvino()
     from openvino.frontend.onnx import ConversionExtension
 
     core = ov.Core()
     core.add_extension(ConversionExtension("TensorScatter", tensor_scatter))
-    if cache_dir is not None:
-        core.set_property({"CACHE_DIR": str(cache_dir)})
     return core
 
 

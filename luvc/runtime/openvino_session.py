@@ -35,16 +35,16 @@ class OpenVinoRuntime:
 
     core: Any  # openvino.Core (openvino ships no type information)
     precision: OpenVinoPrecision
-    cache_dir: Path | None = None
-    # one compile at a time: each seals the blobs OpenVINO has written when it ends, which must not include one
-    # another compile is still writing
+    cache_dir: Path | None = None  # each graph's compiled models in a folder of it (``luvc.cache.openvino_entry``)
+    # one compile at a time: each ends by sealing its folder's blobs and measuring every folder of the cache against
+    # its limit
     _compiling: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def create(cls, requested_precision: str = "auto", cache_dir: Path | None = None) -> OpenVinoRuntime:
         """A runtime whose compiled models OpenVINO keeps in ``cache_dir`` (``luvc.cache.openvino_folder``; None: each
         start compiles)."""
-        core = new_core(cache_dir)
+        core = new_core()
         return cls(core, choose_precision(core, requested_precision), cache_dir)
 
     def compile(self, path: Path, name: str):
@@ -61,6 +61,9 @@ class OpenVinoRuntime:
             return self._compile(path, name, config)
 
     def _compile(self, path: Path, name: str, config: dict[str, str]):
+        from luvc import cache
+
+        entry = None if self.cache_dir is None else cache.openvino_entry(self.cache_dir, path, config)
         source: Any = str(path)
         if self.precision.precision == "bf16":
             try:
@@ -69,14 +72,12 @@ class OpenVinoRuntime:
                 critical(f"{name}: OpenVINO could not read {path.name}: {_first_line(error)}; use --backend ort.")
             bfloat16_products(source)
         try:
-            compiled = self.core.compile_model(source, "CPU", config)
+            compiled = self.core.compile_model(source, "CPU", config | ({"CACHE_DIR": str(entry)} if entry else {}))
         except RuntimeError as error:
             doing = "compile" if self.precision.precision == "bf16" else "read or compile"
             critical(f"{name}: OpenVINO could not {doing} {path.name}: {_first_line(error)}; use --backend ort.")
-        if self.cache_dir is not None:
-            from luvc import cache
-
-            cache.seal_openvino_blobs(self.cache_dir)
+        if entry is not None:
+            cache.kept_openvino_compile(entry)
         return compiled
 
 
