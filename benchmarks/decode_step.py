@@ -35,12 +35,12 @@ from prefill_speedup import realistic_adapter
 from torch import nn
 from torch.export import Dim
 
+from luvc.engines.static_shapes import attention_window_length
 from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.graphs import EXAMPLE_BATCH, GraphSpec, decode_spec
 from luvc.export.llm import GraphCache, kv_names
 from luvc.export.passes import run_passes
 from luvc.export.profile import ExportProfile
-from luvc.runtime.kv_cache import attention_window_length
 
 CAPACITY_PAST, SMALL_CAPACITY, LARGE_CAPACITY = 64, 256, 4096  # decode_capacity_ratio: one past, two capacities
 

@@ -21,6 +21,7 @@ class Inspect:
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
         from luvc.engines.profiles import dimension_ranges
+        from luvc.engines.static_shapes import StaticShapes
         from luvc.export.inspect import matmul_flops, op_histogram
         from luvc.export.lint import lint_graph
         from luvc.export.manifest import ExportManifest, load_graph
@@ -49,6 +50,12 @@ class Inspect:
             )
         kv = manifest.kv_cache
         console.print(f"decode KV cache: {kv.update} update in place, capacity per layer {list(kv.capacity)}")
+        shapes = StaticShapes.of(manifest)
+        console.print(
+            f"static shapes on a GPU (CUDA-graph replay captures each once; vision runs plain): {shapes.count} shapes"
+        )
+        for line in shapes.describe():
+            console.print(f"  {line}", highlight=False)
         rules = manifest.image_rules
         console.print(
             f"image rules: {rules.processor_type}'s (run and serve load no image processor for images)"

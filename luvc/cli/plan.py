@@ -96,7 +96,7 @@ def memory_table(plan: MemoryPlan) -> Table:
         reserved = "reserved (CUDA context, libraries" + (", OS)" if device.jetson else ")")
     table.add_row(activations, gib(plan.activation_bytes))
     if plan.replay_bytes:
-        table.add_row("CUDA graphs: captured prefills (estimate)", gib(plan.replay_bytes))
+        table.add_row(f"CUDA graphs: {plan.replay_shapes} shapes' buffers (at most)", gib(plan.replay_bytes))
     table.add_row(reserved, gib(device.reserved_bytes))
     verdict = "[green]fits[/]" if plan.fits else "[red]does not fit[/]"
     table.add_row(f"total: {verdict}", gib(plan.total_bytes))

@@ -13,10 +13,11 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
 - **Activations**: one buffer that every engine's execution context shares (``luvc.runtime.activations``), counted
   once at the builder's workspace limit of the target preset (an upper bound TensorRT may use for tactics and
   activations), 2 GiB where the preset sets none.
-- **CUDA graphs** (an estimate; ``--cuda-graphs off`` leaves it out): replaying captured graphs
-  (``luvc.runtime.replay``) keeps persistent buffers per captured shape; a prefill's hold its presents, at most the KV
-  cache's bytes, so one captured prefill per graph (bucket, text) at the profile's maxima, each at most
-  ``MAX_BUFFER_BYTES``; further prompt lengths and batch sizes add their own up to that limit per graph.
+- **CUDA graphs** (``--cuda-graphs off`` leaves it out): replaying captured graphs (``luvc.runtime.replay``) keeps
+  persistent buffers for every input and output of each captured shape but the KV caches it updates in place (a
+  prefill's hold its presents); counted for every shape the export runs at (``luvc.engines.static_shapes``), each
+  graph's at most the replayer's limits (``MAX_BUFFER_BYTES``, ``MAX_CAPTURED`` shapes). The graphs' own memory
+  inside ONNX Runtime's or TensorRT's captures is not counted.
 - **Reserved**: the CUDA context, libraries and (on a Jetson, whose CPU and GPU share the memory) the OS.
 - **OpenVINO on the CPU** (``--backend openvino``; ``openvino_weight_placement``): no weights are shared. Each
   compiled graph holds its own copy of what it reads, float tables and norms widened to f32 and each product's weight
@@ -37,11 +38,13 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from luvc.cuda_graphs import MAX_BUFFER_BYTES, RUNTIME_REPLAY_BY_DEFAULT
+from luvc.cuda_graphs import MAX_BUFFER_BYTES, MAX_CAPTURED, RUNTIME_REPLAY_BY_DEFAULT
+from luvc.engines.static_shapes import StaticShapes
 from luvc.engines.targets import get_target
 from luvc.engines.weight_inputs import engine_graph, external_initializers, shareable_weights
 from luvc.errors import critical
 from luvc.export.manifest import ONNX_DTYPES, ExportManifest, ExternalTensor
+from luvc.export.manifest_entries import dtype_bytes
 from luvc.export.profile import layer_capacity
 
 if TYPE_CHECKING:
@@ -51,11 +54,6 @@ GiB = 1 << 30
 DEFAULT_ACTIVATION_BYTES = 2 * GiB
 GPU_RESERVED_BYTES = 1 * GiB  # a discrete GPU's CUDA context and what the driver keeps
 MAX_GPU_GIB = 1024  # more than one GPU holds (B300: 288 GB): a larger --target is a typo
-
-
-def dtype_bytes(name: str) -> int:
-    """Bytes per element of a manifest dtype name (``float``, ``float16``, ...)."""
-    return onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(name.upper())).itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +125,8 @@ class MemoryPlan:
     max_batch: int
     activation_bytes: int
     build_host_bytes: int
-    replay_bytes: int = 0  # CUDA graphs' persistent buffers at max_batch (estimate)
+    replay_bytes: int = 0  # CUDA graphs' persistent buffers, every planned shape captured (at most)
+    replay_shapes: int = 0  # the shapes those are for (``luvc.engines.static_shapes``)
     replay_bytes_per_row: int = 0
 
     @property
@@ -349,10 +348,8 @@ def plan_memory(
         weights = graph_weight_placement(Path(export_dir), manifest)
     max_batch = manifest.profile.max_batch
     workspace = get_target(dev.preset).workspace_bytes or DEFAULT_ACTIVATION_BYTES
-    kv_row = kv_bytes(manifest, 1)
-    prefills = sum(graph.kind in ("prefill", "text") for graph in manifest.graphs.values()) if cuda_graphs else 0
-    replay_row = prefills * kv_row  # a captured prefill's presents: at most the KV cache's bytes
-    replay = min(replay_row * max_batch, prefills * MAX_BUFFER_BYTES)
+    shapes = StaticShapes.of(manifest)
+    replay = shapes.replay_buffer_bytes(MAX_BUFFER_BYTES, MAX_CAPTURED) if cuda_graphs else 0
     return MemoryPlan(
         device=dev,
         weights=weights,
@@ -363,5 +360,6 @@ def plan_memory(
         activation_bytes=workspace,
         build_host_bytes=2 * max(graph_bytes.values()) + GiB,
         replay_bytes=replay,
+        replay_shapes=shapes.count if cuda_graphs else 0,
         replay_bytes_per_row=replay // max_batch,
     )

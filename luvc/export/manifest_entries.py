@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # graph precision -> the torch dtype it traces in
 
 
+def dtype_bytes(name: str) -> int:
+    """Bytes per element of a manifest dtype name (``float``, ``float16``, ...)."""
+    import onnx
+
+    return onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(name.upper())).itemsize
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorEntry:
     """A graph input or output: name, ONNX dtype name (``float``, ``float16``, ``int64``) and shape, with symbolic

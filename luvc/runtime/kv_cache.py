@@ -7,8 +7,9 @@ graph writes the step's key/value at ``write_index[l]`` in place and nothing els
 the device and is advanced there.
 
 Attention reads only a window of each cache (``luvc.export.kv_update.kv_window``): ``attention_window`` is a view of
-one device tensor whose length is the longest valid prefix of any layer after the step, rounded up to
-``WINDOW_STEP`` (so an engine sees a new shape once per ``WINDOW_STEP`` tokens), at most the largest capacity. A
+one device tensor whose length is the longest valid prefix of any layer after the step, rounded up to 64 tokens
+(``luvc.engines.static_shapes.attention_window_length``: an engine sees a new shape once per 64 tokens), at most the
+largest capacity. A
 short answer to a short prompt then costs its own length, not ``--max-text-tokens`` + ``--max-new-tokens``.
 
 ``aliased=False`` keeps a second set of buffers instead and alternates between them (``present`` written into the
@@ -28,15 +29,9 @@ import dataclasses
 import numpy as np
 import torch
 
+from luvc.engines.static_shapes import attention_window_length
 from luvc.errors import critical
 from luvc.export.manifest_entries import kv_names
-
-WINDOW_STEP = 64
-
-
-def attention_window_length(valid: int, capacity: int) -> int:
-    """The attention window for ``valid`` tokens: rounded up to ``WINDOW_STEP``, at most ``capacity``."""
-    return min(capacity, -(-valid // WINDOW_STEP) * WINDOW_STEP)
 
 
 @dataclasses.dataclass(frozen=True)

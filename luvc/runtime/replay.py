@@ -1,7 +1,8 @@
 """Replay of static-shape graphs as CUDA graphs: each (graph, input shapes) captured once, then replayed.
 
 LUVC's budgets are fixed per bucket, so every graph of a request has static shapes: vision per bucket, prefill per
-(bucket, batch, padded length), decode per (batch, attention window). At batch 1 a GPU is launch-bound (an H100 ran the
+(bucket, batch, padded length), decode per (batch, attention window): the shapes
+``luvc.engines.static_shapes`` lists from the manifest. At batch 1 a GPU is launch-bound (an H100 ran the
 LUVC prefill of a 2B model 0.72x as fast as the uncompressed one when launched node by node, 1.64x when replayed), so
 each shape is captured into a CUDA graph once and replayed after that.
 
@@ -25,11 +26,8 @@ from typing import Protocol
 import torch
 
 from luvc import cuda_graphs
+from luvc.cuda_graphs import MAX_CAPTURED
 from luvc.errors import warn
-
-# captured graphs one session keeps at most: decode has one per (batch size, attention window), and a window grows by
-# 64 tokens (luvc.runtime.kv_cache.WINDOW_STEP); past this a new shape runs plain, with one warning
-MAX_CAPTURED = 256
 
 
 def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from luvc.engines.profiles import dimension_ranges
+from luvc.engines.static_shapes import PREFILL_LENGTH_STEP, REPLAYED_KINDS, fixed_length, prefill_length
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
@@ -33,16 +34,6 @@ from luvc.runtime.weights import MappedWeights
 
 if TYPE_CHECKING:
     from luvc.engines.trt_module import TensorRT
-
-# graph kinds replayed as CUDA graphs: the vision graphs run plain, being compute-bound (on an H200, Qwen2-VL-2B widths
-# at 896x896, an ONNX Runtime CUDA vision graph took 17 ms plain and 36 ms replayed; LUVC's prefill 6.7 -> 4.7 ms and a
-# decode step 4.4 -> 0.8 ms; docs/benchmarks.md)
-REPLAYED_KINDS = frozenset({"prefill", "text", "decode", "embed"})
-# on a CUDA device a prefill's sequence is padded on the right to a multiple of this (each row keeps its length; causal
-# attention never reads the padding): one captured graph per 64 tokens of prompt, not one per prompt length. Plain
-# runs pad alike, so --cuda-graphs changes how a prefill runs, never the shapes its kernels compute at (a GPU's kernels
-# add in another order at another length, and a near tie in SPU's ranking could then keep another token)
-PREFILL_LENGTH_STEP = 64
 
 
 def resolve_device(backend: str, providers: Sequence | None, device: str | None) -> torch.device:
@@ -334,17 +325,13 @@ class Sessions:
         return sum(session.replayer.buffer_bytes for session in self._open.values() if session.replayer is not None)
 
     def prefill_length(self, graph: str, length: int) -> int:
-        """The sequence length a prefill of ``length`` tokens runs ``graph`` at: on a GPU, padded on the right to a
-        multiple of ``prefill_step`` (at most the graph's longest), so that one captured graph serves every prompt of
-        about that length and a plain run computes at the same shapes; as it is on the CPU. A graph traced at one
-        length (a hybrid model's) runs at that length."""
-        fixed = self.manifest.graphs[graph].input("inputs_embeds").shape[1]
-        if isinstance(fixed, int):  # a hybrid model's prefill runs at the one length it was traced at
+        """The sequence length a prefill of ``length`` tokens runs ``graph`` at (``luvc.engines.static_shapes``): on a
+        GPU padded to a multiple of ``prefill_step``, replaying or not; as it is on the CPU; a graph traced at one
+        length (a hybrid model's) at that length."""
+        fixed = fixed_length(self.manifest, graph)
+        if fixed is not None:
             return fixed
-        if self.prefill_step <= 1:
-            return length
-        longest = dimension_ranges(self.manifest, graph)["sequence_length"][2]
-        return max(length, min(longest, -(-length // self.prefill_step) * self.prefill_step))
+        return prefill_length(length, dimension_ranges(self.manifest, graph)["sequence_length"][2], self.prefill_step)
 
     def seconds(self) -> float:
         """Seconds spent inside session runs so far."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from luvc.engines.static_shapes import PREFILL_LENGTH_STEP
 from luvc.errors import LuvcError
 from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
@@ -17,7 +18,7 @@ from luvc.runtime.base_session import SessionSetup
 from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, ort_providers, with_cuda_graphs
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
-from luvc.runtime.sessions import PREFILL_LENGTH_STEP, RuntimeChoices, Sessions
+from luvc.runtime.sessions import RuntimeChoices, Sessions
 
 PROMPT = "What is in this picture?"
 
