@@ -213,6 +213,11 @@ class OrtGraphCapture:
         binding, run_options = self.slots[slot]
         self.session.live.run_with_iobinding(binding, run_options)
 
+    def release(self, slot: int) -> None:
+        """Drop the slot's IO binding (ONNX Runtime has no call to free one graph id's capture: its session keeps it
+        until it closes, and the id is never run again)."""
+        self.slots.pop(slot, None)
+
 
 @functools.cache
 def _numpy_type(dtype: torch.dtype) -> type:

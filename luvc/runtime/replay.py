@@ -38,11 +38,14 @@ def resolve_cuda_graphs(choice: str | None, device: torch.device) -> bool:
 
 class GraphCapture(Protocol):
     """What a backend does for a ``Replayer``: capture slot ``slot`` with its inputs and outputs bound to these
-    tensors (the run that captures also leaves its results in ``outputs``), and replay it."""
+    tensors (the run that captures also leaves its results in ``outputs``), replay it, and release it (a slot is never
+    used again once released)."""
 
     def capture(self, slot: int, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None: ...
 
     def replay(self, slot: int) -> None: ...
+
+    def release(self, slot: int) -> None: ...
 
 
 ShapeKey = tuple
@@ -114,6 +117,7 @@ class Replayer:
         self.name = name
         self.backend = backend
         self.captured: dict[ShapeKey, Captured] = {}
+        self._next_slot = 1  # slot 0: ONNX Runtime's plain runs; a released slot's number is never given again
         self.failure = failure
         self.replays = 0
         self.calls = 0
@@ -194,7 +198,8 @@ class Replayer:
             return {name: torch.empty_like(t) if name in own else t for name, t in tensors.items()}, own
 
         (inputs, own_inputs), (results, own_outputs) = bound(feeds), bound(outputs)
-        entry = Captured(len(self.captured) + 1, inputs, results, own_inputs, own_outputs)  # slot 0: ONNX Runtime's
+        entry = Captured(self._next_slot, inputs, results, own_inputs, own_outputs)
+        self._next_slot += 1
         _copy_in(entry, feeds)
         self.backend.capture(entry.slot, inputs, results)
         self.captured[key] = entry
@@ -218,6 +223,25 @@ class Replayer:
             self._warned_full = True
             warn(f"{self.name}: {reason}; new shapes run without CUDA graphs.")
         return reason is not None
+
+    def release_bound_to(self, tensors: list[torch.Tensor]) -> int:
+        """Release every captured graph bound to the memory of any of ``tensors`` (the buffers of a KV cache that is
+        being replaced): the graph, its own buffers and its references to those tensors go, so that their memory is
+        freed with the cache. Returns how many were released; a later call of such a shape captures anew."""
+        storages = {tensor.untyped_storage().data_ptr() for tensor in tensors}
+        bound = [
+            key
+            for key, entry in self.captured.items()
+            if any(
+                tensor.untyped_storage().data_ptr() in storages
+                for tensors_of, own in ((entry.inputs, entry.own_inputs), (entry.outputs, entry.own_outputs))
+                for name, tensor in tensors_of.items()
+                if name not in own
+            )
+        ]
+        for key in bound:
+            self.backend.release(self.captured.pop(key).slot)
+        return len(bound)
 
     def describe(self) -> str:
         """One line: what was captured, or why nothing is."""

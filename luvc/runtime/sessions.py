@@ -384,9 +384,19 @@ class Sessions:
                 geometry.conv_state_shape,
                 geometry.recurrent_state_shape,
             )
-            # one batch size at a time: a new size frees the old buffers
+            # one batch size at a time: a new size frees the old buffers, with the graphs captured on them
+            for old in self._caches.values():
+                self._release_captures_on(old)
             self._caches = {batch: KVCache(batch, layout, self.device, aliased)}
         return self._caches[batch]
+
+    def _release_captures_on(self, cache: KVCache) -> None:
+        """Release every captured graph bound to ``cache``'s buffers (``Replayer.release_bound_to``)."""
+        buffers = [tensor for pair_set in cache.sets for pair in pair_set for tensor in pair]
+        buffers += [cache.write_index, cache.window]
+        for session in self._open.values():
+            if session.replayer is not None:
+                session.replayer.release_bound_to(buffers)
 
     def kv_buffer_bytes(self) -> int:
         """Device bytes of the KV-cache buffers allocated now (what ``luvc-export plan`` counts per batch size)."""

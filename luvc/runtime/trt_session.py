@@ -138,6 +138,10 @@ class TrtGraphCapture:
         with torch.cuda.stream(self.session.cuda_stream):
             self.slots[slot][1].replay()
 
+    def release(self, slot: int) -> None:
+        """Free the slot's execution context and captured graph."""
+        self.slots.pop(slot, None)
+
     def contexts(self) -> list:
         """The execution contexts of the captured slots."""
         return [context for context, _ in self.slots.values()]

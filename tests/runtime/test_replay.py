@@ -122,6 +122,9 @@ class RefusingCapture:
         inputs, outputs = self.bound
         outputs["y"].copy_(inputs["x"] * 2)
 
+    def release(self, slot) -> None:
+        self.bound = None
+
 
 class FrozenCapture:
     """A backend whose captured graph keeps what it read at capture (as a host-side value baked into a CUDA graph
@@ -133,6 +136,43 @@ class FrozenCapture:
 
     def replay(self, slot) -> None:
         self.outputs["y"].copy_(self.frozen * 2)
+
+    def release(self, slot) -> None:
+        self.frozen = self.outputs = None
+
+
+class SlotRecording:
+    """A backend that keeps what each slot was bound to, and forgets a released slot."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, tuple] = {}
+
+    def capture(self, slot, inputs, outputs) -> None:
+        self.slots[slot] = (inputs, outputs)
+        self.replay(slot)
+
+    def replay(self, slot) -> None:
+        inputs, outputs = self.slots[slot]
+        outputs["y"].copy_(inputs["x"] * 2)
+
+    def release(self, slot) -> None:
+        del self.slots[slot]
+
+
+def test_graphs_bound_to_released_memory_go_and_their_slots_are_never_given_again():
+    backend = SlotRecording()
+    replayer = Replayer("ort:decode", backend)
+    cache, other = torch.zeros(2, 8), torch.zeros(2, 8)
+    for rows in (1, 2):  # two shapes, both bound to ``cache`` (fed and written: in place)
+        view = cache[:rows]
+        replayer.run({"x": torch.ones(rows, 1), "cache": view}, {"y": torch.empty(rows, 1), "cache": view}, None)
+    replayer.run({"x": torch.ones(1, 1), "cache": other[:1]}, {"y": torch.empty(1, 1), "cache": other[:1]}, None)
+    assert sorted(backend.slots) == [1, 2, 3]
+    assert replayer.release_bound_to([cache]) == 2
+    assert sorted(backend.slots) == [3] and len(replayer.captured) == 1
+    y = torch.empty(1, 1)
+    replayer.run({"x": torch.full((1, 1), 3.0), "cache": cache[:1]}, {"y": y, "cache": cache[:1]}, None)
+    assert sorted(backend.slots) == [3, 4] and y.item() == 6.0  # captured anew, in a new slot
 
 
 def test_verifying_names_the_first_replayed_call_that_differs_from_the_plain_run():
@@ -314,3 +354,32 @@ def test_a_gpu_pads_every_prefill_replayed_or_not(exports):
         assert [sessions.prefill_length(prefill, length) for length in (70, 128, 129)] == [128, 128, 192]
     cpu = Sessions(folder, manifest, RuntimeChoices())
     assert [cpu.prefill_length(prefill, length) for length in (70, 128, 129)] == [70, 128, 129]
+
+
+@pytest.mark.slow
+def test_replacing_the_kv_cache_releases_the_graphs_captured_on_it(exports):
+    """A decode graph captured on a KV cache holds its buffers: when a batch of another size replaces the cache, the
+    graphs captured on it go with it (a weak reference to its buffer dies), and a later batch of the first size
+    captures anew and still generates what it generates plainly."""
+    import gc
+    import weakref
+
+    folder = exports("tiny-qwen2-vl")
+    image = synthetic_image(224, 224, 4)
+    prompts = [PROMPT, "Describe the colours."]
+    plain = Pipeline(folder)
+    expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 6)
+    pipeline = Pipeline(folder)
+    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pair = pipeline.prepare([image, image], prompts)
+    pipeline.greedy(pair, 6)
+    decode = pipeline.sessions.opened()["decode"].replayer
+    old_buffer = weakref.ref(pipeline.sessions.kv_cache(2).buffers[0][0])
+    bound_to_old = len(decode.captured)
+    assert bound_to_old >= 1
+    pipeline.greedy(pipeline.prepare([image], [PROMPT]), 6)  # batch 1: a new cache
+    gc.collect()
+    assert old_buffer() is None  # freed: no captured graph holds it
+    assert len(decode.captured) == 1  # the batch-1 step's graph only
+    tokens, _, _ = pipeline.greedy(pair, 6)  # batch 2 again: captured anew on its new cache
+    np.testing.assert_array_equal(tokens, expected)
