@@ -43,7 +43,8 @@ class SessionSetup:
     """What the sessions of one pipeline share: their ``device``; the ``weights`` held once for all of them
     (``luvc.runtime.weights.MappedWeights``); whether they replay CUDA graphs; ONNX Runtime's ``providers`` (default:
     those the device implies) and ``basic_optimizations`` (FP8 exports); the CUDA ``stream``, the ``tensorrt``
-    module and TensorRT's shared ``activations`` buffer; the ``openvino`` runtime (``OpenVinoRuntime``)."""
+    module and TensorRT's shared ``activations`` buffer; the ``openvino`` runtime (``OpenVinoRuntime``); what a replayed
+    graph binds as it is (``replay_bound``)."""
 
     device: torch.device = torch.device("cpu")
     weights: Any = None
@@ -54,6 +55,9 @@ class SessionSetup:
     tensorrt: Any = None
     activations: Any = None
     openvino: Any = None
+    # the inputs and outputs a replayed graph binds as they are, never copied (the decode graph's KV caches, whose
+    # buffers the cache owns: ``luvc.runtime.replay.Replayer``'s ``bound``)
+    replay_bound: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass

@@ -74,6 +74,7 @@ class OrtSession(BaseSession):
         super().__init__(name or f"ort:{Path(path).stem}", inputs, outputs, device=setup.device)
         # replay each shape (luvc.runtime.replay); the CPU EP runs the same bookkeeping
         self.cuda_graphs = setup.cuda_graphs
+        self.replay_bound = setup.replay_bound
         self.path = Path(path)
         self.weights: MappedWeights | None = setup.weights  # external initializers shared with the other sessions
         self._shared_values: list = []  # the OrtValues of those, alive as long as the session
@@ -139,7 +140,7 @@ class OrtSession(BaseSession):
             self.run_options = self.run_options or self.new_run_options()
             if failure is None:  # a plain run of a session with CUDA graphs enabled must say so, or it captures
                 self.run_options.add_run_config_entry(GRAPH_ID, NO_GRAPH)
-            self.replayer = Replayer(self.name, OrtGraphCapture(self), failure)
+            self.replayer = Replayer(self.name, OrtGraphCapture(self), failure, self.replay_bound)
 
     def _check_available(self, ort) -> None:
         """Refuse providers this ONNX Runtime does not have, naming the package that has them."""

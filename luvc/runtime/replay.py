@@ -6,10 +6,12 @@ LUVC's budgets are fixed per bucket, so every graph of a request has static shap
 LUVC prefill of a 2B model 0.72x as fast as the uncompressed one when launched node by node, 1.64x when replayed), so
 each shape is captured into a CUDA graph once and replayed after that.
 
-``Replayer`` is the backend-neutral bookkeeping, one per session: a shape key per call (every input's and output's
-name, shape and dtype, and the address of each tensor both read and written in place, as the KV caches are), and per
-key a ``Captured`` entry: persistent device buffers at fixed addresses for every other input and output. A call copies
-its feeds into those buffers, replays, and copies the outputs out; the KV caches are bound once, as they are. The
+``Replayer`` is the backend-neutral bookkeeping, one per session. It is told which inputs and outputs it binds as
+they are (``bound``: the decode graph's KV caches, whose buffers the cache owns): a shape key per call (every input's
+and output's name, shape and dtype, and the address of each bound tensor), and per key a ``Captured`` entry:
+persistent device buffers at fixed addresses for every other input and output. A call copies those feeds into the
+buffers, replays, and copies the outputs out; the bound tensors are never copied (``copied_bytes`` counts what is),
+so a KV cache in two alternating sets (TensorRT 10.3's scatter form) is two captured graphs, one per set. The
 backend (``GraphCapture``: ONNX Runtime's CUDA graphs, ``luvc.runtime.ort_session``; TensorRT's, by stream capture,
 ``luvc.runtime.trt_session``) does the capture and the replay. A capture that fails (an unsupported op, out of memory,
 a driver refusal) is named in one warning, and the session runs plain from then on: never a crash, never another
@@ -19,6 +21,7 @@ outputs differ from the plain ones (``Divergence``): the first graph and call th
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Protocol
@@ -51,24 +54,19 @@ class GraphCapture(Protocol):
 ShapeKey = tuple
 
 
-def shape_key(feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> ShapeKey:
-    """What selects a captured graph: every tensor's name, shape and dtype, and the address of each one that is both
-    fed and written (an in-place update, bound as it is)."""
-    in_place = in_place_addresses(feeds, outputs)
+def shape_key(
+    feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], bound: frozenset[str] = frozenset()
+) -> ShapeKey:
+    """What selects a captured graph: every tensor's name, shape and dtype, and the address of each ``bound`` one
+    (bound as it is, not copied into a buffer of the replayer's)."""
 
     def entries(tensors: dict[str, torch.Tensor]) -> tuple:
         return tuple(
-            (name, tuple(tensor.shape), tensor.dtype, tensor.data_ptr() if tensor.data_ptr() in in_place else None)
+            (name, tuple(tensor.shape), tensor.dtype, tensor.data_ptr() if name in bound else None)
             for name, tensor in sorted(tensors.items())
         )
 
     return entries(feeds), entries(outputs)
-
-
-def in_place_addresses(feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> set[int]:
-    """Addresses both fed and written: the tensors a graph updates in place (a KV cache bound as past and present)."""
-    read = {tensor.data_ptr() for tensor in feeds.values() if tensor.numel()}
-    return read & {tensor.data_ptr() for tensor in outputs.values() if tensor.numel()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +109,16 @@ class Captured:
 class Replayer:
     """CUDA-graph replay of session ``name`` through ``backend``: ``run`` captures each new shape key once and replays
     it after; ``failure`` (after a failed capture or replay, or when the backend could not enable capture) makes every
-    later call run ``plain``."""
+    later call run ``plain``. ``bound``: the names of the inputs and outputs bound as they are (the caller owns their
+    buffers and keeps their addresses: the KV caches)."""
 
-    def __init__(self, name: str, backend: GraphCapture, failure: str | None = None) -> None:
+    def __init__(
+        self, name: str, backend: GraphCapture, failure: str | None = None, bound: frozenset[str] = frozenset()
+    ) -> None:
         self.name = name
         self.backend = backend
+        self.bound = bound
+        self.copied_bytes: collections.Counter[str] = collections.Counter()  # by tensor name, in and out
         self.captured: dict[ShapeKey, Captured] = {}
         self._next_slot = 1  # slot 0: ONNX Runtime's plain runs; a released slot's number is never given again
         self.failure = failure
@@ -150,7 +153,7 @@ class Replayer:
         if self.failure is not None:
             plain(feeds, outputs)
             return
-        key = shape_key(feeds, outputs)
+        key = shape_key(feeds, outputs, self.bound)
         entry = self.captured.get(key)
         if entry is None and self._full(feeds, outputs):
             plain(feeds, outputs)
@@ -160,7 +163,7 @@ class Replayer:
             if entry is None:
                 entry = self._capture(key, feeds, outputs)
             else:
-                _copy_in(entry, feeds)
+                self._copy_in(entry, feeds)
                 self.backend.replay(entry.slot)
             self.replays += 1
         except Exception as error:  # any refusal by the backend or the driver: the graph runs plain from now on
@@ -170,6 +173,7 @@ class Replayer:
             return
         for name in entry.own_outputs:
             outputs[name].copy_(entry.outputs[name])
+            self.copied_bytes[name] += _bytes(outputs[name])
         if self.verify_tolerance is not None:
             self._compare_with_plain(entry, captured, feeds, outputs, plain)
 
@@ -190,29 +194,29 @@ class Replayer:
                 self.divergences.append(Divergence(self.calls, captured, name, relative))
 
     def _capture(self, key: ShapeKey, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> Captured:
-        """Bind persistent buffers (the caller's tensors where updated in place), fill them and capture."""
-        in_place = in_place_addresses(feeds, outputs)
+        """Bind persistent buffers (the caller's tensors where ``bound``), fill them and capture."""
 
-        def bound(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
-            own = frozenset(name for name, tensor in tensors.items() if tensor.data_ptr() not in in_place)
+        def with_buffers(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
+            own = frozenset(name for name in tensors if name not in self.bound)
             return {name: torch.empty_like(t) if name in own else t for name, t in tensors.items()}, own
 
-        (inputs, own_inputs), (results, own_outputs) = bound(feeds), bound(outputs)
+        (inputs, own_inputs), (results, own_outputs) = with_buffers(feeds), with_buffers(outputs)
         entry = Captured(self._next_slot, inputs, results, own_inputs, own_outputs)
         self._next_slot += 1
-        _copy_in(entry, feeds)
+        self._copy_in(entry, feeds)
         self.backend.capture(entry.slot, inputs, results)
         self.captured[key] = entry
         return entry
 
+    def _copy_in(self, entry: Captured, feeds: dict[str, torch.Tensor]) -> None:
+        """Copy ``feeds`` into the entry's own input buffers (device to device, on the current stream)."""
+        for name in entry.own_inputs:
+            entry.inputs[name].copy_(feeds[name])
+            self.copied_bytes[name] += _bytes(feeds[name])
+
     def _full(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> bool:
         """Whether a new shape would pass ``MAX_CAPTURED`` or ``luvc.cuda_graphs.MAX_BUFFER_BYTES`` (said once)."""
-        in_place = in_place_addresses(feeds, outputs)
-        new_bytes = sum(
-            tensor.numel() * tensor.element_size()
-            for tensor in (*feeds.values(), *outputs.values())
-            if tensor.data_ptr() not in in_place
-        )
+        new_bytes = sum(_bytes(tensor) for name, tensor in (*feeds.items(), *outputs.items()) if name not in self.bound)
         reason = None
         if len(self.captured) >= MAX_CAPTURED:
             reason = f"{MAX_CAPTURED} shapes captured"
@@ -253,7 +257,5 @@ class Replayer:
         warn(f"{self.name}: CUDA graph capture failed ({reason}); this graph runs without replay from now on.")
 
 
-def _copy_in(entry: Captured, feeds: dict[str, torch.Tensor]) -> None:
-    """Copy ``feeds`` into the entry's own input buffers (device to device, on the current stream)."""
-    for name in entry.own_inputs:
-        entry.inputs[name].copy_(feeds[name])
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

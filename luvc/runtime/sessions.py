@@ -122,6 +122,12 @@ class Sessions:
         self._openers: list[ThreadPoolExecutor] = []  # each shut down when given its graphs: threads end with them
         self._opening_times: list[tuple[float, float]] = []  # when each session began and ended opening
         self._caches: dict[int, KVCache] = {}
+        # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not share
+        # memory with the input, so that form alternates between two sets of buffers on TensorRT
+        self.kv_aliased = backend != "trt" or manifest.kv_cache.update == "tensor-scatter"
+        geometry = manifest.geometry
+        # a replayed decode step binds the KV caches as they are (``Replayer``'s ``bound``): never copied
+        self._replay_bound = frozenset(geometry.cache_names("past_key_values") + geometry.cache_names("present"))
         # the GPU check's: every replayed call also runs plainly, and outputs further apart than this are recorded
         # (``replay_divergences``); set before the sessions open
         self.verify_replay_tolerance: float | None = None
@@ -138,6 +144,7 @@ class Sessions:
             tensorrt=self._tensorrt,
             activations=self.activations,
             openvino=self.openvino,
+            replay_bound=self._replay_bound if graph.kind == "decode" else frozenset(),
         )
 
     @property
@@ -372,9 +379,6 @@ class Sessions:
             geometry, kv = self.manifest.geometry, self.manifest.kv_cache
             first_key = next(name for name in geometry.cache_names("past_key_values") if name.endswith(".key"))
             dtype = TORCH_DTYPES[self.manifest.graphs["decode"].input(first_key).dtype]
-            # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not
-            # share memory with the input, so that form alternates between two sets of buffers on TensorRT
-            aliased = self.backend != "trt" or kv.update == "tensor-scatter"
             layout = KVLayout(
                 geometry.num_key_value_heads,
                 geometry.head_dim,
@@ -387,7 +391,7 @@ class Sessions:
             # one batch size at a time: a new size frees the old buffers, with the graphs captured on them
             for old in self._caches.values():
                 self._release_captures_on(old)
-            self._caches = {batch: KVCache(batch, layout, self.device, aliased)}
+            self._caches = {batch: KVCache(batch, layout, self.device, self.kv_aliased)}
         return self._caches[batch]
 
     def _release_captures_on(self, cache: KVCache) -> None:

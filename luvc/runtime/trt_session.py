@@ -42,6 +42,7 @@ class TrtSession(BaseSession):
         self.context: Any = None
         self.bound: dict[str, tuple] = {}  # name -> (shape, address) last given to the context
         self.cuda_graphs = setup.cuda_graphs
+        self.replay_bound = setup.replay_bound
 
     def activate_impl(self) -> None:
         if not torch.cuda.is_available():
@@ -55,7 +56,7 @@ class TrtSession(BaseSession):
         self.context = self.new_context(builtin)
         self.bound = {}
         if self.cuda_graphs and not builtin:
-            self.replayer = Replayer(self.name, TrtGraphCapture(self))
+            self.replayer = Replayer(self.name, TrtGraphCapture(self), bound=self.replay_bound)
 
     def new_context(self, cuda_graphs: bool = False):
         """An execution context of the engine, on the shared activation buffer when there is one, with the weights

@@ -54,7 +54,8 @@ def scale_and_update(tmp_path) -> OrtSession:
         TensorEntry("index", "int64", ("batch", 1)),
     ]
     outputs = [TensorEntry("y", "float", ("batch", 1)), TensorEntry("cache_out", "float", ("batch", 8))]
-    return OrtSession(path, inputs, outputs, SessionSetup(cuda_graphs=True)).activate()
+    setup = SessionSetup(cuda_graphs=True, replay_bound=frozenset({"cache", "cache_out"}))  # the cache's own buffer
+    return OrtSession(path, inputs, outputs, setup).activate()
 
 
 def step(session: OrtSession, cache: torch.Tensor, values: list[float], position: int) -> torch.Tensor:
@@ -90,16 +91,21 @@ def test_each_shape_is_captured_once_and_its_buffers_serve_every_later_step(tmp_
     assert [slot for slot in session.replayer.backend.slots] == [1, 2]
 
 
-def test_shape_keys_tell_shapes_dtypes_and_in_place_addresses_apart():
+def test_shape_keys_tell_shapes_dtypes_and_bound_addresses_apart():
     cache = torch.zeros(2, 8)
     other_cache = torch.zeros(2, 8)
     x = torch.zeros(2, 1)
-    key = shape_key({"x": x, "cache": cache}, {"cache_out": cache})
-    assert key == shape_key({"x": torch.ones(2, 1), "cache": cache}, {"cache_out": cache})  # values do not count
-    assert key != shape_key({"x": torch.zeros(3, 1), "cache": cache}, {"cache_out": cache})
-    assert key != shape_key({"x": x.double(), "cache": cache}, {"cache_out": cache})
-    assert key != shape_key({"x": x, "cache": other_cache}, {"cache_out": other_cache})  # another in-place buffer
-    # an input read but not written in place is copied: its address does not select a graph
+    bound = frozenset({"cache", "cache_out"})
+    key = shape_key({"x": x, "cache": cache}, {"cache_out": cache}, bound)
+    assert key == shape_key({"x": torch.ones(2, 1), "cache": cache}, {"cache_out": cache}, bound)  # values do not count
+    assert key != shape_key({"x": torch.zeros(3, 1), "cache": cache}, {"cache_out": cache}, bound)
+    assert key != shape_key({"x": x.double(), "cache": cache}, {"cache_out": cache}, bound)
+    assert key != shape_key({"x": x, "cache": other_cache}, {"cache_out": other_cache}, bound)  # another buffer
+    # the alternating sets of a cache: past in one, present in the other, each pair its own graph
+    assert shape_key({"x": x, "cache": cache}, {"cache_out": other_cache}, bound) != shape_key(
+        {"x": x, "cache": other_cache}, {"cache_out": cache}, bound
+    )
+    # a tensor not bound is copied into the replayer's buffer: its address does not select a graph
     assert shape_key({"x": x, "cache": cache}, {"cache_out": torch.zeros(2, 8)}) == shape_key(
         {"x": torch.zeros(2, 1), "cache": other_cache}, {"cache_out": torch.zeros(2, 8)}
     )
@@ -161,7 +167,7 @@ class SlotRecording:
 
 def test_graphs_bound_to_released_memory_go_and_their_slots_are_never_given_again():
     backend = SlotRecording()
-    replayer = Replayer("ort:decode", backend)
+    replayer = Replayer("ort:decode", backend, bound=frozenset({"cache"}))
     cache, other = torch.zeros(2, 8), torch.zeros(2, 8)
     for rows in (1, 2):  # two shapes, both bound to ``cache`` (fed and written: in place)
         view = cache[:rows]
@@ -383,3 +389,25 @@ def test_replacing_the_kv_cache_releases_the_graphs_captured_on_it(exports):
     assert len(decode.captured) == 1  # the batch-1 step's graph only
     tokens, _, _ = pipeline.greedy(pair, 6)  # batch 2 again: captured anew on its new cache
     np.testing.assert_array_equal(tokens, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aliased", [True, False], ids=["in-place", "alternating-sets"])
+def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
+    """The KV caches are bound as they are, never copied into the replayer's buffers: in place (ONNX Runtime,
+    TensorRT's tensor-scatter form), and in the two alternating sets of TensorRT 10.3's scatter form, which are two
+    captured graphs (one per set) with the same tokens as a plain run."""
+    folder = exports("tiny-qwen2-vl")
+    image = synthetic_image(224, 224, 4)
+    plain = Pipeline(folder)
+    expected, _, _ = plain.greedy(plain.prepare([image], [PROMPT]), 8)
+    pipeline = Pipeline(folder)
+    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pipeline.sessions.kv_aliased = aliased
+    tokens, _, _ = pipeline.greedy(pipeline.prepare([image], [PROMPT]), 8)
+    np.testing.assert_array_equal(tokens, expected)
+    decode = pipeline.sessions.opened()["decode"].replayer
+    assert pipeline.sessions.kv_cache(1).sets[-1] is not pipeline.sessions.kv_cache(1).sets[0] or aliased
+    copied = {name for name, count in decode.copied_bytes.items() if count}
+    assert copied and not {name for name in copied if name.startswith(("past_key_values.", "present."))}
+    assert len(decode.captured) == (1 if aliased else 2) and decode.replays == 7
