@@ -38,7 +38,8 @@ from torch.export import Dim
 from luvc.engines.static_shapes import attention_window_length
 from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.graphs import EXAMPLE_BATCH, GraphSpec, decode_spec
-from luvc.export.llm import GraphCache, kv_names
+from luvc.export.llm import GraphCache
+from luvc.export.manifest_entries import kv_names
 from luvc.export.passes import run_passes
 from luvc.export.profile import ExportProfile
 
