@@ -16,6 +16,9 @@ MAX_BUFFER_BYTES = 1 << 30
 # captured graphs one replayed session keeps at most: decode has one per (batch size, attention window), and a window
 # grows by 64 tokens (luvc.engines.static_shapes.WINDOW_STEP); past this a new shape runs plain, with one warning
 MAX_CAPTURED = 256
+# the replay buffers capture at load (``luvc.runtime.capture_at_load``; serve's --capture-mib) fills at most by default:
+# the shapes past it are captured when a request first meets them
+DEFAULT_CAPTURE_MIB = 256
 # The GPU check of 2026-11-26 (an H200, onnxruntime-gpu 1.31.1, tests/runtime/test_replay_gpu.py) found the runtime
 # sessions' replay giving other decode tokens than their plain runs, for every tiny family tried, fp16 and fp32 (the
 # first token right, the next one not, at no near tie): until that check passes again, ``auto`` runs the sessions

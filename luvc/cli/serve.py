@@ -10,6 +10,7 @@ from rich.console import Console
 
 from luvc import interrupts
 from luvc.cli.args.runtime import RuntimeArgs
+from luvc.cuda_graphs import DEFAULT_CAPTURE_MIB
 from luvc.errors import critical
 from luvc.serve.access import (
     API_KEY_ENV,
@@ -45,6 +46,14 @@ class Serve:
         )
         group.add_argument(
             "--max-batch", type=int, default=None, help="requests per batch (default: the export's --max-batch)"
+        )
+        group.add_argument(
+            "--capture-mib",
+            type=int,
+            default=DEFAULT_CAPTURE_MIB,
+            help="with CUDA graphs replayed: capture the export's shapes (`inspect` lists them) at start, the "
+            f"smallest first, up to this many MiB of replay buffers (default {DEFAULT_CAPTURE_MIB}); the rest are "
+            "captured when a request first meets them; 0 captures nothing at start",
         )
         group.add_argument(
             "--api-key",
@@ -95,6 +104,8 @@ class Serve:
         ):
             if not low <= value <= 86400:  # NaN fails too
                 critical(f"{flag} {value}: give {low:g} to 86400 seconds.")
+        if args.capture_mib < 0:
+            critical(f"--capture-mib {args.capture_mib}: give 0 (capture nothing at start) or more MiB.")
         if args.max_body_bytes < 1024:
             critical(f"--max-body-bytes {args.max_body_bytes}: allow at least 1024 bytes (an image needs more).")
         allowed = tuple(name.strip() for name in (args.allowed_hosts or "").split(",") if name.strip())
@@ -121,11 +132,14 @@ class Serve:
         )
         with Console(stderr=True).status("Opening the sessions"):
             # a provider or session that cannot open stops here, before the server is announced
-            pipeline.load()
+            rows = service.max_batch if args.capture_mib else None
+            pipeline.load(capture_rows=rows, capture_budget_mib=args.capture_mib)
         ready = ready_after(pipeline.sessions.opening_seconds())
         model_name = args.model_name or pipeline.manifest.model.id
         host, port = listener.getsockname()[:2]
         replay = "CUDA graphs replayed" if pipeline.sessions.cuda_graphs else "no CUDA graphs"
+        if pipeline.capture_report is not None:
+            replay += f": {pipeline.capture_report}"
         Console(soft_wrap=True).print(
             f"Serving {model_name} ({pipeline.backend_description()} on {pipeline.device}, {replay}, buckets "
             f"{', '.join(pipeline.manifest.buckets)}) at http://{host}:{port}/v1; ready in {ready} since the "

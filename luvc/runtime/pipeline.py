@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from luvc.cuda_graphs import DEFAULT_CAPTURE_MIB
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime import BACKENDS, DEVICE_PREPROCESSING
 from luvc.runtime.backend_choice import AUTO, BackendChoice, choose_backend
+from luvc.runtime.capture_at_load import CaptureReport, MiB, capture_planned
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
 from luvc.runtime.options import GenerationOptions, Step
@@ -102,6 +104,7 @@ class Pipeline:
         self.sessions = Sessions(self.folder, self.manifest, choices)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
         self.preparer = Preparer(self.folder, self.manifest, self.fit_policy, preprocessing)
+        self.capture_report: CaptureReport | None = None  # what ``load`` captured as CUDA graphs, where it did
 
     @property
     def tokenizer(self):
@@ -143,14 +146,26 @@ class Pipeline:
         tokenizer overlaps them; ``load`` and the first request wait for them."""
         self.sessions.begin_opening(graphs)
 
-    def load(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> Pipeline:
+    def load(
+        self,
+        bucket: BucketEntry | None = None,
+        *,
+        text_only: bool = False,
+        capture_rows: int | None = None,
+        capture_budget_mib: int = DEFAULT_CAPTURE_MIB,
+    ) -> Pipeline:
         """Load the tokenizer and what images need (``Preparer.load``) and open the sessions of
         ``request_graphs(bucket, text_only)`` (default: any request's), so timings exclude it; where sessions open in
-        the background they begin first, and the tokenizer loads beside them."""
+        the background they begin first, and the tokenizer loads beside them. ``capture_rows`` (the batch the front
+        end will run: ``serve``'s ``--max-batch``): where the sessions replay CUDA graphs, capture the planned shapes
+        of those graphs up to that batch, within ``capture_budget_mib`` MiB of buffers, now
+        (``luvc.runtime.capture_at_load``; what it did: ``capture_report``)."""
         graphs = self.request_graphs(bucket, text_only=text_only)
         self.begin_loading(graphs)
         self.preparer.load()
         self.sessions.open(graphs)
+        if capture_rows is not None:
+            self.capture_report = capture_planned(self.sessions, graphs, capture_rows, capture_budget_mib * MiB)
         return self
 
     def release(self) -> None:

@@ -82,9 +82,10 @@ class TritonModel:
             device=device,
             fit=parameters.get("fit") or None,
             cuda_graphs=parameters.get("cuda_graphs") or None,
-        ).load()
-        defaults = GenerationOptions(int(parameters.get("max_new_tokens", "64")))
+        )
         max_batch = json.loads(args["model_config"])["max_batch_size"] or 1
+        self.pipeline.load(capture_rows=max_batch)  # with CUDA graphs: the planned shapes captured now
+        defaults = GenerationOptions(int(parameters.get("max_new_tokens", "64")))
         # the worker thread of `serve`: requests of later execute calls join the running batch at the next step
         bound = f"the model instance's queue of {MAX_WAITING}"
         self.service = GenerationService(self.pipeline, defaults, MAX_WAITING, max_batch, queue_bound=bound).start()

@@ -93,6 +93,7 @@ def test_bad_serve_options_are_refused(tmp_path, capsys):
         (["--allow-local-images", str(tmp_path / "none")], "--allow-local-images"),
         (["--max-queue", "0"], "--max-queue 0: let at least 1 request wait."),
         (["--max-body-bytes", "10"], "--max-body-bytes 10: allow at least 1024 bytes"),
+        (["--capture-mib", "-1"], "--capture-mib -1: give 0 (capture nothing at start) or more MiB."),
         (["--request-timeout", "0"], "--request-timeout 0.0: give 0.001 to 86400 seconds."),
         (["--queue-timeout", "nan"], "--queue-timeout nan: give 0.001 to 86400 seconds."),
         (["--read-timeout", "0"], "--read-timeout 0.0: give 0.001 to 86400 seconds."),

@@ -411,3 +411,45 @@ def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
     copied = {name for name, count in decode.copied_bytes.items() if count}
     assert copied and not {name for name in copied if name.startswith(("past_key_values.", "present."))}
     assert len(decode.captured) == (1 if aliased else 2) and decode.replays == 7
+
+
+@pytest.mark.slow
+def test_load_captures_the_planned_shapes_and_a_request_of_them_captures_nothing_new(exports):
+    """Capture at load (``Pipeline.load(capture_rows=...)``), as on a GPU: the captures equal the planned shapes of the
+    request's graphs up to the batch, a whole request then replays without capturing, and gives the plain tokens; a
+    budget leaves the dearest shapes for first use."""
+    from luvc.engines.static_shapes import StaticShapes
+
+    folder = exports("tiny-qwen2-vl")
+    image = synthetic_image(224, 224, 4)
+    prompts = [PROMPT, "Describe the colours."]
+    plain = Pipeline(folder)
+    expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 8)
+
+    pipeline = Pipeline(folder)
+    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    prepared = pipeline.prepare([image, image], prompts)
+    pipeline.load(prepared.bucket, capture_rows=2, capture_budget_mib=1024)
+    shapes = StaticShapes.of(pipeline.manifest)
+    graphs = [name for name in pipeline.request_graphs(prepared.bucket) if name in pipeline.sessions.opened()]
+    planned = sum(
+        binding["batch"] <= 2
+        for name in graphs
+        if shapes[name] in shapes.replayed
+        for binding in shapes[name].bindings()
+    )
+    report = pipeline.capture_report
+    assert report.shapes == planned and report.left == 0 and report.buffer_bytes > 0
+    _, captured, _, _ = pipeline.sessions.replay_counts()
+    assert captured == planned
+    tokens, _, _ = pipeline.greedy(prepared, 8)
+    np.testing.assert_array_equal(tokens, expected)
+    assert pipeline.sessions.replay_counts()[1] == captured  # nothing captured during the request
+
+    bounded = Pipeline(folder)
+    bounded.sessions.cuda_graphs, bounded.sessions.prefill_step = True, PREFILL_LENGTH_STEP
+    bounded.load(prepared.bucket, capture_rows=2, capture_budget_mib=1)
+    report = bounded.capture_report
+    assert report.left > 0 and report.buffer_bytes <= 1 << 20 and report.shapes + report.left == planned
+    tokens, _, _ = bounded.greedy(bounded.prepare([image, image], prompts), 8)
+    np.testing.assert_array_equal(tokens, expected)
