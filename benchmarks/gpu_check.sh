@@ -4,7 +4,8 @@
 # checkout's root. Each step has its own time limit and writes its output under OUT_DIR as it goes.
 #   1. replay on ONNX Runtime CUDA (tiny Qwen2-VL, fp32 and fp16): each replayed call against a plain run of its feeds
 #      (the first graph and call that differ, if any), the tokens of a plain run, fp32 on the GPU against the CPU
-#      (float32 products, no TF32), a batch of two prompt lengths, and the compiled PyTorch prefill; and the pixels
+#      (float32 products, no TF32), a batch of two prompt lengths, the shapes captured at load (then a request that
+#      captures nothing), and the compiled PyTorch prefill; and the pixels
 #      made on the GPU from 8-bit images against the image processor's (luvc.runtime.pixels);
 #   2. benchmarks/gpu_speedup.py at Qwen2-VL-2B widths (GPU_LAYERS decoder layers, 8 encoder blocks, one 896x896
 #      image): PyTorch eager and compiled, ONNX Runtime CUDA plain and replayed at batch 1 and 8, LUVC vs --no-luvc.

@@ -119,6 +119,28 @@ def test_rows_of_a_replayed_batch_get_what_they_get_alone(cuda_ep, exports):
         assert judged.non_ties == 0, judged
 
 
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl"])
+def test_shapes_captured_at_load_give_the_plain_tokens_and_a_request_captures_nothing(cuda_ep, exports, family):
+    """Capture at load on ONNX Runtime CUDA (``Pipeline.load(capture_rows=1)``, as serve does at its batch): a request
+    afterwards replays without capturing, and gives the plain run's tokens but for a near tie."""
+    folder = exports(family, "fp16")
+    image = synthetic_image(224, 224, 4)
+    plain = Pipeline(folder, device="cuda:0", cuda_graphs="off")
+    tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), TOKENS)
+    plain.release()
+    pipeline = Pipeline(folder, device="cuda:0", cuda_graphs="on")
+    prepared = pipeline.prepare([image], [PROMPT])
+    pipeline.load(prepared.bucket, capture_rows=1)
+    report = pipeline.capture_report
+    assert report is not None and report.shapes > 0, report
+    captured = pipeline.sessions.replay_counts()[1]
+    replayed_tokens, _, _ = pipeline.greedy(prepared, TOKENS)
+    assert pipeline.sessions.replay_counts()[1] == captured
+    judged = judge_text([(replayed_tokens, tokens, logits)], TOLERANCES["fp16"].tensor_relative)
+    assert judged.non_ties == 0, judged
+    pipeline.release()
+
+
 @pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
 def test_the_compiled_prefill_with_cuda_graphs_generates_what_eager_does(family):
     """PyTorch on the GPU: the LLM prefill compiled with CUDA graphs (``mode="reduce-overhead"``), two requests in a
