@@ -62,6 +62,16 @@ def attention_window_length(valid: int, capacity: int) -> int:
     return min(capacity, _round_up(valid, WINDOW_STEP))
 
 
+def replay_bound(manifest: ExportManifest, kind: str) -> frozenset[str]:
+    """The inputs and outputs a replayed graph of ``kind`` binds as they are, never copied into buffers of the
+    replayer's: the decode graph's KV caches (``past_key_values.*`` fed, ``present.*`` written), whose buffers the
+    cache owns."""
+    if kind != "decode":
+        return frozenset()
+    geometry = manifest.geometry
+    return frozenset(geometry.cache_names("past_key_values") + geometry.cache_names("present"))
+
+
 def fixed_length(manifest: ExportManifest, graph: str) -> int | None:
     """The one sequence length ``graph`` was traced at (a hybrid model's prefill), else None."""
     length = manifest.graphs[graph].input("inputs_embeds").shape[1]
@@ -139,9 +149,7 @@ class StaticShapes:
                 windows = {attention_window_length(valid, largest) for valid in range(1, largest + 1)}
                 shapes.append(GraphShapes(name, "decode", batches, tuple(sorted(windows))))
             else:  # vision: one shape a batch size where it takes a batch of images
-                takes_batch = any(
-                    isinstance(dim, str) for entry in graph.inputs for dim in entry.shape[:1] if entry.shape
-                )
+                takes_batch = any(entry.shape and isinstance(entry.shape[0], str) for entry in graph.inputs)
                 shapes.append(GraphShapes(name, graph.kind, batches if takes_batch else (1,)))
         return cls(manifest, tuple(shapes))
 
@@ -159,12 +167,13 @@ class StaticShapes:
         return sum(shapes.count for shapes in self.replayed)
 
     def buffer_bytes(self, graph: str, binding: dict[str, int]) -> int:
-        """Bytes of the replayer's own buffers for ``graph`` at ``binding``: every input and output but the KV caches
-        a decode step updates in place (``past_key_values.*`` and the ``present.*`` bound to them)."""
+        """Bytes of the replayer's own buffers for ``graph`` at ``binding``: every input and output but those bound as
+        they are (``replay_bound``: a decode step's KV caches)."""
         entry = self.manifest.graphs[graph]
+        bound = replay_bound(self.manifest, entry.kind)
         total = 0
         for tensor in (*entry.inputs, *entry.outputs):
-            if entry.kind == "decode" and tensor.name.startswith(("past_key_values.", "present.")):
+            if tensor.name in bound:
                 continue
             size = 1
             for dim in tensor.shape:

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from luvc.engines.profiles import dimension_ranges
-from luvc.engines.static_shapes import PREFILL_LENGTH_STEP, REPLAYED_KINDS, fixed_length, prefill_length
+from luvc.engines.static_shapes import (
+    PREFILL_LENGTH_STEP,
+    REPLAYED_KINDS,
+    fixed_length,
+    prefill_length,
+    replay_bound,
+)
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
@@ -125,9 +131,6 @@ class Sessions:
         # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not share
         # memory with the input, so that form alternates between two sets of buffers on TensorRT
         self.kv_aliased = backend != "trt" or manifest.kv_cache.update == "tensor-scatter"
-        geometry = manifest.geometry
-        # a replayed decode step binds the KV caches as they are (``Replayer``'s ``bound``): never copied
-        self._replay_bound = frozenset(geometry.cache_names("past_key_values") + geometry.cache_names("present"))
         # the GPU check's: every replayed call also runs plainly, and outputs further apart than this are recorded
         # (``replay_divergences``); set before the sessions open
         self.verify_replay_tolerance: float | None = None
@@ -144,7 +147,7 @@ class Sessions:
             tensorrt=self._tensorrt,
             activations=self.activations,
             openvino=self.openvino,
-            replay_bound=self._replay_bound if graph.kind == "decode" else frozenset(),
+            replay_bound=replay_bound(self.manifest, graph.kind),
         )
 
     @property

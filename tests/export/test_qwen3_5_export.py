@@ -43,3 +43,25 @@ def test_openvino_passes_parity(export):
 
 def test_tensorrt_rtx_builds_every_graph(export, tmp_path):
     assert {"prefill_224x224", "decode", "prefill_text"} <= built_engines(export, tmp_path)
+
+
+def test_its_prefills_run_at_the_one_length_each_was_traced_at(export):
+    """A hybrid model's prefill graph is traced at one length (the unrolled gated delta rule): the static shapes list
+    that length alone, on a GPU and on the CPU, and the runtime pads every prompt to it."""
+    import torch
+
+    from luvc.engines.static_shapes import StaticShapes
+    from luvc.export.manifest import ExportManifest
+    from luvc.runtime.sessions import RuntimeChoices, Sessions
+
+    manifest = ExportManifest.load(export)
+    sessions = Sessions(export, manifest, RuntimeChoices(device=torch.device("cuda", 0)))  # pads as on a GPU
+    for step in (64, 1):
+        shapes = StaticShapes.of(manifest, step)
+        for name, graph in manifest.graphs.items():
+            if graph.kind not in ("prefill", "text"):
+                continue
+            traced = graph.input("inputs_embeds").shape[1]
+            assert isinstance(traced, int) and shapes[name].lengths == (traced,)
+            assert traced in shapes["embed"].lengths
+            assert {sessions.prefill_length(name, length) for length in (2, traced // 2, traced)} == {traced}
