@@ -352,16 +352,15 @@ def _remove_flat_blobs(folder: Path) -> None:
 
 
 def openvino_entry(folder: Path, graph: Path, settings: dict[str, str]) -> Path | None:
-    """The cache folder of ``graph``'s compiled model under ``folder`` (``openvino_folder``) with ``settings``, made
-    and noted as used now, its blobs checked (``check_openvino_blobs``); None where it cannot be made. Its key hashes
-    the graph's and its weights files' (``*.data`` beside it) paths, sizes and modification times, the settings and
-    OpenVINO's release: a re-exported graph or another release gets a new entry, and the old one ages out."""
-    import openvino
-
+    """The cache folder of ``graph``'s compiled model under ``folder`` (``openvino_folder``) with ``settings`` (the
+    compile's, and OpenVINO's release), made and noted as used now, its blobs checked (``check_openvino_blobs``); None
+    where it cannot be made. Its key hashes the graph's and its weights files' (``*.data`` beside it) paths, sizes and
+    modification times, and the settings: a re-exported graph or another release gets a new entry, and the old one
+    ages out."""
     graph = graph.resolve()
     files = [graph, *sorted(graph.parent.glob("*.data"))]
     stats = {str(path): [path.stat().st_size, path.stat().st_mtime_ns] for path in files}
-    key = json.dumps({"files": stats, "settings": settings, "openvino": openvino.__version__}, sort_keys=True)
+    key = json.dumps({"files": stats, "settings": settings}, sort_keys=True)
     entry = folder / hashlib.sha256(key.encode()).hexdigest()[:32]
     try:
         entry.mkdir(exist_ok=True)

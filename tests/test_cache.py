@@ -326,7 +326,6 @@ def _compiled(entry: Path, size: int) -> None:
 
 
 def test_openvino_entries_are_keyed_by_the_graph_its_weights_and_the_settings(cache_folder, tmp_path):
-    pytest.importorskip("openvino")
     folder = cache.openvino_folder()
     graph = _graph(tmp_path / "export")
     settings = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -344,7 +343,6 @@ def test_openvino_models_count_against_the_limit_and_the_least_recently_used_go_
 ):
     """Every re-export makes new entries: without a bound, a user's disk would fill with compiled models no start
     reads again."""
-    pytest.importorskip("openvino")
     monkeypatch.setenv(cache.MAX_ENV, str(10_000 / cache.GiB))  # room for two 4 kB models, not three
     folder = cache.openvino_folder()
     settings = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -364,7 +362,6 @@ def test_openvino_models_count_against_the_limit_and_the_least_recently_used_go_
 
 
 def test_converted_weights_and_compiled_models_share_one_limit(cache_folder, tmp_path, monkeypatch):
-    pytest.importorskip("openvino")
     monkeypatch.setenv(cache.MAX_ENV, str(6_000 / cache.GiB))
     values = np.arange(1024, dtype=np.float32)  # 4 KiB
     _keep("a" * 64, values)
@@ -376,7 +373,6 @@ def test_converted_weights_and_compiled_models_share_one_limit(cache_folder, tmp
 
 
 def test_a_start_keeps_its_own_compiled_model_past_the_limit(cache_folder, tmp_path, monkeypatch):
-    pytest.importorskip("openvino")
     monkeypatch.setenv(cache.MAX_ENV, str(1_000 / cache.GiB))
     entry = cache.openvino_entry(cache.openvino_folder(), _graph(tmp_path / "export"), {})
     _compiled(entry, 4096)

@@ -17,7 +17,13 @@ import torch
 
 from luvc.errors import critical
 from luvc.runtime.base_session import BaseSession, SessionSetup
-from luvc.runtime.openvino_graph import OpenVinoPrecision, bfloat16_products, choose_precision, new_core
+from luvc.runtime.openvino_graph import (
+    OpenVinoPrecision,
+    bfloat16_products,
+    choose_precision,
+    import_openvino,
+    new_core,
+)
 
 # Weight-only INT8/INT4 products: OpenVINO's CPU plugin quantizes their activations on the fly, per group of this many
 # input channels, and runs the product in integer kernels. Its default, 32, ran the int8w decode of Qwen2-VL-2B's
@@ -63,7 +69,8 @@ class OpenVinoRuntime:
     def _compile(self, path: Path, name: str, config: dict[str, str]):
         from luvc import cache
 
-        entry = None if self.cache_dir is None else cache.openvino_entry(self.cache_dir, path, config)
+        release = {"openvino_release": import_openvino().__version__}  # a compile of another release is another entry
+        entry = None if self.cache_dir is None else cache.openvino_entry(self.cache_dir, path, config | release)
         source: Any = str(path)
         if self.precision.precision == "bf16":
             try:
