@@ -62,14 +62,18 @@ def attention_window_length(valid: int, capacity: int) -> int:
     return min(capacity, _round_up(valid, WINDOW_STEP))
 
 
+# the decode step's own input and output the KV cache owns beside its keys and values (``KVCache.step_buffers``)
+STEP_BUFFERS = ("inputs_embeds", "logits")
+
+
 def replay_bound(manifest: ExportManifest, kind: str) -> frozenset[str]:
     """The inputs and outputs a replayed graph of ``kind`` binds as they are, never copied into buffers of the
-    replayer's: the decode graph's KV caches (``past_key_values.*`` fed, ``present.*`` written), whose buffers the
-    cache owns."""
+    replayer's: the decode graph's KV caches (``past_key_values.*`` fed, ``present.*`` written) and its embeddings and
+    logits, whose buffers the cache owns (the first rows of each: the same address at every batch size)."""
     if kind != "decode":
         return frozenset()
     geometry = manifest.geometry
-    return frozenset(geometry.cache_names("past_key_values") + geometry.cache_names("present"))
+    return frozenset(geometry.cache_names("past_key_values") + geometry.cache_names("present") + list(STEP_BUFFERS))
 
 
 def fixed_length(manifest: ExportManifest, graph: str) -> int | None:

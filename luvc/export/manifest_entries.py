@@ -85,6 +85,10 @@ class GraphEntry:
         """The input named ``name``."""
         return next(entry for entry in self.inputs if entry.name == name)
 
+    def output(self, name: str) -> TensorEntry:
+        """The output named ``name``."""
+        return next(entry for entry in self.outputs if entry.name == name)
+
 
 @dataclasses.dataclass(frozen=True)
 class BucketEntry(BucketKey):

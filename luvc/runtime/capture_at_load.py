@@ -84,9 +84,11 @@ def _run_once(sessions: Sessions, name: str, binding: dict[str, int], cache: KVC
     for _ in range(len(cache.sets) if graph.kind == "decode" else 1):
         feeds: dict[str, torch.Tensor] = {}
         targets: dict[str, torch.Tensor] = {}
-        if graph.kind == "decode":
-            feeds = cache.inputs(batch) | {"attention_window": cache.window[: binding["attention_window"]]}
-            targets = cache.targets(batch)
+        if graph.kind == "decode":  # on the buffers the cache owns, as the running batch's steps are
+            embeds, logits = cache.step_buffers()
+            window = {"attention_window": cache.window[: binding["attention_window"]], "inputs_embeds": embeds[:batch]}
+            feeds = cache.inputs(batch) | window
+            targets = cache.targets(batch) | {"logits": logits[:batch]}
         for entry in graph.inputs:
             if entry.name in feeds:
                 continue

@@ -61,11 +61,31 @@ class KVLayout:
         return torch.zeros(shape, dtype=self.dtype, device=device), torch.zeros(shape, dtype=self.dtype, device=device)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+    """The decode step's own input and output beside the cache: ``inputs_embeds (B, 1, hidden)`` in ``embeds_dtype``
+    and ``logits (B, vocab)`` in ``logits_dtype``."""
+
+    hidden: int
+    embeds_dtype: torch.dtype
+    vocab: int
+    logits_dtype: torch.dtype
+
+
 class KVCache:
     """Keys and values of ``len(layout.capacities)`` layers for ``batch`` rows; ``lengths[l]`` tokens are held by
-    layer ``l``."""
+    layer ``l``. With a ``step`` layout it also owns the decode step's embeddings and logits buffers (``embeds``,
+    ``logits``): one owner for every buffer a step binds, reused by every request of this batch size, so a replayed
+    step binds them as they are (``luvc.engines.static_shapes.replay_bound``)."""
 
-    def __init__(self, batch: int, layout: KVLayout, device: torch.device | str = "cpu", aliased: bool = True) -> None:
+    def __init__(
+        self,
+        batch: int,
+        layout: KVLayout,
+        device: torch.device | str = "cpu",
+        aliased: bool = True,
+        step: StepLayout | None = None,
+    ) -> None:
         self.layout = layout
         self.capacities = list(layout.capacities)
         layers = range(len(self.capacities))
@@ -82,6 +102,11 @@ class KVCache:
         self.row_lengths = np.zeros((len(self.capacities), batch), dtype=np.int64)  # each row's, per layer
         self._attending = np.array([layer not in layout.linear_layers for layer in layers])
         self.owner: object | None = None  # the request whose tokens the cache holds now
+        self.embeds: torch.Tensor | None = None  # (batch, 1, hidden): the step's input, written by the embedding graph
+        self.logits: torch.Tensor | None = None  # (batch, vocab): the step's output
+        if step is not None:
+            self.embeds = torch.empty(batch, 1, step.hidden, dtype=step.embeds_dtype, device=device)
+            self.logits = torch.empty(batch, step.vocab, dtype=step.logits_dtype, device=device)
 
     @property
     def buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -226,6 +251,12 @@ class KVCache:
         return per_token * int(self.row_lengths.sum()) + rows * states
 
     def capacity_bytes(self) -> int:
-        """Bytes the buffers take on the device (a buffer that both sets share once)."""
+        """Bytes the keys and values (or states) take on the device (a buffer that both sets share once)."""
         buffers = {id(t): t for pair_set in self.sets for pair in pair_set for t in pair}
         return sum(t.numel() * t.element_size() for t in buffers.values())
+
+    def step_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode step's ``(embeds, logits)`` buffers (a cache made with a step layout)."""
+        if self.embeds is None or self.logits is None:
+            raise RuntimeError("this KV cache was made without the decode step's buffers (no StepLayout)")
+        return self.embeds, self.logits

@@ -78,8 +78,7 @@ class RunningBatch(Generic[Member]):
         rows = sessions.manifest.geometry.position_rows
         shape = (rows, capacity, 1) if rows == 3 else (capacity, 1)
         self.position = torch.zeros(shape, dtype=torch.int64, device=device)
-        self.embeds: torch.Tensor | None = None  # (capacity, 1, hidden), of the embedding graph's dtype
-        self.logits: torch.Tensor | None = None  # (capacity, vocab)
+        self.embeds, self.logits = self.cache.step_buffers()  # the decode step's, owned by the cache
         self.counts: torch.Tensor | None = None  # (capacity, vocab) tokens generated per row, once a row has penalties
 
     @property
@@ -142,14 +141,10 @@ class RunningBatch(Generic[Member]):
         return self._advance(prefill.outputs["logits"], rows)
 
     def _allocate(self, prefill: Prefill, samplings: Sequence[SamplingConfig]) -> None:
-        """The step buffers, made when the first rows join (their dtype and vocabulary are the graphs')."""
-        device = self.sessions.device
-        embeds, logits = prefill.feeds["inputs_embeds"], prefill.outputs["logits"]
-        if self.embeds is None:
-            self.embeds = torch.empty(self.capacity, 1, embeds.shape[-1], dtype=embeds.dtype, device=device)
-            self.logits = torch.empty(self.capacity, logits.shape[-1], dtype=logits.dtype, device=device)
+        """The penalties' token counts, made when the first rows that need them join."""
         if self.counts is None and any(config.penalized for config in samplings):
-            self.counts = torch.zeros(self.capacity, logits.shape[-1], dtype=torch.float32, device=device)
+            vocab = prefill.outputs["logits"].shape[-1]
+            self.counts = torch.zeros(self.capacity, vocab, dtype=torch.float32, device=self.sessions.device)
 
     def _choose(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
         """The next token of each of ``rows`` from its ``logits`` row into ``token[rows]`` (returned): greedy rows in
@@ -198,7 +193,7 @@ class RunningBatch(Generic[Member]):
                 "before starting the next, or give each concurrent request its own Pipeline."
             )
         size, embeds_buffer, logits_buffer = len(self.rows), self.embeds, self.logits
-        if not size or embeds_buffer is None or logits_buffer is None:  # the buffers come with the first rows
+        if not size:
             critical("A running batch with no rows has nothing to decode; admit rows first.")
         self.cache.check_room(size)
         with self.sessions.on_stream():

@@ -34,7 +34,7 @@ from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
 from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, TransferStats
 from luvc.runtime.float32_graph import AS_EXPORTED, FLOAT16_ROUNDED, IN_FLOAT32
-from luvc.runtime.kv_cache import KVCache, KVLayout
+from luvc.runtime.kv_cache import KVCache, KVLayout, StepLayout
 from luvc.runtime.ort_session import OrtSession, ort_providers
 from luvc.runtime.weights import MappedWeights
 
@@ -394,13 +394,18 @@ class Sessions:
             # one batch size at a time: a new size frees the old buffers, with the graphs captured on them
             for old in self._caches.values():
                 self._release_captures_on(old)
-            self._caches = {batch: KVCache(batch, layout, self.device, self.kv_aliased)}
+            decode = self.manifest.graphs["decode"]
+            embeds, logits = decode.input("inputs_embeds"), decode.output("logits")
+            step = StepLayout(
+                int(embeds.shape[-1]), TORCH_DTYPES[embeds.dtype], int(logits.shape[-1]), TORCH_DTYPES[logits.dtype]
+            )
+            self._caches = {batch: KVCache(batch, layout, self.device, self.kv_aliased, step)}
         return self._caches[batch]
 
     def _release_captures_on(self, cache: KVCache) -> None:
         """Release every captured graph bound to ``cache``'s buffers (``Replayer.release_bound_to``)."""
         buffers = [tensor for pair_set in cache.sets for pair in pair_set for tensor in pair]
-        buffers += [cache.write_index, cache.window]
+        buffers += [cache.write_index, cache.window, *(t for t in (cache.embeds, cache.logits) if t is not None)]
         for session in self._open.values():
             if session.replayer is not None:
                 session.replayer.release_bound_to(buffers)

@@ -394,9 +394,10 @@ def test_replacing_the_kv_cache_releases_the_graphs_captured_on_it(exports):
 @pytest.mark.slow
 @pytest.mark.parametrize("aliased", [True, False], ids=["in-place", "alternating-sets"])
 def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
-    """The KV caches are bound as they are, never copied into the replayer's buffers: in place (ONNX Runtime,
-    TensorRT's tensor-scatter form), and in the two alternating sets of TensorRT 10.3's scatter form, which are two
-    captured graphs (one per set) with the same tokens as a plain run."""
+    """The KV caches, and the step's embeddings and logits the cache owns beside them, are bound as they are, never
+    copied into the replayer's buffers: in place (ONNX Runtime, TensorRT's tensor-scatter form), and in the two
+    alternating sets of TensorRT 10.3's scatter form, which are two captured graphs (one per set) with the same tokens
+    as a plain run; a later request's running batch binds the same buffers."""
     folder = exports("tiny-qwen2-vl")
     image = synthetic_image(224, 224, 4)
     plain = Pipeline(folder)
@@ -409,8 +410,13 @@ def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
     decode = pipeline.sessions.opened()["decode"].replayer
     assert pipeline.sessions.kv_cache(1).sets[-1] is not pipeline.sessions.kv_cache(1).sets[0] or aliased
     copied = {name for name, count in decode.copied_bytes.items() if count}
-    assert copied and not {name for name in copied if name.startswith(("past_key_values.", "present."))}
+    # what is left to copy: the small per-row tensors (positions, write indices, the window's length)
+    assert copied == {"position_ids", "kv_write_index", "attention_window"}
     assert len(decode.captured) == (1 if aliased else 2) and decode.replays == 7
+    # a second request (a new running batch) binds the same buffers, which the cache owns: no new capture
+    again, _, _ = pipeline.greedy(pipeline.prepare([image], [PROMPT]), 8)
+    np.testing.assert_array_equal(again, expected)
+    assert len(decode.captured) == (1 if aliased else 2) and decode.replays == 14
 
 
 @pytest.mark.slow
