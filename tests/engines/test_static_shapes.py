@@ -13,7 +13,8 @@ from luvc.cuda_graphs import MAX_BUFFER_BYTES, MAX_CAPTURED
 from luvc.engines.static_shapes import PREFILL_LENGTH_STEP, WINDOW_STEP, StaticShapes
 from luvc.export.manifest import ExportManifest
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import GenerationOptions, Pipeline
+from luvc.runtime.pipeline import GenerationOptions
+from tests.runtime.replaying import replaying_pipeline
 
 
 def test_prefill_lengths_are_the_64_token_steps_up_to_the_longest_and_decode_windows_up_to_the_largest_cache(
@@ -47,8 +48,7 @@ def test_every_shape_a_replayed_pipeline_captures_is_planned_and_its_buffers_are
     each captured shape is one ``StaticShapes`` lists, and the replayer's own buffers are the bytes it counts for
     those shapes (the KV caches bound in place excluded)."""
     folder = exports("tiny-qwen2-vl")
-    pipeline = Pipeline(folder)
-    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pipeline = replaying_pipeline(folder)  # as on a GPU
     image = synthetic_image(224, 224, 4)
     options = GenerationOptions(70, stop_token_ids=())  # past one attention window of 64
     pipeline.generate(image, "Hi.", options)

@@ -19,6 +19,7 @@ from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, ort_
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
 from luvc.runtime.sessions import RuntimeChoices, Sessions
+from tests.runtime.replaying import replaying_pipeline
 
 PROMPT = "What is in this picture?"
 
@@ -327,8 +328,7 @@ def test_a_pipeline_replaying_every_graph_generates_what_it_generates_plainly(ex
     plain = Pipeline(folder)
     tokens, logits, _ = plain.greedy(plain.prepare([image], [PROMPT]), 12)
 
-    replayed = Pipeline(folder)
-    replayed.sessions.cuda_graphs, replayed.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    replayed = replaying_pipeline(folder)  # as on a GPU
     replayed.sessions.verify_replay_tolerance = 0.0  # each replayed call against a plain run of its feeds
     prepared = replayed.prepare([image], [PROMPT])
     for _ in range(2):  # the second request replays every graph the first captured
@@ -375,8 +375,7 @@ def test_replacing_the_kv_cache_releases_the_graphs_captured_on_it(exports):
     prompts = [PROMPT, "Describe the colours."]
     plain = Pipeline(folder)
     expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 6)
-    pipeline = Pipeline(folder)
-    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pipeline = replaying_pipeline(folder)  # as on a GPU
     pair = pipeline.prepare([image, image], prompts)
     pipeline.greedy(pair, 6)
     decode = pipeline.sessions.opened()["decode"].replayer
@@ -402,8 +401,7 @@ def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
     image = synthetic_image(224, 224, 4)
     plain = Pipeline(folder)
     expected, _, _ = plain.greedy(plain.prepare([image], [PROMPT]), 8)
-    pipeline = Pipeline(folder)
-    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pipeline = replaying_pipeline(folder)  # as on a GPU
     pipeline.sessions.kv_aliased = aliased
     tokens, _, _ = pipeline.greedy(pipeline.prepare([image], [PROMPT]), 8)
     np.testing.assert_array_equal(tokens, expected)
@@ -432,8 +430,7 @@ def test_load_captures_the_planned_shapes_and_a_request_of_them_captures_nothing
     plain = Pipeline(folder)
     expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 8)
 
-    pipeline = Pipeline(folder)
-    pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP  # as on a GPU
+    pipeline = replaying_pipeline(folder)  # as on a GPU
     prepared = pipeline.prepare([image, image], prompts)
     pipeline.load(prepared.bucket, capture_rows=2, capture_budget_mib=1024)
     shapes = StaticShapes.of(pipeline.manifest)
@@ -452,8 +449,7 @@ def test_load_captures_the_planned_shapes_and_a_request_of_them_captures_nothing
     np.testing.assert_array_equal(tokens, expected)
     assert pipeline.sessions.replay_counts()[1] == captured  # nothing captured during the request
 
-    bounded = Pipeline(folder)
-    bounded.sessions.cuda_graphs, bounded.sessions.prefill_step = True, PREFILL_LENGTH_STEP
+    bounded = replaying_pipeline(folder)  # as on a GPU
     bounded.load(prepared.bucket, capture_rows=2, capture_budget_mib=1)
     report = bounded.capture_report
     assert report.left > 0 and report.buffer_bytes <= 1 << 20 and report.shapes + report.left == planned
