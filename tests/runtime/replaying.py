@@ -11,3 +11,10 @@ def replaying_pipeline(folder) -> Pipeline:
     pipeline = Pipeline(folder)
     pipeline.sessions.cuda_graphs, pipeline.sessions.prefill_step = True, PREFILL_LENGTH_STEP
     return pipeline
+
+
+def plain_tokens(folder, images, prompts, tokens: int):
+    """The greedy tokens of ``prompts`` (one image each) on a plain pipeline of ``folder``: what a replayed run must
+    give."""
+    plain = Pipeline(folder)
+    return plain.greedy(plain.prepare(images, prompts), tokens)[0]

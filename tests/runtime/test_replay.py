@@ -19,7 +19,7 @@ from luvc.runtime.ort_session import GRAPH_ID, OrtGraphCapture, OrtSession, ort_
 from luvc.runtime.pipeline import Pipeline
 from luvc.runtime.replay import MAX_CAPTURED, Replayer, resolve_cuda_graphs, shape_key
 from luvc.runtime.sessions import RuntimeChoices, Sessions
-from tests.runtime.replaying import replaying_pipeline
+from tests.runtime.replaying import plain_tokens, replaying_pipeline
 
 PROMPT = "What is in this picture?"
 
@@ -373,8 +373,7 @@ def test_replacing_the_kv_cache_releases_the_graphs_captured_on_it(exports):
     folder = exports("tiny-qwen2-vl")
     image = synthetic_image(224, 224, 4)
     prompts = [PROMPT, "Describe the colours."]
-    plain = Pipeline(folder)
-    expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 6)
+    expected = plain_tokens(folder, [image, image], prompts, 6)
     pipeline = replaying_pipeline(folder)  # as on a GPU
     pair = pipeline.prepare([image, image], prompts)
     pipeline.greedy(pair, 6)
@@ -399,8 +398,7 @@ def test_a_replayed_decode_step_copies_no_kv_cache_bytes(exports, aliased):
     as a plain run; a later request's running batch binds the same buffers."""
     folder = exports("tiny-qwen2-vl")
     image = synthetic_image(224, 224, 4)
-    plain = Pipeline(folder)
-    expected, _, _ = plain.greedy(plain.prepare([image], [PROMPT]), 8)
+    expected = plain_tokens(folder, [image], [PROMPT], 8)
     pipeline = replaying_pipeline(folder)  # as on a GPU
     pipeline.sessions.kv_aliased = aliased
     tokens, _, _ = pipeline.greedy(pipeline.prepare([image], [PROMPT]), 8)
@@ -427,8 +425,7 @@ def test_load_captures_the_planned_shapes_and_a_request_of_them_captures_nothing
     folder = exports("tiny-qwen2-vl")
     image = synthetic_image(224, 224, 4)
     prompts = [PROMPT, "Describe the colours."]
-    plain = Pipeline(folder)
-    expected, _, _ = plain.greedy(plain.prepare([image, image], prompts), 8)
+    expected = plain_tokens(folder, [image, image], prompts, 8)
 
     pipeline = replaying_pipeline(folder)  # as on a GPU
     prepared = pipeline.prepare([image, image], prompts)
