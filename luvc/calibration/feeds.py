@@ -8,7 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from luvc.calibration.verify import ReferenceRun
+from luvc.engines.static_shapes import ladder
 from luvc.runtime.options import GenerationOptions
+from luvc.runtime.prefill import feeds_at, prefill_graph
+from luvc.runtime.prepare import Prepared
+from luvc.runtime.request import Request
 from luvc.runtime.sessions import host_arrays
 from luvc.samples import Sample
 
@@ -31,11 +35,26 @@ def collect_feeds(
         request = pipeline.request(prepared, options)
         steps = list(request)
         feeds.setdefault("decode", []).extend(step.decode_feeds for step in steps[1:])
-        feeds.setdefault(bucket.prefill, []).append(host_arrays(request.prefill_feeds))
+        for graph, fed in _every_rung(pipeline, prepared, request).items():
+            feeds.setdefault(graph, []).append(fed)
         tokens, logits = (np.stack([getattr(step, field)[0] for step in steps]) for field in ("tokens", "logits"))
         references.append(ReferenceRun(tokens, logits))
-        text_only = pipeline.request(pipeline.prepare(None, [sample.prompt]), GenerationOptions(1))
+        text_prepared = pipeline.prepare(None, [sample.prompt])
+        text_only = pipeline.request(text_prepared, GenerationOptions(1))
         text_only.step()
-        feeds.setdefault(pipeline.manifest.text_prefill, []).append(host_arrays(text_only.prefill_feeds))
+        for graph, fed in _every_rung(pipeline, text_prepared, text_only).items():
+            feeds.setdefault(graph, []).append(fed)
         advance(f"calibration feeds: {sample.name}")
     return feeds, references
+
+
+def _every_rung(pipeline, prepared: Prepared, request: Request) -> dict[str, dict]:
+    """The prefill feeds of ``request`` (which ran ``prepared``) by graph: the graph it ran, and each other rung of a
+    hybrid model's prefill ladder that holds its prompts (``luvc.engines.static_shapes.ladder``), so that every rung
+    is calibrated."""
+    fed = {request.prefill_graph: host_arrays(request.prefill_feeds)}
+    width = prepared.prompts.input_ids.shape[1]
+    for length, graph in ladder(pipeline.manifest, prefill_graph(pipeline.sessions, prepared.bucket)):
+        if length >= width and graph not in fed:
+            fed[graph] = host_arrays(feeds_at(pipeline.feeds, prepared, request.image_features, length))
+    return fed

@@ -37,7 +37,7 @@ from luvc.calibration.smoothing import smooth_export
 from luvc.calibration.tails import TailStatistics, heavy_tailed_nodes, pool_by_product
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
-from luvc.export.manifest_entries import CalibrationRun, QuantizationEntry, QuantizationSource
+from luvc.export.manifest_entries import CalibrationRun, GraphEntry, QuantizationEntry, QuantizationSource
 from luvc.export.weights import SharedWeights
 from luvc.runtime.weights import MappedWeights
 from luvc.samples import Sample
@@ -97,7 +97,7 @@ class QdqExportFromExport(CalibratedExport):
         for name in calibration.graphs:
             graph = calibration.manifest.graphs[name]
             if name not in feeds:
-                critical(f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}.")
+                critical(_unreached(name, graph))
             source = calibration.source_dir / graph.file
             structure = onnx.load(str(source), load_external_data=False)
             excluded = excluded_nodes(structure, self.precision)
@@ -197,3 +197,14 @@ class QdqExportFromExport(CalibratedExport):
             ranges_file=RANGES_FILE,
             tensorrt10_calibration_caches=tuple(name for name in own_files if name.startswith(f"{CACHE_FOLDER}/")),
         )
+
+
+def _unreached(name: str, graph: GraphEntry) -> str:
+    """Why no calibration sample reached graph ``name``, and what to add."""
+    if graph.rung_of:
+        length = graph.input("inputs_embeds").shape[1]
+        return (
+            f"No calibration prompt fits graph {name} ({length} tokens, the shortest prefill of {graph.rung_of}); "
+            "add samples with shorter prompts."
+        )
+    return f"No calibration sample reached graph {name}; add images of bucket {graph.bucket}."

@@ -6,15 +6,16 @@ pipeline runs its graphs at form a finite set known before the first request. Th
 - a **prefill** (a bucket's, or the text prefill of prompts without visuals) runs on a GPU at its prompt's length
   padded on the right to a multiple of ``PREFILL_LENGTH_STEP`` (at most the graph's longest; each row keeps its
   length and causal attention never reads the padding), replaying or not, so ``--cuda-graphs`` never changes the
-  shapes its kernels compute at; the CPU runs it at the prompt's length. A graph traced at one length (a hybrid
-  model's prefill) runs at that length;
+  shapes its kernels compute at; the CPU runs it at the prompt's length. A hybrid model's prefill is traced at a
+  few fixed lengths, a ladder (``luvc.export.graphs.ladder_lengths``): a prompt runs the shortest rung that holds it
+  (``prefill_shape``);
 - the **embed** graph runs at a prefill's length, and at one token for each decode step;
 - a **decode** step attends over a window of each KV cache (``attention_window``): the longest row's tokens rounded up
   to ``WINDOW_STEP``, at most the largest capacity, so an engine sees a new shape once per ``WINDOW_STEP`` tokens;
 - every graph but vision runs at 1 .. ``max_batch`` rows; the **vision** graphs run plain (``REPLAYED_KINDS``).
 
 ``StaticShapes.of(manifest)`` lists them per graph; ``plan`` counts their replay buffers (``replay_buffer_bytes``) and
-``inspect`` prints them (``describe``). The runtime pads by the same functions (``prefill_length``,
+``inspect`` prints them (``describe``). The runtime pads by the same functions (``prefill_shape``,
 ``attention_window_length``), so a shape outside this list is one the runtime never makes.
 """
 
@@ -80,6 +81,38 @@ def fixed_length(manifest: ExportManifest, graph: str) -> int | None:
     """The one sequence length ``graph`` was traced at (a hybrid model's prefill), else None."""
     length = manifest.graphs[graph].input("inputs_embeds").shape[1]
     return length if isinstance(length, int) else None
+
+
+def ladder(manifest: ExportManifest, graph: str) -> list[tuple[int, str]]:
+    """The rungs of ``graph``'s prefill ladder (``luvc.export.graphs.ladder_lengths``), ``(length, graph)`` from the
+    shortest, ``graph`` last; one rung where it has none; empty where ``graph`` takes any length or is no prefill."""
+    entry = manifest.graphs.get(graph)
+    if entry is None or entry.kind not in LENGTH_DIMENSIONS or entry.kind == "embed":
+        return []
+    longest = fixed_length(manifest, graph)
+    if longest is None:
+        return []
+    shorter = [name for name, entry in manifest.graphs.items() if entry.rung_of == graph]
+    return sorted([(_traced_length(manifest, name), name) for name in shorter] + [(longest, graph)])
+
+
+def _traced_length(manifest: ExportManifest, graph: str) -> int:
+    length = fixed_length(manifest, graph)
+    if length is None:
+        raise ValueError(f"{graph} is a rung of a prefill ladder but takes any length")
+    return length
+
+
+def prefill_shape(
+    manifest: ExportManifest, graph: str, length: int, step: int = PREFILL_LENGTH_STEP
+) -> tuple[str, int]:
+    """The graph and sequence length a prefill of ``length`` tokens runs at, for ``graph`` (a bucket's or the text
+    prefill): the shortest rung of its ladder that holds the prompt, or ``graph`` itself padded to a multiple of
+    ``step`` (a GPU's; 1: the prompt's own length)."""
+    rungs = ladder(manifest, graph)
+    if rungs:
+        return next(((name, rung) for rung, name in rungs if rung >= length), (graph, rungs[-1][0]))
+    return graph, prefill_length(length, dimension_ranges(manifest, graph)["sequence_length"][2], step)
 
 
 @dataclasses.dataclass(frozen=True)

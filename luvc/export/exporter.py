@@ -34,7 +34,7 @@ from luvc.export.graph_workers import (
     default_workers,
     other_threads,
 )
-from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_spec, text_prefill_spec, vision_spec
+from luvc.export.graphs import GraphSpec, decode_spec, embed_spec, prefill_specs, text_prefill_specs, vision_spec
 from luvc.export.host_plan import HostPlan
 from luvc.export.lint import check_graph
 from luvc.export.manifest import (
@@ -156,7 +156,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
     """Loader: export ``adapter``'s model under LUVC ``config`` to the folder ``out`` and return its path.
 
     Graphs: ``vision_{H}x{W}`` and ``prefill_{H}x{W}`` per image-size bucket (``..._{F}x{H}x{W}`` per video
-    bucket), ``embed``, ``decode`` and ``prefill_text`` (prompts without visuals) once.
+    bucket), ``embed``, ``decode`` and ``prefill_text`` (prompts without visuals) once; a hybrid model's prefill
+    graphs each with their shorter rungs ``..._len{N}`` (``luvc.export.graphs.ladder_lengths``).
     ``config=None`` applies the LUVC defaults; ``LUVCConfig.off()`` exports the uncompressed baseline through the
     same code path. The model is cast in place to the profile's precision. Graph passes (``luvc.export.passes``) run
     on every graph unless ``passes=False``; ``plugin_nodes`` traces each OIM/SPU unit as one plugin node
@@ -220,12 +221,13 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
         specs: list[tuple[GraphSpec, Bucket | None]] = [(embed_spec(adapter, profile), None)]
         for bucket in buckets:  # a mixed bucket runs its parts' vision graphs
             vision = () if bucket.parts else ((vision_spec(adapter, bucket, profile), bucket),)
-            specs += [*vision, (prefill_spec(adapter, bucket, profile, self._shifts(bucket)), bucket)]
+            prefills = prefill_specs(adapter, bucket, profile, self._shifts(bucket))
+            specs += [*vision, *((spec, bucket) for spec in prefills)]
         capacities = kv_capacities(buckets, profile)
         check_window(adapter.attention_window, buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
         longest_text = min(capacities) - profile.max_new_tokens  # a text-only prompt and its answer fit every layer
-        specs.append((text_prefill_spec(adapter, profile, longest_text), None))
+        specs += [(spec, None) for spec in text_prefill_specs(adapter, profile, longest_text)]
 
         times = self.times
         model_bytes = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
@@ -472,6 +474,7 @@ class _GraphWriter:
             num_nodes=len(model.graph.node),
             external_data=tuple(written[1:]),
             passes=tuple(stat.entry() for stat in pass_stats),
+            rung_of=spec.rung_of,
         )
         part = weights.part() if own_file else None
         return GraphResult(entry, written, times.records, part)

@@ -15,6 +15,8 @@ from luvc.export.manifest_entries import ProfileEntry, kv_names
 from luvc.models.base import VLMAdapter
 
 TEXT_PREFILL = "prefill_text"  # the graph of prompts without visuals
+LADDER_SHORTEST = 64  # a hybrid model's shortest prefill rung: text tokens after the visuals (or of a text prompt)
+LADDER_FACTOR = 4  # each rung of the ladder this many times the text of the one below
 EXAMPLE_BATCH = 2  # traced with two rows: an example size of 1 would make torch.export specialise the batch axis
 
 
@@ -30,6 +32,7 @@ class GraphSpec:
     dims: dict[str, dict[int, Dim]]
     bucket: str | None = None
     named_inputs: int | None = None  # ``forward``'s arguments before a variadic one (past KV, DeepStack planes)
+    rung_of: str | None = None  # the longest graph of a prefill ladder this shorter one belongs to (``ladder_lengths``)
 
     def dynamic_shapes(self) -> tuple | None:
         """``torch.export`` form: one entry per ``forward`` argument (variadic past KV as a nested tuple)."""
@@ -82,14 +85,58 @@ def _position_feed(positions: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _rows(positions[:, None], axis=1), 1
 
 
-def prefill_spec(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shifts: bool = True) -> GraphSpec:
+def ladder_lengths(longest: int, shortest: int) -> list[int]:
+    """The text lengths of a hybrid model's prefill ladder below ``longest`` (its longest graph's), from
+    ``LADDER_SHORTEST`` up by ``LADDER_FACTOR``, none under ``shortest``: the chunked gated delta rule unrolls at one
+    length, so a hybrid model's prefill is traced once per rung and a prompt runs the shortest rung it fits."""
+    lengths, length = [], LADDER_SHORTEST
+    while length < longest:
+        if length >= shortest:
+            lengths.append(length)
+        length *= LADDER_FACTOR
+    return lengths
+
+
+def prefill_specs(adapter: VLMAdapter, bucket: Bucket, profile: ProfileEntry, shifts: bool = True) -> list[GraphSpec]:
+    """The prefill graphs of ``bucket``: one of dynamic length, or a hybrid model's ladder (``ladder_lengths``), its
+    longest graph first."""
+    longest = prefill_spec(adapter, bucket, profile, shifts)
+    if not adapter.linear_layers:
+        return [longest]
+    text = _longest_text(bucket, profile)
+    rungs = [
+        prefill_spec(adapter, bucket, profile, shifts, length)
+        for length in ladder_lengths(text, bucket.min_text_tokens + 1)
+    ]
+    return [longest] + [_rung(spec, longest.name) for spec in rungs]
+
+
+def _rung(spec: GraphSpec, longest: str) -> GraphSpec:
+    """``spec``, traced at one length shorter than graph ``longest``'s, as a rung of its ladder ``{longest}_len{N}``."""
+    length = spec.feeds["inputs_embeds"].shape[1]
+    return dataclasses.replace(spec, name=f"{longest}_len{length}", rung_of=longest)
+
+
+def _longest_text(bucket: Bucket, profile: ProfileEntry) -> int:
+    """The most text tokens after ``bucket``'s visuals a prompt may have."""
+    return max(profile.max_text_tokens, bucket.min_text_tokens + 1)
+
+
+def prefill_spec(
+    adapter: VLMAdapter,
+    bucket: Bucket,
+    profile: ProfileEntry,
+    shifts: bool = True,
+    text_tokens: int | None = None,
+) -> GraphSpec:
     """The prefill graph of ``bucket``; ``shifts``: its visual spans move with each row's ``visual_shift`` (see
-    ``PrefillGraph``)."""
+    ``PrefillGraph``). A hybrid model's is traced at one length: ``text_tokens`` after the visuals (default the
+    longest)."""
     hidden = adapter.language_model.config.hidden_size
     prompt = bucket.visual_end
     text = bucket.min_text_tokens + 1
-    if adapter.linear_layers:  # at the longest prompt only: the chunked gated delta rule unrolls at one length
-        text = max(profile.max_text_tokens, bucket.min_text_tokens + 1)
+    if adapter.linear_layers:  # at one length: the chunked gated delta rule unrolls at it
+        text = text_tokens or _longest_text(bucket, profile)
     positions = torch.cat(
         [
             bucket.prompt_position_ids,
@@ -139,9 +186,19 @@ def _fix_length(dims: dict[str, dict[int, Dim]]) -> None:
             del axes[axis]
 
 
+def text_prefill_specs(adapter: VLMAdapter, profile: ProfileEntry, longest: int) -> list[GraphSpec]:
+    """The prefill graphs of prompts without visuals: one of dynamic length, or a hybrid model's ladder
+    (``ladder_lengths``), its longest graph first."""
+    graph = text_prefill_spec(adapter, profile, longest)
+    if not adapter.linear_layers:
+        return [graph]
+    rungs = [text_prefill_spec(adapter, profile, length) for length in ladder_lengths(max(longest, 4), 4)]
+    return [graph] + [_rung(spec, graph.name) for spec in rungs]
+
+
 def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) -> GraphSpec:
     """The prefill of a prompt without visuals (a text-only turn): ``2 .. longest`` tokens (a shorter prompt is
-    padded on the right), no SPU."""
+    padded on the right), no SPU; a hybrid model's at ``longest`` only."""
     hidden = adapter.language_model.config.hidden_size
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     length = Dim("sequence_length", min=2, max=max(longest, 4))

@@ -80,6 +80,7 @@ class GraphEntry:
     external_data: tuple[str, ...] = ()
     passes: tuple[PassEntry, ...] = ()
     opset: int | None = None  # a quantized graph's own opset (FP8 Q/DQ needs 19)
+    rung_of: str | None = None  # a hybrid model's prefill traced shorter: the longest graph of its ladder
 
     def input(self, name: str) -> TensorEntry:
         """The input named ``name``."""

@@ -46,7 +46,7 @@ class _BackendRun:
         # one vision and prefill run serves the tensor checks, the localisation and the generation
         self.tokens, self.step_logits, request = pipeline.greedy(prepared, max_new_tokens)
         self.image_embeds = pipeline.sessions.to_host(request.image_features["image_embeds"])
-        self.prefill_feeds = host_arrays(request.prefill_feeds)
+        self.prefill_graph, self.prefill_feeds = request.prefill_graph, host_arrays(request.prefill_feeds)
         self.outputs = host_arrays(request.prefill_outputs)
 
 
@@ -333,7 +333,7 @@ def _localise(result: BackendResult, pipeline, torch_run: TorchRun, run: _Backen
     references = torch_run.layer_outputs
     graphs = [
         (run.bucket.vision, host_arrays(pipeline.feeds.vision_feeds(run.pixels[0], run.bucket)[0]), "vision."),
-        (run.bucket.prefill, run.prefill_feeds, "llm."),
+        (run.prefill_graph, run.prefill_feeds, "llm."),
     ]
     import onnx
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from luvc.cuda_graphs import DEFAULT_CAPTURE_MIB
+from luvc.engines.static_shapes import ladder
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
@@ -126,18 +127,24 @@ class Pipeline:
     def request_graphs(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> list[str]:
         """The graphs requests run: those in ``bucket`` (its vision graphs, a mixed bucket's parts' too, and its
         prefill), those without a visual (``text_only``: the text prefill), or with neither given, any request (every
-        bucket's graphs and the text prefill); each with the embedding and decode graphs."""
+        bucket's graphs and the text prefill); each with the embedding and decode graphs, and a hybrid model's
+        prefills with every rung of their ladders."""
         graphs = list(EVERY_REQUEST_GRAPHS)
-        if text_only:
-            return [name for name in (*graphs, self.manifest.text_prefill) if name]
         # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
-        # layers): for any request, the text prefill is compiled when a request without a visual first needs it
-        if bucket is None and self.backend != "openvino":
+        # layers): for any request, the text prefill is compiled when a request without a visual first needs it, and
+        # the shorter rungs of a hybrid model's prefill ladder when a prompt first runs them
+        own_weights = self.backend == "openvino"
+        if text_only:
             graphs.append(self.manifest.text_prefill)
-        buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
-        for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
-            buckets += [self.manifest.buckets[part] for part in entry.parts]
-        graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
+        elif bucket is None and not own_weights:
+            graphs.append(self.manifest.text_prefill)
+        if not text_only:
+            buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
+            for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
+                buckets += [self.manifest.buckets[part] for part in entry.parts]
+            graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
+        if not own_weights:
+            graphs += [rung for graph in list(graphs) for _, rung in ladder(self.manifest, graph)]
         return [name for name in dict.fromkeys(graphs) if name]
 
     def begin_loading(self, graphs: Iterable[str]) -> None:

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.prepare import Prepared
 from luvc.runtime.sessions import Sessions
@@ -15,11 +16,13 @@ from luvc.runtime.sessions import Sessions
 
 @dataclasses.dataclass
 class Prefill:
-    """What the vision and prefill graphs made for a batch: the visual features, the prefill's feeds and outputs
-    (logits of each row's last token, every layer's ``present`` keys and values) on the device, each row's prompt
-    length and the positions of its first generated token on the host, and the two stages' wall times."""
+    """What the vision and prefill graphs made for a batch: the visual features, the prefill graph that ran (a rung
+    of a hybrid model's ladder), its feeds and outputs (logits of each row's last token, every layer's ``present``
+    keys and values) on the device, each row's prompt length and the positions of its first generated token on the
+    host, and the two stages' wall times."""
 
     image_features: dict[str, torch.Tensor]
+    graph: str
     feeds: dict[str, torch.Tensor]
     outputs: dict[str, torch.Tensor]
     prompt_lengths: np.ndarray
@@ -48,16 +51,30 @@ def _run(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
         image_features = feeds.image_features(prepared.pixels, bucket)
         sessions.synchronize()
     vision_ms = (time.perf_counter() - began) * 1e3
-    graph = sessions.manifest.text_prefill if bucket is None else bucket.prefill
-    prompts = prompts.widened(sessions.prefill_length(graph, prompts.input_ids.shape[1]))
+    graph, length = sessions.prefill_shape(prefill_graph(sessions, bucket), prompts.input_ids.shape[1])
+    prefill_feeds = feeds_at(feeds, prepared, image_features, length)
     if bucket is None:
-        prefill_feeds = feeds.text_prefill_feeds(prompts)
         positions = feeds.text_positions(prompts.lengths, 1)
     else:
-        seconds = prepared.seconds_per_slice
-        prefill_feeds = feeds.prefill_feeds(prompts, image_features, bucket, seconds)
-        positions = feeds.positions(bucket, prompts.lengths, 1, seconds, prompts.visual_shifts)
+        positions = feeds.positions(bucket, prompts.lengths, 1, prepared.seconds_per_slice, prompts.visual_shifts)
     outputs = sessions[graph].infer(prefill_feeds)
     sessions.synchronize()
     prefill_ms = (time.perf_counter() - began) * 1e3 - vision_ms
-    return Prefill(image_features, prefill_feeds, outputs, prompts.lengths, positions, vision_ms, prefill_ms)
+    return Prefill(image_features, graph, prefill_feeds, outputs, prompts.lengths, positions, vision_ms, prefill_ms)
+
+
+def prefill_graph(sessions: Sessions, bucket: BucketEntry | None) -> str:
+    """The prefill graph of ``bucket`` (the text prefill for None), before ``Sessions.prefill_shape`` picks the rung
+    of its ladder a prompt runs."""
+    return sessions.manifest.text_prefill if bucket is None else bucket.prefill
+
+
+def feeds_at(
+    feeds: GraphFeeds, prepared: Prepared, image_features: dict[str, torch.Tensor], length: int
+) -> dict[str, torch.Tensor]:
+    """The prefill feeds of ``prepared``'s prompts padded on the right to ``length`` tokens, with ``image_features``
+    (its vision graphs' outputs; none without a visual)."""
+    prompts = prepared.prompts.widened(length)
+    if prepared.bucket is None:
+        return feeds.text_prefill_feeds(prompts)
+    return feeds.prefill_feeds(prompts, image_features, prepared.bucket, prepared.seconds_per_slice)

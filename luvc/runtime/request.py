@@ -76,6 +76,7 @@ class Request:
         self.finish_reasons: list[FinishReason | None] = [None] * batch
         self.last_tokens = np.zeros(batch, dtype=np.int64)  # a row that ended repeats its last token
         self.image_features: dict[str, torch.Tensor] = {}
+        self.prefill_graph = ""  # the prefill graph that ran (a rung of a hybrid model's ladder)
         self.prefill_feeds: dict[str, torch.Tensor] = {}
         self.prefill_outputs: dict[str, torch.Tensor] = {}
         self.steps_done = 0
@@ -132,6 +133,7 @@ class Request:
         self._began, self._sessions_before = time.perf_counter(), sessions.seconds()
         prefill, row_steps = self.rows.admit(prepared, self.row_options, range(prepared.batch))
         self.image_features, self.prefill_feeds = prefill.image_features, prefill.feeds
+        self.prefill_graph = prefill.graph
         self.prefill_outputs = prefill.outputs
         timings.vision_ms, timings.prefill_ms = prefill.vision_ms, prefill.prefill_ms
         timings.kv_cache_bytes = self.rows.cache.nbytes()

@@ -21,14 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from luvc.engines.profiles import dimension_ranges
-from luvc.engines.static_shapes import (
-    PREFILL_LENGTH_STEP,
-    REPLAYED_KINDS,
-    fixed_length,
-    prefill_length,
-    replay_bound,
-)
+from luvc.engines.static_shapes import PREFILL_LENGTH_STEP, REPLAYED_KINDS, prefill_shape, replay_bound
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
@@ -95,7 +88,7 @@ class Sessions:
         device, backend = choices.device, choices.backend
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         self.cuda_graphs = choices.cuda_graphs and device.type == "cuda"
-        # prefill sequences are padded to a multiple of this on a GPU (``prefill_length``), replaying or not
+        # prefill sequences are padded to a multiple of this on a GPU (``prefill_shape``), replaying or not
         self.prefill_step = PREFILL_LENGTH_STEP if device.type == "cuda" else 1
         self.engines_dir, self.plugin_library = choices.engines_dir, choices.plugin_library
         # without CUDA a TensorRT pipeline still opens (its engine checks run first); its sessions then refuse
@@ -334,14 +327,12 @@ class Sessions:
         for the captured graphs not counted)."""
         return sum(session.replayer.buffer_bytes for session in self._open.values() if session.replayer is not None)
 
-    def prefill_length(self, graph: str, length: int) -> int:
-        """The sequence length a prefill of ``length`` tokens runs ``graph`` at (``luvc.engines.static_shapes``): on a
-        GPU padded to a multiple of ``prefill_step``, replaying or not; as it is on the CPU; a graph traced at one
-        length (a hybrid model's) at that length."""
-        fixed = fixed_length(self.manifest, graph)
-        if fixed is not None:
-            return fixed
-        return prefill_length(length, dimension_ranges(self.manifest, graph)["sequence_length"][2], self.prefill_step)
+    def prefill_shape(self, graph: str, length: int) -> tuple[str, int]:
+        """The graph and sequence length a prefill of ``length`` tokens runs at, for ``graph`` (a bucket's or the
+        text prefill; ``luvc.engines.static_shapes.prefill_shape``): on a GPU padded to a multiple of
+        ``prefill_step``, replaying or not; as it is on the CPU; a hybrid model's at the shortest rung of its ladder
+        that holds it."""
+        return prefill_shape(self.manifest, graph, length, self.prefill_step)
 
     def seconds(self) -> float:
         """Seconds spent inside session runs so far."""

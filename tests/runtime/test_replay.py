@@ -357,9 +357,11 @@ def test_a_gpu_pads_every_prefill_replayed_or_not(exports):
     prefill = next(name for name, graph in manifest.graphs.items() if graph.kind == "prefill")
     for replay in (False, True):
         sessions = Sessions(folder, manifest, RuntimeChoices(device=torch.device("cuda", 0), cuda_graphs=replay))
-        assert [sessions.prefill_length(prefill, length) for length in (70, 128, 129)] == [128, 128, 192]
+        assert [sessions.prefill_shape(prefill, length) for length in (70, 128, 129)] == [
+            (prefill, n) for n in (128, 128, 192)
+        ]
     cpu = Sessions(folder, manifest, RuntimeChoices())
-    assert [cpu.prefill_length(prefill, length) for length in (70, 128, 129)] == [70, 128, 129]
+    assert [cpu.prefill_shape(prefill, length) for length in (70, 128, 129)] == [(prefill, n) for n in (70, 128, 129)]
 
 
 @pytest.mark.slow
