@@ -23,7 +23,8 @@ FINISH_REASONS = {
 }
 
 if TYPE_CHECKING:
-    from luvc.runtime.pipeline import Pipeline, Prepared, Timings
+    from luvc.runtime.pipeline import Pipeline, Prepared
+    from luvc.runtime.request import Request
 
 
 class Run:
@@ -109,7 +110,7 @@ class Run:
         if escaped:
             sys.stdout.write(f"({ESCAPED_NOTE})\n")
         sys.stdout.write(f"Finish reason: {FINISH_REASONS[generation.finish_reasons[0]]}\n")
-        console.print(timing_table(pipeline, generation.timings, prepared, ready))
+        console.print(timing_table(pipeline, generation, prepared, ready))
         if visuals is not None and request.image is None and request.video is None:
             sys.stdout.write(f"{SYNTHETIC_NOTE}\n")
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
@@ -174,7 +175,10 @@ def fit_line(policy: str, prepared: Prepared) -> str:
     return f"Fit ({policy}) to bucket {prepared.bucket.name}: {done}"
 
 
-def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready: StartUp) -> Table:
+def timing_table(pipeline: Pipeline, request: Request, prepared: Prepared, ready: StartUp) -> Table:
+    """The table of what ``request`` (finished) took, stage by stage, and what it held."""
+    timings = request.timings
+    prefill_tokens = request.prefill_feeds["inputs_embeds"].shape[1]  # the prompt padded to the graph that ran
     backend = pipeline.backend_description()
     table = Table(title=f"{pipeline.manifest.model.id} on {backend}, {pipeline.device}")
     table.add_column("stage")
@@ -184,7 +188,7 @@ def timing_table(pipeline: Pipeline, timings: Timings, prepared: Prepared, ready
         ("bucket", prepared.bucket_name),
         ("preprocess", f"{timings.preprocess_ms:.1f} ms ({prepared.pixels_made})"),
         ("vision", f"{timings.vision_ms:.1f} ms"),
-        ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms"),
+        ("prefill (embed + LLM)", f"{timings.prefill_ms:.1f} ms ({request.prefill_graph}, {prefill_tokens} tokens)"),
         ("time to first token", f"{timings.preprocess_ms + timings.first_token_ms:.1f} ms"),
         ("decode", f"{timings.decode_tokens_per_second:.1f} tokens/s ({timings.new_tokens} tokens)"),
         ("KV cache after the prompt", f"{timings.kv_cache_bytes:,} bytes"),
