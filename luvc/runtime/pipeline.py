@@ -128,11 +128,12 @@ class Pipeline:
         """The graphs requests run: those in ``bucket`` (its vision graphs, a mixed bucket's parts' too, and its
         prefill), those without a visual (``text_only``: the text prefill), or with neither given, any request (every
         bucket's graphs and the text prefill); each with the embedding and decode graphs, and a hybrid model's
-        prefills with every rung of their ladders."""
+        prefills with every rung of their ladders (on OpenVINO the shortest rung alone)."""
         graphs = list(EVERY_REQUEST_GRAPHS)
         # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
         # layers): for any request, the text prefill is compiled when a request without a visual first needs it, and
-        # the shorter rungs of a hybrid model's prefill ladder when a prompt first runs them
+        # of a hybrid model's prefill ladder the shortest rung (what most prompts run), a longer one when a prompt
+        # first needs it
         own_weights = self.backend == "openvino"
         if text_only:
             graphs.append(self.manifest.text_prefill)
@@ -143,8 +144,11 @@ class Pipeline:
             for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
                 buckets += [self.manifest.buckets[part] for part in entry.parts]
             graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
-        if not own_weights:
-            graphs += [rung for graph in list(graphs) for _, rung in ladder(self.manifest, graph)]
+        rungs = {graph: [name for _, name in ladder(self.manifest, graph)] for graph in graphs}
+        if own_weights:
+            graphs = [rungs[graph][0] if rungs[graph] else graph for graph in graphs]
+        else:
+            graphs += [name for graph in list(graphs) for name in rungs[graph]]
         return [name for name in dict.fromkeys(graphs) if name]
 
     def begin_loading(self, graphs: Iterable[str]) -> None:

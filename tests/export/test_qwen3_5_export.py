@@ -109,3 +109,21 @@ def test_a_short_prompt_on_the_shortest_rung_computes_what_the_longest_graph_com
             kept = value.shape[2] - padding
             value, reference = value[:, :, :kept], reference[:, :, :kept]
         np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_request_loads_every_rung_on_onnx_runtime_and_the_shortest_on_openvino(export):
+    """ONNX Runtime holds the weights once for every rung: a request loads them all. OpenVINO holds them once per
+    compiled graph: a request loads the shortest rung, which most prompts run (a longer one compiles when needed)."""
+    from luvc.engines.static_shapes import ladder
+    from luvc.runtime.pipeline import Pipeline
+
+    ort = Pipeline(export)
+    bucket = ort.manifest.buckets["224x224"]
+    rungs = [name for _, name in ladder(ort.manifest, bucket.prefill)]
+    text_rungs = [name for _, name in ladder(ort.manifest, ort.manifest.text_prefill)]
+    assert set(rungs) <= set(ort.request_graphs(bucket))
+    assert set(rungs + text_rungs) <= set(ort.request_graphs())
+    openvino = Pipeline(export, backend="openvino")
+    graphs = openvino.request_graphs(bucket)
+    assert rungs[0] in graphs and not set(rungs[1:]) & set(graphs)
+    assert text_rungs[0] in openvino.request_graphs(text_only=True)
