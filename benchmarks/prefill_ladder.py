@@ -31,7 +31,7 @@ def _rows(pipeline: Pipeline, image, prompt: str, repeats: int) -> tuple[float, 
     request = pipeline.request(prepared, GenerationOptions(1))
     request.step()  # opens the sessions and gives the image features
     sessions, width = pipeline.sessions, prepared.prompts.input_ids.shape[1]
-    rungs = ladder(pipeline.manifest, prefill_graph(sessions, prepared.bucket))
+    rungs = ladder(pipeline.manifest, prefill_graph(pipeline.manifest, prepared.bucket))
     if not rungs:
         raise SystemExit(f"{pipeline.folder} has no prefill ladder (not a hybrid model's export).")
     picked, _ = sessions.prefill_shape(rungs[-1][1], width)

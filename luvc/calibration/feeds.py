@@ -54,7 +54,7 @@ def _every_rung(pipeline, prepared: Prepared, request: Request) -> dict[str, dic
     is calibrated."""
     fed = {request.prefill_graph: host_arrays(request.prefill_feeds)}
     width = prepared.prompts.input_ids.shape[1]
-    for length, graph in ladder(pipeline.manifest, prefill_graph(pipeline.sessions, prepared.bucket)):
+    for length, graph in ladder(pipeline.manifest, prefill_graph(pipeline.manifest, prepared.bucket)):
         if length >= width and graph not in fed:
             fed[graph] = host_arrays(feeds_at(pipeline.feeds, prepared, request.image_features, length))
     return fed

@@ -87,7 +87,7 @@ def ladder(manifest: ExportManifest, graph: str) -> list[tuple[int, str]]:
     """The rungs of ``graph``'s prefill ladder (``luvc.export.graphs.ladder_lengths``), ``(length, graph)`` from the
     shortest, ``graph`` last; one rung where it has none; empty where ``graph`` takes any length or is no prefill."""
     entry = manifest.graphs.get(graph)
-    if entry is None or entry.kind not in LENGTH_DIMENSIONS or entry.kind == "embed":
+    if entry is None or entry.kind not in ("prefill", "text"):
         return []
     longest = fixed_length(manifest, graph)
     if longest is None:

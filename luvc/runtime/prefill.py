@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.prepare import Prepared
@@ -51,7 +52,7 @@ def _run(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
         image_features = feeds.image_features(prepared.pixels, bucket)
         sessions.synchronize()
     vision_ms = (time.perf_counter() - began) * 1e3
-    graph, length = sessions.prefill_shape(prefill_graph(sessions, bucket), prompts.input_ids.shape[1])
+    graph, length = sessions.prefill_shape(prefill_graph(sessions.manifest, bucket), prompts.input_ids.shape[1])
     prefill_feeds = feeds_at(feeds, prepared, image_features, length)
     if bucket is None:
         positions = feeds.text_positions(prompts.lengths, 1)
@@ -63,10 +64,10 @@ def _run(sessions: Sessions, feeds: GraphFeeds, prepared: Prepared) -> Prefill:
     return Prefill(image_features, graph, prefill_feeds, outputs, prompts.lengths, positions, vision_ms, prefill_ms)
 
 
-def prefill_graph(sessions: Sessions, bucket: BucketEntry | None) -> str:
+def prefill_graph(manifest: ExportManifest, bucket: BucketEntry | None) -> str:
     """The prefill graph of ``bucket`` (the text prefill for None), before ``Sessions.prefill_shape`` picks the rung
     of its ladder a prompt runs."""
-    return sessions.manifest.text_prefill if bucket is None else bucket.prefill
+    return manifest.text_prefill if bucket is None else bucket.prefill
 
 
 def feeds_at(
