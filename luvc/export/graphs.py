@@ -149,7 +149,7 @@ def prefill_spec(
     length = Dim(
         "sequence_length",
         min=prompt - bucket.visual_start + bucket.min_text_tokens,  # no text before the visuals
-        max=prompt + max(profile.max_text_tokens, bucket.min_text_tokens + 1),
+        max=prompt + _longest_text(bucket, profile),
     )
     feeds = {
         "inputs_embeds": torch.randn(EXAMPLE_BATCH, prompt + text, hidden, dtype=profile.dtype),
@@ -192,7 +192,8 @@ def text_prefill_specs(adapter: VLMAdapter, profile: ProfileEntry, longest: int)
     graph = text_prefill_spec(adapter, profile, longest)
     if not adapter.linear_layers:
         return [graph]
-    rungs = [text_prefill_spec(adapter, profile, length) for length in ladder_lengths(max(longest, 4), 4)]
+    traced = graph.feeds["inputs_embeds"].shape[1]  # the longest graph's one length
+    rungs = [text_prefill_spec(adapter, profile, length) for length in ladder_lengths(traced, 2)]
     return [graph] + [_rung(spec, graph.name) for spec in rungs]
 
 
@@ -203,7 +204,7 @@ def text_prefill_spec(adapter: VLMAdapter, profile: ProfileEntry, longest: int) 
     batch = Dim("batch", min=1, max=max(2, profile.max_batch))
     length = Dim("sequence_length", min=2, max=max(longest, 4))
     example = min(max(longest, 4) - 1, 7)  # neither a bound nor the batch: nothing is specialised
-    if adapter.linear_layers:  # at the longest prompt only: the chunked gated delta rule unrolls at one length
+    if adapter.linear_layers:  # at one length, ``longest``: the chunked gated delta rule unrolls at it
         example = max(longest, 4)
     position_ids, batch_axis = _position_feed(torch.arange(example).expand(adapter.position_rows, -1))
     feeds = {
