@@ -14,6 +14,7 @@ from filelock import FileLock
 
 from luvc.compress.config import LUVCConfig
 from luvc.export.exporter import export_model
+from luvc.export.graph_workers import usable_cpus
 from luvc.export.manifest import content_digest, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
@@ -34,6 +35,16 @@ EXPORT_MATRIX = [name for name in EXPORTED_TINY_MODELS if name not in OWN_EXPORT
 SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs", "video_exports"})
 OWN_MARKERS = {"plugin_builds": "toolchain"}  # a fixture that puts a test under a marker of its own
 SLOW_MARKERS = frozenset({"toolchain", "examples", "eval"})
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker more than the CPUs. Part of a test's time is spent waiting (CLI
+    subprocesses starting, servers coming up, one worker waiting on the lock of an export another is making), and the
+    extra worker fills it: the whole suite on 2 cores took 27:32 with 3 workers against 31:18 with 2 (2026-11-28,
+    docs/benchmarks.md). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where it is set (pytest-xdist's own rule)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return usable_cpus() + 1
 
 
 def pytest_collection_modifyitems(config, items):
