@@ -79,8 +79,9 @@ def test_generate_answers_on_the_floor_as_on_the_newest(floor_version, family):
 @needs_floor
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_run_and_parity_across_releases(floor_version, family, exports, tmp_path):
-    """The floor exports; its export runs as the newest's and passes parity under both releases, as the newest's
-    export does under the floor."""
+    """The floor exports; its export runs as the newest's and passes parity under the newest, as the newest's export
+    does under the floor (so parity runs on the floor too; the floor's export under the floor adds nothing these two
+    do not check, and a parity run is a third of the test)."""
     floor_export = tmp_path / "floor"
     _cli(FLOOR_PYTHON, ["export", "--model", family, "--out", str(floor_export), "--image-size", "224x224"])
     newest_export = str(exports(family))
@@ -89,7 +90,7 @@ def test_export_run_and_parity_across_releases(floor_version, family, exports, t
     run = ["--image", str(image), "--prompt", "Describe it.", "--max-new-tokens", "8", "--temperature", "0.8"]
     floor_answer = _answer(_cli(FLOOR_PYTHON, ["run", str(floor_export), *run, "--seed", "3"]))
     assert floor_answer == _answer(_cli(sys.executable, ["run", newest_export, *run, "--seed", "3"]))
-    for python, folder in ((FLOOR_PYTHON, floor_export), (sys.executable, floor_export), (FLOOR_PYTHON, newest_export)):
+    for python, folder in ((sys.executable, floor_export), (FLOOR_PYTHON, newest_export)):
         out = tmp_path / f"parity-{len(list(tmp_path.iterdir()))}"
         report = _cli(python, ["parity", str(folder), "--out", str(out), "--num-samples", "1"])
         assert report.strip().splitlines()[-2] == "PASSED", (python, folder, report[-1500:])
