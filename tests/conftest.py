@@ -37,7 +37,7 @@ OWN_MARKERS = {"plugin_builds": "toolchain"}  # a fixture that puts a test under
 SLOW_MARKERS = frozenset({"toolchain", "examples", "eval"})
 
 
-def pytest_xdist_auto_num_workers(config):
+def pytest_xdist_auto_num_workers(config) -> int | None:
     """``-n auto`` (pyproject's addopts): one worker more than the CPUs. Part of a test's time is spent waiting (CLI
     subprocesses starting, servers coming up, one worker waiting on the lock of an export another is making), and the
     extra worker fills it: the whole suite on 2 cores took 27:32 with 3 workers against 31:18 with 2 (2026-11-28,

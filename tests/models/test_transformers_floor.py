@@ -80,8 +80,8 @@ def test_generate_answers_on_the_floor_as_on_the_newest(floor_version, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_run_and_parity_across_releases(floor_version, family, exports, tmp_path):
     """The floor exports; its export runs as the newest's and passes parity under the newest, as the newest's export
-    does under the floor (so parity runs on the floor too; the floor's export under the floor adds nothing these two
-    do not check, and a parity run is a third of the test)."""
+    does under the floor (so parity runs on the floor too: the floor's export under the floor would check nothing
+    these two do not)."""
     floor_export = tmp_path / "floor"
     _cli(FLOOR_PYTHON, ["export", "--model", family, "--out", str(floor_export), "--image-size", "224x224"])
     newest_export = str(exports(family))
