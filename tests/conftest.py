@@ -37,6 +37,7 @@ OWN_MARKERS = {"plugin_builds": "toolchain"}  # a fixture that puts a test under
 SLOW_MARKERS = frozenset({"toolchain", "examples", "eval"})
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without pytest-xdist (the floor environment's) knows no such hook
 def pytest_xdist_auto_num_workers(config) -> int | None:
     """``-n auto`` (pyproject's addopts): one worker more than the CPUs. Part of a test's time is spent waiting (CLI
     subprocesses starting, servers coming up, one worker waiting on the lock of an export another is making), and the
