@@ -76,8 +76,10 @@ def memory_table(plan: MemoryPlan) -> Table:
     table.add_column("device memory", justify="right")
     weights = plan.weights
     for name, weight in weights.per_engine.items():
-        what = {"engines": "engine file", "openvino": "OpenVINO's copies (compiled, repacked)"}
+        what = {"engines": "engine file", "openvino": "OpenVINO's copy"}
         table.add_row(f"{name}: {what.get(weights.source, 'weights inside its engine')}", gib(weight))
+    if weights.first_run:
+        table.add_row("a graph's first run: the copy it repacks (largest)", gib(weights.first_run))
     if weights.shared:
         table.add_row(f"shared weights: once for every engine ({weights.source})", gib(weights.shared))
     if weights.source != "openvino":

@@ -21,10 +21,13 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
 - **Reserved**: the CUDA context, libraries and (on a Jetson, whose CPU and GPU share the memory) the OS.
 - **OpenVINO on the CPU** (``--backend openvino``; ``openvino_weight_placement``): no weights are shared. Each
   compiled graph holds its own copy of what it reads, float tables and norms widened to f32 and each product's weight
-  in the compute precision (bf16 where the CPU has bf16 kernels), and its product kernels repack their weights at the
-  first run, a second copy. Measured at Qwen2-VL-2B widths with 8 layers (fp16 export, bf16): the embedding graph
-  +0.9 GiB, each LLM graph +1.17 GiB compiled and +1.2 GiB at its first run; the estimate counts every graph the
-  runtime may compile (the text prefill too).
+  in the compute precision (bf16 where the CPU has bf16 kernels), repacked for its kernels at the graph's first run.
+  The compiled copy it repacks from is the start-up cache's mapped blob, released once the graph has run
+  (``luvc.runtime.mapped_pages``): counted once, as the first run of the graph with the most product weights holds
+  it (``WeightPlacement.first_run``). Without the start-up cache both copies stay. Measured at Qwen2-VL-2B widths
+  with 8 layers (fp16 export, bf16, one 448x448 request, warm): 3.2 GiB resident after it, 4.3 GiB at the peak
+  (6.7 GiB and 6.7 GiB with the blobs kept resident); the estimate counts every graph the runtime may compile (the
+  text prefill too).
 - **Build host memory** (an estimate): twice the largest graph's weights (the parsed network and the serialized
   engine) plus 1 GiB; on a Jetson, engines are built on the device, so this shares its memory too.
 """
@@ -106,11 +109,12 @@ class WeightPlacement:
     per_engine: dict[str, int]
     shared: int
     embedded_layout: int
-    source: str  # "engines" or "onnx"
+    source: str  # "engines", "onnx" or "openvino"
+    first_run: int = 0  # OpenVINO: the compiled copy a graph repacks from at its first run (the largest graph's)
 
     @property
     def total(self) -> int:
-        return sum(self.per_engine.values()) + self.shared
+        return sum(self.per_engine.values()) + self.shared + self.first_run
 
 
 @dataclasses.dataclass
@@ -180,7 +184,7 @@ class MemoryPlan:
         per_engine = self.weights.per_engine
         if self.weights.source == "openvino":
             lines.append(
-                "OpenVINO holds each graph's weights itself, twice for a product's: weight-only INT8 or INT4 "
+                "OpenVINO holds each graph's weights itself: weight-only INT8 or INT4 "
                 "(luvc-export calibrate --precision int8w|int4) holds a half or a quarter of fp16's, or run with "
                 "--backend ort, which holds the weights once for every graph."
             )
@@ -252,14 +256,23 @@ PRODUCTS = frozenset({"MatMul", "Gemm"})
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
 
-def openvino_graph_bytes(model: onnx.ModelProto, precision: str = "bf16") -> int:
-    """Bytes OpenVINO holds for ``model``'s weights once it has run (see the module docstring): a float weight of a
-    product twice in ``precision`` (``bf16`` or ``f32``: compiled, then repacked), a quantized one twice as stored,
-    every other float initializer once in f32, the rest as stored."""
+@dataclasses.dataclass(frozen=True)
+class OpenVinoGraphBytes:
+    """Bytes OpenVINO holds for one graph's weights: ``held`` once it has run (see the module docstring), and
+    ``first_run`` more while it first runs (its products' compiled copy, repacked from, then released)."""
+
+    held: int
+    first_run: int
+
+
+def openvino_graph_bytes(model: onnx.ModelProto, precision: str = "bf16") -> OpenVinoGraphBytes:
+    """What OpenVINO holds for ``model``'s weights: a float weight of a product in ``precision`` (``bf16`` or
+    ``f32``), a quantized one as stored, every other float initializer in f32, the rest as stored; the products'
+    weights once more during the first run."""
     product_weights = {node.input[1] for node in model.graph.node if node.op_type in PRODUCTS and len(node.input) > 1}
     dequantized = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
     product_weights |= {dequantized[name] for name in list(product_weights) if name in dequantized}
-    total = 0.0  # packed INT4 takes half a byte an element
+    held = products = 0.0  # packed INT4 takes half a byte an element
     for tensor in model.graph.initializer:
         count = 1
         for dim in tensor.dims:
@@ -269,10 +282,10 @@ def openvino_graph_bytes(model: onnx.ModelProto, precision: str = "bf16") -> int
             external if external is not None else len(tensor.raw_data) or count * _stored_itemsize(tensor.data_type)
         )
         if tensor.name in product_weights:
-            total += 2 * (count * (2 if precision == "bf16" else 4) if tensor.data_type in FLOAT_TYPES else stored)
+            products += count * (2 if precision == "bf16" else 4) if tensor.data_type in FLOAT_TYPES else stored
         else:
-            total += count * 4 if tensor.data_type in FLOAT_TYPES else stored
-    return int(total)
+            held += count * 4 if tensor.data_type in FLOAT_TYPES else stored
+    return OpenVinoGraphBytes(int(held + products), int(products))
 
 
 def _stored_itemsize(data_type: int) -> float:
@@ -282,12 +295,15 @@ def _stored_itemsize(data_type: int) -> float:
 
 
 def openvino_weight_placement(export_dir: Path, manifest: ExportManifest, precision: str = "bf16") -> WeightPlacement:
-    """Every graph's weights as OpenVINO holds them (``openvino_graph_bytes``), none shared."""
+    """Every graph's weights as OpenVINO holds them once it has run (``openvino_graph_bytes``), none shared, and the
+    largest first run's compiled copy."""
     per_graph = {
         name: openvino_graph_bytes(onnx.load(str(export_dir / graph.file), load_external_data=False), precision)
         for name, graph in manifest.graphs.items()
     }
-    return WeightPlacement(per_graph, 0, sum(per_graph.values()), "openvino")
+    held = {name: found.held for name, found in per_graph.items()}
+    first_run = max((found.first_run for found in per_graph.values()), default=0)
+    return WeightPlacement(held, 0, sum(held.values()), "openvino", first_run)
 
 
 def _tensor_key(tensor: ExternalTensor) -> tuple[str, int, int]:

@@ -3,7 +3,9 @@
 The graph is read from the export as it is (``luvc.runtime.openvino_graph``: the KV write converted, the products in
 bf16 where the CPU has bf16 kernels) and compiled once. Each run hands OpenVINO the feeds and the output tensors as
 ``ov.Tensor`` views of the torch tensors' memory, so nothing is copied on the way in or out, and a KV cache bound as
-both a ``past`` input and its ``present`` output is updated in place, as with ONNX Runtime.
+both a ``past`` input and its ``present`` output is updated in place, as with ONNX Runtime. A graph imported from the
+start-up cache reads its weights from the mapped blob; after its first run, when its products hold their own repacked
+copies, the blob's pages leave the process's resident memory (``luvc.runtime.mapped_pages``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from luvc.errors import critical
 from luvc.runtime.base_session import BaseSession, SessionSetup
+from luvc.runtime.mapped_pages import release_mapped
 from luvc.runtime.openvino_graph import (
     OpenVinoPrecision,
     bfloat16_products,
@@ -53,11 +56,12 @@ class OpenVinoRuntime:
         core = new_core()
         return cls(core, choose_precision(core, requested_precision), cache_dir)
 
-    def compile(self, path: Path, name: str):
+    def compile(self, path: Path, name: str) -> tuple[Any, Path | None]:
         """The graph at ``path`` compiled for the CPU in this runtime's precision. In f32 OpenVINO is given the path:
         its cache then keys the graph by its absolute path, size and modification time, and a cached graph is
         imported without being read or its weights hashed (2B widths, 8 layers, warm: 3.9 s for a request's four
-        graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first."""
+        graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first.
+        Returns the compiled model and the cache folder its blob is in (None where the cache is off)."""
         config = {
             "INFERENCE_PRECISION_HINT": self.precision.precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -66,7 +70,7 @@ class OpenVinoRuntime:
         with self._compiling:
             return self._compile(path, name, config)
 
-    def _compile(self, path: Path, name: str, config: dict[str, str]):
+    def _compile(self, path: Path, name: str, config: dict[str, str]) -> tuple[Any, Path | None]:
         from luvc import cache
 
         release = {"openvino_release": import_openvino().__version__}  # a compile of another release is another entry
@@ -85,7 +89,7 @@ class OpenVinoRuntime:
             critical(f"{name}: OpenVINO could not {doing} {path.name}: {_first_line(error)}; use --backend ort.")
         if entry is not None:
             cache.kept_openvino_compile(entry)
-        return compiled
+        return compiled, entry
 
 
 def _first_line(error: Exception) -> str:
@@ -107,18 +111,22 @@ class OpenVinoSession(BaseSession):
         self.compiled: Any = None
         self.request: Any = None
         self._tensor: Any = None  # openvino.Tensor
+        self.blob_folder: Path | None = None  # the start-up cache's folder of the compiled model, released after a run
 
     def activate_impl(self) -> None:
         import openvino
 
         self._tensor = openvino.Tensor
-        self.compiled = self.runtime.compile(self.path, self.name)
+        self.compiled, self.blob_folder = self.runtime.compile(self.path, self.name)
         self.request = self.compiled.create_infer_request()
 
     def infer_impl(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         for name, tensor in list(feeds.items()) + list(outputs.items()):
             self.request.set_tensor(name, self._tensor(tensor.numpy(), shared_memory=True))
         self.request.infer()
+        if self.blob_folder is not None:  # the first run repacked the products' weights: the blob's pages are spare
+            release_mapped(self.blob_folder)
+            self.blob_folder = None
 
     def deactivate_impl(self) -> None:
         self.compiled = self.request = None
