@@ -24,7 +24,8 @@ the device's memory, and which ``--max-*`` to lower when it does not fit (``luvc
   in the compute precision (bf16 where the CPU has bf16 kernels), repacked for its kernels at the graph's first run.
   The compiled copy it repacks from is the start-up cache's mapped blob, released once the graph has run
   (``luvc.runtime.mapped_pages``): counted once, as the first run of the graph with the most product weights holds
-  it (``WeightPlacement.first_run``). Without the start-up cache both copies stay. Measured at Qwen2-VL-2B widths
+  it (``WeightPlacement.first_run``). A start that compiles (the first, or any without the start-up cache) maps
+  nothing, and both copies stay for that process. Measured at Qwen2-VL-2B widths
   with 8 layers (fp16 export, bf16, one 448x448 request, warm): 3.2 GiB resident after it, 4.3 GiB at the peak
   (6.7 GiB and 6.7 GiB with the blobs kept resident); the estimate counts every graph the runtime may compile (the
   text prefill too).

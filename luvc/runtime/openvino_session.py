@@ -25,6 +25,7 @@ from luvc.runtime.openvino_graph import (
     bfloat16_products,
     choose_precision,
     import_openvino,
+    integer_kernels_faster,
     new_core,
 )
 
@@ -56,7 +57,7 @@ class OpenVinoRuntime:
         core = new_core()
         return cls(core, choose_precision(core, requested_precision), cache_dir)
 
-    def compile(self, path: Path, name: str) -> tuple[Any, Path | None]:
+    def compile(self, path: Path, name: str, decode_step: bool = False) -> tuple[Any, Path | None]:
         """The graph at ``path`` compiled for the CPU in this runtime's precision. In f32 OpenVINO is given the path:
         its cache then keys the graph by its absolute path, size and modification time, and a cached graph is
         imported without being read or its weights hashed (2B widths, 8 layers, warm: 3.9 s for a request's four
@@ -68,9 +69,9 @@ class OpenVinoRuntime:
             "DYNAMIC_QUANTIZATION_GROUP_SIZE": str(DYNAMIC_QUANTIZATION_GROUP),
         }
         with self._compiling:
-            return self._compile(path, name, config)
+            return self._compile(path, name, config, decode_step)
 
-    def _compile(self, path: Path, name: str, config: dict[str, str]) -> tuple[Any, Path | None]:
+    def _compile(self, path: Path, name: str, config: dict[str, str], decode_step: bool) -> tuple[Any, Path | None]:
         from luvc import cache
 
         release = {"openvino_release": import_openvino().__version__}  # a compile of another release is another entry
@@ -82,6 +83,8 @@ class OpenVinoRuntime:
             except RuntimeError as error:
                 critical(f"{name}: OpenVINO could not read {path.name}: {_first_line(error)}; use --backend ort.")
             bfloat16_products(source)
+            if integer_kernels_faster(source, decode_step):  # weight-only products on integer kernels, float ones bf16
+                config = config | {"INFERENCE_PRECISION_HINT": "f32"}
         try:
             compiled = self.core.compile_model(source, "CPU", config | ({"CACHE_DIR": str(entry)} if entry else {}))
         except RuntimeError as error:
@@ -102,11 +105,14 @@ def _first_line(error: Exception) -> str:
 class OpenVinoSession(BaseSession):
     """An exported graph compiled by OpenVINO (``setup.openvino``, an ``OpenVinoRuntime``) on the CPU."""
 
-    def __init__(self, path: Path, inputs, outputs, setup: SessionSetup, name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, inputs, outputs, setup: SessionSetup, name: str | None = None, decode_step: bool = False
+    ) -> None:
         super().__init__(name or f"openvino:{Path(path).stem}", inputs, outputs, device=setup.device)
         if self.device.type != "cpu":
             critical(f"{self.name}: the OpenVINO backend runs on the CPU; use --device cpu or --backend ort/trt.")
         self.path = Path(path)
+        self.decode_step = decode_step  # the decode step's graph (``OpenVinoRuntime.compile``)
         self.runtime: OpenVinoRuntime = setup.openvino
         self.compiled: Any = None
         self.request: Any = None
@@ -117,7 +123,7 @@ class OpenVinoSession(BaseSession):
         import openvino
 
         self._tensor = openvino.Tensor
-        self.compiled, self.blob_folder = self.runtime.compile(self.path, self.name)
+        self.compiled, self.blob_folder = self.runtime.compile(self.path, self.name, self.decode_step)
         self.request = self.compiled.create_infer_request()
 
     def infer_impl(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:

@@ -209,7 +209,8 @@ class Sessions:
             from luvc.runtime.openvino_session import OpenVinoSession
 
             path = checked_graph_path(self.folder, name, self.manifest)
-            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph))
+            decode_step = graph.kind == "decode"
+            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph), decode_step=decode_step)
         else:
             session = self._trt_session(name, graph)
         session.activate()

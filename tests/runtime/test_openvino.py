@@ -363,3 +363,67 @@ def test_release_mapped_drops_a_read_only_mappings_pages_and_keeps_its_bytes(tmp
     np.testing.assert_array_equal(mapped, data)  # read again from the file
     assert (written == 7).all()
     assert release_mapped(tmp_path / "elsewhere") == 0
+
+
+def _product_graph(path: Path, weight: np.ndarray, rows: int, quantized_activation: bool = False) -> Path:
+    """A MatMul of an activation of ``rows`` rows by ``weight`` (int8: per column, uint4: blocks of 32) behind a
+    DequantizeLinear; with ``quantized_activation``, the activation behind a Q/DQ pair (an INT8 export's)."""
+    inputs, outputs = weight.shape
+    scale = np.full(outputs, 0.01, np.float32) if weight.dtype == np.int8 else np.full((1, outputs), 0.01, np.float32)
+    attributes = {"axis": 1} if weight.dtype == np.int8 else {"axis": 0, "block_size": 32}
+    packed = onnx.numpy_helper.from_array(weight, "weight")
+    if weight.dtype != np.int8:
+        packed = helper.make_tensor("weight", TensorProto.UINT4, weight.shape, weight.flatten().tolist())
+    nodes = [helper.make_node("DequantizeLinear", ["weight", "scale"], ["dequantized"], **attributes)]
+    activation = "x"
+    if quantized_activation:
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+        ]
+        activation = "xd"
+    nodes.append(helper.make_node("MatMul", [activation, "dequantized"], ["y"]))
+    initializers = [
+        packed,
+        onnx.numpy_helper.from_array(scale, "scale"),
+        onnx.numpy_helper.from_array(np.array(0.1, np.float32), "x_scale"),
+        onnx.numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "product",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, outputs])],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    return path
+
+
+def test_weight_only_products_decide_where_integer_kernels_are_faster(tmp_path):
+    """8-bit weight-only products run on integer kernels (the f32 hint) in every graph, INT4 ones in the decode step
+    only (a prefill of INT4 weights was faster decompressed to bf16); a Q/DQ export's products are not weight-only."""
+    from luvc.runtime.openvino_graph import integer_kernels_faster, weight_only_products
+
+    rng = np.random.default_rng(0)
+    core = new_core()
+    int8 = core.read_model(_product_graph(tmp_path / "int8.onnx", rng.integers(-127, 128, (64, 16), np.int8), 8))
+    int4 = core.read_model(_product_graph(tmp_path / "int4.onnx", rng.integers(0, 16, (64, 16), np.uint8), 8))
+    qdq = _product_graph(
+        tmp_path / "qdq.onnx", rng.integers(-127, 128, (64, 16), np.int8), 8, quantized_activation=True
+    )
+    assert weight_only_products(int8) == ["i8"] and weight_only_products(int4) == ["u4"]
+    assert weight_only_products(core.read_model(qdq)) == []
+    assert integer_kernels_faster(int8, decode_step=False) and integer_kernels_faster(int8, decode_step=True)
+    assert not integer_kernels_faster(int4, decode_step=False) and integer_kernels_faster(int4, decode_step=True)
+    float_graph = onnx.helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "w")],
+    )
+    onnx.save(
+        helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "f.onnx"
+    )
+    assert not integer_kernels_faster(core.read_model(tmp_path / "f.onnx"), decode_step=True)
