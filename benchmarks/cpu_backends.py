@@ -38,6 +38,7 @@ from common import arguments, cpu_description
 from cpu_decode import PROMPT, make_exports
 
 BACKENDS = ("ort", "openvino")
+CACHE_GIB = 1000  # LUVC_CACHE_MAX_GB for the measuring processes
 
 
 def measure(folder: str, backend: str, side: int, new_tokens: int) -> dict:
@@ -78,9 +79,11 @@ def peak_resident_bytes() -> int:
 def child(folder: Path, backend: str, args, cache: str) -> dict:
     """``measure`` in a fresh process (``LUVC_CACHE_DIR`` = ``cache``); what it printed last, as JSON."""
     command = [sys.executable, __file__, "--child", str(folder), backend, str(args.side), str(args.new_tokens)]
-    done = subprocess.run(
-        command, env={**os.environ, "LUVC_CACHE_DIR": cache}, capture_output=True, text=True, check=False
-    )
+    # the cache keeps every export's entries (19 GiB at the default sizes, 12 of them OpenVINO's compiled models: at
+    # its default limit of 20, the 2026-11-28 run's warm starts found some removed for another export's and compiled
+    # again)
+    environment = {**os.environ, "LUVC_CACHE_DIR": cache, "LUVC_CACHE_MAX_GB": str(CACHE_GIB)}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"cpu_backends: a measuring process failed ({backend}, {folder.name}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
