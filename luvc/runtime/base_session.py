@@ -44,7 +44,7 @@ class SessionSetup:
     (``luvc.runtime.weights.MappedWeights``); whether they replay CUDA graphs; ONNX Runtime's ``providers`` (default:
     those the device implies) and ``basic_optimizations`` (FP8 exports); the CUDA ``stream``, the ``tensorrt``
     module and TensorRT's shared ``activations`` buffer; the ``openvino`` runtime (``OpenVinoRuntime``); what a replayed
-    graph binds as it is (``replay_bound``)."""
+    graph binds as it is (``replay_bound``); the ``graph_kind``."""
 
     device: torch.device = torch.device("cpu")
     weights: Any = None
@@ -58,6 +58,7 @@ class SessionSetup:
     # the inputs and outputs a replayed graph binds as they are, never copied (the decode graph's KV caches, whose
     # buffers the cache owns: ``luvc.runtime.replay.Replayer``'s ``bound``)
     replay_bound: frozenset[str] = frozenset()
+    graph_kind: str = ""  # the manifest's kind of the session's graph (``decode``...; empty: not from a manifest)
 
 
 @dataclasses.dataclass

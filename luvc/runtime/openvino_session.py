@@ -105,14 +105,12 @@ def _first_line(error: Exception) -> str:
 class OpenVinoSession(BaseSession):
     """An exported graph compiled by OpenVINO (``setup.openvino``, an ``OpenVinoRuntime``) on the CPU."""
 
-    def __init__(
-        self, path: Path, inputs, outputs, setup: SessionSetup, name: str | None = None, decode_step: bool = False
-    ) -> None:
+    def __init__(self, path: Path, inputs, outputs, setup: SessionSetup, name: str | None = None) -> None:
         super().__init__(name or f"openvino:{Path(path).stem}", inputs, outputs, device=setup.device)
         if self.device.type != "cpu":
             critical(f"{self.name}: the OpenVINO backend runs on the CPU; use --device cpu or --backend ort/trt.")
         self.path = Path(path)
-        self.decode_step = decode_step  # the decode step's graph (``OpenVinoRuntime.compile``)
+        self.decode_step = setup.graph_kind == "decode"  # (``OpenVinoRuntime.compile``)
         self.runtime: OpenVinoRuntime = setup.openvino
         self.compiled: Any = None
         self.request: Any = None

@@ -129,7 +129,7 @@ class Sessions:
         self.verify_replay_tolerance: float | None = None
 
     def setup(self, graph: GraphEntry) -> SessionSetup:
-        """What the session of ``graph`` shares with the others (its kind decides whether it replays)."""
+        """What the session of ``graph`` shares with the others, and its kind (which decides whether it replays)."""
         return SessionSetup(
             device=self.device,
             weights=self.weights,
@@ -141,6 +141,7 @@ class Sessions:
             activations=self.activations,
             openvino=self.openvino,
             replay_bound=replay_bound(self.manifest, graph.kind),
+            graph_kind=graph.kind,
         )
 
     @property
@@ -209,8 +210,7 @@ class Sessions:
             from luvc.runtime.openvino_session import OpenVinoSession
 
             path = checked_graph_path(self.folder, name, self.manifest)
-            decode_step = graph.kind == "decode"
-            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph), decode_step=decode_step)
+            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph))
         else:
             session = self._trt_session(name, graph)
         session.activate()
