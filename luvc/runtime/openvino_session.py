@@ -61,8 +61,10 @@ class OpenVinoRuntime:
         """The graph at ``path`` compiled for the CPU in this runtime's precision. In f32 OpenVINO is given the path:
         its cache then keys the graph by its absolute path, size and modification time, and a cached graph is
         imported without being read or its weights hashed (2B widths, 8 layers, warm: 3.9 s for a request's four
-        graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first.
-        Returns the compiled model and the cache folder its blob is in (None where the cache is off)."""
+        graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first, and
+        where its weight-only products run faster on integer kernels (``integer_kernels_faster``; ``decode_step``: the
+        graph is the decode step's) it compiles under the f32 hint. Returns the compiled model and the cache folder
+        its blob is in (None where the cache is off)."""
         config = {
             "INFERENCE_PRECISION_HINT": self.precision.precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -110,7 +112,7 @@ class OpenVinoSession(BaseSession):
         if self.device.type != "cpu":
             critical(f"{self.name}: the OpenVINO backend runs on the CPU; use --device cpu or --backend ort/trt.")
         self.path = Path(path)
-        self.decode_step = setup.graph_kind == "decode"  # (``OpenVinoRuntime.compile``)
+        self.decode_step = setup.graph_kind == "decode"  # its precision may differ (``OpenVinoRuntime.compile``)
         self.runtime: OpenVinoRuntime = setup.openvino
         self.compiled: Any = None
         self.request: Any = None
