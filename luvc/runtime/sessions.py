@@ -278,11 +278,14 @@ class Sessions:
 
     def backend_description(self) -> str:
         """The backend in words, for run's table and serve's banner: ONNX Runtime with the providers its open sessions
-        got, OpenVINO with the precision it computes in and why, or TensorRT."""
+        got, OpenVINO with the precision it computes in and why (and the graphs whose weight-only products run on
+        integer kernels instead: ``luvc.runtime.openvino_graph.integer_kernels_faster``), or TensorRT."""
         if self.backend == "ort":
             return f"ort ({', '.join(self.providers_in_use())})"
         if self.openvino is not None:
-            return f"openvino {self.openvino.precision}"
+            integer = sorted(name for name, session in self._open.items() if getattr(session, "integer_kernels", False))
+            on_integer = f"; {', '.join(integer)}: weight-only products on integer kernels" if integer else ""
+            return f"openvino {self.openvino.precision}{on_integer}"
         return self.backend
 
     def providers_in_use(self) -> list[str]:

@@ -228,5 +228,9 @@ def test_openvino_runs_an_int8w_exports_llm_graphs_on_integer_kernels_and_its_vi
         for name, session in pipeline.sessions.opened().items()
     }
     assert hints == {"embed": "bf16", "vision": "bf16", "prefill": "f32", "decode": "f32"}, hints
+    prefill = bucket.prefill
+    described = pipeline.backend_description()  # run's table and serve's banner
+    assert described.startswith("openvino bf16 (")
+    assert described.endswith(f"; decode, {prefill}: weight-only products on integer kernels"), described
     results = check_parity(folder, show_progress=False, openvino=True)
     assert results, str(results)
