@@ -48,7 +48,7 @@ from luvc.export.manifest import (
     sha256_file,
     template_entry,
 )
-from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry, ProfileEntry
+from luvc.export.manifest_entries import GraphEntry, KVCacheEntry, PassesEntry, ProfileEntry, TemplateEntry
 from luvc.export.naming import place_of, unit_prefix
 from luvc.export.passes import PASSES, keep_fp32_islands, run_passes
 from luvc.export.plugin_ops import PLUGIN_SPU_VARIANTS
@@ -63,6 +63,7 @@ from luvc.pixel_recipe import recorded_rules
 from luvc.processing import PROCESSOR_FOLDER, load_processor
 from luvc.progress import graph_progress
 from luvc.staging import output_claim, staged_folder
+from luvc.standalone_tokenizer import TOKENIZER_FOLDER, matches_transformers
 
 STEPS = ("converting", "graph passes", "linting", "saving")  # what follows tracing
 
@@ -249,6 +250,8 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 files += self._save_preprocessing(staging)
                 # the rules of the processor as the runtime loads it from the folder (its PIL form)
                 image_rules = recorded_rules(load_processor(staging))
+                template = template_entry(adapter)
+                tokenizer_standalone = reads_standalone(staging, template)
             vision_specs = {bucket.name: spec for spec, bucket in specs if spec.kind == "vision" and bucket is not None}
             for bucket in buckets:
                 host = staging / f"host_{bucket.name}.npz"
@@ -265,7 +268,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 opset=profile.opset,
                 versions=_versions(),
                 profile=profile,
-                template=template_entry(adapter),
+                template=template,
                 geometry=geometry_entry(adapter),
                 passes=PassesEntry(self.passes, self.plugin_nodes),
                 kv_cache=KVCacheEntry(profile.kv_update, tuple(capacities)),
@@ -273,6 +276,7 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
                 graphs=graphs,
                 files=hashes,
                 image_rules=image_rules,
+                tokenizer_standalone=tokenizer_standalone,
             )
             with times.stage("manifest"):
                 manifest.save(staging)
@@ -383,9 +387,16 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             critical(
                 "The adapter has no tokenizer or image processor to ship with the export; load it with load_model."
             )
-        adapter.tokenizer.save_pretrained(staging / "tokenizer")
+        adapter.tokenizer.save_pretrained(staging / TOKENIZER_FOLDER)
         adapter.image_processor.save_pretrained(staging / PROCESSOR_FOLDER)
         return [str(path.relative_to(staging)) for path in sorted(staging.glob("*/*")) if path.is_file()]
+
+
+def reads_standalone(staging: Path, template: TemplateEntry) -> bool:
+    """Whether the tokenizer saved in ``staging`` reads by ``tokenizers`` alone as ``transformers`` reads it, the
+    template's texts among the probes (``luvc.standalone_tokenizer.matches_transformers``)."""
+    texts = tuple(text for text in dataclasses.asdict(template).values() if isinstance(text, str))
+    return matches_transformers(staging / TOKENIZER_FOLDER, texts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,6 +163,9 @@ class ExportManifest:
     # what the image processor does, for a run that needs no processor (``luvc.pixel_recipe.recorded_rules``); absent
     # in exports written before it, and where the processor's own code must run
     image_rules: ImageRules | None = None
+    # the tokenizer reads by ``tokenizers`` alone as ``transformers`` reads it (checked at export:
+    # ``luvc.runtime.standalone_tokenizer``); False in exports written before the check
+    tokenizer_standalone: bool = False
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -195,6 +198,7 @@ class ExportManifest:
                 kv_cache=KVCacheEntry(data["kv_cache"]["update"], tuple(data["kv_cache"]["capacity"])),
                 quantization=QuantizationEntry.from_dict(data["quantization"]) if data.get("quantization") else None,
                 image_rules=ImageRules.from_dict(data["image_rules"]) if data.get("image_rules") else None,
+                tokenizer_standalone=data.get("tokenizer_standalone", False) is True,
                 format=data["format"],
                 format_version=data["format_version"],
             )

@@ -28,6 +28,7 @@ from luvc.runtime import DEVICE_PREPROCESSING, PREPROCESSING
 from luvc.runtime.fit import BucketFitter, Fit
 from luvc.runtime.pixels import BytePixelMaker, BytePixels, concatenate_pixels
 from luvc.runtime.prompt_ids import TEXT_PREFILL_MIN_TOKENS, PromptIds, PromptRows, row_shift
+from luvc.standalone_tokenizer import load_tokenizer
 from luvc.videos import Video, qwen_videos_pixels, seconds_per_slice
 
 
@@ -138,10 +139,10 @@ class Preparer:
 
     @property
     def tokenizer(self):
+        """The export's tokenizer: read by ``tokenizers`` alone where the export checked that it matches
+        ``transformers`` (no ``transformers`` import), else by ``transformers`` (``luvc.standalone_tokenizer``)."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer", local_files_only=True)
+            self._tokenizer = load_tokenizer(self.folder, self.manifest.tokenizer_standalone)
         return self._tokenizer
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from luvc.errors import critical
+from luvc.standalone_tokenizer import special_texts
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -43,8 +44,7 @@ class UserTextGuard:
     def for_tokenizer(cls, tokenizer, max_text_tokens: int, image_goes: str | None = None) -> UserTextGuard:
         """The guard of ``tokenizer`` (its special tokens, its longest vocabulary string) for prompts of at most
         ``max_text_tokens`` tokens."""
-        special = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
-        special |= set(tokenizer.all_special_tokens)
+        special = special_texts(tokenizer)
         longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
         tokens = tuple(sorted(token for token in special if token))
         return cls(tokens, max(1, max_text_tokens) * max(1, longest), image_goes or cls.image_goes)

@@ -16,6 +16,7 @@ from luvc.runtime.pipeline import Pipeline, Prepared
 from luvc.runtime.user_text import UserTextGuard
 from luvc.serve.batching import SHUTTING_DOWN, Event, Failed, Finished, Job, JobQueue, JobRunner
 from luvc.serve.metrics import ServerMetrics
+from luvc.standalone_tokenizer import ready_for_conversations
 
 
 class GenerationService:
@@ -56,8 +57,10 @@ class GenerationService:
         return self._worker is not None and self._worker.is_alive()
 
     def start(self) -> GenerationService:
-        """Open every session (so the first request pays no load time) and start the worker."""
+        """Open every session and load what chat templates render with (so the first request pays no load time), and
+        start the worker."""
         self.pipeline.load()
+        ready_for_conversations(self.pipeline.tokenizer)
         self._worker = threading.Thread(target=self._work, name="luvc-generation", daemon=True)
         self._worker.start()
         return self
