@@ -70,7 +70,7 @@ class StandaloneTokenizer:
 
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
         """The text of ``token_ids``."""
-        return self.backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode([int(token) for token in token_ids], skip_special_tokens=skip_special_tokens)
 
     @property
     def added_tokens_decoder(self) -> dict:

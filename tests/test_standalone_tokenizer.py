@@ -69,6 +69,17 @@ def test_a_tokenizer_that_cleans_up_the_spaces_it_decodes_is_left_to_transformer
     assert not matches_transformers(tmp_path)
 
 
+@pytest.mark.parametrize(("tokenizer_class", "alike"), [("Qwen2Tokenizer", True), ("GemmaTokenizer", False)])
+def test_a_tokenizer_class_that_builds_its_own_pipeline_is_left_to_transformers(tokenizer_class, alike, tmp_path):
+    """transformers' GemmaTokenizer sets its own normalizer, BPE options and special tokens over these files, so
+    tokenizers alone reads them otherwise; Qwen2Tokenizer takes the files' pipeline as it is."""
+    load_model("tiny-qwen2-vl").tokenizer.save_pretrained(tmp_path)
+    config_path = tmp_path / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "tokenizer_class": tokenizer_class}))
+    assert type(transformers_tokenizer(tmp_path)).__name__ == tokenizer_class
+    assert matches_transformers(tmp_path) is alike
+
+
 def test_the_runtime_reads_by_transformers_what_the_export_did_not_check(tmp_path):
     load_model("tiny-qwen2-vl").tokenizer.save_pretrained(tmp_path / "tokenizer")
     assert isinstance(load_tokenizer(tmp_path, standalone=True), StandaloneTokenizer)

@@ -164,7 +164,7 @@ class ExportManifest:
     # in exports written before it, and where the processor's own code must run
     image_rules: ImageRules | None = None
     # the tokenizer reads by ``tokenizers`` alone as ``transformers`` reads it (checked at export:
-    # ``luvc.runtime.standalone_tokenizer``); False in exports written before the check
+    # ``luvc.standalone_tokenizer``); False in exports written before the check
     tokenizer_standalone: bool = False
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
