@@ -131,7 +131,8 @@ def matches_transformers(folder: Path, template_texts: tuple[str, ...] = ()) -> 
     if not (folder / "tokenizer.json").is_file():
         return False  # a tokenizer without a tokenizers-library file (a slow, Python-only one)
     reference, standalone = transformers_tokenizer(folder), StandaloneTokenizer(folder)
-    if special_texts(reference) != special_texts(standalone) or reference.get_vocab() != standalone.get_vocab():
+    vocabulary = standalone.get_vocab()
+    if special_texts(reference) != special_texts(standalone) or reference.get_vocab() != vocabulary:
         return False
     added = [token.content for token in standalone.added_tokens_decoder.values()]
     texts = [*PROBE_TEXTS, *template_texts, *(f"a{token}b {token} " for token in added), "".join(added)]
@@ -139,7 +140,7 @@ def matches_transformers(folder: Path, template_texts: tuple[str, ...] = ()) -> 
     if encoded != standalone(texts, add_special_tokens=False)["input_ids"]:
         return False
     pick = random.Random(0)
-    ids = max(standalone.get_vocab().values()) + 1
+    ids = max(vocabulary.values()) + 1
     rows = [*encoded, *([pick.randrange(ids) for _ in range(48)] for _ in range(RANDOM_ID_ROWS))]
     return all(
         reference.decode(row, skip_special_tokens=skip) == standalone.decode(row, skip_special_tokens=skip)
