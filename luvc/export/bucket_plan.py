@@ -159,27 +159,3 @@ def kv_capacities(buckets: Sequence[Bucket], profile: ProfileEntry) -> list[int]
         )
         for layer in range(num_layers)
     ]
-
-
-def check_window(window: int | None, buckets: Sequence[Bucket], profile: ProfileEntry) -> None:
-    """Refuse, in one line, an export whose longest request (prompt and answer, before any pruning) does not fit the
-    language model's sliding ``window`` (``VLMAdapter.attention_window``): its graphs take no window."""
-    if window is None:
-        return
-    longest = max(
-        layer_capacity(
-            b.visual_end - b.tokens_per_image,
-            b.tokens_per_image,
-            b.min_text_tokens,
-            profile.max_text_tokens,
-            profile.max_new_tokens,
-        )
-        + 1
-        for b in buckets
-    )
-    if longest > window:
-        critical(
-            f"This model's sliding-window layers see the last {window} positions and its graphs take no window yet, "
-            f"but the export's longest request is {longest} tokens (image, --max-text-tokens "
-            f"{profile.max_text_tokens}, --max-new-tokens {profile.max_new_tokens}); lower them to fit {window}."
-        )

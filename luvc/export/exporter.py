@@ -23,7 +23,7 @@ from luvc.compress.config import LUVCConfig
 from luvc.compress.criteria import CRITERIA
 from luvc.errors import critical, warn
 from luvc.export import convert
-from luvc.export.bucket_plan import Bucket, check_window, kv_capacities, plan_bucket, plan_mixed_bucket
+from luvc.export.bucket_plan import Bucket, kv_capacities, plan_bucket, plan_mixed_bucket
 from luvc.export.buckets import bucket_name
 from luvc.export.convert import OnnxFromGraphSpec
 from luvc.export.converter_settings import prepare_registry, report_settings, settings_applied
@@ -225,7 +225,6 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
             prefills = prefill_specs(adapter, bucket, profile, self._shifts(bucket))
             specs += [*vision, *((spec, bucket) for spec in prefills)]
         capacities = kv_capacities(buckets, profile)
-        check_window(adapter.attention_window, buckets, profile)
         specs.append((decode_spec(adapter, profile, capacities), None))
         longest_text = min(capacities) - profile.max_new_tokens  # a text-only prompt and its answer fit every layer
         specs += [(spec, None) for spec in text_prefill_specs(adapter, profile, longest_text)]

@@ -244,6 +244,9 @@ def decode_spec(adapter: VLMAdapter, profile: ProfileEntry, capacities: Sequence
         "kv_write_index": {1: batch},
         "attention_window": {0: window},
     }
+    if adapter.sliding_layers:  # each layer's first slot the step attends to (its values are not specialised)
+        feeds["kv_window_start"] = torch.tensor([[1, 0]] * len(capacities), dtype=torch.long)
+        dims["kv_window_start"] = {1: batch}
     linear = adapter.llm_spec().linear
     names = kv_names("past_key_values", adapter.num_layers, adapter.linear_layers)
     for layer, capacity in enumerate(capacities):

@@ -67,16 +67,22 @@ class InPlaceGraphCache(GraphCache):
     """A ``LuvcCache`` for the decode graph: each layer's fixed-capacity ``(B, H, C_l, D)`` cache gets the step's
     key/value written at ``write_index[l, b]`` for row ``b`` (``kv_cache_update``); attention reads the first
     ``min(W, C_l)`` tokens (``W``: the length of ``window``, ``kv_window``) and sees only each row's valid prefix of
-    them. A linear-attention layer's ``past`` pair is its convolution and recurrent states, both of fixed size: the
+    them, from ``window_start[l, b]`` on where a sliding window has left the first keys behind (``None``: from the
+    first). A linear-attention layer's ``past`` pair is its convolution and recurrent states, both of fixed size: the
     step's are new tensors of the same shapes."""
 
     def __init__(
-        self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], write_index: torch.Tensor, window: torch.Tensor
+        self,
+        past: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        write_index: torch.Tensor,
+        window: torch.Tensor,
+        window_start: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.past = list(past)
         self.write_index = write_index
         self.window = window
+        self.window_start = window_start
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         past_key, past_value = self.past[layer_idx]
@@ -98,9 +104,12 @@ class InPlaceGraphCache(GraphCache):
 
     def attention_mask(self, layer_idx: int, hidden: torch.Tensor) -> torch.Tensor:
         """Additive ``(B, 1, 1, min(W, C_l))`` mask over the window: 0 for each row's cached tokens and the one just
-        written, -inf-like after."""
+        written (from its window start on), -inf-like elsewhere."""
         length = window_length(self.window, self.past[layer_idx][0])
-        valid = torch.arange(length, device=hidden.device)[None, :] <= self.write_index[layer_idx][:, None]
+        slots = torch.arange(length, device=hidden.device)[None, :]
+        valid = slots <= self.write_index[layer_idx][:, None]
+        if self.window_start is not None:
+            valid = valid & (slots >= self.window_start[layer_idx][:, None])
         blocked = torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
         mask = torch.where(valid, torch.zeros((), dtype=hidden.dtype, device=hidden.device), blocked)
         return mask.view(hidden.shape[0], 1, 1, length)
@@ -233,15 +242,18 @@ def attention_implementation(config, name: str) -> Iterator[None]:
 class DecodeGraph(nn.Module):
     """One step: ``inputs_embeds (B, 1, D)``, ``position_ids``, ``kv_write_index (L, B)`` (tokens each layer's cache
     holds for each row before the step), ``attention_window (W,)`` (only its length is read: attention covers the first
-    ``min(W, C_l)`` tokens of layer ``l``; ``W`` must exceed every write index) and every layer's cache at its fixed
-    capacity -> ``logits (B, V)`` (float32) and every layer's cache with the step's key/value written at its write
-    index (bind it to the input's buffer); a linear-attention layer takes and gives its two states instead. Attention
-    reads the cache without repeating its KV heads (``cached_attention``)."""
+    ``min(W, C_l)`` tokens of layer ``l``; ``W`` must exceed every write index), for a model with sliding-window
+    layers ``kv_window_start (L, B)`` (each layer's first cache slot the step attends to: the slots before it hold keys
+    the window has left; 0 in a global layer) and every layer's cache at its fixed capacity -> ``logits (B, V)``
+    (float32) and every layer's cache with the step's key/value written at its write index (bind it to the input's
+    buffer); a linear-attention layer takes and gives its two states instead. Attention reads the cache without
+    repeating its KV heads (``cached_attention``)."""
 
     def __init__(self, adapter: VLMAdapter) -> None:
         super().__init__()
         self.language_model = adapter.language_model
         self.lm_head = adapter.model.lm_head
+        self.takes_window_start = bool(adapter.sliding_layers)
 
     def forward(
         self,
@@ -249,9 +261,10 @@ class DecodeGraph(nn.Module):
         position_ids: torch.Tensor,
         kv_write_index: torch.Tensor,
         attention_window: torch.Tensor,
-        *past: torch.Tensor,
+        *rest: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index, attention_window)
+        window_start, past = (rest[0], rest[1:]) if self.takes_window_start else (None, rest)
+        cache = InPlaceGraphCache(list(zip(past[0::2], past[1::2])), kv_write_index, attention_window, window_start)
         with attention_implementation(self.language_model.config, CACHED_ATTENTION):
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True

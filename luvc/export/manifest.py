@@ -378,10 +378,18 @@ def geometry_entry(adapter: VLMAdapter) -> ModelGeometry:
         patch_size=adapter.patch_size,
         temporal_patch_size=getattr(adapter.model.config.vision_config, "temporal_patch_size", None),
         **_linear_geometry(adapter),
+        **_sliding_geometry(adapter),
     )
 
 
-def _linear_geometry(adapter: VLMAdapter) -> dict[str, tuple[int, ...]]:
+def _sliding_geometry(adapter: VLMAdapter) -> dict[str, Any]:
+    """An LLM's sliding window and its sliding layers (nothing for an LLM whose layers all attend globally)."""
+    if not adapter.sliding_layers:
+        return {}
+    return {"sliding_window": adapter.attention_window, "sliding_layers": adapter.sliding_layers}
+
+
+def _linear_geometry(adapter: VLMAdapter) -> dict[str, Any]:
     """A hybrid LLM's linear-attention layers and their state shapes (nothing for an LLM that only attends)."""
     linear = adapter.llm_spec().linear
     if linear is None:

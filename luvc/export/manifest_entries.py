@@ -184,7 +184,8 @@ def kv_names(prefix: str, num_layers: int, linear: Collection[int] = ()) -> list
 class ModelGeometry:
     """Sizes the runtime allocates with: LLM hidden size, layers, KV heads, head size, vocabulary, rows of position
     ids (3 for M-RoPE), and the encoder's patch size; a hybrid LLM's linear-attention layers (Qwen3.5) and one row's
-    convolution and recurrent state in each of them (they keep no keys and values)."""
+    convolution and recurrent state in each of them (they keep no keys and values); an LLM's sliding window and the
+    layers that slide (Gemma 3)."""
 
     hidden_size: int
     num_layers: int
@@ -197,6 +198,8 @@ class ModelGeometry:
     linear_layers: tuple[int, ...] = ()
     conv_state_shape: tuple[int, ...] = ()  # (channels, kernel), in the export's precision
     recurrent_state_shape: tuple[int, ...] = ()  # (value heads, key width, value width), float32
+    sliding_window: int | None = None  # positions a sliding layer's token sees (Gemma 3)
+    sliding_layers: tuple[int, ...] = ()  # the layers that see only that window; the decode graph takes their start
 
     def attends(self, layer: int) -> bool:
         """Whether ``layer`` keeps keys and values (it is not a linear-attention layer)."""

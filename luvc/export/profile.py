@@ -81,7 +81,6 @@ class ExportProfile:
         sizes = tuple(dict.fromkeys(sizes + set_sizes([s for s in given if isinstance(s, BucketSet)], adapter)))
         if not (sizes or videos or mixed):
             sizes = (default_image_size(adapter),)
-        window = adapter.attention_window or 4096  # a request must fit a sliding window: shorter default lengths
         # a mixed bucket runs the vision graphs of its parts: they are buckets too
         sizes += tuple(dict.fromkeys(image for image, _ in mixed if image not in sizes))
         videos += tuple(dict.fromkeys(video for _, video in mixed if video not in videos))
@@ -91,8 +90,8 @@ class ExportProfile:
             mixed_sizes=mixed,
             precision=precision,
             max_batch=_limit("max_batch", self.max_batch, 4),
-            max_text_tokens=_limit("max_text_tokens", self.max_text_tokens, min(512, window // 4)),
-            max_new_tokens=_limit("max_new_tokens", self.max_new_tokens, min(256, window // 4)),
+            max_text_tokens=_limit("max_text_tokens", self.max_text_tokens, 512),
+            max_new_tokens=_limit("max_new_tokens", self.max_new_tokens, 256),
             opset=self.opset or 18,
             external_data=external,
             kv_update=kv_update,

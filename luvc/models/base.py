@@ -118,9 +118,14 @@ class VLMAdapter:
 
     @property
     def attention_window(self) -> int | None:
-        """The language model's sliding window (positions a sliding layer's token sees), where an exported request
-        must fit in it: the graphs take no window (Gemma 3); ``None``: no sliding layers."""
+        """The language model's sliding window: the positions a sliding layer's token sees (Gemma 3); ``None``: no
+        sliding layers."""
         return None
+
+    @property
+    def sliding_layers(self) -> tuple[int, ...]:
+        """The language model's layers that attend over ``attention_window`` positions only (none without one)."""
+        return ()
 
     @property
     def head_dim(self) -> int:

@@ -18,8 +18,9 @@ patch token, there is no CLS token) -> projector (average pooling to ``mm_tokens
   the uncompressed model (so a window holds fewer keys where tokens were pruned, never keys from further back).
   The decode step masks a sliding layer's keys by the positions the cache records for them (``LuvcCache``).
 - Each kind of layer has its own rotary table (local and global bases): both are gathered at each cut, side by side.
-- Exported graphs take no sliding window: an export fits its longest request in the window, so no sliding layer ever
-  reaches past it (``luvc.export.bucket_plan.check_window``), and its prefill masks come from the rows' shifted spans.
+- In exported graphs the prefill computes each token's request position where it sits (``TokenPlacement.positions``,
+  the rows' spans moved by their shifts) for a sliding layer's window; the decode step takes where each layer's window
+  starts in its cache (``kv_window_start``, computed on the host: ``luvc.runtime.sliding_window``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from transformers.models.gemma3.modeling_gemma3 import (
     Gemma3Model,
     Gemma3MultiModalProjector,
@@ -145,16 +147,16 @@ class LuvcGemma3TextModel(SpuDecoderMixin, Gemma3TextModel):
     ) -> torch.Tensor | None:
         batch, tokens, device = hidden.shape[0], hidden.shape[1], hidden.device  # tokens: what the cuts left of length
         window = self._window(layer_index)
-        if window is None or placement.start + length <= window:  # the window reaches past no key
+        # an exported prefill's length is symbolic: unless it provably fits, the window is applied (by position, below;
+        # an exported decode step, at start 0, takes the window's first key from its cache: ``attention_mask``)
+        if window is None or statically_known_true(placement.start + length <= window):  # it reaches past no key
             if isinstance(cache, LuvcCache) and placement.shift is None:  # kept for the steps whose window binds
                 cache.held_positions(layer_index, placement.positions(batch, tokens, device))
             if length == 1 or not placement.spans:
                 return super()._layer_mask(layer_index, hidden, length, cache, placement)  # causal; the cache's
             index = torch.arange(tokens, device=device)
             return self._as_mask(self._with_images(index[None, :] <= index[:, None], placement, tokens), hidden)
-        if placement.shift is not None:
-            raise ValueError("a graph's rows take no sliding window: an export's requests fit in it")
-        positions = placement.positions(batch, tokens, device)
+        positions = placement.positions(batch, tokens, device)  # an exported prefill's rows: moved by their shifts
         keys = cache.held_positions(layer_index, positions) if isinstance(cache, LuvcCache) else positions
         queries = positions[:, :, None]
         allowed = keys[:, None, :] <= queries
@@ -246,6 +248,11 @@ class Gemma3Adapter(SquareViTAdapter):
     def attention_window(self) -> int | None:
         text = self.model.config.text_config
         return text.sliding_window if SLIDING in text.layer_types else None
+
+    @property
+    def sliding_layers(self) -> tuple[int, ...]:
+        text = self.model.config.text_config
+        return tuple(layer for layer, kind in enumerate(text.layer_types[: text.num_hidden_layers]) if kind == SLIDING)
 
     @property
     def tokens_per_side(self) -> int:

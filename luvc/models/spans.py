@@ -174,20 +174,25 @@ class TokenPlacement:
 
     def positions(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
         """``(B, length)``: the request position of each token of the current sequence (text keeps its own; a kept
-        visual token the position it had before any cut). Rows of plain layout only (no ``shift``)."""
+        visual token the position it had before any cut; a row's spans moved by its ``shift``). Each token's position
+        is looked up where it sits, no value read back to the host, so an exported graph computes it too."""
+        index = torch.arange(length, device=device)
         if self.visual_ids is None or not self.original:
-            return (torch.arange(length, device=device) + self.start).expand(batch, length)
-        if self.shift is not None:
-            raise ValueError("the request positions of rows with shifted spans are not planned (give no shift)")
-        pieces, cursor, original_cursor, offset, kept = [], 0, 0, 0, 0
+            return (index + self.start).expand(batch, length)
+        relative = index[None, :] if self.shift is None else index[None, :] - self.shift[:, None]  # (1 or B, length)
+        found = relative.expand(batch, length)
+        offset, kept = 0, 0
         for (original_start, original_count), (start, count) in zip(self.original, self.spans):
-            text = torch.arange(original_cursor, original_start, device=device).expand(batch, -1)
-            ids = self.visual_ids[:, kept : kept + count]
-            pieces += [text, ids - offset + original_start]
-            cursor, original_cursor = start + count, original_start + original_count
+            # text after this span sat its pruned tokens further on; a kept visual token where its id says
+            found = torch.where(relative >= start + count, found + (original_count - count), found)
+            if count:
+                slot = (relative - start).clamp(0, count - 1).expand(batch, length)
+                visual = torch.gather(self.visual_ids[:, kept : kept + count], 1, slot) - offset + original_start
+                found = torch.where((relative >= start) & (relative < start + count), visual, found)
             offset, kept = offset + original_count, kept + count
-        pieces.append(torch.arange(original_cursor, original_cursor + length - cursor, device=device).expand(batch, -1))
-        return torch.cat(pieces, dim=1) + self.start
+        if self.shift is not None:
+            found = found + self.shift[:, None]
+        return found + self.start
 
     def blocks(self, length: int, device: torch.device) -> torch.Tensor:
         """``(B, length)`` (``(1, length)`` without ``shift``): the index of the span each token belongs to, ``-1``

@@ -16,6 +16,9 @@ short answer to a short prompt then costs its own length, not ``--max-text-token
 other set): for a TensorRT 10.3 engine of the ``scatter-elements`` form, whose output may not share memory with its
 input. The graph then copies the cache on the device each step; nothing crosses to the host either way.
 
+A model with sliding-window layers (Gemma 3) also feeds each layer's first slot a step attends to
+(``kv_window_start``), computed on the host from the positions its slots hold (``luvc.runtime.sliding_window``).
+
 A hybrid model's linear-attention layers (Qwen3.5) keep no keys and values but two fixed-size states per row, its
 convolution state and its recurrent state (float32), which the decode step reads whole and gives anew: they always
 alternate between two sets (a step's output never overwrites what it reads), the attention layers' buffers shared by
@@ -32,13 +35,15 @@ import torch
 from luvc.engines.static_shapes import attention_window_length
 from luvc.errors import critical
 from luvc.export.manifest_entries import kv_names
+from luvc.runtime.sliding_window import WindowStarts
 
 
 @dataclasses.dataclass(frozen=True)
 class KVLayout:
     """The shape of a decode graph's KV cache: ``kv_heads`` heads of ``head_dim`` per token, each layer's capacity in
     tokens (``capacities``), in ``dtype``; a hybrid model's ``linear_layers`` hold one row's ``conv_state_shape`` (in
-    ``dtype``) and ``recurrent_state_shape`` (float32) instead."""
+    ``dtype``) and ``recurrent_state_shape`` (float32) instead; ``sliding_layers`` see the last ``sliding_window``
+    positions only."""
 
     kv_heads: int
     head_dim: int
@@ -47,6 +52,8 @@ class KVLayout:
     linear_layers: frozenset[int] = frozenset()
     conv_state_shape: tuple[int, ...] = ()
     recurrent_state_shape: tuple[int, ...] = ()
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
 
     def names(self, prefix: str) -> list[str]:
         """The decode graph's cache tensors under ``prefix``, two per layer in layer order."""
@@ -101,6 +108,9 @@ class KVCache:
         self.window = torch.zeros(max(self.capacities), dtype=torch.bool, device=device)  # only its views' lengths
         self.row_lengths = np.zeros((len(self.capacities), batch), dtype=np.int64)  # each row's, per layer
         self._attending = np.array([layer not in layout.linear_layers for layer in layers])
+        self.sliding: WindowStarts | None = None  # where each sliding layer's step starts attending
+        if layout.sliding_layers and layout.sliding_window is not None:
+            self.sliding = WindowStarts(layout.sliding_window, layout.sliding_layers, self.capacities, batch, device)
         self.owner: object | None = None  # the request whose tokens the cache holds now
         self.embeds: torch.Tensor | None = None  # (batch, 1, hidden): the step's input, written by the embedding graph
         self.logits: torch.Tensor | None = None  # (batch, vocab): the step's output
@@ -120,11 +130,15 @@ class KVCache:
         prompt_lengths: np.ndarray | None = None,
         first_row: int = 0,
         sequence_length: int | None = None,
+        key_positions: dict[int, np.ndarray] | None = None,
     ) -> None:
         """Copy the prefill's ``present.{l}.key/value`` into each layer's prefix of the rows from ``first_row`` on
         (as many as the prefill has; the other rows keep theirs); ``prompt_lengths (b,)``: each row's prompt tokens,
         when rows were padded on the right (their padding is overwritten by the steps after it and never attended)
-        to the prefill's ``sequence_length`` (default: the longest row)."""
+        to the prefill's ``sequence_length`` (default: the longest row); ``key_positions``: each sliding layer's
+        ``(b, S_l)`` positions of those keys (``luvc.runtime.sliding_window.prefill_key_positions``)."""
+        if self.sliding is not None and key_positions is None:
+            raise ValueError("a cache with sliding-window layers loads the positions of their keys too")
         names = self.layout.names("present")
         batch = presents[names[0]].shape[0]
         rows = slice(first_row, first_row + batch)
@@ -154,6 +168,8 @@ class KVCache:
         held = np.asarray(lengths, dtype=np.int64)[:, None] - padding[None, :]
         self.row_lengths[:, rows] = np.where(self._attending[:, None], held, 0)
         self.write_index[:, rows].copy_(torch.from_numpy(self.row_lengths[:, rows]))
+        if self.sliding is not None and key_positions is not None:
+            self.sliding.load(rows, key_positions, self.row_lengths[:, rows])
 
     @property
     def batch(self) -> int:
@@ -172,24 +188,31 @@ class KVCache:
                     buffer[target, :, :longest].copy_(buffer[source, :, :longest])
         self.row_lengths[:, target] = self.row_lengths[:, source]
         self.write_index[:, target].copy_(self.write_index[:, source])
+        if self.sliding is not None:
+            self.sliding.move_row(source, target)
         self.clear_row(source)
 
     def clear_row(self, row: int | slice = slice(None)) -> None:
         """Row ``row`` (default: every row) holds nothing (its buffers keep stale values that no step attends)."""
         self.row_lengths[:, row] = 0
         self.write_index[:, row] = 0
+        if self.sliding is not None:
+            self.sliding.clear_row(row)
 
     def _names(self, prefix: str, buffers) -> dict[str, torch.Tensor]:
         return dict(zip(self.layout.names(prefix), (tensor for pair in buffers for tensor in pair)))
 
     def inputs(self, rows: int | None = None) -> dict[str, torch.Tensor]:
         """The decode graph's cache inputs for the first ``rows`` rows (default: all): the write index, the attention
-        window and every layer's ``past`` buffers."""
+        window, with sliding-window layers where each layer's step starts attending (set on the device for the step)
+        and every layer's ``past`` buffers."""
         rows = self.batch if rows is None else rows
         window = self.window[: attention_window_length(int(self.row_lengths[:, :rows].max()) + 1, len(self.window))]
+        starts = {} if self.sliding is None else {"kv_window_start": self.sliding.for_step(rows)}
         return {
             "kv_write_index": self.write_index[:, :rows],
             "attention_window": window,
+            **starts,
             **self._names("past_key_values", self._rows(self.buffers, rows)),
         }
 
@@ -223,6 +246,8 @@ class KVCache:
         """A decode step wrote one token into every layer of the first ``rows`` rows (default: all; and, unaliased,
         those rows into the other set)."""
         rows = self.batch if rows is None else rows
+        if self.sliding is not None:
+            self.sliding.advance(rows, self.row_lengths)
         self.row_lengths[self._attending, :rows] += 1  # a state layer holds no tokens
         self.write_index[:, :rows] += 1  # (a state layer's is never read)
         self.current = (self.current + 1) % len(self.sets)

@@ -13,6 +13,7 @@ from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.prepare import Prepared
 from luvc.runtime.sessions import Sessions
+from luvc.runtime.sliding_window import prefill_key_positions
 
 
 @dataclasses.dataclass
@@ -30,6 +31,26 @@ class Prefill:
     next_positions: np.ndarray
     vision_ms: float
     prefill_ms: float
+
+    def key_positions(self, manifest: ExportManifest) -> dict[int, np.ndarray] | None:
+        """Each sliding-window layer's ``(B, S_l)`` key positions after this prefill (``prefill_key_positions``: the
+        position ids of the tokens its cuts kept); ``None`` for a model without sliding layers."""
+        layers = manifest.geometry.sliding_layers
+        if not layers:
+            return None
+        position_ids = self.feeds["position_ids"].cpu().numpy()
+        bucket_name = manifest.graphs[self.graph].bucket
+        if bucket_name is None:  # the text prefill: no visuals, nothing pruned
+            return prefill_key_positions(position_ids, None, {}, (), layers)
+        bucket = manifest.buckets[bucket_name]
+        spans = np.concatenate([np.arange(start, start + count) for start, count in bucket.visual_spans])
+        shifts = (
+            self.feeds["visual_shift"].cpu().numpy()
+            if "visual_shift" in self.feeds
+            else np.zeros(len(position_ids), dtype=np.int64)
+        )
+        kept = {layer: self.outputs[f"kept_visual_indices.{layer}"].cpu().numpy() for layer in bucket.kept_index_layers}
+        return prefill_key_positions(position_ids, shifts[:, None] + spans, kept, bucket.prune_layers, layers)
 
     @property
     def sequence_length(self) -> int:

@@ -128,7 +128,8 @@ class RunningBatch(Generic[Member]):
         batch = prefill.outputs["logits"].shape[0]
         rows = slice(len(self.rows), len(self.rows) + batch)
         with self.sessions.on_stream():
-            self.cache.load(prefill.outputs, prefill.prompt_lengths, rows.start, prefill.sequence_length)
+            positions = prefill.key_positions(self.sessions.manifest)
+            self.cache.load(prefill.outputs, prefill.prompt_lengths, rows.start, prefill.sequence_length, positions)
             self.position[..., rows, :].copy_(self.sessions.to_device(prefill.next_positions))
             self._allocate(prefill, [row_options.sampling for row_options in options])
             if self.counts is not None:

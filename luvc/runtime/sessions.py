@@ -385,6 +385,8 @@ class Sessions:
                 frozenset(geometry.linear_layers),
                 geometry.conv_state_shape,
                 geometry.recurrent_state_shape,
+                geometry.sliding_window,
+                geometry.sliding_layers,
             )
             # one batch size at a time: a new size frees the old buffers, with the graphs captured on them
             for old in self._caches.values():
@@ -401,6 +403,7 @@ class Sessions:
         """Release every captured graph bound to ``cache``'s buffers (``Replayer.release_bound_to``)."""
         buffers = [tensor for pair_set in cache.sets for pair in pair_set for tensor in pair]
         buffers += [cache.write_index, cache.window, *(t for t in (cache.embeds, cache.logits) if t is not None)]
+        buffers += [] if cache.sliding is None else [cache.sliding.device_starts]
         for session in self._open.values():
             if session.replayer is not None:
                 session.replayer.release_bound_to(buffers)

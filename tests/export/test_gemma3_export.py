@@ -1,12 +1,13 @@
 """Gemma 3 exported: the prefill graph carries each image's both-ways mask over its kept tokens, rows of different
 lengths run together, parity passes in every calibrated precision on ONNX Runtime and OpenVINO, TensorRT-RTX builds
-every graph, and an export whose requests would outgrow the sliding window is refused in one line.
+every graph, and requests longer than the sliding window generate what PyTorch LUVC generates.
 
 Its own module, apart from the all-family export tests (``tests.conftest.OWN_EXPORT_MODULES``)."""
 
+import numpy as np
 import pytest
+import torch
 
-from luvc.cli.main import main
 from luvc.models import load_model
 from luvc.runtime.pipeline import Pipeline
 from tests.export.own_family import (
@@ -60,20 +61,64 @@ def test_the_runtime_writes_an_image_as_gemma3s_processor_does(export):
     )
 
 
-def test_a_request_longer_than_the_sliding_window_is_refused_in_one_line(tmp_path, capsys):
-    out = tmp_path / "out"
-    # the tiny model's window is 512 positions: 16 image tokens, 400 of text and 200 generated do not fit
-    argv = ["export", "--model", FAMILY, "--out", str(out), "--max-text-tokens", "400", "--max-new-tokens", "200"]
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert "Traceback" not in error
-    assert "sliding-window layers see the last 512 positions" in error.splitlines()[-1]
-    assert "lower them to fit 512" in error.splitlines()[-1]
-    assert not out.exists()
+WINDOW = 36  # positions: the window's edge crosses the image (at 8..24) while the first row prefills and decodes
 
 
-def test_the_default_lengths_fit_the_window():
+@pytest.fixture(scope="module")
+def narrow_export(tmp_path_factory):
+    """tiny-gemma3 with a window of ``WINDOW`` positions, exported fp32 (requests of up to 150 tokens)."""
+    from luvc.export.exporter import export_model
+    from luvc.export.profile import ExportProfile
+    from tests.models.test_gemma3 import narrow_window
+
+    adapter = load_model(FAMILY)
+    narrow_window(adapter.model, WINDOW)
+    folder = tmp_path_factory.mktemp("narrow") / "export"
+    profile = ExportProfile(max_text_tokens=96, max_new_tokens=32)
+    return export_model(adapter, folder, profile, show_progress=False)
+
+
+@pytest.mark.slow  # an export of its own
+@pytest.mark.parametrize("backend", ["ort", "openvino"])
+def test_requests_longer_than_the_sliding_window_generate_what_pytorch_luvc_generates(backend, narrow_export):
+    """Two rows of different lengths, each longer than the window, in one batch: every step's logits are PyTorch
+    LUVC's (its sliding layers masked by the positions their keys hold), the window's edge crossing the first row's
+    kept image tokens during the prefill and the decode, and the second row's during its prefill; on ONNX Runtime and
+    on OpenVINO (f32)."""
+    from luvc.images import synthetic_image
+    from luvc.models.generation import greedy_generate
+    from tests.models.test_gemma3 import narrow_window
+
+    adapter = load_model(FAMILY)
+    narrow_window(adapter.model, WINDOW)
+    adapter.apply_luvc()
+    pipeline = Pipeline(narrow_export, backend=backend, openvino_precision="f32")
+    assert pipeline.manifest.geometry.sliding_window == WINDOW
+    prompts = ["Describe it.", "What is in this picture? Answer in a few words, and say where it is, please."]
+    images = [synthetic_image(224, 224, seed) for seed in (7, 8)]
+    prepared = pipeline.prepare(images, prompts)
+    lengths = prepared.prompts.lengths.tolist()
+    assert WINDOW < lengths[0] < 8 + 16 + WINDOW < lengths[1]  # the first row's edge is in the image as it decodes
+    steps = 20
+    tokens, logits, _ = pipeline.greedy(prepared, steps)
+    for row, (image, prompt) in enumerate(zip(images, prompts)):
+        inputs = adapter.prepare_inputs([image], prompt)
+        with torch.no_grad():
+            expected, expected_logits = greedy_generate(adapter.model, inputs, steps, return_logits=True)
+        np.testing.assert_array_equal(tokens[row], expected[0].numpy())
+        np.testing.assert_allclose(logits[row], expected_logits[0].numpy(), atol=2e-4, rtol=1e-3)
+    # and the window changed them: the same model seeing every position answers otherwise
+    wide = load_model(FAMILY)
+    wide.apply_luvc()
+    with torch.no_grad():
+        _, wide_logits = greedy_generate(
+            wide.model, adapter.prepare_inputs([images[0]], prompts[0]), steps, return_logits=True
+        )
+    assert not np.allclose(logits[0], wide_logits[0].numpy(), atol=1e-2)
+
+
+def test_the_default_lengths_are_every_familys():
     from luvc.export.profile import ExportProfile
 
     profile = ExportProfile().resolve(load_model(FAMILY))
-    assert (profile.max_text_tokens, profile.max_new_tokens) == (128, 128)  # a quarter of the 512-position window
+    assert (profile.max_text_tokens, profile.max_new_tokens) == (512, 256)  # the window (512) no longer bounds them
