@@ -4,7 +4,8 @@ memory and warm start-up, by precision.
 Builds (or reuses, with ``--workdir``) a random-weight checkpoint at Qwen2-VL-2B's widths (``--layers`` decoder
 layers, ``--vision-blocks`` encoder blocks), its fp32 and fp16 exports (one ``--side`` square bucket) and the
 weight-only INT8 and INT4 exports of the fp16 one (``luvc-export calibrate --method rtn``), as
-``benchmarks/cpu_decode.py`` does. Then, in fresh processes taking turns for ``--rounds`` rounds (a shared machine
+``benchmarks/cpu_decode.py`` does, and the INT8 (Q/DQ) export of the fp32 one (``luvc-export calibrate --precision
+int8``). Then, in fresh processes taking turns for ``--rounds`` rounds (a shared machine
 drifts), each backend on each export: the seconds from process start to the sessions loaded with a warm start-up
 cache (a first process per export and backend fills it: ONNX Runtime's float32 conversions, OpenVINO's compiled
 models), one image and prompt's vision, prefill (embed + LLM) and time to first token (preprocessing included) after a
@@ -105,6 +106,18 @@ def child(folder: Path, backend: str, args, cache: str, restart: bool = False) -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def make_int8_export(workdir: Path, fp32: Path) -> Path:
+    """The INT8 (Q/DQ, calibrated activations) export of ``fp32`` under ``workdir``, made where missing."""
+    from luvc.calibration import calibrate_export
+
+    folder = workdir / "int8"
+    if not (folder / "manifest.json").is_file():
+        began = time.perf_counter()
+        calibrate_export(fp32, folder, precision="int8", overwrite=True, show_progress=False)
+        print(f"calibrated int8 in {time.perf_counter() - began:.0f} s", flush=True)
+    return folder
+
+
 def report(args, scratch: str) -> None:
     """Make the exports, fill the caches, measure every backend on every export in turns, print the table."""
     import torch
@@ -112,6 +125,7 @@ def report(args, scratch: str) -> None:
     workdir = Path(args.workdir or scratch)
     workdir.mkdir(parents=True, exist_ok=True)
     folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
+    folders["int8"] = make_int8_export(workdir, folders["fp32"])
     cache = str(Path(scratch) / "cache")
     for precision, folder in folders.items():  # the first start of each fills the cache
         for backend in BACKENDS:
