@@ -20,7 +20,9 @@ once, however many graphs use it:
 Sessions given shared weights turn ONNX Runtime's weight prepacking off, since packed copies are per session again,
 and its CPU memory arena, which keeps each session's peak activations. Quantized graphs (INT8/FP8/INT4 weights behind
 a ``DequantizeLinear``) keep prepacking: ONNX Runtime's quantized CPU kernels run several times slower unpacked, and
-those sessions pay a packed copy of their weights each for it. The file pages such a session read to pack are then
+those sessions pay a packed copy of their quantized weights each for it; the products such a graph keeps in float
+(the LM head, heavy-tailed products) are declared overridable, which ONNX Runtime never packs
+(``overridable_float_weights``). The file pages such a session read to pack are then
 taken out of the process (``drop_resident_pages``): at Qwen2.5-VL-3B's widths the INT8 export's 5.8 GB file stayed
 resident beside the packed copies, though nothing read it again. Weight-only INT8 products are given to ONNX Runtime
 as the ``MatMulNBits`` its CPU EP would make of them (``luvc.runtime.matmul_nbits``), their weights converted once
@@ -137,6 +139,7 @@ class MappedWeights:
         if quantized and not on_gpu:
             given = self._as_matmul_nbits(model, external)
             encode_for_cpu(model, self.int8_encoding)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
+            overridable_float_weights(model, set(external))
         # the type the rewritten graph reads each weight as: a stored float16 or int8 one is converted once
         graph_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
@@ -384,6 +387,24 @@ class MappedWeights:
         self._from_cache.clear()
         self._files.clear()
         self._mappings.clear()  # each map closes when the last view of it goes
+
+
+def overridable_float_weights(model: onnx.ModelProto, names: set[str]) -> None:
+    """Declare the float weights of ``model``'s products among ``names`` (its external tensors) as graph inputs too,
+    so that ONNX Runtime takes them as overridable initializers, which it does not prepack. A quantized graph keeps
+    prepacking for its quantized kernels, and each of its sessions would otherwise also pack a copy of the products
+    kept in float (the LM head, heavy-tailed products): at Qwen2-VL-2B's widths 1.37 GB a session and 1.5 s of its
+    opening, for no faster a step (float32 exports run unpacked)."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    declared = {value.name for value in model.graph.input}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] in declared:
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is None or weight.name not in names or weight.data_type != onnx.TensorProto.FLOAT:
+            continue
+        model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
+        declared.add(weight.name)
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
