@@ -117,6 +117,28 @@ def test_requests_longer_than_the_sliding_window_generate_what_pytorch_luvc_gene
     assert not np.allclose(logits[0], wide_logits[0].numpy(), atol=1e-2)
 
 
+@pytest.mark.slow  # the export of its own above
+def test_a_prompt_without_an_image_longer_than_the_sliding_window_runs_as_pytorch_runs_it(narrow_export):
+    """The text prefill graph (no visuals, nothing pruned) masks the window too, and its steps start where it left."""
+    from luvc.models.generation import greedy_generate
+    from tests.models.test_gemma3 import narrow_window
+
+    adapter = load_model(FAMILY)
+    narrow_window(adapter.model, WINDOW)
+    adapter.apply_luvc()
+    pipeline = Pipeline(narrow_export)
+    prepared = pipeline.prepare(None, ["Tell me a story about a river, a bridge and a boat, in three sentences."])
+    assert prepared.prompts.lengths[0] > WINDOW
+    tokens, logits, _ = pipeline.greedy(prepared, 12)
+    ids = torch.from_numpy(prepared.prompts.input_ids).long()
+    with torch.no_grad():
+        expected, expected_logits = greedy_generate(
+            adapter.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 12, return_logits=True
+        )
+    np.testing.assert_array_equal(tokens[0], expected[0].numpy())
+    np.testing.assert_allclose(logits[0], expected_logits[0].numpy(), atol=2e-4, rtol=1e-3)
+
+
 def test_the_default_lengths_are_every_familys():
     from luvc.export.profile import ExportProfile
 
