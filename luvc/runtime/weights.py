@@ -21,12 +21,12 @@ Sessions given shared weights turn ONNX Runtime's weight prepacking off, since p
 and its CPU memory arena, which keeps each session's peak activations. Quantized graphs (INT8/FP8/INT4 weights behind
 a ``DequantizeLinear``) keep prepacking: ONNX Runtime's quantized CPU kernels run several times slower unpacked, and
 those sessions pay a packed copy of their quantized weights each for it; the products such a graph keeps in float
-(the LM head, heavy-tailed products) are declared overridable, which ONNX Runtime never packs
-(``overridable_float_weights``). The file pages such a session read to pack are then
-taken out of the process (``drop_resident_pages``): at Qwen2.5-VL-3B's widths the INT8 export's 5.8 GB file stayed
-resident beside the packed copies, though nothing read it again. Weight-only INT8 products are given to ONNX Runtime
-as the ``MatMulNBits`` its CPU EP would make of them (``luvc.runtime.matmul_nbits``), their weights converted once
-and kept in the start-up cache, instead of each session converting them again.
+(the LM head, heavy-tailed products) are declared overridable in the prefill graphs, which ONNX Runtime never packs
+(``overridable_float_weights``; the decode step keeps its packed copy). The file pages such a session read to pack
+are then taken out of the process (``drop_resident_pages``): at Qwen2.5-VL-3B's widths the INT8 export's 5.8 GB file
+stayed resident beside the packed copies, though nothing read it again. Weight-only INT8 products are given to ONNX
+Runtime as the ``MatMulNBits`` its CPU EP would make of them (``luvc.runtime.matmul_nbits``), their weights converted
+once and kept in the start-up cache, instead of each session converting them again.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class MappedWeights:
         if quantized and not on_gpu:
             given = self._as_matmul_nbits(model, external)
             encode_for_cpu(model, self.int8_encoding)  # INT8 Q/DQ MatMuls fuse on x86 only with uint8 activations
-            overridable_float_weights(model, set(external))
+            if not is_decode_step(model):  # a step runs per token: it keeps its packed copy, the faster one
+                overridable_float_weights(model, set(external))
         # the type the rewritten graph reads each weight as: a stored float16 or int8 one is converted once
         graph_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
         # a graph given as bytes resolves its external-data references from here (each is given, none is read)
@@ -394,7 +395,8 @@ def overridable_float_weights(model: onnx.ModelProto, names: set[str]) -> None:
     so that ONNX Runtime takes them as overridable initializers, which it does not prepack. A quantized graph keeps
     prepacking for its quantized kernels, and each of its sessions would otherwise also pack a copy of the products
     kept in float (the LM head, heavy-tailed products): at Qwen2-VL-2B's widths 1.37 GB a session and 1.5 s of its
-    opening, for no faster a step (float32 exports run unpacked)."""
+    opening. The prefill graphs, which run once a request, take them unpacked; the decode step keeps its packed copy
+    (ONNX Runtime packs an unpacked weight again at every product: unpacked, an INT8 step may run slower)."""
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     declared = {value.name for value in model.graph.input}
     for node in model.graph.node:
@@ -405,6 +407,11 @@ def overridable_float_weights(model: onnx.ModelProto, names: set[str]) -> None:
             continue
         model.graph.input.append(helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
         declared.add(weight.name)
+
+
+def is_decode_step(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is a decode graph (it takes ``kv_write_index``)."""
+    return any(value.name == "kv_write_index" for value in model.graph.input)
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:

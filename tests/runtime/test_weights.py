@@ -377,8 +377,9 @@ def test_a_damaged_cache_entry_never_changes_an_answer(fp16_external_export, tmp
 
 def test_a_quantized_sessions_float_products_are_left_unpacked_and_answer_the_same(exports, tmp_path):
     """ONNX Runtime prepacks a quantized graph's weights (its quantized kernels need it) and would pack a copy of the
-    products kept in float too (the LM head, per session): those are declared overridable, which it never packs, and
-    the quantized ones are not; the logits are those of the graph as ONNX Runtime loads it by itself."""
+    products kept in float too (the LM head, per session): a prefill graph declares those overridable, which it never
+    packs, and the quantized ones not; the decode step keeps them packed; the logits are those of the graph as ONNX
+    Runtime loads it by itself."""
     from luvc.calibration import calibrate_export
     from luvc.runtime.exposed import run_with_outputs
 
@@ -395,6 +396,7 @@ def test_a_quantized_sessions_float_products_are_left_unpacked_and_answer_the_sa
         assert "lm_head.weight" in float_weights
         session = pipeline.sessions[prepared.bucket.prefill].live
         assert {value.name for value in session.get_overridable_initializers()} == float_weights
+        assert not pipeline.sessions["decode"].live.get_overridable_initializers()
         feeds = {name: tensor.numpy() for name, tensor in request.prefill_feeds.items()}
         alone = run_with_outputs(folder / f"{prepared.bucket.prefill}.onnx", ["logits"], feeds)["logits"]
         np.testing.assert_allclose(request.prefill_outputs["logits"].numpy(), alone, rtol=1e-4, atol=1e-4)
