@@ -24,6 +24,12 @@ from luvc.runtime.sessions import Sessions
 from luvc.videos import DEFAULT_SAMPLED_FPS
 
 
+def visual_index(bucket: BucketEntry, shifts: np.ndarray) -> np.ndarray:
+    """``(B, n)``: where each row's visual tokens of ``bucket`` sit in its prompt, its spans moved by its ``shifts``."""
+    spans = np.concatenate([np.arange(start, start + count) for start, count in bucket.visual_spans])
+    return shifts[:, None] + spans
+
+
 class GraphFeeds:
     """Feeds and features for the graphs of ``manifest`` (export ``folder``), run through ``sessions``."""
 
@@ -127,8 +133,7 @@ class GraphFeeds:
             )
         tokens = visual_tokens(self.manifest, bucket)
         batch, length = input_ids.shape
-        spans = np.concatenate([np.arange(start, start + count) for start, count in bucket.visual_spans])
-        index = shifts[:, None] + spans  # (B, n): each row's visual tokens
+        index = visual_index(bucket, shifts)
         in_range = index.min() >= 0 and index.max() < length
         if not in_range or not np.isin(np.take_along_axis(input_ids, index, 1), tokens).all():
             critical(

@@ -10,7 +10,7 @@ import torch
 
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
-from luvc.runtime.feeds import GraphFeeds
+from luvc.runtime.feeds import GraphFeeds, visual_index
 from luvc.runtime.prepare import Prepared
 from luvc.runtime.sessions import Sessions
 from luvc.runtime.sliding_window import prefill_key_positions
@@ -43,14 +43,13 @@ class Prefill:
         if bucket_name is None:  # the text prefill: no visuals, nothing pruned
             return prefill_key_positions(position_ids, None, {}, (), layers)
         bucket = manifest.buckets[bucket_name]
-        spans = np.concatenate([np.arange(start, start + count) for start, count in bucket.visual_spans])
         shifts = (
             self.feeds["visual_shift"].cpu().numpy()
             if "visual_shift" in self.feeds
             else np.zeros(len(position_ids), dtype=np.int64)
         )
         kept = {layer: self.outputs[f"kept_visual_indices.{layer}"].cpu().numpy() for layer in bucket.kept_index_layers}
-        return prefill_key_positions(position_ids, shifts[:, None] + spans, kept, bucket.prune_layers, layers)
+        return prefill_key_positions(position_ids, visual_index(bucket, shifts), kept, bucket.prune_layers, layers)
 
     @property
     def sequence_length(self) -> int:
