@@ -13,7 +13,8 @@ step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are
 
 ``--steps`` picks some (``fp16`` the first three, ``int8`` the last three); ``--workdir`` keeps each family's
 checkpoint, exports and step logs (default: a temporary folder, removed). The table goes to stdout and, with
-``--write``, to ``docs/real-widths.md``. Slow (an hour or more per family on 2 cores); not run by CI. Usage:
+``--write``, to the end of ``docs/real-widths.md`` as a section of its own (when, the CPU, the command). Slow (20-40
+minutes a family on 2 cores, about 3 hours for all seven); not run by CI. Usage:
     python benchmarks/real_widths.py [--families qwen2-vl internvl3 ...] [--steps fp16 int8] [--write]
 """
 
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import cpu_description
 
 from luvc.images import synthetic_image
 from luvc.models import tiny
@@ -323,7 +325,9 @@ def main() -> None:
         help="decoder layers for a family whose reference would not fit memory at full depth "
         "(default llava=8 qwen2.5-vl=24 gemma3=12)",
     )
-    parser.add_argument("--write", action="store_true", help="write the table to docs/real-widths.md")
+    parser.add_argument(
+        "--write", action="store_true", help="add the table to docs/real-widths.md as a section of its own"
+    )
     parser.add_argument("--workdir", type=Path, help="keep checkpoints, exports and each step's log here")
     args = parser.parse_args()
     depths = {}
@@ -332,6 +336,9 @@ def main() -> None:
         if name not in FAMILIES or not count.isdigit() or int(count) < 1:
             parser.error(f"--layers {entry!r}: give FAMILY=N with FAMILY one of {list(FAMILIES)} and N >= 1")
         depths[name] = int(count)
+    machine = f"{cpu_description()}; {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / GiB:.0f} GiB"
+    print(f"CPU: {machine}", flush=True)
+    began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = {}
     for name in args.families:
         family = FAMILIES[name]
@@ -343,7 +350,15 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        (ROOT / "docs" / "real-widths.md").write_text(text + "\n")
+        append_section(ROOT / "docs" / "real-widths.md", began, machine, " ".join(sys.argv[1:]), text)
+
+
+def append_section(doc: Path, began: str, machine: str, arguments: str, text: str) -> None:
+    """Add the run's table to ``doc`` under a heading naming when, where and how it ran (never replacing the page)."""
+    command = f"python benchmarks/real_widths.py {arguments}".rstrip()
+    section = f"\n## Measured ({began}; {machine})\n\n`{command}`\n\n{text}\n"
+    with doc.open("a") as page:
+        page.write(section)
 
 
 if __name__ == "__main__":
