@@ -226,10 +226,11 @@ class Gemma3VisionGraph(torch.nn.Module):
 
 
 class Gemma3Adapter(SquareViTAdapter):
-    """Gemma 3: one image a prompt at the encoder's size (pan-and-scan crops are not taken), the image's soft tokens
-    between its begin and end tokens."""
+    """Gemma 3: images at the encoder's size (pan-and-scan crops are not taken), each image's soft tokens between its
+    begin and end tokens; several images in one prompt follow each other as the processor writes them."""
 
     architecture = "Gemma3ForConditionalGeneration"
+    visual_separator = ""  # each image's text starts and ends with its blank lines, as the processor writes it
     image_placeholder = "<start_of_image>"  # what the chat template renders for an image (the processor's too)
     builtin_template = "<start_of_turn>user\n{image}{prompt}<end_of_turn>\n<start_of_turn>model\n"
     builtin_chat_template = simple_chat_template(

@@ -153,6 +153,38 @@ def test_an_axis_merged_below_the_pooled_grid_hands_the_llm_fewer_tokens(gemma3)
         assert gemma3.model.model(**inputs).image_hidden_states.shape[0] == 32
 
 
+@torch.no_grad()
+def test_several_images_in_one_prompt_are_the_processors_and_each_is_a_span_of_its_own(gemma3, tmp_path):
+    from transformers import AutoTokenizer, Gemma3Processor
+
+    # upstream's processor, given the tiny tokenizer with Gemma 3's named image tokens, writes the reference prompt
+    gemma3.tokenizer.save_pretrained(tmp_path)
+    named = dict(boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, extra_special_tokens=named)
+    tokens = gemma3.model.config.mm_tokens_per_image
+    processor = Gemma3Processor(gemma3.image_processor, tokenizer, image_seq_length=tokens)
+    text = f"<start_of_turn>user\n<start_of_image><start_of_image>{PROMPT}<end_of_turn>\n<start_of_turn>model\n"
+    theirs = processor(text=[text], images=[images()], return_tensors="pt")
+    stock = copy.deepcopy(gemma3.model)
+    gemma3.apply_luvc(LUVCConfig.off())
+    ours = gemma3.prepare_inputs([tuple(images())], PROMPT)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    assert torch.equal(gemma3.model(**ours).logits, stock(**theirs).logits)  # each image both ways, not the other
+    # LUVC on: one SPU span per image, the budgets split over both, every visual token gone by the last layer
+    config = LUVCConfig(oim_layers=(0,))
+    gemma3.apply_luvc(config)
+    ours = gemma3.prepare_inputs([tuple(images())], PROMPT)
+    plan = gemma3.plan(ours)
+    assert plan.tokens_per_image == (tokens, tokens)  # the pooling keeps an image's LLM tokens
+    assert plan.vision.block_segments[1] == (128, 128)  # each image merged on its own in the encoder
+    assert plan.budget_plan.tokens_per_image == (tokens, tokens)
+    kept = gemma3.model.model(**ours).kept_visual_indices
+    cuts = [index for index in kept if isinstance(index, torch.Tensor)]
+    assert [index.shape[1] for index in cuts] == [total for total in plan.budget_plan.total if total][: len(cuts)]
+    assert plan.budget_plan.total[-1] == 0
+
+
 def test_gemma3_is_built_in_and_exports():
     assert "tiny-gemma3" in TINY_MODELS and "tiny-gemma3" in EXPORTED_TINY_MODELS  # its stages: test_gemma3_export
 
