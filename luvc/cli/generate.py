@@ -15,6 +15,7 @@ from luvc.cli.args.request import RequestArgs
 from luvc.compress.config import LUVCConfig
 from luvc.compress.methods import method_of
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
+from luvc.errors import critical
 
 if TYPE_CHECKING:
     from luvc.compress.cost import CostReport
@@ -33,6 +34,12 @@ class Generate:
         group.add_argument("--prompt", required=True, type=user_text, help="the user prompt")
         group.add_argument("--max-new-tokens", type=int_in(1), default=16, help="tokens to generate (default 16)")
         group.add_argument(
+            "--pan-and-scan",
+            action="store_true",
+            help="Gemma 3: a wide or tall image's crops too, each a view of its own, as its processor makes them with "
+            "do_pan_and_scan=True (off by default, as upstream; PyTorch only: an export takes one view an image)",
+        )
+        group.add_argument(
             "--cuda-graphs",
             choices=CUDA_GRAPH_CHOICES,
             default=DEFAULT_CUDA_GRAPHS,
@@ -47,6 +54,10 @@ class Generate:
         console = Console()
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()
+        if args.pan_and_scan:
+            if not adapter.takes_pan_and_scan:
+                critical(f"--pan-and-scan: {adapter.name} has no pan-and-scan crops (Gemma 3 has); drop the option.")
+            adapter.pan_and_scan = True
         adapter.apply_luvc(groups[LuvcArgs].config)
         if compiles(args.cuda_graphs, next(adapter.model.parameters()).device, many_requests=False):
             adapter.compile_llm(cuda_graphs=True)

@@ -203,8 +203,9 @@ class OnnxFromCompressedModel(BaseLoader[Path]):
 
     def _export(self) -> Path:
         adapter = self.adapter
-        if adapter.export_refusal:
-            critical(adapter.export_refusal)
+        refusal = adapter.why_not_exportable()
+        if refusal:
+            critical(refusal)
         adapter.apply_luvc(self.config)
         check_exportable(adapter.luvc_config, self.plugin_nodes)
         profile = (self.profile or ExportProfile()).resolve(adapter)

@@ -91,12 +91,14 @@ class VLMAdapter:
     position_rows: ClassVar[int] = 1  # rows of LLM position ids: 3 for M-RoPE
     processor_only_keys: ClassVar[tuple[str, ...]] = ()  # processor outputs that plan, but the model does not take
     export_refusal: ClassVar[str | None] = None  # why this family does not export yet (it runs in PyTorch only)
+    takes_pan_and_scan: ClassVar[bool] = False  # its processor can add crops of a wide or tall image (Gemma 3)
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, image_processor: Any, name: str | None = None) -> None:
         self.model: PreTrainedModel = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.name = name or type(model).__name__
+        self.pan_and_scan = False  # where ``takes_pan_and_scan``: each image's crops too (PyTorch only)
         self.luvc_config = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
         self._template: PromptTemplate | None = None
         self._plans: PlanCache[RequestPlan] = PlanCache()
@@ -225,6 +227,11 @@ class VLMAdapter:
 
     def _resolved(self, config: LUVCConfig | None) -> ResolvedLUVCConfig:
         return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
+
+    def why_not_exportable(self) -> str | None:
+        """Why this adapter, as set up, does not export (``None``: it does): its family's ``export_refusal``, or a
+        setting of its own (Gemma 3's pan-and-scan)."""
+        return self.export_refusal
 
     # -- inputs ---------------------------------------------------------------------------------------------
     @property

@@ -225,12 +225,34 @@ class Gemma3VisionGraph(torch.nn.Module):
         return self.model.multi_modal_projector(hidden)
 
 
+def pan_and_scan_settings() -> dict[str, Any]:
+    """The crop settings upstream's ``Gemma3Processor`` passes its image processor with ``do_pan_and_scan=True`` (its
+    defaults: crops of at least 256 pixels, at most 4, for an image at least 1.2 times wider than tall or taller
+    than wide)."""
+    from transformers.models.gemma3 import processing_gemma3
+
+    defaults = getattr(processing_gemma3.Gemma3Processor, "images_kwargs", None)
+    if defaults is None:
+        critical(
+            "This transformers has no Gemma3Processor.images_kwargs (its pan-and-scan defaults); upgrade transformers "
+            "or leave pan_and_scan off."
+        )
+    return {name: value for name, value in defaults.items() if name.startswith("pan_and_scan")} | {
+        "do_pan_and_scan": True
+    }
+
+
 class Gemma3Adapter(SquareViTAdapter):
-    """Gemma 3: images at the encoder's size (pan-and-scan crops are not taken), each image's soft tokens between its
-    begin and end tokens; several images in one prompt follow each other as the processor writes them."""
+    """Gemma 3: images at the encoder's size, each image's soft tokens between its begin and end tokens; several
+    images in one prompt follow each other as the processor writes them. With ``pan_and_scan`` (PyTorch only, off
+    as upstream's processor has it) a wide or tall image also brings its crops: a view each, one SPU span each."""
 
     architecture = "Gemma3ForConditionalGeneration"
     visual_separator = ""  # each image's text starts and ends with its blank lines, as the processor writes it
+    processor_only_keys = ("num_crops",)  # pan-and-scan: the crops of each image, after its own view
+    takes_pan_and_scan = True
+    # upstream's text for an image and its crops (``Gemma3Processor``), around each view's image text
+    crops_text = ("Here is the original image ", " and here are some crops to help you see better ", " ")
     image_placeholder = "<start_of_image>"  # what the chat template renders for an image (the processor's too)
     builtin_template = "<start_of_turn>user\n{image}{prompt}<end_of_turn>\n<start_of_turn>model\n"
     builtin_chat_template = simple_chat_template(
@@ -242,8 +264,8 @@ class Gemma3Adapter(SquareViTAdapter):
 
     def __init__(self, model, tokenizer, image_processor, name: str | None = None) -> None:
         super().__init__(model, tokenizer, image_processor, name)
-        if getattr(image_processor, "do_pan_and_scan", None):  # one view a prompt: off here, so also in an export's
-            image_processor.do_pan_and_scan = False  # saved processor, which the runtime preprocesses with
+        if getattr(image_processor, "do_pan_and_scan", None):  # one view an image, as upstream's processor calls it
+            image_processor.do_pan_and_scan = False  # (also in an export's saved processor, which the runtime uses)
 
     @property
     def attention_window(self) -> int | None:
@@ -286,6 +308,33 @@ class Gemma3Adapter(SquareViTAdapter):
         end = self.tokenizer.convert_ids_to_tokens(self.model.config.eoi_token_index)
         return f"\n\n{self.image_placeholder}{{tokens}}{end}\n\n", soft
 
+    def preprocess_images(self, images) -> dict:
+        """As every square tower's; with ``pan_and_scan``, each image's view then its crops, and ``num_crops``."""
+        if not self.pan_and_scan:
+            return super().preprocess_images(images)
+        processed = self.image_processor(images=list(images), return_tensors="pt", **pan_and_scan_settings())
+        return self.checked_pixels(processed["pixel_values"]) | {"num_crops": processed["num_crops"]}
+
+    def visual_text(self, visual, tokens: int, spans: int = 1) -> str:
+        """An image's text; with crops (``spans`` views), upstream's words around each view's text."""
+        if spans == 1:
+            return super().visual_text(visual, tokens, spans)
+        view = super().visual_text(visual, tokens // spans)
+        original, crops, between = self.crops_text
+        return original + view + crops + between.join([view] * (spans - 1))
+
+    def why_not_exportable(self) -> str | None:
+        if self.pan_and_scan:
+            return (
+                "Gemma 3's pan-and-scan crops do not export yet (an export's buckets take one view an image); set "
+                "pan_and_scan = False to export each image as one view, as upstream's processor does by default."
+            )
+        return super().why_not_exportable()
+
+    def images_key(self, inputs: dict):
+        crops = inputs.get("num_crops")
+        return super().images_key(inputs), None if crops is None else tuple(int(count) for count in crops)
+
     def _tokenized(self, pixels: dict, texts) -> dict:
         """As every family's, with upstream's ``token_type_ids`` (1 at the image's soft tokens), so that the inputs
         also run the stock model."""
@@ -295,10 +344,13 @@ class Gemma3Adapter(SquareViTAdapter):
 
     def vision_trace(self, inputs: dict, config: ResolvedLUVCConfig) -> VisionTrace:
         units = units_per_block(self.grid_side**2, self.oim_steps(config), self.vision_depth)
-        images = int(inputs["pixel_values"].shape[0])
+        views = int(inputs["pixel_values"].shape[0])
         grid = self.token_grid(config)
-        block_segments = tuple((count,) * images for count in units[:-1])
-        return VisionTrace(block_segments, (grid[1] * grid[2],) * images, span_grids=(grid,) * images)
+        block_segments = tuple((count,) * views for count in units[:-1])
+        crops = inputs.get("num_crops")  # pan-and-scan: an image's views are its spans, each seen both ways alone
+        spans = () if crops is None else tuple(int(count) + 1 for count in crops)
+        tokens = tuple(grid[1] * grid[2] * count for count in spans) or (grid[1] * grid[2],) * views
+        return VisionTrace(block_segments, tokens, spans=spans, span_grids=(grid,) * views)
 
     def vision_graph(self, pixels: dict, plan: RequestPlan) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         return Gemma3VisionGraph(self.model.model), {"pixel_values": pixels["pixel_values"]}

@@ -4,13 +4,16 @@ that grid, and images preprocessed to the tower's size."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from luvc.compress.config import ResolvedLUVCConfig
 from luvc.compress.cost import VisionSpec
 from luvc.compress.oim import OIMStep, plan_oim
 from luvc.errors import critical
 from luvc.models.base import VLMAdapter
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SquareViTAdapter(VLMAdapter):
@@ -39,7 +42,10 @@ class SquareViTAdapter(VLMAdapter):
         return dict(zip(config.oim_layers, plan_oim([grid], config.oim_axes())))
 
     def preprocess_images(self, images) -> dict:
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return self.checked_pixels(self.image_processor(images=list(images), return_tensors="pt")["pixel_values"])
+
+    def checked_pixels(self, pixels: torch.Tensor) -> dict:
+        """``{"pixel_values": pixels}``, refused in one line unless they have the tower's size."""
         vision = self.model.config.vision_config
         if tuple(pixels.shape[-2:]) != (vision.image_size, vision.image_size):
             critical(

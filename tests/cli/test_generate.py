@@ -118,3 +118,16 @@ def test_generate_refuses_cuda_graphs_on_where_pytorch_runs_on_the_cpu(capsys):
     assert main(["generate", "--model", "tiny-qwen2-vl", "--prompt", "hi", "--cuda-graphs", "on"]) == 2
     err = capsys.readouterr().err
     assert "--cuda-graphs on replays CUDA graphs, which need a CUDA device; it runs on cpu." in err
+
+
+def test_generate_with_pan_and_scan_takes_a_wide_images_crops_on_gemma3_only(capsys, tmp_path):
+    image = tmp_path / "wide.png"
+    synthetic_image(400, 1000).save(image)  # Gemma 3's processor: its view and 3 crops of 334 x 400
+    argv = ["generate", "--model", "tiny-gemma3", "--prompt", "hi", "--image", str(image), "--max-new-tokens", "2"]
+    assert main([*argv, "--no-luvc"]) == 0
+    assert re.search(r"decoder layer 0\s*│\s*16\s*│\s*16", capsys.readouterr().out)  # one view of 16 tokens
+    assert main([*argv, "--no-luvc", "--pan-and-scan"]) == 0
+    assert re.search(r"decoder layer 0\s*│\s*64\s*│\s*64", capsys.readouterr().out)  # four views
+    assert main([*argv[:2], "tiny-llava", *argv[3:], "--pan-and-scan"]) == 2
+    err = capsys.readouterr().err
+    assert "--pan-and-scan: tiny-llava has no pan-and-scan crops (Gemma 3 has); drop the option." in err

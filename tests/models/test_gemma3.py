@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from luvc.compress.config import LUVCConfig
+from luvc.errors import LuvcError
+from luvc.export.exporter import export_model
 from luvc.images import synthetic_image
 from luvc.models import EXPORTED_TINY_MODELS, TINY_MODELS, load_model
 from luvc.models.generation import greedy_generate
@@ -153,18 +155,27 @@ def test_an_axis_merged_below_the_pooled_grid_hands_the_llm_fewer_tokens(gemma3)
         assert gemma3.model.model(**inputs).image_hidden_states.shape[0] == 32
 
 
-@torch.no_grad()
-def test_several_images_in_one_prompt_are_the_processors_and_each_is_a_span_of_its_own(gemma3, tmp_path):
+def upstream_processor(adapter, folder):
+    """Upstream's ``Gemma3Processor`` over ``adapter``'s image processor and its tokenizer with Gemma 3's named image
+    tokens (saved to ``folder`` and read back): what writes the reference prompts."""
     from transformers import AutoTokenizer, Gemma3Processor
 
-    # upstream's processor, given the tiny tokenizer with Gemma 3's named image tokens, writes the reference prompt
-    gemma3.tokenizer.save_pretrained(tmp_path)
+    adapter.tokenizer.save_pretrained(folder)
     named = dict(boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path, extra_special_tokens=named)
+    tokenizer = AutoTokenizer.from_pretrained(folder, extra_special_tokens=named)
+    tokens = adapter.model.config.mm_tokens_per_image
+    return Gemma3Processor(adapter.image_processor, tokenizer, image_seq_length=tokens)
+
+
+def chat(images: int) -> str:
+    """The tiny model's prompt around ``images`` image placeholders, as the processor takes it."""
+    return f"<start_of_turn>user\n{'<start_of_image>' * images}{PROMPT}<end_of_turn>\n<start_of_turn>model\n"
+
+
+@torch.no_grad()
+def test_several_images_in_one_prompt_are_the_processors_and_each_is_a_span_of_its_own(gemma3, tmp_path):
     tokens = gemma3.model.config.mm_tokens_per_image
-    processor = Gemma3Processor(gemma3.image_processor, tokenizer, image_seq_length=tokens)
-    text = f"<start_of_turn>user\n<start_of_image><start_of_image>{PROMPT}<end_of_turn>\n<start_of_turn>model\n"
-    theirs = processor(text=[text], images=[images()], return_tensors="pt")
+    theirs = upstream_processor(gemma3, tmp_path)(text=[chat(2)], images=[images()], return_tensors="pt")
     stock = copy.deepcopy(gemma3.model)
     gemma3.apply_luvc(LUVCConfig.off())
     ours = gemma3.prepare_inputs([tuple(images())], PROMPT)
@@ -179,10 +190,43 @@ def test_several_images_in_one_prompt_are_the_processors_and_each_is_a_span_of_i
     assert plan.tokens_per_image == (tokens, tokens)  # the pooling keeps an image's LLM tokens
     assert plan.vision.block_segments[1] == (128, 128)  # each image merged on its own in the encoder
     assert plan.budget_plan.tokens_per_image == (tokens, tokens)
+    assert plan.budget_plan.per_image == ((16, 16), (16, 16), (8, 8), (0, 0))  # the default budgets, per layer
+    kept = gemma3.model.model(**ours).kept_visual_indices  # the layers that cut: the visual tokens each keeps
+    assert sorted(kept) == [2, 3] and kept[3].numel() == 0
+    first, second = int((kept[2] < tokens).sum()), int((kept[2] >= tokens).sum())
+    assert (first, second) == (8, 8)  # half of each image's tokens, each image ranked on its own
+
+
+@torch.no_grad()
+def test_pan_and_scan_takes_each_images_crops_as_upstream_and_prunes_each_view_on_its_own(gemma3, tmp_path):
+    wide, square = synthetic_image(400, 1000, 1), synthetic_image(400, 400, 2)  # 3 crops of 334 x 400; none
+    theirs = upstream_processor(gemma3, tmp_path)(
+        text=[chat(2)], images=[[wide, square]], do_pan_and_scan=True, return_tensors="pt"
+    )
+    assert theirs["pixel_values"].shape[0] == 5  # the wide image's view and its 3 crops, the square one's view
+    stock = copy.deepcopy(gemma3.model)
+    gemma3.pan_and_scan = True
+    gemma3.apply_luvc(LUVCConfig.off())
+    ours = gemma3.prepare_inputs([(wide, square)], PROMPT)
+    assert "num_crops" not in ours  # planned with, not a model input
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])  # upstream's words around the crops included
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    assert torch.equal(gemma3.model(**ours).logits, stock(**theirs).logits)
+    # LUVC on: 5 views, each one SPU span of 16 tokens; the first cut keeps half of each view's
+    gemma3.apply_luvc(LUVCConfig())
+    pixels = gemma3.preprocess_images([wide, square])
+    assert pixels["num_crops"].tolist() == [3, 0]
+    plan = gemma3.plan(pixels)
+    assert plan.tokens_per_image == (64, 16) and plan.vision.spans_per_image == (4, 1)
+    assert plan.vision.span_tokens == (16,) * 5
+    ours = gemma3.prepare_inputs([(wide, square)], PROMPT)
+    assert int((ours["input_ids"] == gemma3.image_token_id).sum()) == 80
     kept = gemma3.model.model(**ours).kept_visual_indices
-    cuts = [index for index in kept if isinstance(index, torch.Tensor)]
-    assert [index.shape[1] for index in cuts] == [total for total in plan.budget_plan.total if total][: len(cuts)]
-    assert plan.budget_plan.total[-1] == 0
+    views = torch.bincount(kept[2][0] // 16, minlength=5)
+    assert views.tolist() == [8] * 5
+    with pytest.raises(LuvcError, match="pan-and-scan crops do not export yet"):
+        export_model(gemma3, tmp_path / "export")
+    assert not (tmp_path / "export").exists()  # refused before any work
 
 
 def test_gemma3_is_built_in_and_exports():
