@@ -15,7 +15,6 @@ from luvc.cli.args.request import RequestArgs
 from luvc.compress.config import LUVCConfig
 from luvc.compress.methods import method_of
 from luvc.cuda_graphs import CUDA_GRAPH_CHOICES, DEFAULT_CUDA_GRAPHS
-from luvc.errors import critical
 
 if TYPE_CHECKING:
     from luvc.compress.cost import CostReport
@@ -54,10 +53,7 @@ class Generate:
         console = Console()
         with console.status(f"Loading {args.model}"):
             adapter = groups[ModelArgs].load()
-        if args.pan_and_scan:
-            if not adapter.takes_pan_and_scan:
-                critical(f"--pan-and-scan: {adapter.name} has no pan-and-scan crops (Gemma 3 has); drop the option.")
-            adapter.pan_and_scan = True
+        adapter.pan_and_scan = args.pan_and_scan
         adapter.apply_luvc(groups[LuvcArgs].config)
         if compiles(args.cuda_graphs, next(adapter.model.parameters()).device, many_requests=False):
             adapter.compile_llm(cuda_graphs=True)

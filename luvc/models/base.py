@@ -98,7 +98,7 @@ class VLMAdapter:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.name = name or type(model).__name__
-        self.pan_and_scan = False  # where ``takes_pan_and_scan``: each image's crops too (PyTorch only)
+        self._pan_and_scan = False
         self.luvc_config = LUVCConfig.off().resolve(self.vision_depth, self.num_layers)
         self._template: PromptTemplate | None = None
         self._plans: PlanCache[RequestPlan] = PlanCache()
@@ -227,6 +227,18 @@ class VLMAdapter:
 
     def _resolved(self, config: LUVCConfig | None) -> ResolvedLUVCConfig:
         return self.luvc_config if config is None else config.resolve(self.vision_depth, self.num_layers)
+
+    @property
+    def pan_and_scan(self) -> bool:
+        """Whether a wide or tall image also brings its crops, a view each (PyTorch only; families that
+        ``takes_pan_and_scan``: Gemma 3). Off by default, as upstream's processors have it."""
+        return self._pan_and_scan
+
+    @pan_and_scan.setter
+    def pan_and_scan(self, on: bool) -> None:
+        if on and not self.takes_pan_and_scan:
+            critical(f"{self.name} has no pan-and-scan crops (Gemma 3 has); leave pan-and-scan off for it.")
+        self._pan_and_scan = bool(on)
 
     def why_not_exportable(self) -> str | None:
         """Why this adapter, as set up, does not export (``None``: it does): its family's ``export_refusal``, or a

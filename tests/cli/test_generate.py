@@ -130,4 +130,4 @@ def test_generate_with_pan_and_scan_takes_a_wide_images_crops_on_gemma3_only(cap
     assert re.search(r"decoder layer 0\s*│\s*64\s*│\s*64", capsys.readouterr().out)  # four views
     assert main([*argv[:2], "tiny-llava", *argv[3:], "--pan-and-scan"]) == 2
     err = capsys.readouterr().err
-    assert "--pan-and-scan: tiny-llava has no pan-and-scan crops (Gemma 3 has); drop the option." in err
+    assert "tiny-llava has no pan-and-scan crops (Gemma 3 has); leave pan-and-scan off for it." in err
