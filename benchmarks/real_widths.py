@@ -13,8 +13,8 @@ step is the CLI in a child process, whose wall time and peak RSS (``wait4``) are
 
 ``--steps`` picks some (``fp16`` the first three, ``int8`` the last three); ``--workdir`` keeps each family's
 checkpoint, exports and step logs (default: a temporary folder, removed). The table goes to stdout and, with
-``--write``, to the end of ``docs/real-widths.md`` as a section of its own (when, the CPU, the command). Slow (20-40
-minutes a family on 2 cores, about 3 hours for all seven); not run by CI. Usage:
+``--write``, to the end of ``docs/real-widths.md`` as a section of its own (when, the CPU, the command). Slow (10-30
+minutes a family on 2 cores, 2.5 hours for all seven); not run by CI. Usage:
     python benchmarks/real_widths.py [--families qwen2-vl internvl3 ...] [--steps fp16 int8] [--write]
 """
 
