@@ -13,6 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+# the request cpu_decode.py and cpu_backends.py time (cpu_backends' measuring processes import no torch before their
+# graphs begin opening, as `run` does: the prompt is here, not in cpu_decode, which imports torch)
+PROMPT = "Describe the image in detail please."
+
 
 def arguments(doc: str | None, **defaults: int) -> argparse.ArgumentParser:
     """The benchmark's parser: ``doc`` as its description and an integer ``--name`` per default (``vision_blocks``

@@ -39,22 +39,25 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import arguments, cpu_description
-from cpu_decode import PROMPT, make_exports
+from common import PROMPT, arguments, cpu_description
 
 BACKENDS = ("ort", "openvino")
 CACHE_GIB = 1000  # LUVC_CACHE_MAX_GB for the measuring processes
 
 
 def start(folder: str, backend: str, side: int):
-    """In this process, as ``run`` does: the pipeline of ``folder`` on ``backend`` with its sessions loaded, one image
-    and prompt prepared beside them, and the seconds since the process started."""
+    """In this process, as ``run`` does: the pipeline of ``folder`` on ``backend`` with its sessions loaded (their
+    graphs begun before the runtime and torch are imported: ``GraphOpener.for_cpu_start``), one image and prompt
+    prepared beside them, and the seconds since the process started."""
+    from luvc.runtime.opening import GraphOpener, request_graphs
+
+    opener = GraphOpener.for_cpu_start(folder, backend)
+    opener.begin(request_graphs(opener.manifest, backend, next(iter(opener.manifest.buckets.values()))))
     from luvc.images import synthetic_image
     from luvc.runtime.pipeline import Pipeline
     from luvc.startup import seconds_since_start
 
-    pipeline = Pipeline(folder, backend=backend)
-    pipeline.begin_loading(pipeline.request_graphs(next(iter(pipeline.manifest.buckets.values()))))
+    pipeline = Pipeline(folder, backend=backend, opener=opener)
     prepared = pipeline.prepare([synthetic_image(side, side, 0)], [PROMPT])
     pipeline.load(prepared.bucket)
     return pipeline, prepared, seconds_since_start()
@@ -124,6 +127,8 @@ def report(args, scratch: str) -> None:
 
     workdir = Path(args.workdir or scratch)
     workdir.mkdir(parents=True, exist_ok=True)
+    from cpu_decode import make_exports
+
     folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
     folders["int8"] = make_int8_export(workdir, folders["fp32"])
     cache = str(Path(scratch) / "cache")

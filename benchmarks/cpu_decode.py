@@ -44,12 +44,11 @@ from pathlib import Path
 
 import onnx
 import torch
-from common import arguments
+from common import PROMPT, arguments
 
 GiB = 1 << 30
 PRECISIONS = ("fp32", "fp16", "int8w", "int4")  # fp32 first: the speedups' baseline
 BATCHES = (1, 4)
-PROMPT = "Describe the image in detail please."
 PRODUCTS = {"MatMul", "MatMulNBits", "Gemm", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul"}
 KV_UPDATES = {"TensorScatter", "ScatterND", "ScatterElements"}
 ATTENTION_OPS = {"Softmax", "GroupQueryAttention", "MultiHeadAttention", "Attention"}

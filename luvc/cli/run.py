@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ FINISH_REASONS = {
 }
 
 if TYPE_CHECKING:
+    from luvc.export.manifest import ExportManifest
     from luvc.runtime.pipeline import Pipeline, Prepared
     from luvc.runtime.request import Request
 
@@ -52,28 +54,21 @@ class Run:
         group.add_argument("--stream", action="store_true", help="print tokens as they are generated")
 
     def run(self, args: argparse.Namespace, groups: dict) -> int:
-        from luvc.prompt import Conversation, Turn
-        from luvc.runtime.pipeline import EVERY_REQUEST_GRAPHS
-        from luvc.runtime.user_text import UserTextGuard
-
         runtime, request = groups[RuntimeArgs], groups[RequestArgs]
         if args.text_only and (request.image or request.video):
             critical("--text-only sends no image or video; drop --image/--video, or drop --text-only.")
+        # the sessions open beside the runtime's import and the tokenizer's loading
+        pipeline = runtime.opening_pipeline(functools.partial(first_graphs, text_only=args.text_only))
+        from luvc.prompt import Conversation, Turn
+        from luvc.runtime.user_text import UserTextGuard
+
         console = Console()
-        pipeline = runtime.pipeline()
-        options = runtime.generation_options()
-        pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
-        visuals = None
-        buckets = list(pipeline.manifest.buckets.values())
-        if not args.text_only:  # default: a synthetic image of a bucket's size
-            visuals = [request.load(buckets[0].size)]
-        # the sessions open while the tokenizer loads (where the backend opens them in the background): the
-        # request's own graphs where they are known before its visual is fitted, else those every request runs
-        if args.text_only or len(buckets) == 1:
-            pipeline.begin_loading(pipeline.request_graphs(buckets[0] if visuals else None, text_only=args.text_only))
-        else:
-            pipeline.begin_loading(EVERY_REQUEST_GRAPHS)
         try:
+            options = runtime.generation_options()
+            pipeline.manifest.profile.check_max_new_tokens(options.max_new_tokens)
+            visuals = None
+            if not args.text_only:  # default: a synthetic image of a bucket's size
+                visuals = [request.load(next(iter(pipeline.manifest.buckets.values())).size)]
             prompt = args.prompt
             with console.status("Loading the tokenizer"):  # what serve checks in a client's text
                 guard = UserTextGuard.for_pipeline(pipeline, "in --image")
@@ -116,6 +111,19 @@ class Run:
         sys.stdout.write(fit_line(pipeline.fit_policy, prepared) + "\n")  # unwrapped: it names sizes
         sys.stdout.write(cuda_graphs_line(pipeline) + "\n")
         return 0
+
+
+def first_graphs(manifest: ExportManifest, backend: str, text_only: bool) -> list[str]:
+    """The graphs ``run`` opens before its visual is fitted: the request's own where they are known already (one
+    bucket, or no visual), else those every request runs (``luvc.runtime.opening.request_graphs``)."""
+    from luvc.runtime.opening import EVERY_REQUEST_GRAPHS, request_graphs
+
+    buckets = list(manifest.buckets.values())
+    if text_only:
+        return request_graphs(manifest, backend, text_only=True)
+    if len(buckets) == 1:
+        return request_graphs(manifest, backend, buckets[0])
+    return list(EVERY_REQUEST_GRAPHS)
 
 
 def _resident() -> str:

@@ -114,19 +114,23 @@ class Serve:
         )
         listener = _listen(args.host, args.port)
 
-        import uvicorn
+        from luvc.runtime.opening import request_graphs
 
-        from luvc.serve.access_log import server_log
-        from luvc.serve.app import create_app
-        from luvc.serve.server import DrainingServer
-        from luvc.serve.service import GenerationService
+        # every request's sessions open beside the imports (on the CPU begun before the runtime's, torch) and checks
+        pipeline = options.opening_pipeline(request_graphs)
+        with pipeline.sessions.opener.cancelled_on_error():
+            import uvicorn
 
-        pipeline = options.pipeline()
-        max_batch = pipeline.manifest.profile.max_batch
-        if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
-            critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
-        defaults = options.generation_options()
-        pipeline.manifest.profile.check_max_new_tokens(defaults.max_new_tokens)
+            from luvc.serve.access_log import server_log
+            from luvc.serve.app import create_app
+            from luvc.serve.server import DrainingServer
+            from luvc.serve.service import GenerationService
+
+            max_batch = pipeline.manifest.profile.max_batch
+            if args.max_batch is not None and not 1 <= args.max_batch <= max_batch:
+                critical(f"--max-batch {args.max_batch} must be between 1 and the export profile's {max_batch}.")
+            defaults = options.generation_options()
+            pipeline.manifest.profile.check_max_new_tokens(defaults.max_new_tokens)
         service = GenerationService(
             pipeline, defaults, args.max_queue, args.max_batch, image_folder, queue_timeout_s=args.queue_timeout
         )

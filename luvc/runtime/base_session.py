@@ -59,6 +59,8 @@ class SessionSetup:
     # buffers the cache owns: ``luvc.runtime.replay.Replayer``'s ``bound``)
     replay_bound: frozenset[str] = frozenset()
     graph_kind: str = ""  # the manifest's kind of the session's graph (``decode``...; empty: not from a manifest)
+    # the graph as it opened in the background (``luvc.runtime.opening.OpenedGraph``); None: the session opens it
+    opened: Any = None
 
 
 @dataclasses.dataclass

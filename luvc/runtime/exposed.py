@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from luvc.runtime.ort_session import DISABLED_OPTIMIZERS
+from luvc.runtime.ort_opening import DISABLED_OPTIMIZERS
 from luvc.runtime.weights import MappedWeights
 
 

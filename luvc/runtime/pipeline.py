@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from luvc.cuda_graphs import DEFAULT_CAPTURE_MIB
-from luvc.engines.static_shapes import ladder
 from luvc.errors import critical
 from luvc.export.manifest import ExportManifest
 from luvc.export.manifest_entries import BucketEntry
@@ -27,13 +26,12 @@ from luvc.runtime.backend_choice import AUTO, BackendChoice, choose_backend
 from luvc.runtime.capture_at_load import CaptureReport, MiB, capture_planned
 from luvc.runtime.feeds import GraphFeeds
 from luvc.runtime.fit import DEFAULT_FIT, check_policy
+from luvc.runtime.opening import GraphOpener, request_graphs
 from luvc.runtime.options import GenerationOptions, Step
 from luvc.runtime.prepare import Prepared, Preparer
 from luvc.runtime.replay import resolve_cuda_graphs
 from luvc.runtime.request import Generation, Request, Timings
 from luvc.runtime.sessions import RuntimeChoices, Sessions, host_arrays, resolve_device
-
-EVERY_REQUEST_GRAPHS = ("embed", "decode")  # the graphs every request runs, whatever its visual
 
 __all__ = ["Generation", "GenerationOptions", "Pipeline", "Prepared", "Request", "Step", "Timings", "host_arrays"]
 
@@ -51,7 +49,8 @@ class Pipeline:
     ``luvc.cuda_graphs.RUNTIME_REPLAY_BY_DEFAULT``) captures each graph's shapes as CUDA graphs once and replays them
     (``luvc.runtime.replay``); ``preprocessing`` is where an image's pixel arithmetic runs (``device``: on the
     pipeline's device from 8-bit pixels, ``luvc.runtime.pixels``; ``processor``: the ``transformers`` image processor
-    on the host, parity's reference)."""
+    on the host, parity's reference); ``opener`` is the export's ``GraphOpener`` made before the runtime was imported
+    (``GraphOpener.for_cpu_start``: ``run`` opens its graphs while torch imports), with its manifest."""
 
     def __init__(
         self,
@@ -68,11 +67,14 @@ class Pipeline:
         cuda_graphs: str | None = None,
         openvino_precision: str = "auto",
         preprocessing: str = DEVICE_PREPROCESSING,
+        opener: GraphOpener | None = None,
     ) -> None:
         self.fit_policy = check_policy(fit or DEFAULT_FIT)
         if backend not in (*BACKENDS, AUTO):
             critical(f"Backend {backend!r} is not one of {[*BACKENDS, AUTO]}.")
         self.folder = Path(export_dir)
+        if opener is not None:
+            manifest = opener.manifest
         self.manifest = manifest or ExportManifest.load(self.folder, verify=verify)
         self.backend_choice: BackendChoice | None = None  # what --backend auto chose, and why
         if backend == AUTO:
@@ -102,7 +104,7 @@ class Pipeline:
             resolve_cuda_graphs(cuda_graphs, self.device),
             openvino_precision,
         )
-        self.sessions = Sessions(self.folder, self.manifest, choices)
+        self.sessions = Sessions(self.folder, self.manifest, choices, opener)
         self.feeds = GraphFeeds(self.folder, self.manifest, self.sessions)
         self.preparer = Preparer(self.folder, self.manifest, self.fit_policy, preprocessing)
         self.capture_report: CaptureReport | None = None  # what ``load`` captured as CUDA graphs, where it did
@@ -125,31 +127,9 @@ class Pipeline:
         return self.preparer(visuals, prompts)
 
     def request_graphs(self, bucket: BucketEntry | None = None, *, text_only: bool = False) -> list[str]:
-        """The graphs requests run: those in ``bucket`` (its vision graphs, a mixed bucket's parts' too, and its
-        prefill), those without a visual (``text_only``: the text prefill), or with neither given, any request (every
-        bucket's graphs and the text prefill); each with the embedding and decode graphs, and a hybrid model's
-        prefills with every rung of their ladders (on OpenVINO the shortest rung alone)."""
-        graphs = list(EVERY_REQUEST_GRAPHS)
-        # OpenVINO holds its own copy of the LLM's weights per compiled graph (1.2 GB at Qwen2-VL-2B widths with 8
-        # layers): for any request, the text prefill is compiled when a request without a visual first needs it, and
-        # of a hybrid model's prefill ladder the shortest rung (what most prompts run), a longer one when a prompt
-        # first needs it
-        own_weights = self.backend == "openvino"
-        if text_only:
-            graphs.append(self.manifest.text_prefill)
-        elif bucket is None and not own_weights:
-            graphs.append(self.manifest.text_prefill)
-        if not text_only:
-            buckets = [bucket] if bucket is not None else list(self.manifest.buckets.values())
-            for entry in list(buckets):  # a mixed bucket runs its parts' vision graphs
-                buckets += [self.manifest.buckets[part] for part in entry.parts]
-            graphs += [graph for entry in buckets for graph in (entry.vision, entry.prefill)]
-        rungs = {graph: [name for _, name in ladder(self.manifest, graph)] for graph in graphs}
-        if own_weights:
-            graphs = [rungs[graph][0] if rungs[graph] else graph for graph in graphs]
-        else:
-            graphs += [name for graph in list(graphs) for name in rungs[graph]]
-        return [name for name in dict.fromkeys(graphs) if name]
+        """The graphs requests in ``bucket`` run on this pipeline's backend, or those without a visual (``text_only``),
+        or with neither given, any request's (``luvc.runtime.opening.request_graphs``)."""
+        return request_graphs(self.manifest, self.backend, bucket, text_only=text_only)
 
     def begin_loading(self, graphs: Iterable[str]) -> None:
         """Start opening the sessions of ``graphs`` (e.g. ``request_graphs``) in the background where the backend

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +24,11 @@ from luvc.errors import critical
 from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import GraphEntry
 from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, TransferStats
-from luvc.runtime.float32_graph import AS_EXPORTED, FLOAT16_ROUNDED, IN_FLOAT32
 from luvc.runtime.kv_cache import KVCache, KVLayout, StepLayout
-from luvc.runtime.ort_session import OrtSession, ort_providers
-from luvc.runtime.weights import MappedWeights
+from luvc.runtime.opening import GraphOpener, OpenedGraph, openvino_runtime, shared_weights
+from luvc.runtime.openvino_runtime import OpenVinoRuntime
+from luvc.runtime.ort_opening import OrtOpening, ort_providers
+from luvc.runtime.ort_session import OrtSession
 
 if TYPE_CHECKING:
     from luvc.engines.trt_module import TensorRT
@@ -82,9 +81,13 @@ class RuntimeChoices:
 class Sessions:
     """The sessions of export ``folder`` run as ``choices`` say. On the CPU an fp16 export computes in float32 (ONNX
     Runtime's CPU kernels would convert anyway); ``choices.float16_compute`` rounds each value it computed in float16
-    to float16 (``luvc.runtime.float32_graph.float32_compute``)."""
+    to float16 (``luvc.runtime.float32_graph.float32_compute``). ``opener`` is one made for this export before the
+    runtime was imported (``GraphOpener.for_cpu_start``), whose graphs may be opening already; by default one of its
+    own."""
 
-    def __init__(self, folder: Path, manifest: ExportManifest, choices: RuntimeChoices) -> None:
+    def __init__(
+        self, folder: Path, manifest: ExportManifest, choices: RuntimeChoices, opener: GraphOpener | None = None
+    ) -> None:
         device, backend = choices.device, choices.backend
         self.folder, self.manifest, self.backend, self.device = folder, manifest, backend, device
         self.cuda_graphs = choices.cuda_graphs and device.type == "cuda"
@@ -99,37 +102,42 @@ class Sessions:
         self.stats = TransferStats()  # the pipeline's own host <-> device copies (sessions count theirs)
         self._tensorrt: TensorRT | None = None  # the module the engines were built with, once checked
         self._engines = self._checked_engines() if backend == "trt" else {}
-        # one copy of the weights for all sessions and engines (an fp16 export computes in float32 on the CPU, its
-        # float16 arithmetic rounded in float32 with float16_compute)
-        float32 = device.type == "cpu" and manifest.float_precision == "fp16"
-        compute = (FLOAT16_ROUNDED if choices.float16_compute else IN_FLOAT32) if float32 else AS_EXPORTED
-        self.weights = MappedWeights(folder, compute, device=device, digests=manifest.files)
+        if opener is None:
+            opener = self._own_opener(choices)
+        elif opener.backend != backend or device.type != "cpu" or choices.float16_compute:
+            raise ValueError(f"an opener for {opener.backend} on the CPU cannot open {backend} graphs on {device}")
+        self.opener = opener
+        # one copy of the weights for all sessions and engines
+        self.weights = opener.weights
+        self.openvino = opener.runtime if isinstance(opener.runtime, OpenVinoRuntime) else None
         self.activations = None
-        self.openvino = None
-        if backend == "openvino":
-            from luvc import cache
-            from luvc.runtime.openvino_session import OpenVinoRuntime
-
-            weights = sum(path.stat().st_size for path in folder.glob("*.data"))
-            self.openvino = OpenVinoRuntime.create(choices.openvino_precision, cache.openvino_folder(weights))
         if backend == "trt" and on_gpu:
             from luvc.runtime.activations import SharedActivations
 
             self.activations = SharedActivations(device, self._tensorrt)
         self._open: dict[str, BaseSession] = {}
-        self._opening: dict[str, Future[BaseSession]] = {}  # sessions opening on ``_openers``' threads
-        self._openers: list[ThreadPoolExecutor] = []  # each shut down when given its graphs: threads end with them
-        self._opening_times: list[tuple[float, float]] = []  # when each session began and ended opening
+        self._opening_times: list[tuple[float, float]] = []  # when each session opened on first use began and ended
         self._caches: dict[int, KVCache] = {}
         # TensorRT's KV-cache update layer (tensor-scatter) writes in place; its ScatterElements output may not share
         # memory with the input, so that form alternates between two sets of buffers on TensorRT
-        self.kv_aliased = backend != "trt" or manifest.kv_cache.update == "tensor-scatter"
+        self.kv_aliased = backend != "trt" or self.manifest.kv_cache.update == "tensor-scatter"
         # the GPU check's: every replayed call also runs plainly, and outputs further apart than this are recorded
         # (``replay_divergences``); set before the sessions open
         self.verify_replay_tolerance: float | None = None
 
-    def setup(self, graph: GraphEntry) -> SessionSetup:
-        """What the session of ``graph`` shares with the others, and its kind (which decides whether it replays)."""
+    def _own_opener(self, choices: RuntimeChoices) -> GraphOpener:
+        """The opener of these sessions where none was given: in the background on the CPU (``GraphOpener``)."""
+        weights = shared_weights(self.folder, self.manifest, self.device, choices.float16_compute)
+        runtime: OrtOpening | OpenVinoRuntime | None = None  # TensorRT's engines open on first use
+        if self.backend == "openvino":
+            runtime = openvino_runtime(self.folder, choices.openvino_precision)
+        elif self.backend == "ort":
+            runtime = OrtOpening(self.providers, weights, self.manifest.precision == "fp8")
+        return GraphOpener(self.manifest, weights, runtime, in_background=self.device.type == "cpu")
+
+    def setup(self, graph: GraphEntry, opened: OpenedGraph | None = None) -> SessionSetup:
+        """What the session of ``graph`` shares with the others, its kind (which decides whether it replays), and the
+        graph as it ``opened`` in the background."""
         return SessionSetup(
             device=self.device,
             weights=self.weights,
@@ -142,79 +150,48 @@ class Sessions:
             openvino=self.openvino,
             replay_bound=replay_bound(self.manifest, graph.kind),
             graph_kind=graph.kind,
+            opened=opened,
         )
 
-    @property
-    def opening_threads(self) -> int:
-        """How many threads open sessions in the background (``begin_opening``; 0: each opens on first use).
-        ONNX Runtime's on the CPU: one per core, as its session creation runs without the GIL (packing a quantized
-        graph's weights: 1.3 s per graph of Qwen2-VL-2B widths with 8 layers, on one core). OpenVINO's: one, since its
-        compiles run one at a time (``OpenVinoRuntime.compile``: each seals the cache's blobs) but without the GIL,
-        beside the caller's imports. TensorRT's engines and CUDA sessions share a device: on first use."""
-        if self.device.type != "cpu":
-            return 0
-        return {"ort": os.cpu_count() or 1, "openvino": 1}.get(self.backend, 0)
-
     def begin_opening(self, names: Iterable[str]) -> None:
-        """Start opening the sessions of graphs ``names`` on background threads (``opening_threads``), so that the
+        """Start opening the sessions of graphs ``names`` on background threads (``GraphOpener.begin``), so that the
         caller's own work (loading the tokenizer) overlaps them; a use of one waits for it, and a failure to open is
         raised there. Where the backend opens none in the background, nothing: each opens on first use."""
-        threads = self.opening_threads
-        todo = [name for name in dict.fromkeys(names) if name not in self._open and name not in self._opening]
-        if not threads or not todo:
-            return
-        opener = ThreadPoolExecutor(min(len(todo), threads), thread_name_prefix="luvc-open")
-        for name in todo:
-            self._opening[name] = opener.submit(self._new_session, name)
-        opener.shutdown(wait=False)  # no idle threads stay behind (a process with threads must not fork)
-        self._openers.append(opener)
-
-    def _join_openers(self) -> None:
-        """Once nothing is opening, wait for the opening threads to end (they end once their graphs have opened)."""
-        if not self._opening:
-            for opener in self._openers:
-                opener.shutdown(wait=True)
-            self._openers.clear()
+        self.opener.begin(name for name in names if name not in self._open)
 
     def cancel_opening(self) -> None:
-        """Cancel the background openings not yet begun, so that an error ends the process sooner; those already
-        opening finish, and a cancelled graph opens on its first use as any other."""
-        for name, opening in list(self._opening.items()):
-            if opening.cancel():
-                del self._opening[name]
-        self._join_openers()
+        """Cancel the background openings not yet begun (``GraphOpener.cancel``); a cancelled graph opens on its first
+        use as any other."""
+        self.opener.cancel()
 
     def __getitem__(self, name: str) -> BaseSession:
         """The session of graph ``name`` (created and activated on first use, or waited for if it is opening)."""
         if name not in self._open:
-            opening = self._opening.pop(name, None)
-            try:
-                session = opening.result() if opening is not None else self._new_session(name)
-            finally:
-                self._join_openers()
+            session = self._new_session(name, self.opener.take(name))
             self._open[name] = session
             if session.replayer is not None:
                 session.replayer.verify_tolerance = self.verify_replay_tolerance
         return self._open[name]
 
-    def _new_session(self, name: str) -> BaseSession:
-        """A session of graph ``name``, activated (on any thread: it touches no state of this object's but the
-        weights, which serialise their own)."""
+    def _new_session(self, name: str, opened: OpenedGraph | None = None) -> BaseSession:
+        """A session of graph ``name``, activated: over ``opened`` where it opened in the background, else opened
+        now (and timed)."""
         began = time.perf_counter()
         graph = self.manifest.graphs[name]
         session: BaseSession
         if self.backend == "ort":
             path = checked_graph_path(self.folder, name, self.manifest)
-            session = OrtSession(path, graph.inputs, graph.outputs, self.setup(graph))
+            session = OrtSession(path, graph.inputs, graph.outputs, self.setup(graph, opened))
         elif self.backend == "openvino":
             from luvc.runtime.openvino_session import OpenVinoSession
 
             path = checked_graph_path(self.folder, name, self.manifest)
-            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph))
+            session = OpenVinoSession(path, graph.inputs, graph.outputs, self.setup(graph, opened))
         else:
             session = self._trt_session(name, graph)
         session.activate()
-        self._opening_times.append((began, time.perf_counter()))
+        if opened is None:
+            self._opening_times.append((began, time.perf_counter()))
         return session
 
     def open(self, names: Iterable[str]) -> None:
@@ -227,10 +204,11 @@ class Sessions:
 
     def opening_seconds(self) -> float:
         """Wall-clock seconds from the first session's opening to the last one's end, so far (sessions that opened
-        side by side, or beside other work, count once)."""
-        if not self._opening_times:
+        side by side, or beside other work, count once; those opened in the background with the opener's times)."""
+        times = self._opening_times + self.opener.times
+        if not times:
             return 0.0
-        return max(end for _, end in self._opening_times) - min(begin for begin, _ in self._opening_times)
+        return max(end for _, end in times) - min(begin for begin, _ in times)
 
     def close(self, name: str) -> None:
         """Close the session of graph ``name`` if it is open (a later use opens it again)."""
@@ -415,12 +393,7 @@ class Sessions:
     def release(self) -> None:
         """Close every session and free the KV caches (a later request opens what it needs again); of those opening in
         the background, the ones not begun never open."""
-        self.cancel_opening()
-        for name, opening in list(self._opening.items()):  # those still opening: closed with the rest
-            del self._opening[name]
-            if opening.exception() is None:  # one that failed was never used: nothing to close, nothing to say
-                self._open[name] = opening.result()
-        self._join_openers()
+        self.opener.release()  # those still opening are let go with the rest
         for session in self._open.values():
             session.deactivate()
         self._open.clear()

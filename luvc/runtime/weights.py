@@ -37,10 +37,10 @@ import mmap
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
 
 from luvc import cache
@@ -52,11 +52,25 @@ from luvc.runtime.float32_graph import AS_EXPORTED, COMPUTE_MODES, FLOAT16_ROUND
 from luvc.runtime.matmul_nbits import NBitsProduct, blocked_scales, blocked_weight, weight_only_products
 from luvc.runtime.qdq_cpu import encode_for_cpu, shift_to_uint8
 
+if TYPE_CHECKING:  # torch is imported where a GPU's tensors are made: the CPU's sessions open without it
+    import torch
+
 FLOAT16, FLOAT = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
 INT8, UINT8 = onnx.TensorProto.INT8, onnx.TensorProto.UINT8
+
+
+def widened_to_float32(values: np.ndarray) -> np.ndarray:
+    """float16 ``values`` as float32 (``float32_compute``'s weights), by torch: 1.4x NumPy's ``astype`` (2026-11-29,
+    a 4096 x 8960 weight). Only a start that finds no conversion in the cache makes them; a session opening beside the
+    runtime's import of torch (``luvc.runtime.opening``) waits for that import here."""
+    import torch
+
+    return torch.from_numpy(values).float().numpy()
+
+
 # (stored type, type a graph reads) -> how the stored values are converted; the same type is a view of the file
 CONVERSIONS: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {
-    (FLOAT16, FLOAT): lambda values: torch.from_numpy(values).float().numpy(),  # float32_compute (2x NumPy's astype)
+    (FLOAT16, FLOAT): widened_to_float32,
     (INT8, UINT8): shift_to_uint8,  # luvc.runtime.qdq_cpu.unsigned_weights: zero point + 128
 }
 NBITS_CACHE = "matmul_nbits"  # the start-up cache's kind of conversion for MatMulNBits weights (luvc.cache)
@@ -102,7 +116,8 @@ class MappedWeights:
         self._digests_checked: dict[str, str | None] = {}
         self._from_cache: set[tuple[ExternalTensor, int]] = set()  # conversions an earlier start made
         self.int8_encoding = int8_encoding
-        self.device = torch.device(device or "cpu")
+        self.device = device  # None: the CPU
+        self.on_gpu = device is not None and device.type != "cpu"
         self._files: dict[str, np.ndarray] = {}  # location -> its bytes, a view of ``_mappings``' map
         self._mappings: dict[str, mmap.mmap] = {}
         # by file, offset, length, stored type and shape, and the type handed out
@@ -127,7 +142,7 @@ class MappedWeights:
             return self._session_model(model, options)
 
     def _session_model(self, model: onnx.ModelProto, options) -> tuple[bytes, list]:
-        on_gpu = self.device.type != "cpu"
+        on_gpu = self.on_gpu
         # on a GPU only the weights its kernels read stay shared (a small constant may be needed on the host)
         tensors = shareable_weights(model) if on_gpu else external_tensors(model)
         quantized = is_quantized(model)
@@ -245,7 +260,7 @@ class MappedWeights:
 
         key = (_key(tensor), self._type_given(tensor, as_type))
         if key not in self._values:
-            if self.device.type == "cpu":
+            if not self.on_gpu:
                 array = self.array(tensor, as_type)
                 if key[1] in BIT_VIEWED:  # FP8 weights: ONNX Runtime takes their bits with the type named
                     self._values[key] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(_bits(array), key[1])
@@ -302,6 +317,8 @@ class MappedWeights:
 
     def device_tensor(self, tensor: ExternalTensor) -> torch.Tensor:
         """``tensor`` as one torch tensor on the device, for every TensorRT engine that takes it as an input."""
+        import torch
+
         key = _key(tensor)
         if key not in self._device_tensors:
             array = self.array(tensor)

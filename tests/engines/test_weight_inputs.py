@@ -112,7 +112,7 @@ def test_requests_on_other_buckets_reuse_the_weights_and_the_cache(built):
     assert all(weights._arrays[key] is array for key, array in arrays.items())
     assert [tensor.data_ptr() for pair in pipeline.sessions.kv_cache(1).buffers for tensor in pair] == pointers
     prefills = [s for n, s in pipeline.sessions.opened().items() if n.startswith("prefill")]
-    common = set.intersection(*({v.data_ptr() for v in s._shared_values} for s in prefills))
+    common = set.intersection(*({v.data_ptr() for v in s.opened.shared_values} for s in prefills))
     largest = max(weights._values, key=lambda key: key[0].length)  # the tied embedding / LM head, 64 MiB
     assert largest[0].length == WIDTHS["vocab_size"] * WIDTHS["hidden_size"] * 2
     assert weights._values[largest].data_ptr() in common  # one value in every prefill session
@@ -188,7 +188,7 @@ def test_onnx_runtime_cuda_holds_each_weight_once(request):
     pipeline = Pipeline(export, device="cuda:0")
     np.testing.assert_array_equal(pipeline.generate(image, "Describe.", GenerationOptions(4)).tokens, expected)
     prefill, decode = pipeline.sessions.opened()["prefill_224x224"], pipeline.sessions.opened()["decode"]
-    common = {v.data_ptr() for v in prefill._shared_values} & {v.data_ptr() for v in decode._shared_values}
+    common = {v.data_ptr() for v in prefill.opened.shared_values} & {v.data_ptr() for v in decode.opened.shared_values}
     assert len(common) >= 4 * 7 + 1  # every projection of the four layers and the LM head, on the GPU once
     assert pipeline.sessions.weights.device_bytes < 1.05 * _llm_bytes(checkpoint) + (1 << 20) * 8
 

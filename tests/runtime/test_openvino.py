@@ -230,7 +230,7 @@ def test_weight_only_products_quantize_their_activations_in_groups_of_256(tmp_pa
     """OpenVINO's CPU plugin runs a weight-only product on integer kernels with its activations quantized on the fly
     per group of input channels; the runtime compiles every graph with groups of 256 (its default, 32, decoded
     Qwen2-VL-2B's int8w widths a fifth slower), and the product still computes what its weights mean."""
-    from luvc.runtime.openvino_session import DYNAMIC_QUANTIZATION_GROUP, OpenVinoRuntime
+    from luvc.runtime.openvino_runtime import DYNAMIC_QUANTIZATION_GROUP, OpenVinoRuntime
 
     rng = np.random.default_rng(0)
     inputs, outputs = 512, 64
@@ -275,7 +275,7 @@ def test_in_f32_a_graph_is_compiled_from_its_path_and_a_cached_one_is_imported_u
     """Given the path, OpenVINO's cache keys the graph by path, size and time, and imports a cached compile without
     reading the graph or hashing its weights (given a read model, it hashes every weight at every start)."""
     from luvc import cache
-    from luvc.runtime.openvino_session import OpenVinoRuntime
+    from luvc.runtime.openvino_runtime import OpenVinoRuntime
 
     path = exports("tiny-qwen2-vl", "fp32") / "decode.onnx"
     folder = tmp_path / "compiled"
@@ -296,7 +296,7 @@ def test_openvino_sessions_open_on_one_background_thread_one_compile_at_a_time(e
     import threading
 
     pipeline = Pipeline(exports("tiny-llava", "fp32"), backend="openvino")
-    assert pipeline.sessions.opening_threads == 1  # compiles seal the cache's blobs as they end: one at a time
+    assert pipeline.sessions.opener.threads == 1  # compiles seal the cache's blobs as they end: one at a time
     graphs = pipeline.request_graphs(next(iter(pipeline.manifest.buckets.values())))
     pipeline.begin_loading(graphs)
     opening = [thread for thread in threading.enumerate() if thread.name.startswith("luvc-open")]

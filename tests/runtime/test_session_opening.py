@@ -9,7 +9,8 @@ import pytest
 
 from luvc.errors import LuvcError
 from luvc.images import synthetic_image
-from luvc.runtime.pipeline import EVERY_REQUEST_GRAPHS, GenerationOptions, Pipeline
+from luvc.runtime.opening import EVERY_REQUEST_GRAPHS
+from luvc.runtime.pipeline import GenerationOptions, Pipeline
 
 PROMPT = "What is in this picture?"
 
@@ -100,3 +101,82 @@ def test_openings_cancelled_before_they_began_open_on_use(exports):
     assert generation.tokens.shape == (1, 2)
     assert set(pipeline.request_graphs(bucket)) <= set(pipeline.sessions.opened())
     pipeline.release()
+
+
+# opens every graph of a request through the opener `run` makes before it imports the runtime, in a process where
+# importing torch fails: the opening must not need it
+OPEN_WITHOUT_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # `import torch` raises ImportError from here on
+from luvc.runtime.opening import GraphOpener, request_graphs
+opener = GraphOpener.for_cpu_start(sys.argv[1], sys.argv[2])
+graphs = request_graphs(opener.manifest, opener.backend, next(iter(opener.manifest.buckets.values())))
+opener.begin(graphs)
+opened = {name: type(opener.take(name)).__name__ for name in graphs}
+print(json.dumps({"opened": opened, "threads": opener.threads}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["ort", "openvino"])
+def test_a_cpu_start_opens_its_graphs_without_torch(exports, backend):
+    import json
+    import subprocess
+    import sys
+
+    folder = exports("tiny-llava")
+    done = subprocess.run(
+        [sys.executable, "-c", OPEN_WITHOUT_TORCH, str(folder), backend], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    kind = {"ort": "OrtGraph", "openvino": "CompiledGraph"}[backend]
+    bucket = next(iter(Pipeline(folder, backend=backend).manifest.buckets.values()))
+    assert found["opened"] == {name: kind for name in ["embed", "decode", bucket.vision, bucket.prefill]}
+    assert found["threads"] >= 1
+
+
+# `luvc-export run` in a process that notes, at each opener's begin, whether torch was imported yet
+RUN_NOTING_TORCH = """
+import json, sys
+from luvc.runtime import opening
+began = []
+real_begin = opening.GraphOpener.begin
+def begin(self, names):
+    names = list(names)
+    began.append({"torch_imported": "torch" in sys.modules, "graphs": names})
+    real_begin(self, names)
+opening.GraphOpener.begin = begin
+from luvc.cli.main import main
+code = main(["run", sys.argv[1], "--prompt", "hello", "--max-new-tokens", "2", *sys.argv[2:]])
+print(json.dumps({"code": code, "began": began}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["ort", "openvino"])
+def test_run_begins_opening_its_graphs_before_it_imports_torch(exports, backend):
+    import json
+    import subprocess
+    import sys
+
+    folder = exports("tiny-llava")  # one image bucket: run knows the request's graphs before the image is fitted
+    command = [sys.executable, "-c", RUN_NOTING_TORCH, str(folder), "--backend", backend]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["code"] == 0
+    first = found["began"][0]
+    bucket = next(iter(Pipeline(folder, backend=backend).manifest.buckets.values()))
+    assert first == {"torch_imported": False, "graphs": ["embed", "decode", bucket.vision, bucket.prefill]}
+    assert "Output:" in done.stdout
+
+
+def test_run_on_a_gpu_or_with_plugin_nodes_opens_nothing_before_the_runtime(exports, tmp_path):
+    from luvc.runtime.opening import GraphOpener
+
+    folder = exports("tiny-llava")
+    assert GraphOpener.for_cpu_start(folder, "trt") is None
+    assert GraphOpener.for_cpu_start(folder, "ort", ["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    opener = GraphOpener.for_cpu_start(folder, "ort")
+    assert opener is not None and opener.threads >= 1
+    with pytest.raises(ValueError, match="cannot open openvino graphs"):
+        Pipeline(folder, backend="openvino", opener=opener)

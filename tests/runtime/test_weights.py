@@ -52,7 +52,7 @@ def _file_mappings(path) -> list[tuple[int, int]]:
 
 
 def _shared_pointers(session) -> set[int]:
-    return {value.data_ptr() for value in session._shared_values}
+    return {value.data_ptr() for value in session.opened.shared_values}
 
 
 def test_prefill_and_decode_use_one_copy_of_a_float32_export(exports):
@@ -84,7 +84,7 @@ def test_fp16_export_converts_each_weight_once_and_matches_onnx_runtime(fp16_ext
     assert shared.sessions.weights.converted_bytes == 2 * half  # float32, once each
     assert shared.sessions.weights.mapped_bytes == sum(length for _, length in distinct) - half  # the rest: file views
     shared_values = {
-        value.data_ptr() for session in shared.sessions.opened().values() for value in session._shared_values
+        value.data_ptr() for session in shared.sessions.opened().values() for value in session.opened.shared_values
     }
     # shared, not inlined: every tensor not converted (integer constants), and every converted one of 1 MiB or more
     # (ONNX Runtime's fusions read smaller float ones from the graph itself, so those go inline converted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from luvc.runtime.openvino_graph import PRECISIONS as OPENVINO_PRECISIONS
 from luvc.runtime.sampling import MAX_SEED, SamplingConfig
 
 if TYPE_CHECKING:
+    from luvc.export.manifest import ExportManifest
+    from luvc.runtime.opening import GraphOpener
     from luvc.runtime.options import GenerationOptions
     from luvc.runtime.pipeline import Pipeline
 
@@ -128,8 +131,33 @@ class RuntimeArgs(BaseArgs):
 
         return GenerationOptions(self.max_new_tokens, self.sampling, stop=self.stop)
 
-    def pipeline(self) -> Pipeline:
-        """The pipeline these options describe (artifacts, backend, engines, device, plugin library)."""
+    def early_opener(self) -> GraphOpener | None:
+        """Where these options run the export on the CPU (ONNX Runtime or OpenVINO), its ``GraphOpener``, made without
+        importing torch: graphs it begins open while ``pipeline(opener)`` imports the runtime (torch: about 2 s);
+        else None (``luvc.runtime.opening``)."""
+        from luvc.runtime.opening import GraphOpener
+
+        if self.device not in (None, "cpu"):
+            return None
+        return GraphOpener.for_cpu_start(self.artifact_dir, self.backend, self.providers, self.openvino_precision)
+
+    def opening_pipeline(self, graphs: Callable[[ExportManifest, str], list[str]]) -> Pipeline:
+        """The pipeline these options describe with the sessions of ``graphs(manifest, backend)`` opening in the
+        background (where the backend opens them there): on the CPU begun before the runtime, and torch, is imported
+        (``early_opener``), so that the import and what the caller does next (loading the tokenizer) overlap them."""
+        opener = self.early_opener()
+        if opener is None:
+            pipeline = self.pipeline()
+        else:
+            opener.begin(graphs(opener.manifest, opener.backend))
+            with opener.cancelled_on_error():
+                pipeline = self.pipeline(opener)
+        pipeline.begin_loading(graphs(pipeline.manifest, pipeline.backend))
+        return pipeline
+
+    def pipeline(self, opener: GraphOpener | None = None) -> Pipeline:
+        """The pipeline these options describe (artifacts, backend, engines, device, plugin library), over the graphs
+        ``opener`` (of ``early_opener``) opened or is opening."""
         from luvc.runtime.pipeline import Pipeline
 
         return Pipeline(
@@ -143,4 +171,5 @@ class RuntimeArgs(BaseArgs):
             cuda_graphs=self.cuda_graphs,
             openvino_precision=self.openvino_precision,
             preprocessing=self.preprocessing,
+            opener=opener,
         )
