@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,11 @@ from common import PROMPT, arguments, cpu_description
 
 BACKENDS = ("ort", "openvino")
 CACHE_GIB = 1000  # LUVC_CACHE_MAX_GB for the measuring processes
+# the start-up cache the measuring processes fill, over the exports' weights files: 2.2 at the default sizes
+# (2026-11-29: OpenVINO's compiled models and ONNX Runtime's float32 conversions). Where the disk cannot hold it the
+# cache keeps nothing and every start compiles again (a run with 12 GiB free measured OpenVINO's warm starts at
+# 4-11 s and its resident memory at 6.7 GiB): the run refuses to start instead
+CACHE_PER_WEIGHT_BYTE = 2.5
 
 
 def start(folder: str, backend: str, side: int):
@@ -132,6 +138,13 @@ def report(args, scratch: str) -> None:
     folders = make_exports(workdir, args.layers, args.vision_blocks, args.side)
     folders["int8"] = make_int8_export(workdir, folders["fp32"])
     cache = str(Path(scratch) / "cache")
+    weights = sum(path.stat().st_size for folder in folders.values() for path in folder.glob("*.data"))
+    needed, free = CACHE_PER_WEIGHT_BYTE * weights / 2**30, shutil.disk_usage(scratch).free / 2**30
+    if free < needed:
+        sys.exit(
+            f"cpu_backends: the start-up cache needs about {needed:.0f} GiB beside the exports and {scratch} has "
+            f"{free:.0f} GiB free; free space there (TMPDIR picks another disk)."
+        )
     for precision, folder in folders.items():  # the first start of each fills the cache
         for backend in BACKENDS:
             began = time.perf_counter()
