@@ -106,6 +106,8 @@ class Sessions:
             opener = self._own_opener(choices)
         elif opener.backend != backend or device.type != "cpu" or choices.float16_compute:
             raise ValueError(f"an opener for {opener.backend} on the CPU cannot open {backend} graphs on {device}")
+        elif Path(opener.folder).resolve() != Path(folder).resolve():
+            raise ValueError(f"an opener of the export in {opener.folder} cannot open the graphs of {folder}")
         self.opener = opener
         # one copy of the weights for all sessions and engines
         self.weights = opener.weights

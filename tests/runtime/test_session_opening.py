@@ -180,3 +180,5 @@ def test_run_on_a_gpu_or_with_plugin_nodes_opens_nothing_before_the_runtime(expo
     assert opener is not None and opener.threads >= 1
     with pytest.raises(ValueError, match="cannot open openvino graphs"):
         Pipeline(folder, backend="openvino", opener=opener)
+    with pytest.raises(ValueError, match=f"an opener of the export in {folder} cannot open the graphs of"):
+        Pipeline(exports("tiny-qwen2-vl"), opener=opener)
