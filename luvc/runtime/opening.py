@@ -88,11 +88,11 @@ def openvino_runtime(folder: Path, precision: str) -> OpenVinoRuntime:
 class GraphOpener:
     """Opens graphs of the export ``manifest`` describes, whose ``weights`` its sessions share, on background threads
     with ``runtime``: ONNX Runtime's (an ``OrtOpening``) or OpenVINO's (an ``OpenVinoRuntime``; None: TensorRT, whose
-    engines open on first use). ``threads`` is how many open at once: ONNX
-    Runtime's one per core, as its session creation runs without the GIL (packing a quantized graph's weights: 1.3 s
-    per graph of Qwen2-VL-2B widths with 8 layers, on one core); OpenVINO's one, since its compiles run one at a time
-    (``OpenVinoRuntime.compile``: each seals the cache's blobs) but without the GIL; 0 where nothing opens in the
-    background (``in_background`` off: a GPU's sessions share a device, and open on first use)."""
+    engines open on first use). ``threads`` is how many open at once: ONNX Runtime's one per core, as its session
+    creation runs without the GIL (packing a quantized graph's weights: 1.3 s per graph of Qwen2-VL-2B widths with 8
+    layers, on one core); OpenVINO's one, since its compiles run one at a time (``OpenVinoRuntime.compile``: each seals
+    the cache's blobs) but without the GIL; 0 where nothing opens in the background (``in_background`` off: a GPU's
+    sessions share a device, and open on first use)."""
 
     def __init__(
         self,
