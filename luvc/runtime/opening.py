@@ -23,7 +23,7 @@ from luvc.export.manifest import ExportManifest, checked_graph_path
 from luvc.export.manifest_entries import BucketEntry
 from luvc.runtime.float32_graph import AS_EXPORTED, FLOAT16_ROUNDED, IN_FLOAT32
 from luvc.runtime.openvino_runtime import CompiledGraph, OpenVinoRuntime
-from luvc.runtime.ort_opening import OrtGraph, OrtOpening, ort_providers
+from luvc.runtime.ort_opening import OrtGraph, OrtOpening, basic_optimizations_only, ort_providers
 from luvc.runtime.weights import MappedWeights
 
 if TYPE_CHECKING:
@@ -128,7 +128,9 @@ class GraphOpener:
         if backend == "openvino":
             return cls(manifest, weights, openvino_runtime(folder, openvino_precision))
         return cls(
-            manifest, weights, OrtOpening(providers or ort_providers(None), weights, manifest.precision == "fp8")
+            manifest,
+            weights,
+            OrtOpening(providers or ort_providers(None), weights, basic_optimizations_only(manifest.precision)),
         )
 
     def begin(self, names: Iterable[str]) -> None:

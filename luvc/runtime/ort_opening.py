@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 
+def basic_optimizations_only(precision: str) -> bool:
+    """Whether the graphs of an export of ``precision`` open with ONNX Runtime's basic optimizations only: an FP8
+    export's, since the extended CPU fusions turn float8 Q/DQ pairs into QLinearMatMul, which has no float8 kernel."""
+    return precision == "fp8"
+
+
 def ort_providers(device: torch.device | None, stream: int | None = None) -> list:
     """ONNX Runtime providers for ``device`` (None: the CPU): the CUDA EP on that GPU (on the pipeline's stream, no
     per-run synchronisation beyond the stream's own order; float32 products in float32, not the TF32 the CUDA EP would

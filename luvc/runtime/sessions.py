@@ -27,7 +27,7 @@ from luvc.runtime.base_session import TORCH_DTYPES, BaseSession, SessionSetup, T
 from luvc.runtime.kv_cache import KVCache, KVLayout, StepLayout
 from luvc.runtime.opening import GraphOpener, OpenedGraph, openvino_runtime, shared_weights
 from luvc.runtime.openvino_runtime import OpenVinoRuntime
-from luvc.runtime.ort_opening import OrtOpening, ort_providers
+from luvc.runtime.ort_opening import OrtOpening, basic_optimizations_only, ort_providers
 from luvc.runtime.ort_session import OrtSession
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Sessions:
         if self.backend == "openvino":
             runtime = openvino_runtime(self.folder, choices.openvino_precision)
         elif self.backend == "ort":
-            runtime = OrtOpening(self.providers, weights, self.manifest.precision == "fp8")
+            runtime = OrtOpening(self.providers, weights, basic_optimizations_only(self.manifest.precision))
         return GraphOpener(self.manifest, weights, runtime, in_background=self.device.type == "cpu")
 
     def setup(self, graph: GraphEntry, opened: OpenedGraph | None = None) -> SessionSetup:
@@ -145,7 +145,7 @@ class Sessions:
             weights=self.weights,
             cuda_graphs=self.cuda_graphs and graph.kind in REPLAYED_KINDS,
             providers=self.providers,
-            basic_optimizations=self.manifest.precision == "fp8",
+            basic_optimizations=basic_optimizations_only(self.manifest.precision),
             stream=self.cuda_stream,
             tensorrt=self._tensorrt,
             activations=self.activations,
