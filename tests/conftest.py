@@ -32,7 +32,9 @@ OWN_EXPORT_MODULES = frozenset({"tiny-qwen3.5", "tiny-gemma3"})
 EXPORT_MATRIX = [name for name in EXPORTED_TINY_MODELS if name not in OWN_EXPORT_MODULES]
 # tests that need an exported model, compile the plugins, run the examples or the eval runner are the slow tier;
 # `pytest -m "not slow"` runs the rest (README, "Quick start"); `-m toolchain`, `examples` or `eval` picks one part
-SLOW_FIXTURES = frozenset({"exports", "copied_export", "references", "bad_inputs", "video_exports"})
+SLOW_FIXTURES = frozenset(
+    {"exports", "copied_export", "references", "bad_inputs", "video_exports", "uncompressed_export"}
+)
 OWN_MARKERS = {"plugin_builds": "toolchain"}  # a fixture that puts a test under a marker of its own
 SLOW_MARKERS = frozenset({"toolchain", "examples", "eval"})
 
@@ -189,6 +191,14 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Pa
     return target
 
 
+# a hybrid model's prefill is a ladder of graphs, each traced at its one length (luvc.export.graphs.ladder_lengths):
+# prompts of up to 257 text tokens keep the three rungs a kind (64, 256 and the longest) that the ladder tests need,
+# with the longest traced at 257 text tokens instead of the default 512: the tiny Qwen3.5's export took 63 s instead
+# of 79 s (2 cores, alone; 47 s with 128 tokens, but two rungs)
+LADDER_FAMILIES = frozenset({"tiny-qwen3.5"})
+LADDER_TEXT_TOKENS = 257
+
+
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
     """``exports(family, precision, passes)``: the folder of a default-LUVC export, made once per test run."""
@@ -199,7 +209,10 @@ def exports(tmp_path_factory):
         if key not in made:
             sizes = QWEN_BUCKETS if key == ("tiny-qwen2-vl", "fp32", True) else ((224, 224),)
             external = "always" if key == ("tiny-llava", "fp32", True) else None
-            profile = ExportProfile(image_sizes=sizes, precision=precision, external_data=external)
+            text = LADDER_TEXT_TOKENS if family in LADDER_FAMILIES else None
+            profile = ExportProfile(
+                image_sizes=sizes, precision=precision, external_data=external, max_text_tokens=text
+            )
             made[key] = made_once(
                 tmp_path_factory,
                 f"exports/{family}-{precision}-{'passes' if passes else 'raw'}",
@@ -208,6 +221,19 @@ def exports(tmp_path_factory):
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def uncompressed_export(tmp_path_factory):
+    """The tiny Qwen2-VL exported at 224x224 with compression off, through the CLI (``--no-luvc``), once per test
+    run: the baseline of parity's compression cost and of the graph-overhead tests."""
+    from luvc.cli.main import main
+
+    def make(out: Path) -> None:
+        argv = ["export", "--model", "tiny-qwen2-vl", "--out", str(out), "--image-size", "224x224", "--no-luvc"]
+        assert main(argv) == 0
+
+    return made_once(tmp_path_factory, "exports/tiny-qwen2-vl-no-luvc", make)
 
 
 VIDEO_FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]  # those that export

@@ -8,13 +8,8 @@ from collections import Counter
 import onnx
 import pytest
 
-from luvc.compress.config import LUVCConfig
-from luvc.export.exporter import export_model
 from luvc.export.inspect import ort_optimized, shape_only_nodes
 from luvc.export.manifest import ExportManifest
-from luvc.export.profile import ExportProfile
-from luvc.models import load_model
-from tests.conftest import made_once
 
 # 1.10 until the shifted gather index was built with Concat instead of two int64 Pads (1.102 on the tiny Qwen2-VL): on
 # ONNX Runtime's CUDA EP each Pad ran on the CPU behind two copies, and kept the prefill from being captured
@@ -31,21 +26,10 @@ def _optimized(export) -> dict[str, onnx.ModelProto]:
     }
 
 
-def _uncompressed(family: str, tmp_path_factory):
-    """The family's export with compression off (once per session)."""
-    profile = ExportProfile(image_sizes=((224, 224),))
-    return made_once(
-        tmp_path_factory,
-        f"exports/{family}-no-luvc",
-        lambda out: export_model(load_model(family), out, profile, LUVCConfig.off(), show_progress=False),
-    )
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["tiny-qwen2-vl"])  # the others: benchmarks/graph_overhead.py --model
-def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(family, exports, tmp_path_factory):
-    off = _uncompressed(family, tmp_path_factory)
-    luvc, plain = _optimized(exports(family)), _optimized(off)
+def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(exports, uncompressed_export):
+    """On the tiny Qwen2-VL (the other families: ``benchmarks/graph_overhead.py --model``)."""
+    luvc, plain = _optimized(exports("tiny-qwen2-vl")), _optimized(uncompressed_export)
     assert set(luvc) == set(plain) == {"vision", "prefill"}
     nodes = {kind: (len(luvc[kind].graph.node), len(plain[kind].graph.node)) for kind in luvc}
     assert all(with_luvc >= without for with_luvc, without in nodes.values())  # LUVC's own nodes are there
@@ -54,15 +38,16 @@ def test_luvc_graphs_hold_at_most_eleven_percent_more_nodes(family, exports, tmp
 
 
 @pytest.mark.slow
-def test_the_luvc_decode_graph_is_the_uncompressed_one_and_a_window_per_further_kv_capacity(exports, tmp_path_factory):
+def test_the_luvc_decode_graph_is_the_uncompressed_one_and_a_window_per_further_kv_capacity(
+    exports, uncompressed_export
+):
     # issue 74: a replayed LUVC decode step was slower on an H200 than the uncompressed one. As ONNX Runtime runs them
     # (optimised), the two graphs take the same attention path, operator for operator; LUVC's only adds, for each KV
     # capacity beyond the first (layers pruned to other lengths keep shorter caches), the attention window of that
     # capacity: a Min, a Range and an Unsqueeze
-    family = "tiny-qwen2-vl"
     graphs = {
         name: ort_optimized(folder / "decode.onnx")
-        for name, folder in (("luvc", exports(family)), ("plain", _uncompressed(family, tmp_path_factory)))
+        for name, folder in (("luvc", exports("tiny-qwen2-vl")), ("plain", uncompressed_export))
     }
     operators = {name: Counter(node.op_type for node in graph.graph.node) for name, graph in graphs.items()}
     capacities = {

@@ -2,19 +2,15 @@
 
 import pytest
 
-from luvc.cli.main import main
 from luvc.errors import LuvcError
 from luvc.parity import check_parity
 from luvc.samples import synthetic_samples
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """The uncompressed tiny Qwen2-VL at 224x224 only, exported through the CLI."""
-    out = tmp_path_factory.mktemp("baseline") / "qwen-base"
-    argv = ["export", "--model", "tiny-qwen2-vl", "--out", str(out), "--image-size", "224x224", "--no-luvc"]
-    assert main(argv) == 0
-    return out
+def baseline(uncompressed_export):
+    """The uncompressed tiny Qwen2-VL at 224x224 only, exported through the CLI (``tests/conftest.py``)."""
+    return uncompressed_export
 
 
 def test_compression_cost_on_ort_matches_pytorch(exports, baseline):
