@@ -10,10 +10,12 @@ from pathlib import Path
 # pytest-xdist runs one worker more than the CPUs (pytest_xdist_auto_num_workers below), and an OpenMP pool (PyTorch's,
 # MKL's) of one thread per CPU in each oversubscribes the cores: with the CPUs shared out among the workers instead,
 # tests/parity and tests/models/test_decoder.py took 332 and 339 s against 392 and 375 s (2 cores, 3 workers, runs in
-# turns, docs/benchmarks.md). Set before PyTorch is imported (below), and inherited by the CLI processes tests start.
+# turns, docs/benchmarks.md). Set before PyTorch is imported (below: graph_workers imports none), and inherited by the
+# CLI processes tests start.
+from luvc.export.graph_workers import usable_cpus
+
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
-    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import numpy as np
 import onnx
@@ -22,7 +24,6 @@ from filelock import FileLock
 
 from luvc.compress.config import LUVCConfig
 from luvc.export.exporter import export_model
-from luvc.export.graph_workers import usable_cpus
 from luvc.export.manifest import content_digest, sha256_file
 from luvc.export.profile import ExportProfile
 from luvc.images import synthetic_image
