@@ -14,6 +14,7 @@ from luvc.runtime.openvino_graph import (
     OpenVinoPrecision,
     bfloat16_products,
     choose_precision,
+    float16_decode_faster,
     import_openvino,
     integer_kernels_faster,
     new_core,
@@ -61,7 +62,8 @@ class OpenVinoRuntime:
         imported without being read or its weights hashed (2B widths, 8 layers, warm: 3.9 s for a request's four
         graphs against 5.9 s given the read model). In bf16 the model is read and its products rewritten first, and
         where its weight-only products run faster on integer kernels (``integer_kernels_faster``; ``decode_step``: the
-        graph is the decode step's) it compiles under the f32 hint."""
+        graph is the decode step's) it compiles under the f32 hint; an fp16 export's decode step on a CPU with f16
+        kernels compiles under the f16 hint instead, its products as they are (``float16_decode_faster``)."""
         config = {
             "INFERENCE_PRECISION_HINT": self.precision.precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -81,9 +83,12 @@ class OpenVinoRuntime:
                 source = self.core.read_model(str(path))
             except RuntimeError as error:
                 critical(f"{name}: OpenVINO could not read {path.name}: {_first_line(error)}; use --backend ort.")
-            bfloat16_products(source)
-            if integer_kernels_faster(source, decode_step):  # weight-only products on integer kernels, float ones bf16
-                config = config | {"INFERENCE_PRECISION_HINT": "f32"}
+            if self.precision.float16_decode and float16_decode_faster(source, decode_step):
+                config = config | {"INFERENCE_PRECISION_HINT": "f16"}
+            else:
+                bfloat16_products(source)
+                if integer_kernels_faster(source, decode_step):  # weight-only products on integer kernels, float bf16
+                    config = config | {"INFERENCE_PRECISION_HINT": "f32"}
         try:
             compiled = self.core.compile_model(source, "CPU", config | ({"CACHE_DIR": str(entry)} if entry else {}))
         except RuntimeError as error:

@@ -259,13 +259,20 @@ class Sessions:
     def backend_description(self) -> str:
         """The backend in words, for run's table and serve's banner: ONNX Runtime with the providers its open sessions
         got, OpenVINO with the precision it computes in and why (and the graphs whose weight-only products run on
-        integer kernels instead: ``luvc.runtime.openvino_graph.integer_kernels_faster``), or TensorRT."""
+        integer kernels instead: ``luvc.runtime.openvino_graph.integer_kernels_faster``, and those computing in f16:
+        ``float16_decode_faster``), or TensorRT."""
         if self.backend == "ort":
             return f"ort ({', '.join(self.providers_in_use())})"
         if self.openvino is not None:
-            integer = sorted(name for name, session in self._open.items() if getattr(session, "integer_kernels", False))
-            on_integer = f"; {', '.join(integer)}: weight-only products on integer kernels" if integer else ""
-            return f"openvino {self.openvino.precision}{on_integer}"
+            notes = [
+                f"{', '.join(names)}: {what}"
+                for attribute, what in (
+                    ("integer_kernels", "weight-only products on integer kernels"),
+                    ("float16_kernels", "f16 products (fp16 weights, the CPU has f16 kernels)"),
+                )
+                if (names := sorted(name for name, session in self._open.items() if getattr(session, attribute, False)))
+            ]
+            return "; ".join([f"openvino {self.openvino.precision}", *notes])
         return self.backend
 
     def providers_in_use(self) -> list[str]:

@@ -10,7 +10,15 @@ import pytest
 from onnx import TensorProto, helper
 
 from luvc.errors import LuvcError
-from luvc.runtime.openvino_graph import bfloat16_products, choose_precision, import_openvino, new_core
+from luvc.parity.tolerances import tolerances_for
+from luvc.runtime.openvino_graph import (
+    bfloat16_products,
+    choose_precision,
+    float16_decode_faster,
+    float16_kernels,
+    import_openvino,
+    new_core,
+)
 from luvc.runtime.options import GenerationOptions
 from luvc.runtime.pipeline import Pipeline
 from luvc.samples import synthetic_image
@@ -27,6 +35,10 @@ def _has_bf16() -> bool:
 
 
 needs_bf16 = pytest.mark.skipif(not _has_bf16(), reason="this CPU has no AMX or AVX-512 BF16: OpenVINO computes f32")
+needs_f16 = pytest.mark.skipif(
+    not (_has_bf16() and float16_kernels(ov.Core())),
+    reason="this CPU has no AVX-512 FP16 or AMX-FP16: an fp16 export's decode step computes bf16 like the rest",
+)
 
 
 def _greedy(pipeline: Pipeline):
@@ -60,6 +72,27 @@ def test_openvino_bf16_stays_within_bf16_rounding_of_onnx_runtime(exports):
     _, logits = _greedy(pipeline)
     first = np.abs(logits[:, 0] - ort_logits[:, 0]).max() / np.abs(ort_logits[:, 0]).max()
     assert 1e-5 < first < 5e-2  # bf16 moved them (not f32), by its rounding (not a wrong graph)
+
+
+@needs_f16
+def test_an_fp16_exports_decode_step_computes_in_f16_and_gives_onnx_runtimes_tokens(exports):
+    """Where the CPU has f16 kernels, the decode step of an fp16 export compiles under the f16 hint and every other
+    graph under bf16, run's description says so, and the tokens are ONNX Runtime's (float32) within fp16's bound."""
+    folder = exports("tiny-qwen2-vl", "fp16")
+    ort_tokens, ort_logits = _greedy(Pipeline(folder))
+    pipeline = Pipeline(folder, backend="openvino")
+    prepared = pipeline.prepare([synthetic_image(224, 224, 3)], [PROMPT])
+    tokens, logits, _ = pipeline.greedy(prepared, STEPS)
+    hints = {
+        name: session.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        for name, session in pipeline.sessions.opened().items()
+    }
+    described = pipeline.sessions.backend_description()
+    pipeline.release()
+    assert hints.pop("decode") == "f16" and set(hints.values()) == {"bf16"}, hints
+    assert described.endswith("; decode: f16 products (fp16 weights, the CPU has f16 kernels)"), described
+    np.testing.assert_array_equal(tokens, ort_tokens)
+    assert np.abs(logits - ort_logits).max() <= tolerances_for("fp16").tensor_relative * np.abs(ort_logits).max()
 
 
 def _tensor_scatter_model(axis: int, with_indices: bool) -> onnx.ModelProto:
@@ -427,3 +460,35 @@ def test_weight_only_products_decide_where_integer_kernels_are_faster(tmp_path):
         helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "f.onnx"
     )
     assert not integer_kernels_faster(core.read_model(tmp_path / "f.onnx"), decode_step=True)
+
+
+def _float_product_graph(path: Path, dtype: type) -> Path:
+    """A MatMul of an activation by a constant weight, both of ``dtype``."""
+    element = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    weight = np.random.default_rng(0).standard_normal((64, 16)).astype(dtype)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "float",
+        [helper.make_tensor_value_info("x", element, [1, 1, 64])],
+        [helper.make_tensor_value_info("y", element, [1, 1, 16])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    return path
+
+
+def test_only_a_decode_step_of_float16_weights_is_chosen_for_f16(tmp_path):
+    """f16 is chosen for a decode step whose products are all of float16 weights: not a prefill, not float32 weights,
+    not weight-only INT8 ones; and never where the user asked for a precision."""
+    core = new_core()
+    f16 = core.read_model(_float_product_graph(tmp_path / "f16.onnx", np.float16))
+    f32 = core.read_model(_float_product_graph(tmp_path / "f32.onnx", np.float32))
+    int8 = core.read_model(_product_graph(tmp_path / "int8.onnx", np.ones((64, 16), np.int8), 1))
+    assert float16_decode_faster(f16, decode_step=True)
+    assert not float16_decode_faster(f16, decode_step=False)
+    assert not float16_decode_faster(f32, decode_step=True)
+    assert not float16_decode_faster(int8, decode_step=True)
+    assert not choose_precision(core, "f32").float16_decode
+    if _has_bf16():
+        assert not choose_precision(core, "bf16").float16_decode
+        assert choose_precision(core, "auto").float16_decode == float16_kernels(core)
