@@ -75,8 +75,6 @@ class OpenVinoRuntime:
     def _compile(self, path: Path, name: str, config: dict[str, str], decode_step: bool) -> CompiledGraph:
         from luvc import cache
 
-        release = {"openvino_release": import_openvino().__version__}  # a compile of another release is another entry
-        entry = None if self.cache_dir is None else cache.openvino_entry(self.cache_dir, path, config | release)
         source: Any = str(path)
         if self.precision.precision == "bf16":
             try:
@@ -89,6 +87,10 @@ class OpenVinoRuntime:
                 bfloat16_products(source)
                 if integer_kernels_faster(source, decode_step):  # weight-only products on integer kernels, float bf16
                     config = config | {"INFERENCE_PRECISION_HINT": "f32"}
+        # keyed by the compile's own settings, the hint chosen for this graph included: a change of that choice (a new
+        # rule, another CPU) is another entry, the old one ages out; another release of OpenVINO is another entry too
+        release = {"openvino_release": import_openvino().__version__}
+        entry = None if self.cache_dir is None else cache.openvino_entry(self.cache_dir, path, config | release)
         try:
             compiled = self.core.compile_model(source, "CPU", config | ({"CACHE_DIR": str(entry)} if entry else {}))
         except RuntimeError as error:

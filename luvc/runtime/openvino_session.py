@@ -40,7 +40,7 @@ class OpenVinoSession(BaseSession):
         # compiled under the f32 hint where the runtime computes in bf16: its weight-only products on integer kernels
         self.integer_kernels = False
         # compiled under the f16 hint where the runtime computes in bf16: an fp16 export's decode step
-        self.float16_kernels = False
+        self.float16_products = False
 
     def activate_impl(self) -> None:
         import openvino
@@ -51,7 +51,7 @@ class OpenVinoSession(BaseSession):
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.integer_kernels = self.runtime.precision.precision == "bf16" and hint == "f32"
-        self.float16_kernels = hint == "f16"
+        self.float16_products = hint == "f16"
 
     def infer_impl(self, feeds: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         for name, tensor in list(feeds.items()) + list(outputs.items()):

@@ -268,7 +268,7 @@ class Sessions:
                 f"{', '.join(names)}: {what}"
                 for attribute, what in (
                     ("integer_kernels", "weight-only products on integer kernels"),
-                    ("float16_kernels", "f16 products (fp16 weights, the CPU has f16 kernels)"),
+                    ("float16_products", "f16 products (fp16 weights, the CPU has f16 kernels)"),
                 )
                 if (names := sorted(name for name, session in self._open.items() if getattr(session, attribute, False)))
             ]
