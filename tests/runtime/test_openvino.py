@@ -449,17 +449,8 @@ def test_weight_only_products_decide_where_integer_kernels_are_faster(tmp_path):
     assert weight_only_products(core.read_model(qdq)) == []
     assert integer_kernels_faster(int8, decode_step=False) and integer_kernels_faster(int8, decode_step=True)
     assert not integer_kernels_faster(int4, decode_step=False) and integer_kernels_faster(int4, decode_step=True)
-    float_graph = onnx.helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "float",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])],
-        [onnx.numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "w")],
-    )
-    onnx.save(
-        helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), tmp_path / "f.onnx"
-    )
-    assert not integer_kernels_faster(core.read_model(tmp_path / "f.onnx"), decode_step=True)
+    float_weights = core.read_model(_float_product_graph(tmp_path / "f.onnx", np.float32))
+    assert not integer_kernels_faster(float_weights, decode_step=True)
 
 
 def _float_product_graph(path: Path, dtype: type) -> Path:
